@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install, idempotently, everything bucketfs needs to build and test:
+#   - Debian packages (smbd, clients, libraries, Samba's build deps)
+#   - the pinned S3 test server from the npm registry (tests/s3server)
+#   - Samba's private headers: the source package of the *installed* samba,
+#     configured minimally, with the generated headers a VFS module needs.
+# Everything lands under build/ (ignored), so a second run takes seconds.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+build="$top/build"
+mkdir -p "$build"
+
+log() { printf 'deps: %s\n' "$*" >&2; }
+
+# Runtime and build packages.  Samba's build deps are the ones its minimal
+# configure needs (see DEVELOPERS.md); the rest are ours.
+pkgs=(
+  samba smbclient libsmbclient-dev
+  libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
+  libexpat1-dev libcmocka-dev pkg-config lmdb-utils
+  dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
+  libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
+  nodejs npm man-db
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
+    missing+=("$p")
+done
+# npm may come with nodejs itself (nodesource); only ask apt for it if no npm.
+if command -v npm >/dev/null; then
+  missing=("${missing[@]/npm}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # samba's postinst starts the daemons; keep the system's smbd/nmbd out of
+  # the way of our loopback tests.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$build/apt.log" 2>&1 ||
+    { tail -30 "$build/apt.log"; log "apt-get install failed"; exit 1; }
+fi
+
+# The S3 server for tests: s3rver, pinned by tests/s3server/package-lock.json.
+s3dir="$build/s3server"
+if ! cmp -s "$top/tests/s3server/package-lock.json" "$s3dir/package-lock.json" ||
+   [ ! -x "$s3dir/node_modules/.bin/s3rver" ]; then
+  log "installing s3rver (npm ci)"
+  rm -rf "$s3dir"; mkdir -p "$s3dir"
+  cp "$top/tests/s3server/package.json" "$top/tests/s3server/package-lock.json" "$s3dir/"
+  (cd "$s3dir" && npm ci --no-audit --no-fund --loglevel=error >"$build/npm.log" 2>&1) ||
+    { tail -30 "$build/npm.log"; log "npm ci failed"; exit 1; }
+fi
+
+# Samba's private headers, from the source of exactly the installed version.
+"$top/scripts/samba-headers.sh"
+log "ok"

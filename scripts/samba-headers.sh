@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Prepare build/samba: the source tree of the installed samba package,
+# configured minimally, with the generated headers that source3/include/vfs.h
+# pulls in.  Records the version it was prepared for in build/samba.version.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/.." && pwd)
+build="$top/build"
+tree="$build/samba"
+log() { printf 'samba-headers: %s\n' "$*" >&2; }
+
+pkgver=$(dpkg-query -W -f='${Version}' samba 2>/dev/null) ||
+  { log "samba is not installed; run make deps"; exit 1; }
+
+if [ -f "$build/samba.version" ] && [ "$(cat "$build/samba.version")" = "$pkgver" ] &&
+   [ -f "$tree/.bucketfs-ready" ]; then
+  exit 0
+fi
+
+log "preparing headers for samba $pkgver (a few minutes, once)"
+rm -f "$build/samba.version"
+if [ ! -f "$tree/.bucketfs-extracted" ] || [ "$(cat "$tree/.bucketfs-extracted")" != "$pkgver" ]; then
+rm -rf "$tree" "$build/samba-src"
+mkdir -p "$build/samba-src"
+
+# apt-get source needs a deb-src entry next to the Debian sources in use.
+if ! apt-get source --print-uris "samba=$pkgver" >/dev/null 2>&1; then
+  src=/etc/apt/sources.list.d/bucketfs-deb-src.sources
+  if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+    sed 's/^Types: deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources >"$src"
+  else
+    grep -h '^deb ' /etc/apt/sources.list | sed 's/^deb /deb-src /' >"${src%.sources}.list"
+  fi
+  apt-get update -qq
+fi
+(cd "$build/samba-src" && apt-get source -qq --download-only "samba=$pkgver" >/dev/null 2>&1 ||
+   apt-get source -qq --download-only "samba=$pkgver")
+dsc=$(ls "$build"/samba-src/samba_*.dsc | head -1)
+(cd "$build/samba-src" && dpkg-source -x --no-check "$(basename "$dsc")" tree >/dev/null 2>&1)
+mv "$build/samba-src/tree" "$tree"
+rm -rf "$build/samba-src"
+echo "$pkgver" >"$tree/.bucketfs-extracted"
+fi
+
+cd "$tree"
+# waf refuses to run without a fixed hash seed.
+export PYTHONHASHSEED=1
+if [ ! -f "$tree/.bucketfs-configured" ]; then
+./configure --disable-python --without-ad-dc --without-ads --without-ldap \
+  --without-pam --disable-cups --disable-iprint --without-systemd \
+  --without-json --without-libarchive --without-winbind --disable-avahi \
+  --without-gpgme --without-quotas --without-acl-support --disable-glusterfs \
+  --disable-cephfs --without-ldb-lmdb --bundled-libraries=NONE \
+  --with-shared-modules='!vfs_snapper' >"$build/samba-configure.log" 2>&1 ||
+  { tail -30 "$build/samba-configure.log"; log "configure failed"; exit 1; }
+touch "$tree/.bucketfs-configured"
+fi
+
+# Building one small shared VFS module generates every header vfs.h needs
+# (IDL-generated NDR headers, param_proto.h, version.h, ...).
+./buildtools/bin/waf build -j"$(nproc)" --targets=vfs_fake_perms \
+  >"$build/samba-build.log" 2>&1 ||
+  { tail -30 "$build/samba-build.log"; log "header generation failed"; exit 1; }
+
+touch "$tree/.bucketfs-ready"
+echo "$pkgver" >"$build/samba.version"
+log "done"
