@@ -133,41 +133,58 @@ static struct s3_enc_kv s3_canonical_header(TALLOC_CTX *mem_ctx,
 	return kv;
 }
 
+char *s3_canonical_query(TALLOC_CTX *mem_ctx, const struct s3_kv *query,
+			 size_t n_query)
+{
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	struct s3_enc_kv *q = talloc_array(tmp, struct s3_enc_kv, n_query + 1);
+	char *out = talloc_strdup(tmp, "");
+	size_t i;
+
+	if (q == NULL || out == NULL) {
+		goto fail;
+	}
+	for (i = 0; i < n_query; i++) {
+		q[i].name = s3_uri_encode(tmp, query[i].name, false);
+		q[i].value = s3_uri_encode(
+			tmp, query[i].value ? query[i].value : "", false);
+		if (q[i].name == NULL || q[i].value == NULL) {
+			goto fail;
+		}
+	}
+	qsort(q, n_query, sizeof(*q), s3_enc_kv_cmp);
+	for (i = 0; i < n_query; i++) {
+		out = talloc_asprintf_append_buffer(out, "%s%s=%s",
+						    i ? "&" : "", q[i].name,
+						    q[i].value);
+		if (out == NULL) {
+			goto fail;
+		}
+	}
+	out = talloc_steal(mem_ctx, out);
+	talloc_free(tmp);
+	return out;
+fail:
+	talloc_free(tmp);
+	return NULL;
+}
+
 char *s3_sigv4_canonical_request(TALLOC_CTX *mem_ctx,
 				 const struct s3_sigv4_input *in,
 				 char **signed_headers)
 {
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
-	struct s3_enc_kv *q, *h;
-	char *query = talloc_strdup(tmp, "");
+	struct s3_enc_kv *h;
+	char *query;
 	char *headers = talloc_strdup(tmp, "");
 	char *names = talloc_strdup(tmp, "");
 	char *req = NULL;
 	size_t i;
 
-	q = talloc_array(tmp, struct s3_enc_kv, in->n_query + 1);
+	query = s3_canonical_query(tmp, in->query, in->n_query);
 	h = talloc_array(tmp, struct s3_enc_kv, in->n_headers + 1);
-	if (q == NULL || h == NULL || query == NULL || headers == NULL ||
-	    names == NULL) {
+	if (h == NULL || query == NULL || headers == NULL || names == NULL) {
 		goto out;
-	}
-
-	for (i = 0; i < in->n_query; i++) {
-		q[i].name = s3_uri_encode(tmp, in->query[i].name, false);
-		q[i].value = s3_uri_encode(
-			tmp, in->query[i].value ? in->query[i].value : "", false);
-		if (q[i].name == NULL || q[i].value == NULL) {
-			goto out;
-		}
-	}
-	qsort(q, in->n_query, sizeof(*q), s3_enc_kv_cmp);
-	for (i = 0; i < in->n_query; i++) {
-		query = talloc_asprintf_append_buffer(query, "%s%s=%s",
-						      i ? "&" : "", q[i].name,
-						      q[i].value);
-		if (query == NULL) {
-			goto out;
-		}
 	}
 
 	for (i = 0; i < in->n_headers; i++) {

@@ -48,6 +48,10 @@ struct s3_sigv4_input {
  */
 char *s3_uri_encode(TALLOC_CTX *mem_ctx, const char *s, bool keep_slash);
 
+/* Query string as S3 signs it (and as we send it): encoded, sorted. */
+char *s3_canonical_query(TALLOC_CTX *mem_ctx, const struct s3_kv *query,
+			 size_t n_query);
+
 void s3_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* Exposed for tests and debugging (log level 10). */

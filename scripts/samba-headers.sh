@@ -9,6 +9,11 @@ build="$top/build"
 tree="$build/samba"
 log() { printf 'samba-headers: %s\n' "$*" >&2; }
 
+if [ "${1:-}" = "--cflags" ]; then
+  cat "$tree/.bucketfs-cflags"
+  exit 0
+fi
+
 pkgver=$(dpkg-query -W -f='${Version}' samba 2>/dev/null) ||
   { log "samba is not installed; run make deps"; exit 1; }
 
@@ -62,6 +67,29 @@ fi
   >"$build/samba-build.log" 2>&1 ||
   { tail -30 "$build/samba-build.log"; log "header generation failed"; exit 1; }
 
+# Record the flags Samba's own build compiles a VFS module with, made
+# absolute, for building ours outside the tree.
+rm -f bin/default/source3/modules/vfs_fake_perms.c.*.o
+./buildtools/bin/waf build -v --targets=vfs_fake_perms >"$build/samba-flags.log" 2>&1
+python3 - "$tree" "$build/samba-flags.log" >"$tree/.bucketfs-cflags" <<'PY'
+import ast, os, sys
+tree, logf = sys.argv[1], sys.argv[2]
+for line in open(logf):
+    if "vfs_fake_perms.c" in line and "runner" in line:
+        argv = ast.literal_eval(line[line.index("["):])
+        break
+else:
+    sys.exit("no compiler line for vfs_fake_perms in " + logf)
+out, bld = [], os.path.join(tree, "bin/default")
+for a in argv[1:]:
+    if a.startswith("-I"):
+        out.append("-I" + os.path.normpath(os.path.join(bld, a[2:])))
+    elif a.startswith("-D") and "STATIC_" not in a:
+        out.append(a)
+    elif a == "-fPIC":
+        out.append(a)
+print(" ".join(out))
+PY
 touch "$tree/.bucketfs-ready"
 echo "$pkgver" >"$build/samba.version"
 log "done"

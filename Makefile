@@ -1,0 +1,93 @@
+# bucketfs: a Samba VFS module serving an S3 bucket.
+#
+#   make deps     install packages, s3rver, and Samba's private headers
+#   make          build/bucketfs.so and the unit tests
+#   make install  copy bucketfs.so into smbd's MODULESDIR/vfs
+#   make test     everything above, then unit + integration tests
+#   make demo     a local S3 server with sample data, smbd on loopback
+#   make intree   build the module inside the prepared Samba tree (wscript)
+
+B        := build
+SAMBA    := $(B)/samba
+CC       ?= gcc
+WARN     := -Wall -Wextra -Werror
+OPT      ?= -O2 -g
+PKGS     := talloc tevent libcurl openssl lmdb expat
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+LIB_CFLAGS := $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
+
+LIB_SRC  := lib/s3_sigv4.c lib/s3_xml.c lib/s3_client.c lib/s3_ops.c \
+            lib/s3_creds.c lib/s3_dirlist.c
+LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
+MOD_SRC  := modules/vfs_bucketfs.c
+UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
+ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread
+
+MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
+
+.PHONY: all deps install test unit integration demo intree clean
+all: $(B)/bucketfs.so $(UNIT) $(ITEST)
+
+deps:
+	@scripts/deps.sh
+
+$(B)/.deps-ok: scripts/deps.sh scripts/samba-headers.sh tests/s3server/package-lock.json
+	@scripts/deps.sh
+	@touch $@
+
+$(B)/lib/%.o: lib/%.c lib/*.h $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(LIB_CFLAGS) -c $< -o $@
+
+$(B)/libbucketfs.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+# Samba's include paths, as its own build compiles a VFS module.
+$(B)/samba.cflags: $(B)/.deps-ok
+	@scripts/samba-headers.sh --cflags > $@
+
+$(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags
+	@scripts/check-samba.sh build
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) -Wno-unused-parameter $$(cat $(B)/samba.cflags) \
+	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"$$(cat $(B)/samba.version)"' \
+	  -c $< -o $@
+
+$(B)/bucketfs.so: $(B)/modules/vfs_bucketfs.o $(B)/libbucketfs.a
+	$(CC) -shared -o $@ $^ $(PKG_LIBS)
+
+$(B)/tests/%: tests/unit/%.c $(B)/libbucketfs.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
+	  $(B)/libbucketfs.a $(PKG_LIBS) -lcmocka
+
+$(B)/tests/s3_client_itest: tests/integration/s3_client_itest.c $(B)/libbucketfs.a
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
+	  $(B)/libbucketfs.a $(PKG_LIBS) -lcmocka
+
+$(B)/tests/smbread: tests/integration/smbread.c $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ \
+	  $$(pkg-config --libs smbclient)
+
+install: $(B)/bucketfs.so
+	@scripts/check-samba.sh install $(B)/bucketfs.so
+	install -d $(MODULESDIR)/vfs
+	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
+
+test: all install
+	@tests/run.sh
+
+unit: $(UNIT)
+	@for t in $(UNIT); do $$t || exit 1; done
+
+demo: all install
+	@scripts/demo.sh
+
+intree: $(B)/.deps-ok
+	@scripts/intree-build.sh
+
+clean:
+	rm -rf $(B)/lib $(B)/modules $(B)/tests $(B)/bucketfs.so $(B)/libbucketfs.a

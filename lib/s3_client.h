@@ -1,0 +1,119 @@
+/*
+ * The asynchronous S3 engine: libcurl's multi-socket API driven by a tevent
+ * context.  One s3_client belongs to one tevent context; every request is a
+ * tevent_req (send/recv).  Requests are signed (SigV4), bounded in number
+ * (curl queues the rest), timed out, and retried with exponential backoff
+ * and jitter when that is safe.
+ */
+#ifndef BUCKETFS_S3_CLIENT_H
+#define BUCKETFS_S3_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <talloc.h>
+#include <tevent.h>
+
+#include "s3_sigv4.h"
+
+struct s3_client_config {
+	/* scheme://host[:port]; NULL: https://s3.REGION.amazonaws.com */
+	const char *endpoint;
+	const char *region;
+	const char *bucket;
+	bool path_style;
+	bool verify_tls;
+	unsigned max_requests;	     /* in flight at once; 0: 16 */
+	unsigned connect_timeout_ms; /* 0: 5000 */
+	unsigned request_timeout_ms; /* whole request; 0: 60000 */
+	unsigned max_retries;	     /* 0 means none */
+	unsigned retry_base_ms;	     /* first backoff; 0: 100 */
+	struct s3_credentials creds;
+};
+
+/* Outcome of a request, for errors and log lines. */
+struct s3_status {
+	int err;	  /* 0 or an errno value */
+	long http_status; /* 0 if no HTTP answer */
+	char code[128];	  /* S3 error code, or curl's error text */
+	char message[256];
+	char request_id[128];
+	unsigned attempts;
+};
+
+/* Copy what is not NULL into st (truncating); plain value semantics. */
+void s3_status_set(struct s3_status *st, const char *code,
+		   const char *message, const char *request_id);
+
+/* Where a successful (2xx) response body goes, piece by piece. */
+struct s3_body_sink {
+	/* Called before each attempt: a retry starts the body over. */
+	int (*begin)(void *priv);
+	/* 0, or an errno to abort the request (not retried). */
+	int (*write)(void *priv, const void *data, size_t len);
+	void *priv;
+};
+
+struct s3_request {
+	const char *method;
+	const char *key; /* object key, not encoded; NULL for the bucket */
+	const struct s3_kv *query;
+	size_t n_query;
+	const struct s3_kv *headers; /* extra headers; all get signed */
+	size_t n_headers;
+	const void *body; /* must live until the request completes */
+	size_t body_len;
+	/* Safe to resend after a failure whose outcome is unknown. */
+	bool idempotent;
+	/* NULL: a 2xx body is collected into s3_response.body. */
+	const struct s3_body_sink *sink;
+};
+
+struct s3_response {
+	long http_status;
+	uint8_t *body; /* collected body (no sink given) */
+	size_t body_len;
+	char *etag; /* ETag header without quotes, or NULL */
+	uint64_t content_length;
+	bool has_content_length;
+	time_t last_modified; /* -1 if absent */
+	char *request_id;
+};
+
+struct s3_client_counters {
+	uint64_t requests; /* HTTP requests sent, retries included */
+	uint64_t retries;
+	uint64_t failures; /* requests that ended in an error */
+	uint64_t bytes_in;
+	uint64_t bytes_out;
+};
+
+struct s3_client;
+
+/* Returns NULL and sets errno (EINVAL for a bad endpoint). */
+struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				const struct s3_client_config *cfg);
+
+struct tevent_context *s3_client_ev(const struct s3_client *c);
+const struct s3_client_counters *s3_client_counters(const struct s3_client *c);
+const char *s3_client_bucket(const struct s3_client *c);
+
+/* Change credentials for requests started from now on. */
+int s3_client_set_credentials(struct s3_client *c,
+			      const struct s3_credentials *creds);
+
+struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
+				   struct tevent_context *ev,
+				   struct s3_client *c,
+				   const struct s3_request *r);
+/*
+ * Returns 0 or an errno value; *st (optional) says why.  Strings in *st and
+ * *resp are allocated on mem_ctx.
+ */
+int s3_request_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		    struct s3_response **resp, struct s3_status *st);
+
+/* errno for an S3 error code / HTTP status (code may be NULL). */
+int s3_errno_from_code(const char *code, long http_status);
+
+#endif

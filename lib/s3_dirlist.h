@@ -1,0 +1,41 @@
+/*
+ * One directory of the bucket: every object and common prefix directly
+ * under a key prefix, fetched with ListObjectsV2 (delimiter "/", all pages)
+ * and kept sorted by name for lookups.
+ */
+#ifndef BUCKETFS_S3_DIRLIST_H
+#define BUCKETFS_S3_DIRLIST_H
+
+#include "s3_ops.h"
+
+struct s3_dirent {
+	char *name; /* one path component: no '/' */
+	bool is_dir;
+	uint64_t size;
+	char *etag;
+	time_t mtime;
+};
+
+struct s3_dir {
+	char *prefix; /* "" for the bucket root, else ends in '/' */
+	struct s3_dirent *ents;
+	size_t n;
+	size_t n_hidden; /* keys that cannot be a name here (see .c) */
+};
+
+/* Fetch every page.  prefix: "" or ending in '/'. */
+struct tevent_req *s3_dirlist_send(TALLOC_CTX *mem_ctx,
+				   struct tevent_context *ev,
+				   struct s3_client *c, const char *prefix);
+int s3_dirlist_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		    struct s3_dir **dir, struct s3_status *st);
+
+/* Building blocks, exposed for tests. */
+struct s3_dir *s3_dir_new(TALLOC_CTX *mem_ctx, const char *prefix);
+int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page);
+void s3_dir_finish(struct s3_dir *d);
+
+/* Exact lookup (binary search); NULL if absent. */
+const struct s3_dirent *s3_dir_find(const struct s3_dir *d, const char *name);
+
+#endif

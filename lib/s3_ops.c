@@ -1,0 +1,607 @@
+/*
+ * Typed S3 operations.  Each builds an s3_request, lets the engine send,
+ * sign and retry it, and interprets the answer.
+ */
+#include "s3_ops.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/md5.h>
+
+/* ---- shared plumbing ---------------------------------------------------- */
+
+/* The common state of an operation: one engine request, its answer. */
+struct s3_op_state {
+	struct s3_response *resp;
+	struct s3_status st;
+};
+
+static void s3_op_done(struct tevent_req *subreq);
+
+static struct tevent_req *s3_op_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c,
+				     const struct s3_request *r, size_t state_size,
+				     const char *type, void *pstate)
+{
+	struct tevent_req *req, *subreq;
+
+	req = _tevent_req_create(mem_ctx, pstate, state_size, type, __location__);
+	if (req == NULL) {
+		return NULL;
+	}
+	subreq = s3_request_send(*(void **)pstate, ev, c, r);
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, s3_op_done, req);
+	return req;
+}
+
+static void s3_op_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	/* Every op state starts with struct s3_op_state. */
+	struct s3_op_state *s = tevent_req_data(req, void);
+	int ret = s3_request_recv(subreq, s, &s->resp, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (tevent_req_error(req, ret)) {
+		return;
+	}
+	tevent_req_done(req);
+}
+
+static int s3_op_recv(struct tevent_req *req, struct s3_status *st)
+{
+	struct s3_op_state *s = tevent_req_data(req, void);
+	enum tevent_req_state state;
+	uint64_t err = 0;
+
+	if (st != NULL) {
+		*st = s->st;
+	}
+	if (tevent_req_is_error(req, &state, &err)) {
+		if (st != NULL) {
+			if (state == TEVENT_REQ_NO_MEMORY) {
+				err = ENOMEM;
+			}
+			st->err = (int)err;
+		}
+		return err != 0 ? (int)err : EIO;
+	}
+	return 0;
+}
+
+bool s3_wait(struct tevent_req *req, struct tevent_context *ev)
+{
+	return tevent_req_poll(req, ev);
+}
+
+/* ---- HeadObject ----------------------------------------------------------- */
+
+struct s3_head_state {
+	struct s3_op_state op;
+};
+
+struct tevent_req *s3_head_object_send(TALLOC_CTX *mem_ctx,
+				       struct tevent_context *ev,
+				       struct s3_client *c, const char *key)
+{
+	struct s3_head_state *s;
+	const struct s3_request r = {
+		.method = "HEAD", .key = key, .idempotent = true,
+	};
+
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_head_state", &s);
+}
+
+int s3_head_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			struct s3_object_info *info, struct s3_status *st)
+{
+	struct s3_head_state *s = tevent_req_data(req, struct s3_head_state);
+	int ret = s3_op_recv(req, st);
+
+	if (ret == 0) {
+		info->size = s->op.resp->content_length;
+		info->etag = talloc_steal(mem_ctx, s->op.resp->etag);
+		info->mtime = s->op.resp->last_modified;
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
+/* ---- GetObject (range) ---------------------------------------------------- */
+
+struct s3_get_state {
+	struct s3_op_state op;
+	struct s3_body_sink sink;
+	uint8_t *buf;
+	size_t len;
+	size_t got;
+};
+
+static int s3_get_begin(void *priv)
+{
+	struct s3_get_state *s = priv;
+
+	s->got = 0;
+	return 0;
+}
+
+static int s3_get_write(void *priv, const void *data, size_t len)
+{
+	struct s3_get_state *s = priv;
+
+	if (len > s->len - s->got) {
+		/* More than we asked for: a server ignoring Range. */
+		return EPROTO;
+	}
+	memcpy(s->buf + s->got, data, len);
+	s->got += len;
+	return 0;
+}
+
+struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c, const char *key,
+				     uint64_t offset, size_t len, void *buf,
+				     const char *if_match)
+{
+	struct tevent_req *req, *subreq;
+	struct s3_get_state *s;
+	struct s3_kv h[2];
+	size_t nh = 0;
+	char range[64], *quoted = NULL;
+
+	req = tevent_req_create(mem_ctx, &s, struct s3_get_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->buf = buf;
+	s->len = len;
+	s->sink = (struct s3_body_sink){s3_get_begin, s3_get_write, s};
+	if (len == 0) {
+		tevent_req_done(req);
+		return tevent_req_post(req, ev);
+	}
+	snprintf(range, sizeof(range), "bytes=%" PRIu64 "-%" PRIu64, offset,
+		 offset + len - 1);
+	h[nh++] = (struct s3_kv){"Range", range};
+	if (if_match != NULL) {
+		quoted = talloc_asprintf(s, "\"%s\"", if_match);
+		if (tevent_req_nomem(quoted, req)) {
+			return tevent_req_post(req, ev);
+		}
+		h[nh++] = (struct s3_kv){"If-Match", quoted};
+	}
+	{
+		const struct s3_request r = {
+			.method = "GET", .key = key, .headers = h,
+			.n_headers = nh, .idempotent = true, .sink = &s->sink,
+		};
+		subreq = s3_request_send(s, ev, c, &r);
+	}
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, s3_op_done, req);
+	return req;
+}
+
+int s3_get_range_recv(struct tevent_req *req, size_t *nread,
+		      struct s3_status *st)
+{
+	struct s3_get_state *s = tevent_req_data(req, struct s3_get_state);
+	int ret = s3_op_recv(req, st);
+
+	if (ret == 0 && s->op.resp != NULL && s->op.resp->http_status == 200 &&
+	    s->got > 0) {
+		/*
+		 * 200 instead of 206: the server sent the whole object.  Fine
+		 * if that is exactly what we asked for (offset 0), else wrong.
+		 */
+		if (s->op.resp->has_content_length &&
+		    s->op.resp->content_length > s->len) {
+			ret = EPROTO;
+		}
+	}
+	if (ret == 0) {
+		*nread = s->got;
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
+/* ---- ListObjectsV2 -------------------------------------------------------- */
+
+struct s3_list_state {
+	struct s3_op_state op;
+	struct s3_body_sink sink;
+	struct s3_xml_parser *parser;
+	int parse_err;
+};
+
+static int s3_list_begin(void *priv)
+{
+	struct s3_list_state *s = priv;
+
+	TALLOC_FREE(s->parser);
+	s->parser = s3_xml_parser_new(s, S3_XML_LISTING);
+	return s->parser != NULL ? 0 : ENOMEM;
+}
+
+static int s3_list_write(void *priv, const void *data, size_t len)
+{
+	struct s3_list_state *s = priv;
+
+	return s3_xml_parser_feed(s->parser, data, len, false);
+}
+
+struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				struct s3_client *c, const char *prefix,
+				const char *delimiter, const char *token,
+				unsigned max_keys)
+{
+	struct tevent_req *req, *subreq;
+	struct s3_list_state *s;
+	struct s3_kv q[5];
+	size_t nq = 0;
+	char mk[16];
+
+	req = tevent_req_create(mem_ctx, &s, struct s3_list_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->sink = (struct s3_body_sink){s3_list_begin, s3_list_write, s};
+	q[nq++] = (struct s3_kv){"list-type", "2"};
+	q[nq++] = (struct s3_kv){"prefix", prefix ? prefix : ""};
+	if (delimiter != NULL) {
+		q[nq++] = (struct s3_kv){"delimiter", delimiter};
+	}
+	if (token != NULL) {
+		q[nq++] = (struct s3_kv){"continuation-token", token};
+	}
+	if (max_keys != 0) {
+		snprintf(mk, sizeof(mk), "%u", max_keys);
+		q[nq++] = (struct s3_kv){"max-keys", mk};
+	}
+	{
+		const struct s3_request r = {
+			.method = "GET", .query = q, .n_query = nq,
+			.idempotent = true, .sink = &s->sink,
+		};
+		subreq = s3_request_send(s, ev, c, &r);
+	}
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, s3_op_done, req);
+	return req;
+}
+
+int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		 struct s3_listing **listing, struct s3_status *st)
+{
+	struct s3_list_state *s = tevent_req_data(req, struct s3_list_state);
+	int ret = s3_op_recv(req, st);
+
+	if (ret == 0) {
+		ret = s3_xml_parser_feed(s->parser, "", 0, true);
+		if (ret != 0 && st != NULL) {
+			st->err = ret;
+			s3_status_set(st, "MalformedListing",
+				      s3_xml_parser_error(s->parser), NULL);
+		}
+	} else if (ret == EBADMSG && st != NULL && s->parser != NULL) {
+		s3_status_set(st, "MalformedListing",
+			      s3_xml_parser_error(s->parser), NULL);
+	}
+	if (ret == 0) {
+		*listing = talloc_steal(mem_ctx, s3_xml_listing(s->parser));
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
+/* ---- PutObject ------------------------------------------------------------ */
+
+struct s3_etag_state {
+	struct s3_op_state op;
+	char md5[32];
+};
+
+static void s3_content_md5(const void *data, size_t len, char out[32])
+{
+	unsigned char md[MD5_DIGEST_LENGTH];
+
+	/* MD5 is what S3's Content-MD5 integrity check takes. */
+	EVP_Digest(data, len, md, NULL, EVP_md5(), NULL);
+	EVP_EncodeBlock((unsigned char *)out, md, sizeof(md));
+}
+
+struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *c, const char *key,
+				      const void *data, size_t len)
+{
+	char md5[32];
+	struct s3_etag_state *s;
+	const struct s3_kv h[] = {{"Content-MD5", md5}};
+	const struct s3_request r = {
+		.method = "PUT", .key = key, .headers = h, .n_headers = 1,
+		.body = data ? data : "", .body_len = len, .idempotent = true,
+	};
+
+	s3_content_md5(data ? data : "", len, md5);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_etag_state", &s);
+}
+
+static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			char **etag, struct s3_status *st)
+{
+	struct s3_op_state *s = tevent_req_data(req, void);
+	int ret = s3_op_recv(req, st);
+
+	if (ret == 0 && etag != NULL) {
+		*etag = talloc_steal(mem_ctx, s->resp->etag);
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
+int s3_put_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **etag, struct s3_status *st)
+{
+	return s3_etag_recv(req, mem_ctx, etag, st);
+}
+
+/* ---- DeleteObject --------------------------------------------------------- */
+
+struct tevent_req *s3_delete_object_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key)
+{
+	struct s3_op_state *s;
+	const struct s3_request r = {
+		.method = "DELETE", .key = key, .idempotent = true,
+	};
+
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+}
+
+int s3_delete_object_recv(struct tevent_req *req, struct s3_status *st)
+{
+	int ret = s3_op_recv(req, st);
+
+	tevent_req_received(req);
+	return ret;
+}
+
+/* ---- results carried in a 200 body (copy, complete) ----------------------- */
+
+/*
+ * CopyObject and CompleteMultipartUpload can answer 200 and still fail:
+ * the body is then an <Error>.  Parse it and turn it into an errno.
+ */
+static int s3_result_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			  char **etag, char **upload_id, struct s3_status *st)
+{
+	struct s3_op_state *s = tevent_req_data(req, void);
+	struct s3_xml_parser *p;
+	struct s3_result_doc *doc;
+	int ret = s3_op_recv(req, st);
+
+	if (ret != 0) {
+		goto out;
+	}
+	p = s3_xml_parser_new(s, S3_XML_RESULT);
+	if (p == NULL) {
+		ret = ENOMEM;
+		goto out;
+	}
+	ret = s3_xml_parser_feed(p, s->resp->body, s->resp->body_len, true);
+	if (ret != 0) {
+		if (st != NULL) {
+			st->err = ret;
+			s3_status_set(st, "MalformedResult",
+				      s3_xml_parser_error(p), NULL);
+		}
+		goto out;
+	}
+	doc = s3_xml_result(p);
+	if (doc->is_error) {
+		ret = s3_errno_from_code(doc->error.code, 500);
+		if (st != NULL) {
+			st->err = ret;
+			s3_status_set(st, doc->error.code, doc->error.message,
+				      doc->error.request_id);
+		}
+		goto out;
+	}
+	if (etag != NULL) {
+		*etag = talloc_steal(mem_ctx, doc->etag);
+	}
+	if (upload_id != NULL) {
+		*upload_id = talloc_steal(mem_ctx, doc->upload_id);
+		if (*upload_id == NULL) {
+			ret = EPROTO;
+		}
+	}
+out:
+	tevent_req_received(req);
+	return ret;
+}
+
+/* ---- CopyObject ------------------------------------------------------------ */
+
+struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
+				       struct tevent_context *ev,
+				       struct s3_client *c, const char *src_key,
+				       const char *dst_key)
+{
+	struct s3_op_state *s;
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	char *src = talloc_asprintf(tmp, "/%s/%s", s3_client_bucket(c),
+				    s3_uri_encode(tmp, src_key, true));
+	struct tevent_req *req;
+
+	if (src == NULL) {
+		talloc_free(tmp);
+		return NULL;
+	}
+	{
+		const struct s3_kv h[] = {{"x-amz-copy-source", src}};
+		const struct s3_request r = {
+			.method = "PUT", .key = dst_key, .headers = h,
+			.n_headers = 1, .idempotent = true,
+		};
+		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state",
+				 &s);
+	}
+	talloc_free(tmp);
+	return req;
+}
+
+int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			char **etag, struct s3_status *st)
+{
+	return s3_result_recv(req, mem_ctx, etag, NULL, st);
+}
+
+/* ---- multipart -------------------------------------------------------------- */
+
+struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *c, const char *key)
+{
+	struct s3_op_state *s;
+	const struct s3_kv q[] = {{"uploads", ""}};
+	/* Not idempotent: a lost answer would leave an orphan upload. */
+	const struct s3_request r = {
+		.method = "POST", .key = key, .query = q, .n_query = 1,
+	};
+
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+}
+
+int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **upload_id, struct s3_status *st)
+{
+	return s3_result_recv(req, mem_ctx, NULL, upload_id, st);
+}
+
+struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
+				    struct tevent_context *ev,
+				    struct s3_client *c, const char *key,
+				    const char *upload_id, unsigned part_no,
+				    const void *data, size_t len)
+{
+	struct s3_etag_state *s;
+	char num[16], md5[32];
+	const struct s3_kv q[] = {{"partNumber", num}, {"uploadId", upload_id}};
+	const struct s3_kv h[] = {{"Content-MD5", md5}};
+	const struct s3_request r = {
+		.method = "PUT", .key = key, .query = q, .n_query = 2,
+		.headers = h, .n_headers = 1, .body = data ? data : "",
+		.body_len = len, .idempotent = true,
+	};
+
+	snprintf(num, sizeof(num), "%u", part_no);
+	s3_content_md5(data ? data : "", len, md5);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_etag_state", &s);
+}
+
+int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
+		     struct s3_status *st)
+{
+	return s3_etag_recv(req, mem_ctx, etag, st);
+}
+
+struct s3_complete_state {
+	struct s3_op_state op;
+	char *body;
+};
+
+struct tevent_req *s3_mpu_complete_send(TALLOC_CTX *mem_ctx,
+					struct tevent_context *ev,
+					struct s3_client *c, const char *key,
+					const char *upload_id,
+					const struct s3_part *parts,
+					size_t n_parts)
+{
+	struct tevent_req *req, *subreq;
+	struct s3_complete_state *s;
+	const struct s3_kv q[] = {{"uploadId", upload_id}};
+	size_t i;
+
+	req = tevent_req_create(mem_ctx, &s, struct s3_complete_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->body = talloc_strdup(s, "<CompleteMultipartUpload>");
+	for (i = 0; i < n_parts && s->body != NULL; i++) {
+		/* ETags are hex in quotes: nothing to escape. */
+		s->body = talloc_asprintf_append_buffer(
+			s->body,
+			"<Part><PartNumber>%u</PartNumber>"
+			"<ETag>\"%s\"</ETag></Part>",
+			parts[i].part_no, parts[i].etag);
+	}
+	if (s->body != NULL) {
+		s->body = talloc_strdup_append_buffer(
+			s->body, "</CompleteMultipartUpload>");
+	}
+	if (tevent_req_nomem(s->body, req)) {
+		return tevent_req_post(req, ev);
+	}
+	{
+		/* Completing twice is harmless (NoSuchUpload the second
+		 * time is checked by the caller against the object). */
+		const struct s3_request r = {
+			.method = "POST", .key = key, .query = q, .n_query = 1,
+			.body = s->body, .body_len = strlen(s->body),
+			.idempotent = true,
+		};
+		subreq = s3_request_send(s, ev, c, &r);
+	}
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, s3_op_done, req);
+	return req;
+}
+
+int s3_mpu_complete_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			 char **etag, struct s3_status *st)
+{
+	return s3_result_recv(req, mem_ctx, etag, NULL, st);
+}
+
+struct tevent_req *s3_mpu_abort_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c, const char *key,
+				     const char *upload_id)
+{
+	struct s3_op_state *s;
+	const struct s3_kv q[] = {{"uploadId", upload_id}};
+	const struct s3_request r = {
+		.method = "DELETE", .key = key, .query = q, .n_query = 1,
+		.idempotent = true,
+	};
+
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+}
+
+int s3_mpu_abort_recv(struct tevent_req *req, struct s3_status *st)
+{
+	int ret = s3_op_recv(req, st);
+
+	tevent_req_received(req);
+	return ret;
+}

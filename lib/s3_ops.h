@@ -1,0 +1,105 @@
+/*
+ * Typed S3 operations over the engine in s3_client.h.  Each is a tevent_req
+ * send/recv pair; recv returns 0 or an errno value and fills *st (optional)
+ * with the S3 code, message and request id for the log line.
+ */
+#ifndef BUCKETFS_S3_OPS_H
+#define BUCKETFS_S3_OPS_H
+
+#include "s3_client.h"
+#include "s3_xml.h"
+
+struct s3_object_info {
+	uint64_t size;
+	char *etag;
+	time_t mtime;
+};
+
+/* HeadObject. */
+struct tevent_req *s3_head_object_send(TALLOC_CTX *mem_ctx,
+				       struct tevent_context *ev,
+				       struct s3_client *c, const char *key);
+int s3_head_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			struct s3_object_info *info, struct s3_status *st);
+
+/*
+ * GetObject of bytes [offset, offset+len) into buf.  With if_match, an
+ * object whose ETag changed fails with ESTALE instead of mixing versions.
+ * A short object gives a short count; a body longer than asked is refused.
+ */
+struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c, const char *key,
+				     uint64_t offset, size_t len, void *buf,
+				     const char *if_match);
+int s3_get_range_recv(struct tevent_req *req, size_t *nread,
+		      struct s3_status *st);
+
+/* One page of ListObjectsV2.  delimiter and token may be NULL. */
+struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				struct s3_client *c, const char *prefix,
+				const char *delimiter, const char *token,
+				unsigned max_keys);
+int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		 struct s3_listing **listing, struct s3_status *st);
+
+/* PutObject with Content-MD5, so a corrupted upload is refused. */
+struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *c, const char *key,
+				      const void *data, size_t len);
+int s3_put_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **etag, struct s3_status *st);
+
+struct tevent_req *s3_delete_object_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key);
+int s3_delete_object_recv(struct tevent_req *req, struct s3_status *st);
+
+/* CopyObject within the client's bucket. */
+struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
+				       struct tevent_context *ev,
+				       struct s3_client *c, const char *src_key,
+				       const char *dst_key);
+int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			char **etag, struct s3_status *st);
+
+/* Multipart upload. */
+struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *c, const char *key);
+int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **upload_id, struct s3_status *st);
+
+struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
+				    struct tevent_context *ev,
+				    struct s3_client *c, const char *key,
+				    const char *upload_id, unsigned part_no,
+				    const void *data, size_t len);
+int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
+		     struct s3_status *st);
+
+struct s3_part {
+	unsigned part_no;
+	const char *etag;
+};
+
+struct tevent_req *s3_mpu_complete_send(TALLOC_CTX *mem_ctx,
+					struct tevent_context *ev,
+					struct s3_client *c, const char *key,
+					const char *upload_id,
+					const struct s3_part *parts,
+					size_t n_parts);
+int s3_mpu_complete_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			 char **etag, struct s3_status *st);
+
+struct tevent_req *s3_mpu_abort_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c, const char *key,
+				     const char *upload_id);
+int s3_mpu_abort_recv(struct tevent_req *req, struct s3_status *st);
+
+/* Run req to completion on its (private) event context. */
+bool s3_wait(struct tevent_req *req, struct tevent_context *ev);
+
+#endif

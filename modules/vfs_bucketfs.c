@@ -1,0 +1,1733 @@
+/*
+ * vfs_bucketfs: serve an S3 bucket as a Samba share.
+ *
+ * A final (opaque) module, like vfs_ceph and vfs_glusterfs: nothing below it
+ * touches the host filesystem.  Files get fake fds from vfs_fake_fd(); the
+ * share's "path =" only names the root of the namespace we present.
+ *
+ * This file is glue: it turns VFS calls into calls on lib/ (S3 client,
+ * listings) and Samba types stop here.  Synchronous VFS calls run their
+ * S3 requests to completion on a private tevent context; pread_send runs on
+ * smbd's own event loop.
+ *
+ * This stage serves reads only: directories are listed and files read
+ * straight from S3.  Anything that would change the bucket fails with EROFS
+ * (NT_STATUS_MEDIA_WRITE_PROTECTED for the client).
+ */
+
+#include "includes.h"
+#include "smbd/smbd.h"
+#include "system/filesys.h"
+#include "lib/util/tevent_unix.h"
+#include "lib/util/tevent_ntstatus.h"
+#include "version.h"
+
+#include "s3_client.h"
+#include "s3_creds.h"
+#include "s3_dirlist.h"
+#include "s3_ops.h"
+
+#undef DBGC_CLASS
+#define DBGC_CLASS DBGC_VFS
+
+#define BFS_MODULE "bucketfs"
+#define BFS_DIRCACHE_SLOTS 32
+
+/* Read by scripts/check-samba.sh before install: what we were built for. */
+const char bucketfs_built_for[] = "bucketfs-built-for: samba="
+	BUCKETFS_SAMBA_PKGVER " vfs=" __STRINGSTRING(SMB_VFS_INTERFACE_VERSION);
+
+/* A listed directory, shared by lookups and open directory handles. */
+struct bfs_cached_dir {
+	char *rel;	/* share-relative path, "" for the root */
+	struct s3_dir *dir;
+	time_t fetched;
+	unsigned refs;	/* open DIR handles */
+	bool evicted;	/* out of the cache; freed by the last closedir */
+};
+
+struct bfs_conn {
+	const char *service;
+	char *connectpath;
+	char *cwd;	/* absolute, normalised */
+	char *prefix;	/* key prefix of the share root: "" or ends in '/' */
+	int ttl;	/* seconds a listing is trusted; 0 always revalidate */
+	mode_t file_mode;
+	mode_t dir_mode;
+	uint64_t dev;
+	time_t connected;
+
+	struct s3_client_config cfg;
+	struct tevent_context *sync_ev;
+	struct s3_client *s3;		/* on sync_ev */
+	struct tevent_context *async_ev;
+	struct s3_client *s3_async;	/* on smbd's event context */
+
+	struct bfs_cached_dir *dirs[BFS_DIRCACHE_SLOTS];
+};
+
+/* Per open file or directory. */
+struct bfs_fh {
+	char *rel;
+	char *key;
+	bool is_dir;
+	uint64_t size;
+	char *etag;
+	time_t mtime;
+};
+
+/* What fdopendir hands smbd, cast to DIR *. */
+struct bfs_dir_handle {
+	struct bfs_conn *bc;
+	struct bfs_cached_dir *cd;
+	files_struct *fsp;
+	long pos;	/* 0 ".", 1 "..", then entries */
+	struct dirent de;
+};
+
+/* ---- paths ---------------------------------------------------------------- */
+
+/* Normalise an absolute path: no "", "." or ".." components. */
+static char *bfs_normalise(TALLOC_CTX *mem_ctx, const char *abs)
+{
+	char *copy = talloc_strdup(mem_ctx, abs);
+	char *out = talloc_array(mem_ctx, char, strlen(abs) + 2);
+	char *tok, *save = NULL;
+	size_t len = 0;
+
+	if (copy == NULL || out == NULL) {
+		return NULL;
+	}
+	out[0] = '\0';
+	for (tok = strtok_r(copy, "/", &save); tok != NULL;
+	     tok = strtok_r(NULL, "/", &save)) {
+		if (strcmp(tok, ".") == 0) {
+			continue;
+		}
+		if (strcmp(tok, "..") == 0) {
+			char *slash = strrchr(out, '/');
+			len = slash != NULL ? (size_t)(slash - out) : 0;
+			out[len] = '\0';
+			continue;
+		}
+		out[len++] = '/';
+		memcpy(out + len, tok, strlen(tok) + 1);
+		len += strlen(tok);
+	}
+	if (len == 0) {
+		out[0] = '/';
+		out[1] = '\0';
+	}
+	talloc_free(copy);
+	return out;
+}
+
+/* Share-relative path ("" = root) of an absolute one, or NULL if outside. */
+static const char *bfs_rel_of_abs(struct bfs_conn *bc, const char *abs)
+{
+	size_t l = strlen(bc->connectpath);
+
+	if (strcmp(bc->connectpath, "/") == 0) {
+		return abs + 1;
+	}
+	if (strncmp(abs, bc->connectpath, l) != 0) {
+		return NULL;
+	}
+	if (abs[l] == '\0') {
+		return abs + l;
+	}
+	return abs[l] == '/' ? abs + l + 1 : NULL;
+}
+
+/*
+ * The share-relative path of name, relative to dirfsp (or the cwd).
+ * EACCES for anything outside the share.
+ */
+static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+			const struct files_struct *dirfsp, const char *name,
+			char **rel)
+{
+	char *abs;
+	const char *r;
+
+	if (name[0] == '/') {
+		abs = talloc_strdup(mem_ctx, name);
+	} else if (dirfsp != NULL && dirfsp != dirfsp->conn->cwd_fsp &&
+		   fsp_get_pathref_fd(dirfsp) != AT_FDCWD) {
+		const char *d = dirfsp->fsp_name->base_name;
+		abs = d[0] == '/' ? talloc_asprintf(mem_ctx, "%s/%s", d, name) :
+				    talloc_asprintf(mem_ctx, "%s/%s/%s",
+						    bc->cwd, d, name);
+	} else {
+		abs = talloc_asprintf(mem_ctx, "%s/%s", bc->cwd, name);
+	}
+	if (abs == NULL || (abs = bfs_normalise(mem_ctx, abs)) == NULL) {
+		return ENOMEM;
+	}
+	r = bfs_rel_of_abs(bc, abs);
+	if (r == NULL) {
+		DBG_NOTICE("bucketfs: %s is outside share %s\n", abs,
+			   bc->connectpath);
+		return EACCES;
+	}
+	*rel = talloc_strdup(mem_ctx, r);
+	return *rel != NULL ? 0 : ENOMEM;
+}
+
+static char *bfs_key(TALLOC_CTX *mem_ctx, struct bfs_conn *bc, const char *rel)
+{
+	return talloc_asprintf(mem_ctx, "%s%s", bc->prefix, rel);
+}
+
+/* Key prefix listing the directory rel. */
+static char *bfs_dir_prefix(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+			    const char *rel)
+{
+	return talloc_asprintf(mem_ctx, "%s%s%s", bc->prefix, rel,
+			       rel[0] != '\0' ? "/" : "");
+}
+
+static void bfs_split(TALLOC_CTX *mem_ctx, const char *rel, char **parent,
+		      const char **base)
+{
+	const char *slash = strrchr(rel, '/');
+
+	if (slash == NULL) {
+		*parent = talloc_strdup(mem_ctx, "");
+		*base = rel;
+	} else {
+		*parent = talloc_strndup(mem_ctx, rel, (size_t)(slash - rel));
+		*base = slash + 1;
+	}
+}
+
+/* ---- S3 errors --------------------------------------------------------------- */
+
+static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
+		       const struct s3_status *st)
+{
+	DBG_WARNING("bucketfs: share %s: %s s3://%s/%s failed: %s "
+		    "(HTTP %ld, %s%s%s, request id %s, %u attempt%s)\n",
+		    bc->service, what, bc->cfg.bucket, key, strerror(st->err),
+		    st->http_status, st->code[0] ? st->code : "no S3 code",
+		    st->message[0] ? ": " : "", st->message,
+		    st->request_id[0] ? st->request_id : "none", st->attempts,
+		    st->attempts == 1 ? "" : "s");
+}
+
+/* ---- the directory cache -------------------------------------------------------- */
+
+static void bfs_cached_dir_drop(struct bfs_cached_dir *cd)
+{
+	cd->evicted = true;
+	if (cd->refs == 0) {
+		talloc_free(cd);
+	}
+}
+
+/* Listing of directory rel: from the cache while fresh, else from S3. */
+static int bfs_get_dir(struct bfs_conn *bc, const char *rel,
+		       struct bfs_cached_dir **out)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_cached_dir *cd;
+	struct tevent_req *req;
+	struct s3_status st = {0};
+	struct s3_dir *dir = NULL;
+	time_t now = time(NULL);
+	size_t i, victim = 0;
+	char *prefix;
+	int ret;
+
+	for (i = 0; i < BFS_DIRCACHE_SLOTS; i++) {
+		cd = bc->dirs[i];
+		if (cd == NULL || strcmp(cd->rel, rel) != 0) {
+			continue;
+		}
+		if (bc->ttl < 0 || now - cd->fetched < bc->ttl) {
+			*out = cd;
+			TALLOC_FREE(frame);
+			return 0;
+		}
+		bc->dirs[i] = NULL;
+		bfs_cached_dir_drop(cd);
+	}
+
+	prefix = bfs_dir_prefix(frame, bc, rel);
+	req = prefix ? s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix) :
+		       NULL;
+	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		TALLOC_FREE(frame);
+		return ENOMEM;
+	}
+	ret = s3_dirlist_recv(req, frame, &dir, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, "listing", prefix, &st);
+		TALLOC_FREE(frame);
+		return ret;
+	}
+	if (dir->n_hidden > 0) {
+		DBG_INFO("bucketfs: %zu key(s) under s3://%s/%s cannot be "
+			 "shown as names and are hidden\n",
+			 dir->n_hidden, bc->cfg.bucket, prefix);
+	}
+
+	/* Oldest slot goes. */
+	for (i = 0; i < BFS_DIRCACHE_SLOTS; i++) {
+		if (bc->dirs[i] == NULL) {
+			victim = i;
+			break;
+		}
+		if (bc->dirs[i]->fetched < bc->dirs[victim]->fetched) {
+			victim = i;
+		}
+	}
+	if (bc->dirs[victim] != NULL) {
+		bfs_cached_dir_drop(bc->dirs[victim]);
+	}
+	cd = talloc_zero(bc, struct bfs_cached_dir);
+	if (cd == NULL || (cd->rel = talloc_strdup(cd, rel)) == NULL) {
+		TALLOC_FREE(frame);
+		talloc_free(cd);
+		bc->dirs[victim] = NULL;
+		return ENOMEM;
+	}
+	cd->dir = talloc_steal(cd, dir);
+	cd->fetched = now;
+	bc->dirs[victim] = cd;
+	*out = cd;
+	TALLOC_FREE(frame);
+	return 0;
+}
+
+/* ---- stat ------------------------------------------------------------------------ */
+
+static uint64_t bfs_hash(const char *a, const char *b)
+{
+	/* FNV-1a: stable inode numbers across processes and restarts. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const char *p;
+
+	for (p = a; *p != '\0'; p++) {
+		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+	}
+	h = (h ^ '/') * 0x100000001b3ULL;
+	for (p = b; *p != '\0'; p++) {
+		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+	}
+	return h != 0 ? h : 1;
+}
+
+static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
+			  const char *rel, bool is_dir, uint64_t size,
+			  time_t mtime)
+{
+	struct timespec ts = {.tv_sec = mtime >= 0 ? mtime : bc->connected};
+
+	ZERO_STRUCTP(sbuf);
+	sbuf->st_ex_dev = bc->dev;
+	sbuf->st_ex_ino = bfs_hash(bc->prefix, rel);
+	sbuf->st_ex_mode = is_dir ? (S_IFDIR | bc->dir_mode) :
+				    (S_IFREG | bc->file_mode);
+	sbuf->st_ex_nlink = is_dir ? 2 : 1;
+	/* smbd runs VFS calls as the connected (or forced) user. */
+	sbuf->st_ex_uid = geteuid();
+	sbuf->st_ex_gid = getegid();
+	sbuf->st_ex_size = is_dir ? 0 : (off_t)size;
+	sbuf->st_ex_atime = ts;
+	sbuf->st_ex_mtime = ts;
+	sbuf->st_ex_ctime = ts;
+	sbuf->st_ex_btime = ts;
+	sbuf->st_ex_blksize = 4096;
+	sbuf->st_ex_blocks = is_dir ? 0 : (blkcnt_t)((size + 511) / 512);
+}
+
+/* Look rel up; fills fh (optional, allocated on mem_ctx) and sbuf. */
+static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+		      const char *rel, SMB_STRUCT_STAT *sbuf,
+		      struct bfs_fh **pfh)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_cached_dir *cd = NULL;
+	const struct s3_dirent *e = NULL;
+	struct bfs_fh *fh;
+	const char *base;
+	char *parent;
+	int ret;
+
+	if (rel[0] != '\0') {
+		bfs_split(frame, rel, &parent, &base);
+		if (parent == NULL) {
+			TALLOC_FREE(frame);
+			return ENOMEM;
+		}
+		ret = bfs_get_dir(bc, parent, &cd);
+		if (ret != 0) {
+			TALLOC_FREE(frame);
+			return ret;
+		}
+		e = s3_dir_find(cd->dir, base);
+		if (e == NULL) {
+			TALLOC_FREE(frame);
+			return ENOENT;
+		}
+	}
+	if (rel[0] == '\0') {
+		bfs_fill_stat(bc, sbuf, rel, true, 0, -1);
+	} else {
+		bfs_fill_stat(bc, sbuf, rel, e->is_dir, e->size, e->mtime);
+	}
+	if (pfh != NULL) {
+		fh = talloc_zero(mem_ctx, struct bfs_fh);
+		if (fh == NULL) {
+			TALLOC_FREE(frame);
+			return ENOMEM;
+		}
+		fh->rel = talloc_strdup(fh, rel);
+		fh->key = bfs_key(fh, bc, rel);
+		fh->is_dir = e == NULL || e->is_dir;
+		fh->size = e ? e->size : 0;
+		fh->etag = e && e->etag ? talloc_strdup(fh, e->etag) : NULL;
+		fh->mtime = e ? e->mtime : -1;
+		*pfh = fh;
+	}
+	TALLOC_FREE(frame);
+	return 0;
+}
+
+static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
+			     const struct files_struct *dirfsp,
+			     struct smb_filename *smb_fname,
+			     SMB_STRUCT_STAT *sbuf)
+{
+	struct bfs_conn *bc;
+	char *rel = NULL;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (smb_fname->stream_name != NULL) {
+		errno = ENOENT;
+		return -1;
+	}
+	ret = bfs_rel_path(talloc_tos(), bc, dirfsp, smb_fname->base_name,
+			   &rel);
+	if (ret == 0) {
+		ret = bfs_lookup(NULL, bc, rel, sbuf, NULL);
+	}
+	TALLOC_FREE(rel);
+	if (ret != 0) {
+		errno = ret;
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- connect ------------------------------------------------------------------------ */
+
+static const char *bfs_param(struct vfs_handle_struct *handle, const char *name,
+			     const char *def)
+{
+	return lp_parm_const_string(SNUM(handle->conn), BFS_MODULE, name, def);
+}
+
+static int bfs_load_credentials(struct vfs_handle_struct *handle,
+				struct bfs_conn *bc)
+{
+	const char *file = bfs_param(handle, "credentials file", NULL);
+	const char *profile = bfs_param(handle, "profile", "default");
+	const char *why = NULL;
+	int ret;
+
+	if (file != NULL && file[0] != '\0') {
+		ret = s3_creds_from_file(bc, file, profile, &bc->cfg.creds,
+					 &why);
+		if (ret != 0) {
+			DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
+		}
+		return ret;
+	}
+	ret = s3_creds_from_env(bc, &bc->cfg.creds);
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: no S3 credentials: set "
+			"'bucketfs:credentials file' or AWS_ACCESS_KEY_ID and "
+			"AWS_SECRET_ACCESS_KEY in smbd's environment\n",
+			bc->service);
+	}
+	return ret;
+}
+
+/* One cheap request that proves endpoint, bucket and credentials. */
+static int bfs_probe_bucket(struct bfs_conn *bc)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct s3_listing *l = NULL;
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	const char *cause;
+	int ret;
+
+	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
+			   1);
+	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		TALLOC_FREE(frame);
+		return ENOMEM;
+	}
+	ret = s3_list_recv(req, frame, &l, &st);
+	TALLOC_FREE(frame);
+	if (ret == 0) {
+		return 0;
+	}
+	switch (ret) {
+	case EACCES:
+		cause = "the S3 server refused the credentials";
+		break;
+	case ENOENT:
+		cause = "the bucket does not exist";
+		break;
+	case ECONNREFUSED:
+	case EHOSTUNREACH:
+	case ETIMEDOUT:
+	case ECONNRESET:
+		cause = "the S3 endpoint is unreachable";
+		break;
+	case EPROTO:
+		cause = "TLS with the S3 endpoint failed";
+		break;
+	case ENXIO:
+		cause = "the bucket is in another region or needs another "
+			"endpoint";
+		break;
+	default:
+		cause = "the S3 server answered with an error";
+		break;
+	}
+	DBG_ERR("bucketfs: share %s: cannot serve bucket '%s' at %s: %s "
+		"(%s; HTTP %ld%s%s)\n",
+		bc->service, bc->cfg.bucket, bc->cfg.endpoint, cause,
+		st.code[0] ? st.code : strerror(ret), st.http_status,
+		st.message[0] ? "; " : "", st.message);
+	return ret;
+}
+
+static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
+		       const char *user)
+{
+	struct bfs_conn *bc;
+	const char *bucket, *prefix, *endpoint, *cache_dir;
+	int ret;
+
+	bc = talloc_zero(handle->conn, struct bfs_conn);
+	if (bc == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	bc->service = talloc_strdup(bc, service);
+	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
+	bc->cwd = talloc_strdup(bc, bc->connectpath);
+	bc->connected = time(NULL);
+	bc->ttl = lp_parm_int(SNUM(handle->conn), BFS_MODULE, "metadata ttl",
+			      10);
+	bc->file_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
+					      "file mode", 0644) & 07777;
+	bc->dir_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
+					     "dir mode", 0755) & 07777;
+
+	bucket = bfs_param(handle, "bucket", NULL);
+	if (bucket == NULL || bucket[0] == '\0') {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:bucket' is not set\n",
+			service);
+		goto inval;
+	}
+	prefix = bfs_param(handle, "prefix", "");
+	while (prefix[0] == '/') {
+		prefix++;
+	}
+	bc->prefix = talloc_asprintf(bc, "%s%s", prefix,
+				     prefix[0] != '\0' &&
+						     prefix[strlen(prefix) - 1] != '/' ?
+					     "/" :
+					     "");
+	endpoint = bfs_param(handle, "endpoint", NULL);
+	bc->cfg.bucket = bucket;
+	bc->cfg.region = bfs_param(handle, "region", "us-east-1");
+	bc->cfg.endpoint = endpoint;
+	bc->cfg.path_style = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
+					  "path style", false);
+	bc->cfg.verify_tls = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
+					  "verify tls", true);
+	bc->cfg.max_requests = (unsigned)lp_parm_int(
+		SNUM(handle->conn), BFS_MODULE, "max requests", 16);
+	bc->cfg.request_timeout_ms =
+		1000 * (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
+					     "request timeout", 30);
+	bc->cfg.connect_timeout_ms = 5000;
+	bc->cfg.max_retries = (unsigned)lp_parm_int(
+		SNUM(handle->conn), BFS_MODULE, "retries", 4);
+	if (bc->prefix == NULL || bc->connectpath == NULL || bc->cwd == NULL) {
+		goto nomem;
+	}
+	bc->dev = bfs_hash(bucket, bc->prefix);
+
+	cache_dir = bfs_param(handle, "cache dir", NULL);
+	if (cache_dir != NULL && cache_dir[0] != '/') {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:cache dir' must be an "
+			"absolute path, not '%s'\n", service, cache_dir);
+		goto inval;
+	}
+
+	ret = bfs_load_credentials(handle, bc);
+	if (ret != 0) {
+		goto fail;
+	}
+
+	bc->sync_ev = tevent_context_init(bc);
+	if (bc->sync_ev == NULL) {
+		goto nomem;
+	}
+	bc->s3 = s3_client_new(bc, bc->sync_ev, &bc->cfg);
+	if (bc->s3 == NULL) {
+		ret = errno;
+		DBG_ERR("bucketfs: share %s: bad S3 endpoint '%s' (want "
+			"http://host[:port] or https://host[:port])\n",
+			service, endpoint ? endpoint : "(default)");
+		goto fail;
+	}
+	if (bc->cfg.endpoint == NULL) {
+		bc->cfg.endpoint = talloc_asprintf(bc, "https://s3.%s.amazonaws.com",
+						   bc->cfg.region);
+	}
+
+	ret = bfs_probe_bucket(bc);
+	if (ret != 0) {
+		goto fail;
+	}
+
+	SMB_VFS_HANDLE_SET_DATA(handle, bc, NULL, struct bfs_conn,
+				goto nomem);
+	DBG_NOTICE("bucketfs: share %s serves s3://%s/%s from %s for %s\n",
+		   service, bucket, bc->prefix, bc->cfg.endpoint, user);
+	return 0;
+
+nomem:
+	ret = ENOMEM;
+	goto fail;
+inval:
+	ret = EINVAL;
+fail:
+	TALLOC_FREE(bc);
+	errno = ret;
+	return -1;
+}
+
+static void bfs_disconnect(struct vfs_handle_struct *handle)
+{
+	struct bfs_conn *bc;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return);
+	/* Children (clients, contexts, cache) go with it. */
+	SMB_VFS_HANDLE_FREE_DATA(handle);
+	TALLOC_FREE(bc);
+}
+
+/* ---- volume ------------------------------------------------------------------------- */
+
+/* Object storage has no meaningful free space: report a large volume. */
+#define BFS_VOLUME_BLOCKS (1ULL << 38) /* 1 PiB of 4 KiB blocks */
+
+static uint64_t bfs_disk_free(struct vfs_handle_struct *handle,
+			      const struct smb_filename *smb_fname,
+			      uint64_t *bsize, uint64_t *dfree, uint64_t *dsize)
+{
+	*bsize = 4096;
+	*dfree = BFS_VOLUME_BLOCKS;
+	*dsize = BFS_VOLUME_BLOCKS;
+	return *dfree;
+}
+
+static int bfs_statvfs(struct vfs_handle_struct *handle,
+		       const struct smb_filename *smb_fname,
+		       struct vfs_statvfs_struct *st)
+{
+	struct bfs_conn *bc;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	ZERO_STRUCTP(st);
+	st->OptimalTransferSize = 4 * 1024 * 1024;
+	st->BlockSize = 4096;
+	st->TotalBlocks = BFS_VOLUME_BLOCKS;
+	st->BlocksAvail = BFS_VOLUME_BLOCKS;
+	st->UserBlocksAvail = BFS_VOLUME_BLOCKS;
+	st->TotalFileNodes = UINT32_MAX;
+	st->FreeFileNodes = UINT32_MAX;
+	st->FsIdentifier = bc->dev;
+	st->FsCapabilities = FILE_CASE_SENSITIVE_SEARCH |
+			     FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK |
+			     FILE_READ_ONLY_VOLUME;
+	return 0;
+}
+
+static uint32_t bfs_fs_capabilities(struct vfs_handle_struct *handle,
+				    enum timestamp_set_resolution *p_ts_res)
+{
+	*p_ts_res = TIMESTAMP_SET_SECONDS;
+	return FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES |
+	       FILE_UNICODE_ON_DISK | FILE_READ_ONLY_VOLUME;
+}
+
+/* ---- directories --------------------------------------------------------------------- */
+
+static DIR *bfs_fdopendir(struct vfs_handle_struct *handle, files_struct *fsp,
+			  const char *mask, uint32_t attributes)
+{
+	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_dir_handle *dh;
+	struct bfs_conn *bc;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return NULL);
+	if (fh == NULL || !fh->is_dir) {
+		errno = fh == NULL ? EBADF : ENOTDIR;
+		return NULL;
+	}
+	dh = talloc_zero(bc, struct bfs_dir_handle);
+	if (dh == NULL) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	ret = bfs_get_dir(bc, fh->rel, &dh->cd);
+	if (ret != 0) {
+		talloc_free(dh);
+		errno = ret;
+		return NULL;
+	}
+	dh->cd->refs++;
+	dh->bc = bc;
+	dh->fsp = fsp;
+	return (DIR *)dh;
+}
+
+static struct dirent *bfs_readdir(struct vfs_handle_struct *handle,
+				  struct files_struct *dirfsp, DIR *dirp,
+				  SMB_STRUCT_STAT *sbuf)
+{
+	struct bfs_dir_handle *dh = (struct bfs_dir_handle *)dirp;
+	const struct s3_dir *d = dh->cd->dir;
+	const char *name;
+
+	if (sbuf != NULL) {
+		SET_STAT_INVALID(*sbuf);
+	}
+	for (;;) {
+		long i = dh->pos - 2;
+
+		if (dh->pos == 0) {
+			name = ".";
+		} else if (dh->pos == 1) {
+			name = "..";
+		} else if ((size_t)i < d->n) {
+			name = d->ents[i].name;
+		} else {
+			return NULL;
+		}
+		dh->pos++;
+		if (strlen(name) >= sizeof(dh->de.d_name)) {
+			DBG_INFO("bucketfs: name longer than %zu bytes hidden "
+				 "in %s\n", sizeof(dh->de.d_name) - 1,
+				 dh->cd->rel);
+			continue;
+		}
+		break;
+	}
+	ZERO_STRUCT(dh->de);
+	strlcpy(dh->de.d_name, name, sizeof(dh->de.d_name));
+	dh->de.d_off = dh->pos;
+	dh->de.d_reclen = sizeof(dh->de);
+	dh->de.d_type = dh->pos <= 2 || d->ents[dh->pos - 3].is_dir ? DT_DIR :
+								      DT_REG;
+	dh->de.d_ino = bfs_hash(dh->bc->prefix, name);
+	return &dh->de;
+}
+
+static void bfs_seekdir(struct vfs_handle_struct *handle, DIR *dirp,
+			long offset)
+{
+	((struct bfs_dir_handle *)dirp)->pos = offset;
+}
+
+static long bfs_telldir(struct vfs_handle_struct *handle, DIR *dirp)
+{
+	return ((struct bfs_dir_handle *)dirp)->pos;
+}
+
+static void bfs_rewind_dir(struct vfs_handle_struct *handle, DIR *dirp)
+{
+	((struct bfs_dir_handle *)dirp)->pos = 0;
+}
+
+static int bfs_closedir(struct vfs_handle_struct *handle, DIR *dirp)
+{
+	struct bfs_dir_handle *dh = (struct bfs_dir_handle *)dirp;
+	int fd = fsp_get_pathref_fd(dh->fsp);
+
+	/* Like closedir(3): the directory's fd goes with the handle. */
+	if (fd != -1) {
+		vfs_fake_fd_close(fd);
+	}
+	dh->cd->refs--;
+	if (dh->cd->evicted && dh->cd->refs == 0) {
+		talloc_free(dh->cd);
+	}
+	talloc_free(dh);
+	return 0;
+}
+
+static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
+					 struct files_struct *dirfsp,
+					 const char *name, TALLOC_CTX *mem_ctx,
+					 char **found_name)
+{
+	struct bfs_cached_dir *cd;
+	struct bfs_conn *bc;
+	char *rel = NULL;
+	size_t i;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				return NT_STATUS_INTERNAL_ERROR);
+	ret = bfs_rel_path(talloc_tos(), bc, NULL,
+			   dirfsp->fsp_name->base_name, &rel);
+	if (ret == 0) {
+		ret = bfs_get_dir(bc, rel, &cd);
+	}
+	TALLOC_FREE(rel);
+	if (ret != 0) {
+		return map_nt_error_from_unix(ret);
+	}
+	for (i = 0; i < cd->dir->n; i++) {
+		if (strequal(cd->dir->ents[i].name, name)) {
+			*found_name = talloc_strdup(mem_ctx,
+						    cd->dir->ents[i].name);
+			return *found_name ? NT_STATUS_OK : NT_STATUS_NO_MEMORY;
+		}
+	}
+	return NT_STATUS_OBJECT_NAME_NOT_FOUND;
+}
+
+/* ---- open, close, stat ----------------------------------------------------------------- */
+
+static void bfs_fh_free(void *p)
+{
+	/* Allocated on the fsp extension; nothing else to release. */
+}
+
+static int bfs_openat(struct vfs_handle_struct *handle,
+		      const struct files_struct *dirfsp,
+		      const struct smb_filename *smb_fname,
+		      struct files_struct *fsp, const struct vfs_open_how *how)
+{
+	struct bfs_fh *fh = NULL, *ext;
+	struct bfs_conn *bc;
+	SMB_STRUCT_STAT sbuf;
+	char *rel = NULL;
+	int ret, fd, acc = how->flags & O_ACCMODE;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (how->resolve != 0) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (smb_fname->stream_name != NULL) {
+		errno = ENOENT;
+		return -1;
+	}
+	ret = bfs_rel_path(talloc_tos(), bc, dirfsp, smb_fname->base_name,
+			   &rel);
+	if (ret == 0) {
+		ret = bfs_lookup(talloc_tos(), bc, rel, &sbuf, &fh);
+	}
+	TALLOC_FREE(rel);
+	if (ret == ENOENT && (how->flags & O_CREAT)) {
+		ret = EROFS; /* writes come with the write-path stage */
+	}
+	if (ret != 0) {
+		TALLOC_FREE(fh);
+		errno = ret;
+		return -1;
+	}
+	if ((how->flags & O_CREAT) && (how->flags & O_EXCL)) {
+		TALLOC_FREE(fh);
+		errno = EEXIST;
+		return -1;
+	}
+	if (acc != O_RDONLY || (how->flags & O_TRUNC)) {
+		TALLOC_FREE(fh);
+		errno = fh && fh->is_dir ? EISDIR : EROFS;
+		errno = EROFS;
+		return -1;
+	}
+	if ((how->flags & O_DIRECTORY) && !fh->is_dir) {
+		TALLOC_FREE(fh);
+		errno = ENOTDIR;
+		return -1;
+	}
+
+	fd = vfs_fake_fd();
+	if (fd == -1) {
+		TALLOC_FREE(fh);
+		return -1;
+	}
+	ext = VFS_ADD_FSP_EXTENSION(handle, fsp, struct bfs_fh, bfs_fh_free);
+	if (ext == NULL) {
+		vfs_fake_fd_close(fd);
+		TALLOC_FREE(fh);
+		errno = ENOMEM;
+		return -1;
+	}
+	*ext = *fh;
+	talloc_steal(ext, fh->rel);
+	talloc_steal(ext, fh->key);
+	talloc_steal(ext, fh->etag);
+	TALLOC_FREE(fh);
+	return fd;
+}
+
+static int bfs_close(struct vfs_handle_struct *handle, files_struct *fsp)
+{
+	int fd = fsp_get_pathref_fd(fsp);
+
+	VFS_REMOVE_FSP_EXTENSION(handle, fsp);
+	return fd == -1 ? 0 : vfs_fake_fd_close(fd);
+}
+
+static int bfs_stat(struct vfs_handle_struct *handle,
+		    struct smb_filename *smb_fname)
+{
+	return bfs_stat_rel_name(handle, NULL, smb_fname, &smb_fname->st);
+}
+
+static int bfs_lstat(struct vfs_handle_struct *handle,
+		     struct smb_filename *smb_fname)
+{
+	/* S3 has no symlinks: lstat is stat. */
+	return bfs_stat_rel_name(handle, NULL, smb_fname, &smb_fname->st);
+}
+
+static int bfs_fstatat(struct vfs_handle_struct *handle,
+		       const struct files_struct *dirfsp,
+		       const struct smb_filename *smb_fname,
+		       SMB_STRUCT_STAT *sbuf, int flags)
+{
+	struct smb_filename *copy = cp_smb_filename(talloc_tos(), smb_fname);
+	int ret;
+
+	if (copy == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	ret = bfs_stat_rel_name(handle, dirfsp, copy, sbuf);
+	TALLOC_FREE(copy);
+	return ret;
+}
+
+static int bfs_fstat(struct vfs_handle_struct *handle, files_struct *fsp,
+		     SMB_STRUCT_STAT *sbuf)
+{
+	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_conn *bc;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (fh == NULL) {
+		/* A pathref without our open (the cwd): stat by name. */
+		return bfs_stat_rel_name(handle, NULL, fsp->fsp_name, sbuf);
+	}
+	bfs_fill_stat(bc, sbuf, fh->rel, fh->is_dir, fh->size, fh->mtime);
+	return 0;
+}
+
+static uint64_t bfs_get_alloc_size(struct vfs_handle_struct *handle,
+				   struct files_struct *fsp,
+				   const SMB_STRUCT_STAT *sbuf)
+{
+	if (S_ISDIR(sbuf->st_ex_mode)) {
+		return 0;
+	}
+	return ((uint64_t)sbuf->st_ex_size + 4095) & ~(uint64_t)4095;
+}
+
+/* ---- cwd and names ------------------------------------------------------------------------ */
+
+static int bfs_chdir(struct vfs_handle_struct *handle,
+		     const struct smb_filename *smb_fname)
+{
+	struct bfs_conn *bc;
+	SMB_STRUCT_STAT sbuf;
+	char *rel = NULL, *abs;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	ret = bfs_rel_path(talloc_tos(), bc, NULL, smb_fname->base_name, &rel);
+	if (ret == 0) {
+		ret = bfs_lookup(NULL, bc, rel, &sbuf, NULL);
+	}
+	if (ret == 0 && !S_ISDIR(sbuf.st_ex_mode)) {
+		ret = ENOTDIR;
+	}
+	if (ret != 0) {
+		TALLOC_FREE(rel);
+		errno = ret;
+		return -1;
+	}
+	abs = rel[0] ? talloc_asprintf(bc, "%s%s%s", bc->connectpath,
+				       strcmp(bc->connectpath, "/") ? "/" : "",
+				       rel) :
+		       talloc_strdup(bc, bc->connectpath);
+	TALLOC_FREE(rel);
+	if (abs == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	TALLOC_FREE(bc->cwd);
+	bc->cwd = abs;
+	return 0;
+}
+
+static struct smb_filename *bfs_getwd(struct vfs_handle_struct *handle,
+				      TALLOC_CTX *ctx)
+{
+	struct bfs_conn *bc;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return NULL);
+	return synthetic_smb_fname(ctx, bc->cwd, NULL, NULL, 0, 0);
+}
+
+static struct smb_filename *bfs_realpath(struct vfs_handle_struct *handle,
+					 TALLOC_CTX *ctx,
+					 const struct smb_filename *smb_fname)
+{
+	struct bfs_conn *bc;
+	SMB_STRUCT_STAT sbuf;
+	struct smb_filename *out;
+	char *rel = NULL, *abs;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return NULL);
+	ret = bfs_rel_path(talloc_tos(), bc, NULL, smb_fname->base_name, &rel);
+	if (ret == 0) {
+		ret = bfs_lookup(NULL, bc, rel, &sbuf, NULL);
+	}
+	if (ret != 0) {
+		TALLOC_FREE(rel);
+		errno = ret;
+		return NULL;
+	}
+	abs = rel[0] ? talloc_asprintf(talloc_tos(), "%s%s%s", bc->connectpath,
+				       strcmp(bc->connectpath, "/") ? "/" : "",
+				       rel) :
+		       talloc_strdup(talloc_tos(), bc->connectpath);
+	TALLOC_FREE(rel);
+	out = abs ? synthetic_smb_fname(ctx, abs, NULL, NULL, 0, 0) : NULL;
+	TALLOC_FREE(abs);
+	if (out == NULL) {
+		errno = ENOMEM;
+	}
+	return out;
+}
+
+static const char *bfs_connectpath(struct vfs_handle_struct *handle,
+				   const struct smb_filename *smb_fname)
+{
+	return handle->conn->connectpath;
+}
+
+static NTSTATUS bfs_parent_pathname(struct vfs_handle_struct *handle,
+				    TALLOC_CTX *mem_ctx,
+				    const struct smb_filename *in,
+				    struct smb_filename **parent_out,
+				    struct smb_filename **atname_out)
+{
+	const char *slash = strrchr(in->base_name, '/');
+	struct smb_filename *parent, *atname;
+	char *pname;
+
+	pname = slash == NULL ? talloc_strdup(mem_ctx, ".") :
+		slash == in->base_name ? talloc_strdup(mem_ctx, "/") :
+		talloc_strndup(mem_ctx, in->base_name,
+			       (size_t)(slash - in->base_name));
+	if (pname == NULL) {
+		return NT_STATUS_NO_MEMORY;
+	}
+	parent = synthetic_smb_fname(mem_ctx, pname, NULL, NULL, in->twrp,
+				     in->flags);
+	TALLOC_FREE(pname);
+	if (parent == NULL) {
+		return NT_STATUS_NO_MEMORY;
+	}
+	if (atname_out != NULL) {
+		atname = synthetic_smb_fname(
+			parent, slash ? slash + 1 : in->base_name,
+			in->stream_name, &in->st, in->twrp, in->flags);
+		if (atname == NULL) {
+			TALLOC_FREE(parent);
+			return NT_STATUS_NO_MEMORY;
+		}
+		*atname_out = atname;
+	}
+	*parent_out = parent;
+	return NT_STATUS_OK;
+}
+
+static struct file_id bfs_file_id_create(struct vfs_handle_struct *handle,
+					 const SMB_STRUCT_STAT *sbuf)
+{
+	struct file_id id = {
+		.devid = sbuf->st_ex_dev, .inode = sbuf->st_ex_ino,
+	};
+	return id;
+}
+
+static uint64_t bfs_fs_file_id(struct vfs_handle_struct *handle,
+			       const SMB_STRUCT_STAT *sbuf)
+{
+	return sbuf->st_ex_ino;
+}
+
+static NTSTATUS bfs_fstreaminfo(struct vfs_handle_struct *handle,
+				struct files_struct *fsp, TALLOC_CTX *mem_ctx,
+				unsigned int *num_streams,
+				struct stream_struct **streams)
+{
+	struct stream_struct *s;
+	const SMB_STRUCT_STAT *st = &fsp->fsp_name->st;
+
+	/* Objects have exactly one stream: their data.  Directories none. */
+	if (S_ISDIR(st->st_ex_mode)) {
+		return NT_STATUS_OK;
+	}
+	s = talloc_realloc(mem_ctx, *streams, struct stream_struct,
+			   *num_streams + 1);
+	if (s == NULL) {
+		return NT_STATUS_NO_MEMORY;
+	}
+	s[*num_streams].size = st->st_ex_size;
+	s[*num_streams].alloc_size = (off_t)bfs_get_alloc_size(handle, fsp, st);
+	s[*num_streams].name = talloc_strdup(s, "::$DATA");
+	if (s[*num_streams].name == NULL) {
+		return NT_STATUS_NO_MEMORY;
+	}
+	*streams = s;
+	*num_streams += 1;
+	return NT_STATUS_OK;
+}
+
+/* ---- reads ------------------------------------------------------------------------------------ */
+
+/* Clamp [offset, offset+n) to the object; false if nothing to read. */
+static bool bfs_clamp(const struct bfs_fh *fh, off_t offset, size_t *n)
+{
+	if (offset < 0 || (uint64_t)offset >= fh->size || *n == 0) {
+		*n = 0;
+		return false;
+	}
+	if (*n > fh->size - (uint64_t)offset) {
+		*n = (size_t)(fh->size - (uint64_t)offset);
+	}
+	return true;
+}
+
+static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
+			  const struct s3_status *st, int ret)
+{
+	bfs_log_s3(bc, "read of", fh->key, st);
+	if (ret == ESTALE) {
+		/* Replaced in S3 since it was opened: never mix versions. */
+		DBG_WARNING("bucketfs: s3://%s/%s changed since it was opened; "
+			    "reopen to read the new version\n",
+			    bc->cfg.bucket, fh->key);
+		return EIO;
+	}
+	return ret;
+}
+
+static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
+			 void *data, size_t n, off_t offset)
+{
+	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	struct bfs_conn *bc;
+	size_t got = 0;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (fh == NULL || fh->is_dir) {
+		errno = fh == NULL ? EBADF : EISDIR;
+		return -1;
+	}
+	if (!bfs_clamp(fh, offset, &n)) {
+		return 0;
+	}
+	req = s3_get_range_send(talloc_tos(), bc->sync_ev, bc->s3, fh->key,
+				(uint64_t)offset, n, data, fh->etag);
+	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		TALLOC_FREE(req);
+		errno = ENOMEM;
+		return -1;
+	}
+	ret = s3_get_range_recv(req, &got, &st);
+	TALLOC_FREE(req);
+	if (ret != 0) {
+		errno = bfs_read_errno(bc, fh, &st, ret);
+		return -1;
+	}
+	return (ssize_t)got;
+}
+
+struct bfs_pread_state {
+	struct bfs_conn *bc;
+	struct bfs_fh *fh;
+	size_t got;
+	struct vfs_aio_state aio;
+};
+
+static void bfs_pread_done(struct tevent_req *subreq);
+
+static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
+					 TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct files_struct *fsp, void *data,
+					 size_t n, off_t offset)
+{
+	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct tevent_req *req, *subreq;
+	struct bfs_pread_state *state;
+	struct bfs_conn *bc;
+
+	req = tevent_req_create(mem_ctx, &state, struct bfs_pread_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				tevent_req_error(req, EBADF);
+				return tevent_req_post(req, ev));
+	state->bc = bc;
+	state->fh = fh;
+	if (fh == NULL || fh->is_dir) {
+		tevent_req_error(req, fh == NULL ? EBADF : EISDIR);
+		return tevent_req_post(req, ev);
+	}
+	if (!bfs_clamp(fh, offset, &n)) {
+		tevent_req_done(req);
+		return tevent_req_post(req, ev);
+	}
+	/* The engine lives on one event context: smbd's main one. */
+	if (bc->s3_async == NULL) {
+		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
+		bc->async_ev = ev;
+	}
+	if (bc->s3_async == NULL || bc->async_ev != ev) {
+		ssize_t r = bfs_pread(handle, fsp, data, n, offset);
+		if (r < 0) {
+			tevent_req_error(req, errno);
+		} else {
+			state->got = (size_t)r;
+			tevent_req_done(req);
+		}
+		return tevent_req_post(req, ev);
+	}
+	subreq = s3_get_range_send(state, ev, bc->s3_async, fh->key,
+				   (uint64_t)offset, n, data, fh->etag);
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, bfs_pread_done, req);
+	return req;
+}
+
+static void bfs_pread_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+	struct s3_status st = {0};
+	int ret;
+
+	ret = s3_get_range_recv(subreq, &state->got, &st);
+	TALLOC_FREE(subreq);
+	if (ret != 0) {
+		tevent_req_error(req, bfs_read_errno(state->bc, state->fh, &st,
+						     ret));
+		return;
+	}
+	tevent_req_done(req);
+}
+
+static ssize_t bfs_pread_recv(struct tevent_req *req,
+			      struct vfs_aio_state *vfs_aio_state)
+{
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+
+	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
+		tevent_req_received(req);
+		return -1;
+	}
+	vfs_aio_state->error = 0;
+	tevent_req_received(req);
+	return (ssize_t)state->got;
+}
+
+static off_t bfs_lseek(struct vfs_handle_struct *handle, files_struct *fsp,
+		       off_t offset, int whence)
+{
+	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+
+	if (fh == NULL) {
+		errno = EBADF;
+		return -1;
+	}
+	switch (whence) {
+	case SEEK_SET:
+		return offset;
+	case SEEK_END:
+		return (off_t)fh->size + offset;
+	default:
+		errno = EINVAL;
+		return -1;
+	}
+}
+
+/* ---- everything that would change the bucket: read-only for now --------------------------------- */
+
+static int bfs_erofs(void)
+{
+	errno = EROFS;
+	return -1;
+}
+
+static int bfs_mkdirat(struct vfs_handle_struct *handle,
+		       struct files_struct *dirfsp,
+		       const struct smb_filename *smb_fname, mode_t mode)
+{
+	return bfs_erofs();
+}
+
+static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
+			  const void *data, size_t n, off_t offset)
+{
+	return bfs_erofs();
+}
+
+struct bfs_erofs_state {
+	int dummy;
+};
+
+static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
+					  TALLOC_CTX *mem_ctx,
+					  struct tevent_context *ev,
+					  struct files_struct *fsp,
+					  const void *data, size_t n,
+					  off_t offset)
+{
+	struct bfs_erofs_state *state;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &state,
+						   struct bfs_erofs_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	tevent_req_error(req, EROFS);
+	return tevent_req_post(req, ev);
+}
+
+static ssize_t bfs_pwrite_recv(struct tevent_req *req,
+			       struct vfs_aio_state *vfs_aio_state)
+{
+	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
+		tevent_req_received(req);
+		return -1;
+	}
+	tevent_req_received(req);
+	return 0;
+}
+
+static int bfs_renameat(struct vfs_handle_struct *handle,
+			files_struct *srcfsp,
+			const struct smb_filename *smb_fname_src,
+			files_struct *dstfsp,
+			const struct smb_filename *smb_fname_dst)
+{
+	return bfs_erofs();
+}
+
+/* Nothing is ever dirty while the share is read-only. */
+static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
+					 TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct files_struct *fsp)
+{
+	struct bfs_erofs_state *state;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &state,
+						   struct bfs_erofs_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	tevent_req_done(req);
+	return tevent_req_post(req, ev);
+}
+
+static int bfs_fsync_recv(struct tevent_req *req,
+			  struct vfs_aio_state *vfs_aio_state)
+{
+	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
+		tevent_req_received(req);
+		return -1;
+	}
+	tevent_req_received(req);
+	return 0;
+}
+
+static int bfs_unlinkat(struct vfs_handle_struct *handle,
+			struct files_struct *dirfsp,
+			const struct smb_filename *smb_fname, int flags)
+{
+	return bfs_erofs();
+}
+
+static int bfs_fchmod(struct vfs_handle_struct *handle, files_struct *fsp,
+		      mode_t mode)
+{
+	return bfs_erofs();
+}
+
+static int bfs_fchown(struct vfs_handle_struct *handle, files_struct *fsp,
+		      uid_t uid, gid_t gid)
+{
+	return bfs_erofs();
+}
+
+static int bfs_lchown(struct vfs_handle_struct *handle,
+		      const struct smb_filename *smb_fname, uid_t uid,
+		      gid_t gid)
+{
+	return bfs_erofs();
+}
+
+static int bfs_fntimes(struct vfs_handle_struct *handle, files_struct *fsp,
+		       struct smb_file_time *ft)
+{
+	return bfs_erofs();
+}
+
+static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
+			 off_t offset)
+{
+	return bfs_erofs();
+}
+
+static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
+			 uint32_t mode, off_t offset, off_t len)
+{
+	return bfs_erofs();
+}
+
+static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
+					struct files_struct *fsp,
+					uint32_t dosmode)
+{
+	return NT_STATUS_MEDIA_WRITE_PROTECTED;
+}
+
+static NTSTATUS bfs_fset_nt_acl(struct vfs_handle_struct *handle,
+				files_struct *fsp, uint32_t security_info_sent,
+				const struct security_descriptor *psd)
+{
+	return NT_STATUS_MEDIA_WRITE_PROTECTED;
+}
+
+static int bfs_fsetxattr(struct vfs_handle_struct *handle,
+			 struct files_struct *fsp, const char *name,
+			 const void *value, size_t size, int flags)
+{
+	return bfs_erofs();
+}
+
+static int bfs_fremovexattr(struct vfs_handle_struct *handle,
+			    struct files_struct *fsp, const char *name)
+{
+	return bfs_erofs();
+}
+
+/* ---- locks, xattrs, ACLs: what smbd needs from a filesystem without them ----------------------- */
+
+static bool bfs_lock(struct vfs_handle_struct *handle, files_struct *fsp,
+		     int op, off_t offset, off_t count, int type)
+{
+	/* No POSIX locks below us: smbd's own lock database is the truth. */
+	return true;
+}
+
+static bool bfs_getlock(struct vfs_handle_struct *handle, files_struct *fsp,
+			off_t *poffset, off_t *pcount, int *ptype, pid_t *ppid)
+{
+	errno = 0;
+	return false;
+}
+
+static int bfs_filesystem_sharemode(struct vfs_handle_struct *handle,
+				    struct files_struct *fsp,
+				    uint32_t share_mode, uint32_t access_mask)
+{
+	return 0;
+}
+
+static int bfs_fcntl(struct vfs_handle_struct *handle,
+		     struct files_struct *fsp, int cmd, va_list cmd_arg)
+{
+	/* Only vfs_set_blocking() calls this, to clear O_NONBLOCK. */
+	if (cmd == F_GETFL) {
+		return 0;
+	}
+	if (cmd == F_SETFL) {
+		va_list ap;
+		int opt;
+
+		va_copy(ap, cmd_arg);
+		opt = va_arg(ap, int);
+		va_end(ap);
+		if (opt == 0) {
+			return 0;
+		}
+	}
+	errno = EINVAL;
+	return -1;
+}
+
+static ssize_t bfs_fgetxattr(struct vfs_handle_struct *handle,
+			     struct files_struct *fsp, const char *name,
+			     void *value, size_t size)
+{
+	errno = ENOATTR;
+	return -1;
+}
+
+static ssize_t bfs_flistxattr(struct vfs_handle_struct *handle,
+			      struct files_struct *fsp, char *list,
+			      size_t size)
+{
+	return 0;
+}
+
+static NTSTATUS bfs_fget_nt_acl(struct vfs_handle_struct *handle,
+				files_struct *fsp, uint32_t security_info,
+				TALLOC_CTX *mem_ctx,
+				struct security_descriptor **ppdesc)
+{
+	/* With no POSIX ACLs below, this maps the synthesised mode. */
+	return posix_fget_nt_acl(fsp, security_info, mem_ctx, ppdesc);
+}
+
+static NTSTATUS bfs_create_file(struct vfs_handle_struct *handle,
+				struct smb_request *req,
+				struct files_struct *dirfsp,
+				struct smb_filename *smb_fname,
+				uint32_t access_mask, uint32_t share_access,
+				uint32_t create_disposition,
+				uint32_t create_options,
+				uint32_t file_attributes,
+				uint32_t oplock_request,
+				const struct smb2_lease *lease,
+				uint64_t allocation_size,
+				uint32_t private_flags,
+				struct security_descriptor *sd,
+				struct ea_list *ea_list, files_struct **result,
+				int *pinfo,
+				const struct smb2_create_blobs *in_context_blobs,
+				struct smb2_create_blobs *out_context_blobs)
+{
+	/* smbd's generic open logic, which calls back into our openat. */
+	return create_file_default(handle->conn, req, dirfsp, smb_fname,
+				   access_mask, share_access,
+				   create_disposition, create_options,
+				   file_attributes, oplock_request, lease,
+				   allocation_size, private_flags, sd, ea_list,
+				   result, pinfo, in_context_blobs,
+				   out_context_blobs);
+}
+
+static NTSTATUS bfs_brl_lock_windows(struct vfs_handle_struct *handle,
+				     struct byte_range_lock *br_lck,
+				     struct lock_struct *plock)
+{
+	return brl_lock_windows_default(br_lck, plock);
+}
+
+static bool bfs_brl_unlock_windows(struct vfs_handle_struct *handle,
+				   struct byte_range_lock *br_lck,
+				   const struct lock_struct *plock)
+{
+	return brl_unlock_windows_default(br_lck, plock);
+}
+
+static bool bfs_strict_lock_check(struct vfs_handle_struct *handle,
+				  struct files_struct *fsp,
+				  struct lock_struct *plock)
+{
+	return strict_lock_check_default(fsp, plock);
+}
+
+static bool bfs_aio_force(struct vfs_handle_struct *handle,
+			  struct files_struct *fsp)
+{
+	return false;
+}
+
+/* ---- the table: every slot set, nothing falls through to vfs_default ------------------------- */
+
+static struct vfs_fn_pointers bucketfs_fns = {
+	/* Disk operations */
+	.connect_fn = bfs_connect,
+	.disconnect_fn = bfs_disconnect,
+	.disk_free_fn = bfs_disk_free,
+	.get_quota_fn = vfs_not_implemented_get_quota,
+	.set_quota_fn = vfs_not_implemented_set_quota,
+	.get_shadow_copy_data_fn = vfs_not_implemented_get_shadow_copy_data,
+	.statvfs_fn = bfs_statvfs,
+	.fs_capabilities_fn = bfs_fs_capabilities,
+	.get_dfs_referrals_fn = vfs_not_implemented_get_dfs_referrals,
+	.create_dfs_pathat_fn = vfs_not_implemented_create_dfs_pathat,
+	.read_dfs_pathat_fn = vfs_not_implemented_read_dfs_pathat,
+	.snap_check_path_fn = vfs_not_implemented_snap_check_path,
+	.snap_create_fn = vfs_not_implemented_snap_create,
+	.snap_delete_fn = vfs_not_implemented_snap_delete,
+
+	/* Directory operations */
+	.fdopendir_fn = bfs_fdopendir,
+	.readdir_fn = bfs_readdir,
+	.seekdir_fn = bfs_seekdir,
+	.telldir_fn = bfs_telldir,
+	.rewind_dir_fn = bfs_rewind_dir,
+	.mkdirat_fn = bfs_mkdirat,
+	.closedir_fn = bfs_closedir,
+
+	/* File operations */
+	.openat_fn = bfs_openat,
+	.create_file_fn = bfs_create_file,
+	.close_fn = bfs_close,
+	.pread_fn = bfs_pread,
+	.pread_send_fn = bfs_pread_send,
+	.pread_recv_fn = bfs_pread_recv,
+	.pwrite_fn = bfs_pwrite,
+	.pwrite_send_fn = bfs_pwrite_send,
+	.pwrite_recv_fn = bfs_pwrite_recv,
+	.lseek_fn = bfs_lseek,
+	.sendfile_fn = vfs_not_implemented_sendfile,
+	.recvfile_fn = vfs_not_implemented_recvfile,
+	.renameat_fn = bfs_renameat,
+	.fsync_send_fn = bfs_fsync_send,
+	.fsync_recv_fn = bfs_fsync_recv,
+	.stat_fn = bfs_stat,
+	.fstat_fn = bfs_fstat,
+	.lstat_fn = bfs_lstat,
+	.fstatat_fn = bfs_fstatat,
+	.get_alloc_size_fn = bfs_get_alloc_size,
+	.unlinkat_fn = bfs_unlinkat,
+	.fchmod_fn = bfs_fchmod,
+	.fchown_fn = bfs_fchown,
+	.lchown_fn = bfs_lchown,
+	.chdir_fn = bfs_chdir,
+	.getwd_fn = bfs_getwd,
+	.fntimes_fn = bfs_fntimes,
+	.ftruncate_fn = bfs_ftruncate,
+	.fallocate_fn = bfs_fallocate,
+	.lock_fn = bfs_lock,
+	.filesystem_sharemode_fn = bfs_filesystem_sharemode,
+	.fcntl_fn = bfs_fcntl,
+	.linux_setlease_fn = vfs_not_implemented_linux_setlease,
+	.getlock_fn = bfs_getlock,
+	.symlinkat_fn = vfs_not_implemented_symlinkat,
+	.readlinkat_fn = vfs_not_implemented_vfs_readlinkat,
+	.linkat_fn = vfs_not_implemented_linkat,
+	.mknodat_fn = vfs_not_implemented_mknodat,
+	.realpath_fn = bfs_realpath,
+	.fchflags_fn = vfs_not_implemented_fchflags,
+	.file_id_create_fn = bfs_file_id_create,
+	.fs_file_id_fn = bfs_fs_file_id,
+	.offload_read_send_fn = vfs_not_implemented_offload_read_send,
+	.offload_read_recv_fn = vfs_not_implemented_offload_read_recv,
+	.offload_write_send_fn = vfs_not_implemented_offload_write_send,
+	.offload_write_recv_fn = vfs_not_implemented_offload_write_recv,
+	.fget_compression_fn = vfs_not_implemented_fget_compression,
+	.set_compression_fn = vfs_not_implemented_set_compression,
+	.fstreaminfo_fn = bfs_fstreaminfo,
+	.get_real_filename_at_fn = bfs_get_real_filename_at,
+	.connectpath_fn = bfs_connectpath,
+	.brl_lock_windows_fn = bfs_brl_lock_windows,
+	.brl_unlock_windows_fn = bfs_brl_unlock_windows,
+	.strict_lock_check_fn = bfs_strict_lock_check,
+	.translate_name_fn = vfs_not_implemented_translate_name,
+	.parent_pathname_fn = bfs_parent_pathname,
+	.fsctl_fn = vfs_not_implemented_fsctl,
+	.freaddir_attr_fn = vfs_not_implemented_freaddir_attr,
+	.audit_file_fn = vfs_not_implemented_audit_file,
+
+	/* DOS attributes: NOT_IMPLEMENTED makes smbd derive them from mode. */
+	.get_dos_attributes_send_fn = vfs_not_implemented_get_dos_attributes_send,
+	.get_dos_attributes_recv_fn = vfs_not_implemented_get_dos_attributes_recv,
+	.fget_dos_attributes_fn = vfs_not_implemented_fget_dos_attributes,
+	.fset_dos_attributes_fn = bfs_fset_dos_attributes,
+
+	/* NT ACL operations */
+	.fget_nt_acl_fn = bfs_fget_nt_acl,
+	.fset_nt_acl_fn = bfs_fset_nt_acl,
+
+	/* POSIX ACL operations */
+	.sys_acl_get_fd_fn = vfs_not_implemented_sys_acl_get_fd,
+	.sys_acl_blob_get_fd_fn = vfs_not_implemented_sys_acl_blob_get_fd,
+	.sys_acl_set_fd_fn = vfs_not_implemented_sys_acl_set_fd,
+	.sys_acl_delete_def_fd_fn = vfs_not_implemented_sys_acl_delete_def_fd,
+
+	/* EA operations */
+	.getxattrat_send_fn = vfs_not_implemented_getxattrat_send,
+	.getxattrat_recv_fn = vfs_not_implemented_getxattrat_recv,
+	.fgetxattr_fn = bfs_fgetxattr,
+	.flistxattr_fn = bfs_flistxattr,
+	.fremovexattr_fn = bfs_fremovexattr,
+	.fsetxattr_fn = bfs_fsetxattr,
+
+	/* aio operations */
+	.aio_force_fn = bfs_aio_force,
+
+	/* Durable handles would outlive our per-process state. */
+	.durable_cookie_fn = vfs_not_implemented_durable_cookie,
+	.durable_disconnect_fn = vfs_not_implemented_durable_disconnect,
+	.durable_reconnect_fn = vfs_not_implemented_durable_reconnect,
+};
+
+static_decl_vfs;
+NTSTATUS vfs_bucketfs_init(TALLOC_CTX *ctx)
+{
+	const char *running = samba_version_string();
+	size_t l = strlen(SAMBA_VERSION_STRING);
+
+	/*
+	 * Built against another Samba's headers, the structures we share
+	 * with smbd may differ: refuse to load rather than corrupt memory.
+	 */
+	if (strncmp(running, SAMBA_VERSION_STRING, l) != 0 ||
+	    (running[l] != '\0' && running[l] != '-')) {
+		DBG_ERR("bucketfs: built for Samba %s, refusing to load into "
+			"smbd %s; rebuild with 'make'\n",
+			SAMBA_VERSION_STRING, running);
+		return NT_STATUS_REVISION_MISMATCH;
+	}
+	(void)bucketfs_built_for;
+	return smb_register_vfs(SMB_VFS_INTERFACE_VERSION, BFS_MODULE,
+				&bucketfs_fns);
+}
+
+NTSTATUS samba_init_module(TALLOC_CTX *ctx)
+{
+	return vfs_bucketfs_init(ctx);
+}
