@@ -22,7 +22,7 @@ LIB_SRC  := lib/s3_sigv4.c lib/s3_xml.c lib/s3_client.c lib/s3_ops.c \
 LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
-ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread
+ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/s3tool
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
@@ -47,11 +47,11 @@ $(B)/libbucketfs.a: $(LIB_OBJ)
 $(B)/samba.cflags: $(B)/.deps-ok
 	@scripts/samba-headers.sh --cflags > $@
 
-$(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags
+$(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.version Makefile
 	@scripts/check-samba.sh build
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) -Wno-unused-parameter $$(cat $(B)/samba.cflags) \
-	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"$$(cat $(B)/samba.version)"' \
+	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"$(shell cat $(B)/samba.version 2>/dev/null)"' \
 	  -c $< -o $@
 
 $(B)/bucketfs.so: $(B)/modules/vfs_bucketfs.o $(B)/libbucketfs.a
@@ -91,3 +91,7 @@ intree: $(B)/.deps-ok
 
 clean:
 	rm -rf $(B)/lib $(B)/modules $(B)/tests $(B)/bucketfs.so $(B)/libbucketfs.a
+
+$(B)/s3tool: tests/integration/s3tool.c $(B)/libbucketfs.a
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
+	  $(B)/libbucketfs.a $(PKG_LIBS)

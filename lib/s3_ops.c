@@ -47,7 +47,7 @@ static void s3_op_done(struct tevent_req *subreq)
 	struct tevent_req *req = tevent_req_callback_data(subreq,
 							  struct tevent_req);
 	/* Every op state starts with struct s3_op_state. */
-	struct s3_op_state *s = tevent_req_data(req, void);
+	struct s3_op_state *s = _tevent_req_data(req);
 	int ret = s3_request_recv(subreq, s, &s->resp, &s->st);
 
 	TALLOC_FREE(subreq);
@@ -59,7 +59,7 @@ static void s3_op_done(struct tevent_req *subreq)
 
 static int s3_op_recv(struct tevent_req *req, struct s3_status *st)
 {
-	struct s3_op_state *s = tevent_req_data(req, void);
+	struct s3_op_state *s = _tevent_req_data(req);
 	enum tevent_req_state state;
 	uint64_t err = 0;
 
@@ -345,7 +345,7 @@ struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			char **etag, struct s3_status *st)
 {
-	struct s3_op_state *s = tevent_req_data(req, void);
+	struct s3_op_state *s = _tevent_req_data(req);
 	int ret = s3_op_recv(req, st);
 
 	if (ret == 0 && etag != NULL) {
@@ -392,7 +392,7 @@ int s3_delete_object_recv(struct tevent_req *req, struct s3_status *st)
 static int s3_result_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			  char **etag, char **upload_id, struct s3_status *st)
 {
-	struct s3_op_state *s = tevent_req_data(req, void);
+	struct s3_op_state *s = _tevent_req_data(req);
 	struct s3_xml_parser *p;
 	struct s3_result_doc *doc;
 	int ret = s3_op_recv(req, st);

@@ -85,6 +85,14 @@ struct bfs_dir_handle {
 	struct dirent de;
 };
 
+static struct bfs_fh *bfs_fh_of(struct vfs_handle_struct *handle,
+				 const struct files_struct *fsp)
+{
+	struct bfs_fh **pfh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+
+	return pfh != NULL ? *pfh : NULL;
+}
+
 /* ---- paths ---------------------------------------------------------------- */
 
 /* Normalise an absolute path: no "", "." or ".." components. */
@@ -140,37 +148,55 @@ static const char *bfs_rel_of_abs(struct bfs_conn *bc, const char *abs)
 }
 
 /*
- * The share-relative path of name, relative to dirfsp (or the cwd).
- * EACCES for anything outside the share.
+ * The share-relative path of name, relative to dirfsp (or the cwd).  The
+ * share root is the top: ".." there stays there, as at a chroot's root.
+ * An absolute path outside the share is EACCES.
  */
 static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 			const struct files_struct *dirfsp, const char *name,
 			char **rel)
 {
-	char *abs;
-	const char *r;
+	TALLOC_CTX *frame = talloc_stackframe();
+	const char *abs = NULL, *start, *norm;
+	char *joined;
 
 	if (name[0] == '/') {
-		abs = talloc_strdup(mem_ctx, name);
+		abs = name;
 	} else if (dirfsp != NULL && dirfsp != dirfsp->conn->cwd_fsp &&
-		   fsp_get_pathref_fd(dirfsp) != AT_FDCWD) {
-		const char *d = dirfsp->fsp_name->base_name;
-		abs = d[0] == '/' ? talloc_asprintf(mem_ctx, "%s/%s", d, name) :
-				    talloc_asprintf(mem_ctx, "%s/%s/%s",
-						    bc->cwd, d, name);
-	} else {
-		abs = talloc_asprintf(mem_ctx, "%s/%s", bc->cwd, name);
+		   fsp_get_pathref_fd(dirfsp) != AT_FDCWD &&
+		   dirfsp->fsp_name->base_name[0] == '/') {
+		abs = talloc_asprintf(frame, "%s/%s",
+				      dirfsp->fsp_name->base_name, name);
 	}
-	if (abs == NULL || (abs = bfs_normalise(mem_ctx, abs)) == NULL) {
+	if (abs != NULL) {
+		/* Absolute: must lie inside the share as written. */
+		start = bfs_rel_of_abs(bc, bfs_normalise(frame, abs));
+		if (start == NULL) {
+			DBG_NOTICE("bucketfs: %s is outside share %s\n", abs,
+				   bc->connectpath);
+			TALLOC_FREE(frame);
+			return EACCES;
+		}
+		joined = talloc_asprintf(frame, "/%s", start);
+	} else {
+		const char *cwd_rel = bfs_rel_of_abs(bc, bc->cwd);
+		const char *dir = "";
+
+		if (dirfsp != NULL && dirfsp != dirfsp->conn->cwd_fsp &&
+		    fsp_get_pathref_fd(dirfsp) != AT_FDCWD) {
+			dir = dirfsp->fsp_name->base_name;
+		}
+		joined = talloc_asprintf(frame, "/%s/%s/%s",
+					 cwd_rel ? cwd_rel : "", dir, name);
+	}
+	/* Normalised under a virtual "/": ".." stops at the share root. */
+	norm = joined ? bfs_normalise(frame, joined) : NULL;
+	if (norm == NULL) {
+		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
-	r = bfs_rel_of_abs(bc, abs);
-	if (r == NULL) {
-		DBG_NOTICE("bucketfs: %s is outside share %s\n", abs,
-			   bc->connectpath);
-		return EACCES;
-	}
-	*rel = talloc_strdup(mem_ctx, r);
+	*rel = talloc_strdup(mem_ctx, norm + 1);
+	TALLOC_FREE(frame);
 	return *rel != NULL ? 0 : ENOMEM;
 }
 
@@ -324,7 +350,7 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 {
 	struct timespec ts = {.tv_sec = mtime >= 0 ? mtime : bc->connected};
 
-	ZERO_STRUCTP(sbuf);
+	memset(sbuf, 0, sizeof(*sbuf));
 	sbuf->st_ex_dev = bc->dev;
 	sbuf->st_ex_ino = bfs_hash(bc->prefix, rel);
 	sbuf->st_ex_mode = is_dir ? (S_IFDIR | bc->dir_mode) :
@@ -651,7 +677,7 @@ static int bfs_statvfs(struct vfs_handle_struct *handle,
 	struct bfs_conn *bc;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
-	ZERO_STRUCTP(st);
+	memset(st, 0, sizeof(*st));
 	st->OptimalTransferSize = 4 * 1024 * 1024;
 	st->BlockSize = 4096;
 	st->TotalBlocks = BFS_VOLUME_BLOCKS;
@@ -679,7 +705,7 @@ static uint32_t bfs_fs_capabilities(struct vfs_handle_struct *handle,
 static DIR *bfs_fdopendir(struct vfs_handle_struct *handle, files_struct *fsp,
 			  const char *mask, uint32_t attributes)
 {
-	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	struct bfs_dir_handle *dh;
 	struct bfs_conn *bc;
 	int ret;
@@ -738,8 +764,10 @@ static struct dirent *bfs_readdir(struct vfs_handle_struct *handle,
 		}
 		break;
 	}
-	ZERO_STRUCT(dh->de);
-	strlcpy(dh->de.d_name, name, sizeof(dh->de.d_name));
+	/* libreplace's strlcpy/memset_s live in a library smbd does not
+	 * export to modules: plain libc here. */
+	memset(&dh->de, 0, sizeof(dh->de));
+	snprintf(dh->de.d_name, sizeof(dh->de.d_name), "%s", name);
 	dh->de.d_off = dh->pos;
 	dh->de.d_reclen = sizeof(dh->de);
 	dh->de.d_type = dh->pos <= 2 || d->ents[dh->pos - 3].is_dir ? DT_DIR :
@@ -815,9 +843,12 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 
 /* ---- open, close, stat ----------------------------------------------------------------- */
 
+/* The fsp extension area is not a talloc chunk: it holds a pointer. */
 static void bfs_fh_free(void *p)
 {
-	/* Allocated on the fsp extension; nothing else to release. */
+	struct bfs_fh **pfh = p;
+
+	TALLOC_FREE(*pfh);
 }
 
 static int bfs_openat(struct vfs_handle_struct *handle,
@@ -825,7 +856,7 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 		      const struct smb_filename *smb_fname,
 		      struct files_struct *fsp, const struct vfs_open_how *how)
 {
-	struct bfs_fh *fh = NULL, *ext;
+	struct bfs_fh *fh = NULL, **ext;
 	struct bfs_conn *bc;
 	SMB_STRUCT_STAT sbuf;
 	char *rel = NULL;
@@ -861,7 +892,6 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 	}
 	if (acc != O_RDONLY || (how->flags & O_TRUNC)) {
 		TALLOC_FREE(fh);
-		errno = fh && fh->is_dir ? EISDIR : EROFS;
 		errno = EROFS;
 		return -1;
 	}
@@ -876,18 +906,14 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 		TALLOC_FREE(fh);
 		return -1;
 	}
-	ext = VFS_ADD_FSP_EXTENSION(handle, fsp, struct bfs_fh, bfs_fh_free);
+	ext = VFS_ADD_FSP_EXTENSION(handle, fsp, struct bfs_fh *, bfs_fh_free);
 	if (ext == NULL) {
 		vfs_fake_fd_close(fd);
 		TALLOC_FREE(fh);
 		errno = ENOMEM;
 		return -1;
 	}
-	*ext = *fh;
-	talloc_steal(ext, fh->rel);
-	talloc_steal(ext, fh->key);
-	talloc_steal(ext, fh->etag);
-	TALLOC_FREE(fh);
+	*ext = talloc_steal(bc, fh);
 	return fd;
 }
 
@@ -932,7 +958,7 @@ static int bfs_fstatat(struct vfs_handle_struct *handle,
 static int bfs_fstat(struct vfs_handle_struct *handle, files_struct *fsp,
 		     SMB_STRUCT_STAT *sbuf)
 {
-	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	struct bfs_conn *bc;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
@@ -1151,7 +1177,7 @@ static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 			 void *data, size_t n, off_t offset)
 {
-	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	struct s3_status st = {0};
 	struct tevent_req *req;
 	struct bfs_conn *bc;
@@ -1197,7 +1223,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 					 struct files_struct *fsp, void *data,
 					 size_t n, off_t offset)
 {
-	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	struct tevent_req *req, *subreq;
 	struct bfs_pread_state *state;
 	struct bfs_conn *bc;
@@ -1280,7 +1306,7 @@ static ssize_t bfs_pread_recv(struct tevent_req *req,
 static off_t bfs_lseek(struct vfs_handle_struct *handle, files_struct *fsp,
 		       off_t offset, int whence)
 {
-	struct bfs_fh *fh = VFS_FETCH_FSP_EXTENSION(handle, fsp);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 
 	if (fh == NULL) {
 		errno = EBADF;
@@ -1577,6 +1603,44 @@ static bool bfs_strict_lock_check(struct vfs_handle_struct *handle,
 	return strict_lock_check_default(fsp, plock);
 }
 
+/* Names are stored as they are: "none mapped" means keep the name. */
+static NTSTATUS bfs_translate_name(struct vfs_handle_struct *handle,
+				   const char *mapped_name,
+				   enum vfs_translate_direction direction,
+				   TALLOC_CTX *mem_ctx, char **pmapped_name)
+{
+	return NT_STATUS_NONE_MAPPED;
+}
+
+/* smbd treats NOT_SUPPORTED (not NOT_IMPLEMENTED) as "no extra data". */
+static NTSTATUS bfs_freaddir_attr(struct vfs_handle_struct *handle,
+				  struct files_struct *fsp,
+				  TALLOC_CTX *mem_ctx,
+				  struct readdir_attr_data **pattr_data)
+{
+	return NT_STATUS_NOT_SUPPORTED;
+}
+
+static NTSTATUS bfs_fsctl(struct vfs_handle_struct *handle,
+			  struct files_struct *fsp, TALLOC_CTX *ctx,
+			  uint32_t function, uint16_t req_flags,
+			  const uint8_t *in_data, uint32_t in_len,
+			  uint8_t **out_data, uint32_t max_out_len,
+			  uint32_t *out_len)
+{
+	return NT_STATUS_NOT_SUPPORTED;
+}
+
+/* No SACL auditing below us: access is decided by smbd alone. */
+static NTSTATUS bfs_audit_file(struct vfs_handle_struct *handle,
+			       struct smb_filename *file,
+			       struct security_acl *sacl,
+			       uint32_t access_requested,
+			       uint32_t access_denied)
+{
+	return NT_STATUS_OK;
+}
+
 static bool bfs_aio_force(struct vfs_handle_struct *handle,
 			  struct files_struct *fsp)
 {
@@ -1666,11 +1730,11 @@ static struct vfs_fn_pointers bucketfs_fns = {
 	.brl_lock_windows_fn = bfs_brl_lock_windows,
 	.brl_unlock_windows_fn = bfs_brl_unlock_windows,
 	.strict_lock_check_fn = bfs_strict_lock_check,
-	.translate_name_fn = vfs_not_implemented_translate_name,
+	.translate_name_fn = bfs_translate_name,
 	.parent_pathname_fn = bfs_parent_pathname,
-	.fsctl_fn = vfs_not_implemented_fsctl,
-	.freaddir_attr_fn = vfs_not_implemented_freaddir_attr,
-	.audit_file_fn = vfs_not_implemented_audit_file,
+	.fsctl_fn = bfs_fsctl,
+	.freaddir_attr_fn = bfs_freaddir_attr,
+	.audit_file_fn = bfs_audit_file,
 
 	/* DOS attributes: NOT_IMPLEMENTED makes smbd derive them from mode. */
 	.get_dos_attributes_send_fn = vfs_not_implemented_get_dos_attributes_send,

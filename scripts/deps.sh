@@ -60,6 +60,17 @@ if ! cmp -s "$top/tests/s3server/package-lock.json" "$s3dir/package-lock.json" |
     { tail -30 "$build/npm.log"; log "npm ci failed"; exit 1; }
 fi
 
+# s3rver 3.7.1 prunes its directory walk below the first delimiter, so a
+# prefix holding only deeper prefixes ("a/" for the single key "a/b/c") is
+# missing from CommonPrefixes, unlike S3.  Walk the whole subtree instead
+# (slower, but what S3 answers).  Idempotent; fails loudly if the code moved.
+fs_store="$s3dir/node_modules/s3rver/lib/stores/filesystem.js"
+if ! grep -q 'bucketfs: walk below common prefixes' "$fs_store"; then
+  grep -q '^          delimiterEnc &&$' "$fs_store" ||
+    { log "s3rver's filesystem store changed: cannot apply the listing fix"; exit 1; }
+  sed -i 's|^          delimiterEnc &&$|          false /* bucketfs: walk below common prefixes */ \&\& delimiterEnc \&\&|' "$fs_store"
+fi
+
 # Samba's private headers, from the source of exactly the installed version.
 "$top/scripts/samba-headers.sh"
 log "ok"

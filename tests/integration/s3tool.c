@@ -1,0 +1,218 @@
+/*
+ * s3tool: a small S3 command line client on bucketfs's own lib/, used by
+ * the test harness and the demo to seed and inspect a bucket.
+ *
+ *   s3tool put KEY FILE | get KEY FILE | rm KEY | ls PREFIX | head KEY
+ *
+ * Endpoint and bucket from S3_ENDPOINT and S3_BUCKET (path style), keys
+ * from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "s3_creds.h"
+#include "s3_dirlist.h"
+#include "s3_ops.h"
+
+#define PART (8u << 20)
+
+static int fail(const char *what, const struct s3_status *st, int ret)
+{
+	fprintf(stderr, "s3tool: %s: %s (HTTP %ld %s %s)\n", what,
+		strerror(ret), st->http_status, st->code, st->message);
+	return 1;
+}
+
+static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
+	       const char *key, const char *file)
+{
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	struct stat sb;
+	void *data = NULL;
+	char *etag = NULL;
+	int fd = open(file, O_RDONLY), ret;
+
+	if (fd < 0 || fstat(fd, &sb) != 0) {
+		perror(file);
+		return 1;
+	}
+	if (sb.st_size > 0) {
+		data = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (data == MAP_FAILED) {
+			perror("mmap");
+			return 1;
+		}
+	}
+	if ((size_t)sb.st_size <= PART) {
+		req = s3_put_object_send(t, ev, c, key, data, (size_t)sb.st_size);
+		s3_wait(req, ev);
+		ret = s3_put_object_recv(req, t, &etag, &st);
+		return ret ? fail("put", &st, ret) : 0;
+	} else {
+		/* Multipart, all parts in flight at once (the engine bounds it). */
+		size_t n = ((size_t)sb.st_size + PART - 1) / PART, i, done = 0;
+		struct tevent_req **reqs = talloc_array(t, struct tevent_req *, n);
+		struct s3_part *parts = talloc_array(t, struct s3_part, n);
+		char *id = NULL;
+
+		req = s3_mpu_create_send(t, ev, c, key);
+		s3_wait(req, ev);
+		if ((ret = s3_mpu_create_recv(req, t, &id, &st)) != 0) {
+			return fail("create multipart", &st, ret);
+		}
+		for (i = 0; i < n; i++) {
+			size_t off = i * PART, len = (size_t)sb.st_size - off;
+			reqs[i] = s3_mpu_part_send(t, ev, c, key, id, (unsigned)i + 1,
+						   (char *)data + off,
+						   len > PART ? PART : len);
+		}
+		for (i = 0; i < n; i++) {
+			char *e = NULL;
+			s3_wait(reqs[i], ev);
+			ret = s3_mpu_part_recv(reqs[i], t, &e, &st);
+			if (ret != 0) {
+				req = s3_mpu_abort_send(t, ev, c, key, id);
+				s3_wait(req, ev);
+				s3_mpu_abort_recv(req, NULL);
+				return fail("upload part", &st, ret);
+			}
+			parts[i] = (struct s3_part){(unsigned)i + 1, e};
+			done++;
+		}
+		req = s3_mpu_complete_send(t, ev, c, key, id, parts, done);
+		s3_wait(req, ev);
+		ret = s3_mpu_complete_recv(req, t, &etag, &st);
+		return ret ? fail("complete multipart", &st, ret) : 0;
+	}
+}
+
+static int get(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
+	       const char *key, const char *file)
+{
+	struct s3_status st = {0};
+	struct s3_object_info info = {0};
+	struct tevent_req *req = s3_head_object_send(t, ev, c, key);
+	uint8_t *buf;
+	size_t got = 0;
+	FILE *f;
+	int ret;
+
+	s3_wait(req, ev);
+	if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
+		return fail("head", &st, ret);
+	}
+	buf = talloc_size(t, info.size + 1);
+	req = s3_get_range_send(t, ev, c, key, 0, info.size, buf, info.etag);
+	s3_wait(req, ev);
+	if ((ret = s3_get_range_recv(req, &got, &st)) != 0) {
+		return fail("get", &st, ret);
+	}
+	f = strcmp(file, "-") == 0 ? stdout : fopen(file, "w");
+	if (f == NULL || fwrite(buf, 1, got, f) != got) {
+		perror(file);
+		return 1;
+	}
+	return f == stdout ? 0 : fclose(f);
+}
+
+int main(int argc, char **argv)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct tevent_context *ev = tevent_context_init(t);
+	struct s3_client_config cfg = {
+		.endpoint = getenv("S3_ENDPOINT"),
+		.bucket = getenv("S3_BUCKET"),
+		.region = "us-east-1",
+		.path_style = true,
+		.verify_tls = true,
+		.max_requests = 8,
+		.max_retries = 3,
+	};
+	struct s3_client *c;
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	int ret;
+
+	if (argc < 3) {
+		fprintf(stderr, "usage: s3tool put KEY FILE | get KEY FILE | rm KEY "
+				"| ls PREFIX | lsdir PREFIX/ | head KEY\n");
+		return 2;
+	}
+	if (s3_creds_from_env(t, &cfg.creds) != 0 || cfg.bucket == NULL) {
+		fprintf(stderr, "s3tool: set S3_ENDPOINT, S3_BUCKET, "
+				"AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY\n");
+		return 2;
+	}
+	c = s3_client_new(t, ev, &cfg);
+	if (c == NULL) {
+		perror("s3tool: client");
+		return 1;
+	}
+	if (strcmp(argv[1], "put") == 0 && argc == 4) {
+		return put(t, ev, c, argv[2], argv[3]);
+	}
+	if (strcmp(argv[1], "get") == 0 && argc == 4) {
+		return get(t, ev, c, argv[2], argv[3]);
+	}
+	if (strcmp(argv[1], "rm") == 0) {
+		req = s3_delete_object_send(t, ev, c, argv[2]);
+		s3_wait(req, ev);
+		ret = s3_delete_object_recv(req, &st);
+		return ret ? fail("rm", &st, ret) : 0;
+	}
+	if (strcmp(argv[1], "head") == 0) {
+		struct s3_object_info info = {0};
+		req = s3_head_object_send(t, ev, c, argv[2]);
+		s3_wait(req, ev);
+		ret = s3_head_object_recv(req, t, &info, &st);
+		if (ret != 0) {
+			return fail("head", &st, ret);
+		}
+		printf("%" PRIu64 " %s\n", info.size, info.etag);
+		return 0;
+	}
+	if (strcmp(argv[1], "lsdir") == 0) {
+		struct s3_dir *d = NULL;
+		size_t i;
+		req = s3_dirlist_send(t, ev, c, argv[2]);
+		s3_wait(req, ev);
+		ret = s3_dirlist_recv(req, t, &d, &st);
+		if (ret != 0) {
+			return fail("lsdir", &st, ret);
+		}
+		for (i = 0; i < d->n; i++) {
+			printf("%s\t%" PRIu64 "\t%s\n", d->ents[i].is_dir ? "dir" : "file",
+			       d->ents[i].size, d->ents[i].name);
+		}
+		return 0;
+	}
+	if (strcmp(argv[1], "ls") == 0) {
+		const char *token = NULL;
+		do {
+			struct s3_listing *l = NULL;
+			size_t i;
+			req = s3_list_send(t, ev, c, argv[2], NULL, token, 0);
+			s3_wait(req, ev);
+			ret = s3_list_recv(req, t, &l, &st);
+			if (ret != 0) {
+				return fail("ls", &st, ret);
+			}
+			for (i = 0; i < l->n_objects; i++) {
+				printf("%" PRIu64 "\t%s\n", l->objects[i].size,
+				       l->objects[i].key);
+			}
+			token = l->truncated ? l->next_token : NULL;
+		} while (token != NULL);
+		return 0;
+	}
+	fprintf(stderr, "s3tool: unknown command %s\n", argv[1]);
+	return 2;
+}
