@@ -440,6 +440,8 @@ int s3_errno_from_code(const char *code, long http_status)
 		{"BadDigest", EIO},
 		{"InvalidDigest", EIO},
 		{"XAmzContentSHA256Mismatch", EIO},
+		{"NotImplemented", ENOSYS},
+		{"MethodNotAllowed", EOPNOTSUPP},
 	};
 	size_t i;
 
@@ -465,6 +467,10 @@ int s3_errno_from_code(const char *code, long http_status)
 		return ESTALE;
 	case 416:
 		return EINVAL;
+	case 405:
+		return EOPNOTSUPP;
+	case 501:
+		return ENOSYS;
 	case 503:
 		return EBUSY;
 	default:

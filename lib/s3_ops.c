@@ -98,7 +98,7 @@ struct tevent_req *s3_head_object_send(TALLOC_CTX *mem_ctx,
 		.method = "HEAD", .key = key, .idempotent = true,
 	};
 
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_head_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_head_state", &s);
 }
 
 int s3_head_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -339,7 +339,7 @@ struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 	};
 
 	s3_content_md5(data ? data : "", len, md5);
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_etag_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_etag_state", &s);
 }
 
 static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -372,7 +372,7 @@ struct tevent_req *s3_delete_object_send(TALLOC_CTX *mem_ctx,
 		.method = "DELETE", .key = key, .idempotent = true,
 	};
 
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state", &s);
 }
 
 int s3_delete_object_recv(struct tevent_req *req, struct s3_status *st)
@@ -461,7 +461,7 @@ struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
 			.method = "PUT", .key = dst_key, .headers = h,
 			.n_headers = 1, .idempotent = true,
 		};
-		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state",
+		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state",
 				 &s);
 	}
 	talloc_free(tmp);
@@ -487,7 +487,7 @@ struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 		.method = "POST", .key = key, .query = q, .n_query = 1,
 	};
 
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state", &s);
 }
 
 int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -514,7 +514,7 @@ struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
 
 	snprintf(num, sizeof(num), "%u", part_no);
 	s3_content_md5(data ? data : "", len, md5);
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_etag_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_etag_state", &s);
 }
 
 int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
@@ -595,7 +595,7 @@ struct tevent_req *s3_mpu_abort_send(TALLOC_CTX *mem_ctx,
 		.idempotent = true,
 	};
 
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "s3_op_state", &s);
+	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state", &s);
 }
 
 int s3_mpu_abort_recv(struct tevent_req *req, struct s3_status *st)

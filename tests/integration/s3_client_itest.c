@@ -1,0 +1,465 @@
+/*
+ * The S3 client against a real S3 server (s3rver on loopback), started by
+ * tests/run.sh.  Environment:
+ *   S3_ENDPOINT, S3_BUCKET    the server and a bucket that exists
+ *   S3_DEAD_ENDPOINT          an address where nothing listens
+ *   S3_FAULT_503, S3_FAULT_TRUNC, S3_FAULT_RESET
+ *                             fault proxies (tests/integration/fault_proxy.py)
+ *                             failing their first 2 requests each way
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "s3_dirlist.h"
+#include "s3_ops.h"
+
+struct fixture {
+	TALLOC_CTX *t;
+	struct tevent_context *ev;
+	struct s3_client *c;
+};
+
+static struct s3_client *client_for(struct fixture *f, const char *endpoint,
+				    const char *bucket, const char *secret,
+				    unsigned max_requests)
+{
+	struct s3_client_config cfg = {
+		.endpoint = endpoint,
+		.bucket = bucket,
+		.region = "us-east-1",
+		.path_style = true,
+		.verify_tls = true,
+		.max_requests = max_requests,
+		.max_retries = 3,
+		.retry_base_ms = 20,
+		.creds = {.access_key = "S3RVER", .secret_key = secret},
+	};
+	struct s3_client *c = s3_client_new(f->t, f->ev, &cfg);
+
+	assert_non_null(c);
+	return c;
+}
+
+static int setup(void **state)
+{
+	struct fixture *f = talloc_zero(NULL, struct fixture);
+
+	f->t = f;
+	f->ev = tevent_context_init(f);
+	f->c = client_for(f, getenv("S3_ENDPOINT"), getenv("S3_BUCKET"),
+			  "S3RVER", 4);
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	talloc_free(*state);
+	return 0;
+}
+
+static void put(struct fixture *f, const char *key, const void *data,
+		size_t len)
+{
+	struct s3_status st = {0};
+	struct tevent_req *req = s3_put_object_send(f->t, f->ev, f->c, key,
+						    data, len);
+	char *etag = NULL;
+
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_put_object_recv(req, f->t, &etag, &st), 0);
+	assert_non_null(etag);
+}
+
+static int get(struct fixture *f, struct s3_client *c, const char *key,
+	       uint64_t off, size_t len, void *buf, const char *etag,
+	       size_t *got, struct s3_status *st)
+{
+	struct tevent_req *req = s3_get_range_send(f->t, f->ev, c, key, off, len,
+						   buf, etag);
+
+	int ret;
+
+	assert_true(s3_wait(req, f->ev));
+	ret = s3_get_range_recv(req, got, st);
+	if (ret != 0) {
+		print_message("GET %s: %s (HTTP %ld, %s: %s)\n", key,
+			      strerror(ret), st->http_status, st->code,
+			      st->message);
+	}
+	return ret;
+}
+
+static uint8_t *pattern(TALLOC_CTX *t, size_t len, unsigned seed)
+{
+	uint8_t *p = talloc_size(t, len);
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		seed = seed * 1103515245u + 12345u;
+		p[i] = (uint8_t)(seed >> 16);
+	}
+	return p;
+}
+
+/* Keys that exercise S3's URI encoding, read back byte for byte. */
+static void test_odd_keys_roundtrip(void **state)
+{
+	struct fixture *f = *state;
+	const char *keys[] = {
+		"plain.txt", "with space.bin", "plus+sign~tilde.bin",
+		"caf\xc3\xa9/na\xc3\xafve \xe2\x82\xac.txt", "deep/a/b/c/d.bin",
+		"sym!$&'()*,;=@.bin", "percent%20literal.bin",
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		size_t len = 1000 + i * 777, got = 0;
+		uint8_t *data = pattern(f->t, len, (unsigned)i);
+		uint8_t *buf = talloc_size(f->t, len);
+		struct s3_object_info info = {0};
+		struct s3_status st = {0};
+		struct tevent_req *req;
+
+		put(f, keys[i], data, len);
+		req = s3_head_object_send(f->t, f->ev, f->c, keys[i]);
+		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
+		assert_int_equal(info.size, len);
+		assert_int_equal(get(f, f->c, keys[i], 0, len, buf, info.etag,
+				     &got, &st), 0);
+		assert_int_equal(got, len);
+		assert_memory_equal(buf, data, len);
+		/* A range in the middle. */
+		assert_int_equal(get(f, f->c, keys[i], 333, 100, buf, NULL, &got,
+				     &st), 0);
+		assert_int_equal(got, 100);
+		assert_memory_equal(buf, data + 333, 100);
+	}
+}
+
+static void test_empty_and_missing(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	uint8_t buf[4];
+	size_t got = 99;
+
+	put(f, "empty", "", 0);
+	req = s3_head_object_send(f->t, f->ev, f->c, "empty");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
+	assert_int_equal(info.size, 0);
+
+	assert_int_equal(get(f, f->c, "no/such/key", 0, 4, buf, NULL, &got,
+			     &st), ENOENT);
+	assert_string_equal(st.code, "NoSuchKey");
+	assert_int_equal(st.http_status, 404);
+}
+
+/* ListObjectsV2: delimiter, common prefixes, continuation tokens. */
+static void test_listing_pages(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_status st = {0};
+	struct s3_listing *l = NULL;
+	struct tevent_req *req;
+	const char *token = NULL;
+	size_t seen = 0, pages = 0, i;
+	char key[64];
+	struct s3_dir *d = NULL;
+
+	for (i = 0; i < 7; i++) {
+		snprintf(key, sizeof(key), "list/f%02zu", i);
+		put(f, key, key, strlen(key));
+	}
+	put(f, "list/sub/x", "x", 1);
+	put(f, "list/implicit/deeper/y", "y", 1);
+
+	do {
+		req = s3_list_send(f->t, f->ev, f->c, "list/", "/", token, 3);
+		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
+		seen += l->n_objects;
+		pages++;
+		token = l->truncated ? l->next_token : NULL;
+	} while (token != NULL);
+	assert_int_equal(seen, 7);
+	assert_true(pages >= 3);
+
+	req = s3_dirlist_send(f->t, f->ev, f->c, "list/");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_dirlist_recv(req, f->t, &d, &st), 0);
+	assert_int_equal(d->n, 9);
+	assert_non_null(s3_dir_find(d, "f06"));
+	assert_true(s3_dir_find(d, "sub")->is_dir);
+	assert_true(s3_dir_find(d, "implicit")->is_dir);
+	assert_int_equal(s3_dir_find(d, "f03")->size, 8);
+	assert_null(s3_dir_find(d, "sub/x"));
+}
+
+static void test_copy_delete(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	char *etag = NULL;
+	uint8_t buf[16];
+	size_t got = 0;
+
+	put(f, "copy/src name", "copy me please!", 15);
+	req = s3_copy_object_send(f->t, f->ev, f->c, "copy/src name",
+				  "copy/dst\xc3\xa9");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_copy_object_recv(req, f->t, &etag, &st), 0);
+	assert_int_equal(get(f, f->c, "copy/dst\xc3\xa9", 0, 15, buf, NULL, &got,
+			     &st), 0);
+	assert_memory_equal(buf, "copy me please!", 15);
+
+	req = s3_delete_object_send(f->t, f->ev, f->c, "copy/src name");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_delete_object_recv(req, &st), 0);
+	assert_int_equal(get(f, f->c, "copy/src name", 0, 15, buf, NULL, &got,
+			     &st), ENOENT);
+}
+
+static void test_multipart(void **state)
+{
+	struct fixture *f = *state;
+	const size_t part = 5u << 20, len = 2 * part + 12345;
+	uint8_t *data = pattern(f->t, len, 42), *buf = talloc_size(f->t, len);
+	struct s3_part parts[3];
+	struct s3_status st = {0};
+	struct tevent_req *req, *preq[3];
+	char *id = NULL, *etag = NULL;
+	size_t i, got = 0;
+	int ret;
+
+	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/big object");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_mpu_create_recv(req, f->t, &id, &st), 0);
+	/* All parts in flight together. */
+	for (i = 0; i < 3; i++) {
+		size_t off = i * part, n = i < 2 ? part : len - 2 * part;
+		preq[i] = s3_mpu_part_send(f->t, f->ev, f->c, "mpu/big object",
+					   id, (unsigned)i + 1, data + off, n);
+	}
+	for (i = 0; i < 3; i++) {
+		char *e = NULL;
+		assert_true(s3_wait(preq[i], f->ev));
+		assert_int_equal(s3_mpu_part_recv(preq[i], f->t, &e, &st), 0);
+		parts[i] = (struct s3_part){(unsigned)i + 1, e};
+	}
+	req = s3_mpu_complete_send(f->t, f->ev, f->c, "mpu/big object", id,
+				   parts, 3);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_mpu_complete_recv(req, f->t, &etag, &st), 0);
+	assert_int_equal(get(f, f->c, "mpu/big object", 0, len, buf, NULL, &got,
+			     &st), 0);
+	assert_int_equal(got, len);
+	assert_memory_equal(buf, data, len);
+
+	/*
+	 * Abort: s3rver 3.7.1 has no AbortMultipartUpload and answers 405
+	 * MethodNotAllowed, which must come back as EOPNOTSUPP with S3's
+	 * code; a server that has it must forget the upload.
+	 */
+	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/aborted");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_mpu_create_recv(req, f->t, &id, &st), 0);
+	req = s3_mpu_abort_send(f->t, f->ev, f->c, "mpu/aborted", id);
+	assert_true(s3_wait(req, f->ev));
+	ret = s3_mpu_abort_recv(req, &st);
+	if (ret == EOPNOTSUPP) {
+		assert_string_equal(st.code, "MethodNotAllowed");
+		assert_int_equal(st.http_status, 405);
+	} else {
+		assert_int_equal(ret, 0);
+		req = s3_mpu_part_send(f->t, f->ev, f->c, "mpu/aborted", id, 1,
+				       "x", 1);
+		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_mpu_part_recv(req, f->t, &etag, &st),
+				 ENOENT);
+		assert_string_equal(st.code, "NoSuchUpload");
+	}
+}
+
+/* If-Match pins a version: a replaced object is refused, never mixed. */
+static void test_if_match_detects_replacement(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	uint8_t buf[8];
+	size_t got;
+
+	put(f, "versioned", "version1", 8);
+	req = s3_head_object_send(f->t, f->ev, f->c, "versioned");
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
+	put(f, "versioned", "version2", 8);
+	assert_int_equal(get(f, f->c, "versioned", 0, 8, buf, info.etag, &got,
+			     &st), ESTALE);
+	assert_int_equal(st.http_status, 412);
+}
+
+static void test_wrong_secret(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_client *bad = client_for(f, getenv("S3_ENDPOINT"),
+					   getenv("S3_BUCKET"), "WRONG", 4);
+	struct s3_status st = {0};
+	uint8_t buf[4];
+	size_t got;
+
+	assert_int_equal(get(f, bad, "plain.txt", 0, 4, buf, NULL, &got, &st),
+			 EACCES);
+	assert_string_equal(st.code, "SignatureDoesNotMatch");
+	assert_int_equal(st.http_status, 403);
+	assert_int_equal(st.attempts, 1); /* not retried */
+}
+
+static void test_missing_bucket(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_client *c = client_for(f, getenv("S3_ENDPOINT"),
+					 "no-such-bucket", "S3RVER", 4);
+	struct s3_listing *l = NULL;
+	struct s3_status st = {0};
+	struct tevent_req *req = s3_list_send(f->t, f->ev, c, "", "/", NULL, 1);
+
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_list_recv(req, f->t, &l, &st), ENOENT);
+	assert_string_equal(st.code, "NoSuchBucket");
+}
+
+static void test_unreachable(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_client *c = client_for(f, getenv("S3_DEAD_ENDPOINT"),
+					 getenv("S3_BUCKET"), "S3RVER", 4);
+	struct s3_status st = {0};
+	uint8_t buf[4];
+	size_t got;
+
+	assert_int_equal(get(f, c, "plain.txt", 0, 4, buf, NULL, &got, &st),
+			 ECONNREFUSED);
+	assert_int_equal(st.attempts, 4); /* 1 + max_retries */
+	assert_int_equal(s3_client_counters(c)->retries, 3);
+}
+
+/* Faults injected by a proxy: each heals after two failures. */
+static void check_recovers(struct fixture *f, const char *env)
+{
+	struct s3_client *c = client_for(f, getenv(env), getenv("S3_BUCKET"),
+					 "S3RVER", 4);
+	uint8_t buf[1000];
+	struct s3_status st = {0};
+	size_t got = 0;
+	uint8_t *want = pattern(f->t, 1000, 0);
+
+	assert_int_equal(get(f, c, "plain.txt", 0, 1000, buf, NULL, &got, &st),
+			 0);
+	assert_int_equal(got, 1000);
+	assert_memory_equal(buf, want, 1000);
+	assert_int_equal(st.attempts, 3);
+	assert_int_equal(s3_client_counters(c)->retries, 2);
+}
+
+static void test_retry_slowdown(void **state)
+{
+	check_recovers(*state, "S3_FAULT_503");
+}
+
+static void test_retry_truncated_body(void **state)
+{
+	check_recovers(*state, "S3_FAULT_TRUNC");
+}
+
+static void test_retry_connection_reset(void **state)
+{
+	check_recovers(*state, "S3_FAULT_RESET");
+}
+
+/* Many requests at once through a bounded engine, all byte-exact. */
+static void test_parallel_bounded(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 1u << 20, n = 32;
+	uint8_t *data = pattern(f->t, len, 7);
+	struct tevent_req *reqs[32];
+	uint8_t *bufs[32];
+	uint64_t before;
+	size_t i;
+
+	put(f, "parallel", data, len);
+	before = s3_client_counters(f->c)->requests;
+	for (i = 0; i < n; i++) {
+		bufs[i] = talloc_size(f->t, 32768);
+		reqs[i] = s3_get_range_send(f->t, f->ev, f->c, "parallel",
+					    i * 32768, 32768, bufs[i], NULL);
+	}
+	for (i = 0; i < n; i++) {
+		struct s3_status st = {0};
+		size_t got = 0;
+		assert_true(s3_wait(reqs[i], f->ev));
+		assert_int_equal(s3_get_range_recv(reqs[i], &got, &st), 0);
+		assert_int_equal(got, 32768);
+		assert_memory_equal(bufs[i], data + i * 32768, 32768);
+	}
+	assert_int_equal(s3_client_counters(f->c)->requests - before, n);
+}
+
+/* Freeing a request in flight must cancel it cleanly. */
+static void test_cancel_in_flight(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t *buf = talloc_size(f->t, 1u << 20);
+	struct tevent_req *req = s3_get_range_send(f->t, f->ev, f->c, "parallel",
+						   0, 1u << 20, buf, NULL);
+	struct s3_status st = {0};
+	size_t got;
+
+	tevent_loop_once(f->ev);
+	TALLOC_FREE(req);
+	/* The engine still works afterwards. */
+	assert_int_equal(get(f, f->c, "parallel", 0, 10, buf, NULL, &got, &st),
+			 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_odd_keys_roundtrip),
+		cmocka_unit_test(test_empty_and_missing),
+		cmocka_unit_test(test_listing_pages),
+		cmocka_unit_test(test_copy_delete),
+		cmocka_unit_test(test_multipart),
+		cmocka_unit_test(test_if_match_detects_replacement),
+		cmocka_unit_test(test_wrong_secret),
+		cmocka_unit_test(test_missing_bucket),
+		cmocka_unit_test(test_unreachable),
+		cmocka_unit_test(test_retry_slowdown),
+		cmocka_unit_test(test_retry_truncated_body),
+		cmocka_unit_test(test_retry_connection_reset),
+		cmocka_unit_test(test_parallel_bounded),
+		cmocka_unit_test(test_cancel_in_flight),
+	};
+	if (getenv("S3_ENDPOINT") == NULL) {
+		fprintf(stderr, "s3_client_itest: run me from tests/run.sh\n");
+		return 1;
+	}
+	return cmocka_run_group_tests_name("s3_client (against s3rver)", tests,
+					   setup, teardown);
+}

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""The front door of the test S3 server: what s3rver 3.7.1 leaves out.
+
+s3rver stores and serves objects, but it does not verify SigV4 signatures
+(any secret passes) and ignores If-Match on GET.  This loopback front checks
+both the way S3 does, with its own SigV4 implementation (independent of the
+C one under test), then forwards to s3rver.  It can also inject faults.
+
+    s3_front.py LISTEN UPSTREAM [--keys AK:SK,...] [--fault MODE --count N]
+
+MODE: 503 (SlowDown document), 500 (InternalError), truncate (full
+Content-Length promised, half sent, connection closed), reset (connection
+closed before any answer).  The first N requests get the fault.
+One line per request goes to stdout.
+"""
+import argparse
+import hashlib
+import hmac
+import http.client
+import http.server
+import re
+import threading
+import urllib.parse
+
+ap = argparse.ArgumentParser()
+ap.add_argument("listen", type=int)
+ap.add_argument("upstream", type=int)
+ap.add_argument("--keys", default="S3RVER:S3RVER")
+ap.add_argument("--fault", default="")
+ap.add_argument("--count", type=int, default=0)
+args = ap.parse_args()
+SECRETS = dict(kv.split(":", 1) for kv in args.keys.split(","))
+lock = threading.Lock()
+seen = 0
+
+AUTH_RE = re.compile(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request,"
+                     r"\s*SignedHeaders=([^,]+),\s*Signature=([0-9a-f]{64})$")
+
+
+def s3_quote(s):
+    return urllib.parse.quote(s, safe="-_.~")
+
+
+def canonical_query(raw):
+    pairs = []
+    for part in raw.split("&") if raw else []:
+        name, _, value = part.partition("=")
+        pairs.append((s3_quote(urllib.parse.unquote(name)),
+                      s3_quote(urllib.parse.unquote(value))))
+    return "&".join(f"{n}={v}" for n, v in sorted(pairs))
+
+
+def expected_signature(secret, method, path, query, headers, signed, date, region, payload_hash):
+    canon_headers = "".join(
+        f"{h}:{' '.join(headers.get(h, '').split())}\n" for h in signed.split(";"))
+    creq = "\n".join([method, path, canonical_query(query), canon_headers, signed, payload_hash])
+    amz_date = headers.get("x-amz-date", "")
+    scope = f"{date}/{region}/s3/aws4_request"
+    sts = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
+                     hashlib.sha256(creq.encode()).hexdigest()])
+    k = ("AWS4" + secret).encode()
+    for part in (date, region, "s3", "aws4_request"):
+        k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+    return hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
+
+
+class Front(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def error(self, status, code, message):
+        doc = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+               f"<Message>{message}</Message><RequestId>FRONT{seen}</RequestId></Error>").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(doc)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(doc)
+
+    def verify(self, body):
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        m = AUTH_RE.match(headers.get("authorization", ""))
+        if not m:
+            return 403, "AccessDenied", "Missing or malformed Authorization"
+        access, date, region, signed, sig = m.groups()
+        if access not in SECRETS:
+            return 403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist"
+        payload_hash = headers.get("x-amz-content-sha256")
+        if payload_hash is None:
+            return 400, "InvalidRequest", "Missing required header x-amz-content-sha256"
+        if payload_hash != "UNSIGNED-PAYLOAD" and payload_hash != hashlib.sha256(body or b"").hexdigest():
+            return 400, "XAmzContentSHA256Mismatch", "The provided x-amz-content-sha256 does not match"
+        path, _, query = self.path.partition("?")
+        want = expected_signature(SECRETS[access], self.command, path, query, headers,
+                                  signed, date, region, payload_hash)
+        if not hmac.compare_digest(want, sig):
+            return 403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided"
+        return None
+
+    def upstream(self, method, body, headers):
+        conn = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=60)
+        conn.request(method, self.path, body=body, headers=headers)
+        resp = conn.getresponse()
+        return resp, resp.read()
+
+    def handle_one(self):
+        global seen
+        with lock:
+            seen += 1
+            n = seen
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        fault = args.fault if n <= args.count else ""
+        print(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')}", flush=True)
+        if fault in ("503", "500"):
+            return self.error(int(fault), "SlowDown" if fault == "503" else "InternalError", "injected")
+        if fault == "reset":
+            self.close_connection = True
+            return
+        bad = self.verify(body)
+        if bad:
+            return self.error(*bad)
+        headers = {k: v for k, v in self.headers.items() if k.lower() != "if-match"}
+        if_match = self.headers.get("If-Match")
+        if if_match is not None and self.command == "GET":
+            plain = {k: v for k, v in headers.items() if k.lower() != "range"}
+            head, _ = self.upstream("HEAD", None, plain)
+            if head.status in (200, 206) and head.getheader("ETag") != if_match:
+                return self.error(412, "PreconditionFailed",
+                                  "At least one of the pre-conditions you specified did not hold")
+        resp, data = self.upstream(self.command, body, headers)
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        if fault == "truncate":
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+Server(("127.0.0.1", args.listen), Front).serve_forever()
