@@ -78,7 +78,7 @@ install: $(B)/bucketfs.so
 	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
 
 test: all install
-	@tests/run.sh
+	@python3 tests/run.py
 
 unit: $(UNIT)
 	@for t in $(UNIT); do $$t || exit 1; done

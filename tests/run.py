@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""bucketfs's test runner (make test).
+
+Unit tests (cmocka) first, then integration tests against real servers on
+loopback, all state in one temporary folder that is removed at the end
+(KEEP=1 keeps it):
+
+  s3rver (the pinned npm package)  <-  s3_front.py (SigV4 check, If-Match,
+                                        fault injection)  <-  bucketfs
+  smbd (Debian's, private smb.conf, vfs objects = bucketfs)  <-  smbclient,
+                                        libsmbclient (build/tests/smbread)
+
+Ends with "N passed, N failed"; exits non-zero if anything failed.
+"""
+import hashlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+B = os.path.join(TOP, "build")
+S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
+BUCKET = "bucketfs-test"
+CLIENT_BUCKET = "bucketfs-client-test"  # the S3 client's own tests write here
+USER, PASSWORD = "root", "bucketfs-test-pw"
+
+results = []  # (name, ok, detail)
+procs = []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port}")
+
+
+def record(name, ok, detail=""):
+    results.append((name, ok, detail))
+    print(f"{'ok' if ok else 'not ok'} - {name}" + (f"\n    {detail}" if detail and not ok else ""),
+          flush=True)
+
+
+def run_tap(name, argv, env=None):
+    """Run a cmocka binary with TAP output; one result per test case."""
+    e = dict(os.environ, CMOCKA_MESSAGE_OUTPUT="TAP", **(env or {}))
+    try:
+        p = subprocess.run(argv, env=e, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        record(f"{name}: finished in time", False, "timed out after 600 s")
+        return
+    seen = 0
+    for line in p.stdout.splitlines():
+        m = re.match(r"(not ok|ok) \d+ - (\S+)", line)
+        if m:
+            seen += 1
+            detail = ""
+            if m.group(1) == "not ok":
+                detail = (p.stdout + p.stderr)[-2000:]
+            record(f"{name}: {m.group(2)}", m.group(1) == "ok", detail)
+    if seen == 0 or (p.returncode != 0 and all(r[1] for r in results[-seen:] if seen)):
+        record(f"{name}: ran", False, f"exit {p.returncode}\n{p.stdout[-2000:]}{p.stderr[-2000:]}")
+
+
+def test(fn):
+    """Decorator: run an integration check, record its outcome."""
+    name = fn.__name__.replace("_", " ")
+    try:
+        fn()
+        record(name, True)
+    except Exception as e:  # a failed check is a result, not the end
+        record(name, False, f"{e}\n{traceback.format_exc(limit=2)}")
+    return fn
+
+
+def sh(argv, check=True, **kw):
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{argv[0]} exit {p.returncode}: {p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class World:
+    """The servers and the data, set up once for all integration checks."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        os.makedirs(f"{tmp}/s3", exist_ok=True)
+        self.s3_port = free_port()
+        self.front_port = free_port()
+        self.dead_port = free_port()  # nothing listens here
+        self.fault_ports = {m: free_port() for m in ("503", "truncate", "reset")}
+        env = dict(os.environ)
+        # s3rver's continuation tokens use DES, which OpenSSL 3 keeps in the
+        # legacy provider.
+        env["NODE_OPTIONS"] = "--openssl-legacy-provider"
+        self.spawn([S3RVER, "-d", f"{tmp}/s3", "-a", "127.0.0.1", "-p", str(self.s3_port),
+                    "--silent", "--configure-bucket", BUCKET,
+                    "--configure-bucket", CLIENT_BUCKET], "s3rver", env=env)
+        wait_port(self.s3_port, "s3rver")
+        front = os.path.join(TOP, "tests/integration/s3_front.py")
+        self.spawn([sys.executable, front, str(self.front_port), str(self.s3_port)], "front")
+        for mode, port in self.fault_ports.items():
+            self.spawn([sys.executable, front, str(port), str(self.s3_port),
+                        "--fault", mode, "--count", "2"], f"fault-{mode}")
+        for port in [self.front_port, *self.fault_ports.values()]:
+            wait_port(port, "s3 front")
+        self.endpoint = f"http://127.0.0.1:{self.front_port}"
+        self.env = dict(os.environ, S3_ENDPOINT=self.endpoint, S3_BUCKET=BUCKET,
+                        AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+
+    def spawn(self, argv, name, env=None):
+        log = open(f"{self.tmp}/{name}.log", "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    def s3tool(self, *args, check=True):
+        return sh([f"{B}/s3tool", *args], check=check, env=self.env)
+
+    # -- smbd ---------------------------------------------------------------
+
+    def start_smbd(self):
+        t = self.tmp
+        for d in ("lock", "state", "cache", "pid", "private", "ncalrpc", "bfscache"):
+            os.makedirs(f"{t}/{d}", exist_ok=True)
+        with open(f"{t}/creds", "w") as f:
+            f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n"
+                    "[wrong]\naws_access_key_id = S3RVER\naws_secret_access_key = not-the-secret\n")
+        os.chmod(f"{t}/creds", 0o600)
+        self.smb_port = free_port()
+        common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {self.endpoint}\n"
+                  f"  bucketfs:path style = yes\n  bucketfs:credentials file = {t}/creds\n"
+                  f"  bucketfs:cache dir = {t}/bfscache\n")
+        conf = f"""[global]
+  smb ports = {self.smb_port}
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  lock directory = {t}/lock
+  state directory = {t}/state
+  cache directory = {t}/cache
+  pid directory = {t}/pid
+  private dir = {t}/private
+  ncalrpc dir = {t}/ncalrpc
+  log file = {t}/log.smbd
+  max log size = 0
+  log level = 1
+  passdb backend = tdbsam:{t}/private/passdb.tdb
+  server role = standalone server
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+[data]
+  path = /bucketfs/data
+{common}  bucketfs:bucket = {BUCKET}
+[sub]
+  path = /bucketfs/sub
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = tree/a
+[badsecret]
+  path = /bucketfs/badsecret
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:profile = wrong
+[nobucket]
+  path = /bucketfs/nobucket
+{common}  bucketfs:bucket = no-such-bucket
+[unreachable]
+  path = /bucketfs/unreachable
+  vfs objects = bucketfs
+  bucketfs:endpoint = http://127.0.0.1:{self.dead_port}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {t}/creds
+  bucketfs:bucket = {BUCKET}
+  bucketfs:retries = 1
+[noprofile]
+  path = /bucketfs/noprofile
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:profile = does-not-exist
+"""
+        self.conf = f"{t}/smb.conf"
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        sh(["smbpasswd", "-c", self.conf, "-s", "-a", USER],
+           input=f"{PASSWORD}\n{PASSWORD}\n")
+        self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
+                               "smbd-stdout")
+        wait_port(self.smb_port, "smbd")
+
+    def smbclient(self, share, commands, check=True):
+        return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(self.smb_port),
+                   "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
+
+    def smb_log(self):
+        with open(f"{self.tmp}/log.smbd", errors="replace") as f:
+            return f.read()
+
+    def ls(self, share, path=""):
+        out = self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout
+        entries = {}
+        for line in out.splitlines():
+            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
+            if m and m.group(1) not in (".", ".."):
+                entries[m.group(1)] = ("D" in m.group(2), int(m.group(3)))
+        return entries
+
+
+def seed(w):
+    """Objects of awkward sizes and names, and where they came from."""
+    data = os.path.join(w.tmp, "data")
+    os.makedirs(data)
+    files = {
+        "empty": b"",
+        "one byte": b"x",
+        "mib plus one.bin": os.urandom((1 << 20) + 1),
+        "fifty.bin": os.urandom(50 << 20),
+        "name with spaces.txt": b"spaces in the name\n",
+        "caf\u00e9 \u00fcber \u65e5\u672c.txt": "non-ASCII name\n".encode(),
+        "plus+and~tilde.txt": b"reserved characters\n",
+        "tree/a/b/c/deep.txt": b"deep in an implicit directory\n",
+        "tree/a/sibling.txt": b"next to b/\n",
+        "tree/x/y.bin": os.urandom(4096),
+    }
+    sources = {}
+    for i, (key, body) in enumerate(files.items()):
+        src = os.path.join(data, f"src{i}")
+        with open(src, "wb") as f:
+            f.write(body)
+        w.s3tool("put", key, src)
+        sources[key] = src
+    return sources
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="bucketfs-test.")
+    world = None
+    try:
+        # ---- unit tests ----------------------------------------------------
+        for t in sorted(os.listdir(f"{B}/tests")):
+            if t.startswith("test_"):
+                run_tap(f"unit {t[5:]}", [f"{B}/tests/{t}"])
+
+        # ---- the S3 client against the real server ------------------------------
+        world = World(tmp)
+        w = world
+        run_tap("s3 client", [f"{B}/tests/s3_client_itest"], env={
+            "S3_ENDPOINT": w.endpoint, "S3_BUCKET": CLIENT_BUCKET,
+            "S3_DEAD_ENDPOINT": f"http://127.0.0.1:{w.dead_port}",
+            "S3_FAULT_503": f"http://127.0.0.1:{w.fault_ports['503']}",
+            "S3_FAULT_TRUNC": f"http://127.0.0.1:{w.fault_ports['truncate']}",
+            "S3_FAULT_RESET": f"http://127.0.0.1:{w.fault_ports['reset']}",
+        })
+
+        # ---- the module in smbd ---------------------------------------------------
+        sources = seed(w)
+        w.start_smbd()
+        integration(w, sources)
+    except Exception:
+        record("test harness", False, traceback.format_exc())
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        if os.environ.get("KEEP"):
+            print(f"# state kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    passed = sum(1 for r in results if r[1])
+    failed = len(results) - passed
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed or not results else 0
+
+
+def integration(w, sources):
+    @test
+    def root_listing_shows_every_object_with_its_size():
+        got = w.ls("data")
+        for key, src in sources.items():
+            top = key.split("/")[0]
+            if "/" in key:
+                assert got.get(top, (False,))[0], f"{top} not listed as a directory: {got}"
+            else:
+                assert got.get(key) == (False, os.path.getsize(src)), \
+                    f"{key}: listed as {got.get(key)}, source has {os.path.getsize(src)} bytes"
+        assert len(got) == 8, f"unexpected entries: {sorted(got)}"
+
+    @test
+    def every_object_reads_back_byte_identical():
+        out = os.path.join(w.tmp, "got")
+        for key, src in sources.items():
+            if os.path.exists(out):
+                os.unlink(out)
+            d, _, name = key.rpartition("/")
+            cmd = (f'cd "{d}"; ' if d else "") + f'get "{name}" "{out}"'
+            w.smbclient("data", cmd)
+            assert sha256(out) == sha256(src), f"{key} differs from its source"
+
+    @test
+    def random_ranges_through_libsmbclient_match_the_source():
+        p = sh([f"{B}/tests/smbread", f"smb://127.0.0.1:{w.smb_port}/data/fifty.bin",
+                "--random", "300", "4242", sources["fifty.bin"]],
+               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert " 0 mismatches" in p.stdout, p.stdout
+        print(f"    # {p.stdout.strip()}")
+
+    @test
+    def reads_past_the_end_are_short_not_errors():
+        p = sh([f"{B}/tests/smbread", f"smb://127.0.0.1:{w.smb_port}/data/one%20byte", "0", "100"],
+               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD))
+        assert p.stdout == "x", repr(p.stdout)
+        p = sh([f"{B}/tests/smbread", f"smb://127.0.0.1:{w.smb_port}/data/empty", "0", "10"],
+               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD))
+        assert p.stdout == "", repr(p.stdout)
+
+    @test
+    def nested_and_implicit_directories_list_and_open():
+        assert w.ls("data", "tree") == {"a": (True, 0), "x": (True, 0)}, w.ls("data", "tree")
+        assert w.ls("data", "tree/a") == {"b": (True, 0), "sibling.txt": (False, 11)}
+        assert w.ls("data", "tree/a/b/c") == {"deep.txt": (False, 30)}
+        out = w.smbclient("data", 'cd tree\\a\\b\\c; get deep.txt -').stdout
+        assert "deep in an implicit directory" in out, out
+
+    @test
+    def case_insensitive_lookup_finds_the_stored_name():
+        out = w.smbclient("data", 'get "NAME WITH SPACES.TXT" -').stdout
+        assert "spaces in the name" in out, out
+
+    @test
+    def prefix_share_is_rooted_at_its_prefix():
+        assert w.ls("sub") == {"b": (True, 0), "sibling.txt": (False, 11)}, w.ls("sub")
+        out = w.smbclient("sub", "cd b/c; get deep.txt -").stdout
+        assert "deep in an implicit directory" in out, out
+        # ".." at the root of the share stays inside it.
+        assert w.ls("sub", "..") == w.ls("sub")
+
+    @test
+    def missing_names_are_not_found():
+        p = w.smbclient("data", "get no-such-file -", check=False)
+        assert "NT_STATUS_OBJECT_NAME_NOT_FOUND" in p.stdout + p.stderr, p.stdout + p.stderr
+        p = w.smbclient("data", "cd no-such-dir", check=False)
+        assert "NT_STATUS_OBJECT_" in p.stdout + p.stderr, p.stdout + p.stderr
+
+    @test
+    def writes_are_refused_and_change_nothing():
+        before = w.s3tool("ls", "").stdout
+        for cmd in ("put /etc/hostname newfile", "mkdir newdir", "rm empty",
+                    'rename "one byte" renamed'):
+            p = w.smbclient("data", cmd, check=False)
+            out = p.stdout + p.stderr
+            assert re.search(r"NT_STATUS_(MEDIA_WRITE_PROTECTED|ACCESS_DENIED)", out), f"{cmd}: {out}"
+        assert w.s3tool("ls", "").stdout == before
+
+    @test
+    def wrong_secret_fails_the_tree_connect_with_a_clear_log_line():
+        p = w.smbclient("badsecret", "ls", check=False)
+        assert p.returncode != 0 and "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        log = w.smb_log()
+        assert re.search(r"share badsecret: cannot serve bucket '%s' at .*: the S3 server refused "
+                         r"the credentials \(SignatureDoesNotMatch" % BUCKET, log), log[-3000:]
+        assert "not-the-secret" not in log, "the secret reached the log"
+
+    @test
+    def the_same_smbd_keeps_serving_the_good_share():
+        assert w.smbd.poll() is None, "smbd exited"
+        assert "fifty.bin" in w.ls("data")
+
+    @test
+    def missing_bucket_fails_the_tree_connect_with_a_clear_log_line():
+        p = w.smbclient("nobucket", "ls", check=False)
+        assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert "share nobucket: cannot serve bucket 'no-such-bucket'" in w.smb_log()
+        assert "the bucket does not exist (NoSuchBucket" in w.smb_log()
+
+    @test
+    def unreachable_endpoint_fails_the_tree_connect_quickly():
+        start = time.time()
+        p = w.smbclient("unreachable", "ls", check=False)
+        took = time.time() - start
+        assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert "share unreachable: cannot serve bucket" in w.smb_log()
+        assert "the S3 endpoint is unreachable" in w.smb_log()
+        print(f"    # tree connect refused after {took:.1f} s")
+
+    @test
+    def unknown_profile_fails_the_tree_connect_with_a_clear_log_line():
+        p = w.smbclient("noprofile", "ls", check=False)
+        assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert re.search(r"share noprofile: profile \[does-not-exist\] not found in credentials file",
+                         w.smb_log())
+
+    @test
+    def nothing_panicked():
+        log = w.smb_log()
+        assert "PANIC" not in log and "INTERNAL ERROR" not in log, log[-3000:]
+        assert w.smbd.poll() is None, "smbd exited"
+
+    @test
+    def install_refuses_a_module_built_for_another_samba():
+        fake = os.path.join(w.tmp, "other.so")
+        with open(fake, "wb") as f:
+            f.write(b"\0bucketfs-built-for: samba=2:4.16.0 vfs=46\0")
+        p = sh([os.path.join(TOP, "scripts/check-samba.sh"), "install", fake], check=False)
+        assert p.returncode != 0 and "was built for" in p.stderr, p.stderr
+        p = sh([os.path.join(TOP, "scripts/check-samba.sh"), "install", f"{B}/bucketfs.so"],
+               check=False)
+        assert p.returncode == 0, p.stderr
+
+    @test
+    def the_installed_module_is_the_one_just_built():
+        modules = sh(["smbd", "-b"]).stdout
+        moddir = re.search(r"MODULESDIR: (\S+)", modules).group(1)
+        assert sha256(f"{moddir}/vfs/bucketfs.so") == sha256(f"{B}/bucketfs.so")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
