@@ -26,7 +26,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/s3tool
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit integration demo intree clean
+.PHONY: all deps install test unit demo demo-stop intree clean
 all: $(B)/bucketfs.so $(UNIT) $(ITEST)
 
 deps:
@@ -85,6 +85,9 @@ unit: $(UNIT)
 
 demo: all install
 	@scripts/demo.sh
+
+demo-stop:
+	@scripts/demo.sh stop
 
 intree: $(B)/.deps-ok
 	@scripts/intree-build.sh

@@ -21,7 +21,7 @@ pkgs=(
   libexpat1-dev libcmocka-dev pkg-config lmdb-utils
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
-  nodejs npm man-db
+  nodejs npm man-db rsync
 )
 
 missing=()
