@@ -36,7 +36,6 @@ def build(bld):
                       includes='lib',
                       deps='samba-util talloc tevent ' +
                            ' '.join(lib for lib, _, _ in SYSLIBS),
-                      cflags='-DBUCKETFS_SAMBA_PKGVER=\\"in-tree\\"',
                       init_function='',
                       internal_module=False,
                       enabled=True)

@@ -300,12 +300,12 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	}
 	(void)curl_url_get(u, CURLUPART_PORT, &port, 0);
 	c->scheme = talloc_strdup(c, scheme);
-	c->host = talloc_asprintf(c, "%s%s%s%s", cfg->path_style ? "" : cfg->bucket,
+	/* Virtual-hosted style puts the bucket in the host name. */
+	c->host = talloc_asprintf(c, "%s%s%s%s%s",
+				  cfg->path_style ? "" : cfg->bucket,
 				  cfg->path_style ? "" : ".", host,
-				  port ? ":" : "");
-	if (port != NULL) {
-		c->host = talloc_strdup_append(c->host, port);
-	}
+				  port != NULL ? ":" : "",
+				  port != NULL ? port : "");
 	plen = strlen(path);
 	while (plen > 0 && path[plen - 1] == '/') {
 		plen--;

@@ -33,7 +33,14 @@
 #define BFS_MODULE "bucketfs"
 #define BFS_DIRCACHE_SLOTS 32
 
-/* Read by scripts/check-samba.sh before install: what we were built for. */
+/*
+ * Read by scripts/check-samba.sh before install: what we were built for.
+ * The Makefile passes the Debian package version; in Samba's tree the
+ * tree itself is the version.
+ */
+#ifndef BUCKETFS_SAMBA_PKGVER
+#define BUCKETFS_SAMBA_PKGVER "in-tree-" SAMBA_VERSION_STRING
+#endif
 const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 	BUCKETFS_SAMBA_PKGVER " vfs=" __STRINGSTRING(SMB_VFS_INTERFACE_VERSION);
 

@@ -42,6 +42,7 @@ say "building vfs_bucketfs with waf (a few minutes the first time)"
   { tail -40 "$log"; say "waf build failed"; exit 1; }
 so=$(find bin/default/source3/modules/bucketfs -name 'libvfs_module_bucketfs.so' | head -1)
 [ -n "$so" ] || { say "no module was produced"; exit 1; }
-nm -D "$so" | grep -q ' T samba_init_module' ||
+syms=$(nm -D "$so")
+grep -q ' T samba_init_module' <<<"$syms" ||
   { say "$so does not export samba_init_module"; exit 1; }
 say "built $tree/$so"

@@ -119,7 +119,8 @@ class World:
         # legacy provider.
         env["NODE_OPTIONS"] = "--openssl-legacy-provider"
         self.spawn([S3RVER, "-d", f"{tmp}/s3", "-a", "127.0.0.1", "-p", str(self.s3_port),
-                    "--silent", "--configure-bucket", BUCKET,
+                    "--silent", "--service-endpoint", "localhost",
+                    "--configure-bucket", BUCKET,
                     "--configure-bucket", CLIENT_BUCKET], "s3rver", env=env)
         wait_port(self.s3_port, "s3rver")
         front = os.path.join(TOP, "tests/integration/s3_front.py")
@@ -269,6 +270,8 @@ def main():
         w = world
         run_tap("s3 client", [f"{B}/tests/s3_client_itest"], env={
             "S3_ENDPOINT": w.endpoint, "S3_BUCKET": CLIENT_BUCKET,
+            # virtual-hosted style: BUCKET.s3.localhost resolves to loopback
+            "S3_VHOST_ENDPOINT": f"http://s3.localhost:{w.front_port}",
             "S3_DEAD_ENDPOINT": f"http://127.0.0.1:{w.dead_port}",
             "S3_FAULT_503": f"http://127.0.0.1:{w.fault_ports['503']}",
             "S3_FAULT_TRUNC": f"http://127.0.0.1:{w.fault_ports['truncate']}",

@@ -27,15 +27,15 @@ struct fixture {
 	struct s3_client *c;
 };
 
-static struct s3_client *client_for(struct fixture *f, const char *endpoint,
-				    const char *bucket, const char *secret,
-				    unsigned max_requests)
+static struct s3_client *client_style(struct fixture *f, const char *endpoint,
+				      const char *bucket, const char *secret,
+				      unsigned max_requests, bool path_style)
 {
 	struct s3_client_config cfg = {
 		.endpoint = endpoint,
 		.bucket = bucket,
 		.region = "us-east-1",
-		.path_style = true,
+		.path_style = path_style,
 		.verify_tls = true,
 		.max_requests = max_requests,
 		.max_retries = 3,
@@ -46,6 +46,13 @@ static struct s3_client *client_for(struct fixture *f, const char *endpoint,
 
 	assert_non_null(c);
 	return c;
+}
+
+static struct s3_client *client_for(struct fixture *f, const char *endpoint,
+				    const char *bucket, const char *secret,
+				    unsigned max_requests)
+{
+	return client_style(f, endpoint, bucket, secret, max_requests, true);
 }
 
 static int setup(void **state)
@@ -421,6 +428,36 @@ static void test_parallel_bounded(void **state)
 	assert_int_equal(s3_client_counters(f->c)->requests - before, n);
 }
 
+/*
+ * Virtual-hosted addressing: the bucket in the host name
+ * (BUCKET.s3.localhost, which curl resolves to loopback), signed as such.
+ */
+static void test_virtual_host_style(void **state)
+{
+	struct fixture *f = *state;
+	struct s3_client *c = client_style(f, getenv("S3_VHOST_ENDPOINT"),
+					   getenv("S3_BUCKET"), "S3RVER", 4,
+					   false);
+	struct s3_status st = {0};
+	struct s3_listing *l = NULL;
+	struct tevent_req *req;
+	uint8_t buf[32];
+	size_t got = 0;
+	char *etag = NULL;
+
+	req = s3_put_object_send(f->t, f->ev, c, "vhost/a b.txt", "virtual host", 12);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_put_object_recv(req, f->t, &etag, &st), 0);
+	assert_int_equal(get(f, f->c, "vhost/a b.txt", 0, 12, buf, NULL, &got,
+			     &st), 0);
+	assert_memory_equal(buf, "virtual host", 12);
+	req = s3_list_send(f->t, f->ev, c, "vhost/", "/", NULL, 0);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
+	assert_int_equal(l->n_objects, 1);
+	assert_string_equal(l->objects[0].key, "vhost/a b.txt");
+}
+
 /* Freeing a request in flight must cancel it cleanly. */
 static void test_cancel_in_flight(void **state)
 {
@@ -455,6 +492,7 @@ int main(void)
 		cmocka_unit_test(test_retry_connection_reset),
 		cmocka_unit_test(test_parallel_bounded),
 		cmocka_unit_test(test_cancel_in_flight),
+		cmocka_unit_test(test_virtual_host_style),
 	};
 	if (getenv("S3_ENDPOINT") == NULL) {
 		fprintf(stderr, "s3_client_itest: run me from tests/run.sh\n");
