@@ -409,11 +409,12 @@ struct s3_result_doc *s3_xml_result(struct s3_xml_parser *p)
 	return p->result;
 }
 
-int s3_xml_parse_listing(TALLOC_CTX *mem_ctx, const void *data, size_t len,
-			 struct s3_listing **out)
+/* Parse a whole buffer; the result is stolen onto mem_ctx. */
+static int s3_xml_parse_all(TALLOC_CTX *mem_ctx, enum s3_xml_kind kind,
+			    const void *data, size_t len, void **out)
 {
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
-	struct s3_xml_parser *p = s3_xml_parser_new(tmp, S3_XML_LISTING);
+	struct s3_xml_parser *p = s3_xml_parser_new(tmp, kind);
 	int ret;
 
 	if (p == NULL) {
@@ -422,29 +423,25 @@ int s3_xml_parse_listing(TALLOC_CTX *mem_ctx, const void *data, size_t len,
 	}
 	ret = s3_xml_parser_feed(p, data, len, true);
 	if (ret == 0) {
-		*out = talloc_steal(mem_ctx, p->listing);
+		*out = talloc_steal(mem_ctx, kind == S3_XML_LISTING ?
+						     (void *)p->listing :
+						     (void *)p->error);
 	}
 	talloc_free(tmp);
 	return ret;
 }
 
+int s3_xml_parse_listing(TALLOC_CTX *mem_ctx, const void *data, size_t len,
+			 struct s3_listing **out)
+{
+	return s3_xml_parse_all(mem_ctx, S3_XML_LISTING, data, len,
+				(void **)out);
+}
+
 int s3_xml_parse_error(TALLOC_CTX *mem_ctx, const void *data, size_t len,
 		       struct s3_error_doc **out)
 {
-	TALLOC_CTX *tmp = talloc_new(mem_ctx);
-	struct s3_xml_parser *p = s3_xml_parser_new(tmp, S3_XML_ERROR);
-	int ret;
-
-	if (p == NULL) {
-		talloc_free(tmp);
-		return ENOMEM;
-	}
-	ret = s3_xml_parser_feed(p, data, len, true);
-	if (ret == 0) {
-		*out = talloc_steal(mem_ctx, p->error);
-	}
-	talloc_free(tmp);
-	return ret;
+	return s3_xml_parse_all(mem_ctx, S3_XML_ERROR, data, len, (void **)out);
 }
 
 time_t s3_parse_iso8601(const char *s)

@@ -1351,9 +1351,41 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 	return bfs_erofs();
 }
 
-struct bfs_erofs_state {
+/* An already finished request: err 0 is success. */
+struct bfs_done_state {
 	int dummy;
 };
+
+static struct tevent_req *bfs_done_req(TALLOC_CTX *mem_ctx,
+				       struct tevent_context *ev, int err)
+{
+	struct bfs_done_state *state;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &state,
+						   struct bfs_done_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	if (err != 0) {
+		tevent_req_error(req, err);
+	} else {
+		tevent_req_done(req);
+	}
+	return tevent_req_post(req, ev);
+}
+
+static int bfs_done_recv(struct tevent_req *req,
+			 struct vfs_aio_state *vfs_aio_state)
+{
+	int ret = 0;
+
+	vfs_aio_state->error = 0;
+	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
+		ret = -1;
+	}
+	tevent_req_received(req);
+	return ret;
+}
 
 static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  TALLOC_CTX *mem_ctx,
@@ -1362,26 +1394,13 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  const void *data, size_t n,
 					  off_t offset)
 {
-	struct bfs_erofs_state *state;
-	struct tevent_req *req = tevent_req_create(mem_ctx, &state,
-						   struct bfs_erofs_state);
-
-	if (req == NULL) {
-		return NULL;
-	}
-	tevent_req_error(req, EROFS);
-	return tevent_req_post(req, ev);
+	return bfs_done_req(mem_ctx, ev, EROFS);
 }
 
 static ssize_t bfs_pwrite_recv(struct tevent_req *req,
 			       struct vfs_aio_state *vfs_aio_state)
 {
-	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
-		tevent_req_received(req);
-		return -1;
-	}
-	tevent_req_received(req);
-	return 0;
+	return bfs_done_recv(req, vfs_aio_state);
 }
 
 static int bfs_renameat(struct vfs_handle_struct *handle,
@@ -1399,26 +1418,7 @@ static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 					 struct tevent_context *ev,
 					 struct files_struct *fsp)
 {
-	struct bfs_erofs_state *state;
-	struct tevent_req *req = tevent_req_create(mem_ctx, &state,
-						   struct bfs_erofs_state);
-
-	if (req == NULL) {
-		return NULL;
-	}
-	tevent_req_done(req);
-	return tevent_req_post(req, ev);
-}
-
-static int bfs_fsync_recv(struct tevent_req *req,
-			  struct vfs_aio_state *vfs_aio_state)
-{
-	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
-		tevent_req_received(req);
-		return -1;
-	}
-	tevent_req_received(req);
-	return 0;
+	return bfs_done_req(mem_ctx, ev, 0);
 }
 
 static int bfs_unlinkat(struct vfs_handle_struct *handle,
@@ -1697,7 +1697,7 @@ static struct vfs_fn_pointers bucketfs_fns = {
 	.recvfile_fn = vfs_not_implemented_recvfile,
 	.renameat_fn = bfs_renameat,
 	.fsync_send_fn = bfs_fsync_send,
-	.fsync_recv_fn = bfs_fsync_recv,
+	.fsync_recv_fn = bfs_done_recv,
 	.stat_fn = bfs_stat,
 	.fstat_fn = bfs_fstat,
 	.lstat_fn = bfs_lstat,

@@ -29,12 +29,7 @@ cd "$tree"
 export PYTHONHASHSEED=1
 if [ ! -f bin/c4che/default_cache.py ] || [ wscript -nt bin/c4che/default_cache.py ]; then
   say "configuring (about a minute)"
-  ./configure --disable-python --without-ad-dc --without-ads --without-ldap \
-    --without-pam --disable-cups --disable-iprint --without-systemd \
-    --without-json --without-libarchive --without-winbind --disable-avahi \
-    --without-gpgme --without-quotas --without-acl-support --disable-glusterfs \
-    --disable-cephfs --without-ldb-lmdb --bundled-libraries=NONE \
-    --with-shared-modules='!vfs_snapper' >"$log" 2>&1 ||
+  "$top/scripts/samba-configure.sh" "$log" ||
     { tail -30 "$log"; say "configure failed"; exit 1; }
 fi
 say "building vfs_bucketfs with waf (a few minutes the first time)"

@@ -51,12 +51,7 @@ cd "$tree"
 # waf refuses to run without a fixed hash seed.
 export PYTHONHASHSEED=1
 if [ ! -f "$tree/.bucketfs-configured" ]; then
-./configure --disable-python --without-ad-dc --without-ads --without-ldap \
-  --without-pam --disable-cups --disable-iprint --without-systemd \
-  --without-json --without-libarchive --without-winbind --disable-avahi \
-  --without-gpgme --without-quotas --without-acl-support --disable-glusterfs \
-  --disable-cephfs --without-ldb-lmdb --bundled-libraries=NONE \
-  --with-shared-modules='!vfs_snapper' >"$build/samba-configure.log" 2>&1 ||
+"$top/scripts/samba-configure.sh" "$build/samba-configure.log" ||
   { tail -30 "$build/samba-configure.log"; log "configure failed"; exit 1; }
 touch "$tree/.bucketfs-configured"
 fi
