@@ -123,6 +123,15 @@ class World:
                     "--configure-bucket", BUCKET,
                     "--configure-bucket", CLIENT_BUCKET], "s3rver", env=env)
         wait_port(self.s3_port, "s3rver")
+        # The same server over TLS with a self-signed certificate.
+        self.tls_port = free_port()
+        sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt"])
+        os.makedirs(f"{tmp}/s3tls")
+        self.spawn([S3RVER, "-d", f"{tmp}/s3tls", "-a", "127.0.0.1", "-p", str(self.tls_port),
+                    "--silent", "--key", f"{tmp}/tls.key", "--cert", f"{tmp}/tls.crt",
+                    "--configure-bucket", CLIENT_BUCKET], "s3rver-tls", env=env)
+        wait_port(self.tls_port, "s3rver over TLS")
         front = os.path.join(TOP, "tests/integration/s3_front.py")
         self.spawn([sys.executable, front, str(self.front_port), str(self.s3_port)], "front")
         for mode, port in self.fault_ports.items():
@@ -198,6 +207,15 @@ class World:
   bucketfs:credentials file = {t}/creds
   bucketfs:bucket = {BUCKET}
   bucketfs:retries = 1
+[envcreds]
+  path = /bucketfs/envcreds
+  vfs objects = bucketfs
+  bucketfs:endpoint = {self.endpoint}
+  bucketfs:path style = yes
+  bucketfs:bucket = {BUCKET}
+[nobucketparam]
+  path = /bucketfs/nobucketparam
+{common}
 [noprofile]
   path = /bucketfs/noprofile
 {common}  bucketfs:bucket = {BUCKET}
@@ -208,8 +226,10 @@ class World:
             f.write(conf)
         sh(["smbpasswd", "-c", self.conf, "-s", "-a", USER],
            input=f"{PASSWORD}\n{PASSWORD}\n")
+        # Credentials in smbd's environment serve shares without a file.
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
         self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
-                               "smbd-stdout")
+                               "smbd-stdout", env=env)
         wait_port(self.smb_port, "smbd")
 
     def smbclient(self, share, commands, check=True):
@@ -272,6 +292,7 @@ def main():
             "S3_ENDPOINT": w.endpoint, "S3_BUCKET": CLIENT_BUCKET,
             # virtual-hosted style: BUCKET.s3.localhost resolves to loopback
             "S3_VHOST_ENDPOINT": f"http://s3.localhost:{w.front_port}",
+            "S3_TLS_ENDPOINT": f"https://127.0.0.1:{w.tls_port}",
             "S3_DEAD_ENDPOINT": f"http://127.0.0.1:{w.dead_port}",
             "S3_FAULT_503": f"http://127.0.0.1:{w.fault_ports['503']}",
             "S3_FAULT_TRUNC": f"http://127.0.0.1:{w.fault_ports['truncate']}",
@@ -423,6 +444,16 @@ def integration(w, sources):
         assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
         assert re.search(r"share noprofile: profile \[does-not-exist\] not found in credentials file",
                          w.smb_log())
+
+    @test
+    def credentials_from_smbds_environment_work():
+        assert "fifty.bin" in w.ls("envcreds")
+
+    @test
+    def share_without_a_bucket_fails_with_a_clear_log_line():
+        p = w.smbclient("nobucketparam", "ls", check=False)
+        assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert "share nobucketparam: 'bucketfs:bucket' is not set" in w.smb_log()
 
     @test
     def nothing_panicked():

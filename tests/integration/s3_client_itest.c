@@ -27,16 +27,17 @@ struct fixture {
 	struct s3_client *c;
 };
 
-static struct s3_client *client_style(struct fixture *f, const char *endpoint,
-				      const char *bucket, const char *secret,
-				      unsigned max_requests, bool path_style)
+static struct s3_client *client_tls(struct fixture *f, const char *endpoint,
+				    const char *bucket, const char *secret,
+				    unsigned max_requests, bool path_style,
+				    bool verify_tls)
 {
 	struct s3_client_config cfg = {
 		.endpoint = endpoint,
 		.bucket = bucket,
 		.region = "us-east-1",
 		.path_style = path_style,
-		.verify_tls = true,
+		.verify_tls = verify_tls,
 		.max_requests = max_requests,
 		.max_retries = 3,
 		.retry_base_ms = 20,
@@ -46,6 +47,14 @@ static struct s3_client *client_style(struct fixture *f, const char *endpoint,
 
 	assert_non_null(c);
 	return c;
+}
+
+static struct s3_client *client_style(struct fixture *f, const char *endpoint,
+				      const char *bucket, const char *secret,
+				      unsigned max_requests, bool path_style)
+{
+	return client_tls(f, endpoint, bucket, secret, max_requests,
+			  path_style, true);
 }
 
 static struct s3_client *client_for(struct fixture *f, const char *endpoint,
@@ -458,6 +467,31 @@ static void test_virtual_host_style(void **state)
 	assert_string_equal(l->objects[0].key, "vhost/a b.txt");
 }
 
+/*
+ * TLS: a self-signed certificate is refused by default (and not retried);
+ * with verification switched off the same server is served.
+ */
+static void test_tls_verification(void **state)
+{
+	struct fixture *f = *state;
+	const char *ep = getenv("S3_TLS_ENDPOINT");
+	struct s3_client *strict = client_tls(f, ep, getenv("S3_BUCKET"),
+					      "S3RVER", 4, true, true);
+	struct s3_client *lax = client_tls(f, ep, getenv("S3_BUCKET"),
+					   "S3RVER", 4, true, false);
+	struct s3_status st = {0};
+	struct s3_listing *l = NULL;
+	struct tevent_req *req;
+
+	req = s3_list_send(f->t, f->ev, strict, "", "/", NULL, 1);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_list_recv(req, f->t, &l, &st), EPROTO);
+	assert_int_equal(st.attempts, 1);
+	req = s3_list_send(f->t, f->ev, lax, "", "/", NULL, 1);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
+}
+
 /* Freeing a request in flight must cancel it cleanly. */
 static void test_cancel_in_flight(void **state)
 {
@@ -493,6 +527,7 @@ int main(void)
 		cmocka_unit_test(test_parallel_bounded),
 		cmocka_unit_test(test_cancel_in_flight),
 		cmocka_unit_test(test_virtual_host_style),
+		cmocka_unit_test(test_tls_verification),
 	};
 	if (getenv("S3_ENDPOINT") == NULL) {
 		fprintf(stderr, "s3_client_itest: run me from tests/run.sh\n");
