@@ -281,9 +281,10 @@ def main():
     world = None
     try:
         # ---- unit tests ----------------------------------------------------
+        os.makedirs(f"{tmp}/unit")
         for t in sorted(os.listdir(f"{B}/tests")):
             if t.startswith("test_"):
-                run_tap(f"unit {t[5:]}", [f"{B}/tests/{t}"])
+                run_tap(f"unit {t[5:]}", [f"{B}/tests/{t}"], env={"TMPDIR": f"{tmp}/unit"})
 
         # ---- the S3 client against the real server ------------------------------
         world = World(tmp)

@@ -1,0 +1,510 @@
+/*
+ * The metadata index in LMDB.
+ *
+ * Databases:
+ *   ent   "<dir prefix>\0<name>"  -> entry record (see bfs_index_encode)
+ *   dirs  "/<dir prefix>"         -> int64 time the listing was stored
+ *                                    (LMDB keys cannot be empty: the root
+ *                                    directory's prefix is "")
+ *   inos  uint64 inode (native)   -> full key of the entry that owns it
+ *   meta  "bucket"                -> the bucket this index describes
+ */
+#include "bfs_index.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bfs_lmdb.h"
+
+#define BFS_INDEX_MAP_SIZE (4ULL << 30) /* sparse; grows on demand */
+#define BFS_ENT_VERSION 1
+
+struct bfs_index {
+	MDB_env *env;
+	MDB_dbi ent, dirs, inos, meta;
+};
+
+/* Packed record, little-endian on the hosts we build for. */
+struct bfs_ent_rec {
+	uint8_t version;
+	uint8_t is_dir;
+	uint16_t etag_len;
+	uint32_t flags;
+	uint64_t size;
+	int64_t mtime;
+	uint64_t ino;
+} __attribute__((packed));
+
+static int bfs_index_destructor(struct bfs_index *idx)
+{
+	bfs_lmdb_close(idx->env);
+	return 0;
+}
+
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
+		   struct bfs_index **out, const char **why)
+{
+	struct bfs_index *idx = talloc_zero(mem_ctx, struct bfs_index);
+	MDB_txn *txn = NULL;
+	MDB_val k = {6, (void *)"bucket"}, v;
+	int rc;
+
+	if (idx == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 4, &idx->env, why);
+	if (rc != 0) {
+		talloc_free(idx);
+		return rc;
+	}
+	talloc_set_destructor(idx, bfs_index_destructor);
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "ent", MDB_CREATE, &idx->ent);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "dirs", MDB_CREATE, &idx->dirs);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "inos", MDB_CREATE | MDB_INTEGERKEY,
+				  &idx->inos);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &idx->meta);
+	}
+	if (rc == 0) {
+		rc = mdb_get(txn, idx->meta, &k, &v);
+		if (rc == MDB_NOTFOUND) {
+			v.mv_size = strlen(bucket);
+			v.mv_data = (void *)bucket;
+			rc = mdb_put(txn, idx->meta, &k, &v, 0);
+		} else if (rc == 0 && (v.mv_size != strlen(bucket) ||
+				       memcmp(v.mv_data, bucket, v.mv_size) != 0)) {
+			*why = "the cache folder holds the index of another "
+			       "bucket";
+			mdb_txn_abort(txn);
+			talloc_free(idx);
+			return EEXIST;
+		}
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	if (rc != 0) {
+		*why = mdb_strerror(rc);
+		talloc_free(idx);
+		return bfs_lmdb_errno(rc);
+	}
+	*out = idx;
+	return 0;
+}
+
+/* ---- records ------------------------------------------------------------ */
+
+int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
+		     void **buf, size_t *len)
+{
+	size_t elen = e->etag != NULL ? strlen(e->etag) : 0;
+	struct bfs_ent_rec r = {
+		.version = BFS_ENT_VERSION,
+		.is_dir = e->is_dir ? 1 : 0,
+		.etag_len = (uint16_t)elen,
+		.size = e->size,
+		.mtime = e->mtime,
+		.ino = e->ino,
+	};
+	uint8_t *p;
+
+	if (elen > UINT16_MAX) {
+		return EINVAL;
+	}
+	p = talloc_size(mem_ctx, sizeof(r) + elen);
+	if (p == NULL) {
+		return ENOMEM;
+	}
+	memcpy(p, &r, sizeof(r));
+	if (elen > 0) {
+		memcpy(p + sizeof(r), e->etag, elen);
+	}
+	*buf = p;
+	*len = sizeof(r) + elen;
+	return 0;
+}
+
+/* Decodes the attributes; e->name is left alone. */
+int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
+		     struct bfs_entry *e)
+{
+	struct bfs_ent_rec r;
+
+	if (len < sizeof(r)) {
+		return EBADMSG;
+	}
+	memcpy(&r, buf, sizeof(r));
+	if (r.version != BFS_ENT_VERSION || r.is_dir > 1 ||
+	    len != sizeof(r) + r.etag_len) {
+		return EBADMSG;
+	}
+	e->is_dir = r.is_dir != 0;
+	e->size = r.size;
+	e->mtime = (time_t)r.mtime;
+	e->ino = r.ino;
+	e->etag = NULL;
+	if (r.etag_len > 0) {
+		e->etag = talloc_strndup(mem_ctx, (const char *)buf + sizeof(r),
+					 r.etag_len);
+		if (e->etag == NULL) {
+			return ENOMEM;
+		}
+	}
+	return 0;
+}
+
+static MDB_val bfs_ent_key(TALLOC_CTX *mem_ctx, const char *dir,
+			   const char *name)
+{
+	size_t dl = strlen(dir), nl = strlen(name);
+	char *k = talloc_size(mem_ctx, dl + 1 + nl);
+	MDB_val v = {0, NULL};
+
+	if (k != NULL) {
+		memcpy(k, dir, dl);
+		k[dl] = '\0';
+		memcpy(k + dl + 1, name, nl);
+		v.mv_size = dl + 1 + nl;
+		v.mv_data = k;
+	}
+	return v;
+}
+
+uint64_t bfs_index_ino_hint(const char *full_key)
+{
+	/* FNV-1a 64, folded away from 0..BFS_ROOT_INO and negative off_t. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const unsigned char *p;
+
+	for (p = (const unsigned char *)full_key; *p != '\0'; p++) {
+		h = (h ^ *p) * 0x100000001b3ULL;
+	}
+	h &= 0x7fffffffffffffffULL;
+	return h <= BFS_ROOT_INO ? h + BFS_ROOT_INO + 1 : h;
+}
+
+/* A free inode for full_key: its hint, or the next one not owned by
+ * another key.  Records the ownership. */
+static int bfs_index_alloc_ino(struct bfs_index *idx, MDB_txn *txn,
+			       const char *full_key, uint64_t *ino)
+{
+	uint64_t i = bfs_index_ino_hint(full_key);
+	size_t kl = strlen(full_key);
+	MDB_val k, v;
+	int rc;
+
+	for (;;) {
+		k.mv_size = sizeof(i);
+		k.mv_data = &i;
+		rc = mdb_get(txn, idx->inos, &k, &v);
+		if (rc == MDB_NOTFOUND) {
+			break;
+		}
+		if (rc != 0) {
+			return rc;
+		}
+		if (v.mv_size == kl && memcmp(v.mv_data, full_key, kl) == 0) {
+			*ino = i;
+			return 0;
+		}
+		i = i >= 0x7fffffffffffffffULL ? BFS_ROOT_INO + 1 : i + 1;
+	}
+	v.mv_size = kl;
+	v.mv_data = (void *)full_key;
+	rc = mdb_put(txn, idx->inos, &k, &v, 0);
+	if (rc == 0) {
+		*ino = i;
+	}
+	return rc;
+}
+
+/* ---- directories ------------------------------------------------------------ */
+
+static MDB_val bfs_dirs_key(TALLOC_CTX *mem_ctx, const char *dir)
+{
+	char *k = talloc_asprintf(mem_ctx, "/%s", dir);
+	MDB_val v = {k != NULL ? strlen(k) : 0, k};
+
+	return v;
+}
+
+int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
+			 time_t *listed_at)
+{
+	MDB_txn *txn;
+	char buf[1100];
+	MDB_val k = {(size_t)snprintf(buf, sizeof(buf), "/%s", dir), buf}, v;
+	int64_t t;
+	int rc;
+
+	if (k.mv_size >= sizeof(buf)) {
+		return ENAMETOOLONG;
+	}
+	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_get(txn, idx->dirs, &k, &v);
+	if (rc == 0 && v.mv_size == sizeof(t)) {
+		memcpy(&t, v.mv_data, sizeof(t));
+		*listed_at = (time_t)t;
+	} else if (rc == 0) {
+		rc = MDB_NOTFOUND;
+	}
+	mdb_txn_abort(txn);
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = bfs_dirs_key(tmp, dir);
+	MDB_txn *txn;
+	int rc;
+
+	rc = k.mv_data ? mdb_txn_begin(idx->env, NULL, 0, &txn) : ENOMEM;
+	if (rc == 0) {
+		rc = mdb_del(txn, idx->dirs, &k, NULL);
+		if (rc == 0 || rc == MDB_NOTFOUND) {
+			rc = mdb_txn_commit(txn);
+		} else {
+			mdb_txn_abort(txn);
+		}
+	}
+	talloc_free(tmp);
+	return bfs_lmdb_errno(rc);
+}
+
+static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
+			       TALLOC_CTX *tmp, const char *dir,
+			       const struct s3_dirent *de)
+{
+	struct bfs_entry e = {
+		.is_dir = de->is_dir,
+		.size = de->is_dir ? 0 : de->size,
+		.mtime = de->mtime,
+		.etag = de->is_dir ? NULL : de->etag,
+	};
+	MDB_val k = bfs_ent_key(tmp, dir, de->name), v;
+	char *full;
+	void *buf;
+	size_t len;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_get(txn, idx->ent, &k, &v);
+	if (rc == 0) {
+		struct bfs_entry old;
+		if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
+			e.ino = old.ino;
+		}
+	} else if (rc != MDB_NOTFOUND) {
+		return rc;
+	}
+	if (e.ino == 0) {
+		full = talloc_asprintf(tmp, "%s%s%s", dir, de->name,
+				       de->is_dir ? "/" : "");
+		if (full == NULL) {
+			return ENOMEM;
+		}
+		rc = bfs_index_alloc_ino(idx, txn, full, &e.ino);
+		if (rc != 0) {
+			return rc;
+		}
+	}
+	rc = bfs_index_encode(tmp, &e, &buf, &len);
+	if (rc != 0) {
+		return rc;
+	}
+	v.mv_size = len;
+	v.mv_data = buf;
+	return mdb_put(txn, idx->ent, &k, &v, 0);
+}
+
+/* Drop children of dir that the new listing no longer has. */
+static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
+			       TALLOC_CTX *tmp, const struct s3_dir *d)
+{
+	size_t dl = strlen(d->prefix);
+	MDB_val k = bfs_ent_key(tmp, d->prefix, ""), v;
+	MDB_cursor *cur;
+	int rc;
+
+	rc = mdb_cursor_open(txn, idx->ent, &cur);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0) {
+		const char *kd = k.mv_data;
+		char *name;
+		struct bfs_entry old;
+
+		if (k.mv_size <= dl || memcmp(kd, d->prefix, dl) != 0 ||
+		    kd[dl] != '\0') {
+			break; /* past this directory's range */
+		}
+		name = talloc_strndup(tmp, kd + dl + 1, k.mv_size - dl - 1);
+		if (name == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		if (s3_dir_find(d, name) == NULL) {
+			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
+				MDB_val ik = {sizeof(old.ino), &old.ino};
+				mdb_del(txn, idx->inos, &ik, NULL);
+			}
+			rc = mdb_cursor_del(cur, 0);
+			if (rc != 0) {
+				break;
+			}
+			/* After a delete the cursor sits on the next item. */
+			rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+			continue;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
+			time_t now)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_txn *txn;
+	MDB_val k = bfs_dirs_key(tmp, d->prefix), v;
+	int64_t t = now;
+	size_t i;
+	int rc;
+
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	for (i = 0; rc == 0 && i < d->n; i++) {
+		rc = bfs_index_store_one(idx, txn, tmp, d->prefix, &d->ents[i]);
+	}
+	if (rc == 0) {
+		rc = bfs_index_drop_gone(idx, txn, tmp, d);
+	}
+	if (rc == 0) {
+		v.mv_size = sizeof(t);
+		v.mv_data = &t;
+		rc = mdb_put(txn, idx->dirs, &k, &v, 0);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+	talloc_free(tmp);
+	return bfs_lmdb_errno(rc);
+}
+
+/* ---- lookups ------------------------------------------------------------------ */
+
+int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+		     const char *dir, const char *name, struct bfs_entry *e)
+{
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	MDB_val k = bfs_ent_key(tmp, dir, name), v;
+	MDB_txn *txn;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0) {
+		rc = mdb_get(txn, idx->ent, &k, &v);
+		if (rc == 0) {
+			rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
+			if (rc == 0) {
+				e->name = talloc_strdup(mem_ctx, name);
+				rc = e->name != NULL ? 0 : ENOMEM;
+			}
+		}
+		mdb_txn_abort(txn);
+	}
+	talloc_free(tmp);
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+		       const char *dir, const char *after, size_t max,
+		       struct bfs_entry **ents, size_t *n)
+{
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	size_t dl = strlen(dir), got = 0;
+	MDB_val k = bfs_ent_key(tmp, dir, after ? after : ""), v;
+	struct bfs_entry *out = talloc_array(mem_ctx, struct bfs_entry, max);
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	if (k.mv_data == NULL || out == NULL) {
+		talloc_free(tmp);
+		talloc_free(out);
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, idx->ent, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	}
+	/* SET_RANGE lands on `after` itself when it still exists: skip it. */
+	if (rc == 0 && after != NULL && k.mv_size == dl + 1 + strlen(after) &&
+	    memcmp((char *)k.mv_data + dl + 1, after, strlen(after)) == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	while (rc == 0 && got < max) {
+		const char *kd = k.mv_data;
+		if (k.mv_size <= dl || memcmp(kd, dir, dl) != 0 || kd[dl] != '\0') {
+			break;
+		}
+		rc = bfs_index_decode(out, v.mv_data, v.mv_size, &out[got]);
+		if (rc != 0) {
+			break;
+		}
+		out[got].name = talloc_strndup(out, kd + dl + 1,
+					       k.mv_size - dl - 1);
+		if (out[got].name == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		got++;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	talloc_free(tmp);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		talloc_free(out);
+		return bfs_lmdb_errno(rc);
+	}
+	*ents = out;
+	*n = got;
+	return 0;
+}

@@ -1,0 +1,84 @@
+/*
+ * The metadata index: what S3 listings said, in LMDB, shared by every smbd
+ * process of a cache folder.
+ *
+ * A directory is named by its key prefix ("" for the bucket root, else
+ * ending in '/').  Its children are stored under "<prefix>\0<name>", so the
+ * direct children of one directory are one sorted cursor range and never
+ * need a scan of anything else.  Each directory also has a record saying
+ * when it was last listed, which is what revalidation looks at.
+ *
+ * Inode numbers are derived from the full key (so they are the same in
+ * every process and across restarts), kept in the record once given, and
+ * made unique through a reverse map: a collision takes the next free number.
+ */
+#ifndef BUCKETFS_BFS_INDEX_H
+#define BUCKETFS_BFS_INDEX_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <time.h>
+#include <talloc.h>
+
+#include "s3_dirlist.h"
+
+/* The root directory's inode; derived inodes never take it. */
+#define BFS_ROOT_INO 2
+
+struct bfs_entry {
+	char *name;
+	bool is_dir;
+	uint64_t size;
+	time_t mtime; /* -1 if S3 gave none (common prefixes) */
+	uint64_t ino;
+	char *etag; /* NULL for directories */
+};
+
+struct bfs_index;
+
+/*
+ * Open (creating) the index in dir.  bucket is recorded on first use: a
+ * folder holding another bucket's index is refused (EEXIST, *why says so).
+ */
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
+		   struct bfs_index **out, const char **why);
+
+/*
+ * When was dir last listed?  0 with *listed_at, or ENOENT if never (or
+ * invalidated).
+ */
+int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
+			 time_t *listed_at);
+
+/*
+ * Replace the children of d->prefix with d's entries (keeping the inode
+ * numbers of names that stay) and mark the directory listed at now.
+ */
+int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
+			time_t now);
+
+/* Forget when dir was listed, so the next access lists it again. */
+int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir);
+
+/* One child of dir.  0, or ENOENT. */
+int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+		     const char *dir, const char *name, struct bfs_entry *e);
+
+/*
+ * Up to max children of dir in name order, starting after the name
+ * `after` (NULL: from the first).  *n < max means the end was reached.
+ */
+int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+		       const char *dir, const char *after, size_t max,
+		       struct bfs_entry **ents, size_t *n);
+
+/* Record encoding, exposed for tests (and fuzzing later). */
+int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
+		     void **buf, size_t *len);
+int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
+		     struct bfs_entry *e);
+
+/* The inode number a key would get if nothing collided. */
+uint64_t bfs_index_ino_hint(const char *full_key);
+
+#endif

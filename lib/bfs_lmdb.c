@@ -1,0 +1,150 @@
+#include "bfs_lmdb.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Environments open in this process, by folder. */
+struct bfs_lmdb_open_env {
+	struct bfs_lmdb_open_env *next;
+	dev_t dev;
+	ino_t ino;
+	pid_t pid; /* a forked child must not use its parent's handle */
+	unsigned refs;
+	MDB_env *env;
+};
+
+static struct bfs_lmdb_open_env *bfs_open_envs;
+
+int bfs_mkdirs(const char *path)
+{
+	char buf[PATH_MAX];
+	size_t i, len = strlen(path);
+
+	if (len == 0 || len >= sizeof(buf)) {
+		return ENAMETOOLONG;
+	}
+	memcpy(buf, path, len + 1);
+	for (i = 1; i <= len; i++) {
+		if (buf[i] != '/' && buf[i] != '\0') {
+			continue;
+		}
+		buf[i] = '\0';
+		if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+			return errno;
+		}
+		buf[i] = i < len ? '/' : '\0';
+	}
+	return 0;
+}
+
+int bfs_lmdb_errno(int rc)
+{
+	switch (rc) {
+	case 0:
+		return 0;
+	case MDB_NOTFOUND:
+		return ENOENT;
+	case MDB_MAP_FULL:
+	case MDB_TXN_FULL:
+		return ENOSPC;
+	case MDB_READERS_FULL:
+		return EAGAIN;
+	case MDB_CORRUPTED:
+	case MDB_PAGE_NOTFOUND:
+	case MDB_INVALID:
+	case MDB_VERSION_MISMATCH:
+		return EIO;
+	default:
+		return rc > 0 ? rc : EIO;
+	}
+}
+
+int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
+		  MDB_env **penv, const char **why)
+{
+	struct bfs_lmdb_open_env *o;
+	MDB_env *env = NULL;
+	struct stat st;
+	int rc, dead = 0;
+
+	rc = bfs_mkdirs(dir);
+	if (rc != 0) {
+		*why = "cannot create the folder";
+		return rc;
+	}
+	if (stat(dir, &st) != 0) {
+		*why = "cannot stat the folder";
+		return errno;
+	}
+	for (o = bfs_open_envs; o != NULL; o = o->next) {
+		if (o->dev == st.st_dev && o->ino == st.st_ino &&
+		    o->pid == getpid()) {
+			o->refs++;
+			*penv = o->env;
+			*why = NULL;
+			return 0;
+		}
+	}
+	o = calloc(1, sizeof(*o));
+	if (o == NULL) {
+		*why = "out of memory";
+		return ENOMEM;
+	}
+	rc = mdb_env_create(&env);
+	if (rc == 0) {
+		rc = mdb_env_set_maxdbs(env, max_dbs);
+	}
+	if (rc == 0) {
+		rc = mdb_env_set_mapsize(env, map_size);
+	}
+	if (rc == 0) {
+		/* One reader slot per smbd child and thread that reads. */
+		rc = mdb_env_set_maxreaders(env, 1024);
+	}
+	if (rc == 0) {
+		/* NOTLS: read transactions are not tied to a thread. */
+		rc = mdb_env_open(env, dir, MDB_NOTLS | MDB_NOSYNC, 0600);
+	}
+	if (rc != 0) {
+		*why = mdb_strerror(rc);
+		if (env != NULL) {
+			mdb_env_close(env);
+		}
+		free(o);
+		return bfs_lmdb_errno(rc);
+	}
+	/* Free the reader slots of processes that died holding one. */
+	mdb_reader_check(env, &dead);
+	*o = (struct bfs_lmdb_open_env){
+		.next = bfs_open_envs, .dev = st.st_dev, .ino = st.st_ino,
+		.pid = getpid(), .refs = 1, .env = env,
+	};
+	bfs_open_envs = o;
+	*penv = env;
+	*why = NULL;
+	return 0;
+}
+
+void bfs_lmdb_close(MDB_env *env)
+{
+	struct bfs_lmdb_open_env **pp, *o;
+
+	for (pp = &bfs_open_envs; (o = *pp) != NULL; pp = &o->next) {
+		if (o->env != env) {
+			continue;
+		}
+		if (--o->refs == 0) {
+			*pp = o->next;
+			if (o->pid == getpid()) {
+				mdb_env_close(env);
+			}
+			free(o);
+		}
+		return;
+	}
+}

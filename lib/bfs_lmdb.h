@@ -1,0 +1,38 @@
+/*
+ * Opening the LMDB environments bucketfs keeps in its cache folder.
+ *
+ * Every smbd child opens the environment itself (after fork: LMDB handles
+ * must not cross a fork).  Readers never block writers; writers serialise
+ * across processes on LMDB's robust lock, so a process killed mid-write
+ * leaves the last committed state.  Commits are not fsync'ed (MDB_NOSYNC):
+ * what is in here is a cache of S3 and can be rebuilt; a killed process
+ * loses nothing that was committed, a power loss may lose the latest
+ * commits but not consistency.
+ */
+#ifndef BUCKETFS_BFS_LMDB_H
+#define BUCKETFS_BFS_LMDB_H
+
+#include <stddef.h>
+#include <lmdb.h>
+
+/*
+ * Create dir (0700) if needed and open an environment in it with
+ * room for max_dbs named databases.  Returns 0 or an errno value; *why
+ * gets a static description.
+ *
+ * LMDB forbids opening one environment twice in a process, and one smbd
+ * process may connect several shares on the same cache folder: opens of the
+ * same folder in one process share the handle, counted; close with
+ * bfs_lmdb_close().
+ */
+int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
+		  MDB_env **penv, const char **why);
+void bfs_lmdb_close(MDB_env *env);
+
+/* mkdir -p with mode 0700 for each missing component. */
+int bfs_mkdirs(const char *path);
+
+/* Errors from LMDB (MDB_* codes) as errno values for VFS callers. */
+int bfs_lmdb_errno(int rc);
+
+#endif

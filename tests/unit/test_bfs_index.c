@@ -1,0 +1,208 @@
+/* The LMDB metadata index: listings in, lookups and ordered pages out. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "bfs_index.h"
+
+/* Under $TMPDIR, which the test runner removes afterwards. */
+static char *tmpdir(TALLOC_CTX *t)
+{
+	const char *base = getenv("TMPDIR");
+	char *d = talloc_asprintf(t, "%s/bfs-index-test.XXXXXX",
+				  base ? base : "/tmp");
+
+	assert_non_null(mkdtemp(d));
+	return d;
+}
+
+static struct s3_dir *listing(TALLOC_CTX *t, const char *prefix,
+			      const char **files, size_t nf,
+			      const char **dirs, size_t nd)
+{
+	struct s3_listing page = {0};
+	struct s3_dir *d = s3_dir_new(t, prefix);
+	size_t i;
+
+	page.objects = talloc_zero_array(t, struct s3_object_entry, nf + 1);
+	page.prefixes = talloc_zero_array(t, char *, nd + 1);
+	for (i = 0; i < nf; i++) {
+		page.objects[i].key = talloc_asprintf(t, "%s%s", prefix, files[i]);
+		page.objects[i].size = 100 + i;
+		page.objects[i].etag = talloc_asprintf(t, "etag-%s", files[i]);
+		page.objects[i].mtime = 1700000000 + (time_t)i;
+	}
+	for (i = 0; i < nd; i++) {
+		page.prefixes[i] = talloc_asprintf(t, "%s%s/", prefix, dirs[i]);
+	}
+	page.n_objects = nf;
+	page.n_prefixes = nd;
+	assert_int_equal(s3_dir_add_page(d, &page), 0);
+	s3_dir_finish(d);
+	return d;
+}
+
+static void test_store_lookup_children(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index *idx = NULL;
+	const char *files[] = {"b.txt", "a.txt", "c d.bin"};
+	const char *dirs[] = {"sub", "zz"};
+	struct bfs_entry e, *ents = NULL;
+	time_t at = 0;
+	size_t n = 0;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "x/", &at), ENOENT);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "x/", files, 3,
+							  dirs, 2), 1234), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "x/", &at), 0);
+	assert_int_equal(at, 1234);
+
+	assert_int_equal(bfs_index_lookup(idx, t, "x/", "c d.bin", &e), 0);
+	assert_false(e.is_dir);
+	assert_int_equal(e.size, 102);
+	assert_string_equal(e.etag, "etag-c d.bin");
+	assert_true(e.ino > BFS_ROOT_INO);
+	assert_int_equal(bfs_index_lookup(idx, t, "x/", "sub", &e), 0);
+	assert_true(e.is_dir);
+	assert_int_equal(bfs_index_lookup(idx, t, "x/", "nope", &e), ENOENT);
+	/* Another directory's range is not this one's. */
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a.txt", &e), ENOENT);
+
+	/* Pages of two, in name order, each exactly once. */
+	assert_int_equal(bfs_index_children(idx, t, "x/", NULL, 2, &ents, &n), 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(ents[0].name, "a.txt");
+	assert_string_equal(ents[1].name, "b.txt");
+	assert_int_equal(bfs_index_children(idx, t, "x/", "b.txt", 2, &ents, &n), 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(ents[0].name, "c d.bin");
+	assert_string_equal(ents[1].name, "sub");
+	assert_int_equal(bfs_index_children(idx, t, "x/", "sub", 2, &ents, &n), 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(ents[0].name, "zz");
+	talloc_free(t);
+}
+
+/* Relisting keeps inodes of names that stay and drops names that went. */
+static void test_relist_keeps_inodes(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir;
+	struct bfs_index *idx = NULL, *again = NULL;
+	const char *v1[] = {"keep", "gone"}, *v2[] = {"keep", "new"};
+	struct bfs_entry e;
+	uint64_t keep_ino;
+
+	(void)state;
+	dir = tmpdir(t);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", v1, 2, NULL, 0), 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "keep", &e), 0);
+	keep_ino = e.ino;
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", v2, 2, NULL, 0), 2), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "gone", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "new", &e), 0);
+	assert_int_not_equal(e.ino, keep_ino);
+	/* Another process (here: another open) sees the same inode. */
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &again, &why), 0);
+	assert_int_equal(bfs_index_lookup(again, t, "", "keep", &e), 0);
+	assert_int_equal(e.ino, keep_ino);
+	/* Invalidation forgets the listing time only. */
+	assert_int_equal(bfs_index_invalidate_dir(again, ""), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "", &(time_t){0}), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "keep", &e), 0);
+	talloc_free(t);
+}
+
+static void test_many_unique_inodes(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index *idx = NULL;
+	const char **names = talloc_array(t, const char *, 5000);
+	struct bfs_entry *ents = NULL;
+	uint64_t *seen;
+	size_t i, j, n = 0, total = 0;
+	const char *after = NULL;
+
+	(void)state;
+	for (i = 0; i < 5000; i++) {
+		names[i] = talloc_asprintf(t, "f%05zu", i);
+	}
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", names, 5000,
+							  NULL, 0), 1), 0);
+	seen = talloc_array(t, uint64_t, 5000);
+	do {
+		assert_int_equal(bfs_index_children(idx, t, "d/", after, 777,
+						    &ents, &n), 0);
+		for (i = 0; i < n; i++) {
+			seen[total++] = ents[i].ino;
+		}
+		after = n ? ents[n - 1].name : NULL;
+	} while (n == 777);
+	assert_int_equal(total, 5000);
+	for (i = 0; i < total; i++) {
+		for (j = i + 1; j < total; j++) {
+			assert_int_not_equal(seen[i], seen[j]);
+		}
+	}
+	talloc_free(t);
+}
+
+static void test_other_bucket_refused(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index *idx = NULL;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "one", &idx, &why), 0);
+	assert_int_equal(bfs_index_open(t, dir, "two", &idx, &why), EEXIST);
+	assert_non_null(strstr(why, "another bucket"));
+	talloc_free(t);
+}
+
+static void test_record_decoding_refuses_garbage(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_entry in = {.size = 7, .mtime = 9, .ino = 11, .etag = "abc"}, out;
+	void *buf;
+	size_t len;
+	uint8_t *p;
+
+	(void)state;
+	assert_int_equal(bfs_index_encode(t, &in, &buf, &len), 0);
+	assert_int_equal(bfs_index_decode(t, buf, len, &out), 0);
+	assert_string_equal(out.etag, "abc");
+	assert_int_equal(out.ino, 11);
+	assert_int_equal(bfs_index_decode(t, buf, len - 1, &out), EBADMSG);
+	assert_int_equal(bfs_index_decode(t, buf, 3, &out), EBADMSG);
+	p = buf;
+	p[0] = 99; /* unknown version */
+	assert_int_equal(bfs_index_decode(t, buf, len, &out), EBADMSG);
+	talloc_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_store_lookup_children),
+		cmocka_unit_test(test_relist_keeps_inodes),
+		cmocka_unit_test(test_many_unique_inodes),
+		cmocka_unit_test(test_other_bucket_refused),
+		cmocka_unit_test(test_record_decoding_refuses_garbage),
+	};
+	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
+}
