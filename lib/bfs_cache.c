@@ -1,0 +1,758 @@
+/*
+ * The extent cache.
+ *
+ * LMDB databases (environment "<dir>/map"):
+ *   blocks  id(16) blk(8, big-endian)            -> struct bfs_block_rec
+ *   lru     seg(1) tick(8, BE) id(16) blk(8, BE) -> empty
+ *   meta    "used" "prot" "tick" "gen"           -> uint64
+ *
+ * Files: "<dir>/blocks/<2 hex>/<32 hex>", sparse, block n at n*block_size.
+ *
+ * Who may change a cache file: only a process holding the fill lock
+ * ("<dir>/fill.lock", flock, released by the kernel if the process dies).
+ * A fill writes its bytes, then commits the record; an eviction commits the
+ * removal, then punches the hole.  A crash between the two steps leaves
+ * bytes without a record (space, not corruption).
+ */
+#include "bfs_cache.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lmdb.h>
+#include <openssl/evp.h>
+
+#include "bfs_lmdb.h"
+
+#define BFS_CACHE_MAP_SIZE (8ULL << 30)
+#define BFS_TOUCH_MAX 256
+#define BFS_FD_SLOTS 32
+
+enum { SEG_PROBATION = 0, SEG_PROTECTED = 1 };
+
+struct bfs_block_rec {
+	uint64_t gen;
+	uint64_t tick;
+	uint32_t len;
+	uint8_t seg;
+	uint8_t pad[3];
+};
+
+struct bfs_block_key {
+	uint8_t id[16];
+	uint8_t blk[8];
+};
+
+struct bfs_lru_key {
+	uint8_t seg;
+	uint8_t tick[8];
+	struct bfs_block_key bk;
+} __attribute__((packed));
+
+struct bfs_fd_slot {
+	struct bfs_cache_id id;
+	int fd;
+	uint64_t used;
+};
+
+struct bfs_cache {
+	MDB_env *env;
+	MDB_dbi blocks, lru, meta;
+	MDB_txn *rtxn; /* reused read transaction (reset/renew) */
+	char *dir;
+	int lock_fd;
+	uint64_t limit;
+	uint32_t block_size;
+
+	struct bfs_block_key touched[BFS_TOUCH_MAX];
+	unsigned n_touched;
+	time_t last_flush;
+
+	struct bfs_fd_slot fds[BFS_FD_SLOTS];
+	uint64_t fd_clock;
+
+	struct bfs_cache_counters counters;
+};
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	int i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+static void bfs_block_key(struct bfs_block_key *k, const struct bfs_cache_id *id,
+			  uint64_t blk)
+{
+	memcpy(k->id, id->b, sizeof(k->id));
+	put_be64(k->blk, blk);
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	int i;
+
+	for (i = 0; i < 8; i++) {
+		v = (v << 8) | p[i];
+	}
+	return v;
+}
+
+/* ---- files ---------------------------------------------------------------- */
+
+static char *bfs_cache_path(TALLOC_CTX *mem_ctx, const struct bfs_cache *c,
+			    const uint8_t id[16], bool dir_only)
+{
+	static const char hex[] = "0123456789abcdef";
+	char name[33];
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		name[2 * i] = hex[id[i] >> 4];
+		name[2 * i + 1] = hex[id[i] & 15];
+	}
+	name[32] = '\0';
+	if (dir_only) {
+		return talloc_asprintf(mem_ctx, "%s/blocks/%.2s", c->dir, name);
+	}
+	return talloc_asprintf(mem_ctx, "%s/blocks/%.2s/%s", c->dir, name, name);
+}
+
+/* An fd on the object's cache file, from a small per-process table. */
+static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
+{
+	struct bfs_fd_slot *slot = &c->fds[0];
+	char *path;
+	int i, fd;
+
+	for (i = 0; i < BFS_FD_SLOTS; i++) {
+		if (c->fds[i].fd >= 0 && memcmp(c->fds[i].id.b, id, 16) == 0) {
+			c->fds[i].used = ++c->fd_clock;
+			return c->fds[i].fd;
+		}
+		if (c->fds[i].used < slot->used) {
+			slot = &c->fds[i];
+		}
+	}
+	path = bfs_cache_path(NULL, c, id, false);
+	if (path == NULL) {
+		errno = ENOMEM;
+		return -1;
+	}
+	fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	if (fd < 0 && create && errno == ENOENT) {
+		char *d = bfs_cache_path(NULL, c, id, true);
+		int rc = d ? bfs_mkdirs(d) : ENOMEM;
+		talloc_free(d);
+		if (rc == 0) {
+			fd = open(path, O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+		}
+	}
+	talloc_free(path);
+	if (fd < 0) {
+		return -1;
+	}
+	if (slot->fd >= 0) {
+		close(slot->fd);
+	}
+	memcpy(slot->id.b, id, 16);
+	slot->fd = fd;
+	slot->used = ++c->fd_clock;
+	return fd;
+}
+
+/* ---- open ------------------------------------------------------------------ */
+
+static int bfs_cache_destructor(struct bfs_cache *c)
+{
+	int i;
+
+	bfs_cache_flush(c);
+	if (c->rtxn != NULL) {
+		mdb_txn_abort(c->rtxn);
+	}
+	for (i = 0; i < BFS_FD_SLOTS; i++) {
+		if (c->fds[i].fd >= 0) {
+			close(c->fds[i].fd);
+		}
+	}
+	if (c->lock_fd >= 0) {
+		close(c->lock_fd);
+	}
+	bfs_lmdb_close(c->env);
+	return 0;
+}
+
+int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
+		   uint32_t block_size, struct bfs_cache **out,
+		   const char **why)
+{
+	struct bfs_cache *c = talloc_zero(mem_ctx, struct bfs_cache);
+	char *map, *lock;
+	MDB_txn *txn = NULL;
+	int rc, i;
+
+	if (c == NULL) {
+		return ENOMEM;
+	}
+	if (block_size < 4096 || (block_size & (block_size - 1)) != 0) {
+		*why = "the block size must be a power of two, at least 4096";
+		talloc_free(c);
+		return EINVAL;
+	}
+	c->dir = talloc_strdup(c, dir);
+	c->limit = limit;
+	c->block_size = block_size;
+	c->lock_fd = -1;
+	for (i = 0; i < BFS_FD_SLOTS; i++) {
+		c->fds[i].fd = -1;
+	}
+	map = talloc_asprintf(c, "%s/map", dir);
+	lock = talloc_asprintf(c, "%s/fill.lock", dir);
+	if (c->dir == NULL || map == NULL || lock == NULL) {
+		talloc_free(c);
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_open(map, BFS_CACHE_MAP_SIZE, 4, &c->env, why);
+	if (rc != 0) {
+		talloc_free(c);
+		return rc;
+	}
+	talloc_set_destructor(c, bfs_cache_destructor);
+	c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (c->lock_fd < 0) {
+		rc = errno;
+		*why = "cannot create the fill lock";
+		talloc_free(c);
+		return rc;
+	}
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "blocks", MDB_CREATE, &c->blocks);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "lru", MDB_CREATE, &c->lru);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &c->meta);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	if (rc != 0) {
+		*why = mdb_strerror(rc);
+		talloc_free(c);
+		return bfs_lmdb_errno(rc);
+	}
+	c->last_flush = time(NULL);
+	*out = c;
+	return 0;
+}
+
+uint32_t bfs_cache_block_size(const struct bfs_cache *c)
+{
+	return c->block_size;
+}
+
+void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit)
+{
+	c->limit = limit;
+}
+
+const struct bfs_cache_counters *bfs_cache_counters(const struct bfs_cache *c)
+{
+	return &c->counters;
+}
+
+void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
+		       uint32_t block_size, struct bfs_cache_id *id)
+{
+	unsigned char md[32];
+	char bs[16];
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+
+	snprintf(bs, sizeof(bs), "%u", block_size);
+	EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
+	/* NUL-separated: no two different tuples hash the same input. */
+	EVP_DigestUpdate(ctx, bucket, strlen(bucket) + 1);
+	EVP_DigestUpdate(ctx, key, strlen(key) + 1);
+	EVP_DigestUpdate(ctx, etag ? etag : "", strlen(etag ? etag : "") + 1);
+	EVP_DigestUpdate(ctx, bs, strlen(bs));
+	EVP_DigestFinal_ex(ctx, md, NULL);
+	EVP_MD_CTX_free(ctx);
+	memcpy(id->b, md, sizeof(id->b));
+}
+
+/* ---- reads -------------------------------------------------------------------- */
+
+static MDB_txn *bfs_cache_rtxn(struct bfs_cache *c)
+{
+	if (c->rtxn == NULL) {
+		if (mdb_txn_begin(c->env, NULL, MDB_RDONLY, &c->rtxn) != 0) {
+			c->rtxn = NULL;
+		}
+	} else if (mdb_txn_renew(c->rtxn) != 0) {
+		mdb_txn_abort(c->rtxn);
+		c->rtxn = NULL;
+	}
+	return c->rtxn;
+}
+
+/* The block's record, read in a short read transaction. */
+static bool bfs_cache_get(struct bfs_cache *c, const struct bfs_block_key *bk,
+			  struct bfs_block_rec *rec)
+{
+	MDB_txn *txn = bfs_cache_rtxn(c);
+	MDB_val k = {sizeof(*bk), (void *)bk}, v;
+	bool found = false;
+
+	if (txn == NULL) {
+		return false;
+	}
+	if (mdb_get(txn, c->blocks, &k, &v) == 0 && v.mv_size == sizeof(*rec)) {
+		memcpy(rec, v.mv_data, sizeof(*rec));
+		found = true;
+	}
+	mdb_txn_reset(txn);
+	return found;
+}
+
+bool bfs_cache_present(struct bfs_cache *c, const struct bfs_cache_id *id,
+		       uint64_t blk)
+{
+	struct bfs_block_key bk;
+	struct bfs_block_rec rec;
+
+	bfs_block_key(&bk, id, blk);
+	return bfs_cache_get(c, &bk, &rec);
+}
+
+static void bfs_cache_touch(struct bfs_cache *c, const struct bfs_block_key *bk)
+{
+	if (c->n_touched < BFS_TOUCH_MAX) {
+		c->touched[c->n_touched++] = *bk;
+	}
+	if (c->n_touched == BFS_TOUCH_MAX || time(NULL) != c->last_flush) {
+		bfs_cache_flush(c);
+	}
+}
+
+int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
+		   uint32_t *got)
+{
+	struct bfs_block_key bk;
+	struct bfs_block_rec before, after;
+	ssize_t r;
+	int fd;
+
+	bfs_block_key(&bk, id, blk);
+	if (!bfs_cache_get(c, &bk, &before)) {
+		c->counters.misses++;
+		return ENOENT;
+	}
+	if (off >= before.len) {
+		*got = 0;
+		return 0;
+	}
+	if (n > before.len - off) {
+		n = before.len - off;
+	}
+	fd = bfs_cache_fd(c, id->b, false);
+	if (fd < 0) {
+		c->counters.misses++;
+		return ENOENT;
+	}
+	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
+	/* Same fill still present after the copy: the bytes were intact. */
+	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after) ||
+	    after.gen != before.gen) {
+		c->counters.raced++;
+		return ENOENT;
+	}
+	c->counters.hits++;
+	bfs_cache_touch(c, &bk);
+	*got = n;
+	return 0;
+}
+
+/* ---- meta counters ----------------------------------------------------------------- */
+
+static uint64_t meta_get(struct bfs_cache *c, MDB_txn *txn, const char *name)
+{
+	MDB_val k = {strlen(name), (void *)name}, v;
+	uint64_t x = 0;
+
+	if (mdb_get(txn, c->meta, &k, &v) == 0 && v.mv_size == sizeof(x)) {
+		memcpy(&x, v.mv_data, sizeof(x));
+	}
+	return x;
+}
+
+static int meta_put(struct bfs_cache *c, MDB_txn *txn, const char *name,
+		    uint64_t x)
+{
+	MDB_val k = {strlen(name), (void *)name}, v = {sizeof(x), &x};
+
+	return mdb_put(txn, c->meta, &k, &v, 0);
+}
+
+static void bfs_lru_key(struct bfs_lru_key *lk, uint8_t seg, uint64_t tick,
+			const struct bfs_block_key *bk)
+{
+	lk->seg = seg;
+	put_be64(lk->tick, tick);
+	lk->bk = *bk;
+}
+
+/* ---- eviction ------------------------------------------------------------------------- */
+
+struct bfs_victim {
+	struct bfs_block_key bk;
+	uint32_t len;
+};
+
+/* Oldest block of seg, or MDB_NOTFOUND. */
+static int bfs_lru_oldest(struct bfs_cache *c, MDB_txn *txn, uint8_t seg,
+			  struct bfs_lru_key *out)
+{
+	struct bfs_lru_key start = {.seg = seg};
+	MDB_val k = {sizeof(start), &start}, v;
+	MDB_cursor *cur;
+	int rc;
+
+	rc = mdb_cursor_open(txn, c->lru, &cur);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	if (rc == 0 && (k.mv_size != sizeof(*out) ||
+			((uint8_t *)k.mv_data)[0] != seg)) {
+		rc = MDB_NOTFOUND;
+	}
+	if (rc == 0) {
+		memcpy(out, k.mv_data, sizeof(*out));
+	}
+	mdb_cursor_close(cur);
+	return rc;
+}
+
+/* Remove one block's record and LRU entry; returns its record. */
+static int bfs_cache_drop(struct bfs_cache *c, MDB_txn *txn,
+			  const struct bfs_lru_key *lk, uint32_t *len)
+{
+	MDB_val k = {sizeof(lk->bk), (void *)&lk->bk}, v;
+	MDB_val lkv = {sizeof(*lk), (void *)lk};
+	struct bfs_block_rec rec;
+	int rc;
+
+	rc = mdb_del(txn, c->lru, &lkv, NULL);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_get(txn, c->blocks, &k, &v);
+	if (rc != 0 || v.mv_size != sizeof(rec)) {
+		return rc != 0 ? rc : MDB_CORRUPTED;
+	}
+	memcpy(&rec, v.mv_data, sizeof(rec));
+	*len = rec.len;
+	return mdb_del(txn, c->blocks, &k, NULL);
+}
+
+/*
+ * Make room for need bytes: victims from probation first, then protected.
+ * Returns the victims (to punch after commit) in *victims.
+ */
+static int bfs_cache_make_room(struct bfs_cache *c, MDB_txn *txn,
+			       uint64_t need, struct bfs_victim **victims,
+			       size_t *n_victims)
+{
+	uint64_t used = meta_get(c, txn, "used");
+	uint64_t prot = meta_get(c, txn, "prot");
+	int rc = 0;
+
+	while (used + need > c->limit) {
+		struct bfs_lru_key lk;
+		struct bfs_victim *nv;
+		uint32_t len = 0;
+
+		rc = bfs_lru_oldest(c, txn, SEG_PROBATION, &lk);
+		if (rc == MDB_NOTFOUND) {
+			rc = bfs_lru_oldest(c, txn, SEG_PROTECTED, &lk);
+		}
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_cache_drop(c, txn, &lk, &len);
+		if (rc != 0) {
+			break;
+		}
+		used -= used >= len ? len : used;
+		if (lk.seg == SEG_PROTECTED) {
+			prot -= prot >= len ? len : prot;
+		}
+		nv = talloc_realloc(NULL, *victims, struct bfs_victim,
+				    *n_victims + 1);
+		if (nv == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		*victims = nv;
+		nv[(*n_victims)++] = (struct bfs_victim){lk.bk, len};
+		c->counters.evictions++;
+	}
+	if (rc == 0 || rc == MDB_NOTFOUND) {
+		rc = meta_put(c, txn, "used", used);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "prot", prot);
+	}
+	return rc;
+}
+
+static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
+			    size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		int fd = bfs_cache_fd(c, v[i].bk.id, false);
+		if (fd >= 0) {
+			fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  (off_t)(get_be64(v[i].bk.blk) * c->block_size),
+				  v[i].len);
+		}
+	}
+}
+
+/* ---- fills -------------------------------------------------------------------------------- */
+
+int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, const void *data, uint32_t len)
+{
+	struct bfs_victim *victims = NULL;
+	size_t n_victims = 0;
+	struct bfs_block_key bk;
+	struct bfs_block_rec rec = {0};
+	struct bfs_lru_key lk;
+	MDB_txn *txn = NULL;
+	MDB_val k, v;
+	uint64_t tick;
+	int rc, fd;
+
+	if (len == 0 || len > c->block_size) {
+		return EINVAL;
+	}
+	if (len > c->limit) {
+		c->counters.fill_errors++;
+		return ENOSPC;
+	}
+	bfs_block_key(&bk, id, blk);
+	if (flock(c->lock_fd, LOCK_EX) != 0) {
+		return errno;
+	}
+	fd = bfs_cache_fd(c, id->b, true);
+	if (fd < 0 || pwrite(fd, data, len, (off_t)(blk * c->block_size)) !=
+			      (ssize_t)len) {
+		rc = fd < 0 || errno == 0 ? EIO : errno;
+		goto out;
+	}
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc != 0) {
+		goto out;
+	}
+	k.mv_size = sizeof(bk);
+	k.mv_data = &bk;
+	rc = mdb_get(txn, c->blocks, &k, &v);
+	if (rc == 0) {
+		/* Another process filled it meanwhile: same bytes, done. */
+		mdb_txn_abort(txn);
+		txn = NULL;
+		goto out;
+	}
+	if (rc != MDB_NOTFOUND) {
+		goto out;
+	}
+	rc = bfs_cache_make_room(c, txn, len, &victims, &n_victims);
+	if (rc != 0) {
+		goto out;
+	}
+	tick = meta_get(c, txn, "tick") + 1;
+	rec.gen = meta_get(c, txn, "gen") + 1;
+	rec.tick = tick;
+	rec.len = len;
+	rec.seg = SEG_PROBATION;
+	v.mv_size = sizeof(rec);
+	v.mv_data = &rec;
+	rc = mdb_put(txn, c->blocks, &k, &v, 0);
+	if (rc == 0) {
+		MDB_val lkv = {sizeof(lk), &lk}, empty = {0, NULL};
+		bfs_lru_key(&lk, SEG_PROBATION, tick, &bk);
+		rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "used", meta_get(c, txn, "used") + len);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "tick", tick);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "gen", rec.gen);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+	}
+	if (rc == 0) {
+		/* Removals are committed: now their bytes may go. */
+		bfs_cache_punch(c, victims, n_victims);
+		c->counters.fills++;
+	}
+out:
+	if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	flock(c->lock_fd, LOCK_UN);
+	talloc_free(victims);
+	if (rc != 0) {
+		c->counters.fill_errors++;
+	}
+	return bfs_lmdb_errno(rc);
+}
+
+/* ---- LRU upkeep ------------------------------------------------------------------------------ */
+
+/* Keep the protected segment within 3/4 of the cache. */
+static int bfs_cache_demote(struct bfs_cache *c, MDB_txn *txn, uint64_t *prot)
+{
+	int rc = 0;
+
+	while (*prot > c->limit / 4 * 3) {
+		struct bfs_lru_key lk;
+		MDB_val lkv = {sizeof(lk), &lk}, empty = {0, NULL}, k, v;
+		struct bfs_block_rec rec;
+
+		rc = bfs_lru_oldest(c, txn, SEG_PROTECTED, &lk);
+		if (rc != 0) {
+			break;
+		}
+		k.mv_size = sizeof(lk.bk);
+		k.mv_data = &lk.bk;
+		rc = mdb_get(txn, c->blocks, &k, &v);
+		if (rc != 0 || v.mv_size != sizeof(rec)) {
+			break;
+		}
+		memcpy(&rec, v.mv_data, sizeof(rec));
+		rc = mdb_del(txn, c->lru, &lkv, NULL);
+		if (rc != 0) {
+			break;
+		}
+		rec.seg = SEG_PROBATION;
+		v.mv_data = &rec;
+		rc = mdb_put(txn, c->blocks, &k, &v, 0);
+		lk.seg = SEG_PROBATION;
+		if (rc == 0) {
+			rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
+		}
+		if (rc != 0) {
+			break;
+		}
+		*prot -= *prot >= rec.len ? rec.len : *prot;
+	}
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int bfs_cache_flush(struct bfs_cache *c)
+{
+	MDB_txn *txn;
+	uint64_t tick, prot;
+	unsigned i;
+	int rc;
+
+	c->last_flush = time(NULL);
+	if (c->n_touched == 0) {
+		return 0;
+	}
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc != 0) {
+		c->n_touched = 0;
+		return bfs_lmdb_errno(rc);
+	}
+	tick = meta_get(c, txn, "tick") + 1;
+	prot = meta_get(c, txn, "prot");
+	for (i = 0; rc == 0 && i < c->n_touched; i++) {
+		MDB_val k = {sizeof(c->touched[i]), &c->touched[i]}, v;
+		MDB_val empty = {0, NULL};
+		struct bfs_block_rec rec;
+		struct bfs_lru_key old, new;
+		MDB_val okv = {sizeof(old), &old}, nkv = {sizeof(new), &new};
+
+		if (mdb_get(txn, c->blocks, &k, &v) != 0 ||
+		    v.mv_size != sizeof(rec)) {
+			continue; /* evicted since */
+		}
+		memcpy(&rec, v.mv_data, sizeof(rec));
+		bfs_lru_key(&old, rec.seg, rec.tick, &c->touched[i]);
+		rc = mdb_del(txn, c->lru, &okv, NULL);
+		if (rc == MDB_NOTFOUND) {
+			rc = 0;
+		}
+		/* Read again: promoted out of probation. */
+		if (rec.seg == SEG_PROBATION) {
+			rec.seg = SEG_PROTECTED;
+			prot += rec.len;
+		}
+		rec.tick = tick;
+		bfs_lru_key(&new, rec.seg, tick, &c->touched[i]);
+		v.mv_data = &rec;
+		if (rc == 0) {
+			rc = mdb_put(txn, c->blocks, &k, &v, 0);
+		}
+		if (rc == 0) {
+			rc = mdb_put(txn, c->lru, &nkv, &empty, 0);
+		}
+	}
+	c->n_touched = 0;
+	if (rc == 0) {
+		rc = bfs_cache_demote(c, txn, &prot);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "prot", prot);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "tick", tick);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_cache_usage(struct bfs_cache *c, uint64_t *used, uint64_t *blocks)
+{
+	MDB_txn *txn = bfs_cache_rtxn(c);
+	MDB_stat st;
+
+	if (txn == NULL) {
+		return EIO;
+	}
+	*used = meta_get(c, txn, "used");
+	*blocks = mdb_stat(txn, c->blocks, &st) == 0 ? st.ms_entries : 0;
+	mdb_txn_reset(txn);
+	return 0;
+}

@@ -1,0 +1,85 @@
+/*
+ * The extent cache: object bytes on local disk, in blocks.
+ *
+ * One sparse file per object version (bucket, key, ETag, block size: the
+ * cache identity), and in LMDB one record per present block.  A block's
+ * record is committed only after its bytes are written, and removed before
+ * its bytes are punched out, so a block the index calls present is on disk.
+ * Every fill gets a new generation number; a reader checks the generation
+ * before and after copying the bytes, so a block evicted (or refilled) while
+ * it was being read is never served: the read falls back to S3 instead.
+ *
+ * Size is held by eviction in the same transaction that adds a block.
+ * Eviction is segmented LRU: a new block enters on probation, a block read
+ * again is promoted to the protected segment (at most 3/4 of the cache);
+ * victims come from probation first, so one pass over a dataset larger than
+ * the cache does not flush the blocks that are used again and again.
+ */
+#ifndef BUCKETFS_BFS_CACHE_H
+#define BUCKETFS_BFS_CACHE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <talloc.h>
+
+struct bfs_cache_id {
+	uint8_t b[16];
+};
+
+struct bfs_cache_counters {
+	uint64_t hits;	     /* blocks served from disk */
+	uint64_t misses;     /* blocks asked for and not present */
+	uint64_t raced;	     /* reads dropped: evicted while reading */
+	uint64_t fills;	     /* blocks written by this process */
+	uint64_t evictions;  /* blocks evicted by this process */
+	uint64_t fill_errors; /* fills refused (disk full, I/O error) */
+};
+
+struct bfs_cache;
+
+/*
+ * Open the cache in dir (created 0700).  limit: bytes of block data to
+ * keep; block_size: bytes per block.
+ */
+int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
+		   uint32_t block_size, struct bfs_cache **out,
+		   const char **why);
+
+uint32_t bfs_cache_block_size(const struct bfs_cache *c);
+/* Change the limit (takes effect at the next fill). */
+void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit);
+
+/* The identity of one object version's bytes. */
+void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
+		       uint32_t block_size, struct bfs_cache_id *id);
+
+/*
+ * Copy n bytes at off within block blk into buf if the block is present:
+ * 0 with *got (short at the end of the block), ENOENT if not present or
+ * evicted meanwhile, or another errno.
+ */
+int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
+		   uint32_t *got);
+
+/* Is blk present now?  (A hint: it may be gone a moment later.) */
+bool bfs_cache_present(struct bfs_cache *c, const struct bfs_cache_id *id,
+		       uint64_t blk);
+
+/*
+ * Store block blk (len bytes: block_size, or less for an object's last
+ * block).  0, or ENOSPC (disk full, or larger than the cache), or another
+ * errno; the caller serves its bytes from memory either way.
+ */
+int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, const void *data, uint32_t len);
+
+/* Write pending LRU updates (done by itself every second / 256 reads). */
+int bfs_cache_flush(struct bfs_cache *c);
+
+/* Bytes held and blocks present, as recorded in the index. */
+int bfs_cache_usage(struct bfs_cache *c, uint64_t *used, uint64_t *blocks);
+
+const struct bfs_cache_counters *bfs_cache_counters(const struct bfs_cache *c);
+
+#endif
