@@ -294,6 +294,7 @@ def main():
             # virtual-hosted style: BUCKET.s3.localhost resolves to loopback
             "S3_VHOST_ENDPOINT": f"http://s3.localhost:{w.front_port}",
             "S3_TLS_ENDPOINT": f"https://127.0.0.1:{w.tls_port}",
+            "TMPDIR": f"{tmp}/unit",
             "S3_DEAD_ENDPOINT": f"http://127.0.0.1:{w.dead_port}",
             "S3_FAULT_503": f"http://127.0.0.1:{w.fault_ports['503']}",
             "S3_FAULT_TRUNC": f"http://127.0.0.1:{w.fault_ports['truncate']}",

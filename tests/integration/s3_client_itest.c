@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "bfs_reader.h"
 #include "s3_dirlist.h"
 #include "s3_ops.h"
 
@@ -492,6 +493,127 @@ static void test_tls_verification(void **state)
 	assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
 }
 
+/* ---- the block reader: cache, coalescing, readahead ---- */
+
+#define RBS 65536u
+
+static struct bfs_reader *reader_with_cache(struct fixture *f,
+					    struct bfs_cache **pc)
+{
+	const char *why = NULL;
+	const char *base = getenv("TMPDIR");
+	char *dir = talloc_asprintf(f->t, "%s/reader.XXXXXX", base ? base : "/tmp");
+
+	assert_non_null(mkdtemp(dir));
+	assert_int_equal(bfs_cache_open(f->t, dir, 64 * RBS, RBS, pc, &why), 0);
+	return bfs_reader_new(f->t, f->ev, f->c, *pc, RBS);
+}
+
+static struct bfs_object object_of(struct fixture *f, const char *key)
+{
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	struct tevent_req *req = s3_head_object_send(f->t, f->ev, f->c, key);
+	struct bfs_object o = {.key = key};
+
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
+	o.etag = info.etag;
+	o.size = info.size;
+	bfs_cache_make_id("b", key, info.etag, RBS, &o.id);
+	return o;
+}
+
+static void test_reader_caches_and_coalesces(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 10 * RBS + 123;
+	uint8_t *data = pattern(f->t, len, 99);
+	uint8_t *a = talloc_size(f->t, len), *b = talloc_size(f->t, len);
+	struct bfs_cache *cache = NULL;
+	struct bfs_reader *r = reader_with_cache(f, &cache);
+	struct bfs_object o;
+	struct tevent_req *ra, *rb;
+	size_t got = 0;
+	uint64_t before;
+
+	put(f, "reader/obj", data, len);
+	o = object_of(f, "reader/obj");
+	before = s3_client_counters(f->c)->requests;
+	/* Two reads of overlapping ranges at once: one fetch per block. */
+	ra = bfs_read_send(f->t, f->ev, r, &o, 100, 3 * RBS, a);
+	rb = bfs_read_send(f->t, f->ev, r, &o, RBS + 5, 2 * RBS, b);
+	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
+	assert_int_equal(got, 3 * RBS);
+	assert_memory_equal(a, data + 100, 3 * RBS);
+	assert_true(s3_wait(rb, f->ev));
+	assert_int_equal(bfs_read_recv(rb, &got, NULL), 0);
+	assert_memory_equal(b, data + RBS + 5, 2 * RBS);
+	assert_int_equal(bfs_reader_counters(r)->block_fetches, 4);
+	assert_true(bfs_reader_counters(r)->coalesced >= 2);
+	assert_int_equal(s3_client_counters(f->c)->requests - before, 4);
+
+	/* The same range again: all from the cache, no request. */
+	before = s3_client_counters(f->c)->requests;
+	ra = bfs_read_send(f->t, f->ev, r, &o, 100, 3 * RBS, a);
+	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
+	assert_memory_equal(a, data + 100, 3 * RBS);
+	assert_int_equal(s3_client_counters(f->c)->requests, before);
+
+	/* Readahead fills the rest; the whole object then reads from disk. */
+	bfs_reader_prefetch(r, &o, 4, 16);
+	while (bfs_reader_counters(r)->block_fetches < 4 + 7 ||
+	       s3_client_counters(f->c)->requests < before + 7) {
+		tevent_loop_once(f->ev);
+	}
+	for (int i = 0; i < 50; i++) {
+		tevent_loop_once(f->ev); /* let the last fills land */
+		if (bfs_cache_present(cache, &o.id, 10)) {
+			break;
+		}
+	}
+	before = s3_client_counters(f->c)->requests;
+	ra = bfs_read_send(f->t, f->ev, r, &o, 0, len + 1000, a);
+	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
+	assert_int_equal(got, len);
+	assert_memory_equal(a, data, len);
+	assert_int_equal(s3_client_counters(f->c)->requests, before);
+}
+
+/* An object replaced in S3 is never mixed with the version opened. */
+static void test_reader_refuses_replaced_object(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t *v1 = pattern(f->t, 2 * RBS, 1), *v2 = pattern(f->t, 2 * RBS, 2);
+	uint8_t *buf = talloc_size(f->t, 2 * RBS);
+	struct bfs_cache *cache = NULL;
+	struct bfs_reader *r = reader_with_cache(f, &cache);
+	struct bfs_object o;
+	struct tevent_req *req;
+	struct s3_status st = {0};
+	size_t got = 0;
+
+	put(f, "reader/replaced", v1, 2 * RBS);
+	o = object_of(f, "reader/replaced");
+	req = bfs_read_send(f->t, f->ev, r, &o, 0, RBS, buf);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(bfs_read_recv(req, &got, NULL), 0);
+	put(f, "reader/replaced", v2, 2 * RBS);
+	/* Block 0 is cached (old version, consistent); block 1 is not. */
+	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(bfs_read_recv(req, &got, &st), ESTALE);
+	/* Reopened with the new ETag: the new bytes, all of them. */
+	o = object_of(f, "reader/replaced");
+	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
+	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(bfs_read_recv(req, &got, &st), 0);
+	assert_memory_equal(buf, v2, 2 * RBS);
+}
+
 /* Freeing a request in flight must cancel it cleanly. */
 static void test_cancel_in_flight(void **state)
 {
@@ -528,6 +650,8 @@ int main(void)
 		cmocka_unit_test(test_cancel_in_flight),
 		cmocka_unit_test(test_virtual_host_style),
 		cmocka_unit_test(test_tls_verification),
+		cmocka_unit_test(test_reader_caches_and_coalesces),
+		cmocka_unit_test(test_reader_refuses_replaced_object),
 	};
 	if (getenv("S3_ENDPOINT") == NULL) {
 		fprintf(stderr, "s3_client_itest: run me from tests/run.sh\n");

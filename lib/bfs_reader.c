@@ -1,0 +1,360 @@
+/*
+ * Block reads, coalesced fetches, readahead.
+ *
+ * Ownership: a fetch belongs to the reader (it finishes filling the cache
+ * even if every read waiting for it went away); a waiter belongs to its read
+ * request and unhooks itself from the fetch when freed.
+ */
+#include "bfs_reader.h"
+
+#include <errno.h>
+#include <string.h>
+
+/* Readahead may not hold more than this many blocks in memory at once. */
+#define BFS_MAX_PREFETCHES 32
+
+struct bfs_fetch;
+
+struct bfs_waiter {
+	struct bfs_waiter *prev, *next;
+	struct bfs_fetch *f;
+	struct tevent_req *req; /* the read this part belongs to */
+	uint32_t off;		/* within the block */
+	uint32_t n;
+	uint8_t *dst;
+};
+
+struct bfs_fetch {
+	struct bfs_fetch *prev, *next;
+	struct bfs_reader *r;
+	struct bfs_cache_id id;
+	uint64_t blk;
+	uint8_t *data;
+	uint32_t len;
+	bool prefetch;
+	struct bfs_waiter *waiters;
+};
+
+struct bfs_reader {
+	struct tevent_context *ev;
+	struct s3_client *s3;
+	struct bfs_cache *cache;
+	uint32_t block_size;
+	struct bfs_fetch *fetches;
+	unsigned n_prefetches;
+	struct bfs_reader_counters counters;
+};
+
+struct bfs_read_state {
+	unsigned pending; /* blocks still to arrive */
+	size_t nread;
+	struct s3_status st;
+};
+
+/* Two-way list helpers (one per list type keeps the types checked). */
+#define BFS_LIST_ADD(head, item)                                              \
+	do {                                                                  \
+		(item)->prev = NULL;                                          \
+		(item)->next = (head);                                        \
+		if ((head) != NULL) {                                         \
+			(head)->prev = (item);                                \
+		}                                                             \
+		(head) = (item);                                              \
+	} while (0)
+
+#define BFS_LIST_REMOVE(head, item)                                           \
+	do {                                                                  \
+		if ((item)->prev != NULL) {                                   \
+			(item)->prev->next = (item)->next;                    \
+		} else if ((head) == (item)) {                                \
+			(head) = (item)->next;                                \
+		}                                                             \
+		if ((item)->next != NULL) {                                   \
+			(item)->next->prev = (item)->prev;                    \
+		}                                                             \
+		(item)->prev = (item)->next = NULL;                           \
+	} while (0)
+
+struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
+				  struct tevent_context *ev,
+				  struct s3_client *s3, struct bfs_cache *cache,
+				  uint32_t block_size)
+{
+	struct bfs_reader *r = talloc_zero(mem_ctx, struct bfs_reader);
+
+	if (r == NULL) {
+		return NULL;
+	}
+	r->ev = ev;
+	r->s3 = s3;
+	r->cache = cache;
+	r->block_size = block_size;
+	return r;
+}
+
+const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r)
+{
+	return &r->counters;
+}
+
+/* ---- fetches ----------------------------------------------------------- */
+
+static void bfs_fetch_done(struct tevent_req *subreq);
+
+static int bfs_fetch_destructor(struct bfs_fetch *f)
+{
+	struct bfs_waiter *w;
+
+	BFS_LIST_REMOVE(f->r->fetches, f);
+	if (f->prefetch) {
+		f->r->n_prefetches--;
+	}
+	/* Reads still waiting (the reader is going away) fail. */
+	while ((w = f->waiters) != NULL) {
+		BFS_LIST_REMOVE(f->waiters, w);
+		w->f = NULL;
+		tevent_req_error(w->req, ECANCELED);
+	}
+	return 0;
+}
+
+static struct bfs_fetch *bfs_fetch_find(struct bfs_reader *r,
+					const struct bfs_cache_id *id,
+					uint64_t blk)
+{
+	struct bfs_fetch *f;
+
+	for (f = r->fetches; f != NULL; f = f->next) {
+		if (f->blk == blk && memcmp(f->id.b, id->b, sizeof(id->b)) == 0) {
+			return f;
+		}
+	}
+	return NULL;
+}
+
+static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
+					 const struct bfs_object *obj,
+					 uint64_t blk, bool prefetch)
+{
+	uint64_t start = blk * r->block_size;
+	uint64_t end = start + r->block_size;
+	struct tevent_req *subreq;
+	struct bfs_fetch *f;
+
+	if (end > obj->size) {
+		end = obj->size;
+	}
+	f = talloc_zero(r, struct bfs_fetch);
+	if (f == NULL) {
+		return NULL;
+	}
+	f->r = r;
+	f->id = obj->id;
+	f->blk = blk;
+	f->len = (uint32_t)(end - start);
+	f->prefetch = prefetch;
+	f->data = talloc_size(f, f->len);
+	if (f->data == NULL) {
+		talloc_free(f);
+		return NULL;
+	}
+	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start, f->len,
+				   f->data, obj->etag);
+	if (subreq == NULL) {
+		talloc_free(f);
+		return NULL;
+	}
+	tevent_req_set_callback(subreq, bfs_fetch_done, f);
+	BFS_LIST_ADD(r->fetches, f);
+	talloc_set_destructor(f, bfs_fetch_destructor);
+	if (prefetch) {
+		r->n_prefetches++;
+		r->counters.prefetches++;
+	}
+	r->counters.block_fetches++;
+	return f;
+}
+
+static void bfs_read_part_done(struct tevent_req *req, int err,
+			       const struct s3_status *st);
+
+static void bfs_fetch_done(struct tevent_req *subreq)
+{
+	struct bfs_fetch *f = tevent_req_callback_data(subreq, struct bfs_fetch);
+	struct bfs_reader *r = f->r;
+	struct s3_status st = {0};
+	struct bfs_waiter *w;
+	size_t got = 0;
+	int ret;
+
+	ret = s3_get_range_recv(subreq, &got, &st);
+	TALLOC_FREE(subreq);
+	if (ret == 0 && got != f->len) {
+		/* The object is shorter than indexed: it changed. */
+		ret = ESTALE;
+		s3_status_set(&st, "ShortObject", "object shorter than indexed",
+			      NULL);
+	}
+	if (ret == 0) {
+		r->counters.fetched_bytes += got;
+		if (r->cache != NULL) {
+			/* A full disk only costs the caching, not the read. */
+			(void)bfs_cache_fill(r->cache, &f->id, f->blk, f->data,
+					     f->len);
+		}
+	}
+	st.err = ret;
+	while ((w = f->waiters) != NULL) {
+		BFS_LIST_REMOVE(f->waiters, w);
+		w->f = NULL;
+		if (ret == 0) {
+			memcpy(w->dst, f->data + w->off, w->n);
+		}
+		bfs_read_part_done(w->req, ret, &st);
+	}
+	talloc_free(f);
+}
+
+/* ---- reads --------------------------------------------------------------- */
+
+static int bfs_waiter_destructor(struct bfs_waiter *w)
+{
+	if (w->f != NULL) {
+		BFS_LIST_REMOVE(w->f->waiters, w);
+	}
+	return 0;
+}
+
+static void bfs_read_part_done(struct tevent_req *req, int err,
+			       const struct s3_status *st)
+{
+	struct bfs_read_state *s = tevent_req_data(req, struct bfs_read_state);
+
+	if (!tevent_req_is_in_progress(req)) {
+		return;
+	}
+	if (err != 0) {
+		s->st = *st;
+		tevent_req_error(req, err);
+		return;
+	}
+	if (--s->pending == 0) {
+		tevent_req_done(req);
+	}
+}
+
+struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				 struct bfs_reader *r,
+				 const struct bfs_object *obj, uint64_t off,
+				 size_t len, void *buf)
+{
+	struct tevent_req *req;
+	struct bfs_read_state *s;
+	uint8_t *dst = buf;
+	uint64_t pos, end;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_read_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	/* Completion comes from fetch callbacks: run the caller later. */
+	tevent_req_defer_callback(req, ev);
+	if (ev != r->ev) {
+		tevent_req_error(req, EINVAL);
+		return tevent_req_post(req, ev);
+	}
+	if (off >= obj->size) {
+		len = 0;
+	} else if (len > obj->size - off) {
+		len = (size_t)(obj->size - off);
+	}
+	s->nread = len;
+	end = off + len;
+
+	for (pos = off; pos < end;) {
+		uint64_t blk = pos / r->block_size;
+		uint32_t boff = (uint32_t)(pos % r->block_size);
+		uint32_t n = r->block_size - boff;
+		struct bfs_waiter *w;
+		struct bfs_fetch *f;
+		uint32_t got = 0;
+
+		if (n > end - pos) {
+			n = (uint32_t)(end - pos);
+		}
+		if (r->cache != NULL &&
+		    bfs_cache_read(r->cache, &obj->id, blk, boff, n,
+				   dst + (pos - off), &got) == 0 &&
+		    got == n) {
+			r->counters.cache_hits++;
+			pos += n;
+			continue;
+		}
+		f = bfs_fetch_find(r, &obj->id, blk);
+		if (f != NULL) {
+			r->counters.coalesced++;
+		} else {
+			f = bfs_fetch_start(r, obj, blk, false);
+		}
+		w = f != NULL ? talloc_zero(s, struct bfs_waiter) : NULL;
+		if (w == NULL) {
+			tevent_req_oom(req);
+			return tevent_req_post(req, ev);
+		}
+		w->f = f;
+		w->req = req;
+		w->off = boff;
+		w->n = n;
+		w->dst = dst + (pos - off);
+		BFS_LIST_ADD(f->waiters, w);
+		talloc_set_destructor(w, bfs_waiter_destructor);
+		s->pending++;
+		pos += n;
+	}
+	if (s->pending == 0) {
+		tevent_req_done(req);
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st)
+{
+	struct bfs_read_state *s = tevent_req_data(req, struct bfs_read_state);
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret = 0;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+	} else {
+		*nread = s->nread;
+	}
+	if (st != NULL) {
+		*st = s->st;
+		st->err = ret;
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
+void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
+			 uint64_t first, unsigned n)
+{
+	uint64_t blk;
+
+	if (r->cache == NULL) {
+		return;
+	}
+	for (blk = first; blk < first + n; blk++) {
+		if (blk * r->block_size >= obj->size ||
+		    r->n_prefetches >= BFS_MAX_PREFETCHES) {
+			return;
+		}
+		if (bfs_fetch_find(r, &obj->id, blk) != NULL ||
+		    bfs_cache_present(r->cache, &obj->id, blk)) {
+			continue;
+		}
+		bfs_fetch_start(r, obj, blk, true);
+	}
+}

@@ -1,0 +1,59 @@
+/*
+ * Reads of object bytes through the extent cache.
+ *
+ * A read is split into blocks.  Cached blocks are copied from disk at once;
+ * each missing block becomes one S3 range GET (If-Match on the ETag the
+ * object was opened with), shared by every read in this process that wants
+ * the same block while it is in flight, then written to the cache.  A
+ * prefetch starts such fetches for blocks nobody waits for yet (readahead).
+ *
+ * One reader belongs to one tevent context and S3 client.  Without a cache
+ * (NULL) reads go to S3 block by block all the same.
+ */
+#ifndef BUCKETFS_BFS_READER_H
+#define BUCKETFS_BFS_READER_H
+
+#include "bfs_cache.h"
+#include "s3_ops.h"
+
+struct bfs_object {
+	const char *key;
+	const char *etag;
+	uint64_t size;
+	struct bfs_cache_id id;
+};
+
+struct bfs_reader_counters {
+	uint64_t block_fetches;	  /* S3 GETs started */
+	uint64_t fetched_bytes;
+	uint64_t coalesced;	  /* block waits served by a fetch in flight */
+	uint64_t prefetches;	  /* fetches started by readahead */
+	uint64_t cache_hits;	  /* blocks copied from the cache */
+};
+
+struct bfs_reader;
+
+struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
+				  struct tevent_context *ev,
+				  struct s3_client *s3, struct bfs_cache *cache,
+				  uint32_t block_size);
+
+/*
+ * Read [off, off+len) of obj into buf (clamped to obj->size).  buf must
+ * stay valid until the request completes or is freed.  ESTALE: the object
+ * changed in S3 since obj->etag was indexed.
+ */
+struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				 struct bfs_reader *r,
+				 const struct bfs_object *obj, uint64_t off,
+				 size_t len, void *buf);
+int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st);
+
+/* Start fetching blocks [first, first+n) that are neither cached nor in
+ * flight.  Their bytes only go to the cache.  No-op without a cache. */
+void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
+			 uint64_t first, unsigned n);
+
+const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r);
+
+#endif
