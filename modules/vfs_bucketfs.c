@@ -22,6 +22,9 @@
 #include "lib/util/tevent_ntstatus.h"
 #include "version.h"
 
+#include "bfs_cache.h"
+#include "bfs_index.h"
+#include "bfs_reader.h"
 #include "s3_client.h"
 #include "s3_creds.h"
 #include "s3_dirlist.h"
@@ -31,7 +34,8 @@
 #define DBGC_CLASS DBGC_VFS
 
 #define BFS_MODULE "bucketfs"
-#define BFS_DIRCACHE_SLOTS 32
+/* Directory entries read from the index per refill of a DIR handle. */
+#define BFS_DIR_PAGE 256
 
 /*
  * Read by scripts/check-samba.sh before install: what we were built for.
@@ -43,15 +47,6 @@
 #endif
 const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 	BUCKETFS_SAMBA_PKGVER " vfs=" __STRINGSTRING(SMB_VFS_INTERFACE_VERSION);
-
-/* A listed directory, shared by lookups and open directory handles. */
-struct bfs_cached_dir {
-	char *rel;	/* share-relative path, "" for the root */
-	struct s3_dir *dir;
-	time_t fetched;
-	unsigned refs;	/* open DIR handles */
-	bool evicted;	/* out of the cache; freed by the last closedir */
-};
 
 struct bfs_conn {
 	const char *service;
@@ -67,10 +62,15 @@ struct bfs_conn {
 	struct s3_client_config cfg;
 	struct tevent_context *sync_ev;
 	struct s3_client *s3;		/* on sync_ev */
+	struct bfs_reader *reader;	/* on sync_ev */
 	struct tevent_context *async_ev;
 	struct s3_client *s3_async;	/* on smbd's event context */
+	struct bfs_reader *reader_async;
 
-	struct bfs_cached_dir *dirs[BFS_DIRCACHE_SLOTS];
+	struct bfs_index *index;
+	struct bfs_cache *cache;
+	uint32_t block_size;
+	unsigned readahead;		/* blocks */
 };
 
 /* Per open file or directory. */
@@ -81,14 +81,24 @@ struct bfs_fh {
 	uint64_t size;
 	char *etag;
 	time_t mtime;
+	uint64_t ino;
+	struct bfs_object obj;	/* files: what reads fetch */
+	uint64_t next_off;	/* where a sequential reader reads next */
 };
 
-/* What fdopendir hands smbd, cast to DIR *. */
+/*
+ * What fdopendir hands smbd, cast to DIR *: a window of the directory's
+ * entries, paged from the index in name order.
+ */
 struct bfs_dir_handle {
 	struct bfs_conn *bc;
-	struct bfs_cached_dir *cd;
 	files_struct *fsp;
-	long pos;	/* 0 ".", 1 "..", then entries */
+	char *prefix;		/* the directory's key prefix */
+	struct bfs_entry *win;	/* entries [win_start, win_start + win_n) */
+	size_t win_n;
+	long win_start;
+	bool win_last;		/* the window reaches the end */
+	long pos;		/* ordinal of the next entry */
 	struct dirent de;
 };
 
@@ -248,47 +258,32 @@ static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
 		    st->attempts == 1 ? "" : "s");
 }
 
-/* ---- the directory cache -------------------------------------------------------- */
+/* ---- the index -------------------------------------------------------------- */
 
-static void bfs_cached_dir_drop(struct bfs_cached_dir *cd)
-{
-	cd->evicted = true;
-	if (cd->refs == 0) {
-		talloc_free(cd);
-	}
-}
-
-/* Listing of directory rel: from the cache while fresh, else from S3. */
-static int bfs_get_dir(struct bfs_conn *bc, const char *rel,
-		       struct bfs_cached_dir **out)
+/*
+ * Make sure the index has a listing of directory rel younger than the TTL:
+ * list it from S3 (every page) and store it, if not.
+ */
+static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_cached_dir *cd;
-	struct tevent_req *req;
+	char *prefix = bfs_dir_prefix(frame, bc, rel);
 	struct s3_status st = {0};
 	struct s3_dir *dir = NULL;
-	time_t now = time(NULL);
-	size_t i, victim = 0;
-	char *prefix;
+	struct tevent_req *req;
+	time_t listed, now = time(NULL);
 	int ret;
 
-	for (i = 0; i < BFS_DIRCACHE_SLOTS; i++) {
-		cd = bc->dirs[i];
-		if (cd == NULL || strcmp(cd->rel, rel) != 0) {
-			continue;
-		}
-		if (bc->ttl < 0 || now - cd->fetched < bc->ttl) {
-			*out = cd;
-			TALLOC_FREE(frame);
-			return 0;
-		}
-		bc->dirs[i] = NULL;
-		bfs_cached_dir_drop(cd);
+	if (prefix == NULL) {
+		TALLOC_FREE(frame);
+		return ENOMEM;
 	}
-
-	prefix = bfs_dir_prefix(frame, bc, rel);
-	req = prefix ? s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix) :
-		       NULL;
+	ret = bfs_index_dir_listed(bc->index, prefix, &listed);
+	if (ret == 0 && (bc->ttl < 0 || now - listed < bc->ttl)) {
+		TALLOC_FREE(frame);
+		return 0;
+	}
+	req = s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
 		TALLOC_FREE(frame);
 		return ENOMEM;
@@ -304,62 +299,26 @@ static int bfs_get_dir(struct bfs_conn *bc, const char *rel,
 			 "shown as names and are hidden\n",
 			 dir->n_hidden, bc->cfg.bucket, prefix);
 	}
-
-	/* Oldest slot goes. */
-	for (i = 0; i < BFS_DIRCACHE_SLOTS; i++) {
-		if (bc->dirs[i] == NULL) {
-			victim = i;
-			break;
-		}
-		if (bc->dirs[i]->fetched < bc->dirs[victim]->fetched) {
-			victim = i;
-		}
+	ret = bfs_index_store_dir(bc->index, dir, now);
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot store the listing of %s in "
+			"the index: %s\n", bc->service, prefix, strerror(ret));
 	}
-	if (bc->dirs[victim] != NULL) {
-		bfs_cached_dir_drop(bc->dirs[victim]);
-	}
-	cd = talloc_zero(bc, struct bfs_cached_dir);
-	if (cd == NULL || (cd->rel = talloc_strdup(cd, rel)) == NULL) {
-		TALLOC_FREE(frame);
-		talloc_free(cd);
-		bc->dirs[victim] = NULL;
-		return ENOMEM;
-	}
-	cd->dir = talloc_steal(cd, dir);
-	cd->fetched = now;
-	bc->dirs[victim] = cd;
-	*out = cd;
 	TALLOC_FREE(frame);
-	return 0;
+	return ret;
 }
 
 /* ---- stat ------------------------------------------------------------------------ */
 
-static uint64_t bfs_hash(const char *a, const char *b)
-{
-	/* FNV-1a: stable inode numbers across processes and restarts. */
-	uint64_t h = 0xcbf29ce484222325ULL;
-	const char *p;
-
-	for (p = a; *p != '\0'; p++) {
-		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
-	}
-	h = (h ^ '/') * 0x100000001b3ULL;
-	for (p = b; *p != '\0'; p++) {
-		h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
-	}
-	return h != 0 ? h : 1;
-}
-
 static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
-			  const char *rel, bool is_dir, uint64_t size,
+			  uint64_t ino, bool is_dir, uint64_t size,
 			  time_t mtime)
 {
 	struct timespec ts = {.tv_sec = mtime >= 0 ? mtime : bc->connected};
 
 	memset(sbuf, 0, sizeof(*sbuf));
 	sbuf->st_ex_dev = bc->dev;
-	sbuf->st_ex_ino = bfs_hash(bc->prefix, rel);
+	sbuf->st_ex_ino = ino;
 	sbuf->st_ex_mode = is_dir ? (S_IFDIR | bc->dir_mode) :
 				    (S_IFREG | bc->file_mode);
 	sbuf->st_ex_nlink = is_dir ? 2 : 1;
@@ -381,35 +340,32 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		      struct bfs_fh **pfh)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_cached_dir *cd = NULL;
-	const struct s3_dirent *e = NULL;
+	struct bfs_entry e = {
+		.is_dir = true, .mtime = -1, .ino = BFS_ROOT_INO,
+	};
 	struct bfs_fh *fh;
 	const char *base;
-	char *parent;
+	char *parent, *prefix;
 	int ret;
 
 	if (rel[0] != '\0') {
 		bfs_split(frame, rel, &parent, &base);
-		if (parent == NULL) {
+		prefix = parent ? bfs_dir_prefix(frame, bc, parent) : NULL;
+		if (prefix == NULL) {
 			TALLOC_FREE(frame);
 			return ENOMEM;
 		}
-		ret = bfs_get_dir(bc, parent, &cd);
+		ret = bfs_dir_fresh(bc, parent);
+		if (ret == 0) {
+			ret = bfs_index_lookup(bc->index, frame, prefix, base,
+					       &e);
+		}
 		if (ret != 0) {
 			TALLOC_FREE(frame);
 			return ret;
 		}
-		e = s3_dir_find(cd->dir, base);
-		if (e == NULL) {
-			TALLOC_FREE(frame);
-			return ENOENT;
-		}
 	}
-	if (rel[0] == '\0') {
-		bfs_fill_stat(bc, sbuf, rel, true, 0, -1);
-	} else {
-		bfs_fill_stat(bc, sbuf, rel, e->is_dir, e->size, e->mtime);
-	}
+	bfs_fill_stat(bc, sbuf, e.ino, e.is_dir, e.size, e.mtime);
 	if (pfh != NULL) {
 		fh = talloc_zero(mem_ctx, struct bfs_fh);
 		if (fh == NULL) {
@@ -418,10 +374,17 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		}
 		fh->rel = talloc_strdup(fh, rel);
 		fh->key = bfs_key(fh, bc, rel);
-		fh->is_dir = e == NULL || e->is_dir;
-		fh->size = e ? e->size : 0;
-		fh->etag = e && e->etag ? talloc_strdup(fh, e->etag) : NULL;
-		fh->mtime = e ? e->mtime : -1;
+		fh->is_dir = e.is_dir;
+		fh->size = e.size;
+		fh->etag = e.etag ? talloc_strdup(fh, e.etag) : NULL;
+		fh->mtime = e.mtime;
+		fh->ino = e.ino;
+		fh->obj = (struct bfs_object){
+			.key = fh->key, .etag = fh->etag, .size = fh->size,
+		};
+		bfs_cache_make_id(bc->cfg.bucket, fh->key,
+				  fh->etag ? fh->etag : "", bc->block_size,
+				  &fh->obj.id);
 		*pfh = fh;
 	}
 	TALLOC_FREE(frame);
@@ -542,11 +505,37 @@ static int bfs_probe_bucket(struct bfs_conn *bc)
 	return ret;
 }
 
+/* The index and the extent cache, both in the share's cache folder. */
+static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
+			      uint64_t cache_size)
+{
+	char *idx_dir = talloc_asprintf(bc, "%s/index", dir);
+	char *blk_dir = talloc_asprintf(bc, "%s/cache", dir);
+	const char *why = NULL;
+	int ret;
+
+	if (idx_dir == NULL || blk_dir == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_index_open(bc, idx_dir, bc->cfg.bucket, &bc->index, &why);
+	if (ret == 0) {
+		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
+				     &bc->cache, &why);
+	}
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cache dir %s: %s (%s)\n",
+			bc->service, dir, why ? why : "cannot open",
+			strerror(ret));
+	}
+	return ret;
+}
+
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
 	struct bfs_conn *bc;
 	const char *bucket, *prefix, *endpoint, *cache_dir;
+	uint64_t cache_size;
 	int ret;
 
 	bc = talloc_zero(handle->conn, struct bfs_conn);
@@ -599,13 +588,36 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	if (bc->prefix == NULL || bc->connectpath == NULL || bc->cwd == NULL) {
 		goto nomem;
 	}
-	bc->dev = bfs_hash(bucket, bc->prefix);
+	bc->dev = bfs_index_ino_hint(talloc_asprintf(talloc_tos(), "%s/%s",
+						     bucket, bc->prefix));
 
 	cache_dir = bfs_param(handle, "cache dir", NULL);
-	if (cache_dir != NULL && cache_dir[0] != '/') {
+	if (cache_dir == NULL || cache_dir[0] == '\0') {
+		cache_dir = talloc_asprintf(bc, "/var/cache/bucketfs/%s",
+					    service);
+		if (cache_dir == NULL) {
+			goto nomem;
+		}
+	}
+	if (cache_dir[0] != '/') {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:cache dir' must be an "
 			"absolute path, not '%s'\n", service, cache_dir);
 		goto inval;
+	}
+	bc->block_size = (uint32_t)conv_str_size(
+		bfs_param(handle, "block size", "1M"));
+	bc->readahead = (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
+					      "readahead", 8);
+	cache_size = conv_str_size(bfs_param(handle, "cache size", "16G"));
+	if (bc->block_size == 0 || cache_size == 0) {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:block size' and "
+			"'bucketfs:cache size' take sizes like 1M, 64G\n",
+			service);
+		goto inval;
+	}
+	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);
+	if (ret != 0) {
+		goto fail;
 	}
 
 	ret = bfs_load_credentials(handle, bc);
@@ -618,7 +630,10 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto nomem;
 	}
 	bc->s3 = s3_client_new(bc, bc->sync_ev, &bc->cfg);
-	if (bc->s3 == NULL) {
+	bc->reader = bc->s3 == NULL ? NULL :
+		bfs_reader_new(bc, bc->sync_ev, bc->s3, bc->cache,
+			       bc->block_size);
+	if (bc->s3 == NULL || bc->reader == NULL) {
 		ret = errno;
 		DBG_ERR("bucketfs: share %s: bad S3 endpoint '%s' (want "
 			"http://host[:port] or https://host[:port])\n",
@@ -722,21 +737,66 @@ static DIR *bfs_fdopendir(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = fh == NULL ? EBADF : ENOTDIR;
 		return NULL;
 	}
-	dh = talloc_zero(bc, struct bfs_dir_handle);
-	if (dh == NULL) {
-		errno = ENOMEM;
-		return NULL;
-	}
-	ret = bfs_get_dir(bc, fh->rel, &dh->cd);
+	ret = bfs_dir_fresh(bc, fh->rel);
 	if (ret != 0) {
-		talloc_free(dh);
 		errno = ret;
 		return NULL;
 	}
-	dh->cd->refs++;
+	dh = talloc_zero(bc, struct bfs_dir_handle);
+	if (dh == NULL ||
+	    (dh->prefix = bfs_dir_prefix(dh, bc, fh->rel)) == NULL) {
+		TALLOC_FREE(dh);
+		errno = ENOMEM;
+		return NULL;
+	}
 	dh->bc = bc;
 	dh->fsp = fsp;
 	return (DIR *)dh;
+}
+
+/*
+ * The entry at ordinal pos, paging the index forward (restarting from the
+ * first entry for a seek backwards).  NULL at the end or on error.
+ */
+static const struct bfs_entry *bfs_dir_entry(struct bfs_dir_handle *dh,
+					     long pos)
+{
+	while (pos >= dh->win_start + (long)dh->win_n || pos < dh->win_start) {
+		const char *after = NULL;
+		struct bfs_entry *ents = NULL;
+		size_t n = 0;
+		int ret;
+
+		if (pos < dh->win_start || dh->win == NULL) {
+			/* (Re)start from the first entry. */
+			TALLOC_FREE(dh->win);
+			dh->win_start = 0;
+			dh->win_n = 0;
+			dh->win_last = false;
+		} else if (dh->win_last) {
+			return NULL;
+		} else {
+			after = dh->win[dh->win_n - 1].name;
+		}
+		ret = bfs_index_children(dh->bc->index, dh, dh->prefix, after,
+					 BFS_DIR_PAGE, &ents, &n);
+		if (ret != 0) {
+			DBG_WARNING("bucketfs: reading %s from the index: %s\n",
+				    dh->prefix, strerror(ret));
+			return NULL;
+		}
+		if (dh->win != NULL) {
+			dh->win_start += (long)dh->win_n;
+		}
+		TALLOC_FREE(dh->win);
+		dh->win = ents;
+		dh->win_n = n;
+		dh->win_last = n < BFS_DIR_PAGE;
+		if (n == 0) {
+			return NULL;
+		}
+	}
+	return &dh->win[pos - dh->win_start];
 }
 
 static struct dirent *bfs_readdir(struct vfs_handle_struct *handle,
@@ -744,42 +804,32 @@ static struct dirent *bfs_readdir(struct vfs_handle_struct *handle,
 				  SMB_STRUCT_STAT *sbuf)
 {
 	struct bfs_dir_handle *dh = (struct bfs_dir_handle *)dirp;
-	const struct s3_dir *d = dh->cd->dir;
-	const char *name;
+	const struct bfs_entry *e;
 
 	if (sbuf != NULL) {
 		SET_STAT_INVALID(*sbuf);
 	}
+	/* smbd makes "." and ".." itself. */
 	for (;;) {
-		long i = dh->pos - 2;
-
-		if (dh->pos == 0) {
-			name = ".";
-		} else if (dh->pos == 1) {
-			name = "..";
-		} else if ((size_t)i < d->n) {
-			name = d->ents[i].name;
-		} else {
+		e = bfs_dir_entry(dh, dh->pos);
+		if (e == NULL) {
 			return NULL;
 		}
 		dh->pos++;
-		if (strlen(name) >= sizeof(dh->de.d_name)) {
-			DBG_INFO("bucketfs: name longer than %zu bytes hidden "
-				 "in %s\n", sizeof(dh->de.d_name) - 1,
-				 dh->cd->rel);
-			continue;
+		if (strlen(e->name) < sizeof(dh->de.d_name)) {
+			break;
 		}
-		break;
+		DBG_INFO("bucketfs: name longer than %zu bytes hidden in %s\n",
+			 sizeof(dh->de.d_name) - 1, dh->prefix);
 	}
 	/* libreplace's strlcpy/memset_s live in a library smbd does not
 	 * export to modules: plain libc here. */
 	memset(&dh->de, 0, sizeof(dh->de));
-	snprintf(dh->de.d_name, sizeof(dh->de.d_name), "%s", name);
+	snprintf(dh->de.d_name, sizeof(dh->de.d_name), "%s", e->name);
 	dh->de.d_off = dh->pos;
 	dh->de.d_reclen = sizeof(dh->de);
-	dh->de.d_type = dh->pos <= 2 || d->ents[dh->pos - 3].is_dir ? DT_DIR :
-								      DT_REG;
-	dh->de.d_ino = bfs_hash(dh->bc->prefix, name);
+	dh->de.d_type = e->is_dir ? DT_DIR : DT_REG;
+	dh->de.d_ino = e->ino;
 	return &dh->de;
 }
 
@@ -808,44 +858,54 @@ static int bfs_closedir(struct vfs_handle_struct *handle, DIR *dirp)
 	if (fd != -1) {
 		vfs_fake_fd_close(fd);
 	}
-	dh->cd->refs--;
-	if (dh->cd->evicted && dh->cd->refs == 0) {
-		talloc_free(dh->cd);
-	}
 	talloc_free(dh);
 	return 0;
 }
 
+/* Case-insensitive lookup (smbd's rules: strequal), a page at a time. */
 static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 					 struct files_struct *dirfsp,
 					 const char *name, TALLOC_CTX *mem_ctx,
 					 char **found_name)
 {
-	struct bfs_cached_dir *cd;
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_entry *ents = NULL;
 	struct bfs_conn *bc;
-	char *rel = NULL;
-	size_t i;
+	const char *after = NULL;
+	char *rel = NULL, *prefix;
+	size_t i, n = 0;
 	int ret;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
 				return NT_STATUS_INTERNAL_ERROR);
-	ret = bfs_rel_path(talloc_tos(), bc, NULL,
-			   dirfsp->fsp_name->base_name, &rel);
+	ret = bfs_rel_path(frame, bc, NULL, dirfsp->fsp_name->base_name, &rel);
 	if (ret == 0) {
-		ret = bfs_get_dir(bc, rel, &cd);
+		ret = bfs_dir_fresh(bc, rel);
 	}
-	TALLOC_FREE(rel);
-	if (ret != 0) {
-		return map_nt_error_from_unix(ret);
+	prefix = ret == 0 ? bfs_dir_prefix(frame, bc, rel) : NULL;
+	if (ret == 0 && prefix == NULL) {
+		ret = ENOMEM;
 	}
-	for (i = 0; i < cd->dir->n; i++) {
-		if (strequal(cd->dir->ents[i].name, name)) {
-			*found_name = talloc_strdup(mem_ctx,
-						    cd->dir->ents[i].name);
-			return *found_name ? NT_STATUS_OK : NT_STATUS_NO_MEMORY;
+	while (ret == 0) {
+		ret = bfs_index_children(bc->index, frame, prefix, after,
+					 BFS_DIR_PAGE, &ents, &n);
+		for (i = 0; ret == 0 && i < n; i++) {
+			if (strequal(ents[i].name, name)) {
+				*found_name = talloc_strdup(mem_ctx,
+							    ents[i].name);
+				TALLOC_FREE(frame);
+				return *found_name ? NT_STATUS_OK :
+						     NT_STATUS_NO_MEMORY;
+			}
 		}
+		if (ret != 0 || n < BFS_DIR_PAGE) {
+			break;
+		}
+		after = ents[n - 1].name;
 	}
-	return NT_STATUS_OBJECT_NAME_NOT_FOUND;
+	TALLOC_FREE(frame);
+	return ret != 0 ? map_nt_error_from_unix(ret) :
+			  NT_STATUS_OBJECT_NAME_NOT_FOUND;
 }
 
 /* ---- open, close, stat ----------------------------------------------------------------- */
@@ -973,7 +1033,7 @@ static int bfs_fstat(struct vfs_handle_struct *handle, files_struct *fsp,
 		/* A pathref without our open (the cwd): stat by name. */
 		return bfs_stat_rel_name(handle, NULL, fsp->fsp_name, sbuf);
 	}
-	bfs_fill_stat(bc, sbuf, fh->rel, fh->is_dir, fh->size, fh->mtime);
+	bfs_fill_stat(bc, sbuf, fh->ino, fh->is_dir, fh->size, fh->mtime);
 	return 0;
 }
 
@@ -1172,7 +1232,21 @@ static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 {
 	bfs_log_s3(bc, "read of", fh->key, st);
 	if (ret == ESTALE) {
-		/* Replaced in S3 since it was opened: never mix versions. */
+		/*
+		 * Replaced in S3 since it was opened: never mix versions.
+		 * Forget the listing so the next open sees the new object.
+		 */
+		char *parent;
+		const char *base;
+
+		bfs_split(talloc_tos(), fh->rel, &parent, &base);
+		if (parent != NULL) {
+			char *prefix = bfs_dir_prefix(talloc_tos(), bc, parent);
+			if (prefix != NULL) {
+				bfs_index_invalidate_dir(bc->index, prefix);
+			}
+		}
+		TALLOC_FREE(parent);
 		DBG_WARNING("bucketfs: s3://%s/%s changed since it was opened; "
 			    "reopen to read the new version\n",
 			    bc->cfg.bucket, fh->key);
@@ -1181,6 +1255,7 @@ static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 	return ret;
 }
 
+/* smbd falls back to this for small and compound reads. */
 static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 			 void *data, size_t n, off_t offset)
 {
@@ -1199,19 +1274,20 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 	if (!bfs_clamp(fh, offset, &n)) {
 		return 0;
 	}
-	req = s3_get_range_send(talloc_tos(), bc->sync_ev, bc->s3, fh->key,
-				(uint64_t)offset, n, data, fh->etag);
+	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
+			    (uint64_t)offset, n, data);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
 		TALLOC_FREE(req);
 		errno = ENOMEM;
 		return -1;
 	}
-	ret = s3_get_range_recv(req, &got, &st);
+	ret = bfs_read_recv(req, &got, &st);
 	TALLOC_FREE(req);
 	if (ret != 0) {
 		errno = bfs_read_errno(bc, fh, &st, ret);
 		return -1;
 	}
+	fh->next_off = (uint64_t)offset + got;
 	return (ssize_t)got;
 }
 
@@ -1219,10 +1295,23 @@ struct bfs_pread_state {
 	struct bfs_conn *bc;
 	struct bfs_fh *fh;
 	size_t got;
-	struct vfs_aio_state aio;
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
+
+/* The engine that serves async reads lives on smbd's event loop. */
+static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
+					   struct tevent_context *ev)
+{
+	if (bc->s3_async == NULL) {
+		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
+		bc->reader_async = bc->s3_async == NULL ? NULL :
+			bfs_reader_new(bc, ev, bc->s3_async, bc->cache,
+				       bc->block_size);
+		bc->async_ev = ev;
+	}
+	return bc->async_ev == ev ? bc->reader_async : NULL;
+}
 
 static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 					 TALLOC_CTX *mem_ctx,
@@ -1233,7 +1322,9 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	struct tevent_req *req, *subreq;
 	struct bfs_pread_state *state;
+	struct bfs_reader *reader;
 	struct bfs_conn *bc;
+	bool sequential;
 
 	req = tevent_req_create(mem_ctx, &state, struct bfs_pread_state);
 	if (req == NULL) {
@@ -1252,12 +1343,8 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		tevent_req_done(req);
 		return tevent_req_post(req, ev);
 	}
-	/* The engine lives on one event context: smbd's main one. */
-	if (bc->s3_async == NULL) {
-		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
-		bc->async_ev = ev;
-	}
-	if (bc->s3_async == NULL || bc->async_ev != ev) {
+	reader = bfs_async_reader(bc, ev);
+	if (reader == NULL) {
 		ssize_t r = bfs_pread(handle, fsp, data, n, offset);
 		if (r < 0) {
 			tevent_req_error(req, errno);
@@ -1267,12 +1354,24 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		}
 		return tevent_req_post(req, ev);
 	}
-	subreq = s3_get_range_send(state, ev, bc->s3_async, fh->key,
-				   (uint64_t)offset, n, data, fh->etag);
+	subreq = bfs_read_send(state, ev, reader, &fh->obj, (uint64_t)offset,
+			       n, data);
 	if (tevent_req_nomem(subreq, req)) {
 		return tevent_req_post(req, ev);
 	}
 	tevent_req_set_callback(subreq, bfs_pread_done, req);
+
+	/*
+	 * Sequential reading (this read starts where the last one ended, or
+	 * at the start): fetch the blocks after it before they are asked for.
+	 */
+	sequential = (uint64_t)offset == fh->next_off;
+	fh->next_off = (uint64_t)offset + n;
+	if (sequential && bc->readahead > 0) {
+		uint64_t next_blk = (fh->next_off + bc->block_size - 1) /
+				    bc->block_size;
+		bfs_reader_prefetch(reader, &fh->obj, next_blk, bc->readahead);
+	}
 	return req;
 }
 
@@ -1285,7 +1384,7 @@ static void bfs_pread_done(struct tevent_req *subreq)
 	struct s3_status st = {0};
 	int ret;
 
-	ret = s3_get_range_recv(subreq, &state->got, &st);
+	ret = bfs_read_recv(subreq, &state->got, &st);
 	TALLOC_FREE(subreq);
 	if (ret != 0) {
 		tevent_req_error(req, bfs_read_errno(state->bc, state->fh, &st,

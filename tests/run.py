@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
+import urllib.parse
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
@@ -90,7 +91,8 @@ def test(fn):
 
 
 def sh(argv, check=True, **kw):
-    p = subprocess.run(argv, capture_output=True, text=True, timeout=kw.pop("timeout", 300), **kw)
+    kw.setdefault("text", True)
+    p = subprocess.run(argv, capture_output=True, timeout=kw.pop("timeout", 300), **kw)
     if check and p.returncode != 0:
         raise AssertionError(f"{argv[0]} exit {p.returncode}: {p.stdout[-1500:]}{p.stderr[-1500:]}")
     return p
@@ -196,9 +198,25 @@ class World:
   path = /bucketfs/badsecret
 {common}  bucketfs:bucket = {BUCKET}
   bucketfs:profile = wrong
+[small]
+  path = /bucketfs/small
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = bigset
+  bucketfs:cache dir = {t}/bfscache-small
+  bucketfs:cache size = 8M
+  bucketfs:block size = 1M
+[ttl]
+  path = /bucketfs/ttl
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = changing
+  bucketfs:metadata ttl = 2
+[otherbucket]
+  path = /bucketfs/otherbucket
+{common}  bucketfs:bucket = {CLIENT_BUCKET}
 [nobucket]
   path = /bucketfs/nobucket
 {common}  bucketfs:bucket = no-such-bucket
+  bucketfs:cache dir = {t}/bfscache-nobucket
 [unreachable]
   path = /bucketfs/unreachable
   vfs objects = bucketfs
@@ -231,6 +249,24 @@ class World:
         self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
                                "smbd-stdout", env=env)
         wait_port(self.smb_port, "smbd")
+
+    def restart_smbd(self):
+        os.killpg(self.smbd.pid, signal.SIGTERM)
+        self.smbd.wait(timeout=30)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+        self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
+                               "smbd-stdout-2", env=env)
+        wait_port(self.smb_port, "smbd")
+
+    def s3_gets(self, path_part):
+        """GET requests the S3 server has seen whose path contains path_part."""
+        with open(f"{self.tmp}/front.log") as f:
+            return sum(1 for line in f if line.startswith("GET ") and path_part in line.split()[1])
+
+    def smbread(self, share, path, offset, length):
+        url = f"smb://127.0.0.1:{self.smb_port}/{share}/{urllib.parse.quote(path)}"
+        return sh([f"{B}/tests/smbread", url, str(offset), str(length)],
+                  env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), text=False).stdout
 
     def smbclient(self, share, commands, check=True):
         return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(self.smb_port),
@@ -265,6 +301,10 @@ def seed(w):
         "tree/a/b/c/deep.txt": b"deep in an implicit directory\n",
         "tree/a/sibling.txt": b"next to b/\n",
         "tree/x/y.bin": os.urandom(4096),
+        "bigset/one.bin": os.urandom(8 << 20),
+        "bigset/two.bin": os.urandom(8 << 20),
+        "bigset/three.bin": os.urandom(8 << 20),
+        "changing/file.bin": b"A" * (3 << 20),
     }
     sources = {}
     for i, (key, body) in enumerate(files.items()):
@@ -340,7 +380,7 @@ def integration(w, sources):
             else:
                 assert got.get(key) == (False, os.path.getsize(src)), \
                     f"{key}: listed as {got.get(key)}, source has {os.path.getsize(src)} bytes"
-        assert len(got) == 8, f"unexpected entries: {sorted(got)}"
+        assert len(got) == 10, f"unexpected entries: {sorted(got)}"
 
     @test
     def every_object_reads_back_byte_identical():
@@ -456,6 +496,83 @@ def integration(w, sources):
         p = w.smbclient("nobucketparam", "ls", check=False)
         assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
         assert "share nobucketparam: 'bucketfs:bucket' is not set" in w.smb_log()
+
+    @test
+    def a_repeated_read_makes_no_s3_request():
+        first = w.smbread("data", "mib plus one.bin", 4096, 300000)
+        before = w.s3_gets("mib%20plus%20one.bin")
+        again = w.smbread("data", "mib plus one.bin", 4096, 300000)
+        assert first == again, "the second read differs"
+        with open(sources["mib plus one.bin"], "rb") as f:
+            f.seek(4096)
+            assert again == f.read(300000), "bytes differ from the source"
+        assert w.s3_gets("mib%20plus%20one.bin") == before, "the repeated read went to S3"
+
+    @test
+    def ten_thousand_objects_list_once_each_with_their_size():
+        w.s3tool("putmany", "many/obj", "10000", "37")
+        start = time.time()
+        got = w.ls("data", "many")
+        print(f"    # first listing (from S3): {time.time() - start:.1f} s")
+        assert len(got) == 10000, f"{len(got)} entries"
+        for i in range(10000):
+            assert got.get(f"obj{i:05d}") == (False, 37), f"obj{i:05d}: {got.get(f'obj{i:05d}')}"
+        # Listed again from the index: no further S3 listing.
+        lists = sum(1 for line in open(f"{w.tmp}/front.log") if "list-type=2" in line and "prefix=many" in line)
+        start = time.time()
+        assert len(w.ls("data", "many")) == 10000
+        print(f"    # second listing (from the index): {time.time() - start:.1f} s")
+        assert sum(1 for line in open(f"{w.tmp}/front.log") if "list-type=2" in line and "prefix=many" in line) == lists
+
+    @test
+    def a_dataset_three_times_the_cache_stays_within_it_and_reads_right():
+        cache_blocks = os.path.join(w.tmp, "bfscache-small/cache/blocks")
+        for name in ("one.bin", "two.bin", "three.bin", "one.bin"):
+            out = os.path.join(w.tmp, "small.out")
+            w.smbclient("small", f'get "{name}" "{out}"')
+            assert sha256(out) == sha256(sources[f"bigset/{name}"]), f"{name} differs"
+            used = int(sh(["du", "-sk", "--", cache_blocks]).stdout.split()[0]) * 1024
+            assert used <= (8 << 20) + (1 << 20), f"cache holds {used} bytes, limit 8 MiB"
+        print(f"    # cache folder holds {used >> 10} KiB for a limit of 8192 KiB")
+
+    @test
+    def an_object_replaced_in_s3_is_served_new_after_the_ttl_never_mixed():
+        key, size = "changing/file.bin", 3 << 20
+        old, new = b"A" * size, b"B" * size
+        assert w.smbread("ttl", "file.bin", 0, size) == old
+        src = os.path.join(w.tmp, "new.bin")
+        with open(src, "wb") as f:
+            f.write(new)
+        w.s3tool("put", key, src)
+        deadline = time.time() + 20
+        seen_new = False
+        while time.time() < deadline and not seen_new:
+            p = subprocess.run([f"{B}/tests/smbread",
+                                f"smb://127.0.0.1:{w.smb_port}/ttl/file.bin", "0", str(size)],
+                               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD),
+                               capture_output=True, timeout=60)
+            if p.returncode == 0:
+                assert p.stdout in (old, new), "a read mixed the old and the new object"
+                seen_new = p.stdout == new
+            time.sleep(0.5)
+        assert seen_new, "the new object was not served within 20 s (TTL 2 s)"
+
+    @test
+    def the_warm_cache_serves_after_an_smbd_restart_without_s3():
+        w.smbread("data", "fifty.bin", 0, 4 << 20)
+        w.restart_smbd()
+        before = w.s3_gets("fifty.bin")
+        data = w.smbread("data", "fifty.bin", 0, 4 << 20)
+        with open(sources["fifty.bin"], "rb") as f:
+            assert data == f.read(4 << 20)
+        assert w.s3_gets("fifty.bin") == before, "the restarted smbd went to S3"
+
+    @test
+    def a_cache_folder_of_another_bucket_is_refused():
+        p = w.smbclient("otherbucket", "ls", check=False)
+        assert "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert "share otherbucket: cache dir" in w.smb_log()
+        assert "holds the index of another bucket" in w.smb_log()
 
     @test
     def nothing_panicked():

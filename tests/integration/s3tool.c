@@ -143,7 +143,7 @@ int main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr, "usage: s3tool put KEY FILE | get KEY FILE | rm KEY "
-				"| ls PREFIX | lsdir PREFIX/ | head KEY\n");
+				"| ls PREFIX | lsdir PREFIX/ | head KEY | putmany PREFIX COUNT SIZE\n");
 		return 2;
 	}
 	if (s3_creds_from_env(t, &cfg.creds) != 0 || cfg.bucket == NULL) {
@@ -177,6 +177,35 @@ int main(int argc, char **argv)
 			return fail("head", &st, ret);
 		}
 		printf("%" PRIu64 " %s\n", info.size, info.etag);
+		return 0;
+	}
+	if (strcmp(argv[1], "putmany") == 0 && argc == 5) {
+		/* COUNT objects PREFIX00000.. of SIZE bytes, many at a time. */
+		long n = atol(argv[3]), i, done = 0, inflight = 0, next = 0;
+		size_t size = (size_t)atol(argv[4]);
+		struct tevent_req **reqs = talloc_zero_array(t, struct tevent_req *, n);
+		char *body = talloc_size(t, size + 1);
+
+		memset(body, 'x', size);
+		while (done < n) {
+			while (inflight < 32 && next < n) {
+				char *key = talloc_asprintf(t, "%s%05ld", argv[2], next);
+				reqs[next++] = s3_put_object_send(t, ev, c, key, body, size);
+				inflight++;
+			}
+			tevent_loop_once(ev);
+			for (i = 0; i < next; i++) {
+				if (reqs[i] != NULL && !tevent_req_is_in_progress(reqs[i])) {
+					ret = s3_put_object_recv(reqs[i], t, NULL, &st);
+					TALLOC_FREE(reqs[i]);
+					if (ret != 0) {
+						return fail("putmany", &st, ret);
+					}
+					done++;
+					inflight--;
+				}
+			}
+		}
 		return 0;
 	}
 	if (strcmp(argv[1], "lsdir") == 0) {
