@@ -198,6 +198,10 @@ class World:
   path = /bucketfs/badsecret
 {common}  bucketfs:bucket = {BUCKET}
   bucketfs:profile = wrong
+[rw]
+  path = /bucketfs/rw
+{common}  bucketfs:bucket = {BUCKET}
+  read only = no
 [small]
   path = /bucketfs/small
 {common}  bucketfs:bucket = {BUCKET}
@@ -450,6 +454,16 @@ def integration(w, sources):
         assert w.s3tool("ls", "").stdout == before
 
     @test
+    def on_a_writable_share_the_module_answers_write_protected():
+        before = w.s3tool("ls", "").stdout
+        for cmd in ("put /etc/hostname newfile", "mkdir newdir", "rm empty",
+                    'rename "one byte" renamed'):
+            p = w.smbclient("rw", cmd, check=False)
+            out = p.stdout + p.stderr
+            assert "NT_STATUS_MEDIA_WRITE_PROTECTED" in out, f"{cmd}: {out}"
+        assert w.s3tool("ls", "").stdout == before
+
+    @test
     def wrong_secret_fails_the_tree_connect_with_a_clear_log_line():
         p = w.smbclient("badsecret", "ls", check=False)
         assert p.returncode != 0 and "tree connect failed: NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
@@ -534,6 +548,18 @@ def integration(w, sources):
             used = int(sh(["du", "-sk", "--", cache_blocks]).stdout.split()[0]) * 1024
             assert used <= (8 << 20) + (1 << 20), f"cache holds {used} bytes, limit 8 MiB"
         print(f"    # cache folder holds {used >> 10} KiB for a limit of 8192 KiB")
+
+    @test
+    def two_clients_filling_the_same_cold_blocks_both_read_right():
+        env = dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)
+        url = f"smb://127.0.0.1:{w.smb_port}/small/two.bin"
+        procs_ = [subprocess.Popen([f"{B}/tests/smbread", url, "--random", "60", str(seed),
+                                    sources["bigset/two.bin"]], env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                  for seed in (1, 1, 2)]
+        outs = [p.communicate(timeout=300)[0] for p in procs_]
+        for p, out in zip(procs_, outs):
+            assert p.returncode == 0 and " 0 mismatches" in out, out
 
     @test
     def an_object_replaced_in_s3_is_served_new_after_the_ttl_never_mixed():
