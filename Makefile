@@ -26,7 +26,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/s3tool
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop intree clean
+.PHONY: all deps install test unit demo demo-stop intree clean bench-read
 all: $(B)/bucketfs.so $(UNIT) $(ITEST)
 
 deps:
@@ -98,3 +98,6 @@ clean:
 $(B)/s3tool: tests/integration/s3tool.c $(B)/libbucketfs.a
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
 	  $(B)/libbucketfs.a $(PKG_LIBS)
+
+bench-read: all install
+	@python3 bench/read_bench.py

@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Read-path benchmark (make bench-read; not part of make test).
+
+Everything on loopback, in one run, so the ratios compare like with like on
+this (noisy) machine.  Each figure is the median of RUNS runs.
+
+  hot sequential   smbclient get of a BENCH_MB object already in the cache,
+                   against plain Samba serving a local copy (page cache warm)
+  cold sequential  the same with an empty cache, against 8 parallel raw
+                   range GETs of the object from the same S3 server
+  listing          smbclient ls of 10,000 objects (index warm), against
+                   plain Samba listing a local folder of 10,000 files
+
+bucketfs talks to s3rver directly here (no SigV4-checking front), so the
+baseline and bucketfs see the same server.  Writes bench/results/read.md.
+"""
+import importlib.util
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("runner", os.path.join(TOP, "tests/run.py"))
+runner = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runner)
+
+B = runner.B
+RUNS = int(os.environ.get("RUNS", "3"))
+MB = int(os.environ.get("BENCH_MB", "512"))
+USER, PASSWORD = runner.USER, runner.PASSWORD
+
+
+def timed(argv, **kw):
+    start = time.monotonic()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    return time.monotonic() - start
+
+
+def main():
+    tmp = tempfile.mkdtemp(prefix="bucketfs-bench.")
+    w = None
+    try:
+        w = runner.World(tmp)
+        direct = f"http://127.0.0.1:{w.s3_port}"
+        env = dict(w.env, S3_ENDPOINT=direct)
+
+        src = os.path.join(tmp, "local")
+        os.makedirs(f"{src}/many")
+        with open(f"{src}/bench.bin", "wb") as f:
+            for _ in range(MB):
+                f.write(os.urandom(1 << 20))
+        subprocess.run([f"{B}/s3tool", "put", "bench.bin", f"{src}/bench.bin"], env=env, check=True)
+        subprocess.run([f"{B}/s3tool", "putmany", "many/obj", "10000", "37"], env=env, check=True)
+        for i in range(10000):
+            with open(f"{src}/many/obj{i:05d}", "wb") as f:
+                f.write(b"x" * 37)
+
+        # smbd with a plain share and a bucketfs share straight on s3rver.
+        w.endpoint = direct
+        w.start_smbd()
+        with open(w.conf, "a") as f:
+            f.write(f"[local]\n  path = {src}\n  read only = yes\n"
+                    f"[bench]\n  path = /bucketfs/bench\n  vfs objects = bucketfs\n"
+                    f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
+                    f"  bucketfs:credentials file = {tmp}/creds\n"
+                    f"  bucketfs:bucket = {runner.BUCKET}\n"
+                    f"  bucketfs:cache dir = {tmp}/benchcache\n"
+                    f"  bucketfs:cache size = {2 * MB}M\n"
+                    + "".join(f"  bucketfs:{k} = {os.environ[e]}\n"
+                              for k, e in (("block size", "BENCH_BLOCK"),
+                                           ("readahead", "BENCH_READAHEAD"),
+                                           ("max requests", "BENCH_MAX_REQUESTS"))
+                              if e in os.environ))
+        subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
+        time.sleep(1)
+
+        def get(share):
+            return timed(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                          "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                          "-c", "get bench.bin /dev/null"])
+
+        def ls(share):
+            return timed(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                          "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "cd many; ls"])
+
+        def drop_cache():
+            os.killpg(w.smbd.pid, signal.SIGTERM)
+            w.smbd.wait(timeout=30)
+            shutil.rmtree(f"{tmp}/benchcache", ignore_errors=True)
+            w.smbd = w.spawn(["smbd", "--foreground", "--no-process-group", "-s", w.conf],
+                             "smbd-bench")
+            runner.wait_port(w.smb_port, "smbd")
+
+        cold, raw = [], []
+        for _ in range(RUNS):
+            drop_cache()
+            cold.append(get("bench"))
+            out = subprocess.run([f"{B}/s3tool", "getpar", "bench.bin", "8"], env=env,
+                                 check=True, capture_output=True, text=True).stdout.split()
+            raw.append(float(out[1]))
+        get("bench")  # warm
+        hot = [get("bench") for _ in range(RUNS)]
+        local = [get("local") for _ in range(RUNS + 1)][1:]
+        ls("bench")  # index warm
+        ls_bfs = [ls("bench") for _ in range(RUNS)]
+        ls("local")
+        ls_local = [ls("local") for _ in range(RUNS)]
+
+        med = statistics.median
+        mbps = lambda t: MB / t
+        rows = [
+            ("hot sequential read", f"{mbps(med(hot)):.0f} MB/s", f"{mbps(med(local)):.0f} MB/s (plain Samba, local copy)",
+             med(local) / med(hot), "≥ 0.9"),
+            ("cold sequential read", f"{mbps(med(cold)):.0f} MB/s", f"{mbps(med(raw)):.0f} MB/s (8 parallel raw range GETs)",
+             med(raw) / med(cold), "≥ 0.7"),
+            ("listing 10,000 entries", f"{med(ls_bfs):.2f} s", f"{med(ls_local):.2f} s (plain Samba, local folder)",
+             med(ls_bfs) / med(ls_local), "≤ 2 (time ratio)"),
+        ]
+        lines = [f"# Read path benchmark ({MB} MiB object, median of {RUNS} runs, one machine, loopback)",
+                 "", "| workload | bucketfs | baseline | ratio | target |", "|---|---|---|---|---|"]
+        for name, ours, base, ratio, target in rows:
+            lines.append(f"| {name} | {ours} | {base} | {ratio:.2f} | {target} |")
+        lines.append("")
+        lines.append("Reproduce: `make bench-read` (BENCH_MB, RUNS to change size and repeats).")
+        text = "\n".join(lines)
+        os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)
+        with open(os.path.join(TOP, "bench/results/read.md"), "w") as f:
+            f.write(text + "\n")
+        print(text)
+    finally:
+        for p in runner.procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
