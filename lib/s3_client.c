@@ -752,6 +752,8 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 	curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS,
 			 (long)c->cfg.request_timeout_ms);
 	curl_easy_setopt(s->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	/* Fewer, larger socket reads: block-sized bodies are the norm. */
+	curl_easy_setopt(s->easy, CURLOPT_BUFFERSIZE, 512L * 1024);
 	curl_easy_setopt(s->easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
 	curl_easy_setopt(s->easy, CURLOPT_SSL_VERIFYPEER,
 			 c->cfg.verify_tls ? 1L : 0L);

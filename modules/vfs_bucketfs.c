@@ -71,6 +71,7 @@ struct bfs_conn {
 	struct bfs_cache *cache;
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
+	uint64_t sync_reads, async_reads;
 };
 
 /* Per open file or directory. */
@@ -667,11 +668,32 @@ fail:
 	return -1;
 }
 
+static void bfs_log_reader(struct bfs_conn *bc, const char *which,
+			   const struct bfs_reader *r)
+{
+	const struct bfs_reader_counters *n;
+
+	if (r == NULL) {
+		return;
+	}
+	n = bfs_reader_counters(r);
+	DBG_NOTICE("bucketfs: share %s: %s reads: %" PRIu64 " blocks from "
+		   "cache, %" PRIu64 " fetched (%" PRIu64 " bytes, %" PRIu64
+		   " read ahead), %" PRIu64 " waits shared a fetch\n",
+		   bc->service, which, n->cache_hits, n->block_fetches,
+		   n->fetched_bytes, n->prefetches, n->coalesced);
+}
+
 static void bfs_disconnect(struct vfs_handle_struct *handle)
 {
 	struct bfs_conn *bc;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return);
+	DBG_NOTICE("bucketfs: share %s: %" PRIu64 " synchronous and %" PRIu64
+		   " asynchronous preads\n", bc->service, bc->sync_reads,
+		   bc->async_reads);
+	bfs_log_reader(bc, "synchronous", bc->reader);
+	bfs_log_reader(bc, "asynchronous", bc->reader_async);
 	/* Children (clients, contexts, cache) go with it. */
 	SMB_VFS_HANDLE_FREE_DATA(handle);
 	TALLOC_FREE(bc);
@@ -1274,6 +1296,7 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 	if (!bfs_clamp(fh, offset, &n)) {
 		return 0;
 	}
+	bc->sync_reads++;
 	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
 			    (uint64_t)offset, n, data);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
@@ -1354,6 +1377,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		}
 		return tevent_req_post(req, ev);
 	}
+	bc->async_reads++;
 	subreq = bfs_read_send(state, ev, reader, &fh->obj, (uint64_t)offset,
 			       n, data);
 	if (tevent_req_nomem(subreq, req)) {
