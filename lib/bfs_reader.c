@@ -10,8 +10,13 @@
 #include <errno.h>
 #include <string.h>
 
-/* Readahead may not hold more than this many blocks in memory at once. */
-#define BFS_MAX_PREFETCHES 32
+/* Readahead may not hold more than this many fetches in memory at once. */
+#define BFS_MAX_PREFETCHES 16
+/*
+ * Consecutive missing blocks are fetched together, up to this many per GET:
+ * fewer, larger requests cost the S3 server (and us) less per byte.
+ */
+#define BFS_FETCH_MAX_BLOCKS 8
 
 struct bfs_fetch;
 
@@ -19,18 +24,20 @@ struct bfs_waiter {
 	struct bfs_waiter *prev, *next;
 	struct bfs_fetch *f;
 	struct tevent_req *req; /* the read this part belongs to */
-	uint32_t off;		/* within the block */
+	uint64_t off;		/* within the fetch's data */
 	uint32_t n;
 	uint8_t *dst;
 };
 
+/* One GET: blocks [first, first + nblk) of one object version. */
 struct bfs_fetch {
 	struct bfs_fetch *prev, *next;
 	struct bfs_reader *r;
 	struct bfs_cache_id id;
-	uint64_t blk;
+	uint64_t first;
+	unsigned nblk;
 	uint8_t *data;
-	uint32_t len;
+	uint64_t len;
 	bool prefetch;
 	struct bfs_waiter *waiters;
 };
@@ -125,19 +132,44 @@ static struct bfs_fetch *bfs_fetch_find(struct bfs_reader *r,
 	struct bfs_fetch *f;
 
 	for (f = r->fetches; f != NULL; f = f->next) {
-		if (f->blk == blk && memcmp(f->id.b, id->b, sizeof(id->b)) == 0) {
+		if (blk >= f->first && blk < f->first + f->nblk &&
+		    memcmp(f->id.b, id->b, sizeof(id->b)) == 0) {
 			return f;
 		}
 	}
 	return NULL;
 }
 
+/* Should block blk be fetched: inside the object, not cached, not coming? */
+static bool bfs_block_wanted(struct bfs_reader *r, const struct bfs_object *obj,
+			     uint64_t blk)
+{
+	return blk * r->block_size < obj->size &&
+	       bfs_fetch_find(r, &obj->id, blk) == NULL &&
+	       (r->cache == NULL || !bfs_cache_present(r->cache, &obj->id, blk));
+}
+
+/* How many blocks from first (wanted itself) to fetch together, <= max. */
+static unsigned bfs_run_length(struct bfs_reader *r,
+			       const struct bfs_object *obj, uint64_t first,
+			       unsigned max)
+{
+	unsigned n = 1;
+
+	while (n < max && n < BFS_FETCH_MAX_BLOCKS &&
+	       bfs_block_wanted(r, obj, first + n)) {
+		n++;
+	}
+	return n;
+}
+
 static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 					 const struct bfs_object *obj,
-					 uint64_t blk, bool prefetch)
+					 uint64_t first, unsigned nblk,
+					 bool prefetch)
 {
-	uint64_t start = blk * r->block_size;
-	uint64_t end = start + r->block_size;
+	uint64_t start = first * r->block_size;
+	uint64_t end = start + (uint64_t)nblk * r->block_size;
 	struct tevent_req *subreq;
 	struct bfs_fetch *f;
 
@@ -150,16 +182,17 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	}
 	f->r = r;
 	f->id = obj->id;
-	f->blk = blk;
-	f->len = (uint32_t)(end - start);
+	f->first = first;
+	f->nblk = nblk;
+	f->len = end - start;
 	f->prefetch = prefetch;
 	f->data = talloc_size(f, f->len);
 	if (f->data == NULL) {
 		talloc_free(f);
 		return NULL;
 	}
-	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start, f->len,
-				   f->data, obj->etag);
+	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start,
+				   (size_t)f->len, f->data, obj->etag);
 	if (subreq == NULL) {
 		talloc_free(f);
 		return NULL;
@@ -196,11 +229,17 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 			      NULL);
 	}
 	if (ret == 0) {
+		unsigned i;
+
 		r->counters.fetched_bytes += got;
-		if (r->cache != NULL) {
+		for (i = 0; r->cache != NULL && i < f->nblk; i++) {
+			uint64_t off = (uint64_t)i * r->block_size;
+			uint64_t n = f->len - off;
 			/* A full disk only costs the caching, not the read. */
-			(void)bfs_cache_fill(r->cache, &f->id, f->blk, f->data,
-					     f->len);
+			(void)bfs_cache_fill(r->cache, &f->id, f->first + i,
+					     f->data + off,
+					     (uint32_t)(n < r->block_size ?
+							n : r->block_size));
 		}
 	}
 	st.err = ret;
@@ -294,7 +333,13 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		if (f != NULL) {
 			r->counters.coalesced++;
 		} else {
-			f = bfs_fetch_start(r, obj, blk, false);
+			/* This read's own missing blocks, in one GET. */
+			uint64_t last = (end - 1) / r->block_size;
+			f = bfs_fetch_start(
+				r, obj, blk,
+				bfs_run_length(r, obj, blk,
+					       (unsigned)(last - blk + 1)),
+				false);
 		}
 		w = f != NULL ? talloc_zero(s, struct bfs_waiter) : NULL;
 		if (w == NULL) {
@@ -303,7 +348,7 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		}
 		w->f = f;
 		w->req = req;
-		w->off = boff;
+		w->off = (blk - f->first) * r->block_size + boff;
 		w->n = n;
 		w->dst = dst + (pos - off);
 		BFS_LIST_ADD(f->waiters, w);
@@ -346,15 +391,19 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 	if (r->cache == NULL) {
 		return;
 	}
-	for (blk = first; blk < first + n; blk++) {
+	for (blk = first; blk < first + n;) {
+		unsigned run;
+
 		if (blk * r->block_size >= obj->size ||
 		    r->n_prefetches >= BFS_MAX_PREFETCHES) {
 			return;
 		}
-		if (bfs_fetch_find(r, &obj->id, blk) != NULL ||
-		    bfs_cache_present(r->cache, &obj->id, blk)) {
+		if (!bfs_block_wanted(r, obj, blk)) {
+			blk++;
 			continue;
 		}
-		bfs_fetch_start(r, obj, blk, true);
+		run = bfs_run_length(r, obj, blk, (unsigned)(first + n - blk));
+		bfs_fetch_start(r, obj, blk, run, true);
+		blk += run;
 	}
 }

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "s3_creds.h"
+#include "bfs_reader.h"
 #include "s3_dirlist.h"
 #include "s3_ops.h"
 
@@ -134,7 +135,7 @@ int main(int argc, char **argv)
 		.region = "us-east-1",
 		.path_style = true,
 		.verify_tls = true,
-		.max_requests = 8,
+		.max_requests = 16,
 		.max_retries = 3,
 	};
 	struct s3_client *c;
@@ -254,6 +255,65 @@ int main(int argc, char **argv)
 				}
 				done += got;
 				inflight--;
+			}
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		printf("%" PRIu64 " %.6f\n", done,
+		       (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+		return 0;
+	}
+	if (strcmp(argv[1], "cacheread") == 0 && argc == 5) {
+		/* Read an object through bfs_reader and a cache in CACHEDIR the
+		 * way smbd does for a sequential client: 8 MiB reads, two in
+		 * flight, READAHEAD blocks ahead.  Prints bytes and seconds. */
+		unsigned ra = (unsigned)atoi(argv[4]);
+		struct s3_object_info info = {0};
+		struct bfs_cache *cache = NULL;
+		struct bfs_reader *r;
+		struct bfs_object o = {.key = argv[2]};
+		struct tevent_req *rq[2] = {NULL, NULL};
+		uint8_t *buf[2];
+		uint64_t off = 0, done = 0;
+		struct timespec t0, t1;
+		const char *why = NULL;
+		unsigned i;
+
+		req = s3_head_object_send(t, ev, c, argv[2]);
+		s3_wait(req, ev);
+		if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
+			return fail("head", &st, ret);
+		}
+		if (bfs_cache_open(t, argv[3], 4ULL << 30, 1 << 20, &cache, &why) != 0) {
+			fprintf(stderr, "cache: %s\n", why);
+			return 1;
+		}
+		o.etag = info.etag;
+		o.size = info.size;
+		bfs_cache_make_id("b", o.key, o.etag, 1 << 20, &o.id);
+		r = bfs_reader_new(t, ev, c, cache, 1 << 20);
+		buf[0] = talloc_size(t, PART);
+		buf[1] = talloc_size(t, PART);
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		while (done < info.size) {
+			for (i = 0; i < 2; i++) {
+				if (rq[i] == NULL && off < info.size) {
+					rq[i] = bfs_read_send(t, ev, r, &o, off, PART, buf[i]);
+					off += PART;
+					bfs_reader_prefetch(r, &o, off >> 20, ra);
+				}
+			}
+			tevent_loop_once(ev);
+			for (i = 0; i < 2; i++) {
+				size_t got = 0;
+				if (rq[i] == NULL || tevent_req_is_in_progress(rq[i])) {
+					continue;
+				}
+				ret = bfs_read_recv(rq[i], &got, &st);
+				TALLOC_FREE(rq[i]);
+				if (ret != 0) {
+					return fail("cacheread", &st, ret);
+				}
+				done += got;
 			}
 		}
 		clock_gettime(CLOCK_MONOTONIC, &t1);
