@@ -14,7 +14,7 @@ WARN     := -Wall -Wextra -Werror
 OPT      ?= -O2 -g
 PKGS     := talloc tevent libcurl openssl lmdb expat
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 LIB_CFLAGS := $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
 
 LIB_SRC  := lib/s3_sigv4.c lib/s3_xml.c lib/s3_client.c lib/s3_ops.c \

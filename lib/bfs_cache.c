@@ -8,8 +8,10 @@
  *
  * Files: "<dir>/blocks/<2 hex>/<32 hex>", sparse, block n at n*block_size.
  *
- * Who may change a cache file: only a process holding the fill lock
- * ("<dir>/fill.lock", flock, released by the kernel if the process dies).
+ * Who may change a cache file: only whoever holds the fill lock
+ * ("<dir>/fill.lock", flock, released by the kernel if the process dies;
+ * the fill thread has its own open of it, so it excludes this process's
+ * main thread too).
  * A fill writes its bytes, then commits the record; an eviction commits the
  * removal, then punches the hole.  A crash between the two steps leaves
  * bytes without a record (space, not corruption).
@@ -18,6 +20,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +38,8 @@
 #define BFS_CACHE_MAP_SIZE (8ULL << 30)
 #define BFS_TOUCH_MAX 256
 #define BFS_FD_SLOTS 32
+/* Bytes waiting for the fill thread; past this, fills are dropped. */
+#define BFS_FILL_QUEUE_MAX (32ULL << 20)
 
 enum { SEG_PROBATION = 0, SEG_PROTECTED = 1 };
 
@@ -62,6 +68,16 @@ struct bfs_fd_slot {
 	uint64_t used;
 };
 
+/* Blocks handed to the fill thread (plain malloc: crosses threads). */
+struct bfs_fill_job {
+	struct bfs_fill_job *next;
+	struct bfs_cache_id id;
+	uint64_t first;
+	const uint8_t *data;
+	uint64_t len;
+	int done; /* atomic: set by the fill thread */
+};
+
 struct bfs_cache {
 	MDB_env *env;
 	MDB_dbi blocks, lru, meta;
@@ -79,7 +95,21 @@ struct bfs_cache {
 	uint64_t fd_clock;
 
 	struct bfs_cache_counters counters;
+
+	/* The fill thread, started by the first queued fill. */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;	/* work queued, or stop */
+	pthread_cond_t idle_cv; /* queue drained */
+	pthread_t thread;
+	bool thread_running;
+	bool stop;
+	bool busy;
+	struct bfs_fill_job *queue_head, *queue_tail;
+	uint64_t queued_bytes;
+	int thread_lock_fd;
 };
+
+#define COUNT(c, field) __atomic_add_fetch(&(c)->counters.field, 1, __ATOMIC_RELAXED)
 
 static void put_be64(uint8_t *p, uint64_t v)
 {
@@ -111,12 +141,16 @@ static uint64_t get_be64(const uint8_t *p)
 
 /* ---- files ---------------------------------------------------------------- */
 
-static char *bfs_cache_path(TALLOC_CTX *mem_ctx, const struct bfs_cache *c,
-			    const uint8_t id[16], bool dir_only)
+/*
+ * "<dir>/blocks/<2 hex>[/<32 hex>]" into buf.  No talloc: the fill thread
+ * calls this, and smbd's talloc hierarchy is not to be touched from it.
+ */
+static bool bfs_cache_path(char *buf, size_t size, const struct bfs_cache *c,
+			   const uint8_t id[16], bool dir_only)
 {
 	static const char hex[] = "0123456789abcdef";
 	char name[33];
-	int i;
+	int i, n;
 
 	for (i = 0; i < 16; i++) {
 		name[2 * i] = hex[id[i] >> 4];
@@ -124,16 +158,20 @@ static char *bfs_cache_path(TALLOC_CTX *mem_ctx, const struct bfs_cache *c,
 	}
 	name[32] = '\0';
 	if (dir_only) {
-		return talloc_asprintf(mem_ctx, "%s/blocks/%.2s", c->dir, name);
+		n = snprintf(buf, size, "%s/blocks/%.2s", c->dir, name);
+	} else {
+		n = snprintf(buf, size, "%s/blocks/%.2s/%s", c->dir, name, name);
 	}
-	return talloc_asprintf(mem_ctx, "%s/blocks/%.2s/%s", c->dir, name, name);
+	return n > 0 && (size_t)n < size;
 }
+
+static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
+			     bool create, bool shared);
 
 /* An fd on the object's cache file, from a small per-process table. */
 static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 {
 	struct bfs_fd_slot *slot = &c->fds[0];
-	char *path;
 	int i, fd;
 
 	for (i = 0; i < BFS_FD_SLOTS; i++) {
@@ -145,21 +183,7 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 			slot = &c->fds[i];
 		}
 	}
-	path = bfs_cache_path(NULL, c, id, false);
-	if (path == NULL) {
-		errno = ENOMEM;
-		return -1;
-	}
-	fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
-	if (fd < 0 && create && errno == ENOENT) {
-		char *d = bfs_cache_path(NULL, c, id, true);
-		int rc = d ? bfs_mkdirs(d) : ENOMEM;
-		talloc_free(d);
-		if (rc == 0) {
-			fd = open(path, O_RDWR | O_CLOEXEC | O_CREAT, 0600);
-		}
-	}
-	talloc_free(path);
+	fd = bfs_cache_open_fd(c, id, create, false);
 	if (fd < 0) {
 		return -1;
 	}
@@ -174,10 +198,13 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 
 /* ---- open ------------------------------------------------------------------ */
 
+static void bfs_cache_stop_thread(struct bfs_cache *c);
+
 static int bfs_cache_destructor(struct bfs_cache *c)
 {
 	int i;
 
+	bfs_cache_stop_thread(c);
 	bfs_cache_flush(c);
 	if (c->rtxn != NULL) {
 		mdb_txn_abort(c->rtxn);
@@ -190,6 +217,12 @@ static int bfs_cache_destructor(struct bfs_cache *c)
 	if (c->lock_fd >= 0) {
 		close(c->lock_fd);
 	}
+	if (c->thread_lock_fd >= 0) {
+		close(c->thread_lock_fd);
+	}
+	pthread_mutex_destroy(&c->mu);
+	pthread_cond_destroy(&c->cv);
+	pthread_cond_destroy(&c->idle_cv);
 	bfs_lmdb_close(c->env);
 	return 0;
 }
@@ -215,6 +248,10 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 	c->limit = limit;
 	c->block_size = block_size;
 	c->lock_fd = -1;
+	c->thread_lock_fd = -1;
+	pthread_mutex_init(&c->mu, NULL);
+	pthread_cond_init(&c->cv, NULL);
+	pthread_cond_init(&c->idle_cv, NULL);
 	for (i = 0; i < BFS_FD_SLOTS; i++) {
 		c->fds[i].fd = -1;
 	}
@@ -361,7 +398,7 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 
 	bfs_block_key(&bk, id, blk);
 	if (!bfs_cache_get(c, &bk, &before)) {
-		c->counters.misses++;
+		COUNT(c, misses);
 		return ENOENT;
 	}
 	if (off >= before.len) {
@@ -373,20 +410,84 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 	}
 	fd = bfs_cache_fd(c, id->b, false);
 	if (fd < 0) {
-		c->counters.misses++;
+		COUNT(c, misses);
 		return ENOENT;
 	}
 	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
 	/* Same fill still present after the copy: the bytes were intact. */
 	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after) ||
 	    after.gen != before.gen) {
-		c->counters.raced++;
+		COUNT(c, raced);
 		return ENOENT;
 	}
-	c->counters.hits++;
+	COUNT(c, hits);
 	bfs_cache_touch(c, &bk);
 	*got = n;
 	return 0;
+}
+
+/* The block's record, in a transaction of the calling thread's own. */
+static bool bfs_cache_get_mt(struct bfs_cache *c, const struct bfs_block_key *bk,
+			     struct bfs_block_rec *rec)
+{
+	MDB_val k = {sizeof(*bk), (void *)bk}, v;
+	MDB_txn *txn;
+	bool found = false;
+
+	if (mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn) != 0) {
+		return false;
+	}
+	if (mdb_get(txn, c->blocks, &k, &v) == 0 && v.mv_size == sizeof(*rec)) {
+		memcpy(rec, v.mv_data, sizeof(*rec));
+		found = true;
+	}
+	mdb_txn_abort(txn);
+	return found;
+}
+
+int bfs_cache_read_mt(struct bfs_cache *c, const struct bfs_cache_id *id,
+		      uint64_t blk, uint32_t off, uint32_t n, void *buf,
+		      uint32_t *got)
+{
+	struct bfs_block_key bk;
+	struct bfs_block_rec before, after;
+	ssize_t r;
+	int fd;
+
+	bfs_block_key(&bk, id, blk);
+	if (!bfs_cache_get_mt(c, &bk, &before)) {
+		return ENOENT;
+	}
+	if (off >= before.len) {
+		*got = 0;
+		return 0;
+	}
+	if (n > before.len - off) {
+		n = before.len - off;
+	}
+	fd = bfs_cache_open_fd(c, id->b, false, false);
+	if (fd < 0) {
+		return ENOENT;
+	}
+	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
+	close(fd);
+	if (r != (ssize_t)n || !bfs_cache_get_mt(c, &bk, &after) ||
+	    after.gen != before.gen) {
+		COUNT(c, raced);
+		return ENOENT;
+	}
+	COUNT(c, hits);
+	*got = n;
+	return 0;
+}
+
+void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
+			 uint64_t blk)
+{
+	struct bfs_block_key bk;
+
+	bfs_block_key(&bk, id, blk);
+	bfs_cache_touch(c, &bk);
 }
 
 /* ---- meta counters ----------------------------------------------------------------- */
@@ -504,15 +605,14 @@ static int bfs_cache_make_room(struct bfs_cache *c, MDB_txn *txn,
 		if (lk.seg == SEG_PROTECTED) {
 			prot -= prot >= len ? len : prot;
 		}
-		nv = talloc_realloc(NULL, *victims, struct bfs_victim,
-				    *n_victims + 1);
+		nv = realloc(*victims, (*n_victims + 1) * sizeof(*nv));
 		if (nv == NULL) {
 			rc = ENOMEM;
 			break;
 		}
 		*victims = nv;
 		nv[(*n_victims)++] = (struct bfs_victim){lk.bk, len};
-		c->counters.evictions++;
+		COUNT(c, evictions);
 	}
 	if (rc == 0 || rc == MDB_NOTFOUND) {
 		rc = meta_put(c, txn, "used", used);
@@ -523,50 +623,107 @@ static int bfs_cache_make_room(struct bfs_cache *c, MDB_txn *txn,
 	return rc;
 }
 
+/* An fd on an object's file: from the table (main thread), or a fresh
+ * one the caller closes (fill thread: the table is not thread-safe). */
+static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
+			     bool create, bool shared)
+{
+	char path[PATH_MAX], dir[PATH_MAX];
+	int fd;
+
+	if (shared) {
+		return bfs_cache_fd(c, id, create);
+	}
+	if (!bfs_cache_path(path, sizeof(path), c, id, false)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	if (fd < 0 && create && errno == ENOENT &&
+	    bfs_cache_path(dir, sizeof(dir), c, id, true) &&
+	    bfs_mkdirs(dir) == 0) {
+		fd = open(path, O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+	}
+	return fd;
+}
+
 static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
-			    size_t n)
+			    size_t n, bool shared)
 {
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		int fd = bfs_cache_fd(c, v[i].bk.id, false);
+		int fd = bfs_cache_open_fd(c, v[i].bk.id, false, shared);
 		if (fd >= 0) {
 			fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 				  (off_t)(get_be64(v[i].bk.blk) * c->block_size),
 				  v[i].len);
+			if (!shared) {
+				close(fd);
+			}
 		}
 	}
 }
 
 /* ---- fills -------------------------------------------------------------------------------- */
 
-int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
-		   uint64_t blk, const void *data, uint32_t len)
+/*
+ * Write len bytes of a fill at off.  The fill thread writes around the page
+ * cache (O_DIRECT) when it can: copying a new block into the page cache
+ * costs more CPU than fetching it did, and the block is not read at once
+ * (readers of just-fetched bytes copy them from memory).  Direct writes need
+ * 4 KiB alignment: the caller's buffer is aligned and readable up to the
+ * next 4 KiB boundary (see bfs_cache_fill_queue).  Filesystems without
+ * O_DIRECT (tmpfs) get a plain write.
+ */
+static bool bfs_cache_write(struct bfs_cache *c, int fd,
+			    const struct bfs_cache_id *id, const uint8_t *data,
+			    uint64_t len, off_t off, bool shared)
+{
+	char path[PATH_MAX];
+	uint64_t padded = (len + 4095) & ~(uint64_t)4095;
+	int dfd;
+
+	if (!shared && ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
+	    bfs_cache_path(path, sizeof(path), c, id->b, false) &&
+	    (dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC)) >= 0) {
+		ssize_t w = pwrite(dfd, data, padded, off);
+		close(dfd);
+		if (w == (ssize_t)padded) {
+			return true;
+		}
+	}
+	return pwrite(fd, data, len, off) == (ssize_t)len;
+}
+
+/*
+ * Store blocks first.. covering len bytes of data (all full blocks but the
+ * last).  Holds lock_fd's flock while changing files; one transaction for
+ * all blocks.  shared: may use the fd table (main thread only).
+ */
+static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
+				 const struct bfs_cache_id *id, uint64_t first,
+				 const uint8_t *data, uint64_t len, bool shared)
 {
 	struct bfs_victim *victims = NULL;
 	size_t n_victims = 0;
-	struct bfs_block_key bk;
-	struct bfs_block_rec rec = {0};
-	struct bfs_lru_key lk;
 	MDB_txn *txn = NULL;
-	MDB_val k, v;
-	uint64_t tick;
+	uint64_t tick, gen, used, off;
 	int rc, fd;
 
-	if (len == 0 || len > c->block_size) {
+	if (len == 0) {
 		return EINVAL;
 	}
 	if (len > c->limit) {
-		c->counters.fill_errors++;
+		COUNT(c, fill_errors);
 		return ENOSPC;
 	}
-	bfs_block_key(&bk, id, blk);
-	if (flock(c->lock_fd, LOCK_EX) != 0) {
+	if (flock(lock_fd, LOCK_EX) != 0) {
 		return errno;
 	}
-	fd = bfs_cache_fd(c, id->b, true);
-	if (fd < 0 || pwrite(fd, data, len, (off_t)(blk * c->block_size)) !=
-			      (ssize_t)len) {
+	fd = bfs_cache_open_fd(c, id->b, true, shared);
+	if (fd < 0 || !bfs_cache_write(c, fd, id, data, len,
+				       (off_t)(first * c->block_size), shared)) {
 		rc = fd < 0 || errno == 0 ? EIO : errno;
 		goto out;
 	}
@@ -574,43 +731,53 @@ int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
 	if (rc != 0) {
 		goto out;
 	}
-	k.mv_size = sizeof(bk);
-	k.mv_data = &bk;
-	rc = mdb_get(txn, c->blocks, &k, &v);
-	if (rc == 0) {
-		/* Another process filled it meanwhile: same bytes, done. */
-		mdb_txn_abort(txn);
-		txn = NULL;
-		goto out;
-	}
-	if (rc != MDB_NOTFOUND) {
-		goto out;
-	}
-	rc = bfs_cache_make_room(c, txn, len, &victims, &n_victims);
-	if (rc != 0) {
-		goto out;
-	}
 	tick = meta_get(c, txn, "tick") + 1;
-	rec.gen = meta_get(c, txn, "gen") + 1;
-	rec.tick = tick;
-	rec.len = len;
-	rec.seg = SEG_PROBATION;
-	v.mv_size = sizeof(rec);
-	v.mv_data = &rec;
-	rc = mdb_put(txn, c->blocks, &k, &v, 0);
-	if (rc == 0) {
-		MDB_val lkv = {sizeof(lk), &lk}, empty = {0, NULL};
-		bfs_lru_key(&lk, SEG_PROBATION, tick, &bk);
-		rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
-	}
-	if (rc == 0) {
-		rc = meta_put(c, txn, "used", meta_get(c, txn, "used") + len);
+	gen = meta_get(c, txn, "gen");
+	for (off = 0; rc == 0 && off < len; off += c->block_size) {
+		uint32_t blen = (uint32_t)(len - off < c->block_size ?
+					   len - off : c->block_size);
+		struct bfs_block_key bk;
+		struct bfs_block_rec rec = {0};
+		struct bfs_lru_key lk;
+		MDB_val k = {sizeof(bk), &bk}, v, lkv = {sizeof(lk), &lk};
+		MDB_val empty = {0, NULL};
+
+		bfs_block_key(&bk, id, first + off / c->block_size);
+		rc = mdb_get(txn, c->blocks, &k, &v);
+		if (rc == 0) {
+			continue; /* another process filled it: same bytes */
+		}
+		if (rc != MDB_NOTFOUND) {
+			break;
+		}
+		rc = bfs_cache_make_room(c, txn, blen, &victims, &n_victims);
+		if (rc != 0) {
+			break;
+		}
+		rec.gen = ++gen;
+		rec.tick = tick;
+		rec.len = blen;
+		rec.seg = SEG_PROBATION;
+		v.mv_size = sizeof(rec);
+		v.mv_data = &rec;
+		rc = mdb_put(txn, c->blocks, &k, &v, 0);
+		if (rc == 0) {
+			bfs_lru_key(&lk, SEG_PROBATION, tick, &bk);
+			rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
+		}
+		if (rc == 0) {
+			used = meta_get(c, txn, "used") + blen;
+			rc = meta_put(c, txn, "used", used);
+		}
+		if (rc == 0) {
+			COUNT(c, fills);
+		}
 	}
 	if (rc == 0) {
 		rc = meta_put(c, txn, "tick", tick);
 	}
 	if (rc == 0) {
-		rc = meta_put(c, txn, "gen", rec.gen);
+		rc = meta_put(c, txn, "gen", gen);
 	}
 	if (rc == 0) {
 		rc = mdb_txn_commit(txn);
@@ -618,19 +785,147 @@ int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
 	}
 	if (rc == 0) {
 		/* Removals are committed: now their bytes may go. */
-		bfs_cache_punch(c, victims, n_victims);
-		c->counters.fills++;
+		bfs_cache_punch(c, victims, n_victims, shared);
 	}
 out:
 	if (txn != NULL) {
 		mdb_txn_abort(txn);
 	}
-	flock(c->lock_fd, LOCK_UN);
-	talloc_free(victims);
+	if (fd >= 0 && !shared) {
+		close(fd);
+	}
+	flock(lock_fd, LOCK_UN);
+	free(victims);
 	if (rc != 0) {
-		c->counters.fill_errors++;
+		COUNT(c, fill_errors);
 	}
 	return bfs_lmdb_errno(rc);
+}
+
+int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, const void *data, uint64_t len)
+{
+	return bfs_cache_fill_blocks(c, c->lock_fd, id, blk, data, len, true);
+}
+
+/* ---- the fill thread ------------------------------------------------------------------------- */
+
+static void *bfs_cache_fill_thread(void *arg)
+{
+	struct bfs_cache *c = arg;
+	struct bfs_fill_job *j;
+
+	pthread_mutex_lock(&c->mu);
+	for (;;) {
+		while (c->queue_head == NULL && !c->stop) {
+			c->busy = false;
+			pthread_cond_broadcast(&c->idle_cv);
+			pthread_cond_wait(&c->cv, &c->mu);
+		}
+		if (c->queue_head == NULL) {
+			break; /* stopping, and nothing left */
+		}
+		j = c->queue_head;
+		c->queue_head = j->next;
+		if (c->queue_head == NULL) {
+			c->queue_tail = NULL;
+		}
+		c->busy = true;
+		pthread_mutex_unlock(&c->mu);
+
+		(void)bfs_cache_fill_blocks(c, c->thread_lock_fd, &j->id,
+					    j->first, j->data, j->len, false);
+
+		pthread_mutex_lock(&c->mu);
+		c->queued_bytes -= j->len;
+		__atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
+	}
+	c->busy = false;
+	pthread_cond_broadcast(&c->idle_cv);
+	pthread_mutex_unlock(&c->mu);
+	return NULL;
+}
+
+static void bfs_cache_stop_thread(struct bfs_cache *c)
+{
+	if (!c->thread_running) {
+		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	c->stop = true;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	pthread_join(c->thread, NULL);
+	c->thread_running = false;
+}
+
+struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
+					  const struct bfs_cache_id *id,
+					  uint64_t first, const void *data,
+					  uint64_t len)
+{
+	struct bfs_fill_job *j;
+
+	if (!c->thread_running) {
+		char *lock = talloc_asprintf(NULL, "%s/fill.lock", c->dir);
+		c->thread_lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC,
+						 0600) :
+					   -1;
+		talloc_free(lock);
+		if (c->thread_lock_fd < 0 ||
+		    pthread_create(&c->thread, NULL, bfs_cache_fill_thread, c) != 0) {
+			return NULL;
+		}
+		c->thread_running = true;
+	}
+	j = calloc(1, sizeof(*j));
+	if (j == NULL) {
+		return NULL;
+	}
+	j->id = *id;
+	j->first = first;
+	j->data = data;
+	j->len = len;
+	pthread_mutex_lock(&c->mu);
+	if (c->queued_bytes + len > BFS_FILL_QUEUE_MAX) {
+		/* The disk is behind: this one is not cached. */
+		pthread_mutex_unlock(&c->mu);
+		free(j);
+		COUNT(c, fill_errors);
+		return NULL;
+	}
+	c->queued_bytes += len;
+	if (c->queue_tail != NULL) {
+		c->queue_tail->next = j;
+	} else {
+		c->queue_head = j;
+	}
+	c->queue_tail = j;
+	pthread_cond_signal(&c->cv);
+	pthread_mutex_unlock(&c->mu);
+	return j;
+}
+
+bool bfs_cache_fill_done(const struct bfs_fill_job *j)
+{
+	return __atomic_load_n(&j->done, __ATOMIC_ACQUIRE) != 0;
+}
+
+void bfs_cache_fill_release(struct bfs_fill_job *j)
+{
+	free(j);
+}
+
+void bfs_cache_fill_drain(struct bfs_cache *c)
+{
+	if (!c->thread_running) {
+		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	while (c->queue_head != NULL || c->busy) {
+		pthread_cond_wait(&c->idle_cv, &c->mu);
+	}
+	pthread_mutex_unlock(&c->mu);
 }
 
 /* ---- LRU upkeep ------------------------------------------------------------------------------ */

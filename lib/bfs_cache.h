@@ -62,17 +62,47 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
 		   uint32_t *got);
 
+/*
+ * bfs_cache_read for any thread (own transactions and file handles); it
+ * does not record the read for eviction: the owning thread calls
+ * bfs_cache_note_read() afterwards.
+ */
+int bfs_cache_read_mt(struct bfs_cache *c, const struct bfs_cache_id *id,
+		      uint64_t blk, uint32_t off, uint32_t n, void *buf,
+		      uint32_t *got);
+void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
+			 uint64_t blk);
+
 /* Is blk present now?  (A hint: it may be gone a moment later.) */
 bool bfs_cache_present(struct bfs_cache *c, const struct bfs_cache_id *id,
 		       uint64_t blk);
 
 /*
- * Store block blk (len bytes: block_size, or less for an object's last
- * block).  0, or ENOSPC (disk full, or larger than the cache), or another
- * errno; the caller serves its bytes from memory either way.
+ * Store len bytes as blocks blk, blk+1, ... (all full but the last, which
+ * may be an object's short tail).  0, or ENOSPC (disk full, or larger than
+ * the cache), or another errno; the caller serves its bytes from memory
+ * either way.
  */
 int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
-		   uint64_t blk, const void *data, uint32_t len);
+		   uint64_t blk, const void *data, uint64_t len);
+
+/*
+ * The same, done by the cache's fill thread so the caller's event loop does
+ * not wait for the disk.  data must stay valid and unchanged until
+ * bfs_cache_fill_done(job); then bfs_cache_fill_release(job).  If data is
+ * 4 KiB-aligned and readable up to the next 4 KiB boundary past len, the
+ * thread writes it around the page cache.  NULL when
+ * the queue is full (the disk is behind): then nothing is cached.
+ */
+struct bfs_fill_job;
+struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
+					  const struct bfs_cache_id *id,
+					  uint64_t blk, const void *data,
+					  uint64_t len);
+bool bfs_cache_fill_done(const struct bfs_fill_job *job);
+void bfs_cache_fill_release(struct bfs_fill_job *job);
+/* Wait until every queued fill is done. */
+void bfs_cache_fill_drain(struct bfs_cache *c);
 
 /* Write pending LRU updates (done by itself every second / 256 reads). */
 int bfs_cache_flush(struct bfs_cache *c);

@@ -10,8 +10,11 @@
 #include <errno.h>
 #include <string.h>
 
-/* Readahead may not hold more than this many fetches in memory at once. */
-#define BFS_MAX_PREFETCHES 16
+/*
+ * Readahead may not hold more than this many fetches (of up to
+ * BFS_FETCH_MAX_BLOCKS blocks) in memory at once, per reader.
+ */
+#define BFS_MAX_PREFETCHES 6
 /*
  * Consecutive missing blocks are fetched together, up to this many per GET:
  * fewer, larger requests cost the S3 server (and us) less per byte.
@@ -40,6 +43,12 @@ struct bfs_fetch {
 	uint64_t len;
 	bool prefetch;
 	struct bfs_waiter *waiters;
+	/*
+	 * Arrived, and being written to the cache by the fill thread: reads
+	 * of these blocks copy from data meanwhile.
+	 */
+	bool complete;
+	struct bfs_fill_job *job;
 };
 
 struct bfs_reader {
@@ -49,6 +58,7 @@ struct bfs_reader {
 	uint32_t block_size;
 	struct bfs_fetch *fetches;
 	unsigned n_prefetches;
+	bool fill_thread; /* write the cache from the fill thread */
 	struct bfs_reader_counters counters;
 };
 
@@ -82,10 +92,19 @@ struct bfs_read_state {
 		(item)->prev = (item)->next = NULL;                           \
 	} while (0)
 
+static int bfs_reader_destructor(struct bfs_reader *r)
+{
+	/* The fill thread may still read fetched bytes: let it finish. */
+	if (r->cache != NULL) {
+		bfs_cache_fill_drain(r->cache);
+	}
+	return 0;
+}
+
 struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 				  struct tevent_context *ev,
 				  struct s3_client *s3, struct bfs_cache *cache,
-				  uint32_t block_size)
+				  uint32_t block_size, bool fill_thread)
 {
 	struct bfs_reader *r = talloc_zero(mem_ctx, struct bfs_reader);
 
@@ -96,7 +115,23 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 	r->s3 = s3;
 	r->cache = cache;
 	r->block_size = block_size;
+	r->fill_thread = fill_thread;
+	talloc_set_destructor(r, bfs_reader_destructor);
 	return r;
+}
+
+/* Free the fetches whose bytes are now in the cache. */
+static void bfs_reader_sweep(struct bfs_reader *r)
+{
+	struct bfs_fetch *f, *next;
+
+	for (f = r->fetches; f != NULL; f = next) {
+		next = f->next;
+		if (f->complete &&
+		    (f->job == NULL || bfs_cache_fill_done(f->job))) {
+			talloc_free(f);
+		}
+	}
 }
 
 const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r)
@@ -113,8 +148,15 @@ static int bfs_fetch_destructor(struct bfs_fetch *f)
 	struct bfs_waiter *w;
 
 	BFS_LIST_REMOVE(f->r->fetches, f);
-	if (f->prefetch) {
+	if (f->prefetch && !f->complete) {
 		f->r->n_prefetches--;
+	}
+	if (f->job != NULL) {
+		/* Only after the thread is done with our bytes. */
+		if (!bfs_cache_fill_done(f->job)) {
+			bfs_cache_fill_drain(f->r->cache);
+		}
+		bfs_cache_fill_release(f->job);
 	}
 	/* Reads still waiting (the reader is going away) fail. */
 	while ((w = f->waiters) != NULL) {
@@ -186,11 +228,13 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	f->nblk = nblk;
 	f->len = end - start;
 	f->prefetch = prefetch;
-	f->data = talloc_size(f, f->len);
+	/* 4 KiB-aligned and padded: the cache may write it with O_DIRECT. */
+	f->data = talloc_size(f, ((f->len + 4095) & ~(uint64_t)4095) + 4096);
 	if (f->data == NULL) {
 		talloc_free(f);
 		return NULL;
 	}
+	f->data = (uint8_t *)(((uintptr_t)f->data + 4095) & ~(uintptr_t)4095);
 	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start,
 				   (size_t)f->len, f->data, obj->etag);
 	if (subreq == NULL) {
@@ -229,20 +273,10 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 			      NULL);
 	}
 	if (ret == 0) {
-		unsigned i;
-
 		r->counters.fetched_bytes += got;
-		for (i = 0; r->cache != NULL && i < f->nblk; i++) {
-			uint64_t off = (uint64_t)i * r->block_size;
-			uint64_t n = f->len - off;
-			/* A full disk only costs the caching, not the read. */
-			(void)bfs_cache_fill(r->cache, &f->id, f->first + i,
-					     f->data + off,
-					     (uint32_t)(n < r->block_size ?
-							n : r->block_size));
-		}
 	}
 	st.err = ret;
+	/* Readers first: the cache can wait, they should not. */
 	while ((w = f->waiters) != NULL) {
 		BFS_LIST_REMOVE(f->waiters, w);
 		w->f = NULL;
@@ -251,7 +285,24 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		}
 		bfs_read_part_done(w->req, ret, &st);
 	}
-	talloc_free(f);
+	if (ret != 0 || r->cache == NULL) {
+		talloc_free(f);
+		return;
+	}
+	if (f->prefetch) {
+		r->n_prefetches--;
+	}
+	f->complete = true;
+	if (r->fill_thread) {
+		/* NULL: the disk is behind; then these blocks stay uncached. */
+		f->job = bfs_cache_fill_queue(r->cache, &f->id, f->first,
+					      f->data, f->len);
+	} else {
+		/* A full disk only costs the caching, not the read. */
+		(void)bfs_cache_fill(r->cache, &f->id, f->first, f->data,
+				     f->len);
+	}
+	bfs_reader_sweep(r);
 }
 
 /* ---- reads --------------------------------------------------------------- */
@@ -296,6 +347,7 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	if (req == NULL) {
 		return NULL;
 	}
+	bfs_reader_sweep(r);
 	/* Completion comes from fetch callbacks: run the caller later. */
 	tevent_req_defer_callback(req, ev);
 	if (ev != r->ev) {
@@ -330,6 +382,14 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 			continue;
 		}
 		f = bfs_fetch_find(r, &obj->id, blk);
+		if (f != NULL && f->complete) {
+			/* Arrived, on its way to the disk: copy from memory. */
+			memcpy(dst + (pos - off),
+			       f->data + (blk - f->first) * r->block_size + boff, n);
+			r->counters.cache_hits++;
+			pos += n;
+			continue;
+		}
 		if (f != NULL) {
 			r->counters.coalesced++;
 		} else {
@@ -391,6 +451,7 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 	if (r->cache == NULL) {
 		return;
 	}
+	bfs_reader_sweep(r);
 	for (blk = first; blk < first + n;) {
 		unsigned run;
 
@@ -406,4 +467,70 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 		bfs_fetch_start(r, obj, blk, run, true);
 		blk += run;
 	}
+}
+
+/* ---- cached reads for worker threads ------------------------------------ */
+
+bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
+			   uint64_t off, size_t len)
+{
+	uint64_t blk;
+
+	if (r->cache == NULL || len == 0 || off + len > obj->size) {
+		return false;
+	}
+	for (blk = off / r->block_size; blk <= (off + len - 1) / r->block_size;
+	     blk++) {
+		if (!bfs_cache_present(r->cache, &obj->id, blk)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+int bfs_copy_cached(struct bfs_cache *c, const struct bfs_cache_id *id,
+		    uint32_t block_size, uint64_t off, size_t len, void *buf)
+{
+	uint8_t *dst = buf;
+	uint64_t pos, end = off + len;
+
+	for (pos = off; pos < end;) {
+		uint64_t blk = pos / block_size;
+		uint32_t boff = (uint32_t)(pos % block_size);
+		uint32_t n = block_size - boff, got = 0;
+		int ret;
+
+		if (n > end - pos) {
+			n = (uint32_t)(end - pos);
+		}
+		ret = bfs_cache_read_mt(c, id, blk, boff, n, dst + (pos - off),
+					&got);
+		if (ret != 0 || got != n) {
+			return ENOENT;
+		}
+		pos += n;
+	}
+	return 0;
+}
+
+void bfs_reader_cached_done(struct bfs_reader *r, const struct bfs_object *obj,
+			    uint64_t off, size_t len)
+{
+	uint64_t blk;
+
+	for (blk = off / r->block_size; len > 0 &&
+	     blk <= (off + len - 1) / r->block_size; blk++) {
+		bfs_cache_note_read(r->cache, &obj->id, blk);
+		r->counters.cache_hits++;
+	}
+}
+
+struct bfs_cache *bfs_reader_cache(const struct bfs_reader *r)
+{
+	return r->cache;
+}
+
+uint32_t bfs_reader_block_size(const struct bfs_reader *r)
+{
+	return r->block_size;
 }

@@ -33,10 +33,15 @@ struct bfs_reader_counters {
 
 struct bfs_reader;
 
+/*
+ * fill_thread: write fetched blocks to the cache from the cache's fill
+ * thread (for a reader on a busy event loop), or at once (a private loop
+ * that only runs while a read waits).
+ */
 struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 				  struct tevent_context *ev,
 				  struct s3_client *s3, struct bfs_cache *cache,
-				  uint32_t block_size);
+				  uint32_t block_size, bool fill_thread);
 
 /*
  * Read [off, off+len) of obj into buf (clamped to obj->size).  buf must
@@ -53,6 +58,22 @@ int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st);
  * flight.  Their bytes only go to the cache.  No-op without a cache. */
 void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 			 uint64_t first, unsigned n);
+
+/*
+ * Served from disk alone: a caller with worker threads (smbd's pool) can
+ * copy cached bytes off its event loop.  bfs_reader_all_cached() says if
+ * every block of [off, off+len) is in the cache now; bfs_copy_cached() is
+ * the thread-safe copy (0, or ENOENT if a block went meanwhile: then read
+ * normally); bfs_reader_cached_done() records it, on the reader's thread.
+ */
+bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
+			   uint64_t off, size_t len);
+int bfs_copy_cached(struct bfs_cache *c, const struct bfs_cache_id *id,
+		    uint32_t block_size, uint64_t off, size_t len, void *buf);
+void bfs_reader_cached_done(struct bfs_reader *r, const struct bfs_object *obj,
+			    uint64_t off, size_t len);
+struct bfs_cache *bfs_reader_cache(const struct bfs_reader *r);
+uint32_t bfs_reader_block_size(const struct bfs_reader *r);
 
 const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r);
 

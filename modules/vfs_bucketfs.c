@@ -20,6 +20,8 @@
 #include "system/filesys.h"
 #include "lib/util/tevent_unix.h"
 #include "lib/util/tevent_ntstatus.h"
+#include "lib/pthreadpool/pthreadpool_tevent.h"
+#include "smbd/globals.h"
 #include "version.h"
 
 #include "bfs_cache.h"
@@ -608,7 +610,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->block_size = (uint32_t)conv_str_size(
 		bfs_param(handle, "block size", "1M"));
 	bc->readahead = (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
-					      "readahead", 8);
+					      "readahead", 32);
 	cache_size = conv_str_size(bfs_param(handle, "cache size", "16G"));
 	if (bc->block_size == 0 || cache_size == 0) {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:block size' and "
@@ -633,7 +635,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->s3 = s3_client_new(bc, bc->sync_ev, &bc->cfg);
 	bc->reader = bc->s3 == NULL ? NULL :
 		bfs_reader_new(bc, bc->sync_ev, bc->s3, bc->cache,
-			       bc->block_size);
+			       bc->block_size, false);
 	if (bc->s3 == NULL || bc->reader == NULL) {
 		ret = errno;
 		DBG_ERR("bucketfs: share %s: bad S3 endpoint '%s' (want "
@@ -1317,10 +1319,37 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 struct bfs_pread_state {
 	struct bfs_conn *bc;
 	struct bfs_fh *fh;
+	struct tevent_context *ev;
+	struct bfs_reader *reader;
+	void *data;
+	size_t n;
+	uint64_t off;
 	size_t got;
+	/* For the copy in smbd's worker thread: no pointers into fh. */
+	struct bfs_cache *cache;
+	struct bfs_cache_id id;
+	uint32_t block_size;
+	int copy_err;
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
+static void bfs_pread_cached_done(struct tevent_req *subreq);
+
+/* Runs in one of smbd's worker threads: no talloc, no smbd state. */
+static void bfs_pread_cached_do(void *private_data)
+{
+	struct bfs_pread_state *state = private_data;
+
+	state->copy_err = bfs_copy_cached(state->cache, &state->id,
+					  state->block_size, state->off,
+					  state->n, state->data);
+}
+
+/* Freed while a worker copies into it would be a use after free. */
+static int bfs_pread_state_destructor(struct bfs_pread_state *state)
+{
+	return -1;
+}
 
 /* The engine that serves async reads lives on smbd's event loop. */
 static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
@@ -1330,7 +1359,7 @@ static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
 		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
 		bc->reader_async = bc->s3_async == NULL ? NULL :
 			bfs_reader_new(bc, ev, bc->s3_async, bc->cache,
-				       bc->block_size);
+				       bc->block_size, true);
 		bc->async_ev = ev;
 	}
 	return bc->async_ev == ev ? bc->reader_async : NULL;
@@ -1378,12 +1407,36 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		return tevent_req_post(req, ev);
 	}
 	bc->async_reads++;
-	subreq = bfs_read_send(state, ev, reader, &fh->obj, (uint64_t)offset,
-			       n, data);
-	if (tevent_req_nomem(subreq, req)) {
-		return tevent_req_post(req, ev);
+	state->ev = ev;
+	state->reader = reader;
+	state->data = data;
+	state->n = n;
+	state->off = (uint64_t)offset;
+	if (bfs_reader_all_cached(reader, &fh->obj, state->off, n)) {
+		/*
+		 * All on disk: copy it in one of smbd's worker threads, as
+		 * vfs_default does for a local file, so this process's loop
+		 * keeps sending while the copy runs.
+		 */
+		state->cache = bfs_reader_cache(reader);
+		state->id = fh->obj.id;
+		state->block_size = bfs_reader_block_size(reader);
+		subreq = pthreadpool_tevent_job_send(
+			state, ev, handle->conn->sconn->pool,
+			bfs_pread_cached_do, state);
+		if (tevent_req_nomem(subreq, req)) {
+			return tevent_req_post(req, ev);
+		}
+		tevent_req_set_callback(subreq, bfs_pread_cached_done, req);
+		talloc_set_destructor(state, bfs_pread_state_destructor);
+	} else {
+		subreq = bfs_read_send(state, ev, reader, &fh->obj,
+				       state->off, n, data);
+		if (tevent_req_nomem(subreq, req)) {
+			return tevent_req_post(req, ev);
+		}
+		tevent_req_set_callback(subreq, bfs_pread_done, req);
 	}
-	tevent_req_set_callback(subreq, bfs_pread_done, req);
 
 	/*
 	 * Sequential reading (this read starts where the last one ended, or
@@ -1416,6 +1469,39 @@ static void bfs_pread_done(struct tevent_req *subreq)
 		return;
 	}
 	tevent_req_done(req);
+}
+
+static void bfs_pread_cached_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+	int ret;
+
+	ret = pthreadpool_tevent_job_recv(subreq);
+	TALLOC_FREE(subreq);
+	talloc_set_destructor(state, NULL);
+	if (ret == EAGAIN) {
+		/* No thread could be started: copy here. */
+		bfs_pread_cached_do(state);
+		ret = 0;
+	}
+	if (ret == 0 && state->copy_err == 0) {
+		bfs_reader_cached_done(state->reader, &state->fh->obj,
+				       state->off, state->n);
+		state->got = state->n;
+		tevent_req_done(req);
+		return;
+	}
+	/* A block went meanwhile (or the pool failed): read it normally. */
+	subreq = bfs_read_send(state, state->ev, state->reader,
+			       &state->fh->obj, state->off, state->n,
+			       state->data);
+	if (tevent_req_nomem(subreq, req)) {
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_pread_done, req);
 }
 
 static ssize_t bfs_pread_recv(struct tevent_req *req,

@@ -290,7 +290,7 @@ int main(int argc, char **argv)
 		o.etag = info.etag;
 		o.size = info.size;
 		bfs_cache_make_id("b", o.key, o.etag, 1 << 20, &o.id);
-		r = bfs_reader_new(t, ev, c, cache, 1 << 20);
+		r = bfs_reader_new(t, ev, c, cache, 1 << 20, true);
 		buf[0] = talloc_size(t, PART);
 		buf[1] = talloc_size(t, PART);
 		clock_gettime(CLOCK_MONOTONIC, &t0);
