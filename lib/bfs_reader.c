@@ -14,12 +14,23 @@
  * Readahead may not hold more than this many fetches (of up to
  * BFS_FETCH_MAX_BLOCKS blocks) in memory at once, per reader.
  */
-#define BFS_MAX_PREFETCHES 6
+#define BFS_MAX_PREFETCHES 8
 /*
  * Consecutive missing blocks are fetched together, up to this many per GET:
  * fewer, larger requests cost the S3 server (and us) less per byte.
  */
 #define BFS_FETCH_MAX_BLOCKS 8
+/*
+ * Fetched bytes kept in memory after they are in the cache, until read:
+ * a sequential reader then copies them from memory, not from the disk
+ * (the cache writes around the page cache).
+ */
+#define BFS_KEEP_BYTES (32ULL << 20)
+/*
+ * Fetch buffers are reused: a fresh multi-megabyte allocation is fresh
+ * pages, and faulting and zeroing them cost as much CPU as the copy.
+ */
+#define BFS_SPARE_BUFFERS 8
 
 struct bfs_fetch;
 
@@ -39,7 +50,8 @@ struct bfs_fetch {
 	struct bfs_cache_id id;
 	uint64_t first;
 	unsigned nblk;
-	uint8_t *data;
+	uint8_t *data;		/* 4 KiB-aligned, inside buf */
+	uint8_t *buf;		/* a full-size buffer (see bfs_buf_get) */
 	uint64_t len;
 	bool prefetch;
 	struct bfs_waiter *waiters;
@@ -49,6 +61,7 @@ struct bfs_fetch {
 	 */
 	bool complete;
 	struct bfs_fill_job *job;
+	uint64_t consumed; /* bytes of data copied to reads since complete */
 };
 
 struct bfs_reader {
@@ -59,6 +72,9 @@ struct bfs_reader {
 	struct bfs_fetch *fetches;
 	unsigned n_prefetches;
 	bool fill_thread; /* write the cache from the fill thread */
+	uint64_t kept_bytes; /* data of complete fetches */
+	uint8_t *spare[BFS_SPARE_BUFFERS];
+	unsigned n_spare;
 	struct bfs_reader_counters counters;
 };
 
@@ -120,15 +136,25 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 	return r;
 }
 
-/* Free the fetches whose bytes are now in the cache. */
+/*
+ * Free complete fetches whose bytes are in the cache and were all read, and
+ * (oldest first: the list has the newest at its head) those over the
+ * memory budget.
+ */
 static void bfs_reader_sweep(struct bfs_reader *r)
 {
-	struct bfs_fetch *f, *next;
+	struct bfs_fetch *f, *prev, *tail = r->fetches;
 
-	for (f = r->fetches; f != NULL; f = next) {
-		next = f->next;
-		if (f->complete &&
-		    (f->job == NULL || bfs_cache_fill_done(f->job))) {
+	while (tail != NULL && tail->next != NULL) {
+		tail = tail->next;
+	}
+	for (f = tail; f != NULL; f = prev) {
+		prev = f->prev;
+		if (!f->complete ||
+		    (f->job != NULL && !bfs_cache_fill_done(f->job))) {
+			continue;
+		}
+		if (f->consumed >= f->len || r->kept_bytes > BFS_KEEP_BYTES) {
 			talloc_free(f);
 		}
 	}
@@ -141,6 +167,28 @@ const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r
 
 /* ---- fetches ----------------------------------------------------------- */
 
+/* Room for BFS_FETCH_MAX_BLOCKS blocks, 4 KiB-aligned, padded by 4 KiB. */
+static size_t bfs_buf_size(const struct bfs_reader *r)
+{
+	return (size_t)r->block_size * BFS_FETCH_MAX_BLOCKS + 2 * 4096;
+}
+
+static uint8_t *bfs_buf_get(struct bfs_reader *r, TALLOC_CTX *owner)
+{
+	if (r->n_spare > 0) {
+		return talloc_steal(owner, r->spare[--r->n_spare]);
+	}
+	return talloc_size(owner, bfs_buf_size(r));
+}
+
+static void bfs_buf_put(struct bfs_reader *r, uint8_t *buf)
+{
+	if (r->n_spare < BFS_SPARE_BUFFERS) {
+		r->spare[r->n_spare++] = talloc_steal(r, buf);
+	}
+	/* else it goes with its fetch */
+}
+
 static void bfs_fetch_done(struct tevent_req *subreq);
 
 static int bfs_fetch_destructor(struct bfs_fetch *f)
@@ -151,12 +199,18 @@ static int bfs_fetch_destructor(struct bfs_fetch *f)
 	if (f->prefetch && !f->complete) {
 		f->r->n_prefetches--;
 	}
+	if (f->complete) {
+		f->r->kept_bytes -= f->len;
+	}
 	if (f->job != NULL) {
 		/* Only after the thread is done with our bytes. */
 		if (!bfs_cache_fill_done(f->job)) {
 			bfs_cache_fill_drain(f->r->cache);
 		}
 		bfs_cache_fill_release(f->job);
+	}
+	if (f->buf != NULL && f->waiters == NULL) {
+		bfs_buf_put(f->r, f->buf);
 	}
 	/* Reads still waiting (the reader is going away) fail. */
 	while ((w = f->waiters) != NULL) {
@@ -229,12 +283,12 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	f->len = end - start;
 	f->prefetch = prefetch;
 	/* 4 KiB-aligned and padded: the cache may write it with O_DIRECT. */
-	f->data = talloc_size(f, ((f->len + 4095) & ~(uint64_t)4095) + 4096);
-	if (f->data == NULL) {
+	f->buf = bfs_buf_get(r, f);
+	if (f->buf == NULL) {
 		talloc_free(f);
 		return NULL;
 	}
-	f->data = (uint8_t *)(((uintptr_t)f->data + 4095) & ~(uintptr_t)4095);
+	f->data = (uint8_t *)(((uintptr_t)f->buf + 4095) & ~(uintptr_t)4095);
 	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start,
 				   (size_t)f->len, f->data, obj->etag);
 	if (subreq == NULL) {
@@ -293,6 +347,11 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		r->n_prefetches--;
 	}
 	f->complete = true;
+	r->kept_bytes += f->len;
+	/* What waiting reads took counts as read. */
+	if (!f->prefetch) {
+		f->consumed = f->len;
+	}
 	if (r->fill_thread) {
 		/* NULL: the disk is behind; then these blocks stay uncached. */
 		f->job = bfs_cache_fill_queue(r->cache, &f->id, f->first,
@@ -383,9 +442,10 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		}
 		f = bfs_fetch_find(r, &obj->id, blk);
 		if (f != NULL && f->complete) {
-			/* Arrived, on its way to the disk: copy from memory. */
+			/* Fetched, kept in memory: copy from there. */
 			memcpy(dst + (pos - off),
 			       f->data + (blk - f->first) * r->block_size + boff, n);
+			f->consumed += n;
 			r->counters.cache_hits++;
 			pos += n;
 			continue;
@@ -481,7 +541,9 @@ bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
 	}
 	for (blk = off / r->block_size; blk <= (off + len - 1) / r->block_size;
 	     blk++) {
-		if (!bfs_cache_present(r->cache, &obj->id, blk)) {
+		/* Bytes still in memory are cheaper to copy from there. */
+		if (bfs_fetch_find(r, &obj->id, blk) != NULL ||
+		    !bfs_cache_present(r->cache, &obj->id, blk)) {
 			return false;
 		}
 	}
