@@ -17,8 +17,7 @@ PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
 LIB_CFLAGS := $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
 
-LIB_SRC  := lib/s3_sigv4.c lib/s3_xml.c lib/s3_client.c lib/s3_ops.c \
-            lib/s3_creds.c lib/s3_dirlist.c lib/bfs_lmdb.c lib/bfs_index.c lib/bfs_cache.c lib/bfs_reader.c
+LIB_SRC  := $(sort $(wildcard lib/*.c))
 LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))

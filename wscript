@@ -7,14 +7,14 @@
 # then ./configure ... && make (or: buildtools/bin/waf build
 # --targets=vfs_bucketfs).  scripts/intree-build.sh does exactly that.
 
-LIB_SOURCES = '''lib/s3_sigv4.c lib/s3_xml.c lib/s3_client.c lib/s3_ops.c
-                 lib/s3_creds.c lib/s3_dirlist.c'''
+import os
 
 # System libraries bucketfs uses beyond Samba's own.
 SYSLIBS = (('curl', 'curl_multi_socket_action', 'curl/curl.h'),
            ('lmdb', 'mdb_env_open', 'lmdb.h'),
            ('expat', 'XML_ParserCreate', 'expat.h'),
-           ('crypto', 'EVP_Digest', 'openssl/evp.h'))
+           ('crypto', 'EVP_Digest', 'openssl/evp.h'),
+           ('pthread', 'pthread_create', 'pthread.h'))
 
 
 def options(opt):
@@ -30,9 +30,13 @@ def configure(conf):
 
 
 def build(bld):
+    # Every file of lib/, as the Makefile takes them: no list to keep in step.
+    libdir = os.path.join(bld.path.abspath(), 'lib')
+    lib_sources = ' '.join('lib/' + f for f in sorted(os.listdir(libdir))
+                           if f.endswith('.c'))
     bld.SAMBA3_MODULE('vfs_bucketfs',
                       subsystem='vfs',
-                      source='modules/vfs_bucketfs.c ' + LIB_SOURCES,
+                      source='modules/vfs_bucketfs.c ' + lib_sources,
                       includes='lib',
                       deps='samba-util talloc tevent ' +
                            ' '.join(lib for lib, _, _ in SYSLIBS),

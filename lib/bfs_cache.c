@@ -348,22 +348,30 @@ static MDB_txn *bfs_cache_rtxn(struct bfs_cache *c)
 	return c->rtxn;
 }
 
-/* The block's record, read in a short read transaction. */
+/*
+ * The block's record, in a short read transaction: the reused one of the
+ * owning thread, or (mt) one of the calling thread's own.
+ */
 static bool bfs_cache_get(struct bfs_cache *c, const struct bfs_block_key *bk,
-			  struct bfs_block_rec *rec)
+			  struct bfs_block_rec *rec, bool mt)
 {
-	MDB_txn *txn = bfs_cache_rtxn(c);
 	MDB_val k = {sizeof(*bk), (void *)bk}, v;
+	MDB_txn *txn = NULL;
 	bool found = false;
 
-	if (txn == NULL) {
+	if (mt ? mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn) != 0 :
+		 (txn = bfs_cache_rtxn(c)) == NULL) {
 		return false;
 	}
 	if (mdb_get(txn, c->blocks, &k, &v) == 0 && v.mv_size == sizeof(*rec)) {
 		memcpy(rec, v.mv_data, sizeof(*rec));
 		found = true;
 	}
-	mdb_txn_reset(txn);
+	if (mt) {
+		mdb_txn_abort(txn);
+	} else {
+		mdb_txn_reset(txn);
+	}
 	return found;
 }
 
@@ -374,7 +382,7 @@ bool bfs_cache_present(struct bfs_cache *c, const struct bfs_cache_id *id,
 	struct bfs_block_rec rec;
 
 	bfs_block_key(&bk, id, blk);
-	return bfs_cache_get(c, &bk, &rec);
+	return bfs_cache_get(c, &bk, &rec, false);
 }
 
 static void bfs_cache_touch(struct bfs_cache *c, const struct bfs_block_key *bk)
@@ -387,9 +395,13 @@ static void bfs_cache_touch(struct bfs_cache *c, const struct bfs_block_key *bk)
 	}
 }
 
-int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
-		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
-		   uint32_t *got)
+/*
+ * Copy from a present block, checking that the same fill is still there
+ * after the copy.  mt: any thread (own transactions and file handle).
+ */
+static int bfs_cache_copy(struct bfs_cache *c, const struct bfs_cache_id *id,
+			  uint64_t blk, uint32_t off, uint32_t n, void *buf,
+			  uint32_t *got, bool mt)
 {
 	struct bfs_block_key bk;
 	struct bfs_block_rec before, after;
@@ -397,7 +409,7 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 	int fd;
 
 	bfs_block_key(&bk, id, blk);
-	if (!bfs_cache_get(c, &bk, &before)) {
+	if (!bfs_cache_get(c, &bk, &before, mt)) {
 		COUNT(c, misses);
 		return ENOENT;
 	}
@@ -408,77 +420,43 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 	if (n > before.len - off) {
 		n = before.len - off;
 	}
-	fd = bfs_cache_fd(c, id->b, false);
+	fd = bfs_cache_open_fd(c, id->b, false, !mt);
 	if (fd < 0) {
 		COUNT(c, misses);
 		return ENOENT;
 	}
 	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
+	if (mt) {
+		close(fd);
+	}
 	/* Same fill still present after the copy: the bytes were intact. */
-	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after) ||
+	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after, mt) ||
 	    after.gen != before.gen) {
 		COUNT(c, raced);
 		return ENOENT;
 	}
 	COUNT(c, hits);
-	bfs_cache_touch(c, &bk);
 	*got = n;
 	return 0;
 }
 
-/* The block's record, in a transaction of the calling thread's own. */
-static bool bfs_cache_get_mt(struct bfs_cache *c, const struct bfs_block_key *bk,
-			     struct bfs_block_rec *rec)
+int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
+		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
+		   uint32_t *got)
 {
-	MDB_val k = {sizeof(*bk), (void *)bk}, v;
-	MDB_txn *txn;
-	bool found = false;
+	int ret = bfs_cache_copy(c, id, blk, off, n, buf, got, false);
 
-	if (mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn) != 0) {
-		return false;
+	if (ret == 0) {
+		bfs_cache_note_read(c, id, blk);
 	}
-	if (mdb_get(txn, c->blocks, &k, &v) == 0 && v.mv_size == sizeof(*rec)) {
-		memcpy(rec, v.mv_data, sizeof(*rec));
-		found = true;
-	}
-	mdb_txn_abort(txn);
-	return found;
+	return ret;
 }
 
 int bfs_cache_read_mt(struct bfs_cache *c, const struct bfs_cache_id *id,
 		      uint64_t blk, uint32_t off, uint32_t n, void *buf,
 		      uint32_t *got)
 {
-	struct bfs_block_key bk;
-	struct bfs_block_rec before, after;
-	ssize_t r;
-	int fd;
-
-	bfs_block_key(&bk, id, blk);
-	if (!bfs_cache_get_mt(c, &bk, &before)) {
-		return ENOENT;
-	}
-	if (off >= before.len) {
-		*got = 0;
-		return 0;
-	}
-	if (n > before.len - off) {
-		n = before.len - off;
-	}
-	fd = bfs_cache_open_fd(c, id->b, false, false);
-	if (fd < 0) {
-		return ENOENT;
-	}
-	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
-	close(fd);
-	if (r != (ssize_t)n || !bfs_cache_get_mt(c, &bk, &after) ||
-	    after.gen != before.gen) {
-		COUNT(c, raced);
-		return ENOENT;
-	}
-	COUNT(c, hits);
-	*got = n;
-	return 0;
+	return bfs_cache_copy(c, id, blk, off, n, buf, got, true);
 }
 
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,

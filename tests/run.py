@@ -181,7 +181,7 @@ class World:
   ncalrpc dir = {t}/ncalrpc
   log file = {t}/log.smbd
   max log size = 0
-  log level = 1
+  log level = 1 vfs:3
   passdb backend = tdbsam:{t}/private/passdb.tdb
   server role = standalone server
   load printers = no
@@ -202,6 +202,11 @@ class World:
   path = /bucketfs/rw
 {common}  bucketfs:bucket = {BUCKET}
   read only = no
+[syncread]
+  path = /bucketfs/syncread
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-sync
+  aio read size = 0
 [small]
   path = /bucketfs/small
 {common}  bucketfs:bucket = {BUCKET}
@@ -405,6 +410,22 @@ def integration(w, sources):
         assert p.returncode == 0, p.stdout + p.stderr
         assert " 0 mismatches" in p.stdout, p.stdout
         print(f"    # {p.stdout.strip()}")
+
+    @test
+    def the_synchronous_read_path_reads_right_too():
+        # "aio read size = 0": smbd calls pread, not pread_send.
+        p = sh([f"{B}/tests/smbread", f"smb://127.0.0.1:{w.smb_port}/syncread/fifty.bin",
+                "--random", "100", "77", sources["fifty.bin"]],
+               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), check=False)
+        assert p.returncode == 0 and " 0 mismatches" in p.stdout, p.stdout + p.stderr
+        before = w.s3_gets("fifty.bin")
+        p = sh([f"{B}/tests/smbread", f"smb://127.0.0.1:{w.smb_port}/syncread/fifty.bin",
+                "--random", "100", "77", sources["fifty.bin"]],
+               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), check=False)
+        assert p.returncode == 0 and " 0 mismatches" in p.stdout, p.stdout + p.stderr
+        assert w.s3_gets("fifty.bin") == before, "the same ranges again went to S3"
+        assert re.search(r"share syncread: [1-9]\d* synchronous and 0 asynchronous preads",
+                         w.smb_log()), "the synchronous path was not the one used"
 
     @test
     def reads_past_the_end_are_short_not_errors():
