@@ -6,6 +6,7 @@
 #   make test     everything above, then unit + integration tests
 #   make demo     a local S3 server with sample data, smbd on loopback
 #   make intree   build the module inside the prepared Samba tree (wscript)
+#   make bench-read  read-path benchmark (not part of make test)
 
 B        := build
 SAMBA    := $(B)/samba
