@@ -106,6 +106,12 @@ echo "sha256 uploaded:      $a"
 echo "sha256 read over SMB: $b"
 [ "$a" = "$b" ] && echo "identical" || { echo "DIFFERENT"; exit 1; }
 
+bold "6. Reading it again: from the local cache, no S3 request"
+gets() { grep -c "^GET /$BUCKET/train/shard-0002.bin" "$D/front.log" || true; }
+before=$(gets)
+smb "cd train; get shard-0002.bin /dev/null"
+echo "S3 GETs for shard-0002.bin: $before before the second read, $(gets) after"
+
 bold "The demo keeps running"
 cat <<MSG
 Connect:   smbclient //127.0.0.1/datasets -p $SMB_PORT -U root%$PASS
