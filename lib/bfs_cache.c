@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -267,8 +268,11 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 		return rc;
 	}
 	talloc_set_destructor(c, bfs_cache_destructor);
+	/* Two opens: flock excludes open files, and the fill thread's must
+	 * exclude this thread's as well as other processes'. */
 	c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (c->lock_fd < 0) {
+	c->thread_lock_fd = open(lock, O_RDWR | O_CLOEXEC);
+	if (c->lock_fd < 0 || c->thread_lock_fd < 0) {
 		rc = errno;
 		*why = "cannot create the fill lock";
 		talloc_free(c);
@@ -401,7 +405,7 @@ static void bfs_cache_touch(struct bfs_cache *c, const struct bfs_block_key *bk)
  */
 static int bfs_cache_copy(struct bfs_cache *c, const struct bfs_cache_id *id,
 			  uint64_t blk, uint32_t off, uint32_t n, void *buf,
-			  uint32_t *got, bool mt)
+			  uint32_t *got, bool mt, int mt_fd)
 {
 	struct bfs_block_key bk;
 	struct bfs_block_rec before, after;
@@ -420,15 +424,12 @@ static int bfs_cache_copy(struct bfs_cache *c, const struct bfs_cache_id *id,
 	if (n > before.len - off) {
 		n = before.len - off;
 	}
-	fd = bfs_cache_open_fd(c, id->b, false, !mt);
+	fd = mt ? mt_fd : bfs_cache_fd(c, id->b, false);
 	if (fd < 0) {
 		COUNT(c, misses);
 		return ENOENT;
 	}
 	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
-	if (mt) {
-		close(fd);
-	}
 	/* Same fill still present after the copy: the bytes were intact. */
 	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after, mt) ||
 	    after.gen != before.gen) {
@@ -444,7 +445,7 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 		   uint64_t blk, uint32_t off, uint32_t n, void *buf,
 		   uint32_t *got)
 {
-	int ret = bfs_cache_copy(c, id, blk, off, n, buf, got, false);
+	int ret = bfs_cache_copy(c, id, blk, off, n, buf, got, false, -1);
 
 	if (ret == 0) {
 		bfs_cache_note_read(c, id, blk);
@@ -452,11 +453,18 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 	return ret;
 }
 
-int bfs_cache_read_mt(struct bfs_cache *c, const struct bfs_cache_id *id,
-		      uint64_t blk, uint32_t off, uint32_t n, void *buf,
-		      uint32_t *got)
+int bfs_cache_read_mt(struct bfs_cache *c, int fd,
+		      const struct bfs_cache_id *id, uint64_t blk, uint32_t off,
+		      uint32_t n, void *buf, uint32_t *got)
 {
-	return bfs_cache_copy(c, id, blk, off, n, buf, got, true);
+	return bfs_cache_copy(c, id, blk, off, n, buf, got, true, fd);
+}
+
+int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id)
+{
+	int fd = bfs_cache_fd(c, id->b, false);
+
+	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }
 
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
@@ -793,6 +801,22 @@ static void *bfs_cache_fill_thread(void *arg)
 	struct bfs_cache *c = arg;
 	struct bfs_fill_job *j;
 
+	/*
+	 * A server (smbd) switches the effective ids of its threads to the
+	 * connected user's; this thread was started under one of them.  The
+	 * cache belongs to the server: take back its ids, for this thread
+	 * only (the raw system calls, not glibc's process-wide wrappers).
+	 */
+	{
+		uid_t ru, eu, su;
+
+		/* smbd keeps root as the saved id: allowed to go back. */
+		if (getresuid(&ru, &eu, &su) == 0 && su == 0 && eu != 0) {
+			syscall(SYS_setresgid, 0, 0, -1);
+			syscall(SYS_setresuid, 0, 0, -1);
+		}
+	}
+
 	pthread_mutex_lock(&c->mu);
 	for (;;) {
 		while (c->queue_head == NULL && !c->stop) {
@@ -845,13 +869,8 @@ struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
 	struct bfs_fill_job *j;
 
 	if (!c->thread_running) {
-		char *lock = talloc_asprintf(NULL, "%s/fill.lock", c->dir);
-		c->thread_lock_fd = lock ? open(lock, O_RDWR | O_CREAT | O_CLOEXEC,
-						 0600) :
-					   -1;
-		talloc_free(lock);
-		if (c->thread_lock_fd < 0 ||
-		    pthread_create(&c->thread, NULL, bfs_cache_fill_thread, c) != 0) {
+		if (pthread_create(&c->thread, NULL, bfs_cache_fill_thread, c) !=
+		    0) {
 			return NULL;
 		}
 		c->thread_running = true;

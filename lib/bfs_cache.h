@@ -63,13 +63,17 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 		   uint32_t *got);
 
 /*
- * bfs_cache_read for any thread (own transactions and file handles); it
- * does not record the read for eviction: the owning thread calls
- * bfs_cache_note_read() afterwards.
+ * bfs_cache_read for any thread: its own transactions, and fd, the object's
+ * cache file, from bfs_cache_dup_fd() on the owning thread (which may have
+ * the rights to open it that a worker thread lacks); it does not record the
+ * read for eviction: the owning thread calls bfs_cache_note_read() after.
  */
-int bfs_cache_read_mt(struct bfs_cache *c, const struct bfs_cache_id *id,
-		      uint64_t blk, uint32_t off, uint32_t n, void *buf,
-		      uint32_t *got);
+int bfs_cache_read_mt(struct bfs_cache *c, int fd,
+		      const struct bfs_cache_id *id, uint64_t blk, uint32_t off,
+		      uint32_t n, void *buf, uint32_t *got);
+/* A descriptor of the object's cache file for bfs_cache_read_mt (close it
+ * after), or -1. */
+int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id);
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 			 uint64_t blk);
 

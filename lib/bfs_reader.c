@@ -550,7 +550,7 @@ bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
 	return true;
 }
 
-int bfs_copy_cached(struct bfs_cache *c, const struct bfs_cache_id *id,
+int bfs_copy_cached(struct bfs_cache *c, int fd, const struct bfs_cache_id *id,
 		    uint32_t block_size, uint64_t off, size_t len, void *buf)
 {
 	uint8_t *dst = buf;
@@ -565,8 +565,8 @@ int bfs_copy_cached(struct bfs_cache *c, const struct bfs_cache_id *id,
 		if (n > end - pos) {
 			n = (uint32_t)(end - pos);
 		}
-		ret = bfs_cache_read_mt(c, id, blk, boff, n, dst + (pos - off),
-					&got);
+		ret = bfs_cache_read_mt(c, fd, id, blk, boff, n,
+					dst + (pos - off), &got);
 		if (ret != 0 || got != n) {
 			return ENOENT;
 		}

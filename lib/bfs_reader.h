@@ -63,12 +63,13 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
  * Served from disk alone: a caller with worker threads (smbd's pool) can
  * copy cached bytes off its event loop.  bfs_reader_all_cached() says if
  * every block of [off, off+len) is in the cache now; bfs_copy_cached() is
- * the thread-safe copy (0, or ENOENT if a block went meanwhile: then read
- * normally); bfs_reader_cached_done() records it, on the reader's thread.
+ * the thread-safe copy from fd (bfs_cache_dup_fd()): 0, or ENOENT if a
+ * block went meanwhile: then read normally; bfs_reader_cached_done()
+ * records it, on the reader's thread.
  */
 bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
 			   uint64_t off, size_t len);
-int bfs_copy_cached(struct bfs_cache *c, const struct bfs_cache_id *id,
+int bfs_copy_cached(struct bfs_cache *c, int fd, const struct bfs_cache_id *id,
 		    uint32_t block_size, uint64_t off, size_t len, void *buf);
 void bfs_reader_cached_done(struct bfs_reader *r, const struct bfs_object *obj,
 			    uint64_t off, size_t len);

@@ -618,7 +618,10 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			service);
 		goto inval;
 	}
+	/* The cache folder is the server's: root's, 0700, whoever connects. */
+	become_root();
 	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);
+	unbecome_root();
 	if (ret != 0) {
 		goto fail;
 	}
@@ -1299,13 +1302,17 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 		return 0;
 	}
 	bc->sync_reads++;
+	/* Cache files belong to the server, not the connected user. */
+	become_root();
 	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
 			    (uint64_t)offset, n, data);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		unbecome_root();
 		TALLOC_FREE(req);
 		errno = ENOMEM;
 		return -1;
 	}
+	unbecome_root();
 	ret = bfs_read_recv(req, &got, &st);
 	TALLOC_FREE(req);
 	if (ret != 0) {
@@ -1329,6 +1336,7 @@ struct bfs_pread_state {
 	struct bfs_cache *cache;
 	struct bfs_cache_id id;
 	uint32_t block_size;
+	int fd;			/* the cache file, for the worker thread */
 	int copy_err;
 };
 
@@ -1340,7 +1348,7 @@ static void bfs_pread_cached_do(void *private_data)
 {
 	struct bfs_pread_state *state = private_data;
 
-	state->copy_err = bfs_copy_cached(state->cache, &state->id,
+	state->copy_err = bfs_copy_cached(state->cache, state->fd, &state->id,
 					  state->block_size, state->off,
 					  state->n, state->data);
 }
@@ -1412,6 +1420,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	state->data = data;
 	state->n = n;
 	state->off = (uint64_t)offset;
+	state->fd = -1;
 	if (bfs_reader_all_cached(reader, &fh->obj, state->off, n)) {
 		/*
 		 * All on disk: copy it in one of smbd's worker threads, as
@@ -1421,6 +1430,11 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		state->cache = bfs_reader_cache(reader);
 		state->id = fh->obj.id;
 		state->block_size = bfs_reader_block_size(reader);
+		become_root();
+		state->fd = bfs_cache_dup_fd(state->cache, &state->id);
+		unbecome_root();
+	}
+	if (state->fd >= 0) {
 		subreq = pthreadpool_tevent_job_send(
 			state, ev, handle->conn->sconn->pool,
 			bfs_pread_cached_do, state);
@@ -1430,8 +1444,11 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		tevent_req_set_callback(subreq, bfs_pread_cached_done, req);
 		talloc_set_destructor(state, bfs_pread_state_destructor);
 	} else {
+		/* Cache files belong to the server, not the connected user. */
+		become_root();
 		subreq = bfs_read_send(state, ev, reader, &fh->obj,
 				       state->off, n, data);
+		unbecome_root();
 		if (tevent_req_nomem(subreq, req)) {
 			return tevent_req_post(req, ev);
 		}
@@ -1487,6 +1504,8 @@ static void bfs_pread_cached_done(struct tevent_req *subreq)
 		bfs_pread_cached_do(state);
 		ret = 0;
 	}
+	close(state->fd);
+	state->fd = -1;
 	if (ret == 0 && state->copy_err == 0) {
 		bfs_reader_cached_done(state->reader, &state->fh->obj,
 				       state->off, state->n);
@@ -1495,9 +1514,11 @@ static void bfs_pread_cached_done(struct tevent_req *subreq)
 		return;
 	}
 	/* A block went meanwhile (or the pool failed): read it normally. */
+	become_root();
 	subreq = bfs_read_send(state, state->ev, state->reader,
 			       &state->fh->obj, state->off, state->n,
 			       state->data);
+	unbecome_root();
 	if (tevent_req_nomem(subreq, req)) {
 		return;
 	}

@@ -31,6 +31,7 @@ S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
 BUCKET = "bucketfs-test"
 CLIENT_BUCKET = "bucketfs-client-test"  # the S3 client's own tests write here
 USER, PASSWORD = "root", "bucketfs-test-pw"
+OTHER_USER = "bfstest"  # an unprivileged account, created if missing
 
 results = []  # (name, ok, detail)
 procs = []
@@ -207,6 +208,11 @@ class World:
 {common}  bucketfs:bucket = {BUCKET}
   bucketfs:cache dir = {t}/bfscache-sync
   aio read size = 0
+[multiuser]
+  path = /bucketfs/multiuser
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-multi
+  valid users = {USER} {OTHER_USER}
 [small]
   path = /bucketfs/small
 {common}  bucketfs:bucket = {BUCKET}
@@ -253,6 +259,11 @@ class World:
             f.write(conf)
         sh(["smbpasswd", "-c", self.conf, "-s", "-a", USER],
            input=f"{PASSWORD}\n{PASSWORD}\n")
+        if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+            sh(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                OTHER_USER])
+        sh(["smbpasswd", "-c", self.conf, "-s", "-a", OTHER_USER],
+           input=f"{PASSWORD}\n{PASSWORD}\n")
         # Credentials in smbd's environment serve shares without a file.
         env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
         self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
@@ -277,9 +288,9 @@ class World:
         return sh([f"{B}/tests/smbread", url, str(offset), str(length)],
                   env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), text=False).stdout
 
-    def smbclient(self, share, commands, check=True):
+    def smbclient(self, share, commands, check=True, user=USER):
         return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(self.smb_port),
-                   "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
+                   "-U", f"{user}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
 
     def smb_log(self):
         with open(f"{self.tmp}/log.smbd", errors="replace") as f:
@@ -613,6 +624,30 @@ def integration(w, sources):
         with open(sources["fifty.bin"], "rb") as f:
             assert data == f.read(4 << 20)
         assert w.s3_gets("fifty.bin") == before, "the restarted smbd went to S3"
+
+    @test
+    def the_cache_belongs_to_the_server_whoever_reads():
+        out = os.path.join(w.tmp, "multi.out")
+        w.smbclient("multiuser", f'get "mib plus one.bin" "{out}"', user=OTHER_USER)
+        assert sha256(out) == sha256(sources["mib plus one.bin"])
+        before = w.s3_gets("mib%20plus%20one.bin")
+        for user in (OTHER_USER, USER):
+            w.smbclient("multiuser", f'get "mib plus one.bin" "{out}"', user=user)
+            assert sha256(out) == sha256(sources["mib plus one.bin"])
+        assert w.s3_gets("mib%20plus%20one.bin") == before, "a cached read went to S3"
+        cache = os.path.join(w.tmp, "bfscache-multi")
+        files = dirs = 0
+        for root, ds, fs in os.walk(cache):
+            for d in ds:
+                st = os.stat(os.path.join(root, d))
+                assert st.st_uid == 0 and st.st_mode & 0o777 == 0o700, (d, oct(st.st_mode), st.st_uid)
+                dirs += 1
+            for f in fs:
+                st = os.stat(os.path.join(root, f))
+                assert st.st_uid == 0 and st.st_mode & 0o077 == 0, (f, oct(st.st_mode), st.st_uid)
+                files += 1
+        assert files > 0 and dirs > 0
+        print(f"    # {files} files and {dirs} folders in the cache, all root's, none open to others")
 
     @test
     def a_cache_folder_of_another_bucket_is_refused():
