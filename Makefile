@@ -57,7 +57,7 @@ $(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.ver
 $(B)/bucketfs.so: $(B)/modules/vfs_bucketfs.o $(B)/libbucketfs.a
 	$(CC) -shared -o $@ $^ $(PKG_LIBS)
 
-$(B)/tests/%: tests/unit/%.c $(B)/libbucketfs.a
+$(B)/tests/%: tests/unit/%.c tests/unit/*.h $(B)/libbucketfs.a
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
 	  $(B)/libbucketfs.a $(PKG_LIBS) -lcmocka

@@ -11,17 +11,17 @@
 
 #include <cmocka.h>
 
+#include "test_tmpdir.h"
+
 #include "bfs_cache.h"
 
 #define BS 4096u
 
 static char *tmpdir(TALLOC_CTX *t)
 {
-	const char *base = getenv("TMPDIR");
-	char *d = talloc_asprintf(t, "%s/bfs-cache-test.XXXXXX",
-				  base ? base : "/tmp");
+	char *d = test_tmpdir(t, "bfs-cache-test");
 
-	assert_non_null(mkdtemp(d));
+	assert_non_null(d);
 	return d;
 }
 

@@ -10,16 +10,15 @@
 
 #include <cmocka.h>
 
+#include "test_tmpdir.h"
+
 #include "bfs_index.h"
 
-/* Under $TMPDIR, which the test runner removes afterwards. */
 static char *tmpdir(TALLOC_CTX *t)
 {
-	const char *base = getenv("TMPDIR");
-	char *d = talloc_asprintf(t, "%s/bfs-index-test.XXXXXX",
-				  base ? base : "/tmp");
+	char *d = test_tmpdir(t, "bfs-index-test");
 
-	assert_non_null(mkdtemp(d));
+	assert_non_null(d);
 	return d;
 }
 
