@@ -30,7 +30,7 @@
  * Fetch buffers are reused: a fresh multi-megabyte allocation is fresh
  * pages, and faulting and zeroing them cost as much CPU as the copy.
  */
-#define BFS_SPARE_BUFFERS 8
+#define BFS_SPARE_BUFFERS 4
 
 struct bfs_fetch;
 
