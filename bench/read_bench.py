@@ -15,7 +15,9 @@ Read rates are smbclient's own transfer figures (connection setup, paid
 once per mount, excluded); the listing is timed whole (connect included).
 
 bucketfs talks to s3rver directly here (no SigV4-checking front), so the
-baseline and bucketfs see the same server.  Writes bench/results/read.md.
+baseline and bucketfs see the same server.  BENCH_PIN=1 gives the S3 server
+a core of its own (as if it were another machine) and everything else the
+other.  Writes bench/results/read.md.
 """
 import importlib.util
 import os
@@ -36,6 +38,7 @@ spec.loader.exec_module(runner)
 B = runner.B
 RUNS = int(os.environ.get("RUNS", "3"))
 MB = int(os.environ.get("BENCH_MB", "512"))
+PIN = os.environ.get("BENCH_PIN") == "1"
 USER, PASSWORD = runner.USER, runner.PASSWORD
 
 
@@ -60,6 +63,13 @@ def main():
     w = None
     try:
         w = runner.World(tmp)
+        if PIN:
+            # The S3 server on its own core, as it would be its own machine;
+            # everything else (smbd, clients, the raw baseline) on the other.
+            for p in runner.procs:
+                subprocess.run(["taskset", "-a", "-p", "-c", "1", str(p.pid)],
+                               check=True, stdout=subprocess.DEVNULL)
+            os.sched_setaffinity(0, {0})
         direct = f"http://127.0.0.1:{w.s3_port}"
         env = dict(w.env, S3_ENDPOINT=direct)
 
