@@ -308,11 +308,6 @@ uint32_t bfs_cache_block_size(const struct bfs_cache *c)
 	return c->block_size;
 }
 
-void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit)
-{
-	c->limit = limit;
-}
-
 const struct bfs_cache_counters *bfs_cache_counters(const struct bfs_cache *c)
 {
 	return &c->counters;

@@ -46,8 +46,6 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 		   const char **why);
 
 uint32_t bfs_cache_block_size(const struct bfs_cache *c);
-/* Change the limit (takes effect at the next fill). */
-void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit);
 
 /* The identity of one object version's bytes. */
 void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,

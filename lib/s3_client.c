@@ -102,11 +102,6 @@ static void s3_active_remove(struct s3_client *c, struct s3_req_state *s)
 	s->prev = s->next = NULL;
 }
 
-/* talloc_free takes a const-less pointer; our config strings are const. */
-static void s3_free_const(const char *p)
-{
-	talloc_free((void *)(uintptr_t)p);
-}
 static void s3_req_start_attempt(struct s3_req_state *s);
 
 /* ---- curl <-> tevent glue ------------------------------------------- */
@@ -354,11 +349,6 @@ fail:
 	return NULL;
 }
 
-struct tevent_context *s3_client_ev(const struct s3_client *c)
-{
-	return c->ev;
-}
-
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c)
 {
 	return &c->counters;
@@ -367,29 +357,6 @@ const struct s3_client_counters *s3_client_counters(const struct s3_client *c)
 const char *s3_client_bucket(const struct s3_client *c)
 {
 	return c->cfg.bucket;
-}
-
-int s3_client_set_credentials(struct s3_client *c,
-			      const struct s3_credentials *creds)
-{
-	char *a = talloc_strdup(c, creds->access_key);
-	char *s = talloc_strdup(c, creds->secret_key);
-	char *t = creds->session_token ? talloc_strdup(c, creds->session_token) :
-					 NULL;
-
-	if (a == NULL || s == NULL || (creds->session_token && t == NULL)) {
-		talloc_free(a);
-		talloc_free(s);
-		talloc_free(t);
-		return ENOMEM;
-	}
-	s3_free_const(c->cfg.creds.access_key);
-	s3_free_const(c->cfg.creds.secret_key);
-	s3_free_const(c->cfg.creds.session_token);
-	c->cfg.creds.access_key = a;
-	c->cfg.creds.secret_key = s;
-	c->cfg.creds.session_token = t;
-	return 0;
 }
 
 void s3_status_set(struct s3_status *st, const char *code,

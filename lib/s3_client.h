@@ -94,13 +94,8 @@ struct s3_client;
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
-struct tevent_context *s3_client_ev(const struct s3_client *c);
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c);
 const char *s3_client_bucket(const struct s3_client *c);
-
-/* Change credentials for requests started from now on. */
-int s3_client_set_credentials(struct s3_client *c,
-			      const struct s3_credentials *creds);
 
 struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 				   struct tevent_context *ev,
