@@ -14,9 +14,9 @@ CC       ?= gcc
 WARN     := -Wall -Wextra -Werror
 OPT      ?= -O2 -g
 PKGS     := talloc tevent libcurl openssl lmdb expat
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
-LIB_CFLAGS := $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
+LIB_CFLAGS = $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
 
 LIB_SRC  := $(sort $(wildcard lib/*.c))
 LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
