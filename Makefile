@@ -22,7 +22,7 @@ LIB_SRC  := $(sort $(wildcard lib/*.c))
 LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
-ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/s3tool
+ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite $(B)/s3tool
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
@@ -67,7 +67,7 @@ $(B)/tests/s3_client_itest: tests/integration/s3_client_itest.c $(B)/libbucketfs
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
 	  $(B)/libbucketfs.a $(PKG_LIBS) -lcmocka
 
-$(B)/tests/smbread: tests/integration/smbread.c $(B)/.deps-ok
+$(B)/tests/smb%: tests/integration/smb%.c $(B)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ \
 	  $$(pkg-config --libs smbclient)

@@ -116,6 +116,7 @@ int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
 		.size = e->size,
 		.mtime = e->mtime,
 		.ino = e->ino,
+		.flags = e->flags,
 	};
 	uint8_t *p;
 
@@ -153,6 +154,7 @@ int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	e->size = r.size;
 	e->mtime = (time_t)r.mtime;
 	e->ino = r.ino;
+	e->flags = r.flags;
 	e->etag = NULL;
 	if (r.etag_len > 0) {
 		e->etag = talloc_strndup(mem_ctx, (const char *)buf + sizeof(r),
@@ -309,6 +311,9 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 	if (rc == 0) {
 		struct bfs_entry old;
 		if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
+			if (old.flags & BFS_ENT_PENDING) {
+				return 0; /* ours is newer than S3's */
+			}
 			e.ino = old.ino;
 		}
 	} else if (rc != MDB_NOTFOUND) {
@@ -363,6 +368,12 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 			break;
 		}
 		if (s3_dir_find(d, name) == NULL) {
+			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
+			    (old.flags & BFS_ENT_PENDING)) {
+				/* Not uploaded yet: S3 cannot know it. */
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+				continue;
+			}
 			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
 				MDB_val ik = {sizeof(old.ino), &old.ino};
 				mdb_del(txn, idx->inos, &ik, NULL);
@@ -507,4 +518,163 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 	*ents = out;
 	*n = got;
 	return 0;
+}
+
+/* ---- changes made through the share ------------------------------------------ */
+
+static char *bfs_full_key(TALLOC_CTX *mem_ctx, const char *dir,
+			  const char *name, bool is_dir)
+{
+	return talloc_asprintf(mem_ctx, "%s%s%s", dir, name, is_dir ? "/" : "");
+}
+
+/* Put e under dir/name in txn, with ino (0: keep the name's or allocate). */
+static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
+			     TALLOC_CTX *tmp, const char *dir,
+			     struct bfs_entry *e)
+{
+	MDB_val k = bfs_ent_key(tmp, dir, e->name), v;
+	void *buf;
+	size_t len;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	if (e->ino == 0) {
+		rc = mdb_get(txn, idx->ent, &k, &v);
+		if (rc == 0) {
+			struct bfs_entry old;
+			if (bfs_index_decode(tmp, v.mv_data, v.mv_size,
+					     &old) == 0) {
+				e->ino = old.ino;
+			}
+		} else if (rc != MDB_NOTFOUND) {
+			return rc;
+		}
+	}
+	if (e->ino == 0) {
+		char *full = bfs_full_key(tmp, dir, e->name, e->is_dir);
+		if (full == NULL) {
+			return ENOMEM;
+		}
+		rc = bfs_index_alloc_ino(idx, txn, full, &e->ino);
+		if (rc != 0) {
+			return rc;
+		}
+	}
+	rc = bfs_index_encode(tmp, e, &buf, &len);
+	if (rc != 0) {
+		return rc;
+	}
+	v.mv_size = len;
+	v.mv_data = buf;
+	return mdb_put(txn, idx->ent, &k, &v, 0);
+}
+
+/* Remove dir/name in txn; its record (if any) goes to *old. */
+static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
+				TALLOC_CTX *tmp, const char *dir,
+				const char *name, struct bfs_entry *old,
+				bool release_ino)
+{
+	MDB_val k = bfs_ent_key(tmp, dir, name), v;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_get(txn, idx->ent, &k, &v);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = bfs_index_decode(tmp, v.mv_data, v.mv_size, old);
+	if (rc == 0 && release_ino) {
+		MDB_val ik = {sizeof(old->ino), &old->ino};
+		mdb_del(txn, idx->inos, &ik, NULL);
+	}
+	return mdb_del(txn, idx->ent, &k, NULL);
+}
+
+static int bfs_index_finish(MDB_txn *txn, TALLOC_CTX *tmp, int rc)
+{
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+	talloc_free(tmp);
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	return bfs_index_finish(txn, tmp,
+				bfs_index_put_txn(idx, txn, tmp, dir, e));
+}
+
+int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry old;
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_remove_txn(idx, txn, tmp, dir, name, &old, true);
+	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
+}
+
+int bfs_index_rename(struct bfs_index *idx, const char *sdir,
+		     const char *sname, const char *ddir, const char *dname)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e = {0}, gone;
+	MDB_val ik, iv;
+	char *full;
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_remove_txn(idx, txn, tmp, sdir, sname, &e, false);
+	if (rc == 0) {
+		rc = bfs_index_remove_txn(idx, txn, tmp, ddir, dname, &gone,
+					  true);
+		rc = rc == MDB_NOTFOUND ? 0 : rc;
+	}
+	if (rc == 0) {
+		/* The inode follows the entry: its owner is the new key. */
+		full = bfs_full_key(tmp, ddir, dname, e.is_dir);
+		rc = full != NULL ? 0 : ENOMEM;
+	}
+	if (rc == 0) {
+		ik.mv_size = sizeof(e.ino);
+		ik.mv_data = &e.ino;
+		iv.mv_size = strlen(full);
+		iv.mv_data = full;
+		rc = mdb_put(txn, idx->inos, &ik, &iv, 0);
+	}
+	if (rc == 0) {
+		e.name = talloc_strdup(tmp, dname);
+		rc = e.name != NULL ?
+			bfs_index_put_txn(idx, txn, tmp, ddir, &e) : ENOMEM;
+	}
+	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? ENOENT : rc);
 }

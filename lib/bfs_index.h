@@ -32,7 +32,14 @@ struct bfs_entry {
 	time_t mtime; /* -1 if S3 gave none (common prefixes) */
 	uint64_t ino;
 	char *etag; /* NULL for directories */
+	uint32_t flags;
 };
+
+/*
+ * The entry's bytes or name are ours and not yet in S3 (a file being
+ * written, or an upload in progress): a relisting from S3 keeps it.
+ */
+#define BFS_ENT_PENDING 0x1
 
 struct bfs_index;
 
@@ -71,6 +78,26 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		       const char *dir, const char *after, size_t max,
 		       struct bfs_entry **ents, size_t *n);
+
+/*
+ * Set one child of dir (a file written or a directory made through the
+ * share).  Keeps the inode number the name had, else allocates one; the
+ * number is returned in e->ino.
+ */
+int bfs_index_put(struct bfs_index *idx, const char *dir,
+		  struct bfs_entry *e);
+
+/* Remove one child of dir.  0 even if it was not there. */
+int bfs_index_remove(struct bfs_index *idx, const char *dir,
+		     const char *name);
+
+/*
+ * Move a child to another name in one transaction (replacing what the
+ * destination held): no reader ever sees both names or neither.  The
+ * entry keeps its inode number and flags.
+ */
+int bfs_index_rename(struct bfs_index *idx, const char *sdir,
+		     const char *sname, const char *ddir, const char *dname);
 
 /* Record encoding, exposed for tests (and fuzzing later). */
 int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,

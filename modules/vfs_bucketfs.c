@@ -10,9 +10,10 @@
  * S3 requests to completion on a private tevent context; pread_send runs on
  * smbd's own event loop.
  *
- * This stage serves reads only: directories are listed and files read
- * straight from S3.  Anything that would change the bucket fails with EROFS
- * (NT_STATUS_MEDIA_WRITE_PROTECTED for the client).
+ * Writes go to a staging file in the cache folder; close and flush upload
+ * it (lib/bfs_writeback.h), journalled so that a killed smbd loses nothing
+ * it acknowledged.  Renames are CopyObject + DeleteObject, mkdir a marker
+ * object "dir/".
  */
 
 #include "includes.h"
@@ -26,7 +27,9 @@
 
 #include "bfs_cache.h"
 #include "bfs_index.h"
+#include "bfs_journal.h"
 #include "bfs_reader.h"
+#include "bfs_writeback.h"
 #include "s3_client.h"
 #include "s3_creds.h"
 #include "s3_dirlist.h"
@@ -71,6 +74,12 @@ struct bfs_conn {
 
 	struct bfs_index *index;
 	struct bfs_cache *cache;
+	struct bfs_journal *journal;
+	struct bfs_wb *wb;		/* on sync_ev */
+	const char *cache_dir;
+	struct bfs_upload_params upload;
+	struct bfs_fh *open_files;	/* files open in this connection */
+	unsigned dir_rename_max;	/* objects a directory rename may move */
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
 	uint64_t sync_reads, async_reads;
@@ -87,6 +96,15 @@ struct bfs_fh {
 	uint64_t ino;
 	struct bfs_object obj;	/* files: what reads fetch */
 	uint64_t next_off;	/* where a sequential reader reads next */
+
+	struct bfs_conn *bc;
+	struct bfs_fh *prev, *next;	/* in bc->open_files */
+	bool writable;
+	char *open_etag;	/* the S3 version a writer started from */
+	int stage_fd;		/* -1: bytes come from the cache / S3 */
+	char *stage_name;	/* NULL: a staging file of someone else's */
+	bool dirty;		/* staged bytes not yet uploaded */
+	bool deleted;		/* unlinked while open: upload nothing */
 };
 
 /*
@@ -375,6 +393,8 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 			TALLOC_FREE(frame);
 			return ENOMEM;
 		}
+		fh->stage_fd = -1;
+		fh->bc = bc;
 		fh->rel = talloc_strdup(fh, rel);
 		fh->key = bfs_key(fh, bc, rel);
 		fh->is_dir = e.is_dir;
@@ -514,10 +534,11 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 {
 	char *idx_dir = talloc_asprintf(bc, "%s/index", dir);
 	char *blk_dir = talloc_asprintf(bc, "%s/cache", dir);
+	char *jrn_dir = talloc_asprintf(bc, "%s/journal", dir);
 	const char *why = NULL;
 	int ret;
 
-	if (idx_dir == NULL || blk_dir == NULL) {
+	if (idx_dir == NULL || blk_dir == NULL || jrn_dir == NULL) {
 		return ENOMEM;
 	}
 	ret = bfs_index_open(bc, idx_dir, bc->cfg.bucket, &bc->index, &why);
@@ -525,12 +546,55 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
 				     &bc->cache, &why);
 	}
+	if (ret == 0) {
+		ret = bfs_journal_open(bc, jrn_dir, &bc->journal, &why);
+	}
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cache dir %s: %s (%s)\n",
 			bc->service, dir, why ? why : "cannot open",
 			strerror(ret));
 	}
 	return ret;
+}
+
+static void bfs_log_recovery(void *priv, const struct bfs_jrec *r,
+			     const struct s3_status *st)
+{
+	struct bfs_conn *bc = priv;
+
+	bfs_log_s3(bc, r->op == BFS_J_PUT ? "journalled upload to" :
+		       r->op == BFS_J_COPY ? "journalled rename to" :
+					     "journalled delete of",
+		   r->key, st);
+}
+
+/* Writeback, and what a killed smbd left in the journal. */
+static int bfs_start_writeback(struct bfs_conn *bc)
+{
+	char *dir = talloc_asprintf(bc, "%s/staging", bc->cache_dir);
+	unsigned done = 0, failed = 0;
+	int ret;
+
+	bc->wb = dir == NULL ? NULL :
+		bfs_wb_new(bc, bc->sync_ev, bc->s3, bc->index, bc->journal,
+			   dir, &bc->upload);
+	if (bc->wb == NULL) {
+		DBG_ERR("bucketfs: share %s: cannot create the staging folder "
+			"%s\n", bc->service, dir ? dir : "(no memory)");
+		return ENOMEM;
+	}
+	ret = bfs_wb_recover(bc->wb, &done, &failed, bfs_log_recovery, bc);
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot read the journal: %s\n",
+			bc->service, strerror(ret));
+		return ret;
+	}
+	if (done + failed > 0) {
+		DBG_WARNING("bucketfs: share %s: finished %u change(s) an "
+			    "earlier smbd left in the journal, %u failed and "
+			    "stay there\n", bc->service, done, failed);
+	}
+	return 0;
 }
 
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
@@ -618,6 +682,21 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			service);
 		goto inval;
 	}
+	bc->cache_dir = cache_dir;
+	bc->upload.multipart_threshold = conv_str_size(
+		bfs_param(handle, "multipart threshold", "16M"));
+	bc->upload.part_size = conv_str_size(bfs_param(handle, "part size",
+						       "16M"));
+	bc->upload.parallel = (unsigned)lp_parm_int(
+		SNUM(handle->conn), BFS_MODULE, "upload parallel", 8);
+	bc->dir_rename_max = (unsigned)lp_parm_int(
+		SNUM(handle->conn), BFS_MODULE, "dir rename max", 1000);
+	if (bc->upload.part_size < (5u << 20) ||
+	    bc->upload.part_size > (5ULL << 30)) {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:part size' must be "
+			"between 5M and 5G\n", service);
+		goto inval;
+	}
 	/* The cache folder is the server's: root's, 0700, whoever connects. */
 	become_root();
 	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);
@@ -652,6 +731,12 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 
 	ret = bfs_probe_bucket(bc);
+	if (ret != 0) {
+		goto fail;
+	}
+	become_root();
+	ret = bfs_start_writeback(bc);
+	unbecome_root();
 	if (ret != 0) {
 		goto fail;
 	}
@@ -935,6 +1020,197 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 			  NT_STATUS_OBJECT_NAME_NOT_FOUND;
 }
 
+/* ---- staging and writeback ----------------------------------------------------------- */
+
+static int bfs_fh_destructor(struct bfs_fh *fh)
+{
+	if (fh->bc != NULL && fh->writable) {
+		DLIST_REMOVE(fh->bc->open_files, fh);
+	}
+	if (fh->stage_fd != -1) {
+		close(fh->stage_fd);
+		fh->stage_fd = -1;
+	}
+	return 0;
+}
+
+/* Another open of key in this connection whose bytes are staged. */
+static struct bfs_fh *bfs_staged_twin(struct bfs_conn *bc, const char *key,
+				      const struct bfs_fh *self)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != self && o->stage_fd != -1 && !o->deleted &&
+		    strcmp(o->key, key) == 0) {
+			return o;
+		}
+	}
+	return NULL;
+}
+
+/* Bytes of an open file: the staging file's if staged. */
+static uint64_t bfs_fh_size(const struct bfs_fh *fh)
+{
+	struct stat sb;
+
+	if (fh->stage_fd != -1 && fstat(fh->stage_fd, &sb) == 0) {
+		return (uint64_t)sb.st_size;
+	}
+	return fh->size;
+}
+
+/* Track a file open for writing (renames and unlinks look for it). */
+static void bfs_fh_track(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	fh->writable = true;
+	DLIST_ADD(bc->open_files, fh);
+	talloc_set_destructor(fh, bfs_fh_destructor);
+}
+
+/*
+ * Give fh a staging file: the one another open of the same key in this
+ * connection already has, else a new one, filled with the object's bytes
+ * if keep (read-modify-write of an existing object).
+ */
+static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
+{
+	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
+	struct s3_status st = {0};
+	char *name = NULL;
+	int fd = -1, ret;
+
+	if (fh->stage_fd != -1) {
+		return 0;
+	}
+	if (twin != NULL) {
+		fd = dup(twin->stage_fd);
+		if (fd == -1) {
+			return errno;
+		}
+		fh->stage_fd = fd;
+		fh->stage_name = talloc_strdup(fh, twin->stage_name);
+		return 0;
+	}
+	become_root();
+	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
+	if (ret == 0 && keep && fh->size > 0) {
+		ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj, fd, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "read-modify-write of", fh->key, &st);
+			close(fd);
+			bfs_wb_stage_drop(bc->wb, name);
+		}
+	}
+	unbecome_root();
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot stage writes to %s: %s\n",
+			bc->service, fh->key, strerror(ret));
+		return ret == ESTALE ? EIO : ret;
+	}
+	fh->stage_fd = fd;
+	fh->stage_name = name;
+	return 0;
+}
+
+/* Last writer wins: say so when S3 changed under a writer. */
+static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct s3_object_info info = {0};
+	struct tevent_req *req;
+	int ret;
+
+	if (fh->open_etag == NULL) {
+		return;
+	}
+	req = s3_head_object_send(talloc_tos(), bc->sync_ev, bc->s3, fh->key);
+	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		TALLOC_FREE(req);
+		return;
+	}
+	ret = s3_head_object_recv(req, talloc_tos(), &info, NULL);
+	TALLOC_FREE(req);
+	if (ret == 0 && info.etag != NULL &&
+	    strcmp(info.etag, fh->open_etag) == 0) {
+		return;
+	}
+	DBG_WARNING("bucketfs: share %s: s3://%s/%s changed in S3 since it "
+		    "was opened for writing (%s); overwriting it: last writer "
+		    "wins\n", bc->service, bc->cfg.bucket, fh->key,
+		    ret == 0 ? "new ETag" : "gone");
+}
+
+/* Upload fh's staged bytes: close and flush wait for this. */
+static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct s3_status st = {0};
+	struct bfs_fh *o;
+	char *etag = NULL;
+	uint64_t size;
+	int ret;
+
+	if (!fh->dirty || fh->deleted || fh->stage_fd == -1) {
+		return 0;
+	}
+	size = bfs_fh_size(fh);
+	become_root();
+	bfs_check_conflict(bc, fh);
+	ret = bfs_wb_upload(bc->wb, fh->key, fh->stage_name, fh->stage_fd,
+			    size, fh->mtime, fh, &etag, &st);
+	unbecome_root();
+	if (ret != 0) {
+		bfs_log_s3(bc, "upload to", fh->key, &st);
+		DBG_ERR("bucketfs: share %s: %s stays in the journal and in "
+			"staging file %s; it is retried by the next smbd that "
+			"opens the share\n", bc->service, fh->key,
+			fh->stage_name);
+		return ret == ENOENT ? EIO : ret;
+	}
+	DBG_INFO("bucketfs: share %s: uploaded %s (%" PRIu64 " bytes)\n",
+		 bc->service, fh->key, size);
+	/* Every open sharing the staging file is clean now. */
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o->stage_name != NULL && fh->stage_name != NULL &&
+		    strcmp(o->stage_name, fh->stage_name) == 0) {
+			o->dirty = false;
+		}
+	}
+	fh->dirty = false;
+	fh->size = size;
+	fh->etag = etag;
+	fh->open_etag = talloc_strdup(fh, etag);
+	fh->obj = (struct bfs_object){
+		.key = fh->key, .etag = fh->etag, .size = size,
+	};
+	bfs_cache_make_id(bc->cfg.bucket, fh->key, etag, bc->block_size,
+			  &fh->obj.id);
+	return 0;
+}
+
+/* Drop fh's staging file unless another open still uses it. */
+static void bfs_fh_unstage(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *o;
+
+	if (fh->stage_fd == -1) {
+		return;
+	}
+	close(fh->stage_fd);
+	fh->stage_fd = -1;
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != fh && o->stage_name != NULL &&
+		    fh->stage_name != NULL &&
+		    strcmp(o->stage_name, fh->stage_name) == 0) {
+			return;
+		}
+	}
+	if (fh->stage_name != NULL) {
+		become_root();
+		bfs_wb_stage_drop(bc->wb, fh->stage_name);
+		unbecome_root();
+	}
+}
+
 /* ---- open, close, stat ----------------------------------------------------------------- */
 
 /* The fsp extension area is not a talloc chunk: it holds a pointer. */
@@ -943,6 +1219,83 @@ static void bfs_fh_free(void *p)
 	struct bfs_fh **pfh = p;
 
 	TALLOC_FREE(*pfh);
+}
+
+/* A file created through the share: in the index at once, pending. */
+static int bfs_create(struct bfs_conn *bc, const char *rel,
+		      struct bfs_fh **pfh)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	SMB_STRUCT_STAT sbuf;
+	struct bfs_entry e = {0};
+	struct bfs_fh *fh = NULL;
+	const char *base;
+	char *parent, *prefix;
+	int ret;
+
+	bfs_split(frame, rel, &parent, &base);
+	ret = parent != NULL ? bfs_lookup(frame, bc, parent, &sbuf, &fh) :
+			       ENOMEM;
+	if (ret == 0 && !fh->is_dir) {
+		ret = ENOTDIR;
+	}
+	if (ret == 0 && (base[0] == '\0' || strlen(base) > 255)) {
+		ret = base[0] == '\0' ? EINVAL : ENAMETOOLONG;
+	}
+	prefix = ret == 0 ? bfs_dir_prefix(frame, bc, parent) : NULL;
+	if (ret == 0 && prefix == NULL) {
+		ret = ENOMEM;
+	}
+	if (ret != 0) {
+		TALLOC_FREE(frame);
+		return ret;
+	}
+	fh = talloc_zero(NULL, struct bfs_fh);
+	if (fh == NULL) {
+		TALLOC_FREE(frame);
+		return ENOMEM;
+	}
+	fh->stage_fd = -1;
+	fh->bc = bc;
+	fh->rel = talloc_strdup(fh, rel);
+	fh->key = bfs_key(fh, bc, rel);
+	fh->mtime = time(NULL);
+	e.name = (char *)base;
+	e.mtime = fh->mtime;
+	e.flags = BFS_ENT_PENDING;
+	become_root();
+	ret = bfs_index_put(bc->index, prefix, &e);
+	unbecome_root();
+	TALLOC_FREE(frame);
+	if (ret != 0) {
+		TALLOC_FREE(fh);
+		return ret;
+	}
+	fh->ino = e.ino;
+	fh->obj = (struct bfs_object){.key = fh->key};
+	*pfh = fh;
+	return 0;
+}
+
+/* A file another smbd is uploading: read its staging file meanwhile. */
+static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
+	struct bfs_jrec rec;
+	char *path;
+
+	if (twin != NULL) {
+		fh->stage_fd = dup(twin->stage_fd);
+		return;
+	}
+	become_root();
+	if (bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec) == 0 &&
+	    rec.op == BFS_J_PUT) {
+		path = talloc_asprintf(talloc_tos(), "%s/staging/%s",
+				       bc->cache_dir, rec.staging);
+		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	}
+	unbecome_root();
 }
 
 static int bfs_openat(struct vfs_handle_struct *handle,
@@ -954,6 +1307,7 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 	struct bfs_conn *bc;
 	SMB_STRUCT_STAT sbuf;
 	char *rel = NULL;
+	bool created = false;
 	int ret, fd, acc = how->flags & O_ACCMODE;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
@@ -970,28 +1324,48 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 	if (ret == 0) {
 		ret = bfs_lookup(talloc_tos(), bc, rel, &sbuf, &fh);
 	}
+	if (ret == ENOENT && (how->flags & O_CREAT) && rel != NULL) {
+		ret = bfs_create(bc, rel, &fh);
+		created = ret == 0;
+	} else if (ret == 0 && (how->flags & O_CREAT) &&
+		   (how->flags & O_EXCL)) {
+		ret = EEXIST;
+	}
 	TALLOC_FREE(rel);
-	if (ret == ENOENT && (how->flags & O_CREAT)) {
-		ret = EROFS; /* writes come with the write-path stage */
+	if (ret == 0 && fh->is_dir && acc != O_RDONLY) {
+		ret = EISDIR;
+	}
+	if (ret == 0 && (how->flags & O_DIRECTORY) && !fh->is_dir) {
+		ret = ENOTDIR;
 	}
 	if (ret != 0) {
 		TALLOC_FREE(fh);
 		errno = ret;
 		return -1;
 	}
-	if ((how->flags & O_CREAT) && (how->flags & O_EXCL)) {
-		TALLOC_FREE(fh);
-		errno = EEXIST;
-		return -1;
+	talloc_set_destructor(fh, bfs_fh_destructor);
+	if (!fh->is_dir && (acc != O_RDONLY || created)) {
+		bfs_fh_track(bc, fh);
+		if (!created) {
+			fh->open_etag = talloc_strdup(fh, fh->etag);
+		}
+		if (created || (how->flags & O_TRUNC)) {
+			/* New bytes from zero: nothing to fetch first. */
+			fh->size = 0;
+			ret = bfs_fh_stage(bc, fh, false);
+			if (ret == 0 && (how->flags & O_TRUNC) &&
+			    ftruncate(fh->stage_fd, 0) != 0) {
+				ret = errno;
+			}
+			fh->dirty = true;
+		}
+	} else if (!fh->is_dir) {
+		/* Read-your-writes: staged bytes win over S3's. */
+		bfs_open_pending(bc, fh);
 	}
-	if (acc != O_RDONLY || (how->flags & O_TRUNC)) {
+	if (ret != 0) {
 		TALLOC_FREE(fh);
-		errno = EROFS;
-		return -1;
-	}
-	if ((how->flags & O_DIRECTORY) && !fh->is_dir) {
-		TALLOC_FREE(fh);
-		errno = ENOTDIR;
+		errno = ret;
 		return -1;
 	}
 
@@ -1013,10 +1387,28 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 
 static int bfs_close(struct vfs_handle_struct *handle, files_struct *fsp)
 {
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
 	int fd = fsp_get_pathref_fd(fsp);
+	struct bfs_conn *bc;
+	int ret = 0;
 
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (fh != NULL && fh->writable) {
+		ret = bfs_fh_writeback(bc, fh);
+		if (ret == 0 || fh->deleted) {
+			bfs_fh_unstage(bc, fh);
+		}
+		/* On failure the staging file stays: the journal names it. */
+	}
 	VFS_REMOVE_FSP_EXTENSION(handle, fsp);
-	return fd == -1 ? 0 : vfs_fake_fd_close(fd);
+	if (fd != -1) {
+		vfs_fake_fd_close(fd);
+	}
+	if (ret != 0) {
+		errno = ret;
+		return -1;
+	}
+	return 0;
 }
 
 static int bfs_stat(struct vfs_handle_struct *handle,
@@ -1060,7 +1452,8 @@ static int bfs_fstat(struct vfs_handle_struct *handle, files_struct *fsp,
 		/* A pathref without our open (the cwd): stat by name. */
 		return bfs_stat_rel_name(handle, NULL, fsp->fsp_name, sbuf);
 	}
-	bfs_fill_stat(bc, sbuf, fh->ino, fh->is_dir, fh->size, fh->mtime);
+	bfs_fill_stat(bc, sbuf, fh->ino, fh->is_dir, bfs_fh_size(fh),
+		      fh->mtime);
 	return 0;
 }
 
@@ -1298,6 +1691,9 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = fh == NULL ? EBADF : EISDIR;
 		return -1;
 	}
+	if (fh->stage_fd != -1) {
+		return pread(fh->stage_fd, data, n, offset);
+	}
 	if (!bfs_clamp(fh, offset, &n)) {
 		return 0;
 	}
@@ -1397,6 +1793,17 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	state->fh = fh;
 	if (fh == NULL || fh->is_dir) {
 		tevent_req_error(req, fh == NULL ? EBADF : EISDIR);
+		return tevent_req_post(req, ev);
+	}
+	if (fh->stage_fd != -1) {
+		/* Staged bytes are a local file: read them now. */
+		ssize_t got = pread(fh->stage_fd, data, n, offset);
+		if (got < 0) {
+			tevent_req_error(req, errno);
+		} else {
+			state->got = (size_t)got;
+			tevent_req_done(req);
+		}
 		return tevent_req_post(req, ev);
 	}
 	if (!bfs_clamp(fh, offset, &n)) {
@@ -1560,30 +1967,50 @@ static off_t bfs_lseek(struct vfs_handle_struct *handle, files_struct *fsp,
 	}
 }
 
-/* ---- everything that would change the bucket: read-only for now --------------------------------- */
+/* ---- writes and namespace changes ------------------------------------------------------------- */
 
-static int bfs_erofs(void)
+/* The writable open behind fsp, staged (fetching the old bytes if keep). */
+static struct bfs_fh *bfs_writable_fh(struct vfs_handle_struct *handle,
+				      files_struct *fsp, bool keep, int *err)
 {
-	errno = EROFS;
-	return -1;
-}
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct bfs_conn *bc;
 
-static int bfs_mkdirat(struct vfs_handle_struct *handle,
-		       struct files_struct *dirfsp,
-		       const struct smb_filename *smb_fname, mode_t mode)
-{
-	return bfs_erofs();
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				*err = EBADF; return NULL);
+	if (fh == NULL || fh->is_dir || !fh->writable) {
+		*err = fh == NULL ? EBADF : fh->is_dir ? EISDIR : EBADF;
+		return NULL;
+	}
+	*err = bfs_fh_stage(bc, fh, keep);
+	return *err == 0 ? fh : NULL;
 }
 
 static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 			  const void *data, size_t n, off_t offset)
 {
-	return bfs_erofs();
+	int err;
+	struct bfs_fh *fh = bfs_writable_fh(handle, fsp, true, &err);
+	ssize_t done;
+
+	if (fh == NULL) {
+		errno = err;
+		return -1;
+	}
+	done = pwrite(fh->stage_fd, data, n, offset);
+	if (done >= 0) {
+		fh->dirty = true;
+		fh->mtime = time(NULL);
+	} else if (errno == ENOSPC || errno == EDQUOT) {
+		DBG_ERR("bucketfs: share %s: the cache folder is full: cannot "
+			"stage a write to %s\n", fh->bc->service, fh->key);
+	}
+	return done;
 }
 
 /* An already finished request: err 0 is success. */
 struct bfs_done_state {
-	int dummy;
+	ssize_t result;
 };
 
 static struct tevent_req *bfs_done_req(TALLOC_CTX *mem_ctx,
@@ -1617,6 +2044,7 @@ static int bfs_done_recv(struct tevent_req *req,
 	return ret;
 }
 
+/* Staging files are local: the write is done by the time we return. */
 static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  TALLOC_CTX *mem_ctx,
 					  struct tevent_context *ev,
@@ -1624,13 +2052,325 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  const void *data, size_t n,
 					  off_t offset)
 {
-	return bfs_done_req(mem_ctx, ev, EROFS);
+	ssize_t done = bfs_pwrite(handle, fsp, data, n, offset);
+	struct tevent_req *req = bfs_done_req(mem_ctx, ev,
+					      done < 0 ? errno : 0);
+
+	if (req != NULL && done >= 0) {
+		struct bfs_done_state *state =
+			tevent_req_data(req, struct bfs_done_state);
+		state->result = done;
+	}
+	return req;
 }
 
 static ssize_t bfs_pwrite_recv(struct tevent_req *req,
 			       struct vfs_aio_state *vfs_aio_state)
 {
-	return bfs_done_recv(req, vfs_aio_state);
+	struct bfs_done_state *state = tevent_req_data(req,
+						       struct bfs_done_state);
+	ssize_t n = state->result;
+
+	return bfs_done_recv(req, vfs_aio_state) == 0 ? n : -1;
+}
+
+/* SMB flush: returns once the object is durable in S3. */
+static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
+					 TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct files_struct *fsp)
+{
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct bfs_conn *bc;
+	int ret = 0;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				return bfs_done_req(mem_ctx, ev, EBADF));
+	if (fh != NULL && fh->writable) {
+		ret = bfs_fh_writeback(bc, fh);
+	}
+	return bfs_done_req(mem_ctx, ev, ret);
+}
+
+static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
+			 off_t offset)
+{
+	int err;
+	struct bfs_fh *fh;
+
+	if (offset < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	/* Cutting to zero needs none of the old bytes. */
+	fh = bfs_writable_fh(handle, fsp, offset > 0, &err);
+	if (fh == NULL) {
+		errno = err;
+		return -1;
+	}
+	if (ftruncate(fh->stage_fd, offset) != 0) {
+		return -1;
+	}
+	fh->dirty = true;
+	fh->mtime = time(NULL);
+	return 0;
+}
+
+static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
+			 uint32_t mode, off_t offset, off_t len)
+{
+	int err;
+	struct bfs_fh *fh;
+
+	if (mode & VFS_FALLOCATE_FL_PUNCH_HOLE) {
+		errno = ENOTSUP;
+		return -1;
+	}
+	if (mode & VFS_FALLOCATE_FL_KEEP_SIZE) {
+		return 0; /* S3 has no preallocation: nothing to reserve */
+	}
+	fh = bfs_writable_fh(handle, fsp, true, &err);
+	if (fh == NULL) {
+		errno = err;
+		return -1;
+	}
+	if ((uint64_t)(offset + len) > bfs_fh_size(fh)) {
+		if (ftruncate(fh->stage_fd, offset + len) != 0) {
+			return -1;
+		}
+		fh->dirty = true;
+	}
+	return 0;
+}
+
+/*
+ * S3 keeps no times we could set: a write time given by the client is
+ * what the index shows for a file we upload; otherwise nothing changes.
+ */
+static int bfs_fntimes(struct vfs_handle_struct *handle, files_struct *fsp,
+		       struct smb_file_time *ft)
+{
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+
+	if (fh != NULL && fh->dirty && !is_omit_timespec(&ft->mtime)) {
+		fh->mtime = ft->mtime.tv_sec;
+	}
+	return 0;
+}
+
+/* Modes and owners come from smb.conf ('bucketfs:file mode'). */
+static int bfs_fchmod(struct vfs_handle_struct *handle, files_struct *fsp,
+		      mode_t mode)
+{
+	return 0;
+}
+
+static int bfs_fchown(struct vfs_handle_struct *handle, files_struct *fsp,
+		      uid_t uid, gid_t gid)
+{
+	errno = EPERM;
+	return -1;
+}
+
+static int bfs_lchown(struct vfs_handle_struct *handle,
+		      const struct smb_filename *smb_fname, uid_t uid,
+		      gid_t gid)
+{
+	errno = EPERM;
+	return -1;
+}
+
+/* Resolve name against dirfsp and look it up; ENOENT leaves *fh NULL. */
+static int bfs_resolve(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+		       const struct files_struct *dirfsp,
+		       const struct smb_filename *smb_fname, char **rel,
+		       struct bfs_fh **fh)
+{
+	SMB_STRUCT_STAT sbuf;
+	int ret;
+
+	*fh = NULL;
+	if (smb_fname->stream_name != NULL) {
+		return ENOENT;
+	}
+	ret = bfs_rel_path(mem_ctx, bc, dirfsp, smb_fname->base_name, rel);
+	if (ret == 0) {
+		ret = bfs_lookup(mem_ctx, bc, *rel, &sbuf, fh);
+	}
+	return ret;
+}
+
+static int bfs_mkdirat(struct vfs_handle_struct *handle,
+		       struct files_struct *dirfsp,
+		       const struct smb_filename *smb_fname, mode_t mode)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_entry e = {0};
+	struct s3_status st = {0};
+	struct bfs_fh *fh = NULL, *pfh = NULL;
+	struct bfs_conn *bc;
+	SMB_STRUCT_STAT sbuf;
+	struct s3_dir *empty;
+	char *rel = NULL, *parent, *marker, *prefix;
+	const char *base;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				TALLOC_FREE(frame); return -1);
+	ret = bfs_resolve(frame, bc, dirfsp, smb_fname, &rel, &fh);
+	if (ret == 0) {
+		ret = EEXIST;
+	} else if (ret == ENOENT && rel != NULL && rel[0] != '\0') {
+		bfs_split(frame, rel, &parent, &base);
+		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
+		if (ret == 0 && !pfh->is_dir) {
+			ret = ENOTDIR;
+		}
+	}
+	if (ret != 0) {
+		TALLOC_FREE(frame);
+		errno = ret;
+		return -1;
+	}
+	marker = bfs_dir_prefix(frame, bc, rel);
+	ret = bfs_wb_put_empty(bc->wb, marker, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
+		TALLOC_FREE(frame);
+		errno = ret;
+		return -1;
+	}
+	/* In the parent's listing now, and known to be empty. */
+	prefix = bfs_dir_prefix(frame, bc, parent);
+	e.name = (char *)base;
+	e.is_dir = true;
+	e.mtime = time(NULL);
+	empty = s3_dir_new(frame, marker);
+	become_root();
+	ret = bfs_index_put(bc->index, prefix, &e);
+	if (ret == 0 && empty != NULL) {
+		s3_dir_finish(empty);
+		bfs_index_store_dir(bc->index, empty, time(NULL));
+	}
+	unbecome_root();
+	TALLOC_FREE(frame);
+	if (ret != 0) {
+		errno = ret;
+		return -1;
+	}
+	return 0;
+}
+
+/* Open writers of key in this connection follow a rename. */
+static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
+			   const char *dst_rel)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (strcmp(o->key, src_key) != 0) {
+			continue;
+		}
+		o->rel = talloc_strdup(o, dst_rel);
+		o->key = bfs_key(o, bc, dst_rel);
+		o->obj.key = o->key;
+		o->open_etag = NULL;
+		if (o->stage_fd != -1) {
+			o->dirty = true; /* the new name needs the bytes */
+		}
+	}
+}
+
+/* Rename a file whose bytes are staged here: the upload follows it. */
+static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *src,
+			     const char *dst_rel)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct s3_status st = {0};
+	char *sdir, *sname, *ddir, *dname, *src_key = src->key;
+	char *dst_key = bfs_key(frame, bc, dst_rel);
+	bool in_s3 = src->etag != NULL || src->open_etag != NULL;
+	int ret;
+
+	if (dst_key == NULL || bfs_key_split(frame, src_key, &sdir, &sname) ||
+	    bfs_key_split(frame, dst_key, &ddir, &dname)) {
+		TALLOC_FREE(frame);
+		return ENOMEM;
+	}
+	become_root();
+	ret = bfs_index_rename(bc->index, sdir, sname, ddir, dname);
+	unbecome_root();
+	if (ret != 0) {
+		TALLOC_FREE(frame);
+		return ret;
+	}
+	src_key = talloc_strdup(frame, src_key);
+	bfs_rekey_open(bc, src_key, dst_rel);
+	if (in_s3) {
+		/* The old name's object: its bytes live on in staging. */
+		become_root();
+		ret = bfs_wb_delete(bc->wb, src_key, &st);
+		unbecome_root();
+		if (ret != 0) {
+			bfs_log_s3(bc, "delete after rename of", src_key, &st);
+		}
+	}
+	TALLOC_FREE(frame);
+	return 0;
+}
+
+static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
+			  const char *dst_rel)
+{
+	TALLOC_CTX *frame = talloc_stackframe();
+	char *sp = bfs_dir_prefix(frame, bc, src_rel);
+	char *dp = bfs_dir_prefix(frame, bc, dst_rel);
+	struct s3_status st = {0};
+	char **keys = NULL;
+	size_t n = 0, i;
+	int ret;
+
+	ret = bfs_wb_list_all(bc->wb, frame, sp, bc->dir_rename_max, &keys,
+			      &n, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, "listing for a rename of", sp, &st);
+		TALLOC_FREE(frame);
+		return ret;
+	}
+	if (n > bc->dir_rename_max) {
+		DBG_WARNING("bucketfs: share %s: cannot rename %s: it holds "
+			    "more than %u objects ('bucketfs:dir rename max'); "
+			    "S3 renames object by object\n", bc->service,
+			    src_rel, bc->dir_rename_max);
+		TALLOC_FREE(frame);
+		return ENOTSUP;
+	}
+	become_root();
+	for (i = 0; ret == 0 && i < n; i++) {
+		char *to = talloc_asprintf(frame, "%s%s", dp,
+					   keys[i] + strlen(sp));
+		ret = to != NULL ? bfs_wb_rename(bc->wb, keys[i], to, 0, &st) :
+				   ENOMEM;
+		if (ret != 0) {
+			bfs_log_s3(bc, "rename (copy) of", keys[i], &st);
+		}
+	}
+	if (ret == 0) {
+		/* The directory's own entry moves between the parents. */
+		char *sparent, *dparent;
+		const char *sbase, *dbase;
+
+		bfs_split(frame, src_rel, &sparent, &sbase);
+		bfs_split(frame, dst_rel, &dparent, &dbase);
+		bfs_index_rename(bc->index, bfs_dir_prefix(frame, bc, sparent),
+				 sbase, bfs_dir_prefix(frame, bc, dparent),
+				 dbase);
+		bfs_index_invalidate_dir(bc->index, sp);
+		bfs_index_invalidate_dir(bc->index, dp);
+	}
+	unbecome_root();
+	TALLOC_FREE(frame);
+	return ret;
 }
 
 static int bfs_renameat(struct vfs_handle_struct *handle,
@@ -1639,87 +2379,199 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 			files_struct *dstfsp,
 			const struct smb_filename *smb_fname_dst)
 {
-	return bfs_erofs();
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_fh *src = NULL, *dst = NULL, *staged;
+	struct s3_status st = {0};
+	char *src_rel = NULL, *dst_rel = NULL, *dst_key;
+	struct bfs_conn *bc;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				TALLOC_FREE(frame); return -1);
+	ret = bfs_resolve(frame, bc, srcfsp, smb_fname_src, &src_rel, &src);
+	if (ret == 0) {
+		ret = bfs_resolve(frame, bc, dstfsp, smb_fname_dst, &dst_rel,
+				  &dst);
+		if (ret == ENOENT && dst_rel != NULL && dst_rel[0] != '\0') {
+			ret = 0;
+		}
+	}
+	if (ret == 0 && (src_rel[0] == '\0' || dst_rel[0] == '\0')) {
+		ret = EBUSY; /* the share root */
+	}
+	if (ret == 0 && dst != NULL && dst->is_dir) {
+		ret = src->is_dir ? EEXIST : EISDIR;
+	}
+	if (ret == 0 && dst == NULL) {
+		/* The destination's parent must be a directory. */
+		char *parent;
+		const char *base;
+		struct bfs_fh *pfh = NULL;
+		SMB_STRUCT_STAT sbuf;
+
+		bfs_split(frame, dst_rel, &parent, &base);
+		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
+		if (ret == 0 && !pfh->is_dir) {
+			ret = ENOTDIR;
+		}
+	}
+	if (ret != 0 || strcmp(src_rel, dst_rel) == 0) {
+		TALLOC_FREE(frame);
+		if (ret != 0) {
+			errno = ret;
+			return -1;
+		}
+		return 0;
+	}
+	if (src->is_dir) {
+		ret = bfs_rename_dir(bc, src_rel, dst_rel);
+	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
+		src->etag = staged->open_etag;
+		ret = bfs_rename_staged(bc, src, dst_rel);
+	} else if (src->etag == NULL) {
+		/* Pending in another smbd: its upload is under the old name. */
+		DBG_NOTICE("bucketfs: share %s: %s is being uploaded by another "
+			   "client; rename it once that finishes\n",
+			   bc->service, src_rel);
+		ret = EBUSY;
+	} else {
+		dst_key = bfs_key(frame, bc, dst_rel);
+		become_root();
+		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
+		unbecome_root();
+		if (ret == ENOTSUP) {
+			DBG_WARNING("bucketfs: share %s: cannot rename %s: "
+				    "objects above 5 GiB need a multipart copy, "
+				    "which bucketfs does not do yet\n",
+				    bc->service, src_rel);
+		} else if (ret != 0) {
+			bfs_log_s3(bc, "rename of", src->key, &st);
+		} else {
+			bfs_rekey_open(bc, src->key, dst_rel);
+		}
+	}
+	TALLOC_FREE(frame);
+	if (ret != 0) {
+		errno = ret == ENOENT ? EIO : ret;
+		return -1;
+	}
+	return 0;
 }
 
-/* Nothing is ever dirty while the share is read-only. */
-static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
-					 TALLOC_CTX *mem_ctx,
-					 struct tevent_context *ev,
-					 struct files_struct *fsp)
+static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 {
-	return bfs_done_req(mem_ctx, ev, 0);
+	TALLOC_CTX *frame = talloc_stackframe();
+	char *prefix = bfs_dir_prefix(frame, bc, rel);
+	struct bfs_entry *ents = NULL;
+	struct s3_status st = {0};
+	char **keys = NULL;
+	size_t n = 0, i;
+	int ret;
+
+	/* Empty in the index (names being written count) and in S3. */
+	ret = bfs_dir_fresh(bc, rel);
+	if (ret == 0) {
+		ret = bfs_index_children(bc->index, frame, prefix, NULL, 1,
+					 &ents, &n);
+	}
+	if (ret == 0 && n > 0) {
+		ret = ENOTEMPTY;
+	}
+	if (ret == 0) {
+		ret = bfs_wb_list_all(bc->wb, frame, prefix, 2, &keys, &n, &st);
+	}
+	for (i = 0; ret == 0 && i < n; i++) {
+		if (strcmp(keys[i], prefix) != 0) {
+			ret = ENOTEMPTY;
+		}
+	}
+	if (ret == 0) {
+		become_root();
+		ret = bfs_wb_delete(bc->wb, prefix, &st);
+		if (ret == 0) {
+			bfs_index_invalidate_dir(bc->index, prefix);
+		}
+		unbecome_root();
+		if (ret != 0) {
+			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
+		}
+	}
+	TALLOC_FREE(frame);
+	return ret;
 }
 
 static int bfs_unlinkat(struct vfs_handle_struct *handle,
 			struct files_struct *dirfsp,
 			const struct smb_filename *smb_fname, int flags)
 {
-	return bfs_erofs();
+	TALLOC_CTX *frame = talloc_stackframe();
+	struct bfs_fh *fh = NULL, *o;
+	struct s3_status st = {0};
+	struct bfs_conn *bc;
+	char *rel = NULL;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				TALLOC_FREE(frame); return -1);
+	ret = bfs_resolve(frame, bc, dirfsp, smb_fname, &rel, &fh);
+	if (ret == 0 && rel[0] == '\0') {
+		ret = EBUSY;
+	}
+	if (ret == 0 && (flags & AT_REMOVEDIR)) {
+		ret = fh->is_dir ? bfs_rmdir(bc, rel) : ENOTDIR;
+	} else if (ret == 0 && fh->is_dir) {
+		ret = EISDIR;
+	} else if (ret == 0) {
+		/* Open writers here (delete on close): upload nothing. */
+		for (o = bc->open_files; o != NULL; o = o->next) {
+			if (strcmp(o->key, fh->key) == 0) {
+				o->deleted = true;
+				o->dirty = false;
+			}
+		}
+		become_root();
+		ret = bfs_wb_delete(bc->wb, fh->key, &st);
+		unbecome_root();
+		if (ret != 0) {
+			bfs_log_s3(bc, "delete of", fh->key, &st);
+		}
+	}
+	TALLOC_FREE(frame);
+	if (ret != 0) {
+		errno = ret;
+		return -1;
+	}
+	return 0;
 }
 
-static int bfs_fchmod(struct vfs_handle_struct *handle, files_struct *fsp,
-		      mode_t mode)
-{
-	return bfs_erofs();
-}
-
-static int bfs_fchown(struct vfs_handle_struct *handle, files_struct *fsp,
-		      uid_t uid, gid_t gid)
-{
-	return bfs_erofs();
-}
-
-static int bfs_lchown(struct vfs_handle_struct *handle,
-		      const struct smb_filename *smb_fname, uid_t uid,
-		      gid_t gid)
-{
-	return bfs_erofs();
-}
-
-static int bfs_fntimes(struct vfs_handle_struct *handle, files_struct *fsp,
-		       struct smb_file_time *ft)
-{
-	return bfs_erofs();
-}
-
-static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
-			 off_t offset)
-{
-	return bfs_erofs();
-}
-
-static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
-			 uint32_t mode, off_t offset, off_t len)
-{
-	return bfs_erofs();
-}
-
+/* DOS attributes are derived (directory, read-only from the mode). */
 static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
 					struct files_struct *fsp,
 					uint32_t dosmode)
 {
-	return NT_STATUS_MEDIA_WRITE_PROTECTED;
+	return NT_STATUS_OK;
 }
 
 static NTSTATUS bfs_fset_nt_acl(struct vfs_handle_struct *handle,
 				files_struct *fsp, uint32_t security_info_sent,
 				const struct security_descriptor *psd)
 {
-	return NT_STATUS_MEDIA_WRITE_PROTECTED;
+	return NT_STATUS_NOT_SUPPORTED;
 }
 
 static int bfs_fsetxattr(struct vfs_handle_struct *handle,
 			 struct files_struct *fsp, const char *name,
 			 const void *value, size_t size, int flags)
 {
-	return bfs_erofs();
+	errno = ENOTSUP;
+	return -1;
 }
 
 static int bfs_fremovexattr(struct vfs_handle_struct *handle,
 			    struct files_struct *fsp, const char *name)
 {
-	return bfs_erofs();
+	errno = ENOTSUP;
+	return -1;
 }
 
 /* ---- locks, xattrs, ACLs: what smbd needs from a filesystem without them ----------------------- */

@@ -11,6 +11,10 @@ C one under test), then forwards to s3rver.  It can also inject faults.
 MODE: 503 (SlowDown document), 500 (InternalError), truncate (full
 Content-Length promised, half sent, connection closed), reset (connection
 closed before any answer).  The first N requests get the fault.
+With --control FILE, a test switches faults while it runs: FILE holds
+"METHOD MODE COUNT" (COUNT -1: every request), MODE one of the above or
+deny (403 AccessDenied) or delay:SECONDS; the next COUNT requests of that
+method get it, counted from when the file's content changed.
 One line per request goes to stdout.
 """
 import argparse
@@ -20,6 +24,7 @@ import http.client
 import http.server
 import re
 import threading
+import time
 import urllib.parse
 
 ap = argparse.ArgumentParser()
@@ -28,6 +33,7 @@ ap.add_argument("upstream", type=int)
 ap.add_argument("--keys", default="S3RVER:S3RVER")
 ap.add_argument("--fault", default="")
 ap.add_argument("--count", type=int, default=0)
+ap.add_argument("--control", default="")
 args = ap.parse_args()
 SECRETS = dict(kv.split(":", 1) for kv in args.keys.split(","))
 lock = threading.Lock()
@@ -114,7 +120,14 @@ class Front(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         fault = args.fault if n <= args.count else ""
+        if args.control:
+            fault = controlled_fault(self.command) or fault
         print(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')}", flush=True)
+        if fault.startswith("delay:"):
+            time.sleep(float(fault[6:]))
+            fault = ""
+        if fault == "deny":
+            return self.error(403, "AccessDenied", "Access Denied (injected)")
         if fault in ("503", "500"):
             return self.error(int(fault), "SlowDown" if fault == "503" else "InternalError", "injected")
         if fault == "reset":
@@ -147,6 +160,29 @@ class Front(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+
+control_seen = None
+control_left = 0
+
+
+def controlled_fault(method):
+    global control_seen, control_left
+    try:
+        with open(args.control) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        text = ""
+    with lock:
+        if text != control_seen:
+            control_seen = text
+            control_left = int(text.split()[2]) if len(text.split()) == 3 else 0
+        parts = text.split()
+        if len(parts) != 3 or parts[0] != method or control_left == 0:
+            return ""
+        if control_left > 0:
+            control_left -= 1
+        return parts[1]
 
 
 class Server(http.server.ThreadingHTTPServer):

@@ -1,0 +1,376 @@
+/*
+ * The writeback journal in LMDB: one database "jrn", object key -> record.
+ */
+#include "bfs_journal.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bfs_lmdb.h"
+
+#define BFS_JOURNAL_MAP_SIZE (256ULL << 20)
+#define BFS_JREC_VERSION 1
+
+struct bfs_journal {
+	MDB_env *env;
+	MDB_dbi db;
+};
+
+/* Packed header; staging, src and upload id follow, in that order. */
+struct bfs_jrec_hdr {
+	uint8_t version;
+	uint8_t op;
+	uint16_t staging_len;
+	uint16_t src_len;
+	uint16_t upload_id_len;
+	int32_t pid;
+	int32_t last_error;
+	uint64_t size;
+	int64_t mtime;
+} __attribute__((packed));
+
+static int bfs_journal_destructor(struct bfs_journal *j)
+{
+	bfs_lmdb_close(j->env);
+	return 0;
+}
+
+int bfs_journal_open(TALLOC_CTX *mem_ctx, const char *dir,
+		     struct bfs_journal **out, const char **why)
+{
+	struct bfs_journal *j = talloc_zero(mem_ctx, struct bfs_journal);
+	MDB_txn *txn = NULL;
+	int rc;
+
+	if (j == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_open(dir, BFS_JOURNAL_MAP_SIZE, 2, &j->env, why);
+	if (rc != 0) {
+		talloc_free(j);
+		return rc;
+	}
+	talloc_set_destructor(j, bfs_journal_destructor);
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "jrn", MDB_CREATE, &j->db);
+		if (rc == 0) {
+			rc = mdb_txn_commit(txn);
+		} else {
+			mdb_txn_abort(txn);
+		}
+	}
+	if (rc != 0) {
+		*why = mdb_strerror(rc);
+		talloc_free(j);
+		return bfs_lmdb_errno(rc);
+	}
+	*out = j;
+	return 0;
+}
+
+/* ---- records ---------------------------------------------------------------- */
+
+static size_t bfs_slen(const char *s)
+{
+	return s != NULL ? strlen(s) : 0;
+}
+
+int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
+		    size_t *len)
+{
+	size_t sl = bfs_slen(r->staging), cl = bfs_slen(r->src),
+	       ul = bfs_slen(r->upload_id);
+	struct bfs_jrec_hdr h = {
+		.version = BFS_JREC_VERSION,
+		.op = (uint8_t)r->op,
+		.staging_len = (uint16_t)sl,
+		.src_len = (uint16_t)cl,
+		.upload_id_len = (uint16_t)ul,
+		.pid = (int32_t)r->pid,
+		.last_error = r->last_error,
+		.size = r->size,
+		.mtime = r->mtime,
+	};
+	uint8_t *p;
+
+	if (sl > UINT16_MAX || cl > UINT16_MAX || ul > UINT16_MAX) {
+		return ENAMETOOLONG;
+	}
+	p = talloc_size(mem_ctx, sizeof(h) + sl + cl + ul);
+	if (p == NULL) {
+		return ENOMEM;
+	}
+	memcpy(p, &h, sizeof(h));
+	memcpy(p + sizeof(h), r->staging ? r->staging : "", sl);
+	memcpy(p + sizeof(h) + sl, r->src ? r->src : "", cl);
+	memcpy(p + sizeof(h) + sl + cl, r->upload_id ? r->upload_id : "", ul);
+	*buf = p;
+	*len = sizeof(h) + sl + cl + ul;
+	return 0;
+}
+
+static char *bfs_jstr(TALLOC_CTX *mem_ctx, const uint8_t *p, size_t len,
+		      bool *oom)
+{
+	char *s;
+
+	if (len == 0) {
+		return NULL;
+	}
+	s = talloc_strndup(mem_ctx, (const char *)p, len);
+	if (s == NULL || strlen(s) != len) {
+		*oom = true; /* or an embedded NUL: refused all the same */
+	}
+	return s;
+}
+
+/* Decodes everything but r->key. */
+int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
+		    struct bfs_jrec *r)
+{
+	const uint8_t *p = buf;
+	struct bfs_jrec_hdr h;
+	bool bad = false;
+
+	if (len < sizeof(h)) {
+		return EBADMSG;
+	}
+	memcpy(&h, buf, sizeof(h));
+	if (h.version != BFS_JREC_VERSION || h.op < BFS_J_PUT ||
+	    h.op > BFS_J_DELETE ||
+	    len != sizeof(h) + h.staging_len + h.src_len + h.upload_id_len) {
+		return EBADMSG;
+	}
+	r->op = (enum bfs_jop)h.op;
+	r->pid = (pid_t)h.pid;
+	r->last_error = h.last_error;
+	r->size = h.size;
+	r->mtime = (time_t)h.mtime;
+	p += sizeof(h);
+	r->staging = bfs_jstr(mem_ctx, p, h.staging_len, &bad);
+	r->src = bfs_jstr(mem_ctx, p + h.staging_len, h.src_len, &bad);
+	r->upload_id = bfs_jstr(mem_ctx, p + h.staging_len + h.src_len,
+				h.upload_id_len, &bad);
+	if (bad) {
+		return EBADMSG;
+	}
+	/* A staging name is a plain file name: never a path out of the folder. */
+	if (r->staging != NULL &&
+	    (strchr(r->staging, '/') != NULL || r->staging[0] == '.')) {
+		return EBADMSG;
+	}
+	if ((r->op == BFS_J_PUT) != (r->staging != NULL) ||
+	    (r->op == BFS_J_COPY) != (r->src != NULL)) {
+		return EBADMSG;
+	}
+	return 0;
+}
+
+/* ---- operations -------------------------------------------------------------- */
+
+static int bfs_journal_commit(struct bfs_journal *j, MDB_txn *txn, int rc)
+{
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_txn_commit(txn);
+	if (rc == 0) {
+		/* A promise to a client: on disk before we say it is kept. */
+		rc = mdb_env_sync(j->env, 1);
+	}
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_journal_put(struct bfs_journal *j, const struct bfs_jrec *r)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = {strlen(r->key), r->key}, v;
+	MDB_txn *txn;
+	void *buf;
+	size_t len;
+	int rc;
+
+	if (k.mv_size == 0 || k.mv_size > 511) {
+		talloc_free(tmp);
+		return k.mv_size == 0 ? EINVAL : ENAMETOOLONG;
+	}
+	rc = bfs_jrec_encode(tmp, r, &buf, &len);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return rc;
+	}
+	v.mv_size = len;
+	v.mv_data = buf;
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_journal_commit(j, txn, mdb_put(txn, j->db, &k, &v, 0));
+	talloc_free(tmp);
+	return rc;
+}
+
+int bfs_journal_get(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		    const char *key, struct bfs_jrec *r)
+{
+	MDB_val k = {strlen(key), (void *)key}, v;
+	MDB_txn *txn;
+	int rc;
+
+	if (k.mv_size == 0 || k.mv_size > 511) {
+		return ENOENT;
+	}
+	rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_get(txn, j->db, &k, &v);
+	if (rc == 0) {
+		rc = bfs_jrec_decode(mem_ctx, v.mv_data, v.mv_size, r);
+		if (rc == 0) {
+			r->key = talloc_strdup(mem_ctx, key);
+			rc = r->key != NULL ? 0 : ENOMEM;
+		}
+	}
+	mdb_txn_abort(txn);
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = {strlen(key), (void *)key}, v;
+	struct bfs_jrec r;
+	MDB_txn *txn;
+	int rc;
+
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_get(txn, j->db, &k, &v);
+	if (rc == 0) {
+		/* Someone else's newer record for the key stays. */
+		if (bfs_jrec_decode(tmp, v.mv_data, v.mv_size, &r) != 0 ||
+		    r.pid == pid) {
+			rc = mdb_del(txn, j->db, &k, NULL);
+		}
+	}
+	talloc_free(tmp);
+	return bfs_journal_commit(j, txn, rc);
+}
+
+static bool bfs_pid_alive(pid_t pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+static int bfs_jrec_order(const void *a, const void *b)
+{
+	static const int rank[] = {
+		[BFS_J_COPY] = 0, [BFS_J_PUT] = 1, [BFS_J_DELETE] = 2,
+	};
+	const struct bfs_jrec *x = a, *y = b;
+
+	return rank[x->op] - rank[y->op];
+}
+
+/* Walk the journal; with claim_pid, take over the orphans only. */
+static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+			    pid_t claim_pid, struct bfs_jrec **recs, size_t *n)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *out = talloc_array(mem_ctx, struct bfs_jrec, 0);
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn = NULL;
+	MDB_val k, v;
+	size_t got = 0;
+	int rc;
+
+	if (out == NULL || tmp == NULL) {
+		talloc_free(tmp);
+		talloc_free(out);
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(j->env, NULL, claim_pid > 0 ? 0 : MDB_RDONLY, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, j->db, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0) {
+		struct bfs_jrec r = {0};
+
+		if (bfs_jrec_decode(out, v.mv_data, v.mv_size, &r) != 0) {
+			/* Unreadable: nothing can be done with it. */
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		if (claim_pid > 0) {
+			void *buf;
+			size_t len;
+
+			if (bfs_pid_alive(r.pid)) {
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+				continue;
+			}
+			r.pid = claim_pid;
+			r.key = NULL;
+			rc = bfs_jrec_encode(tmp, &r, &buf, &len);
+			if (rc == 0) {
+				MDB_val nv = {len, buf};
+				rc = mdb_cursor_put(cur, &k, &nv, MDB_CURRENT);
+			}
+			if (rc != 0) {
+				break;
+			}
+		}
+		r.key = talloc_strndup(out, k.mv_data, k.mv_size);
+		out = talloc_realloc(mem_ctx, out, struct bfs_jrec, got + 1);
+		if (r.key == NULL || out == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		out[got++] = r;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (txn != NULL && claim_pid > 0) {
+		rc = bfs_journal_commit(j, txn, rc);
+	} else if (txn != NULL) {
+		mdb_txn_abort(txn);
+		rc = bfs_lmdb_errno(rc == MDB_NOTFOUND ? 0 : rc);
+	} else {
+		rc = bfs_lmdb_errno(rc);
+	}
+	talloc_free(tmp);
+	if (rc != 0) {
+		talloc_free(out);
+		return rc;
+	}
+	qsort(out, got, sizeof(*out), bfs_jrec_order);
+	*recs = out;
+	*n = got;
+	return 0;
+}
+
+int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+			      pid_t pid, struct bfs_jrec **recs, size_t *n)
+{
+	return bfs_journal_walk(j, mem_ctx, pid, recs, n);
+}
+
+int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		     struct bfs_jrec **recs, size_t *n)
+{
+	return bfs_journal_walk(j, mem_ctx, 0, recs, n);
+}

@@ -1,0 +1,74 @@
+/*
+ * The writeback journal: bucket changes that were promised to a client but
+ * may not have reached S3 yet, in LMDB, shared by every smbd process of a
+ * cache folder.
+ *
+ * One record per object key (the key the change is about):
+ *   PUT     upload the staging file to key (a close or flush in progress,
+ *           or one that failed and keeps its data);
+ *   COPY    copy src to key, then delete src (a rename);
+ *   DELETE  delete key.
+ * A record names the process working on it.  Whoever opens the journal
+ * later finds records of dead processes and finishes them (claiming them
+ * first, so that two processes never both do), which is how an smbd killed
+ * at any moment loses no acknowledged write.  Commits are synced to disk.
+ */
+#ifndef BUCKETFS_BFS_JOURNAL_H
+#define BUCKETFS_BFS_JOURNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+#include <talloc.h>
+
+enum bfs_jop {
+	BFS_J_PUT = 1,
+	BFS_J_COPY = 2,
+	BFS_J_DELETE = 3,
+};
+
+struct bfs_jrec {
+	char *key;		/* full object key */
+	enum bfs_jop op;
+	pid_t pid;		/* the process working on it */
+	uint64_t size;		/* PUT: bytes in the staging file */
+	time_t mtime;		/* PUT: the client's modification time */
+	int last_error;		/* errno of the last failed attempt, or 0 */
+	char *staging;		/* PUT: file name in the staging folder */
+	char *src;		/* COPY: source key */
+	char *upload_id;	/* PUT: multipart upload in progress, or NULL */
+};
+
+struct bfs_journal;
+
+int bfs_journal_open(TALLOC_CTX *mem_ctx, const char *dir,
+		     struct bfs_journal **out, const char **why);
+
+/* Insert or replace the record for r->key. */
+int bfs_journal_put(struct bfs_journal *j, const struct bfs_jrec *r);
+/* 0, or ENOENT. */
+int bfs_journal_get(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		    const char *key, struct bfs_jrec *r);
+/* Remove key's record if it still belongs to pid (0 even if absent). */
+int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid);
+
+/*
+ * Records whose process is gone, taken over by pid in one transaction:
+ * the caller now finishes them.  Sorted: copies first, then uploads, then
+ * deletes, so a rename's source is copied before anything deletes it.
+ */
+int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+			      pid_t pid, struct bfs_jrec **recs, size_t *n);
+
+/* Every record (for bucketfs-ctl and tests). */
+int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		     struct bfs_jrec **recs, size_t *n);
+
+/* Record encoding, exposed for tests. */
+int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
+		    size_t *len);
+int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
+		    struct bfs_jrec *r);
+
+#endif

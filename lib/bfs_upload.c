@@ -1,0 +1,323 @@
+/*
+ * Uploading a local file as one S3 object (see bfs_upload.h).
+ */
+#include "bfs_upload.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+struct bfs_upload_state {
+	struct tevent_context *ev;
+	struct s3_client *s3;
+	const char *key;
+	int fd;
+	uint64_t size;
+	struct bfs_upload_params p;
+
+	void *whole;		/* PutObject body */
+	char *upload_id;
+	struct s3_part *parts;
+	unsigned n_parts, next_part, in_flight, done_parts;
+	int err;		/* first failure of a multipart upload */
+	struct s3_status st;
+	char *etag;
+};
+
+struct bfs_part_ctx {
+	struct tevent_req *req;
+	unsigned idx;
+	void *buf;
+};
+
+static void bfs_upload_put_done(struct tevent_req *subreq);
+static void bfs_upload_created(struct tevent_req *subreq);
+static void bfs_upload_part_done(struct tevent_req *subreq);
+static void bfs_upload_completed(struct tevent_req *subreq);
+static void bfs_upload_aborted(struct tevent_req *subreq);
+
+/* Read exactly len bytes at off: the staging file must have them. */
+static int bfs_read_full(int fd, void *buf, size_t len, uint64_t off)
+{
+	size_t done = 0;
+
+	while (done < len) {
+		ssize_t n = pread(fd, (char *)buf + done, len - done,
+				  (off_t)(off + done));
+		if (n < 0 && errno == EINTR) {
+			continue;
+		}
+		if (n <= 0) {
+			return n < 0 ? errno : EIO;
+		}
+		done += (size_t)n;
+	}
+	return 0;
+}
+
+struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
+				   struct tevent_context *ev,
+				   struct s3_client *s3, const char *key,
+				   int fd, uint64_t size,
+				   const struct bfs_upload_params *p)
+{
+	struct bfs_upload_state *s;
+	struct tevent_req *req, *subreq;
+	int ret;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_upload_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	*s = (struct bfs_upload_state){
+		.ev = ev, .s3 = s3, .fd = fd, .size = size, .p = *p,
+	};
+	s->key = talloc_strdup(s, key);
+	if (tevent_req_nomem(s->key, req)) {
+		return tevent_req_post(req, ev);
+	}
+	if (s->p.part_size < (5u << 20)) {
+		s->p.part_size = 5u << 20; /* S3's smallest part but the last */
+	}
+	if (s->p.parallel == 0) {
+		s->p.parallel = 1;
+	}
+	if (size < s->p.multipart_threshold || size <= s->p.part_size) {
+		s->whole = talloc_size(s, size > 0 ? size : 1);
+		if (tevent_req_nomem(s->whole, req)) {
+			return tevent_req_post(req, ev);
+		}
+		ret = bfs_read_full(fd, s->whole, size, 0);
+		if (ret != 0) {
+			tevent_req_error(req, ret);
+			return tevent_req_post(req, ev);
+		}
+		subreq = s3_put_object_send(s, ev, s3, key, s->whole, size);
+		if (tevent_req_nomem(subreq, req)) {
+			return tevent_req_post(req, ev);
+		}
+		tevent_req_set_callback(subreq, bfs_upload_put_done, req);
+		return req;
+	}
+	s->n_parts = (unsigned)((size + s->p.part_size - 1) / s->p.part_size);
+	if (s->n_parts > 10000) {
+		/* S3's limit on parts: the part size must grow. */
+		s->p.part_size = (size + 9999) / 10000;
+		s->n_parts = (unsigned)((size + s->p.part_size - 1) /
+					s->p.part_size);
+	}
+	s->parts = talloc_zero_array(s, struct s3_part, s->n_parts);
+	if (tevent_req_nomem(s->parts, req)) {
+		return tevent_req_post(req, ev);
+	}
+	subreq = s3_mpu_create_send(s, ev, s3, key);
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, bfs_upload_created, req);
+	return req;
+}
+
+static void bfs_upload_put_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	int ret = s3_put_object_recv(subreq, s, &s->etag, &s->st);
+
+	TALLOC_FREE(subreq);
+	TALLOC_FREE(s->whole);
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return;
+	}
+	tevent_req_done(req);
+}
+
+/* Start parts until `parallel` are in flight (or all are started). */
+static void bfs_upload_more_parts(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+
+	while (s->err == 0 && s->in_flight < s->p.parallel &&
+	       s->next_part < s->n_parts) {
+		uint64_t off = (uint64_t)s->next_part * s->p.part_size;
+		size_t len = (size_t)(s->size - off < s->p.part_size ?
+					      s->size - off : s->p.part_size);
+		struct bfs_part_ctx *pc = talloc_zero(s, struct bfs_part_ctx);
+		struct tevent_req *subreq;
+		int ret;
+
+		if (pc == NULL) {
+			s->err = ENOMEM;
+			break;
+		}
+		pc->req = req;
+		pc->idx = s->next_part;
+		pc->buf = talloc_size(pc, len);
+		if (pc->buf == NULL) {
+			talloc_free(pc);
+			s->err = ENOMEM;
+			break;
+		}
+		ret = bfs_read_full(s->fd, pc->buf, len, off);
+		if (ret != 0) {
+			talloc_free(pc);
+			s->err = ret;
+			break;
+		}
+		subreq = s3_mpu_part_send(pc, s->ev, s->s3, s->key,
+					  s->upload_id, pc->idx + 1, pc->buf,
+					  len);
+		if (subreq == NULL) {
+			talloc_free(pc);
+			s->err = ENOMEM;
+			break;
+		}
+		tevent_req_set_callback(subreq, bfs_upload_part_done, pc);
+		s->next_part++;
+		s->in_flight++;
+	}
+}
+
+/* A failed multipart upload: abort it once no part is in flight. */
+static void bfs_upload_fail(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct tevent_req *subreq;
+
+	if (s->in_flight > 0) {
+		return;
+	}
+	subreq = s3_mpu_abort_send(s, s->ev, s->s3, s->key, s->upload_id);
+	if (subreq == NULL) {
+		tevent_req_error(req, s->err);
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_upload_aborted, req);
+}
+
+static void bfs_upload_created(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	int ret = s3_mpu_create_recv(subreq, s, &s->upload_id, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 && (s->upload_id == NULL || s->upload_id[0] == '\0')) {
+		ret = EBADMSG;
+	}
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return;
+	}
+	if (s->p.started != NULL) {
+		s->p.started(s->p.private_data, s->upload_id);
+	}
+	bfs_upload_more_parts(req);
+	if (s->err != 0) {
+		bfs_upload_fail(req);
+	}
+}
+
+static void bfs_upload_part_done(struct tevent_req *subreq)
+{
+	struct bfs_part_ctx *pc = tevent_req_callback_data(subreq,
+							   struct bfs_part_ctx);
+	struct tevent_req *req = pc->req;
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct s3_status st = {0};
+	char *etag = NULL;
+	int ret = s3_mpu_part_recv(subreq, s->parts, &etag, &st);
+
+	s->in_flight--;
+	if (ret == 0 && etag == NULL) {
+		ret = EBADMSG;
+	}
+	if (ret == 0) {
+		s->parts[pc->idx] = (struct s3_part){
+			.part_no = pc->idx + 1, .etag = etag,
+		};
+		s->done_parts++;
+	} else if (s->err == 0) {
+		s->err = ret;
+		s->st = st;
+	}
+	talloc_free(pc); /* the buffer and subreq with it */
+	if (s->err != 0) {
+		bfs_upload_fail(req);
+		return;
+	}
+	if (s->done_parts == s->n_parts) {
+		subreq = s3_mpu_complete_send(s, s->ev, s->s3, s->key,
+					      s->upload_id, s->parts,
+					      s->n_parts);
+		if (tevent_req_nomem(subreq, req)) {
+			return;
+		}
+		tevent_req_set_callback(subreq, bfs_upload_completed, req);
+		return;
+	}
+	bfs_upload_more_parts(req);
+	if (s->err != 0) {
+		bfs_upload_fail(req);
+	}
+}
+
+static void bfs_upload_completed(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	int ret = s3_mpu_complete_recv(subreq, s, &s->etag, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (ret != 0) {
+		s->err = ret;
+		bfs_upload_fail(req);
+		return;
+	}
+	tevent_req_done(req);
+}
+
+static void bfs_upload_aborted(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+
+	/* Best effort: servers without abort (ENOSYS) keep the parts. */
+	s3_mpu_abort_recv(subreq, NULL);
+	TALLOC_FREE(subreq);
+	tevent_req_error(req, s->err);
+}
+
+int bfs_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
+		    struct s3_status *st)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret = 0;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+	} else if (etag != NULL) {
+		*etag = talloc_steal(mem_ctx, s->etag);
+	}
+	if (st != NULL) {
+		*st = s->st;
+		st->err = ret;
+	}
+	tevent_req_received(req);
+	return ret;
+}

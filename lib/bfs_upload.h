@@ -1,0 +1,31 @@
+/*
+ * Uploading a local file as one S3 object: PutObject below the multipart
+ * threshold, else a multipart upload with several parts in flight.  Every
+ * request carries Content-MD5, so a body corrupted on the way is refused
+ * by the server (and retried by the engine).  A failed multipart upload is
+ * aborted.
+ */
+#ifndef BUCKETFS_BFS_UPLOAD_H
+#define BUCKETFS_BFS_UPLOAD_H
+
+#include "s3_ops.h"
+
+struct bfs_upload_params {
+	uint64_t multipart_threshold;	/* bytes; at or above: multipart */
+	uint64_t part_size;		/* 5 MiB .. 5 GiB */
+	unsigned parallel;		/* parts in flight */
+	/* Told the upload id once a multipart upload exists (journal it). */
+	void (*started)(void *private_data, const char *upload_id);
+	void *private_data;
+};
+
+/* Upload bytes [0, size) of fd to key.  fd must stay open until done. */
+struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
+				   struct tevent_context *ev,
+				   struct s3_client *s3, const char *key,
+				   int fd, uint64_t size,
+				   const struct bfs_upload_params *p);
+int bfs_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
+		    struct s3_status *st);
+
+#endif

@@ -1,0 +1,506 @@
+/*
+ * Writeback of changes made through the share (see bfs_writeback.h).
+ */
+#include "bfs_writeback.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bfs_lmdb.h"
+
+/* CopyObject's limit; above it S3 wants UploadPartCopy. */
+#define BFS_COPY_MAX (5ULL << 30)
+#define BFS_FILL_CHUNK (8u << 20)
+
+struct bfs_wb {
+	struct tevent_context *ev;
+	struct s3_client *s3;
+	struct bfs_index *idx;
+	struct bfs_journal *j;
+	char *staging_dir;
+	struct bfs_upload_params params;
+	unsigned seq;
+};
+
+struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+			  struct s3_client *s3, struct bfs_index *idx,
+			  struct bfs_journal *j, const char *staging_dir,
+			  const struct bfs_upload_params *params)
+{
+	struct bfs_wb *wb = talloc_zero(mem_ctx, struct bfs_wb);
+
+	if (wb == NULL) {
+		return NULL;
+	}
+	*wb = (struct bfs_wb){
+		.ev = ev, .s3 = s3, .idx = idx, .j = j,
+		.params = *params,
+	};
+	wb->staging_dir = talloc_strdup(wb, staging_dir);
+	if (wb->staging_dir == NULL || bfs_mkdirs(staging_dir) != 0) {
+		talloc_free(wb);
+		return NULL;
+	}
+	return wb;
+}
+
+int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name)
+{
+	const char *slash = strrchr(key, '/');
+	size_t dl = slash != NULL ? (size_t)(slash - key) + 1 : 0;
+
+	*dir = talloc_strndup(mem_ctx, key, dl);
+	*name = talloc_strdup(mem_ctx, key + dl);
+	return *dir != NULL && *name != NULL ? 0 : ENOMEM;
+}
+
+/* ---- staging files ------------------------------------------------------------ */
+
+static char *bfs_stage_path(TALLOC_CTX *mem_ctx, struct bfs_wb *wb,
+			    const char *name)
+{
+	return talloc_asprintf(mem_ctx, "%s/%s", wb->staging_dir, name);
+}
+
+int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
+		     char **name)
+{
+	struct timespec ts;
+	char *n, *path;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	n = talloc_asprintf(mem_ctx, "w-%d-%lld-%ld-%u", (int)getpid(),
+			    (long long)ts.tv_sec, ts.tv_nsec, wb->seq++);
+	path = n != NULL ? bfs_stage_path(n, wb, n) : NULL;
+	if (path == NULL) {
+		talloc_free(n);
+		return ENOMEM;
+	}
+	*fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (*fd == -1) {
+		int ret = errno;
+		talloc_free(n);
+		return ret;
+	}
+	talloc_free(path);
+	*name = n;
+	return 0;
+}
+
+void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name)
+{
+	char *path = bfs_stage_path(NULL, wb, name);
+
+	if (path != NULL) {
+		unlink(path);
+	}
+	talloc_free(path);
+}
+
+int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
+		      const struct bfs_object *obj, int fd,
+		      struct s3_status *st)
+{
+	void *buf = talloc_size(NULL, BFS_FILL_CHUNK);
+	uint64_t off = 0;
+	int ret = 0;
+
+	if (buf == NULL) {
+		return ENOMEM;
+	}
+	while (ret == 0 && off < obj->size) {
+		size_t len = obj->size - off < BFS_FILL_CHUNK ?
+				     (size_t)(obj->size - off) : BFS_FILL_CHUNK;
+		struct tevent_req *req = bfs_read_send(buf, wb->ev, r, obj,
+						       off, len, buf);
+		size_t got = 0;
+
+		if (req == NULL || !s3_wait(req, wb->ev)) {
+			ret = ENOMEM;
+			break;
+		}
+		ret = bfs_read_recv(req, &got, st);
+		talloc_free(req);
+		if (ret == 0 && got != len) {
+			ret = EIO; /* shorter than indexed: changed under us */
+		}
+		if (ret == 0 && pwrite(fd, buf, len, (off_t)off) != (ssize_t)len) {
+			ret = errno != 0 ? errno : EIO;
+		}
+		off += len;
+	}
+	talloc_free(buf);
+	return ret;
+}
+
+/* ---- uploads --------------------------------------------------------------------- */
+
+struct bfs_wb_started {
+	struct bfs_wb *wb;
+	struct bfs_jrec *rec;
+};
+
+/* Journal the multipart upload id, so a crash leaves no orphaned parts. */
+static void bfs_wb_upload_started(void *private_data, const char *upload_id)
+{
+	struct bfs_wb_started *s = private_data;
+
+	s->rec->upload_id = (char *)upload_id;
+	bfs_journal_put(s->wb->j, s->rec);
+	s->rec->upload_id = NULL;
+}
+
+/* Set key's index entry: uploaded (etag) or pending (etag NULL). */
+static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
+			     time_t mtime, const char *etag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e = {0};
+	char *dir, *name;
+	int ret = bfs_key_split(tmp, key, &dir, &name);
+
+	if (ret == 0) {
+		e.name = name;
+		e.size = size;
+		e.mtime = mtime;
+		e.etag = (char *)etag;
+		e.flags = etag == NULL ? BFS_ENT_PENDING : 0;
+		ret = bfs_index_put(wb->idx, dir, &e);
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+/* Run an upload of a journalled record to the end. */
+static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
+			     bool drop_stage, TALLOC_CTX *mem_ctx, char **etag,
+			     struct s3_status *st)
+{
+	struct bfs_wb_started started = {.wb = wb, .rec = rec};
+	struct bfs_upload_params p = wb->params;
+	struct tevent_req *req;
+	char *tag = NULL;
+	int ret;
+
+	p.started = bfs_wb_upload_started;
+	p.private_data = &started;
+	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
+			      &p);
+	if (req == NULL || !s3_wait(req, wb->ev)) {
+		talloc_free(req);
+		return ENOMEM;
+	}
+	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
+	talloc_free(req);
+	if (ret != 0) {
+		rec->last_error = ret;
+		bfs_journal_put(wb->j, rec);
+		return ret;
+	}
+	bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, tag);
+	bfs_journal_done(wb->j, rec->key, rec->pid);
+	if (drop_stage) {
+		bfs_wb_stage_drop(wb, rec->staging);
+	}
+	if (etag != NULL) {
+		*etag = tag;
+	}
+	return 0;
+}
+
+int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
+		  int fd, uint64_t size, time_t mtime, TALLOC_CTX *mem_ctx,
+		  char **etag, struct s3_status *st)
+{
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_PUT, .pid = getpid(),
+		.size = size, .mtime = mtime, .staging = (char *)name,
+	};
+	int ret;
+
+	ret = bfs_journal_put(wb->j, &rec);
+	if (ret != 0) {
+		return ret;
+	}
+	/* Readers see the new size before S3 has the bytes. */
+	bfs_wb_index_file(wb, key, size, mtime, NULL);
+	return bfs_wb_run_upload(wb, &rec, fd, false, mem_ctx, etag, st);
+}
+
+/* ---- simple requests ------------------------------------------------------------- */
+
+static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
+			     struct s3_status *st)
+{
+	struct tevent_req *req = s3_delete_object_send(NULL, wb->ev, wb->s3,
+						       key);
+	int ret;
+
+	if (req == NULL || !s3_wait(req, wb->ev)) {
+		talloc_free(req);
+		return ENOMEM;
+	}
+	ret = s3_delete_object_recv(req, st);
+	talloc_free(req);
+	return ret == ENOENT ? 0 : ret;
+}
+
+static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
+			   struct s3_status *st)
+{
+	struct tevent_req *req = s3_copy_object_send(NULL, wb->ev, wb->s3, src,
+						     dst);
+	int ret;
+
+	if (req == NULL || !s3_wait(req, wb->ev)) {
+		talloc_free(req);
+		return ENOMEM;
+	}
+	ret = s3_copy_object_recv(req, NULL, NULL, st);
+	talloc_free(req);
+	return ret;
+}
+
+int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
+{
+	struct tevent_req *req = s3_put_object_send(NULL, wb->ev, wb->s3, key,
+						    "", 0);
+	int ret;
+
+	if (req == NULL || !s3_wait(req, wb->ev)) {
+		talloc_free(req);
+		return ENOMEM;
+	}
+	ret = s3_put_object_recv(req, NULL, NULL, st);
+	talloc_free(req);
+	return ret;
+}
+
+int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
+{
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_DELETE, .pid = getpid(),
+	};
+	TALLOC_CTX *tmp;
+	char *dir, *name;
+	int ret = bfs_journal_put(wb->j, &rec);
+
+	if (ret != 0) {
+		return ret;
+	}
+	ret = bfs_wb_delete_key(wb, key, st);
+	if (ret != 0) {
+		bfs_journal_done(wb->j, key, rec.pid); /* nothing changed */
+		return ret;
+	}
+	tmp = talloc_new(NULL);
+	if (bfs_key_split(tmp, key, &dir, &name) == 0) {
+		size_t nl = strlen(name);
+		if (nl > 0) {
+			bfs_index_remove(wb->idx, dir, name);
+		} else if (dir[0] != '\0') {
+			/* A marker "a/b/": the entry is "b" in "a/". */
+			char *d2, *n2;
+			dir[strlen(dir) - 1] = '\0';
+			if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
+				bfs_index_remove(wb->idx, d2, n2);
+			}
+		}
+	}
+	talloc_free(tmp);
+	bfs_journal_done(wb->j, key, rec.pid);
+	return 0;
+}
+
+int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
+		  uint64_t size, struct s3_status *st)
+{
+	struct bfs_jrec rec = {
+		.key = (char *)dst, .op = BFS_J_COPY, .pid = getpid(),
+		.src = (char *)src,
+	};
+	TALLOC_CTX *tmp;
+	char *sdir, *sname, *ddir, *dname;
+	int ret;
+
+	if (size > BFS_COPY_MAX) {
+		return ENOTSUP;
+	}
+	ret = bfs_journal_put(wb->j, &rec);
+	if (ret != 0) {
+		return ret;
+	}
+	ret = bfs_wb_copy_key(wb, src, dst, st);
+	if (ret != 0) {
+		bfs_journal_done(wb->j, dst, rec.pid); /* nothing changed */
+		return ret;
+	}
+	tmp = talloc_new(NULL);
+	if (bfs_key_split(tmp, src, &sdir, &sname) == 0 &&
+	    bfs_key_split(tmp, dst, &ddir, &dname) == 0) {
+		ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
+		if (ret == ENOENT) {
+			ret = 0; /* not indexed: the next listing shows it */
+		}
+	}
+	talloc_free(tmp);
+	/*
+	 * The copy is done and the index shows the new name: from here the
+	 * journal finishes the rename even if we die before the delete.
+	 */
+	ret = bfs_wb_delete_key(wb, src, st);
+	if (ret == 0) {
+		bfs_journal_done(wb->j, dst, rec.pid);
+	}
+	return ret;
+}
+
+int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+		    const char *prefix, size_t max, char ***keys, size_t *n,
+		    struct s3_status *st)
+{
+	char **out = talloc_array(mem_ctx, char *, 0);
+	char *token = NULL;
+	size_t got = 0, i;
+	int ret = 0;
+
+	if (out == NULL) {
+		return ENOMEM;
+	}
+	do {
+		struct s3_listing *l = NULL;
+		struct tevent_req *req = s3_list_send(out, wb->ev, wb->s3,
+						      prefix, NULL, token,
+						      1000);
+
+		if (req == NULL || !s3_wait(req, wb->ev)) {
+			ret = ENOMEM;
+			break;
+		}
+		ret = s3_list_recv(req, out, &l, st);
+		talloc_free(req);
+		if (ret != 0) {
+			break;
+		}
+		for (i = 0; i < l->n_objects && got <= max; i++) {
+			out = talloc_realloc(mem_ctx, out, char *, got + 1);
+			if (out == NULL) {
+				return ENOMEM;
+			}
+			out[got++] = talloc_steal(out, l->objects[i].key);
+		}
+		token = l->truncated ? l->next_token : NULL;
+	} while (token != NULL && got <= max);
+	if (ret != 0) {
+		talloc_free(out);
+		return ret;
+	}
+	*keys = out;
+	*n = got;
+	return 0;
+}
+
+/* ---- recovery ------------------------------------------------------------------------ */
+
+static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
+			      struct s3_status *st)
+{
+	char *path = bfs_stage_path(r, wb, r->staging);
+	struct stat sb;
+	int fd, ret;
+
+	if (r->upload_id != NULL) {
+		/* The dead process's parts: abort, then upload afresh. */
+		struct tevent_req *req = s3_mpu_abort_send(r, wb->ev, wb->s3,
+							   r->key,
+							   r->upload_id);
+		if (req != NULL && s3_wait(req, wb->ev)) {
+			s3_mpu_abort_recv(req, NULL);
+		}
+		talloc_free(req);
+		r->upload_id = NULL;
+	}
+	fd = path != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (fd == -1) {
+		return path == NULL ? ENOMEM : errno;
+	}
+	if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < r->size) {
+		close(fd);
+		return EIO; /* the staging file lost bytes: keep it for a human */
+	}
+	ret = bfs_wb_run_upload(wb, r, fd, true, r, NULL, st);
+	close(fd);
+	return ret;
+}
+
+static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
+			       struct s3_status *st)
+{
+	int ret = bfs_wb_copy_key(wb, r->src, r->key, st);
+
+	if (ret == ENOENT) {
+		/* Source gone: the copy was done and the delete too. */
+		ret = 0;
+	} else if (ret == 0) {
+		ret = bfs_wb_delete_key(wb, r->src, st);
+	}
+	if (ret == 0) {
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		char *d1, *n1, *d2, *n2;
+		if (bfs_key_split(tmp, r->src, &d1, &n1) == 0 &&
+		    bfs_key_split(tmp, r->key, &d2, &n2) == 0) {
+			/* Let the next access list both from S3. */
+			bfs_index_invalidate_dir(wb->idx, d1);
+			bfs_index_invalidate_dir(wb->idx, d2);
+		}
+		talloc_free(tmp);
+		bfs_journal_done(wb->j, r->key, r->pid);
+	}
+	return ret;
+}
+
+int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
+		   void (*log)(void *priv, const struct bfs_jrec *r,
+			       const struct s3_status *st),
+		   void *priv)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+	int ret;
+
+	*done = *failed = 0;
+	ret = bfs_journal_claim_orphans(wb->j, tmp, getpid(), &recs, &n);
+	for (i = 0; ret == 0 && i < n; i++) {
+		struct s3_status st = {0};
+		int r;
+
+		switch (recs[i].op) {
+		case BFS_J_PUT:
+			r = bfs_wb_recover_put(wb, &recs[i], &st);
+			break;
+		case BFS_J_COPY:
+			r = bfs_wb_recover_copy(wb, &recs[i], &st);
+			break;
+		default:
+			r = bfs_wb_delete(wb, recs[i].key, &st);
+			break;
+		}
+		if (r == 0) {
+			(*done)++;
+			continue;
+		}
+		st.err = r;
+		(*failed)++;
+		if (log != NULL) {
+			log(priv, &recs[i], &st);
+		}
+	}
+	talloc_free(tmp);
+	return ret;
+}

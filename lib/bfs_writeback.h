@@ -1,0 +1,82 @@
+/*
+ * Writeback: making changes made through the share durable in S3, each
+ * one journalled first (bfs_journal.h) and reflected in the index.
+ *
+ * Written bytes live in a staging file in the cache folder until a close
+ * or flush uploads them.  Every call here is synchronous: it runs its S3
+ * requests on the private event context given at creation, and returns
+ * once S3 has answered (an SMB close or flush is acknowledged only then).
+ *
+ * Index layout as in bfs_index.h: a key "a/b/c" is child "c" of the
+ * directory prefix "a/b/".
+ */
+#ifndef BUCKETFS_BFS_WRITEBACK_H
+#define BUCKETFS_BFS_WRITEBACK_H
+
+#include "bfs_index.h"
+#include "bfs_journal.h"
+#include "bfs_reader.h"
+#include "bfs_upload.h"
+
+struct bfs_wb;
+
+struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+			  struct s3_client *s3, struct bfs_index *idx,
+			  struct bfs_journal *j, const char *staging_dir,
+			  const struct bfs_upload_params *params);
+
+/* A new empty staging file (0600): fd and its name in the folder. */
+int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
+		     char **name);
+/* Forget a staging file. */
+void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name);
+
+/* Copy the whole object obj into the staging file fd (read-modify-write). */
+int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
+		      const struct bfs_object *obj, int fd,
+		      struct s3_status *st);
+
+/*
+ * Upload staging file `name` (fd, size bytes) as key: journal it, upload,
+ * then record the new ETag in the index.  On failure the journal keeps
+ * the record (with the error) and the staging file stays: nothing is lost,
+ * the next recovery tries again.  *etag (optional) gets the new ETag.
+ * The staging file is the caller's to drop (it may still be open).
+ */
+int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
+		  int fd, uint64_t size, time_t mtime, TALLOC_CTX *mem_ctx,
+		  char **etag, struct s3_status *st);
+
+/*
+ * Rename the object src to dst: journal, CopyObject, switch the index
+ * entry in one transaction, DeleteObject src.  ENOTSUP above 5 GiB.
+ */
+int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
+		  uint64_t size, struct s3_status *st);
+
+/* Delete key (a file, or "dir/" for a directory marker) and its entry. */
+int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st);
+
+/* An empty object (a directory marker "dir/"). */
+int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
+		     struct s3_status *st);
+
+/* Keys under prefix (all depths), up to max+1 of them. */
+int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+		    const char *prefix, size_t max, char ***keys, size_t *n,
+		    struct s3_status *st);
+
+/*
+ * Finish what dead processes left in the journal.  *done and *failed
+ * count records; each failure is reported through log (optional).
+ */
+int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
+		   void (*log)(void *priv, const struct bfs_jrec *r,
+			       const struct s3_status *st),
+		   void *priv);
+
+/* Split key into its directory prefix and name (both on mem_ctx). */
+int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name);
+
+#endif
