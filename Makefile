@@ -7,6 +7,7 @@
 #   make demo     a local S3 server with sample data, smbd on loopback
 #   make intree   build the module inside the prepared Samba tree (wscript)
 #   make bench-read  read-path benchmark (not part of make test)
+#   make bench-write write-path (checkpoint) benchmark
 
 B        := build
 SAMBA    := $(B)/samba
@@ -26,7 +27,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite $(
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop intree clean bench-read
+.PHONY: all deps install test unit demo demo-stop intree clean bench-read bench-write
 all: $(B)/bucketfs.so $(UNIT) $(ITEST)
 
 deps:
@@ -101,3 +102,6 @@ $(B)/s3tool: tests/integration/s3tool.c $(B)/libbucketfs.a
 
 bench-read: all install
 	@python3 bench/read_bench.py
+
+bench-write: all install
+	@python3 bench/write_bench.py

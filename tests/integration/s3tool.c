@@ -21,6 +21,7 @@
 #include "s3_creds.h"
 #include "bfs_reader.h"
 #include "s3_dirlist.h"
+#include "bfs_upload.h"
 #include "s3_ops.h"
 
 #define PART (8u << 20)
@@ -145,7 +146,8 @@ int main(int argc, char **argv)
 
 	if (argc < 3) {
 		fprintf(stderr, "usage: s3tool put KEY FILE | get KEY FILE | rm KEY "
-				"| ls PREFIX | lsdir PREFIX/ | head KEY | putmany PREFIX COUNT SIZE\n");
+				"| ls PREFIX | lsdir PREFIX/ | head KEY | putmany PREFIX COUNT SIZE "
+				"| putmp KEY FILE PARTSIZE PARALLEL\n");
 		return 2;
 	}
 	if (s3_creds_from_env(t, &cfg.creds) != 0 || cfg.bucket == NULL) {
@@ -163,6 +165,27 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "get") == 0 && argc == 4) {
 		return get(t, ev, c, argv[2], argv[3]);
+	}
+	if (strcmp(argv[1], "putmp") == 0 && argc == 6) {
+		/* Raw parallel multipart upload: the benchmark's baseline. */
+		struct bfs_upload_params p = {
+			.multipart_threshold = 0,
+			.part_size = strtoull(argv[4], NULL, 10),
+			.parallel = (unsigned)atoi(argv[5]),
+		};
+		int fd = open(argv[3], O_RDONLY);
+		struct stat sb;
+
+		if (fd < 0 || fstat(fd, &sb) != 0) {
+			perror(argv[3]);
+			return 1;
+		}
+		req = bfs_upload_send(t, ev, c, argv[2], fd, (uint64_t)sb.st_size,
+				      &p);
+		s3_wait(req, ev);
+		ret = bfs_upload_recv(req, t, NULL, &st);
+		close(fd);
+		return ret ? fail("putmp", &st, ret) : 0;
 	}
 	if (strcmp(argv[1], "rm") == 0) {
 		req = s3_delete_object_send(t, ev, c, argv[2]);

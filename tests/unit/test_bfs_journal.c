@@ -1,0 +1,181 @@
+/* The writeback journal, and the index changes writes make. */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "test_tmpdir.h"
+
+#include "bfs_index.h"
+#include "bfs_journal.h"
+
+static struct bfs_journal *open_journal(TALLOC_CTX *t)
+{
+	char *d = test_tmpdir(t, "bfs-journal-test");
+	struct bfs_journal *j = NULL;
+	const char *why = NULL;
+
+	assert_non_null(d);
+	assert_int_equal(bfs_journal_open(t, d, &j, &why), 0);
+	return j;
+}
+
+/* A pid that is certainly dead: a child we reaped. */
+static pid_t dead_pid(void)
+{
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		_exit(0);
+	}
+	assert_true(pid > 0);
+	waitpid(pid, NULL, 0);
+	return pid;
+}
+
+static void test_put_get_done(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec r = {
+		.key = "run1/ckpt.pt", .op = BFS_J_PUT, .pid = getpid(),
+		.size = 12345, .mtime = 1700000000, .staging = "w-1-2-3-0",
+	}, got;
+
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run1/ckpt.pt", &got), 0);
+	assert_int_equal(got.op, BFS_J_PUT);
+	assert_int_equal(got.size, 12345);
+	assert_string_equal(got.staging, "w-1-2-3-0");
+	assert_null(got.upload_id);
+	/* Another process's newer record for the key is not ours to drop. */
+	r.pid = getpid() + 1;
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_journal_done(j, "run1/ckpt.pt", getpid()), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run1/ckpt.pt", &got), 0);
+	assert_int_equal(bfs_journal_done(j, "run1/ckpt.pt", r.pid), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run1/ckpt.pt", &got), ENOENT);
+	talloc_free(t);
+}
+
+static void test_orphans_are_claimed_once_in_order(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	pid_t dead = dead_pid();
+	struct bfs_jrec recs[] = {
+		{.key = "a", .op = BFS_J_DELETE, .pid = dead},
+		{.key = "b", .op = BFS_J_PUT, .pid = dead, .staging = "s1",
+		 .upload_id = "upload-1"},
+		{.key = "c", .op = BFS_J_COPY, .pid = dead, .src = "old-c"},
+		{.key = "d", .op = BFS_J_PUT, .pid = getpid(), .staging = "s2"},
+	}, *out = NULL;
+	size_t n = 0, i;
+
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(bfs_journal_put(j, &recs[i]), 0);
+	}
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+			 0);
+	assert_int_equal(n, 3); /* "d" belongs to a live process */
+	assert_string_equal(out[0].key, "c"); /* copies first */
+	assert_string_equal(out[0].src, "old-c");
+	assert_string_equal(out[1].key, "b");
+	assert_string_equal(out[1].upload_id, "upload-1");
+	assert_string_equal(out[2].key, "a");
+	for (i = 0; i < n; i++) {
+		assert_int_equal(out[i].pid, getpid());
+	}
+	/* Now a live process's: nobody claims them again. */
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+			 0);
+	assert_int_equal(n, 0);
+	talloc_free(t);
+}
+
+static void test_record_decoding_refuses_garbage(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_jrec r = {
+		.key = "k", .op = BFS_J_PUT, .pid = 1, .staging = "w-1",
+	}, got;
+	uint8_t *buf;
+	void *enc;
+	size_t len, cut;
+
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	buf = enc;
+	for (cut = 0; cut < len; cut++) {
+		assert_int_equal(bfs_jrec_decode(t, buf, cut, &got), EBADMSG);
+	}
+	/* A staging name that would leave the staging folder. */
+	r.staging = "../../etc/passwd";
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), EBADMSG);
+	/* A PUT without a staging file. */
+	r.staging = NULL;
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), EBADMSG);
+	talloc_free(t);
+}
+
+static void test_index_put_rename_remove(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	char *d = test_tmpdir(t, "bfs-index-writes");
+	struct bfs_index *idx = NULL;
+	struct bfs_entry e = {.name = "ckpt.tmp", .size = 7,
+			      .flags = BFS_ENT_PENDING}, got;
+	struct s3_dir *empty;
+	const char *why = NULL;
+	uint64_t ino;
+
+	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
+	assert_int_equal(bfs_index_put(idx, "run/", &e), 0);
+	ino = e.ino;
+	assert_true(ino > BFS_ROOT_INO);
+	/* A relisting from S3 that does not know the file keeps it. */
+	empty = s3_dir_new(t, "run/");
+	s3_dir_finish(empty);
+	assert_int_equal(bfs_index_store_dir(idx, empty, 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.tmp", &got), 0);
+	/* Rename over an existing name: one entry, the inode follows. */
+	e = (struct bfs_entry){.name = "ckpt.pt", .size = 1};
+	assert_int_equal(bfs_index_put(idx, "run/", &e), 0);
+	assert_int_equal(bfs_index_rename(idx, "run/", "ckpt.tmp", "run/",
+					  "ckpt.pt"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.tmp", &got),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.pt", &got), 0);
+	assert_int_equal(got.ino, ino);
+	assert_int_equal(got.size, 7);
+	assert_int_equal(bfs_index_rename(idx, "run/", "gone", "run/", "x"),
+			 ENOENT);
+	assert_int_equal(bfs_index_remove(idx, "run/", "ckpt.pt"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.pt", &got),
+			 ENOENT);
+	talloc_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_put_get_done),
+		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
+		cmocka_unit_test(test_record_decoding_refuses_garbage),
+		cmocka_unit_test(test_index_put_rename_remove),
+	};
+	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
+}
