@@ -68,6 +68,7 @@ def main():
             ours.append(timed(smb + ["-c", f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt -f"]))
             raw.append(timed([f"{B}/s3tool", "putmp", f"raw/ckpt{i}.bin", src,
                               str(16 << 20), "8"], env=env))
+        print(f"bucketfs {ours}, raw {raw}", flush=True)
         out = f"{tmp}/check.bin"
         subprocess.run([f"{B}/s3tool", "get", "bench/ckpt.pt", out], env=env, check=True)
         assert runner.sha256(out) == digest, "the checkpoint in S3 differs from the source"

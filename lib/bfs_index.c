@@ -288,20 +288,22 @@ int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
 	return bfs_lmdb_errno(rc);
 }
 
+static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
+			     TALLOC_CTX *tmp, const char *dir,
+			     struct bfs_entry *e);
+
 static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 			       TALLOC_CTX *tmp, const char *dir,
 			       const struct s3_dirent *de)
 {
 	struct bfs_entry e = {
+		.name = de->name,
 		.is_dir = de->is_dir,
 		.size = de->is_dir ? 0 : de->size,
 		.mtime = de->mtime,
 		.etag = de->is_dir ? NULL : de->etag,
 	};
 	MDB_val k = bfs_ent_key(tmp, dir, de->name), v;
-	char *full;
-	void *buf;
-	size_t len;
 	int rc;
 
 	if (k.mv_data == NULL) {
@@ -319,24 +321,7 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 	} else if (rc != MDB_NOTFOUND) {
 		return rc;
 	}
-	if (e.ino == 0) {
-		full = talloc_asprintf(tmp, "%s%s%s", dir, de->name,
-				       de->is_dir ? "/" : "");
-		if (full == NULL) {
-			return ENOMEM;
-		}
-		rc = bfs_index_alloc_ino(idx, txn, full, &e.ino);
-		if (rc != 0) {
-			return rc;
-		}
-	}
-	rc = bfs_index_encode(tmp, &e, &buf, &len);
-	if (rc != 0) {
-		return rc;
-	}
-	v.mv_size = len;
-	v.mv_data = buf;
-	return mdb_put(txn, idx->ent, &k, &v, 0);
+	return bfs_index_put_txn(idx, txn, tmp, dir, &e);
 }
 
 /* Drop children of dir that the new listing no longer has. */

@@ -7,6 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+/* talloc's largest chunk is 256 MiB: bodies stay below it. */
+#define BFS_UPLOAD_MAX_BUF (255ULL << 20)
+
 struct bfs_upload_state {
 	struct tevent_context *ev;
 	struct s3_client *s3;
@@ -79,10 +82,14 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 	if (s->p.part_size < (5u << 20)) {
 		s->p.part_size = 5u << 20; /* S3's smallest part but the last */
 	}
+	if (s->p.part_size > BFS_UPLOAD_MAX_BUF) {
+		s->p.part_size = BFS_UPLOAD_MAX_BUF; /* one talloc buffer each */
+	}
 	if (s->p.parallel == 0) {
 		s->p.parallel = 1;
 	}
-	if (size < s->p.multipart_threshold || size <= s->p.part_size) {
+	if ((size < s->p.multipart_threshold && size <= BFS_UPLOAD_MAX_BUF) ||
+	    size <= s->p.part_size) {
 		s->whole = talloc_size(s, size > 0 ? size : 1);
 		if (tevent_req_nomem(s->whole, req)) {
 			return tevent_req_post(req, ev);

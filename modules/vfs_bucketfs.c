@@ -355,6 +355,35 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 	sbuf->st_ex_blocks = is_dir ? 0 : (blkcnt_t)((size + 511) / 512);
 }
 
+/* An open's state for rel, as the index entry e describes it. */
+static struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+				 const char *rel, const struct bfs_entry *e)
+{
+	struct bfs_fh *fh = talloc_zero(mem_ctx, struct bfs_fh);
+
+	if (fh == NULL) {
+		return NULL;
+	}
+	fh->stage_fd = -1;
+	fh->bc = bc;
+	fh->rel = talloc_strdup(fh, rel);
+	fh->key = bfs_key(fh, bc, rel);
+	fh->is_dir = e->is_dir;
+	fh->size = e->size;
+	fh->etag = e->etag ? talloc_strdup(fh, e->etag) : NULL;
+	fh->mtime = e->mtime;
+	fh->ino = e->ino;
+	fh->obj = (struct bfs_object){
+		.key = fh->key, .etag = fh->etag, .size = fh->size,
+	};
+	bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag ? fh->etag : "",
+			  bc->block_size, &fh->obj.id);
+	if (fh->rel == NULL || fh->key == NULL) {
+		TALLOC_FREE(fh);
+	}
+	return fh;
+}
+
 /* Look rel up; fills fh (optional, allocated on mem_ctx) and sbuf. */
 static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		      const char *rel, SMB_STRUCT_STAT *sbuf,
@@ -364,7 +393,6 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	struct bfs_entry e = {
 		.is_dir = true, .mtime = -1, .ino = BFS_ROOT_INO,
 	};
-	struct bfs_fh *fh;
 	const char *base;
 	char *parent, *prefix;
 	int ret;
@@ -388,27 +416,11 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	}
 	bfs_fill_stat(bc, sbuf, e.ino, e.is_dir, e.size, e.mtime);
 	if (pfh != NULL) {
-		fh = talloc_zero(mem_ctx, struct bfs_fh);
-		if (fh == NULL) {
+		*pfh = bfs_fh_new(mem_ctx, bc, rel, &e);
+		if (*pfh == NULL) {
 			TALLOC_FREE(frame);
 			return ENOMEM;
 		}
-		fh->stage_fd = -1;
-		fh->bc = bc;
-		fh->rel = talloc_strdup(fh, rel);
-		fh->key = bfs_key(fh, bc, rel);
-		fh->is_dir = e.is_dir;
-		fh->size = e.size;
-		fh->etag = e.etag ? talloc_strdup(fh, e.etag) : NULL;
-		fh->mtime = e.mtime;
-		fh->ino = e.ino;
-		fh->obj = (struct bfs_object){
-			.key = fh->key, .etag = fh->etag, .size = fh->size,
-		};
-		bfs_cache_make_id(bc->cfg.bucket, fh->key,
-				  fh->etag ? fh->etag : "", bc->block_size,
-				  &fh->obj.id);
-		*pfh = fh;
 	}
 	TALLOC_FREE(frame);
 	return 0;
@@ -692,9 +704,9 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->dir_rename_max = (unsigned)lp_parm_int(
 		SNUM(handle->conn), BFS_MODULE, "dir rename max", 1000);
 	if (bc->upload.part_size < (5u << 20) ||
-	    bc->upload.part_size > (5ULL << 30)) {
+	    bc->upload.part_size > (255ULL << 20)) {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:part size' must be "
-			"between 5M and 5G\n", service);
+			"between 5M and 255M\n", service);
 		goto inval;
 	}
 	/* The cache folder is the server's: root's, 0700, whoever connects. */
@@ -1250,29 +1262,21 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 		TALLOC_FREE(frame);
 		return ret;
 	}
-	fh = talloc_zero(NULL, struct bfs_fh);
-	if (fh == NULL) {
-		TALLOC_FREE(frame);
-		return ENOMEM;
-	}
-	fh->stage_fd = -1;
-	fh->bc = bc;
-	fh->rel = talloc_strdup(fh, rel);
-	fh->key = bfs_key(fh, bc, rel);
-	fh->mtime = time(NULL);
 	e.name = (char *)base;
-	e.mtime = fh->mtime;
+	e.mtime = time(NULL);
 	e.flags = BFS_ENT_PENDING;
 	become_root();
 	ret = bfs_index_put(bc->index, prefix, &e);
 	unbecome_root();
-	TALLOC_FREE(frame);
 	if (ret != 0) {
-		TALLOC_FREE(fh);
+		TALLOC_FREE(frame);
 		return ret;
 	}
-	fh->ino = e.ino;
-	fh->obj = (struct bfs_object){.key = fh->key};
+	fh = bfs_fh_new(NULL, bc, rel, &e);
+	TALLOC_FREE(frame);
+	if (fh == NULL) {
+		return ENOMEM;
+	}
 	*pfh = fh;
 	return 0;
 }

@@ -112,7 +112,11 @@ static int get(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 	if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
 		return fail("head", &st, ret);
 	}
-	buf = talloc_size(t, info.size + 1);
+	buf = malloc(info.size + 1); /* talloc stops at 256 MiB */
+	if (buf == NULL) {
+		perror("malloc");
+		return 1;
+	}
 	req = s3_get_range_send(t, ev, c, key, 0, info.size, buf, info.etag);
 	s3_wait(req, ev);
 	if ((ret = s3_get_range_recv(req, &got, &st)) != 0) {
