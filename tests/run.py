@@ -193,6 +193,8 @@ class World:
   load printers = no
   printcap name = /dev/null
   disable spoolss = yes
+  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
+  server min protocol = NT1
 [data]
   path = /bucketfs/data
 {common}  bucketfs:bucket = {BUCKET}
@@ -807,6 +809,69 @@ def writeback(w, tmp):
         keys = s3_keys("rw/d")
         assert {"rw/dB/x", "rw/dB/sub/y"} <= keys and not any(k.startswith("rw/dA") for k in keys), keys
         assert w.ls("rw", "dB/sub").get("y") == (False, 300001)
+
+    @test
+    def a_flush_returns_once_the_object_is_in_s3():
+        src = make("flushed.bin", 3 << 20)
+        url = f"smb://127.0.0.1:{w.smb_port}/rw/flushed.bin"
+        p = subprocess.Popen([f"{B}/tests/smbflush", url, src], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD))
+        try:
+            line = p.stdout.readline().strip()
+            assert line == "flushed", f"{line!r} {p.stderr.read() if p.poll() is not None else ''}"
+            # The file is still open: only the flush can have put it there.
+            assert w.s3_sha256("rw/flushed.bin") == sha256(src), "not in S3 after the flush"
+        finally:
+            p.communicate("\n", timeout=60)
+        assert p.returncode == 0, p.stderr
+
+    @test
+    def other_clients_see_the_new_bytes_while_the_upload_runs():
+        src = make("inflight.bin", 30 << 20)
+        w.fault("PUT delay:3 -1")
+        p = subprocess.Popen(["smbclient", "//127.0.0.1/rwfault", "-p", str(w.smb_port),
+                              "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                              "-c", f"put {src} inflight.bin"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(300):
+                with open(f"{tmp}/front-control.log") as f:
+                    if any(l.startswith("PUT /") and "inflight.bin?partNumber" in l for l in f):
+                        break
+                time.sleep(0.1)
+            assert "rwfault/inflight.bin" not in s3_keys("rwfault/"), "upload already done"
+            assert w.ls("rwfault").get("inflight.bin") == (False, 30 << 20), w.ls("rwfault")
+            w.smbclient("rwfault", f"get inflight.bin {tmp}/inflight.back")
+            assert sha256(f"{tmp}/inflight.back") == sha256(src), "another client read other bytes"
+            assert p.poll() is None, "the upload finished before the read: no overlap shown"
+        finally:
+            p.wait(timeout=120)
+            w.fault("")
+        assert p.returncode == 0
+        assert w.s3_sha256("rwfault/inflight.bin") == sha256(src)
+
+    @test
+    def a_writer_overwrites_a_change_made_in_s3_meanwhile_and_says_so():
+        base = make("conflict.bin", 100000)
+        w.smbclient("rw", f"put {base} conflict.bin")
+        patch = make("conflict.patch", 10)
+        writer = subprocess.Popen(
+            [f"{B}/tests/smbwrite", f"smb://127.0.0.1:{w.smb_port}/rw/conflict.bin",
+             "write", "0", patch],
+            env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD, SMBWRITE_HOLD="3"),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.5)
+        other = make("conflict.other", 5000)
+        w.s3tool("put", "rw/conflict.bin", other)
+        out, _ = writer.communicate(timeout=60)
+        assert writer.returncode == 0, out
+        want = bytearray(open(base, "rb").read())
+        want[0:10] = open(patch, "rb").read()
+        assert w.s3_sha256("rw/conflict.bin") == hashlib.sha256(want).hexdigest(), \
+            "the last writer's bytes are not in S3"
+        assert re.search(r"s3://%s/rw/conflict.bin changed in S3 since it was opened for "
+                         r"writing.*last writer wins" % BUCKET, w.smb_log()), "no log line"
 
     @test
     def an_injected_500_during_upload_is_retried():

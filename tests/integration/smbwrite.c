@@ -5,7 +5,8 @@
  *   smbwrite URL append FILE         write FILE's bytes at the end
  *   smbwrite URL truncate SIZE       set the size
  *
- * The file must exist.  Credentials from SMB_USER / SMB_PASS.  Exits 1
+ * The file must exist.  Credentials from SMB_USER / SMB_PASS.  With
+ * SMBWRITE_HOLD=N the file stays open N seconds after the write.  Exits 1
  * with the error on stderr, including an error from close (where the
  * upload happens).
  */
@@ -78,6 +79,9 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s: %s\n", argv[2], strerror(errno));
 		smbc_close(fd);
 		return 1;
+	}
+	if (getenv("SMBWRITE_HOLD") != NULL) {
+		sleep((unsigned)atoi(getenv("SMBWRITE_HOLD")));
 	}
 	if (smbc_close(fd) != 0) {
 		fprintf(stderr, "close: %s\n", strerror(errno));
