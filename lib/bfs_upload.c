@@ -14,6 +14,7 @@ struct bfs_upload_state {
 	struct tevent_context *ev;
 	struct s3_client *s3;
 	const char *key;
+	const char *copy_src;	/* UploadPartCopy from this key, not fd */
 	int fd;
 	uint64_t size;
 	struct bfs_upload_params p;
@@ -34,6 +35,7 @@ struct bfs_part_ctx {
 };
 
 static void bfs_upload_put_done(struct tevent_req *subreq);
+static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req);
 static void bfs_upload_created(struct tevent_req *subreq);
 static void bfs_upload_part_done(struct tevent_req *subreq);
 static void bfs_upload_completed(struct tevent_req *subreq);
@@ -106,23 +108,68 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 		tevent_req_set_callback(subreq, bfs_upload_put_done, req);
 		return req;
 	}
-	s->n_parts = (unsigned)((size + s->p.part_size - 1) / s->p.part_size);
+	return bfs_upload_start_mpu(req);
+}
+
+/* Create the multipart upload; parts follow in bfs_upload_created. */
+static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct tevent_req *subreq;
+
+	s->n_parts = (unsigned)((s->size + s->p.part_size - 1) /
+				s->p.part_size);
 	if (s->n_parts > 10000) {
 		/* S3's limit on parts: the part size must grow. */
-		s->p.part_size = (size + 9999) / 10000;
-		s->n_parts = (unsigned)((size + s->p.part_size - 1) /
+		s->p.part_size = (s->size + 9999) / 10000;
+		s->n_parts = (unsigned)((s->size + s->p.part_size - 1) /
 					s->p.part_size);
 	}
 	s->parts = talloc_zero_array(s, struct s3_part, s->n_parts);
 	if (tevent_req_nomem(s->parts, req)) {
-		return tevent_req_post(req, ev);
+		return tevent_req_post(req, s->ev);
 	}
-	subreq = s3_mpu_create_send(s, ev, s3, key);
+	subreq = s3_mpu_create_send(s, s->ev, s->s3, s->key);
 	if (tevent_req_nomem(subreq, req)) {
-		return tevent_req_post(req, ev);
+		return tevent_req_post(req, s->ev);
 	}
 	tevent_req_set_callback(subreq, bfs_upload_created, req);
 	return req;
+}
+
+struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
+				 struct tevent_context *ev,
+				 struct s3_client *s3, const char *src_key,
+				 const char *dst_key, uint64_t size,
+				 const struct bfs_upload_params *p)
+{
+	struct bfs_upload_state *s;
+	struct tevent_req *req;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_upload_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	*s = (struct bfs_upload_state){
+		.ev = ev, .s3 = s3, .fd = -1, .size = size, .p = *p,
+	};
+	s->key = talloc_strdup(s, dst_key);
+	s->copy_src = talloc_strdup(s, src_key);
+	if (tevent_req_nomem(s->key, req) || tevent_req_nomem(s->copy_src, req)) {
+		return tevent_req_post(req, ev);
+	}
+	if (size == 0) {
+		tevent_req_error(req, EINVAL); /* CopyObject does those */
+		return tevent_req_post(req, ev);
+	}
+	if (s->p.part_size < (5u << 20)) {
+		s->p.part_size = 5u << 20;
+	}
+	if (s->p.parallel == 0) {
+		s->p.parallel = 1;
+	}
+	return bfs_upload_start_mpu(req);
 }
 
 static void bfs_upload_put_done(struct tevent_req *subreq)
@@ -163,6 +210,22 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 		}
 		pc->req = req;
 		pc->idx = s->next_part;
+		if (s->copy_src != NULL) {
+			subreq = s3_mpu_part_copy_send(pc, s->ev, s->s3, s->key,
+						       s->upload_id,
+						       pc->idx + 1,
+						       s->copy_src, off, len);
+			if (subreq == NULL) {
+				talloc_free(pc);
+				s->err = ENOMEM;
+				break;
+			}
+			tevent_req_set_callback(subreq, bfs_upload_part_done,
+						pc);
+			s->next_part++;
+			s->in_flight++;
+			continue;
+		}
 		pc->buf = talloc_size(pc, len);
 		if (pc->buf == NULL) {
 			talloc_free(pc);
@@ -241,7 +304,9 @@ static void bfs_upload_part_done(struct tevent_req *subreq)
 						     struct bfs_upload_state);
 	struct s3_status st = {0};
 	char *etag = NULL;
-	int ret = s3_mpu_part_recv(subreq, s->parts, &etag, &st);
+	int ret = s->copy_src != NULL ?
+		s3_mpu_part_copy_recv(subreq, s->parts, &etag, &st) :
+		s3_mpu_part_recv(subreq, s->parts, &etag, &st);
 
 	s->in_flight--;
 	if (ret == 0 && etag == NULL) {

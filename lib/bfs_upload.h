@@ -14,6 +14,7 @@ struct bfs_upload_params {
 	uint64_t multipart_threshold;	/* bytes; at or above: multipart */
 	uint64_t part_size;		/* 5 MiB .. 5 GiB */
 	unsigned parallel;		/* parts in flight */
+	uint64_t copy_threshold;	/* above: copies are multipart copies */
 	/* Told the upload id once a multipart upload exists (journal it). */
 	void (*started)(void *private_data, const char *upload_id);
 	void *private_data;
@@ -27,5 +28,16 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 				   const struct bfs_upload_params *p);
 int bfs_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
 		    struct s3_status *st);
+
+/*
+ * A server-side multipart copy of src_key (size bytes) to dst_key, in
+ * parts of p->part_size (UploadPartCopy): how objects above CopyObject's
+ * 5 GiB limit are copied.  Finish with bfs_upload_recv().
+ */
+struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
+				 struct tevent_context *ev,
+				 struct s3_client *s3, const char *src_key,
+				 const char *dst_key, uint64_t size,
+				 const struct bfs_upload_params *p);
 
 #endif

@@ -40,6 +40,10 @@ struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		.ev = ev, .s3 = s3, .idx = idx, .j = j,
 		.params = *params,
 	};
+	if (wb->params.copy_threshold == 0 ||
+	    wb->params.copy_threshold > BFS_COPY_MAX) {
+		wb->params.copy_threshold = BFS_COPY_MAX;
+	}
 	wb->staging_dir = talloc_strdup(wb, staging_dir);
 	if (wb->staging_dir == NULL || bfs_mkdirs(staging_dir) != 0) {
 		talloc_free(wb);
@@ -250,18 +254,23 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 	return ret == ENOENT ? 0 : ret;
 }
 
+/* Server-side copy: CopyObject, or a multipart copy for big objects. */
 static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
-			   struct s3_status *st)
+			   uint64_t size, struct s3_status *st)
 {
-	struct tevent_req *req = s3_copy_object_send(NULL, wb->ev, wb->s3, src,
-						     dst);
+	bool multipart = size > wb->params.copy_threshold;
+	struct tevent_req *req = multipart ?
+		bfs_copy_send(NULL, wb->ev, wb->s3, src, dst, size,
+			      &wb->params) :
+		s3_copy_object_send(NULL, wb->ev, wb->s3, src, dst);
 	int ret;
 
 	if (req == NULL || !s3_wait(req, wb->ev)) {
 		talloc_free(req);
 		return ENOMEM;
 	}
-	ret = s3_copy_object_recv(req, NULL, NULL, st);
+	ret = multipart ? bfs_upload_recv(req, NULL, NULL, st) :
+			  s3_copy_object_recv(req, NULL, NULL, st);
 	talloc_free(req);
 	return ret;
 }
@@ -322,20 +331,17 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 {
 	struct bfs_jrec rec = {
 		.key = (char *)dst, .op = BFS_J_COPY, .pid = getpid(),
-		.src = (char *)src,
+		.src = (char *)src, .size = size,
 	};
 	TALLOC_CTX *tmp;
 	char *sdir, *sname, *ddir, *dname;
 	int ret;
 
-	if (size > BFS_COPY_MAX) {
-		return ENOTSUP;
-	}
 	ret = bfs_journal_put(wb->j, &rec);
 	if (ret != 0) {
 		return ret;
 	}
-	ret = bfs_wb_copy_key(wb, src, dst, st);
+	ret = bfs_wb_copy_key(wb, src, dst, size, st);
 	if (ret != 0) {
 		bfs_journal_done(wb->j, dst, rec.pid); /* nothing changed */
 		return ret;
@@ -361,15 +367,16 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 }
 
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
-		    const char *prefix, size_t max, char ***keys, size_t *n,
-		    struct s3_status *st)
+		    const char *prefix, size_t max, char ***keys,
+		    uint64_t **sizes, size_t *n, struct s3_status *st)
 {
 	char **out = talloc_array(mem_ctx, char *, 0);
+	uint64_t *sz = talloc_array(mem_ctx, uint64_t, 0);
 	char *token = NULL;
 	size_t got = 0, i;
 	int ret = 0;
 
-	if (out == NULL) {
+	if (out == NULL || sz == NULL) {
 		return ENOMEM;
 	}
 	do {
@@ -389,18 +396,26 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		}
 		for (i = 0; i < l->n_objects && got <= max; i++) {
 			out = talloc_realloc(mem_ctx, out, char *, got + 1);
-			if (out == NULL) {
+			sz = talloc_realloc(mem_ctx, sz, uint64_t, got + 1);
+			if (out == NULL || sz == NULL) {
 				return ENOMEM;
 			}
+			sz[got] = l->objects[i].size;
 			out[got++] = talloc_steal(out, l->objects[i].key);
 		}
 		token = l->truncated ? l->next_token : NULL;
 	} while (token != NULL && got <= max);
 	if (ret != 0) {
 		talloc_free(out);
+		talloc_free(sz);
 		return ret;
 	}
 	*keys = out;
+	if (sizes != NULL) {
+		*sizes = sz;
+	} else {
+		talloc_free(sz);
+	}
 	*n = got;
 	return 0;
 }
@@ -441,7 +456,7 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 			       struct s3_status *st)
 {
-	int ret = bfs_wb_copy_key(wb, r->src, r->key, st);
+	int ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, st);
 
 	if (ret == ENOENT) {
 		/* Source gone: the copy was done and the delete too. */

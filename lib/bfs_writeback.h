@@ -48,8 +48,9 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  char **etag, struct s3_status *st);
 
 /*
- * Rename the object src to dst: journal, CopyObject, switch the index
- * entry in one transaction, DeleteObject src.  ENOTSUP above 5 GiB.
+ * Rename the object src (size bytes) to dst: journal, CopyObject (a
+ * multipart copy above the copy threshold), switch the index entry in one
+ * transaction, DeleteObject src.
  */
 int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		  uint64_t size, struct s3_status *st);
@@ -61,10 +62,10 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st);
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 		     struct s3_status *st);
 
-/* Keys under prefix (all depths), up to max+1 of them. */
+/* Keys under prefix (all depths) and their sizes (optional), up to max+1. */
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
-		    const char *prefix, size_t max, char ***keys, size_t *n,
-		    struct s3_status *st);
+		    const char *prefix, size_t max, char ***keys,
+		    uint64_t **sizes, size_t *n, struct s3_status *st);
 
 /*
  * Finish what dead processes left in the journal.  *done and *failed

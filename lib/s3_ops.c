@@ -523,6 +523,49 @@ int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
 	return s3_etag_recv(req, mem_ctx, etag, st);
 }
 
+struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key,
+					 const char *upload_id,
+					 unsigned part_no, const char *src_key,
+					 uint64_t offset, uint64_t len)
+{
+	struct s3_op_state *s;
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	char *src = talloc_asprintf(tmp, "/%s/%s", s3_client_bucket(c),
+				    s3_uri_encode(tmp, src_key, true));
+	char *range = talloc_asprintf(tmp, "bytes=%" PRIu64 "-%" PRIu64,
+				      offset, offset + len - 1);
+	char num[16];
+	struct tevent_req *req;
+
+	if (src == NULL || range == NULL || len == 0) {
+		talloc_free(tmp);
+		return NULL;
+	}
+	snprintf(num, sizeof(num), "%u", part_no);
+	{
+		const struct s3_kv q[] = {{"partNumber", num},
+					  {"uploadId", upload_id}};
+		const struct s3_kv h[] = {{"x-amz-copy-source", src},
+					  {"x-amz-copy-source-range", range}};
+		const struct s3_request r = {
+			.method = "PUT", .key = key, .query = q, .n_query = 2,
+			.headers = h, .n_headers = 2, .idempotent = true,
+		};
+		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s),
+				 "struct s3_op_state", &s);
+	}
+	talloc_free(tmp);
+	return req;
+}
+
+int s3_mpu_part_copy_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			  char **etag, struct s3_status *st)
+{
+	return s3_result_recv(req, mem_ctx, etag, NULL, st);
+}
+
 struct s3_complete_state {
 	struct s3_op_state op;
 	char *body;

@@ -79,6 +79,16 @@ struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
 int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
 		     struct s3_status *st);
 
+/* UploadPartCopy: bytes [offset, offset+len) of src_key as part part_no. */
+struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key,
+					 const char *upload_id,
+					 unsigned part_no, const char *src_key,
+					 uint64_t offset, uint64_t len);
+int s3_mpu_part_copy_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			  char **etag, struct s3_status *st);
+
 struct s3_part {
 	unsigned part_no;
 	const char *etag;

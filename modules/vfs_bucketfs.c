@@ -701,6 +701,8 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 						       "16M"));
 	bc->upload.parallel = (unsigned)lp_parm_int(
 		SNUM(handle->conn), BFS_MODULE, "upload parallel", 8);
+	bc->upload.copy_threshold = conv_str_size(
+		bfs_param(handle, "multipart copy threshold", "5G"));
 	bc->dir_rename_max = (unsigned)lp_parm_int(
 		SNUM(handle->conn), BFS_MODULE, "dir rename max", 1000);
 	if (bc->upload.part_size < (5u << 20) ||
@@ -2331,11 +2333,12 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	char *dp = bfs_dir_prefix(frame, bc, dst_rel);
 	struct s3_status st = {0};
 	char **keys = NULL;
+	uint64_t *sizes = NULL;
 	size_t n = 0, i;
 	int ret;
 
 	ret = bfs_wb_list_all(bc->wb, frame, sp, bc->dir_rename_max, &keys,
-			      &n, &st);
+			      &sizes, &n, &st);
 	if (ret != 0) {
 		bfs_log_s3(bc, "listing for a rename of", sp, &st);
 		TALLOC_FREE(frame);
@@ -2353,8 +2356,9 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	for (i = 0; ret == 0 && i < n; i++) {
 		char *to = talloc_asprintf(frame, "%s%s", dp,
 					   keys[i] + strlen(sp));
-		ret = to != NULL ? bfs_wb_rename(bc->wb, keys[i], to, 0, &st) :
-				   ENOMEM;
+		ret = to != NULL ?
+			bfs_wb_rename(bc->wb, keys[i], to, sizes[i], &st) :
+			ENOMEM;
 		if (ret != 0) {
 			bfs_log_s3(bc, "rename (copy) of", keys[i], &st);
 		}
@@ -2443,12 +2447,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 		become_root();
 		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
 		unbecome_root();
-		if (ret == ENOTSUP) {
-			DBG_WARNING("bucketfs: share %s: cannot rename %s: "
-				    "objects above 5 GiB need a multipart copy, "
-				    "which bucketfs does not do yet\n",
-				    bc->service, src_rel);
-		} else if (ret != 0) {
+		if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);
 		} else {
 			bfs_rekey_open(bc, src->key, dst_rel);
@@ -2482,7 +2481,8 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 		ret = ENOTEMPTY;
 	}
 	if (ret == 0) {
-		ret = bfs_wb_list_all(bc->wb, frame, prefix, 2, &keys, &n, &st);
+		ret = bfs_wb_list_all(bc->wb, frame, prefix, 2, &keys, NULL,
+				      &n, &st);
 	}
 	for (i = 0; ret == 0 && i < n; i++) {
 		if (strcmp(keys[i], prefix) != 0) {

@@ -224,6 +224,7 @@ class World:
   bucketfs:retries = 3
   bucketfs:multipart threshold = 8M
   bucketfs:part size = 5M
+  bucketfs:multipart copy threshold = 6M
   read only = no
 [syncread]
   path = /bucketfs/syncread
@@ -872,6 +873,19 @@ def writeback(w, tmp):
             "the last writer's bytes are not in S3"
         assert re.search(r"s3://%s/rw/conflict.bin changed in S3 since it was opened for "
                          r"writing.*last writer wins" % BUCKET, w.smb_log()), "no log line"
+
+    @test
+    def a_rename_above_the_copy_threshold_is_a_multipart_copy():
+        # rwfault copies objects above 6M part by part (UploadPartCopy), as
+        # S3 needs above 5G.
+        src = make("bigcopy.bin", 13 << 20)
+        w.smbclient("rwfault", f"put {src} bigcopy.bin; rename bigcopy.bin bigcopy2.bin")
+        assert w.s3_sha256("rwfault/bigcopy2.bin") == sha256(src)
+        assert "rwfault/bigcopy.bin" not in s3_keys("rwfault/")
+        # The front's threads may interleave log lines: find the parts anywhere.
+        with open(f"{tmp}/front-control.log") as f:
+            parts = set(re.findall(r"PUT /\S+/bigcopy2\.bin\?partNumber=(\d+)", f.read()))
+        assert parts == {"1", "2", "3"}, f"part copies: {parts}"
 
     @test
     def an_injected_500_during_upload_is_retried():

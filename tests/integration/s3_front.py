@@ -8,6 +8,10 @@ C one under test), then forwards to s3rver.  It can also inject faults.
 
     s3_front.py LISTEN UPSTREAM [--keys AK:SK,...] [--fault MODE --count N]
 
+s3rver has no UploadPartCopy either: the front does it the way S3 does,
+from s3rver's own primitives (a range GET of the source, an UploadPart of
+those bytes), and answers a CopyPartResult.
+
 MODE: 503 (SlowDown document), 500 (InternalError), truncate (full
 Content-Length promised, half sent, connection closed), reset (connection
 closed before any answer).  The first N requests get the fault.
@@ -23,6 +27,7 @@ import hmac
 import http.client
 import http.server
 import re
+import sys
 import threading
 import time
 import urllib.parse
@@ -106,11 +111,34 @@ class Front(http.server.BaseHTTPRequestHandler):
             return 403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided"
         return None
 
-    def upstream(self, method, body, headers):
+    def upstream(self, method, body, headers, path=None):
         conn = http.client.HTTPConnection("127.0.0.1", args.upstream, timeout=60)
-        conn.request(method, self.path, body=body, headers=headers)
+        conn.request(method, path or self.path, body=body, headers=headers)
         resp = conn.getresponse()
         return resp, resp.read()
+
+    def upload_part_copy(self, headers):
+        src = urllib.parse.unquote(self.headers["x-amz-copy-source"])
+        src = "/" + src.lstrip("/")
+        plain = {k: v for k, v in headers.items()
+                 if not k.lower().startswith("x-amz-copy-source") and k.lower() != "content-length"}
+        rng = self.headers.get("x-amz-copy-source-range")
+        get_headers = dict(plain, Range=rng) if rng else plain
+        resp, data = self.upstream("GET", None, get_headers, path=urllib.parse.quote(src))
+        if resp.status not in (200, 206):
+            return self.error(resp.status, "NoSuchKey" if resp.status == 404 else "InternalError",
+                              "copy source unreadable")
+        resp, _ = self.upstream("PUT", data, dict(plain, **{"Content-Length": str(len(data))}))
+        if resp.status != 200:
+            return self.error(resp.status, "InternalError", "part upload failed")
+        body = ("<?xml version=\"1.0\" encoding=\"UTF-8\"?><CopyPartResult>"
+                f"<ETag>{resp.getheader('ETag')}</ETag>"
+                "<LastModified>2026-01-01T00:00:00.000Z</LastModified></CopyPartResult>").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def handle_one(self):
         global seen
@@ -122,7 +150,7 @@ class Front(http.server.BaseHTTPRequestHandler):
         fault = args.fault if n <= args.count else ""
         if args.control:
             fault = controlled_fault(self.command) or fault
-        print(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')}", flush=True)
+        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')}")
         if fault.startswith("delay:"):
             time.sleep(float(fault[6:]))
             fault = ""
@@ -137,6 +165,9 @@ class Front(http.server.BaseHTTPRequestHandler):
         if bad:
             return self.error(*bad)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "if-match"}
+        if (self.command == "PUT" and "x-amz-copy-source" in self.headers
+                and "partNumber=" in self.path):
+            return self.upload_part_copy(headers)
         if_match = self.headers.get("If-Match")
         if if_match is not None and self.command == "GET":
             plain = {k: v for k, v in headers.items() if k.lower() != "range"}
@@ -160,6 +191,13 @@ class Front(http.server.BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+
+def log_line(text):
+    # One write per line: threads must not interleave within a line.
+    with lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 
 control_seen = None
