@@ -225,6 +225,7 @@ class World:
   bucketfs:multipart threshold = 8M
   bucketfs:part size = 5M
   bucketfs:multipart copy threshold = 6M
+  bucketfs:dir rename max = 3
   read only = no
 [syncread]
   path = /bucketfs/syncread
@@ -888,6 +889,18 @@ def writeback(w, tmp):
         assert parts == {"1", "2", "3"}, f"part copies: {parts}"
 
     @test
+    def a_directory_above_the_rename_limit_is_refused_and_left_alone():
+        # rwfault: bucketfs:dir rename max = 3
+        w.smbclient("rwfault", "mkdir many4; " +
+                    "; ".join(f"put {tmp}/small.bin many4/f{i}" for i in range(4)))
+        p = w.smbclient("rwfault", "rename many4 many5", check=False)
+        assert "NT_STATUS_NOT_SUPPORTED" in p.stdout + p.stderr, p.stdout + p.stderr
+        assert re.search(r"cannot rename many4: it holds more than 3 objects", w.smb_log())
+        keys = s3_keys("rwfault/many")
+        assert {f"rwfault/many4/f{i}" for i in range(4)} <= keys and \
+            not any(k.startswith("rwfault/many5") for k in keys), keys
+
+    @test
     def an_injected_500_during_upload_is_retried():
         src = make("r500.bin", 20 << 20)
         w.fault("PUT 500 2")
@@ -947,6 +960,9 @@ def writeback(w, tmp):
         assert "rwfault/k9b.bin" not in s3_keys("rwfault/"), "uploaded before the kill"
         w.smbclient("rwfault", "ls")  # the next connect replays the journal
         assert w.s3_sha256("rwfault/k9b.bin") == sha256(src), "not finished after restart"
+        with open(f"{tmp}/front-control.log") as f:
+            assert re.search(r"DELETE /\S+/k9b\.bin\?uploadId=", f.read()), \
+                "the dead process's multipart upload was not aborted"
         assert not os.listdir(f"{tmp}/bfscache-rwfault/staging"), "staging left"
 
 
