@@ -228,6 +228,11 @@ static int bfs_cache_destructor(struct bfs_cache *c)
 	return 0;
 }
 
+void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit)
+{
+	c->limit = limit;
+}
+
 int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 		   uint32_t block_size, struct bfs_cache **out,
 		   const char **why)

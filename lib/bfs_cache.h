@@ -47,6 +47,9 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 
 uint32_t bfs_cache_block_size(const struct bfs_cache *c);
 
+/* Change the limit (a reloaded smb.conf); eviction follows at the next fill. */
+void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit);
+
 /* The identity of one object version's bytes. */
 void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
 		       uint32_t block_size, struct bfs_cache_id *id);

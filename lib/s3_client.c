@@ -235,6 +235,20 @@ static int s3_client_destructor(struct s3_client *c)
 	return 0;
 }
 
+void s3_client_set_max_requests(struct s3_client *c, unsigned max)
+{
+	long m = max > 0 ? (long)max : 16;
+
+	if ((unsigned)m == c->cfg.max_requests) {
+		return;
+	}
+	c->cfg.max_requests = (unsigned)m;
+	/* Requests over the limit wait in curl's queue for a connection. */
+	curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, m);
+	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, m);
+	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, m);
+}
+
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg)
 {

@@ -94,6 +94,9 @@ struct s3_client;
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
+/* Change the limit on requests in flight (a reloaded smb.conf). */
+void s3_client_set_max_requests(struct s3_client *c, unsigned max);
+
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c);
 const char *s3_client_bucket(const struct s3_client *c);
 

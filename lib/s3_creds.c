@@ -6,6 +6,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,4 +110,57 @@ int s3_creds_from_env(TALLOC_CTX *mem_ctx, struct s3_credentials *out)
 		out->session_token = talloc_strdup(mem_ctx, t);
 	}
 	return out->access_key && out->secret_key ? 0 : ENOMEM;
+}
+
+int s3_creds_resolve(TALLOC_CTX *mem_ctx, const char *file,
+		     const char *profile, const char *home_dir,
+		     struct s3_credentials *out, const char **source,
+		     const char **why)
+{
+	const char *env_file = getenv("AWS_SHARED_CREDENTIALS_FILE");
+	char *home_file;
+	int ret;
+
+	if (profile == NULL || profile[0] == '\0') {
+		profile = getenv("AWS_PROFILE");
+	}
+	if (profile == NULL || profile[0] == '\0') {
+		profile = "default";
+	}
+	if (file != NULL && file[0] != '\0') {
+		*source = file;
+		return s3_creds_from_file(mem_ctx, file, profile, out, why);
+	}
+	if (s3_creds_from_env(mem_ctx, out) == 0) {
+		*source = "the environment (AWS_ACCESS_KEY_ID)";
+		return 0;
+	}
+	if (env_file != NULL && env_file[0] != '\0') {
+		*source = talloc_strdup(mem_ctx, env_file);
+		return s3_creds_from_file(mem_ctx, env_file, profile, out, why);
+	}
+	if (home_dir != NULL) {
+		home_file = talloc_asprintf(mem_ctx, "%s/.aws/credentials",
+					    home_dir);
+		if (home_file == NULL) {
+			return ENOMEM;
+		}
+		ret = s3_creds_from_file(mem_ctx, home_file, profile, out, why);
+		if (ret != ENOENT) {
+			*source = home_file;
+			return ret;
+		}
+		talloc_free(home_file);
+	}
+	*why = "no credentials: none in the share's 'bucketfs:credentials "
+	       "file', AWS_ACCESS_KEY_ID, AWS_SHARED_CREDENTIALS_FILE or "
+	       "~/.aws/credentials";
+	return ENOENT;
+}
+
+bool s3_creds_file_is_exposed(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && (st.st_mode & 077) != 0;
 }

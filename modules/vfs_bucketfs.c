@@ -19,6 +19,7 @@
 #include "includes.h"
 #include "smbd/smbd.h"
 #include "system/filesys.h"
+#include "system/passwd.h"
 #include "lib/util/tevent_unix.h"
 #include "lib/util/tevent_ntstatus.h"
 #include "lib/pthreadpool/pthreadpool_tevent.h"
@@ -35,8 +36,10 @@
 #include "s3_dirlist.h"
 #include "s3_ops.h"
 
+/* Our own debug class: "log level = 1 bucketfs:5" (vfs until registered). */
+static int vfs_bucketfs_debug_level = DBGC_VFS;
 #undef DBGC_CLASS
-#define DBGC_CLASS DBGC_VFS
+#define DBGC_CLASS vfs_bucketfs_debug_level
 
 #define BFS_MODULE "bucketfs"
 /* Directory entries read from the index per refill of a DIR handle. */
@@ -55,6 +58,8 @@ const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 
 struct bfs_conn {
 	const char *service;
+	int snum;
+	time_t config_read;	/* when the reloadable parameters were read */
 	char *connectpath;
 	char *cwd;	/* absolute, normalised */
 	char *prefix;	/* key prefix of the share root: "" or ends in '/' */
@@ -279,6 +284,43 @@ static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
 		    st->attempts == 1 ? "" : "s");
 }
 
+/* ---- parameters that follow a reload ---------------------------------------------- */
+
+/*
+ * smbd re-reads smb.conf in every child on "smbcontrol smbd reload-config"
+ * (MSG_SMB_CONF_UPDATED, which is smbd's to handle, not ours).  These
+ * parameters are looked up again, at most once a second, when they are
+ * used, so running connections follow a reload.  Bucket, endpoint,
+ * credentials and the cache folder apply to new tree connects.
+ */
+static void bfs_follow_config(struct bfs_conn *bc)
+{
+	time_t now = time(NULL);
+	uint64_t cache_size;
+	unsigned max;
+
+	if (now == bc->config_read) {
+		return;
+	}
+	bc->config_read = now;
+	bc->ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
+	bc->readahead = (unsigned)lp_parm_int(bc->snum, BFS_MODULE,
+					      "readahead", 32);
+	max = (unsigned)lp_parm_int(bc->snum, BFS_MODULE, "max requests", 16);
+	bc->cfg.max_requests = max;
+	if (bc->s3 != NULL) {
+		s3_client_set_max_requests(bc->s3, max);
+	}
+	if (bc->s3_async != NULL) {
+		s3_client_set_max_requests(bc->s3_async, max);
+	}
+	cache_size = conv_str_size(lp_parm_const_string(
+		bc->snum, BFS_MODULE, "cache size", "16G"));
+	if (bc->cache != NULL && cache_size > 0) {
+		bfs_cache_set_limit(bc->cache, cache_size);
+	}
+}
+
 /* ---- the index -------------------------------------------------------------- */
 
 /*
@@ -299,6 +341,7 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
+	bfs_follow_config(bc);
 	ret = bfs_index_dir_listed(bc->index, prefix, &listed);
 	if (ret == 0 && (bc->ttl < 0 || now - listed < bc->ttl)) {
 		TALLOC_FREE(frame);
@@ -461,30 +504,60 @@ static const char *bfs_param(struct vfs_handle_struct *handle, const char *name,
 	return lp_parm_const_string(SNUM(handle->conn), BFS_MODULE, name, def);
 }
 
+/*
+ * smb.conf is readable by every local user and copied into bug reports:
+ * a secret written there is refused, not used.
+ */
+static int bfs_refuse_inline_secrets(struct vfs_handle_struct *handle,
+				     struct bfs_conn *bc)
+{
+	static const char *const names[] = {
+		"secret access key", "secret key", "secret",
+		"aws_secret_access_key", "session token", "aws_session_token",
+	};
+	size_t i;
+
+	for (i = 0; i < ARRAY_SIZE(names); i++) {
+		const char *v = bfs_param(handle, names[i], NULL);
+		if (v != NULL && v[0] != '\0') {
+			DBG_ERR("bucketfs: share %s: 'bucketfs:%s' puts a secret "
+				"in smb.conf, which every local user can read: "
+				"refused; put the keys in a credentials file "
+				"(mode 0600) named by 'bucketfs:credentials "
+				"file'\n", bc->service, names[i]);
+			return EPERM;
+		}
+	}
+	return 0;
+}
+
 static int bfs_load_credentials(struct vfs_handle_struct *handle,
 				struct bfs_conn *bc)
 {
 	const char *file = bfs_param(handle, "credentials file", NULL);
-	const char *profile = bfs_param(handle, "profile", "default");
-	const char *why = NULL;
+	const char *profile = bfs_param(handle, "profile", NULL);
+	struct passwd *pw = getpwuid(sec_initial_uid());
+	const char *why = NULL, *source = NULL;
 	int ret;
 
-	if (file != NULL && file[0] != '\0') {
-		ret = s3_creds_from_file(bc, file, profile, &bc->cfg.creds,
-					 &why);
-		if (ret != 0) {
-			DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
-		}
+	ret = bfs_refuse_inline_secrets(handle, bc);
+	if (ret != 0) {
 		return ret;
 	}
-	ret = s3_creds_from_env(bc, &bc->cfg.creds);
+	ret = s3_creds_resolve(bc, file, profile, pw ? pw->pw_dir : NULL,
+			       &bc->cfg.creds, &source, &why);
 	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: no S3 credentials: set "
-			"'bucketfs:credentials file' or AWS_ACCESS_KEY_ID and "
-			"AWS_SECRET_ACCESS_KEY in smbd's environment\n",
-			bc->service);
+		DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
+		return ret;
 	}
-	return ret;
+	if (source[0] == '/' && s3_creds_file_is_exposed(source)) {
+		DBG_WARNING("bucketfs: share %s: credentials file %s can be "
+			    "read by other users: chmod 600 it\n", bc->service,
+			    source);
+	}
+	DBG_INFO("bucketfs: share %s: S3 credentials from %s\n", bc->service,
+		 source);
+	return 0;
 }
 
 /* One cheap request that proves endpoint, bucket and credentials. */
@@ -623,11 +696,11 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		return -1;
 	}
 	bc->service = talloc_strdup(bc, service);
+	bc->snum = SNUM(handle->conn);
+	bfs_follow_config(bc);
 	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
 	bc->connected = time(NULL);
-	bc->ttl = lp_parm_int(SNUM(handle->conn), BFS_MODULE, "metadata ttl",
-			      10);
 	bc->file_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
 					      "file mode", 0644) & 07777;
 	bc->dir_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
@@ -656,8 +729,6 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 					  "path style", false);
 	bc->cfg.verify_tls = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
 					  "verify tls", true);
-	bc->cfg.max_requests = (unsigned)lp_parm_int(
-		SNUM(handle->conn), BFS_MODULE, "max requests", 16);
 	bc->cfg.request_timeout_ms =
 		1000 * (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
 					     "request timeout", 30);
@@ -685,8 +756,6 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 	bc->block_size = (uint32_t)conv_str_size(
 		bfs_param(handle, "block size", "1M"));
-	bc->readahead = (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
-					      "readahead", 32);
 	cache_size = conv_str_size(bfs_param(handle, "cache size", "16G"));
 	if (bc->block_size == 0 || cache_size == 0) {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:block size' and "
@@ -1872,6 +1941,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	 * Sequential reading (this read starts where the last one ended, or
 	 * at the start): fetch the blocks after it before they are asked for.
 	 */
+	bfs_follow_config(bc);
 	sequential = (uint64_t)offset == fh->next_off;
 	fh->next_off = (uint64_t)offset + n;
 	if (sequential && bc->readahead > 0) {
@@ -2880,6 +2950,11 @@ NTSTATUS vfs_bucketfs_init(TALLOC_CTX *ctx)
 		return NT_STATUS_REVISION_MISMATCH;
 	}
 	(void)bucketfs_built_for;
+	vfs_bucketfs_debug_level = debug_add_class(BFS_MODULE);
+	if (vfs_bucketfs_debug_level == -1) {
+		vfs_bucketfs_debug_level = DBGC_VFS;
+		DBG_ERR("bucketfs: cannot add the debug class; logging as vfs\n");
+	}
 	return smb_register_vfs(SMB_VFS_INTERFACE_VERSION, BFS_MODULE,
 				&bucketfs_fns);
 }

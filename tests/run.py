@@ -171,6 +171,8 @@ class World:
             f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n"
                     "[wrong]\naws_access_key_id = S3RVER\naws_secret_access_key = not-the-secret\n")
         os.chmod(f"{t}/creds", 0o600)
+        shutil.copy(f"{t}/creds", f"{t}/creds-loose")
+        os.chmod(f"{t}/creds-loose", 0o644)
         self.smb_port = free_port()
         common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {self.endpoint}\n"
                   f"  bucketfs:path style = yes\n  bucketfs:credentials file = {t}/creds\n"
@@ -187,7 +189,7 @@ class World:
   ncalrpc dir = {t}/ncalrpc
   log file = {t}/log.smbd
   max log size = 0
-  log level = 1 vfs:3
+  log level = 1 bucketfs:3
   passdb backend = tdbsam:{t}/private/passdb.tdb
   server role = standalone server
   load printers = no
@@ -273,6 +275,19 @@ class World:
 [nobucketparam]
   path = /bucketfs/nobucketparam
 {common}
+[inlinesecret]
+  path = /bucketfs/inlinesecret
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:secret access key = S3RVER
+[loosecreds]
+  path = /bucketfs/loosecreds
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:credentials file = {t}/creds-loose
+[reload]
+  path = /bucketfs/reload
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = reloadttl
+  bucketfs:metadata ttl = 1000
 [noprofile]
   path = /bucketfs/noprofile
 {common}  bucketfs:bucket = {BUCKET}
@@ -581,6 +596,59 @@ def integration(w, sources):
     @test
     def credentials_from_smbds_environment_work():
         assert "fifty.bin" in w.ls("envcreds")
+
+    @test
+    def a_secret_in_smb_conf_is_refused_with_a_clear_log_line():
+        refused("inlinesecret", r"share inlinesecret: 'bucketfs:secret access key' puts a "
+                r"secret in smb.conf, which every local user can read: refused")
+
+    @test
+    def a_credentials_file_others_can_read_works_with_a_warning():
+        assert "fifty.bin" in w.ls("loosecreds")
+        assert re.search(r"share loosecreds: credentials file \S+/creds-loose can be read by "
+                         r"other users: chmod 600 it", w.smb_log())
+
+    @test
+    def our_debug_class_sets_our_log_level():
+        # "log level = 1 bucketfs:3": level-3 lines of ours, none of vfs's.
+        w.ls("data")
+        assert re.search(r"bucketfs: share data serves s3://", w.smb_log())
+
+    @test
+    def a_reload_changes_the_ttl_of_a_running_connection():
+        w.s3tool("put", "reloadttl/a", "/etc/hostname")
+        lists = lambda: sum(1 for l in open(f"{w.tmp}/front.log")
+                            if l.startswith("GET ") and "list-type=2" in l
+                            and "prefix=reloadttl%2F" in l and "max-keys=1&" not in l)
+        client = subprocess.Popen(["smbclient", "//127.0.0.1/reload", "-p", str(w.smb_port),
+                                   "-U", f"{USER}%{PASSWORD}", "-m", "SMB3"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, text=True)
+        conf = open(w.conf).read()
+        try:
+            def ls_and_wait():
+                client.stdin.write("ls\n")
+                client.stdin.flush()
+                time.sleep(1.5)
+            ls_and_wait()
+            ls_and_wait()
+            before = lists()
+            ls_and_wait()
+            assert lists() == before, "listed again within a TTL of 1000 s"
+            with open(w.conf, "w") as f:
+                f.write(conf.replace("bucketfs:prefix = reloadttl\n  bucketfs:metadata ttl = 1000",
+                                     "bucketfs:prefix = reloadttl\n  bucketfs:metadata ttl = 0"))
+            sh(["smbcontrol", "-s", w.conf, "smbd", "reload-config"])
+            time.sleep(2)
+            ls_and_wait()
+            ls_and_wait()
+            assert client.poll() is None, "the client connection was dropped"
+            assert lists() >= before + 2, f"TTL 0 not followed: {lists() - before} listings"
+        finally:
+            with open(w.conf, "w") as f:
+                f.write(conf)
+            sh(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=False)
+            client.communicate("quit\n", timeout=30)
 
     @test
     def share_without_a_bucket_fails_with_a_clear_log_line():
