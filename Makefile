@@ -86,6 +86,8 @@ install: $(B)/bucketfs.so
 	@scripts/check-samba.sh install $(B)/bucketfs.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
+	install -d /usr/local/share/man/man8
+	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 
 test: all install
 	@python3 tests/run.py

@@ -409,6 +409,9 @@ def main():
             if t.startswith("test_"):
                 run_tap(f"unit {t[5:]}", [f"{B}/tests/{t}"], env={"TMPDIR": f"{tmp}/unit"})
 
+        if not only:
+            docs()
+
         # ---- the S3 client against the real server ------------------------------
         world = World(tmp)
         w = world
@@ -454,6 +457,29 @@ def main():
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
     return 1 if failed or not results else 0
+
+
+def docs():
+    def module_parameters():
+        src = open(os.path.join(TOP, "modules/vfs_bucketfs.c")).read()
+        found = set(re.findall(r'bfs_param\(handle, "([a-z ]+)"', src))
+        found |= set(re.findall(r'BFS_MODULE,\s*"([a-z ]+)"', src))
+        return found
+
+    @test
+    def the_man_page_renders_and_documents_every_parameter():
+        page = os.path.join(TOP, "docs/vfs_bucketfs.8")
+        p = subprocess.run(["man", "--warnings=w", "-l", page], capture_output=True, text=True,
+                           env=dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8"))
+        assert p.returncode == 0 and not p.stderr.strip(), p.stderr
+        text = re.sub(r"\s+", " ", p.stdout)
+        params = module_parameters()
+        assert len(params) > 15, params
+        missing = [n for n in sorted(params) if f"bucketfs:{n}" not in text]
+        assert not missing, f"not in the man page: {missing}"
+        sample = open(os.path.join(TOP, "smb.conf.sample")).read()
+        missing = [n for n in sorted(params) if f"bucketfs:{n}" not in sample]
+        assert not missing, f"not in smb.conf.sample: {missing}"
 
 
 def integration(w, sources):
