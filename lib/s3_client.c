@@ -11,6 +11,7 @@
 #include "s3_client.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -232,6 +233,35 @@ static int s3_client_destructor(struct s3_client *c)
 	c->active = NULL;
 	curl_multi_cleanup(c->multi);
 	curl_global_cleanup();
+	return 0;
+}
+
+/* talloc_free takes a const-less pointer; our config strings are const. */
+static void s3_free_const(const char *p)
+{
+	talloc_free((void *)(uintptr_t)p);
+}
+
+int s3_client_set_credentials(struct s3_client *c,
+			      const struct s3_credentials *creds)
+{
+	char *a = talloc_strdup(c, creds->access_key);
+	char *s = talloc_strdup(c, creds->secret_key);
+	char *t = creds->session_token ? talloc_strdup(c, creds->session_token) :
+					 NULL;
+
+	if (a == NULL || s == NULL || (creds->session_token && t == NULL)) {
+		talloc_free(a);
+		talloc_free(s);
+		talloc_free(t);
+		return ENOMEM;
+	}
+	s3_free_const(c->cfg.creds.access_key);
+	s3_free_const(c->cfg.creds.secret_key);
+	s3_free_const(c->cfg.creds.session_token);
+	c->cfg.creds.access_key = a;
+	c->cfg.creds.secret_key = s;
+	c->cfg.creds.session_token = t;
 	return 0;
 }
 

@@ -94,6 +94,10 @@ struct s3_client;
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
+/* Credentials for requests started from now on (refreshed ones). */
+int s3_client_set_credentials(struct s3_client *c,
+			      const struct s3_credentials *creds);
+
 /* Change the limit on requests in flight (a reloaded smb.conf). */
 void s3_client_set_max_requests(struct s3_client *c, unsigned max);
 

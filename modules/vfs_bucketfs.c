@@ -34,6 +34,7 @@
 #include "s3_client.h"
 #include "s3_creds.h"
 #include "s3_dirlist.h"
+#include "s3_imds.h"
 #include "s3_ops.h"
 
 /* Our own debug class: "log level = 1 bucketfs:5" (vfs until registered). */
@@ -60,6 +61,9 @@ struct bfs_conn {
 	const char *service;
 	int snum;
 	time_t config_read;	/* when the reloadable parameters were read */
+	const char *imds;	/* metadata service the credentials came from */
+	time_t creds_expire;	/* 0: credentials that do not expire */
+	time_t creds_retry;	/* no refresh attempt before this */
 	char *connectpath;
 	char *cwd;	/* absolute, normalised */
 	char *prefix;	/* key prefix of the share root: "" or ends in '/' */
@@ -293,6 +297,45 @@ static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
  * used, so running connections follow a reload.  Bucket, endpoint,
  * credentials and the cache folder apply to new tree connects.
  */
+/* Refetch expiring instance-role credentials, 5 minutes ahead. */
+#define BFS_CREDS_MARGIN 300
+
+static void bfs_refresh_credentials(struct bfs_conn *bc, time_t now)
+{
+	struct s3_credentials creds = {0};
+	TALLOC_CTX *tmp;
+	const char *why = NULL;
+	time_t expire = 0;
+	int ret;
+
+	if (bc->imds == NULL || now < bc->creds_expire - BFS_CREDS_MARGIN ||
+	    now < bc->creds_retry) {
+		return;
+	}
+	tmp = talloc_new(bc);
+	ret = tmp ? s3_imds_fetch(tmp, bc->imds, 2000, &creds, &expire, &why) :
+		    ENOMEM;
+	if (ret == 0) {
+		ret = s3_client_set_credentials(bc->s3, &creds);
+	}
+	if (ret == 0 && bc->s3_async != NULL) {
+		ret = s3_client_set_credentials(bc->s3_async, &creds);
+	}
+	talloc_free(tmp);
+	if (ret != 0) {
+		bc->creds_retry = now + 10;
+		DBG_WARNING("bucketfs: share %s: cannot refresh the instance "
+			    "role's credentials (they expire in %lld s): %s\n",
+			    bc->service, (long long)(bc->creds_expire - now),
+			    why ? why : strerror(ret));
+		return;
+	}
+	bc->creds_expire = expire;
+	DBG_INFO("bucketfs: share %s: refreshed the instance role's "
+		 "credentials, valid for %lld s\n", bc->service,
+		 (long long)(expire - now));
+}
+
 static void bfs_follow_config(struct bfs_conn *bc)
 {
 	time_t now = time(NULL);
@@ -303,6 +346,7 @@ static void bfs_follow_config(struct bfs_conn *bc)
 		return;
 	}
 	bc->config_read = now;
+	bfs_refresh_credentials(bc, now);
 	bc->ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
 	bc->readahead = (unsigned)lp_parm_int(bc->snum, BFS_MODULE,
 					      "readahead", 32);
@@ -546,6 +590,24 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
 	}
 	ret = s3_creds_resolve(bc, file, profile, pw ? pw->pw_dir : NULL,
 			       &bc->cfg.creds, &source, &why);
+	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
+	    lp_parm_bool(bc->snum, BFS_MODULE, "imds", true)) {
+		/* Last in the chain: an EC2 instance's role. */
+		const char *imds = bfs_param(handle, "imds endpoint",
+					     S3_IMDS_ENDPOINT);
+		ret = s3_imds_fetch(bc, imds, 1000, &bc->cfg.creds,
+				    &bc->creds_expire, &why);
+		if (ret == 0) {
+			bc->imds = talloc_strdup(bc, imds);
+			source = "the instance metadata service (IMDSv2)";
+		} else {
+			DBG_ERR("bucketfs: share %s: no credentials in the "
+				"share's file, the environment or "
+				"~/.aws/credentials, and none from %s: %s\n",
+				bc->service, imds, why);
+			return ret;
+		}
+	}
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
 		return ret;

@@ -309,6 +309,38 @@ class World:
                                "smbd-stdout", env=env)
         wait_port(self.smb_port, "smbd")
 
+    def start_extra_smbd(self, name, shares, env):
+        """A second smbd with its own port and folders (another environment)."""
+        t = f"{self.tmp}/{name}"
+        for d in ("lock", "state", "cache", "pid", "private", "ncalrpc"):
+            os.makedirs(f"{t}/{d}", exist_ok=True)
+        port = free_port()
+        conf = f"{t}/smb.conf"
+        with open(conf, "w") as f:
+            f.write(f"""[global]
+  smb ports = {port}
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  lock directory = {t}/lock
+  state directory = {t}/state
+  cache directory = {t}/cache
+  pid directory = {t}/pid
+  private dir = {t}/private
+  ncalrpc dir = {t}/ncalrpc
+  log file = {t}/log.smbd
+  max log size = 0
+  log level = 1 bucketfs:5
+  passdb backend = tdbsam:{self.tmp}/private/passdb.tdb
+  server role = standalone server
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+{shares}""")
+        self.spawn(["smbd", "--foreground", "--no-process-group", "-s", conf],
+                   f"smbd-{name}", env=env)
+        wait_port(port, f"smbd {name}")
+        return port, f"{t}/log.smbd"
+
     def restart_smbd(self, kill=False):
         os.killpg(self.smbd.pid, signal.SIGKILL if kill else signal.SIGTERM)
         self.smbd.wait(timeout=30)
@@ -639,6 +671,51 @@ def integration(w, sources):
         # "log level = 1 bucketfs:3": level-3 lines of ours, none of vfs's.
         w.ls("data")
         assert re.search(r"bucketfs: share data serves s3://", w.smb_log())
+
+    @test
+    def instance_role_credentials_come_from_imdsv2_and_are_refreshed():
+        keys = "IMDSKEY1:imds-secret-1,IMDSKEY2:imds-secret-2"
+        imds_port, front_port = free_port(), free_port()
+        # Credentials valid 303 s: inside the 300 s margin after 3 s.
+        w.spawn([sys.executable, os.path.join(TOP, "tests/integration/imds_standin.py"),
+                 str(imds_port), "--keys", keys, "--lifetime", "303"], "imds")
+        w.spawn([sys.executable, os.path.join(TOP, "tests/integration/s3_front.py"),
+                 str(front_port), str(w.s3_port), "--keys", keys], "front-imds")
+        wait_port(imds_port, "imds stand-in")
+        wait_port(front_port, "front for imds keys")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith("AWS_")}  # nothing before IMDS in the chain
+        port, log = w.start_extra_smbd("imds", f"""[imds]
+  path = /bucketfs/imds
+  vfs objects = bucketfs
+  bucketfs:endpoint = http://127.0.0.1:{front_port}
+  bucketfs:path style = yes
+  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {w.tmp}/bfscache-imds
+  bucketfs:imds endpoint = http://127.0.0.1:{imds_port}
+  bucketfs:metadata ttl = 0
+""", env)
+        smb = ["smbclient", "//127.0.0.1/imds", "-p", str(port), "-U", f"{USER}%{PASSWORD}",
+               "-m", "SMB3"]
+        client = subprocess.Popen(smb, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        try:
+            client.stdin.write("ls\n")
+            client.stdin.flush()
+            time.sleep(4.5)
+            client.stdin.write("ls\n")
+            client.stdin.flush()
+            time.sleep(1.5)
+        finally:
+            out, _ = client.communicate("quit\n", timeout=30)
+        assert "fifty.bin" in out, out
+        front = open(f"{w.tmp}/front-imds.log").read()
+        assert "ak=IMDSKEY1" in front, "the first role credentials were not used"
+        assert "ak=IMDSKEY2" in front, "refreshed credentials were not used"
+        issued = open(f"{w.tmp}/imds.log").read()
+        assert issued.count("issued") >= 2 and "PUT /latest/api/token" in issued, issued
+        assert re.search(r"refreshed the instance role's credentials", open(log).read())
+        assert "imds-secret" not in open(log).read(), "a secret reached the log"
 
     @test
     def a_reload_changes_the_ttl_of_a_running_connection():
