@@ -29,7 +29,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
 .PHONY: all deps install test unit demo demo-stop intree clean bench-read bench-write
-all: $(B)/bucketfs.so $(UNIT) $(ITEST)
+all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(UNIT) $(ITEST)
 
 deps:
 	@scripts/deps.sh
@@ -82,10 +82,17 @@ $(B)/tests/smbflush: tests/integration/smbflush.c $(B)/.deps-ok
 	  $$(pkg-config --libs smbclient) -L$(MODULESDIR) -l:liblibsmb-samba4.so.0 \
 	  -Wl,-rpath,$(MODULESDIR)
 
-install: $(B)/bucketfs.so
+# Samba's libsmbconf (public, in samba-libs) reads smb.conf for the tool;
+# its headers come from the prepared source tree.
+$(B)/bucketfs-ctl: tools/bucketfs-ctl.c lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	  $< -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
+
+install: $(B)/bucketfs.so $(B)/bucketfs-ctl
 	@scripts/check-samba.sh install $(B)/bucketfs.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
+	install -m 0755 $(B)/bucketfs-ctl /usr/local/bin/bucketfs-ctl
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 

@@ -663,3 +663,94 @@ int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 	}
 	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? ENOENT : rc);
 }
+
+/* ---- administration ------------------------------------------------------------ */
+
+int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs)
+{
+	MDB_txn *txn;
+	MDB_stat st;
+	int rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_stat(txn, idx->ent, &st);
+	if (rc == 0) {
+		*entries = st.ms_entries;
+		rc = mdb_stat(txn, idx->dirs, &st);
+	}
+	if (rc == 0) {
+		*dirs = st.ms_entries;
+	}
+	mdb_txn_abort(txn);
+	return bfs_lmdb_errno(rc);
+}
+
+/* Delete the records of db whose key starts with start (len bytes). */
+static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
+				MDB_dbi db, const char *start, size_t len,
+				bool keep_pending, uint64_t *n)
+{
+	MDB_val k = {len, (void *)start}, v;
+	MDB_cursor *cur;
+	int rc = mdb_cursor_open(txn, db, &cur);
+
+	if (rc != 0) {
+		return rc;
+	}
+	rc = len > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) :
+		       mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0 && k.mv_size >= len &&
+	       memcmp(k.mv_data, start, len) == 0) {
+		struct bfs_entry e;
+
+		if (keep_pending &&
+		    bfs_index_decode(NULL, v.mv_data, v.mv_size, &e) == 0) {
+			talloc_free(e.etag);
+			if (e.flags & BFS_ENT_PENDING) {
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+				continue;
+			}
+			if (db == idx->ent) {
+				MDB_val ik = {sizeof(e.ino), &e.ino};
+				mdb_del(txn, idx->inos, &ik, NULL);
+			}
+		}
+		rc = mdb_cursor_del(cur, 0);
+		if (rc != 0) {
+			break;
+		}
+		(*n)++;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND || rc == EINVAL ? 0 : rc;
+}
+
+int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
+			      uint64_t *n)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *dk = talloc_asprintf(tmp, "/%s", prefix);
+	MDB_txn *txn;
+	int rc;
+
+	*n = 0;
+	if (dk == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_drop_range(idx, txn, idx->dirs, dk, strlen(dk), false,
+				  n);
+	if (rc == 0) {
+		rc = bfs_index_drop_range(idx, txn, idx->ent, prefix,
+					  strlen(prefix), true, n);
+	}
+	return bfs_index_finish(txn, tmp, rc);
+}

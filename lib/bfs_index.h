@@ -99,6 +99,17 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir,
 int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 		     const char *sname, const char *ddir, const char *dname);
 
+/* Entries held and directories with a listing (for bucketfs-ctl). */
+int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
+
+/*
+ * Forget everything known under key prefix `prefix` ("" = all): listings
+ * and entries (except pending ones), so the next access asks S3 again.
+ * *n counts the records dropped.
+ */
+int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
+			      uint64_t *n);
+
 /* Record encoding, exposed for tests (and fuzzing later). */
 int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
 		     void **buf, size_t *len);

@@ -13,6 +13,7 @@ loopback, all state in one temporary folder that is removed at the end
 Ends with "N passed, N failed"; exits non-zero if anything failed.
 """
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -283,6 +284,19 @@ class World:
   path = /bucketfs/loosecreds
 {common}  bucketfs:bucket = {BUCKET}
   bucketfs:credentials file = {t}/creds-loose
+[warmed]
+  path = /bucketfs/warmed
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = warmset
+  bucketfs:cache dir = {t}/bfscache-warm
+  bucketfs:cache size = 64M
+  bucketfs:metadata ttl = 1000
+[warmsmall]
+  path = /bucketfs/warmsmall
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = warmset
+  bucketfs:cache dir = {t}/bfscache-warmsmall
+  bucketfs:cache size = 3M
 [reload]
   path = /bucketfs/reload
 {common}  bucketfs:bucket = {BUCKET}
@@ -369,6 +383,9 @@ class World:
     def smbclient(self, share, commands, check=True, user=USER):
         return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(self.smb_port),
                    "-U", f"{user}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
+
+    def ctl(self, share, *args, check=True):
+        return sh([f"{B}/bucketfs-ctl", "-s", self.conf, share, *args], check=check)
 
     def smbwrite(self, share, path, *args, check=True):
         url = f"smb://127.0.0.1:{self.smb_port}/{share}/{urllib.parse.quote(path)}"
@@ -716,6 +733,56 @@ def integration(w, sources):
         assert issued.count("issued") >= 2 and "PUT /latest/api/token" in issued, issued
         assert re.search(r"refreshed the instance role's credentials", open(log).read())
         assert "imds-secret" not in open(log).read(), "a secret reached the log"
+
+    @test
+    def ctl_warm_fills_the_cache_and_the_reads_that_follow_make_no_s3_request():
+        files = {"a.bin": 2 << 20, "sub/b.bin": 3 << 20, "c.bin": (1 << 20) + 1}
+        for name, size in files.items():
+            with open(f"{w.tmp}/warm-src", "wb") as f:
+                f.write(os.urandom(size))
+            shutil.copy(f"{w.tmp}/warm-src", f"{w.tmp}/warm-{name.replace('/', '_')}")
+            w.s3tool("put", f"warmset/{name}", f"{w.tmp}/warm-src")
+        out = w.ctl("warmed", "warm", "").stdout
+        assert re.search(r"^warmed 3 objects, 6\.0 MiB", out, re.M), out
+        before = {n: w.s3_gets(f"warmset/{n}") for n in files}
+        for name in files:
+            w.smbclient("warmed", f"get {name} {w.tmp}/warm-back")
+            assert sha256(f"{w.tmp}/warm-back") == \
+                sha256(f"{w.tmp}/warm-{name.replace('/', '_')}"), name
+        after = {n: w.s3_gets(f"warmset/{n}") for n in files}
+        assert after == before, f"reads after warm went to S3: {before} -> {after}"
+        stats = json.loads(w.ctl("warmed", "stats", "--json").stdout)
+        assert stats["cache_bytes_used"] >= 6 << 20 and stats["pending_uploads"] == 0, stats
+        assert "objects indexed" in w.ctl("warmed", "stats").stdout
+
+    @test
+    def ctl_warm_says_when_the_dataset_does_not_fit():
+        out = w.ctl("warmsmall", "warm", "").stdout
+        assert "does not fit in the cache (3.0 MiB)" in out, out
+
+    @test
+    def ctl_invalidate_makes_the_next_access_list_again():
+        # listings of the share root (not the probe, which asks max-keys=1)
+        lists = lambda: len(re.findall(r"^GET /\S+\?delimiter=%2F&list-type=2&prefix=warmset%2F ",
+                                       open(f"{w.tmp}/front.log").read(), re.M))
+        w.ls("warmed")
+        before = lists()
+        w.ls("warmed")
+        assert lists() == before, "listed again within the TTL"
+        out = w.ctl("warmed", "invalidate", "").stdout
+        assert "invalidated s3://" in out, out
+        w.ls("warmed")
+        assert lists() == before + 1, f"{lists() - before} listings after invalidate"
+
+    @test
+    def ctl_errors_are_one_line_and_a_non_zero_exit():
+        p = w.ctl("nosuchshare", "stats", check=False)
+        assert p.returncode == 1 and p.stderr.strip().count("\n") == 0 and \
+            "has no share [nosuchshare]" in p.stderr, p.stderr
+        p = w.ctl("data", "nosuchverb", check=False)
+        assert p.returncode == 1 and "unknown verb" in p.stderr, p.stderr
+        p = sh([f"{B}/bucketfs-ctl", "warm", "--help"])
+        assert "--manifest FILE" in p.stdout, p.stdout
 
     @test
     def a_reload_changes_the_ttl_of_a_running_connection():
@@ -1095,6 +1162,9 @@ def writeback(w, tmp):
         assert any(sha256(f"{tmp}/bfscache-rwfault/staging/{n}") == sha256(src)
                    for n in staged), f"staging: {staged}"
         assert "rwfault/denied.bin" not in s3_keys("rwfault/")
+        pending = w.ctl("rwfault", "pending").stdout
+        assert re.search(r"upload s3://\S+/rwfault/denied\.bin .*failed: Permission denied",
+                         pending), pending
         # The next smbd process on the share finishes the journalled upload.
         for _ in range(50):
             w.smbclient("rwfault", "ls")

@@ -1,0 +1,702 @@
+/*
+ * bucketfs-ctl: operate a bucketfs share's cache while smbd runs.
+ *
+ *   bucketfs-ctl [-s SMB_CONF] SHARE VERB [ARGS]
+ *
+ * The share's bucketfs parameters are read from smb.conf with Samba's
+ * libsmbconf (text backend; a parameter of the share, else of [global]),
+ * and the cache folder is opened with the same lib/ code smbd uses: LMDB
+ * lets this process and every smbd child work on it at once.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <talloc.h>
+#include <tevent.h>
+
+#include "smbconf.h"
+#include "smbconf_txt.h"
+
+#include "bfs_cache.h"
+#include "bfs_index.h"
+#include "bfs_journal.h"
+#include "bfs_reader.h"
+#include "s3_creds.h"
+#include "s3_imds.h"
+#include "s3_ops.h"
+
+#define CTL_DEFAULT_CONF "/etc/samba/smb.conf"
+
+struct ctl {
+	TALLOC_CTX *mem;
+	const char *share;
+	struct smbconf_ctx *conf;
+	/* the share's parameters */
+	const char *bucket, *prefix, *cache_dir;
+	uint64_t cache_size;
+	uint32_t block_size;
+};
+
+/* One clear line and a non-zero exit: what every error of this tool is. */
+static void __attribute__((noreturn, format(printf, 1, 2)))
+ctl_die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "bucketfs-ctl: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+/* ---- smb.conf ------------------------------------------------------------------ */
+
+static const char *ctl_param(struct ctl *c, const char *name, const char *def)
+{
+	char *key = talloc_asprintf(c->mem, "bucketfs:%s", name), *v = NULL;
+
+	if (SBC_ERROR_IS_OK(smbconf_get_parameter(c->conf, c->mem, c->share,
+						  key, &v)) ||
+	    SBC_ERROR_IS_OK(smbconf_get_parameter(c->conf, c->mem, "global",
+						  key, &v))) {
+		return v;
+	}
+	return def;
+}
+
+static bool ctl_bool(struct ctl *c, const char *name, bool def)
+{
+	const char *v = ctl_param(c, name, NULL);
+
+	if (v == NULL) {
+		return def;
+	}
+	return strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 ||
+	       strcmp(v, "1") == 0;
+}
+
+/* Sizes as smb.conf writes them: 512, 64K, 1M, 16G, 2T. */
+static uint64_t ctl_size(const char *s)
+{
+	char *end;
+	uint64_t v = strtoull(s, &end, 10);
+
+	switch (*end) {
+	case 'T': case 't': v <<= 10; /* fall through */
+	case 'G': case 'g': v <<= 10; /* fall through */
+	case 'M': case 'm': v <<= 10; /* fall through */
+	case 'K': case 'k': v <<= 10; break;
+	default: break;
+	}
+	return v;
+}
+
+static void ctl_load(struct ctl *c, const char *conf_path)
+{
+	bool exists = false;
+	char *share_prefix;
+
+	if (!SBC_ERROR_IS_OK(smbconf_init_txt(c->mem, &c->conf, conf_path))) {
+		ctl_die("cannot read %s", conf_path);
+	}
+	exists = smbconf_share_exists(c->conf, c->share);
+	if (!exists) {
+		ctl_die("%s has no share [%s]", conf_path, c->share);
+	}
+	c->bucket = ctl_param(c, "bucket", NULL);
+	if (c->bucket == NULL || c->bucket[0] == '\0') {
+		ctl_die("share [%s] in %s has no 'bucketfs:bucket': not a "
+			"bucketfs share?", c->share, conf_path);
+	}
+	share_prefix = talloc_strdup(c->mem, ctl_param(c, "prefix", ""));
+	while (share_prefix[0] == '/') {
+		share_prefix++;
+	}
+	c->prefix = talloc_asprintf(c->mem, "%s%s", share_prefix,
+				    share_prefix[0] != '\0' &&
+						    share_prefix[strlen(share_prefix) - 1] != '/' ?
+					    "/" : "");
+	c->cache_dir = ctl_param(c, "cache dir", NULL);
+	if (c->cache_dir == NULL || c->cache_dir[0] == '\0') {
+		c->cache_dir = talloc_asprintf(c->mem, "/var/cache/bucketfs/%s",
+					       c->share);
+	}
+	c->cache_size = ctl_size(ctl_param(c, "cache size", "16G"));
+	c->block_size = (uint32_t)ctl_size(ctl_param(c, "block size", "1M"));
+	if (c->cache_size == 0 || c->block_size == 0) {
+		ctl_die("share [%s]: bad 'bucketfs:cache size' or 'block size'",
+			c->share);
+	}
+}
+
+static char *ctl_sub(struct ctl *c, const char *what)
+{
+	return talloc_asprintf(c->mem, "%s/%s", c->cache_dir, what);
+}
+
+static struct bfs_index *ctl_index(struct ctl *c)
+{
+	struct bfs_index *idx = NULL;
+	const char *why = NULL;
+	int ret = bfs_index_open(c->mem, ctl_sub(c, "index"), c->bucket, &idx,
+				 &why);
+
+	if (ret != 0) {
+		ctl_die("index in %s: %s", c->cache_dir, why ? why : strerror(ret));
+	}
+	return idx;
+}
+
+static struct bfs_cache *ctl_cache(struct ctl *c)
+{
+	struct bfs_cache *cache = NULL;
+	const char *why = NULL;
+	int ret = bfs_cache_open(c->mem, ctl_sub(c, "cache"), c->cache_size,
+				 c->block_size, &cache, &why);
+
+	if (ret != 0) {
+		ctl_die("cache in %s: %s", c->cache_dir, why ? why : strerror(ret));
+	}
+	return cache;
+}
+
+static struct bfs_journal *ctl_journal(struct ctl *c)
+{
+	struct bfs_journal *j = NULL;
+	const char *why = NULL;
+	int ret = bfs_journal_open(c->mem, ctl_sub(c, "journal"), &j, &why);
+
+	if (ret != 0) {
+		ctl_die("journal in %s: %s", c->cache_dir, why ? why : strerror(ret));
+	}
+	return j;
+}
+
+/* An S3 client with the share's endpoint and the credential chain. */
+static struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev)
+{
+	struct s3_client_config cfg = {0};
+	const char *why = NULL, *source = NULL;
+	const char *home = getenv("HOME");
+	struct s3_client *s3;
+	time_t expire;
+	int ret;
+
+	cfg.bucket = c->bucket;
+	cfg.region = ctl_param(c, "region", "us-east-1");
+	cfg.endpoint = ctl_param(c, "endpoint", NULL);
+	cfg.path_style = ctl_bool(c, "path style", false);
+	cfg.verify_tls = ctl_bool(c, "verify tls", true);
+	cfg.max_requests = (unsigned)atoi(ctl_param(c, "max requests", "16"));
+	cfg.max_retries = (unsigned)atoi(ctl_param(c, "retries", "4"));
+	cfg.request_timeout_ms =
+		1000 * (unsigned)atoi(ctl_param(c, "request timeout", "30"));
+	ret = s3_creds_resolve(c->mem, ctl_param(c, "credentials file", NULL),
+			       ctl_param(c, "profile", NULL), home, &cfg.creds,
+			       &source, &why);
+	if (ret == ENOENT && ctl_bool(c, "imds", true)) {
+		ret = s3_imds_fetch(c->mem, ctl_param(c, "imds endpoint",
+						      S3_IMDS_ENDPOINT),
+				    1000, &cfg.creds, &expire, &why);
+	}
+	if (ret != 0) {
+		ctl_die("share [%s]: %s", c->share, why ? why : strerror(ret));
+	}
+	s3 = s3_client_new(c->mem, ev, &cfg);
+	if (s3 == NULL) {
+		ctl_die("share [%s]: bad endpoint '%s'", c->share,
+			cfg.endpoint ? cfg.endpoint : "(default)");
+	}
+	return s3;
+}
+
+static void ctl_size_str(uint64_t v, char out[32])
+{
+	static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+	double d = (double)v;
+	int u = 0;
+
+	while (d >= 1024 && u < 4) {
+		d /= 1024;
+		u++;
+	}
+	snprintf(out, 32, u == 0 ? "%.0f %s" : "%.1f %s", d, unit[u]);
+}
+
+/* ---- stats ----------------------------------------------------------------------- */
+
+static int ctl_stats(struct ctl *c, int argc, char **argv)
+{
+	bool json = argc > 0 && strcmp(argv[0], "--json") == 0;
+	struct bfs_index *idx = ctl_index(c);
+	struct bfs_cache *cache = ctl_cache(c);
+	struct bfs_journal *j = ctl_journal(c);
+	uint64_t entries = 0, dirs = 0, used = 0, blocks = 0;
+	uint64_t puts = 0, copies = 0, deletes = 0, failed = 0;
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+	char a[32], b[32];
+
+	if (bfs_index_count(idx, &entries, &dirs) != 0 ||
+	    bfs_cache_usage(cache, &used, &blocks) != 0 ||
+	    bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+		ctl_die("cannot read the cache folder %s", c->cache_dir);
+	}
+	for (i = 0; i < n; i++) {
+		puts += recs[i].op == BFS_J_PUT;
+		copies += recs[i].op == BFS_J_COPY;
+		deletes += recs[i].op == BFS_J_DELETE;
+		failed += recs[i].last_error != 0;
+	}
+	if (json) {
+		printf("{\"share\": \"%s\", \"bucket\": \"%s\", \"prefix\": \"%s\", "
+		       "\"objects_indexed\": %" PRIu64 ", "
+		       "\"directories_listed\": %" PRIu64 ", "
+		       "\"cache_bytes_used\": %" PRIu64 ", "
+		       "\"cache_bytes_limit\": %" PRIu64 ", "
+		       "\"cache_blocks\": %" PRIu64 ", "
+		       "\"pending_uploads\": %" PRIu64 ", "
+		       "\"pending_renames\": %" PRIu64 ", "
+		       "\"pending_deletes\": %" PRIu64 ", "
+		       "\"failed\": %" PRIu64 "}\n",
+		       c->share, c->bucket, c->prefix, entries, dirs, used,
+		       c->cache_size, blocks, puts, copies, deletes, failed);
+		return 0;
+	}
+	ctl_size_str(used, a);
+	ctl_size_str(c->cache_size, b);
+	printf("share              %s (s3://%s/%s)\n", c->share, c->bucket,
+	       c->prefix);
+	printf("cache folder       %s\n", c->cache_dir);
+	printf("objects indexed    %" PRIu64 " (%" PRIu64
+	       " directory listings)\n", entries, dirs);
+	printf("cache              %s of %s (%.1f%%), %" PRIu64 " blocks\n", a,
+	       b, c->cache_size ? 100.0 * (double)used / (double)c->cache_size : 0,
+	       blocks);
+	printf("pending            %" PRIu64 " uploads, %" PRIu64
+	       " renames, %" PRIu64 " deletes (%" PRIu64 " failed)\n",
+	       puts, copies, deletes, failed);
+	return 0;
+}
+
+/* ---- pending ----------------------------------------------------------------------- */
+
+static int ctl_pending(struct ctl *c, int argc, char **argv)
+{
+	struct bfs_journal *j = ctl_journal(c);
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+
+	(void)argc, (void)argv;
+	if (bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+		ctl_die("cannot read the journal in %s", c->cache_dir);
+	}
+	for (i = 0; i < n; i++) {
+		const struct bfs_jrec *r = &recs[i];
+		char sz[32];
+
+		ctl_size_str(r->size, sz);
+		printf("%-6s s3://%s/%s", r->op == BFS_J_PUT ? "upload" :
+		       r->op == BFS_J_COPY ? "rename" : "delete", c->bucket,
+		       r->key);
+		if (r->op == BFS_J_PUT) {
+			printf(" (%s, staging/%s)", sz, r->staging);
+		} else if (r->op == BFS_J_COPY) {
+			printf(" (from %s)", r->src);
+		}
+		printf(" pid %d: %s%s\n", (int)r->pid,
+		       r->last_error ? "failed: " : "in progress",
+		       r->last_error ? strerror(r->last_error) : "");
+	}
+	if (n == 0 && isatty(STDOUT_FILENO)) {
+		printf("nothing pending: every change is in S3\n");
+	}
+	return 0;
+}
+
+/* ---- invalidate ------------------------------------------------------------------ */
+
+static int ctl_invalidate(struct ctl *c, int argc, char **argv)
+{
+	struct bfs_index *idx;
+	char *prefix;
+	uint64_t n = 0;
+	int ret;
+
+	if (argc != 1) {
+		ctl_die("invalidate takes one PREFIX (\"\" for the whole share)");
+	}
+	idx = ctl_index(c);
+	prefix = talloc_asprintf(c->mem, "%s%s", c->prefix, argv[0]);
+	ret = bfs_index_invalidate_tree(idx, prefix, &n);
+	if (ret != 0) {
+		ctl_die("cannot invalidate %s: %s", prefix, strerror(ret));
+	}
+	printf("invalidated s3://%s/%s: %" PRIu64 " index records dropped; "
+	       "the next access asks S3\n", c->bucket, prefix, n);
+	return 0;
+}
+
+/* ---- warm ------------------------------------------------------------------------------ */
+
+struct ctl_obj {
+	char *key;
+	char *etag;
+	uint64_t size;
+};
+
+struct ctl_warm {
+	struct ctl *c;
+	struct tevent_context *ev;
+	struct bfs_reader *reader;
+	struct ctl_obj *objs;
+	size_t n, next;
+	uint64_t next_off, done_bytes, total_bytes;
+	size_t done_objs;
+	unsigned in_flight, max_in_flight;
+	int err;
+	bool tty;
+};
+
+#define CTL_WARM_CHUNK (8u << 20)
+
+/* Every object under prefix, from ListObjectsV2 (all pages). */
+static void ctl_list(struct ctl *c, struct tevent_context *ev,
+		     struct s3_client *s3, const char *prefix,
+		     struct ctl_obj **objs, size_t *n)
+{
+	const char *token = NULL;
+	struct s3_status st = {0};
+	size_t got = 0, i;
+
+	*objs = talloc_array(c->mem, struct ctl_obj, 0);
+	do {
+		struct s3_listing *l = NULL;
+		struct tevent_req *req = s3_list_send(c->mem, ev, s3, prefix,
+						      NULL, token, 1000);
+		int ret;
+
+		if (req == NULL || !s3_wait(req, ev)) {
+			ctl_die("out of memory");
+		}
+		ret = s3_list_recv(req, c->mem, &l, &st);
+		if (ret != 0) {
+			ctl_die("listing s3://%s/%s failed: %s (HTTP %ld, %s)",
+				c->bucket, prefix, strerror(ret), st.http_status,
+				st.code[0] ? st.code : "no S3 code");
+		}
+		for (i = 0; i < l->n_objects; i++) {
+			if (l->objects[i].key[strlen(l->objects[i].key) - 1] == '/') {
+				continue; /* directory markers hold no data */
+			}
+			*objs = talloc_realloc(c->mem, *objs, struct ctl_obj,
+					       got + 1);
+			(*objs)[got++] = (struct ctl_obj){
+				.key = l->objects[i].key,
+				.etag = l->objects[i].etag,
+				.size = l->objects[i].size,
+			};
+		}
+		token = l->truncated ? l->next_token : NULL;
+	} while (token != NULL);
+	*n = got;
+}
+
+/* The objects a manifest names (paths relative to the share root). */
+static void ctl_manifest(struct ctl *c, struct tevent_context *ev,
+			 struct s3_client *s3, const char *path,
+			 struct ctl_obj **objs, size_t *n)
+{
+	FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+	char line[4096];
+	size_t got = 0;
+
+	if (f == NULL) {
+		ctl_die("cannot open manifest %s: %s", path, strerror(errno));
+	}
+	*objs = talloc_array(c->mem, struct ctl_obj, 0);
+	while (fgets(line, sizeof(line), f) != NULL) {
+		struct s3_object_info info = {0};
+		struct s3_status st = {0};
+		struct tevent_req *req;
+		char *key;
+		int ret;
+
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '\0' || line[0] == '#') {
+			continue;
+		}
+		key = talloc_asprintf(c->mem, "%s%s", c->prefix,
+				      line + strspn(line, "/"));
+		req = s3_head_object_send(c->mem, ev, s3, key);
+		if (req == NULL || !s3_wait(req, ev)) {
+			ctl_die("out of memory");
+		}
+		ret = s3_head_object_recv(req, c->mem, &info, &st);
+		if (ret != 0) {
+			ctl_die("manifest %s: %s: %s", path, line,
+				ret == ENOENT ? "no such object" : strerror(ret));
+		}
+		*objs = talloc_realloc(c->mem, *objs, struct ctl_obj, got + 1);
+		(*objs)[got++] = (struct ctl_obj){
+			.key = key, .etag = info.etag, .size = info.size,
+		};
+	}
+	if (f != stdin) {
+		fclose(f);
+	}
+	*n = got;
+}
+
+static void ctl_warm_progress(struct ctl_warm *w, bool last)
+{
+	char a[32], b[32];
+
+	if (!w->tty) {
+		return;
+	}
+	ctl_size_str(w->done_bytes, a);
+	ctl_size_str(w->total_bytes, b);
+	printf("\rwarming: %zu/%zu objects, %s of %s   %s", w->done_objs, w->n,
+	       a, b, last ? "\n" : "");
+	fflush(stdout);
+}
+
+/* One chunk read: owns the object description, buffer and request. */
+struct ctl_chunk {
+	struct ctl_warm *w;
+	struct bfs_object obj;
+};
+
+static void ctl_warm_more(struct ctl_warm *w);
+
+static void ctl_warm_done(struct tevent_req *req)
+{
+	struct ctl_chunk *ch = tevent_req_callback_data(req, struct ctl_chunk);
+	struct ctl_warm *w = ch->w;
+	struct s3_status st = {0};
+	size_t got = 0;
+	int ret = bfs_read_recv(req, &got, &st);
+
+	talloc_free(ch);
+	w->in_flight--;
+	if (ret != 0 && w->err == 0) {
+		w->err = ret;
+		fprintf(stderr, "%sbucketfs-ctl: fetching failed: %s (HTTP %ld, "
+			"%s)\n", w->tty ? "\n" : "", strerror(ret),
+			st.http_status, st.code[0] ? st.code : "no S3 code");
+	}
+	w->done_bytes += got;
+	ctl_warm_progress(w, false);
+	ctl_warm_more(w);
+}
+
+/* Keep max_in_flight chunk reads going; each object in turn. */
+static void ctl_warm_more(struct ctl_warm *w)
+{
+	while (w->err == 0 && w->in_flight < w->max_in_flight &&
+	       w->next < w->n) {
+		struct ctl_obj *o = &w->objs[w->next];
+		struct ctl_chunk *ch;
+		uint64_t off = w->next_off;
+		size_t len = o->size - off < CTL_WARM_CHUNK ?
+				     (size_t)(o->size - off) : CTL_WARM_CHUNK;
+		struct tevent_req *req;
+		void *buf;
+
+		if (o->size == 0) {
+			w->next++;
+			w->done_objs++;
+			continue;
+		}
+		ch = talloc_zero(w->c->mem, struct ctl_chunk);
+		if (ch == NULL) {
+			ctl_die("out of memory");
+		}
+		ch->w = w;
+		ch->obj = (struct bfs_object){
+			.key = o->key, .etag = o->etag, .size = o->size,
+		};
+		bfs_cache_make_id(w->c->bucket, o->key, o->etag,
+				  w->c->block_size, &ch->obj.id);
+		buf = talloc_size(ch, len);
+		req = buf ? bfs_read_send(ch, w->ev, w->reader, &ch->obj, off,
+					  len, buf) : NULL;
+		if (req == NULL) {
+			ctl_die("out of memory");
+		}
+		tevent_req_set_callback(req, ctl_warm_done, ch);
+		w->in_flight++;
+		w->next_off += len;
+		if (w->next_off >= o->size) {
+			w->next++;
+			w->next_off = 0;
+			w->done_objs++;
+		}
+	}
+}
+
+static int ctl_warm(struct ctl *c, int argc, char **argv)
+{
+	struct tevent_context *ev = tevent_context_init(c->mem);
+	struct s3_client *s3 = ctl_s3(c, ev);
+	struct bfs_cache *cache = ctl_cache(c);
+	struct ctl_warm w = {.c = c, .ev = ev, .tty = isatty(STDOUT_FILENO)};
+	uint64_t budget = 0, used = 0, blocks = 0;
+	struct timespec t0, t1;
+	char a[32], b[32];
+	double secs;
+	size_t i;
+
+	if (argc == 2 && strcmp(argv[0], "--manifest") == 0) {
+		ctl_manifest(c, ev, s3, argv[1], &w.objs, &w.n);
+	} else if (argc == 1 && argv[0][0] != '-') {
+		ctl_list(c, ev, s3,
+			 talloc_asprintf(c->mem, "%s%s", c->prefix,
+					 argv[0] + strspn(argv[0], "/")),
+			 &w.objs, &w.n);
+	} else {
+		ctl_die("warm takes PREFIX or --manifest FILE");
+	}
+	for (i = 0; i < w.n; i++) {
+		w.total_bytes += w.objs[i].size;
+	}
+	/* What fits: the cache evicts beyond its limit, so warm no more. */
+	for (i = 0; i < w.n && budget + w.objs[i].size <= c->cache_size; i++) {
+		budget += w.objs[i].size;
+	}
+	if (i < w.n) {
+		ctl_size_str(w.total_bytes, a);
+		ctl_size_str(c->cache_size, b);
+		printf("the dataset (%s in %zu objects) does not fit in the cache "
+		       "(%s): warming the first %zu objects\n", a, w.n, b, i);
+		w.n = i;
+		w.total_bytes = budget;
+	}
+	w.reader = bfs_reader_new(c->mem, ev, s3, cache, c->block_size, false);
+	w.max_in_flight = (unsigned)atoi(ctl_param(c, "max requests", "16"));
+	if (w.reader == NULL || w.max_in_flight == 0) {
+		ctl_die("cannot set up the reader");
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ctl_warm_more(&w);
+	while (w.in_flight > 0) {
+		if (tevent_loop_once(ev) != 0) {
+			ctl_die("event loop failed");
+		}
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ctl_warm_progress(&w, true);
+	if (w.err != 0) {
+		return 1;
+	}
+	bfs_cache_flush(cache);
+	bfs_cache_usage(cache, &used, &blocks);
+	secs = (double)(t1.tv_sec - t0.tv_sec) +
+	       (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	ctl_size_str(w.done_bytes, a);
+	ctl_size_str(used, b);
+	printf("warmed %zu objects, %s in %.1f s (%.0f MB/s); %" PRIu64
+	       " blocks fetched from S3; the cache holds %s\n",
+	       w.done_objs, a, secs,
+	       secs > 0 ? (double)w.done_bytes / 1e6 / secs : 0,
+	       bfs_reader_counters(w.reader)->block_fetches, b);
+	return 0;
+}
+
+/* ---- main ----------------------------------------------------------------------------- */
+
+struct ctl_verb {
+	const char *name;
+	int (*fn)(struct ctl *c, int argc, char **argv);
+	const char *usage;
+	const char *help;
+};
+
+static const struct ctl_verb ctl_verbs[] = {
+	{"stats", ctl_stats, "stats [--json]",
+	 "objects indexed, cache bytes used and limit, pending changes"},
+	{"pending", ctl_pending, "pending",
+	 "uploads, renames and deletes not yet durable in S3, one per line"},
+	{"invalidate", ctl_invalidate, "invalidate PREFIX",
+	 "forget the listings and index entries under PREFIX (relative to "
+	 "the share; \"\" for all) so the next access asks S3; cached blocks "
+	 "stay valid, they are tied to the object's ETag"},
+	{"warm", ctl_warm, "warm PREFIX | warm --manifest FILE",
+	 "fetch every object under PREFIX (or each path listed in FILE, one "
+	 "per line, - for stdin) into the cache, in parallel; stops where "
+	 "the cache size would be exceeded and says so"},
+};
+
+static void ctl_usage(FILE *f)
+{
+	size_t i;
+
+	fprintf(f, "usage: bucketfs-ctl [-s SMB_CONF] SHARE VERB [ARGS]\n"
+		   "       bucketfs-ctl VERB --help\n\nverbs:\n");
+	for (i = 0; i < sizeof(ctl_verbs) / sizeof(ctl_verbs[0]); i++) {
+		fprintf(f, "  %-36s %s\n", ctl_verbs[i].usage,
+			ctl_verbs[i].help);
+	}
+	fprintf(f, "\nSMB_CONF defaults to " CTL_DEFAULT_CONF ".\n");
+}
+
+static const struct ctl_verb *ctl_find(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(ctl_verbs) / sizeof(ctl_verbs[0]); i++) {
+		if (strcmp(ctl_verbs[i].name, name) == 0) {
+			return &ctl_verbs[i];
+		}
+	}
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	struct ctl c = {.mem = talloc_new(NULL)};
+	const char *conf = CTL_DEFAULT_CONF;
+	const struct ctl_verb *v;
+	int i;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+			v = i > 1 ? ctl_find(argv[i - 1]) : NULL;
+			if (v != NULL) {
+				printf("usage: bucketfs-ctl [-s SMB_CONF] SHARE %s\n"
+				       "%s\n", v->usage, v->help);
+			} else {
+				ctl_usage(stdout);
+			}
+			return 0;
+		}
+	}
+	i = 1;
+	if (argc > 2 && strcmp(argv[1], "-s") == 0) {
+		conf = argv[2];
+		i = 3;
+	}
+	if (argc - i < 2) {
+		ctl_usage(stderr);
+		return 2;
+	}
+	c.share = argv[i];
+	v = ctl_find(argv[i + 1]);
+	if (v == NULL) {
+		ctl_die("unknown verb '%s' (bucketfs-ctl --help lists them)",
+			argv[i + 1]);
+	}
+	ctl_load(&c, conf);
+	return v->fn(&c, argc - i - 2, argv + i + 2);
+}
