@@ -1017,6 +1017,19 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 	s3_req_fail(s, err);
 }
 
+static void s3_client_note_latency(struct s3_client *c, CURL *easy)
+{
+	static const uint64_t bounds[S3_LATENCY_N] = S3_LATENCY_BUCKETS_MS;
+	curl_off_t us = 0;
+	unsigned i;
+
+	curl_easy_getinfo(easy, CURLINFO_TOTAL_TIME_T, &us);
+	for (i = 0; i < S3_LATENCY_N && (uint64_t)us > bounds[i] * 1000; i++) {
+	}
+	c->counters.latency[i]++;
+	c->counters.latency_us += (uint64_t)us;
+}
+
 static void s3_client_check_done(struct s3_client *c)
 {
 	CURLMsg *msg;
@@ -1029,6 +1042,7 @@ static void s3_client_check_done(struct s3_client *c)
 			continue;
 		}
 		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+		s3_client_note_latency(c, msg->easy_handle);
 		if (s != NULL) {
 			/* msg points into curl: read it before removing. */
 			CURLcode rc = msg->data.result;

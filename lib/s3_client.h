@@ -80,12 +80,21 @@ struct s3_response {
 	char *request_id;
 };
 
+/* Upper bounds (milliseconds) of the request latency histogram. */
+#define S3_LATENCY_BUCKETS_MS {5, 10, 25, 50, 100, 250, 500, 1000, 2500, \
+			       5000, 10000, 30000}
+#define S3_LATENCY_N 12
+
 struct s3_client_counters {
 	uint64_t requests; /* HTTP requests sent, retries included */
 	uint64_t retries;
 	uint64_t failures; /* requests that ended in an error */
 	uint64_t bytes_in;
 	uint64_t bytes_out;
+	/* HTTP exchanges by duration: [i] took at most bucket i (the last
+	 * slot: longer); latency_us is their total. */
+	uint64_t latency[S3_LATENCY_N + 1];
+	uint64_t latency_us;
 };
 
 struct s3_client;

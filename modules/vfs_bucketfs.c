@@ -30,6 +30,7 @@
 #include "bfs_index.h"
 #include "bfs_journal.h"
 #include "bfs_reader.h"
+#include "bfs_stats.h"
 #include "bfs_writeback.h"
 #include "s3_client.h"
 #include "s3_creds.h"
@@ -62,6 +63,12 @@ struct bfs_conn {
 	int snum;
 	time_t config_read;	/* when the reloadable parameters were read */
 	const char *imds;	/* metadata service the credentials came from */
+	struct bfs_stats *stats;	/* the cache folder's shared totals */
+	struct bfs_stats_vec flushed;	/* our counters already added there */
+	time_t stats_flushed;
+	uint64_t cache_limit;
+	int metrics_interval;
+	const char *metrics_file;
 	time_t creds_expire;	/* 0: credentials that do not expire */
 	time_t creds_retry;	/* no refresh attempt before this */
 	char *connectpath;
@@ -297,6 +304,92 @@ static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
  * used, so running connections follow a reload.  Bucket, endpoint,
  * credentials and the cache folder apply to new tree connects.
  */
+/* ---- statistics and the metrics file ------------------------------------------------ */
+
+static void bfs_add_client(struct bfs_stats_vec *v, const struct s3_client *c)
+{
+	const struct s3_client_counters *n;
+	int i;
+
+	if (c == NULL) {
+		return;
+	}
+	n = s3_client_counters(c);
+	v->v[BFS_ST_S3_REQUESTS] += n->requests;
+	v->v[BFS_ST_S3_RETRIES] += n->retries;
+	v->v[BFS_ST_S3_FAILURES] += n->failures;
+	v->v[BFS_ST_S3_BYTES_IN] += n->bytes_in;
+	v->v[BFS_ST_S3_BYTES_OUT] += n->bytes_out;
+	v->v[BFS_ST_S3_LATENCY_US] += n->latency_us;
+	for (i = 0; i <= S3_LATENCY_N; i++) {
+		v->v[BFS_ST_S3_LATENCY + i] += n->latency[i];
+	}
+}
+
+static void bfs_add_reader(struct bfs_stats_vec *v, const struct bfs_reader *r)
+{
+	const struct bfs_reader_counters *n;
+
+	if (r == NULL) {
+		return;
+	}
+	n = bfs_reader_counters(r);
+	v->v[BFS_ST_BLOCKS_CACHED] += n->cache_hits;
+	v->v[BFS_ST_BLOCKS_FETCHED] += n->block_fetches;
+	v->v[BFS_ST_BYTES_FETCHED] += n->fetched_bytes;
+}
+
+/*
+ * Add what this connection counted since the last flush to the folder's
+ * totals, and rewrite the metrics file from them.
+ */
+static void bfs_stats_flush(struct bfs_conn *bc, time_t now)
+{
+	struct bfs_stats_vec cur = {{0}}, delta, totals;
+	struct bfs_jrec *recs = NULL;
+	uint64_t used = 0, blocks = 0;
+	size_t n = 0;
+	int i, ret;
+
+	if (bc->stats == NULL) {
+		return;
+	}
+	bc->stats_flushed = now;
+	bfs_add_client(&cur, bc->s3);
+	bfs_add_client(&cur, bc->s3_async);
+	bfs_add_reader(&cur, bc->reader);
+	bfs_add_reader(&cur, bc->reader_async);
+	if (bc->cache != NULL) {
+		const struct bfs_cache_counters *cc = bfs_cache_counters(bc->cache);
+		cur.v[BFS_ST_EVICTIONS] = cc->evictions;
+		cur.v[BFS_ST_FILL_ERRORS] = cc->fill_errors;
+	}
+	for (i = 0; i < BFS_ST_N; i++) {
+		delta.v[i] = cur.v[i] - bc->flushed.v[i];
+	}
+	become_root();
+	ret = bfs_stats_add(bc->stats, &delta);
+	if (ret == 0) {
+		bc->flushed = cur;
+	}
+	if (ret == 0 && bc->metrics_file != NULL &&
+	    bfs_stats_read(bc->stats, &totals) == 0) {
+		TALLOC_CTX *tmp = talloc_new(bc);
+		bfs_cache_usage(bc->cache, &used, &blocks);
+		bfs_journal_list(bc->journal, tmp, &recs, &n);
+		ret = bfs_stats_write_prometheus(&totals, bc->cache_dir, used,
+						 bc->cache_limit, n,
+						 bc->metrics_file);
+		talloc_free(tmp);
+		if (ret != 0) {
+			DBG_WARNING("bucketfs: share %s: cannot write the "
+				    "metrics file %s: %s\n", bc->service,
+				    bc->metrics_file, strerror(ret));
+		}
+	}
+	unbecome_root();
+}
+
 /* Refetch expiring instance-role credentials, 5 minutes ahead. */
 #define BFS_CREDS_MARGIN 300
 
@@ -347,6 +440,12 @@ static void bfs_follow_config(struct bfs_conn *bc)
 	}
 	bc->config_read = now;
 	bfs_refresh_credentials(bc, now);
+	bc->metrics_interval = lp_parm_int(bc->snum, BFS_MODULE,
+					   "metrics interval", 15);
+	if (bc->stats != NULL &&
+	    now - bc->stats_flushed >= bc->metrics_interval) {
+		bfs_stats_flush(bc, now);
+	}
 	bc->ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
 	bc->readahead = (unsigned)lp_parm_int(bc->snum, BFS_MODULE,
 					      "readahead", 32);
@@ -360,6 +459,9 @@ static void bfs_follow_config(struct bfs_conn *bc)
 	}
 	cache_size = conv_str_size(lp_parm_const_string(
 		bc->snum, BFS_MODULE, "cache size", "16G"));
+	if (cache_size > 0) {
+		bc->cache_limit = cache_size;
+	}
 	if (bc->cache != NULL && cache_size > 0) {
 		bfs_cache_set_limit(bc->cache, cache_size);
 	}
@@ -696,6 +798,11 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 	if (ret == 0) {
 		ret = bfs_journal_open(bc, jrn_dir, &bc->journal, &why);
 	}
+	if (ret == 0) {
+		char *st_dir = talloc_asprintf(bc, "%s/stats", dir);
+		ret = st_dir ? bfs_stats_open(bc, st_dir, &bc->stats, &why) :
+			       ENOMEM;
+	}
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cache dir %s: %s (%s)\n",
 			bc->service, dir, why ? why : "cannot open",
@@ -826,6 +933,12 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	bc->cache_dir = cache_dir;
+	bc->metrics_file = bfs_param(handle, "metrics file", NULL);
+	if (bc->metrics_file != NULL && bc->metrics_file[0] != '/') {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:metrics file' must be an "
+			"absolute path, not '%s'\n", service, bc->metrics_file);
+		goto inval;
+	}
 	bc->upload.multipart_threshold = conv_str_size(
 		bfs_param(handle, "multipart threshold", "16M"));
 	bc->upload.part_size = conv_str_size(bfs_param(handle, "part size",
@@ -924,6 +1037,7 @@ static void bfs_disconnect(struct vfs_handle_struct *handle)
 	struct bfs_conn *bc;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return);
+	bfs_stats_flush(bc, time(NULL));
 	DBG_NOTICE("bucketfs: share %s: %" PRIu64 " synchronous and %" PRIu64
 		   " asynchronous preads\n", bc->service, bc->sync_reads,
 		   bc->async_reads);

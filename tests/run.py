@@ -291,6 +291,8 @@ class World:
   bucketfs:cache dir = {t}/bfscache-warm
   bucketfs:cache size = 64M
   bucketfs:metadata ttl = 1000
+  bucketfs:metrics file = {t}/metrics-warm.prom
+  bucketfs:metrics interval = 1
 [warmsmall]
   path = /bucketfs/warmsmall
 {common}  bucketfs:bucket = {BUCKET}
@@ -753,7 +755,27 @@ def integration(w, sources):
         assert after == before, f"reads after warm went to S3: {before} -> {after}"
         stats = json.loads(w.ctl("warmed", "stats", "--json").stdout)
         assert stats["cache_bytes_used"] >= 6 << 20 and stats["pending_uploads"] == 0, stats
-        assert "objects indexed" in w.ctl("warmed", "stats").stdout
+        assert stats["hit_ratio"] == 1.0 and stats["s3_requests"] > 0, stats
+        assert "hit ratio          100.0%" in w.ctl("warmed", "stats").stdout
+
+    @test
+    def the_metrics_file_holds_prometheus_counters_and_a_latency_histogram():
+        text = open(f"{w.tmp}/metrics-warm.prom").read()
+        values = {}
+        for line in text.splitlines():
+            if line.startswith("#"):
+                assert re.match(r"# (HELP|TYPE) bucketfs_\w+ ", line), line
+                continue
+            m = re.match(r'^(bucketfs_\w+)\{cache_dir="[^"]+"(?:,le="([^"]+)")?\} (\S+)$', line)
+            assert m, f"not Prometheus text: {line!r}"
+            values[(m.group(1), m.group(2))] = float(m.group(3))
+        assert values[("bucketfs_cache_hit_blocks_total", None)] >= 6, values
+        assert values[("bucketfs_s3_requests_total", None)] > 0, values
+        buckets = [v for (n, le), v in values.items()
+                   if n == "bucketfs_s3_request_duration_seconds_bucket"]
+        assert buckets == sorted(buckets) and len(buckets) == 13, buckets
+        assert buckets[-1] == values[("bucketfs_s3_request_duration_seconds_count", None)]
+        assert values[("bucketfs_cache_limit_bytes", None)] == 64 << 20
 
     @test
     def ctl_warm_says_when_the_dataset_does_not_fit():

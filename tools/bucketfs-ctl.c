@@ -29,6 +29,7 @@
 #include "bfs_index.h"
 #include "bfs_journal.h"
 #include "bfs_reader.h"
+#include "bfs_stats.h"
 #include "s3_creds.h"
 #include "s3_imds.h"
 #include "s3_ops.h"
@@ -170,6 +171,19 @@ static struct bfs_cache *ctl_cache(struct ctl *c)
 	return cache;
 }
 
+static struct bfs_stats *ctl_stats_db(struct ctl *c)
+{
+	struct bfs_stats *st = NULL;
+	const char *why = NULL;
+	int ret = bfs_stats_open(c->mem, ctl_sub(c, "stats"), &st, &why);
+
+	if (ret != 0) {
+		ctl_die("statistics in %s: %s", c->cache_dir,
+			why ? why : strerror(ret));
+	}
+	return st;
+}
+
 static struct bfs_journal *ctl_journal(struct ctl *c)
 {
 	struct bfs_journal *j = NULL;
@@ -243,11 +257,15 @@ static int ctl_stats(struct ctl *c, int argc, char **argv)
 	struct bfs_journal *j = ctl_journal(c);
 	uint64_t entries = 0, dirs = 0, used = 0, blocks = 0;
 	uint64_t puts = 0, copies = 0, deletes = 0, failed = 0;
+	uint64_t hits, misses;
+	struct bfs_stats_vec t;
 	struct bfs_jrec *recs = NULL;
 	size_t n = 0, i;
-	char a[32], b[32];
+	double ratio;
+	char a[32], b[32], in[32], out[32];
 
-	if (bfs_index_count(idx, &entries, &dirs) != 0 ||
+	if (bfs_stats_read(ctl_stats_db(c), &t) != 0 ||
+	    bfs_index_count(idx, &entries, &dirs) != 0 ||
 	    bfs_cache_usage(cache, &used, &blocks) != 0 ||
 	    bfs_journal_list(j, c->mem, &recs, &n) != 0) {
 		ctl_die("cannot read the cache folder %s", c->cache_dir);
@@ -258,6 +276,10 @@ static int ctl_stats(struct ctl *c, int argc, char **argv)
 		deletes += recs[i].op == BFS_J_DELETE;
 		failed += recs[i].last_error != 0;
 	}
+	/* Blocks read from the cache against blocks that had to be fetched. */
+	hits = t.v[BFS_ST_BLOCKS_CACHED];
+	misses = (t.v[BFS_ST_BYTES_FETCHED] + c->block_size - 1) / c->block_size;
+	ratio = hits + misses > 0 ? (double)hits / (double)(hits + misses) : 0;
 	if (json) {
 		printf("{\"share\": \"%s\", \"bucket\": \"%s\", \"prefix\": \"%s\", "
 		       "\"objects_indexed\": %" PRIu64 ", "
@@ -265,16 +287,27 @@ static int ctl_stats(struct ctl *c, int argc, char **argv)
 		       "\"cache_bytes_used\": %" PRIu64 ", "
 		       "\"cache_bytes_limit\": %" PRIu64 ", "
 		       "\"cache_blocks\": %" PRIu64 ", "
+		       "\"hit_ratio\": %.4f, "
+		       "\"s3_requests\": %" PRIu64 ", "
+		       "\"s3_retries\": %" PRIu64 ", "
+		       "\"s3_failures\": %" PRIu64 ", "
+		       "\"s3_bytes_received\": %" PRIu64 ", "
+		       "\"s3_bytes_sent\": %" PRIu64 ", "
 		       "\"pending_uploads\": %" PRIu64 ", "
 		       "\"pending_renames\": %" PRIu64 ", "
 		       "\"pending_deletes\": %" PRIu64 ", "
 		       "\"failed\": %" PRIu64 "}\n",
 		       c->share, c->bucket, c->prefix, entries, dirs, used,
-		       c->cache_size, blocks, puts, copies, deletes, failed);
+		       c->cache_size, blocks, ratio, t.v[BFS_ST_S3_REQUESTS],
+		       t.v[BFS_ST_S3_RETRIES], t.v[BFS_ST_S3_FAILURES],
+		       t.v[BFS_ST_S3_BYTES_IN], t.v[BFS_ST_S3_BYTES_OUT], puts,
+		       copies, deletes, failed);
 		return 0;
 	}
 	ctl_size_str(used, a);
 	ctl_size_str(c->cache_size, b);
+	ctl_size_str(t.v[BFS_ST_S3_BYTES_IN], in);
+	ctl_size_str(t.v[BFS_ST_S3_BYTES_OUT], out);
 	printf("share              %s (s3://%s/%s)\n", c->share, c->bucket,
 	       c->prefix);
 	printf("cache folder       %s\n", c->cache_dir);
@@ -283,6 +316,12 @@ static int ctl_stats(struct ctl *c, int argc, char **argv)
 	printf("cache              %s of %s (%.1f%%), %" PRIu64 " blocks\n", a,
 	       b, c->cache_size ? 100.0 * (double)used / (double)c->cache_size : 0,
 	       blocks);
+	printf("hit ratio          %.1f%% of the blocks read came from the "
+	       "cache\n", 100 * ratio);
+	printf("S3                 %" PRIu64 " requests (%" PRIu64 " retried, %"
+	       PRIu64 " failed), %s received, %s sent\n",
+	       t.v[BFS_ST_S3_REQUESTS], t.v[BFS_ST_S3_RETRIES],
+	       t.v[BFS_ST_S3_FAILURES], in, out);
 	printf("pending            %" PRIu64 " uploads, %" PRIu64
 	       " renames, %" PRIu64 " deletes (%" PRIu64 " failed)\n",
 	       puts, copies, deletes, failed);
@@ -625,7 +664,9 @@ struct ctl_verb {
 
 static const struct ctl_verb ctl_verbs[] = {
 	{"stats", ctl_stats, "stats [--json]",
-	 "objects indexed, cache bytes used and limit, pending changes"},
+	 "objects indexed, cache bytes used and limit, hit ratio, requests "
+	 "and bytes to S3, failures, pending changes (totals of every smbd "
+	 "process, flushed every 'bucketfs:metrics interval' seconds)"},
 	{"pending", ctl_pending, "pending",
 	 "uploads, renames and deletes not yet durable in S3, one per line"},
 	{"invalidate", ctl_invalidate, "invalidate PREFIX",

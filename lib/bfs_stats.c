@@ -1,0 +1,204 @@
+/*
+ * Shared counters of a cache folder (see bfs_stats.h): one LMDB record,
+ * an array of uint64 totals.
+ */
+#include "bfs_stats.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bfs_lmdb.h"
+
+#define BFS_STATS_MAP_SIZE (1ULL << 20)
+
+struct bfs_stats {
+	MDB_env *env;
+	MDB_dbi db;
+};
+
+static int bfs_stats_destructor(struct bfs_stats *st)
+{
+	bfs_lmdb_close(st->env);
+	return 0;
+}
+
+int bfs_stats_open(TALLOC_CTX *mem_ctx, const char *dir,
+		   struct bfs_stats **out, const char **why)
+{
+	struct bfs_stats *st = talloc_zero(mem_ctx, struct bfs_stats);
+	MDB_txn *txn;
+	int rc;
+
+	if (st == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_open(dir, BFS_STATS_MAP_SIZE, 1, &st->env, why);
+	if (rc != 0) {
+		talloc_free(st);
+		return rc;
+	}
+	talloc_set_destructor(st, bfs_stats_destructor);
+	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "totals", MDB_CREATE, &st->db);
+		rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+	}
+	if (rc != 0) {
+		*why = mdb_strerror(rc);
+		talloc_free(st);
+		return bfs_lmdb_errno(rc);
+	}
+	*out = st;
+	return 0;
+}
+
+/* Totals of an older build may be shorter: missing counters are 0. */
+static void bfs_stats_get(MDB_txn *txn, MDB_dbi db, struct bfs_stats_vec *t)
+{
+	MDB_val k = {6, (void *)"totals"}, v;
+
+	memset(t, 0, sizeof(*t));
+	if (mdb_get(txn, db, &k, &v) == 0) {
+		memcpy(t, v.mv_data, v.mv_size < sizeof(*t) ? v.mv_size :
+							      sizeof(*t));
+	}
+}
+
+int bfs_stats_add(struct bfs_stats *st, const struct bfs_stats_vec *delta)
+{
+	struct bfs_stats_vec t;
+	MDB_val k = {6, (void *)"totals"}, v = {sizeof(t), &t};
+	MDB_txn *txn;
+	int rc, i;
+
+	rc = mdb_txn_begin(st->env, NULL, 0, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	bfs_stats_get(txn, st->db, &t);
+	for (i = 0; i < BFS_ST_N; i++) {
+		t.v[i] += delta->v[i];
+	}
+	rc = mdb_put(txn, st->db, &k, &v, 0);
+	rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_stats_read(struct bfs_stats *st, struct bfs_stats_vec *totals)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(st->env, NULL, MDB_RDONLY, &txn);
+
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	bfs_stats_get(txn, st->db, totals);
+	mdb_txn_abort(txn);
+	return 0;
+}
+
+int bfs_stats_write_prometheus(const struct bfs_stats_vec *t,
+			       const char *cache_dir, uint64_t cache_used,
+			       uint64_t cache_limit, uint64_t pending,
+			       const char *path)
+{
+	static const uint64_t bounds[S3_LATENCY_N] = S3_LATENCY_BUCKETS_MS;
+	static const struct {
+		enum bfs_stat i;
+		const char *name, *help;
+	} counters[] = {
+		{BFS_ST_S3_REQUESTS, "bucketfs_s3_requests_total",
+		 "HTTP requests sent to S3, retries included"},
+		{BFS_ST_S3_RETRIES, "bucketfs_s3_retries_total",
+		 "S3 requests repeated after a transient failure"},
+		{BFS_ST_S3_FAILURES, "bucketfs_s3_failures_total",
+		 "S3 requests that ended in an error"},
+		{BFS_ST_S3_BYTES_IN, "bucketfs_s3_received_bytes_total",
+		 "bytes received from S3"},
+		{BFS_ST_S3_BYTES_OUT, "bucketfs_s3_sent_bytes_total",
+		 "request bodies sent to S3"},
+		{BFS_ST_BLOCKS_CACHED, "bucketfs_cache_hit_blocks_total",
+		 "blocks read from the cache"},
+		{BFS_ST_BLOCKS_FETCHED, "bucketfs_cache_miss_fetches_total",
+		 "range GETs for blocks the cache did not have"},
+		{BFS_ST_BYTES_FETCHED, "bucketfs_cache_miss_bytes_total",
+		 "bytes fetched for blocks the cache did not have"},
+		{BFS_ST_EVICTIONS, "bucketfs_cache_evictions_total",
+		 "blocks evicted to hold the cache size"},
+		{BFS_ST_FILL_ERRORS, "bucketfs_cache_fill_errors_total",
+		 "blocks that could not be cached (disk full, I/O error)"},
+	};
+	char *tmp = talloc_asprintf(NULL, "%s.%d.tmp", path, (int)getpid());
+	uint64_t cum = 0;
+	FILE *f;
+	size_t i;
+	int ret = 0;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	f = fopen(tmp, "w");
+	if (f == NULL) {
+		ret = errno;
+		talloc_free(tmp);
+		return ret;
+	}
+	for (i = 0; i < sizeof(counters) / sizeof(counters[0]); i++) {
+		fprintf(f, "# HELP %s %s\n# TYPE %s counter\n"
+			   "%s{cache_dir=\"%s\"} %llu\n",
+			counters[i].name, counters[i].help, counters[i].name,
+			counters[i].name, cache_dir,
+			(unsigned long long)t->v[counters[i].i]);
+	}
+	fprintf(f, "# HELP bucketfs_s3_request_duration_seconds time of one "
+		   "HTTP exchange with S3\n"
+		   "# TYPE bucketfs_s3_request_duration_seconds histogram\n");
+	for (i = 0; i <= S3_LATENCY_N; i++) {
+		cum += t->v[BFS_ST_S3_LATENCY + i];
+		if (i < S3_LATENCY_N) {
+			fprintf(f, "bucketfs_s3_request_duration_seconds_bucket"
+				   "{cache_dir=\"%s\",le=\"%g\"} %llu\n",
+				cache_dir, (double)bounds[i] / 1000.0,
+				(unsigned long long)cum);
+		} else {
+			fprintf(f, "bucketfs_s3_request_duration_seconds_bucket"
+				   "{cache_dir=\"%s\",le=\"+Inf\"} %llu\n",
+				cache_dir, (unsigned long long)cum);
+		}
+	}
+	fprintf(f, "bucketfs_s3_request_duration_seconds_sum{cache_dir=\"%s\"} "
+		   "%.6f\n"
+		   "bucketfs_s3_request_duration_seconds_count{cache_dir=\"%s\"} "
+		   "%llu\n", cache_dir,
+		(double)t->v[BFS_ST_S3_LATENCY_US] / 1e6, cache_dir,
+		(unsigned long long)cum);
+	fprintf(f, "# HELP bucketfs_cache_used_bytes object bytes in the cache\n"
+		   "# TYPE bucketfs_cache_used_bytes gauge\n"
+		   "bucketfs_cache_used_bytes{cache_dir=\"%s\"} %llu\n"
+		   "# HELP bucketfs_cache_limit_bytes bucketfs:cache size\n"
+		   "# TYPE bucketfs_cache_limit_bytes gauge\n"
+		   "bucketfs_cache_limit_bytes{cache_dir=\"%s\"} %llu\n"
+		   "# HELP bucketfs_pending_changes uploads, renames and "
+		   "deletes not yet durable in S3\n"
+		   "# TYPE bucketfs_pending_changes gauge\n"
+		   "bucketfs_pending_changes{cache_dir=\"%s\"} %llu\n",
+		cache_dir, (unsigned long long)cache_used, cache_dir,
+		(unsigned long long)cache_limit, cache_dir,
+		(unsigned long long)pending);
+	if (ferror(f)) {
+		ret = EIO;
+	}
+	if (fclose(f) != 0 && ret == 0) {
+		ret = errno;
+	}
+	if (ret == 0 && rename(tmp, path) != 0) {
+		ret = errno;
+	}
+	if (ret != 0) {
+		unlink(tmp);
+	}
+	talloc_free(tmp);
+	return ret;
+}
