@@ -84,6 +84,18 @@ cat >"$D/smb.conf" <<CONF
   bucketfs:path style = yes
   bucketfs:credentials file = $D/credentials
   bucketfs:cache dir = $D/bfscache
+  bucketfs:metrics file = $D/metrics.prom
+  bucketfs:metrics interval = 1
+[checkpoints]
+  path = /bucketfs/checkpoints
+  vfs objects = bucketfs
+  bucketfs:bucket = $BUCKET
+  bucketfs:prefix = checkpoints
+  bucketfs:endpoint = $S3_ENDPOINT
+  bucketfs:path style = yes
+  bucketfs:credentials file = $D/credentials
+  bucketfs:cache dir = $D/bfscache
+  read only = no
 CONF
 printf '%s\n%s\n' $PASS $PASS | smbpasswd -c "$D/smb.conf" -s -a root >/dev/null
 setsid smbd --foreground --no-process-group -s "$D/smb.conf" >"$D/smbd.out" 2>&1 &
@@ -112,9 +124,23 @@ before=$(gets)
 smb "cd train; get shard-0002.bin /dev/null"
 echo "S3 GETs for shard-0002.bin: $before before the second read, $(gets) after"
 
+bold "7. A checkpoint: write ckpt.tmp, rename it over ckpt.pt (durable in S3 when smbclient returns)"
+head -c $((24 << 20)) /dev/urandom >"$D/ckpt.bin"
+smbclient //127.0.0.1/checkpoints -p "$SMB_PORT" -U "root%$PASS" -m SMB3 \
+  -c "mkdir run1; put $D/ckpt.bin run1/ckpt.tmp; rename run1/ckpt.tmp run1/ckpt.pt -f; cd run1; ls"
+"$B/s3tool" get checkpoints/run1/ckpt.pt "$D/ckpt.from-s3"
+echo "sha256 written:  $(sha256sum <"$D/ckpt.bin" | cut -c1-64)"
+echo "sha256 in S3:    $(sha256sum <"$D/ckpt.from-s3" | cut -c1-64)"
+"$B/s3tool" ls checkpoints/
+
+bold "8. bucketfs-ctl datasets stats (what the cache did; metrics in $D/metrics.prom)"
+"$B/bucketfs-ctl" -s "$D/smb.conf" datasets stats
+
 bold "The demo keeps running"
 cat <<MSG
 Connect:   smbclient //127.0.0.1/datasets -p $SMB_PORT -U root%$PASS
+           smbclient //127.0.0.1/checkpoints -p $SMB_PORT -U root%$PASS   (writable)
+Operate:   $B/bucketfs-ctl -s $D/smb.conf datasets {stats|warm PREFIX|invalidate PREFIX|pending}
 Mount:     mount -t cifs //127.0.0.1/datasets /mnt -o port=$SMB_PORT,username=root,password=$PASS,vers=3.0
 Logs:      $D/log.smbd
 Stop:      make demo-stop
