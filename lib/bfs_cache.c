@@ -19,6 +19,7 @@
 #include "bfs_cache.h"
 
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -177,6 +178,19 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 
 	for (i = 0; i < BFS_FD_SLOTS; i++) {
 		if (c->fds[i].fd >= 0 && memcmp(c->fds[i].id.b, id, 16) == 0) {
+			struct stat st;
+
+			/*
+			 * A file removed under us (bucketfs-ctl fsck, an
+			 * admin) must not be written or read through an old
+			 * descriptor while others use a new file of that name.
+			 */
+			if (fstat(c->fds[i].fd, &st) == 0 && st.st_nlink == 0) {
+				close(c->fds[i].fd);
+				c->fds[i].fd = -1;
+				slot = &c->fds[i];
+				break;
+			}
 			c->fds[i].used = ++c->fd_clock;
 			return c->fds[i].fd;
 		}
@@ -1047,4 +1061,219 @@ int bfs_cache_usage(struct bfs_cache *c, uint64_t *used, uint64_t *blocks)
 	*blocks = mdb_stat(txn, c->blocks, &st) == 0 ? st.ms_entries : 0;
 	mdb_txn_reset(txn);
 	return 0;
+}
+
+/* ---- fsck ------------------------------------------------------------------------------ */
+
+static int bfs_id_cmp(const void *a, const void *b)
+{
+	return memcmp(a, b, 16);
+}
+
+/* Cache files without a record: space only; removed when repairing. */
+static void bfs_cache_check_files(struct bfs_cache *c, const uint8_t *ids,
+				  size_t n_ids, bool repair,
+				  struct bfs_cache_fsck *r)
+{
+	char path[PATH_MAX];
+	DIR *top, *sub;
+	struct dirent *d, *e;
+
+	snprintf(path, sizeof(path), "%s/blocks", c->dir);
+	top = opendir(path);
+	if (top == NULL) {
+		return;
+	}
+	while ((d = readdir(top)) != NULL) {
+		if (d->d_name[0] == '.') {
+			continue;
+		}
+		snprintf(path, sizeof(path), "%s/blocks/%s", c->dir, d->d_name);
+		sub = opendir(path);
+		if (sub == NULL) {
+			continue;
+		}
+		while ((e = readdir(sub)) != NULL) {
+			uint8_t id[16];
+			int i;
+			bool ok = strlen(e->d_name) == 32;
+
+			if (e->d_name[0] == '.') {
+				continue;
+			}
+			for (i = 0; ok && i < 16; i++) {
+				unsigned x;
+				ok = sscanf(e->d_name + 2 * i, "%2x", &x) == 1;
+				id[i] = (uint8_t)x;
+			}
+			if (ok && bsearch(id, ids, n_ids, 16, bfs_id_cmp) != NULL) {
+				continue;
+			}
+			r->orphan_files++;
+			if (repair) {
+				unlinkat(dirfd(sub), e->d_name, 0);
+			}
+		}
+		closedir(sub);
+	}
+	closedir(top);
+}
+
+int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
+{
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v, empty = {0, NULL};
+	uint8_t *ids = NULL, last_id[16];
+	size_t n_ids = 0;
+	uint64_t used = 0, prot = 0, file_size = 0;
+	bool have_last = false, file_ok = false;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	bfs_cache_flush(c);
+	if (flock(c->lock_fd, LOCK_EX) != 0) {
+		return errno;
+	}
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, c->blocks, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	/* Every block record: its bytes in the file, its eviction entry. */
+	while (rc == 0) {
+		struct bfs_block_key bk;
+		struct bfs_block_rec rec;
+		struct bfs_lru_key lk;
+		MDB_val lkv = {sizeof(lk), &lk}, tmp;
+		uint64_t blk;
+
+		if (k.mv_size != sizeof(bk) || v.mv_size != sizeof(rec)) {
+			r->bad_blocks++;
+			rc = repair ? mdb_cursor_del(cur, 0) : 0;
+			rc = rc == 0 ? mdb_cursor_get(cur, &k, &v,
+						      repair ? MDB_GET_CURRENT :
+							       MDB_NEXT) : rc;
+			continue;
+		}
+		memcpy(&bk, k.mv_data, sizeof(bk));
+		memcpy(&rec, v.mv_data, sizeof(rec));
+		r->blocks++;
+		if (!have_last || memcmp(last_id, bk.id, 16) != 0) {
+			char path[PATH_MAX];
+			struct stat st;
+
+			memcpy(last_id, bk.id, 16);
+			have_last = true;
+			file_ok = bfs_cache_path(path, sizeof(path), c, bk.id,
+						 false) &&
+				  stat(path, &st) == 0;
+			file_size = file_ok ? (uint64_t)st.st_size : 0;
+			ids = talloc_realloc(c, ids, uint8_t, (n_ids + 1) * 16);
+			if (ids == NULL) {
+				rc = ENOMEM;
+				break;
+			}
+			memcpy(ids + 16 * n_ids++, bk.id, 16);
+		}
+		blk = get_be64(bk.blk);
+		bfs_lru_key(&lk, rec.seg, rec.tick, &bk);
+		if (!file_ok ||
+		    blk * c->block_size + rec.len > file_size) {
+			r->bad_blocks++;
+			if (repair) {
+				mdb_del(txn, c->lru, &lkv, NULL);
+				rc = mdb_cursor_del(cur, 0);
+				if (rc == 0) {
+					rc = mdb_cursor_get(cur, &k, &v,
+							    MDB_GET_CURRENT);
+				}
+				continue;
+			}
+		} else {
+			used += rec.len;
+			prot += rec.seg == SEG_PROTECTED ? rec.len : 0;
+			if (mdb_get(txn, c->lru, &lkv, &tmp) == MDB_NOTFOUND) {
+				r->lru_missing++;
+				if (repair) {
+					rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
+				}
+			}
+		}
+		if (rc == 0) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+		cur = NULL;
+	}
+	if (rc == MDB_NOTFOUND || rc == EINVAL) {
+		rc = mdb_cursor_open(txn, c->lru, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	/* Every eviction entry: a record with the same place in the order. */
+	while (rc == 0) {
+		struct bfs_lru_key lk;
+		struct bfs_block_rec rec;
+		MDB_val bkv, rv;
+		bool ok = k.mv_size == sizeof(lk);
+
+		if (ok) {
+			memcpy(&lk, k.mv_data, sizeof(lk));
+			bkv.mv_size = sizeof(lk.bk);
+			bkv.mv_data = &lk.bk;
+			ok = mdb_get(txn, c->blocks, &bkv, &rv) == 0 &&
+			     rv.mv_size == sizeof(rec);
+			if (ok) {
+				memcpy(&rec, rv.mv_data, sizeof(rec));
+				ok = rec.seg == lk.seg &&
+				     rec.tick == get_be64(lk.tick);
+			}
+		}
+		if (!ok) {
+			r->lru_orphans++;
+			if (repair) {
+				rc = mdb_cursor_del(cur, 0);
+				if (rc == 0) {
+					rc = mdb_cursor_get(cur, &k, &v,
+							    MDB_GET_CURRENT);
+				}
+				continue;
+			}
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (rc == MDB_NOTFOUND || rc == EINVAL) {
+		rc = 0;
+	}
+	r->used_before = txn != NULL ? meta_get(c, txn, "used") : 0;
+	r->used_after = used;
+	if (rc == 0 && repair) {
+		rc = meta_put(c, txn, "used", used);
+		if (rc == 0) {
+			rc = meta_put(c, txn, "prot", prot);
+		}
+	}
+	if (txn != NULL) {
+		if (rc == 0 && repair) {
+			rc = mdb_txn_commit(txn);
+		} else {
+			mdb_txn_abort(txn);
+		}
+	}
+	if (rc == 0) {
+		qsort(ids, n_ids, 16, bfs_id_cmp);
+		bfs_cache_check_files(c, ids, n_ids, repair, r);
+	}
+	flock(c->lock_fd, LOCK_UN);
+	talloc_free(ids);
+	return bfs_lmdb_errno(rc);
 }

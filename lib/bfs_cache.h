@@ -117,4 +117,23 @@ int bfs_cache_usage(struct bfs_cache *c, uint64_t *used, uint64_t *blocks);
 
 const struct bfs_cache_counters *bfs_cache_counters(const struct bfs_cache *c);
 
+struct bfs_cache_fsck {
+	uint64_t blocks;	/* block records looked at */
+	uint64_t bad_blocks;	/* records whose bytes are not in their file */
+	uint64_t lru_missing;	/* records the eviction order had lost */
+	uint64_t lru_orphans;	/* eviction entries without a record */
+	uint64_t used_before, used_after; /* the byte count kept for the limit */
+	uint64_t orphan_files;	/* cache files without any record */
+};
+
+/*
+ * Check the block records against the cache files and the eviction order,
+ * under the fill lock (fills and evictions of every process wait), and
+ * with repair fix what is wrong: a record whose bytes are missing is
+ * dropped (the block is fetched again when read), lost eviction entries
+ * are restored, orphan entries and files removed, the byte count redone.
+ */
+int bfs_cache_check(struct bfs_cache *c, bool repair,
+		    struct bfs_cache_fsck *r);
+
 #endif

@@ -778,6 +778,28 @@ def integration(w, sources):
         assert values[("bucketfs_cache_limit_bytes", None)] == 64 << 20
 
     @test
+    def ctl_fsck_finds_and_repairs_a_damaged_cache():
+        out = w.ctl("warmed", "fsck").stdout
+        assert out.rstrip().endswith("clean"), out
+        blocks = f"{w.tmp}/bfscache-warm/cache/blocks"
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(blocks) for f in fs)
+        assert len(files) >= 3, files
+        os.remove(files[0])  # a cache file lost behind the cache's back
+        stray = os.path.join(os.path.dirname(files[1]), "0" * 32)
+        open(stray, "w").write("junk")  # and a file nobody recorded
+        out = w.ctl("warmed", "fsck", "--dry-run").stdout
+        assert "would drop" in out and "would remove" in out, out
+        out = w.ctl("warmed", "fsck").stdout
+        assert re.search(r"\d+ records whose bytes are not in their file: dropped", out), out
+        assert "1 cache files without records: removed" in out, out
+        assert not os.path.exists(stray)
+        assert w.ctl("warmed", "fsck").stdout.rstrip().endswith("clean")
+        for name in ("a.bin", "sub/b.bin", "c.bin"):  # refetched where needed
+            w.smbclient("warmed", f"get {name} {w.tmp}/warm-back")
+            assert sha256(f"{w.tmp}/warm-back") == \
+                sha256(f"{w.tmp}/warm-{name.replace('/', '_')}"), name
+
+    @test
     def ctl_warm_says_when_the_dataset_does_not_fit():
         out = w.ctl("warmsmall", "warm", "").stdout
         assert "does not fit in the cache (3.0 MiB)" in out, out

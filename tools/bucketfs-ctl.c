@@ -653,6 +653,71 @@ static int ctl_warm(struct ctl *c, int argc, char **argv)
 	return 0;
 }
 
+/* ---- fsck -------------------------------------------------------------------------------- */
+
+static int ctl_fsck(struct ctl *c, int argc, char **argv)
+{
+	bool repair = !(argc > 0 && strcmp(argv[0], "--dry-run") == 0);
+	struct bfs_cache *cache = ctl_cache(c);
+	struct bfs_journal *j = ctl_journal(c);
+	struct bfs_cache_fsck r;
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i, lost = 0;
+	char a[32], b[32];
+	int ret;
+
+	ret = bfs_cache_check(cache, repair, &r);
+	if (ret != 0) {
+		ctl_die("cannot check the cache in %s: %s", c->cache_dir,
+			strerror(ret));
+	}
+	ctl_size_str(r.used_before, a);
+	ctl_size_str(r.used_after, b);
+	printf("cache: %" PRIu64 " block records checked\n", r.blocks);
+	if (r.bad_blocks > 0) {
+		printf("  %" PRIu64 " records whose bytes are not in their file: "
+		       "%s (fetched again when read)\n", r.bad_blocks,
+		       repair ? "dropped" : "would drop");
+	}
+	if (r.lru_missing + r.lru_orphans > 0) {
+		printf("  eviction order: %" PRIu64 " entries missing, %" PRIu64
+		       " without a record: %s\n", r.lru_missing, r.lru_orphans,
+		       repair ? "repaired" : "would repair");
+	}
+	if (r.used_before != r.used_after) {
+		printf("  bytes counted for the limit: %s, actually %s: %s\n", a,
+		       b, repair ? "corrected" : "would correct");
+	}
+	if (r.orphan_files > 0) {
+		printf("  %" PRIu64 " cache files without records: %s\n",
+		       r.orphan_files, repair ? "removed" : "would remove");
+	}
+	if (bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+		ctl_die("cannot read the journal in %s", c->cache_dir);
+	}
+	for (i = 0; i < n; i++) {
+		char *path;
+
+		if (recs[i].op != BFS_J_PUT) {
+			continue;
+		}
+		path = talloc_asprintf(c->mem, "%s/staging/%s", c->cache_dir,
+				       recs[i].staging);
+		if (access(path, R_OK) != 0) {
+			lost++;
+			printf("  journal: the upload of s3://%s/%s has lost its "
+			       "staging file %s\n", c->bucket, recs[i].key, path);
+		}
+	}
+	printf("journal: %zu pending record(s)%s\n", n,
+	       lost ? ", some without data (above)" : "");
+	if (r.bad_blocks + r.lru_missing + r.lru_orphans + r.orphan_files +
+		    lost == 0 && r.used_before == r.used_after) {
+		printf("clean\n");
+	}
+	return 0;
+}
+
 /* ---- main ----------------------------------------------------------------------------- */
 
 struct ctl_verb {
@@ -673,6 +738,10 @@ static const struct ctl_verb ctl_verbs[] = {
 	 "forget the listings and index entries under PREFIX (relative to "
 	 "the share; \"\" for all) so the next access asks S3; cached blocks "
 	 "stay valid, they are tied to the object's ETag"},
+	{"fsck", ctl_fsck, "fsck [--dry-run]",
+	 "check the cache's block records against its files and eviction "
+	 "order, and the journal against the staging files; repair what is "
+	 "wrong (--dry-run: only report); safe while smbd runs"},
 	{"warm", ctl_warm, "warm PREFIX | warm --manifest FILE",
 	 "fetch every object under PREFIX (or each path listed in FILE, one "
 	 "per line, - for stdin) into the cache, in parallel; stops where "
