@@ -1277,3 +1277,82 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 	talloc_free(ids);
 	return bfs_lmdb_errno(rc);
 }
+
+/* ---- forgetting objects ------------------------------------------------------------------ */
+
+int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
+		     size_t n, uint64_t *dropped)
+{
+	MDB_txn *txn = NULL;
+	uint64_t used, prot;
+	size_t i;
+	int rc;
+
+	*dropped = 0;
+	if (n == 0) {
+		return 0;
+	}
+	bfs_cache_flush(c);
+	if (flock(c->lock_fd, LOCK_EX) != 0) {
+		return errno;
+	}
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	used = rc == 0 ? meta_get(c, txn, "used") : 0;
+	prot = rc == 0 ? meta_get(c, txn, "prot") : 0;
+	for (i = 0; rc == 0 && i < n; i++) {
+		struct bfs_block_key start;
+		MDB_val k = {sizeof(start), &start}, v;
+		MDB_cursor *cur;
+
+		bfs_block_key(&start, &ids[i], 0);
+		rc = mdb_cursor_open(txn, c->blocks, &cur);
+		if (rc != 0) {
+			break;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		while (rc == 0 && k.mv_size == sizeof(start) &&
+		       memcmp(k.mv_data, ids[i].b, 16) == 0) {
+			struct bfs_block_rec rec;
+			struct bfs_lru_key lk;
+			MDB_val lkv = {sizeof(lk), &lk};
+
+			if (v.mv_size == sizeof(rec)) {
+				memcpy(&rec, v.mv_data, sizeof(rec));
+				bfs_lru_key(&lk, rec.seg, rec.tick, k.mv_data);
+				mdb_del(txn, c->lru, &lkv, NULL);
+				used -= used >= rec.len ? rec.len : used;
+				if (rec.seg == SEG_PROTECTED) {
+					prot -= prot >= rec.len ? rec.len : prot;
+				}
+			}
+			rc = mdb_cursor_del(cur, 0);
+			if (rc == 0) {
+				(*dropped)++;
+				rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+			}
+		}
+		mdb_cursor_close(cur);
+		if (rc == MDB_NOTFOUND || rc == EINVAL) {
+			rc = 0;
+		}
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "used", used);
+	}
+	if (rc == 0) {
+		rc = meta_put(c, txn, "prot", prot);
+	}
+	if (txn != NULL) {
+		rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+	}
+	/* Records first, files after: a reader never finds a record without
+	 * its bytes. */
+	for (i = 0; rc == 0 && i < n; i++) {
+		char path[PATH_MAX];
+		if (bfs_cache_path(path, sizeof(path), c, ids[i].b, false)) {
+			unlink(path);
+		}
+	}
+	flock(c->lock_fd, LOCK_UN);
+	return bfs_lmdb_errno(rc);
+}

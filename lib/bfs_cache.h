@@ -117,6 +117,14 @@ int bfs_cache_usage(struct bfs_cache *c, uint64_t *used, uint64_t *blocks);
 
 const struct bfs_cache_counters *bfs_cache_counters(const struct bfs_cache *c);
 
+/*
+ * Drop every cached block of the given object versions (records, eviction
+ * entries, files): what bucketfs-ctl invalidate does.  *dropped counts
+ * the blocks.
+ */
+int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
+		     size_t n, uint64_t *dropped);
+
 struct bfs_cache_fsck {
 	uint64_t blocks;	/* block records looked at */
 	uint64_t bad_blocks;	/* records whose bytes are not in their file */

@@ -687,10 +687,14 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs)
 	return bfs_lmdb_errno(rc);
 }
 
+typedef void (*bfs_index_each_fn)(void *priv, const char *key,
+				  const struct bfs_entry *e);
+
 /* Delete the records of db whose key starts with start (len bytes). */
 static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				MDB_dbi db, const char *start, size_t len,
-				bool keep_pending, uint64_t *n)
+				bool keep_pending, uint64_t *n,
+				bfs_index_each_fn each, void *priv)
 {
 	MDB_val k = {len, (void *)start}, v;
 	MDB_cursor *cur;
@@ -716,6 +720,22 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				MDB_val ik = {sizeof(e.ino), &e.ino};
 				mdb_del(txn, idx->inos, &ik, NULL);
 			}
+			if (db == idx->ent && each != NULL && !e.is_dir) {
+				/* "<dir>\0<name>" -> "<dir><name>" */
+				char *key = talloc_size(NULL, k.mv_size);
+				const char *kd = k.mv_data;
+				size_t dl = strnlen(kd, k.mv_size);
+				if (key != NULL && dl < k.mv_size) {
+					memcpy(key, kd, dl);
+					memcpy(key + dl, kd + dl + 1,
+					       k.mv_size - dl - 1);
+					key[k.mv_size - 1] = '\0';
+					bfs_index_decode(key, v.mv_data,
+							 v.mv_size, &e);
+					each(priv, key, &e);
+				}
+				talloc_free(key);
+			}
 		}
 		rc = mdb_cursor_del(cur, 0);
 		if (rc != 0) {
@@ -729,7 +749,7 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 }
 
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
-			      uint64_t *n)
+			      uint64_t *n, bfs_index_each_fn each, void *priv)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *dk = talloc_asprintf(tmp, "/%s", prefix);
@@ -747,10 +767,10 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 		return bfs_lmdb_errno(rc);
 	}
 	rc = bfs_index_drop_range(idx, txn, idx->dirs, dk, strlen(dk), false,
-				  n);
+				  n, NULL, NULL);
 	if (rc == 0) {
 		rc = bfs_index_drop_range(idx, txn, idx->ent, prefix,
-					  strlen(prefix), true, n);
+					  strlen(prefix), true, n, each, priv);
 	}
 	return bfs_index_finish(txn, tmp, rc);
 }

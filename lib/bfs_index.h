@@ -105,10 +105,14 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
 /*
  * Forget everything known under key prefix `prefix` ("" = all): listings
  * and entries (except pending ones), so the next access asks S3 again.
- * *n counts the records dropped.
+ * *n counts the records dropped; each dropped file entry is also passed
+ * to each() (optional) with its full key, e.g. to drop its cached blocks.
  */
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
-			      uint64_t *n);
+			      uint64_t *n,
+			      void (*each)(void *priv, const char *key,
+					   const struct bfs_entry *e),
+			      void *priv);
 
 /* Record encoding, exposed for tests (and fuzzing later). */
 int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,

@@ -805,7 +805,7 @@ def integration(w, sources):
         assert "does not fit in the cache (3.0 MiB)" in out, out
 
     @test
-    def ctl_invalidate_makes_the_next_access_list_again():
+    def ctl_invalidate_makes_the_next_access_list_and_fetch_again():
         # listings of the share root (not the probe, which asks max-keys=1)
         lists = lambda: len(re.findall(r"^GET /\S+\?delimiter=%2F&list-type=2&prefix=warmset%2F ",
                                        open(f"{w.tmp}/front.log").read(), re.M))
@@ -813,10 +813,18 @@ def integration(w, sources):
         before = lists()
         w.ls("warmed")
         assert lists() == before, "listed again within the TTL"
+        w.smbclient("warmed", "get a.bin /dev/null")
+        gets = w.s3_gets("warmset/a.bin")
+        w.smbclient("warmed", "get a.bin /dev/null")
+        assert w.s3_gets("warmset/a.bin") == gets, "a.bin was not cached"
         out = w.ctl("warmed", "invalidate", "").stdout
-        assert "invalidated s3://" in out, out
+        assert re.search(r"invalidated s3://\S+: \d+ index records and [1-9]\d* cached "
+                         r"blocks of \d+ objects dropped", out), out
         w.ls("warmed")
         assert lists() == before + 1, f"{lists() - before} listings after invalidate"
+        w.smbclient("warmed", f"get a.bin {w.tmp}/warm-back")
+        assert w.s3_gets("warmset/a.bin") > gets, "a.bin was not fetched again"
+        assert sha256(f"{w.tmp}/warm-back") == sha256(f"{w.tmp}/warm-a.bin")
 
     @test
     def ctl_errors_are_one_line_and_a_non_zero_exit():

@@ -365,24 +365,53 @@ static int ctl_pending(struct ctl *c, int argc, char **argv)
 
 /* ---- invalidate ------------------------------------------------------------------ */
 
+struct ctl_forget {
+	struct ctl *c;
+	struct bfs_cache_id *ids;
+	size_t n;
+};
+
+/* The cache identity of each file entry the index drops. */
+static void ctl_forget_entry(void *priv, const char *key,
+			     const struct bfs_entry *e)
+{
+	struct ctl_forget *f = priv;
+
+	f->ids = talloc_realloc(f->c->mem, f->ids, struct bfs_cache_id,
+				f->n + 1);
+	if (f->ids == NULL) {
+		ctl_die("out of memory");
+	}
+	bfs_cache_make_id(f->c->bucket, key, e->etag ? e->etag : "",
+			  f->c->block_size, &f->ids[f->n++]);
+}
+
 static int ctl_invalidate(struct ctl *c, int argc, char **argv)
 {
+	struct ctl_forget f = {.c = c};
 	struct bfs_index *idx;
+	struct bfs_cache *cache;
+	uint64_t n = 0, blocks = 0;
 	char *prefix;
-	uint64_t n = 0;
 	int ret;
 
 	if (argc != 1) {
 		ctl_die("invalidate takes one PREFIX (\"\" for the whole share)");
 	}
 	idx = ctl_index(c);
-	prefix = talloc_asprintf(c->mem, "%s%s", c->prefix, argv[0]);
-	ret = bfs_index_invalidate_tree(idx, prefix, &n);
+	cache = ctl_cache(c);
+	prefix = talloc_asprintf(c->mem, "%s%s", c->prefix,
+				 argv[0] + strspn(argv[0], "/"));
+	ret = bfs_index_invalidate_tree(idx, prefix, &n, ctl_forget_entry, &f);
+	if (ret == 0) {
+		ret = bfs_cache_forget(cache, f.ids, f.n, &blocks);
+	}
 	if (ret != 0) {
 		ctl_die("cannot invalidate %s: %s", prefix, strerror(ret));
 	}
-	printf("invalidated s3://%s/%s: %" PRIu64 " index records dropped; "
-	       "the next access asks S3\n", c->bucket, prefix, n);
+	printf("invalidated s3://%s/%s: %" PRIu64 " index records and %" PRIu64
+	       " cached blocks of %zu objects dropped; the next access asks "
+	       "S3\n", c->bucket, prefix, n, blocks, f.n);
 	return 0;
 }
 
@@ -735,9 +764,8 @@ static const struct ctl_verb ctl_verbs[] = {
 	{"pending", ctl_pending, "pending",
 	 "uploads, renames and deletes not yet durable in S3, one per line"},
 	{"invalidate", ctl_invalidate, "invalidate PREFIX",
-	 "forget the listings and index entries under PREFIX (relative to "
-	 "the share; \"\" for all) so the next access asks S3; cached blocks "
-	 "stay valid, they are tied to the object's ETag"},
+	 "forget the listings, index entries and cached blocks under PREFIX "
+	 "(relative to the share; \"\" for all): the next access asks S3"},
 	{"fsck", ctl_fsck, "fsck [--dry-run]",
 	 "check the cache's block records against its files and eviction "
 	 "order, and the journal against the staging files; repair what is "
