@@ -299,6 +299,10 @@ class World:
   bucketfs:prefix = warmset
   bucketfs:cache dir = {t}/bfscache-warmsmall
   bucketfs:cache size = 3M
+[manifestwarm]
+  path = /bucketfs/manifestwarm
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-manifest
 [reload]
   path = /bucketfs/reload
 {common}  bucketfs:bucket = {BUCKET}
@@ -835,6 +839,39 @@ def integration(w, sources):
         assert p.returncode == 1 and "unknown verb" in p.stderr, p.stderr
         p = sh([f"{B}/bucketfs-ctl", "warm", "--help"])
         assert "--manifest FILE" in p.stdout, p.stdout
+
+    @test
+    def credentials_follow_aws_shared_credentials_file_and_aws_profile():
+        with open(f"{w.tmp}/creds-profiles", "w") as f:
+            f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = wrong\n"
+                    "[training]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")
+        os.chmod(f"{w.tmp}/creds-profiles", 0o600)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_SHARED_CREDENTIALS_FILE=f"{w.tmp}/creds-profiles", AWS_PROFILE="training")
+        port, log = w.start_extra_smbd("awsenv", f"""[awsenv]
+  path = /bucketfs/awsenv
+  vfs objects = bucketfs
+  bucketfs:endpoint = {w.endpoint}
+  bucketfs:path style = yes
+  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {w.tmp}/bfscache-awsenv
+  bucketfs:imds = no
+""", env)
+        p = sh(["smbclient", "//127.0.0.1/awsenv", "-p", str(port), "-U",
+                f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "ls"])
+        assert "fifty.bin" in p.stdout, p.stdout
+        assert re.search(r"S3 credentials from \S+/creds-profiles", open(log).read())
+
+    @test
+    def ctl_warm_takes_a_manifest():
+        with open(f"{w.tmp}/manifest", "w") as f:
+            f.write("# two of the files\nfifty.bin\n/mib plus one.bin\n")
+        out = w.ctl("manifestwarm", "warm", "--manifest", f"{w.tmp}/manifest").stdout
+        assert re.search(r"^warmed 2 objects, 51\.0 MiB", out, re.M), out
+        before = w.s3_gets("fifty.bin")
+        w.smbclient("manifestwarm", f"get fifty.bin {w.tmp}/fifty.back")
+        assert w.s3_gets("fifty.bin") == before, "read after warm went to S3"
+        assert sha256(f"{w.tmp}/fifty.back") == sha256(sources["fifty.bin"])
 
     @test
     def a_reload_changes_the_ttl_of_a_running_connection():
