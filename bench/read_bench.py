@@ -157,11 +157,7 @@ def main():
             f.write(text + "\n")
         print(text)
     finally:
-        for p in runner.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

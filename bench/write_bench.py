@@ -13,7 +13,6 @@ baseline both talk to s3rver directly.  Writes bench/results/write.md.
 import importlib.util
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -87,11 +86,7 @@ def main():
             f.write(text + "\n")
         print(text)
     finally:
-        for p in runner.procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

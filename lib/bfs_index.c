@@ -581,6 +581,23 @@ static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
 	return mdb_del(txn, idx->ent, &k, NULL);
 }
 
+/* A write transaction and a scratch context, ended by bfs_index_finish. */
+static int bfs_index_begin(struct bfs_index *idx, MDB_txn **txn,
+			   TALLOC_CTX **tmp)
+{
+	int rc;
+
+	*tmp = talloc_new(NULL);
+	if (*tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(idx->env, NULL, 0, txn);
+	if (rc != 0) {
+		TALLOC_FREE(*tmp);
+	}
+	return bfs_lmdb_errno(rc);
+}
+
 static int bfs_index_finish(MDB_txn *txn, TALLOC_CTX *tmp, int rc)
 {
 	if (rc == 0) {
@@ -594,14 +611,13 @@ static int bfs_index_finish(MDB_txn *txn, TALLOC_CTX *tmp, int rc)
 
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
+	TALLOC_CTX *tmp;
 	MDB_txn *txn;
 	int rc;
 
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	rc = bfs_index_begin(idx, &txn, &tmp);
 	if (rc != 0) {
-		talloc_free(tmp);
-		return bfs_lmdb_errno(rc);
+		return rc;
 	}
 	return bfs_index_finish(txn, tmp,
 				bfs_index_put_txn(idx, txn, tmp, dir, e));
@@ -609,15 +625,14 @@ int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 
 int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
+	TALLOC_CTX *tmp;
 	struct bfs_entry old;
 	MDB_txn *txn;
 	int rc;
 
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	rc = bfs_index_begin(idx, &txn, &tmp);
 	if (rc != 0) {
-		talloc_free(tmp);
-		return bfs_lmdb_errno(rc);
+		return rc;
 	}
 	rc = bfs_index_remove_txn(idx, txn, tmp, dir, name, &old, true);
 	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
@@ -626,17 +641,16 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 		     const char *sname, const char *ddir, const char *dname)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
+	TALLOC_CTX *tmp;
 	struct bfs_entry e = {0}, gone;
 	MDB_val ik, iv;
 	char *full;
 	MDB_txn *txn;
 	int rc;
 
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	rc = bfs_index_begin(idx, &txn, &tmp);
 	if (rc != 0) {
-		talloc_free(tmp);
-		return bfs_lmdb_errno(rc);
+		return rc;
 	}
 	rc = bfs_index_remove_txn(idx, txn, tmp, sdir, sname, &e, false);
 	if (rc == 0) {
@@ -751,20 +765,19 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 			      uint64_t *n, bfs_index_each_fn each, void *priv)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	char *dk = talloc_asprintf(tmp, "/%s", prefix);
+	TALLOC_CTX *tmp;
 	MDB_txn *txn;
+	char *dk;
 	int rc;
 
 	*n = 0;
-	if (dk == NULL) {
-		talloc_free(tmp);
-		return ENOMEM;
-	}
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
+	rc = bfs_index_begin(idx, &txn, &tmp);
 	if (rc != 0) {
-		talloc_free(tmp);
-		return bfs_lmdb_errno(rc);
+		return rc;
+	}
+	dk = talloc_asprintf(tmp, "/%s", prefix);
+	if (dk == NULL) {
+		return bfs_index_finish(txn, tmp, ENOMEM);
 	}
 	rc = bfs_index_drop_range(idx, txn, idx->dirs, dk, strlen(dk), false,
 				  n, NULL, NULL);

@@ -38,6 +38,43 @@ results = []  # (name, ok, detail)
 procs = []
 
 
+def smb_global(t, port, log_level, passdb=None):
+    """The [global] section of a private smbd on a loopback port, folders under t."""
+    return f"""[global]
+  smb ports = {port}
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  lock directory = {t}/lock
+  state directory = {t}/state
+  cache directory = {t}/cache
+  pid directory = {t}/pid
+  private dir = {t}/private
+  ncalrpc dir = {t}/ncalrpc
+  log file = {t}/log.smbd
+  max log size = 0
+  log level = {log_level}
+  passdb backend = tdbsam:{passdb or t + "/private/passdb.tdb"}
+  server role = standalone server
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+"""
+
+
+def stop_procs():
+    """Stop every server started through World.spawn."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,25 +215,7 @@ class World:
         common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {self.endpoint}\n"
                   f"  bucketfs:path style = yes\n  bucketfs:credentials file = {t}/creds\n"
                   f"  bucketfs:cache dir = {t}/bfscache\n")
-        conf = f"""[global]
-  smb ports = {self.smb_port}
-  interfaces = 127.0.0.1
-  bind interfaces only = yes
-  lock directory = {t}/lock
-  state directory = {t}/state
-  cache directory = {t}/cache
-  pid directory = {t}/pid
-  private dir = {t}/private
-  ncalrpc dir = {t}/ncalrpc
-  log file = {t}/log.smbd
-  max log size = 0
-  log level = 1 bucketfs:3
-  passdb backend = tdbsam:{t}/private/passdb.tdb
-  server role = standalone server
-  load printers = no
-  printcap name = /dev/null
-  disable spoolss = yes
-  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
+        conf = smb_global(t, self.smb_port, "1 bucketfs:3") + f"""  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
   server min protocol = NT1
 [data]
   path = /bucketfs/data
@@ -337,25 +356,8 @@ class World:
         port = free_port()
         conf = f"{t}/smb.conf"
         with open(conf, "w") as f:
-            f.write(f"""[global]
-  smb ports = {port}
-  interfaces = 127.0.0.1
-  bind interfaces only = yes
-  lock directory = {t}/lock
-  state directory = {t}/state
-  cache directory = {t}/cache
-  pid directory = {t}/pid
-  private dir = {t}/private
-  ncalrpc dir = {t}/ncalrpc
-  log file = {t}/log.smbd
-  max log size = 0
-  log level = 1 bucketfs:5
-  passdb backend = tdbsam:{self.tmp}/private/passdb.tdb
-  server role = standalone server
-  load printers = no
-  printcap name = /dev/null
-  disable spoolss = yes
-{shares}""")
+            f.write(smb_global(t, port, "1 bucketfs:5", passdb=f"{self.tmp}/private/passdb.tdb")
+                    + shares)
         self.spawn(["smbd", "--foreground", "--no-process-group", "-s", conf],
                    f"smbd-{name}", env=env)
         wait_port(port, f"smbd {name}")
@@ -493,16 +495,7 @@ def main():
     except Exception:
         record("test harness", False, traceback.format_exc())
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_procs()
         if os.environ.get("KEEP"):
             print(f"# state kept in {tmp}")
         else:
