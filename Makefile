@@ -24,7 +24,7 @@ LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
 ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
-            $(B)/tests/smbflush $(B)/s3tool
+            $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
@@ -77,6 +77,13 @@ $(B)/tests/smb%: tests/integration/smb%.c $(B)/.deps-ok
 # libsmbclient has no flush: Samba's own cli_flush() from the library
 # libsmbclient is built on (see the tool's comment).
 $(B)/tests/smbflush: tests/integration/smbflush.c $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ \
+	  $$(pkg-config --libs smbclient) -L$(MODULESDIR) -l:liblibsmb-samba4.so.0 \
+	  -Wl,-rpath,$(MODULESDIR)
+
+# Same library: a rename through an open handle's connection.
+$(B)/tests/smbrenopen: tests/integration/smbrenopen.c $(B)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ \
 	  $$(pkg-config --libs smbclient) -L$(MODULESDIR) -l:liblibsmb-samba4.so.0 \

@@ -266,7 +266,7 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
 	return bfs_journal_commit(j, txn, rc);
 }
 
-static bool bfs_pid_alive(pid_t pid)
+bool bfs_journal_pid_alive(pid_t pid)
 {
 	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
@@ -317,7 +317,7 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			void *buf;
 			size_t len;
 
-			if (bfs_pid_alive(r.pid)) {
+			if (bfs_journal_pid_alive(r.pid)) {
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}

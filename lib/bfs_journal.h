@@ -61,6 +61,9 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid);
 int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			      pid_t pid, struct bfs_jrec **recs, size_t *n);
 
+/* Whether the process a record names still runs. */
+bool bfs_journal_pid_alive(pid_t pid);
+
 /* Every record (for bucketfs-ctl and tests). */
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 		     struct bfs_jrec **recs, size_t *n);

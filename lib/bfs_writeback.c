@@ -236,6 +236,48 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	return bfs_wb_run_upload(wb, &rec, fd, false, mem_ctx, etag, st);
 }
 
+int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
+		       unsigned timeout_ms)
+{
+	const unsigned step_ms = 20;
+	unsigned waited = 0;
+	bool seen = false;
+
+	for (;;) {
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		struct bfs_jrec rec;
+		int ret = bfs_journal_get(wb->j, tmp, key, &rec);
+		bool running = ret == 0 && rec.pid != getpid() &&
+			       bfs_journal_pid_alive(rec.pid);
+		bool failed = ret == 0 && rec.last_error != 0;
+
+		talloc_free(tmp);
+		if (ret == ENOENT) {
+			return seen ? 0 : ENOENT;
+		}
+		if (ret != 0) {
+			return ret;
+		}
+		/*
+		 * A failed upload keeps its record until a recovery: waiting
+		 * would not help.  Neither would waiting for our own process.
+		 */
+		if (!running || failed) {
+			return EIO;
+		}
+		seen = true;
+		if (waited >= timeout_ms) {
+			return EBUSY;
+		}
+		/*
+		 * The uploader is another process: the journal is the only
+		 * thing we share with it, so poll it (cheap: one LMDB read).
+		 */
+		usleep(step_ms * 1000);
+		waited += step_ms;
+	}
+}
+
 /* ---- simple requests ------------------------------------------------------------- */
 
 static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,

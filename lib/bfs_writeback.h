@@ -55,6 +55,15 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		  uint64_t size, struct s3_status *st);
 
+/*
+ * Wait while another live process works on key (uploads it in a close or
+ * flush, or renames onto it): 0 once that is finished, ENOENT if nobody is uploading key, EIO if
+ * it failed (its data waits in the journal for recovery), EBUSY
+ * if it still runs after timeout_ms.
+ */
+int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
+		       unsigned timeout_ms);
+
 /* Delete key (a file, or "dir/" for a directory marker) and its entry. */
 int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st);
 

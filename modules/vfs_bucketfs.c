@@ -2627,6 +2627,47 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	return ret;
 }
 
+/*
+ * src is pending in another smbd: a close there is uploading it (under
+ * the old name), or a client there still has it open for writing.  Wait
+ * for the upload, as long as one could take without failing, then look
+ * src up again (now with its ETag).
+ */
+static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+				 const char *src_rel, struct bfs_fh **src)
+{
+	uint64_t parts = (*src)->size / bc->upload.part_size + 1;
+	uint64_t rounds = (parts + bc->upload.parallel - 1) /
+			  bc->upload.parallel;
+	uint64_t timeout_ms = bc->cfg.request_timeout_ms * (rounds + 1);
+	SMB_STRUCT_STAT sbuf;
+	int ret;
+
+	become_root();
+	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
+				 (unsigned)MIN(timeout_ms, UINT_MAX));
+	unbecome_root();
+	if (ret == 0) {
+		ret = bfs_lookup(mem_ctx, bc, src_rel, &sbuf, src);
+		if (ret == 0 && (*src)->etag == NULL) {
+			ret = EBUSY; /* written again meanwhile */
+		}
+		return ret;
+	}
+	if (ret == ENOENT) {
+		DBG_NOTICE("bucketfs: share %s: cannot rename %s: another client "
+			   "has it open for writing\n", bc->service, src_rel);
+		ret = EBUSY;
+	} else if (ret != 0) {
+		DBG_WARNING("bucketfs: share %s: cannot rename %s: its upload "
+			    "by another client %s\n", bc->service, src_rel,
+			    ret == EBUSY ? "takes too long" :
+			    "failed (the journal retries it)");
+		ret = EBUSY;
+	}
+	return ret;
+}
+
 static int bfs_renameat(struct vfs_handle_struct *handle,
 			files_struct *srcfsp,
 			const struct smb_filename *smb_fname_src,
@@ -2682,12 +2723,9 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
 		src->etag = staged->open_etag;
 		ret = bfs_rename_staged(bc, src, dst_rel);
-	} else if (src->etag == NULL) {
-		/* Pending in another smbd: its upload is under the old name. */
-		DBG_NOTICE("bucketfs: share %s: %s is being uploaded by another "
-			   "client; rename it once that finishes\n",
-			   bc->service, src_rel);
-		ret = EBUSY;
+	} else if (src->etag == NULL &&
+		   (ret = bfs_wait_other_upload(frame, bc, src_rel, &src)) != 0) {
+		/* logged there */
 	} else {
 		dst_key = bfs_key(frame, bc, dst_rel);
 		become_root();

@@ -1060,6 +1060,31 @@ def writeback(w, tmp):
         p = sh(["mdb_dump", "-s", "jrn", "-p", f"{tmp}/{cache}/journal"], check=False)
         return [l for l in p.stdout.splitlines() if l.startswith(" ") and "\\" not in l[:2]]
 
+    def assert_renamed(share, old, new, src):
+        """S3 and the share have src's bytes under new and nothing under old."""
+        keys = s3_keys(f"{share}/")
+        assert f"{share}/{old}" not in keys, f"the old name stayed in S3: {keys}"
+        assert w.s3_sha256(f"{share}/{new}") == sha256(src), "not all bytes under the new name"
+        listing = w.ls(share)
+        assert listing.get(new) == (False, os.path.getsize(src)), listing
+        assert old not in listing, listing
+
+    def slow_upload(src, name, delay):
+        """Start smbclient putting src as rwfault/name with every PUT slowed
+        by delay seconds; return once its first part is on its way."""
+        w.fault(f"PUT delay:{delay} -1")
+        p = subprocess.Popen(["smbclient", "//127.0.0.1/rwfault", "-p", str(w.smb_port),
+                              "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                              "-c", f"put {src} {name}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            with open(f"{tmp}/front-control.log") as f:
+                if any(l.startswith("PUT /") and f"{name}?partNumber" in l for l in f):
+                    break
+            time.sleep(0.1)
+        assert f"rwfault/{name}" not in s3_keys("rwfault/"), "upload already done"
+        return p
+
     @test
     def a_file_written_through_the_share_is_in_s3_byte_for_byte():
         src = make("small.bin", 300001)
@@ -1151,18 +1176,8 @@ def writeback(w, tmp):
     @test
     def other_clients_see_the_new_bytes_while_the_upload_runs():
         src = make("inflight.bin", 30 << 20)
-        w.fault("PUT delay:3 -1")
-        p = subprocess.Popen(["smbclient", "//127.0.0.1/rwfault", "-p", str(w.smb_port),
-                              "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
-                              "-c", f"put {src} inflight.bin"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = slow_upload(src, "inflight.bin", 3)
         try:
-            for _ in range(300):
-                with open(f"{tmp}/front-control.log") as f:
-                    if any(l.startswith("PUT /") and "inflight.bin?partNumber" in l for l in f):
-                        break
-                time.sleep(0.1)
-            assert "rwfault/inflight.bin" not in s3_keys("rwfault/"), "upload already done"
             assert w.ls("rwfault").get("inflight.bin") == (False, 30 << 20), w.ls("rwfault")
             w.smbclient("rwfault", f"get inflight.bin {tmp}/inflight.back")
             assert sha256(f"{tmp}/inflight.back") == sha256(src), "another client read other bytes"
@@ -1172,6 +1187,36 @@ def writeback(w, tmp):
             w.fault("")
         assert p.returncode == 0
         assert w.s3_sha256("rwfault/inflight.bin") == sha256(src)
+
+    @test
+    def a_rename_by_another_client_waits_for_the_upload_and_moves_all_of_it():
+        src = make("moving.bin", 30 << 20)
+        p = slow_upload(src, "moving.bin", 3)
+        try:
+            # Another client (another smbd process) renames it mid-upload.
+            w.smbclient("rwfault", "rename moving.bin moved.bin")
+        finally:
+            p.wait(timeout=120)
+            w.fault("")
+        assert p.returncode == 0
+        with open(f"{tmp}/front-control.log") as f:
+            lines = [l.split()[:2] for l in f]
+        done = max(i for i, (m, u) in enumerate(lines)
+                   if m == "POST" and "/moving.bin?uploadId=" in u)
+        copy = min(i for i, (m, u) in enumerate(lines) if "/moved.bin" in u)
+        assert done < copy, "the copy started before the upload had finished"
+        assert_renamed("rwfault", "moving.bin", "moved.bin", src)
+
+    @test
+    def a_file_renamed_while_open_and_dirty_is_uploaded_under_the_new_name():
+        old = make("openmv.old", 1000)
+        w.smbclient("rw", f"put {old} openmv.final")
+        src = make("openmv.bin", 3 << 20)
+        out = sh([f"{B}/tests/smbrenopen", f"smb://127.0.0.1:{w.smb_port}/rw",
+                  "openmv.tmp", "openmv.final", src],
+                 env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)).stdout
+        assert out.strip() == "closed", out
+        assert_renamed("rw", "openmv.tmp", "openmv.final", src)
 
     @test
     def a_writer_overwrites_a_change_made_in_s3_meanwhile_and_says_so():
@@ -1266,17 +1311,7 @@ def writeback(w, tmp):
     @test
     def kill_9_during_an_upload_is_finished_by_the_next_smbd():
         src = make("k9b.bin", 30 << 20)
-        w.fault("PUT delay:1 -1")
-        p = subprocess.Popen(["smbclient", "//127.0.0.1/rwfault", "-p", str(w.smb_port),
-                              "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
-                              "-c", f"put {src} k9b.bin"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        # Wait until parts are on their way, then kill smbd.
-        for _ in range(300):
-            with open(f"{tmp}/front-control.log") as f:
-                if any(l.startswith("PUT /") and "k9b.bin?partNumber" in l for l in f):
-                    break
-            time.sleep(0.1)
+        p = slow_upload(src, "k9b.bin", 1)  # parts on their way: kill smbd
         w.restart_smbd(kill=True)
         p.wait(timeout=60)
         w.fault("")

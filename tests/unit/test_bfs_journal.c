@@ -103,6 +103,22 @@ static void test_orphans_are_claimed_once_in_order(void **state)
 	talloc_free(t);
 }
 
+static void test_pid_alive(void **state)
+{
+	pid_t child = fork();
+
+	(void)state;
+	assert_true(child >= 0);
+	if (child == 0) {
+		_exit(0);
+	}
+	assert_int_equal(waitpid(child, NULL, 0), child);
+	assert_true(bfs_journal_pid_alive(getpid()));
+	assert_true(bfs_journal_pid_alive(1)); /* init: alive, maybe EPERM */
+	assert_false(bfs_journal_pid_alive(child));
+	assert_false(bfs_journal_pid_alive(0));
+}
+
 static void test_record_decoding_refuses_garbage(void **state)
 {
 	(void)state;
@@ -174,6 +190,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get_done),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
+		cmocka_unit_test(test_pid_alive),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_index_put_rename_remove),
 	};
