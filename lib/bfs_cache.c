@@ -1119,7 +1119,43 @@ static void bfs_cache_check_files(struct bfs_cache *c, const uint8_t *ids,
 	closedir(top);
 }
 
-int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
+struct bfs_lru_sweep {
+	struct bfs_cache *c;
+	MDB_txn *txn;
+};
+
+/* An eviction entry is right if its block record has its place. */
+static int bfs_lru_entry_ok(void *priv, const MDB_val *k, const MDB_val *v)
+{
+	const struct bfs_lru_sweep *sw = priv;
+	struct bfs_lru_key lk;
+	struct bfs_block_rec rec;
+	MDB_val bkv, rv;
+
+	(void)v;
+	if (k->mv_size != sizeof(lk)) {
+		return 0;
+	}
+	memcpy(&lk, k->mv_data, sizeof(lk));
+	bkv.mv_size = sizeof(lk.bk);
+	bkv.mv_data = &lk.bk;
+	if (mdb_get(sw->txn, sw->c->blocks, &bkv, &rv) != 0 ||
+	    rv.mv_size != sizeof(rec)) {
+		return 0;
+	}
+	memcpy(&rec, rv.mv_data, sizeof(rec));
+	return rec.seg == lk.seg && rec.tick == get_be64(lk.tick);
+}
+
+static int bfs_ref_cmp(const void *a, const void *b)
+{
+	return memcmp(((const struct bfs_cache_ref *)a)->id.b,
+		      ((const struct bfs_cache_ref *)b)->id.b, 16);
+}
+
+int bfs_cache_check(struct bfs_cache *c, bool repair,
+		    const struct bfs_cache_ref *refs_in, size_t n_refs,
+		    struct bfs_cache_fsck *r)
 {
 	MDB_txn *txn = NULL;
 	MDB_cursor *cur = NULL;
@@ -1128,9 +1164,18 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 	size_t n_ids = 0;
 	uint64_t used = 0, prot = 0, file_size = 0;
 	bool have_last = false, file_ok = false;
+	struct bfs_cache_ref *refs = NULL;
+	const struct bfs_cache_ref *ref = NULL;
 	int rc;
 
 	memset(r, 0, sizeof(*r));
+	if (refs_in != NULL) {
+		refs = talloc_memdup(c, refs_in, n_refs * sizeof(*refs) + 1);
+		if (refs == NULL) {
+			return ENOMEM;
+		}
+		qsort(refs, n_refs, sizeof(*refs), bfs_ref_cmp);
+	}
 	bfs_cache_flush(c);
 	if (flock(c->lock_fd, LOCK_EX) != 0) {
 		return errno;
@@ -1148,7 +1193,8 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 		struct bfs_block_rec rec;
 		struct bfs_lru_key lk;
 		MDB_val lkv = {sizeof(lk), &lk}, tmp;
-		uint64_t blk;
+		uint64_t blk, end;
+		bool drop;
 
 		if (k.mv_size != sizeof(bk) || v.mv_size != sizeof(rec)) {
 			r->bad_blocks++;
@@ -1164,6 +1210,7 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 		if (!have_last || memcmp(last_id, bk.id, 16) != 0) {
 			char path[PATH_MAX];
 			struct stat st;
+			struct bfs_cache_ref key;
 
 			memcpy(last_id, bk.id, 16);
 			have_last = true;
@@ -1171,28 +1218,43 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 						 false) &&
 				  stat(path, &st) == 0;
 			file_size = file_ok ? (uint64_t)st.st_size : 0;
-			ids = talloc_realloc(c, ids, uint8_t, (n_ids + 1) * 16);
-			if (ids == NULL) {
-				rc = ENOMEM;
-				break;
+			memcpy(key.id.b, bk.id, 16);
+			ref = refs != NULL ? bsearch(&key, refs, n_refs,
+						     sizeof(*refs),
+						     bfs_ref_cmp) : NULL;
+			if (refs != NULL && ref == NULL) {
+				r->unindexed_versions++;
 			}
-			memcpy(ids + 16 * n_ids++, bk.id, 16);
+			/* An unindexed version's file goes with its records. */
+			if (!(repair && refs != NULL && ref == NULL)) {
+				ids = talloc_realloc(c, ids, uint8_t,
+						     (n_ids + 1) * 16);
+				if (ids == NULL) {
+					rc = ENOMEM;
+					break;
+				}
+				memcpy(ids + 16 * n_ids++, bk.id, 16);
+			}
 		}
 		blk = get_be64(bk.blk);
 		bfs_lru_key(&lk, rec.seg, rec.tick, &bk);
-		if (!file_ok ||
-		    blk * c->block_size + rec.len > file_size) {
+		end = blk * c->block_size + rec.len;
+		drop = true;
+		if (refs != NULL && ref == NULL) {
+			r->unindexed_blocks++;
+		} else if (ref != NULL && end > ref->size) {
+			r->beyond_size++;
+		} else if (!file_ok || end > file_size) {
 			r->bad_blocks++;
-			if (repair) {
-				mdb_del(txn, c->lru, &lkv, NULL);
-				rc = mdb_cursor_del(cur, 0);
-				if (rc == 0) {
-					rc = mdb_cursor_get(cur, &k, &v,
-							    MDB_GET_CURRENT);
-				}
-				continue;
-			}
 		} else {
+			drop = false;
+		}
+		if (drop && repair) {
+			mdb_del(txn, c->lru, &lkv, NULL);
+			rc = bfs_lmdb_del_next(cur, &k, &v);
+			continue;
+		}
+		if (!drop) {
 			used += rec.len;
 			prot += rec.seg == SEG_PROTECTED ? rec.len : 0;
 			if (mdb_get(txn, c->lru, &lkv, &tmp) == MDB_NOTFOUND) {
@@ -1210,49 +1272,13 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 		mdb_cursor_close(cur);
 		cur = NULL;
 	}
-	if (rc == MDB_NOTFOUND || rc == EINVAL) {
-		rc = mdb_cursor_open(txn, c->lru, &cur);
-	}
-	if (rc == 0) {
-		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-	}
+	rc = bfs_lmdb_walk_end(rc);
 	/* Every eviction entry: a record with the same place in the order. */
-	while (rc == 0) {
-		struct bfs_lru_key lk;
-		struct bfs_block_rec rec;
-		MDB_val bkv, rv;
-		bool ok = k.mv_size == sizeof(lk);
+	if (rc == 0) {
+		struct bfs_lru_sweep sw = {c, txn};
 
-		if (ok) {
-			memcpy(&lk, k.mv_data, sizeof(lk));
-			bkv.mv_size = sizeof(lk.bk);
-			bkv.mv_data = &lk.bk;
-			ok = mdb_get(txn, c->blocks, &bkv, &rv) == 0 &&
-			     rv.mv_size == sizeof(rec);
-			if (ok) {
-				memcpy(&rec, rv.mv_data, sizeof(rec));
-				ok = rec.seg == lk.seg &&
-				     rec.tick == get_be64(lk.tick);
-			}
-		}
-		if (!ok) {
-			r->lru_orphans++;
-			if (repair) {
-				rc = mdb_cursor_del(cur, 0);
-				if (rc == 0) {
-					rc = mdb_cursor_get(cur, &k, &v,
-							    MDB_GET_CURRENT);
-				}
-				continue;
-			}
-		}
-		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-	}
-	if (cur != NULL) {
-		mdb_cursor_close(cur);
-	}
-	if (rc == MDB_NOTFOUND || rc == EINVAL) {
-		rc = 0;
+		rc = bfs_lmdb_sweep(txn, c->lru, repair, bfs_lru_entry_ok, &sw,
+				    &r->lru_orphans);
 	}
 	r->used_before = txn != NULL ? meta_get(c, txn, "used") : 0;
 	r->used_after = used;
@@ -1275,6 +1301,7 @@ int bfs_cache_check(struct bfs_cache *c, bool repair, struct bfs_cache_fsck *r)
 	}
 	flock(c->lock_fd, LOCK_UN);
 	talloc_free(ids);
+	talloc_free(refs);
 	return bfs_lmdb_errno(rc);
 }
 

@@ -127,11 +127,21 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 
 struct bfs_cache_fsck {
 	uint64_t blocks;	/* block records looked at */
+	uint64_t unindexed_versions; /* object versions the index does not
+				      * name (replaced or deleted objects) */
+	uint64_t unindexed_blocks; /* their block records */
+	uint64_t beyond_size;	/* records past their object's size */
 	uint64_t bad_blocks;	/* records whose bytes are not in their file */
 	uint64_t lru_missing;	/* records the eviction order had lost */
 	uint64_t lru_orphans;	/* eviction entries without a record */
 	uint64_t used_before, used_after; /* the byte count kept for the limit */
 	uint64_t orphan_files;	/* cache files without any record */
+};
+
+/* An object version the index names (see bfs_cache_make_id), its size. */
+struct bfs_cache_ref {
+	struct bfs_cache_id id;
+	uint64_t size;
 };
 
 /*
@@ -140,8 +150,12 @@ struct bfs_cache_fsck {
  * with repair fix what is wrong: a record whose bytes are missing is
  * dropped (the block is fetched again when read), lost eviction entries
  * are restored, orphan entries and files removed, the byte count redone.
+ * With refs (the versions the metadata index names; NULL: no such check),
+ * blocks of other versions and blocks past a version's size are dropped
+ * too.
  */
 int bfs_cache_check(struct bfs_cache *c, bool repair,
+		    const struct bfs_cache_ref *refs, size_t n_refs,
 		    struct bfs_cache_fsck *r);
 
 #endif

@@ -623,6 +623,47 @@ int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 				bfs_index_put_txn(idx, txn, tmp, dir, e));
 }
 
+int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
+		    const struct bfs_entry *ents, size_t n)
+{
+	TALLOC_CTX *tmp;
+	MDB_txn *txn;
+	size_t i;
+	int rc;
+
+	rc = bfs_index_begin(idx, &txn, &tmp);
+	if (rc != 0) {
+		return rc;
+	}
+	for (i = 0; rc == 0 && i < n; i++) {
+		const char *slash = strrchr(keys[i], '/');
+		size_t dl = slash != NULL ? (size_t)(slash - keys[i]) + 1 : 0;
+		struct bfs_entry e = ents[i], old;
+		char *dir = talloc_strndup(tmp, keys[i], dl);
+		MDB_val k, v;
+
+		e.name = talloc_strdup(tmp, keys[i] + dl);
+		e.ino = 0;
+		e.flags = 0;
+		if (dir == NULL || e.name == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		k = bfs_ent_key(tmp, dir, e.name);
+		if (k.mv_data == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		if (mdb_get(txn, idx->ent, &k, &v) == 0 &&
+		    bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
+		    (old.flags & BFS_ENT_PENDING)) {
+			continue; /* written through the share: ours wins */
+		}
+		rc = bfs_index_put_txn(idx, txn, tmp, dir, &e);
+	}
+	return bfs_index_finish(txn, tmp, rc);
+}
+
 int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 {
 	TALLOC_CTX *tmp;
@@ -704,6 +745,21 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs)
 typedef void (*bfs_index_each_fn)(void *priv, const char *key,
 				  const struct bfs_entry *e);
 
+/* "<dir>\0<name>" -> "<dir><name>" (and "/" for a directory), or NULL. */
+static char *bfs_ent_full_key(TALLOC_CTX *mem_ctx, const MDB_val *k,
+			      bool is_dir)
+{
+	const char *kd = k->mv_data;
+	size_t dl = strnlen(kd, k->mv_size);
+
+	if (dl == k->mv_size) {
+		return NULL; /* not an entry key */
+	}
+	return talloc_asprintf(mem_ctx, "%.*s%.*s%s", (int)dl, kd,
+			       (int)(k->mv_size - dl - 1), kd + dl + 1,
+			       is_dir ? "/" : "");
+}
+
 /* Delete the records of db whose key starts with start (len bytes). */
 static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				MDB_dbi db, const char *start, size_t len,
@@ -735,15 +791,8 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				mdb_del(txn, idx->inos, &ik, NULL);
 			}
 			if (db == idx->ent && each != NULL && !e.is_dir) {
-				/* "<dir>\0<name>" -> "<dir><name>" */
-				char *key = talloc_size(NULL, k.mv_size);
-				const char *kd = k.mv_data;
-				size_t dl = strnlen(kd, k.mv_size);
-				if (key != NULL && dl < k.mv_size) {
-					memcpy(key, kd, dl);
-					memcpy(key + dl, kd + dl + 1,
-					       k.mv_size - dl - 1);
-					key[k.mv_size - 1] = '\0';
+				char *key = bfs_ent_full_key(NULL, &k, false);
+				if (key != NULL) {
 					bfs_index_decode(key, v.mv_data,
 							 v.mv_size, &e);
 					each(priv, key, &e);
@@ -751,15 +800,11 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				talloc_free(key);
 			}
 		}
-		rc = mdb_cursor_del(cur, 0);
-		if (rc != 0) {
-			break;
-		}
+		rc = bfs_lmdb_del_next(cur, &k, &v);
 		(*n)++;
-		rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
 	}
 	mdb_cursor_close(cur);
-	return rc == MDB_NOTFOUND || rc == EINVAL ? 0 : rc;
+	return bfs_lmdb_walk_end(rc);
 }
 
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
@@ -784,6 +829,165 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 	if (rc == 0) {
 		rc = bfs_index_drop_range(idx, txn, idx->ent, prefix,
 					  strlen(prefix), true, n, each, priv);
+	}
+	return bfs_index_finish(txn, tmp, rc);
+}
+
+/* ---- consistency check ------------------------------------------------------ */
+
+static int bfs_u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct bfs_owned {
+	const uint64_t *inos; /* sorted */
+	size_t n;
+};
+
+static int bfs_ino_owned(void *priv, const MDB_val *k, const MDB_val *v)
+{
+	const struct bfs_owned *o = priv;
+	uint64_t ino;
+
+	(void)v;
+	if (k->mv_size != sizeof(ino)) {
+		return 0;
+	}
+	memcpy(&ino, k->mv_data, sizeof(ino));
+	return bsearch(&ino, o->inos, o->n, sizeof(ino), bfs_u64_cmp) != NULL;
+}
+
+/*
+ * One entry record: it decodes and its inode is its own in the map.
+ * *ino gets the inode it ends up with.
+ */
+static int bfs_index_check_entry(struct bfs_index *idx, MDB_txn *txn,
+				 MDB_cursor *cur, TALLOC_CTX *tmp,
+				 const MDB_val *k, const MDB_val *v,
+				 bool repair, struct bfs_index_fsck *r,
+				 struct bfs_entry *e, char **full,
+				 uint64_t *ino)
+{
+	MDB_val ik = {sizeof(e->ino), &e->ino}, iv, fv;
+	int rc;
+
+	*full = NULL;
+	if (bfs_index_decode(tmp, v->mv_data, v->mv_size, e) != 0 ||
+	    (*full = bfs_ent_full_key(tmp, k, e->is_dir)) == NULL) {
+		/* Its directory is listed again at the next access. */
+		char *dir = talloc_strndup(tmp, k->mv_data,
+					   strnlen(k->mv_data, k->mv_size));
+		MDB_val dk = bfs_dirs_key(tmp, dir != NULL ? dir : "");
+
+		r->bad_entries++;
+		if (repair && dk.mv_data != NULL) {
+			mdb_del(txn, idx->dirs, &dk, NULL);
+		}
+		return repair ? mdb_cursor_del(cur, 0) : 0;
+	}
+	r->entries++;
+	fv.mv_size = strlen(*full);
+	fv.mv_data = *full;
+	rc = mdb_get(txn, idx->inos, &ik, &iv);
+	if (rc == MDB_NOTFOUND) {
+		r->ino_missing++;
+		rc = repair ? mdb_put(txn, idx->inos, &ik, &fv, 0) : 0;
+	} else if (rc == 0 && (iv.mv_size != fv.mv_size ||
+			       memcmp(iv.mv_data, *full, fv.mv_size) != 0)) {
+		/* Another key owns this number: this entry gets a new one. */
+		r->ino_shared++;
+		if (repair) {
+			void *buf;
+			size_t len;
+
+			rc = bfs_index_alloc_ino(idx, txn, *full, &e->ino);
+			if (rc == 0) {
+				rc = bfs_index_encode(tmp, e, &buf, &len);
+			}
+			if (rc == 0) {
+				MDB_val nv = {len, buf};
+				rc = mdb_cursor_put(cur, (MDB_val *)k, &nv,
+						    MDB_CURRENT);
+			}
+		}
+	}
+	*ino = e->ino;
+	return rc;
+}
+
+int bfs_index_check(struct bfs_index *idx, bool repair,
+		    void (*each)(void *priv, const char *key,
+				 const struct bfs_entry *e),
+		    void *priv, struct bfs_index_fsck *r)
+{
+	TALLOC_CTX *tmp;
+	MDB_txn *txn;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v;
+	uint64_t *inos = NULL;
+	size_t n = 0;
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	rc = bfs_index_begin(idx, &txn, &tmp);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_open(txn, idx->ent, &cur);
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	/* Every entry: decodes, owns its inode. */
+	while (rc == 0) {
+		TALLOC_CTX *one = talloc_new(tmp);
+		struct bfs_entry e;
+		char *full;
+		uint64_t ino = 0;
+		bool dropped;
+
+		if (one == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		rc = bfs_index_check_entry(idx, txn, cur, one, &k, &v, repair,
+					   r, &e, &full, &ino);
+		dropped = full == NULL && repair;
+		if (rc == 0 && full != NULL) {
+			inos = talloc_realloc(tmp, inos, uint64_t, n + 1);
+			if (inos == NULL) {
+				rc = ENOMEM;
+			} else {
+				inos[n++] = ino;
+			}
+			if (rc == 0 && each != NULL && !e.is_dir) {
+				each(priv, full, &e);
+			}
+		}
+		talloc_free(one);
+		if (rc == 0) {
+			rc = mdb_cursor_get(cur, &k, &v,
+					    dropped ? MDB_GET_CURRENT : MDB_NEXT);
+		}
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	rc = bfs_lmdb_walk_end(rc);
+	/* Every inode in the map: owned by an entry. */
+	if (rc == 0) {
+		struct bfs_owned owned = {inos, n};
+
+		qsort(inos, n, sizeof(*inos), bfs_u64_cmp);
+		rc = bfs_lmdb_sweep(txn, idx->inos, repair, bfs_ino_owned,
+				    &owned, &r->ino_orphans);
+	}
+	if (rc == 0 && !repair) {
+		mdb_txn_abort(txn);
+		talloc_free(tmp);
+		return 0;
 	}
 	return bfs_index_finish(txn, tmp, rc);
 }

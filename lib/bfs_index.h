@@ -87,6 +87,15 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 int bfs_index_put(struct bfs_index *idx, const char *dir,
 		  struct bfs_entry *e);
 
+/*
+ * What S3 said of n objects (full keys; e.g. bucketfs-ctl warm's listing),
+ * outside a directory listing: each becomes its directory's child, keeping
+ * its inode number, unless the name holds a pending entry (ours until
+ * uploaded).  Their directories do not count as listed.  Names in ents
+ * are ignored.
+ */
+int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
+		    const struct bfs_entry *ents, size_t n);
 /* Remove one child of dir.  0 even if it was not there. */
 int bfs_index_remove(struct bfs_index *idx, const char *dir,
 		     const char *name);
@@ -113,6 +122,27 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 			      void (*each)(void *priv, const char *key,
 					   const struct bfs_entry *e),
 			      void *priv);
+
+struct bfs_index_fsck {
+	uint64_t entries;	/* entry records that decode */
+	uint64_t bad_entries;	/* records that do not: dropped, their
+				 * directory listed again at next access */
+	uint64_t ino_missing;	/* entries the inode map had lost */
+	uint64_t ino_shared;	/* entries whose inode another key owns:
+				 * given a new one */
+	uint64_t ino_orphans;	/* inode map entries owned by no entry */
+};
+
+/*
+ * Check every entry record and the inode map against each other, in one
+ * write transaction (other writers wait; readers do not), and with repair
+ * fix what is wrong.  each() (optional) gets every file entry with its
+ * full key, e.g. to check the cache against the index.
+ */
+int bfs_index_check(struct bfs_index *idx, bool repair,
+		    void (*each)(void *priv, const char *key,
+				 const struct bfs_entry *e),
+		    void *priv, struct bfs_index_fsck *r);
 
 /* Record encoding, exposed for tests (and fuzzing later). */
 int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,

@@ -148,3 +148,40 @@ void bfs_lmdb_close(MDB_env *env)
 		return;
 	}
 }
+
+int bfs_lmdb_del_next(MDB_cursor *cur, MDB_val *k, MDB_val *v)
+{
+	int rc = mdb_cursor_del(cur, 0);
+
+	return rc == 0 ? mdb_cursor_get(cur, k, v, MDB_GET_CURRENT) : rc;
+}
+
+int bfs_lmdb_walk_end(int rc)
+{
+	return rc == MDB_NOTFOUND || rc == EINVAL ? 0 : rc;
+}
+
+int bfs_lmdb_sweep(MDB_txn *txn, MDB_dbi dbi, int repair,
+		   int (*keep)(void *priv, const MDB_val *k, const MDB_val *v),
+		   void *priv, uint64_t *dropped)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc = mdb_cursor_open(txn, dbi, &cur);
+
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0) {
+		if (keep(priv, &k, &v)) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		(*dropped)++;
+		rc = repair ? bfs_lmdb_del_next(cur, &k, &v) :
+			      mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	return bfs_lmdb_walk_end(rc);
+}

@@ -13,6 +13,7 @@
 #define BUCKETFS_BFS_LMDB_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <lmdb.h>
 
 /*
@@ -31,6 +32,23 @@ void bfs_lmdb_close(MDB_env *env);
 
 /* mkdir -p with mode 0700 for each missing component. */
 int bfs_mkdirs(const char *path);
+
+/*
+ * Delete the record under cur and move to the one after it, where LMDB
+ * leaves the cursor; at the end MDB_NOTFOUND or EINVAL, which
+ * bfs_lmdb_walk_end() takes as the walk's normal end.
+ */
+int bfs_lmdb_del_next(MDB_cursor *cur, MDB_val *k, MDB_val *v);
+/* The result of a cursor walk: its end is success. */
+int bfs_lmdb_walk_end(int rc);
+
+/*
+ * Every record of dbi for which keep() says no: counted in *dropped and,
+ * with repair, deleted (an fsck's sweep for entries nothing refers to).
+ */
+int bfs_lmdb_sweep(MDB_txn *txn, MDB_dbi dbi, int repair,
+		   int (*keep)(void *priv, const MDB_val *k, const MDB_val *v),
+		   void *priv, uint64_t *dropped);
 
 /* Errors from LMDB (MDB_* codes) as errno values for VFS callers. */
 int bfs_lmdb_errno(int rc);

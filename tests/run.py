@@ -797,6 +797,26 @@ def integration(w, sources):
                 sha256(f"{w.tmp}/warm-{name.replace('/', '_')}"), name
 
     @test
+    def ctl_fsck_drops_cached_versions_the_index_no_longer_names():
+        # c.bin is replaced in S3 and the dataset warmed again: the old
+        # version's blocks are named by nothing any more.
+        with open(f"{w.tmp}/warm-c.bin", "wb") as f:
+            f.write(os.urandom(2 << 20))
+        w.s3tool("put", "warmset/c.bin", f"{w.tmp}/warm-c.bin")
+        w.ctl("warmed", "warm", "")
+        out = w.ctl("warmed", "fsck", "--dry-run").stdout
+        assert re.search(r"^index: [1-9]\d* entries checked$", out, re.M), out
+        assert re.search(r"^  1 object versions \([1-9]\d* blocks\) the index does not "
+                         r"name \(replaced or deleted in S3\): would drop$", out, re.M), out
+        out = w.ctl("warmed", "fsck").stdout
+        assert re.search(r"^  1 object versions .*: dropped$", out, re.M), out
+        assert w.ctl("warmed", "fsck").stdout.rstrip().endswith("clean")
+        gets = w.s3_gets("warmset/c.bin")
+        w.smbclient("warmed", f"get c.bin {w.tmp}/warm-back")
+        assert sha256(f"{w.tmp}/warm-back") == sha256(f"{w.tmp}/warm-c.bin")
+        assert w.s3_gets("warmset/c.bin") == gets, "the new version was not kept"
+
+    @test
     def ctl_warm_says_when_the_dataset_does_not_fit():
         out = w.ctl("warmsmall", "warm", "").stdout
         assert "does not fit in the cache (3.0 MiB)" in out, out

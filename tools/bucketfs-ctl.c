@@ -421,6 +421,7 @@ struct ctl_obj {
 	char *key;
 	char *etag;
 	uint64_t size;
+	time_t mtime;
 };
 
 struct ctl_warm {
@@ -473,6 +474,7 @@ static void ctl_list(struct ctl *c, struct tevent_context *ev,
 				.key = l->objects[i].key,
 				.etag = l->objects[i].etag,
 				.size = l->objects[i].size,
+				.mtime = l->objects[i].mtime,
 			};
 		}
 		token = l->truncated ? l->next_token : NULL;
@@ -518,6 +520,7 @@ static void ctl_manifest(struct ctl *c, struct tevent_context *ev,
 		*objs = talloc_realloc(c->mem, *objs, struct ctl_obj, got + 1);
 		(*objs)[got++] = (struct ctl_obj){
 			.key = key, .etag = info.etag, .size = info.size,
+			.mtime = info.mtime,
 		};
 	}
 	if (f != stdin) {
@@ -614,6 +617,36 @@ static void ctl_warm_more(struct ctl_warm *w)
 	}
 }
 
+/*
+ * What warm fetches goes into the index too, so that its blocks are
+ * versions the index names (what fsck keeps).
+ */
+static void ctl_warm_index(struct ctl *c, const struct ctl_obj *objs,
+			   size_t n)
+{
+	const char **keys = talloc_array(c->mem, const char *, n + 1);
+	struct bfs_entry *ents = talloc_zero_array(c->mem, struct bfs_entry,
+						   n + 1);
+	size_t i;
+	int ret;
+
+	if (keys == NULL || ents == NULL) {
+		ctl_die("out of memory");
+	}
+	for (i = 0; i < n; i++) {
+		keys[i] = objs[i].key;
+		ents[i] = (struct bfs_entry){
+			.size = objs[i].size, .mtime = objs[i].mtime,
+			.etag = objs[i].etag,
+		};
+	}
+	ret = bfs_index_learn(ctl_index(c), keys, ents, n);
+	if (ret != 0) {
+		ctl_die("cannot record the objects in the index in %s: %s",
+			c->cache_dir, strerror(ret));
+	}
+}
+
 static int ctl_warm(struct ctl *c, int argc, char **argv)
 {
 	struct tevent_context *ev = tevent_context_init(c->mem);
@@ -651,6 +684,7 @@ static int ctl_warm(struct ctl *c, int argc, char **argv)
 		w.n = i;
 		w.total_bytes = budget;
 	}
+	ctl_warm_index(c, w.objs, w.n);
 	w.reader = bfs_reader_new(c->mem, ev, s3, cache, c->block_size, false);
 	w.max_in_flight = (unsigned)atoi(ctl_param(c, "max requests", "16"));
 	if (w.reader == NULL || w.max_in_flight == 0) {
@@ -684,18 +718,65 @@ static int ctl_warm(struct ctl *c, int argc, char **argv)
 
 /* ---- fsck -------------------------------------------------------------------------------- */
 
-static int ctl_fsck(struct ctl *c, int argc, char **argv)
-{
-	bool repair = !(argc > 0 && strcmp(argv[0], "--dry-run") == 0);
-	struct bfs_cache *cache = ctl_cache(c);
-	struct bfs_journal *j = ctl_journal(c);
-	struct bfs_cache_fsck r;
-	struct bfs_jrec *recs = NULL;
-	size_t n = 0, i, lost = 0;
-	char a[32], b[32];
-	int ret;
+/* The versions the index names: what the cache may hold. */
+struct ctl_refs {
+	struct ctl *c;
+	struct bfs_cache_ref *refs;
+	size_t n;
+};
 
-	ret = bfs_cache_check(cache, repair, &r);
+static void ctl_ref_entry(void *priv, const char *key,
+			  const struct bfs_entry *e)
+{
+	struct ctl_refs *f = priv;
+
+	if (e->etag == NULL) {
+		return; /* being written: its bytes are in staging */
+	}
+	f->refs = talloc_realloc(f->c->mem, f->refs, struct bfs_cache_ref,
+				 f->n + 1);
+	if (f->refs == NULL) {
+		ctl_die("out of memory");
+	}
+	bfs_cache_make_id(f->c->bucket, key, e->etag, f->c->block_size,
+			  &f->refs[f->n].id);
+	f->refs[f->n++].size = e->size;
+}
+
+static uint64_t ctl_fsck_index(struct ctl *c, bool repair,
+			       struct ctl_refs *refs)
+{
+	const char *fix = repair ? "repaired" : "would repair";
+	struct bfs_index_fsck r;
+	int ret = bfs_index_check(ctl_index(c), repair, ctl_ref_entry, refs,
+				  &r);
+
+	if (ret != 0) {
+		ctl_die("cannot check the index in %s: %s", c->cache_dir,
+			strerror(ret));
+	}
+	printf("index: %" PRIu64 " entries checked\n", r.entries);
+	if (r.bad_entries > 0) {
+		printf("  %" PRIu64 " unreadable entries: %s (their directories "
+		       "are listed again)\n", r.bad_entries,
+		       repair ? "dropped" : "would drop");
+	}
+	if (r.ino_missing + r.ino_shared + r.ino_orphans > 0) {
+		printf("  inode numbers: %" PRIu64 " missing from the map, %" PRIu64
+		       " shared by two names, %" PRIu64 " owned by nothing: %s\n",
+		       r.ino_missing, r.ino_shared, r.ino_orphans, fix);
+	}
+	return r.bad_entries + r.ino_missing + r.ino_shared + r.ino_orphans;
+}
+
+static uint64_t ctl_fsck_cache(struct ctl *c, bool repair,
+			       const struct ctl_refs *refs)
+{
+	struct bfs_cache_fsck r;
+	char a[32], b[32];
+	int ret = bfs_cache_check(ctl_cache(c), repair, refs->refs, refs->n,
+				  &r);
+
 	if (ret != 0) {
 		ctl_die("cannot check the cache in %s: %s", c->cache_dir,
 			strerror(ret));
@@ -703,6 +784,16 @@ static int ctl_fsck(struct ctl *c, int argc, char **argv)
 	ctl_size_str(r.used_before, a);
 	ctl_size_str(r.used_after, b);
 	printf("cache: %" PRIu64 " block records checked\n", r.blocks);
+	if (r.unindexed_versions > 0) {
+		printf("  %" PRIu64 " object versions (%" PRIu64 " blocks) the "
+		       "index does not name (replaced or deleted in S3): %s\n",
+		       r.unindexed_versions, r.unindexed_blocks,
+		       repair ? "dropped" : "would drop");
+	}
+	if (r.beyond_size > 0) {
+		printf("  %" PRIu64 " blocks past the end of their object: %s\n",
+		       r.beyond_size, repair ? "dropped" : "would drop");
+	}
 	if (r.bad_blocks > 0) {
 		printf("  %" PRIu64 " records whose bytes are not in their file: "
 		       "%s (fetched again when read)\n", r.bad_blocks,
@@ -721,7 +812,17 @@ static int ctl_fsck(struct ctl *c, int argc, char **argv)
 		printf("  %" PRIu64 " cache files without records: %s\n",
 		       r.orphan_files, repair ? "removed" : "would remove");
 	}
-	if (bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+	return r.unindexed_blocks + r.beyond_size + r.bad_blocks +
+	       r.lru_missing + r.lru_orphans + r.orphan_files +
+	       (r.used_before != r.used_after);
+}
+
+static uint64_t ctl_fsck_journal(struct ctl *c)
+{
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i, lost = 0;
+
+	if (bfs_journal_list(ctl_journal(c), c->mem, &recs, &n) != 0) {
 		ctl_die("cannot read the journal in %s", c->cache_dir);
 	}
 	for (i = 0; i < n; i++) {
@@ -740,8 +841,20 @@ static int ctl_fsck(struct ctl *c, int argc, char **argv)
 	}
 	printf("journal: %zu pending record(s)%s\n", n,
 	       lost ? ", some without data (above)" : "");
-	if (r.bad_blocks + r.lru_missing + r.lru_orphans + r.orphan_files +
-		    lost == 0 && r.used_before == r.used_after) {
+	return lost;
+}
+
+static int ctl_fsck(struct ctl *c, int argc, char **argv)
+{
+	bool repair = !(argc > 0 && strcmp(argv[0], "--dry-run") == 0);
+	struct ctl_refs refs = {.c = c};
+	uint64_t problems;
+
+	/* The index first: the cache is checked against what it names. */
+	problems = ctl_fsck_index(c, repair, &refs);
+	problems += ctl_fsck_cache(c, repair, &refs);
+	problems += ctl_fsck_journal(c);
+	if (problems == 0) {
 		printf("clean\n");
 	}
 	return 0;
@@ -767,9 +880,11 @@ static const struct ctl_verb ctl_verbs[] = {
 	 "forget the listings, index entries and cached blocks under PREFIX "
 	 "(relative to the share; \"\" for all): the next access asks S3"},
 	{"fsck", ctl_fsck, "fsck [--dry-run]",
-	 "check the cache's block records against its files and eviction "
-	 "order, and the journal against the staging files; repair what is "
-	 "wrong (--dry-run: only report); safe while smbd runs"},
+	 "check the index (entries, inode numbers), the cache against the "
+	 "index (versions it no longer names, blocks past an object's end) "
+	 "and against its files and eviction order, and the journal against "
+	 "the staging files; repair what is wrong (--dry-run: only report); "
+	 "safe while smbd runs"},
 	{"warm", ctl_warm, "warm PREFIX | warm --manifest FILE",
 	 "fetch every object under PREFIX (or each path listed in FILE, one "
 	 "per line, - for stdin) into the cache, in parallel; stops where "

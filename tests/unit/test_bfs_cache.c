@@ -134,12 +134,59 @@ static void test_block_larger_than_cache_is_refused(void **state)
 	talloc_free(t);
 }
 
+static void test_check_against_the_index(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_ref ref;
+	struct bfs_cache_id old;
+	struct bfs_cache_fsck r;
+	uint8_t data[3 * BS], out[BS];
+	uint32_t got;
+	uint64_t used, blocks;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	bfs_cache_make_id("bkt", "k", "etag2", BS, &ref.id);
+	bfs_cache_make_id("bkt", "k", "etag1", BS, &old);
+	memset(data, 7, sizeof(data));
+	assert_int_equal(bfs_cache_fill(c, &ref.id, 0, data, sizeof(data)), 0);
+	assert_int_equal(bfs_cache_fill(c, &old, 0, data, 2 * BS), 0);
+	/* The index names etag2 only, and says it is shorter than cached. */
+	ref.size = 2 * BS + 100;
+	assert_int_equal(bfs_cache_check(c, false, &ref, 1, &r), 0);
+	assert_int_equal(r.blocks, 5);
+	assert_int_equal(r.unindexed_versions, 1);
+	assert_int_equal(r.unindexed_blocks, 2);
+	assert_int_equal(r.beyond_size, 1);
+	assert_int_equal(r.orphan_files, 0);
+	assert_int_equal(bfs_cache_check(c, true, &ref, 1, &r), 0);
+	assert_int_equal(r.unindexed_blocks + r.beyond_size, 3);
+	assert_int_equal(bfs_cache_check(c, true, &ref, 1, &r), 0);
+	assert_int_equal(r.unindexed_versions + r.beyond_size + r.bad_blocks +
+			 r.orphan_files + r.lru_missing + r.lru_orphans, 0);
+	assert_int_equal(bfs_cache_usage(c, &used, &blocks), 0);
+	assert_int_equal(blocks, 2);
+	assert_int_equal(used, 2 * BS);
+	assert_int_equal(bfs_cache_read(c, &ref.id, 1, 0, BS, out, &got), 0);
+	assert_int_equal(bfs_cache_read(c, &ref.id, 2, 0, BS, out, &got),
+			 ENOENT);
+	assert_int_equal(bfs_cache_read(c, &old, 0, 0, BS, out, &got), ENOENT);
+	/* Without refs nothing is held against the index. */
+	assert_int_equal(bfs_cache_fill(c, &old, 0, data, BS), 0);
+	assert_int_equal(bfs_cache_check(c, true, NULL, 0, &r), 0);
+	assert_int_equal(r.unindexed_blocks + r.bad_blocks, 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fill_then_read),
 		cmocka_unit_test(test_limit_and_scan_resistance),
 		cmocka_unit_test(test_block_larger_than_cache_is_refused),
+		cmocka_unit_test(test_check_against_the_index),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "test_tmpdir.h"
 
@@ -173,6 +174,143 @@ static void test_other_bucket_refused(void **state)
 	talloc_free(t);
 }
 
+static void count_file(void *priv, const char *key, const struct bfs_entry *e)
+{
+	(void)key;
+	assert_false(e->is_dir);
+	(*(int *)priv)++;
+}
+
+/* Damage the index behind its back, as a bug or a bad disk could. */
+static void damage(const char *dir, uint64_t a_ino, uint64_t c_ino)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi ent, inos;
+	MDB_val k = {3, (void *)"\0b"}, v, ik;
+	struct bfs_entry e;
+	uint64_t orphan = 12345;
+	void *buf;
+	size_t len;
+	TALLOC_CTX *t = talloc_new(NULL);
+
+	k.mv_size = 2;
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "ent", 0, &ent), 0);
+	assert_int_equal(mdb_dbi_open(txn, "inos", MDB_INTEGERKEY, &inos), 0);
+	/* b takes a's inode number (its own stays in the map, orphaned) */
+	assert_int_equal(mdb_get(txn, ent, &k, &v), 0);
+	assert_int_equal(bfs_index_decode(t, v.mv_data, v.mv_size, &e), 0);
+	e.ino = a_ino;
+	assert_int_equal(bfs_index_encode(t, &e, &buf, &len), 0);
+	v.mv_size = len;
+	v.mv_data = buf;
+	assert_int_equal(mdb_put(txn, ent, &k, &v, 0), 0);
+	/* c's number falls out of the map */
+	ik.mv_size = sizeof(c_ino);
+	ik.mv_data = &c_ino;
+	assert_int_equal(mdb_del(txn, inos, &ik, NULL), 0);
+	/* a number nobody owns */
+	ik.mv_data = &orphan;
+	v.mv_size = 7;
+	v.mv_data = (void *)"nothing";
+	assert_int_equal(mdb_put(txn, inos, &ik, &v, 0), 0);
+	/* a record that does not decode */
+	k.mv_size = 6;
+	k.mv_data = (void *)"\0junk";
+	v.mv_size = 3;
+	v.mv_data = (void *)"bad";
+	assert_int_equal(mdb_put(txn, ent, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	talloc_free(t);
+}
+
+static void test_check_finds_and_repairs_damage(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	const char *files[] = {"a", "b", "c"}, *dirs[] = {"sub"};
+	struct bfs_index *idx = NULL;
+	struct bfs_index_fsck r;
+	struct bfs_entry a, b, c;
+	int nfiles = 0;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 3,
+							  dirs, 1), 1), 0);
+	assert_int_equal(bfs_index_check(idx, true, count_file, &nfiles, &r), 0);
+	assert_int_equal(nfiles, 3);
+	assert_int_equal(r.entries, 4);
+	assert_int_equal(r.bad_entries + r.ino_missing + r.ino_shared +
+			 r.ino_orphans, 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &a), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "c", &c), 0);
+	talloc_free(idx);
+
+	damage(dir, a.ino, c.ino);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_check(idx, false, NULL, NULL, &r), 0);
+	assert_int_equal(r.bad_entries, 1);
+	assert_int_equal(r.ino_missing, 1);
+	assert_int_equal(r.ino_shared, 1);
+	assert_int_equal(r.ino_orphans, 2);
+	/* A dry run changes nothing. */
+	assert_int_equal(bfs_index_check(idx, false, NULL, NULL, &r), 0);
+	assert_int_equal(r.bad_entries + r.ino_shared, 2);
+	/* Repaired, b takes back its own number: one orphan is left. */
+	assert_int_equal(bfs_index_check(idx, true, NULL, NULL, &r), 0);
+	assert_int_equal(r.ino_shared, 1);
+	assert_int_equal(r.ino_orphans, 1);
+	assert_int_equal(bfs_index_check(idx, true, NULL, NULL, &r), 0);
+	assert_int_equal(r.bad_entries + r.ino_missing + r.ino_shared +
+			 r.ino_orphans, 0);
+	assert_int_equal(r.entries, 4);
+	/* a kept its number, b has another; the listing is asked again. */
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &a), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "b", &b), 0);
+	assert_int_not_equal(a.ino, b.ino);
+	assert_int_equal(bfs_index_dir_listed(idx, "", &(time_t){0}), ENOENT);
+	talloc_free(t);
+}
+
+static void test_learn_keeps_pending_entries(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	const char *keys[] = {"d/x", "d/y", "top"};
+	struct bfs_entry ents[3] = {
+		{.size = 1, .etag = (char *)"e1", .mtime = 5},
+		{.size = 2, .etag = (char *)"e2", .mtime = 5},
+		{.size = 3, .etag = (char *)"e3", .mtime = 5},
+	};
+	struct bfs_entry mine = {
+		.name = (char *)"y", .size = 99, .flags = BFS_ENT_PENDING,
+	}, e;
+	struct bfs_index *idx = NULL;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_put(idx, "d/", &mine), 0);
+	assert_int_equal(bfs_index_learn(idx, keys, ents, 3), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "x", &e), 0);
+	assert_int_equal(e.size, 1);
+	assert_string_equal(e.etag, "e1");
+	assert_int_equal(bfs_index_lookup(idx, t, "", "top", &e), 0);
+	assert_int_equal(e.size, 3);
+	/* The entry being written through the share stays ours. */
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "y", &e), 0);
+	assert_int_equal(e.size, 99);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	/* Learnt entries do not make their directory listed. */
+	assert_int_equal(bfs_index_dir_listed(idx, "d/", &(time_t){0}), ENOENT);
+	talloc_free(t);
+}
+
 static void test_record_decoding_refuses_garbage(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -201,6 +339,8 @@ int main(void)
 		cmocka_unit_test(test_relist_keeps_inodes),
 		cmocka_unit_test(test_many_unique_inodes),
 		cmocka_unit_test(test_other_bucket_refused),
+		cmocka_unit_test(test_check_finds_and_repairs_damage),
+		cmocka_unit_test(test_learn_keeps_pending_entries),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
