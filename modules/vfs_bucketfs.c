@@ -429,9 +429,22 @@ static void bfs_refresh_credentials(struct bfs_conn *bc, time_t now)
 		 (long long)(expire - now));
 }
 
+/* A value a reload changed, logged once this process follows it. */
+static void bfs_note_change(struct bfs_conn *bc, bool first,
+			    const char *param, int64_t was, int64_t now)
+{
+	if (!first && was != now) {
+		DBG_NOTICE("bucketfs: share %s: '%s' is now %" PRId64
+			   " (was %" PRId64 ")\n", bc->service, param, now,
+			   was);
+	}
+}
+
 static void bfs_follow_config(struct bfs_conn *bc)
 {
 	time_t now = time(NULL);
+	bool first = bc->config_read == 0;
+	int ttl, readahead;
 	uint64_t cache_size;
 	unsigned max;
 
@@ -446,10 +459,14 @@ static void bfs_follow_config(struct bfs_conn *bc)
 	    now - bc->stats_flushed >= bc->metrics_interval) {
 		bfs_stats_flush(bc, now);
 	}
-	bc->ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
-	bc->readahead = (unsigned)lp_parm_int(bc->snum, BFS_MODULE,
-					      "readahead", 32);
+	ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
+	bfs_note_change(bc, first, "metadata ttl", bc->ttl, ttl);
+	bc->ttl = ttl;
+	readahead = lp_parm_int(bc->snum, BFS_MODULE, "readahead", 32);
+	bfs_note_change(bc, first, "readahead", bc->readahead, readahead);
+	bc->readahead = (unsigned)readahead;
 	max = (unsigned)lp_parm_int(bc->snum, BFS_MODULE, "max requests", 16);
+	bfs_note_change(bc, first, "max requests", bc->cfg.max_requests, max);
 	bc->cfg.max_requests = max;
 	if (bc->s3 != NULL) {
 		s3_client_set_max_requests(bc->s3, max);
@@ -460,6 +477,8 @@ static void bfs_follow_config(struct bfs_conn *bc)
 	cache_size = conv_str_size(lp_parm_const_string(
 		bc->snum, BFS_MODULE, "cache size", "16G"));
 	if (cache_size > 0) {
+		bfs_note_change(bc, first, "cache size",
+				(int64_t)bc->cache_limit, (int64_t)cache_size);
 		bc->cache_limit = cache_size;
 	}
 	if (bc->cache != NULL && cache_size > 0) {
@@ -683,6 +702,8 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
 	const char *file = bfs_param(handle, "credentials file", NULL);
 	const char *profile = bfs_param(handle, "profile", NULL);
 	struct passwd *pw = getpwuid(sec_initial_uid());
+	/* "~" as the AWS tools read it: $HOME, else the user's home. */
+	const char *home = getenv("HOME") ?: (pw != NULL ? pw->pw_dir : NULL);
 	const char *why = NULL, *source = NULL;
 	int ret;
 
@@ -690,8 +711,8 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
 	if (ret != 0) {
 		return ret;
 	}
-	ret = s3_creds_resolve(bc, file, profile, pw ? pw->pw_dir : NULL,
-			       &bc->cfg.creds, &source, &why);
+	ret = s3_creds_resolve(bc, file, profile, home, &bc->cfg.creds,
+			       &source, &why);
 	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
 	    lp_parm_bool(bc->snum, BFS_MODULE, "imds", true)) {
 		/* Last in the chain: an EC2 instance's role. */

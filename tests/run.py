@@ -327,6 +327,10 @@ class World:
 {common}  bucketfs:bucket = {BUCKET}
   bucketfs:prefix = reloadttl
   bucketfs:metadata ttl = 1000
+  bucketfs:cache dir = {t}/bfscache-reload
+  bucketfs:cache size = 64M
+  bucketfs:readahead = 4
+  bucketfs:max requests = 4
 [noprofile]
   path = /bucketfs/noprofile
 {common}  bucketfs:bucket = {BUCKET}
@@ -853,27 +857,46 @@ def integration(w, sources):
         p = sh([f"{B}/bucketfs-ctl", "warm", "--help"])
         assert "--manifest FILE" in p.stdout, p.stdout
 
+    def ls_with_smbd_environment(name, **env_vars):
+        """ls through a second smbd whose environment has env_vars and no
+        other AWS_ variable; returns the listing and that smbd's log."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(env_vars)
+        port, log = w.start_extra_smbd(name, f"""[{name}]
+  path = /bucketfs/{name}
+  vfs objects = bucketfs
+  bucketfs:endpoint = {w.endpoint}
+  bucketfs:path style = yes
+  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {w.tmp}/bfscache-{name}
+  bucketfs:imds = no
+""", env)
+        p = sh(["smbclient", f"//127.0.0.1/{name}", "-p", str(port), "-U",
+                f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "ls"])
+        return p.stdout, open(log).read()
+
     @test
     def credentials_follow_aws_shared_credentials_file_and_aws_profile():
         with open(f"{w.tmp}/creds-profiles", "w") as f:
             f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = wrong\n"
                     "[training]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")
         os.chmod(f"{w.tmp}/creds-profiles", 0o600)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update(AWS_SHARED_CREDENTIALS_FILE=f"{w.tmp}/creds-profiles", AWS_PROFILE="training")
-        port, log = w.start_extra_smbd("awsenv", f"""[awsenv]
-  path = /bucketfs/awsenv
-  vfs objects = bucketfs
-  bucketfs:endpoint = {w.endpoint}
-  bucketfs:path style = yes
-  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {w.tmp}/bfscache-awsenv
-  bucketfs:imds = no
-""", env)
-        p = sh(["smbclient", "//127.0.0.1/awsenv", "-p", str(port), "-U",
-                f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "ls"])
-        assert "fifty.bin" in p.stdout, p.stdout
-        assert re.search(r"S3 credentials from \S+/creds-profiles", open(log).read())
+        out, log = ls_with_smbd_environment(
+            "awsenv", AWS_SHARED_CREDENTIALS_FILE=f"{w.tmp}/creds-profiles",
+            AWS_PROFILE="training")
+        assert "fifty.bin" in out, out
+        assert re.search(r"S3 credentials from \S+/creds-profiles", log), log
+
+    @test
+    def credentials_come_from_the_home_aws_credentials_file_last():
+        home = f"{w.tmp}/awshome"
+        os.makedirs(f"{home}/.aws", exist_ok=True)
+        with open(f"{home}/.aws/credentials", "w") as f:
+            f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")
+        os.chmod(f"{home}/.aws/credentials", 0o600)
+        out, log = ls_with_smbd_environment("awshome", HOME=home)
+        assert "fifty.bin" in out, out
+        assert f"S3 credentials from {home}/.aws/credentials" in log, log
 
     @test
     def ctl_warm_takes_a_manifest():
@@ -887,35 +910,58 @@ def integration(w, sources):
         assert sha256(f"{w.tmp}/fifty.back") == sha256(sources["fifty.bin"])
 
     @test
-    def a_reload_changes_the_ttl_of_a_running_connection():
+    def a_reload_changes_ttl_cache_size_readahead_and_max_requests_of_a_running_connection():
         w.s3tool("put", "reloadttl/a", "/etc/hostname")
+        for i in range(3):
+            with open(f"{w.tmp}/reload-{i}.bin", "wb") as f:
+                f.write(os.urandom(3 << 20))
+            w.s3tool("put", f"reloadttl/r{i}.bin", f"{w.tmp}/reload-{i}.bin")
         lists = lambda: sum(1 for l in open(f"{w.tmp}/front.log")
                             if l.startswith("GET ") and "list-type=2" in l
                             and "prefix=reloadttl%2F" in l and "max-keys=1&" not in l)
+        used = lambda: json.loads(w.ctl("reload", "stats", "--json").stdout)["cache_bytes_used"]
         client = subprocess.Popen(["smbclient", "//127.0.0.1/reload", "-p", str(w.smb_port),
                                    "-U", f"{USER}%{PASSWORD}", "-m", "SMB3"],
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, text=True)
         conf = open(w.conf).read()
+        log_start = os.path.getsize(f"{w.tmp}/log.smbd")
         try:
-            def ls_and_wait():
-                client.stdin.write("ls\n")
+            def run_and_wait(command):
+                client.stdin.write(command + "\n")
                 client.stdin.flush()
                 time.sleep(1.5)
-            ls_and_wait()
-            ls_and_wait()
+            run_and_wait("ls")
+            run_and_wait("ls")
             before = lists()
-            ls_and_wait()
+            run_and_wait("ls")
             assert lists() == before, "listed again within a TTL of 1000 s"
+            run_and_wait("get r0.bin /dev/null")
+            run_and_wait("get r1.bin /dev/null")
+            assert used() == 6 << 20, f"{used()} bytes cached before the reload"
             with open(w.conf, "w") as f:
-                f.write(conf.replace("bucketfs:prefix = reloadttl\n  bucketfs:metadata ttl = 1000",
-                                     "bucketfs:prefix = reloadttl\n  bucketfs:metadata ttl = 0"))
+                f.write(conf.replace("bucketfs:metadata ttl = 1000\n", "bucketfs:metadata ttl = 0\n")
+                        .replace("bucketfs:cache size = 64M", "bucketfs:cache size = 4M")
+                        .replace("bucketfs:readahead = 4", "bucketfs:readahead = 2")
+                        .replace("bucketfs:max requests = 4", "bucketfs:max requests = 2"))
             sh(["smbcontrol", "-s", w.conf, "smbd", "reload-config"])
             time.sleep(2)
-            ls_and_wait()
-            ls_and_wait()
+            run_and_wait("ls")
+            run_and_wait("ls")
             assert client.poll() is None, "the client connection was dropped"
             assert lists() >= before + 2, f"TTL 0 not followed: {lists() - before} listings"
+            # The next fill evicts down to the new size.
+            run_and_wait("get r2.bin /dev/null")
+            assert used() <= 4 << 20, f"{used()} bytes cached for a new limit of 4 MiB"
+            with open(f"{w.tmp}/log.smbd") as f:
+                f.seek(log_start)
+                log = f.read()
+            for change in ("'metadata ttl' is now 0 (was 1000)",
+                           "'cache size' is now 4194304 (was 67108864)",
+                           "'readahead' is now 2 (was 4)",
+                           "'max requests' is now 2 (was 4)"):
+                assert f"share reload: {change}" in log, f"not followed: {change}"
+            assert client.poll() is None, "the client connection was dropped"
         finally:
             with open(w.conf, "w") as f:
                 f.write(conf)
