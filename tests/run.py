@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -824,6 +825,17 @@ def integration(w, sources):
     def ctl_warm_says_when_the_dataset_does_not_fit():
         out = w.ctl("warmsmall", "warm", "").stdout
         assert "does not fit in the cache (3.0 MiB)" in out, out
+
+    @test
+    def ctl_warm_draws_a_progress_bar_on_a_terminal():
+        # script(1) gives the tool a pseudo-terminal for its stdout.
+        cmd = " ".join(shlex.quote(a) for a in
+                       [f"{B}/bucketfs-ctl", "-s", w.conf, "warmsmall", "warm", ""])
+        out = sh(["script", "-qec", cmd, "/dev/null"]).stdout
+        # (read as text, the terminal's carriage returns arrive as newlines)
+        bars = re.findall(r"^\[([#.]{30})\] +(\d+)%  \d+/\d+ objects", out, re.M)
+        assert bars and bars[-1] == ("#" * 30, "100"), repr(out)
+        assert re.search(r"^warmed \d+ objects", out, re.M), repr(out)
 
     @test
     def ctl_invalidate_makes_the_next_access_list_and_fetch_again():

@@ -531,15 +531,23 @@ static void ctl_manifest(struct ctl *c, struct tevent_context *ev,
 
 static void ctl_warm_progress(struct ctl_warm *w, bool last)
 {
-	char a[32], b[32];
+	enum { WIDTH = 30 };
+	char a[32], b[32], bar[WIDTH + 1];
+	unsigned pct, fill;
 
 	if (!w->tty) {
 		return;
 	}
+	pct = w->total_bytes > 0 ?
+		(unsigned)(w->done_bytes * 100 / w->total_bytes) : 100;
+	fill = pct * WIDTH / 100;
+	memset(bar, '#', fill);
+	memset(bar + fill, '.', WIDTH - fill);
+	bar[WIDTH] = '\0';
 	ctl_size_str(w->done_bytes, a);
 	ctl_size_str(w->total_bytes, b);
-	printf("\rwarming: %zu/%zu objects, %s of %s   %s", w->done_objs, w->n,
-	       a, b, last ? "\n" : "");
+	printf("\r[%s] %3u%%  %zu/%zu objects, %s of %s   %s", bar, pct,
+	       w->done_objs, w->n, a, b, last ? "\n" : "");
 	fflush(stdout);
 }
 
