@@ -140,7 +140,7 @@ bold "The demo keeps running"
 cat <<MSG
 Connect:   smbclient //127.0.0.1/datasets -p $SMB_PORT -U root%$PASS
            smbclient //127.0.0.1/checkpoints -p $SMB_PORT -U root%$PASS   (writable)
-Operate:   $B/bucketfs-ctl -s $D/smb.conf datasets {stats|warm PREFIX|invalidate PREFIX|pending}
+Operate:   $B/bucketfs-ctl -s $D/smb.conf datasets {stats|warm PREFIX|invalidate PREFIX|pending|fsck}
 Mount:     mount -t cifs //127.0.0.1/datasets /mnt -o port=$SMB_PORT,username=root,password=$PASS,vers=3.0
 Logs:      $D/log.smbd
 Stop:      make demo-stop
