@@ -61,6 +61,7 @@ const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 struct bfs_conn {
 	const char *service;
 	int snum;
+	const struct security_unix_token *owner; /* connected or forced user */
 	time_t config_read;	/* when the reloadable parameters were read */
 	const char *imds;	/* metadata service the credentials came from */
 	struct bfs_stats *stats;	/* the cache folder's shared totals */
@@ -551,9 +552,8 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 	sbuf->st_ex_mode = is_dir ? (S_IFDIR | bc->dir_mode) :
 				    (S_IFREG | bc->file_mode);
 	sbuf->st_ex_nlink = is_dir ? 2 : 1;
-	/* smbd runs VFS calls as the connected (or forced) user. */
-	sbuf->st_ex_uid = geteuid();
-	sbuf->st_ex_gid = getegid();
+	sbuf->st_ex_uid = bc->owner->uid;
+	sbuf->st_ex_gid = bc->owner->gid;
 	sbuf->st_ex_size = is_dir ? 0 : (off_t)size;
 	sbuf->st_ex_atime = ts;
 	sbuf->st_ex_mtime = ts;
@@ -887,6 +887,11 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 	bc->service = talloc_strdup(bc, service);
 	bc->snum = SNUM(handle->conn);
+	/*
+	 * Files belong to the user the tree is connected as (with force
+	 * user applied): that token, read without a system call per stat.
+	 */
+	bc->owner = handle->conn->session_info->unix_token;
 	bfs_follow_config(bc);
 	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
@@ -1560,6 +1565,9 @@ static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
 		fh->stage_fd = dup(twin->stage_fd);
 		return;
 	}
+	if (fh->etag != NULL) {
+		return; /* settled in S3: another process stages nothing */
+	}
 	become_root();
 	if (bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec) == 0 &&
 	    rec.op == BFS_J_PUT) {
@@ -1631,8 +1639,12 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 			}
 			fh->dirty = true;
 		}
-	} else if (!fh->is_dir) {
-		/* Read-your-writes: staged bytes win over S3's. */
+	} else if (!fh->is_dir && !fsp->fsp_flags.is_pathref) {
+		/*
+		 * Read-your-writes: staged bytes win over S3's.  Only an open
+		 * that reads needs them; a listing opens every entry as a
+		 * path reference and must not pay for this.
+		 */
 		bfs_open_pending(bc, fh);
 	}
 	if (ret != 0) {
