@@ -25,7 +25,7 @@
  * a sequential reader then copies them from memory, not from the disk
  * (the cache writes around the page cache).
  */
-#define BFS_KEEP_BYTES (32ULL << 20)
+#define BFS_KEEP_BYTES (64ULL << 20)
 /*
  * Fetch buffers are reused: a fresh multi-megabyte allocation is fresh
  * pages, and faulting and zeroing them cost as much CPU as the copy.
@@ -61,7 +61,7 @@ struct bfs_fetch {
 	 */
 	bool complete;
 	struct bfs_fill_job *job;
-	uint64_t consumed; /* bytes of data copied to reads since complete */
+	uint64_t consumed; /* bytes of data copied to reads */
 };
 
 struct bfs_reader {
@@ -136,25 +136,33 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 	return r;
 }
 
+/* Complete, and its bytes are in the cache: it may go. */
+static bool bfs_fetch_disposable(const struct bfs_fetch *f)
+{
+	return f->complete &&
+	       (f->job == NULL || bfs_cache_fill_done(f->job));
+}
+
 /*
- * Free complete fetches whose bytes are in the cache and were all read, and
- * (oldest first: the list has the newest at its head) those over the
- * memory budget.
+ * Free complete fetches whose bytes are in the cache and were all read,
+ * then, while over the memory budget, the newest others (the list has the
+ * newest at its head): a sequential reader reads the oldest next, so those
+ * stay in memory and the ones furthest ahead are read from the cache.
  */
 static void bfs_reader_sweep(struct bfs_reader *r)
 {
-	struct bfs_fetch *f, *prev, *tail = r->fetches;
+	struct bfs_fetch *f, *next;
 
-	while (tail != NULL && tail->next != NULL) {
-		tail = tail->next;
-	}
-	for (f = tail; f != NULL; f = prev) {
-		prev = f->prev;
-		if (!f->complete ||
-		    (f->job != NULL && !bfs_cache_fill_done(f->job))) {
-			continue;
+	for (f = r->fetches; f != NULL; f = next) {
+		next = f->next;
+		if (bfs_fetch_disposable(f) && f->consumed >= f->len) {
+			talloc_free(f);
 		}
-		if (f->consumed >= f->len || r->kept_bytes > BFS_KEEP_BYTES) {
+	}
+	for (f = r->fetches; f != NULL && r->kept_bytes > BFS_KEEP_BYTES;
+	     f = next) {
+		next = f->next;
+		if (bfs_fetch_disposable(f)) {
 			talloc_free(f);
 		}
 	}
@@ -336,6 +344,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		w->f = NULL;
 		if (ret == 0) {
 			memcpy(w->dst, f->data + w->off, w->n);
+			f->consumed += w->n;
 		}
 		bfs_read_part_done(w->req, ret, &st);
 	}
@@ -348,7 +357,10 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	}
 	f->complete = true;
 	r->kept_bytes += f->len;
-	/* What waiting reads took counts as read. */
+	/*
+	 * A read's own fetch is read (it fetched nothing more than that read
+	 * wants); a prefetch is once its waiters and later reads took it all.
+	 */
 	if (!f->prefetch) {
 		f->consumed = f->len;
 	}
@@ -432,20 +444,23 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		if (n > end - pos) {
 			n = (uint32_t)(end - pos);
 		}
-		if (r->cache != NULL &&
-		    bfs_cache_read(r->cache, &obj->id, blk, boff, n,
-				   dst + (pos - off), &got) == 0 &&
-		    got == n) {
+		/*
+		 * Fetched and kept in memory: copy from there, before the
+		 * cache, whose file the fill wrote around the page cache.
+		 */
+		f = bfs_fetch_find(r, &obj->id, blk);
+		if (f != NULL && f->complete) {
+			memcpy(dst + (pos - off),
+			       f->data + (blk - f->first) * r->block_size + boff, n);
+			f->consumed += n;
 			r->counters.cache_hits++;
 			pos += n;
 			continue;
 		}
-		f = bfs_fetch_find(r, &obj->id, blk);
-		if (f != NULL && f->complete) {
-			/* Fetched, kept in memory: copy from there. */
-			memcpy(dst + (pos - off),
-			       f->data + (blk - f->first) * r->block_size + boff, n);
-			f->consumed += n;
+		if (f == NULL && r->cache != NULL &&
+		    bfs_cache_read(r->cache, &obj->id, blk, boff, n,
+				   dst + (pos - off), &got) == 0 &&
+		    got == n) {
 			r->counters.cache_hits++;
 			pos += n;
 			continue;
