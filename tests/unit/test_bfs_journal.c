@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -16,6 +17,7 @@
 
 #include "bfs_index.h"
 #include "bfs_journal.h"
+#include "bfs_writeback.h"
 
 static struct bfs_journal *open_journal(TALLOC_CTX *t)
 {
@@ -119,6 +121,66 @@ static void test_pid_alive(void **state)
 	assert_false(bfs_journal_pid_alive(0));
 }
 
+static pid_t finisher_pid;
+
+/* The other process's upload ends: its journal record goes. */
+static void *finish_upload(void *arg)
+{
+	usleep(200 * 1000);
+	bfs_journal_done(arg, "k", finisher_pid);
+	return NULL;
+}
+
+/* A rename waits for another process's upload of its source. */
+static void test_wait_for_another_upload(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
+	struct bfs_wb *wb = bfs_wb_new(t, NULL, NULL, NULL, j,
+				       talloc_asprintf(t, "%s.staging",
+						       test_tmpdir(t, "wb")),
+				       &params);
+	struct bfs_jrec r = {.key = "k", .op = BFS_J_PUT, .staging = "s"};
+	pthread_t finisher;
+	pid_t uploader;
+	int fds[2];
+
+	(void)state;
+	assert_non_null(wb);
+	assert_int_equal(bfs_wb_wait_upload(wb, "k", 100), ENOENT);
+	/* A live uploader that does not finish: EBUSY after the timeout. */
+	assert_int_equal(pipe(fds), 0);
+	uploader = fork();
+	if (uploader == 0) {
+		char c;
+		close(fds[1]);
+		(void)read(fds[0], &c, 1); /* until the test closes the pipe */
+		_exit(0);
+	}
+	close(fds[0]);
+	r.pid = uploader;
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_wait_upload(wb, "k", 100), EBUSY);
+	/* It finishes (the record goes) while we wait: 0. */
+	finisher_pid = uploader;
+	assert_int_equal(pthread_create(&finisher, NULL, finish_upload, j), 0);
+	assert_int_equal(bfs_wb_wait_upload(wb, "k", 5000), 0);
+	pthread_join(finisher, NULL);
+	/* A failed upload stays in the journal: no use waiting. */
+	r.last_error = EACCES;
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_wait_upload(wb, "k", 5000), EIO);
+	/* So is one whose process died. */
+	r.last_error = 0;
+	r.pid = dead_pid();
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_wait_upload(wb, "k", 5000), EIO);
+	close(fds[1]);
+	waitpid(uploader, NULL, 0);
+	talloc_free(t);
+}
+
 static void test_record_decoding_refuses_garbage(void **state)
 {
 	(void)state;
@@ -191,6 +253,7 @@ int main(void)
 		cmocka_unit_test(test_put_get_done),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
 		cmocka_unit_test(test_pid_alive),
+		cmocka_unit_test(test_wait_for_another_upload),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_index_put_rename_remove),
 	};
