@@ -6,6 +6,8 @@
 #   make test     everything above, then unit + integration tests
 #   make demo     a local S3 server with sample data, smbd on loopback
 #   make intree   build the module inside the prepared Samba tree (wscript)
+#   make bench       bucketfs against plain Samba, s3fs, rclone and raw S3
+#                    (bench/compare.py; not part of make test)
 #   make bench-read  read-path benchmark (not part of make test)
 #   make bench-write write-path (checkpoint) benchmark
 
@@ -28,7 +30,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop intree clean bench-read bench-write
+.PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write
 all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(UNIT) $(ITEST)
 
 deps:
@@ -124,6 +126,23 @@ clean:
 $(B)/s3tool: tests/integration/s3tool.c $(B)/libbucketfs.a
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
 	  $(B)/libbucketfs.a $(PKG_LIBS)
+
+# The alternatives users would pick (Debian's s3fs and rclone over FUSE)
+# and matplotlib for the charts: only the benchmark needs them.
+bench-deps:
+	@for p in s3fs rclone fuse3 python3-matplotlib; do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || \
+	  missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "bench: installing$$missing"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+	  >$(B)/apt-bench.log 2>&1 || { tail -20 $(B)/apt-bench.log; exit 1; }; fi
+
+$(B)/bench/randread: bench/randread.c $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ $$(pkg-config --libs smbclient)
+
+bench: all install bench-deps $(B)/bench/randread
+	@python3 bench/compare.py
 
 bench-read: all install
 	@python3 bench/read_bench.py
