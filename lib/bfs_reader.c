@@ -60,7 +60,6 @@ struct bfs_fetch {
 	 * of these blocks copy from data meanwhile.
 	 */
 	bool complete;
-	unsigned holds;	/* copies of data under way in other threads */
 	struct bfs_fill_job *job;
 	uint64_t consumed; /* bytes of data copied to reads */
 };
@@ -137,10 +136,10 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 	return r;
 }
 
-/* Complete, its bytes in the cache, nobody copying them: it may go. */
+/* Complete, and its bytes are in the cache: it may go. */
 static bool bfs_fetch_disposable(const struct bfs_fetch *f)
 {
-	return f->complete && f->holds == 0 &&
+	return f->complete &&
 	       (f->job == NULL || bfs_cache_fill_done(f->job));
 }
 
@@ -601,40 +600,6 @@ void bfs_reader_cached_done(struct bfs_reader *r, const struct bfs_object *obj,
 		bfs_cache_note_read(r->cache, &obj->id, blk);
 		r->counters.cache_hits++;
 	}
-}
-
-/* ---- fetched bytes for worker threads ----------------------------------- */
-
-const void *bfs_reader_hold(struct bfs_reader *r, const struct bfs_object *obj,
-			    uint64_t off, size_t len, void **token)
-{
-	struct bfs_fetch *f;
-	uint64_t start;
-
-	if (len == 0 || off + len > obj->size) {
-		return NULL;
-	}
-	f = bfs_fetch_find(r, &obj->id, off / r->block_size);
-	if (f == NULL || !f->complete) {
-		return NULL;
-	}
-	start = f->first * r->block_size;
-	if (off + len > start + f->len) {
-		return NULL; /* runs past this fetch */
-	}
-	f->holds++;
-	*token = f;
-	return f->data + (off - start);
-}
-
-void bfs_reader_release(struct bfs_reader *r, void *token, size_t copied)
-{
-	struct bfs_fetch *f = token;
-
-	f->holds--;
-	f->consumed += copied;
-	r->counters.cache_hits++;
-	bfs_reader_sweep(r);
 }
 
 struct bfs_cache *bfs_reader_cache(const struct bfs_reader *r)

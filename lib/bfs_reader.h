@@ -73,15 +73,6 @@ int bfs_copy_cached(struct bfs_cache *c, int fd, const struct bfs_cache_id *id,
 		    uint32_t block_size, uint64_t off, size_t len, void *buf);
 void bfs_reader_cached_done(struct bfs_reader *r, const struct bfs_object *obj,
 			    uint64_t off, size_t len);
-/*
- * Fetched bytes still in memory, for a copy in a worker thread: if one
- * complete fetch holds all of [off, off+len), a pointer to them, kept
- * valid (the fetch is not freed) until bfs_reader_release(token, bytes
- * copied) on the reader's thread.  NULL otherwise: read normally.
- */
-const void *bfs_reader_hold(struct bfs_reader *r, const struct bfs_object *obj,
-			    uint64_t off, size_t len, void **token);
-void bfs_reader_release(struct bfs_reader *r, void *token, size_t copied);
 struct bfs_cache *bfs_reader_cache(const struct bfs_reader *r);
 uint32_t bfs_reader_block_size(const struct bfs_reader *r);
 

@@ -2018,19 +2018,10 @@ struct bfs_pread_state {
 	uint32_t block_size;
 	int fd;			/* the cache file, for the worker thread */
 	int copy_err;
-	const void *src;	/* fetched bytes in memory, for the worker */
-	void *hold;		/* the reader's hold on them */
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
 static void bfs_pread_cached_done(struct tevent_req *subreq);
-static void bfs_pread_memory_done(struct tevent_req *subreq);
-
-/*
- * Reads this large copy fetched bytes in a worker thread: smbd's loop also
- * receives from S3 and sends to clients, and is the cold path's bottleneck.
- */
-#define BFS_THREAD_COPY_MIN (1u << 20)
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
 static void bfs_pread_cached_do(void *private_data)
@@ -2040,14 +2031,6 @@ static void bfs_pread_cached_do(void *private_data)
 	state->copy_err = bfs_copy_cached(state->cache, state->fd, &state->id,
 					  state->block_size, state->off,
 					  state->n, state->data);
-}
-
-/* Runs in one of smbd's worker threads: fetched bytes still in memory. */
-static void bfs_pread_memory_do(void *private_data)
-{
-	struct bfs_pread_state *state = private_data;
-
-	memcpy(state->data, state->src, state->n);
 }
 
 /* Freed while a worker copies into it would be a use after free. */
@@ -2142,22 +2125,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		state->fd = bfs_cache_dup_fd(state->cache, &state->id);
 		unbecome_root();
 	}
-	if (state->fd < 0 && n >= BFS_THREAD_COPY_MIN) {
-		state->src = bfs_reader_hold(reader, &fh->obj, state->off, n,
-					     &state->hold);
-	}
-	if (state->src != NULL) {
-		subreq = pthreadpool_tevent_job_send(
-			state, ev, handle->conn->sconn->pool,
-			bfs_pread_memory_do, state);
-		if (subreq == NULL) {
-			bfs_reader_release(reader, state->hold, 0);
-			tevent_req_oom(req);
-			return tevent_req_post(req, ev);
-		}
-		tevent_req_set_callback(subreq, bfs_pread_memory_done, req);
-		talloc_set_destructor(state, bfs_pread_state_destructor);
-	} else if (state->fd >= 0) {
+	if (state->fd >= 0) {
 		subreq = pthreadpool_tevent_job_send(
 			state, ev, handle->conn->sconn->pool,
 			bfs_pread_cached_do, state);
@@ -2247,25 +2215,6 @@ static void bfs_pread_cached_done(struct tevent_req *subreq)
 		return;
 	}
 	tevent_req_set_callback(subreq, bfs_pread_done, req);
-}
-
-static void bfs_pread_memory_done(struct tevent_req *subreq)
-{
-	struct tevent_req *req = tevent_req_callback_data(subreq,
-							  struct tevent_req);
-	struct bfs_pread_state *state = tevent_req_data(req,
-							struct bfs_pread_state);
-	int ret = pthreadpool_tevent_job_recv(subreq);
-
-	TALLOC_FREE(subreq);
-	talloc_set_destructor(state, NULL);
-	if (ret != 0) {
-		/* The job did not run (no thread could be started): here. */
-		bfs_pread_memory_do(state);
-	}
-	bfs_reader_release(state->reader, state->hold, state->n);
-	state->got = state->n;
-	tevent_req_done(req);
 }
 
 static ssize_t bfs_pread_recv(struct tevent_req *req,
