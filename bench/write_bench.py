@@ -32,7 +32,9 @@ USER, PASSWORD = runner.USER, runner.PASSWORD
 
 def timed(argv, **kw):
     start = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if p.returncode != 0:
+        raise RuntimeError(f"{argv[0]} failed: {p.stdout[-2000:]}")
     return time.monotonic() - start
 
 
@@ -58,8 +60,10 @@ def main():
                     f"  bucketfs:cache dir = {tmp}/benchcache\n  read only = no\n")
         subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
         time.sleep(1)
+        # A close answers once the upload is done: longer than smbclient's
+        # default 20 s timeout for a large file on a slow machine.
         smb = ["smbclient", "//127.0.0.1/bench", "-p", str(w.smb_port),
-               "-U", f"{USER}%{PASSWORD}", "-m", "SMB3"]
+               "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-t", "600"]
         subprocess.run(smb + ["-c", f"put {src} ckpt.pt"], check=True, capture_output=True)
 
         ours, raw = [], []
