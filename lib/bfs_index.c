@@ -507,6 +507,17 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 
 /* ---- changes made through the share ------------------------------------------ */
 
+int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name)
+{
+	const char *slash = strrchr(key, '/');
+	size_t dl = slash != NULL ? (size_t)(slash - key) + 1 : 0;
+
+	*dir = talloc_strndup(mem_ctx, key, dl);
+	*name = talloc_strdup(mem_ctx, key + dl);
+	return *dir != NULL && *name != NULL ? 0 : ENOMEM;
+}
+
 static char *bfs_full_key(TALLOC_CTX *mem_ctx, const char *dir,
 			  const char *name, bool is_dir)
 {
@@ -636,19 +647,16 @@ int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
 		return rc;
 	}
 	for (i = 0; rc == 0 && i < n; i++) {
-		const char *slash = strrchr(keys[i], '/');
-		size_t dl = slash != NULL ? (size_t)(slash - keys[i]) + 1 : 0;
 		struct bfs_entry e = ents[i], old;
-		char *dir = talloc_strndup(tmp, keys[i], dl);
+		char *dir;
 		MDB_val k, v;
 
-		e.name = talloc_strdup(tmp, keys[i] + dl);
-		e.ino = 0;
-		e.flags = 0;
-		if (dir == NULL || e.name == NULL) {
-			rc = ENOMEM;
+		rc = bfs_key_split(tmp, keys[i], &dir, &e.name);
+		if (rc != 0) {
 			break;
 		}
+		e.ino = 0;
+		e.flags = 0;
 		k = bfs_ent_key(tmp, dir, e.name);
 		if (k.mv_data == NULL) {
 			rc = ENOMEM;

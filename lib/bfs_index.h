@@ -22,6 +22,10 @@
 
 #include "s3_dirlist.h"
 
+/* Split a full key into its directory prefix and name (both on mem_ctx). */
+int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name);
+
 /* The root directory's inode; derived inodes never take it. */
 #define BFS_ROOT_INO 2
 

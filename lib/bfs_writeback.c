@@ -52,17 +52,6 @@ struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	return wb;
 }
 
-int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
-		  char **name)
-{
-	const char *slash = strrchr(key, '/');
-	size_t dl = slash != NULL ? (size_t)(slash - key) + 1 : 0;
-
-	*dir = talloc_strndup(mem_ctx, key, dl);
-	*name = talloc_strdup(mem_ctx, key + dl);
-	return *dir != NULL && *name != NULL ? 0 : ENOMEM;
-}
-
 /* ---- staging files ------------------------------------------------------------ */
 
 static char *bfs_stage_path(TALLOC_CTX *mem_ctx, struct bfs_wb *wb,

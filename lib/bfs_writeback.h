@@ -85,8 +85,4 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 			       const struct s3_status *st),
 		   void *priv);
 
-/* Split key into its directory prefix and name (both on mem_ctx). */
-int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
-		  char **name);
-
 #endif
