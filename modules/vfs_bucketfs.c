@@ -44,6 +44,13 @@ static int vfs_bucketfs_debug_level = DBGC_VFS;
 #define DBGC_CLASS vfs_bucketfs_debug_level
 
 #define BFS_MODULE "bucketfs"
+/*
+ * The name "vfs objects" loads; a sanitizer build sets its own so it can
+ * sit next to the real module (smb.conf parameters stay "bucketfs:").
+ */
+#ifndef BFS_VFS_NAME
+#define BFS_VFS_NAME BFS_MODULE
+#endif
 /* Directory entries read from the index per refill of a DIR handle. */
 #define BFS_DIR_PAGE 256
 
@@ -3202,7 +3209,7 @@ NTSTATUS vfs_bucketfs_init(TALLOC_CTX *ctx)
 		vfs_bucketfs_debug_level = DBGC_VFS;
 		DBG_ERR("bucketfs: cannot add the debug class; logging as vfs\n");
 	}
-	return smb_register_vfs(SMB_VFS_INTERFACE_VERSION, BFS_MODULE,
+	return smb_register_vfs(SMB_VFS_INTERFACE_VERSION, BFS_VFS_NAME,
 				&bucketfs_fns);
 }
 
