@@ -74,6 +74,8 @@ struct s3_req_state {
 	char *etag;
 	char *request_id;
 	time_t last_modified;
+	bool has_range;
+	uint64_t range_first, range_last, range_total;
 
 	struct s3_status st;
 };
@@ -304,6 +306,9 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	c->cfg = *cfg;
 	c->cfg.region = talloc_strdup(c, cfg->region);
 	c->cfg.bucket = talloc_strdup(c, cfg->bucket);
+	c->cfg.ca_file = cfg->ca_file != NULL && cfg->ca_file[0] != '\0' ?
+				 talloc_strdup(c, cfg->ca_file) :
+				 NULL;
 	c->cfg.creds.access_key = talloc_strdup(c, cfg->creds.access_key);
 	c->cfg.creds.secret_key = talloc_strdup(c, cfg->creds.secret_key);
 	c->cfg.creds.session_token =
@@ -563,6 +568,7 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		TALLOC_FREE(s->etag);
 		TALLOC_FREE(s->request_id);
 		s->last_modified = -1;
+		s->has_range = false;
 		return len;
 	}
 	if (colon == NULL) {
@@ -588,6 +594,22 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 	} else if (nlen == 16 && strncasecmp(buf, "x-amz-request-id", 16) == 0) {
 		talloc_free(s->request_id);
 		s->request_id = talloc_strndup(s, v, vlen);
+	} else if (nlen == 13 && strncasecmp(buf, "Content-Range", 13) == 0) {
+		char *r = talloc_strndup(s, v, vlen);
+		unsigned long long a, b, t;
+		int used = 0;
+
+		/* Anything but the full form ("bytes 0-9/100") counts as none. */
+		s->has_range = r != NULL &&
+			       sscanf(r, "bytes %llu-%llu/%llu%n", &a, &b, &t,
+				      &used) == 3 &&
+			       (size_t)used == vlen && a <= b && b < t;
+		if (s->has_range) {
+			s->range_first = a;
+			s->range_last = b;
+			s->range_total = t;
+		}
+		talloc_free(r);
 	} else if (nlen == 13 && strncasecmp(buf, "Last-Modified", 13) == 0) {
 		char *d = talloc_strndup(s, v, vlen);
 		if (d != NULL) {
@@ -770,6 +792,9 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 			 c->cfg.verify_tls ? 1L : 0L);
 	curl_easy_setopt(s->easy, CURLOPT_SSL_VERIFYHOST,
 			 c->cfg.verify_tls ? 2L : 0L);
+	if (c->cfg.ca_file != NULL) {
+		curl_easy_setopt(s->easy, CURLOPT_CAINFO, c->cfg.ca_file);
+	}
 	curl_easy_setopt(s->easy, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (strcmp(r->method, "HEAD") == 0) {
 		curl_easy_setopt(s->easy, CURLOPT_NOBODY, 1L);
@@ -996,6 +1021,19 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 		retry = s3_http_retryable(s->http_status,
 					  doc ? doc->code : NULL,
 					  s->r.idempotent);
+	} else if (s->r.sink != NULL && s->r.sink->end != NULL &&
+		   (err = s->r.sink->end(s->r.sink->priv, &(struct s3_body_info){
+			.http_status = s->http_status, .etag = s->etag,
+			.has_range = s->has_range,
+			.range_first = s->range_first,
+			.range_last = s->range_last,
+			.range_total = s->range_total})) != 0) {
+		/* A body curl took whole but that is not what we asked for:
+		 * a proxy or server got it wrong; ask again. */
+		s3_status_set(&s->st, "BadResponseBody",
+			      err == EBADMSG ? "checksum mismatch" :
+					       "not the range asked for", NULL);
+		retry = s->r.idempotent;
 	} else {
 		/* Success; curl has checked Content-Length against the body. */
 		s->st.err = 0;

@@ -23,6 +23,8 @@ struct s3_client_config {
 	const char *bucket;
 	bool path_style;
 	bool verify_tls;
+	/* PEM file of the CAs to trust; NULL: the system's bundle */
+	const char *ca_file;
 	unsigned max_requests;	     /* in flight at once; 0: 16 */
 	unsigned connect_timeout_ms; /* 0: 5000 */
 	unsigned request_timeout_ms; /* whole request; 0: 60000 */
@@ -45,6 +47,14 @@ struct s3_status {
 void s3_status_set(struct s3_status *st, const char *code,
 		   const char *message, const char *request_id);
 
+/* What a 2xx answer said about its body (for s3_body_sink.end). */
+struct s3_body_info {
+	long http_status;
+	const char *etag; /* without quotes, or NULL */
+	bool has_range;	  /* a Content-Range "bytes FIRST-LAST/TOTAL" */
+	uint64_t range_first, range_last, range_total;
+};
+
 /* Where a successful (2xx) response body goes, piece by piece. */
 struct s3_body_sink {
 	/* Called before each attempt: a retry starts the body over. */
@@ -52,6 +62,12 @@ struct s3_body_sink {
 	/* 0, or an errno to abort the request (not retried). */
 	int (*write)(void *priv, const void *data, size_t len);
 	void *priv;
+	/*
+	 * Optional, after a 2xx answer: 0, or an errno when the body is not
+	 * what was asked for (another range, short, a checksum mismatch).
+	 * Such an answer is retried like a broken connection.
+	 */
+	int (*end)(void *priv, const struct s3_body_info *info);
 };
 
 struct s3_request {

@@ -3,11 +3,14 @@
  *
  * S3 keys are not paths: some cannot be shown as a name in a directory.
  * Those are counted in n_hidden and left out: the marker object of the
- * directory itself ("dir/"), and names that are empty (from "a//b"), "." or
- * "..".  When a key "x" and a prefix "x/" both exist, the directory wins:
- * hiding the directory would hide everything under it.
+ * directory itself ("dir/"), and names bfs_name_problem() refuses (empty
+ * from "a//b", "." or "..", invalid UTF-8, too long as an SMB name...).
+ * When a key "x" and a prefix "x/" both exist, the directory wins: hiding
+ * the directory would hide everything under it.  All but a data-less
+ * marker are kept in the sample, for a log line.
  */
 #include "s3_dirlist.h"
+#include "bfs_name.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -28,10 +31,21 @@ struct s3_dir *s3_dir_new(TALLOC_CTX *mem_ctx, const char *prefix)
 	return d;
 }
 
-static bool s3_name_ok(const char *name)
+static void s3_dir_hide(struct s3_dir *d, const char *key, const char *why)
 {
-	return name[0] != '\0' && strcmp(name, ".") != 0 &&
-	       strcmp(name, "..") != 0;
+	struct s3_hidden *h;
+
+	d->n_hidden++;
+	if (why == NULL ||
+	    d->n_hidden_sample == sizeof(d->hidden) / sizeof(d->hidden[0])) {
+		return;
+	}
+	h = &d->hidden[d->n_hidden_sample];
+	h->key = bfs_name_printable(d, key);
+	h->why = why;
+	if (h->key != NULL) {
+		d->n_hidden_sample++;
+	}
 }
 
 static int s3_dir_push(struct s3_dir *d, struct s3_dirent e)
@@ -56,9 +70,25 @@ int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page)
 		const struct s3_object_entry *o = &page->objects[i];
 		struct s3_dirent e = {0};
 
-		if (strncmp(o->key, d->prefix, plen) != 0 ||
-		    !s3_name_ok(o->key + plen) || strchr(o->key + plen, '/')) {
-			d->n_hidden++;
+		const char *why;
+
+		if (strncmp(o->key, d->prefix, plen) != 0) {
+			s3_dir_hide(d, o->key, "outside the listed prefix");
+			continue;
+		}
+		if (o->key[plen] == '\0') {
+			/* The directory's own marker: only data in it is news. */
+			s3_dir_hide(d, o->key, o->size > 0 ?
+				    "a key ending in '/' that holds data" : NULL);
+			continue;
+		}
+		if (strchr(o->key + plen, '/') != NULL) {
+			/* Only a server ignoring the delimiter sends this. */
+			s3_dir_hide(d, o->key, "a '/' inside the name");
+			continue;
+		}
+		if ((why = bfs_name_problem(o->key + plen)) != NULL) {
+			s3_dir_hide(d, o->key, why);
 			continue;
 		}
 		e.name = talloc_strdup(d, o->key + plen);
@@ -74,18 +104,24 @@ int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page)
 		size_t l = strlen(p);
 		struct s3_dirent e = {.is_dir = true, .mtime = -1};
 
+		const char *why;
+
 		if (l <= plen + 1 || strncmp(p, d->prefix, plen) != 0 ||
 		    p[l - 1] != '/') {
-			d->n_hidden++;
+			s3_dir_hide(d, p, l == plen + 1 ?
+				    "an empty path segment ('//')" :
+				    "outside the listed prefix");
 			continue;
 		}
 		e.name = talloc_strndup(d, p + plen, l - plen - 1);
 		if (e.name == NULL) {
 			return ENOMEM;
 		}
-		if (!s3_name_ok(e.name) || strchr(e.name, '/')) {
+		why = strchr(e.name, '/') ? "an empty path segment ('//')" :
+					     bfs_name_problem(e.name);
+		if (why != NULL) {
 			talloc_free(e.name);
-			d->n_hidden++;
+			s3_dir_hide(d, p, why);
 			continue;
 		}
 		if ((ret = s3_dir_push(d, e)) != 0) {
@@ -111,7 +147,11 @@ void s3_dir_finish(struct s3_dir *d)
 	qsort(d->ents, d->n, sizeof(*d->ents), s3_dirent_cmp);
 	for (i = 0; i < d->n; i++) {
 		if (o > 0 && strcmp(d->ents[o - 1].name, d->ents[i].name) == 0) {
-			d->n_hidden++;
+			char *key = talloc_asprintf(d, "%s%s", d->prefix,
+						    d->ents[i].name);
+			s3_dir_hide(d, key ? key : d->ents[i].name,
+				    "an object with the name of a directory");
+			talloc_free(key);
 			continue;
 		}
 		d->ents[o++] = d->ents[i];

@@ -21,6 +21,12 @@ struct s3_dir {
 	struct s3_dirent *ents;
 	size_t n;
 	size_t n_hidden; /* keys that cannot be a name here (see .c) */
+	/* The first few of them worth telling an admin. */
+	struct s3_hidden {
+		char *key;
+		const char *why; /* static text */
+	} hidden[8];
+	size_t n_hidden_sample;
 };
 
 /* Fetch every page.  prefix: "" or ending in '/'. */

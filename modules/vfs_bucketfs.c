@@ -29,6 +29,7 @@
 #include "bfs_cache.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
+#include "bfs_name.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "bfs_writeback.h"
@@ -68,7 +69,12 @@ const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 struct bfs_conn {
 	const char *service;
 	int snum;
-	const struct security_unix_token *owner; /* connected or forced user */
+	/*
+	 * The connected or forced user, copied: smbd replaces (and frees)
+	 * conn->session_info on every change of user.
+	 */
+	uid_t owner_uid;
+	gid_t owner_gid;
 	time_t config_read;	/* when the reloadable parameters were read */
 	const char *imds;	/* metadata service the credentials came from */
 	struct bfs_stats *stats;	/* the cache folder's shared totals */
@@ -257,9 +263,32 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
-	*rel = talloc_strdup(mem_ctx, norm + 1);
+	/* Names smbd hands us carry SMB's refused characters mapped. */
+	*rel = bfs_path_to_s3(mem_ctx, norm + 1);
 	TALLOC_FREE(frame);
 	return *rel != NULL ? 0 : ENOMEM;
+}
+
+/* The absolute SMB path of share-relative key path rel (for smbd). */
+static char *bfs_abs_of_rel(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+			    const char *rel)
+{
+	char *smb, *abs;
+
+	if (rel[0] == '\0') {
+		return talloc_strdup(mem_ctx, bc->connectpath);
+	}
+	smb = bfs_path_to_smb(mem_ctx, rel);
+	if (smb == NULL) {
+		return NULL;
+	}
+	abs = talloc_asprintf(mem_ctx, "%s%s%s", bc->connectpath,
+			      strcmp(bc->connectpath, "/") ? "/" : "", smb);
+	talloc_free(smb);
+	if (abs == NULL) {
+		errno = ENOMEM;
+	}
+	return abs;
 }
 
 static char *bfs_key(TALLOC_CTX *mem_ctx, struct bfs_conn *bc, const char *rel)
@@ -531,10 +560,17 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		TALLOC_FREE(frame);
 		return ret;
 	}
-	if (dir->n_hidden > 0) {
-		DBG_INFO("bucketfs: %zu key(s) under s3://%s/%s cannot be "
-			 "shown as names and are hidden\n",
-			 dir->n_hidden, bc->cfg.bucket, prefix);
+	if (dir->n_hidden_sample > 0) {
+		size_t i;
+
+		DBG_WARNING("bucketfs: share %s: %zu key(s) under s3://%s/%s "
+			    "cannot be SMB names and are hidden, e.g. '%s' (%s)\n",
+			    bc->service, dir->n_hidden, bc->cfg.bucket,
+			    prefix, dir->hidden[0].key, dir->hidden[0].why);
+		for (i = 0; i < dir->n_hidden_sample; i++) {
+			DBG_NOTICE("bucketfs: hidden key '%s': %s\n",
+				   dir->hidden[i].key, dir->hidden[i].why);
+		}
 	}
 	ret = bfs_index_store_dir(bc->index, dir, now);
 	if (ret != 0) {
@@ -559,8 +595,8 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 	sbuf->st_ex_mode = is_dir ? (S_IFDIR | bc->dir_mode) :
 				    (S_IFREG | bc->file_mode);
 	sbuf->st_ex_nlink = is_dir ? 2 : 1;
-	sbuf->st_ex_uid = bc->owner->uid;
-	sbuf->st_ex_gid = bc->owner->gid;
+	sbuf->st_ex_uid = bc->owner_uid;
+	sbuf->st_ex_gid = bc->owner_gid;
 	sbuf->st_ex_size = is_dir ? 0 : (off_t)size;
 	sbuf->st_ex_atime = ts;
 	sbuf->st_ex_mtime = ts;
@@ -883,7 +919,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
 	struct bfs_conn *bc;
-	const char *bucket, *prefix, *endpoint, *cache_dir;
+	const char *bucket, *prefix, *endpoint, *cache_dir, *ca_file;
 	uint64_t cache_size;
 	int ret;
 
@@ -898,7 +934,8 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	 * Files belong to the user the tree is connected as (with force
 	 * user applied): that token, read without a system call per stat.
 	 */
-	bc->owner = handle->conn->session_info->unix_token;
+	bc->owner_uid = handle->conn->session_info->unix_token->uid;
+	bc->owner_gid = handle->conn->session_info->unix_token->gid;
 	bfs_follow_config(bc);
 	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
@@ -931,6 +968,13 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 					  "path style", false);
 	bc->cfg.verify_tls = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
 					  "verify tls", true);
+	ca_file = bfs_param(handle, "ca file", NULL);
+	if (ca_file != NULL && ca_file[0] != '\0') {
+		bc->cfg.ca_file = talloc_strdup(bc, ca_file);
+		if (bc->cfg.ca_file == NULL) {
+			goto nomem;
+		}
+	}
 	bc->cfg.request_timeout_ms =
 		1000 * (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
 					     "request timeout", 30);
@@ -1220,16 +1264,17 @@ static struct dirent *bfs_readdir(struct vfs_handle_struct *handle,
 			return NULL;
 		}
 		dh->pos++;
-		if (strlen(e->name) < sizeof(dh->de.d_name)) {
+		/* libreplace's memset_s lives in a library smbd does not
+		 * export to modules: plain libc here. */
+		memset(&dh->de, 0, sizeof(dh->de));
+		if (bfs_name_to_smb_buf(e->name, dh->de.d_name,
+					sizeof(dh->de.d_name)) == 0) {
 			break;
 		}
-		DBG_INFO("bucketfs: name longer than %zu bytes hidden in %s\n",
-			 sizeof(dh->de.d_name) - 1, dh->prefix);
+		/* The listing hid these; an index filled otherwise may not. */
+		DBG_INFO("bucketfs: a name in %s cannot be an SMB name (%s)\n",
+			 dh->prefix, bfs_name_problem(e->name) ?: "too long");
 	}
-	/* libreplace's strlcpy/memset_s live in a library smbd does not
-	 * export to modules: plain libc here. */
-	memset(&dh->de, 0, sizeof(dh->de));
-	snprintf(dh->de.d_name, sizeof(dh->de.d_name), "%s", e->name);
 	dh->de.d_off = dh->pos;
 	dh->de.d_reclen = sizeof(dh->de);
 	dh->de.d_type = e->is_dir ? DT_DIR : DT_REG;
@@ -1294,9 +1339,12 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 		ret = bfs_index_children(bc->index, frame, prefix, after,
 					 BFS_DIR_PAGE, &ents, &n);
 		for (i = 0; ret == 0 && i < n; i++) {
-			if (strequal(ents[i].name, name)) {
-				*found_name = talloc_strdup(mem_ctx,
-							    ents[i].name);
+			char smb[BFS_NAME_MAX + 1];
+
+			if (bfs_name_to_smb_buf(ents[i].name, smb,
+						sizeof(smb)) == 0 &&
+			    strequal(smb, name)) {
+				*found_name = talloc_strdup(mem_ctx, smb);
 				TALLOC_FREE(frame);
 				return *found_name ? NT_STATUS_OK :
 						     NT_STATUS_NO_MEMORY;
@@ -1781,13 +1829,9 @@ static int bfs_chdir(struct vfs_handle_struct *handle,
 		errno = ret;
 		return -1;
 	}
-	abs = rel[0] ? talloc_asprintf(bc, "%s%s%s", bc->connectpath,
-				       strcmp(bc->connectpath, "/") ? "/" : "",
-				       rel) :
-		       talloc_strdup(bc, bc->connectpath);
+	abs = bfs_abs_of_rel(bc, bc, rel);
 	TALLOC_FREE(rel);
 	if (abs == NULL) {
-		errno = ENOMEM;
 		return -1;
 	}
 	TALLOC_FREE(bc->cwd);
@@ -1824,12 +1868,12 @@ static struct smb_filename *bfs_realpath(struct vfs_handle_struct *handle,
 		errno = ret;
 		return NULL;
 	}
-	abs = rel[0] ? talloc_asprintf(talloc_tos(), "%s%s%s", bc->connectpath,
-				       strcmp(bc->connectpath, "/") ? "/" : "",
-				       rel) :
-		       talloc_strdup(talloc_tos(), bc->connectpath);
+	abs = bfs_abs_of_rel(talloc_tos(), bc, rel);
 	TALLOC_FREE(rel);
-	out = abs ? synthetic_smb_fname(ctx, abs, NULL, NULL, 0, 0) : NULL;
+	if (abs == NULL) {
+		return NULL;
+	}
+	out = synthetic_smb_fname(ctx, abs, NULL, NULL, 0, 0);
 	TALLOC_FREE(abs);
 	if (out == NULL) {
 		errno = ENOMEM;
