@@ -45,13 +45,8 @@
 
 enum { SEG_PROBATION = 0, SEG_PROTECTED = 1 };
 
-struct bfs_block_rec {
-	uint64_t gen;
-	uint64_t tick;
-	uint32_t len;
-	uint8_t seg;
-	uint8_t pad[3];
-};
+/* The stored layout: changing it orphans every cache on disk. */
+_Static_assert(sizeof(struct bfs_block_rec) == 24, "block record layout");
 
 struct bfs_block_key {
 	uint8_t id[16];
@@ -366,6 +361,23 @@ static MDB_txn *bfs_cache_rtxn(struct bfs_cache *c)
 	return c->rtxn;
 }
 
+int bfs_cache_block_decode(const void *buf, size_t len,
+			   struct bfs_block_rec *rec)
+{
+	if (len != sizeof(*rec)) {
+		return EBADMSG;
+	}
+	memcpy(rec, buf, sizeof(*rec));
+	/* Every writer starts from a zeroed record and a block is never
+	 * empty nor larger than the largest block size bfs_cache_open takes. */
+	if (rec->seg > SEG_PROTECTED || rec->len == 0 ||
+	    rec->len > (1U << 31) || rec->pad[0] != 0 || rec->pad[1] != 0 ||
+	    rec->pad[2] != 0) {
+		return EBADMSG;
+	}
+	return 0;
+}
+
 /*
  * The block's record, in a short read transaction: the reused one of the
  * owning thread, or (mt) one of the calling thread's own.
@@ -381,8 +393,11 @@ static bool bfs_cache_get(struct bfs_cache *c, const struct bfs_block_key *bk,
 		 (txn = bfs_cache_rtxn(c)) == NULL) {
 		return false;
 	}
-	if (mdb_get(txn, c->blocks, &k, &v) == 0 && v.mv_size == sizeof(*rec)) {
-		memcpy(rec, v.mv_data, sizeof(*rec));
+	/* The key names this cache's block size (bfs_cache_make_id): a
+	 * longer record would have a read take the next block's bytes. */
+	if (mdb_get(txn, c->blocks, &k, &v) == 0 &&
+	    bfs_cache_block_decode(v.mv_data, v.mv_size, rec) == 0 &&
+	    rec->len <= c->block_size) {
 		found = true;
 	}
 	if (mt) {
@@ -565,10 +580,12 @@ static int bfs_cache_drop(struct bfs_cache *c, MDB_txn *txn,
 		return rc;
 	}
 	rc = mdb_get(txn, c->blocks, &k, &v);
-	if (rc != 0 || v.mv_size != sizeof(rec)) {
-		return rc != 0 ? rc : MDB_CORRUPTED;
+	if (rc != 0) {
+		return rc;
 	}
-	memcpy(&rec, v.mv_data, sizeof(rec));
+	if (bfs_cache_block_decode(v.mv_data, v.mv_size, &rec) != 0) {
+		return MDB_CORRUPTED;
+	}
 	*len = rec.len;
 	return mdb_del(txn, c->blocks, &k, NULL);
 }
@@ -958,10 +975,10 @@ static int bfs_cache_demote(struct bfs_cache *c, MDB_txn *txn, uint64_t *prot)
 		k.mv_size = sizeof(lk.bk);
 		k.mv_data = &lk.bk;
 		rc = mdb_get(txn, c->blocks, &k, &v);
-		if (rc != 0 || v.mv_size != sizeof(rec)) {
+		if (rc != 0 ||
+		    bfs_cache_block_decode(v.mv_data, v.mv_size, &rec) != 0) {
 			break;
 		}
-		memcpy(&rec, v.mv_data, sizeof(rec));
 		rc = mdb_del(txn, c->lru, &lkv, NULL);
 		if (rc != 0) {
 			break;
@@ -1007,10 +1024,9 @@ int bfs_cache_flush(struct bfs_cache *c)
 		MDB_val okv = {sizeof(old), &old}, nkv = {sizeof(new), &new};
 
 		if (mdb_get(txn, c->blocks, &k, &v) != 0 ||
-		    v.mv_size != sizeof(rec)) {
-			continue; /* evicted since */
+		    bfs_cache_block_decode(v.mv_data, v.mv_size, &rec) != 0) {
+			continue; /* evicted since (or for fsck to drop) */
 		}
-		memcpy(&rec, v.mv_data, sizeof(rec));
 		bfs_lru_key(&old, rec.seg, rec.tick, &c->touched[i]);
 		rc = mdb_del(txn, c->lru, &okv, NULL);
 		if (rc == MDB_NOTFOUND) {
@@ -1106,7 +1122,9 @@ static void bfs_cache_check_files(struct bfs_cache *c, const uint8_t *ids,
 				ok = sscanf(e->d_name + 2 * i, "%2x", &x) == 1;
 				id[i] = (uint8_t)x;
 			}
-			if (ok && bsearch(id, ids, n_ids, 16, bfs_id_cmp) != NULL) {
+			/* No records: ids is NULL, which bsearch may not get. */
+			if (ok && n_ids > 0 &&
+			    bsearch(id, ids, n_ids, 16, bfs_id_cmp) != NULL) {
 				continue;
 			}
 			r->orphan_files++;
@@ -1140,10 +1158,9 @@ static int bfs_lru_entry_ok(void *priv, const MDB_val *k, const MDB_val *v)
 	bkv.mv_size = sizeof(lk.bk);
 	bkv.mv_data = &lk.bk;
 	if (mdb_get(sw->txn, sw->c->blocks, &bkv, &rv) != 0 ||
-	    rv.mv_size != sizeof(rec)) {
+	    bfs_cache_block_decode(rv.mv_data, rv.mv_size, &rec) != 0) {
 		return 0;
 	}
-	memcpy(&rec, rv.mv_data, sizeof(rec));
 	return rec.seg == lk.seg && rec.tick == get_be64(lk.tick);
 }
 
@@ -1170,9 +1187,14 @@ int bfs_cache_check(struct bfs_cache *c, bool repair,
 
 	memset(r, 0, sizeof(*r));
 	if (refs_in != NULL) {
-		refs = talloc_memdup(c, refs_in, n_refs * sizeof(*refs) + 1);
+		/* One spare element: never a zero-sized chunk, never a read
+		 * past the caller's array. */
+		refs = talloc_array(c, struct bfs_cache_ref, n_refs + 1);
 		if (refs == NULL) {
 			return ENOMEM;
+		}
+		if (n_refs > 0) {
+			memcpy(refs, refs_in, n_refs * sizeof(*refs));
 		}
 		qsort(refs, n_refs, sizeof(*refs), bfs_ref_cmp);
 	}
@@ -1196,7 +1218,8 @@ int bfs_cache_check(struct bfs_cache *c, bool repair,
 		uint64_t blk, end;
 		bool drop;
 
-		if (k.mv_size != sizeof(bk) || v.mv_size != sizeof(rec)) {
+		if (k.mv_size != sizeof(bk) ||
+		    bfs_cache_block_decode(v.mv_data, v.mv_size, &rec) != 0) {
 			r->bad_blocks++;
 			rc = repair ? mdb_cursor_del(cur, 0) : 0;
 			rc = rc == 0 ? mdb_cursor_get(cur, &k, &v,
@@ -1205,7 +1228,6 @@ int bfs_cache_check(struct bfs_cache *c, bool repair,
 			continue;
 		}
 		memcpy(&bk, k.mv_data, sizeof(bk));
-		memcpy(&rec, v.mv_data, sizeof(rec));
 		r->blocks++;
 		if (!have_last || memcmp(last_id, bk.id, 16) != 0) {
 			char path[PATH_MAX];
@@ -1296,7 +1318,9 @@ int bfs_cache_check(struct bfs_cache *c, bool repair,
 		}
 	}
 	if (rc == 0) {
-		qsort(ids, n_ids, 16, bfs_id_cmp);
+		if (n_ids > 1) { /* an empty cache has ids NULL: not for qsort */
+			qsort(ids, n_ids, 16, bfs_id_cmp);
+		}
 		bfs_cache_check_files(c, ids, n_ids, repair, r);
 	}
 	flock(c->lock_fd, LOCK_UN);
@@ -1343,8 +1367,8 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 			struct bfs_lru_key lk;
 			MDB_val lkv = {sizeof(lk), &lk};
 
-			if (v.mv_size == sizeof(rec)) {
-				memcpy(&rec, v.mv_data, sizeof(rec));
+			if (bfs_cache_block_decode(v.mv_data, v.mv_size,
+						   &rec) == 0) {
 				bfs_lru_key(&lk, rec.seg, rec.tick, k.mv_data);
 				mdb_del(txn, c->lru, &lkv, NULL);
 				used -= used >= rec.len ? rec.len : used;

@@ -19,6 +19,7 @@
 #define BUCKETFS_BFS_CACHE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <talloc.h>
 
@@ -36,6 +37,25 @@ struct bfs_cache_counters {
 };
 
 struct bfs_cache;
+
+/*
+ * A block's record in LMDB, in native byte order (a cache belongs to one
+ * host).  Exposed with its decoder for tests and fuzzing: every record
+ * read from the database goes through bfs_cache_block_decode, so one that
+ * a crash, a bad disk or a foreign program left malformed is refused
+ * (as if the block were absent, and dropped by fsck), never believed.
+ */
+struct bfs_block_rec {
+	uint64_t gen;	/* the fill that wrote the bytes; readers compare it */
+	uint64_t tick;	/* last use: the place in the eviction order */
+	uint32_t len;	/* bytes present: the block size, less at the end */
+	uint8_t seg;	/* eviction segment: 0 probation, 1 protected */
+	uint8_t pad[3]; /* zero */
+};
+
+/* 0 with *rec, or EBADMSG (wrong size, unknown segment, bad length). */
+int bfs_cache_block_decode(const void *buf, size_t len,
+			   struct bfs_block_rec *rec);
 
 /*
  * Open the cache in dir (created 0700).  limit: bytes of block data to

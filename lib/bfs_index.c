@@ -146,8 +146,11 @@ int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 		return EBADMSG;
 	}
 	memcpy(&r, buf, sizeof(r));
+	/* A NUL inside the ETag would decode to a shorter ETag than stored
+	 * (and the cache identity derived from it): not a record we wrote. */
 	if (r.version != BFS_ENT_VERSION || r.is_dir > 1 ||
-	    len != sizeof(r) + r.etag_len) {
+	    len != sizeof(r) + r.etag_len ||
+	    memchr((const char *)buf + sizeof(r), '\0', r.etag_len) != NULL) {
 		return EBADMSG;
 	}
 	e->is_dir = r.is_dir != 0;
@@ -865,7 +868,9 @@ static int bfs_ino_owned(void *priv, const MDB_val *k, const MDB_val *v)
 		return 0;
 	}
 	memcpy(&ino, k->mv_data, sizeof(ino));
-	return bsearch(&ino, o->inos, o->n, sizeof(ino), bfs_u64_cmp) != NULL;
+	/* No entries: inos is NULL, which bsearch may not get. */
+	return o->n > 0 &&
+	       bsearch(&ino, o->inos, o->n, sizeof(ino), bfs_u64_cmp) != NULL;
 }
 
 /*
@@ -988,7 +993,9 @@ int bfs_index_check(struct bfs_index *idx, bool repair,
 	if (rc == 0) {
 		struct bfs_owned owned = {inos, n};
 
-		qsort(inos, n, sizeof(*inos), bfs_u64_cmp);
+		if (n > 1) { /* no entries: inos is NULL, not for qsort */
+			qsort(inos, n, sizeof(*inos), bfs_u64_cmp);
+		}
 		rc = bfs_lmdb_sweep(txn, idx->inos, repair, bfs_ino_owned,
 				    &owned, &r->ino_orphans);
 	}

@@ -144,7 +144,10 @@ void s3_dir_finish(struct s3_dir *d)
 {
 	size_t i, o = 0;
 
-	qsort(d->ents, d->n, sizeof(*d->ents), s3_dirent_cmp);
+	/* An empty listing has ents NULL, which qsort may not get. */
+	if (d->n > 1) {
+		qsort(d->ents, d->n, sizeof(*d->ents), s3_dirent_cmp);
+	}
 	for (i = 0; i < d->n; i++) {
 		if (o > 0 && strcmp(d->ents[o - 1].name, d->ents[i].name) == 0) {
 			char *key = talloc_asprintf(d, "%s%s", d->prefix,

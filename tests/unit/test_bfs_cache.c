@@ -8,12 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "test_tmpdir.h"
 
 #include "bfs_cache.h"
+#include "bfs_lmdb.h"
 
 #define BS 4096u
 
@@ -180,6 +183,127 @@ static void test_check_against_the_index(void **state)
 	talloc_free(t);
 }
 
+/*
+ * fsck of a cache without block records: nothing to sort or search
+ * (asan-unit's UBSan caught both getting a NULL array), and a file
+ * without any record is still found and removed.
+ */
+static void test_check_of_a_cache_without_records(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_fsck r;
+	char *sub, *file;
+	FILE *f;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_check(c, true, NULL, 0, &r), 0);
+	assert_int_equal(r.blocks, 0);
+	assert_int_equal(r.orphan_files, 0);
+
+	sub = talloc_asprintf(t, "%s/blocks/ab", dir);
+	file = talloc_asprintf(t, "%s/ab0123456789abcdef0123456789abcd", sub);
+	assert_int_equal(bfs_mkdirs(sub), 0);
+	assert_non_null(f = fopen(file, "w"));
+	fclose(f);
+	assert_int_equal(bfs_cache_check(c, false, NULL, 0, &r), 0);
+	assert_int_equal(r.orphan_files, 1);
+	assert_int_equal(access(file, F_OK), 0);
+	assert_int_equal(bfs_cache_check(c, true, NULL, 0, &r), 0);
+	assert_int_equal(r.orphan_files, 1);
+	assert_int_equal(access(file, F_OK), -1);
+	talloc_free(t);
+}
+
+/* Overwrite the first block record of the closed cache at dir. */
+static void set_first_record(const char *dir, const struct bfs_block_rec *rec)
+{
+	char map[4096];
+	const char *why = NULL;
+	MDB_env *env = NULL;
+	MDB_txn *txn = NULL;
+	MDB_dbi dbi;
+	MDB_cursor *cur = NULL;
+	MDB_val k, v = {sizeof(*rec), (void *)rec};
+
+	snprintf(map, sizeof(map), "%s/map", dir);
+	assert_int_equal(bfs_lmdb_open(map, 8ULL << 30, 4, &env, &why), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "blocks", 0, &dbi), 0);
+	assert_int_equal(mdb_cursor_open(txn, dbi, &cur), 0);
+	assert_int_equal(mdb_cursor_get(cur, &k, &(MDB_val){0}, MDB_FIRST), 0);
+	assert_int_equal(mdb_cursor_put(cur, &k, &v, MDB_CURRENT), 0);
+	mdb_cursor_close(cur);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	bfs_lmdb_close(env);
+}
+
+/*
+ * A block record is believed only if the cache could have written it: a
+ * record claiming more bytes than a block holds would have a read copy
+ * the next block's bytes, one with an unknown segment is not ours.
+ */
+static void test_damaged_block_records_are_not_believed(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id a;
+	struct bfs_block_rec rec = {.gen = 1, .tick = 1, .len = BS}, got_rec;
+	uint8_t data[2 * BS], out[2 * BS];
+	uint32_t got = 0;
+
+	(void)state;
+	assert_int_equal(bfs_cache_block_decode(&rec, sizeof(rec), &got_rec), 0);
+	assert_memory_equal(&rec, &got_rec, sizeof(rec));
+	assert_int_equal(bfs_cache_block_decode(&rec, sizeof(rec) - 1, &got_rec),
+			 EBADMSG);
+	rec.seg = 2;
+	assert_int_equal(bfs_cache_block_decode(&rec, sizeof(rec), &got_rec),
+			 EBADMSG);
+	rec.seg = 0;
+	rec.len = 0;
+	assert_int_equal(bfs_cache_block_decode(&rec, sizeof(rec), &got_rec),
+			 EBADMSG);
+	rec.len = BS;
+	rec.pad[1] = 1;
+	assert_int_equal(bfs_cache_block_decode(&rec, sizeof(rec), &got_rec),
+			 EBADMSG);
+	rec.pad[1] = 0;
+
+	/* Blocks 3 and 4, the first record is block 3's. */
+	bfs_cache_make_id("bkt", "k", "etag", BS, &a);
+	block_bytes(data, 3, 1);
+	block_bytes(data + BS, 4, 1);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_fill(c, &a, 3, data, 2 * BS), 0);
+	TALLOC_FREE(c);
+	rec.len = 2 * BS;
+	set_first_record(dir, &rec);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_read(c, &a, 3, 0, 2 * BS, out, &got), ENOENT);
+	assert_false(bfs_cache_present(c, &a, 3));
+	TALLOC_FREE(c);
+
+	rec.len = BS;
+	rec.seg = 9;
+	set_first_record(dir, &rec);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_read(c, &a, 3, 0, BS, out, &got), ENOENT);
+	TALLOC_FREE(c);
+
+	/* The record as the cache writes it is read again. */
+	rec.seg = 0;
+	set_first_record(dir, &rec);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_read(c, &a, 3, 0, BS, out, &got), 0);
+	assert_int_equal(got, BS);
+	assert_memory_equal(out, data, BS);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -187,6 +311,8 @@ int main(void)
 		cmocka_unit_test(test_limit_and_scan_resistance),
 		cmocka_unit_test(test_block_larger_than_cache_is_refused),
 		cmocka_unit_test(test_check_against_the_index),
+		cmocka_unit_test(test_check_of_a_cache_without_records),
+		cmocka_unit_test(test_damaged_block_records_are_not_believed),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }
