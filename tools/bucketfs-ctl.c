@@ -211,6 +211,7 @@ static struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev)
 	cfg.endpoint = ctl_param(c, "endpoint", NULL);
 	cfg.path_style = ctl_bool(c, "path style", false);
 	cfg.verify_tls = ctl_bool(c, "verify tls", true);
+	cfg.ca_file = ctl_param(c, "ca file", NULL);
 	cfg.max_requests = (unsigned)atoi(ctl_param(c, "max requests", "16"));
 	cfg.max_retries = (unsigned)atoi(ctl_param(c, "retries", "4"));
 	cfg.request_timeout_ms =
