@@ -10,6 +10,9 @@
 #                    (bench/compare.py; not part of make test)
 #   make bench-read  read-path benchmark (not part of make test)
 #   make bench-write write-path (checkpoint) benchmark
+#   make fuzz        libFuzzer targets (tests/fuzz), FUZZ_SECONDS each
+#   make asan-unit   the unit tests built with ASan+UBSan
+#   make valgrind-unit  the unit tests under valgrind
 
 B        := build
 SAMBA    := $(B)/samba
@@ -30,7 +33,8 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write
+.PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write \
+        fuzz fuzz-build asan-unit valgrind-unit
 all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(UNIT) $(ITEST)
 
 deps:
@@ -149,3 +153,87 @@ bench-read: all install
 
 bench-write: all install
 	@python3 bench/write_bench.py
+
+# ---- hardening: fuzzing, sanitizers, valgrind (tests/hardening.py) ----------
+#
+# Each has its own objects under build/: instrumented code must not be
+# mixed with the gcc objects of the module.  A run prints one line per
+# target or binary ("fuzz NAME: N runs, no crash", "asan NAME: ok", ...),
+# which tests/hardening.py reads; its log is build/<kind>/NAME.log.  A
+# failing target does not stop the others; the run fails at the end.
+
+CLANG        ?= clang
+FUZZ_SECONDS ?= 20
+FUZZ_SAN     := -fsanitize=address,undefined -fno-sanitize-recover=undefined
+FUZZ_FLAGS   := -g -O1 -fno-omit-frame-pointer $(WARN) -D_GNU_SOURCE -Ilib
+FUZZ_SRC     := $(sort $(wildcard tests/fuzz/*.c))
+FUZZ_BIN     := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/fuzz/%)
+FUZZ_LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/fuzz/lib/%.o)
+
+# lib/ with coverage instrumentation but without libFuzzer's main().
+$(B)/fuzz/lib/%.o: lib/%.c lib/*.h $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CLANG) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(FUZZ_SAN) $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/fuzz/libbucketfs.a: $(FUZZ_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/fuzz/%: tests/fuzz/%.c tests/fuzz/*.h $(B)/fuzz/libbucketfs.a
+	$(CLANG) $(FUZZ_FLAGS) -fsanitize=fuzzer $(FUZZ_SAN) $(PKG_CFLAGS) $< -o $@ \
+	  $(B)/fuzz/libbucketfs.a $(PKG_LIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+# Seeds from the repository, what the fuzzer finds in build/fuzz/corpus-NAME
+# (kept between runs), crashing inputs in build/fuzz/artifacts/.
+fuzz: fuzz-build
+	@mkdir -p $(B)/fuzz/artifacts; fail=0; \
+	for f in $(FUZZ_BIN); do n=$${f##*/}; log=$(B)/fuzz/$$n.log; \
+	  mkdir -p $(B)/fuzz/corpus-$$n; \
+	  if $$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	       -artifact_prefix=$(B)/fuzz/artifacts/$$n- \
+	       $(B)/fuzz/corpus-$$n tests/fuzz/corpus/$$n >$$log 2>&1 && \
+	     runs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log) && \
+	     [ "$${runs:-0}" -gt 0 ]; then \
+	    echo "fuzz $$n: $$runs runs, no crash"; \
+	  else echo "fuzz $$n: FAILED, see $$log"; fail=1; fi; \
+	done; exit $$fail
+
+SANUNIT_FLAGS   := -g -O1 -fsanitize=address,undefined -fno-omit-frame-pointer \
+                   -fno-sanitize-recover=undefined
+SANUNIT_LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/asan-unit/lib/%.o)
+SANUNIT_BIN     := $(UNIT:$(B)/tests/%=$(B)/asan-unit/%)
+
+$(B)/asan-unit/lib/%.o: lib/%.c lib/*.h $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(SANUNIT_FLAGS) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/asan-unit/libbucketfs.a: $(SANUNIT_LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(B)/asan-unit/%: tests/unit/%.c tests/unit/*.h $(B)/asan-unit/libbucketfs.a
+	$(CC) $(SANUNIT_FLAGS) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \
+	  $(B)/asan-unit/libbucketfs.a $(PKG_LIBS) -lcmocka
+
+# A sanitizer report fails the binary even where the test itself would
+# not notice (LeakSanitizer reports at exit, with the exit code set).
+asan-unit: $(SANUNIT_BIN)
+	@fail=0; for t in $(SANUNIT_BIN); do n=$${t##*/}; log=$(B)/asan-unit/$$n.log; \
+	  if ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=98 \
+	     UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 $$t >$$log 2>&1 && \
+	     ! grep -q 'Sanitizer\|runtime error:' $$log; then echo "asan $$n: ok"; \
+	  else echo "asan $$n: FAILED, see $$log"; fail=1; fi; \
+	done; exit $$fail
+
+# The ordinary (gcc -O2 -g) unit binaries: valgrind sees the code as
+# shipped.  The tests' forked children are stand-ins that only _exit; what
+# they hold then is their parent's heap, not a leak, so they are not checked.
+valgrind-unit: $(UNIT)
+	@mkdir -p $(B)/valgrind; fail=0; \
+	for t in $(UNIT); do n=$${t##*/}; log=$(B)/valgrind/$$n.log; \
+	  if valgrind -q --error-exitcode=99 --leak-check=full \
+	       --errors-for-leak-kinds=definite --show-leak-kinds=definite \
+	       --child-silent-after-fork=yes $$t >$$log 2>&1; then \
+	    echo "valgrind $$n: ok"; \
+	  else echo "valgrind $$n: FAILED, see $$log"; fail=1; fi; \
+	done; exit $$fail

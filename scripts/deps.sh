@@ -14,7 +14,9 @@ mkdir -p "$build"
 log() { printf 'deps: %s\n' "$*" >&2; }
 
 # Runtime and build packages.  Samba's build deps are the ones its minimal
-# configure needs (see DEVELOPERS.md); the rest are ours.
+# configure needs (see DEVELOPERS.md); the rest are ours (clang with its
+# runtime, which has libFuzzer and is only recommended, and valgrind: the
+# hardening tests).
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
@@ -22,6 +24,7 @@ pkgs=(
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
   nodejs npm man-db rsync
+  clang libclang-rt-14-dev valgrind
 )
 
 missing=()

@@ -27,6 +27,8 @@ import time
 import traceback
 import urllib.parse
 
+from hardening import hardening
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
@@ -470,6 +472,8 @@ def main():
         for t in sorted(os.listdir(f"{B}/tests")) if not only else []:
             if t.startswith("test_"):
                 run_tap(f"unit {t[5:]}", [f"{B}/tests/{t}"], env={"TMPDIR": f"{tmp}/unit"})
+        if only in ("", "hardening"):
+            hardening(tmp, record)
 
         if not only:
             docs()
