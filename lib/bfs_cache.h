@@ -178,4 +178,10 @@ int bfs_cache_check(struct bfs_cache *c, bool repair,
 		    const struct bfs_cache_ref *refs, size_t n_refs,
 		    struct bfs_cache_fsck *r);
 
+/*
+ * What bfs_cache_open repaired because a process had died with the cache
+ * open (see bfs_cache_register in the .c), or NULL if it found none.
+ */
+const struct bfs_cache_fsck *bfs_cache_recovery(const struct bfs_cache *c);
+
 #endif

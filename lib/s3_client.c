@@ -773,6 +773,12 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 	s3_active_add(c, s);
 
 	curl_easy_setopt(s->easy, CURLOPT_URL, s->url);
+	/*
+	 * A key is a name, not a path: "a/../b" is its own object.  Left to
+	 * itself curl would squash the dots and fetch another key than the
+	 * one signed and meant.
+	 */
+	curl_easy_setopt(s->easy, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
 	curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(s->easy, CURLOPT_ERRORBUFFER, s->errbuf);
@@ -1031,7 +1037,8 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 		/* A body curl took whole but that is not what we asked for:
 		 * a proxy or server got it wrong; ask again. */
 		s3_status_set(&s->st, "BadResponseBody",
-			      err == EBADMSG ? "checksum mismatch" :
+			      err == EBADMSG ? "body failed its check "
+					       "(checksum or document)" :
 					       "not the range asked for", NULL);
 		retry = s->r.idempotent;
 	} else {

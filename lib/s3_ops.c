@@ -306,6 +306,19 @@ static int s3_list_write(void *priv, const void *data, size_t len)
 	return s3_xml_parser_feed(s->parser, data, len, false);
 }
 
+/*
+ * The whole body is in: the document must be complete.  One cut short
+ * with a Content-Length that says so is a broken answer, asked again.
+ */
+static int s3_list_end(void *priv, const struct s3_body_info *info)
+{
+	struct s3_list_state *s = priv;
+
+	(void)info;
+	s->parse_err = s3_xml_parser_feed(s->parser, "", 0, true);
+	return s->parse_err != 0 ? EBADMSG : 0;
+}
+
 struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				struct s3_client *c, const char *prefix,
 				const char *delimiter, const char *token,
@@ -313,7 +326,7 @@ struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 {
 	struct tevent_req *req, *subreq;
 	struct s3_list_state *s;
-	struct s3_kv q[5];
+	struct s3_kv q[6];
 	size_t nq = 0;
 	char mk[16];
 
@@ -321,7 +334,10 @@ struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	if (req == NULL) {
 		return NULL;
 	}
-	s->sink = (struct s3_body_sink){s3_list_begin, s3_list_write, s, NULL};
+	s->sink = (struct s3_body_sink){s3_list_begin, s3_list_write, s,
+					s3_list_end};
+	/* XML 1.0 cannot hold every byte a key may: ask for them encoded. */
+	q[nq++] = (struct s3_kv){"encoding-type", "url"};
 	q[nq++] = (struct s3_kv){"list-type", "2"};
 	q[nq++] = (struct s3_kv){"prefix", prefix ? prefix : ""};
 	if (delimiter != NULL) {
@@ -354,19 +370,22 @@ int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 	struct s3_list_state *s = tevent_req_data(req, struct s3_list_state);
 	int ret = s3_op_recv(req, st);
 
-	if (ret == 0) {
-		ret = s3_xml_parser_feed(s->parser, "", 0, true);
-		if (ret != 0 && st != NULL) {
-			st->err = ret;
-			s3_status_set(st, "MalformedListing",
-				      s3_xml_parser_error(s->parser), NULL);
-		}
-	} else if (ret == EBADMSG && st != NULL && s->parser != NULL) {
+	if (ret == EBADMSG && st != NULL && s->parser != NULL) {
 		s3_status_set(st, "MalformedListing",
 			      s3_xml_parser_error(s->parser), NULL);
 	}
 	if (ret == 0) {
 		*listing = talloc_steal(mem_ctx, s3_xml_listing(s->parser));
+		ret = s3_listing_url_decode(*listing);
+		if (ret != 0) {
+			TALLOC_FREE(*listing);
+			if (st != NULL) {
+				st->err = ret;
+				s3_status_set(st, "MalformedListing",
+					      "bad escape in a url-encoded key",
+					      NULL);
+			}
+		}
 	}
 	tevent_req_received(req);
 	return ret;

@@ -70,7 +70,7 @@ static const char *intern(const char *n)
 		"NextContinuationToken", "Error", "Code", "Message",
 		"RequestId", "InitiateMultipartUploadResult", "UploadId",
 		"CompleteMultipartUploadResult", "CopyObjectResult",
-		"CopyPartResult",
+		"CopyPartResult", "EncodingType",
 	};
 	size_t i;
 
@@ -88,7 +88,8 @@ static bool wants_text(struct s3_xml_parser *p, const char *n)
 	case S3_XML_LISTING:
 		if (p->depth == 2) {
 			return strcmp(n, "IsTruncated") == 0 ||
-			       strcmp(n, "NextContinuationToken") == 0;
+			       strcmp(n, "NextContinuationToken") == 0 ||
+			       strcmp(n, "EncodingType") == 0;
 		}
 		if (parent_is(p, "Contents")) {
 			return strcmp(n, "Key") == 0 || strcmp(n, "Size") == 0 ||
@@ -209,7 +210,10 @@ static void listing_leaf(struct s3_xml_parser *p, const char *n,
 		if (strcmp(n, "IsTruncated") == 0) {
 			l->truncated = strcmp(t, "true") == 0;
 		} else if (strcmp(n, "NextContinuationToken") == 0) {
+			talloc_free(l->next_token);
 			l->next_token = talloc_strdup(l, t);
+		} else if (strcmp(n, "EncodingType") == 0) {
+			l->url_encoded = strcmp(t, "url") == 0;
 		}
 		return;
 	}
@@ -434,8 +438,63 @@ static int s3_xml_parse_all(TALLOC_CTX *mem_ctx, enum s3_xml_kind kind,
 int s3_xml_parse_listing(TALLOC_CTX *mem_ctx, const void *data, size_t len,
 			 struct s3_listing **out)
 {
-	return s3_xml_parse_all(mem_ctx, S3_XML_LISTING, data, len,
-				(void **)out);
+	int ret = s3_xml_parse_all(mem_ctx, S3_XML_LISTING, data, len,
+				   (void **)out);
+
+	if (ret == 0 && (ret = s3_listing_url_decode(*out)) != 0) {
+		TALLOC_FREE(*out);
+	}
+	return ret;
+}
+
+static int hexval(char c)
+{
+	if (c >= '0' && c <= '9') {
+		return c - '0';
+	}
+	c = (char)(c | 0x20);
+	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* In place: it only shrinks.  '+' is a space, as S3 encodes. */
+static int url_decode(char *s)
+{
+	char *o = s;
+
+	for (; *s != '\0'; s++) {
+		if (*s == '+') {
+			*o++ = ' ';
+		} else if (*s == '%') {
+			int hi = hexval(s[1]), lo = hi < 0 ? -1 : hexval(s[2]);
+			if (lo < 0 || (hi == 0 && lo == 0)) {
+				return EBADMSG;
+			}
+			*o++ = (char)(hi * 16 + lo);
+			s += 2;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+	return 0;
+}
+
+int s3_listing_url_decode(struct s3_listing *l)
+{
+	size_t i;
+	int ret = 0;
+
+	if (!l->url_encoded) {
+		return 0;
+	}
+	for (i = 0; ret == 0 && i < l->n_objects; i++) {
+		ret = url_decode(l->objects[i].key);
+	}
+	for (i = 0; ret == 0 && i < l->n_prefixes; i++) {
+		ret = url_decode(l->prefixes[i]);
+	}
+	l->url_encoded = false;
+	return ret;
 }
 
 int s3_xml_parse_error(TALLOC_CTX *mem_ctx, const void *data, size_t len,

@@ -29,6 +29,9 @@ struct s3_listing {
 	size_t n_prefixes;
 	bool truncated;
 	char *next_token; /* NextContinuationToken or NULL */
+	/* <EncodingType>url</EncodingType>: keys and prefixes still
+	 * percent-encoded (s3_listing_url_decode undoes it). */
+	bool url_encoded;
 };
 
 /* An S3 error document: <Error><Code/><Message/><RequestId/></Error>. */
@@ -79,6 +82,13 @@ int s3_xml_parse_listing(TALLOC_CTX *mem_ctx, const void *data, size_t len,
 			 struct s3_listing **out);
 int s3_xml_parse_error(TALLOC_CTX *mem_ctx, const void *data, size_t len,
 		       struct s3_error_doc **out);
+
+/*
+ * Keys and prefixes of a listing asked for with encoding-type=url (XML 1.0
+ * cannot carry every character a key may hold) back to their bytes; a no-op
+ * if the server did not encode.  EBADMSG for a bad escape or a NUL.
+ */
+int s3_listing_url_decode(struct s3_listing *l);
 
 /* ISO 8601 as S3 writes it (2009-10-12T17:50:30.000Z) to time_t, or -1. */
 time_t s3_parse_iso8601(const char *s);

@@ -537,6 +537,7 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	struct s3_dir *dir = NULL;
 	struct tevent_req *req;
 	time_t listed, now = time(NULL);
+	bool had_listing;
 	int ret;
 
 	if (prefix == NULL) {
@@ -572,10 +573,16 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 				   dir->hidden[i].key, dir->hidden[i].why);
 		}
 	}
+	had_listing = bfs_index_dir_listed(bc->index, prefix, &listed) == 0;
 	ret = bfs_index_store_dir(bc->index, dir, now);
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot store the listing of %s in "
-			"the index: %s\n", bc->service, prefix, strerror(ret));
+			"the index: %s%s\n", bc->service, prefix, strerror(ret),
+			had_listing ? "; serving the one it has" : "");
+		/* A full disk must not take away what is already known. */
+		if (had_listing) {
+			ret = 0;
+		}
 	}
 	TALLOC_FREE(frame);
 	return ret;
@@ -858,6 +865,16 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 	if (ret == 0) {
 		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
 				     &bc->cache, &why);
+	}
+	if (ret == 0 && bfs_cache_recovery(bc->cache) != NULL) {
+		const struct bfs_cache_fsck *r = bfs_cache_recovery(bc->cache);
+
+		DBG_WARNING("bucketfs: share %s: a process died with the cache "
+			    "in %s open; checked it: %" PRIu64 " block records, "
+			    "%" PRIu64 " without their bytes and %" PRIu64
+			    " cache files without records removed\n",
+			    bc->service, dir, r->blocks, r->bad_blocks,
+			    r->orphan_files);
 	}
 	if (ret == 0) {
 		ret = bfs_journal_open(bc, jrn_dir, &bc->journal, &why);
@@ -1597,6 +1614,10 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	ret = bfs_index_put(bc->index, prefix, &e);
 	unbecome_root();
 	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot record the new file %s%s "
+			"in the index: %s%s\n", bc->service, prefix, base,
+			strerror(ret), ret == ENOSPC ?
+			" (the cache folder is full)" : "");
 		TALLOC_FREE(frame);
 		return ret;
 	}
@@ -2589,6 +2610,11 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 		bfs_index_store_dir(bc->index, empty, time(NULL));
 	}
 	unbecome_root();
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot record the new directory "
+			"%s in the index: %s\n", bc->service, marker,
+			strerror(ret));
+	}
 	TALLOC_FREE(frame);
 	if (ret != 0) {
 		errno = ret;

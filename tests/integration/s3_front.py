@@ -14,9 +14,13 @@ those bytes), and answers a CopyPartResult.
 
 MODE: 503 (SlowDown document), 500 (InternalError), truncate (full
 Content-Length promised, half sent, connection closed), reset (connection
-closed before any answer).  The first N requests get the fault.
+closed before any answer), midreset (half the body, then a TCP reset),
+short (a Content-Length that lies: half the body, said to be all of it,
+the connection kept), flip (one byte of the body changed).  The first N
+requests get the fault.
 With --control FILE, a test switches faults while it runs: FILE holds
-"METHOD MODE COUNT" (COUNT -1: every request), MODE one of the above or
+"METHOD MODE COUNT [PATHPART]" (COUNT -1: every request; PATHPART: only
+requests whose path and query hold it), MODE one of the above or
 deny (403 AccessDenied) or delay:SECONDS; the next COUNT requests of that
 method get it, counted from when the file's content changed.
 One line per request goes to stdout.
@@ -27,6 +31,8 @@ import hmac
 import http.client
 import http.server
 import re
+import socket
+import struct
 import sys
 import threading
 import time
@@ -149,7 +155,7 @@ class Front(http.server.BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else None
         fault = args.fault if n <= args.count else ""
         if args.control:
-            fault = controlled_fault(self.command) or fault
+            fault = controlled_fault(self.command, self.path) or fault
         ak = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
         log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'}")
         if fault.startswith("delay:"):
@@ -182,6 +188,12 @@ class Front(http.server.BaseHTTPRequestHandler):
                 return self.error(412, "PreconditionFailed",
                                   "At least one of the pre-conditions you specified did not hold")
         resp, data = self.upstream(self.command, body, headers)
+        if fault == "flip" and data:
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x20
+            data = bytes(data)
+        if fault == "short" and self.command != "HEAD":
+            data = data[: len(data) // 2]
         self.send_response(resp.status)
         for k, v in resp.getheaders():
             if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -190,8 +202,15 @@ class Front(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command == "HEAD":
             return
-        if fault == "truncate":
+        if fault in ("truncate", "midreset"):
             self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            if fault == "midreset":
+                # SO_LINGER 0: close() sends RST, not FIN.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           struct.pack("ii", 1, 0))
+                # Now, before the server's own shutdown sends a FIN.
+                self.connection.close()
             self.close_connection = True
             return
         self.wfile.write(data)
@@ -210,7 +229,7 @@ control_seen = None
 control_left = 0
 
 
-def controlled_fault(method):
+def controlled_fault(method, path):
     global control_seen, control_left
     try:
         with open(args.control) as f:
@@ -220,9 +239,10 @@ def controlled_fault(method):
     with lock:
         if text != control_seen:
             control_seen = text
-            control_left = int(text.split()[2]) if len(text.split()) == 3 else 0
+            control_left = int(text.split()[2]) if len(text.split()) in (3, 4) else 0
         parts = text.split()
-        if len(parts) != 3 or parts[0] != method or control_left == 0:
+        if (len(parts) not in (3, 4) or parts[0] != method or control_left == 0
+                or (len(parts) == 4 and parts[3] not in path)):
             return ""
         if control_left > 0:
             control_left -= 1

@@ -146,6 +146,45 @@ static void test_result(void **state)
 	talloc_free(t);
 }
 
+static void test_url_encoded_listing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct s3_listing *l = NULL;
+	const char *enc =
+		"<ListBucketResult><EncodingType>url</EncodingType>"
+		"<Contents><Key>d/a%07b</Key><Size>1</Size></Contents>"
+		"<Contents><Key>d/sp+ace%2B%E6%97%A5</Key><Size>2</Size></Contents>"
+		"<CommonPrefixes><Prefix>d/x%3Ay/</Prefix></CommonPrefixes>"
+		"</ListBucketResult>";
+	const char *plain =
+		"<ListBucketResult><Contents><Key>a+b%41</Key><Size>1</Size>"
+		"</Contents></ListBucketResult>";
+	const char *bad[] = {
+		"<ListBucketResult><EncodingType>url</EncodingType><Contents>"
+		"<Key>a%G1</Key><Size>1</Size></Contents></ListBucketResult>",
+		"<ListBucketResult><EncodingType>url</EncodingType><Contents>"
+		"<Key>a%00b</Key><Size>1</Size></Contents></ListBucketResult>",
+		"<ListBucketResult><EncodingType>url</EncodingType><Contents>"
+		"<Key>a%4</Key><Size>1</Size></Contents></ListBucketResult>",
+	};
+	size_t i;
+
+	(void)state;
+	assert_int_equal(s3_xml_parse_listing(t, enc, strlen(enc), &l), 0);
+	assert_int_equal(l->n_objects, 2);
+	assert_string_equal(l->objects[0].key, "d/a\x07" "b");
+	assert_string_equal(l->objects[1].key, "d/sp ace+\xe6\x97\xa5");
+	assert_string_equal(l->prefixes[0], "d/x:y/");
+	/* A server that ignored encoding-type=url: keys are as sent. */
+	assert_int_equal(s3_xml_parse_listing(t, plain, strlen(plain), &l), 0);
+	assert_string_equal(l->objects[0].key, "a+b%41");
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		assert_int_equal(s3_xml_parse_listing(t, bad[i], strlen(bad[i]),
+						      &l), EBADMSG);
+	}
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -154,6 +193,7 @@ int main(void)
 		cmocka_unit_test(test_error),
 		cmocka_unit_test(test_hostile),
 		cmocka_unit_test(test_result),
+		cmocka_unit_test(test_url_encoded_listing),
 	};
 	return cmocka_run_group_tests_name("s3_xml", tests, NULL, NULL);
 }
