@@ -29,6 +29,8 @@ import urllib.parse
 
 from hardening import hardening
 
+from security_soak import security_and_soak
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
@@ -501,6 +503,8 @@ def main():
             integration(w, sources)
         if only in ("", "write"):
             writeback(w, tmp)
+        if only in ("", "security"):
+            security_and_soak(w, sources, record, test)
     except Exception:
         record("test harness", False, traceback.format_exc())
     finally:
