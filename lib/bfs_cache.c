@@ -23,11 +23,13 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -80,6 +82,9 @@ struct bfs_cache {
 	MDB_dbi blocks, lru, meta;
 	MDB_txn *rtxn; /* reused read transaction (reset/renew) */
 	char *dir;
+	pid_t pid;	/* the opener: its "pid." entry in meta */
+	bool recovered; /* open found a dead opener and checked the cache */
+	struct bfs_cache_fsck recovery;
 	int lock_fd;
 	uint64_t limit;
 	uint32_t block_size;
@@ -210,12 +215,15 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 
 static void bfs_cache_stop_thread(struct bfs_cache *c);
 
+static void bfs_cache_unregister(struct bfs_cache *c);
+
 static int bfs_cache_destructor(struct bfs_cache *c)
 {
 	int i;
 
 	bfs_cache_stop_thread(c);
 	bfs_cache_flush(c);
+	bfs_cache_unregister(c);
 	if (c->rtxn != NULL) {
 		mdb_txn_abort(c->rtxn);
 	}
@@ -242,6 +250,97 @@ void bfs_cache_set_limit(struct bfs_cache *c, uint64_t limit)
 	c->limit = limit;
 }
 
+/* ---- who has the cache open ------------------------------------------------------------ */
+
+/*
+ * Every process with the cache open has a "pid.N" entry in meta while it
+ * does.  An entry whose process is gone means it died with the cache open,
+ * perhaps between creating a cache file and committing its first records:
+ * the new opener then checks the cache (as fsck does, under the fill
+ * lock), so nothing a kill -9 left half-done outlives the restart.  Best
+ * effort: a full disk that cannot take the entry only loses the check.
+ */
+static void bfs_pid_key(char *buf, size_t size, pid_t pid)
+{
+	snprintf(buf, size, "pid.%ld", (long)pid);
+}
+
+static int bfs_cache_register(struct bfs_cache *c, bool *crashed)
+{
+	MDB_txn *txn = NULL;
+	MDB_cursor *cur = NULL;
+	MDB_val k = {4, (void *)"pid."}, v;
+	char key[32];
+	uint64_t now = (uint64_t)time(NULL);
+	int rc;
+
+	*crashed = false;
+	c->pid = getpid();
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, c->meta, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	}
+	while (rc == 0 && k.mv_size > 4 && k.mv_size < sizeof(key) &&
+	       memcmp(k.mv_data, "pid.", 4) == 0) {
+		long pid;
+
+		memcpy(key, k.mv_data, k.mv_size);
+		key[k.mv_size] = '\0';
+		pid = strtol(key + 4, NULL, 10);
+		if (pid > 0 && kill((pid_t)pid, 0) == -1 && errno == ESRCH) {
+			*crashed = true;
+			rc = mdb_cursor_del(cur, 0);
+			if (rc == 0) {
+				rc = mdb_cursor_get(cur, &k, &v,
+						    MDB_GET_CURRENT);
+			}
+			continue;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (rc == 0 || rc == MDB_NOTFOUND) {
+		bfs_pid_key(key, sizeof(key), c->pid);
+		k.mv_size = strlen(key);
+		k.mv_data = key;
+		v.mv_size = sizeof(now);
+		v.mv_data = &now;
+		rc = mdb_put(txn, c->meta, &k, &v, 0);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	return bfs_lmdb_errno(rc);
+}
+
+static void bfs_cache_unregister(struct bfs_cache *c)
+{
+	MDB_txn *txn = NULL;
+	char key[32];
+	MDB_val k;
+
+	/* A forked child's copy is not the opener. */
+	if (c->pid == 0 || c->pid != getpid() || c->env == NULL ||
+	    mdb_txn_begin(c->env, NULL, 0, &txn) != 0) {
+		return;
+	}
+	bfs_pid_key(key, sizeof(key), c->pid);
+	k.mv_size = strlen(key);
+	k.mv_data = key;
+	if (mdb_del(txn, c->meta, &k, NULL) == 0) {
+		mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+}
+
 int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 		   uint32_t block_size, struct bfs_cache **out,
 		   const char **why)
@@ -249,6 +348,7 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 	struct bfs_cache *c = talloc_zero(mem_ctx, struct bfs_cache);
 	char *map, *lock;
 	MDB_txn *txn = NULL;
+	bool crashed = false;
 	int rc, i;
 
 	if (c == NULL) {
@@ -313,8 +413,17 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 		return bfs_lmdb_errno(rc);
 	}
 	c->last_flush = time(NULL);
+	if (bfs_cache_register(c, &crashed) == 0 && crashed &&
+	    bfs_cache_check(c, true, NULL, 0, &c->recovery) == 0) {
+		c->recovered = true;
+	}
 	*out = c;
 	return 0;
+}
+
+const struct bfs_cache_fsck *bfs_cache_recovery(const struct bfs_cache *c)
+{
+	return c->recovered ? &c->recovery : NULL;
 }
 
 uint32_t bfs_cache_block_size(const struct bfs_cache *c)
@@ -619,14 +728,14 @@ static int bfs_cache_drop(struct bfs_cache *c, MDB_txn *txn,
  * Returns the victims (to punch after commit) in *victims.
  */
 static int bfs_cache_make_room(struct bfs_cache *c, MDB_txn *txn,
-			       uint64_t need, struct bfs_victim **victims,
-			       size_t *n_victims)
+			       uint64_t need, uint64_t limit,
+			       struct bfs_victim **victims, size_t *n_victims)
 {
 	uint64_t used = meta_get(c, txn, "used");
 	uint64_t prot = meta_get(c, txn, "prot");
 	int rc = 0;
 
-	while (used + need > c->limit) {
+	while (used + need > limit) {
 		struct bfs_lru_key lk;
 		struct bfs_victim *nv;
 		uint32_t len = 0;
@@ -696,16 +805,8 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 	for (i = 0; i < n; i++) {
 		int fd;
 
-		if (v[i].last) {
-			/* An empty file per version ever cached would pile up;
-			 * the fd table reopens what it finds unlinked. */
-			char path[PATH_MAX];
-			if (bfs_cache_path(path, sizeof(path), c, v[i].bk.id,
-					   false)) {
-				unlink(path);
-			}
-			continue;
-		}
+		/* Punched even when the file goes too: another process may
+		 * hold it open, and unlinking alone frees nothing then. */
 		fd = bfs_cache_open_fd(c, v[i].bk.id, false, shared);
 		if (fd >= 0) {
 			fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -713,6 +814,15 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 				  v[i].len);
 			if (!shared) {
 				close(fd);
+			}
+		}
+		if (v[i].last) {
+			/* An empty file per version ever cached would pile up;
+			 * the fd table reopens what it finds unlinked. */
+			char path[PATH_MAX];
+			if (bfs_cache_path(path, sizeof(path), c, v[i].bk.id,
+					   false)) {
+				unlink(path);
 			}
 		}
 	}
@@ -750,6 +860,68 @@ static bool bfs_cache_write(struct bfs_cache *c, int fd,
 }
 
 /*
+ * The cache shares its disk with the index, the journal and staged writes,
+ * which must never find it full: a fill leaves a reserve free (a twentieth
+ * of the disk, at least four blocks, at most 1 GiB), evicting ahead of the
+ * configured limit when the disk is the tighter bound.  Called with the
+ * fill lock held.  ENOSPC when even an empty cache would not leave the
+ * reserve: the read is then served without caching.
+ */
+static int bfs_cache_keep_disk_reserve(struct bfs_cache *c, uint64_t len,
+				       bool shared)
+{
+	struct statvfs sv;
+	struct bfs_victim *victims = NULL;
+	size_t n_victims = 0, i;
+	uint64_t avail, total, reserve, deficit, used;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	if (statvfs(c->dir, &sv) != 0) {
+		return 0; /* no worse than not knowing */
+	}
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	total = (uint64_t)sv.f_blocks * sv.f_frsize;
+	reserve = total / 20;
+	if (reserve < 4 * (uint64_t)c->block_size) {
+		reserve = 4 * (uint64_t)c->block_size;
+	}
+	if (reserve > (1ull << 30)) {
+		reserve = 1ull << 30;
+	}
+	if (avail >= len + reserve) {
+		return 0;
+	}
+	deficit = len + reserve - avail;
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	used = meta_get(c, txn, "used");
+	if (used < deficit) {
+		mdb_txn_abort(txn);
+		COUNT(c, fill_errors);
+		return ENOSPC;
+	}
+	rc = bfs_cache_make_room(c, txn, 0, used - deficit, &victims,
+				 &n_victims);
+	for (i = 0; rc == 0 && i < n_victims; i++) {
+		victims[i].last = !bfs_cache_has_blocks(c, txn,
+							victims[i].bk.id);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+	if (rc == 0) {
+		bfs_cache_punch(c, victims, n_victims, shared);
+	}
+	free(victims);
+	return bfs_lmdb_errno(rc);
+}
+
+/*
  * Store blocks first.. covering len bytes of data (all full blocks but the
  * last).  Holds lock_fd's flock while changing files; one transaction for
  * all blocks.  shared: may use the fd table (main thread only).
@@ -774,6 +946,11 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 	}
 	if (flock(lock_fd, LOCK_EX) != 0) {
 		return errno;
+	}
+	rc = bfs_cache_keep_disk_reserve(c, len, shared);
+	if (rc != 0) {
+		fd = -1;
+		goto out;
 	}
 	fd = bfs_cache_open_fd(c, id->b, true, shared);
 	if (fd < 0 || !bfs_cache_write(c, fd, id, data, len,
@@ -804,7 +981,8 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 		if (rc != MDB_NOTFOUND) {
 			break;
 		}
-		rc = bfs_cache_make_room(c, txn, blen, &victims, &n_victims);
+		rc = bfs_cache_make_room(c, txn, blen, c->limit, &victims,
+					 &n_victims);
 		if (rc != 0) {
 			break;
 		}
