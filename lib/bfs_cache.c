@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -216,6 +217,9 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 static void bfs_cache_stop_thread(struct bfs_cache *c);
 
 static void bfs_cache_unregister(struct bfs_cache *c);
+static uint64_t meta_get(struct bfs_cache *c, MDB_txn *txn, const char *name);
+static int meta_put(struct bfs_cache *c, MDB_txn *txn, const char *name,
+		    uint64_t x);
 
 static int bfs_cache_destructor(struct bfs_cache *c)
 {
@@ -349,6 +353,7 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 	char *map, *lock;
 	MDB_txn *txn = NULL;
 	bool crashed = false;
+	uint64_t stored_bs;
 	int rc, i;
 
 	if (c == NULL) {
@@ -401,6 +406,23 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 	}
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &c->meta);
+	}
+	/*
+	 * One block size per cache folder: eviction finds a victim's bytes
+	 * at block number x block size, so blocks of another size would
+	 * have the wrong bytes punched out.
+	 */
+	stored_bs = rc == 0 ? meta_get(c, txn, "block size") : 0;
+	if (rc == 0 && stored_bs == 0) {
+		rc = meta_put(c, txn, "block size", block_size);
+	} else if (rc == 0 && stored_bs != block_size) {
+		mdb_txn_abort(txn);
+		*why = talloc_asprintf(mem_ctx, "the cache folder holds blocks "
+				       "of %" PRIu64 " bytes, not %u: give "
+				       "this block size a folder of its own",
+				       stored_bs, block_size);
+		talloc_free(c);
+		return EINVAL;
 	}
 	if (rc == 0) {
 		rc = mdb_txn_commit(txn);

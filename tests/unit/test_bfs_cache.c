@@ -1,5 +1,6 @@
 /* The extent cache: fills, reads, the size limit, scan resistance. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -304,6 +306,70 @@ static void test_damaged_block_records_are_not_believed(void **state)
 	talloc_free(t);
 }
 
+static void test_one_block_size_per_folder(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	talloc_free(c);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, 2 * BS, &c, &why),
+			 EINVAL);
+	assert_non_null(strstr(why, "folder of its own"));
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	talloc_free(t);
+}
+
+/* A process killed with the cache open: the next opener cleans up. */
+static void test_the_next_opener_checks_after_a_crash(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	char *orphan;
+	pid_t pid;
+	int status;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_null(bfs_cache_recovery(c));
+	talloc_free(c);
+
+	/* A file a fill created but never recorded, as a kill -9 leaves. */
+	orphan = talloc_asprintf(t, "%s/blocks", dir);
+	mkdir(orphan, 0700);
+	orphan = talloc_asprintf(t, "%s/ab", orphan);
+	assert_int_equal(mkdir(orphan, 0700), 0);
+	orphan = talloc_asprintf(t, "%s/abababababababababababababababab",
+				 orphan);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct bfs_cache *cc = NULL;
+		int fd;
+
+		if (bfs_cache_open(NULL, dir, 1 << 20, BS, &cc, &why) != 0) {
+			_exit(1);
+		}
+		fd = open(orphan, O_CREAT | O_WRONLY, 0600);
+		_exit(fd >= 0 && write(fd, "x", 1) == 1 ? 0 : 1);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_non_null(bfs_cache_recovery(c));
+	assert_int_equal(bfs_cache_recovery(c)->orphan_files, 1);
+	assert_int_equal(access(orphan, F_OK), -1);
+	talloc_free(c);
+	/* A clean close leaves nothing to recover. */
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_null(bfs_cache_recovery(c));
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -313,6 +379,8 @@ int main(void)
 		cmocka_unit_test(test_check_against_the_index),
 		cmocka_unit_test(test_check_of_a_cache_without_records),
 		cmocka_unit_test(test_damaged_block_records_are_not_believed),
+		cmocka_unit_test(test_one_block_size_per_folder),
+		cmocka_unit_test(test_the_next_opener_checks_after_a_crash),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }
