@@ -209,6 +209,12 @@ char *bfs_path_to_smb(TALLOC_CTX *mem_ctx, const char *s3_rel)
 	char buf[BFS_NAME_MAX + 1];
 	int ret;
 
+	/* "a/" has an empty last component: no name, like "a//b". */
+	if (*p != '\0' && p[strlen(p) - 1] == '/') {
+		talloc_free(out);
+		errno = EINVAL;
+		return NULL;
+	}
 	while (out != NULL && *p != '\0') {
 		slash = strchr(p, '/');
 		comp = talloc_strndup(out, p, slash ? (size_t)(slash - p) :
