@@ -24,6 +24,13 @@
 struct bfs_index {
 	MDB_env *env;
 	MDB_dbi ent, dirs, inos, meta;
+	/*
+	 * "changed": entry key -> time (int64) this host last changed that
+	 * name in S3 (put, remove, rename).  A listing that started before
+	 * then may predate the change: it neither drops nor brings back what
+	 * the change made.  Listings that start later retire the record.
+	 */
+	MDB_dbi changed;
 };
 
 /* Packed record, little-endian on the hosts we build for. */
@@ -54,7 +61,7 @@ int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 	if (idx == NULL) {
 		return ENOMEM;
 	}
-	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 4, &idx->env, why);
+	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 5, &idx->env, why);
 	if (rc != 0) {
 		talloc_free(idx);
 		return rc;
@@ -73,6 +80,9 @@ int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 	}
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &idx->meta);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "changed", MDB_CREATE, &idx->changed);
 	}
 	if (rc == 0) {
 		rc = mdb_get(txn, idx->meta, &k, &v);
@@ -295,9 +305,72 @@ static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 			     TALLOC_CTX *tmp, const char *dir,
 			     struct bfs_entry *e);
 
+/* Note a change this host made to entry key k (see struct bfs_index). */
+static int bfs_index_note_change(struct bfs_index *idx, MDB_txn *txn,
+				 MDB_val k)
+{
+	int64_t t = time(NULL);
+	MDB_val v = {sizeof(t), &t};
+
+	return k.mv_data != NULL ? mdb_put(txn, idx->changed, &k, &v, 0) :
+				   ENOMEM;
+}
+
+/*
+ * Did this host change entry key k since a listing that started at
+ * listed?  Seconds are coarse: the same second counts as after.
+ */
+static bool bfs_index_changed_since(struct bfs_index *idx, MDB_txn *txn,
+				    MDB_val k, time_t listed)
+{
+	MDB_val v;
+	int64_t t;
+
+	if (mdb_get(txn, idx->changed, &k, &v) != 0 ||
+	    v.mv_size != sizeof(t)) {
+		return false;
+	}
+	memcpy(&t, v.mv_data, sizeof(t));
+	return t >= (int64_t)listed - 1;
+}
+
+/* A listing of d that started at listed saw every change older than that. */
+static int bfs_index_retire_changes(struct bfs_index *idx, MDB_txn *txn,
+				    TALLOC_CTX *tmp, const char *dir,
+				    time_t listed)
+{
+	size_t dl = strlen(dir);
+	MDB_val k = bfs_ent_key(tmp, dir, ""), v;
+	MDB_cursor *cur;
+	int64_t t;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_cursor_open(txn, idx->changed, &cur);
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && k.mv_size > dl && memcmp(k.mv_data, dir, dl) == 0 &&
+	       ((const char *)k.mv_data)[dl] == '\0') {
+		if (v.mv_size == sizeof(t)) {
+			memcpy(&t, v.mv_data, sizeof(t));
+		}
+		if (v.mv_size != sizeof(t) || t < (int64_t)listed - 1) {
+			rc = bfs_lmdb_del_next(cur, &k, &v);
+			continue;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	mdb_cursor_close(cur);
+	return bfs_lmdb_walk_end(rc);
+}
+
 static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 			       TALLOC_CTX *tmp, const char *dir,
-			       const struct s3_dirent *de)
+			       const struct s3_dirent *de, time_t listed)
 {
 	struct bfs_entry e = {
 		.name = de->name,
@@ -311,6 +384,9 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 
 	if (k.mv_data == NULL) {
 		return ENOMEM;
+	}
+	if (bfs_index_changed_since(idx, txn, k, listed)) {
+		return 0; /* changed here meanwhile: the listing may be older */
 	}
 	rc = mdb_get(txn, idx->ent, &k, &v);
 	if (rc == 0) {
@@ -329,7 +405,8 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 
 /* Drop children of dir that the new listing no longer has. */
 static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
-			       TALLOC_CTX *tmp, const struct s3_dir *d)
+			       TALLOC_CTX *tmp, const struct s3_dir *d,
+			       time_t listed)
 {
 	size_t dl = strlen(d->prefix);
 	MDB_val k = bfs_ent_key(tmp, d->prefix, ""), v;
@@ -356,9 +433,11 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 			break;
 		}
 		if (s3_dir_find(d, name) == NULL) {
-			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
-			    (old.flags & BFS_ENT_PENDING)) {
-				/* Not uploaded yet: S3 cannot know it. */
+			if ((bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
+			     (old.flags & BFS_ENT_PENDING)) ||
+			    bfs_index_changed_since(idx, txn, k, listed)) {
+				/* Not uploaded yet, or made after the listing
+				 * started: S3's answer cannot know it. */
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}
@@ -366,18 +445,15 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 				MDB_val ik = {sizeof(old.ino), &old.ino};
 				mdb_del(txn, idx->inos, &ik, NULL);
 			}
-			rc = mdb_cursor_del(cur, 0);
-			if (rc != 0) {
-				break;
-			}
-			/* After a delete the cursor sits on the next item. */
-			rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+			/* The cursor moves on to the next item (or the end:
+			 * EINVAL once the table is empty). */
+			rc = bfs_lmdb_del_next(cur, &k, &v);
 			continue;
 		}
 		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 	}
 	mdb_cursor_close(cur);
-	return rc == MDB_NOTFOUND ? 0 : rc;
+	return bfs_lmdb_walk_end(rc);
 }
 
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
@@ -396,10 +472,14 @@ int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
 		return bfs_lmdb_errno(rc);
 	}
 	for (i = 0; rc == 0 && i < d->n; i++) {
-		rc = bfs_index_store_one(idx, txn, tmp, d->prefix, &d->ents[i]);
+		rc = bfs_index_store_one(idx, txn, tmp, d->prefix, &d->ents[i],
+					 now);
 	}
 	if (rc == 0) {
-		rc = bfs_index_drop_gone(idx, txn, tmp, d);
+		rc = bfs_index_drop_gone(idx, txn, tmp, d, now);
+	}
+	if (rc == 0) {
+		rc = bfs_index_retire_changes(idx, txn, tmp, d->prefix, now);
 	}
 	if (rc == 0) {
 		v.mv_size = sizeof(t);
@@ -633,8 +713,12 @@ int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 	if (rc != 0) {
 		return rc;
 	}
-	return bfs_index_finish(txn, tmp,
-				bfs_index_put_txn(idx, txn, tmp, dir, e));
+	rc = bfs_index_put_txn(idx, txn, tmp, dir, e);
+	if (rc == 0) {
+		rc = bfs_index_note_change(idx, txn,
+					   bfs_ent_key(tmp, dir, e->name));
+	}
+	return bfs_index_finish(txn, tmp, rc);
 }
 
 int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
@@ -687,7 +771,12 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 		return rc;
 	}
 	rc = bfs_index_remove_txn(idx, txn, tmp, dir, name, &old, true);
-	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
+	rc = rc == MDB_NOTFOUND ? 0 : rc;
+	if (rc == 0) {
+		rc = bfs_index_note_change(idx, txn,
+					   bfs_ent_key(tmp, dir, name));
+	}
+	return bfs_index_finish(txn, tmp, rc);
 }
 
 int bfs_index_rename(struct bfs_index *idx, const char *sdir,
@@ -726,6 +815,14 @@ int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 		e.name = talloc_strdup(tmp, dname);
 		rc = e.name != NULL ?
 			bfs_index_put_txn(idx, txn, tmp, ddir, &e) : ENOMEM;
+	}
+	if (rc == 0) {
+		rc = bfs_index_note_change(idx, txn,
+					   bfs_ent_key(tmp, sdir, sname));
+	}
+	if (rc == 0) {
+		rc = bfs_index_note_change(idx, txn,
+					   bfs_ent_key(tmp, ddir, dname));
 	}
 	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? ENOENT : rc);
 }

@@ -357,6 +357,48 @@ static void test_record_decoding_refuses_garbage(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A listing sent before a change here but stored after it must not undo
+ * it: neither drop a name just made nor bring back one just removed.
+ */
+static void test_an_older_listing_does_not_undo_a_change(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index *idx = NULL;
+	const char *before[] = {"old.bin"};
+	const char *after[] = {"new.bin"};
+	struct bfs_entry e = {.name = "new.bin", .size = 5, .mtime = 1,
+			      .etag = "etag-new"};
+	time_t now = time(NULL);
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
+							  NULL, 0), now - 100), 0);
+	/* Made and removed here, now. */
+	assert_int_equal(bfs_index_put(idx, "d/", &e), 0);
+	assert_int_equal(bfs_index_remove(idx, "d/", "old.bin"), 0);
+
+	/* Started before: it knows old.bin and not new.bin. */
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
+							  NULL, 0), now - 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), ENOENT);
+
+	/* Started well after: S3's answer is the truth again. */
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
+							  NULL, 0), now + 5), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), 0);
+	/* And the change records are gone with it. */
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", after, 1,
+							  NULL, 0), now - 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), ENOENT);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -368,6 +410,7 @@ int main(void)
 		cmocka_unit_test(test_learn_keeps_pending_entries),
 		cmocka_unit_test(test_check_of_an_empty_index),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
+		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }
