@@ -938,6 +938,13 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 		rc = bfs_index_drop_range(idx, txn, idx->ent, prefix,
 					  strlen(prefix), true, n, each, priv);
 	}
+	if (rc == 0) {
+		/* Forgotten too: the next listing is the whole truth. */
+		uint64_t changes = 0;
+		rc = bfs_index_drop_range(idx, txn, idx->changed, prefix,
+					  strlen(prefix), false, &changes,
+					  NULL, NULL);
+	}
 	return bfs_index_finish(txn, tmp, rc);
 }
 

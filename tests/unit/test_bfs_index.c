@@ -371,6 +371,7 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 	struct bfs_entry e = {.name = "new.bin", .size = 5, .mtime = 1,
 			      .etag = "etag-new"};
 	time_t now = time(NULL);
+	uint64_t n = 0;
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
@@ -396,6 +397,14 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 							  NULL, 0), now - 1), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), ENOENT);
+
+	/* invalidate forgets the changes too: the next listing is truth. */
+	assert_int_equal(bfs_index_remove(idx, "d/", "new.bin"), 0);
+	assert_int_equal(bfs_index_invalidate_tree(idx, "d/", &n, NULL, NULL),
+			 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", after, 1,
+							  NULL, 0), now - 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
 	talloc_free(t);
 }
 
