@@ -76,6 +76,7 @@ struct bfs_conn {
 	uid_t owner_uid;
 	gid_t owner_gid;
 	time_t config_read;	/* when the reloadable parameters were read */
+	char *last_bad_parm;	/* "name=value" of smb.conf last refused */
 	const char *imds;	/* metadata service the credentials came from */
 	struct bfs_stats *stats;	/* the cache folder's shared totals */
 	struct bfs_stats_vec flushed;	/* our counters already added there */
@@ -466,6 +467,86 @@ static void bfs_refresh_credentials(struct bfs_conn *bc, time_t now)
 		 (long long)(expire - now));
 }
 
+/*
+ * Numbers and sizes from smb.conf, checked: a typo is a clear line and a
+ * refused tree connect, never a zero or a wrapped-around unsigned that
+ * Samba's lenient parsers would hand on.  The same bad value is told once
+ * per connection (reloadable ones are read again every second).
+ */
+struct bfs_parm_ctx {
+	int snum;
+	const char *service;
+	char **last_bad; /* "name=value" told last, on the connection */
+	TALLOC_CTX *mem_ctx;
+};
+
+static void bfs_parm_bad(const struct bfs_parm_ctx *pc, const char *name,
+			 const char *value, const char *want)
+{
+	char *told = talloc_asprintf(pc->mem_ctx, "%s=%s", name, value);
+
+	if (told != NULL && *pc->last_bad != NULL &&
+	    strcmp(told, *pc->last_bad) == 0) {
+		talloc_free(told);
+		return;
+	}
+	DBG_ERR("bucketfs: share %s: 'bucketfs:%s' must be %s, not '%s'\n",
+		pc->service, name, want, value);
+	talloc_free(*pc->last_bad);
+	*pc->last_bad = told;
+}
+
+static bool bfs_parm_int(const struct bfs_parm_ctx *pc, const char *name,
+			 int64_t def, int64_t min, int64_t max, int64_t *out)
+{
+	const char *s = lp_parm_const_string(pc->snum, BFS_MODULE, name, NULL);
+	char want[96], *end = NULL;
+	long long v;
+
+	if (s == NULL || s[0] == '\0') {
+		*out = def;
+		return true;
+	}
+	errno = 0;
+	v = strtoll(s, &end, 0);
+	while (end != NULL && isspace((unsigned char)*end)) {
+		end++;
+	}
+	if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
+		snprintf(want, sizeof(want), "a whole number from %" PRId64
+			 " to %" PRId64, min, max);
+		bfs_parm_bad(pc, name, s, want);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
+static bool bfs_parm_size(const struct bfs_parm_ctx *pc, const char *name,
+			  const char *def, uint64_t min, uint64_t max,
+			  uint64_t *out)
+{
+	const char *s = lp_parm_const_string(pc->snum, BFS_MODULE, name, def);
+	char want[112];
+	uint64_t v = 0;
+
+	if (!conv_str_size_error(s, &v) || v < min || v > max) {
+		if (max >= (UINT64_MAX >> 1)) {
+			snprintf(want, sizeof(want), "a size of at least %"
+				 PRIu64 "K, written like 64M or 16G",
+				 min >> 10);
+		} else {
+			snprintf(want, sizeof(want), "a size from %" PRIu64
+				 "K to %" PRIu64 "M, written like 64M or 16G",
+				 min >> 10, max >> 20);
+		}
+		bfs_parm_bad(pc, name, s, want);
+		return false;
+	}
+	*out = v;
+	return true;
+}
+
 /* A value a reload changed, logged once this process follows it. */
 static void bfs_note_change(struct bfs_conn *bc, bool first,
 			    const char *param, int64_t was, int64_t now)
@@ -477,50 +558,73 @@ static void bfs_note_change(struct bfs_conn *bc, bool first,
 	}
 }
 
-static void bfs_follow_config(struct bfs_conn *bc)
+/*
+ * The reloadable values, at connect (first) and at most once a second
+ * after.  false if one is bad: at connect that refuses the tree connect,
+ * later the running value stays.
+ */
+static bool bfs_follow_config(struct bfs_conn *bc)
 {
 	time_t now = time(NULL);
-	bool first = bc->config_read == 0;
-	int ttl, readahead;
+	bool first = bc->config_read == 0, ok = true;
+	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm,
+				  bc};
+	int64_t ttl, readahead, max, interval;
 	uint64_t cache_size;
-	unsigned max;
 
 	if (now == bc->config_read) {
-		return;
+		return true;
 	}
 	bc->config_read = now;
 	bfs_refresh_credentials(bc, now);
-	bc->metrics_interval = lp_parm_int(bc->snum, BFS_MODULE,
-					   "metrics interval", 15);
+	if (bfs_parm_int(&pc, "metrics interval", 15, 1, 86400, &interval)) {
+		bc->metrics_interval = (int)interval;
+	} else {
+		ok = false;
+	}
 	if (bc->stats != NULL &&
 	    now - bc->stats_flushed >= bc->metrics_interval) {
 		bfs_stats_flush(bc, now);
 	}
-	ttl = lp_parm_int(bc->snum, BFS_MODULE, "metadata ttl", 10);
-	bfs_note_change(bc, first, "metadata ttl", bc->ttl, ttl);
-	bc->ttl = ttl;
-	readahead = lp_parm_int(bc->snum, BFS_MODULE, "readahead", 32);
-	bfs_note_change(bc, first, "readahead", bc->readahead, readahead);
-	bc->readahead = (unsigned)readahead;
-	max = (unsigned)lp_parm_int(bc->snum, BFS_MODULE, "max requests", 16);
-	bfs_note_change(bc, first, "max requests", bc->cfg.max_requests, max);
-	bc->cfg.max_requests = max;
+	if (bfs_parm_int(&pc, "metadata ttl", 10, -1, INT32_MAX, &ttl)) {
+		bfs_note_change(bc, first, "metadata ttl", bc->ttl, ttl);
+		bc->ttl = (int)ttl;
+	} else {
+		ok = false;
+	}
+	if (bfs_parm_int(&pc, "readahead", 32, 0, 4096, &readahead)) {
+		bfs_note_change(bc, first, "readahead", bc->readahead,
+				readahead);
+		bc->readahead = (unsigned)readahead;
+	} else {
+		ok = false;
+	}
+	if (bfs_parm_int(&pc, "max requests", 16, 1, 1024, &max)) {
+		bfs_note_change(bc, first, "max requests",
+				bc->cfg.max_requests, max);
+		bc->cfg.max_requests = (unsigned)max;
+	} else {
+		ok = false;
+	}
 	if (bc->s3 != NULL) {
-		s3_client_set_max_requests(bc->s3, max);
+		s3_client_set_max_requests(bc->s3, bc->cfg.max_requests);
 	}
 	if (bc->s3_async != NULL) {
-		s3_client_set_max_requests(bc->s3_async, max);
+		s3_client_set_max_requests(bc->s3_async,
+					   bc->cfg.max_requests);
 	}
-	cache_size = conv_str_size(lp_parm_const_string(
-		bc->snum, BFS_MODULE, "cache size", "16G"));
-	if (cache_size > 0) {
+	if (bfs_parm_size(&pc, "cache size", "16G", 1 << 20, UINT64_MAX >> 1,
+			  &cache_size)) {
 		bfs_note_change(bc, first, "cache size",
 				(int64_t)bc->cache_limit, (int64_t)cache_size);
 		bc->cache_limit = cache_size;
+		if (bc->cache != NULL) {
+			bfs_cache_set_limit(bc->cache, cache_size);
+		}
+	} else {
+		ok = false;
 	}
-	if (bc->cache != NULL && cache_size > 0) {
-		bfs_cache_set_limit(bc->cache, cache_size);
-	}
+	return ok;
 }
 
 /* ---- the index -------------------------------------------------------------- */
@@ -937,7 +1041,9 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 {
 	struct bfs_conn *bc;
 	const char *bucket, *prefix, *endpoint, *cache_dir, *ca_file;
-	uint64_t cache_size;
+	struct bfs_parm_ctx pc;
+	uint64_t cache_size, size;
+	int64_t v;
 	int ret;
 
 	bc = talloc_zero(handle->conn, struct bfs_conn);
@@ -947,20 +1053,28 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 	bc->service = talloc_strdup(bc, service);
 	bc->snum = SNUM(handle->conn);
+	pc = (struct bfs_parm_ctx){bc->snum, service, &bc->last_bad_parm, bc};
 	/*
 	 * Files belong to the user the tree is connected as (with force
 	 * user applied): that token, read without a system call per stat.
 	 */
 	bc->owner_uid = handle->conn->session_info->unix_token->uid;
 	bc->owner_gid = handle->conn->session_info->unix_token->gid;
-	bfs_follow_config(bc);
+	if (!bfs_follow_config(bc)) {
+		goto inval;
+	}
 	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
 	bc->connected = time(NULL);
-	bc->file_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
-					      "file mode", 0644) & 07777;
-	bc->dir_mode = (mode_t)lp_parm_ulong(SNUM(handle->conn), BFS_MODULE,
-					     "dir mode", 0755) & 07777;
+	/* Modes are octal in smb.conf, as everywhere in Samba: 0644. */
+	if (!bfs_parm_int(&pc, "file mode", 0644, 0, 07777, &v)) {
+		goto inval;
+	}
+	bc->file_mode = (mode_t)v;
+	if (!bfs_parm_int(&pc, "dir mode", 0755, 0, 07777, &v)) {
+		goto inval;
+	}
+	bc->dir_mode = (mode_t)v;
 
 	bucket = bfs_param(handle, "bucket", NULL);
 	if (bucket == NULL || bucket[0] == '\0') {
@@ -978,9 +1092,15 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 					     "/" :
 					     "");
 	endpoint = bfs_param(handle, "endpoint", NULL);
-	bc->cfg.bucket = bucket;
-	bc->cfg.region = bfs_param(handle, "region", "us-east-1");
-	bc->cfg.endpoint = endpoint;
+	/*
+	 * Copies: what lp_parm_const_string() returns is freed by the next
+	 * reload of smb.conf, and these live as long as the connection.
+	 */
+	bc->cfg.bucket = talloc_strdup(bc, bucket);
+	bc->cfg.region = talloc_strdup(bc, bfs_param(handle, "region",
+						     "us-east-1"));
+	bc->cfg.endpoint = endpoint != NULL ? talloc_strdup(bc, endpoint) :
+					      NULL;
 	bc->cfg.path_style = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
 					  "path style", false);
 	bc->cfg.verify_tls = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
@@ -992,13 +1112,18 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			goto nomem;
 		}
 	}
-	bc->cfg.request_timeout_ms =
-		1000 * (unsigned)lp_parm_int(SNUM(handle->conn), BFS_MODULE,
-					     "request timeout", 30);
+	if (!bfs_parm_int(&pc, "request timeout", 30, 1, 86400, &v)) {
+		goto inval;
+	}
+	bc->cfg.request_timeout_ms = 1000 * (unsigned)v;
 	bc->cfg.connect_timeout_ms = 5000;
-	bc->cfg.max_retries = (unsigned)lp_parm_int(
-		SNUM(handle->conn), BFS_MODULE, "retries", 4);
-	if (bc->prefix == NULL || bc->connectpath == NULL || bc->cwd == NULL) {
+	if (!bfs_parm_int(&pc, "retries", 4, 0, 20, &v)) {
+		goto inval;
+	}
+	bc->cfg.max_retries = (unsigned)v;
+	if (bc->prefix == NULL || bc->connectpath == NULL || bc->cwd == NULL ||
+	    bc->cfg.bucket == NULL || bc->cfg.region == NULL ||
+	    (endpoint != NULL && bc->cfg.endpoint == NULL)) {
 		goto nomem;
 	}
 	bc->dev = bfs_index_ino_hint(talloc_asprintf(talloc_tos(), "%s/%s",
@@ -1017,38 +1142,45 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			"absolute path, not '%s'\n", service, cache_dir);
 		goto inval;
 	}
-	bc->block_size = (uint32_t)conv_str_size(
-		bfs_param(handle, "block size", "1M"));
-	cache_size = conv_str_size(bfs_param(handle, "cache size", "16G"));
-	if (bc->block_size == 0 || cache_size == 0) {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:block size' and "
-			"'bucketfs:cache size' take sizes like 1M, 64G\n",
-			service);
+	if (!bfs_parm_size(&pc, "block size", "1M", 4096, 64 << 20, &size)) {
 		goto inval;
 	}
-	bc->cache_dir = cache_dir;
-	bc->metrics_file = bfs_param(handle, "metrics file", NULL);
+	if ((size & (size - 1)) != 0) {
+		bfs_parm_bad(&pc, "block size", bfs_param(handle, "block size",
+							  "1M"),
+			     "a power of two (4K, 64K, 1M...)");
+		goto inval;
+	}
+	bc->block_size = (uint32_t)size;
+	cache_size = bc->cache_limit; /* checked by bfs_follow_config */
+	bc->cache_dir = talloc_strdup(bc, cache_dir);
+	bc->metrics_file = talloc_strdup(bc, bfs_param(handle, "metrics file",
+						       NULL));
+	if (bc->cache_dir == NULL) {
+		goto nomem;
+	}
 	if (bc->metrics_file != NULL && bc->metrics_file[0] != '/') {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:metrics file' must be an "
 			"absolute path, not '%s'\n", service, bc->metrics_file);
 		goto inval;
 	}
-	bc->upload.multipart_threshold = conv_str_size(
-		bfs_param(handle, "multipart threshold", "16M"));
-	bc->upload.part_size = conv_str_size(bfs_param(handle, "part size",
-						       "16M"));
-	bc->upload.parallel = (unsigned)lp_parm_int(
-		SNUM(handle->conn), BFS_MODULE, "upload parallel", 8);
-	bc->upload.copy_threshold = conv_str_size(
-		bfs_param(handle, "multipart copy threshold", "5G"));
-	bc->dir_rename_max = (unsigned)lp_parm_int(
-		SNUM(handle->conn), BFS_MODULE, "dir rename max", 1000);
-	if (bc->upload.part_size < (5u << 20) ||
-	    bc->upload.part_size > (255ULL << 20)) {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:part size' must be "
-			"between 5M and 255M\n", service);
+	/* S3's own bounds: parts of 5 MiB to 5 GiB, objects to 5 TiB. */
+	if (!bfs_parm_size(&pc, "multipart threshold", "16M", 5 << 20,
+			   5ULL << 30, &bc->upload.multipart_threshold) ||
+	    !bfs_parm_size(&pc, "part size", "16M", 5 << 20, 255 << 20,
+			   &bc->upload.part_size) ||
+	    !bfs_parm_size(&pc, "multipart copy threshold", "5G", 5 << 20,
+			   5ULL << 30, &bc->upload.copy_threshold)) {
 		goto inval;
 	}
+	if (!bfs_parm_int(&pc, "upload parallel", 8, 1, 64, &v)) {
+		goto inval;
+	}
+	bc->upload.parallel = (unsigned)v;
+	if (!bfs_parm_int(&pc, "dir rename max", 1000, 0, 10000000, &v)) {
+		goto inval;
+	}
+	bc->dir_rename_max = (unsigned)v;
 	/* The cache folder is the server's: root's, 0700, whoever connects. */
 	become_root();
 	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);

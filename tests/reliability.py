@@ -26,6 +26,19 @@ SFM = {chr(c): chr(0xF000 + c) for c in range(1, 0x20)}
 SFM.update({c: chr(0xF020 + i) for i, c in enumerate('"*:<>?\\|')})
 
 
+# Shares with one bad value each: the tree connect is refused with a line
+# naming the parameter and what it takes.
+BAD_VALUES = {
+    "badsize": ("cache size", "12Q", "a size of at least"),
+    "badretries": ("retries", "lots", "a whole number from 0 to 20"),
+    "badnegative": ("request timeout", "-5", "a whole number from 1"),
+    "badblock": ("block size", "5000", "a power of two"),
+    "badmode": ("file mode", "0999", "a whole number from 0 to 4095"),
+    "badttl": ("metadata ttl", "10s", "a whole number from -1"),
+    "badpart": ("part size", "1M", "a size from 5120K to 255M"),
+}
+
+
 def smb_name(key_name):
     out = "".join(SFM.get(c, c) for c in key_name)
     if out.endswith(" "):
@@ -87,7 +100,9 @@ class Rel:
                         f"{self.t}/cache-tiny", self.tinyfs)
             + share("crash", "crash", "  read only = no\n  bucketfs:cache size = 8M\n"
                     "  bucketfs:block size = 1M\n  bucketfs:multipart threshold = 8M\n"
-                    "  bucketfs:part size = 5M\n"))
+                    "  bucketfs:part size = 5M\n")
+            + "".join(share(name, "hostile", f"  bucketfs:{param} = {value}\n")
+                      for name, (param, value, _) in BAD_VALUES.items()))
         self.env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
         self.port, self.log = w.start_extra_smbd("rel", shares, self.env)
         self.conf = f"{self.t}/smb.conf"
@@ -235,6 +250,18 @@ def _checks(w, rel, record, test):
                    and not line.split()[1].startswith(f"/{rel.bucket}/hostile/")
                    and "list-type" not in line]
         assert not outside, f"requests outside the prefix: {outside}"
+
+    @test
+    def bad_smb_conf_values_refuse_the_tree_connect_with_a_clear_line():
+        for name, (param, value, want) in BAD_VALUES.items():
+            p = rel.smbclient(name, "ls", check=False)
+            assert p.returncode != 0 and "tree connect failed" in p.stdout + p.stderr, \
+                f"{name}: {p.stdout}{p.stderr}"
+            line = f"share {name}: 'bucketfs:{param}' must be {want}"
+            log = rel.log_text()
+            assert line in log and f"not '{value}'" in log, f"{name}: no line '{line}'"
+        # And a good share of the same smbd still serves.
+        rel.smbclient("hostile", "ls")
 
     # ---- S3 faults -------------------------------------------------------------
     faults = {}  # mode -> requests that got it
