@@ -46,6 +46,18 @@ struct ctl {
 	uint32_t block_size;
 };
 
+/*
+ * Everything the tool opened hangs off this, freed on every exit (ctl_die's
+ * too): a cache opener that vanishes without closing reads as a crash to
+ * the next one, which then checks the whole cache.
+ */
+static TALLOC_CTX *ctl_mem;
+
+static void ctl_close_all(void)
+{
+	TALLOC_FREE(ctl_mem);
+}
+
 /* One clear line and a non-zero exit: what every error of this tool is. */
 static void __attribute__((noreturn, format(printf, 1, 2)))
 ctl_die(const char *fmt, ...)
@@ -928,6 +940,9 @@ static const struct ctl_verb *ctl_find(const char *name)
 int main(int argc, char **argv)
 {
 	struct ctl c = {.mem = talloc_new(NULL)};
+
+	ctl_mem = c.mem;
+	atexit(ctl_close_all);
 	const char *conf = CTL_DEFAULT_CONF;
 	const struct ctl_verb *v;
 	int i;
