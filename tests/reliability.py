@@ -101,6 +101,8 @@ class Rel:
             + share("crash", "crash", "  read only = no\n  bucketfs:cache size = 8M\n"
                     "  bucketfs:block size = 1M\n  bucketfs:multipart threshold = 8M\n"
                     "  bucketfs:part size = 5M\n")
+            + share("hx", "hx", "  bucketfs:metadata ttl = 0\n",
+                    endpoint=f"http://127.0.0.1:{w.control_port}")
             + "".join(share(name, "hostile", f"  bucketfs:{param} = {value}\n")
                       for name, (param, value, _) in BAD_VALUES.items()))
         self.env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
@@ -263,6 +265,86 @@ def _checks(w, rel, record, test):
         # And a good share of the same smbd still serves.
         rel.smbclient("hostile", "ls")
 
+    # Listings S3 could send but s3rver cannot store: served by the front.
+    def listing_doc(keys, prefixes, encoded=True):
+        parts = ['<?xml version="1.0" encoding="UTF-8"?>'
+                 '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                 f'<Name>{rel.bucket}</Name><Prefix>hx/</Prefix><Delimiter>/</Delimiter>'
+                 + ('<EncodingType>url</EncodingType>' if encoded else '')
+                 + '<IsTruncated>false</IsTruncated>']
+        for k, size in keys:
+            parts.append(f'<Contents><Key>{k}</Key><Size>{size}</Size>'
+                         '<ETag>"0123456789abcdef0123456789abcdef"</ETag>'
+                         '<LastModified>2026-01-01T00:00:00.000Z</LastModified></Contents>')
+        for p in prefixes:
+            parts.append(f'<CommonPrefixes><Prefix>{p}</Prefix></CommonPrefixes>')
+        parts.append('</ListBucketResult>')
+        return "".join(parts).encode()
+
+    def serve_listing(name, doc):
+        path = f"{tmp}/{name}.xml"
+        with open(path, "wb") as f:
+            f.write(doc)
+        w.fault(f"GET body:{path} -1 list-type=2&prefix=hx%2F")
+
+    @test
+    def keys_s3_may_hold_and_smb_cannot_are_mapped_or_hidden_from_a_real_listing():
+        # url-encoded, as asked with encoding-type=url
+        serve_listing("hostile-keys", listing_doc(
+            [("hx/ok.txt", 3), ("hx/ctl%01x", 4), ("hx/bad%FFname", 5),
+             ("hx/" + "L" * 300, 6), ("hx/%2E%2E", 7), ("hx/", 8),
+             ("hx/sp+ace.", 9)],
+            ["hx/..%2F", "hx/sub%3A/", "hx/%2F"]))
+        try:
+            ls = rel.smbclient("hx", "ls").stdout
+        finally:
+            w.fault("")
+        names = set()
+        for line in ls.splitlines():
+            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
+            if m and m.group(1) not in (".", ".."):
+                names.add(m.group(1))
+        want = {"ok.txt", "ctl\uf001x", "sp ace\uf029", "sub\uf022"}
+        assert names == want, f"listing: missing {want - names}, extra {names - want}"
+        log = rel.log_text()
+        for why in ("'hx/bad\\xffname': not valid UTF-8", "longer than 255 bytes",
+                    "'hx/..': a '.' or '..' path segment", "'hx/../': a '.' or '..'",
+                    "'hx/': a key ending in '/' that holds data", "'hx//': an empty path"):
+            assert why in log, f"no log line with {why!r}"
+
+    @test
+    def hostile_listing_documents_are_refused_and_smbd_keeps_serving():
+        docs = {
+            # a 20 MiB key: the parser holds at most 4 KiB of text
+            "huge": listing_doc([("hx/" + "A" * (20 << 20), 1)], [], encoded=False),
+            "deep": b"<ListBucketResult>" + b"<a>" * 100000 + b"</a>" * 100000
+                    + b"</ListBucketResult>",
+            "laughs": b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaaaaaaaa">'
+                      + b"".join(b'<!ENTITY %c "&%c;&%c;&%c;&%c;&%c;&%c;&%c;&%c;&%c;&%c;">'
+                                 % ((98 + i,) + (97 + i,) * 10) for i in range(9))
+                      + b']><ListBucketResult><Contents><Key>&j;</Key><Size>1</Size>'
+                        b'</Contents></ListBucketResult>',
+            "external": b'<?xml version="1.0"?><!DOCTYPE l [<!ENTITY x SYSTEM '
+                        b'"file:///etc/shadow">]><ListBucketResult><Contents><Key>&x;</Key>'
+                        b'<Size>1</Size></Contents></ListBucketResult>',
+            "notxml": b"\x00\xff" * 1000,
+            "cut": listing_doc([("hx/a", 1)], [])[:-30],
+            "badescape": listing_doc([("hx/a%00b", 1)], []),
+        }
+        for name, doc in docs.items():
+            before = rel.log_text().count("MalformedListing")
+            serve_listing(name, doc)
+            try:
+                p = rel.smbclient("hx", "ls", check=False)
+            finally:
+                w.fault("")
+            out = p.stdout + p.stderr
+            assert "NT_STATUS" in out and "AAAA" not in out and "root:" not in out, \
+                f"{name}: {out[-500:]}"
+            assert rel.log_text().count("MalformedListing") > before, f"{name}: no log line"
+            assert rel.smbd.poll() is None, f"{name}: smbd died"
+            rel.smbclient("hx", "ls")  # s3rver's own (empty) answer again
+
     # ---- S3 faults -------------------------------------------------------------
     faults = {}  # mode -> requests that got it
 
@@ -270,7 +352,8 @@ def _checks(w, rel, record, test):
         for line in front_lines():
             m = re.search(r" fault=(\S+)", line)
             if m and m.group(1) != "-":
-                faults[m.group(1)] = faults.get(m.group(1), 0) + 1
+                kind = re.sub(r"^body:.*/(.*)\.xml$", r"listing:\1", m.group(1))
+                faults[kind] = faults.get(kind, 0) + 1
 
     small, big = {}, {}
     modes = ["503", "500", "reset", "truncate", "midreset", "short", "flip"]

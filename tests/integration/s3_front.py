@@ -21,7 +21,8 @@ requests get the fault.
 With --control FILE, a test switches faults while it runs: FILE holds
 "METHOD MODE COUNT [PATHPART]" (COUNT -1: every request; PATHPART: only
 requests whose path and query hold it), MODE one of the above or
-deny (403 AccessDenied) or delay:SECONDS; the next COUNT requests of that
+deny (403 AccessDenied) or delay:SECONDS or body:FILE (200 with FILE's
+bytes as the answer); the next COUNT requests of that
 method get it, counted from when the file's content changed.
 One line per request goes to stdout.
 """
@@ -161,6 +162,16 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault.startswith("delay:"):
             time.sleep(float(fault[6:]))
             fault = ""
+        if fault.startswith("body:"):
+            # A canned answer (a hostile listing, say) instead of s3rver's.
+            with open(fault[5:], "rb") as f:
+                doc = f.read()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(doc)))
+            self.end_headers()
+            self.wfile.write(doc)
+            return
         if fault == "deny":
             return self.error(403, "AccessDenied", "Access Denied (injected)")
         if fault in ("503", "500"):
