@@ -31,6 +31,8 @@ from hardening import hardening
 
 from security_soak import security_and_soak
 
+from reliability import reliability
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
@@ -367,8 +369,9 @@ class World:
         with open(conf, "w") as f:
             f.write(smb_global(t, port, "1 bucketfs:5", passdb=f"{self.tmp}/private/passdb.tdb")
                     + shares)
-        self.spawn(["smbd", "--foreground", "--no-process-group", "-s", conf],
-                   f"smbd-{name}", env=env)
+        self.extra = getattr(self, "extra", {})
+        self.extra[name] = self.spawn(["smbd", "--foreground", "--no-process-group",
+                                       "-s", conf], f"smbd-{name}", env=env)
         wait_port(port, f"smbd {name}")
         return port, f"{t}/log.smbd"
 
@@ -503,6 +506,8 @@ def main():
             integration(w, sources)
         if only in ("", "write"):
             writeback(w, tmp)
+        if only in ("", "reliability"):
+            reliability(w, sources, record, test)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
@@ -525,6 +530,7 @@ def docs():
         src = open(os.path.join(TOP, "modules/vfs_bucketfs.c")).read()
         found = set(re.findall(r'bfs_param\(handle, "([a-z ]+)"', src))
         found |= set(re.findall(r'BFS_MODULE,\s*"([a-z ]+)"', src))
+        found |= set(re.findall(r'bfs_parm_(?:int|size)\(&pc,\s*"([a-z ]+)"', src))
         return found
 
     @test
@@ -848,7 +854,7 @@ def integration(w, sources):
     @test
     def ctl_invalidate_makes_the_next_access_list_and_fetch_again():
         # listings of the share root (not the probe, which asks max-keys=1)
-        lists = lambda: len(re.findall(r"^GET /\S+\?delimiter=%2F&list-type=2&prefix=warmset%2F ",
+        lists = lambda: len(re.findall(r"^GET /\S+\?delimiter=%2F&encoding-type=url&list-type=2&prefix=warmset%2F ",
                                        open(f"{w.tmp}/front.log").read(), re.M))
         w.ls("warmed")
         before = lists()
