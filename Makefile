@@ -13,6 +13,9 @@
 #   make fuzz        libFuzzer targets (tests/fuzz), FUZZ_SECONDS each
 #   make asan-unit   the unit tests built with ASan+UBSan
 #   make valgrind-unit  the unit tests under valgrind
+#   make asan        build/asan/bucketfs_asan.so: the module under ASan+UBSan,
+#                    registered as "vfs objects = bucketfs_asan" (make test
+#                    installs it and runs it in a preloaded smbd)
 
 B        := build
 SAMBA    := $(B)/samba
@@ -34,7 +37,8 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
 .PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write \
-        fuzz fuzz-build asan-unit valgrind-unit
+        fuzz fuzz-build asan-unit valgrind-unit \
+        asan install-asan
 all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(UNIT) $(ITEST)
 
 deps:
@@ -101,6 +105,37 @@ $(B)/bucketfs-ctl: tools/bucketfs-ctl.c lib/*.h $(B)/libbucketfs.a $(B)/samba.cf
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
 	  $< -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
+# The module and lib/ again under ASan+UBSan, objects of their own, for
+# tests/sanitize_smbd.py.  It registers as "bucketfs_asan" so it loads next
+# to the real module (parameters stay "bucketfs:").  UBSan findings abort
+# the smbd child rather than scroll by in a log nobody reads.
+ASAN_CFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
+               -fno-sanitize-recover=undefined -g -O1
+ASAN_LIB_OBJ := $(LIB_SRC:lib/%.c=$(B)/asan/lib/%.o)
+
+asan: $(B)/asan/bucketfs_asan.so
+
+$(B)/asan/lib/%.o: lib/%.c lib/*.h $(B)/.deps-ok Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_CFLAGS) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) -c $< -o $@
+
+$(B)/asan/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.version Makefile
+	@scripts/check-samba.sh build
+	@mkdir -p $(dir $@)
+	$(CC) $(ASAN_CFLAGS) $(WARN) -Wno-unused-parameter $$(cat $(B)/samba.cflags) \
+	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"$(shell cat $(B)/samba.version 2>/dev/null)"' \
+	  -DBFS_VFS_NAME='"bucketfs_asan"' -c $< -o $@
+
+# Linked with -fsanitize so it names libasan; smbd itself is not
+# instrumented and must run with libasan preloaded (tests/sanitize_smbd.py).
+$(B)/asan/bucketfs_asan.so: $(B)/asan/vfs_bucketfs.o $(ASAN_LIB_OBJ)
+	$(CC) -fsanitize=address,undefined -shared -o $@ $^ $(PKG_LIBS)
+
+install-asan: $(B)/asan/bucketfs_asan.so
+	@scripts/check-samba.sh install $<
+	install -d $(MODULESDIR)/vfs
+	install -m 0644 $< $(MODULESDIR)/vfs/bucketfs_asan.so
+
 install: $(B)/bucketfs.so $(B)/bucketfs-ctl
 	@scripts/check-samba.sh install $(B)/bucketfs.so
 	install -d $(MODULESDIR)/vfs
@@ -109,7 +144,7 @@ install: $(B)/bucketfs.so $(B)/bucketfs-ctl
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 
-test: all install
+test: all install install-asan
 	@python3 tests/run.py
 
 unit: $(UNIT)
@@ -125,7 +160,7 @@ intree: $(B)/.deps-ok
 	@scripts/intree-build.sh
 
 clean:
-	rm -rf $(B)/lib $(B)/modules $(B)/tests $(B)/bucketfs.so $(B)/libbucketfs.a
+	rm -rf $(B)/lib $(B)/modules $(B)/tests $(B)/bucketfs.so $(B)/libbucketfs.a $(B)/asan
 
 $(B)/s3tool: tests/integration/s3tool.c $(B)/libbucketfs.a
 	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib $(PKG_CFLAGS) $< -o $@ \

@@ -31,6 +31,8 @@ from hardening import hardening
 
 from security_soak import security_and_soak
 
+from sanitize_smbd import sanitized_smbd
+
 from reliability import reliability
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -504,6 +506,8 @@ def main():
         w.start_smbd()
         if only in ("", "read"):
             integration(w, sources)
+        if only in ("", "asan"):
+            sanitized_smbd(w, sources, record, test)
         if only in ("", "write"):
             writeback(w, tmp)
         if only in ("", "reliability"):
