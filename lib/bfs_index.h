@@ -71,6 +71,15 @@ int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
 /* Forget when dir was listed, so the next access lists it again. */
 int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir);
 
+/*
+ * Date dir's stored listing listed_at (when its last page came) for the
+ * TTL: bfs_index_store_dir was given when the listing started, which is
+ * what the protection of changes made meanwhile needs, but a listing
+ * slower than the TTL must not be stale as soon as it is stored.
+ */
+int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
+			     time_t listed_at);
+
 /* One child of dir.  0, or ENOENT. */
 int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		     const char *dir, const char *name, struct bfs_entry *e);

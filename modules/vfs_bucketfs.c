@@ -679,6 +679,10 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	}
 	had_listing = bfs_index_dir_listed(bc->index, prefix, &listed) == 0;
 	ret = bfs_index_store_dir(bc->index, dir, now);
+	if (ret == 0 && time(NULL) > now + 1) {
+		/* A slow listing (many pages) is as fresh as its last page. */
+		bfs_index_dir_set_listed(bc->index, prefix, time(NULL));
+	}
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot store the listing of %s in "
 			"the index: %s%s\n", bc->service, prefix, strerror(ret),

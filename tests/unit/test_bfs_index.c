@@ -370,7 +370,7 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 	const char *after[] = {"new.bin"};
 	struct bfs_entry e = {.name = "new.bin", .size = 5, .mtime = 1,
 			      .etag = "etag-new"};
-	time_t now = time(NULL);
+	time_t now = time(NULL), at = 0;
 	uint64_t n = 0;
 
 	(void)state;
@@ -405,6 +405,14 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", after, 1,
 							  NULL, 0), now - 1), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
+
+	/* A slow listing is dated by its last page; a forgotten one stays so. */
+	assert_int_equal(bfs_index_dir_set_listed(idx, "d/", now + 100), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d/", &at), 0);
+	assert_int_equal(at, now + 100);
+	assert_int_equal(bfs_index_invalidate_dir(idx, "d/"), 0);
+	assert_int_equal(bfs_index_dir_set_listed(idx, "d/", now + 200), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d/", &at), ENOENT);
 	talloc_free(t);
 }
 
