@@ -46,6 +46,8 @@ def hardening(tmp, record):
     # The unit tests make their folders under TMPDIR; run.py removes tmp.
     os.makedirs(f"{tmp}/hardening", exist_ok=True)
     env = dict(os.environ, TMPDIR=f"{tmp}/hardening")
+    # Bounded for CI's time budget (make fuzz alone defaults to 20 s).
+    env.setdefault("FUZZ_SECONDS", "10")
     for target in ("fuzz", "asan-unit", "valgrind-unit"):
         try:
             p = subprocess.run(["make", "-s", "--no-print-directory", "-C", TOP, target],
