@@ -281,34 +281,6 @@ int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
 	return bfs_lmdb_errno(rc);
 }
 
-int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
-			     time_t listed_at)
-{
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	MDB_val k = bfs_dirs_key(tmp, dir), v;
-	int64_t t = listed_at;
-	MDB_txn *txn;
-	int rc;
-
-	rc = k.mv_data ? mdb_txn_begin(idx->env, NULL, 0, &txn) : ENOMEM;
-	if (rc == 0) {
-		/* Only a listing still there: an invalidate meanwhile wins. */
-		rc = mdb_get(txn, idx->dirs, &k, &v);
-		if (rc == 0) {
-			v.mv_size = sizeof(t);
-			v.mv_data = &t;
-			rc = mdb_put(txn, idx->dirs, &k, &v, 0);
-		}
-		if (rc == 0) {
-			rc = mdb_txn_commit(txn);
-		} else {
-			mdb_txn_abort(txn);
-		}
-	}
-	talloc_free(tmp);
-	return bfs_lmdb_errno(rc == MDB_NOTFOUND ? 0 : rc);
-}
-
 int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -729,6 +701,30 @@ static int bfs_index_finish(MDB_txn *txn, TALLOC_CTX *tmp, int rc)
 	}
 	talloc_free(tmp);
 	return bfs_lmdb_errno(rc);
+}
+
+int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
+			     time_t listed_at)
+{
+	TALLOC_CTX *tmp;
+	MDB_txn *txn;
+	MDB_val k, v;
+	int64_t t = listed_at;
+	int rc;
+
+	rc = bfs_index_begin(idx, &txn, &tmp);
+	if (rc != 0) {
+		return rc;
+	}
+	k = bfs_dirs_key(tmp, dir);
+	/* Only a listing still there: an invalidate meanwhile wins. */
+	rc = k.mv_data != NULL ? mdb_get(txn, idx->dirs, &k, &v) : ENOMEM;
+	if (rc == 0) {
+		v.mv_size = sizeof(t);
+		v.mv_data = &t;
+		rc = mdb_put(txn, idx->dirs, &k, &v, 0);
+	}
+	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
 }
 
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)

@@ -16,6 +16,8 @@ import subprocess
 import threading
 import time
 
+from smbls import parse_ls
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 USER, PASSWORD = "root", "bucketfs-test-pw"
@@ -209,12 +211,7 @@ def _checks(w, rel, record, test):
             assert s3_put("hostile/" + name, data), f"s3 put of {name!r} failed"
             bodies[name] = data
         bad_utf8 = False
-        ls = rel.smbclient("hostile", "ls").stdout
-        names = set()
-        for line in ls.splitlines():
-            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
-            if m and m.group(1) not in (".", ".."):
-                names.add(m.group(1))
+        names = set(parse_ls(rel.smbclient("hostile", "ls").stdout))
         want = {smb_name(n) for n in shown} | {"holds", "same"}
         assert names == want, f"listing: missing {want - names}, extra {names - want}"
         for n in shown:
@@ -296,14 +293,9 @@ def _checks(w, rel, record, test):
              ("hx/sp+ace.", 9)],
             ["hx/..%2F", "hx/sub%3A/", "hx/%2F"]))
         try:
-            ls = rel.smbclient("hx", "ls").stdout
+            names = set(parse_ls(rel.smbclient("hx", "ls").stdout))
         finally:
             w.fault("")
-        names = set()
-        for line in ls.splitlines():
-            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
-            if m and m.group(1) not in (".", ".."):
-                names.add(m.group(1))
         want = {"ok.txt", "ctl\uf001x", "sp ace\uf029", "sub\uf022"}
         assert names == want, f"listing: missing {want - names}, extra {names - want}"
         log = rel.log_text()

@@ -29,6 +29,8 @@ import urllib.parse
 
 from hardening import hardening
 
+from smbls import parse_ls
+
 from security_soak import security_and_soak
 
 from sanitize_smbd import sanitized_smbd
@@ -430,13 +432,7 @@ class World:
             return f.read()
 
     def ls(self, share, path=""):
-        out = self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout
-        entries = {}
-        for line in out.splitlines():
-            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
-            if m and m.group(1) not in (".", ".."):
-                entries[m.group(1)] = ("D" in m.group(2), int(m.group(3)))
-        return entries
+        return parse_ls(self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout)
 
 
 def seed(w):

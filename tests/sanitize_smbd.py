@@ -25,6 +25,8 @@ import sys
 import time
 import urllib.parse
 
+from smbls import parse_ls
+
 
 def sanitized_smbd(w, sources, record, test):
     # run.py's constants and helpers, whether it runs as __main__ or not.
@@ -114,13 +116,8 @@ def sanitized_smbd(w, sources, record, test):
         return dict(os.environ, SMB_USER=h.USER, SMB_PASS=h.PASSWORD)
 
     def ls(share, path="", timeout=20):
-        out = smb(share, f'cd "{path}"; ls' if path else "ls", timeout=timeout).stdout
-        entries = {}
-        for line in out.splitlines():
-            m = re.match(r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} +\d+ [\d:]+ \d{4}$", line)
-            if m and m.group(1) not in (".", ".."):
-                entries[m.group(1)] = ("D" in m.group(2), int(m.group(3)))
-        return entries
+        return parse_ls(smb(share, f'cd "{path}"; ls' if path else "ls",
+                            timeout=timeout).stdout)
 
     def verified(path, want_sha, size):
         assert h.sha256(path) == want_sha, f"{path} differs"

@@ -28,6 +28,8 @@ import threading
 import time
 import urllib.parse
 
+from smbls import parse_ls
+
 R = None  # tests/run.py, for its constants and helpers (set on the call)
 
 
@@ -120,9 +122,7 @@ def security_and_soak(w, sources, record, test):
         return seen
 
     def w_ls(text):
-        return {m.group(1): int(m.group(3)) for m in re.finditer(
-            r"^  (.+?)\s+([ADHNSR]+)\s+(\d+)\s+\w{3} \w{3} ", text, re.M)
-            if m.group(1) not in (".", "..")}
+        return {name: size for name, (_, size) in parse_ls(text).items()}
 
     # ---- point 8: only keys under the bucket and prefix ---------------------------
 
