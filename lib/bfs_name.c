@@ -134,23 +134,6 @@ int bfs_name_to_smb_buf(const char *s3, char *buf, size_t size)
 	return 0;
 }
 
-char *bfs_name_to_smb(TALLOC_CTX *mem_ctx, const char *s3)
-{
-	char buf[BFS_NAME_MAX + 1];
-	char *out;
-	int ret = bfs_name_to_smb_buf(s3, buf, sizeof(buf));
-
-	if (ret != 0) {
-		errno = ret;
-		return NULL;
-	}
-	out = talloc_strdup(mem_ctx, buf);
-	if (out == NULL) {
-		errno = ENOMEM;
-	}
-	return out;
-}
-
 /* Append the key form of SMB name smb[0..len) to out at *o. */
 static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 {
@@ -180,11 +163,6 @@ static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 		}
 		p += n;
 	}
-}
-
-char *bfs_name_to_s3(TALLOC_CTX *mem_ctx, const char *smb)
-{
-	return bfs_path_to_s3(mem_ctx, smb);
 }
 
 char *bfs_path_to_s3(TALLOC_CTX *mem_ctx, const char *smb_rel)

@@ -36,13 +36,11 @@ const char *bfs_name_problem(const char *s3);
  */
 int bfs_name_to_smb_buf(const char *s3, char *buf, size_t size);
 
-/* The same on mem_ctx; NULL with errno set. */
-char *bfs_name_to_smb(TALLOC_CTX *mem_ctx, const char *s3);
-
-/* SMB name back to the key component; NULL only on ENOMEM. */
-char *bfs_name_to_s3(TALLOC_CTX *mem_ctx, const char *smb);
-
-/* A "/"-separated relative path, component by component. */
+/*
+ * A "/"-separated relative path, component by component (a single name
+ * is a path of one).  To SMB: NULL with errno set; to S3: NULL only on
+ * ENOMEM.
+ */
 char *bfs_path_to_smb(TALLOC_CTX *mem_ctx, const char *s3_rel);
 char *bfs_path_to_s3(TALLOC_CTX *mem_ctx, const char *smb_rel);
 

@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			FUZZ_CHECK(strchr("\\/:*?\"<>|", buf[i]) == NULL);
 		}
 		FUZZ_CHECK(buf[i - 1] != '.' && buf[i - 1] != ' ');
-		back = bfs_name_to_s3(t, buf);
+		back = bfs_path_to_s3(t, buf);
 		FUZZ_CHECK(back != NULL && strcmp(back, key) == 0);
 	} else if (strchr(key, '/') == NULL) {
 		FUZZ_CHECK(bfs_name_to_smb_buf(key, buf, sizeof(buf)) != 0);

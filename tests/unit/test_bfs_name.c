@@ -13,11 +13,11 @@
 static void round_trip(const char *s3, const char *want_smb)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
-	char *smb = bfs_name_to_smb(t, s3), *back;
+	char *smb = bfs_path_to_smb(t, s3), *back;
 
 	assert_non_null(smb);
 	assert_string_equal(smb, want_smb);
-	back = bfs_name_to_s3(t, smb);
+	back = bfs_path_to_s3(t, smb);
 	assert_non_null(back);
 	assert_string_equal(back, s3);
 	talloc_free(t);
