@@ -15,7 +15,7 @@ struct s3_object_info {
 	time_t mtime;
 };
 
-/* HeadObject. */
+/* HeadObject; with key NULL, HeadBucket (no size, ETag or mtime then). */
 struct tevent_req *s3_head_object_send(TALLOC_CTX *mem_ctx,
 				       struct tevent_context *ev,
 				       struct s3_client *c, const char *key);

@@ -903,16 +903,36 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
 	return 0;
 }
 
-/* One cheap request that proves endpoint, bucket and credentials. */
+/*
+ * One cheap request that proves endpoint, bucket and credentials, paid by
+ * every tree connect: HeadBucket, which costs the same on every server
+ * (a one-key listing costs some S3-compatible servers a scan of the
+ * bucket).  HEAD answers carry no error document, so a failure is asked
+ * again as a listing, whose answer says why; a server without HeadBucket
+ * is served if the listing works.  A share of a prefix lists at once:
+ * credentials limited to a prefix may list it but not head the bucket.
+ */
 static int bfs_probe_bucket(struct bfs_conn *bc)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
+	struct s3_object_info info = {0};
 	struct s3_listing *l = NULL;
 	struct s3_status st = {0};
 	struct tevent_req *req;
 	const char *cause;
 	int ret;
 
+	if (bc->prefix[0] == '\0') {
+		req = s3_head_object_send(frame, bc->sync_ev, bc->s3, NULL);
+		if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+			TALLOC_FREE(frame);
+			return ENOMEM;
+		}
+		if (s3_head_object_recv(req, frame, &info, &st) == 0) {
+			TALLOC_FREE(frame);
+			return 0;
+		}
+	}
 	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
 			   1);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {

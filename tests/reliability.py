@@ -364,7 +364,7 @@ def _checks(w, rel, record, test):
     def each_s3_fault_is_retried_and_never_serves_a_wrong_byte():
         for mode in modes:
             if mode != "flip":
-                # Listings (and the tree connect's probe) too.
+                # Listings too.
                 w.fault(f"GET {mode} 2 list-type")
                 ls = rel.smbclient("faulty", "ls", check=False)
                 assert ls.returncode == 0 and f"{mode}-ok.bin" in ls.stdout, \
@@ -381,6 +381,18 @@ def _checks(w, rel, record, test):
                 assert p.returncode == 0, f"{mode} big: {p.stdout}{p.stderr}"
                 assert file_digest(f"{tmp}/f") == digest(big[mode]), f"{mode} big: wrong bytes"
             w.fault("")
+
+    @test
+    def the_connect_probe_retries_and_falls_back_to_a_listing():
+        # The tree connect's HeadBucket: answered 503 twice, it is retried;
+        # refused for good (as by a server without HeadBucket), the listing
+        # asked next proves the bucket instead.
+        for spec in ("HEAD 503 2", "HEAD 500 -1"):
+            w.fault(spec)
+            ls = rel.smbclient("faulty", "ls", check=False)
+            w.fault("")
+            assert ls.returncode == 0 and "cached.bin" in ls.stdout, \
+                f"{spec}: {ls.stdout}{ls.stderr}"
 
     @test
     def a_fault_that_does_not_go_away_is_a_clean_smb_error_then_heals():
