@@ -172,10 +172,16 @@ static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
 			     bool create, bool shared);
 
 /* An fd on the object's cache file, from a small per-process table. */
-static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
+/*
+ * The open descriptor of id's cache file, or -1; *free_slot (optional):
+ * where to keep one opened now (the slot of a removed file, or the least
+ * recently used).
+ */
+static int bfs_cache_fd_lookup(struct bfs_cache *c, const uint8_t id[16],
+			       struct bfs_fd_slot **free_slot)
 {
 	struct bfs_fd_slot *slot = &c->fds[0];
-	int i, fd;
+	int i;
 
 	for (i = 0; i < BFS_FD_SLOTS; i++) {
 		if (c->fds[i].fd >= 0 && memcmp(c->fds[i].id.b, id, 16) == 0) {
@@ -198,6 +204,20 @@ static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
 		if (c->fds[i].used < slot->used) {
 			slot = &c->fds[i];
 		}
+	}
+	if (free_slot != NULL) {
+		*free_slot = slot;
+	}
+	return -1;
+}
+
+static int bfs_cache_fd(struct bfs_cache *c, const uint8_t id[16], bool create)
+{
+	struct bfs_fd_slot *slot = NULL;
+	int fd = bfs_cache_fd_lookup(c, id, &slot);
+
+	if (fd >= 0) {
+		return fd;
 	}
 	fd = bfs_cache_open_fd(c, id, create, false);
 	if (fd < 0) {
@@ -623,6 +643,13 @@ int bfs_cache_read_mt(struct bfs_cache *c, int fd,
 int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id)
 {
 	int fd = bfs_cache_fd(c, id->b, false);
+
+	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
+
+int bfs_cache_dup_open_fd(struct bfs_cache *c, const struct bfs_cache_id *id)
+{
+	int fd = bfs_cache_fd_lookup(c, id->b, NULL);
 
 	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
 }

@@ -95,6 +95,12 @@ int bfs_cache_read_mt(struct bfs_cache *c, int fd,
 /* A descriptor of the object's cache file for bfs_cache_read_mt (close it
  * after), or -1. */
 int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id);
+/*
+ * The same from a descriptor this process holds open already, or -1: no
+ * open(2), so no rights to it needed (a caller that must change user to
+ * open a cache file can skip that on the hot path).
+ */
+int bfs_cache_dup_open_fd(struct bfs_cache *c, const struct bfs_cache_id *id);
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 			 uint64_t blk);
 

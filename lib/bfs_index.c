@@ -8,13 +8,18 @@
  *                                    directory's prefix is "")
  *   inos  uint64 inode (native)   -> full key of the entry that owns it
  *   meta  "bucket"                -> the bucket this index describes
+ *   listers "/<dir prefix>"       -> process listing it from S3 right now
+ *                                    (struct bfs_lister_rec)
  */
 #include "bfs_index.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "bfs_lmdb.h"
 
@@ -31,6 +36,12 @@ struct bfs_index {
 	 * the change made.  Listings that start later retire the record.
 	 */
 	MDB_dbi changed;
+	MDB_dbi listers;
+};
+
+struct bfs_lister_rec {
+	int64_t pid;
+	int64_t started;
 };
 
 /* Packed record, little-endian on the hosts we build for. */
@@ -61,7 +72,7 @@ int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 	if (idx == NULL) {
 		return ENOMEM;
 	}
-	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 5, &idx->env, why);
+	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 6, &idx->env, why);
 	if (rc != 0) {
 		talloc_free(idx);
 		return rc;
@@ -83,6 +94,9 @@ int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 	}
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "changed", MDB_CREATE, &idx->changed);
+	}
+	if (rc == 0) {
+		rc = mdb_dbi_open(txn, "listers", MDB_CREATE, &idx->listers);
 	}
 	if (rc == 0) {
 		rc = mdb_get(txn, idx->meta, &k, &v);
@@ -725,6 +739,62 @@ int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
 		rc = mdb_put(txn, idx->dirs, &k, &v, 0);
 	}
 	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
+}
+
+int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
+			    unsigned max_age)
+{
+	struct bfs_lister_rec r;
+	TALLOC_CTX *tmp;
+	MDB_txn *txn;
+	MDB_val k, v;
+	int64_t now = (int64_t)time(NULL);
+	int rc;
+
+	rc = bfs_index_begin(idx, &txn, &tmp);
+	if (rc != 0) {
+		return rc;
+	}
+	k = bfs_dirs_key(tmp, dir);
+	rc = k.mv_data != NULL ? mdb_get(txn, idx->listers, &k, &v) : ENOMEM;
+	if (rc == 0 && v.mv_size == sizeof(r)) {
+		memcpy(&r, v.mv_data, sizeof(r));
+		/* A claim of a process that died, or is stuck, is void. */
+		if (r.pid != (int64_t)getpid() && r.pid > 0 &&
+		    now - r.started < (int64_t)max_age && now >= r.started &&
+		    !(kill((pid_t)r.pid, 0) == -1 && errno == ESRCH)) {
+			return bfs_index_finish(txn, tmp, EBUSY);
+		}
+	}
+	if (rc == 0 || rc == MDB_NOTFOUND) {
+		r = (struct bfs_lister_rec){(int64_t)getpid(), now};
+		v.mv_size = sizeof(r);
+		v.mv_data = &r;
+		rc = mdb_put(txn, idx->listers, &k, &v, 0);
+	}
+	return bfs_index_finish(txn, tmp, rc);
+}
+
+void bfs_index_listing_release(struct bfs_index *idx, const char *dir)
+{
+	struct bfs_lister_rec r;
+	TALLOC_CTX *tmp;
+	MDB_txn *txn;
+	MDB_val k, v;
+	int rc;
+
+	if (bfs_index_begin(idx, &txn, &tmp) != 0) {
+		return; /* waiters take it over once they see it is stale */
+	}
+	k = bfs_dirs_key(tmp, dir);
+	rc = k.mv_data != NULL ? mdb_get(txn, idx->listers, &k, &v) : ENOMEM;
+	if (rc == 0 && v.mv_size == sizeof(r)) {
+		memcpy(&r, v.mv_data, sizeof(r));
+		rc = r.pid == (int64_t)getpid() ?
+			     mdb_del(txn, idx->listers, &k, NULL) :
+			     MDB_NOTFOUND;
+	}
+	(void)bfs_index_finish(txn, tmp, rc);
 }
 
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)

@@ -80,6 +80,18 @@ int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir);
 int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
 			     time_t listed_at);
 
+/*
+ * Listings in progress, across the processes sharing the index: one lists
+ * a directory from S3 while the others that want it wait for its result,
+ * instead of asking S3 for the same pages at once (many clients starting
+ * together after the TTL ran out).  Claim: 0 when this process is to list
+ * dir now; EBUSY while another live process does, for at most max_age
+ * seconds from its claim.  Release after storing the listing (or failing).
+ */
+int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
+			    unsigned max_age);
+void bfs_index_listing_release(struct bfs_index *idx, const char *dir);
+
 /* One child of dir.  0, or ENOENT. */
 int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		     const char *dir, const char *name, struct bfs_entry *e);

@@ -630,6 +630,44 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 /* ---- the index -------------------------------------------------------------- */
 
 /*
+ * Another process (another client's smbd) is listing prefix from S3: wait
+ * for its result instead of asking S3 for the same pages.  true: a listing
+ * stored meanwhile serves; false: list it here (*claimed: the claim is
+ * ours to release).  A lister that fails or dies releases the claim (or
+ * it goes stale), and a waiter takes over.
+ */
+static bool bfs_dir_wait_for_lister(struct bfs_conn *bc, const char *prefix,
+				    bool had, time_t listed_before,
+				    bool *claimed)
+{
+	/* Longer than a listing of many slow pages; then it is ours. */
+	unsigned max_age = bc->cfg.request_timeout_ms / 1000 * 4 + 10;
+	const struct timespec nap = {0, 20 * 1000 * 1000};
+	int ret;
+
+	for (;;) {
+		time_t listed;
+
+		ret = bfs_index_listing_claim(bc->index, prefix, max_age);
+		/* Stored meanwhile (also just before the lister let go)? */
+		if (bfs_index_dir_listed(bc->index, prefix, &listed) == 0 &&
+		    (!had || listed != listed_before)) {
+			if (ret == 0) {
+				bfs_index_listing_release(bc->index, prefix);
+			}
+			return true;
+		}
+		if (ret != EBUSY) {
+			break;
+		}
+		nanosleep(&nap, NULL);
+	}
+	/* Any other error: list without a claim, as before claims. */
+	*claimed = ret == 0;
+	return false;
+}
+
+/*
  * Make sure the index has a listing of directory rel younger than the TTL:
  * list it from S3 (every page) and store it, if not.
  */
@@ -641,7 +679,7 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	struct s3_dir *dir = NULL;
 	struct tevent_req *req;
 	time_t listed, now = time(NULL);
-	bool had_listing;
+	bool had_listing, claimed = false;
 	int ret;
 
 	if (prefix == NULL) {
@@ -654,16 +692,21 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		TALLOC_FREE(frame);
 		return 0;
 	}
+	/* ttl 0 asks for a listing that starts after this request. */
+	if (bc->ttl != 0 &&
+	    bfs_dir_wait_for_lister(bc, prefix, ret == 0, listed, &claimed)) {
+		TALLOC_FREE(frame);
+		return 0;
+	}
 	req = s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
-		TALLOC_FREE(frame);
-		return ENOMEM;
+		ret = ENOMEM;
+		goto out;
 	}
 	ret = s3_dirlist_recv(req, frame, &dir, &st);
 	if (ret != 0) {
 		bfs_log_s3(bc, "listing", prefix, &st);
-		TALLOC_FREE(frame);
-		return ret;
+		goto out;
 	}
 	if (dir->n_hidden_sample > 0) {
 		size_t i;
@@ -691,6 +734,10 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		if (had_listing) {
 			ret = 0;
 		}
+	}
+out:
+	if (claimed) {
+		bfs_index_listing_release(bc->index, prefix);
 	}
 	TALLOC_FREE(frame);
 	return ret;
@@ -2349,9 +2396,17 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		state->cache = bfs_reader_cache(reader);
 		state->id = fh->obj.id;
 		state->block_size = bfs_reader_block_size(reader);
-		become_root();
-		state->fd = bfs_cache_dup_fd(state->cache, &state->id);
-		unbecome_root();
+		/*
+		 * Opening a cache file needs root (they belong to the
+		 * server); one this process has open does not, and changing
+		 * user costs more system calls than the copy's own.
+		 */
+		state->fd = bfs_cache_dup_open_fd(state->cache, &state->id);
+		if (state->fd < 0) {
+			become_root();
+			state->fd = bfs_cache_dup_fd(state->cache, &state->id);
+			unbecome_root();
+		}
 	}
 	if (state->fd >= 0) {
 		subreq = pthreadpool_tevent_job_send(

@@ -105,6 +105,8 @@ class Rel:
                     "  bucketfs:part size = 5M\n")
             + share("hx", "hx", "  bucketfs:metadata ttl = 0\n",
                     endpoint=f"http://127.0.0.1:{w.control_port}")
+            + share("herd", "herd", "  bucketfs:metadata ttl = 3\n",
+                    endpoint=f"http://127.0.0.1:{w.control_port}")
             + "".join(share(name, "hostile", f"  bucketfs:{param} = {value}\n")
                       for name, (param, value, _) in BAD_VALUES.items()))
         self.env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
@@ -381,6 +383,29 @@ def _checks(w, rel, record, test):
                 assert p.returncode == 0, f"{mode} big: {p.stdout}{p.stderr}"
                 assert file_digest(f"{tmp}/f") == digest(big[mode]), f"{mode} big: wrong bytes"
             w.fault("")
+
+    @test
+    def clients_finding_a_listing_stale_together_share_one_s3_listing():
+        # Training workers start at once after the TTL ran out: one smbd
+        # lists the folder, the others wait for its result.
+        for i in range(3):
+            assert s3_put(f"herd/f{i}", b"x")
+        listing = "list-type=2&prefix=herd%2F"  # not the probe (max-keys=1)
+        lists = lambda: open(f"{w.tmp}/front-control.log", errors="replace").read().count(listing)
+        rel.smbclient("herd", "ls")
+        time.sleep(4)  # the TTL (3 s) ran out
+        before = lists()
+        w.fault(f"GET delay:3 1 {listing}")  # a slow listing: they pile up
+        clients = [subprocess.Popen(["smbclient", "//127.0.0.1/herd", "-p", str(rel.port),
+                                     "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-t", "120",
+                                     "-c", "ls"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+                   for _ in range(6)]
+        outs = [c.communicate(timeout=120)[0] for c in clients]
+        w.fault("")
+        for c, out in zip(clients, outs):
+            assert c.returncode == 0 and "f2" in out, out
+        assert lists() - before == 1, f"{lists() - before} S3 listings for 6 clients"
 
     @test
     def the_connect_probe_retries_and_falls_back_to_a_listing():

@@ -79,6 +79,39 @@ static void test_fill_then_read(void **state)
 	talloc_free(t);
 }
 
+/* Descriptors for worker threads: an open one is lent without opening. */
+static void test_descriptors_for_other_threads(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id a;
+	uint8_t data[BS], out[BS];
+	uint32_t got = 0;
+	int fd;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	bfs_cache_make_id("bkt", "k", "etag1", BS, &a);
+	block_bytes(data, 2, 1);
+	assert_int_equal(bfs_cache_fill(c, &a, 2, data, BS), 0);
+	TALLOC_FREE(c);
+
+	/* A new process has nothing open: only the opening call lends one. */
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_dup_open_fd(c, &a), -1);
+	fd = bfs_cache_dup_fd(c, &a);
+	assert_true(fd >= 0);
+	close(fd);
+	fd = bfs_cache_dup_open_fd(c, &a);
+	assert_true(fd >= 0);
+	assert_int_equal(bfs_cache_read_mt(c, fd, &a, 2, 0, BS, out, &got), 0);
+	assert_int_equal(got, BS);
+	assert_memory_equal(out, data, BS);
+	close(fd);
+	talloc_free(t);
+}
+
 /* The limit holds, and a scan does not flush blocks read twice. */
 static void test_limit_and_scan_resistance(void **state)
 {
@@ -374,6 +407,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_fill_then_read),
+		cmocka_unit_test(test_descriptors_for_other_threads),
 		cmocka_unit_test(test_limit_and_scan_resistance),
 		cmocka_unit_test(test_block_larger_than_cache_is_refused),
 		cmocka_unit_test(test_check_against_the_index),

@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <lmdb.h>
@@ -416,9 +418,50 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 	talloc_free(t);
 }
 
+/* One process lists a directory while others wait; a dead one's claim is void. */
+static void test_one_lister_per_directory(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index *idx = NULL;
+	int status = 0;
+	pid_t child;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_listing_claim(idx, "a/", 60), 0);
+	/* Our own claim is ours again (another connection of this process). */
+	assert_int_equal(bfs_index_listing_claim(idx, "a/", 60), 0);
+
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		/* Another smbd: its own environment on the same files. */
+		struct bfs_index *other = NULL;
+		int fails = 0;
+
+		fails += bfs_index_open(NULL, dir, "bkt", &other, &why) != 0;
+		fails += bfs_index_listing_claim(other, "a/", 60) != EBUSY;
+		/* A claim older than max_age is void (a stuck lister). */
+		fails += bfs_index_listing_claim(other, "a/", 0) != 0;
+		/* Dies holding "b/" and "a/". */
+		fails += bfs_index_listing_claim(other, "b/", 60) != 0;
+		_exit(fails);
+	}
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	assert_int_equal(bfs_index_listing_claim(idx, "b/", 60), 0);
+	assert_int_equal(bfs_index_listing_claim(idx, "a/", 60), 0);
+	bfs_index_listing_release(idx, "a/");
+	bfs_index_listing_release(idx, "b/");
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_one_lister_per_directory),
 		cmocka_unit_test(test_store_lookup_children),
 		cmocka_unit_test(test_relist_keeps_inodes),
 		cmocka_unit_test(test_many_unique_inodes),
