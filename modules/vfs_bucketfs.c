@@ -25,6 +25,9 @@
 #include "lib/pthreadpool/pthreadpool_tevent.h"
 #include "smbd/globals.h"
 #include "version.h"
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "bfs_cache.h"
 #include "bfs_index.h"
@@ -1107,6 +1110,46 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 	return 0;
 }
 
+/*
+ * smbd gives every SMB read a fresh buffer of up to 8 MiB (and our fetches
+ * are as large).  glibc maps a buffer that large with mmap and unmaps it on
+ * free, so each read faults in and zeroes 2,048 pages: on a cold
+ * sequential read that was a fifth of this process's CPU.  Heap buffers
+ * are reused instead.  Once per process, unless the admin set glibc's own
+ * tunables.
+ */
+#define BFS_MMAP_THRESHOLD (32 << 20)
+#define BFS_TRIM_THRESHOLD (64 << 20)
+
+static void bfs_reuse_read_buffers(int snum, const char *service)
+{
+#ifdef __GLIBC__
+	static bool done;
+	const char *tunables = getenv("GLIBC_TUNABLES");
+
+	if (done || !lp_parm_bool(snum, BFS_MODULE, "reuse read buffers",
+				  true)) {
+		return;
+	}
+	done = true;
+	if (tunables != NULL && strstr(tunables, "glibc.malloc.") != NULL) {
+		DBG_NOTICE("bucketfs: share %s: GLIBC_TUNABLES sets malloc "
+			   "tunables; leaving them as they are\n", service);
+		return;
+	}
+	if (mallopt(M_MMAP_THRESHOLD, BFS_MMAP_THRESHOLD) != 1 ||
+	    mallopt(M_TRIM_THRESHOLD, BFS_TRIM_THRESHOLD) != 1) {
+		DBG_WARNING("bucketfs: share %s: mallopt refused the buffer "
+			    "thresholds; reads still work, with more page "
+			    "faults\n", service);
+		return;
+	}
+	DBG_INFO("bucketfs: share %s: read buffers up to %d MiB come from the "
+		 "heap (up to %d MiB of freed heap kept)\n", service,
+		 BFS_MMAP_THRESHOLD >> 20, BFS_TRIM_THRESHOLD >> 20);
+#endif
+}
+
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
@@ -1298,6 +1341,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 
 	SMB_VFS_HANDLE_SET_DATA(handle, bc, NULL, struct bfs_conn,
 				goto nomem);
+	bfs_reuse_read_buffers(bc->snum, service);
 	DBG_NOTICE("bucketfs: share %s serves s3://%s/%s from %s for %s\n",
 		   service, bucket, bc->prefix, bc->cfg.endpoint, user);
 	return 0;
