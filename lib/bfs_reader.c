@@ -75,6 +75,16 @@ struct bfs_reader {
 	uint64_t kept_bytes; /* data of complete fetches */
 	uint8_t *spare[BFS_SPARE_BUFFERS];
 	unsigned n_spare;
+	/*
+	 * The last readahead window asked for: blocks [first, first + n) of
+	 * obj (key and etag copied, owned here).  A prefetch that completes
+	 * refills it, so the S3 server is not left idle while the reader
+	 * waits for an older fetch.
+	 */
+	struct bfs_object window_obj;
+	char *window_key, *window_etag;
+	uint64_t window_first;
+	unsigned window_n;
 	struct bfs_reader_counters counters;
 };
 
@@ -316,6 +326,7 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 
 static void bfs_read_part_done(struct tevent_req *req, int err,
 			       const struct s3_status *st);
+static void bfs_reader_fill_window(struct bfs_reader *r);
 
 static void bfs_fetch_done(struct tevent_req *subreq)
 {
@@ -323,6 +334,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	struct bfs_reader *r = f->r;
 	struct s3_status st = {0};
 	struct bfs_waiter *w;
+	bool refill = false;
 	size_t got = 0;
 	int ret;
 
@@ -354,6 +366,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	}
 	if (f->prefetch) {
 		r->n_prefetches--;
+		refill = true;
 	}
 	f->complete = true;
 	r->kept_bytes += f->len;
@@ -373,7 +386,10 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		(void)bfs_cache_fill(r->cache, &f->id, f->first, f->data,
 				     f->len);
 	}
-	bfs_reader_sweep(r);
+	bfs_reader_sweep(r); /* may free f */
+	if (refill) {
+		bfs_reader_fill_window(r);
+	}
 }
 
 /* ---- reads --------------------------------------------------------------- */
@@ -518,15 +534,16 @@ int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st)
 	return ret;
 }
 
-void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
-			 uint64_t first, unsigned n)
+/* Start fetches for what the window lacks, up to BFS_MAX_PREFETCHES. */
+static void bfs_reader_fill_window(struct bfs_reader *r)
 {
-	uint64_t blk;
+	const struct bfs_object *obj = &r->window_obj;
+	uint64_t first = r->window_first, blk;
+	unsigned n = r->window_n;
 
-	if (r->cache == NULL) {
+	if (obj->key == NULL) {
 		return;
 	}
-	bfs_reader_sweep(r);
 	for (blk = first; blk < first + n;) {
 		unsigned run;
 
@@ -539,9 +556,44 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 			continue;
 		}
 		run = bfs_run_length(r, obj, blk, (unsigned)(first + n - blk));
-		bfs_fetch_start(r, obj, blk, run, true);
+		if (bfs_fetch_start(r, obj, blk, run, true) == NULL) {
+			return;
+		}
 		blk += run;
 	}
+}
+
+void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
+			 uint64_t first, unsigned n)
+{
+	struct bfs_object *w = &r->window_obj;
+
+	if (r->cache == NULL) {
+		return;
+	}
+	bfs_reader_sweep(r);
+	if (w->key == NULL || memcmp(w->id.b, obj->id.b, sizeof(w->id.b)) != 0) {
+		char *key = talloc_strdup(r, obj->key);
+		char *etag = obj->etag != NULL ? talloc_strdup(r, obj->etag)
+					       : NULL;
+
+		if (key == NULL || (obj->etag != NULL && etag == NULL)) {
+			talloc_free(key);
+			talloc_free(etag);
+			return;
+		}
+		talloc_free(r->window_key);
+		talloc_free(r->window_etag);
+		r->window_key = key;
+		r->window_etag = etag;
+		*w = *obj;
+		w->key = key;
+		w->etag = etag;
+	}
+	w->size = obj->size;
+	r->window_first = first;
+	r->window_n = n;
+	bfs_reader_fill_window(r);
 }
 
 /* ---- cached reads for worker threads ------------------------------------ */
