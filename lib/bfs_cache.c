@@ -66,6 +66,12 @@ struct bfs_fd_slot {
 	struct bfs_cache_id id;
 	int fd;
 	uint64_t used;
+	/*
+	 * Lent to worker threads (bfs_cache_lend_fd): not closed or reused
+	 * until all are back.  A lent descriptor of a removed file is only
+	 * unnamed (id zeroed) and closed by the last return.
+	 */
+	unsigned lent;
 };
 
 /* Blocks handed to the fill thread (plain malloc: crosses threads). */
@@ -193,6 +199,10 @@ static int bfs_cache_fd_lookup(struct bfs_cache *c, const uint8_t id[16],
 			 * descriptor while others use a new file of that name.
 			 */
 			if (fstat(c->fds[i].fd, &st) == 0 && st.st_nlink == 0) {
+				if (c->fds[i].lent > 0) {
+					memset(c->fds[i].id.b, 0, 16);
+					continue;
+				}
 				close(c->fds[i].fd);
 				c->fds[i].fd = -1;
 				slot = &c->fds[i];
@@ -201,11 +211,13 @@ static int bfs_cache_fd_lookup(struct bfs_cache *c, const uint8_t id[16],
 			c->fds[i].used = ++c->fd_clock;
 			return c->fds[i].fd;
 		}
-		if (c->fds[i].used < slot->used) {
+		if (c->fds[i].lent == 0 &&
+		    (slot->lent > 0 || c->fds[i].used < slot->used)) {
 			slot = &c->fds[i];
 		}
 	}
 	if (free_slot != NULL) {
+		/* bfs_cache_lend_fd keeps half the slots unlent: one is free. */
 		*free_slot = slot;
 	}
 	return -1;
@@ -640,18 +652,54 @@ int bfs_cache_read_mt(struct bfs_cache *c, int fd,
 	return bfs_cache_copy(c, id, blk, off, n, buf, got, true, fd);
 }
 
-int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id)
+static struct bfs_fd_slot *bfs_cache_fd_slot(struct bfs_cache *c, int fd)
 {
-	int fd = bfs_cache_fd(c, id->b, false);
+	int i;
 
-	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	for (i = 0; i < BFS_FD_SLOTS; i++) {
+		if (c->fds[i].fd == fd) {
+			return &c->fds[i];
+		}
+	}
+	return NULL;
 }
 
-int bfs_cache_dup_open_fd(struct bfs_cache *c, const struct bfs_cache_id *id)
+int bfs_cache_lend_fd(struct bfs_cache *c, const struct bfs_cache_id *id,
+		      bool open)
 {
-	int fd = bfs_cache_fd_lookup(c, id->b, NULL);
+	struct bfs_fd_slot *slot;
+	unsigned i, n_lent = 0;
+	int fd;
 
-	return fd < 0 ? -1 : fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	for (i = 0; i < BFS_FD_SLOTS; i++) {
+		n_lent += c->fds[i].lent > 0;
+	}
+	fd = open ? bfs_cache_fd(c, id->b, false)
+		  : bfs_cache_fd_lookup(c, id->b, NULL);
+	if (fd < 0 || (slot = bfs_cache_fd_slot(c, fd)) == NULL) {
+		return -1;
+	}
+	/* Half the table stays free to open other files in. */
+	if (slot->lent == 0 && n_lent >= BFS_FD_SLOTS / 2) {
+		return -1;
+	}
+	slot->lent++;
+	return fd;
+}
+
+void bfs_cache_return_fd(struct bfs_cache *c, int fd)
+{
+	struct bfs_fd_slot *slot = bfs_cache_fd_slot(c, fd);
+	static const uint8_t unnamed[16];
+
+	if (slot == NULL || slot->lent == 0) {
+		return;
+	}
+	if (--slot->lent == 0 && memcmp(slot->id.b, unnamed, 16) == 0) {
+		close(slot->fd);
+		slot->fd = -1;
+		slot->used = 0;
+	}
 }
 
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,

@@ -85,22 +85,27 @@ int bfs_cache_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 
 /*
  * bfs_cache_read for any thread: its own transactions, and fd, the object's
- * cache file, from bfs_cache_dup_fd() on the owning thread (which may have
- * the rights to open it that a worker thread lacks); it does not record the
- * read for eviction: the owning thread calls bfs_cache_note_read() after.
+ * cache file, lent by bfs_cache_lend_fd() on the owning thread (which may
+ * have the rights to open it that a worker thread lacks); it does not
+ * record the read for eviction: the owning thread calls
+ * bfs_cache_note_read() after.
  */
 int bfs_cache_read_mt(struct bfs_cache *c, int fd,
 		      const struct bfs_cache_id *id, uint64_t blk, uint32_t off,
 		      uint32_t n, void *buf, uint32_t *got);
-/* A descriptor of the object's cache file for bfs_cache_read_mt (close it
- * after), or -1. */
-int bfs_cache_dup_fd(struct bfs_cache *c, const struct bfs_cache_id *id);
 /*
- * The same from a descriptor this process holds open already, or -1: no
- * open(2), so no rights to it needed (a caller that must change user to
- * open a cache file can skip that on the hot path).
+ * Lend this process's descriptor of the object's cache file to another
+ * thread, for bfs_cache_read_mt, until bfs_cache_return_fd(); or -1.
+ * open: open the file if it is not open (that needs the rights to it);
+ * else only a descriptor held open already, so a caller that must change
+ * user to open a cache file can skip that on the hot path.  No system call
+ * beyond the check that the file still has a name: the descriptor stays
+ * open, and its slot unused, while lent.  -1 also when half the table is
+ * lent (the caller then reads on its own thread).
  */
-int bfs_cache_dup_open_fd(struct bfs_cache *c, const struct bfs_cache_id *id);
+int bfs_cache_lend_fd(struct bfs_cache *c, const struct bfs_cache_id *id,
+		      bool open);
+void bfs_cache_return_fd(struct bfs_cache *c, int fd);
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 			 uint64_t blk);
 

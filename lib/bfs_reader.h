@@ -63,7 +63,7 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
  * Served from disk alone: a caller with worker threads (smbd's pool) can
  * copy cached bytes off its event loop.  bfs_reader_all_cached() says if
  * every block of [off, off+len) is in the cache now; bfs_copy_cached() is
- * the thread-safe copy from fd (bfs_cache_dup_fd()): 0, or ENOENT if a
+ * the thread-safe copy from fd (bfs_cache_lend_fd()): 0, or ENOENT if a
  * block went meanwhile: then read normally; bfs_reader_cached_done()
  * records it, on the reader's thread.
  */

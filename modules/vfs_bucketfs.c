@@ -2445,10 +2445,12 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		 * server); one this process has open does not, and changing
 		 * user costs more system calls than the copy's own.
 		 */
-		state->fd = bfs_cache_dup_open_fd(state->cache, &state->id);
+		state->fd = bfs_cache_lend_fd(state->cache, &state->id,
+					      false);
 		if (state->fd < 0) {
 			become_root();
-			state->fd = bfs_cache_dup_fd(state->cache, &state->id);
+			state->fd = bfs_cache_lend_fd(state->cache, &state->id,
+						      true);
 			unbecome_root();
 		}
 	}
@@ -2456,7 +2458,9 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		subreq = pthreadpool_tevent_job_send(
 			state, ev, handle->conn->sconn->pool,
 			bfs_pread_cached_do, state);
-		if (tevent_req_nomem(subreq, req)) {
+		if (subreq == NULL) {
+			bfs_cache_return_fd(state->cache, state->fd);
+			tevent_req_oom(req);
 			return tevent_req_post(req, ev);
 		}
 		tevent_req_set_callback(subreq, bfs_pread_cached_done, req);
@@ -2523,7 +2527,7 @@ static void bfs_pread_cached_done(struct tevent_req *subreq)
 		bfs_pread_cached_do(state);
 		ret = 0;
 	}
-	close(state->fd);
+	bfs_cache_return_fd(state->cache, state->fd);
 	state->fd = -1;
 	if (ret == 0 && state->copy_err == 0) {
 		bfs_reader_cached_done(state->reader, &state->fh->obj,

@@ -80,6 +80,20 @@ static void test_fill_then_read(void **state)
 }
 
 /* Descriptors for worker threads: an open one is lent without opening. */
+
+/* Remove an object's cache file, as bucketfs-ctl fsck or an admin may. */
+static int unlink_cache_file(const char *dir, const struct bfs_cache_id *id)
+{
+	char name[33], path[4096];
+	int i;
+
+	for (i = 0; i < 16; i++) {
+		snprintf(name + 2 * i, 3, "%02x", id->b[i]);
+	}
+	snprintf(path, sizeof(path), "%s/blocks/%.2s/%s", dir, name, name);
+	return unlink(path);
+}
+
 static void test_descriptors_for_other_threads(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -99,16 +113,25 @@ static void test_descriptors_for_other_threads(void **state)
 
 	/* A new process has nothing open: only the opening call lends one. */
 	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
-	assert_int_equal(bfs_cache_dup_open_fd(c, &a), -1);
-	fd = bfs_cache_dup_fd(c, &a);
+	assert_int_equal(bfs_cache_lend_fd(c, &a, false), -1);
+	fd = bfs_cache_lend_fd(c, &a, true);
 	assert_true(fd >= 0);
-	close(fd);
-	fd = bfs_cache_dup_open_fd(c, &a);
+	bfs_cache_return_fd(c, fd);
+	fd = bfs_cache_lend_fd(c, &a, false);
 	assert_true(fd >= 0);
 	assert_int_equal(bfs_cache_read_mt(c, fd, &a, 2, 0, BS, out, &got), 0);
 	assert_int_equal(got, BS);
 	assert_memory_equal(out, data, BS);
-	close(fd);
+
+	/* Removed while lent: still readable by its borrower, not named. */
+	assert_int_equal(unlink_cache_file(dir, &a), 0);
+	assert_int_equal(bfs_cache_lend_fd(c, &a, false), -1);
+	assert_true(fcntl(fd, F_GETFD) >= 0);
+	assert_int_equal(pread(fd, out, BS, 2 * BS), BS);
+	assert_memory_equal(out, data, BS);
+	/* The last return closes it. */
+	bfs_cache_return_fd(c, fd);
+	assert_int_equal(fcntl(fd, F_GETFD), -1);
 	talloc_free(t);
 }
 
