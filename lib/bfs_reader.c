@@ -200,12 +200,13 @@ const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r
 /* ---- fetches ----------------------------------------------------------- */
 
 /*
- * Room for BFS_FETCH_MAX_BLOCKS blocks and the padding a partial last block
- * gets when the cache writes it with O_DIRECT.
+ * Room for BFS_FETCH_MAX_BLOCKS blocks.  The cache pads a partial last
+ * block to 4 KiB when it writes with O_DIRECT; blocks are multiples of
+ * 4 KiB, so that padding is inside the room of a whole block.
  */
 static size_t bfs_buf_size(const struct bfs_reader *r)
 {
-	size_t n = (size_t)r->block_size * BFS_FETCH_MAX_BLOCKS + 4096;
+	size_t n = (size_t)r->block_size * BFS_FETCH_MAX_BLOCKS;
 
 	if (n >= BFS_HUGE_PAGE) {
 		return (n + BFS_HUGE_PAGE - 1) & ~(BFS_HUGE_PAGE - 1);
