@@ -22,8 +22,15 @@ Workloads (sizes from the environment, defaults as the issue asks):
   small files          BENCH_SMALL_N (10000) files of 100 KiB: list them
                        and read them all (smbclient, one session)
   list N               smbclient ls of 10,000 and BENCH_LIST_BIG (100,000)
-  checkpoint           write BENCH_SEQ_MB MiB as ckpt.tmp, rename over
-                       ckpt.pt, until the object is in S3 at full size
+  checkpoint           write BENCH_SEQ_MB MiB as runs/ckpt.tmp, rename over
+                       runs/ckpt.pt, until the object is in S3 at full size
+                       (in a run directory, as training jobs keep them:
+                       s3rver walks every key below a prefix to list it
+                       with a delimiter, so a lookup in the bucket's root
+                       would time s3rver listing the 120,000 benchmark
+                       objects, which S3 answers in one page)
+Cold reads and raw GETs both start with the page cache dropped, so the S3
+server reads the object from its disk for either.
 For every run: peak RSS of smbd (and of the FUSE daemon), and the S3
 requests and bytes the S3 server logged (read amplification).
 
@@ -64,6 +71,16 @@ RESULTS = os.path.join(TOP, "bench/results")
 
 def log(msg):
     print(f"bench: {msg}", flush=True)
+
+
+def drop_page_cache():
+    """Written back and dropped: the next read of any file is from disk."""
+    subprocess.run(["sync"])
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
 
 
 def sh(argv, **kw):
@@ -165,12 +182,15 @@ class Bench:
         t = self.tmp
         loc = f"{t}/local"
         os.makedirs(f"{loc}/small")
+        os.makedirs(f"{loc}/runs")
         log(f"data: {SEQ_MB} MiB file, {SMALL_N} x {SMALL_KB} KiB, listings of 10000 and {LIST_BIG}")
         with open(f"{loc}/seq.bin", "wb") as f:
             for _ in range(SEQ_MB):
                 f.write(os.urandom(1 << 20))
         self.s3tool("putmp", "seq.bin", f"{loc}/seq.bin", str(16 << 20), "8")
         self.s3tool("putmany", "small/f", str(SMALL_N), str(SMALL_KB * 1024))
+        open(f"{t}/empty", "wb").close()
+        self.s3tool("put", "runs/", f"{t}/empty")  # the directory's marker
         body = b"x" * (SMALL_KB * 1024)
         for i in range(SMALL_N):
             with open(f"{loc}/small/f{i:05d}", "wb") as f:
@@ -275,12 +295,7 @@ class Bench:
         if system == "rclone":
             self.mount_rclone(fresh=True)
         self.restart_smbd()
-        subprocess.run(["sync"])
-        try:
-            with open("/proc/sys/vm/drop_caches", "w") as f:
-                f.write("3\n")
-        except OSError:
-            pass
+        drop_page_cache()
 
     # ---- clients ---------------------------------------------------------------
 
@@ -376,14 +391,15 @@ class Bench:
             src = f"{self.tmp}/local/seq.bin"
             if share != "local":
                 # The last run's object would pass the durability check.
-                sh([f"{B}/s3tool", "rm", f"ckpt-{share}.pt"], env=self.env)
+                sh([f"{B}/s3tool", "rm", f"runs/ckpt-{share}.pt"], env=self.env)
             start = time.monotonic()
-            self.smbclient(share, f"put {src} ckpt-{share}.tmp; rename ckpt-{share}.tmp ckpt-{share}.pt -f")
+            self.smbclient(share, f"cd runs; put {src} ckpt-{share}.tmp; "
+                                  f"rename ckpt-{share}.tmp ckpt-{share}.pt -f")
             # Durable = in S3 at full size (rclone uploads after the close);
             # the local share's file is on the local disk.
             while share != "local":
                 try:
-                    size = int(self.s3tool("head", f"ckpt-{share}.pt").split()[0])
+                    size = int(self.s3tool("head", f"runs/ckpt-{share}.pt").split()[0])
                 except subprocess.CalledProcessError:
                     size = -1
                 if size == SEQ_MB << 20:
@@ -398,6 +414,7 @@ class Bench:
     # ---- raw S3 ----------------------------------------------------------------
 
     def raw_seq(self):
+        drop_page_cache()  # as make_cold does for the others
         out = self.s3tool("getpar", "seq.bin", "8").split()
         return SEQ_MB * 1.048576 / float(out[1]), {}
 
