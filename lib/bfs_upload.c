@@ -3,9 +3,15 @@
  */
 #include "bfs_upload.h"
 
+#include <ctype.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/md5.h>
 
 /* talloc's largest chunk is 256 MiB: bodies stay below it. */
 #define BFS_UPLOAD_MAX_BUF (255ULL << 20)
@@ -39,6 +45,7 @@ static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req);
 static void bfs_upload_created(struct tevent_req *subreq);
 static void bfs_upload_part_done(struct tevent_req *subreq);
 static void bfs_upload_completed(struct tevent_req *subreq);
+static void bfs_upload_checked(struct tevent_req *subreq);
 static void bfs_upload_aborted(struct tevent_req *subreq);
 
 /* Read exactly len bytes at off: the staging file must have them. */
@@ -351,12 +358,149 @@ static void bfs_upload_completed(struct tevent_req *subreq)
 	int ret = s3_mpu_complete_recv(subreq, s, &s->etag, &s->st);
 
 	TALLOC_FREE(subreq);
+	if (ret != 0 && s->copy_src == NULL &&
+	    strcmp(s->st.code, "NoSuchUpload") == 0) {
+		/*
+		 * The engine retries a completion whose answer was lost; if
+		 * the first try worked, the upload is gone because it is the
+		 * object now.  Look before calling it a failure.
+		 */
+		s->err = ret;
+		subreq = s3_head_object_send(s, s->ev, s->s3, s->key);
+		if (subreq != NULL) {
+			tevent_req_set_callback(subreq, bfs_upload_checked,
+						req);
+			return;
+		}
+	}
 	if (ret != 0) {
 		s->err = ret;
 		bfs_upload_fail(req);
 		return;
 	}
 	tevent_req_done(req);
+}
+
+/* 16 bytes from 32 hex digits (an MD5 ETag); false if it is not one. */
+static bool bfs_md5_from_hex(const char *hex, unsigned char *md)
+{
+	unsigned i;
+
+	for (i = 0; i < 2 * MD5_DIGEST_LENGTH; i++) {
+		if (!isxdigit((unsigned char)hex[i])) {
+			return false;
+		}
+	}
+	if (hex[2 * MD5_DIGEST_LENGTH] != '\0') {
+		return false;
+	}
+	for (i = 0; i < MD5_DIGEST_LENGTH; i++) {
+		unsigned v = 0;
+
+		sscanf(hex + 2 * i, "%2x", &v);
+		md[i] = (unsigned char)v;
+	}
+	return true;
+}
+
+static void bfs_md5_hex(const unsigned char *md, char *hex)
+{
+	unsigned i;
+
+	for (i = 0; i < MD5_DIGEST_LENGTH; i++) {
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
+	}
+}
+
+char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
+			 size_t n)
+{
+	unsigned char md[MD5_DIGEST_LENGTH];
+	char hex[2 * MD5_DIGEST_LENGTH + 1];
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	bool ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1;
+	size_t i;
+
+	for (i = 0; ok && i < n; i++) {
+		ok = parts[i].etag != NULL &&
+		     bfs_md5_from_hex(parts[i].etag, md) &&
+		     EVP_DigestUpdate(ctx, md, sizeof(md)) == 1;
+	}
+	ok = ok && n > 0 && EVP_DigestFinal_ex(ctx, md, NULL) == 1;
+	EVP_MD_CTX_free(ctx);
+	if (!ok) {
+		return NULL;
+	}
+	bfs_md5_hex(md, hex);
+	return talloc_asprintf(mem_ctx, "%s-%zu", hex, n);
+}
+
+/*
+ * Is etag what this upload's bytes make?  S3 gives a multipart object the
+ * ETag bfs_multipart_etag() computes; some servers (s3rver) the MD5 of all
+ * its bytes, which is read back from the staged file.
+ */
+static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
+				    const char *etag)
+{
+	char *mp = bfs_multipart_etag(s, s->parts, s->n_parts);
+	unsigned char md[MD5_DIGEST_LENGTH];
+	char hex[2 * MD5_DIGEST_LENGTH + 1];
+	const size_t chunk = 1 << 20;
+	EVP_MD_CTX *ctx;
+	uint8_t *buf;
+	uint64_t off;
+	bool ok;
+
+	if (mp != NULL && strcasecmp(mp, etag) == 0) {
+		talloc_free(mp);
+		return true;
+	}
+	talloc_free(mp);
+	if (!bfs_md5_from_hex(etag, md)) {
+		return false;
+	}
+	ctx = EVP_MD_CTX_new();
+	buf = talloc_size(s, chunk);
+	ok = ctx != NULL && buf != NULL &&
+	     EVP_DigestInit_ex(ctx, EVP_md5(), NULL) == 1;
+	for (off = 0; ok && off < s->size; off += chunk) {
+		size_t n = s->size - off < chunk ? (size_t)(s->size - off)
+						 : chunk;
+
+		ok = bfs_read_full(s->fd, buf, n, off) == 0 &&
+		     EVP_DigestUpdate(ctx, buf, n) == 1;
+	}
+	ok = ok && EVP_DigestFinal_ex(ctx, md, NULL) == 1;
+	EVP_MD_CTX_free(ctx);
+	talloc_free(buf);
+	if (!ok) {
+		return false;
+	}
+	bfs_md5_hex(md, hex);
+	return strcasecmp(hex, etag) == 0;
+}
+
+static void bfs_upload_checked(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	int ret = s3_head_object_recv(subreq, s, &info, &st);
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 && info.size == s->size && info.etag != NULL &&
+	    bfs_upload_etag_is_ours(s, info.etag)) {
+		s->err = 0;
+		s->etag = info.etag;
+		tevent_req_done(req);
+		return;
+	}
+	/* Not ours (or not known): the NoSuchUpload stands. */
+	bfs_upload_fail(req);
 }
 
 static void bfs_upload_aborted(struct tevent_req *subreq)

@@ -40,4 +40,12 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 				 const char *dst_key, uint64_t size,
 				 const struct bfs_upload_params *p);
 
+/*
+ * The ETag S3 gives an object completed from these parts (the MD5 of the
+ * parts' MD5s, "-" and their count), on mem_ctx; NULL if a part's ETag is
+ * not an MD5 (or no memory).
+ */
+char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
+			 size_t n);
+
 #endif

@@ -1412,6 +1412,24 @@ def writeback(w, tmp):
         print("    # 2 PUTs answered 500, upload retried")
 
     @test
+    def a_lost_answer_to_completing_an_upload_is_not_a_failure():
+        # S3 did complete it; the retry finds no upload, then the object.
+        src = make("lost.bin", 20 << 20)
+        w.fault("POST lost 1 uploadId=")
+        w.smbclient("rwfault", f"put {src} lost.bin")
+        w.fault("")
+        assert w.s3_sha256("rwfault/lost.bin") == sha256(src)
+        with open(f"{tmp}/front-control.log") as f:
+            log = [l for l in f if "/rwfault/lost.bin" in l]
+        posts = [l for l in log if l.startswith("POST ") and "uploadId=" in l]
+        assert len(posts) == 2 and " fault=lost " in posts[0], posts
+        after = log[log.index(posts[1]) + 1:]
+        assert any(l.startswith("HEAD ") for l in after), "the object was not looked at"
+        assert not any(re.match(r"(PUT|DELETE) ", l) for l in after), after
+        assert "lost.bin" not in w.ctl("rwfault", "pending").stdout
+        print("    # completion answered by nobody, retried: NoSuchUpload, then HEAD: ours")
+
+    @test
     def a_permanent_failure_reaches_the_client_and_keeps_the_data():
         src = make("denied.bin", 3 << 20)
         w.fault("PUT deny -1")

@@ -8,6 +8,7 @@ C one under test), then forwards to s3rver.  It can also inject faults.
 
     s3_front.py LISTEN UPSTREAM [--keys AK:SK,...] [--fault MODE --count N]
 
+A completed multipart upload is gone (NoSuchUpload), as on S3.
 s3rver has no UploadPartCopy either: the front does it the way S3 does,
 from s3rver's own primitives (a range GET of the source, an UploadPart of
 those bytes), and answers a CopyPartResult.
@@ -22,7 +23,8 @@ With --control FILE, a test switches faults while it runs: FILE holds
 "METHOD MODE COUNT [PATHPART]" (COUNT -1: every request; PATHPART: only
 requests whose path and query hold it), MODE one of the above or
 deny (403 AccessDenied) or delay:SECONDS or body:FILE (200 with FILE's
-bytes as the answer); the next COUNT requests of that
+bytes as the answer) or lost (the request is done upstream, then the
+connection closed with no answer); the next COUNT requests of that
 method get it, counted from when the file's content changed.
 One line per request goes to stdout.
 """
@@ -198,7 +200,18 @@ class Front(http.server.BaseHTTPRequestHandler):
             if head.status in (200, 206) and head.getheader("ETag") != if_match:
                 return self.error(412, "PreconditionFailed",
                                   "At least one of the pre-conditions you specified did not hold")
+        # s3rver answers InternalError for an upload it has completed;
+        # S3 answers NoSuchUpload, as the front does.
+        upload = re.search(r"[?&]uploadId=([^&]+)", self.path)
+        if upload and self.command in ("POST", "PUT") and upload.group(1) in completed_uploads:
+            return self.error(404, "NoSuchUpload", "The specified upload does not exist.")
         resp, data = self.upstream(self.command, body, headers)
+        if upload and self.command == "POST" and resp.status == 200:
+            with lock:
+                completed_uploads.add(upload.group(1))
+        if fault == "lost":
+            self.close_connection = True
+            return
         if fault == "flip" and data:
             data = bytearray(data)
             data[len(data) // 2] ^= 0x20
@@ -238,6 +251,7 @@ def log_line(text):
 
 control_seen = None
 control_left = 0
+completed_uploads = set()
 
 
 def controlled_fault(method, path):
