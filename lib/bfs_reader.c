@@ -367,7 +367,7 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	f->nblk = nblk;
 	f->len = end - start;
 	f->prefetch = prefetch;
-	/* Page-aligned and padded: the cache may write it with O_DIRECT. */
+	/* Page-aligned: the cache may write it with O_DIRECT. */
 	f->buf = bfs_buf_get(r, f);
 	if (f->buf == NULL) {
 		talloc_free(f);
