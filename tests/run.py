@@ -106,6 +106,9 @@ def wait_port(port, what, timeout=30):
     raise RuntimeError(f"{what} did not listen on port {port}")
 
 
+durations = []  # (seconds, name) of each integration check
+
+
 def record(name, ok, detail=""):
     results.append((name, ok, detail))
     print(f"{'ok' if ok else 'not ok'} - {name}" + (f"\n    {detail}" if detail and not ok else ""),
@@ -138,11 +141,13 @@ def test(fn):
     name = fn.__name__.replace("_", " ")
     if os.environ.get("PICK", "") not in name:  # PICK=words: only those
         return fn
+    start = time.monotonic()
     try:
         fn()
         record(name, True)
     except Exception as e:  # a failed check is a result, not the end
         record(name, False, f"{e}\n{traceback.format_exc(limit=2)}")
+    durations.append((time.monotonic() - start, name))
     return fn
 
 
@@ -478,6 +483,7 @@ def seed(w):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="bucketfs-test.")
+    started = time.monotonic()
     world = None
     try:
         # ---- unit tests ----------------------------------------------------
@@ -530,6 +536,9 @@ def main():
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    # Where the time goes, for keeping make test short.
+    print(f"# {time.monotonic() - started:.0f} s in all; slowest checks: " +
+          ", ".join(f"{n} {d:.0f} s" for d, n in sorted(durations, reverse=True)[:8]))
     passed = sum(1 for r in results if r[1])
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
@@ -1404,28 +1413,29 @@ def writeback(w, tmp):
         assert {f"rwfault/many4/f{i}" for i in range(4)} <= keys and \
             not any(k.startswith("rwfault/many5") for k in keys), keys
 
+    def put_through_fault(name, fault):
+        """Upload 20 MiB as rwfault/name while the front injects fault;
+        assert S3 ends with the source's bytes; the front's log lines
+        for that object."""
+        src = make(name, 20 << 20)
+        w.fault(fault)
+        w.smbclient("rwfault", f"put {src} {name}")
+        w.fault("")
+        assert w.s3_sha256(f"rwfault/{name}") == sha256(src)
+        with open(f"{tmp}/front-control.log") as f:
+            return [l for l in f if f"/rwfault/{name}" in l]
+
     @test
     def an_injected_500_during_upload_is_retried():
-        src = make("r500.bin", 20 << 20)
-        w.fault("PUT 500 2")
-        w.smbclient("rwfault", f"put {src} r500.bin")
-        w.fault("")
-        assert w.s3_sha256("rwfault/r500.bin") == sha256(src)
-        with open(f"{tmp}/front-control.log") as f:
-            injected = sum(l.startswith("PUT ") and " fault=500 " in l for l in f)
+        log = put_through_fault("r500.bin", "PUT 500 2")
+        injected = sum(l.startswith("PUT ") and " fault=500 " in l for l in log)
         assert injected == 2, f"{injected} PUTs answered 500"
         print("    # 2 PUTs answered 500, upload retried")
 
     @test
     def a_lost_answer_to_completing_an_upload_is_not_a_failure():
         # S3 did complete it; the retry finds no upload, then the object.
-        src = make("lost.bin", 20 << 20)
-        w.fault("POST lost 1 uploadId=")
-        w.smbclient("rwfault", f"put {src} lost.bin")
-        w.fault("")
-        assert w.s3_sha256("rwfault/lost.bin") == sha256(src)
-        with open(f"{tmp}/front-control.log") as f:
-            log = [l for l in f if "/rwfault/lost.bin" in l]
+        log = put_through_fault("lost.bin", "POST lost 1 uploadId=")
         posts = [l for l in log if l.startswith("POST ") and "uploadId=" in l]
         assert len(posts) == 2 and " fault=lost " in posts[0], posts
         after = log[log.index(posts[1]) + 1:]
