@@ -595,7 +595,13 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	} else {
 		ok = false;
 	}
-	if (bfs_parm_int(&pc, "readahead", 32, 0, 4096, &readahead)) {
+	/*
+	 * 64 blocks: the reader's 8 read-ahead GETs of up to 8 blocks all in
+	 * flight.  With 32 only 4 were, and the S3 server, which serves each
+	 * stream on its own, was left part idle (cold reads about 7% slower
+	 * in interleaved runs; bench/results/read.md).
+	 */
+	if (bfs_parm_int(&pc, "readahead", 64, 0, 4096, &readahead)) {
 		bfs_note_change(bc, first, "readahead", bc->readahead,
 				readahead);
 		bc->readahead = (unsigned)readahead;
