@@ -64,6 +64,8 @@ SEQ_MB = int(os.environ.get("BENCH_SEQ_MB", "1024"))
 SMALL_N = int(os.environ.get("BENCH_SMALL_N", "10000"))
 SMALL_KB = 100
 LIST_BIG = int(os.environ.get("BENCH_LIST_BIG", "100000"))
+if LIST_BIG == 10000:  # the listing workloads are named by their size
+    sys.exit("bench: BENCH_LIST_BIG must differ from the fixed 10000 listing")
 RAND_S = float(os.environ.get("BENCH_RAND_S", "10"))
 SYSTEMS = ["local", "bucketfs", "s3fs", "rclone"]  # (a)-(d); (e) raw apart
 RESULTS = os.path.join(TOP, "bench/results")
