@@ -20,7 +20,10 @@ once per mount, excluded); the listing is timed whole (connect included).
 bucketfs talks to s3rver directly here (no SigV4-checking front), so the
 baseline and bucketfs see the same server.  BENCH_PIN=1 gives the S3 server
 a core of its own (as if it were another machine) and everything else the
-other.  Writes bench/results/read.md.
+other.  BENCH_DROP=1 empties the page cache before each cold and raw run,
+as make bench does (the S3 server then reads the object from the disk the
+cache writes to); BENCH_CACHE_DIR puts the cache folder elsewhere (say
+/dev/shm, to take its writes off that disk).  Writes bench/results/read.md.
 """
 import importlib.util
 import os
@@ -42,6 +45,10 @@ B = runner.B
 RUNS = int(os.environ.get("RUNS", "3"))
 MB = int(os.environ.get("BENCH_MB", "512"))
 PIN = os.environ.get("BENCH_PIN") == "1"
+DROP = os.environ.get("BENCH_DROP") == "1"
+CACHE = None  # the cache folder, set in main()
+KNOBS = ("BENCH_BLOCK", "BENCH_READAHEAD", "BENCH_MAX_REQUESTS", "BENCH_PIN",
+         "BENCH_DROP", "BENCH_CACHE_DIR")
 USER, PASSWORD = runner.USER, runner.PASSWORD
 
 
@@ -62,7 +69,9 @@ def transfer_seconds(argv):
 
 
 def main():
+    global CACHE
     tmp = tempfile.mkdtemp(prefix="bucketfs-bench.")
+    CACHE = os.path.join(os.environ.get("BENCH_CACHE_DIR", tmp), "benchcache")
     w = None
     try:
         w = runner.World(tmp)
@@ -96,7 +105,7 @@ def main():
                     f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
                     f"  bucketfs:credentials file = {tmp}/creds\n"
                     f"  bucketfs:bucket = {runner.BUCKET}\n"
-                    f"  bucketfs:cache dir = {tmp}/benchcache\n"
+                    f"  bucketfs:cache dir = {CACHE}\n"
                     f"  bucketfs:cache size = {2 * MB}M\n"
                     + "".join(f"  bucketfs:{k} = {os.environ[e]}\n"
                               for k, e in (("block size", "BENCH_BLOCK"),
@@ -118,18 +127,26 @@ def main():
         def drop_cache():
             os.killpg(w.smbd.pid, signal.SIGTERM)
             w.smbd.wait(timeout=30)
-            shutil.rmtree(f"{tmp}/benchcache", ignore_errors=True)
+            shutil.rmtree(CACHE, ignore_errors=True)
             w.smbd = w.spawn(["smbd", "--foreground", "--no-process-group", "-s", w.conf],
                              "smbd-bench")
             runner.wait_port(w.smb_port, "smbd")
 
+        def drop_page_cache():
+            if DROP:
+                subprocess.run(["sync"], check=True)
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("3\n")
+
         cold, raw = [], []
         for _ in range(RUNS):
             drop_cache()
+            drop_page_cache()
             subprocess.run(["smbclient", "//127.0.0.1/bench", "-p", str(w.smb_port),
                             "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "ls bench.bin"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cold.append(get("bench"))
+            drop_page_cache()
             out = subprocess.run([f"{B}/s3tool", "getpar", "bench.bin", "8"], env=env,
                                  check=True, capture_output=True, text=True).stdout.split()
             raw.append(float(out[1]))
@@ -156,15 +173,23 @@ def main():
         for name, ours, base, ratio, target in rows:
             lines.append(f"| {name} | {ours} | {base} | {ratio:.2f} | {target} |")
         lines.append("")
+        knobs = " ".join(f"{e}={os.environ[e]}" for e in KNOBS if e in os.environ)
+        if knobs:
+            lines.append(f"Run with {knobs}.")
+            lines.append("")
         lines.append("Reproduce: `make bench-read` (BENCH_MB, RUNS to change size and repeats).")
         text = "\n".join(lines)
+        # A run with other settings is not the default table.
+        name = "read.md" if not knobs else "read-variant.md"
         os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)
-        with open(os.path.join(TOP, "bench/results/read.md"), "w") as f:
+        with open(os.path.join(TOP, "bench/results", name), "w") as f:
             f.write(text + "\n")
         print(text)
     finally:
         runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
+        if CACHE is not None:
+            shutil.rmtree(CACHE, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
  */
 #include "bfs_upload.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -381,37 +380,6 @@ static void bfs_upload_completed(struct tevent_req *subreq)
 	tevent_req_done(req);
 }
 
-/* 16 bytes from 32 hex digits (an MD5 ETag); false if it is not one. */
-static bool bfs_md5_from_hex(const char *hex, unsigned char *md)
-{
-	unsigned i;
-
-	for (i = 0; i < 2 * MD5_DIGEST_LENGTH; i++) {
-		if (!isxdigit((unsigned char)hex[i])) {
-			return false;
-		}
-	}
-	if (hex[2 * MD5_DIGEST_LENGTH] != '\0') {
-		return false;
-	}
-	for (i = 0; i < MD5_DIGEST_LENGTH; i++) {
-		unsigned v = 0;
-
-		sscanf(hex + 2 * i, "%2x", &v);
-		md[i] = (unsigned char)v;
-	}
-	return true;
-}
-
-static void bfs_md5_hex(const unsigned char *md, char *hex)
-{
-	unsigned i;
-
-	for (i = 0; i < MD5_DIGEST_LENGTH; i++) {
-		snprintf(hex + 2 * i, 3, "%02x", md[i]);
-	}
-}
-
 char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
 			 size_t n)
 {
@@ -423,7 +391,7 @@ char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
 
 	for (i = 0; ok && i < n; i++) {
 		ok = parts[i].etag != NULL &&
-		     bfs_md5_from_hex(parts[i].etag, md) &&
+		     s3_md5_from_hex(parts[i].etag, md) &&
 		     EVP_DigestUpdate(ctx, md, sizeof(md)) == 1;
 	}
 	ok = ok && n > 0 && EVP_DigestFinal_ex(ctx, md, NULL) == 1;
@@ -431,7 +399,7 @@ char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
 	if (!ok) {
 		return NULL;
 	}
-	bfs_md5_hex(md, hex);
+	s3_md5_to_hex(md, hex);
 	return talloc_asprintf(mem_ctx, "%s-%zu", hex, n);
 }
 
@@ -457,7 +425,7 @@ static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
 		return true;
 	}
 	talloc_free(mp);
-	if (!bfs_md5_from_hex(etag, md)) {
+	if (!s3_md5_from_hex(etag, md)) {
 		return false;
 	}
 	ctx = EVP_MD_CTX_new();
@@ -477,7 +445,7 @@ static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
 	if (!ok) {
 		return false;
 	}
-	bfs_md5_hex(md, hex);
+	s3_md5_to_hex(md, hex);
 	return strcasecmp(hex, etag) == 0;
 }
 

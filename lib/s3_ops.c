@@ -150,30 +150,44 @@ static int s3_get_write(void *priv, const void *data, size_t len)
 	return 0;
 }
 
-/* A single-part object's ETag is the MD5 of its bytes (32 hex digits). */
-static bool s3_etag_is_md5(const char *etag)
+bool s3_md5_from_hex(const char *hex, unsigned char md[16])
 {
-	size_t i;
+	unsigned i;
 
-	for (i = 0; etag != NULL && i < 32; i++) {
-		if (!isxdigit((unsigned char)etag[i])) {
+	for (i = 0; hex != NULL && i < 32; i++) {
+		if (!isxdigit((unsigned char)hex[i])) {
 			return false;
 		}
 	}
-	return etag != NULL && etag[32] == '\0';
+	if (hex == NULL || hex[32] != '\0') {
+		return false;
+	}
+	for (i = 0; i < 16; i++) {
+		unsigned v = 0;
+
+		sscanf(hex + 2 * i, "%2x", &v);
+		md[i] = (unsigned char)v;
+	}
+	return true;
 }
 
-static int s3_md5_matches(const uint8_t *data, size_t len, const char *hex)
+void s3_md5_to_hex(const unsigned char md[16], char hex[33])
 {
-	unsigned char md[MD5_DIGEST_LENGTH];
-	char got[2 * MD5_DIGEST_LENGTH + 1];
 	unsigned i;
 
-	EVP_Digest(data, len, md, NULL, EVP_md5(), NULL);
-	for (i = 0; i < MD5_DIGEST_LENGTH; i++) {
-		snprintf(got + 2 * i, 3, "%02x", md[i]);
+	for (i = 0; i < 16; i++) {
+		snprintf(hex + 2 * i, 3, "%02x", md[i]);
 	}
-	return strcasecmp(got, hex) == 0;
+}
+
+/* Are data's bytes what the MD5 ETag hex names? */
+static bool s3_md5_matches(const uint8_t *data, size_t len,
+			   const unsigned char want[16])
+{
+	unsigned char md[MD5_DIGEST_LENGTH];
+
+	EVP_Digest(data, len, md, NULL, EVP_md5(), NULL);
+	return memcmp(md, want, sizeof(md)) == 0;
 }
 
 /*
@@ -186,6 +200,7 @@ static int s3_md5_matches(const uint8_t *data, size_t len, const char *hex)
 static int s3_get_end(void *priv, const struct s3_body_info *info)
 {
 	struct s3_get_state *s = priv;
+	unsigned char md[16];
 	bool whole;
 
 	if (info->http_status == 206) {
@@ -201,8 +216,8 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 		/* 200: the whole object (s3_get_write refused any more). */
 		whole = true;
 	}
-	if (whole && s3_etag_is_md5(info->etag) &&
-	    !s3_md5_matches(s->buf, s->got, info->etag)) {
+	if (whole && s3_md5_from_hex(info->etag, md) &&
+	    !s3_md5_matches(s->buf, s->got, md)) {
 		return EBADMSG;
 	}
 	return 0;

@@ -15,6 +15,13 @@ struct s3_object_info {
 	time_t mtime;
 };
 
+/*
+ * A single-part object's ETag is the MD5 of its bytes: 32 hex digits as
+ * the 16 bytes of md (false if etag is not one), and back (33 bytes).
+ */
+bool s3_md5_from_hex(const char *etag, unsigned char md[16]);
+void s3_md5_to_hex(const unsigned char md[16], char hex[33]);
+
 /* HeadObject; with key NULL, HeadBucket (no size, ETag or mtime then). */
 struct tevent_req *s3_head_object_send(TALLOC_CTX *mem_ctx,
 				       struct tevent_context *ev,
