@@ -653,7 +653,8 @@ def main():
         with open(f"{RESULTS}/compare.md", "w") as f:
             f.write(table)
         with open(f"{RESULTS}/compare-runs.json", "w") as f:
-            json.dump(b.results, f, indent=1)
+            json.dump({"source": f"make bench of {time.strftime('%Y-%m-%d %H:%M')}",
+                       "runs": b.results}, f, indent=1)
         charts(m)
         update_readme(table)
         print(table)
