@@ -412,8 +412,7 @@ static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
 				    const char *etag)
 {
 	char *mp = bfs_multipart_etag(s, s->parts, s->n_parts);
-	unsigned char md[MD5_DIGEST_LENGTH];
-	char hex[2 * MD5_DIGEST_LENGTH + 1];
+	unsigned char want[MD5_DIGEST_LENGTH], md[MD5_DIGEST_LENGTH];
 	const size_t chunk = 1 << 20;
 	EVP_MD_CTX *ctx;
 	uint8_t *buf;
@@ -425,7 +424,7 @@ static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
 		return true;
 	}
 	talloc_free(mp);
-	if (!s3_md5_from_hex(etag, md)) {
+	if (!s3_md5_from_hex(etag, want)) {
 		return false;
 	}
 	ctx = EVP_MD_CTX_new();
@@ -442,11 +441,7 @@ static bool bfs_upload_etag_is_ours(struct bfs_upload_state *s,
 	ok = ok && EVP_DigestFinal_ex(ctx, md, NULL) == 1;
 	EVP_MD_CTX_free(ctx);
 	talloc_free(buf);
-	if (!ok) {
-		return false;
-	}
-	s3_md5_to_hex(md, hex);
-	return strcasecmp(hex, etag) == 0;
+	return ok && memcmp(md, want, sizeof(md)) == 0;
 }
 
 static void bfs_upload_checked(struct tevent_req *subreq)

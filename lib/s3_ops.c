@@ -150,22 +150,22 @@ static int s3_get_write(void *priv, const void *data, size_t len)
 	return 0;
 }
 
-bool s3_md5_from_hex(const char *hex, unsigned char md[16])
+bool s3_md5_from_hex(const char *etag, unsigned char md[16])
 {
 	unsigned i;
 
-	for (i = 0; hex != NULL && i < 32; i++) {
-		if (!isxdigit((unsigned char)hex[i])) {
+	for (i = 0; etag != NULL && i < 32; i++) {
+		if (!isxdigit((unsigned char)etag[i])) {
 			return false;
 		}
 	}
-	if (hex == NULL || hex[32] != '\0') {
+	if (etag == NULL || etag[32] != '\0') {
 		return false;
 	}
 	for (i = 0; i < 16; i++) {
 		unsigned v = 0;
 
-		sscanf(hex + 2 * i, "%2x", &v);
+		sscanf(etag + 2 * i, "%2x", &v);
 		md[i] = (unsigned char)v;
 	}
 	return true;
@@ -180,7 +180,7 @@ void s3_md5_to_hex(const unsigned char md[16], char hex[33])
 	}
 }
 
-/* Are data's bytes what the MD5 ETag hex names? */
+/* Are data's bytes the ones whose MD5 is want? */
 static bool s3_md5_matches(const uint8_t *data, size_t len,
 			   const unsigned char want[16])
 {
