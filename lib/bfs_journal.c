@@ -140,7 +140,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	}
 	memcpy(&h, buf, sizeof(h));
 	if (h.version != BFS_JREC_VERSION || h.op < BFS_J_PUT ||
-	    h.op > BFS_J_DELETE ||
+	    h.op > BFS_J_ABORT ||
 	    len != sizeof(h) + h.staging_len + h.src_len + h.upload_id_len) {
 		return EBADMSG;
 	}
@@ -162,8 +162,11 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	    (strchr(r->staging, '/') != NULL || r->staging[0] == '.')) {
 		return EBADMSG;
 	}
-	if ((r->op == BFS_J_PUT) != (r->staging != NULL) ||
-	    (r->op == BFS_J_COPY) != (r->src != NULL)) {
+	if ((r->op == BFS_J_PUT && r->staging == NULL) ||
+	    (r->op != BFS_J_PUT && r->op != BFS_J_ABORT &&
+	     r->staging != NULL) ||
+	    (r->op == BFS_J_COPY) != (r->src != NULL) ||
+	    (r->op == BFS_J_ABORT && r->upload_id == NULL)) {
 		return EBADMSG;
 	}
 	return 0;
@@ -275,6 +278,7 @@ static int bfs_jrec_order(const void *a, const void *b)
 {
 	static const int rank[] = {
 		[BFS_J_COPY] = 0, [BFS_J_PUT] = 1, [BFS_J_DELETE] = 2,
+		[BFS_J_ABORT] = 3,
 	};
 	const struct bfs_jrec *x = a, *y = b;
 

@@ -7,7 +7,10 @@
  *   PUT     upload the staging file to key (a close or flush in progress,
  *           or one that failed and keeps its data);
  *   COPY    copy src to key, then delete src (a rename);
- *   DELETE  delete key.
+ *   DELETE  delete key;
+ *   ABORT   abort multipart upload upload_id of key: a file still being
+ *           written streams its parts before its close (bfs_stream.h),
+ *           and if its process dies first, nothing was promised.
  * A record names the process working on it.  Whoever opens the journal
  * later finds records of dead processes and finishes them (claiming them
  * first, so that two processes never both do), which is how an smbd killed
@@ -26,6 +29,7 @@ enum bfs_jop {
 	BFS_J_PUT = 1,
 	BFS_J_COPY = 2,
 	BFS_J_DELETE = 3,
+	BFS_J_ABORT = 4,
 };
 
 struct bfs_jrec {
@@ -37,7 +41,8 @@ struct bfs_jrec {
 	int last_error;		/* errno of the last failed attempt, or 0 */
 	char *staging;		/* PUT: file name in the staging folder */
 	char *src;		/* COPY: source key */
-	char *upload_id;	/* PUT: multipart upload in progress, or NULL */
+	char *upload_id;	/* PUT: multipart upload in progress, or NULL;
+				   ABORT: the upload */
 };
 
 struct bfs_journal;

@@ -46,9 +46,12 @@ static void bfs_upload_part_done(struct tevent_req *subreq);
 static void bfs_upload_completed(struct tevent_req *subreq);
 static void bfs_upload_checked(struct tevent_req *subreq);
 static void bfs_upload_aborted(struct tevent_req *subreq);
+static bool bfs_upload_plan(uint64_t size, uint64_t *part_size,
+			    unsigned *n_parts, uint64_t threshold);
+static void bfs_upload_go(struct tevent_req *req);
+static void bfs_upload_next(struct tevent_req *req);
 
-/* Read exactly len bytes at off: the staging file must have them. */
-static int bfs_read_full(int fd, void *buf, size_t len, uint64_t off)
+int bfs_read_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	size_t done = 0;
 
@@ -87,17 +90,11 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 	if (tevent_req_nomem(s->key, req)) {
 		return tevent_req_post(req, ev);
 	}
-	if (s->p.part_size < (5u << 20)) {
-		s->p.part_size = 5u << 20; /* S3's smallest part but the last */
-	}
-	if (s->p.part_size > BFS_UPLOAD_MAX_BUF) {
-		s->p.part_size = BFS_UPLOAD_MAX_BUF; /* one talloc buffer each */
-	}
 	if (s->p.parallel == 0) {
 		s->p.parallel = 1;
 	}
-	if ((size < s->p.multipart_threshold && size <= BFS_UPLOAD_MAX_BUF) ||
-	    size <= s->p.part_size) {
+	if (!bfs_upload_plan(size, &s->p.part_size, &s->n_parts,
+			     s->p.multipart_threshold)) {
 		s->whole = talloc_size(s, size > 0 ? size : 1);
 		if (tevent_req_nomem(s->whole, req)) {
 			return tevent_req_post(req, ev);
@@ -117,6 +114,66 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 	return bfs_upload_start_mpu(req);
 }
 
+/*
+ * How size bytes go up: false for one PutObject, true for a multipart
+ * upload of *n_parts parts of *part_size (S3's bounds applied to it).
+ */
+static bool bfs_upload_plan(uint64_t size, uint64_t *part_size,
+			    unsigned *n_parts, uint64_t threshold)
+{
+	if (*part_size < (5u << 20)) {
+		*part_size = 5u << 20; /* S3's smallest part but the last */
+	}
+	if (*part_size > BFS_UPLOAD_MAX_BUF) {
+		*part_size = BFS_UPLOAD_MAX_BUF; /* one talloc buffer each */
+	}
+	if ((size < threshold && size <= BFS_UPLOAD_MAX_BUF) ||
+	    size <= *part_size) {
+		return false;
+	}
+	*n_parts = (unsigned)((size + *part_size - 1) / *part_size);
+	if (*n_parts > 10000) {
+		/* S3's limit on parts: the part size must grow. */
+		*part_size = (size + 9999) / 10000;
+		*n_parts = (unsigned)((size + *part_size - 1) / *part_size);
+	}
+	return true;
+}
+
+bool bfs_upload_resumable(uint64_t size, const struct bfs_upload_params *p,
+			  const struct bfs_upload_resume *r)
+{
+	uint64_t part_size = p->part_size;
+	unsigned n_parts = 0;
+
+	return r != NULL && r->upload_id != NULL &&
+	       bfs_upload_plan(size, &part_size, &n_parts,
+			       p->multipart_threshold) &&
+	       part_size == r->part_size;
+}
+
+/* Take the parts a resumed upload has already: whole ones below size. */
+static void bfs_upload_take_resume(struct bfs_upload_state *s)
+{
+	const struct bfs_upload_resume *r = s->p.resume;
+	unsigned i;
+
+	for (i = 0; i < r->n_parts && i < s->n_parts; i++) {
+		if (r->parts[i].etag == NULL ||
+		    (uint64_t)(i + 1) * s->p.part_size > s->size) {
+			continue;
+		}
+		s->parts[i] = (struct s3_part){
+			.part_no = i + 1,
+			.etag = talloc_strdup(s->parts, r->parts[i].etag),
+		};
+		if (s->parts[i].etag == NULL) {
+			continue;
+		}
+		s->done_parts++;
+	}
+}
+
 /* Create the multipart upload; parts follow in bfs_upload_created. */
 static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req)
 {
@@ -124,17 +181,20 @@ static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req)
 						     struct bfs_upload_state);
 	struct tevent_req *subreq;
 
-	s->n_parts = (unsigned)((s->size + s->p.part_size - 1) /
-				s->p.part_size);
-	if (s->n_parts > 10000) {
-		/* S3's limit on parts: the part size must grow. */
-		s->p.part_size = (s->size + 9999) / 10000;
-		s->n_parts = (unsigned)((s->size + s->p.part_size - 1) /
-					s->p.part_size);
-	}
 	s->parts = talloc_zero_array(s, struct s3_part, s->n_parts);
 	if (tevent_req_nomem(s->parts, req)) {
 		return tevent_req_post(req, s->ev);
+	}
+	if (s->copy_src == NULL &&
+	    bfs_upload_resumable(s->size, &s->p, s->p.resume)) {
+		s->upload_id = talloc_strdup(s, s->p.resume->upload_id);
+		if (tevent_req_nomem(s->upload_id, req)) {
+			return tevent_req_post(req, s->ev);
+		}
+		bfs_upload_take_resume(s);
+		bfs_upload_go(req);
+		return tevent_req_is_in_progress(req) ?
+			req : tevent_req_post(req, s->ev);
 	}
 	subreq = s3_mpu_create_send(s, s->ev, s->s3, s->key);
 	if (tevent_req_nomem(subreq, req)) {
@@ -175,6 +235,12 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 	if (s->p.parallel == 0) {
 		s->p.parallel = 1;
 	}
+	s->n_parts = (unsigned)((size + s->p.part_size - 1) / s->p.part_size);
+	if (s->n_parts > 10000) {
+		s->p.part_size = (size + 9999) / 10000;
+		s->n_parts = (unsigned)((size + s->p.part_size - 1) /
+					s->p.part_size);
+	}
 	return bfs_upload_start_mpu(req);
 }
 
@@ -201,15 +267,25 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 	struct bfs_upload_state *s = tevent_req_data(req,
 						     struct bfs_upload_state);
 
-	while (s->err == 0 && s->in_flight < s->p.parallel &&
-	       s->next_part < s->n_parts) {
-		uint64_t off = (uint64_t)s->next_part * s->p.part_size;
-		size_t len = (size_t)(s->size - off < s->p.part_size ?
-					      s->size - off : s->p.part_size);
-		struct bfs_part_ctx *pc = talloc_zero(s, struct bfs_part_ctx);
+	for (;;) {
+		uint64_t off;
+		size_t len;
+		struct bfs_part_ctx *pc;
 		struct tevent_req *subreq;
 		int ret;
 
+		while (s->next_part < s->n_parts &&
+		       s->parts[s->next_part].etag != NULL) {
+			s->next_part++; /* a resumed upload has it */
+		}
+		if (s->err != 0 || s->in_flight >= s->p.parallel ||
+		    s->next_part >= s->n_parts) {
+			break;
+		}
+		off = (uint64_t)s->next_part * s->p.part_size;
+		len = (size_t)(s->size - off < s->p.part_size ?
+				       s->size - off : s->p.part_size);
+		pc = talloc_zero(s, struct bfs_part_ctx);
 		if (pc == NULL) {
 			s->err = ENOMEM;
 			break;
@@ -292,13 +368,19 @@ static void bfs_upload_created(struct tevent_req *subreq)
 		tevent_req_error(req, ret);
 		return;
 	}
+	bfs_upload_go(req);
+}
+
+/* The upload exists: journal it and send what it lacks. */
+static void bfs_upload_go(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+
 	if (s->p.started != NULL) {
 		s->p.started(s->p.private_data, s->upload_id);
 	}
-	bfs_upload_more_parts(req);
-	if (s->err != 0) {
-		bfs_upload_fail(req);
-	}
+	bfs_upload_next(req);
 }
 
 static void bfs_upload_part_done(struct tevent_req *subreq)
@@ -332,6 +414,16 @@ static void bfs_upload_part_done(struct tevent_req *subreq)
 		bfs_upload_fail(req);
 		return;
 	}
+	bfs_upload_next(req);
+}
+
+/* Start more parts, or complete the upload once every part is there. */
+static void bfs_upload_next(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct tevent_req *subreq;
+
 	if (s->done_parts == s->n_parts) {
 		subreq = s3_mpu_complete_send(s, s->ev, s->s3, s->key,
 					      s->upload_id, s->parts,

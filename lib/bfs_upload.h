@@ -10,6 +10,18 @@
 
 #include "s3_ops.h"
 
+/*
+ * A multipart upload begun before the close (bfs_stream.h) whose parts
+ * are reused: parts[i].etag is part i + 1's ETag, or NULL if that part
+ * was never sent (or its bytes changed after).
+ */
+struct bfs_upload_resume {
+	const char *upload_id;
+	uint64_t part_size;
+	const struct s3_part *parts;
+	unsigned n_parts;
+};
+
 struct bfs_upload_params {
 	uint64_t multipart_threshold;	/* bytes; at or above: multipart */
 	uint64_t part_size;		/* 5 MiB .. 5 GiB */
@@ -18,7 +30,17 @@ struct bfs_upload_params {
 	/* Told the upload id once a multipart upload exists (journal it). */
 	void (*started)(void *private_data, const char *upload_id);
 	void *private_data;
+	/* Optional: continue this upload (see bfs_upload_resumable). */
+	const struct bfs_upload_resume *resume;
 };
+
+/*
+ * Whether an upload of size bytes with p can continue r: a multipart
+ * upload cut into the same parts.  If not, r's upload is the caller's to
+ * abort.
+ */
+bool bfs_upload_resumable(uint64_t size, const struct bfs_upload_params *p,
+			  const struct bfs_upload_resume *r);
 
 /* Upload bytes [0, size) of fd to key.  fd must stay open until done. */
 struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
@@ -47,5 +69,8 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
  */
 char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
 			 size_t n);
+
+/* Read exactly len bytes of fd at off: 0, an errno, or EIO if short. */
+int bfs_read_full(int fd, void *buf, size_t len, uint64_t off);
 
 #endif

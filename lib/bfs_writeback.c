@@ -171,7 +171,9 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 
 /* Run an upload of a journalled record to the end. */
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
-			     bool drop_stage, TALLOC_CTX *mem_ctx, char **etag,
+			     bool drop_stage,
+			     const struct bfs_upload_resume *resume,
+			     TALLOC_CTX *mem_ctx, char **etag,
 			     struct s3_status *st)
 {
 	struct bfs_wb_started started = {.wb = wb, .rec = rec};
@@ -182,6 +184,7 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 
 	p.started = bfs_wb_upload_started;
 	p.private_data = &started;
+	p.resume = resume;
 	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
 			      &p);
 	if (req == NULL || !s3_wait(req, wb->ev)) {
@@ -206,8 +209,28 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	return 0;
 }
 
+/* Abort a multipart upload; false if S3 could not be asked. */
+static bool bfs_wb_abort_mpu(struct bfs_wb *wb, const char *key,
+			     const char *upload_id)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct tevent_req *req = s3_mpu_abort_send(tmp, wb->ev, wb->s3, key,
+						   upload_id);
+	struct s3_status st = {0};
+	bool asked = false;
+
+	if (req != NULL && s3_wait(req, wb->ev)) {
+		s3_mpu_abort_recv(req, &st);
+		/* Any answer will do: an upload S3 does not know is gone. */
+		asked = st.http_status != 0;
+	}
+	talloc_free(tmp);
+	return asked;
+}
+
 int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
-		  int fd, uint64_t size, time_t mtime, TALLOC_CTX *mem_ctx,
+		  int fd, uint64_t size, time_t mtime,
+		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
 		  char **etag, struct s3_status *st)
 {
 	struct bfs_jrec rec = {
@@ -216,13 +239,64 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	};
 	int ret;
 
+	if (resume != NULL &&
+	    !bfs_upload_resumable(size, &wb->params, resume)) {
+		/* Cut differently now (or small): its parts are no use. */
+		bfs_wb_abort_mpu(wb, key, resume->upload_id);
+		resume = NULL;
+	}
+	/* A crash from here on aborts the streamed parts, then uploads. */
+	rec.upload_id = resume != NULL ? (char *)resume->upload_id : NULL;
 	ret = bfs_journal_put(wb->j, &rec);
+	rec.upload_id = NULL;
 	if (ret != 0) {
 		return ret;
 	}
 	/* Readers see the new size before S3 has the bytes. */
 	bfs_wb_index_file(wb, key, size, mtime, NULL);
-	return bfs_wb_run_upload(wb, &rec, fd, false, mem_ctx, etag, st);
+	ret = bfs_wb_run_upload(wb, &rec, fd, false, resume, mem_ctx, etag,
+				st);
+	if (ret != 0 && resume != NULL) {
+		/* The streamed upload failed (and was aborted): start over. */
+		rec.last_error = 0;
+		ret = bfs_wb_run_upload(wb, &rec, fd, false, NULL, mem_ctx,
+					etag, st);
+	}
+	return ret;
+}
+
+void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
+			   const char *staging, const char *upload_id)
+{
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_ABORT, .pid = getpid(),
+		.staging = (char *)staging, .upload_id = (char *)upload_id,
+	};
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec old;
+
+	/* Never over another change to key: that one keeps its data. */
+	if (bfs_journal_get(wb->j, tmp, key, &old) == ENOENT) {
+		bfs_journal_put(wb->j, &rec);
+	}
+	talloc_free(tmp);
+}
+
+void bfs_wb_stream_abort(struct bfs_wb *wb, const char *key,
+			 const char *upload_id)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec old;
+
+	if (!bfs_wb_abort_mpu(wb, key, upload_id)) {
+		talloc_free(tmp);
+		return; /* the record stays: a recovery aborts it later */
+	}
+	if (bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
+	    old.op == BFS_J_ABORT && strcmp(old.upload_id, upload_id) == 0) {
+		bfs_journal_done(wb->j, key, getpid());
+	}
+	talloc_free(tmp);
 }
 
 int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
@@ -241,7 +315,8 @@ int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
 		bool failed = ret == 0 && rec.last_error != 0;
 
 		talloc_free(tmp);
-		if (ret == ENOENT) {
+		if (ret == ENOENT || (ret == 0 && rec.op == BFS_J_ABORT)) {
+			/* A file still being written promises nothing yet. */
 			return seen ? 0 : ENOENT;
 		}
 		if (ret != 0) {
@@ -479,7 +554,7 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 		close(fd);
 		return EIO; /* the staging file lost bytes: keep it for a human */
 	}
-	ret = bfs_wb_run_upload(wb, r, fd, true, r, NULL, st);
+	ret = bfs_wb_run_upload(wb, r, fd, true, NULL, r, NULL, st);
 	close(fd);
 	return ret;
 }
@@ -532,6 +607,18 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 			break;
 		case BFS_J_COPY:
 			r = bfs_wb_recover_copy(wb, &recs[i], &st);
+			break;
+		case BFS_J_ABORT:
+			/* Never closed: nothing was promised, drop it all. */
+			r = bfs_wb_abort_mpu(wb, recs[i].key,
+					     recs[i].upload_id) ? 0 : EIO;
+			if (r == 0) {
+				if (recs[i].staging != NULL) {
+					bfs_wb_stage_drop(wb, recs[i].staging);
+				}
+				bfs_journal_done(wb->j, recs[i].key,
+						 recs[i].pid);
+			}
 			break;
 		default:
 			r = bfs_wb_delete(wb, recs[i].key, &st);

@@ -41,11 +41,25 @@ int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
  * then record the new ETag in the index.  On failure the journal keeps
  * the record (with the error) and the staging file stays: nothing is lost,
  * the next recovery tries again.  *etag (optional) gets the new ETag.
+ * resume (optional): parts a stream already sent (see below).
  * The staging file is the caller's to drop (it may still be open).
  */
 int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
-		  int fd, uint64_t size, time_t mtime, TALLOC_CTX *mem_ctx,
+		  int fd, uint64_t size, time_t mtime,
+		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
 		  char **etag, struct s3_status *st);
+
+/*
+ * Streaming (bfs_stream.h).  stream_started journals key's upload as
+ * one to abort, with its staging file to drop, should this process die
+ * before the close (unless key has a record already).  A close hands the stream's parts to bfs_wb_upload
+ * as resume, which completes the upload, or aborts it and uploads anew.
+ * stream_abort drops a stream's upload (a file deleted while open).
+ */
+void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
+			   const char *staging, const char *upload_id);
+void bfs_wb_stream_abort(struct bfs_wb *wb, const char *key,
+			 const char *upload_id);
 
 /*
  * Rename the object src (size bytes) to dst: journal, CopyObject (a

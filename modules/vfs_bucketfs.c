@@ -35,6 +35,7 @@
 #include "bfs_name.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
+#include "bfs_stream.h"
 #include "bfs_writeback.h"
 #include "s3_client.h"
 #include "s3_creds.h"
@@ -112,6 +113,8 @@ struct bfs_conn {
 	struct bfs_wb *wb;		/* on sync_ev */
 	const char *cache_dir;
 	struct bfs_upload_params upload;
+	bool stream_parts;	/* send parts while a new file is written */
+	struct bfs_stream_budget stream_budget;
 	struct bfs_fh *open_files;	/* files open in this connection */
 	unsigned dir_rename_max;	/* objects a directory rename may move */
 	uint32_t block_size;
@@ -139,6 +142,8 @@ struct bfs_fh {
 	char *stage_name;	/* NULL: a staging file of someone else's */
 	bool dirty;		/* staged bytes not yet uploaded */
 	bool deleted;		/* unlinked while open: upload nothing */
+	bool may_stream;	/* a new staging file of this open alone */
+	struct bfs_stream *stream;	/* parts sent while writing */
 };
 
 /*
@@ -156,6 +161,9 @@ struct bfs_dir_handle {
 	long pos;		/* ordinal of the next entry */
 	struct dirent de;
 };
+
+static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
+					   struct tevent_context *ev);
 
 static struct bfs_fh *bfs_fh_of(struct vfs_handle_struct *handle,
 				 const struct files_struct *fsp)
@@ -1297,6 +1305,13 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	bc->upload.parallel = (unsigned)v;
+	/* Off by default: see DEVELOPERS.md for what it did here. */
+	bc->stream_parts = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
+					"stream parts", false);
+	if (!bfs_parm_int(&pc, "stream parallel", 2, 1, 64, &v)) {
+		goto inval;
+	}
+	bc->stream_budget.free = (unsigned)v;
 	if (!bfs_parm_int(&pc, "dir rename max", 1000, 0, 10000000, &v)) {
 		goto inval;
 	}
@@ -1644,6 +1659,83 @@ static int bfs_fh_destructor(struct bfs_fh *fh)
 	return 0;
 }
 
+/* The upload id of a stream: journalled until the close takes it over. */
+static void bfs_stream_started(void *private_data, const char *key,
+			       const char *upload_id)
+{
+	struct bfs_fh *fh = private_data;
+
+	become_root();
+	bfs_wb_stream_started(fh->bc->wb, key, fh->stage_name, upload_id);
+	unbecome_root();
+}
+
+/* Start streaming fh's parts on ev (smbd's loop) if fh may. */
+static void bfs_fh_stream_start(struct bfs_conn *bc, struct bfs_fh *fh,
+				struct tevent_context *ev)
+{
+	struct bfs_stream_params p = {
+		.part_size = bc->upload.part_size,
+		.budget = &bc->stream_budget,
+		.started = bfs_stream_started,
+		.private_data = fh,
+	};
+
+	if (!fh->may_stream || fh->stream != NULL || fh->stage_fd == -1) {
+		return;
+	}
+	fh->may_stream = false; /* one try per open */
+	if (bfs_async_reader(bc, ev) == NULL) {
+		return; /* not smbd's loop: the close uploads it all */
+	}
+	fh->stream = bfs_stream_new(fh, ev, bc->s3_async, fh->key,
+				    fh->stage_fd, &p);
+}
+
+/* Stop fh's stream and abort its upload (the file goes elsewhere). */
+static void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	TALLOC_CTX *tmp;
+	struct bfs_upload_resume r;
+
+	fh->may_stream = false;
+	if (fh->stream == NULL) {
+		return;
+	}
+	tmp = talloc_new(fh);
+	if (tmp != NULL && bfs_stream_stop(fh->stream, tmp, &r) == 0) {
+		become_root();
+		bfs_wb_stream_abort(bc->wb, bfs_stream_key(fh->stream),
+				    r.upload_id);
+		unbecome_root();
+	}
+	talloc_free(tmp);
+	TALLOC_FREE(fh->stream);
+}
+
+/*
+ * Whether fh's writes may stream: its staging file is its own, and no
+ * journalled change to its key is pending (that record keeps its data).
+ */
+static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *o;
+	struct bfs_jrec rec;
+	int ret;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != fh && o->stage_name != NULL &&
+		    fh->stage_name != NULL &&
+		    strcmp(o->stage_name, fh->stage_name) == 0) {
+			return false;
+		}
+	}
+	become_root();
+	ret = bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec);
+	unbecome_root();
+	return ret == ENOENT;
+}
+
 /* Another open of key in this connection whose bytes are staged. */
 static struct bfs_fh *bfs_staged_twin(struct bfs_conn *bc, const char *key,
 				      const struct bfs_fh *self)
@@ -1698,6 +1790,8 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 		if (fd == -1) {
 			return errno;
 		}
+		/* Two writers: the stream would miss this one's writes. */
+		bfs_fh_stream_drop(bc, twin);
 		fh->stage_fd = fd;
 		fh->stage_name = talloc_strdup(fh, twin->stage_name);
 		return 0;
@@ -1754,6 +1848,8 @@ static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
 static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	struct s3_status st = {0};
+	struct bfs_upload_resume resume, *rp = NULL;
+	unsigned streamed = 0, sent = 0;
 	struct bfs_fh *o;
 	char *etag = NULL;
 	uint64_t size;
@@ -1763,11 +1859,25 @@ static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 		return 0;
 	}
 	size = bfs_fh_size(fh);
+	if (fh->stream != NULL) {
+		bfs_stream_counts(fh->stream, &streamed, &sent);
+		if (bfs_stream_stop(fh->stream, fh, &resume) == 0) {
+			rp = &resume;
+		}
+		TALLOC_FREE(fh->stream);
+	}
 	become_root();
 	bfs_check_conflict(bc, fh);
 	ret = bfs_wb_upload(bc->wb, fh->key, fh->stage_name, fh->stage_fd,
-			    size, fh->mtime, fh, &etag, &st);
+			    size, fh->mtime, rp, fh, &etag, &st);
 	unbecome_root();
+	if (rp != NULL) {
+		DBG_INFO("bucketfs: share %s: %s: %u parts of %" PRIu64
+			 " bytes were sent while it was written (%u sends)\n",
+			 bc->service, fh->key, streamed,
+			 resume.part_size, sent);
+		talloc_free(discard_const_p(struct s3_part, resume.parts));
+	}
 	if (ret != 0) {
 		bfs_log_s3(bc, "upload to", fh->key, &st);
 		DBG_ERR("bucketfs: share %s: %s stays in the journal and in "
@@ -1967,6 +2077,8 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 				ret = errno;
 			}
 			fh->dirty = true;
+			fh->may_stream = ret == 0 && bc->stream_parts &&
+					 bfs_fh_stream_alone(bc, fh);
 		}
 	} else if (!fh->is_dir && !fsp->fsp_flags.is_pathref) {
 		/*
@@ -2008,6 +2120,7 @@ static int bfs_close(struct vfs_handle_struct *handle, files_struct *fsp)
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
 	if (fh != NULL && fh->writable) {
 		ret = bfs_fh_writeback(bc, fh);
+		bfs_fh_stream_drop(bc, fh);
 		if (ret == 0 || fh->deleted) {
 			bfs_fh_unstage(bc, fh);
 		}
@@ -2623,6 +2736,10 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 	if (done >= 0) {
 		fh->dirty = true;
 		fh->mtime = time(NULL);
+		if (fh->stream != NULL) {
+			bfs_stream_wrote(fh->stream, (uint64_t)offset,
+					 (uint64_t)done);
+		}
 	} else if (errno == ENOSPC || errno == EDQUOT) {
 		DBG_ERR("bucketfs: share %s: the cache folder is full: cannot "
 			"stage a write to %s\n", fh->bc->service, fh->key);
@@ -2674,9 +2791,15 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  const void *data, size_t n,
 					  off_t offset)
 {
-	ssize_t done = bfs_pwrite(handle, fsp, data, n, offset);
-	struct tevent_req *req = bfs_done_req(mem_ctx, ev,
-					      done < 0 ? errno : 0);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct tevent_req *req;
+	ssize_t done;
+
+	if (fh != NULL && fh->may_stream && fh->bc != NULL) {
+		bfs_fh_stream_start(fh->bc, fh, ev);
+	}
+	done = bfs_pwrite(handle, fsp, data, n, offset);
+	req = bfs_done_req(mem_ctx, ev, done < 0 ? errno : 0);
 
 	if (req != NULL && done >= 0) {
 		struct bfs_done_state *state =
@@ -2733,6 +2856,9 @@ static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
 	if (ftruncate(fh->stage_fd, offset) != 0) {
 		return -1;
 	}
+	if (fh->stream != NULL) {
+		bfs_stream_truncated(fh->stream, (uint64_t)offset);
+	}
 	fh->dirty = true;
 	fh->mtime = time(NULL);
 	return 0;
@@ -2759,6 +2885,10 @@ static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 	if ((uint64_t)(offset + len) > bfs_fh_size(fh)) {
 		if (ftruncate(fh->stage_fd, offset + len) != 0) {
 			return -1;
+		}
+		if (fh->stream != NULL) {
+			bfs_stream_truncated(fh->stream,
+					     (uint64_t)(offset + len));
 		}
 		fh->dirty = true;
 	}
@@ -2898,6 +3028,7 @@ static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
 		if (strcmp(o->key, src_key) != 0) {
 			continue;
 		}
+		bfs_fh_stream_drop(bc, o); /* its upload has the old name */
 		o->rel = talloc_strdup(o, dst_rel);
 		o->key = bfs_key(o, bc, dst_rel);
 		o->obj.key = o->key;
@@ -3188,6 +3319,7 @@ static int bfs_unlinkat(struct vfs_handle_struct *handle,
 		/* Open writers here (delete on close): upload nothing. */
 		for (o = bc->open_files; o != NULL; o = o->next) {
 			if (strcmp(o->key, fh->key) == 0) {
+				bfs_fh_stream_drop(bc, o);
 				o->deleted = true;
 				o->dirty = false;
 			}

@@ -237,6 +237,12 @@ class World:
         common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {self.endpoint}\n"
                   f"  bucketfs:path style = yes\n  bucketfs:credentials file = {t}/creds\n"
                   f"  bucketfs:cache dir = {t}/bfscache\n")
+        # Writable shares behind the fault-injecting front, in 5 MiB parts.
+        faulty = (f"  vfs objects = bucketfs\n"
+                  f"  bucketfs:endpoint = http://127.0.0.1:{self.control_port}\n"
+                  f"  bucketfs:path style = yes\n  bucketfs:credentials file = {t}/creds\n"
+                  f"  bucketfs:bucket = {BUCKET}\n  bucketfs:multipart threshold = 8M\n"
+                  f"  bucketfs:part size = 5M\n  read only = no\n")
         conf = smb_global(t, self.smb_port, "1 bucketfs:3") + f"""  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
   server min protocol = NT1
 [data]
@@ -258,19 +264,16 @@ class World:
   read only = no
 [rwfault]
   path = /bucketfs/rwfault
-  vfs objects = bucketfs
-  bucketfs:endpoint = http://127.0.0.1:{self.control_port}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {t}/creds
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = rwfault
+{faulty}  bucketfs:prefix = rwfault
   bucketfs:cache dir = {t}/bfscache-rwfault
   bucketfs:retries = 3
-  bucketfs:multipart threshold = 8M
-  bucketfs:part size = 5M
   bucketfs:multipart copy threshold = 6M
   bucketfs:dir rename max = 3
-  read only = no
+[rwstream]
+  path = /bucketfs/rwstream
+{faulty}  bucketfs:prefix = rwstream
+  bucketfs:cache dir = {t}/bfscache-rwstream
+  bucketfs:stream parts = yes
 [syncread]
   path = /bucketfs/syncread
 {common}  bucketfs:bucket = {BUCKET}
@@ -1466,6 +1469,101 @@ def writeback(w, tmp):
                 break
             time.sleep(0.2)
         assert w.s3_sha256("rwfault/denied.bin") == sha256(src), "not recovered"
+
+    def parts_sent(name):
+        """Part numbers of every UploadPart for rwstream/name, in order."""
+        with open(f"{tmp}/front-control.log") as f:
+            return [int(m.group(1)) for m in
+                    (re.match(rf"PUT /\S+/rwstream/{re.escape(name)}\?partNumber=(\d+)&", l)
+                     for l in f) if m]
+
+    def stream_write(name, src, hold, *more, pause=0, cut=None):
+        """smbwrite creating rwstream/name from src, open for hold seconds."""
+        url = f"smb://127.0.0.1:{w.smb_port}/rwstream/{name}"
+        env = dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD,
+                   SMBWRITE_HOLD=str(hold), SMBWRITE_PAUSE=str(pause))
+        if cut is not None:
+            env["SMBWRITE_CUT"] = str(cut)
+        return subprocess.Popen([f"{B}/tests/smbwrite", url, "create", src, *more],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+
+    def wait_parts(name, want, p):
+        for _ in range(300):
+            if sorted(set(parts_sent(name))) == want or p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert sorted(set(parts_sent(name))) == want, parts_sent(name)
+
+    @test
+    def a_file_written_front_to_back_sends_its_parts_before_the_close():
+        src = make("streamed.bin", 23 << 20)  # 4 whole parts of 5 MiB and 3 MiB
+        p = stream_write("streamed.bin", src, 5)
+        try:
+            wait_parts("streamed.bin", [1, 2, 3, 4], p)
+            assert p.poll() is None, "closed before its parts went up: nothing shown"
+            pending = w.ctl("rwstream", "pending").stdout
+            assert "abort" in pending and "rwstream/streamed.bin" in pending, pending
+            assert "rwstream/streamed.bin" not in s3_keys("rwstream/"), "visible before the close"
+        finally:
+            out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert w.s3_sha256("rwstream/streamed.bin") == sha256(src)
+        # The close sent only the last part: the streamed ones were kept.
+        assert parts_sent("streamed.bin") == [1, 2, 3, 4, 5], parts_sent("streamed.bin")
+        assert "streamed.bin" not in w.ctl("rwstream", "pending").stdout
+        assert not os.listdir(f"{tmp}/bfscache-rwstream/staging"), "staging left"
+
+    @test
+    def a_part_written_again_after_it_went_up_is_sent_again():
+        src = make("rewrite.bin", 23 << 20)
+        patch = make("rewrite.patch", 1 << 20)
+        p = stream_write("rewrite.bin", src, 0, str(6 << 20), patch, pause=4)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        with open(src, "rb") as f:
+            want = bytearray(f.read())
+        with open(patch, "rb") as f:
+            want[6 << 20:7 << 20] = f.read()
+        with open(f"{tmp}/rewrite.want", "wb") as f:
+            f.write(want)
+        assert w.s3_sha256("rwstream/rewrite.bin") == sha256(f"{tmp}/rewrite.want")
+        sent = parts_sent("rewrite.bin")
+        assert sent.count(2) == 2 and sent.count(1) == 1, f"part 2 not resent once: {sent}"
+
+    @test
+    def a_streamed_file_cut_short_is_uploaded_at_its_new_size():
+        src = make("cut.bin", 23 << 20)
+        cut = (12 << 20) + 12345  # parts 1 and 2 stay, 3 and 4 went up for nothing
+        p = stream_write("cut.bin", src, 0, str(23 << 20), src, pause=4, cut=cut)
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        with open(src, "rb") as f:
+            want = f.read(cut)
+        with open(f"{tmp}/cut.want", "wb") as f:
+            f.write(want)
+        assert w.s3_sha256("rwstream/cut.bin") == sha256(f"{tmp}/cut.want")
+        assert w.ls("rwstream").get("cut.bin") == (False, cut)
+        sent = parts_sent("cut.bin")
+        assert sent.count(1) == 1 and sent.count(2) == 1, f"kept parts sent again: {sent}"
+
+    @test
+    def kill_9_while_a_streamed_file_is_open_aborts_its_upload():
+        src = make("k9s.bin", 23 << 20)
+        p = stream_write("k9s.bin", src, 60)
+        try:
+            wait_parts("k9s.bin", [1, 2, 3, 4], p)
+            w.restart_smbd(kill=True)
+        finally:
+            p.kill()  # it holds the file open for a minute
+            p.communicate(timeout=60)
+        w.smbclient("rwstream", "ls")  # the next connect replays the journal
+        with open(f"{tmp}/front-control.log") as f:
+            assert re.search(r"DELETE /\S+/rwstream/k9s\.bin\?uploadId=", f.read()), \
+                "the dead process's streamed upload was not aborted"
+        assert "rwstream/k9s.bin" not in s3_keys("rwstream/"), "a file never closed was uploaded"
+        assert "k9s.bin" not in w.ctl("rwstream", "pending").stdout
+        assert not os.listdir(f"{tmp}/bfscache-rwstream/staging"), "staging left"
 
     @test
     def kill_9_right_after_close_loses_nothing():

@@ -95,6 +95,14 @@ def sanitized_smbd(w, sources, record, test):
   bucketfs:multipart threshold = 6M
   bucketfs:part size = 5M
   read only = no
+[asanstream]
+  path = /bucketfs/asanstream
+{common}  bucketfs:prefix = asan-stream
+  bucketfs:cache dir = {t}/cache-stream
+  bucketfs:multipart threshold = 6M
+  bucketfs:part size = 5M
+  bucketfs:stream parts = yes
+  read only = no
 """
 
     def start():
@@ -257,6 +265,22 @@ def sanitized_smbd(w, sources, record, test):
         smb("asanrw", f"get small.bin {t}/small.back; get d/big.bin {t}/big.back")
         verified(f"{t}/small.back", h.sha256(small), 300001)
         verified(f"{t}/big.back", h.sha256(big), 13 << 20)
+
+    @test
+    def asan_streamed_parts_rewritten_and_cut_reach_s3_right():
+        src = make("stream.bin", 23 << 20)
+        patch = make("stream.patch", 1 << 20)
+        env = dict(smb_env(), SMBWRITE_PAUSE="3", SMBWRITE_HOLD="2",
+                   SMBWRITE_CUT=str((17 << 20) + 5))
+        h.sh([f"{h.B}/tests/smbwrite", url("asanstream", "s.bin"), "create", src,
+              str(6 << 20), patch], env=env)
+        want = bytearray(open(src, "rb").read())
+        want[6 << 20:7 << 20] = open(patch, "rb").read()
+        want = want[:(17 << 20) + 5]
+        assert w.s3_sha256("asan-stream/s.bin") == hashlib.sha256(want).hexdigest()
+        with open(f"{w.tmp}/front.log") as f:
+            parts = [l for l in f if l.startswith("PUT /") and "asan-stream/s.bin?partNumber" in l]
+        assert len(parts) > 4, f"only {len(parts)} parts: nothing streamed"
 
     @test
     def asan_partial_overwrite_append_and_truncate():

@@ -359,12 +359,15 @@ static int ctl_pending(struct ctl *c, int argc, char **argv)
 
 		ctl_size_str(r->size, sz);
 		printf("%-6s s3://%s/%s", r->op == BFS_J_PUT ? "upload" :
-		       r->op == BFS_J_COPY ? "rename" : "delete", c->bucket,
+		       r->op == BFS_J_COPY ? "rename" :
+		       r->op == BFS_J_ABORT ? "abort" : "delete", c->bucket,
 		       r->key);
 		if (r->op == BFS_J_PUT) {
 			printf(" (%s, staging/%s)", sz, r->staging);
 		} else if (r->op == BFS_J_COPY) {
 			printf(" (from %s)", r->src);
+		} else if (r->op == BFS_J_ABORT) {
+			printf(" (parts of a file still open for writing)");
 		}
 		printf(" pid %d: %s%s\n", (int)r->pid,
 		       r->last_error ? "failed: " : "in progress",
