@@ -29,12 +29,13 @@ Workloads (sizes from the environment, defaults as the issue asks):
                        with a delimiter, so a lookup in the bucket's root
                        would time s3rver listing the 120,000 benchmark
                        objects, which S3 answers in one page)
-Cold reads and raw GETs both start with the page cache dropped, so the S3
-server reads the object from its disk for either: the disk the bucketfs
-cache writes to, which a real S3 server does not share (worth about 0.1 of
-the cold ratio here).  BENCH_S3_DIR puts the S3 server's store in another
-folder (say /dev/shm, as if it were another machine; it needs about
-8 GiB there with the default sizes).
+Cold reads and raw GETs both start with the page cache dropped.  The S3
+server's store is in /dev/shm when that has room (16 GiB free), as if the
+server were another machine: on the local disk, the S3 server would read
+the object from the disk the bucketfs cache writes to, which a real S3
+server does not share (worth about 0.1 of the cold ratio here).
+BENCH_S3_DIR=DIR puts the store in DIR instead; BENCH_S3_DIR= (empty) on
+the local disk, as runs before 2026-11-27 15:00 had it.
 For every run: peak RSS of smbd (and of the FUSE daemon), and the S3
 requests and bytes the S3 server logged (read amplification).
 
@@ -161,6 +162,10 @@ class Bench:
         self.results = []  # dicts: workload, system, value, unit, extra...
         self.s3_port = runner.free_port()
         store = os.environ.get("BENCH_S3_DIR")
+        if store is None and os.path.isdir("/dev/shm"):
+            st = os.statvfs("/dev/shm")
+            store = "/dev/shm" if st.f_bavail * st.f_frsize >= 16 << 30 else None
+        log(f"S3 server's store: {store or 'local disk'}")
         self.s3_store = tempfile.mkdtemp(prefix="bucketfs-s3.", dir=store) if store \
             else f"{tmp}/s3"
         os.makedirs(self.s3_store, exist_ok=True)

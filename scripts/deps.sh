@@ -74,6 +74,22 @@ if ! grep -q 'bucketfs: walk below common prefixes' "$fs_store"; then
   sed -i 's|^          delimiterEnc &&$|          false /* bucketfs: walk below common prefixes */ \&\& delimiterEnc \&\&|' "$fs_store"
 fi
 
+# Its walk of the store stats every file to tell folders from objects:
+# listing a bucket's root then costs a stat per key below it (2.9 s for
+# 100,000 keys).  The directory entries already say which is a folder.
+# Same files, same order.  Idempotent; fails loudly if the code moved.
+utils_js="$s3dir/node_modules/s3rver/lib/utils.js"
+if ! grep -q 'bucketfs: no stat per file' "$utils_js"; then
+  grep -q '^  for (const filename of fs.readdirSync(dir)) {$' "$utils_js" &&
+    grep -q '^    const stats = fs.statSync(filePath);$' "$utils_js" &&
+    grep -q '^    if (!stats.isDirectory()) {$' "$utils_js" ||
+    { log "s3rver's walk changed: cannot apply the stat fix"; exit 1; }
+  sed -i -e 's|^  for (const filename of fs.readdirSync(dir)) {$|  for (const filename of fs.readdirSync(dir, { withFileTypes: true })) { // bucketfs: no stat per file|' \
+    -e 's|^    const filePath = path.posix.join(dir, filename);$|    const filePath = path.posix.join(dir, filename.name);|' \
+    -e 's|^    const stats = fs.statSync(filePath);$||' \
+    -e 's|^    if (!stats.isDirectory()) {$|    if (!filename.isDirectory()) {|' "$utils_js"
+fi
+
 # Samba's private headers, from the source of exactly the installed version.
 "$top/scripts/samba-headers.sh"
 log "ok"
