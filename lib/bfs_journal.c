@@ -165,7 +165,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	if ((r->op == BFS_J_PUT && r->staging == NULL) ||
 	    (r->op != BFS_J_PUT && r->op != BFS_J_ABORT &&
 	     r->staging != NULL) ||
-	    (r->op == BFS_J_COPY) != (r->src != NULL) ||
+	    (r->op == BFS_J_COPY || r->op == BFS_J_ABORT) != (r->src != NULL) ||
 	    (r->op == BFS_J_ABORT && r->upload_id == NULL)) {
 		return EBADMSG;
 	}

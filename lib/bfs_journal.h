@@ -8,9 +8,12 @@
  *           or one that failed and keeps its data);
  *   COPY    copy src to key, then delete src (a rename);
  *   DELETE  delete key;
- *   ABORT   abort multipart upload upload_id of key: a file still being
- *           written streams its parts before its close (bfs_stream.h),
- *           and if its process dies first, nothing was promised.
+ *   ABORT   abort multipart upload upload_id of object src: a file still
+ *           being written streams its parts before its close
+ *           (bfs_stream.h), and if its process dies first, nothing was
+ *           promised.  Its key is BFS_JKEY_ABORT and the upload id, never
+ *           an object key (S3 keys are UTF-8), so it sits beside the
+ *           other changes to src.
  * A record names the process working on it.  Whoever opens the journal
  * later finds records of dead processes and finishes them (claiming them
  * first, so that two processes never both do), which is how an smbd killed
@@ -24,6 +27,8 @@
 #include <sys/types.h>
 #include <time.h>
 #include <talloc.h>
+
+#define BFS_JKEY_ABORT "\xff" "abort "
 
 enum bfs_jop {
 	BFS_J_PUT = 1,
@@ -40,7 +45,7 @@ struct bfs_jrec {
 	time_t mtime;		/* PUT: the client's modification time */
 	int last_error;		/* errno of the last failed attempt, or 0 */
 	char *staging;		/* PUT: file name in the staging folder */
-	char *src;		/* COPY: source key */
+	char *src;		/* COPY: source key; ABORT: the object */
 	char *upload_id;	/* PUT: multipart upload in progress, or NULL;
 				   ABORT: the upload */
 };

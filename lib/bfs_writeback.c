@@ -228,6 +228,9 @@ static bool bfs_wb_abort_mpu(struct bfs_wb *wb, const char *key,
 	return asked;
 }
 
+static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
+				 bool gone);
+
 int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  int fd, uint64_t size, time_t mtime,
 		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
@@ -242,7 +245,7 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	if (resume != NULL &&
 	    !bfs_upload_resumable(size, &wb->params, resume)) {
 		/* Cut differently now (or small): its parts are no use. */
-		bfs_wb_abort_mpu(wb, key, resume->upload_id);
+		bfs_wb_stream_abort(wb, key, resume->upload_id);
 		resume = NULL;
 	}
 	/* A crash from here on aborts the streamed parts, then uploads. */
@@ -251,6 +254,9 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	rec.upload_id = NULL;
 	if (ret != 0) {
 		return ret;
+	}
+	if (resume != NULL) {
+		bfs_wb_stream_forget(wb, resume->upload_id, true);
 	}
 	/* Readers see the new size before S3 has the bytes. */
 	bfs_wb_index_file(wb, key, size, mtime, NULL);
@@ -268,16 +274,40 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 			   const char *staging, const char *upload_id)
 {
+	char *jkey = talloc_asprintf(NULL, BFS_JKEY_ABORT "%s", upload_id);
 	struct bfs_jrec rec = {
-		.key = (char *)key, .op = BFS_J_ABORT, .pid = getpid(),
-		.staging = (char *)staging, .upload_id = (char *)upload_id,
+		.key = jkey, .op = BFS_J_ABORT, .pid = getpid(),
+		.src = (char *)key, .staging = (char *)staging,
+		.upload_id = (char *)upload_id,
 	};
+
+	if (jkey != NULL) {
+		bfs_journal_put(wb->j, &rec);
+	}
+	talloc_free(jkey);
+}
+
+/*
+ * A stream's upload is taken over (by a PUT record) or aborted: drop its
+ * ABORT record.  If it could not be aborted, a recovery aborts it later,
+ * but must leave the staging file alone: the file lives on (renamed, or
+ * shared with another open, or uploaded by the close).
+ */
+static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
+				 bool gone)
+{
 	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *jkey = talloc_asprintf(tmp, BFS_JKEY_ABORT "%s", upload_id);
 	struct bfs_jrec old;
 
-	/* Never over another change to key: that one keeps its data. */
-	if (bfs_journal_get(wb->j, tmp, key, &old) == ENOENT) {
-		bfs_journal_put(wb->j, &rec);
+	if (jkey != NULL && bfs_journal_get(wb->j, tmp, jkey, &old) == 0) {
+		if (gone) {
+			bfs_journal_done(wb->j, jkey, getpid());
+		} else {
+			old.key = jkey;
+			old.staging = NULL;
+			bfs_journal_put(wb->j, &old);
+		}
 	}
 	talloc_free(tmp);
 }
@@ -285,18 +315,8 @@ void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 void bfs_wb_stream_abort(struct bfs_wb *wb, const char *key,
 			 const char *upload_id)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	struct bfs_jrec old;
-
-	if (!bfs_wb_abort_mpu(wb, key, upload_id)) {
-		talloc_free(tmp);
-		return; /* the record stays: a recovery aborts it later */
-	}
-	if (bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
-	    old.op == BFS_J_ABORT && strcmp(old.upload_id, upload_id) == 0) {
-		bfs_journal_done(wb->j, key, getpid());
-	}
-	talloc_free(tmp);
+	bfs_wb_stream_forget(wb, upload_id,
+			     bfs_wb_abort_mpu(wb, key, upload_id));
 }
 
 int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
@@ -315,8 +335,7 @@ int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
 		bool failed = ret == 0 && rec.last_error != 0;
 
 		talloc_free(tmp);
-		if (ret == ENOENT || (ret == 0 && rec.op == BFS_J_ABORT)) {
-			/* A file still being written promises nothing yet. */
+		if (ret == ENOENT) {
 			return seen ? 0 : ENOENT;
 		}
 		if (ret != 0) {
@@ -610,7 +629,7 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 			break;
 		case BFS_J_ABORT:
 			/* Never closed: nothing was promised, drop it all. */
-			r = bfs_wb_abort_mpu(wb, recs[i].key,
+			r = bfs_wb_abort_mpu(wb, recs[i].src,
 					     recs[i].upload_id) ? 0 : EIO;
 			if (r == 0) {
 				if (recs[i].staging != NULL) {

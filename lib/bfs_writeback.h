@@ -52,9 +52,10 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 /*
  * Streaming (bfs_stream.h).  stream_started journals key's upload as
  * one to abort, with its staging file to drop, should this process die
- * before the close (unless key has a record already).  A close hands the stream's parts to bfs_wb_upload
- * as resume, which completes the upload, or aborts it and uploads anew.
- * stream_abort drops a stream's upload (a file deleted while open).
+ * before the close (an ABORT record, beside any other record of key).  A close hands the
+ * stream's parts to bfs_wb_upload as resume, which completes the upload,
+ * or aborts it and uploads anew.  stream_abort drops a stream's upload
+ * (the open file was renamed, deleted or opened again).
  */
 void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 			   const char *staging, const char *upload_id);

@@ -1713,15 +1713,10 @@ static void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
 	TALLOC_FREE(fh->stream);
 }
 
-/*
- * Whether fh's writes may stream: its staging file is its own, and no
- * journalled change to its key is pending (that record keeps its data).
- */
+/* Whether fh's staging file is its own: a stream sees only its writes. */
 static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	struct bfs_fh *o;
-	struct bfs_jrec rec;
-	int ret;
 
 	for (o = bc->open_files; o != NULL; o = o->next) {
 		if (o != fh && o->stage_name != NULL &&
@@ -1730,10 +1725,7 @@ static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
 			return false;
 		}
 	}
-	become_root();
-	ret = bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec);
-	unbecome_root();
-	return ret == ENOENT;
+	return true;
 }
 
 /* Another open of key in this connection whose bytes are staged. */
@@ -1814,6 +1806,10 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 	}
 	fh->stage_fd = fd;
 	fh->stage_name = name;
+	/* New bytes from zero (smbd may create with one open and write
+	 * through another): they may go up while written. */
+	fh->may_stream = bc->stream_parts && (!keep || fh->size == 0) &&
+			 bfs_fh_stream_alone(bc, fh);
 	return 0;
 }
 
@@ -2077,8 +2073,6 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 				ret = errno;
 			}
 			fh->dirty = true;
-			fh->may_stream = ret == 0 && bc->stream_parts &&
-					 bfs_fh_stream_alone(bc, fh);
 		}
 	} else if (!fh->is_dir && !fsp->fsp_flags.is_pathref) {
 		/*
@@ -2732,6 +2726,10 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = err;
 		return -1;
 	}
+	if (fh->may_stream) {
+		/* Parts go out on smbd's own loop, between SMB requests. */
+		bfs_fh_stream_start(fh->bc, fh, handle->conn->sconn->ev_ctx);
+	}
 	done = pwrite(fh->stage_fd, data, n, offset);
 	if (done >= 0) {
 		fh->dirty = true;
@@ -2791,15 +2789,9 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  const void *data, size_t n,
 					  off_t offset)
 {
-	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
-	struct tevent_req *req;
-	ssize_t done;
-
-	if (fh != NULL && fh->may_stream && fh->bc != NULL) {
-		bfs_fh_stream_start(fh->bc, fh, ev);
-	}
-	done = bfs_pwrite(handle, fsp, data, n, offset);
-	req = bfs_done_req(mem_ctx, ev, done < 0 ? errno : 0);
+	ssize_t done = bfs_pwrite(handle, fsp, data, n, offset);
+	struct tevent_req *req = bfs_done_req(mem_ctx, ev,
+					      done < 0 ? errno : 0);
 
 	if (req != NULL && done >= 0) {
 		struct bfs_done_state *state =

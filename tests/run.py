@@ -1548,6 +1548,36 @@ def writeback(w, tmp):
         assert sent.count(1) == 1 and sent.count(2) == 1, f"kept parts sent again: {sent}"
 
     @test
+    def a_streamed_file_renamed_while_open_goes_up_under_the_new_name():
+        src = make("renstream.bin", 46 << 20)  # 23 MiB, rename, 23 MiB
+        # The abort of the old name's upload cannot reach S3 at first.
+        w.fault("DELETE reset -1 renstream.tmp?uploadId")
+        try:
+            out = sh([f"{B}/tests/smbrenopen", f"smb://127.0.0.1:{w.smb_port}/rwstream",
+                      "renstream.tmp", "renstream.final", src],
+                     env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD,
+                              SMBRENOPEN_PAUSE="3")).stdout
+        finally:
+            w.fault("")
+        assert out.strip() == "closed", out
+        assert sorted(set(parts_sent("renstream.tmp"))) == [1, 2, 3, 4], \
+            f"nothing streamed before the rename: {parts_sent('renstream.tmp')}"
+        # The upload under the old name waits in the journal for an abort,
+        # without the staging file, which was the renamed file's.
+        pending = w.ctl("rwstream", "pending").stdout
+        assert "abort  s3://" in pending and "renstream.tmp" in pending, pending
+        for _ in range(50):  # the connection's smbd exits, then a connect recovers
+            assert_renamed("rwstream", "renstream.tmp", "renstream.final", src)
+            if "renstream.tmp" not in w.ctl("rwstream", "pending").stdout:
+                break
+            time.sleep(0.2)
+        assert "renstream.tmp" not in w.ctl("rwstream", "pending").stdout
+        with open(f"{tmp}/front-control.log") as f:
+            assert re.search(r"DELETE /\S+/rwstream/renstream\.tmp\?uploadId=\S+ fault=- ",
+                             f.read()), "the old name's upload was never aborted"
+        assert not os.listdir(f"{tmp}/bfscache-rwstream/staging"), "staging left"
+
+    @test
     def kill_9_while_a_streamed_file_is_open_aborts_its_upload():
         src = make("k9s.bin", 23 << 20)
         p = stream_write("k9s.bin", src, 60)

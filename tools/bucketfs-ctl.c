@@ -361,7 +361,7 @@ static int ctl_pending(struct ctl *c, int argc, char **argv)
 		printf("%-6s s3://%s/%s", r->op == BFS_J_PUT ? "upload" :
 		       r->op == BFS_J_COPY ? "rename" :
 		       r->op == BFS_J_ABORT ? "abort" : "delete", c->bucket,
-		       r->key);
+		       r->op == BFS_J_ABORT ? r->src : r->key);
 		if (r->op == BFS_J_PUT) {
 			printf(" (%s, staging/%s)", sz, r->staging);
 		} else if (r->op == BFS_J_COPY) {

@@ -8,7 +8,8 @@
  *
  * Creates SRC, writes the first half of FILE, renames SRC to DST
  * (replacing DST), writes the second half through the same handle,
- * closes, prints "closed".
+ * closes, prints "closed".  SMBRENOPEN_PAUSE=N waits N seconds before the
+ * rename.
  *
  * libsmbclient opens files without FILE_SHARE_DELETE and has no handle
  * rename, so the tool takes the connection libsmbclient made (the first
@@ -123,6 +124,9 @@ int main(int argc, char **argv)
 	status = cli_writeall(cli, fnum, 0, data, 0, half, &done);
 	if (status != 0) {
 		return fail("write", status);
+	}
+	if (getenv("SMBRENOPEN_PAUSE") != NULL) {
+		sleep((unsigned)atoi(getenv("SMBRENOPEN_PAUSE")));
 	}
 	status = cli_rename(cli, argv[2], argv[3], true);
 	if (status != 0) {

@@ -212,10 +212,15 @@ static void test_record_decoding_refuses_garbage(void **state)
 	r.upload_id = "u-1";
 	r.staging = "w-2";
 	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), EBADMSG);
+	r.src = "dir/obj";
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
 	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), 0);
 	assert_int_equal(got.op, BFS_J_ABORT);
 	assert_string_equal(got.upload_id, "u-1");
 	assert_string_equal(got.staging, "w-2");
+	assert_string_equal(got.src, "dir/obj");
+	r.src = NULL;
 	/* A DELETE names no staging file. */
 	r.op = BFS_J_DELETE;
 	r.upload_id = NULL;
