@@ -31,7 +31,7 @@ struct bfs_stream {
 	struct bfs_stream_part *parts;
 	unsigned n_alloc;	/* entries in parts */
 	unsigned next;		/* the next part to send */
-	unsigned in_flight, done, sent;
+	unsigned done, sent;
 };
 
 /* One UploadPart in flight; freeing it cancels the request. */
@@ -47,7 +47,6 @@ static void bfs_stream_created(struct tevent_req *subreq);
 static int bfs_stream_send_destructor(struct bfs_stream_send *send)
 {
 	send->st->p.budget->free++;
-	send->st->in_flight--;
 	send->st->parts[send->idx].send = NULL;
 	return 0;
 }
@@ -162,7 +161,6 @@ static void bfs_stream_send_part(struct bfs_stream *st, unsigned idx)
 	}
 	tevent_req_set_callback(subreq, bfs_stream_part_done, send);
 	st->parts[idx].send = send;
-	st->in_flight++;
 	st->p.budget->free--;
 	talloc_set_destructor(send, bfs_stream_send_destructor);
 	st->sent++;
