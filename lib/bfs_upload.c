@@ -114,6 +114,18 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 	return bfs_upload_start_mpu(req);
 }
 
+/* Parts of size bytes; *part_size grows to keep within S3's 10,000. */
+static unsigned bfs_upload_cut(uint64_t size, uint64_t *part_size)
+{
+	unsigned n = (unsigned)((size + *part_size - 1) / *part_size);
+
+	if (n > 10000) {
+		*part_size = (size + 9999) / 10000;
+		n = (unsigned)((size + *part_size - 1) / *part_size);
+	}
+	return n;
+}
+
 /*
  * How size bytes go up: false for one PutObject, true for a multipart
  * upload of *n_parts parts of *part_size (S3's bounds applied to it).
@@ -131,12 +143,7 @@ static bool bfs_upload_plan(uint64_t size, uint64_t *part_size,
 	    size <= *part_size) {
 		return false;
 	}
-	*n_parts = (unsigned)((size + *part_size - 1) / *part_size);
-	if (*n_parts > 10000) {
-		/* S3's limit on parts: the part size must grow. */
-		*part_size = (size + 9999) / 10000;
-		*n_parts = (unsigned)((size + *part_size - 1) / *part_size);
-	}
+	*n_parts = bfs_upload_cut(size, part_size);
 	return true;
 }
 
@@ -235,12 +242,7 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 	if (s->p.parallel == 0) {
 		s->p.parallel = 1;
 	}
-	s->n_parts = (unsigned)((size + s->p.part_size - 1) / s->p.part_size);
-	if (s->n_parts > 10000) {
-		s->p.part_size = (size + 9999) / 10000;
-		s->n_parts = (unsigned)((size + s->p.part_size - 1) /
-					s->p.part_size);
-	}
+	s->n_parts = bfs_upload_cut(size, &s->p.part_size);
 	return bfs_upload_start_mpu(req);
 }
 

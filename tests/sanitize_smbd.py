@@ -79,6 +79,9 @@ def sanitized_smbd(w, sources, record, test):
     common = (f"  vfs objects = bucketfs_asan\n  bucketfs:endpoint = {w.endpoint}\n"
               f"  bucketfs:path style = yes\n  bucketfs:credentials file = {w.tmp}/creds\n"
               f"  bucketfs:bucket = {h.BUCKET}\n")
+    # Writable shares: multipart from 6M, in 5M parts.
+    writable = (f"{common}  bucketfs:multipart threshold = 6M\n"
+                "  bucketfs:part size = 5M\n  read only = no\n")
     shares = f"""[asanread]
   path = /bucketfs/asanread
 {common}  bucketfs:cache dir = {t}/cache-read
@@ -90,19 +93,13 @@ def sanitized_smbd(w, sources, record, test):
   aio read size = 0
 [asanrw]
   path = /bucketfs/asanrw
-{common}  bucketfs:prefix = asan-rw
+{writable}  bucketfs:prefix = asan-rw
   bucketfs:cache dir = {t}/cache-rw
-  bucketfs:multipart threshold = 6M
-  bucketfs:part size = 5M
-  read only = no
 [asanstream]
   path = /bucketfs/asanstream
-{common}  bucketfs:prefix = asan-stream
+{writable}  bucketfs:prefix = asan-stream
   bucketfs:cache dir = {t}/cache-stream
-  bucketfs:multipart threshold = 6M
-  bucketfs:part size = 5M
   bucketfs:stream parts = yes
-  read only = no
 """
 
     def start():
