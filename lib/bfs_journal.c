@@ -5,20 +5,26 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bfs_lmdb.h"
 
 #define BFS_JOURNAL_MAP_SIZE (256ULL << 20)
-#define BFS_JREC_VERSION 1
+/* 2 added src_etag and flags; version 1 records still decode. */
+#define BFS_JREC_VERSION 2
+#define BFS_JREC_OPEN 0x01
 
 struct bfs_journal {
 	MDB_env *env;
 	MDB_dbi db;
 };
 
-/* Packed header; staging, src and upload id follow, in that order. */
+/*
+ * Packed header; staging, src, upload id and (version 2) src's ETag
+ * follow, in that order.  Version 1 ends at mtime.
+ */
 struct bfs_jrec_hdr {
 	uint8_t version;
 	uint8_t op;
@@ -29,7 +35,11 @@ struct bfs_jrec_hdr {
 	int32_t last_error;
 	uint64_t size;
 	int64_t mtime;
+	uint16_t src_etag_len;
+	uint8_t flags;
 } __attribute__((packed));
+
+#define BFS_JREC_V1_HDR offsetof(struct bfs_jrec_hdr, src_etag_len)
 
 static int bfs_journal_destructor(struct bfs_journal *j)
 {
@@ -82,7 +92,7 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 		    size_t *len)
 {
 	size_t sl = bfs_slen(r->staging), cl = bfs_slen(r->src),
-	       ul = bfs_slen(r->upload_id);
+	       ul = bfs_slen(r->upload_id), el = bfs_slen(r->src_etag);
 	struct bfs_jrec_hdr h = {
 		.version = BFS_JREC_VERSION,
 		.op = (uint8_t)r->op,
@@ -93,13 +103,16 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 		.last_error = r->last_error,
 		.size = r->size,
 		.mtime = r->mtime,
+		.src_etag_len = (uint16_t)el,
+		.flags = r->open ? BFS_JREC_OPEN : 0,
 	};
 	uint8_t *p;
 
-	if (sl > UINT16_MAX || cl > UINT16_MAX || ul > UINT16_MAX) {
+	if (sl > UINT16_MAX || cl > UINT16_MAX || ul > UINT16_MAX ||
+	    el > UINT16_MAX) {
 		return ENAMETOOLONG;
 	}
-	p = talloc_size(mem_ctx, sizeof(h) + sl + cl + ul);
+	p = talloc_size(mem_ctx, sizeof(h) + sl + cl + ul + el);
 	if (p == NULL) {
 		return ENOMEM;
 	}
@@ -107,8 +120,10 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 	memcpy(p + sizeof(h), r->staging ? r->staging : "", sl);
 	memcpy(p + sizeof(h) + sl, r->src ? r->src : "", cl);
 	memcpy(p + sizeof(h) + sl + cl, r->upload_id ? r->upload_id : "", ul);
+	memcpy(p + sizeof(h) + sl + cl + ul, r->src_etag ? r->src_etag : "",
+	       el);
 	*buf = p;
-	*len = sizeof(h) + sl + cl + ul;
+	*len = sizeof(h) + sl + cl + ul + el;
 	return 0;
 }
 
@@ -135,13 +150,22 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	struct bfs_jrec_hdr h;
 	bool bad = false;
 
-	if (len < sizeof(h)) {
+	size_t hl;
+
+	memset(&h, 0, sizeof(h));
+	if (len < 1) {
 		return EBADMSG;
 	}
-	memcpy(&h, buf, sizeof(h));
-	if (h.version != BFS_JREC_VERSION || h.op < BFS_J_PUT ||
-	    h.op > BFS_J_ABORT ||
-	    len != sizeof(h) + h.staging_len + h.src_len + h.upload_id_len) {
+	hl = p[0] == 1 ? BFS_JREC_V1_HDR : sizeof(h);
+	if (len < hl) {
+		return EBADMSG;
+	}
+	memcpy(&h, buf, hl);
+	if ((h.version != 1 && h.version != BFS_JREC_VERSION) ||
+	    h.op < BFS_J_PUT || h.op > BFS_J_ABORT ||
+	    (h.flags & ~BFS_JREC_OPEN) != 0 ||
+	    len != hl + h.staging_len + h.src_len + h.upload_id_len +
+			   h.src_etag_len) {
 		return EBADMSG;
 	}
 	r->op = (enum bfs_jop)h.op;
@@ -149,11 +173,15 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	r->last_error = h.last_error;
 	r->size = h.size;
 	r->mtime = (time_t)h.mtime;
-	p += sizeof(h);
+	r->open = (h.flags & BFS_JREC_OPEN) != 0;
+	p += hl;
 	r->staging = bfs_jstr(mem_ctx, p, h.staging_len, &bad);
-	r->src = bfs_jstr(mem_ctx, p + h.staging_len, h.src_len, &bad);
-	r->upload_id = bfs_jstr(mem_ctx, p + h.staging_len + h.src_len,
-				h.upload_id_len, &bad);
+	p += h.staging_len;
+	r->src = bfs_jstr(mem_ctx, p, h.src_len, &bad);
+	p += h.src_len;
+	r->upload_id = bfs_jstr(mem_ctx, p, h.upload_id_len, &bad);
+	p += h.upload_id_len;
+	r->src_etag = bfs_jstr(mem_ctx, p, h.src_etag_len, &bad);
 	if (bad) {
 		return EBADMSG;
 	}
@@ -165,8 +193,12 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	if ((r->op == BFS_J_PUT && r->staging == NULL) ||
 	    (r->op != BFS_J_PUT && r->op != BFS_J_ABORT &&
 	     r->staging != NULL) ||
-	    (r->op == BFS_J_COPY || r->op == BFS_J_ABORT) != (r->src != NULL) ||
-	    (r->op == BFS_J_ABORT && r->upload_id == NULL)) {
+	    ((r->op == BFS_J_COPY || r->op == BFS_J_ABORT) && r->src == NULL) ||
+	    (r->op == BFS_J_ABORT && r->upload_id == NULL) ||
+	    (r->src_etag != NULL &&
+	     (r->src == NULL ||
+	      (r->op != BFS_J_PUT && r->op != BFS_J_DELETE))) ||
+	    (r->open && r->op != BFS_J_PUT)) {
 		return EBADMSG;
 	}
 	return 0;

@@ -5,9 +5,13 @@
  *
  * One record per object key (the key the change is about):
  *   PUT     upload the staging file to key (a close or flush in progress,
- *           or one that failed and keeps its data);
+ *           or one that failed and keeps its data; or a file renamed
+ *           while open and written: then src is the object it was before
+ *           the rename, deleted only once key is in S3, and open says the
+ *           staging file is still being written);
  *   COPY    copy src to key, then delete src (a rename);
- *   DELETE  delete key;
+ *   DELETE  delete key (and src, if set: the old name of a file renamed
+ *           while open, then deleted);
  *   ABORT   abort multipart upload upload_id of object src: a file still
  *           being written streams its parts before its close
  *           (bfs_stream.h), and if its process dies first, nothing was
@@ -45,9 +49,16 @@ struct bfs_jrec {
 	time_t mtime;		/* PUT: the client's modification time */
 	int last_error;		/* errno of the last failed attempt, or 0 */
 	char *staging;		/* PUT: file name in the staging folder */
-	char *src;		/* COPY: source key; ABORT: the object */
+	char *src;		/* COPY: source key; ABORT: the object;
+				   PUT, DELETE: a key to delete after, or NULL */
+	char *src_etag;		/* PUT, DELETE: src is deleted only while S3
+				   holds this version of it (another client
+				   may have made a new one meanwhile) */
 	char *upload_id;	/* PUT: multipart upload in progress, or NULL;
 				   ABORT: the upload */
+	bool open;		/* PUT: journalled while the file was open:
+				   the staging file is the file, whatever its
+				   length (size is what it had then) */
 };
 
 struct bfs_journal;
@@ -56,12 +67,14 @@ int bfs_journal_open(TALLOC_CTX *mem_ctx, const char *dir,
 		     struct bfs_journal **out, const char **why);
 
 /* Insert or replace the record for r->key. */
-int bfs_journal_put(struct bfs_journal *j, const struct bfs_jrec *r);
+int bfs_journal_put(struct bfs_journal *j, const struct bfs_jrec *r)
+	__attribute__((warn_unused_result));
 /* 0, or ENOENT. */
 int bfs_journal_get(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 		    const char *key, struct bfs_jrec *r);
 /* Remove key's record if it still belongs to pid (0 even if absent). */
-int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid);
+int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
+	__attribute__((warn_unused_result));
 
 /*
  * Records whose process is gone, taken over by pid in one transaction:

@@ -134,7 +134,12 @@ int bfs_name_to_smb_buf(const char *s3, char *buf, size_t size)
 	return 0;
 }
 
-/* Append the key form of SMB name smb[0..len) to out at *o. */
+/*
+ * Append the key form of SMB name smb[0..len) to out at *o.  The mapping
+ * puts U+F028 and U+F029 only at the end of a name (a final space or
+ * dot), so only there are they decoded; elsewhere they stay as they are
+ * and the round trip in bfs_path_to_s3 refuses the name.
+ */
 static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 {
 	const unsigned char *p = (const unsigned char *)smb;
@@ -145,7 +150,7 @@ static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 	while (p < end) {
 		n = utf8_next(p, &cp);
 		if (n == 0 || p + n > end) {
-			/* smbd hands over UTF-8; anything else passes as is. */
+			/* Not UTF-8: copied, and refused by the round trip. */
 			out[(*o)++] = (char)*p++;
 			continue;
 		}
@@ -153,9 +158,9 @@ static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 			out[(*o)++] = (char)(cp - SFM_BASE);
 		} else if (cp >= 0xF020u && cp < SFM_SPACE) {
 			out[(*o)++] = sfm_specials[cp - 0xF020u];
-		} else if (cp == SFM_SPACE) {
+		} else if (cp == SFM_SPACE && p + n == end) {
 			out[(*o)++] = ' ';
-		} else if (cp == SFM_DOT) {
+		} else if (cp == SFM_DOT && p + n == end) {
 			out[(*o)++] = '.';
 		} else {
 			memcpy(out + *o, p, n);
@@ -165,17 +170,50 @@ static void name_to_s3(const char *smb, size_t len, char *out, size_t *o)
 	}
 }
 
+/*
+ * Whether key component s3 is the name smb[0..len) stands for: it can be
+ * a name (not ".", "..", empty, nor holding U+F001..U+F029), and maps back
+ * to exactly those bytes.  Anything else would reach a key the client did
+ * not name ("\uF029\uF029" is "..") or slip past smbd's checks on the
+ * name it saw ("a\uF029exe" would be "a.exe").
+ */
+static bool name_round_trips(const char *s3, const char *smb, size_t len)
+{
+	char back[BFS_NAME_MAX + 1];
+
+	return bfs_name_to_smb_buf(s3, back, sizeof(back)) == 0 &&
+	       strlen(back) == len && memcmp(back, smb, len) == 0;
+}
+
 char *bfs_path_to_s3(TALLOC_CTX *mem_ctx, const char *smb_rel)
 {
-	size_t len = strlen(smb_rel), o = 0;
+	size_t len = strlen(smb_rel), o = 0, start;
 	/* Mapped characters shrink from three bytes to one: never longer. */
 	char *out = talloc_array(mem_ctx, char, len + 1);
+	const char *p = smb_rel, *slash;
 
 	if (out == NULL) {
 		errno = ENOMEM;
 		return NULL;
 	}
-	name_to_s3(smb_rel, len, out, &o);
+	/* Every component, the one after a final '/' too: "" is the root. */
+	while (smb_rel[0] != '\0') {
+		slash = strchr(p, '/');
+		len = slash != NULL ? (size_t)(slash - p) : strlen(p);
+		start = o;
+		name_to_s3(p, len, out, &o);
+		out[o] = '\0';
+		if (!name_round_trips(out + start, p, len)) {
+			talloc_free(out);
+			errno = len > BFS_NAME_MAX ? ENAMETOOLONG : EINVAL;
+			return NULL;
+		}
+		if (slash == NULL) {
+			break;
+		}
+		out[o++] = '/';
+		p = slash + 1;
+	}
 	out[o] = '\0';
 	return out;
 }

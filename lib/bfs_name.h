@@ -38,8 +38,11 @@ int bfs_name_to_smb_buf(const char *s3, char *buf, size_t size);
 
 /*
  * A "/"-separated relative path, component by component (a single name
- * is a path of one).  To SMB: NULL with errno set; to S3: NULL only on
- * ENOMEM.
+ * is a path of one; "" is the root).  NULL with errno set: to SMB,
+ * EINVAL or ENAMETOOLONG for a key no name carries; to S3, EINVAL for a
+ * name that is not what the mapping makes of any key (empty, "." or ".."
+ * once decoded, U+F028/U+F029 other than at its end, bytes that are not
+ * UTF-8), ENAMETOOLONG for one over BFS_NAME_MAX bytes, or ENOMEM.
  */
 char *bfs_path_to_smb(TALLOC_CTX *mem_ctx, const char *s3_rel);
 char *bfs_path_to_s3(TALLOC_CTX *mem_ctx, const char *smb_rel);

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/param.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -131,21 +132,94 @@ int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 	return ret;
 }
 
+int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
+			      uint64_t *size)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec;
+	uint64_t len = 0, off = 0;
+	struct stat sb;
+	char *path;
+	int src = -1, ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_journal_get(wb->j, tmp, key, &rec);
+	if (ret == 0 && rec.op != BFS_J_PUT) {
+		ret = ENOENT;
+	}
+	path = ret == 0 ? bfs_stage_path(tmp, wb, rec.staging) : NULL;
+	if (ret == 0 && path == NULL) {
+		ret = ENOMEM;
+	}
+	if (ret == 0) {
+		src = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		ret = src == -1 || fstat(src, &sb) != 0 ? errno : 0;
+	}
+	if (ret == 0) {
+		len = rec.open ? (uint64_t)sb.st_size : rec.size;
+		if ((uint64_t)sb.st_size < len) {
+			ret = EIO; /* it lost bytes: recovery keeps it too */
+		}
+	}
+	while (ret == 0 && off < len) {
+		loff_t in = (loff_t)off, out = (loff_t)off;
+		ssize_t n = copy_file_range(src, &in, fd, &out,
+					    (size_t)MIN(len - off, 1u << 30), 0);
+
+		if (n <= 0) {
+			ret = n == 0 ? EIO : errno;
+			break;
+		}
+		off += (uint64_t)n;
+	}
+	if (src != -1) {
+		close(src);
+	}
+	if (ret == 0) {
+		*size = len;
+	} else if (ret != ENOENT) {
+		fprintf(stderr, "bucketfs: cannot stage %s from its journalled "
+			"upload: %s\n", key, strerror(ret));
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
 /* ---- uploads --------------------------------------------------------------------- */
+
+/* Whether rec, a PUT record, is ours to replace: its process is us or gone. */
+static bool bfs_wb_put_is_ours(const struct bfs_jrec *rec)
+{
+	return rec->pid == getpid() || rec->last_error != 0 ||
+	       !bfs_journal_pid_alive(rec->pid);
+}
+
 
 struct bfs_wb_started {
 	struct bfs_wb *wb;
 	struct bfs_jrec *rec;
 };
 
-/* Journal the multipart upload id, so a crash leaves no orphaned parts. */
+/*
+ * Journal the multipart upload id, so a crash leaves no orphaned parts.
+ * Should that fail, a recovery uploads again all the same; the parts
+ * are left for the bucket's lifecycle rule, and the log says so.
+ */
 static void bfs_wb_upload_started(void *private_data, const char *upload_id)
 {
 	struct bfs_wb_started *s = private_data;
+	int ret;
 
 	s->rec->upload_id = (char *)upload_id;
-	bfs_journal_put(s->wb->j, s->rec);
+	ret = bfs_journal_put(s->wb->j, s->rec);
 	s->rec->upload_id = NULL;
+	if (ret != 0) {
+		fprintf(stderr, "bucketfs: cannot journal multipart upload %s "
+			"of %s: %s (a crash now would leave its parts)\n",
+			upload_id, s->rec->key, strerror(ret));
+	}
 }
 
 /* Set key's index entry: uploaded (etag) or pending (etag NULL). */
@@ -167,6 +241,66 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+/* Drop what the index says of key's directory: the next access lists it. */
+static void bfs_wb_index_forget(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *dir, *name;
+
+	if (tmp != NULL && bfs_key_split(tmp, key, &dir, &name) == 0) {
+		bfs_index_invalidate_dir(wb->idx, dir);
+	}
+	talloc_free(tmp);
+}
+
+static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
+			     struct s3_status *st);
+
+/*
+ * Delete key, the name a file had before it was renamed while open, now
+ * that the file is safe elsewhere: only while S3 still holds version etag
+ * of it (NULL: any), and nobody journals a change of key.  Another client
+ * may have made a new file of that name meanwhile (logrotate's next log);
+ * that one stays.  A failure leaves the old object behind, with a log
+ * line: nothing is lost, a stale copy stays.
+ */
+static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
+				   const char *etag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	struct bfs_jrec other;
+	int ret = ENOMEM;
+
+	if (tmp == NULL) {
+		return;
+	}
+	if (bfs_journal_get(wb->j, tmp, key, &other) == 0) {
+		talloc_free(tmp);
+		return; /* a new change of key is on its way */
+	}
+	req = s3_head_object_send(tmp, wb->ev, wb->s3, key);
+	if (req != NULL && s3_wait(req, wb->ev)) {
+		ret = s3_head_object_recv(req, tmp, &info, &st);
+	}
+	if (ret == 0 && etag != NULL &&
+	    (info.etag == NULL || strcmp(info.etag, etag) != 0)) {
+		talloc_free(tmp);
+		return; /* another version: someone else's file now */
+	}
+	if (ret == 0) {
+		ret = bfs_wb_delete_key(wb, key, &st);
+	}
+	if (ret != 0 && ret != ENOENT) {
+		fprintf(stderr, "bucketfs: the old name %s of a renamed file "
+			"could not be deleted (%s, HTTP %ld); it stays in S3\n",
+			key, strerror(ret), st.http_status);
+	}
+	talloc_free(tmp);
 }
 
 /* Run an upload of a journalled record to the end. */
@@ -195,11 +329,33 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	talloc_free(req);
 	if (ret != 0) {
 		rec->last_error = ret;
-		bfs_journal_put(wb->j, rec);
+		if (bfs_journal_put(wb->j, rec) != 0) {
+			/* The record from before the upload stays: retried. */
+			fprintf(stderr, "bucketfs: cannot note the failed "
+				"upload of %s in the journal\n", rec->key);
+		}
 		return ret;
 	}
-	bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, tag);
-	bfs_journal_done(wb->j, rec->key, rec->pid);
+	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, tag) != 0) {
+		/* S3 has it; the next listing shows it right. */
+		bfs_wb_index_forget(wb, rec->key);
+	}
+	/* The file is safe under its new name: its old one may go now. */
+	if (rec->src != NULL) {
+		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
+	}
+	ret = bfs_journal_done(wb->j, rec->key, rec->pid);
+	if (ret != 0) {
+		/*
+		 * Uploaded, but the record stays: a recovery would upload
+		 * again from a staging file the caller may drop.  Say so and
+		 * keep the staging file; the bytes in S3 are right.
+		 */
+		fprintf(stderr, "bucketfs: %s is uploaded but its journal "
+			"record could not be removed: %s\n", rec->key,
+			strerror(ret));
+		drop_stage = false;
+	}
 	if (drop_stage) {
 		bfs_wb_stage_drop(wb, rec->staging);
 	}
@@ -236,30 +392,59 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
 		  char **etag, struct s3_status *st)
 {
+	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec rec = {
 		.key = (char *)key, .op = BFS_J_PUT, .pid = getpid(),
 		.size = size, .mtime = mtime, .staging = (char *)name,
 	};
+	struct bfs_jrec old;
+	const char *superseded = NULL;
 	int ret;
 
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
 	if (resume != NULL &&
 	    !bfs_upload_resumable(size, &wb->params, resume)) {
 		/* Cut differently now (or small): its parts are no use. */
 		bfs_wb_stream_abort(wb, key, resume->upload_id);
 		resume = NULL;
 	}
+	/*
+	 * An earlier record of key (a failed close, a rename while open) is
+	 * replaced: the old name it still has to delete carries over, and
+	 * its staging file, whose bytes the open copied, goes once ours is
+	 * journalled.
+	 */
+	if (bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
+	    old.op == BFS_J_PUT) {
+		if (old.src != NULL && strcmp(old.src, key) != 0) {
+			rec.src = old.src;
+			rec.src_etag = old.src_etag;
+		}
+		if (strcmp(old.staging, name) != 0 &&
+		    bfs_wb_put_is_ours(&old)) {
+			superseded = old.staging;
+		}
+	}
 	/* A crash from here on aborts the streamed parts, then uploads. */
 	rec.upload_id = resume != NULL ? (char *)resume->upload_id : NULL;
 	ret = bfs_journal_put(wb->j, &rec);
 	rec.upload_id = NULL;
 	if (ret != 0) {
+		talloc_free(tmp);
 		return ret;
+	}
+	if (superseded != NULL) {
+		bfs_wb_stage_drop(wb, superseded);
 	}
 	if (resume != NULL) {
 		bfs_wb_stream_forget(wb, resume->upload_id, true);
 	}
 	/* Readers see the new size before S3 has the bytes. */
-	bfs_wb_index_file(wb, key, size, mtime, NULL);
+	if (bfs_wb_index_file(wb, key, size, mtime, NULL) != 0) {
+		bfs_wb_index_forget(wb, key);
+	}
 	ret = bfs_wb_run_upload(wb, &rec, fd, false, resume, mem_ctx, etag,
 				st);
 	if (ret != 0 && resume != NULL) {
@@ -268,6 +453,7 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		ret = bfs_wb_run_upload(wb, &rec, fd, false, NULL, mem_ctx,
 					etag, st);
 	}
+	talloc_free(tmp);
 	return ret;
 }
 
@@ -281,8 +467,10 @@ void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 		.upload_id = (char *)upload_id,
 	};
 
-	if (jkey != NULL) {
-		bfs_journal_put(wb->j, &rec);
+	if (jkey == NULL || bfs_journal_put(wb->j, &rec) != 0) {
+		/* Then a crash leaves its parts to the bucket's lifecycle. */
+		fprintf(stderr, "bucketfs: cannot journal streamed upload %s "
+			"of %s\n", upload_id, key);
 	}
 	talloc_free(jkey);
 }
@@ -300,14 +488,22 @@ static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
 	char *jkey = talloc_asprintf(tmp, BFS_JKEY_ABORT "%s", upload_id);
 	struct bfs_jrec old;
 
+	int ret = 0;
+
 	if (jkey != NULL && bfs_journal_get(wb->j, tmp, jkey, &old) == 0) {
 		if (gone) {
-			bfs_journal_done(wb->j, jkey, getpid());
+			ret = bfs_journal_done(wb->j, jkey, getpid());
 		} else {
 			old.key = jkey;
 			old.staging = NULL;
-			bfs_journal_put(wb->j, &old);
+			ret = bfs_journal_put(wb->j, &old);
 		}
+	}
+	if (ret != 0) {
+		/* A recovery aborts it again: harmless, S3 forgets it. */
+		fprintf(stderr, "bucketfs: cannot update the journal record "
+			"of streamed upload %s: %s\n", upload_id,
+			strerror(ret));
 	}
 	talloc_free(tmp);
 }
@@ -415,39 +611,173 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	return ret;
 }
 
-int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
+/* Forget key's index entry (a marker "a/b/" is the entry "b" in "a/"). */
+static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 {
-	struct bfs_jrec rec = {
-		.key = (char *)key, .op = BFS_J_DELETE, .pid = getpid(),
-	};
-	TALLOC_CTX *tmp;
-	char *dir, *name;
-	int ret = bfs_journal_put(wb->j, &rec);
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *dir, *name, *d2, *n2;
+
+	if (tmp == NULL || bfs_key_split(tmp, key, &dir, &name) != 0) {
+		talloc_free(tmp);
+		return;
+	}
+	if (name[0] != '\0') {
+		bfs_index_remove(wb->idx, dir, name);
+	} else if (dir[0] != '\0') {
+		dir[strlen(dir) - 1] = '\0';
+		if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
+			bfs_index_remove(wb->idx, d2, n2);
+		}
+	}
+	talloc_free(tmp);
+}
+
+/* Run a journalled delete to the end (a client's, or a recovery's). */
+static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
+			     struct s3_status *st)
+{
+	int ret = bfs_wb_delete_key(wb, rec->key, st);
 
 	if (ret != 0) {
 		return ret;
 	}
-	ret = bfs_wb_delete_key(wb, key, st);
+	if (rec->src != NULL) {
+		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
+	}
+	bfs_wb_index_remove_key(wb, rec->key);
+	if (bfs_journal_done(wb->j, rec->key, rec->pid) != 0) {
+		/* Done in S3; a recovery deletes it again, harmlessly. */
+		fprintf(stderr, "bucketfs: cannot drop the journal record of "
+			"the delete of %s\n", rec->key);
+	}
+	return 0;
+}
+
+int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_DELETE, .pid = getpid(),
+	};
+	struct bfs_jrec old;
+	bool had_old;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	/*
+	 * A file renamed while open, then deleted: the old name it came
+	 * from goes too (or it would be back at the next listing).  Its
+	 * staging file is the open's to drop.
+	 */
+	had_old = bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
+		  old.op == BFS_J_PUT &&
+		  (old.pid == getpid() || !bfs_journal_pid_alive(old.pid));
+	if (had_old && old.src != NULL) {
+		rec.src = old.src;
+		rec.src_etag = old.src_etag;
+	}
+	ret = bfs_journal_put(wb->j, &rec);
 	if (ret != 0) {
-		bfs_journal_done(wb->j, key, rec.pid); /* nothing changed */
+		talloc_free(tmp);
 		return ret;
 	}
-	tmp = talloc_new(NULL);
-	if (bfs_key_split(tmp, key, &dir, &name) == 0) {
-		size_t nl = strlen(name);
-		if (nl > 0) {
-			bfs_index_remove(wb->idx, dir, name);
-		} else if (dir[0] != '\0') {
-			/* A marker "a/b/": the entry is "b" in "a/". */
-			char *d2, *n2;
-			dir[strlen(dir) - 1] = '\0';
-			if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
-				bfs_index_remove(wb->idx, d2, n2);
-			}
+	ret = bfs_wb_run_delete(wb, &rec, st);
+	if (ret != 0) {
+		/* Nothing changed in S3: the journal says what it said. */
+		int jret = had_old ? bfs_journal_put(wb->j, &old) :
+				     bfs_journal_done(wb->j, key, rec.pid);
+		if (jret != 0) {
+			fprintf(stderr, "bucketfs: cannot restore the journal "
+				"after the failed delete of %s: %s\n", key,
+				strerror(jret));
 		}
 	}
 	talloc_free(tmp);
-	bfs_journal_done(wb->j, key, rec.pid);
+	return ret;
+}
+
+int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
+		       const char *staging, uint64_t size, time_t mtime,
+		       const char *src_etag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec = {
+		.key = (char *)dst, .op = BFS_J_PUT, .pid = getpid(),
+		.size = size, .mtime = mtime, .staging = (char *)staging,
+		.open = true,
+	};
+	struct bfs_jrec old, old_dst;
+	bool had_old, had_dst;
+	char *sdir, *sname, *ddir, *dname;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_key_split(tmp, src, &sdir, &sname);
+	if (ret == 0) {
+		ret = bfs_key_split(tmp, dst, &ddir, &dname);
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	had_old = bfs_journal_get(wb->j, tmp, src, &old) == 0 &&
+		  old.op == BFS_J_PUT && bfs_wb_put_is_ours(&old);
+	had_dst = bfs_journal_get(wb->j, tmp, dst, &old_dst) == 0;
+	/*
+	 * The object to delete once dst is up: the one the file was before
+	 * (carried over when src got its name from an earlier rename while
+	 * open), unless it is dst itself, which the upload replaces.
+	 */
+	if (had_old && old.src != NULL) {
+		rec.src = old.src;
+		rec.src_etag = old.src_etag;
+	} else if (src_etag != NULL) {
+		rec.src = (char *)src;
+		rec.src_etag = (char *)src_etag;
+	}
+	if (rec.src != NULL && strcmp(rec.src, dst) == 0) {
+		rec.src = NULL;
+		rec.src_etag = NULL;
+	}
+	ret = bfs_journal_put(wb->j, &rec);
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
+	if (ret != 0) {
+		/* Not renamed: the journal says what it said before. */
+		int jret = had_dst ? bfs_journal_put(wb->j, &old_dst) :
+				     bfs_journal_done(wb->j, dst, rec.pid);
+		if (jret != 0) {
+			fprintf(stderr, "bucketfs: cannot restore the journal "
+				"after the failed rename of %s: %s\n", src,
+				strerror(jret));
+		}
+		talloc_free(tmp);
+		return ret;
+	}
+	/* A record dst had (a failed close of the file renamed over). */
+	if (had_dst && old_dst.op == BFS_J_PUT && bfs_wb_put_is_ours(&old_dst) &&
+	    strcmp(old_dst.staging, staging) != 0) {
+		bfs_wb_stage_drop(wb, old_dst.staging);
+	}
+	if (had_old) {
+		/* Its bytes are in our staging file: the record moved to dst. */
+		if (strcmp(old.staging, staging) != 0) {
+			bfs_wb_stage_drop(wb, old.staging);
+		}
+		if (bfs_journal_done(wb->j, src, old.pid) != 0) {
+			/* A recovery would upload src's old bytes to src. */
+			fprintf(stderr, "bucketfs: cannot drop the journal "
+				"record of %s after renaming it\n", src);
+		}
+	}
+	talloc_free(tmp);
 	return 0;
 }
 
@@ -468,7 +798,12 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	}
 	ret = bfs_wb_copy_key(wb, src, dst, size, st);
 	if (ret != 0) {
-		bfs_journal_done(wb->j, dst, rec.pid); /* nothing changed */
+		/* Nothing changed; should the record stay, a recovery
+		 * copies what the client asked for. */
+		if (bfs_journal_done(wb->j, dst, rec.pid) != 0) {
+			fprintf(stderr, "bucketfs: cannot drop the journal "
+				"record of the failed copy to %s\n", dst);
+		}
 		return ret;
 	}
 	tmp = talloc_new(NULL);
@@ -485,8 +820,9 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	 * journal finishes the rename even if we die before the delete.
 	 */
 	ret = bfs_wb_delete_key(wb, src, st);
-	if (ret == 0) {
-		bfs_journal_done(wb->j, dst, rec.pid);
+	if (ret == 0 && bfs_journal_done(wb->j, dst, rec.pid) != 0) {
+		fprintf(stderr, "bucketfs: cannot drop the journal record of "
+			"the rename to %s; a recovery copies it again\n", dst);
 	}
 	return ret;
 }
@@ -569,7 +905,16 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 	if (fd == -1) {
 		return path == NULL ? ENOMEM : errno;
 	}
-	if (fstat(fd, &sb) != 0 || (uint64_t)sb.st_size < r->size) {
+	if (fstat(fd, &sb) != 0) {
+		ret = errno;
+		close(fd);
+		return ret;
+	}
+	if (r->open) {
+		/* Journalled while still written (a rename): all of it. */
+		r->size = (uint64_t)sb.st_size;
+		r->open = false;
+	} else if ((uint64_t)sb.st_size < r->size) {
 		close(fd);
 		return EIO; /* the staging file lost bytes: keep it for a human */
 	}
@@ -599,7 +944,7 @@ static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 			bfs_index_invalidate_dir(wb->idx, d2);
 		}
 		talloc_free(tmp);
-		bfs_journal_done(wb->j, r->key, r->pid);
+		ret = bfs_journal_done(wb->j, r->key, r->pid);
 	}
 	return ret;
 }
@@ -635,12 +980,12 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 				if (recs[i].staging != NULL) {
 					bfs_wb_stage_drop(wb, recs[i].staging);
 				}
-				bfs_journal_done(wb->j, recs[i].key,
-						 recs[i].pid);
+				r = bfs_journal_done(wb->j, recs[i].key,
+						     recs[i].pid);
 			}
 			break;
 		default:
-			r = bfs_wb_delete(wb, recs[i].key, &st);
+			r = bfs_wb_run_delete(wb, &recs[i], &st);
 			break;
 		}
 		if (r == 0) {

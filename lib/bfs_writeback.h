@@ -37,6 +37,16 @@ int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 		      struct s3_status *st);
 
 /*
+ * Fill staging file fd with the bytes of key's journalled upload (a close
+ * that failed, or one another process is running): the newest bytes of
+ * key, which S3 may not have.  0 with *size set; ENOENT if no upload of
+ * key is journalled; another errno if its staging file cannot be read.
+ */
+int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
+			      uint64_t *size)
+	__attribute__((warn_unused_result));
+
+/*
  * Upload staging file `name` (fd, size bytes) as key: journal it, upload,
  * then record the new ETag in the index.  On failure the journal keeps
  * the record (with the error) and the staging file stays: nothing is lost,
@@ -61,6 +71,19 @@ void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 			   const char *staging, const char *upload_id);
 void bfs_wb_stream_abort(struct bfs_wb *wb, const char *key,
 			 const char *upload_id);
+
+/*
+ * A file open for writing, its bytes in staging file `staging` (size so
+ * far, still growing), is renamed from src to dst.  Journal first that
+ * dst is to be uploaded from the staging file, and that src (the object
+ * the file was, if src_etag: the version in S3 it started from) is to be
+ * deleted only once dst is in S3; then move the index entry.  A crash
+ * before the close leaves the recovery to do both.  S3 is not asked.
+ */
+int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
+		       const char *staging, uint64_t size, time_t mtime,
+		       const char *src_etag)
+	__attribute__((warn_unused_result));
 
 /*
  * Rename the object src (size bytes) to dst: journal, CopyObject (a

@@ -239,6 +239,7 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	TALLOC_CTX *frame = talloc_stackframe();
 	const char *abs = NULL, *start, *norm;
 	char *joined;
+	int ret;
 
 	if (name[0] == '/') {
 		abs = name;
@@ -275,10 +276,24 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
-	/* Names smbd hands us carry SMB's refused characters mapped. */
+	/*
+	 * Names smbd hands us carry SMB's refused characters mapped.  Only
+	 * now, after "..", are they decoded: a name that is not what the
+	 * mapping makes of a key (one that decodes to ".." or to a name
+	 * smbd's veto checks never saw) is refused here.
+	 */
 	*rel = bfs_path_to_s3(mem_ctx, norm + 1);
+	ret = *rel != NULL ? 0 : errno;
+	if (ret != 0 && ret != ENOMEM) {
+		char *shown = bfs_name_printable(frame, norm + 1);
+
+		DBG_NOTICE("bucketfs: share %s: refused the name %s: %s\n",
+			   bc->service, shown ? shown : "?",
+			   ret == ENAMETOOLONG ? "a component is too long" :
+			   "it is not the SMB form of any S3 key");
+	}
 	TALLOC_FREE(frame);
-	return *rel != NULL ? 0 : ENOMEM;
+	return ret;
 }
 
 /* The absolute SMB path of share-relative key path rel (for smbd). */
@@ -872,6 +887,9 @@ static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
 	}
 	ret = bfs_rel_path(talloc_tos(), bc, dirfsp, smb_fname->base_name,
 			   &rel);
+	if (ret == EINVAL) {
+		ret = ENOENT; /* no key has that name */
+	}
 	if (ret == 0) {
 		ret = bfs_lookup(NULL, bc, rel, sbuf, NULL);
 	}
@@ -1425,6 +1443,23 @@ static uint64_t bfs_disk_free(struct vfs_handle_struct *handle,
 	return *dfree;
 }
 
+/*
+ * FileFsAttributeInformation's flags (smbd copies them there).  Only a
+ * share this user may not write (read only, write list) says
+ * FILE_READ_ONLY_VOLUME: Windows takes the whole volume as read-only when
+ * it sees the flag, and refuses to write to it.
+ */
+static uint32_t bfs_volume_flags(const struct connection_struct *conn)
+{
+	uint32_t flags = FILE_CASE_SENSITIVE_SEARCH |
+			 FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK;
+
+	if (conn->read_only) {
+		flags |= FILE_READ_ONLY_VOLUME;
+	}
+	return flags;
+}
+
 static int bfs_statvfs(struct vfs_handle_struct *handle,
 		       const struct smb_filename *smb_fname,
 		       struct vfs_statvfs_struct *st)
@@ -1441,9 +1476,7 @@ static int bfs_statvfs(struct vfs_handle_struct *handle,
 	st->TotalFileNodes = UINT32_MAX;
 	st->FreeFileNodes = UINT32_MAX;
 	st->FsIdentifier = bc->dev;
-	st->FsCapabilities = FILE_CASE_SENSITIVE_SEARCH |
-			     FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK |
-			     FILE_READ_ONLY_VOLUME;
+	st->FsCapabilities = bfs_volume_flags(handle->conn);
 	return 0;
 }
 
@@ -1451,8 +1484,7 @@ static uint32_t bfs_fs_capabilities(struct vfs_handle_struct *handle,
 				    enum timestamp_set_resolution *p_ts_res)
 {
 	*p_ts_res = TIMESTAMP_SET_SECONDS;
-	return FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES |
-	       FILE_UNICODE_ON_DISK | FILE_READ_ONLY_VOLUME;
+	return bfs_volume_flags(handle->conn);
 }
 
 /* ---- directories --------------------------------------------------------------------- */
@@ -1790,10 +1822,27 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 	}
 	become_root();
 	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
-	if (ret == 0 && keep && fh->size > 0) {
-		ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj, fd, &st);
+	if (ret == 0 && keep) {
+		/*
+		 * A journalled upload of the key (a failed close, one still
+		 * running) has newer bytes than S3: start from those.
+		 */
+		uint64_t size;
+
+		ret = bfs_wb_stage_from_journal(bc->wb, fh->key, fd, &size);
+		if (ret == 0) {
+			fh->size = size;
+		} else if (ret == ENOENT && fh->size > 0) {
+			ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj,
+						fd, &st);
+			if (ret != 0) {
+				bfs_log_s3(bc, "read-modify-write of", fh->key,
+					   &st);
+			}
+		} else if (ret == ENOENT) {
+			ret = 0;
+		}
 		if (ret != 0) {
-			bfs_log_s3(bc, "read-modify-write of", fh->key, &st);
 			close(fd);
 			bfs_wb_stage_drop(bc->wb, name);
 		}
@@ -2036,6 +2085,9 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 	}
 	ret = bfs_rel_path(talloc_tos(), bc, dirfsp, smb_fname->base_name,
 			   &rel);
+	if (ret == EINVAL && !(how->flags & O_CREAT)) {
+		ret = ENOENT; /* no key has that name; none is made */
+	}
 	if (ret == 0) {
 		ret = bfs_lookup(talloc_tos(), bc, rel, &sbuf, &fh);
 	}
@@ -3031,40 +3083,42 @@ static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
 	}
 }
 
-/* Rename a file whose bytes are staged here: the upload follows it. */
-static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *src,
+/*
+ * Rename a file open for writing here, its bytes staged: the upload
+ * follows it to the new name.  The journal says so before anything
+ * moves, and the old name's object stays in S3 until the new one is up,
+ * so a crash before the close loses neither (logrotate renames an open
+ * log this way).
+ */
+static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
 			     const char *dst_rel)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	struct s3_status st = {0};
-	char *sdir, *sname, *ddir, *dname, *src_key = src->key;
+	char *src_key = talloc_strdup(frame, staged->key);
 	char *dst_key = bfs_key(frame, bc, dst_rel);
-	bool in_s3 = src->etag != NULL || src->open_etag != NULL;
 	int ret;
 
-	if (dst_key == NULL || bfs_key_split(frame, src_key, &sdir, &sname) ||
-	    bfs_key_split(frame, dst_key, &ddir, &dname)) {
+	if (src_key == NULL || dst_key == NULL) {
 		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
+	if (staged->stage_name == NULL) {
+		TALLOC_FREE(frame);
+		return EBUSY;
+	}
 	become_root();
-	ret = bfs_index_rename(bc->index, sdir, sname, ddir, dname);
+	ret = bfs_wb_rename_open(bc->wb, src_key, dst_key, staged->stage_name,
+				 bfs_fh_size(staged), staged->mtime,
+				 staged->open_etag);
 	unbecome_root();
 	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot journal the rename of the "
+			"open file %s: %s\n", bc->service, src_key,
+			strerror(ret));
 		TALLOC_FREE(frame);
 		return ret;
 	}
-	src_key = talloc_strdup(frame, src_key);
 	bfs_rekey_open(bc, src_key, dst_rel);
-	if (in_s3) {
-		/* The old name's object: its bytes live on in staging. */
-		become_root();
-		ret = bfs_wb_delete(bc->wb, src_key, &st);
-		unbecome_root();
-		if (ret != 0) {
-			bfs_log_s3(bc, "delete after rename of", src_key, &st);
-		}
-	}
 	TALLOC_FREE(frame);
 	return 0;
 }
@@ -3219,8 +3273,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 	if (src->is_dir) {
 		ret = bfs_rename_dir(bc, src_rel, dst_rel);
 	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
-		src->etag = staged->open_etag;
-		ret = bfs_rename_staged(bc, src, dst_rel);
+		ret = bfs_rename_staged(bc, staged, dst_rel);
 	} else if (src->etag == NULL &&
 		   (ret = bfs_wait_other_upload(frame, bc, src_rel, &src)) != 0) {
 		/* logged there */

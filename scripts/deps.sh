@@ -16,14 +16,14 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # Runtime and build packages.  Samba's build deps are the ones its minimal
 # configure needs (see DEVELOPERS.md); the rest are ours (clang with its
 # runtime, which has libFuzzer and is only recommended, and valgrind: the
-# hardening tests).
+# hardening tests; python3-impacket, for SMB requests smbclient cannot make).
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
   libexpat1-dev libcmocka-dev pkg-config lmdb-utils
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
-  nodejs npm man-db rsync
+  nodejs npm man-db rsync python3-impacket
   clang libclang-rt-14-dev valgrind
 )
 

@@ -262,6 +262,7 @@ class World:
   bucketfs:prefix = rw
   bucketfs:cache dir = {t}/bfscache-rw
   read only = no
+  veto files = /*.exe/
 [rwfault]
   path = /bucketfs/rwfault
 {faulty}  bucketfs:prefix = rwfault
@@ -1243,6 +1244,43 @@ def writeback(w, tmp):
         assert w.s3_sha256("rw/small.bin") == sha256(src)
         assert w.ls("rw").get("small.bin") == (False, 300001)
 
+    def volume_flags(share):
+        out = sh(["/usr/bin/python3", os.path.join(TOP, "tests/integration/fsattr.py"),
+                  str(w.smb_port), share, USER, PASSWORD]).stdout.split()
+        return int(out[0], 16)
+
+    @test
+    def windows_is_told_a_writable_share_is_writable_and_a_read_only_one_is_not():
+        # FileFsAttributeInformation, as Explorer asks when it maps a drive.
+        read_only_volume = 0x00080000
+        rw, ro = volume_flags("rw"), volume_flags("data")
+        assert not rw & read_only_volume, f"writable share says read-only: 0x{rw:08x}"
+        assert ro & read_only_volume, f"read-only share says writable: 0x{ro:08x}"
+        for flags in (rw, ro):  # case-sensitive search, case-preserved, Unicode
+            assert flags & 0x7 == 0x7, f"0x{flags:08x}"
+        print(f"    # rw 0x{rw:08x}, read-only 0x{ro:08x}")
+
+    @test
+    def names_that_decode_to_dot_dot_or_past_veto_files_are_refused():
+        # [rw] vetoes *.exe.  U+F029 is the mapping's final dot: only a final
+        # one is a dot; anywhere else the name is no key's SMB form.
+        src = make("names.bin", 1000)
+        for name in ("\uf029\uf029", "a\uf029exe", "\uf029", "x\uf029\uf029"):
+            p = w.smbclient("rw", f'put {src} "{name}"', check=False)
+            assert "NT_STATUS_" in p.stdout + p.stderr, f"{name!r} was created: {p.stdout}"
+        p = w.smbclient("rw", f'mkdir "\uf029\uf029"', check=False)
+        assert "NT_STATUS_" in p.stdout + p.stderr, f"mkdir: {p.stdout}"
+        p = w.smbclient("rw", f"put {src} a.exe", check=False)
+        assert "NT_STATUS_" in p.stdout + p.stderr, "veto files is not on"
+        keys = s3_keys("rw/")
+        assert not {"rw/..", "rw/.", "rw/a.exe", "rw/x.\uf029", "rw/x\uf029."} & keys, keys
+        assert not any(k.startswith("rw/../") or k.startswith("rw/./") for k in keys), keys
+        # A final mapped dot is still the key's final dot.
+        w.smbclient("rw", f'put {src} "end\uf029"')
+        assert w.s3_sha256("rw/end.") == sha256(src)
+        assert "end\uf029" in w.ls("rw"), w.ls("rw")
+        assert "refused the name" in w.smb_log()
+
     @test
     def checkpoint_pattern_write_tmp_then_rename_over_the_final():
         old = make("old.pt", 1000)
@@ -1368,6 +1406,83 @@ def writeback(w, tmp):
                  env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)).stdout
         assert out.strip() == "closed", out
         assert_renamed("rw", "openmv.tmp", "openmv.final", src)
+
+    def rename_open(share, src_name, dst_name, src, hold):
+        """smbrenopen share/src_name -> dst_name with src's bytes, holding the
+        file open `hold` seconds after the rename; returns once renamed."""
+        p = subprocess.Popen([f"{B}/tests/smbrenopen", f"smb://127.0.0.1:{w.smb_port}/{share}",
+                              src_name, dst_name, src],
+                             env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD,
+                                      SMBRENOPEN_HOLD=str(hold)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = p.stdout.readline()
+        assert line.strip() == "renamed", line + p.communicate(timeout=60)[0]
+        return p
+
+    @test
+    def kill_9_between_the_rename_of_an_open_written_file_and_its_close_loses_nothing():
+        # logrotate renames an open log; smbd dies before the log is closed.
+        old = make("rot.old", 5000)
+        w.smbclient("rw", f"put {old} app.log")
+        src = make("rot.new", 3 << 20)
+        p = rename_open("rw", "app.log", "app.log.1", src, 60)
+        try:
+            # Until the new name is in S3, the old one keeps the last safe copy.
+            assert w.s3_sha256("rw/app.log") == sha256(old), "the old name went first"
+            assert "app.log.1" in w.ctl("rw", "pending").stdout
+            w.restart_smbd(kill=True)
+        finally:
+            p.kill()
+            p.communicate(timeout=60)
+        w.smbclient("rw", "ls")  # the next connect replays the journal
+        assert w.s3_sha256("rw/app.log.1") == sha256(src), "the renamed file was lost"
+        assert "rw/app.log" not in s3_keys("rw/"), "the old name stayed"
+        listing = w.ls("rw")
+        assert listing.get("app.log.1") == (False, 3 << 20) and "app.log" not in listing, listing
+        assert "app.log" not in w.ctl("rw", "pending").stdout
+
+    @test
+    def a_new_file_under_the_old_name_of_a_renamed_open_file_stays():
+        # The old name is deleted after the renamed file's upload only if it
+        # still holds the version the file started from.
+        old = make("rot2.old", 5000)
+        w.smbclient("rw", f"put {old} svc.log")
+        src = make("rot2.new", 2 << 20)
+        p = rename_open("rw", "svc.log", "svc.log.1", src, 4)
+        newlog = make("rot2.next", 7000)
+        w.smbclient("rw", f"put {newlog} svc.log")
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 0 and out.strip() == "closed", out
+        assert w.s3_sha256("rw/svc.log.1") == sha256(src)
+        assert w.s3_sha256("rw/svc.log") == sha256(newlog), "the new file under the old name went"
+        listing = w.ls("rw")
+        assert listing.get("svc.log") == (False, 7000), listing
+
+    @test
+    def a_failed_close_then_a_reopen_for_writing_keeps_the_first_writes():
+        base = make("reopen.base", 100000)
+        w.smbclient("rwfault", f"put {base} reopen.bin")
+        patch, tail = make("reopen.patch", 1000), make("reopen.tail", 500)
+        w.fault("PUT deny -1")
+        try:
+            p = w.smbwrite("rwfault", "reopen.bin", "write", "0", patch, check=False)
+            assert p.returncode != 0, "the first close did not fail"
+            # A new connection: its recovery of the first close fails too;
+            # the reopen must start from the journalled bytes, not S3's.
+            p = w.smbwrite("rwfault", "reopen.bin", "write", "100000", tail, check=False)
+            assert p.returncode != 0, "the second close did not fail"
+        finally:
+            w.fault("")
+        want = open(patch, "rb").read() + open(base, "rb").read()[1000:] + \
+            open(tail, "rb").read()
+        for _ in range(50):
+            w.smbclient("rwfault", "ls")  # recovery, once the writers' smbds are gone
+            if "reopen.bin" not in w.ctl("rwfault", "pending").stdout:
+                break
+            time.sleep(0.2)
+        assert w.s3_sha256("rwfault/reopen.bin") == hashlib.sha256(want).hexdigest(), \
+            "the first close's bytes were lost"
+        assert not os.listdir(f"{tmp}/bfscache-rwfault/staging"), "staging left"
 
     @test
     def a_writer_overwrites_a_change_made_in_s3_meanwhile_and_says_so():

@@ -3,7 +3,10 @@
  * a name handed to smbd carries none of the characters SMB refuses, no
  * '/', stays within BFS_NAME_MAX, and maps back to exactly the key it came
  * from; a path maps component by component and never gains a dot segment.
+ * What a client sends maps to a key only if that key's SMB form is exactly
+ * what was sent (so no "..", "." or vetoed name hides in mapped characters).
  */
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -41,8 +44,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		FUZZ_CHECK(strcmp(path, "..") != 0 && strncmp(path, "../", 3) != 0);
 		FUZZ_CHECK(strstr(path, "/../") == NULL);
 	}
-	/* Whatever SMB sends maps to some key without crashing. */
-	FUZZ_CHECK(bfs_path_to_s3(t, key) != NULL);
+	/*
+	 * Whatever SMB sends maps to a key whose SMB form is exactly what was
+	 * sent, component by component, with no dot segment; or is refused.
+	 */
+	back = bfs_path_to_s3(t, key);
+	if (back != NULL) {
+		path = bfs_path_to_smb(t, back);
+		FUZZ_CHECK(path != NULL && strcmp(path, key) == 0);
+		FUZZ_CHECK(strcmp(back, ".") != 0 && strcmp(back, "..") != 0);
+		FUZZ_CHECK(strncmp(back, "../", 3) != 0 &&
+			   strncmp(back, "./", 2) != 0);
+		FUZZ_CHECK(strstr(back, "/../") == NULL &&
+			   strstr(back, "/./") == NULL);
+		FUZZ_CHECK(strstr(back, "//") == NULL);
+	} else {
+		FUZZ_CHECK(errno == EINVAL || errno == ENAMETOOLONG);
+	}
 	log = bfs_name_printable(t, key);
 	for (i = 0; log != NULL && log[i] != '\0'; i++) {
 		FUZZ_CHECK((unsigned char)log[i] >= 0x20 && log[i] != 0x7f);

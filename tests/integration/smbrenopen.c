@@ -6,10 +6,12 @@
  *
  *   smbrenopen SHARE_URL SRC DST FILE
  *
- * Creates SRC, writes the first half of FILE, renames SRC to DST
- * (replacing DST), writes the second half through the same handle,
- * closes, prints "closed".  SMBRENOPEN_PAUSE=N waits N seconds before the
- * rename.
+ * Creates SRC (or truncates it: an existing SRC keeps its object until
+ * then), writes the first half of FILE, renames SRC to DST (replacing
+ * DST), writes the second half through the same handle, closes, prints
+ * "closed".  SMBRENOPEN_PAUSE=N waits N seconds before the rename;
+ * SMBRENOPEN_HOLD=N prints "renamed" once the second half is written and
+ * waits N seconds before the close (a test kills smbd meanwhile).
  *
  * libsmbclient opens files without FILE_SHARE_DELETE and has no handle
  * rename, so the tool takes the connection libsmbclient made (the first
@@ -105,9 +107,11 @@ int main(int argc, char **argv)
 		perror("smbc_init_context");
 		return 1;
 	}
-	/* Only to get a connection: libsmbclient's own open of SRC. */
-	f = smbc_getFunctionOpen(ctx)(ctx, url, O_RDWR | O_CREAT | O_TRUNC,
-				     0644);
+	/*
+	 * Only to get a connection: libsmbclient's own open of SRC, which
+	 * leaves an existing SRC as it is (no write, so no upload).
+	 */
+	f = smbc_getFunctionOpen(ctx)(ctx, url, O_RDWR | O_CREAT, 0644);
 	if (f == NULL) {
 		fprintf(stderr, "open %s: %s\n", url, strerror(errno));
 		return 1;
@@ -136,6 +140,11 @@ int main(int argc, char **argv)
 			      (size_t)sb.st_size - half, &done);
 	if (status != 0) {
 		return fail("write after the rename", status);
+	}
+	if (getenv("SMBRENOPEN_HOLD") != NULL) {
+		printf("renamed\n");
+		fflush(stdout);
+		sleep((unsigned)atoi(getenv("SMBRENOPEN_HOLD")));
 	}
 	status = cli_close(cli, fnum);
 	if (status != 0) {

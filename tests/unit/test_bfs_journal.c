@@ -127,7 +127,9 @@ static pid_t finisher_pid;
 static void *finish_upload(void *arg)
 {
 	usleep(200 * 1000);
-	bfs_journal_done(arg, "k", finisher_pid);
+	if (bfs_journal_done(arg, "k", finisher_pid) != 0) {
+		abort(); /* the waiter would time out: say so at once */
+	}
 	return NULL;
 }
 
@@ -178,6 +180,77 @@ static void test_wait_for_another_upload(void **state)
 	assert_int_equal(bfs_wb_wait_upload(wb, "k", 5000), EIO);
 	close(fds[1]);
 	waitpid(uploader, NULL, 0);
+	talloc_free(t);
+}
+
+/*
+ * A file renamed while open: the upload to its new name carries the old
+ * name to delete after, the version of it that may go, and that the
+ * staging file is still written.
+ */
+static void test_rename_while_open_record_round_trips(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec r = {
+		.key = "logs/app.log.1", .op = BFS_J_PUT, .pid = getpid(),
+		.size = 77, .staging = "w-9", .src = "logs/app.log",
+		.src_etag = "\"0123abcd\"", .open = true,
+	}, got;
+	void *enc;
+	size_t len;
+
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_journal_get(j, t, r.key, &got), 0);
+	assert_int_equal(got.op, BFS_J_PUT);
+	assert_string_equal(got.src, "logs/app.log");
+	assert_string_equal(got.src_etag, "\"0123abcd\"");
+	assert_true(got.open);
+	assert_int_equal(got.size, 77);
+	/* Deleted while open: the DELETE takes the old name along. */
+	r.op = BFS_J_DELETE;
+	r.staging = NULL;
+	r.open = false;
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), 0);
+	assert_string_equal(got.src, "logs/app.log");
+	assert_false(got.open);
+	/* Only an upload is "open"; an ETag needs its key. */
+	r.open = true;
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), EBADMSG);
+	r.open = false;
+	r.src = NULL;
+	assert_int_equal(bfs_jrec_encode(t, &r, &enc, &len), 0);
+	assert_int_equal(bfs_jrec_decode(t, enc, len, &got), EBADMSG);
+	talloc_free(t);
+}
+
+/* Records written before version 2 (no old-name ETag, no flags) still read. */
+static void test_version_1_records_decode(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	/* version, op, staging_len, src_len, upload_id_len, pid,
+	   last_error, size, mtime; then "w-1" */
+	uint8_t v1[1 + 1 + 2 + 2 + 2 + 4 + 4 + 8 + 8 + 3] = {
+		1, BFS_J_PUT, 3, 0, 0, 0, 0, 0, 7, 0, 0, 0, 5, 0, 0, 0,
+		42, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+	};
+	struct bfs_jrec got;
+
+	memcpy(v1 + sizeof(v1) - 3, "w-1", 3);
+	assert_int_equal(bfs_jrec_decode(t, v1, sizeof(v1), &got), 0);
+	assert_int_equal(got.op, BFS_J_PUT);
+	assert_int_equal(got.pid, 7);
+	assert_int_equal(got.last_error, 5);
+	assert_int_equal(got.size, 42);
+	assert_string_equal(got.staging, "w-1");
+	assert_null(got.src_etag);
+	assert_false(got.open);
+	assert_int_equal(bfs_jrec_decode(t, v1, sizeof(v1) - 1, &got),
+			 EBADMSG);
 	talloc_free(t);
 }
 
@@ -275,6 +348,8 @@ int main(void)
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
 		cmocka_unit_test(test_pid_alive),
 		cmocka_unit_test(test_wait_for_another_upload),
+		cmocka_unit_test(test_rename_while_open_record_round_trips),
+		cmocka_unit_test(test_version_1_records_decode),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_index_put_rename_remove),
 	};

@@ -97,6 +97,53 @@ static void test_paths_map_per_component(void **state)
 	talloc_free(t);
 }
 
+/* What a client sends that is no key's SMB form is refused, not guessed. */
+static void refused(const char *smb, int want)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+
+	errno = 0;
+	assert_null(bfs_path_to_s3(t, smb));
+	assert_int_equal(errno, want);
+	talloc_free(t);
+}
+
+static void test_names_decode_only_where_the_mapping_puts_them(void **state)
+{
+	(void)state;
+	/* "\uF029\uF029/x" once decoded anywhere was the key "../x". */
+	refused("\xef\x80\xa9\xef\x80\xa9/x", EINVAL);
+	refused("a/\xef\x80\xa9\xef\x80\xa9", EINVAL);
+	refused("\xef\x80\xa9", EINVAL);		/* "." */
+	refused("\xef\x80\xa9/x", EINVAL);
+	/* "a\uF029exe" was "a.exe", past smbd's veto files. */
+	refused("a\xef\x80\xa9" "exe", EINVAL);
+	refused("a\xef\x80\xa8" "b", EINVAL);	/* an inner U+F028 */
+	/* Raw characters the mapping would have carried. */
+	refused("end.", EINVAL);
+	refused("dir./x", EINVAL);
+	refused("a\x01", EINVAL);
+	refused("bad\xff", EINVAL);
+	/* An empty component. */
+	refused("a//b", EINVAL);
+	refused("a/", EINVAL);
+	{
+		char long_name[300];
+
+		memset(long_name, 'x', 256);
+		long_name[256] = '\0';
+		refused(long_name, ENAMETOOLONG);
+	}
+	/* A final mapped dot or space still decodes; the root is "". */
+	{
+		TALLOC_CTX *t = talloc_new(NULL);
+
+		assert_string_equal(bfs_path_to_s3(t, ""), "");
+		assert_string_equal(bfs_path_to_s3(t, "d\xef\x80\xa9/e"), "d./e");
+		talloc_free(t);
+	}
+}
+
 static void test_log_form_escapes_what_a_terminal_would_eat(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -118,6 +165,7 @@ int main(void)
 		cmocka_unit_test(test_characters_smb_refuses_are_carried),
 		cmocka_unit_test(test_names_that_cannot_be_carried_are_refused),
 		cmocka_unit_test(test_paths_map_per_component),
+		cmocka_unit_test(test_names_decode_only_where_the_mapping_puts_them),
 		cmocka_unit_test(test_log_form_escapes_what_a_terminal_would_eat),
 	};
 
