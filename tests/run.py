@@ -1052,11 +1052,12 @@ def integration(w, sources):
               f"{reuse[0]} / {reuse[1]} reusing buffers, "
               f"{fresh[0]} / {fresh[1]} with glibc's defaults")
         # With reuse, three more reads of 50 MiB (18 buffers of 8 MiB) cost
-        # less than two buffers' 2,048 pages each; glibc's own mmap threshold
-        # moves with the process's history, so without reuse only one
-        # buffer's worth more is asserted.
+        # less than two buffers' 2,048 pages each.  glibc's own dynamic mmap
+        # threshold is inherited from smbd's parent, whose heap history the
+        # whole suite shapes: without reuse a child sometimes reuses too
+        # (9,449 faults against 12,735 in one full run, 46,264 against
+        # 10,670 alone), so that side is shown, not asserted.
         assert reuse[1] - reuse[0] < 2 * 2048, f"reads with reuse grow by {reuse[1] - reuse[0]} faults"
-        assert fresh[1] > reuse[1] + 2048, f"{reuse[1]} with reuse, {fresh[1]} without"
 
     @test
     def a_repeated_read_makes_no_s3_request():
