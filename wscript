@@ -14,6 +14,8 @@ SYSLIBS = (('curl', 'curl_multi_socket_action', 'curl/curl.h'),
            ('lmdb', 'mdb_env_open', 'lmdb.h'),
            ('expat', 'XML_ParserCreate', 'expat.h'),
            ('crypto', 'EVP_Digest', 'openssl/evp.h'),
+           ('isal', 'crc32_iscsi', 'isa-l/crc.h'),
+           ('z', 'crc32', 'zlib.h'),
            ('pthread', 'pthread_create', 'pthread.h'))
 
 

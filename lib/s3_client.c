@@ -73,9 +73,14 @@ struct s3_req_state {
 	int sink_err;
 	char *etag;
 	char *request_id;
+	char *bucket_region;
 	time_t last_modified;
 	bool has_range;
 	uint64_t range_first, range_last, range_total;
+	bool etag_not_md5;
+	enum s3_cksum cksum;
+	char *cksum_value;
+	bool cksum_composite;
 
 	struct s3_status st;
 };
@@ -292,8 +297,9 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	size_t plen;
 
 	if (cfg->bucket == NULL || cfg->bucket[0] == '\0' ||
-	    cfg->region == NULL || cfg->creds.access_key == NULL ||
-	    cfg->creds.secret_key == NULL) {
+	    cfg->region == NULL ||
+	    (!cfg->anonymous && (cfg->creds.access_key == NULL ||
+				 cfg->creds.secret_key == NULL))) {
 		errno = EINVAL;
 		return NULL;
 	}
@@ -567,8 +573,13 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		/* A new response (after 100-continue): forget the last. */
 		TALLOC_FREE(s->etag);
 		TALLOC_FREE(s->request_id);
+		TALLOC_FREE(s->cksum_value);
+		TALLOC_FREE(s->bucket_region);
 		s->last_modified = -1;
 		s->has_range = false;
+		s->etag_not_md5 = false;
+		s->cksum = S3_CKSUM_NONE;
+		s->cksum_composite = false;
 		return len;
 	}
 	if (colon == NULL) {
@@ -591,6 +602,10 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		}
 		talloc_free(s->etag);
 		s->etag = talloc_strndup(s, v, vlen);
+	} else if (nlen == 19 &&
+		   strncasecmp(buf, "x-amz-bucket-region", 19) == 0) {
+		talloc_free(s->bucket_region);
+		s->bucket_region = talloc_strndup(s, v, vlen);
 	} else if (nlen == 16 && strncasecmp(buf, "x-amz-request-id", 16) == 0) {
 		talloc_free(s->request_id);
 		s->request_id = talloc_strndup(s, v, vlen);
@@ -610,6 +625,26 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 			s->range_total = t;
 		}
 		talloc_free(r);
+	} else if ((nlen == 28 &&
+		    strncasecmp(buf, "x-amz-server-side-encryption", 28) == 0 &&
+		    vlen >= 7 && strncasecmp(v, "aws:kms", 7) == 0) ||
+		   (nlen == 47 &&
+		    strncasecmp(buf, "x-amz-server-side-encryption-customer-"
+				"algorithm", 47) == 0)) {
+		/* SSE-KMS and SSE-C: the ETag is no digest of the bytes. */
+		s->etag_not_md5 = true;
+	} else if (nlen == 19 &&
+		   strncasecmp(buf, "x-amz-checksum-type", 19) == 0) {
+		s->cksum_composite = vlen == 9 &&
+				     strncasecmp(v, "COMPOSITE", 9) == 0;
+	} else if (s3_cksum_of_header(buf, nlen) != S3_CKSUM_NONE &&
+		   s->cksum == S3_CKSUM_NONE) {
+		s->cksum = s3_cksum_of_header(buf, nlen);
+		s->cksum_value = talloc_strndup(s, v, vlen);
+		/* A multipart object's composite value ends in "-PARTS". */
+		if (memchr(v, '-', vlen) != NULL) {
+			s->cksum_composite = true;
+		}
 	} else if (nlen == 13 && strncasecmp(buf, "Last-Modified", 13) == 0) {
 		char *d = talloc_strndup(s, v, vlen);
 		if (d != NULL) {
@@ -866,7 +901,7 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 	} else {
 		memcpy(hash, S3_EMPTY_SHA256, sizeof(hash));
 	}
-	h = talloc_array(tmp, struct s3_kv, s->r.n_headers + 4);
+	h = talloc_array(tmp, struct s3_kv, s->r.n_headers + 5);
 	if (h == NULL) {
 		talloc_free(tmp);
 		s3_req_fail(s, ENOMEM);
@@ -875,9 +910,13 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 	h[nh++] = (struct s3_kv){"Host", c->host};
 	h[nh++] = (struct s3_kv){"x-amz-date", date};
 	h[nh++] = (struct s3_kv){"x-amz-content-sha256", hash};
-	if (c->cfg.creds.session_token != NULL) {
+	if (c->cfg.creds.session_token != NULL && !c->cfg.anonymous) {
 		h[nh++] = (struct s3_kv){"x-amz-security-token",
 					 c->cfg.creds.session_token};
+	}
+	if (c->cfg.requester_pays) {
+		/* Without it a requester-pays bucket answers 403. */
+		h[nh++] = (struct s3_kv){"x-amz-request-payer", "requester"};
 	}
 	for (i = 0; i < s->r.n_headers; i++) {
 		h[nh++] = s->r.headers[i];
@@ -902,9 +941,12 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 			.region = c->cfg.region,
 			.amz_date = date,
 		};
-		auth = s3_sigv4_authorization(tmp, &in, &c->cfg.creds);
+		/* A public bucket takes requests without a signature. */
+		auth = c->cfg.anonymous ?
+			       NULL :
+			       s3_sigv4_authorization(tmp, &in, &c->cfg.creds);
 	}
-	if (auth == NULL) {
+	if (auth == NULL && !c->cfg.anonymous) {
 		talloc_free(tmp);
 		s3_req_fail(s, ENOMEM);
 		return;
@@ -925,7 +967,9 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 		s->hdrs = l;
 	}
 	{
-		char *line = talloc_asprintf(tmp, "Authorization: %s", auth);
+		char *line = auth != NULL ?
+			talloc_asprintf(tmp, "Authorization: %s", auth) :
+			talloc_strdup(tmp, "Authorization:");
 		struct curl_slist *l = line ? curl_slist_append(s->hdrs, line) :
 					      NULL;
 		/* No 100-continue round trip; no form content type. */
@@ -1000,7 +1044,12 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 	memset(s->st.code, 0, sizeof(s->st.code));
 	memset(s->st.message, 0, sizeof(s->st.message));
 	memset(s->st.request_id, 0, sizeof(s->st.request_id));
+	memset(s->st.region, 0, sizeof(s->st.region));
 	s3_status_set(&s->st, NULL, NULL, s->request_id);
+	if (s->bucket_region != NULL) {
+		snprintf(s->st.region, sizeof(s->st.region), "%s",
+			 s->bucket_region);
+	}
 
 	if (rc == CURLE_WRITE_ERROR && s->sink_err != 0) {
 		s3_status_set(&s->st, "response body refused",
@@ -1018,6 +1067,10 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 		    s3_xml_parse_error(s, s->errbody, s->errbody_len, &doc) == 0) {
 			s3_status_set(&s->st, doc->code, doc->message,
 				      doc->request_id);
+			if (doc->region != NULL && s->st.region[0] == '\0') {
+				snprintf(s->st.region, sizeof(s->st.region),
+					 "%s", doc->region);
+			}
 		} else {
 			snprintf(s->st.code, sizeof(s->st.code), "HTTP %ld",
 				 s->http_status);
@@ -1031,6 +1084,11 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 		   (err = s->r.sink->end(s->r.sink->priv, &(struct s3_body_info){
 			.http_status = s->http_status, .etag = s->etag,
 			.has_range = s->has_range,
+			.etag_not_md5 = s->etag_not_md5,
+			.cksum = s->cksum_value != NULL ? s->cksum :
+							  S3_CKSUM_NONE,
+			.cksum_value = s->cksum_value,
+			.cksum_composite = s->cksum_composite,
 			.range_first = s->range_first,
 			.range_last = s->range_last,
 			.range_total = s->range_total})) != 0) {

@@ -14,6 +14,7 @@
 #include <talloc.h>
 #include <tevent.h>
 
+#include "s3_checksum.h"
 #include "s3_sigv4.h"
 
 struct s3_client_config {
@@ -30,6 +31,10 @@ struct s3_client_config {
 	unsigned request_timeout_ms; /* whole request; 0: 60000 */
 	unsigned max_retries;	     /* 0 means none */
 	unsigned retry_base_ms;	     /* first backoff; 0: 100 */
+	/* Unsigned requests (a public bucket): no credentials needed. */
+	bool anonymous;
+	/* x-amz-request-payer: requester (a requester-pays bucket). */
+	bool requester_pays;
 	struct s3_credentials creds;
 };
 
@@ -40,6 +45,9 @@ struct s3_status {
 	char code[128];	  /* S3 error code, or curl's error text */
 	char message[256];
 	char request_id[128];
+	/* The bucket's region, where the server named it (x-amz-bucket-region,
+	 * or <Region> in an AuthorizationHeaderMalformed document). */
+	char region[64];
 	unsigned attempts;
 };
 
@@ -53,6 +61,15 @@ struct s3_body_info {
 	const char *etag; /* without quotes, or NULL */
 	bool has_range;	  /* a Content-Range "bytes FIRST-LAST/TOTAL" */
 	uint64_t range_first, range_last, range_total;
+	/*
+	 * The ETag is not the MD5 of the bytes even for a single-part object:
+	 * SSE-KMS (aws:kms, aws:kms:dsse) or SSE-C encryption.
+	 */
+	bool etag_not_md5;
+	/* An additional checksum of the whole object (x-amz-checksum-*). */
+	enum s3_cksum cksum;
+	const char *cksum_value;  /* base64, as sent */
+	bool cksum_composite;	  /* of the parts' checksums: not the bytes' */
 };
 
 /* Where a successful (2xx) response body goes, piece by piece. */

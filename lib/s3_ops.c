@@ -194,8 +194,8 @@ static bool s3_md5_matches(const uint8_t *data, size_t len,
  * Is the body the range we asked for?  Servers and proxies that cut a body
  * short while saying so consistently in Content-Length, or answer another
  * range, pass curl's checks; Content-Range tells.  Where the body is the
- * whole of a single-part object, its MD5 must be the ETag: range GETs
- * carry no checksum, whole objects do.
+ * whole object, its checksum must hold: range GETs carry none, whole
+ * objects do.
  */
 static int s3_get_end(void *priv, const struct s3_body_info *info)
 {
@@ -216,7 +216,19 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 		/* 200: the whole object (s3_get_write refused any more). */
 		whole = true;
 	}
-	if (whole && s3_md5_from_hex(info->etag, md) &&
+	if (!whole) {
+		return 0;
+	}
+	/*
+	 * S3's own checksum of the object where it sent one (checksum mode);
+	 * else the ETag, where it is the MD5 of the bytes: not for SSE-KMS
+	 * or SSE-C (an opaque ETag), nor a multipart one ("...-N", not hex).
+	 */
+	if (info->cksum != S3_CKSUM_NONE && !info->cksum_composite) {
+		return s3_cksum_matches(info->cksum, info->cksum_value, s->buf,
+					s->got) ? 0 : EBADMSG;
+	}
+	if (!info->etag_not_md5 && s3_md5_from_hex(info->etag, md) &&
 	    !s3_md5_matches(s->buf, s->got, md)) {
 		return EBADMSG;
 	}
@@ -231,7 +243,7 @@ struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
 {
 	struct tevent_req *req, *subreq;
 	struct s3_get_state *s;
-	struct s3_kv h[2];
+	struct s3_kv h[3];
 	size_t nh = 0;
 	char range[64], *quoted = NULL;
 
@@ -251,6 +263,10 @@ struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
 	snprintf(range, sizeof(range), "bytes=%" PRIu64 "-%" PRIu64, offset,
 		 offset + len - 1);
 	h[nh++] = (struct s3_kv){"Range", range};
+	if (offset == 0) {
+		/* The range may be the whole object: ask for its checksum. */
+		h[nh++] = (struct s3_kv){"x-amz-checksum-mode", "ENABLED"};
+	}
 	if (if_match != NULL) {
 		quoted = talloc_asprintf(s, "\"%s\"", if_match);
 		if (tevent_req_nomem(quoted, req)) {

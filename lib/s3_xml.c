@@ -70,7 +70,7 @@ static const char *intern(const char *n)
 		"NextContinuationToken", "Error", "Code", "Message",
 		"RequestId", "InitiateMultipartUploadResult", "UploadId",
 		"CompleteMultipartUploadResult", "CopyObjectResult",
-		"CopyPartResult", "EncodingType",
+		"CopyPartResult", "EncodingType", "Region",
 	};
 	size_t i;
 
@@ -248,6 +248,8 @@ static void error_leaf(struct s3_error_doc *e, TALLOC_CTX *ctx, const char *n,
 		e->message = talloc_strdup(ctx, t);
 	} else if (strcmp(n, "RequestId") == 0) {
 		e->request_id = talloc_strdup(ctx, t);
+	} else if (strcmp(n, "Region") == 0) {
+		e->region = talloc_strdup(ctx, t);
 	}
 }
 

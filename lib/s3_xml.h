@@ -39,6 +39,7 @@ struct s3_error_doc {
 	char *code;
 	char *message;
 	char *request_id;
+	char *region;	/* the bucket's, in AuthorizationHeaderMalformed */
 };
 
 /*

@@ -994,14 +994,13 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
  * is served if the listing works.  A share of a prefix lists at once:
  * credentials limited to a prefix may list it but not head the bucket.
  */
-static int bfs_probe_bucket(struct bfs_conn *bc)
+/* One look at the bucket (the tree connect's probe): 0, or an errno. */
+static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
 	struct s3_object_info info = {0};
 	struct s3_listing *l = NULL;
-	struct s3_status st = {0};
 	struct tevent_req *req;
-	const char *cause;
 	int ret;
 
 	if (bc->prefix[0] == '\0') {
@@ -1010,19 +1009,70 @@ static int bfs_probe_bucket(struct bfs_conn *bc)
 			TALLOC_FREE(frame);
 			return ENOMEM;
 		}
-		if (s3_head_object_recv(req, frame, &info, &st) == 0) {
+		if (s3_head_object_recv(req, frame, &info, st) == 0) {
 			TALLOC_FREE(frame);
 			return 0;
 		}
 	}
+	/* A HEAD has no error document: a listing says why. */
 	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
 			   1);
 	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
 		TALLOC_FREE(frame);
 		return ENOMEM;
 	}
-	ret = s3_list_recv(req, frame, &l, &st);
+	*st = (struct s3_status){0};
+	ret = s3_list_recv(req, frame, &l, st);
 	TALLOC_FREE(frame);
+	return ret;
+}
+
+/*
+ * The bucket is in region `region`, which the server named: sign for it
+ * (and, on AWS's own endpoint, talk to that region's), as the AWS tools
+ * do.  Not when smb.conf names a region: that is the admin's word.
+ */
+static bool bfs_follow_region(struct bfs_conn *bc, bool endpoint_derived,
+			      const char *region)
+{
+	char *r = talloc_strdup(bc, region);
+
+	if (r == NULL || region[0] == '\0' ||
+	    strcmp(region, bc->cfg.region) == 0 ||
+	    strspn(region, "abcdefghijklmnopqrstuvwxyz0123456789-") !=
+		    strlen(region)) {
+		talloc_free(r);
+		return false;
+	}
+	DBG_WARNING("bucketfs: share %s: bucket '%s' is in region %s, not "
+		    "%s: using %s (set 'bucketfs:region = %s' to skip this "
+		    "look-up)\n", bc->service, bc->cfg.bucket, region,
+		    bc->cfg.region, region, region);
+	bc->cfg.region = r;
+	if (endpoint_derived) {
+		bc->cfg.endpoint = talloc_asprintf(
+			bc, "https://s3.%s.amazonaws.com", region);
+	}
+	TALLOC_FREE(bc->s3);
+	bc->s3 = bc->cfg.endpoint != NULL ?
+			 s3_client_new(bc, bc->sync_ev, &bc->cfg) :
+			 NULL;
+	return bc->s3 != NULL;
+}
+
+static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
+			    bool endpoint_derived)
+{
+	struct s3_status st = {0};
+	const char *cause;
+	int ret;
+
+	ret = bfs_probe_once(bc, &st);
+	if (ret != 0 && !region_set &&
+	    bfs_follow_region(bc, endpoint_derived, st.region)) {
+		st = (struct s3_status){0};
+		ret = bfs_probe_once(bc, &st);
+	}
 	if (ret == 0) {
 		return 0;
 	}
@@ -1051,10 +1101,11 @@ static int bfs_probe_bucket(struct bfs_conn *bc)
 		break;
 	}
 	DBG_ERR("bucketfs: share %s: cannot serve bucket '%s' at %s: %s "
-		"(%s; HTTP %ld%s%s)\n",
+		"(%s; HTTP %ld%s%s%s%s)\n",
 		bc->service, bc->cfg.bucket, bc->cfg.endpoint, cause,
 		st.code[0] ? st.code : strerror(ret), st.http_status,
-		st.message[0] ? "; " : "", st.message);
+		st.message[0] ? "; " : "", st.message,
+		st.region[0] ? "; the bucket is in region " : "", st.region);
 	return ret;
 }
 
@@ -1342,8 +1393,15 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto fail;
 	}
 
-	ret = bfs_load_credentials(handle, bc);
-	if (ret != 0) {
+	bc->cfg.anonymous = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
+					 "anonymous", false);
+	bc->cfg.requester_pays = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
+					      "requester pays", false);
+	if (bc->cfg.anonymous) {
+		/* A public dataset: unsigned requests, no credentials. */
+		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
+			 service);
+	} else if ((ret = bfs_load_credentials(handle, bc)) != 0) {
 		goto fail;
 	}
 
@@ -1352,10 +1410,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto nomem;
 	}
 	bc->s3 = s3_client_new(bc, bc->sync_ev, &bc->cfg);
-	bc->reader = bc->s3 == NULL ? NULL :
-		bfs_reader_new(bc, bc->sync_ev, bc->s3, bc->cache,
-			       bc->block_size, false);
-	if (bc->s3 == NULL || bc->reader == NULL) {
+	if (bc->s3 == NULL) {
 		ret = errno;
 		DBG_ERR("bucketfs: share %s: bad S3 endpoint '%s' (want "
 			"http://host[:port] or https://host[:port])\n",
@@ -1367,9 +1422,16 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 						   bc->cfg.region);
 	}
 
-	ret = bfs_probe_bucket(bc);
+	/* The probe may find the bucket's region and make bc->s3 anew. */
+	ret = bfs_probe_bucket(bc, bfs_param(handle, "region", NULL) != NULL,
+			       endpoint == NULL);
 	if (ret != 0) {
 		goto fail;
+	}
+	bc->reader = bfs_reader_new(bc, bc->sync_ev, bc->s3, bc->cache,
+				    bc->block_size, false);
+	if (bc->reader == NULL) {
+		goto nomem;
 	}
 	become_root();
 	ret = bfs_start_writeback(bc);

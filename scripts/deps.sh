@@ -20,7 +20,7 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
-  libexpat1-dev libcmocka-dev pkg-config lmdb-utils
+  libexpat1-dev libcmocka-dev pkg-config lmdb-utils libisal-dev
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
   nodejs npm man-db rsync python3-impacket

@@ -41,6 +41,8 @@ from sanitize_smbd import sanitized_smbd
 
 from reliability import reliability
 
+from aws_behaviours import aws_behaviours
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
@@ -529,6 +531,8 @@ def main():
             writeback(w, tmp)
         if only in ("", "reliability"):
             reliability(w, sources, record, test)
+        if only in ("", "aws"):
+            aws_behaviours(w, record, test)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:

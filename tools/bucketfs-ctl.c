@@ -228,9 +228,12 @@ static struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev)
 	cfg.max_retries = (unsigned)atoi(ctl_param(c, "retries", "4"));
 	cfg.request_timeout_ms =
 		1000 * (unsigned)atoi(ctl_param(c, "request timeout", "30"));
-	ret = s3_creds_resolve(c->mem, ctl_param(c, "credentials file", NULL),
-			       ctl_param(c, "profile", NULL), home, &cfg.creds,
-			       &source, &why);
+	cfg.anonymous = ctl_bool(c, "anonymous", false);
+	cfg.requester_pays = ctl_bool(c, "requester pays", false);
+	ret = cfg.anonymous ? 0 :
+		s3_creds_resolve(c->mem, ctl_param(c, "credentials file", NULL),
+				 ctl_param(c, "profile", NULL), home, &cfg.creds,
+				 &source, &why);
 	if (ret == ENOENT && ctl_bool(c, "imds", true)) {
 		ret = s3_imds_fetch(c->mem, ctl_param(c, "imds endpoint",
 						      S3_IMDS_ENDPOINT),

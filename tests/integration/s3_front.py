@@ -27,6 +27,22 @@ bytes as the answer) or lost (the request is done upstream, then the
 connection closed with no answer); the next COUNT requests of that
 method get it, counted from when the file's content changed.
 One line per request goes to stdout.
+
+With --aws BEHAVIOURS (comma-separated), it behaves as AWS S3 does where
+s3rver does not:
+  kms             every ETag (headers, listings, upload answers) is opaque,
+                  as on an SSE-KMS bucket: 32 hex digits that are not the
+                  MD5 of the bytes; x-amz-server-side-encryption: aws:kms
+  checksums       a GET with x-amz-checksum-mode: ENABLED of a whole object
+                  carries x-amz-checksum-crc64nvme, -crc32c or -sha256 (by
+                  key), computed before any injected fault changes a byte
+  public          unsigned GET and HEAD are served (a public bucket);
+                  anything else unsigned is AccessDenied
+  requester-pays  a request without x-amz-request-payer: requester is
+                  AccessDenied
+  region=R        the bucket is in region R: a request signed for another
+                  region is 400 AuthorizationHeaderMalformed naming R (in
+                  the document and in x-amz-bucket-region), as AWS answers
 """
 import argparse
 import hashlib
@@ -48,7 +64,10 @@ ap.add_argument("--keys", default="S3RVER:S3RVER")
 ap.add_argument("--fault", default="")
 ap.add_argument("--count", type=int, default=0)
 ap.add_argument("--control", default="")
+ap.add_argument("--aws", default="")
 args = ap.parse_args()
+AWS = set(b for b in args.aws.split(",") if b and not b.startswith("region="))
+REGION = next((b[7:] for b in args.aws.split(",") if b.startswith("region=")), None)
 SECRETS = dict(kv.split(":", 1) for kv in args.keys.split(","))
 lock = threading.Lock()
 seen = 0
@@ -84,16 +103,69 @@ def expected_signature(secret, method, path, query, headers, signed, date, regio
     return hmac.new(k, sts.encode(), hashlib.sha256).hexdigest()
 
 
+def crc_table(poly, width):
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ poly if c & 1 else c >> 1
+        table.append(c)
+    return table, (1 << width) - 1
+
+
+CRC32C = crc_table(0x82F63B78, 32)
+CRC64NVME = crc_table(0x9A6C9329AC4BC9B5, 64)
+
+
+def crc(spec, data):
+    table, mask = spec
+    c = mask
+    for b in data:
+        c = (c >> 8) ^ table[(c ^ b) & 0xFF]
+    return c ^ mask
+
+
+def checksum_header(key, data):
+    """(header, value) of one of S3's additional checksums, picked by key."""
+    import base64
+    pick = hashlib.md5(key.encode()).digest()[0] % 3
+    if pick == 0:
+        return "x-amz-checksum-crc64nvme", base64.b64encode(crc(CRC64NVME, data).to_bytes(8, "big")).decode()
+    if pick == 1:
+        return "x-amz-checksum-crc32c", base64.b64encode(crc(CRC32C, data).to_bytes(4, "big")).decode()
+    return "x-amz-checksum-sha256", base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def kms_etag(etag):
+    """The opaque ETag an SSE-KMS bucket shows for s3rver's (quotes kept)."""
+    bare = etag.strip('"')
+    hexpart, dash, parts = bare.partition("-")
+    fake = hashlib.md5(b"kms:" + hexpart.encode()).hexdigest()
+    return ('"' if etag.startswith('"') else "") + fake + dash + parts + \
+        ('"' if etag.endswith('"') else "")
+
+
+def kms_xml(data):
+    """ETag elements of an XML answer (listing, upload result) made opaque."""
+    return re.sub(rb"<ETag>(&quot;|\")?([0-9a-fA-F]{32}(?:-\d+)?)(&quot;|\")?</ETag>",
+                  lambda m: b"<ETag>" + (m.group(1) or b"") +
+                  kms_etag(m.group(2).decode()).encode() + (m.group(3) or b"") + b"</ETag>",
+                  data)
+
+
 class Front(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *a):
         pass
 
-    def error(self, status, code, message):
+    def error(self, status, code, message, region=None):
+        extra = f"<Region>{region}</Region>" if region else ""
         doc = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-               f"<Message>{message}</Message><RequestId>FRONT{seen}</RequestId></Error>").encode()
+               f"<Message>{message}</Message>{extra}<RequestId>FRONT{seen}</RequestId></Error>").encode()
         self.send_response(status)
+        if region:
+            self.send_header("x-amz-bucket-region", region)
         self.send_header("Content-Type", "application/xml")
         self.send_header("Content-Length", str(len(doc)))
         self.end_headers()
@@ -160,7 +232,7 @@ class Front(http.server.BaseHTTPRequestHandler):
         if args.control:
             fault = controlled_fault(self.command, self.path) or fault
         ak = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
-        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'}")
+        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'} cksum={self.headers.get('x-amz-checksum-mode') or '-'}")
         if fault.startswith("delay:"):
             time.sleep(float(fault[6:]))
             fault = ""
@@ -181,7 +253,17 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault == "reset":
             self.close_connection = True
             return
-        bad = self.verify(body)
+        if "requester-pays" in AWS and self.headers.get("x-amz-request-payer") != "requester":
+            return self.error(403, "AccessDenied", "Access Denied")
+        signed = "Authorization" in self.headers
+        if not signed and not ("public" in AWS and self.command in ("GET", "HEAD")):
+            return self.error(403, "AccessDenied", "Access Denied")
+        m = AUTH_RE.match(self.headers.get("Authorization", ""))
+        if REGION and m and m.group(3) != REGION:
+            return self.error(400, "AuthorizationHeaderMalformed",
+                              f"The authorization header is malformed; the region "
+                              f"'{m.group(3)}' is wrong; expecting '{REGION}'", region=REGION)
+        bad = self.verify(body) if signed else None
         if bad:
             return self.error(*bad)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "if-match"}
@@ -197,7 +279,10 @@ class Front(http.server.BaseHTTPRequestHandler):
         if if_match is not None and self.command == "GET":
             plain = {k: v for k, v in headers.items() if k.lower() != "range"}
             head, _ = self.upstream("HEAD", None, plain)
-            if head.status in (200, 206) and head.getheader("ETag") != if_match:
+            have = head.getheader("ETag")
+            if "kms" in AWS and have:
+                have = kms_etag(have)
+            if head.status in (200, 206) and have != if_match:
                 return self.error(412, "PreconditionFailed",
                                   "At least one of the pre-conditions you specified did not hold")
         # s3rver answers InternalError for an upload it has completed;
@@ -212,6 +297,22 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault == "lost":
             self.close_connection = True
             return
+        extra = []
+        if "kms" in AWS:
+            if resp.getheader("ETag"):
+                extra.append(("ETag", kms_etag(resp.getheader("ETag"))))
+            if self.command in ("GET", "HEAD", "PUT"):
+                extra.append(("x-amz-server-side-encryption", "aws:kms"))
+            if data and resp.getheader("Content-Type", "").endswith("xml"):
+                data = kms_xml(data)
+        rng = resp.getheader("Content-Range") or ""
+        whole = resp.status == 200 or re.fullmatch(r"bytes 0-(\d+)/(\d+)", rng) and \
+            int(rng.split("-")[1].split("/")[0]) + 1 == int(rng.split("/")[1])
+        if ("checksums" in AWS and self.command == "GET" and whole and
+                self.headers.get("x-amz-checksum-mode") == "ENABLED" and
+                not self.path.split("?")[0].endswith("/")):
+            extra.append(checksum_header(self.path.split("?")[0], data))
+            extra.append(("x-amz-checksum-type", "FULL_OBJECT"))
         if fault == "flip" and data:
             data = bytearray(data)
             data[len(data) // 2] ^= 0x20
@@ -219,9 +320,12 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault == "short" and self.command != "HEAD":
             data = data[: len(data) // 2]
         self.send_response(resp.status)
+        replaced = {k.lower() for k, _ in extra}
         for k, v in resp.getheaders():
-            if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+            if k.lower() not in {"transfer-encoding", "connection", "content-length"} | replaced:
                 self.send_header(k, v)
+        for k, v in extra:
+            self.send_header(k, v)
         self.send_header("Content-Length", resp.getheader("Content-Length") if self.command == "HEAD" else str(len(data)))
         self.end_headers()
         if self.command == "HEAD":

@@ -1,0 +1,197 @@
+"""AWS behaviours s3rver lacks (issue 20), each shown through smbd.
+
+The fronts here are tests/integration/s3_front.py with --aws: an SSE-KMS
+bucket (opaque ETags) with S3's additional checksums, a public bucket, a
+requester-pays bucket, a bucket in another region.  They stand before the
+same s3rver as run.py's World; a smbd of their own serves one share per
+behaviour, and every read is compared with the bytes put into S3.
+"""
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import time
+
+from smbls import parse_ls
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+B = os.path.join(TOP, "build")
+USER, PASSWORD = "root", "bucketfs-test-pw"
+PREFIX = "awsfront"
+
+
+def aws_behaviours(w, record, test):
+    t = f"{w.tmp}/aws"
+    os.makedirs(t, exist_ok=True)
+    front = os.path.join(TOP, "tests/integration/s3_front.py")
+    control = f"{t}/kms-control"
+    ports = {}
+    for name, behaviours, extra in (
+            ("kms", "kms,checksums", ["--control", control]),
+            ("public", "public", []),
+            ("pays", "requester-pays", []),
+            ("region", "region=eu-west-1", [])):
+        ports[name] = port = free_port(w)
+        w.spawn([sys.executable, front, str(port), str(w.s3_port), "--aws", behaviours, *extra],
+                f"front-aws-{name}")
+    for port in ports.values():
+        wait_listening(port)
+
+    # Objects: single-part ones of one block and of several, and a
+    # multipart one (its ETag is "...-N" on every server).
+    sources = {}
+    for name, size in (("small.bin", 100_000), ("one.bin", (1 << 20) + 3),
+                       ("blocks.bin", (3 << 20) + 5), ("flip.bin", 200_000)):
+        path = f"{t}/{name}"
+        with open(path, "wb") as f:
+            f.write(os.urandom(size))
+        w.s3tool("put", f"{PREFIX}/{name}", path)
+        sources[name] = path
+    path = f"{t}/multi.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom((11 << 20) + 7))
+    w.s3tool("putmp", f"{PREFIX}/multi.bin", path, str(5 << 20), "2")
+    sources["multi.bin"] = path
+
+    def share(name, port, *lines, cache=True):
+        body = "".join(f"  {line}\n" for line in lines)
+        return (f"[{name}]\n  path = /bucketfs/{name}\n  vfs objects = bucketfs\n"
+                f"  bucketfs:endpoint = http://127.0.0.1:{port}\n  bucketfs:path style = yes\n"
+                f"  bucketfs:bucket = {w.env['S3_BUCKET']}\n"
+                f"  bucketfs:block size = 1M\n  bucketfs:retries = 2\n" +
+                (f"  bucketfs:cache dir = {t}/cache-{name}\n" if cache else "") + body)
+
+    creds = f"  bucketfs:credentials file = {w.tmp}/creds"
+    shares = "".join([
+        share("kms", ports["kms"], f"bucketfs:prefix = {PREFIX}", creds.strip()),
+        share("kmsrw", ports["kms"], "bucketfs:prefix = awskmsrw", creds.strip(),
+              "read only = no"),
+        share("public", ports["public"], f"bucketfs:prefix = {PREFIX}",
+              "bucketfs:anonymous = yes"),
+        share("nopay", ports["pays"], f"bucketfs:prefix = {PREFIX}", creds.strip()),
+        share("pays", ports["pays"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
+              "bucketfs:requester pays = yes"),
+        share("region", ports["region"], f"bucketfs:prefix = {PREFIX}", creds.strip()),
+        share("regionroot", ports["region"], creds.strip()),
+        share("regionset", ports["region"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
+              "bucketfs:region = us-west-2"),
+    ])
+    # No credentials in this smbd's environment: the public share must not
+    # need any, the others name their file.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    port, log_path = w.start_extra_smbd("aws", shares, env)
+
+    def smbclient(name, commands, check=True):
+        p = subprocess.run(["smbclient", f"//127.0.0.1/{name}", "-p", str(port), "-U",
+                            f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", commands],
+                           capture_output=True, text=True, timeout=120)
+        if check and p.returncode != 0:
+            raise AssertionError(f"smbclient {name} {commands}: {p.stdout[-1500:]}{p.stderr[-800:]}")
+        return p
+
+    def log():
+        with open(log_path, errors="replace") as f:
+            return f.read()
+
+    def front_log(name):
+        with open(f"{w.tmp}/front-aws-{name}.log") as f:
+            return f.read()
+
+    def sha256(path):
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+
+    def reads_back(name, files):
+        """Every file read through share `name` is byte-identical to its source."""
+        out = f"{t}/got"
+        for f in files:
+            smbclient(name, f'get "{f}" {out}')
+            assert sha256(out) == sha256(sources[f]), f"{name}/{f} differs from the source"
+        listing = parse_ls(smbclient(name, "ls").stdout)
+        for f in files:
+            assert listing.get(f) == (False, os.path.getsize(sources[f])), listing
+
+    @test
+    def an_sse_kms_bucket_serves_every_object_byte_identical():
+        # Opaque ETags: not the MD5 of the bytes, yet 32 hex digits.
+        reads_back("kms", ["small.bin", "one.bin", "blocks.bin", "multi.bin"])
+        flog = front_log("kms")
+        assert re.search(r"GET /\S+/awsfront/small\.bin .*cksum=ENABLED", flog), \
+            "no GET asked for the checksum"
+
+    @test
+    def checksum_mode_catches_a_corrupted_body_on_an_sse_kms_bucket():
+        with open(control, "w") as f:
+            f.write(f"GET flip 1 {PREFIX}/flip.bin")
+        try:
+            reads_back("kms", ["flip.bin"])
+        finally:
+            with open(control, "w") as f:
+                f.write("")
+        gets = [line for line in front_log("kms").splitlines()
+                if line.startswith("GET ") and f"/{PREFIX}/flip.bin" in line.split()[1]]
+        # The flipped answer was refused (its checksum) and asked again.
+        assert len(gets) >= 2 and " fault=flip " in gets[0], gets
+
+    @test
+    def files_written_to_an_sse_kms_bucket_read_back_and_rename():
+        src = f"{t}/kmsput.bin"
+        with open(src, "wb") as f:
+            f.write(os.urandom((12 << 20) + 9))  # multipart (threshold 8M)
+        small = f"{t}/kmsput-small.bin"
+        with open(small, "wb") as f:
+            f.write(os.urandom(4000))
+        smbclient("kmsrw", f"put {src} big.bin; put {small} small.bin; "
+                           "rename small.bin renamed.bin")
+        out = f"{t}/got"
+        smbclient("kmsrw", f"get big.bin {out}")
+        assert sha256(out) == sha256(src)
+        smbclient("kmsrw", f"get renamed.bin {out}")
+        assert sha256(out) == sha256(small)
+        keys = w.s3tool("ls", "awskmsrw/").stdout
+        assert "awskmsrw/small.bin" not in keys and "awskmsrw/renamed.bin" in keys, keys
+
+    @test
+    def a_public_bucket_is_served_with_unsigned_requests_and_no_credentials():
+        reads_back("public", ["small.bin", "multi.bin"])
+        lines = [l for l in front_log("public").splitlines() if f"/{PREFIX}/" in l or "prefix=" in l]
+        assert lines and all(" ak=- " in l for l in lines), lines[:5]
+
+    @test
+    def a_requester_pays_bucket_is_refused_without_the_header_and_served_with_it():
+        p = smbclient("nopay", "ls", check=False)
+        assert "NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert re.search(r"share nopay: cannot serve bucket .*AccessDenied", log()), log()[-2000:]
+        reads_back("pays", ["small.bin", "blocks.bin"])
+
+    @test
+    def the_bucket_region_is_found_at_connect_and_an_explicit_one_is_kept():
+        reads_back("region", ["small.bin"])
+        reads_back("regionroot", [])
+        assert re.search(r"share region: bucket '\S+' is in region eu-west-1, not us-east-1",
+                         log()), log()[-2000:]
+        p = smbclient("regionset", "ls", check=False)
+        assert "NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        assert re.search(r"share regionset: cannot serve bucket .*"
+                         r"AuthorizationHeaderMalformed.*the bucket is in region eu-west-1",
+                         log()), log()[-2000:]
+
+
+def free_port(w):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port, timeout=30):
+    import socket
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
