@@ -23,7 +23,10 @@ a core of its own (as if it were another machine) and everything else the
 other.  BENCH_DROP=1 empties the page cache before each cold and raw run,
 as make bench does (the S3 server then reads the object from the disk the
 cache writes to); BENCH_CACHE_DIR puts the cache folder elsewhere (say
-/dev/shm, to take its writes off that disk).  Writes bench/results/read.md.
+/dev/shm, to take its writes off that disk).  BENCH_BACKEND=rgw puts the
+object on Ceph's RADOS Gateway (scripts/rgw.sh, memstore) instead of
+s3rver, for both bucketfs and the raw baseline.  Writes
+bench/results/read.md (read-variant.md for a run with any BENCH_ knob).
 """
 import importlib.util
 import os
@@ -48,7 +51,8 @@ PIN = os.environ.get("BENCH_PIN") == "1"
 DROP = os.environ.get("BENCH_DROP") == "1"
 CACHE = None  # the cache folder, set in main()
 KNOBS = ("BENCH_BLOCK", "BENCH_READAHEAD", "BENCH_MAX_REQUESTS", "BENCH_PIN",
-         "BENCH_DROP", "BENCH_CACHE_DIR")
+         "BENCH_DROP", "BENCH_CACHE_DIR", "BENCH_BACKEND")
+BACKEND = os.environ.get("BENCH_BACKEND", "s3rver")
 USER, PASSWORD = runner.USER, runner.PASSWORD
 
 
@@ -83,7 +87,14 @@ def main():
                                check=True, stdout=subprocess.DEVNULL)
             os.sched_setaffinity(0, {0})
         direct = f"http://127.0.0.1:{w.s3_port}"
+        if BACKEND == "rgw":
+            rgw_port = runner.free_port()
+            subprocess.run([os.path.join(TOP, "scripts/rgw.sh"), "start", f"{tmp}/ceph",
+                            str(rgw_port), "S3RVER", "S3RVER"], check=True)
+            direct = f"http://127.0.0.1:{rgw_port}"
         env = dict(w.env, S3_ENDPOINT=direct)
+        if BACKEND == "rgw":
+            subprocess.run([f"{B}/s3tool", "mb", "-"], env=env, check=True)
 
         src = os.path.join(tmp, "local")
         os.makedirs(f"{src}/many")
@@ -168,7 +179,8 @@ def main():
             ("listing 10,000 entries", f"{med(ls_bfs):.2f} s", f"{med(ls_local):.2f} s (plain Samba, local folder)",
              med(ls_bfs) / med(ls_local), "≤ 2 (time ratio)"),
         ]
-        lines = [f"# Read path benchmark ({MB} MiB object, median of {RUNS} runs, one machine, loopback)",
+        lines = [f"# Read path benchmark ({MB} MiB object on {BACKEND}, median of {RUNS} runs, "
+                 "one machine, loopback)",
                  "", "| workload | bucketfs | baseline | ratio | target |", "|---|---|---|---|---|"]
         for name, ours, base, ratio, target in rows:
             lines.append(f"| {name} | {ours} | {base} | {ratio:.2f} | {target} |")
@@ -180,12 +192,15 @@ def main():
         lines.append("Reproduce: `make bench-read` (BENCH_MB, RUNS to change size and repeats).")
         text = "\n".join(lines)
         # A run with other settings is not the default table.
-        name = "read.md" if not knobs else "read-variant.md"
+        name = ("read.md" if not knobs else
+                "read-rgw.md" if knobs == "BENCH_BACKEND=rgw" else "read-variant.md")
         os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)
         with open(os.path.join(TOP, "bench/results", name), "w") as f:
             f.write(text + "\n")
         print(text)
     finally:
+        if BACKEND == "rgw":
+            subprocess.run([os.path.join(TOP, "scripts/rgw.sh"), "stop", f"{tmp}/ceph"])
         runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
         if CACHE is not None:

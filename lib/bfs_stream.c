@@ -15,6 +15,7 @@ struct bfs_stream_send;
 struct bfs_stream_part {
 	struct bfs_stream_send *send;	/* in flight, or NULL */
 	char *etag;			/* S3 has it (a child of the stream) */
+	char *cksum;			/* its CRC32C, if the upload has them */
 };
 
 struct bfs_stream {
@@ -26,6 +27,7 @@ struct bfs_stream {
 
 	struct tevent_req *create_req;
 	char *upload_id;
+	bool cksum;		/* created with CRC32C: parts carry theirs */
 	bool stopped;		/* failed, or handed over: send nothing more */
 	uint64_t written;	/* bytes [0, written) have been written */
 	struct bfs_stream_part *parts;
@@ -153,7 +155,8 @@ static void bfs_stream_send_part(struct bfs_stream *st, unsigned idx)
 		return;
 	}
 	subreq = s3_mpu_part_send(send, st->ev, st->s3, st->key,
-				  st->upload_id, idx + 1, send->buf, ps);
+				  st->upload_id, idx + 1, send->buf, ps,
+				  st->cksum);
 	if (subreq == NULL) {
 		talloc_free(send);
 		st->stopped = true;
@@ -177,7 +180,7 @@ static void bfs_stream_pump(struct bfs_stream *st)
 	if (st->upload_id == NULL) {
 		if (st->create_req == NULL && st->written >= ps) {
 			st->create_req = s3_mpu_create_send(st, st->ev, st->s3,
-							    st->key);
+							    st->key, true);
 			if (st->create_req == NULL) {
 				st->stopped = true;
 				return;
@@ -200,8 +203,10 @@ static void bfs_stream_created(struct tevent_req *subreq)
 	struct bfs_stream *st = tevent_req_callback_data(subreq,
 							 struct bfs_stream);
 	char *upload_id = NULL;
-	int ret = s3_mpu_create_recv(subreq, st, &upload_id, NULL);
+	int ret;
 
+	st->cksum = s3_mpu_create_cksum(subreq);
+	ret = s3_mpu_create_recv(subreq, st, &upload_id, NULL);
 	st->create_req = NULL;
 	TALLOC_FREE(subreq);
 	if (ret != 0 || upload_id == NULL || upload_id[0] == '\0') {
@@ -222,17 +227,20 @@ static void bfs_stream_part_done(struct tevent_req *subreq)
 		subreq, struct bfs_stream_send);
 	struct bfs_stream *st = send->st;
 	unsigned idx = send->idx;
-	char *etag = NULL;
-	int ret = s3_mpu_part_recv(subreq, st, &etag, NULL);
+	struct s3_part part = {.part_no = idx + 1};
+	int ret = s3_mpu_part_recv(subreq, st, &part, NULL);
 
 	talloc_free(send); /* the buffer and subreq with it */
-	if (ret != 0 || etag == NULL) {
+	if (ret != 0 || part.etag == NULL) {
 		/* Leave this part and the rest to the close. */
-		talloc_free(etag);
+		talloc_free((char *)part.etag);
 		st->stopped = true;
 		return;
 	}
-	st->parts[idx].etag = etag;
+	TALLOC_FREE(st->parts[idx].etag);
+	TALLOC_FREE(st->parts[idx].cksum);
+	st->parts[idx].etag = (char *)part.etag;
+	st->parts[idx].cksum = (char *)part.cksum;
 	st->done++;
 	bfs_stream_pump(st);
 }
@@ -296,12 +304,17 @@ int bfs_stream_stop(struct bfs_stream *st, TALLOC_CTX *mem_ctx,
 		if (st->parts[i].etag != NULL) {
 			parts[i].etag = talloc_strdup(parts, st->parts[i].etag);
 		}
+		if (st->parts[i].cksum != NULL) {
+			parts[i].cksum = talloc_strdup(parts,
+						       st->parts[i].cksum);
+		}
 	}
 	*r = (struct bfs_upload_resume){
 		.upload_id = talloc_strdup(parts, st->upload_id),
 		.part_size = st->p.part_size,
 		.parts = parts,
 		.n_parts = st->next,
+		.cksum = st->cksum,
 	};
 	return r->upload_id == NULL ? ENOMEM : 0;
 }

@@ -31,6 +31,7 @@ struct bfs_upload_state {
 	int err;		/* first failure of a multipart upload */
 	struct s3_status st;
 	char *etag;
+	bool cksum;		/* the upload was created with CRC32C */
 };
 
 struct bfs_part_ctx {
@@ -45,6 +46,7 @@ static void bfs_upload_created(struct tevent_req *subreq);
 static void bfs_upload_part_done(struct tevent_req *subreq);
 static void bfs_upload_completed(struct tevent_req *subreq);
 static void bfs_upload_checked(struct tevent_req *subreq);
+static void bfs_upload_etag_fetched(struct tevent_req *subreq);
 static void bfs_upload_aborted(struct tevent_req *subreq);
 static bool bfs_upload_plan(uint64_t size, uint64_t *part_size,
 			    unsigned *n_parts, uint64_t threshold);
@@ -167,14 +169,20 @@ static void bfs_upload_take_resume(struct bfs_upload_state *s)
 
 	for (i = 0; i < r->n_parts && i < s->n_parts; i++) {
 		if (r->parts[i].etag == NULL ||
+		    (r->cksum && r->parts[i].cksum == NULL) ||
 		    (uint64_t)(i + 1) * s->p.part_size > s->size) {
 			continue;
 		}
 		s->parts[i] = (struct s3_part){
 			.part_no = i + 1,
 			.etag = talloc_strdup(s->parts, r->parts[i].etag),
+			.cksum = r->cksum ?
+				talloc_strdup(s->parts, r->parts[i].cksum) :
+				NULL,
 		};
-		if (s->parts[i].etag == NULL) {
+		if (s->parts[i].etag == NULL ||
+		    (r->cksum && s->parts[i].cksum == NULL)) {
+			s->parts[i].etag = NULL; /* sent again */
 			continue;
 		}
 		s->done_parts++;
@@ -198,12 +206,15 @@ static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req)
 		if (tevent_req_nomem(s->upload_id, req)) {
 			return tevent_req_post(req, s->ev);
 		}
+		s->cksum = s->p.resume->cksum;
 		bfs_upload_take_resume(s);
 		bfs_upload_go(req);
 		return tevent_req_is_in_progress(req) ?
 			req : tevent_req_post(req, s->ev);
 	}
-	subreq = s3_mpu_create_send(s, s->ev, s->s3, s->key);
+	/* A copy's parts are S3's own bytes: no checksum of ours to send. */
+	subreq = s3_mpu_create_send(s, s->ev, s->s3, s->key,
+				    s->copy_src == NULL);
 	if (tevent_req_nomem(subreq, req)) {
 		return tevent_req_post(req, s->ev);
 	}
@@ -324,7 +335,7 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 		}
 		subreq = s3_mpu_part_send(pc, s->ev, s->s3, s->key,
 					  s->upload_id, pc->idx + 1, pc->buf,
-					  len);
+					  len, s->cksum);
 		if (subreq == NULL) {
 			talloc_free(pc);
 			s->err = ENOMEM;
@@ -360,8 +371,10 @@ static void bfs_upload_created(struct tevent_req *subreq)
 							  struct tevent_req);
 	struct bfs_upload_state *s = tevent_req_data(req,
 						     struct bfs_upload_state);
-	int ret = s3_mpu_create_recv(subreq, s, &s->upload_id, &s->st);
+	int ret;
 
+	s->cksum = s3_mpu_create_cksum(subreq);
+	ret = s3_mpu_create_recv(subreq, s, &s->upload_id, &s->st);
 	TALLOC_FREE(subreq);
 	if (ret == 0 && (s->upload_id == NULL || s->upload_id[0] == '\0')) {
 		ret = EBADMSG;
@@ -393,19 +406,18 @@ static void bfs_upload_part_done(struct tevent_req *subreq)
 	struct bfs_upload_state *s = tevent_req_data(req,
 						     struct bfs_upload_state);
 	struct s3_status st = {0};
-	char *etag = NULL;
+	struct s3_part part = {.part_no = pc->idx + 1};
 	int ret = s->copy_src != NULL ?
-		s3_mpu_part_copy_recv(subreq, s->parts, &etag, &st) :
-		s3_mpu_part_recv(subreq, s->parts, &etag, &st);
+		s3_mpu_part_copy_recv(subreq, s->parts, (char **)&part.etag,
+				      &st) :
+		s3_mpu_part_recv(subreq, s->parts, &part, &st);
 
 	s->in_flight--;
-	if (ret == 0 && etag == NULL) {
+	if (ret == 0 && part.etag == NULL) {
 		ret = EBADMSG;
 	}
 	if (ret == 0) {
-		s->parts[pc->idx] = (struct s3_part){
-			.part_no = pc->idx + 1, .etag = etag,
-		};
+		s->parts[pc->idx] = part;
 		s->done_parts++;
 	} else if (s->err == 0) {
 		s->err = ret;
@@ -471,6 +483,39 @@ static void bfs_upload_completed(struct tevent_req *subreq)
 		bfs_upload_fail(req);
 		return;
 	}
+	if (s->etag == NULL || s->etag[0] == '\0') {
+		/*
+		 * Ceph RGW (Pacific) completes with an empty ETag; the object
+		 * has one, which reads pin with If-Match: ask for it.
+		 */
+		subreq = s3_head_object_send(s, s->ev, s->s3, s->key);
+		if (tevent_req_nomem(subreq, req)) {
+			return;
+		}
+		tevent_req_set_callback(subreq, bfs_upload_etag_fetched, req);
+		return;
+	}
+	tevent_req_done(req);
+}
+
+static void bfs_upload_etag_fetched(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+	struct s3_object_info info = {0};
+	int ret = s3_head_object_recv(subreq, s, &info, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 && (info.etag == NULL || info.etag[0] == '\0' ||
+			 info.size != s->size)) {
+		ret = EBADMSG; /* completed, yet not what we sent */
+	}
+	if (tevent_req_error(req, ret)) {
+		return;
+	}
+	s->etag = info.etag;
 	tevent_req_done(req);
 }
 

@@ -20,6 +20,7 @@ struct bfs_upload_resume {
 	uint64_t part_size;
 	const struct s3_part *parts;
 	unsigned n_parts;
+	bool cksum;	/* created with CRC32C: parts carry theirs */
 };
 
 struct bfs_upload_params {

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 
 /* CopyObject's limit; above it S3 wants UploadPartCopy. */
 #define BFS_COPY_MAX (5ULL << 30)
@@ -180,8 +181,8 @@ int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 	if (ret == 0) {
 		*size = len;
 	} else if (ret != ENOENT) {
-		fprintf(stderr, "bucketfs: cannot stage %s from its journalled "
-			"upload: %s\n", key, strerror(ret));
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot stage %s from its journalled "
+			"upload: %s", key, strerror(ret));
 	}
 	talloc_free(tmp);
 	return ret;
@@ -216,8 +217,8 @@ static void bfs_wb_upload_started(void *private_data, const char *upload_id)
 	ret = bfs_journal_put(s->wb->j, s->rec);
 	s->rec->upload_id = NULL;
 	if (ret != 0) {
-		fprintf(stderr, "bucketfs: cannot journal multipart upload %s "
-			"of %s: %s (a crash now would leave its parts)\n",
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot journal multipart upload %s "
+			"of %s: %s (a crash now would leave its parts)",
 			upload_id, s->rec->key, strerror(ret));
 	}
 }
@@ -296,8 +297,8 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 		ret = bfs_wb_delete_key(wb, key, &st);
 	}
 	if (ret != 0 && ret != ENOENT) {
-		fprintf(stderr, "bucketfs: the old name %s of a renamed file "
-			"could not be deleted (%s, HTTP %ld); it stays in S3\n",
+		bfs_log(BFS_LOG_ERR, "bucketfs: the old name %s of a renamed file "
+			"could not be deleted (%s, HTTP %ld); it stays in S3",
 			key, strerror(ret), st.http_status);
 	}
 	talloc_free(tmp);
@@ -331,8 +332,8 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		rec->last_error = ret;
 		if (bfs_journal_put(wb->j, rec) != 0) {
 			/* The record from before the upload stays: retried. */
-			fprintf(stderr, "bucketfs: cannot note the failed "
-				"upload of %s in the journal\n", rec->key);
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot note the failed "
+				"upload of %s in the journal", rec->key);
 		}
 		return ret;
 	}
@@ -351,8 +352,8 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		 * again from a staging file the caller may drop.  Say so and
 		 * keep the staging file; the bytes in S3 are right.
 		 */
-		fprintf(stderr, "bucketfs: %s is uploaded but its journal "
-			"record could not be removed: %s\n", rec->key,
+		bfs_log(BFS_LOG_ERR, "bucketfs: %s is uploaded but its journal "
+			"record could not be removed: %s", rec->key,
 			strerror(ret));
 		drop_stage = false;
 	}
@@ -469,8 +470,8 @@ void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
 
 	if (jkey == NULL || bfs_journal_put(wb->j, &rec) != 0) {
 		/* Then a crash leaves its parts to the bucket's lifecycle. */
-		fprintf(stderr, "bucketfs: cannot journal streamed upload %s "
-			"of %s\n", upload_id, key);
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot journal streamed upload %s "
+			"of %s", upload_id, key);
 	}
 	talloc_free(jkey);
 }
@@ -501,8 +502,8 @@ static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
 	}
 	if (ret != 0) {
 		/* A recovery aborts it again: harmless, S3 forgets it. */
-		fprintf(stderr, "bucketfs: cannot update the journal record "
-			"of streamed upload %s: %s\n", upload_id,
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot update the journal record "
+			"of streamed upload %s: %s", upload_id,
 			strerror(ret));
 	}
 	talloc_free(tmp);
@@ -647,8 +648,8 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 	bfs_wb_index_remove_key(wb, rec->key);
 	if (bfs_journal_done(wb->j, rec->key, rec->pid) != 0) {
 		/* Done in S3; a recovery deletes it again, harmlessly. */
-		fprintf(stderr, "bucketfs: cannot drop the journal record of "
-			"the delete of %s\n", rec->key);
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal record of "
+			"the delete of %s", rec->key);
 	}
 	return 0;
 }
@@ -689,8 +690,8 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 		int jret = had_old ? bfs_journal_put(wb->j, &old) :
 				     bfs_journal_done(wb->j, key, rec.pid);
 		if (jret != 0) {
-			fprintf(stderr, "bucketfs: cannot restore the journal "
-				"after the failed delete of %s: %s\n", key,
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot restore the journal "
+				"after the failed delete of %s: %s", key,
 				strerror(jret));
 		}
 	}
@@ -754,8 +755,8 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 		int jret = had_dst ? bfs_journal_put(wb->j, &old_dst) :
 				     bfs_journal_done(wb->j, dst, rec.pid);
 		if (jret != 0) {
-			fprintf(stderr, "bucketfs: cannot restore the journal "
-				"after the failed rename of %s: %s\n", src,
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot restore the journal "
+				"after the failed rename of %s: %s", src,
 				strerror(jret));
 		}
 		talloc_free(tmp);
@@ -773,8 +774,8 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 		}
 		if (bfs_journal_done(wb->j, src, old.pid) != 0) {
 			/* A recovery would upload src's old bytes to src. */
-			fprintf(stderr, "bucketfs: cannot drop the journal "
-				"record of %s after renaming it\n", src);
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal "
+				"record of %s after renaming it", src);
 		}
 	}
 	talloc_free(tmp);
@@ -801,8 +802,8 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		/* Nothing changed; should the record stay, a recovery
 		 * copies what the client asked for. */
 		if (bfs_journal_done(wb->j, dst, rec.pid) != 0) {
-			fprintf(stderr, "bucketfs: cannot drop the journal "
-				"record of the failed copy to %s\n", dst);
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal "
+				"record of the failed copy to %s", dst);
 		}
 		return ret;
 	}
@@ -821,8 +822,8 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	 */
 	ret = bfs_wb_delete_key(wb, src, st);
 	if (ret == 0 && bfs_journal_done(wb->j, dst, rec.pid) != 0) {
-		fprintf(stderr, "bucketfs: cannot drop the journal record of "
-			"the rename to %s; a recovery copies it again\n", dst);
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal record of "
+			"the rename to %s; a recovery copies it again", dst);
 	}
 	return ret;
 }

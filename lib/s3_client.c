@@ -10,6 +10,8 @@
  */
 #include "s3_client.h"
 
+#include "bfs_log.h"
+
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -40,6 +42,7 @@ struct s3_client {
 	struct s3_req_state *active;
 	struct s3_client_counters counters;
 	bool closing;
+	bool no_upload_cksum;	/* the server refused x-amz-checksum-* */
 };
 
 /* One socket curl asked us to watch. */
@@ -412,6 +415,30 @@ const struct s3_client_counters *s3_client_counters(const struct s3_client *c)
 const char *s3_client_bucket(const struct s3_client *c)
 {
 	return c->cfg.bucket;
+}
+
+bool s3_client_upload_cksum(const struct s3_client *c)
+{
+	return !c->no_upload_cksum;
+}
+
+void s3_client_upload_cksum_off(struct s3_client *c, const struct s3_status *st)
+{
+	if (!c->no_upload_cksum) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: %s refuses S3's additional checksums "
+			"(%s: %s); uploads carry Content-MD5 only",
+			c->cfg.endpoint, st->code, st->message);
+	}
+	c->no_upload_cksum = true;
+}
+
+bool s3_cksum_refused(const struct s3_status *st)
+{
+	return (st->http_status == 400 || st->http_status == 501) &&
+	       (strcmp(st->code, "InvalidRequest") == 0 ||
+		strcmp(st->code, "InvalidArgument") == 0 ||
+		strcmp(st->code, "NotImplemented") == 0) &&
+	       strcasestr(st->message, "checksum") != NULL;
 }
 
 void s3_status_set(struct s3_status *st, const char *code,

@@ -146,6 +146,16 @@ void s3_client_set_max_requests(struct s3_client *c, unsigned max);
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c);
 const char *s3_client_bucket(const struct s3_client *c);
 
+/*
+ * Whether uploads send S3's additional checksum (CRC32C, beside
+ * Content-MD5), as AWS's SDKs do: on until a server refuses one
+ * (s3_cksum_refused), then off for this client, with one log line.
+ */
+bool s3_client_upload_cksum(const struct s3_client *c);
+void s3_client_upload_cksum_off(struct s3_client *c, const struct s3_status *st);
+/* Whether st is a server's refusal of a checksum header it does not know. */
+bool s3_cksum_refused(const struct s3_status *st);
+
 struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 				   struct tevent_context *ev,
 				   struct s3_client *c,

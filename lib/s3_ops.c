@@ -426,7 +426,7 @@ int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 
 struct s3_etag_state {
 	struct s3_op_state op;
-	char md5[32];
+	char cksum[S3_CKSUM_B64_MAX];	/* a part's CRC32C, or "" */
 };
 
 static void s3_content_md5(const void *data, size_t len, char out[32])
@@ -438,21 +438,127 @@ static void s3_content_md5(const void *data, size_t len, char out[32])
 	EVP_EncodeBlock((unsigned char *)out, md, sizeof(md));
 }
 
+/*
+ * A request that carries S3's additional checksum (ck_name: ck_value)
+ * while the client sends them; a server that refuses the header gets the
+ * same request again without it, and none from then on.
+ */
+struct s3_ck_state {
+	struct s3_op_state op;	/* first: s3_op_recv reads it */
+	struct tevent_context *ev;
+	struct s3_client *c;
+	struct s3_request r;
+	struct s3_kv h[4];
+	size_t n_plain;		/* headers but the checksum one */
+	bool with_ck;
+};
+
+static void s3_ck_done(struct tevent_req *subreq);
+
+static bool s3_ck_start(struct tevent_req *req)
+{
+	struct s3_ck_state *s = tevent_req_data(req, struct s3_ck_state);
+	struct tevent_req *subreq;
+
+	s->r.headers = s->h;
+	s->r.n_headers = s->n_plain + (s->with_ck ? 1 : 0);
+	subreq = s3_request_send(s, s->ev, s->c, &s->r);
+	if (tevent_req_nomem(subreq, req)) {
+		return false;
+	}
+	tevent_req_set_callback(subreq, s3_ck_done, req);
+	return true;
+}
+
+static void s3_ck_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct s3_ck_state *s = tevent_req_data(req, struct s3_ck_state);
+	int ret = s3_request_recv(subreq, s, &s->op.resp, &s->op.st);
+
+	TALLOC_FREE(subreq);
+	if (ret != 0 && s->with_ck && s3_cksum_refused(&s->op.st)) {
+		s3_client_upload_cksum_off(s->c, &s->op.st);
+		s->with_ck = false;
+		s3_ck_start(req);
+		return;
+	}
+	if (tevent_req_error(req, ret)) {
+		return;
+	}
+	tevent_req_done(req);
+}
+
+/*
+ * r with headers h[0..n) (at most 3), and the checksum header ck (its
+ * value copied) while the client sends checksums.
+ */
+static struct tevent_req *s3_ck_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct s3_client *c,
+				     const struct s3_request *r,
+				     const struct s3_kv *h, size_t n,
+				     const struct s3_kv *ck)
+{
+	struct tevent_req *req;
+	struct s3_ck_state *s;
+	size_t i;
+
+	req = tevent_req_create(mem_ctx, &s, struct s3_ck_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->ev = ev;
+	s->c = c;
+	s->r = *r;
+	/* s3_request_send copies what it sends; a resend needs them too. */
+	s->r.key = talloc_strdup(s, r->key);
+	for (i = 0; i < n && i < 3; i++) {
+		s->h[i].name = talloc_strdup(s, h[i].name);
+		s->h[i].value = talloc_strdup(s, h[i].value);
+	}
+	s->n_plain = i;
+	s->with_ck = ck != NULL && s3_client_upload_cksum(c);
+	if (s->with_ck) {
+		s->h[i].name = talloc_strdup(s, ck->name);
+		s->h[i].value = talloc_strdup(s, ck->value);
+	}
+	if (r->query != NULL) {
+		struct s3_kv *q = talloc_array(s, struct s3_kv, r->n_query);
+
+		if (tevent_req_nomem(q, req)) {
+			return tevent_req_post(req, ev);
+		}
+		for (i = 0; i < r->n_query; i++) {
+			q[i].name = talloc_strdup(q, r->query[i].name);
+			q[i].value = talloc_strdup(q, r->query[i].value);
+		}
+		s->r.query = q;
+	}
+	if (!s3_ck_start(req)) {
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
 struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
 				      const void *data, size_t len)
 {
-	char md5[32];
-	struct s3_etag_state *s;
+	char md5[32], crc[S3_CKSUM_B64_MAX];
 	const struct s3_kv h[] = {{"Content-MD5", md5}};
+	const struct s3_kv ck = {"x-amz-checksum-crc32c", crc};
 	const struct s3_request r = {
-		.method = "PUT", .key = key, .headers = h, .n_headers = 1,
+		.method = "PUT", .key = key,
 		.body = data ? data : "", .body_len = len, .idempotent = true,
 	};
 
 	s3_content_md5(data ? data : "", len, md5);
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_etag_state", &s);
+	/* Stored with the object: a later GET with checksum mode checks it. */
+	s3_cksum_b64(S3_CKSUM_CRC32C, data ? data : "", len, crc);
+	return s3_ck_send(mem_ctx, ev, c, &r, h, 1, &ck);
 }
 
 static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -591,16 +697,24 @@ int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 
 struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
-				      struct s3_client *c, const char *key)
+				      struct s3_client *c, const char *key,
+				      bool cksum)
 {
-	struct s3_op_state *s;
 	const struct s3_kv q[] = {{"uploads", ""}};
+	const struct s3_kv ck = {"x-amz-checksum-algorithm", "CRC32C"};
 	/* Not idempotent: a lost answer would leave an orphan upload. */
 	const struct s3_request r = {
 		.method = "POST", .key = key, .query = q, .n_query = 1,
 	};
 
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state", &s);
+	return s3_ck_send(mem_ctx, ev, c, &r, NULL, 0, cksum ? &ck : NULL);
+}
+
+bool s3_mpu_create_cksum(struct tevent_req *req)
+{
+	struct s3_ck_state *s = tevent_req_data(req, struct s3_ck_state);
+
+	return s->with_ck;
 }
 
 int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -613,27 +727,46 @@ struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
 				    struct tevent_context *ev,
 				    struct s3_client *c, const char *key,
 				    const char *upload_id, unsigned part_no,
-				    const void *data, size_t len)
+				    const void *data, size_t len, bool cksum)
 {
 	struct s3_etag_state *s;
-	char num[16], md5[32];
+	struct tevent_req *req;
+	char num[16], md5[32], crc[S3_CKSUM_B64_MAX] = "";
 	const struct s3_kv q[] = {{"partNumber", num}, {"uploadId", upload_id}};
-	const struct s3_kv h[] = {{"Content-MD5", md5}};
+	const struct s3_kv h[] = {{"Content-MD5", md5},
+				  {"x-amz-checksum-crc32c", crc}};
 	const struct s3_request r = {
 		.method = "PUT", .key = key, .query = q, .n_query = 2,
-		.headers = h, .n_headers = 1, .body = data ? data : "",
-		.body_len = len, .idempotent = true,
+		.headers = h, .n_headers = cksum ? 2 : 1,
+		.body = data ? data : "", .body_len = len, .idempotent = true,
 	};
 
 	snprintf(num, sizeof(num), "%u", part_no);
 	s3_content_md5(data ? data : "", len, md5);
-	return s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_etag_state", &s);
+	if (cksum) {
+		/* The upload was created with CRC32C: every part says its own. */
+		s3_cksum_b64(S3_CKSUM_CRC32C, data ? data : "", len, crc);
+	}
+	req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_etag_state",
+			 &s);
+	if (req != NULL) {
+		memcpy(s->cksum, crc, sizeof(crc));
+	}
+	return req;
 }
 
-int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
-		     struct s3_status *st)
+int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		     struct s3_part *part, struct s3_status *st)
 {
-	return s3_etag_recv(req, mem_ctx, etag, st);
+	struct s3_etag_state *s = tevent_req_data(req, struct s3_etag_state);
+	char *cksum = s->cksum[0] ? talloc_strdup(mem_ctx, s->cksum) : NULL;
+	int ret = s3_etag_recv(req, mem_ctx, (char **)&part->etag, st);
+
+	part->cksum = ret == 0 ? cksum : NULL;
+	if (ret != 0) {
+		talloc_free(cksum);
+	}
+	return ret;
 }
 
 struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
@@ -706,8 +839,11 @@ struct tevent_req *s3_mpu_complete_send(TALLOC_CTX *mem_ctx,
 		s->body = talloc_asprintf_append_buffer(
 			s->body,
 			"<Part><PartNumber>%u</PartNumber>"
-			"<ETag>\"%s\"</ETag></Part>",
-			parts[i].part_no, parts[i].etag);
+			"<ETag>\"%s\"</ETag>%s%s%s</Part>",
+			parts[i].part_no, parts[i].etag,
+			parts[i].cksum ? "<ChecksumCRC32C>" : "",
+			parts[i].cksum ? parts[i].cksum : "",
+			parts[i].cksum ? "</ChecksumCRC32C>" : "");
 	}
 	if (s->body != NULL) {
 		s->body = talloc_strdup_append_buffer(

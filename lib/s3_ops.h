@@ -50,7 +50,10 @@ struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		 struct s3_listing **listing, struct s3_status *st);
 
-/* PutObject with Content-MD5, so a corrupted upload is refused. */
+/*
+ * PutObject with Content-MD5, so a corrupted upload is refused, and its
+ * CRC32C (x-amz-checksum-crc32c) while the client sends checksums.
+ */
 struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
@@ -72,19 +75,36 @@ int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			char **etag, struct s3_status *st);
 
 /* Multipart upload. */
+/* A part of a multipart upload: its ETag, and its CRC32C if it sent one. */
+struct s3_part {
+	unsigned part_no;
+	const char *etag;
+	const char *cksum;	/* base64, or NULL */
+};
+
+/*
+ * CreateMultipartUpload.  With cksum (an upload of bytes, not a copy) and
+ * while the client sends checksums, the upload is created with CRC32C;
+ * s3_mpu_create_cksum (before recv) says whether it was, and then every
+ * part must be sent with cksum and the completion lists their CRC32C.
+ */
 struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
-				      struct s3_client *c, const char *key);
+				      struct s3_client *c, const char *key,
+				      bool cksum);
+bool s3_mpu_create_cksum(struct tevent_req *req);
 int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		       char **upload_id, struct s3_status *st);
 
+/* UploadPart with Content-MD5 and, with cksum, its CRC32C. */
 struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
 				    struct tevent_context *ev,
 				    struct s3_client *c, const char *key,
 				    const char *upload_id, unsigned part_no,
-				    const void *data, size_t len);
-int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
-		     struct s3_status *st);
+				    const void *data, size_t len, bool cksum);
+/* part's etag and cksum (talloc'd on mem_ctx); part_no is the caller's. */
+int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		     struct s3_part *part, struct s3_status *st);
 
 /* UploadPartCopy: bytes [offset, offset+len) of src_key as part part_no. */
 struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
@@ -96,10 +116,6 @@ struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
 int s3_mpu_part_copy_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			  char **etag, struct s3_status *st);
 
-struct s3_part {
-	unsigned part_no;
-	const char *etag;
-};
 
 struct tevent_req *s3_mpu_complete_send(TALLOC_CTX *mem_ctx,
 					struct tevent_context *ev,

@@ -32,6 +32,7 @@
 #include "bfs_cache.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
+#include "bfs_log.h"
 #include "bfs_name.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
@@ -1233,6 +1234,12 @@ static void bfs_reuse_read_buffers(int snum, const char *service)
 #endif
 }
 
+/* lib/'s log lines, in smbd's log at our debug class. */
+static void bfs_log_line(int level, const char *line)
+{
+	DEBUG(level, ("%s\n", line));
+}
+
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
@@ -1243,6 +1250,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	int64_t v;
 	int ret;
 
+	bfs_log_set(bfs_log_line);
 	bc = talloc_zero(handle->conn, struct bfs_conn);
 	if (bc == NULL) {
 		errno = ENOMEM;

@@ -10,6 +10,8 @@ D="$B/demo"
 BUCKET=demo-datasets
 S3_PORT=${DEMO_S3_PORT:-19000}
 FRONT_PORT=${DEMO_S3_FRONT_PORT:-19001}
+PUBLIC_PORT=${DEMO_S3_PUBLIC_PORT:-19002}   # the same bucket as a public one
+PAYS_PORT=${DEMO_S3_PAYS_PORT:-19003}       # ... and as a requester-pays one
 SMB_PORT=${DEMO_SMB_PORT:-19445}
 PASS=demo
 
@@ -37,8 +39,16 @@ NODE_OPTIONS=--openssl-legacy-provider setsid "$B/s3server/node_modules/.bin/s3r
   >"$D/s3rver.log" 2>&1 & echo $! >"$D/s3rver.pid"
 setsid python3 "$top/tests/integration/s3_front.py" "$FRONT_PORT" "$S3_PORT" \
   >"$D/front.log" 2>&1 & echo $! >"$D/front.pid"
-for _ in $(seq 50); do
-  (exec 3<>/dev/tcp/127.0.0.1/$FRONT_PORT) 2>/dev/null && break; sleep 0.2
+# The same bucket behind fronts that behave as AWS does for a public
+# bucket (unsigned reads) and a requester-pays one.
+setsid python3 "$top/tests/integration/s3_front.py" "$PUBLIC_PORT" "$S3_PORT" --aws public \
+  >"$D/front-public.log" 2>&1 & echo $! >"$D/front-public.pid"
+setsid python3 "$top/tests/integration/s3_front.py" "$PAYS_PORT" "$S3_PORT" --aws requester-pays \
+  >"$D/front-pays.log" 2>&1 & echo $! >"$D/front-pays.pid"
+for port in $FRONT_PORT $PUBLIC_PORT $PAYS_PORT; do
+  for _ in $(seq 50); do
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2
+  done
 done
 
 bold "2. A small dataset uploaded to s3://$BUCKET"
@@ -97,6 +107,29 @@ cat >"$D/smb.conf" <<CONF
   bucketfs:cache dir = $D/bfscache
   read only = no
 CONF
+cat >>"$D/smb.conf" <<CONF
+[opendata]
+  # A public dataset: unsigned requests, no credentials.
+  path = /bucketfs/opendata
+  vfs objects = bucketfs
+  bucketfs:bucket = $BUCKET
+  bucketfs:endpoint = http://127.0.0.1:$PUBLIC_PORT
+  bucketfs:path style = yes
+  bucketfs:anonymous = yes
+  bucketfs:cache dir = $D/bfscache-open
+  read only = yes
+[paid]
+  # A requester-pays bucket: this account pays for what it reads.
+  path = /bucketfs/paid
+  vfs objects = bucketfs
+  bucketfs:bucket = $BUCKET
+  bucketfs:endpoint = http://127.0.0.1:$PAYS_PORT
+  bucketfs:path style = yes
+  bucketfs:credentials file = $D/credentials
+  bucketfs:requester pays = yes
+  bucketfs:cache dir = $D/bfscache-paid
+  read only = yes
+CONF
 printf '%s\n%s\n' $PASS $PASS | smbpasswd -c "$D/smb.conf" -s -a root >/dev/null
 setsid smbd --foreground --no-process-group -s "$D/smb.conf" >"$D/smbd.out" 2>&1 &
 echo $! >"$D/smbd.pid"
@@ -135,6 +168,12 @@ echo "sha256 in S3:    $(sha256sum <"$D/ckpt.from-s3" | cut -c1-64)"
 
 bold "8. bucketfs-ctl datasets stats (what the cache did; metrics in $D/metrics.prom)"
 "$B/bucketfs-ctl" -s "$D/smb.conf" datasets stats
+
+bold "9. A public dataset (no credentials, unsigned requests) and a requester-pays bucket"
+smbclient //127.0.0.1/opendata -p "$SMB_PORT" -U "root%$PASS" -m SMB3 -c 'cd train; ls'
+echo "requests to the public bucket that carried a signature: $(grep -vc ' ak=- ' "$D/front-public.log" || true) of $(wc -l <"$D/front-public.log")"
+smbclient //127.0.0.1/paid -p "$SMB_PORT" -U "root%$PASS" -m SMB3 -c 'get README.txt -'
+echo "(the requester-pays front refuses any request without x-amz-request-payer)"
 
 bold "The demo keeps running"
 cat <<MSG

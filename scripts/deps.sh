@@ -16,7 +16,9 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # Runtime and build packages.  Samba's build deps are the ones its minimal
 # configure needs (see DEVELOPERS.md); the rest are ours (clang with its
 # runtime, which has libFuzzer and is only recommended, and valgrind: the
-# hardening tests; python3-impacket, for SMB requests smbclient cannot make).
+# hardening tests; python3-impacket, for SMB requests smbclient cannot make;
+# Ceph's monitor, OSD and RADOS Gateway: a production S3 server for the
+# tests, started by scripts/rgw.sh).
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
@@ -25,6 +27,7 @@ pkgs=(
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
   nodejs npm man-db rsync python3-impacket
   clang libclang-rt-14-dev valgrind
+  radosgw ceph-mon ceph-osd ceph-common
 )
 
 missing=()

@@ -28,10 +28,12 @@ def aws_behaviours(w, record, test):
     control = f"{t}/kms-control"
     ports = {}
     for name, behaviours, extra in (
-            ("kms", "kms,checksums", ["--control", control]),
+            ("kms", "kms,checksums,100-continue", ["--control", control]),
+            ("burst", "slowdown=8", []),
             ("public", "public", []),
             ("pays", "requester-pays", []),
-            ("region", "region=eu-west-1", [])):
+            ("region", "region=eu-west-1", []),
+            ("nock", "nochecksums", [])):
         ports[name] = port = free_port(w)
         w.spawn([sys.executable, front, str(port), str(w.s3_port), "--aws", behaviours, *extra],
                 f"front-aws-{name}")
@@ -48,6 +50,12 @@ def aws_behaviours(w, record, test):
             f.write(os.urandom(size))
         w.s3tool("put", f"{PREFIX}/{name}", path)
         sources[name] = path
+    burst = f"{t}/burst"
+    os.makedirs(burst)
+    for i in range(40):
+        with open(f"{burst}/f{i:02d}.bin", "wb") as f:
+            f.write(os.urandom(2000 + i))
+        w.s3tool("put", f"awsburst/f{i:02d}.bin", f"{burst}/f{i:02d}.bin")
     path = f"{t}/multi.bin"
     with open(path, "wb") as f:
         f.write(os.urandom((11 << 20) + 7))
@@ -66,7 +74,8 @@ def aws_behaviours(w, record, test):
     shares = "".join([
         share("kms", ports["kms"], f"bucketfs:prefix = {PREFIX}", creds.strip()),
         share("kmsrw", ports["kms"], "bucketfs:prefix = awskmsrw", creds.strip(),
-              "read only = no"),
+              "read only = no", "bucketfs:multipart threshold = 8M",
+              "bucketfs:part size = 5M"),
         share("public", ports["public"], f"bucketfs:prefix = {PREFIX}",
               "bucketfs:anonymous = yes"),
         share("nopay", ports["pays"], f"bucketfs:prefix = {PREFIX}", creds.strip()),
@@ -76,6 +85,10 @@ def aws_behaviours(w, record, test):
         share("regionroot", ports["region"], creds.strip()),
         share("regionset", ports["region"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
               "bucketfs:region = us-west-2"),
+        share("nockrw", ports["nock"], "bucketfs:prefix = awsnock", creds.strip(),
+              "read only = no"),
+        share("burst", ports["burst"], "bucketfs:prefix = awsburst", creds.strip(),
+              "bucketfs:retries = 6"),
     ])
     # No credentials in this smbd's environment: the public share must not
     # need any, the others name their file.
@@ -151,6 +164,49 @@ def aws_behaviours(w, record, test):
         assert sha256(out) == sha256(small)
         keys = w.s3tool("ls", "awskmsrw/").stdout
         assert "awskmsrw/small.bin" not in keys and "awskmsrw/renamed.bin" in keys, keys
+        # Every upload said its CRC32C, which the front checked as S3 does.
+        lines = [l for l in front_log("kms").splitlines() if "/awskmsrw/" in l.split()[1]]
+        puts = [l for l in lines if l.startswith("PUT ") and " copy=yes" not in l]
+        creates = [l for l in lines if l.startswith("POST ") and "?uploads" in l]
+        assert creates and all(" crc32c=CRC32C" in l for l in creates), creates
+        assert len(puts) >= 4 and all(" crc32c=-" not in l for l in puts), puts
+        # No body waits a round trip for "100 Continue" (curl asks for one
+        # above 1 MiB unless told not to): a part goes out at once.
+        assert all(" expect=-" in l for l in puts), [l for l in puts if " expect=-" not in l]
+
+    @test
+    def a_server_that_refuses_upload_checksums_gets_content_md5_alone():
+        src = f"{t}/nock.bin"
+        with open(src, "wb") as f:
+            f.write(os.urandom((9 << 20) + 1))  # multipart
+        small = f"{t}/nock-small.bin"
+        with open(small, "wb") as f:
+            f.write(os.urandom(5000))
+        smbclient("nockrw", f"put {src} big.bin; put {small} small.bin")
+        out = f"{t}/got"
+        for name, path in (("big.bin", src), ("small.bin", small)):
+            smbclient("nockrw", f"get {name} {out}")
+            assert sha256(out) == sha256(path), name
+        assert re.search(r"refuses S3's additional checksums \(InvalidRequest", log()), \
+            log()[-2000:]
+        lines = [l for l in front_log("nock").splitlines()
+                 if l.split()[0] in ("PUT", "POST") and "/awsnock/" in l.split()[1]]
+        refused = [l for l in lines if " crc32c=-" not in l]
+        assert len(refused) == 1, refused  # once, then never again
+
+    @test
+    def slowdown_bursts_on_one_prefix_are_retried_and_every_file_reads_right():
+        # 40 files of one folder read at once: S3 (here, 8 a second per
+        # prefix) answers 503 SlowDown to the excess; the engine backs off.
+        out = f"{t}/burst-got"
+        os.makedirs(out, exist_ok=True)
+        smbclient("burst", f"lcd {out}; prompt off; mget *")
+        for i in range(40):
+            assert sha256(f"{out}/f{i:02d}.bin") == sha256(f"{burst}/f{i:02d}.bin"), i
+        gets = [l for l in front_log("burst").splitlines()
+                if l.startswith("GET ") and "/awsburst/f" in l.split()[1]]
+        # The front logs every attempt: more GETs than files were retries.
+        assert len(gets) > 40, f"no request was refused and asked again: {len(gets)} GETs"
 
     @test
     def a_public_bucket_is_served_with_unsigned_requests_and_no_credentials():

@@ -43,6 +43,8 @@ from reliability import reliability
 
 from aws_behaviours import aws_behaviours
 
+from rgw_backend import rgw_backend
+
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
 S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
@@ -533,11 +535,15 @@ def main():
             reliability(w, sources, record, test)
         if only in ("", "aws"):
             aws_behaviours(w, record, test)
+        if only in ("", "rgw"):
+            rgw_backend(w, record, test, run_tap, free_port, wait_port)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
         record("test harness", False, traceback.format_exc())
     finally:
+        for cleanup in getattr(world, "cleanups", []):
+            cleanup()  # servers that are daemons of their own (Ceph)
         stop_procs()
         if os.environ.get("KEEP"):
             print(f"# state kept in {tmp}")

@@ -35,11 +35,22 @@ s3rver does not:
                   MD5 of the bytes; x-amz-server-side-encryption: aws:kms
   checksums       a GET with x-amz-checksum-mode: ENABLED of a whole object
                   carries x-amz-checksum-crc64nvme, -crc32c or -sha256 (by
-                  key), computed before any injected fault changes a byte
+                  key), computed before any injected fault changes a byte;
+                  an upload's x-amz-checksum-crc32c is checked (BadDigest);
+                  a multipart upload created with x-amz-checksum-algorithm
+                  wants it on every part and in every part of the completion
+  nochecksums     any x-amz-checksum-* header is refused (400 InvalidRequest),
+                  as servers that do not know them may
   public          unsigned GET and HEAD are served (a public bucket);
                   anything else unsigned is AccessDenied
   requester-pays  a request without x-amz-request-payer: requester is
                   AccessDenied
+  slowdown=N      more than N requests in one second to one key prefix
+                  (the key up to its last '/') are answered 503 SlowDown,
+                  as S3 does while it scales a prefix out
+  100-continue    a request that says Expect: 100-continue and would be
+                  refused gets its refusal before it sends the body, as S3
+                  answers; the log shows each request's Expect header
   region=R        the bucket is in region R: a request signed for another
                   region is 400 AuthorizationHeaderMalformed naming R (in
                   the document and in x-amz-bucket-region), as AWS answers
@@ -65,9 +76,15 @@ ap.add_argument("--fault", default="")
 ap.add_argument("--count", type=int, default=0)
 ap.add_argument("--control", default="")
 ap.add_argument("--aws", default="")
+# Before a server that does S3's part itself (Ceph RGW): hand every request
+# on as it came (it checks the signature again), and do not stand in for
+# If-Match, UploadPartCopy or NoSuchUpload as the front does for s3rver.
+ap.add_argument("--transparent", action="store_true")
 args = ap.parse_args()
-AWS = set(b for b in args.aws.split(",") if b and not b.startswith("region="))
+AWS = set(b for b in args.aws.split(",") if b and "=" not in b)
 REGION = next((b[7:] for b in args.aws.split(",") if b.startswith("region=")), None)
+SLOWDOWN = next((int(b[9:]) for b in args.aws.split(",") if b.startswith("slowdown=")), 0)
+prefix_rate = {}  # key prefix -> (second, requests in it)
 SECRETS = dict(kv.split(":", 1) for kv in args.keys.split(","))
 lock = threading.Lock()
 seen = 0
@@ -153,8 +170,28 @@ def kms_xml(data):
                   data)
 
 
+def too_fast(path):
+    """Whether this request passes SLOWDOWN requests a second on its prefix."""
+    key = urllib.parse.unquote(path.split("?")[0]).lstrip("/").partition("/")[2]
+    prefix = key.rpartition("/")[0]
+    now = int(time.monotonic())
+    with lock:
+        second, n = prefix_rate.get(prefix, (now, 0))
+        n = n + 1 if second == now else 1
+        prefix_rate[prefix] = (now, n)
+    return n > SLOWDOWN
+
+
 class Front(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def handle_expect_100(self):
+        # S3 answers a request it refuses before the body comes.
+        if "100-continue" in AWS and "Authorization" not in self.headers:
+            self.error(403, "AccessDenied", "Access Denied")
+            self.close_connection = True
+            return False
+        return super().handle_expect_100()
 
     def log_message(self, *a):
         pass
@@ -190,6 +227,32 @@ class Front(http.server.BaseHTTPRequestHandler):
                                   signed, date, region, payload_hash)
         if not hmac.compare_digest(want, sig):
             return 403, "SignatureDoesNotMatch", "The request signature we calculated does not match the signature you provided"
+        return None
+
+    def check_upload_checksums(self, body):
+        """What AWS says of an upload's additional checksums (or None)."""
+        import base64
+        sent = {k.lower(): v for k, v in self.headers.items()
+                if k.lower().startswith("x-amz-checksum-") and k.lower() != "x-amz-checksum-mode"}
+        if "nochecksums" in AWS and sent:
+            return 400, "InvalidRequest", f"{sorted(sent)[0]}: checksums are not supported here"
+        if "checksums" not in AWS:
+            return None
+        upload = re.search(r"[?&]uploadId=([^&]+)", self.path)
+        upload_id = urllib.parse.unquote(upload.group(1)) if upload else None
+        if "x-amz-checksum-crc32c" in sent:
+            want = base64.b64encode(crc(CRC32C, body or b"").to_bytes(4, "big")).decode()
+            if sent["x-amz-checksum-crc32c"] != want:
+                return 400, "BadDigest", "The CRC32C you specified did not match the calculated checksum."
+        if upload_id in crc_uploads:
+            if self.command == "PUT" and "x-amz-checksum-crc32c" not in sent:
+                return 400, "InvalidRequest", "The upload was created using a crc32c checksum. " \
+                    "The part request must include a checksum."
+            if self.command == "POST":
+                parts = re.findall(rb"<Part>(.*?)</Part>", body or b"")
+                if not parts or any(b"<ChecksumCRC32C>" not in p for p in parts):
+                    return 400, "InvalidPart", "One or more of the specified parts could not " \
+                        "be found: the part's checksum is missing"
         return None
 
     def upstream(self, method, body, headers, path=None):
@@ -232,7 +295,7 @@ class Front(http.server.BaseHTTPRequestHandler):
         if args.control:
             fault = controlled_fault(self.command, self.path) or fault
         ak = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
-        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'} cksum={self.headers.get('x-amz-checksum-mode') or '-'}")
+        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'} cksum={self.headers.get('x-amz-checksum-mode') or '-'} crc32c={self.headers.get('x-amz-checksum-crc32c') or self.headers.get('x-amz-checksum-algorithm') or '-'} expect={self.headers.get('Expect') or '-'} copy={'yes' if self.headers.get('x-amz-copy-source') else '-'}")
         if fault.startswith("delay:"):
             time.sleep(float(fault[6:]))
             fault = ""
@@ -253,6 +316,8 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault == "reset":
             self.close_connection = True
             return
+        if SLOWDOWN and self.path.split("?")[0].count("/") >= 2 and too_fast(self.path):
+            return self.error(503, "SlowDown", "Please reduce your request rate.")
         if "requester-pays" in AWS and self.headers.get("x-amz-request-payer") != "requester":
             return self.error(403, "AccessDenied", "Access Denied")
         signed = "Authorization" in self.headers
@@ -266,6 +331,11 @@ class Front(http.server.BaseHTTPRequestHandler):
         bad = self.verify(body) if signed else None
         if bad:
             return self.error(*bad)
+        bad = self.check_upload_checksums(body)
+        if bad:
+            return self.error(*bad)
+        if args.transparent:
+            return self.forward(body, fault)
         headers = {k: v for k, v in self.headers.items() if k.lower() != "if-match"}
         # s3rver knows one access key (S3RVER) and checks no signature: the
         # key we verified is handed on as that one.
@@ -290,10 +360,22 @@ class Front(http.server.BaseHTTPRequestHandler):
         upload = re.search(r"[?&]uploadId=([^&]+)", self.path)
         if upload and self.command in ("POST", "PUT") and upload.group(1) in completed_uploads:
             return self.error(404, "NoSuchUpload", "The specified upload does not exist.")
+        self.forward(body, fault, headers, upload)
+
+    def forward(self, body, fault, headers=None, upload=None):
+        """Hand the request on upstream and its answer back (faults applied)."""
+        if headers is None:
+            headers = dict(self.headers.items())
         resp, data = self.upstream(self.command, body, headers)
         if upload and self.command == "POST" and resp.status == 200:
             with lock:
                 completed_uploads.add(upload.group(1))
+        if ("checksums" in AWS and self.command == "POST" and "uploads" in self.path.split("?", 1)[-1]
+                and self.headers.get("x-amz-checksum-algorithm", "").upper() == "CRC32C"):
+            created = re.search(rb"<UploadId>([^<]+)</UploadId>", data or b"")
+            if created:
+                with lock:
+                    crc_uploads.add(created.group(1).decode())
         if fault == "lost":
             self.close_connection = True
             return
@@ -356,6 +438,7 @@ def log_line(text):
 control_seen = None
 control_left = 0
 completed_uploads = set()
+crc_uploads = set()  # created with x-amz-checksum-algorithm: CRC32C
 
 
 def controlled_fault(method, path):

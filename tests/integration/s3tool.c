@@ -3,6 +3,8 @@
  * the test harness and the demo to seed and inspect a bucket.
  *
  *   s3tool put KEY FILE | get KEY FILE | rm KEY | ls PREFIX | head KEY
+ *   s3tool mb -         make the bucket S3_BUCKET (CreateBucket)
+ *   s3tool uploads PREFIX   multipart uploads in progress: a key a line
  *
  * Endpoint and bucket from S3_ENDPOINT and S3_BUCKET (path style), keys
  * from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
@@ -66,8 +68,11 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 		struct s3_part *parts = talloc_array(t, struct s3_part, n);
 		char *id = NULL;
 
-		req = s3_mpu_create_send(t, ev, c, key);
+		bool cksum;
+
+		req = s3_mpu_create_send(t, ev, c, key, true);
 		s3_wait(req, ev);
+		cksum = s3_mpu_create_cksum(req);
 		if ((ret = s3_mpu_create_recv(req, t, &id, &st)) != 0) {
 			return fail("create multipart", &st, ret);
 		}
@@ -75,19 +80,18 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 			size_t off = i * PART, len = (size_t)sb.st_size - off;
 			reqs[i] = s3_mpu_part_send(t, ev, c, key, id, (unsigned)i + 1,
 						   (char *)data + off,
-						   len > PART ? PART : len);
+						   len > PART ? PART : len, cksum);
 		}
 		for (i = 0; i < n; i++) {
-			char *e = NULL;
 			s3_wait(reqs[i], ev);
-			ret = s3_mpu_part_recv(reqs[i], t, &e, &st);
+			parts[i] = (struct s3_part){.part_no = (unsigned)i + 1};
+			ret = s3_mpu_part_recv(reqs[i], t, &parts[i], &st);
 			if (ret != 0) {
 				req = s3_mpu_abort_send(t, ev, c, key, id);
 				s3_wait(req, ev);
 				s3_mpu_abort_recv(req, NULL);
 				return fail("upload part", &st, ret);
 			}
-			parts[i] = (struct s3_part){(unsigned)i + 1, e};
 			done++;
 		}
 		req = s3_mpu_complete_send(t, ev, c, key, id, parts, done);
@@ -166,6 +170,47 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "put") == 0 && argc == 4) {
 		return put(t, ev, c, argv[2], argv[3]);
+	}
+	if (strcmp(argv[1], "uploads") == 0) {
+		/* ListMultipartUploads; the keys from the document as text. */
+		const struct s3_kv q[] = {{"uploads", ""}, {"prefix", argv[2]}};
+		const struct s3_request r = {.method = "GET", .query = q,
+					     .n_query = 2, .idempotent = true};
+		struct s3_response *resp = NULL;
+		const char *p, *e;
+		char *doc;
+
+		req = s3_request_send(t, ev, c, &r);
+		s3_wait(req, ev);
+		ret = s3_request_recv(req, t, &resp, &st);
+		if (ret != 0) {
+			return fail("uploads", &st, ret);
+		}
+		doc = talloc_strndup(t, (const char *)resp->body,
+				     resp->body_len);
+		for (p = doc; p != NULL && (p = strstr(p, "<Upload>")) != NULL;
+		     p++) {
+			const char *k = strstr(p, "<Key>");
+			if (k == NULL || (e = strstr(k, "</Key>")) == NULL) {
+				break;
+			}
+			printf("%.*s\n", (int)(e - k - 5), k + 5);
+		}
+		return 0;
+	}
+	if (strcmp(argv[1], "mb") == 0) {
+		/* CreateBucket: a PUT of the bucket itself; an existing one
+		 * of ours (BucketAlreadyOwnedByYou) is fine. */
+		const struct s3_request r = {.method = "PUT", .idempotent = true};
+		struct s3_response *resp = NULL;
+
+		req = s3_request_send(t, ev, c, &r);
+		s3_wait(req, ev);
+		ret = s3_request_recv(req, t, &resp, &st);
+		if (ret != 0 && strcmp(st.code, "BucketAlreadyOwnedByYou") != 0) {
+			return fail("mb", &st, ret);
+		}
+		return 0;
 	}
 	if (strcmp(argv[1], "get") == 0 && argc == 4) {
 		return get(t, ev, c, argv[2], argv[3]);

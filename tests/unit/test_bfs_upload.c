@@ -14,8 +14,8 @@ static void test_multipart_etag(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
 	const struct s3_part parts[] = {
-		{1, "0cc175b9c0f1b6a831c399e269772661"},
-		{2, "92EB5FFEE6AE2FEC3AD71C777531578F"},
+		{1, "0cc175b9c0f1b6a831c399e269772661", NULL},
+		{2, "92EB5FFEE6AE2FEC3AD71C777531578F", NULL},
 	};
 	char *etag;
 
@@ -33,9 +33,9 @@ static void test_multipart_etag(void **state)
 static void test_multipart_etag_refuses_what_is_not_md5(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
-	const struct s3_part kms[] = {{1, "not-an-md5"}};
-	const struct s3_part short_hex[] = {{1, "0cc175b9c0f1b6a831c399e26977266"}};
-	const struct s3_part missing[] = {{1, NULL}};
+	const struct s3_part kms[] = {{1, "not-an-md5", NULL}};
+	const struct s3_part short_hex[] = {{1, "0cc175b9c0f1b6a831c399e26977266", NULL}};
+	const struct s3_part missing[] = {{1, NULL, NULL}};
 
 	(void)state;
 	assert_null(bfs_multipart_etag(t, kms, 1));
