@@ -33,6 +33,7 @@ def aws_behaviours(w, record, test):
             ("public", "public", []),
             ("pays", "requester-pays", []),
             ("region", "region=eu-west-1", []),
+            ("redirect", "redirect=ap-south-1", []),
             ("nock", "nochecksums", [])):
         ports[name] = port = free_port(w)
         w.spawn([sys.executable, front, str(port), str(w.s3_port), "--aws", behaviours, *extra],
@@ -85,6 +86,7 @@ def aws_behaviours(w, record, test):
         share("regionroot", ports["region"], creds.strip()),
         share("regionset", ports["region"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
               "bucketfs:region = us-west-2"),
+        share("redirect", ports["redirect"], creds.strip()),
         share("nockrw", ports["nock"], "bucketfs:prefix = awsnock", creds.strip(),
               "read only = no"),
         share("burst", ports["burst"], "bucketfs:prefix = awsburst", creds.strip(),
@@ -225,6 +227,11 @@ def aws_behaviours(w, record, test):
     def the_bucket_region_is_found_at_connect_and_an_explicit_one_is_kept():
         reads_back("region", ["small.bin"])
         reads_back("regionroot", [])
+        # A 301 (HeadBucket: no document, only x-amz-bucket-region).
+        smbclient("redirect", f"cd {PREFIX}; get small.bin {t}/got")
+        assert sha256(f"{t}/got") == sha256(sources["small.bin"])
+        assert re.search(r"share redirect: bucket '\S+' is in region ap-south-1", log()), \
+            log()[-2000:]
         assert re.search(r"share region: bucket '\S+' is in region eu-west-1, not us-east-1",
                          log()), log()[-2000:]
         p = smbclient("regionset", "ls", check=False)

@@ -54,6 +54,9 @@ s3rver does not:
   region=R        the bucket is in region R: a request signed for another
                   region is 400 AuthorizationHeaderMalformed naming R (in
                   the document and in x-amz-bucket-region), as AWS answers
+  redirect=R      the same, as AWS answers at another region's endpoint:
+                  301 PermanentRedirect with x-amz-bucket-region (a HEAD
+                  has no document)
 """
 import argparse
 import hashlib
@@ -83,6 +86,7 @@ ap.add_argument("--transparent", action="store_true")
 args = ap.parse_args()
 AWS = set(b for b in args.aws.split(",") if b and "=" not in b)
 REGION = next((b[7:] for b in args.aws.split(",") if b.startswith("region=")), None)
+REDIRECT = next((b[9:] for b in args.aws.split(",") if b.startswith("redirect=")), None)
 SLOWDOWN = next((int(b[9:]) for b in args.aws.split(",") if b.startswith("slowdown=")), 0)
 prefix_rate = {}  # key prefix -> (second, requests in it)
 SECRETS = dict(kv.split(":", 1) for kv in args.keys.split(","))
@@ -324,6 +328,10 @@ class Front(http.server.BaseHTTPRequestHandler):
         if not signed and not ("public" in AWS and self.command in ("GET", "HEAD")):
             return self.error(403, "AccessDenied", "Access Denied")
         m = AUTH_RE.match(self.headers.get("Authorization", ""))
+        if REDIRECT and m and m.group(3) != REDIRECT:
+            return self.error(301, "PermanentRedirect",
+                              "The bucket you are attempting to access must be addressed "
+                              "using the specified endpoint.", region=REDIRECT)
         if REGION and m and m.group(3) != REGION:
             return self.error(400, "AuthorizationHeaderMalformed",
                               f"The authorization header is malformed; the region "
