@@ -6,22 +6,18 @@ requester-pays bucket, a bucket in another region.  They stand before the
 same s3rver as run.py's World; a smbd of their own serves one share per
 behaviour, and every read is compared with the bytes put into S3.
 """
-import hashlib
 import os
 import re
-import subprocess
 import sys
-import time
 
 from smbls import parse_ls
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 B = os.path.join(TOP, "build")
-USER, PASSWORD = "root", "bucketfs-test-pw"
 PREFIX = "awsfront"
 
 
-def aws_behaviours(w, record, test):
+def aws_behaviours(w, test, free_port, wait_port, sha256):
     t = f"{w.tmp}/aws"
     os.makedirs(t, exist_ok=True)
     front = os.path.join(TOP, "tests/integration/s3_front.py")
@@ -35,11 +31,11 @@ def aws_behaviours(w, record, test):
             ("region", "region=eu-west-1", []),
             ("redirect", "redirect=ap-south-1", []),
             ("nock", "nochecksums", [])):
-        ports[name] = port = free_port(w)
+        ports[name] = port = free_port()
         w.spawn([sys.executable, front, str(port), str(w.s3_port), "--aws", behaviours, *extra],
                 f"front-aws-{name}")
     for port in ports.values():
-        wait_listening(port)
+        wait_port(port, "an AWS-behaviour front")
 
     # Objects: single-part ones of one block and of several, and a
     # multipart one (its ETag is "...-N" on every server).
@@ -98,12 +94,7 @@ def aws_behaviours(w, record, test):
     port, log_path = w.start_extra_smbd("aws", shares, env)
 
     def smbclient(name, commands, check=True):
-        p = subprocess.run(["smbclient", f"//127.0.0.1/{name}", "-p", str(port), "-U",
-                            f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", commands],
-                           capture_output=True, text=True, timeout=120)
-        if check and p.returncode != 0:
-            raise AssertionError(f"smbclient {name} {commands}: {p.stdout[-1500:]}{p.stderr[-800:]}")
-        return p
+        return w.smbclient(name, commands, check=check, port=port)
 
     def log():
         with open(log_path, errors="replace") as f:
@@ -112,10 +103,6 @@ def aws_behaviours(w, record, test):
     def front_log(name):
         with open(f"{w.tmp}/front-aws-{name}.log") as f:
             return f.read()
-
-    def sha256(path):
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
 
     def reads_back(name, files):
         """Every file read through share `name` is byte-identical to its source."""
@@ -240,21 +227,3 @@ def aws_behaviours(w, record, test):
                          r"AuthorizationHeaderMalformed.*the bucket is in region eu-west-1",
                          log()), log()[-2000:]
 
-
-def free_port(w):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_listening(port, timeout=30):
-    import socket
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")

@@ -8,7 +8,6 @@ on unchanged, --transparent): reads, random ranges, listing pagination, writes s
 multipart, renames by CopyObject and UploadPartCopy, deletes, directories,
 and the abort of a streamed upload whose smbd was killed.
 """
-import hashlib
 import os
 import random
 import re
@@ -25,7 +24,7 @@ USER, PASSWORD = "root", "bucketfs-test-pw"
 BUCKET, CLIENT_BUCKET = "bucketfs-rgw", "bucketfs-rgw-client"
 
 
-def rgw_backend(w, record, test, run_tap, free_port, wait_port):
+def rgw_backend(w, test, run_tap, free_port, wait_port, sha256):
     t = f"{w.tmp}/rgw"
     os.makedirs(t, exist_ok=True)
     rgw_port = free_port()
@@ -93,19 +92,7 @@ def rgw_backend(w, record, test, run_tap, free_port, wait_port):
     port, log_path = w.start_extra_smbd("rgw", shares, env)
 
     def smbclient(name, commands, check=True):
-        p = subprocess.run(["smbclient", f"//127.0.0.1/{name}", "-p", str(port), "-U",
-                            f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", commands],
-                           capture_output=True, text=True, timeout=300)
-        if check and p.returncode != 0:
-            raise AssertionError(f"smbclient {name} {commands}: {p.stdout[-1500:]}{p.stderr[-800:]}")
-        return p
-
-    def sha256(path):
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return w.smbclient(name, commands, check=check, port=port)
 
     def s3_sha256(key):
         out = f"{t}/s3get"

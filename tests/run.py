@@ -428,8 +428,9 @@ class World:
         return sh([f"{B}/tests/smbread", url, str(offset), str(length)],
                   env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), text=False).stdout
 
-    def smbclient(self, share, commands, check=True, user=USER):
-        return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(self.smb_port),
+    def smbclient(self, share, commands, check=True, user=USER, port=None):
+        """smbclient on share of the main smbd, or of the one on port."""
+        return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(port or self.smb_port),
                    "-U", f"{user}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
 
     def ctl(self, share, *args, check=True):
@@ -534,9 +535,9 @@ def main():
         if only in ("", "reliability"):
             reliability(w, sources, record, test)
         if only in ("", "aws"):
-            aws_behaviours(w, record, test)
+            aws_behaviours(w, test, free_port, wait_port, sha256)
         if only in ("", "rgw"):
-            rgw_backend(w, record, test, run_tap, free_port, wait_port)
+            rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
