@@ -5,8 +5,10 @@
 #include "bfs_stats.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "bfs_lmdb.h"
@@ -134,14 +136,38 @@ int bfs_stats_write_prometheus(const struct bfs_stats_vec *t,
 	uint64_t cum = 0;
 	FILE *f;
 	size_t i;
-	int ret = 0;
+	int fd, ret = 0;
 
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	f = fopen(tmp, "w");
+	/*
+	 * Written as root, in a folder others may write to: never through a
+	 * link someone planted at the name, and readable by all but ours
+	 * to write whatever the umask (smbd runs with umask 0).  A file
+	 * already there is a dead process's of our pid: replace it.
+	 */
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+		  0644);
+	if (fd == -1 && errno == EEXIST && unlink(tmp) == 0) {
+		fd = open(tmp,
+			  O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			  0644);
+	}
+	if (fd != -1 && fchmod(fd, 0644) != 0) {
+		ret = errno;
+		close(fd);
+		unlink(tmp);
+		talloc_free(tmp);
+		return ret;
+	}
+	f = fd != -1 ? fdopen(fd, "w") : NULL;
 	if (f == NULL) {
 		ret = errno;
+		if (fd != -1) {
+			close(fd);
+			unlink(tmp);
+		}
 		talloc_free(tmp);
 		return ret;
 	}

@@ -34,6 +34,7 @@
 #include "bfs_journal.h"
 #include "bfs_log.h"
 #include "bfs_name.h"
+#include "bfs_params.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "bfs_stream.h"
@@ -523,55 +524,70 @@ static void bfs_parm_bad(const struct bfs_parm_ctx *pc, const char *name,
 	*pc->last_bad = told;
 }
 
-static bool bfs_parm_int(const struct bfs_parm_ctx *pc, const char *name,
-			 int64_t def, int64_t min, int64_t max, int64_t *out)
+/* Values from smb.conf (this share's, else [global]'s), for lib/bfs_params. */
+static const char *bfs_lp_get(void *priv, const char *name)
 {
-	const char *s = lp_parm_const_string(pc->snum, BFS_MODULE, name, NULL);
-	char want[96], *end = NULL;
-	long long v;
+	const struct bfs_parm_ctx *pc = priv;
 
-	if (s == NULL || s[0] == '\0') {
-		*out = def;
-		return true;
-	}
-	errno = 0;
-	v = strtoll(s, &end, 0);
-	while (end != NULL && isspace((unsigned char)*end)) {
-		end++;
-	}
-	if (errno != 0 || end == s || *end != '\0' || v < min || v > max) {
-		snprintf(want, sizeof(want), "a whole number from %" PRId64
-			 " to %" PRId64, min, max);
-		bfs_parm_bad(pc, name, s, want);
+	return lp_parm_const_string(pc->snum, BFS_MODULE, name, NULL);
+}
+
+/*
+ * Parameter name as the one table in lib/bfs_params says (its type,
+ * default and bounds): true, or false with one log line naming what the
+ * value must be.
+ */
+static bool bfs_parm_int(const struct bfs_parm_ctx *pc, const char *name,
+			 int64_t *out)
+{
+	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
+	struct bfs_pbad bad;
+
+	if (bfs_pget_int(&src, name, out, &bad) != 0) {
+		bfs_parm_bad(pc, name, bad.value, bad.want);
 		return false;
 	}
-	*out = v;
 	return true;
 }
 
 static bool bfs_parm_size(const struct bfs_parm_ctx *pc, const char *name,
-			  const char *def, uint64_t min, uint64_t max,
 			  uint64_t *out)
 {
-	const char *s = lp_parm_const_string(pc->snum, BFS_MODULE, name, def);
-	char want[112];
-	uint64_t v = 0;
+	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
+	struct bfs_pbad bad;
 
-	if (!conv_str_size_error(s, &v) || v < min || v > max) {
-		if (max >= (UINT64_MAX >> 1)) {
-			snprintf(want, sizeof(want), "a size of at least %"
-				 PRIu64 "K, written like 64M or 16G",
-				 min >> 10);
-		} else {
-			snprintf(want, sizeof(want), "a size from %" PRIu64
-				 "K to %" PRIu64 "M, written like 64M or 16G",
-				 min >> 10, max >> 20);
-		}
-		bfs_parm_bad(pc, name, s, want);
+	if (bfs_pget_size(&src, name, out, &bad) != 0) {
+		bfs_parm_bad(pc, name, bad.value, bad.want);
 		return false;
 	}
-	*out = v;
 	return true;
+}
+
+static bool bfs_parm_bool(const struct bfs_parm_ctx *pc, const char *name,
+			  bool *out)
+{
+	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
+	struct bfs_pbad bad;
+
+	if (bfs_pget_bool(&src, name, out, &bad) != 0) {
+		bfs_parm_bad(pc, name, bad.value, bad.want);
+		return false;
+	}
+	return true;
+}
+
+/* A string parameter, or its default from the table (NULL: unset). */
+static const char *bfs_parm_string(const struct bfs_parm_ctx *pc,
+				   const char *name)
+{
+	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
+	struct bfs_pbad bad;
+	const char *v = NULL;
+
+	if (bfs_pget_string(&src, name, &v, &bad) != 0) {
+		bfs_parm_bad(pc, name, bad.value, bad.want);
+	}
+	return v;
 }
 
 /* A value a reload changed, logged once this process follows it. */
@@ -604,7 +620,7 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	}
 	bc->config_read = now;
 	bfs_refresh_credentials(bc, now);
-	if (bfs_parm_int(&pc, "metrics interval", 15, 1, 86400, &interval)) {
+	if (bfs_parm_int(&pc, "metrics interval", &interval)) {
 		bc->metrics_interval = (int)interval;
 	} else {
 		ok = false;
@@ -613,7 +629,7 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	    now - bc->stats_flushed >= bc->metrics_interval) {
 		bfs_stats_flush(bc, now);
 	}
-	if (bfs_parm_int(&pc, "metadata ttl", 10, -1, INT32_MAX, &ttl)) {
+	if (bfs_parm_int(&pc, "metadata ttl", &ttl)) {
 		bfs_note_change(bc, first, "metadata ttl", bc->ttl, ttl);
 		bc->ttl = (int)ttl;
 	} else {
@@ -625,14 +641,14 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	 * stream on its own, was left part idle (cold reads about 7% slower
 	 * in interleaved runs; bench/results/read.md).
 	 */
-	if (bfs_parm_int(&pc, "readahead", 64, 0, 4096, &readahead)) {
+	if (bfs_parm_int(&pc, "readahead", &readahead)) {
 		bfs_note_change(bc, first, "readahead", bc->readahead,
 				readahead);
 		bc->readahead = (unsigned)readahead;
 	} else {
 		ok = false;
 	}
-	if (bfs_parm_int(&pc, "max requests", 16, 1, 1024, &max)) {
+	if (bfs_parm_int(&pc, "max requests", &max)) {
 		bfs_note_change(bc, first, "max requests",
 				bc->cfg.max_requests, max);
 		bc->cfg.max_requests = (unsigned)max;
@@ -646,8 +662,7 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 		s3_client_set_max_requests(bc->s3_async,
 					   bc->cfg.max_requests);
 	}
-	if (bfs_parm_size(&pc, "cache size", "16G", 1 << 20, UINT64_MAX >> 1,
-			  &cache_size)) {
+	if (bfs_parm_size(&pc, "cache size", &cache_size)) {
 		bfs_note_change(bc, first, "cache size",
 				(int64_t)bc->cache_limit, (int64_t)cache_size);
 		bc->cache_limit = cache_size;
@@ -904,11 +919,6 @@ static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
 
 /* ---- connect ------------------------------------------------------------------------ */
 
-static const char *bfs_param(struct vfs_handle_struct *handle, const char *name,
-			     const char *def)
-{
-	return lp_parm_const_string(SNUM(handle->conn), BFS_MODULE, name, def);
-}
 
 /*
  * smb.conf is readable by every local user and copied into bug reports:
@@ -924,7 +934,8 @@ static int bfs_refuse_inline_secrets(struct vfs_handle_struct *handle,
 	size_t i;
 
 	for (i = 0; i < ARRAY_SIZE(names); i++) {
-		const char *v = bfs_param(handle, names[i], NULL);
+		const char *v = lp_parm_const_string(SNUM(handle->conn),
+						     BFS_MODULE, names[i], NULL);
 		if (v != NULL && v[0] != '\0') {
 			DBG_ERR("bucketfs: share %s: 'bucketfs:%s' puts a secret "
 				"in smb.conf, which every local user can read: "
@@ -940,14 +951,19 @@ static int bfs_refuse_inline_secrets(struct vfs_handle_struct *handle,
 static int bfs_load_credentials(struct vfs_handle_struct *handle,
 				struct bfs_conn *bc)
 {
-	const char *file = bfs_param(handle, "credentials file", NULL);
-	const char *profile = bfs_param(handle, "profile", NULL);
+	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm, bc};
+	const char *file = bfs_parm_string(&pc, "credentials file");
+	const char *profile = bfs_parm_string(&pc, "profile");
 	struct passwd *pw = getpwuid(sec_initial_uid());
 	/* "~" as the AWS tools read it: $HOME, else the user's home. */
 	const char *home = getenv("HOME") ?: (pw != NULL ? pw->pw_dir : NULL);
 	const char *why = NULL, *source = NULL;
+	bool imds = true;
 	int ret;
 
+	if (!bfs_parm_bool(&pc, "imds", &imds)) {
+		return EINVAL;
+	}
 	ret = bfs_refuse_inline_secrets(handle, bc);
 	if (ret != 0) {
 		return ret;
@@ -955,20 +971,19 @@ static int bfs_load_credentials(struct vfs_handle_struct *handle,
 	ret = s3_creds_resolve(bc, file, profile, home, &bc->cfg.creds,
 			       &source, &why);
 	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
-	    lp_parm_bool(bc->snum, BFS_MODULE, "imds", true)) {
+	    imds) {
 		/* Last in the chain: an EC2 instance's role. */
-		const char *imds = bfs_param(handle, "imds endpoint",
-					     S3_IMDS_ENDPOINT);
-		ret = s3_imds_fetch(bc, imds, 1000, &bc->cfg.creds,
+		const char *endpoint = bfs_parm_string(&pc, "imds endpoint");
+		ret = s3_imds_fetch(bc, endpoint, 1000, &bc->cfg.creds,
 				    &bc->creds_expire, &why);
 		if (ret == 0) {
-			bc->imds = talloc_strdup(bc, imds);
+			bc->imds = talloc_strdup(bc, endpoint);
 			source = "the instance metadata service (IMDSv2)";
 		} else {
 			DBG_ERR("bucketfs: share %s: no credentials in the "
 				"share's file, the environment or "
 				"~/.aws/credentials, and none from %s: %s\n",
-				bc->service, imds, why);
+				bc->service, endpoint, why);
 			return ret;
 		}
 	}
@@ -1205,14 +1220,13 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 #define BFS_MMAP_THRESHOLD (32 << 20)
 #define BFS_TRIM_THRESHOLD (64 << 20)
 
-static void bfs_reuse_read_buffers(int snum, const char *service)
+static void bfs_reuse_read_buffers(const char *service)
 {
 #ifdef __GLIBC__
 	static bool done;
 	const char *tunables = getenv("GLIBC_TUNABLES");
 
-	if (done || !lp_parm_bool(snum, BFS_MODULE, "reuse read buffers",
-				  true)) {
+	if (done) {
 		return;
 	}
 	done = true;
@@ -1246,6 +1260,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	struct bfs_conn *bc;
 	const char *bucket, *prefix, *endpoint, *cache_dir, *ca_file;
 	struct bfs_parm_ctx pc;
+	bool reuse_buffers = true;
 	uint64_t cache_size, size;
 	int64_t v;
 	int ret;
@@ -1272,22 +1287,22 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
 	bc->connected = time(NULL);
 	/* Modes are octal in smb.conf, as everywhere in Samba: 0644. */
-	if (!bfs_parm_int(&pc, "file mode", 0644, 0, 07777, &v)) {
+	if (!bfs_parm_int(&pc, "file mode", &v)) {
 		goto inval;
 	}
 	bc->file_mode = (mode_t)v;
-	if (!bfs_parm_int(&pc, "dir mode", 0755, 0, 07777, &v)) {
+	if (!bfs_parm_int(&pc, "dir mode", &v)) {
 		goto inval;
 	}
 	bc->dir_mode = (mode_t)v;
 
-	bucket = bfs_param(handle, "bucket", NULL);
+	bucket = bfs_parm_string(&pc, "bucket");
 	if (bucket == NULL || bucket[0] == '\0') {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:bucket' is not set\n",
 			service);
 		goto inval;
 	}
-	prefix = bfs_param(handle, "prefix", "");
+	prefix = bfs_parm_string(&pc, "prefix");
 	while (prefix[0] == '/') {
 		prefix++;
 	}
@@ -1296,33 +1311,36 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 						     prefix[strlen(prefix) - 1] != '/' ?
 					     "/" :
 					     "");
-	endpoint = bfs_param(handle, "endpoint", NULL);
+	endpoint = bfs_parm_string(&pc, "endpoint");
 	/*
 	 * Copies: what lp_parm_const_string() returns is freed by the next
 	 * reload of smb.conf, and these live as long as the connection.
 	 */
 	bc->cfg.bucket = talloc_strdup(bc, bucket);
-	bc->cfg.region = talloc_strdup(bc, bfs_param(handle, "region",
-						     "us-east-1"));
+	bc->cfg.region = talloc_strdup(bc, bfs_parm_string(&pc, "region"));
 	bc->cfg.endpoint = endpoint != NULL ? talloc_strdup(bc, endpoint) :
 					      NULL;
-	bc->cfg.path_style = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
-					  "path style", false);
-	bc->cfg.verify_tls = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
-					  "verify tls", true);
-	ca_file = bfs_param(handle, "ca file", NULL);
+	if (!bfs_parm_bool(&pc, "path style", &bc->cfg.path_style) ||
+	    !bfs_parm_bool(&pc, "verify tls", &bc->cfg.verify_tls) ||
+	    !bfs_parm_bool(&pc, "anonymous", &bc->cfg.anonymous) ||
+	    !bfs_parm_bool(&pc, "requester pays", &bc->cfg.requester_pays) ||
+	    !bfs_parm_bool(&pc, "stream parts", &bc->stream_parts) ||
+	    !bfs_parm_bool(&pc, "reuse read buffers", &reuse_buffers)) {
+		goto inval;
+	}
+	ca_file = bfs_parm_string(&pc, "ca file");
 	if (ca_file != NULL && ca_file[0] != '\0') {
 		bc->cfg.ca_file = talloc_strdup(bc, ca_file);
 		if (bc->cfg.ca_file == NULL) {
 			goto nomem;
 		}
 	}
-	if (!bfs_parm_int(&pc, "request timeout", 30, 1, 86400, &v)) {
+	if (!bfs_parm_int(&pc, "request timeout", &v)) {
 		goto inval;
 	}
 	bc->cfg.request_timeout_ms = 1000 * (unsigned)v;
 	bc->cfg.connect_timeout_ms = 5000;
-	if (!bfs_parm_int(&pc, "retries", 4, 0, 20, &v)) {
+	if (!bfs_parm_int(&pc, "retries", &v)) {
 		goto inval;
 	}
 	bc->cfg.max_retries = (unsigned)v;
@@ -1334,7 +1352,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->dev = bfs_index_ino_hint(talloc_asprintf(talloc_tos(), "%s/%s",
 						     bucket, bc->prefix));
 
-	cache_dir = bfs_param(handle, "cache dir", NULL);
+	cache_dir = bfs_parm_string(&pc, "cache dir");
 	if (cache_dir == NULL || cache_dir[0] == '\0') {
 		cache_dir = talloc_asprintf(bc, "/var/cache/bucketfs/%s",
 					    service);
@@ -1347,20 +1365,14 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			"absolute path, not '%s'\n", service, cache_dir);
 		goto inval;
 	}
-	if (!bfs_parm_size(&pc, "block size", "1M", 4096, 64 << 20, &size)) {
-		goto inval;
-	}
-	if ((size & (size - 1)) != 0) {
-		bfs_parm_bad(&pc, "block size", bfs_param(handle, "block size",
-							  "1M"),
-			     "a power of two (4K, 64K, 1M...)");
-		goto inval;
+	if (!bfs_parm_size(&pc, "block size", &size)) {
+		goto inval; /* a power of two, says the table */
 	}
 	bc->block_size = (uint32_t)size;
 	cache_size = bc->cache_limit; /* checked by bfs_follow_config */
 	bc->cache_dir = talloc_strdup(bc, cache_dir);
-	bc->metrics_file = talloc_strdup(bc, bfs_param(handle, "metrics file",
-						       NULL));
+	bc->metrics_file = talloc_strdup(bc, bfs_parm_string(&pc,
+							     "metrics file"));
 	if (bc->cache_dir == NULL) {
 		goto nomem;
 	}
@@ -1370,26 +1382,20 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	/* S3's own bounds: parts of 5 MiB to 5 GiB, objects to 5 TiB. */
-	if (!bfs_parm_size(&pc, "multipart threshold", "16M", 5 << 20,
-			   5ULL << 30, &bc->upload.multipart_threshold) ||
-	    !bfs_parm_size(&pc, "part size", "16M", 5 << 20, 255 << 20,
-			   &bc->upload.part_size) ||
-	    !bfs_parm_size(&pc, "multipart copy threshold", "5G", 5 << 20,
-			   5ULL << 30, &bc->upload.copy_threshold)) {
+	if (!bfs_parm_size(&pc, "multipart threshold", &bc->upload.multipart_threshold) ||
+	    !bfs_parm_size(&pc, "part size", &bc->upload.part_size) ||
+	    !bfs_parm_size(&pc, "multipart copy threshold", &bc->upload.copy_threshold)) {
 		goto inval;
 	}
-	if (!bfs_parm_int(&pc, "upload parallel", 8, 1, 64, &v)) {
+	if (!bfs_parm_int(&pc, "upload parallel", &v)) {
 		goto inval;
 	}
 	bc->upload.parallel = (unsigned)v;
-	/* Off by default: see DEVELOPERS.md for what it did here. */
-	bc->stream_parts = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
-					"stream parts", false);
-	if (!bfs_parm_int(&pc, "stream parallel", 2, 1, 64, &v)) {
+	if (!bfs_parm_int(&pc, "stream parallel", &v)) {
 		goto inval;
 	}
 	bc->stream_budget.free = (unsigned)v;
-	if (!bfs_parm_int(&pc, "dir rename max", 1000, 0, 10000000, &v)) {
+	if (!bfs_parm_int(&pc, "dir rename max", &v)) {
 		goto inval;
 	}
 	bc->dir_rename_max = (unsigned)v;
@@ -1401,10 +1407,6 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto fail;
 	}
 
-	bc->cfg.anonymous = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
-					 "anonymous", false);
-	bc->cfg.requester_pays = lp_parm_bool(SNUM(handle->conn), BFS_MODULE,
-					      "requester pays", false);
 	if (bc->cfg.anonymous) {
 		/* A public dataset: unsigned requests, no credentials. */
 		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
@@ -1431,7 +1433,9 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 
 	/* The probe may find the bucket's region and make bc->s3 anew. */
-	ret = bfs_probe_bucket(bc, bfs_param(handle, "region", NULL) != NULL,
+	/* An admin's "bucketfs:region" is kept; without one it is found. */
+	ret = bfs_probe_bucket(bc, lp_parm_const_string(bc->snum, BFS_MODULE,
+							"region", NULL) != NULL,
 			       endpoint == NULL);
 	if (ret != 0) {
 		goto fail;
@@ -1450,7 +1454,9 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 
 	SMB_VFS_HANDLE_SET_DATA(handle, bc, NULL, struct bfs_conn,
 				goto nomem);
-	bfs_reuse_read_buffers(bc->snum, service);
+	if (reuse_buffers) {
+		bfs_reuse_read_buffers(service);
+	}
 	DBG_NOTICE("bucketfs: share %s serves s3://%s/%s from %s for %s\n",
 		   service, bucket, bc->prefix, bc->cfg.endpoint, user);
 	return 0;

@@ -38,6 +38,7 @@ BAD_VALUES = {
     "badmode": ("file mode", "0999", "a whole number from 0 to 4095"),
     "badttl": ("metadata ttl", "10s", "a whole number from -1"),
     "badpart": ("part size", "1M", "a size from 5120K to 255M"),
+    "badbool": ("verify tls", "maybe", "yes or no"),
 }
 
 

@@ -562,10 +562,11 @@ def main():
 
 def docs():
     def module_parameters():
+        # The one table (lib/bfs_params.c), and any name read around it.
+        table = open(os.path.join(TOP, "lib/bfs_params.c")).read()
+        found = set(re.findall(r'\{"([a-z ]+)", BFS_PT_', table))
         src = open(os.path.join(TOP, "modules/vfs_bucketfs.c")).read()
-        found = set(re.findall(r'bfs_param\(handle, "([a-z ]+)"', src))
-        found |= set(re.findall(r'BFS_MODULE,\s*"([a-z ]+)"', src))
-        found |= set(re.findall(r'bfs_parm_(?:int|size)\(&pc,\s*"([a-z ]+)"', src))
+        found |= set(re.findall(r'bfs_parm_\w+\(&pc,\s*"([a-z ]+)"', src))
         return found
 
     @test
@@ -829,6 +830,13 @@ def integration(w, sources):
         assert values[("bucketfs_cache_limit_bytes", None)] == 64 << 20
 
     @test
+    def the_metrics_file_is_written_0644_whatever_smbds_umask():
+        # smbd runs with umask 0: a file it makes as root is 0666 unless
+        # the module says otherwise.
+        mode = os.stat(f"{w.tmp}/metrics-warm.prom").st_mode & 0o7777
+        assert mode == 0o644, oct(mode)
+
+    @test
     def ctl_fsck_finds_and_repairs_a_damaged_cache():
         out = w.ctl("warmed", "fsck").stdout
         assert out.rstrip().endswith("clean"), out
@@ -917,6 +925,27 @@ def integration(w, sources):
         assert p.returncode == 1 and "unknown verb" in p.stderr, p.stderr
         p = sh([f"{B}/bucketfs-ctl", "warm", "--help"])
         assert "--manifest FILE" in p.stdout, p.stdout
+
+    @test
+    def ctl_reads_parameters_as_the_module_does():
+        # One table (lib/bfs_params) for both: Samba's "on" is yes (the
+        # tool once read it as no and addressed bucket.127.0.0.1), and a
+        # bad value is refused with the line the module logs.
+        conf = f"{w.tmp}/smb-ctl.conf"
+        common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {w.endpoint}\n"
+                  f"  bucketfs:credentials file = {w.tmp}/creds\n"
+                  f"  bucketfs:bucket = {BUCKET}\n  bucketfs:prefix = tree\n")
+        with open(conf, "w") as f:
+            f.write(open(w.conf).read() +
+                    f"[spelling]\n  path = /bucketfs/spelling\n{common}"
+                    f"  bucketfs:path style = on\n  bucketfs:cache dir = {w.tmp}/bfscache-spell\n"
+                    f"[spellbad]\n  path = /bucketfs/spellbad\n{common}"
+                    f"  bucketfs:path style = On\n  bucketfs:retries = lots\n")
+        p = sh([f"{B}/bucketfs-ctl", "-s", conf, "spelling", "warm", "a"], check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+        p = sh([f"{B}/bucketfs-ctl", "-s", conf, "spellbad", "warm", "a"], check=False)
+        assert p.returncode == 1 and "'bucketfs:retries' must be a whole number from 0 to 20, " \
+            "not 'lots'" in p.stderr, p.stderr
 
     def ls_with_smbd_environment(name, **env_vars):
         """ls through a second smbd whose environment has env_vars and no

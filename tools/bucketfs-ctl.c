@@ -28,6 +28,7 @@
 #include "bfs_cache.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
+#include "bfs_params.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "s3_creds.h"
@@ -87,29 +88,68 @@ static const char *ctl_param(struct ctl *c, const char *name, const char *def)
 	return def;
 }
 
-static bool ctl_bool(struct ctl *c, const char *name, bool def)
+/* The share's value, else [global]'s, else NULL: for lib/bfs_params. */
+static const char *ctl_get(void *priv, const char *name)
 {
-	const char *v = ctl_param(c, name, NULL);
-
-	if (v == NULL) {
-		return def;
-	}
-	return strcasecmp(v, "yes") == 0 || strcasecmp(v, "true") == 0 ||
-	       strcmp(v, "1") == 0;
+	return ctl_param(priv, name, NULL);
 }
 
-/* Sizes as smb.conf writes them: 512, 64K, 1M, 16G, 2T. */
-static uint64_t ctl_size(const char *s)
+/*
+ * Parameters as the module reads them (lib/bfs_params: one table of
+ * types, defaults and bounds); a bad value ends the tool with the line
+ * the module would log.
+ */
+static void ctl_bad(struct ctl *c, const char *name,
+		    const struct bfs_pbad *bad)
 {
-	char *end;
-	uint64_t v = strtoull(s, &end, 10);
+	ctl_die("share [%s]: 'bucketfs:%s' must be %s, not '%s'", c->share,
+		name, bad->want, bad->value ? bad->value : "");
+}
 
-	switch (*end) {
-	case 'T': case 't': v <<= 10; /* fall through */
-	case 'G': case 'g': v <<= 10; /* fall through */
-	case 'M': case 'm': v <<= 10; /* fall through */
-	case 'K': case 'k': v <<= 10; break;
-	default: break;
+static bool ctl_bool(struct ctl *c, const char *name)
+{
+	const struct bfs_psrc src = {ctl_get, c};
+	struct bfs_pbad bad;
+	bool v = false;
+
+	if (bfs_pget_bool(&src, name, &v, &bad) != 0) {
+		ctl_bad(c, name, &bad);
+	}
+	return v;
+}
+
+static int64_t ctl_int(struct ctl *c, const char *name)
+{
+	const struct bfs_psrc src = {ctl_get, c};
+	struct bfs_pbad bad;
+	int64_t v = 0;
+
+	if (bfs_pget_int(&src, name, &v, &bad) != 0) {
+		ctl_bad(c, name, &bad);
+	}
+	return v;
+}
+
+static uint64_t ctl_size(struct ctl *c, const char *name)
+{
+	const struct bfs_psrc src = {ctl_get, c};
+	struct bfs_pbad bad;
+	uint64_t v = 0;
+
+	if (bfs_pget_size(&src, name, &v, &bad) != 0) {
+		ctl_bad(c, name, &bad);
+	}
+	return v;
+}
+
+static const char *ctl_string(struct ctl *c, const char *name)
+{
+	const struct bfs_psrc src = {ctl_get, c};
+	struct bfs_pbad bad;
+	const char *v = NULL;
+
+	if (bfs_pget_string(&src, name, &v, &bad) != 0) {
+		ctl_bad(c, name, &bad);
 	}
 	return v;
 }
@@ -131,7 +171,7 @@ static void ctl_load(struct ctl *c, const char *conf_path)
 		ctl_die("share [%s] in %s has no 'bucketfs:bucket': not a "
 			"bucketfs share?", c->share, conf_path);
 	}
-	share_prefix = talloc_strdup(c->mem, ctl_param(c, "prefix", ""));
+	share_prefix = talloc_strdup(c->mem, ctl_string(c, "prefix"));
 	while (share_prefix[0] == '/') {
 		share_prefix++;
 	}
@@ -144,8 +184,8 @@ static void ctl_load(struct ctl *c, const char *conf_path)
 		c->cache_dir = talloc_asprintf(c->mem, "/var/cache/bucketfs/%s",
 					       c->share);
 	}
-	c->cache_size = ctl_size(ctl_param(c, "cache size", "16G"));
-	c->block_size = (uint32_t)ctl_size(ctl_param(c, "block size", "1M"));
+	c->cache_size = ctl_size(c, "cache size");
+	c->block_size = (uint32_t)ctl_size(c, "block size");
 	if (c->cache_size == 0 || c->block_size == 0) {
 		ctl_die("share [%s]: bad 'bucketfs:cache size' or 'block size'",
 			c->share);
@@ -212,31 +252,32 @@ static struct bfs_journal *ctl_journal(struct ctl *c)
 static struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev)
 {
 	struct s3_client_config cfg = {0};
-	const char *why = NULL, *source = NULL;
+	const char *why = NULL, *source = NULL, *file;
 	const char *home = getenv("HOME");
 	struct s3_client *s3;
 	time_t expire;
 	int ret;
 
 	cfg.bucket = c->bucket;
-	cfg.region = ctl_param(c, "region", "us-east-1");
+	cfg.region = ctl_string(c, "region");
 	cfg.endpoint = ctl_param(c, "endpoint", NULL);
-	cfg.path_style = ctl_bool(c, "path style", false);
-	cfg.verify_tls = ctl_bool(c, "verify tls", true);
+	cfg.path_style = ctl_bool(c, "path style");
+	cfg.verify_tls = ctl_bool(c, "verify tls");
 	cfg.ca_file = ctl_param(c, "ca file", NULL);
-	cfg.max_requests = (unsigned)atoi(ctl_param(c, "max requests", "16"));
-	cfg.max_retries = (unsigned)atoi(ctl_param(c, "retries", "4"));
+	cfg.max_requests = (unsigned)ctl_int(c, "max requests");
+	cfg.max_retries = (unsigned)ctl_int(c, "retries");
 	cfg.request_timeout_ms =
-		1000 * (unsigned)atoi(ctl_param(c, "request timeout", "30"));
-	cfg.anonymous = ctl_bool(c, "anonymous", false);
-	cfg.requester_pays = ctl_bool(c, "requester pays", false);
+		1000 * (unsigned)ctl_int(c, "request timeout");
+	cfg.anonymous = ctl_bool(c, "anonymous");
+	cfg.requester_pays = ctl_bool(c, "requester pays");
+	file = ctl_string(c, "credentials file");
 	ret = cfg.anonymous ? 0 :
-		s3_creds_resolve(c->mem, ctl_param(c, "credentials file", NULL),
-				 ctl_param(c, "profile", NULL), home, &cfg.creds,
-				 &source, &why);
-	if (ret == ENOENT && ctl_bool(c, "imds", true)) {
-		ret = s3_imds_fetch(c->mem, ctl_param(c, "imds endpoint",
-						      S3_IMDS_ENDPOINT),
+		s3_creds_resolve(c->mem, file, ctl_string(c, "profile"), home,
+				 &cfg.creds, &source, &why);
+	/* As the module: the instance role only when no file is named. */
+	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
+	    ctl_bool(c, "imds")) {
+		ret = s3_imds_fetch(c->mem, ctl_string(c, "imds endpoint"),
 				    1000, &cfg.creds, &expire, &why);
 	}
 	if (ret != 0) {
@@ -713,7 +754,7 @@ static int ctl_warm(struct ctl *c, int argc, char **argv)
 	}
 	ctl_warm_index(c, w.objs, w.n);
 	w.reader = bfs_reader_new(c->mem, ev, s3, cache, c->block_size, false);
-	w.max_in_flight = (unsigned)atoi(ctl_param(c, "max requests", "16"));
+	w.max_in_flight = (unsigned)ctl_int(c, "max requests");
 	if (w.reader == NULL || w.max_in_flight == 0) {
 		ctl_die("cannot set up the reader");
 	}
