@@ -432,6 +432,18 @@ void s3_client_upload_cksum_off(struct s3_client *c, const struct s3_status *st)
 	c->no_upload_cksum = true;
 }
 
+bool s3_unreachable(int err, const struct s3_status *st)
+{
+	if (st != NULL && st->http_status >= 500) {
+		return true;
+	}
+	if (st != NULL && st->http_status != 0) {
+		return false; /* an answer: S3 is there */
+	}
+	return err == ECONNREFUSED || err == EHOSTUNREACH ||
+	       err == ETIMEDOUT || err == ECONNRESET || err == ENETUNREACH;
+}
+
 bool s3_cksum_refused(const struct s3_status *st)
 {
 	return (st->http_status == 400 || st->http_status == 501) &&

@@ -153,6 +153,13 @@ const char *s3_client_bucket(const struct s3_client *c);
  */
 bool s3_client_upload_cksum(const struct s3_client *c);
 void s3_client_upload_cksum_off(struct s3_client *c, const struct s3_status *st);
+/*
+ * Whether a request that failed with err (and st) means S3 cannot be
+ * reached now (no connection, a timeout, a reset, a 5xx answer), as
+ * opposed to an answer that refuses (credentials, a missing bucket).
+ */
+bool s3_unreachable(int err, const struct s3_status *st);
+
 /* Whether st is a server's refusal of a checksum header it does not know. */
 bool s3_cksum_refused(const struct s3_status *st);
 

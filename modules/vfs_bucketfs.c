@@ -58,6 +58,8 @@ static int vfs_bucketfs_debug_level = DBGC_VFS;
 #ifndef BFS_VFS_NAME
 #define BFS_VFS_NAME BFS_MODULE
 #endif
+/* Seconds a connection serves listings from the index once S3 is away. */
+#define BFS_OUTAGE_RETRY 5
 /* Directory entries read from the index per refill of a DIR handle. */
 #define BFS_DIR_PAGE 256
 
@@ -100,6 +102,11 @@ struct bfs_conn {
 	mode_t dir_mode;
 	uint64_t dev;
 	time_t connected;
+	/*
+	 * S3 could not be reached (connect, timeout, 5xx): until then,
+	 * listings the index has are served as they are, without asking.
+	 */
+	time_t s3_down_until;
 
 	struct s3_client_config cfg;
 	struct tevent_context *sync_ev;
@@ -727,7 +734,7 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	struct s3_dir *dir = NULL;
 	struct tevent_req *req;
 	time_t listed, now = time(NULL);
-	bool had_listing, claimed = false;
+	bool had_listing, known, claimed = false;
 	int ret;
 
 	if (prefix == NULL) {
@@ -736,7 +743,9 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	}
 	bfs_follow_config(bc);
 	ret = bfs_index_dir_listed(bc->index, prefix, &listed);
-	if (ret == 0 && (bc->ttl < 0 || now - listed < bc->ttl)) {
+	known = ret == 0;
+	if (known && (bc->ttl < 0 || now - listed < bc->ttl ||
+		      now < bc->s3_down_until)) {
 		TALLOC_FREE(frame);
 		return 0;
 	}
@@ -752,10 +761,24 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		goto out;
 	}
 	ret = s3_dirlist_recv(req, frame, &dir, &st);
+	if (ret != 0 && known && s3_unreachable(ret, &st)) {
+		/* S3 is away: what the index knows beats an error. */
+		if (now >= bc->s3_down_until) {
+			DBG_WARNING("bucketfs: share %s: S3 is unreachable "
+				    "(%s); serving the listing of %s the "
+				    "index has\n", bc->service,
+				    st.code[0] ? st.code : strerror(ret),
+				    prefix);
+		}
+		bc->s3_down_until = now + BFS_OUTAGE_RETRY;
+		ret = 0;
+		goto out;
+	}
 	if (ret != 0) {
 		bfs_log_s3(bc, "listing", prefix, &st);
 		goto out;
 	}
+	bc->s3_down_until = 0;
 	if (dir->n_hidden_sample > 0) {
 		size_t i;
 
@@ -1081,6 +1104,7 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 {
 	struct s3_status st = {0};
 	const char *cause;
+	time_t listed;
 	int ret;
 
 	ret = bfs_probe_once(bc, &st);
@@ -1090,6 +1114,20 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 		ret = bfs_probe_once(bc, &st);
 	}
 	if (ret == 0) {
+		return 0;
+	}
+	/*
+	 * S3 away (not a refusal) and this cache folder has served the
+	 * share before: a box that reconnects during an outage reads what
+	 * is cached; misses fail until S3 is back, then work again.
+	 */
+	if (s3_unreachable(ret, &st) &&
+	    bfs_index_dir_listed(bc->index, bc->prefix, &listed) == 0) {
+		DBG_ERR("bucketfs: share %s: S3 at %s is unreachable (%s; "
+			"HTTP %ld): serving what the cache holds until it is "
+			"back\n", bc->service, bc->cfg.endpoint,
+			st.code[0] ? st.code : strerror(ret), st.http_status);
+		bc->s3_down_until = time(NULL) + BFS_OUTAGE_RETRY;
 		return 0;
 	}
 	switch (ret) {

@@ -8,7 +8,9 @@ behaviour, and every read is compared with the bytes put into S3.
 """
 import os
 import re
+import subprocess
 import sys
+import time
 
 from smbls import parse_ls
 
@@ -22,7 +24,7 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
     os.makedirs(t, exist_ok=True)
     front = os.path.join(TOP, "tests/integration/s3_front.py")
     control = f"{t}/kms-control"
-    ports = {}
+    ports, fronts = {}, {}
     for name, behaviours, extra in (
             ("kms", "kms,checksums,100-continue", ["--control", control]),
             ("burst", "slowdown=8", []),
@@ -30,10 +32,11 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
             ("pays", "requester-pays", []),
             ("region", "region=eu-west-1", []),
             ("redirect", "redirect=ap-south-1", []),
-            ("nock", "nochecksums", [])):
+            ("nock", "nochecksums", []),
+            ("outage", "", [])):
         ports[name] = port = free_port()
-        w.spawn([sys.executable, front, str(port), str(w.s3_port), "--aws", behaviours, *extra],
-                f"front-aws-{name}")
+        fronts[name] = w.spawn([sys.executable, front, str(port), str(w.s3_port),
+                                "--aws", behaviours, *extra], f"front-aws-{name}")
     for port in ports.values():
         wait_port(port, "an AWS-behaviour front")
 
@@ -87,6 +90,8 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
               "read only = no"),
         share("burst", ports["burst"], "bucketfs:prefix = awsburst", creds.strip(),
               "bucketfs:retries = 6"),
+        share("outage", ports["outage"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
+              "bucketfs:metadata ttl = 1", "bucketfs:request timeout = 5"),
     ])
     # No credentials in this smbd's environment: the public share must not
     # need any, the others name their file.
@@ -196,6 +201,49 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
                 if l.startswith("GET ") and "/awsburst/f" in l.split()[1]]
         # The front logs every attempt: more GETs than files were retries.
         assert len(gets) > 40, f"no request was refused and asked again: {len(gets)} GETs"
+
+    @test
+    def an_s3_outage_still_lets_a_box_connect_list_and_read_what_is_cached():
+        got = f"{t}/outage-got"
+        smbclient("outage", f"get small.bin {got}")  # cached, and its folder listed
+        fronts["outage"].kill()
+        fronts["outage"].wait(timeout=30)
+        time.sleep(1.5)  # the listing is past its TTL: S3 would be asked
+        sess = subprocess.Popen(["/usr/bin/python3",
+                                 os.path.join(TOP, "tests/integration/smbsession.py"),
+                                 str(port), "outage", "root", "bucketfs-test-pw"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+        def ask(command):
+            sess.stdin.write(command + "\n")
+            sess.stdin.flush()
+            return sess.stdout.readline().strip()
+
+        try:
+            # One connection, as a mounted box keeps, through the outage.
+            assert sess.stdout.readline().startswith("ok"), "no connection"
+            names = ask("ls /").split()
+            assert names[0] == "ok" and {"small.bin", "one.bin"} <= set(names), names
+            assert ask(f"get small.bin {got}") == f"ok {os.path.getsize(sources['small.bin'])}"
+            assert sha256(got) == sha256(sources["small.bin"])
+            start = time.monotonic()
+            answer = ask(f"get one.bin {got}")  # never cached: S3 is needed
+            took = time.monotonic() - start
+            assert answer.startswith("err"), answer
+            assert took < 30, f"a miss took {took:.1f} s to fail"
+            # S3 back, same connection: the miss reads.
+            fronts["outage"] = w.spawn([sys.executable, front, str(ports["outage"]),
+                                        str(w.s3_port)], "front-aws-outage-2")
+            wait_port(ports["outage"], "the outage front again")
+            assert ask(f"get one.bin {got}").startswith("ok"), "not after S3 came back"
+            assert sha256(got) == sha256(sources["one.bin"])
+            ask("quit")
+        finally:
+            sess.kill()
+            sess.wait(timeout=30)
+        assert re.search(r"share outage: S3 at \S+ is unreachable .*serving what the cache "
+                         r"holds", log()), log()[-2000:]
+        print(f"    # a miss during the outage failed in {took:.1f} s")
 
     @test
     def a_public_bucket_is_served_with_unsigned_requests_and_no_credentials():

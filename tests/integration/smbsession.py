@@ -1,0 +1,49 @@
+#!/usr/bin/python3
+"""smbsession: one SMB connection, driven line by line, as a mounted box
+keeps one while things around it change.
+
+  smbsession.py PORT SHARE USER PASSWORD
+
+Reads commands from stdin, one a line, and answers each with one line:
+  ls DIR          -> "ok NAME NAME ..." (names of the directory)
+  get PATH LOCAL  -> "ok SIZE" once PATH's bytes are in LOCAL
+  quit
+A failure answers "err STATUS" (the NT status name).  Debian's
+python3-impacket under /usr/bin/python3, over SMB 3.0 (see fsattr.py).
+"""
+import sys
+
+from impacket import smb3structs as s3
+from impacket.smbconnection import SMBConnection, SessionError
+
+
+def main():
+    port, share, user, password = int(sys.argv[1]), *sys.argv[2:5]
+    conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=port,
+                         preferredDialect=s3.SMB2_DIALECT_30, timeout=120)
+    conn.login(user, password)
+    print("ok connected", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] == "quit":
+            break
+        try:
+            if words[0] == "ls":
+                path = words[1].strip("/").replace("/", "\\")
+                names = [f.get_longname() for f in
+                         conn.listPath(share, path + "\\*" if path else "*")]
+                print("ok " + " ".join(n for n in names if n not in (".", "..")), flush=True)
+            elif words[0] == "get":
+                with open(words[2], "wb") as out:
+                    conn.getFile(share, words[1], out.write)
+                    size = out.tell()
+                print(f"ok {size}", flush=True)
+            else:
+                print("err unknown command", flush=True)
+        except SessionError as e:
+            print(f"err {e.getErrorString()[0]}", flush=True)
+    conn.logoff()
+
+
+if __name__ == "__main__":
+    main()
