@@ -1666,7 +1666,8 @@ def writeback(w, tmp):
         assert p.returncode == 0, err
         assert w.s3_sha256("rwstream/streamed.bin") == sha256(src)
         # The close sent only the last part: the streamed ones were kept.
-        assert parts_sent("streamed.bin") == [1, 2, 3, 4, 5], parts_sent("streamed.bin")
+        # Two parts go up at once, so the front may log 4 before 3.
+        assert sorted(parts_sent("streamed.bin")) == [1, 2, 3, 4, 5], parts_sent("streamed.bin")
         assert "streamed.bin" not in w.ctl("rwstream", "pending").stdout
         assert not os.listdir(f"{tmp}/bfscache-rwstream/staging"), "staging left"
 
