@@ -1,0 +1,106 @@
+/*
+ * The protocol between smbd processes (the module) and bucketfsd, the
+ * S3 engine of a cache folder, over the unix socket in that folder.
+ *
+ * A message is one frame:
+ *
+ *   u32 length     bytes after this field (at most BFS_PROTO_MAX_FRAME)
+ *   u16 version    BFS_PROTO_VERSION
+ *   u16 type       enum bfs_proto_type
+ *   u32 id         the sender's request id; a reply carries it back
+ *   fields         in the order the type lists below, each one
+ *                  u16 tag (enum bfs_proto_field), u32 length, bytes
+ *
+ * All integers little-endian.  A string field holds no NUL; an integer
+ * field is 8 bytes.  Unknown tags are skipped, so that a newer sender may
+ * add fields; a missing field reads as NULL or 0.  A frame whose version
+ * is not ours is refused with EPROTONOSUPPORT, anything malformed with
+ * EPROTO: the peer then closes the connection.
+ *
+ * Messages (fields):
+ *   HELLO    module -> engine  version, share, cache dir
+ *   WELCOME  engine -> module  version, pid
+ *   UPLOAD   module -> engine  key: a PUT record of key was journalled in
+ *                              the engine's name; no answer
+ *   WAIT     module -> engine  key, staging: answer once the upload of
+ *                              that staging file (or a later one of key)
+ *                              is in S3, or failed
+ *   DONE     engine -> module  err (an errno, 0 on success), etag
+ *   STATUS   ctl -> engine     (nothing): answered with STATE
+ *   STATE    engine -> ctl     pid, pending (records it owns), uploaded,
+ *                              failed, bytes (uploaded since start)
+ */
+#ifndef BUCKETFS_BFS_PROTO_H
+#define BUCKETFS_BFS_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <talloc.h>
+
+#define BFS_PROTO_VERSION 1
+#define BFS_PROTO_MAX_FRAME (64u * 1024)
+#define BFS_PROTO_HDR 12 /* length, version, type, id */
+
+enum bfs_proto_type {
+	BFS_PM_HELLO = 1,
+	BFS_PM_WELCOME = 2,
+	BFS_PM_UPLOAD = 3,
+	BFS_PM_WAIT = 4,
+	BFS_PM_DONE = 5,
+	BFS_PM_STATUS = 6,
+	BFS_PM_STATE = 7,
+};
+
+enum bfs_proto_field {
+	BFS_PF_SHARE = 1,	/* string */
+	BFS_PF_CACHE_DIR = 2,	/* string */
+	BFS_PF_KEY = 3,		/* string */
+	BFS_PF_STAGING = 4,	/* string */
+	BFS_PF_ETAG = 5,	/* string */
+	BFS_PF_PID = 6,		/* integer */
+	BFS_PF_ERR = 7,		/* integer */
+	BFS_PF_PENDING = 8,	/* integer */
+	BFS_PF_UPLOADED = 9,	/* integer */
+	BFS_PF_FAILED = 10,	/* integer */
+	BFS_PF_BYTES = 11,	/* integer */
+};
+
+/* One message, decoded; strings are talloc children of the message. */
+struct bfs_proto_msg {
+	uint16_t version;
+	enum bfs_proto_type type;
+	uint32_t id;
+	char *share, *cache_dir, *key, *staging, *etag;
+	uint64_t pid, err, pending, uploaded, failed, bytes;
+};
+
+/*
+ * Encode m as one frame (m->version is ignored: ours is sent).  Only the
+ * fields its type carries are written; a string field that is NULL is
+ * left out, an integer field is always written.  0, EINVAL for an
+ * unknown type, EMSGSIZE if the frame would exceed BFS_PROTO_MAX_FRAME,
+ * or ENOMEM.  *buf is a talloc child of mem_ctx; on error nothing is set.
+ */
+int bfs_proto_encode(TALLOC_CTX *mem_ctx, const struct bfs_proto_msg *m,
+		     uint8_t **buf, size_t *len)
+	__attribute__((warn_unused_result));
+
+/*
+ * Decode the first frame of buf[0..len).  0 with *m (a talloc child of
+ * mem_ctx) and *used (the frame's bytes); EAGAIN if buf holds only part
+ * of a frame (read more); EPROTO if malformed (a length over the maximum
+ * or under 8, known as soon as its 4 bytes are there; a field running
+ * past the frame, an integer field not 8 bytes, a NUL in a string, an
+ * unknown type); EPROTONOSUPPORT for another version; ENOMEM.  Fields may
+ * come in any order; every known one is kept, whatever the type.  On
+ * error nothing is set and nothing stays allocated.
+ */
+int bfs_proto_decode(TALLOC_CTX *mem_ctx, const uint8_t *buf, size_t len,
+		     struct bfs_proto_msg **m, size_t *used)
+	__attribute__((warn_unused_result));
+
+/* "HELLO", "WAIT", ...: for log lines. */
+const char *bfs_proto_type_name(enum bfs_proto_type t);
+
+#endif
