@@ -39,7 +39,7 @@ MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 .PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write \
         fuzz fuzz-build asan-unit valgrind-unit \
         asan install-asan
-all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(UNIT) $(ITEST)
+all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(UNIT) $(ITEST)
 
 deps:
 	@scripts/deps.sh
@@ -101,9 +101,14 @@ $(B)/tests/smbrenopen: tests/integration/smbrenopen.c $(B)/.deps-ok
 
 # Samba's libsmbconf (public, in samba-libs) reads smb.conf for the tool;
 # its headers come from the prepared source tree.
-$(B)/bucketfs-ctl: tools/bucketfs-ctl.c lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
-	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
-	  $< -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
+$(B)/bucketfs-ctl: tools/bucketfs-ctl.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	  tools/bucketfs-ctl.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
+
+# The S3 engine: the same share loading as bucketfs-ctl.
+$(B)/bucketfsd: tools/bucketfsd.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
+	$(CC) $(OPT) $(WARN) -Wno-unused-parameter -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	  tools/bucketfsd.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
 # The module and lib/ again under ASan+UBSan, objects of their own, for
 # tests/sanitize_smbd.py.  It registers as "bucketfs_asan" so it loads next
@@ -136,11 +141,13 @@ install-asan: $(B)/asan/bucketfs_asan.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $< $(MODULESDIR)/vfs/bucketfs_asan.so
 
-install: $(B)/bucketfs.so $(B)/bucketfs-ctl
+install: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd
 	@scripts/check-samba.sh install $(B)/bucketfs.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
 	install -m 0755 $(B)/bucketfs-ctl /usr/local/bin/bucketfs-ctl
+	install -d /usr/local/sbin
+	install -m 0755 $(B)/bucketfsd /usr/local/sbin/bucketfsd
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 

@@ -15,6 +15,7 @@
 /* 2 added src_etag and flags; version 1 records still decode. */
 #define BFS_JREC_VERSION 2
 #define BFS_JREC_OPEN 0x01
+#define BFS_JREC_STARTED 0x02
 
 struct bfs_journal {
 	MDB_env *env;
@@ -104,7 +105,8 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 		.size = r->size,
 		.mtime = r->mtime,
 		.src_etag_len = (uint16_t)el,
-		.flags = r->open ? BFS_JREC_OPEN : 0,
+		.flags = (r->open ? BFS_JREC_OPEN : 0) |
+			 (r->started ? BFS_JREC_STARTED : 0),
 	};
 	uint8_t *p;
 
@@ -163,7 +165,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	memcpy(&h, buf, hl);
 	if ((h.version != 1 && h.version != BFS_JREC_VERSION) ||
 	    h.op < BFS_J_PUT || h.op > BFS_J_ABORT ||
-	    (h.flags & ~BFS_JREC_OPEN) != 0 ||
+	    (h.flags & ~(BFS_JREC_OPEN | BFS_JREC_STARTED)) != 0 ||
 	    len != hl + h.staging_len + h.src_len + h.upload_id_len +
 			   h.src_etag_len) {
 		return EBADMSG;
@@ -174,6 +176,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	r->size = h.size;
 	r->mtime = (time_t)h.mtime;
 	r->open = (h.flags & BFS_JREC_OPEN) != 0;
+	r->started = (h.flags & BFS_JREC_STARTED) != 0;
 	p += hl;
 	r->staging = bfs_jstr(mem_ctx, p, h.staging_len, &bad);
 	p += h.staging_len;
@@ -198,7 +201,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	    (r->src_etag != NULL &&
 	     (r->src == NULL ||
 	      (r->op != BFS_J_PUT && r->op != BFS_J_DELETE))) ||
-	    (r->open && r->op != BFS_J_PUT)) {
+	    ((r->open || r->started) && r->op != BFS_J_PUT)) {
 		return EBADMSG;
 	}
 	return 0;
@@ -296,6 +299,154 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
 		    r.pid == pid) {
 			rc = mdb_del(txn, j->db, &k, NULL);
 		}
+	}
+	talloc_free(tmp);
+	return bfs_journal_commit(j, txn, rc);
+}
+
+/* key's record in txn, decoded into *r (a child of mem_ctx): 0 or an MDB code. */
+static int bfs_journal_txn_get(MDB_txn *txn, MDB_dbi db, TALLOC_CTX *mem_ctx,
+			       const char *key, struct bfs_jrec *r)
+{
+	MDB_val k = {strlen(key), (void *)key}, v;
+	int rc = mdb_get(txn, db, &k, &v);
+
+	if (rc == 0 && bfs_jrec_decode(mem_ctx, v.mv_data, v.mv_size, r) != 0) {
+		rc = MDB_NOTFOUND; /* unreadable: as good as absent */
+	}
+	if (rc == 0) {
+		r->key = talloc_strdup(mem_ctx, key);
+		rc = r->key != NULL ? 0 : ENOMEM;
+	}
+	return rc;
+}
+
+static int bfs_journal_txn_put(MDB_txn *txn, MDB_dbi db,
+			       const struct bfs_jrec *r)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = {strlen(r->key), r->key}, v;
+	void *buf;
+	int rc;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_jrec_encode(tmp, r, &buf, &v.mv_size);
+	if (rc == 0) {
+		v.mv_data = buf;
+		rc = mdb_put(txn, db, &k, &v, 0);
+	}
+	talloc_free(tmp);
+	return rc;
+}
+
+/* Whether cur is the upload (pid, staging) a caller still owns. */
+static bool bfs_jrec_is(const struct bfs_jrec *cur, pid_t pid,
+			const char *staging)
+{
+	return cur->op == BFS_J_PUT && cur->pid == pid && staging != NULL &&
+	       strcmp(cur->staging, staging) == 0;
+}
+
+int bfs_journal_swap(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		     const struct bfs_jrec *r, struct bfs_jrec *old)
+{
+	MDB_txn *txn;
+	int rc;
+
+	if (strlen(r->key) == 0 || strlen(r->key) > 511) {
+		return strlen(r->key) == 0 ? EINVAL : ENAMETOOLONG;
+	}
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	*old = (struct bfs_jrec){0};
+	rc = bfs_journal_txn_get(txn, j->db, mem_ctx, r->key, old);
+	if (rc == MDB_NOTFOUND) {
+		*old = (struct bfs_jrec){0};
+		rc = 0;
+	}
+	if (rc == 0) {
+		rc = bfs_journal_txn_put(txn, j->db, r);
+	}
+	return bfs_journal_commit(j, txn, rc);
+}
+
+int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
+		       const char *staging, const struct bfs_jrec *r)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = {strlen(key), (void *)key};
+	struct bfs_jrec cur;
+	MDB_txn *txn;
+	int rc;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_journal_txn_get(txn, j->db, tmp, key, &cur);
+	if (rc == MDB_NOTFOUND || (rc == 0 && !bfs_jrec_is(&cur, pid, staging))) {
+		mdb_txn_abort(txn);
+		talloc_free(tmp);
+		return ESTALE; /* replaced or finished by someone else */
+	}
+	if (rc == 0) {
+		rc = r != NULL ? bfs_journal_txn_put(txn, j->db, r) :
+				 mdb_del(txn, j->db, &k, NULL);
+	}
+	talloc_free(tmp);
+	return bfs_journal_commit(j, txn, rc);
+}
+
+int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+			 const char *src, pid_t pid, const char *staging,
+			 const struct bfs_jrec *r, struct bfs_jrec *old)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	MDB_val k = {strlen(src), (void *)src};
+	struct bfs_jrec cur;
+	MDB_txn *txn;
+	int rc;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	if (strlen(r->key) == 0 || strlen(r->key) > 511) {
+		talloc_free(tmp);
+		return strlen(r->key) == 0 ? EINVAL : ENAMETOOLONG;
+	}
+	rc = mdb_txn_begin(j->env, NULL, 0, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_journal_txn_get(txn, j->db, tmp, src, &cur);
+	if (rc == MDB_NOTFOUND ||
+	    (rc == 0 && (!bfs_jrec_is(&cur, pid, staging) || cur.started))) {
+		mdb_txn_abort(txn);
+		talloc_free(tmp);
+		return ESTALE; /* its upload began, or it changed: not ours */
+	}
+	if (rc == 0) {
+		rc = mdb_del(txn, j->db, &k, NULL);
+	}
+	*old = (struct bfs_jrec){0};
+	if (rc == 0) {
+		rc = bfs_journal_txn_get(txn, j->db, mem_ctx, r->key, old);
+		if (rc == MDB_NOTFOUND) {
+			*old = (struct bfs_jrec){0};
+			rc = 0;
+		}
+	}
+	if (rc == 0) {
+		rc = bfs_journal_txn_put(txn, j->db, r);
 	}
 	talloc_free(tmp);
 	return bfs_journal_commit(j, txn, rc);

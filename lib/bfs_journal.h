@@ -59,6 +59,9 @@ struct bfs_jrec {
 	bool open;		/* PUT: journalled while the file was open:
 				   the staging file is the file, whatever its
 				   length (size is what it had then) */
+	bool started;		/* PUT: its upload has begun (the engine
+				   marks this; a rename may retarget a PUT
+				   only before) */
 };
 
 struct bfs_journal;
@@ -83,6 +86,38 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
  */
 int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			      pid_t pid, struct bfs_jrec **recs, size_t *n);
+
+/*
+ * Insert or replace the record for r->key, as bfs_journal_put, and return
+ * in *old (a child of mem_ctx) the record it replaced: old->key is NULL
+ * if there was none.  One transaction: whoever reads old can tell whether
+ * its upload had started before it was replaced.
+ */
+int bfs_journal_swap(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+		     const struct bfs_jrec *r, struct bfs_jrec *old)
+	__attribute__((warn_unused_result));
+
+/*
+ * Replace key's record with r (NULL: remove it) only while it is still
+ * the upload (pid, staging) the caller works on; ESTALE if it was
+ * replaced (a newer close of key) or is gone.  A finished or failed
+ * upload never overwrites the record of a newer one this way.
+ */
+int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
+		       const char *staging, const struct bfs_jrec *r)
+	__attribute__((warn_unused_result));
+
+/*
+ * A rename of src, whose upload (pid, staging) has not started: in one
+ * transaction remove src's record and put r (the same upload, to r->key),
+ * returning in *old the record r replaced (old->key NULL: none).  ESTALE
+ * if src's record is another, or its upload began: the caller renames as
+ * for any object.
+ */
+int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
+			 const char *src, pid_t pid, const char *staging,
+			 const struct bfs_jrec *r, struct bfs_jrec *old)
+	__attribute__((warn_unused_result));
 
 /* Whether the process a record names still runs. */
 bool bfs_journal_pid_alive(pid_t pid);

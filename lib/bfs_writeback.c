@@ -214,8 +214,12 @@ static void bfs_wb_upload_started(void *private_data, const char *upload_id)
 	int ret;
 
 	s->rec->upload_id = (char *)upload_id;
-	ret = bfs_journal_put(s->wb->j, s->rec);
+	ret = bfs_journal_update(s->wb->j, s->rec->key, s->rec->pid,
+				 s->rec->staging, s->rec);
 	s->rec->upload_id = NULL;
+	if (ret == ESTALE) {
+		return; /* a newer close of the key replaced us: its record */
+	}
 	if (ret != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot journal multipart upload %s "
 			"of %s: %s (a crash now would leave its parts)",
@@ -304,6 +308,63 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 	talloc_free(tmp);
 }
 
+/*
+ * Whether old, a PUT record another one replaced, waited for an engine
+ * without having started: nobody will upload it, and its staging file
+ * (whose bytes the replacing open copied) is left to whoever replaced it.
+ */
+static bool bfs_wb_put_queued(const struct bfs_jrec *old)
+{
+	return !old->started && !old->open;
+}
+
+/*
+ * An upload finished after its key was deleted or renamed away (by a
+ * client, while the engine uploaded): take the object back out, if S3
+ * still holds the version we made.
+ */
+static void bfs_wb_undo_upload(struct bfs_wb *wb, const char *key,
+			       const char *etag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct s3_object_info info = {0};
+	struct s3_status st = {0};
+	struct tevent_req *req;
+	int ret = ENOMEM;
+
+	if (tmp == NULL || etag == NULL) {
+		talloc_free(tmp);
+		return;
+	}
+	req = s3_head_object_send(tmp, wb->ev, wb->s3, key);
+	if (req != NULL && s3_wait(req, wb->ev)) {
+		ret = s3_head_object_recv(req, tmp, &info, &st);
+	}
+	if (ret == 0 && info.etag != NULL && strcmp(info.etag, etag) == 0) {
+		ret = bfs_wb_delete_key(wb, key, &st);
+		if (ret != 0 && ret != ENOENT) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: %s was deleted while "
+				"its upload ran, and the uploaded object could "
+				"not be removed (%s)", key, strerror(ret));
+		}
+	}
+	talloc_free(tmp);
+}
+
+/* Whether rec is still key's record (no newer close replaced it). */
+static bool bfs_wb_still_ours(struct bfs_wb *wb, const struct bfs_jrec *rec)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	bool ours = tmp != NULL &&
+		    bfs_journal_get(wb->j, tmp, rec->key, &cur) == 0 &&
+		    cur.op == BFS_J_PUT && cur.pid == rec->pid &&
+		    strcmp(cur.staging, rec->staging) == 0;
+
+	talloc_free(tmp);
+	return ours;
+}
+
 /* Run an upload of a journalled record to the end. */
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     bool drop_stage,
@@ -329,13 +390,41 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
 	talloc_free(req);
 	if (ret != 0) {
+		int jret;
+
 		rec->last_error = ret;
-		if (bfs_journal_put(wb->j, rec) != 0) {
+		jret = bfs_journal_update(wb->j, rec->key, rec->pid,
+					  rec->staging, rec);
+		if (jret != 0 && jret != ESTALE) {
 			/* The record from before the upload stays: retried. */
 			bfs_log(BFS_LOG_ERR, "bucketfs: cannot note the failed "
 				"upload of %s in the journal", rec->key);
 		}
 		return ret;
+	}
+	if (!bfs_wb_still_ours(wb, rec)) {
+		/*
+		 * A newer close of the key replaced our record while we
+		 * uploaded: its bytes win, its entry stays pending, and its
+		 * own upload follows.  Ours is in S3 for nothing.  If the
+		 * key was deleted or renamed away instead, ours must go.
+		 */
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		struct bfs_jrec cur;
+
+		if (tmp != NULL &&
+		    (bfs_journal_get(wb->j, tmp, rec->key, &cur) != 0 ||
+		     cur.op != BFS_J_PUT)) {
+			bfs_wb_undo_upload(wb, rec->key, tag);
+		}
+		talloc_free(tmp);
+		if (drop_stage) {
+			bfs_wb_stage_drop(wb, rec->staging);
+		}
+		if (etag != NULL) {
+			*etag = tag;
+		}
+		return 0;
 	}
 	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, tag) != 0) {
 		/* S3 has it; the next listing shows it right. */
@@ -345,7 +434,10 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	if (rec->src != NULL) {
 		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
 	}
-	ret = bfs_journal_done(wb->j, rec->key, rec->pid);
+	ret = bfs_journal_update(wb->j, rec->key, rec->pid, rec->staging, NULL);
+	if (ret == ESTALE) {
+		ret = 0; /* replaced just now: the newer record stays */
+	}
 	if (ret != 0) {
 		/*
 		 * Uploaded, but the record stays: a recovery would upload
@@ -388,6 +480,42 @@ static bool bfs_wb_abort_mpu(struct bfs_wb *wb, const char *key,
 static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
 				 bool gone);
 
+/*
+ * Journal rec, a PUT of rec->key from its staging file, in place of any
+ * earlier record of the key (a failed close, a rename while open, a close
+ * whose upload waits in the engine), and show the new size in the index.
+ * The old name an earlier record still has to delete carries over (into
+ * mem_ctx).  Its staging file, whose bytes the open copied, goes once ours
+ * is journalled, unless its upload is running: then its uploader drops it.
+ */
+static int bfs_wb_journal_upload(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+				 struct bfs_jrec *rec)
+{
+	struct bfs_jrec old;
+	int ret;
+
+	if (bfs_journal_get(wb->j, mem_ctx, rec->key, &old) == 0 &&
+	    old.op == BFS_J_PUT && old.src != NULL &&
+	    strcmp(old.src, rec->key) != 0) {
+		rec->src = old.src;
+		rec->src_etag = old.src_etag;
+	}
+	ret = bfs_journal_swap(wb->j, mem_ctx, rec, &old);
+	if (ret != 0) {
+		return ret;
+	}
+	if (old.key != NULL && old.op == BFS_J_PUT &&
+	    strcmp(old.staging, rec->staging) != 0 &&
+	    (bfs_wb_put_is_ours(&old) || bfs_wb_put_queued(&old))) {
+		bfs_wb_stage_drop(wb, old.staging);
+	}
+	/* Readers see the new size before S3 has the bytes. */
+	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, NULL) != 0) {
+		bfs_wb_index_forget(wb, rec->key);
+	}
+	return 0;
+}
+
 int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  int fd, uint64_t size, time_t mtime,
 		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
@@ -397,9 +525,8 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	struct bfs_jrec rec = {
 		.key = (char *)key, .op = BFS_J_PUT, .pid = getpid(),
 		.size = size, .mtime = mtime, .staging = (char *)name,
+		.started = true, /* by us, now: not for a rename to retarget */
 	};
-	struct bfs_jrec old;
-	const char *superseded = NULL;
 	int ret;
 
 	if (tmp == NULL) {
@@ -411,40 +538,16 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		bfs_wb_stream_abort(wb, key, resume->upload_id);
 		resume = NULL;
 	}
-	/*
-	 * An earlier record of key (a failed close, a rename while open) is
-	 * replaced: the old name it still has to delete carries over, and
-	 * its staging file, whose bytes the open copied, goes once ours is
-	 * journalled.
-	 */
-	if (bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
-	    old.op == BFS_J_PUT) {
-		if (old.src != NULL && strcmp(old.src, key) != 0) {
-			rec.src = old.src;
-			rec.src_etag = old.src_etag;
-		}
-		if (strcmp(old.staging, name) != 0 &&
-		    bfs_wb_put_is_ours(&old)) {
-			superseded = old.staging;
-		}
-	}
 	/* A crash from here on aborts the streamed parts, then uploads. */
 	rec.upload_id = resume != NULL ? (char *)resume->upload_id : NULL;
-	ret = bfs_journal_put(wb->j, &rec);
+	ret = bfs_wb_journal_upload(wb, tmp, &rec);
 	rec.upload_id = NULL;
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
 	}
-	if (superseded != NULL) {
-		bfs_wb_stage_drop(wb, superseded);
-	}
 	if (resume != NULL) {
 		bfs_wb_stream_forget(wb, resume->upload_id, true);
-	}
-	/* Readers see the new size before S3 has the bytes. */
-	if (bfs_wb_index_file(wb, key, size, mtime, NULL) != 0) {
-		bfs_wb_index_forget(wb, key);
 	}
 	ret = bfs_wb_run_upload(wb, &rec, fd, false, resume, mem_ctx, etag,
 				st);
@@ -456,6 +559,78 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
+		     uint64_t size, time_t mtime, pid_t engine)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_PUT, .pid = engine,
+		.size = size, .mtime = mtime, .staging = (char *)name,
+	};
+	int ret = tmp != NULL ? bfs_wb_journal_upload(wb, tmp, &rec) : ENOMEM;
+
+	talloc_free(tmp);
+	return ret;
+}
+
+int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
+		    pid_t engine)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur, old, rec;
+	char *sdir, *sname, *ddir, *dname;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_journal_get(wb->j, tmp, src, &cur);
+	if (ret == 0 && (cur.op != BFS_J_PUT || cur.pid != engine ||
+			 cur.started || cur.open || cur.last_error != 0 ||
+			 cur.upload_id != NULL ||
+			 (cur.src != NULL && strcmp(cur.src, dst) != 0))) {
+		ret = ESTALE;
+	}
+	if (ret == 0) {
+		ret = bfs_key_split(tmp, src, &sdir, &sname);
+	}
+	if (ret == 0) {
+		ret = bfs_key_split(tmp, dst, &ddir, &dname);
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret == ENOENT ? ESTALE : ret;
+	}
+	/*
+	 * The upload goes to dst instead; src, which S3 may hold from
+	 * before, is deleted once dst is up (unless a new file of that name
+	 * is journalled by then).
+	 */
+	rec = cur;
+	rec.key = (char *)dst;
+	rec.src = (char *)src;
+	rec.src_etag = NULL;
+	ret = bfs_journal_retarget(wb->j, tmp, src, engine, cur.staging, &rec,
+				   &old);
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	if (old.key != NULL && old.op == BFS_J_PUT &&
+	    strcmp(old.staging, cur.staging) != 0 &&
+	    (bfs_wb_put_is_ours(&old) || bfs_wb_put_queued(&old))) {
+		bfs_wb_stage_drop(wb, old.staging);
+	}
+	ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
+	if (ret != 0) {
+		/* The journal is right; the next listing fixes the index. */
+		bfs_index_invalidate_dir(wb->idx, sdir);
+		bfs_index_invalidate_dir(wb->idx, ddir);
+	}
+	talloc_free(tmp);
+	return 0;
 }
 
 void bfs_wb_stream_started(struct bfs_wb *wb, const char *key,
@@ -660,8 +835,8 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	struct bfs_jrec rec = {
 		.key = (char *)key, .op = BFS_J_DELETE, .pid = getpid(),
 	};
-	struct bfs_jrec old;
-	bool had_old;
+	struct bfs_jrec old, replaced;
+	bool had_old, queued;
 	int ret;
 
 	if (tmp == NULL) {
@@ -679,16 +854,23 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 		rec.src = old.src;
 		rec.src_etag = old.src_etag;
 	}
-	ret = bfs_journal_put(wb->j, &rec);
+	ret = bfs_journal_swap(wb->j, tmp, &rec, &replaced);
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
 	}
+	/* A close waiting in the engine: it will not upload now. */
+	queued = replaced.key != NULL && replaced.op == BFS_J_PUT &&
+		 replaced.pid != getpid() && bfs_wb_put_queued(&replaced);
 	ret = bfs_wb_run_delete(wb, &rec, st);
+	if (ret == 0 && queued) {
+		bfs_wb_stage_drop(wb, replaced.staging);
+	}
 	if (ret != 0) {
 		/* Nothing changed in S3: the journal says what it said. */
 		int jret = had_old ? bfs_journal_put(wb->j, &old) :
-				     bfs_journal_done(wb->j, key, rec.pid);
+			   queued ? bfs_journal_put(wb->j, &replaced) :
+				    bfs_journal_done(wb->j, key, rec.pid);
 		if (jret != 0) {
 			bfs_log(BFS_LOG_ERR, "bucketfs: cannot restore the journal "
 				"after the failed delete of %s: %s", key,
@@ -884,16 +1066,25 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 
 /* ---- recovery ------------------------------------------------------------------------ */
 
+/*
+ * r may be an element of an array (bfs_journal_claim_orphans'), never a
+ * talloc parent: what is made here hangs off a context of its own.
+ */
 static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 			      struct s3_status *st)
 {
-	char *path = bfs_stage_path(r, wb, r->staging);
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *path = tmp != NULL ? bfs_stage_path(tmp, wb, r->staging) : NULL;
 	struct stat sb;
-	int fd, ret;
+	int fd = -1, ret = 0;
 
+	if (path == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
 	if (r->upload_id != NULL) {
 		/* The dead process's parts: abort, then upload afresh. */
-		struct tevent_req *req = s3_mpu_abort_send(r, wb->ev, wb->s3,
+		struct tevent_req *req = s3_mpu_abort_send(tmp, wb->ev, wb->s3,
 							   r->key,
 							   r->upload_id);
 		if (req != NULL && s3_wait(req, wb->ev)) {
@@ -902,25 +1093,37 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 		talloc_free(req);
 		r->upload_id = NULL;
 	}
-	fd = path != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
-	if (fd == -1) {
-		return path == NULL ? ENOMEM : errno;
+	/* Started: a rename may no longer retarget it (bfs_wb_retarget). */
+	if (!r->started) {
+		r->started = true;
+		ret = bfs_journal_update(wb->j, r->key, r->pid, r->staging, r);
+		if (ret == ESTALE) {
+			ret = 0; /* replaced meanwhile: the newer one is due */
+			goto out;
+		}
+		if (ret != 0) {
+			goto out;
+		}
 	}
-	if (fstat(fd, &sb) != 0) {
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1 || fstat(fd, &sb) != 0) {
 		ret = errno;
-		close(fd);
-		return ret;
+		goto out;
 	}
 	if (r->open) {
 		/* Journalled while still written (a rename): all of it. */
 		r->size = (uint64_t)sb.st_size;
 		r->open = false;
 	} else if ((uint64_t)sb.st_size < r->size) {
-		close(fd);
-		return EIO; /* the staging file lost bytes: keep it for a human */
+		ret = EIO; /* the staging file lost bytes: keep it for a human */
+		goto out;
 	}
-	ret = bfs_wb_run_upload(wb, r, fd, true, NULL, r, NULL, st);
-	close(fd);
+	ret = bfs_wb_run_upload(wb, r, fd, true, NULL, tmp, NULL, st);
+out:
+	if (fd != -1) {
+		close(fd);
+	}
+	talloc_free(tmp);
 	return ret;
 }
 
@@ -950,6 +1153,30 @@ static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 	return ret;
 }
 
+int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st)
+{
+	int ret;
+
+	switch (r->op) {
+	case BFS_J_PUT:
+		return bfs_wb_recover_put(wb, r, st);
+	case BFS_J_COPY:
+		return bfs_wb_recover_copy(wb, r, st);
+	case BFS_J_ABORT:
+		/* Never closed: nothing was promised, drop it all. */
+		if (!bfs_wb_abort_mpu(wb, r->src, r->upload_id)) {
+			return EIO;
+		}
+		if (r->staging != NULL) {
+			bfs_wb_stage_drop(wb, r->staging);
+		}
+		ret = bfs_journal_done(wb->j, r->key, r->pid);
+		return ret;
+	default:
+		return bfs_wb_run_delete(wb, r, st);
+	}
+}
+
 int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
 			       const struct s3_status *st),
@@ -964,31 +1191,8 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 	ret = bfs_journal_claim_orphans(wb->j, tmp, getpid(), &recs, &n);
 	for (i = 0; ret == 0 && i < n; i++) {
 		struct s3_status st = {0};
-		int r;
+		int r = bfs_wb_finish(wb, &recs[i], &st);
 
-		switch (recs[i].op) {
-		case BFS_J_PUT:
-			r = bfs_wb_recover_put(wb, &recs[i], &st);
-			break;
-		case BFS_J_COPY:
-			r = bfs_wb_recover_copy(wb, &recs[i], &st);
-			break;
-		case BFS_J_ABORT:
-			/* Never closed: nothing was promised, drop it all. */
-			r = bfs_wb_abort_mpu(wb, recs[i].src,
-					     recs[i].upload_id) ? 0 : EIO;
-			if (r == 0) {
-				if (recs[i].staging != NULL) {
-					bfs_wb_stage_drop(wb, recs[i].staging);
-				}
-				r = bfs_journal_done(wb->j, recs[i].key,
-						     recs[i].pid);
-			}
-			break;
-		default:
-			r = bfs_wb_run_delete(wb, &recs[i], &st);
-			break;
-		}
 		if (r == 0) {
 			(*done)++;
 			continue;

@@ -60,6 +60,29 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  char **etag, struct s3_status *st);
 
 /*
+ * A close with `bucketfs:close = local`: journal that staging file `name`
+ * (size bytes, no longer written) is to be uploaded as key by the engine,
+ * process `engine`, and show the new size in the index.  Returns once the
+ * record is on disk; S3 is not asked.  The staging file is the engine's
+ * now: it drops it after the upload.  Should the engine die, whoever
+ * opens the journal next (the restarted engine, or an smbd) finishes it.
+ */
+int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
+		     uint64_t size, time_t mtime, pid_t engine)
+	__attribute__((warn_unused_result));
+
+/*
+ * A rename src -> dst of a closed file whose upload waits in the engine
+ * (`engine`) and has not started: the upload goes to dst instead, and src
+ * (which S3 may hold from before) is deleted after it, so no server-side
+ * copy of the bytes is made.  ESTALE if src has no such upload (it began,
+ * failed, or is someone else's): rename as any object.
+ */
+int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
+		    pid_t engine)
+	__attribute__((warn_unused_result));
+
+/*
  * Streaming (bfs_stream.h).  stream_started journals key's upload as
  * one to abort, with its staging file to drop, should this process die
  * before the close (an ABORT record, beside any other record of key).  A close hands the
@@ -113,6 +136,14 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
 		    uint64_t **sizes, size_t *n, struct s3_status *st);
+
+/*
+ * Carry out one journalled change to the end, as its owner (r->pid):
+ * upload, copy and delete, or abort.  0 also when the record turns out to
+ * be replaced by a newer one meanwhile.  On failure the record stays,
+ * with its error.
+ */
+int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st);
 
 /*
  * Finish what dead processes left in the journal.  *done and *failed

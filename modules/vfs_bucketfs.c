@@ -30,6 +30,7 @@
 #endif
 
 #include "bfs_cache.h"
+#include "bfs_engine.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
 #include "bfs_log.h"
@@ -125,6 +126,10 @@ struct bfs_conn {
 	bool stream_parts;	/* send parts while a new file is written */
 	struct bfs_stream_budget stream_budget;
 	struct bfs_fh *open_files;	/* files open in this connection */
+	bool close_local;	/* `bucketfs:close = local` */
+	const char *engine_path;
+	struct bfs_engine *engine;	/* NULL: closes upload themselves */
+	struct tevent_context *engine_ev;	/* smbd's, where it answers */
 	unsigned dir_rename_max;	/* objects a directory rename may move */
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
@@ -152,6 +157,8 @@ struct bfs_fh {
 	bool dirty;		/* staged bytes not yet uploaded */
 	bool deleted;		/* unlinked while open: upload nothing */
 	bool may_stream;	/* a new staging file of this open alone */
+	uint64_t wgen;		/* changes so far: a flush's snapshot is
+				   the file only if none came after */
 	struct bfs_stream *stream;	/* parts sent while writing */
 };
 
@@ -1248,6 +1255,47 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 }
 
 /*
+ * `bucketfs:close = local`: reach the cache folder's engine, starting it
+ * if none runs (smbd starts samba-dcerpcd the same way).  Without one,
+ * closes upload as with `close = s3`: slower, never less safe.
+ */
+static void bfs_connect_engine(struct bfs_conn *bc, struct tevent_context *ev)
+{
+	const char *argv[] = {
+		bc->engine_path, "-s", get_dyn_CONFIGFILE(), bc->service, NULL,
+	};
+	struct bfs_engine_start start = {.argv = argv, .timeout_ms = 5000};
+	int ret;
+
+	become_root();
+	ret = bfs_engine_connect(bc, ev, bc->cache_dir, bc->service, &start,
+				 &bc->engine);
+	unbecome_root();
+	bc->engine_ev = ev;
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: 'bucketfs:close = local', but the "
+			"engine %s could not be started or reached (%s): closes "
+			"on this connection wait for S3\n", bc->service,
+			bc->engine_path, strerror(ret));
+		bc->engine = NULL;
+	}
+}
+
+/* The engine's pid for a hand-over, reaching it again if it went away. */
+static pid_t bfs_engine_now(struct bfs_conn *bc)
+{
+	if (bc->engine == NULL) {
+		return 0;
+	}
+	if (bfs_engine_pid(bc->engine) == 0) {
+		become_root();
+		(void)bfs_engine_reconnect(bc->engine); /* logs its failure */
+		unbecome_root();
+	}
+	return bfs_engine_pid(bc->engine);
+}
+
+/*
  * smbd gives every SMB read a fresh buffer of up to 8 MiB (and our fetches
  * are as large).  glibc maps a buffer that large with mmap and unmaps it on
  * free, so each read faults in and zeroes 2,048 pages: on a cold
@@ -1437,6 +1485,20 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	bc->dir_rename_max = (unsigned)v;
+	{
+		const char *mode = bfs_parm_string(&pc, "close");
+
+		if (mode == NULL || (strcmp(mode, "local") != 0 &&
+				     strcmp(mode, "s3") != 0)) {
+			DBG_ERR("bucketfs: share %s: 'bucketfs:close' must be "
+				"local or s3, not '%s'\n", service,
+				mode ? mode : "");
+			goto inval;
+		}
+		bc->close_local = strcmp(mode, "local") == 0;
+		bc->engine_path = talloc_strdup(bc, bfs_parm_string(&pc,
+								    "engine"));
+	}
 	/* The cache folder is the server's: root's, 0700, whoever connects. */
 	become_root();
 	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);
@@ -1490,6 +1552,9 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto fail;
 	}
 
+	if (bc->close_local) {
+		bfs_connect_engine(bc, handle->conn->sconn->ev_ctx);
+	}
 	SMB_VFS_HANDLE_SET_DATA(handle, bc, NULL, struct bfs_conn,
 				goto nomem);
 	if (reuse_buffers) {
@@ -1971,7 +2036,8 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 	fh->stage_name = name;
 	/* New bytes from zero (smbd may create with one open and write
 	 * through another): they may go up while written. */
-	fh->may_stream = bc->stream_parts && (!keep || fh->size == 0) &&
+	fh->may_stream = bc->stream_parts && bc->engine == NULL &&
+			 (!keep || fh->size == 0) &&
 			 bfs_fh_stream_alone(bc, fh);
 	return 0;
 }
@@ -2063,6 +2129,63 @@ static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 	};
 	bfs_cache_make_id(bc->cfg.bucket, fh->key, etag, bc->block_size,
 			  &fh->obj.id);
+	return 0;
+}
+
+/*
+ * `close = local`: journal fh's staged bytes (staging file `name`, size
+ * bytes) in the engine's name and tell it; the engine uploads them.
+ * ENOTSUP where the caller must upload itself (no engine reachable).
+ */
+static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
+			 const char *name, uint64_t size)
+{
+	pid_t engine = bfs_engine_now(bc);
+	int ret;
+
+	if (engine == 0) {
+		return ENOTSUP;
+	}
+	become_root();
+	ret = bfs_wb_hand_over(bc->wb, fh->key, name, size, fh->mtime, engine);
+	unbecome_root();
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot journal %s for the engine: "
+			"%s; uploading it now\n", bc->service, fh->key,
+			strerror(ret));
+		return ENOTSUP;
+	}
+	if (bfs_engine_notify(bc->engine, fh->key) != 0) {
+		/* It died just now: the next one takes the record over. */
+		(void)bfs_engine_now(bc);
+	}
+	DBG_INFO("bucketfs: share %s: %s (%" PRIu64 " bytes) handed to the "
+		 "engine (pid %d)\n", bc->service, fh->key, size, (int)engine);
+	return 0;
+}
+
+/*
+ * A close with `close = local`: the staging file becomes the engine's.
+ * ENOTSUP where the close uploads as with `close = s3`: nothing to
+ * upload, a stream of parts, another open here still writing the same
+ * staging file, or no engine.
+ */
+static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	int ret;
+
+	if (bc->engine == NULL || !fh->dirty || fh->deleted ||
+	    fh->stage_fd == -1 || fh->stage_name == NULL ||
+	    fh->stream != NULL || bfs_staged_twin(bc, fh->key, fh) != NULL) {
+		return ENOTSUP;
+	}
+	ret = bfs_hand_over(bc, fh, fh->stage_name, bfs_fh_size(fh));
+	if (ret != 0) {
+		return ret;
+	}
+	close(fh->stage_fd);
+	fh->stage_fd = -1;
+	fh->dirty = false;
 	return 0;
 }
 
@@ -2278,7 +2401,8 @@ static int bfs_close(struct vfs_handle_struct *handle, files_struct *fsp)
 	int ret = 0;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
-	if (fh != NULL && fh->writable) {
+	if (fh != NULL && fh->writable &&
+	    bfs_fh_close_local(bc, fh) == ENOTSUP) {
 		ret = bfs_fh_writeback(bc, fh);
 		bfs_fh_stream_drop(bc, fh);
 		if (ret == 0 || fh->deleted) {
@@ -2899,6 +3023,7 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 	done = pwrite(fh->stage_fd, data, n, offset);
 	if (done >= 0) {
 		fh->dirty = true;
+		fh->wgen++;
 		fh->mtime = time(NULL);
 		if (fh->stream != NULL) {
 			bfs_stream_wrote(fh->stream, (uint64_t)offset,
@@ -2977,22 +3102,160 @@ static ssize_t bfs_pwrite_recv(struct tevent_req *req,
 	return bfs_done_recv(req, vfs_aio_state) == 0 ? n : -1;
 }
 
-/* SMB flush: returns once the object is durable in S3. */
+/*
+ * SMB flush: answered once the object is durable in S3.  With an engine,
+ * the flush hands it a snapshot of the staging file (the client may go
+ * on writing meanwhile) and waits for it through smbd's loop; without
+ * one, it uploads here.
+ */
+struct bfs_fsync_state {
+	struct bfs_conn *bc;
+	struct bfs_fh *fh;
+	uint64_t wgen;		/* fh's changes when the snapshot was taken */
+	char *stage_name;	/* what the engine uploads */
+};
+
+static void bfs_fsync_done(struct tevent_req *subreq);
+
+/* A copy of fh's staging file for the engine: 0 with *name. */
+static int bfs_fsync_snapshot(struct bfs_conn *bc, struct bfs_fh *fh,
+			      TALLOC_CTX *mem_ctx, char **name,
+			      uint64_t *size)
+{
+	uint64_t len = bfs_fh_size(fh), off = 0;
+	int fd = -1, ret;
+
+	become_root();
+	ret = bfs_wb_stage_new(bc->wb, mem_ctx, &fd, name);
+	unbecome_root();
+	while (ret == 0 && off < len) {
+		loff_t in = (loff_t)off, out = (loff_t)off;
+		ssize_t n = copy_file_range(fh->stage_fd, &in, fd, &out,
+					    (size_t)MIN(len - off, 1u << 30),
+					    0);
+		if (n <= 0) {
+			ret = n == 0 ? EIO : errno;
+			break;
+		}
+		off += (uint64_t)n;
+	}
+	if (fd != -1) {
+		close(fd);
+	}
+	if (ret != 0 && fd != -1) {
+		become_root();
+		bfs_wb_stage_drop(bc->wb, *name);
+		unbecome_root();
+	}
+	*size = len;
+	return ret;
+}
+
 static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 					 TALLOC_CTX *mem_ctx,
 					 struct tevent_context *ev,
 					 struct files_struct *fsp)
 {
 	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct tevent_req *req, *subreq;
+	struct bfs_fsync_state *state;
 	struct bfs_conn *bc;
+	uint64_t size = 0;
 	int ret = 0;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
 				return bfs_done_req(mem_ctx, ev, EBADF));
-	if (fh != NULL && fh->writable) {
-		ret = bfs_fh_writeback(bc, fh);
+	if (fh == NULL || !fh->writable) {
+		return bfs_done_req(mem_ctx, ev, 0);
 	}
-	return bfs_done_req(mem_ctx, ev, ret);
+	/*
+	 * The engine answers on smbd's loop.  An SMB1 flush waits on a loop
+	 * of its own (smb_vfs_fsync_sync): it uploads here, synchronously.
+	 */
+	if (bc->engine == NULL || ev != bc->engine_ev ||
+	    fh->stream != NULL || fh->deleted ||
+	    (fh->dirty && fh->stage_fd == -1) ||
+	    (!fh->dirty && fh->etag != NULL) || bfs_engine_now(bc) == 0) {
+		ret = bfs_fh_writeback(bc, fh);
+		return bfs_done_req(mem_ctx, ev, ret);
+	}
+	req = tevent_req_create(mem_ctx, &state, struct bfs_fsync_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	state->bc = bc;
+	state->fh = fh;
+	state->wgen = fh->wgen;
+	if (fh->dirty) {
+		ret = bfs_fsync_snapshot(bc, fh, state, &state->stage_name,
+					 &size);
+		if (ret == 0) {
+			ret = bfs_hand_over(bc, fh, state->stage_name, size);
+		}
+		if (ret == ENOTSUP) {
+			ret = bfs_fh_writeback(bc, fh);
+			if (ret == 0) {
+				tevent_req_done(req);
+			} else {
+				tevent_req_error(req, ret);
+			}
+			return tevent_req_post(req, ev);
+		}
+		if (ret != 0) {
+			tevent_req_error(req, ret);
+			return tevent_req_post(req, ev);
+		}
+	}
+	/* Clean but pending: an earlier close's upload, still in the engine. */
+	subreq = bfs_engine_wait_send(state, ev, bc->engine, fh->key,
+				      state->stage_name ? state->stage_name :
+							  "");
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, bfs_fsync_done, req);
+	return req;
+}
+
+static void bfs_fsync_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_fsync_state *state = tevent_req_data(req,
+							struct bfs_fsync_state);
+	struct bfs_fh *fh = state->fh, *o;
+	char *etag = NULL;
+	int ret = bfs_engine_wait_recv(subreq, state, &etag);
+
+	TALLOC_FREE(subreq);
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: flush of %s: the engine's upload "
+			"failed: %s (it stays journalled and is retried)\n",
+			state->bc->service, fh->key, strerror(ret));
+		tevent_req_error(req, ret == EPIPE ? EIO : ret);
+		return;
+	}
+	/* Nothing written since the snapshot: the file is what S3 has. */
+	if (state->stage_name != NULL && fh->wgen == state->wgen) {
+		for (o = state->bc->open_files; o != NULL; o = o->next) {
+			if (o->stage_name != NULL && fh->stage_name != NULL &&
+			    strcmp(o->stage_name, fh->stage_name) == 0) {
+				o->dirty = false;
+			}
+		}
+		fh->dirty = false;
+		if (etag != NULL) {
+			fh->etag = talloc_steal(fh, etag);
+			fh->open_etag = talloc_strdup(fh, etag);
+		}
+	}
+	tevent_req_done(req);
+}
+
+static int bfs_fsync_recv(struct tevent_req *req,
+			  struct vfs_aio_state *vfs_aio_state)
+{
+	return bfs_done_recv(req, vfs_aio_state);
 }
 
 static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
@@ -3018,6 +3281,7 @@ static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
 		bfs_stream_truncated(fh->stream, (uint64_t)offset);
 	}
 	fh->dirty = true;
+	fh->wgen++;
 	fh->mtime = time(NULL);
 	return 0;
 }
@@ -3049,6 +3313,7 @@ static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 					     (uint64_t)(offset + len));
 		}
 		fh->dirty = true;
+		fh->wgen++;
 	}
 	return 0;
 }
@@ -3334,6 +3599,28 @@ static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	return ret;
 }
 
+/* A rename of a file whose upload waits in the engine (bfs_wb_retarget). */
+static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
+			const char *dst_key)
+{
+	int ret;
+
+	if (dst_key == NULL) {
+		return ENOMEM;
+	}
+	become_root();
+	ret = bfs_wb_retarget(bc->wb, src_key, dst_key,
+			      bfs_engine_pid(bc->engine));
+	unbecome_root();
+	if (ret == 0) {
+		(void)bfs_engine_notify(bc->engine, dst_key);
+		DBG_INFO("bucketfs: share %s: %s renamed to %s before its "
+			 "upload began: it goes up under the new name\n",
+			 bc->service, src_key, dst_key);
+	}
+	return ret;
+}
+
 static int bfs_renameat(struct vfs_handle_struct *handle,
 			files_struct *srcfsp,
 			const struct smb_filename *smb_fname_src,
@@ -3388,6 +3675,11 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 		ret = bfs_rename_dir(bc, src_rel, dst_rel);
 	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
 		ret = bfs_rename_staged(bc, staged, dst_rel);
+	} else if (src->etag == NULL && bfs_engine_now(bc) != 0 &&
+		   bfs_retarget(bc, src->key, bfs_key(frame, bc, dst_rel)) ==
+			   0) {
+		/* Its upload, not begun, goes to the new name: no copy. */
+		bfs_rekey_open(bc, src->key, dst_rel);
 	} else if (src->etag == NULL &&
 		   (ret = bfs_wait_other_upload(frame, bc, src_rel, &src)) != 0) {
 		/* logged there */
@@ -3733,7 +4025,7 @@ static struct vfs_fn_pointers bucketfs_fns = {
 	.recvfile_fn = vfs_not_implemented_recvfile,
 	.renameat_fn = bfs_renameat,
 	.fsync_send_fn = bfs_fsync_send,
-	.fsync_recv_fn = bfs_done_recv,
+	.fsync_recv_fn = bfs_fsync_recv,
 	.stat_fn = bfs_stat,
 	.fstat_fn = bfs_fstat,
 	.lstat_fn = bfs_lstat,

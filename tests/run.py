@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hardening import hardening
 
 from smbls import parse_ls
+from engine_tests import engine
 
 from security_soak import security_and_soak
 
@@ -279,6 +280,16 @@ class World:
 {faulty}  bucketfs:prefix = rwstream
   bucketfs:cache dir = {t}/bfscache-rwstream
   bucketfs:stream parts = yes
+[rwlocal]
+  path = /bucketfs/rwlocal
+{faulty}  bucketfs:prefix = rwlocal
+  bucketfs:cache dir = {t}/bfscache-rwlocal
+  bucketfs:close = local
+[rwlocal2]
+  path = /bucketfs/rwlocal2
+{faulty}  bucketfs:prefix = rwlocal
+  bucketfs:cache dir = {t}/bfscache-rwlocal
+  bucketfs:close = local
 [syncread]
   path = /bucketfs/syncread
 {common}  bucketfs:bucket = {BUCKET}
@@ -386,6 +397,10 @@ class World:
         self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
                                "smbd-stdout", env=env)
         wait_port(self.smb_port, "smbd")
+        # Engines (bucketfsd) smbd started outlive it, as they do for an admin.
+        self.cleanups = getattr(self, "cleanups", [])
+        self.cleanups.append(lambda: subprocess.run(
+            ["pkill", "-KILL", "-f", f"bucketfsd -s {self.conf} "], check=False))
 
     def start_extra_smbd(self, name, shares, env):
         """A second smbd with its own port and folders (another environment)."""
@@ -538,6 +553,8 @@ def main():
             aws_behaviours(w, test, free_port, wait_port, sha256)
         if only in ("", "rgw"):
             rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
+        if only in ("", "engine"):
+            engine(w, test, sha256)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:

@@ -22,10 +22,9 @@
 #include <talloc.h>
 #include <tevent.h>
 
-#include "smbconf.h"
-#include "smbconf_txt.h"
-
+#include "ctl_share.h"
 #include "bfs_cache.h"
+#include "bfs_engine.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
 #include "bfs_params.h"
@@ -35,261 +34,6 @@
 #include "s3_imds.h"
 #include "s3_ops.h"
 
-#define CTL_DEFAULT_CONF "/etc/samba/smb.conf"
-
-struct ctl {
-	TALLOC_CTX *mem;
-	const char *share;
-	struct smbconf_ctx *conf;
-	/* the share's parameters */
-	const char *bucket, *prefix, *cache_dir;
-	uint64_t cache_size;
-	uint32_t block_size;
-};
-
-/*
- * Everything the tool opened hangs off this, freed on every exit (ctl_die's
- * too): a cache opener that vanishes without closing reads as a crash to
- * the next one, which then checks the whole cache.
- */
-static TALLOC_CTX *ctl_mem;
-
-static void ctl_close_all(void)
-{
-	TALLOC_FREE(ctl_mem);
-}
-
-/* One clear line and a non-zero exit: what every error of this tool is. */
-static void __attribute__((noreturn, format(printf, 1, 2)))
-ctl_die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "bucketfs-ctl: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	exit(1);
-}
-
-/* ---- smb.conf ------------------------------------------------------------------ */
-
-static const char *ctl_param(struct ctl *c, const char *name, const char *def)
-{
-	char *key = talloc_asprintf(c->mem, "bucketfs:%s", name), *v = NULL;
-
-	if (SBC_ERROR_IS_OK(smbconf_get_parameter(c->conf, c->mem, c->share,
-						  key, &v)) ||
-	    SBC_ERROR_IS_OK(smbconf_get_parameter(c->conf, c->mem, "global",
-						  key, &v))) {
-		return v;
-	}
-	return def;
-}
-
-/* The share's value, else [global]'s, else NULL: for lib/bfs_params. */
-static const char *ctl_get(void *priv, const char *name)
-{
-	return ctl_param(priv, name, NULL);
-}
-
-/*
- * Parameters as the module reads them (lib/bfs_params: one table of
- * types, defaults and bounds); a bad value ends the tool with the line
- * the module would log.
- */
-static void ctl_bad(struct ctl *c, const char *name,
-		    const struct bfs_pbad *bad)
-{
-	ctl_die("share [%s]: 'bucketfs:%s' must be %s, not '%s'", c->share,
-		name, bad->want, bad->value ? bad->value : "");
-}
-
-static bool ctl_bool(struct ctl *c, const char *name)
-{
-	const struct bfs_psrc src = {ctl_get, c};
-	struct bfs_pbad bad;
-	bool v = false;
-
-	if (bfs_pget_bool(&src, name, &v, &bad) != 0) {
-		ctl_bad(c, name, &bad);
-	}
-	return v;
-}
-
-static int64_t ctl_int(struct ctl *c, const char *name)
-{
-	const struct bfs_psrc src = {ctl_get, c};
-	struct bfs_pbad bad;
-	int64_t v = 0;
-
-	if (bfs_pget_int(&src, name, &v, &bad) != 0) {
-		ctl_bad(c, name, &bad);
-	}
-	return v;
-}
-
-static uint64_t ctl_size(struct ctl *c, const char *name)
-{
-	const struct bfs_psrc src = {ctl_get, c};
-	struct bfs_pbad bad;
-	uint64_t v = 0;
-
-	if (bfs_pget_size(&src, name, &v, &bad) != 0) {
-		ctl_bad(c, name, &bad);
-	}
-	return v;
-}
-
-static const char *ctl_string(struct ctl *c, const char *name)
-{
-	const struct bfs_psrc src = {ctl_get, c};
-	struct bfs_pbad bad;
-	const char *v = NULL;
-
-	if (bfs_pget_string(&src, name, &v, &bad) != 0) {
-		ctl_bad(c, name, &bad);
-	}
-	return v;
-}
-
-static void ctl_load(struct ctl *c, const char *conf_path)
-{
-	bool exists = false;
-	char *share_prefix;
-
-	if (!SBC_ERROR_IS_OK(smbconf_init_txt(c->mem, &c->conf, conf_path))) {
-		ctl_die("cannot read %s", conf_path);
-	}
-	exists = smbconf_share_exists(c->conf, c->share);
-	if (!exists) {
-		ctl_die("%s has no share [%s]", conf_path, c->share);
-	}
-	c->bucket = ctl_param(c, "bucket", NULL);
-	if (c->bucket == NULL || c->bucket[0] == '\0') {
-		ctl_die("share [%s] in %s has no 'bucketfs:bucket': not a "
-			"bucketfs share?", c->share, conf_path);
-	}
-	share_prefix = talloc_strdup(c->mem, ctl_string(c, "prefix"));
-	while (share_prefix[0] == '/') {
-		share_prefix++;
-	}
-	c->prefix = talloc_asprintf(c->mem, "%s%s", share_prefix,
-				    share_prefix[0] != '\0' &&
-						    share_prefix[strlen(share_prefix) - 1] != '/' ?
-					    "/" : "");
-	c->cache_dir = ctl_param(c, "cache dir", NULL);
-	if (c->cache_dir == NULL || c->cache_dir[0] == '\0') {
-		c->cache_dir = talloc_asprintf(c->mem, "/var/cache/bucketfs/%s",
-					       c->share);
-	}
-	c->cache_size = ctl_size(c, "cache size");
-	c->block_size = (uint32_t)ctl_size(c, "block size");
-	if (c->cache_size == 0 || c->block_size == 0) {
-		ctl_die("share [%s]: bad 'bucketfs:cache size' or 'block size'",
-			c->share);
-	}
-}
-
-static char *ctl_sub(struct ctl *c, const char *what)
-{
-	return talloc_asprintf(c->mem, "%s/%s", c->cache_dir, what);
-}
-
-static struct bfs_index *ctl_index(struct ctl *c)
-{
-	struct bfs_index *idx = NULL;
-	const char *why = NULL;
-	int ret = bfs_index_open(c->mem, ctl_sub(c, "index"), c->bucket, &idx,
-				 &why);
-
-	if (ret != 0) {
-		ctl_die("index in %s: %s", c->cache_dir, why ? why : strerror(ret));
-	}
-	return idx;
-}
-
-static struct bfs_cache *ctl_cache(struct ctl *c)
-{
-	struct bfs_cache *cache = NULL;
-	const char *why = NULL;
-	int ret = bfs_cache_open(c->mem, ctl_sub(c, "cache"), c->cache_size,
-				 c->block_size, &cache, &why);
-
-	if (ret != 0) {
-		ctl_die("cache in %s: %s", c->cache_dir, why ? why : strerror(ret));
-	}
-	return cache;
-}
-
-static struct bfs_stats *ctl_stats_db(struct ctl *c)
-{
-	struct bfs_stats *st = NULL;
-	const char *why = NULL;
-	int ret = bfs_stats_open(c->mem, ctl_sub(c, "stats"), &st, &why);
-
-	if (ret != 0) {
-		ctl_die("statistics in %s: %s", c->cache_dir,
-			why ? why : strerror(ret));
-	}
-	return st;
-}
-
-static struct bfs_journal *ctl_journal(struct ctl *c)
-{
-	struct bfs_journal *j = NULL;
-	const char *why = NULL;
-	int ret = bfs_journal_open(c->mem, ctl_sub(c, "journal"), &j, &why);
-
-	if (ret != 0) {
-		ctl_die("journal in %s: %s", c->cache_dir, why ? why : strerror(ret));
-	}
-	return j;
-}
-
-/* An S3 client with the share's endpoint and the credential chain. */
-static struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev)
-{
-	struct s3_client_config cfg = {0};
-	const char *why = NULL, *source = NULL, *file;
-	const char *home = getenv("HOME");
-	struct s3_client *s3;
-	time_t expire;
-	int ret;
-
-	cfg.bucket = c->bucket;
-	cfg.region = ctl_string(c, "region");
-	cfg.endpoint = ctl_param(c, "endpoint", NULL);
-	cfg.path_style = ctl_bool(c, "path style");
-	cfg.verify_tls = ctl_bool(c, "verify tls");
-	cfg.ca_file = ctl_param(c, "ca file", NULL);
-	cfg.max_requests = (unsigned)ctl_int(c, "max requests");
-	cfg.max_retries = (unsigned)ctl_int(c, "retries");
-	cfg.request_timeout_ms =
-		1000 * (unsigned)ctl_int(c, "request timeout");
-	cfg.anonymous = ctl_bool(c, "anonymous");
-	cfg.requester_pays = ctl_bool(c, "requester pays");
-	file = ctl_string(c, "credentials file");
-	ret = cfg.anonymous ? 0 :
-		s3_creds_resolve(c->mem, file, ctl_string(c, "profile"), home,
-				 &cfg.creds, &source, &why);
-	/* As the module: the instance role only when no file is named. */
-	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
-	    ctl_bool(c, "imds")) {
-		ret = s3_imds_fetch(c->mem, ctl_string(c, "imds endpoint"),
-				    1000, &cfg.creds, &expire, &why);
-	}
-	if (ret != 0) {
-		ctl_die("share [%s]: %s", c->share, why ? why : strerror(ret));
-	}
-	s3 = s3_client_new(c->mem, ev, &cfg);
-	if (s3 == NULL) {
-		ctl_die("share [%s]: bad endpoint '%s'", c->share,
-			cfg.endpoint ? cfg.endpoint : "(default)");
-	}
-	return s3;
-}
 
 static void ctl_size_str(uint64_t v, char out[32])
 {
@@ -420,6 +164,42 @@ static int ctl_pending(struct ctl *c, int argc, char **argv)
 	if (n == 0 && isatty(STDOUT_FILENO)) {
 		printf("nothing pending: every change is in S3\n");
 	}
+	return 0;
+}
+
+/* ---- engine ------------------------------------------------------------------------- */
+
+/* The cache folder's engine (bucketfsd): whether it runs, what it did. */
+static int ctl_engine(struct ctl *c, int argc, char **argv)
+{
+	struct tevent_context *ev = tevent_context_init(c->mem);
+	struct bfs_engine_start start = {.argv = NULL, .timeout_ms = 2000};
+	struct bfs_engine_state st;
+	struct bfs_engine *e = NULL;
+	char sz[32];
+	int ret;
+
+	(void)argc, (void)argv;
+	if (ev == NULL) {
+		ctl_die("out of memory");
+	}
+	ret = bfs_engine_connect(c->mem, ev, c->cache_dir, c->share, &start, &e);
+	if (ret == ENOENT) {
+		printf("no engine runs for %s (smbd starts one for a share "
+		       "with 'bucketfs:close = local')\n", c->cache_dir);
+		return 0;
+	}
+	if (ret == 0) {
+		ret = bfs_engine_status(e, 2000, &st);
+	}
+	if (ret != 0) {
+		ctl_die("the engine of %s does not answer: %s", c->cache_dir,
+			strerror(ret));
+	}
+	ctl_size_str(st.bytes, sz);
+	printf("engine pid %d: %" PRIu64 " uploads waiting, %" PRIu64
+	       " done (%s), %" PRIu64 " failed since it started\n",
+	       (int)st.pid, st.pending, st.uploaded, sz, st.failed);
 	return 0;
 }
 
@@ -718,7 +498,7 @@ static void ctl_warm_index(struct ctl *c, const struct ctl_obj *objs,
 static int ctl_warm(struct ctl *c, int argc, char **argv)
 {
 	struct tevent_context *ev = tevent_context_init(c->mem);
-	struct s3_client *s3 = ctl_s3(c, ev);
+	struct s3_client *s3 = ctl_s3(c, ev, NULL);
 	struct bfs_cache *cache = ctl_cache(c);
 	struct ctl_warm w = {.c = c, .ev = ev, .tty = isatty(STDOUT_FILENO)};
 	uint64_t budget = 0, used = 0, blocks = 0;
@@ -944,6 +724,9 @@ static const struct ctl_verb ctl_verbs[] = {
 	 "process, flushed every 'bucketfs:metrics interval' seconds)"},
 	{"pending", ctl_pending, "pending",
 	 "uploads, renames and deletes not yet durable in S3, one per line"},
+	{"engine", ctl_engine, "engine",
+	 "whether the cache folder's S3 engine (bucketfsd) runs, its pid, "
+	 "and the uploads it holds, did and failed"},
 	{"invalidate", ctl_invalidate, "invalidate PREFIX",
 	 "forget the listings, index entries and cached blocks under PREFIX "
 	 "(relative to the share; \"\" for all): the next access asks S3"},

@@ -7,11 +7,16 @@ keeps one while things around it change.
 Reads commands from stdin, one a line, and answers each with one line:
   ls DIR          -> "ok NAME NAME ..." (names of the directory)
   get PATH LOCAL  -> "ok SIZE" once PATH's bytes are in LOCAL
+  write PATH LOCAL -> "ok SIZE": PATH created (or truncated) and LOCAL's
+                     bytes written to it, in 1 MiB writes; it stays open
+  flush PATH      -> "ok SECONDS" once the SMB2 FLUSH of open PATH answers
+  close PATH      -> "ok SECONDS" once the close of open PATH answers
   quit
 A failure answers "err STATUS" (the NT status name).  Debian's
 python3-impacket under /usr/bin/python3, over SMB 3.0 (see fsattr.py).
 """
 import sys
+import time
 
 from impacket import smb3structs as s3
 from impacket.smbconnection import SMBConnection, SessionError
@@ -22,6 +27,8 @@ def main():
     conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=port,
                          preferredDialect=s3.SMB2_DIALECT_30, timeout=120)
     conn.login(user, password)
+    tid = None  # connected at the first write: ls and get connect their own
+    open_files = {}
     print("ok connected", flush=True)
     for line in sys.stdin:
         words = line.split()
@@ -38,6 +45,27 @@ def main():
                     conn.getFile(share, words[1], out.write)
                     size = out.tell()
                 print(f"ok {size}", flush=True)
+            elif words[0] == "write":
+                tid = tid if tid is not None else conn.connectTree(share)
+                fid = conn.createFile(tid, words[1], desiredAccess=s3.FILE_READ_DATA |
+                                      s3.FILE_WRITE_DATA, shareMode=s3.FILE_SHARE_READ,
+                                      creationDisposition=s3.FILE_OVERWRITE_IF)
+                open_files[words[1]] = fid
+                size = 0
+                with open(words[2], "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        conn.writeFile(tid, fid, chunk, size)
+                        size += len(chunk)
+                print(f"ok {size}", flush=True)
+            elif words[0] in ("flush", "close"):
+                fid = open_files[words[1]]
+                start = time.monotonic()
+                if words[0] == "flush":
+                    conn.getSMBServer().flush(tid, fid)
+                else:
+                    conn.closeFile(tid, fid)
+                    del open_files[words[1]]
+                print(f"ok {time.monotonic() - start:.3f}", flush=True)
             else:
                 print("err unknown command", flush=True)
         except SessionError as e:

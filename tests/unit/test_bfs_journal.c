@@ -341,6 +341,126 @@ static void test_index_put_rename_remove(void **state)
 	talloc_free(t);
 }
 
+/*
+ * The engine's records: a swap says what it replaced, an update or a
+ * removal happens only while the record is still the caller's upload,
+ * and a rename moves an upload only before it started.
+ */
+static void test_swap_update_retarget(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	pid_t engine = getpid() + 1;
+	struct bfs_jrec a = {
+		.key = "run/ckpt.tmp", .op = BFS_J_PUT, .pid = engine,
+		.size = 10, .staging = "s-a",
+	}, b = a, old, got, moved;
+
+	assert_int_equal(bfs_journal_swap(j, t, &a, &old), 0);
+	assert_null(old.key);
+	b.staging = "s-b";
+	assert_int_equal(bfs_journal_swap(j, t, &b, &old), 0);
+	assert_string_equal(old.key, "run/ckpt.tmp");
+	assert_string_equal(old.staging, "s-a");
+	assert_false(old.started);
+	/* a's uploader finishing or failing leaves b's record alone. */
+	a.last_error = EIO;
+	assert_int_equal(bfs_journal_update(j, a.key, engine, "s-a", &a), ESTALE);
+	assert_int_equal(bfs_journal_update(j, a.key, engine, "s-a", NULL), ESTALE);
+	assert_int_equal(bfs_journal_update(j, b.key, engine + 1, "s-b", NULL),
+			 ESTALE);
+	assert_int_equal(bfs_journal_get(j, t, b.key, &got), 0);
+	assert_string_equal(got.staging, "s-b");
+	assert_int_equal(got.last_error, 0);
+	/* Not started: a rename moves it, and says what the target had. */
+	moved = b;
+	moved.key = "run/ckpt.pt";
+	moved.src = "run/ckpt.tmp";
+	assert_int_equal(bfs_journal_retarget(j, t, b.key, engine, "s-b",
+					      &moved, &old), 0);
+	assert_null(old.key);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.tmp", &got), ENOENT);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
+	assert_string_equal(got.src, "run/ckpt.tmp");
+	/* Started: no more retargets; the flag round-trips. */
+	moved.started = true;
+	assert_int_equal(bfs_journal_update(j, moved.key, engine, "s-b", &moved),
+			 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
+	assert_true(got.started);
+	b.key = "run/other";
+	assert_int_equal(bfs_journal_retarget(j, t, "run/ckpt.pt", engine,
+					      "s-b", &b, &old), ESTALE);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
+	/* Its uploader is done: gone. */
+	assert_int_equal(bfs_journal_update(j, "run/ckpt.pt", engine, "s-b",
+					    NULL), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), ENOENT);
+	talloc_free(t);
+}
+
+/*
+ * A close handed to the engine: journalled in its name, pending in the
+ * index; a later close replaces it and drops the first staging file; a
+ * rename before the upload starts moves record and entry.
+ */
+static void test_hand_over_and_retarget(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	char *d = test_tmpdir(t, "bfs-handover");
+	char *staging = talloc_asprintf(t, "%s.staging", d);
+	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
+	struct bfs_index *idx = NULL;
+	const char *why = NULL;
+	struct bfs_entry e;
+	struct bfs_jrec got;
+	struct bfs_wb *wb;
+	pid_t engine = getpid() + 1;
+	char *n1, *n2, *path;
+	int fd;
+
+	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
+	wb = bfs_wb_new(t, NULL, NULL, idx, j, staging, &params);
+	assert_non_null(wb);
+	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n1), 0);
+	close(fd);
+	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n2), 0);
+	close(fd);
+	assert_int_equal(bfs_wb_hand_over(wb, "run/ckpt.tmp", n1, 3, 1, engine),
+			 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.tmp", &got), 0);
+	assert_int_equal(got.pid, engine);
+	assert_false(got.started);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.tmp", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_int_equal(e.size, 3);
+	/* A second close before the upload began: the first file goes. */
+	assert_int_equal(bfs_wb_hand_over(wb, "run/ckpt.tmp", n2, 5, 2, engine),
+			 0);
+	path = talloc_asprintf(t, "%s/%s", staging, n1);
+	assert_int_equal(access(path, F_OK), -1);
+	path = talloc_asprintf(t, "%s/%s", staging, n2);
+	assert_int_equal(access(path, F_OK), 0);
+	/* Someone else's upload is not retargeted. */
+	assert_int_equal(bfs_wb_retarget(wb, "run/ckpt.tmp", "run/ckpt.pt",
+					 engine + 1), ESTALE);
+	assert_int_equal(bfs_wb_retarget(wb, "run/ckpt.tmp", "run/ckpt.pt",
+					 engine), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
+	assert_string_equal(got.staging, n2);
+	assert_string_equal(got.src, "run/ckpt.tmp");
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.tmp", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt.pt", &e), 0);
+	assert_int_equal(e.size, 5);
+	assert_int_equal(bfs_wb_retarget(wb, "run/nothing", "run/x", engine),
+			 ESTALE);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -352,6 +472,8 @@ int main(void)
 		cmocka_unit_test(test_version_1_records_decode),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_index_put_rename_remove),
+		cmocka_unit_test(test_swap_update_retarget),
+		cmocka_unit_test(test_hand_over_and_retarget),
 	};
 	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
 }

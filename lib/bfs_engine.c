@@ -1,0 +1,645 @@
+/*
+ * The module's side of bucketfsd (see bfs_engine.h).
+ */
+#include "bfs_engine.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bfs_log.h"
+#include "bfs_proto.h"
+
+/* How often a wait whose engine went away tries to reach a new one. */
+#define BFS_ENGINE_WAIT_TRIES 5
+#define BFS_ENGINE_RETRY_MS 200
+
+struct bfs_engine_wait_state;
+
+struct bfs_engine {
+	struct tevent_context *ev;
+	char *cache_dir, *share, *sock_path;
+	char **argv;		/* NULL: never start one */
+	unsigned timeout_ms;
+	int fd;
+	struct tevent_fd *fde;
+	pid_t pid;
+	uint8_t *in, *out;
+	size_t in_len, out_len;
+	uint32_t next_id;
+	struct bfs_engine_wait_state *waits;
+	struct tevent_timer *retry_te;
+	unsigned retries;
+};
+
+struct bfs_engine_wait_state {
+	struct bfs_engine_wait_state *prev, *next;
+	struct tevent_req *req;
+	struct bfs_engine *e;
+	char *key, *staging, *etag;
+	uint32_t id;		/* 0: not asked on the current connection */
+};
+
+static int64_t bfs_now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void bfs_engine_lost(struct bfs_engine *e);
+static void bfs_engine_schedule_retry(struct bfs_engine *e);
+static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
+			  uint16_t flags, void *private_data);
+
+static void bfs_engine_close(struct bfs_engine *e)
+{
+	TALLOC_FREE(e->fde);
+	if (e->fd != -1) {
+		close(e->fd);
+		e->fd = -1;
+	}
+	e->pid = 0;
+	e->in_len = e->out_len = 0;
+}
+
+static int bfs_engine_destructor(struct bfs_engine *e)
+{
+	bfs_engine_close(e);
+	return 0;
+}
+
+/* Blocking send of a whole buffer, until deadline (ms, monotonic). */
+static int bfs_engine_send_all(int fd, const uint8_t *p, size_t len,
+			       int64_t deadline)
+{
+	while (len > 0) {
+		struct pollfd pfd = {.fd = fd, .events = POLLOUT};
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		int64_t left;
+
+		if (n > 0) {
+			p += n;
+			len -= (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			return errno;
+		}
+		left = deadline - bfs_now_ms();
+		if (left <= 0) {
+			return ETIMEDOUT;
+		}
+		poll(&pfd, 1, (int)left);
+	}
+	return 0;
+}
+
+/* Blocking read of one message, until deadline. */
+static int bfs_engine_recv_one(struct bfs_engine *e, TALLOC_CTX *mem_ctx,
+			       int64_t deadline, struct bfs_proto_msg **m)
+{
+	for (;;) {
+		struct pollfd pfd = {.fd = e->fd, .events = POLLIN};
+		uint8_t buf[4096];
+		size_t used = 0;
+		int64_t left;
+		ssize_t n;
+		int ret = bfs_proto_decode(mem_ctx, e->in, e->in_len, m, &used);
+
+		if (ret == 0) {
+			memmove(e->in, e->in + used, e->in_len - used);
+			e->in_len -= used;
+			return 0;
+		}
+		if (ret != EAGAIN) {
+			return ret;
+		}
+		left = deadline - bfs_now_ms();
+		if (left <= 0) {
+			return ETIMEDOUT;
+		}
+		if (poll(&pfd, 1, (int)left) <= 0) {
+			continue;
+		}
+		n = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		if (n == 0) {
+			return EPIPE;
+		}
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR) {
+				continue;
+			}
+			return errno;
+		}
+		e->in = talloc_realloc(e, e->in, uint8_t, e->in_len + (size_t)n);
+		if (e->in == NULL) {
+			e->in_len = 0;
+			return ENOMEM;
+		}
+		memcpy(e->in + e->in_len, buf, (size_t)n);
+		e->in_len += (size_t)n;
+	}
+}
+
+/* One try: connect to the socket and say HELLO.  ENOENT: nobody there. */
+static int bfs_engine_try(struct bfs_engine *e, int64_t deadline)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	struct bfs_proto_msg hello = {
+		.type = BFS_PM_HELLO, .id = ++e->next_id, .share = e->share,
+		.cache_dir = e->cache_dir,
+	}, *welcome = NULL;
+	TALLOC_CTX *tmp;
+	uint8_t *buf;
+	size_t len;
+	int ret;
+
+	bfs_engine_close(e);
+	if (strlen(e->sock_path) >= sizeof(sa.sun_path)) {
+		return ENAMETOOLONG;
+	}
+	strcpy(sa.sun_path, e->sock_path);
+	e->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (e->fd == -1) {
+		return errno;
+	}
+	if (connect(e->fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		ret = errno;
+		bfs_engine_close(e);
+		/* No socket, or a dead engine's: start one. */
+		return ret == ECONNREFUSED || ret == ENOENT ? ENOENT : ret;
+	}
+	tmp = talloc_new(NULL);
+	ret = tmp ? bfs_proto_encode(tmp, &hello, &buf, &len) : ENOMEM;
+	if (ret == 0) {
+		ret = bfs_engine_send_all(e->fd, buf, len, deadline);
+	}
+	while (ret == 0) {
+		ret = bfs_engine_recv_one(e, tmp, deadline, &welcome);
+		if (ret == 0 && welcome->type == BFS_PM_WELCOME &&
+		    welcome->id == hello.id) {
+			break;
+		}
+	}
+	if (ret == 0 && welcome->pid == 0) {
+		ret = EPROTO;
+	}
+	if (ret == 0) {
+		e->pid = (pid_t)welcome->pid;
+		e->fde = tevent_add_fd(e->ev, e, e->fd, TEVENT_FD_READ,
+				       bfs_engine_io, e);
+		ret = e->fde != NULL ? 0 : ENOMEM;
+	}
+	talloc_free(tmp);
+	if (ret != 0) {
+		/* An engine that ended as we came: as if none ran. */
+		bfs_engine_close(e);
+		return ret == EPIPE || ret == ECONNRESET ? ENOENT : ret;
+	}
+	return 0;
+}
+
+/*
+ * Start bucketfsd detached from us: a child that forks it and exits at
+ * once (reaped here), so that the engine is never this process's child.
+ */
+static int bfs_engine_spawn(struct bfs_engine *e)
+{
+	pid_t pid = fork(), got;
+	int status = 0;
+
+	if (pid == -1) {
+		return errno;
+	}
+	if (pid == 0) {
+		sigset_t none;
+
+		sigemptyset(&none);
+		sigprocmask(SIG_SETMASK, &none, NULL);
+		if (fork() != 0) {
+			_exit(0);
+		}
+		setsid();
+		closefrom(3);
+		execv(e->argv[0], e->argv);
+		_exit(127);
+	}
+	do {
+		got = waitpid(pid, &status, 0);
+	} while (got == -1 && errno == EINTR);
+	return 0;
+}
+
+int bfs_engine_reconnect(struct bfs_engine *e)
+{
+	int64_t deadline = bfs_now_ms() + e->timeout_ms;
+	bool started = false;
+	int ret;
+
+	for (;;) {
+		ret = bfs_engine_try(e, deadline);
+		if (ret != ENOENT || e->argv == NULL) {
+			break;
+		}
+		if (!started) {
+			ret = bfs_engine_spawn(e);
+			if (ret != 0) {
+				break;
+			}
+			started = true;
+		}
+		if (bfs_now_ms() >= deadline) {
+			ret = ETIMEDOUT;
+			break;
+		}
+		poll(NULL, 0, 20); /* it is starting: its socket comes soon */
+	}
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot reach the "
+			"engine of %s%s: %s (its log: %s/" BFS_ENGINE_LOG ")",
+			e->share, e->cache_dir,
+			started ? ", started just now" : "", strerror(ret),
+			e->cache_dir);
+	}
+	return ret;
+}
+
+int bfs_engine_connect(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+		       const char *cache_dir, const char *share,
+		       const struct bfs_engine_start *start,
+		       struct bfs_engine **out)
+{
+	struct bfs_engine *e = talloc_zero(mem_ctx, struct bfs_engine);
+	int ret;
+
+	if (e == NULL) {
+		return ENOMEM;
+	}
+	e->fd = -1;
+	talloc_set_destructor(e, bfs_engine_destructor);
+	e->ev = ev;
+	e->cache_dir = talloc_strdup(e, cache_dir);
+	e->share = talloc_strdup(e, share);
+	e->sock_path = talloc_asprintf(e, "%s/" BFS_ENGINE_SOCKET, cache_dir);
+	e->timeout_ms = start != NULL ? start->timeout_ms : 2000;
+	if (start != NULL && start->argv != NULL) {
+		size_t n = 0, i;
+
+		while (start->argv[n] != NULL) {
+			n++;
+		}
+		e->argv = talloc_zero_array(e, char *, n + 1);
+		for (i = 0; e->argv != NULL && i < n; i++) {
+			e->argv[i] = talloc_strdup(e->argv, start->argv[i]);
+			if (e->argv[i] == NULL) {
+				TALLOC_FREE(e->argv);
+			}
+		}
+		if (e->argv == NULL) {
+			talloc_free(e);
+			return ENOMEM;
+		}
+	}
+	if (e->cache_dir == NULL || e->share == NULL || e->sock_path == NULL) {
+		talloc_free(e);
+		return ENOMEM;
+	}
+	ret = bfs_engine_reconnect(e);
+	if (ret != 0) {
+		talloc_free(e);
+		return ret;
+	}
+	*out = e;
+	return 0;
+}
+
+pid_t bfs_engine_pid(const struct bfs_engine *e)
+{
+	return e->pid;
+}
+
+/* Queue a message; the socket takes it now or when writable. */
+static int bfs_engine_queue(struct bfs_engine *e, const struct bfs_proto_msg *m)
+{
+	uint8_t *buf;
+	size_t len;
+	ssize_t n;
+	int ret;
+
+	if (e->fd == -1) {
+		return EPIPE;
+	}
+	ret = bfs_proto_encode(e, m, &buf, &len);
+	if (ret != 0) {
+		return ret;
+	}
+	if (e->out_len == 0) {
+		n = send(e->fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n == (ssize_t)len) {
+			talloc_free(buf);
+			return 0;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			ret = errno;
+			talloc_free(buf);
+			return ret;
+		}
+		if (n < 0) {
+			n = 0;
+		}
+	} else {
+		n = 0;
+	}
+	e->out = talloc_realloc(e, e->out, uint8_t,
+				e->out_len + len - (size_t)n);
+	if (e->out == NULL) {
+		e->out_len = 0;
+		talloc_free(buf);
+		return ENOMEM;
+	}
+	memcpy(e->out + e->out_len, buf + n, len - (size_t)n);
+	e->out_len += len - (size_t)n;
+	talloc_free(buf);
+	TEVENT_FD_WRITEABLE(e->fde);
+	return 0;
+}
+
+int bfs_engine_notify(struct bfs_engine *e, const char *key)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_UPLOAD, .id = ++e->next_id, .key = (char *)key,
+	};
+
+	return bfs_engine_queue(e, &m);
+}
+
+/* ---- waits -------------------------------------------------------------------------- */
+
+static int bfs_engine_wait_destructor(struct bfs_engine_wait_state *s)
+{
+	if (s->e != NULL) {
+		if (s->prev != NULL) {
+			s->prev->next = s->next;
+		} else {
+			s->e->waits = s->next;
+		}
+		if (s->next != NULL) {
+			s->next->prev = s->prev;
+		}
+		s->e = NULL;
+	}
+	return 0;
+}
+
+static int bfs_engine_wait_ask(struct bfs_engine_wait_state *s)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_WAIT, .key = s->key, .staging = s->staging,
+	};
+
+	s->id = m.id = ++s->e->next_id;
+	return bfs_engine_queue(s->e, &m);
+}
+
+/*
+ * The engine went away while waits were asked: reach the next one
+ * (starting it), and ask them again there.  Given up after a few tries:
+ * the waits fail with EPIPE, their uploads stay journalled.
+ */
+static void bfs_engine_retry(struct tevent_context *ev,
+			     struct tevent_timer *te, struct timeval now,
+			     void *private_data)
+{
+	struct bfs_engine *e = private_data;
+	struct bfs_engine_wait_state *w, *next;
+
+	(void)ev, (void)te, (void)now;
+	e->retry_te = NULL;
+	if (e->fd == -1 && bfs_engine_reconnect(e) != 0) {
+		if (++e->retries < BFS_ENGINE_WAIT_TRIES) {
+			bfs_engine_schedule_retry(e);
+			return;
+		}
+		e->retries = 0;
+		for (w = e->waits; w != NULL; w = next) {
+			next = w->next;
+			tevent_req_error(w->req, EPIPE);
+		}
+		return;
+	}
+	e->retries = 0;
+	for (w = e->waits; w != NULL; w = next) {
+		next = w->next;
+		if (w->id == 0 && bfs_engine_wait_ask(w) != 0) {
+			tevent_req_error(w->req, EPIPE);
+		}
+	}
+}
+
+static void bfs_engine_schedule_retry(struct bfs_engine *e)
+{
+	if (e->retry_te == NULL) {
+		e->retry_te = tevent_add_timer(
+			e->ev, e,
+			tevent_timeval_current_ofs(0, BFS_ENGINE_RETRY_MS * 1000),
+			bfs_engine_retry, e);
+	}
+}
+
+/* The engine went away: every wait asks the next one. */
+static void bfs_engine_lost(struct bfs_engine *e)
+{
+	struct bfs_engine_wait_state *w;
+
+	bfs_engine_close(e);
+	for (w = e->waits; w != NULL; w = w->next) {
+		w->id = 0;
+	}
+	if (e->waits != NULL) {
+		bfs_engine_schedule_retry(e);
+	}
+}
+
+static void bfs_engine_on_message(struct bfs_engine *e,
+				  struct bfs_proto_msg *m)
+{
+	struct bfs_engine_wait_state *w;
+
+	if (m->type != BFS_PM_DONE) {
+		return;
+	}
+	for (w = e->waits; w != NULL; w = w->next) {
+		if (w->id == m->id) {
+			break;
+		}
+	}
+	if (w == NULL) {
+		return; /* a wait given up meanwhile */
+	}
+	if (m->err != 0) {
+		tevent_req_error(w->req, m->err > 4095 ? EIO : (int)m->err);
+		return;
+	}
+	w->etag = m->etag ? talloc_steal(w, m->etag) : NULL;
+	tevent_req_done(w->req);
+}
+
+static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
+			  uint16_t flags, void *private_data)
+{
+	struct bfs_engine *e = private_data;
+
+	(void)ev, (void)fde;
+	if (flags & TEVENT_FD_WRITE) {
+		ssize_t n = send(e->fd, e->out, e->out_len,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			bfs_engine_lost(e);
+			return;
+		}
+		if (n > 0) {
+			memmove(e->out, e->out + n, e->out_len - (size_t)n);
+			e->out_len -= (size_t)n;
+		}
+		if (e->out_len == 0) {
+			TEVENT_FD_NOT_WRITEABLE(e->fde);
+		}
+	}
+	if (flags & TEVENT_FD_READ) {
+		uint8_t buf[4096];
+		ssize_t n = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
+
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: the "
+				"engine (pid %d) went away", e->share,
+				(int)e->pid);
+			bfs_engine_lost(e);
+			return;
+		}
+		if (n < 0) {
+			return;
+		}
+		e->in = talloc_realloc(e, e->in, uint8_t, e->in_len + (size_t)n);
+		if (e->in == NULL) {
+			bfs_engine_lost(e);
+			return;
+		}
+		memcpy(e->in + e->in_len, buf, (size_t)n);
+		e->in_len += (size_t)n;
+		for (;;) {
+			struct bfs_proto_msg *m = NULL;
+			size_t used = 0;
+			int ret = bfs_proto_decode(e, e->in, e->in_len, &m,
+						   &used);
+
+			if (ret == EAGAIN) {
+				break;
+			}
+			if (ret != 0) {
+				bfs_log(BFS_LOG_ERR, "bucketfs: share %s: bad "
+					"message from the engine: %s",
+					e->share, strerror(ret));
+				bfs_engine_lost(e);
+				return;
+			}
+			memmove(e->in, e->in + used, e->in_len - used);
+			e->in_len -= used;
+			bfs_engine_on_message(e, m);
+			talloc_free(m);
+		}
+	}
+}
+
+struct tevent_req *bfs_engine_wait_send(TALLOC_CTX *mem_ctx,
+					struct tevent_context *ev,
+					struct bfs_engine *e, const char *key,
+					const char *staging)
+{
+	struct bfs_engine_wait_state *s;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &s,
+						   struct bfs_engine_wait_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	s->req = req;
+	s->key = talloc_strdup(s, key);
+	s->staging = talloc_strdup(s, staging);
+	if (s->key == NULL || s->staging == NULL) {
+		tevent_req_error(req, ENOMEM);
+		return tevent_req_post(req, ev);
+	}
+	s->e = e;
+	s->next = e->waits;
+	if (e->waits != NULL) {
+		e->waits->prev = s;
+	}
+	e->waits = s;
+	talloc_set_destructor(s, bfs_engine_wait_destructor);
+	if (e->fd == -1 || bfs_engine_wait_ask(s) != 0) {
+		s->id = 0;
+		bfs_engine_schedule_retry(e);
+	}
+	return req;
+}
+
+int bfs_engine_wait_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+			 char **etag)
+{
+	struct bfs_engine_wait_state *s = tevent_req_data(
+		req, struct bfs_engine_wait_state);
+	enum tevent_req_state state;
+	uint64_t err;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		tevent_req_received(req);
+		return state == TEVENT_REQ_USER_ERROR ? (int)err : ENOMEM;
+	}
+	if (etag != NULL) {
+		*etag = s->etag ? talloc_steal(mem_ctx, s->etag) : NULL;
+	}
+	tevent_req_received(req);
+	return 0;
+}
+
+int bfs_engine_status(struct bfs_engine *e, unsigned timeout_ms,
+		      struct bfs_engine_state *out)
+{
+	int64_t deadline = bfs_now_ms() + timeout_ms;
+	struct bfs_proto_msg q = {.type = BFS_PM_STATUS, .id = ++e->next_id};
+	struct bfs_proto_msg *a = NULL;
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	uint8_t *buf;
+	size_t len;
+	int ret = tmp ? bfs_proto_encode(tmp, &q, &buf, &len) : ENOMEM;
+
+	if (ret == 0) {
+		ret = bfs_engine_send_all(e->fd, buf, len, deadline);
+	}
+	while (ret == 0) {
+		ret = bfs_engine_recv_one(e, tmp, deadline, &a);
+		if (ret == 0 && a->type == BFS_PM_STATE && a->id == q.id) {
+			break;
+		}
+	}
+	if (ret == 0) {
+		*out = (struct bfs_engine_state){
+			.pid = (pid_t)a->pid, .pending = a->pending,
+			.uploaded = a->uploaded, .failed = a->failed,
+			.bytes = a->bytes,
+		};
+	}
+	talloc_free(tmp);
+	return ret;
+}

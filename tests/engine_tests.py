@@ -1,0 +1,234 @@
+"""The S3 engine (issue 18): bucketfsd and `bucketfs:close = local`.
+
+[rwlocal] and [rwlocal2] (run.py) are two shares of one cache folder
+behind the fault-injecting front, so a test can slow S3 down and see the
+close answer before the upload, and see one engine serve both shares.
+Every check goes through smbd with a real SMB client and compares the
+bytes S3 ends up with.
+"""
+import os
+import re
+import json
+import signal
+import subprocess
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+B = os.path.join(TOP, "build")
+USER, PASSWORD = "root", "bucketfs-test-pw"
+
+
+def engine(w, test, sha256):
+    tmp = w.tmp
+    cache = f"{tmp}/bfscache-rwlocal"
+
+    def make(name, size):
+        path = f"{tmp}/{name}"
+        with open(path, "wb") as f:
+            left = size
+            while left:
+                n = min(left, 1 << 20)
+                f.write(os.urandom(n))
+                left -= n
+        return path
+
+    def s3_keys(prefix):
+        out = w.s3tool("ls", prefix).stdout
+        return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+    def s3_has(key, digest, timeout=60):
+        """Wait (not stuck: a generous bound) until S3 holds digest at key."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if key in s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
+                return True
+            time.sleep(0.2)
+        return False
+
+    def engine_pid():
+        with open(f"{cache}/engine.lock") as f:
+            return int(f.read().split()[0])
+
+    def engines():
+        """Live bucketfsd processes of this test's smb.conf."""
+        p = subprocess.run(["pgrep", "-f", f"bucketfsd -s {w.conf} "],
+                           capture_output=True, text=True)
+        return [int(x) for x in p.stdout.split()]
+
+    def front_log():
+        with open(f"{tmp}/front-control.log") as f:
+            return f.read()
+
+    def put(share, src, name, check=True):
+        start = time.monotonic()
+        p = w.smbclient(share, f'put {src} "{name}"', check=check)
+        return time.monotonic() - start, p
+
+    @test
+    def a_close_with_close_local_answers_before_s3_has_the_file_and_the_engine_uploads_it():
+        src = make("local-close.bin", 24 << 20)  # 2 parts of 16 MiB
+        w.fault("PUT delay:3 -1")  # every PUT to S3 takes 3 s more
+        try:
+            took, _ = put("rwlocal", src, "ckpt-a.bin")
+            # The close came back before S3 could have the object.
+            assert "rwlocal/ckpt-a.bin" not in s3_keys("rwlocal/"), "uploaded by the close"
+            pending = w.ctl("rwlocal", "pending").stdout
+            pid = engine_pid()
+            assert f"rwlocal/ckpt-a.bin" in pending and f"pid {pid}" in pending, pending
+            # Readers see the new bytes at once, from the engine's staging file.
+            got = f"{tmp}/local-close.back"
+            w.smbclient("rwlocal2", f"get ckpt-a.bin {got}")
+            assert sha256(got) == sha256(src), "a reader got other bytes"
+        finally:
+            w.fault("PUT delay:0 0")
+        assert s3_has("rwlocal/ckpt-a.bin", sha256(src)), "the engine never uploaded it"
+        print(f"    # close (smbclient put of 24 MiB, PUTs slowed 3 s) took {took:.2f} s; "
+              f"engine pid {pid}")
+        for _ in range(50):
+            if "ckpt-a.bin" not in w.ctl("rwlocal", "pending").stdout:
+                break
+            time.sleep(0.1)
+        assert "ckpt-a.bin" not in w.ctl("rwlocal", "pending").stdout
+        assert not [f for f in os.listdir(f"{cache}/staging")], "staging left"
+
+    @test
+    def one_engine_serves_every_share_and_smbd_process_of_a_cache_folder():
+        src = make("one-engine.bin", 100_000)
+        procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                                   "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                                   "-c", f"put {src} one-{i}.bin"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 for i, share in enumerate(["rwlocal", "rwlocal2"] * 3)]
+        for p in procs:
+            assert p.wait(timeout=120) == 0
+        assert len(engines()) == 1, engines()
+        for i in range(6):
+            assert s3_has(f"rwlocal/one-{i}.bin", sha256(src))
+        out = w.ctl("rwlocal2", "engine").stdout
+        m = re.search(r"engine pid (\d+): (\d+) uploads waiting, (\d+) done", out)
+        assert m and int(m.group(1)) == engines()[0] and int(m.group(3)) >= 6, out
+
+    def session(share):
+        """One SMB2 connection (tests/integration/smbsession.py)."""
+        p = subprocess.Popen(["/usr/bin/python3",
+                              os.path.join(TOP, "tests/integration/smbsession.py"),
+                              str(w.smb_port), share, USER, PASSWORD],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+        assert p.stdout.readline().startswith("ok"), p.stderr.read()
+
+        def ask(line):
+            p.stdin.write(line + "\n")
+            p.stdin.flush()
+            out = p.stdout.readline().strip()
+            assert out.startswith("ok"), f"{line}: {out}"
+            return out.split()[1] if len(out.split()) > 1 else ""
+        return p, ask
+
+    @test
+    def an_smb2_flush_answers_once_the_engine_has_the_object_in_s3():
+        src = make("flushed-local.bin", 9 << 20)
+        p, ask = session("rwlocal")
+        w.fault("PUT delay:2 -1")
+        try:
+            ask(f"write flushed.bin {src}")
+            took = float(ask("flush flushed.bin"))
+            # Durable when the flush answered: S3 has it now, not later.
+            assert w.s3_sha256("rwlocal/flushed.bin") == sha256(src)
+            assert took >= 2, f"the flush answered in {took:.2f} s: before its upload"
+            closed = float(ask("close flushed.bin"))
+        finally:
+            w.fault("PUT delay:0 0")
+            p.stdin.close()
+            p.wait(timeout=60)
+        print(f"    # flush {took:.2f} s (PUTs slowed 2 s), close after it {closed:.3f} s")
+        assert "flushed.bin" not in w.ctl("rwlocal", "pending").stdout
+
+    def pipeline(share, path, src, cached):
+        p = subprocess.run(["/usr/bin/python3",
+                            os.path.join(TOP, "tests/integration/smbpipeline.py"),
+                            str(w.smb_port), share, USER, PASSWORD, path, src, cached],
+                           capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout)
+
+    @test
+    def on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_for_s3():
+        small = make("pipe-cached.bin", 100_000)
+        w.smbclient("rwlocal", f"put {small} pipe-cached.bin")
+        w.smbclient("rwfault", f"put {small} pipe-cached.bin")
+        src = make("pipe-big.bin", 64 << 20)
+        w.fault("PUT delay:3 -1")
+        try:
+            local = pipeline("rwlocal", "pipe-big.bin", src, "pipe-cached.bin")
+            synchronous = pipeline("rwfault", "pipe-big.bin", src, "pipe-cached.bin")
+        finally:
+            w.fault("PUT delay:0 0")
+        print(f"    # close = local: answers in order {local['order']}, "
+              f"seconds {local['seconds']}")
+        print(f"    # close = s3 (the flush uploads on smbd's loop): order "
+              f"{synchronous['order']}, seconds {synchronous['seconds']}")
+        assert set(local["status"].values()) == {"0x00000000"}, local
+        assert local["read_bytes"] == 65536, local
+        # The echo and the read did not wait for S3; the flush did.
+        assert local["order"][-1] == "flush", local
+        assert local["seconds"]["flush"] >= 3, local
+        assert w.s3_sha256("rwlocal/pipe-big.bin") == sha256(src)
+
+    @test
+    def a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing():
+        src = make("retarget.bin", 20 << 20)
+        before = len(front_log())
+        w.smbclient("rwlocal", f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt")
+        assert s3_has("rwlocal/ckpt.pt", sha256(src))
+        keys = s3_keys("rwlocal/")
+        assert "rwlocal/ckpt.tmp" not in keys, keys
+        log = front_log()[before:]
+        copies = [l for l in log.splitlines() if "ckpt" in l and "copy=yes" in l]
+        assert not copies, f"a server-side copy was made: {copies}"
+        listing = w.ls("rwlocal")
+        assert listing.get("ckpt.pt") == (False, 20 << 20), listing
+        assert "ckpt.tmp" not in listing, listing
+
+    @test
+    def a_file_deleted_while_the_engine_holds_its_upload_stays_deleted():
+        src = make("gone.bin", 3 << 20)
+        w.fault("PUT delay:2 -1")
+        try:
+            w.smbclient("rwlocal", f"put {src} gone.bin; del gone.bin")
+        finally:
+            w.fault("PUT delay:0 0")
+        time.sleep(3)
+        for _ in range(50):
+            if "gone.bin" not in w.ctl("rwlocal", "pending").stdout:
+                break
+            time.sleep(0.2)
+        assert "rwlocal/gone.bin" not in s3_keys("rwlocal/"), "the deleted file came back"
+        assert "gone.bin" not in w.ls("rwlocal")
+
+    @test
+    def kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it():
+        src = make("engine-kill.bin", 24 << 20)
+        w.fault("PUT delay:2 -1")
+        try:
+            put("rwlocal", src, "killed.bin")
+            victim = engine_pid()
+            for _ in range(100):  # its upload is on its way
+                if "rwlocal/killed.bin?partNumber" in front_log() or \
+                        re.search(r"PUT /\S+/rwlocal/killed\.bin ", front_log()):
+                    break
+                time.sleep(0.1)
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(50):
+                if victim not in engines():
+                    break
+                time.sleep(0.1)
+            assert victim not in engines()
+        finally:
+            w.fault("PUT delay:0 0")
+        # The next tree connect that needs an engine starts one; it takes the
+        # dead one's records over.
+        w.smbclient("rwlocal", "ls")
+        assert engines() and victim not in engines(), engines()
+        assert s3_has("rwlocal/killed.bin", sha256(src)), "lost with the engine"
+        assert re.search(r"took over \d+ change", open(f"{cache}/engine.log").read())

@@ -1,0 +1,98 @@
+#!/usr/bin/python3
+"""smbpipeline: what a mounted box does on its one connection, at once.
+
+  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED
+
+Over one SMB 3.0 connection: write LOCAL's bytes to PATH (created, kept
+open), open CACHED for reading, then send three requests without waiting
+for any answer, as the Linux kernel client multiplexes its processes'
+requests: an SMB2 FLUSH of PATH, an SMB2 ECHO, and a 64 KiB READ of
+CACHED.  Prints one JSON line: the order the three final answers came in,
+seconds from sending to each answer, their NT statuses, and the READ's
+byte count.  Interim answers (STATUS_PENDING, for requests smbd runs
+asynchronously) are not counted.  Debian's python3-impacket under
+/usr/bin/python3 (see fsattr.py).
+"""
+import json
+import sys
+import time
+
+from Cryptodome.Cipher import AES
+from impacket import smb3structs as s3
+from impacket.nt_errors import STATUS_PENDING
+from impacket.smbconnection import SMBConnection
+
+
+def answer(smb, data):
+    """An SMB2 answer, decrypted as impacket's recvSMB does (the test smbd
+    encrypts once the session asks for it)."""
+    raw = data.get_trailer()
+    if raw.startswith(b"\xfdSMB"):
+        th = s3.SMB2_TRANSFORM_HEADER(raw)
+        cipher = AES.new(smb._Session["DecryptionKey"], AES.MODE_CCM, th["Nonce"][:11])
+        cipher.update(th.getData()[20:])
+        raw = cipher.decrypt(raw[len(s3.SMB2_TRANSFORM_HEADER()):])
+    return s3.SMB2Packet(raw)
+
+
+def main():
+    port, share, user, password, path, local, cached = sys.argv[1:8]
+    conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=int(port),
+                         preferredDialect=s3.SMB2_DIALECT_30, timeout=300)
+    conn.login(user, password)
+    tid = conn.connectTree(share)
+    fid = conn.createFile(tid, path, desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                          shareMode=s3.FILE_SHARE_READ,
+                          creationDisposition=s3.FILE_OVERWRITE_IF)
+    offset = 0
+    with open(local, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            conn.writeFile(tid, fid, chunk, offset)
+            offset += len(chunk)
+    rfid = conn.openFile(tid, cached, desiredAccess=s3.FILE_READ_DATA)
+    smb = conn.getSMBServer()
+
+    sent = {}
+    flush = smb.SMB_PACKET()
+    flush["Command"] = s3.SMB2_FLUSH
+    flush["TreeID"] = tid
+    body = s3.SMB2Flush()
+    body["FileID"] = fid
+    flush["Data"] = body
+    echo = smb.SMB_PACKET()
+    echo["Command"] = s3.SMB2_ECHO
+    echo["Data"] = s3.SMB2Echo()
+    read = smb.SMB_PACKET()
+    read["Command"] = s3.SMB2_READ
+    read["TreeID"] = tid
+    body = s3.SMB2Read()
+    body["Padding"] = 0x50
+    body["FileID"] = rfid
+    body["Length"] = 65536
+    body["Offset"] = 0
+    read["Data"] = body
+    start = time.monotonic()
+    for name, packet in (("flush", flush), ("echo", echo), ("read", read)):
+        sent[smb.sendSMB(packet)] = name
+
+    order, seconds, status, read_bytes = [], {}, {}, 0
+    while len(order) < 3:
+        data = smb._NetBIOSSession.recv_packet(300)
+        packet = answer(smb, data)
+        name = sent.get(packet["MessageID"])
+        if name is None or packet["Status"] == STATUS_PENDING or name in seconds:
+            continue
+        order.append(name)
+        seconds[name] = round(time.monotonic() - start, 3)
+        status[name] = "0x%08x" % packet["Status"]
+        if name == "read" and packet["Status"] == 0:
+            read_bytes = len(s3.SMB2Read_Response(packet["Data"])["Buffer"])
+    conn.closeFile(tid, rfid)
+    conn.closeFile(tid, fid)
+    conn.logoff()
+    print(json.dumps({"order": order, "seconds": seconds, "status": status,
+                      "read_bytes": read_bytes}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,996 @@
+/*
+ * bucketfsd: the S3 engine of one bucketfs cache folder.
+ *
+ *   bucketfsd [-s SMB_CONF] [-F] SHARE
+ *
+ * smbd processes of a share with `bucketfs:close = local` hand each
+ * closed file to this process: the module journals the upload in the
+ * engine's name (bfs_wb_hand_over) and says so over the unix socket in
+ * the cache folder; the engine uploads it in the background, and answers
+ * a flush (SMB2 FLUSH, fsync) once S3 has the object.  Exactly one engine
+ * runs per cache folder: an flock on <cache dir>/engine.lock.  The first
+ * tree connect that needs one starts it (bfs_engine.h), and the next one
+ * after it died; records of a dead engine are claimed by the next one, as
+ * smbd's own recovery does for a dead smbd.
+ *
+ * Two threads.  The main thread runs a tevent loop with the socket and
+ * never waits on S3: it answers HELLO and STATUS at once and parks WAITs.
+ * The upload thread runs the journal's records one after the other with
+ * lib/bfs_writeback on an event context of its own (each upload is itself
+ * parallel: several parts in flight), and hands each result to the main
+ * thread through a pipe.
+ *
+ * A change of smb.conf ends the engine once its current upload is done;
+ * the next request starts it again with the new parameters (so a reload
+ * is followed as a restart, with nothing lost: its records are claimed).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <talloc.h>
+#include <tevent.h>
+
+#include "ctl_share.h"
+#include "bfs_engine.h"
+#include "bfs_lmdb.h"
+#include "bfs_log.h"
+#include "bfs_proto.h"
+#include "bfs_writeback.h"
+#include "s3_imds.h"
+
+/* A failed upload is tried again this long after, unless a flush asks. */
+#define ENG_RETRY_SECONDS 30
+/* How often the upload thread looks at the journal unasked. */
+#define ENG_POLL_SECONDS 2
+/* Instance-role credentials are refreshed this long before they expire. */
+#define ENG_CREDS_MARGIN 300
+
+/* Doubly linked lists of clients and waiters, head insertion. */
+#define ENG_LIST_ADD(head, p) do {			\
+		(p)->prev = NULL;			\
+		(p)->next = (head);			\
+		if ((head) != NULL) {			\
+			(head)->prev = (p);		\
+		}					\
+		(head) = (p);				\
+	} while (0)
+#define ENG_LIST_REMOVE(head, p) do {			\
+		if ((p)->prev != NULL) {		\
+			(p)->prev->next = (p)->next;	\
+		} else {				\
+			(head) = (p)->next;		\
+		}					\
+		if ((p)->next != NULL) {		\
+			(p)->next->prev = (p)->prev;	\
+		}					\
+	} while (0)
+
+/* A result of the upload thread, for the main thread. */
+struct eng_result {
+	struct eng_result *next;
+	char *key, *staging, *etag;
+	int err;
+	uint64_t size;
+};
+
+struct eng;
+
+/* A connected smbd (or bucketfs-ctl). */
+struct eng_client {
+	struct eng_client *prev, *next;
+	struct eng *e;
+	int fd;
+	struct tevent_fd *fde;
+	uint8_t *in;		/* bytes read, not yet a whole frame */
+	size_t in_len;
+	uint8_t *out;		/* bytes to send */
+	size_t out_len;
+};
+
+/* A WAIT: answered once key's upload (staging, or a later one) is done. */
+struct eng_waiter {
+	struct eng_waiter *prev, *next;
+	struct eng_client *c;
+	uint32_t id;
+	char *key, *staging;
+};
+
+struct eng {
+	struct ctl c;
+	const char *conf_path;
+	struct timespec conf_mtime;
+	struct tevent_context *ev;
+	struct bfs_journal *j;
+	struct bfs_index *idx;
+	struct bfs_upload_params upload;
+	unsigned delay_ms;
+	struct eng_client *clients;
+	struct eng_waiter *waiters;
+	int done_pipe[2];
+	int listen_fd;
+
+	/* Shared with the upload thread, under mu. */
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool kick, urgent, quit, busy;
+	struct eng_result *results;
+	uint64_t uploaded, failed, bytes, pending;
+};
+
+static struct eng *eng_global; /* for the log function */
+
+static void eng_log(int level, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void eng_log(int level, const char *fmt, ...)
+{
+	char when[32];
+	time_t now = time(NULL);
+	struct tm tm;
+	va_list ap;
+
+	localtime_r(&now, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+	fprintf(stderr, "%s bucketfsd[%d] %s: ", when, (int)getpid(),
+		level <= BFS_LOG_ERR ? "error" :
+		level <= BFS_LOG_WARNING ? "warning" : "info");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	fflush(stderr);
+}
+
+/* lib/ reports through bfs_log: into our log. */
+static void eng_lib_log(int level, const char *line)
+{
+	eng_log(level, "%s", line);
+}
+
+/* ---- the upload thread ------------------------------------------------------ */
+
+/* Keys that failed, and when they may be tried again. */
+struct eng_retry {
+	struct eng_retry *next;
+	char *key;
+	time_t at;
+};
+
+struct eng_worker {
+	struct eng *e;
+	TALLOC_CTX *mem;
+	struct tevent_context *ev;
+	struct s3_client *s3;
+	struct bfs_wb *wb;
+	time_t creds_expire;
+	struct eng_retry *retry;
+};
+
+static void eng_post(struct eng *e, const struct bfs_jrec *r, int err,
+		     const char *etag)
+{
+	struct eng_result *res = talloc_zero(NULL, struct eng_result);
+	char b = 1;
+
+	if (res == NULL) {
+		return; /* the waiter finds out at the next result or poll */
+	}
+	res->key = talloc_strdup(res, r->key);
+	res->staging = talloc_strdup(res, r->staging ? r->staging : "");
+	res->etag = etag ? talloc_strdup(res, etag) : NULL;
+	res->err = err;
+	res->size = r->size;
+	pthread_mutex_lock(&e->mu);
+	res->next = e->results;
+	e->results = res;
+	if (err == 0) {
+		e->uploaded++;
+		if (r->op == BFS_J_PUT) {
+			e->bytes += r->size;
+		}
+	} else {
+		e->failed++;
+	}
+	pthread_mutex_unlock(&e->mu);
+	if (write(e->done_pipe[1], &b, 1) != 1) {
+		/* Full pipe: the main thread is already woken. */
+	}
+}
+
+static bool eng_retry_due(struct eng_worker *w, const char *key, time_t now,
+			  bool urgent)
+{
+	struct eng_retry *t;
+
+	for (t = w->retry; t != NULL; t = t->next) {
+		if (strcmp(t->key, key) == 0) {
+			return urgent || now >= t->at;
+		}
+	}
+	return true;
+}
+
+static void eng_retry_set(struct eng_worker *w, const char *key, int err,
+			  time_t now)
+{
+	struct eng_retry **pt, *t;
+
+	for (pt = &w->retry; *pt != NULL; pt = &(*pt)->next) {
+		if (strcmp((*pt)->key, key) == 0) {
+			break;
+		}
+	}
+	if (err == 0) {
+		if (*pt != NULL) {
+			t = *pt;
+			*pt = t->next;
+			talloc_free(t);
+		}
+		return;
+	}
+	if (*pt == NULL) {
+		t = talloc_zero(w->mem, struct eng_retry);
+		if (t == NULL || (t->key = talloc_strdup(t, key)) == NULL) {
+			talloc_free(t);
+			return;
+		}
+		*pt = t;
+	}
+	(*pt)->at = now + ENG_RETRY_SECONDS;
+}
+
+static void eng_refresh_credentials(struct eng_worker *w, time_t now)
+{
+	struct s3_credentials creds = {0};
+	const char *why = NULL;
+	time_t expire = 0;
+	TALLOC_CTX *tmp;
+	int ret;
+
+	if (w->creds_expire == 0 || now < w->creds_expire - ENG_CREDS_MARGIN) {
+		return;
+	}
+	tmp = talloc_new(w->mem);
+	ret = tmp ? s3_imds_fetch(tmp, ctl_string(&w->e->c, "imds endpoint"),
+				  2000, &creds, &expire, &why) : ENOMEM;
+	if (ret == 0) {
+		ret = s3_client_set_credentials(w->s3, &creds);
+	}
+	talloc_free(tmp);
+	if (ret != 0) {
+		eng_log(BFS_LOG_WARNING, "cannot refresh the instance role's "
+			"credentials: %s", why ? why : strerror(ret));
+		return;
+	}
+	w->creds_expire = expire;
+}
+
+/*
+ * One pass: take over the records of dead processes, then carry out
+ * every record in our name that is due.  Returns how many were run.
+ */
+static unsigned eng_pass(struct eng_worker *w, bool urgent)
+{
+	TALLOC_CTX *tmp = talloc_new(w->mem);
+	struct bfs_jrec *recs = NULL, *orphans = NULL;
+	size_t n = 0, no = 0, i;
+	pid_t me = getpid();
+	time_t now = time(NULL);
+	uint64_t pending = 0;
+	unsigned ran = 0;
+
+	if (bfs_journal_claim_orphans(w->e->j, tmp, me, &orphans, &no) == 0 &&
+	    no > 0) {
+		eng_log(BFS_LOG_WARNING, "took over %zu change(s) a dead "
+			"process left in the journal", no);
+	}
+	if (bfs_journal_list(w->e->j, tmp, &recs, &n) != 0) {
+		eng_log(BFS_LOG_ERR, "cannot read the journal");
+		talloc_free(tmp);
+		return 0;
+	}
+	for (i = 0; i < n; i++) {
+		pending += recs[i].pid == me;
+	}
+	pthread_mutex_lock(&w->e->mu);
+	w->e->pending = pending;
+	pthread_mutex_unlock(&w->e->mu);
+	eng_refresh_credentials(w, now);
+	for (i = 0; i < n; i++) {
+		struct bfs_jrec *r = &recs[i];
+		struct s3_status st = {0};
+		TALLOC_CTX *one;
+		int ret;
+
+		if (r->pid != me || !eng_retry_due(w, r->key, now, urgent)) {
+			continue;
+		}
+		one = talloc_new(tmp);
+		ret = bfs_wb_finish(w->wb, r, &st);
+		ran++;
+		if (ret != 0) {
+			eng_log(BFS_LOG_ERR, "%s of s3://%s/%s failed: %s "
+				"(HTTP %ld); it stays in the journal and is "
+				"tried again in %d s", r->op == BFS_J_PUT ?
+				"upload" : r->op == BFS_J_COPY ? "rename" :
+				r->op == BFS_J_ABORT ? "abort" : "delete",
+				w->e->c.bucket, r->key, strerror(ret),
+				st.http_status, ENG_RETRY_SECONDS);
+		} else if (r->op == BFS_J_PUT) {
+			eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%" PRIu64
+				" bytes)", w->e->c.bucket, r->key, r->size);
+		}
+		eng_retry_set(w, r->key, ret, time(NULL));
+		{
+			/* The ETag the upload left in the index. */
+			struct bfs_entry ent = {0};
+			char *dir, *name;
+			const char *etag = NULL;
+
+			if (ret == 0 && r->op == BFS_J_PUT &&
+			    bfs_key_split(one, r->key, &dir, &name) == 0 &&
+			    bfs_index_lookup(w->e->idx, one, dir, name, &ent) == 0) {
+				etag = ent.etag;
+			}
+			eng_post(w->e, r, ret, etag);
+		}
+		talloc_free(one);
+		pthread_mutex_lock(&w->e->mu);
+		if (w->e->quit) {
+			pthread_mutex_unlock(&w->e->mu);
+			break;
+		}
+		pthread_mutex_unlock(&w->e->mu);
+	}
+	talloc_free(tmp);
+	return ran;
+}
+
+static void *eng_worker_main(void *arg)
+{
+	struct eng_worker *w = arg;
+	struct eng *e = w->e;
+
+	for (;;) {
+		struct timespec until;
+		bool urgent;
+
+		pthread_mutex_lock(&e->mu);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += ENG_POLL_SECONDS;
+		while (!e->kick && !e->quit &&
+		       pthread_cond_timedwait(&e->cv, &e->mu, &until) == 0) {
+		}
+		if (e->kick && !e->urgent && e->delay_ms > 0 && !e->quit) {
+			/*
+			 * A close just handed us its file: give a rename that
+			 * follows (write tmp, rename over final) the moment
+			 * to retarget the upload before it starts.
+			 */
+			clock_gettime(CLOCK_REALTIME, &until);
+			until.tv_nsec += (long)(e->delay_ms % 1000) * 1000000;
+			until.tv_sec += e->delay_ms / 1000 +
+					until.tv_nsec / 1000000000;
+			until.tv_nsec %= 1000000000;
+			while (!e->urgent && !e->quit &&
+			       pthread_cond_timedwait(&e->cv, &e->mu,
+						      &until) == 0) {
+			}
+		}
+		if (e->quit) {
+			pthread_mutex_unlock(&e->mu);
+			break;
+		}
+		urgent = e->urgent;
+		e->kick = e->urgent = false;
+		e->busy = true;
+		pthread_mutex_unlock(&e->mu);
+
+		while (eng_pass(w, urgent) > 0) {
+			urgent = false;
+			pthread_mutex_lock(&e->mu);
+			urgent = e->urgent;
+			e->urgent = false;
+			pthread_mutex_unlock(&e->mu);
+		}
+
+		pthread_mutex_lock(&e->mu);
+		e->busy = false;
+		pthread_mutex_unlock(&e->mu);
+		{
+			char b = 0; /* idle: the main thread may reload */
+
+			if (write(e->done_pipe[1], &b, 1) != 1) {
+			}
+		}
+	}
+	return NULL;
+}
+
+static void eng_kick(struct eng *e, bool urgent)
+{
+	pthread_mutex_lock(&e->mu);
+	e->kick = true;
+	e->urgent |= urgent;
+	pthread_cond_signal(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- the main thread: clients -------------------------------------------------- */
+
+static void eng_client_free(struct eng_client *c)
+{
+	struct eng_waiter *wt, *next;
+
+	for (wt = c->e->waiters; wt != NULL; wt = next) {
+		next = wt->next;
+		if (wt->c == c) {
+			ENG_LIST_REMOVE(c->e->waiters, wt);
+			talloc_free(wt);
+		}
+	}
+	ENG_LIST_REMOVE(c->e->clients, c);
+	talloc_free(c); /* the fde, then the fd (destructor) */
+}
+
+static int eng_client_destructor(struct eng_client *c)
+{
+	TALLOC_FREE(c->fde);
+	if (c->fd != -1) {
+		close(c->fd);
+	}
+	return 0;
+}
+
+static void eng_client_io(struct tevent_context *ev, struct tevent_fd *fde,
+			  uint16_t flags, void *private_data);
+
+static void eng_send(struct eng_client *c, const struct bfs_proto_msg *m)
+{
+	uint8_t *buf;
+	size_t len;
+
+	if (bfs_proto_encode(c, m, &buf, &len) != 0) {
+		eng_log(BFS_LOG_ERR, "cannot encode a %s answer",
+			bfs_proto_type_name(m->type));
+		return;
+	}
+	c->out = talloc_realloc(c, c->out, uint8_t, c->out_len + len);
+	if (c->out == NULL) {
+		c->out_len = 0;
+		talloc_free(buf);
+		return;
+	}
+	memcpy(c->out + c->out_len, buf, len);
+	c->out_len += len;
+	talloc_free(buf);
+	TEVENT_FD_WRITEABLE(c->fde);
+}
+
+static void eng_answer(struct eng_waiter *wt, int err, const char *etag)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_DONE, .id = wt->id, .err = (uint64_t)err,
+		.etag = (char *)etag,
+	};
+
+	eng_send(wt->c, &m);
+	ENG_LIST_REMOVE(wt->c->e->waiters, wt);
+	talloc_free(wt);
+}
+
+/*
+ * Whether a WAIT for key is answered now: 1 done (*err set), 0 still to
+ * wait.  Done when key has no record (its upload, or a later one, is
+ * in S3), failed when its record carries an error that result reported.
+ */
+static int eng_wait_state(struct eng *e, const char *key,
+			  const struct eng_result *res, int *err)
+{
+	TALLOC_CTX *tmp = talloc_new(e);
+	struct bfs_jrec r;
+	int ret;
+
+	ret = tmp ? bfs_journal_get(e->j, tmp, key, &r) : ENOMEM;
+	if (ret == ENOENT) {
+		*err = 0;
+		ret = 1;
+	} else if (ret == 0 && r.op != BFS_J_PUT) {
+		*err = 0; /* a rename or delete of the name now: not ours */
+		ret = 1;
+	} else if (ret == 0 && res != NULL && res->err != 0 &&
+		   r.last_error != 0 && strcmp(r.staging, res->staging) == 0) {
+		*err = res->err;
+		ret = 1;
+	} else if (ret == 0 && r.last_error != 0 &&
+		   !bfs_journal_pid_alive(r.pid)) {
+		ret = 0; /* claimed at the next pass */
+	} else if (ret != 0) {
+		*err = ret;
+		ret = 1;
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+/* false if c was closed (and freed) */
+static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
+{
+	struct eng *e = c->e;
+	struct bfs_proto_msg a = {.id = m->id};
+	struct eng_waiter *wt;
+	int err;
+
+	switch (m->type) {
+	case BFS_PM_HELLO:
+		if (m->cache_dir == NULL ||
+		    strcmp(m->cache_dir, e->c.cache_dir) != 0) {
+			eng_log(BFS_LOG_ERR, "a client for cache folder %s "
+				"reached the engine of %s: closing it",
+				m->cache_dir ? m->cache_dir : "(none)",
+				e->c.cache_dir);
+			eng_client_free(c);
+			return false;
+		}
+		a.type = BFS_PM_WELCOME;
+		a.pid = (uint64_t)getpid();
+		eng_send(c, &a);
+		break;
+	case BFS_PM_UPLOAD:
+		eng_kick(e, false);
+		break;
+	case BFS_PM_WAIT:
+		if (m->key == NULL) {
+			break;
+		}
+		if (eng_wait_state(e, m->key, NULL, &err) == 1) {
+			a.type = BFS_PM_DONE;
+			a.err = (uint64_t)err;
+			eng_send(c, &a);
+			break;
+		}
+		wt = talloc_zero(c, struct eng_waiter);
+		if (wt == NULL) {
+			break;
+		}
+		wt->c = c;
+		wt->id = m->id;
+		wt->key = talloc_steal(wt, m->key);
+		wt->staging = talloc_steal(wt, m->staging);
+		ENG_LIST_ADD(e->waiters, wt);
+		eng_kick(e, true);
+		break;
+	case BFS_PM_STATUS:
+		a.type = BFS_PM_STATE;
+		a.pid = (uint64_t)getpid();
+		pthread_mutex_lock(&e->mu);
+		a.pending = e->pending;
+		a.uploaded = e->uploaded;
+		a.failed = e->failed;
+		a.bytes = e->bytes;
+		pthread_mutex_unlock(&e->mu);
+		eng_send(c, &a);
+		break;
+	default:
+		eng_log(BFS_LOG_WARNING, "unexpected %s from a client",
+			bfs_proto_type_name(m->type));
+		break;
+	}
+	return true;
+}
+
+static void eng_client_io(struct tevent_context *ev, struct tevent_fd *fde,
+			  uint16_t flags, void *private_data)
+{
+	struct eng_client *c = private_data;
+
+	if (flags & TEVENT_FD_WRITE) {
+		ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+
+		if (n < 0 && errno != EAGAIN && errno != EINTR) {
+			eng_client_free(c);
+			return;
+		}
+		if (n > 0) {
+			memmove(c->out, c->out + n, c->out_len - (size_t)n);
+			c->out_len -= (size_t)n;
+		}
+		if (c->out_len == 0) {
+			TEVENT_FD_NOT_WRITEABLE(c->fde);
+		}
+	}
+	if (flags & TEVENT_FD_READ) {
+		uint8_t buf[16384];
+		ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+
+		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+			eng_client_free(c);
+			return;
+		}
+		if (n < 0) {
+			return;
+		}
+		c->in = talloc_realloc(c, c->in, uint8_t, c->in_len + (size_t)n);
+		if (c->in == NULL) {
+			eng_client_free(c);
+			return;
+		}
+		memcpy(c->in + c->in_len, buf, (size_t)n);
+		c->in_len += (size_t)n;
+		for (;;) {
+			struct bfs_proto_msg *m = NULL;
+			size_t used = 0;
+			int ret = bfs_proto_decode(c, c->in, c->in_len, &m,
+						   &used);
+
+			if (ret == EAGAIN) {
+				break;
+			}
+			if (ret != 0) {
+				eng_log(BFS_LOG_ERR, "a client sent a bad "
+					"message (%s): closing it",
+					strerror(ret));
+				eng_client_free(c);
+				return;
+			}
+			memmove(c->in, c->in + used, c->in_len - used);
+			c->in_len -= used;
+			if (!eng_on_message(c, m)) {
+				return; /* closed it (a HELLO for another folder) */
+			}
+			talloc_free(m);
+		}
+	}
+}
+
+static void eng_accept(struct tevent_context *ev, struct tevent_fd *fde,
+		       uint16_t flags, void *private_data)
+{
+	struct eng *e = private_data;
+	int fd = accept4(e->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	struct eng_client *c;
+
+	if (fd == -1) {
+		return;
+	}
+	c = talloc_zero(e, struct eng_client);
+	if (c == NULL) {
+		close(fd);
+		return;
+	}
+	c->e = e;
+	c->fd = fd;
+	talloc_set_destructor(c, eng_client_destructor);
+	c->fde = tevent_add_fd(ev, c, fd, TEVENT_FD_READ, eng_client_io, c);
+	if (c->fde == NULL) {
+		talloc_free(c);
+		return;
+	}
+	ENG_LIST_ADD(e->clients, c);
+}
+
+/* smb.conf changed: end (once idle) so that the next start reads it. */
+static bool eng_conf_changed(struct eng *e)
+{
+	struct stat sb;
+
+	if (stat(e->conf_path, &sb) != 0) {
+		return false;
+	}
+	return sb.st_mtim.tv_sec != e->conf_mtime.tv_sec ||
+	       sb.st_mtim.tv_nsec != e->conf_mtime.tv_nsec;
+}
+
+static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
+			uint16_t flags, void *private_data)
+{
+	struct eng *e = private_data;
+	struct eng_result *res, *next;
+	struct eng_waiter *wt, *wnext;
+	char drain[256];
+	bool idle;
+
+	if (read(e->done_pipe[0], drain, sizeof(drain)) <= 0) {
+		return;
+	}
+	pthread_mutex_lock(&e->mu);
+	res = e->results;
+	e->results = NULL;
+	idle = !e->busy && !e->kick;
+	pthread_mutex_unlock(&e->mu);
+	for (; res != NULL; res = next) {
+		next = res->next;
+		for (wt = e->waiters; wt != NULL; wt = wnext) {
+			int err = 0;
+
+			wnext = wt->next;
+			if (strcmp(wt->key, res->key) == 0 &&
+			    eng_wait_state(e, wt->key, res, &err) == 1) {
+				eng_answer(wt, err, err == 0 ? res->etag : NULL);
+			}
+		}
+		talloc_free(res);
+	}
+	/* Waits whose record went without a result of ours (a retarget). */
+	for (wt = e->waiters; wt != NULL; wt = wnext) {
+		int err = 0;
+
+		wnext = wt->next;
+		if (eng_wait_state(e, wt->key, NULL, &err) == 1) {
+			eng_answer(wt, err, NULL);
+		}
+	}
+	if (idle && e->waiters == NULL && eng_conf_changed(e)) {
+		eng_log(BFS_LOG_INFO, "%s changed: ending, the next request "
+			"starts the engine with the new parameters",
+			e->conf_path);
+		pthread_mutex_lock(&e->mu);
+		e->quit = true;
+		pthread_cond_signal(&e->cv);
+		pthread_mutex_unlock(&e->mu);
+	}
+}
+
+static void eng_signal(struct tevent_context *ev, struct tevent_signal *se,
+		       int signum, int count, void *siginfo,
+		       void *private_data)
+{
+	struct eng *e = private_data;
+
+	eng_log(BFS_LOG_INFO, "signal %d: ending once the current upload is "
+		"done", signum);
+	pthread_mutex_lock(&e->mu);
+	e->quit = true;
+	pthread_cond_signal(&e->cv);
+	pthread_mutex_unlock(&e->mu);
+}
+
+/* ---- start ---------------------------------------------------------------------- */
+
+/*
+ * The lock that makes this the one engine of the cache folder, with our
+ * pid in it for the module and bucketfs-ctl.  -1 if another one holds it.
+ */
+static int eng_lock(struct eng *e)
+{
+	char *path = ctl_sub(&e->c, BFS_ENGINE_LOCK);
+	char pid[32];
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	int len;
+
+	if (fd == -1) {
+		ctl_die("cannot open %s: %s", path, strerror(errno));
+	}
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		close(fd);
+		return -1;
+	}
+	len = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+		ctl_die("cannot write %s: %s", path, strerror(errno));
+	}
+	return fd;
+}
+
+static int eng_listen(struct eng *e)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	char *path = ctl_sub(&e->c, BFS_ENGINE_SOCKET);
+	int fd;
+
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		ctl_die("socket path %s is too long for a unix socket", path);
+	}
+	strcpy(sa.sun_path, path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1) {
+		ctl_die("socket: %s", strerror(errno));
+	}
+	/* We hold the lock: a socket file left there is a dead engine's. */
+	unlink(path);
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+	    chmod(path, 0600) != 0 || listen(fd, 128) != 0) {
+		ctl_die("cannot listen on %s: %s", path, strerror(errno));
+	}
+	return fd;
+}
+
+/* Into the background; the parent exits once ready_fd says so. */
+static int eng_daemonize(const char *log_path)
+{
+	int ready[2], fd;
+	pid_t pid;
+	char ok = 0;
+
+	if (pipe2(ready, O_CLOEXEC) != 0) {
+		ctl_die("pipe: %s", strerror(errno));
+	}
+	pid = fork();
+	if (pid == -1) {
+		ctl_die("fork: %s", strerror(errno));
+	}
+	if (pid > 0) {
+		/* Exit status for the starter: 0 ready (or another runs). */
+		close(ready[1]);
+		if (read(ready[0], &ok, 1) != 1) {
+			_exit(1); /* it died: its log says why */
+		}
+		_exit(0);
+	}
+	close(ready[0]);
+	setsid();
+	if (fork() > 0) {
+		_exit(0); /* the grandchild holds ready[1] */
+	}
+	fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd != -1) {
+		dup2(fd, STDIN_FILENO);
+		dup2(fd, STDOUT_FILENO);
+		close(fd);
+	}
+	fd = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC |
+				    O_NOFOLLOW, 0600);
+	if (fd != -1) {
+		dup2(fd, STDERR_FILENO);
+		close(fd);
+	}
+	if (chdir("/") != 0) {
+	}
+	umask(077);
+	return ready[1];
+}
+
+static void eng_usage(FILE *f)
+{
+	fprintf(f, "usage: bucketfsd [-s SMB_CONF] [-F] SHARE\n"
+		   "  the S3 engine of SHARE's cache folder (started by smbd "
+		   "when needed)\n"
+		   "  -F  stay in the foreground, log to stderr (systemd)\n"
+		   "SMB_CONF defaults to " CTL_DEFAULT_CONF ".\n");
+}
+
+int main(int argc, char **argv)
+{
+	struct eng *e;
+	struct eng_worker *w;
+	const char *why = NULL;
+	bool foreground = false;
+	pthread_t worker;
+	struct stat sb;
+	int i, lock_fd, listen_fd, ready_fd = -1, ret;
+
+	ctl_mem = talloc_new(NULL);
+	atexit(ctl_close_all);
+	e = talloc_zero(ctl_mem, struct eng);
+	e->c.mem = e;
+	e->conf_path = CTL_DEFAULT_CONF;
+	for (i = 1; i < argc && argv[i][0] == '-'; i++) {
+		if (strcmp(argv[i], "-s") == 0 && i + 1 < argc) {
+			e->conf_path = argv[++i];
+		} else if (strcmp(argv[i], "-F") == 0) {
+			foreground = true;
+		} else if (strcmp(argv[i], "--help") == 0 ||
+			   strcmp(argv[i], "-h") == 0) {
+			eng_usage(stdout);
+			return 0;
+		} else {
+			eng_usage(stderr);
+			return 2;
+		}
+	}
+	if (i + 1 != argc) {
+		eng_usage(stderr);
+		return 2;
+	}
+	e->c.share = argv[i];
+	if (geteuid() == 0 && (setresgid(0, 0, 0) != 0 ||
+			       setresuid(0, 0, 0) != 0)) {
+		ctl_die("cannot become root: %s", strerror(errno));
+	}
+	if (stat(e->conf_path, &sb) == 0) {
+		e->conf_mtime = sb.st_mtim;
+	}
+	ctl_load(&e->c, e->conf_path);
+	if (bfs_mkdirs(e->c.cache_dir) != 0) {
+		ctl_die("cannot create the cache folder %s: %s",
+			e->c.cache_dir, strerror(errno));
+	}
+	if (!foreground) {
+		ready_fd = eng_daemonize(ctl_sub(&e->c, BFS_ENGINE_LOG));
+	}
+	lock_fd = eng_lock(e);
+	if (lock_fd == -1) {
+		/* Another engine serves the folder: what the starter wanted. */
+		if (ready_fd != -1 && write(ready_fd, "", 1) != 1) {
+		}
+		return 0;
+	}
+	eng_global = e;
+	bfs_log_set(eng_lib_log);
+	e->upload.multipart_threshold = ctl_size(&e->c, "multipart threshold");
+	e->upload.part_size = ctl_size(&e->c, "part size");
+	e->upload.copy_threshold = ctl_size(&e->c, "multipart copy threshold");
+	e->upload.parallel = (unsigned)ctl_int(&e->c, "upload parallel");
+	e->delay_ms = (unsigned)ctl_int(&e->c, "upload delay");
+	e->idx = ctl_index(&e->c);
+	e->j = ctl_journal(&e->c);
+	e->ev = tevent_context_init(e);
+	if (e->ev == NULL || pipe2(e->done_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+		ctl_die("out of memory");
+	}
+	pthread_mutex_init(&e->mu, NULL);
+	pthread_cond_init(&e->cv, NULL);
+
+	/* The upload thread's own loop, S3 client and writeback. */
+	w = talloc_zero(e, struct eng_worker);
+	w->e = e;
+	w->mem = talloc_new(w);
+	w->ev = tevent_context_init(w);
+	if (w->ev == NULL) {
+		ctl_die("out of memory");
+	}
+	w->s3 = ctl_s3(&e->c, w->ev, &w->creds_expire);
+	w->wb = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
+			   ctl_sub(&e->c, "staging"), &e->upload);
+	if (w->wb == NULL) {
+		ctl_die("cannot create the staging folder in %s",
+			e->c.cache_dir);
+	}
+
+	listen_fd = e->listen_fd = eng_listen(e);
+	if (tevent_add_fd(e->ev, e, listen_fd, TEVENT_FD_READ, eng_accept,
+			  e) == NULL ||
+	    tevent_add_fd(e->ev, e, e->done_pipe[0], TEVENT_FD_READ,
+			  eng_results, e) == NULL ||
+	    tevent_add_signal(e->ev, e, SIGTERM, 0, eng_signal, e) == NULL ||
+	    tevent_add_signal(e->ev, e, SIGINT, 0, eng_signal, e) == NULL) {
+		ctl_die("out of memory");
+	}
+	signal(SIGPIPE, SIG_IGN);
+	ret = pthread_create(&worker, NULL, eng_worker_main, w);
+	if (ret != 0) {
+		ctl_die("cannot start the upload thread: %s", strerror(ret));
+	}
+	eng_log(BFS_LOG_INFO, "engine of share [%s], cache folder %s, bucket "
+		"%s: ready", e->c.share, e->c.cache_dir, e->c.bucket);
+	if (ready_fd != -1) {
+		if (write(ready_fd, "", 1) != 1) {
+		}
+		close(ready_fd);
+	}
+	eng_kick(e, false); /* what a dead engine left */
+
+	for (;;) {
+		bool quit;
+
+		pthread_mutex_lock(&e->mu);
+		quit = e->quit;
+		pthread_mutex_unlock(&e->mu);
+		if (quit) {
+			break;
+		}
+		if (tevent_loop_once(e->ev) != 0) {
+			break;
+		}
+	}
+	pthread_join(worker, NULL);
+	/* New clients find no socket and start the next engine. */
+	unlink(ctl_sub(&e->c, BFS_ENGINE_SOCKET));
+	close(lock_fd);
+	eng_log(BFS_LOG_INFO, "ended");
+	(void)why;
+	return 0;
+}
