@@ -46,6 +46,9 @@ struct bfs_engine_wait_state {
 	struct bfs_engine *e;
 	char *key, *staging, *etag;
 	uint32_t id;		/* 0: not asked on the current connection */
+	/* A FETCH (not retried: the caller fetches itself instead). */
+	bool is_fetch;
+	struct bfs_proto_msg fetch;
 };
 
 static int64_t bfs_now_ms(void)
@@ -407,6 +410,9 @@ static int bfs_engine_wait_ask(struct bfs_engine_wait_state *s)
 		.type = BFS_PM_WAIT, .key = s->key, .staging = s->staging,
 	};
 
+	if (s->is_fetch) {
+		m = s->fetch;
+	}
 	s->id = m.id = ++s->e->next_id;
 	return bfs_engine_queue(s->e, &m);
 }
@@ -456,14 +462,21 @@ static void bfs_engine_schedule_retry(struct bfs_engine *e)
 	}
 }
 
-/* The engine went away: every wait asks the next one. */
+/*
+ * The engine went away: every wait asks the next one; fetches fail at
+ * once (EPIPE), their readers fetch for themselves.
+ */
 static void bfs_engine_lost(struct bfs_engine *e)
 {
-	struct bfs_engine_wait_state *w;
+	struct bfs_engine_wait_state *w, *next;
 
 	bfs_engine_close(e);
-	for (w = e->waits; w != NULL; w = w->next) {
+	for (w = e->waits; w != NULL; w = next) {
+		next = w->next;
 		w->id = 0;
+		if (w->is_fetch) {
+			tevent_req_error(w->req, EPIPE);
+		}
 	}
 	if (e->waits != NULL) {
 		bfs_engine_schedule_retry(e);
@@ -594,6 +607,74 @@ struct tevent_req *bfs_engine_wait_send(TALLOC_CTX *mem_ctx,
 	return req;
 }
 
+struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct bfs_engine *e,
+					 const struct bfs_engine_fetch *f)
+{
+	struct bfs_engine_wait_state *s;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &s,
+						   struct bfs_engine_wait_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	s->req = req;
+	s->is_fetch = true;
+	s->fetch = (struct bfs_proto_msg){
+		.type = BFS_PM_FETCH,
+		.key = talloc_strdup(s, f->key),
+		.etag = talloc_strdup(s, f->etag),
+		.size = f->size, .offset = f->offset, .length = f->length,
+		.ahead = f->ahead, .ahead_n = f->ahead_n,
+	};
+	if (s->fetch.key == NULL || s->fetch.etag == NULL) {
+		tevent_req_error(req, ENOMEM);
+		return tevent_req_post(req, ev);
+	}
+	if (e->fd == -1) {
+		tevent_req_error(req, EPIPE);
+		return tevent_req_post(req, ev);
+	}
+	s->e = e;
+	s->next = e->waits;
+	if (e->waits != NULL) {
+		e->waits->prev = s;
+	}
+	e->waits = s;
+	talloc_set_destructor(s, bfs_engine_wait_destructor);
+	if (bfs_engine_wait_ask(s) != 0) {
+		tevent_req_error(req, EPIPE);
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+int bfs_engine_fetch_recv(struct tevent_req *req)
+{
+	return bfs_engine_wait_recv(req, NULL, NULL);
+}
+
+int bfs_engine_list(struct bfs_engine *e, const char *prefix)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_LIST, .id = ++e->next_id, .key = (char *)prefix,
+	};
+
+	return bfs_engine_queue(e, &m);
+}
+
+int bfs_engine_prefetch(struct bfs_engine *e, const struct bfs_engine_fetch *f)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_PREFETCH, .id = ++e->next_id,
+		.key = (char *)f->key, .etag = (char *)f->etag,
+		.size = f->size, .ahead = f->ahead, .ahead_n = f->ahead_n,
+	};
+
+	return bfs_engine_queue(e, &m);
+}
+
 int bfs_engine_wait_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			 char **etag)
 {
@@ -637,7 +718,8 @@ int bfs_engine_status(struct bfs_engine *e, unsigned timeout_ms,
 		*out = (struct bfs_engine_state){
 			.pid = (pid_t)a->pid, .pending = a->pending,
 			.uploaded = a->uploaded, .failed = a->failed,
-			.bytes = a->bytes,
+			.bytes = a->bytes, .fetches = a->fetches,
+			.fetched = a->fetched,
 		};
 	}
 	talloc_free(tmp);

@@ -68,10 +68,40 @@ struct tevent_req *bfs_engine_wait_send(TALLOC_CTX *mem_ctx,
 int bfs_engine_wait_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			 char **etag);
 
+/*
+ * A read miss: the engine brings blocks [offset, offset+length) of the
+ * object (key, etag, size bytes) into the cache folder's cache, one S3
+ * GET per block for every smbd that asks meanwhile, and starts fetching
+ * blocks [ahead, ahead+ahead_n) (readahead).  recv: 0 once they are in
+ * the cache (the caller reads them there: should one be evicted already,
+ * it fetches for itself), or an errno: EPIPE if there is no engine now.
+ * A fetch is not asked again of a restarted engine.
+ */
+struct bfs_engine_fetch {
+	const char *key, *etag;
+	uint64_t size, offset, length, ahead, ahead_n;
+};
+struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct bfs_engine *e,
+					 const struct bfs_engine_fetch *f);
+int bfs_engine_fetch_recv(struct tevent_req *req);
+
+/*
+ * Ask the engine to list directory prefix from S3 into the index (no
+ * answer): a listing past its TTL is served as the index has it, and
+ * revalidated meanwhile, once for every smbd that finds it stale.
+ */
+int bfs_engine_list(struct bfs_engine *e, const char *prefix);
+
+/* Readahead alone, for a sequential reader the cache serves (no answer). */
+int bfs_engine_prefetch(struct bfs_engine *e, const struct bfs_engine_fetch *f);
+
 /* The engine's counters, for bucketfs-ctl (blocking, timeout_ms). */
 struct bfs_engine_state {
 	pid_t pid;
 	uint64_t pending, uploaded, failed, bytes;
+	uint64_t fetches, fetched;	/* block GETs, bytes */
 };
 int bfs_engine_status(struct bfs_engine *e, unsigned timeout_ms,
 		      struct bfs_engine_state *out);

@@ -16,7 +16,7 @@
  * Most fields one type carries (STATE's 5), plus the 0 that ends the list;
  * the loops over a list stop at the bound too, should a 6th be added.
  */
-#define BFS_PROTO_TYPE_FIELDS 6
+#define BFS_PROTO_TYPE_FIELDS 8
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -46,6 +46,16 @@ static const struct bfs_pf_def {
 			     offsetof(struct bfs_proto_msg, uploaded)},
 	[BFS_PF_FAILED] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, failed)},
 	[BFS_PF_BYTES] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, bytes)},
+	[BFS_PF_SIZE] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, size)},
+	[BFS_PF_OFFSET] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, offset)},
+	[BFS_PF_LENGTH] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, length)},
+	[BFS_PF_AHEAD] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, ahead)},
+	[BFS_PF_AHEAD_N] = {BFS_PK_INT,
+			    offsetof(struct bfs_proto_msg, ahead_n)},
+	[BFS_PF_FETCHES] = {BFS_PK_INT,
+			    offsetof(struct bfs_proto_msg, fetches)},
+	[BFS_PF_FETCHED] = {BFS_PK_INT,
+			    offsetof(struct bfs_proto_msg, fetched)},
 };
 
 /*
@@ -67,7 +77,14 @@ static const struct bfs_pm_def {
 	[BFS_PM_STATUS] = {"STATUS", {0}},
 	[BFS_PM_STATE] = {"STATE", {BFS_PF_PID, BFS_PF_PENDING,
 				    BFS_PF_UPLOADED, BFS_PF_FAILED,
-				    BFS_PF_BYTES}},
+				    BFS_PF_BYTES, BFS_PF_FETCHES,
+				    BFS_PF_FETCHED}},
+	[BFS_PM_FETCH] = {"FETCH", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE,
+				    BFS_PF_OFFSET, BFS_PF_LENGTH,
+				    BFS_PF_AHEAD, BFS_PF_AHEAD_N}},
+	[BFS_PM_PREFETCH] = {"PREFETCH", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE,
+					  BFS_PF_AHEAD, BFS_PF_AHEAD_N}},
+	[BFS_PM_LIST] = {"LIST", {BFS_PF_KEY}},
 };
 
 /* ---- little-endian integers, a byte at a time --------------------------- */

@@ -28,7 +28,21 @@
  *   DONE     engine -> module  err (an errno, 0 on success), etag
  *   STATUS   ctl -> engine     (nothing): answered with STATE
  *   STATE    engine -> ctl     pid, pending (records it owns), uploaded,
- *                              failed, bytes (uploaded since start)
+ *                              failed, bytes (uploaded since start),
+ *                              fetches, fetched (S3 GETs and their bytes)
+ *   FETCH    module -> engine  key, etag, size (of the object), offset,
+ *                              length, ahead, ahead_n: bring the blocks of
+ *                              [offset, offset+length) into the cache (one
+ *                              S3 GET per block for every client asking),
+ *                              then answer DONE; and start fetching blocks
+ *                              [ahead, ahead+ahead_n) for nobody yet
+ *   PREFETCH module -> engine  key, etag, size, ahead, ahead_n: only the
+ *                              latter (a sequential reader hitting the
+ *                              cache); no answer
+ *   LIST     module -> engine  key (a directory prefix, "" the root): list
+ *                              it from S3 into the index, once however
+ *                              many ask meanwhile; no answer (the reader
+ *                              was served the listing the index had)
  */
 #ifndef BUCKETFS_BFS_PROTO_H
 #define BUCKETFS_BFS_PROTO_H
@@ -50,6 +64,9 @@ enum bfs_proto_type {
 	BFS_PM_DONE = 5,
 	BFS_PM_STATUS = 6,
 	BFS_PM_STATE = 7,
+	BFS_PM_FETCH = 8,
+	BFS_PM_PREFETCH = 9,
+	BFS_PM_LIST = 10,
 };
 
 enum bfs_proto_field {
@@ -64,6 +81,13 @@ enum bfs_proto_field {
 	BFS_PF_UPLOADED = 9,	/* integer */
 	BFS_PF_FAILED = 10,	/* integer */
 	BFS_PF_BYTES = 11,	/* integer */
+	BFS_PF_SIZE = 12,	/* integer */
+	BFS_PF_OFFSET = 13,	/* integer */
+	BFS_PF_LENGTH = 14,	/* integer */
+	BFS_PF_AHEAD = 15,	/* integer: a block number */
+	BFS_PF_AHEAD_N = 16,	/* integer: blocks */
+	BFS_PF_FETCHES = 17,	/* integer */
+	BFS_PF_FETCHED = 18,	/* integer: bytes */
 };
 
 /* One message, decoded; strings are talloc children of the message. */
@@ -73,6 +97,7 @@ struct bfs_proto_msg {
 	uint32_t id;
 	char *share, *cache_dir, *key, *staging, *etag;
 	uint64_t pid, err, pending, uploaded, failed, bytes;
+	uint64_t size, offset, length, ahead, ahead_n, fetches, fetched;
 };
 
 /*

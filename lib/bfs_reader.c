@@ -421,8 +421,10 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	while ((w = f->waiters) != NULL) {
 		BFS_LIST_REMOVE(f->waiters, w);
 		w->f = NULL;
-		if (ret == 0) {
+		if (ret == 0 && w->dst != NULL) {
 			memcpy(w->dst, f->data + w->off, w->n);
+		}
+		if (ret == 0) {
 			f->consumed += w->n;
 		}
 		bfs_read_part_done(w->req, ret, &st);
@@ -533,14 +535,22 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		 */
 		f = bfs_fetch_find(r, &obj->id, blk);
 		if (f != NULL && f->complete) {
-			memcpy(dst + (pos - off),
-			       f->data + (blk - f->first) * r->block_size + boff, n);
+			if (dst != NULL) {
+				memcpy(dst + (pos - off),
+				       f->data + (blk - f->first) * r->block_size +
+					       boff, n);
+			}
 			f->consumed += n;
 			r->counters.cache_hits++;
 			pos += n;
 			continue;
 		}
-		if (f == NULL && r->cache != NULL &&
+		if (f == NULL && r->cache != NULL && dst == NULL &&
+		    bfs_cache_present(r->cache, &obj->id, blk)) {
+			pos += n; /* only wanted in the cache: it is */
+			continue;
+		}
+		if (f == NULL && r->cache != NULL && dst != NULL &&
 		    bfs_cache_read(r->cache, &obj->id, blk, boff, n,
 				   dst + (pos - off), &got) == 0 &&
 		    got == n) {
@@ -568,7 +578,7 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		w->req = req;
 		w->off = (blk - f->first) * r->block_size + boff;
 		w->n = n;
-		w->dst = dst + (pos - off);
+		w->dst = dst != NULL ? dst + (pos - off) : NULL;
 		BFS_LIST_ADD(f->waiters, w);
 		talloc_set_destructor(w, bfs_waiter_destructor);
 		s->pending++;

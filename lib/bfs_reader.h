@@ -46,7 +46,10 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 /*
  * Read [off, off+len) of obj into buf (clamped to obj->size).  buf must
  * stay valid until the request completes or is freed.  ESTALE: the object
- * changed in S3 since obj->etag was indexed.
+ * changed in S3 since obj->etag was indexed.  buf NULL: only bring the
+ * blocks into the cache (the engine, for readers in other processes);
+ * with a reader that fills the cache at once, they are there when the
+ * request completes.
  */
 struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				 struct bfs_reader *r,

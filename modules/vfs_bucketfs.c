@@ -130,6 +130,8 @@ struct bfs_conn {
 	const char *engine_path;
 	struct bfs_engine *engine;	/* NULL: closes upload themselves */
 	struct tevent_context *engine_ev;	/* smbd's, where it answers */
+	char *list_asked;	/* the stale listing last asked of the engine */
+	time_t list_asked_at;
 	unsigned dir_rename_max;	/* objects a directory rename may move */
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
@@ -753,6 +755,24 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	known = ret == 0;
 	if (known && (bc->ttl < 0 || now - listed < bc->ttl ||
 		      now < bc->s3_down_until)) {
+		TALLOC_FREE(frame);
+		return 0;
+	}
+	/*
+	 * Past its TTL (stale-while-revalidate): served as the index has it
+	 * at once, relisted by the engine meanwhile, once for every smbd.
+	 * A folder never listed, and ttl 0, still wait for S3.
+	 */
+	if (known && bc->ttl > 0 && bc->engine != NULL &&
+	    bfs_engine_pid(bc->engine) != 0) {
+		/* A stat of each of its files asks once, not once each. */
+		if (bc->list_asked == NULL || now != bc->list_asked_at ||
+		    strcmp(bc->list_asked, prefix) != 0) {
+			(void)bfs_engine_list(bc->engine, prefix);
+			TALLOC_FREE(bc->list_asked);
+			bc->list_asked = talloc_strdup(bc, prefix);
+			bc->list_asked_at = now;
+		}
 		TALLOC_FREE(frame);
 		return 0;
 	}
@@ -2740,10 +2760,14 @@ struct bfs_pread_state {
 	uint32_t block_size;
 	int fd;			/* the cache file, for the worker thread */
 	int copy_err;
+	struct pthreadpool_tevent *pool;	/* smbd's worker threads */
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
 static void bfs_pread_cached_done(struct tevent_req *subreq);
+static void bfs_pread_engine_done(struct tevent_req *subreq);
+static bool bfs_pread_copy_start(struct tevent_req *req,
+				 struct bfs_pread_state *state);
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
 static void bfs_pread_cached_do(void *private_data)
@@ -2786,7 +2810,8 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	struct bfs_pread_state *state;
 	struct bfs_reader *reader;
 	struct bfs_conn *bc;
-	bool sequential;
+	uint64_t ahead = 0, ahead_n = 0;
+	bool sequential, engine;
 
 	req = tevent_req_create(mem_ctx, &state, struct bfs_pread_state);
 	if (req == NULL) {
@@ -2834,40 +2859,39 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	state->n = n;
 	state->off = (uint64_t)offset;
 	state->fd = -1;
-	if (bfs_reader_all_cached(reader, &fh->obj, state->off, n)) {
-		/*
-		 * All on disk: copy it in one of smbd's worker threads, as
-		 * vfs_default does for a local file, so this process's loop
-		 * keeps sending while the copy runs.
-		 */
-		state->cache = bfs_reader_cache(reader);
-		state->id = fh->obj.id;
-		state->block_size = bfs_reader_block_size(reader);
-		/*
-		 * Opening a cache file needs root (they belong to the
-		 * server); one this process has open does not, and changing
-		 * user costs more system calls than the copy's own.
-		 */
-		state->fd = bfs_cache_lend_fd(state->cache, &state->id,
-					      false);
-		if (state->fd < 0) {
-			become_root();
-			state->fd = bfs_cache_lend_fd(state->cache, &state->id,
-						      true);
-			unbecome_root();
-		}
+	state->pool = handle->conn->sconn->pool;
+
+	/*
+	 * Sequential reading (this read starts where the last one ended, or
+	 * at the start): fetch the blocks after it before they are asked for.
+	 */
+	bfs_follow_config(bc);
+	sequential = (uint64_t)offset == fh->next_off;
+	fh->next_off = (uint64_t)offset + n;
+	if (sequential && bc->readahead > 0) {
+		ahead = (fh->next_off + bc->block_size - 1) / bc->block_size;
+		ahead_n = bc->readahead;
 	}
-	if (state->fd >= 0) {
-		subreq = pthreadpool_tevent_job_send(
-			state, ev, handle->conn->sconn->pool,
-			bfs_pread_cached_do, state);
-		if (subreq == NULL) {
-			bfs_cache_return_fd(state->cache, state->fd);
-			tevent_req_oom(req);
+	engine = bc->engine != NULL && ev == bc->engine_ev &&
+		 bfs_engine_pid(bc->engine) != 0 && fh->obj.etag != NULL;
+
+	if (bfs_reader_all_cached(reader, &fh->obj, state->off, n) &&
+	    bfs_pread_copy_start(req, state)) {
+		/* All on disk: copied in one of smbd's worker threads. */
+	} else if (engine) {
+		/* A miss: the engine fetches it, once for every smbd. */
+		struct bfs_engine_fetch ef = {
+			.key = fh->obj.key, .etag = fh->obj.etag,
+			.size = fh->obj.size, .offset = state->off, .length = n,
+			.ahead = ahead, .ahead_n = ahead_n,
+		};
+
+		subreq = bfs_engine_fetch_send(state, ev, bc->engine, &ef);
+		if (tevent_req_nomem(subreq, req)) {
 			return tevent_req_post(req, ev);
 		}
-		tevent_req_set_callback(subreq, bfs_pread_cached_done, req);
-		talloc_set_destructor(state, bfs_pread_state_destructor);
+		tevent_req_set_callback(subreq, bfs_pread_engine_done, req);
+		return req;
 	} else {
 		/* Cache files belong to the server, not the connected user. */
 		become_root();
@@ -2879,20 +2903,91 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		}
 		tevent_req_set_callback(subreq, bfs_pread_done, req);
 	}
-
-	/*
-	 * Sequential reading (this read starts where the last one ended, or
-	 * at the start): fetch the blocks after it before they are asked for.
-	 */
-	bfs_follow_config(bc);
-	sequential = (uint64_t)offset == fh->next_off;
-	fh->next_off = (uint64_t)offset + n;
-	if (sequential && bc->readahead > 0) {
-		uint64_t next_blk = (fh->next_off + bc->block_size - 1) /
-				    bc->block_size;
-		bfs_reader_prefetch(reader, &fh->obj, next_blk, bc->readahead);
+	if (!tevent_req_is_in_progress(req)) {
+		return tevent_req_post(req, ev);
+	}
+	if (ahead_n > 0 && engine) {
+		struct bfs_engine_fetch ef = {
+			.key = fh->obj.key, .etag = fh->obj.etag,
+			.size = fh->obj.size, .ahead = ahead, .ahead_n = ahead_n,
+		};
+		(void)bfs_engine_prefetch(bc->engine, &ef);
+	} else if (ahead_n > 0) {
+		bfs_reader_prefetch(reader, &fh->obj, ahead, ahead_n);
 	}
 	return req;
+}
+
+/*
+ * Copy state's range from the cache in one of smbd's worker threads, as
+ * vfs_default does for a local file, so this process's loop keeps sending
+ * while the copy runs.  false if the cache file cannot be lent (then read
+ * normally).
+ */
+static bool bfs_pread_copy_start(struct tevent_req *req,
+				 struct bfs_pread_state *state)
+{
+	struct tevent_req *subreq;
+
+	state->cache = bfs_reader_cache(state->reader);
+	state->id = state->fh->obj.id;
+	state->block_size = bfs_reader_block_size(state->reader);
+	/*
+	 * Opening a cache file needs root (they belong to the server); one
+	 * this process has open does not, and changing user costs more
+	 * system calls than the copy's own.
+	 */
+	state->fd = bfs_cache_lend_fd(state->cache, &state->id, false);
+	if (state->fd < 0) {
+		become_root();
+		state->fd = bfs_cache_lend_fd(state->cache, &state->id, true);
+		unbecome_root();
+	}
+	if (state->fd < 0) {
+		return false;
+	}
+	subreq = pthreadpool_tevent_job_send(state, state->ev, state->pool,
+					     bfs_pread_cached_do, state);
+	if (subreq == NULL) {
+		bfs_cache_return_fd(state->cache, state->fd);
+		state->fd = -1;
+		tevent_req_oom(req);
+		return true;
+	}
+	tevent_req_set_callback(subreq, bfs_pread_cached_done, req);
+	talloc_set_destructor(state, bfs_pread_state_destructor);
+	return true;
+}
+
+/* The engine has the blocks in the cache: copy them from there. */
+static void bfs_pread_engine_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+	int ret = bfs_engine_fetch_recv(subreq);
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 &&
+	    bfs_reader_all_cached(state->reader, &state->fh->obj, state->off,
+				  state->n) &&
+	    bfs_pread_copy_start(req, state)) {
+		return;
+	}
+	/*
+	 * Gone from the cache already, or the engine failed or went away:
+	 * this process fetches, and says what S3 said, as without engine.
+	 */
+	become_root();
+	subreq = bfs_read_send(state, state->ev, state->reader,
+			       &state->fh->obj, state->off, state->n,
+			       state->data);
+	unbecome_root();
+	if (tevent_req_nomem(subreq, req)) {
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_pread_done, req);
 }
 
 static void bfs_pread_done(struct tevent_req *subreq)

@@ -175,6 +175,82 @@ def engine(w, test, sha256):
         assert local["seconds"]["flush"] >= 3, local
         assert w.s3_sha256("rwlocal/pipe-big.bin") == sha256(src)
 
+    def get_bytes(key):
+        """Bytes GET from S3 for key, by the front's log (ranges asked)."""
+        total = 0
+        for line in front_log().splitlines():
+            m = re.match(r"GET /\S+?/" + re.escape(key) + r" .*range=bytes=(\d+)-(\d+)", line)
+            if m:
+                total += int(m.group(2)) - int(m.group(1)) + 1
+        return total
+
+    def cold_readers(share, key, name, n):
+        procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                                   "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                                   "-c", f"get {name} {tmp}/cold-{share}-{i}"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for i in range(n)]
+        for p in procs:
+            out = p.communicate(timeout=300)[0]
+            assert p.returncode == 0, out[-2000:]
+        return [sha256(f"{tmp}/cold-{share}-{i}") for i in range(n)]
+
+    @test
+    def four_clients_cold_reading_one_object_pull_it_from_s3_about_once():
+        size = 64 << 20
+        src = make("cold4.bin", size)
+        w.s3tool("put", "rwlocal/cold4/data.bin", src)
+        w.s3tool("put", "rwfault/cold4/data.bin", src)
+        # Put in S3 behind the shares' backs: their root listings, younger
+        # than the TTL, do not show cold4/ yet.
+        w.ctl("rwlocal", "invalidate", "")
+        w.ctl("rwfault", "invalidate", "")
+        digests = cold_readers("rwlocal", "rwlocal/cold4/data.bin", "cold4/data.bin", 4)
+        assert set(digests) == {sha256(src)}, "a reader got other bytes"
+        with_engine = get_bytes("rwlocal/cold4/data.bin")
+        digests = cold_readers("rwfault", "rwfault/cold4/data.bin", "cold4/data.bin", 4)
+        assert set(digests) == {sha256(src)}
+        without = get_bytes("rwfault/cold4/data.bin")
+        print(f"    # 4 clients, one cold 64 MiB object: {with_engine / size:.2f}x its size "
+              f"from S3 through the engine, {without / size:.2f}x with each smbd fetching")
+        assert with_engine <= 1.25 * size, f"{with_engine} bytes fetched for {size}"
+        state = w.ctl("rwlocal", "engine").stdout
+        assert re.search(r"fetched", state), state
+
+    @test
+    def a_listing_past_its_ttl_is_served_at_once_and_revalidated_by_the_engine():
+        src = make("swr.bin", 1000)
+        for name in ("a.bin", "b.bin"):
+            w.s3tool("put", f"rwlocal/swr/{name}", src)
+        w.ctl("rwlocal", "invalidate", "")
+        assert set(w.ls("rwlocal", "swr")) == {"a.bin", "b.bin"}
+        w.s3tool("put", "rwlocal/swr/new.bin", src)
+        time.sleep(4)  # past [rwlocal]'s metadata ttl of 3 s
+        before = len(front_log())
+        w.fault("GET delay:5 -1 prefix=rwlocal%2Fswr")  # S3 takes 5 s to list it
+        try:
+            start = time.monotonic()
+            stale = w.ls("rwlocal", "swr")
+            took = time.monotonic() - start
+            # Served from the index: what it had, not S3's new listing.
+            assert set(stale) == {"a.bin", "b.bin"}, stale
+            again = w.ls("rwlocal2", "swr")  # another smbd, same folder
+            assert set(again) == {"a.bin", "b.bin"}, \
+                (again, took, front_log()[before:][-3000:])
+            for _ in range(150):  # the engine's relisting lands
+                if "new.bin" in w.ls("rwlocal", "swr"):
+                    break
+                time.sleep(0.2)
+            assert "new.bin" in w.ls("rwlocal", "swr"), "never relisted"
+        finally:
+            w.fault("GET delay:0 0")
+        lists = [l for l in front_log()[before:].splitlines()
+                 if "list-type=2" in l and "prefix=rwlocal%2Fswr" in l
+                 and "max-keys=1&" not in l]
+        print(f"    # a stale listing served in {took:.2f} s while S3 took 5 s to list; "
+              f"{len(lists)} S3 listing(s) for the smbds that found it stale")
+        assert len(lists) == 1, lists
+
     @test
     def a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing():
         src = make("retarget.bin", 20 << 20)

@@ -285,11 +285,13 @@ class World:
 {faulty}  bucketfs:prefix = rwlocal
   bucketfs:cache dir = {t}/bfscache-rwlocal
   bucketfs:close = local
+  bucketfs:metadata ttl = 3
 [rwlocal2]
   path = /bucketfs/rwlocal2
 {faulty}  bucketfs:prefix = rwlocal
   bucketfs:cache dir = {t}/bfscache-rwlocal
   bucketfs:close = local
+  bucketfs:metadata ttl = 3
 [syncread]
   path = /bucketfs/syncread
 {common}  bucketfs:bucket = {BUCKET}

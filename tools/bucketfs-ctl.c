@@ -200,6 +200,9 @@ static int ctl_engine(struct ctl *c, int argc, char **argv)
 	printf("engine pid %d: %" PRIu64 " uploads waiting, %" PRIu64
 	       " done (%s), %" PRIu64 " failed since it started\n",
 	       (int)st.pid, st.pending, st.uploaded, sz, st.failed);
+	ctl_size_str(st.fetched, sz);
+	printf("read misses: %" PRIu64 " S3 GETs, %s fetched for every smbd\n",
+	       st.fetches, sz);
 	return 0;
 }
 

@@ -13,8 +13,14 @@
  * after it died; records of a dead engine are claimed by the next one, as
  * smbd's own recovery does for a dead smbd.
  *
+ * Read misses of every smbd come here too (FETCH): the main thread's
+ * reader fetches each block once, however many smbds ask for it meanwhile,
+ * into the cache they all read, with readahead for sequential readers and
+ * the reader's one memory bound for the host.
+ *
  * Two threads.  The main thread runs a tevent loop with the socket and
- * never waits on S3: it answers HELLO and STATUS at once and parks WAITs.
+ * never waits on S3: it answers HELLO and STATUS at once, parks WAITs,
+ * and runs fetches as asynchronous S3 requests on its own loop.
  * The upload thread runs the journal's records one after the other with
  * lib/bfs_writeback on an event context of its own (each upload is itself
  * parallel: several parts in flight), and hands each result to the main
@@ -38,6 +44,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
+#include <sys/param.h>
 #include <unistd.h>
 
 #include <talloc.h>
@@ -48,7 +55,9 @@
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
 #include "bfs_proto.h"
+#include "bfs_reader.h"
 #include "bfs_writeback.h"
+#include "s3_dirlist.h"
 #include "s3_imds.h"
 
 /* A failed upload is tried again this long after, unless a flush asks. */
@@ -118,6 +127,12 @@ struct eng {
 	struct bfs_upload_params upload;
 	unsigned delay_ms;
 	struct eng_client *clients;
+	/* Fetches for read misses, on the main thread's loop. */
+	struct s3_client *s3;
+	struct bfs_cache *cache;
+	struct bfs_reader *reader;
+	struct eng_listing *listings;	/* relistings in flight */
+	unsigned list_claim_age;	/* seconds: a lister is dead past it */
 	struct eng_waiter *waiters;
 	int done_pipe[2];
 	int listen_fd;
@@ -526,6 +541,153 @@ static int eng_wait_state(struct eng *e, const char *key,
 	return ret;
 }
 
+/* A FETCH in progress: answered DONE once its blocks are in the cache. */
+struct eng_fetch {
+	struct eng_client *c;
+	uint32_t id;
+};
+
+static void eng_fetch_done(struct tevent_req *req)
+{
+	struct eng_fetch *f = tevent_req_callback_data(req, struct eng_fetch);
+	struct bfs_proto_msg a = {.type = BFS_PM_DONE, .id = f->id};
+	struct s3_status st = {0};
+	size_t got = 0;
+	int ret = bfs_read_recv(req, &got, &st);
+
+	talloc_free(req);
+	a.err = (uint64_t)ret;
+	eng_send(f->c, &a);
+	talloc_free(f);
+}
+
+/* FETCH and PREFETCH: read misses of smbds, fetched once for all. */
+static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m)
+{
+	struct eng *e = c->e;
+	struct bfs_object obj = {
+		.key = m->key, .etag = m->etag, .size = m->size,
+	};
+	struct bfs_proto_msg a = {.type = BFS_PM_DONE, .id = m->id};
+	struct tevent_req *req;
+	struct eng_fetch *f;
+
+	if (m->key == NULL || m->etag == NULL || e->reader == NULL) {
+		if (m->type == BFS_PM_FETCH) {
+			a.err = EINVAL;
+			eng_send(c, &a);
+		}
+		return;
+	}
+	bfs_cache_make_id(e->c.bucket, m->key, m->etag, e->c.block_size,
+			  &obj.id);
+	if (m->type == BFS_PM_FETCH) {
+		f = talloc_zero(c, struct eng_fetch);
+		req = f == NULL ? NULL :
+			bfs_read_send(f, e->ev, e->reader, &obj, m->offset,
+				      (size_t)MIN(m->length, 64u << 20), NULL);
+		if (req == NULL) {
+			talloc_free(f);
+			a.err = ENOMEM;
+			eng_send(c, &a);
+		} else {
+			f->c = c;
+			f->id = m->id;
+			tevent_req_set_callback(req, eng_fetch_done, f);
+		}
+	}
+	if (m->ahead_n > 0) {
+		bfs_reader_prefetch(e->reader, &obj, m->ahead,
+				    (unsigned)MIN(m->ahead_n, 4096));
+	}
+}
+
+/*
+ * LIST: a directory some smbd served past its TTL, relisted here from S3
+ * into the index, once for every smbd that asks meanwhile (and not at all
+ * while another process lists it: the index's listing claim).
+ */
+struct eng_listing {
+	struct eng_listing *prev, *next;
+	struct eng *e;
+	char *prefix;
+	time_t started;
+};
+
+static int eng_listing_destructor(struct eng_listing *l)
+{
+	ENG_LIST_REMOVE(l->e->listings, l);
+	bfs_index_listing_release(l->e->idx, l->prefix);
+	return 0;
+}
+
+static void eng_list_done(struct tevent_req *req)
+{
+	struct eng_listing *l = tevent_req_callback_data(req,
+							 struct eng_listing);
+	struct s3_status st = {0};
+	struct s3_dir *dir = NULL;
+	int ret = s3_dirlist_recv(req, l, &dir, &st);
+
+	talloc_free(req);
+	if (ret == 0) {
+		if (dir->n_hidden_sample > 0) {
+			eng_log(BFS_LOG_WARNING, "%zu key(s) under s3://%s/%s "
+				"cannot be SMB names and are hidden, e.g. "
+				"'%s' (%s)", dir->n_hidden, l->e->c.bucket,
+				l->prefix, dir->hidden[0].key,
+				dir->hidden[0].why);
+		}
+		ret = bfs_index_store_dir(l->e->idx, dir, l->started);
+		if (ret == 0 && time(NULL) > l->started + 1) {
+			/* A slow listing is as fresh as its last page. */
+			(void)bfs_index_dir_set_listed(l->e->idx, l->prefix,
+						       time(NULL));
+		}
+		if (ret != 0) {
+			eng_log(BFS_LOG_ERR, "cannot store the listing of %s "
+				"in the index: %s", l->prefix, strerror(ret));
+		}
+	} else {
+		eng_log(BFS_LOG_WARNING, "relisting s3://%s/%s failed: %s "
+			"(HTTP %ld); the index keeps what it had",
+			l->e->c.bucket, l->prefix,
+			st.code[0] ? st.code : strerror(ret), st.http_status);
+	}
+	talloc_free(l);
+}
+
+static void eng_list(struct eng *e, const char *prefix)
+{
+	struct eng_listing *l;
+	struct tevent_req *req;
+
+	for (l = e->listings; l != NULL; l = l->next) {
+		if (strcmp(l->prefix, prefix) == 0) {
+			return; /* on its way */
+		}
+	}
+	if (bfs_index_listing_claim(e->idx, prefix, e->list_claim_age) != 0) {
+		return; /* another process lists it now */
+	}
+	l = talloc_zero(e, struct eng_listing);
+	if (l == NULL || (l->prefix = talloc_strdup(l, prefix)) == NULL) {
+		talloc_free(l);
+		bfs_index_listing_release(e->idx, prefix);
+		return;
+	}
+	l->e = e;
+	l->started = time(NULL);
+	ENG_LIST_ADD(e->listings, l);
+	talloc_set_destructor(l, eng_listing_destructor);
+	req = s3_dirlist_send(l, e->ev, e->s3, prefix);
+	if (req == NULL) {
+		talloc_free(l);
+		return;
+	}
+	tevent_req_set_callback(req, eng_list_done, l);
+}
+
 /* false if c was closed (and freed) */
 static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 {
@@ -573,8 +735,23 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		ENG_LIST_ADD(e->waiters, wt);
 		eng_kick(e, true);
 		break;
+	case BFS_PM_FETCH:
+	case BFS_PM_PREFETCH:
+		eng_fetch(c, m);
+		break;
+	case BFS_PM_LIST:
+		if (m->key != NULL) {
+			eng_list(e, m->key);
+		}
+		break;
 	case BFS_PM_STATUS:
 		a.type = BFS_PM_STATE;
+		if (e->reader != NULL) {
+			const struct bfs_reader_counters *rc =
+				bfs_reader_counters(e->reader);
+			a.fetches = rc->block_fetches;
+			a.fetched = rc->fetched_bytes;
+		}
 		a.pid = (uint64_t)getpid();
 		pthread_mutex_lock(&e->mu);
 		a.pending = e->pending;
@@ -925,10 +1102,24 @@ int main(int argc, char **argv)
 	e->upload.copy_threshold = ctl_size(&e->c, "multipart copy threshold");
 	e->upload.parallel = (unsigned)ctl_int(&e->c, "upload parallel");
 	e->delay_ms = (unsigned)ctl_int(&e->c, "upload delay");
+	/* As smbd's: longer than a listing of many slow pages. */
+	e->list_claim_age = (unsigned)ctl_int(&e->c, "request timeout") * 4 + 10;
 	e->idx = ctl_index(&e->c);
 	e->j = ctl_journal(&e->c);
 	e->ev = tevent_context_init(e);
 	if (e->ev == NULL || pipe2(e->done_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+		ctl_die("out of memory");
+	}
+	/*
+	 * The fetches' reader fills the cache at once (not from a fill
+	 * thread): a FETCH is answered when its blocks are on disk, where
+	 * the smbd that asked reads them.
+	 */
+	e->cache = ctl_cache(&e->c);
+	e->s3 = ctl_s3(&e->c, e->ev, NULL);
+	e->reader = bfs_reader_new(e, e->ev, e->s3, e->cache, e->c.block_size,
+				   false);
+	if (e->reader == NULL) {
 		ctl_die("out of memory");
 	}
 	pthread_mutex_init(&e->mu, NULL);

@@ -21,7 +21,7 @@
 #include "fuzz.h"
 
 /* What integer fields missing from a frame add when it is written back. */
-#define INT_FIELDS_MAX (5 * (6 + 8))
+#define INT_FIELDS_MAX (7 * (6 + 8))
 
 static bool same_str(const char *a, const char *b)
 {
@@ -50,6 +50,7 @@ static void check_same(const struct bfs_proto_msg *a,
 		FUZZ_CHECK(a->pid == b->pid);
 		break;
 	case BFS_PM_UPLOAD:
+	case BFS_PM_LIST:
 		FUZZ_CHECK(same_str(a->key, b->key));
 		break;
 	case BFS_PM_WAIT:
@@ -68,6 +69,19 @@ static void check_same(const struct bfs_proto_msg *a,
 		FUZZ_CHECK(a->uploaded == b->uploaded);
 		FUZZ_CHECK(a->failed == b->failed);
 		FUZZ_CHECK(a->bytes == b->bytes);
+		FUZZ_CHECK(a->fetches == b->fetches);
+		FUZZ_CHECK(a->fetched == b->fetched);
+		break;
+	case BFS_PM_FETCH:
+		FUZZ_CHECK(a->offset == b->offset);
+		FUZZ_CHECK(a->length == b->length);
+		/* fall through: the rest as PREFETCH */
+	case BFS_PM_PREFETCH:
+		FUZZ_CHECK(same_str(a->key, b->key));
+		FUZZ_CHECK(same_str(a->etag, b->etag));
+		FUZZ_CHECK(a->size == b->size);
+		FUZZ_CHECK(a->ahead == b->ahead);
+		FUZZ_CHECK(a->ahead_n == b->ahead_n);
 		break;
 	default:
 		FUZZ_CHECK(!"decoded a type the header does not list");
@@ -118,7 +132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		/*
 		 * Writing back keeps at most one copy of each field read, but
 		 * an integer is always written, read or not (0): at most the
-		 * 5 of STATE more.  Only then may the frame not fit.
+		 * 7 of STATE more.  Only then may the frame not fit.
 		 */
 		rc = bfs_proto_encode(t, m, &buf, &len);
 		if (rc == EMSGSIZE) {

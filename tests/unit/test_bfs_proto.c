@@ -14,7 +14,8 @@
 
 static const enum bfs_proto_type all_types[] = {
 	BFS_PM_HELLO, BFS_PM_WELCOME, BFS_PM_UPLOAD, BFS_PM_WAIT,
-	BFS_PM_DONE,  BFS_PM_STATUS,  BFS_PM_STATE,
+	BFS_PM_DONE,  BFS_PM_STATUS,  BFS_PM_STATE, BFS_PM_FETCH,
+	BFS_PM_PREFETCH, BFS_PM_LIST,
 };
 
 /* A message with every field set, each to a value of its own. */
@@ -35,6 +36,13 @@ static struct bfs_proto_msg full_msg(enum bfs_proto_type type, uint32_t id)
 		.uploaded = UINT64_MAX,
 		.failed = 3,
 		.bytes = 1ULL << 40,
+		.size = 1ULL << 33,
+		.offset = 7 << 20,
+		.length = 65536,
+		.ahead = 8,
+		.ahead_n = 64,
+		.fetches = 99,
+		.fetched = 99ULL << 20,
 	};
 	return m;
 }
@@ -43,6 +51,7 @@ static struct bfs_proto_msg full_msg(enum bfs_proto_type type, uint32_t id)
 struct carried {
 	bool share, cache_dir, key, staging, etag;
 	bool pid, err, pending, uploaded, failed, bytes;
+	bool size, offset, length, ahead, ahead_n, fetches, fetched;
 };
 
 static struct carried carried_by(enum bfs_proto_type t)
@@ -57,6 +66,7 @@ static struct carried carried_by(enum bfs_proto_type t)
 		c.pid = true;
 		break;
 	case BFS_PM_UPLOAD:
+	case BFS_PM_LIST:
 		c.key = true;
 		break;
 	case BFS_PM_WAIT:
@@ -69,6 +79,13 @@ static struct carried carried_by(enum bfs_proto_type t)
 		break;
 	case BFS_PM_STATE:
 		c.pid = c.pending = c.uploaded = c.failed = c.bytes = true;
+		c.fetches = c.fetched = true;
+		break;
+	case BFS_PM_FETCH:
+		c.offset = c.length = true;
+		/* fall through */
+	case BFS_PM_PREFETCH:
+		c.key = c.etag = c.size = c.ahead = c.ahead_n = true;
 		break;
 	}
 	return c;
@@ -186,6 +203,13 @@ static void test_every_type_round_trips(void **state)
 		assert_int_field(c.uploaded, in.uploaded, out->uploaded);
 		assert_int_field(c.failed, in.failed, out->failed);
 		assert_int_field(c.bytes, in.bytes, out->bytes);
+		assert_int_field(c.size, in.size, out->size);
+		assert_int_field(c.offset, in.offset, out->offset);
+		assert_int_field(c.length, in.length, out->length);
+		assert_int_field(c.ahead, in.ahead, out->ahead);
+		assert_int_field(c.ahead_n, in.ahead_n, out->ahead_n);
+		assert_int_field(c.fetches, in.fetches, out->fetches);
+		assert_int_field(c.fetched, in.fetched, out->fetched);
 		/* Strings belong to the message: one free takes them all. */
 		if (out->share != NULL) {
 			assert_true(talloc_parent(out->share) == out);
@@ -413,7 +437,7 @@ static void test_malformed_frames_are_refused(void **state)
 	fr_start(&f, BFS_PROTO_VERSION, 0);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
-	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_STATE + 1);
+	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_LIST + 1);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
 	fr_start(&f, BFS_PROTO_VERSION, 0xffff);
@@ -505,7 +529,7 @@ static void test_encode_refusals(void **state)
 	/* A type the protocol lacks is a bug of the caller's. */
 	m.type = 0;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
-	m.type = BFS_PM_STATE + 1;
+	m.type = BFS_PM_LIST + 1;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
 	talloc_free(t);
 }
@@ -520,9 +544,12 @@ static void test_type_names(void **state)
 	assert_string_equal(bfs_proto_type_name(BFS_PM_DONE), "DONE");
 	assert_string_equal(bfs_proto_type_name(BFS_PM_STATUS), "STATUS");
 	assert_string_equal(bfs_proto_type_name(BFS_PM_STATE), "STATE");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_FETCH), "FETCH");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_PREFETCH), "PREFETCH");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_LIST), "LIST");
 	/* Log lines print whatever a peer sent: never NULL. */
 	assert_string_equal(bfs_proto_type_name(0), "?");
-	assert_string_equal(bfs_proto_type_name(BFS_PM_STATE + 1), "?");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_LIST + 1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)-1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)0xffff),
 			    "?");
