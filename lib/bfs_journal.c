@@ -4,6 +4,9 @@
 #include "bfs_journal.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
@@ -12,8 +15,11 @@
 #include "bfs_lmdb.h"
 
 #define BFS_JOURNAL_MAP_SIZE (256ULL << 20)
-/* 2 added src_etag and flags; version 1 records still decode. */
-#define BFS_JREC_VERSION 2
+/*
+ * 2 added src_etag and flags, 3 the start time of the owning process;
+ * versions 1 and 2 still decode.
+ */
+#define BFS_JREC_VERSION 3
 #define BFS_JREC_OPEN 0x01
 #define BFS_JREC_STARTED 0x02
 
@@ -38,9 +44,11 @@ struct bfs_jrec_hdr {
 	int64_t mtime;
 	uint16_t src_etag_len;
 	uint8_t flags;
+	uint64_t pid_start;
 } __attribute__((packed));
 
 #define BFS_JREC_V1_HDR offsetof(struct bfs_jrec_hdr, src_etag_len)
+#define BFS_JREC_V2_HDR offsetof(struct bfs_jrec_hdr, pid_start)
 
 static int bfs_journal_destructor(struct bfs_journal *j)
 {
@@ -107,6 +115,9 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 		.src_etag_len = (uint16_t)el,
 		.flags = (r->open ? BFS_JREC_OPEN : 0) |
 			 (r->started ? BFS_JREC_STARTED : 0),
+		/* Whose pid it is: a process started later is another. */
+		.pid_start = r->pid_start != 0 ? r->pid_start :
+						 bfs_proc_start(r->pid),
 	};
 	uint8_t *p;
 
@@ -158,12 +169,13 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	if (len < 1) {
 		return EBADMSG;
 	}
-	hl = p[0] == 1 ? BFS_JREC_V1_HDR : sizeof(h);
+	hl = p[0] == 1 ? BFS_JREC_V1_HDR : p[0] == 2 ? BFS_JREC_V2_HDR :
+							 sizeof(h);
 	if (len < hl) {
 		return EBADMSG;
 	}
 	memcpy(&h, buf, hl);
-	if ((h.version != 1 && h.version != BFS_JREC_VERSION) ||
+	if ((h.version < 1 || h.version > BFS_JREC_VERSION) ||
 	    h.op < BFS_J_PUT || h.op > BFS_J_ABORT ||
 	    (h.flags & ~(BFS_JREC_OPEN | BFS_JREC_STARTED)) != 0 ||
 	    len != hl + h.staging_len + h.src_len + h.upload_id_len +
@@ -172,6 +184,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	}
 	r->op = (enum bfs_jop)h.op;
 	r->pid = (pid_t)h.pid;
+	r->pid_start = h.pid_start;
 	r->last_error = h.last_error;
 	r->size = h.size;
 	r->mtime = (time_t)h.mtime;
@@ -457,6 +470,79 @@ bool bfs_journal_pid_alive(pid_t pid)
 	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
+uint64_t bfs_proc_start(pid_t pid)
+{
+	static uint64_t boot_ticks; /* btime, in clock ticks */
+	static uint64_t self_start;
+	static pid_t self;
+	char path[64], buf[1024], *p;
+	unsigned long long ticks;
+	long hz = sysconf(_SC_CLK_TCK);
+	ssize_t n;
+	int fd, field;
+
+	if (pid <= 0 || hz <= 0) {
+		return 0;
+	}
+	if (pid == getpid() && self == pid && self_start != 0) {
+		return self_start;
+	}
+	if (boot_ticks == 0) {
+		FILE *f = fopen("/proc/stat", "re");
+		unsigned long long btime;
+		char line[256];
+
+		while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
+			if (sscanf(line, "btime %llu", &btime) == 1) {
+				boot_ticks = (uint64_t)btime * (uint64_t)hz;
+				break;
+			}
+		}
+		if (f != NULL) {
+			fclose(f);
+		}
+	}
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd == -1) {
+		return 0;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) {
+		return 0;
+	}
+	buf[n] = '\0';
+	/* After the command name (which may hold spaces and ')'): field 3. */
+	p = strrchr(buf, ')');
+	for (field = 2; p != NULL && field < 22; field++) {
+		p = strchr(p + 1, ' ');
+	}
+	if (p == NULL || sscanf(p + 1, "%llu", &ticks) != 1) {
+		return 0;
+	}
+	if (pid == getpid()) {
+		self = pid;
+		self_start = boot_ticks + ticks;
+	}
+	return boot_ticks + ticks;
+}
+
+bool bfs_jrec_owner_alive(const struct bfs_jrec *r)
+{
+	uint64_t now;
+
+	if (!bfs_journal_pid_alive(r->pid)) {
+		return false;
+	}
+	if (r->pid_start == 0) {
+		return true; /* an old record: the pid is all we know */
+	}
+	now = bfs_proc_start(r->pid);
+	/* Unreadable (another pid namespace): trust the pid. */
+	return now == 0 || now == r->pid_start;
+}
+
 static int bfs_jrec_order(const void *a, const void *b)
 {
 	static const int rank[] = {
@@ -504,11 +590,12 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			void *buf;
 			size_t len;
 
-			if (bfs_journal_pid_alive(r.pid)) {
+			if (bfs_jrec_owner_alive(&r)) {
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}
 			r.pid = claim_pid;
+			r.pid_start = 0; /* the claimer's, at encoding */
 			r.key = NULL;
 			rc = bfs_jrec_encode(tmp, &r, &buf, &len);
 			if (rc == 0) {

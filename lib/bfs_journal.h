@@ -45,6 +45,8 @@ struct bfs_jrec {
 	char *key;		/* full object key */
 	enum bfs_jop op;
 	pid_t pid;		/* the process working on it */
+	uint64_t pid_start;	/* when it started (bfs_proc_start); 0 at
+				   encoding: looked up then */
 	uint64_t size;		/* PUT: bytes in the staging file */
 	time_t mtime;		/* PUT: the client's modification time */
 	int last_error;		/* errno of the last failed attempt, or 0 */
@@ -119,8 +121,19 @@ int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			 const struct bfs_jrec *r, struct bfs_jrec *old)
 	__attribute__((warn_unused_result));
 
-/* Whether the process a record names still runs. */
+/* Whether process pid exists (any process of that number). */
 bool bfs_journal_pid_alive(pid_t pid);
+
+/*
+ * When process pid started (clock ticks since the epoch, from /proc), 0
+ * if unknown.  A record keeps its owner's: should the owner die and its
+ * number be given to another process (a reboot, a busy host), that one
+ * started later, and the record is an orphan all the same.
+ */
+uint64_t bfs_proc_start(pid_t pid);
+
+/* Whether the process a record names still runs: its pid, same start. */
+bool bfs_jrec_owner_alive(const struct bfs_jrec *r);
 
 /* Every record (for bucketfs-ctl and tests). */
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,

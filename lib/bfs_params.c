@@ -52,6 +52,8 @@ const struct bfs_pdef bfs_pdefs[] = {
 	{"stream parallel", BFS_PT_INT, "2", 1, 64, false, false},
 	{"close", BFS_PT_STRING, "s3", 0, 0, false, false},
 	{"upload delay", BFS_PT_INT, "500", 0, 60000, false, false},
+	{"writeback limit", BFS_PT_SIZE, "16G", 0, BFS_SIZE_UNBOUNDED, false,
+	 true},
 	{"engine", BFS_PT_STRING, "/usr/local/sbin/bucketfsd", 0, 0, false,
 	 false},
 	{"dir rename max", BFS_PT_INT, "1000", 0, 10000000, false, false},

@@ -194,7 +194,7 @@ int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 static bool bfs_wb_put_is_ours(const struct bfs_jrec *rec)
 {
 	return rec->pid == getpid() || rec->last_error != 0 ||
-	       !bfs_journal_pid_alive(rec->pid);
+	       !bfs_jrec_owner_alive(rec);
 }
 
 
@@ -575,6 +575,23 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 	return ret;
 }
 
+int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+	int ret = tmp != NULL ? bfs_journal_list(wb->j, tmp, &recs, &n) : ENOMEM;
+
+	*bytes = 0;
+	for (i = 0; ret == 0 && i < n; i++) {
+		if (recs[i].op == BFS_J_PUT && recs[i].pid == owner) {
+			*bytes += recs[i].size;
+		}
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
 int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 		    pid_t engine)
 {
@@ -703,7 +720,7 @@ int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
 		struct bfs_jrec rec;
 		int ret = bfs_journal_get(wb->j, tmp, key, &rec);
 		bool running = ret == 0 && rec.pid != getpid() &&
-			       bfs_journal_pid_alive(rec.pid);
+			       bfs_jrec_owner_alive(&rec);
 		bool failed = ret == 0 && rec.last_error != 0;
 
 		talloc_free(tmp);
@@ -849,7 +866,7 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	 */
 	had_old = bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
 		  old.op == BFS_J_PUT &&
-		  (old.pid == getpid() || !bfs_journal_pid_alive(old.pid));
+		  (old.pid == getpid() || !bfs_jrec_owner_alive(&old));
 	if (had_old && old.src != NULL) {
 		rec.src = old.src;
 		rec.src_etag = old.src_etag;

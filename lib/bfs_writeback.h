@@ -72,6 +72,12 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 	__attribute__((warn_unused_result));
 
 /*
+ * Bytes of the uploads journalled in the name of process owner (the
+ * engine) and not yet in S3: what `bucketfs:writeback limit` bounds.
+ */
+int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes);
+
+/*
  * A rename src -> dst of a closed file whose upload waits in the engine
  * (`engine`) and has not started: the upload goes to dst instead, and src
  * (which S3 may hold from before) is deleted after it, so no server-side

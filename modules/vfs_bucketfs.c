@@ -130,6 +130,7 @@ struct bfs_conn {
 	const char *engine_path;
 	struct bfs_engine *engine;	/* NULL: closes upload themselves */
 	struct tevent_context *engine_ev;	/* smbd's, where it answers */
+	uint64_t writeback_limit;	/* bytes the engine may hold; 0 none */
 	char *list_asked;	/* the stale listing last asked of the engine */
 	time_t list_asked_at;
 	unsigned dir_rename_max;	/* objects a directory rename may move */
@@ -677,6 +678,9 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	if (bc->s3_async != NULL) {
 		s3_client_set_max_requests(bc->s3_async,
 					   bc->cfg.max_requests);
+	}
+	if (!bfs_parm_size(&pc, "writeback limit", &bc->writeback_limit)) {
+		ok = false;
 	}
 	if (bfs_parm_size(&pc, "cache size", &cache_size)) {
 		bfs_note_change(bc, first, "cache size",
@@ -2192,6 +2196,7 @@ static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
  */
 static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
 {
+	uint64_t size;
 	int ret;
 
 	if (bc->engine == NULL || !fh->dirty || fh->deleted ||
@@ -2199,7 +2204,25 @@ static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
 	    fh->stream != NULL || bfs_staged_twin(bc, fh->key, fh) != NULL) {
 		return ENOTSUP;
 	}
-	ret = bfs_hand_over(bc, fh, fh->stage_name, bfs_fh_size(fh));
+	size = bfs_fh_size(fh);
+	bfs_follow_config(bc);
+	if (bc->writeback_limit > 0) {
+		uint64_t pending = 0;
+
+		become_root();
+		ret = bfs_wb_pending_bytes(bc->wb, bfs_engine_pid(bc->engine),
+					   &pending);
+		unbecome_root();
+		if (ret == 0 && pending + size > bc->writeback_limit) {
+			/* Held back: this close waits for S3 instead. */
+			DBG_NOTICE("bucketfs: share %s: %" PRIu64 " bytes wait "
+				   "for upload, over 'bucketfs:writeback "
+				   "limit': the close of %s uploads it now\n",
+				   bc->service, pending, fh->key);
+			return ENOTSUP;
+		}
+	}
+	ret = bfs_hand_over(bc, fh, fh->stage_name, size);
 	if (ret != 0) {
 		return ret;
 	}

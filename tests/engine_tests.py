@@ -252,6 +252,22 @@ def engine(w, test, sha256):
         assert len(lists) == 1, lists
 
     @test
+    def over_the_writeback_limit_a_close_waits_for_s3_instead_of_filling_the_disk():
+        first, second = make("limit-1.bin", 16 << 20), make("limit-2.bin", 16 << 20)
+        w.fault("PUT delay:3 -1")
+        try:
+            put("rwlocal2", first, "limit-1.bin")  # 16 MiB held: under 20M
+            assert "rwlocal/limit-1.bin" not in s3_keys("rwlocal/")
+            took, _ = put("rwlocal2", second, "limit-2.bin")  # 32 MiB: over
+            # Held back: this close came back with the object in S3.
+            assert w.s3_sha256("rwlocal/limit-2.bin") == sha256(second)
+        finally:
+            w.fault("PUT delay:0 0")
+        assert s3_has("rwlocal/limit-1.bin", sha256(first))
+        assert "over 'bucketfs:writeback limit'" in w.smb_log()
+        print(f"    # the close over the limit took {took:.1f} s (PUTs slowed 3 s)")
+
+    @test
     def a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing():
         src = make("retarget.bin", 20 << 20)
         before = len(front_log())

@@ -292,6 +292,7 @@ class World:
   bucketfs:cache dir = {t}/bfscache-rwlocal
   bucketfs:close = local
   bucketfs:metadata ttl = 3
+  bucketfs:writeback limit = 20M
 [syncread]
   path = /bucketfs/syncread
 {common}  bucketfs:bucket = {BUCKET}

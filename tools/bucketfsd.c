@@ -531,7 +531,7 @@ static int eng_wait_state(struct eng *e, const char *key,
 		*err = res->err;
 		ret = 1;
 	} else if (ret == 0 && r.last_error != 0 &&
-		   !bfs_journal_pid_alive(r.pid)) {
+		   !bfs_jrec_owner_alive(&r)) {
 		ret = 0; /* claimed at the next pass */
 	} else if (ret != 0) {
 		*err = ret;

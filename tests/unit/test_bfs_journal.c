@@ -461,6 +461,44 @@ static void test_hand_over_and_retarget(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A record names its owner by pid and start time: a live process that
+ * got the pid of a dead owner (after a reboot, on a busy host) does not
+ * keep its records from being finished.
+ */
+static void test_a_reused_pid_is_not_the_owner(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec mine = {
+		.key = "mine", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "s1",
+	}, reused = {
+		.key = "reused", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "s2", .pid_start = 12345, /* someone before us */
+	}, got, *out = NULL;
+	size_t n = 0;
+
+	assert_true(bfs_proc_start(getpid()) > 12345);
+	assert_int_equal(bfs_proc_start(dead_pid()), 0);
+	assert_int_equal(bfs_journal_put(j, &mine), 0);
+	assert_int_equal(bfs_journal_put(j, &reused), 0);
+	assert_int_equal(bfs_journal_get(j, t, "mine", &got), 0);
+	assert_int_equal(got.pid_start, bfs_proc_start(getpid()));
+	assert_true(bfs_jrec_owner_alive(&got));
+	assert_int_equal(bfs_journal_get(j, t, "reused", &got), 0);
+	assert_false(bfs_jrec_owner_alive(&got));
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+			 0);
+	assert_int_equal(n, 1);
+	assert_string_equal(out[0].key, "reused");
+	/* Claimed: ours now, with our start time. */
+	assert_int_equal(bfs_journal_get(j, t, "reused", &got), 0);
+	assert_true(bfs_jrec_owner_alive(&got));
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -474,6 +512,7 @@ int main(void)
 		cmocka_unit_test(test_index_put_rename_remove),
 		cmocka_unit_test(test_swap_update_retarget),
 		cmocka_unit_test(test_hand_over_and_retarget),
+		cmocka_unit_test(test_a_reused_pid_is_not_the_owner),
 	};
 	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
 }
