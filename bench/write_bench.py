@@ -9,6 +9,11 @@ same run on the same S3 server: a raw parallel multipart upload of the
 same bytes from a local file (build/s3tool putmp, 16 MiB parts, 8 in
 flight, the module's defaults).  Median of RUNS runs; bucketfs and the
 baseline both talk to s3rver directly.  Writes bench/results/write.md.
+
+With `bucketfs:close = local` (issue 18) the same pattern is timed twice:
+until the rename returns (what the GPU waits for), against plain Samba
+writing the same file to its local disk; and until the engine has
+ckpt.pt in S3 (`bucketfs-ctl pending` empty), against the raw upload.
 """
 import importlib.util
 import os
@@ -58,6 +63,14 @@ def main():
                     f"  bucketfs:credentials file = {tmp}/creds\n"
                     f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = bench\n"
                     f"  bucketfs:cache dir = {tmp}/benchcache\n  read only = no\n")
+            f.write(f"[benchlocal]\n  path = /bucketfs/benchlocal\n  vfs objects = bucketfs\n"
+                    f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
+                    f"  bucketfs:credentials file = {tmp}/creds\n"
+                    f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = benchlocal\n"
+                    f"  bucketfs:cache dir = {tmp}/benchlocalcache\n  read only = no\n"
+                    f"  bucketfs:close = local\n")
+            os.makedirs(f"{tmp}/plain", exist_ok=True)
+            f.write(f"[plain]\n  path = {tmp}/plain\n  read only = no\n")
         subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
         time.sleep(1)
         # A close answers once the upload is done: longer than smbclient's
@@ -66,12 +79,38 @@ def main():
                "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-t", "600"]
         subprocess.run(smb + ["-c", f"put {src} ckpt.pt"], check=True, capture_output=True)
 
-        ours, raw = [], []
+        local = smb[:1] + ["//127.0.0.1/benchlocal"] + smb[2:]
+        plain = smb[:1] + ["//127.0.0.1/plain"] + smb[2:]
+        subprocess.run(local + ["-c", f"put {src} ckpt.pt"], check=True, capture_output=True)
+
+        def drained():
+            """Until the engine holds nothing: ckpt.pt is in S3."""
+            for _ in range(6000):
+                p = subprocess.run([f"{B}/bucketfs-ctl", "-s", w.conf, "benchlocal",
+                                    "pending"], capture_output=True, text=True)
+                if p.returncode == 0 and not p.stdout.strip():
+                    return
+                time.sleep(0.05)
+            raise RuntimeError("the engine never drained")
+
+        drained()
+        ours, raw, acked, durable, plain_t = [], [], [], [], []
+        cmd = f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt -f"
         for i in range(RUNS):
-            ours.append(timed(smb + ["-c", f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt -f"]))
+            ours.append(timed(smb + ["-c", cmd]))
             raw.append(timed([f"{B}/s3tool", "putmp", f"raw/ckpt{i}.bin", src,
                               str(16 << 20), "8"], env=env))
-        print(f"bucketfs {ours}, raw {raw}", flush=True)
+            start = time.monotonic()
+            timed(local + ["-c", cmd])
+            acked.append(time.monotonic() - start)
+            drained()
+            durable.append(time.monotonic() - start)
+            plain_t.append(timed(plain + ["-c", cmd]))
+        print(f"bucketfs {ours}, raw {raw}, local close {acked}, until in S3 {durable}, "
+              f"plain Samba {plain_t}", flush=True)
+        subprocess.run([f"{B}/s3tool", "get", "benchlocal/ckpt.pt", f"{tmp}/check2.bin"],
+                       env=env, check=True)
+        assert runner.sha256(f"{tmp}/check2.bin") == digest, "close = local: S3 differs"
         out = f"{tmp}/check.bin"
         subprocess.run([f"{B}/s3tool", "get", "bench/ckpt.pt", out], env=env, check=True)
         assert runner.sha256(out) == digest, "the checkpoint in S3 differs from the source"
@@ -83,6 +122,14 @@ def main():
                  f"| write + rename until durable in S3 | {MB / med(ours):.0f} MB/s ({med(ours):.1f} s) "
                  f"| {MB / med(raw):.0f} MB/s ({med(raw):.1f} s, raw parallel multipart upload) "
                  f"| {ratio:.2f} | ≥ 0.7 |",
+                 f"| `close = local`: write + rename until the rename returns | "
+                 f"{MB / med(acked):.0f} MB/s ({med(acked):.1f} s) | {MB / med(plain_t):.0f} MB/s "
+                 f"({med(plain_t):.1f} s, plain Samba to local disk) | "
+                 f"{med(plain_t) / med(acked):.2f} | ≥ 0.8 |",
+                 f"| `close = local`: write + rename until the engine has it in S3 | "
+                 f"{MB / med(durable):.0f} MB/s ({med(durable):.1f} s) | {MB / med(raw):.0f} MB/s "
+                 f"({med(raw):.1f} s, raw parallel multipart upload) | "
+                 f"{med(raw) / med(durable):.2f} | ≥ 0.8 |",
                  "", "Reproduce: `make bench-write` (BENCH_MB, RUNS to change size and repeats)."]
         text = "\n".join(lines)
         os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)
@@ -90,6 +137,8 @@ def main():
             f.write(text + "\n")
         print(text)
     finally:
+        for cleanup in getattr(locals().get("w"), "cleanups", []):
+            cleanup()  # the engine smbd started
         runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -143,6 +143,9 @@ struct eng {
 	bool kick, urgent, quit, busy;
 	struct eng_result *results;
 	uint64_t uploaded, failed, bytes, pending;
+	/* Refreshed instance-role credentials for the fetch client: a
+	 * talloc tree of its own, handed from the upload thread. */
+	struct s3_credentials *fresh_creds;
 };
 
 static struct eng *eng_global; /* for the log function */
@@ -191,6 +194,7 @@ struct eng_worker {
 	struct s3_client *s3;
 	struct bfs_wb *wb;
 	time_t creds_expire;
+	const char *imds;	/* read before the thread starts */
 	struct eng_retry *retry;
 };
 
@@ -279,10 +283,29 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 		return;
 	}
 	tmp = talloc_new(w->mem);
-	ret = tmp ? s3_imds_fetch(tmp, ctl_string(&w->e->c, "imds endpoint"),
-				  2000, &creds, &expire, &why) : ENOMEM;
+	ret = tmp ? s3_imds_fetch(tmp, w->imds, 2000, &creds, &expire, &why) :
+		    ENOMEM;
 	if (ret == 0) {
 		ret = s3_client_set_credentials(w->s3, &creds);
+	}
+	if (ret == 0) {
+		/* The main thread's client too: copies it may free. */
+		struct s3_credentials *c = talloc_zero(NULL,
+						       struct s3_credentials);
+		char b = 1;
+
+		if (c != NULL) {
+			c->access_key = talloc_strdup(c, creds.access_key);
+			c->secret_key = talloc_strdup(c, creds.secret_key);
+			c->session_token = creds.session_token == NULL ? NULL :
+				talloc_strdup(c, creds.session_token);
+			pthread_mutex_lock(&w->e->mu);
+			talloc_free(w->e->fresh_creds);
+			w->e->fresh_creds = c;
+			pthread_mutex_unlock(&w->e->mu);
+			if (write(w->e->done_pipe[1], &b, 1) != 1) {
+			}
+		}
 	}
 	talloc_free(tmp);
 	if (ret != 0) {
@@ -877,6 +900,7 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 	struct eng *e = private_data;
 	struct eng_result *res, *next;
 	struct eng_waiter *wt, *wnext;
+	struct s3_credentials *creds;
 	char drain[256];
 	bool idle;
 
@@ -887,7 +911,16 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 	res = e->results;
 	e->results = NULL;
 	idle = !e->busy && !e->kick;
+	creds = e->fresh_creds;
+	e->fresh_creds = NULL;
 	pthread_mutex_unlock(&e->mu);
+	if (creds != NULL) {
+		if (s3_client_set_credentials(e->s3, creds) != 0) {
+			eng_log(BFS_LOG_ERR, "cannot use the refreshed "
+				"credentials for fetches");
+		}
+		talloc_free(creds);
+	}
 	for (; res != NULL; res = next) {
 		next = res->next;
 		for (wt = e->waiters; wt != NULL; wt = wnext) {
@@ -1134,6 +1167,7 @@ int main(int argc, char **argv)
 		ctl_die("out of memory");
 	}
 	w->s3 = ctl_s3(&e->c, w->ev, &w->creds_expire);
+	w->imds = ctl_string(&e->c, "imds endpoint");
 	w->wb = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
 			   ctl_sub(&e->c, "staging"), &e->upload);
 	if (w->wb == NULL) {
