@@ -25,7 +25,9 @@ as make bench does (the S3 server then reads the object from the disk the
 cache writes to); BENCH_CACHE_DIR puts the cache folder elsewhere (say
 /dev/shm, to take its writes off that disk).  BENCH_BACKEND=rgw puts the
 object on Ceph's RADOS Gateway (scripts/rgw.sh, memstore) instead of
-s3rver, for both bucketfs and the raw baseline.  Writes
+s3rver, for both bucketfs and the raw baseline.  BENCH_CLOSE=local runs
+the share with `bucketfs:close = local`: its misses go through the
+engine (bucketfsd).  Writes
 bench/results/read.md (read-variant.md for a run with any BENCH_ knob).
 """
 import importlib.util
@@ -51,7 +53,7 @@ PIN = os.environ.get("BENCH_PIN") == "1"
 DROP = os.environ.get("BENCH_DROP") == "1"
 CACHE = None  # the cache folder, set in main()
 KNOBS = ("BENCH_BLOCK", "BENCH_READAHEAD", "BENCH_MAX_REQUESTS", "BENCH_PIN",
-         "BENCH_DROP", "BENCH_CACHE_DIR", "BENCH_BACKEND")
+         "BENCH_DROP", "BENCH_CACHE_DIR", "BENCH_BACKEND", "BENCH_CLOSE")
 BACKEND = os.environ.get("BENCH_BACKEND", "s3rver")
 USER, PASSWORD = runner.USER, runner.PASSWORD
 
@@ -121,7 +123,8 @@ def main():
                     + "".join(f"  bucketfs:{k} = {os.environ[e]}\n"
                               for k, e in (("block size", "BENCH_BLOCK"),
                                            ("readahead", "BENCH_READAHEAD"),
-                                           ("max requests", "BENCH_MAX_REQUESTS"))
+                                           ("max requests", "BENCH_MAX_REQUESTS"),
+                                           ("close", "BENCH_CLOSE"))
                               if e in os.environ))
         subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
         time.sleep(1)
@@ -138,6 +141,8 @@ def main():
         def drop_cache():
             os.killpg(w.smbd.pid, signal.SIGTERM)
             w.smbd.wait(timeout=30)
+            # BENCH_CLOSE=local: the engine holds the cache folder open too.
+            subprocess.run(["pkill", "-KILL", "-f", f"bucketfsd -s {w.conf} "])
             shutil.rmtree(CACHE, ignore_errors=True)
             w.smbd = w.spawn(["smbd", "--foreground", "--no-process-group", "-s", w.conf],
                              "smbd-bench")
@@ -201,6 +206,8 @@ def main():
     finally:
         if BACKEND == "rgw":
             subprocess.run([os.path.join(TOP, "scripts/rgw.sh"), "stop", f"{tmp}/ceph"])
+        for cleanup in getattr(locals().get("w"), "cleanups", []):
+            cleanup()  # the engine smbd started (BENCH_CLOSE=local)
         runner.stop_procs()
         shutil.rmtree(tmp, ignore_errors=True)
         if CACHE is not None:

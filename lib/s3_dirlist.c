@@ -91,6 +91,11 @@ int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page)
 			s3_dir_hide(d, o->key, why);
 			continue;
 		}
+		if (plen + 1 + strlen(o->key + plen) > S3_DIR_KEY_MAX) {
+			s3_dir_hide(d, o->key, "too long with its folder for the "
+				    "index (511 bytes)");
+			continue;
+		}
 		e.name = talloc_strdup(d, o->key + plen);
 		e.etag = o->etag ? talloc_strdup(d, o->etag) : NULL;
 		e.size = o->size;
@@ -119,6 +124,9 @@ int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page)
 		}
 		why = strchr(e.name, '/') ? "an empty path segment ('//')" :
 					     bfs_name_problem(e.name);
+		if (why == NULL && plen + 1 + strlen(e.name) > S3_DIR_KEY_MAX) {
+			why = "too long with its folder for the index (511 bytes)";
+		}
 		if (why != NULL) {
 			talloc_free(e.name);
 			s3_dir_hide(d, p, why);
@@ -189,7 +197,18 @@ struct s3_dirlist_state {
 	struct s3_dir *dir;
 	struct s3_status st;
 	unsigned pages;
+	char *token;	/* the last page's continuation token */
 };
+
+/*
+ * A hostile or broken endpoint could send pages without end (the same
+ * continuation token again, or new ones forever) or a folder of any
+ * size: 100,000 pages and 10 million entries (S3 sends 1,000 a page) are
+ * far past any folder a share serves, and a clear error beats memory and
+ * time without bound.
+ */
+#define S3_DIR_MAX_PAGES 100000
+#define S3_DIR_MAX_ENTRIES 10000000
 
 static void s3_dirlist_page_done(struct tevent_req *subreq);
 
@@ -237,7 +256,28 @@ static void s3_dirlist_page_done(struct tevent_req *subreq)
 	if (tevent_req_error(req, ret)) {
 		return;
 	}
+	if (page->truncated &&
+	    (page->next_token == NULL || page->next_token[0] == '\0' ||
+	     (s->token != NULL && strcmp(s->token, page->next_token) == 0))) {
+		s3_status_set(&s->st, "MalformedListing", "a truncated listing "
+			      "page without a new continuation token", NULL);
+		tevent_req_error(req, EPROTO);
+		return;
+	}
+	if (page->truncated && (s->pages >= S3_DIR_MAX_PAGES ||
+				s->dir->n + s->dir->n_hidden >=
+					S3_DIR_MAX_ENTRIES)) {
+		s3_status_set(&s->st, "ListingTooLong", "the folder has more "
+			      "than 100,000 pages or 10 million entries", NULL);
+		tevent_req_error(req, EFBIG);
+		return;
+	}
 	if (page->truncated) {
+		talloc_free(s->token);
+		s->token = talloc_strdup(s, page->next_token);
+		if (tevent_req_nomem(s->token, req)) {
+			return;
+		}
 		subreq = s3_list_send(s, s->ev, s->c, s->dir->prefix, "/",
 				      page->next_token, 0);
 		talloc_free(page);

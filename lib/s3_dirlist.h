@@ -8,6 +8,13 @@
 
 #include "s3_ops.h"
 
+/*
+ * The longest "<folder prefix>\0<name>" the index can hold (LMDB's key
+ * limit): a longer entry is hidden from listings, and a name that would
+ * make one is refused before S3 is changed.
+ */
+#define S3_DIR_KEY_MAX 511
+
 struct s3_dirent {
 	char *name; /* one path component: no '/' */
 	bool is_dir;

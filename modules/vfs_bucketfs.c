@@ -303,6 +303,16 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	 */
 	*rel = bfs_path_to_s3(mem_ctx, norm + 1);
 	ret = *rel != NULL ? 0 : errno;
+	/* "<folder>\0<name>" must fit an index key: else refused up front. */
+	if (ret == 0 && strlen(bc->prefix) + strlen(*rel) + 1 > S3_DIR_KEY_MAX) {
+		TALLOC_FREE(*rel);
+		DBG_NOTICE("bucketfs: share %s: refused a path of %zu bytes: "
+			   "longer than the index holds (%d with the share's "
+			   "prefix)\n", bc->service, strlen(norm + 1),
+			   S3_DIR_KEY_MAX);
+		TALLOC_FREE(frame);
+		return ENAMETOOLONG;
+	}
 	if (ret != 0 && ret != ENOMEM) {
 		char *shown = bfs_name_printable(frame, norm + 1);
 

@@ -329,6 +329,11 @@ def _checks(w, rel, record, test):
             "notxml": b"\x00\xff" * 1000,
             "cut": listing_doc([("hx/a", 1)], [])[:-30],
             "badescape": listing_doc([("hx/a%00b", 1)], []),
+            # pages without end: truncated, the same continuation token again
+            "endless": listing_doc([("hx/a", 1)], []).replace(
+                b"<IsTruncated>false</IsTruncated>",
+                b"<IsTruncated>true</IsTruncated>"
+                b"<NextContinuationToken>again</NextContinuationToken>"),
         }
         for name, doc in docs.items():
             before = rel.log_text().count("MalformedListing")

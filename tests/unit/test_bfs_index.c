@@ -458,6 +458,42 @@ static void test_one_lister_per_directory(void **state)
 	talloc_free(t);
 }
 
+/*
+ * Issue 19 point 4: one key too long for the index (folder + name over
+ * 511 bytes) is hidden with a reason; the rest of its folder is stored.
+ */
+static void test_an_over_long_key_is_hidden_and_its_folder_stored(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_index *idx = NULL;
+	const char *why = NULL;
+	char *prefix = talloc_asprintf(t, "%s/", talloc_strndup(t,
+		"deepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeep"
+		"deepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeep"
+		"deepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeep"
+		"deepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeep"
+		"deepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeepdeep", 299));
+	char *longname = talloc_array(t, char, 231);
+	const char *files[] = {"ok.bin", NULL};
+	const char *dirs[] = {NULL};
+	struct bfs_entry e;
+	struct s3_dir *d;
+
+	(void)state;
+	memset(longname, 'n', 230);
+	longname[230] = '\0';	/* 300 + 1 + 230 = 531 > 511 */
+	files[1] = longname;
+	dirs[0] = longname;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bucket", &idx, &why), 0);
+	d = listing(t, prefix, files, 2, dirs, 1);
+	assert_int_equal(d->n, 1);
+	assert_int_equal(d->n_hidden, 2);
+	assert_non_null(strstr(d->hidden[0].why, "too long"));
+	assert_int_equal(bfs_index_store_dir(idx, d, 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, prefix, "ok.bin", &e), 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -471,6 +507,7 @@ int main(void)
 		cmocka_unit_test(test_check_of_an_empty_index),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
+		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }
