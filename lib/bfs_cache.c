@@ -39,6 +39,7 @@
 #include <openssl/evp.h>
 
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 
 #define BFS_CACHE_MAP_SIZE (8ULL << 30)
 #define BFS_TOUCH_MAX 256
@@ -377,9 +378,9 @@ static void bfs_cache_unregister(struct bfs_cache *c)
 	}
 }
 
-int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
-		   uint32_t block_size, struct bfs_cache **out,
-		   const char **why)
+static int bfs_cache_open_once(TALLOC_CTX *mem_ctx, const char *dir,
+			       uint64_t limit, uint32_t block_size,
+			       struct bfs_cache **out, const char **why)
 {
 	struct bfs_cache *c = talloc_zero(mem_ctx, struct bfs_cache);
 	char *map, *lock;
@@ -473,6 +474,35 @@ int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
 	}
 	*out = c;
 	return 0;
+}
+
+/*
+ * A damaged block map (a power loss with MDB_NOSYNC, a garbled or
+ * truncated file) is set aside and the cache starts empty, with a log
+ * line: its block files, which no record names now, are removed by the
+ * check a crash gets too.  Blocks are fetched again; nothing is lost.
+ */
+int bfs_cache_open(TALLOC_CTX *mem_ctx, const char *dir, uint64_t limit,
+		   uint32_t block_size, struct bfs_cache **out,
+		   const char **why)
+{
+	char *map = talloc_asprintf(NULL, "%s/map", dir);
+	int rc = bfs_cache_open_once(mem_ctx, dir, limit, block_size, out,
+				     why);
+
+	if (rc == EIO && map != NULL && bfs_lmdb_set_aside(map) == 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: the cache map in %s was damaged "
+			"(%s): set aside as data.mdb.damaged-*, the cache "
+			"starts empty", map, *why ? *why : "unreadable");
+		rc = bfs_cache_open_once(mem_ctx, dir, limit, block_size, out,
+					 why);
+		if (rc == 0 &&
+		    bfs_cache_check(*out, true, NULL, 0, &(*out)->recovery) == 0) {
+			(*out)->recovered = true;
+		}
+	}
+	talloc_free(map);
+	return rc;
 }
 
 const struct bfs_cache_fsck *bfs_cache_recovery(const struct bfs_cache *c)

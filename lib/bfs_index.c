@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 
 #define BFS_INDEX_MAP_SIZE (4ULL << 30) /* sparse; grows on demand */
 #define BFS_ENT_VERSION 1
@@ -61,8 +62,9 @@ static int bfs_index_destructor(struct bfs_index *idx)
 	return 0;
 }
 
-int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
-		   struct bfs_index **out, const char **why)
+static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
+			       const char *bucket, struct bfs_index **out,
+			       const char **why)
 {
 	struct bfs_index *idx = talloc_zero(mem_ctx, struct bfs_index);
 	MDB_txn *txn = NULL;
@@ -125,6 +127,26 @@ int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 	}
 	*out = idx;
 	return 0;
+}
+
+/*
+ * The index is a cache of S3's listings: a damaged one (a power loss with
+ * MDB_NOSYNC, a garbled or truncated file) is set aside and rebuilt empty,
+ * with a log line, instead of failing every connect.
+ */
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
+		   struct bfs_index **out, const char **why)
+{
+	int rc = bfs_index_open_once(mem_ctx, dir, bucket, out, why);
+
+	if (rc == EIO && bfs_lmdb_set_aside(dir) == 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s was damaged "
+			"(%s): set aside as data.mdb.damaged-*, started anew; "
+			"folders are listed from S3 again", dir,
+			*why ? *why : "unreadable");
+		rc = bfs_index_open_once(mem_ctx, dir, bucket, out, why);
+	}
+	return rc;
 }
 
 /* ---- records ------------------------------------------------------------ */

@@ -67,6 +67,12 @@ int bfs_journal_open(TALLOC_CTX *mem_ctx, const char *dir,
 		return ENOMEM;
 	}
 	rc = bfs_lmdb_open(dir, BFS_JOURNAL_MAP_SIZE, 2, &j->env, why);
+	if (rc == EIO) {
+		/* Never rebuilt: it may hold changes not yet in S3. */
+		*why = "the journal is damaged and may hold changes not yet in "
+		       "S3; move CACHE_DIR/journal aside (keep it) to start "
+		       "without them";
+	}
 	if (rc != 0) {
 		talloc_free(j);
 		return rc;
@@ -82,7 +88,10 @@ int bfs_journal_open(TALLOC_CTX *mem_ctx, const char *dir,
 		}
 	}
 	if (rc != 0) {
-		*why = mdb_strerror(rc);
+		*why = bfs_lmdb_errno(rc) == EIO ?
+			"the journal is damaged and may hold changes not yet "
+			"in S3; move CACHE_DIR/journal aside (keep it) to "
+			"start without them" : mdb_strerror(rc);
 		talloc_free(j);
 		return bfs_lmdb_errno(rc);
 	}

@@ -1,11 +1,13 @@
 #include "bfs_lmdb.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Environments open in this process, by folder. */
@@ -64,6 +66,41 @@ int bfs_lmdb_errno(int rc)
 	}
 }
 
+/* Whether dir/data.mdb ends before the last page its meta page names. */
+static bool bfs_lmdb_truncated(MDB_env *env, const char *dir)
+{
+	MDB_envinfo info;
+	MDB_stat ms;
+	struct stat ds;
+	char path[PATH_MAX];
+
+	if (mdb_env_info(env, &info) != 0 || mdb_env_stat(env, &ms) != 0 ||
+	    snprintf(path, sizeof(path), "%s/data.mdb", dir) >=
+		    (int)sizeof(path) ||
+	    stat(path, &ds) != 0) {
+		return false;
+	}
+	return (uint64_t)ds.st_size <
+	       ((uint64_t)info.me_last_pgno + 1) * (uint64_t)ms.ms_psize;
+}
+
+int bfs_lmdb_set_aside(const char *dir)
+{
+	char from[PATH_MAX], to[PATH_MAX + 64];
+
+	if (snprintf(from, sizeof(from), "%s/data.mdb", dir) >=
+	    (int)sizeof(from)) {
+		return ENAMETOOLONG;
+	}
+	snprintf(to, sizeof(to), "%s.damaged-%lld", from, (long long)time(NULL));
+	if (rename(from, to) != 0) {
+		return errno;
+	}
+	snprintf(from, sizeof(from), "%s/lock.mdb", dir);
+	unlink(from);
+	return 0;
+}
+
 int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 		  MDB_env **penv, const char **why)
 {
@@ -109,6 +146,17 @@ int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 	if (rc == 0) {
 		/* NOTLS: read transactions are not tied to a thread. */
 		rc = mdb_env_open(env, dir, MDB_NOTLS | MDB_NOSYNC, 0600);
+	}
+	if (rc == 0 && bfs_lmdb_truncated(env, dir)) {
+		/*
+		 * Its pages would be mapped past the end of the file: the
+		 * first read of one would be a SIGBUS, not an error.
+		 */
+		*why = "data.mdb is shorter than the pages it names (truncated)";
+		mdb_env_close(env);
+		env = NULL;
+		free(o);
+		return EIO;
 	}
 	if (rc != 0) {
 		*why = mdb_strerror(rc);

@@ -6,8 +6,10 @@
  * across processes on LMDB's robust lock, so a process killed mid-write
  * leaves the last committed state.  Commits are not fsync'ed (MDB_NOSYNC):
  * what is in here is a cache of S3 and can be rebuilt; a killed process
- * loses nothing that was committed, a power loss may lose the latest
- * commits but not consistency.
+ * loses nothing that was committed.  A power loss may lose the latest
+ * commits, and LMDB documents that a system crash can then damage the
+ * file: the index and the cache are then set aside and rebuilt
+ * (bfs_lmdb_set_aside); the journal syncs each commit itself.
  */
 #ifndef BUCKETFS_BFS_LMDB_H
 #define BUCKETFS_BFS_LMDB_H
@@ -29,6 +31,14 @@
 int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 		  MDB_env **penv, const char **why);
 void bfs_lmdb_close(MDB_env *env);
+
+/*
+ * A damaged environment (an open answering EIO: garbled, truncated): move
+ * dir/data.mdb aside as data.mdb.damaged-<time> and drop its lock file,
+ * so the next open starts empty.  For what can be rebuilt (the index is
+ * listed again, the cache fetched again), never the journal.
+ */
+int bfs_lmdb_set_aside(const char *dir);
 
 /* mkdir -p with mode 0700 for each missing component. */
 int bfs_mkdirs(const char *path);

@@ -426,9 +426,49 @@ static void test_the_next_opener_checks_after_a_crash(void **state)
 	talloc_free(t);
 }
 
+/*
+ * Issue 19 point 12: a block map damaged by a power loss is set aside;
+ * the cache starts empty and the block files nothing names go.
+ */
+static void test_a_damaged_map_starts_the_cache_empty(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id a;
+	uint8_t data[BS], out[BS];
+	char junk[8192];
+	uint32_t got = 0;
+	uint64_t used, blocks;
+	int fd;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	bfs_cache_make_id("bkt", "k", "etag1", BS, &a);
+	block_bytes(data, 3, 1);
+	assert_int_equal(bfs_cache_fill(c, &a, 3, data, BS), 0);
+	TALLOC_FREE(c);
+	fd = open(talloc_asprintf(t, "%s/map/data.mdb", dir), O_RDWR);
+	assert_true(fd >= 0);
+	memset(junk, 0x5a, sizeof(junk));
+	assert_int_equal(pwrite(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+	close(fd);
+	assert_int_equal(bfs_cache_open(t, dir, 1 << 20, BS, &c, &why), 0);
+	assert_int_equal(bfs_cache_read(c, &a, 3, 0, BS, out, &got), ENOENT);
+	assert_int_equal(bfs_cache_usage(c, &used, &blocks), 0);
+	assert_int_equal(blocks, 0);
+	assert_non_null(bfs_cache_recovery(c));
+	assert_true(bfs_cache_recovery(c)->orphan_files >= 1);
+	/* And it works: a fill and a read. */
+	assert_int_equal(bfs_cache_fill(c, &a, 3, data, BS), 0);
+	assert_int_equal(bfs_cache_read(c, &a, 3, 0, BS, out, &got), 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_a_damaged_map_starts_the_cache_empty),
 		cmocka_unit_test(test_fill_then_read),
 		cmocka_unit_test(test_descriptors_for_other_threads),
 		cmocka_unit_test(test_limit_and_scan_resistance),

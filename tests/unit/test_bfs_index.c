@@ -10,6 +10,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <stdbool.h>
 #include <cmocka.h>
 #include <lmdb.h>
 
@@ -494,6 +498,70 @@ static void test_an_over_long_key_is_hidden_and_its_folder_stored(void **state)
 	talloc_free(t);
 }
 
+/*
+ * Issue 19 point 12: an index LMDB file damaged by a power loss (garbled,
+ * truncated) is set aside and the index starts anew; it does not fail
+ * the share.
+ */
+static void damage_file(const char *dir, bool truncate_it)
+{
+	char *path = talloc_asprintf(NULL, "%s/data.mdb", dir);
+	struct stat sb;
+	int fd = open(path, O_RDWR);
+
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &sb), 0);
+	if (truncate_it) {
+		assert_int_equal(ftruncate(fd, sb.st_size / 3), 0);
+	} else {
+		char junk[8192];
+
+		memset(junk, 0x5a, sizeof(junk));
+		/* Both meta pages: nothing left to open. */
+		assert_int_equal(pwrite(fd, junk, sizeof(junk), 0),
+				 (ssize_t)sizeof(junk));
+	}
+	close(fd);
+	talloc_free(path);
+}
+
+static void test_a_damaged_index_is_set_aside_and_rebuilt(void **state)
+{
+	(void)state;
+	for (int garble = 0; garble < 2; garble++) {
+		TALLOC_CTX *t = talloc_new(NULL);
+		char *d = tmpdir(t);
+		struct bfs_index *idx = NULL;
+		const char *why = NULL;
+		const char *files[] = {"a.bin"};
+		struct bfs_entry e;
+		struct dirent *de;
+		DIR *dh;
+		bool aside = false;
+		int i;
+
+		assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
+		/* Enough pages that a third of the file misses some. */
+		for (i = 0; i < 200; i++) {
+			char *p = talloc_asprintf(t, "dir%03d/", i);
+			assert_int_equal(bfs_index_store_dir(
+				idx, listing(t, p, files, 1, NULL, 0), 1), 0);
+		}
+		TALLOC_FREE(idx);
+		damage_file(d, garble == 0);
+		assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "dir000/", "a.bin", &e),
+				 ENOENT);
+		dh = opendir(d);
+		while ((de = readdir(dh)) != NULL) {
+			aside |= strncmp(de->d_name, "data.mdb.damaged-", 17) == 0;
+		}
+		closedir(dh);
+		assert_true(aside);
+		talloc_free(t);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -508,6 +576,7 @@ int main(void)
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
+		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }

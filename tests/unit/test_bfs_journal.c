@@ -1,5 +1,6 @@
 /* The writeback journal, and the index changes writes make. */
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -499,6 +500,33 @@ static void test_a_reused_pid_is_not_the_owner(void **state)
 	talloc_free(t);
 }
 
+/* A damaged journal is never rebuilt: it may hold promises.  Said so. */
+static void test_a_damaged_journal_is_refused_with_a_clear_reason(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	char *d = test_tmpdir(t, "bfs-journal-damaged");
+	struct bfs_journal *j = NULL;
+	struct bfs_jrec r = {
+		.key = "k", .op = BFS_J_PUT, .pid = getpid(), .staging = "s",
+	};
+	const char *why = NULL;
+	char junk[8192];
+	int fd;
+
+	assert_int_equal(bfs_journal_open(t, d, &j, &why), 0);
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	TALLOC_FREE(j);
+	fd = open(talloc_asprintf(t, "%s/data.mdb", d), O_RDWR);
+	assert_true(fd >= 0);
+	memset(junk, 0x5a, sizeof(junk));
+	assert_int_equal(pwrite(fd, junk, sizeof(junk), 0), (ssize_t)sizeof(junk));
+	close(fd);
+	assert_int_equal(bfs_journal_open(t, d, &j, &why), EIO);
+	assert_non_null(strstr(why, "may hold changes not yet in S3"));
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -513,6 +541,7 @@ int main(void)
 		cmocka_unit_test(test_swap_update_retarget),
 		cmocka_unit_test(test_hand_over_and_retarget),
 		cmocka_unit_test(test_a_reused_pid_is_not_the_owner),
+		cmocka_unit_test(test_a_damaged_journal_is_refused_with_a_clear_reason),
 	};
 	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
 }
