@@ -13,6 +13,7 @@
 #include "bfs_log.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,6 +222,8 @@ static int s3_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
 
 /* ---- client ----------------------------------------------------------- */
 
+static void s3_free_secret(const char *p);
+
 static int s3_client_destructor(struct s3_client *c)
 {
 	struct s3_req_state *s, *next;
@@ -242,7 +245,10 @@ static int s3_client_destructor(struct s3_client *c)
 	}
 	c->active = NULL;
 	curl_multi_cleanup(c->multi);
-	curl_global_cleanup();
+	/* Secrets do not stay in freed memory. */
+	s3_free_secret(c->cfg.creds.secret_key);
+	s3_free_secret(c->cfg.creds.session_token);
+	c->cfg.creds.secret_key = c->cfg.creds.session_token = NULL;
 	return 0;
 }
 
@@ -250,6 +256,28 @@ static int s3_client_destructor(struct s3_client *c)
 static void s3_free_const(const char *p)
 {
 	talloc_free((void *)(uintptr_t)p);
+}
+
+/* A secret key or session token: wiped, then freed. */
+static void s3_free_secret(const char *p)
+{
+	if (p != NULL) {
+		explicit_bzero((void *)(uintptr_t)p, strlen(p));
+	}
+	s3_free_const(p);
+}
+
+/*
+ * curl_global_init once per process, never undone: it is not safe to run
+ * while another thread uses curl (the engine has two clients in two
+ * threads), and undoing it per client would redo it per client.
+ */
+static pthread_once_t s3_curl_once = PTHREAD_ONCE_INIT;
+static CURLcode s3_curl_init_result;
+
+static void s3_curl_init(void)
+{
+	s3_curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
 int s3_client_set_credentials(struct s3_client *c,
@@ -267,8 +295,8 @@ int s3_client_set_credentials(struct s3_client *c,
 		return ENOMEM;
 	}
 	s3_free_const(c->cfg.creds.access_key);
-	s3_free_const(c->cfg.creds.secret_key);
-	s3_free_const(c->cfg.creds.session_token);
+	s3_free_secret(c->cfg.creds.secret_key);
+	s3_free_secret(c->cfg.creds.session_token);
 	c->cfg.creds.access_key = a;
 	c->cfg.creds.secret_key = s;
 	c->cfg.creds.session_token = t;
@@ -369,13 +397,13 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		goto fail;
 	}
 
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+	if (pthread_once(&s3_curl_once, s3_curl_init) != 0 ||
+	    s3_curl_init_result != CURLE_OK) {
 		errno = ENOMEM;
 		goto fail;
 	}
 	c->multi = curl_multi_init();
 	if (c->multi == NULL) {
-		curl_global_cleanup();
 		errno = ENOMEM;
 		goto fail;
 	}

@@ -1106,7 +1106,14 @@ def integration(w, sources):
     def large_reads_reuse_their_buffers():
         # smbd gives each 8 MiB read a fresh buffer; left to glibc's
         # defaults each one is mapped, faulted in and zeroed page by page.
-        reuse = [session_page_faults("data", "fifty.bin", n) for n in (1, 4)]
+        # Two sessions' whole-process faults differ by thousands for reasons
+        # of their own (a child of an earlier check reaped in the window
+        # adds its faults: 5,358 once in a full run): the pair is measured
+        # up to three times, and one pair under the bound shows the reuse.
+        for _ in range(3):
+            reuse = [session_page_faults("data", "fifty.bin", n) for n in (1, 4)]
+            if reuse[1] - reuse[0] < 2 * 2048:
+                break
         fresh = [session_page_faults("noreuse", "fifty.bin", n) for n in (1, 4)]
         print(f"    # page faults of a session reading 50 MiB once / 4 times: "
               f"{reuse[0]} / {reuse[1]} reusing buffers, "
@@ -1320,6 +1327,7 @@ def writeback(w, tmp):
         src = make("long-ok.bin", 1000)
         w.s3tool("put", f"rw/long/{deep}/ok.txt", src)
         w.s3tool("put", f"rw/long/{deep}/{'n' * 120}", src)  # 531 in the index
+        w.ctl("rw", "invalidate", "")  # put behind the share's back
         listing = w.ls("rw", f"long/{deep}")
         assert set(listing) == {"ok.txt"}, listing
         assert "too long with its folder for the index" in w.smb_log()
