@@ -218,9 +218,14 @@ static int bfs_engine_try(struct bfs_engine *e, int64_t deadline)
  */
 static int bfs_engine_spawn(struct bfs_engine *e)
 {
-	pid_t pid = fork(), got;
+	pid_t pid, got;
 	int status = 0;
 
+	/* Not installed: say so now, not after the connect timeout. */
+	if (access(e->argv[0], X_OK) != 0) {
+		return errno;
+	}
+	pid = fork();
 	if (pid == -1) {
 		return errno;
 	}
@@ -257,7 +262,11 @@ int bfs_engine_reconnect(struct bfs_engine *e)
 		if (!started) {
 			ret = bfs_engine_spawn(e);
 			if (ret != 0) {
-				break;
+				bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot "
+					"start the engine %s: %s (see "
+					"'bucketfs:engine')", e->share,
+					e->argv[0], strerror(ret));
+				return ret;
 			}
 			started = true;
 		}
@@ -402,6 +411,19 @@ static int bfs_engine_wait_destructor(struct bfs_engine_wait_state *s)
 		s->e = NULL;
 	}
 	return 0;
+}
+
+/* A wait or fetch is answered by id: on e's list until freed. */
+static void bfs_engine_call_link(struct bfs_engine *e,
+				 struct bfs_engine_wait_state *s)
+{
+	s->e = e;
+	s->next = e->waits;
+	if (e->waits != NULL) {
+		e->waits->prev = s;
+	}
+	e->waits = s;
+	talloc_set_destructor(s, bfs_engine_wait_destructor);
 }
 
 static int bfs_engine_wait_ask(struct bfs_engine_wait_state *s)
@@ -593,13 +615,7 @@ struct tevent_req *bfs_engine_wait_send(TALLOC_CTX *mem_ctx,
 		tevent_req_error(req, ENOMEM);
 		return tevent_req_post(req, ev);
 	}
-	s->e = e;
-	s->next = e->waits;
-	if (e->waits != NULL) {
-		e->waits->prev = s;
-	}
-	e->waits = s;
-	talloc_set_destructor(s, bfs_engine_wait_destructor);
+	bfs_engine_call_link(e, s);
 	if (e->fd == -1 || bfs_engine_wait_ask(s) != 0) {
 		s->id = 0;
 		bfs_engine_schedule_retry(e);
@@ -636,13 +652,7 @@ struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 		tevent_req_error(req, EPIPE);
 		return tevent_req_post(req, ev);
 	}
-	s->e = e;
-	s->next = e->waits;
-	if (e->waits != NULL) {
-		e->waits->prev = s;
-	}
-	e->waits = s;
-	talloc_set_destructor(s, bfs_engine_wait_destructor);
+	bfs_engine_call_link(e, s);
 	if (bfs_engine_wait_ask(s) != 0) {
 		tevent_req_error(req, EPIPE);
 		return tevent_req_post(req, ev);

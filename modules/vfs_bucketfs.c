@@ -2801,6 +2801,8 @@ static void bfs_pread_cached_done(struct tevent_req *subreq);
 static void bfs_pread_engine_done(struct tevent_req *subreq);
 static bool bfs_pread_copy_start(struct tevent_req *req,
 				 struct bfs_pread_state *state);
+static void bfs_pread_fetch_here(struct tevent_req *req,
+				 struct bfs_pread_state *state);
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
 static void bfs_pread_cached_do(void *private_data)
@@ -2926,15 +2928,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		tevent_req_set_callback(subreq, bfs_pread_engine_done, req);
 		return req;
 	} else {
-		/* Cache files belong to the server, not the connected user. */
-		become_root();
-		subreq = bfs_read_send(state, ev, reader, &fh->obj,
-				       state->off, n, data);
-		unbecome_root();
-		if (tevent_req_nomem(subreq, req)) {
-			return tevent_req_post(req, ev);
-		}
-		tevent_req_set_callback(subreq, bfs_pread_done, req);
+		bfs_pread_fetch_here(req, state);
 	}
 	if (!tevent_req_is_in_progress(req)) {
 		return tevent_req_post(req, ev);
@@ -2992,6 +2986,24 @@ static bool bfs_pread_copy_start(struct tevent_req *req,
 	return true;
 }
 
+/* Read state's range through this process's own reader (fetching). */
+static void bfs_pread_fetch_here(struct tevent_req *req,
+				 struct bfs_pread_state *state)
+{
+	struct tevent_req *subreq;
+
+	/* Cache files belong to the server, not the connected user. */
+	become_root();
+	subreq = bfs_read_send(state, state->ev, state->reader,
+			       &state->fh->obj, state->off, state->n,
+			       state->data);
+	unbecome_root();
+	if (tevent_req_nomem(subreq, req)) {
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_pread_done, req);
+}
+
 /* The engine has the blocks in the cache: copy them from there. */
 static void bfs_pread_engine_done(struct tevent_req *subreq)
 {
@@ -3012,15 +3024,7 @@ static void bfs_pread_engine_done(struct tevent_req *subreq)
 	 * Gone from the cache already, or the engine failed or went away:
 	 * this process fetches, and says what S3 said, as without engine.
 	 */
-	become_root();
-	subreq = bfs_read_send(state, state->ev, state->reader,
-			       &state->fh->obj, state->off, state->n,
-			       state->data);
-	unbecome_root();
-	if (tevent_req_nomem(subreq, req)) {
-		return;
-	}
-	tevent_req_set_callback(subreq, bfs_pread_done, req);
+	bfs_pread_fetch_here(req, state);
 }
 
 static void bfs_pread_done(struct tevent_req *subreq)
@@ -3068,15 +3072,7 @@ static void bfs_pread_cached_done(struct tevent_req *subreq)
 		return;
 	}
 	/* A block went meanwhile (or the pool failed): read it normally. */
-	become_root();
-	subreq = bfs_read_send(state, state->ev, state->reader,
-			       &state->fh->obj, state->off, state->n,
-			       state->data);
-	unbecome_root();
-	if (tevent_req_nomem(subreq, req)) {
-		return;
-	}
-	tevent_req_set_callback(subreq, bfs_pread_done, req);
+	bfs_pread_fetch_here(req, state);
 }
 
 static ssize_t bfs_pread_recv(struct tevent_req *req,

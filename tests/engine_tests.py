@@ -268,6 +268,17 @@ def engine(w, test, sha256):
         print(f"    # the close over the limit took {took:.1f} s (PUTs slowed 3 s)")
 
     @test
+    def without_an_engine_to_start_closes_upload_themselves_and_the_log_says_why():
+        src = make("noengine.bin", 3 << 20)
+        took, _ = put("rwnoengine", src, "noengine.bin")
+        # The close uploaded it, as with close = s3: in S3 when it returned.
+        assert w.s3_sha256("rwnoengine/noengine.bin") == sha256(src)
+        log = w.smb_log()
+        assert "cannot start the engine /nonexistent/bucketfsd" in log, log[-2000:]
+        assert "closes on this connection wait for S3" in log
+        print(f"    # connect and put of 3 MiB without an engine: {took:.1f} s")
+
+    @test
     def a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing():
         src = make("retarget.bin", 20 << 20)
         before = len(front_log())

@@ -293,6 +293,12 @@ class World:
   bucketfs:close = local
   bucketfs:metadata ttl = 3
   bucketfs:writeback limit = 20M
+[rwnoengine]
+  path = /bucketfs/rwnoengine
+{faulty}  bucketfs:prefix = rwnoengine
+  bucketfs:cache dir = {t}/bfscache-rwnoengine
+  bucketfs:close = local
+  bucketfs:engine = /nonexistent/bucketfsd
 [syncread]
   path = /bucketfs/syncread
 {common}  bucketfs:bucket = {BUCKET}
