@@ -279,6 +279,30 @@ def engine(w, test, sha256):
         print(f"    # connect and put of 3 MiB without an engine: {took:.1f} s")
 
     @test
+    def a_flushed_file_goes_up_before_the_closes_queued_ahead_of_it():
+        small = make("queued.bin", 100_000)
+        w.fault("PUT delay:3 -1")
+        try:
+            put("rwlocal", small, "busy.bin")  # the engine's next 3 s
+            time.sleep(1)  # past the upload delay: busy.bin is on its way
+            before = len(front_log())
+            w.smbclient("rwlocal", f"put {small} aa1.bin; put {small} aa2.bin")
+            p, ask = session("rwlocal")
+            ask(f"write zz-flushed.bin {small}")
+            ask("flush zz-flushed.bin")
+            ask("close zz-flushed.bin")
+            p.stdin.close()
+            p.wait(timeout=60)
+        finally:
+            w.fault("PUT delay:0 0")
+        for name in ("aa1.bin", "aa2.bin", "zz-flushed.bin"):
+            assert s3_has(f"rwlocal/{name}", sha256(small)), name
+        puts = [m.group(1) for m in re.finditer(r"^PUT /\S+?/rwlocal/(aa1\.bin|aa2\.bin|zz-flushed\.bin)",
+                                                 front_log()[before:], re.M)]
+        # Queued first, sorted first: still the flushed one went up first.
+        assert puts and puts[0] == "zz-flushed.bin", puts
+
+    @test
     def a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing():
         src = make("retarget.bin", 20 << 20)
         before = len(front_log())

@@ -146,6 +146,9 @@ struct eng {
 	/* Refreshed instance-role credentials for the fetch client: a
 	 * talloc tree of its own, handed from the upload thread. */
 	struct s3_credentials *fresh_creds;
+	/* Keys a flush waits for (malloc'd): uploaded before the others. */
+	char **urgent_keys;
+	size_t n_urgent;
 };
 
 static struct eng *eng_global; /* for the log function */
@@ -324,7 +327,8 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 {
 	TALLOC_CTX *tmp = talloc_new(w->mem);
 	struct bfs_jrec *recs = NULL, *orphans = NULL;
-	size_t n = 0, no = 0, i;
+	size_t n = 0, no = 0, i, front, n_urgent;
+	char **urgent_keys;
 	pid_t me = getpid();
 	time_t now = time(NULL);
 	uint64_t pending = 0;
@@ -345,7 +349,33 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 	}
 	pthread_mutex_lock(&w->e->mu);
 	w->e->pending = pending;
+	urgent_keys = w->e->urgent_keys;
+	n_urgent = w->e->n_urgent;
+	w->e->urgent_keys = NULL;
+	w->e->n_urgent = 0;
 	pthread_mutex_unlock(&w->e->mu);
+	/*
+	 * What a flush waits for goes first: a client's FlushFileBuffers
+	 * should not wait behind closes nobody waits for.
+	 */
+	for (i = 0, front = 0; i < n; i++) {
+		size_t k;
+
+		for (k = 0; k < n_urgent; k++) {
+			if (strcmp(urgent_keys[k], recs[i].key) == 0) {
+				struct bfs_jrec t = recs[i];
+
+				memmove(&recs[front + 1], &recs[front],
+					(i - front) * sizeof(*recs));
+				recs[front++] = t;
+				break;
+			}
+		}
+	}
+	for (i = 0; i < n_urgent; i++) {
+		free(urgent_keys[i]);
+	}
+	free(urgent_keys);
 	eng_refresh_credentials(w, now);
 	for (i = 0; i < n; i++) {
 		struct bfs_jrec *r = &recs[i];
@@ -750,6 +780,21 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		wt = talloc_zero(c, struct eng_waiter);
 		if (wt == NULL) {
 			break;
+		}
+		{
+			char *k = strdup(m->key), **more;
+
+			pthread_mutex_lock(&e->mu);
+			more = k == NULL ? NULL :
+				realloc(e->urgent_keys,
+					(e->n_urgent + 1) * sizeof(char *));
+			if (more != NULL) {
+				e->urgent_keys = more;
+				e->urgent_keys[e->n_urgent++] = k;
+			} else {
+				free(k); /* then it goes in its turn */
+			}
+			pthread_mutex_unlock(&e->mu);
 		}
 		wt->c = c;
 		wt->id = m->id;
