@@ -32,8 +32,9 @@ struct bfs_engine {
 	int fd;
 	struct tevent_fd *fde;
 	pid_t pid;
-	uint8_t *in, *out;
-	size_t in_len, out_len;
+	struct bfs_proto_buf in;	/* read, not yet a whole frame */
+	uint8_t *out;
+	size_t out_len;
 	uint32_t next_id;
 	struct bfs_engine_wait_state *waits;
 	struct tevent_timer *retry_te;
@@ -72,7 +73,7 @@ static void bfs_engine_close(struct bfs_engine *e)
 		e->fd = -1;
 	}
 	e->pid = 0;
-	e->in_len = e->out_len = 0;
+	e->in.len = e->out_len = 0;
 }
 
 static int bfs_engine_destructor(struct bfs_engine *e)
@@ -114,14 +115,11 @@ static int bfs_engine_recv_one(struct bfs_engine *e, TALLOC_CTX *mem_ctx,
 	for (;;) {
 		struct pollfd pfd = {.fd = e->fd, .events = POLLIN};
 		uint8_t buf[4096];
-		size_t used = 0;
 		int64_t left;
 		ssize_t n;
-		int ret = bfs_proto_decode(mem_ctx, e->in, e->in_len, m, &used);
+		int ret = bfs_proto_buf_take(mem_ctx, &e->in, m);
 
 		if (ret == 0) {
-			memmove(e->in, e->in + used, e->in_len - used);
-			e->in_len -= used;
 			return 0;
 		}
 		if (ret != EAGAIN) {
@@ -144,13 +142,10 @@ static int bfs_engine_recv_one(struct bfs_engine *e, TALLOC_CTX *mem_ctx,
 			}
 			return errno;
 		}
-		e->in = talloc_realloc(e, e->in, uint8_t, e->in_len + (size_t)n);
-		if (e->in == NULL) {
-			e->in_len = 0;
-			return ENOMEM;
+		ret = bfs_proto_buf_append(e, &e->in, buf, (size_t)n);
+		if (ret != 0) {
+			return ret;
 		}
-		memcpy(e->in + e->in_len, buf, (size_t)n);
-		e->in_len += (size_t)n;
 	}
 }
 
@@ -565,18 +560,13 @@ static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
 		if (n < 0) {
 			return;
 		}
-		e->in = talloc_realloc(e, e->in, uint8_t, e->in_len + (size_t)n);
-		if (e->in == NULL) {
+		if (bfs_proto_buf_append(e, &e->in, buf, (size_t)n) != 0) {
 			bfs_engine_lost(e);
 			return;
 		}
-		memcpy(e->in + e->in_len, buf, (size_t)n);
-		e->in_len += (size_t)n;
 		for (;;) {
 			struct bfs_proto_msg *m = NULL;
-			size_t used = 0;
-			int ret = bfs_proto_decode(e, e->in, e->in_len, &m,
-						   &used);
+			int ret = bfs_proto_buf_take(e, &e->in, &m);
 
 			if (ret == EAGAIN) {
 				break;
@@ -588,8 +578,6 @@ static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
 				bfs_engine_lost(e);
 				return;
 			}
-			memmove(e->in, e->in + used, e->in_len - used);
-			e->in_len -= used;
 			bfs_engine_on_message(e, m);
 			talloc_free(m);
 		}

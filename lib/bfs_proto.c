@@ -339,3 +339,30 @@ int bfs_proto_decode(TALLOC_CTX *mem_ctx, const uint8_t *buf, size_t len,
 	*used = 4 + (size_t)flen;
 	return 0;
 }
+
+int bfs_proto_buf_append(TALLOC_CTX *mem_ctx, struct bfs_proto_buf *b,
+			 const void *data, size_t n)
+{
+	uint8_t *more = talloc_realloc(mem_ctx, b->data, uint8_t, b->len + n);
+
+	if (more == NULL) {
+		return ENOMEM;
+	}
+	memcpy(more + b->len, data, n);
+	b->data = more;
+	b->len += n;
+	return 0;
+}
+
+int bfs_proto_buf_take(TALLOC_CTX *mem_ctx, struct bfs_proto_buf *b,
+		       struct bfs_proto_msg **m)
+{
+	size_t used = 0;
+	int ret = bfs_proto_decode(mem_ctx, b->data, b->len, m, &used);
+
+	if (ret == 0) {
+		memmove(b->data, b->data + used, b->len - used);
+		b->len -= used;
+	}
+	return ret;
+}

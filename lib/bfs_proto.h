@@ -125,6 +125,23 @@ int bfs_proto_decode(TALLOC_CTX *mem_ctx, const uint8_t *buf, size_t len,
 		     struct bfs_proto_msg **m, size_t *used)
 	__attribute__((warn_unused_result));
 
+/*
+ * Bytes read from a socket and not yet a whole frame: both ends of the
+ * engine's socket keep one.  append: 0 or ENOMEM (the buffer is a talloc
+ * child of mem_ctx).  take: decode the first frame and drop its bytes;
+ * the results of bfs_proto_decode (EAGAIN: read more).
+ */
+struct bfs_proto_buf {
+	uint8_t *data;
+	size_t len;
+};
+int bfs_proto_buf_append(TALLOC_CTX *mem_ctx, struct bfs_proto_buf *b,
+			 const void *data, size_t n)
+	__attribute__((warn_unused_result));
+int bfs_proto_buf_take(TALLOC_CTX *mem_ctx, struct bfs_proto_buf *b,
+		       struct bfs_proto_msg **m)
+	__attribute__((warn_unused_result));
+
 /* "HELLO", "WAIT", ...: for log lines. */
 const char *bfs_proto_type_name(enum bfs_proto_type t);
 

@@ -103,8 +103,7 @@ struct eng_client {
 	struct eng *e;
 	int fd;
 	struct tevent_fd *fde;
-	uint8_t *in;		/* bytes read, not yet a whole frame */
-	size_t in_len;
+	struct bfs_proto_buf in;	/* bytes read, not yet a whole frame */
 	uint8_t *out;		/* bytes to send */
 	size_t out_len;
 };
@@ -868,18 +867,13 @@ static void eng_client_io(struct tevent_context *ev, struct tevent_fd *fde,
 		if (n < 0) {
 			return;
 		}
-		c->in = talloc_realloc(c, c->in, uint8_t, c->in_len + (size_t)n);
-		if (c->in == NULL) {
+		if (bfs_proto_buf_append(c, &c->in, buf, (size_t)n) != 0) {
 			eng_client_free(c);
 			return;
 		}
-		memcpy(c->in + c->in_len, buf, (size_t)n);
-		c->in_len += (size_t)n;
 		for (;;) {
 			struct bfs_proto_msg *m = NULL;
-			size_t used = 0;
-			int ret = bfs_proto_decode(c, c->in, c->in_len, &m,
-						   &used);
+			int ret = bfs_proto_buf_take(c, &c->in, &m);
 
 			if (ret == EAGAIN) {
 				break;
@@ -891,8 +885,6 @@ static void eng_client_io(struct tevent_context *ev, struct tevent_fd *fde,
 				eng_client_free(c);
 				return;
 			}
-			memmove(c->in, c->in + used, c->in_len - used);
-			c->in_len -= used;
 			if (!eng_on_message(c, m)) {
 				return; /* closed it (a HELLO for another folder) */
 			}

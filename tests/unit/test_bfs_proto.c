@@ -555,9 +555,39 @@ static void test_type_names(void **state)
 			    "?");
 }
 
+/* The socket buffer both ends keep: frames arrive a byte at a time. */
+static void test_buffer_takes_frames_as_they_complete(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_proto_msg a = full_msg(BFS_PM_WAIT, 1);
+	struct bfs_proto_msg b = full_msg(BFS_PM_DONE, 2);
+	struct bfs_proto_buf in = {0};
+	struct bfs_proto_msg *m = NULL;
+	uint8_t *ea, *eb, *all;
+	size_t la, lb, i, got = 0;
+
+	(void)state;
+	assert_int_equal(bfs_proto_encode(t, &a, &ea, &la), 0);
+	assert_int_equal(bfs_proto_encode(t, &b, &eb, &lb), 0);
+	all = talloc_array(t, uint8_t, la + lb);
+	memcpy(all, ea, la);
+	memcpy(all + la, eb, lb);
+	for (i = 0; i < la + lb; i++) {
+		assert_int_equal(bfs_proto_buf_append(t, &in, all + i, 1), 0);
+		while (bfs_proto_buf_take(t, &in, &m) == 0) {
+			assert_int_equal(m->id, ++got);
+			assert_int_equal(i + 1, got == 1 ? la : la + lb);
+		}
+	}
+	assert_int_equal(got, 2);
+	assert_int_equal(in.len, 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_buffer_takes_frames_as_they_complete),
 		cmocka_unit_test(test_every_type_round_trips),
 		cmocka_unit_test(test_wire_layout),
 		cmocka_unit_test(test_other_types_fields_are_not_written),
