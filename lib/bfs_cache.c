@@ -625,6 +625,14 @@ static void bfs_cache_touch(struct bfs_cache *c, const struct bfs_block_key *bk)
  * Copy from a present block, checking that the same fill is still there
  * after the copy.  mt: any thread (own transactions and file handle).
  */
+/* Does fd's file still have a name (not unlinked)? */
+static bool bfs_fd_named(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && st.st_nlink > 0;
+}
+
 static int bfs_cache_copy(struct bfs_cache *c, const struct bfs_cache_id *id,
 			  uint64_t blk, uint32_t off, uint32_t n, void *buf,
 			  uint32_t *got, bool mt, int mt_fd)
@@ -652,9 +660,18 @@ static int bfs_cache_copy(struct bfs_cache *c, const struct bfs_cache_id *id,
 		return ENOENT;
 	}
 	r = pread(fd, buf, n, (off_t)(blk * c->block_size + off));
-	/* Same fill still present after the copy: the bytes were intact. */
+	/*
+	 * Same fill still present after the copy: the bytes were intact,
+	 * if fd is the file that fill wrote.  A descriptor lent earlier
+	 * (mt) may be of a file since unlinked, its last block evicted,
+	 * and the block filled again into a new file of that name: the
+	 * record is then a fill this copy never saw the bytes of.  Fills
+	 * and unlinks hold the cache's flock, and a new file's fill commits
+	 * only after the old file lost its name, so a file still named once
+	 * the record was read is the one it speaks of.
+	 */
 	if (r != (ssize_t)n || !bfs_cache_get(c, &bk, &after, mt) ||
-	    after.gen != before.gen) {
+	    after.gen != before.gen || (mt && !bfs_fd_named(fd))) {
 		COUNT(c, raced);
 		return ENOENT;
 	}

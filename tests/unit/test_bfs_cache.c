@@ -135,6 +135,67 @@ static void test_descriptors_for_other_threads(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A descriptor lent before the file's last block was evicted (the file
+ * unlinked) and the block filled again, by another process, into a new
+ * file of that name: the copy through the old one is refused, not served
+ * from the old file's hole.  (Seen with the engine filling while smbd's
+ * worker threads copied, on an 8 MiB cache.)
+ */
+static void test_a_lent_descriptor_of_a_replaced_file_is_refused(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id a;
+	uint8_t data[BS], out[BS];
+	uint32_t got = 0;
+	pid_t pid;
+	int fd, status;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 2 * BS, BS, &c, &why), 0);
+	bfs_cache_make_id("bkt", "a", "etag1", BS, &a);
+	block_bytes(data, 0, 1);
+	assert_int_equal(bfs_cache_fill(c, &a, 0, data, BS), 0);
+	fd = bfs_cache_lend_fd(c, &a, false);
+	assert_true(fd >= 0);
+
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct bfs_cache *cc = NULL;
+		struct bfs_cache_id b, d;
+		uint8_t other[BS];
+
+		if (bfs_cache_open(NULL, dir, 2 * BS, BS, &cc, &why) != 0) {
+			_exit(1);
+		}
+		bfs_cache_make_id("bkt", "b", "etag1", BS, &b);
+		bfs_cache_make_id("bkt", "d", "etag1", BS, &d);
+		block_bytes(other, 0, 2);
+		/* Two other blocks evict a's only one: its file goes. */
+		if (bfs_cache_fill(cc, &b, 0, other, BS) != 0 ||
+		    bfs_cache_fill(cc, &d, 0, other, BS) != 0 ||
+		    bfs_cache_present(cc, &a, 0) ||
+		    bfs_cache_fill(cc, &a, 0, data, BS) != 0) {
+			_exit(2);
+		}
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+	assert_int_equal(bfs_cache_read_mt(c, fd, &a, 0, 0, BS, out, &got),
+			 ENOENT);
+	bfs_cache_return_fd(c, fd);
+	/* Through the new file, the block reads right. */
+	assert_int_equal(bfs_cache_read(c, &a, 0, 0, BS, out, &got), 0);
+	assert_int_equal(got, BS);
+	assert_memory_equal(out, data, BS);
+	talloc_free(t);
+}
+
 /* The limit holds, and a scan does not flush blocks read twice. */
 static void test_limit_and_scan_resistance(void **state)
 {
@@ -471,6 +532,7 @@ int main(void)
 		cmocka_unit_test(test_a_damaged_map_starts_the_cache_empty),
 		cmocka_unit_test(test_fill_then_read),
 		cmocka_unit_test(test_descriptors_for_other_threads),
+		cmocka_unit_test(test_a_lent_descriptor_of_a_replaced_file_is_refused),
 		cmocka_unit_test(test_limit_and_scan_resistance),
 		cmocka_unit_test(test_block_larger_than_cache_is_refused),
 		cmocka_unit_test(test_check_against_the_index),
