@@ -12,6 +12,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <cmocka.h>
@@ -20,6 +21,7 @@
 #include "test_tmpdir.h"
 
 #include "bfs_index.h"
+#include "bfs_log.h"
 
 static char *tmpdir(TALLOC_CTX *t)
 {
@@ -562,6 +564,436 @@ static void test_a_damaged_index_is_set_aside_and_rebuilt(void **state)
 	}
 }
 
+/* ---- issue 19 point 8: a map that grows, listings evicted ---------------- */
+
+/* Sizes for a test: a map of map bytes growing to max, a budget, and
+ * every read a use (no minute between two stamps). */
+static struct bfs_index_opts sized(size_t map, size_t max, size_t budget)
+{
+	struct bfs_index_opts o;
+
+	bfs_index_opts_default(&o);
+	o.map_size = map;
+	o.map_max = max;
+	o.budget = budget;
+	o.use_every = 0;
+	return o;
+}
+
+static char *folder_name(TALLOC_CTX *t, int i)
+{
+	return talloc_asprintf(t, "d%03d/", i);
+}
+
+/* Folder i: n files whose names are long enough to fill pages quickly. */
+static struct s3_dir *folder(TALLOC_CTX *t, int i, size_t n)
+{
+	const char **names = talloc_array(t, const char *, n);
+	size_t j;
+
+	for (j = 0; j < n; j++) {
+		names[j] = talloc_asprintf(
+			t, "a-name-long-enough-to-fill-pages-soon-%04zu.dat", j);
+	}
+	return listing(t, folder_name(t, i), names, n, NULL, 0);
+}
+
+#define FILE0 "a-name-long-enough-to-fill-pages-soon-0000.dat"
+
+static off_t data_size(const char *dir)
+{
+	char *p = talloc_asprintf(NULL, "%s/data.mdb", dir);
+	struct stat sb;
+
+	assert_int_equal(stat(p, &sb), 0);
+	talloc_free(p);
+	return sb.st_size;
+}
+
+/*
+ * The index used to have a fixed 4 GiB map: a walk of a large bucket
+ * filled it and every new folder failed from then on.  A full map grows.
+ */
+static void test_a_full_map_grows_instead_of_failing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	time_t at;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	for (i = 0; i < 80; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     1000 + i), 0);
+	}
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.live > 1 << 20);
+	assert_true(sp.map > 1 << 20);
+	assert_true(data_size(dir) > 1 << 20);
+	assert_int_equal(sp.evicted, 0);
+	/* Nothing was lost on the way. */
+	for (i = 0; i < 80; i++) {
+		assert_int_equal(bfs_index_dir_listed(idx, folder_name(t, i),
+						      &at), 0);
+		assert_int_equal(bfs_index_lookup(idx, t, folder_name(t, i),
+						  FILE0, &e), 0);
+	}
+	talloc_free(t);
+}
+
+/*
+ * Over its budget (given, or half the map's ceiling) the index evicts
+ * the folders used least recently: one used all along stays, a pending
+ * entry (bytes not in S3 yet) stays, and a folder listed again gets its
+ * inode numbers back.
+ */
+static void test_over_its_budget_the_least_recently_used_listings_go(void **state)
+{
+	(void)state;
+	for (int capped = 0; capped < 2; capped++) {
+		TALLOC_CTX *t = talloc_new(NULL);
+		const char *why = NULL, *dir = tmpdir(t);
+		struct bfs_index_opts o =
+			capped ? sized(1 << 20, 2 << 20, 1ULL << 40) :
+				 sized(1 << 20, 64ULL << 30, 512 << 10);
+		struct bfs_entry mine = {
+			.name = (char *)"mine.bin", .size = 77, .mtime = 1,
+			.flags = BFS_ENT_PENDING,
+		}, e;
+		struct bfs_index *idx = NULL;
+		struct bfs_index_space sp;
+		uint64_t d2_ino, mine_ino, entries, dirs;
+		time_t at;
+		int i;
+
+		assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx,
+						     &why), 0);
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 100), 1),
+				 0);
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, 1, 100), 1),
+				 0);
+		assert_int_equal(bfs_index_put(idx, "d001/", &mine), 0);
+		mine_ino = mine.ino;
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, 2, 100), 1),
+				 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), 0);
+		d2_ino = e.ino;
+		for (i = 3; i < 120; i++) {
+			assert_int_equal(bfs_index_store_dir(idx,
+							     folder(t, i, 100),
+							     1), 0);
+			/* d000 is in use all along (a lookup each time). */
+			assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at),
+					 0);
+		}
+		assert_int_equal(bfs_index_space(idx, &sp), 0);
+		assert_true(sp.evicted > 0);
+		assert_true(sp.live <= sp.budget);
+		if (capped) {
+			assert_int_equal(sp.budget, 1 << 20); /* half of it */
+			assert_true(data_size(dir) <= 2 << 20);
+		} else {
+			assert_int_equal(sp.budget, 512 << 10);
+		}
+		assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
+		assert_true(dirs < 120);
+
+		/* Used recently, or just stored: still there. */
+		assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "d000/", FILE0, &e),
+				 0);
+		assert_int_equal(bfs_index_dir_listed(idx, "d119/", &at), 0);
+		/* The least recently used: gone, to be listed again... */
+		assert_int_equal(bfs_index_dir_listed(idx, "d001/", &at),
+				 ENOENT);
+		assert_int_equal(bfs_index_lookup(idx, t, "d001/", FILE0, &e),
+				 ENOENT);
+		assert_int_equal(bfs_index_dir_listed(idx, "d002/", &at),
+				 ENOENT);
+		assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e),
+				 ENOENT);
+		/* ...but not what is ours and not in S3 yet. */
+		assert_int_equal(bfs_index_lookup(idx, t, "d001/", "mine.bin",
+						  &e), 0);
+		assert_true(e.flags & BFS_ENT_PENDING);
+		assert_int_equal(e.size, 77);
+		assert_int_equal(e.ino, mine_ino);
+		/* Listed again, a name has the number it had. */
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, 2, 100), 2),
+				 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), 0);
+		assert_int_equal(e.ino, d2_ino);
+		/* And the pending entry survives its folder's next listing. */
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, 1, 100), 2),
+				 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "d001/", "mine.bin",
+						  &e), 0);
+		assert_int_equal(e.ino, mine_ino);
+		talloc_free(t);
+	}
+}
+
+/* Log lines of the ceiling's eviction, counted (and still shown). */
+static int ceiling_lines;
+
+static void count_ceiling_lines(int level, const char *line)
+{
+	(void)level;
+	ceiling_lines += strstr(line, "full at its ceiling)") != NULL;
+	fprintf(stderr, "%s\n", line);
+}
+
+/*
+ * A listing too large for what is left of a map at its ceiling: the map
+ * cannot grow, so listings used least recently make room for it.  One too
+ * large for the whole map fails (ENOSPC) after two such evictions, not
+ * after emptying the index, and the index goes on working.
+ */
+static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 2 << 20, 1ULL << 40);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	uint64_t entries, dirs;
+	time_t at;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	for (i = 0; i < 30; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100), 1),
+				 0);
+	}
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_int_equal(sp.evicted, 0); /* under the budget (1 MiB) */
+	bfs_log_set(count_ceiling_lines);
+	ceiling_lines = 0;
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 2500), 1), 0);
+	assert_int_equal(ceiling_lines, 1);
+	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d900/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.evicted > 0);
+	assert_true(data_size(dir) <= 2 << 20);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), ENOENT);
+
+	/* Larger than the map: refused, not everything evicted for it. */
+	ceiling_lines = 0;
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 901, 8000), 1),
+			 ENOSPC);
+	assert_int_equal(ceiling_lines, 2);
+	bfs_log_set(NULL);
+	assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
+	assert_true(entries > 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 902, 10), 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d902/", FILE0, &e), 0);
+	assert_true(data_size(dir) <= 2 << 20);
+	talloc_free(t);
+}
+
+/* Wait for one byte from fd; false at EOF. */
+static bool wait_byte(int fd)
+{
+	char c;
+
+	return read(fd, &c, 1) == 1;
+}
+
+/*
+ * Every smbd and bucketfsd has its own map of the index.  One that grows
+ * it must not leave the others behind: their reads then find pages past
+ * the end of their map (LMDB's MDB_MAP_RESIZED) and their writes a map
+ * full sooner.
+ */
+static void test_another_process_follows_a_grown_map(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	int to_child[2], to_parent[2], status = 0, i;
+	pid_t child;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 10), 1), 0);
+	assert_int_equal(pipe(to_child), 0);
+	assert_int_equal(pipe(to_parent), 0);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		/* Another smbd: its own environment, its own 1 MiB map. */
+		TALLOC_CTX *c = talloc_new(NULL);
+		struct bfs_index *other = NULL;
+		struct bfs_index_space csp = {0};
+		int fails = 0;
+
+		/* Only the parent writes to_child: EOF if it fails first. */
+		close(to_child[1]);
+		close(to_parent[0]);
+		fails += bfs_index_open_opts(c, dir, "bkt", &o, &other,
+					     &why) != 0;
+		fails += bfs_index_space(other, &csp) != 0;
+		fails += csp.map != 1 << 20;
+		fails += bfs_index_lookup(other, c, "d000/", FILE0, &e) != 0;
+		fails += write(to_parent[1], "r", 1) != 1;
+		if (!wait_byte(to_child[0])) {
+			_exit(100);
+		}
+		/* The parent has grown the map past ours and used it. */
+		fails += bfs_index_lookup(other, c, "d079/", FILE0, &e) != 0;
+		fails += bfs_index_space(other, &csp) != 0;
+		fails += csp.map <= 1 << 20;
+		/* And writes go on in the larger map, growing it further. */
+		for (i = 100; i < 180; i++) {
+			fails += bfs_index_store_dir(other, folder(c, i, 100),
+						     1) != 0;
+		}
+		fails += bfs_index_lookup(other, c, "d001/", FILE0, &e) != 0;
+		_exit(fails);
+	}
+	close(to_child[0]);
+	close(to_parent[1]);
+	assert_true(wait_byte(to_parent[0]));
+	for (i = 1; i < 80; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100), 1),
+				 0);
+	}
+	assert_true(data_size(dir) > 1 << 20);
+	assert_int_equal(write(to_child[1], "g", 1), 1);
+	close(to_child[1]);
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	/* What the child wrote past our map is ours to read. */
+	assert_int_equal(bfs_index_lookup(idx, t, "d179/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 180, 10), 1), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.map >= (size_t)data_size(dir));
+	close(to_parent[0]);
+	talloc_free(t);
+}
+
+struct reader_arg {
+	struct bfs_index *idx;
+	volatile bool stop;
+	unsigned reads, fails;
+};
+
+static void *reader_main(void *p)
+{
+	struct reader_arg *a = p;
+
+	while (!a->stop) {
+		TALLOC_CTX *t = talloc_new(NULL);
+		struct bfs_entry e;
+		struct bfs_entry *ents = NULL;
+		size_t n = 0;
+
+		a->fails += bfs_index_lookup(a->idx, t, "d000/", FILE0, &e) != 0;
+		a->fails += bfs_index_children(a->idx, t, "d000/", NULL, 50,
+					       &ents, &n) != 0 || n != 50;
+		a->reads++;
+		talloc_free(t);
+	}
+	return NULL;
+}
+
+/*
+ * bucketfsd reads the index in one thread while another writes: a remap
+ * (the map growing) must not pull the pages from under a reader.
+ */
+static void test_readers_in_other_threads_survive_the_map_growing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct reader_arg a = {0};
+	struct bfs_index_space sp;
+	pthread_t th;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, tmpdir(t), "bkt", &o, &a.idx,
+					     &why), 0);
+	assert_int_equal(bfs_index_store_dir(a.idx, folder(t, 0, 100), 1), 0);
+	assert_int_equal(pthread_create(&th, NULL, reader_main, &a), 0);
+	for (i = 1; i < 120; i++) {
+		assert_int_equal(bfs_index_store_dir(a.idx, folder(t, i, 100),
+						     1), 0);
+	}
+	a.stop = true;
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(bfs_index_space(a.idx, &sp), 0);
+	assert_true(sp.map >= 4 << 20); /* it remapped twice or more */
+	assert_true(a.reads > 0);
+	assert_int_equal(a.fails, 0);
+	talloc_free(t);
+}
+
+/*
+ * An index written before eviction has listings without last-used
+ * stamps: opened now, they get their listing time as one, so they can be
+ * evicted like the others.
+ */
+static void test_listings_of_an_older_index_can_be_evicted(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 512 << 10);
+	struct bfs_index *idx = NULL;
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi used, lru, meta;
+	MDB_val k = {3, (void *)"lru"};
+	time_t at;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	for (i = 0; i < 10; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 20),
+						     1000 + i), 0);
+	}
+	TALLOC_FREE(idx);
+	/* As the previous version left it: no stamps, no "lru" mark. */
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "used", 0, &used), 0);
+	assert_int_equal(mdb_dbi_open(txn, "lru", MDB_DUPSORT | MDB_INTEGERKEY,
+				      &lru), 0);
+	assert_int_equal(mdb_dbi_open(txn, "meta", 0, &meta), 0);
+	assert_int_equal(mdb_drop(txn, used, 1), 0);
+	assert_int_equal(mdb_drop(txn, lru, 1), 0);
+	assert_int_equal(mdb_del(txn, meta, &k, NULL), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	for (i = 10; i < 60; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     1), 0);
+	}
+	for (i = 0; i < 10; i++) {
+		assert_int_equal(bfs_index_dir_listed(idx, folder_name(t, i),
+						      &at), ENOENT);
+	}
+	assert_int_equal(bfs_index_dir_listed(idx, "d059/", &at), 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -577,6 +1009,12 @@ int main(void)
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),
+		cmocka_unit_test(test_a_full_map_grows_instead_of_failing),
+		cmocka_unit_test(test_over_its_budget_the_least_recently_used_listings_go),
+		cmocka_unit_test(test_at_its_ceiling_a_large_listing_makes_room),
+		cmocka_unit_test(test_another_process_follows_a_grown_map),
+		cmocka_unit_test(test_readers_in_other_threads_survive_the_map_growing),
+		cmocka_unit_test(test_listings_of_an_older_index_can_be_evicted),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }
