@@ -451,7 +451,8 @@ int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 	}
 	rc = bfs_journal_txn_get(txn, j->db, tmp, src, &cur);
 	if (rc == MDB_NOTFOUND ||
-	    (rc == 0 && (!bfs_jrec_is(&cur, pid, staging) || cur.started))) {
+	    (rc == 0 && (!bfs_jrec_is(&cur, pid, staging) ||
+			 (cur.started && strcmp(r->staging, staging) == 0)))) {
 		mdb_txn_abort(txn);
 		talloc_free(tmp);
 		return ESTALE; /* its upload began, or it changed: not ours */

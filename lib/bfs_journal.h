@@ -110,11 +110,14 @@ int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
 	__attribute__((warn_unused_result));
 
 /*
- * A rename of src, whose upload (pid, staging) has not started: in one
- * transaction remove src's record and put r (the same upload, to r->key),
- * returning in *old the record r replaced (old->key NULL: none).  ESTALE
- * if src's record is another, or its upload began: the caller renames as
- * for any object.
+ * A rename of src, whose upload is (pid, staging): in one transaction
+ * remove src's record and put r (the same upload, to r->key), returning
+ * in *old the record r replaced (old->key NULL: none).  An upload that
+ * began may be retargeted only with a staging file of its own
+ * (r->staging, a second name of the same bytes): the running one goes on
+ * reading its own.  ESTALE if src's record is another, or its upload
+ * began and r shares its staging file: the caller renames as for any
+ * object.
  */
 int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			 const char *src, pid_t pid, const char *staging,

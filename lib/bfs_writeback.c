@@ -87,6 +87,36 @@ int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
 	return 0;
 }
 
+/* A second name of staging file name (a hard link): 0 with *out. */
+static int bfs_wb_stage_link(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			     const char *name, char **out)
+{
+	struct timespec ts;
+	char *n, *from, *to;
+	int ret = 0;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	n = talloc_asprintf(mem_ctx, "l-%d-%lld-%ld-%u", (int)getpid(),
+			    (long long)ts.tv_sec, ts.tv_nsec, wb->seq++);
+	from = n != NULL ? bfs_stage_path(n, wb, name) : NULL;
+	to = from != NULL ? bfs_stage_path(n, wb, n) : NULL;
+	if (to == NULL) {
+		talloc_free(n);
+		return ENOMEM;
+	}
+	if (link(from, to) != 0) {
+		ret = errno;
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot link staging file %s "
+			"for a rename: %s", from, strerror(ret));
+		talloc_free(n);
+		return ret;
+	}
+	talloc_free(from);
+	talloc_free(to);
+	*out = n;
+	return 0;
+}
+
 void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name)
 {
 	char *path = bfs_stage_path(NULL, wb, name);
@@ -436,7 +466,22 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	}
 	ret = bfs_journal_update(wb->j, rec->key, rec->pid, rec->staging, NULL);
 	if (ret == ESTALE) {
-		ret = 0; /* replaced just now: the newer record stays */
+		/*
+		 * Replaced just now by a newer close (its record stays), or
+		 * renamed or deleted away since the check above: then ours
+		 * goes from S3 and from the index, as there.
+		 */
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		struct bfs_jrec cur;
+
+		if (tmp != NULL &&
+		    (bfs_journal_get(wb->j, tmp, rec->key, &cur) != 0 ||
+		     cur.op != BFS_J_PUT)) {
+			bfs_wb_undo_upload(wb, rec->key, tag);
+			bfs_wb_index_forget(wb, rec->key);
+		}
+		talloc_free(tmp);
+		ret = 0;
 	}
 	if (ret != 0) {
 		/*
@@ -500,18 +545,26 @@ static int bfs_wb_journal_upload(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		rec->src = old.src;
 		rec->src_etag = old.src_etag;
 	}
+	/*
+	 * Readers see the new size before S3 has the bytes.  The entry goes
+	 * pending before the record is there: an engine may take the record
+	 * and finish its upload at once, and its entry (with the ETag) must
+	 * be the last word, not ours (a pending entry with no record behind
+	 * it would stay pending: relistings keep those).
+	 */
+	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, NULL) != 0) {
+		bfs_wb_index_forget(wb, rec->key);
+	}
 	ret = bfs_journal_swap(wb->j, mem_ctx, rec, &old);
 	if (ret != 0) {
+		/* Not journalled: the next listing says what S3 has. */
+		bfs_wb_index_forget(wb, rec->key);
 		return ret;
 	}
 	if (old.key != NULL && old.op == BFS_J_PUT &&
 	    strcmp(old.staging, rec->staging) != 0 &&
 	    (bfs_wb_put_is_ours(&old) || bfs_wb_put_queued(&old))) {
 		bfs_wb_stage_drop(wb, old.staging);
-	}
-	/* Readers see the new size before S3 has the bytes. */
-	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, NULL) != 0) {
-		bfs_wb_index_forget(wb, rec->key);
 	}
 	return 0;
 }
@@ -605,8 +658,8 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 	}
 	ret = bfs_journal_get(wb->j, tmp, src, &cur);
 	if (ret == 0 && (cur.op != BFS_J_PUT || cur.pid != engine ||
-			 cur.started || cur.open || cur.last_error != 0 ||
-			 cur.upload_id != NULL ||
+			 cur.open || cur.last_error != 0 ||
+			 (!cur.started && cur.upload_id != NULL) ||
 			 (cur.src != NULL && strcmp(cur.src, dst) != 0))) {
 		ret = ESTALE;
 	}
@@ -629,9 +682,27 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 	rec.key = (char *)dst;
 	rec.src = (char *)src;
 	rec.src_etag = NULL;
+	if (cur.started) {
+		/*
+		 * Its upload to src runs (the engine took it before the
+		 * rename came): that one ends as one whose key went away
+		 * (bfs_wb_undo_upload), and dst's upload reads a second
+		 * name of the bytes, so that neither drops the other's.
+		 */
+		ret = bfs_wb_stage_link(wb, tmp, cur.staging, &rec.staging);
+		if (ret != 0) {
+			talloc_free(tmp);
+			return ret;
+		}
+		rec.started = false;
+		rec.upload_id = NULL;
+	}
 	ret = bfs_journal_retarget(wb->j, tmp, src, engine, cur.staging, &rec,
 				   &old);
 	if (ret != 0) {
+		if (rec.staging != cur.staging) {
+			bfs_wb_stage_drop(wb, rec.staging);
+		}
 		talloc_free(tmp);
 		return ret;
 	}

@@ -78,11 +78,14 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes);
 
 /*
- * A rename src -> dst of a closed file whose upload waits in the engine
- * (`engine`) and has not started: the upload goes to dst instead, and src
- * (which S3 may hold from before) is deleted after it, so no server-side
- * copy of the bytes is made.  ESTALE if src has no such upload (it began,
- * failed, or is someone else's): rename as any object.
+ * A rename src -> dst of a closed file whose upload is the engine's
+ * (`engine`): the upload goes to dst instead, and src (which S3 may hold
+ * from before) is deleted after it, so no server-side copy of the bytes
+ * is made and the rename waits for nothing.  If the upload to src is
+ * running already, it goes on and is taken back out when it ends; dst
+ * gets an upload of its own, from a second name (a hard link) of the
+ * staging file.  ESTALE if src has no such upload (it failed, or is
+ * someone else's): rename as any object.
  */
 int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 		    pid_t engine)

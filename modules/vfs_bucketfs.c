@@ -3702,25 +3702,27 @@ static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
 				 (unsigned)MIN(timeout_ms, UINT_MAX));
 	unbecome_root();
-	if (ret == 0) {
-		ret = bfs_lookup(mem_ctx, bc, src_rel, &sbuf, src);
-		if (ret == 0 && (*src)->etag == NULL) {
-			ret = EBUSY; /* written again meanwhile */
+	if (ret == 0 || ret == ENOENT) {
+		/*
+		 * Done, or no record at all: a client still writes it
+		 * elsewhere, or its upload ended between our lookup and the
+		 * wait (the engine's often do).  The index says which.
+		 */
+		int lret = bfs_lookup(mem_ctx, bc, src_rel, &sbuf, src);
+
+		if (lret != 0 || (*src)->etag != NULL) {
+			return lret;
 		}
-		return ret;
+		DBG_NOTICE("bucketfs: share %s: cannot rename %s: another "
+			   "client has it open for writing%s\n", bc->service,
+			   src_rel, ret == 0 ? " again" : "");
+		return EBUSY;
 	}
-	if (ret == ENOENT) {
-		DBG_NOTICE("bucketfs: share %s: cannot rename %s: another client "
-			   "has it open for writing\n", bc->service, src_rel);
-		ret = EBUSY;
-	} else if (ret != 0) {
-		DBG_WARNING("bucketfs: share %s: cannot rename %s: its upload "
-			    "by another client %s\n", bc->service, src_rel,
-			    ret == EBUSY ? "takes too long" :
-			    "failed (the journal retries it)");
-		ret = EBUSY;
-	}
-	return ret;
+	DBG_WARNING("bucketfs: share %s: cannot rename %s: its upload by "
+		    "another client %s\n", bc->service, src_rel,
+		    ret == EBUSY ? "takes too long" :
+		    "failed (the journal retries it)");
+	return EBUSY;
 }
 
 /* A rename of a file whose upload waits in the engine (bfs_wb_retarget). */

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/wait.h>
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -384,7 +385,8 @@ static void test_swap_update_retarget(void **state)
 	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.tmp", &got), ENOENT);
 	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
 	assert_string_equal(got.src, "run/ckpt.tmp");
-	/* Started: no more retargets; the flag round-trips. */
+	/* Started: no retarget that shares its staging file; the flag
+	 * round-trips. */
 	moved.started = true;
 	assert_int_equal(bfs_journal_update(j, moved.key, engine, "s-b", &moved),
 			 0);
@@ -394,10 +396,21 @@ static void test_swap_update_retarget(void **state)
 	assert_int_equal(bfs_journal_retarget(j, t, "run/ckpt.pt", engine,
 					      "s-b", &b, &old), ESTALE);
 	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), 0);
-	/* Its uploader is done: gone. */
-	assert_int_equal(bfs_journal_update(j, "run/ckpt.pt", engine, "s-b",
-					    NULL), 0);
+	/* With a staging file of its own (a second name), it moves; the
+	 * running upload's update then finds nothing of its own. */
+	b.staging = "s-b2";
+	assert_int_equal(bfs_journal_retarget(j, t, "run/ckpt.pt", engine,
+					      "s-b", &b, &old), 0);
 	assert_int_equal(bfs_journal_get(j, t, "run/ckpt.pt", &got), ENOENT);
+	assert_int_equal(bfs_journal_update(j, "run/ckpt.pt", engine, "s-b",
+					    NULL), ESTALE);
+	assert_int_equal(bfs_journal_get(j, t, "run/other", &got), 0);
+	assert_string_equal(got.staging, "s-b2");
+	assert_false(got.started);
+	/* Its uploader is done: gone. */
+	assert_int_equal(bfs_journal_update(j, "run/other", engine, "s-b2",
+					    NULL), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/other", &got), ENOENT);
 	talloc_free(t);
 }
 
@@ -459,6 +472,36 @@ static void test_hand_over_and_retarget(void **state)
 	assert_int_equal(e.size, 5);
 	assert_int_equal(bfs_wb_retarget(wb, "run/nothing", "run/x", engine),
 			 ESTALE);
+	/*
+	 * Its upload began (the engine took it): a rename still moves it,
+	 * to a second name of the staging file, the running upload keeping
+	 * its own; the rename waits for nothing.
+	 */
+	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n1), 0);
+	close(fd);
+	assert_int_equal(bfs_wb_hand_over(wb, "run/b.tmp", n1, 7, 3, engine),
+			 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/b.tmp", &got), 0);
+	got.started = true;
+	assert_int_equal(bfs_journal_update(j, "run/b.tmp", engine, n1, &got),
+			 0);
+	assert_int_equal(bfs_wb_retarget(wb, "run/b.tmp", "run/b", engine), 0);
+	assert_int_equal(bfs_journal_get(j, t, "run/b.tmp", &got), ENOENT);
+	assert_int_equal(bfs_journal_get(j, t, "run/b", &got), 0);
+	assert_false(got.started);
+	assert_string_not_equal(got.staging, n1);
+	assert_string_equal(got.src, "run/b.tmp");
+	path = talloc_asprintf(t, "%s/%s", staging, n1);
+	{
+		struct stat a, b;
+
+		assert_int_equal(stat(path, &a), 0);
+		assert_int_equal(stat(talloc_asprintf(t, "%s/%s", staging,
+						      got.staging), &b), 0);
+		assert_true(a.st_ino == b.st_ino && a.st_nlink == 2);
+	}
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "b", &e), 0);
+	assert_int_equal(e.size, 7);
 	talloc_free(t);
 }
 
