@@ -187,7 +187,16 @@ $(B)/bench/randread: bench/randread.c $(B)/.deps-ok
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient) $< -o $@ $$(pkg-config --libs smbclient)
 
-bench: all install bench-deps $(B)/bench/randread
+# Samba's libsmb on tevent (see the tool's comment), as smbrenopen; the
+# credit calls are libcli-smb-common's, nt_errstr() libsamba-errors'.
+$(B)/bench/loader: bench/loader.c $(B)/.deps-ok
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) $$(pkg-config --cflags smbclient tevent talloc) $< -o $@ \
+	  $$(pkg-config --libs smbclient tevent talloc) -l:libsamba-errors.so.1 \
+	  -L$(MODULESDIR) -l:liblibsmb-samba4.so.0 -l:libcli-smb-common-samba4.so.0 \
+	  -Wl,-rpath,$(MODULESDIR)
+
+bench: all install bench-deps $(B)/bench/randread $(B)/bench/loader
 	@python3 bench/compare.py
 
 bench-read: all install

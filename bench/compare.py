@@ -21,6 +21,14 @@ Workloads (sizes from the environment, defaults as the issue asks):
                        throughput, p50 and p99 latency
   small files          BENCH_SMALL_N (10000) files of 100 KiB: list them
                        and read them all (smbclient, one session)
+  small W=32 cold/hot  the same files read by build/bench/loader, a
+                       DataLoader's 32 workers on one SMB connection as the
+                       kernel client carries them: 32 open + read + close
+                       in flight; files/s, p50 and p99 per file.  Cold as
+                       seq cold (the folder listed once, untimed, as a
+                       Dataset does), then hot.  Local and bucketfs only;
+                       raw = 32 parallel GETs of the objects (s3tool
+                       getmany), cold after the page cache is dropped
   list N               smbclient ls of 10,000 and BENCH_LIST_BIG (100,000)
   checkpoint           write BENCH_SEQ_MB MiB as runs/ckpt.tmp, rename over
                        runs/ckpt.pt, until the object is in S3 at full size
@@ -69,6 +77,7 @@ RUNS = int(os.environ.get("RUNS", "3"))
 SEQ_MB = int(os.environ.get("BENCH_SEQ_MB", "1024"))
 SMALL_N = int(os.environ.get("BENCH_SMALL_N", "10000"))
 SMALL_KB = 100
+SMALL_W = 32  # DataLoader workers, samples in flight on one connection
 LIST_BIG = int(os.environ.get("BENCH_LIST_BIG", "100000"))
 if LIST_BIG == 10000:  # the listing workloads are named by their size
     sys.exit("bench: BENCH_LIST_BIG must differ from the fixed 10000 listing")
@@ -390,6 +399,16 @@ class Bench:
             return SMALL_N * SMALL_KB * 1024 / secs / 1e6, {"seconds": secs}
         return fn
 
+    def loader(self, share):
+        """SMALL_W samples in flight on one connection (bench/loader.c)."""
+        def fn():
+            url = f"smb://127.0.0.1:{self.smb_port}/{share}/small"
+            env = dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)
+            return loader_result(subprocess.run(
+                [f"{B}/bench/loader", url, str(SMALL_W), str(SMALL_N)],
+                capture_output=True, text=True, env=env))
+        return fn
+
     def listing(self, share, n):
         def fn():
             start = time.monotonic()
@@ -433,6 +452,16 @@ class Bench:
         out = self.s3tool("getpar", "seq.bin", "8").split()
         return SEQ_MB * 1.048576 / float(out[1]), {}
 
+    def raw_small(self, cold):
+        """SMALL_W parallel GETs of the small objects, whole."""
+        def fn():
+            if cold:
+                drop_page_cache()  # as make_cold does for the others
+            return loader_result(subprocess.run(
+                [f"{B}/s3tool", "getmany", "small/f", str(SMALL_N), str(SMALL_W)],
+                capture_output=True, text=True, env=self.env))
+        return fn
+
     def raw_put(self):
         start = time.monotonic()
         self.s3tool("putmp", "raw-ckpt.bin", f"{self.tmp}/local/seq.bin", str(16 << 20), "8")
@@ -440,11 +469,27 @@ class Bench:
         return SEQ_MB * 1.048576 / secs, {"seconds": secs}
 
 
+def loader_result(p):
+    """The line "files=F bytes=B seconds=S files_per_s=X p50_ms=Y p99_ms=Z
+    errors=E" of build/bench/loader (and s3tool getmany): files/s and the
+    latencies; a failed file fails the measurement."""
+    if p.returncode != 0:
+        # The tool's own words: the first failure, with its NT status.
+        raise RuntimeError((p.stderr.strip() or p.stdout.strip()
+                            or f"exit status {p.returncode}").splitlines()[0])
+    kv = dict(f.split("=", 1) for f in p.stdout.split())
+    return float(kv["files_per_s"]), {"seconds": float(kv["seconds"]),
+                                      "p50_ms": float(kv["p50_ms"]),
+                                      "p99_ms": float(kv["p99_ms"])}
+
+
 WORKLOADS = [  # name, unit, higher is better
     ("seq cold", "MB/s", True), ("seq hot", "MB/s", True),
     ("rand 64K x1", "MB/s", True), ("rand 64K x8", "MB/s", True),
     ("rand 1M x1", "MB/s", True), ("rand 1M x8", "MB/s", True),
-    ("small files", "MB/s", True), ("list 10000", "s", False),
+    ("small files", "MB/s", True),
+    (f"small W={SMALL_W} cold", "files/s", True), (f"small W={SMALL_W} hot", "files/s", True),
+    ("list 10000", "s", False),
     (f"list {LIST_BIG}", "s", False), ("checkpoint", "MB/s", True),
 ]
 
@@ -470,6 +515,14 @@ def run_all(b):
             if system != "local":
                 b.make_cold(system)
             b.measure("small files", system, b.small_files(system), "MB/s")
+    for _ in range(RUNS):
+        for system in ("local", "bucketfs"):
+            b.make_cold(system)
+            b.smbclient(system, "cd small; ls")
+            b.measure(f"small W={SMALL_W} cold", system, b.loader(system), "files/s")
+            b.measure(f"small W={SMALL_W} hot", system, b.loader(system), "files/s")
+        b.measure(f"small W={SMALL_W} cold", "raw", b.raw_small(True), "files/s")
+        b.measure(f"small W={SMALL_W} hot", "raw", b.raw_small(False), "files/s")
     for n in (10000, LIST_BIG):
         for system in SYSTEMS:
             start = time.monotonic()
@@ -577,7 +630,7 @@ def report(b, m):
             useful = None
             if w.startswith("seq"):
                 useful = SEQ_MB << 20
-            elif w == "small files":
+            elif w.startswith("small"):
                 useful = SMALL_N * SMALL_KB * 1024
             amp = f"{r['s3_bytes'] / useful:.2f}" if useful and r["s3_bytes"] else "—"
             daemon = f"{r['rss_daemon'] / 2**20:.0f} MiB" if s in ("s3fs", "rclone") else "—"
@@ -621,9 +674,12 @@ def json_payload(m):
     groups = {"sequential read": ["seq cold", "seq hot"],
               "random read": ["rand 64K x1", "rand 64K x8", "rand 1M x1", "rand 1M x8"],
               "small files and checkpoint": ["small files", "checkpoint"],
+              f"small files {SMALL_W} in flight": [f"small W={SMALL_W} cold",
+                                                    f"small W={SMALL_W} hot"],
               "listing": ["list 10000", f"list {LIST_BIG}"]}
     units = {"sequential read": "MB/s", "random read": "MB/s",
-             "small files and checkpoint": "MB/s", "listing": "seconds"}
+             "small files and checkpoint": "MB/s", "listing": "seconds",
+             f"small files {SMALL_W} in flight": "files/s"}
     values = {f"{w}|{s}": r["value"] for (w, s), r in m.items() if r["value"] is not None}
     return json.dumps({"groups": groups, "units": units, "values": values,
                        "systems": SYSTEMS + ["raw"]})

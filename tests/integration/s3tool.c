@@ -5,6 +5,8 @@
  *   s3tool put KEY FILE | get KEY FILE | rm KEY | ls PREFIX | head KEY
  *   s3tool mb -         make the bucket S3_BUCKET (CreateBucket)
  *   s3tool uploads PREFIX   multipart uploads in progress: a key a line
+ *   s3tool getmany PREFIX COUNT PARALLEL   GET PREFIX00000.. whole, PARALLEL
+ *                        at once: files/s and latency (make bench)
  *
  * Endpoint and bucket from S3_ENDPOINT and S3_BUCKET (path style), keys
  * from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
@@ -27,6 +29,13 @@
 #include "s3_ops.h"
 
 #define PART (8u << 20)
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
 
 static int fail(const char *what, const struct s3_status *st, int ret)
 {
@@ -155,6 +164,7 @@ int main(int argc, char **argv)
 	if (argc < 3) {
 		fprintf(stderr, "usage: s3tool put KEY FILE | get KEY FILE | rm KEY "
 				"| ls PREFIX | lsdir PREFIX/ | head KEY | putmany PREFIX COUNT SIZE "
+				"| getmany PREFIX COUNT PARALLEL "
 				"| putmp KEY FILE PARTSIZE PARALLEL\n");
 		return 2;
 	}
@@ -281,6 +291,85 @@ int main(int argc, char **argv)
 			}
 		}
 		return 0;
+	}
+	if (strcmp(argv[1], "getmany") == 0 && argc == 5) {
+		/*
+		 * The raw-S3 baseline of small files: GET whole objects
+		 * PREFIX00000.. (as putmany names them, at most 4 MiB each),
+		 * PARALLEL at once, as a loader with that many workers
+		 * would.  One line, as bench/loader prints it.
+		 */
+		const size_t room = 4u << 20;
+		long n = atol(argv[3]), par = atol(argv[4]), next = 0, done = 0;
+		long i, inflight = 0, errors = 0;
+		struct tevent_req **reqs;
+		struct timespec t0, t1, *sent;
+		uint8_t **bufs;
+		long *slot_of;
+		double *lat, secs;
+		uint64_t bytes = 0;
+
+		if (n <= 0 || par <= 0) {
+			fprintf(stderr, "s3tool: getmany PREFIX COUNT PARALLEL\n");
+			return 2;
+		}
+		reqs = talloc_zero_array(t, struct tevent_req *, par);
+		bufs = talloc_zero_array(t, uint8_t *, par);
+		sent = talloc_zero_array(t, struct timespec, par);
+		slot_of = talloc_zero_array(t, long, par);
+		lat = talloc_zero_array(t, double, n);
+		for (i = 0; i < par; i++) {
+			bufs[i] = talloc_size(t, room);
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		while (done + errors < n) {
+			for (i = 0; i < par; i++) {
+				if (reqs[i] == NULL && next < n) {
+					char *key = talloc_asprintf(t, "%s%05ld",
+								    argv[2], next);
+					clock_gettime(CLOCK_MONOTONIC, &sent[i]);
+					slot_of[i] = next++;
+					reqs[i] = s3_get_range_send(t, ev, c, key, 0,
+								    room, bufs[i],
+								    NULL);
+					inflight++;
+				}
+			}
+			tevent_loop_once(ev);
+			for (i = 0; i < par; i++) {
+				size_t got = 0;
+
+				if (reqs[i] == NULL ||
+				    tevent_req_is_in_progress(reqs[i])) {
+					continue;
+				}
+				ret = s3_get_range_recv(reqs[i], &got, &st);
+				TALLOC_FREE(reqs[i]);
+				inflight--;
+				if (ret != 0) {
+					if (errors++ == 0) {
+						fprintf(stderr, "s3tool: getmany "
+							"%s%05ld: %s (HTTP %ld)\n",
+							argv[2], slot_of[i],
+							strerror(ret),
+							st.http_status);
+					}
+					continue;
+				}
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				lat[done++] = (t1.tv_sec - sent[i].tv_sec) * 1e3 +
+					      (t1.tv_nsec - sent[i].tv_nsec) / 1e6;
+				bytes += got;
+			}
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		secs = (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9;
+		qsort(lat, (size_t)done, sizeof(*lat), cmp_double);
+		printf("files=%ld bytes=%" PRIu64 " seconds=%.3f files_per_s=%.1f "
+		       "p50_ms=%.2f p99_ms=%.2f errors=%ld\n", done, bytes, secs,
+		       done / secs, done ? lat[done / 2] : 0.0,
+		       done ? lat[done * 99 / 100] : 0.0, errors);
+		return errors != 0;
 	}
 	if (strcmp(argv[1], "getpar") == 0 && argc == 4) {
 		/* The raw-S3 baseline: the whole object in 8 MiB range GETs,

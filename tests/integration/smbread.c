@@ -91,8 +91,22 @@ int main(int argc, char **argv)
 			}
 			got = read_at(fd, a, len, off);
 			if (got != want || memcmp(a, b, (size_t)want) != 0) {
-				fprintf(stderr, "smbread: mismatch at %jd+%zu: got %zd want %zd\n",
-					(intmax_t)off, len, got, want);
+				/* Where the bytes part, and how far they differ:
+				 * a block's worth of zeros is not a shifted copy. */
+				ssize_t first = -1, last = -1, k, zeros = 0;
+
+				for (k = 0; k < got && k < want; k++) {
+					if (a[k] != b[k]) {
+						first = first < 0 ? k : first;
+						last = k;
+						zeros += a[k] == 0;
+					}
+				}
+				fprintf(stderr, "smbread: mismatch at %jd+%zu: got %zd want %zd; "
+					"bytes %jd..%jd of the file differ (%zd of them "
+					"zero)\n", (intmax_t)off, len, got, want,
+					(intmax_t)(first < 0 ? -1 : off + first),
+					(intmax_t)(last < 0 ? -1 : off + last), zeros);
 				bad++;
 			}
 			bytes += (uint64_t)(want > 0 ? want : 0);
