@@ -50,8 +50,9 @@ def engine(w, test, sha256):
             return int(f.read().split()[0])
 
     def engines():
-        """Live bucketfsd processes of this test's smb.conf."""
-        p = subprocess.run(["pgrep", "-f", f"bucketfsd -s {w.conf} "],
+        """Live bucketfsd processes of the rwlocal cache folder (every share
+        with the default close = local has one of its own folder's)."""
+        p = subprocess.run(["pgrep", "-f", f"bucketfsd -s {w.conf} rwlocal2?$"],
                            capture_output=True, text=True)
         return [int(x) for x in p.stdout.split()]
 

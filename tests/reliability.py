@@ -93,15 +93,15 @@ class Rel:
                     f"  bucketfs:bucket = {self.bucket}\n  bucketfs:prefix = {prefix}\n"
                     f"  bucketfs:cache dir = {self.t}/cache-{name}\n{extra}")
         shares = (
-            share("hostile", "hostile", "  read only = no\n")
+            share("hostile", "hostile", "  read only = no\n  bucketfs:close = s3\n")
             + share("faulty", "faulty",
                     "  bucketfs:retries = 3\n  bucketfs:request timeout = 4\n"
                     "  bucketfs:metadata ttl = -1\n  bucketfs:readahead = 0\n",
                     endpoint=f"http://127.0.0.1:{w.control_port}")
-            + share("tiny", "tiny", "  read only = no\n  bucketfs:cache size = 64M\n"
+            + share("tiny", "tiny", "  read only = no\n  bucketfs:close = s3\n  bucketfs:cache size = 64M\n"
                     "  bucketfs:block size = 1M\n").replace(
                         f"{self.t}/cache-tiny", self.tinyfs)
-            + share("crash", "crash", "  read only = no\n  bucketfs:cache size = 8M\n"
+            + share("crash", "crash", "  read only = no\n  bucketfs:close = s3\n  bucketfs:cache size = 8M\n"
                     "  bucketfs:block size = 1M\n  bucketfs:multipart threshold = 8M\n"
                     "  bucketfs:part size = 5M\n")
             + share("crashlocal", "crashlocal",

@@ -84,9 +84,11 @@ def rgw_backend(w, test, run_tap, free_port, wait_port, sha256):
                 "".join(f"  {line}\n" for line in lines))
 
     shares = (share("rgw", "data") + share("rgwpages", "pages") +
-              share("rgwrw", "rw", "read only = no", "bucketfs:multipart threshold = 8M",
+              share("rgwrw", "rw", "read only = no", "bucketfs:close = s3",
+                    "bucketfs:multipart threshold = 8M",
                     "bucketfs:part size = 5M", "bucketfs:multipart copy threshold = 6M") +
-              share("rgwstream", "stream", "read only = no", "bucketfs:multipart threshold = 8M",
+              share("rgwstream", "stream", "read only = no", "bucketfs:close = s3",
+                    "bucketfs:multipart threshold = 8M",
                     "bucketfs:part size = 5M", "bucketfs:stream parts = yes"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     port, log_path = w.start_extra_smbd("rgw", shares, env)

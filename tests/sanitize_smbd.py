@@ -80,8 +80,9 @@ def sanitized_smbd(w, sources, record, test):
               f"  bucketfs:path style = yes\n  bucketfs:credentials file = {w.tmp}/creds\n"
               f"  bucketfs:bucket = {h.BUCKET}\n")
     # Writable shares: multipart from 6M, in 5M parts.
+    # close = s3: these tests look in S3 when the close returns.
     writable = (f"{common}  bucketfs:multipart threshold = 6M\n"
-                "  bucketfs:part size = 5M\n  read only = no\n")
+                "  bucketfs:part size = 5M\n  read only = no\n  bucketfs:close = s3\n")
     shares = f"""[asanread]
   path = /bucketfs/asanread
 {common}  bucketfs:cache dir = {t}/cache-read
