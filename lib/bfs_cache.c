@@ -941,6 +941,21 @@ static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
 	return fd;
 }
 
+/* Drop bk from the victims (it is present again). */
+static void bfs_victims_forget(struct bfs_victim *v, size_t *n,
+			       const struct bfs_block_key *bk)
+{
+	size_t i;
+
+	for (i = 0; i < *n;) {
+		if (memcmp(&v[i].bk, bk, sizeof(*bk)) == 0) {
+			v[i] = v[--(*n)];
+		} else {
+			i++;
+		}
+	}
+}
+
 static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 			    size_t n, bool shared)
 {
@@ -1138,6 +1153,13 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 		v.mv_data = &rec;
 		rc = mdb_put(txn, c->blocks, &k, &v, 0);
 		if (rc == 0) {
+			/*
+			 * Evicted by this very fill to make room for an
+			 * earlier block of it, and filled again now: its bytes
+			 * are the ones just written, and punching them after
+			 * the commit would leave a present block a hole.
+			 */
+			bfs_victims_forget(victims, &n_victims, &bk);
 			bfs_lru_key(&lk, SEG_PROBATION, tick, &bk);
 			rc = mdb_put(txn, c->lru, &lkv, &empty, 0);
 		}

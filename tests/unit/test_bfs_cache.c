@@ -196,6 +196,46 @@ static void test_a_lent_descriptor_of_a_replaced_file_is_refused(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A fill of several blocks that evicts one of its own blocks' earlier
+ * copy (to make room for the block before it) and then fills it again:
+ * the block is present and reads right, not a punched hole.  (Seen as a
+ * range of zeros through the engine, whose fetches fill 4 blocks at once
+ * in an 8-block cache.)
+ */
+static void test_a_block_evicted_and_filled_again_by_one_fill_is_intact(
+	void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id a, b;
+	uint8_t data[2 * BS], other[BS], out[BS];
+	uint32_t got = 0;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 3 * BS, BS, &c, &why), 0);
+	bfs_cache_make_id("bkt", "a", "etag1", BS, &a);
+	bfs_cache_make_id("bkt", "b", "etag1", BS, &b);
+	block_bytes(data, 0, 1);
+	block_bytes(data + BS, 1, 1);
+	block_bytes(other, 0, 2);
+	/* a's block 1 first: the oldest; then b's two fill the cache. */
+	assert_int_equal(bfs_cache_fill(c, &a, 1, data + BS, BS), 0);
+	assert_int_equal(bfs_cache_fill(c, &b, 0, other, BS), 0);
+	assert_int_equal(bfs_cache_fill(c, &b, 1, other, BS), 0);
+	/* Blocks 0 and 1 of a at once: room for 0 evicts the old 1, room
+	 * for the new 1 evicts b's 0. */
+	assert_int_equal(bfs_cache_fill(c, &a, 0, data, 2 * BS), 0);
+	assert_true(bfs_cache_present(c, &a, 1));
+	assert_int_equal(bfs_cache_read(c, &a, 1, 0, BS, out, &got), 0);
+	assert_int_equal(got, BS);
+	assert_memory_equal(out, data + BS, BS);
+	assert_int_equal(bfs_cache_read(c, &a, 0, 0, BS, out, &got), 0);
+	assert_memory_equal(out, data, BS);
+	talloc_free(t);
+}
+
 /* The limit holds, and a scan does not flush blocks read twice. */
 static void test_limit_and_scan_resistance(void **state)
 {
@@ -533,6 +573,7 @@ int main(void)
 		cmocka_unit_test(test_fill_then_read),
 		cmocka_unit_test(test_descriptors_for_other_threads),
 		cmocka_unit_test(test_a_lent_descriptor_of_a_replaced_file_is_refused),
+		cmocka_unit_test(test_a_block_evicted_and_filled_again_by_one_fill_is_intact),
 		cmocka_unit_test(test_limit_and_scan_resistance),
 		cmocka_unit_test(test_block_larger_than_cache_is_refused),
 		cmocka_unit_test(test_check_against_the_index),
