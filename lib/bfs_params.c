@@ -50,7 +50,7 @@ const struct bfs_pdef bfs_pdefs[] = {
 	{"upload parallel", BFS_PT_INT, "8", 1, 64, false, false},
 	{"stream parts", BFS_PT_BOOL, "no", 0, 0, false, false},
 	{"stream parallel", BFS_PT_INT, "2", 1, 64, false, false},
-	{"close", BFS_PT_STRING, "s3", 0, 0, false, false},
+	{"close", BFS_PT_STRING, "local", 0, 0, false, false},
 	{"upload delay", BFS_PT_INT, "500", 0, 60000, false, false},
 	{"writeback limit", BFS_PT_SIZE, "16G", 0, BFS_SIZE_UNBOUNDED, false,
 	 true},

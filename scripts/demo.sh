@@ -21,6 +21,8 @@ stop() {
     kill "$(cat "$p")" 2>/dev/null || true
     rm -f "$p"
   done
+  # The engines smbd started (bucketfsd, one per cache folder) outlive it.
+  pkill -f "bucketfsd -s $D/" 2>/dev/null || true
 }
 if [ "${1:-}" = stop ]; then
   stop
@@ -157,10 +159,18 @@ before=$(gets)
 smb "cd train; get shard-0002.bin /dev/null"
 echo "S3 GETs for shard-0002.bin: $before before the second read, $(gets) after"
 
-bold "7. A checkpoint: write ckpt.tmp, rename it over ckpt.pt (durable in S3 when smbclient returns)"
+bold "7. A checkpoint: write ckpt.tmp, rename it over ckpt.pt (close = local: the close answers once it is journalled; the engine uploads it)"
 head -c $((24 << 20)) /dev/urandom >"$D/ckpt.bin"
+t0=$(date +%s.%N)
 smbclient //127.0.0.1/checkpoints -p "$SMB_PORT" -U "root%$PASS" -m SMB3 \
   -c "mkdir run1; put $D/ckpt.bin run1/ckpt.tmp; rename run1/ckpt.tmp run1/ckpt.pt -f; cd run1; ls"
+echo "smbclient returned after $(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }") s; what the gateway holds for S3 now:"
+"$B/bucketfs-ctl" -s "$D/smb.conf" checkpoints pending
+for _ in $(seq 100); do
+  [ -z "$("$B/bucketfs-ctl" -s "$D/smb.conf" checkpoints pending)" ] && break
+  sleep 0.1
+done
+echo "in S3 after $(awk "BEGIN { printf \"%.2f\", $(date +%s.%N) - $t0 }") s (the rename moved the upload: no server-side copy)"
 "$B/s3tool" get checkpoints/run1/ckpt.pt "$D/ckpt.from-s3"
 echo "sha256 written:  $(sha256sum <"$D/ckpt.bin" | cut -c1-64)"
 echo "sha256 in S3:    $(sha256sum <"$D/ckpt.from-s3" | cut -c1-64)"
