@@ -11,25 +11,6 @@
  * Inode numbers are derived from the full key (so they are the same in
  * every process and across restarts), kept in the record once given, and
  * made unique through a reverse map: a collision takes the next free number.
- *
- * The index is a cache of S3 and is kept to a size: its LMDB map grows
- * when a write finds it full (doubling, up to a ceiling), and when the
- * pages in use pass a budget (or the map is full at its ceiling) the
- * directories used least recently are evicted: their listing (the "listed
- * at" record) and their children, except pending ones (BFS_ENT_PENDING:
- * bytes not yet in S3).  The next access lists them from S3 again.  A
- * directory counts as used when it is looked at through
- * bfs_index_dir_listed (every lookup and listing of the share starts
- * there), when a listing of it is stored and when a child is put; a read
- * renews the stamp at most once in use_every seconds, so reads do not each
- * take the write lock.
- *
- * Inodes and eviction: a name keeps its number as long as its entry is in
- * the index.  An evicted entry gives its number back; listed again, the
- * name gets the number derived from its key, which is the one it had
- * unless two keys' hashes collided (one in about 10^12 for ten million
- * keys) and the two come back in the other order.  Pending entries, which
- * open files use, are never evicted.
  */
 #ifndef BUCKETFS_BFS_INDEX_H
 #define BUCKETFS_BFS_INDEX_H
@@ -66,46 +47,12 @@ struct bfs_entry {
 
 struct bfs_index;
 
-/* How large the index may get (bfs_index_opts_default has the defaults). */
-struct bfs_index_opts {
-	size_t map_size;	/* the LMDB map at open (address space) */
-	size_t map_max;		/* it grows up to this */
-	/*
-	 * Bytes of pages in use above which listings are evicted; at most
-	 * half of map_max is used: LMDB reuses a freed page only once no
-	 * reader can see it (two commits later at best), and a transaction
-	 * copies every page it changes, so the map holds the pages in use
-	 * and a share of recent copies besides.
-	 */
-	size_t budget;
-	/* Seconds between two renewals of a directory's last-used stamp
-	 * by reads; also how long a directory used stays safe from the
-	 * budget's eviction (twice that). */
-	unsigned use_every;
-};
-
-/* map 4 GiB, growing up to 64 GiB, budget 4 GiB, stamps every 60 s. */
-void bfs_index_opts_default(struct bfs_index_opts *o);
-
 /*
  * Open (creating) the index in dir.  bucket is recorded on first use: a
  * folder holding another bucket's index is refused (EEXIST, *why says so).
  */
 int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
 		   struct bfs_index **out, const char **why);
-/* The same with sizes of its own (o NULL: the defaults). */
-int bfs_index_open_opts(TALLOC_CTX *mem_ctx, const char *dir,
-			const char *bucket, const struct bfs_index_opts *o,
-			struct bfs_index **out, const char **why)
-	__attribute__((warn_unused_result));
-
-struct bfs_index_space {
-	size_t live;		/* bytes of the pages in use */
-	size_t map;		/* this process's map of the file */
-	size_t budget;		/* live above this evicts listings */
-	uint64_t evicted;	/* listings evicted through this handle */
-};
-int bfs_index_space(struct bfs_index *idx, struct bfs_index_space *s);
 
 /*
  * When was dir last listed?  0 with *listed_at, or ENOENT if never (or

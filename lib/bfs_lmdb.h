@@ -30,45 +30,7 @@
  */
 int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 		  MDB_env **penv, const char **why);
-
-/*
- * The same, for an environment whose map may grow from map_size up to
- * map_max (bfs_lmdb_grow).  The map is only address space: data.mdb is
- * written page by page and stays as large as the pages in use.  A size
- * another process grew the map to (and committed) is adopted at once.
- * Opens sharing a handle (see above) share the first open's sizes.
- */
-int bfs_lmdb_open_growing(const char *dir, size_t map_size, size_t map_max,
-			  unsigned max_dbs, MDB_env **penv, const char **why);
 void bfs_lmdb_close(MDB_env *env);
-
-/*
- * Transactions of an environment whose map may grow.  mdb_env_set_mapsize
- * remaps the file, which no transaction of the process may see happen
- * (bucketfsd uses the index from two threads): these hold a per-process
- * lock shared for the transaction's life, a remap holds it alone.  Begin
- * answers MDB_MAP_RESIZED itself (another process grew the map and wrote
- * past the end of ours) by adopting the new size and beginning again.
- * Every transaction begun here ends with bfs_lmdb_txn_commit or _abort.
- */
-int bfs_lmdb_txn_begin(MDB_env *env, unsigned flags, MDB_txn **txn)
-	__attribute__((warn_unused_result));
-int bfs_lmdb_txn_commit(MDB_txn *txn) __attribute__((warn_unused_result));
-void bfs_lmdb_txn_abort(MDB_txn *txn);
-
-/* The size of this process's map of env. */
-size_t bfs_lmdb_map_size(MDB_env *env);
-
-/*
- * After MDB_MAP_FULL, with the transaction aborted: make room for a retry.
- * seen is the map size the failed transaction had; if the map is larger
- * now (another thread grew it), that is all.  Else a size another process
- * committed is adopted if larger, or the map doubles, up to map_max.
- * 0: try again; ENOSPC: the map is at its ceiling; else the remap failed
- * (logged) and the environment refuses further transactions (EIO).
- */
-int bfs_lmdb_grow(MDB_env *env, size_t seen, size_t *now)
-	__attribute__((warn_unused_result));
 
 /*
  * A damaged environment (an open answering EIO: garbled, truncated): move
