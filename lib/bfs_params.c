@@ -54,6 +54,8 @@ const struct bfs_pdef bfs_pdefs[] = {
 	{"upload delay", BFS_PT_INT, "500", 0, 60000, false, false},
 	{"writeback limit", BFS_PT_SIZE, "16G", 0, BFS_SIZE_UNBOUNDED, false,
 	 true},
+	{"fetch memory", BFS_PT_SIZE, "256M", 0, BFS_SIZE_UNBOUNDED, false,
+	 true},
 	{"engine", BFS_PT_STRING, "/usr/local/sbin/bucketfsd", 0, 0, false,
 	 false},
 	{"dir rename max", BFS_PT_INT, "1000", 0, 10000000, false, false},

@@ -44,6 +44,7 @@ struct bfs_fetch;
 
 /* A mapping of its own (page-aligned, so O_DIRECT can write from it). */
 struct bfs_buf {
+	struct bfs_reader *r; /* whose fetch memory it counts in */
 	uint8_t *data;
 	size_t len;
 };
@@ -68,6 +69,13 @@ struct bfs_fetch {
 	struct bfs_buf *buf;	/* a full-size buffer (see bfs_buf_get) */
 	uint64_t len;
 	bool prefetch;
+	/*
+	 * Waiting for fetch memory (bfs_reader_set_memory): its GET starts
+	 * once a buffer is free; key and etag are copies (owned here).
+	 */
+	bool queued;
+	char *key, *etag;
+	bool answered; /* its GET is over: no request writes into buf */
 	struct bfs_waiter *waiters;
 	/*
 	 * Arrived, and being written to the cache by the fill thread: reads
@@ -87,6 +95,8 @@ struct bfs_reader {
 	unsigned n_prefetches;
 	bool fill_thread; /* write the cache from the fill thread */
 	uint64_t kept_bytes; /* data of complete fetches */
+	uint64_t mem_limit;  /* fetch buffers, bytes; 0: no limit */
+	bool dying;	     /* being freed: start nothing */
 	struct bfs_buf *spare[BFS_SPARE_BUFFERS];
 	unsigned n_spare;
 	/*
@@ -134,6 +144,7 @@ struct bfs_read_state {
 
 static int bfs_reader_destructor(struct bfs_reader *r)
 {
+	r->dying = true;
 	/* The fill thread may still read fetched bytes: let it finish. */
 	if (r->cache != NULL) {
 		bfs_cache_fill_drain(r->cache);
@@ -167,6 +178,8 @@ static bool bfs_fetch_disposable(const struct bfs_fetch *f)
 	       (f->job == NULL || bfs_cache_fill_done(f->job));
 }
 
+static void bfs_reader_run_queue(struct bfs_reader *r);
+
 /*
  * Free complete fetches whose bytes are in the cache and were all read,
  * then, while over the memory budget, the newest others (the list has the
@@ -176,20 +189,40 @@ static bool bfs_fetch_disposable(const struct bfs_fetch *f)
 static void bfs_reader_sweep(struct bfs_reader *r)
 {
 	struct bfs_fetch *f, *next;
+	uint64_t keep = BFS_KEEP_BYTES;
+	bool queued = false;
 
 	for (f = r->fetches; f != NULL; f = next) {
 		next = f->next;
+		queued |= f->queued;
 		if (bfs_fetch_disposable(f) && f->consumed >= f->len) {
 			talloc_free(f);
 		}
 	}
-	for (f = r->fetches; f != NULL && r->kept_bytes > BFS_KEEP_BYTES;
-	     f = next) {
+	/* Under a memory limit, kept bytes get half of it, and none while
+	 * fetches wait for a buffer: the cache has those bytes. */
+	if (r->mem_limit != 0 && keep > r->mem_limit / 2) {
+		keep = r->mem_limit / 2;
+	}
+	if (queued) {
+		keep = 0;
+	}
+	for (f = r->fetches; f != NULL && r->kept_bytes > keep; f = next) {
 		next = f->next;
 		if (bfs_fetch_disposable(f)) {
 			talloc_free(f);
 		}
 	}
+	if (queued && !r->dying) {
+		/* Buffers went: fetches waiting for one may start. */
+		bfs_reader_run_queue(r);
+	}
+}
+
+void bfs_reader_set_memory(struct bfs_reader *r, uint64_t bytes)
+{
+	r->mem_limit = bytes;
+	bfs_reader_sweep(r);
 }
 
 const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r)
@@ -217,6 +250,7 @@ static size_t bfs_buf_size(const struct bfs_reader *r)
 static int bfs_buf_destructor(struct bfs_buf *b)
 {
 	munmap(b->data, b->len);
+	b->r->counters.mapped_bytes -= b->len;
 	return 0;
 }
 
@@ -224,7 +258,8 @@ static int bfs_buf_destructor(struct bfs_buf *b)
  * Map len bytes; a length in huge pages is mapped on a huge page boundary
  * (a larger mapping, trimmed) and advised to use them.
  */
-static struct bfs_buf *bfs_buf_new(TALLOC_CTX *owner, size_t len)
+static struct bfs_buf *bfs_buf_new(struct bfs_reader *r, TALLOC_CTX *owner,
+				   size_t len)
 {
 	struct bfs_buf *b = talloc_zero(owner, struct bfs_buf);
 	size_t align = len % BFS_HUGE_PAGE == 0 ? BFS_HUGE_PAGE : 0;
@@ -252,8 +287,13 @@ static struct bfs_buf *bfs_buf_new(TALLOC_CTX *owner, size_t len)
 		/* Only advice: without huge pages it works all the same. */
 		(void)madvise(start, len, MADV_HUGEPAGE);
 	}
+	b->r = r;
 	b->data = start;
 	b->len = len;
+	r->counters.mapped_bytes += len;
+	if (r->counters.mapped_bytes > r->counters.mapped_peak) {
+		r->counters.mapped_peak = r->counters.mapped_bytes;
+	}
 	talloc_set_destructor(b, bfs_buf_destructor);
 	return b;
 }
@@ -263,18 +303,23 @@ static struct bfs_buf *bfs_buf_get(struct bfs_reader *r, TALLOC_CTX *owner)
 	if (r->n_spare > 0) {
 		return talloc_steal(owner, r->spare[--r->n_spare]);
 	}
-	return bfs_buf_new(owner, bfs_buf_size(r));
+	return bfs_buf_new(r, owner, bfs_buf_size(r));
 }
 
-static void bfs_buf_put(struct bfs_reader *r, struct bfs_buf *buf)
+/* Keep buf as a spare: false if there are enough (it goes with its fetch). */
+static bool bfs_buf_put(struct bfs_reader *r, struct bfs_buf *buf)
 {
 	if (r->n_spare < BFS_SPARE_BUFFERS) {
 		r->spare[r->n_spare++] = talloc_steal(r, buf);
+		return true;
 	}
-	/* else it goes with its fetch */
+	return false;
 }
 
 static void bfs_fetch_done(struct tevent_req *subreq);
+static void bfs_reader_run_queue(struct bfs_reader *r);
+static void bfs_read_part_done(struct tevent_req *req, int err,
+			       const struct s3_status *st);
 
 static int bfs_fetch_destructor(struct bfs_fetch *f)
 {
@@ -294,8 +339,11 @@ static int bfs_fetch_destructor(struct bfs_fetch *f)
 		}
 		bfs_cache_fill_release(f->job);
 	}
-	if (f->buf != NULL && f->waiters == NULL) {
-		bfs_buf_put(f->r, f->buf);
+	if (f->buf != NULL && f->waiters == NULL &&
+	    !bfs_buf_put(f->r, f->buf) && f->answered) {
+		/* No GET writes into it any more: unmapped now, so that the
+		 * queue below sees the memory free. */
+		TALLOC_FREE(f->buf);
 	}
 	/* Reads still waiting (the reader is going away) fail. */
 	while ((w = f->waiters) != NULL) {
@@ -344,6 +392,82 @@ static unsigned bfs_run_length(struct bfs_reader *r,
 	return n;
 }
 
+/*
+ * May one more fetch buffer be taken?  A spare one always; a new one
+ * within the limit, or when no GET is in flight (else nothing would ever
+ * free one: the bound is then passed by one buffer).
+ */
+static bool bfs_mem_room(struct bfs_reader *r)
+{
+	const struct bfs_fetch *f;
+
+	if (r->mem_limit == 0 || r->n_spare > 0 ||
+	    r->counters.mapped_bytes + bfs_buf_size(r) <= r->mem_limit) {
+		return true;
+	}
+	for (f = r->fetches; f != NULL; f = f->next) {
+		if (!f->complete && !f->queued) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Send f's GET into its buffer: false (nothing sent) on no memory. */
+static bool bfs_fetch_send(struct bfs_fetch *f, const char *key,
+			   const char *etag)
+{
+	struct bfs_reader *r = f->r;
+	struct tevent_req *subreq;
+
+	f->buf = bfs_buf_get(r, f);
+	if (f->buf == NULL) {
+		return false;
+	}
+	f->data = f->buf->data;
+	subreq = s3_get_range_send(f, r->ev, r->s3, key,
+				   f->first * r->block_size, (size_t)f->len,
+				   f->data, etag);
+	if (subreq == NULL) {
+		return false;
+	}
+	tevent_req_set_callback(subreq, bfs_fetch_done, f);
+	return true;
+}
+
+/*
+ * Start queued fetches, oldest first (the list has the newest at its
+ * head), while buffers may be taken.  Sweeping first frees kept bytes.
+ */
+static void bfs_reader_run_queue(struct bfs_reader *r)
+{
+	struct bfs_fetch *f, *oldest = NULL;
+
+	for (;;) {
+		for (f = r->fetches; f != NULL; f = f->next) {
+			if (f->queued) {
+				oldest = f;
+			}
+		}
+		if (oldest == NULL || !bfs_mem_room(r)) {
+			return;
+		}
+		oldest->queued = false;
+		if (!bfs_fetch_send(oldest, oldest->key, oldest->etag)) {
+			struct bfs_waiter *w;
+			struct s3_status st = {.err = ENOMEM};
+
+			while ((w = oldest->waiters) != NULL) {
+				BFS_LIST_REMOVE(oldest->waiters, w);
+				w->f = NULL;
+				bfs_read_part_done(w->req, ENOMEM, &st);
+			}
+			talloc_free(oldest);
+		}
+		oldest = NULL;
+	}
+}
+
 static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 					 const struct bfs_object *obj,
 					 uint64_t first, unsigned nblk,
@@ -351,7 +475,6 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 {
 	uint64_t start = first * r->block_size;
 	uint64_t end = start + (uint64_t)nblk * r->block_size;
-	struct tevent_req *subreq;
 	struct bfs_fetch *f;
 
 	if (end > obj->size) {
@@ -367,20 +490,27 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	f->nblk = nblk;
 	f->len = end - start;
 	f->prefetch = prefetch;
-	/* Page-aligned: the cache may write it with O_DIRECT. */
-	f->buf = bfs_buf_get(r, f);
-	if (f->buf == NULL) {
+	if (!bfs_mem_room(r)) {
+		if (prefetch) {
+			/* Readahead waits for room: the next read asks again. */
+			talloc_free(f);
+			return NULL;
+		}
+		/* A read's own blocks wait for a buffer another one frees. */
+		f->key = talloc_strdup(f, obj->key);
+		f->etag = obj->etag != NULL ? talloc_strdup(f, obj->etag)
+					    : NULL;
+		if (f->key == NULL || (obj->etag != NULL && f->etag == NULL)) {
+			talloc_free(f);
+			return NULL;
+		}
+		f->queued = true;
+		r->counters.mem_waits++;
+	} else if (!bfs_fetch_send(f, obj->key, obj->etag)) {
+		/* Page-aligned buffers: the cache may write with O_DIRECT. */
 		talloc_free(f);
 		return NULL;
 	}
-	f->data = f->buf->data;
-	subreq = s3_get_range_send(f, r->ev, r->s3, obj->key, start,
-				   (size_t)f->len, f->data, obj->etag);
-	if (subreq == NULL) {
-		talloc_free(f);
-		return NULL;
-	}
-	tevent_req_set_callback(subreq, bfs_fetch_done, f);
 	BFS_LIST_ADD(r->fetches, f);
 	talloc_set_destructor(f, bfs_fetch_destructor);
 	if (prefetch) {
@@ -407,6 +537,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 
 	ret = s3_get_range_recv(subreq, &got, &st);
 	TALLOC_FREE(subreq);
+	f->answered = true;
 	if (ret == 0 && got != f->len) {
 		/* The object is shorter than indexed: it changed. */
 		ret = ESTALE;
@@ -431,6 +562,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	}
 	if (ret != 0 || r->cache == NULL) {
 		talloc_free(f);
+		bfs_reader_run_queue(r);
 		return;
 	}
 	if (f->prefetch) {
@@ -455,7 +587,8 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		(void)bfs_cache_fill(r->cache, &f->id, f->first, f->data,
 				     f->len);
 	}
-	bfs_reader_sweep(r); /* may free f */
+	bfs_reader_sweep(r); /* may free f; starts queued fetches */
+	bfs_reader_run_queue(r);
 	if (refill) {
 		bfs_reader_fill_window(r);
 	}

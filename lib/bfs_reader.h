@@ -29,6 +29,9 @@ struct bfs_reader_counters {
 	uint64_t coalesced;	  /* block waits served by a fetch in flight */
 	uint64_t prefetches;	  /* fetches started by readahead */
 	uint64_t cache_hits;	  /* blocks copied from the cache */
+	uint64_t mapped_bytes;	  /* fetch buffers mapped now */
+	uint64_t mapped_peak;	  /* and at most, since the start */
+	uint64_t mem_waits;	  /* fetches that waited for a buffer */
 };
 
 struct bfs_reader;
@@ -56,6 +59,14 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				 const struct bfs_object *obj, uint64_t off,
 				 size_t len, void *buf);
 int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st);
+
+/*
+ * At most bytes of fetch buffers (in flight, kept, spare; 0: no limit,
+ * the default): a read's fetch beyond it waits for a buffer to be
+ * freed, readahead beyond it is not started.  Passed by one buffer only
+ * when no GET is in flight.
+ */
+void bfs_reader_set_memory(struct bfs_reader *r, uint64_t bytes);
 
 /* Start fetching blocks [first, first+n) that are neither cached nor in
  * flight.  Their bytes only go to the cache.  No-op without a cache. */

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/param.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bfs_lmdb.h"
@@ -622,10 +623,39 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 		.key = (char *)key, .op = BFS_J_PUT, .pid = engine,
 		.size = size, .mtime = mtime, .staging = (char *)name,
 	};
-	int ret = tmp != NULL ? bfs_wb_journal_upload(wb, tmp, &rec) : ENOMEM;
+	char *path = tmp != NULL ? bfs_stage_path(tmp, wb, name) : NULL;
+	int ret;
 
+	/* The staging file's time says when it was closed (bfs_wb_put_young). */
+	if (path != NULL) {
+		(void)utimensat(AT_FDCWD, path, NULL, 0);
+	}
+	ret = tmp != NULL ? bfs_wb_journal_upload(wb, tmp, &rec) : ENOMEM;
 	talloc_free(tmp);
 	return ret;
+}
+
+bool bfs_wb_put_young(struct bfs_wb *wb, const struct bfs_jrec *r,
+		      unsigned ms)
+{
+	char *path;
+	struct stat st;
+	struct timespec now;
+	int64_t age_ms;
+	bool young = false;
+
+	if (r->op != BFS_J_PUT || r->staging == NULL || ms == 0) {
+		return false;
+	}
+	path = bfs_stage_path(NULL, wb, r->staging);
+	if (path != NULL && stat(path, &st) == 0 &&
+	    clock_gettime(CLOCK_REALTIME, &now) == 0) {
+		age_ms = (int64_t)(now.tv_sec - st.st_mtim.tv_sec) * 1000 +
+			 (now.tv_nsec - st.st_mtim.tv_nsec) / 1000000;
+		young = age_ms >= 0 && age_ms < (int64_t)ms;
+	}
+	talloc_free(path);
+	return young;
 }
 
 int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes)

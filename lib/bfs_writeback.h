@@ -78,6 +78,14 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes);
 
 /*
+ * Was r's file handed over less than ms ago (its staging file's time,
+ * set by bfs_wb_hand_over)?  The engine lets such uploads wait, so that
+ * a rename right after the close moves the upload before it starts.
+ */
+bool bfs_wb_put_young(struct bfs_wb *wb, const struct bfs_jrec *r,
+		      unsigned ms);
+
+/*
  * A rename src -> dst of a closed file whose upload is the engine's
  * (`engine`): the upload goes to dst instead, and src (which S3 may hold
  * from before) is deleted after it, so no server-side copy of the bytes

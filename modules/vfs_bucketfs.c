@@ -131,6 +131,7 @@ struct bfs_conn {
 	struct bfs_engine *engine;	/* NULL: closes upload themselves */
 	struct tevent_context *engine_ev;	/* smbd's, where it answers */
 	uint64_t writeback_limit;	/* bytes the engine may hold; 0 none */
+	uint64_t fetch_memory;	/* fetch buffers per reader; 0 none */
 	char *list_asked;	/* the stale listing last asked of the engine */
 	time_t list_asked_at;
 	unsigned dir_rename_max;	/* objects a directory rename may move */
@@ -691,6 +692,15 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	}
 	if (!bfs_parm_size(&pc, "writeback limit", &bc->writeback_limit)) {
 		ok = false;
+	}
+	if (!bfs_parm_size(&pc, "fetch memory", &bc->fetch_memory)) {
+		ok = false;
+	}
+	if (bc->reader != NULL) {
+		bfs_reader_set_memory(bc->reader, bc->fetch_memory);
+	}
+	if (bc->reader_async != NULL) {
+		bfs_reader_set_memory(bc->reader_async, bc->fetch_memory);
 	}
 	if (bfs_parm_size(&pc, "cache size", &cache_size)) {
 		bfs_note_change(bc, first, "cache size",
@@ -1579,6 +1589,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	if (bc->reader == NULL) {
 		goto nomem;
 	}
+	bfs_reader_set_memory(bc->reader, bc->fetch_memory);
 	become_root();
 	ret = bfs_start_writeback(bc);
 	unbecome_root();
@@ -2829,6 +2840,10 @@ static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
 		bc->reader_async = bc->s3_async == NULL ? NULL :
 			bfs_reader_new(bc, ev, bc->s3_async, bc->cache,
 				       bc->block_size, true);
+		if (bc->reader_async != NULL) {
+			bfs_reader_set_memory(bc->reader_async,
+					      bc->fetch_memory);
+		}
 		bc->async_ev = ev;
 	}
 	return bc->async_ev == ev ? bc->reader_async : NULL;

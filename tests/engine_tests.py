@@ -109,6 +109,49 @@ def engine(w, test, sha256):
         m = re.search(r"engine pid (\d+): (\d+) uploads waiting, (\d+) done", out)
         assert m and int(m.group(1)) == engines()[0] and int(m.group(3)) >= 6, out
 
+    def rss_anon(pid):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def sixteen_cold_readers(share):
+        """16 clients read 16 cold objects at once through share's engine;
+        the engine's anonymous memory (from /proc), most above its idle."""
+        w.smbclient(share, "ls")  # starts the engine
+        with open(f"{tmp}/bfscache-{share}/engine.lock") as f:
+            pid = int(f.read().split()[0])
+        idle = rss_anon(pid)
+        env = dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)
+        procs_ = [subprocess.Popen(
+            ["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port), "-U",
+             f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", f"get c{i:02d}.bin /dev/null"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in range(16)]
+        peak = idle
+        while any(p.poll() is None for p in procs_):
+            peak = max(peak, rss_anon(pid))
+            time.sleep(0.01)
+        for p in procs_:
+            assert p.returncode == 0, p.stdout.read()
+        return peak - idle
+
+    @test
+    def sixteen_cold_readers_keep_the_engine_within_its_fetch_memory():
+        # 16 objects of 24 MiB, cold for both shares (own cache folders).
+        src = make("coldset.bin", 24 << 20)
+        for i in range(16):
+            w.s3tool("put", f"coldset/c{i:02d}.bin", src)
+        bounded = sixteen_cold_readers("fetchmem")
+        unbounded = sixteen_cold_readers("fetchmem0")
+        print(f"    # engine memory above idle, 16 cold readers: {bounded >> 20} MiB with "
+              f"'fetch memory = 32M', {unbounded >> 20} MiB with none")
+        # The budget is the fetch buffers; curl, TLS-free HTTP and talloc
+        # take a few MiB besides (8 MiB of slack), and one buffer (8 MiB
+        # here) may pass it while no GET is in flight.
+        assert bounded <= (32 + 8 + 8) << 20, f"{bounded >> 20} MiB"
+
     def session(share):
         """One SMB2 connection (tests/integration/smbsession.py)."""
         p = subprocess.Popen(["/usr/bin/python3",

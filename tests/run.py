@@ -332,6 +332,18 @@ class World:
   bucketfs:cache size = 8M
   bucketfs:block size = 1M
   bucketfs:close = local
+[fetchmem]
+  path = /bucketfs/fetchmem
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = coldset
+  bucketfs:cache dir = {t}/bfscache-fetchmem
+  bucketfs:fetch memory = 32M
+[fetchmem0]
+  path = /bucketfs/fetchmem0
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = coldset
+  bucketfs:cache dir = {t}/bfscache-fetchmem0
+  bucketfs:fetch memory = 0
 [ttl]
   path = /bucketfs/ttl
 {common}  bucketfs:bucket = {BUCKET}

@@ -322,6 +322,8 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
  * One pass: take over the records of dead processes, then carry out
  * every record in our name that is due.  Returns how many were run.
  */
+static void eng_kick(struct eng *e, bool urgent);
+
 static unsigned eng_pass(struct eng_worker *w, bool urgent)
 {
 	TALLOC_CTX *tmp = talloc_new(w->mem);
@@ -331,7 +333,7 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 	pid_t me = getpid();
 	time_t now = time(NULL);
 	uint64_t pending = 0;
-	unsigned ran = 0;
+	unsigned ran = 0, young = 0;
 
 	if (bfs_journal_claim_orphans(w->e->j, tmp, me, &orphans, &no) == 0 &&
 	    no > 0) {
@@ -385,6 +387,11 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 		if (r->pid != me || !eng_retry_due(w, r->key, now, urgent)) {
 			continue;
 		}
+		if (i >= front && bfs_wb_put_young(w->wb, r, w->e->delay_ms)) {
+			/* Closed just now: a rename may still move it. */
+			young++;
+			continue;
+		}
 		one = talloc_new(tmp);
 		ret = bfs_wb_finish(w->wb, r, &st);
 		ran++;
@@ -423,6 +430,9 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 		pthread_mutex_unlock(&w->e->mu);
 	}
 	talloc_free(tmp);
+	if (young > 0) {
+		eng_kick(w->e, false); /* back once they are old enough */
+	}
 	return ran;
 }
 
@@ -1192,6 +1202,8 @@ int main(int argc, char **argv)
 	if (e->reader == NULL) {
 		ctl_die("out of memory");
 	}
+	/* One budget for the host's fetches: every smbd's misses are ours. */
+	bfs_reader_set_memory(e->reader, ctl_size(&e->c, "fetch memory"));
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 
