@@ -32,7 +32,7 @@ LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
 ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
-            $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool
+            $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool $(B)/bench/loader
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 

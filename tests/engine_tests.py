@@ -152,6 +152,40 @@ def engine(w, test, sha256):
         # here) may pass it while no GET is in flight.
         assert bounded <= (32 + 8 + 8) << 20, f"{bounded >> 20} MiB"
 
+    def loader(url, n):
+        """bench/loader: 32 samples in flight on one SMB connection."""
+        p = subprocess.run([f"{B}/bench/loader", url, "32", str(n)], capture_output=True,
+                           text=True, env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD),
+                           timeout=300)
+        assert p.returncode == 0, p.stdout + p.stderr
+        kv = dict(f.split("=", 1) for f in p.stdout.split())
+        assert int(kv["files"]) == n and int(kv["errors"]) == 0, p.stdout
+        return float(kv["files_per_s"]), float(kv["p50_ms"]), float(kv["p99_ms"])
+
+    @test
+    def a_dataloader_with_32_samples_in_flight_on_one_connection_reads_every_file():
+        # 1,000 files of 100 KiB: in S3 for [loader], on local disk for
+        # plain Samba ([plainloader]); the raw baseline is 32 parallel GETs.
+        n, size = 1000, 100 << 10
+        w.s3tool("putmany", "loader/small/f", str(n), str(size))
+        local = f"{tmp}/plainloader/small"
+        os.makedirs(local, exist_ok=True)
+        body = b"x" * size  # putmany's bytes
+        for i in range(n):
+            with open(f"{local}/f{i:05d}", "wb") as f:
+                f.write(body)
+        base = f"smb://127.0.0.1:{w.smb_port}"
+        w.smbclient("loader", "cd small; ls")  # a Dataset lists its folder first
+        cold = loader(f"{base}/loader/small", n)
+        hot = loader(f"{base}/loader/small", n)
+        plain = loader(f"{base}/plainloader/small", n)
+        p = w.s3tool("getmany", "loader/small/f", str(n), "32")
+        raw = float(dict(f.split("=", 1) for f in p.stdout.split())["files_per_s"])
+        print(f"    # files/s (p50/p99 ms): bucketfs cold {cold[0]:.0f} ({cold[1]:.1f}/{cold[2]:.1f}), "
+              f"hot {hot[0]:.0f} ({hot[1]:.1f}/{hot[2]:.1f}), plain Samba {plain[0]:.0f}, "
+              f"raw S3 32 GETs {raw:.0f}; hot/plain {hot[0] / plain[0]:.2f}, "
+              f"cold/raw {cold[0] / raw:.2f}")
+
     def session(share):
         """One SMB2 connection (tests/integration/smbsession.py)."""
         p = subprocess.Popen(["/usr/bin/python3",

@@ -344,6 +344,14 @@ class World:
   bucketfs:prefix = coldset
   bucketfs:cache dir = {t}/bfscache-fetchmem0
   bucketfs:fetch memory = 0
+[loader]
+  path = /bucketfs/loader
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = loader
+  bucketfs:cache dir = {t}/bfscache-loader
+[plainloader]
+  path = {t}/plainloader
+  read only = yes
 [ttl]
   path = /bucketfs/ttl
 {common}  bucketfs:bucket = {BUCKET}
@@ -1530,7 +1538,11 @@ def writeback(w, tmp):
         p = slow_upload(src, "moving.bin", 3)
         try:
             # Another client (another smbd process) renames it mid-upload.
-            w.smbclient("rwfault", "rename moving.bin moved.bin")
+            # Its smbd waits for the upload (every PUT slowed 3 s), then
+            # copies: past smbclient's 20 s timeout once in a full run
+            # (27 s there, 7 s alone), so this client waits longer.
+            sh(["smbclient", "//127.0.0.1/rwfault", "-p", str(w.smb_port), "-t", "120",
+                "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", "rename moving.bin moved.bin"])
         finally:
             p.wait(timeout=120)
             w.fault("")
