@@ -382,6 +382,27 @@ static void bfs_wb_undo_upload(struct bfs_wb *wb, const char *key,
 	talloc_free(tmp);
 }
 
+/*
+ * An upload of key (ETag tag) whose record went meanwhile: if no newer
+ * upload of key is journalled, the key was deleted or renamed away, and
+ * what we made is taken back out.  true if so.
+ */
+static bool bfs_wb_undo_if_gone(struct bfs_wb *wb, const char *key,
+				const char *tag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	bool gone = tmp != NULL &&
+		    (bfs_journal_get(wb->j, tmp, key, &cur) != 0 ||
+		     cur.op != BFS_J_PUT);
+
+	talloc_free(tmp);
+	if (gone) {
+		bfs_wb_undo_upload(wb, key, tag);
+	}
+	return gone;
+}
+
 /* Whether rec is still key's record (no newer close replaced it). */
 static bool bfs_wb_still_ours(struct bfs_wb *wb, const struct bfs_jrec *rec)
 {
@@ -440,15 +461,7 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		 * own upload follows.  Ours is in S3 for nothing.  If the
 		 * key was deleted or renamed away instead, ours must go.
 		 */
-		TALLOC_CTX *tmp = talloc_new(NULL);
-		struct bfs_jrec cur;
-
-		if (tmp != NULL &&
-		    (bfs_journal_get(wb->j, tmp, rec->key, &cur) != 0 ||
-		     cur.op != BFS_J_PUT)) {
-			bfs_wb_undo_upload(wb, rec->key, tag);
-		}
-		talloc_free(tmp);
+		(void)bfs_wb_undo_if_gone(wb, rec->key, tag);
 		if (drop_stage) {
 			bfs_wb_stage_drop(wb, rec->staging);
 		}
@@ -472,16 +485,9 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		 * renamed or deleted away since the check above: then ours
 		 * goes from S3 and from the index, as there.
 		 */
-		TALLOC_CTX *tmp = talloc_new(NULL);
-		struct bfs_jrec cur;
-
-		if (tmp != NULL &&
-		    (bfs_journal_get(wb->j, tmp, rec->key, &cur) != 0 ||
-		     cur.op != BFS_J_PUT)) {
-			bfs_wb_undo_upload(wb, rec->key, tag);
+		if (bfs_wb_undo_if_gone(wb, rec->key, tag)) {
 			bfs_wb_index_forget(wb, rec->key);
 		}
-		talloc_free(tmp);
 		ret = 0;
 	}
 	if (ret != 0) {
