@@ -13,6 +13,7 @@
  */
 #include "bfs_index.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -62,8 +63,48 @@ static int bfs_index_destructor(struct bfs_index *idx)
 	return 0;
 }
 
+/*
+ * A folder's record from before the endpoint was recorded is the bare
+ * bucket name (bucket names hold no '/'); it is taken as this share's
+ * and rewritten, since nothing tells which endpoint filled it.
+ */
+static bool bfs_index_old_identity(MDB_val v, const char *served)
+{
+	const char *bucket = strrchr(served, '/');
+
+	bucket = bucket != NULL ? bucket + 1 : served;
+	return memchr(v.mv_data, '/', v.mv_size) == NULL &&
+	       v.mv_size == strlen(bucket) &&
+	       memcmp(v.mv_data, bucket, v.mv_size) == 0;
+}
+
+char *bfs_index_identity(TALLOC_CTX *mem_ctx, const char *endpoint,
+			 const char *bucket)
+{
+	char *id, *p;
+	size_t n;
+
+	if (endpoint == NULL || endpoint[0] == '\0') {
+		/* AWS: bucket names are unique there, whatever the region. */
+		return talloc_asprintf(mem_ctx, "aws/%s", bucket);
+	}
+	n = strlen(endpoint);
+	while (n > 0 && endpoint[n - 1] == '/') {
+		n--;
+	}
+	id = talloc_asprintf(mem_ctx, "%.*s/%s", (int)n, endpoint, bucket);
+	if (id == NULL) {
+		return NULL;
+	}
+	/* Scheme and host are case-blind; a path on an endpoint is rare. */
+	for (p = id; p < id + n; p++) {
+		*p = (char)tolower((unsigned char)*p);
+	}
+	return id;
+}
+
 static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
-			       const char *bucket, struct bfs_index **out,
+			       const char *served, struct bfs_index **out,
 			       const char **why)
 {
 	struct bfs_index *idx = talloc_zero(mem_ctx, struct bfs_index);
@@ -102,14 +143,24 @@ static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
 	}
 	if (rc == 0) {
 		rc = mdb_get(txn, idx->meta, &k, &v);
-		if (rc == MDB_NOTFOUND) {
-			v.mv_size = strlen(bucket);
-			v.mv_data = (void *)bucket;
+		if (rc == MDB_NOTFOUND ||
+		    (rc == 0 && bfs_index_old_identity(v, served))) {
+			/* New, or written before the endpoint was part of it. */
+			v.mv_size = strlen(served);
+			v.mv_data = (void *)served;
 			rc = mdb_put(txn, idx->meta, &k, &v, 0);
-		} else if (rc == 0 && (v.mv_size != strlen(bucket) ||
-				       memcmp(v.mv_data, bucket, v.mv_size) != 0)) {
-			*why = "the cache folder holds the index of another "
-			       "bucket";
+		} else if (rc == 0 && (v.mv_size != strlen(served) ||
+				       memcmp(v.mv_data, served, v.mv_size) != 0)) {
+			*why = talloc_asprintf(mem_ctx, "the cache folder holds "
+					       "the index of another bucket or "
+					       "endpoint (%.*s, not %s); give "
+					       "this share its own 'bucketfs:"
+					       "cache dir'", (int)v.mv_size,
+					       (const char *)v.mv_data, served);
+			if (*why == NULL) {
+				*why = "the cache folder holds the index of "
+				       "another bucket or endpoint";
+			}
 			mdb_txn_abort(txn);
 			talloc_free(idx);
 			return EEXIST;
@@ -134,17 +185,17 @@ static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
  * MDB_NOSYNC, a garbled or truncated file) is set aside and rebuilt empty,
  * with a log line, instead of failing every connect.
  */
-int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *served,
 		   struct bfs_index **out, const char **why)
 {
-	int rc = bfs_index_open_once(mem_ctx, dir, bucket, out, why);
+	int rc = bfs_index_open_once(mem_ctx, dir, served, out, why);
 
 	if (rc == EIO && bfs_lmdb_set_aside(dir) == 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s was damaged "
 			"(%s): set aside as data.mdb.damaged-*, started anew; "
 			"folders are listed from S3 again", dir,
 			*why ? *why : "unreadable");
-		rc = bfs_index_open_once(mem_ctx, dir, bucket, out, why);
+		rc = bfs_index_open_once(mem_ctx, dir, served, out, why);
 	}
 	return rc;
 }

@@ -48,10 +48,20 @@ struct bfs_entry {
 struct bfs_index;
 
 /*
- * Open (creating) the index in dir.  bucket is recorded on first use: a
- * folder holding another bucket's index is refused (EEXIST, *why says so).
+ * What a cache folder serves, "endpoint/bucket" ("aws/bucket" for AWS's
+ * own endpoints): cached bytes, listings and journalled uploads belong to
+ * one bucket of one S3 service, and a same-named bucket elsewhere is
+ * another bucket.
  */
-int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *bucket,
+char *bfs_index_identity(TALLOC_CTX *mem_ctx, const char *endpoint,
+			 const char *bucket);
+
+/*
+ * Open (creating) the index in dir.  served (bfs_index_identity) is
+ * recorded on first use: a folder holding another bucket's or another
+ * endpoint's index is refused (EEXIST, *why says which and what to do).
+ */
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *served,
 		   struct bfs_index **out, const char **why);
 
 /*

@@ -1221,13 +1221,15 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 	char *idx_dir = talloc_asprintf(bc, "%s/index", dir);
 	char *blk_dir = talloc_asprintf(bc, "%s/cache", dir);
 	char *jrn_dir = talloc_asprintf(bc, "%s/journal", dir);
+	char *served = bfs_index_identity(bc, bc->cfg.endpoint, bc->cfg.bucket);
 	const char *why = NULL;
 	int ret;
 
-	if (idx_dir == NULL || blk_dir == NULL || jrn_dir == NULL) {
+	if (idx_dir == NULL || blk_dir == NULL || jrn_dir == NULL ||
+	    served == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_index_open(bc, idx_dir, bc->cfg.bucket, &bc->index, &why);
+	ret = bfs_index_open(bc, idx_dir, served, &bc->index, &why);
 	if (ret == 0) {
 		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
 				     &bc->cache, &why);

@@ -360,6 +360,14 @@ class World:
 [otherbucket]
   path = /bucketfs/otherbucket
 {common}  bucketfs:bucket = {CLIENT_BUCKET}
+[otherendpoint]
+  path = /bucketfs/otherendpoint
+  vfs objects = bucketfs
+  bucketfs:endpoint = http://127.0.0.1:{self.control_port}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {t}/creds
+  bucketfs:cache dir = {t}/bfscache
+  bucketfs:bucket = {BUCKET}
 [nobucket]
   path = /bucketfs/nobucket
 {common}  bucketfs:bucket = no-such-bucket
@@ -1297,7 +1305,15 @@ def integration(w, sources):
 
     @test
     def a_cache_folder_of_another_bucket_is_refused():
+        w.ls("data")  # the folder is the front's bucket's
         refused("otherbucket", r"share otherbucket: cache dir .*holds the index of another bucket")
+
+    @test
+    def a_cache_folder_of_the_same_bucket_on_another_endpoint_is_refused():
+        w.ls("data")  # the folder is the front's bucket's
+        refused("otherendpoint", r"share otherendpoint: cache dir .*holds the index of another "
+                rf"bucket or endpoint \(http://127.0.0.1:{w.front_port}/{BUCKET}, not "
+                rf"http://127.0.0.1:{w.control_port}/{BUCKET}\)")
 
     @test
     def nothing_panicked():

@@ -164,7 +164,12 @@ struct bfs_index *ctl_index(struct ctl *c)
 {
 	struct bfs_index *idx = NULL;
 	const char *why = NULL;
-	int ret = bfs_index_open(c->mem, ctl_sub(c, "index"), c->bucket, &idx,
+	int ret = bfs_index_open(c->mem, ctl_sub(c, "index"),
+				 bfs_index_identity(c->mem,
+						    ctl_param(c, "endpoint",
+							      NULL),
+						    c->bucket),
+				 &idx,
 				 &why);
 
 	if (ret != 0) {

@@ -180,6 +180,55 @@ static void test_other_bucket_refused(void **state)
 	talloc_free(t);
 }
 
+/* A same-named bucket on another S3 service is another bucket. */
+static void test_same_bucket_on_another_endpoint_refused(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index *idx = NULL;
+	char *minio = bfs_index_identity(t, "http://minio:9000/", "data");
+
+	(void)state;
+	assert_string_equal(minio, "http://minio:9000/data");
+	assert_string_equal(bfs_index_identity(t, "HTTP://MinIO:9000", "data"),
+			    minio);
+	assert_string_equal(bfs_index_identity(t, NULL, "data"), "aws/data");
+	assert_string_equal(bfs_index_identity(t, "", "data"), "aws/data");
+	assert_int_equal(bfs_index_open(t, dir, minio, &idx, &why), 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(bfs_index_open(t, dir, "aws/data", &idx, &why),
+			 EEXIST);
+	assert_non_null(strstr(why, "http://minio:9000/data"));
+	assert_non_null(strstr(why, "cache dir"));
+	assert_int_equal(bfs_index_open(t, dir, bfs_index_identity(t,
+					"http://minio:9000", "data"), &idx,
+					&why), 0);
+	talloc_free(t);
+}
+
+/*
+ * A folder filled before the endpoint was recorded holds the bare bucket
+ * name: it is taken over, then held to the endpoint that took it.
+ */
+static void test_bucket_only_identity_is_upgraded(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index *idx = NULL;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "data", &idx, &why), 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(bfs_index_open(t, dir, "http://a:1/data", &idx, &why),
+			 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(bfs_index_open(t, dir, "http://b:1/data", &idx, &why),
+			 EEXIST);
+	assert_int_equal(bfs_index_open(t, dir, "http://a:1/other", &idx,
+					&why), EEXIST);
+	talloc_free(t);
+}
+
 static void count_file(void *priv, const char *key, const struct bfs_entry *e)
 {
 	(void)key;
@@ -570,6 +619,8 @@ int main(void)
 		cmocka_unit_test(test_relist_keeps_inodes),
 		cmocka_unit_test(test_many_unique_inodes),
 		cmocka_unit_test(test_other_bucket_refused),
+		cmocka_unit_test(test_same_bucket_on_another_endpoint_refused),
+		cmocka_unit_test(test_bucket_only_identity_is_upgraded),
 		cmocka_unit_test(test_check_finds_and_repairs_damage),
 		cmocka_unit_test(test_learn_keeps_pending_entries),
 		cmocka_unit_test(test_check_of_an_empty_index),
