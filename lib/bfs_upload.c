@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -14,6 +15,34 @@
 
 /* talloc's largest chunk is 256 MiB: bodies stay below it. */
 #define BFS_UPLOAD_MAX_BUF (255ULL << 20)
+
+/*
+ * Part buffers held by this process's uploads, against its bound
+ * (bfs_upload_set_memory).  Uploads run on one event loop per process
+ * (smbd's, the engine's), so plain counters do.  An upload may always
+ * have one part in flight, so a part larger than the bound still goes,
+ * alone: memory stays within max(bound, one part) per upload.
+ */
+static uint64_t bfs_upload_mem_limit = 256ULL << 20;
+static uint64_t bfs_upload_mem_held, bfs_upload_mem_peak;
+
+void bfs_upload_set_memory(uint64_t bytes)
+{
+	bfs_upload_mem_limit = bytes;
+}
+
+uint64_t bfs_upload_memory_peak(void)
+{
+	return bfs_upload_mem_peak;
+}
+
+static void bfs_upload_mem_take(uint64_t len)
+{
+	bfs_upload_mem_held += len;
+	if (bfs_upload_mem_held > bfs_upload_mem_peak) {
+		bfs_upload_mem_peak = bfs_upload_mem_held;
+	}
+}
 
 struct bfs_upload_state {
 	struct tevent_context *ev;
@@ -38,7 +67,37 @@ struct bfs_part_ctx {
 	struct tevent_req *req;
 	unsigned idx;
 	void *buf;
+	size_t len;		/* of buf, counted in bfs_upload_mem_held */
+	bool heap;		/* buf is malloc's: over talloc's 256 MiB */
 };
+
+static int bfs_part_ctx_destructor(struct bfs_part_ctx *pc)
+{
+	if (pc->buf != NULL) {
+		bfs_upload_mem_held -= pc->len;
+		if (pc->heap) {
+			free(pc->buf);
+		}
+	}
+	return 0;
+}
+
+/*
+ * A part's body.  Parts grow past talloc's largest chunk only for objects
+ * over 255 MiB x 10,000 (S3 allows 5 TiB, in parts of up to 5 GiB).
+ */
+static bool bfs_part_buf(struct bfs_part_ctx *pc, size_t len)
+{
+	pc->heap = len > BFS_UPLOAD_MAX_BUF;
+	pc->buf = pc->heap ? malloc(len) : talloc_size(pc, len);
+	if (pc->buf == NULL) {
+		return false;
+	}
+	pc->len = len;
+	bfs_upload_mem_take(len);
+	talloc_set_destructor(pc, bfs_part_ctx_destructor);
+	return true;
+}
 
 static void bfs_upload_put_done(struct tevent_req *subreq);
 static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req);
@@ -298,6 +357,10 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 		off = (uint64_t)s->next_part * s->p.part_size;
 		len = (size_t)(s->size - off < s->p.part_size ?
 				       s->size - off : s->p.part_size);
+		if (s->copy_src == NULL && s->in_flight > 0 &&
+		    bfs_upload_mem_held + len > bfs_upload_mem_limit) {
+			break; /* the next part_done comes back here */
+		}
 		pc = talloc_zero(s, struct bfs_part_ctx);
 		if (pc == NULL) {
 			s->err = ENOMEM;
@@ -321,8 +384,7 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 			s->in_flight++;
 			continue;
 		}
-		pc->buf = talloc_size(pc, len);
-		if (pc->buf == NULL) {
+		if (!bfs_part_buf(pc, len)) {
 			talloc_free(pc);
 			s->err = ENOMEM;
 			break;

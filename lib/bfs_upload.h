@@ -71,6 +71,16 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 char *bfs_multipart_etag(TALLOC_CTX *mem_ctx, const struct s3_part *parts,
 			 size_t n);
 
+/*
+ * Bound the part buffers this process's uploads hold at once (bytes;
+ * 'bucketfs:upload memory').  Each upload keeps at least one part in
+ * flight, so a part above the bound is sent alone.
+ */
+void bfs_upload_set_memory(uint64_t bytes);
+
+/* The most part-buffer bytes this process has held at once. */
+uint64_t bfs_upload_memory_peak(void);
+
 /* Read exactly len bytes of fd at off: 0, an errno, or EIO if short. */
 int bfs_read_full(int fd, void *buf, size_t len, uint64_t off);
 

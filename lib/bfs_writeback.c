@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/param.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -679,6 +680,36 @@ int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes)
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
+		 uint64_t *total, uint64_t *avail)
+{
+	struct statvfs sv;
+	uint64_t pending = 0;
+	int ret;
+
+	if (statvfs(wb->staging_dir, &sv) != 0) {
+		ret = errno;
+		bfs_log(BFS_LOG_ERR, "bucketfs: statvfs %s: %s",
+			wb->staging_dir, strerror(ret));
+		return ret;
+	}
+	*total = (uint64_t)sv.f_blocks * sv.f_frsize;
+	*avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (limit > 0) {
+		ret = bfs_wb_pending_bytes(wb, owner, &pending);
+		if (ret != 0) {
+			return ret;
+		}
+		if (*avail > (pending < limit ? limit - pending : 0)) {
+			*avail = pending < limit ? limit - pending : 0;
+		}
+	}
+	if (*total < *avail) {
+		*total = *avail;
+	}
+	return 0;
 }
 
 int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,

@@ -78,6 +78,16 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes);
 
 /*
+ * What a client is told of the volume: every written byte is staged here
+ * before S3 has it, so the room is the staging folder's file system's,
+ * and with a writeback limit (limit > 0) no more than what the limit
+ * leaves beside the bytes owner's uploads hold.  *total is the file
+ * system's size (at least *avail).
+ */
+int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
+		 uint64_t *total, uint64_t *avail);
+
+/*
  * Was r's file handed over less than ms ago (its staging file's time,
  * set by bfs_wb_hand_over)?  The engine lets such uploads wait, so that
  * a rename right after the close moves the upload before it starts.

@@ -132,6 +132,7 @@ struct bfs_conn {
 	struct tevent_context *engine_ev;	/* smbd's, where it answers */
 	uint64_t writeback_limit;	/* bytes the engine may hold; 0 none */
 	uint64_t fetch_memory;	/* fetch buffers per reader; 0 none */
+	uint64_t max_file_size;	/* a write past it: disk full */
 	char *list_asked;	/* the stale listing last asked of the engine */
 	time_t list_asked_at;
 	unsigned dir_rename_max;	/* objects a directory rename may move */
@@ -641,7 +642,7 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm,
 				  bc};
 	int64_t ttl, readahead, max, interval;
-	uint64_t cache_size;
+	uint64_t cache_size, upload_memory;
 
 	if (now == bc->config_read) {
 		return true;
@@ -695,6 +696,14 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 	}
 	if (!bfs_parm_size(&pc, "fetch memory", &bc->fetch_memory)) {
 		ok = false;
+	}
+	if (!bfs_parm_size(&pc, "max file size", &bc->max_file_size)) {
+		ok = false;
+	}
+	if (!bfs_parm_size(&pc, "upload memory", &upload_memory)) {
+		ok = false;
+	} else {
+		bfs_upload_set_memory(upload_memory); /* this process's */
 	}
 	if (bc->reader != NULL) {
 		bfs_reader_set_memory(bc->reader, bc->fetch_memory);
@@ -1656,16 +1665,41 @@ static void bfs_disconnect(struct vfs_handle_struct *handle)
 
 /* ---- volume ------------------------------------------------------------------------- */
 
-/* Object storage has no meaningful free space: report a large volume. */
-#define BFS_VOLUME_BLOCKS (1ULL << 38) /* 1 PiB of 4 KiB blocks */
+/*
+ * The volume a client sees is the room it may write: the staging
+ * folder's file system and what the writeback limit leaves (lib does the
+ * sums).  With nothing measurable, say so with a zero-sized volume rather
+ * than invent one.
+ */
+static void bfs_volume_space(struct bfs_conn *bc, uint64_t *total,
+			     uint64_t *avail)
+{
+	uint64_t limit = bc->close_local && bc->engine != NULL ?
+				 bc->writeback_limit : 0;
+	int ret;
+
+	bfs_follow_config(bc);
+	become_root();
+	ret = bfs_wb_space(bc->wb, bc->engine ? bfs_engine_pid(bc->engine) : 0,
+			   limit, total, avail);
+	unbecome_root();
+	if (ret != 0) {
+		*total = *avail = 0;
+	}
+}
 
 static uint64_t bfs_disk_free(struct vfs_handle_struct *handle,
 			      const struct smb_filename *smb_fname,
 			      uint64_t *bsize, uint64_t *dfree, uint64_t *dsize)
 {
+	struct bfs_conn *bc;
+	uint64_t total, avail;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	bfs_volume_space(bc, &total, &avail);
 	*bsize = 4096;
-	*dfree = BFS_VOLUME_BLOCKS;
-	*dsize = BFS_VOLUME_BLOCKS;
+	*dfree = avail / 4096;
+	*dsize = total / 4096;
 	return *dfree;
 }
 
@@ -1691,14 +1725,16 @@ static int bfs_statvfs(struct vfs_handle_struct *handle,
 		       struct vfs_statvfs_struct *st)
 {
 	struct bfs_conn *bc;
+	uint64_t total, avail;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	bfs_volume_space(bc, &total, &avail);
 	memset(st, 0, sizeof(*st));
 	st->OptimalTransferSize = 4 * 1024 * 1024;
 	st->BlockSize = 4096;
-	st->TotalBlocks = BFS_VOLUME_BLOCKS;
-	st->BlocksAvail = BFS_VOLUME_BLOCKS;
-	st->UserBlocksAvail = BFS_VOLUME_BLOCKS;
+	st->TotalBlocks = total / 4096;
+	st->BlocksAvail = avail / 4096;
+	st->UserBlocksAvail = avail / 4096;
 	st->TotalFileNodes = UINT32_MAX;
 	st->FreeFileNodes = UINT32_MAX;
 	st->FsIdentifier = bc->dev;
@@ -3146,6 +3182,24 @@ static struct bfs_fh *bfs_writable_fh(struct vfs_handle_struct *handle,
 	return *err == 0 ? fh : NULL;
 }
 
+/*
+ * A file may not grow past 'bucketfs:max file size' (S3's 5 TiB at
+ * most): a client setting its end to 2 TiB would otherwise have 2 TiB of
+ * zeros uploaded.  Samba tells the client the disk is full (ENOSPC).
+ */
+static bool bfs_fh_may_grow_to(struct bfs_fh *fh, uint64_t end)
+{
+	if (end <= fh->bc->max_file_size) {
+		return true;
+	}
+	DBG_ERR("bucketfs: share %s: %s would be %" PRIu64 " bytes, over "
+		"'bucketfs:max file size' (%" PRIu64 "): refused as disk "
+		"full\n", fh->bc->service, fh->key, end,
+		fh->bc->max_file_size);
+	errno = ENOSPC;
+	return false;
+}
+
 static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 			  const void *data, size_t n, off_t offset)
 {
@@ -3155,6 +3209,13 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 
 	if (fh == NULL) {
 		errno = err;
+		return -1;
+	}
+	if (offset < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset + n)) {
 		return -1;
 	}
 	if (fh->may_stream) {
@@ -3415,6 +3476,9 @@ static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = err;
 		return -1;
 	}
+	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset)) {
+		return -1;
+	}
 	if (ftruncate(fh->stage_fd, offset) != 0) {
 		return -1;
 	}
@@ -3440,9 +3504,16 @@ static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 	if (mode & VFS_FALLOCATE_FL_KEEP_SIZE) {
 		return 0; /* S3 has no preallocation: nothing to reserve */
 	}
+	if (offset < 0 || len < 0) {
+		errno = EINVAL;
+		return -1;
+	}
 	fh = bfs_writable_fh(handle, fsp, true, &err);
 	if (fh == NULL) {
 		errno = err;
+		return -1;
+	}
+	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset + (uint64_t)len)) {
 		return -1;
 	}
 	if ((uint64_t)(offset + len) > bfs_fh_size(fh)) {

@@ -269,6 +269,14 @@ class World:
   bucketfs:close = s3
   read only = no
   veto files = /*.exe/
+[rwlimits]
+  path = /bucketfs/rwlimits
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = rwlimits
+  bucketfs:cache dir = {t}/bfscache-rwlimits
+  bucketfs:max file size = 8M
+  bucketfs:writeback limit = 40M
+  read only = no
 [rwfault]
   path = /bucketfs/rwfault
 {faulty}  bucketfs:prefix = rwfault
@@ -1390,6 +1398,64 @@ def writeback(w, tmp):
         w.smbclient("rw", f"put {src} small.bin")
         assert w.s3_sha256("rw/small.bin") == sha256(src)
         assert w.ls("rw").get("small.bin") == (False, 300001)
+
+    def limits(share, name, *sizes):
+        out = sh(["/usr/bin/python3", os.path.join(TOP, "tests/integration/smblimits.py"),
+                  str(w.smb_port), share, USER, PASSWORD, name, *map(str, sizes)]).stdout
+        lines = out.splitlines()
+        total, avail = map(int, lines[0].split()[1:])
+        return total, avail, lines[1:]
+
+    @test
+    def a_file_grown_past_max_file_size_is_refused_as_disk_full():
+        # Issue 19 point 5: an end of file set to 2 TiB would have 2 TiB
+        # of zeros uploaded.  Past 'bucketfs:max file size' (8M here) the
+        # client is told the disk is full, and what was within it stays.
+        M = 1 << 20
+        _, _, got = limits("rwlimits", "grow.bin", 4 * M, 8 * M, 8 * M + 1, 2 << 40)
+        assert got == [f"eof {4 * M} OK", f"write {4 * M} OK",
+                       f"eof {8 * M} OK", f"write {8 * M} STATUS_DISK_FULL",
+                       f"eof {8 * M + 1} STATUS_DISK_FULL", f"write {8 * M + 1} STATUS_DISK_FULL",
+                       f"eof {2 << 40} STATUS_DISK_FULL", f"write {2 << 40} STATUS_DISK_FULL"], got
+        assert "grow.bin would be 8388609 bytes, over 'bucketfs:max file size'" in w.smb_log()
+        want = bytearray(8 * M)
+        want[4 * M] = ord("x")
+        want = hashlib.sha256(want).hexdigest()
+        deadline = time.time() + 60
+        while "grow.bin" in w.ctl("rwlimits", "pending").stdout and time.time() < deadline:
+            time.sleep(0.2)  # close = local: the engine uploads it
+        assert w.s3_sha256("rwlimits/grow.bin") == want
+
+    @test
+    def free_space_is_the_cache_folders_file_system_and_the_writeback_allowance():
+        # Not 1 PiB: a client (Explorer, robocopy) checks free space
+        # before a copy, and every byte is staged in the cache folder
+        # first.  [rw] (close = s3) has the file system's room, [rwlimits]
+        # at most its 40M writeback limit.
+        fs = os.statvfs(w.tmp)
+        total, rw_avail, _ = limits("rw", "space.bin")
+        assert abs(total - fs.f_blocks * fs.f_frsize) < (1 << 20), (total, fs)
+        assert abs(rw_avail - fs.f_bavail * fs.f_frsize) < (256 << 20), (rw_avail, fs)
+        total, avail, _ = limits("rwlimits", "space.bin")
+        assert 0 < avail <= 40 << 20, avail
+        assert abs(total - fs.f_blocks * fs.f_frsize) < (1 << 20), (total, fs)
+        print(f"    # [rw] {rw_avail >> 20} MiB free of {total >> 20} MiB; [rwlimits] {avail >> 20} MiB")
+
+    @test
+    def an_upload_holds_no_more_part_buffers_than_upload_memory():
+        # 8 parts of 5 MiB may be in flight; 'upload memory' bounds what
+        # one process holds, down to one part when a part is larger.
+        src = make("partsmem.bin", 40 * (1 << 20) + 12345)
+        peaks = {}
+        for memory in (1 << 40, 12 << 20, 1):
+            out = w.s3tool("putmp", "rw/partsmem.bin", src, str(5 << 20), "8", str(memory)).stdout
+            peaks[memory] = int(out.split("peak_part_bytes=")[1])
+            assert w.s3_sha256("rw/partsmem.bin") == sha256(src)
+        assert peaks[1 << 40] > 12 << 20, peaks  # unbounded: several parts at once
+        assert peaks[12 << 20] <= 12 << 20, peaks
+        assert peaks[1] == 5 << 20, peaks  # one part at a time
+        print(f"    # peak part buffers: {peaks[1 << 40] >> 20} MiB unbounded, "
+              f"{peaks[12 << 20] >> 20} MiB with 12M, {peaks[1] >> 20} MiB with 1 byte")
 
     def volume_flags(share):
         out = sh(["/usr/bin/python3", os.path.join(TOP, "tests/integration/fsattr.py"),

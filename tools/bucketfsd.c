@@ -1181,6 +1181,8 @@ int main(int argc, char **argv)
 	e->upload.part_size = ctl_size(&e->c, "part size");
 	e->upload.copy_threshold = ctl_size(&e->c, "multipart copy threshold");
 	e->upload.parallel = (unsigned)ctl_int(&e->c, "upload parallel");
+	/* Uploads run on the upload thread alone: its bound is the host's. */
+	bfs_upload_set_memory(ctl_size(&e->c, "upload memory"));
 	e->delay_ms = (unsigned)ctl_int(&e->c, "upload delay");
 	/* As smbd's: longer than a listing of many slow pages. */
 	e->list_claim_age = (unsigned)ctl_int(&e->c, "request timeout") * 4 + 10;

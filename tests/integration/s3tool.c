@@ -4,6 +4,9 @@
  *
  *   s3tool put KEY FILE | get KEY FILE | rm KEY | ls PREFIX | head KEY
  *   s3tool mb -         make the bucket S3_BUCKET (CreateBucket)
+ *   s3tool putmp KEY FILE PART PARALLEL [MEMORY]   a parallel multipart
+ *                        upload (with MEMORY: that bound on part buffers,
+ *                        and the peak held printed)
  *   s3tool uploads PREFIX   multipart uploads in progress: a key a line
  *   s3tool getmany PREFIX COUNT PARALLEL   GET PREFIX00000.. whole, PARALLEL
  *                        at once: files/s and latency (make bench)
@@ -225,7 +228,7 @@ int main(int argc, char **argv)
 	if (strcmp(argv[1], "get") == 0 && argc == 4) {
 		return get(t, ev, c, argv[2], argv[3]);
 	}
-	if (strcmp(argv[1], "putmp") == 0 && argc == 6) {
+	if (strcmp(argv[1], "putmp") == 0 && (argc == 6 || argc == 7)) {
 		/* Raw parallel multipart upload: the benchmark's baseline. */
 		struct bfs_upload_params p = {
 			.multipart_threshold = 0,
@@ -239,11 +242,18 @@ int main(int argc, char **argv)
 			perror(argv[3]);
 			return 1;
 		}
+		if (argc == 7) {
+			bfs_upload_set_memory(strtoull(argv[6], NULL, 10));
+		}
 		req = bfs_upload_send(t, ev, c, argv[2], fd, (uint64_t)sb.st_size,
 				      &p);
 		s3_wait(req, ev);
 		ret = bfs_upload_recv(req, t, NULL, &st);
 		close(fd);
+		if (ret == 0 && argc == 7) {
+			printf("peak_part_bytes=%" PRIu64 "\n",
+			       bfs_upload_memory_peak());
+		}
 		return ret ? fail("putmp", &st, ret) : 0;
 	}
 	if (strcmp(argv[1], "rm") == 0) {
