@@ -422,8 +422,8 @@ static int bfs_cache_open_once(TALLOC_CTX *mem_ctx, const char *dir,
 	talloc_set_destructor(c, bfs_cache_destructor);
 	/* Two opens: flock excludes open files, and the fill thread's must
 	 * exclude this thread's as well as other processes'. */
-	c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	c->thread_lock_fd = open(lock, O_RDWR | O_CLOEXEC);
+	c->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	c->thread_lock_fd = open(lock, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
 	if (c->lock_fd < 0 || c->thread_lock_fd < 0) {
 		rc = errno;
 		*why = "cannot create the fill lock";
@@ -932,11 +932,14 @@ static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
 		errno = ENAMETOOLONG;
 		return -1;
 	}
-	fd = open(path, O_RDWR | O_CLOEXEC | (create ? O_CREAT : 0), 0600);
+	/* No link is followed: the folder is root's (bfs_dir_trusted). */
+	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW |
+			(create ? O_CREAT : 0), 0600);
 	if (fd < 0 && create && errno == ENOENT &&
 	    bfs_cache_path(dir, sizeof(dir), c, id, true) &&
 	    bfs_mkdirs(dir) == 0) {
-		fd = open(path, O_RDWR | O_CLOEXEC | O_CREAT, 0600);
+		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_CREAT,
+			  0600);
 	}
 	return fd;
 }
@@ -1008,7 +1011,8 @@ static bool bfs_cache_write(struct bfs_cache *c, int fd,
 
 	if (!shared && ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
 	    bfs_cache_path(path, sizeof(path), c, id->b, false) &&
-	    (dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC)) >= 0) {
+	    (dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC |
+			 O_NOFOLLOW)) >= 0) {
 		ssize_t w = pwrite(dfd, data, padded, off);
 		close(dfd);
 		if (w == (ssize_t)padded) {

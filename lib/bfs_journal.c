@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 
 #define BFS_JOURNAL_MAP_SIZE (256ULL << 20)
 /*
@@ -565,8 +566,45 @@ static int bfs_jrec_order(const void *a, const void *b)
 }
 
 /* Walk the journal; with claim_pid, take over the orphans only. */
+static bool bfs_key_in(const char *key, const char *prefix)
+{
+	return key != NULL && key[0] != '\0' &&
+	       strncmp(key, prefix, strlen(prefix)) == 0;
+}
+
+const char *bfs_jrec_foreign(const struct bfs_jrec *r, const char *prefix)
+{
+	if (!bfs_key_in(r->key, prefix)) {
+		return "its key is outside the share's prefix";
+	}
+	switch (r->op) {
+	case BFS_J_PUT:
+		if (r->staging == NULL || r->staging[0] == '\0' ||
+		    strchr(r->staging, '/') != NULL ||
+		    strcmp(r->staging, ".") == 0 ||
+		    strcmp(r->staging, "..") == 0) {
+			return "its staging file is not a name in the staging "
+			       "folder";
+		}
+		break;
+	case BFS_J_COPY:
+	case BFS_J_ABORT:
+		if (!bfs_key_in(r->src, prefix)) {
+			return "its source is outside the share's prefix";
+		}
+		return NULL;
+	default:
+		break;
+	}
+	if (r->src != NULL && !bfs_key_in(r->src, prefix)) {
+		return "the key it deletes is outside the share's prefix";
+	}
+	return NULL;
+}
+
 static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
-			    pid_t claim_pid, struct bfs_jrec **recs, size_t *n)
+			    pid_t claim_pid, const char *prefix,
+			    struct bfs_jrec **recs, size_t *n)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec *out = talloc_array(mem_ctx, struct bfs_jrec, 0);
@@ -600,7 +638,20 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			void *buf;
 			size_t len;
 
+			const char *why;
+
 			if (bfs_jrec_owner_alive(&r)) {
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+				continue;
+			}
+			r.key = talloc_strndup(tmp, k.mv_data, k.mv_size);
+			why = r.key != NULL ? bfs_jrec_foreign(&r, prefix) :
+					      NULL;
+			if (why != NULL) {
+				/* Left as it is, for the share it belongs to. */
+				bfs_log(BFS_LOG_WARNING, "bucketfs: journal "
+					"record for '%s' not run here: %s",
+					r.key, why);
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}
@@ -648,13 +699,14 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 }
 
 int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
-			      pid_t pid, struct bfs_jrec **recs, size_t *n)
+			      pid_t pid, const char *prefix,
+			      struct bfs_jrec **recs, size_t *n)
 {
-	return bfs_journal_walk(j, mem_ctx, pid, recs, n);
+	return bfs_journal_walk(j, mem_ctx, pid, prefix, recs, n);
 }
 
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 		     struct bfs_jrec **recs, size_t *n)
 {
-	return bfs_journal_walk(j, mem_ctx, 0, recs, n);
+	return bfs_journal_walk(j, mem_ctx, 0, "", recs, n);
 }

@@ -85,9 +85,22 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
  * Records whose process is gone, taken over by pid in one transaction:
  * the caller now finishes them.  Sorted: copies first, then uploads, then
  * deletes, so a rename's source is copied before anything deletes it.
+ * Only records of keys under prefix ("" for a whole cache folder's) whose
+ * staging file is a plain name are taken; others stay, with a log line
+ * (bfs_jrec_foreign).
  */
 int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
-			      pid_t pid, struct bfs_jrec **recs, size_t *n);
+			      pid_t pid, const char *prefix,
+			      struct bfs_jrec **recs, size_t *n);
+
+/*
+ * Why r may not be run for a share of prefix (its keys outside it, its
+ * staging file not a name in the staging folder), or NULL if it may.  A
+ * journal is root's in a folder only root may write: this keeps a record
+ * from elsewhere (a copied folder, a hand edit) from uploading a file
+ * outside the staging folder or changing keys of another share.
+ */
+const char *bfs_jrec_foreign(const struct bfs_jrec *r, const char *prefix);
 
 /*
  * Insert or replace the record for r->key, as bfs_journal_put, and return

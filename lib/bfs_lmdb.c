@@ -44,6 +44,92 @@ int bfs_mkdirs(const char *path)
 	return 0;
 }
 
+/* Why part (a component of a cache folder's path, as is) is not safe. */
+static const char *bfs_part_unsafe(const char *part, const struct stat *st,
+				   bool last, bool resolved)
+{
+	if (st->st_uid != 0 && st->st_uid != geteuid()) {
+		return "is not owned by root";
+	}
+	if (!resolved) {
+		return NULL; /* a link's own mode means nothing */
+	}
+	if (!S_ISDIR(st->st_mode)) {
+		return "is not a folder";
+	}
+	/*
+	 * Writable by others lets them swap what follows.  A sticky folder
+	 * of root's (/tmp) lets nobody move root's entries, so it may lie on
+	 * the way, but is no cache folder.
+	 */
+	if ((st->st_mode & (S_IWGRP | S_IWOTH)) != 0 &&
+	    (last || (st->st_mode & S_ISVTX) == 0 || st->st_uid != 0)) {
+		return "is writable by group or others";
+	}
+	(void)part;
+	return NULL;
+}
+
+/* Check each component of path (absolute) with lstat or stat. */
+static int bfs_path_check(const char *path, bool resolved, char *why,
+			  size_t why_len)
+{
+	char part[PATH_MAX];
+	size_t i, len = strlen(path);
+	struct stat st;
+
+	if (len == 0 || len >= sizeof(part) || path[0] != '/') {
+		snprintf(why, why_len, "%s is not an absolute path", path);
+		return EINVAL;
+	}
+	for (i = 1; i <= len; i++) {
+		const char *bad;
+
+		if (path[i] != '/' && path[i] != '\0') {
+			continue;
+		}
+		memcpy(part, path, i);
+		part[i] = '\0';
+		if ((resolved ? stat(part, &st) : lstat(part, &st)) != 0) {
+			int ret = errno;
+
+			snprintf(why, why_len, "%s: %s", part, strerror(ret));
+			return ret;
+		}
+		bad = bfs_part_unsafe(part, &st, i == len, resolved);
+		if (bad != NULL) {
+			snprintf(why, why_len, "%s %s (uid %u, mode %04o): "
+				 "every folder up to the cache folder must be "
+				 "root's and writable by root alone", part,
+				 bad, (unsigned)st.st_uid,
+				 (unsigned)(st.st_mode & 07777));
+			return EPERM;
+		}
+	}
+	if (stat("/", &st) != 0 || bfs_part_unsafe("/", &st, len == 1,
+						    true) != NULL) {
+		snprintf(why, why_len, "/ is not root's or writable by others");
+		return EPERM;
+	}
+	return 0;
+}
+
+int bfs_dir_trusted(const char *path, char *why, size_t why_len)
+{
+	char real[PATH_MAX];
+	int ret = bfs_path_check(path, false, why, why_len);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (realpath(path, real) == NULL) {
+		ret = errno;
+		snprintf(why, why_len, "%s: %s", path, strerror(ret));
+		return ret;
+	}
+	return bfs_path_check(real, true, why, why_len);
+}
+
 int bfs_lmdb_errno(int rc)
 {
 	switch (rc) {
@@ -109,9 +195,16 @@ int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 	struct stat st;
 	int rc, dead = 0;
 
+	static __thread char unsafe[PATH_MAX + 160];
+
 	rc = bfs_mkdirs(dir);
 	if (rc != 0) {
 		*why = "cannot create the folder";
+		return rc;
+	}
+	rc = bfs_dir_trusted(dir, unsafe, sizeof(unsafe));
+	if (rc != 0) {
+		*why = unsafe; /* read at once, by this thread */
 		return rc;
 	}
 	if (stat(dir, &st) != 0) {

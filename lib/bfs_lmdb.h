@@ -44,6 +44,19 @@ int bfs_lmdb_set_aside(const char *dir);
 int bfs_mkdirs(const char *path);
 
 /*
+ * Whether root may trust the folder path (absolute, existing) as sshd's
+ * StrictModes does: every component, as given and resolved, root's (or
+ * this process's owner's), and none writable by group or others but a
+ * sticky folder of root's on the way (/tmp).  0, or EPERM (or the
+ * lookup's errno) with why naming the component and what to change.
+ * bfs_lmdb_open checks every folder it opens, so the index, cache,
+ * journal and their parents are covered for the module, the engine and
+ * bucketfs-ctl alike.
+ */
+int bfs_dir_trusted(const char *path, char *why, size_t why_len)
+	__attribute__((warn_unused_result));
+
+/*
  * Delete the record under cur and move to the one after it, where LMDB
  * leaves the cursor; at the end MDB_NOTFOUND or EINVAL, which
  * bfs_lmdb_walk_end() takes as the walk's normal end.

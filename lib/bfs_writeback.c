@@ -1260,7 +1260,7 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 			goto out;
 		}
 	}
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 	if (fd == -1 || fstat(fd, &sb) != 0) {
 		ret = errno;
 		goto out;
@@ -1332,7 +1332,8 @@ int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st)
 	}
 }
 
-int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
+int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
+		   unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
 			       const struct s3_status *st),
 		   void *priv)
@@ -1343,7 +1344,8 @@ int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
 	int ret;
 
 	*done = *failed = 0;
-	ret = bfs_journal_claim_orphans(wb->j, tmp, getpid(), &recs, &n);
+	ret = bfs_journal_claim_orphans(wb->j, tmp, getpid(), prefix, &recs,
+					&n);
 	for (i = 0; ret == 0 && i < n; i++) {
 		struct s3_status st = {0};
 		int r = bfs_wb_finish(wb, &recs[i], &st);

@@ -173,10 +173,12 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st);
 
 /*
- * Finish what dead processes left in the journal.  *done and *failed
+ * Finish what dead processes left in the journal for keys under prefix
+ * (the share's; other shares' records stay for them).  *done and *failed
  * count records; each failure is reported through log (optional).
  */
-int bfs_wb_recover(struct bfs_wb *wb, unsigned *done, unsigned *failed,
+int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
+		   unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
 			       const struct s3_status *st),
 		   void *priv);

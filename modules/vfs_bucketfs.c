@@ -32,6 +32,7 @@
 #include "bfs_cache.h"
 #include "bfs_engine.h"
 #include "bfs_index.h"
+#include "bfs_lmdb.h"
 #include "bfs_journal.h"
 #include "bfs_log.h"
 #include "bfs_name.h"
@@ -1231,6 +1232,7 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 	char *blk_dir = talloc_asprintf(bc, "%s/cache", dir);
 	char *jrn_dir = talloc_asprintf(bc, "%s/journal", dir);
 	char *served = bfs_index_identity(bc, bc->cfg.endpoint, bc->cfg.bucket);
+	char unsafe[PATH_MAX + 160];
 	const char *why = NULL;
 	int ret;
 
@@ -1238,7 +1240,15 @@ static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
 	    served == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_index_open(bc, idx_dir, served, &bc->index, &why);
+	/* Root works in it: nobody else may change what is there. */
+	ret = bfs_mkdirs(dir);
+	if (ret == 0) {
+		ret = bfs_dir_trusted(dir, unsafe, sizeof(unsafe));
+		why = unsafe;
+	}
+	if (ret == 0) {
+		ret = bfs_index_open(bc, idx_dir, served, &bc->index, &why);
+	}
 	if (ret == 0) {
 		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
 				     &bc->cache, &why);
@@ -1295,7 +1305,8 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 			"%s\n", bc->service, dir ? dir : "(no memory)");
 		return ENOMEM;
 	}
-	ret = bfs_wb_recover(bc->wb, &done, &failed, bfs_log_recovery, bc);
+	ret = bfs_wb_recover(bc->wb, bc->prefix, &done, &failed,
+			     bfs_log_recovery, bc);
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot read the journal: %s\n",
 			bc->service, strerror(ret));
@@ -2396,7 +2407,8 @@ static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
 	    rec.op == BFS_J_PUT) {
 		path = talloc_asprintf(talloc_tos(), "%s/staging/%s",
 				       bc->cache_dir, rec.staging);
-		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
+					    O_NOFOLLOW) : -1;
 	}
 	unbecome_root();
 }

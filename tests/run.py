@@ -368,6 +368,9 @@ class World:
 [otherbucket]
   path = /bucketfs/otherbucket
 {common}  bucketfs:bucket = {CLIENT_BUCKET}
+[loosecache]
+  path = /bucketfs/loosecache
+{common.replace(f"{t}/bfscache", f"{t}/bfscache-loose")}  bucketfs:bucket = {BUCKET}
 [otherendpoint]
   path = /bucketfs/otherendpoint
   vfs objects = bucketfs
@@ -1315,6 +1318,19 @@ def integration(w, sources):
     def a_cache_folder_of_another_bucket_is_refused():
         w.ls("data")  # the folder is the front's bucket's
         refused("otherbucket", r"share otherbucket: cache dir .*holds the index of another bucket")
+
+    @test
+    def a_cache_folder_others_may_write_is_refused_naming_it():
+        # Root opens files in the cache folder (issue 19 point 6): one
+        # that group or others may change is refused, as sshd's
+        # StrictModes refuses a home it cannot trust.
+        loose = os.path.join(w.tmp, "bfscache-loose")
+        os.makedirs(loose, exist_ok=True)
+        os.chmod(loose, 0o777)
+        refused("loosecache", rf"share loosecache: cache dir {re.escape(loose)}: "
+                rf"{re.escape(loose)} is writable by group or others \(uid 0, mode 0777\)")
+        os.chmod(loose, 0o700)
+        w.ls("loosecache")  # once root's alone it serves
 
     @test
     def a_cache_folder_of_the_same_bucket_on_another_endpoint_is_refused():

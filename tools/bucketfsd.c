@@ -335,7 +335,8 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 	uint64_t pending = 0;
 	unsigned ran = 0, young = 0;
 
-	if (bfs_journal_claim_orphans(w->e->j, tmp, me, &orphans, &no) == 0 &&
+	if (bfs_journal_claim_orphans(w->e->j, tmp, me, "", &orphans,
+				      &no) == 0 &&
 	    no > 0) {
 		eng_log(BFS_LOG_WARNING, "took over %zu change(s) a dead "
 			"process left in the journal", no);

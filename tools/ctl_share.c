@@ -12,6 +12,7 @@
 #include "smbconf.h"
 #include "smbconf_txt.h"
 
+#include "bfs_lmdb.h"
 #include "bfs_params.h"
 #include "s3_creds.h"
 #include "s3_imds.h"
@@ -164,14 +165,21 @@ struct bfs_index *ctl_index(struct ctl *c)
 {
 	struct bfs_index *idx = NULL;
 	const char *why = NULL;
-	int ret = bfs_index_open(c->mem, ctl_sub(c, "index"),
-				 bfs_index_identity(c->mem,
-						    ctl_param(c, "endpoint",
-							      NULL),
-						    c->bucket),
-				 &idx,
-				 &why);
+	char unsafe[4352];
+	const char *served = bfs_index_identity(c->mem,
+						ctl_param(c, "endpoint", NULL),
+						c->bucket);
+	int ret = bfs_mkdirs(c->cache_dir);
 
+	/* As the module: root trusts no folder others may change. */
+	if (ret == 0) {
+		ret = bfs_dir_trusted(c->cache_dir, unsafe, sizeof(unsafe));
+	}
+	if (ret != 0) {
+		ctl_die("cache folder %s: %s", c->cache_dir,
+			ret == EPERM ? unsafe : strerror(ret));
+	}
+	ret = bfs_index_open(c->mem, ctl_sub(c, "index"), served, &idx, &why);
 	if (ret != 0) {
 		ctl_die("index in %s: %s", c->cache_dir, why ? why : strerror(ret));
 	}

@@ -20,6 +20,7 @@
 #include "test_tmpdir.h"
 
 #include "bfs_index.h"
+#include "bfs_lmdb.h"
 
 static char *tmpdir(TALLOC_CTX *t)
 {
@@ -177,6 +178,63 @@ static void test_other_bucket_refused(void **state)
 	assert_int_equal(bfs_index_open(t, dir, "one", &idx, &why), 0);
 	assert_int_equal(bfs_index_open(t, dir, "two", &idx, &why), EEXIST);
 	assert_non_null(strstr(why, "another bucket"));
+	talloc_free(t);
+}
+
+/*
+ * Root opens the cache folder's files: a folder on the way that others
+ * may write, or that is not root's, is refused naming it (issue 19
+ * point 6), as sshd's StrictModes does.
+ */
+static void test_a_cache_folder_others_may_change_is_refused(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	char *idx_dir = talloc_asprintf(t, "%s/share/index", dir);
+	char *share = talloc_asprintf(t, "%s/share", dir);
+	char *link = talloc_asprintf(t, "%s/link", dir);
+	struct bfs_index *idx = NULL;
+
+	(void)state;
+	if (geteuid() != 0) {
+		skip(); /* chown needs root, as the server has */
+	}
+	assert_int_equal(bfs_index_open(t, idx_dir, "aws/b", &idx, &why), 0);
+	TALLOC_FREE(idx);
+
+	assert_int_equal(chmod(share, 0777), 0);
+	assert_int_equal(bfs_index_open(t, idx_dir, "aws/b", &idx, &why),
+			 EPERM);
+	assert_non_null(strstr(why, share));
+	assert_non_null(strstr(why, "writable by group or others"));
+	/* Root's sticky folder may lie on the way (/tmp), but is no cache. */
+	assert_int_equal(chmod(share, 01777), 0);
+	assert_int_equal(bfs_index_open(t, idx_dir, "aws/b", &idx, &why), 0);
+	TALLOC_FREE(idx);
+	{
+		char msg[512];
+
+		assert_int_equal(bfs_dir_trusted(share, msg, sizeof(msg)),
+				 EPERM);
+		assert_non_null(strstr(msg, "writable by group or others"));
+	}
+	assert_int_equal(chmod(share, 0700), 0);
+
+	assert_int_equal(chown(idx_dir, 65534, 65534), 0);
+	assert_int_equal(bfs_index_open(t, idx_dir, "aws/b", &idx, &why),
+			 EPERM);
+	assert_non_null(strstr(why, "not owned by root"));
+	assert_int_equal(chown(idx_dir, 0, 0), 0);
+
+	/* A link someone else planted, even to a good folder. */
+	assert_int_equal(symlink(share, link), 0);
+	assert_int_equal(lchown(link, 65534, 65534), 0);
+	assert_int_equal(bfs_index_open(t, talloc_asprintf(t, "%s/index", link),
+					"aws/b", &idx, &why), EPERM);
+	assert_non_null(strstr(why, link));
+	assert_int_equal(lchown(link, 0, 0), 0);
+	assert_int_equal(bfs_index_open(t, talloc_asprintf(t, "%s/index", link),
+					"aws/b", &idx, &why), 0);
 	talloc_free(t);
 }
 
@@ -620,6 +678,7 @@ int main(void)
 		cmocka_unit_test(test_many_unique_inodes),
 		cmocka_unit_test(test_other_bucket_refused),
 		cmocka_unit_test(test_same_bucket_on_another_endpoint_refused),
+		cmocka_unit_test(test_a_cache_folder_others_may_change_is_refused),
 		cmocka_unit_test(test_bucket_only_identity_is_upgraded),
 		cmocka_unit_test(test_check_finds_and_repairs_damage),
 		cmocka_unit_test(test_learn_keeps_pending_entries),

@@ -89,7 +89,7 @@ static void test_orphans_are_claimed_once_in_order(void **state)
 	for (i = 0; i < 4; i++) {
 		assert_int_equal(bfs_journal_put(j, &recs[i]), 0);
 	}
-	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "", &out, &n),
 			 0);
 	assert_int_equal(n, 3); /* "d" belongs to a live process */
 	assert_string_equal(out[0].key, "c"); /* copies first */
@@ -101,9 +101,56 @@ static void test_orphans_are_claimed_once_in_order(void **state)
 		assert_int_equal(out[i].pid, getpid());
 	}
 	/* Now a live process's: nobody claims them again. */
-	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "", &out, &n),
 			 0);
 	assert_int_equal(n, 0);
+	talloc_free(t);
+}
+
+/*
+ * A share takes over only its own records, and none that would upload a
+ * file outside the staging folder: those stay, for the share they belong
+ * to or for the admin (issue 19 point 6).
+ */
+static void test_foreign_records_are_not_claimed(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	pid_t dead = dead_pid();
+	struct bfs_jrec recs[] = {
+		{.key = "mine/a", .op = BFS_J_PUT, .pid = dead, .staging = "s1"},
+		{.key = "other/b", .op = BFS_J_PUT, .pid = dead, .staging = "s2"},
+		{.key = "mine/c", .op = BFS_J_PUT, .pid = dead,
+		 .staging = "../../etc/shadow"},
+		{.key = "mine/d", .op = BFS_J_PUT, .pid = dead, .staging = ".."},
+		{.key = "mine/e", .op = BFS_J_COPY, .pid = dead, .src = "other/e"},
+		{.key = "mine/f", .op = BFS_J_DELETE, .pid = dead,
+		 .src = "other/f"},
+		{.key = "mine/g", .op = BFS_J_COPY, .pid = dead, .src = "mine/h"},
+	}, *out = NULL;
+	size_t n = 0, i;
+
+	for (i = 0; i < sizeof(recs) / sizeof(recs[0]); i++) {
+		assert_int_equal(bfs_journal_put(j, &recs[i]), 0);
+	}
+	assert_non_null(bfs_jrec_foreign(&recs[1], "mine/"));
+	assert_non_null(bfs_jrec_foreign(&recs[2], ""));
+	assert_null(bfs_jrec_foreign(&recs[1], ""));
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "mine/",
+						   &out, &n), 0);
+	assert_int_equal(n, 2);
+	assert_string_equal(out[0].key, "mine/g"); /* copies first */
+	assert_string_equal(out[1].key, "mine/a");
+	/* The whole folder's claimer (the engine) takes the other share's. */
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "", &out,
+						   &n), 0);
+	assert_int_equal(n, 3);
+	for (i = 0; i < n; i++) {
+		assert_true(strcmp(out[i].key, "other/b") == 0 ||
+			    strcmp(out[i].key, "mine/e") == 0 ||
+			    strcmp(out[i].key, "mine/f") == 0);
+	}
 	talloc_free(t);
 }
 
@@ -533,7 +580,7 @@ static void test_a_reused_pid_is_not_the_owner(void **state)
 	assert_true(bfs_jrec_owner_alive(&got));
 	assert_int_equal(bfs_journal_get(j, t, "reused", &got), 0);
 	assert_false(bfs_jrec_owner_alive(&got));
-	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), &out, &n),
+	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "", &out, &n),
 			 0);
 	assert_int_equal(n, 1);
 	assert_string_equal(out[0].key, "reused");
@@ -575,6 +622,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get_done),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
+		cmocka_unit_test(test_foreign_records_are_not_claimed),
 		cmocka_unit_test(test_pid_alive),
 		cmocka_unit_test(test_wait_for_another_upload),
 		cmocka_unit_test(test_rename_while_open_record_round_trips),
