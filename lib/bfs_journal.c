@@ -574,6 +574,11 @@ static bool bfs_key_in(const char *key, const char *prefix)
 
 const char *bfs_jrec_foreign(const struct bfs_jrec *r, const char *prefix)
 {
+	if (r->op == BFS_J_ABORT) {
+		/* Keyed by its upload id: the object is its src. */
+		return bfs_key_in(r->src, prefix) ? NULL :
+			"the object of its upload is outside the share's prefix";
+	}
 	if (!bfs_key_in(r->key, prefix)) {
 		return "its key is outside the share's prefix";
 	}
@@ -588,7 +593,6 @@ const char *bfs_jrec_foreign(const struct bfs_jrec *r, const char *prefix)
 		}
 		break;
 	case BFS_J_COPY:
-	case BFS_J_ABORT:
 		if (!bfs_key_in(r->src, prefix)) {
 			return "its source is outside the share's prefix";
 		}
@@ -651,7 +655,8 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 				/* Left as it is, for the share it belongs to. */
 				bfs_log(BFS_LOG_WARNING, "bucketfs: journal "
 					"record for '%s' not run here: %s",
-					r.key, why);
+					r.op == BFS_J_ABORT ? r.src : r.key,
+					why);
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}

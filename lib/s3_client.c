@@ -317,6 +317,14 @@ void s3_client_set_max_requests(struct s3_client *c, unsigned max)
 	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, m);
 }
 
+bool s3_region_to_follow(const char *current, const char *found)
+{
+	return found != NULL && found[0] != '\0' &&
+	       (current == NULL || strcmp(found, current) != 0) &&
+	       strspn(found, "abcdefghijklmnopqrstuvwxyz0123456789-") ==
+		       strlen(found);
+}
+
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg)
 {

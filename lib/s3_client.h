@@ -136,6 +136,14 @@ struct s3_client;
 struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
+/*
+ * Whether found, a region a server named for the bucket (s3_status'
+ * region), is one to follow instead of current: not empty, not the same,
+ * and a region's name (lower-case letters, digits and '-'), never text a
+ * server could steer a host name with.
+ */
+bool s3_region_to_follow(const char *current, const char *found);
+
 /* Credentials for requests started from now on (refreshed ones). */
 int s3_client_set_credentials(struct s3_client *c,
 			      const struct s3_credentials *creds);

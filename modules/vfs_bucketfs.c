@@ -1137,10 +1137,7 @@ static bool bfs_follow_region(struct bfs_conn *bc, bool endpoint_derived,
 {
 	char *r = talloc_strdup(bc, region);
 
-	if (r == NULL || region[0] == '\0' ||
-	    strcmp(region, bc->cfg.region) == 0 ||
-	    strspn(region, "abcdefghijklmnopqrstuvwxyz0123456789-") !=
-		    strlen(region)) {
+	if (r == NULL || !s3_region_to_follow(bc->cfg.region, region)) {
 		talloc_free(r);
 		return false;
 	}

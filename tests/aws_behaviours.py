@@ -86,6 +86,8 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
         share("regionset", ports["region"], f"bucketfs:prefix = {PREFIX}", creds.strip(),
               "bucketfs:region = us-west-2"),
         share("redirect", ports["redirect"], creds.strip()),
+        share("regionrw", ports["region"], "bucketfs:prefix = awsregionrw", creds.strip(),
+              "read only = no"),
         share("nockrw", ports["nock"], "bucketfs:prefix = awsnock", creds.strip(),
               "read only = no", "bucketfs:close = s3"),
         share("burst", ports["burst"], "bucketfs:prefix = awsburst", creds.strip(),
@@ -271,6 +273,21 @@ def aws_behaviours(w, test, free_port, wait_port, sha256):
                          log()), log()[-2000:]
         p = smbclient("regionset", "ls", check=False)
         assert "NT_STATUS_UNSUCCESSFUL" in p.stdout + p.stderr, p.stdout
+        # The engine (close = local) finds the region as the smbd did, and
+        # its upload is signed for it.
+        smbclient("regionrw", f"put {sources['small.bin']} up.bin")
+        deadline, got = time.time() + 60, None
+        while time.time() < deadline:
+            if w.s3tool("head", "awsregionrw/up.bin", check=False).returncode == 0:
+                w.s3tool("get", "awsregionrw/up.bin", f"{t}/got-up")
+                got = sha256(f"{t}/got-up")
+                break
+            time.sleep(0.3)
+        with open(f"{t}/cache-regionrw/engine.log", errors="replace") as f:
+            engine_log = f.read()
+        assert got == sha256(sources["small.bin"]), engine_log[-2000:]
+        assert re.search(r"share regionrw: bucket '\S+' is in region eu-west-1, not us-east-1",
+                         engine_log), engine_log[-2000:]
         assert re.search(r"share regionset: cannot serve bucket .*"
                          r"AuthorizationHeaderMalformed.*the bucket is in region eu-west-1",
                          log()), log()[-2000:]

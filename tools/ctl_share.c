@@ -13,9 +13,11 @@
 #include "smbconf_txt.h"
 
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 #include "bfs_params.h"
 #include "s3_creds.h"
 #include "s3_imds.h"
+#include "s3_ops.h"
 
 TALLOC_CTX *ctl_mem;
 
@@ -224,6 +226,36 @@ struct bfs_journal *ctl_journal(struct ctl *c)
 	return j;
 }
 
+/*
+ * Why a look at the bucket failed, with the region S3 named if it did: a
+ * HEAD of the bucket (a 301 says x-amz-bucket-region), else a listing of
+ * the prefix (credentials limited to a prefix may list it only).
+ */
+static int ctl_probe(struct ctl *c, struct tevent_context *ev,
+		     struct s3_client *s3, struct s3_status *st)
+{
+	TALLOC_CTX *tmp = talloc_new(c->mem);
+	struct s3_object_info info = {0};
+	struct s3_listing *l = NULL;
+	struct tevent_req *req;
+	int ret = ENOMEM;
+
+	req = tmp ? s3_head_object_send(tmp, ev, s3, NULL) : NULL;
+	if (req != NULL && s3_wait(req, ev)) {
+		ret = s3_head_object_recv(req, tmp, &info, st);
+	}
+	if (ret != 0 && st->region[0] == '\0') {
+		*st = (struct s3_status){0};
+		req = tmp ? s3_list_send(tmp, ev, s3, c->prefix, "/", NULL, 1) :
+			    NULL;
+		ret = req != NULL && s3_wait(req, ev) ?
+			      s3_list_recv(req, tmp, &l, st) :
+			      ENOMEM;
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
 /* An S3 client with the share's endpoint and the credential chain. */
 struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev,
 			 time_t *creds_expire)
@@ -264,6 +296,30 @@ struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev,
 	if (s3 == NULL) {
 		ctl_die("share [%s]: bad endpoint '%s'", c->share,
 			cfg.endpoint ? cfg.endpoint : "(default)");
+	}
+	/*
+	 * As the module at its tree connect: without 'bucketfs:region' the
+	 * bucket's region is the one S3 names, so the engine signs for (and
+	 * on AWS talks to) the region the smbds do.  A failure for any other
+	 * reason is the first request's to report.
+	 */
+	if (ctl_param(c, "region", NULL) == NULL) {
+		struct s3_status st = {0};
+
+		if (ctl_probe(c, ev, s3, &st) != 0 &&
+		    s3_region_to_follow(cfg.region, st.region)) {
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: bucket "
+				"'%s' is in region %s, not %s: using %s",
+				c->share, c->bucket, st.region, cfg.region,
+				st.region);
+			cfg.region = talloc_strdup(c->mem, st.region);
+			talloc_free(s3);
+			s3 = cfg.region ? s3_client_new(c->mem, ev, &cfg) :
+					  NULL;
+			if (s3 == NULL) {
+				ctl_die("out of memory");
+			}
+		}
 	}
 	if (creds_expire != NULL) {
 		*creds_expire = expire;

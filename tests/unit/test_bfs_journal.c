@@ -128,6 +128,10 @@ static void test_foreign_records_are_not_claimed(void **state)
 		{.key = "mine/f", .op = BFS_J_DELETE, .pid = dead,
 		 .src = "other/f"},
 		{.key = "mine/g", .op = BFS_J_COPY, .pid = dead, .src = "mine/h"},
+		{.key = BFS_JKEY_ABORT "u1", .op = BFS_J_ABORT, .pid = dead,
+		 .src = "mine/i", .upload_id = "u1"},
+		{.key = BFS_JKEY_ABORT "u2", .op = BFS_J_ABORT, .pid = dead,
+		 .src = "other/j", .upload_id = "u2"},
 	}, *out = NULL;
 	size_t n = 0, i;
 
@@ -139,17 +143,19 @@ static void test_foreign_records_are_not_claimed(void **state)
 	assert_null(bfs_jrec_foreign(&recs[1], ""));
 	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "mine/",
 						   &out, &n), 0);
-	assert_int_equal(n, 2);
+	assert_int_equal(n, 3);
 	assert_string_equal(out[0].key, "mine/g"); /* copies first */
 	assert_string_equal(out[1].key, "mine/a");
+	assert_string_equal(out[2].src, "mine/i"); /* an abort: by its object */
 	/* The whole folder's claimer (the engine) takes the other share's. */
 	assert_int_equal(bfs_journal_claim_orphans(j, t, getpid(), "", &out,
 						   &n), 0);
-	assert_int_equal(n, 3);
+	assert_int_equal(n, 4);
 	for (i = 0; i < n; i++) {
 		assert_true(strcmp(out[i].key, "other/b") == 0 ||
 			    strcmp(out[i].key, "mine/e") == 0 ||
-			    strcmp(out[i].key, "mine/f") == 0);
+			    strcmp(out[i].key, "mine/f") == 0 ||
+			    strcmp(out[i].key, BFS_JKEY_ABORT "u2") == 0);
 	}
 	talloc_free(t);
 }
