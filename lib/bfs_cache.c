@@ -999,27 +999,41 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
  * (readers of just-fetched bytes copy them from memory).  Direct writes need
  * 4 KiB alignment: the caller's buffer is aligned and readable up to the
  * next 4 KiB boundary (see bfs_cache_fill_queue).  Filesystems without
- * O_DIRECT (tmpfs) get a plain write.
+ * O_DIRECT (tmpfs) get a plain write.  0, or an errno.
  */
-static bool bfs_cache_write(struct bfs_cache *c, int fd,
-			    const struct bfs_cache_id *id, const uint8_t *data,
-			    uint64_t len, off_t off, bool shared)
+static int bfs_cache_write(struct bfs_cache *c, int fd,
+			   const struct bfs_cache_id *id, const uint8_t *data,
+			   uint64_t len, off_t off, bool shared)
 {
 	char path[PATH_MAX];
 	uint64_t padded = (len + 4095) & ~(uint64_t)4095;
+	ssize_t w;
 	int dfd;
 
 	if (!shared && ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
 	    bfs_cache_path(path, sizeof(path), c, id->b, false) &&
 	    (dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC |
 			 O_NOFOLLOW)) >= 0) {
-		ssize_t w = pwrite(dfd, data, padded, off);
+		w = pwrite(dfd, data, padded, off);
 		close(dfd);
 		if (w == (ssize_t)padded) {
-			return true;
+			return 0;
 		}
 	}
-	return pwrite(fd, data, len, off) == (ssize_t)len;
+	w = pwrite(fd, data, len, off);
+	if (w == (ssize_t)len) {
+		return 0;
+	}
+	if (w == -1) {
+		return errno;
+	}
+	/*
+	 * A short write sets no errno (the one left may be anyone's): the
+	 * disk filled up past the reserve (bfs_cache_keep_disk_reserve)
+	 * under us.  No log line: this runs on the fill thread too, and
+	 * smbd's DEBUG is not thread-safe; fill_errors counts it.
+	 */
+	return ENOSPC;
 }
 
 /*
@@ -1116,9 +1130,10 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 		goto out;
 	}
 	fd = bfs_cache_open_fd(c, id->b, true, shared);
-	if (fd < 0 || !bfs_cache_write(c, fd, id, data, len,
-				       (off_t)(first * c->block_size), shared)) {
-		rc = fd < 0 || errno == 0 ? EIO : errno;
+	rc = fd < 0 ? EIO :
+		      bfs_cache_write(c, fd, id, data, len,
+				      (off_t)(first * c->block_size), shared);
+	if (rc != 0) {
 		goto out;
 	}
 	rc = mdb_txn_begin(c->env, NULL, 0, &txn);

@@ -76,10 +76,12 @@ int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
  * numbers of names that stay) and mark the directory listed at now.
  */
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
-			time_t now);
+			time_t now)
+	__attribute__((warn_unused_result));
 
 /* Forget when dir was listed, so the next access lists it again. */
-int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir);
+int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
+	__attribute__((warn_unused_result));
 
 /*
  * Date dir's stored listing listed_at (when its last page came) for the
@@ -88,7 +90,8 @@ int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir);
  * slower than the TTL must not be stale as soon as it is stored.
  */
 int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
-			     time_t listed_at);
+			     time_t listed_at)
+	__attribute__((warn_unused_result));
 
 /*
  * Listings in progress, across the processes sharing the index: one lists
@@ -99,7 +102,8 @@ int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
  * seconds from its claim.  Release after storing the listing (or failing).
  */
 int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
-			    unsigned max_age);
+			    unsigned max_age)
+	__attribute__((warn_unused_result));
 void bfs_index_listing_release(struct bfs_index *idx, const char *dir);
 
 /* One child of dir.  0, or ENOENT. */
@@ -120,7 +124,8 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
  * number is returned in e->ino.
  */
 int bfs_index_put(struct bfs_index *idx, const char *dir,
-		  struct bfs_entry *e);
+		  struct bfs_entry *e)
+	__attribute__((warn_unused_result));
 
 /*
  * What S3 said of n objects (full keys; e.g. bucketfs-ctl warm's listing),
@@ -130,10 +135,12 @@ int bfs_index_put(struct bfs_index *idx, const char *dir,
  * are ignored.
  */
 int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
-		    const struct bfs_entry *ents, size_t n);
+		    const struct bfs_entry *ents, size_t n)
+	__attribute__((warn_unused_result));
 /* Remove one child of dir.  0 even if it was not there. */
 int bfs_index_remove(struct bfs_index *idx, const char *dir,
-		     const char *name);
+		     const char *name)
+	__attribute__((warn_unused_result));
 
 /*
  * Move a child to another name in one transaction (replacing what the
@@ -141,7 +148,8 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir,
  * entry keeps its inode number and flags.
  */
 int bfs_index_rename(struct bfs_index *idx, const char *sdir,
-		     const char *sname, const char *ddir, const char *dname);
+		     const char *sname, const char *ddir, const char *dname)
+	__attribute__((warn_unused_result));
 
 /* Entries held and directories with a listing (for bucketfs-ctl). */
 int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
@@ -156,7 +164,8 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 			      uint64_t *n,
 			      void (*each)(void *priv, const char *key,
 					   const struct bfs_entry *e),
-			      void *priv);
+			      void *priv)
+	__attribute__((warn_unused_result));
 
 struct bfs_index_fsck {
 	uint64_t entries;	/* entry records that decode */
@@ -177,7 +186,8 @@ struct bfs_index_fsck {
 int bfs_index_check(struct bfs_index *idx, bool repair,
 		    void (*each)(void *priv, const char *key,
 				 const struct bfs_entry *e),
-		    void *priv, struct bfs_index_fsck *r);
+		    void *priv, struct bfs_index_fsck *r)
+	__attribute__((warn_unused_result));
 
 /* Record encoding, exposed for tests (and fuzzing later). */
 int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,

@@ -91,7 +91,8 @@ int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
  */
 int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			      pid_t pid, const char *prefix,
-			      struct bfs_jrec **recs, size_t *n);
+			      struct bfs_jrec **recs, size_t *n)
+	__attribute__((warn_unused_result));
 
 /*
  * Why r may not be run for a share of prefix (its keys outside it, its

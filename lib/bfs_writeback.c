@@ -30,15 +30,16 @@ struct bfs_wb {
 	unsigned seq;
 };
 
-struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
-			  struct s3_client *s3, struct bfs_index *idx,
-			  struct bfs_journal *j, const char *staging_dir,
-			  const struct bfs_upload_params *params)
+int bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+	       struct s3_client *s3, struct bfs_index *idx,
+	       struct bfs_journal *j, const char *staging_dir,
+	       const struct bfs_upload_params *params, struct bfs_wb **out)
 {
 	struct bfs_wb *wb = talloc_zero(mem_ctx, struct bfs_wb);
+	int ret;
 
 	if (wb == NULL) {
-		return NULL;
+		return ENOMEM;
 	}
 	*wb = (struct bfs_wb){
 		.ev = ev, .s3 = s3, .idx = idx, .j = j,
@@ -49,11 +50,19 @@ struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		wb->params.copy_threshold = BFS_COPY_MAX;
 	}
 	wb->staging_dir = talloc_strdup(wb, staging_dir);
-	if (wb->staging_dir == NULL || bfs_mkdirs(staging_dir) != 0) {
+	if (wb->staging_dir == NULL) {
 		talloc_free(wb);
-		return NULL;
+		return ENOMEM;
 	}
-	return wb;
+	ret = bfs_mkdirs(staging_dir);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot create the staging "
+			"folder %s: %s", staging_dir, strerror(ret));
+		talloc_free(wb);
+		return ret;
+	}
+	*out = wb;
+	return 0;
 }
 
 /* ---- staging files ------------------------------------------------------------ */
@@ -129,6 +138,32 @@ void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name)
 	talloc_free(path);
 }
 
+/*
+ * Write len bytes of key's staging file fd at off: 0, or an errno with a
+ * log line.  A short write sets no errno; to a regular file it means the
+ * file system filled up before all of it fit.
+ */
+static int bfs_wb_stage_write(int fd, const void *buf, size_t len,
+			      uint64_t off, const char *key)
+{
+	ssize_t n = pwrite(fd, buf, len, (off_t)off);
+	int ret;
+
+	if (n == (ssize_t)len) {
+		return 0;
+	}
+	if (n == -1) {
+		ret = errno;
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot write the staging file "
+			"of %s: %s", key, strerror(ret));
+		return ret;
+	}
+	bfs_log(BFS_LOG_ERR, "bucketfs: the staging file of %s took %zd of "
+		"%zu bytes at %llu: the staging folder's disk is full", key,
+		n, len, (unsigned long long)off);
+	return ENOSPC;
+}
+
 int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 		      const struct bfs_object *obj, int fd,
 		      struct s3_status *st)
@@ -147,17 +182,17 @@ int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 						       off, len, buf);
 		size_t got = 0;
 
-		if (req == NULL || !s3_wait(req, wb->ev)) {
-			ret = ENOMEM;
-			break;
+		ret = s3_wait_for(req, wb->ev);
+		if (ret != 0) {
+			break; /* req goes with buf */
 		}
 		ret = bfs_read_recv(req, &got, st);
 		talloc_free(req);
 		if (ret == 0 && got != len) {
 			ret = EIO; /* shorter than indexed: changed under us */
 		}
-		if (ret == 0 && pwrite(fd, buf, len, (off_t)off) != (ssize_t)len) {
-			ret = errno != 0 ? errno : EIO;
+		if (ret == 0) {
+			ret = bfs_wb_stage_write(fd, buf, len, off, obj->key);
 		}
 		off += len;
 	}
@@ -280,6 +315,23 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 	return ret;
 }
 
+/*
+ * Forget when dir was listed: its next access lists it from S3, which
+ * then says what the index could not be told.  Should even that fail,
+ * the index shows dir as it has it until the listing's TTL runs out.
+ */
+static void bfs_wb_forget_dir(struct bfs_wb *wb, const char *dir)
+{
+	int ret = bfs_index_invalidate_dir(wb->idx, dir);
+
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot mark folder '%s' for "
+			"listing again in the index: %s; it may show stale "
+			"entries until its listing expires", dir,
+			strerror(ret));
+	}
+}
+
 /* Drop what the index says of key's directory: the next access lists it. */
 static void bfs_wb_index_forget(struct bfs_wb *wb, const char *key)
 {
@@ -287,7 +339,7 @@ static void bfs_wb_index_forget(struct bfs_wb *wb, const char *key)
 	char *dir, *name;
 
 	if (tmp != NULL && bfs_key_split(tmp, key, &dir, &name) == 0) {
-		bfs_index_invalidate_dir(wb->idx, dir);
+		bfs_wb_forget_dir(wb, dir);
 	}
 	talloc_free(tmp);
 }
@@ -311,7 +363,7 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 	struct s3_status st = {0};
 	struct tevent_req *req;
 	struct bfs_jrec other;
-	int ret = ENOMEM;
+	int ret;
 
 	if (tmp == NULL) {
 		return;
@@ -321,7 +373,8 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 		return; /* a new change of key is on its way */
 	}
 	req = s3_head_object_send(tmp, wb->ev, wb->s3, key);
-	if (req != NULL && s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret == 0) {
 		ret = s3_head_object_recv(req, tmp, &info, &st);
 	}
 	if (ret == 0 && etag != NULL &&
@@ -362,14 +415,15 @@ static void bfs_wb_undo_upload(struct bfs_wb *wb, const char *key,
 	struct s3_object_info info = {0};
 	struct s3_status st = {0};
 	struct tevent_req *req;
-	int ret = ENOMEM;
+	int ret;
 
 	if (tmp == NULL || etag == NULL) {
 		talloc_free(tmp);
 		return;
 	}
 	req = s3_head_object_send(tmp, wb->ev, wb->s3, key);
-	if (req != NULL && s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret == 0) {
 		ret = s3_head_object_recv(req, tmp, &info, &st);
 	}
 	if (ret == 0 && info.etag != NULL && strcmp(info.etag, etag) == 0) {
@@ -436,9 +490,11 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	p.resume = resume;
 	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
 			      &p);
-	if (req == NULL || !s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret != 0) {
+		/* Not finished: the record stays as it was, to be retried. */
 		talloc_free(req);
-		return ENOMEM;
+		return ret;
 	}
 	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
 	talloc_free(req);
@@ -521,7 +577,7 @@ static bool bfs_wb_abort_mpu(struct bfs_wb *wb, const char *key,
 	struct s3_status st = {0};
 	bool asked = false;
 
-	if (req != NULL && s3_wait(req, wb->ev)) {
+	if (s3_wait_for(req, wb->ev) == 0) {
 		s3_mpu_abort_recv(req, &st);
 		/* Any answer will do: an upload S3 does not know is gone. */
 		asked = st.http_status != 0;
@@ -781,8 +837,8 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 	ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
 	if (ret != 0) {
 		/* The journal is right; the next listing fixes the index. */
-		bfs_index_invalidate_dir(wb->idx, sdir);
-		bfs_index_invalidate_dir(wb->idx, ddir);
+		bfs_wb_forget_dir(wb, sdir);
+		bfs_wb_forget_dir(wb, ddir);
 	}
 	talloc_free(tmp);
 	return 0;
@@ -897,9 +953,10 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 						       key);
 	int ret;
 
-	if (req == NULL || !s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret != 0) {
 		talloc_free(req);
-		return ENOMEM;
+		return ret;
 	}
 	ret = s3_delete_object_recv(req, st);
 	talloc_free(req);
@@ -917,9 +974,10 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 		s3_copy_object_send(NULL, wb->ev, wb->s3, src, dst);
 	int ret;
 
-	if (req == NULL || !s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret != 0) {
 		talloc_free(req);
-		return ENOMEM;
+		return ret;
 	}
 	ret = multipart ? bfs_upload_recv(req, NULL, NULL, st) :
 			  s3_copy_object_recv(req, NULL, NULL, st);
@@ -933,32 +991,43 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
 						    "", 0);
 	int ret;
 
-	if (req == NULL || !s3_wait(req, wb->ev)) {
+	ret = s3_wait_for(req, wb->ev);
+	if (ret != 0) {
 		talloc_free(req);
-		return ENOMEM;
+		return ret;
 	}
 	ret = s3_put_object_recv(req, NULL, NULL, st);
 	talloc_free(req);
 	return ret;
 }
 
-/* Forget key's index entry (a marker "a/b/" is the entry "b" in "a/"). */
+/*
+ * Forget key's index entry (a marker "a/b/" is the entry "b" in "a/"),
+ * once S3 no longer has it.  Should the index refuse, its folder is
+ * listed again at the next access, which drops the entry.
+ */
 static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
-	char *dir, *name, *d2, *n2;
+	char *dir, *name, *d2 = NULL, *n2;
+	int ret = 0;
 
 	if (tmp == NULL || bfs_key_split(tmp, key, &dir, &name) != 0) {
 		talloc_free(tmp);
 		return;
 	}
 	if (name[0] != '\0') {
-		bfs_index_remove(wb->idx, dir, name);
+		ret = bfs_index_remove(wb->idx, dir, name);
 	} else if (dir[0] != '\0') {
 		dir[strlen(dir) - 1] = '\0';
 		if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
-			bfs_index_remove(wb->idx, d2, n2);
+			ret = bfs_index_remove(wb->idx, d2, n2);
 		}
+	}
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot remove the deleted %s "
+			"from the index: %s", key, strerror(ret));
+		bfs_wb_forget_dir(wb, d2 != NULL ? d2 : dir);
 	}
 	talloc_free(tmp);
 }
@@ -1148,8 +1217,13 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	if (bfs_key_split(tmp, src, &sdir, &sname) == 0 &&
 	    bfs_key_split(tmp, dst, &ddir, &dname) == 0) {
 		ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
-		if (ret == ENOENT) {
-			ret = 0; /* not indexed: the next listing shows it */
+		/* ENOENT: not indexed, the next listing shows it. */
+		if (ret != 0 && ret != ENOENT) {
+			/* S3 has the copy: both folders are listed again. */
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot move %s to %s "
+				"in the index: %s", src, dst, strerror(ret));
+			bfs_wb_forget_dir(wb, sdir);
+			bfs_wb_forget_dir(wb, ddir);
 		}
 	}
 	talloc_free(tmp);
@@ -1184,9 +1258,9 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 						      prefix, NULL, token,
 						      1000);
 
-		if (req == NULL || !s3_wait(req, wb->ev)) {
-			ret = ENOMEM;
-			break;
+		ret = s3_wait_for(req, wb->ev);
+		if (ret != 0) {
+			break; /* req goes with out */
 		}
 		ret = s3_list_recv(req, out, &l, st);
 		talloc_free(req);
@@ -1242,7 +1316,7 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 		struct tevent_req *req = s3_mpu_abort_send(tmp, wb->ev, wb->s3,
 							   r->key,
 							   r->upload_id);
-		if (req != NULL && s3_wait(req, wb->ev)) {
+		if (s3_wait_for(req, wb->ev) == 0) {
 			s3_mpu_abort_recv(req, NULL);
 		}
 		talloc_free(req);
@@ -1299,8 +1373,8 @@ static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 		if (bfs_key_split(tmp, r->src, &d1, &n1) == 0 &&
 		    bfs_key_split(tmp, r->key, &d2, &n2) == 0) {
 			/* Let the next access list both from S3. */
-			bfs_index_invalidate_dir(wb->idx, d1);
-			bfs_index_invalidate_dir(wb->idx, d2);
+			bfs_wb_forget_dir(wb, d1);
+			bfs_wb_forget_dir(wb, d2);
 		}
 		talloc_free(tmp);
 		ret = bfs_journal_done(wb->j, r->key, r->pid);

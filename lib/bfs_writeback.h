@@ -20,10 +20,17 @@
 
 struct bfs_wb;
 
-struct bfs_wb *bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
-			  struct s3_client *s3, struct bfs_index *idx,
-			  struct bfs_journal *j, const char *staging_dir,
-			  const struct bfs_upload_params *params);
+/*
+ * Writeback through s3 on ev, into index idx and journal j, its staging
+ * files in staging_dir (made if missing).  0 with *out (on mem_ctx), or
+ * an errno: ENOMEM, or why the staging folder could not be made (EACCES,
+ * ENOSPC, ...), with a log line naming it.
+ */
+int bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+	       struct s3_client *s3, struct bfs_index *idx,
+	       struct bfs_journal *j, const char *staging_dir,
+	       const struct bfs_upload_params *params, struct bfs_wb **out)
+	__attribute__((warn_unused_result));
 
 /* A new empty staging file (0600): fd and its name in the folder. */
 int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
@@ -57,7 +64,8 @@ int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  int fd, uint64_t size, time_t mtime,
 		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
-		  char **etag, struct s3_status *st);
+		  char **etag, struct s3_status *st)
+	__attribute__((warn_unused_result));
 
 /*
  * A close with `bucketfs:close = local`: journal that staging file `name`
@@ -141,7 +149,8 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
  * transaction, DeleteObject src.
  */
 int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
-		  uint64_t size, struct s3_status *st);
+		  uint64_t size, struct s3_status *st)
+	__attribute__((warn_unused_result));
 
 /*
  * Wait while another live process works on key (uploads it in a close or
@@ -153,7 +162,8 @@ int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
 		       unsigned timeout_ms);
 
 /* Delete key (a file, or "dir/" for a directory marker) and its entry. */
-int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st);
+int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
+	__attribute__((warn_unused_result));
 
 /* An empty object (a directory marker "dir/"). */
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
@@ -170,7 +180,8 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
  * be replaced by a newer one meanwhile.  On failure the record stays,
  * with its error.
  */
-int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st);
+int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st)
+	__attribute__((warn_unused_result));
 
 /*
  * Finish what dead processes left in the journal for keys under prefix
@@ -181,6 +192,7 @@ int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
 		   unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
 			       const struct s3_status *st),
-		   void *priv);
+		   void *priv)
+	__attribute__((warn_unused_result));
 
 #endif

@@ -280,6 +280,84 @@ static void s3_curl_init(void)
 	s3_curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+/*
+ * An option libcurl refused: one this libcurl lacks (too old, or built
+ * without it), a value it will not take, or no memory.  A client or
+ * request set up only in part (no timeout, another method, no TLS
+ * checks, no socket callbacks) must not be used: the caller fails with
+ * the errno returned, and the log line names the option.
+ */
+static int s3_setopt_errno(CURLcode rc)
+{
+	switch (rc) {
+	case CURLE_OUT_OF_MEMORY:
+		return ENOMEM;
+	case CURLE_UNKNOWN_OPTION:
+	case CURLE_NOT_BUILT_IN:
+		return ENOTSUP;
+	case CURLE_BAD_FUNCTION_ARGUMENT:
+		return EINVAL;
+	default:
+		return EIO;
+	}
+}
+
+static int s3_easy_setopt_failed(struct s3_status *st, const char *opt,
+				 CURLcode rc)
+{
+	bfs_log(BFS_LOG_ERR, "bucketfs: libcurl refused %s for an S3 "
+		"request: %s", opt, curl_easy_strerror(rc));
+	s3_status_set(st, curl_easy_strerror(rc), opt, NULL);
+	return s3_setopt_errno(rc);
+}
+
+static int s3_multi_setopt_failed(const char *opt, CURLMcode rc)
+{
+	bfs_log(BFS_LOG_ERR, "bucketfs: libcurl refused %s for the S3 "
+		"client: %s", opt, curl_multi_strerror(rc));
+	switch (rc) {
+	case CURLM_OUT_OF_MEMORY:
+		return ENOMEM;
+	case CURLM_UNKNOWN_OPTION:
+		return ENOTSUP;
+	default:
+		return EIO;
+	}
+}
+
+/*
+ * Set option opt of request s's easy handle, unless an earlier one
+ * failed (*err is then its errno): a run of them is checked once, and
+ * the first refusal is the one reported.
+ */
+#define S3_EASY_SETOPT(s, err, opt, val)				\
+	do {								\
+		CURLcode rc_;						\
+									\
+		if (*(err) != 0) {					\
+			break;						\
+		}							\
+		rc_ = curl_easy_setopt((s)->easy, opt, val);		\
+		if (rc_ != CURLE_OK) {					\
+			*(err) = s3_easy_setopt_failed(&(s)->st, #opt,	\
+						       rc_);		\
+		}							\
+	} while (0)
+
+/* The same for client c's multi handle. */
+#define S3_MULTI_SETOPT(c, err, opt, val)				\
+	do {								\
+		CURLMcode rc_;						\
+									\
+		if (*(err) != 0) {					\
+			break;						\
+		}							\
+		rc_ = curl_multi_setopt((c)->multi, opt, val);		\
+		if (rc_ != CURLM_OK) {					\
+			*(err) = s3_multi_setopt_failed(#opt, rc_);	\
+		}							\
+	} while (0)
+
 int s3_client_set_credentials(struct s3_client *c,
 			      const struct s3_credentials *creds)
 {
@@ -306,15 +384,25 @@ int s3_client_set_credentials(struct s3_client *c,
 void s3_client_set_max_requests(struct s3_client *c, unsigned max)
 {
 	long m = max > 0 ? (long)max : 16;
+	int err = 0;
 
 	if ((unsigned)m == c->cfg.max_requests) {
 		return;
 	}
-	c->cfg.max_requests = (unsigned)m;
 	/* Requests over the limit wait in curl's queue for a connection. */
-	curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, m);
-	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, m);
-	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, m);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAX_TOTAL_CONNECTIONS, m);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAX_HOST_CONNECTIONS, m);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAXCONNECTS, m);
+	if (err != 0) {
+		/*
+		 * The client goes on with what curl has (the old limit, or
+		 * part of the new one); the next reload tries again.
+		 */
+		bfs_log(BFS_LOG_ERR, "bucketfs: 'bucketfs:max requests = %ld' "
+			"is not applied: %s", m, strerror(err));
+		return;
+	}
+	c->cfg.max_requests = (unsigned)m;
 }
 
 bool s3_region_to_follow(const char *current, const char *found)
@@ -334,6 +422,7 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	const char *endpoint;
 	long max = cfg->max_requests ? (long)cfg->max_requests : 16;
 	size_t plen;
+	int err = 0;
 
 	if (cfg->bucket == NULL || cfg->bucket[0] == '\0' ||
 	    cfg->region == NULL ||
@@ -416,14 +505,18 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		goto fail;
 	}
 	talloc_set_destructor(c, s3_client_destructor);
-	curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, s3_curl_socket_cb);
-	curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
-	curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, s3_curl_timer_cb);
-	curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_SOCKETFUNCTION, s3_curl_socket_cb);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_SOCKETDATA, c);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_TIMERFUNCTION, s3_curl_timer_cb);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_TIMERDATA, c);
 	/* The concurrency bound: curl queues what is over it. */
-	curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, max);
-	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, max);
-	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, max);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAX_TOTAL_CONNECTIONS, max);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAX_HOST_CONNECTIONS, max);
+	S3_MULTI_SETOPT(c, &err, CURLMOPT_MAXCONNECTS, max);
+	if (err != 0) {
+		errno = err;
+		goto fail;
+	}
 
 	curl_free(scheme);
 	curl_free(host);
@@ -432,6 +525,7 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	curl_url_cleanup(u);
 	return c;
 fail:
+	err = errno; /* what the cleanup (curl_multi_cleanup) must not undo */
 	curl_free(scheme);
 	curl_free(host);
 	curl_free(port);
@@ -440,6 +534,7 @@ fail:
 		curl_url_cleanup(u);
 	}
 	talloc_free(c);
+	errno = err;
 	return NULL;
 }
 
@@ -826,6 +921,7 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 	struct tevent_req *req;
 	struct s3_req_state *s;
 	char *path, *query;
+	int err = 0;
 
 	req = tevent_req_create(mem_ctx, &s, struct s3_req_state);
 	if (req == NULL) {
@@ -882,47 +978,52 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 	talloc_set_destructor(s, s3_req_state_destructor);
 	s3_active_add(c, s);
 
-	curl_easy_setopt(s->easy, CURLOPT_URL, s->url);
+	S3_EASY_SETOPT(s, &err, CURLOPT_URL, s->url);
 	/*
 	 * A key is a name, not a path: "a/../b" is its own object.  Left to
 	 * itself curl would squash the dots and fetch another key than the
 	 * one signed and meant.
 	 */
-	curl_easy_setopt(s->easy, CURLOPT_PATH_AS_IS, 1L);
-	curl_easy_setopt(s->easy, CURLOPT_PRIVATE, s);
-	curl_easy_setopt(s->easy, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(s->easy, CURLOPT_ERRORBUFFER, s->errbuf);
-	curl_easy_setopt(s->easy, CURLOPT_HEADERFUNCTION, s3_on_header);
-	curl_easy_setopt(s->easy, CURLOPT_HEADERDATA, s);
-	curl_easy_setopt(s->easy, CURLOPT_WRITEFUNCTION, s3_on_body);
-	curl_easy_setopt(s->easy, CURLOPT_WRITEDATA, s);
-	curl_easy_setopt(s->easy, CURLOPT_CONNECTTIMEOUT_MS,
-			 (long)c->cfg.connect_timeout_ms);
-	curl_easy_setopt(s->easy, CURLOPT_TIMEOUT_MS,
-			 (long)c->cfg.request_timeout_ms);
-	curl_easy_setopt(s->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+	S3_EASY_SETOPT(s, &err, CURLOPT_PATH_AS_IS, 1L);
+	S3_EASY_SETOPT(s, &err, CURLOPT_PRIVATE, s);
+	S3_EASY_SETOPT(s, &err, CURLOPT_NOSIGNAL, 1L);
+	S3_EASY_SETOPT(s, &err, CURLOPT_ERRORBUFFER, s->errbuf);
+	S3_EASY_SETOPT(s, &err, CURLOPT_HEADERFUNCTION, s3_on_header);
+	S3_EASY_SETOPT(s, &err, CURLOPT_HEADERDATA, s);
+	S3_EASY_SETOPT(s, &err, CURLOPT_WRITEFUNCTION, s3_on_body);
+	S3_EASY_SETOPT(s, &err, CURLOPT_WRITEDATA, s);
+	S3_EASY_SETOPT(s, &err, CURLOPT_CONNECTTIMEOUT_MS,
+		       (long)c->cfg.connect_timeout_ms);
+	S3_EASY_SETOPT(s, &err, CURLOPT_TIMEOUT_MS,
+		       (long)c->cfg.request_timeout_ms);
+	S3_EASY_SETOPT(s, &err, CURLOPT_TCP_KEEPALIVE, 1L);
 	/* Fewer, larger socket reads: block-sized bodies are the norm. */
-	curl_easy_setopt(s->easy, CURLOPT_BUFFERSIZE, 512L * 1024);
-	curl_easy_setopt(s->easy, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
-	curl_easy_setopt(s->easy, CURLOPT_SSL_VERIFYPEER,
-			 c->cfg.verify_tls ? 1L : 0L);
-	curl_easy_setopt(s->easy, CURLOPT_SSL_VERIFYHOST,
-			 c->cfg.verify_tls ? 2L : 0L);
+	S3_EASY_SETOPT(s, &err, CURLOPT_BUFFERSIZE, 512L * 1024);
+	S3_EASY_SETOPT(s, &err, CURLOPT_HTTP_VERSION, CURL_HTTP_VERSION_1_1);
+	S3_EASY_SETOPT(s, &err, CURLOPT_SSL_VERIFYPEER,
+		       c->cfg.verify_tls ? 1L : 0L);
+	S3_EASY_SETOPT(s, &err, CURLOPT_SSL_VERIFYHOST,
+		       c->cfg.verify_tls ? 2L : 0L);
 	if (c->cfg.ca_file != NULL) {
-		curl_easy_setopt(s->easy, CURLOPT_CAINFO, c->cfg.ca_file);
+		S3_EASY_SETOPT(s, &err, CURLOPT_CAINFO, c->cfg.ca_file);
 	}
-	curl_easy_setopt(s->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	S3_EASY_SETOPT(s, &err, CURLOPT_PROTOCOLS_STR, "http,https");
 	if (strcmp(r->method, "HEAD") == 0) {
-		curl_easy_setopt(s->easy, CURLOPT_NOBODY, 1L);
+		S3_EASY_SETOPT(s, &err, CURLOPT_NOBODY, 1L);
 	} else if (strcmp(r->method, "GET") != 0) {
-		curl_easy_setopt(s->easy, CURLOPT_CUSTOMREQUEST, s->r.method);
+		S3_EASY_SETOPT(s, &err, CURLOPT_CUSTOMREQUEST, s->r.method);
 	}
 	if (r->body != NULL || strcmp(r->method, "PUT") == 0 ||
 	    strcmp(r->method, "POST") == 0) {
-		curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS,
-				 r->body ? r->body : "");
-		curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE_LARGE,
-				 (curl_off_t)r->body_len);
+		S3_EASY_SETOPT(s, &err, CURLOPT_POSTFIELDS,
+			       r->body ? r->body : "");
+		S3_EASY_SETOPT(s, &err, CURLOPT_POSTFIELDSIZE_LARGE,
+			       (curl_off_t)r->body_len);
+	}
+	if (err != 0) {
+		/* Not sent: nothing of it reached S3. */
+		tevent_req_error(req, err);
+		return tevent_req_post(req, ev);
 	}
 
 	s3_req_start_attempt(s);
@@ -950,6 +1051,7 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 	size_t nh = 0, i;
 	char date[17], hash[65], *auth, *canon_uri;
 	const char *q;
+	int err = 0;
 
 	if (tmp == NULL) {
 		s3_req_fail(s, ENOMEM);
@@ -1065,7 +1167,11 @@ static void s3_req_start_attempt(struct s3_req_state *s)
 		s->hdrs = l;
 	}
 	talloc_free(tmp);
-	curl_easy_setopt(s->easy, CURLOPT_HTTPHEADER, s->hdrs);
+	S3_EASY_SETOPT(s, &err, CURLOPT_HTTPHEADER, s->hdrs);
+	if (err != 0) {
+		s3_req_fail(s, err);
+		return;
+	}
 
 	if (curl_multi_add_handle(c->multi, s->easy) != CURLM_OK) {
 		s3_req_fail(s, ENOMEM);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "bfs_log.h"
 #include "s3_xml.h" /* s3_parse_iso8601 */
 
 /* Role names and credential documents are small. */
@@ -33,6 +34,42 @@ static size_t s3_imds_write(char *ptr, size_t size, size_t nmemb, void *ud)
 	return n;
 }
 
+/*
+ * An option libcurl refused (one it lacks, a value it will not take, no
+ * memory): the request must not go out set up in part (no timeout, or
+ * through a proxy).  Names the option; the errno fails the request.
+ */
+static int s3_imds_setopt_failed(const char *opt, CURLcode rc)
+{
+	bfs_log(BFS_LOG_ERR, "bucketfs: libcurl refused %s for the instance "
+		"metadata service: %s", opt, curl_easy_strerror(rc));
+	switch (rc) {
+	case CURLE_OUT_OF_MEMORY:
+		return ENOMEM;
+	case CURLE_UNKNOWN_OPTION:
+	case CURLE_NOT_BUILT_IN:
+		return ENOTSUP;
+	case CURLE_BAD_FUNCTION_ARGUMENT:
+		return EINVAL;
+	default:
+		return EIO;
+	}
+}
+
+/* Set option opt of e unless an earlier one failed (*err: its errno). */
+#define S3_IMDS_SETOPT(e, err, opt, val)				\
+	do {								\
+		CURLcode rc_;						\
+									\
+		if (*(err) != 0) {					\
+			break;						\
+		}							\
+		rc_ = curl_easy_setopt(e, opt, val);			\
+		if (rc_ != CURLE_OK) {					\
+			*(err) = s3_imds_setopt_failed(#opt, rc_);	\
+		}							\
+	} while (0)
+
 /* One request; 0 and the body (NUL-terminated) on mem_ctx, or an errno. */
 static int s3_imds_request(TALLOC_CTX *mem_ctx, const char *url,
 			   const char *method, const char *header,
@@ -44,26 +81,40 @@ static int s3_imds_request(TALLOC_CTX *mem_ctx, const char *url,
 	CURL *e = curl_easy_init();
 	long status = 0;
 	CURLcode rc;
+	int err = 0;
 
 	if (e == NULL || b.data == NULL) {
 		curl_easy_cleanup(e);
 		return ENOMEM;
 	}
 	b.data[0] = '\0';
+	/* Without its header (the token) the request means nothing. */
 	h = curl_slist_append(h, header);
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, s3_imds_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, &b);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_NOPROXY, "*"); /* never via a proxy */
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http");
+	if (h == NULL) {
+		curl_easy_cleanup(e);
+		return ENOMEM;
+	}
+	S3_IMDS_SETOPT(e, &err, CURLOPT_URL, url);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_CUSTOMREQUEST, method);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_HTTPHEADER, h);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_WRITEFUNCTION, s3_imds_write);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_WRITEDATA, &b);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_CONNECTTIMEOUT_MS, (long)timeout_ms);
+	S3_IMDS_SETOPT(e, &err, CURLOPT_NOSIGNAL, 1L);
+	/* Never via a proxy. */
+	S3_IMDS_SETOPT(e, &err, CURLOPT_NOPROXY, "*");
+	S3_IMDS_SETOPT(e, &err, CURLOPT_PROTOCOLS_STR, "http");
 	if (strcmp(method, "PUT") == 0) {
-		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+		S3_IMDS_SETOPT(e, &err, CURLOPT_POSTFIELDSIZE, 0L);
+		S3_IMDS_SETOPT(e, &err, CURLOPT_POSTFIELDS, "");
+	}
+	if (err != 0) {
+		curl_slist_free_all(h);
+		curl_easy_cleanup(e);
+		*why = "libcurl could not set up the request to the instance "
+		       "metadata service";
+		return err;
 	}
 	rc = curl_easy_perform(e);
 	curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);

@@ -14,6 +14,8 @@
 #include <openssl/evp.h>
 #include <openssl/md5.h>
 
+#include "bfs_log.h"
+
 /* ---- shared plumbing ---------------------------------------------------- */
 
 /* The common state of an operation: one engine request, its answer. */
@@ -80,9 +82,28 @@ static int s3_op_recv(struct tevent_req *req, struct s3_status *st)
 	return 0;
 }
 
-bool s3_wait(struct tevent_req *req, struct tevent_context *ev)
+int s3_wait_for(struct tevent_req *req, struct tevent_context *ev)
 {
-	return tevent_req_poll(req, ev);
+	int ret;
+
+	if (req == NULL) {
+		return ENOMEM; /* what a _send failing says */
+	}
+	errno = 0;
+	if (tevent_req_poll(req, ev)) {
+		return 0;
+	}
+	/*
+	 * Not the request's failure (its _recv says those) but the loop's:
+	 * epoll failed, or the loop was entered from inside itself.  The
+	 * request is still in progress and waiting again would not help.
+	 * Callers pass the errno on as they would an S3 error's: the log
+	 * line saying what it was is born here.
+	 */
+	ret = errno != 0 ? errno : EIO;
+	bfs_log(BFS_LOG_ERR, "bucketfs: the event loop failed while waiting "
+		"for an S3 request: %s", strerror(ret));
+	return ret;
 }
 
 /* ---- HeadObject ----------------------------------------------------------- */

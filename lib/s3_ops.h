@@ -132,7 +132,13 @@ struct tevent_req *s3_mpu_abort_send(TALLOC_CTX *mem_ctx,
 				     const char *upload_id);
 int s3_mpu_abort_recv(struct tevent_req *req, struct s3_status *st);
 
-/* Run req to completion on its (private) event context. */
-bool s3_wait(struct tevent_req *req, struct tevent_context *ev);
+/*
+ * Run req to completion on its (private) event context: 0 once it
+ * finished (how, its _recv says); ENOMEM if req is NULL (its _send
+ * failed), so a _send may be passed straight in; else the errno the
+ * event loop failed with (EIO if it left none), with a log line.
+ */
+int s3_wait_for(struct tevent_req *req, struct tevent_context *ev)
+	__attribute__((warn_unused_result));
 
 #endif

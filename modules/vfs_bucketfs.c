@@ -728,6 +728,25 @@ static bool bfs_follow_config(struct bfs_conn *bc)
 /* ---- the index -------------------------------------------------------------- */
 
 /*
+ * What the index holds of folder prefix is known to be out of date: have
+ * its next access list it from S3.  Should the index refuse even that,
+ * it shows the folder as it has it until the listing's TTL runs out;
+ * the log says so.
+ */
+static void bfs_forget_listing(struct bfs_conn *bc, const char *prefix)
+{
+	int ret = prefix != NULL ? bfs_index_invalidate_dir(bc->index, prefix) :
+				   ENOMEM;
+
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot mark %s for listing again "
+			"in the index: %s; it may show stale entries until its "
+			"listing expires\n", bc->service,
+			prefix != NULL ? prefix : "a folder", strerror(ret));
+	}
+}
+
+/*
  * Another process (another client's smbd) is listing prefix from S3: wait
  * for its result instead of asking S3 for the same pages.  true: a listing
  * stored meanwhile serves; false: list it here (*claimed: the claim is
@@ -817,8 +836,8 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		return 0;
 	}
 	req = s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix);
-	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
-		ret = ENOMEM;
+	ret = s3_wait_for(req, bc->sync_ev);
+	if (ret != 0) {
 		goto out;
 	}
 	ret = s3_dirlist_recv(req, frame, &dir, &st);
@@ -856,7 +875,14 @@ static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	ret = bfs_index_store_dir(bc->index, dir, now);
 	if (ret == 0 && time(NULL) > now + 1) {
 		/* A slow listing (many pages) is as fresh as its last page. */
-		bfs_index_dir_set_listed(bc->index, prefix, time(NULL));
+		int dret = bfs_index_dir_set_listed(bc->index, prefix,
+						    time(NULL));
+		if (dret != 0) {
+			/* Dated at its start, it is listed again sooner. */
+			DBG_NOTICE("bucketfs: share %s: cannot date the "
+				   "listing of %s: %s\n", bc->service, prefix,
+				   strerror(dret));
+		}
 	}
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot store the listing of %s in "
@@ -1105,9 +1131,10 @@ static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 
 	if (bc->prefix[0] == '\0') {
 		req = s3_head_object_send(frame, bc->sync_ev, bc->s3, NULL);
-		if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+		ret = s3_wait_for(req, bc->sync_ev);
+		if (ret != 0) {
 			TALLOC_FREE(frame);
-			return ENOMEM;
+			return ret;
 		}
 		if (s3_head_object_recv(req, frame, &info, st) == 0) {
 			TALLOC_FREE(frame);
@@ -1117,9 +1144,10 @@ static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 	/* A HEAD has no error document: a listing says why. */
 	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
 			   1);
-	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+	ret = s3_wait_for(req, bc->sync_ev);
+	if (ret != 0) {
 		TALLOC_FREE(frame);
-		return ENOMEM;
+		return ret;
 	}
 	*st = (struct s3_status){0};
 	ret = s3_list_recv(req, frame, &l, st);
@@ -1294,13 +1322,14 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 	unsigned done = 0, failed = 0;
 	int ret;
 
-	bc->wb = dir == NULL ? NULL :
+	ret = dir == NULL ? ENOMEM :
 		bfs_wb_new(bc, bc->sync_ev, bc->s3, bc->index, bc->journal,
-			   dir, &bc->upload);
-	if (bc->wb == NULL) {
-		DBG_ERR("bucketfs: share %s: cannot create the staging folder "
-			"%s\n", bc->service, dir ? dir : "(no memory)");
-		return ENOMEM;
+			   dir, &bc->upload, &bc->wb);
+	if (ret != 0) {
+		DBG_ERR("bucketfs: share %s: cannot set up writeback in the "
+			"staging folder %s: %s\n", bc->service,
+			dir != NULL ? dir : "(no memory)", strerror(ret));
+		return ret;
 	}
 	ret = bfs_wb_recover(bc->wb, bc->prefix, &done, &failed,
 			     bfs_log_recovery, bc);
@@ -2144,7 +2173,8 @@ static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
 		return;
 	}
 	req = s3_head_object_send(talloc_tos(), bc->sync_ev, bc->s3, fh->key);
-	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+	if (s3_wait_for(req, bc->sync_ev) != 0) {
+		/* Only a warning was at stake; the upload goes on. */
 		TALLOC_FREE(req);
 		return;
 	}
@@ -2778,10 +2808,8 @@ static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 
 		bfs_split(talloc_tos(), fh->rel, &parent, &base);
 		if (parent != NULL) {
-			char *prefix = bfs_dir_prefix(talloc_tos(), bc, parent);
-			if (prefix != NULL) {
-				bfs_index_invalidate_dir(bc->index, prefix);
-			}
+			bfs_forget_listing(bc, bfs_dir_prefix(talloc_tos(), bc,
+							       parent));
 		}
 		TALLOC_FREE(parent);
 		DBG_WARNING("bucketfs: s3://%s/%s changed since it was opened; "
@@ -2819,10 +2847,11 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 	become_root();
 	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
 			    (uint64_t)offset, n, data);
-	if (req == NULL || !s3_wait(req, bc->sync_ev)) {
+	ret = s3_wait_for(req, bc->sync_ev);
+	if (ret != 0) {
 		unbecome_root();
 		TALLOC_FREE(req);
-		errno = ENOMEM;
+		errno = ret;
 		return -1;
 	}
 	unbecome_root();
@@ -3645,8 +3674,16 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 	become_root();
 	ret = bfs_index_put(bc->index, prefix, &e);
 	if (ret == 0 && empty != NULL) {
+		int sret;
+
 		s3_dir_finish(empty);
-		bfs_index_store_dir(bc->index, empty, time(NULL));
+		sret = bfs_index_store_dir(bc->index, empty, time(NULL));
+		if (sret != 0) {
+			/* Made all the same: its first access lists it. */
+			DBG_WARNING("bucketfs: share %s: cannot record the new "
+				    "directory %s as empty in the index: %s\n",
+				    bc->service, marker, strerror(sret));
+		}
 	}
 	unbecome_root();
 	if (ret != 0) {
@@ -3763,16 +3800,34 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	}
 	if (ret == 0) {
 		/* The directory's own entry moves between the parents. */
-		char *sparent, *dparent;
+		char *sparent, *dparent, *spp = NULL, *dpp = NULL;
 		const char *sbase, *dbase;
+		int iret = ENOMEM;
 
 		bfs_split(frame, src_rel, &sparent, &sbase);
 		bfs_split(frame, dst_rel, &dparent, &dbase);
-		bfs_index_rename(bc->index, bfs_dir_prefix(frame, bc, sparent),
-				 sbase, bfs_dir_prefix(frame, bc, dparent),
-				 dbase);
-		bfs_index_invalidate_dir(bc->index, sp);
-		bfs_index_invalidate_dir(bc->index, dp);
+		if (sparent != NULL && dparent != NULL) {
+			spp = bfs_dir_prefix(frame, bc, sparent);
+			dpp = bfs_dir_prefix(frame, bc, dparent);
+		}
+		if (spp != NULL && dpp != NULL) {
+			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
+						dbase);
+		}
+		if (iret != 0 && iret != ENOENT) {
+			/*
+			 * S3 has it under the new name: the parents' next
+			 * access lists them from there.  (ENOENT: it was
+			 * not indexed, there was nothing to move.)
+			 */
+			DBG_WARNING("bucketfs: share %s: cannot move %s to %s "
+				    "in the index: %s\n", bc->service, src_rel,
+				    dst_rel, strerror(iret));
+			bfs_forget_listing(bc, spp);
+			bfs_forget_listing(bc, dpp);
+		}
+		bfs_forget_listing(bc, sp);
+		bfs_forget_listing(bc, dp);
 	}
 	unbecome_root();
 	TALLOC_FREE(frame);
@@ -3957,7 +4012,7 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 		become_root();
 		ret = bfs_wb_delete(bc->wb, prefix, &st);
 		if (ret == 0) {
-			bfs_index_invalidate_dir(bc->index, prefix);
+			bfs_forget_listing(bc, prefix);
 		}
 		unbecome_root();
 		if (ret != 0) {

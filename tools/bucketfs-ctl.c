@@ -296,10 +296,11 @@ static void ctl_list(struct ctl *c, struct tevent_context *ev,
 		struct s3_listing *l = NULL;
 		struct tevent_req *req = s3_list_send(c->mem, ev, s3, prefix,
 						      NULL, token, 1000);
-		int ret;
+		int ret = s3_wait_for(req, ev);
 
-		if (req == NULL || !s3_wait(req, ev)) {
-			ctl_die("out of memory");
+		if (ret != 0) {
+			ctl_die("listing s3://%s/%s failed: %s", c->bucket,
+				prefix, strerror(ret));
 		}
 		ret = s3_list_recv(req, c->mem, &l, &st);
 		if (ret != 0) {
@@ -352,8 +353,10 @@ static void ctl_manifest(struct ctl *c, struct tevent_context *ev,
 		key = talloc_asprintf(c->mem, "%s%s", c->prefix,
 				      line + strspn(line, "/"));
 		req = s3_head_object_send(c->mem, ev, s3, key);
-		if (req == NULL || !s3_wait(req, ev)) {
-			ctl_die("out of memory");
+		ret = s3_wait_for(req, ev);
+		if (ret != 0) {
+			ctl_die("manifest %s: %s: %s", path, line,
+				strerror(ret));
 		}
 		ret = s3_head_object_recv(req, c->mem, &info, &st);
 		if (ret != 0) {

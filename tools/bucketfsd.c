@@ -334,10 +334,14 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 	time_t now = time(NULL);
 	uint64_t pending = 0;
 	unsigned ran = 0, young = 0;
+	int ret;
 
-	if (bfs_journal_claim_orphans(w->e->j, tmp, me, "", &orphans,
-				      &no) == 0 &&
-	    no > 0) {
+	ret = bfs_journal_claim_orphans(w->e->j, tmp, me, "", &orphans, &no);
+	if (ret != 0) {
+		/* They stay the dead process's: the next pass tries again. */
+		eng_log(BFS_LOG_ERR, "cannot take over what dead processes "
+			"left in the journal: %s", strerror(ret));
+	} else if (no > 0) {
 		eng_log(BFS_LOG_WARNING, "took over %zu change(s) a dead "
 			"process left in the journal", no);
 	}
@@ -383,7 +387,6 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 		struct bfs_jrec *r = &recs[i];
 		struct s3_status st = {0};
 		TALLOC_CTX *one;
-		int ret;
 
 		if (r->pid != me || !eng_retry_due(w, r->key, now, urgent)) {
 			continue;
@@ -704,8 +707,15 @@ static void eng_list_done(struct tevent_req *req)
 		ret = bfs_index_store_dir(l->e->idx, dir, l->started);
 		if (ret == 0 && time(NULL) > l->started + 1) {
 			/* A slow listing is as fresh as its last page. */
-			(void)bfs_index_dir_set_listed(l->e->idx, l->prefix,
-						       time(NULL));
+			int dret = bfs_index_dir_set_listed(l->e->idx,
+							    l->prefix,
+							    time(NULL));
+			if (dret != 0) {
+				/* Dated at its start: listed again sooner. */
+				eng_log(BFS_LOG_NOTICE, "cannot date the "
+					"listing of %s: %s", l->prefix,
+					strerror(dret));
+			}
 		}
 		if (ret != 0) {
 			eng_log(BFS_LOG_ERR, "cannot store the listing of %s "
@@ -724,14 +734,22 @@ static void eng_list(struct eng *e, const char *prefix)
 {
 	struct eng_listing *l;
 	struct tevent_req *req;
+	int ret;
 
 	for (l = e->listings; l != NULL; l = l->next) {
 		if (strcmp(l->prefix, prefix) == 0) {
 			return; /* on its way */
 		}
 	}
-	if (bfs_index_listing_claim(e->idx, prefix, e->list_claim_age) != 0) {
+	ret = bfs_index_listing_claim(e->idx, prefix, e->list_claim_age);
+	if (ret == EBUSY) {
 		return; /* another process lists it now */
+	}
+	if (ret != 0) {
+		/* Unclaimed, the index keeps what it had: served, stale. */
+		eng_log(BFS_LOG_ERR, "cannot claim the listing of %s in the "
+			"index: %s", prefix, strerror(ret));
+		return;
 	}
 	l = talloc_zero(e, struct eng_listing);
 	if (l == NULL || (l->prefix = talloc_strdup(l, prefix)) == NULL) {
@@ -1027,6 +1045,7 @@ static int eng_lock(struct eng *e)
 	char *path = ctl_sub(&e->c, BFS_ENGINE_LOCK);
 	char pid[32];
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	ssize_t w;
 	int len;
 
 	if (fd == -1) {
@@ -1037,8 +1056,13 @@ static int eng_lock(struct eng *e)
 		return -1;
 	}
 	len = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
-	if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)len, 0) != len) {
+	if (ftruncate(fd, 0) != 0 ||
+	    (w = pwrite(fd, pid, (size_t)len, 0)) == -1) {
 		ctl_die("cannot write %s: %s", path, strerror(errno));
+	}
+	if (w != len) {
+		/* A short write sets no errno: the disk is full. */
+		ctl_die("cannot write %s: %s", path, strerror(ENOSPC));
 	}
 	return fd;
 }
@@ -1220,11 +1244,11 @@ int main(int argc, char **argv)
 	}
 	w->s3 = ctl_s3(&e->c, w->ev, &w->creds_expire);
 	w->imds = ctl_string(&e->c, "imds endpoint");
-	w->wb = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
-			   ctl_sub(&e->c, "staging"), &e->upload);
-	if (w->wb == NULL) {
-		ctl_die("cannot create the staging folder in %s",
-			e->c.cache_dir);
+	ret = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
+			 ctl_sub(&e->c, "staging"), &e->upload, &w->wb);
+	if (ret != 0) {
+		ctl_die("cannot create the staging folder in %s: %s",
+			e->c.cache_dir, strerror(ret));
 	}
 
 	listen_fd = e->listen_fd = eng_listen(e);

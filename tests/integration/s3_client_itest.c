@@ -91,7 +91,7 @@ static void put(struct fixture *f, const char *key, const void *data,
 						    data, len);
 	char *etag = NULL;
 
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_put_object_recv(req, f->t, &etag, &st), 0);
 	assert_non_null(etag);
 }
@@ -105,7 +105,7 @@ static int get(struct fixture *f, struct s3_client *c, const char *key,
 
 	int ret;
 
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	ret = s3_get_range_recv(req, got, st);
 	if (ret != 0) {
 		print_message("GET %s: %s (HTTP %ld, %s: %s)\n", key,
@@ -148,7 +148,7 @@ static void test_odd_keys_roundtrip(void **state)
 
 		put(f, keys[i], data, len);
 		req = s3_head_object_send(f->t, f->ev, f->c, keys[i]);
-		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_wait_for(req, f->ev), 0);
 		assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
 		assert_int_equal(info.size, len);
 		assert_int_equal(get(f, f->c, keys[i], 0, len, buf, info.etag,
@@ -174,7 +174,7 @@ static void test_empty_and_missing(void **state)
 
 	put(f, "empty", "", 0);
 	req = s3_head_object_send(f->t, f->ev, f->c, "empty");
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
 	assert_int_equal(info.size, 0);
 
@@ -205,7 +205,7 @@ static void test_listing_pages(void **state)
 
 	do {
 		req = s3_list_send(f->t, f->ev, f->c, "list/", "/", token, 3);
-		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_wait_for(req, f->ev), 0);
 		assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
 		seen += l->n_objects;
 		pages++;
@@ -215,7 +215,7 @@ static void test_listing_pages(void **state)
 	assert_true(pages >= 3);
 
 	req = s3_dirlist_send(f->t, f->ev, f->c, "list/");
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_dirlist_recv(req, f->t, &d, &st), 0);
 	assert_int_equal(d->n, 9);
 	assert_non_null(s3_dir_find(d, "f06"));
@@ -237,14 +237,14 @@ static void test_copy_delete(void **state)
 	put(f, "copy/src name", "copy me please!", 15);
 	req = s3_copy_object_send(f->t, f->ev, f->c, "copy/src name",
 				  "copy/dst\xc3\xa9");
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_copy_object_recv(req, f->t, &etag, &st), 0);
 	assert_int_equal(get(f, f->c, "copy/dst\xc3\xa9", 0, 15, buf, NULL, &got,
 			     &st), 0);
 	assert_memory_equal(buf, "copy me please!", 15);
 
 	req = s3_delete_object_send(f->t, f->ev, f->c, "copy/src name");
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_delete_object_recv(req, &st), 0);
 	assert_int_equal(get(f, f->c, "copy/src name", 0, 15, buf, NULL, &got,
 			     &st), ENOENT);
@@ -265,7 +265,7 @@ static void test_multipart(void **state)
 	bool cksum;
 
 	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/big object", true);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	/* Created with CRC32C: each part carries its own. */
 	cksum = s3_mpu_create_cksum(req);
 	assert_true(cksum);
@@ -278,7 +278,7 @@ static void test_multipart(void **state)
 					   cksum);
 	}
 	for (i = 0; i < 3; i++) {
-		assert_true(s3_wait(preq[i], f->ev));
+		assert_int_equal(s3_wait_for(preq[i], f->ev), 0);
 		parts[i] = (struct s3_part){.part_no = (unsigned)i + 1};
 		assert_int_equal(s3_mpu_part_recv(preq[i], f->t, &parts[i],
 						  &st), 0);
@@ -286,7 +286,7 @@ static void test_multipart(void **state)
 	}
 	req = s3_mpu_complete_send(f->t, f->ev, f->c, "mpu/big object", id,
 				   parts, 3);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_mpu_complete_recv(req, f->t, &etag, &st), 0);
 	assert_int_equal(get(f, f->c, "mpu/big object", 0, len, buf, NULL, &got,
 			     &st), 0);
@@ -299,10 +299,10 @@ static void test_multipart(void **state)
 	 * code; a server that has it must forget the upload.
 	 */
 	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/aborted", false);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_mpu_create_recv(req, f->t, &id, &st), 0);
 	req = s3_mpu_abort_send(f->t, f->ev, f->c, "mpu/aborted", id);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	ret = s3_mpu_abort_recv(req, &st);
 	if (ret == EOPNOTSUPP) {
 		assert_string_equal(st.code, "MethodNotAllowed");
@@ -313,7 +313,7 @@ static void test_multipart(void **state)
 
 		req = s3_mpu_part_send(f->t, f->ev, f->c, "mpu/aborted", id, 1,
 				       "x", 1, false);
-		assert_true(s3_wait(req, f->ev));
+		assert_int_equal(s3_wait_for(req, f->ev), 0);
 		assert_int_equal(s3_mpu_part_recv(req, f->t, &p, &st), ENOENT);
 		assert_string_equal(st.code, "NoSuchUpload");
 	}
@@ -331,7 +331,7 @@ static void test_if_match_detects_replacement(void **state)
 
 	put(f, "versioned", "version1", 8);
 	req = s3_head_object_send(f->t, f->ev, f->c, "versioned");
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
 	put(f, "versioned", "version2", 8);
 	assert_int_equal(get(f, f->c, "versioned", 0, 8, buf, info.etag, &got,
@@ -364,7 +364,7 @@ static void test_missing_bucket(void **state)
 	struct s3_status st = {0};
 	struct tevent_req *req = s3_list_send(f->t, f->ev, c, "", "/", NULL, 1);
 
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_list_recv(req, f->t, &l, &st), ENOENT);
 	assert_string_equal(st.code, "NoSuchBucket");
 }
@@ -438,7 +438,7 @@ static void test_parallel_bounded(void **state)
 	for (i = 0; i < n; i++) {
 		struct s3_status st = {0};
 		size_t got = 0;
-		assert_true(s3_wait(reqs[i], f->ev));
+		assert_int_equal(s3_wait_for(reqs[i], f->ev), 0);
 		assert_int_equal(s3_get_range_recv(reqs[i], &got, &st), 0);
 		assert_int_equal(got, 32768);
 		assert_memory_equal(bufs[i], data + i * 32768, 32768);
@@ -464,13 +464,13 @@ static void test_virtual_host_style(void **state)
 	char *etag = NULL;
 
 	req = s3_put_object_send(f->t, f->ev, c, "vhost/a b.txt", "virtual host", 12);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_put_object_recv(req, f->t, &etag, &st), 0);
 	assert_int_equal(get(f, f->c, "vhost/a b.txt", 0, 12, buf, NULL, &got,
 			     &st), 0);
 	assert_memory_equal(buf, "virtual host", 12);
 	req = s3_list_send(f->t, f->ev, c, "vhost/", "/", NULL, 0);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
 	assert_int_equal(l->n_objects, 1);
 	assert_string_equal(l->objects[0].key, "vhost/a b.txt");
@@ -493,11 +493,11 @@ static void test_tls_verification(void **state)
 	struct tevent_req *req;
 
 	req = s3_list_send(f->t, f->ev, strict, "", "/", NULL, 1);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_list_recv(req, f->t, &l, &st), EPROTO);
 	assert_int_equal(st.attempts, 1);
 	req = s3_list_send(f->t, f->ev, lax, "", "/", NULL, 1);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_list_recv(req, f->t, &l, &st), 0);
 }
 
@@ -525,7 +525,7 @@ static struct bfs_object object_of(struct fixture *f, const char *key)
 	struct tevent_req *req = s3_head_object_send(f->t, f->ev, f->c, key);
 	struct bfs_object o = {.key = key};
 
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_head_object_recv(req, f->t, &info, &st), 0);
 	o.etag = info.etag;
 	o.size = info.size;
@@ -552,11 +552,11 @@ static void test_reader_caches_and_coalesces(void **state)
 	/* Two reads of overlapping ranges at once: one fetch per block. */
 	ra = bfs_read_send(f->t, f->ev, r, &o, 100, 3 * RBS, a);
 	rb = bfs_read_send(f->t, f->ev, r, &o, RBS + 5, 2 * RBS, b);
-	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(s3_wait_for(ra, f->ev), 0);
 	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
 	assert_int_equal(got, 3 * RBS);
 	assert_memory_equal(a, data + 100, 3 * RBS);
-	assert_true(s3_wait(rb, f->ev));
+	assert_int_equal(s3_wait_for(rb, f->ev), 0);
 	assert_int_equal(bfs_read_recv(rb, &got, NULL), 0);
 	assert_memory_equal(b, data + RBS + 5, 2 * RBS);
 	/* Blocks 0-3 missing together: one GET for the four. */
@@ -567,7 +567,7 @@ static void test_reader_caches_and_coalesces(void **state)
 	/* The same range again: all from the cache, no request. */
 	before = s3_client_counters(f->c)->requests;
 	ra = bfs_read_send(f->t, f->ev, r, &o, 100, 3 * RBS, a);
-	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(s3_wait_for(ra, f->ev), 0);
 	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
 	assert_memory_equal(a, data + 100, 3 * RBS);
 	assert_int_equal(s3_client_counters(f->c)->requests, before);
@@ -585,7 +585,7 @@ static void test_reader_caches_and_coalesces(void **state)
 	}
 	before = s3_client_counters(f->c)->requests;
 	ra = bfs_read_send(f->t, f->ev, r, &o, 0, len + 1000, a);
-	assert_true(s3_wait(ra, f->ev));
+	assert_int_equal(s3_wait_for(ra, f->ev), 0);
 	assert_int_equal(bfs_read_recv(ra, &got, NULL), 0);
 	assert_int_equal(got, len);
 	assert_memory_equal(a, data, len);
@@ -608,17 +608,17 @@ static void test_reader_refuses_replaced_object(void **state)
 	put(f, "reader/replaced", v1, 2 * RBS);
 	o = object_of(f, "reader/replaced");
 	req = bfs_read_send(f->t, f->ev, r, &o, 0, RBS, buf);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(bfs_read_recv(req, &got, NULL), 0);
 	put(f, "reader/replaced", v2, 2 * RBS);
 	/* Block 0 is cached (old version, consistent); block 1 is not. */
 	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(bfs_read_recv(req, &got, &st), ESTALE);
 	/* Reopened with the new ETag: the new bytes, all of them. */
 	o = object_of(f, "reader/replaced");
 	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
-	assert_true(s3_wait(req, f->ev));
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(bfs_read_recv(req, &got, &st), 0);
 	assert_memory_equal(buf, v2, 2 * RBS);
 }

@@ -47,6 +47,17 @@ static int fail(const char *what, const struct s3_status *st, int ret)
 	return 1;
 }
 
+/* Run req to its end; a _send or the event loop failing ends s3tool. */
+static void wait_req(struct tevent_req *req, struct tevent_context *ev)
+{
+	int ret = s3_wait_for(req, ev);
+
+	if (ret != 0) {
+		fprintf(stderr, "s3tool: %s\n", strerror(ret));
+		exit(1);
+	}
+}
+
 static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 	       const char *key, const char *file)
 {
@@ -70,7 +81,7 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 	}
 	if ((size_t)sb.st_size <= PART) {
 		req = s3_put_object_send(t, ev, c, key, data, (size_t)sb.st_size);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_put_object_recv(req, t, &etag, &st);
 		return ret ? fail("put", &st, ret) : 0;
 	} else {
@@ -83,7 +94,7 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 		bool cksum;
 
 		req = s3_mpu_create_send(t, ev, c, key, true);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		cksum = s3_mpu_create_cksum(req);
 		if ((ret = s3_mpu_create_recv(req, t, &id, &st)) != 0) {
 			return fail("create multipart", &st, ret);
@@ -95,19 +106,19 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 						   len > PART ? PART : len, cksum);
 		}
 		for (i = 0; i < n; i++) {
-			s3_wait(reqs[i], ev);
+			wait_req(reqs[i], ev);
 			parts[i] = (struct s3_part){.part_no = (unsigned)i + 1};
 			ret = s3_mpu_part_recv(reqs[i], t, &parts[i], &st);
 			if (ret != 0) {
 				req = s3_mpu_abort_send(t, ev, c, key, id);
-				s3_wait(req, ev);
+				wait_req(req, ev);
 				s3_mpu_abort_recv(req, NULL);
 				return fail("upload part", &st, ret);
 			}
 			done++;
 		}
 		req = s3_mpu_complete_send(t, ev, c, key, id, parts, done);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_mpu_complete_recv(req, t, &etag, &st);
 		return ret ? fail("complete multipart", &st, ret) : 0;
 	}
@@ -124,7 +135,7 @@ static int get(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 	FILE *f;
 	int ret;
 
-	s3_wait(req, ev);
+	wait_req(req, ev);
 	if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
 		return fail("head", &st, ret);
 	}
@@ -134,7 +145,7 @@ static int get(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 		return 1;
 	}
 	req = s3_get_range_send(t, ev, c, key, 0, info.size, buf, info.etag);
-	s3_wait(req, ev);
+	wait_req(req, ev);
 	if ((ret = s3_get_range_recv(req, &got, &st)) != 0) {
 		return fail("get", &st, ret);
 	}
@@ -194,7 +205,7 @@ int main(int argc, char **argv)
 		char *doc;
 
 		req = s3_request_send(t, ev, c, &r);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_request_recv(req, t, &resp, &st);
 		if (ret != 0) {
 			return fail("uploads", &st, ret);
@@ -218,7 +229,7 @@ int main(int argc, char **argv)
 		struct s3_response *resp = NULL;
 
 		req = s3_request_send(t, ev, c, &r);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_request_recv(req, t, &resp, &st);
 		if (ret != 0 && strcmp(st.code, "BucketAlreadyOwnedByYou") != 0) {
 			return fail("mb", &st, ret);
@@ -247,7 +258,7 @@ int main(int argc, char **argv)
 		}
 		req = bfs_upload_send(t, ev, c, argv[2], fd, (uint64_t)sb.st_size,
 				      &p);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = bfs_upload_recv(req, t, NULL, &st);
 		close(fd);
 		if (ret == 0 && argc == 7) {
@@ -258,14 +269,14 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "rm") == 0) {
 		req = s3_delete_object_send(t, ev, c, argv[2]);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_delete_object_recv(req, &st);
 		return ret ? fail("rm", &st, ret) : 0;
 	}
 	if (strcmp(argv[1], "head") == 0) {
 		struct s3_object_info info = {0};
 		req = s3_head_object_send(t, ev, c, argv[2]);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_head_object_recv(req, t, &info, &st);
 		if (ret != 0) {
 			return fail("head", &st, ret);
@@ -393,7 +404,7 @@ int main(int argc, char **argv)
 		unsigned i;
 
 		req = s3_head_object_send(t, ev, c, argv[2]);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
 			return fail("head", &st, ret);
 		}
@@ -450,7 +461,7 @@ int main(int argc, char **argv)
 		unsigned i;
 
 		req = s3_head_object_send(t, ev, c, argv[2]);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		if ((ret = s3_head_object_recv(req, t, &info, &st)) != 0) {
 			return fail("head", &st, ret);
 		}
@@ -496,7 +507,7 @@ int main(int argc, char **argv)
 		struct s3_dir *d = NULL;
 		size_t i;
 		req = s3_dirlist_send(t, ev, c, argv[2]);
-		s3_wait(req, ev);
+		wait_req(req, ev);
 		ret = s3_dirlist_recv(req, t, &d, &st);
 		if (ret != 0) {
 			return fail("lsdir", &st, ret);
@@ -513,7 +524,7 @@ int main(int argc, char **argv)
 			struct s3_listing *l = NULL;
 			size_t i;
 			req = s3_list_send(t, ev, c, argv[2], NULL, token, 0);
-			s3_wait(req, ev);
+			wait_req(req, ev);
 			ret = s3_list_recv(req, t, &l, &st);
 			if (ret != 0) {
 				return fail("ls", &st, ret);

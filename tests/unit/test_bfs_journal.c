@@ -194,16 +194,17 @@ static void test_wait_for_another_upload(void **state)
 	TALLOC_CTX *t = talloc_new(NULL);
 	struct bfs_journal *j = open_journal(t);
 	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
-	struct bfs_wb *wb = bfs_wb_new(t, NULL, NULL, NULL, j,
-				       talloc_asprintf(t, "%s.staging",
-						       test_tmpdir(t, "wb")),
-				       &params);
+	struct bfs_wb *wb = NULL;
 	struct bfs_jrec r = {.key = "k", .op = BFS_J_PUT, .staging = "s"};
 	pthread_t finisher;
 	pid_t uploader;
 	int fds[2];
 
 	(void)state;
+	assert_int_equal(bfs_wb_new(t, NULL, NULL, NULL, j,
+				    talloc_asprintf(t, "%s.staging",
+						    test_tmpdir(t, "wb")),
+				    &params, &wb), 0);
 	assert_non_null(wb);
 	assert_int_equal(bfs_wb_wait_upload(wb, "k", 100), ENOENT);
 	/* A live uploader that does not finish: EBUSY after the timeout. */
@@ -490,7 +491,8 @@ static void test_hand_over_and_retarget(void **state)
 	int fd;
 
 	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
-	wb = bfs_wb_new(t, NULL, NULL, idx, j, staging, &params);
+	assert_int_equal(bfs_wb_new(t, NULL, NULL, idx, j, staging, &params,
+				    &wb), 0);
 	assert_non_null(wb);
 	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n1), 0);
 	close(fd);
@@ -623,6 +625,30 @@ static void test_a_damaged_journal_is_refused_with_a_clear_reason(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A staging folder that cannot be made says why (here: a file where its
+ * parent folder should be), not "out of memory" (issue 19 point 14).
+ */
+static void test_a_staging_folder_error_is_reported(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
+	char *file = talloc_asprintf(t, "%s/file", test_tmpdir(t, "wb-err"));
+	struct bfs_wb *wb = NULL;
+	int fd;
+
+	(void)state;
+	fd = open(file, O_CREAT | O_WRONLY, 0600);
+	assert_true(fd >= 0);
+	close(fd);
+	assert_int_equal(bfs_wb_new(t, NULL, NULL, NULL, j,
+				    talloc_asprintf(t, "%s/staging", file),
+				    &params, &wb), ENOTDIR);
+	assert_null(wb);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -639,6 +665,7 @@ int main(void)
 		cmocka_unit_test(test_hand_over_and_retarget),
 		cmocka_unit_test(test_a_reused_pid_is_not_the_owner),
 		cmocka_unit_test(test_a_damaged_journal_is_refused_with_a_clear_reason),
+		cmocka_unit_test(test_a_staging_folder_error_is_reported),
 	};
 	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
 }
