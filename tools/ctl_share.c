@@ -238,19 +238,21 @@ static int ctl_probe(struct ctl *c, struct tevent_context *ev,
 	struct s3_object_info info = {0};
 	struct s3_listing *l = NULL;
 	struct tevent_req *req;
-	int ret = ENOMEM;
+	int ret;
 
 	req = tmp ? s3_head_object_send(tmp, ev, s3, NULL) : NULL;
-	if (req != NULL && s3_wait(req, ev)) {
+	ret = s3_wait_for(req, ev);
+	if (ret == 0) {
 		ret = s3_head_object_recv(req, tmp, &info, st);
 	}
 	if (ret != 0 && st->region[0] == '\0') {
 		*st = (struct s3_status){0};
 		req = tmp ? s3_list_send(tmp, ev, s3, c->prefix, "/", NULL, 1) :
 			    NULL;
-		ret = req != NULL && s3_wait(req, ev) ?
-			      s3_list_recv(req, tmp, &l, st) :
-			      ENOMEM;
+		ret = s3_wait_for(req, ev);
+		if (ret == 0) {
+			ret = s3_list_recv(req, tmp, &l, st);
+		}
 	}
 	talloc_free(tmp);
 	return ret;
