@@ -39,6 +39,7 @@
 #include <openssl/evp.h>
 
 #include "bfs_lmdb.h"
+#include "bfs_priv.h"
 #include "bfs_log.h"
 
 #define BFS_CACHE_MAP_SIZE (8ULL << 30)
@@ -933,6 +934,7 @@ static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
 		return -1;
 	}
 	/* No link is followed: the folder is root's (bfs_dir_trusted). */
+	bfs_priv_enter();
 	fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW |
 			(create ? O_CREAT : 0), 0600);
 	if (fd < 0 && create && errno == ENOENT &&
@@ -941,6 +943,7 @@ static int bfs_cache_open_fd(struct bfs_cache *c, const uint8_t id[16],
 		fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_CREAT,
 			  0600);
 	}
+	bfs_priv_leave();
 	return fd;
 }
 
@@ -984,7 +987,9 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 			char path[PATH_MAX];
 			if (bfs_cache_path(path, sizeof(path), c, v[i].bk.id,
 					   false)) {
+				bfs_priv_enter();
 				unlink(path);
+				bfs_priv_leave();
 			}
 		}
 	}
@@ -1010,10 +1015,14 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 	ssize_t w;
 	int dfd;
 
+	dfd = -1;
 	if (!shared && ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
-	    bfs_cache_path(path, sizeof(path), c, id->b, false) &&
-	    (dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC |
-			 O_NOFOLLOW)) >= 0) {
+	    bfs_cache_path(path, sizeof(path), c, id->b, false)) {
+		bfs_priv_enter();
+		dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
+		bfs_priv_leave();
+	}
+	if (dfd >= 0) {
 		w = pwrite(dfd, data, padded, off);
 		close(dfd);
 		if (w == (ssize_t)padded) {
@@ -1054,7 +1063,10 @@ static int bfs_cache_keep_disk_reserve(struct bfs_cache *c, uint64_t len,
 	MDB_txn *txn = NULL;
 	int rc;
 
-	if (statvfs(c->dir, &sv) != 0) {
+	bfs_priv_enter();
+	rc = statvfs(c->dir, &sv);
+	bfs_priv_leave();
+	if (rc != 0) {
 		return 0; /* no worse than not knowing */
 	}
 	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
@@ -1303,8 +1315,13 @@ struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
 	struct bfs_fill_job *j;
 
 	if (!c->thread_running) {
-		if (pthread_create(&c->thread, NULL, bfs_cache_fill_thread, c) !=
-		    0) {
+		int ret;
+
+		/* Started with the server's rights: it opens cache files. */
+		bfs_priv_enter();
+		ret = pthread_create(&c->thread, NULL, bfs_cache_fill_thread, c);
+		bfs_priv_leave();
+		if (ret != 0) {
 			return NULL;
 		}
 		c->thread_running = true;
@@ -1804,7 +1821,9 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 	for (i = 0; rc == 0 && i < n; i++) {
 		char path[PATH_MAX];
 		if (bfs_cache_path(path, sizeof(path), c, ids[i].b, false)) {
+			bfs_priv_enter();
 			unlink(path);
+			bfs_priv_leave();
 		}
 	}
 	flock(c->lock_fd, LOCK_UN);

@@ -15,6 +15,7 @@
 
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
+#include "bfs_priv.h"
 
 /* CopyObject's limit; above it S3 wants UploadPartCopy. */
 #define BFS_COPY_MAX (5ULL << 30)
@@ -54,7 +55,9 @@ int bfs_wb_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		talloc_free(wb);
 		return ENOMEM;
 	}
+	bfs_priv_enter();
 	ret = bfs_mkdirs(staging_dir);
+	bfs_priv_leave();
 	if (ret != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot create the staging "
 			"folder %s: %s", staging_dir, strerror(ret));
@@ -87,7 +90,9 @@ int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
 		talloc_free(n);
 		return ENOMEM;
 	}
+	bfs_priv_enter();
 	*fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	bfs_priv_leave();
 	if (*fd == -1) {
 		int ret = errno;
 		talloc_free(n);
@@ -115,8 +120,10 @@ static int bfs_wb_stage_link(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		talloc_free(n);
 		return ENOMEM;
 	}
-	if (link(from, to) != 0) {
-		ret = errno;
+	bfs_priv_enter();
+	ret = link(from, to) != 0 ? errno : 0;
+	bfs_priv_leave();
+	if (ret != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot link staging file %s "
 			"for a rename: %s", from, strerror(ret));
 		talloc_free(n);
@@ -133,7 +140,9 @@ void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name)
 	char *path = bfs_stage_path(NULL, wb, name);
 
 	if (path != NULL) {
+		bfs_priv_enter();
 		unlink(path);
+		bfs_priv_leave();
 	}
 	talloc_free(path);
 }
@@ -222,7 +231,9 @@ int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 		ret = ENOMEM;
 	}
 	if (ret == 0) {
+		bfs_priv_enter();
 		src = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+		bfs_priv_leave();
 		ret = src == -1 || fstat(src, &sb) != 0 ? errno : 0;
 	}
 	if (ret == 0) {
@@ -691,7 +702,9 @@ int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
 
 	/* The staging file's time says when it was closed (bfs_wb_put_young). */
 	if (path != NULL) {
+		bfs_priv_enter();
 		(void)utimensat(AT_FDCWD, path, NULL, 0);
+		bfs_priv_leave();
 	}
 	ret = tmp != NULL ? bfs_wb_journal_upload(wb, tmp, &rec) : ENOMEM;
 	talloc_free(tmp);
@@ -711,7 +724,12 @@ bool bfs_wb_put_young(struct bfs_wb *wb, const struct bfs_jrec *r,
 		return false;
 	}
 	path = bfs_stage_path(NULL, wb, r->staging);
-	if (path != NULL && stat(path, &st) == 0 &&
+	bfs_priv_enter();
+	if (path != NULL && stat(path, &st) != 0) {
+		TALLOC_FREE(path);
+	}
+	bfs_priv_leave();
+	if (path != NULL &&
 	    clock_gettime(CLOCK_REALTIME, &now) == 0) {
 		age_ms = (int64_t)(now.tv_sec - st.st_mtim.tv_sec) * 1000 +
 			 (now.tv_nsec - st.st_mtim.tv_nsec) / 1000000;
@@ -745,8 +763,10 @@ int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
 	uint64_t pending = 0;
 	int ret;
 
-	if (statvfs(wb->staging_dir, &sv) != 0) {
-		ret = errno;
+	bfs_priv_enter();
+	ret = statvfs(wb->staging_dir, &sv) != 0 ? errno : 0;
+	bfs_priv_leave();
+	if (ret != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: statvfs %s: %s",
 			wb->staging_dir, strerror(ret));
 		return ret;
@@ -1334,7 +1354,9 @@ static int bfs_wb_recover_put(struct bfs_wb *wb, struct bfs_jrec *r,
 			goto out;
 		}
 	}
+	bfs_priv_enter();
 	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	bfs_priv_leave();
 	if (fd == -1 || fstat(fd, &sb) != 0) {
 		ret = errno;
 		goto out;

@@ -33,6 +33,7 @@
 #include "bfs_engine.h"
 #include "bfs_index.h"
 #include "bfs_lmdb.h"
+#include "bfs_priv.h"
 #include "bfs_journal.h"
 #include "bfs_log.h"
 #include "bfs_name.h"
@@ -1444,6 +1445,11 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	int ret;
 
 	bfs_log_set(bfs_log_line);
+	/*
+	 * lib/ works in the cache folder (root's) with root's rights and
+	 * talks to S3 with the user's: smbd's main thread lends them.
+	 */
+	bfs_priv_set(become_root, unbecome_root);
 	bc = talloc_zero(handle->conn, struct bfs_conn);
 	if (bc == NULL) {
 		errno = ENOMEM;
@@ -1638,9 +1644,8 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto nomem;
 	}
 	bfs_reader_set_memory(bc->reader, bc->fetch_memory);
-	become_root();
+	/* Recovery's S3 work runs as the user; its files as root (bfs_priv). */
 	ret = bfs_start_writeback(bc);
-	unbecome_root();
 	if (ret != 0) {
 		goto fail;
 	}
@@ -1716,10 +1721,8 @@ static void bfs_volume_space(struct bfs_conn *bc, uint64_t *total,
 	int ret;
 
 	bfs_follow_config(bc);
-	become_root();
 	ret = bfs_wb_space(bc->wb, bc->engine ? bfs_engine_pid(bc->engine) : 0,
 			   limit, total, avail);
-	unbecome_root();
 	if (ret != 0) {
 		*total = *avail = 0;
 	}
@@ -1996,9 +1999,7 @@ static void bfs_stream_started(void *private_data, const char *key,
 {
 	struct bfs_fh *fh = private_data;
 
-	become_root();
 	bfs_wb_stream_started(fh->bc->wb, key, fh->stage_name, upload_id);
-	unbecome_root();
 }
 
 /* Start streaming fh's parts on ev (smbd's loop) if fh may. */
@@ -2035,10 +2036,8 @@ static void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
 	}
 	tmp = talloc_new(fh);
 	if (tmp != NULL && bfs_stream_stop(fh->stream, tmp, &r) == 0) {
-		become_root();
 		bfs_wb_stream_abort(bc->wb, bfs_stream_key(fh->stream),
 				    r.upload_id);
-		unbecome_root();
 	}
 	talloc_free(tmp);
 	TALLOC_FREE(fh->stream);
@@ -2119,7 +2118,6 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 		fh->stage_name = talloc_strdup(fh, twin->stage_name);
 		return 0;
 	}
-	become_root();
 	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
 	if (ret == 0 && keep) {
 		/*
@@ -2146,7 +2144,6 @@ static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 			bfs_wb_stage_drop(bc->wb, name);
 		}
 	}
-	unbecome_root();
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot stage writes to %s: %s\n",
 			bc->service, fh->key, strerror(ret));
@@ -2212,11 +2209,9 @@ static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 		}
 		TALLOC_FREE(fh->stream);
 	}
-	become_root();
 	bfs_check_conflict(bc, fh);
 	ret = bfs_wb_upload(bc->wb, fh->key, fh->stage_name, fh->stage_fd,
 			    size, fh->mtime, rp, fh, &etag, &st);
-	unbecome_root();
 	if (rp != NULL) {
 		DBG_INFO("bucketfs: share %s: %s: %u parts of %" PRIu64
 			 " bytes were sent while it was written (%u sends)\n",
@@ -2267,9 +2262,7 @@ static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 	if (engine == 0) {
 		return ENOTSUP;
 	}
-	become_root();
 	ret = bfs_wb_hand_over(bc->wb, fh->key, name, size, fh->mtime, engine);
-	unbecome_root();
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot journal %s for the engine: "
 			"%s; uploading it now\n", bc->service, fh->key,
@@ -2306,10 +2299,8 @@ static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
 	if (bc->writeback_limit > 0) {
 		uint64_t pending = 0;
 
-		become_root();
 		ret = bfs_wb_pending_bytes(bc->wb, bfs_engine_pid(bc->engine),
 					   &pending);
-		unbecome_root();
 		if (ret == 0 && pending + size > bc->writeback_limit) {
 			/* Held back: this close waits for S3 instead. */
 			DBG_NOTICE("bucketfs: share %s: %" PRIu64 " bytes wait "
@@ -2347,9 +2338,7 @@ static void bfs_fh_unstage(struct bfs_conn *bc, struct bfs_fh *fh)
 		}
 	}
 	if (fh->stage_name != NULL) {
-		become_root();
 		bfs_wb_stage_drop(bc->wb, fh->stage_name);
-		unbecome_root();
 	}
 }
 
@@ -2395,9 +2384,7 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	e.name = (char *)base;
 	e.mtime = time(NULL);
 	e.flags = BFS_ENT_PENDING;
-	become_root();
 	ret = bfs_index_put(bc->index, prefix, &e);
-	unbecome_root();
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot record the new file %s%s "
 			"in the index: %s%s\n", bc->service, prefix, base,
@@ -2429,15 +2416,15 @@ static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
 	if (fh->etag != NULL) {
 		return; /* settled in S3: another process stages nothing */
 	}
-	become_root();
 	if (bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec) == 0 &&
 	    rec.op == BFS_J_PUT) {
 		path = talloc_asprintf(talloc_tos(), "%s/staging/%s",
 				       bc->cache_dir, rec.staging);
+		become_root(); /* staging files are the server's */
 		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
 					    O_NOFOLLOW) : -1;
+		unbecome_root();
 	}
-	unbecome_root();
 }
 
 static int bfs_openat(struct vfs_handle_struct *handle,
@@ -2843,18 +2830,15 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 		return 0;
 	}
 	bc->sync_reads++;
-	/* Cache files belong to the server, not the connected user. */
-	become_root();
+	/* As the user: lib/ opens cache files with root's rights alone. */
 	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
 			    (uint64_t)offset, n, data);
 	ret = s3_wait_for(req, bc->sync_ev);
 	if (ret != 0) {
-		unbecome_root();
 		TALLOC_FREE(req);
 		errno = ret;
 		return -1;
 	}
-	unbecome_root();
 	ret = bfs_read_recv(req, &got, &st);
 	TALLOC_FREE(req);
 	if (ret != 0) {
@@ -3051,15 +3035,14 @@ static bool bfs_pread_copy_start(struct tevent_req *req,
 	state->id = state->fh->obj.id;
 	state->block_size = bfs_reader_block_size(state->reader);
 	/*
-	 * Opening a cache file needs root (they belong to the server); one
-	 * this process has open does not, and changing user costs more
-	 * system calls than the copy's own.
+	 * Opening a cache file needs root (they belong to the server: lib/
+	 * takes it for the open alone, bfs_priv); one this process has open
+	 * does not, and changing user costs more system calls than the
+	 * copy's own.
 	 */
 	state->fd = bfs_cache_lend_fd(state->cache, &state->id, false);
 	if (state->fd < 0) {
-		become_root();
 		state->fd = bfs_cache_lend_fd(state->cache, &state->id, true);
-		unbecome_root();
 	}
 	if (state->fd < 0) {
 		return false;
@@ -3083,12 +3066,10 @@ static void bfs_pread_fetch_here(struct tevent_req *req,
 {
 	struct tevent_req *subreq;
 
-	/* Cache files belong to the server, not the connected user. */
-	become_root();
+	/* As the user: lib/ opens cache files with root's rights alone. */
 	subreq = bfs_read_send(state, state->ev, state->reader,
 			       &state->fh->obj, state->off, state->n,
 			       state->data);
-	unbecome_root();
 	if (tevent_req_nomem(subreq, req)) {
 		return;
 	}
@@ -3365,9 +3346,7 @@ static int bfs_fsync_snapshot(struct bfs_conn *bc, struct bfs_fh *fh,
 	uint64_t len = bfs_fh_size(fh), off = 0;
 	int fd = -1, ret;
 
-	become_root();
 	ret = bfs_wb_stage_new(bc->wb, mem_ctx, &fd, name);
-	unbecome_root();
 	while (ret == 0 && off < len) {
 		loff_t in = (loff_t)off, out = (loff_t)off;
 		ssize_t n = copy_file_range(fh->stage_fd, &in, fd, &out,
@@ -3383,9 +3362,7 @@ static int bfs_fsync_snapshot(struct bfs_conn *bc, struct bfs_fh *fh,
 		close(fd);
 	}
 	if (ret != 0 && fd != -1) {
-		become_root();
 		bfs_wb_stage_drop(bc->wb, *name);
-		unbecome_root();
 	}
 	*size = len;
 	return ret;
@@ -3671,7 +3648,6 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 	e.is_dir = true;
 	e.mtime = time(NULL);
 	empty = s3_dir_new(frame, marker);
-	become_root();
 	ret = bfs_index_put(bc->index, prefix, &e);
 	if (ret == 0 && empty != NULL) {
 		int sret;
@@ -3685,7 +3661,6 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 				    bc->service, marker, strerror(sret));
 		}
 	}
-	unbecome_root();
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot record the new directory "
 			"%s in the index: %s\n", bc->service, marker,
@@ -3743,11 +3718,9 @@ static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
 		TALLOC_FREE(frame);
 		return EBUSY;
 	}
-	become_root();
 	ret = bfs_wb_rename_open(bc->wb, src_key, dst_key, staged->stage_name,
 				 bfs_fh_size(staged), staged->mtime,
 				 staged->open_etag);
-	unbecome_root();
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: cannot journal the rename of the "
 			"open file %s: %s\n", bc->service, src_key,
@@ -3787,7 +3760,6 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		TALLOC_FREE(frame);
 		return ENOTSUP;
 	}
-	become_root();
 	for (i = 0; ret == 0 && i < n; i++) {
 		char *to = talloc_asprintf(frame, "%s%s", dp,
 					   keys[i] + strlen(sp));
@@ -3829,7 +3801,6 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		bfs_forget_listing(bc, sp);
 		bfs_forget_listing(bc, dp);
 	}
-	unbecome_root();
 	TALLOC_FREE(frame);
 	return ret;
 }
@@ -3850,10 +3821,8 @@ static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	SMB_STRUCT_STAT sbuf;
 	int ret;
 
-	become_root();
 	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
 				 (unsigned)MIN(timeout_ms, UINT_MAX));
-	unbecome_root();
 	if (ret == 0 || ret == ENOENT) {
 		/*
 		 * Done, or no record at all: a client still writes it
@@ -3886,10 +3855,8 @@ static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
 	if (dst_key == NULL) {
 		return ENOMEM;
 	}
-	become_root();
 	ret = bfs_wb_retarget(bc->wb, src_key, dst_key,
 			      bfs_engine_pid(bc->engine));
-	unbecome_root();
 	if (ret == 0) {
 		(void)bfs_engine_notify(bc->engine, dst_key);
 		DBG_INFO("bucketfs: share %s: %s renamed to %s before its "
@@ -3963,9 +3930,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 		/* logged there */
 	} else {
 		dst_key = bfs_key(frame, bc, dst_rel);
-		become_root();
 		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
-		unbecome_root();
 		if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);
 		} else {
@@ -4009,12 +3974,10 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 		}
 	}
 	if (ret == 0) {
-		become_root();
 		ret = bfs_wb_delete(bc->wb, prefix, &st);
 		if (ret == 0) {
 			bfs_forget_listing(bc, prefix);
 		}
-		unbecome_root();
 		if (ret != 0) {
 			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
 		}
@@ -4053,9 +4016,7 @@ static int bfs_unlinkat(struct vfs_handle_struct *handle,
 				o->dirty = false;
 			}
 		}
-		become_root();
 		ret = bfs_wb_delete(bc->wb, fh->key, &st);
-		unbecome_root();
 		if (ret != 0) {
 			bfs_log_s3(bc, "delete of", fh->key, &st);
 		}

@@ -269,6 +269,12 @@ class World:
   bucketfs:close = s3
   read only = no
   veto files = /*.exe/
+[rwasuser]
+  path = /bucketfs/rwasuser
+{faulty}  bucketfs:prefix = rwasuser
+  bucketfs:cache dir = {t}/bfscache-rwasuser
+  bucketfs:close = s3
+  valid users = {USER} {OTHER_USER}
 [rwlimits]
   path = /bucketfs/rwlimits
 {common}  bucketfs:bucket = {BUCKET}
@@ -391,12 +397,14 @@ class World:
   bucketfs:credentials file = {t}/creds
   bucketfs:bucket = {BUCKET}
   bucketfs:retries = 1
+  bucketfs:cache dir = {t}/bfscache-unreachable
 [envcreds]
   path = /bucketfs/envcreds
   vfs objects = bucketfs
   bucketfs:endpoint = {self.endpoint}
   bucketfs:path style = yes
   bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-envcreds
 [nobucketparam]
   path = /bucketfs/nobucketparam
 {common}
@@ -1472,6 +1480,67 @@ def writeback(w, tmp):
         assert peaks[1] == 5 << 20, peaks  # one part at a time
         print(f"    # peak part buffers: {peaks[1 << 40] >> 20} MiB unbounded, "
               f"{peaks[12 << 20] >> 20} MiB with 12M, {peaks[1] >> 20} MiB with 1 byte")
+
+    @test
+    def s3_work_runs_as_the_connected_user_and_cache_files_stay_roots():
+        # Issue 19 point 15: smbd talks to S3 with the user's rights and
+        # lends root's only to the cache folder's file calls.  While an
+        # upload (PUT held 3 s) and a cold read (GET held 3 s) of a user
+        # are in flight, its smbd's effective uid is the user's.
+        import pwd
+        uid = pwd.getpwnam(OTHER_USER).pw_uid
+        src = make("asuser.bin", 3 << 20)
+
+        def euids_while(fault, commands):
+            w.fault(fault)
+            seen = set()
+            try:
+                p = subprocess.Popen(
+                    ["smbclient", "//127.0.0.1/rwasuser", "-p", str(w.smb_port),
+                     "-U", f"{OTHER_USER}%{PASSWORD}", "-m", "SMB3", "-c", commands],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                deadline = time.time() + 60
+                while p.poll() is None and time.time() < deadline:
+                    status = sh(["smbstatus", "-p", "-s", w.conf], check=False).stdout
+                    for line in status.splitlines():
+                        f = line.split()
+                        if len(f) > 2 and f[0].isdigit() and f[1] == OTHER_USER:
+                            try:
+                                with open(f"/proc/{f[0]}/task/{f[0]}/status") as st:
+                                    for l in st:
+                                        if l.startswith("Uid:"):
+                                            seen.add(int(l.split()[2]))
+                            except FileNotFoundError:
+                                pass
+                    time.sleep(0.1)
+                out = p.communicate(timeout=60)[0]
+                assert p.returncode == 0, out
+            finally:
+                w.fault("")
+            return seen
+
+        seen = euids_while("PUT delay:3 -1", f"put {src} asuser.bin")
+        assert seen == {uid}, f"euids seen during the upload: {seen}, the user's is {uid}"
+        assert w.s3_sha256("rwasuser/asuser.bin") == sha256(src)
+        w.ctl("rwasuser", "invalidate", "")  # its blocks too: a cold read
+        out = os.path.join(tmp, "asuser.out")
+        seen = euids_while("GET delay:3 -1 asuser.bin", f"get asuser.bin {out}")
+        assert seen == {uid}, f"euids seen during the read: {seen}, the user's is {uid}"
+        assert sha256(out) == sha256(src)
+        # The fill thread, started with root's rights, cached every block.
+        def gets():
+            with open(f"{w.tmp}/front-control.log") as f:
+                return sum(1 for line in f if line.startswith("GET ")
+                           and "rwasuser/asuser.bin" in line.split()[1])
+        before = gets()
+        w.smbclient("rwasuser", f"get asuser.bin {out}", user=OTHER_USER)
+        assert sha256(out) == sha256(src)
+        assert gets() == before, "a cached read went to S3"
+        cache = os.path.join(w.tmp, "bfscache-rwasuser")
+        for root, ds, fs in os.walk(cache):
+            for name in ds + fs:
+                st = os.lstat(os.path.join(root, name))
+                assert st.st_uid == 0 and st.st_mode & 0o077 == 0, (name, oct(st.st_mode), st.st_uid)
 
     def volume_flags(share):
         out = sh(["/usr/bin/python3", os.path.join(TOP, "tests/integration/fsattr.py"),
