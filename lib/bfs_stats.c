@@ -5,6 +5,7 @@
 #include "bfs_stats.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -86,6 +87,72 @@ int bfs_stats_add(struct bfs_stats *st, const struct bfs_stats_vec *delta)
 	rc = mdb_put(txn, st->db, &k, &v, 0);
 	rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
 	return bfs_lmdb_errno(rc);
+}
+
+void bfs_stats_count_client(struct bfs_stats_vec *v, const struct s3_client *c)
+{
+	const struct s3_client_counters *n;
+	int i;
+
+	if (c == NULL) {
+		return;
+	}
+	n = s3_client_counters(c);
+	v->v[BFS_ST_S3_REQUESTS] += n->requests;
+	v->v[BFS_ST_S3_RETRIES] += n->retries;
+	v->v[BFS_ST_S3_FAILURES] += n->failures;
+	v->v[BFS_ST_S3_BYTES_IN] += n->bytes_in;
+	v->v[BFS_ST_S3_BYTES_OUT] += n->bytes_out;
+	v->v[BFS_ST_S3_LATENCY_US] += n->latency_us;
+	for (i = 0; i <= S3_LATENCY_N; i++) {
+		v->v[BFS_ST_S3_LATENCY + i] += n->latency[i];
+	}
+}
+
+void bfs_stats_count_reader(struct bfs_stats_vec *v, const struct bfs_reader *r)
+{
+	const struct bfs_reader_counters *n;
+
+	if (r == NULL) {
+		return;
+	}
+	n = bfs_reader_counters(r);
+	v->v[BFS_ST_BLOCKS_CACHED] += n->cache_hits;
+	v->v[BFS_ST_BLOCKS_FETCHED] += n->block_fetches;
+	v->v[BFS_ST_BYTES_FETCHED] += n->fetched_bytes;
+}
+
+void bfs_stats_count_cache(struct bfs_stats_vec *v, struct bfs_cache *c)
+{
+	const struct bfs_cache_counters *cc;
+
+	if (c == NULL) {
+		return;
+	}
+	cc = bfs_cache_counters(c);
+	v->v[BFS_ST_EVICTIONS] += cc->evictions;
+	v->v[BFS_ST_FILL_ERRORS] += cc->fill_errors;
+}
+
+int bfs_stats_add_since(struct bfs_stats *st, struct bfs_stats_vec *flushed,
+			const struct bfs_stats_vec *cur)
+{
+	struct bfs_stats_vec delta;
+	bool any = false;
+	int i, ret;
+
+	for (i = 0; i < BFS_ST_N; i++) {
+		delta.v[i] = cur->v[i] - flushed->v[i];
+		any = any || delta.v[i] != 0;
+	}
+	if (!any) {
+		return 0;
+	}
+	ret = bfs_stats_add(st, &delta);
+	if (ret == 0) {
+		*flushed = *cur;
+	}
+	return ret;
 }
 
 int bfs_stats_read(struct bfs_stats *st, struct bfs_stats_vec *totals)

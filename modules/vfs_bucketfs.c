@@ -403,72 +403,29 @@ static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
  */
 /* ---- statistics and the metrics file ------------------------------------------------ */
 
-static void bfs_add_client(struct bfs_stats_vec *v, const struct s3_client *c)
-{
-	const struct s3_client_counters *n;
-	int i;
-
-	if (c == NULL) {
-		return;
-	}
-	n = s3_client_counters(c);
-	v->v[BFS_ST_S3_REQUESTS] += n->requests;
-	v->v[BFS_ST_S3_RETRIES] += n->retries;
-	v->v[BFS_ST_S3_FAILURES] += n->failures;
-	v->v[BFS_ST_S3_BYTES_IN] += n->bytes_in;
-	v->v[BFS_ST_S3_BYTES_OUT] += n->bytes_out;
-	v->v[BFS_ST_S3_LATENCY_US] += n->latency_us;
-	for (i = 0; i <= S3_LATENCY_N; i++) {
-		v->v[BFS_ST_S3_LATENCY + i] += n->latency[i];
-	}
-}
-
-static void bfs_add_reader(struct bfs_stats_vec *v, const struct bfs_reader *r)
-{
-	const struct bfs_reader_counters *n;
-
-	if (r == NULL) {
-		return;
-	}
-	n = bfs_reader_counters(r);
-	v->v[BFS_ST_BLOCKS_CACHED] += n->cache_hits;
-	v->v[BFS_ST_BLOCKS_FETCHED] += n->block_fetches;
-	v->v[BFS_ST_BYTES_FETCHED] += n->fetched_bytes;
-}
-
 /*
  * Add what this connection counted since the last flush to the folder's
  * totals, and rewrite the metrics file from them.
  */
 static void bfs_stats_flush(struct bfs_conn *bc, time_t now)
 {
-	struct bfs_stats_vec cur = {{0}}, delta, totals;
+	struct bfs_stats_vec cur = {{0}}, totals;
 	struct bfs_jrec *recs = NULL;
 	uint64_t used = 0, blocks = 0;
 	size_t n = 0;
-	int i, ret;
+	int ret;
 
 	if (bc->stats == NULL) {
 		return;
 	}
 	bc->stats_flushed = now;
-	bfs_add_client(&cur, bc->s3);
-	bfs_add_client(&cur, bc->s3_async);
-	bfs_add_reader(&cur, bc->reader);
-	bfs_add_reader(&cur, bc->reader_async);
-	if (bc->cache != NULL) {
-		const struct bfs_cache_counters *cc = bfs_cache_counters(bc->cache);
-		cur.v[BFS_ST_EVICTIONS] = cc->evictions;
-		cur.v[BFS_ST_FILL_ERRORS] = cc->fill_errors;
-	}
-	for (i = 0; i < BFS_ST_N; i++) {
-		delta.v[i] = cur.v[i] - bc->flushed.v[i];
-	}
+	bfs_stats_count_client(&cur, bc->s3);
+	bfs_stats_count_client(&cur, bc->s3_async);
+	bfs_stats_count_reader(&cur, bc->reader);
+	bfs_stats_count_reader(&cur, bc->reader_async);
+	bfs_stats_count_cache(&cur, bc->cache);
 	become_root();
-	ret = bfs_stats_add(bc->stats, &delta);
-	if (ret == 0) {
-		bc->flushed = cur;
-	}
+	ret = bfs_stats_add_since(bc->stats, &bc->flushed, &cur);
 	if (ret == 0 && bc->metrics_file != NULL &&
 	    bfs_stats_read(bc->stats, &totals) == 0) {
 		TALLOC_CTX *tmp = talloc_new(bc);

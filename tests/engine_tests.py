@@ -93,6 +93,22 @@ def engine(w, test, sha256):
         assert not [f for f in os.listdir(f"{cache}/staging")], "staging left"
 
     @test
+    def the_folders_stats_count_the_engines_uploads():
+        # bucketfs-ctl stats and the metrics file are the folder's: with
+        # close = local the bytes go up from the engine, which adds its
+        # counters (upload and fetch clients) every metrics interval.
+        sent = lambda: json.loads(w.ctl("rwlocal", "stats", "--json").stdout)["s3_bytes_sent"]
+        before = sent()
+        src = make("counted.bin", 6 << 20)
+        put("rwlocal", src, "counted.bin")
+        deadline = time.time() + 30
+        while sent() < before + (6 << 20) and time.time() < deadline:
+            time.sleep(0.3)
+        assert sent() >= before + (6 << 20), (before, sent())
+        assert s3_has("rwlocal/counted.bin", sha256(src))
+        print(f"    # bytes sent to S3: {before} -> {sent()}")
+
+    @test
     def one_engine_serves_every_share_and_smbd_process_of_a_cache_folder():
         src = make("one-engine.bin", 100_000)
         procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),

@@ -303,12 +303,14 @@ class World:
   bucketfs:cache dir = {t}/bfscache-rwlocal
   bucketfs:close = local
   bucketfs:metadata ttl = 3
+  bucketfs:metrics interval = 1
 [rwlocal2]
   path = /bucketfs/rwlocal2
 {faulty}  bucketfs:prefix = rwlocal
   bucketfs:cache dir = {t}/bfscache-rwlocal
   bucketfs:close = local
   bucketfs:metadata ttl = 3
+  bucketfs:metrics interval = 1
   bucketfs:writeback limit = 20M
 [rwnoengine]
   path = /bucketfs/rwnoengine

@@ -727,7 +727,8 @@ static const struct ctl_verb ctl_verbs[] = {
 	{"stats", ctl_stats, "stats [--json]",
 	 "objects indexed, cache bytes used and limit, hit ratio, requests "
 	 "and bytes to S3, failures, pending changes (totals of every smbd "
-	 "process, flushed every 'bucketfs:metrics interval' seconds)"},
+	 "process and the engine, each adding its own every "
+	 "'bucketfs:metrics interval' seconds)"},
 	{"pending", ctl_pending, "pending",
 	 "uploads, renames and deletes not yet durable in S3, one per line"},
 	{"engine", ctl_engine, "engine",

@@ -135,6 +135,14 @@ struct eng {
 	struct eng_waiter *waiters;
 	int done_pipe[2];
 	int listen_fd;
+	/*
+	 * The folder's counters (bucketfs-ctl stats, the metrics file) count
+	 * the engine's S3 work too: each thread adds its own client's (and
+	 * the main thread its reader's and cache's) every metrics interval.
+	 */
+	struct bfs_stats *stats;
+	struct bfs_stats_vec flushed;	/* main thread's, as last added */
+	unsigned stats_interval;	/* seconds */
 
 	/* Shared with the upload thread, under mu. */
 	pthread_mutex_t mu;
@@ -198,7 +206,28 @@ struct eng_worker {
 	time_t creds_expire;
 	const char *imds;	/* read before the thread starts */
 	struct eng_retry *retry;
+	struct bfs_stats_vec flushed;	/* the upload client's, as added */
+	time_t stats_added;
 };
+
+/* The upload thread's S3 counters into the folder's totals. */
+static void eng_worker_count(struct eng_worker *w, bool now)
+{
+	struct bfs_stats_vec cur = {{0}};
+	time_t t = time(NULL);
+	int ret;
+
+	if (!now && t - w->stats_added < (time_t)w->e->stats_interval) {
+		return;
+	}
+	w->stats_added = t;
+	bfs_stats_count_client(&cur, w->s3);
+	ret = bfs_stats_add_since(w->e->stats, &w->flushed, &cur);
+	if (ret != 0) {
+		eng_log(BFS_LOG_WARNING, "cannot add the uploads' counters to "
+			"the folder's: %s", strerror(ret));
+	}
+}
 
 static void eng_post(struct eng *e, const struct bfs_jrec *r, int err,
 		     const char *etag)
@@ -473,6 +502,7 @@ static void *eng_worker_main(void *arg)
 		}
 		if (e->quit) {
 			pthread_mutex_unlock(&e->mu);
+			eng_worker_count(w, true);
 			break;
 		}
 		urgent = e->urgent;
@@ -488,6 +518,7 @@ static void *eng_worker_main(void *arg)
 			pthread_mutex_unlock(&e->mu);
 		}
 
+		eng_worker_count(w, false);
 		pthread_mutex_lock(&e->mu);
 		e->busy = false;
 		pthread_mutex_unlock(&e->mu);
@@ -1135,6 +1166,37 @@ static int eng_daemonize(const char *log_path)
 	return ready[1];
 }
 
+/* The fetches' counters (client, reader, cache) into the folder's totals. */
+static void eng_count(struct eng *e)
+{
+	struct bfs_stats_vec cur = {{0}};
+	int ret;
+
+	bfs_stats_count_client(&cur, e->s3);
+	bfs_stats_count_reader(&cur, e->reader);
+	bfs_stats_count_cache(&cur, e->cache);
+	ret = bfs_stats_add_since(e->stats, &e->flushed, &cur);
+	if (ret != 0) {
+		eng_log(BFS_LOG_WARNING, "cannot add the fetches' counters to "
+			"the folder's: %s", strerror(ret));
+	}
+}
+
+static void eng_count_timer(struct tevent_context *ev,
+			    struct tevent_timer *te, struct timeval now,
+			    void *private_data)
+{
+	struct eng *e = private_data;
+
+	eng_count(e);
+	if (tevent_add_timer(ev, e, tevent_timeval_current_ofs(
+					    e->stats_interval, 0),
+			     eng_count_timer, e) == NULL) {
+		eng_log(BFS_LOG_ERR, "cannot schedule the counters: they are "
+			"added when the engine ends");
+	}
+}
+
 static void eng_usage(FILE *f)
 {
 	fprintf(f, "usage: bucketfsd [-s SMB_CONF] [-F] SHARE\n"
@@ -1223,6 +1285,8 @@ int main(int argc, char **argv)
 	 * the smbd that asked reads them.
 	 */
 	e->cache = ctl_cache(&e->c);
+	e->stats = ctl_stats_db(&e->c);
+	e->stats_interval = (unsigned)ctl_int(&e->c, "metrics interval");
 	e->s3 = ctl_s3(&e->c, e->ev, NULL);
 	e->reader = bfs_reader_new(e, e->ev, e->s3, e->cache, e->c.block_size,
 				   false);
@@ -1257,7 +1321,10 @@ int main(int argc, char **argv)
 	    tevent_add_fd(e->ev, e, e->done_pipe[0], TEVENT_FD_READ,
 			  eng_results, e) == NULL ||
 	    tevent_add_signal(e->ev, e, SIGTERM, 0, eng_signal, e) == NULL ||
-	    tevent_add_signal(e->ev, e, SIGINT, 0, eng_signal, e) == NULL) {
+	    tevent_add_signal(e->ev, e, SIGINT, 0, eng_signal, e) == NULL ||
+	    tevent_add_timer(e->ev, e,
+			     tevent_timeval_current_ofs(e->stats_interval, 0),
+			     eng_count_timer, e) == NULL) {
 		ctl_die("out of memory");
 	}
 	signal(SIGPIPE, SIG_IGN);
@@ -1288,6 +1355,7 @@ int main(int argc, char **argv)
 		}
 	}
 	pthread_join(worker, NULL);
+	eng_count(e);
 	/* New clients find no socket and start the next engine. */
 	unlink(ctl_sub(&e->c, BFS_ENGINE_SOCKET));
 	close(lock_fd);
