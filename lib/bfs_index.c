@@ -3,13 +3,26 @@
  *
  * Databases:
  *   ent   "<dir prefix>\0<name>"  -> entry record (see bfs_index_encode)
- *   dirs  "/<dir prefix>"         -> int64 time the listing was stored
+ *   dirs  "/<dir prefix>"         -> int64 time the listing was stored,
+ *                                    or that and an int64 time it was
+ *                                    last used (struct bfs_dir_rec)
  *                                    (LMDB keys cannot be empty: the root
  *                                    directory's prefix is "")
  *   inos  uint64 inode (native)   -> full key of the entry that owns it
  *   meta  "bucket"                -> the bucket this index describes
  *   listers "/<dir prefix>"       -> process listing it from S3 right now
  *                                    (struct bfs_lister_rec)
+ *
+ * Size (issue 19 point 8).  The map grows when a write finds it full
+ * (bfs_lmdb_grow: doubling up to a ceiling), and once the pages in use
+ * pass a budget the listings used least recently are evicted after the
+ * write that passed it (bfs_index_evict), in transactions of their own.
+ * A listing's write is what it was before eviction existed: a stored
+ * listing is its own use (its dirs record stays 8 bytes), and a later
+ * use renews the record's second stamp from bfs_index_dir_listed at most
+ * once a minute, only once data.mdb is past half the budget (before,
+ * eviction is far off and reads write nothing).  On a full disk the
+ * listing's transaction needs the pages it needed before, no more.
  */
 #include "bfs_index.h"
 
@@ -25,8 +38,34 @@
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
 
-#define BFS_INDEX_MAP_SIZE (4ULL << 30) /* sparse; grows on demand */
+#define BFS_INDEX_MAP_SIZE (4ULL << 30)	/* the map at open: address space */
+#define BFS_INDEX_MAP_MAX (64ULL << 30)	/* sparse too: data.mdb holds the
+					 * pages in use, not the map */
+#define BFS_INDEX_BUDGET (4ULL << 30)	/* the fixed map it had before */
 #define BFS_ENT_VERSION 1
+
+/* A use renews a folder's stamp once in this many seconds at most... */
+#define BFS_INDEX_USE_EVERY 60
+/* ...and a folder used (or listed) this recently is never evicted. */
+#define BFS_INDEX_KEEP_RECENT (2 * BFS_INDEX_USE_EVERY)
+/*
+ * Records one eviction transaction deletes, starting small: at the map's
+ * ceiling the copies of the pages it changes must fit in what is left,
+ * and each commit frees pages for the next.  Other writers wait for one.
+ */
+#define BFS_INDEX_EVICT_FIRST 64
+#define BFS_INDEX_EVICT_BATCH 4096
+/* Records one eviction deletes at most: a store that passes the budget
+ * waits for it; the stores after it go on while the index is over. */
+#define BFS_INDEX_EVICT_MAX 65536
+/* At the ceiling, evictions of a quarter of the pages in use for one
+ * write: a write larger than the whole map must not empty the index. */
+#define BFS_INDEX_CEILING_EVICTIONS 2
+/* Write attempts of one operation (the map doubles 16 times from 1 MiB
+ * to 64 GiB). */
+#define BFS_INDEX_TRIES 40
+/* bfs_index_end: the map was full and has room now: run it again. */
+#define BFS_INDEX_AGAIN (-1)
 
 struct bfs_index {
 	MDB_env *env;
@@ -39,6 +78,16 @@ struct bfs_index {
 	 */
 	MDB_dbi changed;
 	MDB_dbi listers;
+	char *dir;		/* for log lines */
+	size_t budget;		/* bytes in use above which listings go */
+	uint64_t evicted;	/* listings evicted through this handle */
+	time_t touch_logged;	/* last "cannot note a use" line */
+};
+
+/* A dirs record: when listed and, once used again later, when used. */
+struct bfs_dir_rec {
+	int64_t listed;
+	int64_t used;
 };
 
 struct bfs_lister_rec {
@@ -57,10 +106,207 @@ struct bfs_ent_rec {
 	uint64_t ino;
 } __attribute__((packed));
 
+/* A dirs record's times; false if it is not one. */
+static bool bfs_dir_rec_get(const MDB_val *v, struct bfs_dir_rec *r)
+{
+	if (v->mv_size == sizeof(r->listed)) {
+		memcpy(&r->listed, v->mv_data, sizeof(r->listed));
+		r->used = r->listed; /* a listing is a use */
+		return true;
+	}
+	if (v->mv_size == sizeof(*r)) {
+		memcpy(r, v->mv_data, sizeof(*r));
+		if (r->used < r->listed) {
+			r->used = r->listed;
+		}
+		return true;
+	}
+	return false;
+}
+
 static int bfs_index_destructor(struct bfs_index *idx)
 {
 	bfs_lmdb_close(idx->env);
 	return 0;
+}
+
+/* ---- write transactions -------------------------------------------------- */
+
+/* A size for a log line. */
+static double bfs_mib(size_t bytes)
+{
+	return (double)bytes / (1 << 20);
+}
+
+/*
+ * One write transaction of the index.  Its body runs between
+ * bfs_index_begin and bfs_index_end in a loop: when LMDB finds the map
+ * full the transaction is aborted, the map grows (or, at its ceiling,
+ * listings are evicted) and the body runs again from the start, so a
+ * body sets its outputs afresh each time:
+ *
+ *	do {
+ *		rc = bfs_index_begin(&w);
+ *		if (rc != 0)
+ *			break;
+ *		rc = ...body on w.txn, w.tmp...;
+ *		rc = bfs_index_end(&w, rc);
+ *	} while (rc == BFS_INDEX_AGAIN);
+ *
+ * A body returns LMDB's code as it got it (MDB_MAP_FULL above all).
+ */
+struct bfs_wtxn {
+	struct bfs_index *idx;
+	MDB_txn *txn;
+	TALLOC_CTX *tmp;	/* freed with the transaction */
+	size_t map;		/* the map's size when txn began */
+	const char *dir;	/* the folder it writes for: kept by evictions */
+	bool adds;		/* may take the index over its budget */
+	bool evicting;		/* an eviction: makes no room by evicting */
+	unsigned ceiling_evictions;
+	unsigned tries;
+};
+
+static int bfs_index_evict(struct bfs_index *idx, size_t target,
+			   const char *except, uint64_t max_records)
+	__attribute__((warn_unused_result));
+static int bfs_index_live(struct bfs_index *idx, MDB_txn *txn, size_t *bytes)
+	__attribute__((warn_unused_result));
+
+static int bfs_index_live_now(struct bfs_index *idx, size_t *bytes)
+{
+	MDB_txn *txn;
+	int rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+
+	if (rc == 0) {
+		rc = bfs_index_live(idx, txn, bytes);
+		bfs_lmdb_txn_abort(txn);
+	}
+	return rc;
+}
+
+static int bfs_index_begin(struct bfs_wtxn *w)
+	__attribute__((warn_unused_result));
+static int bfs_index_begin(struct bfs_wtxn *w)
+{
+	size_t file;
+	int rc;
+
+	w->tmp = talloc_new(NULL);
+	if (w->tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_txn_begin(w->idx->env, 0, &w->txn);
+	if (rc != 0) {
+		TALLOC_FREE(w->tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	/* Stable while the transaction holds the remap lock. */
+	bfs_lmdb_sizes(w->idx->env, &w->map, &file);
+	return 0;
+}
+
+/*
+ * The map was full: grow it, or at its ceiling evict listings (twice at
+ * most for one write).  true: run the transaction again.
+ */
+static bool bfs_index_make_room(struct bfs_wtxn *w)
+{
+	struct bfs_index *idx = w->idx;
+	size_t live = 0;
+	int rc;
+
+	if (++w->tries > BFS_INDEX_TRIES) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s is still full "
+			"after %u tries at a map of %.1f MiB", idx->dir,
+			BFS_INDEX_TRIES, bfs_mib(w->map));
+		return false;
+	}
+	rc = bfs_lmdb_grow(idx->env, w->map);
+	if (rc == 0) {
+		return true;
+	}
+	if (rc != ENOSPC || w->evicting) {
+		/* A remap failure is logged where it happened; an
+		 * eviction that finds no room gives up (its caller says). */
+		return false;
+	}
+	if (w->ceiling_evictions == BFS_INDEX_CEILING_EVICTIONS) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s is full at its "
+			"ceiling of %.1f MiB: a write too large for it fails "
+			"(ENOSPC) after %d evictions", idx->dir,
+			bfs_mib(w->map), BFS_INDEX_CEILING_EVICTIONS);
+		return false;
+	}
+	w->ceiling_evictions++;
+	bfs_log(BFS_LOG_WARNING, "bucketfs: the index in %s is full at its "
+		"ceiling of %.1f MiB: evicting the listings used least "
+		"recently", idx->dir, bfs_mib(w->map));
+	rc = bfs_index_live_now(idx, &live);
+	if (rc == 0) {
+		/* A quarter of what is in use. */
+		rc = bfs_index_evict(idx, live / 4 * 3, w->dir,
+				     BFS_INDEX_EVICT_MAX);
+	}
+	if (rc == 0) {
+		return true;
+	}
+	bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s is full at its "
+		"ceiling of %.1f MiB and no listing could be evicted (%s; "
+		"none is evicted that was used in the last %d s, nor a "
+		"pending entry)", idx->dir, bfs_mib(w->map), strerror(rc),
+		BFS_INDEX_KEEP_RECENT);
+	return false;
+}
+
+/*
+ * After a write that added to the index: over its budget, evict the
+ * listings used least recently, down to 7/8 of it.  Its own transactions,
+ * after the write's commit: the write needed the pages it always did, and
+ * an eviction that fails (a full disk) costs it nothing.
+ */
+static void bfs_index_keep_budget(struct bfs_index *idx, const char *except)
+{
+	size_t map, file, live = 0;
+	int rc;
+
+	/* Cheap first: data.mdb is never smaller than the pages in use. */
+	bfs_lmdb_sizes(idx->env, &map, &file);
+	if (file <= idx->budget || bfs_index_live_now(idx, &live) != 0 ||
+	    live <= idx->budget) {
+		return;
+	}
+	rc = bfs_index_evict(idx, idx->budget / 8 * 7, except,
+			     BFS_INDEX_EVICT_MAX);
+	if (rc != 0 && rc != ENOSPC) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: the index in %s is over "
+			"its budget of %.1f MiB and evicting failed: %s",
+			idx->dir, bfs_mib(idx->budget), strerror(rc));
+	}
+}
+
+/*
+ * Commit (rc 0) or abort the transaction.  BFS_INDEX_AGAIN when the map
+ * was full and has room now; else 0 or an errno value.
+ */
+static int bfs_index_end(struct bfs_wtxn *w, int rc)
+	__attribute__((warn_unused_result));
+static int bfs_index_end(struct bfs_wtxn *w, int rc)
+{
+	if (rc == 0) {
+		rc = bfs_lmdb_txn_commit(w->txn);
+	} else {
+		bfs_lmdb_txn_abort(w->txn);
+	}
+	w->txn = NULL;
+	TALLOC_FREE(w->tmp);
+	if (rc == MDB_MAP_FULL && bfs_index_make_room(w)) {
+		return BFS_INDEX_AGAIN;
+	}
+	if (rc == 0 && w->adds && !w->evicting) {
+		bfs_index_keep_budget(w->idx, w->dir);
+	}
+	return bfs_lmdb_errno(rc);
 }
 
 /*
@@ -103,28 +349,15 @@ char *bfs_index_identity(TALLOC_CTX *mem_ctx, const char *endpoint,
 	return id;
 }
 
-static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
-			       const char *served, struct bfs_index **out,
-			       const char **why)
+/* The tables, and the identity check, in the open's transaction. */
+static int bfs_index_open_dbs(struct bfs_index *idx, MDB_txn *txn,
+			      TALLOC_CTX *mem_ctx, const char *served,
+			      const char **why)
 {
-	struct bfs_index *idx = talloc_zero(mem_ctx, struct bfs_index);
-	MDB_txn *txn = NULL;
 	MDB_val k = {6, (void *)"bucket"}, v;
 	int rc;
 
-	if (idx == NULL) {
-		return ENOMEM;
-	}
-	rc = bfs_lmdb_open(dir, BFS_INDEX_MAP_SIZE, 6, &idx->env, why);
-	if (rc != 0) {
-		talloc_free(idx);
-		return rc;
-	}
-	talloc_set_destructor(idx, bfs_index_destructor);
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
-	if (rc == 0) {
-		rc = mdb_dbi_open(txn, "ent", MDB_CREATE, &idx->ent);
-	}
+	rc = mdb_dbi_open(txn, "ent", MDB_CREATE, &idx->ent);
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "dirs", MDB_CREATE, &idx->dirs);
 	}
@@ -141,40 +374,90 @@ static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "listers", MDB_CREATE, &idx->listers);
 	}
-	if (rc == 0) {
-		rc = mdb_get(txn, idx->meta, &k, &v);
-		if (rc == MDB_NOTFOUND ||
-		    (rc == 0 && bfs_index_old_identity(v, served))) {
-			/* New, or written before the endpoint was part of it. */
-			v.mv_size = strlen(served);
-			v.mv_data = (void *)served;
-			rc = mdb_put(txn, idx->meta, &k, &v, 0);
-		} else if (rc == 0 && (v.mv_size != strlen(served) ||
-				       memcmp(v.mv_data, served, v.mv_size) != 0)) {
-			*why = talloc_asprintf(mem_ctx, "the cache folder holds "
-					       "the index of another bucket or "
-					       "endpoint (%.*s, not %s); give "
-					       "this share its own 'bucketfs:"
-					       "cache dir'", (int)v.mv_size,
-					       (const char *)v.mv_data, served);
-			if (*why == NULL) {
-				*why = "the cache folder holds the index of "
-				       "another bucket or endpoint";
-			}
-			mdb_txn_abort(txn);
-			talloc_free(idx);
-			return EEXIST;
-		}
-	}
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-	} else if (txn != NULL) {
-		mdb_txn_abort(txn);
-	}
 	if (rc != 0) {
-		*why = mdb_strerror(rc);
+		return rc;
+	}
+	rc = mdb_get(txn, idx->meta, &k, &v);
+	if (rc == MDB_NOTFOUND ||
+	    (rc == 0 && bfs_index_old_identity(v, served))) {
+		/* New, or written before the endpoint was part of it. */
+		v.mv_size = strlen(served);
+		v.mv_data = (void *)served;
+		return mdb_put(txn, idx->meta, &k, &v, 0);
+	}
+	if (rc == 0 && (v.mv_size != strlen(served) ||
+			memcmp(v.mv_data, served, v.mv_size) != 0)) {
+		*why = talloc_asprintf(mem_ctx, "the cache folder holds the "
+				       "index of another bucket or endpoint "
+				       "(%.*s, not %s); give this share its "
+				       "own 'bucketfs:cache dir'",
+				       (int)v.mv_size, (const char *)v.mv_data,
+				       served);
+		if (*why == NULL) {
+			*why = "the cache folder holds the index of another "
+			       "bucket or endpoint";
+		}
+		return EEXIST;
+	}
+	return rc;
+}
+
+void bfs_index_opts_default(struct bfs_index_opts *o)
+{
+	*o = (struct bfs_index_opts){
+		.map_size = BFS_INDEX_MAP_SIZE,
+		.map_max = BFS_INDEX_MAP_MAX,
+		.budget = BFS_INDEX_BUDGET,
+	};
+}
+
+static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
+			       const char *served,
+			       const struct bfs_index_opts *o,
+			       struct bfs_index **out, const char **why)
+{
+	struct bfs_index *idx = talloc_zero(mem_ctx, struct bfs_index);
+	/* Writes nothing the budget counts: no eviction from here. */
+	struct bfs_wtxn w = {.idx = idx, .evicting = true};
+	size_t map_max = o->map_max > o->map_size ? o->map_max : o->map_size;
+	int rc;
+
+	if (idx == NULL || (idx->dir = talloc_strdup(idx, dir)) == NULL) {
 		talloc_free(idx);
-		return bfs_lmdb_errno(rc);
+		*why = "out of memory";
+		return ENOMEM;
+	}
+	/*
+	 * Half the ceiling at most: LMDB reuses a freed page only once no
+	 * reader can see it, and a transaction copies every page it
+	 * changes, so the map holds the pages in use and recent copies.
+	 */
+	idx->budget = o->budget < map_max / 2 ? o->budget : map_max / 2;
+	rc = bfs_lmdb_open_growing(dir, o->map_size, map_max, 6, &idx->env,
+				   why);
+	if (rc != 0) {
+		talloc_free(idx);
+		return rc;
+	}
+	talloc_set_destructor(idx, bfs_index_destructor);
+	do {
+		*why = NULL; /* not the words of an attempt that found it full */
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_index_open_dbs(idx, w.txn, mem_ctx, served, why);
+		if (rc != 0 && *why == NULL) {
+			*why = mdb_strerror(rc);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	if (rc != 0) {
+		if (*why == NULL) {
+			*why = strerror(rc);
+		}
+		talloc_free(idx);
+		return rc;
 	}
 	*out = idx;
 	return 0;
@@ -185,19 +468,41 @@ static int bfs_index_open_once(TALLOC_CTX *mem_ctx, const char *dir,
  * MDB_NOSYNC, a garbled or truncated file) is set aside and rebuilt empty,
  * with a log line, instead of failing every connect.
  */
-int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *served,
-		   struct bfs_index **out, const char **why)
+int bfs_index_open_opts(TALLOC_CTX *mem_ctx, const char *dir,
+			const char *served, const struct bfs_index_opts *o,
+			struct bfs_index **out, const char **why)
 {
-	int rc = bfs_index_open_once(mem_ctx, dir, served, out, why);
+	struct bfs_index_opts def;
+	int rc;
 
+	if (o == NULL) {
+		bfs_index_opts_default(&def);
+		o = &def;
+	}
+	rc = bfs_index_open_once(mem_ctx, dir, served, o, out, why);
 	if (rc == EIO && bfs_lmdb_set_aside(dir) == 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: the index in %s was damaged "
 			"(%s): set aside as data.mdb.damaged-*, started anew; "
 			"folders are listed from S3 again", dir,
 			*why ? *why : "unreadable");
-		rc = bfs_index_open_once(mem_ctx, dir, served, out, why);
+		rc = bfs_index_open_once(mem_ctx, dir, served, o, out, why);
 	}
 	return rc;
+}
+
+int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *served,
+		   struct bfs_index **out, const char **why)
+{
+	return bfs_index_open_opts(mem_ctx, dir, served, NULL, out, why);
+}
+
+int bfs_index_space(struct bfs_index *idx, struct bfs_index_space *s)
+{
+	memset(s, 0, sizeof(*s));
+	bfs_lmdb_sizes(idx->env, &s->map, &s->file);
+	s->budget = idx->budget;
+	s->evicted = __atomic_load_n(&idx->evicted, __ATOMIC_RELAXED);
+	return bfs_lmdb_errno(bfs_index_live_now(idx, &s->live));
 }
 
 /* ---- records ------------------------------------------------------------ */
@@ -341,51 +646,105 @@ static MDB_val bfs_dirs_key(TALLOC_CTX *mem_ctx, const char *dir)
 	return v;
 }
 
+/*
+ * Note a use of dir at now: its dirs record gets a second stamp, unless
+ * one younger than BFS_INDEX_USE_EVERY is there (another process noted
+ * it meanwhile) or the listing is gone.  Its own small transaction, and
+ * what it cannot write (a full disk) only makes the listing look older
+ * to eviction: the read goes on.
+ */
+static void bfs_index_touch(struct bfs_index *idx, const char *dir,
+			    time_t now)
+{
+	struct bfs_wtxn w = {.idx = idx, .evicting = true};
+	struct bfs_dir_rec r;
+	MDB_val k, v;
+	int rc;
+
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		k = bfs_dirs_key(w.tmp, dir);
+		rc = k.mv_data != NULL ? mdb_get(w.txn, idx->dirs, &k, &v) :
+					 ENOMEM;
+		if (rc == 0 && bfs_dir_rec_get(&v, &r) &&
+		    !(r.used <= now && now - r.used < BFS_INDEX_USE_EVERY)) {
+			r.used = now;
+			v.mv_size = sizeof(r);
+			v.mv_data = &r;
+			rc = mdb_put(w.txn, idx->dirs, &k, &v, 0);
+		}
+		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? 0 : rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	if (rc != 0 && now - idx->touch_logged >= BFS_INDEX_USE_EVERY) {
+		idx->touch_logged = now;
+		bfs_log(BFS_LOG_INFO, "bucketfs: cannot note the use of folder "
+			"'%s' in the index in %s: %s", dir, idx->dir,
+			strerror(rc));
+	}
+}
+
+/*
+ * Every lookup and listing of the share asks this first, so it is where
+ * a folder's use is noted.  A stamp younger than BFS_INDEX_USE_EVERY (a
+ * listing is one) needs no write, and an index far from its budget
+ * (data.mdb under half of it) none either: then eviction is far off, and
+ * a read takes no write lock (nor a page of a full disk).
+ */
 int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
 			 time_t *listed_at)
 {
 	MDB_txn *txn;
 	char buf[1100];
 	MDB_val k = {(size_t)snprintf(buf, sizeof(buf), "/%s", dir), buf}, v;
-	int64_t t;
+	struct bfs_dir_rec r;
+	time_t now = time(NULL);
+	size_t map, file;
+	bool stale = false;
 	int rc;
 
 	if (k.mv_size >= sizeof(buf)) {
 		return ENAMETOOLONG;
 	}
-	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
 	if (rc != 0) {
 		return bfs_lmdb_errno(rc);
 	}
 	rc = mdb_get(txn, idx->dirs, &k, &v);
-	if (rc == 0 && v.mv_size == sizeof(t)) {
-		memcpy(&t, v.mv_data, sizeof(t));
-		*listed_at = (time_t)t;
+	if (rc == 0 && bfs_dir_rec_get(&v, &r)) {
+		*listed_at = (time_t)r.listed;
+		stale = !(r.used <= now && now - r.used < BFS_INDEX_USE_EVERY);
 	} else if (rc == 0) {
 		rc = MDB_NOTFOUND;
 	}
-	mdb_txn_abort(txn);
+	bfs_lmdb_txn_abort(txn);
+	if (stale) {
+		bfs_lmdb_sizes(idx->env, &map, &file);
+		if (file > idx->budget / 2) {
+			bfs_index_touch(idx, dir, now);
+		}
+	}
 	return bfs_lmdb_errno(rc);
 }
 
 int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	MDB_val k = bfs_dirs_key(tmp, dir);
-	MDB_txn *txn;
+	struct bfs_wtxn w = {.idx = idx};
+	MDB_val k;
 	int rc;
 
-	rc = k.mv_data ? mdb_txn_begin(idx->env, NULL, 0, &txn) : ENOMEM;
-	if (rc == 0) {
-		rc = mdb_del(txn, idx->dirs, &k, NULL);
-		if (rc == 0 || rc == MDB_NOTFOUND) {
-			rc = mdb_txn_commit(txn);
-		} else {
-			mdb_txn_abort(txn);
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
 		}
-	}
-	talloc_free(tmp);
-	return bfs_lmdb_errno(rc);
+		k = bfs_dirs_key(w.tmp, dir);
+		rc = k.mv_data ? mdb_del(w.txn, idx->dirs, &k, NULL) : ENOMEM;
+		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? 0 : rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
@@ -530,7 +889,10 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 			}
 			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
 				MDB_val ik = {sizeof(old.ino), &old.ino};
-				mdb_del(txn, idx->inos, &ik, NULL);
+				rc = mdb_del(txn, idx->inos, &ik, NULL);
+				if (rc != 0 && rc != MDB_NOTFOUND) {
+					break; /* e.g. the map is full */
+				}
 			}
 			/* The cursor moves on to the next item (or the end:
 			 * EINVAL once the table is empty). */
@@ -546,40 +908,42 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
 			time_t now)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	MDB_txn *txn;
-	MDB_val k = bfs_dirs_key(tmp, d->prefix), v;
+	struct bfs_wtxn w = {.idx = idx, .dir = d->prefix, .adds = true};
+	MDB_val k, v;
 	int64_t t = now;
 	size_t i;
 	int rc;
 
-	rc = mdb_txn_begin(idx->env, NULL, 0, &txn);
-	if (rc != 0) {
-		talloc_free(tmp);
-		return bfs_lmdb_errno(rc);
-	}
-	for (i = 0; rc == 0 && i < d->n; i++) {
-		rc = bfs_index_store_one(idx, txn, tmp, d->prefix, &d->ents[i],
-					 now);
-	}
-	if (rc == 0) {
-		rc = bfs_index_drop_gone(idx, txn, tmp, d, now);
-	}
-	if (rc == 0) {
-		rc = bfs_index_retire_changes(idx, txn, tmp, d->prefix, now);
-	}
-	if (rc == 0) {
-		v.mv_size = sizeof(t);
-		v.mv_data = &t;
-		rc = mdb_put(txn, idx->dirs, &k, &v, 0);
-	}
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-	} else {
-		mdb_txn_abort(txn);
-	}
-	talloc_free(tmp);
-	return bfs_lmdb_errno(rc);
+	/*
+	 * What it writes is what it wrote before eviction existed: the
+	 * listing is its folder's use (an 8-byte dirs record, no stamp).
+	 */
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		k = bfs_dirs_key(w.tmp, d->prefix);
+		rc = k.mv_data != NULL ? 0 : ENOMEM;
+		for (i = 0; rc == 0 && i < d->n; i++) {
+			rc = bfs_index_store_one(idx, w.txn, w.tmp, d->prefix,
+						 &d->ents[i], now);
+		}
+		if (rc == 0) {
+			rc = bfs_index_drop_gone(idx, w.txn, w.tmp, d, now);
+		}
+		if (rc == 0) {
+			rc = bfs_index_retire_changes(idx, w.txn, w.tmp,
+						      d->prefix, now);
+		}
+		if (rc == 0) {
+			v.mv_size = sizeof(t);
+			v.mv_data = &t;
+			rc = mdb_put(w.txn, idx->dirs, &k, &v, 0);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 /* ---- lookups ------------------------------------------------------------------ */
@@ -596,7 +960,7 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		talloc_free(tmp);
 		return ENOMEM;
 	}
-	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
 	if (rc == 0) {
 		rc = mdb_get(txn, idx->ent, &k, &v);
 		if (rc == 0) {
@@ -606,7 +970,7 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 				rc = e->name != NULL ? 0 : ENOMEM;
 			}
 		}
-		mdb_txn_abort(txn);
+		bfs_lmdb_txn_abort(txn);
 	}
 	talloc_free(tmp);
 	return bfs_lmdb_errno(rc);
@@ -629,9 +993,11 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		talloc_free(out);
 		return ENOMEM;
 	}
-	rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
 	if (rc == 0) {
 		rc = mdb_cursor_open(txn, idx->ent, &cur);
+	} else {
+		txn = NULL;
 	}
 	if (rc == 0) {
 		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
@@ -663,7 +1029,7 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		mdb_cursor_close(cur);
 	}
 	if (txn != NULL) {
-		mdb_txn_abort(txn);
+		bfs_lmdb_txn_abort(txn);
 	}
 	talloc_free(tmp);
 	if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -757,209 +1123,204 @@ static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
 	rc = bfs_index_decode(tmp, v.mv_data, v.mv_size, old);
 	if (rc == 0 && release_ino) {
 		MDB_val ik = {sizeof(old->ino), &old->ino};
-		mdb_del(txn, idx->inos, &ik, NULL);
+		rc = mdb_del(txn, idx->inos, &ik, NULL);
+		if (rc != 0 && rc != MDB_NOTFOUND) {
+			return rc;
+		}
 	}
 	return mdb_del(txn, idx->ent, &k, NULL);
-}
-
-/* A write transaction and a scratch context, ended by bfs_index_finish. */
-static int bfs_index_begin(struct bfs_index *idx, MDB_txn **txn,
-			   TALLOC_CTX **tmp)
-{
-	int rc;
-
-	*tmp = talloc_new(NULL);
-	if (*tmp == NULL) {
-		return ENOMEM;
-	}
-	rc = mdb_txn_begin(idx->env, NULL, 0, txn);
-	if (rc != 0) {
-		TALLOC_FREE(*tmp);
-	}
-	return bfs_lmdb_errno(rc);
-}
-
-static int bfs_index_finish(MDB_txn *txn, TALLOC_CTX *tmp, int rc)
-{
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-	} else {
-		mdb_txn_abort(txn);
-	}
-	talloc_free(tmp);
-	return bfs_lmdb_errno(rc);
 }
 
 int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
 			     time_t listed_at)
 {
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
+	struct bfs_wtxn w = {.idx = idx};
 	MDB_val k, v;
 	int64_t t = listed_at;
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	k = bfs_dirs_key(tmp, dir);
-	/* Only a listing still there: an invalidate meanwhile wins. */
-	rc = k.mv_data != NULL ? mdb_get(txn, idx->dirs, &k, &v) : ENOMEM;
-	if (rc == 0) {
-		v.mv_size = sizeof(t);
-		v.mv_data = &t;
-		rc = mdb_put(txn, idx->dirs, &k, &v, 0);
-	}
-	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? 0 : rc);
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		k = bfs_dirs_key(w.tmp, dir);
+		/* Only a listing still there: an invalidate meanwhile wins. */
+		rc = k.mv_data != NULL ? mdb_get(w.txn, idx->dirs, &k, &v) :
+					 ENOMEM;
+		if (rc == 0) {
+			/* As fresh as its last page, and used then. */
+			v.mv_size = sizeof(t);
+			v.mv_data = &t;
+			rc = mdb_put(w.txn, idx->dirs, &k, &v, 0);
+		}
+		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? 0 : rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
 			    unsigned max_age)
 {
+	struct bfs_wtxn w = {.idx = idx};
 	struct bfs_lister_rec r;
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
 	MDB_val k, v;
 	int64_t now = (int64_t)time(NULL);
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	k = bfs_dirs_key(tmp, dir);
-	rc = k.mv_data != NULL ? mdb_get(txn, idx->listers, &k, &v) : ENOMEM;
-	if (rc == 0 && v.mv_size == sizeof(r)) {
-		memcpy(&r, v.mv_data, sizeof(r));
-		/* A claim of a process that died, or is stuck, is void. */
-		if (r.pid != (int64_t)getpid() && r.pid > 0 &&
-		    now - r.started < (int64_t)max_age && now >= r.started &&
-		    !(kill((pid_t)r.pid, 0) == -1 && errno == ESRCH)) {
-			return bfs_index_finish(txn, tmp, EBUSY);
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
 		}
-	}
-	if (rc == 0 || rc == MDB_NOTFOUND) {
-		r = (struct bfs_lister_rec){(int64_t)getpid(), now};
-		v.mv_size = sizeof(r);
-		v.mv_data = &r;
-		rc = mdb_put(txn, idx->listers, &k, &v, 0);
-	}
-	return bfs_index_finish(txn, tmp, rc);
+		k = bfs_dirs_key(w.tmp, dir);
+		rc = k.mv_data != NULL ? mdb_get(w.txn, idx->listers, &k, &v) :
+					 ENOMEM;
+		if (rc == 0 && v.mv_size == sizeof(r)) {
+			memcpy(&r, v.mv_data, sizeof(r));
+			/* A claim of a process that died, or is stuck, is
+			 * void. */
+			if (r.pid != (int64_t)getpid() && r.pid > 0 &&
+			    now - r.started < (int64_t)max_age &&
+			    now >= r.started &&
+			    !(kill((pid_t)r.pid, 0) == -1 && errno == ESRCH)) {
+				rc = EBUSY;
+			}
+		}
+		if (rc == 0 || rc == MDB_NOTFOUND) {
+			r = (struct bfs_lister_rec){(int64_t)getpid(), now};
+			v.mv_size = sizeof(r);
+			v.mv_data = &r;
+			rc = mdb_put(w.txn, idx->listers, &k, &v, 0);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 void bfs_index_listing_release(struct bfs_index *idx, const char *dir)
 {
+	struct bfs_wtxn w = {.idx = idx};
 	struct bfs_lister_rec r;
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
 	MDB_val k, v;
 	int rc;
 
-	if (bfs_index_begin(idx, &txn, &tmp) != 0) {
-		return; /* waiters take it over once they see it is stale */
-	}
-	k = bfs_dirs_key(tmp, dir);
-	rc = k.mv_data != NULL ? mdb_get(txn, idx->listers, &k, &v) : ENOMEM;
-	if (rc == 0 && v.mv_size == sizeof(r)) {
-		memcpy(&r, v.mv_data, sizeof(r));
-		rc = r.pid == (int64_t)getpid() ?
-			     mdb_del(txn, idx->listers, &k, NULL) :
-			     MDB_NOTFOUND;
-	}
-	(void)bfs_index_finish(txn, tmp, rc);
+	do {
+		if (bfs_index_begin(&w) != 0) {
+			return; /* waiters take it over once it is stale */
+		}
+		k = bfs_dirs_key(w.tmp, dir);
+		rc = k.mv_data != NULL ? mdb_get(w.txn, idx->listers, &k, &v) :
+					 ENOMEM;
+		if (rc == 0 && v.mv_size == sizeof(r)) {
+			memcpy(&r, v.mv_data, sizeof(r));
+			rc = r.pid == (int64_t)getpid() ?
+				     mdb_del(w.txn, idx->listers, &k, NULL) :
+				     MDB_NOTFOUND;
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
 }
 
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 {
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
+	struct bfs_wtxn w = {.idx = idx, .dir = dir, .adds = true};
+	uint64_t ino = e->ino;
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	rc = bfs_index_put_txn(idx, txn, tmp, dir, e);
-	if (rc == 0) {
-		rc = bfs_index_note_change(idx, txn,
-					   bfs_ent_key(tmp, dir, e->name));
-	}
-	return bfs_index_finish(txn, tmp, rc);
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		e->ino = ino; /* the caller's, each attempt */
+		rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, e);
+		if (rc == 0) {
+			rc = bfs_index_note_change(idx, w.txn,
+						   bfs_ent_key(w.tmp, dir,
+							       e->name));
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
 		    const struct bfs_entry *ents, size_t n)
 {
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
+	struct bfs_wtxn w = {.idx = idx, .adds = true};
 	size_t i;
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	for (i = 0; rc == 0 && i < n; i++) {
-		struct bfs_entry e = ents[i], old;
-		char *dir;
-		MDB_val k, v;
-
-		rc = bfs_key_split(tmp, keys[i], &dir, &e.name);
+	do {
+		rc = bfs_index_begin(&w);
 		if (rc != 0) {
 			break;
 		}
-		e.ino = 0;
-		e.flags = 0;
-		k = bfs_ent_key(tmp, dir, e.name);
-		if (k.mv_data == NULL) {
-			rc = ENOMEM;
-			break;
+		for (i = 0; rc == 0 && i < n; i++) {
+			struct bfs_entry e = ents[i], old;
+			char *dir;
+			MDB_val k, v;
+
+			rc = bfs_key_split(w.tmp, keys[i], &dir, &e.name);
+			if (rc != 0) {
+				break;
+			}
+			e.ino = 0;
+			e.flags = 0;
+			k = bfs_ent_key(w.tmp, dir, e.name);
+			if (k.mv_data == NULL) {
+				rc = ENOMEM;
+				break;
+			}
+			if (mdb_get(w.txn, idx->ent, &k, &v) == 0 &&
+			    bfs_index_decode(w.tmp, v.mv_data, v.mv_size,
+					     &old) == 0 &&
+			    (old.flags & BFS_ENT_PENDING)) {
+				continue; /* written through the share: ours */
+			}
+			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, &e);
 		}
-		if (mdb_get(txn, idx->ent, &k, &v) == 0 &&
-		    bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
-		    (old.flags & BFS_ENT_PENDING)) {
-			continue; /* written through the share: ours wins */
-		}
-		rc = bfs_index_put_txn(idx, txn, tmp, dir, &e);
-	}
-	return bfs_index_finish(txn, tmp, rc);
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 {
-	TALLOC_CTX *tmp;
+	struct bfs_wtxn w = {.idx = idx};
 	struct bfs_entry old;
-	MDB_txn *txn;
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	rc = bfs_index_remove_txn(idx, txn, tmp, dir, name, &old, true);
-	rc = rc == MDB_NOTFOUND ? 0 : rc;
-	if (rc == 0) {
-		rc = bfs_index_note_change(idx, txn,
-					   bfs_ent_key(tmp, dir, name));
-	}
-	return bfs_index_finish(txn, tmp, rc);
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_index_remove_txn(idx, w.txn, w.tmp, dir, name, &old,
+					  true);
+		rc = rc == MDB_NOTFOUND ? 0 : rc;
+		if (rc == 0) {
+			rc = bfs_index_note_change(idx, w.txn,
+						   bfs_ent_key(w.tmp, dir,
+							       name));
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
-int bfs_index_rename(struct bfs_index *idx, const char *sdir,
-		     const char *sname, const char *ddir, const char *dname)
+/* The body of bfs_index_rename. */
+static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
+				TALLOC_CTX *tmp, const char *sdir,
+				const char *sname, const char *ddir,
+				const char *dname)
 {
-	TALLOC_CTX *tmp;
 	struct bfs_entry e = {0}, gone;
 	MDB_val ik, iv;
 	char *full;
-	MDB_txn *txn;
 	int rc;
 
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
 	rc = bfs_index_remove_txn(idx, txn, tmp, sdir, sname, &e, false);
 	if (rc == 0) {
 		rc = bfs_index_remove_txn(idx, txn, tmp, ddir, dname, &gone,
@@ -991,7 +1352,25 @@ int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 		rc = bfs_index_note_change(idx, txn,
 					   bfs_ent_key(tmp, ddir, dname));
 	}
-	return bfs_index_finish(txn, tmp, rc == MDB_NOTFOUND ? ENOENT : rc);
+	return rc == MDB_NOTFOUND ? ENOENT : rc;
+}
+
+int bfs_index_rename(struct bfs_index *idx, const char *sdir,
+		     const char *sname, const char *ddir, const char *dname)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	int rc;
+
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_index_rename_txn(idx, w.txn, w.tmp, sdir, sname, ddir,
+					  dname);
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 /* ---- administration ------------------------------------------------------------ */
@@ -1000,7 +1379,7 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs)
 {
 	MDB_txn *txn;
 	MDB_stat st;
-	int rc = mdb_txn_begin(idx->env, NULL, MDB_RDONLY, &txn);
+	int rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
 
 	if (rc != 0) {
 		return bfs_lmdb_errno(rc);
@@ -1013,7 +1392,7 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs)
 	if (rc == 0) {
 		*dirs = st.ms_entries;
 	}
-	mdb_txn_abort(txn);
+	bfs_lmdb_txn_abort(txn);
 	return bfs_lmdb_errno(rc);
 }
 
@@ -1063,7 +1442,10 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 			}
 			if (db == idx->ent) {
 				MDB_val ik = {sizeof(e.ino), &e.ino};
-				mdb_del(txn, idx->inos, &ik, NULL);
+				rc = mdb_del(txn, idx->inos, &ik, NULL);
+				if (rc != 0 && rc != MDB_NOTFOUND) {
+					break; /* e.g. the map is full */
+				}
 			}
 			if (db == idx->ent && each != NULL && !e.is_dir) {
 				char *key = bfs_ent_full_key(NULL, &k, false);
@@ -1085,34 +1467,40 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 			      uint64_t *n, bfs_index_each_fn each, void *priv)
 {
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
+	struct bfs_wtxn w = {.idx = idx};
+	uint64_t changes;
 	char *dk;
 	int rc;
 
-	*n = 0;
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
-	dk = talloc_asprintf(tmp, "/%s", prefix);
-	if (dk == NULL) {
-		return bfs_index_finish(txn, tmp, ENOMEM);
-	}
-	rc = bfs_index_drop_range(idx, txn, idx->dirs, dk, strlen(dk), false,
-				  n, NULL, NULL);
-	if (rc == 0) {
-		rc = bfs_index_drop_range(idx, txn, idx->ent, prefix,
-					  strlen(prefix), true, n, each, priv);
-	}
-	if (rc == 0) {
-		/* Forgotten too: the next listing is the whole truth. */
-		uint64_t changes = 0;
-		rc = bfs_index_drop_range(idx, txn, idx->changed, prefix,
-					  strlen(prefix), false, &changes,
-					  NULL, NULL);
-	}
-	return bfs_index_finish(txn, tmp, rc);
+	do {
+		*n = 0; /* each attempt counts afresh */
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		dk = talloc_asprintf(w.tmp, "/%s", prefix);
+		rc = dk != NULL ? 0 : ENOMEM;
+		if (rc == 0) {
+			rc = bfs_index_drop_range(idx, w.txn, idx->dirs, dk,
+						  strlen(dk), false, n, NULL,
+						  NULL);
+		}
+		if (rc == 0) {
+			rc = bfs_index_drop_range(idx, w.txn, idx->ent, prefix,
+						  strlen(prefix), true, n, each,
+						  priv);
+		}
+		if (rc == 0) {
+			/* Forgotten too: the next listing is the whole
+			 * truth. */
+			changes = 0;
+			rc = bfs_index_drop_range(idx, w.txn, idx->changed,
+						  prefix, strlen(prefix), false,
+						  &changes, NULL, NULL);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
 }
 
 /* ---- consistency check ------------------------------------------------------ */
@@ -1168,7 +1556,10 @@ static int bfs_index_check_entry(struct bfs_index *idx, MDB_txn *txn,
 
 		r->bad_entries++;
 		if (repair && dk.mv_data != NULL) {
-			mdb_del(txn, idx->dirs, &dk, NULL);
+			rc = mdb_del(txn, idx->dirs, &dk, NULL);
+			if (rc != 0 && rc != MDB_NOTFOUND) {
+				return rc;
+			}
 		}
 		return repair ? mdb_cursor_del(cur, 0) : 0;
 	}
@@ -1202,13 +1593,12 @@ static int bfs_index_check_entry(struct bfs_index *idx, MDB_txn *txn,
 	return rc;
 }
 
-int bfs_index_check(struct bfs_index *idx, bool repair,
-		    void (*each)(void *priv, const char *key,
-				 const struct bfs_entry *e),
-		    void *priv, struct bfs_index_fsck *r)
+/* The body of bfs_index_check. */
+static int bfs_index_check_txn(struct bfs_index *idx, MDB_txn *txn,
+			       TALLOC_CTX *tmp, bool repair,
+			       bfs_index_each_fn each, void *priv,
+			       struct bfs_index_fsck *r)
 {
-	TALLOC_CTX *tmp;
-	MDB_txn *txn;
 	MDB_cursor *cur = NULL;
 	MDB_val k, v;
 	uint64_t *inos = NULL;
@@ -1216,10 +1606,6 @@ int bfs_index_check(struct bfs_index *idx, bool repair,
 	int rc;
 
 	memset(r, 0, sizeof(*r));
-	rc = bfs_index_begin(idx, &txn, &tmp);
-	if (rc != 0) {
-		return rc;
-	}
 	rc = mdb_cursor_open(txn, idx->ent, &cur);
 	if (rc == 0) {
 		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
@@ -1270,10 +1656,326 @@ int bfs_index_check(struct bfs_index *idx, bool repair,
 		rc = bfs_lmdb_sweep(txn, idx->inos, repair, bfs_ino_owned,
 				    &owned, &r->ino_orphans);
 	}
-	if (rc == 0 && !repair) {
-		mdb_txn_abort(txn);
-		talloc_free(tmp);
-		return 0;
+	return rc;
+}
+
+int bfs_index_check(struct bfs_index *idx, bool repair,
+		    void (*each)(void *priv, const char *key,
+				 const struct bfs_entry *e),
+		    void *priv, struct bfs_index_fsck *r)
+{
+	/* A write transaction even without repair: writers wait meanwhile. */
+	struct bfs_wtxn w = {.idx = idx};
+	int rc;
+
+	memset(r, 0, sizeof(*r));
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_index_check_txn(idx, w.txn, w.tmp, repair, each, priv,
+					 r);
+		if (rc == 0 && !repair) {
+			/* Nothing to write: aborted, not committed. */
+			bfs_lmdb_txn_abort(w.txn);
+			TALLOC_FREE(w.tmp);
+			return 0;
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
+}
+
+/* ---- size: listings evicted ------------------------------------------------- */
+
+/* Bytes of the pages the index's tables use (not free pages). */
+static int bfs_index_live(struct bfs_index *idx, MDB_txn *txn, size_t *bytes)
+{
+	const MDB_dbi dbs[] = {
+		idx->ent, idx->dirs, idx->inos, idx->meta, idx->changed,
+		idx->listers,
+	};
+	MDB_stat st = {0};
+	size_t i, pages = 0;
+	int rc;
+
+	for (i = 0; i < sizeof(dbs) / sizeof(dbs[0]); i++) {
+		rc = mdb_stat(txn, dbs[i], &st);
+		if (rc != 0) {
+			return rc;
+		}
+		pages += st.ms_branch_pages + st.ms_leaf_pages +
+			 st.ms_overflow_pages;
 	}
-	return bfs_index_finish(txn, tmp, rc);
+	*bytes = pages * st.ms_psize;
+	return 0;
+}
+
+/*
+ * Whether eviction may take the listing of dirs record k, r: one not
+ * used since cutoff, nor in the last BFS_INDEX_KEEP_RECENT seconds (a
+ * stamp in the future counts as recent), nor the folder except.
+ */
+static bool bfs_index_evictable(const MDB_val *k, const struct bfs_dir_rec *r,
+				int64_t cutoff, time_t now, const char *except)
+{
+	if (r->used > cutoff || r->used > (int64_t)now - BFS_INDEX_KEEP_RECENT) {
+		return false;
+	}
+	return except == NULL || k->mv_size != strlen(except) + 1 ||
+	       memcmp((const char *)k->mv_data + 1, except, k->mv_size - 1) != 0;
+}
+
+static int bfs_i64_cmp(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The last-use stamps of the listings eviction may take, oldest first.
+ * Eight bytes a folder: with a million folders listed, 8 MB for as long
+ * as an eviction runs.
+ */
+static int bfs_index_stamps(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+			    time_t now, const char *except, int64_t **out,
+			    size_t *n)
+{
+	int64_t *stamps = NULL;
+	size_t have = 0, room = 0;
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn;
+	MDB_val k, v;
+	int rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_open(txn, idx->dirs, &cur);
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0) {
+		struct bfs_dir_rec r;
+
+		if (bfs_dir_rec_get(&v, &r) &&
+		    bfs_index_evictable(&k, &r, INT64_MAX, now, except)) {
+			if (have == room) {
+				room = room > 0 ? room * 2 : 1024;
+				stamps = talloc_realloc(mem_ctx, stamps,
+							int64_t, room);
+				if (stamps == NULL) {
+					rc = ENOMEM;
+					break;
+				}
+			}
+			stamps[have++] = r.used;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	bfs_lmdb_txn_abort(txn);
+	rc = bfs_lmdb_walk_end(rc);
+	if (rc != 0) {
+		talloc_free(stamps);
+		return rc;
+	}
+	if (have > 1) {
+		qsort(stamps, have, sizeof(*stamps), bfs_i64_cmp);
+	}
+	*out = stamps;
+	*n = have;
+	return 0;
+}
+
+/* One walk of the dirs table by an eviction, in transactions of batch. */
+struct bfs_evict_walk {
+	size_t target;		/* bytes in use to get down to */
+	const char *except;
+	time_t now;
+	int64_t cutoff;		/* listings used after it stay */
+	uint64_t batch;		/* records one transaction deletes at most */
+	char *resume;		/* the dirs key to go on from; NULL: first */
+	size_t resume_len;
+	/* What one transaction did, taken once it committed: */
+	char *next;		/* where the next one goes on */
+	size_t next_len;
+	uint64_t dirs, records;
+	bool done;		/* down to target */
+	bool end;		/* the walk is through */
+};
+
+/*
+ * One eviction transaction: from ew->resume, each evictable listing goes
+ * (its dirs record, its children but pending ones, their inode numbers),
+ * until the pages in use are down to the target, batch records went, or
+ * the table's end.  "changed" records stay: they keep a listing that
+ * started before a change from undoing it.
+ */
+static int bfs_index_evict_txn(struct bfs_index *idx, MDB_txn *txn,
+			       TALLOC_CTX *tmp, TALLOC_CTX *mem_ctx,
+			       struct bfs_evict_walk *ew)
+{
+	MDB_cursor *cur;
+	MDB_val k, v;
+	size_t live;
+	int rc;
+
+	ew->dirs = ew->records = 0;
+	ew->done = ew->end = false;
+	ew->next = NULL;
+	rc = mdb_cursor_open(txn, idx->dirs, &cur);
+	if (rc != 0) {
+		return rc;
+	}
+	if (ew->resume != NULL) {
+		k.mv_size = ew->resume_len;
+		k.mv_data = ew->resume;
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	} else {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0) {
+		struct bfs_dir_rec r;
+		MDB_val dk;
+		char *start;
+		uint64_t n = 0;
+
+		if (!bfs_dir_rec_get(&v, &r) ||
+		    !bfs_index_evictable(&k, &r, ew->cutoff, ew->now,
+					 ew->except)) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		if (ew->records >= ew->batch) {
+			/* The next transaction goes on from here. */
+			ew->next = talloc_memdup(mem_ctx, k.mv_data,
+						 k.mv_size);
+			ew->next_len = k.mv_size;
+			rc = ew->next != NULL ? 0 : ENOMEM;
+			mdb_cursor_close(cur);
+			return rc;
+		}
+		/* "/<prefix>" -> its children's keys, "<prefix>\0..." */
+		dk.mv_size = k.mv_size;
+		dk.mv_data = talloc_memdup(tmp, k.mv_data, k.mv_size);
+		start = talloc_size(tmp, k.mv_size);
+		if (dk.mv_data == NULL || start == NULL) {
+			rc = ENOMEM;
+			break;
+		}
+		memcpy(start, (const char *)dk.mv_data + 1, dk.mv_size - 1);
+		start[dk.mv_size - 1] = '\0';
+		rc = bfs_index_drop_range(idx, txn, idx->ent, start, dk.mv_size,
+					  true, &n, NULL, NULL);
+		if (rc == 0) {
+			rc = mdb_del(txn, idx->dirs, &dk, NULL);
+		}
+		if (rc == 0) {
+			rc = bfs_index_live(idx, txn, &live);
+		}
+		if (rc != 0) {
+			break;
+		}
+		ew->dirs++;
+		ew->records += n + 1;
+		if (live <= ew->target) {
+			ew->done = true;
+			break;
+		}
+		k = dk; /* the record after it */
+		rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	}
+	mdb_cursor_close(cur);
+	if (rc == MDB_NOTFOUND) {
+		ew->end = true;
+		rc = 0;
+	}
+	return rc;
+}
+
+/*
+ * Evict the listings used least recently until the pages in use are
+ * down to target (or max_records records went): those of the oldest
+ * eighth of the stamps first, then a quarter, a half, all, each walk in
+ * key order (the table is not kept in stamp order: that would be another
+ * write per listing).  Never a folder used in the last
+ * BFS_INDEX_KEEP_RECENT seconds, never except, never a pending entry.
+ * 0 if some listing went, ENOSPC if none could.
+ */
+static int bfs_index_evict(struct bfs_index *idx, size_t target,
+			   const char *except, uint64_t max_records)
+{
+	TALLOC_CTX *mem = talloc_new(NULL);
+	struct bfs_evict_walk ew = {
+		.target = target, .except = except, .now = time(NULL),
+		.batch = BFS_INDEX_EVICT_FIRST,
+	};
+	uint64_t dirs = 0, records = 0;
+	int64_t *stamps = NULL;
+	size_t n = 0, share, live = 0;
+	bool done = false;
+	int rc;
+
+	if (mem == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_index_stamps(idx, mem, ew.now, except, &stamps, &n);
+	if (rc != 0 || n == 0) {
+		talloc_free(mem);
+		return rc != 0 ? bfs_lmdb_errno(rc) : ENOSPC;
+	}
+	for (share = 8; !done && records < max_records; share /= 2) {
+		ew.cutoff = stamps[(n - 1) / share];
+		ew.resume = NULL;
+		ew.end = false;
+		while (!ew.end && !done && records < max_records) {
+			struct bfs_wtxn w = {.idx = idx, .evicting = true};
+
+			do {
+				rc = bfs_index_begin(&w);
+				if (rc != 0) {
+					break;
+				}
+				rc = bfs_index_evict_txn(idx, w.txn, w.tmp, mem,
+							 &ew);
+				rc = bfs_index_end(&w, rc);
+			} while (rc == BFS_INDEX_AGAIN);
+			if (rc != 0) {
+				break;
+			}
+			dirs += ew.dirs;
+			records += ew.records;
+			done = ew.done;
+			ew.resume = ew.next;
+			ew.resume_len = ew.next_len;
+			if (ew.batch < BFS_INDEX_EVICT_BATCH) {
+				ew.batch *= 2;
+			}
+		}
+		if (rc != 0 || share == 1) {
+			break;
+		}
+	}
+	/* bucketfsd writes from two threads. */
+	__atomic_add_fetch(&idx->evicted, dirs, __ATOMIC_RELAXED);
+	if (dirs > 0) {
+		(void)bfs_index_live_now(idx, &live);
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: the index in %s: the "
+			"listings of %llu folders used least recently evicted "
+			"(%llu records); %.1f MiB in use, %.1f MiB wanted",
+			idx->dir, (unsigned long long)dirs,
+			(unsigned long long)records, bfs_mib(live),
+			bfs_mib(target));
+	}
+	if (rc != 0) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: evicting listings from the "
+			"index in %s: %s", idx->dir, strerror(rc));
+	}
+	talloc_free(mem);
+	return dirs > 0 ? 0 : (rc != 0 ? rc : ENOSPC);
 }

@@ -11,6 +11,24 @@
  * Inode numbers are derived from the full key (so they are the same in
  * every process and across restarts), kept in the record once given, and
  * made unique through a reverse map: a collision takes the next free number.
+ *
+ * The index is a cache of S3 and is kept to a size: its LMDB map grows
+ * when a write finds it full (doubling, up to a ceiling; other processes
+ * follow), and once the pages in use pass a budget the folders used least
+ * recently are evicted after the write that passed it: their listing (the
+ * "listed at" record) and their children, never a pending one
+ * (BFS_ENT_PENDING: bytes not yet in S3), never a folder used or listed in
+ * the last two minutes.  The next access lists them from S3 again.  A
+ * folder's use is its listing, and each bfs_index_dir_listed (every lookup
+ * and listing of the share starts there), noted at most once a minute and
+ * only once data.mdb is past half the budget.  At the ceiling, a write
+ * that finds the map full evicts too, then fails with ENOSPC.
+ *
+ * Inodes and eviction: a name keeps its number while its entry is in the
+ * index.  An evicted entry gives its number back; listed again, the name
+ * gets the number derived from its key, the one it had unless two keys'
+ * hashes collided and they come back in the other order.  Pending
+ * entries, which open files use, are never evicted.
  */
 #ifndef BUCKETFS_BFS_INDEX_H
 #define BUCKETFS_BFS_INDEX_H
@@ -64,6 +82,38 @@ char *bfs_index_identity(TALLOC_CTX *mem_ctx, const char *endpoint,
 int bfs_index_open(TALLOC_CTX *mem_ctx, const char *dir, const char *served,
 		   struct bfs_index **out, const char **why);
 
+/* How large the index may get (bfs_index_opts_default has the defaults). */
+struct bfs_index_opts {
+	size_t map_size;	/* the LMDB map at open (address space) */
+	size_t map_max;		/* it grows up to this */
+	/*
+	 * Bytes of pages in use above which listings are evicted (down to
+	 * 7/8 of it); at most half of map_max: LMDB reuses a freed page only
+	 * once no reader can see it, and a transaction copies the pages it
+	 * changes, so the map holds the pages in use and recent copies.
+	 */
+	size_t budget;
+};
+
+/* map 4 GiB at open, growing up to 64 GiB; budget 4 GiB. */
+void bfs_index_opts_default(struct bfs_index_opts *o);
+
+/* bfs_index_open with sizes of its own (o NULL: the defaults). */
+int bfs_index_open_opts(TALLOC_CTX *mem_ctx, const char *dir,
+			const char *served, const struct bfs_index_opts *o,
+			struct bfs_index **out, const char **why)
+	__attribute__((warn_unused_result));
+
+struct bfs_index_space {
+	size_t live;		/* bytes of the pages in use */
+	size_t map;		/* this process's map of the file */
+	size_t file;		/* data.mdb up to its last page in use */
+	size_t budget;		/* live above this evicts listings */
+	uint64_t evicted;	/* listings evicted through this handle */
+};
+int bfs_index_space(struct bfs_index *idx, struct bfs_index_space *s)
+	__attribute__((warn_unused_result));
+
 /*
  * When was dir last listed?  0 with *listed_at, or ENOENT if never (or
  * invalidated).
@@ -74,6 +124,10 @@ int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
 /*
  * Replace the children of d->prefix with d's entries (keeping the inode
  * numbers of names that stay) and mark the directory listed at now.
+ * Its transaction writes only that: a full disk fails it as before
+ * (ENOSPC, EIO, EFBIG from the commit), and the eviction the index's
+ * budget may ask for after it runs in transactions of its own, whose
+ * failure is logged and not returned.
  */
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
 			time_t now)
@@ -159,6 +213,8 @@ int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
  * and entries (except pending ones), so the next access asks S3 again.
  * *n counts the records dropped; each dropped file entry is also passed
  * to each() (optional) with its full key, e.g. to drop its cached blocks.
+ * A write that found the map full runs again once it grew: each() may
+ * then see an entry twice.
  */
 int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 			      uint64_t *n,
@@ -181,7 +237,8 @@ struct bfs_index_fsck {
  * Check every entry record and the inode map against each other, in one
  * write transaction (other writers wait; readers do not), and with repair
  * fix what is wrong.  each() (optional) gets every file entry with its
- * full key, e.g. to check the cache against the index.
+ * full key, e.g. to check the cache against the index (twice, if a repair
+ * found the map full and ran again).
  */
 int bfs_index_check(struct bfs_index *idx, bool repair,
 		    void (*each)(void *priv, const char *key,

@@ -30,7 +30,57 @@
  */
 int bfs_lmdb_open(const char *dir, size_t map_size, unsigned max_dbs,
 		  MDB_env **penv, const char **why);
+
+/*
+ * The same for an environment whose map may grow from map_size up to
+ * map_max (bfs_lmdb_grow).  The map is address space only: data.mdb is
+ * written page by page and is as large as the pages ever used.  A larger
+ * size another process grew the map to (recorded in the file) is taken
+ * at once.  Opens sharing a handle share the first open's sizes.  Its
+ * transactions must go through bfs_lmdb_txn_begin/_commit/_abort.
+ */
+int bfs_lmdb_open_growing(const char *dir, size_t map_size, size_t map_max,
+			  unsigned max_dbs, MDB_env **penv, const char **why)
+	__attribute__((warn_unused_result));
 void bfs_lmdb_close(MDB_env *env);
+
+/*
+ * Transactions of an environment that may grow.  mdb_env_set_mapsize
+ * unmaps the file, so no transaction of this process may be open on the
+ * environment meanwhile (bucketfsd uses the index from two threads): a
+ * transaction holds a per-environment lock shared, a remap holds it
+ * exclusively.  The lock prefers a waiting remap over new transactions,
+ * so readers that never pause cannot starve it; a thread's holds are
+ * counted, so a thread that begins a transaction while it has one open
+ * on the same environment does not wait behind the remap for itself.
+ * A begin that meets MDB_MAP_RESIZED (another process grew the map and
+ * wrote past the end of ours) takes the new size and begins again.
+ * Every transaction begun here ends with bfs_lmdb_txn_commit or _abort,
+ * in the thread that began it.  Environments opened with bfs_lmdb_open
+ * take no lock.
+ */
+int bfs_lmdb_txn_begin(MDB_env *env, unsigned flags, MDB_txn **txn)
+	__attribute__((warn_unused_result));
+int bfs_lmdb_txn_commit(MDB_txn *txn) __attribute__((warn_unused_result));
+void bfs_lmdb_txn_abort(MDB_txn *txn);
+
+/*
+ * This process's map of env, and the bytes of data.mdb up to the last
+ * page in use (pages freed since are reused, never given back).
+ */
+void bfs_lmdb_sizes(MDB_env *env, size_t *map, size_t *file);
+
+/*
+ * After MDB_MAP_FULL, with the transaction ended: make room for a retry.
+ * seen is the map's size the failed transaction had; if it is larger now
+ * (another thread grew it), that is all.  Else a larger size another
+ * process recorded is taken, or the map doubles, up to map_max.
+ * 0: try again; ENOSPC: the map is at its ceiling; EDEADLK: this thread
+ * still has a transaction open on env.  A failed remap leaves LMDB
+ * without a map: logged, and every later transaction fails with EIO.
+ */
+int bfs_lmdb_grow(MDB_env *env, size_t seen)
+	__attribute__((warn_unused_result));
 
 /*
  * A damaged environment (an open answering EIO: garbled, truncated): move

@@ -12,6 +12,10 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <stdbool.h>
 #include <cmocka.h>
@@ -21,6 +25,7 @@
 
 #include "bfs_index.h"
 #include "bfs_lmdb.h"
+#include "bfs_log.h"
 
 static char *tmpdir(TALLOC_CTX *t)
 {
@@ -669,6 +674,766 @@ static void test_a_damaged_index_is_set_aside_and_rebuilt(void **state)
 	}
 }
 
+
+/* ---- issue 19 point 8: a map that grows, listings evicted ---------------- */
+
+/* Sizes for a test: a map of map bytes growing to max, and a budget. */
+static struct bfs_index_opts sized(size_t map, size_t max, size_t budget)
+{
+	struct bfs_index_opts o;
+
+	bfs_index_opts_default(&o);
+	o.map_size = map;
+	o.map_max = max;
+	o.budget = budget;
+	return o;
+}
+
+static char *folder_name(TALLOC_CTX *t, int i)
+{
+	return talloc_asprintf(t, "d%03d/", i);
+}
+
+/* Folder i: n files whose names are long enough to fill pages quickly. */
+static struct s3_dir *folder(TALLOC_CTX *t, int i, size_t n)
+{
+	const char **names = talloc_array(t, const char *, n);
+	size_t j;
+
+	for (j = 0; j < n; j++) {
+		names[j] = talloc_asprintf(
+			t, "a-name-long-enough-to-fill-pages-soon-%04zu.dat", j);
+	}
+	return listing(t, folder_name(t, i), names, n, NULL, 0);
+}
+
+#define FILE0 "a-name-long-enough-to-fill-pages-soon-0000.dat"
+
+static off_t data_size(const char *dir)
+{
+	char *p = talloc_asprintf(NULL, "%s/data.mdb", dir);
+	struct stat sb;
+
+	assert_int_equal(stat(p, &sb), 0);
+	talloc_free(p);
+	return sb.st_size;
+}
+
+/* Log lines, counted by what they say (and not shown). */
+static int lines_grown, lines_evicted, lines_ceiling, lines_full,
+	   lines_other;
+
+static void count_lines(int level, const char *line)
+{
+	(void)level;
+	if (strstr(line, "was full:") != NULL) {
+		lines_grown++;
+	} else if (strstr(line, "least recently evicted") != NULL) {
+		lines_evicted++;
+	} else if (strstr(line, "full at its ceiling") != NULL &&
+		   strstr(line, ": evicting the listings") != NULL) {
+		lines_ceiling++;
+	} else if (strstr(line, "full at its ceiling") != NULL) {
+		lines_full++;
+	} else {
+		lines_other++;
+	}
+}
+
+static void count_lines_from_now(void)
+{
+	lines_grown = lines_evicted = lines_ceiling = lines_full = 0;
+	lines_other = 0;
+	bfs_log_set(count_lines);
+}
+
+/*
+ * The index used to have a fixed 4 GiB map: a walk of a large bucket
+ * filled it and every new folder failed from then on.  A full map grows,
+ * and nothing is lost on the way.
+ */
+static void test_a_full_map_grows_instead_of_failing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	time_t at;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_int_equal(sp.map, 1 << 20);
+	count_lines_from_now();
+	for (i = 0; i < 80; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     1000 + i), 0);
+	}
+	bfs_log_set(NULL);
+	assert_true(lines_grown >= 1);
+	assert_int_equal(lines_evicted + lines_ceiling + lines_full +
+			 lines_other, 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.live > 1 << 20);
+	assert_true(sp.map >= 2 << 20);
+	assert_true(data_size(dir) > 1 << 20);
+	assert_int_equal(sp.evicted, 0);
+	for (i = 0; i < 80; i++) {
+		assert_int_equal(bfs_index_dir_listed(idx, folder_name(t, i),
+						      &at), 0);
+		assert_int_equal(at, 1000 + i);
+		assert_int_equal(bfs_index_lookup(idx, t, folder_name(t, i),
+						  FILE0, &e), 0);
+	}
+	/* Opened again, it starts at the size it grew to. */
+	TALLOC_FREE(idx);
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.map >= 2 << 20);
+	talloc_free(t);
+}
+
+/*
+ * Over its budget the index evicts the folders used least recently: one
+ * used all along stays, one listed a moment ago stays, a pending entry
+ * (bytes not in S3 yet) stays, and a folder listed again gets its inode
+ * numbers back.
+ */
+static void test_over_its_budget_the_least_recently_used_listings_go(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 512 << 10);
+	struct bfs_entry mine = {
+		.name = (char *)"mine.bin", .size = 77, .mtime = 1,
+		.flags = BFS_ENT_PENDING,
+	}, e;
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	uint64_t d2_ino, mine_ino, entries, dirs;
+	time_t at, old = time(NULL) - 3600;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	/* Listed an hour ago, all but d003, listed just now. */
+	for (i = 0; i < 4; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     i == 3 ? time(NULL) : old),
+				 0);
+	}
+	assert_int_equal(bfs_index_put(idx, "d001/", &mine), 0);
+	mine_ino = mine.ino;
+	assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), 0);
+	d2_ino = e.ino;
+	count_lines_from_now();
+	for (i = 4; i < 100; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     old), 0);
+		/* d000 is in use all along (a lookup each time). */
+		assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+		assert_int_equal(at, old);
+	}
+	bfs_log_set(NULL);
+	assert_true(lines_evicted > 0);
+	assert_int_equal(lines_ceiling + lines_full + lines_other, 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.evicted > 0);
+	assert_true(sp.live <= sp.budget);
+	assert_int_equal(sp.budget, 512 << 10);
+	assert_true(sp.file < 2 << 20); /* pages freed are used again */
+	assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
+	assert_true(dirs < 100);
+
+	/* Used, listed a moment ago, just stored: still there. */
+	assert_int_equal(bfs_index_lookup(idx, t, "d000/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d003/", &at), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d003/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d099/", &at), 0);
+	/* The least recently used: gone, to be listed again... */
+	assert_int_equal(bfs_index_dir_listed(idx, "d001/", &at), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "d001/", FILE0, &e), ENOENT);
+	assert_int_equal(bfs_index_dir_listed(idx, "d002/", &at), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), ENOENT);
+	/* ...but not what is ours and not in S3 yet. */
+	assert_int_equal(bfs_index_lookup(idx, t, "d001/", "mine.bin", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_int_equal(e.size, 77);
+	assert_int_equal(e.ino, mine_ino);
+	/* Listed again, a name has the number it had. */
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 2, 100),
+					     time(NULL)), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), 0);
+	assert_int_equal(e.ino, d2_ino);
+	/* And the pending entry survives its folder's next listing. */
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 1, 100),
+					     time(NULL)), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d001/", "mine.bin", &e), 0);
+	assert_int_equal(e.ino, mine_ino);
+	talloc_free(t);
+}
+
+/*
+ * A listing too large for what is left of a map at its ceiling: the map
+ * cannot grow, so listings used least recently make room for it.  One too
+ * large for the whole map fails (ENOSPC, as a full map did before) after
+ * two such evictions, not after emptying the index, and the index goes
+ * on working.
+ */
+static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 2 << 20, 1ULL << 40);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	uint64_t entries, dirs;
+	time_t at, old = time(NULL) - 3600;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	for (i = 0; i < 30; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+						     old), 0);
+	}
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_int_equal(sp.budget, 1 << 20); /* half the ceiling */
+	assert_int_equal(sp.evicted, 0);
+	count_lines_from_now();
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 4000), old),
+			 0);
+	bfs_log_set(NULL);
+	assert_true(lines_ceiling >= 1);
+	assert_int_equal(lines_full, 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d900/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.evicted > 0);
+	assert_true(sp.map <= 2 << 20);
+	assert_true(data_size(dir) <= 2 << 20);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), ENOENT);
+
+	/* Larger than the map: refused, not everything evicted for it. */
+	count_lines_from_now();
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 901, 8000), old),
+			 ENOSPC);
+	bfs_log_set(NULL);
+	assert_int_equal(lines_ceiling, 2);
+	assert_int_equal(lines_full, 1);
+	assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
+	assert_true(entries > 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 902, 10), old), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d902/", FILE0, &e), 0);
+	assert_true(data_size(dir) <= 2 << 20);
+	talloc_free(t);
+}
+
+
+/*
+ * The dirs record of folder prefix as stored: its size and its stamps;
+ * with set, first write {*listed, *used} into it.
+ */
+static size_t dirs_record(const char *dir, const char *prefix, bool set,
+			  int64_t *listed, int64_t *used)
+{
+	char key[64];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dirs;
+	MDB_val k = {(size_t)snprintf(key, sizeof(key), "/%s", prefix), key}, v;
+	int64_t rec[2] = {*listed, *used};
+	size_t size;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 64 << 20), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "dirs", 0, &dirs), 0);
+	if (set) {
+		v.mv_size = sizeof(rec);
+		v.mv_data = rec;
+		assert_int_equal(mdb_put(txn, dirs, &k, &v, 0), 0);
+	}
+	assert_int_equal(mdb_get(txn, dirs, &k, &v), 0);
+	size = v.mv_size;
+	memcpy(listed, v.mv_data, sizeof(*listed));
+	*used = *listed;
+	if (size == 2 * sizeof(*used)) {
+		memcpy(used, (char *)v.mv_data + sizeof(*listed),
+		       sizeof(*used));
+	}
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+	return size;
+}
+
+/*
+ * A listing's transaction writes what it wrote before stamps existed:
+ * the folder's record stays the 8 bytes of its listing time (the listing
+ * is its use).  A later use writes a second stamp, in a transaction of
+ * its own, at most once a minute, and only once the index is past half
+ * its budget (before, reads write nothing).
+ */
+static void test_a_listing_writes_no_stamp_and_a_use_one_a_minute(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts big = sized(1 << 20, 64 << 20, 1 << 30);
+	struct bfs_index_opts small = sized(1 << 20, 64 << 20, 64 << 10);
+	struct bfs_index *idx = NULL;
+	time_t at, old = time(NULL) - 3600, before;
+	int64_t listed, used;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &big, &idx, &why),
+			 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 100), old), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+	TALLOC_FREE(idx);
+	/* Far below the budget: the read wrote nothing. */
+	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 8);
+	assert_int_equal(listed, old);
+
+	/* Past half of a small one: the read notes the use. */
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &small, &idx,
+					     &why), 0);
+	before = time(NULL);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+	assert_int_equal(at, old); /* the listing's time, not the use's */
+	TALLOC_FREE(idx);
+	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 16);
+	assert_int_equal(listed, old);
+	assert_true(used >= before && used <= time(NULL));
+
+	/* Noted 30 s ago: a use now writes nothing; 90 s ago: it does. */
+	used = time(NULL) - 30;
+	dirs_record(dir, "d000/", true, &listed, &used);
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &small, &idx,
+					     &why), 0);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+	TALLOC_FREE(idx);
+	before = used;
+	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 16);
+	assert_int_equal(used, before);
+	used = time(NULL) - 90;
+	dirs_record(dir, "d000/", true, &listed, &used);
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &small, &idx,
+					     &why), 0);
+	before = time(NULL);
+	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 16);
+	assert_true(used >= before);
+
+	/* Listed again: 8 bytes, as before. */
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &small, &idx,
+					     &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 100), old), 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 8);
+	assert_int_equal(listed, old);
+	talloc_free(t);
+}
+
+/* Wait for one byte from fd; false at EOF. */
+static bool wait_byte(int fd)
+{
+	char c;
+
+	return read(fd, &c, 1) == 1;
+}
+
+/*
+ * Every smbd and bucketfsd has its own map of the index.  One that grows
+ * it must not leave the others behind: their reads then find pages past
+ * the end of their map (LMDB's MDB_MAP_RESIZED) and their writes a map
+ * full sooner.
+ */
+static void test_another_process_follows_a_grown_map(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct bfs_entry e;
+	int to_child[2], to_parent[2], status = 0, i;
+	pid_t child;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 10), 1), 0);
+	assert_int_equal(pipe(to_child), 0);
+	assert_int_equal(pipe(to_parent), 0);
+	child = fork();
+	assert_true(child >= 0);
+	if (child == 0) {
+		/* Another smbd: its own environment, its own 1 MiB map. */
+		TALLOC_CTX *c = talloc_new(NULL);
+		struct bfs_index *other = NULL;
+		struct bfs_index_space csp = {0};
+		int fails = 0;
+
+		/* Only the parent writes to_child: EOF if it fails first. */
+		close(to_child[1]);
+		close(to_parent[0]);
+		fails += bfs_index_open_opts(c, dir, "bkt", &o, &other,
+					     &why) != 0;
+		fails += bfs_index_space(other, &csp) != 0;
+		fails += csp.map != 1 << 20;
+		fails += bfs_index_lookup(other, c, "d000/", FILE0, &e) != 0;
+		fails += write(to_parent[1], "r", 1) != 1;
+		if (!wait_byte(to_child[0])) {
+			_exit(100);
+		}
+		/* The parent has grown the map past ours and used it. */
+		fails += bfs_index_lookup(other, c, "d059/", FILE0, &e) != 0;
+		fails += bfs_index_space(other, &csp) != 0;
+		fails += csp.map <= 1 << 20;
+		/* And writes go on in the larger map, growing it further. */
+		for (i = 100; i < 160; i++) {
+			fails += bfs_index_store_dir(other, folder(c, i, 100),
+						     1) != 0;
+		}
+		fails += bfs_index_lookup(other, c, "d001/", FILE0, &e) != 0;
+		talloc_free(c);
+		_exit(fails);
+	}
+	close(to_child[0]);
+	close(to_parent[1]);
+	assert_true(wait_byte(to_parent[0]));
+	for (i = 1; i < 60; i++) {
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100), 1),
+				 0);
+	}
+	assert_true(data_size(dir) > 1 << 20);
+	assert_int_equal(write(to_child[1], "g", 1), 1);
+	close(to_child[1]);
+	assert_int_equal(waitpid(child, &status, 0), child);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+	/* What the child wrote past our map is ours to read. */
+	assert_int_equal(bfs_index_lookup(idx, t, "d159/", FILE0, &e), 0);
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 160, 10), 1), 0);
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.map >= (size_t)data_size(dir));
+	close(to_parent[0]);
+	talloc_free(t);
+}
+
+struct reader_arg {
+	struct bfs_index *idx;
+	volatile bool stop;
+	unsigned reads, fails;
+};
+
+static void *reader_main(void *p)
+{
+	struct reader_arg *a = p;
+
+	/* Never a pause between two reads: a remap must still get in. */
+	while (!a->stop) {
+		TALLOC_CTX *t = talloc_new(NULL);
+		struct bfs_entry e;
+		struct bfs_entry *ents = NULL;
+		size_t n = 0;
+
+		a->fails += bfs_index_lookup(a->idx, t, "d000/", FILE0, &e) != 0;
+		a->fails += bfs_index_children(a->idx, t, "d000/", NULL, 20,
+					       &ents, &n) != 0 || n != 20;
+		a->reads++;
+		talloc_free(t);
+	}
+	return NULL;
+}
+
+/*
+ * bucketfsd reads the index in one thread while another writes: a remap
+ * (the map growing) must neither pull the pages from under a reader nor
+ * wait for a reader that never pauses (the lock prefers the remap).
+ */
+static void test_readers_in_other_threads_survive_the_map_growing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index_opts o = sized(1 << 20, 64ULL << 30, 4ULL << 30);
+	struct reader_arg a = {0};
+	struct bfs_index_space sp;
+	pthread_t th;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, tmpdir(t), "bkt", &o, &a.idx,
+					     &why), 0);
+	assert_int_equal(bfs_index_store_dir(a.idx, folder(t, 0, 20), 1), 0);
+	assert_int_equal(pthread_create(&th, NULL, reader_main, &a), 0);
+	for (i = 1; i < 60; i++) {
+		assert_int_equal(bfs_index_store_dir(a.idx, folder(t, i, 100),
+						     1), 0);
+	}
+	a.stop = true;
+	assert_int_equal(pthread_join(th, NULL), 0);
+	assert_int_equal(bfs_index_space(a.idx, &sp), 0);
+	assert_true(sp.map >= 2 << 20); /* it remapped */
+	assert_true(a.reads > 0);
+	assert_int_equal(a.fails, 0);
+	talloc_free(t);
+}
+
+
+/* ---- the remap lock ---------------------------------------------------------- */
+
+struct remap_arg {
+	MDB_env *env;
+	int cmd[2], done[2];	/* pipes: main -> holder, holder -> main */
+	size_t seen;
+	int grow_rc, holder_fails;
+	bool grown, began;
+	size_t began_map;
+};
+
+/* Holds a read transaction until told; begins a second one meanwhile. */
+static void *holder_main(void *p)
+{
+	struct remap_arg *a = p;
+	MDB_txn *t1, *t2;
+
+	a->holder_fails += bfs_lmdb_txn_begin(a->env, MDB_RDONLY, &t1) != 0;
+	a->holder_fails += write(a->done[1], "1", 1) != 1;
+	a->holder_fails += !wait_byte(a->cmd[0]);
+	/* A remap waits for t1: a transaction of the same thread must not
+	 * queue behind it (that would wait for ever). */
+	if (bfs_lmdb_txn_begin(a->env, MDB_RDONLY, &t2) == 0) {
+		bfs_lmdb_txn_abort(t2);
+	} else {
+		a->holder_fails++;
+	}
+	a->holder_fails += write(a->done[1], "2", 1) != 1;
+	a->holder_fails += !wait_byte(a->cmd[0]);
+	bfs_lmdb_txn_abort(t1);
+	return NULL;
+}
+
+static void *grower_main(void *p)
+{
+	struct remap_arg *a = p;
+
+	a->grow_rc = bfs_lmdb_grow(a->env, a->seen);
+	__atomic_store_n(&a->grown, true, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static void *late_reader_main(void *p)
+{
+	struct remap_arg *a = p;
+	size_t file;
+	MDB_txn *t;
+
+	if (bfs_lmdb_txn_begin(a->env, MDB_RDONLY, &t) == 0) {
+		bfs_lmdb_sizes(a->env, &a->began_map, &file);
+		__atomic_store_n(&a->began, true, __ATOMIC_SEQ_CST);
+		bfs_lmdb_txn_abort(t);
+	}
+	return NULL;
+}
+
+/* Whether fd has a byte within ms (not read). */
+static bool byte_within(int fd, int ms)
+{
+	struct pollfd pfd = {.fd = fd, .events = POLLIN};
+
+	return poll(&pfd, 1, ms) == 1;
+}
+
+/*
+ * The remap lock of a growing map prefers the remap: a transaction begun
+ * while a remap waits waits behind it, so readers that never pause cannot
+ * starve it (the reverted version's thread test ran 9 minutes under
+ * valgrind).  A thread that already holds a transaction is not made to
+ * wait behind the remap that waits for it.
+ */
+static void test_a_waiting_remap_goes_before_new_transactions(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct remap_arg a = {0};
+	pthread_t holder, grower, late;
+	size_t file;
+	const struct timespec nap = {0, 500 * 1000 * 1000};
+
+	(void)state;
+	assert_int_equal(bfs_lmdb_open_growing(tmpdir(t), 1 << 20, 64 << 20, 2,
+					       &a.env, &why), 0);
+	bfs_lmdb_sizes(a.env, &a.seen, &file);
+	assert_int_equal(a.seen, 1 << 20);
+	assert_int_equal(pipe(a.cmd), 0);
+	assert_int_equal(pipe(a.done), 0);
+	assert_int_equal(pthread_create(&holder, NULL, holder_main, &a), 0);
+	assert_true(wait_byte(a.done[0]));
+	assert_int_equal(pthread_create(&grower, NULL, grower_main, &a), 0);
+	nanosleep(&nap, NULL);
+	assert_false(__atomic_load_n(&a.grown, __ATOMIC_SEQ_CST));
+	assert_int_equal(pthread_create(&late, NULL, late_reader_main, &a), 0);
+	nanosleep(&nap, NULL);
+	/* Waits behind the remap, which waits for the holder. */
+	assert_false(__atomic_load_n(&a.began, __ATOMIC_SEQ_CST));
+	assert_false(__atomic_load_n(&a.grown, __ATOMIC_SEQ_CST));
+	/* The holder's second transaction does not wait. */
+	assert_int_equal(write(a.cmd[1], "n", 1), 1);
+	assert_true(byte_within(a.done[0], 30000));
+	assert_true(wait_byte(a.done[0]));
+	assert_int_equal(write(a.cmd[1], "e", 1), 1);
+	assert_int_equal(pthread_join(holder, NULL), 0);
+	assert_int_equal(pthread_join(grower, NULL), 0);
+	assert_int_equal(pthread_join(late, NULL), 0);
+	assert_int_equal(a.holder_fails, 0);
+	assert_int_equal(a.grow_rc, 0);
+	assert_true(a.began);
+	assert_int_equal(a.began_map, 2 << 20); /* it began after the remap */
+	close(a.cmd[0]);
+	close(a.cmd[1]);
+	close(a.done[0]);
+	close(a.done[1]);
+	bfs_lmdb_close(a.env);
+	talloc_free(t);
+}
+
+/* Listed folders of idx among d000..d(n-1). */
+static unsigned listed_folders(struct bfs_index *idx, TALLOC_CTX *t, int n,
+			       bool *listed)
+{
+	unsigned count = 0;
+	time_t at;
+	int i;
+
+	for (i = 0; i < n; i++) {
+		listed[i] = bfs_index_dir_listed(idx, folder_name(t, i),
+						 &at) == 0;
+		count += listed[i];
+	}
+	return count;
+}
+
+/*
+ * Issue 19 point 8's revert: on a full cache disk, a listing's commit
+ * grew (stamps, tables) and failed where it had fitted into free pages,
+ * and the read with it.  A file that may not grow past its size (as a
+ * full disk; RLIMIT_FSIZE, SIGXFSZ ignored, answers EFBIG) with the
+ * eviction and stamps at work (over half a small budget): what was
+ * readable stays readable, a listing that needs new pages fails with the
+ * commit's error as it did before (never a failed read), and once there
+ * is room again it is stored.
+ */
+static void test_a_full_disk_keeps_what_was_readable(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts o = sized(8 << 20, 64 << 20, 256 << 10);
+	struct bfs_index *idx = NULL;
+	struct bfs_index_space sp;
+	struct rlimit was, full;
+	struct bfs_entry e, *ents;
+	bool listed[20], evicted_by_failure = true;
+	unsigned n_listed;
+	size_t n;
+	time_t at, when[20], old = time(NULL) - 3600;
+	int i, pass, store_rc = 0, reads_failed = 0, reads = 0;
+	int relists_failed = 0;
+	uint64_t evicted;
+	void (*was_xfsz)(int);
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
+	for (i = 0; i < 20; i++) {
+		when[i] = old + i;
+		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 50),
+						     when[i]), 0);
+	}
+	assert_int_equal(bfs_index_space(idx, &sp), 0);
+	assert_true(sp.file > sp.budget / 2); /* stamps are written */
+	assert_true(sp.evicted > 0);	      /* and listings evicted */
+	evicted = sp.evicted;
+	n_listed = listed_folders(idx, t, 20, listed);
+	assert_true(n_listed > 0);
+
+	count_lines_from_now(); /* nothing on stderr meanwhile */
+	was_xfsz = signal(SIGXFSZ, SIG_IGN);
+	assert_int_equal(getrlimit(RLIMIT_FSIZE, &was), 0);
+	full = was;
+	full.rlim_cur = (rlim_t)data_size(dir);
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &full), 0);
+	for (pass = 0; pass < 2; pass++) {
+		/* Stamps an hour old: each first read notes a use. */
+		for (i = 0; i < 20; i++) {
+			TALLOC_CTX *r = talloc_new(t);
+
+			if (!listed[i]) {
+				continue;
+			}
+			reads++;
+			reads_failed +=
+				bfs_index_dir_listed(idx, folder_name(r, i),
+						     &at) != 0 ||
+				at != when[i];
+			reads_failed += bfs_index_lookup(idx, r,
+							 folder_name(r, i),
+							 FILE0, &e) != 0;
+			reads_failed += bfs_index_children(idx, r,
+							   folder_name(r, i),
+							   NULL, 100, &ents,
+							   &n) != 0 ||
+					n != 50;
+			talloc_free(r);
+		}
+		if (pass > 0) {
+			break;
+		}
+		/* A new listing needs pages the file cannot get... */
+		store_rc = bfs_index_store_dir(idx, folder(t, 900, 2000),
+					       time(NULL));
+		evicted_by_failure = bfs_index_space(idx, &sp) != 0 ||
+				     sp.evicted != evicted;
+		/*
+		 * ...while one that changed nothing fits into the pages
+		 * freed by the commits before it, as it did before stamps
+		 * and eviction existed (the reverted version wrote stamps
+		 * into two more tables in the same transaction).
+		 */
+		for (i = 0; i < 20; i++) {
+			if (listed[i]) {
+				when[i] = time(NULL);
+				relists_failed += bfs_index_store_dir(
+					idx, folder(t, i, 50), when[i]) != 0;
+			}
+		}
+	}
+	assert_int_equal(setrlimit(RLIMIT_FSIZE, &was), 0);
+	signal(SIGXFSZ, was_xfsz);
+	bfs_log_set(NULL);
+
+	assert_true(reads > 0);
+	assert_int_equal(reads_failed, 0);
+	/* The commit's own error, as before: not a full map, not a read. */
+	assert_true(store_rc == EFBIG || store_rc == EIO);
+	assert_false(evicted_by_failure);
+	assert_int_equal(relists_failed, 0);
+	/* Used a moment ago, all of them: none was evicted meanwhile. */
+	assert_int_equal(listed_folders(idx, t, 20, listed), n_listed);
+	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), ENOENT);
+	/* Room again: stored. */
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 2000),
+					     time(NULL)), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d900/", FILE0, &e), 0);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -687,6 +1452,14 @@ int main(void)
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),
+		cmocka_unit_test(test_a_full_map_grows_instead_of_failing),
+		cmocka_unit_test(test_over_its_budget_the_least_recently_used_listings_go),
+		cmocka_unit_test(test_at_its_ceiling_a_large_listing_makes_room),
+		cmocka_unit_test(test_a_listing_writes_no_stamp_and_a_use_one_a_minute),
+		cmocka_unit_test(test_another_process_follows_a_grown_map),
+		cmocka_unit_test(test_readers_in_other_threads_survive_the_map_growing),
+		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
+		cmocka_unit_test(test_a_full_disk_keeps_what_was_readable),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }
