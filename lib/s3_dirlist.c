@@ -207,8 +207,31 @@ struct s3_dirlist_state {
  * far past any folder a share serves, and a clear error beats memory and
  * time without bound.
  */
-#define S3_DIR_MAX_PAGES 100000
-#define S3_DIR_MAX_ENTRIES 10000000
+static const struct s3_dirlist_caps s3_dirlist_caps = {
+	.max_pages = 100000, .max_entries = 10000000,
+};
+
+int s3_dirlist_check_page(const struct s3_listing *page, unsigned pages,
+			  size_t entries, const char *last_token,
+			  const struct s3_dirlist_caps *caps,
+			  struct s3_status *st)
+{
+	if (!page->truncated) {
+		return 0;
+	}
+	if (page->next_token == NULL || page->next_token[0] == '\0' ||
+	    (last_token != NULL && strcmp(last_token, page->next_token) == 0)) {
+		s3_status_set(st, "MalformedListing", "a truncated listing "
+			      "page without a new continuation token", NULL);
+		return EPROTO;
+	}
+	if (pages >= caps->max_pages || entries >= caps->max_entries) {
+		s3_status_set(st, "ListingTooLong", "the folder has more "
+			      "than 100,000 pages or 10 million entries", NULL);
+		return EFBIG;
+	}
+	return 0;
+}
 
 static void s3_dirlist_page_done(struct tevent_req *subreq);
 
@@ -256,20 +279,10 @@ static void s3_dirlist_page_done(struct tevent_req *subreq)
 	if (tevent_req_error(req, ret)) {
 		return;
 	}
-	if (page->truncated &&
-	    (page->next_token == NULL || page->next_token[0] == '\0' ||
-	     (s->token != NULL && strcmp(s->token, page->next_token) == 0))) {
-		s3_status_set(&s->st, "MalformedListing", "a truncated listing "
-			      "page without a new continuation token", NULL);
-		tevent_req_error(req, EPROTO);
-		return;
-	}
-	if (page->truncated && (s->pages >= S3_DIR_MAX_PAGES ||
-				s->dir->n + s->dir->n_hidden >=
-					S3_DIR_MAX_ENTRIES)) {
-		s3_status_set(&s->st, "ListingTooLong", "the folder has more "
-			      "than 100,000 pages or 10 million entries", NULL);
-		tevent_req_error(req, EFBIG);
+	ret = s3_dirlist_check_page(page, s->pages,
+				    s->dir->n + s->dir->n_hidden, s->token,
+				    &s3_dirlist_caps, &s->st);
+	if (tevent_req_error(req, ret)) {
 		return;
 	}
 	if (page->truncated) {

@@ -43,6 +43,29 @@ struct tevent_req *s3_dirlist_send(TALLOC_CTX *mem_ctx,
 int s3_dirlist_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		    struct s3_dir **dir, struct s3_status *st);
 
+/*
+ * Where a listing stops: a hostile or broken endpoint could send pages
+ * without end (the same continuation token again, or new ones forever) or
+ * a folder of any size.  The listing uses 100,000 pages and 10 million
+ * entries (S3 sends 1,000 a page), far past any folder a share serves.
+ */
+struct s3_dirlist_caps {
+	unsigned max_pages;
+	size_t max_entries;
+};
+
+/*
+ * After page, the pages-th of a listing whose folder holds entries so far
+ * and whose previous page's continuation token was last_token (NULL after
+ * the first): 0 (the listing goes on if page->truncated, else it is
+ * whole), EPROTO (MalformedListing: truncated without a new token) or
+ * EFBIG (ListingTooLong: truncated past caps), *st saying so.
+ */
+int s3_dirlist_check_page(const struct s3_listing *page, unsigned pages,
+			  size_t entries, const char *last_token,
+			  const struct s3_dirlist_caps *caps,
+			  struct s3_status *st);
+
 /* Building blocks, exposed for tests. */
 struct s3_dir *s3_dir_new(TALLOC_CTX *mem_ctx, const char *prefix);
 int s3_dir_add_page(struct s3_dir *d, const struct s3_listing *page);
