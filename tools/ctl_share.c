@@ -15,6 +15,7 @@
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
 #include "bfs_params.h"
+#include "bfs_path.h"
 #include "s3_creds.h"
 #include "s3_imds.h"
 #include "s3_ops.h"
@@ -123,7 +124,6 @@ const char *ctl_string(struct ctl *c, const char *name)
 void ctl_load(struct ctl *c, const char *conf_path)
 {
 	bool exists = false;
-	char *share_prefix;
 
 	if (!SBC_ERROR_IS_OK(smbconf_init_txt(c->mem, &c->conf, conf_path))) {
 		ctl_die("cannot read %s", conf_path);
@@ -137,14 +137,11 @@ void ctl_load(struct ctl *c, const char *conf_path)
 		ctl_die("share [%s] in %s has no 'bucketfs:bucket': not a "
 			"bucketfs share?", c->share, conf_path);
 	}
-	share_prefix = talloc_strdup(c->mem, ctl_string(c, "prefix"));
-	while (share_prefix[0] == '/') {
-		share_prefix++;
+	/* The module's key prefix, spelled as the module spells it. */
+	c->prefix = bfs_path_share_prefix(c->mem, ctl_string(c, "prefix"));
+	if (c->prefix == NULL) {
+		ctl_die("out of memory");
 	}
-	c->prefix = talloc_asprintf(c->mem, "%s%s", share_prefix,
-				    share_prefix[0] != '\0' &&
-						    share_prefix[strlen(share_prefix) - 1] != '/' ?
-					    "/" : "");
 	c->cache_dir = ctl_param(c, "cache dir", NULL);
 	if (c->cache_dir == NULL || c->cache_dir[0] == '\0') {
 		c->cache_dir = talloc_asprintf(c->mem, "/var/cache/bucketfs/%s",
