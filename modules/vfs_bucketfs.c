@@ -19,7 +19,6 @@
 #include "includes.h"
 #include "smbd/smbd.h"
 #include "system/filesys.h"
-#include "system/passwd.h"
 #include "lib/util/tevent_unix.h"
 #include "lib/util/tevent_ntstatus.h"
 #include "lib/pthreadpool/pthreadpool_tevent.h"
@@ -30,6 +29,7 @@
 #endif
 
 #include "bfs_cache.h"
+#include "bfs_creds.h"
 #include "bfs_engine.h"
 #include "bfs_index.h"
 #include "bfs_lmdb.h"
@@ -44,7 +44,6 @@
 #include "bfs_stream.h"
 #include "bfs_writeback.h"
 #include "s3_client.h"
-#include "s3_creds.h"
 #include "s3_dirlist.h"
 #include "s3_imds.h"
 #include "s3_ops.h"
@@ -834,84 +833,46 @@ static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
 /* ---- connect ------------------------------------------------------------------------ */
 
 
-/*
- * smb.conf is readable by every local user and copied into bug reports:
- * a secret written there is refused, not used.
- */
-static int bfs_refuse_inline_secrets(struct vfs_handle_struct *handle,
-				     struct bfs_conn *bc)
-{
-	static const char *const names[] = {
-		"secret access key", "secret key", "secret",
-		"aws_secret_access_key", "session token", "aws_session_token",
-	};
-	size_t i;
-
-	for (i = 0; i < ARRAY_SIZE(names); i++) {
-		const char *v = lp_parm_const_string(SNUM(handle->conn),
-						     BFS_MODULE, names[i], NULL);
-		if (v != NULL && v[0] != '\0') {
-			DBG_ERR("bucketfs: share %s: 'bucketfs:%s' puts a secret "
-				"in smb.conf, which every local user can read: "
-				"refused; put the keys in a credentials file "
-				"(mode 0600) named by 'bucketfs:credentials "
-				"file'\n", bc->service, names[i]);
-			return EPERM;
-		}
-	}
-	return 0;
-}
-
-static int bfs_load_credentials(struct vfs_handle_struct *handle,
-				struct bfs_conn *bc)
+/* The chain of lib/bfs_creds, with this share's smb.conf values. */
+static int bfs_load_credentials(struct bfs_conn *bc)
 {
 	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm, bc};
-	const char *file = bfs_parm_string(&pc, "credentials file");
-	const char *profile = bfs_parm_string(&pc, "profile");
-	struct passwd *pw = getpwuid(sec_initial_uid());
-	/* "~" as the AWS tools read it: $HOME, else the user's home. */
-	const char *home = getenv("HOME") ?: (pw != NULL ? pw->pw_dir : NULL);
-	const char *why = NULL, *source = NULL;
-	bool imds = true;
+	const struct bfs_psrc src = {bfs_lp_get, &pc};
+	struct bfs_creds_params p = {
+		.service = bc->service,
+		.conf = &src,
+		.anonymous = bc->cfg.anonymous,
+		.file = bfs_parm_string(&pc, "credentials file"),
+		.profile = bfs_parm_string(&pc, "profile"),
+		.imds = true,
+		.imds_endpoint = bfs_parm_string(&pc, "imds endpoint"),
+	};
+	struct bfs_creds creds;
+	const char *why = NULL;
 	int ret;
 
-	if (!bfs_parm_bool(&pc, "imds", &imds)) {
-		return EINVAL;
-	}
-	ret = bfs_refuse_inline_secrets(handle, bc);
-	if (ret != 0) {
-		return ret;
-	}
-	ret = s3_creds_resolve(bc, file, profile, home, &bc->cfg.creds,
-			       &source, &why);
-	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
-	    imds) {
-		/* Last in the chain: an EC2 instance's role. */
-		const char *endpoint = bfs_parm_string(&pc, "imds endpoint");
-		ret = s3_imds_fetch(bc, endpoint, 1000, &bc->cfg.creds,
-				    &bc->creds_expire, &why);
-		if (ret == 0) {
-			bc->imds = talloc_strdup(bc, endpoint);
-			source = "the instance metadata service (IMDSv2)";
-		} else {
-			DBG_ERR("bucketfs: share %s: no credentials in the "
-				"share's file, the environment or "
-				"~/.aws/credentials, and none from %s: %s\n",
-				bc->service, endpoint, why);
-			return ret;
+	if (!p.anonymous) {
+		if (!bfs_parm_bool(&pc, "imds", &p.imds)) {
+			return EINVAL;
 		}
+		/* "~" is the home of the user smbd started as (root). */
+		p.home = bfs_creds_home(sec_initial_uid());
 	}
+	ret = bfs_creds_get(bc, &p, &creds, &why);
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
 		return ret;
 	}
-	if (source[0] == '/' && s3_creds_file_is_exposed(source)) {
-		DBG_WARNING("bucketfs: share %s: credentials file %s can be "
-			    "read by other users: chmod 600 it\n", bc->service,
-			    source);
+	bc->cfg.creds = creds.keys;
+	bc->creds_expire = creds.expire;
+	bc->imds = creds.imds;
+	if (creds.source == NULL) {
+		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
+			 bc->service);
+		return 0;
 	}
 	DBG_INFO("bucketfs: share %s: S3 credentials from %s\n", bc->service,
-		 source);
+		 creds.source);
 	return 0;
 }
 
@@ -1401,11 +1362,8 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto fail;
 	}
 
-	if (bc->cfg.anonymous) {
-		/* A public dataset: unsigned requests, no credentials. */
-		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
-			 service);
-	} else if ((ret = bfs_load_credentials(handle, bc)) != 0) {
+	ret = bfs_load_credentials(bc);
+	if (ret != 0) {
 		goto fail;
 	}
 
