@@ -39,6 +39,7 @@
 #include "bfs_name.h"
 #include "bfs_params.h"
 #include "bfs_path.h"
+#include "bfs_probe.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "bfs_stream.h"
@@ -954,7 +955,6 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 			    bool endpoint_derived)
 {
 	struct s3_status st = {0};
-	const char *cause;
 	time_t listed;
 	int ret;
 
@@ -981,33 +981,10 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 		bc->s3_down_until = time(NULL) + BFS_OUTAGE_RETRY;
 		return 0;
 	}
-	switch (ret) {
-	case EACCES:
-		cause = "the S3 server refused the credentials";
-		break;
-	case ENOENT:
-		cause = "the bucket does not exist";
-		break;
-	case ECONNREFUSED:
-	case EHOSTUNREACH:
-	case ETIMEDOUT:
-	case ECONNRESET:
-		cause = "the S3 endpoint is unreachable";
-		break;
-	case EPROTO:
-		cause = "TLS with the S3 endpoint failed";
-		break;
-	case ENXIO:
-		cause = "the bucket is in another region or needs another "
-			"endpoint";
-		break;
-	default:
-		cause = "the S3 server answered with an error";
-		break;
-	}
 	DBG_ERR("bucketfs: share %s: cannot serve bucket '%s' at %s: %s "
 		"(%s; HTTP %ld%s%s%s%s)\n",
-		bc->service, bc->cfg.bucket, bc->cfg.endpoint, cause,
+		bc->service, bc->cfg.bucket, bc->cfg.endpoint,
+		bfs_probe_cause(ret),
 		st.code[0] ? st.code : strerror(ret), st.http_status,
 		st.message[0] ? "; " : "", st.message,
 		st.region[0] ? "; the bucket is in region " : "", st.region);
