@@ -19,7 +19,6 @@
 #include "includes.h"
 #include "smbd/smbd.h"
 #include "system/filesys.h"
-#include "system/passwd.h"
 #include "lib/util/tevent_unix.h"
 #include "lib/util/tevent_ntstatus.h"
 #include "lib/pthreadpool/pthreadpool_tevent.h"
@@ -30,6 +29,7 @@
 #endif
 
 #include "bfs_cache.h"
+#include "bfs_creds.h"
 #include "bfs_engine.h"
 #include "bfs_index.h"
 #include "bfs_lmdb.h"
@@ -38,12 +38,13 @@
 #include "bfs_log.h"
 #include "bfs_name.h"
 #include "bfs_params.h"
+#include "bfs_path.h"
+#include "bfs_probe.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "bfs_stream.h"
 #include "bfs_writeback.h"
 #include "s3_client.h"
-#include "s3_creds.h"
 #include "s3_dirlist.h"
 #include "s3_imds.h"
 #include "s3_ops.h"
@@ -198,184 +199,27 @@ static struct bfs_fh *bfs_fh_of(struct vfs_handle_struct *handle,
 
 /* ---- paths ---------------------------------------------------------------- */
 
-/* Normalise an absolute path: no "", "." or ".." components. */
-static char *bfs_normalise(TALLOC_CTX *mem_ctx, const char *abs)
-{
-	char *copy = talloc_strdup(mem_ctx, abs);
-	char *out = talloc_array(mem_ctx, char, strlen(abs) + 2);
-	char *tok, *save = NULL;
-	size_t len = 0;
-
-	if (copy == NULL || out == NULL) {
-		return NULL;
-	}
-	out[0] = '\0';
-	for (tok = strtok_r(copy, "/", &save); tok != NULL;
-	     tok = strtok_r(NULL, "/", &save)) {
-		if (strcmp(tok, ".") == 0) {
-			continue;
-		}
-		if (strcmp(tok, "..") == 0) {
-			char *slash = strrchr(out, '/');
-			len = slash != NULL ? (size_t)(slash - out) : 0;
-			out[len] = '\0';
-			continue;
-		}
-		out[len++] = '/';
-		memcpy(out + len, tok, strlen(tok) + 1);
-		len += strlen(tok);
-	}
-	if (len == 0) {
-		out[0] = '/';
-		out[1] = '\0';
-	}
-	talloc_free(copy);
-	return out;
-}
-
-/* Share-relative path ("" = root) of an absolute one, or NULL if outside. */
-static const char *bfs_rel_of_abs(struct bfs_conn *bc, const char *abs)
-{
-	size_t l = strlen(bc->connectpath);
-
-	if (strcmp(bc->connectpath, "/") == 0) {
-		return abs + 1;
-	}
-	if (strncmp(abs, bc->connectpath, l) != 0) {
-		return NULL;
-	}
-	if (abs[l] == '\0') {
-		return abs + l;
-	}
-	return abs[l] == '/' ? abs + l + 1 : NULL;
-}
-
 /*
- * The share-relative path of name, relative to dirfsp (or the cwd).  The
- * share root is the top: ".." there stays there, as at a chroot's root.
- * An absolute path outside the share is EACCES.
+ * The folder smbd means a name to be relative to: dirfsp's path, or NULL
+ * for the connection's cwd (its cwd_fsp, or a handle without a path fd).
+ * Resolving it is lib/bfs_path's.
  */
+static const char *bfs_dirfsp_path(const struct files_struct *dirfsp)
+{
+	if (dirfsp == NULL || dirfsp == dirfsp->conn->cwd_fsp ||
+	    fsp_get_pathref_fd(dirfsp) == AT_FDCWD) {
+		return NULL;
+	}
+	return dirfsp->fsp_name->base_name;
+}
+
+/* The share-relative path of name, relative to dirfsp (or the cwd). */
 static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 			const struct files_struct *dirfsp, const char *name,
 			char **rel)
 {
-	TALLOC_CTX *frame = talloc_stackframe();
-	const char *abs = NULL, *start, *norm;
-	char *joined;
-	int ret;
-
-	if (name[0] == '/') {
-		abs = name;
-	} else if (dirfsp != NULL && dirfsp != dirfsp->conn->cwd_fsp &&
-		   fsp_get_pathref_fd(dirfsp) != AT_FDCWD &&
-		   dirfsp->fsp_name->base_name[0] == '/') {
-		abs = talloc_asprintf(frame, "%s/%s",
-				      dirfsp->fsp_name->base_name, name);
-	}
-	if (abs != NULL) {
-		/* Absolute: must lie inside the share as written. */
-		start = bfs_rel_of_abs(bc, bfs_normalise(frame, abs));
-		if (start == NULL) {
-			DBG_NOTICE("bucketfs: %s is outside share %s\n", abs,
-				   bc->connectpath);
-			TALLOC_FREE(frame);
-			return EACCES;
-		}
-		joined = talloc_asprintf(frame, "/%s", start);
-	} else {
-		const char *cwd_rel = bfs_rel_of_abs(bc, bc->cwd);
-		const char *dir = "";
-
-		if (dirfsp != NULL && dirfsp != dirfsp->conn->cwd_fsp &&
-		    fsp_get_pathref_fd(dirfsp) != AT_FDCWD) {
-			dir = dirfsp->fsp_name->base_name;
-		}
-		joined = talloc_asprintf(frame, "/%s/%s/%s",
-					 cwd_rel ? cwd_rel : "", dir, name);
-	}
-	/* Normalised under a virtual "/": ".." stops at the share root. */
-	norm = joined ? bfs_normalise(frame, joined) : NULL;
-	if (norm == NULL) {
-		TALLOC_FREE(frame);
-		return ENOMEM;
-	}
-	/*
-	 * Names smbd hands us carry SMB's refused characters mapped.  Only
-	 * now, after "..", are they decoded: a name that is not what the
-	 * mapping makes of a key (one that decodes to ".." or to a name
-	 * smbd's veto checks never saw) is refused here.
-	 */
-	*rel = bfs_path_to_s3(mem_ctx, norm + 1);
-	ret = *rel != NULL ? 0 : errno;
-	/* "<folder>\0<name>" must fit an index key: else refused up front. */
-	if (ret == 0 && strlen(bc->prefix) + strlen(*rel) + 1 > S3_DIR_KEY_MAX) {
-		TALLOC_FREE(*rel);
-		DBG_NOTICE("bucketfs: share %s: refused a path of %zu bytes: "
-			   "longer than the index holds (%d with the share's "
-			   "prefix)\n", bc->service, strlen(norm + 1),
-			   S3_DIR_KEY_MAX);
-		TALLOC_FREE(frame);
-		return ENAMETOOLONG;
-	}
-	if (ret != 0 && ret != ENOMEM) {
-		char *shown = bfs_name_printable(frame, norm + 1);
-
-		DBG_NOTICE("bucketfs: share %s: refused the name %s: %s\n",
-			   bc->service, shown ? shown : "?",
-			   ret == ENAMETOOLONG ? "a component is too long" :
-			   "it is not the SMB form of any S3 key");
-	}
-	TALLOC_FREE(frame);
-	return ret;
-}
-
-/* The absolute SMB path of share-relative key path rel (for smbd). */
-static char *bfs_abs_of_rel(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
-			    const char *rel)
-{
-	char *smb, *abs;
-
-	if (rel[0] == '\0') {
-		return talloc_strdup(mem_ctx, bc->connectpath);
-	}
-	smb = bfs_path_to_smb(mem_ctx, rel);
-	if (smb == NULL) {
-		return NULL;
-	}
-	abs = talloc_asprintf(mem_ctx, "%s%s%s", bc->connectpath,
-			      strcmp(bc->connectpath, "/") ? "/" : "", smb);
-	talloc_free(smb);
-	if (abs == NULL) {
-		errno = ENOMEM;
-	}
-	return abs;
-}
-
-static char *bfs_key(TALLOC_CTX *mem_ctx, struct bfs_conn *bc, const char *rel)
-{
-	return talloc_asprintf(mem_ctx, "%s%s", bc->prefix, rel);
-}
-
-/* Key prefix listing the directory rel. */
-static char *bfs_dir_prefix(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
-			    const char *rel)
-{
-	return talloc_asprintf(mem_ctx, "%s%s%s", bc->prefix, rel,
-			       rel[0] != '\0' ? "/" : "");
-}
-
-static void bfs_split(TALLOC_CTX *mem_ctx, const char *rel, char **parent,
-		      const char **base)
-{
-	const char *slash = strrchr(rel, '/');
-
-	if (slash == NULL) {
-		*parent = talloc_strdup(mem_ctx, "");
-		*base = rel;
-	} else {
-		*parent = talloc_strndup(mem_ctx, rel, (size_t)(slash - rel));
-		*base = slash + 1;
-	}
+	return bfs_path_resolve(mem_ctx, bc->service, bc->connectpath, bc->cwd,
+				bc->prefix, bfs_dirfsp_path(dirfsp), name, rel);
 }
 
 /* ---- S3 errors --------------------------------------------------------------- */
@@ -749,7 +593,7 @@ static bool bfs_dir_wait_for_lister(struct bfs_conn *bc, const char *prefix,
 static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	char *prefix = bfs_dir_prefix(frame, bc, rel);
+	char *prefix = bfs_path_dir_prefix(frame, bc->prefix, rel);
 	struct s3_status st = {0};
 	struct s3_dir *dir = NULL;
 	struct tevent_req *req;
@@ -896,7 +740,7 @@ static struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	fh->stage_fd = -1;
 	fh->bc = bc;
 	fh->rel = talloc_strdup(fh, rel);
-	fh->key = bfs_key(fh, bc, rel);
+	fh->key = bfs_path_key(fh, bc->prefix, rel);
 	fh->is_dir = e->is_dir;
 	fh->size = e->size;
 	fh->etag = e->etag ? talloc_strdup(fh, e->etag) : NULL;
@@ -927,8 +771,10 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	int ret;
 
 	if (rel[0] != '\0') {
-		bfs_split(frame, rel, &parent, &base);
-		prefix = parent ? bfs_dir_prefix(frame, bc, parent) : NULL;
+		bfs_path_split(frame, rel, &parent, &base);
+		prefix = parent ? bfs_path_dir_prefix(frame, bc->prefix,
+						      parent) :
+				  NULL;
 		if (prefix == NULL) {
 			TALLOC_FREE(frame);
 			return ENOMEM;
@@ -988,84 +834,46 @@ static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
 /* ---- connect ------------------------------------------------------------------------ */
 
 
-/*
- * smb.conf is readable by every local user and copied into bug reports:
- * a secret written there is refused, not used.
- */
-static int bfs_refuse_inline_secrets(struct vfs_handle_struct *handle,
-				     struct bfs_conn *bc)
-{
-	static const char *const names[] = {
-		"secret access key", "secret key", "secret",
-		"aws_secret_access_key", "session token", "aws_session_token",
-	};
-	size_t i;
-
-	for (i = 0; i < ARRAY_SIZE(names); i++) {
-		const char *v = lp_parm_const_string(SNUM(handle->conn),
-						     BFS_MODULE, names[i], NULL);
-		if (v != NULL && v[0] != '\0') {
-			DBG_ERR("bucketfs: share %s: 'bucketfs:%s' puts a secret "
-				"in smb.conf, which every local user can read: "
-				"refused; put the keys in a credentials file "
-				"(mode 0600) named by 'bucketfs:credentials "
-				"file'\n", bc->service, names[i]);
-			return EPERM;
-		}
-	}
-	return 0;
-}
-
-static int bfs_load_credentials(struct vfs_handle_struct *handle,
-				struct bfs_conn *bc)
+/* The chain of lib/bfs_creds, with this share's smb.conf values. */
+static int bfs_load_credentials(struct bfs_conn *bc)
 {
 	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm, bc};
-	const char *file = bfs_parm_string(&pc, "credentials file");
-	const char *profile = bfs_parm_string(&pc, "profile");
-	struct passwd *pw = getpwuid(sec_initial_uid());
-	/* "~" as the AWS tools read it: $HOME, else the user's home. */
-	const char *home = getenv("HOME") ?: (pw != NULL ? pw->pw_dir : NULL);
-	const char *why = NULL, *source = NULL;
-	bool imds = true;
+	const struct bfs_psrc src = {bfs_lp_get, &pc};
+	struct bfs_creds_params p = {
+		.service = bc->service,
+		.conf = &src,
+		.anonymous = bc->cfg.anonymous,
+		.file = bfs_parm_string(&pc, "credentials file"),
+		.profile = bfs_parm_string(&pc, "profile"),
+		.imds = true,
+		.imds_endpoint = bfs_parm_string(&pc, "imds endpoint"),
+	};
+	struct bfs_creds creds;
+	const char *why = NULL;
 	int ret;
 
-	if (!bfs_parm_bool(&pc, "imds", &imds)) {
-		return EINVAL;
-	}
-	ret = bfs_refuse_inline_secrets(handle, bc);
-	if (ret != 0) {
-		return ret;
-	}
-	ret = s3_creds_resolve(bc, file, profile, home, &bc->cfg.creds,
-			       &source, &why);
-	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
-	    imds) {
-		/* Last in the chain: an EC2 instance's role. */
-		const char *endpoint = bfs_parm_string(&pc, "imds endpoint");
-		ret = s3_imds_fetch(bc, endpoint, 1000, &bc->cfg.creds,
-				    &bc->creds_expire, &why);
-		if (ret == 0) {
-			bc->imds = talloc_strdup(bc, endpoint);
-			source = "the instance metadata service (IMDSv2)";
-		} else {
-			DBG_ERR("bucketfs: share %s: no credentials in the "
-				"share's file, the environment or "
-				"~/.aws/credentials, and none from %s: %s\n",
-				bc->service, endpoint, why);
-			return ret;
+	if (!p.anonymous) {
+		if (!bfs_parm_bool(&pc, "imds", &p.imds)) {
+			return EINVAL;
 		}
+		/* "~" is the home of the user smbd started as (root). */
+		p.home = bfs_creds_home(sec_initial_uid());
 	}
+	ret = bfs_creds_get(bc, &p, &creds, &why);
 	if (ret != 0) {
 		DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
 		return ret;
 	}
-	if (source[0] == '/' && s3_creds_file_is_exposed(source)) {
-		DBG_WARNING("bucketfs: share %s: credentials file %s can be "
-			    "read by other users: chmod 600 it\n", bc->service,
-			    source);
+	bc->cfg.creds = creds.keys;
+	bc->creds_expire = creds.expire;
+	bc->imds = creds.imds;
+	if (creds.source == NULL) {
+		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
+			 bc->service);
+		return 0;
 	}
 	DBG_INFO("bucketfs: share %s: S3 credentials from %s\n", bc->service,
-		 source);
+		 creds.source);
 	return 0;
 }
 
@@ -1147,7 +955,6 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 			    bool endpoint_derived)
 {
 	struct s3_status st = {0};
-	const char *cause;
 	time_t listed;
 	int ret;
 
@@ -1174,33 +981,10 @@ static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 		bc->s3_down_until = time(NULL) + BFS_OUTAGE_RETRY;
 		return 0;
 	}
-	switch (ret) {
-	case EACCES:
-		cause = "the S3 server refused the credentials";
-		break;
-	case ENOENT:
-		cause = "the bucket does not exist";
-		break;
-	case ECONNREFUSED:
-	case EHOSTUNREACH:
-	case ETIMEDOUT:
-	case ECONNRESET:
-		cause = "the S3 endpoint is unreachable";
-		break;
-	case EPROTO:
-		cause = "TLS with the S3 endpoint failed";
-		break;
-	case ENXIO:
-		cause = "the bucket is in another region or needs another "
-			"endpoint";
-		break;
-	default:
-		cause = "the S3 server answered with an error";
-		break;
-	}
 	DBG_ERR("bucketfs: share %s: cannot serve bucket '%s' at %s: %s "
 		"(%s; HTTP %ld%s%s%s%s)\n",
-		bc->service, bc->cfg.bucket, bc->cfg.endpoint, cause,
+		bc->service, bc->cfg.bucket, bc->cfg.endpoint,
+		bfs_probe_cause(ret),
 		st.code[0] ? st.code : strerror(ret), st.http_status,
 		st.message[0] ? "; " : "", st.message,
 		st.region[0] ? "; the bucket is in region " : "", st.region);
@@ -1424,7 +1208,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	if (!bfs_follow_config(bc)) {
 		goto inval;
 	}
-	bc->connectpath = bfs_normalise(bc, handle->conn->connectpath);
+	bc->connectpath = bfs_path_normalise(bc, handle->conn->connectpath);
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
 	bc->connected = time(NULL);
 	/* Modes are octal in smb.conf, as everywhere in Samba: 0644. */
@@ -1444,14 +1228,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	prefix = bfs_parm_string(&pc, "prefix");
-	while (prefix[0] == '/') {
-		prefix++;
-	}
-	bc->prefix = talloc_asprintf(bc, "%s%s", prefix,
-				     prefix[0] != '\0' &&
-						     prefix[strlen(prefix) - 1] != '/' ?
-					     "/" :
-					     "");
+	bc->prefix = bfs_path_share_prefix(bc, prefix);
 	endpoint = bfs_parm_string(&pc, "endpoint");
 	/*
 	 * Copies: what lp_parm_const_string() returns is freed by the next
@@ -1562,11 +1339,8 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto fail;
 	}
 
-	if (bc->cfg.anonymous) {
-		/* A public dataset: unsigned requests, no credentials. */
-		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
-			 service);
-	} else if ((ret = bfs_load_credentials(handle, bc)) != 0) {
+	ret = bfs_load_credentials(bc);
+	if (ret != 0) {
 		goto fail;
 	}
 
@@ -1768,7 +1542,8 @@ static DIR *bfs_fdopendir(struct vfs_handle_struct *handle, files_struct *fsp,
 	}
 	dh = talloc_zero(bc, struct bfs_dir_handle);
 	if (dh == NULL ||
-	    (dh->prefix = bfs_dir_prefix(dh, bc, fh->rel)) == NULL) {
+	    (dh->prefix = bfs_path_dir_prefix(dh, bc->prefix, fh->rel)) ==
+		    NULL) {
 		TALLOC_FREE(dh);
 		errno = ENOMEM;
 		return NULL;
@@ -1907,7 +1682,7 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 	if (ret == 0) {
 		ret = bfs_dir_fresh(bc, rel);
 	}
-	prefix = ret == 0 ? bfs_dir_prefix(frame, bc, rel) : NULL;
+	prefix = ret == 0 ? bfs_path_dir_prefix(frame, bc->prefix, rel) : NULL;
 	if (ret == 0 && prefix == NULL) {
 		ret = ENOMEM;
 	}
@@ -2321,7 +2096,7 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	char *parent, *prefix;
 	int ret;
 
-	bfs_split(frame, rel, &parent, &base);
+	bfs_path_split(frame, rel, &parent, &base);
 	ret = parent != NULL ? bfs_lookup(frame, bc, parent, &sbuf, &fh) :
 			       ENOMEM;
 	if (ret == 0 && !fh->is_dir) {
@@ -2330,7 +2105,8 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	if (ret == 0 && (base[0] == '\0' || strlen(base) > 255)) {
 		ret = base[0] == '\0' ? EINVAL : ENAMETOOLONG;
 	}
-	prefix = ret == 0 ? bfs_dir_prefix(frame, bc, parent) : NULL;
+	prefix = ret == 0 ? bfs_path_dir_prefix(frame, bc->prefix, parent) :
+			    NULL;
 	if (ret == 0 && prefix == NULL) {
 		ret = ENOMEM;
 	}
@@ -2585,7 +2361,7 @@ static int bfs_chdir(struct vfs_handle_struct *handle,
 		errno = ret;
 		return -1;
 	}
-	abs = bfs_abs_of_rel(bc, bc, rel);
+	abs = bfs_path_abs_of_rel(bc, bc->connectpath, rel);
 	TALLOC_FREE(rel);
 	if (abs == NULL) {
 		return -1;
@@ -2624,7 +2400,7 @@ static struct smb_filename *bfs_realpath(struct vfs_handle_struct *handle,
 		errno = ret;
 		return NULL;
 	}
-	abs = bfs_abs_of_rel(talloc_tos(), bc, rel);
+	abs = bfs_path_abs_of_rel(talloc_tos(), bc->connectpath, rel);
 	TALLOC_FREE(rel);
 	if (abs == NULL) {
 		return NULL;
@@ -2750,10 +2526,11 @@ static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 		char *parent;
 		const char *base;
 
-		bfs_split(talloc_tos(), fh->rel, &parent, &base);
+		bfs_path_split(talloc_tos(), fh->rel, &parent, &base);
 		if (parent != NULL) {
-			bfs_forget_listing(bc, bfs_dir_prefix(talloc_tos(), bc,
-							       parent));
+			bfs_forget_listing(bc, bfs_path_dir_prefix(
+						       talloc_tos(), bc->prefix,
+						       parent));
 		}
 		TALLOC_FREE(parent);
 		DBG_WARNING("bucketfs: s3://%s/%s changed since it was opened; "
@@ -3580,7 +3357,7 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 	if (ret == 0) {
 		ret = EEXIST;
 	} else if (ret == ENOENT && rel != NULL && rel[0] != '\0') {
-		bfs_split(frame, rel, &parent, &base);
+		bfs_path_split(frame, rel, &parent, &base);
 		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
 		if (ret == 0 && !pfh->is_dir) {
 			ret = ENOTDIR;
@@ -3591,7 +3368,7 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 		errno = ret;
 		return -1;
 	}
-	marker = bfs_dir_prefix(frame, bc, rel);
+	marker = bfs_path_dir_prefix(frame, bc->prefix, rel);
 	ret = bfs_wb_put_empty(bc->wb, marker, &st);
 	if (ret != 0) {
 		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
@@ -3600,7 +3377,7 @@ static int bfs_mkdirat(struct vfs_handle_struct *handle,
 		return -1;
 	}
 	/* In the parent's listing now, and known to be empty. */
-	prefix = bfs_dir_prefix(frame, bc, parent);
+	prefix = bfs_path_dir_prefix(frame, bc->prefix, parent);
 	e.name = (char *)base;
 	e.is_dir = true;
 	e.mtime = time(NULL);
@@ -3643,7 +3420,7 @@ static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
 		}
 		bfs_fh_stream_drop(bc, o); /* its upload has the old name */
 		o->rel = talloc_strdup(o, dst_rel);
-		o->key = bfs_key(o, bc, dst_rel);
+		o->key = bfs_path_key(o, bc->prefix, dst_rel);
 		o->obj.key = o->key;
 		o->open_etag = NULL;
 		if (o->stage_fd != -1) {
@@ -3664,7 +3441,7 @@ static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
 {
 	TALLOC_CTX *frame = talloc_stackframe();
 	char *src_key = talloc_strdup(frame, staged->key);
-	char *dst_key = bfs_key(frame, bc, dst_rel);
+	char *dst_key = bfs_path_key(frame, bc->prefix, dst_rel);
 	int ret;
 
 	if (src_key == NULL || dst_key == NULL) {
@@ -3694,8 +3471,8 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			  const char *dst_rel)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	char *sp = bfs_dir_prefix(frame, bc, src_rel);
-	char *dp = bfs_dir_prefix(frame, bc, dst_rel);
+	char *sp = bfs_path_dir_prefix(frame, bc->prefix, src_rel);
+	char *dp = bfs_path_dir_prefix(frame, bc->prefix, dst_rel);
 	struct s3_status st = {0};
 	char **keys = NULL;
 	uint64_t *sizes = NULL;
@@ -3733,11 +3510,11 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		const char *sbase, *dbase;
 		int iret = ENOMEM;
 
-		bfs_split(frame, src_rel, &sparent, &sbase);
-		bfs_split(frame, dst_rel, &dparent, &dbase);
+		bfs_path_split(frame, src_rel, &sparent, &sbase);
+		bfs_path_split(frame, dst_rel, &dparent, &dbase);
 		if (sparent != NULL && dparent != NULL) {
-			spp = bfs_dir_prefix(frame, bc, sparent);
-			dpp = bfs_dir_prefix(frame, bc, dparent);
+			spp = bfs_path_dir_prefix(frame, bc->prefix, sparent);
+			dpp = bfs_path_dir_prefix(frame, bc->prefix, dparent);
 		}
 		if (spp != NULL && dpp != NULL) {
 			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
@@ -3859,7 +3636,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 		struct bfs_fh *pfh = NULL;
 		SMB_STRUCT_STAT sbuf;
 
-		bfs_split(frame, dst_rel, &parent, &base);
+		bfs_path_split(frame, dst_rel, &parent, &base);
 		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
 		if (ret == 0 && !pfh->is_dir) {
 			ret = ENOTDIR;
@@ -3878,7 +3655,8 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
 		ret = bfs_rename_staged(bc, staged, dst_rel);
 	} else if (src->etag == NULL && bfs_engine_now(bc) != 0 &&
-		   bfs_retarget(bc, src->key, bfs_key(frame, bc, dst_rel)) ==
+		   bfs_retarget(bc, src->key,
+				bfs_path_key(frame, bc->prefix, dst_rel)) ==
 			   0) {
 		/* Its upload, not begun, goes to the new name: no copy. */
 		bfs_rekey_open(bc, src->key, dst_rel);
@@ -3886,7 +3664,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 		   (ret = bfs_wait_other_upload(frame, bc, src_rel, &src)) != 0) {
 		/* logged there */
 	} else {
-		dst_key = bfs_key(frame, bc, dst_rel);
+		dst_key = bfs_path_key(frame, bc->prefix, dst_rel);
 		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);
@@ -3905,7 +3683,7 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	char *prefix = bfs_dir_prefix(frame, bc, rel);
+	char *prefix = bfs_path_dir_prefix(frame, bc->prefix, rel);
 	struct bfs_entry *ents = NULL;
 	struct s3_status st = {0};
 	char **keys = NULL;

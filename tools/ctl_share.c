@@ -8,15 +8,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "smbconf.h"
 #include "smbconf_txt.h"
 
+#include "bfs_creds.h"
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
 #include "bfs_params.h"
-#include "s3_creds.h"
-#include "s3_imds.h"
+#include "bfs_path.h"
 #include "s3_ops.h"
 
 TALLOC_CTX *ctl_mem;
@@ -123,7 +124,6 @@ const char *ctl_string(struct ctl *c, const char *name)
 void ctl_load(struct ctl *c, const char *conf_path)
 {
 	bool exists = false;
-	char *share_prefix;
 
 	if (!SBC_ERROR_IS_OK(smbconf_init_txt(c->mem, &c->conf, conf_path))) {
 		ctl_die("cannot read %s", conf_path);
@@ -137,14 +137,11 @@ void ctl_load(struct ctl *c, const char *conf_path)
 		ctl_die("share [%s] in %s has no 'bucketfs:bucket': not a "
 			"bucketfs share?", c->share, conf_path);
 	}
-	share_prefix = talloc_strdup(c->mem, ctl_string(c, "prefix"));
-	while (share_prefix[0] == '/') {
-		share_prefix++;
+	/* The module's key prefix, spelled as the module spells it. */
+	c->prefix = bfs_path_share_prefix(c->mem, ctl_string(c, "prefix"));
+	if (c->prefix == NULL) {
+		ctl_die("out of memory");
 	}
-	c->prefix = talloc_asprintf(c->mem, "%s%s", share_prefix,
-				    share_prefix[0] != '\0' &&
-						    share_prefix[strlen(share_prefix) - 1] != '/' ?
-					    "/" : "");
 	c->cache_dir = ctl_param(c, "cache dir", NULL);
 	if (c->cache_dir == NULL || c->cache_dir[0] == '\0') {
 		c->cache_dir = talloc_asprintf(c->mem, "/var/cache/bucketfs/%s",
@@ -263,10 +260,11 @@ struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev,
 			 time_t *creds_expire)
 {
 	struct s3_client_config cfg = {0};
-	const char *why = NULL, *source = NULL, *file;
-	const char *home = getenv("HOME");
+	const struct bfs_psrc src = {ctl_get, c};
+	struct bfs_creds_params p = {.conf = &src, .imds = true};
+	struct bfs_creds creds;
+	const char *why = NULL;
 	struct s3_client *s3;
-	time_t expire = 0;
 	int ret;
 
 	cfg.bucket = c->bucket;
@@ -281,19 +279,21 @@ struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev,
 		1000 * (unsigned)ctl_int(c, "request timeout");
 	cfg.anonymous = ctl_bool(c, "anonymous");
 	cfg.requester_pays = ctl_bool(c, "requester pays");
-	file = ctl_string(c, "credentials file");
-	ret = cfg.anonymous ? 0 :
-		s3_creds_resolve(c->mem, file, ctl_string(c, "profile"), home,
-				 &cfg.creds, &source, &why);
-	/* As the module: the instance role only when no file is named. */
-	if (ret == ENOENT && (file == NULL || file[0] == '\0') &&
-	    ctl_bool(c, "imds")) {
-		ret = s3_imds_fetch(c->mem, ctl_string(c, "imds endpoint"),
-				    1000, &cfg.creds, &expire, &why);
+	/* The module's chain (lib/bfs_creds), read as the module reads it. */
+	p.service = c->share;
+	p.anonymous = cfg.anonymous;
+	p.file = ctl_string(c, "credentials file");
+	p.profile = ctl_string(c, "profile");
+	p.imds_endpoint = ctl_string(c, "imds endpoint");
+	if (!p.anonymous) {
+		p.imds = ctl_bool(c, "imds");
+		p.home = bfs_creds_home(getuid());
 	}
+	ret = bfs_creds_get(c->mem, &p, &creds, &why);
 	if (ret != 0) {
 		ctl_die("share [%s]: %s", c->share, why ? why : strerror(ret));
 	}
+	cfg.creds = creds.keys;
 	s3 = s3_client_new(c->mem, ev, &cfg);
 	if (s3 == NULL) {
 		ctl_die("share [%s]: bad endpoint '%s'", c->share,
@@ -324,7 +324,7 @@ struct s3_client *ctl_s3(struct ctl *c, struct tevent_context *ev,
 		}
 	}
 	if (creds_expire != NULL) {
-		*creds_expire = expire;
+		*creds_expire = creds.expire;
 	}
 	return s3;
 }
