@@ -287,9 +287,9 @@ static void s3_curl_init(void)
  * checks, no socket callbacks) must not be used: the caller fails with
  * the errno returned, and the log line names the option.
  */
-static int s3_setopt_errno(CURLcode rc)
+int s3_setopt_errno(int curlcode)
 {
-	switch (rc) {
+	switch ((CURLcode)curlcode) {
 	case CURLE_OUT_OF_MEMORY:
 		return ENOMEM;
 	case CURLE_UNKNOWN_OPTION:

@@ -137,6 +137,13 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
 /*
+ * The errno of an option libcurl refused (a curl_easy_setopt CURLcode):
+ * ENOMEM, ENOTSUP (an option this libcurl lacks), EINVAL (a value it will
+ * not take) or EIO.  A request set up in part must not go out.
+ */
+int s3_setopt_errno(int curlcode);
+
+/*
  * Whether found, a region a server named for the bucket (s3_status'
  * region), is one to follow instead of current: not empty, not the same,
  * and a region's name (lower-case letters, digits and '-'), never text a

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "bfs_log.h"
+#include "s3_client.h" /* s3_setopt_errno */
 #include "s3_xml.h" /* s3_parse_iso8601 */
 
 /* Role names and credential documents are small. */
@@ -43,17 +44,7 @@ static int s3_imds_setopt_failed(const char *opt, CURLcode rc)
 {
 	bfs_log(BFS_LOG_ERR, "bucketfs: libcurl refused %s for the instance "
 		"metadata service: %s", opt, curl_easy_strerror(rc));
-	switch (rc) {
-	case CURLE_OUT_OF_MEMORY:
-		return ENOMEM;
-	case CURLE_UNKNOWN_OPTION:
-	case CURLE_NOT_BUILT_IN:
-		return ENOTSUP;
-	case CURLE_BAD_FUNCTION_ARGUMENT:
-		return EINVAL;
-	default:
-		return EIO;
-	}
+	return s3_setopt_errno(rc);
 }
 
 /* Set option opt of e unless an earlier one failed (*err: its errno). */
