@@ -1488,46 +1488,55 @@ def writeback(w, tmp):
         # Issue 19 point 15: smbd talks to S3 with the user's rights and
         # lends root's only to the cache folder's file calls.  While an
         # upload (PUT held 3 s) and a cold read (GET held 3 s) of a user
-        # are in flight, its smbd's effective uid is the user's.
+        # are in flight, its smbd's effective uid is the user's: sampled
+        # every 0.1 s, nearly always (smbd itself is root for a moment at
+        # the tree connect, and lib/ for each cache file it opens); with
+        # the S3 work under become_root, root's for the 3 s.
         import pwd
         uid = pwd.getpwnam(OTHER_USER).pw_uid
         src = make("asuser.bin", 3 << 20)
 
         def euids_while(fault, commands):
             w.fault(fault)
-            seen = set()
+            seen = []
             try:
                 p = subprocess.Popen(
                     ["smbclient", "//127.0.0.1/rwasuser", "-p", str(w.smb_port),
                      "-U", f"{OTHER_USER}%{PASSWORD}", "-m", "SMB3", "-c", commands],
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                deadline = time.time() + 60
+                deadline, pid = time.time() + 60, None
                 while p.poll() is None and time.time() < deadline:
-                    status = sh(["smbstatus", "-p", "-s", w.conf], check=False).stdout
-                    for line in status.splitlines():
-                        f = line.split()
-                        if len(f) > 2 and f[0].isdigit() and f[1] == OTHER_USER:
-                            try:
-                                with open(f"/proc/{f[0]}/task/{f[0]}/status") as st:
-                                    for l in st:
-                                        if l.startswith("Uid:"):
-                                            seen.add(int(l.split()[2]))
-                            except FileNotFoundError:
-                                pass
-                    time.sleep(0.1)
+                    if pid is None:  # the user's smbd, once it has a session
+                        status = sh(["smbstatus", "-p", "-s", w.conf], check=False).stdout
+                        pid = next((f[0] for f in map(str.split, status.splitlines())
+                                    if len(f) > 2 and f[0].isdigit() and f[1] == OTHER_USER),
+                                   None)
+                        continue
+                    try:
+                        with open(f"/proc/{pid}/task/{pid}/status") as st:
+                            seen += [int(l.split()[2]) for l in st if l.startswith("Uid:")]
+                    except FileNotFoundError:
+                        break
+                    time.sleep(0.02)
                 out = p.communicate(timeout=60)[0]
                 assert p.returncode == 0, out
             finally:
                 w.fault("")
             return seen
 
+        def the_users(seen, what):
+            assert len(seen) >= 30 and seen.count(uid) >= 0.8 * len(seen) and \
+                set(seen) <= {uid, 0}, f"euids seen during the {what}: {seen}, the user's is {uid}"
+            return f"{seen.count(uid)} of {len(seen)}"
+
         seen = euids_while("PUT delay:3 -1", f"put {src} asuser.bin")
-        assert seen == {uid}, f"euids seen during the upload: {seen}, the user's is {uid}"
+        up = the_users(seen, "upload")
         assert w.s3_sha256("rwasuser/asuser.bin") == sha256(src)
         w.ctl("rwasuser", "invalidate", "")  # its blocks too: a cold read
         out = os.path.join(tmp, "asuser.out")
         seen = euids_while("GET delay:3 -1 asuser.bin", f"get asuser.bin {out}")
-        assert seen == {uid}, f"euids seen during the read: {seen}, the user's is {uid}"
+        down = the_users(seen, "read")
+        print(f"    # samples with the user's uid: upload {up}, read {down}")
         assert sha256(out) == sha256(src)
         # The fill thread, started with root's rights, cached every block.
         def gets():
