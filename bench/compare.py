@@ -83,6 +83,24 @@ if LIST_BIG == 10000:  # the listing workloads are named by their size
     sys.exit("bench: BENCH_LIST_BIG must differ from the fixed 10000 listing")
 RAND_S = float(os.environ.get("BENCH_RAND_S", "10"))
 SYSTEMS = ["local", "bucketfs", "s3fs", "rclone"]  # (a)-(d); (e) raw apart
+# BENCH_ONLY=loader,checkpoint,...: measure these families alone (seq,
+# rand, small, loader, list, checkpoint); the table keeps the other rows
+# from bench/results/compare-runs.json and says where each row is from.
+FAMILIES = ("seq", "rand", "small", "loader", "list", "checkpoint")
+ONLY = [f for f in os.environ.get("BENCH_ONLY", "").split(",") if f]
+if any(f not in FAMILIES for f in ONLY):
+    sys.exit(f"bench: BENCH_ONLY takes {','.join(FAMILIES)}")
+
+
+def wanted(family):
+    return not ONLY or family in ONLY
+
+
+def family_of(workload):
+    if workload.startswith(f"small W="):
+        return "loader"
+    return {"seq": "seq", "ran": "rand", "sma": "small", "lis": "list",
+            "che": "checkpoint"}[workload[:3]]
 RESULTS = os.path.join(TOP, "bench/results")
 
 
@@ -212,14 +230,15 @@ class Bench:
             for _ in range(SEQ_MB):
                 f.write(os.urandom(1 << 20))
         self.s3tool("putmp", "seq.bin", f"{loc}/seq.bin", str(16 << 20), "8")
-        self.s3tool("putmany", "small/f", str(SMALL_N), str(SMALL_KB * 1024))
+        if wanted("small") or wanted("loader"):
+            self.s3tool("putmany", "small/f", str(SMALL_N), str(SMALL_KB * 1024))
         open(f"{t}/empty", "wb").close()
         self.s3tool("put", "runs/", f"{t}/empty")  # the directory's marker
         body = b"x" * (SMALL_KB * 1024)
-        for i in range(SMALL_N):
+        for i in range(SMALL_N if wanted("small") or wanted("loader") else 0):
             with open(f"{loc}/small/f{i:05d}", "wb") as f:
                 f.write(body)
-        for n in (10000, LIST_BIG):
+        for n in (10000, LIST_BIG) if wanted("list") else ():
             d = f"list{n}"
             os.makedirs(f"{loc}/{d}")
             self.s3tool("putmany", f"{d}/o", str(n), "37")
@@ -495,7 +514,7 @@ WORKLOADS = [  # name, unit, higher is better
 
 
 def run_all(b):
-    for _ in range(RUNS):
+    for _ in range(RUNS if wanted("seq") else 0):
         for system in SYSTEMS:
             share = system
             if system != "local":
@@ -504,18 +523,18 @@ def run_all(b):
                 b.measure("seq cold", system, b.seq_read(share), "MB/s")
             b.measure("seq hot", system, b.seq_read(share), "MB/s")
         b.measure("seq cold", "raw", b.raw_seq, "MB/s")
-    for size, label in ((64 << 10, "64K"), (1 << 20, "1M")):
+    for size, label in ((64 << 10, "64K"), (1 << 20, "1M")) if wanted("rand") else ():
         for clients in (1, 8):
             for _ in range(RUNS):
                 for system in SYSTEMS:
                     b.measure(f"rand {label} x{clients}", system,
                               b.rand_read(system, size, clients), "MB/s")
-    for _ in range(RUNS):
+    for _ in range(RUNS if wanted("small") else 0):
         for system in SYSTEMS:
             if system != "local":
                 b.make_cold(system)
             b.measure("small files", system, b.small_files(system), "MB/s")
-    for _ in range(RUNS):
+    for _ in range(RUNS if wanted("loader") else 0):
         for system in ("local", "bucketfs"):
             b.make_cold(system)
             b.smbclient(system, "cd small; ls")
@@ -523,7 +542,7 @@ def run_all(b):
             b.measure(f"small W={SMALL_W} hot", system, b.loader(system), "files/s")
         b.measure(f"small W={SMALL_W} cold", "raw", b.raw_small(True), "files/s")
         b.measure(f"small W={SMALL_W} hot", "raw", b.raw_small(False), "files/s")
-    for n in (10000, LIST_BIG):
+    for n in (10000, LIST_BIG) if wanted("list") else ():
         for system in SYSTEMS:
             start = time.monotonic()
             try:  # the first listing fills whatever caches listings
@@ -537,10 +556,28 @@ def run_all(b):
                 log(f"list {n} on {system}: over 2 minutes, measured once")
             for _ in range(1 if slow else RUNS):
                 b.measure(f"list {n}", system, b.listing(system, n), "s")
-    for _ in range(RUNS):
+    for _ in range(RUNS if wanted("checkpoint") else 0):
         for system in SYSTEMS:
             b.measure("checkpoint", system, b.checkpoint(system), "MB/s")
         b.measure("checkpoint", "raw", b.raw_put, "MB/s")
+
+
+def keep_earlier(b):
+    """With BENCH_ONLY: the other families' runs from the last full run."""
+    path = f"{RESULTS}/compare-runs.json"
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError):
+        return None
+    source = earlier.get("source", "an earlier make bench")
+    kept = [dict(r, source=r.get("source", source)) for r in earlier["runs"]
+            if not wanted(family_of(r["workload"]))]
+    now = f"make bench of {time.strftime('%Y-%m-%d %H:%M')} (BENCH_ONLY={','.join(ONLY)})"
+    for r in b.results:
+        r["source"] = now
+    b.results = kept + b.results
+    return sorted({r["source"] for r in kept})
 
 
 def medians(b):
@@ -704,17 +741,24 @@ def main():
     try:
         b = Bench(tmp)
         b.seed()
-        b.mount_s3fs()
-        b.mount_rclone()
+        if any(wanted(f) for f in ("seq", "rand", "small", "list", "checkpoint")):
+            b.mount_s3fs()
+            b.mount_rclone()
         b.start_smbd()
         run_all(b)
+        earlier = keep_earlier(b) if ONLY else None
         m = medians(b)
         table = report(b, m)
+        if earlier:
+            table = table.replace("\n\n", "\n\nRows of " + ", ".join(ONLY) +
+                                  f" measured {time.strftime('%Y-%m-%d')}; the others are "
+                                  "from " + "; ".join(earlier) + ".\n\n", 1)
         os.makedirs(RESULTS, exist_ok=True)
         with open(f"{RESULTS}/compare.md", "w") as f:
             f.write(table)
         with open(f"{RESULTS}/compare-runs.json", "w") as f:
-            json.dump({"source": f"make bench of {time.strftime('%Y-%m-%d %H:%M')}",
+            json.dump({"source": f"make bench of {time.strftime('%Y-%m-%d %H:%M')}"
+                       + (f" (BENCH_ONLY={','.join(ONLY)})" if ONLY else ""),
                        "runs": b.results}, f, indent=1)
         charts(m)
         update_readme(table)
