@@ -469,6 +469,29 @@ static bool bfs_wb_undo_if_gone(struct bfs_wb *wb, const char *key,
 	return gone;
 }
 
+/*
+ * A newer close (or a rename over key: write tmp, rename over final) took
+ * key between our check that the record was ours and our index update,
+ * which then covered its pending entry with our older version: readers
+ * would see the old bytes until the newer upload ends (the 16-client soak
+ * caught a 1-byte checkpoint read back as its 7 MiB predecessor).  Put
+ * the newer record's pending entry back.
+ */
+static void bfs_wb_index_newer(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+
+	if (tmp != NULL && bfs_journal_get(wb->j, tmp, key, &cur) == 0 &&
+	    cur.op == BFS_J_PUT &&
+	    bfs_wb_index_file(wb, key, cur.size, cur.mtime, NULL) != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot show the newer version "
+			"of %s in the index: readers see the older one until "
+			"its upload ends", key);
+	}
+	talloc_free(tmp);
+}
+
 /* Whether rec is still key's record (no newer close replaced it). */
 static bool bfs_wb_still_ours(struct bfs_wb *wb, const struct bfs_jrec *rec)
 {
@@ -555,6 +578,8 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		 */
 		if (bfs_wb_undo_if_gone(wb, rec->key, tag)) {
 			bfs_wb_index_forget(wb, rec->key);
+		} else {
+			bfs_wb_index_newer(wb, rec->key);
 		}
 		ret = 0;
 	}
