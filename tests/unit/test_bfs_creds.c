@@ -40,29 +40,7 @@ static void keep_line(int level, const char *line)
 	snprintf(last_line, sizeof(last_line), "%s", line);
 }
 
-static const char *write_file(TALLOC_CTX *t, const char *dir,
-			      const char *name, const char *text, mode_t mode)
-{
-	char *path = talloc_asprintf(t, "%s/%s", dir, name);
-	FILE *f;
-
-	assert_non_null(path);
-	f = fopen(path, "w");
-	assert_non_null(f);
-	fputs(text, f);
-	fclose(f);
-	assert_int_equal(chmod(path, mode), 0);
-	return path;
-}
-
-static void clear_env(void)
-{
-	unsetenv("AWS_ACCESS_KEY_ID");
-	unsetenv("AWS_SECRET_ACCESS_KEY");
-	unsetenv("AWS_SESSION_TOKEN");
-	unsetenv("AWS_SHARED_CREDENTIALS_FILE");
-	unsetenv("AWS_PROFILE");
-}
+#include "test_creds_files.h"
 
 static const char profiles[] =
 	"[default]\n"
