@@ -41,6 +41,7 @@
 #include "bfs_path.h"
 #include "bfs_probe.h"
 #include "bfs_reader.h"
+#include "bfs_share.h"
 #include "bfs_stats.h"
 #include "bfs_stream.h"
 #include "bfs_writeback.h"
@@ -77,98 +78,6 @@ static int vfs_bucketfs_debug_level = DBGC_VFS;
 #endif
 const char bucketfs_built_for[] = "bucketfs-built-for: samba="
 	BUCKETFS_SAMBA_PKGVER " vfs=" __STRINGSTRING(SMB_VFS_INTERFACE_VERSION);
-
-struct bfs_conn {
-	const char *service;
-	int snum;
-	/*
-	 * The connected or forced user, copied: smbd replaces (and frees)
-	 * conn->session_info on every change of user.
-	 */
-	uid_t owner_uid;
-	gid_t owner_gid;
-	time_t config_read;	/* when the reloadable parameters were read */
-	char *last_bad_parm;	/* "name=value" of smb.conf last refused */
-	const char *imds;	/* metadata service the credentials came from */
-	struct bfs_stats *stats;	/* the cache folder's shared totals */
-	struct bfs_stats_vec flushed;	/* our counters already added there */
-	time_t stats_flushed;
-	uint64_t cache_limit;
-	int metrics_interval;
-	const char *metrics_file;
-	time_t creds_expire;	/* 0: credentials that do not expire */
-	time_t creds_retry;	/* no refresh attempt before this */
-	char *connectpath;
-	char *cwd;	/* absolute, normalised */
-	char *prefix;	/* key prefix of the share root: "" or ends in '/' */
-	int ttl;	/* seconds a listing is trusted; 0 always revalidate */
-	mode_t file_mode;
-	mode_t dir_mode;
-	uint64_t dev;
-	time_t connected;
-	/*
-	 * S3 could not be reached (connect, timeout, 5xx): until then,
-	 * listings the index has are served as they are, without asking.
-	 */
-	time_t s3_down_until;
-
-	struct s3_client_config cfg;
-	struct tevent_context *sync_ev;
-	struct s3_client *s3;		/* on sync_ev */
-	struct bfs_reader *reader;	/* on sync_ev */
-	struct tevent_context *async_ev;
-	struct s3_client *s3_async;	/* on smbd's event context */
-	struct bfs_reader *reader_async;
-
-	struct bfs_index *index;
-	struct bfs_cache *cache;
-	struct bfs_journal *journal;
-	struct bfs_wb *wb;		/* on sync_ev */
-	const char *cache_dir;
-	struct bfs_upload_params upload;
-	bool stream_parts;	/* send parts while a new file is written */
-	struct bfs_stream_budget stream_budget;
-	struct bfs_fh *open_files;	/* files open in this connection */
-	bool close_local;	/* `bucketfs:close = local` */
-	const char *engine_path;
-	struct bfs_engine *engine;	/* NULL: closes upload themselves */
-	struct tevent_context *engine_ev;	/* smbd's, where it answers */
-	uint64_t writeback_limit;	/* bytes the engine may hold; 0 none */
-	uint64_t fetch_memory;	/* fetch buffers per reader; 0 none */
-	uint64_t max_file_size;	/* a write past it: disk full */
-	char *list_asked;	/* the stale listing last asked of the engine */
-	time_t list_asked_at;
-	unsigned dir_rename_max;	/* objects a directory rename may move */
-	uint32_t block_size;
-	unsigned readahead;		/* blocks */
-	uint64_t sync_reads, async_reads;
-};
-
-/* Per open file or directory. */
-struct bfs_fh {
-	char *rel;
-	char *key;
-	bool is_dir;
-	uint64_t size;
-	char *etag;
-	time_t mtime;
-	uint64_t ino;
-	struct bfs_object obj;	/* files: what reads fetch */
-	uint64_t next_off;	/* where a sequential reader reads next */
-
-	struct bfs_conn *bc;
-	struct bfs_fh *prev, *next;	/* in bc->open_files */
-	bool writable;
-	char *open_etag;	/* the S3 version a writer started from */
-	int stage_fd;		/* -1: bytes come from the cache / S3 */
-	char *stage_name;	/* NULL: a staging file of someone else's */
-	bool dirty;		/* staged bytes not yet uploaded */
-	bool deleted;		/* unlinked while open: upload nothing */
-	bool may_stream;	/* a new staging file of this open alone */
-	uint64_t wgen;		/* changes so far: a flush's snapshot is
-				   the file only if none came after */
-	struct bfs_stream *stream;	/* parts sent while writing */
-};
 
 /*
  * What fdopendir hands smbd, cast to DIR *: a window of the directory's
