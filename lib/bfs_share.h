@@ -12,8 +12,10 @@
 #include <stdint.h>
 #include <sys/types.h>
 #include <time.h>
+#include <talloc.h>
 #include <tevent.h>
 
+#include "bfs_params.h"
 #include "bfs_reader.h"
 #include "bfs_stats.h"
 #include "bfs_stream.h"
@@ -29,6 +31,8 @@ struct bfs_engine;
 struct bfs_conn {
 	const char *service;
 	int snum;
+	/* smb.conf's bucketfs: values of this share (the module's getter) */
+	struct bfs_psrc params;
 	/*
 	 * The connected or forced user, copied: smbd replaces (and frees)
 	 * conn->session_info on every change of user.
@@ -117,5 +121,65 @@ struct bfs_fh {
 				   the file only if none came after */
 	struct bfs_stream *stream;	/* parts sent while writing */
 };
+
+/* Seconds a connection serves listings from the index once S3 is away. */
+#define BFS_OUTAGE_RETRY 5
+
+struct s3_status;
+struct bfs_entry;
+
+/* One log line for a failed S3 request: what, where, S3's code and id. */
+void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
+		const struct s3_status *st);
+
+/*
+ * Parameter name of bc->params as the one table in lib/bfs_params says
+ * (type, default, bounds): true, or false with one log line naming what
+ * the value must be (the same bad value told once per connection).
+ */
+bool bfs_parm_int(struct bfs_conn *bc, const char *name, int64_t *out);
+bool bfs_parm_size(struct bfs_conn *bc, const char *name, uint64_t *out);
+bool bfs_parm_bool(struct bfs_conn *bc, const char *name, bool *out);
+/* A string parameter, or its default from the table (NULL: unset). */
+const char *bfs_parm_string(struct bfs_conn *bc, const char *name);
+
+/*
+ * The reloadable values (smbd re-reads smb.conf on reload-config), read
+ * at connect and at most once a second after; also refreshes instance-
+ * role credentials and flushes the metrics when due.  false if one is
+ * bad: at connect that refuses the tree connect, later the running value
+ * stays.
+ */
+bool bfs_follow_config(struct bfs_conn *bc);
+
+/* Add this connection's counts to the folder's totals; rewrite metrics. */
+void bfs_stats_flush(struct bfs_conn *bc, time_t now);
+
+/* Refetch expiring instance-role credentials, 5 minutes ahead. */
+void bfs_refresh_credentials(struct bfs_conn *bc, time_t now);
+
+/* The index's listing of folder prefix is out of date: list it again. */
+void bfs_forget_listing(struct bfs_conn *bc, const char *prefix);
+
+/*
+ * Make sure the index has a listing of folder rel younger than the TTL:
+ * served at once past the TTL when the engine can relist it, else listed
+ * here from S3 (or from another process's listing in flight); while S3
+ * is away, the index's listing is served as it is.
+ */
+int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
+	__attribute__((warn_unused_result));
+
+/*
+ * rel's index entry into *e (strings on mem_ctx), its folder listed first
+ * if stale; the share root is a folder.  ENOENT if there is none.
+ */
+int bfs_lookup_entry(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+		     const char *rel, struct bfs_entry *e)
+	__attribute__((warn_unused_result));
+
+/* An open's state for rel, as the index entry e describes it. */
+struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+			  const char *rel, const struct bfs_entry *e);
 
 #endif

@@ -63,8 +63,6 @@ static int vfs_bucketfs_debug_level = DBGC_VFS;
 #ifndef BFS_VFS_NAME
 #define BFS_VFS_NAME BFS_MODULE
 #endif
-/* Seconds a connection serves listings from the index once S3 is away. */
-#define BFS_OUTAGE_RETRY 5
 /* Directory entries read from the index per refill of a DIR handle. */
 #define BFS_DIR_PAGE 256
 
@@ -131,487 +129,6 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 				bc->prefix, bfs_dirfsp_path(dirfsp), name, rel);
 }
 
-/* ---- S3 errors --------------------------------------------------------------- */
-
-static void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
-		       const struct s3_status *st)
-{
-	DBG_WARNING("bucketfs: share %s: %s s3://%s/%s failed: %s "
-		    "(HTTP %ld, %s%s%s, request id %s, %u attempt%s)\n",
-		    bc->service, what, bc->cfg.bucket, key, strerror(st->err),
-		    st->http_status, st->code[0] ? st->code : "no S3 code",
-		    st->message[0] ? ": " : "", st->message,
-		    st->request_id[0] ? st->request_id : "none", st->attempts,
-		    st->attempts == 1 ? "" : "s");
-}
-
-/* ---- parameters that follow a reload ---------------------------------------------- */
-
-/*
- * smbd re-reads smb.conf in every child on "smbcontrol smbd reload-config"
- * (MSG_SMB_CONF_UPDATED, which is smbd's to handle, not ours).  These
- * parameters are looked up again, at most once a second, when they are
- * used, so running connections follow a reload.  Bucket, endpoint,
- * credentials and the cache folder apply to new tree connects.
- */
-/* ---- statistics and the metrics file ------------------------------------------------ */
-
-/*
- * Add what this connection counted since the last flush to the folder's
- * totals, and rewrite the metrics file from them.
- */
-static void bfs_stats_flush(struct bfs_conn *bc, time_t now)
-{
-	struct bfs_stats_vec cur = {{0}}, totals;
-	struct bfs_jrec *recs = NULL;
-	uint64_t used = 0, blocks = 0;
-	size_t n = 0;
-	int ret;
-
-	if (bc->stats == NULL) {
-		return;
-	}
-	bc->stats_flushed = now;
-	bfs_stats_count_client(&cur, bc->s3);
-	bfs_stats_count_client(&cur, bc->s3_async);
-	bfs_stats_count_reader(&cur, bc->reader);
-	bfs_stats_count_reader(&cur, bc->reader_async);
-	bfs_stats_count_cache(&cur, bc->cache);
-	become_root();
-	ret = bfs_stats_add_since(bc->stats, &bc->flushed, &cur);
-	if (ret == 0 && bc->metrics_file != NULL &&
-	    bfs_stats_read(bc->stats, &totals) == 0) {
-		TALLOC_CTX *tmp = talloc_new(bc);
-		bfs_cache_usage(bc->cache, &used, &blocks);
-		bfs_journal_list(bc->journal, tmp, &recs, &n);
-		ret = bfs_stats_write_prometheus(&totals, bc->cache_dir, used,
-						 bc->cache_limit, n,
-						 bc->metrics_file);
-		talloc_free(tmp);
-		if (ret != 0) {
-			DBG_WARNING("bucketfs: share %s: cannot write the "
-				    "metrics file %s: %s\n", bc->service,
-				    bc->metrics_file, strerror(ret));
-		}
-	}
-	unbecome_root();
-}
-
-/* Refetch expiring instance-role credentials, 5 minutes ahead. */
-#define BFS_CREDS_MARGIN 300
-
-static void bfs_refresh_credentials(struct bfs_conn *bc, time_t now)
-{
-	struct s3_credentials creds = {0};
-	TALLOC_CTX *tmp;
-	const char *why = NULL;
-	time_t expire = 0;
-	int ret;
-
-	if (bc->imds == NULL || now < bc->creds_expire - BFS_CREDS_MARGIN ||
-	    now < bc->creds_retry) {
-		return;
-	}
-	tmp = talloc_new(bc);
-	ret = tmp ? s3_imds_fetch(tmp, bc->imds, 2000, &creds, &expire, &why) :
-		    ENOMEM;
-	if (ret == 0) {
-		ret = s3_client_set_credentials(bc->s3, &creds);
-	}
-	if (ret == 0 && bc->s3_async != NULL) {
-		ret = s3_client_set_credentials(bc->s3_async, &creds);
-	}
-	talloc_free(tmp);
-	if (ret != 0) {
-		bc->creds_retry = now + 10;
-		DBG_WARNING("bucketfs: share %s: cannot refresh the instance "
-			    "role's credentials (they expire in %lld s): %s\n",
-			    bc->service, (long long)(bc->creds_expire - now),
-			    why ? why : strerror(ret));
-		return;
-	}
-	bc->creds_expire = expire;
-	DBG_INFO("bucketfs: share %s: refreshed the instance role's "
-		 "credentials, valid for %lld s\n", bc->service,
-		 (long long)(expire - now));
-}
-
-/*
- * Numbers and sizes from smb.conf, checked: a typo is a clear line and a
- * refused tree connect, never a zero or a wrapped-around unsigned that
- * Samba's lenient parsers would hand on.  The same bad value is told once
- * per connection (reloadable ones are read again every second).
- */
-struct bfs_parm_ctx {
-	int snum;
-	const char *service;
-	char **last_bad; /* "name=value" told last, on the connection */
-	TALLOC_CTX *mem_ctx;
-};
-
-static void bfs_parm_bad(const struct bfs_parm_ctx *pc, const char *name,
-			 const char *value, const char *want)
-{
-	char *told = talloc_asprintf(pc->mem_ctx, "%s=%s", name, value);
-
-	if (told != NULL && *pc->last_bad != NULL &&
-	    strcmp(told, *pc->last_bad) == 0) {
-		talloc_free(told);
-		return;
-	}
-	DBG_ERR("bucketfs: share %s: 'bucketfs:%s' must be %s, not '%s'\n",
-		pc->service, name, want, value);
-	talloc_free(*pc->last_bad);
-	*pc->last_bad = told;
-}
-
-/* Values from smb.conf (this share's, else [global]'s), for lib/bfs_params. */
-static const char *bfs_lp_get(void *priv, const char *name)
-{
-	const struct bfs_parm_ctx *pc = priv;
-
-	return lp_parm_const_string(pc->snum, BFS_MODULE, name, NULL);
-}
-
-/*
- * Parameter name as the one table in lib/bfs_params says (its type,
- * default and bounds): true, or false with one log line naming what the
- * value must be.
- */
-static bool bfs_parm_int(const struct bfs_parm_ctx *pc, const char *name,
-			 int64_t *out)
-{
-	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
-	struct bfs_pbad bad;
-
-	if (bfs_pget_int(&src, name, out, &bad) != 0) {
-		bfs_parm_bad(pc, name, bad.value, bad.want);
-		return false;
-	}
-	return true;
-}
-
-static bool bfs_parm_size(const struct bfs_parm_ctx *pc, const char *name,
-			  uint64_t *out)
-{
-	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
-	struct bfs_pbad bad;
-
-	if (bfs_pget_size(&src, name, out, &bad) != 0) {
-		bfs_parm_bad(pc, name, bad.value, bad.want);
-		return false;
-	}
-	return true;
-}
-
-static bool bfs_parm_bool(const struct bfs_parm_ctx *pc, const char *name,
-			  bool *out)
-{
-	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
-	struct bfs_pbad bad;
-
-	if (bfs_pget_bool(&src, name, out, &bad) != 0) {
-		bfs_parm_bad(pc, name, bad.value, bad.want);
-		return false;
-	}
-	return true;
-}
-
-/* A string parameter, or its default from the table (NULL: unset). */
-static const char *bfs_parm_string(const struct bfs_parm_ctx *pc,
-				   const char *name)
-{
-	const struct bfs_psrc src = {bfs_lp_get, (void *)pc};
-	struct bfs_pbad bad;
-	const char *v = NULL;
-
-	if (bfs_pget_string(&src, name, &v, &bad) != 0) {
-		bfs_parm_bad(pc, name, bad.value, bad.want);
-	}
-	return v;
-}
-
-/* A value a reload changed, logged once this process follows it. */
-static void bfs_note_change(struct bfs_conn *bc, bool first,
-			    const char *param, int64_t was, int64_t now)
-{
-	if (!first && was != now) {
-		DBG_NOTICE("bucketfs: share %s: '%s' is now %" PRId64
-			   " (was %" PRId64 ")\n", bc->service, param, now,
-			   was);
-	}
-}
-
-/*
- * The reloadable values, at connect (first) and at most once a second
- * after.  false if one is bad: at connect that refuses the tree connect,
- * later the running value stays.
- */
-static bool bfs_follow_config(struct bfs_conn *bc)
-{
-	time_t now = time(NULL);
-	bool first = bc->config_read == 0, ok = true;
-	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm,
-				  bc};
-	int64_t ttl, readahead, max, interval;
-	uint64_t cache_size, upload_memory;
-
-	if (now == bc->config_read) {
-		return true;
-	}
-	bc->config_read = now;
-	bfs_refresh_credentials(bc, now);
-	if (bfs_parm_int(&pc, "metrics interval", &interval)) {
-		bc->metrics_interval = (int)interval;
-	} else {
-		ok = false;
-	}
-	if (bc->stats != NULL &&
-	    now - bc->stats_flushed >= bc->metrics_interval) {
-		bfs_stats_flush(bc, now);
-	}
-	if (bfs_parm_int(&pc, "metadata ttl", &ttl)) {
-		bfs_note_change(bc, first, "metadata ttl", bc->ttl, ttl);
-		bc->ttl = (int)ttl;
-	} else {
-		ok = false;
-	}
-	/*
-	 * 64 blocks: the reader's 8 read-ahead GETs of up to 8 blocks all in
-	 * flight.  With 32 only 4 were, and the S3 server, which serves each
-	 * stream on its own, was left part idle (cold reads about 7% slower
-	 * in interleaved runs; bench/results/read.md).
-	 */
-	if (bfs_parm_int(&pc, "readahead", &readahead)) {
-		bfs_note_change(bc, first, "readahead", bc->readahead,
-				readahead);
-		bc->readahead = (unsigned)readahead;
-	} else {
-		ok = false;
-	}
-	if (bfs_parm_int(&pc, "max requests", &max)) {
-		bfs_note_change(bc, first, "max requests",
-				bc->cfg.max_requests, max);
-		bc->cfg.max_requests = (unsigned)max;
-	} else {
-		ok = false;
-	}
-	if (bc->s3 != NULL) {
-		s3_client_set_max_requests(bc->s3, bc->cfg.max_requests);
-	}
-	if (bc->s3_async != NULL) {
-		s3_client_set_max_requests(bc->s3_async,
-					   bc->cfg.max_requests);
-	}
-	if (!bfs_parm_size(&pc, "writeback limit", &bc->writeback_limit)) {
-		ok = false;
-	}
-	if (!bfs_parm_size(&pc, "fetch memory", &bc->fetch_memory)) {
-		ok = false;
-	}
-	if (!bfs_parm_size(&pc, "max file size", &bc->max_file_size)) {
-		ok = false;
-	}
-	if (!bfs_parm_size(&pc, "upload memory", &upload_memory)) {
-		ok = false;
-	} else {
-		bfs_upload_set_memory(upload_memory); /* this process's */
-	}
-	if (bc->reader != NULL) {
-		bfs_reader_set_memory(bc->reader, bc->fetch_memory);
-	}
-	if (bc->reader_async != NULL) {
-		bfs_reader_set_memory(bc->reader_async, bc->fetch_memory);
-	}
-	if (bfs_parm_size(&pc, "cache size", &cache_size)) {
-		bfs_note_change(bc, first, "cache size",
-				(int64_t)bc->cache_limit, (int64_t)cache_size);
-		bc->cache_limit = cache_size;
-		if (bc->cache != NULL) {
-			bfs_cache_set_limit(bc->cache, cache_size);
-		}
-	} else {
-		ok = false;
-	}
-	return ok;
-}
-
-/* ---- the index -------------------------------------------------------------- */
-
-/*
- * What the index holds of folder prefix is known to be out of date: have
- * its next access list it from S3.  Should the index refuse even that,
- * it shows the folder as it has it until the listing's TTL runs out;
- * the log says so.
- */
-static void bfs_forget_listing(struct bfs_conn *bc, const char *prefix)
-{
-	int ret = prefix != NULL ? bfs_index_invalidate_dir(bc->index, prefix) :
-				   ENOMEM;
-
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot mark %s for listing again "
-			"in the index: %s; it may show stale entries until its "
-			"listing expires\n", bc->service,
-			prefix != NULL ? prefix : "a folder", strerror(ret));
-	}
-}
-
-/*
- * Another process (another client's smbd) is listing prefix from S3: wait
- * for its result instead of asking S3 for the same pages.  true: a listing
- * stored meanwhile serves; false: list it here (*claimed: the claim is
- * ours to release).  A lister that fails or dies releases the claim (or
- * it goes stale), and a waiter takes over.
- */
-static bool bfs_dir_wait_for_lister(struct bfs_conn *bc, const char *prefix,
-				    bool had, time_t listed_before,
-				    bool *claimed)
-{
-	/* Longer than a listing of many slow pages; then it is ours. */
-	unsigned max_age = bc->cfg.request_timeout_ms / 1000 * 4 + 10;
-	const struct timespec nap = {0, 20 * 1000 * 1000};
-	int ret;
-
-	for (;;) {
-		time_t listed;
-
-		ret = bfs_index_listing_claim(bc->index, prefix, max_age);
-		/* Stored meanwhile (also just before the lister let go)? */
-		if (bfs_index_dir_listed(bc->index, prefix, &listed) == 0 &&
-		    (!had || listed != listed_before)) {
-			if (ret == 0) {
-				bfs_index_listing_release(bc->index, prefix);
-			}
-			return true;
-		}
-		if (ret != EBUSY) {
-			break;
-		}
-		nanosleep(&nap, NULL);
-	}
-	/* Any other error: list without a claim, as before claims. */
-	*claimed = ret == 0;
-	return false;
-}
-
-/*
- * Make sure the index has a listing of directory rel younger than the TTL:
- * list it from S3 (every page) and store it, if not.
- */
-static int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	char *prefix = bfs_path_dir_prefix(frame, bc->prefix, rel);
-	struct s3_status st = {0};
-	struct s3_dir *dir = NULL;
-	struct tevent_req *req;
-	time_t listed, now = time(NULL);
-	bool had_listing, known, claimed = false;
-	int ret;
-
-	if (prefix == NULL) {
-		TALLOC_FREE(frame);
-		return ENOMEM;
-	}
-	bfs_follow_config(bc);
-	ret = bfs_index_dir_listed(bc->index, prefix, &listed);
-	known = ret == 0;
-	if (known && (bc->ttl < 0 || now - listed < bc->ttl ||
-		      now < bc->s3_down_until)) {
-		TALLOC_FREE(frame);
-		return 0;
-	}
-	/*
-	 * Past its TTL (stale-while-revalidate): served as the index has it
-	 * at once, relisted by the engine meanwhile, once for every smbd.
-	 * A folder never listed, and ttl 0, still wait for S3.
-	 */
-	if (known && bc->ttl > 0 && bc->engine != NULL &&
-	    bfs_engine_pid(bc->engine) != 0) {
-		/* A stat of each of its files asks once, not once each. */
-		if (bc->list_asked == NULL || now != bc->list_asked_at ||
-		    strcmp(bc->list_asked, prefix) != 0) {
-			(void)bfs_engine_list(bc->engine, prefix);
-			TALLOC_FREE(bc->list_asked);
-			bc->list_asked = talloc_strdup(bc, prefix);
-			bc->list_asked_at = now;
-		}
-		TALLOC_FREE(frame);
-		return 0;
-	}
-	/* ttl 0 asks for a listing that starts after this request. */
-	if (bc->ttl != 0 &&
-	    bfs_dir_wait_for_lister(bc, prefix, ret == 0, listed, &claimed)) {
-		TALLOC_FREE(frame);
-		return 0;
-	}
-	req = s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix);
-	ret = s3_wait_for(req, bc->sync_ev);
-	if (ret != 0) {
-		goto out;
-	}
-	ret = s3_dirlist_recv(req, frame, &dir, &st);
-	if (ret != 0 && known && s3_unreachable(ret, &st)) {
-		/* S3 is away: what the index knows beats an error. */
-		if (now >= bc->s3_down_until) {
-			DBG_WARNING("bucketfs: share %s: S3 is unreachable "
-				    "(%s); serving the listing of %s the "
-				    "index has\n", bc->service,
-				    st.code[0] ? st.code : strerror(ret),
-				    prefix);
-		}
-		bc->s3_down_until = now + BFS_OUTAGE_RETRY;
-		ret = 0;
-		goto out;
-	}
-	if (ret != 0) {
-		bfs_log_s3(bc, "listing", prefix, &st);
-		goto out;
-	}
-	bc->s3_down_until = 0;
-	if (dir->n_hidden_sample > 0) {
-		size_t i;
-
-		DBG_WARNING("bucketfs: share %s: %zu key(s) under s3://%s/%s "
-			    "cannot be SMB names and are hidden, e.g. '%s' (%s)\n",
-			    bc->service, dir->n_hidden, bc->cfg.bucket,
-			    prefix, dir->hidden[0].key, dir->hidden[0].why);
-		for (i = 0; i < dir->n_hidden_sample; i++) {
-			DBG_NOTICE("bucketfs: hidden key '%s': %s\n",
-				   dir->hidden[i].key, dir->hidden[i].why);
-		}
-	}
-	had_listing = bfs_index_dir_listed(bc->index, prefix, &listed) == 0;
-	ret = bfs_index_store_dir(bc->index, dir, now);
-	if (ret == 0 && time(NULL) > now + 1) {
-		/* A slow listing (many pages) is as fresh as its last page. */
-		int dret = bfs_index_dir_set_listed(bc->index, prefix,
-						    time(NULL));
-		if (dret != 0) {
-			/* Dated at its start, it is listed again sooner. */
-			DBG_NOTICE("bucketfs: share %s: cannot date the "
-				   "listing of %s: %s\n", bc->service, prefix,
-				   strerror(dret));
-		}
-	}
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot store the listing of %s in "
-			"the index: %s%s\n", bc->service, prefix, strerror(ret),
-			had_listing ? "; serving the one it has" : "");
-		/* A full disk must not take away what is already known. */
-		if (had_listing) {
-			ret = 0;
-		}
-	}
-out:
-	if (claimed) {
-		bfs_index_listing_release(bc->index, prefix);
-	}
-	TALLOC_FREE(frame);
-	return ret;
-}
-
 /* ---- stat ------------------------------------------------------------------------ */
 
 static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
@@ -637,66 +154,18 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 	sbuf->st_ex_blocks = is_dir ? 0 : (blkcnt_t)((size + 511) / 512);
 }
 
-/* An open's state for rel, as the index entry e describes it. */
-static struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
-				 const char *rel, const struct bfs_entry *e)
-{
-	struct bfs_fh *fh = talloc_zero(mem_ctx, struct bfs_fh);
-
-	if (fh == NULL) {
-		return NULL;
-	}
-	fh->stage_fd = -1;
-	fh->bc = bc;
-	fh->rel = talloc_strdup(fh, rel);
-	fh->key = bfs_path_key(fh, bc->prefix, rel);
-	fh->is_dir = e->is_dir;
-	fh->size = e->size;
-	fh->etag = e->etag ? talloc_strdup(fh, e->etag) : NULL;
-	fh->mtime = e->mtime;
-	fh->ino = e->ino;
-	fh->obj = (struct bfs_object){
-		.key = fh->key, .etag = fh->etag, .size = fh->size,
-	};
-	bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag ? fh->etag : "",
-			  bc->block_size, &fh->obj.id);
-	if (fh->rel == NULL || fh->key == NULL) {
-		TALLOC_FREE(fh);
-	}
-	return fh;
-}
-
 /* Look rel up; fills fh (optional, allocated on mem_ctx) and sbuf. */
 static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		      const char *rel, SMB_STRUCT_STAT *sbuf,
 		      struct bfs_fh **pfh)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_entry e = {
-		.is_dir = true, .mtime = -1, .ino = BFS_ROOT_INO,
-	};
-	const char *base;
-	char *parent, *prefix;
-	int ret;
+	struct bfs_entry e;
+	int ret = bfs_lookup_entry(frame, bc, rel, &e);
 
-	if (rel[0] != '\0') {
-		bfs_path_split(frame, rel, &parent, &base);
-		prefix = parent ? bfs_path_dir_prefix(frame, bc->prefix,
-						      parent) :
-				  NULL;
-		if (prefix == NULL) {
-			TALLOC_FREE(frame);
-			return ENOMEM;
-		}
-		ret = bfs_dir_fresh(bc, parent);
-		if (ret == 0) {
-			ret = bfs_index_lookup(bc->index, frame, prefix, base,
-					       &e);
-		}
-		if (ret != 0) {
-			TALLOC_FREE(frame);
-			return ret;
-		}
+	if (ret != 0) {
+		TALLOC_FREE(frame);
+		return ret;
 	}
 	bfs_fill_stat(bc, sbuf, e.ino, e.is_dir, e.size, e.mtime);
 	if (pfh != NULL) {
@@ -742,27 +211,32 @@ static int bfs_stat_rel_name(struct vfs_handle_struct *handle,
 
 /* ---- connect ------------------------------------------------------------------------ */
 
+/* Values from smb.conf (this share's, else [global]'s), for lib/bfs_params. */
+static const char *bfs_lp_get(void *priv, const char *name)
+{
+	const struct bfs_conn *bc = priv;
+
+	return lp_parm_const_string(bc->snum, BFS_MODULE, name, NULL);
+}
 
 /* The chain of lib/bfs_creds, with this share's smb.conf values. */
 static int bfs_load_credentials(struct bfs_conn *bc)
 {
-	struct bfs_parm_ctx pc = {bc->snum, bc->service, &bc->last_bad_parm, bc};
-	const struct bfs_psrc src = {bfs_lp_get, &pc};
 	struct bfs_creds_params p = {
 		.service = bc->service,
-		.conf = &src,
+		.conf = &bc->params,
 		.anonymous = bc->cfg.anonymous,
-		.file = bfs_parm_string(&pc, "credentials file"),
-		.profile = bfs_parm_string(&pc, "profile"),
+		.file = bfs_parm_string(bc, "credentials file"),
+		.profile = bfs_parm_string(bc, "profile"),
 		.imds = true,
-		.imds_endpoint = bfs_parm_string(&pc, "imds endpoint"),
+		.imds_endpoint = bfs_parm_string(bc, "imds endpoint"),
 	};
 	struct bfs_creds creds;
 	const char *why = NULL;
 	int ret;
 
 	if (!p.anonymous) {
-		if (!bfs_parm_bool(&pc, "imds", &p.imds)) {
+		if (!bfs_parm_bool(bc, "imds", &p.imds)) {
 			return EINVAL;
 		}
 		/* "~" is the home of the user smbd started as (root). */
@@ -1088,7 +562,6 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 {
 	struct bfs_conn *bc;
 	const char *bucket, *prefix, *endpoint, *cache_dir, *ca_file;
-	struct bfs_parm_ctx pc;
 	bool reuse_buffers = true;
 	uint64_t cache_size, size;
 	int64_t v;
@@ -1107,7 +580,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	}
 	bc->service = talloc_strdup(bc, service);
 	bc->snum = SNUM(handle->conn);
-	pc = (struct bfs_parm_ctx){bc->snum, service, &bc->last_bad_parm, bc};
+	bc->params = (struct bfs_psrc){bfs_lp_get, bc};
 	/*
 	 * Files belong to the user the tree is connected as (with force
 	 * user applied): that token, read without a system call per stat.
@@ -1121,53 +594,53 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->cwd = talloc_strdup(bc, bc->connectpath);
 	bc->connected = time(NULL);
 	/* Modes are octal in smb.conf, as everywhere in Samba: 0644. */
-	if (!bfs_parm_int(&pc, "file mode", &v)) {
+	if (!bfs_parm_int(bc, "file mode", &v)) {
 		goto inval;
 	}
 	bc->file_mode = (mode_t)v;
-	if (!bfs_parm_int(&pc, "dir mode", &v)) {
+	if (!bfs_parm_int(bc, "dir mode", &v)) {
 		goto inval;
 	}
 	bc->dir_mode = (mode_t)v;
 
-	bucket = bfs_parm_string(&pc, "bucket");
+	bucket = bfs_parm_string(bc, "bucket");
 	if (bucket == NULL || bucket[0] == '\0') {
 		DBG_ERR("bucketfs: share %s: 'bucketfs:bucket' is not set\n",
 			service);
 		goto inval;
 	}
-	prefix = bfs_parm_string(&pc, "prefix");
+	prefix = bfs_parm_string(bc, "prefix");
 	bc->prefix = bfs_path_share_prefix(bc, prefix);
-	endpoint = bfs_parm_string(&pc, "endpoint");
+	endpoint = bfs_parm_string(bc, "endpoint");
 	/*
 	 * Copies: what lp_parm_const_string() returns is freed by the next
 	 * reload of smb.conf, and these live as long as the connection.
 	 */
 	bc->cfg.bucket = talloc_strdup(bc, bucket);
-	bc->cfg.region = talloc_strdup(bc, bfs_parm_string(&pc, "region"));
+	bc->cfg.region = talloc_strdup(bc, bfs_parm_string(bc, "region"));
 	bc->cfg.endpoint = endpoint != NULL ? talloc_strdup(bc, endpoint) :
 					      NULL;
-	if (!bfs_parm_bool(&pc, "path style", &bc->cfg.path_style) ||
-	    !bfs_parm_bool(&pc, "verify tls", &bc->cfg.verify_tls) ||
-	    !bfs_parm_bool(&pc, "anonymous", &bc->cfg.anonymous) ||
-	    !bfs_parm_bool(&pc, "requester pays", &bc->cfg.requester_pays) ||
-	    !bfs_parm_bool(&pc, "stream parts", &bc->stream_parts) ||
-	    !bfs_parm_bool(&pc, "reuse read buffers", &reuse_buffers)) {
+	if (!bfs_parm_bool(bc, "path style", &bc->cfg.path_style) ||
+	    !bfs_parm_bool(bc, "verify tls", &bc->cfg.verify_tls) ||
+	    !bfs_parm_bool(bc, "anonymous", &bc->cfg.anonymous) ||
+	    !bfs_parm_bool(bc, "requester pays", &bc->cfg.requester_pays) ||
+	    !bfs_parm_bool(bc, "stream parts", &bc->stream_parts) ||
+	    !bfs_parm_bool(bc, "reuse read buffers", &reuse_buffers)) {
 		goto inval;
 	}
-	ca_file = bfs_parm_string(&pc, "ca file");
+	ca_file = bfs_parm_string(bc, "ca file");
 	if (ca_file != NULL && ca_file[0] != '\0') {
 		bc->cfg.ca_file = talloc_strdup(bc, ca_file);
 		if (bc->cfg.ca_file == NULL) {
 			goto nomem;
 		}
 	}
-	if (!bfs_parm_int(&pc, "request timeout", &v)) {
+	if (!bfs_parm_int(bc, "request timeout", &v)) {
 		goto inval;
 	}
 	bc->cfg.request_timeout_ms = 1000 * (unsigned)v;
 	bc->cfg.connect_timeout_ms = 5000;
-	if (!bfs_parm_int(&pc, "retries", &v)) {
+	if (!bfs_parm_int(bc, "retries", &v)) {
 		goto inval;
 	}
 	bc->cfg.max_retries = (unsigned)v;
@@ -1179,7 +652,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	bc->dev = bfs_index_ino_hint(talloc_asprintf(talloc_tos(), "%s/%s",
 						     bucket, bc->prefix));
 
-	cache_dir = bfs_parm_string(&pc, "cache dir");
+	cache_dir = bfs_parm_string(bc, "cache dir");
 	if (cache_dir == NULL || cache_dir[0] == '\0') {
 		cache_dir = talloc_asprintf(bc, "/var/cache/bucketfs/%s",
 					    service);
@@ -1192,13 +665,13 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			"absolute path, not '%s'\n", service, cache_dir);
 		goto inval;
 	}
-	if (!bfs_parm_size(&pc, "block size", &size)) {
+	if (!bfs_parm_size(bc, "block size", &size)) {
 		goto inval; /* a power of two, says the table */
 	}
 	bc->block_size = (uint32_t)size;
 	cache_size = bc->cache_limit; /* checked by bfs_follow_config */
 	bc->cache_dir = talloc_strdup(bc, cache_dir);
-	bc->metrics_file = talloc_strdup(bc, bfs_parm_string(&pc,
+	bc->metrics_file = talloc_strdup(bc, bfs_parm_string(bc,
 							     "metrics file"));
 	if (bc->cache_dir == NULL) {
 		goto nomem;
@@ -1209,25 +682,25 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		goto inval;
 	}
 	/* S3's own bounds: parts of 5 MiB to 5 GiB, objects to 5 TiB. */
-	if (!bfs_parm_size(&pc, "multipart threshold", &bc->upload.multipart_threshold) ||
-	    !bfs_parm_size(&pc, "part size", &bc->upload.part_size) ||
-	    !bfs_parm_size(&pc, "multipart copy threshold", &bc->upload.copy_threshold)) {
+	if (!bfs_parm_size(bc, "multipart threshold", &bc->upload.multipart_threshold) ||
+	    !bfs_parm_size(bc, "part size", &bc->upload.part_size) ||
+	    !bfs_parm_size(bc, "multipart copy threshold", &bc->upload.copy_threshold)) {
 		goto inval;
 	}
-	if (!bfs_parm_int(&pc, "upload parallel", &v)) {
+	if (!bfs_parm_int(bc, "upload parallel", &v)) {
 		goto inval;
 	}
 	bc->upload.parallel = (unsigned)v;
-	if (!bfs_parm_int(&pc, "stream parallel", &v)) {
+	if (!bfs_parm_int(bc, "stream parallel", &v)) {
 		goto inval;
 	}
 	bc->stream_budget.free = (unsigned)v;
-	if (!bfs_parm_int(&pc, "dir rename max", &v)) {
+	if (!bfs_parm_int(bc, "dir rename max", &v)) {
 		goto inval;
 	}
 	bc->dir_rename_max = (unsigned)v;
 	{
-		const char *mode = bfs_parm_string(&pc, "close");
+		const char *mode = bfs_parm_string(bc, "close");
 
 		if (mode == NULL || (strcmp(mode, "local") != 0 &&
 				     strcmp(mode, "s3") != 0)) {
@@ -1237,7 +710,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 			goto inval;
 		}
 		bc->close_local = strcmp(mode, "local") == 0;
-		bc->engine_path = talloc_strdup(bc, bfs_parm_string(&pc,
+		bc->engine_path = talloc_strdup(bc, bfs_parm_string(bc,
 								    "engine"));
 	}
 	/* The cache folder is the server's: root's, 0700, whoever connects. */
