@@ -1,9 +1,20 @@
 /*
- * Why a share's bucket cannot be served (see bfs_probe.h).
+ * The tree connect's look at a share's bucket, and why it cannot be
+ * served (see bfs_probe.h).
  */
 #include "bfs_probe.h"
 
 #include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <talloc.h>
+#include <tevent.h>
+
+#include "bfs_index.h"
+#include "bfs_log.h"
+#include "bfs_share.h"
+#include "s3_client.h"
+#include "s3_ops.h"
 
 const char *bfs_probe_cause(int err)
 {
@@ -25,4 +36,123 @@ const char *bfs_probe_cause(int err)
 	default:
 		return "the S3 server answered with an error";
 	}
+}
+
+/*
+ * One cheap request that proves endpoint, bucket and credentials, paid by
+ * every tree connect: HeadBucket, which costs the same on every server
+ * (a one-key listing costs some S3-compatible servers a scan of the
+ * bucket).  HEAD answers carry no error document, so a failure is asked
+ * again as a listing, whose answer says why; a server without HeadBucket
+ * is served if the listing works.  A share of a prefix lists at once:
+ * credentials limited to a prefix may list it but not head the bucket.
+ */
+/* One look at the bucket (the tree connect's probe): 0, or an errno. */
+static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
+{
+	TALLOC_CTX *frame = talloc_new(bc);	/* the requests and answers */
+	struct s3_object_info info = {0};
+	struct s3_listing *l = NULL;
+	struct tevent_req *req;
+	int ret;
+
+	if (frame == NULL) {
+		return ENOMEM;
+	}
+	if (bc->prefix[0] == '\0') {
+		req = s3_head_object_send(frame, bc->sync_ev, bc->s3, NULL);
+		ret = s3_wait_for(req, bc->sync_ev);
+		if (ret != 0) {
+			TALLOC_FREE(frame);
+			return ret;
+		}
+		if (s3_head_object_recv(req, frame, &info, st) == 0) {
+			TALLOC_FREE(frame);
+			return 0;
+		}
+	}
+	/* A HEAD has no error document: a listing says why. */
+	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
+			   1);
+	ret = s3_wait_for(req, bc->sync_ev);
+	if (ret != 0) {
+		TALLOC_FREE(frame);
+		return ret;
+	}
+	*st = (struct s3_status){0};
+	ret = s3_list_recv(req, frame, &l, st);
+	TALLOC_FREE(frame);
+	return ret;
+}
+
+/*
+ * The bucket is in region `region`, which the server named: sign for it
+ * (and, on AWS's own endpoint, talk to that region's), as the AWS tools
+ * do.  Not when smb.conf names a region: that is the admin's word.  The
+ * region, endpoint and client belong to bc, as those they replace.
+ */
+static bool bfs_follow_region(struct bfs_conn *bc, bool endpoint_derived,
+			      const char *region)
+{
+	char *r = talloc_strdup(bc, region);
+
+	if (r == NULL || !s3_region_to_follow(bc->cfg.region, region)) {
+		talloc_free(r);
+		return false;
+	}
+	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: bucket '%s' is in "
+		"region %s, not %s: using %s (set 'bucketfs:region = %s' to "
+		"skip this look-up)", bc->service, bc->cfg.bucket, region,
+		bc->cfg.region, region, region);
+	bc->cfg.region = r;
+	if (endpoint_derived) {
+		bc->cfg.endpoint = talloc_asprintf(
+			bc, "https://s3.%s.amazonaws.com", region);
+	}
+	TALLOC_FREE(bc->s3);
+	bc->s3 = bc->cfg.endpoint != NULL ?
+			 s3_client_new(bc, bc->sync_ev, &bc->cfg) :
+			 NULL;
+	return bc->s3 != NULL;
+}
+
+int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
+		     bool endpoint_derived)
+{
+	struct s3_status st = {0};
+	time_t listed;
+	int ret;
+
+	ret = bfs_probe_once(bc, &st);
+	if (ret != 0 && !region_set &&
+	    bfs_follow_region(bc, endpoint_derived, st.region)) {
+		st = (struct s3_status){0};
+		ret = bfs_probe_once(bc, &st);
+	}
+	if (ret == 0) {
+		return 0;
+	}
+	/*
+	 * S3 away (not a refusal) and this cache folder has served the
+	 * share before: a box that reconnects during an outage reads what
+	 * is cached; misses fail until S3 is back, then work again.
+	 */
+	if (s3_unreachable(ret, &st) &&
+	    bfs_index_dir_listed(bc->index, bc->prefix, &listed) == 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: S3 at %s is "
+			"unreachable (%s; HTTP %ld): serving what the cache "
+			"holds until it is back", bc->service,
+			bc->cfg.endpoint, st.code[0] ? st.code : strerror(ret),
+			st.http_status);
+		bc->s3_down_until = time(NULL) + BFS_OUTAGE_RETRY;
+		return 0;
+	}
+	bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot serve bucket '%s' at "
+		"%s: %s (%s; HTTP %ld%s%s%s%s)",
+		bc->service, bc->cfg.bucket, bc->cfg.endpoint,
+		bfs_probe_cause(ret),
+		st.code[0] ? st.code : strerror(ret), st.http_status,
+		st.message[0] ? "; " : "", st.message,
+		st.region[0] ? "; the bucket is in region " : "", st.region);
+	return ret;
 }

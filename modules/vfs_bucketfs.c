@@ -24,26 +24,21 @@
 #include "lib/pthreadpool/pthreadpool_tevent.h"
 #include "smbd/globals.h"
 #include "version.h"
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
 #include "bfs_cache.h"
-#include "bfs_creds.h"
+#include "bfs_connect.h"
 #include "bfs_engine.h"
 #include "bfs_index.h"
-#include "bfs_lmdb.h"
 #include "bfs_priv.h"
 #include "bfs_journal.h"
 #include "bfs_log.h"
 #include "bfs_name.h"
 #include "bfs_params.h"
 #include "bfs_path.h"
-#include "bfs_probe.h"
 #include "bfs_reader.h"
 #include "bfs_share.h"
-#include "bfs_stats.h"
 #include "bfs_stream.h"
+#include "bfs_volume.h"
 #include "bfs_writeback.h"
 #include "s3_client.h"
 #include "s3_dirlist.h"
@@ -219,338 +214,6 @@ static const char *bfs_lp_get(void *priv, const char *name)
 	return lp_parm_const_string(bc->snum, BFS_MODULE, name, NULL);
 }
 
-/* The chain of lib/bfs_creds, with this share's smb.conf values. */
-static int bfs_load_credentials(struct bfs_conn *bc)
-{
-	struct bfs_creds_params p = {
-		.service = bc->service,
-		.conf = &bc->params,
-		.anonymous = bc->cfg.anonymous,
-		.file = bfs_parm_string(bc, "credentials file"),
-		.profile = bfs_parm_string(bc, "profile"),
-		.imds = true,
-		.imds_endpoint = bfs_parm_string(bc, "imds endpoint"),
-	};
-	struct bfs_creds creds;
-	const char *why = NULL;
-	int ret;
-
-	if (!p.anonymous) {
-		if (!bfs_parm_bool(bc, "imds", &p.imds)) {
-			return EINVAL;
-		}
-		/* "~" is the home of the user smbd started as (root). */
-		p.home = bfs_creds_home(sec_initial_uid());
-	}
-	ret = bfs_creds_get(bc, &p, &creds, &why);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: %s\n", bc->service, why);
-		return ret;
-	}
-	bc->cfg.creds = creds.keys;
-	bc->creds_expire = creds.expire;
-	bc->imds = creds.imds;
-	if (creds.source == NULL) {
-		DBG_INFO("bucketfs: share %s: anonymous (unsigned) requests\n",
-			 bc->service);
-		return 0;
-	}
-	DBG_INFO("bucketfs: share %s: S3 credentials from %s\n", bc->service,
-		 creds.source);
-	return 0;
-}
-
-/*
- * One cheap request that proves endpoint, bucket and credentials, paid by
- * every tree connect: HeadBucket, which costs the same on every server
- * (a one-key listing costs some S3-compatible servers a scan of the
- * bucket).  HEAD answers carry no error document, so a failure is asked
- * again as a listing, whose answer says why; a server without HeadBucket
- * is served if the listing works.  A share of a prefix lists at once:
- * credentials limited to a prefix may list it but not head the bucket.
- */
-/* One look at the bucket (the tree connect's probe): 0, or an errno. */
-static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	struct s3_object_info info = {0};
-	struct s3_listing *l = NULL;
-	struct tevent_req *req;
-	int ret;
-
-	if (bc->prefix[0] == '\0') {
-		req = s3_head_object_send(frame, bc->sync_ev, bc->s3, NULL);
-		ret = s3_wait_for(req, bc->sync_ev);
-		if (ret != 0) {
-			TALLOC_FREE(frame);
-			return ret;
-		}
-		if (s3_head_object_recv(req, frame, &info, st) == 0) {
-			TALLOC_FREE(frame);
-			return 0;
-		}
-	}
-	/* A HEAD has no error document: a listing says why. */
-	req = s3_list_send(frame, bc->sync_ev, bc->s3, bc->prefix, "/", NULL,
-			   1);
-	ret = s3_wait_for(req, bc->sync_ev);
-	if (ret != 0) {
-		TALLOC_FREE(frame);
-		return ret;
-	}
-	*st = (struct s3_status){0};
-	ret = s3_list_recv(req, frame, &l, st);
-	TALLOC_FREE(frame);
-	return ret;
-}
-
-/*
- * The bucket is in region `region`, which the server named: sign for it
- * (and, on AWS's own endpoint, talk to that region's), as the AWS tools
- * do.  Not when smb.conf names a region: that is the admin's word.
- */
-static bool bfs_follow_region(struct bfs_conn *bc, bool endpoint_derived,
-			      const char *region)
-{
-	char *r = talloc_strdup(bc, region);
-
-	if (r == NULL || !s3_region_to_follow(bc->cfg.region, region)) {
-		talloc_free(r);
-		return false;
-	}
-	DBG_WARNING("bucketfs: share %s: bucket '%s' is in region %s, not "
-		    "%s: using %s (set 'bucketfs:region = %s' to skip this "
-		    "look-up)\n", bc->service, bc->cfg.bucket, region,
-		    bc->cfg.region, region, region);
-	bc->cfg.region = r;
-	if (endpoint_derived) {
-		bc->cfg.endpoint = talloc_asprintf(
-			bc, "https://s3.%s.amazonaws.com", region);
-	}
-	TALLOC_FREE(bc->s3);
-	bc->s3 = bc->cfg.endpoint != NULL ?
-			 s3_client_new(bc, bc->sync_ev, &bc->cfg) :
-			 NULL;
-	return bc->s3 != NULL;
-}
-
-static int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
-			    bool endpoint_derived)
-{
-	struct s3_status st = {0};
-	time_t listed;
-	int ret;
-
-	ret = bfs_probe_once(bc, &st);
-	if (ret != 0 && !region_set &&
-	    bfs_follow_region(bc, endpoint_derived, st.region)) {
-		st = (struct s3_status){0};
-		ret = bfs_probe_once(bc, &st);
-	}
-	if (ret == 0) {
-		return 0;
-	}
-	/*
-	 * S3 away (not a refusal) and this cache folder has served the
-	 * share before: a box that reconnects during an outage reads what
-	 * is cached; misses fail until S3 is back, then work again.
-	 */
-	if (s3_unreachable(ret, &st) &&
-	    bfs_index_dir_listed(bc->index, bc->prefix, &listed) == 0) {
-		DBG_ERR("bucketfs: share %s: S3 at %s is unreachable (%s; "
-			"HTTP %ld): serving what the cache holds until it is "
-			"back\n", bc->service, bc->cfg.endpoint,
-			st.code[0] ? st.code : strerror(ret), st.http_status);
-		bc->s3_down_until = time(NULL) + BFS_OUTAGE_RETRY;
-		return 0;
-	}
-	DBG_ERR("bucketfs: share %s: cannot serve bucket '%s' at %s: %s "
-		"(%s; HTTP %ld%s%s%s%s)\n",
-		bc->service, bc->cfg.bucket, bc->cfg.endpoint,
-		bfs_probe_cause(ret),
-		st.code[0] ? st.code : strerror(ret), st.http_status,
-		st.message[0] ? "; " : "", st.message,
-		st.region[0] ? "; the bucket is in region " : "", st.region);
-	return ret;
-}
-
-/* The index and the extent cache, both in the share's cache folder. */
-static int bfs_open_cache_dir(struct bfs_conn *bc, const char *dir,
-			      uint64_t cache_size)
-{
-	char *idx_dir = talloc_asprintf(bc, "%s/index", dir);
-	char *blk_dir = talloc_asprintf(bc, "%s/cache", dir);
-	char *jrn_dir = talloc_asprintf(bc, "%s/journal", dir);
-	char *served = bfs_index_identity(bc, bc->cfg.endpoint, bc->cfg.bucket);
-	char unsafe[PATH_MAX + 160];
-	const char *why = NULL;
-	int ret;
-
-	if (idx_dir == NULL || blk_dir == NULL || jrn_dir == NULL ||
-	    served == NULL) {
-		return ENOMEM;
-	}
-	/* Root works in it: nobody else may change what is there. */
-	ret = bfs_mkdirs(dir);
-	if (ret == 0) {
-		ret = bfs_dir_trusted(dir, unsafe, sizeof(unsafe));
-		why = unsafe;
-	}
-	if (ret == 0) {
-		ret = bfs_index_open(bc, idx_dir, served, &bc->index, &why);
-	}
-	if (ret == 0) {
-		ret = bfs_cache_open(bc, blk_dir, cache_size, bc->block_size,
-				     &bc->cache, &why);
-	}
-	if (ret == 0 && bfs_cache_recovery(bc->cache) != NULL) {
-		const struct bfs_cache_fsck *r = bfs_cache_recovery(bc->cache);
-
-		DBG_WARNING("bucketfs: share %s: a process died with the cache "
-			    "in %s open; checked it: %" PRIu64 " block records, "
-			    "%" PRIu64 " without their bytes and %" PRIu64
-			    " cache files without records removed\n",
-			    bc->service, dir, r->blocks, r->bad_blocks,
-			    r->orphan_files);
-	}
-	if (ret == 0) {
-		ret = bfs_journal_open(bc, jrn_dir, &bc->journal, &why);
-	}
-	if (ret == 0) {
-		char *st_dir = talloc_asprintf(bc, "%s/stats", dir);
-		ret = st_dir ? bfs_stats_open(bc, st_dir, &bc->stats, &why) :
-			       ENOMEM;
-	}
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cache dir %s: %s (%s)\n",
-			bc->service, dir, why ? why : "cannot open",
-			strerror(ret));
-	}
-	return ret;
-}
-
-static void bfs_log_recovery(void *priv, const struct bfs_jrec *r,
-			     const struct s3_status *st)
-{
-	struct bfs_conn *bc = priv;
-
-	bfs_log_s3(bc, r->op == BFS_J_PUT ? "journalled upload to" :
-		       r->op == BFS_J_COPY ? "journalled rename to" :
-					     "journalled delete of",
-		   r->key, st);
-}
-
-/* Writeback, and what a killed smbd left in the journal. */
-static int bfs_start_writeback(struct bfs_conn *bc)
-{
-	char *dir = talloc_asprintf(bc, "%s/staging", bc->cache_dir);
-	unsigned done = 0, failed = 0;
-	int ret;
-
-	ret = dir == NULL ? ENOMEM :
-		bfs_wb_new(bc, bc->sync_ev, bc->s3, bc->index, bc->journal,
-			   dir, &bc->upload, &bc->wb);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot set up writeback in the "
-			"staging folder %s: %s\n", bc->service,
-			dir != NULL ? dir : "(no memory)", strerror(ret));
-		return ret;
-	}
-	ret = bfs_wb_recover(bc->wb, bc->prefix, &done, &failed,
-			     bfs_log_recovery, bc);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot read the journal: %s\n",
-			bc->service, strerror(ret));
-		return ret;
-	}
-	if (done + failed > 0) {
-		DBG_WARNING("bucketfs: share %s: finished %u change(s) an "
-			    "earlier smbd left in the journal, %u failed and "
-			    "stay there\n", bc->service, done, failed);
-	}
-	return 0;
-}
-
-/*
- * `bucketfs:close = local`: reach the cache folder's engine, starting it
- * if none runs (smbd starts samba-dcerpcd the same way).  Without one,
- * closes upload as with `close = s3`: slower, never less safe.
- */
-static void bfs_connect_engine(struct bfs_conn *bc, struct tevent_context *ev)
-{
-	const char *argv[] = {
-		bc->engine_path, "-s", get_dyn_CONFIGFILE(), bc->service, NULL,
-	};
-	struct bfs_engine_start start = {.argv = argv, .timeout_ms = 5000};
-	int ret;
-
-	become_root();
-	ret = bfs_engine_connect(bc, ev, bc->cache_dir, bc->service, &start,
-				 &bc->engine);
-	unbecome_root();
-	bc->engine_ev = ev;
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:close = local', but the "
-			"engine %s could not be started or reached (%s): closes "
-			"on this connection wait for S3\n", bc->service,
-			bc->engine_path, strerror(ret));
-		bc->engine = NULL;
-	}
-}
-
-/* The engine's pid for a hand-over, reaching it again if it went away. */
-static pid_t bfs_engine_now(struct bfs_conn *bc)
-{
-	if (bc->engine == NULL) {
-		return 0;
-	}
-	if (bfs_engine_pid(bc->engine) == 0) {
-		become_root();
-		(void)bfs_engine_reconnect(bc->engine); /* logs its failure */
-		unbecome_root();
-	}
-	return bfs_engine_pid(bc->engine);
-}
-
-/*
- * smbd gives every SMB read a fresh buffer of up to 8 MiB (and our fetches
- * are as large).  glibc maps a buffer that large with mmap and unmaps it on
- * free, so each read faults in and zeroes 2,048 pages: on a cold
- * sequential read that was a fifth of this process's CPU.  Heap buffers
- * are reused instead.  Once per process, unless the admin set glibc's own
- * tunables.
- */
-#define BFS_MMAP_THRESHOLD (32 << 20)
-#define BFS_TRIM_THRESHOLD (64 << 20)
-
-static void bfs_reuse_read_buffers(const char *service)
-{
-#ifdef __GLIBC__
-	static bool done;
-	const char *tunables = getenv("GLIBC_TUNABLES");
-
-	if (done) {
-		return;
-	}
-	done = true;
-	if (tunables != NULL && strstr(tunables, "glibc.malloc.") != NULL) {
-		DBG_NOTICE("bucketfs: share %s: GLIBC_TUNABLES sets malloc "
-			   "tunables; leaving them as they are\n", service);
-		return;
-	}
-	if (mallopt(M_MMAP_THRESHOLD, BFS_MMAP_THRESHOLD) != 1 ||
-	    mallopt(M_TRIM_THRESHOLD, BFS_TRIM_THRESHOLD) != 1) {
-		DBG_WARNING("bucketfs: share %s: mallopt refused the buffer "
-			    "thresholds; reads still work, with more page "
-			    "faults\n", service);
-		return;
-	}
-	DBG_INFO("bucketfs: share %s: read buffers up to %d MiB come from the "
-		 "heap (up to %d MiB of freed heap kept)\n", service,
-		 BFS_MMAP_THRESHOLD >> 20, BFS_TRIM_THRESHOLD >> 20);
-#endif
-}
-
 /* lib/'s log lines, in smbd's log at our debug class. */
 static void bfs_log_line(int level, const char *line)
 {
@@ -560,11 +223,13 @@ static void bfs_log_line(int level, const char *line)
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
+	const struct bfs_share_host host = {
+		/* "~" is the home of the user smbd started as (root). */
+		.home_uid = sec_initial_uid(),
+		.config_file = get_dyn_CONFIGFILE(),
+		.ev = handle->conn->sconn->ev_ctx,
+	};
 	struct bfs_conn *bc;
-	const char *bucket, *prefix, *endpoint, *cache_dir, *ca_file;
-	bool reuse_buffers = true;
-	uint64_t cache_size, size;
-	int64_t v;
 	int ret;
 
 	bfs_log_set(bfs_log_line);
@@ -587,219 +252,24 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 	 */
 	bc->owner_uid = handle->conn->session_info->unix_token->uid;
 	bc->owner_gid = handle->conn->session_info->unix_token->gid;
-	if (!bfs_follow_config(bc)) {
-		goto inval;
-	}
 	bc->connectpath = bfs_path_normalise(bc, handle->conn->connectpath);
-	bc->cwd = talloc_strdup(bc, bc->connectpath);
-	bc->connected = time(NULL);
-	/* Modes are octal in smb.conf, as everywhere in Samba: 0644. */
-	if (!bfs_parm_int(bc, "file mode", &v)) {
-		goto inval;
-	}
-	bc->file_mode = (mode_t)v;
-	if (!bfs_parm_int(bc, "dir mode", &v)) {
-		goto inval;
-	}
-	bc->dir_mode = (mode_t)v;
-
-	bucket = bfs_parm_string(bc, "bucket");
-	if (bucket == NULL || bucket[0] == '\0') {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:bucket' is not set\n",
-			service);
-		goto inval;
-	}
-	prefix = bfs_parm_string(bc, "prefix");
-	bc->prefix = bfs_path_share_prefix(bc, prefix);
-	endpoint = bfs_parm_string(bc, "endpoint");
-	/*
-	 * Copies: what lp_parm_const_string() returns is freed by the next
-	 * reload of smb.conf, and these live as long as the connection.
-	 */
-	bc->cfg.bucket = talloc_strdup(bc, bucket);
-	bc->cfg.region = talloc_strdup(bc, bfs_parm_string(bc, "region"));
-	bc->cfg.endpoint = endpoint != NULL ? talloc_strdup(bc, endpoint) :
-					      NULL;
-	if (!bfs_parm_bool(bc, "path style", &bc->cfg.path_style) ||
-	    !bfs_parm_bool(bc, "verify tls", &bc->cfg.verify_tls) ||
-	    !bfs_parm_bool(bc, "anonymous", &bc->cfg.anonymous) ||
-	    !bfs_parm_bool(bc, "requester pays", &bc->cfg.requester_pays) ||
-	    !bfs_parm_bool(bc, "stream parts", &bc->stream_parts) ||
-	    !bfs_parm_bool(bc, "reuse read buffers", &reuse_buffers)) {
-		goto inval;
-	}
-	ca_file = bfs_parm_string(bc, "ca file");
-	if (ca_file != NULL && ca_file[0] != '\0') {
-		bc->cfg.ca_file = talloc_strdup(bc, ca_file);
-		if (bc->cfg.ca_file == NULL) {
-			goto nomem;
-		}
-	}
-	if (!bfs_parm_int(bc, "request timeout", &v)) {
-		goto inval;
-	}
-	bc->cfg.request_timeout_ms = 1000 * (unsigned)v;
-	bc->cfg.connect_timeout_ms = 5000;
-	if (!bfs_parm_int(bc, "retries", &v)) {
-		goto inval;
-	}
-	bc->cfg.max_retries = (unsigned)v;
-	if (bc->prefix == NULL || bc->connectpath == NULL || bc->cwd == NULL ||
-	    bc->cfg.bucket == NULL || bc->cfg.region == NULL ||
-	    (endpoint != NULL && bc->cfg.endpoint == NULL)) {
-		goto nomem;
-	}
-	bc->dev = bfs_index_ino_hint(talloc_asprintf(talloc_tos(), "%s/%s",
-						     bucket, bc->prefix));
-
-	cache_dir = bfs_parm_string(bc, "cache dir");
-	if (cache_dir == NULL || cache_dir[0] == '\0') {
-		cache_dir = talloc_asprintf(bc, "/var/cache/bucketfs/%s",
-					    service);
-		if (cache_dir == NULL) {
-			goto nomem;
-		}
-	}
-	if (cache_dir[0] != '/') {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:cache dir' must be an "
-			"absolute path, not '%s'\n", service, cache_dir);
-		goto inval;
-	}
-	if (!bfs_parm_size(bc, "block size", &size)) {
-		goto inval; /* a power of two, says the table */
-	}
-	bc->block_size = (uint32_t)size;
-	cache_size = bc->cache_limit; /* checked by bfs_follow_config */
-	bc->cache_dir = talloc_strdup(bc, cache_dir);
-	bc->metrics_file = talloc_strdup(bc, bfs_parm_string(bc,
-							     "metrics file"));
-	if (bc->cache_dir == NULL) {
-		goto nomem;
-	}
-	if (bc->metrics_file != NULL && bc->metrics_file[0] != '/') {
-		DBG_ERR("bucketfs: share %s: 'bucketfs:metrics file' must be an "
-			"absolute path, not '%s'\n", service, bc->metrics_file);
-		goto inval;
-	}
-	/* S3's own bounds: parts of 5 MiB to 5 GiB, objects to 5 TiB. */
-	if (!bfs_parm_size(bc, "multipart threshold", &bc->upload.multipart_threshold) ||
-	    !bfs_parm_size(bc, "part size", &bc->upload.part_size) ||
-	    !bfs_parm_size(bc, "multipart copy threshold", &bc->upload.copy_threshold)) {
-		goto inval;
-	}
-	if (!bfs_parm_int(bc, "upload parallel", &v)) {
-		goto inval;
-	}
-	bc->upload.parallel = (unsigned)v;
-	if (!bfs_parm_int(bc, "stream parallel", &v)) {
-		goto inval;
-	}
-	bc->stream_budget.free = (unsigned)v;
-	if (!bfs_parm_int(bc, "dir rename max", &v)) {
-		goto inval;
-	}
-	bc->dir_rename_max = (unsigned)v;
-	{
-		const char *mode = bfs_parm_string(bc, "close");
-
-		if (mode == NULL || (strcmp(mode, "local") != 0 &&
-				     strcmp(mode, "s3") != 0)) {
-			DBG_ERR("bucketfs: share %s: 'bucketfs:close' must be "
-				"local or s3, not '%s'\n", service,
-				mode ? mode : "");
-			goto inval;
-		}
-		bc->close_local = strcmp(mode, "local") == 0;
-		bc->engine_path = talloc_strdup(bc, bfs_parm_string(bc,
-								    "engine"));
-	}
-	/* The cache folder is the server's: root's, 0700, whoever connects. */
-	become_root();
-	ret = bfs_open_cache_dir(bc, cache_dir, cache_size);
-	unbecome_root();
+	/* Everything else is lib's: parameters, cache, S3, writeback. */
+	ret = bfs_share_open(bc, &host);
 	if (ret != 0) {
 		goto fail;
-	}
-
-	ret = bfs_load_credentials(bc);
-	if (ret != 0) {
-		goto fail;
-	}
-
-	bc->sync_ev = tevent_context_init(bc);
-	if (bc->sync_ev == NULL) {
-		goto nomem;
-	}
-	bc->s3 = s3_client_new(bc, bc->sync_ev, &bc->cfg);
-	if (bc->s3 == NULL) {
-		ret = errno;
-		DBG_ERR("bucketfs: share %s: bad S3 endpoint '%s' (want "
-			"http://host[:port] or https://host[:port])\n",
-			service, endpoint ? endpoint : "(default)");
-		goto fail;
-	}
-	if (bc->cfg.endpoint == NULL) {
-		bc->cfg.endpoint = talloc_asprintf(bc, "https://s3.%s.amazonaws.com",
-						   bc->cfg.region);
-	}
-
-	/* The probe may find the bucket's region and make bc->s3 anew. */
-	/* An admin's "bucketfs:region" is kept; without one it is found. */
-	ret = bfs_probe_bucket(bc, lp_parm_const_string(bc->snum, BFS_MODULE,
-							"region", NULL) != NULL,
-			       endpoint == NULL);
-	if (ret != 0) {
-		goto fail;
-	}
-	bc->reader = bfs_reader_new(bc, bc->sync_ev, bc->s3, bc->cache,
-				    bc->block_size, false);
-	if (bc->reader == NULL) {
-		goto nomem;
-	}
-	bfs_reader_set_memory(bc->reader, bc->fetch_memory);
-	/* Recovery's S3 work runs as the user; its files as root (bfs_priv). */
-	ret = bfs_start_writeback(bc);
-	if (ret != 0) {
-		goto fail;
-	}
-
-	if (bc->close_local) {
-		bfs_connect_engine(bc, handle->conn->sconn->ev_ctx);
 	}
 	SMB_VFS_HANDLE_SET_DATA(handle, bc, NULL, struct bfs_conn,
 				goto nomem);
-	if (reuse_buffers) {
-		bfs_reuse_read_buffers(service);
-	}
 	DBG_NOTICE("bucketfs: share %s serves s3://%s/%s from %s for %s\n",
-		   service, bucket, bc->prefix, bc->cfg.endpoint, user);
+		   service, bc->cfg.bucket, bc->prefix, bc->cfg.endpoint, user);
 	return 0;
 
 nomem:
 	ret = ENOMEM;
-	goto fail;
-inval:
-	ret = EINVAL;
 fail:
 	TALLOC_FREE(bc);
 	errno = ret;
 	return -1;
-}
-
-static void bfs_log_reader(struct bfs_conn *bc, const char *which,
-			   const struct bfs_reader *r)
-{
-	const struct bfs_reader_counters *n;
-
-	if (r == NULL) {
-		return;
-	}
-	n = bfs_reader_counters(r);
-	DBG_NOTICE("bucketfs: share %s: %s reads: %" PRIu64 " blocks from "
-		   "cache, %" PRIu64 " fetched (%" PRIu64 " bytes, %" PRIu64
-		   " read ahead), %" PRIu64 " waits shared a fetch\n",
-		   bc->service, which, n->cache_hits, n->block_fetches,
-		   n->fetched_bytes, n->prefetches, n->coalesced);
 }
 
 static void bfs_disconnect(struct vfs_handle_struct *handle)
@@ -807,39 +277,13 @@ static void bfs_disconnect(struct vfs_handle_struct *handle)
 	struct bfs_conn *bc;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return);
-	bfs_stats_flush(bc, time(NULL));
-	DBG_NOTICE("bucketfs: share %s: %" PRIu64 " synchronous and %" PRIu64
-		   " asynchronous preads\n", bc->service, bc->sync_reads,
-		   bc->async_reads);
-	bfs_log_reader(bc, "synchronous", bc->reader);
-	bfs_log_reader(bc, "asynchronous", bc->reader_async);
+	bfs_share_close(bc);
 	/* Children (clients, contexts, cache) go with it. */
 	SMB_VFS_HANDLE_FREE_DATA(handle);
 	TALLOC_FREE(bc);
 }
 
 /* ---- volume ------------------------------------------------------------------------- */
-
-/*
- * The volume a client sees is the room it may write: the staging
- * folder's file system and what the writeback limit leaves (lib does the
- * sums).  With nothing measurable, say so with a zero-sized volume rather
- * than invent one.
- */
-static void bfs_volume_space(struct bfs_conn *bc, uint64_t *total,
-			     uint64_t *avail)
-{
-	uint64_t limit = bc->close_local && bc->engine != NULL ?
-				 bc->writeback_limit : 0;
-	int ret;
-
-	bfs_follow_config(bc);
-	ret = bfs_wb_space(bc->wb, bc->engine ? bfs_engine_pid(bc->engine) : 0,
-			   limit, total, avail);
-	if (ret != 0) {
-		*total = *avail = 0;
-	}
-}
 
 static uint64_t bfs_disk_free(struct vfs_handle_struct *handle,
 			      const struct smb_filename *smb_fname,
