@@ -41,6 +41,7 @@ static void keep_line(int level, const char *line)
 }
 
 #include "test_creds_files.h"
+#include "test_loopback.h"
 
 static const char profiles[] =
 	"[default]\n"
@@ -81,20 +82,6 @@ static struct bfs_creds_params params(const char *file, const char *home,
 		.imds_endpoint = imds_endpoint,
 		.home = home,
 	};
-}
-
-/* A loopback port nothing listens on: a connection is refused at once. */
-static char *closed_endpoint(TALLOC_CTX *t)
-{
-	struct sockaddr_in a = {.sin_family = AF_INET};
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	close(fd);
-	return talloc_asprintf(t, "http://127.0.0.1:%u", ntohs(a.sin_port));
 }
 
 /* A listening loopback socket (non-blocking) and its URL. */
