@@ -67,7 +67,7 @@ $(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.ver
 	  -c $< -o $@
 
 $(B)/bucketfs.so: $(B)/modules/vfs_bucketfs.o $(B)/libbucketfs.a
-	$(CC) -shared -o $@ $^ $(PKG_LIBS)
+	$(CC) -shared -Wl,-Bsymbolic -o $@ $^ $(PKG_LIBS)
 
 $(B)/tests/%: tests/unit/%.c tests/unit/*.h $(B)/libbucketfs.a
 	@mkdir -p $(dir $@)

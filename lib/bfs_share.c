@@ -356,6 +356,40 @@ static bool bfs_dir_wait_for_lister(struct bfs_conn *bc, const char *prefix,
 }
 
 /*
+ * Have the engine relist prefix, past its TTL: a stat of each of its
+ * files, and of each folder on the way to them, asks once a second, not
+ * once each.  The oldest remembered ask makes room for a new one.
+ */
+static void bfs_ask_relisting(struct bfs_conn *bc, const char *prefix,
+			      time_t now)
+{
+	const size_t n = sizeof(bc->list_asked) / sizeof(bc->list_asked[0]);
+	struct bfs_list_asked *slot = &bc->list_asked[0];
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct bfs_list_asked *a = &bc->list_asked[i];
+
+		if (a->prefix != NULL && strcmp(a->prefix, prefix) == 0) {
+			if (a->at == now) {
+				return;
+			}
+			slot = a;
+			break;
+		}
+		if (a->prefix == NULL || a->at < slot->at) {
+			slot = a;
+		}
+	}
+	(void)bfs_engine_list(bc->engine, prefix);
+	if (slot->prefix == NULL || strcmp(slot->prefix, prefix) != 0) {
+		TALLOC_FREE(slot->prefix);
+		slot->prefix = talloc_strdup(bc, prefix);
+	}
+	slot->at = now;
+}
+
+/*
  * Make sure the index has a listing of directory rel younger than the TTL:
  * list it from S3 (every page) and store it, if not.
  */
@@ -390,14 +424,7 @@ int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	 */
 	if (known && bc->ttl > 0 && bc->engine != NULL &&
 	    bfs_engine_pid(bc->engine) != 0) {
-		/* A stat of each of its files asks once, not once each. */
-		if (bc->list_asked == NULL || now != bc->list_asked_at ||
-		    strcmp(bc->list_asked, prefix) != 0) {
-			(void)bfs_engine_list(bc->engine, prefix);
-			TALLOC_FREE(bc->list_asked);
-			bc->list_asked = talloc_strdup(bc, prefix);
-			bc->list_asked_at = now;
-		}
+		bfs_ask_relisting(bc, prefix, now);
 		TALLOC_FREE(frame);
 		return 0;
 	}

@@ -88,8 +88,16 @@ struct bfs_conn {
 	uint64_t writeback_limit;	/* bytes the engine may hold; 0 none */
 	uint64_t fetch_memory;	/* fetch buffers per reader; 0 none */
 	uint64_t max_file_size;	/* a write past it: disk full */
-	char *list_asked;	/* the stale listing last asked of the engine */
-	time_t list_asked_at;
+	/*
+	 * The stale listings lately asked of the engine, each at most once
+	 * a second: smbd resolves every folder of a path for each open, so
+	 * one remembered prefix was replaced on every lookup and each sent
+	 * its LIST again.
+	 */
+	struct bfs_list_asked {
+		char *prefix;
+		time_t at;
+	} list_asked[8];
 	unsigned dir_rename_max;	/* objects a directory rename may move */
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
