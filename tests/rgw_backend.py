@@ -90,6 +90,13 @@ def rgw_backend(w, test, run_tap, free_port, wait_port, sha256):
               share("rgwstream", "stream", "read only = no", "bucketfs:close = s3",
                     "bucketfs:multipart threshold = 8M",
                     "bucketfs:part size = 5M", "bucketfs:stream parts = yes"))
+    # The dataloader row against a production S3: straight to RGW, as the
+    # raw baseline's GETs are (the python front would be the bottleneck).
+    shares += (f"[rgwloader]\n  path = /bucketfs/rgwloader\n  vfs objects = bucketfs\n"
+               f"  bucketfs:endpoint = {rgw}\n  bucketfs:path style = yes\n"
+               f"  bucketfs:bucket = {BUCKET}\n  bucketfs:prefix = loader\n"
+               f"  bucketfs:credentials file = {w.tmp}/creds\n"
+               f"  bucketfs:cache dir = {t}/cache-rgwloader\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     port, log_path = w.start_extra_smbd("rgw", shares, env)
 
@@ -175,6 +182,32 @@ def rgw_backend(w, test, run_tap, free_port, wait_port, sha256):
         smbclient("rgwrw", "mkdir d; put %s d/x.bin; del a2.bin; del d/x.bin; rmdir d" % small)
         have = keys("rw/")
         assert "rw/a2.bin" not in have and not any(k.startswith("rw/d/") for k in have), have
+
+    @test
+    def rgw_a_dataloader_with_32_samples_in_flight_reads_every_file_cold_and_hot():
+        # issue 18's small-file row on a production S3 (bench/loader, one
+        # connection, 32 samples in flight; 500 files of 100 KiB).  The
+        # raw baseline (32 parallel GETs of other objects of the same
+        # size) runs first, so neither side reads from a colder RGW.
+        n, size = 500, 100 << 10
+        s3tool(BUCKET, "putmany", "loader/small/f", str(n), str(size))
+        s3tool(BUCKET, "putmany", "loader/raw/f", str(n), str(size))
+        p = s3tool(BUCKET, "getmany", "loader/raw/f", str(n), "32")
+        raw = float(dict(f.split("=", 1) for f in p.stdout.split())["files_per_s"])
+        smbclient("rgwloader", "cd small; ls")  # a Dataset lists its folder first
+        url = f"smb://127.0.0.1:{port}/rgwloader/small"
+        runs = []
+        for _ in range(2):
+            p = subprocess.run([f"{B}/bench/loader", url, "32", str(n)],
+                               capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD))
+            assert p.returncode == 0, p.stdout + p.stderr
+            kv = dict(f.split("=", 1) for f in p.stdout.split())
+            assert int(kv["files"]) == n and int(kv["errors"]) == 0, p.stdout
+            runs.append(float(kv["files_per_s"]))
+        cold, hot = runs
+        print(f"    # RGW files/s: raw 32 GETs {raw:.0f}, bucketfs cold {cold:.0f}, "
+              f"hot {hot:.0f}; cold/raw {cold / raw:.2f}", flush=True)
 
     @test
     def rgw_kill_9_while_a_streamed_file_is_open_aborts_its_upload():
