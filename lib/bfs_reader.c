@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "bfs_list.h"
+
 /*
  * Readahead may not hold more than this many fetches (of up to
  * BFS_FETCH_MAX_BLOCKS blocks) in memory at once, per reader.
@@ -117,30 +119,6 @@ struct bfs_read_state {
 	size_t nread;
 	struct s3_status st;
 };
-
-/* Two-way list helpers (one per list type keeps the types checked). */
-#define BFS_LIST_ADD(head, item)                                              \
-	do {                                                                  \
-		(item)->prev = NULL;                                          \
-		(item)->next = (head);                                        \
-		if ((head) != NULL) {                                         \
-			(head)->prev = (item);                                \
-		}                                                             \
-		(head) = (item);                                              \
-	} while (0)
-
-#define BFS_LIST_REMOVE(head, item)                                           \
-	do {                                                                  \
-		if ((item)->prev != NULL) {                                   \
-			(item)->prev->next = (item)->next;                    \
-		} else if ((head) == (item)) {                                \
-			(head) = (item)->next;                                \
-		}                                                             \
-		if ((item)->next != NULL) {                                   \
-			(item)->next->prev = (item)->prev;                    \
-		}                                                             \
-		(item)->prev = (item)->next = NULL;                           \
-	} while (0)
 
 static int bfs_reader_destructor(struct bfs_reader *r)
 {

@@ -209,12 +209,48 @@ int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 	return ret;
 }
 
+/* The first len bytes of file from into file to, in the kernel. */
+static int bfs_copy_bytes(int from, int to, uint64_t len)
+{
+	uint64_t off = 0;
+
+	while (off < len) {
+		loff_t in = (loff_t)off, out = (loff_t)off;
+		ssize_t n = copy_file_range(from, &in, to, &out,
+					    (size_t)MIN(len - off, 1u << 30), 0);
+
+		if (n <= 0) {
+			return n == 0 ? EIO : errno;
+		}
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+int bfs_wb_stage_copy(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int from,
+		      uint64_t len, char **name)
+{
+	int fd = -1;
+	int ret = bfs_wb_stage_new(wb, mem_ctx, &fd, name);
+
+	if (ret == 0) {
+		ret = bfs_copy_bytes(from, fd, len);
+	}
+	if (fd != -1) {
+		close(fd);
+	}
+	if (ret != 0 && fd != -1) {
+		bfs_wb_stage_drop(wb, *name);
+	}
+	return ret;
+}
+
 int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 			      uint64_t *size)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec rec;
-	uint64_t len = 0, off = 0;
+	uint64_t len = 0;
 	struct stat sb;
 	char *path;
 	int src = -1, ret;
@@ -242,16 +278,8 @@ int bfs_wb_stage_from_journal(struct bfs_wb *wb, const char *key, int fd,
 			ret = EIO; /* it lost bytes: recovery keeps it too */
 		}
 	}
-	while (ret == 0 && off < len) {
-		loff_t in = (loff_t)off, out = (loff_t)off;
-		ssize_t n = copy_file_range(src, &in, fd, &out,
-					    (size_t)MIN(len - off, 1u << 30), 0);
-
-		if (n <= 0) {
-			ret = n == 0 ? EIO : errno;
-			break;
-		}
-		off += (uint64_t)n;
+	if (ret == 0) {
+		ret = bfs_copy_bytes(src, fd, len);
 	}
 	if (src != -1) {
 		close(src);

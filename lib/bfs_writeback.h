@@ -38,6 +38,15 @@ int bfs_wb_stage_new(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int *fd,
 /* Forget a staging file. */
 void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name);
 
+/*
+ * A new staging file holding the first len bytes of file from (a flush's
+ * snapshot of a file still written): 0 with *name on mem_ctx.  On
+ * failure nothing is left in the staging folder.
+ */
+int bfs_wb_stage_copy(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int from,
+		      uint64_t len, char **name)
+	__attribute__((warn_unused_result));
+
 /* Copy the whole object obj into the staging file fd (read-modify-write). */
 int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 		      const struct bfs_object *obj, int fd,

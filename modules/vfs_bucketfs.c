@@ -567,366 +567,13 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
 
 /* ---- staging and writeback ----------------------------------------------------------- */
 
-static int bfs_fh_destructor(struct bfs_fh *fh)
-{
-	if (fh->bc != NULL && fh->writable) {
-		DLIST_REMOVE(fh->bc->open_files, fh);
-	}
-	if (fh->stage_fd != -1) {
-		close(fh->stage_fd);
-		fh->stage_fd = -1;
-	}
-	return 0;
-}
-
-/* The upload id of a stream: journalled until the close takes it over. */
-static void bfs_stream_started(void *private_data, const char *key,
-			       const char *upload_id)
-{
-	struct bfs_fh *fh = private_data;
-
-	bfs_wb_stream_started(fh->bc->wb, key, fh->stage_name, upload_id);
-}
-
-/* Start streaming fh's parts on ev (smbd's loop) if fh may. */
-static void bfs_fh_stream_start(struct bfs_conn *bc, struct bfs_fh *fh,
-				struct tevent_context *ev)
-{
-	struct bfs_stream_params p = {
-		.part_size = bc->upload.part_size,
-		.budget = &bc->stream_budget,
-		.started = bfs_stream_started,
-		.private_data = fh,
-	};
-
-	if (!fh->may_stream || fh->stream != NULL || fh->stage_fd == -1) {
-		return;
-	}
-	fh->may_stream = false; /* one try per open */
-	if (bfs_async_reader(bc, ev) == NULL) {
-		return; /* not smbd's loop: the close uploads it all */
-	}
-	fh->stream = bfs_stream_new(fh, ev, bc->s3_async, fh->key,
-				    fh->stage_fd, &p);
-}
-
-/* Stop fh's stream and abort its upload (the file goes elsewhere). */
-static void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	TALLOC_CTX *tmp;
-	struct bfs_upload_resume r;
-
-	fh->may_stream = false;
-	if (fh->stream == NULL) {
-		return;
-	}
-	tmp = talloc_new(fh);
-	if (tmp != NULL && bfs_stream_stop(fh->stream, tmp, &r) == 0) {
-		bfs_wb_stream_abort(bc->wb, bfs_stream_key(fh->stream),
-				    r.upload_id);
-	}
-	talloc_free(tmp);
-	TALLOC_FREE(fh->stream);
-}
-
-/* Whether fh's staging file is its own: a stream sees only its writes. */
-static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	struct bfs_fh *o;
-
-	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (o != fh && o->stage_name != NULL &&
-		    fh->stage_name != NULL &&
-		    strcmp(o->stage_name, fh->stage_name) == 0) {
-			return false;
-		}
-	}
-	return true;
-}
-
-/* Another open of key in this connection whose bytes are staged. */
-static struct bfs_fh *bfs_staged_twin(struct bfs_conn *bc, const char *key,
-				      const struct bfs_fh *self)
-{
-	struct bfs_fh *o;
-
-	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (o != self && o->stage_fd != -1 && !o->deleted &&
-		    strcmp(o->key, key) == 0) {
-			return o;
-		}
-	}
-	return NULL;
-}
-
-/* Bytes of an open file: the staging file's if staged. */
-static uint64_t bfs_fh_size(const struct bfs_fh *fh)
-{
-	struct stat sb;
-
-	if (fh->stage_fd != -1 && fstat(fh->stage_fd, &sb) == 0) {
-		return (uint64_t)sb.st_size;
-	}
-	return fh->size;
-}
-
-/* Track a file open for writing (renames and unlinks look for it). */
-static void bfs_fh_track(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	fh->writable = true;
-	DLIST_ADD(bc->open_files, fh);
-	talloc_set_destructor(fh, bfs_fh_destructor);
-}
-
 /*
- * Give fh a staging file: the one another open of the same key in this
- * connection already has, else a new one, filled with the object's bytes
- * if keep (read-modify-write of an existing object).
+ * The staging table, writes, and what close and flush do with them are
+ * lib/bfs_file's; mkdir, rename and delete lib/bfs_namespace's.  The
+ * slots below turn Samba's arguments into theirs.
  */
-static int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
-{
-	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
-	struct s3_status st = {0};
-	char *name = NULL;
-	int fd = -1, ret;
-
-	if (fh->stage_fd != -1) {
-		return 0;
-	}
-	if (twin != NULL) {
-		fd = dup(twin->stage_fd);
-		if (fd == -1) {
-			return errno;
-		}
-		/* Two writers: the stream would miss this one's writes. */
-		bfs_fh_stream_drop(bc, twin);
-		fh->stage_fd = fd;
-		fh->stage_name = talloc_strdup(fh, twin->stage_name);
-		return 0;
-	}
-	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
-	if (ret == 0 && keep) {
-		/*
-		 * A journalled upload of the key (a failed close, one still
-		 * running) has newer bytes than S3: start from those.
-		 */
-		uint64_t size;
-
-		ret = bfs_wb_stage_from_journal(bc->wb, fh->key, fd, &size);
-		if (ret == 0) {
-			fh->size = size;
-		} else if (ret == ENOENT && fh->size > 0) {
-			ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj,
-						fd, &st);
-			if (ret != 0) {
-				bfs_log_s3(bc, "read-modify-write of", fh->key,
-					   &st);
-			}
-		} else if (ret == ENOENT) {
-			ret = 0;
-		}
-		if (ret != 0) {
-			close(fd);
-			bfs_wb_stage_drop(bc->wb, name);
-		}
-	}
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot stage writes to %s: %s\n",
-			bc->service, fh->key, strerror(ret));
-		return ret == ESTALE ? EIO : ret;
-	}
-	fh->stage_fd = fd;
-	fh->stage_name = name;
-	/* New bytes from zero (smbd may create with one open and write
-	 * through another): they may go up while written. */
-	fh->may_stream = bc->stream_parts && bc->engine == NULL &&
-			 (!keep || fh->size == 0) &&
-			 bfs_fh_stream_alone(bc, fh);
-	return 0;
-}
-
-/* Last writer wins: say so when S3 changed under a writer. */
-static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	struct s3_object_info info = {0};
-	struct tevent_req *req;
-	int ret;
-
-	if (fh->open_etag == NULL) {
-		return;
-	}
-	req = s3_head_object_send(talloc_tos(), bc->sync_ev, bc->s3, fh->key);
-	if (s3_wait_for(req, bc->sync_ev) != 0) {
-		/* Only a warning was at stake; the upload goes on. */
-		TALLOC_FREE(req);
-		return;
-	}
-	ret = s3_head_object_recv(req, talloc_tos(), &info, NULL);
-	TALLOC_FREE(req);
-	if (ret == 0 && info.etag != NULL &&
-	    strcmp(info.etag, fh->open_etag) == 0) {
-		return;
-	}
-	DBG_WARNING("bucketfs: share %s: s3://%s/%s changed in S3 since it "
-		    "was opened for writing (%s); overwriting it: last writer "
-		    "wins\n", bc->service, bc->cfg.bucket, fh->key,
-		    ret == 0 ? "new ETag" : "gone");
-}
-
-/* Upload fh's staged bytes: close and flush wait for this. */
-static int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	struct s3_status st = {0};
-	struct bfs_upload_resume resume, *rp = NULL;
-	unsigned streamed = 0, sent = 0;
-	struct bfs_fh *o;
-	char *etag = NULL;
-	uint64_t size;
-	int ret;
-
-	if (!fh->dirty || fh->deleted || fh->stage_fd == -1) {
-		return 0;
-	}
-	size = bfs_fh_size(fh);
-	if (fh->stream != NULL) {
-		bfs_stream_counts(fh->stream, &streamed, &sent);
-		if (bfs_stream_stop(fh->stream, fh, &resume) == 0) {
-			rp = &resume;
-		}
-		TALLOC_FREE(fh->stream);
-	}
-	bfs_check_conflict(bc, fh);
-	ret = bfs_wb_upload(bc->wb, fh->key, fh->stage_name, fh->stage_fd,
-			    size, fh->mtime, rp, fh, &etag, &st);
-	if (rp != NULL) {
-		DBG_INFO("bucketfs: share %s: %s: %u parts of %" PRIu64
-			 " bytes were sent while it was written (%u sends)\n",
-			 bc->service, fh->key, streamed,
-			 resume.part_size, sent);
-		talloc_free(discard_const_p(struct s3_part, resume.parts));
-	}
-	if (ret != 0) {
-		bfs_log_s3(bc, "upload to", fh->key, &st);
-		DBG_ERR("bucketfs: share %s: %s stays in the journal and in "
-			"staging file %s; it is retried by the next smbd that "
-			"opens the share\n", bc->service, fh->key,
-			fh->stage_name);
-		return ret == ENOENT ? EIO : ret;
-	}
-	DBG_INFO("bucketfs: share %s: uploaded %s (%" PRIu64 " bytes)\n",
-		 bc->service, fh->key, size);
-	/* Every open sharing the staging file is clean now. */
-	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (o->stage_name != NULL && fh->stage_name != NULL &&
-		    strcmp(o->stage_name, fh->stage_name) == 0) {
-			o->dirty = false;
-		}
-	}
-	fh->dirty = false;
-	fh->size = size;
-	fh->etag = etag;
-	fh->open_etag = talloc_strdup(fh, etag);
-	fh->obj = (struct bfs_object){
-		.key = fh->key, .etag = fh->etag, .size = size,
-	};
-	bfs_cache_make_id(bc->cfg.bucket, fh->key, etag, bc->block_size,
-			  &fh->obj.id);
-	return 0;
-}
-
-/*
- * `close = local`: journal fh's staged bytes (staging file `name`, size
- * bytes) in the engine's name and tell it; the engine uploads them.
- * ENOTSUP where the caller must upload itself (no engine reachable).
- */
-static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
-			 const char *name, uint64_t size)
-{
-	pid_t engine = bfs_engine_now(bc);
-	int ret;
-
-	if (engine == 0) {
-		return ENOTSUP;
-	}
-	ret = bfs_wb_hand_over(bc->wb, fh->key, name, size, fh->mtime, engine);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot journal %s for the engine: "
-			"%s; uploading it now\n", bc->service, fh->key,
-			strerror(ret));
-		return ENOTSUP;
-	}
-	if (bfs_engine_notify(bc->engine, fh->key) != 0) {
-		/* It died just now: the next one takes the record over. */
-		(void)bfs_engine_now(bc);
-	}
-	DBG_INFO("bucketfs: share %s: %s (%" PRIu64 " bytes) handed to the "
-		 "engine (pid %d)\n", bc->service, fh->key, size, (int)engine);
-	return 0;
-}
-
-/*
- * A close with `close = local`: the staging file becomes the engine's.
- * ENOTSUP where the close uploads as with `close = s3`: nothing to
- * upload, a stream of parts, another open here still writing the same
- * staging file, or no engine.
- */
-static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	uint64_t size;
-	int ret;
-
-	if (bc->engine == NULL || !fh->dirty || fh->deleted ||
-	    fh->stage_fd == -1 || fh->stage_name == NULL ||
-	    fh->stream != NULL || bfs_staged_twin(bc, fh->key, fh) != NULL) {
-		return ENOTSUP;
-	}
-	size = bfs_fh_size(fh);
-	bfs_follow_config(bc);
-	if (bc->writeback_limit > 0) {
-		uint64_t pending = 0;
-
-		ret = bfs_wb_pending_bytes(bc->wb, bfs_engine_pid(bc->engine),
-					   &pending);
-		if (ret == 0 && pending + size > bc->writeback_limit) {
-			/* Held back: this close waits for S3 instead. */
-			DBG_NOTICE("bucketfs: share %s: %" PRIu64 " bytes wait "
-				   "for upload, over 'bucketfs:writeback "
-				   "limit': the close of %s uploads it now\n",
-				   bc->service, pending, fh->key);
-			return ENOTSUP;
-		}
-	}
-	ret = bfs_hand_over(bc, fh, fh->stage_name, size);
-	if (ret != 0) {
-		return ret;
-	}
-	close(fh->stage_fd);
-	fh->stage_fd = -1;
-	fh->dirty = false;
-	return 0;
-}
-
-/* Drop fh's staging file unless another open still uses it. */
-static void bfs_fh_unstage(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	struct bfs_fh *o;
-
-	if (fh->stage_fd == -1) {
-		return;
-	}
-	close(fh->stage_fd);
-	fh->stage_fd = -1;
-	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (o != fh && o->stage_name != NULL &&
-		    fh->stage_name != NULL &&
-		    strcmp(o->stage_name, fh->stage_name) == 0) {
-			return;
-		}
-	}
-	if (fh->stage_name != NULL) {
-		bfs_wb_stage_drop(bc->wb, fh->stage_name);
-	}
-}
+#include "bfs_file.h"
+#include "bfs_namespace.h"
 
 /* ---- open, close, stat ----------------------------------------------------------------- */
 
@@ -938,82 +585,6 @@ static void bfs_fh_free(void *p)
 	TALLOC_FREE(*pfh);
 }
 
-/* A file created through the share: in the index at once, pending. */
-static int bfs_create(struct bfs_conn *bc, const char *rel,
-		      struct bfs_fh **pfh)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	SMB_STRUCT_STAT sbuf;
-	struct bfs_entry e = {0};
-	struct bfs_fh *fh = NULL;
-	const char *base;
-	char *parent, *prefix;
-	int ret;
-
-	bfs_path_split(frame, rel, &parent, &base);
-	ret = parent != NULL ? bfs_lookup(frame, bc, parent, &sbuf, &fh) :
-			       ENOMEM;
-	if (ret == 0 && !fh->is_dir) {
-		ret = ENOTDIR;
-	}
-	if (ret == 0 && (base[0] == '\0' || strlen(base) > 255)) {
-		ret = base[0] == '\0' ? EINVAL : ENAMETOOLONG;
-	}
-	prefix = ret == 0 ? bfs_path_dir_prefix(frame, bc->prefix, parent) :
-			    NULL;
-	if (ret == 0 && prefix == NULL) {
-		ret = ENOMEM;
-	}
-	if (ret != 0) {
-		TALLOC_FREE(frame);
-		return ret;
-	}
-	e.name = (char *)base;
-	e.mtime = time(NULL);
-	e.flags = BFS_ENT_PENDING;
-	ret = bfs_index_put(bc->index, prefix, &e);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot record the new file %s%s "
-			"in the index: %s%s\n", bc->service, prefix, base,
-			strerror(ret), ret == ENOSPC ?
-			" (the cache folder is full)" : "");
-		TALLOC_FREE(frame);
-		return ret;
-	}
-	fh = bfs_fh_new(NULL, bc, rel, &e);
-	TALLOC_FREE(frame);
-	if (fh == NULL) {
-		return ENOMEM;
-	}
-	*pfh = fh;
-	return 0;
-}
-
-/* A file another smbd is uploading: read its staging file meanwhile. */
-static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
-{
-	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
-	struct bfs_jrec rec;
-	char *path;
-
-	if (twin != NULL) {
-		fh->stage_fd = dup(twin->stage_fd);
-		return;
-	}
-	if (fh->etag != NULL) {
-		return; /* settled in S3: another process stages nothing */
-	}
-	if (bfs_journal_get(bc->journal, talloc_tos(), fh->key, &rec) == 0 &&
-	    rec.op == BFS_J_PUT) {
-		path = talloc_asprintf(talloc_tos(), "%s/staging/%s",
-				       bc->cache_dir, rec.staging);
-		become_root(); /* staging files are the server's */
-		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
-					    O_NOFOLLOW) : -1;
-		unbecome_root();
-	}
-}
-
 static int bfs_openat(struct vfs_handle_struct *handle,
 		      const struct files_struct *dirfsp,
 		      const struct smb_filename *smb_fname,
@@ -1021,10 +592,8 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 {
 	struct bfs_fh *fh = NULL, **ext;
 	struct bfs_conn *bc;
-	SMB_STRUCT_STAT sbuf;
 	char *rel = NULL;
-	bool created = false;
-	int ret, fd, acc = how->flags & O_ACCMODE;
+	int ret, fd;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
 	if (how->resolve != 0) {
@@ -1041,53 +610,11 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 		ret = ENOENT; /* no key has that name; none is made */
 	}
 	if (ret == 0) {
-		ret = bfs_lookup(talloc_tos(), bc, rel, &sbuf, &fh);
-	}
-	if (ret == ENOENT && (how->flags & O_CREAT) && rel != NULL) {
-		ret = bfs_create(bc, rel, &fh);
-		created = ret == 0;
-	} else if (ret == 0 && (how->flags & O_CREAT) &&
-		   (how->flags & O_EXCL)) {
-		ret = EEXIST;
+		ret = bfs_fh_open(bc, rel, how->flags,
+				  fsp->fsp_flags.is_pathref, &fh);
 	}
 	TALLOC_FREE(rel);
-	if (ret == 0 && fh->is_dir && acc != O_RDONLY) {
-		ret = EISDIR;
-	}
-	if (ret == 0 && (how->flags & O_DIRECTORY) && !fh->is_dir) {
-		ret = ENOTDIR;
-	}
 	if (ret != 0) {
-		TALLOC_FREE(fh);
-		errno = ret;
-		return -1;
-	}
-	talloc_set_destructor(fh, bfs_fh_destructor);
-	if (!fh->is_dir && (acc != O_RDONLY || created)) {
-		bfs_fh_track(bc, fh);
-		if (!created) {
-			fh->open_etag = talloc_strdup(fh, fh->etag);
-		}
-		if (created || (how->flags & O_TRUNC)) {
-			/* New bytes from zero: nothing to fetch first. */
-			fh->size = 0;
-			ret = bfs_fh_stage(bc, fh, false);
-			if (ret == 0 && (how->flags & O_TRUNC) &&
-			    ftruncate(fh->stage_fd, 0) != 0) {
-				ret = errno;
-			}
-			fh->dirty = true;
-		}
-	} else if (!fh->is_dir && !fsp->fsp_flags.is_pathref) {
-		/*
-		 * Read-your-writes: staged bytes win over S3's.  Only an open
-		 * that reads needs them; a listing opens every entry as a
-		 * path reference and must not pay for this.
-		 */
-		bfs_open_pending(bc, fh);
-	}
-	if (ret != 0) {
-		TALLOC_FREE(fh);
 		errno = ret;
 		return -1;
 	}
@@ -1104,7 +631,7 @@ static int bfs_openat(struct vfs_handle_struct *handle,
 		errno = ENOMEM;
 		return -1;
 	}
-	*ext = talloc_steal(bc, fh);
+	*ext = fh;
 	return fd;
 }
 
@@ -1116,14 +643,8 @@ static int bfs_close(struct vfs_handle_struct *handle, files_struct *fsp)
 	int ret = 0;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
-	if (fh != NULL && fh->writable &&
-	    bfs_fh_close_local(bc, fh) == ENOTSUP) {
-		ret = bfs_fh_writeback(bc, fh);
-		bfs_fh_stream_drop(bc, fh);
-		if (ret == 0 || fh->deleted) {
-			bfs_fh_unstage(bc, fh);
-		}
-		/* On failure the staging file stays: the journal names it. */
+	if (fh != NULL) {
+		ret = bfs_fh_close(bc, fh);
 	}
 	VFS_REMOVE_FSP_EXTENSION(handle, fsp);
 	if (fd != -1) {
@@ -1368,33 +889,6 @@ static bool bfs_clamp(const struct bfs_fh *fh, off_t offset, size_t *n)
 	return true;
 }
 
-static int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
-			  const struct s3_status *st, int ret)
-{
-	bfs_log_s3(bc, "read of", fh->key, st);
-	if (ret == ESTALE) {
-		/*
-		 * Replaced in S3 since it was opened: never mix versions.
-		 * Forget the listing so the next open sees the new object.
-		 */
-		char *parent;
-		const char *base;
-
-		bfs_path_split(talloc_tos(), fh->rel, &parent, &base);
-		if (parent != NULL) {
-			bfs_forget_listing(bc, bfs_path_dir_prefix(
-						       talloc_tos(), bc->prefix,
-						       parent));
-		}
-		TALLOC_FREE(parent);
-		DBG_WARNING("bucketfs: s3://%s/%s changed since it was opened; "
-			    "reopen to read the new version\n",
-			    bc->cfg.bucket, fh->key);
-		return EIO;
-	}
-	return ret;
-}
-
 /* smbd falls back to this for small and compound reads. */
 static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 			 void *data, size_t n, off_t offset)
@@ -1483,18 +977,7 @@ static int bfs_pread_state_destructor(struct bfs_pread_state *state)
 static struct bfs_reader *bfs_async_reader(struct bfs_conn *bc,
 					   struct tevent_context *ev)
 {
-	if (bc->s3_async == NULL) {
-		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
-		bc->reader_async = bc->s3_async == NULL ? NULL :
-			bfs_reader_new(bc, ev, bc->s3_async, bc->cache,
-				       bc->block_size, true);
-		if (bc->reader_async != NULL) {
-			bfs_reader_set_memory(bc->reader_async,
-					      bc->fetch_memory);
-		}
-		bc->async_ev = ev;
-	}
-	return bc->async_ev == ev ? bc->reader_async : NULL;
+	return bfs_conn_async_reader(bc, ev);
 }
 
 static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
@@ -1788,77 +1271,23 @@ static off_t bfs_lseek(struct vfs_handle_struct *handle, files_struct *fsp,
 
 /* ---- writes and namespace changes ------------------------------------------------------------- */
 
-/* The writable open behind fsp, staged (fetching the old bytes if keep). */
-static struct bfs_fh *bfs_writable_fh(struct vfs_handle_struct *handle,
-				      files_struct *fsp, bool keep, int *err)
-{
-	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
-	struct bfs_conn *bc;
-
-	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
-				*err = EBADF; return NULL);
-	if (fh == NULL || fh->is_dir || !fh->writable) {
-		*err = fh == NULL ? EBADF : fh->is_dir ? EISDIR : EBADF;
-		return NULL;
-	}
-	*err = bfs_fh_stage(bc, fh, keep);
-	return *err == 0 ? fh : NULL;
-}
-
-/*
- * A file may not grow past 'bucketfs:max file size' (S3's 5 TiB at
- * most): a client setting its end to 2 TiB would otherwise have 2 TiB of
- * zeros uploaded.  Samba tells the client the disk is full (ENOSPC).
- */
-static bool bfs_fh_may_grow_to(struct bfs_fh *fh, uint64_t end)
-{
-	if (end <= fh->bc->max_file_size) {
-		return true;
-	}
-	DBG_ERR("bucketfs: share %s: %s would be %" PRIu64 " bytes, over "
-		"'bucketfs:max file size' (%" PRIu64 "): refused as disk "
-		"full\n", fh->bc->service, fh->key, end,
-		fh->bc->max_file_size);
-	errno = ENOSPC;
-	return false;
-}
-
 static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 			  const void *data, size_t n, off_t offset)
 {
-	int err;
-	struct bfs_fh *fh = bfs_writable_fh(handle, fsp, true, &err);
-	ssize_t done;
+	struct bfs_conn *bc;
+	size_t done = 0;
+	int ret;
 
-	if (fh == NULL) {
-		errno = err;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				errno = EBADF; return -1);
+	/* A stream of parts goes out on smbd's own loop. */
+	ret = bfs_fh_write(bc, bfs_fh_of(handle, fsp), data, n, offset,
+			   handle->conn->sconn->ev_ctx, &done);
+	if (ret != 0) {
+		errno = ret;
 		return -1;
 	}
-	if (offset < 0) {
-		errno = EINVAL;
-		return -1;
-	}
-	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset + n)) {
-		return -1;
-	}
-	if (fh->may_stream) {
-		/* Parts go out on smbd's own loop, between SMB requests. */
-		bfs_fh_stream_start(fh->bc, fh, handle->conn->sconn->ev_ctx);
-	}
-	done = pwrite(fh->stage_fd, data, n, offset);
-	if (done >= 0) {
-		fh->dirty = true;
-		fh->wgen++;
-		fh->mtime = time(NULL);
-		if (fh->stream != NULL) {
-			bfs_stream_wrote(fh->stream, (uint64_t)offset,
-					 (uint64_t)done);
-		}
-	} else if (errno == ENOSPC || errno == EDQUOT) {
-		DBG_ERR("bucketfs: share %s: the cache folder is full: cannot "
-			"stage a write to %s\n", fh->bc->service, fh->key);
-	}
-	return done;
+	return (ssize_t)done;
 }
 
 /* An already finished request: err 0 is success. */
@@ -1942,36 +1371,6 @@ struct bfs_fsync_state {
 
 static void bfs_fsync_done(struct tevent_req *subreq);
 
-/* A copy of fh's staging file for the engine: 0 with *name. */
-static int bfs_fsync_snapshot(struct bfs_conn *bc, struct bfs_fh *fh,
-			      TALLOC_CTX *mem_ctx, char **name,
-			      uint64_t *size)
-{
-	uint64_t len = bfs_fh_size(fh), off = 0;
-	int fd = -1, ret;
-
-	ret = bfs_wb_stage_new(bc->wb, mem_ctx, &fd, name);
-	while (ret == 0 && off < len) {
-		loff_t in = (loff_t)off, out = (loff_t)off;
-		ssize_t n = copy_file_range(fh->stage_fd, &in, fd, &out,
-					    (size_t)MIN(len - off, 1u << 30),
-					    0);
-		if (n <= 0) {
-			ret = n == 0 ? EIO : errno;
-			break;
-		}
-		off += (uint64_t)n;
-	}
-	if (fd != -1) {
-		close(fd);
-	}
-	if (ret != 0 && fd != -1) {
-		bfs_wb_stage_drop(bc->wb, *name);
-	}
-	*size = len;
-	return ret;
-}
-
 static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 					 TALLOC_CTX *mem_ctx,
 					 struct tevent_context *ev,
@@ -1981,7 +1380,6 @@ static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 	struct tevent_req *req, *subreq;
 	struct bfs_fsync_state *state;
 	struct bfs_conn *bc;
-	uint64_t size = 0;
 	int ret = 0;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
@@ -2008,18 +1406,12 @@ static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 	state->fh = fh;
 	state->wgen = fh->wgen;
 	if (fh->dirty) {
-		ret = bfs_fsync_snapshot(bc, fh, state, &state->stage_name,
-					 &size);
-		if (ret == 0) {
-			ret = bfs_hand_over(bc, fh, state->stage_name, size);
-		}
-		if (ret == ENOTSUP) {
-			ret = bfs_fh_writeback(bc, fh);
-			if (ret == 0) {
-				tevent_req_done(req);
-			} else {
-				tevent_req_error(req, ret);
-			}
+		bool here = false;
+
+		ret = bfs_fh_flush_hand_over(bc, fh, state, &state->stage_name,
+					     &here);
+		if (here && ret == 0) {
+			tevent_req_done(req); /* uploaded here after all */
 			return tevent_req_post(req, ev);
 		}
 		if (ret != 0) {
@@ -2044,31 +1436,15 @@ static void bfs_fsync_done(struct tevent_req *subreq)
 							  struct tevent_req);
 	struct bfs_fsync_state *state = tevent_req_data(req,
 							struct bfs_fsync_state);
-	struct bfs_fh *fh = state->fh, *o;
 	char *etag = NULL;
 	int ret = bfs_engine_wait_recv(subreq, state, &etag);
 
 	TALLOC_FREE(subreq);
+	ret = bfs_fh_flushed(state->bc, state->fh, ret, state->wgen,
+			     state->stage_name, etag);
 	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: flush of %s: the engine's upload "
-			"failed: %s (it stays journalled and is retried)\n",
-			state->bc->service, fh->key, strerror(ret));
-		tevent_req_error(req, ret == EPIPE ? EIO : ret);
+		tevent_req_error(req, ret);
 		return;
-	}
-	/* Nothing written since the snapshot: the file is what S3 has. */
-	if (state->stage_name != NULL && fh->wgen == state->wgen) {
-		for (o = state->bc->open_files; o != NULL; o = o->next) {
-			if (o->stage_name != NULL && fh->stage_name != NULL &&
-			    strcmp(o->stage_name, fh->stage_name) == 0) {
-				o->dirty = false;
-			}
-		}
-		fh->dirty = false;
-		if (etag != NULL) {
-			fh->etag = talloc_steal(fh, etag);
-			fh->open_etag = talloc_strdup(fh, etag);
-		}
 	}
 	tevent_req_done(req);
 }
@@ -2082,39 +1458,28 @@ static int bfs_fsync_recv(struct tevent_req *req,
 static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
 			 off_t offset)
 {
-	int err;
-	struct bfs_fh *fh;
+	struct bfs_conn *bc;
+	int ret;
 
 	if (offset < 0) {
 		errno = EINVAL;
 		return -1;
 	}
-	/* Cutting to zero needs none of the old bytes. */
-	fh = bfs_writable_fh(handle, fsp, offset > 0, &err);
-	if (fh == NULL) {
-		errno = err;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				errno = EBADF; return -1);
+	ret = bfs_fh_truncate(bc, bfs_fh_of(handle, fsp), (uint64_t)offset);
+	if (ret != 0) {
+		errno = ret;
 		return -1;
 	}
-	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset)) {
-		return -1;
-	}
-	if (ftruncate(fh->stage_fd, offset) != 0) {
-		return -1;
-	}
-	if (fh->stream != NULL) {
-		bfs_stream_truncated(fh->stream, (uint64_t)offset);
-	}
-	fh->dirty = true;
-	fh->wgen++;
-	fh->mtime = time(NULL);
 	return 0;
 }
 
 static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 			 uint32_t mode, off_t offset, off_t len)
 {
-	int err;
-	struct bfs_fh *fh;
+	struct bfs_conn *bc;
+	int ret;
 
 	if (mode & VFS_FALLOCATE_FL_PUNCH_HOLE) {
 		errno = ENOTSUP;
@@ -2127,24 +1492,13 @@ static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = EINVAL;
 		return -1;
 	}
-	fh = bfs_writable_fh(handle, fsp, true, &err);
-	if (fh == NULL) {
-		errno = err;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				errno = EBADF; return -1);
+	ret = bfs_fh_allocate(bc, bfs_fh_of(handle, fsp), (uint64_t)offset,
+			      (uint64_t)len);
+	if (ret != 0) {
+		errno = ret;
 		return -1;
-	}
-	if (!bfs_fh_may_grow_to(fh, (uint64_t)offset + (uint64_t)len)) {
-		return -1;
-	}
-	if ((uint64_t)(offset + len) > bfs_fh_size(fh)) {
-		if (ftruncate(fh->stage_fd, offset + len) != 0) {
-			return -1;
-		}
-		if (fh->stream != NULL) {
-			bfs_stream_truncated(fh->stream,
-					     (uint64_t)(offset + len));
-		}
-		fh->dirty = true;
-		fh->wgen++;
 	}
 	return 0;
 }
@@ -2186,288 +1540,37 @@ static int bfs_lchown(struct vfs_handle_struct *handle,
 	return -1;
 }
 
-/* Resolve name against dirfsp and look it up; ENOENT leaves *fh NULL. */
+/* The share-relative path smb_fname names (a stream: ENOENT). */
 static int bfs_resolve(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		       const struct files_struct *dirfsp,
-		       const struct smb_filename *smb_fname, char **rel,
-		       struct bfs_fh **fh)
+		       const struct smb_filename *smb_fname, char **rel)
 {
-	SMB_STRUCT_STAT sbuf;
-	int ret;
-
-	*fh = NULL;
+	*rel = NULL;
 	if (smb_fname->stream_name != NULL) {
 		return ENOENT;
 	}
-	ret = bfs_rel_path(mem_ctx, bc, dirfsp, smb_fname->base_name, rel);
-	if (ret == 0) {
-		ret = bfs_lookup(mem_ctx, bc, *rel, &sbuf, fh);
-	}
-	return ret;
+	return bfs_rel_path(mem_ctx, bc, dirfsp, smb_fname->base_name, rel);
 }
 
 static int bfs_mkdirat(struct vfs_handle_struct *handle,
 		       struct files_struct *dirfsp,
 		       const struct smb_filename *smb_fname, mode_t mode)
 {
-	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_entry e = {0};
-	struct s3_status st = {0};
-	struct bfs_fh *fh = NULL, *pfh = NULL;
 	struct bfs_conn *bc;
-	SMB_STRUCT_STAT sbuf;
-	struct s3_dir *empty;
-	char *rel = NULL, *parent, *marker, *prefix;
-	const char *base;
+	char *rel = NULL;
 	int ret;
 
-	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
-				TALLOC_FREE(frame); return -1);
-	ret = bfs_resolve(frame, bc, dirfsp, smb_fname, &rel, &fh);
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	ret = bfs_resolve(talloc_tos(), bc, dirfsp, smb_fname, &rel);
 	if (ret == 0) {
-		ret = EEXIST;
-	} else if (ret == ENOENT && rel != NULL && rel[0] != '\0') {
-		bfs_path_split(frame, rel, &parent, &base);
-		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
-		if (ret == 0 && !pfh->is_dir) {
-			ret = ENOTDIR;
-		}
+		ret = bfs_mkdir(bc, rel);
 	}
-	if (ret != 0) {
-		TALLOC_FREE(frame);
-		errno = ret;
-		return -1;
-	}
-	marker = bfs_path_dir_prefix(frame, bc->prefix, rel);
-	ret = bfs_wb_put_empty(bc->wb, marker, &st);
-	if (ret != 0) {
-		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
-		TALLOC_FREE(frame);
-		errno = ret;
-		return -1;
-	}
-	/* In the parent's listing now, and known to be empty. */
-	prefix = bfs_path_dir_prefix(frame, bc->prefix, parent);
-	e.name = (char *)base;
-	e.is_dir = true;
-	e.mtime = time(NULL);
-	empty = s3_dir_new(frame, marker);
-	ret = bfs_index_put(bc->index, prefix, &e);
-	if (ret == 0 && empty != NULL) {
-		int sret;
-
-		s3_dir_finish(empty);
-		sret = bfs_index_store_dir(bc->index, empty, time(NULL));
-		if (sret != 0) {
-			/* Made all the same: its first access lists it. */
-			DBG_WARNING("bucketfs: share %s: cannot record the new "
-				    "directory %s as empty in the index: %s\n",
-				    bc->service, marker, strerror(sret));
-		}
-	}
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot record the new directory "
-			"%s in the index: %s\n", bc->service, marker,
-			strerror(ret));
-	}
-	TALLOC_FREE(frame);
+	TALLOC_FREE(rel);
 	if (ret != 0) {
 		errno = ret;
 		return -1;
 	}
 	return 0;
-}
-
-/* Open writers of key in this connection follow a rename. */
-static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
-			   const char *dst_rel)
-{
-	struct bfs_fh *o;
-
-	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (strcmp(o->key, src_key) != 0) {
-			continue;
-		}
-		bfs_fh_stream_drop(bc, o); /* its upload has the old name */
-		o->rel = talloc_strdup(o, dst_rel);
-		o->key = bfs_path_key(o, bc->prefix, dst_rel);
-		o->obj.key = o->key;
-		o->open_etag = NULL;
-		if (o->stage_fd != -1) {
-			o->dirty = true; /* the new name needs the bytes */
-		}
-	}
-}
-
-/*
- * Rename a file open for writing here, its bytes staged: the upload
- * follows it to the new name.  The journal says so before anything
- * moves, and the old name's object stays in S3 until the new one is up,
- * so a crash before the close loses neither (logrotate renames an open
- * log this way).
- */
-static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
-			     const char *dst_rel)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	char *src_key = talloc_strdup(frame, staged->key);
-	char *dst_key = bfs_path_key(frame, bc->prefix, dst_rel);
-	int ret;
-
-	if (src_key == NULL || dst_key == NULL) {
-		TALLOC_FREE(frame);
-		return ENOMEM;
-	}
-	if (staged->stage_name == NULL) {
-		TALLOC_FREE(frame);
-		return EBUSY;
-	}
-	ret = bfs_wb_rename_open(bc->wb, src_key, dst_key, staged->stage_name,
-				 bfs_fh_size(staged), staged->mtime,
-				 staged->open_etag);
-	if (ret != 0) {
-		DBG_ERR("bucketfs: share %s: cannot journal the rename of the "
-			"open file %s: %s\n", bc->service, src_key,
-			strerror(ret));
-		TALLOC_FREE(frame);
-		return ret;
-	}
-	bfs_rekey_open(bc, src_key, dst_rel);
-	TALLOC_FREE(frame);
-	return 0;
-}
-
-static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
-			  const char *dst_rel)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	char *sp = bfs_path_dir_prefix(frame, bc->prefix, src_rel);
-	char *dp = bfs_path_dir_prefix(frame, bc->prefix, dst_rel);
-	struct s3_status st = {0};
-	char **keys = NULL;
-	uint64_t *sizes = NULL;
-	size_t n = 0, i;
-	int ret;
-
-	ret = bfs_wb_list_all(bc->wb, frame, sp, bc->dir_rename_max, &keys,
-			      &sizes, &n, &st);
-	if (ret != 0) {
-		bfs_log_s3(bc, "listing for a rename of", sp, &st);
-		TALLOC_FREE(frame);
-		return ret;
-	}
-	if (n > bc->dir_rename_max) {
-		DBG_WARNING("bucketfs: share %s: cannot rename %s: it holds "
-			    "more than %u objects ('bucketfs:dir rename max'); "
-			    "S3 renames object by object\n", bc->service,
-			    src_rel, bc->dir_rename_max);
-		TALLOC_FREE(frame);
-		return ENOTSUP;
-	}
-	for (i = 0; ret == 0 && i < n; i++) {
-		char *to = talloc_asprintf(frame, "%s%s", dp,
-					   keys[i] + strlen(sp));
-		ret = to != NULL ?
-			bfs_wb_rename(bc->wb, keys[i], to, sizes[i], &st) :
-			ENOMEM;
-		if (ret != 0) {
-			bfs_log_s3(bc, "rename (copy) of", keys[i], &st);
-		}
-	}
-	if (ret == 0) {
-		/* The directory's own entry moves between the parents. */
-		char *sparent, *dparent, *spp = NULL, *dpp = NULL;
-		const char *sbase, *dbase;
-		int iret = ENOMEM;
-
-		bfs_path_split(frame, src_rel, &sparent, &sbase);
-		bfs_path_split(frame, dst_rel, &dparent, &dbase);
-		if (sparent != NULL && dparent != NULL) {
-			spp = bfs_path_dir_prefix(frame, bc->prefix, sparent);
-			dpp = bfs_path_dir_prefix(frame, bc->prefix, dparent);
-		}
-		if (spp != NULL && dpp != NULL) {
-			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
-						dbase);
-		}
-		if (iret != 0 && iret != ENOENT) {
-			/*
-			 * S3 has it under the new name: the parents' next
-			 * access lists them from there.  (ENOENT: it was
-			 * not indexed, there was nothing to move.)
-			 */
-			DBG_WARNING("bucketfs: share %s: cannot move %s to %s "
-				    "in the index: %s\n", bc->service, src_rel,
-				    dst_rel, strerror(iret));
-			bfs_forget_listing(bc, spp);
-			bfs_forget_listing(bc, dpp);
-		}
-		bfs_forget_listing(bc, sp);
-		bfs_forget_listing(bc, dp);
-	}
-	TALLOC_FREE(frame);
-	return ret;
-}
-
-/*
- * src is pending in another smbd: a close there is uploading it (under
- * the old name), or a client there still has it open for writing.  Wait
- * for the upload, as long as one could take without failing, then look
- * src up again (now with its ETag).
- */
-static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
-				 const char *src_rel, struct bfs_fh **src)
-{
-	uint64_t parts = (*src)->size / bc->upload.part_size + 1;
-	uint64_t rounds = (parts + bc->upload.parallel - 1) /
-			  bc->upload.parallel;
-	uint64_t timeout_ms = bc->cfg.request_timeout_ms * (rounds + 1);
-	SMB_STRUCT_STAT sbuf;
-	int ret;
-
-	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
-				 (unsigned)MIN(timeout_ms, UINT_MAX));
-	if (ret == 0 || ret == ENOENT) {
-		/*
-		 * Done, or no record at all: a client still writes it
-		 * elsewhere, or its upload ended between our lookup and the
-		 * wait (the engine's often do).  The index says which.
-		 */
-		int lret = bfs_lookup(mem_ctx, bc, src_rel, &sbuf, src);
-
-		if (lret != 0 || (*src)->etag != NULL) {
-			return lret;
-		}
-		DBG_NOTICE("bucketfs: share %s: cannot rename %s: another "
-			   "client has it open for writing%s\n", bc->service,
-			   src_rel, ret == 0 ? " again" : "");
-		return EBUSY;
-	}
-	DBG_WARNING("bucketfs: share %s: cannot rename %s: its upload by "
-		    "another client %s\n", bc->service, src_rel,
-		    ret == EBUSY ? "takes too long" :
-		    "failed (the journal retries it)");
-	return EBUSY;
-}
-
-/* A rename of a file whose upload waits in the engine (bfs_wb_retarget). */
-static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
-			const char *dst_key)
-{
-	int ret;
-
-	if (dst_key == NULL) {
-		return ENOMEM;
-	}
-	ret = bfs_wb_retarget(bc->wb, src_key, dst_key,
-			      bfs_engine_pid(bc->engine));
-	if (ret == 0) {
-		(void)bfs_engine_notify(bc->engine, dst_key);
-		DBG_INFO("bucketfs: share %s: %s renamed to %s before its "
-			 "upload began: it goes up under the new name\n",
-			 bc->service, src_key, dst_key);
-	}
-	return ret;
 }
 
 static int bfs_renameat(struct vfs_handle_struct *handle,
@@ -2477,156 +1580,46 @@ static int bfs_renameat(struct vfs_handle_struct *handle,
 			const struct smb_filename *smb_fname_dst)
 {
 	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_fh *src = NULL, *dst = NULL, *staged;
-	struct s3_status st = {0};
-	char *src_rel = NULL, *dst_rel = NULL, *dst_key;
+	struct bfs_fh *src = NULL;
+	char *src_rel = NULL, *dst_rel = NULL;
 	struct bfs_conn *bc;
 	int ret;
 
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
 				TALLOC_FREE(frame); return -1);
-	ret = bfs_resolve(frame, bc, srcfsp, smb_fname_src, &src_rel, &src);
+	/* The source is looked up before the destination's name is read. */
+	ret = bfs_resolve(frame, bc, srcfsp, smb_fname_src, &src_rel);
 	if (ret == 0) {
-		ret = bfs_resolve(frame, bc, dstfsp, smb_fname_dst, &dst_rel,
-				  &dst);
-		if (ret == ENOENT && dst_rel != NULL && dst_rel[0] != '\0') {
-			ret = 0;
-		}
+		ret = bfs_fh_lookup(frame, bc, src_rel, &src);
 	}
-	if (ret == 0 && (src_rel[0] == '\0' || dst_rel[0] == '\0')) {
-		ret = EBUSY; /* the share root */
+	if (ret == 0) {
+		ret = bfs_resolve(frame, bc, dstfsp, smb_fname_dst, &dst_rel);
 	}
-	if (ret == 0 && dst != NULL && dst->is_dir) {
-		ret = src->is_dir ? EEXIST : EISDIR;
-	}
-	if (ret == 0 && dst == NULL) {
-		/* The destination's parent must be a directory. */
-		char *parent;
-		const char *base;
-		struct bfs_fh *pfh = NULL;
-		SMB_STRUCT_STAT sbuf;
-
-		bfs_path_split(frame, dst_rel, &parent, &base);
-		ret = bfs_lookup(frame, bc, parent, &sbuf, &pfh);
-		if (ret == 0 && !pfh->is_dir) {
-			ret = ENOTDIR;
-		}
-	}
-	if (ret != 0 || strcmp(src_rel, dst_rel) == 0) {
-		TALLOC_FREE(frame);
-		if (ret != 0) {
-			errno = ret;
-			return -1;
-		}
-		return 0;
-	}
-	if (src->is_dir) {
-		ret = bfs_rename_dir(bc, src_rel, dst_rel);
-	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
-		ret = bfs_rename_staged(bc, staged, dst_rel);
-	} else if (src->etag == NULL && bfs_engine_now(bc) != 0 &&
-		   bfs_retarget(bc, src->key,
-				bfs_path_key(frame, bc->prefix, dst_rel)) ==
-			   0) {
-		/* Its upload, not begun, goes to the new name: no copy. */
-		bfs_rekey_open(bc, src->key, dst_rel);
-	} else if (src->etag == NULL &&
-		   (ret = bfs_wait_other_upload(frame, bc, src_rel, &src)) != 0) {
-		/* logged there */
-	} else {
-		dst_key = bfs_path_key(frame, bc->prefix, dst_rel);
-		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
-		if (ret != 0) {
-			bfs_log_s3(bc, "rename of", src->key, &st);
-		} else {
-			bfs_rekey_open(bc, src->key, dst_rel);
-		}
+	if (ret == 0) {
+		ret = bfs_rename(bc, src, dst_rel);
 	}
 	TALLOC_FREE(frame);
 	if (ret != 0) {
-		errno = ret == ENOENT ? EIO : ret;
+		errno = ret;
 		return -1;
 	}
 	return 0;
-}
-
-static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
-{
-	TALLOC_CTX *frame = talloc_stackframe();
-	char *prefix = bfs_path_dir_prefix(frame, bc->prefix, rel);
-	struct bfs_entry *ents = NULL;
-	struct s3_status st = {0};
-	char **keys = NULL;
-	size_t n = 0, i;
-	int ret;
-
-	/* Empty in the index (names being written count) and in S3. */
-	ret = bfs_dir_fresh(bc, rel);
-	if (ret == 0) {
-		ret = bfs_index_children(bc->index, frame, prefix, NULL, 1,
-					 &ents, &n);
-	}
-	if (ret == 0 && n > 0) {
-		ret = ENOTEMPTY;
-	}
-	if (ret == 0) {
-		ret = bfs_wb_list_all(bc->wb, frame, prefix, 2, &keys, NULL,
-				      &n, &st);
-	}
-	for (i = 0; ret == 0 && i < n; i++) {
-		if (strcmp(keys[i], prefix) != 0) {
-			ret = ENOTEMPTY;
-		}
-	}
-	if (ret == 0) {
-		ret = bfs_wb_delete(bc->wb, prefix, &st);
-		if (ret == 0) {
-			bfs_forget_listing(bc, prefix);
-		}
-		if (ret != 0) {
-			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
-		}
-	}
-	TALLOC_FREE(frame);
-	return ret;
 }
 
 static int bfs_unlinkat(struct vfs_handle_struct *handle,
 			struct files_struct *dirfsp,
 			const struct smb_filename *smb_fname, int flags)
 {
-	TALLOC_CTX *frame = talloc_stackframe();
-	struct bfs_fh *fh = NULL, *o;
-	struct s3_status st = {0};
 	struct bfs_conn *bc;
 	char *rel = NULL;
 	int ret;
 
-	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
-				TALLOC_FREE(frame); return -1);
-	ret = bfs_resolve(frame, bc, dirfsp, smb_fname, &rel, &fh);
-	if (ret == 0 && rel[0] == '\0') {
-		ret = EBUSY;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	ret = bfs_resolve(talloc_tos(), bc, dirfsp, smb_fname, &rel);
+	if (ret == 0) {
+		ret = bfs_unlink(bc, rel, (flags & AT_REMOVEDIR) != 0);
 	}
-	if (ret == 0 && (flags & AT_REMOVEDIR)) {
-		ret = fh->is_dir ? bfs_rmdir(bc, rel) : ENOTDIR;
-	} else if (ret == 0 && fh->is_dir) {
-		ret = EISDIR;
-	} else if (ret == 0) {
-		/* Open writers here (delete on close): upload nothing. */
-		for (o = bc->open_files; o != NULL; o = o->next) {
-			if (strcmp(o->key, fh->key) == 0) {
-				bfs_fh_stream_drop(bc, o);
-				o->deleted = true;
-				o->dirty = false;
-			}
-		}
-		ret = bfs_wb_delete(bc->wb, fh->key, &st);
-		if (ret != 0) {
-			bfs_log_s3(bc, "delete of", fh->key, &st);
-		}
-	}
-	TALLOC_FREE(frame);
+	TALLOC_FREE(rel);
 	if (ret != 0) {
 		errno = ret;
 		return -1;

@@ -1,0 +1,803 @@
+/*
+ * The bytes of files open through a share (lib/bfs_file.h): the staging
+ * table of one connection, writes, and the close and flush that make
+ * them durable, by the engine (`bucketfs:close = local`) or here.
+ *
+ * Ownership: an open (struct bfs_fh) is its connection's child; what
+ * hangs off it (staging name, ETags, a stream) is the open's.  Every
+ * temporary is on a context of its own, freed before return.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <talloc.h>
+#include <tevent.h>
+
+#include "bfs_cache.h"
+#include "bfs_engine.h"
+#include "bfs_file.h"
+#include "bfs_index.h"
+#include "bfs_journal.h"
+#include "bfs_list.h"
+#include "bfs_log.h"
+#include "bfs_path.h"
+#include "bfs_priv.h"
+#include "bfs_writeback.h"
+#include "s3_ops.h"
+
+/* ---- the staging table: bc->open_files, newest first --------------------- */
+
+static int bfs_fh_destructor(struct bfs_fh *fh)
+{
+	if (fh->bc != NULL && fh->writable) {
+		BFS_LIST_REMOVE(fh->bc->open_files, fh);
+	}
+	if (fh->stage_fd != -1) {
+		close(fh->stage_fd);
+		fh->stage_fd = -1;
+	}
+	return 0;
+}
+
+/* Track a file open for writing (renames and unlinks look for it). */
+static void bfs_fh_track(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	fh->writable = true;
+	BFS_LIST_ADD(bc->open_files, fh);
+	talloc_set_destructor(fh, bfs_fh_destructor);
+}
+
+/* Whether o and fh write the same staging file. */
+static bool bfs_fh_same_stage(const struct bfs_fh *o, const struct bfs_fh *fh)
+{
+	return o->stage_name != NULL && fh->stage_name != NULL &&
+	       strcmp(o->stage_name, fh->stage_name) == 0;
+}
+
+/* Whether fh's staging file is its own: a stream sees only its writes. */
+static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != fh && bfs_fh_same_stage(o, fh)) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* fh's bytes are what S3 has: so are those of every open sharing them. */
+static void bfs_fh_clean(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (bfs_fh_same_stage(o, fh)) {
+			o->dirty = false;
+		}
+	}
+	fh->dirty = false;
+}
+
+struct bfs_fh *bfs_staged_twin(struct bfs_conn *bc, const char *key,
+			       const struct bfs_fh *self)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != self && o->stage_fd != -1 && !o->deleted &&
+		    strcmp(o->key, key) == 0) {
+			return o;
+		}
+	}
+	return NULL;
+}
+
+uint64_t bfs_fh_size(const struct bfs_fh *fh)
+{
+	struct stat sb;
+
+	if (fh->stage_fd != -1 && fstat(fh->stage_fd, &sb) == 0) {
+		return (uint64_t)sb.st_size;
+	}
+	return fh->size;
+}
+
+/* ---- the connection's loop and engine ------------------------------------ */
+
+struct bfs_reader *bfs_conn_async_reader(struct bfs_conn *bc,
+					 struct tevent_context *ev)
+{
+	if (bc->s3_async == NULL) {
+		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
+		bc->reader_async = bc->s3_async == NULL ? NULL :
+			bfs_reader_new(bc, ev, bc->s3_async, bc->cache,
+				       bc->block_size, true);
+		if (bc->reader_async != NULL) {
+			bfs_reader_set_memory(bc->reader_async,
+					      bc->fetch_memory);
+		}
+		bc->async_ev = ev;
+	}
+	return bc->async_ev == ev ? bc->reader_async : NULL;
+}
+
+pid_t bfs_engine_reach(struct bfs_conn *bc)
+{
+	if (bc->engine == NULL) {
+		return 0;
+	}
+	if (bfs_engine_pid(bc->engine) == 0) {
+		bfs_priv_enter();
+		(void)bfs_engine_reconnect(bc->engine); /* logs its failure */
+		bfs_priv_leave();
+	}
+	return bfs_engine_pid(bc->engine);
+}
+
+/* ---- streams: parts sent while a new file is written --------------------- */
+
+/* The upload id of a stream: journalled until the close takes it over. */
+static void bfs_stream_started(void *private_data, const char *key,
+			       const char *upload_id)
+{
+	struct bfs_fh *fh = private_data;
+
+	bfs_wb_stream_started(fh->bc->wb, key, fh->stage_name, upload_id);
+}
+
+/* Start streaming fh's parts on ev (smbd's loop) if fh may. */
+static void bfs_fh_stream_start(struct bfs_conn *bc, struct bfs_fh *fh,
+				struct tevent_context *ev)
+{
+	struct bfs_stream_params p = {
+		.part_size = bc->upload.part_size,
+		.budget = &bc->stream_budget,
+		.started = bfs_stream_started,
+		.private_data = fh,
+	};
+
+	if (!fh->may_stream || fh->stream != NULL || fh->stage_fd == -1) {
+		return;
+	}
+	fh->may_stream = false; /* one try per open */
+	if (bfs_conn_async_reader(bc, ev) == NULL) {
+		return; /* not smbd's loop: the close uploads it all */
+	}
+	fh->stream = bfs_stream_new(fh, ev, bc->s3_async, fh->key,
+				    fh->stage_fd, &p);
+}
+
+void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	TALLOC_CTX *tmp;
+	struct bfs_upload_resume r;
+
+	fh->may_stream = false;
+	if (fh->stream == NULL) {
+		return;
+	}
+	tmp = talloc_new(fh);
+	if (tmp != NULL && bfs_stream_stop(fh->stream, tmp, &r) == 0) {
+		bfs_wb_stream_abort(bc->wb, bfs_stream_key(fh->stream),
+				    r.upload_id);
+	}
+	talloc_free(tmp);
+	TALLOC_FREE(fh->stream);
+}
+
+/* ---- staging ------------------------------------------------------------- */
+
+int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
+{
+	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
+	struct s3_status st = {0};
+	char *name = NULL;
+	int fd = -1, ret;
+
+	if (fh->stage_fd != -1) {
+		return 0;
+	}
+	if (twin != NULL) {
+		fd = dup(twin->stage_fd);
+		if (fd == -1) {
+			return errno;
+		}
+		/* Two writers: the stream would miss this one's writes. */
+		bfs_fh_stream_drop(bc, twin);
+		fh->stage_fd = fd;
+		fh->stage_name = talloc_strdup(fh, twin->stage_name);
+		return 0;
+	}
+	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
+	if (ret == 0 && keep) {
+		/*
+		 * A journalled upload of the key (a failed close, one still
+		 * running) has newer bytes than S3: start from those.
+		 */
+		uint64_t size;
+
+		ret = bfs_wb_stage_from_journal(bc->wb, fh->key, fd, &size);
+		if (ret == 0) {
+			fh->size = size;
+		} else if (ret == ENOENT && fh->size > 0) {
+			ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj,
+						fd, &st);
+			if (ret != 0) {
+				bfs_log_s3(bc, "read-modify-write of", fh->key,
+					   &st);
+			}
+		} else if (ret == ENOENT) {
+			ret = 0;
+		}
+		if (ret != 0) {
+			close(fd);
+			bfs_wb_stage_drop(bc->wb, name);
+		}
+	}
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot stage writes "
+			"to %s: %s", bc->service, fh->key, strerror(ret));
+		return ret == ESTALE ? EIO : ret;
+	}
+	fh->stage_fd = fd;
+	fh->stage_name = name;
+	/* New bytes from zero (smbd may create with one open and write
+	 * through another): they may go up while written. */
+	fh->may_stream = bc->stream_parts && bc->engine == NULL &&
+			 (!keep || fh->size == 0) &&
+			 bfs_fh_stream_alone(bc, fh);
+	return 0;
+}
+
+/* Drop fh's staging file unless another open still uses it. */
+static void bfs_fh_unstage(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *o;
+
+	if (fh->stage_fd == -1) {
+		return;
+	}
+	close(fh->stage_fd);
+	fh->stage_fd = -1;
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != fh && bfs_fh_same_stage(o, fh)) {
+			return;
+		}
+	}
+	if (fh->stage_name != NULL) {
+		bfs_wb_stage_drop(bc->wb, fh->stage_name);
+	}
+}
+
+/* ---- writeback: uploads here, or the engine's ---------------------------- */
+
+/* Last writer wins: say so when S3 changed under a writer. */
+static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct s3_object_info info = {0};
+	struct tevent_req *req;
+	TALLOC_CTX *tmp;
+	int ret;
+
+	if (fh->open_etag == NULL) {
+		return;
+	}
+	tmp = talloc_new(NULL);
+	req = tmp != NULL ? s3_head_object_send(tmp, bc->sync_ev, bc->s3,
+						 fh->key) : NULL;
+	if (s3_wait_for(req, bc->sync_ev) != 0) {
+		/* Only a warning was at stake; the upload goes on. */
+		talloc_free(tmp);
+		return;
+	}
+	ret = s3_head_object_recv(req, tmp, &info, NULL);
+	if (ret == 0 && info.etag != NULL &&
+	    strcmp(info.etag, fh->open_etag) == 0) {
+		talloc_free(tmp);
+		return;
+	}
+	talloc_free(tmp);
+	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: s3://%s/%s changed in "
+		"S3 since it was opened for writing (%s); overwriting it: "
+		"last writer wins", bc->service, bc->cfg.bucket, fh->key,
+		ret == 0 ? "new ETag" : "gone");
+}
+
+int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct s3_status st = {0};
+	struct bfs_upload_resume resume, *rp = NULL;
+	unsigned streamed = 0, sent = 0;
+	char *etag = NULL;
+	uint64_t size;
+	int ret;
+
+	if (!fh->dirty || fh->deleted || fh->stage_fd == -1) {
+		return 0;
+	}
+	size = bfs_fh_size(fh);
+	if (fh->stream != NULL) {
+		bfs_stream_counts(fh->stream, &streamed, &sent);
+		if (bfs_stream_stop(fh->stream, fh, &resume) == 0) {
+			rp = &resume;
+		}
+		TALLOC_FREE(fh->stream);
+	}
+	bfs_check_conflict(bc, fh);
+	ret = bfs_wb_upload(bc->wb, fh->key, fh->stage_name, fh->stage_fd,
+			    size, fh->mtime, rp, fh, &etag, &st);
+	if (rp != NULL) {
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s: %u parts of "
+			"%" PRIu64 " bytes were sent while it was written (%u "
+			"sends)", bc->service, fh->key, streamed,
+			resume.part_size, sent);
+		/* bfs_stream_stop put them on fh, for us to free. */
+		talloc_free((struct s3_part *)resume.parts);
+	}
+	if (ret != 0) {
+		bfs_log_s3(bc, "upload to", fh->key, &st);
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: %s stays in the "
+			"journal and in staging file %s; it is retried by the "
+			"next smbd that opens the share", bc->service, fh->key,
+			fh->stage_name);
+		return ret == ENOENT ? EIO : ret;
+	}
+	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: uploaded %s (%" PRIu64
+		" bytes)", bc->service, fh->key, size);
+	bfs_fh_clean(bc, fh);
+	fh->size = size;
+	fh->etag = etag;
+	fh->open_etag = talloc_strdup(fh, etag);
+	fh->obj = (struct bfs_object){
+		.key = fh->key, .etag = fh->etag, .size = size,
+	};
+	bfs_cache_make_id(bc->cfg.bucket, fh->key, etag, bc->block_size,
+			  &fh->obj.id);
+	return 0;
+}
+
+/*
+ * `close = local`: journal fh's staged bytes (staging file `name`, size
+ * bytes) in the engine's name and tell it; the engine uploads them.
+ * ENOTSUP where the caller must upload itself (no engine reachable).
+ */
+static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
+			 const char *name, uint64_t size)
+{
+	pid_t engine = bfs_engine_reach(bc);
+	int ret;
+
+	if (engine == 0) {
+		return ENOTSUP;
+	}
+	ret = bfs_wb_hand_over(bc->wb, fh->key, name, size, fh->mtime, engine);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot journal %s "
+			"for the engine: %s; uploading it now", bc->service,
+			fh->key, strerror(ret));
+		return ENOTSUP;
+	}
+	if (bfs_engine_notify(bc->engine, fh->key) != 0) {
+		/* It died just now: the next one takes the record over. */
+		(void)bfs_engine_reach(bc);
+	}
+	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s (%" PRIu64 " bytes) "
+		"handed to the engine (pid %d)", bc->service, fh->key, size,
+		(int)engine);
+	return 0;
+}
+
+/*
+ * A close with `close = local`: the staging file becomes the engine's.
+ * ENOTSUP where the close uploads as with `close = s3`: nothing to
+ * upload, a stream of parts, another open here still writing the same
+ * staging file, or no engine.
+ */
+static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	uint64_t size;
+	int ret;
+
+	if (bc->engine == NULL || !fh->dirty || fh->deleted ||
+	    fh->stage_fd == -1 || fh->stage_name == NULL ||
+	    fh->stream != NULL || bfs_staged_twin(bc, fh->key, fh) != NULL) {
+		return ENOTSUP;
+	}
+	size = bfs_fh_size(fh);
+	bfs_follow_config(bc);
+	if (bc->writeback_limit > 0) {
+		uint64_t pending = 0;
+
+		ret = bfs_wb_pending_bytes(bc->wb, bfs_engine_pid(bc->engine),
+					   &pending);
+		if (ret == 0 && pending + size > bc->writeback_limit) {
+			/* Held back: this close waits for S3 instead. */
+			bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: %" PRIu64
+				" bytes wait for upload, over 'bucketfs:"
+				"writeback limit': the close of %s uploads it "
+				"now", bc->service, pending, fh->key);
+			return ENOTSUP;
+		}
+	}
+	ret = bfs_hand_over(bc, fh, fh->stage_name, size);
+	if (ret != 0) {
+		return ret;
+	}
+	close(fh->stage_fd);
+	fh->stage_fd = -1;
+	fh->dirty = false;
+	return 0;
+}
+
+int bfs_fh_close(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	int ret = 0;
+
+	if (fh->writable && bfs_fh_close_local(bc, fh) == ENOTSUP) {
+		ret = bfs_fh_writeback(bc, fh);
+		bfs_fh_stream_drop(bc, fh);
+		if (ret == 0 || fh->deleted) {
+			bfs_fh_unstage(bc, fh);
+		}
+		/* On failure the staging file stays: the journal names it. */
+	}
+	return ret;
+}
+
+/* ---- open ---------------------------------------------------------------- */
+
+int bfs_fh_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc, const char *rel,
+		  struct bfs_fh **out)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e;
+	int ret;
+
+	*out = NULL;
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_lookup_entry(tmp, bc, rel, &e);
+	if (ret == 0) {
+		*out = bfs_fh_new(mem_ctx, bc, rel, &e);
+		ret = *out != NULL ? 0 : ENOMEM;
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+/* A file created through the share: in the index at once, pending. */
+static int bfs_create(struct bfs_conn *bc, const char *rel,
+		      struct bfs_fh **out)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e = {0};
+	struct bfs_fh *fh = NULL;
+	const char *base = NULL;
+	char *parent = NULL, *prefix;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	bfs_path_split(tmp, rel, &parent, &base);
+	ret = parent != NULL ? bfs_fh_lookup(tmp, bc, parent, &fh) : ENOMEM;
+	if (ret == 0 && !fh->is_dir) {
+		ret = ENOTDIR;
+	}
+	if (ret == 0 && (base[0] == '\0' || strlen(base) > 255)) {
+		ret = base[0] == '\0' ? EINVAL : ENAMETOOLONG;
+	}
+	prefix = ret == 0 ? bfs_path_dir_prefix(tmp, bc->prefix, parent) :
+			    NULL;
+	if (ret == 0 && prefix == NULL) {
+		ret = ENOMEM;
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	e.name = (char *)base;
+	e.mtime = time(NULL);
+	e.flags = BFS_ENT_PENDING;
+	ret = bfs_index_put(bc->index, prefix, &e);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot record the "
+			"new file %s%s in the index: %s%s", bc->service, prefix,
+			base, strerror(ret), ret == ENOSPC ?
+			" (the cache folder is full)" : "");
+		talloc_free(tmp);
+		return ret;
+	}
+	fh = bfs_fh_new(bc, bc, rel, &e);
+	talloc_free(tmp);
+	if (fh == NULL) {
+		return ENOMEM;
+	}
+	*out = fh;
+	return 0;
+}
+
+/* A file another smbd is uploading: read its staging file meanwhile. */
+static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
+	struct bfs_jrec rec;
+	TALLOC_CTX *tmp;
+	char *path;
+
+	if (twin != NULL) {
+		fh->stage_fd = dup(twin->stage_fd);
+		return;
+	}
+	if (fh->etag != NULL) {
+		return; /* settled in S3: another process stages nothing */
+	}
+	tmp = talloc_new(NULL);
+	if (tmp != NULL &&
+	    bfs_journal_get(bc->journal, tmp, fh->key, &rec) == 0 &&
+	    rec.op == BFS_J_PUT) {
+		path = talloc_asprintf(tmp, "%s/staging/%s", bc->cache_dir,
+				       rec.staging);
+		bfs_priv_enter(); /* staging files are the server's */
+		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
+					    O_NOFOLLOW) : -1;
+		bfs_priv_leave();
+	}
+	talloc_free(tmp);
+}
+
+int bfs_fh_open(struct bfs_conn *bc, const char *rel, int flags,
+		bool pathref, struct bfs_fh **out)
+{
+	struct bfs_fh *fh = NULL;
+	bool created = false;
+	int ret, acc = flags & O_ACCMODE;
+
+	ret = bfs_fh_lookup(bc, bc, rel, &fh);
+	if (ret == ENOENT && (flags & O_CREAT)) {
+		ret = bfs_create(bc, rel, &fh);
+		created = ret == 0;
+	} else if (ret == 0 && (flags & O_CREAT) && (flags & O_EXCL)) {
+		ret = EEXIST;
+	}
+	if (ret == 0 && fh->is_dir && acc != O_RDONLY) {
+		ret = EISDIR;
+	}
+	if (ret == 0 && (flags & O_DIRECTORY) && !fh->is_dir) {
+		ret = ENOTDIR;
+	}
+	if (ret != 0) {
+		TALLOC_FREE(fh);
+		return ret;
+	}
+	talloc_set_destructor(fh, bfs_fh_destructor);
+	if (!fh->is_dir && (acc != O_RDONLY || created)) {
+		bfs_fh_track(bc, fh);
+		if (!created) {
+			fh->open_etag = talloc_strdup(fh, fh->etag);
+		}
+		if (created || (flags & O_TRUNC)) {
+			/* New bytes from zero: nothing to fetch first. */
+			fh->size = 0;
+			ret = bfs_fh_stage(bc, fh, false);
+			if (ret == 0 && (flags & O_TRUNC) &&
+			    ftruncate(fh->stage_fd, 0) != 0) {
+				ret = errno;
+			}
+			fh->dirty = true;
+		}
+	} else if (!fh->is_dir && !pathref) {
+		/*
+		 * Read-your-writes: staged bytes win over S3's.  Only an open
+		 * that reads needs them; a listing opens every entry as a
+		 * path reference and must not pay for this.
+		 */
+		bfs_open_pending(bc, fh);
+	}
+	if (ret != 0) {
+		TALLOC_FREE(fh);
+		return ret;
+	}
+	*out = fh;
+	return 0;
+}
+
+/* ---- writes -------------------------------------------------------------- */
+
+/* The writable open fh, staged (fetching the old bytes if keep). */
+static int bfs_fh_for_write(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
+{
+	if (fh == NULL || fh->is_dir || !fh->writable) {
+		return fh == NULL ? EBADF : fh->is_dir ? EISDIR : EBADF;
+	}
+	return bfs_fh_stage(bc, fh, keep);
+}
+
+/*
+ * A file may not grow past 'bucketfs:max file size' (S3's 5 TiB at
+ * most): a client setting its end to 2 TiB would otherwise have 2 TiB of
+ * zeros uploaded.
+ */
+static bool bfs_fh_may_grow_to(struct bfs_conn *bc, const struct bfs_fh *fh,
+			       uint64_t end)
+{
+	if (end <= bc->max_file_size) {
+		return true;
+	}
+	bfs_log(BFS_LOG_ERR, "bucketfs: share %s: %s would be %" PRIu64
+		" bytes, over 'bucketfs:max file size' (%" PRIu64 "): "
+		"refused as disk full", bc->service, fh->key, end,
+		bc->max_file_size);
+	return false;
+}
+
+/* fh changed now (a write, a truncate): a flush's snapshot is older. */
+static void bfs_fh_changed(struct bfs_fh *fh, bool mtime)
+{
+	fh->dirty = true;
+	fh->wgen++;
+	if (mtime) {
+		fh->mtime = time(NULL);
+	}
+}
+
+int bfs_fh_write(struct bfs_conn *bc, struct bfs_fh *fh, const void *data,
+		 size_t n, off_t offset, struct tevent_context *ev,
+		 size_t *done)
+{
+	ssize_t w;
+	int ret = bfs_fh_for_write(bc, fh, true);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (offset < 0) {
+		return EINVAL;
+	}
+	if (!bfs_fh_may_grow_to(bc, fh, (uint64_t)offset + n)) {
+		return ENOSPC;
+	}
+	if (fh->may_stream) {
+		/* Parts go out on smbd's own loop, between SMB requests. */
+		bfs_fh_stream_start(bc, fh, ev);
+	}
+	w = pwrite(fh->stage_fd, data, n, offset);
+	if (w < 0) {
+		ret = errno;
+		if (ret == ENOSPC || ret == EDQUOT) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: the cache "
+				"folder is full: cannot stage a write to %s",
+				bc->service, fh->key);
+		}
+		return ret;
+	}
+	bfs_fh_changed(fh, true);
+	if (fh->stream != NULL) {
+		bfs_stream_wrote(fh->stream, (uint64_t)offset, (uint64_t)w);
+	}
+	*done = (size_t)w;
+	return 0;
+}
+
+int bfs_fh_truncate(struct bfs_conn *bc, struct bfs_fh *fh, uint64_t size)
+{
+	/* Cutting to zero needs none of the old bytes. */
+	int ret = bfs_fh_for_write(bc, fh, size > 0);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (!bfs_fh_may_grow_to(bc, fh, size)) {
+		return ENOSPC;
+	}
+	if (ftruncate(fh->stage_fd, (off_t)size) != 0) {
+		return errno;
+	}
+	if (fh->stream != NULL) {
+		bfs_stream_truncated(fh->stream, size);
+	}
+	bfs_fh_changed(fh, true);
+	return 0;
+}
+
+int bfs_fh_allocate(struct bfs_conn *bc, struct bfs_fh *fh, uint64_t offset,
+		    uint64_t len)
+{
+	int ret = bfs_fh_for_write(bc, fh, true);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (!bfs_fh_may_grow_to(bc, fh, offset + len)) {
+		return ENOSPC;
+	}
+	if (offset + len > bfs_fh_size(fh)) {
+		if (ftruncate(fh->stage_fd, (off_t)(offset + len)) != 0) {
+			return errno;
+		}
+		if (fh->stream != NULL) {
+			bfs_stream_truncated(fh->stream, offset + len);
+		}
+		bfs_fh_changed(fh, false); /* no bytes written: mtime stays */
+	}
+	return 0;
+}
+
+/* ---- flush --------------------------------------------------------------- */
+
+int bfs_fh_flush_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
+			   TALLOC_CTX *mem_ctx, char **snapshot, bool *here)
+{
+	uint64_t size = bfs_fh_size(fh);
+	int ret;
+
+	*here = false;
+	ret = bfs_wb_stage_copy(bc->wb, mem_ctx, fh->stage_fd, size, snapshot);
+	if (ret == 0) {
+		ret = bfs_hand_over(bc, fh, *snapshot, size);
+	}
+	if (ret == ENOTSUP) {
+		*here = true;
+		return bfs_fh_writeback(bc, fh);
+	}
+	return ret;
+}
+
+int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
+		   uint64_t wgen, const char *snapshot, char *etag)
+{
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s: the "
+			"engine's upload failed: %s (it stays journalled and "
+			"is retried)", bc->service, fh->key, strerror(ret));
+		return ret == EPIPE ? EIO : ret;
+	}
+	/* Nothing written since the snapshot: the file is what S3 has. */
+	if (snapshot != NULL && fh->wgen == wgen) {
+		bfs_fh_clean(bc, fh);
+		if (etag != NULL) {
+			fh->etag = talloc_steal(fh, etag);
+			fh->open_etag = talloc_strdup(fh, etag);
+		}
+	}
+	return 0;
+}
+
+/* ---- reads --------------------------------------------------------------- */
+
+int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
+		   const struct s3_status *st, int ret)
+{
+	bfs_log_s3(bc, "read of", fh->key, st);
+	if (ret == ESTALE) {
+		/*
+		 * Replaced in S3 since it was opened: never mix versions.
+		 * Forget the listing so the next open sees the new object.
+		 */
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		char *parent = NULL;
+		const char *base;
+
+		if (tmp != NULL) {
+			bfs_path_split(tmp, fh->rel, &parent, &base);
+		}
+		if (parent != NULL) {
+			bfs_forget_listing(bc, bfs_path_dir_prefix(
+						       tmp, bc->prefix,
+						       parent));
+		}
+		talloc_free(tmp);
+		bfs_log(BFS_LOG_WARNING, "bucketfs: s3://%s/%s changed since "
+			"it was opened; reopen to read the new version",
+			bc->cfg.bucket, fh->key);
+		return EIO;
+	}
+	return ret;
+}

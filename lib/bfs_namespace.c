@@ -1,0 +1,446 @@
+/*
+ * Namespace changes through a share (lib/bfs_namespace.h): mkdir,
+ * rename, unlink and rmdir, and how each treats files open for writing
+ * in this connection and uploads journalled by other processes.
+ *
+ * Order matters for crash safety: the journal says what is to happen
+ * before S3 or the index change (lib/bfs_writeback.h does the writing),
+ * and an open file's old name stays in S3 until its new one is up.
+ * Every temporary is on a context of its own, freed before return.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+#include <time.h>
+#include <talloc.h>
+
+#include "bfs_engine.h"
+#include "bfs_file.h"
+#include "bfs_index.h"
+#include "bfs_log.h"
+#include "bfs_namespace.h"
+#include "bfs_path.h"
+#include "bfs_writeback.h"
+#include "s3_dirlist.h"
+
+int bfs_mkdir(struct bfs_conn *bc, const char *rel)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e = {0};
+	struct s3_status st = {0};
+	struct bfs_fh *fh = NULL, *pfh = NULL;
+	struct s3_dir *empty;
+	char *parent = NULL, *marker, *prefix;
+	const char *base = NULL;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_fh_lookup(tmp, bc, rel, &fh);
+	if (ret == 0) {
+		ret = EEXIST;
+	} else if (ret == ENOENT && rel[0] != '\0') {
+		bfs_path_split(tmp, rel, &parent, &base);
+		ret = parent != NULL ? bfs_fh_lookup(tmp, bc, parent, &pfh) :
+				       ENOMEM;
+		if (ret == 0 && !pfh->is_dir) {
+			ret = ENOTDIR;
+		}
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	marker = bfs_path_dir_prefix(tmp, bc->prefix, rel);
+	ret = bfs_wb_put_empty(bc->wb, marker, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
+		talloc_free(tmp);
+		return ret;
+	}
+	/* In the parent's listing now, and known to be empty. */
+	prefix = bfs_path_dir_prefix(tmp, bc->prefix, parent);
+	e.name = (char *)base;
+	e.is_dir = true;
+	e.mtime = time(NULL);
+	empty = s3_dir_new(tmp, marker);
+	ret = bfs_index_put(bc->index, prefix, &e);
+	if (ret == 0 && empty != NULL) {
+		int sret;
+
+		s3_dir_finish(empty);
+		sret = bfs_index_store_dir(bc->index, empty, time(NULL));
+		if (sret != 0) {
+			/* Made all the same: its first access lists it. */
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot "
+				"record the new directory %s as empty in the "
+				"index: %s", bc->service, marker,
+				strerror(sret));
+		}
+	}
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot record the "
+			"new directory %s in the index: %s", bc->service,
+			marker, strerror(ret));
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+/* ---- rename -------------------------------------------------------------- */
+
+/* Open writers of key in this connection follow a rename. */
+static void bfs_rekey_open(struct bfs_conn *bc, const char *src_key,
+			   const char *dst_rel)
+{
+	struct bfs_fh *o;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (strcmp(o->key, src_key) != 0) {
+			continue;
+		}
+		bfs_fh_stream_drop(bc, o); /* its upload has the old name */
+		o->rel = talloc_strdup(o, dst_rel);
+		o->key = bfs_path_key(o, bc->prefix, dst_rel);
+		o->obj.key = o->key;
+		o->open_etag = NULL;
+		if (o->stage_fd != -1) {
+			o->dirty = true; /* the new name needs the bytes */
+		}
+	}
+}
+
+/*
+ * Rename a file open for writing here, its bytes staged: the upload
+ * follows it to the new name.  The journal says so before anything
+ * moves, and the old name's object stays in S3 until the new one is up,
+ * so a crash before the close loses neither (logrotate renames an open
+ * log this way).
+ */
+static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
+			     const char *dst_rel)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *src_key = talloc_strdup(tmp, staged->key);
+	char *dst_key = bfs_path_key(tmp, bc->prefix, dst_rel);
+	int ret;
+
+	if (src_key == NULL || dst_key == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	if (staged->stage_name == NULL) {
+		talloc_free(tmp);
+		return EBUSY;
+	}
+	ret = bfs_wb_rename_open(bc->wb, src_key, dst_key, staged->stage_name,
+				 bfs_fh_size(staged), staged->mtime,
+				 staged->open_etag);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot journal the "
+			"rename of the open file %s: %s", bc->service, src_key,
+			strerror(ret));
+		talloc_free(tmp);
+		return ret;
+	}
+	/* src_key is ours: rekeying replaces the opens' own. */
+	bfs_rekey_open(bc, src_key, dst_rel);
+	talloc_free(tmp);
+	return 0;
+}
+
+/*
+ * A folder: every object under it copied and deleted, one by one, then
+ * its entry moved between the parents' listings.  More than 'bucketfs:dir
+ * rename max' objects: ENOTSUP, before anything moves.
+ */
+static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
+			  const char *dst_rel)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *sp = bfs_path_dir_prefix(tmp, bc->prefix, src_rel);
+	char *dp = bfs_path_dir_prefix(tmp, bc->prefix, dst_rel);
+	struct s3_status st = {0};
+	char **keys = NULL;
+	uint64_t *sizes = NULL;
+	size_t n = 0, i;
+	int ret;
+
+	ret = bfs_wb_list_all(bc->wb, tmp, sp, bc->dir_rename_max, &keys,
+			      &sizes, &n, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, "listing for a rename of", sp, &st);
+		talloc_free(tmp);
+		return ret;
+	}
+	if (n > bc->dir_rename_max) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot rename "
+			"%s: it holds more than %u objects ('bucketfs:dir "
+			"rename max'); S3 renames object by object",
+			bc->service, src_rel, bc->dir_rename_max);
+		talloc_free(tmp);
+		return ENOTSUP;
+	}
+	for (i = 0; ret == 0 && i < n; i++) {
+		char *to = talloc_asprintf(tmp, "%s%s", dp,
+					   keys[i] + strlen(sp));
+		ret = to != NULL ?
+			bfs_wb_rename(bc->wb, keys[i], to, sizes[i], &st) :
+			ENOMEM;
+		if (ret != 0) {
+			bfs_log_s3(bc, "rename (copy) of", keys[i], &st);
+		}
+	}
+	if (ret == 0) {
+		/* The directory's own entry moves between the parents. */
+		char *sparent, *dparent, *spp = NULL, *dpp = NULL;
+		const char *sbase, *dbase;
+		int iret = ENOMEM;
+
+		bfs_path_split(tmp, src_rel, &sparent, &sbase);
+		bfs_path_split(tmp, dst_rel, &dparent, &dbase);
+		if (sparent != NULL && dparent != NULL) {
+			spp = bfs_path_dir_prefix(tmp, bc->prefix, sparent);
+			dpp = bfs_path_dir_prefix(tmp, bc->prefix, dparent);
+		}
+		if (spp != NULL && dpp != NULL) {
+			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
+						dbase);
+		}
+		if (iret != 0 && iret != ENOENT) {
+			/*
+			 * S3 has it under the new name: the parents' next
+			 * access lists them from there.  (ENOENT: it was
+			 * not indexed, there was nothing to move.)
+			 */
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot "
+				"move %s to %s in the index: %s", bc->service,
+				src_rel, dst_rel, strerror(iret));
+			bfs_forget_listing(bc, spp);
+			bfs_forget_listing(bc, dpp);
+		}
+		bfs_forget_listing(bc, sp);
+		bfs_forget_listing(bc, dp);
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+/*
+ * src is pending in another smbd: a close there is uploading it (under
+ * the old name), or a client there still has it open for writing.  Wait
+ * for the upload, as long as one could take without failing, then look
+ * src up again (now with its ETag, *src on mem_ctx).
+ */
+static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+				 const char *src_rel, struct bfs_fh **src)
+{
+	uint64_t parts = (*src)->size / bc->upload.part_size + 1;
+	uint64_t rounds = (parts + bc->upload.parallel - 1) /
+			  bc->upload.parallel;
+	uint64_t timeout_ms = bc->cfg.request_timeout_ms * (rounds + 1);
+	struct bfs_fh *again = NULL;
+	int ret;
+
+	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
+				 timeout_ms < UINT_MAX ? (unsigned)timeout_ms :
+							 UINT_MAX);
+	if (ret == 0 || ret == ENOENT) {
+		/*
+		 * Done, or no record at all: a client still writes it
+		 * elsewhere, or its upload ended between our lookup and the
+		 * wait (the engine's often do).  The index says which.
+		 */
+		int lret = bfs_fh_lookup(mem_ctx, bc, src_rel, &again);
+
+		if (lret != 0) {
+			return lret;
+		}
+		*src = again;
+		if (again->etag != NULL) {
+			return 0;
+		}
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: cannot rename %s: "
+			"another client has it open for writing%s",
+			bc->service, src_rel, ret == 0 ? " again" : "");
+		return EBUSY;
+	}
+	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot rename %s: its "
+		"upload by another client %s", bc->service, src_rel,
+		ret == EBUSY ? "takes too long" :
+		"failed (the journal retries it)");
+	return EBUSY;
+}
+
+/* A rename of a file whose upload waits in the engine (bfs_wb_retarget). */
+static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
+			const char *dst_key)
+{
+	int ret;
+
+	if (dst_key == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_wb_retarget(bc->wb, src_key, dst_key,
+			      bfs_engine_pid(bc->engine));
+	if (ret == 0) {
+		(void)bfs_engine_notify(bc->engine, dst_key);
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s renamed to %s "
+			"before its upload began: it goes up under the new "
+			"name", bc->service, src_key, dst_key);
+	}
+	return ret;
+}
+
+/* Where dst_rel may go: 0, or why not (before anything changes). */
+static int bfs_rename_check(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+			    const struct bfs_fh *src, const char *dst_rel)
+{
+	struct bfs_fh *dst = NULL, *pfh = NULL;
+	char *parent = NULL;
+	const char *base;
+	int ret = bfs_fh_lookup(mem_ctx, bc, dst_rel, &dst);
+
+	if (ret == ENOENT && dst_rel[0] != '\0') {
+		ret = 0;
+	}
+	if (ret == 0 && (src->rel[0] == '\0' || dst_rel[0] == '\0')) {
+		ret = EBUSY; /* the share root */
+	}
+	if (ret == 0 && dst != NULL && dst->is_dir) {
+		ret = src->is_dir ? EEXIST : EISDIR;
+	}
+	if (ret == 0 && dst == NULL) {
+		/* The destination's parent must be a directory. */
+		bfs_path_split(mem_ctx, dst_rel, &parent, &base);
+		ret = parent != NULL ?
+			      bfs_fh_lookup(mem_ctx, bc, parent, &pfh) : ENOMEM;
+		if (ret == 0 && !pfh->is_dir) {
+			ret = ENOTDIR;
+		}
+	}
+	return ret;
+}
+
+int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	const char *src_rel = src->rel;
+	struct bfs_fh *staged;
+	struct s3_status st = {0};
+	char *dst_key;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_rename_check(tmp, bc, src, dst_rel);
+	if (ret != 0 || strcmp(src_rel, dst_rel) == 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	if (src->is_dir) {
+		ret = bfs_rename_dir(bc, src_rel, dst_rel);
+	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
+		ret = bfs_rename_staged(bc, staged, dst_rel);
+	} else if (src->etag == NULL && bfs_engine_reach(bc) != 0 &&
+		   bfs_retarget(bc, src->key,
+				bfs_path_key(tmp, bc->prefix, dst_rel)) == 0) {
+		/* Its upload, not begun, goes to the new name: no copy. */
+		bfs_rekey_open(bc, src->key, dst_rel);
+	} else if (src->etag == NULL &&
+		   (ret = bfs_wait_other_upload(tmp, bc, src_rel, &src)) != 0) {
+		/* logged there */
+	} else {
+		dst_key = bfs_path_key(tmp, bc->prefix, dst_rel);
+		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "rename of", src->key, &st);
+		} else {
+			bfs_rekey_open(bc, src->key, dst_rel);
+		}
+	}
+	talloc_free(tmp);
+	/* The name was there: a change that fails is not ENOENT. */
+	return ret == ENOENT ? EIO : ret;
+}
+
+/* ---- delete -------------------------------------------------------------- */
+
+/* An empty folder: in the index (names being written count) and in S3. */
+static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *prefix = bfs_path_dir_prefix(tmp, bc->prefix, rel);
+	struct bfs_entry *ents = NULL;
+	struct s3_status st = {0};
+	char **keys = NULL;
+	size_t n = 0, i;
+	int ret;
+
+	ret = bfs_dir_fresh(bc, rel);
+	if (ret == 0) {
+		ret = bfs_index_children(bc->index, tmp, prefix, NULL, 1,
+					 &ents, &n);
+	}
+	if (ret == 0 && n > 0) {
+		ret = ENOTEMPTY;
+	}
+	if (ret == 0) {
+		ret = bfs_wb_list_all(bc->wb, tmp, prefix, 2, &keys, NULL,
+				      &n, &st);
+	}
+	for (i = 0; ret == 0 && i < n; i++) {
+		if (strcmp(keys[i], prefix) != 0) {
+			ret = ENOTEMPTY;
+		}
+	}
+	if (ret == 0) {
+		ret = bfs_wb_delete(bc->wb, prefix, &st);
+		if (ret == 0) {
+			bfs_forget_listing(bc, prefix);
+		}
+		if (ret != 0) {
+			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
+		}
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+int bfs_unlink(struct bfs_conn *bc, const char *rel, bool dir)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_fh *fh = NULL, *o;
+	struct s3_status st = {0};
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_fh_lookup(tmp, bc, rel, &fh);
+	if (ret == 0 && rel[0] == '\0') {
+		ret = EBUSY;
+	}
+	if (ret == 0 && dir) {
+		ret = fh->is_dir ? bfs_rmdir(bc, rel) : ENOTDIR;
+	} else if (ret == 0 && fh->is_dir) {
+		ret = EISDIR;
+	} else if (ret == 0) {
+		/* Open writers here (delete on close): upload nothing. */
+		for (o = bc->open_files; o != NULL; o = o->next) {
+			if (strcmp(o->key, fh->key) == 0) {
+				bfs_fh_stream_drop(bc, o);
+				o->deleted = true;
+				o->dirty = false;
+			}
+		}
+		ret = bfs_wb_delete(bc->wb, fh->key, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "delete of", fh->key, &st);
+		}
+	}
+	talloc_free(tmp);
+	return ret;
+}

@@ -1,0 +1,236 @@
+/*
+ * lib/bfs_namespace: the rules of mkdir, rename and delete, and renames
+ * that move a journalled upload instead of copying in S3.  No S3 server:
+ * the share's endpoint refuses connections, and the tests check that
+ * what must not need S3 did not ask it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "test_share.h"
+
+#include "bfs_file.h"
+#include "bfs_namespace.h"
+
+static struct bfs_conn *share(TALLOC_CTX *t)
+{
+	struct bfs_conn *bc = test_share_new(t);
+
+	assert_non_null(bc);
+	return bc;
+}
+
+/* A new file rel, open for writing, with bytes s staged. */
+static struct bfs_fh *written(struct bfs_conn *bc, const char *rel,
+			      const char *s)
+{
+	struct bfs_fh *fh = NULL;
+	size_t done = 0;
+
+	assert_int_equal(bfs_fh_open(bc, rel, O_WRONLY | O_CREAT, false, &fh),
+			 0);
+	assert_int_equal(bfs_fh_write(bc, fh, s, strlen(s), 0, NULL, &done),
+			 0);
+	return fh;
+}
+
+static int rename_rel(TALLOC_CTX *t, struct bfs_conn *bc, const char *src,
+		      const char *dst)
+{
+	struct bfs_fh *fh = NULL;
+	int ret = bfs_fh_lookup(t, bc, src, &fh);
+
+	return ret != 0 ? ret : bfs_rename(bc, fh, dst);
+}
+
+/*
+ * A file in S3, open for writing, its new bytes staged and not yet
+ * uploaded, is renamed (logrotate): the journal says its upload goes to
+ * the new name and that the version in S3 under the old one goes after;
+ * the index shows the new name; every open of it here follows.  S3 is
+ * not asked.
+ */
+static void test_rename_staged_file(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct bfs_entry e = {.name = "app.log", .size = 4, .mtime = 1,
+			      .etag = "\"v1\""};
+	struct bfs_fh *fh = NULL, *other = NULL;
+	struct bfs_jrec rec;
+	size_t done = 0;
+
+	(void)state;
+	assert_int_equal(test_share_mkdir(bc, "", "logs"), 0);
+	assert_int_equal(bfs_index_put(bc->index, "logs/", &e), 0);
+	assert_int_equal(bfs_fh_open(bc, "logs/app.log", O_WRONLY | O_TRUNC,
+				     false, &fh), 0);
+	assert_int_equal(bfs_fh_write(bc, fh, "line\n", 5, 0, NULL, &done), 0);
+	assert_int_equal(bfs_fh_open(bc, "logs/app.log", O_WRONLY, false,
+				     &other), 0);
+	assert_int_equal(rename_rel(t, bc, "logs/app.log", "logs/app.log.1"),
+			 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+
+	assert_int_equal(bfs_journal_get(bc->journal, t, "logs/app.log.1",
+					 &rec), 0);
+	assert_int_equal(rec.op, BFS_J_PUT);
+	assert_int_equal(rec.pid, getpid());
+	assert_string_equal(rec.src, "logs/app.log");
+	assert_string_equal(rec.src_etag, "\"v1\"");
+	assert_int_equal(rec.size, 5);
+	assert_string_equal(rec.staging, fh->stage_name);
+	assert_true(rec.open);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "logs/app.log", &rec),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "logs/", "app.log",
+					  &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "logs/", "app.log.1",
+					  &e), 0);
+
+	assert_string_equal(fh->key, "logs/app.log.1");
+	assert_string_equal(fh->rel, "logs/app.log.1");
+	assert_string_equal(fh->obj.key, "logs/app.log.1");
+	assert_true(fh->dirty);
+	assert_null(fh->open_etag);
+	assert_string_equal(other->key, "logs/app.log.1");
+	assert_false(other->dirty); /* nothing staged: nothing to upload */
+	talloc_free(t);
+}
+
+/*
+ * A closed file whose upload waits in the engine is renamed: the upload
+ * goes to the new name (no copy in S3), the journal and the index say so,
+ * and an open of it here follows.
+ */
+static void test_rename_retargets_a_handed_over_upload(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_fh *fh, *reader = NULL;
+	struct bfs_jrec rec;
+	struct bfs_entry e;
+	char *name;
+
+	(void)state;
+	assert_true(engine > 0);
+	fh = written(bc, "ckpt.tmp", "weights");
+	name = talloc_strdup(t, fh->stage_name);
+	assert_int_equal(bfs_fh_close(bc, fh), 0);
+	talloc_free(fh);
+	assert_int_equal(bfs_fh_open(bc, "ckpt.tmp", O_WRONLY, false,
+				     &reader), 0);
+	assert_int_equal(rename_rel(t, bc, "ckpt.tmp", "ckpt.pt"), 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+
+	assert_int_equal(bfs_journal_get(bc->journal, t, "ckpt.tmp", &rec),
+			 ENOENT);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "ckpt.pt", &rec), 0);
+	assert_int_equal(rec.pid, engine);
+	assert_string_equal(rec.staging, name);
+	assert_string_equal(rec.src, "ckpt.tmp");
+	assert_int_equal(rec.size, 7);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "ckpt.tmp", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "ckpt.pt", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_int_equal(e.size, 7);
+	assert_string_equal(reader->key, "ckpt.pt");
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
+/* Where a rename may not go, refused before anything moves. */
+static void test_rename_rules(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+
+	(void)state;
+	assert_int_equal(test_share_mkdir(bc, "", "d"), 0);
+	assert_int_equal(test_share_mkdir(bc, "", "e"), 0);
+	talloc_free(written(bc, "f", "x"));
+	talloc_free(written(bc, "g", "y"));
+	/* S3 lists nothing under these (the index has its word for it). */
+	assert_int_equal(test_share_listed(bc, "nodir/"), 0);
+	assert_int_equal(test_share_listed(bc, "g/"), 0);
+	assert_int_equal(rename_rel(t, bc, "", "x"), EBUSY);
+	assert_int_equal(rename_rel(t, bc, "f", ""), EBUSY);
+	assert_int_equal(rename_rel(t, bc, "d", "e"), EEXIST);
+	assert_int_equal(rename_rel(t, bc, "f", "d"), EISDIR);
+	assert_int_equal(rename_rel(t, bc, "f", "nodir/f"), ENOENT);
+	assert_int_equal(rename_rel(t, bc, "f", "g/f"), ENOTDIR);
+	assert_int_equal(rename_rel(t, bc, "missing", "h"), ENOENT);
+	assert_int_equal(rename_rel(t, bc, "f", "f"), 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	talloc_free(t);
+}
+
+/* mkdir's and delete's rules, answered from the index alone. */
+static void test_mkdir_and_unlink_rules(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+
+	(void)state;
+	assert_int_equal(test_share_mkdir(bc, "", "d"), 0);
+	talloc_free(written(bc, "d/f", "x"));
+	assert_int_equal(test_share_listed(bc, "nodir/"), 0);
+	assert_int_equal(test_share_listed(bc, "d/f/"), 0);
+	assert_int_equal(bfs_mkdir(bc, "d"), EEXIST);
+	assert_int_equal(bfs_mkdir(bc, ""), EEXIST);
+	assert_int_equal(bfs_mkdir(bc, "nodir/n"), ENOENT);
+	assert_int_equal(bfs_mkdir(bc, "d/f/n"), ENOTDIR);
+
+	assert_int_equal(bfs_unlink(bc, "", false), EBUSY);
+	assert_int_equal(bfs_unlink(bc, "", true), EBUSY);
+	assert_int_equal(bfs_unlink(bc, "missing", false), ENOENT);
+	assert_int_equal(bfs_unlink(bc, "d", false), EISDIR);
+	assert_int_equal(bfs_unlink(bc, "d/f", true), ENOTDIR);
+	/* A name being written counts. */
+	assert_int_equal(bfs_unlink(bc, "d", true), ENOTEMPTY);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	talloc_free(t);
+}
+
+/*
+ * A file deleted while open for writing here: its opens upload nothing
+ * at their close, even when S3 refuses the delete itself.
+ */
+static void test_unlink_open_file(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct bfs_fh *fh = written(bc, "f", "bytes");
+
+	(void)state;
+	assert_true(fh->dirty);
+	assert_int_not_equal(bfs_unlink(bc, "f", false), 0); /* S3 away */
+	assert_true(fh->deleted);
+	assert_false(fh->dirty);
+	assert_null(bfs_staged_twin(bc, "f", NULL));
+	talloc_free(t);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_rename_staged_file),
+		cmocka_unit_test(test_rename_retargets_a_handed_over_upload),
+		cmocka_unit_test(test_rename_rules),
+		cmocka_unit_test(test_mkdir_and_unlink_rules),
+		cmocka_unit_test(test_unlink_open_file),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
