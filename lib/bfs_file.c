@@ -19,6 +19,7 @@
 
 #include "bfs_cache.h"
 #include "bfs_engine.h"
+#include "bfs_connect.h"
 #include "bfs_file.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
@@ -125,19 +126,6 @@ struct bfs_reader *bfs_conn_async_reader(struct bfs_conn *bc,
 		bc->async_ev = ev;
 	}
 	return bc->async_ev == ev ? bc->reader_async : NULL;
-}
-
-pid_t bfs_engine_reach(struct bfs_conn *bc)
-{
-	if (bc->engine == NULL) {
-		return 0;
-	}
-	if (bfs_engine_pid(bc->engine) == 0) {
-		bfs_priv_enter();
-		(void)bfs_engine_reconnect(bc->engine); /* logs its failure */
-		bfs_priv_leave();
-	}
-	return bfs_engine_pid(bc->engine);
 }
 
 /* ---- streams: parts sent while a new file is written --------------------- */
@@ -370,7 +358,7 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 			 const char *name, uint64_t size)
 {
-	pid_t engine = bfs_engine_reach(bc);
+	pid_t engine = bfs_engine_now(bc);
 	int ret;
 
 	if (engine == 0) {
@@ -385,7 +373,7 @@ static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 	}
 	if (bfs_engine_notify(bc->engine, fh->key) != 0) {
 		/* It died just now: the next one takes the record over. */
-		(void)bfs_engine_reach(bc);
+		(void)bfs_engine_now(bc);
 	}
 	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s (%" PRIu64 " bytes) "
 		"handed to the engine (pid %d)", bc->service, fh->key, size,

@@ -139,10 +139,4 @@ int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 struct bfs_reader *bfs_conn_async_reader(struct bfs_conn *bc,
 					 struct tevent_context *ev);
 
-/*
- * The engine's pid for a hand-over, reaching it again if it went away;
- * 0 without one (closes then upload themselves).
- */
-pid_t bfs_engine_reach(struct bfs_conn *bc);
-
 #endif

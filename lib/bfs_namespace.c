@@ -18,6 +18,7 @@
 #include "bfs_file.h"
 #include "bfs_index.h"
 #include "bfs_log.h"
+#include "bfs_connect.h"
 #include "bfs_namespace.h"
 #include "bfs_path.h"
 #include "bfs_writeback.h"
@@ -344,7 +345,7 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 		ret = bfs_rename_dir(bc, src_rel, dst_rel);
 	} else if ((staged = bfs_staged_twin(bc, src->key, NULL)) != NULL) {
 		ret = bfs_rename_staged(bc, staged, dst_rel);
-	} else if (src->etag == NULL && bfs_engine_reach(bc) != 0 &&
+	} else if (src->etag == NULL && bfs_engine_now(bc) != 0 &&
 		   bfs_retarget(bc, src->key,
 				bfs_path_key(tmp, bc->prefix, dst_rel)) == 0) {
 		/* Its upload, not begun, goes to the new name: no copy. */

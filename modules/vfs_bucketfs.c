@@ -28,11 +28,13 @@
 #include "bfs_cache.h"
 #include "bfs_connect.h"
 #include "bfs_engine.h"
+#include "bfs_file.h"
 #include "bfs_index.h"
 #include "bfs_priv.h"
 #include "bfs_journal.h"
 #include "bfs_log.h"
 #include "bfs_name.h"
+#include "bfs_namespace.h"
 #include "bfs_params.h"
 #include "bfs_path.h"
 #include "bfs_reader.h"
@@ -572,8 +574,6 @@ static NTSTATUS bfs_get_real_filename_at(struct vfs_handle_struct *handle,
  * lib/bfs_file's; mkdir, rename and delete lib/bfs_namespace's.  The
  * slots below turn Samba's arguments into theirs.
  */
-#include "bfs_file.h"
-#include "bfs_namespace.h"
 
 /* ---- open, close, stat ----------------------------------------------------------------- */
 
