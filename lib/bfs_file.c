@@ -494,7 +494,17 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	e.name = (char *)base;
 	e.mtime = time(NULL);
 	e.flags = BFS_ENT_PENDING;
-	ret = bfs_index_put(bc->index, prefix, &e);
+	/*
+	 * Only if the name is still free, decided in one index transaction:
+	 * of several clients creating one name at once (smbds of this
+	 * gateway), one creates it and the others find it (EEXIST), as on
+	 * a disk.  Checking with the lookup above alone let each create it.
+	 */
+	ret = bfs_index_put_new(bc->index, prefix, &e);
+	if (ret == EEXIST) {
+		talloc_free(tmp);
+		return ret;
+	}
 	if (ret != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot record the "
 			"new file %s%s in the index: %s%s", bc->service, prefix,
@@ -552,6 +562,10 @@ int bfs_fh_open(struct bfs_conn *bc, const char *rel, int flags,
 	if (ret == ENOENT && (flags & O_CREAT)) {
 		ret = bfs_create(bc, rel, &fh);
 		created = ret == 0;
+		if (ret == EEXIST && !(flags & O_EXCL)) {
+			/* Made by another client meanwhile: open theirs. */
+			ret = bfs_fh_lookup(bc, bc, rel, &fh);
+		}
 	} else if (ret == 0 && (flags & O_CREAT) && (flags & O_EXCL)) {
 		ret = EEXIST;
 	}

@@ -1222,7 +1222,9 @@ void bfs_index_listing_release(struct bfs_index *idx, const char *dir)
 	} while (rc == BFS_INDEX_AGAIN);
 }
 
-int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
+/* bfs_index_put, or with only_new bfs_index_put_new. */
+static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
+			    struct bfs_entry *e, bool only_new)
 {
 	struct bfs_wtxn w = {.idx = idx, .dir = dir, .adds = true};
 	uint64_t ino = e->ino;
@@ -1234,7 +1236,18 @@ int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 			break;
 		}
 		e->ino = ino; /* the caller's, each attempt */
-		rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, e);
+		if (only_new) {
+			MDB_val k = bfs_ent_key(w.tmp, dir, e->name), v;
+
+			if (k.mv_data == NULL) {
+				rc = ENOMEM;
+			} else if (mdb_get(w.txn, idx->ent, &k, &v) == 0) {
+				rc = EEXIST;
+			}
+		}
+		if (rc == 0) {
+			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, e);
+		}
 		if (rc == 0) {
 			rc = bfs_index_note_change(idx, w.txn,
 						   bfs_ent_key(w.tmp, dir,
@@ -1243,6 +1256,17 @@ int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 		rc = bfs_index_end(&w, rc);
 	} while (rc == BFS_INDEX_AGAIN);
 	return rc;
+}
+
+int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
+{
+	return bfs_index_put_as(idx, dir, e, false);
+}
+
+int bfs_index_put_new(struct bfs_index *idx, const char *dir,
+		      struct bfs_entry *e)
+{
+	return bfs_index_put_as(idx, dir, e, true);
 }
 
 int bfs_index_learn(struct bfs_index *idx, const char *const *keys,

@@ -182,6 +182,15 @@ int bfs_index_put(struct bfs_index *idx, const char *dir,
 	__attribute__((warn_unused_result));
 
 /*
+ * bfs_index_put for a name that must not exist yet: EEXIST if dir has a
+ * child of that name, decided in the transaction that adds it, so that
+ * of two processes making the same name at once exactly one wins.
+ */
+int bfs_index_put_new(struct bfs_index *idx, const char *dir,
+		      struct bfs_entry *e)
+	__attribute__((warn_unused_result));
+
+/*
  * What S3 said of n objects (full keys; e.g. bucketfs-ctl warm's listing),
  * outside a directory listing: each becomes its directory's child, keeping
  * its inode number, unless the name holds a pending entry (ours until

@@ -54,17 +54,44 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 		return ret;
 	}
 	marker = bfs_path_dir_prefix(tmp, bc->prefix, rel);
+	prefix = bfs_path_dir_prefix(tmp, bc->prefix, parent);
+	if (marker == NULL || prefix == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	/*
+	 * The name is claimed in the index before S3 is asked: of two
+	 * clients making it at once (two smbds of this gateway), one gets
+	 * EEXIST, which smbd answers OBJECT_NAME_COLLISION, as a disk does.
+	 * A PUT of the marker would succeed for both.  Pending until the
+	 * marker is in S3, so a relisting meanwhile keeps the claim.
+	 */
+	e.name = (char *)base;
+	e.is_dir = true;
+	e.mtime = time(NULL);
+	e.flags = BFS_ENT_PENDING;
+	ret = bfs_index_put_new(bc->index, prefix, &e);
+	if (ret != 0) {
+		if (ret != EEXIST) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot record "
+				"the new directory %s in the index: %s",
+				bc->service, marker, strerror(ret));
+		}
+		talloc_free(tmp);
+		return ret;
+	}
 	ret = bfs_wb_put_empty(bc->wb, marker, &st);
 	if (ret != 0) {
 		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
+		if (bfs_index_remove(bc->index, prefix, base) != 0) {
+			/* Its folder's next listing drops the claim. */
+			bfs_forget_listing(bc, prefix);
+		}
 		talloc_free(tmp);
 		return ret;
 	}
 	/* In the parent's listing now, and known to be empty. */
-	prefix = bfs_path_dir_prefix(tmp, bc->prefix, parent);
-	e.name = (char *)base;
-	e.is_dir = true;
-	e.mtime = time(NULL);
+	e.flags = 0;
 	empty = s3_dir_new(tmp, marker);
 	ret = bfs_index_put(bc->index, prefix, &e);
 	if (ret == 0 && empty != NULL) {

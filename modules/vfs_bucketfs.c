@@ -1635,11 +1635,38 @@ static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
 	return NT_STATUS_OK;
 }
 
+/*
+ * S3 keeps no ACLs, and the volume says so (no FILE_PERSISTENT_ACLS).  A
+ * security descriptor a client sets is accepted and not kept, as on a
+ * volume without ACLs: Windows sets one in ordinary sequences (a copy, a
+ * create with inheritance, smbtorture's delete-on-close tests) and an
+ * error there fails the whole operation.  A later query shows what the
+ * share's modes give (posix_fget_nt_acl of the synthesised mode); who may
+ * do what is still the share's (read only, valid users, modes).
+ */
 static NTSTATUS bfs_fset_nt_acl(struct vfs_handle_struct *handle,
 				files_struct *fsp, uint32_t security_info_sent,
 				const struct security_descriptor *psd)
 {
-	return NT_STATUS_NOT_SUPPORTED;
+	DBG_INFO("bucketfs: %s: a security descriptor was set and is not "
+		 "kept: the share's modes decide access\n", fsp_str_dbg(fsp));
+	return NT_STATUS_OK;
+}
+
+/*
+ * No quotas in a bucket: a query answers "none set" (all limits zero,
+ * quotas off), which is what smbd tells of a file system without quotas.
+ * Setting one stays unsupported.
+ */
+static int bfs_get_quota(struct vfs_handle_struct *handle,
+			 const struct smb_filename *smb_fname,
+			 enum SMB_QUOTA_TYPE qtype, unid_t id,
+			 SMB_DISK_QUOTA *qt)
+{
+	ZERO_STRUCTP(qt);
+	qt->qtype = qtype;
+	qt->bsize = 1024;
+	return 0;
 }
 
 static int bfs_fsetxattr(struct vfs_handle_struct *handle,
@@ -1826,7 +1853,7 @@ static struct vfs_fn_pointers bucketfs_fns = {
 	.connect_fn = bfs_connect,
 	.disconnect_fn = bfs_disconnect,
 	.disk_free_fn = bfs_disk_free,
-	.get_quota_fn = vfs_not_implemented_get_quota,
+	.get_quota_fn = bfs_get_quota,
 	.set_quota_fn = vfs_not_implemented_set_quota,
 	.get_shadow_copy_data_fn = vfs_not_implemented_get_shadow_copy_data,
 	.statvfs_fn = bfs_statvfs,

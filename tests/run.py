@@ -43,6 +43,7 @@ from sanitize_smbd import sanitized_smbd
 from reliability import reliability
 
 from aws_behaviours import aws_behaviours
+from semantics import semantics
 
 from rgw_backend import rgw_backend
 
@@ -368,6 +369,15 @@ class World:
 [plainloader]
   path = {t}/plainloader
   read only = yes
+[semantics]
+  path = /bucketfs/semantics
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = semantics
+  bucketfs:cache dir = {t}/bfscache-semantics
+  read only = no
+[plainsemantics]
+  path = {t}/plainsemantics
+  read only = no
 [ttl]
   path = /bucketfs/ttl
 {common}  bucketfs:bucket = {BUCKET}
@@ -625,6 +635,8 @@ def main():
             rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
         if only in ("", "engine"):
             engine(w, test, sha256)
+        if only in ("", "semantics"):
+            semantics(w, test)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:

@@ -61,6 +61,76 @@ static struct s3_dir *listing(TALLOC_CTX *t, const char *prefix,
 	return d;
 }
 
+/*
+ * Two processes creating the same 200 names at once (two smbds, two
+ * clients making one folder or file): each name is made by exactly one,
+ * the other told EEXIST (smbd's OBJECT_NAME_COLLISION).
+ */
+static void test_a_new_name_is_made_by_one_of_two_processes(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *dir = tmpdir(t), *why = NULL;
+	struct bfs_index *idx = NULL;
+	pid_t kids[2];
+	int wins = 0, i, k;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", NULL, 0,
+							  NULL, 0), time(NULL)), 0);
+	for (k = 0; k < 2; k++) {
+		kids[k] = fork();
+		assert_true(kids[k] >= 0);
+		if (kids[k] == 0) {
+			struct bfs_index *mine = NULL;
+			int won = 0;
+
+			if (bfs_index_open(NULL, dir, "bkt", &mine, &why) != 0) {
+				_exit(255);
+			}
+			for (i = 0; i < 200; i++) {
+				char name[16];
+				struct bfs_entry e = {.name = name, .mtime = 1,
+						      .flags = BFS_ENT_PENDING};
+				int rc;
+
+				snprintf(name, sizeof(name), "n%03d", i);
+				rc = bfs_index_put_new(mine, "d/", &e);
+				if (rc == 0) {
+					won++;
+				} else if (rc != EEXIST) {
+					_exit(255);
+				}
+			}
+			_exit(won);
+		}
+	}
+	for (k = 0; k < 2; k++) {
+		int status;
+
+		assert_int_equal(waitpid(kids[k], &status, 0), kids[k]);
+		assert_true(WIFEXITED(status));
+		assert_int_not_equal(WEXITSTATUS(status), 255);
+		wins += WEXITSTATUS(status);
+	}
+	assert_int_equal(wins, 200);
+	for (i = 0; i < 200; i++) {
+		char name[16];
+		struct bfs_entry e;
+
+		snprintf(name, sizeof(name), "n%03d", i);
+		assert_int_equal(bfs_index_lookup(idx, t, "d/", name, &e), 0);
+	}
+	/* And a plain put still replaces, as closes and relistings need. */
+	{
+		struct bfs_entry e = {.name = "n000", .size = 7, .mtime = 2};
+
+		assert_int_equal(bfs_index_put_new(idx, "d/", &e), EEXIST);
+		assert_int_equal(bfs_index_put(idx, "d/", &e), 0);
+	}
+	talloc_free(t);
+}
+
 static void test_store_lookup_children(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -1439,6 +1509,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_one_lister_per_directory),
 		cmocka_unit_test(test_store_lookup_children),
+		cmocka_unit_test(test_a_new_name_is_made_by_one_of_two_processes),
 		cmocka_unit_test(test_relist_keeps_inodes),
 		cmocka_unit_test(test_many_unique_inodes),
 		cmocka_unit_test(test_other_bucket_refused),
