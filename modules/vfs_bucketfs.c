@@ -1627,7 +1627,30 @@ static int bfs_unlinkat(struct vfs_handle_struct *handle,
 	return 0;
 }
 
-/* DOS attributes are derived (directory, read-only from the mode). */
+/*
+ * DOS attributes are derived, not stored (yet): a file is ARCHIVE, as a
+ * file written or copied on Windows or through plain Samba shows (the
+ * mode-based fallback, map archive on S_IXUSR, showed NORMAL, 0x80, for
+ * every file); READ_ONLY when 'bucketfs:file mode' gives no write bit.
+ * smbd adds DIRECTORY, hidden dot files and the rest (dos_mode_post).
+ */
+static NTSTATUS bfs_fget_dos_attributes(struct vfs_handle_struct *handle,
+					struct files_struct *fsp,
+					uint32_t *dosmode)
+{
+	const SMB_STRUCT_STAT *st = &fsp->fsp_name->st;
+
+	*dosmode = 0;
+	if (!S_ISDIR(st->st_ex_mode)) {
+		*dosmode |= FILE_ATTRIBUTE_ARCHIVE;
+	}
+	if ((st->st_ex_mode & S_IWUSR) == 0) {
+		*dosmode |= FILE_ATTRIBUTE_READONLY;
+	}
+	return NT_STATUS_OK;
+}
+
+/* Set attributes are not kept (see bfs_fget_dos_attributes). */
 static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
 					struct files_struct *fsp,
 					uint32_t dosmode)
@@ -1938,7 +1961,7 @@ static struct vfs_fn_pointers bucketfs_fns = {
 	/* DOS attributes: NOT_IMPLEMENTED makes smbd derive them from mode. */
 	.get_dos_attributes_send_fn = vfs_not_implemented_get_dos_attributes_send,
 	.get_dos_attributes_recv_fn = vfs_not_implemented_get_dos_attributes_recv,
-	.fget_dos_attributes_fn = vfs_not_implemented_fget_dos_attributes,
+	.fget_dos_attributes_fn = bfs_fget_dos_attributes,
 	.fset_dos_attributes_fn = bfs_fset_dos_attributes,
 
 	/* NT ACL operations */
