@@ -57,6 +57,7 @@
 #include "bfs_proto.h"
 #include "bfs_reader.h"
 #include "bfs_writeback.h"
+#include "bfs_list.h"
 #include "s3_dirlist.h"
 #include "s3_imds.h"
 
@@ -66,26 +67,6 @@
 #define ENG_POLL_SECONDS 2
 /* Instance-role credentials are refreshed this long before they expire. */
 #define ENG_CREDS_MARGIN 300
-
-/* Doubly linked lists of clients and waiters, head insertion. */
-#define ENG_LIST_ADD(head, p) do {			\
-		(p)->prev = NULL;			\
-		(p)->next = (head);			\
-		if ((head) != NULL) {			\
-			(head)->prev = (p);		\
-		}					\
-		(head) = (p);				\
-	} while (0)
-#define ENG_LIST_REMOVE(head, p) do {			\
-		if ((p)->prev != NULL) {		\
-			(p)->prev->next = (p)->next;	\
-		} else {				\
-			(head) = (p)->next;		\
-		}					\
-		if ((p)->next != NULL) {		\
-			(p)->next->prev = (p)->prev;	\
-		}					\
-	} while (0)
 
 /* A result of the upload thread, for the main thread. */
 struct eng_result {
@@ -550,11 +531,11 @@ static void eng_client_free(struct eng_client *c)
 	for (wt = c->e->waiters; wt != NULL; wt = next) {
 		next = wt->next;
 		if (wt->c == c) {
-			ENG_LIST_REMOVE(c->e->waiters, wt);
+			BFS_LIST_REMOVE(c->e->waiters, wt);
 			talloc_free(wt);
 		}
 	}
-	ENG_LIST_REMOVE(c->e->clients, c);
+	BFS_LIST_REMOVE(c->e->clients, c);
 	talloc_free(c); /* the fde, then the fd (destructor) */
 }
 
@@ -600,7 +581,7 @@ static void eng_answer(struct eng_waiter *wt, int err, const char *etag)
 	};
 
 	eng_send(wt->c, &m);
-	ENG_LIST_REMOVE(wt->c->e->waiters, wt);
+	BFS_LIST_REMOVE(wt->c->e->waiters, wt);
 	talloc_free(wt);
 }
 
@@ -713,7 +694,7 @@ struct eng_listing {
 
 static int eng_listing_destructor(struct eng_listing *l)
 {
-	ENG_LIST_REMOVE(l->e->listings, l);
+	BFS_LIST_REMOVE(l->e->listings, l);
 	bfs_index_listing_release(l->e->idx, l->prefix);
 	return 0;
 }
@@ -790,7 +771,7 @@ static void eng_list(struct eng *e, const char *prefix)
 	}
 	l->e = e;
 	l->started = time(NULL);
-	ENG_LIST_ADD(e->listings, l);
+	BFS_LIST_ADD(e->listings, l);
 	talloc_set_destructor(l, eng_listing_destructor);
 	req = s3_dirlist_send(l, e->ev, e->s3, prefix);
 	if (req == NULL) {
@@ -859,7 +840,7 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		wt->id = m->id;
 		wt->key = talloc_steal(wt, m->key);
 		wt->staging = talloc_steal(wt, m->staging);
-		ENG_LIST_ADD(e->waiters, wt);
+		BFS_LIST_ADD(e->waiters, wt);
 		eng_kick(e, true);
 		break;
 	case BFS_PM_FETCH:
@@ -976,7 +957,7 @@ static void eng_accept(struct tevent_context *ev, struct tevent_fd *fde,
 		talloc_free(c);
 		return;
 	}
-	ENG_LIST_ADD(e->clients, c);
+	BFS_LIST_ADD(e->clients, c);
 }
 
 /* smb.conf changed: end (once idle) so that the next start reads it. */
