@@ -847,8 +847,8 @@ def integration(w, sources):
         keys = "IMDSKEY1:imds-secret-1,IMDSKEY2:imds-secret-2"
         imds_port, front_port = free_port(), free_port()
         # Credentials valid 303 s: inside the 300 s margin after 3 s.
-        w.spawn([sys.executable, os.path.join(TOP, "tests/integration/imds_standin.py"),
-                 str(imds_port), "--keys", keys, "--lifetime", "303"], "imds")
+        imds = w.spawn([sys.executable, os.path.join(TOP, "tests/integration/imds_standin.py"),
+                        str(imds_port), "--keys", keys, "--lifetime", "303"], "imds")
         w.spawn([sys.executable, os.path.join(TOP, "tests/integration/s3_front.py"),
                  str(front_port), str(w.s3_port), "--keys", keys], "front-imds")
         wait_port(imds_port, "imds stand-in")
@@ -886,6 +886,18 @@ def integration(w, sources):
         assert issued.count("issued") >= 2 and "PUT /latest/api/token" in issued, issued
         assert re.search(r"refreshed the instance role's credentials", open(log).read())
         assert "imds-secret" not in open(log).read(), "a secret reached the log"
+        # The metadata service goes away: the share's engine (which
+        # refreshes on each 2 s pass while the credentials are inside
+        # their margin) asks again every 10 s, not on every pass.
+        engine_log = f"{w.tmp}/bfscache-imds/engine.log"
+        assert os.path.exists(engine_log), "the share has no engine"
+        imds.kill()
+        imds.wait(timeout=30)
+        start = len(open(engine_log).read())
+        time.sleep(13)
+        failed = open(engine_log).read()[start:].count(
+            "cannot refresh the instance role's credentials")
+        assert 1 <= failed <= 2, f"{failed} refresh attempts in 13 s"
 
     @test
     def ctl_warm_fills_the_cache_and_the_reads_that_follow_make_no_s3_request():

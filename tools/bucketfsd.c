@@ -185,6 +185,7 @@ struct eng_worker {
 	struct s3_client *s3;
 	struct bfs_wb *wb;
 	time_t creds_expire;
+	time_t creds_retry;	/* no refresh attempt before this */
 	const char *imds;	/* read before the thread starts */
 	struct eng_retry *retry;
 	struct bfs_stats_vec flushed;	/* the upload client's, as added */
@@ -291,7 +292,8 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 	TALLOC_CTX *tmp;
 	int ret;
 
-	if (w->creds_expire == 0 || now < w->creds_expire - ENG_CREDS_MARGIN) {
+	if (w->creds_expire == 0 || now < w->creds_expire - ENG_CREDS_MARGIN ||
+	    now < w->creds_retry) {
 		return;
 	}
 	tmp = talloc_new(w->mem);
@@ -321,8 +323,16 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 	}
 	talloc_free(tmp);
 	if (ret != 0) {
+		/*
+		 * As the module does: a metadata service that is away is
+		 * asked again in 10 s, not on every pass (2 s, each one
+		 * waiting up to 2 s for it and logging a line).
+		 */
+		w->creds_retry = now + 10;
 		eng_log(BFS_LOG_WARNING, "cannot refresh the instance role's "
-			"credentials: %s", why ? why : strerror(ret));
+			"credentials (they expire in %lld s): %s",
+			(long long)(w->creds_expire - now),
+			why ? why : strerror(ret));
 		return;
 	}
 	w->creds_expire = expire;
