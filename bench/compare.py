@@ -31,7 +31,9 @@ Workloads (sizes from the environment, defaults as the issue asks):
                        getmany), cold after the page cache is dropped
   list N               smbclient ls of 10,000 and BENCH_LIST_BIG (100,000)
   checkpoint           write BENCH_SEQ_MB MiB as runs/ckpt.tmp, rename over
-                       runs/ckpt.pt, until the object is in S3 at full size
+                       runs/ckpt.pt, until the object is in S3 at full size;
+                       "checkpoint to rename" is the same run timed until
+                       the rename returned
                        (in a run directory, as training jobs keep them:
                        s3rver walks every key below a prefix to list it
                        with a delimiter, so a lookup in the bucket's root
@@ -448,6 +450,8 @@ class Bench:
             start = time.monotonic()
             self.smbclient(share, f"cd runs; put {src} ckpt-{share}.tmp; "
                                   f"rename ckpt-{share}.tmp ckpt-{share}.pt -f")
+            # What the training job waits for: its write and rename.
+            renamed = time.monotonic() - start
             # Durable = in S3 at full size (rclone uploads after the close);
             # the local share's file is on the local disk.
             while share != "local":
@@ -461,7 +465,7 @@ class Bench:
                     raise RuntimeError("not in S3 after 30 min")
                 time.sleep(0.2)
             secs = time.monotonic() - start
-            return SEQ_MB * 1.048576 / secs, {"seconds": secs}
+            return SEQ_MB * 1.048576 / secs, {"seconds": secs, "renamed_s": renamed}
         return fn
 
     # ---- raw S3 ----------------------------------------------------------------
@@ -509,7 +513,8 @@ WORKLOADS = [  # name, unit, higher is better
     ("small files", "MB/s", True),
     (f"small W={SMALL_W} cold", "files/s", True), (f"small W={SMALL_W} hot", "files/s", True),
     ("list 10000", "s", False),
-    (f"list {LIST_BIG}", "s", False), ("checkpoint", "MB/s", True),
+    (f"list {LIST_BIG}", "s", False), ("checkpoint to rename", "MB/s", True),
+    ("checkpoint", "MB/s", True),
 ]
 
 
@@ -558,7 +563,15 @@ def run_all(b):
                 b.measure(f"list {n}", system, b.listing(system, n), "s")
     for _ in range(RUNS if wanted("checkpoint") else 0):
         for system in SYSTEMS:
-            b.measure("checkpoint", system, b.checkpoint(system), "MB/s")
+            if b.measure("checkpoint", system, b.checkpoint(system), "MB/s") is None:
+                continue
+            # The same run, timed until the rename returned: what the GPU
+            # waits for with close = local (the "checkpoint" row waits
+            # until the object is in S3).
+            row = dict(b.results[-1], workload="checkpoint to rename")
+            row["value"] = SEQ_MB * 1.048576 / row["renamed_s"]
+            b.results.append(row)
+            log(f"{'checkpoint to rename':22} {system:9} {round(row['value'], 3)} MB/s")
         b.measure("checkpoint", "raw", b.raw_put, "MB/s")
 
 
@@ -710,7 +723,7 @@ for name, ws in data["groups"].items():
 def json_payload(m):
     groups = {"sequential read": ["seq cold", "seq hot"],
               "random read": ["rand 64K x1", "rand 64K x8", "rand 1M x1", "rand 1M x8"],
-              "small files and checkpoint": ["small files", "checkpoint"],
+              "small files and checkpoint": ["small files", "checkpoint to rename", "checkpoint"],
               f"small files {SMALL_W} in flight": [f"small W={SMALL_W} cold",
                                                     f"small W={SMALL_W} hot"],
               "listing": ["list 10000", f"list {LIST_BIG}"]}
