@@ -492,7 +492,8 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 		return ret;
 	}
 	e.name = (char *)base;
-	e.mtime = time(NULL);
+	bfs_meta_now(&e.meta);
+	e.mtime = e.meta.mtime.tv_sec;
 	e.flags = BFS_ENT_PENDING;
 	/*
 	 * Only if the name is still free, decided in one index transaction:

@@ -42,7 +42,14 @@
 #define BFS_INDEX_MAP_MAX (64ULL << 30)	/* sparse too: data.mdb holds the
 					 * pages in use, not the map */
 #define BFS_INDEX_BUDGET (4ULL << 30)	/* the fixed map it had before */
-#define BFS_ENT_VERSION 1
+/*
+ * Version 1 records hold no bfs_meta; version 2 appends it after the
+ * fixed part.  An entry without kept times or attributes (most: what a
+ * listing brings) is written as version 1, 32 bytes smaller; a version 2
+ * record always keeps something.
+ */
+#define BFS_ENT_VERSION_1 1
+#define BFS_ENT_VERSION 2
 
 /* A use renews a folder's stamp once in this many seconds at most... */
 #define BFS_INDEX_USE_EVERY 60
@@ -104,6 +111,16 @@ struct bfs_ent_rec {
 	uint64_t size;
 	int64_t mtime;
 	uint64_t ino;
+} __attribute__((packed));
+
+/* What version 2 adds after the fixed part of version 1, before the ETag. */
+struct bfs_ent_meta_rec {
+	uint32_t have;
+	uint32_t attrs;
+	int64_t mtime_sec;
+	uint32_t mtime_nsec;
+	int64_t btime_sec;
+	uint32_t btime_nsec;
 } __attribute__((packed));
 
 /* A dirs record's times; false if it is not one. */
@@ -520,21 +537,34 @@ int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
 		.ino = e->ino,
 		.flags = e->flags,
 	};
+	struct bfs_ent_meta_rec m = {
+		.have = e->meta.have,
+		.attrs = e->meta.attrs,
+		.mtime_sec = e->meta.mtime.tv_sec,
+		.mtime_nsec = (uint32_t)e->meta.mtime.tv_nsec,
+		.btime_sec = e->meta.btime.tv_sec,
+		.btime_nsec = (uint32_t)e->meta.btime.tv_nsec,
+	};
+	size_t mlen = m.have != 0 ? sizeof(m) : 0;
 	uint8_t *p;
 
 	if (elen > UINT16_MAX) {
 		return EINVAL;
 	}
-	p = talloc_size(mem_ctx, sizeof(r) + elen);
+	if (mlen == 0) {
+		r.version = BFS_ENT_VERSION_1;
+	}
+	p = talloc_size(mem_ctx, sizeof(r) + mlen + elen);
 	if (p == NULL) {
 		return ENOMEM;
 	}
 	memcpy(p, &r, sizeof(r));
+	memcpy(p + sizeof(r), &m, mlen);
 	if (elen > 0) {
-		memcpy(p + sizeof(r), e->etag, elen);
+		memcpy(p + sizeof(r) + mlen, e->etag, elen);
 	}
 	*buf = p;
-	*len = sizeof(r) + elen;
+	*len = sizeof(r) + mlen + elen;
 	return 0;
 }
 
@@ -543,16 +573,35 @@ int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 		     struct bfs_entry *e)
 {
 	struct bfs_ent_rec r;
+	struct bfs_ent_meta_rec m = {0};
+	size_t head = sizeof(r);
+	const char *etag;
 
 	if (len < sizeof(r)) {
 		return EBADMSG;
 	}
 	memcpy(&r, buf, sizeof(r));
+	if (r.version == BFS_ENT_VERSION) {
+		head += sizeof(m);
+		if (len < head) {
+			return EBADMSG;
+		}
+		memcpy(&m, (const char *)buf + sizeof(r), sizeof(m));
+		if (m.have == 0) {
+			return EBADMSG; /* written as version 1 */
+		}
+	} else if (r.version != BFS_ENT_VERSION_1) {
+		return EBADMSG;
+	}
+	etag = (const char *)buf + head;
 	/* A NUL inside the ETag would decode to a shorter ETag than stored
 	 * (and the cache identity derived from it): not a record we wrote. */
-	if (r.version != BFS_ENT_VERSION || r.is_dir > 1 ||
-	    len != sizeof(r) + r.etag_len ||
-	    memchr((const char *)buf + sizeof(r), '\0', r.etag_len) != NULL) {
+	if (r.is_dir > 1 || len != head + r.etag_len ||
+	    memchr(etag, '\0', r.etag_len) != NULL ||
+	    (m.have & ~(uint32_t)(BFS_META_MTIME | BFS_META_BTIME |
+				  BFS_META_ATTRS)) != 0 ||
+	    (m.attrs & ~(uint32_t)BFS_ATTR_KEPT) != 0 ||
+	    m.mtime_nsec >= 1000000000 || m.btime_nsec >= 1000000000) {
 		return EBADMSG;
 	}
 	e->is_dir = r.is_dir != 0;
@@ -560,10 +609,15 @@ int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	e->mtime = (time_t)r.mtime;
 	e->ino = r.ino;
 	e->flags = r.flags;
+	e->meta = (struct bfs_meta){
+		.have = m.have,
+		.attrs = m.attrs,
+		.mtime = {.tv_sec = (time_t)m.mtime_sec, .tv_nsec = m.mtime_nsec},
+		.btime = {.tv_sec = (time_t)m.btime_sec, .tv_nsec = m.btime_nsec},
+	};
 	e->etag = NULL;
 	if (r.etag_len > 0) {
-		e->etag = talloc_strndup(mem_ctx, (const char *)buf + sizeof(r),
-					 r.etag_len);
+		e->etag = talloc_strndup(mem_ctx, etag, r.etag_len);
 		if (e->etag == NULL) {
 			return ENOMEM;
 		}
@@ -814,6 +868,23 @@ static int bfs_index_retire_changes(struct bfs_index *idx, MDB_txn *txn,
 	return bfs_lmdb_walk_end(rc);
 }
 
+/*
+ * What S3 says of an entry replaces what the index had, but the times and
+ * attributes a client set (or the object's metadata gave) stay with the
+ * object as long as it is the same object: the same ETag (a file), or
+ * still a folder.
+ */
+static void bfs_ent_keep_meta(struct bfs_entry *e, const struct bfs_entry *old)
+{
+	if (e->is_dir != old->is_dir) {
+		return;
+	}
+	if (e->is_dir || (e->etag != NULL && old->etag != NULL &&
+			  strcmp(e->etag, old->etag) == 0)) {
+		e->meta = old->meta;
+	}
+}
+
 static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 			       TALLOC_CTX *tmp, const char *dir,
 			       const struct s3_dirent *de, time_t listed)
@@ -842,6 +913,7 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 				return 0; /* ours is newer than S3's */
 			}
 			e.ino = old.ino;
+			bfs_ent_keep_meta(&e, &old);
 		}
 	} else if (rc != MDB_NOTFOUND) {
 		return rc;
@@ -1223,11 +1295,40 @@ void bfs_index_listing_release(struct bfs_index *idx, const char *dir)
 }
 
 /* bfs_index_put, or with only_new bfs_index_put_new. */
+/*
+ * A put replaces the entry's size, ETag and time; what it leaves out of
+ * its meta (a file written again keeps the create time and attributes a
+ * client gave it) comes from the record it replaces.
+ */
+static int bfs_index_keep_meta_txn(struct bfs_index *idx, MDB_txn *txn,
+				   TALLOC_CTX *tmp, const char *dir,
+				   struct bfs_entry *e)
+{
+	MDB_val k = bfs_ent_key(tmp, dir, e->name), v;
+	struct bfs_entry old;
+	int rc;
+
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_get(txn, idx->ent, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		return 0;
+	}
+	if (rc == 0 && bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
+	    old.is_dir == e->is_dir) {
+		bfs_meta_merge(&e->meta, &old.meta,
+			       old.meta.have & ~e->meta.have);
+	}
+	return rc;
+}
+
 static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 			    struct bfs_entry *e, bool only_new)
 {
 	struct bfs_wtxn w = {.idx = idx, .dir = dir, .adds = true};
 	uint64_t ino = e->ino;
+	struct bfs_meta meta = e->meta;
 	int rc;
 
 	do {
@@ -1236,6 +1337,7 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 			break;
 		}
 		e->ino = ino; /* the caller's, each attempt */
+		e->meta = meta;
 		if (only_new) {
 			MDB_val k = bfs_ent_key(w.tmp, dir, e->name), v;
 
@@ -1244,6 +1346,9 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 			} else if (mdb_get(w.txn, idx->ent, &k, &v) == 0) {
 				rc = EEXIST;
 			}
+		}
+		if (rc == 0 && !only_new) {
+			rc = bfs_index_keep_meta_txn(idx, w.txn, w.tmp, dir, e);
 		}
 		if (rc == 0) {
 			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, e);
@@ -1254,6 +1359,101 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 							       e->name));
 		}
 		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	e->meta = meta; /* the caller's, as for ino */
+	return rc;
+}
+
+int bfs_index_object_meta(struct bfs_index *idx, const char *key,
+			  const char *etag, const struct bfs_meta *m)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry cur;
+	char *cdir, *cname;
+	int rc;
+
+	/* Most answers bring nothing new: look before a write transaction. */
+	rc = tmp == NULL ? ENOMEM : bfs_key_split(tmp, key, &cdir, &cname);
+	if (rc == 0) {
+		rc = bfs_index_lookup(idx, tmp, cdir, cname, &cur);
+	}
+	if (rc == 0 && (cur.is_dir || cur.etag == NULL ||
+			strcmp(cur.etag, etag) != 0 ||
+			(m->have & ~cur.meta.have) == 0)) {
+		talloc_free(tmp);
+		return 0;
+	}
+	talloc_free(tmp);
+	if (rc != 0) {
+		return rc;
+	}
+	do {
+		MDB_val k, v;
+		struct bfs_entry e;
+		char *dir, *name;
+		uint32_t add;
+
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_key_split(w.tmp, key, &dir, &name);
+		if (rc == 0) {
+			k = bfs_ent_key(w.tmp, dir, name);
+			rc = k.mv_data != NULL ?
+				mdb_get(w.txn, idx->ent, &k, &v) : ENOMEM;
+		}
+		if (rc == 0) {
+			rc = bfs_index_decode(w.tmp, v.mv_data, v.mv_size, &e);
+		}
+		if (rc == 0) {
+			/* Another version's, or nothing new: nothing to do. */
+			add = m->have & ~e.meta.have;
+			if (e.is_dir || e.etag == NULL ||
+			    strcmp(e.etag, etag) != 0 || add == 0) {
+				rc = bfs_index_end(&w, 0);
+				break;
+			}
+			e.name = name;
+			bfs_meta_merge(&e.meta, m, add);
+			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, &e);
+		}
+		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? ENOENT : rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
+}
+
+int bfs_index_set_meta(struct bfs_index *idx, const char *dir,
+		       const char *name, const struct bfs_meta *m,
+		       uint32_t which)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	int rc;
+
+	do {
+		MDB_val k, v;
+		struct bfs_entry e;
+
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		k = bfs_ent_key(w.tmp, dir, name);
+		if (k.mv_data == NULL) {
+			rc = ENOMEM;
+		} else {
+			rc = mdb_get(w.txn, idx->ent, &k, &v);
+		}
+		if (rc == 0) {
+			rc = bfs_index_decode(w.tmp, v.mv_data, v.mv_size, &e);
+		}
+		if (rc == 0) {
+			e.name = (char *)name;
+			bfs_meta_merge(&e.meta, m, which);
+			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, &e);
+		}
+		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? ENOENT : rc);
 	} while (rc == BFS_INDEX_AGAIN);
 	return rc;
 }
@@ -1299,9 +1499,11 @@ int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
 			}
 			if (mdb_get(w.txn, idx->ent, &k, &v) == 0 &&
 			    bfs_index_decode(w.tmp, v.mv_data, v.mv_size,
-					     &old) == 0 &&
-			    (old.flags & BFS_ENT_PENDING)) {
-				continue; /* written through the share: ours */
+					     &old) == 0) {
+				if (old.flags & BFS_ENT_PENDING) {
+					continue; /* written through the share */
+				}
+				bfs_ent_keep_meta(&e, &old);
 			}
 			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, &e);
 		}

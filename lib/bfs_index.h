@@ -38,6 +38,7 @@
 #include <time.h>
 #include <talloc.h>
 
+#include "bfs_meta.h"
 #include "s3_dirlist.h"
 
 /* Split a full key into its directory prefix and name (both on mem_ctx). */
@@ -55,6 +56,11 @@ struct bfs_entry {
 	uint64_t ino;
 	char *etag; /* NULL for directories */
 	uint32_t flags;
+	/*
+	 * The file's own times and attributes (a client's SETINFO, or the
+	 * object's user metadata): kept while the object keeps its ETag.
+	 */
+	struct bfs_meta meta;
 };
 
 /*
@@ -175,10 +181,29 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 /*
  * Set one child of dir (a file written or a directory made through the
  * share).  Keeps the inode number the name had, else allocates one; the
- * number is returned in e->ino.
+ * number is returned in e->ino.  The fields of e->meta it does not set
+ * keep the values the entry had.
  */
 int bfs_index_put(struct bfs_index *idx, const char *dir,
 		  struct bfs_entry *e)
+	__attribute__((warn_unused_result));
+
+/*
+ * What the object key said of itself at version etag (its user metadata,
+ * from a GET): the fields of m its entry does not have yet are set, if
+ * the entry is still that version.  ENOENT if there is no entry.
+ */
+int bfs_index_object_meta(struct bfs_index *idx, const char *key,
+			  const char *etag, const struct bfs_meta *m)
+	__attribute__((warn_unused_result));
+
+/*
+ * Set the fields of m that which names (BFS_META_*) on dir/name's entry: a
+ * client's SETINFO of times or attributes.  ENOENT if there is none.
+ */
+int bfs_index_set_meta(struct bfs_index *idx, const char *dir,
+		       const char *name, const struct bfs_meta *m,
+		       uint32_t which)
 	__attribute__((warn_unused_result));
 
 /*

@@ -68,7 +68,8 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 	 */
 	e.name = (char *)base;
 	e.is_dir = true;
-	e.mtime = time(NULL);
+	bfs_meta_now(&e.meta);
+	e.mtime = e.meta.mtime.tv_sec;
 	e.flags = BFS_ENT_PENDING;
 	ret = bfs_index_put_new(bc->index, prefix, &e);
 	if (ret != 0) {

@@ -112,6 +112,8 @@ struct bfs_reader {
 	uint64_t window_first;
 	unsigned window_n;
 	struct bfs_reader_counters counters;
+	bfs_reader_meta_fn on_meta;	/* told an object's user metadata */
+	void *on_meta_priv;
 };
 
 struct bfs_read_state {
@@ -403,6 +405,14 @@ static bool bfs_fetch_send(struct bfs_fetch *f, const char *key,
 		return false;
 	}
 	f->data = f->buf->data;
+	if (f->first == 0 && r->on_meta != NULL && f->key == NULL) {
+		/* Kept to say whose metadata the answer carries. */
+		f->key = talloc_strdup(f, key);
+		f->etag = etag != NULL ? talloc_strdup(f, etag) : NULL;
+		if (f->key == NULL || (etag != NULL && f->etag == NULL)) {
+			TALLOC_FREE(f->key);
+		}
+	}
 	subreq = s3_get_range_send(f, r->ev, r->s3, key,
 				   f->first * r->block_size, (size_t)f->len,
 				   f->data, etag);
@@ -513,6 +523,15 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	size_t got = 0;
 	int ret;
 
+	if (f->first == 0 && r->on_meta != NULL && f->key != NULL &&
+	    f->etag != NULL) {
+		const struct s3_kv *meta;
+		size_t n = s3_get_range_meta(subreq, &meta);
+
+		if (n > 0 && !tevent_req_is_in_progress(subreq)) {
+			r->on_meta(r->on_meta_priv, f->key, f->etag, meta, n);
+		}
+	}
 	ret = s3_get_range_recv(subreq, &got, &st);
 	TALLOC_FREE(subreq);
 	f->answered = true;
@@ -850,4 +869,11 @@ struct bfs_cache *bfs_reader_cache(const struct bfs_reader *r)
 uint32_t bfs_reader_block_size(const struct bfs_reader *r)
 {
 	return r->block_size;
+}
+
+void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
+			void *priv)
+{
+	r->on_meta = fn;
+	r->on_meta_priv = priv;
 }

@@ -92,4 +92,16 @@ uint32_t bfs_reader_block_size(const struct bfs_reader *r);
 
 const struct bfs_reader_counters *bfs_reader_counters(const struct bfs_reader *r);
 
+/*
+ * Tell fn the user metadata (x-amz-meta-*) an object's first block came
+ * with, once per fetch of that block, with the key and the ETag it was
+ * fetched at: how the engine learns times other S3 tools stored, which
+ * listings do not carry.
+ */
+typedef void (*bfs_reader_meta_fn)(void *priv, const char *key,
+				   const char *etag, const struct s3_kv *meta,
+				   size_t n);
+void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
+			void *priv);
+
 #endif

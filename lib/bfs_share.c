@@ -517,6 +517,8 @@ struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	fh->size = e->size;
 	fh->etag = e->etag ? talloc_strdup(fh, e->etag) : NULL;
 	fh->mtime = e->mtime;
+	fh->meta = e->meta;
+	fh->meta_gen = bc->meta_gen;
 	fh->ino = e->ino;
 	fh->obj = (struct bfs_object){
 		.key = fh->key, .etag = fh->etag, .size = fh->size,

@@ -8,6 +8,7 @@
 #ifndef BUCKETFS_BFS_SHARE_H
 #define BUCKETFS_BFS_SHARE_H
 
+#include "bfs_meta.h"
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -81,6 +82,7 @@ struct bfs_conn {
 	bool stream_parts;	/* send parts while a new file is written */
 	struct bfs_stream_budget stream_budget;
 	struct bfs_fh *open_files;	/* files open in this connection */
+	uint64_t meta_gen;		/* times or attributes set through it */
 	bool close_local;	/* `bucketfs:close = local` */
 	const char *engine_path;
 	struct bfs_engine *engine;	/* NULL: closes upload themselves */
@@ -113,6 +115,10 @@ struct bfs_fh {
 	char *etag;
 	time_t mtime;
 	uint64_t ino;
+	/* Kept times and attributes: the entry's at open, read again once a
+	 * client of this connection set some (bfs_fh_meta). */
+	struct bfs_meta meta;
+	uint64_t meta_gen;	/* bc->meta_gen when meta was read */
 	struct bfs_object obj;	/* files: what reads fetch */
 	uint64_t next_off;	/* where a sequential reader reads next */
 

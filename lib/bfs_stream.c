@@ -180,7 +180,8 @@ static void bfs_stream_pump(struct bfs_stream *st)
 	if (st->upload_id == NULL) {
 		if (st->create_req == NULL && st->written >= ps) {
 			st->create_req = s3_mpu_create_send(st, st->ev, st->s3,
-							    st->key, true);
+							    st->key, true,
+							    NULL, 0);
 			if (st->create_req == NULL) {
 				st->stopped = true;
 				return;

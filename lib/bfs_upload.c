@@ -130,6 +130,31 @@ int bfs_read_full(int fd, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/* The params' metadata headers, as the state's own (they outlive send). */
+static bool bfs_upload_keep_meta(struct bfs_upload_state *s)
+{
+	struct s3_kv *m;
+	size_t i;
+
+	if (s->p.n_meta == 0) {
+		s->p.meta = NULL;
+		return true;
+	}
+	m = talloc_array(s, struct s3_kv, s->p.n_meta);
+	if (m == NULL) {
+		return false;
+	}
+	for (i = 0; i < s->p.n_meta; i++) {
+		m[i].name = talloc_strdup(m, s->p.meta[i].name);
+		m[i].value = talloc_strdup(m, s->p.meta[i].value);
+		if (m[i].name == NULL || m[i].value == NULL) {
+			return false;
+		}
+	}
+	s->p.meta = m;
+	return true;
+}
+
 struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 				   struct tevent_context *ev,
 				   struct s3_client *s3, const char *key,
@@ -148,7 +173,8 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 		.ev = ev, .s3 = s3, .fd = fd, .size = size, .p = *p,
 	};
 	s->key = talloc_strdup(s, key);
-	if (tevent_req_nomem(s->key, req)) {
+	if (tevent_req_nomem(s->key, req) ||
+	    (!bfs_upload_keep_meta(s) && tevent_req_nomem(NULL, req))) {
 		return tevent_req_post(req, ev);
 	}
 	if (s->p.parallel == 0) {
@@ -165,7 +191,8 @@ struct tevent_req *bfs_upload_send(TALLOC_CTX *mem_ctx,
 			tevent_req_error(req, ret);
 			return tevent_req_post(req, ev);
 		}
-		subreq = s3_put_object_send(s, ev, s3, key, s->whole, size);
+		subreq = s3_put_object_send(s, ev, s3, key, s->whole, size,
+					    s->p.meta, s->p.n_meta);
 		if (tevent_req_nomem(subreq, req)) {
 			return tevent_req_post(req, ev);
 		}
@@ -273,7 +300,8 @@ static struct tevent_req *bfs_upload_start_mpu(struct tevent_req *req)
 	}
 	/* A copy's parts are S3's own bytes: no checksum of ours to send. */
 	subreq = s3_mpu_create_send(s, s->ev, s->s3, s->key,
-				    s->copy_src == NULL);
+				    s->copy_src == NULL, s->p.meta,
+				    s->p.n_meta);
 	if (tevent_req_nomem(subreq, req)) {
 		return tevent_req_post(req, s->ev);
 	}
@@ -299,7 +327,8 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 	};
 	s->key = talloc_strdup(s, dst_key);
 	s->copy_src = talloc_strdup(s, src_key);
-	if (tevent_req_nomem(s->key, req) || tevent_req_nomem(s->copy_src, req)) {
+	if (tevent_req_nomem(s->key, req) || tevent_req_nomem(s->copy_src, req) ||
+	    (!bfs_upload_keep_meta(s) && tevent_req_nomem(NULL, req))) {
 		return tevent_req_post(req, ev);
 	}
 	if (size == 0) {

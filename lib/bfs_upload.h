@@ -33,6 +33,9 @@ struct bfs_upload_params {
 	void *private_data;
 	/* Optional: continue this upload (see bfs_upload_resumable). */
 	const struct bfs_upload_resume *resume;
+	/* x-amz-meta-* headers stored with the object (copied at send). */
+	const struct s3_kv *meta;
+	size_t n_meta;
 };
 
 /*

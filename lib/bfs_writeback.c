@@ -534,6 +534,34 @@ static bool bfs_wb_still_ours(struct bfs_wb *wb, const struct bfs_jrec *rec)
 	return ours;
 }
 
+/*
+ * The user metadata an upload of key carries (bfs_meta.h): the times and
+ * attributes the index has for it, and mtime (unless -1) where no client
+ * set one, so other S3 tools see the file's time and not the upload's.
+ * Without memory the object goes up without them (the index keeps them).
+ */
+static size_t bfs_wb_meta_headers(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+				  const char *key, time_t mtime,
+				  struct s3_kv *kv)
+{
+	struct bfs_entry e = {0};
+	char *dir, *name;
+	size_t n = 0;
+
+	if (bfs_key_split(mem_ctx, key, &dir, &name) != 0 ||
+	    bfs_index_lookup(wb->idx, mem_ctx, dir, name, &e) != 0) {
+		e.meta.have = 0;
+	}
+	if (!(e.meta.have & BFS_META_MTIME) && mtime != -1) {
+		e.meta.mtime = (struct timespec){.tv_sec = mtime};
+		e.meta.have |= BFS_META_MTIME;
+	}
+	if (bfs_meta_to_headers(mem_ctx, &e.meta, kv, &n) != 0) {
+		return 0;
+	}
+	return n;
+}
+
 /* Run an upload of a journalled record to the end. */
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     bool drop_stage,
@@ -547,9 +575,13 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	char *tag = NULL;
 	int ret;
 
+	struct s3_kv meta[BFS_META_HEADERS_MAX];
+
 	p.started = bfs_wb_upload_started;
 	p.private_data = &started;
 	p.resume = resume;
+	p.meta = meta;
+	p.n_meta = bfs_wb_meta_headers(wb, mem_ctx, rec->key, rec->mtime, meta);
 	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
 			      &p);
 	ret = s3_wait_for(req, wb->ev);
@@ -1036,32 +1068,46 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 	return ret == ENOENT ? 0 : ret;
 }
 
-/* Server-side copy: CopyObject, or a multipart copy for big objects. */
+/*
+ * Server-side copy: CopyObject (which copies the user metadata), or a
+ * multipart copy for big objects, which takes it from the index: the
+ * renamed entry's, at dst by now.
+ */
 static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 			   uint64_t size, struct s3_status *st)
 {
 	bool multipart = size > wb->params.copy_threshold;
-	struct tevent_req *req = multipart ?
-		bfs_copy_send(NULL, wb->ev, wb->s3, src, dst, size,
-			      &wb->params) :
-		s3_copy_object_send(NULL, wb->ev, wb->s3, src, dst);
+	struct bfs_upload_params p = wb->params;
+	struct s3_kv meta[BFS_META_HEADERS_MAX];
+	struct tevent_req *req;
+	TALLOC_CTX *tmp = talloc_new(NULL);
 	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	if (multipart) {
+		p.meta = meta;
+		p.n_meta = bfs_wb_meta_headers(wb, tmp, dst, -1, meta);
+	}
+	req = multipart ? bfs_copy_send(tmp, wb->ev, wb->s3, src, dst, size, &p) :
+			  s3_copy_object_send(tmp, wb->ev, wb->s3, src, dst);
 
 	ret = s3_wait_for(req, wb->ev);
 	if (ret != 0) {
-		talloc_free(req);
+		talloc_free(tmp);
 		return ret;
 	}
 	ret = multipart ? bfs_upload_recv(req, NULL, NULL, st) :
 			  s3_copy_object_recv(req, NULL, NULL, st);
-	talloc_free(req);
+	talloc_free(tmp);
 	return ret;
 }
 
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
 {
 	struct tevent_req *req = s3_put_object_send(NULL, wb->ev, wb->s3, key,
-						    "", 0);
+						    "", 0, NULL, 0);
 	int ret;
 
 	ret = s3_wait_for(req, wb->ev);

@@ -12,6 +12,7 @@
 
 #include "bfs_log.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -85,6 +86,8 @@ struct s3_req_state {
 	enum s3_cksum cksum;
 	char *cksum_value;
 	bool cksum_composite;
+	struct s3_kv *meta;	/* x-amz-meta-* headers, names lower case */
+	size_t n_meta;
 
 	struct s3_status st;
 };
@@ -731,6 +734,40 @@ static bool s3_http_retryable(long status, const char *code, bool idempotent)
 
 /* ---- one request --------------------------------------------------------- */
 
+/*
+ * Keep a user-metadata header (at most S3_RESP_META_MAX of them, each
+ * short: an object may carry 2 KiB of metadata, and only a few names
+ * mean anything to us).  No memory: the header is dropped, as a
+ * malformed one would be.
+ */
+static void s3_keep_meta(struct s3_req_state *s, const char *name,
+			 size_t nlen, const char *v, size_t vlen)
+{
+	struct s3_kv *m;
+	char *n;
+
+	if (s->n_meta >= S3_RESP_META_MAX || nlen > 128 || vlen > 256) {
+		return;
+	}
+	if (s->meta == NULL) {
+		s->meta = talloc_zero_array(s, struct s3_kv, S3_RESP_META_MAX);
+		if (s->meta == NULL) {
+			return;
+		}
+	}
+	m = &s->meta[s->n_meta];
+	n = talloc_strndup(s->meta, name, nlen);
+	m->value = talloc_strndup(s->meta, v, vlen);
+	if (n == NULL || m->value == NULL) {
+		return;
+	}
+	for (size_t i = 0; i < nlen; i++) {
+		n[i] = (char)tolower((unsigned char)n[i]);
+	}
+	m->name = n;
+	s->n_meta++;
+}
+
 static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 {
 	struct s3_req_state *s = ud;
@@ -750,6 +787,8 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		s->etag_not_md5 = false;
 		s->cksum = S3_CKSUM_NONE;
 		s->cksum_composite = false;
+		TALLOC_FREE(s->meta);
+		s->n_meta = 0;
 		return len;
 	}
 	if (colon == NULL) {
@@ -821,6 +860,8 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 			s->last_modified = curl_getdate(d, NULL);
 			talloc_free(d);
 		}
+	} else if (nlen > 11 && strncasecmp(buf, "x-amz-meta-", 11) == 0) {
+		s3_keep_meta(s, buf, nlen, v, vlen);
 	}
 	return len;
 }
@@ -1270,6 +1311,7 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 							  S3_CKSUM_NONE,
 			.cksum_value = s->cksum_value,
 			.cksum_composite = s->cksum_composite,
+			.meta = s->meta, .n_meta = s->n_meta,
 			.range_first = s->range_first,
 			.range_last = s->range_last,
 			.range_total = s->range_total})) != 0) {
@@ -1363,6 +1405,8 @@ int s3_request_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		r->etag = talloc_steal(r, s->etag);
 		r->request_id = talloc_steal(r, s->request_id);
 		r->last_modified = s->last_modified;
+		r->meta = talloc_steal(r, s->meta);
+		r->n_meta = s->n_meta;
 		curl_easy_getinfo(s->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
 		r->has_content_length = cl >= 0;
 		r->content_length = cl >= 0 ? (uint64_t)cl : 0;

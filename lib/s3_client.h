@@ -70,7 +70,13 @@ struct s3_body_info {
 	enum s3_cksum cksum;
 	const char *cksum_value;  /* base64, as sent */
 	bool cksum_composite;	  /* of the parts' checksums: not the bytes' */
+	/* The object's user metadata (x-amz-meta-*, names in lower case). */
+	const struct s3_kv *meta;
+	size_t n_meta;
 };
+
+/* The most user-metadata headers of one answer kept (the rest: dropped). */
+#define S3_RESP_META_MAX 8
 
 /* Where a successful (2xx) response body goes, piece by piece. */
 struct s3_body_sink {
@@ -111,6 +117,8 @@ struct s3_response {
 	bool has_content_length;
 	time_t last_modified; /* -1 if absent */
 	char *request_id;
+	struct s3_kv *meta;	/* x-amz-meta-* headers (s3_body_info) */
+	size_t n_meta;
 };
 
 /* Upper bounds (milliseconds) of the request latency histogram. */

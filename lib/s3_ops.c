@@ -134,6 +134,8 @@ int s3_head_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		info->size = s->op.resp->content_length;
 		info->etag = talloc_steal(mem_ctx, s->op.resp->etag);
 		info->mtime = s->op.resp->last_modified;
+		info->meta = talloc_steal(mem_ctx, s->op.resp->meta);
+		info->n_meta = s->op.resp->n_meta;
 	}
 	tevent_req_received(req);
 	return ret;
@@ -148,6 +150,8 @@ struct s3_get_state {
 	uint64_t offset;
 	size_t len;
 	size_t got;
+	struct s3_kv *meta;	/* the object's user metadata */
+	size_t n_meta;
 };
 
 static int s3_get_begin(void *priv)
@@ -224,6 +228,19 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 	unsigned char md[16];
 	bool whole;
 
+	TALLOC_FREE(s->meta);
+	s->n_meta = 0;
+	if (info->n_meta > 0) {
+		s->meta = talloc_array(s, struct s3_kv, info->n_meta);
+		for (size_t i = 0; s->meta != NULL && i < info->n_meta; i++) {
+			s->meta[i].name = talloc_strdup(s->meta, info->meta[i].name);
+			s->meta[i].value = talloc_strdup(s->meta, info->meta[i].value);
+			if (s->meta[i].name == NULL || s->meta[i].value == NULL) {
+				break; /* dropped, as a malformed one would be */
+			}
+			s->n_meta = i + 1;
+		}
+	}
 	if (info->http_status == 206) {
 		if (!info->has_range || info->range_first != s->offset ||
 		    info->range_last - info->range_first + 1 != s->got ||
@@ -307,6 +324,14 @@ struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
 	}
 	tevent_req_set_callback(subreq, s3_op_done, req);
 	return req;
+}
+
+size_t s3_get_range_meta(struct tevent_req *req, const struct s3_kv **meta)
+{
+	struct s3_get_state *s = tevent_req_data(req, struct s3_get_state);
+
+	*meta = s->meta;
+	return s->n_meta;
 }
 
 int s3_get_range_recv(struct tevent_req *req, size_t *nread,
@@ -469,7 +494,7 @@ struct s3_ck_state {
 	struct tevent_context *ev;
 	struct s3_client *c;
 	struct s3_request r;
-	struct s3_kv h[4];
+	struct s3_kv h[2 + S3_META_MAX];
 	size_t n_plain;		/* headers but the checksum one */
 	bool with_ck;
 };
@@ -535,7 +560,7 @@ static struct tevent_req *s3_ck_send(TALLOC_CTX *mem_ctx,
 	s->r = *r;
 	/* s3_request_send copies what it sends; a resend needs them too. */
 	s->r.key = talloc_strdup(s, r->key);
-	for (i = 0; i < n && i < 3; i++) {
+	for (i = 0; i < n && i < sizeof(s->h) / sizeof(s->h[0]) - 1; i++) {
 		s->h[i].name = talloc_strdup(s, h[i].name);
 		s->h[i].value = talloc_strdup(s, h[i].value);
 	}
@@ -566,20 +591,25 @@ static struct tevent_req *s3_ck_send(TALLOC_CTX *mem_ctx,
 struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
-				      const void *data, size_t len)
+				      const void *data, size_t len,
+				      const struct s3_kv *meta, size_t n_meta)
 {
 	char md5[32], crc[S3_CKSUM_B64_MAX];
-	const struct s3_kv h[] = {{"Content-MD5", md5}};
+	struct s3_kv h[1 + S3_META_MAX] = {{"Content-MD5", md5}};
 	const struct s3_kv ck = {"x-amz-checksum-crc32c", crc};
 	const struct s3_request r = {
 		.method = "PUT", .key = key,
 		.body = data ? data : "", .body_len = len, .idempotent = true,
 	};
+	size_t i;
 
+	for (i = 0; i < n_meta && i < S3_META_MAX; i++) {
+		h[1 + i] = meta[i];
+	}
 	s3_content_md5(data ? data : "", len, md5);
 	/* Stored with the object: a later GET with checksum mode checks it. */
 	s3_cksum_b64(S3_CKSUM_CRC32C, data ? data : "", len, crc);
-	return s3_ck_send(mem_ctx, ev, c, &r, h, 1, &ck);
+	return s3_ck_send(mem_ctx, ev, c, &r, h, 1 + i, &ck);
 }
 
 static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
@@ -719,7 +749,8 @@ int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
-				      bool cksum)
+				      bool cksum, const struct s3_kv *meta,
+				      size_t n_meta)
 {
 	const struct s3_kv q[] = {{"uploads", ""}};
 	const struct s3_kv ck = {"x-amz-checksum-algorithm", "CRC32C"};
@@ -728,7 +759,9 @@ struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 		.method = "POST", .key = key, .query = q, .n_query = 1,
 	};
 
-	return s3_ck_send(mem_ctx, ev, c, &r, NULL, 0, cksum ? &ck : NULL);
+	return s3_ck_send(mem_ctx, ev, c, &r, meta,
+			  n_meta < S3_META_MAX ? n_meta : S3_META_MAX,
+			  cksum ? &ck : NULL);
 }
 
 bool s3_mpu_create_cksum(struct tevent_req *req)

@@ -13,6 +13,8 @@ struct s3_object_info {
 	uint64_t size;
 	char *etag;
 	time_t mtime;
+	struct s3_kv *meta;	/* user metadata, on the recv's mem_ctx */
+	size_t n_meta;
 };
 
 /*
@@ -41,6 +43,8 @@ struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
 				     const char *if_match);
 int s3_get_range_recv(struct tevent_req *req, size_t *nread,
 		      struct s3_status *st);
+/* Before recv: the answer's user metadata (x-amz-meta-*), owned by req. */
+size_t s3_get_range_meta(struct tevent_req *req, const struct s3_kv **meta);
 
 /* One page of ListObjectsV2.  delimiter and token may be NULL. */
 struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
@@ -50,14 +54,19 @@ struct tevent_req *s3_list_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 int s3_list_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		 struct s3_listing **listing, struct s3_status *st);
 
+/* User metadata headers (x-amz-meta-*) an upload may carry. */
+#define S3_META_MAX 4
+
 /*
  * PutObject with Content-MD5, so a corrupted upload is refused, and its
- * CRC32C (x-amz-checksum-crc32c) while the client sends checksums.
+ * CRC32C (x-amz-checksum-crc32c) while the client sends checksums; meta:
+ * up to S3_META_MAX x-amz-meta-* headers stored with the object.
  */
 struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
-				      const void *data, size_t len);
+				      const void *data, size_t len,
+				      const struct s3_kv *meta, size_t n_meta);
 int s3_put_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		       char **etag, struct s3_status *st);
 
@@ -91,7 +100,8 @@ struct s3_part {
 struct tevent_req *s3_mpu_create_send(TALLOC_CTX *mem_ctx,
 				      struct tevent_context *ev,
 				      struct s3_client *c, const char *key,
-				      bool cksum);
+				      bool cksum, const struct s3_kv *meta,
+				      size_t n_meta);
 bool s3_mpu_create_cksum(struct tevent_req *req);
 int s3_mpu_create_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		       char **upload_id, struct s3_status *st);

@@ -29,6 +29,7 @@
 #include "bfs_connect.h"
 #include "bfs_engine.h"
 #include "bfs_file.h"
+#include "bfs_fileinfo.h"
 #include "bfs_index.h"
 #include "bfs_priv.h"
 #include "bfs_journal.h"
@@ -158,10 +159,11 @@ static int bfs_rel_path(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 
 static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 			  uint64_t ino, bool is_dir, uint64_t size,
-			  time_t mtime)
+			  time_t mtime, const struct bfs_meta *m)
 {
-	struct timespec ts = {.tv_sec = mtime >= 0 ? mtime : bc->connected};
+	struct timespec mt, bt;
 
+	bfs_fileinfo_times(m, mtime, bc->connected, &mt, &bt);
 	memset(sbuf, 0, sizeof(*sbuf));
 	sbuf->st_ex_dev = bc->dev;
 	sbuf->st_ex_ino = ino;
@@ -171,10 +173,10 @@ static void bfs_fill_stat(struct bfs_conn *bc, SMB_STRUCT_STAT *sbuf,
 	sbuf->st_ex_uid = bc->owner_uid;
 	sbuf->st_ex_gid = bc->owner_gid;
 	sbuf->st_ex_size = is_dir ? 0 : (off_t)size;
-	sbuf->st_ex_atime = ts;
-	sbuf->st_ex_mtime = ts;
-	sbuf->st_ex_ctime = ts;
-	sbuf->st_ex_btime = ts;
+	sbuf->st_ex_atime = mt;
+	sbuf->st_ex_mtime = mt;
+	sbuf->st_ex_ctime = mt;
+	sbuf->st_ex_btime = bt;
 	sbuf->st_ex_blksize = 4096;
 	sbuf->st_ex_blocks = is_dir ? 0 : (blkcnt_t)((size + 511) / 512);
 }
@@ -192,7 +194,7 @@ static int bfs_lookup(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 		TALLOC_FREE(frame);
 		return ret;
 	}
-	bfs_fill_stat(bc, sbuf, e.ino, e.is_dir, e.size, e.mtime);
+	bfs_fill_stat(bc, sbuf, e.ino, e.is_dir, e.size, e.mtime, &e.meta);
 	if (pfh != NULL) {
 		*pfh = bfs_fh_new(mem_ctx, bc, rel, &e);
 		if (*pfh == NULL) {
@@ -372,7 +374,8 @@ static int bfs_statvfs(struct vfs_handle_struct *handle,
 static uint32_t bfs_fs_capabilities(struct vfs_handle_struct *handle,
 				    enum timestamp_set_resolution *p_ts_res)
 {
-	*p_ts_res = TIMESTAMP_SET_SECONDS;
+	/* Times a client sets are kept to the nanosecond (bfs_fileinfo.h). */
+	*p_ts_res = TIMESTAMP_SET_NT_OR_BETTER;
 	return bfs_volume_flags(handle->conn);
 }
 
@@ -699,7 +702,7 @@ static int bfs_fstat(struct vfs_handle_struct *handle, files_struct *fsp,
 		return bfs_stat_rel_name(handle, NULL, fsp->fsp_name, sbuf);
 	}
 	bfs_fill_stat(bc, sbuf, fh->ino, fh->is_dir, bfs_fh_size(fh),
-		      fh->mtime);
+		      fh->mtime, bfs_fh_meta(fh));
 	return 0;
 }
 
@@ -1503,17 +1506,79 @@ static int bfs_fallocate(struct vfs_handle_struct *handle, files_struct *fsp,
 	return 0;
 }
 
+/* The share-relative path of fsp's file: our open's, or by its name. */
+static int bfs_fsp_rel(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+		       const struct bfs_fh *fh, const files_struct *fsp,
+		       char **rel)
+{
+	int ret;
+
+	if (fh != NULL) {
+		*rel = talloc_strdup(mem_ctx, fh->rel);
+		return *rel != NULL ? 0 : ENOMEM;
+	}
+	if (fsp->fsp_name->stream_name != NULL) {
+		return ENOENT;
+	}
+	ret = bfs_rel_path(mem_ctx, bc, NULL, fsp->fsp_name->base_name, rel);
+	return ret == EINVAL ? ENOENT : ret;
+}
+
+/* A time smbd asks to set (not UTIME_OMIT or another special value). */
+static bool bfs_time_given(const struct timespec *t)
+{
+	return !is_omit_timespec(t) && t->tv_nsec >= 0 &&
+	       t->tv_nsec < 1000000000L;
+}
+
 /*
- * S3 keeps no times we could set: a write time given by the client is
- * what the index shows for a file we upload; otherwise nothing changes.
+ * The write and create times a client sets (SETINFO), and the write time
+ * smbd sets after writes (at close, or 2 s after the first): kept in the
+ * index for every process, and with the next upload in S3
+ * (bfs_fileinfo.h).  The change time is the write time, as smbd shows it;
+ * access times are not kept.
  */
 static int bfs_fntimes(struct vfs_handle_struct *handle, files_struct *fsp,
 		       struct smb_file_time *ft)
 {
 	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct bfs_meta m = {0};
+	struct bfs_conn *bc;
+	char *rel = NULL;
+	int ret;
 
-	if (fh != NULL && fh->dirty && !is_omit_timespec(&ft->mtime)) {
-		fh->mtime = ft->mtime.tv_sec;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn, return -1);
+	if (bfs_time_given(&ft->mtime)) {
+		m.mtime = ft->mtime;
+		m.have |= BFS_META_MTIME;
+		if (fh != NULL && fh->dirty) {
+			fh->mtime = ft->mtime.tv_sec; /* the journal's */
+		}
+	}
+	if (bfs_time_given(&ft->create_time)) {
+		m.btime = ft->create_time;
+		m.have |= BFS_META_BTIME;
+	}
+	if (m.have == 0) {
+		return 0;
+	}
+	ret = bfs_fsp_rel(talloc_tos(), bc, fh, fsp, &rel);
+	if (ret == 0) {
+		ret = bfs_fileinfo_set(bc, rel, &m, m.have);
+	}
+	TALLOC_FREE(rel);
+	if (ret != 0) {
+		errno = ret;
+		return -1;
+	}
+	/*
+	 * smbd answers queries on this handle from the stat it holds (the
+	 * write time from its share mode): the create time must be there,
+	 * as vfs_default puts it when it stores one.
+	 */
+	if (m.have & BFS_META_BTIME) {
+		fsp->fsp_name->st.st_ex_btime = m.btime;
+		fsp->fsp_name->st.st_ex_iflags &= ~ST_EX_IFLAG_CALCULATED_BTIME;
 	}
 	return 0;
 }
@@ -1627,35 +1692,70 @@ static int bfs_unlinkat(struct vfs_handle_struct *handle,
 	return 0;
 }
 
+/* The kept attributes are SMB's own bits (bfs_meta.h). */
+_Static_assert(BFS_ATTR_READONLY == FILE_ATTRIBUTE_READONLY &&
+	       BFS_ATTR_HIDDEN == FILE_ATTRIBUTE_HIDDEN &&
+	       BFS_ATTR_SYSTEM == FILE_ATTRIBUTE_SYSTEM &&
+	       BFS_ATTR_ARCHIVE == FILE_ATTRIBUTE_ARCHIVE,
+	       "bfs_meta.h's attribute bits are FILE_ATTRIBUTE_*");
+
 /*
- * DOS attributes are derived, not stored (yet): a file is ARCHIVE, as a
- * file written or copied on Windows or through plain Samba shows (the
- * mode-based fallback, map archive on S_IXUSR, showed NORMAL, 0x80, for
- * every file); READ_ONLY when 'bucketfs:file mode' gives no write bit.
- * smbd adds DIRECTORY, hidden dot files and the rest (dos_mode_post).
+ * DOS attributes: the ones a client set (bfs_fileinfo_attrs), else
+ * ARCHIVE for a file, as a file written or copied on Windows or through
+ * plain Samba shows (the mode-based fallback, map archive on S_IXUSR,
+ * showed NORMAL, 0x80, for every file); READ_ONLY when 'bucketfs:file
+ * mode' gives no write bit.  smbd adds DIRECTORY, hidden dot files and
+ * the rest (dos_mode_post), and refuses writes and deletes of a READ_ONLY
+ * file itself.
  */
 static NTSTATUS bfs_fget_dos_attributes(struct vfs_handle_struct *handle,
 					struct files_struct *fsp,
 					uint32_t *dosmode)
 {
 	const SMB_STRUCT_STAT *st = &fsp->fsp_name->st;
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct bfs_meta m = {0};
+	struct bfs_conn *bc;
+	char *rel = NULL;
 
-	*dosmode = 0;
-	if (!S_ISDIR(st->st_ex_mode)) {
-		*dosmode |= FILE_ATTRIBUTE_ARCHIVE;
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				return NT_STATUS_INTERNAL_ERROR);
+	if (fh != NULL) {
+		m = *bfs_fh_meta(fh);
+	} else if (bfs_fsp_rel(talloc_tos(), bc, fh, fsp, &rel) != 0 ||
+		   bfs_fileinfo_get(bc, rel, &m) != 0) {
+		m.have = 0;
 	}
-	if ((st->st_ex_mode & S_IWUSR) == 0) {
-		*dosmode |= FILE_ATTRIBUTE_READONLY;
-	}
+	TALLOC_FREE(rel);
+	*dosmode = bfs_fileinfo_attrs(&m, S_ISDIR(st->st_ex_mode),
+				      (st->st_ex_mode & S_IWUSR) != 0);
 	return NT_STATUS_OK;
 }
 
-/* Set attributes are not kept (see bfs_fget_dos_attributes). */
+/*
+ * Read-only, hidden, system and archive are kept (bfs_fileinfo.h); the
+ * rest (temporary, offline, sparse...) describe what a disk does with the
+ * file and mean nothing for an object.
+ */
 static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
 					struct files_struct *fsp,
 					uint32_t dosmode)
 {
-	return NT_STATUS_OK;
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct bfs_meta m = {.have = BFS_META_ATTRS,
+			     .attrs = dosmode & BFS_ATTR_KEPT};
+	struct bfs_conn *bc;
+	char *rel = NULL;
+	int ret;
+
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				return NT_STATUS_INTERNAL_ERROR);
+	ret = bfs_fsp_rel(talloc_tos(), bc, fh, fsp, &rel);
+	if (ret == 0) {
+		ret = bfs_fileinfo_set(bc, rel, &m, BFS_META_ATTRS);
+	}
+	TALLOC_FREE(rel);
+	return ret == 0 ? NT_STATUS_OK : map_nt_error_from_unix(ret);
 }
 
 /*

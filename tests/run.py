@@ -378,6 +378,9 @@ class World:
 [plainsemantics]
   path = {t}/plainsemantics
   read only = no
+[plainnoxattr]
+  path = {t}/plainnoxattr
+  read only = no
 [ttl]
   path = /bucketfs/ttl
 {common}  bucketfs:bucket = {BUCKET}

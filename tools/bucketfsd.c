@@ -1188,6 +1188,32 @@ static void eng_count_timer(struct tevent_context *ev,
 	}
 }
 
+/*
+ * A fetched object's user metadata (bfs_meta.h): the times and attributes
+ * another S3 tool (or another gateway) stored with it, which listings do
+ * not carry.  Kept in the index for the version fetched, where a client
+ * of this gateway set none.
+ */
+static void eng_object_meta(void *priv, const char *key, const char *etag,
+			    const struct s3_kv *kv, size_t n)
+{
+	struct eng *e = priv;
+	struct bfs_meta m = {0};
+	int ret;
+
+	for (size_t i = 0; i < n; i++) {
+		(void)bfs_meta_parse_header(&m, kv[i].name, kv[i].value);
+	}
+	if (m.have == 0) {
+		return;
+	}
+	ret = bfs_index_object_meta(e->idx, key, etag, &m);
+	if (ret != 0 && ret != ENOENT) {
+		eng_log(BFS_LOG_WARNING, "cannot keep the times of %s from its "
+			"metadata: %s", key, strerror(ret));
+	}
+}
+
 static void eng_usage(FILE *f)
 {
 	fprintf(f, "usage: bucketfsd [-s SMB_CONF] [-F] SHARE\n"
@@ -1286,6 +1312,7 @@ int main(int argc, char **argv)
 	}
 	/* One budget for the host's fetches: every smbd's misses are ours. */
 	bfs_reader_set_memory(e->reader, ctl_size(&e->c, "fetch memory"));
+	bfs_reader_on_meta(e->reader, eng_object_meta, e);
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 

@@ -88,7 +88,7 @@ static void put(struct fixture *f, const char *key, const void *data,
 {
 	struct s3_status st = {0};
 	struct tevent_req *req = s3_put_object_send(f->t, f->ev, f->c, key,
-						    data, len);
+						    data, len, NULL, 0);
 	char *etag = NULL;
 
 	assert_int_equal(s3_wait_for(req, f->ev), 0);
@@ -264,7 +264,7 @@ static void test_multipart(void **state)
 
 	bool cksum;
 
-	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/big object", true);
+	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/big object", true, NULL, 0);
 	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	/* Created with CRC32C: each part carries its own. */
 	cksum = s3_mpu_create_cksum(req);
@@ -298,7 +298,7 @@ static void test_multipart(void **state)
 	 * MethodNotAllowed, which must come back as EOPNOTSUPP with S3's
 	 * code; a server that has it must forget the upload.
 	 */
-	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/aborted", false);
+	req = s3_mpu_create_send(f->t, f->ev, f->c, "mpu/aborted", false, NULL, 0);
 	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_mpu_create_recv(req, f->t, &id, &st), 0);
 	req = s3_mpu_abort_send(f->t, f->ev, f->c, "mpu/aborted", id);
@@ -463,7 +463,7 @@ static void test_virtual_host_style(void **state)
 	size_t got = 0;
 	char *etag = NULL;
 
-	req = s3_put_object_send(f->t, f->ev, c, "vhost/a b.txt", "virtual host", 12);
+	req = s3_put_object_send(f->t, f->ev, c, "vhost/a b.txt", "virtual host", 12, NULL, 0);
 	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_put_object_recv(req, f->t, &etag, &st), 0);
 	assert_int_equal(get(f, f->c, "vhost/a b.txt", 0, 12, buf, NULL, &got,

@@ -12,7 +12,9 @@
  *                        at once: files/s and latency (make bench)
  *
  * Endpoint and bucket from S3_ENDPOINT and S3_BUCKET (path style), keys
- * from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+ * from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.  put stores the
+ * user metadata S3_META names ("x-amz-meta-mtime=1.5 x-amz-meta-a=b", as
+ * another S3 tool would); head prints an object's after its size and ETag.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -58,9 +60,32 @@ static void wait_req(struct tevent_req *req, struct tevent_context *ev)
 	}
 }
 
+/* S3_META as headers: NAME=VALUE words, at most S3_META_MAX. */
+static size_t meta_from_env(TALLOC_CTX *t, struct s3_kv *kv)
+{
+	const char *env = getenv("S3_META");
+	char *copy, *save = NULL, *w;
+	size_t n = 0;
+
+	if (env == NULL || (copy = talloc_strdup(t, env)) == NULL) {
+		return 0;
+	}
+	for (w = strtok_r(copy, " ", &save); w != NULL && n < S3_META_MAX;
+	     w = strtok_r(NULL, " ", &save)) {
+		char *eq = strchr(w, '=');
+		if (eq != NULL) {
+			*eq = '\0';
+			kv[n++] = (struct s3_kv){w, eq + 1};
+		}
+	}
+	return n;
+}
+
 static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 	       const char *key, const char *file)
 {
+	struct s3_kv meta[S3_META_MAX];
+	size_t n_meta = meta_from_env(t, meta);
 	struct s3_status st = {0};
 	struct tevent_req *req;
 	struct stat sb;
@@ -80,7 +105,7 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 		}
 	}
 	if ((size_t)sb.st_size <= PART) {
-		req = s3_put_object_send(t, ev, c, key, data, (size_t)sb.st_size);
+		req = s3_put_object_send(t, ev, c, key, data, (size_t)sb.st_size, meta, n_meta);
 		wait_req(req, ev);
 		ret = s3_put_object_recv(req, t, &etag, &st);
 		return ret ? fail("put", &st, ret) : 0;
@@ -93,7 +118,7 @@ static int put(TALLOC_CTX *t, struct tevent_context *ev, struct s3_client *c,
 
 		bool cksum;
 
-		req = s3_mpu_create_send(t, ev, c, key, true);
+		req = s3_mpu_create_send(t, ev, c, key, true, meta, n_meta);
 		wait_req(req, ev);
 		cksum = s3_mpu_create_cksum(req);
 		if ((ret = s3_mpu_create_recv(req, t, &id, &st)) != 0) {
@@ -281,7 +306,11 @@ int main(int argc, char **argv)
 		if (ret != 0) {
 			return fail("head", &st, ret);
 		}
-		printf("%" PRIu64 " %s\n", info.size, info.etag);
+		printf("%" PRIu64 " %s", info.size, info.etag);
+		for (size_t i = 0; i < info.n_meta; i++) {
+			printf(" %s=%s", info.meta[i].name, info.meta[i].value);
+		}
+		printf("\n");
 		return 0;
 	}
 	if (strcmp(argv[1], "putmany") == 0 && argc == 5) {
@@ -295,7 +324,7 @@ int main(int argc, char **argv)
 		while (done < n) {
 			while (inflight < 32 && next < n) {
 				char *key = talloc_asprintf(t, "%s%05ld", argv[2], next);
-				reqs[next++] = s3_put_object_send(t, ev, c, key, body, size);
+				reqs[next++] = s3_put_object_send(t, ev, c, key, body, size, NULL, 0);
 				inflight++;
 			}
 			tevent_loop_once(ev);

@@ -546,6 +546,117 @@ static void test_record_decoding_refuses_garbage(void **state)
 }
 
 /*
+ * Times and attributes a client set stay with the object while S3 keeps
+ * it: through a relisting of the same version, a rewrite through the
+ * share, a rename and another process; a version replaced in S3 by
+ * someone else drops them.  An index written before they existed (record
+ * version 1) still reads.
+ */
+static void test_set_times_and_attributes_last_as_long_as_the_object(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir;
+	const char *files[] = {"a", "b"};
+	struct bfs_index *idx = NULL, *again = NULL;
+	struct bfs_meta m = {
+		.have = BFS_META_MTIME | BFS_META_BTIME | BFS_META_ATTRS,
+		.mtime = {.tv_sec = -2, .tv_nsec = 5},
+		.btime = {.tv_sec = 86400, .tv_nsec = 999999999},
+		.attrs = BFS_ATTR_HIDDEN | BFS_ATTR_READONLY,
+	};
+	struct bfs_entry e, v1 = {.size = 1, .mtime = 2, .ino = 3, .etag = "x"};
+	struct s3_dir *d;
+	uint8_t rec[1 + 1 + 2 + 4 + 8 + 8 + 8 + 1];
+	void *buf;
+	size_t len;
+
+	(void)state;
+	dir = tmpdir(t);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 2, NULL, 0), 1), 0);
+	assert_int_equal(bfs_index_set_meta(idx, "", "nothere", &m, m.have), ENOENT);
+	assert_int_equal(bfs_index_set_meta(idx, "", "a", &m, m.have), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &e), 0);
+	assert_true(bfs_meta_equal(&e.meta, &m));
+
+	/* The same version listed again: kept. */
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 2, NULL, 0), 5), 0);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &again, &why), 0);
+	assert_int_equal(bfs_index_lookup(again, t, "", "a", &e), 0);
+	assert_true(bfs_meta_equal(&e.meta, &m));
+
+	/* Written again through the share (a put naming only a new mtime):
+	 * the create time and attributes stay. */
+	e = (struct bfs_entry){.name = "a", .size = 9, .mtime = 10, .etag = "new",
+			       .meta = {.have = BFS_META_MTIME, .mtime = {.tv_sec = 77}}};
+	assert_int_equal(bfs_index_put(idx, "", &e), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &e), 0);
+	assert_int_equal(e.meta.have, m.have);
+	assert_int_equal(e.meta.mtime.tv_sec, 77);
+	assert_int_equal(e.meta.btime.tv_sec, 86400);
+	assert_int_equal(e.meta.attrs, m.attrs);
+
+	/* Renamed: they follow the name. */
+	assert_int_equal(bfs_index_rename(idx, "", "a", "", "c"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "c", &e), 0);
+	assert_int_equal(e.meta.btime.tv_sec, 86400);
+
+	/* Replaced in S3 by another writer (another ETag): dropped. */
+	assert_int_equal(bfs_index_set_meta(idx, "", "b", &m, m.have), 0);
+	d = listing(t, "", files, 2, NULL, 0);
+	d->ents[1].etag = talloc_strdup(t, "etag-b-other");
+	assert_int_equal(bfs_index_store_dir(idx, d, 9), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "b", &e), 0);
+	assert_int_equal(e.meta.have, 0);
+
+	/* An entry without them is written as before (version 1, as an
+	 * index from before this holds): no times, the rest as stored. */
+	assert_int_equal(bfs_index_encode(t, &v1, &buf, &len), 0);
+	assert_int_equal(len, sizeof(rec));
+	memcpy(rec, buf, len);
+	assert_int_equal(rec[0], 1);
+	assert_int_equal(bfs_index_decode(t, rec, sizeof(rec), &e), 0);
+	assert_int_equal(e.meta.have, 0);
+	assert_int_equal(e.ino, 3);
+	assert_string_equal(e.etag, "x");
+	talloc_free(t);
+}
+
+/*
+ * What an object's own metadata says (a GET's x-amz-meta-*) fills what
+ * the index lacks for that version only, and never overrides what a
+ * client of this gateway set.
+ */
+static void test_an_objects_metadata_fills_only_what_is_missing(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	const char *files[] = {"f"};
+	struct bfs_index *idx = NULL;
+	struct bfs_meta set = {.have = BFS_META_ATTRS, .attrs = BFS_ATTR_SYSTEM};
+	struct bfs_meta s3 = {.have = BFS_META_MTIME | BFS_META_ATTRS,
+			      .mtime = {.tv_sec = 1629385022, .tv_nsec = 123},
+			      .attrs = BFS_ATTR_HIDDEN};
+	struct bfs_entry e;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", files, 1, NULL, 0), 1), 0);
+	assert_int_equal(bfs_index_object_meta(idx, "d/f", "etag-other", &s3), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "f", &e), 0);
+	assert_int_equal(e.meta.have, 0); /* another version's */
+	assert_int_equal(bfs_index_set_meta(idx, "d/", "f", &set, set.have), 0);
+	assert_int_equal(bfs_index_object_meta(idx, "d/f", "etag-f", &s3), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d/", "f", &e), 0);
+	assert_int_equal(e.meta.have, BFS_META_MTIME | BFS_META_ATTRS);
+	assert_int_equal(e.meta.mtime.tv_sec, 1629385022);
+	assert_int_equal(e.meta.mtime.tv_nsec, 123);
+	assert_int_equal(e.meta.attrs, BFS_ATTR_SYSTEM); /* the client's */
+	assert_int_equal(bfs_index_object_meta(idx, "d/none", "etag-f", &s3), ENOENT);
+	talloc_free(t);
+}
+
+/*
  * A listing sent before a change here but stored after it must not undo
  * it: neither drop a name just made nor bring back one just removed.
  */
@@ -1520,6 +1631,8 @@ int main(void)
 		cmocka_unit_test(test_learn_keeps_pending_entries),
 		cmocka_unit_test(test_check_of_an_empty_index),
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
+		cmocka_unit_test(test_set_times_and_attributes_last_as_long_as_the_object),
+		cmocka_unit_test(test_an_objects_metadata_fills_only_what_is_missing),
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),
