@@ -781,6 +781,9 @@ def main():
             for mnt in b.mounts.values():
                 subprocess.run(["fusermount", "-u", mnt], capture_output=True)
         runner.stop_procs()
+        # The engines smbd started (their own sessions: stop_procs does
+        # not reach them), or they outlive the run and its folder.
+        subprocess.run(["pkill", "-f", f"bucketfsd -s {tmp}/"], check=False)
         if not os.environ.get("KEEP"):
             shutil.rmtree(tmp, ignore_errors=True)
             if b is not None:
