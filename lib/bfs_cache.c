@@ -93,6 +93,8 @@ struct bfs_cache {
 	char *dir;
 	pid_t pid;	/* the opener: its "pid." entry in meta */
 	bool recovered; /* open found a dead opener and checked the cache */
+	/* Fills are read at once by other processes: no O_DIRECT. */
+	bool fill_cached;
 	struct bfs_cache_fsck recovery;
 	int lock_fd;
 	uint64_t limit;
@@ -1016,7 +1018,8 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 	int dfd;
 
 	dfd = -1;
-	if (!shared && ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
+	if (!shared && !c->fill_cached &&
+	    ((uintptr_t)data & 4095) == 0 && (off & 4095) == 0 &&
 	    bfs_cache_path(path, sizeof(path), c, id->b, false)) {
 		bfs_priv_enter();
 		dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
@@ -1828,4 +1831,9 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 	}
 	flock(c->lock_fd, LOCK_UN);
 	return bfs_lmdb_errno(rc);
+}
+
+void bfs_cache_fill_through_page_cache(struct bfs_cache *c)
+{
+	c->fill_cached = true;
 }

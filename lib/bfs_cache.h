@@ -136,6 +136,11 @@ struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
 					  uint64_t blk, const void *data,
 					  uint64_t len);
 bool bfs_cache_fill_done(const struct bfs_fill_job *job);
+/*
+ * The fill thread writes through the page cache, not around it: for the
+ * engine, whose fills the smbd that asked reads at once.
+ */
+void bfs_cache_fill_through_page_cache(struct bfs_cache *c);
 void bfs_cache_fill_release(struct bfs_fill_job *job);
 /* Wait until every queued fill is done. */
 void bfs_cache_fill_drain(struct bfs_cache *c);

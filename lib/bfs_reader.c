@@ -58,6 +58,7 @@ struct bfs_waiter {
 	uint64_t off;		/* within the fetch's data */
 	uint32_t n;
 	uint8_t *dst;
+	bool on_fill;		/* in f->fill_waiters, not f->waiters */
 };
 
 /* One GET: blocks [first, first + nblk) of one object version. */
@@ -86,6 +87,9 @@ struct bfs_fetch {
 	bool complete;
 	struct bfs_fill_job *job;
 	uint64_t consumed; /* bytes of data copied to reads */
+	/* Reads that only want the blocks cached (dst NULL), answered once
+	 * the fill thread wrote them (bfs_reader_answer_after_fill). */
+	struct bfs_waiter *fill_waiters;
 };
 
 struct bfs_reader {
@@ -114,6 +118,8 @@ struct bfs_reader {
 	struct bfs_reader_counters counters;
 	bfs_reader_meta_fn on_meta;	/* told an object's user metadata */
 	void *on_meta_priv;
+	bool answer_after_fill;	/* see bfs_reader_answer_after_fill */
+	struct tevent_timer *fill_poll;
 };
 
 struct bfs_read_state {
@@ -297,6 +303,8 @@ static bool bfs_buf_put(struct bfs_reader *r, struct bfs_buf *buf)
 }
 
 static void bfs_fetch_done(struct tevent_req *subreq);
+static void bfs_wait_for_fill(struct bfs_reader *r, struct bfs_fetch *f,
+			      struct bfs_waiter *w);
 static void bfs_reader_run_queue(struct bfs_reader *r);
 static void bfs_read_part_done(struct tevent_req *req, int err,
 			       const struct s3_status *st);
@@ -330,6 +338,12 @@ static int bfs_fetch_destructor(struct bfs_fetch *f)
 		BFS_LIST_REMOVE(f->waiters, w);
 		w->f = NULL;
 		tevent_req_error(w->req, ECANCELED);
+	}
+	/* Their blocks are on disk once the fill is (drained above). */
+	while ((w = f->fill_waiters) != NULL) {
+		BFS_LIST_REMOVE(f->fill_waiters, w);
+		w->f = NULL;
+		bfs_read_part_done(w->req, 0, &(struct s3_status){0});
 	}
 	return 0;
 }
@@ -546,6 +560,7 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 	}
 	st.err = ret;
 	/* Readers first: the cache can wait, they should not. */
+	struct bfs_waiter *to_fill = NULL;
 	while ((w = f->waiters) != NULL) {
 		BFS_LIST_REMOVE(f->waiters, w);
 		w->f = NULL;
@@ -554,6 +569,11 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		}
 		if (ret == 0) {
 			f->consumed += w->n;
+		}
+		if (ret == 0 && w->dst == NULL && r->answer_after_fill &&
+		    r->cache != NULL) {
+			BFS_LIST_ADD(to_fill, w); /* answered after the fill */
+			continue;
 		}
 		bfs_read_part_done(w->req, ret, &st);
 	}
@@ -579,6 +599,20 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		/* NULL: the disk is behind; then these blocks stay uncached. */
 		f->job = bfs_cache_fill_queue(r->cache, &f->id, f->first,
 					      f->data, f->len);
+		if (f->job == NULL && r->answer_after_fill) {
+			/* Reads that want them cached (now or when they ask
+			 * later) find them on disk: write them now. */
+			(void)bfs_cache_fill(r->cache, &f->id, f->first,
+					     f->data, f->len);
+		}
+		while ((w = to_fill) != NULL) {
+			BFS_LIST_REMOVE(to_fill, w);
+			if (f->job != NULL) {
+				bfs_wait_for_fill(r, f, w);
+			} else {
+				bfs_read_part_done(w->req, 0, &st);
+			}
+		}
 	} else {
 		/* A full disk only costs the caching, not the read. */
 		(void)bfs_cache_fill(r->cache, &f->id, f->first, f->data,
@@ -595,10 +629,65 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 
 static int bfs_waiter_destructor(struct bfs_waiter *w)
 {
-	if (w->f != NULL) {
+	if (w->f != NULL && w->on_fill) {
+		BFS_LIST_REMOVE(w->f->fill_waiters, w);
+	} else if (w->f != NULL) {
 		BFS_LIST_REMOVE(w->f->waiters, w);
 	}
 	return 0;
+}
+
+/*
+ * Answer the reads waiting for fills that are done.  The fill thread has
+ * no way into the event loop, so the loop looks every millisecond while
+ * any wait (what that adds to a FETCH is small beside the GET before it).
+ */
+static void bfs_reader_fill_poll(struct tevent_context *ev,
+				 struct tevent_timer *te, struct timeval now,
+				 void *private_data)
+{
+	struct bfs_reader *r = private_data;
+	struct bfs_fetch *f;
+	struct bfs_waiter *w;
+	bool waiting = false;
+
+	(void)ev;
+	(void)te;
+	(void)now;
+	r->fill_poll = NULL;
+	for (f = r->fetches; f != NULL; f = f->next) {
+		if (f->fill_waiters == NULL) {
+			continue;
+		}
+		if (f->job != NULL && !bfs_cache_fill_done(f->job)) {
+			waiting = true;
+			continue;
+		}
+		while ((w = f->fill_waiters) != NULL) {
+			BFS_LIST_REMOVE(f->fill_waiters, w);
+			w->f = NULL;
+			bfs_read_part_done(w->req, 0, &(struct s3_status){0});
+		}
+	}
+	if (waiting) {
+		r->fill_poll = tevent_add_timer(r->ev, r,
+						tevent_timeval_current_ofs(0, 1000),
+						bfs_reader_fill_poll, r);
+	}
+}
+
+/* w waits for f's fill (f complete, its job queued). */
+static void bfs_wait_for_fill(struct bfs_reader *r, struct bfs_fetch *f,
+			      struct bfs_waiter *w)
+{
+	w->f = f;
+	w->on_fill = true;
+	BFS_LIST_ADD(f->fill_waiters, w);
+	if (r->fill_poll == NULL) {
+		r->fill_poll = tevent_add_timer(r->ev, r,
+						tevent_timeval_current_ofs(0, 1000),
+						bfs_reader_fill_poll, r);
+	}
 }
 
 static void bfs_read_part_done(struct tevent_req *req, int err,
@@ -664,6 +753,24 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		 * cache, whose file the fill wrote around the page cache.
 		 */
 		f = bfs_fetch_find(r, &obj->id, blk);
+		if (f != NULL && f->complete && dst == NULL &&
+		    r->answer_after_fill && f->job != NULL &&
+		    !bfs_cache_fill_done(f->job)) {
+			/* In memory, not on disk yet: wait for the fill. */
+			w = talloc_zero(s, struct bfs_waiter);
+			if (w == NULL) {
+				tevent_req_oom(req);
+				return tevent_req_post(req, ev);
+			}
+			w->req = req;
+			w->n = n;
+			talloc_set_destructor(w, bfs_waiter_destructor);
+			bfs_wait_for_fill(r, f, w);
+			f->consumed += n;
+			s->pending++;
+			pos += n;
+			continue;
+		}
 		if (f != NULL && f->complete) {
 			if (dst != NULL) {
 				memcpy(dst + (pos - off),
@@ -876,4 +983,13 @@ void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
 {
 	r->on_meta = fn;
 	r->on_meta_priv = priv;
+}
+
+void bfs_reader_answer_after_fill(struct bfs_reader *r)
+{
+	r->fill_thread = true;
+	r->answer_after_fill = true;
+	if (r->cache != NULL) {
+		bfs_cache_fill_through_page_cache(r->cache);
+	}
 }

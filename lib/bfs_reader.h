@@ -104,4 +104,12 @@ typedef void (*bfs_reader_meta_fn)(void *priv, const char *key,
 void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
 			void *priv);
 
+/*
+ * Fill the cache from the cache's fill thread, through the page cache, and
+ * answer a read that only wants blocks cached (buf NULL) once they are on
+ * disk: the engine's, whose loop would otherwise copy every fetched byte
+ * into the cache itself between network reads.
+ */
+void bfs_reader_answer_after_fill(struct bfs_reader *r);
+
 #endif

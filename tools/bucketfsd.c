@@ -1297,9 +1297,9 @@ int main(int argc, char **argv)
 		ctl_die("out of memory");
 	}
 	/*
-	 * The fetches' reader fills the cache at once (not from a fill
-	 * thread): a FETCH is answered when its blocks are on disk, where
-	 * the smbd that asked reads them.
+	 * A FETCH is answered when its blocks are on disk, where the smbd
+	 * that asked reads them; the cache's fill thread writes them, so
+	 * this loop goes on reading the network meanwhile.
 	 */
 	e->cache = ctl_cache(&e->c);
 	e->stats = ctl_stats_db(&e->c);
@@ -1313,6 +1313,7 @@ int main(int argc, char **argv)
 	/* One budget for the host's fetches: every smbd's misses are ours. */
 	bfs_reader_set_memory(e->reader, ctl_size(&e->c, "fetch memory"));
 	bfs_reader_on_meta(e->reader, eng_object_meta, e);
+	bfs_reader_answer_after_fill(e->reader);
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 
