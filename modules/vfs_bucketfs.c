@@ -1567,7 +1567,10 @@ static int bfs_fntimes(struct vfs_handle_struct *handle, files_struct *fsp,
 		ret = bfs_fileinfo_set(bc, rel, &m, m.have);
 	}
 	TALLOC_FREE(rel);
-	if (ret != 0) {
+	/* A name gone while open (deleted, or renamed by another process)
+	 * has nothing to keep: as futimens on an unlinked file, not an
+	 * error (smbd would fail the close that sets the write time). */
+	if (ret != 0 && ret != ENOENT) {
 		errno = ret;
 		return -1;
 	}
@@ -1755,7 +1758,9 @@ static NTSTATUS bfs_fset_dos_attributes(struct vfs_handle_struct *handle,
 		ret = bfs_fileinfo_set(bc, rel, &m, BFS_META_ATTRS);
 	}
 	TALLOC_FREE(rel);
-	return ret == 0 ? NT_STATUS_OK : map_nt_error_from_unix(ret);
+	/* As in bfs_fntimes: a name gone meanwhile keeps nothing. */
+	return ret == 0 || ret == ENOENT ? NT_STATUS_OK :
+					   map_nt_error_from_unix(ret);
 }
 
 /*

@@ -189,6 +189,13 @@ def semantics(w, test):
         assert fileinfo("delete", "ro.txt") == "ok"
 
     @test
+    def a_temporary_file_written_and_closed_with_delete_on_close_is_gone_and_the_close_succeeds():
+        # The close sets the write time of a file it then deletes.
+        assert fileinfo("temp", "scratch.tmp") == "ok"
+        assert "scratch.tmp" not in w.ls("semantics")
+        assert "semantics/scratch.tmp" not in w.s3tool("ls", "semantics/").stdout
+
+    @test
     def an_attribute_or_time_change_of_a_1_gib_object_copies_nothing():
         big = f"{w.tmp}/huge.bin"
         with open(big, "wb") as f:

@@ -12,6 +12,8 @@
   ... query NAME                      prints "CREATE WRITE CHANGE ATTRS"
   ... write NAME                      opens NAME for writing, writes a byte
   ... delete NAME                     deletes NAME (delete on close)
+  ... temp NAME                       creates NAME with DELETE_ON_CLOSE,
+      writes to it and closes it, as Windows programs make temporary files
 Each prints "ok" or the NTSTATUS as 0x%08x (write and delete), or what it
 read (query).  Debian's python3-impacket, run with /usr/bin/python3.
 """
@@ -67,6 +69,22 @@ def main():
                 fid = conn.openFile(tid, name, desiredAccess=s3.FILE_WRITE_DATA,
                                     shareMode=SHARE_ALL, creationDisposition=s3.FILE_OPEN)
                 conn.writeFile(tid, fid, b"x", 0)
+                conn.closeFile(tid, fid)
+                print("ok")
+            except SessionError as e:
+                print(f"0x{e.getErrorCode():08x}")
+        elif cmd == "temp":
+            try:
+                # DELETE by name: smbd refuses delete on close without it
+                # (generic rights are mapped after that check).
+                fid = conn.createFile(tid, name,
+                                      desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA |
+                                      s3.FILE_READ_ATTRIBUTES | s3.FILE_WRITE_ATTRIBUTES |
+                                      s3.DELETE,
+                                      shareMode=SHARE_ALL,
+                                      creationOption=s3.FILE_DELETE_ON_CLOSE,
+                                      creationDisposition=s3.FILE_CREATE)
+                conn.writeFile(tid, fid, b"scratch", 0)
                 conn.closeFile(tid, fid)
                 print("ok")
             except SessionError as e:
