@@ -383,6 +383,34 @@ static void bfs_wb_index_forget(struct bfs_wb *wb, const char *key)
 	talloc_free(tmp);
 }
 
+/*
+ * Our upload of key went back out of S3 (the key was renamed or deleted
+ * away while it ran) after our index update had shown it: take that entry
+ * out again, if it is still ours (version tag).  Forgetting the folder's
+ * listing is not enough: the index notes our update as a change made
+ * here, which the next listing leaves alone, so the name stayed (an empty
+ * ghost of a file renamed while its first, empty close was uploading).
+ */
+static void bfs_wb_index_drop(struct bfs_wb *wb, const char *key,
+			      const char *tag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e;
+	char *dir, *name;
+
+	if (tmp == NULL || bfs_key_split(tmp, key, &dir, &name) != 0) {
+		talloc_free(tmp);
+		return;
+	}
+	if (bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0 &&
+	    !(e.flags & BFS_ENT_PENDING) && e.etag != NULL && tag != NULL &&
+	    strcmp(e.etag, tag) == 0 &&
+	    bfs_index_remove(wb->idx, dir, name) != 0) {
+		bfs_wb_forget_dir(wb, dir); /* the next listing says */
+	}
+	talloc_free(tmp);
+}
+
 static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 			     struct s3_status *st);
 
@@ -637,7 +665,7 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		 * goes from S3 and from the index, as there.
 		 */
 		if (bfs_wb_undo_if_gone(wb, rec->key, tag)) {
-			bfs_wb_index_forget(wb, rec->key);
+			bfs_wb_index_drop(wb, rec->key, tag);
 		} else {
 			bfs_wb_index_newer(wb, rec->key);
 		}
