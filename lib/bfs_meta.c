@@ -2,6 +2,7 @@
  * A file's own times and DOS attributes as S3 user metadata (bfs_meta.h).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,37 +80,47 @@ bool bfs_meta_parse_time(const char *s, struct timespec *t)
 	return true;
 }
 
+/* One header, its value formatted on mem_ctx. */
+static int bfs_meta_kv(TALLOC_CTX *mem_ctx, struct s3_kv *kv, size_t *n,
+		       const char *name, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+static int bfs_meta_kv(TALLOC_CTX *mem_ctx, struct s3_kv *kv, size_t *n,
+		       const char *name, const char *fmt, ...)
+{
+	va_list ap;
+	char *value;
+
+	va_start(ap, fmt);
+	value = talloc_vasprintf(mem_ctx, fmt, ap);
+	va_end(ap);
+	if (value == NULL) {
+		return ENOMEM;
+	}
+	kv[(*n)++] = (struct s3_kv){name, value};
+	return 0;
+}
+
 int bfs_meta_to_headers(TALLOC_CTX *mem_ctx, const struct bfs_meta *m,
 			struct s3_kv *kv, size_t *n)
 {
-	char buf[32];
+	char mtime[32], btime[32];
+	int ret = 0;
 
 	*n = 0;
 	if (m->have & BFS_META_MTIME) {
-		bfs_meta_format_time(&m->mtime, buf, sizeof(buf));
-		kv[*n] = (struct s3_kv){"x-amz-meta-mtime",
-					talloc_strdup(mem_ctx, buf)};
-		if (kv[(*n)++].value == NULL) {
-			return ENOMEM;
-		}
+		bfs_meta_format_time(&m->mtime, mtime, sizeof(mtime));
+		ret = bfs_meta_kv(mem_ctx, kv, n, "x-amz-meta-mtime", "%s", mtime);
 	}
-	if (m->have & BFS_META_BTIME) {
-		bfs_meta_format_time(&m->btime, buf, sizeof(buf));
-		kv[*n] = (struct s3_kv){"x-amz-meta-btime",
-					talloc_strdup(mem_ctx, buf)};
-		if (kv[(*n)++].value == NULL) {
-			return ENOMEM;
-		}
+	if (ret == 0 && (m->have & BFS_META_BTIME)) {
+		bfs_meta_format_time(&m->btime, btime, sizeof(btime));
+		ret = bfs_meta_kv(mem_ctx, kv, n, "x-amz-meta-btime", "%s", btime);
 	}
-	if (m->have & BFS_META_ATTRS) {
-		kv[*n] = (struct s3_kv){"x-amz-meta-dosattrib",
-					talloc_asprintf(mem_ctx, "0x%x",
-							m->attrs & BFS_ATTR_KEPT)};
-		if (kv[(*n)++].value == NULL) {
-			return ENOMEM;
-		}
+	if (ret == 0 && (m->have & BFS_META_ATTRS)) {
+		ret = bfs_meta_kv(mem_ctx, kv, n, "x-amz-meta-dosattrib", "0x%x",
+				  m->attrs & BFS_ATTR_KEPT);
 	}
-	return 0;
+	return ret;
 }
 
 static bool bfs_meta_parse_attrs(const char *s, uint32_t *attrs)

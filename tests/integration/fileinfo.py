@@ -65,38 +65,34 @@ def main():
             create, _, write, change, attrs = struct.unpack_from("<qqqqI", blob)
             print(f"{create} {write} {change} 0x{attrs:x}")
         elif cmd == "write":
-            try:
-                fid = conn.openFile(tid, name, desiredAccess=s3.FILE_WRITE_DATA,
-                                    shareMode=SHARE_ALL, creationDisposition=s3.FILE_OPEN)
-                conn.writeFile(tid, fid, b"x", 0)
-                conn.closeFile(tid, fid)
-                print("ok")
-            except SessionError as e:
-                print(f"0x{e.getErrorCode():08x}")
+            fid = conn.openFile(tid, name, desiredAccess=s3.FILE_WRITE_DATA,
+                                shareMode=SHARE_ALL, creationDisposition=s3.FILE_OPEN)
+            conn.writeFile(tid, fid, b"x", 0)
+            conn.closeFile(tid, fid)
+            print("ok")
         elif cmd == "temp":
-            try:
-                # DELETE by name: smbd refuses delete on close without it
-                # (generic rights are mapped after that check).
-                fid = conn.createFile(tid, name,
-                                      desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA |
-                                      s3.FILE_READ_ATTRIBUTES | s3.FILE_WRITE_ATTRIBUTES |
-                                      s3.DELETE,
-                                      shareMode=SHARE_ALL,
-                                      creationOption=s3.FILE_DELETE_ON_CLOSE,
-                                      creationDisposition=s3.FILE_CREATE)
-                conn.writeFile(tid, fid, b"scratch", 0)
-                conn.closeFile(tid, fid)
-                print("ok")
-            except SessionError as e:
-                print(f"0x{e.getErrorCode():08x}")
+            # DELETE by name: smbd refuses delete on close without it
+            # (generic rights are mapped after that check).
+            fid = conn.createFile(tid, name,
+                                  desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA |
+                                  s3.FILE_READ_ATTRIBUTES | s3.FILE_WRITE_ATTRIBUTES |
+                                  s3.DELETE,
+                                  shareMode=SHARE_ALL,
+                                  creationOption=s3.FILE_DELETE_ON_CLOSE,
+                                  creationDisposition=s3.FILE_CREATE)
+            conn.writeFile(tid, fid, b"scratch", 0)
+            conn.closeFile(tid, fid)
+            print("ok")
         elif cmd == "delete":
-            try:
-                conn.deleteFile(share, name)
-                print("ok")
-            except SessionError as e:
-                print(f"0x{e.getErrorCode():08x}")
+            conn.deleteFile(share, name)
+            print("ok")
         else:
             sys.exit(f"fileinfo: unknown command {cmd}")
+    except SessionError as e:
+        # What a refused write, delete or temporary file answers.
+        if cmd not in ("write", "temp", "delete"):
+            raise
+        print(f"0x{e.getErrorCode():08x}")
     finally:
         conn.logoff()
 
