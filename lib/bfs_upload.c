@@ -2,6 +2,7 @@
  * Uploading a local file as one S3 object (see bfs_upload.h).
  */
 #include "bfs_upload.h"
+#include "bfs_list.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -58,12 +59,15 @@ struct bfs_upload_state {
 	struct s3_part *parts;
 	unsigned n_parts, next_part, in_flight, done_parts;
 	int err;		/* first failure of a multipart upload */
+	struct bfs_part_ctx *flying;	/* the parts in flight */
 	struct s3_status st;
 	char *etag;
 	bool cksum;		/* the upload was created with CRC32C */
 };
 
 struct bfs_part_ctx {
+	struct bfs_part_ctx *prev, *next;	/* in the state's flying */
+	struct bfs_upload_state *s;
 	struct tevent_req *req;
 	unsigned idx;
 	void *buf;
@@ -73,6 +77,9 @@ struct bfs_part_ctx {
 
 static int bfs_part_ctx_destructor(struct bfs_part_ctx *pc)
 {
+	if (pc->s != NULL) {
+		BFS_LIST_REMOVE(pc->s->flying, pc);
+	}
 	if (pc->buf != NULL) {
 		bfs_upload_mem_held -= pc->len;
 		if (pc->heap) {
@@ -95,7 +102,6 @@ static bool bfs_part_buf(struct bfs_part_ctx *pc, size_t len)
 	}
 	pc->len = len;
 	bfs_upload_mem_take(len);
-	talloc_set_destructor(pc, bfs_part_ctx_destructor);
 	return true;
 }
 
@@ -395,6 +401,9 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 			s->err = ENOMEM;
 			break;
 		}
+		pc->s = s;
+		BFS_LIST_ADD(s->flying, pc);
+		talloc_set_destructor(pc, bfs_part_ctx_destructor);
 		pc->req = req;
 		pc->idx = s->next_part;
 		if (s->copy_src != NULL) {
@@ -454,6 +463,31 @@ static void bfs_upload_fail(struct tevent_req *req)
 		return;
 	}
 	tevent_req_set_callback(subreq, bfs_upload_aborted, req);
+}
+
+bool bfs_upload_cancel(struct tevent_req *req)
+{
+	struct bfs_upload_state *s = tevent_req_data(req,
+						     struct bfs_upload_state);
+
+	/*
+	 * A PutObject in flight may land whatever we do now, and so may a
+	 * completion once asked for: those run to their end.  A multipart
+	 * upload short of its completion is aborted, and S3 then makes no
+	 * object of it.
+	 */
+	if (!tevent_req_is_in_progress(req) || s->upload_id == NULL ||
+	    s->copy_src != NULL || s->err != 0 ||
+	    s->done_parts == s->n_parts) {
+		return false;
+	}
+	s->err = ECANCELED;
+	while (s->flying != NULL) {
+		talloc_free(s->flying); /* its request, and its buffer */
+		s->in_flight--;
+	}
+	bfs_upload_fail(req);
+	return true;
 }
 
 static void bfs_upload_created(struct tevent_req *subreq)

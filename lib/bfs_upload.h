@@ -56,6 +56,15 @@ int bfs_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
 		    struct s3_status *st);
 
 /*
+ * Stop an upload whose bytes nobody wants any more (its file was renamed
+ * or replaced while it ran): a multipart upload not yet asked to complete
+ * stops its parts, is aborted in S3 and ends with ECANCELED.  false if it
+ * is too late for that (a PutObject or a completion is in flight, or it
+ * has ended): then it runs to its end as if not asked.
+ */
+bool bfs_upload_cancel(struct tevent_req *req);
+
+/*
  * A server-side multipart copy of src_key (size bytes) to dst_key, in
  * parts of p->part_size (UploadPartCopy): how objects above CopyObject's
  * 5 GiB limit are copied.  Finish with bfs_upload_recv().

@@ -591,6 +591,51 @@ static size_t bfs_wb_meta_headers(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 }
 
 /* Run an upload of a journalled record to the end. */
+/*
+ * While the engine uploads a closed file, a client may rename it (write
+ * tmp, rename over final, with the rename coming after the upload began:
+ * a slow client, or a checkpoint renamed a second after its close) or
+ * close a newer version of it.  The rest of those bytes would go up under
+ * a name that no longer holds them, and the file's new record would wait
+ * behind them for nothing.  So the record is looked at every quarter
+ * second and a multipart upload is stopped (bfs_upload_cancel) once it is
+ * not ours any more; the new record uploads from its own link to the
+ * staging file (bfs_wb_retarget).
+ */
+#define BFS_WB_WATCH_USEC 250000
+
+struct bfs_wb_watch {
+	struct bfs_wb *wb;
+	const struct bfs_jrec *rec;
+	struct tevent_req *upload;
+	bool stopped;		/* the upload was cancelled */
+};
+
+static void bfs_wb_watch_arm(struct bfs_wb_watch *w);
+
+static void bfs_wb_watch_tick(struct tevent_context *ev,
+			      struct tevent_timer *te, struct timeval now,
+			      void *private_data)
+{
+	struct bfs_wb_watch *w = private_data;
+
+	(void)ev, (void)te, (void)now;
+	if (bfs_wb_still_ours(w->wb, w->rec)) {
+		bfs_wb_watch_arm(w);
+		return;
+	}
+	/* Too late to stop (a PutObject, a completion): it runs out. */
+	w->stopped = bfs_upload_cancel(w->upload);
+}
+
+static void bfs_wb_watch_arm(struct bfs_wb_watch *w)
+{
+	/* Without memory the upload runs out unwatched, as it would. */
+	(void)tevent_add_timer(w->wb->ev, w,
+			       tevent_timeval_current_ofs(0, BFS_WB_WATCH_USEC),
+			       bfs_wb_watch_tick, w);
+}
+
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     bool drop_stage,
 			     const struct bfs_upload_resume *resume,
@@ -599,8 +644,10 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 {
 	struct bfs_wb_started started = {.wb = wb, .rec = rec};
 	struct bfs_upload_params p = wb->params;
+	struct bfs_wb_watch *watch = NULL;
 	struct tevent_req *req;
 	char *tag = NULL;
+	bool stopped;
 	int ret;
 
 	struct s3_kv meta[BFS_META_HEADERS_MAX];
@@ -612,7 +659,19 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	p.n_meta = bfs_wb_meta_headers(wb, mem_ctx, rec->key, rec->mtime, meta);
 	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
 			      &p);
+	if (req != NULL && drop_stage) {
+		/* The engine's uploads of closed files (see bfs_wb_watch). */
+		watch = talloc_zero(mem_ctx, struct bfs_wb_watch);
+		if (watch != NULL) {
+			*watch = (struct bfs_wb_watch){
+				.wb = wb, .rec = rec, .upload = req,
+			};
+			bfs_wb_watch_arm(watch);
+		}
+	}
 	ret = s3_wait_for(req, wb->ev);
+	stopped = watch != NULL && watch->stopped;
+	TALLOC_FREE(watch); /* and its timer */
 	if (ret != 0) {
 		/* Not finished: the record stays as it was, to be retried. */
 		talloc_free(req);
@@ -620,6 +679,13 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 	}
 	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
 	talloc_free(req);
+	if (ret == ECANCELED && stopped) {
+		/* S3 made no object of it; the newer record goes up. */
+		bfs_log(BFS_LOG_INFO, "bucketfs: the upload of %s stopped: the "
+			"file was renamed or replaced while it ran", rec->key);
+		bfs_wb_stage_drop(wb, rec->staging);
+		return 0;
+	}
 	if (ret != 0) {
 		int jret;
 

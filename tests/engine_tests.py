@@ -414,6 +414,44 @@ def engine(w, test, sha256):
         assert "ckpt.tmp" not in listing, listing
 
     @test
+    def a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under_the_new_name():
+        # A rename that comes after the engine began the upload (a slow
+        # client): the rest of the bytes would go up under the old name
+        # and again under the new one.  The engine stops and aborts it.
+        src = make("restart.bin", 20 << 20)  # parts of 16 and 4 MiB
+        before = len(front_log())
+        w.fault("PUT delay:3 -1")
+        try:
+            put("rwlocal", src, "ckpt2.tmp")
+            for _ in range(150):  # its parts are on their way
+                if "rwlocal/ckpt2.tmp?partNumber" in front_log()[before:]:
+                    break
+                time.sleep(0.1)
+            assert "rwlocal/ckpt2.tmp?partNumber" in front_log()[before:], "no upload began"
+            w.smbclient("rwlocal", "rename ckpt2.tmp ckpt2.pt")
+        finally:
+            w.fault("PUT delay:0 0")
+        assert s3_has("rwlocal/ckpt2.pt", sha256(src))
+        assert "rwlocal/ckpt2.tmp" not in s3_keys("rwlocal/")
+        log = front_log()[before:]
+        completed = re.findall(r"^POST /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
+        aborted = re.findall(r"^DELETE /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
+        assert not completed, "the upload under the old name went on to its end"
+        assert aborted, "the upload under the old name was not aborted"
+        # Under the new name each part is sent once: one upload, not two.
+        parts = re.findall(r"^PUT /\S+/rwlocal/ckpt2\.pt\?partNumber=(\d+)", log, re.M)
+        assert parts and len(parts) == len(set(parts)), \
+            [l for l in log.splitlines() if "ckpt2" in l]
+        for _ in range(50):
+            if not os.listdir(f"{cache}/staging"):
+                break
+            time.sleep(0.1)
+        assert not os.listdir(f"{cache}/staging"), "staging left"
+        listing = w.ls("rwlocal")
+        assert listing.get("ckpt2.pt") == (False, 20 << 20), listing
+        assert "ckpt2.tmp" not in listing, listing
+
+    @test
     def a_file_deleted_while_the_engine_holds_its_upload_stays_deleted():
         src = make("gone.bin", 3 << 20)
         w.fault("PUT delay:2 -1")

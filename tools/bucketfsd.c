@@ -427,9 +427,6 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 				r->op == BFS_J_ABORT ? "abort" : "delete",
 				w->e->c.bucket, r->key, strerror(ret),
 				st.http_status, ENG_RETRY_SECONDS);
-		} else if (r->op == BFS_J_PUT) {
-			eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%" PRIu64
-				" bytes)", w->e->c.bucket, r->key, r->size);
 		}
 		eng_retry_set(w, r->key, ret, time(NULL));
 		{
@@ -442,6 +439,13 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 			    bfs_key_split(one, r->key, &dir, &name) == 0 &&
 			    bfs_index_lookup(w->e->idx, one, dir, name, &ent) == 0) {
 				etag = ent.etag;
+			}
+			/* Not when it was stopped, its file renamed (and
+			 * bfs_wb_finish said so). */
+			if (etag != NULL) {
+				eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%"
+					PRIu64 " bytes)", w->e->c.bucket,
+					r->key, r->size);
 			}
 			eng_post(w->e, r, ret, etag);
 		}
