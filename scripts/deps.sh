@@ -17,7 +17,8 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # configure needs (see DEVELOPERS.md); the rest are ours (clang with its
 # runtime, which has libFuzzer and is only recommended, and valgrind: the
 # hardening tests; python3-impacket, for SMB requests smbclient cannot make;
-# samba-testsuite, for smbtorture (Samba's conformance suites);
+# samba-testsuite, for smbtorture (Samba's conformance suites); pytest
+# with its random-order plugin, the integration tests' runner;
 # Ceph's monitor, OSD and RADOS Gateway: a production S3 server for the
 # tests, started by scripts/rgw.sh).
 pkgs=(
@@ -27,6 +28,7 @@ pkgs=(
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
   nodejs npm man-db rsync python3-impacket samba-testsuite
+  python3-pytest python3-pytest-random-order
   clang libclang-rt-14-dev valgrind
   radosgw ceph-mon ceph-osd ceph-common
 )

@@ -1,0 +1,553 @@
+"""The S3 engine (issue 18): bucketfsd and `bucketfs:close = local`.
+
+[rwlocal] and [rwlocal2] are two shares of one cache folder behind the
+fault-injecting front, so a test can slow S3 down and see the close answer
+before the upload, and see one engine serve both shares; [rwsync] is the
+same with `close = s3`, what the engine is measured against.  Every check
+goes through smbd with a real SMB client and compares the bytes S3 ends up
+with.
+"""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+from conftest import smbd_fixture
+from world import B, TOP, USER, PASSWORD, sha256
+
+SHARES = """
+[rwlocal]
+  path = /bucketfs/rwlocal
+{faulty}  bucketfs:prefix = rwlocal
+  bucketfs:cache dir = {t}/bfscache-rwlocal
+  bucketfs:close = local
+  bucketfs:metadata ttl = 3
+  bucketfs:metrics interval = 1
+[rwlocal2]
+  path = /bucketfs/rwlocal2
+{faulty}  bucketfs:prefix = rwlocal
+  bucketfs:cache dir = {t}/bfscache-rwlocal
+  bucketfs:close = local
+  bucketfs:metadata ttl = 3
+  bucketfs:metrics interval = 1
+  bucketfs:writeback limit = 20M
+[rwsync]
+  path = /bucketfs/rwsync
+{faulty}  bucketfs:prefix = rwsync
+  bucketfs:cache dir = {t}/bfscache-rwsync
+  bucketfs:close = s3
+[rwnoengine]
+  path = /bucketfs/rwnoengine
+{faulty}  bucketfs:prefix = rwnoengine
+  bucketfs:cache dir = {t}/bfscache-rwnoengine
+  bucketfs:close = local
+  bucketfs:engine = /nonexistent/bucketfsd
+[fetchmem]
+  path = /bucketfs/fetchmem
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = coldset
+  bucketfs:cache dir = {t}/bfscache-fetchmem
+  bucketfs:fetch memory = 32M
+[fetchmem0]
+  path = /bucketfs/fetchmem0
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = coldset
+  bucketfs:cache dir = {t}/bfscache-fetchmem0
+  bucketfs:fetch memory = 0
+[loader]
+  path = /bucketfs/loader
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = loader
+  bucketfs:cache dir = {t}/bfscache-loader
+[plainloader]
+  path = {t}/plainloader
+  read only = yes
+"""
+w = smbd_fixture("engine", SHARES)
+
+
+def make(w, name, size):
+    path = f"{w.tmp}/{name}"
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def s3_keys(w, prefix):
+    out = w.s3tool("ls", prefix).stdout
+    return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+
+def s3_has(w, key, digest, timeout=60):
+    """Wait (not stuck: a generous bound) until S3 holds digest at key."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if key in s3_keys(w, os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def engine_pid(w):
+    with open(f"{w.dir}/bfscache-rwlocal/engine.lock") as f:
+        return int(f.read().split()[0])
+
+
+def engines(w):
+    """Live bucketfsd processes of the rwlocal cache folder (every share
+    with the default close = local has one of its own folder's)."""
+    p = subprocess.run(["pgrep", "-f", f"bucketfsd -s {w.conf} rwlocal2?$"],
+                       capture_output=True, text=True)
+    return [int(x) for x in p.stdout.split()]
+
+
+def front_log(w):
+    with open(f"{w.tmp}/front-control.log") as f:
+        return f.read()
+
+
+def put(w, share, src, name, check=True):
+    start = time.monotonic()
+    p = w.smbclient(share, f'put {src} "{name}"', check=check)
+    return time.monotonic() - start, p
+
+
+def test_a_close_with_close_local_answers_before_s3_has_the_file_and_the_engine_uploads_it(w):
+    src = make(w, "local-close.bin", 24 << 20)  # 2 parts of 16 MiB
+    w.fault("PUT delay:3 -1")  # every PUT to S3 takes 3 s more
+    try:
+        took, _ = put(w, "rwlocal", src, "ckpt-a.bin")
+        # The close came back before S3 could have the object.
+        assert "rwlocal/ckpt-a.bin" not in s3_keys(w, "rwlocal/"), "uploaded by the close"
+        pending = w.ctl("rwlocal", "pending").stdout
+        pid = engine_pid(w)
+        assert "rwlocal/ckpt-a.bin" in pending and f"pid {pid}" in pending, pending
+        # Readers see the new bytes at once, from the engine's staging file.
+        got = f"{w.tmp}/local-close.back"
+        w.smbclient("rwlocal2", f"get ckpt-a.bin {got}")
+        assert sha256(got) == sha256(src), "a reader got other bytes"
+    finally:
+        w.fault("PUT delay:0 0")
+    assert s3_has(w, "rwlocal/ckpt-a.bin", sha256(src)), "the engine never uploaded it"
+    print(f"    # close (smbclient put of 24 MiB, PUTs slowed 3 s) took {took:.2f} s; "
+          f"engine pid {pid}")
+    for _ in range(50):
+        if "ckpt-a.bin" not in w.ctl("rwlocal", "pending").stdout:
+            break
+        time.sleep(0.1)
+    assert "ckpt-a.bin" not in w.ctl("rwlocal", "pending").stdout
+    assert not [f for f in os.listdir(f"{w.dir}/bfscache-rwlocal/staging")], "staging left"
+
+
+def test_the_folders_stats_count_the_engines_uploads(w):
+    # bucketfs-ctl stats and the metrics file are the folder's: with
+    # close = local the bytes go up from the engine, which adds its
+    # counters (upload and fetch clients) every metrics interval.
+    sent = lambda: json.loads(w.ctl("rwlocal", "stats", "--json").stdout)["s3_bytes_sent"]
+    before = sent()
+    src = make(w, "counted.bin", 6 << 20)
+    put(w, "rwlocal", src, "counted.bin")
+    deadline = time.time() + 30
+    while sent() < before + (6 << 20) and time.time() < deadline:
+        time.sleep(0.3)
+    assert sent() >= before + (6 << 20), (before, sent())
+    assert s3_has(w, "rwlocal/counted.bin", sha256(src))
+    print(f"    # bytes sent to S3: {before} -> {sent()}")
+
+
+def test_one_engine_serves_every_share_and_smbd_process_of_a_cache_folder(w):
+    src = make(w, "one-engine.bin", 100_000)
+    procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                               "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                               "-c", f"put {src} one-{i}.bin"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for i, share in enumerate(["rwlocal", "rwlocal2"] * 3)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0
+    assert len(engines(w)) == 1, engines(w)
+    for i in range(6):
+        assert s3_has(w, f"rwlocal/one-{i}.bin", sha256(src))
+    out = w.ctl("rwlocal2", "engine").stdout
+    m = re.search(r"engine pid (\d+): (\d+) uploads waiting, (\d+) done", out)
+    assert m and int(m.group(1)) == engines(w)[0] and int(m.group(3)) >= 6, out
+
+
+def rss_anon(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def sixteen_cold_readers(w, share):
+    """16 clients read 16 cold objects at once through share's engine;
+    the engine's anonymous memory (from /proc), most above its idle."""
+    w.smbclient(share, "ls")  # starts the engine
+    with open(f"{w.dir}/bfscache-{share}/engine.lock") as f:
+        pid = int(f.read().split()[0])
+    idle = rss_anon(pid)
+    procs_ = [subprocess.Popen(
+        ["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port), "-U",
+         f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", f"get c{i:02d}.bin /dev/null"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(16)]
+    peak = idle
+    while any(p.poll() is None for p in procs_):
+        peak = max(peak, rss_anon(pid))
+        time.sleep(0.01)
+    for p in procs_:
+        assert p.returncode == 0, p.stdout.read()
+    return peak - idle
+
+
+def test_sixteen_cold_readers_keep_the_engine_within_its_fetch_memory(w):
+    # 16 objects of 24 MiB, cold for both shares (own cache folders).
+    src = make(w, "coldset.bin", 24 << 20)
+    for i in range(16):
+        w.s3tool("put", f"coldset/c{i:02d}.bin", src)
+    bounded = sixteen_cold_readers(w, "fetchmem")
+    unbounded = sixteen_cold_readers(w, "fetchmem0")
+    print(f"    # engine memory above idle, 16 cold readers: {bounded >> 20} MiB with "
+          f"'fetch memory = 32M', {unbounded >> 20} MiB with none")
+    # The budget is the fetch buffers; curl, TLS-free HTTP and talloc
+    # take a few MiB besides (8 MiB of slack), and one buffer (8 MiB
+    # here) may pass it while no GET is in flight.
+    assert bounded <= (32 + 8 + 8) << 20, f"{bounded >> 20} MiB"
+
+
+def loader(w, url, n):
+    """bench/loader: 32 samples in flight on one SMB connection."""
+    p = subprocess.run([f"{B}/bench/loader", url, "32", str(n)], capture_output=True,
+                       text=True, env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD),
+                       timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    kv = dict(f.split("=", 1) for f in p.stdout.split())
+    assert int(kv["files"]) == n and int(kv["errors"]) == 0, p.stdout
+    return float(kv["files_per_s"]), float(kv["p50_ms"]), float(kv["p99_ms"])
+
+
+def test_a_dataloader_with_32_samples_in_flight_on_one_connection_reads_every_file(w):
+    # 1,000 files of 100 KiB: in S3 for [loader], on local disk for
+    # plain Samba ([plainloader]); the raw baseline is 32 parallel GETs.
+    n, size = 1000, 100 << 10
+    w.s3tool("putmany", "loader/small/f", str(n), str(size))
+    local = f"{w.dir}/plainloader/small"
+    os.makedirs(local, exist_ok=True)
+    body = b"x" * size  # putmany's bytes
+    for i in range(n):
+        with open(f"{local}/f{i:05d}", "wb") as f:
+            f.write(body)
+    base = f"smb://127.0.0.1:{w.smb_port}"
+    # The raw baseline first: s3rver (node) is slower until its
+    # compiler has warmed up, and the first reader would pay for it.
+    p = w.s3tool("getmany", "loader/small/f", str(n), "32")
+    raw = float(dict(f.split("=", 1) for f in p.stdout.split())["files_per_s"])
+    w.smbclient("loader", "cd small; ls")  # a Dataset lists its folder first
+    cold = loader(w, f"{base}/loader/small", n)
+    hot = loader(w, f"{base}/loader/small", n)
+    plain = loader(w, f"{base}/plainloader/small", n)
+    print(f"    # files/s (p50/p99 ms): bucketfs cold {cold[0]:.0f} ({cold[1]:.1f}/{cold[2]:.1f}), "
+          f"hot {hot[0]:.0f} ({hot[1]:.1f}/{hot[2]:.1f}), plain Samba {plain[0]:.0f}, "
+          f"raw S3 32 GETs {raw:.0f}; hot/plain {hot[0] / plain[0]:.2f}, "
+          f"cold/raw {cold[0] / raw:.2f}")
+
+
+def session(w, share):
+    """One SMB2 connection (tests/integration/smbsession.py)."""
+    p = subprocess.Popen(["/usr/bin/python3",
+                          os.path.join(TOP, "tests/integration/smbsession.py"),
+                          str(w.smb_port), share, USER, PASSWORD],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("ok"), p.stderr.read()
+
+    def ask(line):
+        p.stdin.write(line + "\n")
+        p.stdin.flush()
+        out = p.stdout.readline().strip()
+        assert out.startswith("ok"), f"{line}: {out}"
+        return out.split()[1] if len(out.split()) > 1 else ""
+    return p, ask
+
+
+def test_an_smb2_flush_answers_once_the_engine_has_the_object_in_s3(w):
+    src = make(w, "flushed-local.bin", 9 << 20)
+    p, ask = session(w, "rwlocal")
+    w.fault("PUT delay:2 -1")
+    try:
+        ask(f"write flushed.bin {src}")
+        took = float(ask("flush flushed.bin"))
+        # Durable when the flush answered: S3 has it now, not later.
+        assert w.s3_sha256("rwlocal/flushed.bin") == sha256(src)
+        assert took >= 2, f"the flush answered in {took:.2f} s: before its upload"
+        closed = float(ask("close flushed.bin"))
+    finally:
+        w.fault("PUT delay:0 0")
+        p.stdin.close()
+        p.wait(timeout=60)
+    print(f"    # flush {took:.2f} s (PUTs slowed 2 s), close after it {closed:.3f} s")
+    assert "flushed.bin" not in w.ctl("rwlocal", "pending").stdout
+
+
+def pipeline(w, share, path, src, cached):
+    p = subprocess.run(["/usr/bin/python3",
+                        os.path.join(TOP, "tests/integration/smbpipeline.py"),
+                        str(w.smb_port), share, USER, PASSWORD, path, src, cached],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_for_s3(w):
+    small = make(w, "pipe-cached.bin", 100_000)
+    w.smbclient("rwlocal", f"put {small} pipe-cached.bin")
+    w.smbclient("rwsync", f"put {small} pipe-cached.bin")
+    src = make(w, "pipe-big.bin", 64 << 20)
+    w.fault("PUT delay:3 -1")
+    try:
+        local = pipeline(w, "rwlocal", "pipe-big.bin", src, "pipe-cached.bin")
+        synchronous = pipeline(w, "rwsync", "pipe-big.bin", src, "pipe-cached.bin")
+    finally:
+        w.fault("PUT delay:0 0")
+    print(f"    # close = local: answers in order {local['order']}, "
+          f"seconds {local['seconds']}")
+    print(f"    # close = s3 (the flush uploads on smbd's loop): order "
+          f"{synchronous['order']}, seconds {synchronous['seconds']}")
+    assert set(local["status"].values()) == {"0x00000000"}, local
+    assert local["read_bytes"] == 65536, local
+    # The echo and the read did not wait for S3; the flush did.
+    assert local["order"][-1] == "flush", local
+    assert local["seconds"]["flush"] >= 3, local
+    assert w.s3_sha256("rwlocal/pipe-big.bin") == sha256(src)
+
+
+def get_bytes(w, key):
+    """Bytes GET from S3 for key, by the front's log (ranges asked)."""
+    total = 0
+    for line in front_log(w).splitlines():
+        m = re.match(r"GET /\S+?/" + re.escape(key) + r" .*range=bytes=(\d+)-(\d+)", line)
+        if m:
+            total += int(m.group(2)) - int(m.group(1)) + 1
+    return total
+
+
+def cold_readers(w, share, key, name, n):
+    procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
+                               "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
+                               "-c", f"get {name} {w.tmp}/cold-{share}-{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(n)]
+    for p in procs:
+        out = p.communicate(timeout=300)[0]
+        assert p.returncode == 0, out[-2000:]
+    return [sha256(f"{w.tmp}/cold-{share}-{i}") for i in range(n)]
+
+
+def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
+    size = 64 << 20
+    src = make(w, "cold4.bin", size)
+    w.s3tool("put", "rwlocal/cold4/data.bin", src)
+    w.s3tool("put", "rwsync/cold4/data.bin", src)
+    # Put in S3 behind the shares' backs: their root listings, younger
+    # than the TTL, do not show cold4/ yet.
+    w.ctl("rwlocal", "invalidate", "")
+    w.ctl("rwsync", "invalidate", "")
+    digests = cold_readers(w, "rwlocal", "rwlocal/cold4/data.bin", "cold4/data.bin", 4)
+    assert set(digests) == {sha256(src)}, "a reader got other bytes"
+    with_engine = get_bytes(w, "rwlocal/cold4/data.bin")
+    digests = cold_readers(w, "rwsync", "rwsync/cold4/data.bin", "cold4/data.bin", 4)
+    assert set(digests) == {sha256(src)}
+    without = get_bytes(w, "rwsync/cold4/data.bin")
+    print(f"    # 4 clients, one cold 64 MiB object: {with_engine / size:.2f}x its size "
+          f"from S3 through the engine, {without / size:.2f}x with each smbd fetching")
+    assert with_engine <= 1.25 * size, f"{with_engine} bytes fetched for {size}"
+    state = w.ctl("rwlocal", "engine").stdout
+    assert re.search(r"fetched", state), state
+
+
+def test_a_listing_past_its_ttl_is_served_at_once_and_revalidated_by_the_engine(w):
+    src = make(w, "swr.bin", 1000)
+    for name in ("a.bin", "b.bin"):
+        w.s3tool("put", f"rwlocal/swr/{name}", src)
+    w.ctl("rwlocal", "invalidate", "")
+    assert set(w.ls("rwlocal", "swr")) == {"a.bin", "b.bin"}
+    w.s3tool("put", "rwlocal/swr/new.bin", src)
+    time.sleep(4)  # past [rwlocal]'s metadata ttl of 3 s
+    before = len(front_log(w))
+    w.fault("GET delay:5 -1 prefix=rwlocal%2Fswr")  # S3 takes 5 s to list it
+    try:
+        start = time.monotonic()
+        stale = w.ls("rwlocal", "swr")
+        took = time.monotonic() - start
+        # Served from the index: what it had, not S3's new listing.
+        assert set(stale) == {"a.bin", "b.bin"}, stale
+        again = w.ls("rwlocal2", "swr")  # another smbd, same folder
+        assert set(again) == {"a.bin", "b.bin"}, \
+            (again, took, front_log(w)[before:][-3000:])
+        for _ in range(150):  # the engine's relisting lands
+            if "new.bin" in w.ls("rwlocal", "swr"):
+                break
+            time.sleep(0.2)
+        assert "new.bin" in w.ls("rwlocal", "swr"), "never relisted"
+    finally:
+        w.fault("GET delay:0 0")
+    lists = [l for l in front_log(w)[before:].splitlines()
+             if "list-type=2" in l and "prefix=rwlocal%2Fswr" in l
+             and "max-keys=1&" not in l]
+    print(f"    # a stale listing served in {took:.2f} s while S3 took 5 s to list; "
+          f"{len(lists)} S3 listing(s) for the smbds that found it stale")
+    assert len(lists) == 1, lists
+
+
+def test_over_the_writeback_limit_a_close_waits_for_s3_instead_of_filling_the_disk(w):
+    first, second = make(w, "limit-1.bin", 16 << 20), make(w, "limit-2.bin", 16 << 20)
+    w.fault("PUT delay:3 -1")
+    try:
+        put(w, "rwlocal2", first, "limit-1.bin")  # 16 MiB held: under 20M
+        assert "rwlocal/limit-1.bin" not in s3_keys(w, "rwlocal/")
+        took, _ = put(w, "rwlocal2", second, "limit-2.bin")  # 32 MiB: over
+        # Held back: this close came back with the object in S3.
+        assert w.s3_sha256("rwlocal/limit-2.bin") == sha256(second)
+    finally:
+        w.fault("PUT delay:0 0")
+    assert s3_has(w, "rwlocal/limit-1.bin", sha256(first))
+    assert "over 'bucketfs:writeback limit'" in w.smb_log()
+    print(f"    # the close over the limit took {took:.1f} s (PUTs slowed 3 s)")
+
+
+def test_without_an_engine_to_start_closes_upload_themselves_and_the_log_says_why(w):
+    src = make(w, "noengine.bin", 3 << 20)
+    took, _ = put(w, "rwnoengine", src, "noengine.bin")
+    # The close uploaded it, as with close = s3: in S3 when it returned.
+    assert w.s3_sha256("rwnoengine/noengine.bin") == sha256(src)
+    log = w.smb_log()
+    assert "cannot start the engine /nonexistent/bucketfsd" in log, log[-2000:]
+    assert "closes on this connection wait for S3" in log
+    print(f"    # connect and put of 3 MiB without an engine: {took:.1f} s")
+
+
+def test_a_flushed_file_goes_up_before_the_closes_queued_ahead_of_it(w):
+    small = make(w, "queued.bin", 100_000)
+    w.fault("PUT delay:3 -1")
+    try:
+        put(w, "rwlocal", small, "busy.bin")  # the engine's next 3 s
+        time.sleep(1)  # past the upload delay: busy.bin is on its way
+        before = len(front_log(w))
+        w.smbclient("rwlocal", f"put {small} aa1.bin; put {small} aa2.bin")
+        p, ask = session(w, "rwlocal")
+        ask(f"write zz-flushed.bin {small}")
+        ask("flush zz-flushed.bin")
+        ask("close zz-flushed.bin")
+        p.stdin.close()
+        p.wait(timeout=60)
+    finally:
+        w.fault("PUT delay:0 0")
+    for name in ("aa1.bin", "aa2.bin", "zz-flushed.bin"):
+        assert s3_has(w, f"rwlocal/{name}", sha256(small)), name
+    puts = [m.group(1) for m in re.finditer(r"^PUT /\S+?/rwlocal/(aa1\.bin|aa2\.bin|zz-flushed\.bin)",
+                                             front_log(w)[before:], re.M)]
+    # Queued first, sorted first: still the flushed one went up first.
+    assert puts and puts[0] == "zz-flushed.bin", puts
+
+
+def test_a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing(w):
+    src = make(w, "retarget.bin", 20 << 20)
+    before = len(front_log(w))
+    w.smbclient("rwlocal", f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt")
+    assert s3_has(w, "rwlocal/ckpt.pt", sha256(src))
+    keys = s3_keys(w, "rwlocal/")
+    assert "rwlocal/ckpt.tmp" not in keys, keys
+    log = front_log(w)[before:]
+    copies = [l for l in log.splitlines() if "ckpt" in l and "copy=yes" in l]
+    assert not copies, f"a server-side copy was made: {copies}"
+    listing = w.ls("rwlocal")
+    assert listing.get("ckpt.pt") == (False, 20 << 20), listing
+    assert "ckpt.tmp" not in listing, listing
+
+
+def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under_the_new_name(w):
+    # A rename that comes after the engine began the upload (a slow
+    # client): the rest of the bytes would go up under the old name
+    # and again under the new one.  The engine stops and aborts it.
+    src = make(w, "restart.bin", 20 << 20)  # parts of 16 and 4 MiB
+    before = len(front_log(w))
+    w.fault("PUT delay:3 -1")
+    try:
+        put(w, "rwlocal", src, "ckpt2.tmp")
+        for _ in range(150):  # its parts are on their way
+            if "rwlocal/ckpt2.tmp?partNumber" in front_log(w)[before:]:
+                break
+            time.sleep(0.1)
+        assert "rwlocal/ckpt2.tmp?partNumber" in front_log(w)[before:], "no upload began"
+        w.smbclient("rwlocal", "rename ckpt2.tmp ckpt2.pt")
+    finally:
+        w.fault("PUT delay:0 0")
+    assert s3_has(w, "rwlocal/ckpt2.pt", sha256(src))
+    assert "rwlocal/ckpt2.tmp" not in s3_keys(w, "rwlocal/")
+    log = front_log(w)[before:]
+    completed = re.findall(r"^POST /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
+    aborted = re.findall(r"^DELETE /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
+    assert not completed, "the upload under the old name went on to its end"
+    assert aborted, "the upload under the old name was not aborted"
+    # Under the new name each part is sent once: one upload, not two.
+    parts = re.findall(r"^PUT /\S+/rwlocal/ckpt2\.pt\?partNumber=(\d+)", log, re.M)
+    assert parts and len(parts) == len(set(parts)), \
+        [l for l in log.splitlines() if "ckpt2" in l]
+    for _ in range(50):
+        if not os.listdir(f"{w.dir}/bfscache-rwlocal/staging"):
+            break
+        time.sleep(0.1)
+    assert not os.listdir(f"{w.dir}/bfscache-rwlocal/staging"), "staging left"
+    listing = w.ls("rwlocal")
+    assert listing.get("ckpt2.pt") == (False, 20 << 20), listing
+    assert "ckpt2.tmp" not in listing, listing
+
+
+def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
+    src = make(w, "gone.bin", 3 << 20)
+    w.fault("PUT delay:2 -1")
+    try:
+        w.smbclient("rwlocal", f"put {src} gone.bin; del gone.bin")
+    finally:
+        w.fault("PUT delay:0 0")
+    time.sleep(3)
+    for _ in range(50):
+        if "gone.bin" not in w.ctl("rwlocal", "pending").stdout:
+            break
+        time.sleep(0.2)
+    assert "rwlocal/gone.bin" not in s3_keys(w, "rwlocal/"), "the deleted file came back"
+    assert "gone.bin" not in w.ls("rwlocal")
+
+
+def test_kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it(w):
+    src = make(w, "engine-kill.bin", 24 << 20)
+    w.fault("PUT delay:2 -1")
+    try:
+        put(w, "rwlocal", src, "killed.bin")
+        victim = engine_pid(w)
+        for _ in range(100):  # its upload is on its way
+            if "rwlocal/killed.bin?partNumber" in front_log(w) or \
+                    re.search(r"PUT /\S+/rwlocal/killed\.bin ", front_log(w)):
+                break
+            time.sleep(0.1)
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(50):
+            if victim not in engines(w):
+                break
+            time.sleep(0.1)
+        assert victim not in engines(w)
+    finally:
+        w.fault("PUT delay:0 0")
+    # The next tree connect that needs an engine starts one; it takes the
+    # dead one's records over.
+    w.smbclient("rwlocal", "ls")
+    assert engines(w) and victim not in engines(w), engines(w)
+    assert s3_has(w, "rwlocal/killed.bin", sha256(src)), "lost with the engine"
+    assert re.search(r"took over \d+ change", open(f"{w.dir}/bfscache-rwlocal/engine.log").read())

@@ -1,0 +1,526 @@
+"""The servers integration tests run against, on loopback: s3rver (the
+pinned npm package) behind tests/integration/s3_front.py (SigV4 check,
+If-Match, fault injection), an IMDS stand-in where a test needs one, and
+private smbds with bucketfs shares, each with its own port and folders.
+
+tests/run.py (the older groups) and tests/conftest.py (pytest) share it;
+the benchmarks load it through run.py.
+"""
+import copy
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+
+from smbls import parse_ls
+
+TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+B = os.path.join(TOP, "build")
+S3RVER = os.path.join(B, "s3server/node_modules/.bin/s3rver")
+BUCKET = "bucketfs-test"
+CLIENT_BUCKET = "bucketfs-client-test"  # the S3 client's own tests write here
+USER, PASSWORD = "root", "bucketfs-test-pw"
+OTHER_USER = "bfstest"  # an unprivileged account, created if missing
+
+
+procs = []
+
+
+def smb_global(t, port, log_level, passdb=None):
+    """The [global] section of a private smbd on a loopback port, folders under t."""
+    return f"""[global]
+  smb ports = {port}
+  interfaces = 127.0.0.1
+  bind interfaces only = yes
+  lock directory = {t}/lock
+  state directory = {t}/state
+  cache directory = {t}/cache
+  pid directory = {t}/pid
+  private dir = {t}/private
+  ncalrpc dir = {t}/ncalrpc
+  log file = {t}/log.smbd
+  max log size = 0
+  log level = {log_level}
+  passdb backend = tdbsam:{passdb or t + "/private/passdb.tdb"}
+  server role = standalone server
+  load printers = no
+  printcap name = /dev/null
+  disable spoolss = yes
+"""
+
+
+def stop_procs():
+    """Stop every server started through World.spawn."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port}")
+
+
+
+
+def sh(argv, check=True, **kw):
+    kw.setdefault("text", True)
+    p = subprocess.run(argv, capture_output=True, timeout=kw.pop("timeout", 300), **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{argv[0]} exit {p.returncode}: {p.stdout[-1500:]}{p.stderr[-1500:]}")
+    return p
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class World:
+    """The servers and the data, set up once for all integration checks."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        os.makedirs(f"{tmp}/s3", exist_ok=True)
+        self.s3_port = free_port()
+        self.front_port = free_port()
+        self.dead_port = free_port()  # nothing listens here
+        self.fault_ports = {m: free_port() for m in ("503", "truncate", "reset")}
+        env = dict(os.environ)
+        # s3rver's continuation tokens use DES, which OpenSSL 3 keeps in the
+        # legacy provider.
+        env["NODE_OPTIONS"] = "--openssl-legacy-provider"
+        self.spawn([S3RVER, "-d", f"{tmp}/s3", "-a", "127.0.0.1", "-p", str(self.s3_port),
+                    "--silent", "--service-endpoint", "localhost",
+                    "--configure-bucket", BUCKET,
+                    "--configure-bucket", CLIENT_BUCKET], "s3rver", env=env)
+        wait_port(self.s3_port, "s3rver")
+        # The same server over TLS with a self-signed certificate.
+        self.tls_port = free_port()
+        sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=127.0.0.1", "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt"])
+        os.makedirs(f"{tmp}/s3tls")
+        self.spawn([S3RVER, "-d", f"{tmp}/s3tls", "-a", "127.0.0.1", "-p", str(self.tls_port),
+                    "--silent", "--key", f"{tmp}/tls.key", "--cert", f"{tmp}/tls.crt",
+                    "--configure-bucket", CLIENT_BUCKET], "s3rver-tls", env=env)
+        wait_port(self.tls_port, "s3rver over TLS")
+        front = os.path.join(TOP, "tests/integration/s3_front.py")
+        self.spawn([sys.executable, front, str(self.front_port), str(self.s3_port)], "front")
+        for mode, port in self.fault_ports.items():
+            self.spawn([sys.executable, front, str(port), str(self.s3_port),
+                        "--fault", mode, "--count", "2"], f"fault-{mode}")
+        # A front whose faults the write tests switch while they run.
+        self.control_port = free_port()
+        self.control = f"{tmp}/front-control"
+        self.spawn([sys.executable, front, str(self.control_port), str(self.s3_port),
+                    "--control", self.control], "front-control")
+        for port in [self.front_port, self.control_port, *self.fault_ports.values()]:
+            wait_port(port, "s3 front")
+        self.endpoint = f"http://127.0.0.1:{self.front_port}"
+        self.env = dict(os.environ, S3_ENDPOINT=self.endpoint, S3_BUCKET=BUCKET,
+                        AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+
+    def spawn(self, argv, name, env=None):
+        log = open(f"{self.tmp}/{name}.log", "w")
+        p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)
+        procs.append(p)
+        return p
+
+    def s3tool(self, *args, check=True):
+        return sh([f"{B}/s3tool", *args], check=check, env=self.env)
+
+    # -- smbd ---------------------------------------------------------------
+
+    def start_users(self):
+        """The S3 credentials files and the SMB users every smbd here shares
+        (one passdb): root and an unprivileged account."""
+        t = self.tmp
+        for d in ("lock", "state", "cache", "pid", "private", "ncalrpc", "bfscache"):
+            os.makedirs(f"{t}/{d}", exist_ok=True)
+        with open(f"{t}/creds", "w") as f:
+            f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n"
+                    "[wrong]\naws_access_key_id = S3RVER\naws_secret_access_key = not-the-secret\n")
+        os.chmod(f"{t}/creds", 0o600)
+        shutil.copy(f"{t}/creds", f"{t}/creds-loose")
+        os.chmod(f"{t}/creds-loose", 0o644)
+        conf = f"{t}/users.conf"
+        with open(conf, "w") as f:
+            f.write(smb_global(t, free_port(), "1"))
+        if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
+            sh(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                OTHER_USER])
+        for user in (USER, OTHER_USER):
+            sh(["smbpasswd", "-c", conf, "-s", "-a", user], input=f"{PASSWORD}\n{PASSWORD}\n")
+        self.cleanups = getattr(self, "cleanups", [])
+        # Engines (bucketfsd) smbd started outlive it, as they do for an admin:
+        # every one of this run (of every smbd here) goes at the end.
+        self.cleanups.append(lambda: subprocess.run(
+            ["pkill", "-KILL", "-f", f"bucketfsd -s {self.tmp}/"], check=False))
+
+    def share_parts(self, t):
+        """What share sections start with, for {common} and {faulty}: the
+        plain front, or the fault-injecting one in 5 MiB parts (writable);
+        cache folders under t."""
+        common = (f"  vfs objects = bucketfs\n  bucketfs:endpoint = {self.endpoint}\n"
+                  f"  bucketfs:path style = yes\n  bucketfs:credentials file = {self.tmp}/creds\n"
+                  f"  bucketfs:cache dir = {t}/bfscache\n")
+        faulty = (f"  vfs objects = bucketfs\n"
+                  f"  bucketfs:endpoint = http://127.0.0.1:{self.control_port}\n"
+                  f"  bucketfs:path style = yes\n  bucketfs:credentials file = {self.tmp}/creds\n"
+                  f"  bucketfs:bucket = {BUCKET}\n  bucketfs:multipart threshold = 8M\n"
+                  f"  bucketfs:part size = 5M\n  read only = no\n")
+        return common, faulty
+
+    def start_smbd(self):
+        """The smbd of tests/run.py's groups, with all their shares."""
+        t = self.tmp
+        self.start_users()
+        self.smb_port = free_port()
+        self.log_path = f"{t}/log.smbd"
+        common, faulty = self.share_parts(t)
+        conf = smb_global(t, self.smb_port, "1 bucketfs:3") + f"""  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
+  server min protocol = NT1
+[data]
+  path = /bucketfs/data
+{common}  bucketfs:bucket = {BUCKET}
+[sub]
+  path = /bucketfs/sub
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = tree/a
+[badsecret]
+  path = /bucketfs/badsecret
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:profile = wrong
+[rw]
+  path = /bucketfs/rw
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = rw
+  bucketfs:cache dir = {t}/bfscache-rw
+  bucketfs:close = s3
+  read only = no
+  veto files = /*.exe/
+[rwasuser]
+  path = /bucketfs/rwasuser
+{faulty}  bucketfs:prefix = rwasuser
+  bucketfs:cache dir = {t}/bfscache-rwasuser
+  bucketfs:close = s3
+  valid users = {USER} {OTHER_USER}
+[rwlimits]
+  path = /bucketfs/rwlimits
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = rwlimits
+  bucketfs:cache dir = {t}/bfscache-rwlimits
+  bucketfs:max file size = 8M
+  bucketfs:writeback limit = 40M
+  read only = no
+[rwfault]
+  path = /bucketfs/rwfault
+{faulty}  bucketfs:prefix = rwfault
+  bucketfs:cache dir = {t}/bfscache-rwfault
+  bucketfs:close = s3
+  bucketfs:retries = 3
+  bucketfs:multipart copy threshold = 6M
+  bucketfs:dir rename max = 3
+[rwstream]
+  path = /bucketfs/rwstream
+{faulty}  bucketfs:prefix = rwstream
+  bucketfs:cache dir = {t}/bfscache-rwstream
+  bucketfs:close = s3
+  bucketfs:stream parts = yes
+[syncread]
+  path = /bucketfs/syncread
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-sync
+  aio read size = 0
+[multiuser]
+  path = /bucketfs/multiuser
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-multi
+  valid users = {USER} {OTHER_USER}
+[noreuse]
+  path = /bucketfs/noreuse
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-noreuse
+  bucketfs:reuse read buffers = no
+[small]
+  path = /bucketfs/small
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = bigset
+  bucketfs:cache dir = {t}/bfscache-small
+  bucketfs:cache size = 8M
+  bucketfs:block size = 1M
+[smallengine]
+  path = /bucketfs/smallengine
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = bigset
+  bucketfs:cache dir = {t}/bfscache-smallengine
+  bucketfs:cache size = 8M
+  bucketfs:block size = 1M
+  bucketfs:close = local
+[semantics]
+  path = /bucketfs/semantics
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = semantics
+  bucketfs:cache dir = {t}/bfscache-semantics
+  read only = no
+[plainsemantics]
+  path = {t}/plainsemantics
+  read only = no
+[plainnoxattr]
+  path = {t}/plainnoxattr
+  read only = no
+[ttl]
+  path = /bucketfs/ttl
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = changing
+  bucketfs:metadata ttl = 2
+[otherbucket]
+  path = /bucketfs/otherbucket
+{common}  bucketfs:bucket = {CLIENT_BUCKET}
+[loosecache]
+  path = /bucketfs/loosecache
+{common.replace(f"{t}/bfscache", f"{t}/bfscache-loose")}  bucketfs:bucket = {BUCKET}
+[otherendpoint]
+  path = /bucketfs/otherendpoint
+  vfs objects = bucketfs
+  bucketfs:endpoint = http://127.0.0.1:{self.control_port}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {t}/creds
+  bucketfs:cache dir = {t}/bfscache
+  bucketfs:bucket = {BUCKET}
+[nobucket]
+  path = /bucketfs/nobucket
+{common}  bucketfs:bucket = no-such-bucket
+  bucketfs:cache dir = {t}/bfscache-nobucket
+[unreachable]
+  path = /bucketfs/unreachable
+  vfs objects = bucketfs
+  bucketfs:endpoint = http://127.0.0.1:{self.dead_port}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {t}/creds
+  bucketfs:bucket = {BUCKET}
+  bucketfs:retries = 1
+  bucketfs:cache dir = {t}/bfscache-unreachable
+[envcreds]
+  path = /bucketfs/envcreds
+  vfs objects = bucketfs
+  bucketfs:endpoint = {self.endpoint}
+  bucketfs:path style = yes
+  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-envcreds
+[nobucketparam]
+  path = /bucketfs/nobucketparam
+{common}
+[inlinesecret]
+  path = /bucketfs/inlinesecret
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:secret access key = S3RVER
+[loosecreds]
+  path = /bucketfs/loosecreds
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:credentials file = {t}/creds-loose
+[warmed]
+  path = /bucketfs/warmed
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = warmset
+  bucketfs:cache dir = {t}/bfscache-warm
+  bucketfs:cache size = 64M
+  bucketfs:metadata ttl = 1000
+  bucketfs:metrics file = {t}/metrics-warm.prom
+  bucketfs:metrics interval = 1
+[warmsmall]
+  path = /bucketfs/warmsmall
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = warmset
+  bucketfs:cache dir = {t}/bfscache-warmsmall
+  bucketfs:cache size = 3M
+[manifestwarm]
+  path = /bucketfs/manifestwarm
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:cache dir = {t}/bfscache-manifest
+[reload]
+  path = /bucketfs/reload
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = reloadttl
+  bucketfs:metadata ttl = 1000
+  bucketfs:cache dir = {t}/bfscache-reload
+  bucketfs:cache size = 64M
+  bucketfs:readahead = 4
+  bucketfs:max requests = 4
+[noprofile]
+  path = /bucketfs/noprofile
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:profile = does-not-exist
+"""
+        self.conf = f"{t}/smb.conf"
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        # Credentials in smbd's environment serve shares without a file.
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+        self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
+                               "smbd-stdout", env=env)
+        wait_port(self.smb_port, "smbd")
+
+    def serve(self, name, shares, log_level="1 bucketfs:3"):
+        """An smbd of its own for one test file: the smb.conf sections in
+        shares, where {common} and {faulty} start a share (share_parts),
+        {t} is its own folder (name, under the world's), {BUCKET} the test
+        bucket.  Returns a copy of this World that speaks to it (smbclient,
+        ctl, ls, smb_log, restart_smbd ...); stop it with its stop()."""
+        v = copy.copy(self)
+        t = v.dir = f"{self.tmp}/{name}"
+        for d in ("lock", "state", "cache", "pid", "private", "ncalrpc"):
+            os.makedirs(f"{t}/{d}", exist_ok=True)
+        common, faulty = self.share_parts(t)
+        v.smb_port = free_port()
+        v.log_path = f"{t}/log.smbd"
+        v.conf = f"{t}/smb.conf"
+        with open(v.conf, "w") as f:
+            f.write(smb_global(t, v.smb_port, log_level, passdb=f"{self.tmp}/private/passdb.tdb")
+                    + shares.format(common=common, faulty=faulty, t=t, BUCKET=BUCKET,
+                                    CLIENT_BUCKET=CLIENT_BUCKET, USER=USER,
+                                    OTHER_USER=OTHER_USER))
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+        v.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", v.conf],
+                            f"smbd-{name}", env=env)
+        wait_port(v.smb_port, f"smbd {name}")
+        return v
+
+    def stop(self):
+        """Stop this smbd and the engines its shares started."""
+        try:
+            os.killpg(self.smbd.pid, signal.SIGTERM)
+            self.smbd.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.smbd.pid, signal.SIGKILL)
+        subprocess.run(["pkill", "-KILL", "-f", f"bucketfsd -s {self.conf} "], check=False)
+
+    def start_extra_smbd(self, name, shares, env):
+        """A second smbd with its own port and folders (another environment)."""
+        t = f"{self.tmp}/{name}"
+        for d in ("lock", "state", "cache", "pid", "private", "ncalrpc"):
+            os.makedirs(f"{t}/{d}", exist_ok=True)
+        port = free_port()
+        conf = f"{t}/smb.conf"
+        with open(conf, "w") as f:
+            f.write(smb_global(t, port, "1 bucketfs:5", passdb=f"{self.tmp}/private/passdb.tdb")
+                    + shares)
+        self.extra = getattr(self, "extra", {})
+        self.extra[name] = self.spawn(["smbd", "--foreground", "--no-process-group",
+                                       "-s", conf], f"smbd-{name}", env=env)
+        wait_port(port, f"smbd {name}")
+        return port, f"{t}/log.smbd"
+
+    def restart_smbd(self, kill=False):
+        os.killpg(self.smbd.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        self.smbd.wait(timeout=30)
+        if kill:
+            # The children are in smbd's process group too; wait them out.
+            for _ in range(100):
+                if subprocess.run(["pgrep", "-g", str(self.smbd.pid)],
+                                  capture_output=True).returncode != 0:
+                    break
+                time.sleep(0.1)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+        self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
+                               "smbd-stdout-2", env=env)
+        wait_port(self.smb_port, "smbd")
+
+    def s3_gets(self, path_part):
+        """GET requests the S3 server has seen whose path contains path_part."""
+        with open(f"{self.tmp}/front.log") as f:
+            return sum(1 for line in f if line.startswith("GET ") and path_part in line.split()[1])
+
+    def smbread(self, share, path, offset, length):
+        url = f"smb://127.0.0.1:{self.smb_port}/{share}/{urllib.parse.quote(path)}"
+        return sh([f"{B}/tests/smbread", url, str(offset), str(length)],
+                  env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD), text=False).stdout
+
+    def smbclient(self, share, commands, check=True, user=USER, port=None):
+        """smbclient on share of the main smbd, or of the one on port."""
+        return sh(["smbclient", f"//127.0.0.1/{share}", "-p", str(port or self.smb_port),
+                   "-U", f"{user}%{PASSWORD}", "-m", "SMB3", "-c", commands], check=check)
+
+    def ctl(self, share, *args, check=True):
+        return sh([f"{B}/bucketfs-ctl", "-s", self.conf, share, *args], check=check)
+
+    def smbwrite(self, share, path, *args, check=True):
+        url = f"smb://127.0.0.1:{self.smb_port}/{share}/{urllib.parse.quote(path)}"
+        return sh([f"{B}/tests/smbwrite", url, *args], check=check,
+                  env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD))
+
+    def fault(self, text):
+        with open(self.control, "w") as f:
+            f.write(text)
+
+    def s3_sha256(self, key):
+        out = f"{self.tmp}/s3get.tmp"
+        self.s3tool("get", key, out)
+        digest = sha256(out)
+        os.remove(out)
+        return digest
+
+    def smb_log(self):
+        with open(self.log_path, errors="replace") as f:
+            return f.read()
+
+    def ls(self, share, path=""):
+        return parse_ls(self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout)
+
+
+def seed(w):
+    """Objects of awkward sizes and names, and where they came from."""
+    data = os.path.join(w.tmp, "data")
+    os.makedirs(data)
+    files = {
+        "empty": b"",
+        "one byte": b"x",
+        "mib plus one.bin": os.urandom((1 << 20) + 1),
+        "fifty.bin": os.urandom(50 << 20),
+        "name with spaces.txt": b"spaces in the name\n",
+        "caf\u00e9 \u00fcber \u65e5\u672c.txt": "non-ASCII name\n".encode(),
+        "plus+and~tilde.txt": b"reserved characters\n",
+        "tree/a/b/c/deep.txt": b"deep in an implicit directory\n",
+        "tree/a/sibling.txt": b"next to b/\n",
+        "tree/x/y.bin": os.urandom(4096),
+        "bigset/one.bin": os.urandom(8 << 20),
+        "bigset/two.bin": os.urandom(8 << 20),
+        "bigset/three.bin": os.urandom(8 << 20),
+        "changing/file.bin": b"A" * (3 << 20),
+    }
+    sources = {}
+    for i, (key, body) in enumerate(files.items()):
+        src = os.path.join(data, f"src{i}")
+        with open(src, "wb") as f:
+            f.write(body)
+        w.s3tool("put", key, src)
+        sources[key] = src
+    return sources
+
