@@ -38,7 +38,6 @@ from sanitize_smbd import sanitized_smbd
 from reliability import reliability
 
 from aws_behaviours import aws_behaviours
-from semantics import semantics
 
 from rgw_backend import rgw_backend
 # procs as well: the benchmarks load this file and use world's names through it.
@@ -146,8 +145,6 @@ def main():
             aws_behaviours(w, test, free_port, wait_port, sha256)
         if only in ("", "rgw"):
             rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
-        if only in ("", "semantics"):
-            semantics(w, test)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
@@ -178,7 +175,7 @@ def finish(started):
 
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
-PYTEST_AREAS = {"engine": "tests/test_engine.py"}
+PYTEST_AREAS = {"engine": "tests/test_engine.py", "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):

@@ -284,18 +284,6 @@ class World:
   bucketfs:cache size = 8M
   bucketfs:block size = 1M
   bucketfs:close = local
-[semantics]
-  path = /bucketfs/semantics
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = semantics
-  bucketfs:cache dir = {t}/bfscache-semantics
-  read only = no
-[plainsemantics]
-  path = {t}/plainsemantics
-  read only = no
-[plainnoxattr]
-  path = {t}/plainnoxattr
-  read only = no
 [ttl]
   path = /bucketfs/ttl
 {common}  bucketfs:bucket = {BUCKET}
