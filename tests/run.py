@@ -37,7 +37,6 @@ from sanitize_smbd import sanitized_smbd
 
 from reliability import reliability
 
-from aws_behaviours import aws_behaviours
 
 from rgw_backend import rgw_backend
 # procs as well: the benchmarks load this file and use world's names through it.
@@ -141,8 +140,6 @@ def main():
             writeback(w, tmp)
         if only in ("", "reliability"):
             reliability(w, sources, record, test)
-        if only in ("", "aws"):
-            aws_behaviours(w, test, free_port, wait_port, sha256)
         if only in ("", "rgw"):
             rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
         if only in ("", "security"):
@@ -175,7 +172,8 @@ def finish(started):
 
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
-PYTEST_AREAS = {"engine": "tests/test_engine.py", "semantics": "tests/test_semantics.py"}
+PYTEST_AREAS = {"aws": "tests/test_aws.py", "engine": "tests/test_engine.py",
+                "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):
