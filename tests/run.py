@@ -38,7 +38,6 @@ from sanitize_smbd import sanitized_smbd
 from reliability import reliability
 
 
-from rgw_backend import rgw_backend
 # procs as well: the benchmarks load this file and use world's names through it.
 from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD, OTHER_USER,  # noqa: F401
                    procs, stop_procs, free_port, wait_port, sh, sha256, World, seed)
@@ -140,8 +139,6 @@ def main():
             writeback(w, tmp)
         if only in ("", "reliability"):
             reliability(w, sources, record, test)
-        if only in ("", "rgw"):
-            rgw_backend(w, test, run_tap, free_port, wait_port, sha256)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
@@ -173,7 +170,7 @@ def finish(started):
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
 PYTEST_AREAS = {"aws": "tests/test_aws.py", "engine": "tests/test_engine.py",
-                "semantics": "tests/test_semantics.py"}
+                "rgw": "tests/test_rgw.py", "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):
