@@ -35,8 +35,6 @@ from security_soak import security_and_soak
 
 from sanitize_smbd import sanitized_smbd
 
-from reliability import reliability
-
 
 # procs as well: the benchmarks load this file and use world's names through it.
 from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD, OTHER_USER,  # noqa: F401
@@ -137,8 +135,6 @@ def main():
             sanitized_smbd(w, sources, record, test)
         if only in ("", "write"):
             writeback(w, tmp)
-        if only in ("", "reliability"):
-            reliability(w, sources, record, test)
         if only in ("", "security"):
             security_and_soak(w, sources, record, test)
     except Exception:
@@ -170,7 +166,8 @@ def finish(started):
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
 PYTEST_AREAS = {"aws": "tests/test_aws.py", "engine": "tests/test_engine.py",
-                "rgw": "tests/test_rgw.py", "semantics": "tests/test_semantics.py"}
+                "reliability": "tests/test_reliability.py", "rgw": "tests/test_rgw.py",
+                "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):
