@@ -1,7 +1,8 @@
 """pytest fixtures of the integration tests (tests/test_*.py).
 
 Session: `world`, the S3 side (s3rver behind the SigV4-checking front, the
-fault-injecting fronts, the users of every smbd).  Each test file starts
+fault-injecting fronts, the users of every smbd), and `sources`, the
+objects seeded in its bucket.  Each test file starts
 the smbd it needs with the shares it declares next to its tests:
 
     SHARES = '''
@@ -27,7 +28,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from world import World, stop_procs  # noqa: E402
+from world import World, seed, stop_procs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +46,13 @@ def world():
             print(f"\n# state kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def sources(world):
+    """The objects of awkward sizes and names put in the test bucket
+    (world.seed): {key: the local file it came from}."""
+    return seed(world)
 
 
 def smbd_fixture(name, shares, **kw):

@@ -33,8 +33,6 @@ from hardening import hardening
 
 from security_soak import security_and_soak
 
-from sanitize_smbd import sanitized_smbd
-
 
 # procs as well: the benchmarks load this file and use world's names through it.
 from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD, OTHER_USER,  # noqa: F401
@@ -131,8 +129,6 @@ def main():
         w.start_smbd()
         if only in ("", "read"):
             integration(w, sources)
-        if only in ("", "asan"):
-            sanitized_smbd(w, sources, record, test)
         if only in ("", "write"):
             writeback(w, tmp)
         if only in ("", "security"):
@@ -165,9 +161,9 @@ def finish(started):
 
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
-PYTEST_AREAS = {"aws": "tests/test_aws.py", "engine": "tests/test_engine.py",
-                "reliability": "tests/test_reliability.py", "rgw": "tests/test_rgw.py",
-                "semantics": "tests/test_semantics.py"}
+PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
+                "engine": "tests/test_engine.py", "reliability": "tests/test_reliability.py",
+                "rgw": "tests/test_rgw.py", "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):
