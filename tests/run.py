@@ -105,9 +105,6 @@ def main():
         if only in ("", "hardening"):
             hardening(tmp, record)
 
-        if not only:
-            docs()
-
         # ---- the S3 client against the real server ------------------------------
         world = World(tmp)
         w = world
@@ -162,6 +159,7 @@ def finish(started):
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
 PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
+                "docs": "tests/test_docs.py",
                 "engine": "tests/test_engine.py", "reliability": "tests/test_reliability.py",
                 "rgw": "tests/test_rgw.py", "semantics": "tests/test_semantics.py"}
 
@@ -208,31 +206,6 @@ def run_pytest(only, pick):
     # 5: nothing selected, what -k may do; anything else unreported fails.
     if seen == 0 and p.returncode not in (0, 5):
         record("pytest: ran", False, f"exit {p.returncode}")
-
-
-def docs():
-    def module_parameters():
-        # The one table (lib/bfs_params.c), and any name read around it.
-        table = open(os.path.join(TOP, "lib/bfs_params.c")).read()
-        found = set(re.findall(r'\{"([a-z ]+)", BFS_PT_', table))
-        src = open(os.path.join(TOP, "modules/vfs_bucketfs.c")).read()
-        found |= set(re.findall(r'bfs_parm_\w+\(&pc,\s*"([a-z ]+)"', src))
-        return found
-
-    @test
-    def the_man_page_renders_and_documents_every_parameter():
-        page = os.path.join(TOP, "docs/vfs_bucketfs.8")
-        p = subprocess.run(["man", "--warnings=w", "-l", page], capture_output=True, text=True,
-                           env=dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8"))
-        assert p.returncode == 0 and not p.stderr.strip(), p.stderr
-        text = re.sub(r"\s+", " ", p.stdout)
-        params = module_parameters()
-        assert len(params) > 15, params
-        missing = [n for n in sorted(params) if f"bucketfs:{n}" not in text]
-        assert not missing, f"not in the man page: {missing}"
-        sample = open(os.path.join(TOP, "smb.conf.sample")).read()
-        missing = [n for n in sorted(params) if f"bucketfs:{n}" not in sample]
-        assert not missing, f"not in smb.conf.sample: {missing}"
 
 
 def integration(w, sources):

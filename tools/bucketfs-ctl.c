@@ -754,12 +754,36 @@ static void ctl_usage(FILE *f)
 	size_t i;
 
 	fprintf(f, "usage: bucketfs-ctl [-s SMB_CONF] SHARE VERB [ARGS]\n"
-		   "       bucketfs-ctl VERB --help\n\nverbs:\n");
+		   "       bucketfs-ctl VERB --help\n"
+		   "       bucketfs-ctl parameters    every bucketfs: parameter, "
+		   "its kind, default, and whether a reload changes it\n\nverbs:\n");
 	for (i = 0; i < sizeof(ctl_verbs) / sizeof(ctl_verbs[0]); i++) {
 		fprintf(f, "  %-36s %s\n", ctl_verbs[i].usage,
 			ctl_verbs[i].help);
 	}
 	fprintf(f, "\nSMB_CONF defaults to " CTL_DEFAULT_CONF ".\n");
+}
+
+/*
+ * bucketfs-ctl parameters: every 'bucketfs:' parameter of the one table
+ * (lib/bfs_params.c), its kind, default, and whether a running connection
+ * follows a reload, one per line and tab-separated (as testparm lists
+ * Samba's own).
+ */
+static int ctl_parameters(void)
+{
+	static const char *kinds[] = {
+		[BFS_PT_STRING] = "string", [BFS_PT_BOOL] = "yes/no",
+		[BFS_PT_INT] = "number", [BFS_PT_SIZE] = "size",
+	};
+	const struct bfs_pdef *d;
+
+	for (d = bfs_pdefs; d->name != NULL; d++) {
+		printf("bucketfs:%s\t%s\t%s\t%s\n", d->name, kinds[d->type],
+		       d->def != NULL ? d->def : "(unset)",
+		       d->reload ? "reload" : "new connections");
+	}
+	return ferror(stdout) || fflush(stdout) != 0 ? 1 : 0;
 }
 
 static const struct ctl_verb *ctl_find(const char *name)
@@ -800,6 +824,9 @@ int main(int argc, char **argv)
 	if (argc > 2 && strcmp(argv[1], "-s") == 0) {
 		conf = argv[2];
 		i = 3;
+	}
+	if (argc - i == 1 && strcmp(argv[i], "parameters") == 0) {
+		return ctl_parameters();
 	}
 	if (argc - i < 2) {
 		ctl_usage(stderr);
