@@ -111,7 +111,7 @@ $(B)/bucketfsd: tools/bucketfsd.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbu
 	  tools/bucketfsd.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
 # The module and lib/ again under ASan+UBSan, objects of their own, for
-# tests/sanitize_smbd.py.  It registers as "bucketfs_asan" so it loads next
+# tests/test_asan.py.  It registers as "bucketfs_asan" so it loads next
 # to the real module (parameters stay "bucketfs:").  UBSan findings abort
 # the smbd child rather than scroll by in a log nobody reads.
 ASAN_CFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer \
@@ -132,7 +132,7 @@ $(B)/asan/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.versio
 	  -DBFS_VFS_NAME='"bucketfs_asan"' -c $< -o $@
 
 # Linked with -fsanitize so it names libasan; smbd itself is not
-# instrumented and must run with libasan preloaded (tests/sanitize_smbd.py).
+# instrumented and must run with libasan preloaded (tests/test_asan.py).
 $(B)/asan/bucketfs_asan.so: $(B)/asan/vfs_bucketfs.o $(ASAN_LIB_OBJ)
 	$(CC) -fsanitize=address,undefined -shared -o $@ $^ $(PKG_LIBS)
 

@@ -31,8 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from hardening import hardening
 
-from security_soak import security_and_soak
-
 
 # procs as well: the benchmarks load this file and use world's names through it.
 from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD, OTHER_USER,  # noqa: F401
@@ -128,8 +126,6 @@ def main():
             integration(w, sources)
         if only in ("", "write"):
             writeback(w, tmp)
-        if only in ("", "security"):
-            security_and_soak(w, sources, record, test)
     except Exception:
         record("test harness", False, traceback.format_exc())
     finally:
@@ -161,7 +157,8 @@ def finish(started):
 PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
                 "docs": "tests/test_docs.py",
                 "engine": "tests/test_engine.py", "reliability": "tests/test_reliability.py",
-                "rgw": "tests/test_rgw.py", "semantics": "tests/test_semantics.py"}
+                "rgw": "tests/test_rgw.py", "security": "tests/test_security.py tests/test_soak.py",
+                "semantics": "tests/test_semantics.py"}
 
 
 def pytest_k(pick):
@@ -175,7 +172,7 @@ def pytest_k(pick):
 def run_pytest(only, pick):
     """The pytest areas ONLY selects, in a random order (the tests may not
     depend on one another), each test's outcome recorded as ours."""
-    files = [f for area, f in PYTEST_AREAS.items() if only in ("", area)]
+    files = [f for area, fs in PYTEST_AREAS.items() if only in ("", area) for f in fs.split()]
     if not files:
         return
     fd, xml = tempfile.mkstemp(prefix="bucketfs-pytest.", suffix=".xml")
