@@ -193,7 +193,8 @@ def run_pytest(only, pick):
         os.remove(xml)
     seen = 0
     for case in cases:
-        name = case.get("name").removeprefix("test_").replace("_", " ")
+        # test_x_y[param] -> "x y [param]"
+        name = case.get("name").removeprefix("test_").replace("_", " ").replace("[", " [")
         bad = case.find("failure") if case.find("failure") is not None else case.find("error")
         if case.find("skipped") is not None:
             continue
