@@ -200,8 +200,8 @@ class Asan:
 
 
 @pytest.fixture(scope="module")
-def asan(world):
-    a = Asan(world)
+def asan(world, sources):
+    a = Asan(world)  # once the seeded objects are in S3 (sources)
     yield a
     # The last word: no report once smbd has stopped and every child with it.
     a.stop()

@@ -210,14 +210,6 @@ class World:
 [data]
   path = /bucketfs/data
 {common}  bucketfs:bucket = {BUCKET}
-[sub]
-  path = /bucketfs/sub
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = tree/a
-[badsecret]
-  path = /bucketfs/badsecret
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:profile = wrong
 [rw]
   path = /bucketfs/rw
 {common}  bucketfs:bucket = {BUCKET}
@@ -254,118 +246,6 @@ class World:
   bucketfs:cache dir = {t}/bfscache-rwstream
   bucketfs:close = s3
   bucketfs:stream parts = yes
-[syncread]
-  path = /bucketfs/syncread
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {t}/bfscache-sync
-  aio read size = 0
-[multiuser]
-  path = /bucketfs/multiuser
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {t}/bfscache-multi
-  valid users = {USER} {OTHER_USER}
-[noreuse]
-  path = /bucketfs/noreuse
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {t}/bfscache-noreuse
-  bucketfs:reuse read buffers = no
-[small]
-  path = /bucketfs/small
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = bigset
-  bucketfs:cache dir = {t}/bfscache-small
-  bucketfs:cache size = 8M
-  bucketfs:block size = 1M
-[smallengine]
-  path = /bucketfs/smallengine
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = bigset
-  bucketfs:cache dir = {t}/bfscache-smallengine
-  bucketfs:cache size = 8M
-  bucketfs:block size = 1M
-  bucketfs:close = local
-[ttl]
-  path = /bucketfs/ttl
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = changing
-  bucketfs:metadata ttl = 2
-[otherbucket]
-  path = /bucketfs/otherbucket
-{common}  bucketfs:bucket = {CLIENT_BUCKET}
-[loosecache]
-  path = /bucketfs/loosecache
-{common.replace(f"{t}/bfscache", f"{t}/bfscache-loose")}  bucketfs:bucket = {BUCKET}
-[otherendpoint]
-  path = /bucketfs/otherendpoint
-  vfs objects = bucketfs
-  bucketfs:endpoint = http://127.0.0.1:{self.control_port}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {t}/creds
-  bucketfs:cache dir = {t}/bfscache
-  bucketfs:bucket = {BUCKET}
-[nobucket]
-  path = /bucketfs/nobucket
-{common}  bucketfs:bucket = no-such-bucket
-  bucketfs:cache dir = {t}/bfscache-nobucket
-[unreachable]
-  path = /bucketfs/unreachable
-  vfs objects = bucketfs
-  bucketfs:endpoint = http://127.0.0.1:{self.dead_port}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {t}/creds
-  bucketfs:bucket = {BUCKET}
-  bucketfs:retries = 1
-  bucketfs:cache dir = {t}/bfscache-unreachable
-[envcreds]
-  path = /bucketfs/envcreds
-  vfs objects = bucketfs
-  bucketfs:endpoint = {self.endpoint}
-  bucketfs:path style = yes
-  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {t}/bfscache-envcreds
-[nobucketparam]
-  path = /bucketfs/nobucketparam
-{common}
-[inlinesecret]
-  path = /bucketfs/inlinesecret
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:secret access key = S3RVER
-[loosecreds]
-  path = /bucketfs/loosecreds
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:credentials file = {t}/creds-loose
-[warmed]
-  path = /bucketfs/warmed
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = warmset
-  bucketfs:cache dir = {t}/bfscache-warm
-  bucketfs:cache size = 64M
-  bucketfs:metadata ttl = 1000
-  bucketfs:metrics file = {t}/metrics-warm.prom
-  bucketfs:metrics interval = 1
-[warmsmall]
-  path = /bucketfs/warmsmall
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = warmset
-  bucketfs:cache dir = {t}/bfscache-warmsmall
-  bucketfs:cache size = 3M
-[manifestwarm]
-  path = /bucketfs/manifestwarm
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:cache dir = {t}/bfscache-manifest
-[reload]
-  path = /bucketfs/reload
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = reloadttl
-  bucketfs:metadata ttl = 1000
-  bucketfs:cache dir = {t}/bfscache-reload
-  bucketfs:cache size = 64M
-  bucketfs:readahead = 4
-  bucketfs:max requests = 4
-[noprofile]
-  path = /bucketfs/noprofile
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:profile = does-not-exist
 """
         self.conf = f"{t}/smb.conf"
         with open(self.conf, "w") as f:
@@ -380,7 +260,8 @@ class World:
         """An smbd of its own for one test file: the smb.conf sections in
         shares, where {common} and {faulty} start a share (share_parts),
         {t} is its own folder (name, under the world's), {BUCKET} the test
-        bucket.  Returns a copy of this World that speaks to it (smbclient,
+        bucket, {creds} the credentials file, {endpoint} the front,
+        {control} the fault front and {dead} an endpoint nobody serves.  Returns a copy of this World that speaks to it (smbclient,
         ctl, ls, smb_log, restart_smbd ...); stop it with its stop()."""
         v = copy.copy(self)
         t = v.dir = f"{self.tmp}/{name}"
@@ -394,7 +275,10 @@ class World:
             f.write(smb_global(t, v.smb_port, log_level, passdb=f"{self.tmp}/private/passdb.tdb")
                     + shares.format(common=common, faulty=faulty, t=t, BUCKET=BUCKET,
                                     CLIENT_BUCKET=CLIENT_BUCKET, USER=USER,
-                                    OTHER_USER=OTHER_USER))
+                                    OTHER_USER=OTHER_USER, creds=f"{self.tmp}/creds",
+                                    endpoint=self.endpoint,
+                                    control=f"http://127.0.0.1:{self.control_port}",
+                                    dead=f"http://127.0.0.1:{self.dead_port}"))
         env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
         v.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", v.conf],
                             f"smbd-{name}", env=env)
