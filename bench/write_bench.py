@@ -56,23 +56,21 @@ def main():
         digest = runner.sha256(src)
 
         w.endpoint = direct
-        w.start_smbd()
-        with open(w.conf, "a") as f:
-            f.write(f"[bench]\n  path = /bucketfs/bench\n  vfs objects = bucketfs\n"
-                    f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
-                    f"  bucketfs:credentials file = {tmp}/creds\n"
-                    f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = bench\n"
-                    f"  bucketfs:cache dir = {tmp}/benchcache\n  read only = no\n")
-            f.write(f"[benchlocal]\n  path = /bucketfs/benchlocal\n  vfs objects = bucketfs\n"
-                    f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
-                    f"  bucketfs:credentials file = {tmp}/creds\n"
-                    f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = benchlocal\n"
-                    f"  bucketfs:cache dir = {tmp}/benchlocalcache\n  read only = no\n"
-                    f"  bucketfs:close = local\n")
-            os.makedirs(f"{tmp}/plain", exist_ok=True)
-            f.write(f"[plain]\n  path = {tmp}/plain\n  read only = no\n")
-        subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
-        time.sleep(1)
+        w.start_users()
+        os.makedirs(f"{tmp}/plain", exist_ok=True)
+        w = w.serve("bench", (
+            f"[bench]\n  path = /bucketfs/bench\n  vfs objects = bucketfs\n"
+            f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
+            f"  bucketfs:credentials file = {tmp}/creds\n"
+            f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = bench\n"
+            f"  bucketfs:cache dir = {tmp}/benchcache\n  read only = no\n"
+            f"[benchlocal]\n  path = /bucketfs/benchlocal\n  vfs objects = bucketfs\n"
+            f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
+            f"  bucketfs:credentials file = {tmp}/creds\n"
+            f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = benchlocal\n"
+            f"  bucketfs:cache dir = {tmp}/benchlocalcache\n  read only = no\n"
+            f"  bucketfs:close = local\n"
+            f"[plain]\n  path = {tmp}/plain\n  read only = no\n").replace("{", "{{").replace("}", "}}"))
         # A close answers once the upload is done: longer than smbclient's
         # default 20 s timeout for a large file on a slow machine.
         smb = ["smbclient", "//127.0.0.1/bench", "-p", str(w.smb_port),

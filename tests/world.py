@@ -198,64 +198,6 @@ class World:
                   f"  bucketfs:part size = 5M\n  read only = no\n")
         return common, faulty
 
-    def start_smbd(self):
-        """The smbd of tests/run.py's groups, with all their shares."""
-        t = self.tmp
-        self.start_users()
-        self.smb_port = free_port()
-        self.log_path = f"{t}/log.smbd"
-        common, faulty = self.share_parts(t)
-        conf = smb_global(t, self.smb_port, "1 bucketfs:3") + f"""  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
-  server min protocol = NT1
-[data]
-  path = /bucketfs/data
-{common}  bucketfs:bucket = {BUCKET}
-[rw]
-  path = /bucketfs/rw
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = rw
-  bucketfs:cache dir = {t}/bfscache-rw
-  bucketfs:close = s3
-  read only = no
-  veto files = /*.exe/
-[rwasuser]
-  path = /bucketfs/rwasuser
-{faulty}  bucketfs:prefix = rwasuser
-  bucketfs:cache dir = {t}/bfscache-rwasuser
-  bucketfs:close = s3
-  valid users = {USER} {OTHER_USER}
-[rwlimits]
-  path = /bucketfs/rwlimits
-{common}  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = rwlimits
-  bucketfs:cache dir = {t}/bfscache-rwlimits
-  bucketfs:max file size = 8M
-  bucketfs:writeback limit = 40M
-  read only = no
-[rwfault]
-  path = /bucketfs/rwfault
-{faulty}  bucketfs:prefix = rwfault
-  bucketfs:cache dir = {t}/bfscache-rwfault
-  bucketfs:close = s3
-  bucketfs:retries = 3
-  bucketfs:multipart copy threshold = 6M
-  bucketfs:dir rename max = 3
-[rwstream]
-  path = /bucketfs/rwstream
-{faulty}  bucketfs:prefix = rwstream
-  bucketfs:cache dir = {t}/bfscache-rwstream
-  bucketfs:close = s3
-  bucketfs:stream parts = yes
-"""
-        self.conf = f"{t}/smb.conf"
-        with open(self.conf, "w") as f:
-            f.write(conf)
-        # Credentials in smbd's environment serve shares without a file.
-        env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
-        self.smbd = self.spawn(["smbd", "--foreground", "--no-process-group", "-s", self.conf],
-                               "smbd-stdout", env=env)
-        wait_port(self.smb_port, "smbd")
-
     def serve(self, name, shares, log_level="1 bucketfs:3"):
         """An smbd of its own for one test file: the smb.conf sections in
         shares, where {common} and {faulty} start a share (share_parts),
