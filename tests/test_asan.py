@@ -27,7 +27,7 @@ import urllib.parse
 import pytest
 
 from smbls import parse_ls
-from world import B, BUCKET, USER, PASSWORD, sh, sha256
+from world import B, BUCKET, USER, PASSWORD, make_file, sh, sha256
 
 # What a sanitizer report looks like where it missed log_path: smbd points
 # its stderr at its log file (before the log is open, at the output the
@@ -164,10 +164,7 @@ class Asan:
         self.stats["bytes"] += size
 
     def make(self, name, size):
-        path = f"{self.t}/{name}"
-        with open(path, "wb") as f:
-            f.write(os.urandom(size))
-        return path
+        return make_file(f"{self.t}/{name}", size)
 
     def children(self):
         """pids of smbd's direct children (one per client, plus its helpers)."""

@@ -8,7 +8,6 @@ behaviour, and every read is compared with the bytes put into S3.
 """
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -130,9 +129,7 @@ class AwsFronts:
 
     def stop(self):
         """The smbd; the fronts go with the world's servers."""
-        smbd = self.w.extra.pop("aws")
-        os.killpg(smbd.pid, signal.SIGTERM)
-        smbd.wait(timeout=30)
+        self.w.stop_extra_smbd("aws")
 
 
 @pytest.fixture(scope="module")

@@ -68,27 +68,11 @@ SHARES = """
 w = smbd_fixture("engine", SHARES)
 
 
-def make(w, name, size):
-    path = f"{w.tmp}/{name}"
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-    return path
-
-
-def s3_keys(w, prefix):
-    out = w.s3tool("ls", prefix).stdout
-    return {line.split()[-1] for line in out.splitlines() if line.strip()}
-
-
 def s3_has(w, key, digest, timeout=60):
     """Wait (not stuck: a generous bound) until S3 holds digest at key."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if key in s3_keys(w, os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
+        if key in w.s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
             return True
         time.sleep(0.2)
     return False
@@ -119,12 +103,12 @@ def put(w, share, src, name, check=True):
 
 
 def test_a_close_with_close_local_answers_before_s3_has_the_file_and_the_engine_uploads_it(w):
-    src = make(w, "local-close.bin", 24 << 20)  # 2 parts of 16 MiB
+    src = w.make("local-close.bin", 24 << 20)  # 2 parts of 16 MiB
     w.fault("PUT delay:3 -1")  # every PUT to S3 takes 3 s more
     try:
         took, _ = put(w, "rwlocal", src, "ckpt-a.bin")
         # The close came back before S3 could have the object.
-        assert "rwlocal/ckpt-a.bin" not in s3_keys(w, "rwlocal/"), "uploaded by the close"
+        assert "rwlocal/ckpt-a.bin" not in w.s3_keys("rwlocal/"), "uploaded by the close"
         pending = w.ctl("rwlocal", "pending").stdout
         pid = engine_pid(w)
         assert "rwlocal/ckpt-a.bin" in pending and f"pid {pid}" in pending, pending
@@ -151,7 +135,7 @@ def test_the_folders_stats_count_the_engines_uploads(w):
     # counters (upload and fetch clients) every metrics interval.
     sent = lambda: json.loads(w.ctl("rwlocal", "stats", "--json").stdout)["s3_bytes_sent"]
     before = sent()
-    src = make(w, "counted.bin", 6 << 20)
+    src = w.make("counted.bin", 6 << 20)
     put(w, "rwlocal", src, "counted.bin")
     deadline = time.time() + 30
     while sent() < before + (6 << 20) and time.time() < deadline:
@@ -162,7 +146,7 @@ def test_the_folders_stats_count_the_engines_uploads(w):
 
 
 def test_one_engine_serves_every_share_and_smbd_process_of_a_cache_folder(w):
-    src = make(w, "one-engine.bin", 100_000)
+    src = w.make("one-engine.bin", 100_000)
     procs = [subprocess.Popen(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),
                                "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
                                "-c", f"put {src} one-{i}.bin"],
@@ -209,7 +193,7 @@ def sixteen_cold_readers(w, share):
 
 def test_sixteen_cold_readers_keep_the_engine_within_its_fetch_memory(w):
     # 16 objects of 24 MiB, cold for both shares (own cache folders).
-    src = make(w, "coldset.bin", 24 << 20)
+    src = w.make("coldset.bin", 24 << 20)
     for i in range(16):
         w.s3tool("put", f"coldset/c{i:02d}.bin", src)
     bounded = sixteen_cold_readers(w, "fetchmem")
@@ -278,7 +262,7 @@ def session(w, share):
 
 
 def test_an_smb2_flush_answers_once_the_engine_has_the_object_in_s3(w):
-    src = make(w, "flushed-local.bin", 9 << 20)
+    src = w.make("flushed-local.bin", 9 << 20)
     p, ask = session(w, "rwlocal")
     w.fault("PUT delay:2 -1")
     try:
@@ -306,10 +290,10 @@ def pipeline(w, share, path, src, cached):
 
 
 def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_for_s3(w):
-    small = make(w, "pipe-cached.bin", 100_000)
+    small = w.make("pipe-cached.bin", 100_000)
     w.smbclient("rwlocal", f"put {small} pipe-cached.bin")
     w.smbclient("rwsync", f"put {small} pipe-cached.bin")
-    src = make(w, "pipe-big.bin", 64 << 20)
+    src = w.make("pipe-big.bin", 64 << 20)
     w.fault("PUT delay:3 -1")
     try:
         local = pipeline(w, "rwlocal", "pipe-big.bin", src, "pipe-cached.bin")
@@ -352,7 +336,7 @@ def cold_readers(w, share, key, name, n):
 
 def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
     size = 64 << 20
-    src = make(w, "cold4.bin", size)
+    src = w.make("cold4.bin", size)
     w.s3tool("put", "rwlocal/cold4/data.bin", src)
     w.s3tool("put", "rwsync/cold4/data.bin", src)
     # Put in S3 behind the shares' backs: their root listings, younger
@@ -373,7 +357,7 @@ def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
 
 
 def test_a_listing_past_its_ttl_is_served_at_once_and_revalidated_by_the_engine(w):
-    src = make(w, "swr.bin", 1000)
+    src = w.make("swr.bin", 1000)
     for name in ("a.bin", "b.bin"):
         w.s3tool("put", f"rwlocal/swr/{name}", src)
     w.ctl("rwlocal", "invalidate", "")
@@ -409,11 +393,11 @@ def test_a_listing_past_its_ttl_is_served_at_once_and_revalidated_by_the_engine(
 
 
 def test_over_the_writeback_limit_a_close_waits_for_s3_instead_of_filling_the_disk(w):
-    first, second = make(w, "limit-1.bin", 16 << 20), make(w, "limit-2.bin", 16 << 20)
+    first, second = w.make("limit-1.bin", 16 << 20), w.make("limit-2.bin", 16 << 20)
     w.fault("PUT delay:3 -1")
     try:
         put(w, "rwlocal2", first, "limit-1.bin")  # 16 MiB held: under 20M
-        assert "rwlocal/limit-1.bin" not in s3_keys(w, "rwlocal/")
+        assert "rwlocal/limit-1.bin" not in w.s3_keys("rwlocal/")
         took, _ = put(w, "rwlocal2", second, "limit-2.bin")  # 32 MiB: over
         # Held back: this close came back with the object in S3.
         assert w.s3_sha256("rwlocal/limit-2.bin") == sha256(second)
@@ -425,7 +409,7 @@ def test_over_the_writeback_limit_a_close_waits_for_s3_instead_of_filling_the_di
 
 
 def test_without_an_engine_to_start_closes_upload_themselves_and_the_log_says_why(w):
-    src = make(w, "noengine.bin", 3 << 20)
+    src = w.make("noengine.bin", 3 << 20)
     took, _ = put(w, "rwnoengine", src, "noengine.bin")
     # The close uploaded it, as with close = s3: in S3 when it returned.
     assert w.s3_sha256("rwnoengine/noengine.bin") == sha256(src)
@@ -436,7 +420,7 @@ def test_without_an_engine_to_start_closes_upload_themselves_and_the_log_says_wh
 
 
 def test_a_flushed_file_goes_up_before_the_closes_queued_ahead_of_it(w):
-    small = make(w, "queued.bin", 100_000)
+    small = w.make("queued.bin", 100_000)
     w.fault("PUT delay:3 -1")
     try:
         put(w, "rwlocal", small, "busy.bin")  # the engine's next 3 s
@@ -460,11 +444,11 @@ def test_a_flushed_file_goes_up_before_the_closes_queued_ahead_of_it(w):
 
 
 def test_a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing(w):
-    src = make(w, "retarget.bin", 20 << 20)
+    src = w.make("retarget.bin", 20 << 20)
     before = len(front_log(w))
     w.smbclient("rwlocal", f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt")
     assert s3_has(w, "rwlocal/ckpt.pt", sha256(src))
-    keys = s3_keys(w, "rwlocal/")
+    keys = w.s3_keys("rwlocal/")
     assert "rwlocal/ckpt.tmp" not in keys, keys
     log = front_log(w)[before:]
     copies = [l for l in log.splitlines() if "ckpt" in l and "copy=yes" in l]
@@ -478,7 +462,7 @@ def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under
     # A rename that comes after the engine began the upload (a slow
     # client): the rest of the bytes would go up under the old name
     # and again under the new one.  The engine stops and aborts it.
-    src = make(w, "restart.bin", 20 << 20)  # parts of 16 and 4 MiB
+    src = w.make("restart.bin", 20 << 20)  # parts of 16 and 4 MiB
     before = len(front_log(w))
     w.fault("PUT delay:3 -1")
     try:
@@ -492,7 +476,7 @@ def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under
     finally:
         w.fault("PUT delay:0 0")
     assert s3_has(w, "rwlocal/ckpt2.pt", sha256(src))
-    assert "rwlocal/ckpt2.tmp" not in s3_keys(w, "rwlocal/")
+    assert "rwlocal/ckpt2.tmp" not in w.s3_keys("rwlocal/")
     log = front_log(w)[before:]
     completed = re.findall(r"^POST /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
     aborted = re.findall(r"^DELETE /\S+/rwlocal/ckpt2\.tmp\?uploadId=", log, re.M)
@@ -513,7 +497,7 @@ def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under
 
 
 def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
-    src = make(w, "gone.bin", 3 << 20)
+    src = w.make("gone.bin", 3 << 20)
     w.fault("PUT delay:2 -1")
     try:
         w.smbclient("rwlocal", f"put {src} gone.bin; del gone.bin")
@@ -524,12 +508,12 @@ def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
         if "gone.bin" not in w.ctl("rwlocal", "pending").stdout:
             break
         time.sleep(0.2)
-    assert "rwlocal/gone.bin" not in s3_keys(w, "rwlocal/"), "the deleted file came back"
+    assert "rwlocal/gone.bin" not in w.s3_keys("rwlocal/"), "the deleted file came back"
     assert "gone.bin" not in w.ls("rwlocal")
 
 
 def test_kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it(w):
-    src = make(w, "engine-kill.bin", 24 << 20)
+    src = w.make("engine-kill.bin", 24 << 20)
     w.fault("PUT delay:2 -1")
     try:
         put(w, "rwlocal", src, "killed.bin")

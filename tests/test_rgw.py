@@ -19,7 +19,7 @@ import time
 import pytest
 
 from smbls import parse_ls
-from world import TOP, B, USER, PASSWORD, free_port, wait_port, sha256
+from world import TOP, B, USER, PASSWORD, free_port, make_file, wait_port, sha256
 
 BUCKET, CLIENT_BUCKET = "bucketfs-rgw", "bucketfs-rgw-client"
 
@@ -115,17 +115,12 @@ class RgwBackend:
                 if line.strip()}
 
     def make(self, name, size):
-        path = f"{self.t}/{name}"
-        with open(path, "wb") as f:
-            f.write(os.urandom(size))
-        return path
+        return make_file(f"{self.t}/{name}", size)
 
     def stop(self):
         """The smbd; Ceph goes with the world's cleanups, the front with
         its servers."""
-        smbd = self.w.extra.pop("rgw")
-        os.killpg(smbd.pid, signal.SIGTERM)
-        smbd.wait(timeout=30)
+        self.w.stop_extra_smbd("rgw")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ After each test smbd's log holds no PANIC.
 import hashlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -214,9 +213,7 @@ class Sec:
               f"all under tree/a/")
 
     def stop(self):
-        smbd = self.w.extra.pop("sec")
-        os.killpg(smbd.pid, signal.SIGTERM)
-        smbd.wait(timeout=30)
+        self.w.stop_extra_smbd("sec")
 
 
 @pytest.fixture(scope="module")

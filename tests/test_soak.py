@@ -11,7 +11,6 @@ import os
 import queue
 import random
 import re
-import signal
 import subprocess
 import sys
 import termios
@@ -320,9 +319,7 @@ def soak(world):
                                  verified=verified[0], errors=errors, acked=acked,
                                  written=written[0], samples=samples, threads=threads,
                                  shared=shared, conf=conf, log=log, took=took)
-    smbd = w.extra.pop("soak")
-    os.killpg(smbd.pid, signal.SIGTERM)
-    smbd.wait(timeout=30)
+    w.stop_extra_smbd("soak")
 
 
 def test_sixteen_clients_for_a_minute_read_write_list_rename_without_one_error(soak):

@@ -68,25 +68,9 @@ def nothing_panics(w):
     assert "PANIC" not in log and "INTERNAL ERROR" not in log, log[-3000:]
 
 
-def make(w, name, size):
-    path = f"{w.tmp}/{name}"
-    with open(path, "wb") as f:
-        left = size
-        while left:
-            n = min(left, 1 << 20)
-            f.write(os.urandom(n))
-            left -= n
-    return path
-
-
-def s3_keys(w, prefix):
-    out = w.s3tool("ls", prefix).stdout
-    return {line.split()[-1] for line in out.splitlines() if line.strip()}
-
-
 def assert_renamed(w, share, old, new, src):
     """S3 and the share have src's bytes under new and nothing under old."""
-    keys = s3_keys(w, f"{share}/")
+    keys = w.s3_keys(f"{share}/")
     assert f"{share}/{old}" not in keys, f"the old name stayed in S3: {keys}"
     assert w.s3_sha256(f"{share}/{new}") == sha256(src), "not all bytes under the new name"
     listing = w.ls(share)
@@ -107,12 +91,12 @@ def slow_upload(w, src, name, delay):
             if any(l.startswith("PUT /") and f"{name}?partNumber" in l for l in f):
                 break
         time.sleep(0.1)
-    assert f"rwfault/{name}" not in s3_keys(w, "rwfault/"), "upload already done"
+    assert f"rwfault/{name}" not in w.s3_keys("rwfault/"), "upload already done"
     return p
 
 
 def test_a_file_written_through_the_share_is_in_s3_byte_for_byte(w):
-    src = make(w, "small.bin", 300001)
+    src = w.make("small.bin", 300001)
     w.smbclient("rw", f"put {src} small.bin")
     assert w.s3_sha256("rw/small.bin") == sha256(src)
     assert w.ls("rw").get("small.bin") == (False, 300001)
@@ -164,7 +148,7 @@ def test_free_space_is_the_cache_folders_file_system_and_the_writeback_allowance
 def test_an_upload_holds_no_more_part_buffers_than_upload_memory(w):
     # 8 parts of 5 MiB may be in flight; 'upload memory' bounds what
     # one process holds, down to one part when a part is larger.
-    src = make(w, "partsmem.bin", 40 * (1 << 20) + 12345)
+    src = w.make("partsmem.bin", 40 * (1 << 20) + 12345)
     peaks = {}
     for memory in (1 << 40, 12 << 20, 1):
         out = w.s3tool("putmp", "rw/partsmem.bin", src, str(5 << 20), "8", str(memory)).stdout
@@ -187,7 +171,7 @@ def test_s3_work_runs_as_the_connected_user_and_cache_files_stay_roots(w):
     # the S3 work under become_root, root's for the 3 s.
     import pwd
     uid = pwd.getpwnam(OTHER_USER).pw_uid
-    src = make(w, "asuser.bin", 3 << 20)
+    src = w.make("asuser.bin", 3 << 20)
 
     def euids_while(fault, commands):
         w.fault(fault)
@@ -259,7 +243,7 @@ def test_one_key_too_long_for_the_index_is_hidden_and_its_folder_still_works(w):
     # that would make one refused before S3 is changed.  (s3rver keeps
     # a key as files: each component stays well under 255 bytes.)
     deep = "d" * 200 + "/" + "e" * 200  # rw/long/<deep>/: 410 bytes
-    src = make(w, "long-ok.bin", 1000)
+    src = w.make("long-ok.bin", 1000)
     w.s3tool("put", f"rw/long/{deep}/ok.txt", src)
     w.s3tool("put", f"rw/long/{deep}/{'n' * 120}", src)  # 531 in the index
     w.ctl("rw", "invalidate", "")  # put behind the share's back
@@ -269,12 +253,12 @@ def test_one_key_too_long_for_the_index_is_hidden_and_its_folder_still_works(w):
     got = f"{w.tmp}/long-ok.back"
     w.smbclient("rw", f'get "long/{deep}/ok.txt" {got}')
     assert sha256(got) == sha256(src)
-    before = s3_keys(w, f"rw/long/{deep}/")
+    before = w.s3_keys(f"rw/long/{deep}/")
     p = w.smbclient("rw", f'mkdir "long/{deep}/{"m" * 120}"', check=False)
     assert "NT_STATUS_" in p.stdout + p.stderr, p.stdout
     p = w.smbclient("rw", f'put {src} "long/{deep}/{"p" * 120}"', check=False)
     assert "NT_STATUS_" in p.stdout + p.stderr, p.stdout
-    assert s3_keys(w, f"rw/long/{deep}/") == before, "S3 changed"
+    assert w.s3_keys(f"rw/long/{deep}/") == before, "S3 changed"
 
 
 def test_windows_is_told_a_writable_share_is_writable_and_a_read_only_one_is_not(w):
@@ -291,7 +275,7 @@ def test_windows_is_told_a_writable_share_is_writable_and_a_read_only_one_is_not
 def test_names_that_decode_to_dot_dot_or_past_veto_files_are_refused(w):
     # [rw] vetoes *.exe.  U+F029 is the mapping's final dot: only a final
     # one is a dot; anywhere else the name is no key's SMB form.
-    src = make(w, "names.bin", 1000)
+    src = w.make("names.bin", 1000)
     for name in ("\uf029\uf029", "a\uf029exe", "\uf029", "x\uf029\uf029"):
         p = w.smbclient("rw", f'put {src} "{name}"', check=False)
         assert "NT_STATUS_" in p.stdout + p.stderr, f"{name!r} was created: {p.stdout}"
@@ -299,7 +283,7 @@ def test_names_that_decode_to_dot_dot_or_past_veto_files_are_refused(w):
     assert "NT_STATUS_" in p.stdout + p.stderr, f"mkdir: {p.stdout}"
     p = w.smbclient("rw", f"put {src} a.exe", check=False)
     assert "NT_STATUS_" in p.stdout + p.stderr, "veto files is not on"
-    keys = s3_keys(w, "rw/")
+    keys = w.s3_keys("rw/")
     assert not {"rw/..", "rw/.", "rw/a.exe", "rw/x.\uf029", "rw/x\uf029."} & keys, keys
     assert not any(k.startswith("rw/../") or k.startswith("rw/./") for k in keys), keys
     # A final mapped dot is still the key's final dot.
@@ -310,15 +294,15 @@ def test_names_that_decode_to_dot_dot_or_past_veto_files_are_refused(w):
 
 
 def test_checkpoint_pattern_write_tmp_then_rename_over_the_final(w):
-    old = make(w, "old.pt", 1000)
+    old = w.make("old.pt", 1000)
     w.smbclient("rw", f"mkdir run1; put {old} run1/ckpt.pt")
-    src = make(w, "ckpt.pt", 200 << 20)
+    src = w.make("ckpt.pt", 200 << 20)
     start = time.time()
     w.smbclient("rw", f"put {src} run1/ckpt.pt.tmp; rename run1/ckpt.pt.tmp run1/ckpt.pt -f",
                 )
     print(f"    # 200 MiB write + rename, durable: {time.time() - start:.1f} s")
     assert w.s3_sha256("rw/run1/ckpt.pt") == sha256(src), "S3 object differs from the source"
-    keys = s3_keys(w, "rw/run1/")
+    keys = w.s3_keys("rw/run1/")
     assert "rw/run1/ckpt.pt.tmp" not in keys, f"tmp object left: {keys}"
     got = w.ls("rw", "run1")
     assert got.get("ckpt.pt") == (False, 200 << 20) and "ckpt.pt.tmp" not in got, got
@@ -329,11 +313,11 @@ def test_checkpoint_pattern_write_tmp_then_rename_over_the_final(w):
 
 
 def test_append_truncate_and_partial_overwrite_change_the_object(w):
-    base = make(w, "base.bin", 5 << 20)
+    base = w.make("base.bin", 5 << 20)
     w.smbclient("rw", f"put {base} edit.bin")
-    patch = make(w, "patch.bin", 4096)
+    patch = w.make("patch.bin", 4096)
     w.smbwrite("rw", "edit.bin", "write", "1000000", patch)
-    tail = make(w, "tail.bin", 12345)
+    tail = w.make("tail.bin", 12345)
     w.smbwrite("rw", "edit.bin", "append", tail)
     want = bytearray(open(base, "rb").read())
     want[1000000:1000000 + 4096] = open(patch, "rb").read()
@@ -345,13 +329,13 @@ def test_append_truncate_and_partial_overwrite_change_the_object(w):
 
 
 def test_mkdir_rmdir_and_unlink_change_the_bucket(w):
-    make(w, "small.bin", 300001)  # as the first write test makes it
+    w.make("small.bin", 300001)  # as the first write test makes it
     w.smbclient("rw", f"mkdir d1; put {w.tmp}/small.bin d1/f")
-    assert {"rw/d1/", "rw/d1/f"} <= s3_keys(w, "rw/d1/"), s3_keys(w, "rw/d1/")
+    assert {"rw/d1/", "rw/d1/f"} <= w.s3_keys("rw/d1/"), w.s3_keys("rw/d1/")
     p = w.smbclient("rw", "rmdir d1", check=False)
     assert "NT_STATUS_DIRECTORY_NOT_EMPTY" in p.stdout + p.stderr, p.stdout + p.stderr
     w.smbclient("rw", "rm d1/f; rmdir d1")
-    assert not s3_keys(w, "rw/d1/"), s3_keys(w, "rw/d1/")
+    assert not w.s3_keys("rw/d1/"), w.s3_keys("rw/d1/")
     assert "d1" not in w.ls("rw")
     # an implicit directory (no marker) is removed once empty
     w.s3tool("put", "rw/implicit/only", "/etc/hostname")
@@ -360,25 +344,25 @@ def test_mkdir_rmdir_and_unlink_change_the_bucket(w):
 
 
 def test_delete_on_close_leaves_nothing_in_s3(w):
-    make(w, "small.bin", 300001)  # as the first write test makes it
+    w.make("small.bin", 300001)  # as the first write test makes it
     # smbclient's rm opens with FILE_DELETE_ON_CLOSE and closes.
     w.smbclient("rw", f"put {w.tmp}/small.bin doc.bin")
     w.smbclient("rw", "rm doc.bin")
-    assert "rw/doc.bin" not in s3_keys(w, "rw/"), s3_keys(w, "rw/")
+    assert "rw/doc.bin" not in w.s3_keys("rw/"), w.s3_keys("rw/")
     assert "doc.bin" not in w.ls("rw")
 
 
 def test_a_directory_renames_with_its_objects(w):
-    make(w, "small.bin", 300001)  # as the first write test makes it
+    w.make("small.bin", 300001)  # as the first write test makes it
     w.smbclient("rw", f"mkdir dA; put {w.tmp}/small.bin dA/x; mkdir dA/sub; "
                       f"put {w.tmp}/small.bin dA/sub/y; rename dA dB")
-    keys = s3_keys(w, "rw/d")
+    keys = w.s3_keys("rw/d")
     assert {"rw/dB/x", "rw/dB/sub/y"} <= keys and not any(k.startswith("rw/dA") for k in keys), keys
     assert w.ls("rw", "dB/sub").get("y") == (False, 300001)
 
 
 def test_a_flush_returns_once_the_object_is_in_s3(w):
-    src = make(w, "flushed.bin", 3 << 20)
+    src = w.make("flushed.bin", 3 << 20)
     url = f"smb://127.0.0.1:{w.smb_port}/rw/flushed.bin"
     p = subprocess.Popen([f"{B}/tests/smbflush", url, src], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -394,7 +378,7 @@ def test_a_flush_returns_once_the_object_is_in_s3(w):
 
 
 def test_other_clients_see_the_new_bytes_while_the_upload_runs(w):
-    src = make(w, "inflight.bin", 30 << 20)
+    src = w.make("inflight.bin", 30 << 20)
     p = slow_upload(w, src, "inflight.bin", 3)
     try:
         assert w.ls("rwfault").get("inflight.bin") == (False, 30 << 20), w.ls("rwfault")
@@ -409,7 +393,7 @@ def test_other_clients_see_the_new_bytes_while_the_upload_runs(w):
 
 
 def test_a_rename_by_another_client_waits_for_the_upload_and_moves_all_of_it(w):
-    src = make(w, "moving.bin", 30 << 20)
+    src = w.make("moving.bin", 30 << 20)
     p = slow_upload(w, src, "moving.bin", 3)
     try:
         # Another client (another smbd process) renames it mid-upload.
@@ -433,9 +417,9 @@ def test_a_rename_by_another_client_waits_for_the_upload_and_moves_all_of_it(w):
 
 
 def test_a_file_renamed_while_open_and_dirty_is_uploaded_under_the_new_name(w):
-    old = make(w, "openmv.old", 1000)
+    old = w.make("openmv.old", 1000)
     w.smbclient("rw", f"put {old} openmv.final")
-    src = make(w, "openmv.bin", 3 << 20)
+    src = w.make("openmv.bin", 3 << 20)
     out = sh([f"{B}/tests/smbrenopen", f"smb://127.0.0.1:{w.smb_port}/rw",
               "openmv.tmp", "openmv.final", src],
              env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD)).stdout
@@ -458,9 +442,9 @@ def rename_open(w, share, src_name, dst_name, src, hold):
 
 def test_kill_9_between_the_rename_of_an_open_written_file_and_its_close_loses_nothing(w):
     # logrotate renames an open log; smbd dies before the log is closed.
-    old = make(w, "rot.old", 5000)
+    old = w.make("rot.old", 5000)
     w.smbclient("rw", f"put {old} app.log")
-    src = make(w, "rot.new", 3 << 20)
+    src = w.make("rot.new", 3 << 20)
     p = rename_open(w, "rw", "app.log", "app.log.1", src, 60)
     try:
         # Until the new name is in S3, the old one keeps the last safe copy.
@@ -472,7 +456,7 @@ def test_kill_9_between_the_rename_of_an_open_written_file_and_its_close_loses_n
         p.communicate(timeout=60)
     w.smbclient("rw", "ls")  # the next connect replays the journal
     assert w.s3_sha256("rw/app.log.1") == sha256(src), "the renamed file was lost"
-    assert "rw/app.log" not in s3_keys(w, "rw/"), "the old name stayed"
+    assert "rw/app.log" not in w.s3_keys("rw/"), "the old name stayed"
     listing = w.ls("rw")
     assert listing.get("app.log.1") == (False, 3 << 20) and "app.log" not in listing, listing
     assert "app.log" not in w.ctl("rw", "pending").stdout
@@ -481,11 +465,11 @@ def test_kill_9_between_the_rename_of_an_open_written_file_and_its_close_loses_n
 def test_a_new_file_under_the_old_name_of_a_renamed_open_file_stays(w):
     # The old name is deleted after the renamed file's upload only if it
     # still holds the version the file started from.
-    old = make(w, "rot2.old", 5000)
+    old = w.make("rot2.old", 5000)
     w.smbclient("rw", f"put {old} svc.log")
-    src = make(w, "rot2.new", 2 << 20)
+    src = w.make("rot2.new", 2 << 20)
     p = rename_open(w, "rw", "svc.log", "svc.log.1", src, 4)
-    newlog = make(w, "rot2.next", 7000)
+    newlog = w.make("rot2.next", 7000)
     w.smbclient("rw", f"put {newlog} svc.log")
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0 and out.strip() == "closed", out
@@ -496,9 +480,9 @@ def test_a_new_file_under_the_old_name_of_a_renamed_open_file_stays(w):
 
 
 def test_a_failed_close_then_a_reopen_for_writing_keeps_the_first_writes(w):
-    base = make(w, "reopen.base", 100000)
+    base = w.make("reopen.base", 100000)
     w.smbclient("rwfault", f"put {base} reopen.bin")
-    patch, tail = make(w, "reopen.patch", 1000), make(w, "reopen.tail", 500)
+    patch, tail = w.make("reopen.patch", 1000), w.make("reopen.tail", 500)
     w.fault("PUT deny -1")
     try:
         p = w.smbwrite("rwfault", "reopen.bin", "write", "0", patch, check=False)
@@ -522,16 +506,16 @@ def test_a_failed_close_then_a_reopen_for_writing_keeps_the_first_writes(w):
 
 
 def test_a_writer_overwrites_a_change_made_in_s3_meanwhile_and_says_so(w):
-    base = make(w, "conflict.bin", 100000)
+    base = w.make("conflict.bin", 100000)
     w.smbclient("rw", f"put {base} conflict.bin")
-    patch = make(w, "conflict.patch", 10)
+    patch = w.make("conflict.patch", 10)
     writer = subprocess.Popen(
         [f"{B}/tests/smbwrite", f"smb://127.0.0.1:{w.smb_port}/rw/conflict.bin",
          "write", "0", patch],
         env=dict(os.environ, SMB_USER=USER, SMB_PASS=PASSWORD, SMBWRITE_HOLD="3"),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(1.5)
-    other = make(w, "conflict.other", 5000)
+    other = w.make("conflict.other", 5000)
     w.s3tool("put", "rw/conflict.bin", other)
     out, _ = writer.communicate(timeout=60)
     assert writer.returncode == 0, out
@@ -546,10 +530,10 @@ def test_a_writer_overwrites_a_change_made_in_s3_meanwhile_and_says_so(w):
 def test_a_rename_above_the_copy_threshold_is_a_multipart_copy(w):
     # rwfault copies objects above 6M part by part (UploadPartCopy), as
     # S3 needs above 5G.
-    src = make(w, "bigcopy.bin", 13 << 20)
+    src = w.make("bigcopy.bin", 13 << 20)
     w.smbclient("rwfault", f"put {src} bigcopy.bin; rename bigcopy.bin bigcopy2.bin")
     assert w.s3_sha256("rwfault/bigcopy2.bin") == sha256(src)
-    assert "rwfault/bigcopy.bin" not in s3_keys(w, "rwfault/")
+    assert "rwfault/bigcopy.bin" not in w.s3_keys("rwfault/")
     # The front's threads may interleave log lines: find the parts anywhere.
     with open(f"{w.tmp}/front-control.log") as f:
         parts = set(re.findall(r"PUT /\S+/bigcopy2\.bin\?partNumber=(\d+)", f.read()))
@@ -557,14 +541,14 @@ def test_a_rename_above_the_copy_threshold_is_a_multipart_copy(w):
 
 
 def test_a_directory_above_the_rename_limit_is_refused_and_left_alone(w):
-    make(w, "small.bin", 300001)  # as the first write test makes it
+    w.make("small.bin", 300001)  # as the first write test makes it
     # rwfault: bucketfs:dir rename max = 3
     w.smbclient("rwfault", "mkdir many4; " +
                 "; ".join(f"put {w.tmp}/small.bin many4/f{i}" for i in range(4)))
     p = w.smbclient("rwfault", "rename many4 many5", check=False)
     assert "NT_STATUS_NOT_SUPPORTED" in p.stdout + p.stderr, p.stdout + p.stderr
     assert re.search(r"cannot rename many4: it holds more than 3 objects", w.smb_log())
-    keys = s3_keys(w, "rwfault/many")
+    keys = w.s3_keys("rwfault/many")
     assert {f"rwfault/many4/f{i}" for i in range(4)} <= keys and \
         not any(k.startswith("rwfault/many5") for k in keys), keys
 
@@ -573,7 +557,7 @@ def put_through_fault(w, name, fault):
     """Upload 20 MiB as rwfault/name while the front injects fault;
     assert S3 ends with the source's bytes; the front's log lines
     for that object."""
-    src = make(w, name, 20 << 20)
+    src = w.make(name, 20 << 20)
     w.fault(fault)
     w.smbclient("rwfault", f"put {src} {name}")
     w.fault("")
@@ -602,7 +586,7 @@ def test_a_lost_answer_to_completing_an_upload_is_not_a_failure(w):
 
 
 def test_a_permanent_failure_reaches_the_client_and_keeps_the_data(w):
-    src = make(w, "denied.bin", 3 << 20)
+    src = w.make("denied.bin", 3 << 20)
     w.fault("PUT deny -1")
     p = w.smbclient("rwfault", f"put {src} denied.bin", check=False)
     w.fault("")
@@ -611,14 +595,14 @@ def test_a_permanent_failure_reaches_the_client_and_keeps_the_data(w):
     staged = os.listdir(f"{w.dir}/bfscache-rwfault/staging")
     assert any(sha256(f"{w.dir}/bfscache-rwfault/staging/{n}") == sha256(src)
                for n in staged), f"staging: {staged}"
-    assert "rwfault/denied.bin" not in s3_keys(w, "rwfault/")
+    assert "rwfault/denied.bin" not in w.s3_keys("rwfault/")
     pending = w.ctl("rwfault", "pending").stdout
     assert re.search(r"upload s3://\S+/rwfault/denied\.bin .*failed: Permission denied",
                      pending), pending
     # The next smbd process on the share finishes the journalled upload.
     for _ in range(50):
         w.smbclient("rwfault", "ls")
-        if "rwfault/denied.bin" in s3_keys(w, "rwfault/"):
+        if "rwfault/denied.bin" in w.s3_keys("rwfault/"):
             break
         time.sleep(0.2)
     assert w.s3_sha256("rwfault/denied.bin") == sha256(src), "not recovered"
@@ -653,14 +637,14 @@ def wait_parts(w, name, want, p):
 
 
 def test_a_file_written_front_to_back_sends_its_parts_before_the_close(w):
-    src = make(w, "streamed.bin", 23 << 20)  # 4 whole parts of 5 MiB and 3 MiB
+    src = w.make("streamed.bin", 23 << 20)  # 4 whole parts of 5 MiB and 3 MiB
     p = stream_write(w, "streamed.bin", src, 5)
     try:
         wait_parts(w, "streamed.bin", [1, 2, 3, 4], p)
         assert p.poll() is None, "closed before its parts went up: nothing shown"
         pending = w.ctl("rwstream", "pending").stdout
         assert "abort" in pending and "rwstream/streamed.bin" in pending, pending
-        assert "rwstream/streamed.bin" not in s3_keys(w, "rwstream/"), "visible before the close"
+        assert "rwstream/streamed.bin" not in w.s3_keys("rwstream/"), "visible before the close"
     finally:
         out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -673,8 +657,8 @@ def test_a_file_written_front_to_back_sends_its_parts_before_the_close(w):
 
 
 def test_a_part_written_again_after_it_went_up_is_sent_again(w):
-    src = make(w, "rewrite.bin", 23 << 20)
-    patch = make(w, "rewrite.patch", 1 << 20)
+    src = w.make("rewrite.bin", 23 << 20)
+    patch = w.make("rewrite.patch", 1 << 20)
     p = stream_write(w, "rewrite.bin", src, 0, str(6 << 20), patch, pause=4)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
@@ -690,7 +674,7 @@ def test_a_part_written_again_after_it_went_up_is_sent_again(w):
 
 
 def test_a_streamed_file_cut_short_is_uploaded_at_its_new_size(w):
-    src = make(w, "cut.bin", 23 << 20)
+    src = w.make("cut.bin", 23 << 20)
     cut = (12 << 20) + 12345  # parts 1 and 2 stay, 3 and 4 went up for nothing
     p = stream_write(w, "cut.bin", src, 0, str(23 << 20), src, pause=4, cut=cut)
     out, err = p.communicate(timeout=120)
@@ -706,7 +690,7 @@ def test_a_streamed_file_cut_short_is_uploaded_at_its_new_size(w):
 
 
 def test_a_streamed_file_renamed_while_open_goes_up_under_the_new_name(w):
-    src = make(w, "renstream.bin", 46 << 20)  # 23 MiB, rename, 23 MiB
+    src = w.make("renstream.bin", 46 << 20)  # 23 MiB, rename, 23 MiB
     # The abort of the old name's upload cannot reach S3 at first.
     w.fault("DELETE reset -1 renstream.tmp?uploadId")
     try:
@@ -736,7 +720,7 @@ def test_a_streamed_file_renamed_while_open_goes_up_under_the_new_name(w):
 
 
 def test_kill_9_while_a_streamed_file_is_open_aborts_its_upload(w):
-    src = make(w, "k9s.bin", 23 << 20)
+    src = w.make("k9s.bin", 23 << 20)
     p = stream_write(w, "k9s.bin", src, 60)
     try:
         wait_parts(w, "k9s.bin", [1, 2, 3, 4], p)
@@ -748,13 +732,13 @@ def test_kill_9_while_a_streamed_file_is_open_aborts_its_upload(w):
     with open(f"{w.tmp}/front-control.log") as f:
         assert re.search(r"DELETE /\S+/rwstream/k9s\.bin\?uploadId=", f.read()), \
             "the dead process's streamed upload was not aborted"
-    assert "rwstream/k9s.bin" not in s3_keys(w, "rwstream/"), "a file never closed was uploaded"
+    assert "rwstream/k9s.bin" not in w.s3_keys("rwstream/"), "a file never closed was uploaded"
     assert "k9s.bin" not in w.ctl("rwstream", "pending").stdout
     assert not os.listdir(f"{w.dir}/bfscache-rwstream/staging"), "staging left"
 
 
 def test_kill_9_right_after_close_loses_nothing(w):
-    src = make(w, "k9.bin", 30 << 20)
+    src = w.make("k9.bin", 30 << 20)
     w.smbclient("rw", f"put {src} k9.bin")
     w.restart_smbd(kill=True)
     assert w.s3_sha256("rw/k9.bin") == sha256(src)
@@ -762,12 +746,12 @@ def test_kill_9_right_after_close_loses_nothing(w):
 
 
 def test_kill_9_during_an_upload_is_finished_by_the_next_smbd(w):
-    src = make(w, "k9b.bin", 30 << 20)
+    src = w.make("k9b.bin", 30 << 20)
     p = slow_upload(w, src, "k9b.bin", 1)  # parts on their way: kill smbd
     w.restart_smbd(kill=True)
     p.wait(timeout=60)
     w.fault("")
-    assert "rwfault/k9b.bin" not in s3_keys(w, "rwfault/"), "uploaded before the kill"
+    assert "rwfault/k9b.bin" not in w.s3_keys("rwfault/"), "uploaded before the kill"
     w.smbclient("rwfault", "ls")  # the next connect replays the journal
     assert w.s3_sha256("rwfault/k9b.bin") == sha256(src), "not finished after restart"
     with open(f"{w.tmp}/front-control.log") as f:

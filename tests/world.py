@@ -94,6 +94,17 @@ def sh(argv, check=True, **kw):
     return p
 
 
+def make_file(path, size):
+    """path filled with size random bytes, a MiB at a time; returns path."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
 def sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -155,6 +166,15 @@ class World:
 
     def s3tool(self, *args, check=True):
         return sh([f"{B}/s3tool", *args], check=check, env=self.env)
+
+    def s3_keys(self, prefix):
+        """Every key under prefix in the test bucket."""
+        out = self.s3tool("ls", prefix).stdout
+        return {line.split()[-1] for line in out.splitlines() if line.strip()}
+
+    def make(self, name, size):
+        """A file of size random bytes in the world's folder; its path."""
+        return make_file(f"{self.tmp}/{name}", size)
 
     # -- smbd ---------------------------------------------------------------
 
@@ -251,6 +271,13 @@ class World:
                                        "-s", conf], f"smbd-{name}", env=env)
         wait_port(port, f"smbd {name}")
         return port, f"{t}/log.smbd"
+
+    def stop_extra_smbd(self, name):
+        """Stop the smbd start_extra_smbd started as name (and its children,
+        its process group)."""
+        smbd = self.extra.pop(name)
+        os.killpg(smbd.pid, signal.SIGTERM)
+        smbd.wait(timeout=30)
 
     def restart_smbd(self, kill=False):
         os.killpg(self.smbd.pid, signal.SIGKILL if kill else signal.SIGTERM)
