@@ -12,15 +12,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 import types
 
 import pytest
 
 from conftest import smbd_fixture
-from world import (TOP, B, BUCKET, USER, PASSWORD, OTHER_USER, free_port,
-                   wait_port, sh, sha256)
+from world import TOP, B, BUCKET, USER, PASSWORD, OTHER_USER, sh, sha256
 
 SHARES = """
 [data]
@@ -333,16 +331,8 @@ def test_our_debug_class_sets_our_log_level(w):
     assert re.search(r"bucketfs: share data serves s3://", w.smb_log())
 
 
-def test_instance_role_credentials_come_from_imdsv2_and_are_refreshed(w):
-    keys = "IMDSKEY1:imds-secret-1,IMDSKEY2:imds-secret-2"
-    imds_port, front_port = free_port(), free_port()
-    # Credentials valid 303 s: inside the 300 s margin after 3 s.
-    imds = w.spawn([sys.executable, os.path.join(TOP, "tests/integration/imds_standin.py"),
-                    str(imds_port), "--keys", keys, "--lifetime", "303"], "imds")
-    w.spawn([sys.executable, os.path.join(TOP, "tests/integration/s3_front.py"),
-             str(front_port), str(w.s3_port), "--keys", keys], "front-imds")
-    wait_port(imds_port, "imds stand-in")
-    wait_port(front_port, "front for imds keys")
+def test_instance_role_credentials_come_from_imdsv2_and_are_refreshed(w, imds):
+    imds_port, front_port = imds.port, imds.front_port
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("AWS_")}  # nothing before IMDS in the chain
     port, log = w.start_extra_smbd("imds", f"""[imds]
@@ -372,7 +362,7 @@ def test_instance_role_credentials_come_from_imdsv2_and_are_refreshed(w):
     front = open(f"{w.tmp}/front-imds.log").read()
     assert "ak=IMDSKEY1" in front, "the first role credentials were not used"
     assert "ak=IMDSKEY2" in front, "refreshed credentials were not used"
-    issued = open(f"{w.tmp}/imds.log").read()
+    issued = open(imds.log).read()
     assert issued.count("issued") >= 2 and "PUT /latest/api/token" in issued, issued
     assert re.search(r"refreshed the instance role's credentials", open(log).read())
     assert "imds-secret" not in open(log).read(), "a secret reached the log"
@@ -381,12 +371,14 @@ def test_instance_role_credentials_come_from_imdsv2_and_are_refreshed(w):
     # their margin) asks again every 10 s, not on every pass.
     engine_log = f"{w.tmp}/bfscache-imds/engine.log"
     assert os.path.exists(engine_log), "the share has no engine"
-    imds.kill()
-    imds.wait(timeout=30)
-    start = len(open(engine_log).read())
-    time.sleep(13)
-    failed = open(engine_log).read()[start:].count(
-        "cannot refresh the instance role's credentials")
+    imds.stop()
+    try:
+        start = len(open(engine_log).read())
+        time.sleep(13)
+        failed = open(engine_log).read()[start:].count(
+            "cannot refresh the instance role's credentials")
+    finally:
+        imds.start()
     assert 1 <= failed <= 2, f"{failed} refresh attempts in 13 s"
 
 
