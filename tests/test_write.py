@@ -339,6 +339,7 @@ def test_mkdir_rmdir_and_unlink_change_the_bucket(w):
     assert "d1" not in w.ls("rw")
     # an implicit directory (no marker) is removed once empty
     w.s3tool("put", "rw/implicit/only", "/etc/hostname")
+    w.ctl("rw", "invalidate", "")  # put behind the share's back
     w.smbclient("rw", "rm implicit/only; rmdir implicit")
     assert "implicit" not in w.ls("rw")
 
