@@ -590,7 +590,6 @@ static size_t bfs_wb_meta_headers(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 	return n;
 }
 
-/* Run an upload of a journalled record to the end. */
 /*
  * While the engine uploads a closed file, a client may rename it (write
  * tmp, rename over final, with the rename coming after the upload began:
@@ -636,6 +635,7 @@ static void bfs_wb_watch_arm(struct bfs_wb_watch *w)
 			       bfs_wb_watch_tick, w);
 }
 
+/* Run an upload of a journalled record to the end. */
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     bool drop_stage,
 			     const struct bfs_upload_resume *resume,
