@@ -472,7 +472,11 @@ def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under
                 break
             time.sleep(0.1)
         assert "rwlocal/ckpt2.tmp?partNumber" in front_log(w)[before:], "no upload began"
-        w.smbclient("rwlocal", "rename ckpt2.tmp ckpt2.pt")
+        r = w.smbclient("rwlocal", "rename ckpt2.tmp ckpt2.pt", check=False)
+        # Seen once in CI (ACCESS_DENIED), not reproduced since: say why.
+        assert r.returncode == 0, (r.stdout, [
+            l for l in (w.smb_log() + front_log(w)[before:]).splitlines()
+            if re.search(r"ckpt2|mismatch|rename|denied|ERR", l, re.I)][-40:])
     finally:
         w.fault("PUT delay:0 0")
     assert s3_has(w, "rwlocal/ckpt2.pt", sha256(src))
