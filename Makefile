@@ -36,7 +36,7 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop intree clean bench bench-deps bench-read bench-write \
+.PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree clean bench bench-deps bench-read bench-write \
         fuzz fuzz-build asan-unit valgrind-unit \
         asan install-asan
 all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(UNIT) $(ITEST)
@@ -162,6 +162,12 @@ demo: all install
 
 demo-stop:
 	@scripts/demo.sh stop
+
+cluster-demo: all install
+	@/usr/bin/python3 scripts/cluster_demo.py
+
+cluster-stop:
+	@/usr/bin/python3 scripts/cluster_demo.py stop
 
 intree: $(B)/.deps-ok
 	@scripts/intree-build.sh

@@ -20,7 +20,9 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # samba-testsuite, for smbtorture (Samba's conformance suites); pytest
 # with its random-order plugin, the integration tests' runner;
 # Ceph's monitor, OSD and RADOS Gateway: a production S3 server for the
-# tests, started by scripts/rgw.sh).
+# tests, started by scripts/rgw.sh; ctdb, with iptables for its
+# 10.interface event script: the clustered gateway's tests and
+# make cluster-demo, tests/cluster.py).
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
@@ -31,6 +33,7 @@ pkgs=(
   python3-pytest python3-pytest-random-order
   clang libclang-rt-14-dev valgrind
   radosgw ceph-mon ceph-osd ceph-common
+  ctdb iptables
 )
 
 missing=()

@@ -128,6 +128,7 @@ def finish(started):
 # The areas whose tests have moved to pytest (tests/test_*.py, fixtures in
 # tests/conftest.py), by the ONLY name that selects them.
 PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
+                "cluster": "tests/test_cluster.py",
                 "docs": "tests/test_docs.py", "read": "tests/test_read.py",
                 "engine": "tests/test_engine.py", "reliability": "tests/test_reliability.py",
                 "rgw": "tests/test_rgw.py", "security": "tests/test_security.py tests/test_soak.py",

@@ -83,6 +83,8 @@ ap.add_argument("--aws", default="")
 # on as it came (it checks the signature again), and do not stand in for
 # If-Match, UploadPartCopy or NoSuchUpload as the front does for s3rver.
 ap.add_argument("--transparent", action="store_true")
+# Another address than loopback (the cluster's bridge, tests/cluster.py).
+ap.add_argument("--bind", default="127.0.0.1")
 args = ap.parse_args()
 AWS = set(b for b in args.aws.split(",") if b and "=" not in b)
 REGION = next((b[7:] for b in args.aws.split(",") if b.startswith("region=")), None)
@@ -299,7 +301,7 @@ class Front(http.server.BaseHTTPRequestHandler):
         if args.control:
             fault = controlled_fault(self.command, self.path) or fault
         ak = re.search(r"Credential=([^/]+)/", self.headers.get("Authorization", ""))
-        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'} cksum={self.headers.get('x-amz-checksum-mode') or '-'} crc32c={self.headers.get('x-amz-checksum-crc32c') or self.headers.get('x-amz-checksum-algorithm') or '-'} expect={self.headers.get('Expect') or '-'} copy={'yes' if self.headers.get('x-amz-copy-source') else '-'}")
+        log_line(f"{self.command} {self.path} fault={fault or '-'} if-match={self.headers.get('If-Match')} range={self.headers.get('Range')} ak={ak.group(1) if ak else '-'} cksum={self.headers.get('x-amz-checksum-mode') or '-'} crc32c={self.headers.get('x-amz-checksum-crc32c') or self.headers.get('x-amz-checksum-algorithm') or '-'} expect={self.headers.get('Expect') or '-'} copy={'yes' if self.headers.get('x-amz-copy-source') else '-'} from={self.client_address[0]}")
         if fault.startswith("delay:"):
             time.sleep(float(fault[6:]))
             fault = ""
@@ -474,4 +476,4 @@ class Server(http.server.ThreadingHTTPServer):
     request_queue_size = 128
 
 
-Server(("127.0.0.1", args.listen), Front).serve_forever()
+Server((args.bind, args.listen), Front).serve_forever()

@@ -1,0 +1,249 @@
+"""Several gateways on one bucket: a CTDB-clustered Samba of three nodes
+(issue 22), each with its own cache folder and engine, started on this
+machine in network namespaces (tests/cluster.py).  Clients reach the
+nodes' public addresses, which CTDB moves when a node dies."""
+import threading
+import time
+
+import pytest
+from impacket import smb as smb_v1
+from impacket import smb3
+from impacket import smb3structs as s3
+from impacket.smbconnection import SMBConnection, SessionError
+
+from cluster import NODES, Cluster, node_ip, public_ip
+from world import PASSWORD, USER, make_file, sha256
+
+SHARES = """[data]
+  path = /
+  vfs objects = bucketfs
+  bucketfs:endpoint = {endpoint}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {creds}
+  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = cluster/
+  bucketfs:cache dir = {cache}
+  bucketfs:metadata ttl = 2
+  read only = no
+"""
+
+
+@pytest.fixture(scope="module")
+def cl(world):
+    c = Cluster(f"{world.tmp}/cluster", world.s3_port, SHARES)
+    c.world = world
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def connect(ip):
+    conn = SMBConnection(ip, ip, preferredDialect=s3.SMB2_DIALECT_30, timeout=30)
+    conn.login(USER, PASSWORD)
+    return conn, conn.connectTree("data")
+
+
+def wait_seen(cl, path):
+    """Until every node shows path, put in S3 behind their backs: past
+    their TTL one listing serves the index and revalidates in the
+    background, the next shows the change."""
+    folder, name = path.rsplit("/", 1) if "/" in path else ("", path)
+    for n in range(NODES):
+        end = time.monotonic() + 30
+        while True:
+            p = cl.smbclient(public_ip(n), "data", f'cd "{folder or "/"}"; ls', check=False)
+            if f" {name} " in p.stdout or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        assert f" {name} " in p.stdout, (n, p.stdout)
+
+
+def file_ids(ip, folder):
+    """name -> the FileId (inode) node ip shows for each entry of folder
+    (FileIdBothDirectoryInformation, which Windows asks for)."""
+    conn, tid = connect(ip)
+    smb = conn.getSMBServer()
+    ids = {}
+    try:
+        fid = smb.create(tid, folder, s3.FILE_READ_ATTRIBUTES | s3.FILE_READ_DATA,
+                         s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE, s3.FILE_DIRECTORY_FILE,
+                         s3.FILE_OPEN, 0)
+        while True:
+            try:
+                res = smb.queryDirectory(tid, fid, "*", maxBufferSize=65535,
+                                         informationClass=s3.FILEID_BOTH_DIRECTORY_INFORMATION)
+            except smb3.SessionError as e:
+                if e.get_error_code() != 0x80000006:  # STATUS_NO_MORE_FILES
+                    raise
+                break
+            while res:
+                info = smb_v1.SMBFindFileIdBothDirectoryInfo(smb_v1.SMB.FLAGS2_UNICODE)
+                info.fromString(res)
+                name = info["FileName"].decode("utf-16le")
+                if name not in (".", ".."):
+                    ids[name] = info["FileID"]
+                res = res[info["NextEntryOffset"]:] if info["NextEntryOffset"] else b""
+        smb.close(tid, fid)
+    finally:
+        conn.logoff()
+    return ids
+
+
+def test_each_node_lists_and_reads_the_bucket_alike_and_gives_names_the_same_file_ids(cl):
+    w = cl.world
+    src = w.make("cluster-seed.bin", 3 << 20)
+    for i in range(60):
+        w.s3tool("put", f"cluster/seed/{i:03d}-{'x' * (i % 7)}.bin", src)
+    wait_seen(cl, "seed/059-xxx.bin")
+    views = []
+    for n in range(NODES):
+        out = cl.smbclient(public_ip(n), "data", f"cd seed; ls; get 000-.bin {w.tmp}/c{n}.bin")
+        assert sha256(f"{w.tmp}/c{n}.bin") == sha256(src), n
+        views.append(file_ids(public_ip(n), "seed"))
+        assert len(views[-1]) == 60, out.stdout
+    # The same file ID for a name on every node (Samba keys share modes
+    # and locks on it): derived from the key alone.
+    assert views[0] == views[1] == views[2]
+    assert len(set(views[0].values())) == 60
+
+
+def test_a_file_closed_on_one_node_is_read_on_another_within_its_ttl(cl):
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-ckpt.bin", 8 << 20)
+    cl.smbclient(public_ip(0), "data", f"put {src} ckpt-a.pt")
+    start = time.monotonic()
+    # Node A's engine uploads it (close = local), then B's TTL (2 s) runs
+    # out: a generous bound, the point is that it comes.
+    while time.monotonic() - start < 60:
+        p = cl.smbclient(public_ip(1), "data", f"get ckpt-a.pt {w.tmp}/ckpt-b.bin", check=False)
+        if p.returncode == 0:
+            break
+        time.sleep(0.5)
+    assert p.returncode == 0, p.stdout
+    assert sha256(f"{w.tmp}/ckpt-b.bin") == sha256(src)
+    print(f"    # seen on node B {time.monotonic() - start:.1f} s after the close on node A")
+    # Replaced through B: A serves the new bytes once its TTL is past,
+    # never the old ones mixed in (ETag identity).
+    src2 = make_file(f"{w.tmp}/cluster-ckpt2.bin", 8 << 20)
+    cl.smbclient(public_ip(1), "data", f"put {src2} ckpt-a.pt")
+    start = time.monotonic()
+    while time.monotonic() - start < 60:
+        cl.smbclient(public_ip(0), "data", f"get ckpt-a.pt {w.tmp}/ckpt-c.bin")
+        got = sha256(f"{w.tmp}/ckpt-c.bin")
+        assert got in (sha256(src), sha256(src2)), "a mix of two versions"
+        if got == sha256(src2):
+            break
+        time.sleep(0.5)
+    assert got == sha256(src2)
+
+
+def test_a_share_mode_and_a_byte_range_lock_taken_through_one_node_hold_on_another(cl):
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-locked.bin", 1 << 20)
+    w.s3tool("put", "cluster/locked.bin", src)
+    wait_seen(cl, "locked.bin")
+    a, ta = connect(public_ip(0))
+    b, tb = connect(public_ip(1))
+    try:
+        # A opens it for writing, sharing only reads.
+        fa = a.openFile(ta, "locked.bin", desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                        shareMode=s3.FILE_SHARE_READ)
+        with pytest.raises(SessionError) as e:
+            b.openFile(tb, "locked.bin", desiredAccess=s3.FILE_WRITE_DATA,
+                       shareMode=s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE)
+        assert e.value.getErrorCode() == 0xC0000043, hex(e.value.getErrorCode())  # SHARING_VIOLATION
+        fb = b.openFile(tb, "locked.bin", desiredAccess=s3.FILE_READ_DATA,
+                        shareMode=s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE)
+        # A locks bytes 0..4095; B's lock of them is refused, of others not.
+        lock(a, ta, fa, 0, 4096)
+        with pytest.raises(SessionError) as e:
+            lock(b, tb, fb, 0, 4096)
+        assert e.value.getErrorCode() == 0xC0000055, hex(e.value.getErrorCode())  # LOCK_NOT_GRANTED
+        lock(b, tb, fb, 8192, 4096)
+        a.closeFile(ta, fa)
+        # A's handle closed: its lock went with it.
+        lock(b, tb, fb, 0, 4096)
+        b.closeFile(tb, fb)
+    finally:
+        a.logoff()
+        b.logoff()
+
+
+def lock(conn, tid, fid, offset, length):
+    """An exclusive byte-range lock that fails at once (SMB2 LOCK; impacket's
+    own joins the elements as text)."""
+    smb = conn.getSMBServer()
+    el = s3.SMB2_LOCK_ELEMENT()
+    el["Offset"], el["Length"] = offset, length
+    el["Flags"] = s3.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | s3.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+    packet = smb.SMB_PACKET()
+    packet["Command"] = s3.SMB2_LOCK
+    packet["TreeID"] = tid
+    req = s3.SMB2Lock()
+    req["FileID"] = fid
+    req["LockCount"] = 1
+    req["Locks"] = el.getData()
+    packet["Data"] = req
+    try:
+        smb.recvSMB(smb.sendSMB(packet)).isValidAnswer(0)  # raises if not
+    except smb3.SessionError as e:
+        raise SessionError(e.get_error_code(), e.get_error_packet())
+
+
+def test_when_a_node_dies_its_address_moves_and_a_reader_goes_on_byte_exact(cl):
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-big.bin", 48 << 20)
+    w.s3tool("put", "cluster/big.bin", src)
+    wait_seen(cl, "big.bin")
+    with open(src, "rb") as f:
+        want = f.read()
+    ip = public_ip(2)
+    victim = cl.holder(ip)
+    done = {"offset": 0, "reconnects": 0, "error": None}
+
+    def reader():
+        """A client that reads in 1 MiB requests and, when its
+        connection drops, connects again and goes on where it was."""
+        conn = fid = None
+        deadline = time.monotonic() + 120
+        while done["offset"] < len(want) and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn, tid = connect(ip)
+                    fid = conn.openFile(tid, "big.bin", desiredAccess=s3.FILE_READ_DATA,
+                                        shareMode=s3.FILE_SHARE_READ)
+                data = conn.readFile(tid, fid, done["offset"], 1 << 20)
+                if data != want[done["offset"]:done["offset"] + len(data)]:
+                    done["error"] = f"wrong bytes at {done['offset']}"
+                    return
+                done["offset"] += len(data)
+                time.sleep(0.05)  # slow enough for the node to die meanwhile
+            except Exception:
+                conn = None
+                done["reconnects"] += 1
+                time.sleep(0.5)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    while done["offset"] < (8 << 20) and t.is_alive():
+        time.sleep(0.1)
+    killed = time.monotonic()
+    cl.kill_node(victim)
+    t.join(timeout=150)
+    try:
+        assert not t.is_alive(), "the reader is stuck"
+        assert done["error"] is None, done["error"]
+        assert done["offset"] == len(want), done
+        assert done["reconnects"] >= 1, "the reader never noticed the node go"
+        taker = cl.holder(ip, asking=(victim + 1) % NODES)
+        assert taker not in (victim, -1), taker
+        print(f"    # node {victim} killed; {ip} answered from node {taker}; the reader "
+              f"reconnected {done['reconnects']} time(s) and finished "
+              f"{time.monotonic() - killed:.1f} s later")
+    finally:
+        cl.revive(victim)
+    # Back: it serves again, and takes its share of addresses.
+    out = cl.smbclient(node_ip(victim), "data", "ls")
+    assert "big.bin" in out.stdout
