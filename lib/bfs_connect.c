@@ -112,7 +112,7 @@ static int bfs_share_read_params(struct bfs_conn *bc, bool *reuse_buffers)
 	if (full_root == NULL) {
 		return ENOMEM;
 	}
-	bc->dev = bfs_index_key_ino(full_root);
+	bc->dev = bfs_index_ino_hint(full_root);
 	TALLOC_FREE(full_root);
 
 	cache_dir = bfs_parm_string(bc, "cache dir");

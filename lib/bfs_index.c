@@ -8,6 +8,7 @@
  *                                    last used (struct bfs_dir_rec)
  *                                    (LMDB keys cannot be empty: the root
  *                                    directory's prefix is "")
+ *   inos  uint64 inode (native)   -> full key of the entry that owns it
  *   meta  "bucket"                -> the bucket this index describes
  *   listers "/<dir prefix>"       -> process listing it from S3 right now
  *                                    (struct bfs_lister_rec)
@@ -24,8 +25,6 @@
  * listing's transaction needs the pages it needed before, no more.
  */
 #include "bfs_index.h"
-
-#include <openssl/sha.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -77,7 +76,7 @@
 
 struct bfs_index {
 	MDB_env *env;
-	MDB_dbi ent, dirs, meta;
+	MDB_dbi ent, dirs, inos, meta;
 	/*
 	 * "changed": entry key -> time (int64) this host last changed that
 	 * name in S3 (put, remove, rename).  A listing that started before
@@ -368,60 +367,6 @@ char *bfs_index_identity(TALLOC_CTX *mem_ctx, const char *endpoint,
 }
 
 /* The tables, and the identity check, in the open's transaction. */
-/* ---- inodes ----------------------------------------------------------------- */
-
-static char *bfs_full_key(TALLOC_CTX *mem_ctx, const char *dir,
-			  const char *name, bool is_dir)
-{
-	return talloc_asprintf(mem_ctx, "%s%s%s", dir, name, is_dir ? "/" : "");
-}
-
-uint64_t bfs_index_key_ino(const char *full_key)
-{
-	/*
-	 * The key alone decides, so every node of a cluster, and every
-	 * process, gives a name the same file ID whatever else it has seen
-	 * (Samba keys share modes and locks on it).  63 bits of SHA-256:
-	 * two keys share one about once in 10^9 pairs of 10^5 names... in
-	 * practice never, and if so alike on every node.  Kept away from
-	 * 0..BFS_ROOT_INO and from negative off_t.
-	 */
-	unsigned char md[SHA256_DIGEST_LENGTH];
-	uint64_t h;
-
-	SHA256((const unsigned char *)full_key, strlen(full_key), md);
-	memcpy(&h, md, sizeof(h));
-	h &= 0x7fffffffffffffffULL;
-	return h <= BFS_ROOT_INO ? h + BFS_ROOT_INO + 1 : h;
-}
-
-/* The inode of dir/name (a folder's key ends in '/'); 0 without memory. */
-static uint64_t bfs_index_ent_ino(const char *dir, const char *name,
-				  bool is_dir)
-{
-	char *full = bfs_full_key(NULL, dir, name, is_dir);
-	uint64_t ino = full != NULL ? bfs_index_key_ino(full) : 0;
-
-	talloc_free(full);
-	return ino;
-}
-
-/*
- * Indexes before issue 22 numbered inodes in order of arrival, probing
- * past collisions, in a map of their own: two nodes could disagree.  The
- * map goes; the records' numbers are derived again as they are read.
- */
-static int bfs_index_drop_ino_map(MDB_txn *txn)
-{
-	MDB_dbi inos;
-	int rc = mdb_dbi_open(txn, "inos", MDB_INTEGERKEY, &inos);
-
-	if (rc == MDB_NOTFOUND) {
-		return 0;
-	}
-	return rc == 0 ? mdb_drop(txn, inos, 1) : rc;
-}
-
 static int bfs_index_open_dbs(struct bfs_index *idx, MDB_txn *txn,
 			      TALLOC_CTX *mem_ctx, const char *served,
 			      const char **why)
@@ -434,7 +379,8 @@ static int bfs_index_open_dbs(struct bfs_index *idx, MDB_txn *txn,
 		rc = mdb_dbi_open(txn, "dirs", MDB_CREATE, &idx->dirs);
 	}
 	if (rc == 0) {
-		rc = bfs_index_drop_ino_map(txn);
+		rc = mdb_dbi_open(txn, "inos", MDB_CREATE | MDB_INTEGERKEY,
+				  &idx->inos);
 	}
 	if (rc == 0) {
 		rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &idx->meta);
@@ -696,6 +642,54 @@ static MDB_val bfs_ent_key(TALLOC_CTX *mem_ctx, const char *dir,
 	return v;
 }
 
+uint64_t bfs_index_ino_hint(const char *full_key)
+{
+	/* FNV-1a 64, folded away from 0..BFS_ROOT_INO and negative off_t. */
+	uint64_t h = 0xcbf29ce484222325ULL;
+	const unsigned char *p;
+
+	for (p = (const unsigned char *)full_key; *p != '\0'; p++) {
+		h = (h ^ *p) * 0x100000001b3ULL;
+	}
+	h &= 0x7fffffffffffffffULL;
+	return h <= BFS_ROOT_INO ? h + BFS_ROOT_INO + 1 : h;
+}
+
+/* A free inode for full_key: its hint, or the next one not owned by
+ * another key.  Records the ownership. */
+static int bfs_index_alloc_ino(struct bfs_index *idx, MDB_txn *txn,
+			       const char *full_key, uint64_t *ino)
+{
+	uint64_t i = bfs_index_ino_hint(full_key);
+	size_t kl = strlen(full_key);
+	MDB_val k, v;
+	int rc;
+
+	for (;;) {
+		k.mv_size = sizeof(i);
+		k.mv_data = &i;
+		rc = mdb_get(txn, idx->inos, &k, &v);
+		if (rc == MDB_NOTFOUND) {
+			break;
+		}
+		if (rc != 0) {
+			return rc;
+		}
+		if (v.mv_size == kl && memcmp(v.mv_data, full_key, kl) == 0) {
+			*ino = i;
+			return 0;
+		}
+		i = i >= 0x7fffffffffffffffULL ? BFS_ROOT_INO + 1 : i + 1;
+	}
+	v.mv_size = kl;
+	v.mv_data = (void *)full_key;
+	rc = mdb_put(txn, idx->inos, &k, &v, 0);
+	if (rc == 0) {
+		*ino = i;
+	}
+	return rc;
+}
+
 /* ---- directories ------------------------------------------------------------ */
 
 static MDB_val bfs_dirs_key(TALLOC_CTX *mem_ctx, const char *dir)
@@ -918,6 +912,7 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 			if (old.flags & BFS_ENT_PENDING) {
 				return 0; /* ours is newer than S3's */
 			}
+			e.ino = old.ino;
 			bfs_ent_keep_meta(&e, &old);
 		}
 	} else if (rc != MDB_NOTFOUND) {
@@ -963,6 +958,13 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 				 * started: S3's answer cannot know it. */
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
+			}
+			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
+				MDB_val ik = {sizeof(old.ino), &old.ino};
+				rc = mdb_del(txn, idx->inos, &ik, NULL);
+				if (rc != 0 && rc != MDB_NOTFOUND) {
+					break; /* e.g. the map is full */
+				}
 			}
 			/* The cursor moves on to the next item (or the end:
 			 * EINVAL once the table is empty). */
@@ -1037,10 +1039,7 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 			rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
 			if (rc == 0) {
 				e->name = talloc_strdup(mem_ctx, name);
-				e->ino = bfs_index_ent_ino(dir, name,
-							   e->is_dir);
-				rc = e->name != NULL && e->ino != 0 ? 0 :
-								      ENOMEM;
+				rc = e->name != NULL ? 0 : ENOMEM;
 			}
 		}
 		bfs_lmdb_txn_abort(txn);
@@ -1091,9 +1090,7 @@ int bfs_index_children(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		}
 		out[got].name = talloc_strndup(out, kd + dl + 1,
 					       k.mv_size - dl - 1);
-		out[got].ino = out[got].name == NULL ? 0 :
-			bfs_index_ent_ino(dir, out[got].name, out[got].is_dir);
-		if (out[got].ino == 0) {
+		if (out[got].name == NULL) {
 			rc = ENOMEM;
 			break;
 		}
@@ -1129,7 +1126,13 @@ int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
 	return *dir != NULL && *name != NULL ? 0 : ENOMEM;
 }
 
-/* Put e under dir/name in txn; e->ino becomes the key's. */
+static char *bfs_full_key(TALLOC_CTX *mem_ctx, const char *dir,
+			  const char *name, bool is_dir)
+{
+	return talloc_asprintf(mem_ctx, "%s%s%s", dir, name, is_dir ? "/" : "");
+}
+
+/* Put e under dir/name in txn, with ino (0: keep the name's or allocate). */
 static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 			     TALLOC_CTX *tmp, const char *dir,
 			     struct bfs_entry *e)
@@ -1142,9 +1145,27 @@ static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 	if (k.mv_data == NULL) {
 		return ENOMEM;
 	}
-	e->ino = bfs_index_ent_ino(dir, e->name, e->is_dir);
 	if (e->ino == 0) {
-		return ENOMEM;
+		rc = mdb_get(txn, idx->ent, &k, &v);
+		if (rc == 0) {
+			struct bfs_entry old;
+			if (bfs_index_decode(tmp, v.mv_data, v.mv_size,
+					     &old) == 0) {
+				e->ino = old.ino;
+			}
+		} else if (rc != MDB_NOTFOUND) {
+			return rc;
+		}
+	}
+	if (e->ino == 0) {
+		char *full = bfs_full_key(tmp, dir, e->name, e->is_dir);
+		if (full == NULL) {
+			return ENOMEM;
+		}
+		rc = bfs_index_alloc_ino(idx, txn, full, &e->ino);
+		if (rc != 0) {
+			return rc;
+		}
 	}
 	rc = bfs_index_encode(tmp, e, &buf, &len);
 	if (rc != 0) {
@@ -1158,7 +1179,8 @@ static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 /* Remove dir/name in txn; its record (if any) goes to *old. */
 static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
 				TALLOC_CTX *tmp, const char *dir,
-				const char *name, struct bfs_entry *old)
+				const char *name, struct bfs_entry *old,
+				bool release_ino)
 {
 	MDB_val k = bfs_ent_key(tmp, dir, name), v;
 	int rc;
@@ -1171,8 +1193,12 @@ static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
 		return rc;
 	}
 	rc = bfs_index_decode(tmp, v.mv_data, v.mv_size, old);
-	if (rc != 0) {
-		return rc;
+	if (rc == 0 && release_ino) {
+		MDB_val ik = {sizeof(old->ino), &old->ino};
+		rc = mdb_del(txn, idx->inos, &ik, NULL);
+		if (rc != 0 && rc != MDB_NOTFOUND) {
+			return rc;
+		}
 	}
 	return mdb_del(txn, idx->ent, &k, NULL);
 }
@@ -1301,6 +1327,7 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 			    struct bfs_entry *e, bool only_new)
 {
 	struct bfs_wtxn w = {.idx = idx, .dir = dir, .adds = true};
+	uint64_t ino = e->ino;
 	struct bfs_meta meta = e->meta;
 	int rc;
 
@@ -1309,7 +1336,8 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 		if (rc != 0) {
 			break;
 		}
-		e->meta = meta; /* the caller's, each attempt */
+		e->ino = ino; /* the caller's, each attempt */
+		e->meta = meta;
 		if (only_new) {
 			MDB_val k = bfs_ent_key(w.tmp, dir, e->name), v;
 
@@ -1332,7 +1360,7 @@ static int bfs_index_put_as(struct bfs_index *idx, const char *dir,
 		}
 		rc = bfs_index_end(&w, rc);
 	} while (rc == BFS_INDEX_AGAIN);
-	e->meta = meta; /* the caller's */
+	e->meta = meta; /* the caller's, as for ino */
 	return rc;
 }
 
@@ -1495,7 +1523,8 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 		if (rc != 0) {
 			break;
 		}
-		rc = bfs_index_remove_txn(idx, w.txn, w.tmp, dir, name, &old);
+		rc = bfs_index_remove_txn(idx, w.txn, w.tmp, dir, name, &old,
+					  true);
 		rc = rc == MDB_NOTFOUND ? 0 : rc;
 		if (rc == 0) {
 			rc = bfs_index_note_change(idx, w.txn,
@@ -1514,16 +1543,29 @@ static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
 				const char *dname)
 {
 	struct bfs_entry e = {0}, gone;
+	MDB_val ik, iv;
+	char *full;
 	int rc;
 
-	rc = bfs_index_remove_txn(idx, txn, tmp, sdir, sname, &e);
+	rc = bfs_index_remove_txn(idx, txn, tmp, sdir, sname, &e, false);
 	if (rc == 0) {
-		rc = bfs_index_remove_txn(idx, txn, tmp, ddir, dname, &gone);
+		rc = bfs_index_remove_txn(idx, txn, tmp, ddir, dname, &gone,
+					  true);
 		rc = rc == MDB_NOTFOUND ? 0 : rc;
 	}
 	if (rc == 0) {
-		/* A new key, a new inode (bfs_index_key_ino), as on any
-		 * node that learns of the rename from a listing. */
+		/* The inode follows the entry: its owner is the new key. */
+		full = bfs_full_key(tmp, ddir, dname, e.is_dir);
+		rc = full != NULL ? 0 : ENOMEM;
+	}
+	if (rc == 0) {
+		ik.mv_size = sizeof(e.ino);
+		ik.mv_data = &e.ino;
+		iv.mv_size = strlen(full);
+		iv.mv_data = full;
+		rc = mdb_put(txn, idx->inos, &ik, &iv, 0);
+	}
+	if (rc == 0) {
 		e.name = talloc_strdup(tmp, dname);
 		rc = e.name != NULL ?
 			bfs_index_put_txn(idx, txn, tmp, ddir, &e) : ENOMEM;
@@ -1624,6 +1666,13 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}
+			if (db == idx->ent) {
+				MDB_val ik = {sizeof(e.ino), &e.ino};
+				rc = mdb_del(txn, idx->inos, &ik, NULL);
+				if (rc != 0 && rc != MDB_NOTFOUND) {
+					break; /* e.g. the map is full */
+				}
+			}
 			if (db == idx->ent && each != NULL && !e.is_dir) {
 				char *key = bfs_ent_full_key(NULL, &k, false);
 				if (key != NULL) {
@@ -1682,22 +1731,51 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 
 /* ---- consistency check ------------------------------------------------------ */
 
+static int bfs_u64_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+struct bfs_owned {
+	const uint64_t *inos; /* sorted */
+	size_t n;
+};
+
+static int bfs_ino_owned(void *priv, const MDB_val *k, const MDB_val *v)
+{
+	const struct bfs_owned *o = priv;
+	uint64_t ino;
+
+	(void)v;
+	if (k->mv_size != sizeof(ino)) {
+		return 0;
+	}
+	memcpy(&ino, k->mv_data, sizeof(ino));
+	/* No entries: inos is NULL, which bsearch may not get. */
+	return o->n > 0 &&
+	       bsearch(&ino, o->inos, o->n, sizeof(ino), bfs_u64_cmp) != NULL;
+}
+
 /*
- * One entry record: it decodes (else it goes, with its folder's listing,
- * to be listed again at the next access).  *full gets its key, NULL if
- * it did not decode.
+ * One entry record: it decodes and its inode is its own in the map.
+ * *ino gets the inode it ends up with.
  */
 static int bfs_index_check_entry(struct bfs_index *idx, MDB_txn *txn,
 				 MDB_cursor *cur, TALLOC_CTX *tmp,
 				 const MDB_val *k, const MDB_val *v,
 				 bool repair, struct bfs_index_fsck *r,
-				 struct bfs_entry *e, char **full)
+				 struct bfs_entry *e, char **full,
+				 uint64_t *ino)
 {
+	MDB_val ik = {sizeof(e->ino), &e->ino}, iv, fv;
 	int rc;
 
 	*full = NULL;
 	if (bfs_index_decode(tmp, v->mv_data, v->mv_size, e) != 0 ||
 	    (*full = bfs_ent_full_key(tmp, k, e->is_dir)) == NULL) {
+		/* Its directory is listed again at the next access. */
 		char *dir = talloc_strndup(tmp, k->mv_data,
 					   strnlen(k->mv_data, k->mv_size));
 		MDB_val dk = bfs_dirs_key(tmp, dir != NULL ? dir : "");
@@ -1712,8 +1790,33 @@ static int bfs_index_check_entry(struct bfs_index *idx, MDB_txn *txn,
 		return repair ? mdb_cursor_del(cur, 0) : 0;
 	}
 	r->entries++;
-	e->ino = bfs_index_key_ino(*full);
-	return 0;
+	fv.mv_size = strlen(*full);
+	fv.mv_data = *full;
+	rc = mdb_get(txn, idx->inos, &ik, &iv);
+	if (rc == MDB_NOTFOUND) {
+		r->ino_missing++;
+		rc = repair ? mdb_put(txn, idx->inos, &ik, &fv, 0) : 0;
+	} else if (rc == 0 && (iv.mv_size != fv.mv_size ||
+			       memcmp(iv.mv_data, *full, fv.mv_size) != 0)) {
+		/* Another key owns this number: this entry gets a new one. */
+		r->ino_shared++;
+		if (repair) {
+			void *buf;
+			size_t len;
+
+			rc = bfs_index_alloc_ino(idx, txn, *full, &e->ino);
+			if (rc == 0) {
+				rc = bfs_index_encode(tmp, e, &buf, &len);
+			}
+			if (rc == 0) {
+				MDB_val nv = {len, buf};
+				rc = mdb_cursor_put(cur, (MDB_val *)k, &nv,
+						    MDB_CURRENT);
+			}
+		}
+	}
+	*ino = e->ino;
+	return rc;
 }
 
 /* The body of bfs_index_check. */
@@ -1724,6 +1827,8 @@ static int bfs_index_check_txn(struct bfs_index *idx, MDB_txn *txn,
 {
 	MDB_cursor *cur = NULL;
 	MDB_val k, v;
+	uint64_t *inos = NULL;
+	size_t n = 0;
 	int rc;
 
 	memset(r, 0, sizeof(*r));
@@ -1731,10 +1836,12 @@ static int bfs_index_check_txn(struct bfs_index *idx, MDB_txn *txn,
 	if (rc == 0) {
 		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
 	}
+	/* Every entry: decodes, owns its inode. */
 	while (rc == 0) {
 		TALLOC_CTX *one = talloc_new(tmp);
 		struct bfs_entry e;
 		char *full;
+		uint64_t ino = 0;
 		bool dropped;
 
 		if (one == NULL) {
@@ -1742,10 +1849,18 @@ static int bfs_index_check_txn(struct bfs_index *idx, MDB_txn *txn,
 			break;
 		}
 		rc = bfs_index_check_entry(idx, txn, cur, one, &k, &v, repair,
-					   r, &e, &full);
+					   r, &e, &full, &ino);
 		dropped = full == NULL && repair;
-		if (rc == 0 && full != NULL && each != NULL && !e.is_dir) {
-			each(priv, full, &e);
+		if (rc == 0 && full != NULL) {
+			inos = talloc_realloc(tmp, inos, uint64_t, n + 1);
+			if (inos == NULL) {
+				rc = ENOMEM;
+			} else {
+				inos[n++] = ino;
+			}
+			if (rc == 0 && each != NULL && !e.is_dir) {
+				each(priv, full, &e);
+			}
 		}
 		talloc_free(one);
 		if (rc == 0) {
@@ -1756,7 +1871,18 @@ static int bfs_index_check_txn(struct bfs_index *idx, MDB_txn *txn,
 	if (cur != NULL) {
 		mdb_cursor_close(cur);
 	}
-	return bfs_lmdb_walk_end(rc);
+	rc = bfs_lmdb_walk_end(rc);
+	/* Every inode in the map: owned by an entry. */
+	if (rc == 0) {
+		struct bfs_owned owned = {inos, n};
+
+		if (n > 1) { /* no entries: inos is NULL, not for qsort */
+			qsort(inos, n, sizeof(*inos), bfs_u64_cmp);
+		}
+		rc = bfs_lmdb_sweep(txn, idx->inos, repair, bfs_ino_owned,
+				    &owned, &r->ino_orphans);
+	}
+	return rc;
 }
 
 int bfs_index_check(struct bfs_index *idx, bool repair,
@@ -1793,7 +1919,7 @@ int bfs_index_check(struct bfs_index *idx, bool repair,
 static int bfs_index_live(struct bfs_index *idx, MDB_txn *txn, size_t *bytes)
 {
 	const MDB_dbi dbs[] = {
-		idx->ent, idx->dirs, idx->meta, idx->changed,
+		idx->ent, idx->dirs, idx->inos, idx->meta, idx->changed,
 		idx->listers,
 	};
 	MDB_stat st = {0};

@@ -261,14 +261,18 @@ struct bfs_index_fsck {
 	uint64_t entries;	/* entry records that decode */
 	uint64_t bad_entries;	/* records that do not: dropped, their
 				 * directory listed again at next access */
+	uint64_t ino_missing;	/* entries the inode map had lost */
+	uint64_t ino_shared;	/* entries whose inode another key owns:
+				 * given a new one */
+	uint64_t ino_orphans;	/* inode map entries owned by no entry */
 };
 
 /*
- * Check that every entry record decodes, in one write transaction (other
- * writers wait; readers do not), and with repair drop those that do not
- * (their folders are listed again).  each() (optional) gets every file
- * entry with its full key, e.g. to check the cache against the index
- * (twice, if a repair found the map full and ran again).
+ * Check every entry record and the inode map against each other, in one
+ * write transaction (other writers wait; readers do not), and with repair
+ * fix what is wrong.  each() (optional) gets every file entry with its
+ * full key, e.g. to check the cache against the index (twice, if a repair
+ * found the map full and ran again).
  */
 int bfs_index_check(struct bfs_index *idx, bool repair,
 		    void (*each)(void *priv, const char *key,
@@ -282,10 +286,7 @@ int bfs_index_encode(TALLOC_CTX *mem_ctx, const struct bfs_entry *e,
 int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 		     struct bfs_entry *e);
 
-/*
- * The inode number of a full key (a folder's ends in '/'): derived from
- * the key alone, the same in every process and on every node.
- */
-uint64_t bfs_index_key_ino(const char *full_key);
+/* The inode number a key would get if nothing collided. */
+uint64_t bfs_index_ino_hint(const char *full_key);
 
 #endif

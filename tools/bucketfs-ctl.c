@@ -600,6 +600,7 @@ static void ctl_ref_entry(void *priv, const char *key,
 static uint64_t ctl_fsck_index(struct ctl *c, bool repair,
 			       struct ctl_refs *refs)
 {
+	const char *fix = repair ? "repaired" : "would repair";
 	struct bfs_index_fsck r;
 	int ret = bfs_index_check(ctl_index(c), repair, ctl_ref_entry, refs,
 				  &r);
@@ -614,7 +615,12 @@ static uint64_t ctl_fsck_index(struct ctl *c, bool repair,
 		       "are listed again)\n", r.bad_entries,
 		       repair ? "dropped" : "would drop");
 	}
-	return r.bad_entries;
+	if (r.ino_missing + r.ino_shared + r.ino_orphans > 0) {
+		printf("  inode numbers: %" PRIu64 " missing from the map, %" PRIu64
+		       " shared by two names, %" PRIu64 " owned by nothing: %s\n",
+		       r.ino_missing, r.ino_shared, r.ino_orphans, fix);
+	}
+	return r.bad_entries + r.ino_missing + r.ino_shared + r.ino_orphans;
 }
 
 static uint64_t ctl_fsck_cache(struct ctl *c, bool repair,

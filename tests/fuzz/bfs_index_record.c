@@ -49,8 +49,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	FUZZ_CHECK(strlen(dir) + strlen(name) == strlen(key) &&
 		   strncmp(key, dir, strlen(dir)) == 0 &&
 		   strcmp(key + strlen(dir), name) == 0);
-	FUZZ_CHECK(bfs_index_key_ino(key) > BFS_ROOT_INO &&
-		   bfs_index_key_ino(key) <= INT64_MAX);
+	FUZZ_CHECK(bfs_index_ino_hint(key) > BFS_ROOT_INO &&
+		   bfs_index_ino_hint(key) <= INT64_MAX);
 
 	talloc_free(t);
 	return 0;

@@ -369,31 +369,44 @@ static void count_file(void *priv, const char *key, const struct bfs_entry *e)
 	(*(int *)priv)++;
 }
 
-/*
- * Damage the index behind its back, as a bug or a bad disk could: a
- * record that does not decode.  And an inode map as indexes before issue
- * 22 kept (numbers in order of arrival), which opening drops.
- */
-static void damage(const char *dir)
+/* Damage the index behind its back, as a bug or a bad disk could. */
+static void damage(const char *dir, uint64_t a_ino, uint64_t c_ino)
 {
 	MDB_env *env;
 	MDB_txn *txn;
 	MDB_dbi ent, inos;
-	MDB_val k, v;
-	uint64_t ino = 12345;
+	MDB_val k = {3, (void *)"\0b"}, v, ik;
+	struct bfs_entry e;
+	uint64_t orphan = 12345;
+	void *buf;
+	size_t len;
+	TALLOC_CTX *t = talloc_new(NULL);
 
+	k.mv_size = 2;
 	assert_int_equal(mdb_env_create(&env), 0);
-	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 4), 0);
 	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS, 0600), 0);
 	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
 	assert_int_equal(mdb_dbi_open(txn, "ent", 0, &ent), 0);
-	assert_int_equal(mdb_dbi_open(txn, "inos", MDB_CREATE | MDB_INTEGERKEY,
-				      &inos), 0);
-	k.mv_size = sizeof(ino);
-	k.mv_data = &ino;
-	v.mv_size = 1;
-	v.mv_data = (void *)"a";
-	assert_int_equal(mdb_put(txn, inos, &k, &v, 0), 0);
+	assert_int_equal(mdb_dbi_open(txn, "inos", MDB_INTEGERKEY, &inos), 0);
+	/* b takes a's inode number (its own stays in the map, orphaned) */
+	assert_int_equal(mdb_get(txn, ent, &k, &v), 0);
+	assert_int_equal(bfs_index_decode(t, v.mv_data, v.mv_size, &e), 0);
+	e.ino = a_ino;
+	assert_int_equal(bfs_index_encode(t, &e, &buf, &len), 0);
+	v.mv_size = len;
+	v.mv_data = buf;
+	assert_int_equal(mdb_put(txn, ent, &k, &v, 0), 0);
+	/* c's number falls out of the map */
+	ik.mv_size = sizeof(c_ino);
+	ik.mv_data = &c_ino;
+	assert_int_equal(mdb_del(txn, inos, &ik, NULL), 0);
+	/* a number nobody owns */
+	ik.mv_data = &orphan;
+	v.mv_size = 7;
+	v.mv_data = (void *)"nothing";
+	assert_int_equal(mdb_put(txn, inos, &ik, &v, 0), 0);
+	/* a record that does not decode */
 	k.mv_size = 6;
 	k.mv_data = (void *)"\0junk";
 	v.mv_size = 3;
@@ -401,24 +414,7 @@ static void damage(const char *dir)
 	assert_int_equal(mdb_put(txn, ent, &k, &v, 0), 0);
 	assert_int_equal(mdb_txn_commit(txn), 0);
 	mdb_env_close(env);
-}
-
-/* Whether the index file still has an inode map. */
-static bool has_ino_map(const char *dir)
-{
-	MDB_env *env;
-	MDB_txn *txn;
-	MDB_dbi inos;
-	int rc;
-
-	assert_int_equal(mdb_env_create(&env), 0);
-	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
-	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0600), 0);
-	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
-	rc = mdb_dbi_open(txn, "inos", MDB_INTEGERKEY, &inos);
-	mdb_txn_abort(txn);
-	mdb_env_close(env);
-	return rc == 0;
+	talloc_free(t);
 }
 
 static void test_check_finds_and_repairs_damage(void **state)
@@ -428,7 +424,7 @@ static void test_check_finds_and_repairs_damage(void **state)
 	const char *files[] = {"a", "b", "c"}, *dirs[] = {"sub"};
 	struct bfs_index *idx = NULL;
 	struct bfs_index_fsck r;
-	struct bfs_entry a;
+	struct bfs_entry a, b, c;
 	int nfiles = 0;
 
 	(void)state;
@@ -438,35 +434,47 @@ static void test_check_finds_and_repairs_damage(void **state)
 	assert_int_equal(bfs_index_check(idx, true, count_file, &nfiles, &r), 0);
 	assert_int_equal(nfiles, 3);
 	assert_int_equal(r.entries, 4);
-	assert_int_equal(r.bad_entries, 0);
+	assert_int_equal(r.bad_entries + r.ino_missing + r.ino_shared +
+			 r.ino_orphans, 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &a), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "", "c", &c), 0);
 	talloc_free(idx);
 
-	damage(dir);
-	assert_true(has_ino_map(dir));
+	damage(dir, a.ino, c.ino);
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
-	assert_false(has_ino_map(dir));
 	assert_int_equal(bfs_index_check(idx, false, NULL, NULL, &r), 0);
 	assert_int_equal(r.bad_entries, 1);
+	assert_int_equal(r.ino_missing, 1);
+	assert_int_equal(r.ino_shared, 1);
+	assert_int_equal(r.ino_orphans, 2);
 	/* A dry run changes nothing. */
 	assert_int_equal(bfs_index_check(idx, false, NULL, NULL, &r), 0);
-	assert_int_equal(r.bad_entries, 1);
+	assert_int_equal(r.bad_entries + r.ino_shared, 2);
+	/* Repaired, b takes back its own number: one orphan is left. */
 	assert_int_equal(bfs_index_check(idx, true, NULL, NULL, &r), 0);
-	assert_int_equal(r.bad_entries, 1);
+	assert_int_equal(r.ino_shared, 1);
+	assert_int_equal(r.ino_orphans, 1);
 	assert_int_equal(bfs_index_check(idx, true, NULL, NULL, &r), 0);
-	assert_int_equal(r.bad_entries, 0);
+	assert_int_equal(r.bad_entries + r.ino_missing + r.ino_shared +
+			 r.ino_orphans, 0);
 	assert_int_equal(r.entries, 4);
-	/* The good entries stay; the listing is asked again. */
+	/* a kept its number, b has another; the listing is asked again. */
 	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &a), 0);
-	assert_int_equal(a.ino, bfs_index_key_ino("a"));
+	assert_int_equal(bfs_index_lookup(idx, t, "", "b", &b), 0);
+	assert_int_not_equal(a.ino, b.ino);
 	assert_int_equal(bfs_index_dir_listed(idx, "", &(time_t){0}), ENOENT);
 	talloc_free(t);
 }
 
 /*
  * Two nodes of a cluster (two indexes) that learn 10,000 names in
- * different ways and orders (a listing; creates in reverse order; some
- * renamed there) give each name the same inode: the key's alone.  A
- * renamed name takes its new key's, as a node that only lists it does.
+ * different ways and orders (a listing; creates in reverse order) give
+ * each name the same inode, its key's (bfs_index_ino_hint): Samba keys
+ * share modes and locks on it, cluster-wide.  The one exception: a name
+ * renamed through a node keeps its inode there, as a POSIX rename does
+ * (open handles keep their file ID, and a new file under the old name
+ * must not take it); the other node, which learns the new name from a
+ * listing, gives it the new key's.
  */
 static void test_two_nodes_agree_on_the_inodes_of_ten_thousand_names(void **state)
 {
@@ -475,9 +483,9 @@ static void test_two_nodes_agree_on_the_inodes_of_ten_thousand_names(void **stat
 	const size_t N = 10000;
 	const char **names = talloc_array(t, const char *, N);
 	struct bfs_index *a = NULL, *b = NULL;
-	struct bfs_entry ea, eb, *ents = NULL;
+	struct bfs_entry eb, *ents = NULL;
 	const char *after = NULL;
-	size_t i, n = 0, total = 0;
+	size_t i, n = 0, total = 0, renamed = 0;
 
 	(void)state;
 	for (i = 0; i < N; i++) {
@@ -492,11 +500,9 @@ static void test_two_nodes_agree_on_the_inodes_of_ten_thousand_names(void **stat
 				      .mtime = 1, .etag = (char *)"e"};
 		const char *tmpname = talloc_asprintf(t, "%s.tmp", names[i]);
 
-		if (i % 10 == 0) { /* written as tmp, renamed over */
+		if (i % 100 == 0) { /* written as tmp, renamed over */
 			e.name = (char *)tmpname;
 			assert_int_equal(bfs_index_put(b, "ds/", &e), 0);
-			assert_int_equal(bfs_index_lookup(b, t, "ds/", tmpname,
-							  &eb), 0);
 			assert_int_equal(bfs_index_rename(b, "ds/", tmpname,
 							  "ds/", names[i]), 0);
 		} else {
@@ -508,23 +514,21 @@ static void test_two_nodes_agree_on_the_inodes_of_ten_thousand_names(void **stat
 						    &ents, &n), 0);
 		for (i = 0; i < n; i++, total++) {
 			char *key = talloc_asprintf(t, "ds/%s", ents[i].name);
+			char *tmpkey = talloc_asprintf(t, "%s.tmp", key);
 
 			assert_int_equal(bfs_index_lookup(b, t, "ds/",
 							  ents[i].name, &eb), 0);
-			assert_int_equal(ents[i].ino, eb.ino);
-			assert_int_equal(ents[i].ino, bfs_index_key_ino(key));
-			talloc_free(key);
+			assert_int_equal(ents[i].ino, bfs_index_ino_hint(key));
+			if (eb.ino == bfs_index_ino_hint(tmpkey)) {
+				renamed++; /* the exception */
+			} else {
+				assert_int_equal(ents[i].ino, eb.ino);
+			}
 		}
 		after = n ? ents[n - 1].name : NULL;
 	} while (n == 999);
 	assert_int_equal(total, N);
-	/* Folders: their key ends in '/', unlike a file of that name. */
-	assert_int_equal(bfs_index_store_dir(a, listing(t, "", NULL, 0,
-							(const char *[]){"ds"},
-							1), 1), 0);
-	assert_int_equal(bfs_index_lookup(a, t, "", "ds", &ea), 0);
-	assert_int_equal(ea.ino, bfs_index_key_ino("ds/"));
-	assert_int_not_equal(ea.ino, bfs_index_key_ino("ds"));
+	assert_int_equal(renamed, N / 100);
 	talloc_free(t);
 }
 
@@ -561,7 +565,8 @@ static void test_learn_keeps_pending_entries(void **state)
 	talloc_free(t);
 }
 
-/* fsck of an empty index checks nothing and finds nothing wrong. */
+/* fsck of an empty index: no entries, so no inode list to sort (asan-unit's
+ * UBSan caught qsort getting a NULL array). */
 static void test_check_of_an_empty_index(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -574,6 +579,7 @@ static void test_check_of_an_empty_index(void **state)
 	assert_int_equal(bfs_index_check(idx, true, NULL, NULL, &r), 0);
 	assert_int_equal(r.entries, 0);
 	assert_int_equal(r.bad_entries, 0);
+	assert_int_equal(r.ino_orphans, 0);
 	talloc_free(t);
 }
 
@@ -1121,7 +1127,7 @@ static void test_over_its_budget_the_least_recently_used_listings_go(void **stat
  * A listing too large for what is left of a map at its ceiling: the map
  * cannot grow, so listings used least recently make room for it.  One too
  * large for the whole map fails (ENOSPC, as a full map did before) after
- * at most two such evictions, not after emptying the index, and the index goes
+ * two such evictions, not after emptying the index, and the index goes
  * on working.
  */
 static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
@@ -1146,7 +1152,7 @@ static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
 	assert_int_equal(sp.budget, 1 << 20); /* half the ceiling */
 	assert_int_equal(sp.evicted, 0);
 	count_lines_from_now();
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 10500), old),
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 4000), old),
 			 0);
 	bfs_log_set(NULL);
 	assert_true(lines_ceiling >= 1);
@@ -1161,11 +1167,10 @@ static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
 
 	/* Larger than the map: refused, not everything evicted for it. */
 	count_lines_from_now();
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 901, 24000), old),
+	assert_int_equal(bfs_index_store_dir(idx, folder(t, 901, 8000), old),
 			 ENOSPC);
 	bfs_log_set(NULL);
-	/* Once more if the first eviction left folders to evict. */
-	assert_in_range(lines_ceiling, 1, 2);
+	assert_int_equal(lines_ceiling, 2);
 	assert_int_equal(lines_full, 1);
 	assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
 	assert_true(entries > 0);
@@ -1351,7 +1356,7 @@ static void test_another_process_follows_a_grown_map(void **state)
 	close(to_child[0]);
 	close(to_parent[1]);
 	assert_true(wait_byte(to_parent[0]));
-	for (i = 1; i < 90; i++) {
+	for (i = 1; i < 60; i++) {
 		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100), 1),
 				 0);
 	}
@@ -1416,7 +1421,7 @@ static void test_readers_in_other_threads_survive_the_map_growing(void **state)
 					     &why), 0);
 	assert_int_equal(bfs_index_store_dir(a.idx, folder(t, 0, 20), 1), 0);
 	assert_int_equal(pthread_create(&th, NULL, reader_main, &a), 0);
-	for (i = 1; i < 90; i++) {
+	for (i = 1; i < 60; i++) {
 		assert_int_equal(bfs_index_store_dir(a.idx, folder(t, i, 100),
 						     1), 0);
 	}
@@ -1577,7 +1582,7 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
 	const char *why = NULL, *dir = tmpdir(t);
-	struct bfs_index_opts o = sized(8 << 20, 64 << 20, 160 << 10);
+	struct bfs_index_opts o = sized(8 << 20, 64 << 20, 256 << 10);
 	struct bfs_index *idx = NULL;
 	struct bfs_index_space sp;
 	struct rlimit was, full;
