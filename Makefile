@@ -36,10 +36,10 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree clean bench bench-deps bench-read bench-write \
+.PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree clean bench bench-deps bench-read bench-write bench-cluster \
         fuzz fuzz-build asan-unit valgrind-unit \
         asan install-asan
-all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(UNIT) $(ITEST)
+all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(B)/bucketfs-lease $(UNIT) $(ITEST)
 
 deps:
 	@scripts/deps.sh
@@ -110,6 +110,11 @@ $(B)/bucketfsd: tools/bucketfsd.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbu
 	$(CC) $(OPT) $(WARN) -Wno-unused-parameter -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
 	  tools/bucketfsd.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
+# CTDB's cluster lock as a lease object in the bucket (issue 22).
+$(B)/bucketfs-lease: tools/bucketfs-lease.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
+	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	  tools/bucketfs-lease.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
+
 # The module and lib/ again under ASan+UBSan, objects of their own, for
 # tests/test_asan.py.  It registers as "bucketfs_asan" so it loads next
 # to the real module (parameters stay "bucketfs:").  UBSan findings abort
@@ -141,13 +146,14 @@ install-asan: $(B)/asan/bucketfs_asan.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $< $(MODULESDIR)/vfs/bucketfs_asan.so
 
-install: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd
+install: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(B)/bucketfs-lease
 	@scripts/check-samba.sh install $(B)/bucketfs.so
 	install -d $(MODULESDIR)/vfs
 	install -m 0644 $(B)/bucketfs.so $(MODULESDIR)/vfs/bucketfs.so
 	install -m 0755 $(B)/bucketfs-ctl /usr/local/bin/bucketfs-ctl
 	install -d /usr/local/sbin
 	install -m 0755 $(B)/bucketfsd /usr/local/sbin/bucketfsd
+	install -m 0755 $(B)/bucketfs-lease /usr/local/sbin/bucketfs-lease
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 
@@ -204,6 +210,10 @@ $(B)/bench/loader: bench/loader.c $(B)/.deps-ok
 
 bench: all install bench-deps $(B)/bench/randread $(B)/bench/loader
 	@python3 bench/compare.py
+	@/usr/bin/python3 bench/cluster_bench.py
+
+bench-cluster: all install
+	@/usr/bin/python3 bench/cluster_bench.py
 
 bench-read: all install
 	@python3 bench/read_bench.py

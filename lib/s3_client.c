@@ -80,6 +80,7 @@ struct s3_req_state {
 	char *request_id;
 	char *bucket_region;
 	time_t last_modified;
+	time_t date; /* the server's clock (Date), -1 if absent */
 	bool has_range;
 	uint64_t range_first, range_last, range_total;
 	bool etag_not_md5;
@@ -621,6 +622,7 @@ int s3_errno_from_code(const char *code, long http_status)
 		{"ExpiredToken", EACCES},
 		{"TokenRefreshRequired", EACCES},
 		{"PreconditionFailed", ESTALE},
+		{"ConditionalRequestConflict", ESTALE},
 		{"InvalidRange", EINVAL},
 		{"EntityTooLarge", EFBIG},
 		{"EntityTooSmall", EINVAL},
@@ -783,6 +785,7 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		TALLOC_FREE(s->cksum_value);
 		TALLOC_FREE(s->bucket_region);
 		s->last_modified = -1;
+		s->date = -1;
 		s->has_range = false;
 		s->etag_not_md5 = false;
 		s->cksum = S3_CKSUM_NONE;
@@ -858,6 +861,12 @@ static size_t s3_on_header(char *buf, size_t size, size_t n, void *ud)
 		char *d = talloc_strndup(s, v, vlen);
 		if (d != NULL) {
 			s->last_modified = curl_getdate(d, NULL);
+			talloc_free(d);
+		}
+	} else if (nlen == 4 && strncasecmp(buf, "Date", 4) == 0) {
+		char *d = talloc_strndup(s, v, vlen);
+		if (d != NULL) {
+			s->date = curl_getdate(d, NULL);
 			talloc_free(d);
 		}
 	} else if (nlen > 11 && strncasecmp(buf, "x-amz-meta-", 11) == 0) {
@@ -973,6 +982,7 @@ struct tevent_req *s3_request_send(TALLOC_CTX *mem_ctx,
 	s->c = c;
 	s->r = *r;
 	s->last_modified = -1;
+	s->date = -1;
 	/* Callers' callbacks must not run under curl: defer them. */
 	tevent_req_defer_callback(req, ev);
 
@@ -1405,6 +1415,7 @@ int s3_request_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		r->etag = talloc_steal(r, s->etag);
 		r->request_id = talloc_steal(r, s->request_id);
 		r->last_modified = s->last_modified;
+		r->date = s->date;
 		r->meta = talloc_steal(r, s->meta);
 		r->n_meta = s->n_meta;
 		curl_easy_getinfo(s->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);

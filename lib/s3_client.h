@@ -116,6 +116,7 @@ struct s3_response {
 	uint64_t content_length;
 	bool has_content_length;
 	time_t last_modified; /* -1 if absent */
+	time_t date; /* the server's clock when it answered (Date); -1 if absent */
 	char *request_id;
 	struct s3_kv *meta;	/* x-amz-meta-* headers (s3_body_info) */
 	size_t n_meta;

@@ -134,6 +134,7 @@ int s3_head_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		info->size = s->op.resp->content_length;
 		info->etag = talloc_steal(mem_ctx, s->op.resp->etag);
 		info->mtime = s->op.resp->last_modified;
+		info->server_now = s->op.resp->date;
 		info->meta = talloc_steal(mem_ctx, s->op.resp->meta);
 		info->n_meta = s->op.resp->n_meta;
 	}
@@ -537,7 +538,7 @@ static void s3_ck_done(struct tevent_req *subreq)
 }
 
 /*
- * r with headers h[0..n) (at most 3), and the checksum header ck (its
+ * r with headers h[0..n) (at most 1 + S3_META_MAX), and the checksum header ck (its
  * value copied) while the client sends checksums.
  */
 static struct tevent_req *s3_ck_send(TALLOC_CTX *mem_ctx,
@@ -610,6 +611,34 @@ struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 	/* Stored with the object: a later GET with checksum mode checks it. */
 	s3_cksum_b64(S3_CKSUM_CRC32C, data ? data : "", len, crc);
 	return s3_ck_send(mem_ctx, ev, c, &r, h, 1 + i, &ck);
+}
+
+struct tevent_req *s3_put_object_if_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key,
+					 const void *data, size_t len,
+					 const struct s3_kv *meta, size_t n_meta,
+					 const char *if_match,
+					 bool if_none_match)
+{
+	char md5[32];
+	struct s3_kv h[2 + S3_META_MAX] = {{"Content-MD5", md5}};
+	const struct s3_request r = {
+		.method = "PUT", .key = key,
+		.body = data ? data : "", .body_len = len, .idempotent = false,
+	};
+	size_t nh = 1, i;
+
+	if (if_match != NULL) {
+		h[nh++] = (struct s3_kv){"If-Match", if_match};
+	} else if (if_none_match) {
+		h[nh++] = (struct s3_kv){"If-None-Match", "*"};
+	}
+	for (i = 0; i < n_meta && nh < 1 + S3_META_MAX; i++) {
+		h[nh++] = meta[i];
+	}
+	s3_content_md5(data ? data : "", len, md5);
+	return s3_ck_send(mem_ctx, ev, c, &r, h, nh, NULL);
 }
 
 static int s3_etag_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,

@@ -13,6 +13,7 @@ struct s3_object_info {
 	uint64_t size;
 	char *etag;
 	time_t mtime;
+	time_t server_now;	/* the server's clock when it answered, or -1 */
 	struct s3_kv *meta;	/* user metadata, on the recv's mem_ctx */
 	size_t n_meta;
 };
@@ -69,6 +70,23 @@ struct tevent_req *s3_put_object_send(TALLOC_CTX *mem_ctx,
 				      const struct s3_kv *meta, size_t n_meta);
 int s3_put_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		       char **etag, struct s3_status *st);
+
+/*
+ * A conditional PutObject (S3's conditional writes): with if_match, only
+ * over the object of that ETag, sent as given (S3 and RFC 9110 quote it;
+ * Ceph RGW 16 compares it as stored, unquoted); with if_none_match, only
+ * if no object has the key.  Refused: ESTALE (412 PreconditionFailed, or 409
+ * ConditionalRequestConflict: another conditional write raced it).  Never
+ * resent on its own: an answer lost after success would come back as a
+ * refusal; the caller looks (bfs_lease does).  recv: s3_put_object_recv.
+ */
+struct tevent_req *s3_put_object_if_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct s3_client *c, const char *key,
+					 const void *data, size_t len,
+					 const struct s3_kv *meta, size_t n_meta,
+					 const char *if_match,
+					 bool if_none_match);
 
 struct tevent_req *s3_delete_object_send(TALLOC_CTX *mem_ctx,
 					 struct tevent_context *ev,

@@ -29,7 +29,8 @@ from world import BUCKET, PASSWORD, TOP, USER, sh
 
 BRIDGE, HOST_IP = "bfsbr0", "10.77.0.254"
 NODES = 3
-HELPERS = "/usr/libexec/ctdb"
+# CTDB's cluster lock: a lease object in the bucket (tools/bucketfs-lease).
+LEASE_KEY = ".bucketfs/test-cluster-lock"
 SCRIPTS = "/usr/share/ctdb/events/legacy"
 
 
@@ -110,13 +111,20 @@ class Cluster:
         """The SigV4 front on the bridge's address, logging who asked."""
         self.front_port = 19100 + os.getpid() % 800
         front = os.path.join(TOP, "tests/integration/s3_front.py")
+        # Faults a test switches while it runs (fault()), as the world's.
+        self.control = f"{self.root}/front-control"
         self.spawn("front", [sys.executable, front, str(self.front_port), str(self.s3_port),
-                             "--bind", HOST_IP])
+                             "--bind", HOST_IP, "--control", self.control])
         for _ in range(100):
             if port_open(HOST_IP, self.front_port):
                 return
             time.sleep(0.1)
         raise RuntimeError("the cluster's S3 front did not listen")
+
+    def fault(self, text):
+        """e.g. "PUT delay:30 -1"; "PUT delay:0 0" ends it."""
+        with open(self.control, "w") as f:
+            f.write(text)
 
     @property
     def endpoint(self):
@@ -157,7 +165,7 @@ class Cluster:
   log level = NOTICE
 [cluster]
   node address = {node_ip(i)}
-  cluster lock = !{HELPERS}/ctdb_mutex_fcntl_helper {self.root}/cluster.lock
+  cluster lock = !/usr/local/sbin/bucketfs-lease -s /etc/ctdb/smb.conf -t 6 -k {LEASE_KEY} data
 [legacy]
   realtime scheduling = false
   script log level = ERROR
@@ -201,6 +209,10 @@ class Cluster:
   disable spoolss = yes
 """ + self.shares.format(cache=f"{d}/bfscache", endpoint=self.endpoint,
                          creds=f"{self.root}/creds", BUCKET=BUCKET))
+        # The cluster lock's helper reads it at one path on every node (CTDB
+        # wants the same `cluster lock` line everywhere): the node's own
+        # /etc/ctdb, mounted over the real one (NODE_MOUNTS).
+        shutil.copy(self.conf(i), f"{self.ctdb_base(i)}/etc/smb.conf")
 
     def spawn(self, name, argv, env=None):
         log = open(f"{self.root}/{name}.log", "a")

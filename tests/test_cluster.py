@@ -2,6 +2,8 @@
 (issue 22), each with its own cache folder and engine, started on this
 machine in network namespaces (tests/cluster.py).  Clients reach the
 nodes' public addresses, which CTDB moves when a node dies."""
+import os
+import subprocess
 import threading
 import time
 
@@ -247,3 +249,125 @@ def test_when_a_node_dies_its_address_moves_and_a_reader_goes_on_byte_exact(cl):
     # Back: it serves again, and takes its share of addresses.
     out = cl.smbclient(node_ip(victim), "data", "ls")
     assert "big.bin" in out.stdout
+
+
+# ---- the cluster lock in the bucket (tools/bucketfs-lease) ------------------
+
+LEASE = "/usr/local/sbin/bucketfs-lease"
+
+
+def lease_conf(w):
+    """An smb.conf with one share on the world's front, for the helper."""
+    conf = f"{w.tmp}/lease.conf"
+    with open(conf, "w") as f:
+        f.write(f"[global]\n[lease]\n  path = /\n  vfs objects = bucketfs\n"
+                f"  bucketfs:endpoint = {w.endpoint}\n  bucketfs:path style = yes\n"
+                f"  bucketfs:credentials file = {w.tmp}/creds\n"
+                f"  bucketfs:bucket = bucketfs-test\n  bucketfs:cache dir = {w.tmp}/lease-cache\n")
+    return conf
+
+
+def helper(conf, key, seconds=6):
+    """A helper as ctdbd runs it, and its one-byte answer."""
+    p = subprocess.Popen([LEASE, "-s", conf, "-k", key, "-t", str(seconds), "lease"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return p, p.stdout.read(1)
+
+
+def test_the_cluster_lock_lease_is_held_once_taken_over_after_its_holder_dies_and_given_back(world):
+    conf, key = lease_conf(world), f".bucketfs/lease-{time.monotonic_ns()}"
+    a, got = helper(conf, key)
+    assert got == b"0", (got, a.stderr.read() if a.poll() is not None else "")
+    b, got = helper(conf, key)
+    assert got == b"1"  # held by a, alive
+    assert b.wait(timeout=10) == 0
+    a.kill()  # dies holding it: no renewal, no release
+    a.wait()
+    died = time.monotonic()
+    while True:
+        c, got = helper(conf, key)
+        if got == b"0":
+            break
+        assert got == b"1", got
+        c.wait(timeout=10)
+        assert time.monotonic() - died < 30, "never taken over"
+        time.sleep(0.5)
+    took = time.monotonic() - died
+    # a renewed every 2 s; the lease runs out 6 s (and Last-Modified's
+    # rounding) after its last renewal by the server's clock.
+    assert took >= 4, f"taken over {took:.1f} s after its holder died: before it ran out"
+    print(f"    # taken over {took:.1f} s after its holder was killed (lease of 6 s)")
+    c.terminate()  # ctdbd ends it: the lease is given back...
+    assert c.wait(timeout=20) == 0, c.stderr.read()
+    d, got = helper(conf, key)
+    assert got == b"0"  # ...and taken at once
+    # Taken from under it (as another node would, after a pause of d's):
+    # d sees it at its next renewal and exits, which ctdbd reads as lost.
+    sh_put(world, key)
+    assert d.wait(timeout=15) == 1
+    assert b"lost" in d.stderr.read()
+
+
+def sh_put(world, key):
+    src = f"{world.tmp}/lease-other.bin"
+    with open(src, "w") as f:
+        f.write("another writer\n")
+    world.s3tool("put", key, src)
+
+
+def test_a_helper_that_cannot_reach_s3_answers_error_not_taken(world):
+    conf = f"{world.tmp}/lease-dead.conf"
+    with open(lease_conf(world)) as f:
+        text = f.read()
+    with open(conf, "w") as f:
+        f.write(text.replace(world.endpoint, f"http://127.0.0.1:{world.dead_port}"))
+    p, got = helper(conf, ".bucketfs/lease-dead")
+    assert got == b"3"
+    assert p.wait(timeout=60) != 0
+    assert b"lease s3 object" in p.stderr.read()
+
+
+def test_with_close_local_a_dead_nodes_acknowledged_writes_go_up_when_it_comes_back(cl):
+    """bucketfs:close = local: node A acknowledged the close, its engine
+    had not uploaded it when A died.  Nothing is lost: the bytes wait in
+    A's staging folder and A's engine uploads them once A is back (at
+    its first tree connect, or with bucketfsd's systemd unit)."""
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-pending.bin", 4 << 20)
+    a = cl.holder(public_ip(1))
+    cl.fault("PUT deny -1")  # A's uploads fail (and wait for a retry)
+    try:
+        started = time.monotonic()
+        cl.smbclient(public_ip(1), "data", f"put {src} pending.pt")
+        assert time.monotonic() - started < 30, "the close waited for S3"
+        time.sleep(2)  # its engine tries (and fails) meanwhile
+        cl.kill_node(a)
+    finally:
+        cl.fault("PUT deny 0")
+    staged = os.listdir(f"{cl.node_dir(a)}/bfscache/staging")
+    assert staged, "the acknowledged bytes are not in A's staging folder"
+    assert "cluster/pending.pt" not in w.s3_keys("cluster/")
+    cl.revive(a)
+    cl.smbclient(node_ip(a), "data", "ls")  # its first tree connect
+    end = time.monotonic() + 60
+    while "cluster/pending.pt" not in w.s3_keys("cluster/") and time.monotonic() < end:
+        time.sleep(0.5)
+    assert w.s3_sha256("cluster/pending.pt") == sha256(src)
+    other = (a + 1) % NODES
+    wait_seen(cl, "pending.pt")
+    cl.smbclient(node_ip(other), "data", f"get pending.pt {w.tmp}/pending-b.bin")
+    assert sha256(f"{w.tmp}/pending-b.bin") == sha256(src)
+
+
+def test_the_cluster_holds_its_lock_as_a_lease_in_the_bucket(cl):
+    """CTDB's cluster lock is bucketfs-lease: the leader took the lease
+    object and renews it (conditional PUTs, If-Match) every 2 s."""
+    out = cl.ctdb(0, "getreclock").stdout
+    assert "bucketfs-lease" in out, out
+    before = cl.front_log().count(".bucketfs/test-cluster-lock")
+    time.sleep(5)
+    renewals = [line for line in cl.front_log().splitlines()
+                if line.startswith("PUT ") and "test-cluster-lock" in line
+                and "if-match=None" not in line]
+    assert renewals, "no renewal of the lease"
+    assert cl.front_log().count(".bucketfs/test-cluster-lock") > before, "not renewed meanwhile"

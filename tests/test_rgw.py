@@ -287,3 +287,35 @@ def test_rgw_kill_9_while_a_streamed_file_is_open_aborts_its_upload(rgw):
     rgw.smbclient("rgwstream", "ls")  # the next connect replays the journal
     assert not rgw.s3tool(BUCKET, "uploads", "stream/").stdout.strip(), "the upload stayed"
     assert "stream/k9s.bin" not in rgw.keys("stream/"), "a file never closed was uploaded"
+
+
+def test_rgw_the_cluster_lock_lease_uses_rgws_own_conditional_writes(rgw):
+    """tools/bucketfs-lease straight against RGW (no front standing in):
+    taken once, refused to a second helper, given back, taken again."""
+    conf = f"{rgw.t}/lease.conf"
+    with open(conf, "w") as f:
+        f.write(f"[global]\n[lease]\n  path = /\n  vfs objects = bucketfs\n"
+                f"  bucketfs:endpoint = {rgw.rgw_url}\n  bucketfs:path style = yes\n"
+                f"  bucketfs:bucket = {BUCKET}\n"
+                f"  bucketfs:credentials file = {rgw.w.tmp}/creds\n"
+                f"  bucketfs:cache dir = {rgw.t}/lease-cache\n")
+
+    def helper():
+        p = subprocess.Popen(["/usr/local/sbin/bucketfs-lease", "-s", conf, "-k",
+                              ".bucketfs/rgw-lease", "-t", "6", "lease"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return p, p.stdout.read(1)
+
+    a, got = helper()
+    assert got == b"0", a.stderr.read() if a.poll() is not None else got
+    b, got = helper()
+    assert got == b"1", b.stderr.read()
+    assert b.wait(timeout=10) == 0
+    time.sleep(3)  # a renews it meanwhile (every 2 s) with If-Match
+    assert a.poll() is None, a.stderr.read()
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(timeout=20) == 0, a.stderr.read()
+    c, got = helper()
+    assert got == b"0", c.stderr.read() if c.poll() is not None else got
+    c.send_signal(signal.SIGTERM)
+    assert c.wait(timeout=20) == 0

@@ -9,6 +9,8 @@ C one under test), then forwards to s3rver.  It can also inject faults.
     s3_front.py LISTEN UPSTREAM [--keys AK:SK,...] [--fault MODE --count N]
 
 A completed multipart upload is gone (NoSuchUpload), as on S3.
+Conditional PUTs (If-None-Match: *, If-Match) are checked and done under
+one lock, as S3 does them (s3rver ignores both).
 s3rver has no UploadPartCopy either: the front does it the way S3 does,
 from s3rver's own primitives (a range GET of the source, an UploadPart of
 those bytes), and answers a CopyPartResult.
@@ -356,6 +358,23 @@ class Front(http.server.BaseHTTPRequestHandler):
                 and "partNumber=" in self.path):
             return self.upload_part_copy(headers)
         if_match = self.headers.get("If-Match")
+        if_none = self.headers.get("If-None-Match")
+        if self.command == "PUT" and (if_match or if_none) and "partNumber=" not in self.path:
+            # Conditional writes (S3's since 2024), which s3rver lacks: the
+            # check and the write under one lock, as atomic as S3's.
+            with cond_lock:
+                plain = {k: v for k, v in headers.items()
+                         if k.lower() not in ("if-none-match", "content-length")}
+                head, _ = self.upstream("HEAD", None, plain)
+                have = (head.getheader("ETag") or "").strip('"') if head.status == 200 else None
+                if if_match is not None and have is None:
+                    return self.error(404, "NoSuchKey", "The specified key does not exist.")
+                if ((if_none == "*" and have is not None)
+                        or (if_match is not None and have != if_match.strip('"'))):
+                    return self.error(412, "PreconditionFailed",
+                                      "At least one of the pre-conditions you specified did not hold")
+                return self.forward(body, fault, {k: v for k, v in headers.items()
+                                                  if k.lower() != "if-none-match"}, None)
         if if_match is not None and self.command == "GET":
             plain = {k: v for k, v in headers.items() if k.lower() != "range"}
             head, _ = self.upstream("HEAD", None, plain)
@@ -447,6 +466,7 @@ def log_line(text):
 
 control_seen = None
 control_left = 0
+cond_lock = threading.Lock()  # conditional PUTs, one at a time
 completed_uploads = set()
 crc_uploads = set()  # created with x-amz-checksum-algorithm: CRC32C
 
