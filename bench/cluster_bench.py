@@ -86,9 +86,16 @@ def main():
             folder = f"ds{k}"
             subprocess.run([f"{world.B}/s3tool", "putmany", f"bench/{folder}/f", str(FILES),
                             str(SIZE)], env=s3env, check=True, capture_output=True)
-            time.sleep(3)  # past the nodes' TTL for the new folder's parent
-            for n in range(NODES):  # every node knows the folder (a listing)
-                c.smbclient(node_ip(n), "data", f"cd {folder}; ls", check=False)
+            # Every node knows the new folder before the clock starts: past
+            # the TTL a listing is served from the index and revalidated
+            # behind it, so ask until each shows it.
+            for n in range(NODES):
+                end = time.monotonic() + 60
+                while "NT_STATUS" in c.smbclient(node_ip(n), "data", f"cd {folder}; ls",
+                                                 check=False).stdout:
+                    if time.monotonic() > end:
+                        raise SystemExit(f"bench-cluster: node {n} never showed {folder}")
+                    time.sleep(0.5)
             before = len(c.front_log())
             result = {}
             threads = [threading.Thread(target=read_all,
