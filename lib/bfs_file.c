@@ -338,6 +338,7 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 	}
 	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: uploaded %s (%" PRIu64
 		" bytes)", bc->service, fh->key, size);
+	bfs_changed(bc, fh->key);
 	bfs_fh_clean(bc, fh);
 	fh->size = size;
 	fh->etag = etag;

@@ -91,6 +91,7 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 		talloc_free(tmp);
 		return ret;
 	}
+	bfs_changed(bc, marker);
 	/* In the parent's listing now, and known to be empty. */
 	e.flags = 0;
 	empty = s3_dir_new(tmp, marker);
@@ -251,6 +252,8 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		}
 		bfs_forget_listing(bc, sp);
 		bfs_forget_listing(bc, dp);
+		bfs_changed(bc, sp);
+		bfs_changed(bc, dp);
 	}
 	talloc_free(tmp);
 	return ret;
@@ -387,6 +390,8 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 		if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);
 		} else {
+			bfs_changed(bc, src->key);
+			bfs_changed(bc, dst_key);
 			bfs_rekey_open(bc, src->key, dst_rel);
 		}
 	}
@@ -429,6 +434,7 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 		ret = bfs_wb_delete(bc->wb, prefix, &st);
 		if (ret == 0) {
 			bfs_forget_listing(bc, prefix);
+			bfs_changed(bc, prefix);
 		}
 		if (ret != 0) {
 			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
@@ -468,6 +474,8 @@ int bfs_unlink(struct bfs_conn *bc, const char *rel, bool dir)
 		ret = bfs_wb_delete(bc->wb, fh->key, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "delete of", fh->key, &st);
+		} else {
+			bfs_changed(bc, fh->key);
 		}
 	}
 	talloc_free(tmp);

@@ -317,6 +317,83 @@ void bfs_forget_listing(struct bfs_conn *bc, const char *prefix)
 	}
 }
 
+void bfs_changed(struct bfs_conn *bc, const char *key)
+{
+	if (bc->on_change != NULL && key != NULL) {
+		bc->on_change(bc->on_change_priv, key);
+	}
+}
+
+#define BFS_CHANGE_MAGIC "bucketfs-change 1"
+
+uint8_t *bfs_change_msg(TALLOC_CTX *mem_ctx, uint32_t origin,
+			const char *bucket, const char *key, size_t *len)
+{
+	size_t m = sizeof(BFS_CHANGE_MAGIC), b = strlen(bucket) + 1;
+	size_t k = strlen(key) + 1;
+	uint8_t *msg = talloc_size(mem_ctx, m + 4 + b + k);
+
+	if (msg != NULL) {
+		memcpy(msg, BFS_CHANGE_MAGIC, m);
+		memcpy(msg + m, &origin, 4);
+		memcpy(msg + m + 4, bucket, b);
+		memcpy(msg + m + 4 + b, key, k);
+		*len = m + 4 + b + k;
+	}
+	return msg;
+}
+
+int bfs_change_msg_parse(const uint8_t *msg, size_t len, uint32_t *origin,
+			 const char **bucket, const char **key)
+{
+	size_t m = sizeof(BFS_CHANGE_MAGIC) + 4;
+	const uint8_t *b, *end;
+
+	/* The magic, the origin, then two NUL-terminated strings, the
+	 * message's last byte the second one's NUL. */
+	if (len < m + 2 ||
+	    memcmp(msg, BFS_CHANGE_MAGIC, sizeof(BFS_CHANGE_MAGIC)) != 0 ||
+	    msg[len - 1] != '\0') {
+		return EINVAL;
+	}
+	b = msg + m;
+	end = memchr(b, '\0', len - m);
+	if (end == NULL || end == b || end + 1 >= msg + len ||
+	    memchr(end + 1, '\0', (size_t)(msg + len - end - 1)) !=
+		    msg + len - 1) {
+		return EINVAL;
+	}
+	memcpy(origin, msg + sizeof(BFS_CHANGE_MAGIC), 4);
+	*bucket = (const char *)b;
+	*key = (const char *)end + 1;
+	return 0;
+}
+
+void bfs_changed_elsewhere(struct bfs_conn *bc, const char *bucket,
+			   const char *key)
+{
+	size_t pl = strlen(bc->prefix), kl = strlen(key);
+	char *dir;
+
+	if (strcmp(bucket, bc->cfg.bucket) != 0 || kl <= pl ||
+	    strncmp(key, bc->prefix, pl) != 0) {
+		return;
+	}
+	/* The folder holding it: up to the last '/' before its end. */
+	while (kl > pl && key[kl - 1] == '/') {
+		kl--;
+	}
+	while (kl > pl && key[kl - 1] != '/') {
+		kl--;
+	}
+	dir = talloc_strndup(NULL, key, kl);
+	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s changed on another node: "
+		"%s is listed again", bc->service, key,
+		dir != NULL && dir[0] != '\0' ? dir : "the root");
+	bfs_forget_listing(bc, dir);
+	talloc_free(dir);
+}
+
 /*
  * Another process (another client's smbd) is listing prefix from S3: wait
  * for its result instead of asking S3 for the same pages.  true: a listing

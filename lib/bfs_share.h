@@ -101,6 +101,12 @@ struct bfs_conn {
 		time_t at;
 	} list_asked[8];
 	unsigned dir_rename_max;	/* objects a directory rename may move */
+	/*
+	 * S3 was changed here (an upload, a rename, a delete): the module
+	 * tells the other nodes of a cluster (bfs_changed).  NULL: nobody.
+	 */
+	void (*on_change)(void *priv, const char *key);
+	void *on_change_priv;
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
 	uint64_t sync_reads, async_reads;
@@ -174,6 +180,29 @@ void bfs_refresh_credentials(struct bfs_conn *bc, time_t now);
 
 /* The index's listing of folder prefix is out of date: list it again. */
 void bfs_forget_listing(struct bfs_conn *bc, const char *prefix);
+
+/* key (a folder's ends in '/') changed in S3 through this connection. */
+void bfs_changed(struct bfs_conn *bc, const char *key);
+
+/*
+ * Another node changed key: the folder holding it is listed from S3 at
+ * its next access, not after the TTL.  Keys outside the share's bucket
+ * and prefix are not its business.
+ */
+void bfs_changed_elsewhere(struct bfs_conn *bc, const char *bucket,
+			   const char *key);
+
+/*
+ * The message telling other nodes that key of bucket changed, sent by
+ * node origin: "bucketfs-change 1\0", a 4-byte origin, "<bucket>\0<key>\0",
+ * on mem_ctx; and its parse (0, or EINVAL for anything else; *bucket and
+ * *key point into msg).  The origin travels in the message because ctdbd
+ * hands every message on as one of the receiving node.
+ */
+uint8_t *bfs_change_msg(TALLOC_CTX *mem_ctx, uint32_t origin,
+			const char *bucket, const char *key, size_t *len);
+int bfs_change_msg_parse(const uint8_t *msg, size_t len, uint32_t *origin,
+			 const char **bucket, const char **key);
 
 /*
  * Make sure the index has a listing of folder rel younger than the TTL:

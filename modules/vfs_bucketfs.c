@@ -24,6 +24,8 @@
 #include "lib/pthreadpool/pthreadpool_tevent.h"
 #include "smbd/globals.h"
 #include "version.h"
+#include "ctdbd_conn.h"
+#include "lib/messages_ctdb.h"
 
 #include "bfs_cache.h"
 #include "bfs_connect.h"
@@ -252,6 +254,126 @@ static void bfs_log_line(int level, const char *line)
 	DEBUG(level, ("%s\n", line));
 }
 
+/* ---- cluster: changes told to the other nodes -------------------------------- */
+
+/*
+ * With `clustering = yes`, an upload, rename or delete made through this
+ * node is broadcast over CTDB's messaging to every node's smbds, and their
+ * shares of the same bucket list the folder again at its next access
+ * rather than after their TTL (lib: bfs_changed, bfs_changed_elsewhere).
+ * Our own CTDB message id: outside the ranges of ctdb_srvids.h.
+ */
+#define BFS_CTDB_SRVID 0xBF5C000000000001ULL
+/* ctdb/protocol/protocol.h's CTDB_BROADCAST_CONNECTED (not installed). */
+#define BFS_CTDB_ALL_NODES 0xF0000004U
+
+/* The shares of this process, for the messages of other nodes. */
+struct bfs_live {
+	struct bfs_live *prev, *next;
+	struct bfs_conn *bc;
+};
+static struct bfs_live *bfs_live_conns;
+
+static int bfs_live_destructor(struct bfs_live *l)
+{
+	DLIST_REMOVE(bfs_live_conns, l);
+	return 0;
+}
+
+static int bfs_ctdb_changed(struct tevent_context *ev, uint32_t src_vnn,
+			    uint32_t dst_vnn, uint64_t dst_srvid,
+			    const uint8_t *msg, size_t msglen,
+			    void *private_data)
+{
+	struct ctdbd_connection *conn = messaging_ctdb_connection();
+	const char *bucket, *key;
+	uint32_t origin;
+	struct bfs_live *l;
+
+	/* src_vnn is this node's own: ctdbd hands every message on as its. */
+	if (conn == NULL ||
+	    bfs_change_msg_parse(msg, msglen, &origin, &bucket, &key) != 0 ||
+	    origin == ctdbd_vnn(conn)) {
+		return 0; /* not one of ours, or ours (the index has it) */
+	}
+	for (l = bfs_live_conns; l != NULL; l = l->next) {
+		bfs_changed_elsewhere(l->bc, bucket, key);
+	}
+	return 0;
+}
+
+static void bfs_tell_nodes(void *priv, const char *key)
+{
+	struct bfs_conn *bc = priv;
+	struct ctdbd_connection *conn = messaging_ctdb_connection();
+	size_t len = 0;
+	uint8_t *msg;
+	struct iovec iov;
+	int ret;
+
+	if (conn == NULL) {
+		return;
+	}
+	msg = bfs_change_msg(talloc_tos(), ctdbd_vnn(conn), bc->cfg.bucket, key,
+			     &len);
+	if (msg == NULL) {
+		return;
+	}
+	DBG_INFO("bucketfs: share %s: telling the other nodes that %s "
+		 "changed\n", bc->service, key);
+	iov = (struct iovec){.iov_base = msg, .iov_len = len};
+	ret = ctdbd_messaging_send_iov(conn, BFS_CTDB_ALL_NODES, BFS_CTDB_SRVID,
+				       &iov, 1);
+	if (ret != 0) {
+		/* The other nodes see it after their TTL, as without CTDB. */
+		DBG_WARNING("bucketfs: share %s: cannot tell the other nodes "
+			    "that %s changed: %s\n", bc->service, key,
+			    strerror(ret));
+	}
+	TALLOC_FREE(msg);
+}
+
+/* In a cluster: this share hears of other nodes' changes and tells its own. */
+static void bfs_join_cluster(struct bfs_conn *bc)
+{
+	static bool registered;
+	struct ctdbd_connection *conn;
+	struct bfs_live *l;
+
+	if (!lp_clustering()) {
+		return;
+	}
+	conn = messaging_ctdb_connection();
+	if (conn == NULL) {
+		DBG_WARNING("bucketfs: share %s: no CTDB connection: other nodes "
+			    "see its changes after their listing TTL\n",
+			    bc->service);
+		return;
+	}
+	if (!registered) {
+		int ret = register_with_ctdbd(conn, BFS_CTDB_SRVID,
+					      bfs_ctdb_changed, NULL);
+		if (ret != 0) {
+			DBG_WARNING("bucketfs: cannot hear other nodes' changes "
+				    "over CTDB: %s; they show after the "
+				    "listing TTL\n", strerror(ret));
+			return;
+		}
+		registered = true;
+		DBG_NOTICE("bucketfs: hearing other nodes' changes over CTDB "
+			   "(node %u)\n", ctdbd_vnn(conn));
+	}
+	l = talloc_zero(bc, struct bfs_live);
+	if (l == NULL) {
+		return;
+	}
+	l->bc = bc;
+	DLIST_ADD(bfs_live_conns, l);
+	talloc_set_destructor(l, bfs_live_destructor);
+	bc->on_change = bfs_tell_nodes;
+	bc->on_change_priv = bc;
+}
+
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 		       const char *user)
 {
@@ -294,6 +416,7 @@ static int bfs_connect(struct vfs_handle_struct *handle, const char *service,
 				goto nomem);
 	DBG_NOTICE("bucketfs: share %s serves s3://%s/%s from %s for %s\n",
 		   service, bc->cfg.bucket, bc->prefix, bc->cfg.endpoint, user);
+	bfs_join_cluster(bc);
 	return 0;
 
 nomem:

@@ -27,12 +27,24 @@ SHARES = """[data]
   bucketfs:cache dir = {cache}
   bucketfs:metadata ttl = 2
   read only = no
+[now]
+  path = /
+  vfs objects = bucketfs
+  bucketfs:endpoint = {endpoint}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {creds}
+  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = cluster-now/
+  bucketfs:cache dir = {cache}-now
+  bucketfs:metadata ttl = 300
+  bucketfs:close = s3
+  read only = no
 """
 
 
 @pytest.fixture(scope="module")
 def cl(world):
-    c = Cluster(f"{world.tmp}/cluster", world.s3_port, SHARES)
+    c = Cluster(f"{world.tmp}/cluster", world.s3_port, SHARES, log_level="1 bucketfs:5")
     c.world = world
     try:
         c.start()
@@ -371,3 +383,40 @@ def test_the_cluster_holds_its_lock_as_a_lease_in_the_bucket(cl):
                 and "if-match=None" not in line]
     assert renewals, "no renewal of the lease"
     assert cl.front_log().count(".bucketfs/test-cluster-lock") > before, "not renewed meanwhile"
+
+
+def test_a_change_through_one_node_shows_on_the_others_at_once_not_after_their_ttl(cl):
+    """A TTL of 300 s: without word from node 0 (CTDB messaging), nodes 1
+    and 2 would show their listing of 300 s ago.  Each node has a client
+    connected to the share all along, as a training box's mount is: its
+    smbd is the one that hears (a node with no client of the share has no
+    process to hear; its next client sees changes after the TTL)."""
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-now.bin", 2 << 20)
+    mounts = []
+    for n in range(NODES):  # every node has listed the folder, fresh for 300 s
+        cl.smbclient(node_ip(n), "now", "ls")
+        conn = SMBConnection(node_ip(n), node_ip(n), preferredDialect=s3.SMB2_DIALECT_30,
+                             timeout=30)
+        conn.login(USER, PASSWORD)
+        conn.connectTree("now")
+        mounts.append(conn)
+
+    def shown(n, name, present=True, within=10):
+        end = time.monotonic() + within
+        while True:
+            out = cl.smbclient(node_ip(n), "now", "ls").stdout
+            if (f" {name} " in out) == present or time.monotonic() > end:
+                return (f" {name} " in out) == present
+            time.sleep(0.3)
+
+    cl.smbclient(node_ip(0), "now", f"put {src} fresh.bin")
+    assert shown(1, "fresh.bin"), "node 1 did not hear of the new file"
+    cl.smbclient(node_ip(1), "now", f"get fresh.bin {w.tmp}/now-b.bin")
+    assert sha256(f"{w.tmp}/now-b.bin") == sha256(src)
+    cl.smbclient(node_ip(1), "now", "rename fresh.bin renamed.bin")
+    assert shown(2, "renamed.bin") and shown(2, "fresh.bin", present=False)
+    cl.smbclient(node_ip(2), "now", "del renamed.bin")
+    assert shown(0, "renamed.bin", present=False), "node 0 still shows the deleted file"
+    for conn in mounts:
+        conn.logoff()
