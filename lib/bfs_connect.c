@@ -324,6 +324,12 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 	return 0;
 }
 
+/* An upload of the engine's: told as one made here (bfs_changed). */
+static void bfs_engine_uploaded(void *priv, const char *key)
+{
+	bfs_changed(priv, key);
+}
+
 /*
  * `bucketfs:close = local`: reach the cache folder's engine, starting it
  * if none runs (smbd starts samba-dcerpcd the same way).  Without one,
@@ -350,7 +356,9 @@ static void bfs_connect_engine(struct bfs_conn *bc,
 			"reached (%s): closes on this connection wait for S3",
 			bc->service, bc->engine_path, strerror(ret));
 		bc->engine = NULL;
+		return;
 	}
+	bfs_engine_on_changed(bc->engine, bfs_engine_uploaded, bc);
 }
 
 pid_t bfs_engine_now(struct bfs_conn *bc)

@@ -39,6 +39,8 @@ struct bfs_engine {
 	struct bfs_engine_wait_state *waits;
 	struct tevent_timer *retry_te;
 	unsigned retries;
+	void (*on_changed)(void *priv, const char *key);	/* CHANGED */
+	void *on_changed_priv;
 };
 
 struct bfs_engine_wait_state {
@@ -500,11 +502,24 @@ static void bfs_engine_lost(struct bfs_engine *e)
 	}
 }
 
+void bfs_engine_on_changed(struct bfs_engine *e,
+			   void (*cb)(void *priv, const char *key), void *priv)
+{
+	e->on_changed = cb;
+	e->on_changed_priv = priv;
+}
+
 static void bfs_engine_on_message(struct bfs_engine *e,
 				  struct bfs_proto_msg *m)
 {
 	struct bfs_engine_wait_state *w;
 
+	if (m->type == BFS_PM_CHANGED && m->key != NULL) {
+		if (e->on_changed != NULL) {
+			e->on_changed(e->on_changed_priv, m->key);
+		}
+		return;
+	}
 	if (m->type != BFS_PM_DONE) {
 		return;
 	}

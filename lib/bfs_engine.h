@@ -51,6 +51,14 @@ pid_t bfs_engine_pid(const struct bfs_engine *e);
 /* Connect again (same folder, same start) after the engine went away. */
 int bfs_engine_reconnect(struct bfs_engine *e);
 
+/*
+ * cb(priv, key) for each upload the engine tells this connection of
+ * (CHANGED: it tells one of its clients), e.g. to tell a cluster's other
+ * nodes; NULL: none.
+ */
+void bfs_engine_on_changed(struct bfs_engine *e,
+			   void (*cb)(void *priv, const char *key), void *priv);
+
 /* Tell the engine an upload of key was journalled in its name. */
 int bfs_engine_notify(struct bfs_engine *e, const char *key);
 

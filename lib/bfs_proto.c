@@ -85,6 +85,7 @@ static const struct bfs_pm_def {
 	[BFS_PM_PREFETCH] = {"PREFETCH", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE,
 					  BFS_PF_AHEAD, BFS_PF_AHEAD_N}},
 	[BFS_PM_LIST] = {"LIST", {BFS_PF_KEY}},
+	[BFS_PM_CHANGED] = {"CHANGED", {BFS_PF_KEY}},
 };
 
 /* ---- little-endian integers, a byte at a time --------------------------- */

@@ -43,6 +43,9 @@
  *                              it from S3 into the index, once however
  *                              many ask meanwhile; no answer (the reader
  *                              was served the listing the index had)
+ *   CHANGED  engine -> module  key: the engine put it in S3; sent to one
+ *                              client, unasked (id 0), for it to tell the
+ *                              other nodes of a cluster; no answer
  */
 #ifndef BUCKETFS_BFS_PROTO_H
 #define BUCKETFS_BFS_PROTO_H
@@ -67,6 +70,7 @@ enum bfs_proto_type {
 	BFS_PM_FETCH = 8,
 	BFS_PM_PREFETCH = 9,
 	BFS_PM_LIST = 10,
+	BFS_PM_CHANGED = 11,
 };
 
 enum bfs_proto_field {

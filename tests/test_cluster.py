@@ -39,6 +39,17 @@ SHARES = """[data]
   bucketfs:metadata ttl = 300
   bucketfs:close = s3
   read only = no
+[nowlocal]
+  path = /
+  vfs objects = bucketfs
+  bucketfs:endpoint = {endpoint}
+  bucketfs:path style = yes
+  bucketfs:credentials file = {creds}
+  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = cluster-nowlocal/
+  bucketfs:cache dir = {cache}-nowlocal
+  bucketfs:metadata ttl = 300
+  read only = no
 """
 
 
@@ -420,3 +431,32 @@ def test_a_change_through_one_node_shows_on_the_others_at_once_not_after_their_t
     assert shown(0, "renamed.bin", present=False), "node 0 still shows the deleted file"
     for conn in mounts:
         conn.logoff()
+
+
+def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):
+    """close = local: node 0's engine uploads after the close; it tells
+    one of node 0's smbds, which tells the other nodes (TTL 300 s)."""
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-nowlocal.bin", 3 << 20)
+    mounts = []
+    for n in range(NODES):
+        cl.smbclient(node_ip(n), "nowlocal", "ls")
+        conn = SMBConnection(node_ip(n), node_ip(n), preferredDialect=s3.SMB2_DIALECT_30,
+                             timeout=30)
+        conn.login(USER, PASSWORD)
+        conn.connectTree("nowlocal")
+        mounts.append(conn)
+    try:
+        cl.smbclient(node_ip(0), "nowlocal", f"put {src} local.bin")
+        end = time.monotonic() + 20
+        while True:
+            out = [cl.smbclient(node_ip(n), "nowlocal", "ls").stdout for n in (1, 2)]
+            if all(" local.bin " in o for o in out) or time.monotonic() > end:
+                break
+            time.sleep(0.3)
+        assert all(" local.bin " in o for o in out), out
+        cl.smbclient(node_ip(2), "nowlocal", f"get local.bin {w.tmp}/nowlocal-c.bin")
+        assert sha256(f"{w.tmp}/nowlocal-c.bin") == sha256(src)
+    finally:
+        for conn in mounts:
+            conn.logoff()

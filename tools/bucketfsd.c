@@ -1015,6 +1015,16 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 	}
 	for (; res != NULL; res = next) {
 		next = res->next;
+		if (res->err == 0 && res->etag != NULL && e->clients != NULL) {
+			/*
+			 * In S3 now: one smbd tells a cluster's other nodes
+			 * (bucketfsd has no CTDB connection; smbds do).
+			 */
+			struct bfs_proto_msg m = {
+				.type = BFS_PM_CHANGED, .key = res->key,
+			};
+			eng_send(e->clients, &m);
+		}
 		for (wt = e->waiters; wt != NULL; wt = wnext) {
 			int err = 0;
 

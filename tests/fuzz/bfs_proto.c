@@ -51,6 +51,7 @@ static void check_same(const struct bfs_proto_msg *a,
 		break;
 	case BFS_PM_UPLOAD:
 	case BFS_PM_LIST:
+	case BFS_PM_CHANGED:
 		FUZZ_CHECK(same_str(a->key, b->key));
 		break;
 	case BFS_PM_WAIT:

@@ -15,7 +15,7 @@
 static const enum bfs_proto_type all_types[] = {
 	BFS_PM_HELLO, BFS_PM_WELCOME, BFS_PM_UPLOAD, BFS_PM_WAIT,
 	BFS_PM_DONE,  BFS_PM_STATUS,  BFS_PM_STATE, BFS_PM_FETCH,
-	BFS_PM_PREFETCH, BFS_PM_LIST,
+	BFS_PM_PREFETCH, BFS_PM_LIST, BFS_PM_CHANGED,
 };
 
 /* A message with every field set, each to a value of its own. */
@@ -67,6 +67,7 @@ static struct carried carried_by(enum bfs_proto_type t)
 		break;
 	case BFS_PM_UPLOAD:
 	case BFS_PM_LIST:
+	case BFS_PM_CHANGED:
 		c.key = true;
 		break;
 	case BFS_PM_WAIT:
@@ -437,7 +438,7 @@ static void test_malformed_frames_are_refused(void **state)
 	fr_start(&f, BFS_PROTO_VERSION, 0);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
-	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_LIST + 1);
+	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_CHANGED + 1);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
 	fr_start(&f, BFS_PROTO_VERSION, 0xffff);
@@ -529,7 +530,7 @@ static void test_encode_refusals(void **state)
 	/* A type the protocol lacks is a bug of the caller's. */
 	m.type = 0;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
-	m.type = BFS_PM_LIST + 1;
+	m.type = BFS_PM_CHANGED + 1;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
 	talloc_free(t);
 }
@@ -549,7 +550,7 @@ static void test_type_names(void **state)
 	assert_string_equal(bfs_proto_type_name(BFS_PM_LIST), "LIST");
 	/* Log lines print whatever a peer sent: never NULL. */
 	assert_string_equal(bfs_proto_type_name(0), "?");
-	assert_string_equal(bfs_proto_type_name(BFS_PM_LIST + 1), "?");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_CHANGED + 1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)-1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)0xffff),
 			    "?");
