@@ -27,23 +27,13 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
 import world  # noqa: E402
-from cluster import NODES, Cluster, node_ip, public_ip  # noqa: E402
+from cluster import NODES, Cluster, node_ip, public_ip, share  # noqa: E402
 
 D = os.path.join(TOP, "build/bench-cluster")
 S3_PORT = 19060
 FILES, SIZE = 16, 16 << 20  # 256 MiB a dataset
 CLIENTS = 3
-SHARES = """[data]
-  path = /
-  vfs objects = bucketfs
-  bucketfs:endpoint = {endpoint}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {creds}
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = bench/
-  bucketfs:cache dir = {cache}
-  bucketfs:cache size = 2G
-"""
+SHARES = share("data", "bench/", "bucketfs:cache size = 2G")
 
 
 def s3_bytes_by_node(log, prefix):

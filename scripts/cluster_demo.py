@@ -20,25 +20,14 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(TOP, "tests"))
 
 import world  # noqa: E402
-from cluster import NODES, Cluster, public_ip  # noqa: E402
+from cluster import NODES, Cluster, public_ip, share  # noqa: E402
 
 import cluster as cluster_mod  # noqa: E402
 
 cluster_mod.PASSWORD = "demo"  # the SMB password of root, as make demo's
 D = os.path.join(TOP, "build/cluster-demo")
 S3_PORT = 19050
-SHARES = """[data]
-  path = /
-  vfs objects = bucketfs
-  bucketfs:endpoint = {endpoint}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {creds}
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = demo/
-  bucketfs:cache dir = {cache}
-  bucketfs:metadata ttl = 2
-  read only = no
-"""
+SHARES = share("data", "demo/", "bucketfs:metadata ttl = 2", "read only = no")
 
 
 def bold(text):

@@ -61,6 +61,17 @@ NODE_MOUNTS = ('mkdir -p /run/ctdb && mount --bind "$B/etc" /etc/ctdb && '
                'exec "$@"')
 
 
+def share(name, prefix, *lines):
+    """An smb.conf section of a bucketfs share on the test bucket under
+    prefix, for Cluster's shares ({endpoint}, {creds}, {BUCKET} and
+    {cache}, the node's own cache folder, are filled in per node)."""
+    return (f"[{name}]\n  path = /\n  vfs objects = bucketfs\n"
+            "  bucketfs:endpoint = {endpoint}\n  bucketfs:path style = yes\n"
+            "  bucketfs:credentials file = {creds}\n  bucketfs:bucket = {BUCKET}\n"
+            f"  bucketfs:prefix = {prefix}\n  bucketfs:cache dir = {{cache}}-{name}\n" +
+            "".join(f"  {line}\n" for line in lines))
+
+
 def port_open(ip, port, timeout=0.5):
     with socket.socket() as s:
         s.settimeout(timeout)
@@ -68,9 +79,10 @@ def port_open(ip, port, timeout=0.5):
 
 
 class Cluster:
-    """Three nodes serving `shares` (smb.conf sections; {cache} is the
-    node's own cache folder, {endpoint} the cluster's S3 front, {creds}
-    its credentials file, {BUCKET} the test bucket)."""
+    """Three nodes serving `shares` (smb.conf sections, as share() makes
+    them; {cache} is the node's own folder for cache folders, {endpoint}
+    the cluster's S3 front, {creds} its credentials file, {BUCKET} the
+    test bucket)."""
 
     def __init__(self, root, s3_port, shares, log_level="1 bucketfs:3"):
         self.root = root
@@ -182,7 +194,7 @@ class Cluster:
 
     def write_smb_config(self, i):
         d = self.node_dir(i)
-        for sub in ("lock", "state", "cache", "pid", "private", "ncalrpc", "bfscache"):
+        for sub in ("lock", "state", "cache", "pid", "private", "ncalrpc"):
             os.makedirs(f"{d}/{sub}", exist_ok=True)
         with open(f"{self.root}/creds", "w") as f:
             f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")

@@ -13,44 +13,14 @@ from impacket import smb3
 from impacket import smb3structs as s3
 from impacket.smbconnection import SMBConnection, SessionError
 
-from cluster import NODES, Cluster, node_ip, public_ip
+from cluster import NODES, Cluster, node_ip, public_ip, share
 from world import PASSWORD, USER, make_file, sha256
 
-SHARES = """[data]
-  path = /
-  vfs objects = bucketfs
-  bucketfs:endpoint = {endpoint}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {creds}
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = cluster/
-  bucketfs:cache dir = {cache}
-  bucketfs:metadata ttl = 2
-  read only = no
-[now]
-  path = /
-  vfs objects = bucketfs
-  bucketfs:endpoint = {endpoint}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {creds}
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = cluster-now/
-  bucketfs:cache dir = {cache}-now
-  bucketfs:metadata ttl = 300
-  bucketfs:close = s3
-  read only = no
-[nowlocal]
-  path = /
-  vfs objects = bucketfs
-  bucketfs:endpoint = {endpoint}
-  bucketfs:path style = yes
-  bucketfs:credentials file = {creds}
-  bucketfs:bucket = {BUCKET}
-  bucketfs:prefix = cluster-nowlocal/
-  bucketfs:cache dir = {cache}-nowlocal
-  bucketfs:metadata ttl = 300
-  read only = no
-"""
+SHARES = (share("data", "cluster/", "bucketfs:metadata ttl = 2", "read only = no") +
+          share("now", "cluster-now/", "bucketfs:metadata ttl = 300", "bucketfs:close = s3",
+                "read only = no") +
+          share("nowlocal", "cluster-nowlocal/", "bucketfs:metadata ttl = 300",
+                "read only = no"))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +34,22 @@ def cl(world):
         c.stop()
 
 
-def connect(ip):
+def connect(ip, share_name="data"):
+    """One SMB 3.0 connection to ip, its tree connected: (conn, tree id)."""
     conn = SMBConnection(ip, ip, preferredDialect=s3.SMB2_DIALECT_30, timeout=30)
     conn.login(USER, PASSWORD)
-    return conn, conn.connectTree("data")
+    return conn, conn.connectTree(share_name)
+
+
+def mount_everywhere(cl, share_name):
+    """Each node lists the share's root (fresh for its TTL) and keeps a
+    client connected to it, as a training box's mount does: the smbd that
+    hears other nodes' changes.  The connections, to log off."""
+    mounts = []
+    for n in range(NODES):
+        cl.smbclient(node_ip(n), share_name, "ls")
+        mounts.append(connect(node_ip(n), share_name)[0])
+    return mounts
 
 
 def wait_seen(cl, path):
@@ -367,7 +349,7 @@ def test_with_close_local_a_dead_nodes_acknowledged_writes_go_up_when_it_comes_b
         cl.kill_node(a)
     finally:
         cl.fault("PUT deny 0")
-    staged = os.listdir(f"{cl.node_dir(a)}/bfscache/staging")
+    staged = os.listdir(f"{cl.node_dir(a)}/bfscache-data/staging")
     assert staged, "the acknowledged bytes are not in A's staging folder"
     assert "cluster/pending.pt" not in w.s3_keys("cluster/")
     cl.revive(a)
@@ -404,14 +386,7 @@ def test_a_change_through_one_node_shows_on_the_others_at_once_not_after_their_t
     process to hear; its next client sees changes after the TTL)."""
     w = cl.world
     src = make_file(f"{w.tmp}/cluster-now.bin", 2 << 20)
-    mounts = []
-    for n in range(NODES):  # every node has listed the folder, fresh for 300 s
-        cl.smbclient(node_ip(n), "now", "ls")
-        conn = SMBConnection(node_ip(n), node_ip(n), preferredDialect=s3.SMB2_DIALECT_30,
-                             timeout=30)
-        conn.login(USER, PASSWORD)
-        conn.connectTree("now")
-        mounts.append(conn)
+    mounts = mount_everywhere(cl, "now")
 
     def shown(n, name, present=True, within=10):
         end = time.monotonic() + within
@@ -438,14 +413,7 @@ def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):
     one of node 0's smbds, which tells the other nodes (TTL 300 s)."""
     w = cl.world
     src = make_file(f"{w.tmp}/cluster-nowlocal.bin", 3 << 20)
-    mounts = []
-    for n in range(NODES):
-        cl.smbclient(node_ip(n), "nowlocal", "ls")
-        conn = SMBConnection(node_ip(n), node_ip(n), preferredDialect=s3.SMB2_DIALECT_30,
-                             timeout=30)
-        conn.login(USER, PASSWORD)
-        conn.connectTree("nowlocal")
-        mounts.append(conn)
+    mounts = mount_everywhere(cl, "nowlocal")
     try:
         cl.smbclient(node_ip(0), "nowlocal", f"put {src} local.bin")
         end = time.monotonic() + 20
