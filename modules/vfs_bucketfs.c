@@ -290,10 +290,14 @@ static int bfs_ctdb_changed(struct tevent_context *ev, uint32_t src_vnn,
 	uint32_t origin;
 	struct bfs_live *l;
 
-	/* src_vnn is this node's own: ctdbd hands every message on as its. */
+	/*
+	 * src_vnn is this node's own: ctdbd hands every message on as its.
+	 * get_my_vnn() (set from ctdbd at startup), not ctdbd_vnn(): the
+	 * latter exists only in Samba built with cluster support.
+	 */
 	if (conn == NULL ||
 	    bfs_change_msg_parse(msg, msglen, &origin, &bucket, &key) != 0 ||
-	    origin == ctdbd_vnn(conn)) {
+	    origin == get_my_vnn()) {
 		return 0; /* not one of ours, or ours (the index has it) */
 	}
 	for (l = bfs_live_conns; l != NULL; l = l->next) {
@@ -314,7 +318,7 @@ static void bfs_tell_nodes(void *priv, const char *key)
 	if (conn == NULL) {
 		return;
 	}
-	msg = bfs_change_msg(talloc_tos(), ctdbd_vnn(conn), bc->cfg.bucket, key,
+	msg = bfs_change_msg(talloc_tos(), get_my_vnn(), bc->cfg.bucket, key,
 			     &len);
 	if (msg == NULL) {
 		return;
@@ -361,7 +365,7 @@ static void bfs_join_cluster(struct bfs_conn *bc)
 		}
 		registered = true;
 		DBG_NOTICE("bucketfs: hearing other nodes' changes over CTDB "
-			   "(node %u)\n", ctdbd_vnn(conn));
+			   "(node %u)\n", get_my_vnn());
 	}
 	l = talloc_zero(bc, struct bfs_live);
 	if (l == NULL) {
