@@ -6,6 +6,7 @@
 #   make test     everything above, then unit + integration tests
 #   make demo     a local S3 server with sample data, smbd on loopback
 #   make intree   build the module inside the prepared Samba tree (wscript)
+#   make deb      the Debian package in build/deb (dpkg-buildpackage, lintian)
 #   make bench       bucketfs against plain Samba, s3fs, rclone and raw S3
 #                    (bench/compare.py; not part of make test)
 #   make bench-read  read-path benchmark (not part of make test)
@@ -25,18 +26,24 @@ OPT      ?= -O2 -g
 PKGS     := talloc tevent libcurl openssl lmdb expat libisal zlib
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread
-LIB_CFLAGS = $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib $(PKG_CFLAGS)
+# Where the engine and the lease helper go, and what the module tells an admin
+# when it meets another Samba: the Debian package (debian/rules) sets both.
+SBINDIR  ?= /usr/local/sbin
+REBUILD_HINT ?= rebuild and reinstall it: make install
+DEFS      = -DBFS_SBINDIR='"$(SBINDIR)"'
+LIB_CFLAGS = $(OPT) $(WARN) -fPIC -D_GNU_SOURCE $(DEFS) -Ilib $(PKG_CFLAGS)
 
 LIB_SRC  := $(sort $(wildcard lib/*.c))
 LIB_OBJ  := $(LIB_SRC:lib/%.c=$(B)/lib/%.o)
 MOD_SRC  := modules/vfs_bucketfs.c
 UNIT     := $(patsubst tests/unit/%.c,$(B)/tests/%,$(wildcard tests/unit/test_*.c))
 ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
-            $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool $(B)/bench/loader
+            $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool $(B)/bench/loader \
+            $(B)/othersamba/bucketfs_othersamba.so
 
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
-.PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree clean bench bench-deps bench-read bench-write bench-cluster \
+.PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree deb clean bench bench-deps bench-read bench-write bench-cluster \
         fuzz fuzz-build asan-unit valgrind-unit \
         asan install-asan
 all: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(B)/bucketfs-lease $(UNIT) $(ITEST)
@@ -64,10 +71,10 @@ $(B)/modules/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.ver
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) $(WARN) -Wno-unused-parameter $$(cat $(B)/samba.cflags) \
 	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"$(shell cat $(B)/samba.version 2>/dev/null)"' \
-	  -c $< -o $@
+	  $(DEFS) -DBFS_REBUILD_HINT='"$(REBUILD_HINT)"' -c $< -o $@
 
 $(B)/bucketfs.so: $(B)/modules/vfs_bucketfs.o $(B)/libbucketfs.a
-	$(CC) -shared -Wl,-Bsymbolic -o $@ $^ $(PKG_LIBS)
+	$(CC) $(LDFLAGS) -shared -Wl,-Bsymbolic -o $@ $^ $(PKG_LIBS)
 
 $(B)/tests/%: tests/unit/%.c tests/unit/*.h $(B)/libbucketfs.a
 	@mkdir -p $(dir $@)
@@ -102,17 +109,17 @@ $(B)/tests/smbrenopen: tests/integration/smbrenopen.c $(B)/.deps-ok
 # Samba's libsmbconf (public, in samba-libs) reads smb.conf for the tool;
 # its headers come from the prepared source tree.
 $(B)/bucketfs-ctl: tools/bucketfs-ctl.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
-	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	$(CC) $(OPT) $(WARN) $(LDFLAGS) -D_GNU_SOURCE $(DEFS) -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
 	  tools/bucketfs-ctl.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
 # The S3 engine: the same share loading as bucketfs-ctl.
 $(B)/bucketfsd: tools/bucketfsd.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
-	$(CC) $(OPT) $(WARN) -Wno-unused-parameter -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	$(CC) $(OPT) $(WARN) $(LDFLAGS) -Wno-unused-parameter -D_GNU_SOURCE $(DEFS) -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
 	  tools/bucketfsd.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
 # CTDB's cluster lock as a lease object in the bucket (issue 22).
 $(B)/bucketfs-lease: tools/bucketfs-lease.c tools/ctl_share.c tools/*.h lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags
-	$(CC) $(OPT) $(WARN) -D_GNU_SOURCE -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
+	$(CC) $(OPT) $(WARN) $(LDFLAGS) -D_GNU_SOURCE $(DEFS) -Ilib -Itools -I$(SAMBA)/lib/smbconf $(PKG_CFLAGS) \
 	  tools/bucketfs-lease.c tools/ctl_share.c -o $@ $(B)/libbucketfs.a $(PKG_LIBS) -l:libsmbconf.so.0
 
 # The module and lib/ again under ASan+UBSan, objects of their own, for
@@ -140,6 +147,17 @@ $(B)/asan/vfs_bucketfs.o: $(MOD_SRC) lib/*.h $(B)/samba.cflags $(B)/samba.versio
 # instrumented and must run with libasan preloaded (tests/test_asan.py).
 $(B)/asan/bucketfs_asan.so: $(B)/asan/vfs_bucketfs.o $(ASAN_LIB_OBJ)
 	$(CC) -fsanitize=address,undefined -shared -o $@ $^ $(PKG_LIBS)
+
+# The module as a Samba upgrade without a matching bucketfs leaves it: built
+# for another Samba version string, registered as bucketfs_othersamba
+# (tests/test_package.py installs it next to the real one).
+$(B)/othersamba/bucketfs_othersamba.so: $(MOD_SRC) lib/*.h $(B)/libbucketfs.a $(B)/samba.cflags $(B)/samba.version Makefile
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) $(WARN) -Wno-unused-parameter $$(cat $(B)/samba.cflags) \
+	  -Ilib $(PKG_CFLAGS) -DBUCKETFS_SAMBA_PKGVER='"other"' $(DEFS) \
+	  -DBFS_TEST_BUILT_FOR='"4.16.99"' -DBFS_VFS_NAME='"bucketfs_othersamba"' \
+	  -DBFS_REBUILD_HINT='"$(REBUILD_HINT)"' -shared -fPIC -Wl,-Bsymbolic $< -o $@ \
+	  $(B)/libbucketfs.a $(PKG_LIBS)
 
 install-asan: $(B)/asan/bucketfs_asan.so
 	@scripts/check-samba.sh install $<
@@ -177,6 +195,10 @@ cluster-stop:
 
 intree: $(B)/.deps-ok
 	@scripts/intree-build.sh
+
+# The Debian package (debian/), built from the tracked files into build/deb.
+deb: $(B)/.deps-ok
+	@scripts/make-deb.sh
 
 clean:
 	rm -rf $(B)/lib $(B)/modules $(B)/tests $(B)/bucketfs.so $(B)/libbucketfs.a $(B)/asan

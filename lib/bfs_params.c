@@ -59,7 +59,7 @@ const struct bfs_pdef bfs_pdefs[] = {
 	 true},
 	{"fetch memory", BFS_PT_SIZE, "256M", 0, BFS_SIZE_UNBOUNDED, false,
 	 true},
-	{"engine", BFS_PT_STRING, "/usr/local/sbin/bucketfsd", 0, 0, false,
+	{"engine", BFS_PT_STRING, BFS_SBINDIR "/bucketfsd", 0, 0, false,
 	 false},
 	{"dir rename max", BFS_PT_INT, "1000", 0, 10000000, false, false},
 	{"metrics file", BFS_PT_STRING, NULL, 0, 0, false, false},

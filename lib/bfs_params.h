@@ -9,6 +9,14 @@
 #ifndef BUCKETFS_BFS_PARAMS_H
 #define BUCKETFS_BFS_PARAMS_H
 
+/*
+ * Where bucketfsd and bucketfs-lease are installed: /usr/local/sbin by
+ * make install, /usr/sbin in the Debian package (debian/rules sets it).
+ */
+#ifndef BFS_SBINDIR
+#define BFS_SBINDIR "/usr/local/sbin"
+#endif
+
 #include <stdbool.h>
 #include <stdint.h>
 

@@ -2224,20 +2224,36 @@ static struct vfs_fn_pointers bucketfs_fns = {
 };
 
 static_decl_vfs;
+/*
+ * The Samba whose headers we were compiled with.  The package's test builds
+ * a module that claims another one (BFS_TEST_BUILT_FOR), as a Samba upgrade
+ * without a matching bucketfs would leave it.
+ */
+#ifdef BFS_TEST_BUILT_FOR
+#define BFS_BUILT_FOR BFS_TEST_BUILT_FOR
+#else
+#define BFS_BUILT_FOR SAMBA_VERSION_STRING
+#endif
+#ifndef BFS_REBUILD_HINT
+#define BFS_REBUILD_HINT "rebuild and reinstall it"
+#endif
+
 NTSTATUS vfs_bucketfs_init(TALLOC_CTX *ctx)
 {
 	const char *running = samba_version_string();
-	size_t l = strlen(SAMBA_VERSION_STRING);
+	size_t l = strlen(BFS_BUILT_FOR);
 
 	/*
 	 * Built against another Samba's headers, the structures we share
 	 * with smbd may differ: refuse to load rather than corrupt memory.
+	 * smbd then refuses the tree connect of each share that names us;
+	 * its other shares go on.
 	 */
-	if (strncmp(running, SAMBA_VERSION_STRING, l) != 0 ||
+	if (strncmp(running, BFS_BUILT_FOR, l) != 0 ||
 	    (running[l] != '\0' && running[l] != '-')) {
 		DBG_ERR("bucketfs: built for Samba %s, refusing to load into "
-			"smbd %s; rebuild with 'make'\n",
-			SAMBA_VERSION_STRING, running);
+			"smbd %s; " BFS_REBUILD_HINT "\n",
+			BFS_BUILT_FOR, running);
 		return NT_STATUS_REVISION_MISMATCH;
 	}
 	(void)bucketfs_built_for;

@@ -130,7 +130,8 @@ def finish(started):
 PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
                 "cluster": "tests/test_cluster.py",
                 "docs": "tests/test_docs.py", "read": "tests/test_read.py",
-                "engine": "tests/test_engine.py", "reliability": "tests/test_reliability.py",
+                "engine": "tests/test_engine.py", "package": "tests/test_package.py",
+                "reliability": "tests/test_reliability.py",
                 "rgw": "tests/test_rgw.py", "security": "tests/test_security.py tests/test_soak.py",
                 "semantics": "tests/test_semantics.py", "write": "tests/test_write.py"}
 

@@ -33,6 +33,7 @@
 
 #include "ctl_share.h"
 #include "bfs_lease.h"
+#include "bfs_params.h"
 #include "bfs_log.h"
 
 #define LEASE_DEFAULT_KEY ".bucketfs/ctdb-cluster-lock"
@@ -57,7 +58,7 @@ static void lease_usage(FILE *f)
 	fprintf(f, "usage: bucketfs-lease [-s SMB_CONF] [-k KEY] [-t SECONDS] "
 		"SHARE\n"
 		"CTDB's cluster lock as a lease object in SHARE's bucket: in "
-		"ctdb.conf,\n  cluster lock = !/usr/local/sbin/bucketfs-lease "
+		"ctdb.conf,\n  cluster lock = !" BFS_SBINDIR "/bucketfs-lease "
 		"SHARE\n");
 }
 
