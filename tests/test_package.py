@@ -287,3 +287,52 @@ def test_a_module_built_for_another_samba_fails_its_shares_tree_connects_with_on
     finally:
         v.stop()
         os.remove(installed_other)
+
+
+def next_version_deb(deb):
+    """The same sources as the next version (a changelog entry on top of a
+    copy of make deb's tree), built with dpkg-buildpackage: its path."""
+    version = sh(["dpkg-deb", "-f", deb, "Version"]).stdout.strip()
+    nxt = version + "+next1"
+    tree = f"{B}/deb-next/bucketfs-{nxt}"
+    shutil.rmtree(f"{B}/deb-next", ignore_errors=True)
+    shutil.copytree(f"{B}/deb/bucketfs-{version}", tree, symlinks=True,
+                    ignore=shutil.ignore_patterns("obj-*", ".debhelper"))
+    with open(f"{tree}/debian/changelog") as f:
+        old = f.read()
+    with open(f"{tree}/debian/changelog", "w") as f:
+        f.write(f"bucketfs ({nxt}) unstable; urgency=medium\n\n  * The next version, for "
+                "tests/test_package.py.\n\n -- bucketfs developers <bucketfs@example.org>  "
+                "Thu, 03 Dec 2026 22:00:00 +0000\n\n" + old)
+    p = sh(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=tree, check=False)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return f"{B}/deb-next/bucketfs_{nxt}_amd64.deb"
+
+
+def test_an_upgrade_of_bucketfs_ends_the_old_engine_and_the_new_one_finishes_its_uploads(
+        world, deb, machine):
+    nxt = next_version_deb(deb)
+    apt_install(deb)
+    v = world.serve("package-upgrade", share_section(world, "pkgup"))
+    try:
+        world.fault("PUT deny -1")  # the upload waits in the old engine
+        src = world.make("pkg-upgrade.bin", 2 << 20)
+        v.smbclient("pkgup", f'put {src} "across.bin"')
+        old = sh(["pgrep", "-f", f"^/usr/sbin/bucketfsd -s {v.conf} pkgup"]).stdout.split()
+        assert len(old) == 1, old
+        apt_install(nxt)
+        assert sh(["dpkg-query", "-W", "-f=${Version}", "bucketfs"]).stdout.endswith("+next1")
+        end = time.monotonic() + 30
+        while os.path.exists(f"/proc/{old[0]}"):
+            assert time.monotonic() < end, "the old engine still runs"
+            time.sleep(0.2)
+        world.fault("PUT deny 0")
+        v.smbclient("pkgup", "ls")  # the next need starts the new engine
+        assert wait_s3(world, "pkg-pkgup/across.bin", sha256(src)), \
+            sh(["/usr/bin/bucketfs-ctl", "-s", v.conf, "pkgup", "pending"]).stdout
+        new = sh(["pgrep", "-f", f"^/usr/sbin/bucketfsd -s {v.conf} pkgup"]).stdout.split()
+        assert new and new != old, (old, new)
+        assert os.readlink(f"/proc/{new[0]}/exe") == "/usr/sbin/bucketfsd"  # not "(deleted)"
+    finally:
+        world.fault("PUT deny 0")
+        v.stop()
