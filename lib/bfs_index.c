@@ -642,6 +642,37 @@ static MDB_val bfs_ent_key(TALLOC_CTX *mem_ctx, const char *dir,
 	return v;
 }
 
+/*
+ * Inode numbers (issue 22: the same file ID on every node of a cluster).
+ *
+ * A name's inode is its key's hash (its hint) unless another key already
+ * has that number; then it is the next free number after it (linear
+ * probing).  Which of two colliding keys keeps the hint must not depend on
+ * which a node learnt first, or two nodes would disagree.  So the numbers
+ * of a probe run are kept ordered by key (ordered hashing, Amble and Knuth
+ * 1974): a key that meets a greater key on its way takes that number and
+ * the greater key moves on; a released number pulls back the keys after
+ * it.  The numbers then depend only on the set of keys a node knows, not
+ * on the order it learnt them, and a collision moves the greater key's
+ * number only when the smaller key appears or goes.  An open file keeps
+ * the number it was opened with (Samba keeps its file ID), as on a rename.
+ *
+ * A number a rename carried to another key (the inode follows the entry,
+ * as in POSIX) is not on that key's probe run; such numbers, and map
+ * records whose entry is gone, are never moved.
+ */
+
+/* Probe runs longer than this are not runs: a renamed entry's number. */
+#define BFS_INO_PROBE_MAX (1U << 20)
+#define BFS_INO_MAX 0x7fffffffffffffffULL
+
+static unsigned bfs_ino_bits = 63;
+
+void bfs_index_test_ino_bits(unsigned bits)
+{
+	bfs_ino_bits = bits >= 1 && bits <= 63 ? bits : 63;
+}
+
 uint64_t bfs_index_ino_hint(const char *full_key)
 {
 	/* FNV-1a 64, folded away from 0..BFS_ROOT_INO and negative off_t. */
@@ -651,42 +682,279 @@ uint64_t bfs_index_ino_hint(const char *full_key)
 	for (p = (const unsigned char *)full_key; *p != '\0'; p++) {
 		h = (h ^ *p) * 0x100000001b3ULL;
 	}
-	h &= 0x7fffffffffffffffULL;
+	h &= bfs_ino_bits == 63 ? BFS_INO_MAX : (1ULL << bfs_ino_bits) - 1;
 	return h <= BFS_ROOT_INO ? h + BFS_ROOT_INO + 1 : h;
 }
 
-/* A free inode for full_key: its hint, or the next one not owned by
- * another key.  Records the ownership. */
-static int bfs_index_alloc_ino(struct bfs_index *idx, MDB_txn *txn,
-			       const char *full_key, uint64_t *ino)
+static uint64_t bfs_ino_next(uint64_t i)
 {
-	uint64_t i = bfs_index_ino_hint(full_key);
-	size_t kl = strlen(full_key);
+	return i >= BFS_INO_MAX ? BFS_ROOT_INO + 1 : i + 1;
+}
+
+/* How many steps from a key's hint to number i. */
+static uint64_t bfs_ino_dist(uint64_t hint, uint64_t i)
+{
+	return i >= hint ? i - hint : (BFS_INO_MAX - hint) + (i - BFS_ROOT_INO);
+}
+
+/* Key order for probe runs: bytes, then length. */
+static int bfs_ino_keycmp(const MDB_val *a, const MDB_val *b)
+{
+	size_t n = a->mv_size < b->mv_size ? a->mv_size : b->mv_size;
+	int c = memcmp(a->mv_data, b->mv_data, n);
+
+	if (c != 0) {
+		return c;
+	}
+	return a->mv_size < b->mv_size ? -1 : a->mv_size > b->mv_size;
+}
+
+/*
+ * Set the inode number of the entry whose full key is key (a directory's
+ * ends in '/').  ENOENT: there is no such entry.
+ */
+static int bfs_ino_set_entry(struct bfs_index *idx, MDB_txn *txn,
+			     TALLOC_CTX *tmp, const char *key, uint64_t ino,
+			     bool only_check)
+{
+	size_t kl = strlen(key), nl;
+	const char *slash;
+	char *dir, *name;
+	struct bfs_entry e;
 	MDB_val k, v;
+	void *buf;
+	size_t len;
 	int rc;
 
-	for (;;) {
-		k.mv_size = sizeof(i);
-		k.mv_data = &i;
+	if (kl > 0 && key[kl - 1] == '/') {
+		kl--; /* a directory */
+	}
+	name = talloc_strndup(tmp, key, kl);
+	if (name == NULL) {
+		return ENOMEM;
+	}
+	slash = memrchr(name, '/', kl);
+	nl = slash != NULL ? (size_t)(slash - name) + 1 : 0;
+	dir = talloc_strndup(tmp, name, nl);
+	if (dir == NULL) {
+		return ENOMEM;
+	}
+	k = bfs_ent_key(tmp, dir, name + nl);
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = mdb_get(txn, idx->ent, &k, &v);
+	if (rc == MDB_NOTFOUND) {
+		return ENOENT;
+	}
+	if (rc != 0) {
+		return rc;
+	}
+	if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &e) != 0) {
+		return ENOENT; /* not ours to renumber; fsck's */
+	}
+	if (only_check) {
+		return 0;
+	}
+	e.ino = ino;
+	rc = bfs_index_encode(tmp, &e, &buf, &len);
+	if (rc != 0) {
+		return rc;
+	}
+	v.mv_size = len;
+	v.mv_data = buf;
+	return mdb_put(txn, idx->ent, &k, &v, 0);
+}
+
+/* Whether the owner of number i may move: on its probe run, an entry. */
+static int bfs_ino_movable(struct bfs_index *idx, MDB_txn *txn,
+			   TALLOC_CTX *tmp, const MDB_val *owner, uint64_t i,
+			   bool *movable)
+{
+	char *key = talloc_strndup(tmp, owner->mv_data, owner->mv_size);
+	int rc;
+
+	if (key == NULL) {
+		return ENOMEM;
+	}
+	*movable = false;
+	if (bfs_ino_dist(bfs_index_ino_hint(key), i) >= BFS_INO_PROBE_MAX) {
+		return 0;
+	}
+	rc = bfs_ino_set_entry(idx, txn, tmp, key, 0, true);
+	if (rc == ENOENT) {
+		return 0;
+	}
+	*movable = rc == 0;
+	return rc;
+}
+
+/*
+ * Give key a number on its probe run, in key order (see above); a greater
+ * key it displaces moves on, its entry renumbered.  *ino: key's number.
+ */
+static int bfs_ino_insert(struct bfs_index *idx, MDB_txn *txn,
+			  TALLOC_CTX *tmp, const char *key, uint64_t *ino)
+{
+	MDB_val cur = {strlen(key), (void *)key};
+	uint64_t i = bfs_index_ino_hint(key), steps = 0;
+	bool first = true;
+	int rc;
+
+	for (;; i = bfs_ino_next(i)) {
+		MDB_val k = {sizeof(i), &i}, v, owner = {0, NULL};
+		bool occupied, take = false;
+
+		if (++steps > 4 * (uint64_t)BFS_INO_PROBE_MAX) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: the index has no free "
+				"inode number near that of %s", key);
+			return ENOSPC;
+		}
 		rc = mdb_get(txn, idx->inos, &k, &v);
+		if (rc != 0 && rc != MDB_NOTFOUND) {
+			return rc;
+		}
+		occupied = rc == 0;
+		if (!occupied) {
+			take = true;
+		} else if (bfs_ino_keycmp(&cur, &v) == 0) {
+			if (first) {
+				*ino = i;
+			}
+			return 0; /* already its own */
+		} else if (bfs_ino_keycmp(&cur, &v) < 0) {
+			rc = bfs_ino_movable(idx, txn, tmp, &v, i, &take);
+			if (rc != 0) {
+				return rc;
+			}
+		}
+		if (!take) {
+			continue;
+		}
+		if (occupied) {
+			/* v points into the map, which the put may move. */
+			owner.mv_size = v.mv_size;
+			owner.mv_data = talloc_memdup(tmp, v.mv_data, v.mv_size);
+			if (owner.mv_data == NULL) {
+				return ENOMEM;
+			}
+		}
+		rc = mdb_put(txn, idx->inos, &k, &cur, 0);
+		if (rc != 0) {
+			return rc;
+		}
+		if (first) {
+			*ino = i;
+			first = false;
+		} else {
+			char *ck = talloc_strndup(tmp, cur.mv_data, cur.mv_size);
+
+			rc = ck != NULL ? bfs_ino_set_entry(idx, txn, tmp, ck, i,
+							    false) : ENOMEM;
+			if (rc != 0) {
+				return rc;
+			}
+		}
+		if (!occupied) {
+			return 0;
+		}
+		cur = owner; /* the displaced key moves on */
+	}
+}
+
+/*
+ * Number i is free again: the keys after it on their probe runs are put
+ * back in order, as if it had never been taken.
+ */
+static int bfs_ino_release(struct bfs_index *idx, MDB_txn *txn,
+			   TALLOC_CTX *tmp, uint64_t i)
+{
+	MDB_val k = {sizeof(i), &i}, v;
+	char **moved = NULL;
+	size_t n = 0, m;
+	uint64_t j;
+	int rc;
+
+	rc = mdb_del(txn, idx->inos, &k, NULL);
+	if (rc != 0) {
+		return rc;
+	}
+	/* The rest of the run: its movable keys leave, then come back. */
+	for (j = bfs_ino_next(i); n < BFS_INO_PROBE_MAX; j = bfs_ino_next(j)) {
+		MDB_val jk = {sizeof(j), &j};
+		bool movable;
+
+		rc = mdb_get(txn, idx->inos, &jk, &v);
 		if (rc == MDB_NOTFOUND) {
 			break;
 		}
 		if (rc != 0) {
 			return rc;
 		}
-		if (v.mv_size == kl && memcmp(v.mv_data, full_key, kl) == 0) {
-			*ino = i;
-			return 0;
+		rc = bfs_ino_movable(idx, txn, tmp, &v, j, &movable);
+		if (rc != 0) {
+			return rc;
 		}
-		i = i >= 0x7fffffffffffffffULL ? BFS_ROOT_INO + 1 : i + 1;
+		if (!movable) {
+			continue;
+		}
+		moved = talloc_realloc(tmp, moved, char *, n + 1);
+		if (moved == NULL) {
+			return ENOMEM;
+		}
+		moved[n] = talloc_strndup(moved, v.mv_data, v.mv_size);
+		if (moved[n] == NULL) {
+			return ENOMEM;
+		}
+		n++;
+		rc = mdb_del(txn, idx->inos, &jk, NULL);
+		if (rc != 0) {
+			return rc;
+		}
 	}
-	v.mv_size = kl;
-	v.mv_data = (void *)full_key;
-	rc = mdb_put(txn, idx->inos, &k, &v, 0);
-	if (rc == 0) {
-		*ino = i;
+	for (m = 0; m < n; m++) {
+		uint64_t ino = 0;
+
+		rc = bfs_ino_insert(idx, txn, tmp, moved[m], &ino);
+		if (rc == 0) {
+			rc = bfs_ino_set_entry(idx, txn, tmp, moved[m], ino,
+					       false);
+		}
+		if (rc != 0) {
+			return rc;
+		}
 	}
+	TALLOC_FREE(moved);
+	return 0;
+}
+
+/* Release number i if it is in the map (MDB_NOTFOUND otherwise). */
+static int bfs_index_release_ino(struct bfs_index *idx, MDB_txn *txn,
+				 uint64_t i)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	int rc;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_ino_release(idx, txn, tmp, i);
+	talloc_free(tmp);
+	return rc;
+}
+
+/* A number for full_key (see above), recorded in the map. */
+static int bfs_index_alloc_ino(struct bfs_index *idx, MDB_txn *txn,
+			       const char *full_key, uint64_t *ino)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	int rc;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_ino_insert(idx, txn, tmp, full_key, ino);
+	talloc_free(tmp);
 	return rc;
 }
 
@@ -960,8 +1228,7 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 				continue;
 			}
 			if (bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0) {
-				MDB_val ik = {sizeof(old.ino), &old.ino};
-				rc = mdb_del(txn, idx->inos, &ik, NULL);
+				rc = bfs_index_release_ino(idx, txn, old.ino);
 				if (rc != 0 && rc != MDB_NOTFOUND) {
 					break; /* e.g. the map is full */
 				}
@@ -1194,8 +1461,7 @@ static int bfs_index_remove_txn(struct bfs_index *idx, MDB_txn *txn,
 	}
 	rc = bfs_index_decode(tmp, v.mv_data, v.mv_size, old);
 	if (rc == 0 && release_ino) {
-		MDB_val ik = {sizeof(old->ino), &old->ino};
-		rc = mdb_del(txn, idx->inos, &ik, NULL);
+		rc = bfs_index_release_ino(idx, txn, old->ino);
 		if (rc != 0 && rc != MDB_NOTFOUND) {
 			return rc;
 		}
@@ -1666,13 +1932,6 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 				continue;
 			}
-			if (db == idx->ent) {
-				MDB_val ik = {sizeof(e.ino), &e.ino};
-				rc = mdb_del(txn, idx->inos, &ik, NULL);
-				if (rc != 0 && rc != MDB_NOTFOUND) {
-					break; /* e.g. the map is full */
-				}
-			}
 			if (db == idx->ent && each != NULL && !e.is_dir) {
 				char *key = bfs_ent_full_key(NULL, &k, false);
 				if (key != NULL) {
@@ -1681,6 +1940,14 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 					each(priv, key, &e);
 				}
 				talloc_free(key);
+			}
+			if (db == idx->ent) {
+				/* After each(): renumbering others may move
+				 * the page k and v point into. */
+				rc = bfs_index_release_ino(idx, txn, e.ino);
+				if (rc != 0 && rc != MDB_NOTFOUND) {
+					break; /* e.g. the map is full */
+				}
 			}
 		}
 		rc = bfs_lmdb_del_next(cur, &k, &v);

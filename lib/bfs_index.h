@@ -289,4 +289,10 @@ int bfs_index_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 /* The inode number a key would get if nothing collided. */
 uint64_t bfs_index_ino_hint(const char *full_key);
 
+/*
+ * Tests only: hints of this many bits (1..63; 63 is the default), so that
+ * ten thousand names collide hundreds of times.
+ */
+void bfs_index_test_ino_bits(unsigned bits);
+
 #endif
