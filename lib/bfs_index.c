@@ -1069,6 +1069,28 @@ int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
 	return rc;
 }
 
+int bfs_index_invalidate_all_dirs(struct bfs_index *idx, uint64_t *n)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	MDB_stat st;
+	int rc;
+
+	do {
+		*n = 0;
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = mdb_stat(w.txn, idx->dirs, &st);
+		if (rc == 0) {
+			*n = st.ms_entries;
+			rc = mdb_drop(w.txn, idx->dirs, 0);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
+}
+
 static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 			     TALLOC_CTX *tmp, const char *dir,
 			     struct bfs_entry *e);

@@ -144,6 +144,13 @@ int bfs_index_invalidate_dir(struct bfs_index *idx, const char *dir)
 	__attribute__((warn_unused_result));
 
 /*
+ * Forget when every directory was listed: each is listed again at its next
+ * access (its entries stay until then).  *n: how many listings that was.
+ */
+int bfs_index_invalidate_all_dirs(struct bfs_index *idx, uint64_t *n)
+	__attribute__((warn_unused_result));
+
+/*
  * Date dir's stored listing listed_at (when its last page came) for the
  * TTL: bfs_index_store_dir was given when the listing started, which is
  * what the protection of changes made meanwhile needs, but a listing

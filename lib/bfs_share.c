@@ -6,9 +6,12 @@
  * calls these from its VFS slots; nothing here knows Samba.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <string.h>
+#include <sys/file.h>
 #include <time.h>
+#include <unistd.h>
 #include <talloc.h>
 #include <tevent.h>
 
@@ -367,6 +370,68 @@ int bfs_change_msg_parse(const uint8_t *msg, size_t len, uint32_t *origin,
 	*bucket = (const char *)b;
 	*key = (const char *)end + 1;
 	return 0;
+}
+
+/* The lock is held as long as the file stays open. */
+static int bfs_listen_fd_close(int *fd)
+{
+	close(*fd);
+	return 0;
+}
+
+int bfs_cluster_listen(struct bfs_conn *bc)
+{
+	char *path = talloc_asprintf(bc, "%s/cluster-listeners.lock",
+				     bc->cache_dir);
+	int *fd = talloc(bc, int);
+	uint64_t n = 0;
+	int ret = 0;
+
+	if (path == NULL || fd == NULL) {
+		talloc_free(path);
+		talloc_free(fd);
+		return ENOMEM;
+	}
+	bfs_priv_enter();
+	*fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+	bfs_priv_leave();
+	if (*fd == -1) {
+		ret = errno;
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot open %s: %s; "
+			"other nodes' changes show after the listing TTL",
+			bc->service, path, strerror(ret));
+		talloc_free(path);
+		talloc_free(fd);
+		return ret;
+	}
+	talloc_set_destructor(fd, bfs_listen_fd_close);
+	if (flock(*fd, LOCK_EX | LOCK_NB) == 0) {
+		/* Nobody of this node was hearing: what did we miss? */
+		int err = bfs_index_invalidate_all_dirs(bc->index, &n);
+
+		if (err != 0) {
+			/* Logged; hearing from now on is still worth it. */
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot mark "
+				"the index's listings for listing again: %s; "
+				"changes other nodes made meanwhile show after "
+				"the listing TTL", bc->service, strerror(err));
+		} else if (n > 0) {
+			bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: the first "
+				"on this node to hear other nodes' changes: the "
+				"%" PRIu64 " folder listings kept from before are "
+				"listed again at their next access",
+				bc->service, n);
+		}
+	}
+	/* Shared from now on (converting, or waiting for the first). */
+	if (flock(*fd, LOCK_SH) != 0) {
+		ret = errno;
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot lock %s: %s",
+			bc->service, path, strerror(ret));
+		talloc_free(fd);
+	}
+	talloc_free(path);
+	return ret;
 }
 
 void bfs_changed_elsewhere(struct bfs_conn *bc, const char *bucket,

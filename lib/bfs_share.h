@@ -185,6 +185,17 @@ void bfs_forget_listing(struct bfs_conn *bc, const char *prefix);
 void bfs_changed(struct bfs_conn *bc, const char *key);
 
 /*
+ * In a cluster, this connection hears other nodes' changes from now until
+ * it ends (the module registered for them).  If no connection of this
+ * node to the cache folder was hearing them until now, the index's
+ * listings may miss changes told meanwhile: they are all listed again at
+ * their next access.  A shared lock on a file in the cache folder, held by
+ * every hearing connection, tells.  0, or an errno (then nothing changed).
+ */
+int bfs_cluster_listen(struct bfs_conn *bc)
+	__attribute__((warn_unused_result));
+
+/*
  * Another node changed key: the folder holding it is listed from S3 at
  * its next access, not after the TTL.  Keys outside the share's bucket
  * and prefix are not its business.

@@ -376,6 +376,9 @@ static void bfs_join_cluster(struct bfs_conn *bc)
 	talloc_set_destructor(l, bfs_live_destructor);
 	bc->on_change = bfs_tell_nodes;
 	bc->on_change_priv = bc;
+	if (bfs_cluster_listen(bc) != 0) {
+		return; /* logged; the TTL covers what was missed */
+	}
 }
 
 static int bfs_connect(struct vfs_handle_struct *handle, const char *service,

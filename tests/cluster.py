@@ -154,6 +154,10 @@ class Cluster:
     def ctdb_base(self, i):
         return f"{self.node_dir(i)}/ctdb"
 
+    def smb_log(self, i):
+        with open(f"{self.node_dir(i)}/log.smbd", errors="replace") as f:
+            return f.read()
+
     def node_exec(self, i, argv):
         """argv in node i's namespace, with its CTDB folders."""
         return in_ns(i, ["env", f"B={self.ctdb_base(i)}", "sh", "-c", NODE_MOUNTS, "sh",

@@ -2,7 +2,9 @@
 (issue 22), each with its own cache folder and engine, started on this
 machine in network namespaces (tests/cluster.py).  Clients reach the
 nodes' public addresses, which CTDB moves when a node dies."""
+import fcntl
 import os
+import re
 import subprocess
 import threading
 import time
@@ -20,6 +22,8 @@ SHARES = (share("data", "cluster/", "bucketfs:metadata ttl = 2", "read only = no
           share("now", "cluster-now/", "bucketfs:metadata ttl = 300", "bucketfs:close = s3",
                 "read only = no") +
           share("nowlocal", "cluster-nowlocal/", "bucketfs:metadata ttl = 300",
+                "read only = no") +
+          share("quiet", "cluster-quiet/", "bucketfs:metadata ttl = 300", "bucketfs:close = s3",
                 "read only = no"))
 
 
@@ -382,8 +386,7 @@ def test_a_change_through_one_node_shows_on_the_others_at_once_not_after_their_t
     """A TTL of 300 s: without word from node 0 (CTDB messaging), nodes 1
     and 2 would show their listing of 300 s ago.  Each node has a client
     connected to the share all along, as a training box's mount is: its
-    smbd is the one that hears (a node with no client of the share has no
-    process to hear; its next client sees changes after the TTL)."""
+    smbd is the one that hears."""
     w = cl.world
     src = make_file(f"{w.tmp}/cluster-now.bin", 2 << 20)
     mounts = mount_everywhere(cl, "now")
@@ -406,6 +409,34 @@ def test_a_change_through_one_node_shows_on_the_others_at_once_not_after_their_t
     assert shown(0, "renamed.bin", present=False), "node 0 still shows the deleted file"
     for conn in mounts:
         conn.logoff()
+
+
+def test_a_node_with_no_client_when_a_change_was_told_lists_again_at_its_next_client(cl):
+    """Node 1 listed the share, then its client left: no process of node 1
+    heard when node 0 changed the folder.  Its next client is the first to
+    hear again, and what node 1 kept from before is listed again at once
+    (TTL 300 s: without that it would show the old listing)."""
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-quiet.bin", 1 << 20)
+    assert " late.bin " not in cl.smbclient(node_ip(1), "quiet", "ls").stdout
+    # Its smbd has gone with the client: nobody holds the hearers' lock.
+    lock = f"{cl.node_dir(1)}/bfscache-quiet/cluster-listeners.lock"
+    end = time.monotonic() + 20
+    with open(lock) as f:
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < end, "node 1 still has a hearer of the share"
+                time.sleep(0.2)
+    cl.smbclient(node_ip(0), "quiet", f"put {src} late.bin")  # nobody on node 1 hears
+    out = cl.smbclient(node_ip(1), "quiet", "ls").stdout
+    assert " late.bin " in out, out
+    log = cl.smb_log(1)
+    assert re.search(r"share quiet: the first on this node to hear other nodes' changes: "
+                     r"the \d+ folder listings kept from before are listed again", log), log[-2000:]
 
 
 def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):

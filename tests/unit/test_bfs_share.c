@@ -380,6 +380,70 @@ static void test_outage(void **state)
 	talloc_free(t);
 }
 
+/*
+ * In a cluster the first connection of a node to hear other nodes' changes
+ * marks the listings kept from before for listing again (nobody heard what
+ * changed meanwhile); a second one while the first still hears does not;
+ * once every hearing connection has ended, the next is first again.
+ */
+static void test_the_first_to_hear_other_nodes_relists_what_it_kept(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const struct bfs_share_host host = {.home_uid = 0};
+	const char *files[] = {"a.txt"};
+	char *dir;
+	struct conf c = offline_conf(t, &dir);
+	const char *endpoint = conf_get(&c, "endpoint");
+	struct bfs_conn *bc1, *bc2, *bc3;
+	struct bfs_index *idx = NULL;
+	const char *why = NULL;
+	time_t at;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, talloc_asprintf(t, "%s/index", dir),
+					bfs_index_identity(t, endpoint, "bkt"),
+					&idx, &why), 0);
+	store_listing(t, idx, "", files, 1, time(NULL));
+	store_listing(t, idx, "sub/", files, 1, time(NULL));
+	TALLOC_FREE(idx);
+
+	bc1 = share(t, &c);
+	assert_int_equal(bfs_share_open(bc1, &host), 0);
+	assert_int_equal(bfs_index_dir_listed(bc1->index, "sub/", &at), 0);
+	forget_lines();
+	assert_int_equal(bfs_cluster_listen(bc1), 0);
+	assert_true(logged("bucketfs: share s: the first on this node to hear "
+			   "other nodes' changes: the 2 folder listings kept "
+			   "from before are listed again at their next access"));
+	assert_int_equal(bfs_index_dir_listed(bc1->index, "sub/", &at), ENOENT);
+	assert_int_equal(bfs_index_dir_listed(bc1->index, "", &at), ENOENT);
+
+	/* While bc1 hears, a second connection has missed nothing.  (The
+	 * root listed again: offline, a share opens only from a listed root.) */
+	store_listing(t, bc1->index, "", files, 1, time(NULL));
+	store_listing(t, bc1->index, "sub/", files, 1, time(NULL));
+	bc2 = share(t, &c);
+	assert_int_equal(bfs_share_open(bc2, &host), 0);
+	forget_lines();
+	assert_int_equal(bfs_cluster_listen(bc2), 0);
+	assert_false(logged("the first on this node"));
+	assert_int_equal(bfs_index_dir_listed(bc2->index, "sub/", &at), 0);
+
+	/* Both gone: the next one is first again. */
+	bfs_share_close(bc1);
+	talloc_free(bc1);
+	bfs_share_close(bc2);
+	talloc_free(bc2);
+	bc3 = share(t, &c);
+	assert_int_equal(bfs_share_open(bc3, &host), 0);
+	forget_lines();
+	assert_int_equal(bfs_cluster_listen(bc3), 0);
+	assert_true(logged("the 2 folder listings kept from before"));
+	assert_int_equal(bfs_index_dir_listed(bc3->index, "sub/", &at), ENOENT);
+	bfs_share_close(bc3);
+	talloc_free(t);
+}
+
 /* The change message of a cluster's nodes: what goes in comes out, and
  * anything else is refused. */
 static void test_change_messages_round_trip_and_refuse_the_rest(void **state)
@@ -421,6 +485,7 @@ int main(void)
 		cmocka_unit_test(test_open_refuses),
 		cmocka_unit_test(test_outage),
 		cmocka_unit_test(test_change_messages_round_trip_and_refuse_the_rest),
+		cmocka_unit_test(test_the_first_to_hear_other_nodes_relists_what_it_kept),
 	};
 
 	bfs_log_set(keep_line);
