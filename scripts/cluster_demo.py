@@ -61,15 +61,8 @@ def main():
         return 0
     stop()
     subprocess.run(["rm", "-rf", D])
-    os.makedirs(f"{D}/s3")
     bold(f"1. S3 (s3rver on 127.0.0.1:{S3_PORT}), three nodes in namespaces bfs-n0..2")
-    env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
-    s3 = subprocess.Popen([world.S3RVER, "-d", f"{D}/s3", "-a", "127.0.0.1", "-p", str(S3_PORT),
-                           "--silent", "--service-endpoint", "localhost",
-                           "--configure-bucket", world.BUCKET],
-                          env=env, stdout=open(f"{D}/s3rver.log", "w"),
-                          stderr=subprocess.STDOUT, start_new_session=True)
-    world.wait_port(S3_PORT, "s3rver")
+    s3 = world.start_s3rver(f"{D}/s3", S3_PORT, f"{D}/s3rver.log")
     c = Cluster(D, S3_PORT, SHARES)
     c.start()
     with open(f"{D}/pids", "w") as f:

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from world import BUCKET, PASSWORD, TOP, USER, sh
+from world import BUCKET, PASSWORD, TOP, USER, sh, smb_global
 
 BRIDGE, HOST_IP = "bfsbr0", "10.77.0.254"
 NODES = 3
@@ -204,27 +204,12 @@ class Cluster:
             f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")
         os.chmod(f"{self.root}/creds", 0o600)
         with open(self.conf(i), "w") as f:
-            f.write(f"""[global]
-  clustering = yes
-  ctdbd socket = {self.ctdb_base(i)}/run/ctdbd.socket
-  netbios name = BFSCLUSTER
-  smb ports = 445
-  lock directory = {d}/lock
-  state directory = {d}/state
-  cache directory = {d}/cache
-  pid directory = {d}/pid
-  private dir = {d}/private
-  ncalrpc dir = {d}/ncalrpc
-  log file = {d}/log.smbd
-  max log size = 0
-  log level = {self.log_level}
-  passdb backend = tdbsam:{d}/private/passdb.tdb
-  server role = standalone server
-  load printers = no
-  printcap name = /dev/null
-  disable spoolss = yes
-""" + self.shares.format(cache=f"{d}/bfscache", endpoint=self.endpoint,
-                         creds=f"{self.root}/creds", BUCKET=BUCKET))
+            f.write(smb_global(d, 445, self.log_level, loopback=False,
+                               extra=("clustering = yes",
+                                      f"ctdbd socket = {self.ctdb_base(i)}/run/ctdbd.socket",
+                                      "netbios name = BFSCLUSTER"))
+                    + self.shares.format(cache=f"{d}/bfscache", endpoint=self.endpoint,
+                                         creds=f"{self.root}/creds", BUCKET=BUCKET))
         # The cluster lock's helper reads it at one path on every node (CTDB
         # wants the same `cluster lock` line everywhere): the node's own
         # /etc/ctdb, mounted over the real one (NODE_MOUNTS).

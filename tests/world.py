@@ -31,12 +31,14 @@ OTHER_USER = "bfstest"  # an unprivileged account, created if missing
 procs = []
 
 
-def smb_global(t, port, log_level, passdb=None):
-    """The [global] section of a private smbd on a loopback port, folders under t."""
+def smb_global(t, port, log_level, passdb=None, loopback=True, extra=()):
+    """The [global] section of a private smbd on a loopback port (or every
+    address, loopback=False), folders under t, extra lines first."""
+    lines = "".join(f"  {line}\n" for line in extra)
+    if loopback:
+        lines += "  interfaces = 127.0.0.1\n  bind interfaces only = yes\n"
     return f"""[global]
-  smb ports = {port}
-  interfaces = 127.0.0.1
-  bind interfaces only = yes
+{lines}  smb ports = {port}
   lock directory = {t}/lock
   state directory = {t}/state
   cache directory = {t}/cache
@@ -66,6 +68,28 @@ def stop_procs():
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def s3rver_argv(folder, port, *buckets, extra=()):
+    """s3rver serving folder on 127.0.0.1:port with these buckets, and the
+    environment it needs: its continuation tokens use DES, which OpenSSL 3
+    keeps in the legacy provider."""
+    argv = [S3RVER, "-d", folder, "-a", "127.0.0.1", "-p", str(port), "--silent", *extra]
+    for b in buckets:
+        argv += ["--configure-bucket", b]
+    return argv, dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
+
+
+def start_s3rver(folder, port, log):
+    """An s3rver of its own (a demo's or a benchmark's, outside any World)
+    with the test bucket, its output in log; returns the process once it
+    answers."""
+    os.makedirs(folder, exist_ok=True)
+    argv, env = s3rver_argv(folder, port, BUCKET, extra=("--service-endpoint", "localhost"))
+    proc = subprocess.Popen(argv, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    wait_port(port, "s3rver")
+    return proc
 
 
 def free_port():
@@ -123,23 +147,18 @@ class World:
         self.front_port = free_port()
         self.dead_port = free_port()  # nothing listens here
         self.fault_ports = {m: free_port() for m in ("503", "truncate", "reset")}
-        env = dict(os.environ)
-        # s3rver's continuation tokens use DES, which OpenSSL 3 keeps in the
-        # legacy provider.
-        env["NODE_OPTIONS"] = "--openssl-legacy-provider"
-        self.spawn([S3RVER, "-d", f"{tmp}/s3", "-a", "127.0.0.1", "-p", str(self.s3_port),
-                    "--silent", "--service-endpoint", "localhost",
-                    "--configure-bucket", BUCKET,
-                    "--configure-bucket", CLIENT_BUCKET], "s3rver", env=env)
+        argv, env = s3rver_argv(f"{tmp}/s3", self.s3_port, BUCKET, CLIENT_BUCKET,
+                                extra=("--service-endpoint", "localhost"))
+        self.spawn(argv, "s3rver", env=env)
         wait_port(self.s3_port, "s3rver")
         # The same server over TLS with a self-signed certificate.
         self.tls_port = free_port()
         sh(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
             "-subj", "/CN=127.0.0.1", "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt"])
         os.makedirs(f"{tmp}/s3tls")
-        self.spawn([S3RVER, "-d", f"{tmp}/s3tls", "-a", "127.0.0.1", "-p", str(self.tls_port),
-                    "--silent", "--key", f"{tmp}/tls.key", "--cert", f"{tmp}/tls.crt",
-                    "--configure-bucket", CLIENT_BUCKET], "s3rver-tls", env=env)
+        argv, env = s3rver_argv(f"{tmp}/s3tls", self.tls_port, CLIENT_BUCKET,
+                                extra=("--key", f"{tmp}/tls.key", "--cert", f"{tmp}/tls.crt"))
+        self.spawn(argv, "s3rver-tls", env=env)
         wait_port(self.tls_port, "s3rver over TLS")
         front = os.path.join(TOP, "tests/integration/s3_front.py")
         self.spawn([sys.executable, front, str(self.front_port), str(self.s3_port)], "front")
