@@ -15,7 +15,7 @@ import subprocess
 import time
 
 from conftest import smbd_fixture
-from world import B, TOP, USER, PASSWORD, sha256
+from world import B, TOP, USER, PASSWORD, s3_has, sha256
 
 SHARES = """
 [rwlocal]
@@ -66,16 +66,6 @@ SHARES = """
   read only = yes
 """
 w = smbd_fixture("engine", SHARES)
-
-
-def s3_has(w, key, digest, timeout=60):
-    """Wait (not stuck: a generous bound) until S3 holds digest at key."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if key in w.s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def engine_pid(w):

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from world import B, TOP, sh, sha256
+from world import B, TOP, s3_has, sh, sha256
 
 SAMBA_VERSION = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "samba"],
                                capture_output=True, text=True, check=True).stdout
@@ -68,16 +68,6 @@ def machine(world):
 def apt_install(deb):
     return sh(["apt-get", "install", "-y", "-q", "--no-install-recommends", deb],
               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-
-
-def wait_s3(w, key, digest, timeout=60):
-    """Whether S3 holds digest at key within a generous bound (not stuck)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if key in w.s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def share_section(w, name):
@@ -134,7 +124,7 @@ def test_the_package_installs_serves_a_share_after_a_reload_and_removes_and_purg
         got = f"{world.tmp}/pkg-ckpt.got"
         v.smbclient("pkgshare", f'get "ckpt.bin" {got}')
         assert sha256(got) == sha256(src)
-        assert wait_s3(world, "pkg-pkgshare/ckpt.bin", sha256(src)), \
+        assert s3_has(world, "pkg-pkgshare/ckpt.bin", sha256(src)), \
             sh(["/usr/bin/bucketfs-ctl", "-s", v.conf, "pkgshare", "pending"]).stdout
         # The close went to the package's engine and cache folder.
         engine = sh(["pgrep", "-af", "bucketfsd"], check=False).stdout
@@ -172,7 +162,7 @@ def test_removing_the_package_is_refused_while_a_share_has_changes_not_yet_in_s3
         assert re.search(r"share pkgpending has \d+ change\(s\) not yet in S3", p.stderr), p.stderr
         assert installed() == "installed" and os.path.exists(MODULE)
         world.fault("PUT deny 0")
-        assert wait_s3(world, "pkg-pkgpending/held.bin", sha256(src)), \
+        assert s3_has(world, "pkg-pkgpending/held.bin", sha256(src)), \
             sh(["/usr/bin/bucketfs-ctl", "-s", v.conf, "pkgpending", "pending"]).stdout
         end = time.monotonic() + 30
         while sh(["/usr/bin/bucketfs-ctl", "-s", v.conf, "pkgpending", "pending"]).stdout:
@@ -328,7 +318,7 @@ def test_an_upgrade_of_bucketfs_ends_the_old_engine_and_the_new_one_finishes_its
             time.sleep(0.2)
         world.fault("PUT deny 0")
         v.smbclient("pkgup", "ls")  # the next need starts the new engine
-        assert wait_s3(world, "pkg-pkgup/across.bin", sha256(src)), \
+        assert s3_has(world, "pkg-pkgup/across.bin", sha256(src)), \
             sh(["/usr/bin/bucketfs-ctl", "-s", v.conf, "pkgup", "pending"]).stdout
         new = sh(["pgrep", "-f", f"^/usr/sbin/bucketfsd -s {v.conf} pkgup"]).stdout.split()
         assert new and new != old, (old, new)

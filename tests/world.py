@@ -355,6 +355,16 @@ class World:
         return parse_ls(self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout)
 
 
+def s3_has(w, key, digest, timeout=60):
+    """Wait (not stuck: a generous bound) until S3 holds digest at key."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if key in w.s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def seed(w):
     """Objects of awkward sizes and names, and where they came from."""
     data = os.path.join(w.tmp, "data")
