@@ -326,3 +326,38 @@ def test_an_upgrade_of_bucketfs_ends_the_old_engine_and_the_new_one_finishes_its
     finally:
         world.fault("PUT deny 0")
         v.stop()
+
+
+def test_a_reinstall_of_samba_runs_its_triggers_and_bucketfs_stays_installed_and_serving(
+        world, deb, machine):
+    """What dpkg does on a Samba update short of a new version (the one
+    here is the only one available): samba's files replaced, its
+    maintainer scripts and triggers run.  bucketfs stays installed, its
+    module untouched, and a restarted smbd serves its shares."""
+    apt_install(deb)
+    module = sha256(MODULE)
+    v = world.serve("package-reinstall", share_section(world, "pkgre"))
+    made_policy = not os.path.exists("/usr/sbin/policy-rc.d")
+    try:
+        if made_policy:  # services stay as they are, as in a container
+            with open("/usr/sbin/policy-rc.d", "w") as f:
+                f.write("#!/bin/sh\nexit 101\n")
+            os.chmod("/usr/sbin/policy-rc.d", 0o755)
+        src = world.make("pkg-reinstall.bin", 1 << 20)
+        v.smbclient("pkgre", f'put {src} "before.bin"')
+        p = sh(["apt-get", "install", "--reinstall", "-y", "-q", "-o",
+                "Dpkg::Options::=--force-confold", "samba"],
+               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), check=False)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        assert re.search(r"(Unpacking|Preparing to unpack).*samba", p.stdout), p.stdout[-2000:]
+        assert sh(["dpkg-query", "-W", "-f=${Version}", "samba"]).stdout == SAMBA_VERSION
+        assert installed() == "installed" and sha256(MODULE) == module
+        v.restart_smbd()  # as samba's postinst restarts the system's
+        got = f"{world.tmp}/pkg-reinstall.got"
+        v.smbclient("pkgre", f'put {src} "after.bin"; get "before.bin" {got}')
+        assert sha256(got) == sha256(src)
+        assert s3_has(world, "pkg-pkgre/after.bin", sha256(src))
+    finally:
+        if made_policy:
+            os.remove("/usr/sbin/policy-rc.d")
+        v.stop()
