@@ -327,51 +327,6 @@ void bfs_changed(struct bfs_conn *bc, const char *key)
 	}
 }
 
-#define BFS_CHANGE_MAGIC "bucketfs-change 1"
-
-uint8_t *bfs_change_msg(TALLOC_CTX *mem_ctx, uint32_t origin,
-			const char *bucket, const char *key, size_t *len)
-{
-	size_t m = sizeof(BFS_CHANGE_MAGIC), b = strlen(bucket) + 1;
-	size_t k = strlen(key) + 1;
-	uint8_t *msg = talloc_size(mem_ctx, m + 4 + b + k);
-
-	if (msg != NULL) {
-		memcpy(msg, BFS_CHANGE_MAGIC, m);
-		memcpy(msg + m, &origin, 4);
-		memcpy(msg + m + 4, bucket, b);
-		memcpy(msg + m + 4 + b, key, k);
-		*len = m + 4 + b + k;
-	}
-	return msg;
-}
-
-int bfs_change_msg_parse(const uint8_t *msg, size_t len, uint32_t *origin,
-			 const char **bucket, const char **key)
-{
-	size_t m = sizeof(BFS_CHANGE_MAGIC) + 4;
-	const uint8_t *b, *end;
-
-	/* The magic, the origin, then two NUL-terminated strings, the
-	 * message's last byte the second one's NUL. */
-	if (len < m + 2 ||
-	    memcmp(msg, BFS_CHANGE_MAGIC, sizeof(BFS_CHANGE_MAGIC)) != 0 ||
-	    msg[len - 1] != '\0') {
-		return EINVAL;
-	}
-	b = msg + m;
-	end = memchr(b, '\0', len - m);
-	if (end == NULL || end == b || end + 1 >= msg + len ||
-	    memchr(end + 1, '\0', (size_t)(msg + len - end - 1)) !=
-		    msg + len - 1) {
-		return EINVAL;
-	}
-	memcpy(origin, msg + sizeof(BFS_CHANGE_MAGIC), 4);
-	*bucket = (const char *)b;
-	*key = (const char *)end + 1;
-	return 0;
-}
-
 /* The lock is held as long as the file stays open. */
 static int bfs_listen_fd_close(int *fd)
 {

@@ -204,18 +204,6 @@ void bfs_changed_elsewhere(struct bfs_conn *bc, const char *bucket,
 			   const char *key);
 
 /*
- * The message telling other nodes that key of bucket changed, sent by
- * node origin: "bucketfs-change 1\0", a 4-byte origin, "<bucket>\0<key>\0",
- * on mem_ctx; and its parse (0, or EINVAL for anything else; *bucket and
- * *key point into msg).  The origin travels in the message because ctdbd
- * hands every message on as one of the receiving node.
- */
-uint8_t *bfs_change_msg(TALLOC_CTX *mem_ctx, uint32_t origin,
-			const char *bucket, const char *key, size_t *len);
-int bfs_change_msg_parse(const uint8_t *msg, size_t len, uint32_t *origin,
-			 const char **bucket, const char **key);
-
-/*
  * Make sure the index has a listing of folder rel younger than the TTL:
  * served at once past the TTL when the engine can relist it, else listed
  * here from S3 (or from another process's listing in flight); while S3

@@ -29,6 +29,7 @@
 
 #include "bfs_cache.h"
 #include "bfs_connect.h"
+#include "bfs_ctdb_msg.h"
 #include "bfs_engine.h"
 #include "bfs_file.h"
 #include "bfs_fileinfo.h"
@@ -261,11 +262,8 @@ static void bfs_log_line(int level, const char *line)
  * node is broadcast over CTDB's messaging to every node's smbds, and their
  * shares of the same bucket list the folder again at its next access
  * rather than after their TTL (lib: bfs_changed, bfs_changed_elsewhere).
- * Our own CTDB message id: outside the ranges of ctdb_srvids.h.
+ * The message id and framing: lib/bfs_ctdb_msg.h.
  */
-#define BFS_CTDB_SRVID 0xBF5C000000000001ULL
-/* ctdb/protocol/protocol.h's CTDB_BROADCAST_CONNECTED (not installed). */
-#define BFS_CTDB_ALL_NODES 0xF0000004U
 
 /* The shares of this process, for the messages of other nodes. */
 struct bfs_live {

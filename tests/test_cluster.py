@@ -24,6 +24,8 @@ SHARES = (share("data", "cluster/", "bucketfs:metadata ttl = 2", "read only = no
           share("nowlocal", "cluster-nowlocal/", "bucketfs:metadata ttl = 300",
                 "read only = no") +
           share("quiet", "cluster-quiet/", "bucketfs:metadata ttl = 300", "bucketfs:close = s3",
+                "read only = no") +
+          share("leftlocal", "cluster-leftlocal/", "bucketfs:metadata ttl = 300",
                 "read only = no"))
 
 
@@ -437,6 +439,37 @@ def test_a_node_with_no_client_when_a_change_was_told_lists_again_at_its_next_cl
     log = cl.smb_log(1)
     assert re.search(r"share quiet: the first on this node to hear other nodes' changes: "
                      r"the \d+ folder listings kept from before are listed again", log), log[-2000:]
+
+
+def test_an_upload_the_engine_ends_after_its_client_left_is_told_to_the_other_nodes(cl):
+    """close = local, and the client leaves right after its close (S3 slow:
+    the upload takes 3 s more): no smbd of node 0 is left to tell the other
+    nodes when the engine's upload ends, so the engine tells ctdbd itself
+    (TTL 300 s on nodes 1 and 2, which keep a client connected)."""
+    w = cl.world
+    src = make_file(f"{w.tmp}/cluster-left.bin", 2 << 20)
+    mounts = []
+    for n in (1, 2):
+        cl.smbclient(node_ip(n), "leftlocal", "ls")
+        mounts.append(connect(node_ip(n), "leftlocal")[0])
+    cl.fault("PUT delay:3 1 left.bin")
+    try:
+        cl.smbclient(node_ip(0), "leftlocal", f"put {src} left.bin")  # and it leaves
+        end = time.monotonic() + 30
+        while True:
+            out = [cl.smbclient(node_ip(n), "leftlocal", "ls").stdout for n in (1, 2)]
+            if all(" left.bin " in o for o in out):
+                break
+            assert time.monotonic() < end, out
+            time.sleep(0.3)
+    finally:
+        cl.fault("PUT delay:0 0")
+        for conn in mounts:
+            conn.logoff()
+    with open(f"{cl.node_dir(0)}/bfscache-leftlocal/engine.log", errors="replace") as f:
+        log = f.read()
+    assert "told the other nodes that cluster-leftlocal/left.bin is in S3" in log, log[-2000:]
+    assert w.s3_sha256("cluster-leftlocal/left.bin") == sha256(src)
 
 
 def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):

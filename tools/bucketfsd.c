@@ -51,9 +51,11 @@
 #include <tevent.h>
 
 #include "ctl_share.h"
+#include "bfs_ctdb_msg.h"
 #include "bfs_engine.h"
 #include "bfs_lmdb.h"
 #include "bfs_log.h"
+#include "bfs_params.h"
 #include "bfs_proto.h"
 #include "bfs_reader.h"
 #include "bfs_writeback.h"
@@ -137,6 +139,9 @@ struct eng {
 	/* Keys a flush waits for (malloc'd): uploaded before the others. */
 	char **urgent_keys;
 	size_t n_urgent;
+	/* clustering = yes: ctdbd's socket, to tell the other nodes of an
+	 * upload when no smbd of this node is connected to tell them. */
+	const char *ctdb_socket;
 };
 
 static struct eng *eng_global; /* for the log function */
@@ -587,6 +592,29 @@ static void eng_send(struct eng_client *c, const struct bfs_proto_msg *m)
 	TEVENT_FD_WRITEABLE(c->fde);
 }
 
+/*
+ * An upload is in S3 and no smbd of this node is connected to tell the
+ * other nodes (its client left right after the close): tell ctdbd
+ * ourselves.  We do not know our node's number, so this node's smbds
+ * take it as another node's too and list the folder once more.
+ */
+static void eng_tell_nodes(struct eng *e, const char *key)
+{
+	size_t len = 0;
+	uint8_t *msg = bfs_change_msg(NULL, BFS_CTDB_NODE_UNKNOWN, e->c.bucket,
+				      key, &len);
+
+	if (msg == NULL) {
+		return;
+	}
+	if (bfs_ctdb_send_message(e->ctdb_socket, BFS_CTDB_ALL_NODES,
+				  BFS_CTDB_SRVID, msg, len, 2000) == 0) {
+		eng_log(BFS_LOG_INFO, "told the other nodes that %s is in S3 "
+			"(no smbd of this node connected to tell them)", key);
+	}
+	talloc_free(msg);
+}
+
 static void eng_answer(struct eng_waiter *wt, int err, const char *etag)
 {
 	struct bfs_proto_msg m = {
@@ -1018,12 +1046,16 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 		if (res->err == 0 && res->etag != NULL && e->clients != NULL) {
 			/*
 			 * In S3 now: one smbd tells a cluster's other nodes
-			 * (bucketfsd has no CTDB connection; smbds do).
+			 * through Samba's CTDB connection, with its node's
+			 * number (its own node's smbds then leave it be).
 			 */
 			struct bfs_proto_msg m = {
 				.type = BFS_PM_CHANGED, .key = res->key,
 			};
 			eng_send(e->clients, &m);
+		} else if (res->err == 0 && res->etag != NULL &&
+			   e->ctdb_socket != NULL) {
+			eng_tell_nodes(e, res->key);
 		}
 		for (wt = e->waiters; wt != NULL; wt = wnext) {
 			int err = 0;
@@ -1246,6 +1278,8 @@ int main(int argc, char **argv)
 	pthread_t worker;
 	struct stat sb;
 	int i, lock_fd, listen_fd, ready_fd = -1, ret;
+	const char *clustering;
+	bool clustered = false;
 
 	ctl_mem = talloc_new(NULL);
 	atexit(ctl_close_all);
@@ -1295,6 +1329,14 @@ int main(int argc, char **argv)
 	}
 	eng_global = e;
 	bfs_log_set(eng_lib_log);
+	clustering = ctl_global(&e->c, "clustering");
+	if (clustering != NULL && bfs_parse_bool(clustering, &clustered) &&
+	    clustered) {
+		const char *sock = ctl_global(&e->c, "ctdbd socket");
+
+		e->ctdb_socket = sock != NULL && sock[0] != '\0' ?
+			sock : BFS_CTDB_SOCKET_DEFAULT;
+	}
 	e->upload.multipart_threshold = ctl_size(&e->c, "multipart threshold");
 	e->upload.part_size = ctl_size(&e->c, "part size");
 	e->upload.copy_threshold = ctl_size(&e->c, "multipart copy threshold");

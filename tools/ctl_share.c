@@ -55,6 +55,17 @@ const char *ctl_param(struct ctl *c, const char *name, const char *def)
 	return def;
 }
 
+const char *ctl_global(struct ctl *c, const char *name)
+{
+	char *v = NULL;
+
+	if (SBC_ERROR_IS_OK(smbconf_get_parameter(c->conf, c->mem, "global",
+						  name, &v))) {
+		return v;
+	}
+	return NULL;
+}
+
 /* The share's value, else [global]'s, else NULL: for lib/bfs_params. */
 static const char *ctl_get(void *priv, const char *name)
 {

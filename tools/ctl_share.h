@@ -53,6 +53,9 @@ void ctl_die(const char *fmt, ...)
 /* Read share c->share's parameters from conf_path (or die). */
 void ctl_load(struct ctl *c, const char *conf_path);
 
+/* A Samba parameter of [global] (not bucketfs:), raw; NULL if unset. */
+const char *ctl_global(struct ctl *c, const char *name);
+
 /* A raw parameter value, else def; typed ones as the module reads them. */
 const char *ctl_param(struct ctl *c, const char *name, const char *def);
 bool ctl_bool(struct ctl *c, const char *name);

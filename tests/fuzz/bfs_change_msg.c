@@ -13,7 +13,7 @@
 
 #include <talloc.h>
 
-#include "bfs_share.h"
+#include "bfs_ctdb_msg.h"
 #include "fuzz.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

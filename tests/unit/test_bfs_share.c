@@ -444,39 +444,6 @@ static void test_the_first_to_hear_other_nodes_relists_what_it_kept(void **state
 	talloc_free(t);
 }
 
-/* The change message of a cluster's nodes: what goes in comes out, and
- * anything else is refused. */
-static void test_change_messages_round_trip_and_refuse_the_rest(void **state)
-{
-	TALLOC_CTX *t = talloc_new(NULL);
-	const char *bucket, *key;
-	uint32_t origin = 0;
-	size_t len = 0;
-	uint8_t *msg = bfs_change_msg(t, 2, "bkt", "a/b c.bin", &len);
-
-	(void)state;
-	assert_non_null(msg);
-	assert_int_equal(bfs_change_msg_parse(msg, len, &origin, &bucket, &key),
-			 0);
-	assert_int_equal(origin, 2);
-	assert_string_equal(bucket, "bkt");
-	assert_string_equal(key, "a/b c.bin");
-	/* Cut short, a byte more, another magic, no bucket. */
-	assert_int_equal(bfs_change_msg_parse(msg, len - 1, &origin, &bucket,
-					      &key), EINVAL);
-	msg = talloc_realloc(t, msg, uint8_t, len + 1);
-	msg[len] = 'x';
-	assert_int_equal(bfs_change_msg_parse(msg, len + 1, &origin, &bucket,
-					      &key), EINVAL);
-	msg[0] = 'B';
-	assert_int_equal(bfs_change_msg_parse(msg, len, &origin, &bucket, &key),
-			 EINVAL);
-	msg = bfs_change_msg(t, 1, "", "k", &len);
-	assert_int_equal(bfs_change_msg_parse(msg, len, &origin, &bucket, &key),
-			 EINVAL);
-	talloc_free(t);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -484,7 +451,6 @@ int main(void)
 		cmocka_unit_test(test_reload_once_a_second),
 		cmocka_unit_test(test_open_refuses),
 		cmocka_unit_test(test_outage),
-		cmocka_unit_test(test_change_messages_round_trip_and_refuse_the_rest),
 		cmocka_unit_test(test_the_first_to_hear_other_nodes_relists_what_it_kept),
 	};
 
