@@ -71,6 +71,7 @@ TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 spec = importlib.util.spec_from_file_location("runner", os.path.join(TOP, "tests/run.py"))
 runner = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(runner)
+import world  # noqa: E402  (tests/, on the path once run.py is loaded)
 
 B = runner.B
 USER, PASSWORD = runner.USER, runner.PASSWORD
@@ -99,7 +100,7 @@ def wanted(family):
 
 
 def family_of(workload):
-    if workload.startswith(f"small W="):
+    if workload.startswith("small W="):
         return "loader"
     return {"seq": "seq", "ran": "rand", "sma": "small", "lis": "list",
             "che": "checkpoint"}[workload[:3]]
@@ -120,6 +121,15 @@ def drop_page_cache():
         pass
 
 
+def machine_cpu():
+    """CPU seconds the whole machine has spent busy (all processes, the
+    kernel, interrupts; not idle or waiting on I/O) since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def sh(argv, **kw):
     return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
 
@@ -127,9 +137,6 @@ def sh(argv, **kw):
 class S3Log:
     """Requests s3rver answered (it logs "PATH STATUS TIMEms SIZE" per
     response when not --silent) and bytes it wrote."""
-
-    def __init__(self, path):
-        self.path = path
 
     def __init__(self, path, pid):
         self.path, self.pid = path, pid
@@ -198,10 +205,9 @@ class Bench:
         self.s3_store = tempfile.mkdtemp(prefix="bucketfs-s3.", dir=store) if store \
             else f"{tmp}/s3"
         os.makedirs(self.s3_store, exist_ok=True)
-        env = dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
-        self.s3 = self.spawn([runner.S3RVER, "-d", self.s3_store, "-a", "127.0.0.1",
-                              "-p", str(self.s3_port), "--configure-bucket", BUCKET],
-                             "s3rver", env)
+        argv, env = world.s3rver_argv(self.s3_store, self.s3_port, BUCKET)
+        argv.remove("--silent")  # S3Log counts its requests from the log
+        self.s3 = self.spawn(argv, "s3rver", env)
         runner.wait_port(self.s3_port, "s3rver")
         self.s3log = S3Log(f"{tmp}/s3rver.log", self.s3.pid)
         self.endpoint = f"http://127.0.0.1:{self.s3_port}"
@@ -297,7 +303,7 @@ class Bench:
             f.write("[default]\naws_access_key_id = S3RVER\naws_secret_access_key = S3RVER\n")
         os.chmod(f"{t}/creds", 0o600)
         self.smb_port = runner.free_port()
-        conf = runner.smb_global(t, self.smb_port, "1") + f"""[local]
+        conf = world.smb_global(t, self.smb_port, "1") + f"""[local]
   path = {t}/local
   read only = no
 [bucketfs]
@@ -360,6 +366,7 @@ class Bench:
         """fn() -> (value, extra dict); adds RSS and S3 traffic."""
         names = ["smbd", "s3fs", "rclone"]
         mark = self.s3log.mark()
+        cpu0, wall0 = machine_cpu(), time.monotonic()
         try:
             with Peak(names) as peak:
                 value, extra = fn()
@@ -370,9 +377,11 @@ class Bench:
             value, extra = None, {"error": status.group(0) if status else
                                   (str(e).splitlines() or ["error"])[0][:160]}
             peak = None
+        cpu, wall = machine_cpu() - cpu0, time.monotonic() - wall0
         reqs, nbytes = self.s3log.since(mark)
         row = {"workload": workload, "system": system, "value": value, "unit": unit,
                "s3_requests": reqs, "s3_bytes": nbytes,
+               "cpu_s": cpu, "busy": cpu / (wall * os.cpu_count()),
                "rss_smbd": peak.peak["smbd"] if peak else 0,
                "rss_daemon": peak.peak.get(system, 0) if peak else 0}
         row.update(extra)
@@ -475,6 +484,19 @@ class Bench:
         out = self.s3tool("getpar", "seq.bin", "8").split()
         return SEQ_MB * 1.048576 / float(out[1]), {}
 
+    def raw_seq_stored(self):
+        """The raw GETs again, each range also written at its offset to a
+        new file beside the cache folder: what storing the bytes costs on
+        this machine, which any cache pays and the raw baseline does not."""
+        drop_page_cache()
+        path = f"{self.tmp}/raw-stored.bin"
+        try:
+            out = self.s3tool("getpar", "seq.bin", "8", path).split()
+        finally:
+            if os.path.exists(path):
+                os.unlink(path)
+        return SEQ_MB * 1.048576 / float(out[1]), {}
+
     def raw_small(self, cold):
         """SMALL_W parallel GETs of the small objects, whole."""
         def fn():
@@ -528,6 +550,7 @@ def run_all(b):
                 b.measure("seq cold", system, b.seq_read(share), "MB/s")
             b.measure("seq hot", system, b.seq_read(share), "MB/s")
         b.measure("seq cold", "raw", b.raw_seq, "MB/s")
+        b.measure("seq cold", "raw stored", b.raw_seq_stored, "MB/s")
     for size, label in ((64 << 10, "64K"), (1 << 20, "1M")) if wanted("rand") else ():
         for clients in (1, 8):
             for _ in range(RUNS):
@@ -597,7 +620,7 @@ def medians(b):
     """{(workload, system): row with median value and the worst RSS/S3}"""
     out = {}
     for w, _, _ in WORKLOADS:
-        for s in SYSTEMS + ["raw"]:
+        for s in SYSTEMS + ["raw", "raw stored"]:
             rows = [r for r in b.results if r["workload"] == w and r["system"] == s]
             if not rows:
                 continue
@@ -605,8 +628,8 @@ def medians(b):
             med = dict(ok[len(ok) // 2]) if ok else dict(rows[0])
             if ok:
                 med["value"] = statistics.median(r["value"] for r in ok)
-                for k in ("p50_ms", "p99_ms"):
-                    if k in ok[0]:
+                for k in ("p50_ms", "p99_ms", "cpu_s", "busy"):
+                    if all(k in r for r in ok):
                         med[k] = statistics.median(r[k] for r in ok)
             med["rss_smbd"] = max(r["rss_smbd"] for r in rows)
             med["rss_daemon"] = max(r["rss_daemon"] for r in rows)
@@ -667,11 +690,13 @@ def report(b, m):
             # The latency target is bucketfs's p99 over (a)'s: lower is better.
             rcells[0] += f" (p99 {rb['p99_ms'] / ra['p99_ms']:.2f}x)"
         lines.append(f"| {w} | " + " | ".join(cells) + " | " + " | ".join(rcells) + " |")
+    lines += stored_note(m)
     lines += ["", "Ratios: higher is better for bucketfs (for listings, time of the other / "
               "time of bucketfs; for p99 latency, bucketfs's over (a)'s: lower is better).  "
               "Every run's figures: `bench/results/compare-runs.json`.", "",
-              "| workload | system | peak smbd RSS | peak FUSE daemon RSS | S3 requests | S3 bytes | read amplification |",
-              "|---|---|---|---|---|---|---|"]
+              "| workload | system | peak smbd RSS | peak FUSE daemon RSS | S3 requests | S3 bytes "
+              "| read amplification | machine CPU (busy) |",
+              "|---|---|---|---|---|---|---|---|"]
     for w, unit, _ in WORKLOADS:
         for s in SYSTEMS + ["raw"]:
             r = m.get((w, s))
@@ -684,15 +709,32 @@ def report(b, m):
                 useful = SMALL_N * SMALL_KB * 1024
             amp = f"{r['s3_bytes'] / useful:.2f}" if useful and r["s3_bytes"] else "—"
             daemon = f"{r['rss_daemon'] / 2**20:.0f} MiB" if s in ("s3fs", "rclone") else "—"
+            cpu = f"{r['cpu_s']:.1f} s ({r['busy']:.0%})" if "cpu_s" in r else "—"
             lines.append(f"| {w} | {s} | {r['rss_smbd'] / 2**20:.0f} MiB | "
                          f"{daemon} | {r['s3_requests']:.0f} | "
-                         f"{r['s3_bytes'] / 1e6:.1f} MB | {amp} |")
+                         f"{r['s3_bytes'] / 1e6:.1f} MB | {amp} | {cpu} |")
     errors = sorted({(r["workload"], r["system"], r["error"]) for r in b.results if "error" in r})
     if errors:
         lines += ["", "Failures:", ""] + [f"- {w} on {s}: {e}" for w, s, e in errors]
     lines += ["", "Reproduce: `make bench` (RUNS, BENCH_SEQ_MB, BENCH_SMALL_N, BENCH_LIST_BIG, "
               "BENCH_RAND_S to change the sizes)."]
     return "\n".join(lines) + "\n"
+
+
+def stored_note(m):
+    """Cold sequential reads against raw GETs that also store the bytes."""
+    b, e, f = (m.get(("seq cold", s)) for s in ("bucketfs", "raw", "raw stored"))
+    if not (b and e and f and b["value"] and e["value"] and f["value"]):
+        return []
+    cpu = ""
+    if all("cpu_s" in r for r in (b, e, f)):
+        cpu = (f"  Machine CPU for the {SEQ_MB} MiB: bucketfs {b['cpu_s']:.1f} s "
+               f"({b['busy']:.0%} of the cores busy), raw {e['cpu_s']:.1f} s ({e['busy']:.0%}), "
+               f"raw stored {f['cpu_s']:.1f} s ({f['busy']:.0%}).")
+    return ["", f"seq cold against (f), the raw GETs also writing each range at its offset "
+            f"to a new file on the cache's disk (what any cache pays; the raw baseline "
+            f"stores nothing): (f) {fmt(f['value'], 'MB/s')}, b/f {b['value'] / f['value']:.2f}, "
+            f"f/e {f['value'] / e['value']:.2f}." + cpu]
 
 
 def charts(m):

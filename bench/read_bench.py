@@ -111,23 +111,21 @@ def main():
 
         # smbd with a plain share and a bucketfs share straight on s3rver.
         w.endpoint = direct
-        w.start_smbd()
-        with open(w.conf, "a") as f:
-            f.write(f"[local]\n  path = {src}\n  read only = yes\n"
-                    f"[bench]\n  path = /bucketfs/bench\n  vfs objects = bucketfs\n"
-                    f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
-                    f"  bucketfs:credentials file = {tmp}/creds\n"
-                    f"  bucketfs:bucket = {runner.BUCKET}\n"
-                    f"  bucketfs:cache dir = {CACHE}\n"
-                    f"  bucketfs:cache size = {2 * MB}M\n"
-                    + "".join(f"  bucketfs:{k} = {os.environ[e]}\n"
-                              for k, e in (("block size", "BENCH_BLOCK"),
-                                           ("readahead", "BENCH_READAHEAD"),
-                                           ("max requests", "BENCH_MAX_REQUESTS"),
-                                           ("close", "BENCH_CLOSE"))
-                              if e in os.environ))
-        subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "reload-config"], check=True)
-        time.sleep(1)
+        w.start_users()
+        w = w.serve("bench", (
+            f"[local]\n  path = {src}\n  read only = yes\n"
+            f"[bench]\n  path = /bucketfs/bench\n  vfs objects = bucketfs\n"
+            f"  bucketfs:endpoint = {direct}\n  bucketfs:path style = yes\n"
+            f"  bucketfs:credentials file = {tmp}/creds\n"
+            f"  bucketfs:bucket = {runner.BUCKET}\n"
+            f"  bucketfs:cache dir = {CACHE}\n"
+            f"  bucketfs:cache size = {2 * MB}M\n"
+            + "".join(f"  bucketfs:{k} = {os.environ[e]}\n"
+                      for k, e in (("block size", "BENCH_BLOCK"),
+                                   ("readahead", "BENCH_READAHEAD"),
+                                   ("max requests", "BENCH_MAX_REQUESTS"),
+                                   ("close", "BENCH_CLOSE"))
+                      if e in os.environ)).replace("{", "{{").replace("}", "}}"))
 
         def get(share):
             return transfer_seconds(["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port),

@@ -421,13 +421,16 @@ int main(int argc, char **argv)
 		       done ? lat[done * 99 / 100] : 0.0, errors);
 		return errors != 0;
 	}
-	if (strcmp(argv[1], "getpar") == 0 && argc == 4) {
+	if (strcmp(argv[1], "getpar") == 0 && (argc == 4 || argc == 5)) {
 		/* The raw-S3 baseline: the whole object in 8 MiB range GETs,
-		 * STREAMS at once; prints bytes and seconds. */
+		 * STREAMS at once; prints bytes and seconds.  With FILE, each
+		 * range is also written there at its offset as it arrives:
+		 * what storing the bytes locally costs, as any cache must. */
 		unsigned streams = (unsigned)atoi(argv[3]), inflight = 0;
+		int out = -1;
 		struct s3_object_info info = {0};
 		struct timespec t0, t1;
-		uint64_t off = 0, done = 0;
+		uint64_t off = 0, done = 0, *offs;
 		struct tevent_req **reqs;
 		uint8_t **bufs;
 		unsigned i;
@@ -439,8 +442,14 @@ int main(int argc, char **argv)
 		}
 		reqs = talloc_zero_array(t, struct tevent_req *, streams);
 		bufs = talloc_zero_array(t, uint8_t *, streams);
+		offs = talloc_zero_array(t, uint64_t, streams);
 		for (i = 0; i < streams; i++) {
 			bufs[i] = talloc_size(t, PART);
+		}
+		if (argc == 5 &&
+		    (out = open(argv[4], O_WRONLY | O_CREAT | O_TRUNC, 0600)) < 0) {
+			perror(argv[4]);
+			return 1;
 		}
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		while (done < info.size) {
@@ -449,6 +458,7 @@ int main(int argc, char **argv)
 					size_t n = info.size - off > PART ? PART : info.size - off;
 					reqs[i] = s3_get_range_send(t, ev, c, argv[2], off, n,
 								    bufs[i], info.etag);
+					offs[i] = off;
 					off += n;
 					inflight++;
 				}
@@ -464,11 +474,19 @@ int main(int argc, char **argv)
 				if (ret != 0) {
 					return fail("getpar", &st, ret);
 				}
+				if (out >= 0 && pwrite(out, bufs[i], got,
+						       (off_t)offs[i]) != (ssize_t)got) {
+					perror(argv[4]);
+					return 1;
+				}
 				done += got;
 				inflight--;
 			}
 		}
 		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (out >= 0) {
+			close(out);
+		}
 		printf("%" PRIu64 " %.6f\n", done,
 		       (double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
 		return 0;
