@@ -902,6 +902,10 @@ bool bfs_wb_put_young(struct bfs_wb *wb, const struct bfs_jrec *r,
 	if (r->op != BFS_J_PUT || r->staging == NULL || ms == 0) {
 		return false;
 	}
+	if (r->src != NULL) {
+		/* A rename retargeted it: the one the delay was for. */
+		return false;
+	}
 	path = bfs_stage_path(NULL, wb, r->staging);
 	bfs_priv_enter();
 	if (path != NULL && stat(path, &st) != 0) {

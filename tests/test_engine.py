@@ -44,6 +44,14 @@ SHARES = """
   bucketfs:cache dir = {t}/bfscache-rwnoengine
   bucketfs:close = local
   bucketfs:engine = /nonexistent/bucketfsd
+[slowstart]
+  path = /bucketfs/slowstart
+{common}  bucketfs:bucket = {BUCKET}
+  bucketfs:prefix = slowstart
+  bucketfs:cache dir = {t}/bfscache-slowstart
+  bucketfs:close = local
+  bucketfs:upload delay = 15000
+  read only = no
 [fetchmem]
   path = /bucketfs/fetchmem
 {common}  bucketfs:bucket = {BUCKET}
@@ -446,6 +454,22 @@ def test_a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing(
     listing = w.ls("rwlocal")
     assert listing.get("ckpt.pt") == (False, 20 << 20), listing
     assert "ckpt.tmp" not in listing, listing
+
+
+def test_a_rename_after_the_close_ends_the_upload_delay_which_a_plain_close_waits_out(w):
+    # The delay holds an upload for the rename that may follow its close
+    # (write tmp, rename over final); once that rename has come there is
+    # nothing left to wait for.  A file closed after it still waits.
+    ckpt, other = w.make("ripe.bin", 1 << 20), w.make("unripe.bin", 1 << 20)
+    start = time.monotonic()
+    w.smbclient("slowstart", f"put {ckpt} ckpt.tmp; rename ckpt.tmp ckpt.pt; "
+                             f"put {other} other.bin")
+    assert s3_has(w, "slowstart/ckpt.pt", sha256(ckpt), timeout=60)
+    # Generous: the point is that it did not wait out the 15 s delay.
+    assert time.monotonic() - start < 10, "the renamed upload waited out the delay"
+    assert "slowstart/other.bin" not in w.s3_keys("slowstart/"), \
+        "a plain close did not wait for the upload delay"
+    assert "slowstart/ckpt.tmp" not in w.s3_keys("slowstart/")
 
 
 def test_a_rename_while_the_upload_runs_stops_it_and_the_file_goes_up_once_under_the_new_name(w):

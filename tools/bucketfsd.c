@@ -131,6 +131,8 @@ struct eng {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool kick, urgent, quit, busy;
+	/* A rename retargeted an upload the delay held: end the delay. */
+	bool ripe;
 	struct eng_result *results;
 	uint64_t uploaded, failed, bytes, pending;
 	/* Refreshed instance-role credentials for the fetch client: a
@@ -495,11 +497,12 @@ static void *eng_worker_main(void *arg)
 			until.tv_sec += e->delay_ms / 1000 +
 					until.tv_nsec / 1000000000;
 			until.tv_nsec %= 1000000000;
-			while (!e->urgent && !e->quit &&
+			while (!e->urgent && !e->ripe && !e->quit &&
 			       pthread_cond_timedwait(&e->cv, &e->mu,
 						      &until) == 0) {
 			}
 		}
+		e->ripe = false;
 		if (e->quit) {
 			pthread_mutex_unlock(&e->mu);
 			eng_worker_count(w, true);
@@ -530,6 +533,23 @@ static void *eng_worker_main(void *arg)
 		}
 	}
 	return NULL;
+}
+
+/*
+ * Whether key's journal record is an upload a rename retargeted (write
+ * tmp, rename over final): the rename the upload delay holds it for has
+ * come, so it need not wait out the delay (bfs_wb_put_young).
+ */
+static bool eng_renamed_put(struct eng *e, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec r = {0};
+	bool renamed;
+
+	renamed = tmp != NULL && bfs_journal_get(e->j, tmp, key, &r) == 0 &&
+		  r.op == BFS_J_PUT && r.src != NULL && !r.started;
+	talloc_free(tmp);
+	return renamed;
 }
 
 static void eng_kick(struct eng *e, bool urgent)
@@ -847,6 +867,12 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		eng_send(c, &a);
 		break;
 	case BFS_PM_UPLOAD:
+		if (m->key != NULL && eng_renamed_put(e, m->key)) {
+			/* Its rename came: what the upload delay waits for. */
+			pthread_mutex_lock(&e->mu);
+			e->ripe = true;
+			pthread_mutex_unlock(&e->mu);
+		}
 		eng_kick(e, false);
 		break;
 	case BFS_PM_WAIT:
