@@ -23,6 +23,7 @@
 #include "bfs_params.h"
 #include "bfs_path.h"
 #include "bfs_priv.h"
+#include "bfs_role_creds.h"
 #include "bfs_share.h"
 #include "s3_dirlist.h"
 #include "s3_imds.h"
@@ -30,6 +31,12 @@
 
 /* Refetch expiring instance-role credentials, 5 minutes ahead. */
 #define BFS_CREDS_MARGIN 300
+/*
+ * Inside the margin, while the folder's engine is there to refresh them,
+ * this process waits for the engine's copy; only this close to the end
+ * does it ask the metadata service itself.
+ */
+#define BFS_CREDS_LAST_MARGIN 60
 
 void bfs_log_s3(struct bfs_conn *bc, const char *what, const char *key,
 		       const struct s3_status *st)
@@ -278,6 +285,42 @@ void bfs_refresh_credentials(struct bfs_conn *bc, time_t now)
 		return;
 	}
 	tmp = talloc_new(bc);
+	if (tmp != NULL && bc->engine != NULL && bfs_engine_pid(bc->engine) != 0) {
+		/*
+		 * The engine refreshes them for the whole folder: its copy is
+		 * a local read, where asking the metadata service would hold
+		 * this process's loop for up to its timeout.
+		 */
+		bfs_priv_enter();
+		ret = bfs_role_creds_load(tmp, bc->cache_dir, bc->imds, &creds,
+					  &expire);
+		bfs_priv_leave();
+		if (ret == 0 && expire > bc->creds_expire) {
+			ret = s3_client_set_credentials(bc->s3, &creds);
+			if (ret == 0 && bc->s3_async != NULL) {
+				ret = s3_client_set_credentials(bc->s3_async,
+								&creds);
+			}
+			if (ret == 0) {
+				bc->creds_expire = expire;
+				bfs_log(BFS_LOG_INFO, "bucketfs: share %s: "
+					"refreshed the instance role's "
+					"credentials from the engine's copy, "
+					"valid for %lld s", bc->service,
+					(long long)(expire - now));
+				talloc_free(tmp);
+				return;
+			}
+		}
+		if (now < bc->creds_expire - BFS_CREDS_LAST_MARGIN) {
+			talloc_free(tmp); /* the engine's refresh is due */
+			return;
+		}
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: the engine has not "
+			"refreshed the instance role's credentials (%s); "
+			"asking the metadata service", bc->service,
+			ret == 0 ? "its copy is no newer" : strerror(ret));
+	}
 	ret = tmp ? s3_imds_fetch(tmp, bc->imds, 2000, &creds, &expire, &why) :
 		    ENOMEM;
 	if (ret == 0) {

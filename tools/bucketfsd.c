@@ -61,6 +61,7 @@
 #include "bfs_writeback.h"
 #include "bfs_list.h"
 #include "s3_dirlist.h"
+#include "bfs_role_creds.h"
 #include "s3_imds.h"
 
 /* A failed upload is tried again this long after, unless a flush asks. */
@@ -308,6 +309,18 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 		    ENOMEM;
 	if (ret == 0) {
 		ret = s3_client_set_credentials(w->s3, &creds);
+	}
+	if (ret == 0) {
+		/* The folder's smbds take them from here (bfs_role_creds.h). */
+		int sret = bfs_role_creds_save(w->e->c.cache_dir, w->imds,
+					       &creds, expire);
+
+		if (sret != 0) {
+			eng_log(BFS_LOG_WARNING, "cannot save the refreshed "
+				"credentials for the share's smbd processes "
+				"(they ask the metadata service themselves): "
+				"%s", strerror(sret));
+		}
 	}
 	if (ret == 0) {
 		/* The main thread's client too: copies it may free. */
