@@ -456,6 +456,39 @@ def test_a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing(
     assert "ckpt.tmp" not in listing, listing
 
 
+def test_a_checkpoint_renamed_over_its_final_name_is_durable_when_a_flush_of_that_name_answers(w):
+    # torch.save to a tmp name, os.replace over the final one, then the
+    # job opens the final name and fsyncs it: that FLUSH waits for the
+    # retargeted upload and answers once S3 has the bytes.  Nothing is
+    # uploaded twice or copied on the server.
+    src = w.make("durable.bin", 12 << 20)
+    before = len(front_log(w))
+    w.fault("PUT delay:4 -1")
+    try:
+        w.smbclient("rwlocal", f"put {src} dur.tmp; rename dur.tmp dur.pt")
+        p, ask = session(w, "rwlocal")
+        try:
+            ask("open dur.pt")
+            took = float(ask("flush dur.pt"))
+            assert w.s3_sha256("rwlocal/dur.pt") == sha256(src), \
+                "the flush answered before S3 had the checkpoint"
+            ask("close dur.pt")
+        finally:
+            p.stdin.close()
+            p.wait(timeout=60)
+    finally:
+        w.fault("PUT delay:0 0")
+    assert "rwlocal/dur.tmp" not in w.s3_keys("rwlocal/")
+    log = [l for l in front_log(w)[before:].splitlines() if "/dur." in l]
+    assert not [l for l in log if "copy=yes" in l], log
+    # One upload: one PUT, or one multipart upload's parts, never repeated.
+    puts = [l.split()[1] for l in log if l.startswith("PUT ")]
+    assert len(puts) == len(set(puts)) and puts, puts
+    assert "dur.pt" not in w.ctl("rwlocal", "pending").stdout
+    print(f"    # flush of the renamed checkpoint {took:.2f} s (PUTs slowed 4 s), "
+          f"{len(puts)} PUT requests")
+
+
 def test_a_rename_after_the_close_ends_the_upload_delay_which_a_plain_close_waits_out(w):
     # The delay holds an upload for the rename that may follow its close
     # (write tmp, rename over final); once that rename has come there is

@@ -9,6 +9,8 @@ Reads commands from stdin, one a line, and answers each with one line:
   get PATH LOCAL  -> "ok SIZE" once PATH's bytes are in LOCAL
   write PATH LOCAL -> "ok SIZE": PATH created (or truncated) and LOCAL's
                      bytes written to it, in 1 MiB writes; it stays open
+  open PATH       -> "ok SECONDS": existing PATH opened for writing (as a
+                     job opens its checkpoint to fsync it), left open
   flush PATH      -> "ok SECONDS" once the SMB2 FLUSH of open PATH answers
   close PATH      -> "ok SECONDS" once the close of open PATH answers
   quit
@@ -57,6 +59,13 @@ def main():
                         conn.writeFile(tid, fid, chunk, size)
                         size += len(chunk)
                 print(f"ok {size}", flush=True)
+            elif words[0] == "open":
+                tid = tid if tid is not None else conn.connectTree(share)
+                start = time.monotonic()
+                open_files[words[1]] = conn.createFile(
+                    tid, words[1], desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                    shareMode=s3.FILE_SHARE_READ, creationDisposition=s3.FILE_OPEN)
+                print(f"ok {time.monotonic() - start:.3f}", flush=True)
             elif words[0] in ("flush", "close"):
                 fid = open_files[words[1]]
                 start = time.monotonic()
