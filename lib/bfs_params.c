@@ -48,6 +48,7 @@ const struct bfs_pdef bfs_pdefs[] = {
 	{"multipart copy threshold", BFS_PT_SIZE, "5G", 5 * M, 5 * G, false,
 	 false},
 	{"upload parallel", BFS_PT_INT, "8", 1, 64, false, false},
+	{"upload files", BFS_PT_INT, "4", 1, 64, false, false},
 	{"upload memory", BFS_PT_SIZE, "256M", 0, BFS_SIZE_UNBOUNDED, false,
 	 true},
 	{"max file size", BFS_PT_SIZE, "5T", 1, 5 * G * K, false, true},

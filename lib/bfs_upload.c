@@ -5,6 +5,7 @@
 #include "bfs_list.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,30 +20,56 @@
 
 /*
  * Part buffers held by this process's uploads, against its bound
- * (bfs_upload_set_memory).  Uploads run on one event loop per process
- * (smbd's, the engine's), so plain counters do.  An upload may always
- * have one part in flight, so a part larger than the bound still goes,
- * alone: memory stays within max(bound, one part) per upload.
+ * (bfs_upload_set_memory).  One bound for the process: the engine's
+ * upload threads share it, so the counters are under a lock.  An upload
+ * may always have one part in flight, so a part larger than the bound
+ * still goes, alone: memory stays within max(bound, one part) per
+ * upload, and an upload another thread's parts keep waiting always has
+ * a part of its own to bring it back (its part_done).
  */
+static pthread_mutex_t bfs_upload_mem_mu = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t bfs_upload_mem_limit = 256ULL << 20;
 static uint64_t bfs_upload_mem_held, bfs_upload_mem_peak;
 
 void bfs_upload_set_memory(uint64_t bytes)
 {
+	pthread_mutex_lock(&bfs_upload_mem_mu);
 	bfs_upload_mem_limit = bytes;
+	pthread_mutex_unlock(&bfs_upload_mem_mu);
 }
 
 uint64_t bfs_upload_memory_peak(void)
 {
-	return bfs_upload_mem_peak;
+	uint64_t peak;
+
+	pthread_mutex_lock(&bfs_upload_mem_mu);
+	peak = bfs_upload_mem_peak;
+	pthread_mutex_unlock(&bfs_upload_mem_mu);
+	return peak;
 }
 
-static void bfs_upload_mem_take(uint64_t len)
+/* Count len against the bound; always: even past it (a lone part). */
+static bool bfs_upload_mem_take(uint64_t len, bool always)
 {
-	bfs_upload_mem_held += len;
-	if (bfs_upload_mem_held > bfs_upload_mem_peak) {
-		bfs_upload_mem_peak = bfs_upload_mem_held;
+	bool ok;
+
+	pthread_mutex_lock(&bfs_upload_mem_mu);
+	ok = always || bfs_upload_mem_held + len <= bfs_upload_mem_limit;
+	if (ok) {
+		bfs_upload_mem_held += len;
+		if (bfs_upload_mem_held > bfs_upload_mem_peak) {
+			bfs_upload_mem_peak = bfs_upload_mem_held;
+		}
 	}
+	pthread_mutex_unlock(&bfs_upload_mem_mu);
+	return ok;
+}
+
+static void bfs_upload_mem_give(uint64_t len)
+{
+	pthread_mutex_lock(&bfs_upload_mem_mu);
+	bfs_upload_mem_held -= len;
+	pthread_mutex_unlock(&bfs_upload_mem_mu);
 }
 
 struct bfs_upload_state {
@@ -81,7 +108,7 @@ static int bfs_part_ctx_destructor(struct bfs_part_ctx *pc)
 		BFS_LIST_REMOVE(pc->s->flying, pc);
 	}
 	if (pc->buf != NULL) {
-		bfs_upload_mem_held -= pc->len;
+		bfs_upload_mem_give(pc->len);
 		if (pc->heap) {
 			free(pc->buf);
 		}
@@ -90,19 +117,24 @@ static int bfs_part_ctx_destructor(struct bfs_part_ctx *pc)
 }
 
 /*
- * A part's body.  Parts grow past talloc's largest chunk only for objects
- * over 255 MiB x 10,000 (S3 allows 5 TiB, in parts of up to 5 GiB).
+ * A part's body, counted against the process's bound: EAGAIN when it
+ * would pass the bound and always is false.  Parts grow past talloc's
+ * largest chunk only for objects over 255 MiB x 10,000 (S3 allows 5 TiB,
+ * in parts of up to 5 GiB).
  */
-static bool bfs_part_buf(struct bfs_part_ctx *pc, size_t len)
+static int bfs_part_buf(struct bfs_part_ctx *pc, size_t len, bool always)
 {
+	if (!bfs_upload_mem_take(len, always)) {
+		return EAGAIN;
+	}
 	pc->heap = len > BFS_UPLOAD_MAX_BUF;
 	pc->buf = pc->heap ? malloc(len) : talloc_size(pc, len);
 	if (pc->buf == NULL) {
-		return false;
+		bfs_upload_mem_give(len);
+		return ENOMEM;
 	}
 	pc->len = len;
-	bfs_upload_mem_take(len);
-	return true;
+	return 0;
 }
 
 static void bfs_upload_put_done(struct tevent_req *subreq);
@@ -392,10 +424,6 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 		off = (uint64_t)s->next_part * s->p.part_size;
 		len = (size_t)(s->size - off < s->p.part_size ?
 				       s->size - off : s->p.part_size);
-		if (s->copy_src == NULL && s->in_flight > 0 &&
-		    bfs_upload_mem_held + len > bfs_upload_mem_limit) {
-			break; /* the next part_done comes back here */
-		}
 		pc = talloc_zero(s, struct bfs_part_ctx);
 		if (pc == NULL) {
 			s->err = ENOMEM;
@@ -422,10 +450,13 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 			s->in_flight++;
 			continue;
 		}
-		if (!bfs_part_buf(pc, len)) {
+		ret = bfs_part_buf(pc, len, s->in_flight == 0);
+		if (ret != 0) {
 			talloc_free(pc);
-			s->err = ENOMEM;
-			break;
+			if (ret != EAGAIN) {
+				s->err = ret;
+			}
+			break; /* EAGAIN: the next part_done comes back here */
 		}
 		ret = bfs_read_full(s->fd, pc->buf, len, off);
 		if (ret != 0) {

@@ -542,6 +542,19 @@ fail:
 	return NULL;
 }
 
+struct s3_client *s3_client_new_like(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     const struct s3_client *model)
+{
+	struct s3_client *c = s3_client_new(mem_ctx, ev, &model->cfg);
+
+	if (c != NULL) {
+		/* What the model learnt of the server holds for us too. */
+		c->no_upload_cksum = model->no_upload_cksum;
+	}
+	return c;
+}
+
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c)
 {
 	return &c->counters;

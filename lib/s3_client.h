@@ -146,6 +146,15 @@ struct s3_client *s3_client_new(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 				const struct s3_client_config *cfg);
 
 /*
+ * A client for ev with model's configuration, credentials included (as
+ * they are now), and counters of its own: one per thread of a process
+ * whose threads share a configuration.  NULL and errno as s3_client_new.
+ */
+struct s3_client *s3_client_new_like(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     const struct s3_client *model);
+
+/*
  * The errno of an option libcurl refused (a curl_easy_setopt CURLcode):
  * ENOMEM, ENOTSUP (an option this libcurl lacks), EINVAL (a value it will
  * not take) or EIO.  A request set up in part must not go out.

@@ -128,17 +128,36 @@ struct eng {
 	struct bfs_stats_vec flushed;	/* main thread's, as last added */
 	unsigned stats_interval;	/* seconds */
 
-	/* Shared with the upload thread, under mu. */
+	/* Shared with the upload threads, under mu. */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	bool kick, urgent, quit, busy;
-	/* A rename retargeted an upload the delay held: end the delay. */
-	bool ripe;
+	bool quit;
+	/*
+	 * Generations the upload threads compare with what each has seen:
+	 * a kick (a close handed over, a flush, a young record aged), a
+	 * flush's kick, a rename that ends the upload delay, credentials
+	 * refreshed for the upload clients.
+	 */
+	uint64_t kick_gen, urgent_gen, ripe_gen, creds_gen;
+	struct eng_worker **workers;
+	unsigned n_workers, n_busy;
+	/* Keys an upload thread runs now (malloc'd): one thread a key. */
+	char **claimed;
+	size_t n_claimed;
+	/* Keys that failed and when to try them again. */
+	struct eng_retry *retry;
 	struct eng_result *results;
 	uint64_t uploaded, failed, bytes, pending;
-	/* Refreshed instance-role credentials for the fetch client: a
-	 * talloc tree of its own, handed from the upload thread. */
-	struct s3_credentials *fresh_creds;
+	/*
+	 * Instance-role credentials: when they expire (0: not from IMDS),
+	 * when a failed refresh may be tried again, and the refreshed ones
+	 * for the upload clients (worker_creds) and for the main thread's
+	 * fetch client (fresh_creds), each a talloc tree of its own.
+	 */
+	const char *imds;	/* read before the threads start */
+	time_t creds_expire, creds_retry;
+	bool creds_refreshing;
+	struct s3_credentials *worker_creds, *fresh_creds;
 	/* Keys a flush waits for (malloc'd): uploaded before the others. */
 	char **urgent_keys;
 	size_t n_urgent;
@@ -177,30 +196,35 @@ static void eng_lib_log(int level, const char *line)
 	eng_log(level, "%s", line);
 }
 
-/* ---- the upload thread ------------------------------------------------------ */
+/* ---- the upload threads ----------------------------------------------------- */
 
-/* Keys that failed, and when they may be tried again. */
+/* A key that failed, and when it may be tried again (under e->mu). */
 struct eng_retry {
 	struct eng_retry *next;
-	char *key;
+	char *key;		/* malloc'd: any upload thread frees it */
 	time_t at;
 };
 
+/*
+ * One upload thread: its own event context, S3 client and writeback (the
+ * writeback library waits on its loop), so that several journal records
+ * go up at once, as several smbd processes' uploads did before the engine.
+ */
 struct eng_worker {
 	struct eng *e;
+	unsigned n;		/* 0 .. e->n_workers - 1 */
+	pthread_t thread;
 	TALLOC_CTX *mem;
 	struct tevent_context *ev;
 	struct s3_client *s3;
 	struct bfs_wb *wb;
-	time_t creds_expire;
-	time_t creds_retry;	/* no refresh attempt before this */
-	const char *imds;	/* read before the thread starts */
-	struct eng_retry *retry;
+	/* What this thread has seen of e's generations (under e->mu). */
+	uint64_t seen_kick, seen_urgent, seen_ripe, seen_creds;
 	struct bfs_stats_vec flushed;	/* the upload client's, as added */
 	time_t stats_added;
 };
 
-/* The upload thread's S3 counters into the folder's totals. */
+/* An upload thread's S3 counters into the folder's totals. */
 static void eng_worker_count(struct eng_worker *w, bool now)
 {
 	struct bfs_stats_vec cur = {{0}};
@@ -219,11 +243,17 @@ static void eng_worker_count(struct eng_worker *w, bool now)
 	}
 }
 
+static void eng_wake_main(struct eng *e, char b)
+{
+	if (write(e->done_pipe[1], &b, 1) != 1) {
+		/* Full pipe: the main thread is already woken. */
+	}
+}
+
 static void eng_post(struct eng *e, const struct bfs_jrec *r, int err,
 		     const char *etag)
 {
 	struct eng_result *res = talloc_zero(NULL, struct eng_result);
-	char b = 1;
 
 	if (res == NULL) {
 		return; /* the waiter finds out at the next result or poll */
@@ -245,17 +275,16 @@ static void eng_post(struct eng *e, const struct bfs_jrec *r, int err,
 		e->failed++;
 	}
 	pthread_mutex_unlock(&e->mu);
-	if (write(e->done_pipe[1], &b, 1) != 1) {
-		/* Full pipe: the main thread is already woken. */
-	}
+	eng_wake_main(e, 1);
 }
 
-static bool eng_retry_due(struct eng_worker *w, const char *key, time_t now,
+/* Under e->mu. */
+static bool eng_retry_due(struct eng *e, const char *key, time_t now,
 			  bool urgent)
 {
 	struct eng_retry *t;
 
-	for (t = w->retry; t != NULL; t = t->next) {
+	for (t = e->retry; t != NULL; t = t->next) {
 		if (strcmp(t->key, key) == 0) {
 			return urgent || now >= t->at;
 		}
@@ -263,12 +292,13 @@ static bool eng_retry_due(struct eng_worker *w, const char *key, time_t now,
 	return true;
 }
 
-static void eng_retry_set(struct eng_worker *w, const char *key, int err,
+/* Under e->mu. */
+static void eng_retry_set(struct eng *e, const char *key, int err,
 			  time_t now)
 {
 	struct eng_retry **pt, *t;
 
-	for (pt = &w->retry; *pt != NULL; pt = &(*pt)->next) {
+	for (pt = &e->retry; *pt != NULL; pt = &(*pt)->next) {
 		if (strcmp((*pt)->key, key) == 0) {
 			break;
 		}
@@ -277,44 +307,116 @@ static void eng_retry_set(struct eng_worker *w, const char *key, int err,
 		if (*pt != NULL) {
 			t = *pt;
 			*pt = t->next;
-			talloc_free(t);
+			free(t->key);
+			free(t);
 		}
 		return;
 	}
 	if (*pt == NULL) {
-		t = talloc_zero(w->mem, struct eng_retry);
-		if (t == NULL || (t->key = talloc_strdup(t, key)) == NULL) {
-			talloc_free(t);
-			return;
+		t = calloc(1, sizeof(*t));
+		if (t == NULL || (t->key = strdup(key)) == NULL) {
+			free(t);
+			return; /* then it is tried at the next pass */
 		}
 		*pt = t;
 	}
 	(*pt)->at = now + ENG_RETRY_SECONDS;
 }
 
+/*
+ * Under e->mu: take key for this thread, false if another one runs it.
+ * A journal key is one record, so a key held is a record held.
+ */
+static bool eng_claim(struct eng *e, const char *key)
+{
+	char *k, **more;
+	size_t i;
+
+	for (i = 0; i < e->n_claimed; i++) {
+		if (strcmp(e->claimed[i], key) == 0) {
+			return false;
+		}
+	}
+	k = strdup(key);
+	more = k == NULL ? NULL :
+		realloc(e->claimed, (e->n_claimed + 1) * sizeof(char *));
+	if (more == NULL) {
+		free(k);
+		return false; /* out of memory: the next pass tries again */
+	}
+	e->claimed = more;
+	e->claimed[e->n_claimed++] = k;
+	return true;
+}
+
+/* Under e->mu. */
+static void eng_unclaim(struct eng *e, const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < e->n_claimed; i++) {
+		if (strcmp(e->claimed[i], key) == 0) {
+			free(e->claimed[i]);
+			e->claimed[i] = e->claimed[--e->n_claimed];
+			return;
+		}
+	}
+}
+
+/* A copy of creds in a talloc tree of its own, for another thread. */
+static struct s3_credentials *eng_creds_copy(const struct s3_credentials *creds)
+{
+	struct s3_credentials *c = talloc_zero(NULL, struct s3_credentials);
+
+	if (c == NULL ||
+	    (c->access_key = talloc_strdup(c, creds->access_key)) == NULL ||
+	    (c->secret_key = talloc_strdup(c, creds->secret_key)) == NULL ||
+	    (creds->session_token != NULL &&
+	     (c->session_token = talloc_strdup(c, creds->session_token)) ==
+		     NULL)) {
+		talloc_free(c);
+		return NULL;
+	}
+	return c;
+}
+
+/*
+ * Instance-role credentials, refreshed by whichever upload thread comes
+ * first once they are due (one at a time), for every thread: the upload
+ * threads take them at their next record, the main thread's fetch client
+ * through the result pipe, the share's smbds from the cache folder.
+ */
 static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 {
-	struct s3_credentials creds = {0};
+	struct eng *e = w->e;
+	struct s3_credentials creds = {0}, *mine, *theirs;
 	const char *why = NULL;
-	time_t expire = 0;
+	time_t expire = 0, was;
 	TALLOC_CTX *tmp;
-	int ret;
+	int ret, sret;
 
-	if (w->creds_expire == 0 || now < w->creds_expire - ENG_CREDS_MARGIN ||
-	    now < w->creds_retry) {
+	pthread_mutex_lock(&e->mu);
+	was = e->creds_expire;
+	if (was == 0 || now < was - ENG_CREDS_MARGIN ||
+	    now < e->creds_retry || e->creds_refreshing) {
+		pthread_mutex_unlock(&e->mu);
 		return;
 	}
+	e->creds_refreshing = true;
+	pthread_mutex_unlock(&e->mu);
+
 	tmp = talloc_new(w->mem);
-	ret = tmp ? s3_imds_fetch(tmp, w->imds, 2000, &creds, &expire, &why) :
+	ret = tmp ? s3_imds_fetch(tmp, e->imds, 2000, &creds, &expire, &why) :
 		    ENOMEM;
-	if (ret == 0) {
-		ret = s3_client_set_credentials(w->s3, &creds);
+	mine = ret == 0 ? eng_creds_copy(&creds) : NULL;
+	theirs = ret == 0 ? eng_creds_copy(&creds) : NULL;
+	if (ret == 0 && (mine == NULL || theirs == NULL)) {
+		ret = ENOMEM;
 	}
 	if (ret == 0) {
 		/* The folder's smbds take them from here (bfs_role_creds.h). */
-		int sret = bfs_role_creds_save(w->e->c.cache_dir, w->imds,
-					       &creds, expire);
-
+		sret = bfs_role_creds_save(e->c.cache_dir, e->imds, &creds,
+					   expire);
 		if (sret != 0) {
 			eng_log(BFS_LOG_WARNING, "cannot save the refreshed "
 				"credentials for the share's smbd processes "
@@ -322,61 +424,141 @@ static void eng_refresh_credentials(struct eng_worker *w, time_t now)
 				"%s", strerror(sret));
 		}
 	}
-	if (ret == 0) {
-		/* The main thread's client too: copies it may free. */
-		struct s3_credentials *c = talloc_zero(NULL,
-						       struct s3_credentials);
-		char b = 1;
-
-		if (c != NULL) {
-			c->access_key = talloc_strdup(c, creds.access_key);
-			c->secret_key = talloc_strdup(c, creds.secret_key);
-			c->session_token = creds.session_token == NULL ? NULL :
-				talloc_strdup(c, creds.session_token);
-			pthread_mutex_lock(&w->e->mu);
-			talloc_free(w->e->fresh_creds);
-			w->e->fresh_creds = c;
-			pthread_mutex_unlock(&w->e->mu);
-			if (write(w->e->done_pipe[1], &b, 1) != 1) {
-			}
-		}
-	}
 	talloc_free(tmp);
-	if (ret != 0) {
+	pthread_mutex_lock(&e->mu);
+	e->creds_refreshing = false;
+	if (ret == 0) {
+		talloc_free(e->worker_creds);
+		e->worker_creds = mine;
+		e->creds_gen++;
+		talloc_free(e->fresh_creds);
+		e->fresh_creds = theirs;
+		e->creds_expire = expire;
+	} else {
 		/*
 		 * As the module does: a metadata service that is away is
 		 * asked again in 10 s, not on every pass (2 s, each one
 		 * waiting up to 2 s for it and logging a line).
 		 */
-		w->creds_retry = now + 10;
-		eng_log(BFS_LOG_WARNING, "cannot refresh the instance role's "
-			"credentials (they expire in %lld s): %s",
-			(long long)(w->creds_expire - now),
-			why ? why : strerror(ret));
+		e->creds_retry = now + 10;
+	}
+	pthread_mutex_unlock(&e->mu);
+	if (ret == 0) {
+		eng_wake_main(e, 1);
 		return;
 	}
-	w->creds_expire = expire;
+	talloc_free(mine);
+	talloc_free(theirs);
+	eng_log(BFS_LOG_WARNING, "cannot refresh the instance role's "
+		"credentials (they expire in %lld s): %s",
+		(long long)(was - now), why ? why : strerror(ret));
+}
+
+/* Credentials another thread refreshed, into this thread's client. */
+static void eng_take_credentials(struct eng_worker *w)
+{
+	struct eng *e = w->e;
+
+	pthread_mutex_lock(&e->mu);
+	if (w->seen_creds != e->creds_gen && e->worker_creds != NULL) {
+		if (s3_client_set_credentials(w->s3, e->worker_creds) == 0) {
+			w->seen_creds = e->creds_gen;
+		}
+	}
+	pthread_mutex_unlock(&e->mu);
 }
 
 /*
- * One pass: take over the records of dead processes, then carry out
- * every record in our name that is due.  Returns how many were run.
+ * Claim r's key and read its record again: another thread may have run
+ * it since our listing, or a close replaced it.  true with *cur, the
+ * record as it is now, ours to run; the caller unclaims it.
+ */
+static bool eng_take_record(struct eng_worker *w, TALLOC_CTX *mem_ctx,
+			    const struct bfs_jrec *r, time_t now, bool urgent,
+			    struct bfs_jrec *cur)
+{
+	struct eng *e = w->e;
+	bool mine;
+
+	pthread_mutex_lock(&e->mu);
+	mine = eng_retry_due(e, r->key, now, urgent) && eng_claim(e, r->key);
+	pthread_mutex_unlock(&e->mu);
+	if (!mine) {
+		return false;
+	}
+	if (bfs_journal_get(e->j, mem_ctx, r->key, cur) == 0 &&
+	    cur->pid == r->pid && cur->op == r->op) {
+		return true;
+	}
+	pthread_mutex_lock(&e->mu);
+	eng_unclaim(e, r->key);
+	pthread_mutex_unlock(&e->mu);
+	return false;
+}
+
+/* Run one record this thread holds; the result goes to the main thread. */
+static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
+{
+	struct eng *e = w->e;
+	TALLOC_CTX *one = talloc_new(w->mem);
+	struct s3_status st = {0};
+	struct bfs_entry ent = {0};
+	const char *etag = NULL;
+	char *dir, *name;
+	int ret;
+
+	ret = bfs_wb_finish(w->wb, r, &st);
+	if (ret != 0) {
+		eng_log(BFS_LOG_ERR, "%s of s3://%s/%s failed: %s (HTTP %ld); "
+			"it stays in the journal and is tried again in %d s",
+			r->op == BFS_J_PUT ? "upload" :
+			r->op == BFS_J_COPY ? "rename" :
+			r->op == BFS_J_ABORT ? "abort" : "delete",
+			e->c.bucket, r->key, strerror(ret), st.http_status,
+			ENG_RETRY_SECONDS);
+	}
+	pthread_mutex_lock(&e->mu);
+	eng_retry_set(e, r->key, ret, time(NULL));
+	eng_unclaim(e, r->key);
+	pthread_mutex_unlock(&e->mu);
+	/* The ETag the upload left in the index; none when it was stopped,
+	 * its file renamed (and bfs_wb_finish said so). */
+	if (one != NULL && ret == 0 && r->op == BFS_J_PUT &&
+	    bfs_key_split(one, r->key, &dir, &name) == 0 &&
+	    bfs_index_lookup(e->idx, one, dir, name, &ent) == 0) {
+		etag = ent.etag;
+	}
+	if (etag != NULL) {
+		eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%" PRIu64
+			" bytes)", e->c.bucket, r->key, r->size);
+	}
+	eng_post(e, r, ret, etag);
+	talloc_free(one);
+}
+
+/*
+ * One pass: take over the records of dead processes, then carry out every
+ * record in our name that is due and that no other upload thread holds.
+ * true if it ran any, or stopped for a flush that came meanwhile: then
+ * the caller passes again at once.
  */
 static void eng_kick(struct eng *e, bool urgent);
 
-static unsigned eng_pass(struct eng_worker *w, bool urgent)
+static bool eng_pass(struct eng_worker *w, bool urgent)
 {
+	struct eng *e = w->e;
 	TALLOC_CTX *tmp = talloc_new(w->mem);
 	struct bfs_jrec *recs = NULL, *orphans = NULL;
 	size_t n = 0, no = 0, i, front, n_urgent;
 	char **urgent_keys;
 	pid_t me = getpid();
 	time_t now = time(NULL);
-	uint64_t pending = 0;
+	uint64_t pending = 0, urgent_gen;
 	unsigned ran = 0, young = 0;
+	bool again = false;
 	int ret;
 
-	ret = bfs_journal_claim_orphans(w->e->j, tmp, me, "", &orphans, &no);
+	ret = bfs_journal_claim_orphans(e->j, tmp, me, "", &orphans, &no);
 	if (ret != 0) {
 		/* They stay the dead process's: the next pass tries again. */
 		eng_log(BFS_LOG_ERR, "cannot take over what dead processes "
@@ -385,24 +567,26 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 		eng_log(BFS_LOG_WARNING, "took over %zu change(s) a dead "
 			"process left in the journal", no);
 	}
-	if (bfs_journal_list(w->e->j, tmp, &recs, &n) != 0) {
+	if (bfs_journal_list(e->j, tmp, &recs, &n) != 0) {
 		eng_log(BFS_LOG_ERR, "cannot read the journal");
 		talloc_free(tmp);
-		return 0;
+		return false;
 	}
 	for (i = 0; i < n; i++) {
 		pending += recs[i].pid == me;
 	}
-	pthread_mutex_lock(&w->e->mu);
-	w->e->pending = pending;
-	urgent_keys = w->e->urgent_keys;
-	n_urgent = w->e->n_urgent;
-	w->e->urgent_keys = NULL;
-	w->e->n_urgent = 0;
-	pthread_mutex_unlock(&w->e->mu);
+	pthread_mutex_lock(&e->mu);
+	e->pending = pending;
+	urgent_keys = e->urgent_keys;
+	n_urgent = e->n_urgent;
+	e->urgent_keys = NULL;
+	e->n_urgent = 0;
+	urgent_gen = e->urgent_gen;
+	pthread_mutex_unlock(&e->mu);
 	/*
 	 * What a flush waits for goes first: a client's FlushFileBuffers
-	 * should not wait behind closes nobody waits for.
+	 * should not wait behind closes nobody waits for.  The thread that
+	 * starts a pass first after the flush takes its keys.
 	 */
 	for (i = 0, front = 0; i < n; i++) {
 		size_t k;
@@ -423,65 +607,39 @@ static unsigned eng_pass(struct eng_worker *w, bool urgent)
 	}
 	free(urgent_keys);
 	eng_refresh_credentials(w, now);
+	eng_take_credentials(w);
 	for (i = 0; i < n; i++) {
-		struct bfs_jrec *r = &recs[i];
-		struct s3_status st = {0};
-		TALLOC_CTX *one;
+		struct bfs_jrec *r = &recs[i], cur;
+		bool quit;
 
-		if (r->pid != me || !eng_retry_due(w, r->key, now, urgent)) {
+		if (r->pid != me) {
 			continue;
 		}
-		if (i >= front && bfs_wb_put_young(w->wb, r, w->e->delay_ms)) {
+		if (i >= front && bfs_wb_put_young(w->wb, r, e->delay_ms)) {
 			/* Closed just now: a rename may still move it. */
 			young++;
 			continue;
 		}
-		one = talloc_new(tmp);
-		ret = bfs_wb_finish(w->wb, r, &st);
+		if (!eng_take_record(w, tmp, r, now, urgent, &cur)) {
+			continue;
+		}
+		eng_run(w, &cur);
 		ran++;
-		if (ret != 0) {
-			eng_log(BFS_LOG_ERR, "%s of s3://%s/%s failed: %s "
-				"(HTTP %ld); it stays in the journal and is "
-				"tried again in %d s", r->op == BFS_J_PUT ?
-				"upload" : r->op == BFS_J_COPY ? "rename" :
-				r->op == BFS_J_ABORT ? "abort" : "delete",
-				w->e->c.bucket, r->key, strerror(ret),
-				st.http_status, ENG_RETRY_SECONDS);
-		}
-		eng_retry_set(w, r->key, ret, time(NULL));
-		{
-			/* The ETag the upload left in the index. */
-			struct bfs_entry ent = {0};
-			char *dir, *name;
-			const char *etag = NULL;
-
-			if (ret == 0 && r->op == BFS_J_PUT &&
-			    bfs_key_split(one, r->key, &dir, &name) == 0 &&
-			    bfs_index_lookup(w->e->idx, one, dir, name, &ent) == 0) {
-				etag = ent.etag;
-			}
-			/* Not when it was stopped, its file renamed (and
-			 * bfs_wb_finish said so). */
-			if (etag != NULL) {
-				eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%"
-					PRIu64 " bytes)", w->e->c.bucket,
-					r->key, r->size);
-			}
-			eng_post(w->e, r, ret, etag);
-		}
-		talloc_free(one);
-		pthread_mutex_lock(&w->e->mu);
-		if (w->e->quit) {
-			pthread_mutex_unlock(&w->e->mu);
+		pthread_mutex_lock(&e->mu);
+		quit = e->quit;
+		/* A flush came while we ran: its key before the rest. */
+		again = e->urgent_gen != urgent_gen;
+		pthread_mutex_unlock(&e->mu);
+		if (quit || again) {
 			break;
 		}
-		pthread_mutex_unlock(&w->e->mu);
+		eng_take_credentials(w);
 	}
 	talloc_free(tmp);
 	if (young > 0) {
-		eng_kick(w->e, false); /* back once they are old enough */
+		eng_kick(e, false); /* back once they are old enough */
 	}
-	return ran;
+	return ran > 0 || again;
 }
 
 static void *eng_worker_main(void *arg)
@@ -496,10 +654,12 @@ static void *eng_worker_main(void *arg)
 		pthread_mutex_lock(&e->mu);
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_sec += ENG_POLL_SECONDS;
-		while (!e->kick && !e->quit &&
+		while (w->seen_kick == e->kick_gen && !e->quit &&
 		       pthread_cond_timedwait(&e->cv, &e->mu, &until) == 0) {
 		}
-		if (e->kick && !e->urgent && e->delay_ms > 0 && !e->quit) {
+		urgent = w->seen_urgent != e->urgent_gen;
+		if (w->seen_kick != e->kick_gen && !urgent &&
+		    e->delay_ms > 0 && !e->quit) {
 			/*
 			 * A close just handed us its file: give a rename that
 			 * follows (write tmp, rename over final) the moment
@@ -510,40 +670,36 @@ static void *eng_worker_main(void *arg)
 			until.tv_sec += e->delay_ms / 1000 +
 					until.tv_nsec / 1000000000;
 			until.tv_nsec %= 1000000000;
-			while (!e->urgent && !e->ripe && !e->quit &&
+			while (w->seen_urgent == e->urgent_gen &&
+			       w->seen_ripe == e->ripe_gen && !e->quit &&
 			       pthread_cond_timedwait(&e->cv, &e->mu,
 						      &until) == 0) {
 			}
+			urgent = w->seen_urgent != e->urgent_gen;
 		}
-		e->ripe = false;
 		if (e->quit) {
 			pthread_mutex_unlock(&e->mu);
 			eng_worker_count(w, true);
 			break;
 		}
-		urgent = e->urgent;
-		e->kick = e->urgent = false;
-		e->busy = true;
+		w->seen_kick = e->kick_gen;
+		w->seen_urgent = e->urgent_gen;
+		w->seen_ripe = e->ripe_gen;
+		e->n_busy++;
 		pthread_mutex_unlock(&e->mu);
 
-		while (eng_pass(w, urgent) > 0) {
-			urgent = false;
+		while (eng_pass(w, urgent)) {
 			pthread_mutex_lock(&e->mu);
-			urgent = e->urgent;
-			e->urgent = false;
+			urgent = w->seen_urgent != e->urgent_gen;
+			w->seen_urgent = e->urgent_gen;
 			pthread_mutex_unlock(&e->mu);
 		}
 
 		eng_worker_count(w, false);
 		pthread_mutex_lock(&e->mu);
-		e->busy = false;
+		e->n_busy--;
 		pthread_mutex_unlock(&e->mu);
-		{
-			char b = 0; /* idle: the main thread may reload */
-
-			if (write(e->done_pipe[1], &b, 1) != 1) {
-			}
-		}
+		eng_wake_main(e, 0); /* idle: the main thread may reload */
 	}
 	return NULL;
 }
@@ -565,13 +721,40 @@ static bool eng_renamed_put(struct eng *e, const char *key)
 	return renamed;
 }
 
+/* Wake every upload thread: each looks at the journal (once its delay,
+ * unless urgent, has passed). */
 static void eng_kick(struct eng *e, bool urgent)
 {
 	pthread_mutex_lock(&e->mu);
-	e->kick = true;
-	e->urgent |= urgent;
-	pthread_cond_signal(&e->cv);
+	e->kick_gen++;
+	if (urgent) {
+		e->urgent_gen++;
+	}
+	pthread_cond_broadcast(&e->cv);
 	pthread_mutex_unlock(&e->mu);
+}
+
+/* Under e->mu: no upload thread runs a record or has a kick to look at. */
+static bool eng_idle(struct eng *e)
+{
+	unsigned i;
+
+	if (e->n_busy > 0) {
+		return false;
+	}
+	for (i = 0; i < e->n_workers; i++) {
+		if (e->workers[i]->seen_kick != e->kick_gen) {
+			return false;
+		}
+	}
+	return true;
+}
+
+/* Under e->mu: end every thread once its current record is done. */
+static void eng_quit(struct eng *e)
+{
+	e->quit = true;
+	pthread_cond_broadcast(&e->cv);
 }
 
 /* ---- the main thread: clients -------------------------------------------------- */
@@ -883,7 +1066,7 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		if (m->key != NULL && eng_renamed_put(e, m->key)) {
 			/* Its rename came: what the upload delay waits for. */
 			pthread_mutex_lock(&e->mu);
-			e->ripe = true;
+			e->ripe_gen++;
 			pthread_mutex_unlock(&e->mu);
 		}
 		eng_kick(e, false);
@@ -1069,7 +1252,7 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 	pthread_mutex_lock(&e->mu);
 	res = e->results;
 	e->results = NULL;
-	idle = !e->busy && !e->kick;
+	idle = eng_idle(e);
 	creds = e->fresh_creds;
 	e->fresh_creds = NULL;
 	pthread_mutex_unlock(&e->mu);
@@ -1121,8 +1304,7 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 			"starts the engine with the new parameters",
 			e->conf_path);
 		pthread_mutex_lock(&e->mu);
-		e->quit = true;
-		pthread_cond_signal(&e->cv);
+		eng_quit(e);
 		pthread_mutex_unlock(&e->mu);
 	}
 }
@@ -1136,8 +1318,7 @@ static void eng_signal(struct tevent_context *ev, struct tevent_signal *se,
 	eng_log(BFS_LOG_INFO, "signal %d: ending once the current upload is "
 		"done", signum);
 	pthread_mutex_lock(&e->mu);
-	e->quit = true;
-	pthread_cond_signal(&e->cv);
+	eng_quit(e);
 	pthread_mutex_unlock(&e->mu);
 }
 
@@ -1314,7 +1495,7 @@ int main(int argc, char **argv)
 	struct eng_worker *w;
 	const char *why = NULL;
 	bool foreground = false;
-	pthread_t worker;
+	unsigned u;
 	struct stat sb;
 	int i, lock_fd, listen_fd, ready_fd = -1, ret;
 	const char *clustering;
@@ -1380,7 +1561,7 @@ int main(int argc, char **argv)
 	e->upload.part_size = ctl_size(&e->c, "part size");
 	e->upload.copy_threshold = ctl_size(&e->c, "multipart copy threshold");
 	e->upload.parallel = (unsigned)ctl_int(&e->c, "upload parallel");
-	/* Uploads run on the upload thread alone: its bound is the host's. */
+	/* Uploads run on the upload threads alone: their bound is the host's. */
 	bfs_upload_set_memory(ctl_size(&e->c, "upload memory"));
 	e->delay_ms = (unsigned)ctl_int(&e->c, "upload delay");
 	/* As smbd's: longer than a listing of many slow pages. */
@@ -1412,21 +1593,38 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 
-	/* The upload thread's own loop, S3 client and writeback. */
-	w = talloc_zero(e, struct eng_worker);
-	w->e = e;
-	w->mem = talloc_new(w);
-	w->ev = tevent_context_init(w);
-	if (w->ev == NULL) {
+	/*
+	 * The upload threads, each with its own loop, S3 client and
+	 * writeback.  The first client is made as the module makes its own
+	 * (credentials, the bucket's region); the others are its copies.
+	 */
+	e->n_workers = (unsigned)ctl_int(&e->c, "upload files");
+	e->imds = ctl_string(&e->c, "imds endpoint");
+	e->workers = talloc_zero_array(e, struct eng_worker *, e->n_workers);
+	if (e->workers == NULL) {
 		ctl_die("out of memory");
 	}
-	w->s3 = ctl_s3(&e->c, w->ev, &w->creds_expire);
-	w->imds = ctl_string(&e->c, "imds endpoint");
-	ret = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
-			 ctl_sub(&e->c, "staging"), &e->upload, &w->wb);
-	if (ret != 0) {
-		ctl_die("cannot create the staging folder in %s: %s",
-			e->c.cache_dir, strerror(ret));
+	for (u = 0; u < e->n_workers; u++) {
+		w = talloc_zero(e, struct eng_worker);
+		if (w == NULL || (w->mem = talloc_new(w)) == NULL ||
+		    (w->ev = tevent_context_init(w)) == NULL) {
+			ctl_die("out of memory");
+		}
+		w->e = e;
+		w->n = u;
+		w->s3 = u == 0 ? ctl_s3(&e->c, w->ev, &e->creds_expire) :
+			s3_client_new_like(w, w->ev, e->workers[0]->s3);
+		if (w->s3 == NULL) {
+			ctl_die("out of memory");
+		}
+		ret = bfs_wb_new(w, w->ev, w->s3, e->idx, e->j,
+				 ctl_sub(&e->c, "staging"), &e->upload,
+				 &w->wb);
+		if (ret != 0) {
+			ctl_die("cannot create the staging folder in %s: %s",
+				e->c.cache_dir, strerror(ret));
+		}
+		e->workers[u] = w;
 	}
 
 	listen_fd = e->listen_fd = eng_listen(e);
@@ -1442,9 +1640,13 @@ int main(int argc, char **argv)
 		ctl_die("out of memory");
 	}
 	signal(SIGPIPE, SIG_IGN);
-	ret = pthread_create(&worker, NULL, eng_worker_main, w);
-	if (ret != 0) {
-		ctl_die("cannot start the upload thread: %s", strerror(ret));
+	for (u = 0; u < e->n_workers; u++) {
+		ret = pthread_create(&e->workers[u]->thread, NULL,
+				     eng_worker_main, e->workers[u]);
+		if (ret != 0) {
+			ctl_die("cannot start an upload thread: %s",
+				strerror(ret));
+		}
 	}
 	eng_log(BFS_LOG_INFO, "engine of share [%s], cache folder %s, bucket "
 		"%s: ready", e->c.share, e->c.cache_dir, e->c.bucket);
@@ -1468,7 +1670,9 @@ int main(int argc, char **argv)
 			break;
 		}
 	}
-	pthread_join(worker, NULL);
+	for (u = 0; u < e->n_workers; u++) {
+		pthread_join(e->workers[u]->thread, NULL);
+	}
 	eng_count(e);
 	/* New clients find no socket and start the next engine. */
 	unlink(ctl_sub(&e->c, BFS_ENGINE_SOCKET));
