@@ -15,6 +15,13 @@ With `bucketfs:close = local` (issue 18) the same pattern is timed twice:
 until the rename returns (what the GPU waits for), against plain Samba
 writing the same file to its local disk; and until the engine has
 ckpt.pt in S3 (`bucketfs-ctl pending` empty), against the raw upload.
+
+Many files (the engine's upload threads, `bucketfs:upload files`): 64
+files of 4 MiB and 500 of 100 KiB put in one smbclient session on the
+`close = local` share, timed until the engine holds nothing, against
+`s3tool putmany` (32 PUTs in flight) of the same count and size.
+BENCH_WRITE=many measures only these; BENCH_UPLOAD_FILES sets the
+share's `upload files` (default: the parameter's default).
 """
 import importlib.util
 import os
@@ -33,6 +40,9 @@ spec.loader.exec_module(runner)
 B = runner.B
 RUNS = int(os.environ.get("RUNS", "3"))
 MB = int(os.environ.get("BENCH_MB", "1024"))
+ONLY_MANY = os.environ.get("BENCH_WRITE") == "many"
+UPLOAD_FILES = os.environ.get("BENCH_UPLOAD_FILES")
+MANY = [(64, 4 << 20), (500, 100 << 10)]
 USER, PASSWORD = runner.USER, runner.PASSWORD
 
 
@@ -72,6 +82,7 @@ def main():
             f"  bucketfs:bucket = {runner.BUCKET}\n  bucketfs:prefix = benchlocal\n"
             f"  bucketfs:cache dir = {tmp}/benchlocalcache\n  read only = no\n"
             f"  bucketfs:close = local\n"
+            + (f"  bucketfs:upload files = {UPLOAD_FILES}\n" if UPLOAD_FILES else "") +
             f"[plain]\n  path = {tmp}/plain\n  read only = no\n").replace("{", "{{").replace("}", "}}"))
         # A close answers once the upload is done: longer than smbclient's
         # default 20 s timeout for a large file on a slow machine.
@@ -94,6 +105,34 @@ def main():
             raise RuntimeError("the engine never drained")
 
         drained()
+        many_rows = []
+        for count, size in MANY:
+            d = f"{tmp}/many{count}"
+            os.makedirs(d)
+            body = b"x" * size  # putmany's bytes
+            for i in range(count):
+                with open(f"{d}/f{i:05d}", "wb") as f:
+                    f.write(body)
+            cmds = f"mkdir many{count}\ncd many{count}\n" + \
+                "".join(f"put {d}/f{i:05d} f{i:05d}\n" for i in range(count))
+            ours_m, raw_m = [], []
+            for r in range(RUNS):
+                os.sync()
+                start = time.monotonic()
+                subprocess.run(local, input=cmds.replace(f"mkdir many{count}\n", "") if r
+                               else cmds, text=True, check=True, capture_output=True)
+                closed = time.monotonic() - start
+                drained()
+                print(f"  {count} files closed after {closed:.2f} s, in S3 after "
+                      f"{time.monotonic() - start:.2f} s", flush=True)
+                ours_m.append(time.monotonic() - start)
+                os.sync()
+                raw_m.append(timed([f"{B}/s3tool", "putmany", f"rawmany{count}/f",
+                                    str(count), str(size)], env=env))
+            print(f"many {count} x {size}: bucketfs {ours_m}, raw {raw_m}", flush=True)
+            many_rows.append((count, size, ours_m, raw_m))
+        if ONLY_MANY:
+            return 0
         ours, raw, acked, durable, plain_t = [], [], [], [], []
         cmd = f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt -f"
         # Each timed step starts with the page cache clean (sync): a write
@@ -137,7 +176,13 @@ def main():
                  f"{MB / med(durable):.0f} MB/s ({med(durable):.1f} s) | {MB / med(raw):.0f} MB/s "
                  f"({med(raw):.1f} s, raw parallel multipart upload) | "
                  f"{med(raw) / med(durable):.2f} | ≥ 0.8 |",
-                 "", "Reproduce: `make bench-write` (BENCH_MB, RUNS to change size and repeats)."]
+                 ]
+        for count, size, ours_m, raw_m in many_rows:
+            lines.append(f"| `close = local`: {count} files of {size >> 10} KiB (one smbclient "
+                         f"session) until the engine has them in S3 | {med(ours_m):.2f} s | "
+                         f"{med(raw_m):.2f} s (s3tool putmany, 32 in flight) | "
+                         f"{med(raw_m) / med(ours_m):.2f} | — |")
+        lines += ["", "Reproduce: `make bench-write` (BENCH_MB, RUNS to change size and repeats)."]
         text = "\n".join(lines)
         os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)
         with open(os.path.join(TOP, "bench/results/write.md"), "w") as f:

@@ -18,15 +18,16 @@
  * into the cache they all read, with readahead for sequential readers and
  * the reader's one memory bound for the host.
  *
- * Two threads.  The main thread runs a tevent loop with the socket and
- * never waits on S3: it answers HELLO and STATUS at once, parks WAITs,
- * and runs fetches as asynchronous S3 requests on its own loop.
- * The upload thread runs the journal's records one after the other with
- * lib/bfs_writeback on an event context of its own (each upload is itself
- * parallel: several parts in flight), and hands each result to the main
- * thread through a pipe.
+ * Threads.  The main thread runs a tevent loop with the socket and never
+ * waits on S3: it answers HELLO and STATUS at once, parks WAITs, and runs
+ * fetches as asynchronous S3 requests on its own loop.  `bucketfs:upload
+ * files` upload threads run the journal's records with lib/bfs_writeback,
+ * each on an event context, S3 client and writeback of its own (each
+ * upload is itself parallel: several parts in flight); a thread claims a
+ * record's key under the engine's lock before it runs it, so a record
+ * runs once, and hands each result to the main thread through a pipe.
  *
- * A change of smb.conf ends the engine once its current upload is done;
+ * A change of smb.conf ends the engine once its current uploads are done;
  * the next request starts it again with the new parameters (so a reload
  * is followed as a restart, with nothing lost: its records are claimed).
  */
@@ -66,12 +67,12 @@
 
 /* A failed upload is tried again this long after, unless a flush asks. */
 #define ENG_RETRY_SECONDS 30
-/* How often the upload thread looks at the journal unasked. */
+/* How often each upload thread looks at the journal unasked. */
 #define ENG_POLL_SECONDS 2
 /* Instance-role credentials are refreshed this long before they expire. */
 #define ENG_CREDS_MARGIN 300
 
-/* A result of the upload thread, for the main thread. */
+/* A result of an upload thread, for the main thread. */
 struct eng_result {
 	struct eng_result *next;
 	char *key, *staging, *etag;
