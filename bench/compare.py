@@ -468,7 +468,7 @@ class Bench:
             if share == "bucketfs":
                 # Durable = what the job asks for it: fsync of the final
                 # name, an SMB2 FLUSH, which answers once S3 has the object.
-                self.flush(share, key)
+                world.smb_flush(self.smb_port, share, key)
             # The FUSE file systems' fsync does not wait for their upload
             # (rclone uploads after the close): S3 is polled for them.
             # Polling is not free: each HEAD that arrives while s3rver
@@ -488,20 +488,6 @@ class Bench:
             return int(self.s3tool("head", key).split()[0])
         except subprocess.CalledProcessError:
             return -1
-
-    def flush(self, share, path):
-        """Open path for writing, FLUSH it, close it, on one SMB2
-        connection (tests/integration/smbsession.py)."""
-        p = subprocess.Popen(["/usr/bin/python3", f"{TOP}/tests/integration/smbsession.py",
-                              str(self.smb_port), share, USER, PASSWORD],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-        out, err = p.communicate(f"open {path}\nflush {path}\nclose {path}\nquit\n",
-                                 timeout=1800)
-        answers = out.split("\n")
-        if p.returncode != 0 or len(answers) < 4 or \
-                not all(a.startswith("ok") for a in answers[:4]):
-            raise RuntimeError(f"flush of {path}: {out.strip()} {err.strip()}")
 
     # ---- raw S3 ----------------------------------------------------------------
 

@@ -13,8 +13,9 @@ baseline both talk to s3rver directly.  Writes bench/results/write.md.
 
 With `bucketfs:close = local` (issue 18) the same pattern is timed twice:
 until the rename returns (what the GPU waits for), against plain Samba
-writing the same file to its local disk; and until the engine has
-ckpt.pt in S3 (`bucketfs-ctl pending` empty), against the raw upload.
+writing the same file to its local disk; and until an SMB2 FLUSH of
+ckpt.pt answers (what the job's fsync waits for; the engine answers it
+once S3 has the object), against the raw upload.
 
 Many files (the engine's upload threads, `bucketfs:upload files`): 64
 files of 4 MiB and 500 of 100 KiB put in one smbclient session on the
@@ -52,6 +53,28 @@ def timed(argv, **kw):
     if p.returncode != 0:
         raise RuntimeError(f"{argv[0]} failed: {p.stdout[-2000:]}")
     return time.monotonic() - start
+
+
+def settle(src):
+    """The same start for every timed step: dirty pages written back, the
+    page cache dropped and src read back into it, then a pause.  On these
+    VMs the guest hands freed pages back to the host (free page
+    reporting) after about 2 s, and a page handed back costs a host fault
+    when it is used again (dd of 1 GiB into a new file: 1.65-1.9 s; the
+    same at once again, into the pages just freed: 0.36 s).  Without this
+    plain Samba, whose step followed one that freed a GiB, wrote its 1 GiB
+    in 0.65-1.4 s, and smbclient put the same into plain Samba in
+    2.3-2.6 s when started alone."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+    with open(src, "rb") as f:
+        while f.read(1 << 20):
+            pass
+    time.sleep(3)
 
 
 def main():
@@ -135,22 +158,25 @@ def main():
             return 0
         ours, raw, acked, durable, plain_t = [], [], [], [], []
         cmd = f"put {src} ckpt.tmp; rename ckpt.tmp ckpt.pt -f"
-        # Each timed step starts with the page cache clean (sync): a write
-        # that follows another's 1 GiB of dirty pages waits for their
-        # writeback (seen: 2.35 s against 0.31 s for 512 MiB).
+        # Each timed step starts alike (settle): a write that follows
+        # another's 1 GiB of dirty pages waits for their writeback (seen:
+        # 2.35 s against 0.31 s for 512 MiB), and one into pages freed a
+        # moment ago skips the host's fault (above).
         for i in range(RUNS):
-            os.sync()
+            settle(src)
             ours.append(timed(smb + ["-c", cmd]))
-            os.sync()
+            settle(src)
             raw.append(timed([f"{B}/s3tool", "putmp", f"raw/ckpt{i}.bin", src,
                               str(16 << 20), "8"], env=env))
-            os.sync()
+            settle(src)
             start = time.monotonic()
             timed(local + ["-c", cmd])
             acked.append(time.monotonic() - start)
-            drained()
+            # Durable when the FLUSH of ckpt.pt answers (a job's fsync).
+            runner.smb_flush(w.smb_port, "benchlocal", "ckpt.pt")
             durable.append(time.monotonic() - start)
-            os.sync()
+            drained()
+            settle(src)
             plain_t.append(timed(plain + ["-c", cmd]))
         print(f"bucketfs {ours}, raw {raw}, local close {acked}, until in S3 {durable}, "
               f"plain Samba {plain_t}", flush=True)

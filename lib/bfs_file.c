@@ -652,11 +652,10 @@ static void bfs_fh_changed(struct bfs_fh *fh, bool mtime)
 	}
 }
 
-int bfs_fh_write(struct bfs_conn *bc, struct bfs_fh *fh, const void *data,
-		 size_t n, off_t offset, struct tevent_context *ev,
-		 size_t *done)
+/* What a write must pass before its bytes go to the staging file. */
+static int bfs_fh_write_check(struct bfs_conn *bc, struct bfs_fh *fh,
+			      size_t n, off_t offset)
 {
-	ssize_t w;
 	int ret = bfs_fh_for_write(bc, fh, true);
 
 	if (ret != 0) {
@@ -668,26 +667,71 @@ int bfs_fh_write(struct bfs_conn *bc, struct bfs_fh *fh, const void *data,
 	if (!bfs_fh_may_grow_to(bc, fh, (uint64_t)offset + n)) {
 		return ENOSPC;
 	}
-	if (fh->may_stream) {
-		/* Parts go out on smbd's own loop, between SMB requests. */
-		bfs_fh_stream_start(bc, fh, ev);
-	}
-	w = pwrite(fh->stage_fd, data, n, offset);
+	return 0;
+}
+
+/* What a write of the staging file did (w bytes, or err). */
+static int bfs_fh_write_result(struct bfs_conn *bc, struct bfs_fh *fh,
+			       off_t offset, ssize_t w, int err)
+{
 	if (w < 0) {
-		ret = errno;
-		if (ret == ENOSPC || ret == EDQUOT) {
+		if (err == ENOSPC || err == EDQUOT) {
 			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: the cache "
 				"folder is full: cannot stage a write to %s",
 				bc->service, fh->key);
 		}
-		return ret;
+		return err != 0 ? err : EIO;
 	}
 	bfs_fh_changed(fh, true);
 	if (fh->stream != NULL) {
 		bfs_stream_wrote(fh->stream, (uint64_t)offset, (uint64_t)w);
 	}
-	*done = (size_t)w;
 	return 0;
+}
+
+int bfs_fh_write(struct bfs_conn *bc, struct bfs_fh *fh, const void *data,
+		 size_t n, off_t offset, struct tevent_context *ev,
+		 size_t *done)
+{
+	ssize_t w;
+	int ret = bfs_fh_write_check(bc, fh, n, offset);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (fh->may_stream) {
+		/* Parts go out on smbd's own loop, between SMB requests. */
+		bfs_fh_stream_start(bc, fh, ev);
+	}
+	w = pwrite(fh->stage_fd, data, n, offset);
+	ret = bfs_fh_write_result(bc, fh, offset, w, errno);
+	if (ret == 0) {
+		*done = (size_t)w;
+	}
+	return ret;
+}
+
+int bfs_fh_write_begin(struct bfs_conn *bc, struct bfs_fh *fh, size_t n,
+		       off_t offset, int *fd)
+{
+	int ret = bfs_fh_write_check(bc, fh, n, offset);
+
+	if (ret != 0) {
+		return ret;
+	}
+	if (fh->may_stream || fh->stream != NULL) {
+		/* Its parts must see the writes in order: bfs_fh_write. */
+		return EAGAIN;
+	}
+	/* The caller's own: fh's may be closed or replaced meanwhile. */
+	*fd = fcntl(fh->stage_fd, F_DUPFD_CLOEXEC, 0);
+	return *fd == -1 ? errno : 0;
+}
+
+int bfs_fh_write_end(struct bfs_conn *bc, struct bfs_fh *fh, off_t offset,
+		     ssize_t written, int err)
+{
+	return bfs_fh_write_result(bc, fh, offset, written, err);
 }
 
 int bfs_fh_truncate(struct bfs_conn *bc, struct bfs_fh *fh, uint64_t size)

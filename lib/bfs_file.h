@@ -98,6 +98,24 @@ int bfs_fh_write(struct bfs_conn *bc, struct bfs_fh *fh, const void *data,
 		 size_t n, off_t offset, struct tevent_context *ev,
 		 size_t *done)
 	__attribute__((warn_unused_result));
+
+/*
+ * The same write in two halves, for a caller that copies the bytes in
+ * another thread (smbd's worker threads, as vfs_default writes a local
+ * file), so its loop goes on receiving meanwhile.  bfs_fh_write_begin
+ * checks and stages as bfs_fh_write does and gives *fd, a descriptor of
+ * the staging file that the caller writes n bytes at offset to and then
+ * closes; EAGAIN when fh streams its parts (they must see the writes in
+ * order: use bfs_fh_write).  bfs_fh_write_end, back on the loop, records
+ * what the copy did: written bytes, or -1 and err; it returns err (and
+ * logs a full cache folder) or 0.
+ */
+int bfs_fh_write_begin(struct bfs_conn *bc, struct bfs_fh *fh, size_t n,
+		       off_t offset, int *fd)
+	__attribute__((warn_unused_result));
+int bfs_fh_write_end(struct bfs_conn *bc, struct bfs_fh *fh, off_t offset,
+		     ssize_t written, int err)
+	__attribute__((warn_unused_result));
 int bfs_fh_truncate(struct bfs_conn *bc, struct bfs_fh *fh, uint64_t size)
 	__attribute__((warn_unused_result));
 int bfs_fh_allocate(struct bfs_conn *bc, struct bfs_fh *fh, uint64_t offset,

@@ -1457,7 +1457,40 @@ static int bfs_done_recv(struct tevent_req *req,
 	return ret;
 }
 
-/* Staging files are local: the write is done by the time we return. */
+/*
+ * Staging files are local: written in one of smbd's worker threads, as
+ * vfs_default writes a local file, so this process's loop goes on
+ * receiving the client's next writes meanwhile.  A file that streams its
+ * parts is written here (they must see the writes in order).
+ */
+struct bfs_pwrite_state {
+	struct bfs_conn *bc;
+	struct bfs_fh *fh;
+	const void *data;
+	size_t n;
+	off_t off;
+	int fd;			/* lent by bfs_fh_write_begin, ours to close */
+	ssize_t written;
+	int err;
+};
+
+static void bfs_pwrite_done(struct tevent_req *subreq);
+
+/* Runs in one of smbd's worker threads: no talloc, no smbd state. */
+static void bfs_pwrite_do(void *private_data)
+{
+	struct bfs_pwrite_state *state = private_data;
+
+	state->written = pwrite(state->fd, state->data, state->n, state->off);
+	state->err = state->written < 0 ? errno : 0;
+}
+
+/* Freed while a worker writes from it would be a use after free. */
+static int bfs_pwrite_state_destructor(struct bfs_pwrite_state *state)
+{
+	return -1;
+}
+
 static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  TALLOC_CTX *mem_ctx,
 					  struct tevent_context *ev,
@@ -1465,26 +1498,94 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 					  const void *data, size_t n,
 					  off_t offset)
 {
-	ssize_t done = bfs_pwrite(handle, fsp, data, n, offset);
-	struct tevent_req *req = bfs_done_req(mem_ctx, ev,
-					      done < 0 ? errno : 0);
+	struct bfs_fh *fh = bfs_fh_of(handle, fsp);
+	struct tevent_req *req, *subreq;
+	struct bfs_pwrite_state *state;
+	struct bfs_conn *bc;
+	int fd = -1, ret;
 
-	if (req != NULL && done >= 0) {
-		struct bfs_done_state *state =
-			tevent_req_data(req, struct bfs_done_state);
-		state->result = done;
+	req = tevent_req_create(mem_ctx, &state, struct bfs_pwrite_state);
+	if (req == NULL) {
+		return NULL;
 	}
+	*state = (struct bfs_pwrite_state){
+		.data = data, .n = n, .off = offset, .fd = -1,
+	};
+	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
+				tevent_req_error(req, EBADF);
+				return tevent_req_post(req, ev));
+	state->bc = bc;
+	state->fh = fh;
+	ret = bfs_fh_write_begin(bc, fh, n, offset, &fd);
+	if (ret == EAGAIN) {
+		state->written = bfs_pwrite(handle, fsp, data, n, offset);
+		if (state->written < 0) {
+			tevent_req_error(req, errno);
+		} else {
+			tevent_req_done(req);
+		}
+		return tevent_req_post(req, ev);
+	}
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return tevent_req_post(req, ev);
+	}
+	state->fd = fd;
+	subreq = pthreadpool_tevent_job_send(state, ev,
+					     handle->conn->sconn->pool,
+					     bfs_pwrite_do, state);
+	if (subreq == NULL) {
+		close(fd);
+		tevent_req_oom(req);
+		return tevent_req_post(req, ev);
+	}
+	talloc_set_destructor(state, bfs_pwrite_state_destructor);
+	tevent_req_set_callback(subreq, bfs_pwrite_done, req);
 	return req;
+}
+
+static void bfs_pwrite_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pwrite_state *state = tevent_req_data(req,
+							 struct bfs_pwrite_state);
+	int ret = pthreadpool_tevent_job_recv(subreq);
+
+	TALLOC_FREE(subreq);
+	talloc_set_destructor(state, NULL);
+	if (ret == EAGAIN) {
+		/* No thread could be started: write here. */
+		bfs_pwrite_do(state);
+	} else if (ret != 0) {
+		state->written = -1;
+		state->err = ret;
+	}
+	close(state->fd);
+	state->fd = -1;
+	/* smbd closes no file with a write in flight: fh is still open. */
+	ret = bfs_fh_write_end(state->bc, state->fh, state->off,
+			       state->written, state->err);
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return;
+	}
+	tevent_req_done(req);
 }
 
 static ssize_t bfs_pwrite_recv(struct tevent_req *req,
 			       struct vfs_aio_state *vfs_aio_state)
 {
-	struct bfs_done_state *state = tevent_req_data(req,
-						       struct bfs_done_state);
-	ssize_t n = state->result;
+	struct bfs_pwrite_state *state = tevent_req_data(req,
+						 struct bfs_pwrite_state);
+	ssize_t n = state->written;
 
-	return bfs_done_recv(req, vfs_aio_state) == 0 ? n : -1;
+	vfs_aio_state->error = 0;
+	if (tevent_req_is_unix_error(req, &vfs_aio_state->error)) {
+		n = -1;
+	}
+	tevent_req_received(req);
+	return n;
 }
 
 /*

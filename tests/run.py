@@ -31,7 +31,7 @@ from hardening import hardening
 # Some only for the benchmarks, which load this file and use world's names
 # through it.
 from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD,  # noqa: F401
-                   procs, stop_procs, free_port, wait_port, sha256, World)
+                   procs, stop_procs, free_port, wait_port, sha256, smb_flush, World)
 
 results = []  # (name, ok, detail)
 durations = []  # (seconds, name) of each integration check

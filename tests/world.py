@@ -355,6 +355,22 @@ class World:
         return parse_ls(self.smbclient(share, f'cd "{path}"; ls' if path else "ls").stdout)
 
 
+def smb_flush(port, share, path, timeout=1800):
+    """Open path for writing, send an SMB2 FLUSH, close it, on one SMB2
+    connection (tests/integration/smbsession.py): what a job's fsync of
+    a file it wrote sends.  Raises with smbsession's answers on failure."""
+    p = subprocess.Popen(["/usr/bin/python3", os.path.join(TOP, "tests/integration/smbsession.py"),
+                          str(port), share, USER, PASSWORD],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(f"open {path}\nflush {path}\nclose {path}\nquit\n",
+                             timeout=timeout)
+    answers = out.split("\n")
+    if p.returncode != 0 or len(answers) < 4 or \
+            not all(a.startswith("ok") for a in answers[:4]):
+        raise RuntimeError(f"flush of {path}: {out.strip()} {err.strip()}")
+
+
 def s3_has(w, key, digest, timeout=60):
     """Wait (not stuck: a generous bound) until S3 holds digest at key."""
     end = time.monotonic() + timeout

@@ -107,6 +107,52 @@ static void test_create_stages_and_writes(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A write in two halves (smbd's worker thread copies between them): the
+ * lent descriptor writes the staging file, the end marks the open
+ * changed; the checks are the whole write's, and a failed copy changes
+ * nothing and says why.
+ */
+static void test_write_in_two_halves(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct bfs_fh *fh = NULL, *ro = NULL;
+	uint64_t wgen;
+	int fd = -1;
+
+	(void)state;
+	assert_int_equal(bfs_fh_open(bc, "two.txt", O_RDWR | O_CREAT, false,
+				     &fh), 0);
+	wgen = fh->wgen;
+	assert_int_equal(bfs_fh_write_begin(bc, fh, 5, 0, &fd), 0);
+	assert_true(fd >= 0 && fd != fh->stage_fd);
+	assert_int_equal(pwrite(fd, "hello", 5, 0), 5);
+	assert_int_equal(close(fd), 0);
+	assert_int_equal(bfs_fh_write_end(bc, fh, 0, 5, 0), 0);
+	assert_true(fh->dirty && fh->wgen > wgen);
+	assert_int_equal(bfs_fh_size(fh), 5);
+	assert_string_equal(read_all(t, fh->stage_fd), "hello");
+
+	/* A copy that failed: its errno, the open unchanged. */
+	wgen = fh->wgen;
+	assert_int_equal(bfs_fh_write_end(bc, fh, 5, -1, ENOSPC), ENOSPC);
+	assert_int_equal(fh->wgen, wgen);
+
+	/* The whole write's checks. */
+	fd = -1;
+	assert_int_equal(bfs_fh_write_begin(bc, fh, 1, -1, &fd), EINVAL);
+	assert_int_equal(bfs_fh_write_begin(bc, fh, 1,
+					    (off_t)bc->max_file_size, &fd),
+			 ENOSPC);
+	assert_int_equal(bfs_fh_write_begin(bc, NULL, 1, 0, &fd), EBADF);
+	assert_int_equal(bfs_fh_open(bc, "two.txt", O_RDONLY, false, &ro), 0);
+	assert_int_equal(bfs_fh_write_begin(bc, ro, 1, 0, &fd), EBADF);
+	assert_int_equal(fd, -1);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	talloc_free(t);
+}
+
 /* What an open refuses: each rule's errno, and nothing left behind. */
 static void test_open_rules(void **state)
 {
@@ -392,6 +438,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_create_stages_and_writes),
 		cmocka_unit_test(test_open_rules),
+		cmocka_unit_test(test_write_in_two_halves),
 		cmocka_unit_test(test_staged_twin),
 		cmocka_unit_test(test_open_reads_a_journalled_upload),
 		cmocka_unit_test(test_max_file_size),
