@@ -198,7 +198,7 @@ def main():
                  f"{MB / med(acked):.0f} MB/s ({med(acked):.1f} s) | {MB / med(plain_t):.0f} MB/s "
                  f"({med(plain_t):.1f} s, plain Samba to local disk) | "
                  f"{med(plain_t) / med(acked):.2f} | ≥ 0.8 |",
-                 f"| `close = local`: write + rename until the engine has it in S3 | "
+                 f"| `close = local`: write + rename, then FLUSH of ckpt.pt until it answers (in S3) | "
                  f"{MB / med(durable):.0f} MB/s ({med(durable):.1f} s) | {MB / med(raw):.0f} MB/s "
                  f"({med(raw):.1f} s, raw parallel multipart upload) | "
                  f"{med(raw) / med(durable):.2f} | ≥ 0.8 |",
