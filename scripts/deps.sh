@@ -20,8 +20,10 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # samba-testsuite, for smbtorture (Samba's conformance suites); pytest
 # with its random-order plugin, the integration tests' runner;
 # Ceph's monitor, OSD and RADOS Gateway: a production S3 server for the
-# tests, started by scripts/rgw.sh; ctdb, with iptables for its
-# 10.interface event script: the clustered gateway's tests and
+# tests, started by scripts/rgw.sh; ctdb, with iptables and ethtool for
+# its 10.interface event script (ethtool is only recommended by ctdb, and
+# without it every monitor event fails: "No link on the public network
+# interface", all nodes UNHEALTHY): the clustered gateway's tests and
 # make cluster-demo, tests/cluster.py).
 pkgs=(
   samba smbclient libsmbclient-dev
@@ -33,7 +35,7 @@ pkgs=(
   python3-pytest python3-pytest-random-order
   clang libclang-rt-14-dev valgrind
   radosgw ceph-mon ceph-osd ceph-common
-  ctdb iptables
+  ctdb iptables ethtool
 )
 
 missing=()

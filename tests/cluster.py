@@ -256,7 +256,15 @@ class Cluster:
             if ok and all(self.holder(public_ip(n), nodes[0]) in nodes for n in range(NODES)):
                 return
             time.sleep(1)
-        raise RuntimeError(f"the cluster did not become healthy:\n{last}")
+        # Why: the monitor event's failures are in each node's ctdbd log.
+        logs = ""
+        for n in nodes:
+            try:
+                with open(f"{self.root}/ctdbd-{n}.log", errors="replace") as f:
+                    logs += f"--- ctdbd-{n}.log, last lines:\n" + "".join(f.readlines()[-8:])
+            except OSError:
+                pass
+        raise RuntimeError(f"the cluster did not become healthy:\n{last}\n{logs}")
 
     def holder(self, ip, asking=0):
         """The node holding public address ip, as node `asking` sees it."""
@@ -276,6 +284,11 @@ class Cluster:
         raise RuntimeError(f"nothing answers SMB on {ip}")
 
     def start(self):
+        # CTDB's 10.interface script checks each public interface's link
+        # with ethtool; without it every monitor event fails.
+        if shutil.which("ethtool") is None:
+            raise RuntimeError("ethtool is missing (scripts/deps.sh installs it): "
+                               "CTDB's 10.interface monitor needs it")
         self.net_up()
         self.front_up()
         for i in range(NODES):
