@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bfs_arena.h"
 #include "bfs_log.h"
 #include "bfs_proto.h"
 
@@ -23,6 +24,18 @@
 #define BFS_ENGINE_RETRY_MS 200
 
 struct bfs_engine_wait_state;
+
+/*
+ * The engine's fetch arena as this process maps it.  Not a child of the
+ * connection: a worker thread may still copy lent bytes from it after the
+ * engine went away; it is unmapped once retired (a new connection has its
+ * own) and nothing lent from it is left.
+ */
+struct bfs_engine_arena {
+	struct bfs_arena_view *v;
+	unsigned lent;
+	bool retired;
+};
 
 struct bfs_engine {
 	struct tevent_context *ev;
@@ -41,6 +54,8 @@ struct bfs_engine {
 	unsigned retries;
 	void (*on_changed)(void *priv, const char *key);	/* CHANGED */
 	void *on_changed_priv;
+	int passed_fd;			/* came with a frame: the arena's */
+	struct bfs_engine_arena *arena;	/* this connection's; NULL: none */
 };
 
 struct bfs_engine_wait_state {
@@ -52,6 +67,8 @@ struct bfs_engine_wait_state {
 	/* A FETCH (not retried: the caller fetches itself instead). */
 	bool is_fetch;
 	struct bfs_proto_msg fetch;
+	/* What its DONE lent, until recv hands it over (or we release it). */
+	struct bfs_engine_lent lent;
 };
 
 static int64_t bfs_now_ms(void)
@@ -67,6 +84,13 @@ static void bfs_engine_schedule_retry(struct bfs_engine *e);
 static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
 			  uint16_t flags, void *private_data);
 
+static void bfs_engine_arena_put(struct bfs_engine_arena *a)
+{
+	if (a != NULL && a->retired && a->lent == 0) {
+		talloc_free(a);
+	}
+}
+
 static void bfs_engine_close(struct bfs_engine *e)
 {
 	TALLOC_FREE(e->fde);
@@ -74,8 +98,58 @@ static void bfs_engine_close(struct bfs_engine *e)
 		close(e->fd);
 		e->fd = -1;
 	}
+	if (e->passed_fd != -1) {
+		close(e->passed_fd);
+		e->passed_fd = -1;
+	}
+	if (e->arena != NULL) {
+		e->arena->retired = true;
+		bfs_engine_arena_put(e->arena);
+		e->arena = NULL;
+	}
 	e->pid = 0;
 	e->in.len = e->out_len = 0;
+}
+
+/*
+ * recv, keeping a descriptor that came with the bytes (SCM_RIGHTS: the
+ * arena, with WELCOME) in e->passed_fd.  Others are closed.
+ */
+static ssize_t bfs_engine_recv(struct bfs_engine *e, uint8_t *buf, size_t len)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int) * 4)];
+	} ctl;
+	struct iovec iov = {.iov_base = buf, .iov_len = len};
+	struct msghdr mh = {
+		.msg_iov = &iov, .msg_iovlen = 1,
+		.msg_control = ctl.b, .msg_controllen = sizeof(ctl.b),
+	};
+	struct cmsghdr *c;
+	ssize_t n = recvmsg(e->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+	if (n <= 0) {
+		return n;
+	}
+	for (c = CMSG_FIRSTHDR(&mh); c != NULL; c = CMSG_NXTHDR(&mh, c)) {
+		size_t i, nfd;
+		int fd;
+
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) {
+			continue;
+		}
+		nfd = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (i = 0; i < nfd; i++) {
+			memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+			if (e->passed_fd == -1) {
+				e->passed_fd = fd;
+			} else {
+				close(fd);
+			}
+		}
+	}
+	return n;
 }
 
 static int bfs_engine_destructor(struct bfs_engine *e)
@@ -134,7 +208,7 @@ static int bfs_engine_recv_one(struct bfs_engine *e, TALLOC_CTX *mem_ctx,
 		if (poll(&pfd, 1, (int)left) <= 0) {
 			continue;
 		}
-		n = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		n = bfs_engine_recv(e, buf, sizeof(buf));
 		if (n == 0) {
 			return EPIPE;
 		}
@@ -199,6 +273,22 @@ static int bfs_engine_try(struct bfs_engine *e, int64_t deadline)
 		e->fde = tevent_add_fd(e->ev, e, e->fd, TEVENT_FD_READ,
 				       bfs_engine_io, e);
 		ret = e->fde != NULL ? 0 : ENOMEM;
+	}
+	if (ret == 0 && welcome->arena != 0 && e->passed_fd != -1 &&
+	    welcome->arena <= SIZE_MAX) {
+		/* Without it reads go through the cache file, as before. */
+		e->arena = talloc_zero(NULL, struct bfs_engine_arena);
+		if (e->arena != NULL) {
+			e->arena->v = bfs_arena_view_new(e->arena, e->passed_fd,
+							 (size_t)welcome->arena);
+		}
+		if (e->arena != NULL && e->arena->v == NULL) {
+			TALLOC_FREE(e->arena);
+		}
+	}
+	if (e->passed_fd != -1) {
+		close(e->passed_fd); /* mapped, or not wanted */
+		e->passed_fd = -1;
 	}
 	talloc_free(tmp);
 	if (ret != 0) {
@@ -295,6 +385,7 @@ int bfs_engine_connect(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		return ENOMEM;
 	}
 	e->fd = -1;
+	e->passed_fd = -1;
 	talloc_set_destructor(e, bfs_engine_destructor);
 	e->ev = ev;
 	e->cache_dir = talloc_strdup(e, cache_dir);
@@ -396,6 +487,10 @@ int bfs_engine_notify(struct bfs_engine *e, const char *key)
 
 static int bfs_engine_wait_destructor(struct bfs_engine_wait_state *s)
 {
+	if (s->lent.data != NULL) {
+		/* Lent and never taken (the read went away): give back. */
+		bfs_engine_lent_done(s->e, &s->lent);
+	}
 	if (s->e != NULL) {
 		if (s->prev != NULL) {
 			s->prev->next = s->next;
@@ -536,6 +631,25 @@ static void bfs_engine_on_message(struct bfs_engine *e,
 		return;
 	}
 	w->etag = m->etag ? talloc_steal(w, m->etag) : NULL;
+	if (w->is_fetch && m->pin != 0) {
+		const uint8_t *p = e->arena == NULL ? NULL :
+			bfs_arena_view_at(e->arena->v, m->slot,
+					  w->fetch.length);
+
+		w->lent = (struct bfs_engine_lent){
+			.data = p, .pin = m->pin, .arena = e->arena,
+		};
+		if (p != NULL) {
+			e->arena->lent++;
+		} else {
+			/* Outside what we mapped: not taken, given back. */
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: the "
+				"engine lent bytes outside its arena (at "
+				"%llu): read through the cache instead",
+				e->share, (unsigned long long)m->slot);
+			bfs_engine_lent_done(e, &w->lent);
+		}
+	}
 	tevent_req_done(w->req);
 }
 
@@ -563,8 +677,12 @@ static void bfs_engine_io(struct tevent_context *ev, struct tevent_fd *fde,
 	}
 	if (flags & TEVENT_FD_READ) {
 		uint8_t buf[4096];
-		ssize_t n = recv(e->fd, buf, sizeof(buf), MSG_DONTWAIT);
+		ssize_t n = bfs_engine_recv(e, buf, sizeof(buf));
 
+		if (n > 0 && e->passed_fd != -1) {
+			close(e->passed_fd); /* only WELCOME brings one */
+			e->passed_fd = -1;
+		}
 		if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
 			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: the "
 				"engine (pid %d) went away", e->share,
@@ -646,6 +764,7 @@ struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 		.etag = talloc_strdup(s, f->etag),
 		.size = f->size, .offset = f->offset, .length = f->length,
 		.ahead = f->ahead, .ahead_n = f->ahead_n,
+		.lend = e->arena != NULL && f->lend,
 	};
 	if (s->fetch.key == NULL || s->fetch.etag == NULL) {
 		tevent_req_error(req, ENOMEM);
@@ -663,9 +782,46 @@ struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 	return req;
 }
 
-int bfs_engine_fetch_recv(struct tevent_req *req)
+int bfs_engine_fetch_recv(struct tevent_req *req,
+			  struct bfs_engine_lent *lent)
 {
+	struct bfs_engine_wait_state *s = tevent_req_data(
+		req, struct bfs_engine_wait_state);
+
+	*lent = (struct bfs_engine_lent){0};
+	if (!tevent_req_is_in_progress(req) && s->lent.data != NULL &&
+	    !tevent_req_is_error(req, &(enum tevent_req_state){0},
+				 &(uint64_t){0})) {
+		*lent = s->lent;
+		s->lent = (struct bfs_engine_lent){0};
+	}
 	return bfs_engine_wait_recv(req, NULL, NULL);
+}
+
+bool bfs_engine_lends(const struct bfs_engine *e)
+{
+	return e->arena != NULL;
+}
+
+void bfs_engine_lent_done(struct bfs_engine *e, struct bfs_engine_lent *l)
+{
+	struct bfs_engine_arena *a = l->arena;
+
+	if (e != NULL && a != NULL && a == e->arena && e->fd != -1) {
+		/* To the engine that lent it; a closed connection released
+		 * every pin of its own. */
+		struct bfs_proto_msg m = {
+			.type = BFS_PM_RELEASE, .id = ++e->next_id,
+			.pin = l->pin,
+		};
+
+		(void)bfs_engine_queue(e, &m);
+	}
+	if (a != NULL && l->data != NULL) {
+		a->lent--;
+		bfs_engine_arena_put(a);
+	}
+	*l = (struct bfs_engine_lent){0};
 }
 
 int bfs_engine_list(struct bfs_engine *e, const char *prefix)
@@ -732,7 +888,7 @@ int bfs_engine_status(struct bfs_engine *e, unsigned timeout_ms,
 			.pid = (pid_t)a->pid, .pending = a->pending,
 			.uploaded = a->uploaded, .failed = a->failed,
 			.bytes = a->bytes, .fetches = a->fetches,
-			.fetched = a->fetched,
+			.fetched = a->fetched, .lent = a->lent,
 		};
 	}
 	talloc_free(tmp);

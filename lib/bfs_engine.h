@@ -84,16 +84,34 @@ int bfs_engine_wait_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
  * the cache (the caller reads them there: should one be evicted already,
  * it fetches for itself), or an errno: EPIPE if there is no engine now.
  * A fetch is not asked again of a restarted engine.
+ *
+ * lend (and the engine's arena mapped: bfs_engine_lends): the engine may
+ * answer as soon as it has the bytes, lending them in its fetch arena
+ * instead of the cache: recv's *lent then has data (length bytes, in a
+ * read-only mapping that any thread may copy from) until
+ * bfs_engine_lent_done(), which must follow, on the connection's loop.
+ * lent->data NULL: the blocks are in the cache, as without lend.
  */
 struct bfs_engine_fetch {
 	const char *key, *etag;
 	uint64_t size, offset, length, ahead, ahead_n;
+	bool lend;
+};
+struct bfs_engine_arena;
+struct bfs_engine_lent {
+	const uint8_t *data;
+	uint64_t pin;
+	struct bfs_engine_arena *arena;
 };
 struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 					 struct tevent_context *ev,
 					 struct bfs_engine *e,
 					 const struct bfs_engine_fetch *f);
-int bfs_engine_fetch_recv(struct tevent_req *req);
+int bfs_engine_fetch_recv(struct tevent_req *req,
+			  struct bfs_engine_lent *lent);
+bool bfs_engine_lends(const struct bfs_engine *e);
+/* Done with lent bytes (e may be NULL: the connection is gone). */
+void bfs_engine_lent_done(struct bfs_engine *e, struct bfs_engine_lent *lent);
 
 /*
  * Ask the engine to list directory prefix from S3 into the index (no
@@ -110,6 +128,7 @@ struct bfs_engine_state {
 	pid_t pid;
 	uint64_t pending, uploaded, failed, bytes;
 	uint64_t fetches, fetched;	/* block GETs, bytes */
+	uint64_t lent;			/* bytes smbds copied from its arena */
 };
 int bfs_engine_status(struct bfs_engine *e, unsigned timeout_ms,
 		      struct bfs_engine_state *out);

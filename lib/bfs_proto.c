@@ -13,10 +13,10 @@
 /* What the length field counts at the least: version, type, id. */
 #define BFS_PROTO_MIN_FRAME (BFS_PROTO_HDR - 4)
 /*
- * Most fields one type carries (STATE's 5), plus the 0 that ends the list;
- * the loops over a list stop at the bound too, should a 6th be added.
+ * Most fields one type carries (FETCH's 8), plus the 0 that ends the list;
+ * the loops over a list stop at the bound too, should a 10th be added.
  */
-#define BFS_PROTO_TYPE_FIELDS 8
+#define BFS_PROTO_TYPE_FIELDS 10
 
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -56,6 +56,11 @@ static const struct bfs_pf_def {
 			    offsetof(struct bfs_proto_msg, fetches)},
 	[BFS_PF_FETCHED] = {BFS_PK_INT,
 			    offsetof(struct bfs_proto_msg, fetched)},
+	[BFS_PF_ARENA] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, arena)},
+	[BFS_PF_LEND] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, lend)},
+	[BFS_PF_SLOT] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, slot)},
+	[BFS_PF_PIN] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, pin)},
+	[BFS_PF_LENT] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, lent)},
 };
 
 /*
@@ -70,22 +75,25 @@ static const struct bfs_pm_def {
 	uint16_t fields[BFS_PROTO_TYPE_FIELDS];
 } bfs_pm_defs[] = {
 	[BFS_PM_HELLO] = {"HELLO", {BFS_PF_SHARE, BFS_PF_CACHE_DIR}},
-	[BFS_PM_WELCOME] = {"WELCOME", {BFS_PF_PID}},
+	[BFS_PM_WELCOME] = {"WELCOME", {BFS_PF_PID, BFS_PF_ARENA}},
 	[BFS_PM_UPLOAD] = {"UPLOAD", {BFS_PF_KEY}},
 	[BFS_PM_WAIT] = {"WAIT", {BFS_PF_KEY, BFS_PF_STAGING}},
-	[BFS_PM_DONE] = {"DONE", {BFS_PF_ERR, BFS_PF_ETAG}},
+	[BFS_PM_DONE] = {"DONE", {BFS_PF_ERR, BFS_PF_ETAG, BFS_PF_SLOT,
+				  BFS_PF_PIN}},
 	[BFS_PM_STATUS] = {"STATUS", {0}},
 	[BFS_PM_STATE] = {"STATE", {BFS_PF_PID, BFS_PF_PENDING,
 				    BFS_PF_UPLOADED, BFS_PF_FAILED,
 				    BFS_PF_BYTES, BFS_PF_FETCHES,
-				    BFS_PF_FETCHED}},
+				    BFS_PF_FETCHED, BFS_PF_LENT}},
 	[BFS_PM_FETCH] = {"FETCH", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE,
 				    BFS_PF_OFFSET, BFS_PF_LENGTH,
-				    BFS_PF_AHEAD, BFS_PF_AHEAD_N}},
+				    BFS_PF_AHEAD, BFS_PF_AHEAD_N,
+				    BFS_PF_LEND}},
 	[BFS_PM_PREFETCH] = {"PREFETCH", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE,
 					  BFS_PF_AHEAD, BFS_PF_AHEAD_N}},
 	[BFS_PM_LIST] = {"LIST", {BFS_PF_KEY}},
 	[BFS_PM_CHANGED] = {"CHANGED", {BFS_PF_KEY}},
+	[BFS_PM_RELEASE] = {"RELEASE", {BFS_PF_PIN}},
 };
 
 /* ---- little-endian integers, a byte at a time --------------------------- */

@@ -19,23 +19,35 @@
  *
  * Messages (fields):
  *   HELLO    module -> engine  version, share, cache dir
- *   WELCOME  engine -> module  version, pid
+ *   WELCOME  engine -> module  version, pid, arena: the size of the
+ *                              engine's fetch arena (bfs_arena.h), whose
+ *                              memfd comes with this frame (SCM_RIGHTS);
+ *                              0 (or no descriptor): none
  *   UPLOAD   module -> engine  key: a PUT record of key was journalled in
  *                              the engine's name; no answer
  *   WAIT     module -> engine  key, staging: answer once the upload of
  *                              that staging file (or a later one of key)
  *                              is in S3, or failed
- *   DONE     engine -> module  err (an errno, 0 on success), etag
+ *   DONE     engine -> module  err (an errno, 0 on success), etag; for a
+ *                              FETCH that asked to be lent: slot, pin
  *   STATUS   ctl -> engine     (nothing): answered with STATE
  *   STATE    engine -> ctl     pid, pending (records it owns), uploaded,
  *                              failed, bytes (uploaded since start),
- *                              fetches, fetched (S3 GETs and their bytes)
+ *                              fetches, fetched (S3 GETs and their bytes),
+ *                              lent (bytes smbds copied from the arena)
  *   FETCH    module -> engine  key, etag, size (of the object), offset,
- *                              length, ahead, ahead_n: bring the blocks of
- *                              [offset, offset+length) into the cache (one
- *                              S3 GET per block for every client asking),
- *                              then answer DONE; and start fetching blocks
- *                              [ahead, ahead+ahead_n) for nobody yet
+ *                              length, ahead, ahead_n, lend: bring the
+ *                              blocks of [offset, offset+length) into the
+ *                              cache (one S3 GET per block for every
+ *                              client asking), then answer DONE; and start
+ *                              fetching blocks [ahead, ahead+ahead_n) for
+ *                              nobody yet.  lend 1 (the module mapped the
+ *                              arena): where the engine can, DONE comes as
+ *                              soon as the bytes are fetched, with pin (not
+ *                              0) and slot, their offset in the arena; they
+ *                              stay there until the module sends RELEASE
+ *   RELEASE  module -> engine  pin: done with the lent bytes; no answer
+ *                              (a closed connection releases all its pins)
  *   PREFETCH module -> engine  key, etag, size, ahead, ahead_n: only the
  *                              latter (a sequential reader hitting the
  *                              cache); no answer
@@ -71,6 +83,7 @@ enum bfs_proto_type {
 	BFS_PM_PREFETCH = 9,
 	BFS_PM_LIST = 10,
 	BFS_PM_CHANGED = 11,
+	BFS_PM_RELEASE = 12,
 };
 
 enum bfs_proto_field {
@@ -92,6 +105,11 @@ enum bfs_proto_field {
 	BFS_PF_AHEAD_N = 16,	/* integer: blocks */
 	BFS_PF_FETCHES = 17,	/* integer */
 	BFS_PF_FETCHED = 18,	/* integer: bytes */
+	BFS_PF_ARENA = 19,	/* integer: bytes */
+	BFS_PF_LEND = 20,	/* integer: 0 or 1 */
+	BFS_PF_SLOT = 21,	/* integer: an offset in the arena */
+	BFS_PF_PIN = 22,	/* integer */
+	BFS_PF_LENT = 23,	/* integer: bytes */
 };
 
 /* One message, decoded; strings are talloc children of the message. */
@@ -102,6 +120,7 @@ struct bfs_proto_msg {
 	char *share, *cache_dir, *key, *staging, *etag;
 	uint64_t pid, err, pending, uploaded, failed, bytes;
 	uint64_t size, offset, length, ahead, ahead_n, fetches, fetched;
+	uint64_t arena, lend, slot, pin, lent;
 };
 
 /*

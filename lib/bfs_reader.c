@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "bfs_arena.h"
 #include "bfs_list.h"
 
 /*
@@ -44,11 +45,22 @@
 
 struct bfs_fetch;
 
-/* A mapping of its own (page-aligned, so O_DIRECT can write from it). */
+/*
+ * A mapping of its own, or a slot of the reader's arena (page-aligned
+ * either way, so O_DIRECT can write from it).
+ */
 struct bfs_buf {
 	struct bfs_reader *r; /* whose fetch memory it counts in */
 	uint8_t *data;
 	size_t len;
+	bool in_arena;
+	uint64_t arena_off;
+};
+
+/* Bytes of a fetch lent to another process: the fetch stays meanwhile. */
+struct bfs_pin {
+	struct bfs_pin *prev, *next;
+	struct bfs_fetch *f; /* NULL once the fetch went (the reader did) */
 };
 
 struct bfs_waiter {
@@ -59,6 +71,7 @@ struct bfs_waiter {
 	uint32_t n;
 	uint8_t *dst;
 	bool on_fill;		/* in f->fill_waiters, not f->waiters */
+	bool lend;		/* wants the bytes lent (bfs_read_lend_send) */
 };
 
 /* One GET: blocks [first, first + nblk) of one object version. */
@@ -90,6 +103,7 @@ struct bfs_fetch {
 	/* Reads that only want the blocks cached (dst NULL), answered once
 	 * the fill thread wrote them (bfs_reader_answer_after_fill). */
 	struct bfs_waiter *fill_waiters;
+	struct bfs_pin *pins;	/* lent: not freed, its slot not reused */
 };
 
 struct bfs_reader {
@@ -120,12 +134,19 @@ struct bfs_reader {
 	void *on_meta_priv;
 	bool answer_after_fill;	/* see bfs_reader_answer_after_fill */
 	struct tevent_timer *fill_poll;
+	struct bfs_arena *arena; /* fetch buffers others see; NULL: none */
+	struct tevent_immediate *sweep_im; /* a sweep after pins went */
+	bool sweep_due;
 };
 
 struct bfs_read_state {
 	unsigned pending; /* blocks still to arrive */
 	size_t nread;
 	struct s3_status st;
+	/* bfs_read_lend_send: the bytes' place in the arena, and the pin
+	 * that keeps them there (NULL: they are in the cache instead). */
+	uint64_t lend_off;
+	struct bfs_pin *pin;
 };
 
 static int bfs_reader_destructor(struct bfs_reader *r)
@@ -157,10 +178,10 @@ struct bfs_reader *bfs_reader_new(TALLOC_CTX *mem_ctx,
 	return r;
 }
 
-/* Complete, and its bytes are in the cache: it may go. */
+/* Complete, its bytes in the cache and lent to nobody: it may go. */
 static bool bfs_fetch_disposable(const struct bfs_fetch *f)
 {
-	return f->complete &&
+	return f->complete && f->pins == NULL &&
 	       (f->job == NULL || bfs_cache_fill_done(f->job));
 }
 
@@ -187,7 +208,10 @@ static void bfs_reader_sweep(struct bfs_reader *r)
 	}
 	/* Under a memory limit, kept bytes get half of it, and none while
 	 * fetches wait for a buffer: the cache has those bytes. */
-	if (r->mem_limit != 0 && keep > r->mem_limit / 2) {
+	if (r->mem_limit != 0 && (keep > r->mem_limit / 2 ||
+				  r->arena != NULL)) {
+		/* With an arena, kept bytes are what other processes copy
+		 * from instead of the cache file: keep up to half of it. */
 		keep = r->mem_limit / 2;
 	}
 	if (queued) {
@@ -235,9 +259,24 @@ static size_t bfs_buf_size(const struct bfs_reader *r)
 
 static int bfs_buf_destructor(struct bfs_buf *b)
 {
-	munmap(b->data, b->len);
+	if (b->in_arena) {
+		bfs_arena_give(b->r->arena, b->arena_off);
+	} else {
+		munmap(b->data, b->len);
+	}
 	b->r->counters.mapped_bytes -= b->len;
 	return 0;
+}
+
+/* Account for b, mapped or taken from the arena. */
+static struct bfs_buf *bfs_buf_count(struct bfs_reader *r, struct bfs_buf *b)
+{
+	r->counters.mapped_bytes += b->len;
+	if (r->counters.mapped_bytes > r->counters.mapped_peak) {
+		r->counters.mapped_peak = r->counters.mapped_bytes;
+	}
+	talloc_set_destructor(b, bfs_buf_destructor);
+	return b;
 }
 
 /*
@@ -253,6 +292,16 @@ static struct bfs_buf *bfs_buf_new(struct bfs_reader *r, TALLOC_CTX *owner,
 
 	if (b == NULL) {
 		return NULL;
+	}
+	b->r = r;
+	b->len = len;
+	if (r->arena != NULL && len == bfs_arena_slot_size(r->arena)) {
+		b->data = bfs_arena_take(r->arena, &b->arena_off);
+		if (b->data != NULL) {
+			b->in_arena = true;
+			return bfs_buf_count(r, b);
+		}
+		/* All lent or kept: a mapping of its own, not lent. */
 	}
 	p = mmap(NULL, len + align, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -273,29 +322,28 @@ static struct bfs_buf *bfs_buf_new(struct bfs_reader *r, TALLOC_CTX *owner,
 		/* Only advice: without huge pages it works all the same. */
 		(void)madvise(start, len, MADV_HUGEPAGE);
 	}
-	b->r = r;
 	b->data = start;
-	b->len = len;
-	r->counters.mapped_bytes += len;
-	if (r->counters.mapped_bytes > r->counters.mapped_peak) {
-		r->counters.mapped_peak = r->counters.mapped_bytes;
-	}
-	talloc_set_destructor(b, bfs_buf_destructor);
-	return b;
+	return bfs_buf_count(r, b);
 }
 
 static struct bfs_buf *bfs_buf_get(struct bfs_reader *r, TALLOC_CTX *owner)
 {
-	if (r->n_spare > 0) {
+	/* A free slot of the arena first: only its bytes can be lent. */
+	if (r->n_spare > 0 &&
+	    (r->arena == NULL || bfs_arena_free_slots(r->arena) == 0)) {
 		return talloc_steal(owner, r->spare[--r->n_spare]);
 	}
 	return bfs_buf_new(r, owner, bfs_buf_size(r));
 }
 
-/* Keep buf as a spare: false if there are enough (it goes with its fetch). */
+/*
+ * Keep buf as a spare: false if there are enough (it goes with its fetch),
+ * or if the reader has an arena, whose free slots are the spares (one
+ * mapped beside it goes, so that the memory is the arena's again).
+ */
 static bool bfs_buf_put(struct bfs_reader *r, struct bfs_buf *buf)
 {
-	if (r->n_spare < BFS_SPARE_BUFFERS) {
+	if (r->arena == NULL && r->n_spare < BFS_SPARE_BUFFERS) {
 		r->spare[r->n_spare++] = talloc_steal(r, buf);
 		return true;
 	}
@@ -312,6 +360,13 @@ static void bfs_read_part_done(struct tevent_req *req, int err,
 static int bfs_fetch_destructor(struct bfs_fetch *f)
 {
 	struct bfs_waiter *w;
+	struct bfs_pin *p;
+
+	/* Only as the reader goes: pinned fetches are not disposable. */
+	while ((p = f->pins) != NULL) {
+		BFS_LIST_REMOVE(f->pins, p);
+		p->f = NULL;
+	}
 
 	BFS_LIST_REMOVE(f->r->fetches, f);
 	if (f->prefetch && !f->complete) {
@@ -388,8 +443,10 @@ static unsigned bfs_run_length(struct bfs_reader *r,
 
 /*
  * May one more fetch buffer be taken?  A spare one always; a new one
- * within the limit, or when no GET is in flight (else nothing would ever
- * free one: the bound is then passed by one buffer).
+ * within the limit, or when no GET is in flight and no fetch is lent
+ * (else nothing would ever free one: the bound is then passed by one
+ * buffer).  A lent fetch frees memory soon: its borrower gives it back,
+ * and that sweep starts the fetches waiting for memory.
  */
 static bool bfs_mem_room(struct bfs_reader *r)
 {
@@ -400,7 +457,7 @@ static bool bfs_mem_room(struct bfs_reader *r)
 		return true;
 	}
 	for (f = r->fetches; f != NULL; f = f->next) {
-		if (!f->complete && !f->queued) {
+		if ((!f->complete && !f->queued) || f->pins != NULL) {
 			return false;
 		}
 	}
@@ -527,6 +584,69 @@ static void bfs_read_part_done(struct tevent_req *req, int err,
 			       const struct s3_status *st);
 static void bfs_reader_fill_window(struct bfs_reader *r);
 
+/* ---- lending ------------------------------------------------------------- */
+
+static void bfs_reader_sweep_now(struct tevent_context *ev,
+				 struct tevent_immediate *im,
+				 void *private_data)
+{
+	struct bfs_reader *r = private_data;
+
+	(void)ev;
+	(void)im;
+	r->sweep_due = false;
+	bfs_reader_sweep(r);
+}
+
+/*
+ * A pin goes with its lend's answer (the borrower is done, or went away).
+ * Its fetch may go now, and a fetch queued for memory may start: a sweep,
+ * from the loop, since a pin is also freed inside other talloc frees.
+ */
+static int bfs_pin_destructor(struct bfs_pin *p)
+{
+	struct bfs_reader *r;
+
+	if (p->f == NULL) {
+		return 0;
+	}
+	r = p->f->r;
+	BFS_LIST_REMOVE(p->f->pins, p);
+	p->f = NULL;
+	if (!r->dying && !r->sweep_due && r->sweep_im != NULL) {
+		r->sweep_due = true;
+		tevent_schedule_immediate(r->sweep_im, r->ev,
+					  bfs_reader_sweep_now, r);
+	}
+	return 0;
+}
+
+/*
+ * Lend n bytes at off of complete fetch f to s's read: its place in the
+ * arena and a pin (s's child) that keeps them there.  false: f's buffer is
+ * not the arena's, or no memory.
+ */
+static bool bfs_lend(struct bfs_fetch *f, struct bfs_read_state *s,
+		     uint64_t off, uint32_t n)
+{
+	struct bfs_pin *p;
+
+	if (f->buf == NULL || !f->buf->in_arena || off + n > f->len) {
+		return false;
+	}
+	p = talloc_zero(s, struct bfs_pin);
+	if (p == NULL) {
+		return false;
+	}
+	p->f = f;
+	BFS_LIST_ADD(f->pins, p);
+	talloc_set_destructor(p, bfs_pin_destructor);
+	s->lend_off = f->buf->arena_off + off;
+	s->pin = p;
+	f->r->counters.lent_bytes += n;
+	return true;
+}
+
 static void bfs_fetch_done(struct tevent_req *subreq)
 {
 	struct bfs_fetch *f = tevent_req_callback_data(subreq, struct bfs_fetch);
@@ -569,6 +689,12 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		}
 		if (ret == 0) {
 			f->consumed += w->n;
+		}
+		if (ret == 0 && w->lend && r->cache != NULL &&
+		    bfs_lend(f, tevent_req_data(w->req, struct bfs_read_state),
+			     w->off, w->n)) {
+			bfs_read_part_done(w->req, 0, &st);
+			continue;
 		}
 		if (ret == 0 && w->dst == NULL && r->answer_after_fill &&
 		    r->cache != NULL) {
@@ -708,15 +834,16 @@ static void bfs_read_part_done(struct tevent_req *req, int err,
 	}
 }
 
-struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
-				 struct bfs_reader *r,
-				 const struct bfs_object *obj, uint64_t off,
-				 size_t len, void *buf)
+/* A read's request, its length clamped to the object (*len): NULL, ENOMEM. */
+static struct tevent_req *bfs_read_create(TALLOC_CTX *mem_ctx,
+					  struct tevent_context *ev,
+					  struct bfs_reader *r,
+					  const struct bfs_object *obj,
+					  uint64_t off, size_t *len,
+					  struct bfs_read_state **sp)
 {
 	struct tevent_req *req;
 	struct bfs_read_state *s;
-	uint8_t *dst = buf;
-	uint64_t pos, end;
 
 	req = tevent_req_create(mem_ctx, &s, struct bfs_read_state);
 	if (req == NULL) {
@@ -727,15 +854,23 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	tevent_req_defer_callback(req, ev);
 	if (ev != r->ev) {
 		tevent_req_error(req, EINVAL);
-		return tevent_req_post(req, ev);
 	}
 	if (off >= obj->size) {
-		len = 0;
-	} else if (len > obj->size - off) {
-		len = (size_t)(obj->size - off);
+		*len = 0;
+	} else if (*len > obj->size - off) {
+		*len = (size_t)(obj->size - off);
 	}
-	s->nread = len;
-	end = off + len;
+	s->nread = *len;
+	*sp = s;
+	return req;
+}
+
+/* Serve or wait for every block of [off, off+len): bfs_read_send's work. */
+static void bfs_read_start(struct tevent_req *req, struct bfs_read_state *s,
+			   struct bfs_reader *r, const struct bfs_object *obj,
+			   uint64_t off, size_t len, uint8_t *dst)
+{
+	uint64_t pos, end = off + len;
 
 	for (pos = off; pos < end;) {
 		uint64_t blk = pos / r->block_size;
@@ -760,7 +895,7 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 			w = talloc_zero(s, struct bfs_waiter);
 			if (w == NULL) {
 				tevent_req_oom(req);
-				return tevent_req_post(req, ev);
+				return;
 			}
 			w->req = req;
 			w->n = n;
@@ -809,7 +944,7 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 		w = f != NULL ? talloc_zero(s, struct bfs_waiter) : NULL;
 		if (w == NULL) {
 			tevent_req_oom(req);
-			return tevent_req_post(req, ev);
+			return;
 		}
 		w->f = f;
 		w->req = req;
@@ -823,9 +958,133 @@ struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
 	}
 	if (s->pending == 0) {
 		tevent_req_done(req);
+	}
+}
+
+struct tevent_req *bfs_read_send(TALLOC_CTX *mem_ctx, struct tevent_context *ev,
+				 struct bfs_reader *r,
+				 const struct bfs_object *obj, uint64_t off,
+				 size_t len, void *buf)
+{
+	struct bfs_read_state *s;
+	struct tevent_req *req = bfs_read_create(mem_ctx, ev, r, obj, off,
+						 &len, &s);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	if (tevent_req_is_in_progress(req)) {
+		bfs_read_start(req, s, r, obj, off, len, buf);
+	}
+	if (!tevent_req_is_in_progress(req)) {
 		return tevent_req_post(req, ev);
 	}
 	return req;
+}
+
+/*
+ * Lend [off, off+len) if one fetch holds (or will hold) all of it in an
+ * arena slot: answered lent now, or a waiter that is lent once the GET is
+ * done.  false: not that way (the caller waits for the cache instead).
+ */
+static bool bfs_read_lend_start(struct tevent_req *req,
+				struct bfs_read_state *s, struct bfs_reader *r,
+				const struct bfs_object *obj, uint64_t off,
+				size_t len)
+{
+	uint64_t blk = off / r->block_size;
+	uint64_t last = (off + len - 1) / r->block_size;
+	struct bfs_fetch *f = bfs_fetch_find(r, &obj->id, blk);
+	struct bfs_waiter *w;
+	uint64_t foff;
+
+	if (f == NULL) {
+		if (!bfs_block_wanted(r, obj, blk)) {
+			return false; /* cached */
+		}
+		f = bfs_fetch_start(r, obj, blk,
+				    bfs_run_length(r, obj, blk,
+						   (unsigned)(last - blk + 1)),
+				    false);
+		if (f == NULL) {
+			return false;
+		}
+	} else {
+		r->counters.coalesced++;
+	}
+	if (last >= f->first + f->nblk) {
+		return false; /* spans two fetches: through the cache */
+	}
+	foff = (blk - f->first) * r->block_size + off % r->block_size;
+	if (f->complete) {
+		if (!bfs_lend(f, s, foff, (uint32_t)len)) {
+			return false;
+		}
+		f->consumed += len;
+		r->counters.cache_hits++;
+		tevent_req_done(req);
+		return true;
+	}
+	w = talloc_zero(s, struct bfs_waiter);
+	if (w == NULL) {
+		return false;
+	}
+	w->f = f;
+	w->req = req;
+	w->off = foff;
+	w->n = (uint32_t)len;
+	w->lend = true;
+	BFS_LIST_ADD(f->waiters, w);
+	talloc_set_destructor(w, bfs_waiter_destructor);
+	s->pending = 1;
+	return true;
+}
+
+struct tevent_req *bfs_read_lend_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct bfs_reader *r,
+				      const struct bfs_object *obj,
+				      uint64_t off, size_t len)
+{
+	struct bfs_read_state *s;
+	struct tevent_req *req = bfs_read_create(mem_ctx, ev, r, obj, off,
+						 &len, &s);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	if (tevent_req_is_in_progress(req) &&
+	    (r->arena == NULL || r->cache == NULL || len == 0 ||
+	     len > UINT32_MAX || !bfs_read_lend_start(req, s, r, obj, off, len))) {
+		bfs_read_start(req, s, r, obj, off, len, NULL);
+	}
+	if (!tevent_req_is_in_progress(req)) {
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+int bfs_read_lend_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       uint64_t *arena_off, struct bfs_pin **pin,
+		       struct s3_status *st)
+{
+	struct bfs_read_state *s = tevent_req_data(req, struct bfs_read_state);
+	struct bfs_pin *p = s->pin;
+	size_t nread;
+	int ret;
+
+	*pin = NULL;
+	*arena_off = s->lend_off;
+	if (p != NULL) {
+		talloc_steal(mem_ctx, p);
+	}
+	ret = bfs_read_recv(req, &nread, st);
+	if (ret == 0) {
+		*pin = p;
+	} else {
+		talloc_free(p);
+	}
+	return ret;
 }
 
 int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st)
@@ -985,11 +1244,31 @@ void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
 	r->on_meta_priv = priv;
 }
 
-void bfs_reader_answer_after_fill(struct bfs_reader *r)
+void bfs_reader_answer_after_fill(struct bfs_reader *r,
+				  bool through_page_cache)
 {
 	r->fill_thread = true;
 	r->answer_after_fill = true;
-	if (r->cache != NULL) {
+	if (r->cache != NULL && through_page_cache) {
 		bfs_cache_fill_through_page_cache(r->cache);
 	}
+}
+
+int bfs_reader_use_arena(struct bfs_reader *r, struct bfs_arena *a)
+{
+	if (r->fetches != NULL || r->n_spare > 0 ||
+	    bfs_arena_slot_size(a) != bfs_buf_size(r)) {
+		return EINVAL;
+	}
+	r->sweep_im = tevent_create_immediate(r);
+	if (r->sweep_im == NULL) {
+		return ENOMEM;
+	}
+	r->arena = a;
+	return 0;
+}
+
+size_t bfs_reader_buf_size(const struct bfs_reader *r)
+{
+	return bfs_buf_size(r);
 }

@@ -32,6 +32,7 @@ struct bfs_reader_counters {
 	uint64_t mapped_bytes;	  /* fetch buffers mapped now */
 	uint64_t mapped_peak;	  /* and at most, since the start */
 	uint64_t mem_waits;	  /* fetches that waited for a buffer */
+	uint64_t lent_bytes;	  /* lent from the arena (bfs_read_lend_send) */
 };
 
 struct bfs_reader;
@@ -105,11 +106,43 @@ void bfs_reader_on_meta(struct bfs_reader *r, bfs_reader_meta_fn fn,
 			void *priv);
 
 /*
- * Fill the cache from the cache's fill thread, through the page cache, and
- * answer a read that only wants blocks cached (buf NULL) once they are on
- * disk: the engine's, whose loop would otherwise copy every fetched byte
- * into the cache itself between network reads.
+ * Fill the cache from the cache's fill thread and answer a read that only
+ * wants blocks cached (buf NULL) once they are on disk: the engine's,
+ * whose loop would otherwise copy every fetched byte into the cache
+ * itself between network reads.  through_page_cache: fill with buffered
+ * writes, for readers that will read the blocks back at once; else with
+ * O_DIRECT (readers are lent the bytes instead, bfs_read_lend_send).
  */
-void bfs_reader_answer_after_fill(struct bfs_reader *r);
+void bfs_reader_answer_after_fill(struct bfs_reader *r,
+				  bool through_page_cache);
+
+/*
+ * Take fetch buffers from arena a (bfs_arena.h), whose slots must be
+ * bfs_reader_buf_size() bytes, so that their bytes can be lent to other
+ * processes.  Before any read.  0, EINVAL, ENOMEM.  a must outlive r.
+ */
+struct bfs_arena;
+int bfs_reader_use_arena(struct bfs_reader *r, struct bfs_arena *a);
+size_t bfs_reader_buf_size(const struct bfs_reader *r);
+
+/*
+ * Like bfs_read_send with buf NULL, but where one fetch in the arena holds
+ * all of [off, off+len), answered as soon as its GET is done (or at once
+ * if it was done), not after the fill: recv gives the bytes' offset in
+ * the arena and a pin (a talloc child of mem_ctx) that keeps them there
+ * until it is freed.  Otherwise (no arena, the blocks cached already or
+ * in two fetches, the fetch's buffer not the arena's) *pin is NULL and
+ * the blocks are in the cache, as after bfs_read_send.  Errors as
+ * bfs_read_recv's.
+ */
+struct bfs_pin;
+struct tevent_req *bfs_read_lend_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct bfs_reader *r,
+				      const struct bfs_object *obj,
+				      uint64_t off, size_t len);
+int bfs_read_lend_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       uint64_t *arena_off, struct bfs_pin **pin,
+		       struct s3_status *st);
 
 #endif

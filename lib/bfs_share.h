@@ -127,6 +127,12 @@ struct bfs_fh {
 	uint64_t meta_gen;	/* bc->meta_gen when meta was read */
 	struct bfs_object obj;	/* files: what reads fetch */
 	uint64_t next_off;	/* where a sequential reader reads next */
+	/*
+	 * Blocks before it were asked of the engine as readahead: it may
+	 * still hold them in its fetch arena, to lend, though the cache has
+	 * them too (bfs_pread_send asks it first).
+	 */
+	uint64_t lend_until;
 
 	struct bfs_conn *bc;
 	struct bfs_fh *prev, *next;	/* in bc->open_files */

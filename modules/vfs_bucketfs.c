@@ -1078,6 +1078,7 @@ struct bfs_pread_state {
 	int fd;			/* the cache file, for the worker thread */
 	int copy_err;
 	struct pthreadpool_tevent *pool;	/* smbd's worker threads */
+	struct bfs_engine_lent lent;	/* bytes the engine lent us */
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
@@ -1087,6 +1088,15 @@ static bool bfs_pread_copy_start(struct tevent_req *req,
 				 struct bfs_pread_state *state);
 static void bfs_pread_fetch_here(struct tevent_req *req,
 				 struct bfs_pread_state *state);
+static void bfs_pread_lent_done(struct tevent_req *subreq);
+
+/* Runs in one of smbd's worker threads: no talloc, no smbd state. */
+static void bfs_pread_lent_do(void *private_data)
+{
+	struct bfs_pread_state *state = private_data;
+
+	memcpy(state->data, state->lent.data, state->n);
+}
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
 static void bfs_pread_cached_do(void *private_data)
@@ -1202,8 +1212,13 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	}
 	engine = bc->engine != NULL && ev == bc->engine_ev &&
 		 bfs_engine_pid(bc->engine) != 0 && fh->obj.etag != NULL;
+	if (engine && ahead_n > 0) {
+		fh->lend_until = MAX(fh->lend_until, ahead + ahead_n);
+	}
 
-	if (bfs_reader_all_cached(reader, &fh->obj, state->off, n) &&
+	if ((!engine || !bfs_engine_lends(bc->engine) ||
+	     state->off / bc->block_size >= fh->lend_until) &&
+	    bfs_reader_all_cached(reader, &fh->obj, state->off, n) &&
 	    bfs_pread_copy_start(req, state)) {
 		/* All on disk: copied in one of smbd's worker threads. */
 	} else if (engine) {
@@ -1211,7 +1226,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		struct bfs_engine_fetch ef = {
 			.key = fh->obj.key, .etag = fh->obj.etag,
 			.size = fh->obj.size, .offset = state->off, .length = n,
-			.ahead = ahead, .ahead_n = ahead_n,
+			.ahead = ahead, .ahead_n = ahead_n, .lend = true,
 		};
 
 		subreq = bfs_engine_fetch_send(state, ev, bc->engine, &ef);
@@ -1294,16 +1309,35 @@ static void bfs_pread_fetch_here(struct tevent_req *req,
 	tevent_req_set_callback(subreq, bfs_pread_done, req);
 }
 
-/* The engine has the blocks in the cache: copy them from there. */
+/*
+ * The engine lent the bytes in its fetch arena (copied in one of smbd's
+ * worker threads, then given back), or has them in the cache: copy them
+ * from there.
+ */
 static void bfs_pread_engine_done(struct tevent_req *subreq)
 {
 	struct tevent_req *req = tevent_req_callback_data(subreq,
 							  struct tevent_req);
 	struct bfs_pread_state *state = tevent_req_data(req,
 							struct bfs_pread_state);
-	int ret = bfs_engine_fetch_recv(subreq);
+	int ret = bfs_engine_fetch_recv(subreq, &state->lent);
 
 	TALLOC_FREE(subreq);
+	if (ret == 0 && state->lent.data != NULL) {
+		subreq = pthreadpool_tevent_job_send(state, state->ev,
+						     state->pool,
+						     bfs_pread_lent_do, state);
+		if (subreq == NULL) {
+			bfs_pread_lent_do(state);
+			bfs_engine_lent_done(state->bc->engine, &state->lent);
+			state->got = state->n;
+			tevent_req_done(req);
+			return;
+		}
+		tevent_req_set_callback(subreq, bfs_pread_lent_done, req);
+		talloc_set_destructor(state, bfs_pread_state_destructor);
+		return;
+	}
 	if (ret == 0 &&
 	    bfs_reader_all_cached(state->reader, &state->fh->obj, state->off,
 				  state->n) &&
@@ -1333,6 +1367,30 @@ static void bfs_pread_done(struct tevent_req *subreq)
 						     ret));
 		return;
 	}
+	tevent_req_done(req);
+}
+
+static void bfs_pread_lent_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+	int ret = pthreadpool_tevent_job_recv(subreq);
+
+	TALLOC_FREE(subreq);
+	talloc_set_destructor(state, NULL);
+	if (ret == EAGAIN) {
+		/* No thread could be started: copy here. */
+		bfs_pread_lent_do(state);
+		ret = 0;
+	}
+	bfs_engine_lent_done(state->bc->engine, &state->lent);
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return;
+	}
+	state->got = state->n;
 	tevent_req_done(req);
 }
 

@@ -160,21 +160,25 @@ def test_one_engine_serves_every_share_and_smbd_process_of_a_cache_folder(w):
     assert m and int(m.group(1)) == engines(w)[0] and int(m.group(3)) >= 6, out
 
 
-def rss_anon(pid):
+def rss_fetch(pid):
+    """The memory a process's fetch buffers can be in: anonymous pages,
+    and shared ones (the engine's fetch arena is a memfd)."""
+    total = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    return 0
+            if line.startswith(("RssAnon:", "RssShmem:")):
+                total += int(line.split()[1]) * 1024
+    return total
 
 
 def sixteen_cold_readers(w, share):
     """16 clients read 16 cold objects at once through share's engine;
-    the engine's anonymous memory (from /proc), most above its idle."""
+    the engine's anonymous and shared memory (from /proc), most above
+    its idle."""
     w.smbclient(share, "ls")  # starts the engine
     with open(f"{w.dir}/bfscache-{share}/engine.lock") as f:
         pid = int(f.read().split()[0])
-    idle = rss_anon(pid)
+    idle = rss_fetch(pid)
     procs_ = [subprocess.Popen(
         ["smbclient", f"//127.0.0.1/{share}", "-p", str(w.smb_port), "-U",
          f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", f"get c{i:02d}.bin /dev/null"],
@@ -182,7 +186,7 @@ def sixteen_cold_readers(w, share):
         for i in range(16)]
     peak = idle
     while any(p.poll() is None for p in procs_):
-        peak = max(peak, rss_anon(pid))
+        peak = max(peak, rss_fetch(pid))
         time.sleep(0.01)
     for p in procs_:
         assert p.returncode == 0, p.stdout.read()
@@ -352,6 +356,35 @@ def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
     assert with_engine <= 1.25 * size, f"{with_engine} bytes fetched for {size}"
     state = w.ctl("rwlocal", "engine").stdout
     assert re.search(r"fetched", state), state
+
+
+def engine_lent(w, share):
+    """Bytes the share's engine says smbds copied from its memory."""
+    out = w.ctl(share, "engine").stdout
+    m = re.search(r"([\d.]+) (B|KiB|MiB|GiB) copied by smbds from its memory", out)
+    assert m, out
+    return float(m.group(1)) * {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}[m.group(2)]
+
+
+def test_a_cold_sequential_read_is_copied_from_the_engines_memory_byte_exact(w):
+    # The engine lends what it fetched from its shared fetch arena: smbd
+    # copies the blocks from there, not from the cache file once filled.
+    size = 48 << 20
+    src = w.make("lent.bin", size)
+    w.s3tool("put", "loader/lent/data.bin", src)
+    w.ctl("loader", "invalidate", "")
+    before = engine_lent(w, "loader") if os.path.exists(
+        f"{w.dir}/bfscache-loader/engine.sock") else 0
+    w.smbclient("loader", f"get lent/data.bin {w.tmp}/lent-copy.bin")
+    assert sha256(f"{w.tmp}/lent-copy.bin") == sha256(src)
+    lent = engine_lent(w, "loader") - before
+    print(f"    # cold 48 MiB read: {lent / size:.2f} of it copied from the engine's memory")
+    # Most of it: what readahead fetched and no reader took in time may
+    # be read back from the cache file instead.
+    assert lent >= size / 2, f"{lent} bytes lent of {size}"
+    # Read again (hot): byte exact again, with the fetches gone.
+    w.smbclient("loader", f"get lent/data.bin {w.tmp}/lent-copy2.bin")
+    assert sha256(f"{w.tmp}/lent-copy2.bin") == sha256(src)
 
 
 def test_a_listing_past_its_ttl_is_served_at_once_and_revalidated_by_the_engine(w):

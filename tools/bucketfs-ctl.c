@@ -201,8 +201,10 @@ static int ctl_engine(struct ctl *c, int argc, char **argv)
 	       " done (%s), %" PRIu64 " failed since it started\n",
 	       (int)st.pid, st.pending, st.uploaded, sz, st.failed);
 	ctl_size_str(st.fetched, sz);
-	printf("read misses: %" PRIu64 " S3 GETs, %s fetched for every smbd\n",
+	printf("read misses: %" PRIu64 " S3 GETs, %s fetched for every smbd",
 	       st.fetches, sz);
+	ctl_size_str(st.lent, sz);
+	printf(", %s copied by smbds from its memory\n", sz);
 	return 0;
 }
 

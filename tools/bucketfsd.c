@@ -52,6 +52,7 @@
 #include <tevent.h>
 
 #include "ctl_share.h"
+#include "bfs_arena.h"
 #include "bfs_ctdb_msg.h"
 #include "bfs_engine.h"
 #include "bfs_lmdb.h"
@@ -91,6 +92,17 @@ struct eng_client {
 	struct bfs_proto_buf in;	/* bytes read, not yet a whole frame */
 	uint8_t *out;		/* bytes to send */
 	size_t out_len;
+	int pass_fd;		/* sent with out's first byte (WELCOME) */
+	struct eng_pin *pins;	/* fetched bytes lent to it */
+	uint64_t next_pin;
+};
+
+/* Bytes of the fetch arena a client copies from, until it says RELEASE. */
+struct eng_pin {
+	struct eng_pin *prev, *next;
+	struct eng_client *c;
+	uint64_t id;
+	struct bfs_pin *pin;	/* the reader's, a child */
 };
 
 /* A WAIT: answered once key's upload (staging, or a later one) is done. */
@@ -115,6 +127,8 @@ struct eng {
 	struct s3_client *s3;
 	struct bfs_cache *cache;
 	struct bfs_reader *reader;
+	/* The reader's fetch buffers, mapped by each smbd (NULL: none). */
+	struct bfs_arena *arena;
 	struct eng_listing *listings;	/* relistings in flight */
 	unsigned list_claim_age;	/* seconds: a lister is dead past it */
 	struct eng_waiter *waiters;
@@ -878,11 +892,61 @@ static int eng_wait_state(struct eng *e, const char *key,
 	return ret;
 }
 
-/* A FETCH in progress: answered DONE once its blocks are in the cache. */
+/*
+ * A FETCH in progress: answered DONE once its blocks are in the cache, or,
+ * for a client that maps the arena, once they are fetched, lent.
+ */
 struct eng_fetch {
 	struct eng_client *c;
 	uint32_t id;
 };
+
+static int eng_pin_destructor(struct eng_pin *p)
+{
+	BFS_LIST_REMOVE(p->c->pins, p);
+	return 0;
+}
+
+static void eng_fetch_lent(struct tevent_req *req)
+{
+	struct eng_fetch *f = tevent_req_callback_data(req, struct eng_fetch);
+	struct eng_client *c = f->c;
+	struct bfs_proto_msg a = {.type = BFS_PM_DONE, .id = f->id};
+	struct eng_pin *p = talloc_zero(c, struct eng_pin);
+	struct bfs_pin *pin = NULL;
+	uint64_t off = 0;
+	int ret = bfs_read_lend_recv(req, p != NULL ? (TALLOC_CTX *)p : c,
+				     &off, &pin, NULL);
+
+	talloc_free(req);
+	if (ret == 0 && pin != NULL && p != NULL) {
+		p->c = c;
+		p->id = ++c->next_pin;
+		p->pin = pin;
+		BFS_LIST_ADD(c->pins, p);
+		talloc_set_destructor(p, eng_pin_destructor);
+		a.slot = off;
+		a.pin = p->id;
+	} else {
+		talloc_free(pin); /* (no memory for p: read the cache) */
+		talloc_free(p);
+	}
+	a.err = (uint64_t)ret;
+	eng_send(c, &a);
+	talloc_free(f);
+}
+
+static void eng_release(struct eng_client *c, uint64_t id)
+{
+	struct eng_pin *p;
+
+	for (p = c->pins; p != NULL; p = p->next) {
+		if (p->id == id) {
+			talloc_free(p);
+			return;
+		}
+	}
+}
 
 static void eng_fetch_done(struct tevent_req *req)
 {
@@ -896,6 +960,34 @@ static void eng_fetch_done(struct tevent_req *req)
 	a.err = (uint64_t)ret;
 	eng_send(f->c, &a);
 	talloc_free(f);
+}
+
+/*
+ * The fetch buffers in an arena each smbd maps (bfs_arena.h), as large as
+ * `bucketfs:fetch memory` (1 GiB of address space when that is 0, "no
+ * limit": only the slots used are ever touched).  An smbd then copies a
+ * fetched block from there, and the cache is filled around the page cache
+ * (O_DIRECT) meanwhile, since no reader waits to read it back.  Without
+ * the arena, a FETCH is answered once its blocks are in the cache, filled
+ * through the page cache, where the smbd that asked reads them.
+ */
+static void eng_arena_setup(struct eng *e, uint64_t fetch_memory)
+{
+	size_t slot = bfs_reader_buf_size(e->reader);
+	uint64_t want = fetch_memory != 0 ? fetch_memory : 1ULL << 30;
+	uint64_t n = want / slot;
+
+	n = n < 1 ? 1 : n > 4096 ? 4096 : n;
+	/* The reader's child: its fetches give their slots back as it goes. */
+	e->arena = bfs_arena_new(e->reader, slot, (unsigned)n);
+	if (e->arena != NULL && bfs_reader_use_arena(e->reader, e->arena) != 0) {
+		TALLOC_FREE(e->arena);
+	}
+	if (e->arena == NULL) {
+		eng_log(BFS_LOG_WARNING, "no fetch arena: smbds read fetched "
+			"blocks from the cache file");
+	}
+	bfs_reader_answer_after_fill(e->reader, e->arena == NULL);
 }
 
 /* FETCH and PREFETCH: read misses of smbds, fetched once for all. */
@@ -919,10 +1011,15 @@ static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m)
 	bfs_cache_make_id(e->c.bucket, m->key, m->etag, e->c.block_size,
 			  &obj.id);
 	if (m->type == BFS_PM_FETCH) {
+		size_t len = (size_t)MIN(m->length, 64u << 20);
+		bool lend = m->lend != 0 && e->arena != NULL;
+
 		f = talloc_zero(c, struct eng_fetch);
 		req = f == NULL ? NULL :
-			bfs_read_send(f, e->ev, e->reader, &obj, m->offset,
-				      (size_t)MIN(m->length, 64u << 20), NULL);
+		      lend ? bfs_read_lend_send(f, e->ev, e->reader, &obj,
+						m->offset, len) :
+			     bfs_read_send(f, e->ev, e->reader, &obj,
+					   m->offset, len, NULL);
 		if (req == NULL) {
 			talloc_free(f);
 			a.err = ENOMEM;
@@ -930,7 +1027,8 @@ static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m)
 		} else {
 			f->c = c;
 			f->id = m->id;
-			tevent_req_set_callback(req, eng_fetch_done, f);
+			tevent_req_set_callback(req, lend ? eng_fetch_lent :
+							    eng_fetch_done, f);
 		}
 	}
 	if (m->ahead_n > 0) {
@@ -1061,7 +1159,15 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		}
 		a.type = BFS_PM_WELCOME;
 		a.pid = (uint64_t)getpid();
+		if (e->arena != NULL && c->out_len == 0) {
+			/* Its first byte carries the arena's descriptor. */
+			a.arena = bfs_arena_size(e->arena);
+			c->pass_fd = bfs_arena_fd(e->arena);
+		}
 		eng_send(c, &a);
+		break;
+	case BFS_PM_RELEASE:
+		eng_release(c, m->pin);
 		break;
 	case BFS_PM_UPLOAD:
 		if (m->key != NULL && eng_renamed_put(e, m->key)) {
@@ -1124,6 +1230,7 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 				bfs_reader_counters(e->reader);
 			a.fetches = rc->block_fetches;
 			a.fetched = rc->fetched_bytes;
+			a.lent = rc->lent_bytes;
 		}
 		a.pid = (uint64_t)getpid();
 		pthread_mutex_lock(&e->mu);
@@ -1148,7 +1255,34 @@ static void eng_client_io(struct tevent_context *ev, struct tevent_fd *fde,
 	struct eng_client *c = private_data;
 
 	if (flags & TEVENT_FD_WRITE) {
-		ssize_t n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+		ssize_t n;
+
+		if (c->pass_fd != -1) {
+			union {
+				struct cmsghdr h;
+				char b[CMSG_SPACE(sizeof(int))];
+			} ctl;
+			struct iovec iov = {.iov_base = c->out,
+					    .iov_len = c->out_len};
+			struct msghdr mh = {
+				.msg_iov = &iov, .msg_iovlen = 1,
+				.msg_control = ctl.b,
+				.msg_controllen = sizeof(ctl.b),
+			};
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+
+			memset(ctl.b, 0, sizeof(ctl.b));
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cm), &c->pass_fd, sizeof(int));
+			n = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+			if (n > 0) {
+				c->pass_fd = -1;
+			}
+		} else {
+			n = send(c->fd, c->out, c->out_len, MSG_NOSIGNAL);
+		}
 
 		if (n < 0 && errno != EAGAIN && errno != EINTR) {
 			eng_client_free(c);
@@ -1216,6 +1350,7 @@ static void eng_accept(struct tevent_context *ev, struct tevent_fd *fde,
 	}
 	c->e = e;
 	c->fd = fd;
+	c->pass_fd = -1;
 	talloc_set_destructor(c, eng_client_destructor);
 	c->fde = tevent_add_fd(ev, c, fd, TEVENT_FD_READ, eng_client_io, c);
 	if (c->fde == NULL) {
@@ -1574,8 +1709,8 @@ int main(int argc, char **argv)
 		ctl_die("out of memory");
 	}
 	/*
-	 * A FETCH is answered when its blocks are on disk, where the smbd
-	 * that asked reads them; the cache's fill thread writes them, so
+	 * A FETCH is answered when its blocks are lent from the arena or on
+	 * disk (eng_arena_setup); the cache's fill thread writes them, so
 	 * this loop goes on reading the network meanwhile.
 	 */
 	e->cache = ctl_cache(&e->c);
@@ -1590,7 +1725,7 @@ int main(int argc, char **argv)
 	/* One budget for the host's fetches: every smbd's misses are ours. */
 	bfs_reader_set_memory(e->reader, ctl_size(&e->c, "fetch memory"));
 	bfs_reader_on_meta(e->reader, eng_object_meta, e);
-	bfs_reader_answer_after_fill(e->reader);
+	eng_arena_setup(e, ctl_size(&e->c, "fetch memory"));
 	pthread_mutex_init(&e->mu, NULL);
 	pthread_cond_init(&e->cv, NULL);
 

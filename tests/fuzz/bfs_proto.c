@@ -48,6 +48,10 @@ static void check_same(const struct bfs_proto_msg *a,
 		break;
 	case BFS_PM_WELCOME:
 		FUZZ_CHECK(a->pid == b->pid);
+		FUZZ_CHECK(a->arena == b->arena);
+		break;
+	case BFS_PM_RELEASE:
+		FUZZ_CHECK(a->pin == b->pin);
 		break;
 	case BFS_PM_UPLOAD:
 	case BFS_PM_LIST:
@@ -61,6 +65,8 @@ static void check_same(const struct bfs_proto_msg *a,
 	case BFS_PM_DONE:
 		FUZZ_CHECK(a->err == b->err);
 		FUZZ_CHECK(same_str(a->etag, b->etag));
+		FUZZ_CHECK(a->slot == b->slot);
+		FUZZ_CHECK(a->pin == b->pin);
 		break;
 	case BFS_PM_STATUS:
 		break;
@@ -72,10 +78,12 @@ static void check_same(const struct bfs_proto_msg *a,
 		FUZZ_CHECK(a->bytes == b->bytes);
 		FUZZ_CHECK(a->fetches == b->fetches);
 		FUZZ_CHECK(a->fetched == b->fetched);
+		FUZZ_CHECK(a->lent == b->lent);
 		break;
 	case BFS_PM_FETCH:
 		FUZZ_CHECK(a->offset == b->offset);
 		FUZZ_CHECK(a->length == b->length);
+		FUZZ_CHECK(a->lend == b->lend);
 		/* fall through: the rest as PREFETCH */
 	case BFS_PM_PREFETCH:
 		FUZZ_CHECK(same_str(a->key, b->key));

@@ -18,6 +18,7 @@
 
 #include <cmocka.h>
 
+#include "bfs_arena.h"
 #include "bfs_reader.h"
 #include "s3_dirlist.h"
 #include "s3_ops.h"
@@ -623,6 +624,101 @@ static void test_reader_refuses_replaced_object(void **state)
 	assert_memory_equal(buf, v2, 2 * RBS);
 }
 
+/* Lend [off, off+len): wait, and check the arena holds those bytes. */
+static struct bfs_pin *lend(struct fixture *f, struct bfs_reader *r,
+			    struct bfs_arena_view *v, struct bfs_object *o,
+			    const uint8_t *data, uint64_t off, size_t len,
+			    int want)
+{
+	struct tevent_req *req = bfs_read_lend_send(f->t, f->ev, r, o, off,
+						    len);
+	struct bfs_pin *pin = NULL;
+	struct s3_status st = {0};
+	uint64_t at = 0;
+
+	assert_non_null(req);
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
+	assert_int_equal(bfs_read_lend_recv(req, f->t, &at, &pin, &st), want);
+	if (pin != NULL) {
+		const uint8_t *p = bfs_arena_view_at(v, at, len);
+
+		assert_non_null(p);
+		assert_memory_equal(p, data + off, len);
+	}
+	return pin;
+}
+
+/*
+ * The engine's reader lends fetched bytes from its arena, where another
+ * process reads them: a pinned slot is not reused, a released one is;
+ * readahead's blocks are lent from memory; what is not in one fetch is
+ * answered from the cache; a replaced object is refused as by a read.
+ */
+static void test_reader_lends_fetched_blocks_from_its_arena(void **state)
+{
+	struct fixture *f = *state;
+	const size_t len = 20 * RBS + 7;
+	uint8_t *data = pattern(f->t, len, 41);
+	struct bfs_cache *cache = NULL;
+	struct bfs_reader *r = reader_with_cache(f, &cache);
+	struct bfs_arena *a;
+	struct bfs_arena_view *v;
+	struct bfs_object o;
+	struct bfs_pin *p1, *p2, *p3;
+	uint64_t fetches;
+
+	a = bfs_arena_new(f->t, bfs_reader_buf_size(r), 3);
+	assert_non_null(a);
+	assert_int_equal(bfs_reader_use_arena(r, a), 0);
+	bfs_reader_answer_after_fill(r, false);
+	v = bfs_arena_view_new(f->t, bfs_arena_fd(a), bfs_arena_size(a));
+	assert_non_null(v);
+	put(f, "reader/lent", data, len);
+	o = object_of(f, "reader/lent");
+
+	/* A miss: fetched into a slot, lent as soon as the GET is done. */
+	p1 = lend(f, r, v, &o, data, 100, RBS, 0);
+	assert_non_null(p1);
+	assert_int_equal(bfs_arena_free_slots(a), 2);
+	/* Asked again while lent: the same fetch, no second GET. */
+	fetches = bfs_reader_counters(r)->block_fetches;
+	p2 = lend(f, r, v, &o, data, 200, 1000, 0);
+	assert_non_null(p2);
+	assert_int_equal(bfs_reader_counters(r)->block_fetches, fetches);
+
+	/* Readahead of blocks 4-11 lands in a slot; lent from memory. */
+	bfs_reader_prefetch(r, &o, 4, 8);
+	p3 = lend(f, r, v, &o, data, 5 * RBS + 3, 2 * RBS, 0);
+	assert_non_null(p3);
+	assert_int_equal(bfs_reader_counters(r)->block_fetches, fetches + 1);
+	assert_int_equal(bfs_arena_free_slots(a), 1);
+
+	/* Released, and once the fills are done, the slots are free again. */
+	talloc_free(p1);
+	talloc_free(p2);
+	talloc_free(p3);
+	bfs_cache_fill_drain(cache);
+	bfs_reader_set_memory(r, bfs_arena_size(a)); /* sweeps */
+	tevent_loop_once(f->ev);
+	assert_true(bfs_cache_present(cache, &o.id, 0));
+
+	/* Cached and no longer in memory: no pin, the cache has it. */
+	bfs_reader_set_memory(r, 1); /* keeps nothing */
+	bfs_reader_set_memory(r, bfs_arena_size(a));
+	assert_int_equal(bfs_arena_free_slots(a), 3);
+	assert_null(lend(f, r, v, &o, data, 0, RBS, 0));
+	/* Partly cached (block 11 is, 12 is not): through the cache too. */
+	assert_null(lend(f, r, v, &o, data, 11 * RBS + 10, RBS, 0));
+	assert_true(bfs_cache_present(cache, &o.id, 12));
+
+	/* Replaced in S3: refused, nothing pinned. */
+	put(f, "reader/lent", pattern(f->t, len, 42), len);
+	assert_null(lend(f, r, v, &o, data, 15 * RBS, RBS, ESTALE));
+	bfs_cache_fill_drain(cache);
+	tevent_loop_once(f->ev);
+	assert_int_equal(bfs_arena_free_slots(a), 3);
+}
+
 /* Freeing a request in flight must cancel it cleanly. */
 static void test_cancel_in_flight(void **state)
 {
@@ -661,6 +757,7 @@ int main(void)
 		cmocka_unit_test(test_tls_verification),
 		cmocka_unit_test(test_reader_caches_and_coalesces),
 		cmocka_unit_test(test_reader_refuses_replaced_object),
+		cmocka_unit_test(test_reader_lends_fetched_blocks_from_its_arena),
 	};
 	/*
 	 * Against another server (S3_BACKEND=rgw: Ceph's RADOS Gateway), the
@@ -679,6 +776,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_in_flight),
 		cmocka_unit_test(test_reader_caches_and_coalesces),
 		cmocka_unit_test(test_reader_refuses_replaced_object),
+		cmocka_unit_test(test_reader_lends_fetched_blocks_from_its_arena),
 	};
 	const char *backend = getenv("S3_BACKEND");
 
