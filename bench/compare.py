@@ -49,7 +49,8 @@ the object from the disk the bucketfs cache writes to, which a real S3
 server does not share (worth about 0.1 of the cold ratio here).
 BENCH_S3_DIR=DIR puts the store in DIR instead; BENCH_S3_DIR= (empty) on
 the local disk, as runs before 2026-11-27 15:00 had it.
-For every run: peak RSS of smbd (and of the FUSE daemon), and the S3
+For every run: peak RSS of smbd without shared memory (and of the FUSE
+daemon, or bucketfs's engine with its fetch arena), and the S3
 requests and bytes the S3 server logged (read amplification).
 
 Medians of RUNS (3) runs.  Writes bench/results/compare.md, PNG charts
@@ -180,10 +181,17 @@ class Peak(threading.Thread):
                     continue
                 name = re.search(r"^Name:\s+(\S+)", st, re.M).group(1)
                 rss = re.search(r"^VmRSS:\s+(\d+)", st, re.M)
+                # Shared memory is not counted: an smbd maps the engine's
+                # fetch arena (a memfd) and copies from it, but those
+                # pages are the engine's, there once for all smbds.
+                shm = re.search(r"^RssShmem:\s+(\d+)", st, re.M)
                 # smbd's children rename themselves ("smbd[127.0.0.1]").
                 for n in self.names:
                     if name.startswith(n) and rss:
-                        self.peak[n] = max(self.peak[n], int(rss.group(1)) * 1024)
+                        own = int(rss.group(1))
+                        if n == "smbd" and shm:
+                            own -= int(shm.group(1))
+                        self.peak[n] = max(self.peak[n], own * 1024)
             time.sleep(0.1)
 
     def __enter__(self):
@@ -367,7 +375,7 @@ class Bench:
 
     def measure(self, workload, system, fn, unit):
         """fn() -> (value, extra dict); adds RSS and S3 traffic."""
-        names = ["smbd", "s3fs", "rclone"]
+        names = ["smbd", "s3fs", "rclone", "bucketfsd"]
         mark = self.s3log.mark()
         cpu0, wall0 = machine_cpu(), time.monotonic()
         try:
@@ -386,7 +394,8 @@ class Bench:
                "s3_requests": reqs, "s3_bytes": nbytes,
                "cpu_s": cpu, "busy": cpu / (wall * os.cpu_count()),
                "rss_smbd": peak.peak["smbd"] if peak else 0,
-               "rss_daemon": peak.peak.get(system, 0) if peak else 0}
+               "rss_daemon": peak.peak.get("bucketfsd" if system == "bucketfs" else system, 0)
+               if peak else 0}
         row.update(extra)
         self.results.append(row)
         log(f"{workload:22} {system:9} {value if value is None else round(value, 3)} {unit}"
@@ -707,7 +716,8 @@ def report(b, m):
     lines += ["", "Ratios: higher is better for bucketfs (for listings, time of the other / "
               "time of bucketfs; for p99 latency, bucketfs's over (a)'s: lower is better).  "
               "Every run's figures: `bench/results/compare-runs.json`.", "",
-              "| workload | system | peak smbd RSS | peak FUSE daemon RSS | S3 requests | S3 bytes "
+              "| workload | system | peak smbd RSS | peak FUSE daemon or engine RSS | S3 requests "
+              "| S3 bytes "
               "| read amplification | machine CPU (busy) |",
               "|---|---|---|---|---|---|---|---|"]
     for w, unit, _ in WORKLOADS:
@@ -721,7 +731,8 @@ def report(b, m):
             elif w.startswith("small"):
                 useful = SMALL_N * SMALL_KB * 1024
             amp = f"{r['s3_bytes'] / useful:.2f}" if useful and r["s3_bytes"] else "—"
-            daemon = f"{r['rss_daemon'] / 2**20:.0f} MiB" if s in ("s3fs", "rclone") else "—"
+            daemon = (f"{r['rss_daemon'] / 2**20:.0f} MiB"
+                      if s in ("s3fs", "rclone", "bucketfs") and r.get("rss_daemon") else "—")
             cpu = f"{r['cpu_s']:.1f} s ({r['busy']:.0%})" if "cpu_s" in r else "—"
             lines.append(f"| {w} | {s} | {r['rss_smbd'] / 2**20:.0f} MiB | "
                          f"{daemon} | {r['s3_requests']:.0f} | "
