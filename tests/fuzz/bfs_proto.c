@@ -20,8 +20,11 @@
 #include "bfs_proto.h"
 #include "fuzz.h"
 
-/* What integer fields missing from a frame add when it is written back. */
-#define INT_FIELDS_MAX (7 * (6 + 8))
+/*
+ * What integer fields missing from a frame add when it is written back:
+ * at most 8 (STATE's), each a 6-byte header and 8 bytes.
+ */
+#define INT_FIELDS_MAX (8 * (6 + 8))
 
 static bool same_str(const char *a, const char *b)
 {

@@ -96,6 +96,8 @@ static void test_a_view_in_another_process_sees_the_bytes(void **state)
 		    bfs_arena_view_at(v, 2 * SLOT, 0) == NULL) {
 			_exit(4);
 		}
+		talloc_free(v); /* valgrind checks the child's leaks too */
+		talloc_free(t);
 		_exit(0);
 	}
 	assert_int_equal(waitpid(pid, &status, 0), pid);
