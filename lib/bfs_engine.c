@@ -624,7 +624,15 @@ static void bfs_engine_on_message(struct bfs_engine *e,
 		}
 	}
 	if (w == NULL) {
-		return; /* a wait given up meanwhile */
+		/* A wait given up meanwhile; what it was lent goes back at
+		 * once, or the engine would keep those bytes pinned. */
+		if (m->pin != 0) {
+			struct bfs_engine_lent l = {.pin = m->pin,
+						    .arena = e->arena};
+
+			bfs_engine_lent_done(e, &l);
+		}
+		return;
 	}
 	if (m->err != 0) {
 		tevent_req_error(w->req, m->err > 4095 ? EIO : (int)m->err);
