@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <signal.h>
@@ -481,37 +482,60 @@ bool bfs_journal_pid_alive(pid_t pid)
 	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
+/*
+ * A start stamp is this boot's tag in its top 24 bits and the process's
+ * start in clock ticks since boot below (40 bits: 348 years at 100 Hz).
+ * Neither moves when the wall clock is set.  Stamps of version 3 records
+ * were the wall-clock time of the start, btime from /proc/stat plus the
+ * ticks since boot, and btime follows every step of the clock: after one
+ * (a VM's time sync, NTP's first step) processes started since computed
+ * another stamp for a live engine, took its records over as a dead
+ * process's and dropped staging files it still uploaded from.  Those
+ * stamps are below 2^40 and tell only the pid.
+ */
+#define BFS_START_TICK_BITS 40
+#define BFS_START_TICK_MASK ((1ULL << BFS_START_TICK_BITS) - 1)
+
+static pthread_once_t bfs_boot_once = PTHREAD_ONCE_INIT;
+static uint64_t bfs_boot_tag;
+
+/* This boot's tag: a hash of the kernel's random boot_id, never 0. */
+static void bfs_boot_tag_read(void)
+{
+	uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a */
+	char buf[64];
+	ssize_t n = -1, i;
+	int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+
+	if (fd != -1) {
+		n = read(fd, buf, sizeof(buf));
+		close(fd);
+	}
+	if (n <= 0) {
+		/* No /proc: a stamp then only tells starts of this boot. */
+		bfs_log(BFS_LOG_WARNING, "bucketfs: cannot read the kernel's "
+			"boot id: journal records name their owners by pid and "
+			"start time since boot only");
+		n = 0;
+	}
+	for (i = 0; i < n; i++) {
+		h = (h ^ (uint8_t)buf[i]) * 0x100000001b3ULL;
+	}
+	bfs_boot_tag = h >> BFS_START_TICK_BITS;
+	if (bfs_boot_tag == 0) {
+		bfs_boot_tag = 1;
+	}
+}
+
 uint64_t bfs_proc_start(pid_t pid)
 {
-	static uint64_t boot_ticks; /* btime, in clock ticks */
-	static uint64_t self_start;
-	static pid_t self;
 	char path[64], buf[1024], *p;
 	unsigned long long ticks;
-	long hz = sysconf(_SC_CLK_TCK);
 	ssize_t n;
 	int fd, field;
 
-	if (pid <= 0 || hz <= 0) {
+	if (pid <= 0 || pthread_once(&bfs_boot_once, bfs_boot_tag_read) != 0) {
 		return 0;
-	}
-	if (pid == getpid() && self == pid && self_start != 0) {
-		return self_start;
-	}
-	if (boot_ticks == 0) {
-		FILE *f = fopen("/proc/stat", "re");
-		unsigned long long btime;
-		char line[256];
-
-		while (f != NULL && fgets(line, sizeof(line), f) != NULL) {
-			if (sscanf(line, "btime %llu", &btime) == 1) {
-				boot_ticks = (uint64_t)btime * (uint64_t)hz;
-				break;
-			}
-		}
-		if (f != NULL) {
-			fclose(f);
-		}
 	}
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -532,11 +556,8 @@ uint64_t bfs_proc_start(pid_t pid)
 	if (p == NULL || sscanf(p + 1, "%llu", &ticks) != 1) {
 		return 0;
 	}
-	if (pid == getpid()) {
-		self = pid;
-		self_start = boot_ticks + ticks;
-	}
-	return boot_ticks + ticks;
+	return (bfs_boot_tag << BFS_START_TICK_BITS) |
+	       ((uint64_t)ticks & BFS_START_TICK_MASK);
 }
 
 bool bfs_jrec_owner_alive(const struct bfs_jrec *r)
@@ -546,8 +567,9 @@ bool bfs_jrec_owner_alive(const struct bfs_jrec *r)
 	if (!bfs_journal_pid_alive(r->pid)) {
 		return false;
 	}
-	if (r->pid_start == 0) {
-		return true; /* an old record: the pid is all we know */
+	if ((r->pid_start >> BFS_START_TICK_BITS) == 0) {
+		/* Version 2, or a wall-clock stamp: the pid is all we know. */
+		return true;
 	}
 	now = bfs_proc_start(r->pid);
 	/* Unreadable (another pid namespace): trust the pid. */

@@ -142,10 +142,12 @@ int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 bool bfs_journal_pid_alive(pid_t pid);
 
 /*
- * When process pid started (clock ticks since the epoch, from /proc), 0
- * if unknown.  A record keeps its owner's: should the owner die and its
- * number be given to another process (a reboot, a busy host), that one
- * started later, and the record is an orphan all the same.
+ * A stamp of when process pid started (this boot's tag and the clock
+ * ticks since boot, from /proc), 0 if unknown.  A record keeps its
+ * owner's: should the owner die and its number be given to another
+ * process (a reboot, a busy host), that one started later, and the
+ * record is an orphan all the same.  No setting of the wall clock
+ * changes it: every process computes the same stamp for a live owner.
  */
 uint64_t bfs_proc_start(pid_t pid);
 

@@ -575,14 +575,29 @@ static void test_a_reused_pid_is_not_the_owner(void **state)
 		.staging = "s1",
 	}, reused = {
 		.key = "reused", .op = BFS_J_PUT, .pid = getpid(),
-		.staging = "s2", .pid_start = 12345, /* someone before us */
+		.staging = "s2", /* someone before us, this boot */
+		.pid_start = bfs_proc_start(getpid()) - 1,
+	}, before_boot = {
+		.key = "before-boot", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "s3", /* our very start, but in another boot */
+		.pid_start = bfs_proc_start(getpid()) ^ (1ULL << 63),
+	}, legacy = {
+		.key = "legacy", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "s4", /* a wall-clock stamp: the pid tells */
+		.pid_start = 179635339012345ULL % (1ULL << 40),
 	}, got, *out = NULL;
 	size_t n = 0;
 
-	assert_true(bfs_proc_start(getpid()) > 12345);
 	assert_int_equal(bfs_proc_start(dead_pid()), 0);
 	assert_int_equal(bfs_journal_put(j, &mine), 0);
 	assert_int_equal(bfs_journal_put(j, &reused), 0);
+	assert_int_equal(bfs_journal_put(j, &before_boot), 0);
+	assert_int_equal(bfs_journal_put(j, &legacy), 0);
+	assert_int_equal(bfs_journal_get(j, t, "before-boot", &got), 0);
+	assert_false(bfs_jrec_owner_alive(&got));
+	assert_int_equal(bfs_journal_done(j, "before-boot", getpid()), 0);
+	assert_int_equal(bfs_journal_get(j, t, "legacy", &got), 0);
+	assert_true(bfs_jrec_owner_alive(&got));
 	assert_int_equal(bfs_journal_get(j, t, "mine", &got), 0);
 	assert_int_equal(got.pid_start, bfs_proc_start(getpid()));
 	assert_true(bfs_jrec_owner_alive(&got));
@@ -594,6 +609,62 @@ static void test_a_reused_pid_is_not_the_owner(void **state)
 	assert_string_equal(out[0].key, "reused");
 	/* Claimed: ours now, with our start time. */
 	assert_int_equal(bfs_journal_get(j, t, "reused", &got), 0);
+	assert_true(bfs_jrec_owner_alive(&got));
+	talloc_free(t);
+}
+
+/*
+ * No setting of the wall clock changes a live owner's stamp.  Stamps
+ * were wall-clock times (btime + ticks since boot); after a time sync
+ * stepped the clock, processes started since saw a live engine as dead,
+ * took its records over and dropped staging files it was uploading: the
+ * 16-client soak in CI lost acknowledged checkpoints that way.  Here the
+ * clock steps 2 s forward (root only) and a process started after the
+ * step (this binary again, --stamp-of) stamps us as we stamped ourselves.
+ */
+static void test_a_clock_step_does_not_make_a_live_owner_dead(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec mine = {
+		.key = "mine", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "s1",
+	}, got;
+	struct timespec now;
+	char self[32], cmd[128], out[64] = "";
+	FILE *p;
+	int stepped;
+
+	assert_int_equal(bfs_journal_put(j, &mine), 0);
+	assert_int_equal(bfs_journal_get(j, t, "mine", &got), 0);
+	if (geteuid() != 0) {
+		talloc_free(t);
+		skip();
+	}
+	assert_int_equal(clock_gettime(CLOCK_REALTIME, &now), 0);
+	now.tv_sec += 2;
+	stepped = clock_settime(CLOCK_REALTIME, &now);
+	if (stepped == 0) {
+		snprintf(self, sizeof(self), "/proc/%d/exe", (int)getpid());
+		snprintf(cmd, sizeof(cmd), "%s --stamp-of %d", self,
+			 (int)getpid());
+		p = popen(cmd, "r");
+		if (p != NULL) {
+			if (fgets(out, sizeof(out), p) == NULL) {
+				out[0] = '\0';
+			}
+			pclose(p);
+		}
+		clock_gettime(CLOCK_REALTIME, &now);
+		now.tv_sec -= 2;
+		assert_int_equal(clock_settime(CLOCK_REALTIME, &now), 0);
+	}
+	if (stepped != 0) {
+		talloc_free(t); /* a container without CAP_SYS_TIME */
+		skip();
+	}
+	assert_int_equal(strtoull(out, NULL, 10), got.pid_start);
 	assert_true(bfs_jrec_owner_alive(&got));
 	talloc_free(t);
 }
@@ -649,8 +720,13 @@ static void test_a_staging_folder_error_is_reported(void **state)
 	talloc_free(t);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	if (argc == 3 && strcmp(argv[1], "--stamp-of") == 0) {
+		/* For the clock-step test: a process started after the step. */
+		printf("%llu\n", (unsigned long long)bfs_proc_start(atoi(argv[2])));
+		return 0;
+	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get_done),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
@@ -664,6 +740,7 @@ int main(void)
 		cmocka_unit_test(test_swap_update_retarget),
 		cmocka_unit_test(test_hand_over_and_retarget),
 		cmocka_unit_test(test_a_reused_pid_is_not_the_owner),
+		cmocka_unit_test(test_a_clock_step_does_not_make_a_live_owner_dead),
 		cmocka_unit_test(test_a_damaged_journal_is_refused_with_a_clear_reason),
 		cmocka_unit_test(test_a_staging_folder_error_is_reported),
 	};
