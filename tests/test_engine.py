@@ -14,6 +14,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import smbd_fixture
 from world import B, TOP, USER, PASSWORD, s3_has, sha256
 
@@ -620,6 +622,44 @@ def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
         time.sleep(0.2)
     assert "rwlocal/gone.bin" not in w.s3_keys("rwlocal/"), "the deleted file came back"
     assert "gone.bin" not in w.ls("rwlocal")
+
+
+def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
+    # A time sync may set the wall clock back.  The engine tries a failed
+    # upload again 30 s later on a clock no such step moves; on the wall
+    # clock, set back 2 minutes, the upload would wait 2 minutes more.
+    if os.geteuid() != 0:
+        pytest.skip("setting the clock needs root")
+    src = w.make("clockback.bin", 100000)
+    log = f"{w.dir}/bfscache-rwlocal/engine.log"
+    before = len(open(log).read()) if os.path.exists(log) else 0
+    w.fault("PUT 503 -1 rwlocal/clockback.bin")
+    back = 0
+    try:
+        put(w, "rwlocal", src, "clockback.bin")
+        for _ in range(300):
+            if re.search(r"upload of \S+/rwlocal/clockback\.bin failed", open(log).read()[before:]):
+                break
+            time.sleep(0.1)
+        assert re.search(r"upload of \S+/rwlocal/clockback\.bin failed",
+                         open(log).read()[before:]), "the upload did not fail"
+        time.clock_settime(time.CLOCK_REALTIME, time.clock_gettime(time.CLOCK_REALTIME) - 120)
+        back = 120
+        w.fault("PUT delay:0 0")
+        start = time.monotonic()
+        while time.monotonic() - start < 120 and \
+                "clockback.bin" in w.ctl("rwlocal", "pending").stdout:
+            time.sleep(0.5)
+        took = time.monotonic() - start
+    finally:
+        w.fault("PUT delay:0 0")
+        if back:
+            time.clock_settime(time.CLOCK_REALTIME,
+                               time.clock_gettime(time.CLOCK_REALTIME) + back)
+    print(f"    # uploaded {took:.1f} s after the clock went back 120 s (retry after 30 s)")
+    # Generous: the point is that it did not wait out the 120 s.
+    assert took < 60, f"the retry waited {took:.0f} s"
+    assert s3_has(w, "rwlocal/clockback.bin", sha256(src))
 
 
 def test_kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it(w):

@@ -217,8 +217,32 @@ static void eng_lib_log(int level, const char *line)
 struct eng_retry {
 	struct eng_retry *next;
 	char *key;		/* malloc'd: any upload thread frees it */
-	time_t at;
+	time_t at;		/* eng_mono() seconds */
 };
+
+/*
+ * Seconds for the upload threads' schedule (retries, polls), from a clock
+ * no setting of the wall clock moves: stepped back an hour by a time
+ * sync, a wall-clock schedule would hold failed uploads an hour longer.
+ */
+static time_t eng_mono(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec;
+}
+
+/* A condition variable whose timed waits run on CLOCK_MONOTONIC. */
+static void eng_cond_init(pthread_cond_t *cv)
+{
+	pthread_condattr_t a;
+
+	pthread_condattr_init(&a);
+	pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+	pthread_cond_init(cv, &a);
+	pthread_condattr_destroy(&a);
+}
 
 /*
  * One upload thread: its own event context, S3 client and writeback (the
@@ -236,14 +260,14 @@ struct eng_worker {
 	/* What this thread has seen of e's generations (under e->mu). */
 	uint64_t seen_kick, seen_urgent, seen_ripe, seen_creds;
 	struct bfs_stats_vec flushed;	/* the upload client's, as added */
-	time_t stats_added;
+	time_t stats_added;		/* eng_mono() seconds */
 };
 
 /* An upload thread's S3 counters into the folder's totals. */
 static void eng_worker_count(struct eng_worker *w, bool now)
 {
 	struct bfs_stats_vec cur = {{0}};
-	time_t t = time(NULL);
+	time_t t = eng_mono();
 	int ret;
 
 	if (!now && t - w->stats_added < (time_t)w->e->stats_interval) {
@@ -533,7 +557,7 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 			ENG_RETRY_SECONDS);
 	}
 	pthread_mutex_lock(&e->mu);
-	eng_retry_set(e, r->key, ret, time(NULL));
+	eng_retry_set(e, r->key, ret, eng_mono());
 	eng_unclaim(e, r->key);
 	pthread_mutex_unlock(&e->mu);
 	/* The ETag the upload left in the index; none when it was stopped,
@@ -567,7 +591,7 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 	size_t n = 0, no = 0, i, front, n_urgent;
 	char **urgent_keys;
 	pid_t me = getpid();
-	time_t now = time(NULL);
+	time_t now = time(NULL), mono = eng_mono();
 	uint64_t pending = 0, urgent_gen;
 	unsigned ran = 0, young = 0;
 	bool again = false;
@@ -635,7 +659,7 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 			young++;
 			continue;
 		}
-		if (!eng_take_record(w, tmp, r, now, urgent, &cur)) {
+		if (!eng_take_record(w, tmp, r, mono, urgent, &cur)) {
 			continue;
 		}
 		eng_run(w, &cur);
@@ -667,7 +691,7 @@ static void *eng_worker_main(void *arg)
 		bool urgent;
 
 		pthread_mutex_lock(&e->mu);
-		clock_gettime(CLOCK_REALTIME, &until);
+		clock_gettime(CLOCK_MONOTONIC, &until);
 		until.tv_sec += ENG_POLL_SECONDS;
 		while (w->seen_kick == e->kick_gen && !e->quit &&
 		       pthread_cond_timedwait(&e->cv, &e->mu, &until) == 0) {
@@ -680,7 +704,7 @@ static void *eng_worker_main(void *arg)
 			 * follows (write tmp, rename over final) the moment
 			 * to retarget the upload before it starts.
 			 */
-			clock_gettime(CLOCK_REALTIME, &until);
+			clock_gettime(CLOCK_MONOTONIC, &until);
 			until.tv_nsec += (long)(e->delay_ms % 1000) * 1000000;
 			until.tv_sec += e->delay_ms / 1000 +
 					until.tv_nsec / 1000000000;
@@ -1727,7 +1751,7 @@ int main(int argc, char **argv)
 	bfs_reader_on_meta(e->reader, eng_object_meta, e);
 	eng_arena_setup(e, ctl_size(&e->c, "fetch memory"));
 	pthread_mutex_init(&e->mu, NULL);
-	pthread_cond_init(&e->cv, NULL);
+	eng_cond_init(&e->cv);
 
 	/*
 	 * The upload threads, each with its own loop, S3 client and
