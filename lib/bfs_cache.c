@@ -119,6 +119,7 @@ struct bfs_cache {
 	bool busy;
 	struct bfs_fill_job *queue_head, *queue_tail;
 	uint64_t queued_bytes;
+	uint64_t queue_max;	/* queued_bytes at most (BFS_FILL_QUEUE_MAX) */
 	int thread_lock_fd;
 };
 
@@ -405,6 +406,7 @@ static int bfs_cache_open_once(TALLOC_CTX *mem_ctx, const char *dir,
 	c->block_size = block_size;
 	c->lock_fd = -1;
 	c->thread_lock_fd = -1;
+	c->queue_max = BFS_FILL_QUEUE_MAX;
 	pthread_mutex_init(&c->mu, NULL);
 	pthread_cond_init(&c->cv, NULL);
 	pthread_cond_init(&c->idle_cv, NULL);
@@ -1338,7 +1340,7 @@ struct bfs_fill_job *bfs_cache_fill_queue(struct bfs_cache *c,
 	j->data = data;
 	j->len = len;
 	pthread_mutex_lock(&c->mu);
-	if (c->queued_bytes + len > BFS_FILL_QUEUE_MAX) {
+	if (c->queued_bytes + len > c->queue_max) {
 		/* The disk is behind: this one is not cached. */
 		pthread_mutex_unlock(&c->mu);
 		free(j);
@@ -1836,4 +1838,11 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 void bfs_cache_fill_through_page_cache(struct bfs_cache *c)
 {
 	c->fill_cached = true;
+}
+
+void bfs_cache_fill_queue_max(struct bfs_cache *c, uint64_t bytes)
+{
+	pthread_mutex_lock(&c->mu);
+	c->queue_max = bytes > BFS_FILL_QUEUE_MAX ? bytes : BFS_FILL_QUEUE_MAX;
+	pthread_mutex_unlock(&c->mu);
 }

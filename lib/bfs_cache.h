@@ -141,6 +141,14 @@ bool bfs_cache_fill_done(const struct bfs_fill_job *job);
  * engine, whose fills the smbd that asked reads at once.
  */
 void bfs_cache_fill_through_page_cache(struct bfs_cache *c);
+/*
+ * Queue up to bytes of fills (never fewer than the default, 32 MiB).  For
+ * the engine, whose queued fills are its fetch arena's slots: memory the
+ * arena bounds already.  With the default, a burst of fetches faster than
+ * one thread writes them overflowed the queue, and the engine wrote the
+ * rest on its loop, answering nobody meanwhile (DEVELOPERS.md).
+ */
+void bfs_cache_fill_queue_max(struct bfs_cache *c, uint64_t bytes);
 void bfs_cache_fill_release(struct bfs_fill_job *job);
 /* Wait until every queued fill is done. */
 void bfs_cache_fill_drain(struct bfs_cache *c);

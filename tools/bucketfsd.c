@@ -1012,6 +1012,10 @@ static void eng_arena_setup(struct eng *e, uint64_t fetch_memory)
 			"blocks from the cache file");
 	}
 	bfs_reader_answer_after_fill(e->reader, e->arena == NULL);
+	if (e->arena != NULL) {
+		/* Queued fills are arena slots: let the whole arena wait. */
+		bfs_cache_fill_queue_max(e->cache, bfs_arena_size(e->arena));
+	}
 }
 
 /* FETCH and PREFETCH: read misses of smbds, fetched once for all. */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -37,6 +38,72 @@ static void block_bytes(uint8_t *b, uint64_t blk, unsigned obj)
 	for (i = 0; i < BS; i++) {
 		b[i] = (uint8_t)(blk * 31 + obj * 7 + i);
 	}
+}
+
+/*
+ * The fill queue takes what bfs_cache_fill_queue_max allows: the engine
+ * lets its whole fetch arena wait for the fill thread, rather than write
+ * a burst's overflow on its loop.  The test holds the cache's lock so the
+ * fill thread cannot take a job meanwhile.
+ */
+static void test_the_fill_queue_takes_what_its_maximum_allows(void **state)
+{
+	const uint32_t bs = 1u << 20;
+	const uint64_t len = 8ull << 20; /* one fetch */
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	char *lock = talloc_asprintf(t, "%s/fill.lock", dir);
+	struct bfs_cache *c = NULL;
+	struct bfs_fill_job *jobs[7] = {NULL};
+	struct bfs_cache_id id;
+	uint8_t *data = NULL, out[64];
+	uint32_t got = 0;
+	unsigned i, queued = 0;
+	int lfd;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 256ull << 20, bs, &c, &why), 0);
+	assert_int_equal(posix_memalign((void **)&data, 4096, 7 * len), 0);
+	for (i = 0; i < 7; i++) {
+		memset(data + i * len, 'a' + (int)i, len);
+	}
+	bfs_cache_make_id("bkt", "burst", "etag", bs, &id);
+	lfd = open(lock, O_RDWR | O_CLOEXEC);
+	assert_true(lfd >= 0);
+	assert_int_equal(flock(lfd, LOCK_EX), 0);
+
+	/* The default (32 MiB): four fetches wait, the fifth is refused. */
+	for (i = 0; i < 5; i++) {
+		jobs[i] = bfs_cache_fill_queue(c, &id, i * 8, data + i * len,
+					       len);
+		queued += jobs[i] != NULL;
+	}
+	assert_int_equal(queued, 4);
+	assert_null(jobs[4]);
+	/* Room for seven: the refused one and two more wait as well. */
+	bfs_cache_fill_queue_max(c, 7 * len);
+	for (i = 4; i < 7; i++) {
+		jobs[i] = bfs_cache_fill_queue(c, &id, i * 8, data + i * len,
+					       len);
+		assert_non_null(jobs[i]);
+	}
+	/* Never below the default: a smaller maximum is the default. */
+	bfs_cache_fill_queue_max(c, 1);
+	assert_null(bfs_cache_fill_queue(c, &id, 56, data, len));
+
+	assert_int_equal(flock(lfd, LOCK_UN), 0);
+	close(lfd);
+	bfs_cache_fill_drain(c);
+	for (i = 0; i < 7; i++) {
+		assert_true(bfs_cache_fill_done(jobs[i]));
+		bfs_cache_fill_release(jobs[i]);
+		assert_int_equal(bfs_cache_read(c, &id, i * 8 + 7, 5,
+						sizeof(out), out, &got), 0);
+		assert_int_equal(got, sizeof(out));
+		assert_int_equal(out[0], 'a' + (int)i);
+	}
+	free(data);
+	talloc_free(t);
 }
 
 static void test_fill_then_read(void **state)
@@ -581,6 +648,8 @@ int main(void)
 		cmocka_unit_test(test_damaged_block_records_are_not_believed),
 		cmocka_unit_test(test_one_block_size_per_folder),
 		cmocka_unit_test(test_the_next_opener_checks_after_a_crash),
+		cmocka_unit_test(
+			test_the_fill_queue_takes_what_its_maximum_allows),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }
