@@ -20,6 +20,20 @@ struct bfs_arena {
 	unsigned nfree;
 };
 
+/*
+ * Ask for transparent huge pages on a mapping of the arena.  Every fetched
+ * byte is written into it and copied out of it again, and with 4 KiB pages
+ * both copies miss the TLB (and a page touched the first time faults) 512
+ * times as often.  Shared memory gets huge pages only where the host allows
+ * it (/sys/kernel/mm/transparent_hugepage/shmem_enabled = advise; Debian's
+ * default is never): cold reads through the engine were ~10 % faster with
+ * it (DEVELOPERS.md).  Advice only: refused, it works all the same.
+ */
+static void bfs_arena_advise_huge(void *p, size_t size)
+{
+	(void)madvise(p, size, MADV_HUGEPAGE);
+}
+
 struct bfs_arena_view {
 	const uint8_t *base;
 	size_t size;
@@ -87,6 +101,7 @@ struct bfs_arena *bfs_arena_new(TALLOC_CTX *mem_ctx, size_t slot_size,
 		return NULL;
 	}
 	a->base = p;
+	bfs_arena_advise_huge(p, size);
 	/* Slot 0 on top: taken first. */
 	for (i = 0; i < nslots; i++) {
 		a->free[i] = nslots - 1 - i;
@@ -182,6 +197,7 @@ struct bfs_arena_view *bfs_arena_view_new(TALLOC_CTX *mem_ctx, int fd,
 		return NULL;
 	}
 	v->base = p;
+	bfs_arena_advise_huge(p, size);
 	v->size = size;
 	talloc_set_destructor(v, bfs_arena_view_destructor);
 	return v;
