@@ -4,6 +4,7 @@
 #include "bfs_arena.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -32,6 +33,24 @@ struct bfs_arena {
 static void bfs_arena_advise_huge(void *p, size_t size)
 {
 	(void)madvise(p, size, MADV_HUGEPAGE);
+}
+
+bool bfs_arena_huge_pages_allowed(void)
+{
+	char line[256];
+	const char *at;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/shmem_enabled",
+			"r");
+	bool ok;
+
+	if (f == NULL) {
+		return false;
+	}
+	ok = fgets(line, sizeof(line), f) != NULL;
+	fclose(f);
+	at = ok ? strchr(line, '[') : NULL;
+	return at != NULL && strncmp(at, "[never]", 7) != 0 &&
+	       strncmp(at, "[deny]", 6) != 0;
 }
 
 struct bfs_arena_view {

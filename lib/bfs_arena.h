@@ -18,6 +18,7 @@
 #ifndef BUCKETFS_BFS_ARENA_H
 #define BUCKETFS_BFS_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <talloc.h>
@@ -31,6 +32,13 @@ struct bfs_arena;
  */
 struct bfs_arena *bfs_arena_new(TALLOC_CTX *mem_ctx, size_t slot_size,
 				unsigned nslots);
+
+/*
+ * Does the host give the arena huge pages (shmem_enabled advise, always,
+ * within_size or force)?  If not, writing its bytes with O_DIRECT is
+ * cheaper from a copy in huge pages (bfs_cache_fill_bounce).
+ */
+bool bfs_arena_huge_pages_allowed(void);
 
 /* The memfd, to pass to another process; the arena keeps it open. */
 int bfs_arena_fd(const struct bfs_arena *a);

@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -120,6 +121,16 @@ struct bfs_cache {
 	struct bfs_fill_job *queue_head, *queue_tail;
 	uint64_t queued_bytes;
 	uint64_t queue_max;	/* queued_bytes at most (BFS_FILL_QUEUE_MAX) */
+	/*
+	 * Fills come from shared memory in 4 KiB pages: the fill thread
+	 * copies each into bounce (its own, in huge pages) before writing it
+	 * around the page cache (bfs_cache_fill_bounce).
+	 */
+	bool fill_bounce;
+	uint8_t *bounce;	/* the fill thread's alone */
+	size_t bounce_len;
+	void *bounce_map;	/* the mapping bounce is aligned within */
+	size_t bounce_map_len;
 	int thread_lock_fd;
 };
 
@@ -278,6 +289,9 @@ static int bfs_cache_destructor(struct bfs_cache *c)
 	}
 	if (c->thread_lock_fd >= 0) {
 		close(c->thread_lock_fd);
+	}
+	if (c->bounce_map != NULL) {
+		munmap(c->bounce_map, c->bounce_map_len);
 	}
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
@@ -1002,6 +1016,39 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 /* ---- fills -------------------------------------------------------------------------------- */
 
 /*
+ * The fill thread's bounce buffer, at least len bytes on a huge page
+ * boundary and advised to use huge pages; NULL if it cannot be had (then
+ * the fill is written from where it is).
+ */
+static uint8_t *bfs_cache_bounce(struct bfs_cache *c, size_t len)
+{
+	const size_t huge = 2u << 20;
+	size_t want = (len + huge - 1) & ~(huge - 1);
+	void *m;
+
+	if (c->bounce_len >= len) {
+		return c->bounce;
+	}
+	if (c->bounce_map != NULL) {
+		munmap(c->bounce_map, c->bounce_map_len);
+		c->bounce_map = NULL;
+		c->bounce = NULL;
+		c->bounce_len = 0;
+	}
+	m = mmap(NULL, want + huge, PROT_READ | PROT_WRITE,
+		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED) {
+		return NULL;
+	}
+	c->bounce_map = m;
+	c->bounce_map_len = want + huge;
+	c->bounce = (uint8_t *)(((uintptr_t)m + huge - 1) & ~(uintptr_t)(huge - 1));
+	c->bounce_len = want;
+	(void)madvise(c->bounce, want, MADV_HUGEPAGE); /* advice only */
+	return c->bounce;
+}
+
+/*
  * Write len bytes of a fill at off.  The fill thread writes around the page
  * cache (O_DIRECT) when it can: copying a new block into the page cache
  * costs more CPU than fetching it did, and the block is not read at once
@@ -1026,6 +1073,19 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 		bfs_priv_enter();
 		dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC | O_NOFOLLOW);
 		bfs_priv_leave();
+	}
+	if (dfd >= 0 && c->fill_bounce) {
+		/*
+		 * Written straight from 4 KiB pages of shared memory, an
+		 * 8 MiB O_DIRECT write cost ~5 ms of CPU here; copied to huge
+		 * pages first, 1.4 ms with the copy (DEVELOPERS.md).
+		 */
+		uint8_t *b = bfs_cache_bounce(c, (size_t)padded);
+
+		if (b != NULL) {
+			memcpy(b, data, (size_t)padded);
+			data = b;
+		}
 	}
 	if (dfd >= 0) {
 		w = pwrite(dfd, data, padded, off);
@@ -1838,6 +1898,13 @@ int bfs_cache_forget(struct bfs_cache *c, const struct bfs_cache_id *ids,
 void bfs_cache_fill_through_page_cache(struct bfs_cache *c)
 {
 	c->fill_cached = true;
+}
+
+void bfs_cache_fill_bounce(struct bfs_cache *c)
+{
+	pthread_mutex_lock(&c->mu);
+	c->fill_bounce = true;
+	pthread_mutex_unlock(&c->mu);
 }
 
 void bfs_cache_fill_queue_max(struct bfs_cache *c, uint64_t bytes)

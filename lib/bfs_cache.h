@@ -149,6 +149,15 @@ void bfs_cache_fill_through_page_cache(struct bfs_cache *c);
  * rest on its loop, answering nobody meanwhile (DEVELOPERS.md).
  */
 void bfs_cache_fill_queue_max(struct bfs_cache *c, uint64_t bytes);
+/*
+ * The fill thread copies each fill into a buffer of its own, in huge
+ * pages, before it writes it around the page cache: for fills from shared
+ * memory in 4 KiB pages (the engine's arena, where the host gives shared
+ * memory no huge pages), whose O_DIRECT writes cost ~4 times the CPU of
+ * the copy and a write from huge pages together (DEVELOPERS.md).  Set
+ * before the first fill.
+ */
+void bfs_cache_fill_bounce(struct bfs_cache *c);
 void bfs_cache_fill_release(struct bfs_fill_job *job);
 /* Wait until every queued fill is done. */
 void bfs_cache_fill_drain(struct bfs_cache *c);

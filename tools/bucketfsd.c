@@ -1015,6 +1015,9 @@ static void eng_arena_setup(struct eng *e, uint64_t fetch_memory)
 	if (e->arena != NULL) {
 		/* Queued fills are arena slots: let the whole arena wait. */
 		bfs_cache_fill_queue_max(e->cache, bfs_arena_size(e->arena));
+		if (!bfs_arena_huge_pages_allowed()) {
+			bfs_cache_fill_bounce(e->cache);
+		}
 	}
 }
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -103,6 +104,70 @@ static void test_the_fill_queue_takes_what_its_maximum_allows(void **state)
 		assert_int_equal(out[0], 'a' + (int)i);
 	}
 	free(data);
+	talloc_free(t);
+}
+
+/*
+ * Fills the fill thread copies to its bounce buffer first (the engine's,
+ * from its shared arena) land as they are: a full fetch, a short last
+ * block (padded to 4 KiB for O_DIRECT), and a larger fill after a
+ * smaller one (the buffer grows).
+ */
+static void test_bounced_fills_land_intact(void **state)
+{
+	const uint32_t bs = 1u << 20;
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_fill_job *j;
+	struct bfs_cache_id id;
+	const size_t map = 12u << 20;
+	uint8_t *src, out[256];
+	uint32_t got = 0;
+	int mfd;
+	size_t i;
+
+	(void)state;
+	assert_int_equal(bfs_cache_open(t, dir, 64ull << 20, bs, &c, &why), 0);
+	bfs_cache_fill_bounce(c);
+	/* Shared memory in 4 KiB pages, as the arena is by default. */
+	mfd = memfd_create("bounce-test", MFD_CLOEXEC);
+	assert_true(mfd >= 0);
+	assert_int_equal(ftruncate(mfd, (off_t)map), 0);
+	src = mmap(NULL, map, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	assert_true(src != MAP_FAILED);
+	for (i = 0; i < map; i++) {
+		src[i] = (uint8_t)(i * 7 + i / 4096);
+	}
+	bfs_cache_make_id("bkt", "bounced", "etag", bs, &id);
+	/* Two blocks and 1000 bytes (a short last block), then eight. */
+	j = bfs_cache_fill_queue(c, &id, 0, src, 2 * bs + 1000);
+	assert_non_null(j);
+	bfs_cache_fill_drain(c);
+	assert_true(bfs_cache_fill_done(j));
+	bfs_cache_fill_release(j);
+	j = bfs_cache_fill_queue(c, &id, 8, src + (1u << 20), 8 * bs);
+	assert_non_null(j);
+	bfs_cache_fill_drain(c);
+	bfs_cache_fill_release(j);
+
+	assert_int_equal(bfs_cache_read(c, &id, 1, bs - 100, sizeof(out), out,
+					&got), 0);
+	assert_int_equal(got, 100);
+	assert_memory_equal(out, src + 2 * bs - 100, 100);
+	assert_int_equal(bfs_cache_read(c, &id, 2, 900, sizeof(out), out,
+					&got), 0);
+	assert_int_equal(got, 100); /* the short block ends at 1000 */
+	assert_memory_equal(out, src + 2 * bs + 900, 100);
+	for (i = 8; i < 16; i++) {
+		assert_int_equal(bfs_cache_read(c, &id, i, 4000, sizeof(out),
+						out, &got), 0);
+		assert_int_equal(got, sizeof(out));
+		assert_memory_equal(out, src + (1u << 20) + (i - 8) * bs + 4000,
+				    sizeof(out));
+	}
+	munmap(src, map);
+	close(mfd);
 	talloc_free(t);
 }
 
@@ -650,6 +715,7 @@ int main(void)
 		cmocka_unit_test(test_the_next_opener_checks_after_a_crash),
 		cmocka_unit_test(
 			test_the_fill_queue_takes_what_its_maximum_allows),
+		cmocka_unit_test(test_bounced_fills_land_intact),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }
