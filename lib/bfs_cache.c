@@ -48,6 +48,8 @@
 #define BFS_FD_SLOTS 32
 /* Bytes waiting for the fill thread; past this, fills are dropped. */
 #define BFS_FILL_QUEUE_MAX (32ULL << 20)
+/* The fill thread's bounce buffer (bfs_cache_fill_bounce): a huge page. */
+#define BFS_BOUNCE (2u << 20)
 
 enum { SEG_PROBATION = 0, SEG_PROTECTED = 1 };
 
@@ -1078,14 +1080,28 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 		/*
 		 * Written straight from 4 KiB pages of shared memory, an
 		 * 8 MiB O_DIRECT write cost ~5 ms of CPU here; copied to huge
-		 * pages first, 1.4 ms with the copy (DEVELOPERS.md).
+		 * pages first, 1.4 ms with the copy (DEVELOPERS.md).  In
+		 * pieces of one huge page: the copy's memory stays small.
 		 */
-		uint8_t *b = bfs_cache_bounce(c, (size_t)padded);
+		uint8_t *b = bfs_cache_bounce(c, BFS_BOUNCE);
+		uint64_t done = 0;
 
-		if (b != NULL) {
-			memcpy(b, data, (size_t)padded);
-			data = b;
+		while (b != NULL && done < padded) {
+			size_t n = padded - done < BFS_BOUNCE ?
+				   (size_t)(padded - done) : BFS_BOUNCE;
+
+			memcpy(b, data + done, n);
+			w = pwrite(dfd, b, n, off + (off_t)done);
+			if (w != (ssize_t)n) {
+				break;
+			}
+			done += n;
 		}
+		if (b != NULL && done == padded) {
+			close(dfd);
+			return 0;
+		}
+		/* Not bounced, or a piece failed: the whole fill as usual. */
 	}
 	if (dfd >= 0) {
 		w = pwrite(dfd, data, padded, off);

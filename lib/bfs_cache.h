@@ -150,8 +150,8 @@ void bfs_cache_fill_through_page_cache(struct bfs_cache *c);
  */
 void bfs_cache_fill_queue_max(struct bfs_cache *c, uint64_t bytes);
 /*
- * The fill thread copies each fill into a buffer of its own, in huge
- * pages, before it writes it around the page cache: for fills from shared
+ * The fill thread copies each fill into a buffer of its own, one huge
+ * page at a time, before it writes it around the page cache: for fills from shared
  * memory in 4 KiB pages (the engine's arena, where the host gives shared
  * memory no huge pages), whose O_DIRECT writes cost ~4 times the CPU of
  * the copy and a write from huge pages together (DEVELOPERS.md).  Set
