@@ -130,9 +130,7 @@ struct bfs_cache {
 	 */
 	bool fill_bounce;
 	uint8_t *bounce;	/* the fill thread's alone */
-	size_t bounce_len;
-	void *bounce_map;	/* the mapping bounce is aligned within */
-	size_t bounce_map_len;
+	void *bounce_map;	/* 2 * BFS_BOUNCE: bounce is aligned within */
 	int thread_lock_fd;
 };
 
@@ -293,7 +291,7 @@ static int bfs_cache_destructor(struct bfs_cache *c)
 		close(c->thread_lock_fd);
 	}
 	if (c->bounce_map != NULL) {
-		munmap(c->bounce_map, c->bounce_map_len);
+		munmap(c->bounce_map, 2 * BFS_BOUNCE);
 	}
 	pthread_mutex_destroy(&c->mu);
 	pthread_cond_destroy(&c->cv);
@@ -1018,35 +1016,26 @@ static void bfs_cache_punch(struct bfs_cache *c, const struct bfs_victim *v,
 /* ---- fills -------------------------------------------------------------------------------- */
 
 /*
- * The fill thread's bounce buffer, at least len bytes on a huge page
- * boundary and advised to use huge pages; NULL if it cannot be had (then
- * the fill is written from where it is).
+ * The fill thread's bounce buffer: BFS_BOUNCE bytes on a huge page
+ * boundary, advised to use huge pages, mapped at its first use; NULL if
+ * it cannot be had (then the fill is written from where it is).
  */
-static uint8_t *bfs_cache_bounce(struct bfs_cache *c, size_t len)
+static uint8_t *bfs_cache_bounce(struct bfs_cache *c)
 {
-	const size_t huge = 2u << 20;
-	size_t want = (len + huge - 1) & ~(huge - 1);
 	void *m;
 
-	if (c->bounce_len >= len) {
+	if (c->bounce != NULL) {
 		return c->bounce;
 	}
-	if (c->bounce_map != NULL) {
-		munmap(c->bounce_map, c->bounce_map_len);
-		c->bounce_map = NULL;
-		c->bounce = NULL;
-		c->bounce_len = 0;
-	}
-	m = mmap(NULL, want + huge, PROT_READ | PROT_WRITE,
+	m = mmap(NULL, 2 * BFS_BOUNCE, PROT_READ | PROT_WRITE,
 		 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (m == MAP_FAILED) {
 		return NULL;
 	}
 	c->bounce_map = m;
-	c->bounce_map_len = want + huge;
-	c->bounce = (uint8_t *)(((uintptr_t)m + huge - 1) & ~(uintptr_t)(huge - 1));
-	c->bounce_len = want;
-	(void)madvise(c->bounce, want, MADV_HUGEPAGE); /* advice only */
+	c->bounce = (uint8_t *)(((uintptr_t)m + BFS_BOUNCE - 1) &
+				~(uintptr_t)(BFS_BOUNCE - 1));
+	(void)madvise(c->bounce, BFS_BOUNCE, MADV_HUGEPAGE); /* advice only */
 	return c->bounce;
 }
 
@@ -1083,7 +1072,7 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 		 * pages first, 1.4 ms with the copy (DEVELOPERS.md).  In
 		 * pieces of one huge page: the copy's memory stays small.
 		 */
-		uint8_t *b = bfs_cache_bounce(c, BFS_BOUNCE);
+		uint8_t *b = bfs_cache_bounce(c);
 		uint64_t done = 0;
 
 		while (b != NULL && done < padded) {

@@ -109,9 +109,9 @@ static void test_the_fill_queue_takes_what_its_maximum_allows(void **state)
 
 /*
  * Fills the fill thread copies to its bounce buffer first (the engine's,
- * from its shared arena) land as they are: a full fetch, a short last
- * block (padded to 4 KiB for O_DIRECT), and a larger fill after a
- * smaller one (the buffer grows).
+ * from its shared arena) land as they are: a fill of one buffer and a
+ * short last block (padded to 4 KiB for O_DIRECT), then a full fetch of
+ * four buffers' worth, written piece by piece.
  */
 static void test_bounced_fills_land_intact(void **state)
 {
