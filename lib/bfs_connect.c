@@ -487,6 +487,7 @@ int bfs_share_open(struct bfs_conn *bc, const struct bfs_share_host *host)
 	bool reuse_buffers = true;
 	int ret;
 
+	bc->loop_ev = host->ev;
 	ret = bfs_share_read_params(bc, &reuse_buffers);
 	if (ret == 0) {
 		ret = bfs_share_build(bc, host);

@@ -114,6 +114,10 @@ uint64_t bfs_fh_size(const struct bfs_fh *fh)
 struct bfs_reader *bfs_conn_async_reader(struct bfs_conn *bc,
 					 struct tevent_context *ev)
 {
+	/* A loop that is not smbd's (an SMB1 flush's) goes away after. */
+	if (bc->loop_ev != NULL && ev != bc->loop_ev) {
+		return NULL;
+	}
 	if (bc->s3_async == NULL) {
 		bc->s3_async = s3_client_new(bc, ev, &bc->cfg);
 		bc->reader_async = bc->s3_async == NULL ? NULL :
@@ -787,7 +791,8 @@ int bfs_fh_flush_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 	int ret;
 
 	*here = false;
-	ret = bfs_wb_stage_copy(bc->wb, mem_ctx, fh->stage_fd, size, snapshot);
+	ret = bfs_wb_stage_copy(bc->wb, mem_ctx, fh->stage_fd, size, snapshot,
+				NULL);
 	if (ret == 0) {
 		ret = bfs_hand_over(bc, fh, *snapshot, size);
 	}
@@ -816,6 +821,141 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
 		}
 	}
 	return 0;
+}
+
+/*
+ * An SMB flush without an engine (`close = s3`).  On smbd's loop the
+ * upload runs there, through the connection's S3 client on that loop:
+ * the client's other requests (reads, an ECHO) are answered while S3
+ * takes the bytes.  It uploads a snapshot of the staging file, as a flush
+ * through the engine does, since the client may go on writing meanwhile.
+ * The close waits for it (smbd holds a close back while the file has a
+ * flush outstanding), and finds the file clean if nothing came since.
+ */
+struct bfs_fh_flush_state {
+	struct bfs_conn *bc;
+	struct bfs_fh *fh;
+	uint64_t wgen;		/* fh's changes when the snapshot was taken */
+	char *key;		/* fh's name then: a rename may follow */
+	char *snapshot;
+	int fd;
+};
+
+static int bfs_fh_flush_state_destructor(struct bfs_fh_flush_state *s)
+{
+	if (s->fd != -1) {
+		close(s->fd);
+	}
+	return 0;
+}
+
+static void bfs_fh_flush_uploaded(struct tevent_req *subreq);
+
+struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct tevent_req *req, *subreq;
+	struct bfs_fh_flush_state *s;
+	uint64_t size;
+	int ret;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_fh_flush_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	*s = (struct bfs_fh_flush_state){.bc = bc, .fh = fh, .fd = -1};
+	talloc_set_destructor(s, bfs_fh_flush_state_destructor);
+	if (!fh->dirty || fh->deleted || fh->stage_fd == -1) {
+		tevent_req_done(req);
+		return tevent_req_post(req, ev);
+	}
+	/*
+	 * A stream of parts is finished by the upload that stops it; an
+	 * SMB1 flush waits on a loop of its own: those upload here, now.
+	 */
+	if (fh->stream != NULL || bfs_conn_async_reader(bc, ev) == NULL) {
+		ret = bfs_fh_writeback(bc, fh);
+		if (ret != 0) {
+			tevent_req_error(req, ret);
+		} else {
+			tevent_req_done(req);
+		}
+		return tevent_req_post(req, ev);
+	}
+	size = bfs_fh_size(fh);
+	s->wgen = fh->wgen;
+	s->key = talloc_strdup(s, fh->key);
+	if (tevent_req_nomem(s->key, req)) {
+		return tevent_req_post(req, ev);
+	}
+	ret = bfs_wb_stage_copy(bc->wb, s, fh->stage_fd, size, &s->snapshot,
+				&s->fd);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s: cannot "
+			"copy its staging file for the upload: %s",
+			bc->service, fh->key, strerror(ret));
+		tevent_req_error(req, ret);
+		return tevent_req_post(req, ev);
+	}
+	subreq = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,
+				    s->snapshot, s->fd, size, fh->mtime);
+	if (tevent_req_nomem(subreq, req)) {
+		bfs_wb_stage_drop(bc->wb, s->snapshot);
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, bfs_fh_flush_uploaded, req);
+	return req;
+}
+
+static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_fh_flush_state *s = tevent_req_data(
+		req, struct bfs_fh_flush_state);
+	struct bfs_conn *bc = s->bc;
+	struct bfs_fh *fh = s->fh;
+	struct s3_status st = {0};
+	char *etag = NULL;
+	int ret = bfs_wb_upload_recv(subreq, s, &etag, &st);
+
+	TALLOC_FREE(subreq);
+	if (ret != 0) {
+		bfs_log_s3(bc, "upload to", s->key, &st);
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s failed; "
+			"the flushed bytes stay in the journal and in staging "
+			"file %s", bc->service, s->key, s->snapshot);
+		tevent_req_error(req, ret == ENOENT ? EIO : ret);
+		return;
+	}
+	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: flushed %s to S3",
+		bc->service, s->key);
+	bfs_changed(bc, s->key);
+	/*
+	 * Nothing written since the snapshot, and the same name: the file
+	 * is what S3 has.  Renamed meanwhile, it stays dirty: its close
+	 * uploads it under the new name.
+	 */
+	if (fh->wgen == s->wgen && strcmp(fh->key, s->key) == 0) {
+		bfs_fh_clean(bc, fh);
+		fh->etag = talloc_steal(fh, etag);
+		fh->open_etag = talloc_strdup(fh, etag);
+	}
+	tevent_req_done(req);
+}
+
+int bfs_fh_flush_recv(struct tevent_req *req)
+{
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret = 0;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+	}
+	tevent_req_received(req);
+	return ret;
 }
 
 /* ---- reads --------------------------------------------------------------- */

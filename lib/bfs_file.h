@@ -142,6 +142,19 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
 		   uint64_t wgen, const char *snapshot, char *etag);
 
 /*
+ * An SMB flush of fh without the engine: done once S3 has fh's bytes as
+ * they are now.  On smbd's loop (ev) a snapshot of the staging file goes
+ * up on that loop, the client's other requests answered meanwhile; on
+ * another loop (an SMB1 flush's), and for a file whose parts stream,
+ * bfs_fh_writeback runs before this returns.
+ */
+struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct bfs_conn *bc, struct bfs_fh *fh);
+int bfs_fh_flush_recv(struct tevent_req *req)
+	__attribute__((warn_unused_result));
+
+/*
  * A failed read of fh (the reader's ret and S3's status st): logged, and
  * the errno for the client.  A version replaced in S3 since the open is
  * EIO, never a mix of both versions; its folder is listed again.

@@ -69,6 +69,7 @@ struct bfs_conn {
 	struct tevent_context *sync_ev;
 	struct s3_client *s3;		/* on sync_ev */
 	struct bfs_reader *reader;	/* on sync_ev */
+	struct tevent_context *loop_ev;	/* smbd's own event loop */
 	struct tevent_context *async_ev;
 	struct s3_client *s3_async;	/* on smbd's event context */
 	struct bfs_reader *reader_async;

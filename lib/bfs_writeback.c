@@ -3,9 +3,11 @@
  */
 #include "bfs_writeback.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/param.h>
 #include <sys/stat.h>
@@ -228,13 +230,17 @@ static int bfs_copy_bytes(int from, int to, uint64_t len)
 }
 
 int bfs_wb_stage_copy(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int from,
-		      uint64_t len, char **name)
+		      uint64_t len, char **name, int *fd_out)
 {
 	int fd = -1;
 	int ret = bfs_wb_stage_new(wb, mem_ctx, &fd, name);
 
 	if (ret == 0) {
 		ret = bfs_copy_bytes(from, fd, len);
+	}
+	if (ret == 0 && fd_out != NULL) {
+		*fd_out = fd;
+		return 0;
 	}
 	if (fd != -1) {
 		close(fd);
@@ -635,6 +641,36 @@ static void bfs_wb_watch_arm(struct bfs_wb_watch *w)
 			       bfs_wb_watch_tick, w);
 }
 
+/*
+ * Start the upload of a journalled record's staging file (fd) on ev
+ * through s3; bfs_wb_upload_end finishes it.  started lives as long as
+ * the upload (it hears the multipart upload's id).
+ */
+static struct tevent_req *bfs_wb_upload_begin(struct bfs_wb *wb,
+					      struct tevent_context *ev,
+					      struct s3_client *s3,
+					      struct bfs_jrec *rec, int fd,
+					      const struct bfs_upload_resume *resume,
+					      struct bfs_wb_started *started,
+					      TALLOC_CTX *mem_ctx)
+{
+	struct bfs_upload_params p = wb->params;
+	struct s3_kv meta[BFS_META_HEADERS_MAX];
+
+	*started = (struct bfs_wb_started){.wb = wb, .rec = rec};
+	p.started = bfs_wb_upload_started;
+	p.private_data = started;
+	p.resume = resume;
+	p.meta = meta; /* copied by bfs_upload_send */
+	p.n_meta = bfs_wb_meta_headers(wb, mem_ctx, rec->key, rec->mtime, meta);
+	return bfs_upload_send(mem_ctx, ev, s3, rec->key, fd, rec->size, &p);
+}
+
+static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
+			     struct tevent_req *req, bool drop_stage,
+			     bool stopped, TALLOC_CTX *mem_ctx, char **etag,
+			     struct s3_status *st);
+
 /* Run an upload of a journalled record to the end. */
 static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     bool drop_stage,
@@ -642,23 +678,14 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 			     TALLOC_CTX *mem_ctx, char **etag,
 			     struct s3_status *st)
 {
-	struct bfs_wb_started started = {.wb = wb, .rec = rec};
-	struct bfs_upload_params p = wb->params;
+	struct bfs_wb_started started;
 	struct bfs_wb_watch *watch = NULL;
 	struct tevent_req *req;
-	char *tag = NULL;
 	bool stopped;
 	int ret;
 
-	struct s3_kv meta[BFS_META_HEADERS_MAX];
-
-	p.started = bfs_wb_upload_started;
-	p.private_data = &started;
-	p.resume = resume;
-	p.meta = meta;
-	p.n_meta = bfs_wb_meta_headers(wb, mem_ctx, rec->key, rec->mtime, meta);
-	req = bfs_upload_send(mem_ctx, wb->ev, wb->s3, rec->key, fd, rec->size,
-			      &p);
+	req = bfs_wb_upload_begin(wb, wb->ev, wb->s3, rec, fd, resume,
+				  &started, mem_ctx);
 	if (req != NULL && drop_stage) {
 		/* The engine's uploads of closed files (see bfs_wb_watch). */
 		watch = talloc_zero(mem_ctx, struct bfs_wb_watch);
@@ -677,6 +704,22 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 		talloc_free(req);
 		return ret;
 	}
+	return bfs_wb_upload_end(wb, rec, req, drop_stage, stopped, mem_ctx,
+				 etag, st);
+}
+
+/*
+ * The end of an upload req (done) of rec: the index gets its ETag and the
+ * journal loses the record, or keeps it with the error.  Frees req.
+ */
+static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
+			     struct tevent_req *req, bool drop_stage,
+			     bool stopped, TALLOC_CTX *mem_ctx, char **etag,
+			     struct s3_status *st)
+{
+	char *tag = NULL;
+	int ret;
+
 	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
 	talloc_free(req);
 	if (ret == ECANCELED && stopped) {
@@ -866,6 +909,100 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+/* ---- an upload on the caller's loop --------------------------------------- */
+
+struct bfs_wb_upload_state {
+	struct bfs_wb *wb;
+	struct bfs_jrec rec;	/* strings on the state */
+	struct bfs_wb_started started;
+	char *etag;
+	struct s3_status st;
+};
+
+static void bfs_wb_upload_sent(struct tevent_req *subreq);
+
+struct tevent_req *bfs_wb_upload_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *s3, struct bfs_wb *wb,
+				      const char *key, const char *name, int fd,
+				      uint64_t size, time_t mtime)
+{
+	struct tevent_req *req, *subreq;
+	struct bfs_wb_upload_state *s;
+	int ret;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_wb_upload_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->wb = wb;
+	s->rec = (struct bfs_jrec){
+		.key = talloc_strdup(s, key), .op = BFS_J_PUT,
+		.pid = getpid(), .size = size, .mtime = mtime,
+		.staging = talloc_strdup(s, name),
+		.started = true, /* by us, now: not for a rename to retarget */
+	};
+	if (tevent_req_nomem(s->rec.key, req) ||
+	    tevent_req_nomem(s->rec.staging, req)) {
+		return tevent_req_post(req, ev);
+	}
+	/* Journalled before S3 is asked: a crash from here on is recovered. */
+	ret = bfs_wb_journal_upload(wb, s, &s->rec);
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+		return tevent_req_post(req, ev);
+	}
+	subreq = bfs_wb_upload_begin(wb, ev, s3, &s->rec, fd, NULL,
+				     &s->started, s);
+	if (tevent_req_nomem(subreq, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(subreq, bfs_wb_upload_sent, req);
+	return req;
+}
+
+static void bfs_wb_upload_sent(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_wb_upload_state *s = tevent_req_data(
+		req, struct bfs_wb_upload_state);
+	int ret = bfs_wb_upload_end(s->wb, &s->rec, subreq, true, false, s,
+				    &s->etag, &s->st);
+
+	if (ret != 0) {
+		s->st.err = ret;
+		tevent_req_error(req, ret);
+		return;
+	}
+	tevent_req_done(req);
+}
+
+int bfs_wb_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **etag, struct s3_status *st)
+{
+	struct bfs_wb_upload_state *s = tevent_req_data(
+		req, struct bfs_wb_upload_state);
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+		if (st != NULL) {
+			*st = s->st;
+			st->err = ret;
+		}
+		tevent_req_received(req);
+		return ret;
+	}
+	if (etag != NULL) {
+		*etag = talloc_steal(mem_ctx, s->etag);
+	}
+	tevent_req_received(req);
+	return 0;
 }
 
 int bfs_wb_hand_over(struct bfs_wb *wb, const char *key, const char *name,
@@ -1625,6 +1762,94 @@ int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st)
 	}
 }
 
+/* The pid in a staging file's name ("w-PID-..." or "l-PID-..."), or 0. */
+static pid_t bfs_stage_creator(const char *name)
+{
+	char *end;
+	long pid;
+
+	if ((name[0] != 'w' && name[0] != 'l') || name[1] != '-') {
+		return 0;
+	}
+	pid = strtol(name + 2, &end, 10);
+	if (*end != '-' || pid <= 0 || pid > INT32_MAX) {
+		return 0;
+	}
+	return (pid_t)pid;
+}
+
+static bool bfs_stage_named(const struct bfs_jrec *recs, size_t n,
+			    const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (recs[i].staging != NULL &&
+		    strcmp(recs[i].staging, name) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+unsigned bfs_wb_sweep_staging(struct bfs_wb *wb)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *recs = NULL;
+	char **dead = NULL;
+	size_t n_dead = 0, n = 0, i;
+	unsigned gone = 0;
+	struct dirent *de;
+	DIR *d;
+
+	if (tmp == NULL) {
+		return 0;
+	}
+	bfs_priv_enter();
+	d = opendir(wb->staging_dir);
+	bfs_priv_leave();
+	if (d == NULL) {
+		talloc_free(tmp);
+		return 0;
+	}
+	/* The folder first, the journal after: what it names then stays. */
+	while ((de = readdir(d)) != NULL) {
+		pid_t pid = bfs_stage_creator(de->d_name);
+		char **more;
+
+		if (pid == 0 || bfs_journal_pid_alive(pid)) {
+			continue;
+		}
+		more = talloc_realloc(tmp, dead, char *, n_dead + 1);
+		if (more == NULL) {
+			break;
+		}
+		dead = more;
+		dead[n_dead] = talloc_strdup(dead, de->d_name);
+		if (dead[n_dead] != NULL) {
+			n_dead++;
+		}
+	}
+	closedir(d);
+	if (n_dead == 0 || bfs_journal_list(wb->j, tmp, &recs, &n) != 0) {
+		talloc_free(tmp);
+		return 0;
+	}
+	for (i = 0; i < n_dead; i++) {
+		if (!bfs_stage_named(recs, n, dead[i])) {
+			bfs_wb_stage_drop(wb, dead[i]);
+			gone++;
+		}
+	}
+	if (gone > 0) {
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: removed %u staging file(s) "
+			"of processes that died with them unjournalled (files "
+			"open for writing, never closed or flushed)", gone);
+	}
+	talloc_free(tmp);
+	return gone;
+}
+
 int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
 		   unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
@@ -1654,5 +1879,8 @@ int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
 		}
 	}
 	talloc_free(tmp);
+	if (ret == 0) {
+		(void)bfs_wb_sweep_staging(wb);
+	}
 	return ret;
 }

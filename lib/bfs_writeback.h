@@ -3,9 +3,10 @@
  * one journalled first (bfs_journal.h) and reflected in the index.
  *
  * Written bytes live in a staging file in the cache folder until a close
- * or flush uploads them.  Every call here is synchronous: it runs its S3
- * requests on the private event context given at creation, and returns
- * once S3 has answered (an SMB close or flush is acknowledged only then).
+ * or flush uploads them.  Every call here but bfs_wb_upload_send is
+ * synchronous: it runs its S3 requests on the private event context given
+ * at creation, and returns once S3 has answered (an SMB close is
+ * acknowledged only then).
  *
  * Index layout as in bfs_index.h: a key "a/b/c" is child "c" of the
  * directory prefix "a/b/".
@@ -40,11 +41,12 @@ void bfs_wb_stage_drop(struct bfs_wb *wb, const char *name);
 
 /*
  * A new staging file holding the first len bytes of file from (a flush's
- * snapshot of a file still written): 0 with *name on mem_ctx.  On
+ * snapshot of a file still written): 0 with *name on mem_ctx, and with
+ * *fd_out open on it if fd_out is not NULL (the caller's to close).  On
  * failure nothing is left in the staging folder.
  */
 int bfs_wb_stage_copy(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int from,
-		      uint64_t len, char **name)
+		      uint64_t len, char **name, int *fd_out)
 	__attribute__((warn_unused_result));
 
 /* Copy the whole object obj into the staging file fd (read-modify-write). */
@@ -74,6 +76,22 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 		  int fd, uint64_t size, time_t mtime,
 		  const struct bfs_upload_resume *resume, TALLOC_CTX *mem_ctx,
 		  char **etag, struct s3_status *st)
+	__attribute__((warn_unused_result));
+
+/*
+ * bfs_wb_upload on ev through s3 (the caller's loop and its S3 client,
+ * not the writeback's own): journal, then answer once S3 has the object
+ * and the index its ETag.  The staging file `name` is the upload's: it
+ * goes once S3 has it.  fd stays open, the caller's, until the end.  On
+ * failure the record and the staging file stay, as bfs_wb_upload's.
+ */
+struct tevent_req *bfs_wb_upload_send(TALLOC_CTX *mem_ctx,
+				      struct tevent_context *ev,
+				      struct s3_client *s3, struct bfs_wb *wb,
+				      const char *key, const char *name, int fd,
+				      uint64_t size, time_t mtime);
+int bfs_wb_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
+		       char **etag, struct s3_status *st)
 	__attribute__((warn_unused_result));
 
 /*
@@ -191,6 +209,16 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
  */
 int bfs_wb_finish(struct bfs_wb *wb, struct bfs_jrec *r, struct s3_status *st)
 	__attribute__((warn_unused_result));
+
+/*
+ * Remove the staging files no one will use: made by a process that is
+ * gone (the pid in the file's name) and named by no journal record, such
+ * as the files of writes a killed smbd held open, never closed nor
+ * flushed (nothing acknowledged them as durable).  A live process's file
+ * stays, even one whose pid was reused.  Returns how many went; run by
+ * bfs_wb_recover.
+ */
+unsigned bfs_wb_sweep_staging(struct bfs_wb *wb);
 
 /*
  * Finish what dead processes left in the journal for keys under prefix

@@ -1650,7 +1650,7 @@ static ssize_t bfs_pwrite_recv(struct tevent_req *req,
  * SMB flush: answered once the object is durable in S3.  With an engine,
  * the flush hands it a snapshot of the staging file (the client may go
  * on writing meanwhile) and waits for it through smbd's loop; without
- * one, it uploads here.
+ * one, it uploads such a snapshot itself on smbd's loop (bfs_fh_flush).
  */
 struct bfs_fsync_state {
 	struct bfs_conn *bc;
@@ -1679,14 +1679,14 @@ static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 	}
 	/*
 	 * The engine answers on smbd's loop.  An SMB1 flush waits on a loop
-	 * of its own (smb_vfs_fsync_sync): it uploads here, synchronously.
+	 * of its own (smb_vfs_fsync_sync): it uploads itself, as a flush
+	 * without an engine does.
 	 */
 	if (bc->engine == NULL || ev != bc->engine_ev ||
 	    fh->stream != NULL || fh->deleted ||
 	    (fh->dirty && fh->stage_fd == -1) ||
 	    (!fh->dirty && fh->etag != NULL) || bfs_engine_now(bc) == 0) {
-		ret = bfs_fh_writeback(bc, fh);
-		return bfs_done_req(mem_ctx, ev, ret);
+		return bfs_fh_flush_send(mem_ctx, ev, bc, fh);
 	}
 	req = tevent_req_create(mem_ctx, &state, struct bfs_fsync_state);
 	if (req == NULL) {

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import smbd_fixture
-from world import B, TOP, USER, PASSWORD, s3_has, sha256
+from world import B, TOP, USER, PASSWORD, s3_has, session, sha256
 
 SHARES = """
 [rwlocal]
@@ -247,24 +247,6 @@ def test_a_dataloader_with_32_samples_in_flight_on_one_connection_reads_every_fi
           f"cold/raw {cold[0] / raw:.2f}")
 
 
-def session(w, share):
-    """One SMB2 connection (tests/integration/smbsession.py)."""
-    p = subprocess.Popen(["/usr/bin/python3",
-                          os.path.join(TOP, "tests/integration/smbsession.py"),
-                          str(w.smb_port), share, USER, PASSWORD],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    assert p.stdout.readline().startswith("ok"), p.stderr.read()
-
-    def ask(line):
-        p.stdin.write(line + "\n")
-        p.stdin.flush()
-        out = p.stdout.readline().strip()
-        assert out.startswith("ok"), f"{line}: {out}"
-        return out.split()[1] if len(out.split()) > 1 else ""
-    return p, ask
-
-
 def test_an_smb2_flush_answers_once_the_engine_has_the_object_in_s3(w):
     src = w.make("flushed-local.bin", 9 << 20)
     p, ask = session(w, "rwlocal")
@@ -301,19 +283,27 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_f
     w.fault("PUT delay:3 -1")
     try:
         local = pipeline(w, "rwlocal", "pipe-big.bin", src, "pipe-cached.bin")
+        before = len(front_log(w))
         synchronous = pipeline(w, "rwsync", "pipe-big.bin", src, "pipe-cached.bin")
+        uploads = re.findall(r"^(?:POST /\S+?/rwsync/pipe-big\.bin\?uploads=|"
+                             r"PUT /\S+?/rwsync/pipe-big\.bin )", front_log(w)[before:], re.M)
     finally:
         w.fault("PUT delay:0 0")
     print(f"    # close = local: answers in order {local['order']}, "
-          f"seconds {local['seconds']}")
+          f"seconds {local['seconds']}, close after {local['close_seconds']} s")
     print(f"    # close = s3 (the flush uploads on smbd's loop): order "
-          f"{synchronous['order']}, seconds {synchronous['seconds']}")
-    assert set(local["status"].values()) == {"0x00000000"}, local
-    assert local["read_bytes"] == 65536, local
-    # The echo and the read did not wait for S3; the flush did.
-    assert local["order"][-1] == "flush", local
-    assert local["seconds"]["flush"] >= 3, local
-    assert w.s3_sha256("rwlocal/pipe-big.bin") == sha256(src)
+          f"{synchronous['order']}, seconds {synchronous['seconds']}, "
+          f"close after {synchronous['close_seconds']} s")
+    for run, share in ((local, "rwlocal"), (synchronous, "rwsync")):
+        assert set(run["status"].values()) == {"0x00000000"}, run
+        assert run["read_bytes"] == 65536, run
+        # The echo and the read did not wait for S3; the flush did.
+        assert run["order"][-1] == "flush", run
+        assert run["seconds"]["flush"] >= 3, run
+        assert w.s3_sha256(f"{share}/pipe-big.bin") == sha256(src)
+    # Nothing written since the flush: the close with close = s3 has
+    # nothing left to upload.  One upload, the flush's.
+    assert len(uploads) == 1, uploads
 
 
 def get_bytes(w, key):

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import smbd_fixture
-from world import TOP, B, BUCKET, USER, PASSWORD, OTHER_USER, sh, sha256
+from world import TOP, B, BUCKET, USER, PASSWORD, OTHER_USER, session, sh, sha256
 
 SHARES = """  # tests/integration/smbflush.c flushes with SMB1 (libsmb's cli_flush)
   server min protocol = NT1
@@ -761,3 +761,50 @@ def test_kill_9_during_an_upload_is_finished_by_the_next_smbd(w):
     assert not os.listdir(f"{w.dir}/bfscache-rwfault/staging"), "staging left"
 
 
+def test_an_smb2_flush_uploads_a_snapshot_and_later_writes_go_up_with_the_close(w):
+    # close = s3: the flush uploads what was written before it on smbd's
+    # loop (a snapshot); a write after it leaves the file dirty, and the
+    # close uploads the new bytes.
+    first = w.make("snap-a.bin", 12 << 20)
+    second = w.make("snap-b.bin", 13 << 20)
+    p, ask = session(w, "rwfault")
+    try:
+        ask(f"write snap.bin {first}")
+        ask("flush snap.bin")
+        assert w.s3_sha256("rwfault/snap.bin") == sha256(first), "not in S3 after the flush"
+        ask(f"rewrite snap.bin {second}")  # over it, longer, on the same open
+        assert w.s3_sha256("rwfault/snap.bin") == sha256(first)
+        ask("close snap.bin")
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert w.s3_sha256("rwfault/snap.bin") == sha256(second), "the close did not upload"
+    assert w.ls("rwfault").get("snap.bin") == (False, 13 << 20)
+    assert "snap.bin" not in w.ctl("rwfault", "pending").stdout
+    assert not os.listdir(f"{w.dir}/bfscache-rwfault/staging"), "staging left"
+
+
+def test_kill_9_during_an_smb2_flush_is_finished_by_the_next_smbd(w):
+    # The flush's snapshot is journalled before its upload starts.
+    src = w.make("k9f.bin", 30 << 20)
+    p, ask = session(w, "rwfault")
+    try:
+        ask(f"write k9f.bin {src}")
+        w.fault("PUT delay:1 -1")
+        p.stdin.write("flush k9f.bin\n")  # not answered: smbd dies first
+        p.stdin.flush()
+        for _ in range(300):
+            with open(f"{w.tmp}/front-control.log") as f:
+                if any(l.startswith("PUT /") and "k9f.bin?partNumber" in l for l in f):
+                    break
+            time.sleep(0.1)
+        assert "rwfault/k9f.bin" not in w.s3_keys("rwfault/"), "uploaded before the kill"
+        w.restart_smbd(kill=True)
+    finally:
+        p.kill()
+        p.communicate(timeout=60)
+        w.fault("")
+    w.smbclient("rwfault", "ls")  # the next connect replays the journal
+    assert w.s3_sha256("rwfault/k9f.bin") == sha256(src), "not finished after restart"
+    assert "k9f.bin" not in w.ctl("rwfault", "pending").stdout
+    assert not os.listdir(f"{w.dir}/bfscache-rwfault/staging"), "staging left"

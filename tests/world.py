@@ -410,3 +410,20 @@ def seed(w):
         sources[key] = src
     return sources
 
+
+def session(w, share):
+    """One SMB2 connection (tests/integration/smbsession.py)."""
+    p = subprocess.Popen(["/usr/bin/python3",
+                          os.path.join(TOP, "tests/integration/smbsession.py"),
+                          str(w.smb_port), share, USER, PASSWORD],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("ok"), p.stderr.read()
+
+    def ask(line):
+        p.stdin.write(line + "\n")
+        p.stdin.flush()
+        out = p.stdout.readline().strip()
+        assert out.startswith("ok"), f"{line}: {out}"
+        return out.split()[1] if len(out.split()) > 1 else ""
+    return p, ask

@@ -9,7 +9,7 @@ for any answer, as the Linux kernel client multiplexes its processes'
 requests: an SMB2 FLUSH of PATH, an SMB2 ECHO, and a 64 KiB READ of
 CACHED.  Prints one JSON line: the order the three final answers came in,
 seconds from sending to each answer, their NT statuses, and the READ's
-byte count.  Interim answers (STATUS_PENDING, for requests smbd runs
+byte count, and the seconds the close of PATH took after them.  Interim answers (STATUS_PENDING, for requests smbd runs
 asynchronously) are not counted.  Debian's python3-impacket under
 /usr/bin/python3 (see fsattr.py).
 """
@@ -88,10 +88,12 @@ def main():
         if name == "read" and packet["Status"] == 0:
             read_bytes = len(s3.SMB2Read_Response(packet["Data"])["Buffer"])
     conn.closeFile(tid, rfid)
+    start = time.monotonic()
     conn.closeFile(tid, fid)
+    closed = round(time.monotonic() - start, 3)
     conn.logoff()
     print(json.dumps({"order": order, "seconds": seconds, "status": status,
-                      "read_bytes": read_bytes}), flush=True)
+                      "read_bytes": read_bytes, "close_seconds": closed}), flush=True)
 
 
 if __name__ == "__main__":

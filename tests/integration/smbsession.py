@@ -9,6 +9,8 @@ Reads commands from stdin, one a line, and answers each with one line:
   get PATH LOCAL  -> "ok SIZE" once PATH's bytes are in LOCAL
   write PATH LOCAL -> "ok SIZE": PATH created (or truncated) and LOCAL's
                      bytes written to it, in 1 MiB writes; it stays open
+  rewrite PATH LOCAL -> "ok SIZE": LOCAL's bytes written over open PATH
+                     from its start, on the same open
   open PATH       -> "ok SECONDS": existing PATH opened for writing (as a
                      job opens its checkpoint to fsync it), left open
   flush PATH      -> "ok SECONDS" once the SMB2 FLUSH of open PATH answers
@@ -47,12 +49,13 @@ def main():
                     conn.getFile(share, words[1], out.write)
                     size = out.tell()
                 print(f"ok {size}", flush=True)
-            elif words[0] == "write":
+            elif words[0] in ("write", "rewrite"):
                 tid = tid if tid is not None else conn.connectTree(share)
-                fid = conn.createFile(tid, words[1], desiredAccess=s3.FILE_READ_DATA |
-                                      s3.FILE_WRITE_DATA, shareMode=s3.FILE_SHARE_READ,
-                                      creationDisposition=s3.FILE_OVERWRITE_IF)
-                open_files[words[1]] = fid
+                if words[0] == "write":
+                    open_files[words[1]] = conn.createFile(
+                        tid, words[1], desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                        shareMode=s3.FILE_SHARE_READ, creationDisposition=s3.FILE_OVERWRITE_IF)
+                fid = open_files[words[1]]
                 size = 0
                 with open(words[2], "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -561,6 +561,65 @@ static void test_hand_over_and_retarget(void **state)
 	talloc_free(t);
 }
 
+/* Make staging file name (empty) in folder dir. */
+static void touch_in(TALLOC_CTX *t, const char *dir, const char *name)
+{
+	int fd = open(talloc_asprintf(t, "%s/%s", dir, name),
+		      O_RDWR | O_CREAT | O_EXCL, 0600);
+
+	assert_true(fd >= 0);
+	close(fd);
+}
+
+static bool exists_in(TALLOC_CTX *t, const char *dir, const char *name)
+{
+	return access(talloc_asprintf(t, "%s/%s", dir, name), F_OK) == 0;
+}
+
+/*
+ * A killed smbd leaves the staging files of files it held open for
+ * writing: the next recovery removes those no record names, and nothing
+ * of a live process or journalled.
+ */
+static void test_the_staging_files_of_dead_processes_are_swept(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	char *d = test_tmpdir(t, "bfs-sweep");
+	char *staging = talloc_asprintf(t, "%s.staging", d);
+	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
+	struct bfs_index *idx = NULL;
+	const char *why = NULL;
+	struct bfs_wb *wb;
+	pid_t gone = dead_pid();
+	char *lost = talloc_asprintf(t, "w-%d-1-2-0", (int)gone);
+	char *link = talloc_asprintf(t, "l-%d-1-2-1", (int)gone);
+	char *kept = talloc_asprintf(t, "w-%d-1-2-2", (int)gone);
+	char *mine = NULL;
+	int fd;
+
+	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
+	assert_int_equal(bfs_wb_new(t, NULL, NULL, idx, j, staging, &params,
+				    &wb), 0);
+	touch_in(t, staging, lost);
+	touch_in(t, staging, link);
+	touch_in(t, staging, kept);
+	touch_in(t, staging, "not-a-staging-name");
+	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &mine), 0);
+	close(fd);
+	/* The dead process's upload, journalled: its file is the record's. */
+	assert_int_equal(bfs_wb_hand_over(wb, "run/k", kept, 0, 1, gone), 0);
+	assert_int_equal(bfs_wb_sweep_staging(wb), 2);
+	assert_false(exists_in(t, staging, lost));
+	assert_false(exists_in(t, staging, link));
+	assert_true(exists_in(t, staging, kept));
+	assert_true(exists_in(t, staging, mine));
+	assert_true(exists_in(t, staging, "not-a-staging-name"));
+	assert_int_equal(bfs_wb_sweep_staging(wb), 0);
+	talloc_free(t);
+}
+
 /*
  * A record names its owner by pid and start time: a live process that
  * got the pid of a dead owner (after a reboot, on a busy host) does not
@@ -745,6 +804,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_index_put_rename_remove),
 		cmocka_unit_test(test_swap_update_retarget),
 		cmocka_unit_test(test_hand_over_and_retarget),
+		cmocka_unit_test(test_the_staging_files_of_dead_processes_are_swept),
 		cmocka_unit_test(test_a_reused_pid_is_not_the_owner),
 		cmocka_unit_test(test_a_clock_step_does_not_make_a_live_owner_dead),
 		cmocka_unit_test(test_a_damaged_journal_is_refused_with_a_clear_reason),
