@@ -892,10 +892,17 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 	ret = bfs_wb_stage_copy(bc->wb, s, fh->stage_fd, size, &s->snapshot,
 				&s->fd);
 	if (ret != 0) {
-		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s: cannot "
-			"copy its staging file for the upload: %s",
-			bc->service, fh->key, strerror(ret));
-		tevent_req_error(req, ret);
+		/* A disk too full for a copy: the file itself goes up, now. */
+		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: flush of %s: "
+			"cannot copy its staging file (%s): uploading it while "
+			"the connection waits", bc->service, fh->key,
+			strerror(ret));
+		ret = bfs_fh_writeback(bc, fh);
+		if (ret != 0) {
+			tevent_req_error(req, ret);
+		} else {
+			tevent_req_done(req);
+		}
 		return tevent_req_post(req, ev);
 	}
 	subreq = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,

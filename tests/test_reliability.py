@@ -20,7 +20,7 @@ import types
 import pytest
 
 from smbls import parse_ls
-from world import B, USER, PASSWORD
+from world import B, USER, PASSWORD, session
 
 # The Services for Macintosh mapping the module documents (lib/bfs_name.h),
 # written again here from the table, not from the C code.
@@ -543,6 +543,27 @@ def test_a_full_cache_disk_keeps_reads_right_and_fails_writes_with_disk_full(rel
     assert s3_get(rel, "tiny/after.bin") == open(f"{rel.t}/after", "rb").read()
     fsck = rel.ctl("tiny", "fsck", "--dry-run")
     assert fsck.returncode == 0 and fsck.stdout.rstrip().endswith("clean"), fsck.stdout
+
+
+def test_a_flush_on_a_disk_too_full_for_its_copy_still_reaches_s3(rel):
+    # A flush uploads a copy of the staging file; where the disk has no
+    # room for one, it uploads the file itself (the connection waits).
+    inv = rel.ctl("tiny", "invalidate", "")  # the cache gives its room back
+    assert inv.returncode == 0, inv.stdout + inv.stderr
+    body = os.urandom(10 << 20)  # the 16 MiB disk holds it once, not twice
+    with open(f"{rel.t}/tenmb", "wb") as f:
+        f.write(body)
+    p, ask = session(rel.w, "tiny", rel.port)
+    try:
+        ask(f"write tenmb.bin {rel.t}/tenmb")
+        ask("flush tenmb.bin")
+        assert s3_get(rel, "tiny/tenmb.bin") == body, "not in S3 after the flush"
+        ask("close tenmb.bin")
+    finally:
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert "cannot copy its staging file" in rel.log_text()
+    assert not os.listdir(f"{rel.tinyfs}/staging"), "staging left"
 
 
 # ---- kill -9 at random moments -----------------------------------------------

@@ -411,11 +411,12 @@ def seed(w):
     return sources
 
 
-def session(w, share):
-    """One SMB2 connection (tests/integration/smbsession.py)."""
+def session(w, share, port=None):
+    """One SMB2 connection (tests/integration/smbsession.py) to w's smbd,
+    or to the one on port."""
     p = subprocess.Popen(["/usr/bin/python3",
                           os.path.join(TOP, "tests/integration/smbsession.py"),
-                          str(w.smb_port), share, USER, PASSWORD],
+                          str(port or w.smb_port), share, USER, PASSWORD],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     assert p.stdout.readline().startswith("ok"), p.stderr.read()
