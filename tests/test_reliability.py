@@ -20,7 +20,7 @@ import types
 import pytest
 
 from smbls import parse_ls
-from world import B, USER, PASSWORD, session
+from world import B, TOP, USER, PASSWORD, session
 
 # The Services for Macintosh mapping the module documents (lib/bfs_name.h),
 # written again here from the table, not from the C code.
@@ -580,7 +580,7 @@ def crash_loop(rel, share, loops, stats, kill):
     acked = {}  # S3 key -> bytes a client was told are stored
     maybe = {}  # key -> bytes whose write was cut: either in S3 or not
     for i in range(loops):
-        scenario = rng.choice(["fill", "upload", "rename", "evict"])
+        scenario = rng.choice(["fill", "upload", "rename", "evict", "flush"])
         stats["scenarios"][scenario] = stats["scenarios"].get(scenario, 0) + 1
         procs = []
         if scenario in ("fill", "evict"):
@@ -599,12 +599,23 @@ def crash_loop(rel, share, loops, stats, kill):
             with open(src, "wb") as f:
                 f.write(body)
             final = f"w{i}.bin"
-            cmd = (f'put "{src}" {final}' if scenario == "upload" else
-                   f'put "{src}" tmp{i}.bin; rename tmp{i}.bin {final}')
-            procs.append((scenario, (i, final, body), subprocess.Popen(
-                ["smbclient", f"//127.0.0.1/{share}", "-p", str(rel.port), "-U",
-                 f"{USER}%{PASSWORD}", "-m", "SMB3", "-t", "120", "-c", cmd],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+            if scenario == "flush":
+                # An SMB2 flush of a file still open: durable once answered.
+                with open(f"{src}.cmds", "w") as f:
+                    f.write(f"write {final} {src}\nflush {final}\nclose {final}\nquit\n")
+                with open(f"{src}.cmds") as cmds:
+                    procs.append((scenario, (i, final, body), subprocess.Popen(
+                        ["/usr/bin/python3",
+                         os.path.join(TOP, "tests/integration/smbsession.py"),
+                         str(rel.port), share, USER, PASSWORD],
+                        stdin=cmds, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+            else:
+                cmd = (f'put "{src}" {final}' if scenario == "upload" else
+                       f'put "{src}" tmp{i}.bin; rename tmp{i}.bin {final}')
+                procs.append((scenario, (i, final, body), subprocess.Popen(
+                    ["smbclient", f"//127.0.0.1/{share}", "-p", str(rel.port), "-U",
+                     f"{USER}%{PASSWORD}", "-m", "SMB3", "-t", "120", "-c", cmd],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
         time.sleep(rng.uniform(0.05, 2.5))
         # What was acknowledged before the kill counts; later is a race
         # with the client's own exit, so the kill decides.
@@ -613,7 +624,19 @@ def crash_loop(rel, share, loops, stats, kill):
         stats["crashes"] += 1
         for kind, what, p in procs:
             out = p.communicate(timeout=120)[0].decode(errors="replace")
-            if kind in ("upload", "rename"):
+            if kind == "flush":
+                n, final, body = what
+                key = f"{share}/{final}"
+                # Lines: the login's, the write's, the flush's, the close's.
+                # An answer printed at all came from the killed smbd before
+                # it died.
+                lines = out.splitlines()
+                if len(lines) > 2 and lines[2].startswith("ok"):
+                    acked[key] = body
+                    stats["acked flushes"] += 1
+                else:
+                    maybe[key] = body
+            elif kind in ("upload", "rename"):
                 n, final, body = what
                 key = f"{share}/{final}"
                 if done_before[id(p)] == 0 and "NT_STATUS" not in out:
@@ -668,11 +691,12 @@ def kill_smbd(rel, rng):
 
 def test_kill_9_at_random_moments_loses_no_acknowledged_write_and_serves_no_wrong_byte(rel):
     loops = int(os.environ.get("CRASH_LOOPS", "20"))
-    stats = {"crashes": 0, "bytes verified": 0, "acked writes": 0, "scenarios": {},
-             "killed": []}
+    stats = {"crashes": 0, "bytes verified": 0, "acked writes": 0, "acked flushes": 0,
+             "scenarios": {}, "killed": []}
     crash_loop(rel, "crash", loops, stats, kill_smbd)
     print(f"    # kill -9 loop counts: {stats['crashes']} crashes survived "
-          f"({stats['scenarios']}), {stats['acked writes']} acknowledged writes kept, "
+          f"({stats['scenarios']}), {stats['acked writes']} acknowledged writes and "
+          f"{stats['acked flushes']} flushes kept, "
           f"{stats['bytes verified'] >> 20} MiB verified")
     assert stats["crashes"] == loops, stats
 
@@ -695,11 +719,12 @@ def kill_smbd_engine_or_both(rel, rng):
 
 def test_kill_9_of_smbd_the_engine_or_both_loses_no_write_a_local_close_acknowledged(rel):
     loops = int(os.environ.get("CRASH_LOOPS_LOCAL", "10"))
-    lstats = {"crashes": 0, "bytes verified": 0, "acked writes": 0, "scenarios": {},
-              "killed": []}
+    lstats = {"crashes": 0, "bytes verified": 0, "acked writes": 0, "acked flushes": 0,
+              "scenarios": {}, "killed": []}
     crash_loop(rel, "crashlocal", loops, lstats,
                kill_smbd_engine_or_both)
     killed = {v: lstats["killed"].count(v) for v in set(lstats["killed"])}
     print(f"    # {lstats['crashes']} kills ({killed}), {lstats['acked writes']} "
-          f"acknowledged writes kept, {lstats['bytes verified'] >> 20} MiB verified")
+          f"acknowledged writes and {lstats['acked flushes']} flushes kept, "
+          f"{lstats['bytes verified'] >> 20} MiB verified")
     assert lstats["crashes"] == loops, lstats
