@@ -851,6 +851,22 @@ static int bfs_fh_flush_state_destructor(struct bfs_fh_flush_state *s)
 
 static void bfs_fh_flush_uploaded(struct tevent_req *subreq);
 
+/* req's flush uploads fh itself, before it returns (the loop waits). */
+static struct tevent_req *bfs_fh_flush_here(struct tevent_req *req,
+					    struct tevent_context *ev,
+					    struct bfs_conn *bc,
+					    struct bfs_fh *fh)
+{
+	int ret = bfs_fh_writeback(bc, fh);
+
+	if (ret != 0) {
+		tevent_req_error(req, ret);
+	} else {
+		tevent_req_done(req);
+	}
+	return tevent_req_post(req, ev);
+}
+
 struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 				     struct tevent_context *ev,
 				     struct bfs_conn *bc, struct bfs_fh *fh)
@@ -875,13 +891,7 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 	 * SMB1 flush waits on a loop of its own: those upload here, now.
 	 */
 	if (fh->stream != NULL || bfs_conn_async_reader(bc, ev) == NULL) {
-		ret = bfs_fh_writeback(bc, fh);
-		if (ret != 0) {
-			tevent_req_error(req, ret);
-		} else {
-			tevent_req_done(req);
-		}
-		return tevent_req_post(req, ev);
+		return bfs_fh_flush_here(req, ev, bc, fh);
 	}
 	size = bfs_fh_size(fh);
 	s->wgen = fh->wgen;
@@ -897,13 +907,7 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 			"cannot copy its staging file (%s): uploading it while "
 			"the connection waits", bc->service, fh->key,
 			strerror(ret));
-		ret = bfs_fh_writeback(bc, fh);
-		if (ret != 0) {
-			tevent_req_error(req, ret);
-		} else {
-			tevent_req_done(req);
-		}
-		return tevent_req_post(req, ev);
+		return bfs_fh_flush_here(req, ev, bc, fh);
 	}
 	subreq = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,
 				    s->snapshot, s->fd, size, fh->mtime);

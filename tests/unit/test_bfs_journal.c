@@ -469,6 +469,24 @@ static void test_swap_update_retarget(void **state)
 	talloc_free(t);
 }
 
+/* Writeback over journal j and a new index, staging files in *staging. */
+static struct bfs_wb *open_wb(TALLOC_CTX *t, struct bfs_journal *j,
+			      const char *name, struct bfs_index **idx,
+			      char **staging)
+{
+	char *d = test_tmpdir(t, name);
+	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
+	const char *why = NULL;
+	struct bfs_wb *wb = NULL;
+
+	*staging = talloc_asprintf(t, "%s.staging", d);
+	assert_int_equal(bfs_index_open(t, d, "bucket", idx, &why), 0);
+	assert_int_equal(bfs_wb_new(t, NULL, NULL, *idx, j, *staging, &params,
+				    &wb), 0);
+	assert_non_null(wb);
+	return wb;
+}
+
 /*
  * A close handed to the engine: journalled in its name, pending in the
  * index; a later close replaces it and drops the first staging file; a
@@ -479,22 +497,15 @@ static void test_hand_over_and_retarget(void **state)
 	(void)state;
 	TALLOC_CTX *t = talloc_new(NULL);
 	struct bfs_journal *j = open_journal(t);
-	char *d = test_tmpdir(t, "bfs-handover");
-	char *staging = talloc_asprintf(t, "%s.staging", d);
-	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
 	struct bfs_index *idx = NULL;
-	const char *why = NULL;
+	char *staging;
+	struct bfs_wb *wb = open_wb(t, j, "bfs-handover", &idx, &staging);
 	struct bfs_entry e;
 	struct bfs_jrec got;
-	struct bfs_wb *wb;
 	pid_t engine = getpid() + 1;
 	char *n1, *n2, *path;
 	int fd;
 
-	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
-	assert_int_equal(bfs_wb_new(t, NULL, NULL, idx, j, staging, &params,
-				    &wb), 0);
-	assert_non_null(wb);
 	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n1), 0);
 	close(fd);
 	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n2), 0);
@@ -586,12 +597,9 @@ static void test_the_staging_files_of_dead_processes_are_swept(void **state)
 	(void)state;
 	TALLOC_CTX *t = talloc_new(NULL);
 	struct bfs_journal *j = open_journal(t);
-	char *d = test_tmpdir(t, "bfs-sweep");
-	char *staging = talloc_asprintf(t, "%s.staging", d);
-	struct bfs_upload_params params = {.part_size = 5 << 20, .parallel = 1};
 	struct bfs_index *idx = NULL;
-	const char *why = NULL;
-	struct bfs_wb *wb;
+	char *staging;
+	struct bfs_wb *wb = open_wb(t, j, "bfs-sweep", &idx, &staging);
 	pid_t gone = dead_pid();
 	char *lost = talloc_asprintf(t, "w-%d-1-2-0", (int)gone);
 	char *link = talloc_asprintf(t, "l-%d-1-2-1", (int)gone);
@@ -599,9 +607,6 @@ static void test_the_staging_files_of_dead_processes_are_swept(void **state)
 	char *mine = NULL;
 	int fd;
 
-	assert_int_equal(bfs_index_open(t, d, "bucket", &idx, &why), 0);
-	assert_int_equal(bfs_wb_new(t, NULL, NULL, idx, j, staging, &params,
-				    &wb), 0);
 	touch_in(t, staging, lost);
 	touch_in(t, staging, link);
 	touch_in(t, staging, kept);
