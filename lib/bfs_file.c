@@ -59,6 +59,19 @@ static bool bfs_fh_same_stage(const struct bfs_fh *o, const struct bfs_fh *fh)
 	       strcmp(o->stage_name, fh->stage_name) == 0;
 }
 
+uint64_t bfs_fh_write_gen(struct bfs_conn *bc, const struct bfs_fh *fh)
+{
+	const struct bfs_fh *o;
+	uint64_t gen = fh->wgen;
+
+	for (o = bc->open_files; o != NULL; o = o->next) {
+		if (o != fh && bfs_fh_same_stage(o, fh)) {
+			gen += o->wgen;
+		}
+	}
+	return gen;
+}
+
 /* Whether fh's staging file is its own: a stream sees only its writes. */
 static bool bfs_fh_stream_alone(struct bfs_conn *bc, struct bfs_fh *fh)
 {
@@ -301,6 +314,12 @@ static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
 		ret == 0 ? "new ETag" : "gone");
 }
 
+struct bfs_fh_flush_state;
+static void bfs_fh_flushes_supersede(struct bfs_conn *bc, const char *key,
+				     struct bfs_fh_flush_state *by);
+static void bfs_fh_flushes_end(struct bfs_conn *bc, const char *key,
+			       const struct bfs_fh_flush_state *by, int ret);
+
 int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	struct s3_status st = {0};
@@ -314,6 +333,8 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 		return 0;
 	}
 	size = bfs_fh_size(fh);
+	/* Flushes of the file still uploading here: this upload is newer. */
+	bfs_fh_flushes_supersede(bc, fh->key, NULL);
 	if (fh->stream != NULL) {
 		bfs_stream_counts(fh->stream, &streamed, &sent);
 		if (bfs_stream_stop(fh->stream, fh, &resume) == 0) {
@@ -338,7 +359,9 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 			"journal and in staging file %s; it is retried by the "
 			"next smbd that opens the share", bc->service, fh->key,
 			fh->stage_name);
-		return ret == ENOENT ? EIO : ret;
+		ret = ret == ENOENT ? EIO : ret;
+		bfs_fh_flushes_end(bc, fh->key, NULL, ret);
+		return ret;
 	}
 	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: uploaded %s (%" PRIu64
 		" bytes)", bc->service, fh->key, size);
@@ -352,6 +375,7 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 	};
 	bfs_cache_make_id(bc->cfg.bucket, fh->key, etag, bc->block_size,
 			  &fh->obj.id);
+	bfs_fh_flushes_end(bc, fh->key, NULL, 0);
 	return 0;
 }
 
@@ -813,7 +837,7 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
 		return ret == EPIPE ? EIO : ret;
 	}
 	/* Nothing written since the snapshot: the file is what S3 has. */
-	if (snapshot != NULL && fh->wgen == wgen) {
+	if (snapshot != NULL && bfs_fh_write_gen(bc, fh) == wgen) {
 		bfs_fh_clean(bc, fh);
 		if (etag != NULL) {
 			fh->etag = talloc_steal(fh, etag);
@@ -833,16 +857,123 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
  * flush outstanding), and finds the file clean if nothing came since.
  */
 struct bfs_fh_flush_state {
+	struct bfs_fh_flush_state *prev, *next;	/* in bfs_flushes */
+	struct tevent_req *req;
+	struct tevent_context *ev;
 	struct bfs_conn *bc;
 	struct bfs_fh *fh;
-	uint64_t wgen;		/* fh's changes when the snapshot was taken */
+	uint64_t wgen;		/* writes to the staging file at the snapshot */
 	char *key;		/* fh's name then: a rename may follow */
 	char *snapshot;
 	int fd;
+	struct tevent_req *upload;	/* NULL once superseded */
+	/*
+	 * Superseded: a newer upload of key (by; NULL for one that ran
+	 * before it returned) holds its bytes; this flush ends with it.
+	 */
+	bool superseded;
+	struct bfs_fh_flush_state *by;
 };
+
+/*
+ * The flushes of this process still uploading, or waiting for the upload
+ * that took over from theirs: all connections', since a client may open
+ * one share twice and write one file through both.
+ */
+static struct bfs_fh_flush_state *bfs_flushes;
+
+/* Whether s uploads key of bc's bucket, through the same cache folder. */
+static bool bfs_flush_of(const struct bfs_fh_flush_state *s,
+			 const struct bfs_conn *bc, const char *key)
+{
+	return strcmp(s->key, key) == 0 &&
+	       strcmp(s->bc->cfg.bucket, bc->cfg.bucket) == 0 &&
+	       strcmp(s->bc->cache_dir, bc->cache_dir) == 0;
+}
+
+static void bfs_fh_flush_end(struct bfs_fh_flush_state *s, int ret)
+{
+	BFS_LIST_REMOVE(bfs_flushes, s);
+	s->superseded = false;
+	/* Ended from inside another request's call: run smbd's part later. */
+	tevent_req_defer_callback(s->req, s->ev);
+	if (ret != 0) {
+		tevent_req_error(s->req, ret);
+	} else {
+		tevent_req_done(s->req);
+	}
+}
+
+/* The flushes waiting for by's upload of key (see above) end with ret. */
+static void bfs_fh_flushes_end(struct bfs_conn *bc, const char *key,
+			       const struct bfs_fh_flush_state *by, int ret)
+{
+	struct bfs_fh_flush_state *s, *next;
+
+	for (s = bfs_flushes; s != NULL; s = next) {
+		next = s->next;
+		if (s->superseded && s->by == by && bfs_flush_of(s, bc, key)) {
+			bfs_fh_flush_end(s, ret);
+		}
+	}
+}
+
+/*
+ * A newer upload of key starts (by's, or one that runs before it returns
+ * if by is NULL): the flushes of key still uploading here stop, so that
+ * an older upload never lands in S3 after a newer one, and end with the
+ * newer one's result (its bytes are theirs and newer).  Their multipart
+ * uploads are aborted (a DELETE that waits, rare: two uploads of one
+ * file at once in one connection).
+ */
+static void bfs_fh_flushes_supersede(struct bfs_conn *bc, const char *key,
+				     struct bfs_fh_flush_state *by)
+{
+	struct bfs_fh_flush_state *s, *w;
+
+	for (s = bfs_flushes; s != NULL; s = s->next) {
+		TALLOC_CTX *tmp;
+		struct bfs_jrec rec;
+
+		if (s == by || s->superseded || !bfs_flush_of(s, bc, key)) {
+			continue;
+		}
+		tmp = talloc_new(NULL);
+		TALLOC_FREE(s->upload); /* its transfers stop here */
+		if (tmp != NULL &&
+		    bfs_journal_get(bc->journal, tmp, key, &rec) == 0 &&
+		    rec.pid == getpid() && rec.upload_id != NULL &&
+		    strcmp(rec.staging, s->snapshot) == 0) {
+			bfs_wb_stream_abort(bc->wb, key, rec.upload_id);
+		}
+		talloc_free(tmp);
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: a newer upload of "
+			"%s takes over a flush's", bc->service, key);
+		s->superseded = true;
+		s->by = by;
+		/* Those that waited for s wait for by now. */
+		for (w = bfs_flushes; w != NULL; w = w->next) {
+			if (w->superseded && w->by == s) {
+				w->by = by;
+			}
+		}
+	}
+}
 
 static int bfs_fh_flush_state_destructor(struct bfs_fh_flush_state *s)
 {
+	struct bfs_fh_flush_state *w, *next;
+
+	if (s->req != NULL) {
+		BFS_LIST_REMOVE(bfs_flushes, s);
+		/* Gone unanswered (the connection went): so do its waiters. */
+		for (w = bfs_flushes; w != NULL; w = next) {
+			next = w->next;
+			if (w->superseded && w->by == s) {
+				bfs_fh_flush_end(w, EIO);
+			}
+		}
+	}
 	if (s->fd != -1) {
 		close(s->fd);
 	}
@@ -871,7 +1002,7 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 				     struct tevent_context *ev,
 				     struct bfs_conn *bc, struct bfs_fh *fh)
 {
-	struct tevent_req *req, *subreq;
+	struct tevent_req *req;
 	struct bfs_fh_flush_state *s;
 	uint64_t size;
 	int ret;
@@ -880,7 +1011,9 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 	if (req == NULL) {
 		return NULL;
 	}
-	*s = (struct bfs_fh_flush_state){.bc = bc, .fh = fh, .fd = -1};
+	*s = (struct bfs_fh_flush_state){
+		.req = req, .ev = ev, .bc = bc, .fh = fh, .fd = -1,
+	};
 	talloc_set_destructor(s, bfs_fh_flush_state_destructor);
 	if (!fh->dirty || fh->deleted || fh->stage_fd == -1) {
 		tevent_req_done(req);
@@ -894,7 +1027,7 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 		return bfs_fh_flush_here(req, ev, bc, fh);
 	}
 	size = bfs_fh_size(fh);
-	s->wgen = fh->wgen;
+	s->wgen = bfs_fh_write_gen(bc, fh);
 	s->key = talloc_strdup(s, fh->key);
 	if (tevent_req_nomem(s->key, req)) {
 		return tevent_req_post(req, ev);
@@ -909,13 +1042,17 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 			strerror(ret));
 		return bfs_fh_flush_here(req, ev, bc, fh);
 	}
-	subreq = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,
-				    s->snapshot, s->fd, size, fh->mtime);
-	if (tevent_req_nomem(subreq, req)) {
+	/* Ours is the newest upload of the key here now. */
+	bfs_fh_flushes_supersede(bc, s->key, s);
+	s->upload = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,
+				       s->snapshot, s->fd, size, fh->mtime);
+	if (tevent_req_nomem(s->upload, req)) {
 		bfs_wb_stage_drop(bc->wb, s->snapshot);
+		bfs_fh_flushes_end(bc, s->key, s, ENOMEM);
 		return tevent_req_post(req, ev);
 	}
-	tevent_req_set_callback(subreq, bfs_fh_flush_uploaded, req);
+	BFS_LIST_ADD(bfs_flushes, s);
+	tevent_req_set_callback(s->upload, bfs_fh_flush_uploaded, req);
 	return req;
 }
 
@@ -928,16 +1065,30 @@ static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
 	struct bfs_conn *bc = s->bc;
 	struct bfs_fh *fh = s->fh;
 	struct s3_status st = {0};
+	struct bfs_jrec rec;
 	char *etag = NULL;
 	int ret = bfs_wb_upload_recv(subreq, s, &etag, &st);
 
 	TALLOC_FREE(subreq);
+	s->upload = NULL;
+	BFS_LIST_REMOVE(bfs_flushes, s);
 	if (ret != 0) {
 		bfs_log_s3(bc, "upload to", s->key, &st);
-		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s failed; "
-			"the flushed bytes stay in the journal and in staging "
-			"file %s", bc->service, s->key, s->snapshot);
-		tevent_req_error(req, ret == ENOENT ? EIO : ret);
+		if (bfs_journal_get(bc->journal, s, s->key, &rec) == 0 &&
+		    strcmp(rec.staging, s->snapshot) == 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s "
+				"failed; the flushed bytes stay in the journal "
+				"and in staging file %s", bc->service, s->key,
+				s->snapshot);
+		} else {
+			/* Not journalled: nobody would upload the copy. */
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s "
+				"failed", bc->service, s->key);
+			bfs_wb_stage_drop(bc->wb, s->snapshot);
+		}
+		ret = ret == ENOENT ? EIO : ret;
+		bfs_fh_flushes_end(bc, s->key, s, ret);
+		tevent_req_error(req, ret);
 		return;
 	}
 	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: flushed %s to S3",
@@ -948,11 +1099,13 @@ static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
 	 * is what S3 has.  Renamed meanwhile, it stays dirty: its close
 	 * uploads it under the new name.
 	 */
-	if (fh->wgen == s->wgen && strcmp(fh->key, s->key) == 0) {
+	if (bfs_fh_write_gen(bc, fh) == s->wgen &&
+	    strcmp(fh->key, s->key) == 0) {
 		bfs_fh_clean(bc, fh);
 		fh->etag = talloc_steal(fh, etag);
 		fh->open_etag = talloc_strdup(fh, etag);
 	}
+	bfs_fh_flushes_end(bc, s->key, s, 0);
 	tevent_req_done(req);
 }
 

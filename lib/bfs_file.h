@@ -142,6 +142,12 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
 		   uint64_t wgen, const char *snapshot, char *etag);
 
 /*
+ * How many writes the opens sharing fh's staging file made (a flush's
+ * snapshot is the file as it is if this has not changed since).
+ */
+uint64_t bfs_fh_write_gen(struct bfs_conn *bc, const struct bfs_fh *fh);
+
+/*
  * An SMB flush of fh without the engine: done once S3 has fh's bytes as
  * they are now.  On smbd's loop (ev) a snapshot of the staging file goes
  * up on that loop, the client's other requests answered meanwhile; on

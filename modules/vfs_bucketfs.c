@@ -1655,7 +1655,7 @@ static ssize_t bfs_pwrite_recv(struct tevent_req *req,
 struct bfs_fsync_state {
 	struct bfs_conn *bc;
 	struct bfs_fh *fh;
-	uint64_t wgen;		/* fh's changes when the snapshot was taken */
+	uint64_t wgen;		/* bfs_fh_write_gen at the snapshot */
 	char *stage_name;	/* what the engine uploads */
 };
 
@@ -1694,7 +1694,7 @@ static struct tevent_req *bfs_fsync_send(struct vfs_handle_struct *handle,
 	}
 	state->bc = bc;
 	state->fh = fh;
-	state->wgen = fh->wgen;
+	state->wgen = bfs_fh_write_gen(bc, fh);
 	if (fh->dirty) {
 		bool here = false;
 

@@ -808,3 +808,36 @@ def test_kill_9_during_an_smb2_flush_is_finished_by_the_next_smbd(w):
     assert w.s3_sha256("rwfault/k9f.bin") == sha256(src), "not finished after restart"
     assert "k9f.bin" not in w.ctl("rwfault", "pending").stdout
     assert not os.listdir(f"{w.dir}/bfscache-rwfault/staging"), "staging left"
+
+
+def test_a_close_through_a_second_open_takes_over_a_flush_still_uploading(w):
+    # One connection, two opens of one file: the flush of the first is
+    # still going up when the second writes newer bytes and closes.  The
+    # close's upload is the newer: the flush's stops (it must not land in
+    # S3 after it) and answers with the close's result.
+    first = w.make("sup-a.bin", 12 << 20)
+    second = w.make("sup-b.bin", 13 << 20)
+    p, ask = session(w, "rwfault")
+    try:
+        ask(f"write sup.bin {first}")
+        w.fault("PUT delay:2 -1")
+        ask("sendflush sup.bin")
+        for _ in range(300):  # the flush's upload is on its way
+            with open(f"{w.tmp}/front-control.log") as f:
+                if any(l.startswith("PUT /") and "/sup.bin?partNumber" in l for l in f):
+                    break
+            time.sleep(0.1)
+        ask("reopen sup2 sup.bin")
+        ask(f"rewrite sup2 {second}")
+        ask("close sup2")
+        w.fault("")
+        ask("waitflush sup.bin")
+        ask("close sup.bin")
+    finally:
+        w.fault("")
+        p.stdin.close()
+        p.wait(timeout=60)
+    assert w.s3_sha256("rwfault/sup.bin") == sha256(second), "an older upload landed last"
+    assert w.ls("rwfault").get("sup.bin") == (False, 13 << 20)
+    assert "sup.bin" not in w.ctl("rwfault", "pending").stdout
+    assert not os.listdir(f"{w.dir}/bfscache-rwfault/staging"), "staging left"

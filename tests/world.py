@@ -425,6 +425,8 @@ def session(w, share, port=None):
         p.stdin.write(line + "\n")
         p.stdin.flush()
         out = p.stdout.readline().strip()
+        if not out:  # it died: say why
+            out = p.stderr.read()[-2000:]
         assert out.startswith("ok"), f"{line}: {out}"
         return out.split()[1] if len(out.split()) > 1 else ""
     return p, ask

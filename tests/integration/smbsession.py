@@ -14,6 +14,10 @@ Reads commands from stdin, one a line, and answers each with one line:
   open PATH       -> "ok SECONDS": existing PATH opened for writing (as a
                      job opens its checkpoint to fsync it), left open
   flush PATH      -> "ok SECONDS" once the SMB2 FLUSH of open PATH answers
+  sendflush PATH  -> "ok": the SMB2 FLUSH of open PATH sent, not waited for
+  waitflush PATH  -> "ok SECONDS" once that FLUSH answers
+  reopen NAME PATH -> "ok": existing PATH opened again for writing, as
+                     NAME (a second open for the commands above)
   close PATH      -> "ok SECONDS" once the close of open PATH answers
   quit
 A failure answers "err STATUS" (the NT status name).  Debian's
@@ -33,6 +37,7 @@ def main():
     conn.login(user, password)
     tid = None  # connected at the first write: ls and get connect their own
     open_files = {}
+    pending = {}  # PATH -> (message id, time sent) of a FLUSH not waited for
     print("ok connected", flush=True)
     for line in sys.stdin:
         words = line.split()
@@ -54,7 +59,8 @@ def main():
                 if words[0] == "write":
                     open_files[words[1]] = conn.createFile(
                         tid, words[1], desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
-                        shareMode=s3.FILE_SHARE_READ, creationDisposition=s3.FILE_OVERWRITE_IF)
+                        shareMode=s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE,
+                        creationDisposition=s3.FILE_OVERWRITE_IF)
                 fid = open_files[words[1]]
                 size = 0
                 with open(words[2], "rb") as f:
@@ -69,13 +75,43 @@ def main():
                     tid, words[1], desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
                     shareMode=s3.FILE_SHARE_READ, creationDisposition=s3.FILE_OPEN)
                 print(f"ok {time.monotonic() - start:.3f}", flush=True)
+            elif words[0] == "reopen":
+                tid = tid if tid is not None else conn.connectTree(share)
+                open_files[words[1]] = conn.createFile(
+                    tid, words[2], desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                    shareMode=s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE,
+                    creationDisposition=s3.FILE_OPEN)
+                print("ok", flush=True)
+            elif words[0] == "sendflush":
+                smb = conn.getSMBServer()
+                packet = smb.SMB_PACKET()
+                packet["Command"] = s3.SMB2_FLUSH
+                packet["TreeID"] = tid
+                body = s3.SMB2Flush()
+                body["FileID"] = open_files[words[1]]
+                packet["Data"] = body
+                pending[words[1]] = (smb.sendSMB(packet), time.monotonic())
+                print("ok", flush=True)
+            elif words[0] == "waitflush":
+                smb = conn.getSMBServer()
+                msg, start = pending.pop(words[1])
+                answer = smb.recvSMB(msg)
+                if answer["Status"] != 0:
+                    print(f"err 0x{answer['Status']:08x}", flush=True)
+                else:
+                    print(f"ok {time.monotonic() - start:.3f}", flush=True)
             elif words[0] in ("flush", "close"):
                 fid = open_files[words[1]]
                 start = time.monotonic()
                 if words[0] == "flush":
                     conn.getSMBServer().flush(tid, fid)
                 else:
-                    conn.closeFile(tid, fid)
+                    try:
+                        conn.closeFile(tid, fid)
+                    except KeyError:
+                        # Closed; impacket keeps one entry per path, which
+                        # the close of another open of the path took.
+                        conn.getSMBServer()._Session["OpenTable"].pop(fid, None)
                     del open_files[words[1]]
                 print(f"ok {time.monotonic() - start:.3f}", flush=True)
             else:
