@@ -737,3 +737,20 @@ int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 {
 	return bfs_journal_walk(j, mem_ctx, 0, "", recs, n);
 }
+
+int bfs_journal_count(struct bfs_journal *j, size_t *n)
+{
+	MDB_txn *txn = NULL;
+	MDB_stat st;
+	int rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn);
+
+	if (rc == 0) {
+		rc = mdb_stat(txn, j->db, &st);
+		mdb_txn_abort(txn);
+	}
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	*n = st.ms_entries;
+	return 0;
+}

@@ -157,6 +157,10 @@ bool bfs_jrec_owner_alive(const struct bfs_jrec *r);
 /* Every record (for bucketfs-ctl and tests). */
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 		     struct bfs_jrec **recs, size_t *n);
+/* How many records there are, readable or not (bfs_journal_list skips
+ * those it cannot decode). */
+int bfs_journal_count(struct bfs_journal *j, size_t *n)
+	__attribute__((warn_unused_result));
 
 /* Record encoding, exposed for tests. */
 int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,

@@ -1835,6 +1835,18 @@ unsigned bfs_wb_sweep_staging(struct bfs_wb *wb)
 		talloc_free(tmp);
 		return 0;
 	}
+	{
+		size_t all = 0;
+
+		/* A record it cannot read may name any of them: keep all. */
+		if (bfs_journal_count(wb->j, &all) != 0 || all != n) {
+			bfs_log(BFS_LOG_WARNING, "bucketfs: the journal has "
+				"records this version cannot read: staging "
+				"files of dead processes are kept");
+			talloc_free(tmp);
+			return 0;
+		}
+	}
 	for (i = 0; i < n_dead; i++) {
 		if (!bfs_stage_named(recs, n, dead[i])) {
 			bfs_wb_stage_drop(wb, dead[i]);

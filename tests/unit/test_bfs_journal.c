@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <lmdb.h>
 
 #include "test_tmpdir.h"
 
@@ -22,9 +23,13 @@
 #include "bfs_journal.h"
 #include "bfs_writeback.h"
 
+static const char *journal_dir; /* the last one open_journal made */
+
 static struct bfs_journal *open_journal(TALLOC_CTX *t)
 {
 	char *d = test_tmpdir(t, "bfs-journal-test");
+
+	journal_dir = d;
 	struct bfs_journal *j = NULL;
 	const char *why = NULL;
 
@@ -622,6 +627,38 @@ static void test_the_staging_files_of_dead_processes_are_swept(void **state)
 	assert_true(exists_in(t, staging, mine));
 	assert_true(exists_in(t, staging, "not-a-staging-name"));
 	assert_int_equal(bfs_wb_sweep_staging(wb), 0);
+
+	/*
+	 * A record this version cannot read (a newer version's, kept after
+	 * a downgrade) may name any file: then nothing is swept.  Written by
+	 * a child, since one process must not open an LMDB file twice.
+	 */
+	touch_in(t, staging, lost);
+	pid_t child = fork();
+	if (child == 0) {
+		MDB_env *env;
+		MDB_txn *txn;
+		MDB_dbi dbi;
+		MDB_val k = {5, "run/g"}, v = {2, "xx"};
+
+		if (mdb_env_create(&env) != 0 || mdb_env_set_maxdbs(env, 2) != 0 ||
+		    mdb_env_open(env, journal_dir, 0, 0600) != 0 ||
+		    mdb_txn_begin(env, NULL, 0, &txn) != 0 ||
+		    mdb_dbi_open(txn, "jrn", 0, &dbi) != 0 ||
+		    mdb_put(txn, dbi, &k, &v, 0) != 0 || mdb_txn_commit(txn) != 0) {
+			_exit(1);
+		}
+		mdb_env_close(env);
+		_exit(0);
+	}
+	{
+		int st = 0;
+
+		assert_int_equal(waitpid(child, &st, 0), child);
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	assert_int_equal(bfs_wb_sweep_staging(wb), 0);
+	assert_true(exists_in(t, staging, lost));
 	talloc_free(t);
 }
 
