@@ -400,7 +400,7 @@ static void test_flush_hands_over_a_snapshot(void **state)
 	write_at(bc, fh, "v1", 0);
 	assert_int_equal(bfs_fh_open(bc, "f", O_WRONLY, false, &twin), 0);
 	write_at(bc, twin, "V", 0);
-	wgen = fh->wgen;
+	wgen = bfs_fh_write_gen(bc, fh);
 	assert_int_equal(bfs_fh_flush_hand_over(bc, fh, t, &snap, &here), 0);
 	assert_false(here);
 	assert_string_not_equal(snap, fh->stage_name);
@@ -414,20 +414,26 @@ static void test_flush_hands_over_a_snapshot(void **state)
 	assert_string_equal(read_all(t, fd), "V1");
 	close(fd);
 
-	/* Written since: still dirty. */
-	write_at(bc, fh, "v2", 0);
+	/* Written since, through the other open: both still dirty. */
+	write_at(bc, twin, "v2", 0);
+	assert_int_equal(bfs_fh_flushed(bc, fh, 0, wgen, snap, NULL), 0);
+	assert_true(fh->dirty);
+	assert_true(twin->dirty);
+	/* Written since through this one: still dirty. */
+	wgen = bfs_fh_write_gen(bc, fh);
+	write_at(bc, fh, "v3", 0);
 	assert_int_equal(bfs_fh_flushed(bc, fh, 0, wgen, snap, NULL), 0);
 	assert_true(fh->dirty);
 	/* Nothing since: clean, with S3's ETag, and so is the twin. */
-	assert_int_equal(bfs_fh_flushed(bc, fh, 0, fh->wgen, snap,
-					talloc_strdup(t, "\"e\"")), 0);
+	assert_int_equal(bfs_fh_flushed(bc, fh, 0, bfs_fh_write_gen(bc, fh),
+					snap, talloc_strdup(t, "\"e\"")), 0);
 	assert_false(fh->dirty);
 	assert_false(twin->dirty);
 	assert_string_equal(fh->etag, "\"e\"");
 	assert_ptr_equal(talloc_parent(fh->etag), fh);
 	/* The engine went away: the client is told of an I/O error. */
-	assert_int_equal(bfs_fh_flushed(bc, fh, EPIPE, fh->wgen, snap, NULL),
-			 EIO);
+	assert_int_equal(bfs_fh_flushed(bc, fh, EPIPE, bfs_fh_write_gen(bc, fh),
+					snap, NULL), EIO);
 	assert_int_equal(test_share_s3_requests(bc), 0);
 	test_engine_stop(bc, engine);
 	talloc_free(t);
