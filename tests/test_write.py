@@ -790,7 +790,7 @@ def test_kill_9_during_an_smb2_flush_is_finished_by_the_next_smbd(w):
     p, ask = session(w, "rwfault")
     try:
         ask(f"write k9f.bin {src}")
-        w.fault("PUT delay:1 -1")
+        w.fault("PUT delay:3 -1")  # the kill comes well before the end
         p.stdin.write("flush k9f.bin\n")  # not answered: smbd dies first
         p.stdin.flush()
         for _ in range(300):
