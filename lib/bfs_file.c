@@ -59,14 +59,22 @@ static bool bfs_fh_same_stage(const struct bfs_fh *o, const struct bfs_fh *fh)
 	       strcmp(o->stage_name, fh->stage_name) == 0;
 }
 
+/*
+ * Each change of an open takes the next number of this process (smbd's
+ * loop: one thread), so the newest change to a staging file is the
+ * greatest number among its opens, and no later change can bring that
+ * number back, whoever closes meanwhile.
+ */
+static uint64_t bfs_change_seq;
+
 uint64_t bfs_fh_write_gen(struct bfs_conn *bc, const struct bfs_fh *fh)
 {
 	const struct bfs_fh *o;
 	uint64_t gen = fh->wgen;
 
 	for (o = bc->open_files; o != NULL; o = o->next) {
-		if (o != fh && bfs_fh_same_stage(o, fh)) {
-			gen += o->wgen;
+		if (o != fh && bfs_fh_same_stage(o, fh) && o->wgen > gen) {
+			gen = o->wgen;
 		}
 	}
 	return gen;
@@ -319,6 +327,7 @@ static void bfs_fh_flushes_supersede(struct bfs_conn *bc, const char *key,
 				     struct bfs_fh_flush_state *by);
 static void bfs_fh_flushes_end(struct bfs_conn *bc, const char *key,
 			       const struct bfs_fh_flush_state *by, int ret);
+static bool bfs_fh_flush_uploading(struct bfs_conn *bc, const char *key);
 
 int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 {
@@ -387,9 +396,18 @@ int bfs_fh_writeback(struct bfs_conn *bc, struct bfs_fh *fh)
 static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 			 const char *name, uint64_t size)
 {
-	pid_t engine = bfs_engine_now(bc);
+	pid_t engine;
 	int ret;
 
+	/*
+	 * A flush of it still uploading here (made while no engine could be
+	 * reached) must not end after the engine's newer upload: the caller
+	 * uploads itself, which stops that flush first.
+	 */
+	if (bfs_fh_flush_uploading(bc, fh->key)) {
+		return ENOTSUP;
+	}
+	engine = bfs_engine_now(bc);
 	if (engine == 0) {
 		return ENOTSUP;
 	}
@@ -674,7 +692,7 @@ static bool bfs_fh_may_grow_to(struct bfs_conn *bc, const struct bfs_fh *fh,
 static void bfs_fh_changed(struct bfs_fh *fh, bool mtime)
 {
 	fh->dirty = true;
-	fh->wgen++;
+	fh->wgen = ++bfs_change_seq;
 	if (mtime) {
 		fh->mtime = time(NULL);
 	}
@@ -891,6 +909,19 @@ static bool bfs_flush_of(const struct bfs_fh_flush_state *s,
 	       strcmp(s->bc->cache_dir, bc->cache_dir) == 0;
 }
 
+/* Whether a flush of key is uploading here (not taken over). */
+static bool bfs_fh_flush_uploading(struct bfs_conn *bc, const char *key)
+{
+	const struct bfs_fh_flush_state *s;
+
+	for (s = bfs_flushes; s != NULL; s = s->next) {
+		if (!s->superseded && bfs_flush_of(s, bc, key)) {
+			return true;
+		}
+	}
+	return false;
+}
+
 static void bfs_fh_flush_end(struct bfs_fh_flush_state *s, int ret)
 {
 	BFS_LIST_REMOVE(bfs_flushes, s);
@@ -1074,8 +1105,10 @@ static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
 	BFS_LIST_REMOVE(bfs_flushes, s);
 	if (ret != 0) {
 		bfs_log_s3(bc, "upload to", s->key, &st);
-		if (bfs_journal_get(bc->journal, s, s->key, &rec) == 0 &&
-		    strcmp(rec.staging, s->snapshot) == 0) {
+		int jret = bfs_journal_get(bc->journal, s, s->key, &rec);
+
+		if (jret != ENOENT &&
+		    (jret != 0 || strcmp(rec.staging, s->snapshot) == 0)) {
 			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: flush of %s "
 				"failed; the flushed bytes stay in the journal "
 				"and in staging file %s", bc->service, s->key,

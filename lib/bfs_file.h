@@ -142,8 +142,9 @@ int bfs_fh_flushed(struct bfs_conn *bc, struct bfs_fh *fh, int ret,
 		   uint64_t wgen, const char *snapshot, char *etag);
 
 /*
- * How many writes the opens sharing fh's staging file made (a flush's
- * snapshot is the file as it is if this has not changed since).
+ * The number of the last change any open sharing fh's staging file made
+ * (changes are numbered in this process, always upwards): a flush's
+ * snapshot is the file as it is if this has not changed since.
  */
 uint64_t bfs_fh_write_gen(struct bfs_conn *bc, const struct bfs_fh *fh);
 

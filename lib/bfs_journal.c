@@ -630,7 +630,8 @@ const char *bfs_jrec_foreign(const struct bfs_jrec *r, const char *prefix)
 
 static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			    pid_t claim_pid, const char *prefix,
-			    struct bfs_jrec **recs, size_t *n)
+			    struct bfs_jrec **recs, size_t *n,
+			    size_t *unreadable)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec *out = talloc_array(mem_ctx, struct bfs_jrec, 0);
@@ -657,6 +658,9 @@ static int bfs_journal_walk(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 
 		if (bfs_jrec_decode(out, v.mv_data, v.mv_size, &r) != 0) {
 			/* Unreadable: nothing can be done with it. */
+			if (unreadable != NULL) {
+				(*unreadable)++;
+			}
 			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
 			continue;
 		}
@@ -729,28 +733,14 @@ int bfs_journal_claim_orphans(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			      pid_t pid, const char *prefix,
 			      struct bfs_jrec **recs, size_t *n)
 {
-	return bfs_journal_walk(j, mem_ctx, pid, prefix, recs, n);
+	return bfs_journal_walk(j, mem_ctx, pid, prefix, recs, n, NULL);
 }
 
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
-		     struct bfs_jrec **recs, size_t *n)
+		     struct bfs_jrec **recs, size_t *n, size_t *unreadable)
 {
-	return bfs_journal_walk(j, mem_ctx, 0, "", recs, n);
-}
-
-int bfs_journal_count(struct bfs_journal *j, size_t *n)
-{
-	MDB_txn *txn = NULL;
-	MDB_stat st;
-	int rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn);
-
-	if (rc == 0) {
-		rc = mdb_stat(txn, j->db, &st);
-		mdb_txn_abort(txn);
+	if (unreadable != NULL) {
+		*unreadable = 0;
 	}
-	if (rc != 0) {
-		return bfs_lmdb_errno(rc);
-	}
-	*n = st.ms_entries;
-	return 0;
+	return bfs_journal_walk(j, mem_ctx, 0, "", recs, n, unreadable);
 }

@@ -154,13 +154,13 @@ uint64_t bfs_proc_start(pid_t pid);
 /* Whether the process a record names still runs: its pid, same start. */
 bool bfs_jrec_owner_alive(const struct bfs_jrec *r);
 
-/* Every record (for bucketfs-ctl and tests). */
+/*
+ * Every record (for bucketfs-ctl, the staging sweep and tests), read in
+ * one transaction; *unreadable (optional) counts those it skipped, which
+ * this version cannot decode (a newer one's, after a downgrade).
+ */
 int bfs_journal_list(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
-		     struct bfs_jrec **recs, size_t *n);
-/* How many records there are, readable or not (bfs_journal_list skips
- * those it cannot decode). */
-int bfs_journal_count(struct bfs_journal *j, size_t *n)
-	__attribute__((warn_unused_result));
+		     struct bfs_jrec **recs, size_t *n, size_t *unreadable);
 
 /* Record encoding, exposed for tests. */
 int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,

@@ -258,7 +258,7 @@ void bfs_stats_flush(struct bfs_conn *bc, time_t now)
 	    bfs_stats_read(bc->stats, &totals) == 0) {
 		TALLOC_CTX *tmp = talloc_new(bc);
 		bfs_cache_usage(bc->cache, &used, &blocks);
-		bfs_journal_list(bc->journal, tmp, &recs, &n);
+		bfs_journal_list(bc->journal, tmp, &recs, &n, NULL);
 		ret = bfs_stats_write_prometheus(&totals, bc->cache_dir, used,
 						 bc->cache_limit, n,
 						 bc->metrics_file);

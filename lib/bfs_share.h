@@ -144,8 +144,8 @@ struct bfs_fh {
 	bool dirty;		/* staged bytes not yet uploaded */
 	bool deleted;		/* unlinked while open: upload nothing */
 	bool may_stream;	/* a new staging file of this open alone */
-	uint64_t wgen;		/* changes so far: a flush's snapshot is
-				   the file only if none came after */
+	uint64_t wgen;		/* the process-wide number of its last
+				   change (bfs_fh_write_gen) */
 	struct bfs_stream *stream;	/* parts sent while writing */
 };
 

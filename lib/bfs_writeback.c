@@ -1064,7 +1064,7 @@ int bfs_wb_pending_bytes(struct bfs_wb *wb, pid_t owner, uint64_t *bytes)
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec *recs = NULL;
 	size_t n = 0, i;
-	int ret = tmp != NULL ? bfs_journal_list(wb->j, tmp, &recs, &n) : ENOMEM;
+	int ret = tmp != NULL ? bfs_journal_list(wb->j, tmp, &recs, &n, NULL) : ENOMEM;
 
 	*bytes = 0;
 	for (i = 0; ret == 0 && i < n; i++) {
@@ -1797,7 +1797,7 @@ unsigned bfs_wb_sweep_staging(struct bfs_wb *wb)
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec *recs = NULL;
 	char **dead = NULL;
-	size_t n_dead = 0, n = 0, i;
+	size_t n_dead = 0, n = 0, unreadable = 0, i;
 	unsigned gone = 0;
 	struct dirent *de;
 	DIR *d;
@@ -1831,21 +1831,18 @@ unsigned bfs_wb_sweep_staging(struct bfs_wb *wb)
 		}
 	}
 	closedir(d);
-	if (n_dead == 0 || bfs_journal_list(wb->j, tmp, &recs, &n) != 0) {
+	if (n_dead == 0 ||
+	    bfs_journal_list(wb->j, tmp, &recs, &n, &unreadable) != 0) {
 		talloc_free(tmp);
 		return 0;
 	}
-	{
-		size_t all = 0;
-
+	if (unreadable > 0) {
 		/* A record it cannot read may name any of them: keep all. */
-		if (bfs_journal_count(wb->j, &all) != 0 || all != n) {
-			bfs_log(BFS_LOG_WARNING, "bucketfs: the journal has "
-				"records this version cannot read: staging "
-				"files of dead processes are kept");
-			talloc_free(tmp);
-			return 0;
-		}
+		bfs_log(BFS_LOG_WARNING, "bucketfs: the journal has %zu "
+			"record(s) this version cannot read: staging files of "
+			"dead processes are kept", unreadable);
+		talloc_free(tmp);
+		return 0;
 	}
 	for (i = 0; i < n_dead; i++) {
 		if (!bfs_stage_named(recs, n, dead[i])) {

@@ -68,7 +68,7 @@ static int ctl_stats(struct ctl *c, int argc, char **argv)
 	if (bfs_stats_read(ctl_stats_db(c), &t) != 0 ||
 	    bfs_index_count(idx, &entries, &dirs) != 0 ||
 	    bfs_cache_usage(cache, &used, &blocks) != 0 ||
-	    bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+	    bfs_journal_list(j, c->mem, &recs, &n, NULL) != 0) {
 		ctl_die("cannot read the cache folder %s", c->cache_dir);
 	}
 	for (i = 0; i < n; i++) {
@@ -138,7 +138,7 @@ static int ctl_pending(struct ctl *c, int argc, char **argv)
 	size_t n = 0, i;
 
 	(void)argc, (void)argv;
-	if (bfs_journal_list(j, c->mem, &recs, &n) != 0) {
+	if (bfs_journal_list(j, c->mem, &recs, &n, NULL) != 0) {
 		ctl_die("cannot read the journal in %s", c->cache_dir);
 	}
 	for (i = 0; i < n; i++) {
@@ -678,7 +678,7 @@ static uint64_t ctl_fsck_journal(struct ctl *c)
 	struct bfs_jrec *recs = NULL;
 	size_t n = 0, i, lost = 0;
 
-	if (bfs_journal_list(ctl_journal(c), c->mem, &recs, &n) != 0) {
+	if (bfs_journal_list(ctl_journal(c), c->mem, &recs, &n, NULL) != 0) {
 		ctl_die("cannot read the journal in %s", c->cache_dir);
 	}
 	for (i = 0; i < n; i++) {

@@ -606,7 +606,7 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 		eng_log(BFS_LOG_WARNING, "took over %zu change(s) a dead "
 			"process left in the journal", no);
 	}
-	if (bfs_journal_list(e->j, tmp, &recs, &n) != 0) {
+	if (bfs_journal_list(e->j, tmp, &recs, &n, NULL) != 0) {
 		eng_log(BFS_LOG_ERR, "cannot read the journal");
 		talloc_free(tmp);
 		return false;

@@ -439,6 +439,35 @@ static void test_flush_hands_over_a_snapshot(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A flush's snapshot is clean only if no open sharing the staging file
+ * changed it since, even where another open closed meanwhile (a count
+ * of changes summed over the opens fell back to its old value then).
+ */
+static void test_a_change_after_another_open_closed_keeps_the_file_dirty(
+	void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct bfs_fh *a = NULL, *b = NULL;
+	uint64_t gen;
+
+	(void)state;
+	assert_int_equal(bfs_fh_open(bc, "g", O_WRONLY | O_CREAT, false, &a),
+			 0);
+	assert_int_equal(bfs_fh_open(bc, "g", O_WRONLY, false, &b), 0);
+	write_at(bc, b, "b1", 0);
+	write_at(bc, b, "b2", 0);
+	write_at(bc, a, "a1", 0);
+	gen = bfs_fh_write_gen(bc, a); /* a flush's snapshot */
+	talloc_free(b);			/* the other open goes */
+	write_at(bc, a, "a2", 0);
+	write_at(bc, a, "a3", 0);
+	assert_int_equal(bfs_fh_flushed(bc, a, 0, gen, "snapshot", NULL), 0);
+	assert_true(a->dirty);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -451,6 +480,8 @@ int main(void)
 		cmocka_unit_test(test_close_hands_over),
 		cmocka_unit_test(test_failed_close_stays_journalled),
 		cmocka_unit_test(test_flush_hands_over_a_snapshot),
+		cmocka_unit_test(
+			test_a_change_after_another_open_closed_keeps_the_file_dirty),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
