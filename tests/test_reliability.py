@@ -514,6 +514,10 @@ def test_a_full_cache_disk_keeps_reads_right_and_fails_writes_with_disk_full(rel
     data = {f"big{i}.bin": os.urandom(8 << 20) for i in range(4)}  # 2x the disk
     for name, body in data.items():
         assert s3_put(rel, f"tiny/{name}", body)
+    # Put behind the share's back: a listing of its root younger than the
+    # TTL (another test's) would not show them yet.
+    inv = rel.ctl("tiny", "invalidate", "")
+    assert inv.returncode == 0, inv.stdout + inv.stderr
     for _ in range(2):
         for name, body in data.items():
             p = rel.get("tiny", name, f"{rel.t}/t")
