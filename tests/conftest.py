@@ -31,6 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from world import TOP, World, free_port, seed, stop_procs, wait_port  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "alone: changes what every test of the machine shares (the clock, "
+        "the installed module); make test runs these after the others, one at a time")
+
+
 @pytest.fixture(scope="session")
 def world():
     tmp = tempfile.mkdtemp(prefix="bucketfs-pytest.")

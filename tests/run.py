@@ -71,10 +71,14 @@ def main():
     only = os.environ.get("ONLY", "")
     # T=<name or -k expression>: those of the tests moved to pytest, alone.
     pick = os.environ.get("T", "")
+    lanes = []
     try:
         if pick or only in PYTEST_AREAS:
             run_pytest(only, pick)
             return finish(started)
+        if not only:
+            # The integration tests run meanwhile, in lanes of their own.
+            lanes = [Lane(i, areas) for i, areas in enumerate(LANES)]
         # ---- unit tests ----------------------------------------------------
         os.makedirs(f"{tmp}/unit")
         for t in sorted(os.listdir(f"{B}/tests")) if not only else []:
@@ -109,8 +113,14 @@ def main():
             print(f"# state kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    # Its own servers, once ours are gone.
-    run_pytest(only, os.environ.get("PICK", ""))
+    if lanes:
+        for lane in lanes:
+            lane.finish()
+        # What every test shares, changed by one test at a time.
+        run_pytest("", "", marks="alone")
+    else:
+        # Its own servers, once ours are gone.
+        run_pytest(only, os.environ.get("PICK", ""))
     return finish(started)
 
 
@@ -144,28 +154,37 @@ def pytest_k(pick):
     return pick.strip().replace(" ", "_")
 
 
-def run_pytest(only, pick):
-    """The pytest areas ONLY selects, in a random order (the tests may not
-    depend on one another), each test's outcome recorded as ours."""
-    files = [f for area, fs in PYTEST_AREAS.items() if only in ("", area) for f in fs.split()]
-    if not files:
-        return
-    fd, xml = tempfile.mkstemp(prefix="bucketfs-pytest.", suffix=".xml")
-    os.close(fd)
-    argv = ["/usr/bin/python3", "-m", "pytest", *files, "-o", f"cache_dir={B}/pytest-cache",
+# make test's lanes: the areas each of two pytest processes runs at the
+# same time as the other and as the tests above, each with servers of its
+# own.  The integration tests mostly wait (for slowed S3 requests, TTLs,
+# retries): one area alone keeps a third of this machine's two cores busy.
+# Tests marked alone (the clock, the installed package) run after the lanes.
+LANES = (("read", "reliability", "cluster", "aws", "docs"),
+         ("engine", "write", "semantics", "security", "rgw", "asan", "package"))
+assert sorted(a for lane in LANES for a in lane) == sorted(PYTEST_AREAS), "an area in no lane"
+
+
+def pytest_argv(files, xml, cache, pick="", marks=""):
+    argv = ["/usr/bin/python3", "-m", "pytest", *files, "-o", f"cache_dir={cache}",
             "-p", "random_order", "--random-order", "-v", "-s", "--durations=10",
             f"--junitxml={xml}"]
     if pick:
         argv += ["-k", pytest_k(pick)]
-    print(f"# pytest: {' '.join(argv[3:])}", flush=True)
-    p = subprocess.run(argv, cwd=TOP)
+    if marks:
+        argv += ["-m", marks]
+    return argv
+
+
+def report(xml, returncode):
+    """Each test of pytest's report recorded as ours."""
     try:
         cases = ET.parse(xml).getroot().iter("testcase")
     except (OSError, ET.ParseError) as e:
-        record("pytest: ran", False, f"exit {p.returncode}, no report: {e}")
+        record("pytest: ran", False, f"exit {returncode}, no report: {e}")
         return
     finally:
-        os.remove(xml)
+        if os.path.exists(xml):
+            os.remove(xml)
     seen = 0
     for case in cases:
         # test_x_y[param] -> "x y [param]"
@@ -177,9 +196,49 @@ def run_pytest(only, pick):
         record(name, bad is None, "" if bad is None else (bad.text or bad.get("message", ""))[-2000:])
         durations.append((float(case.get("time", 0)), name))
     # 5: nothing selected, what -k may do; anything else unreported fails.
-    if seen == 0 and p.returncode not in (0, 5):
-        record("pytest: ran", False, f"exit {p.returncode}")
+    if seen == 0 and returncode not in (0, 5):
+        record("pytest: ran", False, f"exit {returncode}")
 
+
+def run_pytest(only, pick, marks=""):
+    """The pytest areas ONLY selects, in a random order (the tests may not
+    depend on one another), each test's outcome recorded as ours."""
+    files = [f for area, fs in PYTEST_AREAS.items() if only in ("", area) for f in fs.split()]
+    if not files:
+        return
+    fd, xml = tempfile.mkstemp(prefix="bucketfs-pytest.", suffix=".xml")
+    os.close(fd)
+    argv = pytest_argv(files, xml, f"{B}/pytest-cache", pick, marks)
+    print(f"# pytest: {' '.join(argv[3:])}", flush=True)
+    p = subprocess.run(argv, cwd=TOP)
+    report(xml, p.returncode)
+
+
+class Lane:
+    """One pytest process over some areas, its output kept in a file until
+    it ends (then printed whole, so lanes do not interleave)."""
+
+    def __init__(self, number, areas):
+        fd, self.xml = tempfile.mkstemp(prefix=f"bucketfs-lane{number}.", suffix=".xml")
+        os.close(fd)
+        self.out = tempfile.TemporaryFile(mode="w+")
+        files = [f for area in areas for f in PYTEST_AREAS[area].split()]
+        self.argv = pytest_argv(files, self.xml, f"{B}/pytest-cache-lane{number}",
+                                marks="not alone")
+        self.title = f"# pytest lane {number}: {' '.join(self.argv[3:])}"
+        print(f"{self.title} (started; its output follows when it ends)", flush=True)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, cwd=TOP, stdout=self.out,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def finish(self):
+        returncode = self.proc.wait()
+        self.out.seek(0)
+        print(self.title, flush=True)
+        shutil.copyfileobj(self.out, sys.stdout)
+        print(f"# lane ended after {time.monotonic() - self.started:.0f} s", flush=True)
+        self.out.close()
+        report(self.xml, returncode)
 
 if __name__ == "__main__":
     sys.exit(main())

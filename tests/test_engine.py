@@ -614,6 +614,7 @@ def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
     assert "gone.bin" not in w.ls("rwlocal")
 
 
+@pytest.mark.alone  # sets the machine's clock back
 def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
     # A time sync may set the wall clock back.  The engine tries a failed
     # upload again 30 s later on a clock no such step moves; on the wall

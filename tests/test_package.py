@@ -20,6 +20,9 @@ import pytest
 
 from world import B, TOP, s3_has, sh, sha256
 
+# Installs the package over the module every smbd of the machine loads.
+pytestmark = pytest.mark.alone
+
 SAMBA_VERSION = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "samba"],
                                capture_output=True, text=True, check=True).stdout
 MODULESDIR = re.search(r"MODULESDIR: (\S+)", sh(["smbd", "-b"]).stdout).group(1)

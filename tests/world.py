@@ -213,8 +213,12 @@ class World:
         with open(conf, "w") as f:
             f.write(smb_global(t, free_port(), "1"))
         if subprocess.run(["id", OTHER_USER], capture_output=True).returncode != 0:
-            sh(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                OTHER_USER])
+            # make test's lanes start at once: another may add it first (9).
+            p = subprocess.run(["useradd", "--system", "--no-create-home",
+                                "--shell", "/usr/sbin/nologin", OTHER_USER],
+                               capture_output=True, text=True)
+            if p.returncode not in (0, 9):
+                raise RuntimeError(f"useradd {OTHER_USER}: {p.stderr.strip()}")
         for user in (USER, OTHER_USER):
             sh(["smbpasswd", "-c", conf, "-s", "-a", user], input=f"{PASSWORD}\n{PASSWORD}\n")
         self.cleanups = getattr(self, "cleanups", [])
