@@ -41,6 +41,11 @@ ITEST    := $(B)/tests/s3_client_itest $(B)/tests/smbread $(B)/tests/smbwrite \
             $(B)/tests/smbflush $(B)/tests/smbrenopen $(B)/s3tool $(B)/bench/loader \
             $(B)/othersamba/bucketfs_othersamba.so
 
+# Compile on every core unless the caller chose (make -jN).
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc)
+endif
+
 MODULESDIR = $(shell smbd -b 2>/dev/null | awk '/MODULESDIR/{print $$2}')
 
 .PHONY: all deps install test unit demo demo-stop cluster-demo cluster-stop intree deb clean bench bench-deps bench-read bench-write bench-cluster \

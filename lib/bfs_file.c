@@ -405,6 +405,10 @@ static int bfs_hand_over(struct bfs_conn *bc, struct bfs_fh *fh,
 	 * uploads itself, which stops that flush first.
 	 */
 	if (bfs_fh_flush_uploading(bc, fh->key)) {
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: a flush of %s "
+			"made while no engine could be reached is still "
+			"uploading: this newer upload runs here too and stops "
+			"it", bc->service, fh->key);
 		return ENOTSUP;
 	}
 	engine = bfs_engine_now(bc);

@@ -10,6 +10,7 @@ with.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -46,6 +47,12 @@ SHARES = """
   bucketfs:cache dir = {t}/bfscache-rwnoengine
   bucketfs:close = local
   bucketfs:engine = /nonexistent/bucketfsd
+[rwguard]
+  path = /bucketfs/rwguard
+{faulty}  bucketfs:prefix = rwguard
+  bucketfs:cache dir = {t}/bfscache-rwguard
+  bucketfs:close = local
+  bucketfs:engine = {t}/guard/bucketfsd
 [slowstart]
   path = /bucketfs/slowstart
 {common}  bucketfs:bucket = {BUCKET}
@@ -440,6 +447,57 @@ def test_without_an_engine_to_start_closes_upload_themselves_and_the_log_says_wh
     assert "cannot start the engine /nonexistent/bucketfsd" in log, log[-2000:]
     assert "closes on this connection wait for S3" in log
     print(f"    # connect and put of 3 MiB without an engine: {took:.1f} s")
+
+
+def test_a_flush_made_while_the_engine_was_away_is_taken_over_by_a_later_flush(w):
+    # close = local.  While no engine can be started, a flush uploads in
+    # smbd.  A later flush of the same file, once the engine is back, must
+    # not hand the newer bytes to it: the engine's upload could land first
+    # and the older one after it.  It uploads in smbd too, stopping the
+    # older upload (its multipart upload aborted), and both flushes answer.
+    link = f"{w.dir}/guard/bucketfsd"
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    engine = shutil.which("bucketfsd", path="/usr/local/sbin")
+    if not os.path.lexists(link):
+        os.symlink(engine, link)
+    first = w.make("guard-a.bin", 12 << 20)  # 3 parts of 5 MiB
+    second = w.make("guard-b.bin", 13 << 20)
+    pattern = f"bucketfsd -s {w.conf} rwguard$"
+    p, ask = session(w, "rwguard")
+    try:
+        ask(f"write guard.bin {first}")  # the tree connect started the engine
+        assert subprocess.run(["pgrep", "-f", pattern]).returncode == 0
+        os.unlink(link)  # no engine can be started now
+        subprocess.run(["pkill", "-KILL", "-f", pattern], check=True)
+        time.sleep(1)  # smbd has seen its socket close
+        w.fault("PUT delay:5 -1")
+        ask("sendflush guard.bin")
+        for _ in range(300):  # the flush's parts are on their way, from smbd
+            if re.search(r"^PUT /\S+/rwguard/guard\.bin\?partNumber", front_log(w), re.M):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the flush uploaded nothing")
+        os.symlink(engine, link)  # the engine can come back
+        ask("reopen g2 guard.bin")
+        ask(f"rewrite g2 {second}")
+        w.fault("")  # an upload by the engine would now land at once
+        ask("flush g2")
+        ask("waitflush guard.bin")
+        ask("close g2")
+        ask("close guard.bin")
+    finally:
+        w.fault("")
+        if not os.path.lexists(link):
+            os.symlink(engine, link)
+        p.stdin.close()
+        p.wait(timeout=60)
+    time.sleep(6)  # past the older parts' delay: nothing of it lands later
+    assert w.s3_sha256("rwguard/guard.bin") == sha256(second), "an older upload landed last"
+    assert w.ls("rwguard").get("guard.bin") == (False, 13 << 20)
+    log = w.smb_log()
+    assert "a flush of rwguard/guard.bin made while no engine could be reached is still uploading" in log, \
+        log[-3000:]
 
 
 def test_a_flushed_file_goes_up_before_the_closes_queued_ahead_of_it(w):
