@@ -86,11 +86,12 @@ def slow_upload(w, src, name, delay):
                           "-U", f"{USER}%{PASSWORD}", "-m", "SMB3",
                           "-c", f"put {src} {name}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(300):
-        with open(f"{w.tmp}/front-control.log") as f:
-            if any(l.startswith("PUT /") and f"{name}?partNumber" in l for l in f):
-                break
-        time.sleep(0.1)
+    try:
+        w.wait_part_put(f"rwfault/{name}")
+    except AssertionError:
+        p.kill()
+        w.fault("")
+        raise
     assert f"rwfault/{name}" not in w.s3_keys("rwfault/"), "upload already done"
     return p
 
@@ -793,11 +794,7 @@ def test_kill_9_during_an_smb2_flush_is_finished_by_the_next_smbd(w):
         w.fault("PUT delay:3 -1")  # the kill comes well before the end
         p.stdin.write("flush k9f.bin\n")  # not answered: smbd dies first
         p.stdin.flush()
-        for _ in range(300):
-            with open(f"{w.tmp}/front-control.log") as f:
-                if any(l.startswith("PUT /") and "k9f.bin?partNumber" in l for l in f):
-                    break
-            time.sleep(0.1)
+        w.wait_part_put("rwfault/k9f.bin")
         assert "rwfault/k9f.bin" not in w.s3_keys("rwfault/"), "uploaded before the kill"
         w.restart_smbd(kill=True)
     finally:
@@ -822,11 +819,7 @@ def test_a_close_through_a_second_open_takes_over_a_flush_still_uploading(w):
         ask(f"write sup.bin {first}")
         w.fault("PUT delay:2 -1")
         ask("sendflush sup.bin")
-        for _ in range(300):  # the flush's upload is on its way
-            with open(f"{w.tmp}/front-control.log") as f:
-                if any(l.startswith("PUT /") and "/sup.bin?partNumber" in l for l in f):
-                    break
-            time.sleep(0.1)
+        w.wait_part_put("rwfault/sup.bin")  # the flush's upload is on its way
         ask("reopen sup2 sup.bin")
         ask(f"rewrite sup2 {second}")
         ask("close sup2")

@@ -9,6 +9,7 @@ the benchmarks load it through run.py.
 import copy
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -343,6 +344,19 @@ class World:
     def fault(self, text):
         with open(self.control, "w") as f:
             f.write(text)
+
+    def wait_part_put(self, key, since=0, timeout=30):
+        """Wait until the fault front (w.fault) has been sent a part of a
+        multipart upload of key, after the first `since` characters of
+        its log: an upload is on its way."""
+        part = re.compile(rf"^PUT /\S+/{re.escape(key)}\?partNumber=", re.M)
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with open(f"{self.tmp}/front-control.log") as f:
+                if part.search(f.read()[since:]):
+                    return
+            time.sleep(0.1)
+        raise AssertionError(f"no part of {key} was sent within {timeout} s")
 
     def s3_sha256(self, key):
         out = f"{self.tmp}/s3get.tmp"
