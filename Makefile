@@ -67,6 +67,10 @@ $(B)/lib/%.o: lib/%.c lib/*.h $(B)/.deps-ok
 $(B)/libbucketfs.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
+# Written by scripts/deps.sh (samba-headers.sh) with the headers.
+$(B)/samba.version: $(B)/.deps-ok
+	@test -s $@
+
 # Samba's include paths, as its own build compiles a VFS module.
 $(B)/samba.cflags: $(B)/.deps-ok
 	@scripts/samba-headers.sh --cflags > $@
