@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """bucketfs's test runner (make test).
 
-First what is not pytest's: the cmocka unit tests, the hardening runs
+What is not pytest's: the cmocka unit tests, the hardening runs
 (fuzzing, sanitized unit tests, valgrind) and the S3 client's own tests
-against s3rver behind its fronts.  Then pytest runs the integration tests
-(tests/test_*.py, fixtures in tests/conftest.py, servers in tests/world.py)
-in a random order, and their outcomes join ours.  State goes to temporary
+against s3rver behind its fronts.  Meanwhile pytest runs the integration
+tests (tests/test_*.py, fixtures in tests/conftest.py, servers in
+tests/world.py) in two lanes (LANES), then those marked alone; each in a
+random order, and their outcomes join ours.  State goes to temporary
 folders removed at the end (KEEP=1 keeps them).
 
 ONLY=<area> runs one part (PYTEST_AREAS, or unit-free "hardening");
@@ -113,14 +114,11 @@ def main():
             print(f"# state kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    for lane in lanes:
+        lane.finish()
     if lanes:
-        for lane in lanes:
-            lane.finish()
         # What every test shares, changed by one test at a time.
         run_pytest("", "", marks="alone")
-    else:
-        # Its own servers, once ours are gone.
-        run_pytest(only, os.environ.get("PICK", ""))
     return finish(started)
 
 
@@ -147,7 +145,7 @@ PYTEST_AREAS = {"asan": "tests/test_asan.py", "aws": "tests/test_aws.py",
 
 
 def pytest_k(pick):
-    """T (or PICK) as pytest's -k: an expression as it is, words as the
+    """T as pytest's -k: an expression as it is, words as the
     name they are part of."""
     if re.search(r"\b(and|or|not)\b|[()]", pick):
         return pick
@@ -239,6 +237,7 @@ class Lane:
         print(f"# lane ended after {time.monotonic() - self.started:.0f} s", flush=True)
         self.out.close()
         report(self.xml, returncode)
+
 
 if __name__ == "__main__":
     sys.exit(main())
