@@ -34,7 +34,8 @@ from world import TOP, World, free_port, seed, stop_procs, wait_port  # noqa: E4
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "alone: changes what every test of the machine shares (the clock, "
-        "the installed module); make test runs these after the others, one at a time")
+        "the installed module) or needs the machine to itself (a benchmark "
+        "that must pass); make test runs these after the others, one at a time")
 
 
 @pytest.fixture(scope="session")

@@ -46,9 +46,6 @@ def hardening(tmp, record):
     # The unit tests make their folders under TMPDIR; run.py removes tmp.
     os.makedirs(f"{tmp}/hardening", exist_ok=True)
     env = dict(os.environ, TMPDIR=f"{tmp}/hardening")
-    # A make of its own (on every core), not one of make test's jobs.
-    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
-        env.pop(k, None)
     # Bounded for CI's time budget (make fuzz alone defaults to 20 s).
     env.setdefault("FUZZ_SECONDS", "10")
     for target in ("fuzz", "asan-unit", "valgrind-unit"):

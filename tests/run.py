@@ -66,6 +66,10 @@ def run_tap(name, argv, env=None):
 
 
 def main():
+    # The makes the tests start (the hardening's, the package's) are makes
+    # of their own, on every core, not jobs of the make test that ran us.
+    for k in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        os.environ.pop(k, None)
     tmp = tempfile.mkdtemp(prefix="bucketfs-test.")
     started = time.monotonic()
     world = None

@@ -264,15 +264,29 @@ def test_a_create_with_extended_attributes_is_answered_as_plain_samba_on_a_file_
           flush=True)
 
 
+def subtest_output(out, name):
+    """What smbtorture printed for one subtest: from its "test:" line to
+    its outcome, with the reason of a failure."""
+    n = re.escape(name)
+    m = re.search(rf"^test: {n}$.*?^(?:success|failure|error|skip): {n}(?: \[$.*?^\]$)?",
+                  out, re.M | re.S)
+    return m.group(0)[-2000:] if m else f"(no output of {name})"
+
+
+# smb2.create's bench-path-contention-shared, in the floor, is a benchmark:
+# four connections open and close one path for 10 s.  Beside the other
+# lane it failed once (CI, 2026-12-04, reason not kept; not reproduced in
+# seven runs under CPU load or beside the kill loops): it runs alone.
+@pytest.mark.alone
 def test_smbtorture_suites_of_issue_23_pass_counts_against_plain_samba(w):
-    rows, results_of, only_plain = [], {}, []
+    rows, results_of, out_of, only_plain = [], {}, {}, []
     for suite in SUITES:
         counts = []
         passed = []
         for share in ("semantics", "plainsemantics"):
-            results, _ = torture(w, share, suite)
+            results, out = torture(w, share, suite)
             if share == "semantics":
-                results_of[suite] = results
+                results_of[suite], out_of[suite] = results, out
             passed.append({n for n, r in results.items() if r == "success"})
             counts.append(len(passed[-1]))
         rows.append(f"{suite} {counts[0]}/{counts[1]}")
@@ -283,6 +297,7 @@ def test_smbtorture_suites_of_issue_23_pass_counts_against_plain_samba(w):
     # What bucketfs passes every time is the floor: a change that loses
     # one of these is a regression of file semantics.  Named, not
     # counted: a count hides one subtest lost and another gained.
-    missing = [f"{suite} {name}" for suite, names in FLOOR.items()
+    missing = [(suite, name) for suite, names in FLOOR.items()
                for name in names if results_of[suite].get(name) != "success"]
-    assert not missing, f"no longer pass: {missing}"
+    assert not missing, f"no longer pass: {[f'{s} {n}' for s, n in missing]}\n" + \
+        "\n".join(subtest_output(out_of[s], n) for s, n in missing)
