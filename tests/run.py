@@ -161,8 +161,8 @@ def pytest_k(pick):
 # own.  The integration tests mostly wait (for slowed S3 requests, TTLs,
 # retries): one area alone keeps a third of this machine's two cores busy.
 # Tests marked alone (the clock, the installed package) run after the lanes.
-LANES = (("read", "reliability", "cluster", "aws", "docs"),
-         ("engine", "write", "semantics", "security", "rgw", "asan", "package"))
+LANES = (("read", "reliability", "cluster", "docs"),
+         ("engine", "write", "semantics", "security", "rgw", "asan", "package", "aws"))
 assert sorted(a for lane in LANES for a in lane) == sorted(PYTEST_AREAS), "an area in no lane"
 
 
