@@ -290,14 +290,10 @@ static void bfs_log_recovery(void *priv, const struct bfs_jrec *r,
 		   r->key, st);
 }
 
-/*
- * Writeback, and what a killed smbd left in the journal.  Recovery's S3
- * work runs with the caller's rights; its files as root (bfs_priv).
- */
+/* Writeback: staging files, uploads, the journal. */
 static int bfs_start_writeback(struct bfs_conn *bc)
 {
 	char *dir = talloc_asprintf(bc, "%s/staging", bc->cache_dir);
-	unsigned done = 0, failed = 0;
 	int ret;
 
 	ret = dir == NULL ? ENOMEM :
@@ -307,8 +303,22 @@ static int bfs_start_writeback(struct bfs_conn *bc)
 		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot set up "
 			"writeback in the staging folder %s: %s", bc->service,
 			dir != NULL ? dir : "(no memory)", strerror(ret));
-		return ret;
 	}
+	return ret;
+}
+
+/*
+ * What a killed process left in the journal, finished here, on this tree
+ * connect.  Recovery's S3 work runs with the caller's rights; its files as
+ * root (bfs_priv).  Not with an engine: it takes such records over itself
+ * within seconds (bucketfsd's ENG_POLL_SECONDS), and running them here
+ * would hold this connection's requests behind S3.
+ */
+static int bfs_recover_journal(struct bfs_conn *bc)
+{
+	unsigned done = 0, failed = 0;
+	int ret;
+
 	ret = bfs_wb_recover(bc->wb, bc->prefix, &done, &failed,
 			     bfs_log_recovery, bc);
 	if (ret != 0) {
@@ -419,7 +429,8 @@ static void bfs_reuse_read_buffers(const char *service)
 /*
  * Everything the share talks to, in the tree connect's order: cache
  * folder, credentials, the client and the probe (which may replace it),
- * the reader, writeback, and the engine.
+ * the reader, writeback, the engine, and without one the journal's
+ * recovery.
  */
 static int bfs_share_build(struct bfs_conn *bc,
 			   const struct bfs_share_host *host)
@@ -479,7 +490,7 @@ static int bfs_share_build(struct bfs_conn *bc,
 	if (bc->close_local) {
 		bfs_connect_engine(bc, host);
 	}
-	return 0;
+	return bc->engine != NULL ? 0 : bfs_recover_journal(bc);
 }
 
 int bfs_share_open(struct bfs_conn *bc, const struct bfs_share_host *host)

@@ -366,11 +366,19 @@ static int bfs_journal_txn_put(MDB_txn *txn, MDB_dbi db,
 }
 
 /* Whether cur is the upload (pid, staging) a caller still owns. */
-static bool bfs_jrec_is(const struct bfs_jrec *cur, pid_t pid,
-			const char *staging)
+/*
+ * Whether cur is the change want names: its op in want's pid, and for an
+ * upload want's staging file (one process may journal several uploads of
+ * a key, one after the other).
+ */
+static bool bfs_jrec_is(const struct bfs_jrec *cur, const struct bfs_jrec *want)
 {
-	return cur->op == BFS_J_PUT && cur->pid == pid && staging != NULL &&
-	       strcmp(cur->staging, staging) == 0;
+	if (cur->op != want->op || cur->pid != want->pid) {
+		return false;
+	}
+	return want->op != BFS_J_PUT ||
+	       (want->staging != NULL && cur->staging != NULL &&
+		strcmp(cur->staging, want->staging) == 0);
 }
 
 int bfs_journal_swap(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
@@ -398,8 +406,10 @@ int bfs_journal_swap(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 	return bfs_journal_commit(j, txn, rc);
 }
 
-int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
-		       const char *staging, const struct bfs_jrec *r)
+/* Replace (r) or remove (NULL) key's record while it is still want. */
+static int bfs_journal_change_if(struct bfs_journal *j, const char *key,
+				 const struct bfs_jrec *want,
+				 const struct bfs_jrec *r)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	MDB_val k = {strlen(key), (void *)key};
@@ -416,7 +426,7 @@ int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
 		return bfs_lmdb_errno(rc);
 	}
 	rc = bfs_journal_txn_get(txn, j->db, tmp, key, &cur);
-	if (rc == MDB_NOTFOUND || (rc == 0 && !bfs_jrec_is(&cur, pid, staging))) {
+	if (rc == MDB_NOTFOUND || (rc == 0 && !bfs_jrec_is(&cur, want))) {
 		mdb_txn_abort(txn);
 		talloc_free(tmp);
 		return ESTALE; /* replaced or finished by someone else */
@@ -429,12 +439,33 @@ int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
 	return bfs_journal_commit(j, txn, rc);
 }
 
+int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
+		       const char *staging, const struct bfs_jrec *r)
+{
+	const struct bfs_jrec want = {
+		.op = BFS_J_PUT, .pid = pid, .staging = (char *)staging,
+	};
+
+	return bfs_journal_change_if(j, key, &want, r);
+}
+
+int bfs_journal_done_op(struct bfs_journal *j, const char *key, pid_t pid,
+			enum bfs_jop op)
+{
+	const struct bfs_jrec want = {.op = op, .pid = pid};
+
+	return bfs_journal_change_if(j, key, &want, NULL);
+}
+
 int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			 const char *src, pid_t pid, const char *staging,
 			 const struct bfs_jrec *r, struct bfs_jrec *old)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	MDB_val k = {strlen(src), (void *)src};
+	const struct bfs_jrec want = {
+		.op = BFS_J_PUT, .pid = pid, .staging = (char *)staging,
+	};
 	struct bfs_jrec cur;
 	MDB_txn *txn;
 	int rc;
@@ -453,7 +484,7 @@ int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 	}
 	rc = bfs_journal_txn_get(txn, j->db, tmp, src, &cur);
 	if (rc == MDB_NOTFOUND ||
-	    (rc == 0 && (!bfs_jrec_is(&cur, pid, staging) ||
+	    (rc == 0 && (!bfs_jrec_is(&cur, &want) ||
 			 (cur.started && strcmp(r->staging, staging) == 0)))) {
 		mdb_txn_abort(txn);
 		talloc_free(tmp);

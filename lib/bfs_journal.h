@@ -80,6 +80,15 @@ int bfs_journal_get(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 /* Remove key's record if it still belongs to pid (0 even if absent). */
 int bfs_journal_done(struct bfs_journal *j, const char *key, pid_t pid)
 	__attribute__((warn_unused_result));
+/*
+ * Remove key's record only while it is still an op record of pid: one
+ * process (the engine) may hold a newer record of the key by then, a
+ * close's upload after the delete it runs.  0, or ESTALE when the record
+ * is another (or gone): the caller's change was overtaken.
+ */
+int bfs_journal_done_op(struct bfs_journal *j, const char *key, pid_t pid,
+			enum bfs_jop op)
+	__attribute__((warn_unused_result));
 
 /*
  * Records whose process is gone, taken over by pid in one transaction:

@@ -1386,6 +1386,20 @@ static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 	talloc_free(tmp);
 }
 
+/* Whether the journal still holds rec, a delete, as its key's change. */
+static bool bfs_wb_delete_still_ours(struct bfs_wb *wb,
+				     const struct bfs_jrec *rec)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	bool ours = tmp != NULL &&
+		    bfs_journal_get(wb->j, tmp, rec->key, &cur) == 0 &&
+		    cur.op == BFS_J_DELETE && cur.pid == rec->pid;
+
+	talloc_free(tmp);
+	return ours;
+}
+
 /* Run a journalled delete to the end (a client's, or a recovery's). */
 static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 			     struct s3_status *st)
@@ -1398,11 +1412,24 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 	if (rec->src != NULL) {
 		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
 	}
+	if (!bfs_wb_delete_still_ours(wb, rec)) {
+		/*
+		 * A close of the key since (rm x; write x): its entry is the
+		 * index's and its record the journal's, even when it is in
+		 * our pid's name (the engine runs a dead smbd's delete and is
+		 * handed the close).  When the engine runs this delete, that
+		 * upload follows it: the engine holds the key until we return.
+		 */
+		bfs_log(BFS_LOG_INFO, "bucketfs: %s was written again while its "
+			"delete ran; the new file stays", rec->key);
+		return 0;
+	}
 	bfs_wb_index_remove_key(wb, rec->key);
-	if (bfs_journal_done(wb->j, rec->key, rec->pid) != 0) {
+	ret = bfs_journal_done_op(wb->j, rec->key, rec->pid, BFS_J_DELETE);
+	if (ret != 0 && ret != ESTALE) {
 		/* Done in S3; a recovery deletes it again, harmlessly. */
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal record of "
-			"the delete of %s", rec->key);
+			"the delete of %s: %s", rec->key, strerror(ret));
 	}
 	return 0;
 }
@@ -1733,7 +1760,13 @@ static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 			bfs_wb_forget_dir(wb, d2);
 		}
 		talloc_free(tmp);
-		ret = bfs_journal_done(wb->j, r->key, r->pid);
+		/*
+		 * Only the copy: a close of the new name since (in the
+		 * engine's name too, when it runs a dead smbd's rename) is
+		 * the journal's now, and goes up after us.
+		 */
+		ret = bfs_journal_done_op(wb->j, r->key, r->pid, BFS_J_COPY);
+		ret = ret == ESTALE ? 0 : ret;
 	}
 	return ret;
 }

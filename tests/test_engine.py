@@ -244,6 +244,9 @@ def test_a_dataloader_with_32_samples_in_flight_on_one_connection_reads_every_fi
     # compiler has warmed up, and the first reader would pay for it.
     p = w.s3tool("getmany", "loader/small/f", str(n), "32")
     raw = float(dict(f.split("=", 1) for f in p.stdout.split())["files_per_s"])
+    # Put in S3 just now: another test may have listed the root already
+    # (the lent read's), which would hide small/ for the share's TTL.
+    w.ctl("loader", "invalidate", "")
     w.smbclient("loader", "cd small; ls")  # a Dataset lists its folder first
     cold = loader(w, f"{base}/loader/small", n)
     hot = loader(w, f"{base}/loader/small", n)
@@ -700,6 +703,87 @@ def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
     # Generous: the point is that it did not wait out the 120 s.
     assert took < 60, f"the retry waited {took:.0f} s"
     assert s3_has(w, "rwlocal/clockback.bin", sha256(src))
+
+
+def engine_takes_over_from_a_killed_smbd(w, command, request, fault):
+    """Run smbclient's command on [rwlocal] with S3 requests matching the
+    fault front's rule held 6 s; once the front has the request (a regular
+    expression over its log), kill smbd: its change stays journalled.  The
+    engine takes the record over and sends the request again; return while
+    that one is held.  The caller clears the fault."""
+    since = len(front_log(w))
+    seen = re.compile(request, re.M)
+    w.fault(fault)
+    p = subprocess.Popen(["smbclient", "//127.0.0.1/rwlocal", "-p", str(w.smb_port),
+                          "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", command],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    end = time.monotonic() + 30
+    while not seen.search(front_log(w)[since:]) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert seen.search(front_log(w)[since:]), f"smbd sent no request for {command}"
+    w.restart_smbd(kill=True)
+    p.wait(timeout=30)
+    w.smbclient("rwlocal", "ls")  # an engine is there to take it over
+    while len(seen.findall(front_log(w)[since:])) < 2 and time.monotonic() < end:
+        time.sleep(0.1)
+    assert len(seen.findall(front_log(w)[since:])) >= 2, f"the engine did not take {command} over"
+
+
+def engine_log_says(w, *lines):
+    """The engine ran the dead smbd's change, not the next tree connect
+    (which would have held that connection's requests behind S3)."""
+    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
+    assert re.search(r"took over \d+ change", log), log[-2000:]
+    for line in lines:
+        assert line in log, log[-2000:]
+
+
+def test_a_file_written_while_the_engine_runs_a_dead_smbds_delete_of_its_name_is_kept(w):
+    # smbd journals a client's delete and dies while S3 has it; the engine
+    # takes the record over and runs it again.  A close of the same name
+    # meanwhile hands the engine a newer upload, in the engine's own pid's
+    # name.  The delete's end must leave that record and its index entry:
+    # it dropped both, and the new file never went up (HEAD 404).
+    old = w.make("rot-old.bin", 1 << 20)
+    new = w.make("rot-new.bin", 3 << 20)
+    w.smbclient("rwlocal", "mkdir delrace")
+    put(w, "rwlocal", old, "delrace/rot.bin")
+    assert s3_has(w, "rwlocal/delrace/rot.bin", sha256(old))
+    try:
+        engine_takes_over_from_a_killed_smbd(
+            w, "del delrace/rot.bin", r"^DELETE /\S+/rwlocal/delrace/rot\.bin ",
+            "DELETE delay:6 -1 rwlocal/delrace/rot.bin")
+        put(w, "rwlocal", new, "delrace/rot.bin")  # while the engine's DELETE is held
+    finally:
+        w.fault("")
+    assert s3_has(w, "rwlocal/delrace/rot.bin", sha256(new)), "the file written after the delete was lost"
+    assert w.ls("rwlocal", "delrace").get("rot.bin") == (False, 3 << 20)
+    assert "delrace/rot.bin" not in w.ctl("rwlocal", "pending").stdout
+    engine_log_says(w, "was written again while its delete ran")
+
+
+def test_a_file_written_while_the_engine_runs_a_dead_smbds_rename_onto_its_name_is_kept(w):
+    # The same for a rename of a file already in S3 (a server-side copy,
+    # then a delete of the old name): the copy's end dropped the newer
+    # upload's record, and S3 kept the renamed file's bytes.
+    old = w.make("ren-old.bin", 1 << 20)
+    new = w.make("ren-new.bin", 3 << 20)
+    w.smbclient("rwlocal", "mkdir renrace")
+    put(w, "rwlocal", old, "renrace/a.bin")
+    assert s3_has(w, "rwlocal/renrace/a.bin", sha256(old))
+    try:
+        engine_takes_over_from_a_killed_smbd(
+            w, "rename renrace/a.bin renrace/b.bin",
+            r"^PUT /\S+/rwlocal/renrace/b\.bin .*copy=yes",
+            "PUT delay:6 -1 rwlocal/renrace/b.bin")
+        put(w, "rwlocal", new, "renrace/b.bin")  # while the engine's copy is held
+    finally:
+        w.fault("")
+    assert s3_has(w, "rwlocal/renrace/b.bin", sha256(new)), "the file written after the rename was lost"
+    assert "rwlocal/renrace/a.bin" not in w.s3_keys("rwlocal/renrace/")
+    assert w.ls("rwlocal", "renrace").get("b.bin") == (False, 3 << 20)
+    assert "renrace/b.bin" not in w.ctl("rwlocal", "pending").stdout
+    engine_log_says(w)
 
 
 def test_kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it(w):

@@ -77,6 +77,43 @@ static void test_put_get_done(void **state)
 	talloc_free(t);
 }
 
+/*
+ * The engine runs a delete of a key (a dead smbd's, taken over) and is
+ * handed a close of the same key meanwhile, in its own pid's name: the
+ * delete's end drops only the delete, never the newer upload.
+ */
+static void test_a_delete_done_leaves_a_newer_upload_of_the_same_pid(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec del = {
+		.key = "run1/rot.pt", .op = BFS_J_DELETE, .pid = getpid(),
+	}, put = {
+		.key = "run1/rot.pt", .op = BFS_J_PUT, .pid = getpid(),
+		.size = 3, .mtime = 1700000000, .staging = "l-1-2-3-0",
+	}, got;
+
+	assert_int_equal(bfs_journal_put(j, &del), 0);
+	assert_int_equal(bfs_journal_put(j, &put), 0);
+	assert_int_equal(bfs_journal_done_op(j, del.key, getpid(), BFS_J_DELETE),
+			 ESTALE);
+	assert_int_equal(bfs_journal_get(j, t, del.key, &got), 0);
+	assert_int_equal(got.op, BFS_J_PUT);
+	assert_string_equal(got.staging, "l-1-2-3-0");
+	/* Another pid's delete is not ours either; our own goes. */
+	del.pid = getpid() + 1;
+	assert_int_equal(bfs_journal_put(j, &del), 0);
+	assert_int_equal(bfs_journal_done_op(j, del.key, getpid(), BFS_J_DELETE),
+			 ESTALE);
+	assert_int_equal(bfs_journal_done_op(j, del.key, del.pid, BFS_J_DELETE),
+			 0);
+	assert_int_equal(bfs_journal_get(j, t, del.key, &got), ENOENT);
+	assert_int_equal(bfs_journal_done_op(j, del.key, del.pid, BFS_J_DELETE),
+			 ESTALE);
+	talloc_free(t);
+}
+
 static void test_orphans_are_claimed_once_in_order(void **state)
 {
 	(void)state;
@@ -836,6 +873,7 @@ int main(int argc, char **argv)
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get_done),
+		cmocka_unit_test(test_a_delete_done_leaves_a_newer_upload_of_the_same_pid),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
 		cmocka_unit_test(test_foreign_records_are_not_claimed),
 		cmocka_unit_test(test_pid_alive),
