@@ -490,7 +490,15 @@ static int bfs_share_build(struct bfs_conn *bc,
 	if (bc->close_local) {
 		bfs_connect_engine(bc, host);
 	}
-	return bc->engine != NULL ? 0 : bfs_recover_journal(bc);
+	if (bc->engine != NULL) {
+		/*
+		 * Dead processes' staging files no record names: a local
+		 * sweep, as recovery ends with (the engine has none).
+		 */
+		(void)bfs_wb_sweep_staging(bc->wb);
+		return 0;
+	}
+	return bfs_recover_journal(bc);
 }
 
 int bfs_share_open(struct bfs_conn *bc, const struct bfs_share_host *host)

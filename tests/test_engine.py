@@ -786,6 +786,20 @@ def test_a_file_written_while_the_engine_runs_a_dead_smbds_rename_onto_its_name_
     engine_log_says(w)
 
 
+def test_a_tree_connect_with_an_engine_sweeps_a_dead_processs_staging_file(w):
+    # Recovery, which the engine now runs, used to end each tree connect
+    # with the staging sweep; the connect still sweeps, locally.
+    w.smbclient("rwlocal", "ls")  # the cache folder and its engine exist
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stray = f"{w.dir}/bfscache-rwlocal/staging/w-{dead.pid}-1-1-0"
+    with open(stray, "wb") as f:
+        f.write(b"never closed")
+    w.smbclient("rwlocal", "ls")
+    assert engines(w), "no engine: this test is about a share with one"
+    assert not os.path.exists(stray), "a dead process's staging file stayed"
+
+
 def test_kill_9_of_the_engine_during_an_upload_loses_nothing_and_the_next_one_finishes_it(w):
     src = w.make("engine-kill.bin", 24 << 20)
     w.fault("PUT delay:2 -1")
