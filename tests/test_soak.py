@@ -390,9 +390,28 @@ def test_sixteen_clients_for_a_minute_read_write_list_rename_without_one_error(s
     assert last <= first * 1.5 + 16 * 1024, \
         f"smbd's memory kept growing: {first / 1024:.1f} -> {last / 1024:.1f} MiB per child"
     assert not any(t.is_alive() for t in soak.threads), "a client hung"
-    assert not errors, f"{len(errors)} errors, first: " + "\n".join(errors[:5])
+    assert not errors, f"{len(errors)} errors, first: " + "\n".join(errors[:5]) + \
+        logged_about(soak, errors[0])
     for kind, v in counts.items():
         assert v > 0, f"no '{kind}' operation ran"
+
+
+def logged_about(soak, error):
+    """What smbd's and the engine's logs say of the file the first error
+    names (its test folder goes when the run ends): the lines naming it,
+    the last 40 of each log."""
+    m = re.match(r"(w\d+) \S+ (w\d+/ckpt\d)", error)
+    if not m:
+        return ""
+    out = []
+    for path in (soak.log, f"{soak.w.tmp}/soak-cache/engine.log"):
+        try:
+            with open(path, errors="replace") as f:
+                lines = [line.rstrip() for line in f if m.group(2) in line]
+        except OSError as e:
+            lines = [f"({e})"]
+        out.append(f"\n--- {path}, lines naming {m.group(2)}:\n" + "\n".join(lines[-40:]))
+    return "".join(out)
 
 
 def test_after_the_soak_s3_holds_exactly_the_acknowledged_objects_and_fsck_is_clean(soak):
