@@ -365,7 +365,6 @@ static int bfs_journal_txn_put(MDB_txn *txn, MDB_dbi db,
 	return rc;
 }
 
-/* Whether cur is the upload (pid, staging) a caller still owns. */
 /*
  * Whether cur is the change want names: its op in want's pid, and for an
  * upload want's staging file (one process may journal several uploads of

@@ -393,8 +393,12 @@ def s3_has(w, key, digest, timeout=60):
     """Wait (not stuck: a generous bound) until S3 holds digest at key."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        if key in w.s3_keys(os.path.dirname(key) + "/") and w.s3_sha256(key) == digest:
-            return True
+        if key in w.s3_keys(os.path.dirname(key) + "/"):
+            try:
+                if w.s3_sha256(key) == digest:
+                    return True
+            except AssertionError:
+                pass  # deleted between the listing and the GET: look again
         time.sleep(0.2)
     return False
 
