@@ -77,13 +77,16 @@ def main():
     # T=<name or -k expression>: those of the tests moved to pytest, alone.
     pick = os.environ.get("T", "")
     lanes = []
+    intree = None
     try:
         if pick or only in PYTEST_AREAS:
             run_pytest(only, pick)
             return finish(started)
         if not only:
-            # The integration tests run meanwhile, in lanes of their own.
+            # The integration tests run meanwhile, in lanes of their own,
+            # and so does the in-tree build, on what CPU they leave.
             lanes = [Lane(i, areas) for i, areas in enumerate(LANES)]
+            intree = InTreeBuild()
         # ---- unit tests ----------------------------------------------------
         os.makedirs(f"{tmp}/unit")
         for t in sorted(os.listdir(f"{B}/tests")) if not only else []:
@@ -120,6 +123,8 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     for lane in lanes:
         lane.finish()
+    if intree:
+        intree.finish()
     if lanes:
         # What every test shares, changed by one test at a time.
         run_pytest("", "", marks="alone")
@@ -214,6 +219,36 @@ def run_pytest(only, pick, marks=""):
     print(f"# pytest: {' '.join(argv[3:])}", flush=True)
     p = subprocess.run(argv, cwd=TOP)
     report(xml, p.returncode)
+
+
+class InTreeBuild:
+    """make intree: the module built inside a copy of Samba's source tree
+    with its wscript, as README.md tells users to (scripts/intree-build.sh).
+    About 5 minutes of both cores from a fresh clone (it links smbd's
+    libraries), so it runs beside the lanes at the lowest priority: the
+    tests, which mostly wait, take the CPU first."""
+
+    NAME = "the module builds inside samba's source tree with its wscript (make intree)"
+
+    def __init__(self):
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.started = time.monotonic()
+        argv = ["nice", "-n", "19", "ionice", "-c", "3",
+                "make", "-s", "--no-print-directory", "-C", TOP, "intree"]
+        self.proc = subprocess.Popen(argv, stdout=self.out, stderr=subprocess.STDOUT, text=True)
+
+    def finish(self):
+        try:
+            returncode = self.proc.wait(timeout=1200)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            returncode = "killed after waiting 1200 s"
+        took = time.monotonic() - self.started
+        self.out.seek(0)
+        text = self.out.read()
+        self.out.close()
+        print(f"# in-tree build ended after {took:.0f} s", flush=True)
+        record(self.NAME, returncode == 0, f"exit {returncode}\n{text[-3000:]}")
 
 
 class Lane:
