@@ -78,10 +78,15 @@ struct bfs_index {
 	MDB_env *env;
 	MDB_dbi ent, dirs, inos, meta;
 	/*
-	 * "changed": entry key -> time (int64) this host last changed that
-	 * name in S3 (put, remove, rename).  A listing that started before
-	 * then may predate the change: it neither drops nor brings back what
-	 * the change made.  Listings that start later retire the record.
+	 * "changed": entry key -> the number (int64) of the change this
+	 * host last made to that name (put, remove, rename) and its time
+	 * (struct bfs_change_rec); "changes" in meta counts them.  A listing that started before that change
+	 * (bfs_index_change_seq read lower) may predate it: it neither
+	 * drops nor brings back what the change made.  Listings that start
+	 * later retire the record.  A count, not the wall clock: a clock
+	 * stepped back made a listing that started before an upload's end
+	 * look later, and its older ETag replaced the new one's.  Records
+	 * of another size (a time alone: older modules) count as none.
 	 */
 	MDB_dbi changed;
 	MDB_dbi listers;
@@ -1095,44 +1100,93 @@ static int bfs_index_put_txn(struct bfs_index *idx, MDB_txn *txn,
 			     TALLOC_CTX *tmp, const char *dir,
 			     struct bfs_entry *e);
 
+/* A "changed" record (see struct bfs_index). */
+struct bfs_change_rec {
+	uint64_t seq;	/* the count of changes when it was made */
+	int64_t at;	/* and when, for people reading the index */
+};
+
+/* The count of changes in meta (see struct bfs_index); 0 before any. */
+static const MDB_val bfs_changes_key = {7, (void *)"changes"};
+
+static int bfs_index_changes_get(struct bfs_index *idx, MDB_txn *txn,
+				 uint64_t *seq)
+{
+	MDB_val k = bfs_changes_key, v;
+	int rc = mdb_get(txn, idx->meta, &k, &v);
+
+	*seq = 0;
+	if (rc == 0 && v.mv_size == sizeof(*seq)) {
+		memcpy(seq, v.mv_data, sizeof(*seq));
+	}
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int bfs_index_change_seq(struct bfs_index *idx, uint64_t *seq)
+{
+	MDB_txn *txn;
+	int rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_changes_get(idx, txn, seq);
+	bfs_lmdb_txn_abort(txn);
+	return bfs_lmdb_errno(rc);
+}
+
 /* Note a change this host made to entry key k (see struct bfs_index). */
 static int bfs_index_note_change(struct bfs_index *idx, MDB_txn *txn,
 				 MDB_val k)
 {
-	int64_t t = time(NULL);
-	MDB_val v = {sizeof(t), &t};
+	MDB_val ck = bfs_changes_key, v;
+	struct bfs_change_rec r = {.at = time(NULL)};
+	int rc;
 
-	return k.mv_data != NULL ? mdb_put(txn, idx->changed, &k, &v, 0) :
-				   ENOMEM;
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_index_changes_get(idx, txn, &r.seq);
+	if (rc != 0) {
+		return rc;
+	}
+	r.seq++;
+	v = (MDB_val){sizeof(r.seq), &r.seq};
+	rc = mdb_put(txn, idx->meta, &ck, &v, 0);
+	if (rc == 0) {
+		v = (MDB_val){sizeof(r), &r};
+		rc = mdb_put(txn, idx->changed, &k, &v, 0);
+	}
+	return rc;
 }
 
 /*
- * Did this host change entry key k since a listing that started at
- * listed?  Seconds are coarse: the same second counts as after.
+ * Did this host change entry key k after a listing started, when the
+ * count of changes was since?
  */
 static bool bfs_index_changed_since(struct bfs_index *idx, MDB_txn *txn,
-				    MDB_val k, time_t listed)
+				    MDB_val k, uint64_t since)
 {
 	MDB_val v;
-	int64_t t;
+	struct bfs_change_rec r;
 
 	if (mdb_get(txn, idx->changed, &k, &v) != 0 ||
-	    v.mv_size != sizeof(t)) {
+	    v.mv_size != sizeof(r)) {
 		return false;
 	}
-	memcpy(&t, v.mv_data, sizeof(t));
-	return t >= (int64_t)listed - 1;
+	memcpy(&r, v.mv_data, sizeof(r));
+	return r.seq > since;
 }
 
-/* A listing of d that started at listed saw every change older than that. */
+/* A listing of d that started at change since saw every change to then. */
 static int bfs_index_retire_changes(struct bfs_index *idx, MDB_txn *txn,
 				    TALLOC_CTX *tmp, const char *dir,
-				    time_t listed)
+				    uint64_t since)
 {
 	size_t dl = strlen(dir);
 	MDB_val k = bfs_ent_key(tmp, dir, ""), v;
 	MDB_cursor *cur;
-	int64_t t;
+	struct bfs_change_rec r;
 	int rc;
 
 	if (k.mv_data == NULL) {
@@ -1145,10 +1199,10 @@ static int bfs_index_retire_changes(struct bfs_index *idx, MDB_txn *txn,
 	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
 	while (rc == 0 && k.mv_size > dl && memcmp(k.mv_data, dir, dl) == 0 &&
 	       ((const char *)k.mv_data)[dl] == '\0') {
-		if (v.mv_size == sizeof(t)) {
-			memcpy(&t, v.mv_data, sizeof(t));
+		if (v.mv_size == sizeof(r)) {
+			memcpy(&r, v.mv_data, sizeof(r));
 		}
-		if (v.mv_size != sizeof(t) || t < (int64_t)listed - 1) {
+		if (v.mv_size != sizeof(r) || r.seq <= since) {
 			rc = bfs_lmdb_del_next(cur, &k, &v);
 			continue;
 		}
@@ -1177,7 +1231,7 @@ static void bfs_ent_keep_meta(struct bfs_entry *e, const struct bfs_entry *old)
 
 static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 			       TALLOC_CTX *tmp, const char *dir,
-			       const struct s3_dirent *de, time_t listed)
+			       const struct s3_dirent *de, uint64_t since)
 {
 	struct bfs_entry e = {
 		.name = de->name,
@@ -1192,7 +1246,7 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 	if (k.mv_data == NULL) {
 		return ENOMEM;
 	}
-	if (bfs_index_changed_since(idx, txn, k, listed)) {
+	if (bfs_index_changed_since(idx, txn, k, since)) {
 		return 0; /* changed here meanwhile: the listing may be older */
 	}
 	rc = mdb_get(txn, idx->ent, &k, &v);
@@ -1214,7 +1268,7 @@ static int bfs_index_store_one(struct bfs_index *idx, MDB_txn *txn,
 /* Drop children of dir that the new listing no longer has. */
 static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 			       TALLOC_CTX *tmp, const struct s3_dir *d,
-			       time_t listed)
+			       uint64_t since)
 {
 	size_t dl = strlen(d->prefix);
 	MDB_val k = bfs_ent_key(tmp, d->prefix, ""), v;
@@ -1243,7 +1297,7 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 		if (s3_dir_find(d, name) == NULL) {
 			if ((bfs_index_decode(tmp, v.mv_data, v.mv_size, &old) == 0 &&
 			     (old.flags & BFS_ENT_PENDING)) ||
-			    bfs_index_changed_since(idx, txn, k, listed)) {
+			    bfs_index_changed_since(idx, txn, k, since)) {
 				/* Not uploaded yet, or made after the listing
 				 * started: S3's answer cannot know it. */
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -1267,7 +1321,7 @@ static int bfs_index_drop_gone(struct bfs_index *idx, MDB_txn *txn,
 }
 
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
-			time_t now)
+			time_t now, uint64_t since)
 {
 	struct bfs_wtxn w = {.idx = idx, .dir = d->prefix, .adds = true};
 	MDB_val k, v;
@@ -1288,14 +1342,14 @@ int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
 		rc = k.mv_data != NULL ? 0 : ENOMEM;
 		for (i = 0; rc == 0 && i < d->n; i++) {
 			rc = bfs_index_store_one(idx, w.txn, w.tmp, d->prefix,
-						 &d->ents[i], now);
+						 &d->ents[i], since);
 		}
 		if (rc == 0) {
-			rc = bfs_index_drop_gone(idx, w.txn, w.tmp, d, now);
+			rc = bfs_index_drop_gone(idx, w.txn, w.tmp, d, since);
 		}
 		if (rc == 0) {
 			rc = bfs_index_retire_changes(idx, w.txn, w.tmp,
-						      d->prefix, now);
+						      d->prefix, since);
 		}
 		if (rc == 0) {
 			v.mv_size = sizeof(t);

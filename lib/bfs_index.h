@@ -128,15 +128,25 @@ int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
 			 time_t *listed_at);
 
 /*
+ * The count of changes this host has made to the index's names: read it
+ * before asking S3 for a listing, and give it to bfs_index_store_dir.
+ */
+int bfs_index_change_seq(struct bfs_index *idx, uint64_t *seq)
+	__attribute__((warn_unused_result));
+
+/*
  * Replace the children of d->prefix with d's entries (keeping the inode
  * numbers of names that stay) and mark the directory listed at now.
+ * since is bfs_index_change_seq from before the listing was asked for:
+ * names changed after it keep what the index says (S3's answer may
+ * predate the change).
  * Its transaction writes only that: a full disk fails it as before
  * (ENOSPC, EIO, EFBIG from the commit), and the eviction the index's
  * budget may ask for after it runs in transactions of its own, whose
  * failure is logged and not returned.
  */
 int bfs_index_store_dir(struct bfs_index *idx, const struct s3_dir *d,
-			time_t now)
+			time_t now, uint64_t since)
 	__attribute__((warn_unused_result));
 
 /* Forget when dir was listed, so the next access lists it again. */
@@ -152,9 +162,8 @@ int bfs_index_invalidate_all_dirs(struct bfs_index *idx, uint64_t *n)
 
 /*
  * Date dir's stored listing listed_at (when its last page came) for the
- * TTL: bfs_index_store_dir was given when the listing started, which is
- * what the protection of changes made meanwhile needs, but a listing
- * slower than the TTL must not be stale as soon as it is stored.
+ * TTL: bfs_index_store_dir was given when the listing started, but a
+ * listing slower than the TTL must not be stale as soon as it is stored.
  */
 int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
 			     time_t listed_at)

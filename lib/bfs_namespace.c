@@ -97,10 +97,16 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 	empty = s3_dir_new(tmp, marker);
 	ret = bfs_index_put(bc->index, prefix, &e);
 	if (ret == 0 && empty != NULL) {
+		uint64_t since;
 		int sret;
 
+		/* Not S3's answer but what this host just made: as of now. */
 		s3_dir_finish(empty);
-		sret = bfs_index_store_dir(bc->index, empty, time(NULL));
+		sret = bfs_index_change_seq(bc->index, &since);
+		if (sret == 0) {
+			sret = bfs_index_store_dir(bc->index, empty,
+						   time(NULL), since);
+		}
 		if (sret != 0) {
 			/* Made all the same: its first access lists it. */
 			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot "

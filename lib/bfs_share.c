@@ -542,6 +542,7 @@ int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	struct s3_dir *dir = NULL;
 	struct tevent_req *req;
 	time_t listed, now = time(NULL);
+	uint64_t since = 0;
 	bool had_listing, known, claimed = false;
 	int ret;
 
@@ -573,6 +574,14 @@ int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	    bfs_dir_wait_for_lister(bc, prefix, ret == 0, listed, &claimed)) {
 		TALLOC_FREE(frame);
 		return 0;
+	}
+	/* Changes made here from now on may be newer than S3's answer. */
+	ret = bfs_index_change_seq(bc->index, &since);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot read the "
+			"index before listing %s: %s", bc->service, prefix,
+			strerror(ret));
+		goto out;
 	}
 	req = s3_dirlist_send(frame, bc->sync_ev, bc->s3, prefix);
 	ret = s3_wait_for(req, bc->sync_ev);
@@ -611,7 +620,7 @@ int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 		}
 	}
 	had_listing = bfs_index_dir_listed(bc->index, prefix, &listed) == 0;
-	ret = bfs_index_store_dir(bc->index, dir, now);
+	ret = bfs_index_store_dir(bc->index, dir, now, since);
 	if (ret == 0 && time(NULL) > now + 1) {
 		/* A slow listing (many pages) is as fresh as its last page. */
 		int dret = bfs_index_dir_set_listed(bc->index, prefix,

@@ -1078,6 +1078,7 @@ struct eng_listing {
 	struct eng *e;
 	char *prefix;
 	time_t started;
+	uint64_t since;	/* the index's count of changes when it started */
 };
 
 static int eng_listing_destructor(struct eng_listing *l)
@@ -1104,7 +1105,8 @@ static void eng_list_done(struct tevent_req *req)
 				l->prefix, dir->hidden[0].key,
 				dir->hidden[0].why);
 		}
-		ret = bfs_index_store_dir(l->e->idx, dir, l->started);
+		ret = bfs_index_store_dir(l->e->idx, dir, l->started,
+					  l->since);
 		if (ret == 0 && time(NULL) > l->started + 1) {
 			/* A slow listing is as fresh as its last page. */
 			int dret = bfs_index_dir_set_listed(l->e->idx,
@@ -1161,6 +1163,13 @@ static void eng_list(struct eng *e, const char *prefix)
 	l->started = time(NULL);
 	BFS_LIST_ADD(e->listings, l);
 	talloc_set_destructor(l, eng_listing_destructor);
+	ret = bfs_index_change_seq(e->idx, &l->since);
+	if (ret != 0) {
+		eng_log(BFS_LOG_ERR, "cannot read the index before listing "
+			"%s: %s", prefix, strerror(ret));
+		talloc_free(l);
+		return;
+	}
 	req = s3_dirlist_send(l, e->ev, e->s3, prefix);
 	if (req == NULL) {
 		talloc_free(l);

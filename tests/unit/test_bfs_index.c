@@ -61,6 +61,16 @@ static struct s3_dir *listing(TALLOC_CTX *t, const char *prefix,
 	return d;
 }
 
+/* Store d as a listing asked for now: no change here since it started. */
+static int store_dir_now(struct bfs_index *idx, const struct s3_dir *d,
+			 time_t now)
+{
+	uint64_t since;
+	int rc = bfs_index_change_seq(idx, &since);
+
+	return rc != 0 ? rc : bfs_index_store_dir(idx, d, now, since);
+}
+
 /*
  * Two processes creating the same 200 names at once (two smbds, two
  * clients making one folder or file): each name is made by exactly one,
@@ -76,7 +86,7 @@ static void test_a_new_name_is_made_by_one_of_two_processes(void **state)
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", NULL, 0,
+	assert_int_equal(store_dir_now(idx, listing(t, "d/", NULL, 0,
 							  NULL, 0), time(NULL)), 0);
 	for (k = 0; k < 2; k++) {
 		kids[k] = fork();
@@ -145,7 +155,7 @@ static void test_store_lookup_children(void **state)
 	(void)state;
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
 	assert_int_equal(bfs_index_dir_listed(idx, "x/", &at), ENOENT);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "x/", files, 3,
+	assert_int_equal(store_dir_now(idx, listing(t, "x/", files, 3,
 							  dirs, 2), 1234), 0);
 	assert_int_equal(bfs_index_dir_listed(idx, "x/", &at), 0);
 	assert_int_equal(at, 1234);
@@ -189,10 +199,10 @@ static void test_relist_keeps_inodes(void **state)
 	(void)state;
 	dir = tmpdir(t);
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", v1, 2, NULL, 0), 1), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "", v1, 2, NULL, 0), 1), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "", "keep", &e), 0);
 	keep_ino = e.ino;
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", v2, 2, NULL, 0), 2), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "", v2, 2, NULL, 0), 2), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "", "gone", &e), ENOENT);
 	assert_int_equal(bfs_index_lookup(idx, t, "", "new", &e), 0);
 	assert_int_not_equal(e.ino, keep_ino);
@@ -223,7 +233,7 @@ static void test_many_unique_inodes(void **state)
 		names[i] = talloc_asprintf(t, "f%05zu", i);
 	}
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", names, 5000,
+	assert_int_equal(store_dir_now(idx, listing(t, "d/", names, 5000,
 							  NULL, 0), 1), 0);
 	seen = talloc_array(t, uint64_t, 5000);
 	do {
@@ -429,7 +439,7 @@ static void test_check_finds_and_repairs_damage(void **state)
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 3,
+	assert_int_equal(store_dir_now(idx, listing(t, "", files, 3,
 							  dirs, 1), 1), 0);
 	assert_int_equal(bfs_index_check(idx, true, count_file, &nfiles, &r), 0);
 	assert_int_equal(nfiles, 3);
@@ -493,7 +503,7 @@ static void test_two_nodes_agree_on_the_inodes_of_ten_thousand_names(void **stat
 	}
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &a, &why), 0);
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &b, &why), 0);
-	assert_int_equal(bfs_index_store_dir(a, listing(t, "ds/", names, N,
+	assert_int_equal(store_dir_now(a, listing(t, "ds/", names, N,
 							NULL, 0), 1), 0);
 	for (i = N; i-- > 0;) {
 		struct bfs_entry e = {.name = (char *)names[i], .size = 1,
@@ -586,12 +596,12 @@ static void test_two_nodes_agree_on_the_inodes_of_colliding_names(void **state)
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &a, &why), 0);
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &b, &why), 0);
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &c, &why), 0);
-	assert_int_equal(bfs_index_store_dir(c, listing(t, "ds/", names, N,
+	assert_int_equal(store_dir_now(c, listing(t, "ds/", names, N,
 							NULL, 0), 1), 0);
 	/* A: a listing with the gone names, then one without them. */
-	assert_int_equal(bfs_index_store_dir(a, listing(t, "ds/", names, N + G,
+	assert_int_equal(store_dir_now(a, listing(t, "ds/", names, N + G,
 							NULL, 0), 1), 0);
-	assert_int_equal(bfs_index_store_dir(a, listing(t, "ds/", names, N,
+	assert_int_equal(store_dir_now(a, listing(t, "ds/", names, N,
 							NULL, 0), 2), 0);
 	/* B: reverse order, a gone name created after every tenth. */
 	for (i = N; i-- > 0;) {
@@ -741,14 +751,14 @@ static void test_set_times_and_attributes_last_as_long_as_the_object(void **stat
 	(void)state;
 	dir = tmpdir(t);
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 2, NULL, 0), 1), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "", files, 2, NULL, 0), 1), 0);
 	assert_int_equal(bfs_index_set_meta(idx, "", "nothere", &m, m.have), ENOENT);
 	assert_int_equal(bfs_index_set_meta(idx, "", "a", &m, m.have), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "", "a", &e), 0);
 	assert_true(bfs_meta_equal(&e.meta, &m));
 
 	/* The same version listed again: kept. */
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "", files, 2, NULL, 0), 5), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "", files, 2, NULL, 0), 5), 0);
 	assert_int_equal(bfs_index_open(t, dir, "bkt", &again, &why), 0);
 	assert_int_equal(bfs_index_lookup(again, t, "", "a", &e), 0);
 	assert_true(bfs_meta_equal(&e.meta, &m));
@@ -773,7 +783,7 @@ static void test_set_times_and_attributes_last_as_long_as_the_object(void **stat
 	assert_int_equal(bfs_index_set_meta(idx, "", "b", &m, m.have), 0);
 	d = listing(t, "", files, 2, NULL, 0);
 	d->ents[1].etag = talloc_strdup(t, "etag-b-other");
-	assert_int_equal(bfs_index_store_dir(idx, d, 9), 0);
+	assert_int_equal(store_dir_now(idx, d, 9), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "", "b", &e), 0);
 	assert_int_equal(e.meta.have, 0);
 
@@ -809,7 +819,7 @@ static void test_an_objects_metadata_fills_only_what_is_missing(void **state)
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", files, 1, NULL, 0), 1), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "d/", files, 1, NULL, 0), 1), 0);
 	assert_int_equal(bfs_index_object_meta(idx, "d/f", "etag-other", &s3), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "f", &e), 0);
 	assert_int_equal(e.meta.have, 0); /* another version's */
@@ -821,6 +831,42 @@ static void test_an_objects_metadata_fills_only_what_is_missing(void **state)
 	assert_int_equal(e.meta.mtime.tv_nsec, 123);
 	assert_int_equal(e.meta.attrs, BFS_ATTR_SYSTEM); /* the client's */
 	assert_int_equal(bfs_index_object_meta(idx, "d/none", "etag-f", &s3), ENOENT);
+	talloc_free(t);
+}
+
+/*
+ * Which came first is the index's count, not the wall clock: a listing
+ * sent before an upload ended, with the clock stepped back 2 s in
+ * between (a VM's time sync; the soak does it), looked 2 s younger than
+ * the upload's end, and its older ETag replaced the new version's: one
+ * soak read a checkpoint back with the previous version's bytes.
+ */
+static void test_a_listing_sent_before_a_change_keeps_it_whatever_the_clock(
+	void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	const char *files[] = {"ckpt0"};
+	struct bfs_index *idx = NULL;
+	struct bfs_entry e = {.name = "ckpt0", .size = 100, .mtime = 1,
+			      .etag = "etag-v2"};
+	struct s3_dir *d;
+	time_t now = time(NULL);
+	uint64_t sent;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "w/", files, 1, NULL, 0),
+				       now - 100), 0);
+	/* The listing goes out; S3 still has the first version. */
+	assert_int_equal(bfs_index_change_seq(idx, &sent), 0);
+	d = listing(t, "w/", files, 1, NULL, 0);
+	/* The second version's upload ends: the index has its ETag. */
+	assert_int_equal(bfs_index_put(idx, "w/", &e), 0);
+	/* The listing's answer, dated as if it started seconds after. */
+	assert_int_equal(bfs_index_store_dir(idx, d, now + 2, sent), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "w/", "ckpt0", &e), 0);
+	assert_string_equal(e.etag, "etag-v2");
 	talloc_free(t);
 }
 
@@ -838,39 +884,47 @@ static void test_an_older_listing_does_not_undo_a_change(void **state)
 	struct bfs_entry e = {.name = "new.bin", .size = 5, .mtime = 1,
 			      .etag = "etag-new"};
 	time_t now = time(NULL), at = 0;
-	uint64_t n = 0;
+	uint64_t n = 0, sent, later;
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
-							  NULL, 0), now - 100), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "d/", before, 1,
+						    NULL, 0), now - 100), 0);
+	assert_int_equal(bfs_index_change_seq(idx, &sent), 0);
 	/* Made and removed here, now. */
 	assert_int_equal(bfs_index_put(idx, "d/", &e), 0);
 	assert_int_equal(bfs_index_remove(idx, "d/", "old.bin"), 0);
+	assert_int_equal(bfs_index_change_seq(idx, &later), 0);
+	assert_true(later > sent);
 
-	/* Started before: it knows old.bin and not new.bin. */
+	/* Sent before: it knows old.bin and not new.bin. */
 	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
-							  NULL, 0), now - 1), 0);
+							  NULL, 0), now, sent),
+			 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), ENOENT);
 
-	/* Started well after: S3's answer is the truth again. */
+	/* Sent after: S3's answer is the truth again. */
 	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", before, 1,
-							  NULL, 0), now + 5), 0);
+							  NULL, 0), now, later),
+			 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), ENOENT);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), 0);
 	/* And the change records are gone with it. */
 	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", after, 1,
-							  NULL, 0), now - 1), 0);
+							  NULL, 0), now, sent),
+			 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "old.bin", &e), ENOENT);
 
 	/* invalidate forgets the changes too: the next listing is truth. */
+	assert_int_equal(bfs_index_change_seq(idx, &sent), 0);
 	assert_int_equal(bfs_index_remove(idx, "d/", "new.bin"), 0);
 	assert_int_equal(bfs_index_invalidate_tree(idx, "d/", &n, NULL, NULL),
 			 0);
 	assert_int_equal(bfs_index_store_dir(idx, listing(t, "d/", after, 1,
-							  NULL, 0), now - 1), 0);
+							  NULL, 0), now, sent),
+			 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d/", "new.bin", &e), 0);
 
 	/* A slow listing is dated by its last page; a forgotten one stays so. */
@@ -954,7 +1008,7 @@ static void test_an_over_long_key_is_hidden_and_its_folder_stored(void **state)
 	assert_int_equal(d->n, 1);
 	assert_int_equal(d->n_hidden, 2);
 	assert_non_null(strstr(d->hidden[0].why, "too long"));
-	assert_int_equal(bfs_index_store_dir(idx, d, 1), 0);
+	assert_int_equal(store_dir_now(idx, d, 1), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, prefix, "ok.bin", &e), 0);
 	talloc_free(t);
 }
@@ -1005,7 +1059,7 @@ static void test_a_damaged_index_is_set_aside_and_rebuilt(void **state)
 		/* Enough pages that a third of the file misses some. */
 		for (i = 0; i < 200; i++) {
 			char *p = talloc_asprintf(t, "dir%03d/", i);
-			assert_int_equal(bfs_index_store_dir(
+			assert_int_equal(store_dir_now(
 				idx, listing(t, p, files, 1, NULL, 0), 1), 0);
 		}
 		TALLOC_FREE(idx);
@@ -1118,7 +1172,7 @@ static void test_a_full_map_grows_instead_of_failing(void **state)
 	assert_int_equal(sp.map, 1 << 20);
 	count_lines_from_now();
 	for (i = 0; i < 80; i++) {
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 100),
 						     1000 + i), 0);
 	}
 	bfs_log_set(NULL);
@@ -1170,7 +1224,7 @@ static void test_over_its_budget_the_least_recently_used_listings_go(void **stat
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
 	/* Listed an hour ago, all but d003, listed just now. */
 	for (i = 0; i < 4; i++) {
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 100),
 						     i == 3 ? time(NULL) : old),
 				 0);
 	}
@@ -1180,7 +1234,7 @@ static void test_over_its_budget_the_least_recently_used_listings_go(void **stat
 	d2_ino = e.ino;
 	count_lines_from_now();
 	for (i = 4; i < 100; i++) {
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 100),
 						     old), 0);
 		/* d000 is in use all along (a lookup each time). */
 		assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
@@ -1213,12 +1267,12 @@ static void test_over_its_budget_the_least_recently_used_listings_go(void **stat
 	assert_int_equal(e.size, 77);
 	assert_int_equal(e.ino, mine_ino);
 	/* Listed again, a name has the number it had. */
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 2, 100),
+	assert_int_equal(store_dir_now(idx, folder(t, 2, 100),
 					     time(NULL)), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d002/", FILE0, &e), 0);
 	assert_int_equal(e.ino, d2_ino);
 	/* And the pending entry survives its folder's next listing. */
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 1, 100),
+	assert_int_equal(store_dir_now(idx, folder(t, 1, 100),
 					     time(NULL)), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d001/", "mine.bin", &e), 0);
 	assert_int_equal(e.ino, mine_ino);
@@ -1247,14 +1301,14 @@ static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
 	(void)state;
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
 	for (i = 0; i < 30; i++) {
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 100),
 						     old), 0);
 	}
 	assert_int_equal(bfs_index_space(idx, &sp), 0);
 	assert_int_equal(sp.budget, 1 << 20); /* half the ceiling */
 	assert_int_equal(sp.evicted, 0);
 	count_lines_from_now();
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 4000), old),
+	assert_int_equal(store_dir_now(idx, folder(t, 900, 4000), old),
 			 0);
 	bfs_log_set(NULL);
 	assert_true(lines_ceiling >= 1);
@@ -1269,7 +1323,7 @@ static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
 
 	/* Larger than the map: refused, not everything evicted for it. */
 	count_lines_from_now();
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 901, 8000), old),
+	assert_int_equal(store_dir_now(idx, folder(t, 901, 8000), old),
 			 ENOSPC);
 	bfs_log_set(NULL);
 	assert_int_equal(lines_ceiling, 2);
@@ -1277,7 +1331,7 @@ static void test_at_its_ceiling_a_large_listing_makes_room(void **state)
 	assert_int_equal(bfs_index_count(idx, &entries, &dirs), 0);
 	assert_true(entries > 0);
 	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), 0);
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 902, 10), old), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 902, 10), old), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d902/", FILE0, &e), 0);
 	assert_true(data_size(dir) <= 2 << 20);
 	talloc_free(t);
@@ -1343,7 +1397,7 @@ static void test_a_listing_writes_no_stamp_and_a_use_one_a_minute(void **state)
 	(void)state;
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &big, &idx, &why),
 			 0);
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 100), old), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 0, 100), old), 0);
 	assert_int_equal(bfs_index_dir_listed(idx, "d000/", &at), 0);
 	TALLOC_FREE(idx);
 	/* Far below the budget: the read wrote nothing. */
@@ -1384,7 +1438,7 @@ static void test_a_listing_writes_no_stamp_and_a_use_one_a_minute(void **state)
 	/* Listed again: 8 bytes, as before. */
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &small, &idx,
 					     &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 100), old), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 0, 100), old), 0);
 	TALLOC_FREE(idx);
 	assert_int_equal(dirs_record(dir, "d000/", false, &listed, &used), 8);
 	assert_int_equal(listed, old);
@@ -1418,7 +1472,7 @@ static void test_another_process_follows_a_grown_map(void **state)
 
 	(void)state;
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 0, 10), 1), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 0, 10), 1), 0);
 	assert_int_equal(pipe(to_child), 0);
 	assert_int_equal(pipe(to_parent), 0);
 	child = fork();
@@ -1448,7 +1502,7 @@ static void test_another_process_follows_a_grown_map(void **state)
 		fails += csp.map <= 1 << 20;
 		/* And writes go on in the larger map, growing it further. */
 		for (i = 100; i < 160; i++) {
-			fails += bfs_index_store_dir(other, folder(c, i, 100),
+			fails += store_dir_now(other, folder(c, i, 100),
 						     1) != 0;
 		}
 		fails += bfs_index_lookup(other, c, "d001/", FILE0, &e) != 0;
@@ -1459,7 +1513,7 @@ static void test_another_process_follows_a_grown_map(void **state)
 	close(to_parent[1]);
 	assert_true(wait_byte(to_parent[0]));
 	for (i = 1; i < 60; i++) {
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 100), 1),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 100), 1),
 				 0);
 	}
 	assert_true(data_size(dir) > 1 << 20);
@@ -1470,7 +1524,7 @@ static void test_another_process_follows_a_grown_map(void **state)
 	assert_int_equal(WEXITSTATUS(status), 0);
 	/* What the child wrote past our map is ours to read. */
 	assert_int_equal(bfs_index_lookup(idx, t, "d159/", FILE0, &e), 0);
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 160, 10), 1), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 160, 10), 1), 0);
 	assert_int_equal(bfs_index_space(idx, &sp), 0);
 	assert_true(sp.map >= (size_t)data_size(dir));
 	close(to_parent[0]);
@@ -1521,10 +1575,10 @@ static void test_readers_in_other_threads_survive_the_map_growing(void **state)
 	(void)state;
 	assert_int_equal(bfs_index_open_opts(t, tmpdir(t), "bkt", &o, &a.idx,
 					     &why), 0);
-	assert_int_equal(bfs_index_store_dir(a.idx, folder(t, 0, 20), 1), 0);
+	assert_int_equal(store_dir_now(a.idx, folder(t, 0, 20), 1), 0);
 	assert_int_equal(pthread_create(&th, NULL, reader_main, &a), 0);
 	for (i = 1; i < 60; i++) {
-		assert_int_equal(bfs_index_store_dir(a.idx, folder(t, i, 100),
+		assert_int_equal(store_dir_now(a.idx, folder(t, i, 100),
 						     1), 0);
 	}
 	a.stop = true;
@@ -1702,7 +1756,7 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &o, &idx, &why), 0);
 	for (i = 0; i < 20; i++) {
 		when[i] = old + i;
-		assert_int_equal(bfs_index_store_dir(idx, folder(t, i, 50),
+		assert_int_equal(store_dir_now(idx, folder(t, i, 50),
 						     when[i]), 0);
 	}
 	assert_int_equal(bfs_index_space(idx, &sp), 0);
@@ -1745,7 +1799,7 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 			break;
 		}
 		/* A new listing needs pages the file cannot get... */
-		store_rc = bfs_index_store_dir(idx, folder(t, 900, 2000),
+		store_rc = store_dir_now(idx, folder(t, 900, 2000),
 					       time(NULL));
 		evicted_by_failure = bfs_index_space(idx, &sp) != 0 ||
 				     sp.evicted != evicted;
@@ -1758,7 +1812,7 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 		for (i = 0; i < 20; i++) {
 			if (listed[i]) {
 				when[i] = time(NULL);
-				relists_failed += bfs_index_store_dir(
+				relists_failed += store_dir_now(
 					idx, folder(t, i, 50), when[i]) != 0;
 			}
 		}
@@ -1777,7 +1831,7 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 	assert_int_equal(listed_folders(idx, t, 20, listed), n_listed);
 	assert_int_equal(bfs_index_dir_listed(idx, "d900/", &at), ENOENT);
 	/* Room again: stored. */
-	assert_int_equal(bfs_index_store_dir(idx, folder(t, 900, 2000),
+	assert_int_equal(store_dir_now(idx, folder(t, 900, 2000),
 					     time(NULL)), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "d900/", FILE0, &e), 0);
 	talloc_free(t);
@@ -1803,6 +1857,7 @@ int main(void)
 		cmocka_unit_test(test_record_decoding_refuses_garbage),
 		cmocka_unit_test(test_set_times_and_attributes_last_as_long_as_the_object),
 		cmocka_unit_test(test_an_objects_metadata_fills_only_what_is_missing),
+		cmocka_unit_test(test_a_listing_sent_before_a_change_keeps_it_whatever_the_clock),
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),

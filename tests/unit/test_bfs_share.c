@@ -273,6 +273,7 @@ static void store_listing(TALLOC_CTX *t, struct bfs_index *idx,
 {
 	struct s3_listing page = {0};
 	struct s3_dir *d = s3_dir_new(t, prefix);
+	uint64_t since;
 	size_t i;
 
 	assert_non_null(d);
@@ -287,7 +288,8 @@ static void store_listing(TALLOC_CTX *t, struct bfs_index *idx,
 	page.n_objects = n;
 	assert_int_equal(s3_dir_add_page(d, &page), 0);
 	s3_dir_finish(d);
-	assert_int_equal(bfs_index_store_dir(idx, d, at), 0);
+	assert_int_equal(bfs_index_change_seq(idx, &since), 0);
+	assert_int_equal(bfs_index_store_dir(idx, d, at, since), 0);
 }
 
 /*

@@ -83,11 +83,15 @@ static char *test_refusing_endpoint(TALLOC_CTX *t)
 static int test_share_listed(struct bfs_conn *bc, const char *prefix)
 {
 	struct s3_dir *d = s3_dir_new(NULL, prefix);
+	uint64_t since;
 	int ret = ENOMEM;
 
 	if (d != NULL) {
 		s3_dir_finish(d);
-		ret = bfs_index_store_dir(bc->index, d, time(NULL));
+		ret = bfs_index_change_seq(bc->index, &since);
+	}
+	if (ret == 0) {
+		ret = bfs_index_store_dir(bc->index, d, time(NULL), since);
 	}
 	talloc_free(d);
 	return ret;
