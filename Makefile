@@ -184,6 +184,8 @@ install: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(B)/bucketfs-lease
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 
+# The in-tree build's configure runs beside the headers' (samba-headers.sh).
+test: export BFS_INTREE = 1
 test: all install install-asan
 	@python3 tests/run.py
 

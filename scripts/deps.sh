@@ -24,13 +24,15 @@ log() { printf 'deps: %s\n' "$*" >&2; }
 # its 10.interface event script (ethtool is only recommended by ctdb, and
 # without it every monitor event fails: "No link on the public network
 # interface", all nodes UNHEALTHY): the clustered gateway's tests and
-# make cluster-demo, tests/cluster.py).
+# make cluster-demo, tests/cluster.py); MIT Kerberos's headers, for the
+# in-tree build (scripts/intree-build.sh).
 pkgs=(
   samba smbclient libsmbclient-dev
   libtalloc-dev libtevent-dev libcurl4-openssl-dev libssl-dev liblmdb-dev
   libexpat1-dev libcmocka-dev pkg-config lmdb-utils libisal-dev
   dpkg-dev python3 libgnutls28-dev libparse-yapp-perl flex bison libpopt-dev
   libtdb-dev libldb-dev libacl1-dev libjansson-dev zlib1g-dev libkeyutils-dev
+  libkrb5-dev
   nodejs npm man-db rsync python3-impacket samba-testsuite
   python3-pytest python3-pytest-random-order
   clang libclang-rt-14-dev valgrind

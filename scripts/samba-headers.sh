@@ -47,6 +47,14 @@ rm -rf "$build/samba-src"
 echo "$pkgver" >"$tree/.bucketfs-extracted"
 fi
 
+# make test's in-tree build configures its copy meanwhile: a configure is
+# mostly one core's work (scripts/intree-build.sh).
+intree=
+if [ "${BFS_INTREE:-}" = 1 ]; then
+  "$top/scripts/intree-build.sh" configure &
+  intree=$!
+fi
+
 cd "$tree"
 # waf refuses to run without a fixed hash seed.
 export PYTHONHASHSEED=1
@@ -88,6 +96,10 @@ for a in argv[1:]:
         out.append(a)
 print(" ".join(out))
 PY
+if [ -n "$intree" ] && ! wait "$intree"; then
+  # Not the headers' failure: make intree configures again and says why.
+  log "the in-tree build's configure failed (build/intree.log)"
+fi
 touch "$tree/.bucketfs-ready"
 echo "$pkgver" >"$build/samba.version"
 log "done"
