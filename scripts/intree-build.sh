@@ -12,15 +12,19 @@
 # with the system's MIT Kerberos, as Debian builds its samba, instead of the
 # bundled Heimdal that waf would otherwise compile first: the link builds
 # smbd's libraries, and Heimdal was a third of them (5 min 20 s -> 4 min 25 s
-# on the 2-core test machine).  make test runs the configure beside the
-# headers' (scripts/samba-headers.sh, BFS_INTREE=1; both are mostly one
-# core's work) and the build beside the integration tests (tests/run.py).
+# on the 2-core test machine).  make test starts it in the background
+# beside the headers' configure (scripts/samba-headers.sh, BFS_INTREE=1),
+# and its check (tests/run.py) runs it again, which waits for the first
+# run (one run at a time: the lock) and then finds little or nothing to do.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 src="$top/build/samba"
 tree="$top/build/samba-intree"
 log="$top/build/intree.log"
 say() { printf 'intree: %s\n' "$*" >&2; }
+
+exec 9>"$top/build/intree.lock"
+flock 9
 
 pkgver=$(cat "$src/.bucketfs-extracted" 2>/dev/null) ||
   { say "run 'make deps' first"; exit 1; }
@@ -46,7 +50,7 @@ if [ "$(cat "$marker" 2>/dev/null)" != "$want" ]; then
     { tail -30 "$log"; say "configure failed"; exit 1; }
   echo "$want" >"$marker"
 fi
-[ "${1:-}" = "configure" ] && exit 0
+if [ "${1:-}" = "configure" ]; then exit 0; fi
 
 # Our sources as they are now (the wscript is the one configured).
 rsync -a --delete "$top/wscript" "$top/modules" "$top/lib" "$tree/source3/modules/bucketfs/"

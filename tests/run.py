@@ -224,9 +224,10 @@ def run_pytest(only, pick, marks=""):
 class InTreeBuild:
     """make intree: the module built inside a copy of Samba's source tree
     with its wscript, as README.md tells users to (scripts/intree-build.sh).
-    About 5 minutes of both cores from a fresh clone (it links smbd's
-    libraries), so it runs beside the lanes at the lowest priority: the
-    tests, which mostly wait, take the CPU first."""
+    About 4 minutes of both cores from a fresh clone (it links smbd's
+    libraries), so it runs at the lowest priority, from the headers'
+    configure on (make test's deps start it) and through the lanes; this
+    run waits for that one (the tree's lock) and says how it went."""
 
     NAME = "the module builds inside samba's source tree with its wscript (make intree)"
 
