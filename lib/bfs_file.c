@@ -574,33 +574,102 @@ static int bfs_create(struct bfs_conn *bc, const char *rel,
 	return 0;
 }
 
-/* A file another smbd is uploading: read its staging file meanwhile. */
-static void bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
+/* Tries of bfs_open_pending at the staging file before it gives up. */
+#define BFS_OPEN_PENDING_TRIES 5
+
+/* fh's ETag (and size) the index has now: its upload ended since. */
+static void bfs_fh_settle(struct bfs_conn *bc, struct bfs_fh *fh,
+			  const struct bfs_entry *e)
+{
+	fh->etag = talloc_strdup(fh, e->etag);
+	fh->size = e->size;
+	fh->mtime = e->mtime;
+	fh->obj.etag = fh->etag;
+	fh->obj.size = fh->size;
+	bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag, bc->block_size,
+			  &fh->obj.id);
+}
+
+/*
+ * A file whose upload has not ended (its entry has no ETag yet): read its
+ * staging file meanwhile.  Never from S3: S3 has the version before it,
+ * and without an ETag to ask for, a read there served those bytes (and
+ * cached them where the next version without an ETag found them: the soak
+ * read a checkpoint back with another's bytes).  The upload may end while
+ * we look (the engine drops the record, then the file): the index then has
+ * the ETag, which is the version to read.  0, or ESTALE if its close is
+ * journalled but neither the staging file nor an ETag could be had.
+ */
+static int bfs_open_pending(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
-	struct bfs_jrec rec;
 	TALLOC_CTX *tmp;
-	char *path;
+	struct bfs_jrec rec;
+	struct bfs_entry e;
+	char *path, *dir, *name;
+	int tries, ret = ESTALE;
+	bool recorded = false;
 
 	if (twin != NULL) {
 		fh->stage_fd = dup(twin->stage_fd);
-		return;
+		return fh->stage_fd != -1 ? 0 : errno;
 	}
 	if (fh->etag != NULL) {
-		return; /* settled in S3: another process stages nothing */
+		return 0; /* settled in S3: another process stages nothing */
 	}
 	tmp = talloc_new(NULL);
-	if (tmp != NULL &&
-	    bfs_journal_get(bc->journal, tmp, fh->key, &rec) == 0 &&
-	    rec.op == BFS_J_PUT) {
-		path = talloc_asprintf(tmp, "%s/staging/%s", bc->cache_dir,
-				       rec.staging);
-		bfs_priv_enter(); /* staging files are the server's */
-		fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
-					    O_NOFOLLOW) : -1;
-		bfs_priv_leave();
+	if (tmp == NULL || bfs_key_split(tmp, fh->key, &dir, &name) != 0) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	for (tries = 0; tries < BFS_OPEN_PENDING_TRIES; tries++) {
+		if (tries > 0) {
+			usleep(1000 * tries); /* a rename's two steps, say */
+		}
+		recorded = bfs_journal_get(bc->journal, tmp, fh->key,
+					   &rec) == 0 && rec.op == BFS_J_PUT;
+		if (recorded) {
+			path = talloc_asprintf(tmp, "%s/staging/%s",
+					       bc->cache_dir, rec.staging);
+			bfs_priv_enter(); /* staging files are the server's */
+			fh->stage_fd = path ? open(path, O_RDONLY | O_CLOEXEC |
+						    O_NOFOLLOW) : -1;
+			bfs_priv_leave();
+			if (fh->stage_fd != -1) {
+				ret = 0;
+				break;
+			}
+		}
+		ret = bfs_index_lookup(bc->index, tmp, dir, name, &e);
+		if (ret == 0 && !(e.flags & BFS_ENT_PENDING)) {
+			/* Uploaded; or an object S3 listed without an
+			 * ETag, read as S3 has it, as before. */
+			if (e.etag != NULL) {
+				bfs_fh_settle(bc, fh, &e);
+			}
+			break;
+		}
+		ret = ret == 0 ? ESTALE : ret;
+		if (ret == ENOENT) {
+			break; /* deleted meanwhile */
+		}
 	}
 	talloc_free(tmp);
+	if (ret == ESTALE && !recorded) {
+		/*
+		 * No close of it yet: a file another client is writing (made
+		 * by an O_CREAT open).  Its entry's size is what there is to
+		 * read, as before: nothing was promised.
+		 */
+		return 0;
+	}
+	if (ret == ESTALE) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: %s is being uploaded "
+			"but neither its staging file nor its ETag could be "
+			"found: not read from S3, which has an older version",
+			bc->service, fh->key);
+	}
+	return ret;
 }
 
 int bfs_fh_open(struct bfs_conn *bc, const char *rel, int flags,
@@ -653,7 +722,7 @@ int bfs_fh_open(struct bfs_conn *bc, const char *rel, int flags,
 		 * that reads needs them; a listing opens every entry as a
 		 * path reference and must not pay for this.
 		 */
-		bfs_open_pending(bc, fh);
+		ret = bfs_open_pending(bc, fh);
 	}
 	if (ret != 0) {
 		TALLOC_FREE(fh);

@@ -705,6 +705,53 @@ def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
     assert s3_has(w, "rwlocal/clockback.bin", sha256(src))
 
 
+@pytest.mark.alone  # sets the machine's clock back
+def test_a_relisting_sent_before_an_upload_ended_keeps_the_new_version_when_the_clock_steps_back(w):
+    # A listing stored in the index keeps what this host changed after
+    # the listing was sent.  That order was the wall clock's, and a clock
+    # stepped back between the listing's start and an upload's end made
+    # the listing look younger: its answer (the previous version's ETag)
+    # replaced the new version's entry, and reads served the previous
+    # version's cached bytes (the 16-client soak once read a checkpoint
+    # back so).  Versions of the same size, as there.
+    if os.geteuid() != 0:
+        pytest.skip("setting the clock needs root")
+    v1, v2 = w.make("stepback-v1.bin", 100000), w.make("stepback-v2.bin", 100000)
+    w.smbclient("rwlocal", "mkdir stepback")
+    put(w, "rwlocal", v1, "stepback/f.bin")
+    assert s3_has(w, "rwlocal/stepback/f.bin", sha256(v1))
+    got = f"{w.tmp}/stepback-got.bin"
+    w.smbclient("rwlocal", f"get stepback/f.bin {got}")  # cached: v1's blocks
+    assert sha256(got) == sha256(v1)
+    time.sleep(4)  # past [rwlocal]'s metadata ttl of 3 s
+    before = len(front_log(w))
+    w.fault("GET late:4 -1 prefix=rwlocal%2Fstepback")  # S3's answer, held 4 s
+    back = 0
+    try:
+        w.ls("rwlocal", "stepback")  # served from the index; the engine relists
+        for _ in range(200):
+            if "prefix=rwlocal%2Fstepback" in front_log(w)[before:]:
+                break
+            time.sleep(0.02)
+        assert "prefix=rwlocal%2Fstepback" in front_log(w)[before:], "no relisting"
+        time.clock_settime(time.CLOCK_REALTIME, time.clock_gettime(time.CLOCK_REALTIME) - 3)
+        back = 3
+        put(w, "rwlocal", v2, "stepback/f.bin")
+        for _ in range(100):  # the engine's upload ends while S3 lists
+            if "stepback/f.bin" not in w.ctl("rwlocal", "pending").stdout:
+                break
+            time.sleep(0.05)
+        time.sleep(5)  # the held listing is answered and stored
+    finally:
+        w.fault("GET delay:0 0")
+        if back:
+            time.clock_settime(time.CLOCK_REALTIME,
+                               time.clock_gettime(time.CLOCK_REALTIME) + back)
+    assert s3_has(w, "rwlocal/stepback/f.bin", sha256(v2))
+    w.smbclient("rwlocal", f"get stepback/f.bin {got}")
+    assert sha256(got) == sha256(v2), "read back the previous version"
+
+
 def engine_takes_over_from_a_killed_smbd(w, command, request, fault):
     """Run smbclient's command on [rwlocal] with S3 requests matching the
     fault front's rule held 6 s; once the front has the request (a regular

@@ -408,6 +408,10 @@ class Front(http.server.BaseHTTPRequestHandler):
         if fault == "lost":
             self.close_connection = True
             return
+        if fault.startswith("late:"):
+            # S3 answered at once; the answer arrives S seconds later (a
+            # slow listing: what it says is older than when it lands).
+            time.sleep(float(fault[5:]))
         extra = []
         if "kms" in AWS:
             if resp.getheader("ETag"):

@@ -271,6 +271,35 @@ static void test_open_reads_a_journalled_upload(void **state)
 }
 
 /*
+ * A journalled close whose staging file cannot be opened: refused, not
+ * read from S3 without an ETag (S3 has the version before it).  A file
+ * being written elsewhere (no close journalled yet) opens as before.
+ */
+static void test_open_of_a_journalled_upload_never_reads_s3_unversioned(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct bfs_entry e = {.name = "q", .mtime = 1, .size = 7,
+			      .flags = BFS_ENT_PENDING};
+	struct bfs_jrec rec = {.key = "q", .op = BFS_J_PUT, .size = 7,
+			       .staging = "w-1-gone"};
+	struct bfs_fh *fh = NULL;
+
+	(void)state;
+	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
+	/* Being written by another client: no record, opens. */
+	assert_int_equal(bfs_fh_open(bc, "q", O_RDONLY, false, &fh), 0);
+	assert_int_equal(fh->stage_fd, -1);
+	TALLOC_FREE(fh);
+	/* Closed, journalled, its staging file gone: refused. */
+	rec.pid = getpid();
+	assert_int_equal(bfs_journal_put(bc->journal, &rec), 0);
+	assert_int_equal(bfs_fh_open(bc, "q", O_RDONLY, false, &fh), ESTALE);
+	assert_null(fh);
+	talloc_free(t);
+}
+
+/*
  * 'bucketfs:max file size' (1M here): no write, truncate or allocation
  * past it, each ENOSPC with the file as it was; up to it is fine.
  */
@@ -476,6 +505,7 @@ int main(void)
 		cmocka_unit_test(test_write_in_two_halves),
 		cmocka_unit_test(test_staged_twin),
 		cmocka_unit_test(test_open_reads_a_journalled_upload),
+		cmocka_unit_test(test_open_of_a_journalled_upload_never_reads_s3_unversioned),
 		cmocka_unit_test(test_max_file_size),
 		cmocka_unit_test(test_close_hands_over),
 		cmocka_unit_test(test_failed_close_stays_journalled),
