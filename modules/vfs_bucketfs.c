@@ -1460,6 +1460,9 @@ static off_t bfs_lseek(struct vfs_handle_struct *handle, files_struct *fsp,
 
 /* ---- writes and namespace changes ------------------------------------------------------------- */
 
+static void bfs_hold_file(struct vfs_handle_struct *handle,
+			  struct files_struct *fsp, struct bfs_conn *bc);
+
 static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 			  const void *data, size_t n, off_t offset)
 {
@@ -1476,6 +1479,7 @@ static ssize_t bfs_pwrite(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = ret;
 		return -1;
 	}
+	bfs_hold_file(handle, fsp, bc);
 	return (ssize_t)done;
 }
 
@@ -1589,6 +1593,7 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 		return tevent_req_post(req, ev);
 	}
 	state->fd = fd;
+	bfs_hold_file(handle, fsp, bc);
 	subreq = pthreadpool_tevent_job_send(state, ev,
 					     handle->conn->sconn->pool,
 					     bfs_pwrite_do, state);
@@ -1743,6 +1748,192 @@ static int bfs_fsync_recv(struct tevent_req *req,
 			  struct vfs_aio_state *vfs_aio_state)
 {
 	return bfs_done_recv(req, vfs_aio_state);
+}
+
+/* ---- close = s3: an SMB2 close that waits for S3 off smbd's loop -------- */
+
+/*
+ * SMB_VFS_CLOSE is synchronous: while it uploads, smbd answers nothing
+ * else of the connection, not even an ECHO.  The one asynchronous close
+ * Samba 4.17 has is for a file with aio requests registered on it
+ * (smb2_close.c: it cancels each, then waits until all are freed).  So a
+ * file written over SMB2 with `close = s3` carries a hold: a request of
+ * ours registered with aio_add_req_to_fsp.  The CLOSE's cancel starts
+ * the upload (bfs_fsync_send, as an SMB2 FLUSH would); once S3 has the
+ * object the hold is freed, and smbd's close goes on and finds the file
+ * clean.
+ *
+ * A hold must be gone whenever smbd closes the file any other way:
+ * close_normal_file() panics on a file with aio requests while its client
+ * is still connected.  Those ways are a tree disconnect (TDIS, or a share
+ * removed at a reload: conn_force_tdis) and a logoff.  Each first marks
+ * the tcon or the session as going (its status; a reload also marks the
+ * file closing) and closes files no earlier than the next turn of smbd's
+ * loop (tevent_queue_wait_send triggers from an immediate event).  After
+ * every turn (tevent's AFTER_LOOP_ONCE trace point) we free the holds of
+ * such files: they close as without a hold, uploading in SMB_VFS_CLOSE.  A
+ * client gone has smbd free the holds itself (assert_no_pending_aio).
+ * An SMB1 close waits for aio without cancelling it: no holds on SMB1.
+ */
+struct bfs_hold {
+	struct bfs_hold *prev, *next;
+	struct tevent_req *req;
+	struct vfs_handle_struct *handle;
+	struct files_struct *fsp;
+	struct tevent_context *ev;
+	struct tevent_req *flush;	/* the close's upload, once begun */
+	struct tevent_immediate *im;	/* to let go from a cancel */
+};
+
+/* The holds of this process, and the trace callback we chained before. */
+static struct bfs_hold *bfs_holds;
+static struct {
+	struct tevent_context *ev;
+	tevent_trace_callback_t next;
+	void *next_data;
+} bfs_hold_watch_state;
+
+static int bfs_hold_destructor(struct bfs_hold *h)
+{
+	DLIST_REMOVE(bfs_holds, h);
+	return 0;
+}
+
+/* Whether smbd may still close h's file only through an SMB2 CLOSE. */
+static bool bfs_hold_may_stay(const struct bfs_hold *h)
+{
+	const struct files_struct *fsp = h->fsp;
+	const struct connection_struct *conn = fsp->conn;
+	struct smbXsrv_session *session = NULL;
+	NTSTATUS status;
+
+	if (fsp->fsp_flags.closing || conn->tcon == NULL ||
+	    !NT_STATUS_IS_OK(conn->tcon->status)) {
+		return false;
+	}
+	status = get_valid_smbXsrv_session(conn->sconn->client, fsp->vuid,
+					   &session);
+	return NT_STATUS_IS_OK(status) && NT_STATUS_IS_OK(session->status);
+}
+
+static void bfs_hold_trace(enum tevent_trace_point point, void *private_data)
+{
+	struct bfs_hold *h, *next;
+
+	if (bfs_hold_watch_state.next != NULL) {
+		bfs_hold_watch_state.next(point,
+					  bfs_hold_watch_state.next_data);
+	}
+	if (point != TEVENT_TRACE_AFTER_LOOP_ONCE) {
+		return;
+	}
+	for (h = bfs_holds; h != NULL; h = next) {
+		next = h->next;
+		if (h->flush == NULL && !bfs_hold_may_stay(h)) {
+			DBG_INFO("bucketfs: %s: tree or session going: its "
+				 "close uploads without a hold\n",
+				 fsp_str_dbg(h->fsp));
+			talloc_free(h->req);
+		}
+	}
+}
+
+/* Watch ev's turns (chained before whatever smbd traces), or false. */
+static bool bfs_hold_watch(struct tevent_context *ev)
+{
+	tevent_trace_callback_t cb = NULL;
+	void *data = NULL;
+
+	if (bfs_hold_watch_state.ev != NULL && bfs_hold_watch_state.ev != ev) {
+		return false; /* one loop per smbd process */
+	}
+	tevent_get_trace_callback(ev, &cb, &data);
+	if (cb == bfs_hold_trace) {
+		return true;
+	}
+	/* First, or someone set another callback since: chain it. */
+	bfs_hold_watch_state.ev = ev;
+	bfs_hold_watch_state.next = cb;
+	bfs_hold_watch_state.next_data = data;
+	tevent_set_trace_callback(ev, bfs_hold_trace, NULL);
+	return true;
+}
+
+static void bfs_hold_flushed(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_hold *h = tevent_req_data(req, struct bfs_hold);
+	struct vfs_aio_state st = {0};
+
+	if (bfs_fsync_recv(subreq, &st) != 0) {
+		/* SMB_VFS_CLOSE tries again, and says what S3 said. */
+		DBG_NOTICE("bucketfs: %s: upload at close: %s\n",
+			   fsp_str_dbg(h->fsp), strerror(st.error));
+	}
+	TALLOC_FREE(subreq);
+	h->flush = NULL;
+	talloc_free(req); /* smbd's close goes on */
+}
+
+static void bfs_hold_let_go(struct tevent_context *ev,
+			    struct tevent_immediate *im, void *private_data)
+{
+	talloc_free(private_data);
+}
+
+/* smb2_close: start the upload; the hold goes once it is done. */
+static bool bfs_hold_cancel(struct tevent_req *req)
+{
+	struct bfs_hold *h = tevent_req_data(req, struct bfs_hold);
+
+	if (h->flush != NULL || !h->fsp->fsp_flags.closing) {
+		return false;
+	}
+	h->flush = bfs_fsync_send(h->handle, h, h->ev, h->fsp);
+	if (h->flush == NULL) {
+		/* Not freed here: smbd's cancel loop walks the array. */
+		tevent_schedule_immediate(h->im, h->ev, bfs_hold_let_go, req);
+		return false;
+	}
+	tevent_req_set_callback(h->flush, bfs_hold_flushed, req);
+	/* Not cancelled: smbd's close waits until we free it. */
+	return false;
+}
+
+/* A write to fsp: hold it, so that its close can wait for S3 off-loop. */
+static void bfs_hold_file(struct vfs_handle_struct *handle,
+			  struct files_struct *fsp, struct bfs_conn *bc)
+{
+	struct tevent_context *ev = handle->conn->sconn->ev_ctx;
+	struct tevent_req *req;
+	struct bfs_hold *h;
+
+	if (bc->close_local || !handle->conn->sconn->using_smb2 ||
+	    fsp->base_fsp != NULL || fsp->fsp_flags.closing) {
+		return;
+	}
+	for (h = bfs_holds; h != NULL; h = h->next) {
+		if (h->fsp == fsp) {
+			return;
+		}
+	}
+	req = tevent_req_create(fsp, &h, struct bfs_hold);
+	if (req == NULL) {
+		return; /* it closes synchronously */
+	}
+	*h = (struct bfs_hold){
+		.req = req, .handle = handle, .fsp = fsp, .ev = ev,
+		.im = tevent_create_immediate(h),
+	};
+	if (h->im == NULL || !bfs_hold_may_stay(h) || !bfs_hold_watch(ev) ||
+	    !aio_add_req_to_fsp(fsp, req)) {
+		talloc_free(req);
+		return;
+	}
+	DLIST_ADD(bfs_holds, h);
+	talloc_set_destructor(h, bfs_hold_destructor);
+	tevent_req_set_cancel_fn(req, bfs_hold_cancel);
 }
 
 static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,

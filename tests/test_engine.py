@@ -276,10 +276,10 @@ def test_an_smb2_flush_answers_once_the_engine_has_the_object_in_s3(w):
     assert "flushed.bin" not in w.ctl("rwlocal", "pending").stdout
 
 
-def pipeline(w, share, path, src, cached):
+def pipeline(w, share, path, src, cached, first="flush"):
     p = subprocess.run(["/usr/bin/python3",
                         os.path.join(TOP, "tests/integration/smbpipeline.py"),
-                        str(w.smb_port), share, USER, PASSWORD, path, src, cached],
+                        str(w.smb_port), share, USER, PASSWORD, path, src, cached, first],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     return json.loads(p.stdout)
@@ -314,6 +314,72 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_f
     # Nothing written since the flush: the close with close = s3 has
     # nothing left to upload.  One upload, the flush's.
     assert len(uploads) == 1, uploads
+
+
+def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_close_with_close_s3_waits_for_s3(w):
+    small = w.make("pipe-cached.bin", 100_000)
+    w.smbclient("rwsync", f"put {small} pipe-cached.bin")
+    src = w.make("pipe-closed.bin", 64 << 20)
+    w.fault("PUT delay:3 -1")
+    try:
+        run = pipeline(w, "rwsync", "pipe-closed.bin", src, "pipe-cached.bin", "close")
+    finally:
+        w.fault("PUT delay:0 0")
+    print(f"    # close = s3, the CLOSE first: answers in order {run['order']}, "
+          f"seconds {run['seconds']}")
+    assert set(run["status"].values()) == {"0x00000000"}, run
+    assert run["read_bytes"] == 65536, run
+    # smbd's close waited for the upload off its loop (our hold on the
+    # file); the echo and the read were answered meanwhile.
+    assert run["order"][-1] == "close", run
+    assert run["seconds"]["close"] >= 3, run
+    # Durable when the close answered.
+    assert w.s3_sha256("rwsync/pipe-closed.bin") == sha256(src)
+    assert "pipe-closed.bin" not in w.ctl("rwsync", "pending").stdout
+
+
+@pytest.mark.parametrize("how", ["tdis", "logoff"])
+def test_a_tree_disconnect_or_a_logoff_with_a_written_file_open_uploads_it_and_smbd_lives_on(w, how):
+    # smbd closes the file itself then, and would panic on a hold left on
+    # it (assert_no_pending_aio): the holds go the turn before.
+    src = w.make(f"leave-{how}.bin", (3 << 20) + 5)
+    p = subprocess.run(["/usr/bin/python3",
+                        os.path.join(TOP, "tests/integration/smbleave.py"),
+                        str(w.smb_port), "rwsync", USER, PASSWORD, f"leave-{how}.bin",
+                        src, how], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    run = json.loads(p.stdout)
+    print(f"    # {how} with the file open took {run['seconds']} s")
+    assert (run["sha256"], run["size"]) == (sha256(src), os.path.getsize(src)), run
+    assert w.s3_sha256(f"rwsync/leave-{how}.bin") == sha256(src)
+    log = w.smb_log()
+    assert "PANIC" not in log and "outstanding aio" not in log, log[-3000:]
+    assert w.smbd.poll() is None, "smbd exited"
+
+
+def test_a_share_closed_by_the_admin_with_a_written_file_open_uploads_it_and_smbd_lives_on(w):
+    # `smbcontrol smbd close-share`: smbd disconnects the tree itself
+    # (conn_force_tdis), after waiting for the file's aio requests: a hold
+    # left on it would make it wait for ever, the file never closed.
+    src = w.make("leave-closed.bin", (2 << 20) + 7)
+    p = subprocess.Popen(["/usr/bin/python3",
+                          os.path.join(TOP, "tests/integration/smbleave.py"),
+                          str(w.smb_port), "rwsync", USER, PASSWORD, "leave-closed.bin",
+                          src, "wait"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "written", p.stderr.read()[-2000:]
+        subprocess.run(["smbcontrol", "-s", w.conf, "smbd", "close-share", "rwsync"],
+                       check=True)
+        assert s3_has(w, "rwsync/leave-closed.bin", sha256(src))
+        out, err = p.communicate("\n", timeout=60)
+        assert "echo ok" in out, err[-2000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log = w.smb_log()
+    assert "PANIC" not in log and "outstanding aio" not in log, log[-3000:]
+    assert w.smbd.poll() is None, "smbd exited"
 
 
 def get_bytes(w, key):

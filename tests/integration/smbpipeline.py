@@ -1,16 +1,18 @@
 #!/usr/bin/python3
 """smbpipeline: what a mounted box does on its one connection, at once.
 
-  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED
+  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED [flush|close]
 
 Over one SMB 3.0 connection: write LOCAL's bytes to PATH (created, kept
 open), open CACHED for reading, then send three requests without waiting
 for any answer, as the Linux kernel client multiplexes its processes'
-requests: an SMB2 FLUSH of PATH, an SMB2 ECHO, and a 64 KiB READ of
-CACHED.  Prints one JSON line: the order the three final answers came in,
-seconds from sending to each answer, their NT statuses, and the READ's
-byte count, and the seconds the close of PATH took after them.  Interim answers (STATUS_PENDING, for requests smbd runs
-asynchronously) are not counted.  Debian's python3-impacket under
+requests: an SMB2 FLUSH (or, given "close", a CLOSE) of PATH, an SMB2
+ECHO, and a 64 KiB READ of CACHED.  Prints one JSON line: the order the
+three final answers came in (the first named "flush" or "close"), seconds
+from sending to each answer, their NT statuses, the READ's byte count,
+and the seconds the close of PATH took after them (0 when the CLOSE was
+the first request).  Interim answers (STATUS_PENDING, for requests smbd
+runs asynchronously) are not counted.  Debian's python3-impacket under
 /usr/bin/python3 (see fsattr.py).
 """
 import json
@@ -37,6 +39,7 @@ def answer(smb, data):
 
 def main():
     port, share, user, password, path, local, cached = sys.argv[1:8]
+    first = sys.argv[8] if len(sys.argv) > 8 else "flush"
     conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=int(port),
                          preferredDialect=s3.SMB2_DIALECT_30, timeout=300)
     conn.login(user, password)
@@ -54,9 +57,9 @@ def main():
 
     sent = {}
     flush = smb.SMB_PACKET()
-    flush["Command"] = s3.SMB2_FLUSH
+    flush["Command"] = s3.SMB2_FLUSH if first == "flush" else s3.SMB2_CLOSE
     flush["TreeID"] = tid
-    body = s3.SMB2Flush()
+    body = s3.SMB2Flush() if first == "flush" else s3.SMB2Close()
     body["FileID"] = fid
     flush["Data"] = body
     echo = smb.SMB_PACKET()
@@ -72,7 +75,7 @@ def main():
     body["Offset"] = 0
     read["Data"] = body
     start = time.monotonic()
-    for name, packet in (("flush", flush), ("echo", echo), ("read", read)):
+    for name, packet in ((first, flush), ("echo", echo), ("read", read)):
         sent[smb.sendSMB(packet)] = name
 
     order, seconds, status, read_bytes = [], {}, {}, 0
@@ -89,7 +92,8 @@ def main():
             read_bytes = len(s3.SMB2Read_Response(packet["Data"])["Buffer"])
     conn.closeFile(tid, rfid)
     start = time.monotonic()
-    conn.closeFile(tid, fid)
+    if first == "flush":
+        conn.closeFile(tid, fid)
     closed = round(time.monotonic() - start, 3)
     conn.logoff()
     print(json.dumps({"order": order, "seconds": seconds, "status": status,
