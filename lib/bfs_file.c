@@ -291,12 +291,31 @@ static void bfs_fh_unstage(struct bfs_conn *bc, struct bfs_fh *fh)
 /* ---- writeback: uploads here, or the engine's ---------------------------- */
 
 /* Last writer wins: say so when S3 changed under a writer. */
+/*
+ * What a HEAD of key (ret, info) says of an upload about to replace the
+ * version opened (open_etag): a warning if S3 has another one or none.
+ * Only a warning is at stake; an error other than ENOENT says nothing.
+ */
+static void bfs_conflict_say(struct bfs_conn *bc, const char *key,
+			     const char *open_etag, int ret,
+			     const struct s3_object_info *info)
+{
+	if ((ret != 0 && ret != ENOENT) ||
+	    (ret == 0 && info->etag != NULL &&
+	     strcmp(info->etag, open_etag) == 0)) {
+		return;
+	}
+	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: s3://%s/%s changed in "
+		"S3 since it was opened for writing (%s); overwriting it: "
+		"last writer wins", bc->service, bc->cfg.bucket, key,
+		ret == 0 ? "new ETag" : "gone");
+}
+
 static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	struct s3_object_info info = {0};
 	struct tevent_req *req;
 	TALLOC_CTX *tmp;
-	int ret;
 
 	if (fh->open_etag == NULL) {
 		return;
@@ -304,22 +323,12 @@ static void bfs_check_conflict(struct bfs_conn *bc, struct bfs_fh *fh)
 	tmp = talloc_new(NULL);
 	req = tmp != NULL ? s3_head_object_send(tmp, bc->sync_ev, bc->s3,
 						 fh->key) : NULL;
-	if (s3_wait_for(req, bc->sync_ev) != 0) {
-		/* Only a warning was at stake; the upload goes on. */
-		talloc_free(tmp);
-		return;
-	}
-	ret = s3_head_object_recv(req, tmp, &info, NULL);
-	if (ret == 0 && info.etag != NULL &&
-	    strcmp(info.etag, fh->open_etag) == 0) {
-		talloc_free(tmp);
-		return;
+	if (s3_wait_for(req, bc->sync_ev) == 0) {
+		bfs_conflict_say(bc, fh->key, fh->open_etag,
+				 s3_head_object_recv(req, tmp, &info, NULL),
+				 &info);
 	}
 	talloc_free(tmp);
-	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: s3://%s/%s changed in "
-		"S3 since it was opened for writing (%s); overwriting it: "
-		"last writer wins", bc->service, bc->cfg.bucket, fh->key,
-		ret == 0 ? "new ETag" : "gone");
 }
 
 struct bfs_fh_flush_state;
@@ -956,7 +965,11 @@ struct bfs_fh_flush_state {
 	uint64_t wgen;		/* writes to the staging file at the snapshot */
 	char *key;		/* fh's name then: a rename may follow */
 	char *snapshot;
+	char *open_etag;	/* the file's ETag when opened, or NULL */
 	int fd;
+	uint64_t size;
+	time_t mtime;
+	struct tevent_req *head;	/* the conflict check, before upload */
 	struct tevent_req *upload;	/* NULL once superseded */
 	/*
 	 * Superseded: a newer upload of key (by; NULL for one that ran
@@ -1085,6 +1098,8 @@ static int bfs_fh_flush_state_destructor(struct bfs_fh_flush_state *s)
 }
 
 static void bfs_fh_flush_uploaded(struct tevent_req *subreq);
+static void bfs_fh_flush_upload(struct tevent_req *req);
+static void bfs_fh_flush_checked(struct tevent_req *subreq);
 
 /* req's flush uploads fh itself, before it returns (the loop waits). */
 static struct tevent_req *bfs_fh_flush_here(struct tevent_req *req,
@@ -1148,16 +1163,67 @@ struct tevent_req *bfs_fh_flush_send(TALLOC_CTX *mem_ctx,
 	}
 	/* Ours is the newest upload of the key here now. */
 	bfs_fh_flushes_supersede(bc, s->key, s);
-	s->upload = bfs_wb_upload_send(s, ev, bc->s3_async, bc->wb, s->key,
-				       s->snapshot, s->fd, size, fh->mtime);
-	if (tevent_req_nomem(s->upload, req)) {
-		bfs_wb_stage_drop(bc->wb, s->snapshot);
-		bfs_fh_flushes_end(bc, s->key, s, ENOMEM);
+	s->size = size;
+	s->mtime = fh->mtime;
+	BFS_LIST_ADD(bfs_flushes, s);
+	if (fh->open_etag != NULL) {
+		/*
+		 * Changed in S3 since it was opened?  Asked before the upload,
+		 * whose own ETag it would see after; only a warning is at
+		 * stake (bfs_check_conflict, without the wait).
+		 */
+		s->open_etag = talloc_strdup(s, fh->open_etag);
+		s->head = s->open_etag == NULL ? NULL :
+			  s3_head_object_send(s, ev, bc->s3_async, s->key);
+		if (s->head != NULL) {
+			tevent_req_set_callback(s->head, bfs_fh_flush_checked,
+						req);
+			return req;
+		}
+	}
+	bfs_fh_flush_upload(req);
+	if (!tevent_req_is_in_progress(req)) {
 		return tevent_req_post(req, ev);
 	}
-	BFS_LIST_ADD(bfs_flushes, s);
-	tevent_req_set_callback(s->upload, bfs_fh_flush_uploaded, req);
 	return req;
+}
+
+static void bfs_fh_flush_upload(struct tevent_req *req)
+{
+	struct bfs_fh_flush_state *s = tevent_req_data(
+		req, struct bfs_fh_flush_state);
+	struct bfs_conn *bc = s->bc;
+
+	s->upload = bfs_wb_upload_send(s, s->ev, bc->s3_async, bc->wb, s->key,
+				       s->snapshot, s->fd, s->size, s->mtime);
+	if (s->upload == NULL) {
+		BFS_LIST_REMOVE(bfs_flushes, s);
+		bfs_wb_stage_drop(bc->wb, s->snapshot);
+		bfs_fh_flushes_end(bc, s->key, s, ENOMEM);
+		tevent_req_oom(req);
+		return;
+	}
+	tevent_req_set_callback(s->upload, bfs_fh_flush_uploaded, req);
+}
+
+static void bfs_fh_flush_checked(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_fh_flush_state *s = tevent_req_data(
+		req, struct bfs_fh_flush_state);
+	struct s3_object_info info = {0};
+	int ret = s3_head_object_recv(subreq, s, &info, NULL);
+
+	bfs_conflict_say(s->bc, s->key, s->open_etag, ret, &info);
+	s->head = NULL;
+	TALLOC_FREE(subreq);
+	if (s->superseded) {
+		/* A newer upload took over meanwhile: its result is ours. */
+		bfs_wb_stage_drop(s->bc->wb, s->snapshot);
+		return;
+	}
+	bfs_fh_flush_upload(req);
 }
 
 static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
