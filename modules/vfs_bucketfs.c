@@ -1901,7 +1901,7 @@ static bool bfs_hold_cancel(struct tevent_req *req)
 	return false;
 }
 
-/* A write to fsp: hold it, so that its close can wait for S3 off-loop. */
+/* A write or truncate of fsp: hold it, for its close to wait off-loop. */
 static void bfs_hold_file(struct vfs_handle_struct *handle,
 			  struct files_struct *fsp, struct bfs_conn *bc)
 {
@@ -1953,6 +1953,7 @@ static int bfs_ftruncate(struct vfs_handle_struct *handle, files_struct *fsp,
 		errno = ret;
 		return -1;
 	}
+	bfs_hold_file(handle, fsp, bc);
 	return 0;
 }
 
