@@ -22,29 +22,14 @@ import json
 import sys
 import time
 
-from impacket import smb3structs as s3
-from impacket.smbconnection import SMBConnection
-
-
-def connect(port, user, password):
-    conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=int(port),
-                         preferredDialect=s3.SMB2_DIALECT_30, timeout=300)
-    conn.login(user, password)
-    return conn
+from smbopen import connect, write_open
 
 
 def main():
     port, share, user, password, path, local, how = sys.argv[1:8]
     conn = connect(port, user, password)
     tid = conn.connectTree(share)
-    fid = conn.createFile(tid, path, desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
-                          shareMode=s3.FILE_SHARE_READ,
-                          creationDisposition=s3.FILE_OVERWRITE_IF)
-    offset = 0
-    with open(local, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            conn.writeFile(tid, fid, chunk, offset)
-            offset += len(chunk)
+    write_open(conn, tid, path, local)
     if how == "wait":
         print("written", flush=True)
         sys.stdin.readline()

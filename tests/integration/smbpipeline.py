@@ -22,7 +22,8 @@ import time
 from Cryptodome.Cipher import AES
 from impacket import smb3structs as s3
 from impacket.nt_errors import STATUS_PENDING
-from impacket.smbconnection import SMBConnection
+
+from smbopen import connect, write_open
 
 
 def answer(smb, data):
@@ -40,18 +41,9 @@ def answer(smb, data):
 def main():
     port, share, user, password, path, local, cached = sys.argv[1:8]
     first = sys.argv[8] if len(sys.argv) > 8 else "flush"
-    conn = SMBConnection("127.0.0.1", "127.0.0.1", sess_port=int(port),
-                         preferredDialect=s3.SMB2_DIALECT_30, timeout=300)
-    conn.login(user, password)
+    conn = connect(port, user, password)
     tid = conn.connectTree(share)
-    fid = conn.createFile(tid, path, desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
-                          shareMode=s3.FILE_SHARE_READ,
-                          creationDisposition=s3.FILE_OVERWRITE_IF)
-    offset = 0
-    with open(local, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            conn.writeFile(tid, fid, chunk, offset)
-            offset += len(chunk)
+    fid = write_open(conn, tid, path, local)
     rfid = conn.openFile(tid, cached, desiredAccess=s3.FILE_READ_DATA)
     smb = conn.getSMBServer()
 
