@@ -1135,9 +1135,17 @@ int bfs_index_change_seq(struct bfs_index *idx, uint64_t *seq)
 	return bfs_lmdb_errno(rc);
 }
 
+/*
+ * A "changed" record whose seq is this: a delete handed to the engine and
+ * not yet done in S3.  No listing brings the name back (every listing
+ * "started before" it) and none retires it; the next change of the name
+ * (the delete done, or a new file written there) replaces it.
+ */
+#define BFS_CHANGE_DELETE_PENDING UINT64_MAX
+
 /* Note a change this host made to entry key k (see struct bfs_index). */
-static int bfs_index_note_change(struct bfs_index *idx, MDB_txn *txn,
-				 MDB_val k)
+static int bfs_index_note_change_as(struct bfs_index *idx, MDB_txn *txn,
+				    MDB_val k, bool delete_pending)
 {
 	MDB_val ck = bfs_changes_key, v;
 	struct bfs_change_rec r = {.at = time(NULL)};
@@ -1154,10 +1162,31 @@ static int bfs_index_note_change(struct bfs_index *idx, MDB_txn *txn,
 	v = (MDB_val){sizeof(r.seq), &r.seq};
 	rc = mdb_put(txn, idx->meta, &ck, &v, 0);
 	if (rc == 0) {
+		if (delete_pending) {
+			r.seq = BFS_CHANGE_DELETE_PENDING;
+		}
 		v = (MDB_val){sizeof(r), &r};
 		rc = mdb_put(txn, idx->changed, &k, &v, 0);
 	}
 	return rc;
+}
+
+static int bfs_index_note_change(struct bfs_index *idx, MDB_txn *txn,
+				 MDB_val k)
+{
+	return bfs_index_note_change_as(idx, txn, k, false);
+}
+
+/* Whether v, a "changed" record, is a delete the engine has yet to do. */
+static bool bfs_change_delete_pending(const MDB_val *v)
+{
+	struct bfs_change_rec r;
+
+	if (v->mv_size != sizeof(r)) {
+		return false;
+	}
+	memcpy(&r, v->mv_data, sizeof(r));
+	return r.seq == BFS_CHANGE_DELETE_PENDING;
 }
 
 /*
@@ -1839,6 +1868,10 @@ int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
 				rc = ENOMEM;
 				break;
 			}
+			if (mdb_get(w.txn, idx->changed, &k, &v) == 0 &&
+			    bfs_change_delete_pending(&v)) {
+				continue; /* deleted here, not yet in S3 */
+			}
 			if (mdb_get(w.txn, idx->ent, &k, &v) == 0 &&
 			    bfs_index_decode(w.tmp, v.mv_data, v.mv_size,
 					     &old) == 0) {
@@ -1854,7 +1887,22 @@ int bfs_index_learn(struct bfs_index *idx, const char *const *keys,
 	return rc;
 }
 
+static int bfs_index_remove_as(struct bfs_index *idx, const char *dir,
+			       const char *name, bool delete_pending);
+
 int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
+{
+	return bfs_index_remove_as(idx, dir, name, false);
+}
+
+int bfs_index_remove_pending(struct bfs_index *idx, const char *dir,
+			     const char *name)
+{
+	return bfs_index_remove_as(idx, dir, name, true);
+}
+
+static int bfs_index_remove_as(struct bfs_index *idx, const char *dir,
+			       const char *name, bool delete_pending)
 {
 	struct bfs_wtxn w = {.idx = idx};
 	struct bfs_entry old;
@@ -1869,9 +1917,9 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir, const char *name)
 					  true);
 		rc = rc == MDB_NOTFOUND ? 0 : rc;
 		if (rc == 0) {
-			rc = bfs_index_note_change(idx, w.txn,
-						   bfs_ent_key(w.tmp, dir,
-							       name));
+			rc = bfs_index_note_change_as(
+				idx, w.txn, bfs_ent_key(w.tmp, dir, name),
+				delete_pending);
 		}
 		rc = bfs_index_end(&w, rc);
 	} while (rc == BFS_INDEX_AGAIN);
@@ -2001,8 +2049,14 @@ static int bfs_index_drop_range(struct bfs_index *idx, MDB_txn *txn,
 	       memcmp(k.mv_data, start, len) == 0) {
 		struct bfs_entry e;
 
-		if (keep_pending &&
-		    bfs_index_decode(NULL, v.mv_data, v.mv_size, &e) == 0) {
+		if (keep_pending && db == idx->changed) {
+			/* A delete the engine has yet to do stays. */
+			if (bfs_change_delete_pending(&v)) {
+				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+				continue;
+			}
+		} else if (keep_pending &&
+			   bfs_index_decode(NULL, v.mv_data, v.mv_size, &e) == 0) {
 			talloc_free(e.etag);
 			if (e.flags & BFS_ENT_PENDING) {
 				rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -2061,10 +2115,10 @@ int bfs_index_invalidate_tree(struct bfs_index *idx, const char *prefix,
 		}
 		if (rc == 0) {
 			/* Forgotten too: the next listing is the whole
-			 * truth. */
+			 * truth (but for deletes S3 has yet to see). */
 			changes = 0;
 			rc = bfs_index_drop_range(idx, w.txn, idx->changed,
-						  prefix, strlen(prefix), false,
+						  prefix, strlen(prefix), true,
 						  &changes, NULL, NULL);
 		}
 		rc = bfs_index_end(&w, rc);

@@ -247,6 +247,16 @@ int bfs_index_remove(struct bfs_index *idx, const char *dir,
 	__attribute__((warn_unused_result));
 
 /*
+ * Remove one child of dir whose object S3 still has: its delete is handed
+ * to the engine.  Until the next change of the name here (the delete done:
+ * bfs_index_remove; or a new file put there) no listing nor
+ * bfs_index_learn brings it back, whenever S3 answered.
+ */
+int bfs_index_remove_pending(struct bfs_index *idx, const char *dir,
+			     const char *name)
+	__attribute__((warn_unused_result));
+
+/*
  * Move a child to another name in one transaction (replacing what the
  * destination held): no reader ever sees both names or neither.  The
  * entry keeps its inode number and flags.

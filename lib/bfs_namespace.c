@@ -24,6 +24,13 @@
 #include "bfs_writeback.h"
 #include "s3_dirlist.h"
 
+/*
+ * Objects an rmdir looks at in S3 to find the folder empty but for
+ * deletes the engine has yet to do (a `rm -r` just before); more, and it
+ * is not empty yet.
+ */
+#define BFS_RMDIR_SCAN 10000
+
 int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -219,8 +226,12 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		return ENOTSUP;
 	}
 	for (i = 0; ret == 0 && i < n; i++) {
-		char *to = talloc_asprintf(tmp, "%s%s", dp,
-					   keys[i] + strlen(sp));
+		char *to;
+
+		if (bfs_wb_delete_pending(bc->wb, keys[i])) {
+			continue; /* deleted here; the engine has yet to */
+		}
+		to = talloc_asprintf(tmp, "%s%s", dp, keys[i] + strlen(sp));
 		ret = to != NULL ?
 			bfs_wb_rename(bc->wb, keys[i], to, sizes[i], &st) :
 			ENOMEM;
@@ -408,15 +419,87 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 
 /* ---- delete -------------------------------------------------------------- */
 
+/*
+ * Delete key (what names it in log lines).  Where closes do not wait for
+ * S3 (`close = local`, an engine running), neither does a delete: it is
+ * journalled in the engine's name and gone from the index at once, and
+ * the engine deletes it in S3.  Else it is deleted in S3 now.
+ */
+static int bfs_delete_key(struct bfs_conn *bc, const char *key,
+			  const char *what)
+{
+	struct s3_status st = {0};
+	pid_t engine = bc->close_local ? bfs_engine_now(bc) : 0;
+	int ret;
+
+	if (engine != 0) {
+		ret = bfs_wb_delete_hand_over(bc->wb, key, engine);
+		if (ret != 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: %s %s: cannot "
+				"journal it for the engine: %s", bc->service,
+				what, key, strerror(ret));
+			return ret;
+		}
+		if (bfs_engine_notify(bc->engine, key) != 0) {
+			/* It died just now: the next one takes the record over. */
+			(void)bfs_engine_now(bc);
+		}
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s %s handed to the "
+			"engine (pid %d)", bc->service, what, key, (int)engine);
+		bfs_changed(bc, key);
+		return 0;
+	}
+	ret = bfs_wb_delete(bc->wb, key, &st);
+	if (ret != 0) {
+		bfs_log_s3(bc, what, key, &st);
+		return ret;
+	}
+	bfs_changed(bc, key);
+	return 0;
+}
+
+/*
+ * Keys under prefix S3 lists that are not deleted here already (their
+ * delete waiting in the engine), other than prefix itself: 0 if none,
+ * ENOTEMPTY, or why S3 could not say.
+ */
+static int bfs_dir_empty_in_s3(struct bfs_conn *bc, TALLOC_CTX *tmp,
+			       const char *prefix)
+{
+	/* Most folders tell with their first keys: one request. */
+	static const size_t scans[] = {2, BFS_RMDIR_SCAN};
+	struct s3_status st = {0};
+	char **keys = NULL;
+	size_t n = 0, i, s;
+	int ret;
+
+	for (s = 0; s < sizeof(scans) / sizeof(scans[0]); s++) {
+		ret = bfs_wb_list_all(bc->wb, tmp, prefix, scans[s], &keys,
+				      NULL, &n, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "rmdir (listing)", prefix, &st);
+			return ret;
+		}
+		for (i = 0; i < n && i < scans[s]; i++) {
+			if (strcmp(keys[i], prefix) != 0 &&
+			    !bfs_wb_delete_pending(bc->wb, keys[i])) {
+				return ENOTEMPTY;
+			}
+		}
+		if (n <= scans[s]) {
+			return 0; /* all of it seen */
+		}
+	}
+	return ENOTEMPTY; /* too many deletes pending to tell: not yet */
+}
+
 /* An empty folder: in the index (names being written count) and in S3. */
 static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *prefix = bfs_path_dir_prefix(tmp, bc->prefix, rel);
 	struct bfs_entry *ents = NULL;
-	struct s3_status st = {0};
-	char **keys = NULL;
-	size_t n = 0, i;
+	size_t n = 0;
 	int ret;
 
 	ret = bfs_dir_fresh(bc, rel);
@@ -428,22 +511,12 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 		ret = ENOTEMPTY;
 	}
 	if (ret == 0) {
-		ret = bfs_wb_list_all(bc->wb, tmp, prefix, 2, &keys, NULL,
-				      &n, &st);
-	}
-	for (i = 0; ret == 0 && i < n; i++) {
-		if (strcmp(keys[i], prefix) != 0) {
-			ret = ENOTEMPTY;
-		}
+		ret = bfs_dir_empty_in_s3(bc, tmp, prefix);
 	}
 	if (ret == 0) {
-		ret = bfs_wb_delete(bc->wb, prefix, &st);
+		ret = bfs_delete_key(bc, prefix, "rmdir (marker object)");
 		if (ret == 0) {
 			bfs_forget_listing(bc, prefix);
-			bfs_changed(bc, prefix);
-		}
-		if (ret != 0) {
-			bfs_log_s3(bc, "rmdir (marker object)", prefix, &st);
 		}
 	}
 	talloc_free(tmp);
@@ -454,7 +527,6 @@ int bfs_unlink(struct bfs_conn *bc, const char *rel, bool dir)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_fh *fh = NULL, *o;
-	struct s3_status st = {0};
 	int ret;
 
 	if (tmp == NULL) {
@@ -477,12 +549,7 @@ int bfs_unlink(struct bfs_conn *bc, const char *rel, bool dir)
 				o->dirty = false;
 			}
 		}
-		ret = bfs_wb_delete(bc->wb, fh->key, &st);
-		if (ret != 0) {
-			bfs_log_s3(bc, "delete of", fh->key, &st);
-		} else {
-			bfs_changed(bc, fh->key);
-		}
+		ret = bfs_delete_key(bc, fh->key, "delete of");
 	}
 	talloc_free(tmp);
 	return ret;

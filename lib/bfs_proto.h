@@ -55,9 +55,10 @@
  *                              it from S3 into the index, once however
  *                              many ask meanwhile; no answer (the reader
  *                              was served the listing the index had)
- *   CHANGED  engine -> module  key: the engine put it in S3; sent to one
- *                              client, unasked (id 0), for it to tell the
- *                              other nodes of a cluster; no answer
+ *   CHANGED  engine -> module  key: the engine put it in S3 (or deleted
+ *                              it there); sent to one client, unasked
+ *                              (id 0), for it to tell the other nodes
+ *                              of a cluster; no answer
  */
 #ifndef BUCKETFS_BFS_PROTO_H
 #define BUCKETFS_BFS_PROTO_H

@@ -1339,12 +1339,59 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 	return ret;
 }
 
+/*
+ * Before this process writes key in S3 itself: a delete of key the engine
+ * has yet to do must not land after our write.  Wait (a poll of the
+ * journal, as bfs_wb_wait_upload) while a live process other than us
+ * holds one; a delete that failed and waits for its retry is refused
+ * (EBUSY): what we would write could be deleted by it.
+ */
+#define BFS_WB_DELETE_WAIT_MS 30000
+
+static int bfs_wb_after_delete(struct bfs_wb *wb, const char *key)
+{
+	unsigned waited = 0;
+
+	for (;;) {
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		struct bfs_jrec rec;
+		bool theirs, failed;
+
+		if (tmp == NULL) {
+			return ENOMEM;
+		}
+		if (bfs_journal_get(wb->j, tmp, key, &rec) != 0 ||
+		    rec.op != BFS_J_DELETE) {
+			talloc_free(tmp);
+			return 0;
+		}
+		theirs = rec.pid != getpid() && bfs_jrec_owner_alive(&rec);
+		failed = rec.last_error != 0;
+		talloc_free(tmp);
+		if (!theirs) {
+			return 0; /* ours, or a dead owner's: nothing in flight */
+		}
+		if (failed || waited >= BFS_WB_DELETE_WAIT_MS) {
+			bfs_log(BFS_LOG_WARNING, "bucketfs: %s: its delete has "
+				"not reached S3 yet (%s): not written over it "
+				"now", key, failed ? "it failed and is retried" :
+				"it takes too long");
+			return EBUSY;
+		}
+		usleep(20 * 1000);
+		waited += 20;
+	}
+}
+
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
 {
-	struct tevent_req *req = s3_put_object_send(NULL, wb->ev, wb->s3, key,
-						    "", 0, NULL, 0);
-	int ret;
+	struct tevent_req *req;
+	int ret = bfs_wb_after_delete(wb, key);
 
+	if (ret != 0) {
+		return ret;
+	}
+	req = s3_put_object_send(NULL, wb->ev, wb->s3, key, "", 0, NULL, 0);
 	ret = s3_wait_for(req, wb->ev);
 	if (ret != 0) {
 		talloc_free(req);
@@ -1360,9 +1407,12 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
  * once S3 no longer has it.  Should the index refuse, its folder is
  * listed again at the next access, which drops the entry.
  */
-static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
+static void bfs_wb_index_remove_key_as(struct bfs_wb *wb, const char *key,
+				       bool pending)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
+	int (*remove)(struct bfs_index *, const char *, const char *) =
+		pending ? bfs_index_remove_pending : bfs_index_remove;
 	char *dir, *name, *d2 = NULL, *n2;
 	int ret = 0;
 
@@ -1371,11 +1421,11 @@ static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 		return;
 	}
 	if (name[0] != '\0') {
-		ret = bfs_index_remove(wb->idx, dir, name);
+		ret = remove(wb->idx, dir, name);
 	} else if (dir[0] != '\0') {
 		dir[strlen(dir) - 1] = '\0';
 		if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
-			ret = bfs_index_remove(wb->idx, d2, n2);
+			ret = remove(wb->idx, d2, n2);
 		}
 	}
 	if (ret != 0) {
@@ -1384,6 +1434,11 @@ static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 		bfs_wb_forget_dir(wb, d2 != NULL ? d2 : dir);
 	}
 	talloc_free(tmp);
+}
+
+static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
+{
+	bfs_wb_index_remove_key_as(wb, key, false);
 }
 
 /* Whether the journal still holds rec, a delete, as its key's change. */
@@ -1434,6 +1489,78 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 	return 0;
 }
 
+/*
+ * Journal rec, a DELETE, in place of key's record.  *old: the record it
+ * replaced (key NULL if none); *queued: that was a close waiting in the
+ * engine, which will not upload now.
+ */
+static int bfs_wb_delete_journal(struct bfs_wb *wb, TALLOC_CTX *tmp,
+				 struct bfs_jrec *rec, bool *had_old,
+				 struct bfs_jrec *old, struct bfs_jrec *replaced,
+				 bool *queued)
+{
+	int ret;
+
+	/*
+	 * A file renamed while open, then deleted: the old name it came
+	 * from goes too (or it would be back at the next listing).  Its
+	 * staging file is the open's to drop.
+	 */
+	*had_old = bfs_journal_get(wb->j, tmp, rec->key, old) == 0 &&
+		   old->op == BFS_J_PUT &&
+		   (old->pid == getpid() || !bfs_jrec_owner_alive(old));
+	if (*had_old && old->src != NULL) {
+		rec->src = old->src;
+		rec->src_etag = old->src_etag;
+	}
+	ret = bfs_journal_swap(wb->j, tmp, rec, replaced);
+	if (ret != 0) {
+		return ret;
+	}
+	*queued = replaced->key != NULL && replaced->op == BFS_J_PUT &&
+		  replaced->pid != getpid() && bfs_wb_put_queued(replaced);
+	return 0;
+}
+
+int bfs_wb_delete_hand_over(struct bfs_wb *wb, const char *key,
+			    pid_t engine)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec = {
+		.key = (char *)key, .op = BFS_J_DELETE, .pid = engine,
+	};
+	struct bfs_jrec old, replaced;
+	bool had_old, queued;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_wb_delete_journal(wb, tmp, &rec, &had_old, &old, &replaced,
+				    &queued);
+	if (ret == 0) {
+		/* Gone from here now; no listing brings it back meanwhile. */
+		bfs_wb_index_remove_key_as(wb, key, true);
+		if (queued) {
+			bfs_wb_stage_drop(wb, replaced.staging);
+		}
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
+bool bfs_wb_delete_pending(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec;
+	bool pending = tmp != NULL &&
+		       bfs_journal_get(wb->j, tmp, key, &rec) == 0 &&
+		       rec.op == BFS_J_DELETE;
+
+	talloc_free(tmp);
+	return pending;
+}
+
 int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -1447,26 +1574,12 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	/*
-	 * A file renamed while open, then deleted: the old name it came
-	 * from goes too (or it would be back at the next listing).  Its
-	 * staging file is the open's to drop.
-	 */
-	had_old = bfs_journal_get(wb->j, tmp, key, &old) == 0 &&
-		  old.op == BFS_J_PUT &&
-		  (old.pid == getpid() || !bfs_jrec_owner_alive(&old));
-	if (had_old && old.src != NULL) {
-		rec.src = old.src;
-		rec.src_etag = old.src_etag;
-	}
-	ret = bfs_journal_swap(wb->j, tmp, &rec, &replaced);
+	ret = bfs_wb_delete_journal(wb, tmp, &rec, &had_old, &old, &replaced,
+				    &queued);
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
 	}
-	/* A close waiting in the engine: it will not upload now. */
-	queued = replaced.key != NULL && replaced.op == BFS_J_PUT &&
-		 replaced.pid != getpid() && bfs_wb_put_queued(&replaced);
 	ret = bfs_wb_run_delete(wb, &rec, st);
 	if (ret == 0 && queued) {
 		bfs_wb_stage_drop(wb, replaced.staging);
@@ -1580,7 +1693,10 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	char *sdir, *sname, *ddir, *dname;
 	int ret;
 
-	ret = bfs_journal_put(wb->j, &rec);
+	ret = bfs_wb_after_delete(wb, dst);
+	if (ret == 0) {
+		ret = bfs_journal_put(wb->j, &rec);
+	}
 	if (ret != 0) {
 		return ret;
 	}

@@ -192,6 +192,19 @@ int bfs_wb_wait_upload(struct bfs_wb *wb, const char *key,
 int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	__attribute__((warn_unused_result));
 
+/*
+ * The same, with the S3 DELETE left to the engine (pid engine; notify it):
+ * journalled in its name, and key's entry gone from the index now, kept
+ * out of listings until the engine has deleted it (or key is written
+ * again).  Errors are the journal's: nothing changed then.
+ */
+int bfs_wb_delete_hand_over(struct bfs_wb *wb, const char *key,
+			    pid_t engine)
+	__attribute__((warn_unused_result));
+
+/* Whether key's delete is journalled and not yet done (in S3). */
+bool bfs_wb_delete_pending(struct bfs_wb *wb, const char *key);
+
 /* An empty object (a directory marker "dir/"). */
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 		     struct s3_status *st);

@@ -479,9 +479,10 @@ def test_an_upload_the_engine_ends_after_its_client_left_is_told_to_the_other_no
     assert w.s3_sha256("cluster-leftlocal/left.bin") == sha256(src)
 
 
-def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):
+def test_an_upload_or_a_delete_by_a_nodes_engine_shows_on_the_others_once_done_in_s3(cl):
     """close = local: node 0's engine uploads after the close; it tells
-    one of node 0's smbds, which tells the other nodes (TTL 300 s)."""
+    one of node 0's smbds, which tells the other nodes (TTL 300 s).  A
+    delete on node 1 is its engine's too, and told the same way."""
     w = cl.world
     src = make_file(f"{w.tmp}/cluster-nowlocal.bin", 3 << 20)
     mounts = mount_everywhere(cl, "nowlocal")
@@ -496,6 +497,14 @@ def test_an_upload_by_a_nodes_engine_shows_on_the_others_once_it_is_in_s3(cl):
         assert all(" local.bin " in o for o in out), out
         cl.smbclient(node_ip(2), "nowlocal", f"get local.bin {w.tmp}/nowlocal-c.bin")
         assert sha256(f"{w.tmp}/nowlocal-c.bin") == sha256(src)
+        cl.smbclient(node_ip(1), "nowlocal", "del local.bin")
+        end = time.monotonic() + 20
+        while True:
+            out = [cl.smbclient(node_ip(n), "nowlocal", "ls").stdout for n in (0, 2)]
+            if all(" local.bin " not in o for o in out) or time.monotonic() > end:
+                break
+            time.sleep(0.3)
+        assert all(" local.bin " not in o for o in out), out
     finally:
         for conn in mounts:
             conn.logoff()

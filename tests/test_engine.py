@@ -382,6 +382,50 @@ def test_a_share_closed_by_the_admin_with_a_written_file_open_uploads_it_and_smb
     assert w.smbd.poll() is None, "smbd exited"
 
 
+def s3_gone(w, key, timeout=60):
+    """Wait (not stuck: a generous bound) until S3 no longer lists key."""
+    end = time.monotonic() + timeout
+    while key in w.s3_keys(os.path.dirname(key) + "/"):
+        assert time.monotonic() < end, f"{key} still in S3"
+        time.sleep(0.3)
+
+
+def test_a_delete_with_close_local_answers_before_s3_and_the_engine_deletes_it(w):
+    a = w.make("del-a.bin", 100_000)
+    b1, b2 = w.make("del-b1.bin", 5000), w.make("del-b2.bin", 7000)
+    w.smbclient("rwlocal", f"put {a} del-a.bin; put {b1} del-b.bin; mkdir deldir; "
+                           f"put {a} deldir/x.bin")
+    for key in ("del-a.bin", "del-b.bin", "deldir/x.bin"):
+        assert s3_has(w, f"rwlocal/{key}", sha256(a if key != "del-b.bin" else b1))
+    w.fault("DELETE delay:3 -1")  # every DELETE to S3 takes 3 s more
+    try:
+        start = time.monotonic()
+        w.smbclient("rwlocal", "rm del-a.bin")
+        took = time.monotonic() - start
+        # Answered before S3 deleted it: the engine does.
+        assert "rwlocal/del-a.bin" in w.s3_keys("rwlocal/"), "the rm waited for S3"
+        # A folder emptied with deletes still pending goes too (rm -r).
+        w.smbclient("rwlocal", "rm deldir/x.bin; rmdir deldir")
+        # Deleted, then written again at once: the new file stays.
+        w.smbclient("rwlocal", f"rm del-b.bin; put {b2} del-b.bin")
+        # Gone from the share now, and a listing from S3 (the object
+        # still there) does not bring it back.
+        w.ctl("rwlocal", "invalidate", "")
+        listing = w.smbclient("rwlocal", "ls").stdout
+        assert "del-a.bin" not in listing and "deldir" not in listing, listing
+        assert "rwlocal/del-a.bin" in w.s3_keys("rwlocal/"), "deleted in S3 already"
+    finally:
+        w.fault("DELETE delay:0 0")
+    print(f"    # rm with every DELETE slowed 3 s answered in {took:.2f} s")
+    for key in ("del-a.bin", "deldir/x.bin", "deldir/"):
+        s3_gone(w, f"rwlocal/{key}")
+    assert s3_has(w, "rwlocal/del-b.bin", sha256(b2))
+    w.ctl("rwlocal", "invalidate", "")
+    listing = w.smbclient("rwlocal", "ls").stdout
+    assert "del-a.bin" not in listing and "deldir" not in listing and "del-b.bin" in listing
+    assert "del-" not in w.ctl("rwlocal", "pending").stdout
+
+
 def get_bytes(w, key):
     """Bytes GET from S3 for key, by the front's log (ranges asked)."""
     total = 0
@@ -851,28 +895,35 @@ def engine_log_says(w, *lines):
         assert line in log, log[-2000:]
 
 
-def test_a_file_written_while_the_engine_runs_a_dead_smbds_delete_of_its_name_is_kept(w):
-    # smbd journals a client's delete and dies while S3 has it; the engine
-    # takes the record over and runs it again.  A close of the same name
-    # meanwhile hands the engine a newer upload, in the engine's own pid's
-    # name.  The delete's end must leave that record and its index entry:
-    # it dropped both, and the new file never went up (HEAD 404).
+def test_a_file_written_while_the_engine_runs_a_delete_of_its_name_is_kept(w):
+    # A delete with close = local is the engine's (journalled in its pid's
+    # name).  A close of the same name while the engine's DELETE is in
+    # flight hands it a newer upload, in the same pid's name.  The
+    # delete's end must leave that record and its index entry (it once
+    # dropped both, and the new file never went up: HEAD 404), and the
+    # upload must go up after the DELETE.
     old = w.make("rot-old.bin", 1 << 20)
     new = w.make("rot-new.bin", 3 << 20)
     w.smbclient("rwlocal", "mkdir delrace")
     put(w, "rwlocal", old, "delrace/rot.bin")
     assert s3_has(w, "rwlocal/delrace/rot.bin", sha256(old))
+    since = len(front_log(w))
+    held = re.compile(r"^DELETE /\S+/rwlocal/delrace/rot\.bin ", re.M)
+    w.fault("DELETE delay:6 -1 rwlocal/delrace/rot.bin")
     try:
-        engine_takes_over_from_a_killed_smbd(
-            w, "del delrace/rot.bin", r"^DELETE /\S+/rwlocal/delrace/rot\.bin ",
-            "DELETE delay:6 -1 rwlocal/delrace/rot.bin")
+        w.smbclient("rwlocal", "del delrace/rot.bin")  # answers at once
+        end = time.monotonic() + 30
+        while not held.search(front_log(w)[since:]) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert held.search(front_log(w)[since:]), "the engine sent no DELETE"
         put(w, "rwlocal", new, "delrace/rot.bin")  # while the engine's DELETE is held
     finally:
         w.fault("")
     assert s3_has(w, "rwlocal/delrace/rot.bin", sha256(new)), "the file written after the delete was lost"
     assert w.ls("rwlocal", "delrace").get("rot.bin") == (False, 3 << 20)
     assert "delrace/rot.bin" not in w.ctl("rwlocal", "pending").stdout
-    engine_log_says(w, "was written again while its delete ran")
+    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
+    assert "was written again while its delete ran" in log, log[-2000:]
 
 
 def test_a_file_written_while_the_engine_runs_a_dead_smbds_rename_onto_its_name_is_kept(w):

@@ -79,6 +79,7 @@ struct eng_result {
 	char *key, *staging, *etag;
 	int err;
 	uint64_t size;
+	bool deleted;	/* a DELETE done: the key is gone from S3 */
 };
 
 struct eng;
@@ -302,6 +303,7 @@ static void eng_post(struct eng *e, const struct bfs_jrec *r, int err,
 	res->etag = etag ? talloc_strdup(res, etag) : NULL;
 	res->err = err;
 	res->size = r->size;
+	res->deleted = err == 0 && r->op == BFS_J_DELETE;
 	pthread_mutex_lock(&e->mu);
 	res->next = e->results;
 	e->results = res;
@@ -1440,19 +1442,22 @@ static void eng_results(struct tevent_context *ev, struct tevent_fd *fde,
 		talloc_free(creds);
 	}
 	for (; res != NULL; res = next) {
+		bool changed = res->err == 0 &&
+			       (res->etag != NULL || res->deleted);
+
 		next = res->next;
-		if (res->err == 0 && res->etag != NULL && e->clients != NULL) {
+		if (changed && e->clients != NULL) {
 			/*
-			 * In S3 now: one smbd tells a cluster's other nodes
-			 * through Samba's CTDB connection, with its node's
-			 * number (its own node's smbds then leave it be).
+			 * In S3 now (or gone from it): one smbd tells a
+			 * cluster's other nodes through Samba's CTDB
+			 * connection, with its node's number (its own node's
+			 * smbds then leave it be).
 			 */
 			struct bfs_proto_msg m = {
 				.type = BFS_PM_CHANGED, .key = res->key,
 			};
 			eng_send(e->clients, &m);
-		} else if (res->err == 0 && res->etag != NULL &&
-			   e->ctdb_socket != NULL) {
+		} else if (changed && e->ctdb_socket != NULL) {
 			eng_tell_nodes(e, res->key);
 		}
 		for (wt = e->waiters; wt != NULL; wt = wnext) {

@@ -871,6 +871,66 @@ static void test_a_listing_sent_before_a_change_keeps_it_whatever_the_clock(
 }
 
 /*
+ * A delete handed to the engine: S3 lists the object until the engine
+ * has deleted it.  No listing brings it back meanwhile, however late it
+ * was sent, nor an invalidation, nor bfs_index_learn; the delete done
+ * (bfs_index_remove) or a new file of the name ends that.
+ */
+static void test_a_delete_pending_in_s3_stays_deleted_until_done(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	const char *files[] = {"gone.bin", "kept.bin"};
+	const char *key = "p/gone.bin";
+	struct bfs_entry learnt = {.size = 100, .mtime = 1, .etag = "etag-1"};
+	struct bfs_entry e = {.name = "gone.bin", .size = 5, .mtime = 2,
+			      .etag = "etag-new"};
+	struct bfs_index *idx = NULL;
+	time_t now = time(NULL);
+	uint64_t n = 0;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now - 100), 0);
+	assert_int_equal(bfs_index_remove_pending(idx, "p/", "gone.bin"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e),
+			 ENOENT);
+	/* Listings sent after the delete: S3 still has it. */
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now + 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "kept.bin", &e), 0);
+	assert_int_equal(bfs_index_learn(idx, &key, &learnt, 1), 0);
+	assert_int_equal(bfs_index_invalidate_tree(idx, "p/", &n, NULL, NULL),
+			 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now + 2), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e),
+			 ENOENT);
+
+	/* Written again here: the new file is the index's. */
+	e = (struct bfs_entry){.name = "gone.bin", .size = 5, .mtime = 2,
+			       .etag = "etag-new"};
+	assert_int_equal(bfs_index_put(idx, "p/", &e), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now + 3), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e), 0);
+
+	/* Deleted again, and this time done in S3: a later listing that
+	 * has the name (another client put it back) shows it. */
+	assert_int_equal(bfs_index_remove_pending(idx, "p/", "gone.bin"), 0);
+	assert_int_equal(bfs_index_remove(idx, "p/", "gone.bin"), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
+				       now + 4), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e), 0);
+	talloc_free(t);
+}
+
+/*
  * A listing sent before a change here but stored after it must not undo
  * it: neither drop a name just made nor bring back one just removed.
  */
@@ -1859,6 +1919,7 @@ int main(void)
 		cmocka_unit_test(test_an_objects_metadata_fills_only_what_is_missing),
 		cmocka_unit_test(test_a_listing_sent_before_a_change_keeps_it_whatever_the_clock),
 		cmocka_unit_test(test_an_older_listing_does_not_undo_a_change),
+		cmocka_unit_test(test_a_delete_pending_in_s3_stays_deleted_until_done),
 		cmocka_unit_test(test_an_over_long_key_is_hidden_and_its_folder_stored),
 		cmocka_unit_test(test_a_damaged_index_is_set_aside_and_rebuilt),
 		cmocka_unit_test(test_a_full_map_grows_instead_of_failing),
