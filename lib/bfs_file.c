@@ -1091,6 +1091,10 @@ static int bfs_fh_flush_state_destructor(struct bfs_fh_flush_state *s)
 			}
 		}
 	}
+	if (s->head != NULL && s->snapshot != NULL) {
+		/* Gone before its upload was journalled: nobody names it. */
+		bfs_wb_stage_drop(s->bc->wb, s->snapshot);
+	}
 	if (s->fd != -1) {
 		close(s->fd);
 	}
@@ -1218,8 +1222,9 @@ static void bfs_fh_flush_checked(struct tevent_req *subreq)
 	bfs_conflict_say(s->bc, s->key, s->open_etag, ret, &info);
 	s->head = NULL;
 	TALLOC_FREE(subreq);
-	if (s->superseded) {
-		/* A newer upload took over meanwhile: its result is ours. */
+	if (!tevent_req_is_in_progress(req) || s->superseded) {
+		/* A newer upload took over (and may have ended) meanwhile:
+		 * its result is ours. */
 		bfs_wb_stage_drop(s->bc->wb, s->snapshot);
 		return;
 	}

@@ -1926,6 +1926,48 @@ static int bfs_index_remove_as(struct bfs_index *idx, const char *dir,
 	return rc;
 }
 
+int bfs_index_clear_pending(struct bfs_index *idx, const char *dir,
+			    const char *name)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	MDB_txn *txn;
+	MDB_val k, v;
+	bool pending;
+	int rc;
+
+	/* Most names carry no mark: a read says so without a write. */
+	k = bfs_ent_key(NULL, dir, name);
+	if (k.mv_data == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		talloc_free(k.mv_data);
+		return bfs_lmdb_errno(rc);
+	}
+	pending = mdb_get(txn, idx->changed, &k, &v) == 0 &&
+		  bfs_change_delete_pending(&v);
+	bfs_lmdb_txn_abort(txn);
+	talloc_free(k.mv_data);
+	if (!pending) {
+		return 0;
+	}
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		k = bfs_ent_key(w.tmp, dir, name);
+		rc = k.mv_data != NULL ? 0 : ENOMEM;
+		if (rc == 0 && mdb_get(w.txn, idx->changed, &k, &v) == 0 &&
+		    bfs_change_delete_pending(&v)) {
+			rc = bfs_index_note_change(idx, w.txn, k);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
+}
+
 /* The body of bfs_index_rename. */
 static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
 				TALLOC_CTX *tmp, const char *sdir,
@@ -2028,6 +2070,65 @@ static char *bfs_ent_full_key(TALLOC_CTX *mem_ctx, const MDB_val *k,
 	return talloc_asprintf(mem_ctx, "%.*s%.*s%s", (int)dl, kd,
 			       (int)(k->mv_size - dl - 1), kd + dl + 1,
 			       is_dir ? "/" : "");
+}
+
+int bfs_index_delete_marks(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+			   time_t before, char ***keys, size_t *n)
+{
+	char **out = talloc_array(mem_ctx, char *, 0);
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn = NULL;
+	MDB_val k, v;
+	size_t got = 0;
+	int rc;
+
+	*keys = NULL;
+	*n = 0;
+	if (out == NULL) {
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, idx->changed, &cur);
+	}
+	if (rc == 0) {
+		rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0) {
+		struct bfs_change_rec r;
+
+		if (bfs_change_delete_pending(&v)) {
+			memcpy(&r, v.mv_data, sizeof(r));
+		}
+		if (bfs_change_delete_pending(&v) && r.at < (int64_t)before) {
+			char *key = bfs_ent_full_key(out, &k, false);
+			char **more = key != NULL ?
+				talloc_realloc(mem_ctx, out, char *, got + 1) :
+				NULL;
+
+			if (more == NULL) {
+				rc = ENOMEM;
+				break;
+			}
+			out = more;
+			out[got++] = key;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (txn != NULL) {
+		bfs_lmdb_txn_abort(txn);
+	}
+	rc = bfs_lmdb_walk_end(rc);
+	if (rc != 0) {
+		talloc_free(out);
+		return bfs_lmdb_errno(rc);
+	}
+	*keys = out;
+	*n = got;
+	return 0;
 }
 
 /* Delete the records of db whose key starts with start (len bytes). */

@@ -257,6 +257,24 @@ int bfs_index_remove_pending(struct bfs_index *idx, const char *dir,
 	__attribute__((warn_unused_result));
 
 /*
+ * The delete of a child of dir is done in S3 (or given up): if the name
+ * still carries its delete-pending mark, make it an ordinary change (the
+ * next listing sent after it is the truth).  The entry, if any, stays.
+ */
+int bfs_index_clear_pending(struct bfs_index *idx, const char *dir,
+			    const char *name)
+	__attribute__((warn_unused_result));
+
+/*
+ * The full keys (dir and name, no trailing "/") of the names that carry a
+ * delete-pending mark made before `before`, on mem_ctx: for a sweep of
+ * marks whose delete is no longer journalled (a crash between the two).
+ */
+int bfs_index_delete_marks(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+			   time_t before, char ***keys, size_t *n)
+	__attribute__((warn_unused_result));
+
+/*
  * Move a child to another name in one transaction (replacing what the
  * destination held): no reader ever sees both names or neither.  The
  * entry keeps its inode number and flags.

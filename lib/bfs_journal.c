@@ -19,11 +19,14 @@
 #define BFS_JOURNAL_MAP_SIZE (256ULL << 20)
 /*
  * 2 added src_etag and flags, 3 the start time of the owning process;
- * versions 1 and 2 still decode.
+ * versions 1 and 2 still decode.  Flag INDEX_GONE (a delete handed to
+ * the engine) came later in version 3: a version without it reads such
+ * a record as unreadable (skipped, as after a downgrade).
  */
 #define BFS_JREC_VERSION 3
 #define BFS_JREC_OPEN 0x01
 #define BFS_JREC_STARTED 0x02
+#define BFS_JREC_INDEX_GONE 0x04
 
 struct bfs_journal {
 	MDB_env *env;
@@ -125,7 +128,8 @@ int bfs_jrec_encode(TALLOC_CTX *mem_ctx, const struct bfs_jrec *r, void **buf,
 		.mtime = r->mtime,
 		.src_etag_len = (uint16_t)el,
 		.flags = (r->open ? BFS_JREC_OPEN : 0) |
-			 (r->started ? BFS_JREC_STARTED : 0),
+			 (r->started ? BFS_JREC_STARTED : 0) |
+			 (r->index_gone ? BFS_JREC_INDEX_GONE : 0),
 		/* Whose pid it is: a process started later is another. */
 		.pid_start = r->pid_start != 0 ? r->pid_start :
 						 bfs_proc_start(r->pid),
@@ -188,7 +192,8 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	memcpy(&h, buf, hl);
 	if ((h.version < 1 || h.version > BFS_JREC_VERSION) ||
 	    h.op < BFS_J_PUT || h.op > BFS_J_ABORT ||
-	    (h.flags & ~(BFS_JREC_OPEN | BFS_JREC_STARTED)) != 0 ||
+	    (h.flags & ~(BFS_JREC_OPEN | BFS_JREC_STARTED |
+		      BFS_JREC_INDEX_GONE)) != 0 ||
 	    len != hl + h.staging_len + h.src_len + h.upload_id_len +
 			   h.src_etag_len) {
 		return EBADMSG;
@@ -201,6 +206,7 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	r->mtime = (time_t)h.mtime;
 	r->open = (h.flags & BFS_JREC_OPEN) != 0;
 	r->started = (h.flags & BFS_JREC_STARTED) != 0;
+	r->index_gone = (h.flags & BFS_JREC_INDEX_GONE) != 0;
 	p += hl;
 	r->staging = bfs_jstr(mem_ctx, p, h.staging_len, &bad);
 	p += h.staging_len;
@@ -225,7 +231,8 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	    (r->src_etag != NULL &&
 	     (r->src == NULL ||
 	      (r->op != BFS_J_PUT && r->op != BFS_J_DELETE))) ||
-	    ((r->open || r->started) && r->op != BFS_J_PUT)) {
+	    ((r->open || r->started) && r->op != BFS_J_PUT) ||
+	    (r->index_gone && r->op != BFS_J_DELETE)) {
 		return EBADMSG;
 	}
 	return 0;
@@ -454,6 +461,58 @@ int bfs_journal_done_op(struct bfs_journal *j, const char *key, pid_t pid,
 	const struct bfs_jrec want = {.op = op, .pid = pid};
 
 	return bfs_journal_change_if(j, key, &want, NULL);
+}
+
+int bfs_journal_update_op(struct bfs_journal *j, const char *key, pid_t pid,
+			  enum bfs_jop op, const struct bfs_jrec *r)
+{
+	const struct bfs_jrec want = {.op = op, .pid = pid};
+
+	return bfs_journal_change_if(j, key, &want, r);
+}
+
+bool bfs_journal_has_op_under(struct bfs_journal *j, const char *prefix,
+			      enum bfs_jop op, const char *except)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	size_t pl = strlen(prefix);
+	MDB_val k = {pl, (void *)prefix}, v;
+	MDB_cursor *cur = NULL;
+	MDB_txn *txn = NULL;
+	bool found = false;
+	int rc;
+
+	if (tmp == NULL) {
+		return false;
+	}
+	rc = mdb_txn_begin(j->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0) {
+		rc = mdb_cursor_open(txn, j->db, &cur);
+	}
+	if (rc == 0) {
+		rc = pl > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) :
+			      mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	}
+	while (rc == 0 && !found && k.mv_size >= pl &&
+	       memcmp(k.mv_data, prefix, pl) == 0) {
+		struct bfs_jrec r;
+
+		if (bfs_jrec_decode(tmp, v.mv_data, v.mv_size, &r) == 0 &&
+		    r.op == op &&
+		    (except == NULL || strlen(except) != k.mv_size ||
+		     memcmp(k.mv_data, except, k.mv_size) != 0)) {
+			found = true;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (cur != NULL) {
+		mdb_cursor_close(cur);
+	}
+	if (txn != NULL) {
+		mdb_txn_abort(txn);
+	}
+	talloc_free(tmp);
+	return found;
 }
 
 int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,

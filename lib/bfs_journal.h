@@ -64,6 +64,10 @@ struct bfs_jrec {
 	bool started;		/* PUT: its upload has begun (the engine
 				   marks this; a rename may retarget a PUT
 				   only before) */
+	bool index_gone;	/* DELETE: handed to the engine with the
+				   name already out of the index under a
+				   delete-pending mark; its end clears the
+				   mark and leaves the entry alone */
 };
 
 struct bfs_journal;
@@ -146,6 +150,23 @@ int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			 const char *src, pid_t pid, const char *staging,
 			 const struct bfs_jrec *r, struct bfs_jrec *old)
 	__attribute__((warn_unused_result));
+
+/*
+ * Replace key's record with r (NULL: remove it) only while it is still an
+ * op record of pid's; ESTALE otherwise.  (bfs_journal_update for records
+ * other than uploads: e.g. a failed DELETE's last_error.)
+ */
+int bfs_journal_update_op(struct bfs_journal *j, const char *key, pid_t pid,
+			  enum bfs_jop op, const struct bfs_jrec *r)
+	__attribute__((warn_unused_result));
+
+/*
+ * Whether a record of op is journalled for a key under prefix (keys that
+ * start with it), other than except (NULL: none).  false if the journal
+ * cannot be read.
+ */
+bool bfs_journal_has_op_under(struct bfs_journal *j, const char *prefix,
+			      enum bfs_jop op, const char *except);
 
 /* Whether process pid exists (any process of that number). */
 bool bfs_journal_pid_alive(pid_t pid);

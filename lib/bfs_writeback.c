@@ -830,6 +830,8 @@ static void bfs_wb_stream_forget(struct bfs_wb *wb, const char *upload_id,
  * mem_ctx).  Its staging file, whose bytes the open copied, goes once ours
  * is journalled, unless its upload is running: then its uploader drops it.
  */
+static int bfs_wb_after_delete(struct bfs_wb *wb, const char *key);
+
 static int bfs_wb_journal_upload(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 				 struct bfs_jrec *rec)
 {
@@ -890,7 +892,10 @@ int bfs_wb_upload(struct bfs_wb *wb, const char *key, const char *name,
 	}
 	/* A crash from here on aborts the streamed parts, then uploads. */
 	rec.upload_id = resume != NULL ? (char *)resume->upload_id : NULL;
-	ret = bfs_wb_journal_upload(wb, tmp, &rec);
+	ret = bfs_wb_after_delete(wb, key);
+	if (ret == 0) {
+		ret = bfs_wb_journal_upload(wb, tmp, &rec);
+	}
 	rec.upload_id = NULL;
 	if (ret != 0) {
 		talloc_free(tmp);
@@ -949,7 +954,10 @@ struct tevent_req *bfs_wb_upload_send(TALLOC_CTX *mem_ctx,
 		return tevent_req_post(req, ev);
 	}
 	/* Journalled before S3 is asked: a crash from here on is recovered. */
-	ret = bfs_wb_journal_upload(wb, s, &s->rec);
+	ret = bfs_wb_after_delete(wb, key);
+	if (ret == 0) {
+		ret = bfs_wb_journal_upload(wb, s, &s->rec);
+	}
 	if (ret != 0) {
 		tevent_req_error(req, ret);
 		return tevent_req_post(req, ev);
@@ -1341,10 +1349,12 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 
 /*
  * Before this process writes key in S3 itself: a delete of key the engine
- * has yet to do must not land after our write.  Wait (a poll of the
- * journal, as bfs_wb_wait_upload) while a live process other than us
- * holds one; a delete that failed and waits for its retry is refused
- * (EBUSY): what we would write could be deleted by it.
+ * has yet to do must not land after our write.  While another live
+ * process runs one (its record, no error noted), wait: a poll of the
+ * journal, as bfs_wb_wait_upload, at most BFS_WB_DELETE_WAIT_MS, then
+ * EBUSY.  One that is not running (failed and waiting for its retry, or
+ * its owner dead, or ours) is dropped: the write replaces it, and a retry
+ * would delete what we write.
  */
 #define BFS_WB_DELETE_WAIT_MS 30000
 
@@ -1355,7 +1365,8 @@ static int bfs_wb_after_delete(struct bfs_wb *wb, const char *key)
 	for (;;) {
 		TALLOC_CTX *tmp = talloc_new(NULL);
 		struct bfs_jrec rec;
-		bool theirs, failed;
+		bool running;
+		int ret;
 
 		if (tmp == NULL) {
 			return ENOMEM;
@@ -1365,17 +1376,18 @@ static int bfs_wb_after_delete(struct bfs_wb *wb, const char *key)
 			talloc_free(tmp);
 			return 0;
 		}
-		theirs = rec.pid != getpid() && bfs_jrec_owner_alive(&rec);
-		failed = rec.last_error != 0;
+		running = rec.pid != getpid() && rec.last_error == 0 &&
+			  bfs_jrec_owner_alive(&rec);
 		talloc_free(tmp);
-		if (!theirs) {
-			return 0; /* ours, or a dead owner's: nothing in flight */
+		if (!running) {
+			ret = bfs_journal_done_op(wb->j, key, rec.pid,
+						  BFS_J_DELETE);
+			return ret == ESTALE ? 0 : ret; /* ESTALE: gone */
 		}
-		if (failed || waited >= BFS_WB_DELETE_WAIT_MS) {
+		if (waited >= BFS_WB_DELETE_WAIT_MS) {
 			bfs_log(BFS_LOG_WARNING, "bucketfs: %s: its delete has "
-				"not reached S3 yet (%s): not written over it "
-				"now", key, failed ? "it failed and is retried" :
-				"it takes too long");
+				"not reached S3 after %u s: not written over it "
+				"now", key, BFS_WB_DELETE_WAIT_MS / 1000);
 			return EBUSY;
 		}
 		usleep(20 * 1000);
@@ -1407,12 +1419,17 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key, struct s3_status *st)
  * once S3 no longer has it.  Should the index refuse, its folder is
  * listed again at the next access, which drops the entry.
  */
-static void bfs_wb_index_remove_key_as(struct bfs_wb *wb, const char *key,
-				       bool pending)
+/*
+ * fn (bfs_index_remove, _remove_pending, _clear_pending) on key's entry:
+ * a file's, or for "dir/" the folder's in its parent.  A failure is
+ * logged (what it was for) and the folder is listed again.
+ */
+static void bfs_wb_index_key(struct bfs_wb *wb, const char *key,
+			     int (*fn)(struct bfs_index *, const char *,
+				       const char *),
+			     const char *what)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
-	int (*remove)(struct bfs_index *, const char *, const char *) =
-		pending ? bfs_index_remove_pending : bfs_index_remove;
 	char *dir, *name, *d2 = NULL, *n2;
 	int ret = 0;
 
@@ -1421,24 +1438,92 @@ static void bfs_wb_index_remove_key_as(struct bfs_wb *wb, const char *key,
 		return;
 	}
 	if (name[0] != '\0') {
-		ret = remove(wb->idx, dir, name);
+		ret = fn(wb->idx, dir, name);
 	} else if (dir[0] != '\0') {
 		dir[strlen(dir) - 1] = '\0';
 		if (bfs_key_split(tmp, dir, &d2, &n2) == 0) {
-			ret = remove(wb->idx, d2, n2);
+			ret = fn(wb->idx, d2, n2);
 		}
 	}
 	if (ret != 0) {
-		bfs_log(BFS_LOG_ERR, "bucketfs: cannot remove the deleted %s "
-			"from the index: %s", key, strerror(ret));
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot %s %s in the index: %s",
+			what, key, strerror(ret));
 		bfs_wb_forget_dir(wb, d2 != NULL ? d2 : dir);
+	}
+	talloc_free(tmp);
+}
+
+/* List key's folder again at its next access (key "dir/": the parent's). */
+static void bfs_wb_forget_parent(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *p = tmp != NULL ? talloc_strdup(tmp, key) : NULL;
+	char *slash;
+	size_t len;
+
+	if (p != NULL) {
+		len = strlen(p);
+		if (len > 0 && p[len - 1] == '/') {
+			p[len - 1] = '\0';
+		}
+		slash = strrchr(p, '/');
+		if (slash != NULL) {
+			slash[1] = '\0';
+		} else {
+			p[0] = '\0';
+		}
+		bfs_wb_forget_dir(wb, p);
 	}
 	talloc_free(tmp);
 }
 
 static void bfs_wb_index_remove_key(struct bfs_wb *wb, const char *key)
 {
-	bfs_wb_index_remove_key_as(wb, key, false);
+	bfs_wb_index_key(wb, key, bfs_index_remove, "remove the deleted");
+}
+
+/*
+ * A delete handed to the engine is done in S3 (or given up): clear the
+ * delete-pending marks it leaves behind.  Its own, unless it is a
+ * folder's marker object with deletes under it still journalled (rmdir
+ * after rm -r: S3 lists the folder while it holds any of them); then the
+ * folders above it whose last journalled delete this was (an rmdir's
+ * whose marker went first).  Called once key's record is gone.
+ */
+static void bfs_wb_clear_marks(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *p, *slash;
+	size_t len;
+
+	p = tmp != NULL ? talloc_strdup(tmp, key) : NULL;
+	if (p == NULL) {
+		talloc_free(tmp);
+		return;
+	}
+	len = strlen(p);
+	if (len == 0 || p[len - 1] != '/' ||
+	    !bfs_journal_has_op_under(wb->j, p, BFS_J_DELETE, NULL)) {
+		bfs_wb_index_key(wb, p, bfs_index_clear_pending,
+				 "clear the delete mark of");
+	}
+	for (;;) {
+		len = strlen(p);
+		if (len > 0 && p[len - 1] == '/') {
+			p[len - 1] = '\0';
+		}
+		slash = strrchr(p, '/');
+		if (slash == NULL) {
+			break;
+		}
+		slash[1] = '\0'; /* the parent folder, "a/b/" */
+		if (bfs_journal_has_op_under(wb->j, p, BFS_J_DELETE, NULL)) {
+			break;
+		}
+		bfs_wb_index_key(wb, p, bfs_index_clear_pending,
+				 "clear the delete mark of");
+	}
+	talloc_free(tmp);
 }
 
 /* Whether the journal still holds rec, a delete, as its key's change. */
@@ -1455,6 +1540,41 @@ static bool bfs_wb_delete_still_ours(struct bfs_wb *wb,
 	return ours;
 }
 
+/*
+ * A delete that failed: noted in its record (bfs_wb_after_delete and
+ * bucketfs-ctl see it).  One S3 refuses for good (AccessDenied: a
+ * policy, an object lock) that was handed over is given up: the client
+ * was told it was done, so the name comes back with a log line, as the
+ * object is still there, instead of staying hidden while the engine
+ * tries for ever.
+ */
+static void bfs_wb_delete_failed(struct bfs_wb *wb, const struct bfs_jrec *rec,
+				 const struct s3_status *st, int err)
+{
+	struct bfs_jrec r = *rec;
+	int jret;
+
+	if (rec->index_gone && strcmp(st->code, "AccessDenied") == 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: S3 refuses to delete %s "
+			"(AccessDenied): the delete is given up and the file "
+			"shows again", rec->key);
+		jret = bfs_journal_done_op(wb->j, rec->key, rec->pid,
+					   BFS_J_DELETE);
+		bfs_wb_index_key(wb, rec->key, bfs_index_clear_pending,
+				 "clear the delete mark of");
+		bfs_wb_clear_marks(wb, rec->key);
+		bfs_wb_forget_parent(wb, rec->key);
+	} else {
+		r.last_error = err;
+		jret = bfs_journal_update_op(wb->j, rec->key, rec->pid,
+					     BFS_J_DELETE, &r);
+	}
+	if (jret != 0 && jret != ESTALE) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot note the failed delete "
+			"of %s in the journal: %s", rec->key, strerror(jret));
+	}
+}
+
 /* Run a journalled delete to the end (a client's, or a recovery's). */
 static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 			     struct s3_status *st)
@@ -1462,6 +1582,7 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 	int ret = bfs_wb_delete_key(wb, rec->key, st);
 
 	if (ret != 0) {
+		bfs_wb_delete_failed(wb, rec, st, ret);
 		return ret;
 	}
 	if (rec->src != NULL) {
@@ -1479,12 +1600,23 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 			"delete ran; the new file stays", rec->key);
 		return 0;
 	}
-	bfs_wb_index_remove_key(wb, rec->key);
+	if (!rec->index_gone) {
+		bfs_wb_index_remove_key(wb, rec->key);
+	}
 	ret = bfs_journal_done_op(wb->j, rec->key, rec->pid, BFS_J_DELETE);
 	if (ret != 0 && ret != ESTALE) {
 		/* Done in S3; a recovery deletes it again, harmlessly. */
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal record of "
 			"the delete of %s: %s", rec->key, strerror(ret));
+	} else if (rec->index_gone) {
+		/*
+		 * Out of the index since the hand-over; what is there now
+		 * (a file made since) is newer: only the marks go.  After
+		 * the record: of two deletes in one folder ending at once,
+		 * the later sees the other's record gone.  (A crash in
+		 * between leaves a mark: bfs_wb_sweep_marks.)
+		 */
+		bfs_wb_clear_marks(wb, rec->key);
 	}
 	return 0;
 }
@@ -1528,6 +1660,7 @@ int bfs_wb_delete_hand_over(struct bfs_wb *wb, const char *key,
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec rec = {
 		.key = (char *)key, .op = BFS_J_DELETE, .pid = engine,
+		.index_gone = true,
 	};
 	struct bfs_jrec old, replaced;
 	bool had_old, queued;
@@ -1536,17 +1669,56 @@ int bfs_wb_delete_hand_over(struct bfs_wb *wb, const char *key,
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
+	/*
+	 * Gone from here first, with a mark no listing passes: the engine
+	 * (its poll needs no notice) may be done before we are, and clears
+	 * the mark then; set after, the mark would stay.
+	 */
+	bfs_wb_index_key(wb, key, bfs_index_remove_pending, "remove");
 	ret = bfs_wb_delete_journal(wb, tmp, &rec, &had_old, &old, &replaced,
 				    &queued);
-	if (ret == 0) {
-		/* Gone from here now; no listing brings it back meanwhile. */
-		bfs_wb_index_remove_key_as(wb, key, true);
-		if (queued) {
-			bfs_wb_stage_drop(wb, replaced.staging);
-		}
+	if (ret != 0) {
+		/* Nothing to delete after all: the next listing shows it. */
+		bfs_wb_index_key(wb, key, bfs_index_clear_pending,
+				 "clear the delete mark of");
+		bfs_wb_forget_parent(wb, key);
+	} else if (queued) {
+		bfs_wb_stage_drop(wb, replaced.staging);
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+unsigned bfs_wb_sweep_marks(struct bfs_wb *wb, time_t before)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char **keys = NULL;
+	size_t n = 0, i;
+	unsigned cleared = 0;
+
+	if (tmp == NULL ||
+	    bfs_index_delete_marks(wb->idx, tmp, before, &keys, &n) != 0) {
+		talloc_free(tmp);
+		return 0;
+	}
+	for (i = 0; i < n; i++) {
+		char *under = talloc_asprintf(tmp, "%s/", keys[i]);
+
+		if (under == NULL || bfs_wb_delete_pending(wb, keys[i]) ||
+		    bfs_journal_has_op_under(wb->j, under, BFS_J_DELETE,
+					     NULL)) {
+			continue; /* still to do */
+		}
+		bfs_log(BFS_LOG_WARNING, "bucketfs: %s was kept out of "
+			"listings for a delete no longer journalled: it shows "
+			"as S3 has it again", keys[i]);
+		bfs_wb_index_key(wb, keys[i], bfs_index_clear_pending,
+				 "clear the delete mark of");
+		bfs_wb_forget_parent(wb, keys[i]);
+		cleared++;
+	}
+	talloc_free(tmp);
+	return cleared;
 }
 
 bool bfs_wb_delete_pending(struct bfs_wb *wb, const char *key)

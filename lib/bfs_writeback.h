@@ -205,6 +205,13 @@ int bfs_wb_delete_hand_over(struct bfs_wb *wb, const char *key,
 /* Whether key's delete is journalled and not yet done (in S3). */
 bool bfs_wb_delete_pending(struct bfs_wb *wb, const char *key);
 
+/*
+ * Clear the delete-pending marks (bfs_index_remove_pending) made before
+ * `before` whose delete is no longer journalled, under or at the name: a
+ * process died between the record's end and the mark's.  Returns how many.
+ */
+unsigned bfs_wb_sweep_marks(struct bfs_wb *wb, time_t before);
+
 /* An empty object (a directory marker "dir/"). */
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 		     struct s3_status *st);

@@ -1766,7 +1766,8 @@ static int bfs_fsync_recv(struct tevent_req *req,
  * A hold must be gone whenever smbd closes the file any other way:
  * close_normal_file() panics on a file with aio requests while its client
  * is still connected.  Those ways are a tree disconnect (TDIS, or a share
- * removed at a reload: conn_force_tdis) and a logoff.  Each first marks
+ * closed by `smbcontrol smbd close-share`: conn_force_tdis) and a
+ * logoff.  Each first marks
  * the tcon or the session as going (its status; a reload also marks the
  * file closing) and closes files no earlier than the next turn of smbd's
  * loop (tevent_queue_wait_send triggers from an immediate event).  After
@@ -1774,6 +1775,12 @@ static int bfs_fsync_recv(struct tevent_req *req,
  * such files: they close as without a hold, uploading in SMB_VFS_CLOSE.  A
  * client gone has smbd free the holds itself (assert_no_pending_aio).
  * An SMB1 close waits for aio without cancelling it: no holds on SMB1.
+ *
+ * Left to Samba: a close-share that comes while a CLOSE waits for its
+ * upload waits on the same aio requests; when the hold goes, smbd wakes
+ * the close-share first (the newer waiter), which closes the file under
+ * the waiting CLOSE.  Samba has that race with any aio request; the hold
+ * makes its window as long as the upload.  (DEVELOPERS.md)
  */
 struct bfs_hold {
 	struct bfs_hold *prev, *next;
@@ -1782,7 +1789,6 @@ struct bfs_hold {
 	struct files_struct *fsp;
 	struct tevent_context *ev;
 	struct tevent_req *flush;	/* the close's upload, once begun */
-	struct tevent_immediate *im;	/* to let go from a cancel */
 };
 
 /* The holds of this process, and the trace callback we chained before. */
@@ -1820,14 +1826,9 @@ static void bfs_hold_trace(enum tevent_trace_point point, void *private_data)
 {
 	struct bfs_hold *h, *next;
 
-	if (bfs_hold_watch_state.next != NULL) {
-		bfs_hold_watch_state.next(point,
-					  bfs_hold_watch_state.next_data);
-	}
-	if (point != TEVENT_TRACE_AFTER_LOOP_ONCE) {
-		return;
-	}
-	for (h = bfs_holds; h != NULL; h = next) {
+	/* Before smbd's, which frees the turn's talloc_tos() frame. */
+	for (h = bfs_holds;
+	     point == TEVENT_TRACE_AFTER_LOOP_ONCE && h != NULL; h = next) {
 		next = h->next;
 		if (h->flush == NULL && !bfs_hold_may_stay(h)) {
 			DBG_INFO("bucketfs: %s: tree or session going: its "
@@ -1835,6 +1836,10 @@ static void bfs_hold_trace(enum tevent_trace_point point, void *private_data)
 				 fsp_str_dbg(h->fsp));
 			talloc_free(h->req);
 		}
+	}
+	if (bfs_hold_watch_state.next != NULL) {
+		bfs_hold_watch_state.next(point,
+					  bfs_hold_watch_state.next_data);
 	}
 }
 
@@ -1876,12 +1881,6 @@ static void bfs_hold_flushed(struct tevent_req *subreq)
 	talloc_free(req); /* smbd's close goes on */
 }
 
-static void bfs_hold_let_go(struct tevent_context *ev,
-			    struct tevent_immediate *im, void *private_data)
-{
-	talloc_free(private_data);
-}
-
 /* smb2_close: start the upload; the hold goes once it is done. */
 static bool bfs_hold_cancel(struct tevent_req *req)
 {
@@ -1890,10 +1889,18 @@ static bool bfs_hold_cancel(struct tevent_req *req)
 	if (h->flush != NULL || !h->fsp->fsp_flags.closing) {
 		return false;
 	}
+	/*
+	 * Deleted as it closes (a temporary file), nothing goes up; or no
+	 * memory for the upload.  Not freed here (smbd's cancel loop walks
+	 * the array): the guard frees it after this turn, the file being
+	 * closing, and the close goes on as without a hold.
+	 */
+	if (h->fsp->fsp_flags.delete_on_close ||
+	    h->fsp->fsp_flags.initial_delete_on_close) {
+		return false;
+	}
 	h->flush = bfs_fsync_send(h->handle, h, h->ev, h->fsp);
 	if (h->flush == NULL) {
-		/* Not freed here: smbd's cancel loop walks the array. */
-		tevent_schedule_immediate(h->im, h->ev, bfs_hold_let_go, req);
 		return false;
 	}
 	tevent_req_set_callback(h->flush, bfs_hold_flushed, req);
@@ -1924,9 +1931,8 @@ static void bfs_hold_file(struct vfs_handle_struct *handle,
 	}
 	*h = (struct bfs_hold){
 		.req = req, .handle = handle, .fsp = fsp, .ev = ev,
-		.im = tevent_create_immediate(h),
 	};
-	if (h->im == NULL || !bfs_hold_may_stay(h) || !bfs_hold_watch(ev) ||
+	if (!bfs_hold_may_stay(h) || !bfs_hold_watch(ev) ||
 	    !aio_add_req_to_fsp(fsp, req)) {
 		talloc_free(req);
 		return;

@@ -404,7 +404,8 @@ def test_a_delete_with_close_local_answers_before_s3_and_the_engine_deletes_it(w
         took = time.monotonic() - start
         # Answered before S3 deleted it: the engine does.
         assert "rwlocal/del-a.bin" in w.s3_keys("rwlocal/"), "the rm waited for S3"
-        # A folder emptied with deletes still pending goes too (rm -r).
+        # A folder emptied with deletes still pending goes too (rm -r),
+        # and stays out of its parent's listing while S3 lists it.
         w.smbclient("rwlocal", "rm deldir/x.bin; rmdir deldir")
         # Deleted, then written again at once: the new file stays.
         w.smbclient("rwlocal", f"rm del-b.bin; put {b2} del-b.bin")
@@ -424,6 +425,31 @@ def test_a_delete_with_close_local_answers_before_s3_and_the_engine_deletes_it(w
     listing = w.smbclient("rwlocal", "ls").stdout
     assert "del-a.bin" not in listing and "deldir" not in listing and "del-b.bin" in listing
     assert "del-" not in w.ctl("rwlocal", "pending").stdout
+
+
+def test_a_delete_s3_refuses_for_good_shows_the_file_again(w):
+    # The client was told the delete was done (the engine's, later); S3
+    # answers AccessDenied (a policy, an object lock): the engine gives it
+    # up and the file shows again, as S3 still has it, with a log line.
+    src = w.make("refused.bin", 10_000)
+    w.smbclient("rwlocal", f"put {src} refused.bin")
+    assert s3_has(w, "rwlocal/refused.bin", sha256(src))
+    w.fault("DELETE deny -1 rwlocal/refused.bin")
+    try:
+        w.smbclient("rwlocal", "rm refused.bin")
+        end = time.monotonic() + 60  # not stuck
+        while time.monotonic() < end:
+            w.ctl("rwlocal", "invalidate", "")
+            if " refused.bin " in w.smbclient("rwlocal", "ls").stdout:
+                break
+            time.sleep(0.5)
+        assert " refused.bin " in w.smbclient("rwlocal", "ls").stdout, "still hidden"
+    finally:
+        w.fault("")
+    assert w.s3_sha256("rwlocal/refused.bin") == sha256(src)
+    assert "refused.bin" not in w.ctl("rwlocal", "pending").stdout
+    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
+    assert "S3 refuses to delete" in log and "refused.bin" in log, log[-2000:]
 
 
 def get_bytes(w, key):

@@ -155,6 +155,7 @@ struct eng {
 	 * refreshed for the upload clients.
 	 */
 	uint64_t kick_gen, urgent_gen, ripe_gen, creds_gen;
+	time_t marks_swept_at;	/* eng_sweep_marks, under mu */
 	struct eng_worker **workers;
 	unsigned n_workers, n_busy;
 	/* Keys an upload thread runs now (malloc'd): one thread a key. */
@@ -537,6 +538,32 @@ static bool eng_take_record(struct eng_worker *w, TALLOC_CTX *mem_ctx,
 	return false;
 }
 
+/*
+ * Once a minute: delete-pending marks whose delete is no longer in the
+ * journal (a process died between the two) stop hiding their names.
+ */
+#define ENG_MARK_SWEEP_SECONDS 60
+
+static void eng_sweep_marks(struct eng_worker *w, time_t now)
+{
+	struct eng *e = w->e;
+	unsigned n;
+	bool due;
+
+	pthread_mutex_lock(&e->mu);
+	due = now >= e->marks_swept_at + ENG_MARK_SWEEP_SECONDS ||
+	      now < e->marks_swept_at; /* the clock stepped back */
+	if (due) {
+		e->marks_swept_at = now;
+	}
+	pthread_mutex_unlock(&e->mu);
+	n = due ? bfs_wb_sweep_marks(w->wb, now - ENG_MARK_SWEEP_SECONDS) : 0;
+	if (n > 0) {
+		eng_log(BFS_LOG_WARNING, "%u name(s) hidden for a delete no "
+			"longer journalled show again", n);
+	}
+}
+
 /* Run one record this thread holds; the result goes to the main thread. */
 static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 {
@@ -649,6 +676,7 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 	free(urgent_keys);
 	eng_refresh_credentials(w, now);
 	eng_take_credentials(w);
+	eng_sweep_marks(w, now);
 	for (i = 0; i < n; i++) {
 		struct bfs_jrec *r = &recs[i], cur;
 		bool quit;

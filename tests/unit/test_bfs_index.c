@@ -927,6 +927,44 @@ static void test_a_delete_pending_in_s3_stays_deleted_until_done(void **state)
 	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2, NULL, 0),
 				       now + 4), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "p/", "gone.bin", &e), 0);
+
+	/* The engine's end of a handed-over delete clears only the mark:
+	 * a file made there since stays. */
+	{
+		char **marks = NULL;
+		size_t nm = 0;
+
+		assert_int_equal(bfs_index_remove_pending(idx, "p/",
+							  "kept.bin"), 0);
+		assert_int_equal(bfs_index_delete_marks(idx, t, now + 3600,
+							&marks, &nm), 0);
+		assert_int_equal(nm, 1);
+		assert_string_equal(marks[0], "p/kept.bin");
+		assert_int_equal(bfs_index_delete_marks(idx, t, now - 3600,
+							&marks, &nm), 0);
+		assert_int_equal(nm, 0); /* none that old */
+		e = (struct bfs_entry){.name = "kept.bin", .size = 9,
+				       .mtime = 3, .etag = "etag-made"};
+		assert_int_equal(bfs_index_put(idx, "p/", &e), 0);
+		assert_int_equal(bfs_index_clear_pending(idx, "p/", "kept.bin"),
+				 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "p/", "kept.bin", &e),
+				 0);
+		assert_string_equal(e.etag, "etag-made");
+		assert_int_equal(bfs_index_remove_pending(idx, "p/",
+							  "kept.bin"), 0);
+		assert_int_equal(bfs_index_clear_pending(idx, "p/", "kept.bin"),
+				 0);
+		assert_int_equal(bfs_index_delete_marks(idx, t, now + 3600,
+							&marks, &nm), 0);
+		assert_int_equal(nm, 0);
+		/* Cleared: the next listing says what S3 has. */
+		assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 2,
+							    NULL, 0), now + 5),
+				 0);
+		assert_int_equal(bfs_index_lookup(idx, t, "p/", "kept.bin", &e),
+				 0);
+	}
 	talloc_free(t);
 }
 

@@ -114,6 +114,61 @@ static void test_a_delete_done_leaves_a_newer_upload_of_the_same_pid(void **stat
 	talloc_free(t);
 }
 
+/*
+ * A delete handed to the engine (index_gone) keeps its flag; the engine
+ * asks whether deletes remain under a folder (rmdir after rm -r) and
+ * notes a failure in the record.
+ */
+static void test_handed_over_deletes_and_deletes_under_a_folder(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_jrec d = {
+		.key = "p/d/x.bin", .op = BFS_J_DELETE, .pid = getpid(),
+		.index_gone = true,
+	}, m = {
+		.key = "p/d/", .op = BFS_J_DELETE, .pid = getpid(),
+		.index_gone = true,
+	}, u = {
+		.key = "p/e/y.bin", .op = BFS_J_PUT, .pid = getpid(),
+		.size = 1, .staging = "w-1-2-3-1",
+	}, bad = {
+		.key = "q/z", .op = BFS_J_PUT, .pid = getpid(), .size = 1,
+		.staging = "w-1-2-3-2", .index_gone = true,
+	}, got;
+
+	assert_int_equal(bfs_journal_put(j, &d), 0);
+	assert_int_equal(bfs_journal_put(j, &m), 0);
+	assert_int_equal(bfs_journal_put(j, &u), 0);
+	/* The flag is a delete's: an upload carrying it reads as damaged. */
+	assert_int_equal(bfs_journal_put(j, &bad), 0);
+	assert_int_equal(bfs_journal_get(j, t, "q/z", &got), EBADMSG);
+	assert_int_equal(bfs_journal_get(j, t, "p/d/x.bin", &got), 0);
+	assert_true(got.index_gone);
+	assert_true(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE, NULL));
+	assert_true(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE,
+					     "p/d/"));
+	assert_false(bfs_journal_has_op_under(j, "p/e/", BFS_J_DELETE, NULL));
+	assert_true(bfs_journal_has_op_under(j, "p/e/", BFS_J_PUT, NULL));
+	assert_false(bfs_journal_has_op_under(j, "p/d/x", BFS_J_DELETE,
+					      "p/d/x.bin"));
+	/* A failure noted only in the delete it is about. */
+	got.last_error = EIO;
+	assert_int_equal(bfs_journal_update_op(j, "p/d/x.bin", getpid(),
+					       BFS_J_DELETE, &got), 0);
+	assert_int_equal(bfs_journal_update_op(j, "p/e/y.bin", getpid(),
+					       BFS_J_DELETE, &got), ESTALE);
+	assert_int_equal(bfs_journal_get(j, t, "p/d/x.bin", &got), 0);
+	assert_int_equal(got.last_error, EIO);
+	assert_int_equal(bfs_journal_done_op(j, "p/d/x.bin", getpid(),
+					     BFS_J_DELETE), 0);
+	assert_true(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE, NULL));
+	assert_false(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE,
+					      "p/d/"));
+	talloc_free(t);
+}
+
 static void test_orphans_are_claimed_once_in_order(void **state)
 {
 	(void)state;
@@ -875,6 +930,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_put_get_done),
 		cmocka_unit_test(test_a_delete_done_leaves_a_newer_upload_of_the_same_pid),
+		cmocka_unit_test(test_handed_over_deletes_and_deletes_under_a_folder),
 		cmocka_unit_test(test_orphans_are_claimed_once_in_order),
 		cmocka_unit_test(test_foreign_records_are_not_claimed),
 		cmocka_unit_test(test_pid_alive),
