@@ -289,7 +289,7 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_f
     small = w.make("pipe-cached.bin", 100_000)
     w.smbclient("rwlocal", f"put {small} pipe-cached.bin")
     w.smbclient("rwsync", f"put {small} pipe-cached.bin")
-    src = w.make("pipe-big.bin", 64 << 20)
+    src = w.make("pipe-big.bin", 32 << 20)
     w.fault("PUT delay:3 -1")
     try:
         local = pipeline(w, "rwlocal", "pipe-big.bin", src, "pipe-cached.bin")
@@ -319,7 +319,7 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_flush_waits_f
 def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_close_with_close_s3_waits_for_s3(w):
     small = w.make("pipe-cached.bin", 100_000)
     w.smbclient("rwsync", f"put {small} pipe-cached.bin")
-    src = w.make("pipe-closed.bin", 64 << 20)
+    src = w.make("pipe-closed.bin", 32 << 20)
     w.fault("PUT delay:3 -1")
     try:
         run = pipeline(w, "rwsync", "pipe-closed.bin", src, "pipe-cached.bin", "close")
