@@ -1338,13 +1338,24 @@ static void s3_req_attempt_done(struct s3_req_state *s, CURLcode rc)
 			.range_first = s->range_first,
 			.range_last = s->range_last,
 			.range_total = s->range_total})) != 0) {
-		/* A body curl took whole but that is not what we asked for:
-		 * a proxy or server got it wrong; ask again. */
-		s3_status_set(&s->st, "BadResponseBody",
-			      err == EBADMSG ? "body failed its check "
-					       "(checksum or document)" :
-					       "not the range asked for", NULL);
-		retry = s->r.idempotent;
+		if (err == ESTALE) {
+			/* Another version's answer to an If-Match: as a 412. */
+			s3_status_set(&s->st, "PreconditionFailed",
+				      "answered with another ETag than the "
+				      "If-Match asked for",
+				      NULL);
+			retry = false;
+		} else {
+			/* A body curl took whole but that is not what we
+			 * asked for: a proxy or server got it wrong; ask
+			 * again. */
+			s3_status_set(&s->st, "BadResponseBody",
+				      err == EBADMSG ? "body failed its check "
+						       "(checksum or document)" :
+						       "not the range asked for",
+				      NULL);
+			retry = s->r.idempotent;
+		}
 	} else {
 		/* Success; curl has checked Content-Length against the body. */
 		s->st.err = 0;

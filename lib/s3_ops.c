@@ -153,6 +153,7 @@ struct s3_get_state {
 	size_t got;
 	struct s3_kv *meta;	/* the object's user metadata */
 	size_t n_meta;
+	const char *if_match;	/* the ETag asked for (unquoted), or NULL */
 };
 
 static int s3_get_begin(void *priv)
@@ -242,6 +243,16 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 			s->n_meta = i + 1;
 		}
 	}
+	/*
+	 * If-Match is the server's to check, but not every server does
+	 * (s3rver ignores it), and a proxy in front of one may check it apart
+	 * from the GET it forwards: an answer whose ETag is not the one asked
+	 * for is another version's bytes, never to be mixed with ours.
+	 */
+	if (s->if_match != NULL && info->etag != NULL &&
+	    strcmp(info->etag, s->if_match) != 0) {
+		return ESTALE;
+	}
 	if (info->http_status == 206) {
 		if (!info->has_range || info->range_first != s->offset ||
 		    info->range_last - info->range_first + 1 != s->got ||
@@ -312,6 +323,10 @@ struct tevent_req *s3_get_range_send(TALLOC_CTX *mem_ctx,
 			return tevent_req_post(req, ev);
 		}
 		h[nh++] = (struct s3_kv){"If-Match", quoted};
+		s->if_match = talloc_strdup(s, if_match);
+		if (tevent_req_nomem(s->if_match, req)) {
+			return tevent_req_post(req, ev);
+		}
 	}
 	{
 		const struct s3_request r = {

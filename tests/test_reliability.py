@@ -385,6 +385,8 @@ def faulty(rel):
     assert s3_put(rel, "faulty/delayed.bin", f.delayed)
     f.cached = os.urandom(100 * 1024)
     assert s3_put(rel, "faulty/cached.bin", f.cached)
+    f.swapped = os.urandom(2 * 1024 * 1024 + 777)
+    assert s3_put(rel, "faulty/swapped.bin", f.swapped)
     rel.w.fault("")
     # Listed once before any fault (ttl -1): faults below hit data GETs.
     rel.smbclient("faulty", "ls")
@@ -478,6 +480,33 @@ def test_a_fault_that_does_not_go_away_is_a_clean_smb_error_then_heals(rel, faul
         assert p.returncode == 0 and \
             file_digest(f"{rel.t}/f") == digest(faulty.small[(mode, "fail")]), f"{mode} after"
     assert "BadResponseBody" in rel.log_text() or "checksum" in rel.log_text()
+
+
+def test_a_get_answered_with_another_version_than_its_if_match_is_refused_not_served(rel, faulty):
+    """A server that ignores If-Match on GET (s3rver alone), or checks it
+    apart from the GET it forwards (a proxy; our own front before, whose
+    race CI met as a cluster read mixing two versions), answers the object
+    as it is now.  Its ETag says so: the read fails and the next open lists
+    again, never a byte of the new version under the old one's name."""
+    new = os.urandom(len(faulty.swapped))
+    assert s3_put(rel, "faulty/swapped.bin", new)  # the index (ttl -1) has the old
+    rel.w.fault("GET stale -1 /faulty/swapped.bin")
+    try:
+        p = rel.get("faulty", "swapped.bin", f"{rel.t}/f")
+        out = p.stdout + p.stderr
+        assert p.returncode != 0 and "NT_STATUS_IO_DEVICE_ERROR" in out, out
+        if os.path.exists(f"{rel.t}/f"):
+            assert open(f"{rel.t}/f", "rb").read() == b"", "bytes of another version served"
+        assert [line for line in front_lines(rel)
+                if "/faulty/swapped.bin" in line and "fault=stale" in line
+                and "if-match=None" not in line], "the GET carried no If-Match"
+        assert "swapped.bin changed since it was opened" in rel.log_text()
+        # The read forgot the listing: the next open finds the new object.
+        p = rel.get("faulty", "swapped.bin", f"{rel.t}/f")
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert file_digest(f"{rel.t}/f") == digest(new)
+    finally:
+        rel.w.fault("")
 
 
 def test_a_stalled_s3_request_times_out_and_others_are_served_meanwhile(rel, faulty):

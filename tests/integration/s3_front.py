@@ -24,7 +24,9 @@ requests get the fault.
 With --control FILE, a test switches faults while it runs: FILE holds
 "METHOD MODE COUNT [PATHPART]" (COUNT -1: every request; PATHPART: only
 requests whose path and query hold it), MODE one of the above or
-deny (403 AccessDenied) or delay:SECONDS or body:FILE (200 with FILE's
+deny (403 AccessDenied) or stale (a GET's If-Match is not checked: the
+current object is answered, as s3rver alone or a careless proxy does) or
+delay:SECONDS or body:FILE (200 with FILE's
 bytes as the answer) or lost (the request is done upstream, then the
 connection closed with no answer); the next COUNT requests of that
 method get it, counted from when the file's content changed.
@@ -294,6 +296,7 @@ class Front(http.server.BaseHTTPRequestHandler):
 
     def handle_one(self):
         global seen
+        self.want_etag = None  # one handler serves a connection's requests
         with lock:
             seen += 1
             n = seen
@@ -375,7 +378,7 @@ class Front(http.server.BaseHTTPRequestHandler):
                                       "At least one of the pre-conditions you specified did not hold")
                 return self.forward(body, fault, {k: v for k, v in headers.items()
                                                   if k.lower() != "if-none-match"}, None)
-        if if_match is not None and self.command == "GET":
+        if if_match is not None and self.command == "GET" and fault != "stale":
             plain = {k: v for k, v in headers.items() if k.lower() != "range"}
             head, _ = self.upstream("HEAD", None, plain)
             have = head.getheader("ETag")
@@ -384,6 +387,10 @@ class Front(http.server.BaseHTTPRequestHandler):
             if head.status in (200, 206) and have != if_match:
                 return self.error(412, "PreconditionFailed",
                                   "At least one of the pre-conditions you specified did not hold")
+            # The object may change between that HEAD and the GET: the GET's
+            # own ETag is checked again in forward, so that the pair is as
+            # atomic as S3's check.
+            self.want_etag = if_match
         # s3rver answers InternalError for an upload it has completed;
         # S3 answers NoSuchUpload, as the front does.
         upload = re.search(r"[?&]uploadId=([^&]+)", self.path)
@@ -396,6 +403,14 @@ class Front(http.server.BaseHTTPRequestHandler):
         if headers is None:
             headers = dict(self.headers.items())
         resp, data = self.upstream(self.command, body, headers)
+        want = self.want_etag
+        if want is not None and resp.status in (200, 206):
+            have = resp.getheader("ETag")
+            if "kms" in AWS and have:
+                have = kms_etag(have)
+            if have != want:
+                return self.error(412, "PreconditionFailed",
+                                  "At least one of the pre-conditions you specified did not hold")
         if upload and self.command == "POST" and resp.status == 200:
             with lock:
                 completed_uploads.add(upload.group(1))
