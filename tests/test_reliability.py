@@ -616,7 +616,9 @@ def crash_loop(rel, share, loops, stats, kill):
     """Reads, uploads and renames through share, each cut by kill() at
     a random moment; nothing acknowledged may be lost, no wrong byte
     served."""
-    rng = random.Random(int(os.environ.get("CRASH_SEED", str(int(time.time())))))
+    seed = int(os.environ.get("CRASH_SEED", str(int(time.time()))))
+    print(f"    # {share}: CRASH_SEED={seed} replays this loop", flush=True)
+    rng = random.Random(seed)
     reads = {f"r{i}.bin": os.urandom((3 << 20) + i * 4099) for i in range(4)}
     for name, body in reads.items():
         assert s3_put(rel, f"{share}/{name}", body)
@@ -700,15 +702,12 @@ def crash_loop(rel, share, loops, stats, kill):
             time.sleep(0.5)
         assert pend.returncode == 0 and pend.stdout.strip() == "", \
             f"loop {i}: still pending: {pend.stdout}{pend.stderr}"
-        for key, body in acked.items():
-            got = s3_get(rel, key)
-            assert got is not None and digest(got) == digest(body), \
-                f"loop {i} ({scenario}): acknowledged {key} lost or wrong in S3"
-            stats["bytes verified"] += len(body)
-        for key, body in list(maybe.items()):
-            got = s3_get(rel, key)
-            assert got is None or digest(got) == digest(body), \
-                f"loop {i}: {key} in S3 holds bytes never written"
+        # This loop's writes now; every earlier one again at the end (a
+        # later kill must not lose them either), not after each loop.
+        this_loop = {f"{share}/w{i}.bin", f"{share}/tmp{i}.bin"}
+        check_in_s3(rel, {k: v for k, v in acked.items() if k in this_loop},
+                    {k: v for k, v in maybe.items() if k in this_loop},
+                    stats, f"loop {i} ({scenario})")
         fsck = rel.ctl(share, "fsck", "--dry-run")
         assert fsck.returncode == 0 and fsck.stdout.rstrip().endswith("clean"), \
             f"loop {i} ({scenario}): fsck after kill -9:\n{fsck.stdout}{fsck.stderr}"
@@ -719,12 +718,33 @@ def crash_loop(rel, share, loops, stats, kill):
             assert file_digest(f"{rel.t}/v") == digest(body), \
                 f"loop {i} ({scenario}): {name} read back wrong"
             stats["bytes verified"] += len(body)
-        for key, body in acked.items():
-            p = rel.get(share, key.split("/", 1)[1], f"{rel.t}/v")
-            assert p.returncode == 0 and file_digest(f"{rel.t}/v") == digest(body), \
-                f"loop {i}: {key} reads back wrong through SMB"
-            stats["bytes verified"] += len(body)
+        check_through_smb(rel, share, {k: v for k, v in acked.items() if k in this_loop},
+                          stats, f"loop {i}")
+    check_in_s3(rel, acked, maybe, stats, "after the last loop")
+    check_through_smb(rel, share, acked, stats, "after the last loop")
     stats["smbd still the same"] = rel.smbd.poll() is None
+
+
+def check_in_s3(rel, acked, maybe, stats, when):
+    """Acknowledged bytes are in S3; bytes whose write was cut are there
+    whole or not at all."""
+    for key, body in acked.items():
+        got = s3_get(rel, key)
+        assert got is not None and digest(got) == digest(body), \
+            f"{when}: acknowledged {key} lost or wrong in S3"
+        stats["bytes verified"] += len(body)
+    for key, body in maybe.items():
+        got = s3_get(rel, key)
+        assert got is None or digest(got) == digest(body), \
+            f"{when}: {key} in S3 holds bytes never written"
+
+
+def check_through_smb(rel, share, acked, stats, when):
+    for key, body in acked.items():
+        p = rel.get(share, key.split("/", 1)[1], f"{rel.t}/v")
+        assert p.returncode == 0 and file_digest(f"{rel.t}/v") == digest(body), \
+            f"{when}: {key} reads back wrong through SMB"
+        stats["bytes verified"] += len(body)
 
 
 def kill_smbd(rel, rng):
