@@ -10,6 +10,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <talloc.h>
@@ -198,6 +199,73 @@ static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
  * its entry moved between the parents' listings.  More than 'bucketfs:dir
  * rename max' objects: ENOTSUP, before anything moves.
  */
+static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
+			const char *dst_key);
+
+static int bfs_key_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/*
+ * Files under sp whose uploads are journalled (closed here, not yet in
+ * S3, so not in S3's listing) go to dp with their folder: the uploads
+ * waiting in the engine are retargeted, as for a file renamed alone.  Any
+ * other (a close = s3 upload in another smbd, a file open for writing
+ * there, a failed upload) is waited for as such a rename would, and then
+ * copied with the rest; EBUSY if it does not end.  *moved (sorted) gets
+ * the keys retargeted: S3 may hold an older version under the old name,
+ * which goes once the new one is up, and which the copy must leave alone.
+ */
+static int bfs_rename_dir_uploads(struct bfs_conn *bc, TALLOC_CTX *tmp,
+				  const char *sp, const char *dp,
+				  char ***moved, size_t *n_moved)
+{
+	char **keys = NULL;
+	size_t n = 0, i, m = 0;
+	pid_t engine = bfs_engine_now(bc);
+	int ret = bfs_wb_uploads_under(bc->wb, tmp, sp, &keys, &n);
+
+	if (ret == EBUSY) {
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: cannot rename "
+			"%s: another client has %s open for writing",
+			bc->service, sp, keys[0]);
+		return ret;
+	}
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot rename %s: "
+			"the journal cannot be read: %s", bc->service, sp,
+			strerror(ret));
+		return ret;
+	}
+	*moved = keys;
+	for (i = 0; i < n; i++) {
+		char *to = talloc_asprintf(tmp, "%s%s", dp,
+					   keys[i] + strlen(sp));
+
+		if (to == NULL) {
+			return ENOMEM;
+		}
+		if (engine != 0 && bfs_retarget(bc, keys[i], to) == 0) {
+			keys[m++] = keys[i];
+			continue;
+		}
+		ret = bfs_wb_wait_upload(bc->wb, keys[i],
+					 2 * bc->cfg.request_timeout_ms);
+		if (ret != 0 && ret != ENOENT) {
+			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot "
+				"rename %s: the upload of %s %s", bc->service,
+				sp, keys[i], ret == EBUSY ?
+				"by another client takes too long" :
+				"failed (the journal retries it)");
+			return EBUSY;
+		}
+	}
+	qsort(keys, m, sizeof(keys[0]), bfs_key_cmp);
+	*n_moved = m;
+	return 0;
+}
+
 static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			  const char *dst_rel)
 {
@@ -205,11 +273,20 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	char *sp = bfs_path_dir_prefix(tmp, bc->prefix, src_rel);
 	char *dp = bfs_path_dir_prefix(tmp, bc->prefix, dst_rel);
 	struct s3_status st = {0};
-	char **keys = NULL;
+	char **keys = NULL, **moved = NULL;
 	uint64_t *sizes = NULL;
-	size_t n = 0, i;
+	size_t n = 0, n_moved = 0, i;
 	int ret;
 
+	if (sp == NULL || dp == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	ret = bfs_rename_dir_uploads(bc, tmp, sp, dp, &moved, &n_moved);
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
 	ret = bfs_wb_list_all(bc->wb, tmp, sp, bc->dir_rename_max, &keys,
 			      &sizes, &n, &st);
 	if (ret != 0) {
@@ -230,6 +307,10 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 
 		if (bfs_wb_delete_pending(bc->wb, keys[i])) {
 			continue; /* deleted here; the engine has yet to */
+		}
+		if (bsearch(&keys[i], moved, n_moved, sizeof(moved[0]),
+			    bfs_key_cmp) != NULL) {
+			continue; /* a newer version goes up under dp */
 		}
 		to = talloc_asprintf(tmp, "%s%s", dp, keys[i] + strlen(sp));
 		ret = to != NULL ?

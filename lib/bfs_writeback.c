@@ -1908,6 +1908,55 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	return ret;
 }
 
+int bfs_wb_uploads_under(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			 const char *prefix, char ***keys, size_t *n)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *recs = NULL;
+	size_t nrec = 0, i, got = 0;
+	size_t plen = strlen(prefix);
+	char **out;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_journal_list(wb->j, tmp, &recs, &nrec, NULL);
+	out = ret == 0 ? talloc_array(mem_ctx, char *, nrec + 1) : NULL;
+	if (ret == 0 && out == NULL) {
+		ret = ENOMEM;
+	}
+	for (i = 0; ret == 0 && i < nrec; i++) {
+		if (recs[i].op != BFS_J_PUT ||
+		    strncmp(recs[i].key, prefix, plen) != 0) {
+			continue;
+		}
+		if (recs[i].open) {
+			out[0] = talloc_strdup(out, recs[i].key);
+			got = 1;
+			ret = out[0] != NULL ? EBUSY : ENOMEM;
+			break;
+		}
+		out[got] = talloc_strdup(out, recs[i].key);
+		if (out[got++] == NULL) {
+			ret = ENOMEM;
+		}
+	}
+	talloc_free(tmp);
+	if (ret == EBUSY) {
+		*keys = out;
+		*n = got;
+		return ret;
+	}
+	if (ret != 0) {
+		talloc_free(out);
+		return ret;
+	}
+	*keys = out;
+	*n = got;
+	return 0;
+}
+
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
 		    uint64_t **sizes, size_t *n, struct s3_status *st)

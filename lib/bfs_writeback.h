@@ -216,6 +216,15 @@ unsigned bfs_wb_sweep_marks(struct bfs_wb *wb, time_t before);
 int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 		     struct s3_status *st);
 
+/*
+ * Keys under prefix (all depths) whose upload is journalled: files closed
+ * or flushed here whose bytes S3 may not have yet, which a listing of S3
+ * does not show.  EBUSY if one of them is still open for writing (its
+ * record journalled while open), with its key in *keys[0].
+ */
+int bfs_wb_uploads_under(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			 const char *prefix, char ***keys, size_t *n);
+
 /* Keys under prefix (all depths) and their sizes (optional), up to max+1. */
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,

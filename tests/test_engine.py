@@ -732,6 +732,37 @@ def test_a_checkpoint_renamed_over_its_final_name_is_durable_when_a_flush_of_tha
           f"{len(puts)} PUT requests")
 
 
+def test_a_folder_renamed_while_its_files_wait_for_upload_takes_them_along(w):
+    # A checkpoint written as a folder (Orbax: files into step.tmp/, then
+    # the folder renamed to step/): its files' uploads wait in the engine
+    # (the 15 s upload delay) when the rename comes.  They go up under the
+    # new folder, a file S3 already has is copied there, and nothing is
+    # left under the old name.
+    done, a, b = (w.make(f"fold-{n}.bin", size) for n, size in
+                  (("done", 100 << 10), ("a", 1 << 20), ("b", 6 << 20)))
+    w.s3tool("put", "slowstart/step.tmp/done.bin", done)  # S3 has this one
+    w.ctl("slowstart", "invalidate", "")
+    w.smbclient("slowstart", f"put {a} step.tmp/a.bin; put {b} step.tmp/b.bin; "
+                             "rename step.tmp step")
+    listing = w.ls("slowstart", "step")
+    assert {n: listing.get(n) for n in ("done.bin", "a.bin", "b.bin")} == {
+        "done.bin": (False, 100 << 10), "a.bin": (False, 1 << 20),
+        "b.bin": (False, 6 << 20)}, listing
+    assert "step.tmp" not in w.ls("slowstart"), "the old folder is still listed"
+    for name, src in (("done.bin", done), ("a.bin", a), ("b.bin", b)):
+        assert s3_has(w, f"slowstart/step/{name}", sha256(src), timeout=60), name
+    end = time.monotonic() + 60
+    while w.ctl("slowstart", "pending").stdout.strip() and time.monotonic() < end:
+        time.sleep(0.5)
+    assert not [k for k in w.s3_keys("slowstart/") if "step.tmp" in k], \
+        w.s3_keys("slowstart/")
+    listing = w.ls("slowstart", "step")
+    assert sorted(n for n in listing if n not in (".", "..")) == \
+        ["a.bin", "b.bin", "done.bin"], listing
+    w.smbclient("slowstart", "get step/b.bin " + f"{w.tmp}/fold-b.out")
+    assert sha256(f"{w.tmp}/fold-b.out") == sha256(b)
+
+
 def test_a_rename_after_the_close_ends_the_upload_delay_which_a_plain_close_waits_out(w):
     # The delay holds an upload for the rename that may follow its close
     # (write tmp, rename over final); once that rename has come there is
