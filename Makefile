@@ -184,9 +184,7 @@ install: $(B)/bucketfs.so $(B)/bucketfs-ctl $(B)/bucketfsd $(B)/bucketfs-lease
 	install -d /usr/local/share/man/man8
 	install -m 0644 docs/vfs_bucketfs.8 /usr/local/share/man/man8/vfs_bucketfs.8
 
-# A whole make test starts the in-tree build beside the headers' configure
-# (samba-headers.sh) and checks it at its end (tests/run.py).
-test: export BFS_INTREE = $(if $(ONLY)$(T),,1)
+# A whole make test also builds the module in Samba's tree (tests/run.py).
 test: all install install-asan
 	@python3 tests/run.py
 

@@ -17,10 +17,8 @@
 # on the 2-core test machine).  The link builds smbd's libraries first,
 # about 4 minutes of both cores, which make test cannot afford within its
 # 20 minutes: it checks the objects (1 CPU-minute, the headers' generation
-# mostly).  It starts them in the background beside the headers'
-# configure (scripts/samba-headers.sh, BFS_INTREE=1), and its check
-# (tests/run.py) runs `objects` again, which waits for the first run (one
-# run at a time: the lock) and then finds nothing to do.
+# mostly), beside the tests that run alone after the lanes (tests/run.py),
+# which leave the CPU mostly idle.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 src="$top/build/samba"

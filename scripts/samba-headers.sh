@@ -47,15 +47,6 @@ rm -rf "$build/samba-src"
 echo "$pkgver" >"$tree/.bucketfs-extracted"
 fi
 
-# make test's in-tree build (scripts/intree-build.sh objects) starts now,
-# at the lowest priority: its configure beside ours (a configure is mostly
-# one core's work), then its compile on what CPU the rest leaves.
-# tests/run.py's check waits for it (the tree's lock) and reports it.
-if [ "${BFS_INTREE:-}" = 1 ]; then
-  nice -n 19 ionice -c 3 "$top/scripts/intree-build.sh" objects \
-    </dev/null >"$build/intree-early.log" 2>&1 &
-fi
-
 cd "$tree"
 # waf refuses to run without a fixed hash seed.
 export PYTHONHASHSEED=1

@@ -36,6 +36,7 @@ from world import (TOP, B, BUCKET, CLIENT_BUCKET, USER, PASSWORD,  # noqa: F401
 
 results = []  # (name, ok, detail)
 durations = []  # (seconds, name) of each integration check
+file_seconds = {}  # test file -> seconds of its checks (setup included)
 
 
 def record(name, ok, detail=""):
@@ -86,7 +87,6 @@ def main():
             # The integration tests run meanwhile, in lanes of their own,
             # and so does the in-tree build, on what CPU they leave.
             lanes = [Lane(i, areas) for i, areas in enumerate(LANES)]
-            intree = InTreeBuild()
         # ---- unit tests ----------------------------------------------------
         os.makedirs(f"{tmp}/unit")
         for t in sorted(os.listdir(f"{B}/tests")) if not only else []:
@@ -123,11 +123,14 @@ def main():
             shutil.rmtree(tmp, ignore_errors=True)
     for lane in lanes:
         lane.finish()
-    if intree:
-        intree.finish()
     if lanes:
+        # The lanes keep both cores busy; the tests run alone mostly wait
+        # (a clock step, a minute's soak, smbtorture's round trips): the
+        # in-tree build takes what CPU they leave.
+        intree = InTreeBuild()
         # What every test shares, changed by one test at a time.
         run_pytest("", "", marks="alone")
+        intree.finish()
     return finish(started)
 
 
@@ -136,6 +139,10 @@ def finish(started):
     short) and the summary line; the exit status."""
     print(f"# {time.monotonic() - started:.0f} s in all; slowest checks: " +
           ", ".join(f"{n} {d:.0f} s" for d, n in sorted(durations, reverse=True)[:10]))
+    if file_seconds:
+        # What balancing LANES goes by.
+        print("# seconds per test file: " + ", ".join(
+            f"{f} {s:.0f}" for f, s in sorted(file_seconds.items(), key=lambda x: -x[1])))
     passed = sum(1 for r in results if r[1])
     failed = len(results) - passed
     print(f"{passed} passed, {failed} failed")
@@ -166,8 +173,8 @@ def pytest_k(pick):
 # own.  The integration tests mostly wait (for slowed S3 requests, TTLs,
 # retries): one area alone keeps a third of this machine's two cores busy.
 # Tests marked alone (the clock, the installed package) run after the lanes.
-LANES = (("read", "reliability", "cluster", "docs"),
-         ("engine", "write", "semantics", "security", "rgw", "asan", "package", "aws"))
+LANES = (("read", "reliability", "cluster", "docs", "aws"),
+         ("engine", "write", "semantics", "security", "rgw", "asan", "package"))
 assert sorted(a for lane in LANES for a in lane) == sorted(PYTEST_AREAS), "an area in no lane"
 
 
@@ -202,6 +209,8 @@ def report(xml, returncode):
         seen += 1
         record(name, bad is None, "" if bad is None else (bad.text or bad.get("message", ""))[-2000:])
         durations.append((float(case.get("time", 0)), name))
+        where = case.get("classname", "?").rsplit(".", 1)[-1]
+        file_seconds[where] = file_seconds.get(where, 0) + float(case.get("time", 0))
     # 5: nothing selected, what -k may do; anything else unreported fails.
     if seen == 0 and returncode not in (0, 5):
         record("pytest: ran", False, f"exit {returncode}")
@@ -226,9 +235,8 @@ class InTreeBuild:
     with its wscript, as README.md tells users to build it
     (scripts/intree-build.sh objects; make intree also links it, which
     builds smbd's libraries first: 4 more minutes of both cores than
-    make test has).  It runs at the lowest priority, from the headers'
-    configure on (make test's deps start it); this run waits for that one
-    (the tree's lock) and says how it went."""
+    make test has).  It runs at the lowest priority beside the tests run
+    alone, and says how it went."""
 
     NAME = "the module compiles inside samba's source tree with its wscript"
 
