@@ -194,64 +194,54 @@ static int bfs_rename_staged(struct bfs_conn *bc, struct bfs_fh *staged,
 	return 0;
 }
 
-/*
- * A folder: every object under it copied and deleted, one by one, then
- * its entry moved between the parents' listings.  More than 'bucketfs:dir
- * rename max' objects: ENOTSUP, before anything moves.
- */
 static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
-			const char *dst_key);
+			const char *dst_key, const char *src_etag);
 
 static int bfs_key_cmp(const void *a, const void *b)
 {
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/*
- * Files under sp whose uploads are journalled (closed here, not yet in
- * S3, so not in S3's listing) go to dp with their folder: the uploads
- * waiting in the engine are retargeted, as for a file renamed alone.  Any
- * other (a close = s3 upload in another smbd, a file open for writing
- * there, a failed upload) is waited for as such a rename would, and then
- * copied with the rest; EBUSY if it does not end.  *moved (sorted) gets
- * the keys retargeted: S3 may hold an older version under the old name,
- * which goes once the new one is up, and which the copy must leave alone.
- */
-static int bfs_rename_dir_uploads(struct bfs_conn *bc, TALLOC_CTX *tmp,
-				  const char *sp, const char *dp,
-				  char ***moved, size_t *n_moved)
+/* Whether key is in keys[0..n) (sorted by strcmp). */
+static bool bfs_key_in(char **keys, size_t n, const char *key)
 {
-	char **keys = NULL;
-	size_t n = 0, i, m = 0;
-	pid_t engine = bfs_engine_now(bc);
-	int ret = bfs_wb_uploads_under(bc->wb, tmp, sp, &keys, &n);
+	return n > 0 && bsearch(&key, keys, n, sizeof(keys[0]),
+				bfs_key_cmp) != NULL;
+}
 
-	if (ret == EBUSY) {
-		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: cannot rename "
-			"%s: another client has %s open for writing",
-			bc->service, sp, keys[0]);
-		return ret;
+/* What S3 holds under a key of a listing: its ETag, or BFS_SRC_NONE. */
+struct bfs_listed {
+	char **keys, **etags;
+	size_t n;
+};
+
+static const char *bfs_listed_etag(const struct bfs_listed *l,
+				   const char *key)
+{
+	size_t i;
+
+	for (i = 0; i < l->n; i++) {
+		if (strcmp(l->keys[i], key) == 0) {
+			return l->etags[i] != NULL ? l->etags[i] : NULL;
+		}
 	}
-	if (ret != 0) {
-		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot rename %s: "
-			"the journal cannot be read: %s", bc->service, sp,
-			strerror(ret));
-		return ret;
-	}
-	*moved = keys;
+	return BFS_SRC_NONE;
+}
+
+/*
+ * Wait for the changes another process makes under the folder (uploads
+ * of closes that wait for S3, renames onto it) as a rename of that file
+ * would: then S3 lists them.  EBUSY if one does not end in time or failed.
+ */
+static int bfs_rename_dir_wait(struct bfs_conn *bc, const char *sp,
+			       char **keys, size_t n)
+{
+	size_t i;
+
 	for (i = 0; i < n; i++) {
-		char *to = talloc_asprintf(tmp, "%s%s", dp,
-					   keys[i] + strlen(sp));
+		int ret = bfs_wb_wait_upload(bc->wb, keys[i],
+					     2 * bc->cfg.request_timeout_ms);
 
-		if (to == NULL) {
-			return ENOMEM;
-		}
-		if (engine != 0 && bfs_retarget(bc, keys[i], to) == 0) {
-			keys[m++] = keys[i];
-			continue;
-		}
-		ret = bfs_wb_wait_upload(bc->wb, keys[i],
-					 2 * bc->cfg.request_timeout_ms);
 		if (ret != 0 && ret != ENOENT) {
 			bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot "
 				"rename %s: the upload of %s %s", bc->service,
@@ -261,56 +251,117 @@ static int bfs_rename_dir_uploads(struct bfs_conn *bc, TALLOC_CTX *tmp,
 			return EBUSY;
 		}
 	}
-	qsort(keys, m, sizeof(keys[0]), bfs_key_cmp);
-	*n_moved = m;
 	return 0;
 }
 
+/*
+ * A folder: every object under it copied and deleted, one by one, then
+ * its entry moved between the parents' listings.  Its files whose uploads
+ * wait in the engine (closed here, not yet in S3) go along as a file
+ * renamed alone does: their uploads are retargeted.  Whatever can refuse
+ * the rename is found before anything moves: more than 'bucketfs:dir
+ * rename max' objects (ENOTSUP), a file another process still writes or
+ * an upload that does not end (EBUSY).  A failure in S3 midway leaves
+ * the folder split, as S3 renames object by object; the listings of both
+ * are forgotten, so clients see where each file is.
+ */
 static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			  const char *dst_rel)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *sp = bfs_path_dir_prefix(tmp, bc->prefix, src_rel);
 	char *dp = bfs_path_dir_prefix(tmp, bc->prefix, dst_rel);
+	pid_t engine = bfs_engine_now(bc);
+	struct bfs_wb_dir_changes c;
+	struct bfs_listed l = {0};
 	struct s3_status st = {0};
 	char **keys = NULL, **moved = NULL;
 	uint64_t *sizes = NULL;
 	size_t n = 0, n_moved = 0, i;
+	bool relist = false;
 	int ret;
 
 	if (sp == NULL || dp == NULL) {
 		talloc_free(tmp);
 		return ENOMEM;
 	}
-	ret = bfs_rename_dir_uploads(bc, tmp, sp, dp, &moved, &n_moved);
-	if (ret != 0) {
-		talloc_free(tmp);
-		return ret;
+	ret = bfs_wb_dir_changes(bc->wb, tmp, sp, engine, &c);
+	if (ret == EBUSY) {
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: share %s: cannot rename %s: "
+			"another client is still writing %s", bc->service,
+			src_rel, c.busy);
+	} else if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot rename %s: "
+			"the journal cannot be read: %s", bc->service, src_rel,
+			strerror(ret));
 	}
-	ret = bfs_wb_list_all(bc->wb, tmp, sp, bc->dir_rename_max, &keys,
-			      &sizes, &n, &st);
-	if (ret != 0) {
-		bfs_log_s3(bc, "listing for a rename of", sp, &st);
-		talloc_free(tmp);
-		return ret;
+	if (ret == 0) {
+		ret = bfs_rename_dir_wait(bc, sp, c.wait, c.n_wait);
 	}
-	if (n > bc->dir_rename_max) {
+	if (ret == 0) {
+		ret = bfs_wb_list_all(bc->wb, tmp, sp, bc->dir_rename_max,
+				      &l.keys, &sizes, &l.etags, &l.n, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "listing for a rename of", sp, &st);
+		}
+	}
+	if (ret == 0 && l.n + c.n_move > bc->dir_rename_max) {
 		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot rename "
 			"%s: it holds more than %u objects ('bucketfs:dir "
 			"rename max'); S3 renames object by object",
 			bc->service, src_rel, bc->dir_rename_max);
-		talloc_free(tmp);
-		return ENOTSUP;
+		ret = ENOTSUP;
 	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	/* From here on, things move. */
+	moved = talloc_array(tmp, char *, c.n_move + 1);
+	if (moved == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	for (i = 0; i < c.n_move; i++) {
+		const char *key = c.move[i];
+		char *to = talloc_asprintf(tmp, "%s%s", dp, key + strlen(sp));
+
+		if (to != NULL &&
+		    bfs_retarget(bc, key, to, bfs_listed_etag(&l, key)) == 0) {
+			moved[n_moved++] = c.move[i];
+			continue;
+		}
+		/*
+		 * Its upload ended (or failed) since we looked: S3 has it,
+		 * or the journal keeps it; copied as the others once up.
+		 */
+		relist = true;
+		ret = bfs_rename_dir_wait(bc, sp, c.move + i, 1);
+		if (ret != 0) {
+			break;
+		}
+	}
+	qsort(moved, n_moved, sizeof(moved[0]), bfs_key_cmp);
+	if (ret == 0 && relist) {
+		ret = bfs_wb_list_all(bc->wb, tmp, sp, SIZE_MAX - 1, &l.keys,
+				      &sizes, &l.etags, &l.n, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "listing for a rename of", sp, &st);
+		}
+	}
+	keys = l.keys;
+	n = ret == 0 ? l.n : 0;
 	for (i = 0; ret == 0 && i < n; i++) {
 		char *to;
 
 		if (bfs_wb_delete_pending(bc->wb, keys[i])) {
 			continue; /* deleted here; the engine has yet to */
 		}
-		if (bsearch(&keys[i], moved, n_moved, sizeof(moved[0]),
-			    bfs_key_cmp) != NULL) {
+		if (bfs_key_in(moved, n_moved, keys[i])) {
 			continue; /* a newer version goes up under dp */
+		}
+		if (bfs_key_in(c.skip, c.n_skip, keys[i])) {
+			continue; /* renamed out of the folder: goes once up */
 		}
 		to = talloc_asprintf(tmp, "%s%s", dp, keys[i] + strlen(sp));
 		ret = to != NULL ?
@@ -349,6 +400,12 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			bfs_forget_listing(bc, spp);
 			bfs_forget_listing(bc, dpp);
 		}
+		bfs_forget_listing(bc, sp);
+		bfs_forget_listing(bc, dp);
+		bfs_changed(bc, sp);
+		bfs_changed(bc, dp);
+	} else if (n_moved > 0 || i > 0) {
+		/* Split midway: both folders as S3 and the journal have them. */
 		bfs_forget_listing(bc, sp);
 		bfs_forget_listing(bc, dp);
 		bfs_changed(bc, sp);
@@ -406,15 +463,15 @@ static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 
 /* A rename of a file whose upload waits in the engine (bfs_wb_retarget). */
 static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
-			const char *dst_key)
+			const char *dst_key, const char *src_etag)
 {
 	int ret;
 
 	if (dst_key == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_wb_retarget(bc->wb, src_key, dst_key,
-			      bfs_engine_pid(bc->engine));
+	ret = bfs_wb_retarget_from(bc->wb, src_key, dst_key,
+				   bfs_engine_pid(bc->engine), src_etag);
 	if (ret == 0) {
 		(void)bfs_engine_notify(bc->engine, dst_key);
 		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: %s renamed to %s "
@@ -477,7 +534,8 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 		ret = bfs_rename_staged(bc, staged, dst_rel);
 	} else if (src->etag == NULL && bfs_engine_now(bc) != 0 &&
 		   bfs_retarget(bc, src->key,
-				bfs_path_key(tmp, bc->prefix, dst_rel)) == 0) {
+				bfs_path_key(tmp, bc->prefix, dst_rel),
+				NULL) == 0) {
 		/* Its upload, not begun, goes to the new name: no copy. */
 		bfs_rekey_open(bc, src->key, dst_rel);
 	} else if (src->etag == NULL &&
@@ -557,7 +615,7 @@ static int bfs_dir_empty_in_s3(struct bfs_conn *bc, TALLOC_CTX *tmp,
 
 	for (s = 0; s < sizeof(scans) / sizeof(scans[0]); s++) {
 		ret = bfs_wb_list_all(bc->wb, tmp, prefix, scans[s], &keys,
-				      NULL, &n, &st);
+				      NULL, NULL, &n, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "rmdir (listing)", prefix, &st);
 			return ret;

@@ -423,7 +423,8 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 /*
  * Delete key, the name a file had before it was renamed while open, now
  * that the file is safe elsewhere: only while S3 still holds version etag
- * of it (NULL: any), and nobody journals a change of key.  Another client
+ * of it (NULL: any; BFS_SRC_NONE: none, nothing to do), and nobody
+ * journals a change of key.  Another client
  * may have made a new file of that name meanwhile (logrotate's next log);
  * that one stays.  A failure leaves the old object behind, with a log
  * line: nothing is lost, a stale copy stays.
@@ -438,7 +439,9 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 	struct bfs_jrec other;
 	int ret;
 
-	if (tmp == NULL) {
+	if (tmp == NULL || (etag != NULL && strcmp(etag, BFS_SRC_NONE) == 0)) {
+		/* S3 had nothing there: any object now is another file. */
+		talloc_free(tmp);
 		return;
 	}
 	if (bfs_journal_get(wb->j, tmp, key, &other) == 0) {
@@ -1119,6 +1122,12 @@ int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
 int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 		    pid_t engine)
 {
+	return bfs_wb_retarget_from(wb, src, dst, engine, NULL);
+}
+
+int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
+			 pid_t engine, const char *src_etag)
+{
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec cur, old, rec;
 	char *sdir, *sname, *ddir, *dname;
@@ -1152,7 +1161,7 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 	rec = cur;
 	rec.key = (char *)dst;
 	rec.src = (char *)src;
-	rec.src_etag = NULL;
+	rec.src_etag = (char *)src_etag;
 	if (cur.started) {
 		/*
 		 * Its upload to src runs (the engine took it before the
@@ -1908,66 +1917,98 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	return ret;
 }
 
-int bfs_wb_uploads_under(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
-			 const char *prefix, char ***keys, size_t *n)
+/* Whether key is under prefix (a folder's "a/b/"). */
+static bool bfs_key_under(const char *key, const char *prefix)
+{
+	return key != NULL && strncmp(key, prefix, strlen(prefix)) == 0;
+}
+
+static int bfs_wb_keys_add(TALLOC_CTX *mem_ctx, char ***keys, size_t *n,
+			   const char *key)
+{
+	char **k = talloc_realloc(mem_ctx, *keys, char *, *n + 1);
+
+	if (k == NULL) {
+		return ENOMEM;
+	}
+	*keys = k;
+	k[*n] = talloc_strdup(k, key);
+	if (k[*n] == NULL) {
+		return ENOMEM;
+	}
+	(*n)++;
+	return 0;
+}
+
+static int bfs_wb_key_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int bfs_wb_dir_changes(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+		       const char *prefix, pid_t engine,
+		       struct bfs_wb_dir_changes *c)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec *recs = NULL;
-	size_t nrec = 0, i, got = 0;
-	size_t plen = strlen(prefix);
-	char **out;
+	size_t nrec = 0, i;
 	int ret;
 
+	*c = (struct bfs_wb_dir_changes){0};
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
 	ret = bfs_journal_list(wb->j, tmp, &recs, &nrec, NULL);
-	out = ret == 0 ? talloc_array(mem_ctx, char *, nrec + 1) : NULL;
-	if (ret == 0 && out == NULL) {
-		ret = ENOMEM;
-	}
 	for (i = 0; ret == 0 && i < nrec; i++) {
-		if (recs[i].op != BFS_J_PUT ||
-		    strncmp(recs[i].key, prefix, plen) != 0) {
-			continue;
-		}
-		if (recs[i].open) {
-			out[0] = talloc_strdup(out, recs[i].key);
-			got = 1;
-			ret = out[0] != NULL ? EBUSY : ENOMEM;
+		const struct bfs_jrec *r = &recs[i];
+		bool in = r->op != BFS_J_ABORT && bfs_key_under(r->key, prefix);
+
+		if ((r->op == BFS_J_PUT && in && r->open) ||
+		    (r->op == BFS_J_ABORT && bfs_key_under(r->src, prefix))) {
+			/* Still being written (a streamed one: its parts). */
+			c->busy = talloc_strdup(mem_ctx, r->op == BFS_J_PUT ?
+							 r->key : r->src);
+			ret = c->busy != NULL ? EBUSY : ENOMEM;
 			break;
 		}
-		out[got] = talloc_strdup(out, recs[i].key);
-		if (out[got++] == NULL) {
-			ret = ENOMEM;
+		if (r->op == BFS_J_PUT && in && r->pid == engine &&
+		    engine != 0 && r->last_error == 0 && r->src == NULL &&
+		    (r->started || r->upload_id == NULL)) {
+			ret = bfs_wb_keys_add(mem_ctx, &c->move, &c->n_move,
+					      r->key);
+		} else if ((r->op == BFS_J_PUT || r->op == BFS_J_COPY) && in) {
+			ret = bfs_wb_keys_add(mem_ctx, &c->wait, &c->n_wait,
+					      r->key);
+		}
+		/* Its old name goes once the change is done: not copied. */
+		if (ret == 0 && r->op != BFS_J_ABORT &&
+		    bfs_key_under(r->src, prefix)) {
+			ret = bfs_wb_keys_add(mem_ctx, &c->skip, &c->n_skip,
+					      r->src);
 		}
 	}
 	talloc_free(tmp);
-	if (ret == EBUSY) {
-		*keys = out;
-		*n = got;
-		return ret;
+	if (ret == 0 && c->n_skip > 0) {
+		qsort(c->skip, c->n_skip, sizeof(c->skip[0]), bfs_wb_key_cmp);
 	}
-	if (ret != 0) {
-		talloc_free(out);
-		return ret;
-	}
-	*keys = out;
-	*n = got;
-	return 0;
+	return ret;
 }
 
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
-		    uint64_t **sizes, size_t *n, struct s3_status *st)
+		    uint64_t **sizes, char ***etags, size_t *n,
+		    struct s3_status *st)
 {
 	char **out = talloc_array(mem_ctx, char *, 0);
 	uint64_t *sz = talloc_array(mem_ctx, uint64_t, 0);
+	char **tags = talloc_array(out, char *, 0);
 	char *token = NULL;
 	size_t got = 0, i;
 	int ret = 0;
 
-	if (out == NULL || sz == NULL) {
+	if (out == NULL || sz == NULL || tags == NULL) {
+		talloc_free(out);
+		talloc_free(sz);
 		return ENOMEM;
 	}
 	do {
@@ -1988,10 +2029,15 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		for (i = 0; i < l->n_objects && got <= max; i++) {
 			out = talloc_realloc(mem_ctx, out, char *, got + 1);
 			sz = talloc_realloc(mem_ctx, sz, uint64_t, got + 1);
-			if (out == NULL || sz == NULL) {
+			tags = out != NULL ? talloc_realloc(out, tags, char *,
+							    got + 1) : NULL;
+			if (out == NULL || sz == NULL || tags == NULL) {
+				talloc_free(out);
+				talloc_free(sz);
 				return ENOMEM;
 			}
 			sz[got] = l->objects[i].size;
+			tags[got] = talloc_steal(tags, l->objects[i].etag);
 			out[got++] = talloc_steal(out, l->objects[i].key);
 		}
 		token = l->truncated ? l->next_token : NULL;
@@ -2006,6 +2052,9 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		*sizes = sz;
 	} else {
 		talloc_free(sz);
+	}
+	if (etags != NULL) {
+		*etags = tags; /* a child of *keys */
 	}
 	*n = got;
 	return 0;

@@ -145,6 +145,22 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 	__attribute__((warn_unused_result));
 
 /*
+ * A record's src_etag when S3 held no object under src: there is nothing
+ * of ours to delete there (not an ETag S3 gives: those are hex digits,
+ * with "-N" for multipart ones).
+ */
+#define BFS_SRC_NONE "-"
+
+/*
+ * The same, where the caller knows what S3 holds under src: src_etag, or
+ * BFS_SRC_NONE.  src is then deleted after the upload only while S3
+ * still holds that version: not a file written under the name since.
+ */
+int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
+			 pid_t engine, const char *src_etag)
+	__attribute__((warn_unused_result));
+
+/*
  * Streaming (bfs_stream.h).  stream_started journals key's upload as
  * one to abort, with its staging file to drop, should this process die
  * before the close (an ABORT record, beside any other record of key).  A close hands the
@@ -217,18 +233,36 @@ int bfs_wb_put_empty(struct bfs_wb *wb, const char *key,
 		     struct s3_status *st);
 
 /*
- * Keys under prefix (all depths) whose upload is journalled: files closed
- * or flushed here whose bytes S3 may not have yet, which a listing of S3
- * does not show.  EBUSY if one of them is still open for writing (its
- * record journalled while open), with its key in *keys[0].
+ * What a rename of the folder prefix must do about the journal's changes
+ * under it, found before anything moves:
+ *   move  keys under prefix whose upload waits in the engine (pid engine):
+ *         retarget them (bfs_wb_retarget_from), S3 may not have them yet;
+ *   wait  keys under prefix another process uploads or copies onto now
+ *         (a close = s3 close, a flush, a rename): wait, then copy them;
+ *   skip  old names under prefix that a change elsewhere deletes once done
+ *         (a file renamed out of the folder): S3 may still list them, and
+ *         they must not be copied (sorted, for bsearch with strcmp).
+ * EBUSY, with the key in busy, if a file under prefix is still being
+ * written in another process (open, or streaming its parts).
  */
-int bfs_wb_uploads_under(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
-			 const char *prefix, char ***keys, size_t *n);
+struct bfs_wb_dir_changes {
+	char **move, **wait, **skip;
+	size_t n_move, n_wait, n_skip;
+	const char *busy;
+};
 
-/* Keys under prefix (all depths) and their sizes (optional), up to max+1. */
+int bfs_wb_dir_changes(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+		       const char *prefix, pid_t engine,
+		       struct bfs_wb_dir_changes *c);
+
+/*
+ * Keys under prefix (all depths), up to max+1, in S3's order, and their
+ * sizes and ETags (each optional; the ETags a child of *keys).
+ */
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
-		    uint64_t **sizes, size_t *n, struct s3_status *st);
+		    uint64_t **sizes, char ***etags, size_t *n,
+		    struct s3_status *st);
 
 /*
  * Carry out one journalled change to the end, as its owner (r->pid):

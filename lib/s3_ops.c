@@ -218,6 +218,24 @@ static bool s3_md5_matches(const uint8_t *data, size_t len,
 }
 
 /*
+ * Whether an answer's ETag (its quotes gone) names the version asked for:
+ * a proxy may weaken it (W/"..."), which says nothing of the bytes.
+ */
+static bool s3_etag_same(const char *got, const char *want)
+{
+	size_t n;
+
+	if (strncmp(got, "W/", 2) == 0) {
+		got += 2;
+	}
+	n = strlen(got);
+	if (n >= 2 && got[0] == '"' && got[n - 1] == '"') {
+		return n - 2 == strlen(want) && strncmp(got + 1, want, n - 2) == 0;
+	}
+	return strcmp(got, want) == 0;
+}
+
+/*
  * Is the body the range we asked for?  Servers and proxies that cut a body
  * short while saying so consistently in Content-Length, or answer another
  * range, pass curl's checks; Content-Range tells.  Where the body is the
@@ -232,6 +250,17 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 
 	TALLOC_FREE(s->meta);
 	s->n_meta = 0;
+	/*
+	 * If-Match is the server's to check, but not every server does
+	 * (s3rver ignores it), and a proxy in front of one may check it apart
+	 * from the GET it forwards: an answer whose ETag is not the one asked
+	 * for is another version's bytes (and metadata), never to be mixed
+	 * with ours.
+	 */
+	if (s->if_match != NULL && info->etag != NULL &&
+	    !s3_etag_same(info->etag, s->if_match)) {
+		return ESTALE;
+	}
 	if (info->n_meta > 0) {
 		s->meta = talloc_array(s, struct s3_kv, info->n_meta);
 		for (size_t i = 0; s->meta != NULL && i < info->n_meta; i++) {
@@ -242,16 +271,6 @@ static int s3_get_end(void *priv, const struct s3_body_info *info)
 			}
 			s->n_meta = i + 1;
 		}
-	}
-	/*
-	 * If-Match is the server's to check, but not every server does
-	 * (s3rver ignores it), and a proxy in front of one may check it apart
-	 * from the GET it forwards: an answer whose ETag is not the one asked
-	 * for is another version's bytes, never to be mixed with ours.
-	 */
-	if (s->if_match != NULL && info->etag != NULL &&
-	    strcmp(info->etag, s->if_match) != 0) {
-		return ESTALE;
 	}
 	if (info->http_status == 206) {
 		if (!info->has_range || info->range_first != s->offset ||

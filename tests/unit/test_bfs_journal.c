@@ -586,6 +586,68 @@ static struct bfs_wb *open_wb(TALLOC_CTX *t, struct bfs_journal *j,
 }
 
 /*
+ * A folder rename finds, before anything moves, what the journal says of
+ * the files under it: the engine's waiting uploads to retarget, others'
+ * to wait for, old names a change elsewhere deletes (not to copy), and a
+ * file still being written (refused).
+ */
+static void test_what_a_folder_rename_must_do_about_the_journal(void **state)
+{
+	(void)state;
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_journal *j = open_journal(t);
+	struct bfs_index *idx = NULL;
+	char *staging;
+	struct bfs_wb *wb = open_wb(t, j, "bfs-dirchanges", &idx, &staging);
+	struct bfs_wb_dir_changes c;
+	pid_t engine = getpid() + 1;
+	struct bfs_jrec r = {.op = BFS_J_PUT, .pid = engine, .size = 1,
+			     .staging = "s1"};
+	char *n1;
+	int fd;
+
+	assert_int_equal(bfs_wb_stage_new(wb, t, &fd, &n1), 0);
+	close(fd);
+	assert_int_equal(bfs_wb_hand_over(wb, "d/a", n1, 1, 1, engine), 0);
+	r.key = "d/sub/b";		/* another process's upload */
+	r.pid = getpid();
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	r.key = "elsewhere/c";		/* renamed out of d/, pending */
+	r.pid = engine;
+	r.src = "d/c";
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	r.key = "dx/e";			/* not under d/ */
+	r.src = NULL;
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_dir_changes(wb, t, "d/", engine, &c), 0);
+	assert_int_equal(c.n_move, 1);
+	assert_string_equal(c.move[0], "d/a");
+	assert_int_equal(c.n_wait, 1);
+	assert_string_equal(c.wait[0], "d/sub/b");
+	assert_int_equal(c.n_skip, 1);
+	assert_string_equal(c.skip[0], "d/c");
+	/* Without an engine nothing is retargeted: all waited for. */
+	assert_int_equal(bfs_wb_dir_changes(wb, t, "d/", 0, &c), 0);
+	assert_int_equal(c.n_move, 0);
+	assert_int_equal(c.n_wait, 2);
+	/* A file under d/ streamed by another process refuses the rename. */
+	r = (struct bfs_jrec){.key = BFS_JKEY_ABORT "u1", .op = BFS_J_ABORT,
+			      .pid = getpid(), .src = "d/sub/big",
+			      .upload_id = "u1", .staging = "s2"};
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_dir_changes(wb, t, "d/", engine, &c), EBUSY);
+	assert_string_equal(c.busy, "d/sub/big");
+	assert_int_equal(bfs_journal_done(j, r.key, getpid()), 0);
+	/* So does one still open for writing there. */
+	r = (struct bfs_jrec){.key = "d/open", .op = BFS_J_PUT,
+			      .pid = getpid(), .staging = "s3", .open = true};
+	assert_int_equal(bfs_journal_put(j, &r), 0);
+	assert_int_equal(bfs_wb_dir_changes(wb, t, "d/", engine, &c), EBUSY);
+	assert_string_equal(c.busy, "d/open");
+	talloc_free(t);
+}
+
+/*
  * A close handed to the engine: journalled in its name, pending in the
  * index; a later close replaces it and drops the first staging file; a
  * rename before the upload starts moves record and entry.
@@ -946,6 +1008,7 @@ int main(int argc, char **argv)
 		cmocka_unit_test(test_a_clock_step_does_not_make_a_live_owner_dead),
 		cmocka_unit_test(test_a_damaged_journal_is_refused_with_a_clear_reason),
 		cmocka_unit_test(test_a_staging_folder_error_is_reported),
+		cmocka_unit_test(test_what_a_folder_rename_must_do_about_the_journal),
 	};
 	return cmocka_run_group_tests_name("bfs_journal", tests, NULL, NULL);
 }
