@@ -56,6 +56,7 @@ const struct bfs_pdef bfs_pdefs[] = {
 	{"stream parallel", BFS_PT_INT, "2", 1, 64, false, false},
 	{"close", BFS_PT_STRING, "local", 0, 0, false, false},
 	{"upload delay", BFS_PT_INT, "500", 0, 60000, false, false},
+	{"upload retry", BFS_PT_INT, "30", 1, 3600, false, false},
 	{"writeback limit", BFS_PT_SIZE, "16G", 0, BFS_SIZE_UNBOUNDED, false,
 	 true},
 	{"fetch memory", BFS_PT_SIZE, "256M", 0, BFS_SIZE_UNBOUNDED, false,

@@ -28,6 +28,7 @@ SHARES = """
   bucketfs:close = local
   bucketfs:metadata ttl = 3
   bucketfs:metrics interval = 1
+  bucketfs:upload retry = 5
 [rwlocal2]
   path = /bucketfs/rwlocal2
 {faulty}  bucketfs:prefix = rwlocal
@@ -35,6 +36,7 @@ SHARES = """
   bucketfs:close = local
   bucketfs:metadata ttl = 3
   bucketfs:metrics interval = 1
+  bucketfs:upload retry = 5
   bucketfs:writeback limit = 20M
 [rwsync]
   path = /bucketfs/rwsync
@@ -836,8 +838,9 @@ def test_a_file_deleted_while_the_engine_holds_its_upload_stays_deleted(w):
 @pytest.mark.alone  # sets the machine's clock back
 def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
     # A time sync may set the wall clock back.  The engine tries a failed
-    # upload again 30 s later on a clock no such step moves; on the wall
-    # clock, set back 2 minutes, the upload would wait 2 minutes more.
+    # upload again 5 s later ([rwlocal]'s upload retry) on a clock no such
+    # step moves; on the wall clock, set back 2 minutes, the upload would
+    # wait 2 minutes more.
     if os.geteuid() != 0:
         pytest.skip("setting the clock needs root")
     src = w.make("clockback.bin", 100000)
@@ -866,7 +869,7 @@ def test_a_failed_upload_is_tried_again_on_time_after_the_clock_is_set_back(w):
         if back:
             time.clock_settime(time.CLOCK_REALTIME,
                                time.clock_gettime(time.CLOCK_REALTIME) + back)
-    print(f"    # uploaded {took:.1f} s after the clock went back 120 s (retry after 30 s)")
+    print(f"    # uploaded {took:.1f} s after the clock went back 120 s (retry after 5 s)")
     # Generous: the point is that it did not wait out the 120 s.
     assert took < 60, f"the retry waited {took:.0f} s"
     assert s3_has(w, "rwlocal/clockback.bin", sha256(src))

@@ -77,7 +77,8 @@ def share_section(w, name):
     """A writable bucketfs share behind the fault front, with the default
     cache folder (/var/cache/bucketfs/NAME) and the default engine."""
     _, faulty = w.share_parts(w.tmp)
-    return f"[{name}]\n  path = /bucketfs/{name}\n{faulty}  bucketfs:prefix = pkg-{name}\n"
+    return (f"[{name}]\n  path = /bucketfs/{name}\n{faulty}  bucketfs:prefix = pkg-{name}\n"
+            "  bucketfs:upload retry = 5\n")
 
 
 def test_make_deb_builds_a_package_lintian_passes_and_it_depends_on_exactly_this_samba(deb):

@@ -66,8 +66,6 @@
 #include "bfs_role_creds.h"
 #include "s3_imds.h"
 
-/* A failed upload is tried again this long after, unless a flush asks. */
-#define ENG_RETRY_SECONDS 30
 /* How often each upload thread looks at the journal unasked. */
 #define ENG_POLL_SECONDS 2
 /* Instance-role credentials are refreshed this long before they expire. */
@@ -123,6 +121,9 @@ struct eng {
 	struct bfs_index *idx;
 	struct bfs_upload_params upload;
 	unsigned delay_ms;
+	/* A failed change is tried again this long after, unless a flush
+	 * asks ('bucketfs:upload retry'). */
+	unsigned retry_s;
 	struct eng_client *clients;
 	/* Fetches for read misses, on the main thread's loop. */
 	struct s3_client *s3;
@@ -362,7 +363,7 @@ static void eng_retry_set(struct eng *e, const char *key, int err,
 		}
 		*pt = t;
 	}
-	(*pt)->at = now + ENG_RETRY_SECONDS;
+	(*pt)->at = now + e->retry_s;
 }
 
 /*
@@ -583,7 +584,7 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 			r->op == BFS_J_COPY ? "rename" :
 			r->op == BFS_J_ABORT ? "abort" : "delete",
 			e->c.bucket, r->key, strerror(ret), st.http_status,
-			ENG_RETRY_SECONDS);
+			e->retry_s);
 	}
 	pthread_mutex_lock(&e->mu);
 	eng_retry_set(e, r->key, ret, eng_mono());
@@ -1773,6 +1774,7 @@ int main(int argc, char **argv)
 	/* Uploads run on the upload threads alone: their bound is the host's. */
 	bfs_upload_set_memory(ctl_size(&e->c, "upload memory"));
 	e->delay_ms = (unsigned)ctl_int(&e->c, "upload delay");
+	e->retry_s = (unsigned)ctl_int(&e->c, "upload retry");
 	/* As smbd's: longer than a listing of many slow pages. */
 	e->list_claim_age = (unsigned)ctl_int(&e->c, "request timeout") * 4 + 10;
 	e->idx = ctl_index(&e->c);
