@@ -387,7 +387,6 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
 						dbase);
 		}
-
 		if (iret != 0 && iret != ENOENT) {
 			/*
 			 * S3 has it under the new name: the parents' next
