@@ -47,6 +47,18 @@ rm -rf "$build/samba-src"
 echo "$pkgver" >"$tree/.bucketfs-extracted"
 fi
 
+# A whole make test builds the module in a copy of this tree too
+# (scripts/intree-build.sh, tests/run.py).  That copy's configure runs now,
+# beside ours: a configure is mostly one core's work, and the other is
+# idle until the headers' generation.  Its compile comes later, beside the
+# tests that run alone.
+intree=
+if [ "${BFS_INTREE:-}" = 1 ]; then
+  nice -n 5 "$top/scripts/intree-build.sh" configure </dev/null \
+    >"$build/intree-configure.log" 2>&1 &
+  intree=$!
+fi
+
 cd "$tree"
 # waf refuses to run without a fixed hash seed.
 export PYTHONHASHSEED=1
@@ -90,4 +102,8 @@ print(" ".join(out))
 PY
 touch "$tree/.bucketfs-ready"
 echo "$pkgver" >"$build/samba.version"
+if [ -n "$intree" ] && ! wait "$intree"; then
+  # Not ours to fail: make test's in-tree check configures again and says why.
+  log "the in-tree copy's configure failed, see $build/intree-configure.log"
+fi
 log "done"

@@ -41,8 +41,9 @@ def _why(log):
     return "\n".join(lines[:30]) if lines else text[-2000:]
 
 
-def hardening(tmp, record):
-    """Build and run the fuzzers, the ASan unit tests and valgrind."""
+def hardening(tmp, record, nice=0):
+    """Build and run the fuzzers, the ASan unit tests and valgrind (at
+    nice's priority, when other tests run meanwhile)."""
     # The unit tests make their folders under TMPDIR; run.py removes tmp.
     os.makedirs(f"{tmp}/hardening", exist_ok=True)
     env = dict(os.environ, TMPDIR=f"{tmp}/hardening")
@@ -50,7 +51,7 @@ def hardening(tmp, record):
     env.setdefault("FUZZ_SECONDS", "10")
     for target in ("fuzz", "asan-unit", "valgrind-unit"):
         try:
-            p = subprocess.run(["make", "-s", "--no-print-directory", "-C", TOP, target],
+            p = subprocess.run(["nice", "-n", str(nice), "make", "-s", "--no-print-directory", "-C", TOP, target],
                                env=env, capture_output=True, text=True,
                                timeout=TIMEOUTS[target])
         except subprocess.TimeoutExpired:
