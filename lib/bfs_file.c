@@ -206,28 +206,32 @@ void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh)
 
 /* ---- staging ------------------------------------------------------------- */
 
-int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
+/*
+ * Staging fh, first half: the staging file of a twin (fh is staged then,
+ * *fd stays -1), else a new one in *fd and *name, holding the newer bytes
+ * of a journalled upload of the key if keep.  *fill: it must still get
+ * the object's bytes from S3 (read-modify-write).
+ */
+static int bfs_fh_stage_begin(struct bfs_conn *bc, struct bfs_fh *fh,
+			      bool keep, int *fd, char **name, bool *fill)
 {
 	struct bfs_fh *twin = bfs_staged_twin(bc, fh->key, fh);
-	struct s3_status st = {0};
-	char *name = NULL;
-	int fd = -1, ret;
+	int ret;
 
-	if (fh->stage_fd != -1) {
-		return 0;
-	}
+	*fill = false;
 	if (twin != NULL) {
-		fd = dup(twin->stage_fd);
-		if (fd == -1) {
+		int dfd = dup(twin->stage_fd);
+
+		if (dfd == -1) {
 			return errno;
 		}
 		/* Two writers: the stream would miss this one's writes. */
 		bfs_fh_stream_drop(bc, twin);
-		fh->stage_fd = fd;
+		fh->stage_fd = dfd;
 		fh->stage_name = talloc_strdup(fh, twin->stage_name);
 		return 0;
 	}
-	ret = bfs_wb_stage_new(bc->wb, fh, &fd, &name);
+	ret = bfs_wb_stage_new(bc->wb, fh, fd, name);
 	if (ret == 0 && keep) {
 		/*
 		 * A journalled upload of the key (a failed close, one still
@@ -235,37 +239,290 @@ int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 		 */
 		uint64_t size;
 
-		ret = bfs_wb_stage_from_journal(bc->wb, fh->key, fd, &size);
+		ret = bfs_wb_stage_from_journal(bc->wb, fh->key, *fd, &size);
 		if (ret == 0) {
 			fh->size = size;
-		} else if (ret == ENOENT && fh->size > 0) {
-			ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj,
-						fd, &st);
-			if (ret != 0) {
-				bfs_log_s3(bc, "read-modify-write of", fh->key,
-					   &st);
-			}
 		} else if (ret == ENOENT) {
+			*fill = fh->size > 0;
 			ret = 0;
 		}
-		if (ret != 0) {
+	}
+	return ret;
+}
+
+/*
+ * Staging fh, second half: fd and name (from bfs_fh_stage_begin, filled
+ * or not) become fh's, or go if ret says the staging failed.
+ */
+static int bfs_fh_stage_end(struct bfs_conn *bc, struct bfs_fh *fh,
+			    bool keep, int fd, char *name, int ret)
+{
+	if (ret == 0 && fd == -1) {
+		return 0; /* a twin's */
+	}
+	if (ret != 0) {
+		if (fd != -1) {
 			close(fd);
 			bfs_wb_stage_drop(bc->wb, name);
 		}
-	}
-	if (ret != 0) {
+		TALLOC_FREE(name);
 		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot stage writes "
 			"to %s: %s", bc->service, fh->key, strerror(ret));
 		return ret == ESTALE ? EIO : ret;
 	}
 	fh->stage_fd = fd;
 	fh->stage_name = name;
+	bc->stage_gen++;
 	/* New bytes from zero (smbd may create with one open and write
 	 * through another): they may go up while written. */
 	fh->may_stream = bc->stream_parts && bc->engine == NULL &&
 			 (!keep || fh->size == 0) &&
 			 bfs_fh_stream_alone(bc, fh);
 	return 0;
+}
+
+int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
+{
+	struct s3_status st = {0};
+	char *name = NULL;
+	int fd = -1, ret;
+	bool fill;
+
+	if (fh->stage_fd != -1) {
+		return 0;
+	}
+	ret = bfs_fh_stage_begin(bc, fh, keep, &fd, &name, &fill);
+	if (ret == 0 && fill) {
+		ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj, fd, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "read-modify-write of", fh->key, &st);
+		}
+	}
+	return bfs_fh_stage_end(bc, fh, keep, fd, name, ret);
+}
+
+/*
+ * bfs_fh_stage_send: the same on the caller's loop.  One staging at a
+ * time per connection (bc->stage_q): two opens of one key must end with
+ * one staging file, and the second takes the first's once it is filled.
+ * The loop runs other requests during the fill, and some stage at once,
+ * outside the queue (an open that truncates, a truncate): a fill that
+ * ends after any staging of this connection, after a close journalled
+ * newer bytes of the key, or after a rename, is dropped and done again.
+ */
+#define BFS_STAGE_TRIES 3
+
+struct bfs_fh_stage_state {
+	struct tevent_context *ev;
+	struct bfs_conn *bc;
+	struct bfs_fh *fh;
+	struct bfs_reader *r;
+	struct tevent_req *turn;	/* our place at the queue's head */
+	int fd;
+	char *name;		/* on fh, as bfs_wb_stage_new gives it */
+	uint64_t gen;		/* bc->stage_gen when the fill began */
+	char *key, *etag;	/* fh's object then */
+	unsigned tries;
+	struct s3_status st;
+};
+
+static void bfs_fh_stage_turn(struct tevent_req *subreq);
+static void bfs_fh_stage_go(struct tevent_req *req);
+static void bfs_fh_stage_filled(struct tevent_req *subreq);
+
+/* Our staging file, filled or half-filled, goes. */
+static void bfs_fh_stage_drop_ours(struct bfs_fh_stage_state *s)
+{
+	if (s->fd != -1) {
+		close(s->fd);
+		bfs_wb_stage_drop(s->bc->wb, s->name);
+		s->fd = -1;
+		TALLOC_FREE(s->name);
+	}
+}
+
+/* Freed half-way (the client went): no half-filled file is left. */
+static int bfs_fh_stage_state_destructor(struct bfs_fh_stage_state *s)
+{
+	bfs_fh_stage_drop_ours(s);
+	return 0;
+}
+
+/* Done: the next staging of the connection may go. */
+static void bfs_fh_stage_finish(struct tevent_req *req, int ret)
+{
+	struct bfs_fh_stage_state *s = tevent_req_data(req,
+					struct bfs_fh_stage_state);
+
+	TALLOC_FREE(s->turn);
+	if (!tevent_req_error(req, ret)) {
+		tevent_req_done(req);
+	}
+}
+
+struct tevent_req *bfs_fh_stage_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	struct tevent_req *req;
+	struct bfs_fh_stage_state *s;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_fh_stage_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	*s = (struct bfs_fh_stage_state){
+		.ev = ev, .bc = bc, .fh = fh, .fd = -1,
+		.r = bfs_conn_async_reader(bc, ev),
+	};
+	if (fh->stage_fd != -1 || s->r == NULL) {
+		/* Staged, or not smbd's loop: as bfs_fh_stage does. */
+		int ret = bfs_fh_stage(bc, fh, true);
+
+		if (!tevent_req_error(req, ret)) {
+			tevent_req_done(req);
+		}
+		return tevent_req_post(req, ev);
+	}
+	if (bc->stage_q == NULL) {
+		bc->stage_q = tevent_queue_create(bc, "bucketfs staging");
+		if (tevent_req_nomem(bc->stage_q, req)) {
+			return tevent_req_post(req, ev);
+		}
+	}
+	s->turn = tevent_queue_wait_send(s, ev, bc->stage_q);
+	if (tevent_req_nomem(s->turn, req)) {
+		return tevent_req_post(req, ev);
+	}
+	tevent_req_set_callback(s->turn, bfs_fh_stage_turn, req);
+	talloc_set_destructor(s, bfs_fh_stage_state_destructor);
+	return req;
+}
+
+static void bfs_fh_stage_turn(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+
+	/* The entry stays at the head (s->turn) until we finish. */
+	if (!tevent_queue_wait_recv(subreq)) {
+		bfs_fh_stage_finish(req, ENOMEM);
+		return;
+	}
+	bfs_fh_stage_go(req);
+}
+
+static void bfs_fh_stage_go(struct tevent_req *req)
+{
+	struct bfs_fh_stage_state *s = tevent_req_data(req,
+					struct bfs_fh_stage_state);
+	struct tevent_req *subreq;
+	bool fill = false;
+	int ret;
+
+	if (s->fh->stage_fd != -1) {
+		bfs_fh_stage_finish(req, 0); /* staged by the one before us */
+		return;
+	}
+	ret = bfs_fh_stage_begin(s->bc, s->fh, true, &s->fd, &s->name,
+				 &fill);
+	if (ret != 0 || !fill) {
+		ret = bfs_fh_stage_end(s->bc, s->fh, true, s->fd, s->name,
+				       ret);
+		s->fd = -1;
+		s->name = NULL;
+		bfs_fh_stage_finish(req, ret);
+		return;
+	}
+	s->gen = s->bc->stage_gen;
+	TALLOC_FREE(s->key);
+	TALLOC_FREE(s->etag);
+	s->key = talloc_strdup(s, s->fh->obj.key);
+	s->etag = s->fh->obj.etag != NULL ?
+			  talloc_strdup(s, s->fh->obj.etag) : NULL;
+	if (s->key == NULL || (s->fh->obj.etag != NULL && s->etag == NULL)) {
+		bfs_fh_stage_finish(req, ENOMEM); /* the destructor drops it */
+		return;
+	}
+	subreq = bfs_wb_stage_fill_send(s, s->ev, s->r, &s->fh->obj, s->fd);
+	if (subreq == NULL) {
+		bfs_fh_stage_finish(req, ENOMEM);
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_fh_stage_filled, req);
+}
+
+/* Whether what the fill began from changed while it ran. */
+static bool bfs_fh_stage_stale(struct bfs_fh_stage_state *s)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec rec;
+	bool stale;
+
+	stale = s->bc->stage_gen != s->gen ||
+		strcmp(s->fh->obj.key, s->key) != 0 ||
+		(s->fh->obj.etag == NULL) != (s->etag == NULL) ||
+		(s->etag != NULL && strcmp(s->fh->obj.etag, s->etag) != 0) ||
+		tmp == NULL ||
+		(bfs_journal_get(s->bc->journal, tmp, s->fh->key, &rec) == 0 &&
+		 rec.op == BFS_J_PUT);
+	talloc_free(tmp);
+	return stale;
+}
+
+static void bfs_fh_stage_filled(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_fh_stage_state *s = tevent_req_data(req,
+					struct bfs_fh_stage_state);
+	int ret = bfs_wb_stage_fill_recv(subreq, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (s->fh->stage_fd != -1 ||
+	    bfs_staged_twin(s->bc, s->fh->key, s->fh) != NULL) {
+		/*
+		 * A truncate or allocation (staged on the spot, they are
+		 * synchronous) got there first: its file is the one.
+		 */
+		bfs_fh_stage_drop_ours(s);
+		bfs_fh_stage_finish(req, bfs_fh_stage(s->bc, s->fh, true));
+		return;
+	}
+	if (bfs_fh_stage_stale(s)) {
+		/*
+		 * Newer bytes of the key were journalled (a close in this
+		 * connection, or another's), or it was renamed: begin again
+		 * from what is there now.  Only a few times; then on the spot.
+		 */
+		bfs_fh_stage_drop_ours(s);
+		if (++s->tries < BFS_STAGE_TRIES) {
+			bfs_fh_stage_go(req);
+			return;
+		}
+		bfs_fh_stage_finish(req, bfs_fh_stage(s->bc, s->fh, true));
+		return;
+	}
+	if (ret != 0) {
+		bfs_log_s3(s->bc, "read-modify-write of", s->fh->key, &s->st);
+	}
+	ret = bfs_fh_stage_end(s->bc, s->fh, true, s->fd, s->name, ret);
+	s->fd = -1;
+	s->name = NULL;
+	bfs_fh_stage_finish(req, ret);
+}
+
+int bfs_fh_stage_recv(struct tevent_req *req)
+{
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret = 0;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+	}
+	tevent_req_received(req);
+	return ret;
 }
 
 /* Drop fh's staging file unless another open still uses it. */

@@ -73,6 +73,18 @@ struct bfs_fh *bfs_staged_twin(struct bfs_conn *bc, const char *key,
 int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 	__attribute__((warn_unused_result));
 
+/*
+ * bfs_fh_stage(bc, fh, true) for a write on ev (smbd's loop), which goes
+ * on meanwhile: the object's old bytes are fetched by requests on ev
+ * (bfs_conn_async_reader), not waited for.  Stagings of one connection
+ * run one at a time.  Errors as bfs_fh_stage's.
+ */
+struct tevent_req *bfs_fh_stage_send(TALLOC_CTX *mem_ctx,
+				     struct tevent_context *ev,
+				     struct bfs_conn *bc, struct bfs_fh *fh);
+int bfs_fh_stage_recv(struct tevent_req *req)
+	__attribute__((warn_unused_result));
+
 /* Stop fh's stream and abort its upload (the file goes elsewhere). */
 void bfs_fh_stream_drop(struct bfs_conn *bc, struct bfs_fh *fh);
 

@@ -209,23 +209,50 @@ static bool bfs_key_in(char **keys, size_t n, const char *key)
 				bfs_key_cmp) != NULL;
 }
 
-/* What S3 holds under a key of a listing: its ETag, or BFS_SRC_NONE. */
+/*
+ * What S3 holds under a key of a listing: its ETag, or BFS_SRC_NONE.
+ * Looked up once per upload a folder rename retargets, up to 'dir rename
+ * max' of them: by keys sorted here, not in the listing's order, which is
+ * the server's.
+ */
+struct bfs_listed_key {
+	const char *key, *etag;
+};
+
 struct bfs_listed {
 	char **keys, **etags;
 	size_t n;
+	struct bfs_listed_key *sorted;	/* NULL until first asked */
 };
 
-static const char *bfs_listed_etag(const struct bfs_listed *l,
+static int bfs_listed_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct bfs_listed_key *)a)->key,
+		      ((const struct bfs_listed_key *)b)->key);
+}
+
+static const char *bfs_listed_etag(TALLOC_CTX *mem_ctx, struct bfs_listed *l,
 				   const char *key)
 {
+	struct bfs_listed_key want = {.key = key}, *hit;
 	size_t i;
 
-	for (i = 0; i < l->n; i++) {
-		if (strcmp(l->keys[i], key) == 0) {
-			return l->etags[i] != NULL ? l->etags[i] : NULL;
+	if (l->sorted == NULL && l->n > 0) {
+		l->sorted = talloc_array(mem_ctx, struct bfs_listed_key, l->n);
+		if (l->sorted == NULL) {
+			/* Unknown: its old name stays rather than risk another
+			 * file's. */
+			return BFS_SRC_NONE;
 		}
+		for (i = 0; i < l->n; i++) {
+			l->sorted[i].key = l->keys[i];
+			l->sorted[i].etag = l->etags[i];
+		}
+		qsort(l->sorted, l->n, sizeof(l->sorted[0]), bfs_listed_cmp);
 	}
-	return BFS_SRC_NONE;
+	hit = l->n > 0 ? bsearch(&want, l->sorted, l->n, sizeof(want),
+				 bfs_listed_cmp) : NULL;
+	return hit == NULL ? BFS_SRC_NONE : hit->etag;
 }
 
 /*
@@ -327,7 +354,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		char *to = talloc_asprintf(tmp, "%s%s", dp, key + strlen(sp));
 
 		if (to != NULL &&
-		    bfs_retarget(bc, key, to, bfs_listed_etag(&l, key)) == 0) {
+		    bfs_retarget(bc, key, to, bfs_listed_etag(tmp, &l, key)) == 0) {
 			moved[n_moved++] = c.move[i];
 			continue;
 		}
@@ -343,6 +370,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	}
 	qsort(moved, n_moved, sizeof(moved[0]), bfs_key_cmp);
 	if (ret == 0 && relist) {
+		l.sorted = NULL;
 		ret = bfs_wb_list_all(bc->wb, tmp, sp, SIZE_MAX - 1, &l.keys,
 				      &sizes, &l.etags, &l.n, &st);
 		if (ret != 0) {

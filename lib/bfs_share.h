@@ -83,6 +83,8 @@ struct bfs_conn {
 	bool stream_parts;	/* send parts while a new file is written */
 	struct bfs_stream_budget stream_budget;
 	struct bfs_fh *open_files;	/* files open in this connection */
+	struct tevent_queue *stage_q;	/* stagings, one at a time */
+	uint64_t stage_gen;		/* staging files made so far */
 	uint64_t meta_gen;		/* times or attributes set through it */
 	bool close_local;	/* `bucketfs:close = local` */
 	const char *engine_path;

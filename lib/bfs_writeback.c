@@ -175,39 +175,131 @@ static int bfs_wb_stage_write(int fd, const void *buf, size_t len,
 	return ENOSPC;
 }
 
+/*
+ * The object's bytes into a staging file, BFS_FILL_CHUNK at a time
+ * through the reader (its cache, else range GETs on ev).  Each chunk is
+ * written on the loop: a local write of a few MiB, against the S3 round
+ * trip the loop no longer waits for.
+ */
+struct bfs_wb_fill_state {
+	struct tevent_context *ev;
+	struct bfs_reader *r;
+	struct bfs_object obj;	/* key and etag on the state */
+	int fd;
+	void *buf;
+	uint64_t off;
+	size_t len;		/* of the chunk being read */
+	struct s3_status st;
+};
+
+static void bfs_wb_fill_next(struct tevent_req *req);
+static void bfs_wb_fill_read(struct tevent_req *subreq);
+
+struct tevent_req *bfs_wb_stage_fill_send(TALLOC_CTX *mem_ctx,
+					  struct tevent_context *ev,
+					  struct bfs_reader *r,
+					  const struct bfs_object *obj, int fd)
+{
+	struct tevent_req *req;
+	struct bfs_wb_fill_state *s;
+
+	req = tevent_req_create(mem_ctx, &s, struct bfs_wb_fill_state);
+	if (req == NULL) {
+		return NULL;
+	}
+	s->ev = ev;
+	s->r = r;
+	s->obj = *obj;
+	s->obj.key = talloc_strdup(s, obj->key);
+	s->obj.etag = obj->etag != NULL ? talloc_strdup(s, obj->etag) : NULL;
+	s->fd = fd;
+	s->buf = talloc_size(s, BFS_FILL_CHUNK);
+	if (s->obj.key == NULL || (obj->etag != NULL && s->obj.etag == NULL) ||
+	    s->buf == NULL) {
+		tevent_req_oom(req);
+		return tevent_req_post(req, ev);
+	}
+	bfs_wb_fill_next(req);
+	if (!tevent_req_is_in_progress(req)) {
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+static void bfs_wb_fill_next(struct tevent_req *req)
+{
+	struct bfs_wb_fill_state *s = tevent_req_data(req,
+						      struct bfs_wb_fill_state);
+	struct tevent_req *subreq;
+
+	if (s->off >= s->obj.size) {
+		tevent_req_done(req);
+		return;
+	}
+	s->len = s->obj.size - s->off < BFS_FILL_CHUNK ?
+			 (size_t)(s->obj.size - s->off) : BFS_FILL_CHUNK;
+	subreq = bfs_read_send(s, s->ev, s->r, &s->obj, s->off, s->len,
+			       s->buf);
+	if (tevent_req_nomem(subreq, req)) {
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_wb_fill_read, req);
+}
+
+static void bfs_wb_fill_read(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_wb_fill_state *s = tevent_req_data(req,
+						      struct bfs_wb_fill_state);
+	size_t got = 0;
+	int ret = bfs_read_recv(subreq, &got, &s->st);
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 && got != s->len) {
+		ret = EIO; /* shorter than indexed: changed under us */
+	}
+	if (ret == 0) {
+		ret = bfs_wb_stage_write(s->fd, s->buf, s->len, s->off,
+					 s->obj.key);
+	}
+	if (tevent_req_error(req, ret)) {
+		return;
+	}
+	s->off += s->len;
+	bfs_wb_fill_next(req);
+}
+
+int bfs_wb_stage_fill_recv(struct tevent_req *req, struct s3_status *st)
+{
+	struct bfs_wb_fill_state *s = tevent_req_data(req,
+						      struct bfs_wb_fill_state);
+	enum tevent_req_state state;
+	uint64_t err = 0;
+	int ret = 0;
+
+	if (tevent_req_is_error(req, &state, &err)) {
+		ret = err != 0 ? (int)err : ENOMEM;
+		if (st != NULL) {
+			*st = s->st;
+		}
+	}
+	tevent_req_received(req);
+	return ret;
+}
+
 int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 		      const struct bfs_object *obj, int fd,
 		      struct s3_status *st)
 {
-	void *buf = talloc_size(NULL, BFS_FILL_CHUNK);
-	uint64_t off = 0;
-	int ret = 0;
+	struct tevent_req *req = bfs_wb_stage_fill_send(NULL, wb->ev, r, obj,
+							 fd);
+	int ret = s3_wait_for(req, wb->ev);
 
-	if (buf == NULL) {
-		return ENOMEM;
+	if (ret == 0) {
+		ret = bfs_wb_stage_fill_recv(req, st);
 	}
-	while (ret == 0 && off < obj->size) {
-		size_t len = obj->size - off < BFS_FILL_CHUNK ?
-				     (size_t)(obj->size - off) : BFS_FILL_CHUNK;
-		struct tevent_req *req = bfs_read_send(buf, wb->ev, r, obj,
-						       off, len, buf);
-		size_t got = 0;
-
-		ret = s3_wait_for(req, wb->ev);
-		if (ret != 0) {
-			break; /* req goes with buf */
-		}
-		ret = bfs_read_recv(req, &got, st);
-		talloc_free(req);
-		if (ret == 0 && got != len) {
-			ret = EIO; /* shorter than indexed: changed under us */
-		}
-		if (ret == 0) {
-			ret = bfs_wb_stage_write(fd, buf, len, off, obj->key);
-		}
-		off += len;
-	}
-	talloc_free(buf);
+	talloc_free(req);
 	return ret;
 }
 
@@ -421,9 +513,34 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
 			     struct s3_status *st);
 
 /*
+ * Whether S3's object (a HEAD's answer) was made before when (this host's
+ * clock, decimal seconds: BFS_SRC_BEFORE).  The clocks are not compared,
+ * only durations: the object's age by S3's clock (its Date less its
+ * Last-Modified) against the time since the rename by ours, with two
+ * seconds for their one-second resolution.  Without both headers: no.
+ */
+static bool bfs_wb_made_before(const struct s3_object_info *info,
+			       const char *when)
+{
+	char *end = NULL;
+	long long at = strtoll(when, &end, 10);
+	time_t now = time(NULL);
+
+	if (end == when || *end != '\0' || info->mtime <= 0 ||
+	    info->server_now <= 0 || info->server_now < info->mtime ||
+	    (long long)now < at) {
+		/* Also a clock stepped back since: no age to go by. */
+		return false;
+	}
+	return (long long)(info->server_now - info->mtime) >=
+	       (long long)now - at + 2;
+}
+
+/*
  * Delete key, the name a file had before it was renamed while open, now
  * that the file is safe elsewhere: only while S3 still holds version etag
- * of it (NULL: any; BFS_SRC_NONE: none, nothing to do), and nobody
+ * of it (NULL: any; BFS_SRC_NONE: none, nothing to do; BFS_SRC_BEFORE:
+ * one made before the rename), and nobody
  * journals a change of key.  Another client
  * may have made a new file of that name meanwhile (logrotate's next log);
  * that one stays.  A failure leaves the old object behind, with a log
@@ -453,7 +570,15 @@ static void bfs_wb_delete_old_name(struct bfs_wb *wb, const char *key,
 	if (ret == 0) {
 		ret = s3_head_object_recv(req, tmp, &info, &st);
 	}
-	if (ret == 0 && etag != NULL &&
+	if (ret == 0 && etag != NULL && etag[0] == BFS_SRC_BEFORE) {
+		if (!bfs_wb_made_before(&info, etag + 1)) {
+			bfs_log(BFS_LOG_NOTICE, "bucketfs: the old name %s of a "
+				"renamed file holds an object that may be newer "
+				"than the rename: it stays in S3", key);
+			talloc_free(tmp);
+			return;
+		}
+	} else if (ret == 0 && etag != NULL &&
 	    (info.etag == NULL || strcmp(info.etag, etag) != 0)) {
 		talloc_free(tmp);
 		return; /* another version: someone else's file now */
@@ -1161,7 +1286,13 @@ int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
 	rec = cur;
 	rec.key = (char *)dst;
 	rec.src = (char *)src;
-	rec.src_etag = (char *)src_etag;
+	rec.src_etag = src_etag != NULL ? (char *)src_etag :
+		talloc_asprintf(tmp, "%c%lld", BFS_SRC_BEFORE,
+				(long long)time(NULL));
+	if (rec.src_etag == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
 	if (cur.started) {
 		/*
 		 * Its upload to src runs (the engine took it before the

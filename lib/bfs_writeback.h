@@ -49,10 +49,23 @@ int bfs_wb_stage_copy(struct bfs_wb *wb, TALLOC_CTX *mem_ctx, int from,
 		      uint64_t len, char **name, int *fd_out)
 	__attribute__((warn_unused_result));
 
-/* Copy the whole object obj into the staging file fd (read-modify-write). */
+/*
+ * Copy the whole object obj into the staging file fd (read-modify-write):
+ * on wb's own loop (waits), or as a request on ev through r, a reader on
+ * ev, so that the caller's loop goes on meanwhile.  0, or the read's or
+ * the write's errno (ENOSPC for a full staging disk), with S3's answer in
+ * *st.
+ */
 int bfs_wb_stage_fill(struct bfs_wb *wb, struct bfs_reader *r,
 		      const struct bfs_object *obj, int fd,
-		      struct s3_status *st);
+		      struct s3_status *st)
+	__attribute__((warn_unused_result));
+struct tevent_req *bfs_wb_stage_fill_send(TALLOC_CTX *mem_ctx,
+					  struct tevent_context *ev,
+					  struct bfs_reader *r,
+					  const struct bfs_object *obj, int fd);
+int bfs_wb_stage_fill_recv(struct tevent_req *req, struct s3_status *st)
+	__attribute__((warn_unused_result));
 
 /*
  * Fill staging file fd with the bytes of key's journalled upload (a close
@@ -150,6 +163,16 @@ int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
  * with "-N" for multipart ones).
  */
 #define BFS_SRC_NONE "-"
+
+/*
+ * A record's src_etag when the version S3 holds under src was not known
+ * (a rename of a file whose new bytes wait for upload: the index keeps
+ * no ETag of the old ones): "@" and this host's clock at the rename, in
+ * seconds.  src is deleted only if S3's object there is clearly older
+ * than the rename, by S3's own clock: not a file made under the name
+ * since, which a plain delete would lose.
+ */
+#define BFS_SRC_BEFORE '@'
 
 /*
  * The same, where the caller knows what S3 holds under src: src_etag, or

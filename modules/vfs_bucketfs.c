@@ -1526,6 +1526,9 @@ static int bfs_done_recv(struct tevent_req *req,
  * parts is written here (they must see the writes in order).
  */
 struct bfs_pwrite_state {
+	struct vfs_handle_struct *handle;
+	struct files_struct *fsp;
+	struct tevent_context *ev;
 	struct bfs_conn *bc;
 	struct bfs_fh *fh;
 	const void *data;
@@ -1536,6 +1539,8 @@ struct bfs_pwrite_state {
 	int err;
 };
 
+static void bfs_pwrite_staged(struct tevent_req *subreq);
+static void bfs_pwrite_start(struct tevent_req *req);
 static void bfs_pwrite_done(struct tevent_req *subreq);
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
@@ -1564,13 +1569,13 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 	struct tevent_req *req, *subreq;
 	struct bfs_pwrite_state *state;
 	struct bfs_conn *bc;
-	int fd = -1, ret;
 
 	req = tevent_req_create(mem_ctx, &state, struct bfs_pwrite_state);
 	if (req == NULL) {
 		return NULL;
 	}
 	*state = (struct bfs_pwrite_state){
+		.handle = handle, .fsp = fsp, .ev = ev,
 		.data = data, .n = n, .off = offset, .fd = -1,
 	};
 	SMB_VFS_HANDLE_GET_DATA(handle, bc, struct bfs_conn,
@@ -1578,33 +1583,71 @@ static struct tevent_req *bfs_pwrite_send(struct vfs_handle_struct *handle,
 				return tevent_req_post(req, ev));
 	state->bc = bc;
 	state->fh = fh;
-	ret = bfs_fh_write_begin(bc, fh, n, offset, &fd);
+	if (fh != NULL && !fh->is_dir && fh->writable && fh->stage_fd == -1) {
+		/* The first write of an existing file fetches its bytes. */
+		subreq = bfs_fh_stage_send(state, ev, bc, fh);
+		if (tevent_req_nomem(subreq, req)) {
+			return tevent_req_post(req, ev);
+		}
+		tevent_req_set_callback(subreq, bfs_pwrite_staged, req);
+		return req;
+	}
+	bfs_pwrite_start(req);
+	if (!tevent_req_is_in_progress(req)) {
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+static void bfs_pwrite_staged(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	int ret = bfs_fh_stage_recv(subreq);
+
+	TALLOC_FREE(subreq);
+	if (tevent_req_error(req, ret)) {
+		return;
+	}
+	bfs_pwrite_start(req);
+}
+
+/* The write itself, fh staged: in a worker thread, or here. */
+static void bfs_pwrite_start(struct tevent_req *req)
+{
+	struct bfs_pwrite_state *state = tevent_req_data(req,
+							 struct bfs_pwrite_state);
+	struct tevent_req *subreq;
+	int fd = -1, ret;
+
+	ret = bfs_fh_write_begin(state->bc, state->fh, state->n, state->off,
+				 &fd);
 	if (ret == EAGAIN) {
-		state->written = bfs_pwrite(handle, fsp, data, n, offset);
+		state->written = bfs_pwrite(state->handle, state->fsp,
+					    state->data, state->n, state->off);
 		if (state->written < 0) {
 			tevent_req_error(req, errno);
 		} else {
 			tevent_req_done(req);
 		}
-		return tevent_req_post(req, ev);
+		return;
 	}
-	if (ret != 0) {
-		tevent_req_error(req, ret);
-		return tevent_req_post(req, ev);
+	if (tevent_req_error(req, ret)) {
+		return;
 	}
 	state->fd = fd;
-	bfs_hold_file(handle, fsp, bc);
-	subreq = pthreadpool_tevent_job_send(state, ev,
-					     handle->conn->sconn->pool,
+	bfs_hold_file(state->handle, state->fsp, state->bc);
+	subreq = pthreadpool_tevent_job_send(state, state->ev,
+					     state->handle->conn->sconn->pool,
 					     bfs_pwrite_do, state);
 	if (subreq == NULL) {
 		close(fd);
+		state->fd = -1;
 		tevent_req_oom(req);
-		return tevent_req_post(req, ev);
+		return;
 	}
 	talloc_set_destructor(state, bfs_pwrite_state_destructor);
 	tevent_req_set_callback(subreq, bfs_pwrite_done, req);
-	return req;
 }
 
 static void bfs_pwrite_done(struct tevent_req *subreq)

@@ -340,6 +340,38 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_close_with_cl
     assert "pipe-closed.bin" not in w.ctl("rwsync", "pending").stdout
 
 
+def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_write_fetches_the_files_old_bytes(w):
+    # A write into an existing file (read-modify-write) needs the object's
+    # bytes in its staging file first.  Fetched on smbd's loop, they made
+    # every other request of the connection wait for S3's GETs.
+    small = w.make("rmw-cached.bin", 100_000)
+    w.smbclient("rwlocal", f"put {small} rmw-cached.bin")
+    old = w.make("rmw-old.bin", (8 << 20) + 3)
+    # In S3 only, in a folder not listed yet: not cached, and not hidden
+    # by a listing of before.
+    w.s3tool("put", "rwlocal/rmw/rmw-big.bin", old)
+    w.ctl("rwlocal", "invalidate", "")
+    patch = w.make("rmw-patch.bin", 4096)
+    w.fault("GET delay:3 -1 rmw-big.bin")
+    try:
+        run = pipeline(w, "rwlocal", "rmw/rmw-big.bin", patch, "rmw-cached.bin", "rmw")
+    finally:
+        w.fault("GET delay:0 0")
+    print(f"    # a write that fetches first: answers in order {run['order']}, "
+          f"seconds {run['seconds']}")
+    assert set(run["status"].values()) == {"0x00000000"}, run
+    assert run["read_bytes"] == 65536, run
+    # The echo and the read did not wait for the GETs; the write did.
+    assert run["order"][-1] == "rmw", run
+    assert run["seconds"]["rmw"] >= 3, run
+    want = f"{w.tmp}/rmw-want.bin"
+    with open(want, "wb") as out, open(patch, "rb") as p, open(old, "rb") as o:
+        out.write(p.read())
+        o.seek(4096)
+        out.write(o.read())
+    assert s3_has(w, "rwlocal/rmw/rmw-big.bin", sha256(want))
+
+
 @pytest.mark.parametrize("how", ["tdis", "logoff"])
 def test_a_tree_disconnect_or_a_logoff_with_a_written_file_open_uploads_it_and_smbd_lives_on(w, how):
     # smbd closes the file itself then, and would panic on a hold left on
@@ -699,6 +731,47 @@ def test_a_rename_right_after_the_close_retargets_the_upload_and_copies_nothing(
     listing = w.ls("rwlocal")
     assert listing.get("ckpt.pt") == (False, 20 << 20), listing
     assert "ckpt.tmp" not in listing, listing
+
+
+def test_a_new_file_under_the_old_name_of_a_file_renamed_before_its_upload_stays_and_an_old_one_goes(w):
+    # f and h were in S3.  Each is overwritten and renamed before its
+    # upload (a retarget: the index has no ETag of the version S3 holds);
+    # a new f is written at once and goes up while the renamed uploads
+    # wait.  Once they are up, their old names are deleted only where S3's
+    # object predates the rename: the old h goes, the new f stays.
+    old = w.make("rt-old.bin", 1000)
+    w.s3tool("put", "rwlocal/rt-f.bin", old)
+    w.s3tool("put", "rwlocal/rt-h.bin", old)
+    w.ls("rwlocal")  # listed: the overwrites below replace known objects
+    time.sleep(3)  # S3's objects clearly older than the renames
+    one = w.make("rt-one.bin", 100_000)
+    two = w.make("rt-two.bin", 5000)
+    w.fault("PUT delay:5 -1 rt-slow")
+    try:
+        w.smbclient("rwlocal", f"put {one} rt-f.bin; rename rt-f.bin rt-slow-g.bin; "
+                    f"put {one} rt-h.bin; rename rt-h.bin rt-slow-k.bin; put {two} rt-f.bin")
+        assert s3_has(w, "rwlocal/rt-f.bin", sha256(two))  # up while g waits
+        assert s3_has(w, "rwlocal/rt-slow-g.bin", sha256(one))
+        assert s3_has(w, "rwlocal/rt-slow-k.bin", sha256(one))
+    finally:
+        w.fault("PUT delay:0 0")
+    end = time.monotonic() + 60
+    while "rt-slow" in w.ctl("rwlocal", "pending").stdout:
+        assert time.monotonic() < end, "the renamed uploads never ended"
+        time.sleep(0.3)
+    assert s3_gone_soon(w, "rwlocal/rt-h.bin")
+    assert w.s3_sha256("rwlocal/rt-f.bin") == sha256(two)
+    listing = w.ls("rwlocal")
+    assert listing.get("rt-f.bin") == (False, 5000), listing
+
+
+def s3_gone_soon(w, key, timeout=30):
+    end = time.monotonic() + timeout
+    while key in w.s3_keys(os.path.dirname(key) + "/"):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.3)
+    return True
 
 
 def test_a_checkpoint_renamed_over_its_final_name_is_durable_when_a_flush_of_that_name_answers(w):

@@ -1,14 +1,18 @@
 #!/usr/bin/python3
 """smbpipeline: what a mounted box does on its one connection, at once.
 
-  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED [flush|close]
+  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED [flush|close|rmw]
 
 Over one SMB 3.0 connection: write LOCAL's bytes to PATH (created, kept
 open), open CACHED for reading, then send three requests without waiting
 for any answer, as the Linux kernel client multiplexes its processes'
 requests: an SMB2 FLUSH (or, given "close", a CLOSE) of PATH, an SMB2
-ECHO, and a 64 KiB READ of CACHED.  Prints one JSON line: the order the
-three final answers came in (the first named "flush" or "close"), seconds
+ECHO, and a 64 KiB READ of CACHED.  Given "rmw", PATH is an existing file,
+opened without truncating it, and the first request is a WRITE of LOCAL's
+bytes (one write) at its offset 0: a read-modify-write, which needs PATH's
+old bytes first; PATH is closed after the three answers.  Prints one JSON
+line: the order the three final answers came in (the first named "flush",
+"close" or "rmw"), seconds
 from sending to each answer, their NT statuses, the READ's byte count,
 and the seconds the close of PATH took after them (0 when the CLOSE was
 the first request).  Interim answers (STATUS_PENDING, for requests smbd
@@ -43,15 +47,29 @@ def main():
     first = sys.argv[8] if len(sys.argv) > 8 else "flush"
     conn = connect(port, user, password)
     tid = conn.connectTree(share)
-    fid = write_open(conn, tid, path, local)
+    if first == "rmw":
+        fid = conn.createFile(tid, path, desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
+                              shareMode=s3.FILE_SHARE_READ,
+                              creationDisposition=s3.FILE_OPEN)
+    else:
+        fid = write_open(conn, tid, path, local)
     rfid = conn.openFile(tid, cached, desiredAccess=s3.FILE_READ_DATA)
     smb = conn.getSMBServer()
 
     sent = {}
     flush = smb.SMB_PACKET()
-    flush["Command"] = s3.SMB2_FLUSH if first == "flush" else s3.SMB2_CLOSE
+    flush["Command"] = {"flush": s3.SMB2_FLUSH, "close": s3.SMB2_CLOSE,
+                        "rmw": s3.SMB2_WRITE}[first]
     flush["TreeID"] = tid
-    body = s3.SMB2Flush() if first == "flush" else s3.SMB2Close()
+    if first == "rmw":
+        body = s3.SMB2Write()
+        with open(local, "rb") as f:
+            body["Buffer"] = f.read()
+        body["Length"] = len(body["Buffer"])
+        body["Offset"] = 0
+        body["WriteChannelInfoOffset"] = 0
+    else:
+        body = s3.SMB2Flush() if first == "flush" else s3.SMB2Close()
     body["FileID"] = fid
     flush["Data"] = body
     echo = smb.SMB_PACKET()
@@ -84,7 +102,7 @@ def main():
             read_bytes = len(s3.SMB2Read_Response(packet["Data"])["Buffer"])
     conn.closeFile(tid, rfid)
     start = time.monotonic()
-    if first == "flush":
+    if first in ("flush", "rmw"):
         conn.closeFile(tid, fid)
     closed = round(time.monotonic() - start, 3)
     conn.logoff()

@@ -16,6 +16,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <dirent.h>
+#include <tevent.h>
 
 #include "test_share.h"
 
@@ -233,6 +235,88 @@ static void test_staged_twin(void **state)
 	/* A deleted open is nobody's twin. */
 	b->deleted = true;
 	assert_null(bfs_staged_twin(bc, "f", a));
+	talloc_free(t);
+}
+
+/* Files in the staging folder. */
+static unsigned staging_files(struct bfs_conn *bc)
+{
+	char *dir = talloc_asprintf(NULL, "%s/staging", bc->cache_dir);
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	unsigned n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL) {
+		n += de->d_name[0] != '.';
+	}
+	closedir(d);
+	talloc_free(dir);
+	return n;
+}
+
+/*
+ * The first writes of two opens of one key, staged off the caller's loop
+ * (bfs_fh_stage_send): one after the other, the second taking the first's
+ * staging file, which starts from the journalled upload's bytes.  An
+ * object whose bytes S3 must give (here it cannot) fails with nothing left
+ * in the staging folder and the open unstaged.
+ */
+static void test_stagings_off_the_loop_queue_and_share_one_file(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	struct tevent_context *ev = tevent_context_init(t);
+	struct bfs_entry e = {.name = "s", .mtime = 1, .size = 7,
+			      .flags = BFS_ENT_PENDING};
+	struct bfs_entry g = {.name = "g", .mtime = 1, .size = 5,
+			      .etag = "\"e1\""};
+	struct bfs_jrec rec = {.key = "s", .op = BFS_J_PUT, .size = 7};
+	struct bfs_fh *a = NULL, *b = NULL, *c = NULL;
+	struct tevent_req *ra, *rb, *rc;
+	unsigned before;
+	int fd;
+
+	(void)state;
+	assert_non_null(ev);
+	assert_int_equal(bfs_wb_stage_new(bc->wb, t, &fd, &rec.staging), 0);
+	assert_int_equal(write(fd, "pending", 7), 7);
+	close(fd);
+	rec.pid = getpid();
+	assert_int_equal(bfs_journal_put(bc->journal, &rec), 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
+	assert_int_equal(bfs_fh_open(bc, "s", O_RDWR, false, &a), 0);
+	assert_int_equal(bfs_fh_open(bc, "s", O_RDWR, false, &b), 0);
+	/* Writers stage at their first write. */
+	assert_int_equal(a->stage_fd, -1);
+	assert_int_equal(b->stage_fd, -1);
+	before = staging_files(bc);
+
+	ra = bfs_fh_stage_send(t, ev, bc, a);
+	rb = bfs_fh_stage_send(t, ev, bc, b);
+	assert_non_null(ra);
+	assert_non_null(rb);
+	assert_true(tevent_req_is_in_progress(ra)); /* waits for the loop */
+	assert_true(tevent_req_poll(rb, ev));
+	assert_false(tevent_req_is_in_progress(ra));
+	assert_int_equal(bfs_fh_stage_recv(ra), 0);
+	assert_int_equal(bfs_fh_stage_recv(rb), 0);
+	assert_true(a->stage_fd != -1 && b->stage_fd != -1);
+	assert_string_equal(a->stage_name, b->stage_name);
+	assert_string_equal(read_all(t, b->stage_fd), "pending");
+	assert_int_equal(staging_files(bc), before + 1);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+
+	/* Bytes only S3 has, which it cannot give: nothing staged. */
+	assert_int_equal(bfs_index_put(bc->index, "", &g), 0);
+	assert_int_equal(bfs_fh_open(bc, "g", O_RDWR, false, &c), 0);
+	assert_int_equal(c->stage_fd, -1);
+	rc = bfs_fh_stage_send(t, ev, bc, c);
+	assert_non_null(rc);
+	assert_true(tevent_req_poll(rc, ev));
+	assert_int_not_equal(bfs_fh_stage_recv(rc), 0);
+	assert_int_equal(c->stage_fd, -1);
+	assert_int_equal(staging_files(bc), before + 1);
 	talloc_free(t);
 }
 
@@ -509,6 +593,7 @@ int main(void)
 		cmocka_unit_test(test_max_file_size),
 		cmocka_unit_test(test_close_hands_over),
 		cmocka_unit_test(test_failed_close_stays_journalled),
+		cmocka_unit_test(test_stagings_off_the_loop_queue_and_share_one_file),
 		cmocka_unit_test(test_flush_hands_over_a_snapshot),
 		cmocka_unit_test(
 			test_a_change_after_another_open_closed_keeps_the_file_dirty),
