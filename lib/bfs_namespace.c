@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <talloc.h>
 
 #include "bfs_engine.h"
@@ -32,6 +33,44 @@
  */
 #define BFS_RMDIR_SCAN 10000
 
+/*
+ * Where closes do not wait for S3 (`close = local`, an engine running),
+ * neither does mkdir: its marker, an empty staging file, is journalled in
+ * the engine's name as a close is, and the engine puts it.  ENOTSUP where
+ * the caller puts it now.
+ */
+static int bfs_mkdir_hand_over(struct bfs_conn *bc, const char *marker)
+{
+	pid_t engine = bc->close_local ? bfs_engine_now(bc) : 0;
+	char *name = NULL;
+	int fd = -1, ret;
+
+	if (engine == 0) {
+		return ENOTSUP;
+	}
+	ret = bfs_wb_stage_new(bc->wb, bc, &fd, &name);
+	if (ret == 0) {
+		close(fd);
+		ret = bfs_wb_hand_over(bc->wb, marker, name, 0, time(NULL),
+				       engine);
+		if (ret != 0) {
+			bfs_wb_stage_drop(bc->wb, name);
+		}
+	}
+	talloc_free(name);
+	if (ret != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot journal the "
+			"new directory %s for the engine: %s; putting it now",
+			bc->service, marker, strerror(ret));
+		return ENOTSUP;
+	}
+	if (bfs_engine_notify(bc->engine, marker) != 0) {
+		/* It died just now: the next one takes the record over. */
+		(void)bfs_engine_now(bc);
+	}
+	return 0;
+}
+
 int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -41,6 +80,7 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 	struct s3_dir *empty;
 	char *parent = NULL, *marker, *prefix;
 	const char *base = NULL;
+	bool handed;
 	int ret;
 
 	if (tmp == NULL) {
@@ -89,7 +129,8 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 		talloc_free(tmp);
 		return ret;
 	}
-	ret = bfs_wb_put_empty(bc->wb, marker, &st);
+	handed = bfs_mkdir_hand_over(bc, marker) == 0;
+	ret = handed ? 0 : bfs_wb_put_empty(bc->wb, marker, &st);
 	if (ret != 0) {
 		bfs_log_s3(bc, "mkdir (marker object)", marker, &st);
 		if (bfs_index_remove(bc->index, prefix, base) != 0) {
@@ -99,11 +140,16 @@ int bfs_mkdir(struct bfs_conn *bc, const char *rel)
 		talloc_free(tmp);
 		return ret;
 	}
-	bfs_changed(bc, marker);
-	/* In the parent's listing now, and known to be empty. */
-	e.flags = 0;
+	if (!handed) {
+		bfs_changed(bc, marker);
+		e.flags = 0;
+	}
+	/*
+	 * In the parent's listing now (pending until the engine's put), and
+	 * known to be empty.
+	 */
 	empty = s3_dir_new(tmp, marker);
-	ret = bfs_index_put(bc->index, prefix, &e);
+	ret = handed ? 0 : bfs_index_put(bc->index, prefix, &e);
 	if (ret == 0 && empty != NULL) {
 		uint64_t since;
 		int sret;

@@ -431,7 +431,11 @@ static void bfs_wb_upload_started(void *private_data, const char *upload_id)
 	}
 }
 
-/* Set key's index entry: uploaded (etag) or pending (etag NULL). */
+/*
+ * Set key's index entry: uploaded (etag) or pending (etag NULL).  A
+ * folder's marker ("a/b/", an mkdir handed to the engine) sets the
+ * folder's entry in its parent.
+ */
 static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 			     time_t mtime, const char *etag)
 {
@@ -440,11 +444,16 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 	char *dir, *name;
 	int ret = bfs_key_split(tmp, key, &dir, &name);
 
+	if (ret == 0 && name[0] == '\0' && dir[0] != '\0') {
+		dir[strlen(dir) - 1] = '\0';
+		ret = bfs_key_split(tmp, dir, &dir, &name);
+		e.is_dir = true;
+	}
 	if (ret == 0) {
 		e.name = name;
-		e.size = size;
+		e.size = e.is_dir ? 0 : size;
 		e.mtime = mtime;
-		e.etag = (char *)etag;
+		e.etag = e.is_dir ? NULL : (char *)etag;
 		e.flags = etag == NULL ? BFS_ENT_PENDING : 0;
 		ret = bfs_index_put(wb->idx, dir, &e);
 	}
@@ -469,16 +478,15 @@ static void bfs_wb_forget_dir(struct bfs_wb *wb, const char *dir)
 	}
 }
 
-/* Drop what the index says of key's directory: the next access lists it. */
+static void bfs_wb_forget_parent(struct bfs_wb *wb, const char *key);
+
+/*
+ * Drop what the index says of key's directory (a marker's: its parent's):
+ * the next access lists it.
+ */
 static void bfs_wb_index_forget(struct bfs_wb *wb, const char *key)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	char *dir, *name;
-
-	if (tmp != NULL && bfs_key_split(tmp, key, &dir, &name) == 0) {
-		bfs_wb_forget_dir(wb, dir);
-	}
-	talloc_free(tmp);
+	bfs_wb_forget_parent(wb, key);
 }
 
 /*

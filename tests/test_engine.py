@@ -461,6 +461,34 @@ def test_a_delete_with_close_local_answers_before_s3_and_the_engine_deletes_it(w
     assert "del-" not in w.ctl("rwlocal", "pending").stdout
 
 
+def test_an_mkdir_with_close_local_answers_before_s3_and_the_engine_puts_its_marker(w):
+    w.fault("PUT delay:4 -1 mk-")  # every PUT of these names 4 s slower
+    try:
+        w.smbclient("rwlocal", "mkdir mk-a; mkdir mk-b; rmdir mk-b")
+        # Answered before S3 had the marker: the engine puts it.
+        keys = w.s3_keys("rwlocal/")
+        assert "rwlocal/mk-a/" not in keys, "the mkdir waited for S3"
+        # There at once, and usable: a file goes in, a listing from S3
+        # (which has no marker yet) does not take the folder away.
+        src = w.make("mk-file.bin", 10_000)
+        w.smbclient("rwlocal", f"put {src} mk-a/f.bin")
+        w.ctl("rwlocal", "invalidate", "")
+        listing = w.ls("rwlocal")
+        assert listing.get("mk-a", (None,))[0] is True, listing
+        assert "mk-b" not in listing, listing
+    finally:
+        w.fault("PUT delay:0 0")
+    assert s3_has(w, "rwlocal/mk-a/", sha256(os.devnull))
+    assert s3_has(w, "rwlocal/mk-a/f.bin", sha256(src))
+    end = time.monotonic() + 60
+    while "mk-" in w.ctl("rwlocal", "pending").stdout:
+        assert time.monotonic() < end, "the engine never finished"
+        time.sleep(0.3)
+    assert "rwlocal/mk-b/" not in w.s3_keys("rwlocal/")
+    w.ctl("rwlocal", "invalidate", "")
+    assert w.ls("rwlocal", "mk-a").get("f.bin") == (False, 10_000)
+
+
 def test_a_delete_s3_refuses_for_good_shows_the_file_again(w):
     # The client was told the delete was done (the engine's, later); S3
     # answers AccessDenied (a policy, an object lock): the engine gives it
