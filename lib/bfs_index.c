@@ -1498,6 +1498,26 @@ int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
 	return *dir != NULL && *name != NULL ? 0 : ENOMEM;
 }
 
+int bfs_key_entry(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name, bool *is_dir)
+{
+	size_t len = strlen(key);
+	char *file;
+	int ret;
+
+	*is_dir = len > 1 && key[len - 1] == '/';
+	if (!*is_dir) {
+		return bfs_key_split(mem_ctx, key, dir, name);
+	}
+	file = talloc_strndup(mem_ctx, key, len - 1);
+	if (file == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_key_split(mem_ctx, file, dir, name);
+	talloc_free(file);
+	return ret;
+}
+
 static char *bfs_full_key(TALLOC_CTX *mem_ctx, const char *dir,
 			  const char *name, bool is_dir)
 {

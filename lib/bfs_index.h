@@ -41,6 +41,14 @@
 #include "bfs_meta.h"
 #include "s3_dirlist.h"
 
+/*
+ * The entry that stands for key in the index: a file's (bfs_key_split),
+ * or for a folder's marker object ("a/b/") the folder's in its parent
+ * ("a/", "b"), *is_dir then true.  Both strings on mem_ctx.
+ */
+int bfs_key_entry(TALLOC_CTX *mem_ctx, const char *key, char **dir,
+		  char **name, bool *is_dir);
+
 /* Split a full key into its directory prefix and name (both on mem_ctx). */
 int bfs_key_split(TALLOC_CTX *mem_ctx, const char *key, char **dir,
 		  char **name);

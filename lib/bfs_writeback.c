@@ -442,13 +442,8 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_entry e = {0};
 	char *dir, *name;
-	int ret = bfs_key_split(tmp, key, &dir, &name);
+	int ret = bfs_key_entry(tmp, key, &dir, &name, &e.is_dir);
 
-	if (ret == 0 && name[0] == '\0' && dir[0] != '\0') {
-		dir[strlen(dir) - 1] = '\0';
-		ret = bfs_key_split(tmp, dir, &dir, &name);
-		e.is_dir = true;
-	}
 	if (ret == 0) {
 		e.name = name;
 		e.size = e.is_dir ? 0 : size;
@@ -503,14 +498,17 @@ static void bfs_wb_index_drop(struct bfs_wb *wb, const char *key,
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_entry e;
 	char *dir, *name;
+	bool marker;
 
-	if (tmp == NULL || bfs_key_split(tmp, key, &dir, &name) != 0) {
+	if (tmp == NULL || bfs_key_entry(tmp, key, &dir, &name, &marker) != 0) {
 		talloc_free(tmp);
 		return;
 	}
+	/* A folder's entry has no ETag: the one its marker's upload set. */
 	if (bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0 &&
-	    !(e.flags & BFS_ENT_PENDING) && e.etag != NULL && tag != NULL &&
-	    strcmp(e.etag, tag) == 0 &&
+	    !(e.flags & BFS_ENT_PENDING) &&
+	    (marker ? e.is_dir : (e.etag != NULL && tag != NULL &&
+				  strcmp(e.etag, tag) == 0)) &&
 	    bfs_index_remove(wb->idx, dir, name) != 0) {
 		bfs_wb_forget_dir(wb, dir); /* the next listing says */
 	}
@@ -1264,6 +1262,7 @@ int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_jrec cur, old, rec;
 	char *sdir, *sname, *ddir, *dname;
+	bool marker;
 	int ret;
 
 	if (tmp == NULL) {
@@ -1276,11 +1275,13 @@ int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
 			 (cur.src != NULL && strcmp(cur.src, dst) != 0))) {
 		ret = ESTALE;
 	}
+	/* A folder's marker (an mkdir the engine has yet to put): the
+	 * folder's entry moves. */
 	if (ret == 0) {
-		ret = bfs_key_split(tmp, src, &sdir, &sname);
+		ret = bfs_key_entry(tmp, src, &sdir, &sname, &marker);
 	}
 	if (ret == 0) {
-		ret = bfs_key_split(tmp, dst, &ddir, &dname);
+		ret = bfs_key_entry(tmp, dst, &ddir, &dname, &marker);
 	}
 	if (ret != 0) {
 		talloc_free(tmp);

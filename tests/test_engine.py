@@ -866,6 +866,30 @@ def test_a_folder_renamed_while_its_files_wait_for_upload_takes_them_along(w):
     assert sha256(f"{w.tmp}/fold-b.out") == sha256(b)
 
 
+def test_a_folder_made_and_renamed_before_the_engine_put_its_markers_moves_whole(w):
+    # mkdir's markers wait in the engine (the 15 s upload delay) as a
+    # close's upload does: a rename of the new folder takes them along,
+    # the subfolder's entry too, and leaves no ghost under the old name.
+    f = w.make("mkren.bin", 5000)
+    w.smbclient("slowstart", f"mkdir mkp; mkdir mkp/sub; put {f} mkp/sub/f.bin; "
+                             "rename mkp mkq")
+    assert "mkp" not in w.ls("slowstart")
+    assert w.ls("slowstart", "mkq").get("sub", (None,))[0] is True
+    end = time.monotonic() + 60
+    while "mk" in w.ctl("slowstart", "pending").stdout:
+        assert time.monotonic() < end, "the engine never finished"
+        time.sleep(0.3)
+    keys = w.s3_keys("slowstart/")
+    for k in ("slowstart/mkq/", "slowstart/mkq/sub/", "slowstart/mkq/sub/f.bin"):
+        assert k in keys, keys
+    assert not [k for k in keys if k.startswith("slowstart/mkp")], keys
+    # Made again: empty, with no ghost of the subfolder that moved.
+    w.smbclient("slowstart", "mkdir mkp")
+    w.ctl("slowstart", "invalidate", "")
+    assert [n for n in w.ls("slowstart", "mkp") if n not in (".", "..")] == []
+    assert w.ls("slowstart", "mkq/sub").get("f.bin") == (False, 5000)
+
+
 def test_a_rename_after_the_close_ends_the_upload_delay_which_a_plain_close_waits_out(w):
     # The delay holds an upload for the rename that may follow its close
     # (write tmp, rename over final); once that rename has come there is

@@ -574,6 +574,7 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 	struct bfs_entry ent = {0};
 	const char *etag = NULL;
 	char *dir, *name;
+	bool marker;
 	int ret;
 
 	ret = bfs_wb_finish(w->wb, r, &st);
@@ -593,9 +594,15 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 	/* The ETag the upload left in the index; none when it was stopped,
 	 * its file renamed (and bfs_wb_finish said so). */
 	if (one != NULL && ret == 0 && r->op == BFS_J_PUT &&
-	    bfs_key_split(one, r->key, &dir, &name) == 0 &&
+	    bfs_key_entry(one, r->key, &dir, &name, &marker) == 0 &&
 	    bfs_index_lookup(e->idx, one, dir, name, &ent) == 0) {
-		etag = ent.etag;
+		/*
+		 * A folder's marker (an mkdir): its entry has no ETag, and
+		 * is no longer pending once the marker is in S3.  "" says
+		 * done all the same, for the cluster's change notice.
+		 */
+		etag = !marker ? ent.etag :
+		       ent.is_dir && !(ent.flags & BFS_ENT_PENDING) ? "" : NULL;
 	}
 	if (etag != NULL) {
 		eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%" PRIu64

@@ -141,6 +141,33 @@ static void test_a_new_name_is_made_by_one_of_two_processes(void **state)
 	talloc_free(t);
 }
 
+/* The entry a key stands for: a file's, or a marker's folder in its parent. */
+static void test_the_entry_of_a_key(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	char *dir, *name;
+	bool is_dir;
+
+	(void)state;
+	assert_int_equal(bfs_key_entry(t, "a/b/f", &dir, &name, &is_dir), 0);
+	assert_string_equal(dir, "a/b/");
+	assert_string_equal(name, "f");
+	assert_false(is_dir);
+	assert_int_equal(bfs_key_entry(t, "a/b/", &dir, &name, &is_dir), 0);
+	assert_string_equal(dir, "a/");
+	assert_string_equal(name, "b");
+	assert_true(is_dir);
+	assert_int_equal(bfs_key_entry(t, "top/", &dir, &name, &is_dir), 0);
+	assert_string_equal(dir, "");
+	assert_string_equal(name, "top");
+	assert_true(is_dir);
+	assert_int_equal(bfs_key_entry(t, "f", &dir, &name, &is_dir), 0);
+	assert_string_equal(dir, "");
+	assert_string_equal(name, "f");
+	assert_false(is_dir);
+	talloc_free(t);
+}
+
 static void test_store_lookup_children(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -1940,6 +1967,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_one_lister_per_directory),
 		cmocka_unit_test(test_store_lookup_children),
+		cmocka_unit_test(test_the_entry_of_a_key),
 		cmocka_unit_test(test_a_new_name_is_made_by_one_of_two_processes),
 		cmocka_unit_test(test_relist_keeps_inodes),
 		cmocka_unit_test(test_many_unique_inodes),
