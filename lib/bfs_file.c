@@ -514,13 +514,8 @@ static void bfs_fh_stage_filled(struct tevent_req *subreq)
 
 int bfs_fh_stage_recv(struct tevent_req *req)
 {
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
-	}
 	tevent_req_received(req);
 	return ret;
 }
@@ -1545,13 +1540,8 @@ static void bfs_fh_flush_uploaded(struct tevent_req *subreq)
 
 int bfs_fh_flush_recv(struct tevent_req *req)
 {
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
-	}
 	tevent_req_received(req);
 	return ret;
 }

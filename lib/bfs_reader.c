@@ -1090,13 +1090,9 @@ int bfs_read_lend_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 int bfs_read_recv(struct tevent_req *req, size_t *nread, struct s3_status *st)
 {
 	struct bfs_read_state *s = tevent_req_data(req, struct bfs_read_state);
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
-	} else {
+	if (ret == 0) {
 		*nread = s->nread;
 	}
 	if (st != NULL) {

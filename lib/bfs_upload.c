@@ -779,13 +779,9 @@ int bfs_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx, char **etag,
 {
 	struct bfs_upload_state *s = tevent_req_data(req,
 						     struct bfs_upload_state);
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
-	} else if (etag != NULL) {
+	if (ret == 0 && etag != NULL) {
 		*etag = talloc_steal(mem_ctx, s->etag);
 	}
 	if (st != NULL) {

@@ -274,12 +274,9 @@ int bfs_wb_stage_fill_recv(struct tevent_req *req, struct s3_status *st)
 {
 	struct bfs_wb_fill_state *s = tevent_req_data(req,
 						      struct bfs_wb_fill_state);
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
+	if (ret != 0) {
 		if (st != NULL) {
 			*st = s->st;
 		}
@@ -1127,12 +1124,9 @@ int bfs_wb_upload_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 {
 	struct bfs_wb_upload_state *s = tevent_req_data(
 		req, struct bfs_wb_upload_state);
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
+	if (ret != 0) {
 		if (st != NULL) {
 			*st = s->st;
 			st->err = ret;

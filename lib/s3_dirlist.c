@@ -310,13 +310,8 @@ int s3_dirlist_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 {
 	struct s3_dirlist_state *s = tevent_req_data(req,
 						     struct s3_dirlist_state);
-	enum tevent_req_state state;
-	uint64_t err = 0;
-	int ret = 0;
+	int ret = s3_req_errno(req);
 
-	if (tevent_req_is_error(req, &state, &err)) {
-		ret = err != 0 ? (int)err : ENOMEM;
-	}
 	if (st != NULL) {
 		*st = s->st;
 		st->err = ret;

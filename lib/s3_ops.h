@@ -6,6 +6,10 @@
 #ifndef BUCKETFS_S3_OPS_H
 #define BUCKETFS_S3_OPS_H
 
+#include <errno.h>
+#include <stdint.h>
+#include <tevent.h>
+
 #include "s3_client.h"
 #include "s3_xml.h"
 
@@ -159,6 +163,22 @@ struct tevent_req *s3_mpu_abort_send(TALLOC_CTX *mem_ctx,
 				     struct s3_client *c, const char *key,
 				     const char *upload_id);
 int s3_mpu_abort_recv(struct tevent_req *req, struct s3_status *st);
+
+/*
+ * A finished request's errno for its _recv: 0 if it succeeded, the
+ * errno it failed with, ENOMEM for a failure that gave none (out of
+ * memory in tevent itself).
+ */
+static inline int s3_req_errno(struct tevent_req *req)
+{
+	enum tevent_req_state state;
+	uint64_t err = 0;
+
+	if (!tevent_req_is_error(req, &state, &err)) {
+		return 0;
+	}
+	return err != 0 ? (int)err : ENOMEM;
+}
 
 /*
  * Run req to completion on its (private) event context: 0 once it
