@@ -238,6 +238,23 @@ static void test_staged_twin(void **state)
 	talloc_free(t);
 }
 
+/*
+ * Another close of key journalled (this process's pid, as a close of
+ * another open): a staging file holding "pending" and its PUT record.
+ */
+static void journal_a_close(TALLOC_CTX *t, struct bfs_conn *bc,
+			    const char *key)
+{
+	struct bfs_jrec rec = {.key = (char *)key, .op = BFS_J_PUT,
+			       .size = 7, .pid = getpid()};
+	int fd;
+
+	assert_int_equal(bfs_wb_stage_new(bc->wb, t, &fd, &rec.staging), 0);
+	assert_int_equal(write(fd, "pending", 7), 7);
+	close(fd);
+	assert_int_equal(bfs_journal_put(bc->journal, &rec), 0);
+}
+
 /* Files in the staging folder. */
 static unsigned staging_files(struct bfs_conn *bc)
 {
@@ -271,19 +288,13 @@ static void test_stagings_off_the_loop_queue_and_share_one_file(void **state)
 			      .flags = BFS_ENT_PENDING};
 	struct bfs_entry g = {.name = "g", .mtime = 1, .size = 5,
 			      .etag = "\"e1\""};
-	struct bfs_jrec rec = {.key = "s", .op = BFS_J_PUT, .size = 7};
 	struct bfs_fh *a = NULL, *b = NULL, *c = NULL;
 	struct tevent_req *ra, *rb, *rc;
 	unsigned before;
-	int fd;
 
 	(void)state;
 	assert_non_null(ev);
-	assert_int_equal(bfs_wb_stage_new(bc->wb, t, &fd, &rec.staging), 0);
-	assert_int_equal(write(fd, "pending", 7), 7);
-	close(fd);
-	rec.pid = getpid();
-	assert_int_equal(bfs_journal_put(bc->journal, &rec), 0);
+	journal_a_close(t, bc, "s");
 	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
 	assert_int_equal(bfs_fh_open(bc, "s", O_RDWR, false, &a), 0);
 	assert_int_equal(bfs_fh_open(bc, "s", O_RDWR, false, &b), 0);
@@ -330,16 +341,10 @@ static void test_open_reads_a_journalled_upload(void **state)
 	struct bfs_conn *bc = share(t);
 	struct bfs_entry e = {.name = "p", .mtime = 1,
 			      .flags = BFS_ENT_PENDING};
-	struct bfs_jrec rec = {.key = "p", .op = BFS_J_PUT, .size = 7};
 	struct bfs_fh *fh = NULL;
-	int fd;
 
 	(void)state;
-	assert_int_equal(bfs_wb_stage_new(bc->wb, t, &fd, &rec.staging), 0);
-	assert_int_equal(write(fd, "pending", 7), 7);
-	close(fd);
-	rec.pid = getpid();
-	assert_int_equal(bfs_journal_put(bc->journal, &rec), 0);
+	journal_a_close(t, bc, "p");
 	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
 	assert_int_equal(bfs_fh_open(bc, "p", O_RDONLY, false, &fh), 0);
 	assert_true(fh->stage_fd != -1);
