@@ -845,10 +845,70 @@ static void bfs_fh_settle(struct bfs_conn *bc, struct bfs_fh *fh,
 	fh->etag = talloc_strdup(fh, e->etag);
 	fh->size = e->size;
 	fh->mtime = e->mtime;
+	fh->obj.key = fh->key;
 	fh->obj.etag = fh->etag;
 	fh->obj.size = fh->size;
 	bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag, bc->block_size,
 			  &fh->obj.id);
+	fh->pending = false;
+}
+
+/*
+ * A file renamed while S3 had it, the rename handed to the engine and its
+ * copy not yet done: its bytes are read from the old name, at the version
+ * renamed (the same cache blocks).  The copy's ETag is another: once it
+ * is done, bfs_fh_copy_ended moves the reader over.
+ */
+static int bfs_fh_follow_copy(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	TALLOC_CTX *tmp;
+	struct bfs_jrec rec;
+	char *src;
+
+	if (!fh->pending || fh->etag == NULL || fh->is_dir) {
+		return 0;
+	}
+	tmp = talloc_new(NULL);
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	if (bfs_journal_get(bc->journal, tmp, fh->key, &rec) == 0 &&
+	    rec.op == BFS_J_COPY && rec.index_gone && rec.src_etag != NULL &&
+	    strcmp(rec.src_etag, fh->etag) == 0) {
+		src = talloc_strdup(fh, rec.src);
+		if (src == NULL) {
+			talloc_free(tmp);
+			return ENOMEM;
+		}
+		fh->obj.key = src;
+		bfs_cache_make_id(bc->cfg.bucket, src, fh->etag,
+				  bc->block_size, &fh->obj.id);
+	}
+	talloc_free(tmp);
+	return 0;
+}
+
+bool bfs_fh_copy_ended(struct bfs_conn *bc, struct bfs_fh *fh)
+{
+	TALLOC_CTX *tmp;
+	struct bfs_entry e;
+	char *dir, *name;
+	bool ended = false;
+
+	if (fh->obj.key == fh->key || fh->stage_fd != -1) {
+		return false; /* not reading another name's object */
+	}
+	tmp = talloc_new(NULL);
+	if (tmp != NULL && bfs_key_split(tmp, fh->key, &dir, &name) == 0 &&
+	    bfs_index_lookup(bc->index, tmp, dir, name, &e) == 0 &&
+	    !(e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
+	    e.size == fh->size && e.mtime == fh->mtime) {
+		/* (Size and time: the copy's, not a new file's of the name.) */
+		bfs_fh_settle(bc, fh, &e);
+		ended = true;
+	}
+	talloc_free(tmp);
+	return ended;
 }
 
 /*
@@ -962,7 +1022,12 @@ int bfs_fh_open(struct bfs_conn *bc, const char *rel, int flags,
 		return ret;
 	}
 	talloc_set_destructor(fh, bfs_fh_destructor);
-	if (!fh->is_dir && (acc != O_RDONLY || created)) {
+	if (!created && !(flags & O_TRUNC) && !pathref) {
+		ret = bfs_fh_follow_copy(bc, fh);
+	}
+	if (ret != 0) {
+		/* as below */
+	} else if (!fh->is_dir && (acc != O_RDONLY || created)) {
 		bfs_fh_track(bc, fh);
 		if (!created) {
 			fh->open_etag = talloc_strdup(fh, fh->etag);

@@ -182,6 +182,14 @@ int bfs_read_errno(struct bfs_conn *bc, const struct bfs_fh *fh,
 		   const struct s3_status *st, int ret);
 
 /*
+ * Whether fh read a renamed file from its old name (its rename's copy was
+ * not done at the open) and the copy is done now: then fh reads the new
+ * name's object from here on, and a read that failed (the old name
+ * deleted after the copy) is worth one more try.
+ */
+bool bfs_fh_copy_ended(struct bfs_conn *bc, struct bfs_fh *fh);
+
+/*
  * The connection's reader on smbd's loop ev (made at its first use), for
  * asynchronous reads; streamed parts use its S3 client.  NULL on another
  * loop (an SMB1 call's private one).

@@ -1815,9 +1815,15 @@ int bfs_index_object_meta(struct bfs_index *idx, const char *key,
 	return rc;
 }
 
-int bfs_index_set_meta(struct bfs_index *idx, const char *dir,
-		       const char *name, const struct bfs_meta *m,
-		       uint32_t which)
+/*
+ * Change dir/name's entry in one transaction: fn sees it decoded and
+ * changes it (0) or says why not (ENOENT if there is none); note: the
+ * change is one made here (bfs_index_note_change), not metadata alone.
+ */
+static int bfs_index_update_entry(struct bfs_index *idx, const char *dir,
+				  const char *name,
+				  int (*fn)(struct bfs_entry *e, void *priv),
+				  void *priv, bool note)
 {
 	struct bfs_wtxn w = {.idx = idx};
 	int rc;
@@ -1841,12 +1847,66 @@ int bfs_index_set_meta(struct bfs_index *idx, const char *dir,
 		}
 		if (rc == 0) {
 			e.name = (char *)name;
-			bfs_meta_merge(&e.meta, m, which);
+			rc = fn(&e, priv);
+		}
+		if (rc == 0) {
 			rc = bfs_index_put_txn(idx, w.txn, w.tmp, dir, &e);
+		}
+		if (rc == 0 && note) {
+			rc = bfs_index_note_change(idx, w.txn, k);
 		}
 		rc = bfs_index_end(&w, rc == MDB_NOTFOUND ? ENOENT : rc);
 	} while (rc == BFS_INDEX_AGAIN);
 	return rc;
+}
+
+struct bfs_index_meta_change {
+	const struct bfs_meta *m;
+	uint32_t which;
+};
+
+static int bfs_index_merge_meta(struct bfs_entry *e, void *priv)
+{
+	struct bfs_index_meta_change *c = priv;
+
+	bfs_meta_merge(&e->meta, c->m, c->which);
+	return 0;
+}
+
+int bfs_index_set_meta(struct bfs_index *idx, const char *dir,
+		       const char *name, const struct bfs_meta *m,
+		       uint32_t which)
+{
+	struct bfs_index_meta_change c = {.m = m, .which = which};
+
+	return bfs_index_update_entry(idx, dir, name, bfs_index_merge_meta,
+				      &c, false);
+}
+
+struct bfs_index_settling {
+	const char *was, *etag;
+};
+
+static int bfs_index_settle_entry(struct bfs_entry *e, void *priv)
+{
+	struct bfs_index_settling *c = priv;
+
+	if (!(e->flags & BFS_ENT_PENDING) || e->etag == NULL ||
+	    strcmp(e->etag, c->was) != 0) {
+		return ESTALE; /* another change of the name since */
+	}
+	e->etag = (char *)c->etag;
+	e->flags &= ~BFS_ENT_PENDING;
+	return 0;
+}
+
+int bfs_index_settle(struct bfs_index *idx, const char *dir,
+		     const char *name, const char *was, const char *etag)
+{
+	struct bfs_index_settling c = {.was = was, .etag = etag};
+
+	return bfs_index_update_entry(idx, dir, name, bfs_index_settle_entry,
+				      &c, true);
 }
 
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
@@ -1988,11 +2048,11 @@ int bfs_index_clear_pending(struct bfs_index *idx, const char *dir,
 	return rc;
 }
 
-/* The body of bfs_index_rename. */
+/* The body of bfs_index_rename and bfs_index_rename_pending (handed). */
 static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
 				TALLOC_CTX *tmp, const char *sdir,
 				const char *sname, const char *ddir,
-				const char *dname)
+				const char *dname, bool handed)
 {
 	struct bfs_entry e = {0}, gone;
 	MDB_val ik, iv;
@@ -2019,12 +2079,16 @@ static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
 	}
 	if (rc == 0) {
 		e.name = talloc_strdup(tmp, dname);
+		if (handed) {
+			e.flags |= BFS_ENT_PENDING;
+		}
 		rc = e.name != NULL ?
 			bfs_index_put_txn(idx, txn, tmp, ddir, &e) : ENOMEM;
 	}
 	if (rc == 0) {
-		rc = bfs_index_note_change(idx, txn,
-					   bfs_ent_key(tmp, sdir, sname));
+		rc = bfs_index_note_change_as(idx, txn,
+					      bfs_ent_key(tmp, sdir, sname),
+					      handed);
 	}
 	if (rc == 0) {
 		rc = bfs_index_note_change(idx, txn,
@@ -2033,8 +2097,9 @@ static int bfs_index_rename_txn(struct bfs_index *idx, MDB_txn *txn,
 	return rc == MDB_NOTFOUND ? ENOENT : rc;
 }
 
-int bfs_index_rename(struct bfs_index *idx, const char *sdir,
-		     const char *sname, const char *ddir, const char *dname)
+static int bfs_index_rename_as(struct bfs_index *idx, const char *sdir,
+			       const char *sname, const char *ddir,
+			       const char *dname, bool handed)
 {
 	struct bfs_wtxn w = {.idx = idx};
 	int rc;
@@ -2045,10 +2110,23 @@ int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 			break;
 		}
 		rc = bfs_index_rename_txn(idx, w.txn, w.tmp, sdir, sname, ddir,
-					  dname);
+					  dname, handed);
 		rc = bfs_index_end(&w, rc);
 	} while (rc == BFS_INDEX_AGAIN);
 	return rc;
+}
+
+int bfs_index_rename(struct bfs_index *idx, const char *sdir,
+		     const char *sname, const char *ddir, const char *dname)
+{
+	return bfs_index_rename_as(idx, sdir, sname, ddir, dname, false);
+}
+
+int bfs_index_rename_pending(struct bfs_index *idx, const char *sdir,
+			     const char *sname, const char *ddir,
+			     const char *dname)
+{
+	return bfs_index_rename_as(idx, sdir, sname, ddir, dname, true);
 }
 
 /* ---- administration ------------------------------------------------------------ */

@@ -291,6 +291,29 @@ int bfs_index_rename(struct bfs_index *idx, const char *sdir,
 		     const char *sname, const char *ddir, const char *dname)
 	__attribute__((warn_unused_result));
 
+/*
+ * bfs_index_rename for a rename handed to the engine, S3 still holding the
+ * object under the old name only: the new name's entry is pending (no
+ * listing takes it away) and keeps the old one's ETag, and the old name
+ * carries a delete-pending mark (no listing brings it back) until the
+ * engine's delete of it clears the mark.
+ */
+int bfs_index_rename_pending(struct bfs_index *idx, const char *sdir,
+			     const char *sname, const char *ddir,
+			     const char *dname)
+	__attribute__((warn_unused_result));
+
+/*
+ * A rename's copy is done (bfs_index_rename_pending): dir/name gets the
+ * copy's etag and is no longer pending, only while it is still the
+ * pending entry with the renamed version's ETag was, in one transaction
+ * (a newer change of the name, a close or another rename over it, keeps
+ * its entry).  0, ESTALE (changed since), ENOENT (gone), or an errno.
+ */
+int bfs_index_settle(struct bfs_index *idx, const char *dir,
+		     const char *name, const char *was, const char *etag)
+	__attribute__((warn_unused_result));
+
 /* Entries held and directories with a listing (for bucketfs-ctl). */
 int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
 

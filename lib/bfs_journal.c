@@ -229,10 +229,10 @@ int bfs_jrec_decode(TALLOC_CTX *mem_ctx, const void *buf, size_t len,
 	    ((r->op == BFS_J_COPY || r->op == BFS_J_ABORT) && r->src == NULL) ||
 	    (r->op == BFS_J_ABORT && r->upload_id == NULL) ||
 	    (r->src_etag != NULL &&
-	     (r->src == NULL ||
-	      (r->op != BFS_J_PUT && r->op != BFS_J_DELETE))) ||
+	     (r->src == NULL || r->op == BFS_J_ABORT)) ||
 	    ((r->open || r->started) && r->op != BFS_J_PUT) ||
-	    (r->index_gone && r->op != BFS_J_DELETE)) {
+	    (r->index_gone && r->op != BFS_J_DELETE &&
+	     r->op != BFS_J_COPY)) {
 		return EBADMSG;
 	}
 	return 0;
@@ -370,6 +370,55 @@ static int bfs_journal_txn_put(MDB_txn *txn, MDB_dbi db,
 	}
 	talloc_free(tmp);
 	return rc;
+}
+
+struct bfs_journal_txn {
+	struct bfs_journal *j;
+	MDB_txn *txn;
+};
+
+int bfs_journal_txn_read(struct bfs_journal_txn *t, TALLOC_CTX *mem_ctx,
+			 const char *key, struct bfs_jrec *r)
+{
+	int rc = bfs_journal_txn_get(t->txn, t->j->db, mem_ctx, key, r);
+
+	return rc == MDB_NOTFOUND ? ENOENT : bfs_lmdb_errno(rc);
+}
+
+int bfs_journal_txn_write(struct bfs_journal_txn *t, const struct bfs_jrec *r)
+{
+	size_t len = strlen(r->key);
+
+	if (len == 0 || len > 511) {
+		return len == 0 ? EINVAL : ENAMETOOLONG;
+	}
+	return bfs_lmdb_errno(bfs_journal_txn_put(t->txn, t->j->db, r));
+}
+
+int bfs_journal_txn_remove(struct bfs_journal_txn *t, const char *key)
+{
+	MDB_val k = {strlen(key), (void *)key};
+	int rc = mdb_del(t->txn, t->j->db, &k, NULL);
+
+	return rc == MDB_NOTFOUND ? 0 : bfs_lmdb_errno(rc);
+}
+
+int bfs_journal_atomically(struct bfs_journal *j,
+			   int (*fn)(struct bfs_journal_txn *t, void *priv),
+			   void *priv)
+{
+	struct bfs_journal_txn t = {.j = j};
+	int rc = mdb_txn_begin(j->env, NULL, 0, &t.txn);
+
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = fn(&t, priv);
+	if (rc != 0) {
+		mdb_txn_abort(t.txn);
+		return rc;
+	}
+	return bfs_journal_commit(j, t.txn, 0);
 }
 
 /*

@@ -9,7 +9,10 @@
  *           while open and written: then src is the object it was before
  *           the rename, deleted only once key is in S3, and open says the
  *           staging file is still being written);
- *   COPY    copy src to key, then delete src (a rename);
+ *   COPY    copy src to key, then delete src (a rename); handed to the
+ *           engine (index_gone), only the copy, of version src_etag:
+ *           src's delete is a DELETE record of its own, which waits for
+ *           the copy (a rename answered before S3 has the new name);
  *   DELETE  delete key (and src, if set: the old name of a file renamed
  *           while open, then deleted);
  *   ABORT   abort multipart upload upload_id of object src: a file still
@@ -55,7 +58,10 @@ struct bfs_jrec {
 				   PUT, DELETE: a key to delete after, or NULL */
 	char *src_etag;		/* PUT, DELETE: src is deleted only while S3
 				   holds this version of it (another client
-				   may have made a new one meanwhile) */
+				   may have made a new one meanwhile);
+				   COPY: the version renamed, which the new
+				   name's index entry shows until the copy
+				   ends (readers read it from src) */
 	char *upload_id;	/* PUT: multipart upload in progress, or NULL;
 				   ABORT: the upload */
 	bool open;		/* PUT: journalled while the file was open:
@@ -67,7 +73,10 @@ struct bfs_jrec {
 	bool index_gone;	/* DELETE: handed to the engine with the
 				   name already out of the index under a
 				   delete-pending mark; its end clears the
-				   mark and leaves the entry alone */
+				   mark and leaves the entry alone.  COPY:
+				   handed to the engine with the index
+				   moved already (bfs_wb_rename_hand_over);
+				   its end settles the new name's entry */
 };
 
 struct bfs_journal;
@@ -149,6 +158,26 @@ int bfs_journal_update(struct bfs_journal *j, const char *key, pid_t pid,
 int bfs_journal_retarget(struct bfs_journal *j, TALLOC_CTX *mem_ctx,
 			 const char *src, pid_t pid, const char *staging,
 			 const struct bfs_jrec *r, struct bfs_jrec *old)
+	__attribute__((warn_unused_result));
+
+/*
+ * Several records changed in one transaction, decided on what the others
+ * hold at that moment (a rename handed to the engine: a copy to one name
+ * and a delete of another, only while neither's record changed since,
+ * with what a third name holds).  fn reads, writes and removes through t;
+ * its 0 commits (synced to disk), any other value is returned with
+ * nothing changed.  Reads: 0, ENOENT (none or unreadable), or an errno.
+ */
+struct bfs_journal_txn;
+int bfs_journal_atomically(struct bfs_journal *j,
+			   int (*fn)(struct bfs_journal_txn *t, void *priv),
+			   void *priv)
+	__attribute__((warn_unused_result));
+int bfs_journal_txn_read(struct bfs_journal_txn *t, TALLOC_CTX *mem_ctx,
+			 const char *key, struct bfs_jrec *r);
+int bfs_journal_txn_write(struct bfs_journal_txn *t, const struct bfs_jrec *r)
+	__attribute__((warn_unused_result));
+int bfs_journal_txn_remove(struct bfs_journal_txn *t, const char *key)
 	__attribute__((warn_unused_result));
 
 /*

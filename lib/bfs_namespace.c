@@ -554,6 +554,66 @@ static int bfs_retarget(struct bfs_conn *bc, const char *src_key,
 	return ret;
 }
 
+/*
+ * A rename of a file S3 has, where closes do not wait for S3 (`close =
+ * local`, an engine running): handed to the engine, which copies it in
+ * S3 (a checkpoint's gigabytes: seconds to minutes) while the index
+ * shows the new name at once.  ESTALE when it cannot be handed over
+ * (then it is renamed here, waiting for S3).
+ */
+static int bfs_rename_in_engine(struct bfs_conn *bc, struct bfs_fh *src,
+				const char *dst_rel)
+{
+	pid_t engine = bc->close_local ? bfs_engine_now(bc) : 0;
+	char *dst_key, *from = NULL;
+	struct bfs_fh *o;
+	int ret;
+
+	if (engine == 0 || src->etag == NULL) {
+		return ESTALE;
+	}
+	dst_key = bfs_path_key(NULL, bc->prefix, dst_rel);
+	if (dst_key == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_wb_rename_hand_over(bc->wb, dst_key, src->key, src->etag,
+				      dst_key, src->size, src->mtime, engine,
+				      &from);
+	if (ret == 0 && from == NULL) {
+		ret = ENOMEM; /* journalled all the same: the engine copies */
+	}
+	if (ret == 0) {
+		if (bfs_engine_notify(bc->engine, dst_key) != 0) {
+			(void)bfs_engine_now(bc); /* the next one finds it */
+		}
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: rename of %s to %s "
+			"handed to the engine (pid %d)", bc->service, src->key,
+			dst_key, (int)engine);
+		bfs_changed(bc, src->key);
+		bfs_changed(bc, dst_key);
+		bfs_rekey_open(bc, src->key, dst_rel);
+		/* Writers here with nothing staged yet read the old object
+		 * (their first write's fill) until the copy is done. */
+		for (o = bc->open_files; o != NULL; o = o->next) {
+			if (strcmp(o->key, dst_key) == 0 && o->stage_fd == -1 &&
+			    o->etag != NULL &&
+			    (o->obj.key = talloc_strdup(o, from)) != NULL) {
+				bfs_cache_make_id(bc->cfg.bucket, o->obj.key,
+						  o->etag, bc->block_size,
+						  &o->obj.id);
+			} else if (o->obj.key == NULL) {
+				o->obj.key = o->key; /* reads fail, then retry */
+			}
+		}
+	} else if (ret != ESTALE) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot journal the "
+			"rename of %s for the engine: %s", bc->service,
+			src->key, strerror(ret));
+	}
+	talloc_free(dst_key);
+	return ret;
+}
+
 /* Where dst_rel may go: 0, or why not (before anything changes). */
 static int bfs_rename_check(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 			    const struct bfs_fh *src, const char *dst_rel)
@@ -614,6 +674,8 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 	} else if (src->etag == NULL &&
 		   (ret = bfs_wait_other_upload(tmp, bc, src_rel, &src)) != 0) {
 		/* logged there */
+	} else if ((ret = bfs_rename_in_engine(bc, src, dst_rel)) != ESTALE) {
+		/* Handed over (the engine copies it), or failed: logged. */
 	} else {
 		dst_key = bfs_path_key(tmp, bc->prefix, dst_rel);
 		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
@@ -706,7 +768,26 @@ static int bfs_dir_empty_in_s3(struct bfs_conn *bc, TALLOC_CTX *tmp,
 	return ENOTEMPTY; /* too many deletes pending to tell: not yet */
 }
 
-/* An empty folder: in the index (names being written count) and in S3. */
+/*
+ * Whether an rmdir may go by the index alone, without asking S3 for the
+ * folder's first keys on smbd's loop: where closes and deletes do not
+ * wait for S3 (`close = local`, an engine running) and the folder has a
+ * listing (within its TTL, or being revalidated).  The index is then what
+ * a listing shows the client, whose Explorer or rm -r has just emptied
+ * it; an object put in S3 by another client since the listing keeps the
+ * folder (its marker goes, its objects stay and list it again), as a file
+ * made there after the rmdir would: nothing is lost.
+ */
+static bool bfs_rmdir_trusts_index(struct bfs_conn *bc, const char *prefix)
+{
+	time_t listed;
+
+	return bc->close_local && bfs_engine_now(bc) != 0 &&
+	       bfs_index_dir_listed(bc->index, prefix, &listed) == 0;
+}
+
+/* An empty folder: in the index (names being written count) and, unless
+ * bfs_rmdir_trusts_index, in S3. */
 static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -723,7 +804,7 @@ static int bfs_rmdir(struct bfs_conn *bc, const char *rel)
 	if (ret == 0 && n > 0) {
 		ret = ENOTEMPTY;
 	}
-	if (ret == 0) {
+	if (ret == 0 && !bfs_rmdir_trusts_index(bc, prefix)) {
 		ret = bfs_dir_empty_in_s3(bc, tmp, prefix);
 	}
 	if (ret == 0) {

@@ -663,6 +663,7 @@ struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	fh->rel = talloc_strdup(fh, rel);
 	fh->key = bfs_path_key(fh, bc->prefix, rel);
 	fh->is_dir = e->is_dir;
+	fh->pending = (e->flags & BFS_ENT_PENDING) != 0;
 	fh->size = e->size;
 	fh->etag = e->etag ? talloc_strdup(fh, e->etag) : NULL;
 	fh->mtime = e->mtime;

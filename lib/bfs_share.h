@@ -120,6 +120,8 @@ struct bfs_fh {
 	char *rel;
 	char *key;
 	bool is_dir;
+	bool pending;		/* its entry was pending when looked up: an
+				   upload or a rename's copy not yet done */
 	uint64_t size;
 	char *etag;
 	time_t mtime;

@@ -1460,7 +1460,8 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
  * renamed entry's, at dst by now.
  */
 static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
-			   uint64_t size, struct s3_status *st)
+			   uint64_t size, TALLOC_CTX *mem_ctx, char **etag,
+			   struct s3_status *st)
 {
 	bool multipart = size > wb->params.copy_threshold;
 	struct bfs_upload_params p = wb->params;
@@ -1484,8 +1485,8 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 		talloc_free(tmp);
 		return ret;
 	}
-	ret = multipart ? bfs_upload_recv(req, NULL, NULL, st) :
-			  s3_copy_object_recv(req, NULL, NULL, st);
+	ret = multipart ? bfs_upload_recv(req, mem_ctx, etag, st) :
+			  s3_copy_object_recv(req, mem_ctx, etag, st);
 	talloc_free(tmp);
 	return ret;
 }
@@ -1914,6 +1915,16 @@ int bfs_wb_delete(struct bfs_wb *wb, const char *key, struct s3_status *st)
 	return ret;
 }
 
+/* The directories and names of a rename's two keys (on mem_ctx). */
+static int bfs_wb_split_pair(TALLOC_CTX *mem_ctx, const char *src,
+			     const char *dst, char **sdir, char **sname,
+			     char **ddir, char **dname)
+{
+	int ret = bfs_key_split(mem_ctx, src, sdir, sname);
+
+	return ret != 0 ? ret : bfs_key_split(mem_ctx, dst, ddir, dname);
+}
+
 int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 		       const char *staging, uint64_t size, time_t mtime,
 		       const char *src_etag)
@@ -1925,23 +1936,39 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 		.open = true,
 	};
 	struct bfs_jrec old, old_dst;
-	bool had_old, had_dst;
+	bool had_old, had_dst, copy_dropped = false;
 	char *sdir, *sname, *ddir, *dname;
 	int ret;
 
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_key_split(tmp, src, &sdir, &sname);
-	if (ret == 0) {
-		ret = bfs_key_split(tmp, dst, &ddir, &dname);
-	}
+	ret = bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir, &dname);
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
 	}
-	had_old = bfs_journal_get(wb->j, tmp, src, &old) == 0 &&
-		  old.op == BFS_J_PUT && bfs_wb_put_is_ours(&old);
+	had_old = bfs_journal_get(wb->j, tmp, src, &old) == 0;
+	if (had_old && old.op == BFS_J_COPY && old.index_gone) {
+		/*
+		 * src is the new name of a rename the engine has yet to copy
+		 * (our bytes came from its source): that copy would bring
+		 * src back.  Its source's delete waits for it no more.
+		 */
+		struct bfs_jrec del = {
+			.key = (char *)src, .op = BFS_J_DELETE, .pid = old.pid,
+			.index_gone = true,
+		};
+
+		ret = bfs_journal_update_op(wb->j, src, old.pid, BFS_J_COPY,
+					    &del);
+		if (ret != 0 && ret != ESTALE) {
+			talloc_free(tmp);
+			return ret;
+		}
+		copy_dropped = ret == 0;
+	}
+	had_old = had_old && old.op == BFS_J_PUT && bfs_wb_put_is_ours(&old);
 	had_dst = bfs_journal_get(wb->j, tmp, dst, &old_dst) == 0;
 	/*
 	 * The object to delete once dst is up: the one the file was before
@@ -1976,6 +2003,11 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 		}
 		talloc_free(tmp);
 		return ret;
+	}
+	if (copy_dropped &&
+	    bfs_index_remove_pending(wb->idx, sdir, sname) != 0) {
+		/* A copy the engine made already would show meanwhile. */
+		bfs_wb_forget_dir(wb, sdir);
 	}
 	/* A record dst had (a failed close of the file renamed over). */
 	if (had_dst && old_dst.op == BFS_J_PUT && bfs_wb_put_is_ours(&old_dst) &&
@@ -2015,7 +2047,7 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	if (ret != 0) {
 		return ret;
 	}
-	ret = bfs_wb_copy_key(wb, src, dst, size, st);
+	ret = bfs_wb_copy_key(wb, src, dst, size, NULL, NULL, st);
 	if (ret != 0) {
 		/* Nothing changed; should the record stay, a recovery
 		 * copies what the client asked for. */
@@ -2026,8 +2058,8 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		return ret;
 	}
 	tmp = talloc_new(NULL);
-	if (bfs_key_split(tmp, src, &sdir, &sname) == 0 &&
-	    bfs_key_split(tmp, dst, &ddir, &dname) == 0) {
+	if (bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir,
+			      &dname) == 0) {
 		ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
 		/* ENOENT: not indexed, the next listing shows it. */
 		if (ret != 0 && ret != ENOENT) {
@@ -2048,6 +2080,393 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal record of "
 			"the rename to %s; a recovery copies it again", dst);
 	}
+	return ret;
+}
+
+/*
+ * Whether key's record is what the caller saw (op, pid, staging file):
+ * what a journal swap replaced, checked against the look before it.
+ */
+static bool bfs_jrec_same(const struct bfs_jrec *a, const struct bfs_jrec *b)
+{
+	if (a->key == NULL || b->key == NULL) {
+		return a->key == NULL && b->key == NULL;
+	}
+	return a->op == b->op && a->pid == b->pid &&
+	       strcmp(a->staging ? a->staging : "",
+		      b->staging ? b->staging : "") == 0 &&
+	       strcmp(a->src ? a->src : "", b->src ? b->src : "") == 0 &&
+	       strcmp(a->src_etag ? a->src_etag : "",
+		      b->src_etag ? b->src_etag : "") == 0;
+}
+
+/*
+ * Whether a rename onto key may replace its record r (key NULL: none) in
+ * the engine's name: a change the engine has yet to finish and that the
+ * copy makes moot (a close's upload, a delete, another rename's copy).
+ * Not a file still written, nor a change that takes another name along
+ * (src): the sync rename waits for those.
+ */
+static bool bfs_wb_copy_may_replace(const struct bfs_jrec *r, pid_t engine)
+{
+	if (r->key == NULL) {
+		return true;
+	}
+	if (r->pid != engine || r->op == BFS_J_ABORT) {
+		return false;
+	}
+	switch (r->op) {
+	case BFS_J_PUT:
+		return !r->open && r->src == NULL;
+	case BFS_J_DELETE:
+		return r->src == NULL;
+	case BFS_J_COPY:
+		return r->index_gone;
+	default:
+		return false;
+	}
+}
+
+/* What bfs_wb_rename_hand_over decides in one journal transaction. */
+struct bfs_wb_handing {
+	TALLOC_CTX *mem;
+	pid_t engine;
+	const char *src, *src_etag, *dst;
+	struct bfs_jrec copy, del;
+	struct bfs_jrec replaced;	/* dst's record before (key NULL: none) */
+};
+
+static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
+{
+	struct bfs_wb_handing *h = priv;
+	struct bfs_jrec srec, orig;
+	int ret;
+
+	h->copy.src = (char *)h->src;
+	ret = bfs_journal_txn_read(t, h->mem, h->src, &srec);
+	if (ret == 0) {
+		/*
+		 * src is itself a rename not yet copied (a -> b, then b -> c):
+		 * c is copied from a, b's copy is dropped by b's delete, and
+		 * a's delete waits for c's copy.  Only while a's record is
+		 * that delete: a name a copy goes to is never another copy's
+		 * source, or two copies could wait for each other.  Any other
+		 * change of src: the rename waits for S3 instead.
+		 */
+		if (srec.op != BFS_J_COPY || !srec.index_gone ||
+		    srec.pid != h->engine || srec.src_etag == NULL ||
+		    strcmp(srec.src_etag, h->src_etag) != 0) {
+			return ESTALE;
+		}
+		ret = bfs_journal_txn_read(t, h->mem, srec.src, &orig);
+		if (ret != 0 || orig.op != BFS_J_DELETE || !orig.index_gone ||
+		    orig.pid != h->engine || orig.src != NULL) {
+			return ret == 0 || ret == ENOENT ? ESTALE : ret;
+		}
+		h->copy.src = srec.src;
+	} else if (ret != ENOENT) {
+		return ret;
+	}
+	if (strcmp(h->copy.src, h->dst) == 0) {
+		return ESTALE; /* a -> b, then b -> a before the copy */
+	}
+	ret = bfs_journal_txn_read(t, h->mem, h->dst, &h->replaced);
+	if (ret == ENOENT) {
+		h->replaced = (struct bfs_jrec){0};
+	} else if (ret != 0) {
+		return ret;
+	}
+	if (!bfs_wb_copy_may_replace(&h->replaced, h->engine)) {
+		return ESTALE;
+	}
+	/* The copy, then src's delete (which the engine holds back while
+	 * it sees the copy): both, or neither. */
+	ret = bfs_journal_txn_write(t, &h->copy);
+	if (ret == 0) {
+		ret = bfs_journal_txn_write(t, &h->del);
+	}
+	return ret;
+}
+
+int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			    const char *src, const char *src_etag,
+			    const char *dst, uint64_t size, time_t mtime,
+			    pid_t engine, char **from)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_handing h = {
+		.mem = tmp, .engine = engine, .src = src,
+		.src_etag = src_etag, .dst = dst,
+		.copy = {
+			.key = (char *)dst, .op = BFS_J_COPY, .pid = engine,
+			.src_etag = (char *)src_etag, .size = size,
+			.mtime = mtime, .index_gone = true,
+		},
+		.del = {
+			.key = (char *)src, .op = BFS_J_DELETE, .pid = engine,
+			.index_gone = true,
+		},
+	};
+	struct bfs_entry e;
+	char *sdir, *sname, *ddir, *dname;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir, &dname);
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	/*
+	 * The index first: the engine acts on the journal alone, and its
+	 * end of the copy settles the entry this moves.
+	 */
+	ret = bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret == ENOENT ? ESTALE : ret;
+	}
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, &h);
+	if (ret != 0) {
+		/*
+		 * Nothing was handed over: src's entry goes back as it was
+		 * (dst's old one, if any, comes from the next listing).
+		 */
+		if (bfs_index_rename(wb->idx, ddir, dname, sdir, sname) != 0 ||
+		    bfs_index_clear_pending(wb->idx, sdir, sname) != 0 ||
+		    bfs_index_lookup(wb->idx, tmp, sdir, sname, &e) != 0 ||
+		    ((e.flags &= ~BFS_ENT_PENDING),
+		     bfs_index_put(wb->idx, sdir, &e) != 0)) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot put %s back in "
+				"the index after a rename that failed", src);
+		}
+		bfs_wb_forget_dir(wb, sdir);
+		bfs_wb_forget_dir(wb, ddir);
+		talloc_free(tmp);
+		return ret;
+	}
+	if (h.replaced.key != NULL && h.replaced.op == BFS_J_PUT &&
+	    bfs_wb_put_queued(&h.replaced)) {
+		/* A close of dst the engine had not begun: nobody uploads it. */
+		bfs_wb_stage_drop(wb, h.replaced.staging);
+	}
+	if (from != NULL) {
+		*from = talloc_strdup(mem_ctx, h.copy.src);
+	}
+	talloc_free(tmp);
+	return 0;
+}
+
+/*
+ * Set key's index entry as its journal record has it now: a newer change
+ * overtook ours between our check and our index update (see
+ * bfs_wb_index_newer).
+ */
+static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	char *dir, *name;
+	struct bfs_entry e;
+
+	if (tmp == NULL || bfs_journal_get(wb->j, tmp, key, &cur) != 0) {
+		talloc_free(tmp);
+		return;
+	}
+	if (cur.op == BFS_J_PUT) {
+		bfs_wb_index_newer(wb, key);
+	} else if (cur.op == BFS_J_DELETE && cur.index_gone) {
+		bfs_wb_index_key(wb, key, bfs_index_remove_pending, "remove");
+	} else if (cur.op == BFS_J_COPY && cur.index_gone &&
+		   bfs_key_split(tmp, key, &dir, &name) == 0 &&
+		   bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0) {
+		e.etag = cur.src_etag;
+		e.size = cur.size;
+		e.flags |= BFS_ENT_PENDING;
+		if (bfs_index_put(wb->idx, dir, &e) != 0) {
+			bfs_wb_forget_dir(wb, dir);
+		}
+	}
+	talloc_free(tmp);
+}
+
+/* Remove rec, a copy, only while it is key's record, exactly. */
+static int bfs_wb_copy_drop_txn(struct bfs_journal_txn *t, void *priv)
+{
+	const struct bfs_jrec *rec = priv;
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_journal_txn_read(t, tmp, rec->key, &cur);
+	if (ret == 0 && !bfs_jrec_same(&cur, rec)) {
+		ret = ESTALE;
+	}
+	if (ret == 0) {
+		ret = bfs_journal_txn_remove(t, rec->key);
+	}
+	talloc_free(tmp);
+	return ret == ENOENT ? ESTALE : ret;
+}
+
+/*
+ * 0 once rec is gone from the journal; ESTALE if another change of its
+ * key replaced it (by op and pid alone, a rename onto the name made
+ * since, another copy in the engine's name, was dropped with it, and the
+ * renamed file's bytes with its source's delete).
+ */
+static int bfs_wb_copy_done(struct bfs_wb *wb, const struct bfs_jrec *rec)
+{
+	return bfs_journal_atomically(wb->j, bfs_wb_copy_drop_txn,
+				      (void *)rec);
+}
+
+/* Whether rec, a copy, is still key's record. */
+static bool bfs_wb_copy_still_ours(struct bfs_wb *wb,
+				   const struct bfs_jrec *rec)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	bool ours = tmp != NULL &&
+		    bfs_journal_get(wb->j, tmp, rec->key, &cur) == 0 &&
+		    bfs_jrec_same(&cur, rec);
+
+	talloc_free(tmp);
+	return ours;
+}
+
+/*
+ * A rename's copy S3 refuses for good (AccessDenied: a policy, a KMS key
+ * the engine may not use): given up, as a refused delete is, instead of
+ * tried for ever with the file hidden under its old name.  The client was
+ * told it was renamed; the file goes back to its old name, where S3 still
+ * has it, with a log line, and the old name's delete is dropped.
+ */
+static void bfs_wb_copy_given_up(struct bfs_wb *wb, TALLOC_CTX *tmp,
+				 const struct bfs_jrec *r)
+{
+	struct bfs_entry e;
+	struct bfs_jrec del;
+	char *sdir, *sname, *ddir, *dname;
+
+	bfs_log(BFS_LOG_ERR, "bucketfs: S3 refuses to copy %s to %s "
+		"(AccessDenied): the rename is given up and the file shows "
+		"under its old name again", r->src, r->key);
+	if (bfs_journal_get(wb->j, tmp, r->src, &del) == 0 &&
+	    del.op == BFS_J_DELETE && del.index_gone && del.src == NULL &&
+	    bfs_journal_done_op(wb->j, r->src, del.pid, BFS_J_DELETE) != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the delete of %s "
+			"from the journal", r->src);
+	}
+	if (bfs_wb_split_pair(tmp, r->src, r->key, &sdir, &sname, &ddir,
+			      &dname) != 0) {
+		return;
+	}
+	if (bfs_index_lookup(wb->idx, tmp, ddir, dname, &e) == 0 &&
+	    (e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
+	    strcmp(e.etag, r->src_etag) == 0 &&
+	    bfs_index_rename(wb->idx, ddir, dname, sdir, sname) == 0 &&
+	    bfs_index_lookup(wb->idx, tmp, sdir, sname, &e) == 0) {
+		e.flags &= ~BFS_ENT_PENDING;
+		if (bfs_index_put(wb->idx, sdir, &e) != 0) {
+			bfs_wb_forget_dir(wb, sdir);
+		}
+	} else {
+		bfs_wb_forget_dir(wb, ddir);
+	}
+	bfs_wb_index_key(wb, r->src, bfs_index_clear_pending,
+			 "clear the delete mark of");
+	bfs_wb_forget_dir(wb, sdir);
+	if (bfs_wb_copy_done(wb, r) != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the refused copy "
+			"to %s from the journal", r->key);
+	}
+}
+
+/*
+ * A rename handed to the engine (bfs_wb_rename_hand_over): copy src to
+ * key, then settle key's entry with the copy's ETag.  src's delete is a
+ * record of its own, which waits for this one.
+ */
+static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
+				  struct s3_status *st)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *etag = NULL, *dir, *name;
+	struct bfs_entry e;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, tmp, &etag, st);
+	if (ret == ENOENT) {
+		/*
+		 * Not ours to have deleted: its delete waits for us.  Another
+		 * client of the bucket took it away; nothing to copy.
+		 */
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot finish the rename of %s "
+			"to %s: S3 no longer has %s (removed outside this "
+			"gateway)", r->src, r->key, r->src);
+		if (bfs_key_split(tmp, r->key, &dir, &name) == 0 &&
+		    bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0 &&
+		    (e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
+		    r->src_etag != NULL && strcmp(e.etag, r->src_etag) == 0 &&
+		    bfs_wb_copy_still_ours(wb, r)) {
+			bfs_wb_index_remove_key(wb, r->key);
+		}
+		ret = bfs_wb_copy_done(wb, r);
+		talloc_free(tmp);
+		return ret == ESTALE ? 0 : ret;
+	}
+	if (ret != 0 && strcmp(st->code, "AccessDenied") == 0 &&
+	    bfs_wb_copy_still_ours(wb, r)) {
+		bfs_wb_copy_given_up(wb, tmp, r);
+		talloc_free(tmp);
+		return 0;
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	if (!bfs_wb_copy_still_ours(wb, r)) {
+		/*
+		 * The new name changed meanwhile (written, deleted, renamed
+		 * over or away): that change follows ours in S3, and the
+		 * index shows it already.
+		 */
+		talloc_free(tmp);
+		return 0;
+	}
+	/*
+	 * Only the entry the hand-over made: a change of the name since
+	 * (whose record replaced ours after the look above) has its own,
+	 * which an unconditional update covered until the repair below
+	 * (the soak read a renamed-over checkpoint at the copy's size).
+	 */
+	ret = bfs_key_split(tmp, r->key, &dir, &name);
+	if (ret == 0) {
+		ret = etag != NULL ? bfs_index_settle(wb->idx, dir, name,
+						      r->src_etag, etag) :
+				     ENOENT;
+	}
+	if (ret != 0 && ret != ESTALE) {
+		/* S3 has it: the next listing shows it. */
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot show the renamed %s in "
+			"the index: %s", r->key, strerror(ret));
+		bfs_wb_forget_parent(wb, r->key);
+	}
+	ret = bfs_wb_copy_done(wb, r);
+	if (ret == ESTALE) {
+		bfs_wb_index_as_journalled(wb, r->key);
+		ret = 0;
+	}
+	talloc_free(tmp);
 	return ret;
 }
 
@@ -2259,10 +2678,18 @@ out:
 	return ret;
 }
 
+static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
+				  struct s3_status *st);
+
 static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 			       struct s3_status *st)
 {
-	int ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, st);
+	int ret;
+
+	if (r->index_gone) {
+		return bfs_wb_run_handed_copy(wb, r, st);
+	}
+	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, NULL, NULL, st);
 
 	if (ret == ENOENT) {
 		/* Source gone: the copy was done and the delete too. */
@@ -2412,6 +2839,59 @@ unsigned bfs_wb_sweep_staging(struct bfs_wb *wb)
 	return gone;
 }
 
+static int bfs_wb_str_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int bfs_wb_copy_sources(TALLOC_CTX *mem_ctx, const struct bfs_jrec *recs,
+			size_t n, const bool *skip,
+			struct bfs_wb_copy_srcs *out)
+{
+	size_t i;
+
+	*out = (struct bfs_wb_copy_srcs){0};
+	for (i = 0; i < n; i++) {
+		if (recs[i].op == BFS_J_COPY && (skip == NULL || !skip[i])) {
+			out->n++;
+		}
+	}
+	if (out->n == 0) {
+		return 0;
+	}
+	out->keys = talloc_array(mem_ctx, const char *, out->n);
+	if (out->keys == NULL) {
+		out->n = 0;
+		return ENOMEM;
+	}
+	out->n = 0;
+	for (i = 0; i < n; i++) {
+		if (recs[i].op == BFS_J_COPY && (skip == NULL || !skip[i])) {
+			out->keys[out->n++] = recs[i].src;
+		}
+	}
+	qsort(out->keys, out->n, sizeof(out->keys[0]), bfs_wb_str_cmp);
+	return 0;
+}
+
+static bool bfs_wb_is_copy_source(const struct bfs_wb_copy_srcs *s,
+				  const char *key)
+{
+	return key != NULL && s->n > 0 &&
+	       bsearch(&key, s->keys, s->n, sizeof(s->keys[0]),
+		       bfs_wb_str_cmp) != NULL;
+}
+
+bool bfs_wb_waits_for_copy(const struct bfs_wb_copy_srcs *s,
+			   const struct bfs_jrec *r)
+{
+	if (r->op == BFS_J_ABORT) {
+		return false; /* parts of an upload never closed */
+	}
+	return bfs_wb_is_copy_source(s, r->key) ||
+	       (r->op != BFS_J_COPY && bfs_wb_is_copy_source(s, r->src));
+}
+
 int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
 		   unsigned *failed,
 		   void (*log)(void *priv, const struct bfs_jrec *r,
@@ -2423,22 +2903,52 @@ int bfs_wb_recover(struct bfs_wb *wb, const char *prefix, unsigned *done,
 	size_t n = 0, i;
 	int ret;
 
+	bool *over = NULL, *gone = NULL, progress = true;
+
 	*done = *failed = 0;
 	ret = bfs_journal_claim_orphans(wb->j, tmp, getpid(), prefix, &recs,
 					&n);
-	for (i = 0; ret == 0 && i < n; i++) {
-		struct s3_status st = {0};
-		int r = bfs_wb_finish(wb, &recs[i], &st);
+	if (ret == 0 && n > 0) {
+		over = talloc_zero_array(tmp, bool, n);
+		gone = talloc_zero_array(tmp, bool, n);
+		ret = over != NULL && gone != NULL ? 0 : ENOMEM;
+	}
+	/*
+	 * In rounds, in the engine's order: a rename's copy before its
+	 * source's delete or a new file of that name.  What waits for a copy
+	 * that failed stays for the next recovery (gone: done, not a source
+	 * to wait for any more).
+	 */
+	while (ret == 0 && progress) {
+		struct bfs_wb_copy_srcs srcs;
 
-		if (r == 0) {
-			(*done)++;
-			continue;
+		progress = false;
+		ret = bfs_wb_copy_sources(tmp, recs, n, gone, &srcs);
+		for (i = 0; ret == 0 && i < n; i++) {
+			struct s3_status st = {0};
+			int r;
+
+			if (over[i] || bfs_wb_waits_for_copy(&srcs, &recs[i])) {
+				continue;
+			}
+			over[i] = true;
+			r = bfs_wb_finish(wb, &recs[i], &st);
+			if (r == 0) {
+				gone[i] = true;
+				(*done)++;
+				progress = true;
+				continue;
+			}
+			if (recs[i].op != BFS_J_COPY) {
+				gone[i] = true;
+			}
+			st.err = r;
+			(*failed)++;
+			if (log != NULL) {
+				log(priv, &recs[i], &st);
+			}
 		}
-		st.err = r;
-		(*failed)++;
-		if (log != NULL) {
-			log(priv, &recs[i], &st);
-		}
+		talloc_free(srcs.keys);
 	}
 	talloc_free(tmp);
 	if (ret == 0) {

@@ -219,6 +219,43 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	__attribute__((warn_unused_result));
 
 /*
+ * A rename of src, an object S3 has at version src_etag, to dst, handed
+ * to the engine (pid engine) as bfs_wb_delete_hand_over does a delete:
+ * journalled and shown in the index at once (dst pending with src's
+ * ETag, src under a delete-pending mark), copied and deleted in S3 by the
+ * engine: a COPY record of dst (copy only; readers of dst read src
+ * meanwhile) and a DELETE record of src, which waits for the copy.
+ * ESTALE if the journal holds a change of src or dst this cannot take
+ * over (a file still written, a rename back): then rename with
+ * bfs_wb_rename.  *from (on mem_ctx; NULL: not wanted): the key the
+ * engine copies from, where dst's readers read until the copy is done
+ * (src, or the first name of a file renamed twice before its copy).
+ */
+int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			    const char *src, const char *src_etag,
+			    const char *dst, uint64_t size, time_t mtime,
+			    pid_t engine, char **from)
+	__attribute__((warn_unused_result));
+
+/*
+ * The order of journalled changes: a rename's copy (a COPY record) reads
+ * its source, so the source's delete, a new file of that name, or an
+ * upload that deletes that name after it (src) waits until the copy is
+ * done.  bfs_wb_copy_sources: the sources of recs' copies (but those
+ * whose skip[i] is set; skip NULL: all), sorted, on mem_ctx;
+ * bfs_wb_waits_for_copy: whether r must wait for one of them.
+ */
+struct bfs_wb_copy_srcs {
+	const char **keys;
+	size_t n;
+};
+int bfs_wb_copy_sources(TALLOC_CTX *mem_ctx, const struct bfs_jrec *recs,
+			size_t n, const bool *skip,
+			struct bfs_wb_copy_srcs *out);
+bool bfs_wb_waits_for_copy(const struct bfs_wb_copy_srcs *s,
+			   const struct bfs_jrec *r);
+
+/*
  * Wait while another live process works on key (uploads it in a close or
  * flush, or renames onto it): 0 once that is finished, ENOENT if nobody is uploading key, EIO if
  * it failed (its data waits in the journal for recovery), EBUSY

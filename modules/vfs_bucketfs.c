@@ -1362,6 +1362,11 @@ static void bfs_pread_done(struct tevent_req *subreq)
 
 	ret = bfs_read_recv(subreq, &state->got, &st);
 	TALLOC_FREE(subreq);
+	if ((ret == ENOENT || ret == ESTALE) &&
+	    bfs_fh_copy_ended(state->bc, state->fh)) {
+		bfs_pread_fetch_here(req, state);
+		return;
+	}
 	if (ret != 0) {
 		tevent_req_error(req, bfs_read_errno(state->bc, state->fh, &st,
 						     ret));

@@ -489,6 +489,88 @@ def test_an_mkdir_with_close_local_answers_before_s3_and_the_engine_puts_its_mar
     assert w.ls("rwlocal", "mk-a").get("f.bin") == (False, 10_000)
 
 
+def test_a_rename_s3_refuses_to_copy_for_good_shows_the_file_under_its_old_name_again(w):
+    # The client was told the rename was done (the engine copies later);
+    # S3 answers the copy AccessDenied (a policy, a KMS key): the engine
+    # gives it up, the file shows under its old name again, where S3 still
+    # has it, and the old name is not deleted.
+    src = w.make("rnd.bin", 10_000)
+    w.s3tool("put", "rwlocal/rnd-a.bin", src)
+    w.ctl("rwlocal", "invalidate", "")
+    assert "rnd-a.bin" in w.ls("rwlocal")
+    w.fault("PUT deny -1 rwlocal/rnd-b.bin")
+    try:
+        w.smbclient("rwlocal", "rename rnd-a.bin rnd-b.bin")
+        end = time.monotonic() + 60  # not stuck
+        while time.monotonic() < end:
+            w.ctl("rwlocal", "invalidate", "")
+            if "rnd-a.bin" in w.ls("rwlocal"):
+                break
+            time.sleep(0.5)
+        listing = w.ls("rwlocal")
+        assert listing.get("rnd-a.bin") == (False, 10_000), listing
+        assert "rnd-b.bin" not in listing, listing
+    finally:
+        w.fault("")
+    wait_engine_done(w, "rnd-")
+    assert w.s3_sha256("rwlocal/rnd-a.bin") == sha256(src)
+    assert "rwlocal/rnd-b.bin" not in w.s3_keys("rwlocal/")
+    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
+    assert "S3 refuses to copy" in log and "rnd-a.bin" in log, log[-2000:]
+
+
+def test_two_files_swapped_through_a_temporary_name_while_the_copies_wait_end_swapped(w):
+    # mv a t; mv b a; mv t b, the engine's copies held: the third rename
+    # cannot copy from a (the second's copy overwrites it) and waits for
+    # S3 instead; S3 ends with the two files swapped and no t.
+    one = w.make("swp-one.bin", 40_000)
+    two = w.make("swp-two.bin", 50_000)
+    w.s3tool("put", "rwlocal/swp-a.bin", one)
+    w.s3tool("put", "rwlocal/swp-b.bin", two)
+    w.ctl("rwlocal", "invalidate", "")
+    w.ls("rwlocal")
+    w.fault("PUT delay:2 -1 rwlocal/swp-")
+    try:
+        w.smbclient("rwlocal", "rename swp-a.bin swp-t.bin; rename swp-b.bin swp-a.bin; "
+                    "rename swp-t.bin swp-b.bin")
+        listing = w.ls("rwlocal")
+        assert listing.get("swp-a.bin") == (False, 50_000), listing
+        assert listing.get("swp-b.bin") == (False, 40_000), listing
+        assert "swp-t.bin" not in listing, listing
+    finally:
+        w.fault("")
+    wait_engine_done(w, "swp-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "swp-" in k}
+    assert keys == {"rwlocal/swp-a.bin", "rwlocal/swp-b.bin"}, keys
+    assert w.s3_sha256("rwlocal/swp-a.bin") == sha256(two)
+    assert w.s3_sha256("rwlocal/swp-b.bin") == sha256(one)
+    for name, want in (("swp-a.bin", two), ("swp-b.bin", one)):
+        got = f"{w.tmp}/{name}.back"
+        w.smbclient("rwlocal2", f"get {name} {got}")
+        assert sha256(got) == sha256(want), name
+
+
+def test_an_rmdir_with_close_local_goes_by_the_listing_and_asks_s3_nothing(w):
+    # The folder is listed (the client just emptied it): rmdir decides
+    # by the index, on smbd's loop, without a LIST of the folder; the
+    # engine deletes the marker.  A folder holding a file still refuses.
+    src = w.make("rmq.bin", 1000)
+    w.smbclient("rwlocal", f"mkdir rmq; mkdir rmq2; put {src} rmq/f.bin; put {src} rmq2/f.bin")
+    assert s3_has(w, "rwlocal/rmq/f.bin", sha256(src))
+    w.smbclient("rwlocal", "rm rmq/f.bin; ls rmq/*; ls rmq2/*")
+    since = len(front_log(w))
+    w.smbclient("rwlocal", "rmdir rmq")
+    p = w.smbclient("rwlocal", "rmdir rmq2", check=False)
+    assert "NT_STATUS_DIRECTORY_NOT_EMPTY" in p.stdout + p.stderr, p.stdout + p.stderr
+    lists = [l for l in front_log(w)[since:].splitlines()
+             if l.startswith("GET ") and "prefix=rwlocal%2Frmq" in l]
+    assert not lists, f"rmdir asked S3: {lists}"
+    assert "rmq" not in w.ls("rwlocal")
+    wait_engine_done(w, "rmq")
+    assert not w.s3_keys("rwlocal/rmq/"), w.s3_keys("rwlocal/rmq/")
+    assert w.s3_keys("rwlocal/rmq2/") == {"rwlocal/rmq2/", "rwlocal/rmq2/f.bin"}
+
+
 def test_a_delete_s3_refuses_for_good_shows_the_file_again(w):
     # The client was told the delete was done (the engine's, later); S3
     # answers AccessDenied (a policy, an object lock): the engine gives it
@@ -1047,39 +1129,6 @@ def test_a_relisting_sent_before_an_upload_ended_keeps_the_new_version_when_the_
     assert sha256(got) == sha256(v2), "read back the previous version"
 
 
-def engine_takes_over_from_a_killed_smbd(w, command, request, fault):
-    """Run smbclient's command on [rwlocal] with S3 requests matching the
-    fault front's rule held 6 s; once the front has the request (a regular
-    expression over its log), kill smbd: its change stays journalled.  The
-    engine takes the record over and sends the request again; return while
-    that one is held.  The caller clears the fault."""
-    since = len(front_log(w))
-    seen = re.compile(request, re.M)
-    w.fault(fault)
-    p = subprocess.Popen(["smbclient", "//127.0.0.1/rwlocal", "-p", str(w.smb_port),
-                          "-U", f"{USER}%{PASSWORD}", "-m", "SMB3", "-c", command],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    end = time.monotonic() + 30
-    while not seen.search(front_log(w)[since:]) and time.monotonic() < end:
-        time.sleep(0.1)
-    assert seen.search(front_log(w)[since:]), f"smbd sent no request for {command}"
-    w.restart_smbd(kill=True)
-    p.wait(timeout=30)
-    w.smbclient("rwlocal", "ls")  # an engine is there to take it over
-    while len(seen.findall(front_log(w)[since:])) < 2 and time.monotonic() < end:
-        time.sleep(0.1)
-    assert len(seen.findall(front_log(w)[since:])) >= 2, f"the engine did not take {command} over"
-
-
-def engine_log_says(w, *lines):
-    """The engine ran the dead smbd's change, not the next tree connect
-    (which would have held that connection's requests behind S3)."""
-    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
-    assert re.search(r"took over \d+ change", log), log[-2000:]
-    for line in lines:
-        assert line in log, log[-2000:]
-
-
 def test_a_file_written_while_the_engine_runs_a_delete_of_its_name_is_kept(w):
     # A delete with close = local is the engine's (journalled in its pid's
     # name).  A close of the same name while the engine's DELETE is in
@@ -1111,28 +1160,163 @@ def test_a_file_written_while_the_engine_runs_a_delete_of_its_name_is_kept(w):
     assert "was written again while its delete ran" in log, log[-2000:]
 
 
-def test_a_file_written_while_the_engine_runs_a_dead_smbds_rename_onto_its_name_is_kept(w):
-    # The same for a rename of a file already in S3 (a server-side copy,
-    # then a delete of the old name): the copy's end dropped the newer
-    # upload's record, and S3 kept the renamed file's bytes.
+def test_a_file_written_while_the_engine_copies_a_rename_onto_its_name_is_kept(w):
+    # A rename of a file already in S3 is the engine's with close = local
+    # (a server-side copy, then a delete of the old name).  A close of the
+    # new name while the copy is in flight hands the engine a newer
+    # upload: the copy's end must leave it and its index entry, and S3
+    # must end with the newer bytes.
     old = w.make("ren-old.bin", 1 << 20)
     new = w.make("ren-new.bin", 3 << 20)
     w.smbclient("rwlocal", "mkdir renrace")
     put(w, "rwlocal", old, "renrace/a.bin")
     assert s3_has(w, "rwlocal/renrace/a.bin", sha256(old))
+    since = len(front_log(w))
+    copy = re.compile(r"^PUT /\S+/rwlocal/renrace/b\.bin .*copy=yes", re.M)
+    w.fault("PUT delay:6 -1 rwlocal/renrace/b.bin")
     try:
-        engine_takes_over_from_a_killed_smbd(
-            w, "rename renrace/a.bin renrace/b.bin",
-            r"^PUT /\S+/rwlocal/renrace/b\.bin .*copy=yes",
-            "PUT delay:6 -1 rwlocal/renrace/b.bin")
+        w.smbclient("rwlocal", "rename renrace/a.bin renrace/b.bin")
+        end = time.monotonic() + 30
+        while not copy.search(front_log(w)[since:]) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert copy.search(front_log(w)[since:]), "the engine sent no copy"
         put(w, "rwlocal", new, "renrace/b.bin")  # while the engine's copy is held
     finally:
         w.fault("")
     assert s3_has(w, "rwlocal/renrace/b.bin", sha256(new)), "the file written after the rename was lost"
-    assert "rwlocal/renrace/a.bin" not in w.s3_keys("rwlocal/renrace/")
+    assert s3_gone_soon(w, "rwlocal/renrace/a.bin")
     assert w.ls("rwlocal", "renrace").get("b.bin") == (False, 3 << 20)
-    assert "renrace/b.bin" not in w.ctl("rwlocal", "pending").stdout
-    engine_log_says(w)
+    end = time.monotonic() + 60
+    while "renrace/" in w.ctl("rwlocal", "pending").stdout:
+        assert time.monotonic() < end, "the engine never finished"
+        time.sleep(0.3)
+    assert w.s3_sha256("rwlocal/renrace/b.bin") == sha256(new)
+
+
+def test_a_rename_over_a_name_whose_copy_runs_ends_with_the_newer_file(w):
+    # b is the new name of a rename whose copy the engine is making (held
+    # 4 s); two files are renamed over b meanwhile, one not yet uploaded
+    # (its upload moves to b), then one S3 has (a second copy).  S3 ends
+    # with the last one under b, and a, t, u gone.
+    one = w.make("rov-one.bin", 200_000)
+    two = w.make("rov-two.bin", 30_000)
+    three = w.make("rov-three.bin", 70_000)
+    w.s3tool("put", "rwlocal/rov-a.bin", one)
+    w.s3tool("put", "rwlocal/rov-u.bin", three)
+    w.ctl("rwlocal", "invalidate", "")
+    w.ls("rwlocal")
+    since = len(front_log(w))
+    copy = re.compile(r"^PUT /\S+/rwlocal/rov-b\.bin .*copy=yes", re.M)
+    w.fault("PUT delay:4 -1 rwlocal/rov-b.bin")
+    try:
+        w.smbclient("rwlocal", "rename rov-a.bin rov-b.bin")
+        end = time.monotonic() + 30
+        while not copy.search(front_log(w)[since:]) and time.monotonic() < end:
+            time.sleep(0.1)
+        assert copy.search(front_log(w)[since:]), "the engine sent no copy"
+        w.smbclient("rwlocal", f"put {two} rov-t.bin; rename rov-t.bin rov-b.bin -f")
+        assert w.ls("rwlocal").get("rov-b.bin") == (False, 30_000)
+        w.smbclient("rwlocal", "rename rov-u.bin rov-b.bin -f")
+        assert w.ls("rwlocal").get("rov-b.bin") == (False, 70_000)
+    finally:
+        w.fault("")
+    wait_engine_done(w, "rov-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "rov-" in k}
+    assert keys == {"rwlocal/rov-b.bin"}, keys
+    assert w.s3_sha256("rwlocal/rov-b.bin") == sha256(three)
+    w.ctl("rwlocal", "invalidate", "")
+    assert w.ls("rwlocal").get("rov-b.bin") == (False, 70_000)
+    got = f"{w.tmp}/rov-b.back"
+    w.smbclient("rwlocal2", f"get rov-b.bin {got}")
+    assert sha256(got) == sha256(three)
+
+
+def wait_engine_done(w, part, timeout=60):
+    end = time.monotonic() + timeout
+    while part in w.ctl("rwlocal", "pending").stdout:
+        assert time.monotonic() < end, f"the engine never finished {part}"
+        time.sleep(0.3)
+
+
+def test_a_rename_of_a_file_in_s3_answers_before_the_copy_and_readers_see_the_new_name_at_once(w):
+    # A checkpoint made durable (FLUSH) before its rename over the final
+    # name: S3 has it, so the rename is a server-side copy, minutes for
+    # a big one.  With close = local the engine makes it: the rename
+    # answers while S3 has only the old name, a reader (another share,
+    # another smbd) reads the new name at once, listings from S3 change
+    # nothing, and once the engine is done S3 has only the new name.
+    src = w.make("rn-src.bin", 5 << 20)
+    w.s3tool("put", "rwlocal/rn-a.bin", src)
+    w.ctl("rwlocal", "invalidate", "")
+    assert w.ls("rwlocal").get("rn-a.bin") == (False, 5 << 20)
+    since = len(front_log(w))
+    w.fault("PUT delay:5 -1 rwlocal/rn-b.bin")  # the copy held 5 s
+    try:
+        start = time.monotonic()
+        w.smbclient("rwlocal", "rename rn-a.bin rn-b.bin")
+        took = time.monotonic() - start
+        keys = w.s3_keys("rwlocal/")
+        assert "rwlocal/rn-b.bin" not in keys and "rwlocal/rn-a.bin" in keys, \
+            "the rename waited for S3's copy"
+        got = f"{w.tmp}/rn-b.back"
+        w.smbclient("rwlocal2", f"get rn-b.bin {got}")
+        assert sha256(got) == sha256(src), "a reader got other bytes"
+        w.ctl("rwlocal", "invalidate", "")
+        listing = w.ls("rwlocal")
+        assert listing.get("rn-b.bin") == (False, 5 << 20), listing
+        assert "rn-a.bin" not in listing, listing
+        pending = w.ctl("rwlocal", "pending").stdout
+        assert "rn-b.bin" in pending, pending
+    finally:
+        w.fault("")
+    assert s3_has(w, "rwlocal/rn-b.bin", sha256(src)), "the engine never copied it"
+    assert s3_gone_soon(w, "rwlocal/rn-a.bin"), "the old name stayed in S3"
+    wait_engine_done(w, "rn-")
+    w.ctl("rwlocal", "invalidate", "")
+    listing = w.ls("rwlocal")
+    assert listing.get("rn-b.bin") == (False, 5 << 20) and "rn-a.bin" not in listing, listing
+    copies = [l for l in front_log(w)[since:].splitlines() if "rn-b.bin" in l and "copy=yes" in l]
+    assert len(copies) == 1, copies
+    print(f"    # rename of a 5 MiB object, the copy held 5 s: answered in {took:.2f} s")
+
+
+def test_changes_of_a_renamed_name_while_the_engine_copies_it_end_as_on_a_disk(w):
+    # While the engine's copies are held: a renamed file deleted; a new
+    # file written under the old name of another; a third renamed twice.
+    # S3 ends as a disk would: the first gone under both names, the old
+    # bytes under the second's new name and the new ones under its old
+    # name, the third under its last name only.
+    old = w.make("rnx-old.bin", 300_000)
+    new = w.make("rnx-new.bin", 70_000)
+    for n in ("d", "o", "t"):
+        w.s3tool("put", f"rwlocal/rnx-{n}.bin", old)
+    w.ctl("rwlocal", "invalidate", "")
+    w.ls("rwlocal")
+    w.fault("PUT delay:4 -1 rwlocal/rnx-")
+    try:
+        w.smbclient("rwlocal", "rename rnx-d.bin rnx-d2.bin; del rnx-d2.bin; "
+                    "rename rnx-o.bin rnx-o2.bin; "
+                    "rename rnx-t.bin rnx-t2.bin; rename rnx-t2.bin rnx-t3.bin")
+        put(w, "rwlocal", new, "rnx-o.bin")
+        listing = w.ls("rwlocal")
+        assert not {"rnx-d.bin", "rnx-d2.bin", "rnx-t.bin", "rnx-t2.bin"} & set(listing), listing
+        assert listing.get("rnx-o.bin") == (False, 70_000), listing
+        assert listing.get("rnx-o2.bin") == (False, 300_000), listing
+        assert listing.get("rnx-t3.bin") == (False, 300_000), listing
+        got = f"{w.tmp}/rnx-t3.back"
+        w.smbclient("rwlocal2", f"get rnx-t3.bin {got}")
+        assert sha256(got) == sha256(old)
+    finally:
+        w.fault("")
+    wait_engine_done(w, "rnx-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "rnx-" in k}
+    assert keys == {"rwlocal/rnx-o.bin", "rwlocal/rnx-o2.bin", "rwlocal/rnx-t3.bin"}, keys
+    assert w.s3_sha256("rwlocal/rnx-o.bin") == sha256(new), "the new file under the old name was lost"
+    assert w.s3_sha256("rwlocal/rnx-o2.bin") == sha256(old)
+    assert w.s3_sha256("rwlocal/rnx-t3.bin") == sha256(old)
+    w.ctl("rwlocal", "invalidate", "")
+    listing = w.ls("rwlocal")
+    assert {k for k in listing if k.startswith("rnx-")} == {"rnx-o.bin", "rnx-o2.bin", "rnx-t3.bin"}, listing
 
 
 def test_a_tree_connect_with_an_engine_sweeps_a_dead_processs_staging_file(w):

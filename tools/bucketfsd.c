@@ -593,7 +593,8 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 	pthread_mutex_unlock(&e->mu);
 	/* The ETag the upload left in the index; none when it was stopped,
 	 * its file renamed (and bfs_wb_finish said so). */
-	if (one != NULL && ret == 0 && r->op == BFS_J_PUT &&
+	if (one != NULL && ret == 0 &&
+	    (r->op == BFS_J_PUT || r->op == BFS_J_COPY) &&
 	    bfs_key_entry(one, r->key, &dir, &name, &marker) == 0 &&
 	    bfs_index_lookup(e->idx, one, dir, name, &ent) == 0) {
 		/*
@@ -601,10 +602,16 @@ static void eng_run(struct eng_worker *w, struct bfs_jrec *r)
 		 * is no longer pending once the marker is in S3.  "" says
 		 * done all the same, for the cluster's change notice.
 		 */
-		etag = !marker ? ent.etag :
+		etag = !marker ? (r->op == BFS_J_COPY &&
+				  (ent.flags & BFS_ENT_PENDING) ? NULL :
+				  ent.etag) :
 		       ent.is_dir && !(ent.flags & BFS_ENT_PENDING) ? "" : NULL;
 	}
-	if (etag != NULL) {
+	if (etag != NULL && r->op == BFS_J_COPY) {
+		eng_log(BFS_LOG_INFO, "renamed s3://%s/%s to %s (%" PRIu64
+			" bytes copied in S3)", e->c.bucket, r->src, r->key,
+			r->size);
+	} else if (etag != NULL) {
 		eng_log(BFS_LOG_INFO, "uploaded s3://%s/%s (%" PRIu64
 			" bytes)", e->c.bucket, r->key, r->size);
 	}
@@ -625,6 +632,7 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 	struct eng *e = w->e;
 	TALLOC_CTX *tmp = talloc_new(w->mem);
 	struct bfs_jrec *recs = NULL, *orphans = NULL;
+	struct bfs_wb_copy_srcs copy_srcs;
 	size_t n = 0, no = 0, i, front, n_urgent;
 	char **urgent_keys;
 	pid_t me = getpid();
@@ -650,6 +658,10 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 	}
 	for (i = 0; i < n; i++) {
 		pending += recs[i].pid == me;
+	}
+	if (bfs_wb_copy_sources(tmp, recs, n, NULL, &copy_srcs) != 0) {
+		talloc_free(tmp);
+		return false; /* out of memory: the next pass */
 	}
 	pthread_mutex_lock(&e->mu);
 	e->pending = pending;
@@ -695,6 +707,10 @@ static bool eng_pass(struct eng_worker *w, bool urgent)
 		if (i >= front && bfs_wb_put_young(w->wb, r, e->delay_ms)) {
 			/* Closed just now: a rename may still move it. */
 			young++;
+			continue;
+		}
+		if (bfs_wb_waits_for_copy(&copy_srcs, r)) {
+			/* The pass after the copy's takes it. */
 			continue;
 		}
 		if (!eng_take_record(w, tmp, r, mono, urgent, &cur)) {
@@ -936,11 +952,13 @@ static int eng_wait_state(struct eng *e, const char *key,
 	if (ret == ENOENT) {
 		*err = 0;
 		ret = 1;
-	} else if (ret == 0 && r.op != BFS_J_PUT) {
-		*err = 0; /* a rename or delete of the name now: not ours */
+	} else if (ret == 0 && r.op != BFS_J_PUT &&
+		   !(r.op == BFS_J_COPY && r.index_gone)) {
+		*err = 0; /* a delete of the name now: not ours */
 		ret = 1;
 	} else if (ret == 0 && res != NULL && res->err != 0 &&
-		   r.last_error != 0 && strcmp(r.staging, res->staging) == 0) {
+		   r.last_error != 0 &&
+		   strcmp(r.staging ? r.staging : "", res->staging) == 0) {
 		*err = res->err;
 		ret = 1;
 	} else if (ret == 0 && r.last_error != 0 &&

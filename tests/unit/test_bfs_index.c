@@ -898,6 +898,53 @@ static void test_a_listing_sent_before_a_change_keeps_it_whatever_the_clock(
 }
 
 /*
+ * A rename handed to the engine: the new name shows at once, pending with
+ * the old version's ETag, and the old name is hidden; listings sent before
+ * the engine copied and deleted (S3 has the old name only) change neither.
+ */
+static void test_a_rename_pending_in_s3_shows_the_new_name(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	const char *files[] = {"old.bin"};
+	struct bfs_entry e;
+	struct bfs_index *idx = NULL;
+	time_t now = time(NULL);
+	uint64_t ino;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 1, NULL, 0),
+				       now - 100), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "old.bin", &e), 0);
+	ino = e.ino;
+	assert_int_equal(bfs_index_rename_pending(idx, "p/", "old.bin", "q/",
+						  "new.bin"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "old.bin", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "q/", "new.bin", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_string_equal(e.etag, "etag-old.bin"); /* the listing's */
+	assert_int_equal(e.ino, ino);
+	/* S3 lists the old name, not the new one, until the engine is done. */
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", files, 1, NULL, 0),
+				       now + 1), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "q/", NULL, 0, NULL, 0),
+				       now + 1), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "old.bin", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "q/", "new.bin", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	/* The copy and the delete done: listings are the truth again. */
+	assert_int_equal(bfs_index_clear_pending(idx, "p/", "old.bin"), 0);
+	assert_int_equal(store_dir_now(idx, listing(t, "p/", NULL, 0, NULL, 0),
+				       now + 2), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "p/", "old.bin", &e),
+			 ENOENT);
+	talloc_free(t);
+}
+
+/*
  * A delete handed to the engine: S3 lists the object until the engine
  * has deleted it.  No listing brings it back meanwhile, however late it
  * was sent, nor an invalidation, nor bfs_index_learn; the delete done
@@ -1996,6 +2043,7 @@ int main(void)
 		cmocka_unit_test(test_readers_in_other_threads_survive_the_map_growing),
 		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
 		cmocka_unit_test(test_a_full_disk_keeps_what_was_readable),
+		cmocka_unit_test(test_a_rename_pending_in_s3_shows_the_new_name),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }

@@ -166,6 +166,24 @@ static void test_handed_over_deletes_and_deletes_under_a_folder(void **state)
 	assert_true(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE, NULL));
 	assert_false(bfs_journal_has_op_under(j, "p/d/", BFS_J_DELETE,
 					      "p/d/"));
+	/* A rename handed over: a copy of one version, the flag kept. */
+	{
+		struct bfs_jrec c = {
+			.key = "p/e/new.bin", .op = BFS_J_COPY,
+			.pid = getpid(), .src = "p/e/old.bin",
+			.src_etag = "\"v1\"", .size = 3, .mtime = 4,
+			.index_gone = true,
+		};
+
+		assert_int_equal(bfs_journal_put(j, &c), 0);
+		assert_int_equal(bfs_journal_get(j, t, c.key, &got), 0);
+		assert_int_equal(got.op, BFS_J_COPY);
+		assert_true(got.index_gone);
+		assert_string_equal(got.src, "p/e/old.bin");
+		assert_string_equal(got.src_etag, "\"v1\"");
+		assert_int_equal(got.mtime, 4);
+		assert_int_equal(bfs_journal_done(j, c.key, c.pid), 0);
+	}
 	talloc_free(t);
 }
 

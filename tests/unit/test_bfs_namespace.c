@@ -20,6 +20,7 @@
 
 #include "bfs_file.h"
 #include "bfs_namespace.h"
+#include "bfs_writeback.h"
 
 static struct bfs_conn *share(TALLOC_CTX *t)
 {
@@ -150,6 +151,145 @@ static void test_rename_retargets_a_handed_over_upload(void **state)
 	talloc_free(t);
 }
 
+/*
+ * With `close = local`, a rename of a file S3 has is handed to the engine
+ * without asking S3: a copy of the version renamed and a delete of the old
+ * name, journalled in the engine's name; the index shows the new name,
+ * whose readers read the old one until the copy is done.  Renamed again
+ * before that, the copy comes from the first name.
+ */
+static void test_rename_of_a_file_in_s3_is_handed_to_the_engine(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry e = {.name = "w.bin", .size = 7, .mtime = 5,
+			      .etag = "\"v1\""};
+	struct bfs_fh *reader = NULL;
+	struct bfs_jrec rec;
+
+	(void)state;
+	assert_true(engine > 0);
+	bc->close_local = true;
+	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
+	assert_int_equal(rename_rel(t, bc, "w.bin", "w2.bin"), 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+
+	assert_int_equal(bfs_journal_get(bc->journal, t, "w2.bin", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_COPY);
+	assert_int_equal(rec.pid, engine);
+	assert_true(rec.index_gone);
+	assert_string_equal(rec.src, "w.bin");
+	assert_string_equal(rec.src_etag, "\"v1\"");
+	assert_int_equal(rec.size, 7);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "w.bin", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(rec.pid, engine);
+	assert_true(rec.index_gone);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "w.bin", &e),
+			 ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "w2.bin", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_string_equal(e.etag, "\"v1\"");
+
+	/* Read from the old name, the same version (its cache blocks). */
+	assert_int_equal(bfs_fh_open(bc, "w2.bin", O_RDONLY, false, &reader),
+			 0);
+	assert_string_equal(reader->obj.key, "w.bin");
+	assert_string_equal(reader->obj.etag, "\"v1\"");
+	assert_false(bfs_fh_copy_ended(bc, reader));
+
+	/* Again before the copy: from w.bin, and w2.bin's copy is dropped. */
+	assert_int_equal(rename_rel(t, bc, "w2.bin", "w3.bin"), 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "w3.bin", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_COPY);
+	assert_string_equal(rec.src, "w.bin");
+	assert_int_equal(bfs_journal_get(bc->journal, t, "w2.bin", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "w.bin", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+
+	/* The engine's end of the copy: the reader moves to the new object. */
+	talloc_free(reader);
+	reader = NULL;
+	assert_int_equal(bfs_fh_open(bc, "w3.bin", O_RDONLY, false, &reader),
+			 0);
+	assert_string_equal(reader->obj.key, "w.bin");
+	e = (struct bfs_entry){.name = "w3.bin", .size = 7, .mtime = 5,
+			       .etag = "\"v2\""};
+	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
+	assert_int_equal(bfs_journal_done(bc->journal, "w3.bin", engine), 0);
+	assert_true(bfs_fh_copy_ended(bc, reader));
+	assert_string_equal(reader->obj.key, "w3.bin");
+	assert_string_equal(reader->obj.etag, "\"v2\"");
+	assert_false(bfs_fh_copy_ended(bc, reader));
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
+/*
+ * Two files swapped through a temporary name before the engine copied
+ * anything (a -> t, b -> a, t -> b): the third rename may not copy t from
+ * a, which the second's copy overwrites (the two copies would wait for
+ * each other); it is refused for the engine (the rename waits for S3).
+ * The engine's order: a's copy to t first, then b's to a, then the
+ * deletes of the names copied from.
+ */
+static void test_a_swap_through_a_temporary_name_keeps_the_copies_in_order(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry a = {.name = "a", .size = 1, .mtime = 5,
+			      .etag = "\"A\""},
+			 b = {.name = "b", .size = 2, .mtime = 5,
+			      .etag = "\"B\""};
+	struct bfs_wb_copy_srcs srcs;
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+	char *from = NULL;
+
+	(void)state;
+	assert_true(engine > 0);
+	bc->close_local = true;
+	assert_int_equal(bfs_index_put(bc->index, "", &a), 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &b), 0);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "a", "\"A\"", "t",
+						 1, 5, engine, &from), 0);
+	assert_string_equal(from, "a");
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "b", "\"B\"", "a",
+						 2, 5, engine, &from), 0);
+	assert_string_equal(from, "b");
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "t", "\"A\"", "b",
+						 1, 5, engine, &from), ESTALE);
+	/* Refused: the index is as the two renames left it. */
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "t", &a), 0);
+	assert_string_equal(a.etag, "\"A\"");
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "b", &b), ENOENT);
+
+	assert_int_equal(bfs_journal_list(bc->journal, t, &recs, &n, NULL), 0);
+	assert_int_equal(n, 3); /* COPY t <- a, COPY a <- b, DELETE b */
+	assert_int_equal(bfs_wb_copy_sources(t, recs, n, NULL, &srcs), 0);
+	for (i = 0; i < n; i++) {
+		bool waits = bfs_wb_waits_for_copy(&srcs, &recs[i]);
+
+		if (strcmp(recs[i].key, "t") == 0) {
+			assert_int_equal(recs[i].op, BFS_J_COPY);
+			assert_false(waits); /* first */
+		} else if (strcmp(recs[i].key, "a") == 0) {
+			assert_int_equal(recs[i].op, BFS_J_COPY);
+			assert_true(waits); /* overwrites t's source */
+		} else {
+			assert_string_equal(recs[i].key, "b");
+			assert_int_equal(recs[i].op, BFS_J_DELETE);
+			assert_true(waits); /* a's copy reads it */
+		}
+	}
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
 /* Where a rename may not go, refused before anything moves. */
 static void test_rename_rules(void **state)
 {
@@ -227,6 +367,8 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rename_staged_file),
 		cmocka_unit_test(test_rename_retargets_a_handed_over_upload),
+		cmocka_unit_test(test_rename_of_a_file_in_s3_is_handed_to_the_engine),
+		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
 		cmocka_unit_test(test_rename_rules),
 		cmocka_unit_test(test_mkdir_and_unlink_rules),
 		cmocka_unit_test(test_unlink_open_file),
