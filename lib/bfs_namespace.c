@@ -579,9 +579,6 @@ static int bfs_rename_in_engine(struct bfs_conn *bc, struct bfs_fh *src,
 	ret = bfs_wb_rename_hand_over(bc->wb, dst_key, src->key, src->etag,
 				      dst_key, src->size, src->mtime, engine,
 				      &from);
-	if (ret == 0 && from == NULL) {
-		ret = ENOMEM; /* journalled all the same: the engine copies */
-	}
 	if (ret == 0) {
 		if (bfs_engine_notify(bc->engine, dst_key) != 0) {
 			(void)bfs_engine_now(bc); /* the next one finds it */
@@ -594,16 +591,18 @@ static int bfs_rename_in_engine(struct bfs_conn *bc, struct bfs_fh *src,
 		bfs_rekey_open(bc, src->key, dst_rel);
 		/* Writers here with nothing staged yet read the old object
 		 * (their first write's fill) until the copy is done. */
-		for (o = bc->open_files; o != NULL; o = o->next) {
-			if (strcmp(o->key, dst_key) == 0 && o->stage_fd == -1 &&
-			    o->etag != NULL &&
-			    (o->obj.key = talloc_strdup(o, from)) != NULL) {
-				bfs_cache_make_id(bc->cfg.bucket, o->obj.key,
-						  o->etag, bc->block_size,
-						  &o->obj.id);
-			} else if (o->obj.key == NULL) {
-				o->obj.key = o->key; /* reads fail, then retry */
+		for (o = bc->open_files; from != NULL && o != NULL;
+		     o = o->next) {
+			char *k;
+
+			if (strcmp(o->key, dst_key) != 0 || o->stage_fd != -1 ||
+			    o->etag == NULL || strcmp(o->etag, src->etag) != 0 ||
+			    (k = talloc_strdup(o, from)) == NULL) {
+				continue; /* not the renamed file, or staged */
 			}
+			o->obj.key = k;
+			bfs_cache_make_id(bc->cfg.bucket, k, o->etag,
+					  bc->block_size, &o->obj.id);
 		}
 	} else if (ret != ESTALE) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot journal the "
@@ -612,6 +611,40 @@ static int bfs_rename_in_engine(struct bfs_conn *bc, struct bfs_fh *src,
 	}
 	talloc_free(dst_key);
 	return ret;
+}
+
+/*
+ * A rename the engine could not be handed (a swap through a temporary
+ * name, a rename back before the copy) is made here, in S3 at once: first
+ * the engine's copy onto either name must be done, or S3 has not the
+ * bytes to copy, or the engine's copy would land after ours.  0, or
+ * EBUSY if it does not end in the time a copy of size may take.
+ */
+static int bfs_wait_handed_copy(struct bfs_conn *bc, const char *key,
+				uint64_t size)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	uint64_t rounds = size / bc->upload.part_size / bc->upload.parallel + 2;
+	uint64_t timeout_ms = bc->cfg.request_timeout_ms * rounds;
+	struct bfs_jrec rec;
+	bool handed = tmp != NULL &&
+		      bfs_journal_get(bc->journal, tmp, key, &rec) == 0 &&
+		      rec.op == BFS_J_COPY && rec.index_gone;
+	int ret;
+
+	talloc_free(tmp);
+	if (!handed) {
+		return 0;
+	}
+	ret = bfs_wb_wait_upload(bc->wb, key, timeout_ms < UINT_MAX ?
+				 (unsigned)timeout_ms : UINT_MAX);
+	if (ret == 0 || ret == ENOENT) {
+		return 0;
+	}
+	bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot rename: the "
+		"engine's copy to %s %s", bc->service, key,
+		ret == EBUSY ? "takes too long" : "failed (it is retried)");
+	return EBUSY;
 }
 
 /* Where dst_rel may go: 0, or why not (before anything changes). */
@@ -676,8 +709,12 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 		/* logged there */
 	} else if ((ret = bfs_rename_in_engine(bc, src, dst_rel)) != ESTALE) {
 		/* Handed over (the engine copies it), or failed: logged. */
+	} else if ((dst_key = bfs_path_key(tmp, bc->prefix, dst_rel)) == NULL) {
+		ret = ENOMEM;
+	} else if ((ret = bfs_wait_handed_copy(bc, src->key, src->size)) != 0 ||
+		   (ret = bfs_wait_handed_copy(bc, dst_key, src->size)) != 0) {
+		/* logged there */
 	} else {
-		dst_key = bfs_path_key(tmp, bc->prefix, dst_rel);
 		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);

@@ -365,6 +365,10 @@ struct tevent_req *bfs_copy_send(TALLOC_CTX *mem_ctx,
 	};
 	s->key = talloc_strdup(s, dst_key);
 	s->copy_src = talloc_strdup(s, src_key);
+	if (p->copy_if_match != NULL &&
+	    (s->p.copy_if_match = talloc_strdup(s, p->copy_if_match)) == NULL) {
+		s->key = NULL; /* out of memory, said below */
+	}
 	if (tevent_req_nomem(s->key, req) || tevent_req_nomem(s->copy_src, req) ||
 	    (!bfs_upload_keep_meta(s) && tevent_req_nomem(NULL, req))) {
 		return tevent_req_post(req, ev);
@@ -438,7 +442,8 @@ static void bfs_upload_more_parts(struct tevent_req *req)
 			subreq = s3_mpu_part_copy_send(pc, s->ev, s->s3, s->key,
 						       s->upload_id,
 						       pc->idx + 1,
-						       s->copy_src, off, len);
+						       s->copy_src, off, len,
+						       s->p.copy_if_match);
 			if (subreq == NULL) {
 				talloc_free(pc);
 				s->err = ENOMEM;

@@ -36,6 +36,9 @@ struct bfs_upload_params {
 	/* x-amz-meta-* headers stored with the object (copied at send). */
 	const struct s3_kv *meta;
 	size_t n_meta;
+	/* A multipart copy: only of this version of the source (or NULL;
+	 * copied at send). */
+	const char *copy_if_match;
 };
 
 /*

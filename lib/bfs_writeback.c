@@ -1460,7 +1460,8 @@ static int bfs_wb_delete_key(struct bfs_wb *wb, const char *key,
  * renamed entry's, at dst by now.
  */
 static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
-			   uint64_t size, TALLOC_CTX *mem_ctx, char **etag,
+			   uint64_t size, const char *if_match,
+			   TALLOC_CTX *mem_ctx, char **etag,
 			   struct s3_status *st)
 {
 	bool multipart = size > wb->params.copy_threshold;
@@ -1476,9 +1477,11 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 	if (multipart) {
 		p.meta = meta;
 		p.n_meta = bfs_wb_meta_headers(wb, tmp, dst, -1, meta);
+		p.copy_if_match = if_match;
 	}
 	req = multipart ? bfs_copy_send(tmp, wb->ev, wb->s3, src, dst, size, &p) :
-			  s3_copy_object_send(tmp, wb->ev, wb->s3, src, dst);
+			  s3_copy_object_send(tmp, wb->ev, wb->s3, src, dst,
+					      if_match);
 
 	ret = s3_wait_for(req, wb->ev);
 	if (ret != 0) {
@@ -1489,6 +1492,25 @@ static int bfs_wb_copy_key(struct bfs_wb *wb, const char *src, const char *dst,
 			  s3_copy_object_recv(req, mem_ctx, etag, st);
 	talloc_free(tmp);
 	return ret;
+}
+
+/* Whether a copy in the journal (a rename's) reads key. */
+static bool bfs_wb_copy_reads(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec *recs = NULL;
+	size_t n = 0, i;
+	bool reads = false;
+
+	if (tmp == NULL || bfs_journal_list(wb->j, tmp, &recs, &n, NULL) != 0) {
+		talloc_free(tmp);
+		return true; /* unknown: as if it did */
+	}
+	for (i = 0; i < n && !reads; i++) {
+		reads = recs[i].op == BFS_J_COPY && strcmp(recs[i].src, key) == 0;
+	}
+	talloc_free(tmp);
+	return reads;
 }
 
 /*
@@ -1523,6 +1545,14 @@ static int bfs_wb_after_delete(struct bfs_wb *wb, const char *key)
 		running = rec.pid != getpid() && rec.last_error == 0 &&
 			  bfs_jrec_owner_alive(&rec);
 		talloc_free(tmp);
+		if (!running && bfs_wb_copy_reads(wb, key)) {
+			/*
+			 * The old name of a rename whose copy is not done: its
+			 * delete waits for the copy, and so must our write
+			 * (the copy would take our bytes).
+			 */
+			running = true;
+		}
 		if (!running) {
 			ret = bfs_journal_done_op(wb->j, key, rec.pid,
 						  BFS_J_DELETE);
@@ -2047,7 +2077,7 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 	if (ret != 0) {
 		return ret;
 	}
-	ret = bfs_wb_copy_key(wb, src, dst, size, NULL, NULL, st);
+	ret = bfs_wb_copy_key(wb, src, dst, size, NULL, NULL, NULL, st);
 	if (ret != 0) {
 		/* Nothing changed; should the record stay, a recovery
 		 * copies what the client asked for. */
@@ -2341,25 +2371,49 @@ static bool bfs_wb_copy_still_ours(struct bfs_wb *wb,
 }
 
 /*
- * A rename's copy S3 refuses for good (AccessDenied: a policy, a KMS key
- * the engine may not use): given up, as a refused delete is, instead of
- * tried for ever with the file hidden under its old name.  The client was
- * told it was renamed; the file goes back to its old name, where S3 still
- * has it, with a log line, and the old name's delete is dropped.
+ * A rename's copy that cannot be made (why, for the log): S3 refuses it
+ * for good (AccessDenied: a policy, a KMS key the engine may not use), or
+ * no longer has the version renamed (replaced or removed by another
+ * client of the bucket).  Given up, as a refused delete is, instead of
+ * tried for ever with the file hidden under its old name: the client was
+ * told it was renamed; the file goes back to its old name, which shows
+ * what S3 has there, with a log line, and the old name's delete is
+ * dropped (it would delete the other client's file).
  */
 static void bfs_wb_copy_given_up(struct bfs_wb *wb, TALLOC_CTX *tmp,
-				 const struct bfs_jrec *r)
+				 const struct bfs_jrec *r, const char *why)
 {
 	struct bfs_entry e;
 	struct bfs_jrec del;
 	char *sdir, *sname, *ddir, *dname;
 
-	bfs_log(BFS_LOG_ERR, "bucketfs: S3 refuses to copy %s to %s "
-		"(AccessDenied): the rename is given up and the file shows "
-		"under its old name again", r->src, r->key);
-	if (bfs_journal_get(wb->j, tmp, r->src, &del) == 0 &&
-	    del.op == BFS_J_DELETE && del.index_gone && del.src == NULL &&
-	    bfs_journal_done_op(wb->j, r->src, del.pid, BFS_J_DELETE) != 0) {
+	bool back = bfs_journal_get(wb->j, tmp, r->src, &del) == 0 &&
+		    del.op == BFS_J_DELETE && del.index_gone &&
+		    del.src == NULL;
+
+	if (!back) {
+		/* A new file of the old name since: it stays; the renamed
+		 * one has no name S3 lets us give it. */
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot copy %s to %s (%s) "
+			"and %s was written again since: the rename is given "
+			"up", r->src, r->key, why, r->src);
+		if (bfs_wb_split_pair(tmp, r->src, r->key, &sdir, &sname,
+				      &ddir, &dname) == 0 &&
+		    bfs_index_lookup(wb->idx, tmp, ddir, dname, &e) == 0 &&
+		    (e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
+		    strcmp(e.etag, r->src_etag) == 0) {
+			bfs_wb_index_remove_key(wb, r->key);
+		}
+		if (bfs_wb_copy_done(wb, r) != 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the "
+				"refused copy to %s from the journal", r->key);
+		}
+		return;
+	}
+	bfs_log(BFS_LOG_ERR, "bucketfs: cannot copy %s to %s (%s): the "
+		"rename is given up and the file shows under its old name "
+		"again", r->src, r->key, why);
+	if (bfs_journal_done_op(wb->j, r->src, del.pid, BFS_J_DELETE) != 0) {
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the delete of %s "
 			"from the journal", r->src);
 	}
@@ -2398,35 +2452,27 @@ static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *etag = NULL, *dir, *name;
-	struct bfs_entry e;
 	int ret;
 
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, tmp, &etag, st);
-	if (ret == ENOENT) {
-		/*
-		 * Not ours to have deleted: its delete waits for us.  Another
-		 * client of the bucket took it away; nothing to copy.
-		 */
-		bfs_log(BFS_LOG_ERR, "bucketfs: cannot finish the rename of %s "
-			"to %s: S3 no longer has %s (removed outside this "
-			"gateway)", r->src, r->key, r->src);
-		if (bfs_key_split(tmp, r->key, &dir, &name) == 0 &&
-		    bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0 &&
-		    (e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
-		    r->src_etag != NULL && strcmp(e.etag, r->src_etag) == 0 &&
-		    bfs_wb_copy_still_ours(wb, r)) {
-			bfs_wb_index_remove_key(wb, r->key);
-		}
-		ret = bfs_wb_copy_done(wb, r);
-		talloc_free(tmp);
-		return ret == ESTALE ? 0 : ret;
-	}
-	if (ret != 0 && strcmp(st->code, "AccessDenied") == 0 &&
+	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, r->src_etag, tmp,
+			      &etag, st);
+	if ((ret == ENOENT || ret == ESTALE ||
+	     (ret != 0 && strcmp(st->code, "AccessDenied") == 0)) &&
 	    bfs_wb_copy_still_ours(wb, r)) {
-		bfs_wb_copy_given_up(wb, tmp, r);
+		/*
+		 * Not ours to have deleted or changed: its delete, and our
+		 * own writes of that name, wait for us; another client of
+		 * the bucket did (another version is not the file the client
+		 * renamed).  Or refused for good.
+		 */
+		bfs_wb_copy_given_up(wb, tmp, r,
+				     ret == ENOENT ? "S3 no longer has it" :
+				     ret == ESTALE ? "replaced in S3 by another "
+						     "client" :
+						     "S3 refuses: AccessDenied");
 		talloc_free(tmp);
 		return 0;
 	}
@@ -2451,9 +2497,13 @@ static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 	 */
 	ret = bfs_key_split(tmp, r->key, &dir, &name);
 	if (ret == 0) {
-		ret = etag != NULL ? bfs_index_settle(wb->idx, dir, name,
-						      r->src_etag, etag) :
-				     ENOENT;
+		/* No ETag in the answer: no longer pending all the same (a
+		 * pending entry is kept by every listing), and listed anew. */
+		ret = bfs_index_settle(wb->idx, dir, name, r->src_etag,
+				       etag != NULL ? etag : r->src_etag);
+		if (ret == 0 && etag == NULL) {
+			bfs_wb_forget_parent(wb, r->key);
+		}
 	}
 	if (ret != 0 && ret != ESTALE) {
 		/* S3 has it: the next listing shows it. */
@@ -2689,7 +2739,8 @@ static int bfs_wb_recover_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 	if (r->index_gone) {
 		return bfs_wb_run_handed_copy(wb, r, st);
 	}
-	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, NULL, NULL, st);
+	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, NULL, NULL, NULL,
+			      st);
 
 	if (ret == ENOENT) {
 		/* Source gone: the copy was done and the delete too. */

@@ -776,7 +776,8 @@ out:
 struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
 				       struct tevent_context *ev,
 				       struct s3_client *c, const char *src_key,
-				       const char *dst_key)
+				       const char *dst_key,
+				       const char *if_match)
 {
 	struct s3_op_state *s;
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
@@ -789,10 +790,14 @@ struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
 		return NULL;
 	}
 	{
-		const struct s3_kv h[] = {{"x-amz-copy-source", src}};
+		const struct s3_kv h[] = {
+			{"x-amz-copy-source", src},
+			{"x-amz-copy-source-if-match", if_match},
+		};
 		const struct s3_request r = {
 			.method = "PUT", .key = dst_key, .headers = h,
-			.n_headers = 1, .idempotent = true,
+			.n_headers = if_match != NULL ? 2 : 1,
+			.idempotent = true,
 		};
 		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s), "struct s3_op_state",
 				 &s);
@@ -891,7 +896,8 @@ struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
 					 struct s3_client *c, const char *key,
 					 const char *upload_id,
 					 unsigned part_no, const char *src_key,
-					 uint64_t offset, uint64_t len)
+					 uint64_t offset, uint64_t len,
+					 const char *if_match)
 {
 	struct s3_op_state *s;
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
@@ -910,11 +916,15 @@ struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
 	{
 		const struct s3_kv q[] = {{"partNumber", num},
 					  {"uploadId", upload_id}};
-		const struct s3_kv h[] = {{"x-amz-copy-source", src},
-					  {"x-amz-copy-source-range", range}};
+		const struct s3_kv h[] = {
+			{"x-amz-copy-source", src},
+			{"x-amz-copy-source-range", range},
+			{"x-amz-copy-source-if-match", if_match},
+		};
 		const struct s3_request r = {
 			.method = "PUT", .key = key, .query = q, .n_query = 2,
-			.headers = h, .n_headers = 2, .idempotent = true,
+			.headers = h, .n_headers = if_match != NULL ? 3 : 2,
+			.idempotent = true,
 		};
 		req = s3_op_send(mem_ctx, ev, c, &r, sizeof(*s),
 				 "struct s3_op_state", &s);

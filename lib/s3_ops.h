@@ -97,11 +97,16 @@ struct tevent_req *s3_delete_object_send(TALLOC_CTX *mem_ctx,
 					 struct s3_client *c, const char *key);
 int s3_delete_object_recv(struct tevent_req *req, struct s3_status *st);
 
-/* CopyObject within the client's bucket. */
+/*
+ * CopyObject within the client's bucket; if_match (or NULL): only while
+ * the source is that version (x-amz-copy-source-if-match), else ESTALE
+ * (412).
+ */
 struct tevent_req *s3_copy_object_send(TALLOC_CTX *mem_ctx,
 				       struct tevent_context *ev,
 				       struct s3_client *c, const char *src_key,
-				       const char *dst_key);
+				       const char *dst_key,
+				       const char *if_match);
 int s3_copy_object_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			char **etag, struct s3_status *st);
 
@@ -138,13 +143,15 @@ struct tevent_req *s3_mpu_part_send(TALLOC_CTX *mem_ctx,
 int s3_mpu_part_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 		     struct s3_part *part, struct s3_status *st);
 
-/* UploadPartCopy: bytes [offset, offset+len) of src_key as part part_no. */
+/* UploadPartCopy: bytes [offset, offset+len) of src_key as part part_no
+ * (if_match as for s3_copy_object_send). */
 struct tevent_req *s3_mpu_part_copy_send(TALLOC_CTX *mem_ctx,
 					 struct tevent_context *ev,
 					 struct s3_client *c, const char *key,
 					 const char *upload_id,
 					 unsigned part_no, const char *src_key,
-					 uint64_t offset, uint64_t len);
+					 uint64_t offset, uint64_t len,
+					 const char *if_match);
 int s3_mpu_part_copy_recv(struct tevent_req *req, TALLOC_CTX *mem_ctx,
 			  char **etag, struct s3_status *st);
 

@@ -516,7 +516,33 @@ def test_a_rename_s3_refuses_to_copy_for_good_shows_the_file_under_its_old_name_
     assert w.s3_sha256("rwlocal/rnd-a.bin") == sha256(src)
     assert "rwlocal/rnd-b.bin" not in w.s3_keys("rwlocal/")
     log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
-    assert "S3 refuses to copy" in log and "rnd-a.bin" in log, log[-2000:]
+    assert "S3 refuses: AccessDenied" in log and "rnd-a.bin" in log, log[-2000:]
+
+
+def test_a_rename_whose_source_another_client_replaced_is_given_up_and_their_file_stays(w):
+    # The engine copies the version the client renamed, and only that
+    # one (x-amz-copy-source-if-match): c replaced, and d removed, in S3
+    # behind the gateway's back after it listed them.  Neither copy is
+    # made, nothing of the other client's is deleted, and the names show
+    # what S3 has.
+    old = w.make("rpl-old.bin", 4000)
+    other = w.make("rpl-other.bin", 3000)
+    w.s3tool("put", "rwlocal/rpl-c.bin", old)
+    w.s3tool("put", "rwlocal/rpl-d.bin", old)
+    w.ctl("rwlocal", "invalidate", "")
+    w.ls("rwlocal")
+    w.s3tool("put", "rwlocal/rpl-c.bin", other)
+    w.s3tool("rm", "rwlocal/rpl-d.bin")
+    w.smbclient("rwlocal", "rename rpl-c.bin rpl-c2.bin; rename rpl-d.bin rpl-d2.bin")
+    wait_engine_done(w, "rpl-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "rpl-" in k}
+    assert keys == {"rwlocal/rpl-c.bin"}, keys
+    assert w.s3_sha256("rwlocal/rpl-c.bin") == sha256(other), "another client's file was changed"
+    w.ctl("rwlocal", "invalidate", "")
+    listing = {k: v for k, v in w.ls("rwlocal").items() if k.startswith("rpl-")}
+    assert listing == {"rpl-c.bin": (False, 3000)}, listing
+    log = open(f"{w.dir}/bfscache-rwlocal/engine.log").read()
+    assert "replaced in S3 by another client" in log and "S3 no longer has it" in log, log[-2000:]
 
 
 def test_two_files_swapped_through_a_temporary_name_while_the_copies_wait_end_swapped(w):

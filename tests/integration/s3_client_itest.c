@@ -237,7 +237,7 @@ static void test_copy_delete(void **state)
 
 	put(f, "copy/src name", "copy me please!", 15);
 	req = s3_copy_object_send(f->t, f->ev, f->c, "copy/src name",
-				  "copy/dst\xc3\xa9");
+				  "copy/dst\xc3\xa9", NULL);
 	assert_int_equal(s3_wait_for(req, f->ev), 0);
 	assert_int_equal(s3_copy_object_recv(req, f->t, &etag, &st), 0);
 	assert_int_equal(get(f, f->c, "copy/dst\xc3\xa9", 0, 15, buf, NULL, &got,

@@ -357,6 +357,22 @@ class Front(http.server.BaseHTTPRequestHandler):
         if "Authorization" in headers:
             headers["Authorization"] = re.sub(r"Credential=[^/]+/", "Credential=S3RVER/",
                                               headers["Authorization"])
+        copy_if = self.headers.get("x-amz-copy-source-if-match")
+        if self.command == "PUT" and "x-amz-copy-source" in self.headers and copy_if:
+            # A copy of one version of its source (S3 checks it; s3rver
+            # and RGW 16.2 ignore the header).
+            src = "/" + urllib.parse.unquote(self.headers["x-amz-copy-source"]).lstrip("/")
+            plain = {k: v for k, v in headers.items()
+                     if not k.lower().startswith("x-amz-copy-source")
+                     and k.lower() != "content-length"}
+            head, _ = self.upstream("HEAD", None, plain, path=urllib.parse.quote(src))
+            if head.status == 404:
+                return self.error(404, "NoSuchKey", "The specified key does not exist.")
+            if head.status == 200 and (head.getheader("ETag") or "").strip('"') != copy_if.strip('"'):
+                return self.error(412, "PreconditionFailed",
+                                  "At least one of the pre-conditions you specified did not hold")
+            headers = {k: v for k, v in headers.items()
+                       if k.lower() != "x-amz-copy-source-if-match"}
         if (self.command == "PUT" and "x-amz-copy-source" in self.headers
                 and "partNumber=" in self.path):
             return self.upload_part_copy(headers)

@@ -935,7 +935,21 @@ static void test_a_rename_pending_in_s3_shows_the_new_name(void **state)
 			 ENOENT);
 	assert_int_equal(bfs_index_lookup(idx, t, "q/", "new.bin", &e), 0);
 	assert_true(e.flags & BFS_ENT_PENDING);
-	/* The copy and the delete done: listings are the truth again. */
+	/* The copy done: settled only while it is the entry the rename
+	 * made (a close or another rename over it since keeps its own). */
+	assert_int_equal(bfs_index_settle(idx, "q/", "new.bin", "etag-other",
+					  "etag-copy"), ESTALE);
+	assert_int_equal(bfs_index_settle(idx, "q/", "gone.bin",
+					  "etag-old.bin", "etag-copy"), ENOENT);
+	assert_int_equal(bfs_index_settle(idx, "q/", "new.bin", "etag-old.bin",
+					  "etag-copy"), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "q/", "new.bin", &e), 0);
+	assert_false(e.flags & BFS_ENT_PENDING);
+	assert_string_equal(e.etag, "etag-copy");
+	assert_int_equal(e.ino, ino);
+	assert_int_equal(bfs_index_settle(idx, "q/", "new.bin", "etag-copy",
+					  "etag-again"), ESTALE);
+	/* The delete done: listings are the truth again. */
 	assert_int_equal(bfs_index_clear_pending(idx, "p/", "old.bin"), 0);
 	assert_int_equal(store_dir_now(idx, listing(t, "p/", NULL, 0, NULL, 0),
 				       now + 2), 0);
