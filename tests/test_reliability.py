@@ -624,8 +624,9 @@ def crash_loop(rel, share, loops, stats, kill):
         assert s3_put(rel, f"{share}/{name}", body)
     acked = {}  # S3 key -> bytes a client was told are stored
     maybe = {}  # key -> bytes whose write was cut: either in S3 or not
+    moved = []  # (old key, new key, bytes): renames of objects S3 had
     for i in range(loops):
-        scenario = rng.choice(["fill", "upload", "rename", "evict", "flush"])
+        scenario = rng.choice(["fill", "upload", "rename", "evict", "flush", "move"])
         stats["scenarios"][scenario] = stats["scenarios"].get(scenario, 0) + 1
         procs = []
         if scenario in ("fill", "evict"):
@@ -644,6 +645,11 @@ def crash_loop(rel, share, loops, stats, kill):
             with open(src, "wb") as f:
                 f.write(body)
             final = f"w{i}.bin"
+            if scenario == "move":
+                # A rename of an object S3 has: with close = local the
+                # engine's copy and delete, journalled at the rename.
+                assert s3_put(rel, f"{share}/tmp{i}.bin", body)
+                rel.ctl(share, "invalidate", "")
             if scenario == "flush":
                 # An SMB2 flush of a file still open: durable once answered.
                 with open(f"{src}.cmds", "w") as f:
@@ -656,6 +662,7 @@ def crash_loop(rel, share, loops, stats, kill):
                         stdin=cmds, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
             else:
                 cmd = (f'put "{src}" {final}' if scenario == "upload" else
+                       f'rename tmp{i}.bin {final}' if scenario == "move" else
                        f'put "{src}" tmp{i}.bin; rename tmp{i}.bin {final}')
                 procs.append((scenario, (i, final, body), subprocess.Popen(
                     ["smbclient", f"//127.0.0.1/{share}", "-p", str(rel.port), "-U",
@@ -681,6 +688,16 @@ def crash_loop(rel, share, loops, stats, kill):
                     stats["acked flushes"] += 1
                 else:
                     maybe[key] = body
+            elif kind == "move":
+                n, final, body = what
+                key, old = f"{share}/{final}", f"{share}/tmp{n}.bin"
+                if done_before[id(p)] == 0 and "NT_STATUS" not in out:
+                    acked[key] = body
+                    stats["acked writes"] += 1
+                else:
+                    maybe[key] = body
+                    maybe[old] = body
+                moved.append((old, key, body, key in acked))
             elif kind in ("upload", "rename"):
                 n, final, body = what
                 key = f"{share}/{final}"
@@ -708,6 +725,14 @@ def crash_loop(rel, share, loops, stats, kill):
         check_in_s3(rel, {k: v for k, v in acked.items() if k in this_loop},
                     {k: v for k, v in maybe.items() if k in this_loop},
                     stats, f"loop {i} ({scenario})")
+        for old, new, body, was_acked in moved:
+            if old in this_loop:
+                # Renamed: under the new name only; cut: under one of them.
+                at_old, at_new = s3_get(rel, old), s3_get(rel, new)
+                assert not was_acked or at_old is None, \
+                    f"loop {i}: {old} still in S3 after its rename was acknowledged"
+                assert at_old is not None or at_new is not None, \
+                    f"loop {i}: the renamed {old} is under neither name"
         fsck = rel.ctl(share, "fsck", "--dry-run")
         assert fsck.returncode == 0 and fsck.stdout.rstrip().endswith("clean"), \
             f"loop {i} ({scenario}): fsck after kill -9:\n{fsck.stdout}{fsck.stderr}"
@@ -787,7 +812,8 @@ def test_kill_9_of_smbd_the_engine_or_both_loses_no_write_a_local_close_acknowle
     crash_loop(rel, "crashlocal", loops, lstats,
                kill_smbd_engine_or_both)
     killed = {v: lstats["killed"].count(v) for v in set(lstats["killed"])}
-    print(f"    # {lstats['crashes']} kills ({killed}), {lstats['acked writes']} "
+    print(f"    # {lstats['crashes']} kills ({killed}; {lstats['scenarios']}), "
+          f"{lstats['acked writes']} "
           f"acknowledged writes and {lstats['acked flushes']} flushes kept, "
           f"{lstats['bytes verified'] >> 20} MiB verified")
     assert lstats["crashes"] == loops, lstats

@@ -304,5 +304,16 @@ def test_smbtorture_suites_of_issue_23_pass_counts_against_plain_samba(w):
     # counted: a count hides one subtest lost and another gained.
     missing = [(suite, name) for suite, names in FLOOR.items()
                for name in names if results_of[suite].get(name) != "success"]
+    # A subtest smbtorture never reached (no line of it at all, twice in
+    # ~25 CI runs: smb2.create's bench-path-contention-shared) runs
+    # again alone, once; one that ran and failed counts as it is.
+    for suite, name in [m for m in missing if m[1] not in results_of[m[0]]]:
+        again, out = torture(w, "semantics", f"{suite}.{name}")
+        print(f"    # {suite} {name}: not reached, run again alone: "
+              f"{again.get(name, 'not reached')}", flush=True)
+        if again.get(name) == "success":
+            missing.remove((suite, name))
+        else:
+            out_of[suite] += out
     assert not missing, f"no longer pass: {[f'{s} {n}' for s, n in missing]}\n" + \
         "\n".join(subtest_output(out_of[s], n) for s, n in missing)
