@@ -2164,6 +2164,7 @@ struct bfs_wb_handing {
 	const char *src, *src_etag, *dst;
 	struct bfs_jrec copy, del;
 	struct bfs_jrec replaced;	/* dst's record before (key NULL: none) */
+	struct bfs_jrec src_was;	/* src's record before (key NULL: none) */
 };
 
 static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
@@ -2173,8 +2174,10 @@ static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
 	int ret;
 
 	h->copy.src = (char *)h->src;
+	h->src_was = (struct bfs_jrec){0};
 	ret = bfs_journal_txn_read(t, h->mem, h->src, &srec);
 	if (ret == 0) {
+		h->src_was = srec;
 		/*
 		 * src is itself a rename not yet copied (a -> b, then b -> c):
 		 * c is copied from a, b's copy is dropped by b's delete, and
@@ -2218,6 +2221,73 @@ static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
 	return ret;
 }
 
+/*
+ * key's record back to was (key NULL: none), if it is still mine, the
+ * record the hand-over wrote.
+ */
+static int bfs_wb_handing_restore(struct bfs_journal_txn *t, TALLOC_CTX *mem,
+				  const char *key, const struct bfs_jrec *mine,
+				  const struct bfs_jrec *was)
+{
+	struct bfs_jrec cur;
+	int ret = bfs_journal_txn_read(t, mem, key, &cur);
+
+	if (ret != 0 || !bfs_jrec_same(&cur, mine)) {
+		return ret == ENOENT ? 0 : ret; /* changed since: theirs */
+	}
+	return was->key != NULL ? bfs_journal_txn_write(t, was) :
+				  bfs_journal_txn_remove(t, key);
+}
+
+/* The index could not be told: the journal as it was before. */
+static int bfs_wb_handing_undo(struct bfs_journal_txn *t, void *priv)
+{
+	struct bfs_wb_handing *h = priv;
+	int ret = bfs_wb_handing_restore(t, h->mem, h->dst, &h->copy,
+					 &h->replaced);
+
+	if (ret == 0) {
+		ret = bfs_wb_handing_restore(t, h->mem, h->src, &h->del,
+					     &h->src_was);
+	}
+	return ret;
+}
+
+/* key's record, if it is still mine, in the engine's name. */
+static int bfs_wb_handing_pass(struct bfs_journal_txn *t, TALLOC_CTX *mem,
+			       const char *key, const struct bfs_jrec *mine,
+			       pid_t engine)
+{
+	struct bfs_jrec cur;
+	int ret = bfs_journal_txn_read(t, mem, key, &cur);
+
+	if (ret != 0 || !bfs_jrec_same(&cur, mine)) {
+		return ret == ENOENT ? 0 : ret; /* changed since: theirs */
+	}
+	cur.pid = engine;
+	return bfs_journal_txn_write(t, &cur);
+}
+
+/* The index shows the rename: the engine's to do now. */
+static int bfs_wb_handing_give(struct bfs_journal_txn *t, void *priv)
+{
+	struct bfs_wb_handing *h = priv;
+	int ret = bfs_wb_handing_pass(t, h->mem, h->dst, &h->copy, h->engine);
+
+	if (ret == 0) {
+		ret = bfs_wb_handing_pass(t, h->mem, h->src, &h->del,
+					  h->engine);
+	}
+	return ret;
+}
+
+static int bfs_wb_test_handing_stop;
+
+void bfs_wb_test_stop_hand_over(int after_step)
+{
+	bfs_wb_test_handing_stop = after_step;
+}
+
 int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			    const char *src, const char *src_etag,
 			    const char *dst, uint64_t size, time_t mtime,
@@ -2228,16 +2298,15 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		.mem = tmp, .engine = engine, .src = src,
 		.src_etag = src_etag, .dst = dst,
 		.copy = {
-			.key = (char *)dst, .op = BFS_J_COPY, .pid = engine,
+			.key = (char *)dst, .op = BFS_J_COPY, .pid = getpid(),
 			.src_etag = (char *)src_etag, .size = size,
 			.mtime = mtime, .index_gone = true,
 		},
 		.del = {
-			.key = (char *)src, .op = BFS_J_DELETE, .pid = engine,
+			.key = (char *)src, .op = BFS_J_DELETE, .pid = getpid(),
 			.index_gone = true,
 		},
 	};
-	struct bfs_entry e;
 	char *sdir, *sname, *ddir, *dname;
 	int ret;
 
@@ -2250,32 +2319,47 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		return ret;
 	}
 	/*
-	 * The index first: the engine acts on the journal alone, and its
-	 * end of the copy settles the entry this moves.
+	 * Three steps, each one crash-safe.  The journal first, in this
+	 * process's name, which the engine leaves alone while we live:
+	 * should smbd die before the last step, the records are a dead
+	 * process's, which recovery (the engine's, or the next connect's)
+	 * finishes, the copy then the delete, and the index follows them
+	 * (bfs_wb_run_handed_copy).  The index first would leave, after
+	 * such a death, a pending entry with no record behind it, which
+	 * every listing keeps and no read can fetch.
 	 */
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, &h);
+	if (ret != 0 || bfs_wb_test_handing_stop == 1) {
+		talloc_free(tmp);
+		return ret;
+	}
+	/* Then the index: the new name at once, pending, src marked gone. */
 	ret = bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
 	if (ret != 0) {
-		talloc_free(tmp);
-		return ret == ENOENT ? ESTALE : ret;
-	}
-	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, &h);
-	if (ret != 0) {
-		/*
-		 * Nothing was handed over: src's entry goes back as it was
-		 * (dst's old one, if any, comes from the next listing).
-		 */
-		if (bfs_index_rename(wb->idx, ddir, dname, sdir, sname) != 0 ||
-		    bfs_index_clear_pending(wb->idx, sdir, sname) != 0 ||
-		    bfs_index_lookup(wb->idx, tmp, sdir, sname, &e) != 0 ||
-		    ((e.flags &= ~BFS_ENT_PENDING),
-		     bfs_index_put(wb->idx, sdir, &e) != 0)) {
-			bfs_log(BFS_LOG_ERR, "bucketfs: cannot put %s back in "
-				"the index after a rename that failed", src);
+		int undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo,
+						  &h);
+		if (undo != 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot take the "
+				"rename of %s to %s back from the journal: %s; "
+				"it is made in S3 once this process ends", src,
+				dst, strerror(undo));
 		}
 		bfs_wb_forget_dir(wb, sdir);
 		bfs_wb_forget_dir(wb, ddir);
 		talloc_free(tmp);
-		return ret;
+		return ret == ENOENT ? ESTALE : ret;
+	}
+	if (bfs_wb_test_handing_stop == 2) {
+		talloc_free(tmp);
+		return 0;
+	}
+	/* Last, the engine's to do: it acts on the journal alone. */
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_give, &h);
+	if (ret != 0) {
+		/* Shown and journalled: made once this process ends. */
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot hand the rename of %s "
+			"to %s to the engine: %s; it is made in S3 once this "
+			"process ends", src, dst, strerror(ret));
 	}
 	if (h.replaced.key != NULL && h.replaced.op == BFS_J_PUT &&
 	    bfs_wb_put_queued(&h.replaced)) {
@@ -2443,6 +2527,46 @@ static void bfs_wb_copy_given_up(struct bfs_wb *wb, TALLOC_CTX *tmp,
 }
 
 /*
+ * The index step of a hand-over whose smbd died after journalling it
+ * (bfs_wb_rename_hand_over's step 2), made now: src's entry, the version
+ * renamed and still src's in the index, under its delete record, moves to
+ * r->key, pending.  Any other state: the hand-over's own, or a change
+ * since, which shows already.
+ */
+static void bfs_wb_handed_index(struct bfs_wb *wb, TALLOC_CTX *tmp,
+				const struct bfs_jrec *r)
+{
+	char *sdir, *sname, *ddir, *dname;
+	struct bfs_entry e;
+	struct bfs_jrec del;
+
+	if (bfs_wb_split_pair(tmp, r->src, r->key, &sdir, &sname, &ddir,
+			      &dname) != 0) {
+		return;
+	}
+	if (bfs_index_lookup(wb->idx, tmp, ddir, dname, &e) == 0 &&
+	    (e.flags & BFS_ENT_PENDING) && e.etag != NULL &&
+	    strcmp(e.etag, r->src_etag) == 0) {
+		return; /* moved by the hand-over */
+	}
+	if (bfs_journal_get(wb->j, tmp, r->src, &del) != 0 ||
+	    del.op != BFS_J_DELETE || !del.index_gone || del.src != NULL ||
+	    bfs_index_lookup(wb->idx, tmp, sdir, sname, &e) != 0 ||
+	    (e.flags & BFS_ENT_PENDING) || e.etag == NULL ||
+	    strcmp(e.etag, r->src_etag) != 0) {
+		return;
+	}
+	if (bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname) != 0) {
+		bfs_wb_forget_dir(wb, sdir);
+		bfs_wb_forget_dir(wb, ddir);
+		return;
+	}
+	bfs_log(BFS_LOG_INFO, "bucketfs: the rename of %s to %s, journalled by "
+		"a process that died before it showed it, shows now", r->src,
+		r->key);
+}
+
+/*
  * A rename handed to the engine (bfs_wb_rename_hand_over): copy src to
  * key, then settle key's entry with the copy's ETag.  src's delete is a
  * record of its own, which waits for this one.
@@ -2457,6 +2581,7 @@ static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
+	bfs_wb_handed_index(wb, tmp, r);
 	ret = bfs_wb_copy_key(wb, r->src, r->key, r->size, r->src_etag, tmp,
 			      &etag, st);
 	if ((ret == ENOENT || ret == ESTALE ||
@@ -2505,10 +2630,18 @@ static int bfs_wb_run_handed_copy(struct bfs_wb *wb, struct bfs_jrec *r,
 			bfs_wb_forget_parent(wb, r->key);
 		}
 	}
-	if (ret != 0 && ret != ESTALE) {
+	if (ret != 0 && ret != ESTALE && ret != ENOENT) {
 		/* S3 has it: the next listing shows it. */
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot show the renamed %s in "
 			"the index: %s", r->key, strerror(ret));
+		bfs_wb_forget_parent(wb, r->key);
+	} else if (ret != 0) {
+		/*
+		 * Not the entry the hand-over makes: a change since (which
+		 * a listing keeps, pending), or a hand-over whose smbd died
+		 * before it told the index (it shows what was there before).
+		 * The next listing shows what S3 has now.
+		 */
 		bfs_wb_forget_parent(wb, r->key);
 	}
 	ret = bfs_wb_copy_done(wb, r);

@@ -625,8 +625,12 @@ def crash_loop(rel, share, loops, stats, kill):
     acked = {}  # S3 key -> bytes a client was told are stored
     maybe = {}  # key -> bytes whose write was cut: either in S3 or not
     moved = []  # (old key, new key, bytes): renames of objects S3 had
+    kinds = ["fill", "upload", "rename", "evict", "flush", "move"]
+    # Each scenario once (in the seed's order), then as the seed draws:
+    # a run of 6 loops or more never leaves one out.
+    order = rng.sample(kinds, len(kinds))
     for i in range(loops):
-        scenario = rng.choice(["fill", "upload", "rename", "evict", "flush", "move"])
+        scenario = order[i] if i < len(order) else rng.choice(kinds)
         stats["scenarios"][scenario] = stats["scenarios"].get(scenario, 0) + 1
         procs = []
         if scenario in ("fill", "evict"):

@@ -290,6 +290,108 @@ static void test_a_swap_through_a_temporary_name_keeps_the_copies_in_order(void 
 	talloc_free(t);
 }
 
+/*
+ * smbd dies in the middle of a hand-over.  After step 1 (the journal)
+ * the records are its own, which the engine leaves alone while it lives
+ * and recovery takes once it is dead; the index is as before.  Whoever
+ * runs the copy then makes the index step first (here the copy itself
+ * fails: no S3).  After step 2 the index shows the rename too.  An index
+ * step that cannot be made takes the journal back as it was.
+ */
+static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry a = {.name = "a", .size = 3, .mtime = 5,
+			      .etag = "\"A\""},
+			 b = {.name = "b", .size = 4, .mtime = 5,
+			      .etag = "\"B\""}, e;
+	struct s3_status st = {0};
+	struct bfs_jrec rec;
+	char *from = NULL;
+
+	(void)state;
+	assert_true(engine > 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &a), 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &b), 0);
+
+	/* Cut after the journal. */
+	bfs_wb_test_stop_hand_over(1);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "a", "\"A\"",
+						 "a2", 3, 5, engine, &from),
+			 0);
+	bfs_wb_test_stop_hand_over(0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a2", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_COPY);
+	assert_int_equal(rec.pid, getpid()); /* not yet the engine's */
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(rec.pid, getpid());
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "a", &e), 0);
+	assert_false(e.flags & BFS_ENT_PENDING);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "a2", &e), ENOENT);
+	/* Recovery runs the copy: the index step first. */
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a2", &rec), 0);
+	assert_int_not_equal(bfs_wb_finish(bc->wb, &rec, &st), 0); /* no S3 */
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "a", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "a2", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_string_equal(e.etag, "\"A\"");
+	/* Run again: the index is left as it is. */
+	assert_int_not_equal(bfs_wb_finish(bc->wb, &rec, &st), 0);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "a2", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+
+	/* Cut after the index. */
+	bfs_wb_test_stop_hand_over(2);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "b", "\"B\"",
+						 "b2", 4, 5, engine, &from),
+			 0);
+	bfs_wb_test_stop_hand_over(0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "b2", &rec), 0);
+	assert_int_equal(rec.pid, getpid());
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "b", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "b2", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_int_equal(bfs_journal_done(bc->journal, "b2", getpid()), 0);
+	assert_int_equal(bfs_journal_done(bc->journal, "b", getpid()), 0);
+
+	/* The index step fails (a2's entry is gone): the journal as before,
+	 * a2's copy back in the engine's name, no record of a3. */
+	assert_int_equal(bfs_journal_update_op(bc->journal, "a2", getpid(),
+					       BFS_J_COPY, &(struct bfs_jrec){
+						       .key = "a2",
+						       .op = BFS_J_COPY,
+						       .pid = engine,
+						       .src = "a",
+						       .src_etag = "\"A\"",
+						       .size = 3,
+						       .index_gone = true}),
+			 0);
+	assert_int_equal(bfs_journal_update_op(bc->journal, "a", getpid(),
+					       BFS_J_DELETE, &(struct bfs_jrec){
+						       .key = "a",
+						       .op = BFS_J_DELETE,
+						       .pid = engine,
+						       .index_gone = true}),
+			 0);
+	assert_int_equal(bfs_index_remove(bc->index, "", "a2"), 0);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "a2", "\"A\"",
+						 "a3", 3, 5, engine, &from),
+			 ESTALE);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a3", &rec), ENOENT);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a2", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_COPY);
+	assert_int_equal(rec.pid, engine);
+	assert_string_equal(rec.src, "a");
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(rec.pid, engine);
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
 /* Where a rename may not go, refused before anything moves. */
 static void test_rename_rules(void **state)
 {
@@ -369,6 +471,7 @@ int main(void)
 		cmocka_unit_test(test_rename_retargets_a_handed_over_upload),
 		cmocka_unit_test(test_rename_of_a_file_in_s3_is_handed_to_the_engine),
 		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
+		cmocka_unit_test(test_a_hand_over_cut_by_a_crash_is_finished_by_recovery),
 		cmocka_unit_test(test_rename_rules),
 		cmocka_unit_test(test_mkdir_and_unlink_rules),
 		cmocka_unit_test(test_unlink_open_file),
