@@ -52,7 +52,7 @@ MB = int(os.environ.get("BENCH_MB", "512"))
 PIN = os.environ.get("BENCH_PIN") == "1"
 DROP = os.environ.get("BENCH_DROP") == "1"
 CACHE = None  # the cache folder, set in main()
-KNOBS = ("BENCH_BLOCK", "BENCH_READAHEAD", "BENCH_MAX_REQUESTS", "BENCH_PIN",
+KNOBS = ("BENCH_BLOCK", "BENCH_FETCH_MEMORY", "BENCH_READAHEAD", "BENCH_MAX_REQUESTS", "BENCH_PIN",
          "BENCH_DROP", "BENCH_CACHE_DIR", "BENCH_BACKEND", "BENCH_CLOSE")
 BACKEND = os.environ.get("BENCH_BACKEND", "s3rver")
 USER, PASSWORD = runner.USER, runner.PASSWORD
@@ -124,7 +124,8 @@ def main():
                       for k, e in (("block size", "BENCH_BLOCK"),
                                    ("readahead", "BENCH_READAHEAD"),
                                    ("max requests", "BENCH_MAX_REQUESTS"),
-                                   ("close", "BENCH_CLOSE"))
+                                   ("close", "BENCH_CLOSE"),
+                                   ("fetch memory", "BENCH_FETCH_MEMORY"))
                       if e in os.environ)).replace("{", "{{").replace("}", "}}"))
 
         def get(share):

@@ -20,6 +20,7 @@
 #endif
 
 #include "bfs_cache.h"
+#include "bfs_claim.h"
 #include "bfs_creds.h"
 #include "bfs_engine.h"
 #include "bfs_index.h"
@@ -369,6 +370,7 @@ static void bfs_connect_engine(struct bfs_conn *bc,
 		return;
 	}
 	bfs_engine_on_changed(bc->engine, bfs_engine_uploaded, bc);
+	bfs_engine_on_revoke(bc->engine, bfs_claim_revoked, bc);
 }
 
 pid_t bfs_engine_now(struct bfs_conn *bc)

@@ -56,6 +56,9 @@ struct bfs_engine {
 	void *on_changed_priv;
 	int passed_fd;			/* came with a frame: the arena's */
 	struct bfs_engine_arena *arena;	/* this connection's; NULL: none */
+	uint64_t claim_bytes;		/* WELCOME's claim; 0: no claims */
+	void (*on_revoke)(void *priv, const char *key, const char *etag);
+	void *on_revoke_priv;
 };
 
 struct bfs_engine_wait_state {
@@ -108,6 +111,7 @@ static void bfs_engine_close(struct bfs_engine *e)
 		e->arena = NULL;
 	}
 	e->pid = 0;
+	e->claim_bytes = 0;
 	e->in.len = e->out_len = 0;
 }
 
@@ -270,6 +274,7 @@ static int bfs_engine_try(struct bfs_engine *e, int64_t deadline)
 	}
 	if (ret == 0) {
 		e->pid = (pid_t)welcome->pid;
+		e->claim_bytes = welcome->claim;
 		e->fde = tevent_add_fd(e->ev, e, e->fd, TEVENT_FD_READ,
 				       bfs_engine_io, e);
 		ret = e->fde != NULL ? 0 : ENOMEM;
@@ -615,6 +620,15 @@ static void bfs_engine_on_message(struct bfs_engine *e,
 		}
 		return;
 	}
+	if (m->type == BFS_PM_REVOKE && m->key != NULL && m->etag != NULL) {
+		if (e->on_revoke != NULL) {
+			e->on_revoke(e->on_revoke_priv, m->key, m->etag);
+		} else {
+			/* Nobody here holds it: let the engine go on. */
+			(void)bfs_engine_unclaim(e, m->key, m->etag);
+		}
+		return;
+	}
 	if (m->type != BFS_PM_DONE) {
 		return;
 	}
@@ -830,6 +844,72 @@ void bfs_engine_lent_done(struct bfs_engine *e, struct bfs_engine_lent *l)
 		bfs_engine_arena_put(a);
 	}
 	*l = (struct bfs_engine_lent){0};
+}
+
+uint64_t bfs_engine_claim_bytes(const struct bfs_engine *e)
+{
+	return e->fd != -1 ? e->claim_bytes : 0;
+}
+
+struct tevent_req *bfs_engine_claim_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct bfs_engine *e, const char *key,
+					 const char *etag, uint64_t size)
+{
+	struct bfs_engine_wait_state *s;
+	struct tevent_req *req = tevent_req_create(mem_ctx, &s,
+						   struct bfs_engine_wait_state);
+
+	if (req == NULL) {
+		return NULL;
+	}
+	s->req = req;
+	s->is_fetch = true; /* not asked again of a restarted engine */
+	s->fetch = (struct bfs_proto_msg){
+		.type = BFS_PM_CLAIM,
+		.key = talloc_strdup(s, key),
+		.etag = talloc_strdup(s, etag),
+		.size = size,
+	};
+	if (s->fetch.key == NULL || s->fetch.etag == NULL) {
+		tevent_req_error(req, ENOMEM);
+		return tevent_req_post(req, ev);
+	}
+	if (e->fd == -1 || e->claim_bytes == 0) {
+		tevent_req_error(req, e->fd == -1 ? EPIPE : EBUSY);
+		return tevent_req_post(req, ev);
+	}
+	bfs_engine_call_link(e, s);
+	if (bfs_engine_wait_ask(s) != 0) {
+		tevent_req_error(req, EPIPE);
+		return tevent_req_post(req, ev);
+	}
+	return req;
+}
+
+int bfs_engine_claim_recv(struct tevent_req *req)
+{
+	return bfs_engine_wait_recv(req, NULL, NULL);
+}
+
+int bfs_engine_unclaim(struct bfs_engine *e, const char *key,
+		       const char *etag)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_UNCLAIM, .id = ++e->next_id,
+		.key = (char *)key, .etag = (char *)etag,
+	};
+
+	return bfs_engine_queue(e, &m);
+}
+
+void bfs_engine_on_revoke(struct bfs_engine *e,
+			  void (*cb)(void *priv, const char *key,
+				     const char *etag),
+			  void *priv)
+{
+	e->on_revoke = cb;
+	e->on_revoke_priv = priv;
 }
 
 int bfs_engine_list(struct bfs_engine *e, const char *prefix)

@@ -114,6 +114,31 @@ bool bfs_engine_lends(const struct bfs_engine *e);
 void bfs_engine_lent_done(struct bfs_engine *e, struct bfs_engine_lent *lent);
 
 /*
+ * Claims (bfs_proto.h CLAIM): one sequential reader of a large object in
+ * this process fetches its misses itself, as without an engine, instead
+ * of through the engine's process (one more copy of each byte, and one
+ * more busy process).  claim_bytes: the fetch memory a claim may use (0:
+ * the engine takes none).  claim_send/recv: 0 if granted, EBUSY if not
+ * (another process reads the object, or the memory is taken), EPIPE with
+ * no engine.  A claim lasts until unclaim, or until the engine went
+ * away.  on_revoke: cb(priv, key, etag) when another process wants the
+ * object; unclaim it once this process's fetches of it are in the cache
+ * (without cb, unclaimed at once).
+ */
+uint64_t bfs_engine_claim_bytes(const struct bfs_engine *e);
+struct tevent_req *bfs_engine_claim_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct bfs_engine *e, const char *key,
+					 const char *etag, uint64_t size);
+int bfs_engine_claim_recv(struct tevent_req *req);
+int bfs_engine_unclaim(struct bfs_engine *e, const char *key,
+		       const char *etag);
+void bfs_engine_on_revoke(struct bfs_engine *e,
+			  void (*cb)(void *priv, const char *key,
+				     const char *etag),
+			  void *priv);
+
+/*
  * Ask the engine to list directory prefix from S3 into the index (no
  * answer): a listing past its TTL is served as the index has it, and
  * revalidated meanwhile, once for every smbd that finds it stale.

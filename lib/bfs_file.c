@@ -18,6 +18,7 @@
 #include <tevent.h>
 
 #include "bfs_cache.h"
+#include "bfs_claim.h"
 #include "bfs_engine.h"
 #include "bfs_connect.h"
 #include "bfs_file.h"
@@ -738,6 +739,8 @@ static int bfs_fh_close_local(struct bfs_conn *bc, struct bfs_fh *fh)
 int bfs_fh_close(struct bfs_conn *bc, struct bfs_fh *fh)
 {
 	int ret = 0;
+
+	bfs_claim_fh_closed(bc, fh);
 
 	if (fh->writable && bfs_fh_close_local(bc, fh) == ENOTSUP) {
 		ret = bfs_fh_writeback(bc, fh);

@@ -61,6 +61,7 @@ static const struct bfs_pf_def {
 	[BFS_PF_SLOT] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, slot)},
 	[BFS_PF_PIN] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, pin)},
 	[BFS_PF_LENT] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, lent)},
+	[BFS_PF_CLAIM] = {BFS_PK_INT, offsetof(struct bfs_proto_msg, claim)},
 };
 
 /*
@@ -75,7 +76,8 @@ static const struct bfs_pm_def {
 	uint16_t fields[BFS_PROTO_TYPE_FIELDS];
 } bfs_pm_defs[] = {
 	[BFS_PM_HELLO] = {"HELLO", {BFS_PF_SHARE, BFS_PF_CACHE_DIR}},
-	[BFS_PM_WELCOME] = {"WELCOME", {BFS_PF_PID, BFS_PF_ARENA}},
+	[BFS_PM_WELCOME] = {"WELCOME", {BFS_PF_PID, BFS_PF_ARENA,
+					BFS_PF_CLAIM}},
 	[BFS_PM_UPLOAD] = {"UPLOAD", {BFS_PF_KEY}},
 	[BFS_PM_WAIT] = {"WAIT", {BFS_PF_KEY, BFS_PF_STAGING}},
 	[BFS_PM_DONE] = {"DONE", {BFS_PF_ERR, BFS_PF_ETAG, BFS_PF_SLOT,
@@ -94,6 +96,9 @@ static const struct bfs_pm_def {
 	[BFS_PM_LIST] = {"LIST", {BFS_PF_KEY}},
 	[BFS_PM_CHANGED] = {"CHANGED", {BFS_PF_KEY}},
 	[BFS_PM_RELEASE] = {"RELEASE", {BFS_PF_PIN}},
+	[BFS_PM_CLAIM] = {"CLAIM", {BFS_PF_KEY, BFS_PF_ETAG, BFS_PF_SIZE}},
+	[BFS_PM_UNCLAIM] = {"UNCLAIM", {BFS_PF_KEY, BFS_PF_ETAG}},
+	[BFS_PM_REVOKE] = {"REVOKE", {BFS_PF_KEY, BFS_PF_ETAG}},
 };
 
 /* ---- little-endian integers, a byte at a time --------------------------- */

@@ -22,7 +22,9 @@
  *   WELCOME  engine -> module  version, pid, arena: the size of the
  *                              engine's fetch arena (bfs_arena.h), whose
  *                              memfd comes with this frame (SCM_RIGHTS);
- *                              0 (or no descriptor): none
+ *                              0 (or no descriptor): none; claim: the
+ *                              fetch memory a CLAIM grants (0 or absent:
+ *                              the engine takes no claims)
  *   UPLOAD   module -> engine  key: a PUT record of key was journalled in
  *                              the engine's name; no answer
  *   WAIT     module -> engine  key, staging: answer once the upload of
@@ -59,6 +61,20 @@
  *                              it there); sent to one client, unasked
  *                              (id 0), for it to tell the other nodes
  *                              of a cluster; no answer
+ *   CLAIM    module -> engine  key, etag, size: may this process fetch
+ *                              the object's misses itself (one sequential
+ *                              reader: no second process's copy of each
+ *                              byte), with the fetch memory WELCOME said?
+ *                              DONE err 0 yes, EBUSY no (another client
+ *                              reads it, or the memory is taken): then
+ *                              FETCH as usual
+ *   UNCLAIM  module -> engine  key, etag: done, or no fetch of its own is
+ *                              left after a REVOKE; no answer (a closed
+ *                              connection drops its claim)
+ *   REVOKE   engine -> module  key, etag: another client wants the
+ *                              object; fetch no more of it (FETCH it),
+ *                              and UNCLAIM once the fetches begun are in
+ *                              the cache; their FETCHes wait until then
  */
 #ifndef BUCKETFS_BFS_PROTO_H
 #define BUCKETFS_BFS_PROTO_H
@@ -85,6 +101,9 @@ enum bfs_proto_type {
 	BFS_PM_LIST = 10,
 	BFS_PM_CHANGED = 11,
 	BFS_PM_RELEASE = 12,
+	BFS_PM_CLAIM = 13,
+	BFS_PM_UNCLAIM = 14,
+	BFS_PM_REVOKE = 15,
 };
 
 enum bfs_proto_field {
@@ -111,6 +130,7 @@ enum bfs_proto_field {
 	BFS_PF_SLOT = 21,	/* integer: an offset in the arena */
 	BFS_PF_PIN = 22,	/* integer */
 	BFS_PF_LENT = 23,	/* integer: bytes */
+	BFS_PF_CLAIM = 24,	/* integer: bytes */
 };
 
 /* One message, decoded; strings are talloc children of the message. */
@@ -121,7 +141,7 @@ struct bfs_proto_msg {
 	char *share, *cache_dir, *key, *staging, *etag;
 	uint64_t pid, err, pending, uploaded, failed, bytes;
 	uint64_t size, offset, length, ahead, ahead_n, fetches, fetched;
-	uint64_t arena, lend, slot, pin, lent;
+	uint64_t arena, lend, slot, pin, lent, claim;
 };
 
 /*

@@ -1165,6 +1165,37 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 	bfs_reader_fill_window(r);
 }
 
+bool bfs_reader_has_object(const struct bfs_reader *r,
+			   const struct bfs_cache_id *id)
+{
+	const struct bfs_fetch *f;
+
+	for (f = r->fetches; f != NULL; f = f->next) {
+		if (memcmp(f->id.b, id->b, sizeof(id->b)) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+bool bfs_reader_let_go(struct bfs_reader *r, const struct bfs_cache_id *id)
+{
+	const struct bfs_fetch *f;
+
+	if (r->window_obj.key != NULL &&
+	    memcmp(r->window_obj.id.b, id->b, sizeof(id->b)) == 0) {
+		r->window_n = 0; /* no prefetch that completes refills it */
+	}
+	for (f = r->fetches; f != NULL; f = f->next) {
+		if (memcmp(f->id.b, id->b, sizeof(id->b)) == 0 &&
+		    (!f->complete ||
+		     (f->job != NULL && !bfs_cache_fill_done(f->job)))) {
+			return true;
+		}
+	}
+	return false;
+}
+
 /* ---- cached reads for worker threads ------------------------------------ */
 
 bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,

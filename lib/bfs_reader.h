@@ -75,6 +75,17 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 			 uint64_t first, unsigned n);
 
 /*
+ * For the engine's claims (bfs_proto.h CLAIM): has_object, whether r holds
+ * a fetch of object id (in flight, or kept in memory); let_go, fetch no
+ * more of id ahead of reads (its readahead window is dropped), and say
+ * whether fetches of id are still in flight or being written to the cache
+ * (ask again later: the loop has no callback for it).
+ */
+bool bfs_reader_has_object(const struct bfs_reader *r,
+			   const struct bfs_cache_id *id);
+bool bfs_reader_let_go(struct bfs_reader *r, const struct bfs_cache_id *id);
+
+/*
  * Served from disk alone: a caller with worker threads (smbd's pool) can
  * copy cached bytes off its event loop.  bfs_reader_all_cached() says if
  * every block of [off, off+len) is in the cache now; bfs_copy_cached() is

@@ -215,7 +215,8 @@ bool bfs_follow_config(struct bfs_conn *bc)
 	if (bc->reader != NULL) {
 		bfs_reader_set_memory(bc->reader, bc->fetch_memory);
 	}
-	if (bc->reader_async != NULL) {
+	if (bc->reader_async != NULL && bc->claim == NULL) {
+		/* (A claim's reader keeps what the engine granted it.) */
 		bfs_reader_set_memory(bc->reader_async, bc->fetch_memory);
 	}
 	if (bfs_parm_size(bc, "cache size", &cache_size)) {

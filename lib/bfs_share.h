@@ -113,6 +113,10 @@ struct bfs_conn {
 	uint32_t block_size;
 	unsigned readahead;		/* blocks */
 	uint64_t sync_reads, async_reads;
+	/* The object this process fetches itself (lib/bfs_claim.h). */
+	struct bfs_read_claim *claim;
+	unsigned claim_asking;		/* CLAIMs out, all of one object: */
+	struct bfs_cache_id claim_asking_id;
 };
 
 /* Per open file or directory. */
@@ -138,6 +142,7 @@ struct bfs_fh {
 	 * them too (bfs_pread_send asks it first).
 	 */
 	uint64_t lend_until;
+	bool claim_asked;	/* a claim of its object was answered */
 
 	struct bfs_conn *bc;
 	struct bfs_fh *prev, *next;	/* in bc->open_files */

@@ -2265,6 +2265,7 @@ static int bfs_wb_handing_pass(struct bfs_journal_txn *t, TALLOC_CTX *mem,
 		return ret == ENOENT ? 0 : ret; /* changed since: theirs */
 	}
 	cur.pid = engine;
+	cur.pid_start = 0; /* the engine's, at encoding */
 	return bfs_journal_txn_write(t, &cur);
 }
 

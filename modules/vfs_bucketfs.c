@@ -28,6 +28,7 @@
 #include "lib/messages_ctdb.h"
 
 #include "bfs_cache.h"
+#include "bfs_claim.h"
 #include "bfs_connect.h"
 #include "bfs_ctdb_msg.h"
 #include "bfs_engine.h"
@@ -1079,6 +1080,7 @@ struct bfs_pread_state {
 	int copy_err;
 	struct pthreadpool_tevent *pool;	/* smbd's worker threads */
 	struct bfs_engine_lent lent;	/* bytes the engine lent us */
+	uint64_t ahead, ahead_n;	/* readahead, once a claim answered */
 };
 
 static void bfs_pread_done(struct tevent_req *subreq);
@@ -1089,6 +1091,9 @@ static bool bfs_pread_copy_start(struct tevent_req *req,
 static void bfs_pread_fetch_here(struct tevent_req *req,
 				 struct bfs_pread_state *state);
 static void bfs_pread_lent_done(struct tevent_req *subreq);
+static void bfs_pread_claim_done(struct tevent_req *subreq);
+static void bfs_pread_ask_engine(struct tevent_req *req,
+				 struct bfs_pread_state *state);
 
 /* Runs in one of smbd's worker threads: no talloc, no smbd state. */
 static void bfs_pread_lent_do(void *private_data)
@@ -1133,7 +1138,7 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	struct bfs_reader *reader;
 	struct bfs_conn *bc;
 	uint64_t ahead = 0, ahead_n = 0;
-	bool sequential, engine;
+	bool sequential, engine, claim_ahead = false;
 
 	req = tevent_req_create(mem_ctx, &state, struct bfs_pread_state);
 	if (req == NULL) {
@@ -1212,28 +1217,36 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	}
 	engine = bc->engine != NULL && ev == bc->engine_ev &&
 		 bfs_engine_pid(bc->engine) != 0 && fh->obj.etag != NULL;
+	if (engine && bfs_claim_reads_here(bc, fh, &claim_ahead)) {
+		/* This process's to fetch (lib/bfs_claim.h). */
+		engine = false;
+		ahead_n = claim_ahead ? ahead_n : 0;
+	}
 	if (engine && ahead_n > 0) {
 		fh->lend_until = MAX(fh->lend_until, ahead + ahead_n);
 	}
+	state->ahead = ahead;
+	state->ahead_n = ahead_n;
 
 	if ((!engine || !bfs_engine_lends(bc->engine) ||
 	     state->off / bc->block_size >= fh->lend_until) &&
 	    bfs_reader_all_cached(reader, &fh->obj, state->off, n) &&
 	    bfs_pread_copy_start(req, state)) {
 		/* All on disk: copied in one of smbd's worker threads. */
-	} else if (engine) {
-		/* A miss: the engine fetches it, once for every smbd. */
-		struct bfs_engine_fetch ef = {
-			.key = fh->obj.key, .etag = fh->obj.etag,
-			.size = fh->obj.size, .offset = state->off, .length = n,
-			.ahead = ahead, .ahead_n = ahead_n, .lend = true,
-		};
-
-		subreq = bfs_engine_fetch_send(state, ev, bc->engine, &ef);
+	} else if (engine && bfs_claim_worth_asking(bc, fh)) {
+		/* A large object's first miss: may we fetch it ourselves? */
+		subreq = bfs_claim_send(state, ev, bc, fh);
 		if (tevent_req_nomem(subreq, req)) {
 			return tevent_req_post(req, ev);
 		}
-		tevent_req_set_callback(subreq, bfs_pread_engine_done, req);
+		tevent_req_set_callback(subreq, bfs_pread_claim_done, req);
+		return req;
+	} else if (engine) {
+		/* A miss: the engine fetches it, once for every smbd. */
+		bfs_pread_ask_engine(req, state);
+		if (!tevent_req_is_in_progress(req)) {
+			return tevent_req_post(req, ev);
+		}
 		return req;
 	} else {
 		bfs_pread_fetch_here(req, state);
@@ -1251,6 +1264,56 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 		bfs_reader_prefetch(reader, &fh->obj, ahead, ahead_n);
 	}
 	return req;
+}
+
+/* The engine fetches state's range (and its readahead), once for all. */
+static void bfs_pread_ask_engine(struct tevent_req *req,
+				 struct bfs_pread_state *state)
+{
+	struct bfs_fh *fh = state->fh;
+	struct bfs_engine_fetch ef = {
+		.key = fh->obj.key, .etag = fh->obj.etag,
+		.size = fh->obj.size, .offset = state->off,
+		.length = state->n, .ahead = state->ahead,
+		.ahead_n = state->ahead_n, .lend = true,
+	};
+	struct tevent_req *subreq;
+
+	subreq = bfs_engine_fetch_send(state, state->ev, state->bc->engine,
+				       &ef);
+	if (tevent_req_nomem(subreq, req)) {
+		return;
+	}
+	tevent_req_set_callback(subreq, bfs_pread_engine_done, req);
+}
+
+/* The engine answered a claim: fetch here (granted), or ask it. */
+static void bfs_pread_claim_done(struct tevent_req *subreq)
+{
+	struct tevent_req *req = tevent_req_callback_data(subreq,
+							  struct tevent_req);
+	struct bfs_pread_state *state = tevent_req_data(req,
+							struct bfs_pread_state);
+	int ret = bfs_claim_recv(subreq);
+	bool ahead = false;
+
+	TALLOC_FREE(subreq);
+	if (ret == 0 && bfs_claim_reads_here(state->bc, state->fh, &ahead)) {
+		bfs_pread_fetch_here(req, state);
+		if (tevent_req_is_in_progress(req) && ahead &&
+		    state->ahead_n > 0) {
+			bfs_reader_prefetch(state->reader, &state->fh->obj,
+					    state->ahead,
+					    (unsigned)state->ahead_n);
+		}
+		return;
+	}
+	if (ret == EPIPE || state->bc->engine == NULL ||
+	    bfs_engine_pid(state->bc->engine) == 0) {
+		bfs_pread_fetch_here(req, state); /* no engine: as without */
+		return;
+	}
+	bfs_pread_ask_engine(req, state);
 }
 
 /*

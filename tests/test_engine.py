@@ -666,6 +666,70 @@ def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
     assert re.search(r"fetched", state), state
 
 
+def test_a_large_cold_object_is_fetched_by_its_readers_smbd_and_handed_back_when_others_come(w):
+    # One cold reader of a large object fetches it in its own smbd (a
+    # claim: no second process's copy of each byte).  A second reader
+    # makes the engine ask for it back: the first stops reading ahead,
+    # gives it back once what it fetched is cached, and both go on
+    # through the engine, nothing fetched twice.  A claimer that goes
+    # away (its client killed) gives it back by going.
+    size = 96 << 20
+    src = w.make("claim.bin", size)
+    for name in ("claim/a.bin", "claim/b.bin"):
+        w.s3tool("put", f"rwlocal/{name}", src)
+    w.ctl("rwlocal", "invalidate", "")
+    log = f"{w.dir}/bfscache-rwlocal/engine.log"
+    start = len(open(log).read()) if os.path.exists(log) else 0
+
+    def reader(name, i):
+        return subprocess.Popen(
+            ["smbclient", "//127.0.0.1/rwlocal", "-p", str(w.smb_port), "-U",
+             f"{USER}%{PASSWORD}", "-m", "SMB3", "-c",
+             f"get {name} {w.tmp}/claim-{i}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def engine_says(text, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if os.path.exists(log) and text in open(log).read()[start:]:
+                return True
+            time.sleep(0.05)
+        return False
+
+    w.fault("GET delay:0.4 -1 rwlocal/claim/")  # S3 slow: readers overlap
+    try:
+        first = reader("claim/a.bin", 0)
+        assert engine_says("rwlocal/claim/a.bin is claimed"), open(log).read()[start:]
+        second = reader("claim/a.bin", 1)
+        assert engine_says("another reader wants rwlocal/claim/a.bin")
+        for p in (first, second):
+            out = p.communicate(timeout=300)[0]
+            assert p.returncode == 0, out[-2000:]
+        assert engine_says("claim of rwlocal/claim/a.bin ended")
+
+        # The claimer's client killed while the other reader waits.
+        first = reader("claim/b.bin", 2)
+        assert engine_says("rwlocal/claim/b.bin is claimed")
+        second = reader("claim/b.bin", 3)
+        assert engine_says("another reader wants rwlocal/claim/b.bin")
+        first.kill()
+        first.wait(timeout=30)
+        out = second.communicate(timeout=300)[0]
+        assert second.returncode == 0, out[-2000:]
+    finally:
+        w.fault("GET delay:0 0")
+    for i in (0, 1, 3):
+        assert sha256(f"{w.tmp}/claim-{i}") == sha256(src), f"reader {i}"
+    a = get_bytes(w, "rwlocal/claim/a.bin")
+    b = get_bytes(w, "rwlocal/claim/b.bin")
+    print(f"    # 96 MiB, claimed then shared: {a / size:.2f}x its size from S3; "
+          f"claimer killed: {b / size:.2f}x")
+    assert a <= 1.1 * size, f"{a} bytes fetched for {size}"
+    # What the killed smbd had in flight is lost with it and fetched
+    # again (up to its readahead): the point is that the others go on.
+    assert b <= 2 * size, f"{b} bytes fetched for {size}"
+
+
 def engine_lent(w, share):
     """Bytes the share's engine says smbds copied from its memory."""
     out = w.ctl(share, "engine").stdout

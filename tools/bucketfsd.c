@@ -104,6 +104,30 @@ struct eng_pin {
 	struct bfs_pin *pin;	/* the reader's, a child */
 };
 
+/*
+ * A client's claim: it fetches the object's misses itself (CLAIM), until
+ * it says UNCLAIM or goes.  Others' FETCHes and PREFETCHes of the object
+ * are parked meanwhile, and the claimer is told to give it back (REVOKE):
+ * once its fetches are in the cache, the parked ones find them there.
+ */
+struct eng_read_claim {
+	struct eng_read_claim *prev, *next;
+	struct eng_client *c;		/* the claimer (our talloc parent) */
+	struct bfs_cache_id id;
+	char *key, *etag;
+	bool revoked;
+	struct tevent_timer *deadline;	/* revoked and not given back */
+	struct eng_parked *parked;
+};
+
+/* A FETCH or PREFETCH waiting for a claim to end (a child of its client). */
+struct eng_parked {
+	struct eng_parked *prev, *next;
+	struct eng_read_claim *cl;		/* NULL once the claim ended */
+	struct eng_client *c;
+	struct bfs_proto_msg *m;	/* a copy, a child */
+};
+
 /* A WAIT: answered once key's upload (staging, or a later one) is done. */
 struct eng_waiter {
 	struct eng_waiter *prev, *next;
@@ -131,6 +155,14 @@ struct eng {
 	struct bfs_reader *reader;
 	/* The reader's fetch buffers, mapped by each smbd (NULL: none). */
 	struct bfs_arena *arena;
+	/*
+	 * Claims (CLAIM): objects one smbd fetches itself.  fetch_memory:
+	 * the host's budget ('fetch memory', 0: none); claim_bytes: what
+	 * one claim may use of it (0: no claims), taken from the reader's.
+	 */
+	struct eng_read_claim *claims;
+	unsigned n_claims;
+	uint64_t fetch_memory, claim_bytes;
 	struct eng_listing *listings;	/* relistings in flight */
 	unsigned list_claim_age;	/* seconds: a lister is dead past it */
 	struct eng_waiter *waiters;
@@ -852,9 +884,20 @@ static void eng_quit(struct eng *e)
 
 /* ---- the main thread: clients -------------------------------------------------- */
 
+static void eng_claim_end(struct eng_read_claim *cl);
+
 static void eng_client_free(struct eng_client *c)
 {
 	struct eng_waiter *wt, *next;
+	struct eng_read_claim *cl, *cnext;
+
+	/* Its claims end: what others parked behind them goes on. */
+	for (cl = c->e->claims; cl != NULL; cl = cnext) {
+		cnext = cl->next;
+		if (cl->c == c) {
+			eng_claim_end(cl);
+		}
+	}
 
 	for (wt = c->e->waiters; wt != NULL; wt = next) {
 		next = wt->next;
@@ -1077,6 +1120,186 @@ static void eng_arena_setup(struct eng *e, uint64_t fetch_memory)
 	}
 }
 
+/* ---- claims --------------------------------------------------------------- */
+
+static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m);
+
+/* The reader's budget: the host's, less what the claims hold. */
+static void eng_claims_memory(struct eng *e)
+{
+	if (e->fetch_memory != 0 && e->reader != NULL) {
+		bfs_reader_set_memory(e->reader, e->fetch_memory -
+					      e->n_claims * e->claim_bytes);
+	}
+}
+
+static int eng_parked_destructor(struct eng_parked *p)
+{
+	if (p->cl != NULL) {
+		BFS_LIST_REMOVE(p->cl->parked, p);
+	}
+	return 0;
+}
+
+/* The claim ends (UNCLAIM, its client gone, or not given back in time):
+ * the FETCHes parked behind it run now, and find its blocks cached. */
+static void eng_claim_end(struct eng_read_claim *cl)
+{
+	struct eng *e = cl->c->e;
+	struct eng_parked *p;
+
+	BFS_LIST_REMOVE(e->claims, cl);
+	e->n_claims--;
+	eng_claims_memory(e);
+	eng_log(BFS_LOG_INFO, "claim of %s ended%s", cl->key,
+		cl->parked != NULL ? ": its other readers' fetches go on" : "");
+	while ((p = cl->parked) != NULL) {
+		BFS_LIST_REMOVE(cl->parked, p);
+		p->cl = NULL;
+		eng_fetch(p->c, p->m);
+		talloc_free(p);
+	}
+	talloc_free(cl);
+}
+
+static struct eng_read_claim *eng_claim_of(struct eng *e,
+				      const struct bfs_cache_id *id)
+{
+	struct eng_read_claim *cl;
+
+	for (cl = e->claims; cl != NULL; cl = cl->next) {
+		if (memcmp(cl->id.b, id->b, sizeof(id->b)) == 0) {
+			return cl;
+		}
+	}
+	return NULL;
+}
+
+/* Revoked long ago and not given back: the claimer is stuck or buggy;
+ * the others should not wait for it any longer. */
+static void eng_claim_overdue(struct tevent_context *ev,
+			      struct tevent_timer *te, struct timeval now,
+			      void *private_data)
+{
+	struct eng_read_claim *cl = private_data;
+
+	(void)ev, (void)te, (void)now;
+	cl->deadline = NULL;
+	eng_log(BFS_LOG_WARNING, "the claim of %s was not given back in "
+		"time: its readers' fetches go on without it", cl->key);
+	eng_claim_end(cl);
+}
+
+/* CLAIM: granted (DONE, err 0) or not (EBUSY): see bfs_proto.h. */
+static void eng_read_claim(struct eng_client *c, const struct bfs_proto_msg *m)
+{
+	struct eng *e = c->e;
+	struct bfs_proto_msg a = {.type = BFS_PM_DONE, .id = m->id};
+	struct bfs_cache_id id;
+	struct eng_read_claim *cl;
+
+	if (m->key == NULL || m->etag == NULL || e->reader == NULL) {
+		a.err = EINVAL;
+		eng_send(c, &a);
+		return;
+	}
+	bfs_cache_make_id(e->c.bucket, m->key, m->etag, e->c.block_size, &id);
+	a.err = EBUSY;
+	for (cl = e->claims; cl != NULL && cl->c != c; cl = cl->next) {
+	}
+	if (cl != NULL && !cl->revoked &&
+	    memcmp(cl->id.b, id.b, sizeof(id.b)) == 0) {
+		a.err = 0; /* yours already: asked by two reads at once */
+		eng_send(c, &a);
+		return;
+	}
+	if (e->claim_bytes == 0 || cl != NULL || eng_claim_of(e, &id) ||
+	    bfs_reader_has_object(e->reader, &id) ||
+	    (e->fetch_memory != 0 &&
+	     (e->n_claims + 1) * e->claim_bytes > e->fetch_memory / 2)) {
+		/* Theirs, another reader's here, or the memory's taken. */
+		eng_send(c, &a);
+		return;
+	}
+	cl = talloc_zero(c, struct eng_read_claim);
+	if (cl == NULL || (cl->key = talloc_strdup(cl, m->key)) == NULL ||
+	    (cl->etag = talloc_strdup(cl, m->etag)) == NULL) {
+		talloc_free(cl);
+		eng_send(c, &a);
+		return;
+	}
+	cl->c = c;
+	cl->id = id;
+	BFS_LIST_ADD(e->claims, cl);
+	e->n_claims++;
+	eng_claims_memory(e);
+	eng_log(BFS_LOG_INFO, "%s is claimed: one smbd fetches it itself",
+		cl->key);
+	a.err = 0;
+	eng_send(c, &a);
+}
+
+static void eng_read_unclaim(struct eng_client *c,
+			     const struct bfs_proto_msg *m)
+{
+	struct eng_read_claim *cl;
+
+	for (cl = c->e->claims; cl != NULL; cl = cl->next) {
+		if (cl->c == c && m->key != NULL && m->etag != NULL &&
+		    strcmp(cl->key, m->key) == 0 &&
+		    strcmp(cl->etag, m->etag) == 0) {
+			eng_claim_end(cl);
+			return;
+		}
+	}
+}
+
+/*
+ * A FETCH or PREFETCH of an object another client claimed: parked until
+ * the claim ends, which the claimer is asked for.  false if not claimed
+ * (or by c itself, or parking failed): fetch it now.
+ */
+static bool eng_park(struct eng_client *c, const struct bfs_proto_msg *m,
+		     const struct bfs_cache_id *id)
+{
+	struct eng_read_claim *cl = eng_claim_of(c->e, id);
+	struct eng_parked *p;
+
+	if (cl == NULL || cl->c == c) {
+		return false;
+	}
+	p = talloc_zero(c, struct eng_parked);
+	if (p == NULL || (p->m = talloc_memdup(p, m, sizeof(*m))) == NULL) {
+		talloc_free(p);
+		return false;
+	}
+	p->m->share = p->m->cache_dir = p->m->staging = NULL;
+	p->m->key = talloc_strdup(p->m, m->key);
+	p->m->etag = talloc_strdup(p->m, m->etag);
+	if (p->m->key == NULL || p->m->etag == NULL) {
+		talloc_free(p);
+		return false;
+	}
+	p->c = c;
+	p->cl = cl;
+	BFS_LIST_ADD(cl->parked, p);
+	talloc_set_destructor(p, eng_parked_destructor);
+	if (!cl->revoked) {
+		struct bfs_proto_msg r = {
+			.type = BFS_PM_REVOKE, .key = cl->key, .etag = cl->etag,
+		};
+
+		cl->revoked = true;
+		eng_log(BFS_LOG_INFO, "another reader wants %s: its claim is "
+			"asked back", cl->key);
+		eng_send(cl->c, &r);
+		cl->deadline = tevent_add_timer(c->e->ev, cl,
+						tevent_timeval_current_ofs(30, 0),
+						eng_claim_overdue, cl);
+	}
+	return true;
+}
+
 /* FETCH and PREFETCH: read misses of smbds, fetched once for all. */
 static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m)
 {
@@ -1097,6 +1320,9 @@ static void eng_fetch(struct eng_client *c, const struct bfs_proto_msg *m)
 	}
 	bfs_cache_make_id(e->c.bucket, m->key, m->etag, e->c.block_size,
 			  &obj.id);
+	if (eng_park(c, m, &obj.id)) {
+		return;
+	}
 	if (m->type == BFS_PM_FETCH) {
 		size_t len = (size_t)MIN(m->length, 64u << 20);
 		bool lend = m->lend != 0 && e->arena != NULL;
@@ -1255,6 +1481,7 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		}
 		a.type = BFS_PM_WELCOME;
 		a.pid = (uint64_t)getpid();
+		a.claim = e->claim_bytes;
 		if (e->arena != NULL && c->out_len == 0) {
 			/* Its first byte carries the arena's descriptor. */
 			a.arena = bfs_arena_size(e->arena);
@@ -1264,6 +1491,12 @@ static bool eng_on_message(struct eng_client *c, struct bfs_proto_msg *m)
 		break;
 	case BFS_PM_RELEASE:
 		eng_release(c, m->pin);
+		break;
+	case BFS_PM_CLAIM:
+		eng_read_claim(c, m);
+		break;
+	case BFS_PM_UNCLAIM:
+		eng_read_unclaim(c, m);
 		break;
 	case BFS_PM_UPLOAD:
 		if (m->key != NULL && eng_renamed_put(e, m->key)) {
@@ -1823,7 +2056,21 @@ int main(int argc, char **argv)
 		ctl_die("out of memory");
 	}
 	/* One budget for the host's fetches: every smbd's misses are ours. */
-	bfs_reader_set_memory(e->reader, ctl_size(&e->c, "fetch memory"));
+	e->fetch_memory = ctl_size(&e->c, "fetch memory");
+	bfs_reader_set_memory(e->reader, e->fetch_memory);
+	/*
+	 * A claim (an smbd's own fetches for one sequential reader) takes
+	 * half of the budget, up to 256 MiB (its readahead and the fetched
+	 * bytes it keeps for the reader: 64 MiB in a claim slowed cold reads
+	 * by reading back from disk what was dropped); claims hold at most
+	 * half of the budget.  Below 64 MiB a claim could not keep S3 busy:
+	 * none.
+	 */
+	e->claim_bytes = e->fetch_memory == 0 ? 256ULL << 20 :
+			 MIN(e->fetch_memory / 2, 256ULL << 20);
+	if (e->claim_bytes < (64ULL << 20)) {
+		e->claim_bytes = 0;
+	}
 	bfs_reader_on_meta(e->reader, eng_object_meta, e);
 	eng_arena_setup(e, ctl_size(&e->c, "fetch memory"));
 	pthread_mutex_init(&e->mu, NULL);

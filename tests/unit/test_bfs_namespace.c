@@ -178,6 +178,8 @@ static void test_rename_of_a_file_in_s3_is_handed_to_the_engine(void **state)
 	assert_int_equal(bfs_journal_get(bc->journal, t, "w2.bin", &rec), 0);
 	assert_int_equal(rec.op, BFS_J_COPY);
 	assert_int_equal(rec.pid, engine);
+	/* The engine's, start stamp and all: not a dead process's. */
+	assert_true(bfs_jrec_owner_alive(&rec));
 	assert_true(rec.index_gone);
 	assert_string_equal(rec.src, "w.bin");
 	assert_string_equal(rec.src_etag, "\"v1\"");
@@ -185,6 +187,7 @@ static void test_rename_of_a_file_in_s3_is_handed_to_the_engine(void **state)
 	assert_int_equal(bfs_journal_get(bc->journal, t, "w.bin", &rec), 0);
 	assert_int_equal(rec.op, BFS_J_DELETE);
 	assert_int_equal(rec.pid, engine);
+	assert_true(bfs_jrec_owner_alive(&rec));
 	assert_true(rec.index_gone);
 	assert_int_equal(bfs_index_lookup(bc->index, t, "", "w.bin", &e),
 			 ENOENT);

@@ -16,6 +16,7 @@ static const enum bfs_proto_type all_types[] = {
 	BFS_PM_HELLO, BFS_PM_WELCOME, BFS_PM_UPLOAD, BFS_PM_WAIT,
 	BFS_PM_DONE,  BFS_PM_STATUS,  BFS_PM_STATE, BFS_PM_FETCH,
 	BFS_PM_PREFETCH, BFS_PM_LIST, BFS_PM_CHANGED, BFS_PM_RELEASE,
+	BFS_PM_CLAIM, BFS_PM_UNCLAIM, BFS_PM_REVOKE,
 };
 
 /* A message with every field set, each to a value of its own. */
@@ -48,6 +49,7 @@ static struct bfs_proto_msg full_msg(enum bfs_proto_type type, uint32_t id)
 		.slot = 24ULL << 20,
 		.pin = 0xfedcba9876543210ULL,
 		.lent = 77ULL << 20,
+		.claim = 64ULL << 20,
 	};
 	return m;
 }
@@ -57,7 +59,7 @@ struct carried {
 	bool share, cache_dir, key, staging, etag;
 	bool pid, err, pending, uploaded, failed, bytes;
 	bool size, offset, length, ahead, ahead_n, fetches, fetched;
-	bool arena, lend, slot, pin, lent;
+	bool arena, lend, slot, pin, lent, claim;
 };
 
 static struct carried carried_by(enum bfs_proto_type t)
@@ -69,7 +71,14 @@ static struct carried carried_by(enum bfs_proto_type t)
 		c.share = c.cache_dir = true;
 		break;
 	case BFS_PM_WELCOME:
-		c.pid = c.arena = true;
+		c.pid = c.arena = c.claim = true;
+		break;
+	case BFS_PM_CLAIM:
+		c.size = true;
+		/* fall through */
+	case BFS_PM_UNCLAIM:
+	case BFS_PM_REVOKE:
+		c.key = c.etag = true;
 		break;
 	case BFS_PM_UPLOAD:
 	case BFS_PM_LIST:
@@ -225,6 +234,7 @@ static void test_every_type_round_trips(void **state)
 		assert_int_field(c.slot, in.slot, out->slot);
 		assert_int_field(c.pin, in.pin, out->pin);
 		assert_int_field(c.lent, in.lent, out->lent);
+		assert_int_field(c.claim, in.claim, out->claim);
 		/* Strings belong to the message: one free takes them all. */
 		if (out->share != NULL) {
 			assert_true(talloc_parent(out->share) == out);
@@ -250,13 +260,15 @@ static void test_wire_layout(void **state)
 		0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 'a', 'b', /* key */
 	};
 	static const uint8_t want_welcome[] = {
-		0x24, 0x00, 0x00, 0x00,		/* length: 8 + 2 * 14 */
+		0x32, 0x00, 0x00, 0x00,		/* length: 8 + 3 * 14 */
 		0x01, 0x00,
 		0x02, 0x00,
 		0x01, 0x00, 0x00, 0x00,
 		0x06, 0x00, 0x08, 0x00, 0x00, 0x00, /* pid */
 		0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
 		0x13, 0x00, 0x08, 0x00, 0x00, 0x00, /* arena: none */
+		0, 0, 0, 0, 0, 0, 0, 0,
+		0x18, 0x00, 0x08, 0x00, 0x00, 0x00, /* claim: none */
 		0, 0, 0, 0, 0, 0, 0, 0,
 	};
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -454,7 +466,7 @@ static void test_malformed_frames_are_refused(void **state)
 	fr_start(&f, BFS_PROTO_VERSION, 0);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
-	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_RELEASE + 1);
+	fr_start(&f, BFS_PROTO_VERSION, BFS_PM_REVOKE + 1);
 	fr_end(&f);
 	assert_refused(f.b, f.n, EPROTO);
 	fr_start(&f, BFS_PROTO_VERSION, 0xffff);
@@ -546,7 +558,7 @@ static void test_encode_refusals(void **state)
 	/* A type the protocol lacks is a bug of the caller's. */
 	m.type = 0;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
-	m.type = BFS_PM_RELEASE + 1;
+	m.type = BFS_PM_REVOKE + 1;
 	assert_int_equal(bfs_proto_encode(t, &m, &buf, &len), EINVAL);
 	talloc_free(t);
 }
@@ -565,9 +577,12 @@ static void test_type_names(void **state)
 	assert_string_equal(bfs_proto_type_name(BFS_PM_PREFETCH), "PREFETCH");
 	assert_string_equal(bfs_proto_type_name(BFS_PM_RELEASE), "RELEASE");
 	assert_string_equal(bfs_proto_type_name(BFS_PM_LIST), "LIST");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_CLAIM), "CLAIM");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_UNCLAIM), "UNCLAIM");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_REVOKE), "REVOKE");
 	/* Log lines print whatever a peer sent: never NULL. */
 	assert_string_equal(bfs_proto_type_name(0), "?");
-	assert_string_equal(bfs_proto_type_name(BFS_PM_RELEASE + 1), "?");
+	assert_string_equal(bfs_proto_type_name(BFS_PM_REVOKE + 1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)-1), "?");
 	assert_string_equal(bfs_proto_type_name((enum bfs_proto_type)0xffff),
 			    "?");

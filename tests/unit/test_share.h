@@ -98,6 +98,7 @@ static int test_share_listed(struct bfs_conn *bc, const char *prefix)
 }
 
 /* Folder name in folder parent_prefix ("" or ends in '/'): listed, empty. */
+__attribute__((unused))
 static int test_share_mkdir(struct bfs_conn *bc, const char *parent_prefix,
 			    const char *name)
 {
@@ -163,6 +164,25 @@ static uint64_t test_share_s3_requests(const struct bfs_conn *bc)
 	return s3_client_counters(bc->s3)->requests;
 }
 
+/*
+ * What the stand-in grants a CLAIM (0: it takes none, as WELCOME says).
+ * With claims it grants each CLAIM, asks for it back at once (REVOKE, as
+ * if another reader came), and tells an UNCLAIM back as CHANGED of
+ * "unclaimed:KEY", for the test to see on its connection.
+ */
+static uint64_t test_engine_claim_bytes;
+
+static void test_engine_send(TALLOC_CTX *t, int c, const struct bfs_proto_msg *m)
+{
+	uint8_t *out;
+	size_t len;
+
+	if (bfs_proto_encode(t, m, &out, &len) != 0 ||
+	    write(c, out, len) != (ssize_t)len) {
+		_exit(1);
+	}
+}
+
 /* The engine stand-in's side of one connection: WELCOME to a HELLO. */
 static void test_engine_serve(int c)
 {
@@ -180,14 +200,28 @@ static void test_engine_serve(int c)
 			struct bfs_proto_msg w = {
 				.type = BFS_PM_WELCOME, .id = m->id,
 				.pid = (uint64_t)getpid(),
+				.claim = test_engine_claim_bytes,
 			};
-			uint8_t *out;
-			size_t len;
+			struct bfs_proto_msg d = {
+				.type = BFS_PM_DONE, .id = m->id,
+			};
+			struct bfs_proto_msg r = {
+				.type = BFS_PM_REVOKE, .key = m->key,
+				.etag = m->etag,
+			};
+			struct bfs_proto_msg u = {
+				.type = BFS_PM_CHANGED,
+				.key = talloc_asprintf(t, "unclaimed:%s",
+						       m->key ? m->key : ""),
+			};
 
-			if (m->type == BFS_PM_HELLO &&
-			    bfs_proto_encode(t, &w, &out, &len) == 0 &&
-			    write(c, out, len) != (ssize_t)len) {
-				_exit(1);
+			if (m->type == BFS_PM_HELLO) {
+				test_engine_send(t, c, &w);
+			} else if (m->type == BFS_PM_CLAIM) {
+				test_engine_send(t, c, &d);
+				test_engine_send(t, c, &r);
+			} else if (m->type == BFS_PM_UNCLAIM) {
+				test_engine_send(t, c, &u);
 			}
 		}
 	}
