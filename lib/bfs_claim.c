@@ -16,6 +16,13 @@
 
 /* A claim given back looks this often whether its fetches are cached. */
 #define BFS_CLAIM_POLL_US 2000
+/*
+ * And gives up waiting for them after this long (a GET stuck in S3): the
+ * engine, which parks other readers meanwhile, ends the claim itself at
+ * 30 s; ours must end first, or we would go on fetching for a claim the
+ * engine no longer counts.
+ */
+#define BFS_CLAIM_LET_GO_S 20
 
 struct bfs_read_claim {
 	struct bfs_conn *bc;
@@ -24,8 +31,27 @@ struct bfs_read_claim {
 	pid_t engine;			/* the engine that granted it */
 	const struct bfs_fh *holder;	/* compared only: the asker */
 	bool letting_go;
+	struct timeval let_go_at;
 	struct tevent_timer *poll;
 };
+
+/*
+ * The claim ends: the connection's reader and fill queue as before.  (Not
+ * a destructor: at the connection's end the reader may be freed first.)
+ */
+static void bfs_claim_drop(struct bfs_conn *bc)
+{
+	if (bc->claim == NULL) {
+		return;
+	}
+	TALLOC_FREE(bc->claim);
+	if (bc->reader_async != NULL) {
+		bfs_reader_set_memory(bc->reader_async, bc->fetch_memory);
+	}
+	if (bc->cache != NULL) {
+		bfs_cache_fill_queue_max(bc->cache, 0); /* the default */
+	}
+}
 
 bool bfs_claim_reads_here(struct bfs_conn *bc, const struct bfs_fh *fh,
 			  bool *ahead)
@@ -39,7 +65,7 @@ bool bfs_claim_reads_here(struct bfs_conn *bc, const struct bfs_fh *fh,
 	if (bc->engine == NULL || bfs_engine_pid(bc->engine) != cl->engine) {
 		/* Granted by an engine that went: the new one knows nothing
 		 * of it, and its own readers would fetch the same blocks. */
-		TALLOC_FREE(bc->claim);
+		bfs_claim_drop(bc);
 		return false;
 	}
 	/*
@@ -80,7 +106,8 @@ static void bfs_claim_poll(struct tevent_context *ev, struct tevent_timer *te,
 	(void)te, (void)now;
 	cl->poll = NULL;
 	if (bc->reader_async != NULL &&
-	    bfs_reader_let_go(bc->reader_async, &cl->id)) {
+	    bfs_reader_let_go(bc->reader_async, &cl->id) &&
+	    tevent_timeval_compare(&now, &cl->let_go_at) <= 0) {
 		cl->poll = tevent_add_timer(ev, cl,
 					    tevent_timeval_current_ofs(
 						    0, BFS_CLAIM_POLL_US),
@@ -92,7 +119,7 @@ static void bfs_claim_poll(struct tevent_context *ev, struct tevent_timer *te,
 	if (bc->engine != NULL && bfs_engine_pid(bc->engine) == cl->engine) {
 		(void)bfs_engine_unclaim(bc->engine, cl->key, cl->etag);
 	}
-	TALLOC_FREE(bc->claim);
+	bfs_claim_drop(bc);
 }
 
 /* Fetch no more of it; give it back once our fetches are cached. */
@@ -104,7 +131,8 @@ static void bfs_claim_let_go(struct bfs_conn *bc)
 		return;
 	}
 	cl->letting_go = true;
-	bfs_claim_poll(bc->engine_ev, NULL, tevent_timeval_zero(), cl);
+	cl->let_go_at = tevent_timeval_current_ofs(BFS_CLAIM_LET_GO_S, 0);
+	bfs_claim_poll(bc->engine_ev, NULL, tevent_timeval_current(), cl);
 }
 
 void bfs_claim_revoked(void *priv, const char *key, const char *etag)
@@ -143,7 +171,16 @@ struct bfs_claim_state {
 static int bfs_claim_state_destructor(struct bfs_claim_state *s)
 {
 	if (s->asking) {
+		/* Gone before the answer: a grant would be nobody's, held
+		 * by the engine for this connection until it closes. */
 		s->bc->claim_asking--;
+		if (s->bc->engine != NULL &&
+		    bfs_engine_pid(s->bc->engine) == s->engine &&
+		    (s->bc->claim == NULL ||
+		     memcmp(s->bc->claim->id.b, s->id.b, sizeof(s->id.b)) != 0)) {
+			(void)bfs_engine_unclaim(s->bc->engine, s->key,
+						 s->etag);
+		}
 	}
 	return 0;
 }

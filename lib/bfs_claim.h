@@ -25,9 +25,11 @@ struct bfs_fh;
 #define BFS_CLAIM_MIN_SIZE (64ULL << 20)
 
 /*
- * Whether fh's misses are fetched here: its object is this process's.
- * *ahead: whether to read ahead here too (not once the engine asked for
- * the object back: its readers fetch what is left).
+ * Whether fh's object is this process's.  *ahead: whether its misses are
+ * fetched here with readahead.  Once the engine asked for the object back
+ * (*ahead false), only reads the fetches begun here hold stay here
+ * (bfs_reader_holds); the others go to the engine, without readahead (it
+ * would fetch what ours are bringing).
  */
 bool bfs_claim_reads_here(struct bfs_conn *bc, const struct bfs_fh *fh,
 			  bool *ahead);

@@ -1178,6 +1178,26 @@ bool bfs_reader_has_object(const struct bfs_reader *r,
 	return false;
 }
 
+bool bfs_reader_holds(struct bfs_reader *r, const struct bfs_object *obj,
+		      uint64_t off, size_t len)
+{
+	uint64_t blk, last;
+
+	if (len == 0 || off >= obj->size) {
+		return true;
+	}
+	last = ((off + len < obj->size ? off + len : obj->size) - 1) /
+	       r->block_size;
+	for (blk = off / r->block_size; blk <= last; blk++) {
+		if (bfs_fetch_find(r, &obj->id, blk) == NULL &&
+		    (r->cache == NULL ||
+		     !bfs_cache_present(r->cache, &obj->id, blk))) {
+			return false;
+		}
+	}
+	return true;
+}
+
 bool bfs_reader_let_go(struct bfs_reader *r, const struct bfs_cache_id *id)
 {
 	const struct bfs_fetch *f;

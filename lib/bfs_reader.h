@@ -84,6 +84,10 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 bool bfs_reader_has_object(const struct bfs_reader *r,
 			   const struct bfs_cache_id *id);
 bool bfs_reader_let_go(struct bfs_reader *r, const struct bfs_cache_id *id);
+/* Whether every block of [off, off+len) of obj is in a fetch of r (in
+ * flight or kept) or in the cache: a read of it starts no GET. */
+bool bfs_reader_holds(struct bfs_reader *r, const struct bfs_object *obj,
+		      uint64_t off, size_t len);
 
 /*
  * Served from disk alone: a caller with worker threads (smbd's pool) can

@@ -2239,7 +2239,14 @@ static int bfs_wb_handing_restore(struct bfs_journal_txn *t, TALLOC_CTX *mem,
 				  bfs_journal_txn_remove(t, key);
 }
 
-/* The index could not be told: the journal as it was before. */
+/*
+ * The index could not be told: the journal as it was before.  (An upload
+ * of dst the engine had begun and ended meanwhile took its object back
+ * out on seeing the copy in its place, bfs_wb_undo_if_gone; its record,
+ * put back here, then fails for want of its staging file, shown as a
+ * failed upload.  Step 2 fails only on an index error: its source was
+ * looked up before step 1.)
+ */
 static int bfs_wb_handing_undo(struct bfs_journal_txn *t, void *priv)
 {
 	struct bfs_wb_handing *h = priv;
@@ -2315,6 +2322,14 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		return ENOMEM;
 	}
 	ret = bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir, &dname);
+	if (ret == 0) {
+		/* What step 2 moves must be there: its failure takes step 1
+		 * back, which a change step 1 replaced may not survive. */
+		struct bfs_entry e;
+
+		ret = bfs_index_lookup(wb->idx, tmp, sdir, sname, &e);
+		ret = ret == ENOENT ? ESTALE : ret;
+	}
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
@@ -2335,7 +2350,8 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		return ret;
 	}
 	/* Then the index: the new name at once, pending, src marked gone. */
-	ret = bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
+	ret = bfs_wb_test_handing_stop == -1 ? EIO :
+	      bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
 	if (ret != 0) {
 		int undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo,
 						  &h);

@@ -237,7 +237,7 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			    pid_t engine, char **from)
 	__attribute__((warn_unused_result));
 /* Tests: the hand-over stops after its step 1 (journal) or 2 (index), as
- * if smbd died there; 0: all of it. */
+ * if smbd died there; -1: its step 2 fails (EIO); 0: all of it. */
 void bfs_wb_test_stop_hand_over(int after_step);
 
 /*

@@ -1218,8 +1218,13 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	engine = bc->engine != NULL && ev == bc->engine_ev &&
 		 bfs_engine_pid(bc->engine) != 0 && fh->obj.etag != NULL;
 	if (engine && bfs_claim_reads_here(bc, fh, &claim_ahead)) {
-		/* This process's to fetch (lib/bfs_claim.h). */
-		engine = false;
+		if (claim_ahead ||
+		    bfs_reader_holds(reader, &fh->obj, offset, n)) {
+			/* This process's to fetch (lib/bfs_claim.h). */
+			engine = false;
+		}
+		/* Given back: what we began is ours to finish, the rest
+		 * the engine's, without readahead over ours in flight. */
 		ahead_n = claim_ahead ? ahead_n : 0;
 	}
 	if (engine && ahead_n > 0) {

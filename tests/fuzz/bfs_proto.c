@@ -52,6 +52,15 @@ static void check_same(const struct bfs_proto_msg *a,
 	case BFS_PM_WELCOME:
 		FUZZ_CHECK(a->pid == b->pid);
 		FUZZ_CHECK(a->arena == b->arena);
+		FUZZ_CHECK(a->claim == b->claim);
+		break;
+	case BFS_PM_CLAIM:
+		FUZZ_CHECK(a->size == b->size);
+		/* fall through: the rest as UNCLAIM */
+	case BFS_PM_UNCLAIM:
+	case BFS_PM_REVOKE:
+		FUZZ_CHECK(same_str(a->key, b->key));
+		FUZZ_CHECK(same_str(a->etag, b->etag));
 		break;
 	case BFS_PM_RELEASE:
 		FUZZ_CHECK(a->pin == b->pin);

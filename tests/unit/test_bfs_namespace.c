@@ -360,8 +360,8 @@ static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state
 	assert_int_equal(bfs_journal_done(bc->journal, "b2", getpid()), 0);
 	assert_int_equal(bfs_journal_done(bc->journal, "b", getpid()), 0);
 
-	/* The index step fails (a2's entry is gone): the journal as before,
-	 * a2's copy back in the engine's name, no record of a3. */
+	/* The index step fails: the journal as before, a2's copy back in
+	 * the engine's name, no record of a3. */
 	assert_int_equal(bfs_journal_update_op(bc->journal, "a2", getpid(),
 					       BFS_J_COPY, &(struct bfs_jrec){
 						       .key = "a2",
@@ -379,10 +379,11 @@ static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state
 						       .pid = engine,
 						       .index_gone = true}),
 			 0);
-	assert_int_equal(bfs_index_remove(bc->index, "", "a2"), 0);
+	bfs_wb_test_stop_hand_over(-1);
 	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "a2", "\"A\"",
 						 "a3", 3, 5, engine, &from),
-			 ESTALE);
+			 EIO);
+	bfs_wb_test_stop_hand_over(0);
 	assert_int_equal(bfs_journal_get(bc->journal, t, "a3", &rec), ENOENT);
 	assert_int_equal(bfs_journal_get(bc->journal, t, "a2", &rec), 0);
 	assert_int_equal(rec.op, BFS_J_COPY);
@@ -391,6 +392,12 @@ static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state
 	assert_int_equal(bfs_journal_get(bc->journal, t, "a", &rec), 0);
 	assert_int_equal(rec.op, BFS_J_DELETE);
 	assert_int_equal(rec.pid, engine);
+	/* A source the index no longer has: refused before the journal. */
+	assert_int_equal(bfs_index_remove(bc->index, "", "a2"), 0);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "a2", "\"A\"",
+						 "a3", 3, 5, engine, &from),
+			 ESTALE);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "a3", &rec), ENOENT);
 	test_engine_stop(bc, engine);
 	talloc_free(t);
 }
