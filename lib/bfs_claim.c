@@ -174,8 +174,11 @@ static int bfs_claim_state_destructor(struct bfs_claim_state *s)
 		/* Gone before the answer: a grant would be nobody's, held
 		 * by the engine for this connection until it closes. */
 		s->bc->claim_asking--;
+		/* (Not while another read's ask of it is out: its grant,
+		 * the same claim, would then be one the engine ended.) */
 		if (s->bc->engine != NULL &&
 		    bfs_engine_pid(s->bc->engine) == s->engine &&
+		    s->bc->claim_asking == 0 &&
 		    (s->bc->claim == NULL ||
 		     memcmp(s->bc->claim->id.b, s->id.b, sizeof(s->id.b)) != 0)) {
 			(void)bfs_engine_unclaim(s->bc->engine, s->key,

@@ -2244,8 +2244,9 @@ static int bfs_wb_handing_restore(struct bfs_journal_txn *t, TALLOC_CTX *mem,
  * of dst the engine had begun and ended meanwhile took its object back
  * out on seeing the copy in its place, bfs_wb_undo_if_gone; its record,
  * put back here, then fails for want of its staging file, shown as a
- * failed upload.  Step 2 fails only on an index error: its source was
- * looked up before step 1.)
+ * failed upload.  Step 2 fails rarely: its source was looked up before
+ * step 1, and only another smbd's change of it in between, or an index
+ * error, fails it.)
  */
 static int bfs_wb_handing_undo(struct bfs_journal_txn *t, void *priv)
 {

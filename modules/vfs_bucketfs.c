@@ -1303,15 +1303,28 @@ static void bfs_pread_claim_done(struct tevent_req *subreq)
 	bool ahead = false;
 
 	TALLOC_FREE(subreq);
-	if (ret == 0 && bfs_claim_reads_here(state->bc, state->fh, &ahead)) {
-		bfs_pread_fetch_here(req, state);
-		if (tevent_req_is_in_progress(req) && ahead &&
-		    state->ahead_n > 0) {
-			bfs_reader_prefetch(state->reader, &state->fh->obj,
-					    state->ahead,
-					    (unsigned)state->ahead_n);
+	/*
+	 * Ours (whichever read's ask got it): as bfs_pread_send decides for
+	 * a claim, given back or not.  Refused because it is being given
+	 * back meanwhile counts too: the engine may not read ahead over the
+	 * fetches ours are bringing.
+	 */
+	if (bfs_claim_reads_here(state->bc, state->fh, &ahead)) {
+		if (!ahead) {
+			state->ahead_n = 0;
 		}
-		return;
+		if (ahead || bfs_reader_holds(state->reader, &state->fh->obj,
+					      state->off, state->n)) {
+			bfs_pread_fetch_here(req, state);
+			if (tevent_req_is_in_progress(req) &&
+			    state->ahead_n > 0) {
+				bfs_reader_prefetch(state->reader,
+						    &state->fh->obj,
+						    state->ahead,
+						    (unsigned)state->ahead_n);
+			}
+			return;
+		}
 	}
 	if (ret == EPIPE || state->bc->engine == NULL ||
 	    bfs_engine_pid(state->bc->engine) == 0) {
