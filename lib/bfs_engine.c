@@ -766,10 +766,15 @@ struct tevent_req *bfs_engine_wait_send(TALLOC_CTX *mem_ctx,
 	return req;
 }
 
-struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
-					 struct tevent_context *ev,
-					 struct bfs_engine *e,
-					 const struct bfs_engine_fetch *f)
+/*
+ * Ask m (a FETCH or a CLAIM: key and etag copied) and wait for its DONE,
+ * on this connection only: if the engine goes, the request fails (EPIPE)
+ * and the caller does without, rather than ask a restarted engine.
+ */
+static struct tevent_req *bfs_engine_ask_once_send(TALLOC_CTX *mem_ctx,
+						   struct tevent_context *ev,
+						   struct bfs_engine *e,
+						   const struct bfs_proto_msg *m)
 {
 	struct bfs_engine_wait_state *s;
 	struct tevent_req *req = tevent_req_create(mem_ctx, &s,
@@ -780,14 +785,9 @@ struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 	}
 	s->req = req;
 	s->is_fetch = true;
-	s->fetch = (struct bfs_proto_msg){
-		.type = BFS_PM_FETCH,
-		.key = talloc_strdup(s, f->key),
-		.etag = talloc_strdup(s, f->etag),
-		.size = f->size, .offset = f->offset, .length = f->length,
-		.ahead = f->ahead, .ahead_n = f->ahead_n,
-		.lend = e->arena != NULL && f->lend,
-	};
+	s->fetch = *m;
+	s->fetch.key = talloc_strdup(s, m->key);
+	s->fetch.etag = talloc_strdup(s, m->etag);
 	if (s->fetch.key == NULL || s->fetch.etag == NULL) {
 		tevent_req_error(req, ENOMEM);
 		return tevent_req_post(req, ev);
@@ -802,6 +802,22 @@ struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
 		return tevent_req_post(req, ev);
 	}
 	return req;
+}
+
+struct tevent_req *bfs_engine_fetch_send(TALLOC_CTX *mem_ctx,
+					 struct tevent_context *ev,
+					 struct bfs_engine *e,
+					 const struct bfs_engine_fetch *f)
+{
+	struct bfs_proto_msg m = {
+		.type = BFS_PM_FETCH,
+		.key = (char *)f->key, .etag = (char *)f->etag,
+		.size = f->size, .offset = f->offset, .length = f->length,
+		.ahead = f->ahead, .ahead_n = f->ahead_n,
+		.lend = e->arena != NULL && f->lend,
+	};
+
+	return bfs_engine_ask_once_send(mem_ctx, ev, e, &m);
 }
 
 int bfs_engine_fetch_recv(struct tevent_req *req,
@@ -856,35 +872,24 @@ struct tevent_req *bfs_engine_claim_send(TALLOC_CTX *mem_ctx,
 					 struct bfs_engine *e, const char *key,
 					 const char *etag, uint64_t size)
 {
-	struct bfs_engine_wait_state *s;
-	struct tevent_req *req = tevent_req_create(mem_ctx, &s,
-						   struct bfs_engine_wait_state);
-
-	if (req == NULL) {
-		return NULL;
-	}
-	s->req = req;
-	s->is_fetch = true; /* not asked again of a restarted engine */
-	s->fetch = (struct bfs_proto_msg){
+	struct bfs_proto_msg m = {
 		.type = BFS_PM_CLAIM,
-		.key = talloc_strdup(s, key),
-		.etag = talloc_strdup(s, etag),
-		.size = size,
+		.key = (char *)key, .etag = (char *)etag, .size = size,
 	};
-	if (s->fetch.key == NULL || s->fetch.etag == NULL) {
-		tevent_req_error(req, ENOMEM);
-		return tevent_req_post(req, ev);
+	struct bfs_engine_wait_state *none;
+	struct tevent_req *req;
+
+	if (e->fd != -1 && e->claim_bytes == 0) {
+		/* An engine that takes no claims (WELCOME said none). */
+		req = tevent_req_create(mem_ctx, &none,
+					struct bfs_engine_wait_state);
+		if (req != NULL) {
+			tevent_req_error(req, EBUSY);
+			req = tevent_req_post(req, ev);
+		}
+		return req;
 	}
-	if (e->fd == -1 || e->claim_bytes == 0) {
-		tevent_req_error(req, e->fd == -1 ? EPIPE : EBUSY);
-		return tevent_req_post(req, ev);
-	}
-	bfs_engine_call_link(e, s);
-	if (bfs_engine_wait_ask(s) != 0) {
-		tevent_req_error(req, EPIPE);
-		return tevent_req_post(req, ev);
-	}
-	return req;
+	return bfs_engine_ask_once_send(mem_ctx, ev, e, &m);
 }
 
 int bfs_engine_claim_recv(struct tevent_req *req)
