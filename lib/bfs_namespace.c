@@ -20,6 +20,7 @@
 #include "bfs_file.h"
 #include "bfs_index.h"
 #include "bfs_log.h"
+#include "bfs_name.h"
 #include "bfs_connect.h"
 #include "bfs_namespace.h"
 #include "bfs_path.h"
@@ -327,16 +328,179 @@ static int bfs_rename_dir_wait(struct bfs_conn *bc, const char *sp,
 	return 0;
 }
 
+/* One object of a folder being renamed, as S3 listed it. */
+struct bfs_dir_obj {
+	const char *key, *etag;
+	uint64_t size;
+	time_t mtime;
+};
+
+/*
+ * The order a folder's objects are handed over in: its files, then its
+ * folders' markers, deepest first, the folder's own last: each folder
+ * shows under its new name once what it holds does.
+ */
+static int bfs_dir_obj_cmp(const void *a, const void *b)
+{
+	const char *ka = ((const struct bfs_dir_obj *)a)->key;
+	const char *kb = ((const struct bfs_dir_obj *)b)->key;
+	size_t la = strlen(ka), lb = strlen(kb);
+	bool ma = la > 0 && ka[la - 1] == '/', mb = lb > 0 && kb[lb - 1] == '/';
+
+	if (ma != mb) {
+		return ma ? 1 : -1;
+	}
+	if (ma && la != lb) {
+		return la > lb ? -1 : 1;
+	}
+	return strcmp(ka, kb);
+}
+
+/*
+ * Whether every folder under prefix sp, sp included, has a marker object
+ * (in S3: listed; or on its way: moved, an mkdir the engine has yet to
+ * put).  Only such a tree is handed to the engine: its copies make the
+ * new folders' markers, which keep them in their parents' listings until
+ * they are up.  A folder S3 only implies (made by another S3 client)
+ * would be missing from its new parent's listing until its first copy
+ * ended.
+ */
+static bool bfs_rename_dir_markers_whole(TALLOC_CTX *tmp, const char *sp,
+					 char **keys, size_t n, char **move,
+					 size_t n_move)
+{
+	char **markers = talloc_array(tmp, char *, n + n_move);
+	size_t nm = 0, i, plen = strlen(sp);
+
+	if (markers == NULL) {
+		return false;
+	}
+	for (i = 0; i < n + n_move; i++) {
+		char *k = i < n ? keys[i] : move[i - n];
+		size_t len = strlen(k);
+
+		if (len > 0 && k[len - 1] == '/') {
+			markers[nm++] = k;
+		}
+	}
+	qsort(markers, nm, sizeof(markers[0]), bfs_key_cmp);
+	if (!bfs_key_in(markers, nm, sp)) {
+		return false;
+	}
+	for (i = 0; i < n + n_move; i++) {
+		const char *k = i < n ? keys[i] : move[i - n];
+		const char *p = k + plen, *q;
+
+		for (; (q = strchr(p, '/')) != NULL && q[1] != '\0'; p = q + 1) {
+			char *folder = talloc_strndup(tmp, k, q - k + 1);
+
+			if (folder == NULL || !bfs_key_in(markers, nm, folder)) {
+				return false;
+			}
+		}
+	}
+	return true;
+}
+
+/*
+ * The index learns what the listing said of the objects under the folder
+ * (a subfolder never listed has no entries yet): a hand-over moves an
+ * entry.  Names the share cannot show are left out; they are renamed in
+ * S3 at once.
+ */
+static void bfs_rename_dir_learn(struct bfs_conn *bc, TALLOC_CTX *tmp,
+				 const char *sp, const struct bfs_dir_obj *o,
+				 size_t n)
+{
+	const char **keys = talloc_array(tmp, const char *, n);
+	struct bfs_entry *ents = talloc_zero_array(tmp, struct bfs_entry, n);
+	size_t m = 0, i;
+	int ret;
+
+	if (keys == NULL || ents == NULL) {
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		char *dir, *name;
+		bool is_dir;
+
+		if (strcmp(o[i].key, sp) == 0 ||
+		    bfs_key_entry(tmp, o[i].key, &dir, &name, &is_dir) != 0 ||
+		    bfs_name_problem(name) != NULL) {
+			continue;
+		}
+		keys[m] = is_dir ? talloc_asprintf(tmp, "%s%s", dir, name) :
+				   o[i].key;
+		if (keys[m] == NULL) {
+			return;
+		}
+		ents[m].is_dir = is_dir;
+		ents[m].size = is_dir ? 0 : o[i].size;
+		ents[m].etag = is_dir ? NULL : (char *)o[i].etag;
+		ents[m].mtime = o[i].mtime;
+		m++;
+	}
+	ret = bfs_index_learn(bc->index, keys, ents, m);
+	if (ret != 0) {
+		/* Those not there yet are renamed in S3 at once. */
+		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot record "
+			"the objects of %s in the index: %s", bc->service, sp,
+			strerror(ret));
+	}
+}
+
+/*
+ * One object of a folder renamed where closes do not wait for S3: handed
+ * to the engine as a file renamed alone is (bfs_rename_in_engine), a
+ * marker as a new empty marker and the old one's delete.  ESTALE when it
+ * cannot be handed (then it is renamed in S3 at once).
+ */
+static int bfs_rename_obj_in_engine(struct bfs_conn *bc, TALLOC_CTX *tmp,
+				    const struct bfs_dir_obj *o,
+				    const char *to, pid_t engine)
+{
+	size_t len = strlen(o->key);
+	struct bfs_entry e;
+	char *dir, *name;
+	int ret;
+
+	if (o->key[len - 1] == '/') {
+		/* A marker holding data is a file to other S3 clients. */
+		ret = o->size == 0 ?
+			bfs_wb_marker_hand_over(bc->wb, o->key, to, engine) :
+			ESTALE;
+	} else {
+		ret = bfs_key_split(tmp, o->key, &dir, &name);
+		if (ret == 0) {
+			ret = bfs_index_lookup(bc->index, tmp, dir, name, &e);
+		}
+		if (ret == 0) {
+			ret = bfs_wb_rename_hand_over(bc->wb, tmp, o->key,
+						      o->etag, to, o->size,
+						      e.mtime, engine, NULL);
+		}
+		ret = ret == ENOENT ? ESTALE : ret;
+	}
+	if (ret == 0 && bfs_engine_notify(bc->engine, to) != 0) {
+		(void)bfs_engine_now(bc); /* the next one finds it */
+	}
+	return ret;
+}
+
 /*
  * A folder: every object under it copied and deleted, one by one, then
  * its entry moved between the parents' listings.  Its files whose uploads
  * wait in the engine (closed here, not yet in S3) go along as a file
- * renamed alone does: their uploads are retargeted.  Whatever can refuse
- * the rename is found before anything moves: more than 'bucketfs:dir
- * rename max' objects (ENOTSUP), a file another process still writes or
- * an upload that does not end (EBUSY).  A failure in S3 midway leaves
- * the folder split, as S3 renames object by object; the listings of both
- * are forgotten, so clients see where each file is.
+ * renamed alone does: their uploads are retargeted.  Where closes do not
+ * wait for S3 (`close = local`, an engine running) and every folder of
+ * the tree has its marker, the objects S3 has are handed to the engine,
+ * as a file renamed alone is: the rename answers once the journal and the
+ * index have them, before any copy (a checkpoint folder's gigabytes).
+ * Whatever can refuse the rename is found before anything moves: more
+ * than 'bucketfs:dir rename max' objects (ENOTSUP), a file another
+ * process still writes or an upload that does not end (EBUSY).  A failure
+ * midway leaves the folder split, as S3 renames object by object; the
+ * listings of both are forgotten, so clients see where each file is.
  */
 static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			  const char *dst_rel)
@@ -344,13 +508,15 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *sp = bfs_path_dir_prefix(tmp, bc->prefix, src_rel);
 	char *dp = bfs_path_dir_prefix(tmp, bc->prefix, dst_rel);
-	pid_t engine = bfs_engine_now(bc);
+	pid_t engine = bfs_engine_now(bc), handed_to = 0;
 	struct bfs_wb_dir_changes c;
 	struct bfs_listed l = {0};
+	struct bfs_dir_obj *objs = NULL;
 	struct s3_status st = {0};
-	char **keys = NULL, **moved = NULL;
+	char **moved = NULL;
 	uint64_t *sizes = NULL;
-	size_t n = 0, n_moved = 0, i;
+	time_t *mtimes = NULL;
+	size_t n = 0, n_moved = 0, n_handed = 0, i;
 	bool relist = false;
 	int ret;
 
@@ -373,7 +539,8 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	}
 	if (ret == 0) {
 		ret = bfs_wb_list_all(bc->wb, tmp, sp, bc->dir_rename_max,
-				      &l.keys, &sizes, &l.etags, &l.n, &st);
+				      &l.keys, &sizes, &l.etags, &mtimes, &l.n,
+				      &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "listing for a rename of", sp, &st);
 		}
@@ -388,6 +555,11 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
+	}
+	if (bc->close_local && engine != 0 &&
+	    bfs_rename_dir_markers_whole(tmp, sp, l.keys, l.n, c.move,
+					 c.n_move)) {
+		handed_to = engine;
 	}
 	/* From here on, things move. */
 	moved = talloc_array(tmp, char *, c.n_move + 1);
@@ -418,32 +590,69 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	if (ret == 0 && relist) {
 		l.sorted = NULL;
 		ret = bfs_wb_list_all(bc->wb, tmp, sp, SIZE_MAX - 1, &l.keys,
-				      &sizes, &l.etags, &l.n, &st);
+				      &sizes, &l.etags, &mtimes, &l.n, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "listing for a rename of", sp, &st);
 		}
 	}
-	keys = l.keys;
 	n = ret == 0 ? l.n : 0;
+	objs = talloc_array(tmp, struct bfs_dir_obj, n + 1);
+	if (objs == NULL) {
+		n = 0;
+		ret = ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		objs[i] = (struct bfs_dir_obj){
+			.key = l.keys[i], .etag = l.etags[i],
+			.size = sizes[i], .mtime = mtimes[i],
+		};
+	}
+	if (handed_to != 0 && n > 0) {
+		qsort(objs, n, sizeof(objs[0]), bfs_dir_obj_cmp);
+		bfs_rename_dir_learn(bc, tmp, sp, objs, n);
+	}
 	for (i = 0; ret == 0 && i < n; i++) {
+		const char *key = objs[i].key;
 		char *to;
 
-		if (bfs_wb_delete_pending(bc->wb, keys[i])) {
+		if (bfs_wb_delete_pending(bc->wb, key)) {
 			continue; /* deleted here; the engine has yet to */
 		}
-		if (bfs_key_in(moved, n_moved, keys[i])) {
+		if (bfs_key_in(moved, n_moved, key)) {
 			continue; /* a newer version goes up under dp */
 		}
-		if (bfs_key_in(c.skip, c.n_skip, keys[i])) {
+		if (bfs_key_in(c.skip, c.n_skip, key)) {
 			continue; /* renamed out of the folder: goes once up */
 		}
-		to = talloc_asprintf(tmp, "%s%s", dp, keys[i] + strlen(sp));
-		ret = to != NULL ?
-			bfs_wb_rename(bc->wb, keys[i], to, sizes[i], &st) :
-			ENOMEM;
-		if (ret != 0) {
-			bfs_log_s3(bc, "rename (copy) of", keys[i], &st);
+		to = talloc_asprintf(tmp, "%s%s", dp, key + strlen(sp));
+		if (to == NULL) {
+			ret = ENOMEM;
+			break;
 		}
+		if (handed_to != 0) {
+			ret = bfs_rename_obj_in_engine(bc, tmp, &objs[i], to,
+						       handed_to);
+			if (ret == 0) {
+				n_handed++;
+				continue;
+			}
+			if (ret != ESTALE) {
+				bfs_log(BFS_LOG_ERR, "bucketfs: share %s: "
+					"cannot journal the rename of %s for "
+					"the engine: %s", bc->service, key,
+					strerror(ret));
+				break;
+			}
+		}
+		ret = bfs_wb_rename(bc->wb, key, to, objs[i].size, &st);
+		if (ret != 0) {
+			bfs_log_s3(bc, "rename (copy) of", key, &st);
+		}
+	}
+	if (n_handed > 0) {
+		bfs_log(BFS_LOG_INFO, "bucketfs: share %s: rename of %s to %s: "
+			"%zu of its objects handed to the engine (pid %d)",
+			bc->service, sp, dp, n_handed, (int)handed_to);
 	}
 	if (ret == 0) {
 		/* The directory's own entry moves between the parents. */
@@ -458,6 +667,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			dpp = bfs_path_dir_prefix(tmp, bc->prefix, dparent);
 		}
 		if (spp != NULL && dpp != NULL) {
+			/* (Handed over with its marker: moved already.) */
 			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
 						dbase);
 		}
@@ -787,7 +997,7 @@ static int bfs_dir_empty_in_s3(struct bfs_conn *bc, TALLOC_CTX *tmp,
 
 	for (s = 0; s < sizeof(scans) / sizeof(scans[0]); s++) {
 		ret = bfs_wb_list_all(bc->wb, tmp, prefix, scans[s], &keys,
-				      NULL, NULL, &n, &st);
+				      NULL, NULL, NULL, &n, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "rmdir (listing)", prefix, &st);
 			return ret;

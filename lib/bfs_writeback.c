@@ -2162,9 +2162,11 @@ struct bfs_wb_handing {
 	TALLOC_CTX *mem;
 	pid_t engine;
 	const char *src, *src_etag, *dst;
+	bool marker;		/* folder markers: copy is a PUT of an empty file */
 	struct bfs_jrec copy, del;
 	struct bfs_jrec replaced;	/* dst's record before (key NULL: none) */
 	struct bfs_jrec src_was;	/* src's record before (key NULL: none) */
+	bool undo_failed;	/* step 1 stays, for recovery to finish */
 };
 
 static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
@@ -2173,9 +2175,12 @@ static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
 	struct bfs_jrec srec, orig;
 	int ret;
 
-	h->copy.src = (char *)h->src;
+	h->copy.src = h->marker ? NULL : (char *)h->src;
 	h->src_was = (struct bfs_jrec){0};
 	ret = bfs_journal_txn_read(t, h->mem, h->src, &srec);
+	if (ret == 0 && h->marker) {
+		return ESTALE; /* a marker's change on its way: renamed in S3 */
+	}
 	if (ret == 0) {
 		h->src_was = srec;
 		/*
@@ -2200,7 +2205,7 @@ static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
 	} else if (ret != ENOENT) {
 		return ret;
 	}
-	if (strcmp(h->copy.src, h->dst) == 0) {
+	if (h->copy.src != NULL && strcmp(h->copy.src, h->dst) == 0) {
 		return ESTALE; /* a -> b, then b -> a before the copy */
 	}
 	ret = bfs_journal_txn_read(t, h->mem, h->dst, &h->replaced);
@@ -2297,6 +2302,74 @@ void bfs_wb_test_stop_hand_over(int after_step)
 	bfs_wb_test_handing_stop = after_step;
 }
 
+/*
+ * The three steps of a hand-over (h filled in, its entries' folders and
+ * names given): 0 once the engine has it, else nothing of it stays but
+ * what a failed undo leaves to recovery (logged).
+ */
+static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
+				  const char *sdir, const char *sname,
+				  const char *ddir, const char *dname)
+{
+	struct bfs_entry e;
+	int ret;
+
+	/* What step 2 moves must be there: its failure takes step 1 back,
+	 * which a change step 1 replaced may not survive. */
+	ret = bfs_index_lookup(wb->idx, h->mem, sdir, sname, &e);
+	if (ret != 0) {
+		return ret == ENOENT ? ESTALE : ret;
+	}
+	/*
+	 * Three steps, each one crash-safe.  The journal first, in this
+	 * process's name, which the engine leaves alone while we live:
+	 * should smbd die before the last step, the records are a dead
+	 * process's, which recovery (the engine's, or the next connect's)
+	 * finishes, the copy then the delete, and the index follows them
+	 * (bfs_wb_run_handed_copy).  The index first would leave, after
+	 * such a death, a pending entry with no record behind it, which
+	 * every listing keeps and no read can fetch.
+	 */
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, h);
+	if (ret != 0 || bfs_wb_test_handing_stop == 1) {
+		return ret;
+	}
+	/* Then the index: the new name at once, pending, src marked gone. */
+	ret = bfs_wb_test_handing_stop == -1 ? EIO :
+	      bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
+	if (ret != 0) {
+		int undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo,
+						  h);
+		if (undo != 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot take the "
+				"rename of %s to %s back from the journal: %s; "
+				"it is made in S3 once this process ends",
+				h->src, h->dst, strerror(undo));
+			h->undo_failed = true;
+		}
+		bfs_wb_forget_dir(wb, sdir);
+		bfs_wb_forget_dir(wb, ddir);
+		return ret == ENOENT ? ESTALE : ret;
+	}
+	if (bfs_wb_test_handing_stop == 2) {
+		return 0;
+	}
+	/* Last, the engine's to do: it acts on the journal alone. */
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_give, h);
+	if (ret != 0) {
+		/* Shown and journalled: made once this process ends. */
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot hand the rename of %s "
+			"to %s to the engine: %s; it is made in S3 once this "
+			"process ends", h->src, h->dst, strerror(ret));
+	}
+	if (h->replaced.key != NULL && h->replaced.op == BFS_J_PUT &&
+	    bfs_wb_put_queued(&h->replaced)) {
+		/* A close of dst the engine had not begun: nobody uploads it. */
+		bfs_wb_stage_drop(wb, h->replaced.staging);
+	}
+	return 0;
+}
+
 int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			    const char *src, const char *src_etag,
 			    const char *dst, uint64_t size, time_t mtime,
@@ -2324,71 +2397,67 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 	}
 	ret = bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir, &dname);
 	if (ret == 0) {
-		/* What step 2 moves must be there: its failure takes step 1
-		 * back, which a change step 1 replaced may not survive. */
-		struct bfs_entry e;
-
-		ret = bfs_index_lookup(wb->idx, tmp, sdir, sname, &e);
-		ret = ret == ENOENT ? ESTALE : ret;
+		ret = bfs_wb_hand_over_steps(wb, &h, sdir, sname, ddir, dname);
 	}
-	if (ret != 0) {
-		talloc_free(tmp);
-		return ret;
-	}
-	/*
-	 * Three steps, each one crash-safe.  The journal first, in this
-	 * process's name, which the engine leaves alone while we live:
-	 * should smbd die before the last step, the records are a dead
-	 * process's, which recovery (the engine's, or the next connect's)
-	 * finishes, the copy then the delete, and the index follows them
-	 * (bfs_wb_run_handed_copy).  The index first would leave, after
-	 * such a death, a pending entry with no record behind it, which
-	 * every listing keeps and no read can fetch.
-	 */
-	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, &h);
-	if (ret != 0 || bfs_wb_test_handing_stop == 1) {
-		talloc_free(tmp);
-		return ret;
-	}
-	/* Then the index: the new name at once, pending, src marked gone. */
-	ret = bfs_wb_test_handing_stop == -1 ? EIO :
-	      bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
-	if (ret != 0) {
-		int undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo,
-						  &h);
-		if (undo != 0) {
-			bfs_log(BFS_LOG_ERR, "bucketfs: cannot take the "
-				"rename of %s to %s back from the journal: %s; "
-				"it is made in S3 once this process ends", src,
-				dst, strerror(undo));
-		}
-		bfs_wb_forget_dir(wb, sdir);
-		bfs_wb_forget_dir(wb, ddir);
-		talloc_free(tmp);
-		return ret == ENOENT ? ESTALE : ret;
-	}
-	if (bfs_wb_test_handing_stop == 2) {
-		talloc_free(tmp);
-		return 0;
-	}
-	/* Last, the engine's to do: it acts on the journal alone. */
-	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_give, &h);
-	if (ret != 0) {
-		/* Shown and journalled: made once this process ends. */
-		bfs_log(BFS_LOG_ERR, "bucketfs: cannot hand the rename of %s "
-			"to %s to the engine: %s; it is made in S3 once this "
-			"process ends", src, dst, strerror(ret));
-	}
-	if (h.replaced.key != NULL && h.replaced.op == BFS_J_PUT &&
-	    bfs_wb_put_queued(&h.replaced)) {
-		/* A close of dst the engine had not begun: nobody uploads it. */
-		bfs_wb_stage_drop(wb, h.replaced.staging);
-	}
-	if (from != NULL) {
+	if (ret == 0 && from != NULL) {
 		*from = talloc_strdup(mem_ctx, h.copy.src);
 	}
 	talloc_free(tmp);
-	return 0;
+	return ret;
+}
+
+int bfs_wb_marker_hand_over(struct bfs_wb *wb, const char *src,
+			    const char *dst, pid_t engine)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_handing h = {
+		.mem = tmp, .engine = engine, .src = src, .dst = dst,
+		.marker = true,
+		.copy = {
+			.key = (char *)dst, .op = BFS_J_PUT, .pid = getpid(),
+			.mtime = time(NULL),
+		},
+		.del = {
+			.key = (char *)src, .op = BFS_J_DELETE, .pid = getpid(),
+			.index_gone = true,
+		},
+	};
+	char *sdir, *sname, *ddir, *dname, *path;
+	bool is_dir;
+	int fd = -1, ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_key_entry(tmp, src, &sdir, &sname, &is_dir);
+	if (ret == 0 && is_dir) {
+		ret = bfs_key_entry(tmp, dst, &ddir, &dname, &is_dir);
+	}
+	if (ret == 0 && !is_dir) {
+		ret = EINVAL;
+	}
+	if (ret == 0) {
+		/* The new marker: an empty staging file, put as mkdir's is. */
+		ret = bfs_wb_stage_new(wb, tmp, &fd, &h.copy.staging);
+	}
+	if (ret != 0) {
+		talloc_free(tmp);
+		return ret;
+	}
+	close(fd);
+	path = bfs_stage_path(tmp, wb, h.copy.staging);
+	if (path != NULL) {
+		/* Its time says when it was closed (bfs_wb_put_young). */
+		bfs_priv_enter();
+		(void)utimensat(AT_FDCWD, path, NULL, 0);
+		bfs_priv_leave();
+	}
+	ret = bfs_wb_hand_over_steps(wb, &h, sdir, sname, ddir, dname);
+	if (ret != 0 && !h.undo_failed) {
+		bfs_wb_stage_drop(wb, h.copy.staging);
+	}
+	talloc_free(tmp);
+	return ret;
 }
 
 /*
@@ -2750,17 +2819,18 @@ int bfs_wb_dir_changes(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
-		    uint64_t **sizes, char ***etags, size_t *n,
-		    struct s3_status *st)
+		    uint64_t **sizes, char ***etags, time_t **mtimes,
+		    size_t *n, struct s3_status *st)
 {
 	char **out = talloc_array(mem_ctx, char *, 0);
 	uint64_t *sz = talloc_array(mem_ctx, uint64_t, 0);
 	char **tags = talloc_array(out, char *, 0);
+	time_t *times = talloc_array(out, time_t, 0);
 	char *token = NULL;
 	size_t got = 0, i;
 	int ret = 0;
 
-	if (out == NULL || sz == NULL || tags == NULL) {
+	if (out == NULL || sz == NULL || tags == NULL || times == NULL) {
 		talloc_free(out);
 		talloc_free(sz);
 		return ENOMEM;
@@ -2785,12 +2855,16 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			sz = talloc_realloc(mem_ctx, sz, uint64_t, got + 1);
 			tags = out != NULL ? talloc_realloc(out, tags, char *,
 							    got + 1) : NULL;
-			if (out == NULL || sz == NULL || tags == NULL) {
+			times = out != NULL ? talloc_realloc(out, times, time_t,
+							     got + 1) : NULL;
+			if (out == NULL || sz == NULL || tags == NULL ||
+			    times == NULL) {
 				talloc_free(out);
 				talloc_free(sz);
 				return ENOMEM;
 			}
 			sz[got] = l->objects[i].size;
+			times[got] = l->objects[i].mtime;
 			tags[got] = talloc_steal(tags, l->objects[i].etag);
 			out[got++] = talloc_steal(out, l->objects[i].key);
 		}
@@ -2809,6 +2883,9 @@ int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 	}
 	if (etags != NULL) {
 		*etags = tags; /* a child of *keys */
+	}
+	if (mtimes != NULL) {
+		*mtimes = times; /* a child of *keys */
 	}
 	*n = got;
 	return 0;

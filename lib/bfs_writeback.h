@@ -236,6 +236,17 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			    const char *dst, uint64_t size, time_t mtime,
 			    pid_t engine, char **from)
 	__attribute__((warn_unused_result));
+/*
+ * bfs_wb_rename_hand_over for a folder's marker object src ("a/b/", in
+ * S3) renamed with its folder to dst ("c/d/"): the engine puts dst as a
+ * new, empty marker (a PUT record of an empty staging file, as mkdir's)
+ * and deletes src; the folder's entry moves in the index at once, pending
+ * until dst is up.  ESTALE if the journal holds a change of src, or one
+ * of dst this cannot take over: then rename the marker in S3 at once.
+ */
+int bfs_wb_marker_hand_over(struct bfs_wb *wb, const char *src,
+			    const char *dst, pid_t engine)
+	__attribute__((warn_unused_result));
 /* Tests: the hand-over stops after its step 1 (journal) or 2 (index), as
  * if smbd died there; -1: its step 2 fails (EIO); 0: all of it. */
 void bfs_wb_test_stop_hand_over(int after_step);
@@ -320,12 +331,13 @@ int bfs_wb_dir_changes(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 
 /*
  * Keys under prefix (all depths), up to max+1, in S3's order, and their
- * sizes and ETags (each optional; the ETags a child of *keys).
+ * sizes, ETags and times (each optional; the ETags and times children of
+ * *keys).
  */
 int bfs_wb_list_all(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 		    const char *prefix, size_t max, char ***keys,
-		    uint64_t **sizes, char ***etags, size_t *n,
-		    struct s3_status *st);
+		    uint64_t **sizes, char ***etags, time_t **mtimes,
+		    size_t *n, struct s3_status *st);
 
 /*
  * Carry out one journalled change to the end, as its owner (r->pid):

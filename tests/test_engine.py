@@ -1375,6 +1375,70 @@ def test_a_rename_of_a_file_in_s3_answers_before_the_copy_and_readers_see_the_ne
     print(f"    # rename of a 5 MiB object, the copy held 5 s: answered in {took:.2f} s")
 
 
+def test_a_rename_of_a_folder_in_s3_answers_before_the_copies_and_shows_the_new_tree_at_once(w):
+    # A checkpoint folder written, its files already up in S3, then
+    # renamed whole (Orbax's tmp folder renamed to the step's name): with
+    # close = local the engine copies every object and marker, and the
+    # rename answers before the first copy.  Meanwhile the new tree lists
+    # and reads from another smbd, and once the engine is done S3 holds
+    # the new keys only.
+    big, small = w.make("fr-big.bin", 6 << 20), w.make("fr-small.bin", 70_000)
+    w.smbclient("rwlocal", f"mkdir fr-a; mkdir fr-a/sub; put {big} fr-a/big.bin; "
+                           f"put {small} fr-a/sub/small.bin")
+    wait_engine_done(w, "fr-a")
+    old = {"rwlocal/fr-a/", "rwlocal/fr-a/sub/", "rwlocal/fr-a/big.bin",
+           "rwlocal/fr-a/sub/small.bin"}
+    assert old <= w.s3_keys("rwlocal/fr-a/"), "the folder never went up"
+    w.ctl("rwlocal", "invalidate", "")
+    since = len(front_log(w))
+    w.fault("PUT delay:5 -1 rwlocal/fr-b/")  # every copy and marker held 5 s
+    try:
+        start = time.monotonic()
+        w.smbclient("rwlocal", "rename fr-a fr-b")
+        took = time.monotonic() - start
+        assert not [k for k in w.s3_keys("rwlocal/") if k.startswith("rwlocal/fr-b")], \
+            "the rename waited for S3's copies"
+        top = w.ls("rwlocal2")
+        assert top.get("fr-b", (None,))[0] is True and "fr-a" not in top, top
+        assert w.ls("rwlocal2", "fr-b").get("big.bin") == (False, 6 << 20)
+        assert w.ls("rwlocal2", "fr-b").get("sub", (None,))[0] is True
+        assert w.ls("rwlocal2", "fr-b/sub").get("small.bin") == (False, 70_000)
+        got = f"{w.tmp}/fr-small.back"
+        w.smbclient("rwlocal2", f"get fr-b/sub/small.bin {got}")
+        assert sha256(got) == sha256(small), "a reader got other bytes"
+    finally:
+        w.fault("")
+    wait_engine_done(w, "fr-")
+    new = {k.replace("fr-a", "fr-b") for k in old}
+    end = time.monotonic() + 30
+    while ({k for k in w.s3_keys("rwlocal/") if "/fr-" in k} != new
+           and time.monotonic() < end):
+        time.sleep(0.3)
+    assert {k for k in w.s3_keys("rwlocal/") if "/fr-" in k} == new
+    assert w.s3_sha256("rwlocal/fr-b/big.bin") == sha256(big)
+    w.ctl("rwlocal", "invalidate", "")
+    top = w.ls("rwlocal")
+    assert top.get("fr-b", (None,))[0] is True and "fr-a" not in top, top
+    assert w.ls("rwlocal", "fr-b/sub").get("small.bin") == (False, 70_000)
+    copies = [l for l in front_log(w)[since:].splitlines() if "fr-b/big.bin" in l and "copy=yes" in l]
+    assert len(copies) == 1, copies
+    print(f"    # rename of a folder of 4 objects, each copy held 5 s: answered in {took:.2f} s")
+
+
+def test_a_rename_of_a_folder_s3_only_implies_is_made_in_s3_at_once(w):
+    # A folder another S3 client made (no marker object): its new name
+    # would be missing from listings until a copy ended, so the rename
+    # copies in S3 before it answers, as without an engine.
+    src = w.make("fi-x.bin", 50_000)
+    w.s3tool("put", "rwlocal/fi-a/x.bin", src)
+    w.ctl("rwlocal", "invalidate", "")
+    assert w.ls("rwlocal").get("fi-a", (None,))[0] is True
+    w.smbclient("rwlocal", "rename fi-a fi-b")
+    keys = {k for k in w.s3_keys("rwlocal/") if "/fi-" in k}
+    assert keys == {"rwlocal/fi-b/x.bin"}, keys
+    assert w.ls("rwlocal", "fi-b").get("x.bin") == (False, 50_000)
+
+
 def test_changes_of_a_renamed_name_while_the_engine_copies_it_end_as_on_a_disk(w):
     # While the engine's copies are held: a renamed file deleted; a new
     # file written under the old name of another; a third renamed twice.
