@@ -4,6 +4,7 @@
  * the share's endpoint refuses connections, and the tests check that
  * what must not need S3 did not ask it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -13,6 +14,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -301,6 +303,79 @@ static void test_a_swap_through_a_temporary_name_keeps_the_copies_in_order(void 
  * fails: no S3).  After step 2 the index shows the rename too.  An index
  * step that cannot be made takes the journal back as it was.
  */
+/* Files in the share's staging folder. */
+static int staging_files(TALLOC_CTX *t, struct bfs_conn *bc)
+{
+	struct dirent **names = NULL;
+	int n = scandir(talloc_asprintf(t, "%s/staging", bc->cache_dir),
+			&names, NULL, NULL);
+	int i, files = 0;
+
+	for (i = 0; i < n; i++) {
+		files += names[i]->d_name[0] != '.';
+		free(names[i]);
+	}
+	free(names);
+	return files;
+}
+
+/*
+ * A folder's marker renamed with its folder, for the engine: a PUT of an
+ * empty marker under the new name and the old marker's delete, both the
+ * engine's (alive); the folder's entry moves at once, pending until the
+ * new marker is up.  A marker with a change on its way is refused, and
+ * a refusal leaves no staging file behind.
+ */
+static void test_a_folders_marker_is_handed_to_the_engine(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry d = {.name = "d", .is_dir = true, .mtime = 5}, e;
+	struct bfs_jrec rec;
+	struct stat sb;
+	char *path;
+	int staged;
+
+	(void)state;
+	assert_true(engine > 0);
+	assert_int_equal(bfs_index_put(bc->index, "p/", &d), 0);
+	assert_int_equal(bfs_wb_marker_hand_over(bc->wb, "p/d/", "p/e/",
+						 engine), 0);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "p/e/", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_PUT);
+	assert_int_equal(rec.pid, engine);
+	assert_true(bfs_jrec_owner_alive(&rec));
+	assert_null(rec.src);
+	assert_non_null(rec.staging);
+	path = talloc_asprintf(t, "%s/staging/%s", bc->cache_dir, rec.staging);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "p/d/", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(rec.pid, engine);
+	assert_true(bfs_jrec_owner_alive(&rec));
+	assert_true(rec.index_gone);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "p/", "d", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "p/", "e", &e), 0);
+	assert_true(e.is_dir);
+	assert_true(e.flags & BFS_ENT_PENDING);
+
+	/* e's marker has its PUT on the way: refused, nothing left. */
+	staged = staging_files(t, bc);
+	assert_int_equal(bfs_wb_marker_hand_over(bc->wb, "p/e/", "p/f/",
+						 engine), ESTALE);
+	assert_int_equal(staging_files(t, bc), staged);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "p/f/", &rec), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "p/", "f", &e), ENOENT);
+	/* Not a marker. */
+	assert_int_equal(bfs_wb_marker_hand_over(bc->wb, "p/e", "p/f/",
+						 engine), EINVAL);
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
 static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -482,6 +557,7 @@ int main(void)
 		cmocka_unit_test(test_rename_of_a_file_in_s3_is_handed_to_the_engine),
 		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
 		cmocka_unit_test(test_a_hand_over_cut_by_a_crash_is_finished_by_recovery),
+		cmocka_unit_test(test_a_folders_marker_is_handed_to_the_engine),
 		cmocka_unit_test(test_rename_rules),
 		cmocka_unit_test(test_mkdir_and_unlink_rules),
 		cmocka_unit_test(test_unlink_open_file),
