@@ -247,6 +247,13 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 int bfs_wb_marker_hand_over(struct bfs_wb *wb, const char *src,
 			    const char *dst, pid_t engine)
 	__attribute__((warn_unused_result));
+/*
+ * Run at the end of a handed-over delete of key: a pending entry with an
+ * ETag and no journal record behind it (the middle name of a rename
+ * a -> b, b -> c cut by a crash after its journal step) is settled and
+ * its folder listed again, which drops it.  True if it was.
+ */
+bool bfs_wb_settle_cut_rename(struct bfs_wb *wb, const char *key);
 /* Tests: the hand-over stops after its step 1 (journal) or 2 (index), as
  * if smbd died there; -1: its step 2 fails (EIO); 0: all of it. */
 void bfs_wb_test_stop_hand_over(int after_step);

@@ -625,7 +625,7 @@ def crash_loop(rel, share, loops, stats, kill):
     acked = {}  # S3 key -> bytes a client was told are stored
     maybe = {}  # key -> bytes whose write was cut: either in S3 or not
     moved = []  # (old key, new key, bytes): renames of objects S3 had
-    kinds = ["fill", "upload", "rename", "evict", "flush", "move"]
+    kinds = ["fill", "upload", "rename", "evict", "flush", "move", "movedir"]
     # Each scenario once (in the seed's order), then as the seed draws:
     # a run of 6 loops or more never leaves one out.
     order = rng.sample(kinds, len(kinds))
@@ -654,6 +654,16 @@ def crash_loop(rel, share, loops, stats, kill):
                 # engine's copy and delete, journalled at the rename.
                 assert s3_put(rel, f"{share}/tmp{i}.bin", body)
                 rel.ctl(share, "invalidate", "")
+            if scenario == "movedir":
+                # A folder S3 has, markers and all (a checkpoint folder
+                # renamed whole): with close = local each object's copy
+                # and delete is the engine's, journalled at the rename.
+                small = os.urandom(70_000)
+                for key, data in ((f"d{i}/", b""), (f"d{i}/sub/", b""),
+                                  (f"d{i}/a.bin", body), (f"d{i}/sub/b.bin", small)):
+                    assert s3_put(rel, f"{share}/{key}", data)
+                rel.ctl(share, "invalidate", "")
+                body = (body, small)
             if scenario == "flush":
                 # An SMB2 flush of a file still open: durable once answered.
                 with open(f"{src}.cmds", "w") as f:
@@ -667,6 +677,7 @@ def crash_loop(rel, share, loops, stats, kill):
             else:
                 cmd = (f'put "{src}" {final}' if scenario == "upload" else
                        f'rename tmp{i}.bin {final}' if scenario == "move" else
+                       f'rename d{i} e{i}' if scenario == "movedir" else
                        f'put "{src}" tmp{i}.bin; rename tmp{i}.bin {final}')
                 procs.append((scenario, (i, final, body), subprocess.Popen(
                     ["smbclient", f"//127.0.0.1/{share}", "-p", str(rel.port), "-U",
@@ -702,6 +713,18 @@ def crash_loop(rel, share, loops, stats, kill):
                     maybe[key] = body
                     maybe[old] = body
                 moved.append((old, key, body, key in acked))
+            elif kind == "movedir":
+                n, _, bodies = what
+                ok = done_before[id(p)] == 0 and "NT_STATUS" not in out
+                for name, body in zip(("a.bin", "sub/b.bin"), bodies):
+                    key, old = f"{share}/e{n}/{name}", f"{share}/d{n}/{name}"
+                    if ok:
+                        acked[key] = body
+                    else:
+                        maybe[key] = body
+                        maybe[old] = body
+                    moved.append((old, key, body, ok))
+                stats["acked writes"] += ok
             elif kind in ("upload", "rename"):
                 n, final, body = what
                 key = f"{share}/{final}"
@@ -725,7 +748,9 @@ def crash_loop(rel, share, loops, stats, kill):
             f"loop {i}: still pending: {pend.stdout}{pend.stderr}"
         # This loop's writes now; every earlier one again at the end (a
         # later kill must not lose them either), not after each loop.
-        this_loop = {f"{share}/w{i}.bin", f"{share}/tmp{i}.bin"}
+        this_loop = {f"{share}/w{i}.bin", f"{share}/tmp{i}.bin",
+                     f"{share}/d{i}/a.bin", f"{share}/d{i}/sub/b.bin",
+                     f"{share}/e{i}/a.bin", f"{share}/e{i}/sub/b.bin"}
         check_in_s3(rel, {k: v for k, v in acked.items() if k in this_loop},
                     {k: v for k, v in maybe.items() if k in this_loop},
                     stats, f"loop {i} ({scenario})")

@@ -477,6 +477,56 @@ static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state
 	talloc_free(t);
 }
 
+/*
+ * A rename handed over a second time before its copy (x -> y, y -> z),
+ * cut after the second's journal step: z is copied from x, whose entry
+ * went with the first rename, so recovery cannot show z until it is
+ * copied; y's pending entry (the renamed version's ETag, no record once
+ * y's delete is done) is settled and its folder listed again when that
+ * delete ends, instead of being kept by every listing for ever.
+ */
+static void test_a_chain_rename_cut_after_its_journal_leaves_no_ghost(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry x = {.name = "x", .size = 3, .mtime = 5,
+			      .etag = "\"X\""}, e;
+	struct bfs_jrec rec;
+	time_t listed;
+
+	(void)state;
+	assert_true(engine > 0);
+	assert_int_equal(test_share_listed(bc, ""), 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &x), 0);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "x", "\"X\"", "y",
+						 3, 5, engine, NULL), 0);
+	bfs_wb_test_stop_hand_over(1);
+	assert_int_equal(bfs_wb_rename_hand_over(bc->wb, t, "y", "\"X\"", "z",
+						 3, 5, engine, NULL), 0);
+	bfs_wb_test_stop_hand_over(0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "z", &rec), 0);
+	assert_string_equal(rec.src, "x");
+	assert_int_equal(bfs_journal_get(bc->journal, t, "y", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_DELETE);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "y", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+
+	/* While y's delete is journalled, its entry is left alone. */
+	assert_false(bfs_wb_settle_cut_rename(bc->wb, "y"));
+	/* Its delete done: the ghost goes at the folder's next listing. */
+	assert_int_equal(bfs_journal_done(bc->journal, "y", getpid()), 0);
+	assert_true(bfs_wb_settle_cut_rename(bc->wb, "y"));
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "y", &e), 0);
+	assert_false(e.flags & BFS_ENT_PENDING);
+	assert_int_not_equal(bfs_index_dir_listed(bc->index, "", &listed), 0);
+	/* Not a second time, nor a file without ETag, nor a settled one. */
+	assert_false(bfs_wb_settle_cut_rename(bc->wb, "y"));
+	assert_false(bfs_wb_settle_cut_rename(bc->wb, "x"));
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
 /* Where a rename may not go, refused before anything moves. */
 static void test_rename_rules(void **state)
 {
@@ -558,6 +608,7 @@ int main(void)
 		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
 		cmocka_unit_test(test_a_hand_over_cut_by_a_crash_is_finished_by_recovery),
 		cmocka_unit_test(test_a_folders_marker_is_handed_to_the_engine),
+		cmocka_unit_test(test_a_chain_rename_cut_after_its_journal_leaves_no_ghost),
 		cmocka_unit_test(test_rename_rules),
 		cmocka_unit_test(test_mkdir_and_unlink_rules),
 		cmocka_unit_test(test_unlink_open_file),
