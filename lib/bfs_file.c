@@ -295,6 +295,14 @@ int bfs_fh_stage(struct bfs_conn *bc, struct bfs_fh *fh, bool keep)
 	ret = bfs_fh_stage_begin(bc, fh, keep, &fd, &name, &fill);
 	if (ret == 0 && fill) {
 		ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj, fd, &st);
+		if ((ret == ENOENT || ret == ESTALE) &&
+		    bfs_fh_copy_ended(bc, fh)) {
+			/* The engine's copy ended, its source gone with it:
+			 * the same bytes, from the new object. */
+			st = (struct s3_status){0};
+			ret = bfs_wb_stage_fill(bc->wb, bc->reader, &fh->obj,
+						fd, &st);
+		}
 		if (ret != 0) {
 			bfs_log_s3(bc, "read-modify-write of", fh->key, &st);
 		}
@@ -480,6 +488,15 @@ static void bfs_fh_stage_filled(struct tevent_req *subreq)
 	int ret = bfs_wb_stage_fill_recv(subreq, &s->st);
 
 	TALLOC_FREE(subreq);
+	if ((ret == ENOENT || ret == ESTALE) && s->fh->stage_fd == -1) {
+		/*
+		 * Filled from a renamed file's old name while the engine
+		 * copied it: once the copy ended and the old name went, the
+		 * handle moves to the new object, and the check below begins
+		 * again from there.
+		 */
+		(void)bfs_fh_copy_ended(s->bc, s->fh);
+	}
 	if (s->fh->stage_fd != -1 ||
 	    bfs_staged_twin(s->bc, s->fh->key, s->fh) != NULL) {
 		/*

@@ -1044,6 +1044,7 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 		return 0;
 	}
 	bc->sync_reads++;
+again:
 	/* As the user: lib/ opens cache files with root's rights alone. */
 	req = bfs_read_send(talloc_tos(), bc->sync_ev, bc->reader, &fh->obj,
 			    (uint64_t)offset, n, data);
@@ -1055,6 +1056,11 @@ static ssize_t bfs_pread(struct vfs_handle_struct *handle, files_struct *fsp,
 	}
 	ret = bfs_read_recv(req, &got, &st);
 	TALLOC_FREE(req);
+	if ((ret == ENOENT || ret == ESTALE) && bfs_fh_copy_ended(bc, fh)) {
+		/* A renamed file's copy ended: the new object (once). */
+		st = (struct s3_status){0};
+		goto again;
+	}
 	if (ret != 0) {
 		errno = bfs_read_errno(bc, fh, &st, ret);
 		return -1;

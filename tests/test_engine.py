@@ -7,6 +7,7 @@ same with `close = s3`, what the engine is measured against.  Every check
 goes through smbd with a real SMB client and compares the bytes S3 ends up
 with.
 """
+import hashlib
 import json
 import os
 import re
@@ -1437,6 +1438,47 @@ def test_a_rename_of_a_folder_s3_only_implies_is_made_in_s3_at_once(w):
     keys = {k for k in w.s3_keys("rwlocal/") if "/fi-" in k}
     assert keys == {"rwlocal/fi-b/x.bin"}, keys
     assert w.ls("rwlocal", "fi-b").get("x.bin") == (False, 50_000)
+
+
+def test_a_write_into_a_file_opened_while_its_rename_copied_fills_from_the_copy_once_done(w):
+    # A checkpoint renamed, then opened for writing (a job patching its
+    # header) while the engine still copies it: the handle reads the old
+    # name.  The copy ends and the old name goes before the first write,
+    # whose read-modify-write fill then finds no object there; it moves
+    # to the new object and fills from it instead of failing the write.
+    src = w.make("rf-src.bin", 3 << 20)
+    patch = w.make("rf-patch.bin", 4096)
+    w.s3tool("put", "rwlocal/rf-a.bin", src)
+    w.ctl("rwlocal", "invalidate", "")
+    w.ls("rwlocal")
+    w.fault("PUT delay:3 -1 rwlocal/rf-b.bin")
+    p, ask = session(w, "rwlocal")
+    try:
+        w.smbclient("rwlocal", "rename rf-a.bin rf-b.bin")
+        ask("open rf-b.bin")
+        assert "rwlocal/rf-b.bin" not in w.s3_keys("rwlocal/"), "the copy was not held"
+        w.fault("")
+        assert s3_gone_soon(w, "rwlocal/rf-a.bin"), "the old name stayed in S3"
+        wait_engine_done(w, "rf-")
+        ask(f"rewrite rf-b.bin {patch}")
+        ask("close rf-b.bin")
+    finally:
+        w.fault("")
+        p.stdin.close()
+        p.wait(timeout=60)
+    with open(src, "rb") as f:
+        want = bytearray(f.read())
+    with open(patch, "rb") as f:
+        want[:4096] = f.read()
+    wait_engine_done(w, "rf-")
+    got = f"{w.tmp}/rf-back.bin"
+    w.smbclient("rwlocal2", f"get rf-b.bin {got}")
+    with open(got, "rb") as f:
+        assert f.read() == bytes(want), "the patched file reads back wrong"
+    end = time.monotonic() + 30
+    while w.s3_sha256("rwlocal/rf-b.bin") != hashlib.sha256(want).hexdigest():
+        assert time.monotonic() < end, "S3 never got the patched file"
+        time.sleep(0.3)
 
 
 def test_changes_of_a_renamed_name_while_the_engine_copies_it_end_as_on_a_disk(w):
