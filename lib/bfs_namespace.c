@@ -516,7 +516,9 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	char **moved = NULL;
 	uint64_t *sizes = NULL;
 	time_t *mtimes = NULL;
-	size_t n = 0, n_moved = 0, n_handed = 0, i;
+	size_t n = 0, n_objs = 0, n_moved = 0, n_handed = 0, i = 0;
+	char *sparent = NULL, *dparent = NULL, *spp = NULL, *dpp = NULL;
+	const char *sbase = NULL, *dbase = NULL;
 	bool relist = false;
 	int ret;
 
@@ -593,6 +595,10 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 				      &sizes, &l.etags, &mtimes, &l.n, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "listing for a rename of", sp, &st);
+		} else if (handed_to != 0 &&
+			   !bfs_rename_dir_markers_whole(tmp, sp, l.keys, l.n,
+							 c.move, c.n_move)) {
+			handed_to = 0; /* another client made a folder in it */
 		}
 	}
 	n = ret == 0 ? l.n : 0;
@@ -601,19 +607,9 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		n = 0;
 		ret = ENOMEM;
 	}
-	for (i = 0; i < n; i++) {
-		objs[i] = (struct bfs_dir_obj){
-			.key = l.keys[i], .etag = l.etags[i],
-			.size = sizes[i], .mtime = mtimes[i],
-		};
-	}
-	if (handed_to != 0 && n > 0) {
-		qsort(objs, n, sizeof(objs[0]), bfs_dir_obj_cmp);
-		bfs_rename_dir_learn(bc, tmp, sp, objs, n);
-	}
-	for (i = 0; ret == 0 && i < n; i++) {
-		const char *key = objs[i].key;
-		char *to;
+	/* What is to be copied: S3's objects, but for those below. */
+	for (i = 0, n_objs = 0; i < n; i++) {
+		const char *key = l.keys[i];
 
 		if (bfs_wb_delete_pending(bc->wb, key)) {
 			continue; /* deleted here; the engine has yet to */
@@ -624,6 +620,19 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		if (bfs_key_in(c.skip, c.n_skip, key)) {
 			continue; /* renamed out of the folder: goes once up */
 		}
+		objs[n_objs++] = (struct bfs_dir_obj){
+			.key = key, .etag = l.etags[i],
+			.size = sizes[i], .mtime = mtimes[i],
+		};
+	}
+	if (handed_to != 0 && n_objs > 0) {
+		qsort(objs, n_objs, sizeof(objs[0]), bfs_dir_obj_cmp);
+		bfs_rename_dir_learn(bc, tmp, sp, objs, n_objs);
+	}
+	for (i = 0; ret == 0 && i < n_objs; i++) {
+		const char *key = objs[i].key;
+		char *to;
+
 		to = talloc_asprintf(tmp, "%s%s", dp, key + strlen(sp));
 		if (to == NULL) {
 			ret = ENOMEM;
@@ -654,23 +663,21 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			"%zu of its objects handed to the engine (pid %d)",
 			bc->service, sp, dp, n_handed, (int)handed_to);
 	}
+	bfs_path_split(tmp, src_rel, &sparent, &sbase);
+	bfs_path_split(tmp, dst_rel, &dparent, &dbase);
+	if (sparent != NULL && dparent != NULL) {
+		spp = bfs_path_dir_prefix(tmp, bc->prefix, sparent);
+		dpp = bfs_path_dir_prefix(tmp, bc->prefix, dparent);
+	}
 	if (ret == 0) {
-		/* The directory's own entry moves between the parents. */
-		char *sparent, *dparent, *spp = NULL, *dpp = NULL;
-		const char *sbase, *dbase;
-		int iret = ENOMEM;
+		/*
+		 * The directory's own entry moves between the parents.
+		 * (Handed over with its marker: moved already, ENOENT.)
+		 */
+		int iret = spp != NULL && dpp != NULL ?
+			bfs_index_rename(bc->index, spp, sbase, dpp, dbase) :
+			ENOMEM;
 
-		bfs_path_split(tmp, src_rel, &sparent, &sbase);
-		bfs_path_split(tmp, dst_rel, &dparent, &dbase);
-		if (sparent != NULL && dparent != NULL) {
-			spp = bfs_path_dir_prefix(tmp, bc->prefix, sparent);
-			dpp = bfs_path_dir_prefix(tmp, bc->prefix, dparent);
-		}
-		if (spp != NULL && dpp != NULL) {
-			/* (Handed over with its marker: moved already.) */
-			iret = bfs_index_rename(bc->index, spp, sbase, dpp,
-						dbase);
-		}
 		if (iret != 0 && iret != ENOENT) {
 			/*
 			 * S3 has it under the new name: the parents' next
@@ -683,12 +690,18 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			bfs_forget_listing(bc, spp);
 			bfs_forget_listing(bc, dpp);
 		}
-		bfs_forget_listing(bc, sp);
-		bfs_forget_listing(bc, dp);
-		bfs_changed(bc, sp);
-		bfs_changed(bc, dp);
 	} else if (n_moved > 0 || i > 0) {
-		/* Split midway: both folders as S3 and the journal have them. */
+		/*
+		 * Split midway: both folders, and their parents (the new
+		 * folder's entry comes with its marker, last), as S3 and the
+		 * journal have them.
+		 */
+		if (spp != NULL && dpp != NULL) {
+			bfs_forget_listing(bc, spp);
+			bfs_forget_listing(bc, dpp);
+		}
+	}
+	if (ret == 0 || n_moved > 0 || i > 0) {
 		bfs_forget_listing(bc, sp);
 		bfs_forget_listing(bc, dp);
 		bfs_changed(bc, sp);

@@ -1749,6 +1749,40 @@ static void bfs_wb_delete_failed(struct bfs_wb *wb, const struct bfs_jrec *rec,
 	}
 }
 
+static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
+
+/*
+ * A folder's marker renamed with its folder (bfs_wb_marker_hand_over) by
+ * an smbd that died between its journal step and its index step: the
+ * folder's entry is still there under the old name, not pending and not
+ * marked, and no listing would take it away while S3 still implies the
+ * folder (its files' deletes wait for their copies).  Before its marker's
+ * handed-over delete runs, the entry goes as that delete's own would
+ * have: under a mark, until the deletes under it are done too
+ * (bfs_wb_clear_marks), as bfs_wb_handed_index makes a copy's step 2.
+ */
+static void bfs_wb_marker_left(struct bfs_wb *wb, const struct bfs_jrec *rec)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_entry e;
+	char *dir, *name;
+	bool marker;
+
+	if (tmp != NULL &&
+	    bfs_key_entry(tmp, rec->key, &dir, &name, &marker) == 0 &&
+	    marker && bfs_index_lookup(wb->idx, tmp, dir, name, &e) == 0 &&
+	    e.is_dir && !(e.flags & BFS_ENT_PENDING) &&
+	    bfs_wb_delete_still_ours(wb, rec)) {
+		bfs_log(BFS_LOG_INFO, "bucketfs: the folder %s, renamed by a "
+			"process that died before it showed it, goes from the "
+			"index", rec->key);
+		if (bfs_index_remove_pending(wb->idx, dir, name) != 0) {
+			bfs_wb_forget_dir(wb, dir);
+		}
+	}
+	talloc_free(tmp);
+}
+
 /*
  * A rename handed over again before its copy (a -> b, then b -> c), cut
  * by a crash after its journal step: b's delete has run, but b's pending
@@ -1776,6 +1810,12 @@ bool bfs_wb_settle_cut_rename(struct bfs_wb *wb, const char *key)
 		return false;
 	}
 	if (bfs_index_settle(wb->idx, dir, name, e.etag, e.etag) == 0) {
+		if (bfs_journal_get(wb->j, tmp, key, &cur) != ENOENT) {
+			/* A rename onto it came between our two looks. */
+			bfs_wb_index_as_journalled(wb, key);
+			talloc_free(tmp);
+			return false;
+		}
 		bfs_log(BFS_LOG_INFO, "bucketfs: %s, the middle name of a rename "
 			"cut by a crash, goes from the index", key);
 		bfs_wb_forget_dir(wb, dir);
@@ -1789,7 +1829,12 @@ bool bfs_wb_settle_cut_rename(struct bfs_wb *wb, const char *key)
 static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 			     struct s3_status *st)
 {
-	int ret = bfs_wb_delete_key(wb, rec->key, st);
+	int ret;
+
+	if (rec->index_gone) {
+		bfs_wb_marker_left(wb, rec);
+	}
+	ret = bfs_wb_delete_key(wb, rec->key, st);
 
 	if (ret != 0) {
 		bfs_wb_delete_failed(wb, rec, st, ret);
@@ -1827,7 +1872,7 @@ static int bfs_wb_run_delete(struct bfs_wb *wb, const struct bfs_jrec *rec,
 		 * between leaves a mark: bfs_wb_sweep_marks.)
 		 */
 		bfs_wb_clear_marks(wb, rec->key);
-		bfs_wb_settle_cut_rename(wb, rec->key);
+		(void)bfs_wb_settle_cut_rename(wb, rec->key);
 	}
 	return 0;
 }
@@ -2386,6 +2431,10 @@ static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
 		}
 		bfs_wb_forget_dir(wb, sdir);
 		bfs_wb_forget_dir(wb, ddir);
+		if (h->undo_failed) {
+			/* Not ESTALE: renamed here too, it would be twice. */
+			return EIO;
+		}
 		return ret == ENOENT ? ESTALE : ret;
 	}
 	if (bfs_wb_test_handing_stop == 2) {
