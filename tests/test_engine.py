@@ -1426,6 +1426,33 @@ def test_a_rename_of_a_folder_in_s3_answers_before_the_copies_and_shows_the_new_
     print(f"    # rename of a folder of 4 objects, each copy held 5 s: answered in {took:.2f} s")
 
 
+def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_folder_rename_is_copied(w):
+    # The kernel client's one connection: a checkpoint folder renamed into
+    # place, an ECHO and a READ of a cached file sent behind it without
+    # waiting.  With close = local all three are answered while S3's
+    # copies (each held 3 s) have not even begun; the engine copies after.
+    small = w.make("prn-cached.bin", 100_000)
+    part = w.make("prn-part.bin", 1 << 20)
+    w.smbclient("rwlocal", f"put {small} prn-cached.bin; mkdir prn-a; mkdir prn-a/sub; "
+                           f"put {part} prn-a/p0.bin; put {part} prn-a/sub/p1.bin")
+    wait_engine_done(w, "prn-")
+    w.fault("PUT delay:3 -1 rwlocal/prn-b/")
+    try:
+        run = pipeline(w, "rwlocal", "prn-a", "prn-b", "prn-cached.bin", "rename")
+        early = [k for k in w.s3_keys("rwlocal/") if k.startswith("rwlocal/prn-b")]
+    finally:
+        w.fault("")
+    print(f"    # answers in order {run['order']}, seconds {run['seconds']}")
+    assert set(run["status"].values()) == {"0x00000000"}, run
+    assert run["read_bytes"] == 65536, run
+    assert early == [], f"the rename waited for S3's copies: {early}"
+    assert w.ls("rwlocal", "prn-b/sub").get("p1.bin") == (False, 1 << 20)
+    wait_engine_done(w, "prn-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "/prn-" in k and "cached" not in k}
+    assert keys == {"rwlocal/prn-b/", "rwlocal/prn-b/sub/", "rwlocal/prn-b/p0.bin",
+                    "rwlocal/prn-b/sub/p1.bin"}, keys
+
+
 def test_a_rename_of_a_folder_s3_only_implies_is_made_in_s3_at_once(w):
     # A folder another S3 client made (no marker object): its new name
     # would be missing from listings until a copy ended, so the rename

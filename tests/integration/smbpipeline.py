@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """smbpipeline: what a mounted box does on its one connection, at once.
 
-  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED [flush|close|rmw]
+  smbpipeline.py PORT SHARE USER PASSWORD PATH LOCAL CACHED [flush|close|rmw|rename]
 
 Over one SMB 3.0 connection: write LOCAL's bytes to PATH (created, kept
 open), open CACHED for reading, then send three requests without waiting
@@ -10,7 +10,10 @@ requests: an SMB2 FLUSH (or, given "close", a CLOSE) of PATH, an SMB2
 ECHO, and a 64 KiB READ of CACHED.  Given "rmw", PATH is an existing file,
 opened without truncating it, and the first request is a WRITE of LOCAL's
 bytes (one write) at its offset 0: a read-modify-write, which needs PATH's
-old bytes first; PATH is closed after the three answers.  Prints one JSON
+old bytes first; PATH is closed after the three answers.  Given "rename",
+PATH is an existing file or folder, opened for delete, and the first
+request renames it to LOCAL (a path in the share; a SET_INFO, as a
+checkpoint folder renamed into place).  Prints one JSON
 line: the order the three final answers came in (the first named "flush",
 "close" or "rmw"), seconds
 from sending to each answer, their NT statuses, the READ's byte count,
@@ -51,6 +54,11 @@ def main():
         fid = conn.createFile(tid, path, desiredAccess=s3.FILE_READ_DATA | s3.FILE_WRITE_DATA,
                               shareMode=s3.FILE_SHARE_READ,
                               creationDisposition=s3.FILE_OPEN)
+    elif first == "rename":
+        fid = conn.createFile(tid, path, desiredAccess=s3.DELETE | s3.FILE_READ_ATTRIBUTES,
+                              shareMode=s3.FILE_SHARE_READ | s3.FILE_SHARE_WRITE |
+                              s3.FILE_SHARE_DELETE, creationOption=0,
+                              creationDisposition=s3.FILE_OPEN)
     else:
         fid = write_open(conn, tid, path, local)
     rfid = conn.openFile(tid, cached, desiredAccess=s3.FILE_READ_DATA)
@@ -59,9 +67,22 @@ def main():
     sent = {}
     flush = smb.SMB_PACKET()
     flush["Command"] = {"flush": s3.SMB2_FLUSH, "close": s3.SMB2_CLOSE,
-                        "rmw": s3.SMB2_WRITE}[first]
+                        "rmw": s3.SMB2_WRITE, "rename": s3.SMB2_SET_INFO}[first]
     flush["TreeID"] = tid
-    if first == "rmw":
+    if first == "rename":
+        to = local.replace("/", "\\")
+        info = s3.FILE_RENAME_INFORMATION_TYPE_2()
+        info["ReplaceIfExists"] = 0
+        info["RootDirectory"] = b"\x00" * 8
+        info["FileNameLength"] = len(to) * 2
+        info["FileName"] = to.encode("utf-16le")
+        body = s3.SMB2SetInfo()
+        body["InfoType"] = s3.SMB2_0_INFO_FILE
+        body["FileInfoClass"] = s3.SMB2_FILE_RENAME_INFO
+        body["BufferLength"] = len(info)
+        body["AdditionalInformation"] = 0
+        body["Buffer"] = info
+    elif first == "rmw":
         body = s3.SMB2Write()
         with open(local, "rb") as f:
             body["Buffer"] = f.read()
@@ -102,7 +123,7 @@ def main():
             read_bytes = len(s3.SMB2Read_Response(packet["Data"])["Buffer"])
     conn.closeFile(tid, rfid)
     start = time.monotonic()
-    if first in ("flush", "rmw"):
+    if first in ("flush", "rmw", "rename"):
         conn.closeFile(tid, fid)
     closed = round(time.monotonic() - start, 3)
     conn.logoff()
