@@ -126,8 +126,9 @@ int bfs_cache_fill(struct bfs_cache *c, const struct bfs_cache_id *id,
  * The same, done by the cache's fill thread so the caller's event loop does
  * not wait for the disk.  data must stay valid and unchanged until
  * bfs_cache_fill_done(job); then bfs_cache_fill_release(job).  If data is
- * 4 KiB-aligned and readable up to the next 4 KiB boundary past len, the
- * thread writes it around the page cache.  NULL when
+ * 4 KiB-aligned and readable up to the next 4 KiB boundary past len, and
+ * len is 1 MiB or more, the thread writes it around the page cache; shorter
+ * fills (small objects, read again next epoch) go through it.  NULL when
  * the queue is full (the disk is behind): then nothing is cached.
  */
 struct bfs_fill_job;

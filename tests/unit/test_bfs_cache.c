@@ -1,8 +1,10 @@
 /* The extent cache: fills, reads, the size limit, scan resistance. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -168,6 +170,82 @@ static void test_bounced_fills_land_intact(void **state)
 	}
 	munmap(src, map);
 	close(mfd);
+	talloc_free(t);
+}
+
+/* Pages of fd's first len bytes in the page cache. */
+static size_t resident_pages(int fd, size_t len)
+{
+	size_t n = (len + 4095) / 4096, i, in = 0;
+	unsigned char vec[1024];
+	void *m;
+
+	assert_true(n <= sizeof(vec));
+	m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	assert_int_equal(mincore(m, len, vec), 0);
+	for (i = 0; i < n; i++) {
+		in += vec[i] & 1;
+	}
+	munmap(m, len);
+	return in;
+}
+
+/*
+ * A small object's fill lands in the page cache, so the next epoch's read
+ * of it is not a disk read; a large fill is written around it (O_DIRECT),
+ * where the filesystem allows that.
+ */
+static void test_a_small_fill_stays_in_the_page_cache_a_large_one_does_not(
+	void **state)
+{
+	const uint32_t bs = 1u << 20;
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_fill_job *j;
+	struct bfs_cache_id small, large;
+	char probe[PATH_MAX];
+	uint8_t *src = NULL;
+	bool direct;
+	int fd;
+
+	(void)state;
+	/* Can this filesystem write around the page cache at all? */
+	snprintf(probe, sizeof(probe), "%s/probe", dir);
+	fd = open(probe, O_CREAT | O_WRONLY | O_DIRECT, 0600);
+	direct = fd >= 0;
+	if (fd >= 0) {
+		close(fd);
+	}
+	unlink(probe);
+
+	assert_int_equal(bfs_cache_open(t, dir, 64ull << 20, bs, &c, &why), 0);
+	assert_int_equal(posix_memalign((void **)&src, 4096, 2 * bs), 0);
+	memset(src, 'q', 2 * bs);
+	bfs_cache_make_id("bkt", "small", "etag", bs, &small);
+	bfs_cache_make_id("bkt", "large", "etag", bs, &large);
+
+	j = bfs_cache_fill_queue(c, &small, 0, src, 100 * 1000);
+	assert_non_null(j);
+	bfs_cache_fill_drain(c);
+	bfs_cache_fill_release(j);
+	j = bfs_cache_fill_queue(c, &large, 0, src, 2 * bs);
+	assert_non_null(j);
+	bfs_cache_fill_drain(c);
+	bfs_cache_fill_release(j);
+
+	fd = bfs_cache_lend_fd(c, &small, true);
+	assert_true(fd >= 0);
+	assert_int_equal(resident_pages(fd, 100 * 1000), (100 * 1000 + 4095) / 4096);
+	bfs_cache_return_fd(c, fd);
+	fd = bfs_cache_lend_fd(c, &large, true);
+	assert_true(fd >= 0);
+	if (direct) {
+		assert_int_equal(resident_pages(fd, 2 * bs), 0);
+	}
+	bfs_cache_return_fd(c, fd);
+	free(src);
 	talloc_free(t);
 }
 
@@ -716,6 +794,8 @@ int main(void)
 		cmocka_unit_test(
 			test_the_fill_queue_takes_what_its_maximum_allows),
 		cmocka_unit_test(test_bounced_fills_land_intact),
+		cmocka_unit_test(
+			test_a_small_fill_stays_in_the_page_cache_a_large_one_does_not),
 	};
 	return cmocka_run_group_tests_name("bfs_cache", tests, NULL, NULL);
 }
