@@ -333,6 +333,7 @@ struct bfs_dir_obj {
 	const char *key, *etag;
 	uint64_t size;
 	time_t mtime;
+	bool implied;	/* a folder S3 only implies: no marker to copy */
 };
 
 /*
@@ -357,23 +358,24 @@ static int bfs_dir_obj_cmp(const void *a, const void *b)
 }
 
 /*
- * Whether every folder under prefix sp, sp included, has a marker object
- * (in S3: listed; or on its way: moved, an mkdir the engine has yet to
- * put).  Only such a tree is handed to the engine: its copies make the
- * new folders' markers, which keep them in their parents' listings until
- * they are up.  A folder S3 only implies (made by another S3 client)
- * would be missing from its new parent's listing until its first copy
- * ended.
+ * The folders under prefix sp, sp included, that have no marker object,
+ * neither in S3 (listed) nor on their way (moved: an mkdir the engine has
+ * yet to put): S3 only implies them, from the objects they hold (another
+ * S3 client made them).  A rename handed to the engine gives each a
+ * marker under its new name (bfs_rename_dir): its new name would be
+ * missing from its parent's listings until its first copy ended
+ * otherwise.  -1 on no memory.
  */
-static bool bfs_rename_dir_markers_whole(TALLOC_CTX *tmp, const char *sp,
-					 char **keys, size_t n, char **move,
-					 size_t n_move)
+static ssize_t bfs_rename_dir_implied(TALLOC_CTX *tmp, const char *sp,
+				      char **keys, size_t n, char **move,
+				      size_t n_move, char ***implied)
 {
 	char **markers = talloc_array(tmp, char *, n + n_move);
-	size_t nm = 0, i, plen = strlen(sp);
+	char **out = talloc_array(tmp, char *, 1);
+	size_t nm = 0, no = 0, i, plen = strlen(sp);
 
-	if (markers == NULL) {
-		return false;
+	if (markers == NULL || out == NULL) {
+		return -1;
 	}
 	for (i = 0; i < n + n_move; i++) {
 		char *k = i < n ? keys[i] : move[i - n];
@@ -385,7 +387,7 @@ static bool bfs_rename_dir_markers_whole(TALLOC_CTX *tmp, const char *sp,
 	}
 	qsort(markers, nm, sizeof(markers[0]), bfs_key_cmp);
 	if (!bfs_key_in(markers, nm, sp)) {
-		return false;
+		out[no++] = (char *)sp;
 	}
 	for (i = 0; i < n + n_move; i++) {
 		const char *k = i < n ? keys[i] : move[i - n];
@@ -394,12 +396,25 @@ static bool bfs_rename_dir_markers_whole(TALLOC_CTX *tmp, const char *sp,
 		for (; (q = strchr(p, '/')) != NULL && q[1] != '\0'; p = q + 1) {
 			char *folder = talloc_strndup(tmp, k, q - k + 1);
 
-			if (folder == NULL || !bfs_key_in(markers, nm, folder)) {
-				return false;
+			if (folder == NULL) {
+				return -1;
 			}
+			if (bfs_key_in(markers, nm, folder)) {
+				continue;
+			}
+			/* Once each: the list of markers learns it. */
+			out = talloc_realloc(tmp, out, char *, no + 1);
+			markers = talloc_realloc(tmp, markers, char *, nm + 1);
+			if (out == NULL || markers == NULL) {
+				return -1;
+			}
+			out[no++] = folder;
+			markers[nm++] = folder;
+			qsort(markers, nm, sizeof(markers[0]), bfs_key_cmp);
 		}
 	}
-	return true;
+	*implied = out;
+	return (ssize_t)no;
 }
 
 /*
@@ -492,10 +507,11 @@ static int bfs_rename_obj_in_engine(struct bfs_conn *bc, TALLOC_CTX *tmp,
  * its entry moved between the parents' listings.  Its files whose uploads
  * wait in the engine (closed here, not yet in S3) go along as a file
  * renamed alone does: their uploads are retargeted.  Where closes do not
- * wait for S3 (`close = local`, an engine running) and every folder of
- * the tree has its marker, the objects S3 has are handed to the engine,
- * as a file renamed alone is: the rename answers once the journal and the
- * index have them, before any copy (a checkpoint folder's gigabytes).
+ * wait for S3 (`close = local`, an engine running), the objects S3 has
+ * are handed to the engine, as a file renamed alone is: the rename
+ * answers once the journal and the index have them, before any copy (a
+ * checkpoint folder's gigabytes).  A folder S3 only implies gets a marker
+ * under its new name (bfs_rename_dir_implied).
  * Whatever can refuse the rename is found before anything moves: more
  * than 'bucketfs:dir rename max' objects (ENOTSUP), a file another
  * process still writes or an upload that does not end (EBUSY).  A failure
@@ -513,7 +529,8 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	struct bfs_listed l = {0};
 	struct bfs_dir_obj *objs = NULL;
 	struct s3_status st = {0};
-	char **moved = NULL;
+	char **moved = NULL, **implied = NULL;
+	ssize_t n_implied = 0;
 	uint64_t *sizes = NULL;
 	time_t *mtimes = NULL;
 	size_t n = 0, n_objs = 0, n_moved = 0, n_handed = 0, i = 0;
@@ -558,9 +575,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		talloc_free(tmp);
 		return ret;
 	}
-	if (bc->close_local && engine != 0 &&
-	    bfs_rename_dir_markers_whole(tmp, sp, l.keys, l.n, c.move,
-					 c.n_move)) {
+	if (bc->close_local && engine != 0) {
 		handed_to = engine;
 	}
 	/* From here on, things move. */
@@ -595,16 +610,22 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 				      &sizes, &l.etags, &mtimes, &l.n, &st);
 		if (ret != 0) {
 			bfs_log_s3(bc, "listing for a rename of", sp, &st);
-		} else if (handed_to != 0 &&
-			   !bfs_rename_dir_markers_whole(tmp, sp, l.keys, l.n,
-							 c.move, c.n_move)) {
-			handed_to = 0; /* another client made a folder in it */
 		}
 	}
 	n = ret == 0 ? l.n : 0;
-	objs = talloc_array(tmp, struct bfs_dir_obj, n + 1);
+	if (ret == 0 && handed_to != 0) {
+		n_implied = bfs_rename_dir_implied(tmp, sp, l.keys, l.n,
+						   c.move, c.n_move, &implied);
+		if (n_implied < 0) {
+			ret = ENOMEM;
+			n = 0;
+			n_implied = 0;
+		}
+	}
+	objs = talloc_array(tmp, struct bfs_dir_obj, n + n_implied + 1);
 	if (objs == NULL) {
 		n = 0;
+		n_implied = 0;
 		ret = ENOMEM;
 	}
 	/* What is to be copied: S3's objects, but for those below. */
@@ -623,6 +644,14 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 		objs[n_objs++] = (struct bfs_dir_obj){
 			.key = key, .etag = l.etags[i],
 			.size = sizes[i], .mtime = mtimes[i],
+		};
+	}
+	/* Their new names get markers, their old ones the markers' deletes
+	 * (of nothing: S3 answers a delete of no object as done). */
+	for (i = 0; i < (size_t)n_implied; i++) {
+		objs[n_objs++] = (struct bfs_dir_obj){
+			.key = implied[i], .mtime = time(NULL),
+			.implied = true,
 		};
 	}
 	if (handed_to != 0 && n_objs > 0) {
@@ -652,6 +681,14 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 					strerror(ret));
 				break;
 			}
+		}
+		if (objs[i].implied) {
+			/* Nothing to copy: its new name's marker, now. */
+			ret = bfs_wb_put_empty(bc->wb, to, &st);
+			if (ret != 0) {
+				bfs_log_s3(bc, "rename (marker) of", key, &st);
+			}
+			continue;
 		}
 		ret = bfs_wb_rename(bc->wb, key, to, objs[i].size, &st);
 		if (ret != 0) {

@@ -1453,18 +1453,47 @@ def test_on_one_connection_an_echo_and_a_read_are_answered_while_a_folder_rename
                     "rwlocal/prn-b/sub/p1.bin"}, keys
 
 
-def test_a_rename_of_a_folder_s3_only_implies_is_made_in_s3_at_once(w):
-    # A folder another S3 client made (no marker object): its new name
-    # would be missing from listings until a copy ended, so the rename
-    # copies in S3 before it answers, as without an engine.
+def test_a_rename_of_a_folder_s3_only_implies_answers_before_the_copies_and_gets_markers(w):
+    # A dataset or checkpoint folder another S3 client uploaded (aws s3
+    # cp: no marker objects, S3 only implies the folders) renamed whole
+    # with close = local: the rename answers before the engine's copies,
+    # and each folder gets a marker under its new name, which keeps it in
+    # listings while its objects are still copied.  S3 ends with the new
+    # tree only: the files and the two new markers.
     src = w.make("fi-x.bin", 50_000)
     w.s3tool("put", "rwlocal/fi-a/x.bin", src)
+    w.s3tool("put", "rwlocal/fi-a/deep/er/y.bin", src)
     w.ctl("rwlocal", "invalidate", "")
     assert w.ls("rwlocal").get("fi-a", (None,))[0] is True
-    w.smbclient("rwlocal", "rename fi-a fi-b")
-    keys = {k for k in w.s3_keys("rwlocal/") if "/fi-" in k}
-    assert keys == {"rwlocal/fi-b/x.bin"}, keys
-    assert w.ls("rwlocal", "fi-b").get("x.bin") == (False, 50_000)
+    w.fault("PUT delay:5 -1 rwlocal/fi-b/")  # every copy and marker held 5 s
+    try:
+        start = time.monotonic()
+        w.smbclient("rwlocal", "rename fi-a fi-b")
+        took = time.monotonic() - start
+        assert not [k for k in w.s3_keys("rwlocal/") if k.startswith("rwlocal/fi-b")], \
+            "the rename waited for S3"
+        top = w.ls("rwlocal2")
+        assert top.get("fi-b", (None,))[0] is True and "fi-a" not in top, top
+        assert w.ls("rwlocal2", "fi-b").get("x.bin") == (False, 50_000)
+        assert w.ls("rwlocal2", "fi-b/deep").get("er", (None,))[0] is True
+        got = f"{w.tmp}/fi-y.back"
+        w.smbclient("rwlocal2", f"get fi-b/deep/er/y.bin {got}")
+        assert sha256(got) == sha256(src), "a reader got other bytes"
+    finally:
+        w.fault("")
+    wait_engine_done(w, "fi-")
+    new = {"rwlocal/fi-b/", "rwlocal/fi-b/x.bin", "rwlocal/fi-b/deep/",
+           "rwlocal/fi-b/deep/er/", "rwlocal/fi-b/deep/er/y.bin"}
+    end = time.monotonic() + 30
+    while ({k for k in w.s3_keys("rwlocal/") if "/fi-" in k} != new
+           and time.monotonic() < end):
+        time.sleep(0.3)
+    assert {k for k in w.s3_keys("rwlocal/") if "/fi-" in k} == new
+    w.ctl("rwlocal", "invalidate", "")
+    top = w.ls("rwlocal")
+    assert top.get("fi-b", (None,))[0] is True and "fi-a" not in top, top
+    assert w.ls("rwlocal", "fi-b/deep/er").get("y.bin") == (False, 50_000)
+    print(f"    # rename of a folder S3 only implies, each copy held 5 s: answered in {took:.2f} s")
 
 
 def test_a_write_into_a_file_opened_while_its_rename_copied_fills_from_the_copy_once_done(w):
