@@ -655,13 +655,19 @@ def crash_loop(rel, share, loops, stats, kill):
                 assert s3_put(rel, f"{share}/tmp{i}.bin", body)
                 rel.ctl(share, "invalidate", "")
             if scenario == "movedir":
-                # A folder S3 has, markers and all (a checkpoint folder
-                # renamed whole): with close = local each object's copy
-                # and delete is the engine's, journalled at the rename.
+                # A folder S3 has (a checkpoint folder renamed whole):
+                # with close = local each object's copy and delete is the
+                # engine's, journalled at the rename.  Half the time with
+                # markers, half as another S3 client uploads it (no
+                # markers: the rename gives the new folders theirs).
                 small = os.urandom(70_000)
+                markers = rng.random() < 0.5
+                how = "movedir " + ("markers" if markers else "implied")
+                stats["scenarios"][how] = stats["scenarios"].get(how, 0) + 1
                 for key, data in ((f"d{i}/", b""), (f"d{i}/sub/", b""),
                                   (f"d{i}/a.bin", body), (f"d{i}/sub/b.bin", small)):
-                    assert s3_put(rel, f"{share}/{key}", data)
+                    if markers or not key.endswith("/"):
+                        assert s3_put(rel, f"{share}/{key}", data)
                 rel.ctl(share, "invalidate", "")
                 body = (body, small)
             if scenario == "flush":
