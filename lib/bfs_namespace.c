@@ -334,6 +334,7 @@ struct bfs_dir_obj {
 	uint64_t size;
 	time_t mtime;
 	bool implied;	/* a folder S3 only implies: no marker to copy */
+	bool handed;	/* the engine's to copy */
 };
 
 /*
@@ -465,41 +466,70 @@ static void bfs_rename_dir_learn(struct bfs_conn *bc, TALLOC_CTX *tmp,
 }
 
 /*
- * One object of a folder renamed where closes do not wait for S3: handed
- * to the engine as a file renamed alone is (bfs_rename_in_engine), a
- * marker as a new empty marker and the old one's delete.  ESTALE when it
- * cannot be handed (then it is renamed in S3 at once).
+ * The objects of a folder renamed where closes do not wait for S3, from
+ * prefix sp to dp, handed to the engine together (bfs_wb_hand_over_many):
+ * files as a file renamed alone is (bfs_rename_in_engine), markers as a
+ * new empty marker and the old one's delete.  Those handed are marked;
+ * the others (refused: a change of the name on its way; a marker holding
+ * data, which is a file to other S3 clients) are the caller's to rename
+ * in S3 at once.  0, or the first error other than a refusal.
  */
-static int bfs_rename_obj_in_engine(struct bfs_conn *bc, TALLOC_CTX *tmp,
-				    const struct bfs_dir_obj *o,
-				    const char *to, pid_t engine)
+static int bfs_rename_dir_hand_over(struct bfs_conn *bc, TALLOC_CTX *tmp,
+				    const char *sp, const char *dp,
+				    struct bfs_dir_obj *o, size_t n,
+				    pid_t engine, size_t *n_handed)
 {
-	size_t len = strlen(o->key);
-	struct bfs_entry e;
-	char *dir, *name;
-	int ret;
+	struct bfs_wb_move *mv = talloc_zero_array(tmp, struct bfs_wb_move, n);
+	size_t *which = talloc_array(tmp, size_t, n);
+	size_t m = 0, i;
+	int first = 0;
 
-	if (o->key[len - 1] == '/') {
-		/* A marker holding data is a file to other S3 clients. */
-		ret = o->size == 0 ?
-			bfs_wb_marker_hand_over(bc->wb, o->key, to, engine) :
-			ESTALE;
-	} else {
-		ret = bfs_key_split(tmp, o->key, &dir, &name);
-		if (ret == 0) {
-			ret = bfs_index_lookup(bc->index, tmp, dir, name, &e);
-		}
-		if (ret == 0) {
-			ret = bfs_wb_rename_hand_over(bc->wb, tmp, o->key,
-						      o->etag, to, o->size,
-						      e.mtime, engine, NULL);
-		}
-		ret = ret == ENOENT ? ESTALE : ret;
+	if (mv == NULL || which == NULL) {
+		return ENOMEM;
 	}
-	if (ret == 0 && bfs_engine_notify(bc->engine, to) != 0) {
-		(void)bfs_engine_now(bc); /* the next one finds it */
+	for (i = 0; i < n; i++) {
+		size_t len = strlen(o[i].key);
+		char *to = talloc_asprintf(tmp, "%s%s", dp,
+					   o[i].key + strlen(sp));
+		struct bfs_entry e;
+		char *dir, *name;
+
+		if (to == NULL) {
+			return ENOMEM;
+		}
+		if (o[i].key[len - 1] == '/') {
+			if (o[i].size != 0) {
+				continue;
+			}
+		} else if (bfs_key_split(tmp, o[i].key, &dir, &name) != 0 ||
+			   bfs_index_lookup(bc->index, tmp, dir, name,
+					    &e) != 0) {
+			continue; /* not indexed: renamed in S3 at once */
+		} else {
+			mv[m].mtime = e.mtime;
+		}
+		mv[m].src = o[i].key;
+		mv[m].src_etag = o[i].etag;
+		mv[m].dst = to;
+		mv[m].size = o[i].size;
+		which[m++] = i;
 	}
-	return ret;
+	bfs_wb_hand_over_many(bc->wb, mv, m, engine);
+	for (i = 0; i < m; i++) {
+		if (mv[i].ret == 0) {
+			o[which[i]].handed = true;
+			(*n_handed)++;
+			if (bfs_engine_notify(bc->engine, mv[i].dst) != 0) {
+				(void)bfs_engine_now(bc); /* the next finds it */
+			}
+		} else if (mv[i].ret != ESTALE && first == 0) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: share %s: cannot "
+				"journal the rename of %s for the engine: %s",
+				bc->service, mv[i].src, strerror(mv[i].ret));
+			first = mv[i].ret;
+		}
+	}
+	return first;
 }
 
 /*
@@ -654,33 +684,23 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			.implied = true,
 		};
 	}
-	if (handed_to != 0 && n_objs > 0) {
+	if (ret == 0 && handed_to != 0 && n_objs > 0) {
 		qsort(objs, n_objs, sizeof(objs[0]), bfs_dir_obj_cmp);
 		bfs_rename_dir_learn(bc, tmp, sp, objs, n_objs);
+		ret = bfs_rename_dir_hand_over(bc, tmp, sp, dp, objs, n_objs,
+					       handed_to, &n_handed);
 	}
 	for (i = 0; ret == 0 && i < n_objs; i++) {
 		const char *key = objs[i].key;
 		char *to;
 
+		if (objs[i].handed) {
+			continue;
+		}
 		to = talloc_asprintf(tmp, "%s%s", dp, key + strlen(sp));
 		if (to == NULL) {
 			ret = ENOMEM;
 			break;
-		}
-		if (handed_to != 0) {
-			ret = bfs_rename_obj_in_engine(bc, tmp, &objs[i], to,
-						       handed_to);
-			if (ret == 0) {
-				n_handed++;
-				continue;
-			}
-			if (ret != ESTALE) {
-				bfs_log(BFS_LOG_ERR, "bucketfs: share %s: "
-					"cannot journal the rename of %s for "
-					"the engine: %s", bc->service, key,
-					strerror(ret));
-				break;
-			}
 		}
 		if (objs[i].implied) {
 			/* Nothing to copy: its new name's marker, now. */
@@ -727,7 +747,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			bfs_forget_listing(bc, spp);
 			bfs_forget_listing(bc, dpp);
 		}
-	} else if (n_moved > 0 || i > 0) {
+	} else if (n_moved > 0 || i > 0 || n_handed > 0) {
 		/*
 		 * Split midway: both folders, and their parents (the new
 		 * folder's entry comes with its marker, last), as S3 and the
@@ -738,7 +758,7 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			bfs_forget_listing(bc, dpp);
 		}
 	}
-	if (ret == 0 || n_moved > 0 || i > 0) {
+	if (ret == 0 || n_moved > 0 || i > 0 || n_handed > 0) {
 		bfs_forget_listing(bc, sp);
 		bfs_forget_listing(bc, dp);
 		bfs_changed(bc, sp);

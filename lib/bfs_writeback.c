@@ -2249,6 +2249,9 @@ struct bfs_wb_handing {
 	struct bfs_jrec replaced;	/* dst's record before (key NULL: none) */
 	struct bfs_jrec src_was;	/* src's record before (key NULL: none) */
 	bool undo_failed;	/* step 1 stays, for recovery to finish */
+	const char *sdir, *sname, *ddir, *dname;	/* the index entries */
+	bool refused;		/* step 1 found a change it cannot take */
+	int ret;		/* 0: the engine's; else why not */
 };
 
 static int bfs_wb_handing_decide(struct bfs_journal_txn *t, void *priv)
@@ -2384,23 +2387,84 @@ void bfs_wb_test_stop_hand_over(int after_step)
 	bfs_wb_test_handing_stop = after_step;
 }
 
-/*
- * The three steps of a hand-over (h filled in, its entries' folders and
- * names given): 0 once the engine has it, else nothing of it stays but
- * what a failed undo leaves to recovery (logged).
- */
-static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
-				  const char *sdir, const char *sname,
-				  const char *ddir, const char *dname)
+/* Hand-overs made together: each step one journal transaction for all. */
+struct bfs_wb_handing_batch {
+	struct bfs_wb_handing **h;
+	size_t n;
+};
+
+/* Step 1 of every hand-over still on: one refused leaves the others. */
+static int bfs_wb_handing_decide_all(struct bfs_journal_txn *t, void *priv)
 {
-	struct bfs_entry e;
+	struct bfs_wb_handing_batch *b = priv;
+	size_t i;
+
+	for (i = 0; i < b->n; i++) {
+		struct bfs_wb_handing *h = b->h[i];
+		int ret;
+
+		if (h->ret != 0) {
+			continue;
+		}
+		/* A refusal writes nothing (bfs_wb_handing_decide). */
+		ret = bfs_wb_handing_decide(t, h);
+		h->refused = ret == ESTALE;
+		if (ret != 0 && ret != ESTALE) {
+			return ret;
+		}
+	}
+	return 0;
+}
+
+static int bfs_wb_handing_give_all(struct bfs_journal_txn *t, void *priv)
+{
+	struct bfs_wb_handing_batch *b = priv;
+	size_t i;
+
+	for (i = 0; i < b->n; i++) {
+		int ret = b->h[i]->ret != 0 ? 0 :
+			  bfs_wb_handing_give(t, b->h[i]);
+
+		if (ret != 0) {
+			return ret;
+		}
+	}
+	return 0;
+}
+
+/*
+ * The three steps of hand-overs (each h filled in, its entries' folders
+ * and names given, h->ret 0), in the order given: each h->ret 0 once the
+ * engine has it, else nothing of it stays but what a failed undo leaves
+ * to recovery (logged).  Steps 1 and 3 are one synced journal transaction
+ * for all of them: a folder's thousand objects, one by one, took 1.6 s
+ * of smbd's loop here.
+ */
+static void bfs_wb_hand_over_batch(struct bfs_wb *wb,
+				   struct bfs_wb_handing **hs, size_t n)
+{
+	struct bfs_wb_handing_batch b = {.h = hs, .n = n};
+	size_t i, live = 0;
 	int ret;
 
-	/* What step 2 moves must be there: its failure takes step 1 back,
-	 * which a change step 1 replaced may not survive. */
-	ret = bfs_index_lookup(wb->idx, h->mem, sdir, sname, &e);
-	if (ret != 0) {
-		return ret == ENOENT ? ESTALE : ret;
+	for (i = 0; i < n; i++) {
+		struct bfs_wb_handing *h = hs[i];
+		struct bfs_entry e;
+
+		if (h->ret != 0) {
+			continue;
+		}
+		/* What step 2 moves must be there: its failure takes step 1
+		 * back, which a change step 1 replaced may not survive. */
+		ret = bfs_index_lookup(wb->idx, h->mem, h->sdir, h->sname, &e);
+		if (ret != 0) {
+			h->ret = ret == ENOENT ? ESTALE : ret;
+			continue;
+		}
+		live++;
+	}
+	if (live == 0) {
+		return;
 	}
 	/*
 	 * Three steps, each one crash-safe.  The journal first, in this
@@ -2412,16 +2476,30 @@ static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
 	 * such a death, a pending entry with no record behind it, which
 	 * every listing keeps and no read can fetch.
 	 */
-	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide, h);
-	if (ret != 0 || bfs_wb_test_handing_stop == 1) {
-		return ret;
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_decide_all, &b);
+	for (i = 0; i < n; i++) {
+		if (hs[i]->ret == 0 && (ret != 0 || hs[i]->refused)) {
+			hs[i]->ret = ret != 0 ? ret : ESTALE;
+		}
 	}
-	/* Then the index: the new name at once, pending, src marked gone. */
-	ret = bfs_wb_test_handing_stop == -1 ? EIO :
-	      bfs_index_rename_pending(wb->idx, sdir, sname, ddir, dname);
-	if (ret != 0) {
-		int undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo,
-						  h);
+	if (ret != 0 || bfs_wb_test_handing_stop == 1) {
+		return;
+	}
+	/* Then the index: each new name at once, pending, src marked gone. */
+	for (i = 0; i < n; i++) {
+		struct bfs_wb_handing *h = hs[i];
+		int undo;
+
+		if (h->ret != 0) {
+			continue;
+		}
+		ret = bfs_wb_test_handing_stop == -1 ? EIO :
+		      bfs_index_rename_pending(wb->idx, h->sdir, h->sname,
+					       h->ddir, h->dname);
+		if (ret == 0) {
+			continue;
+		}
+		undo = bfs_journal_atomically(wb->j, bfs_wb_handing_undo, h);
 		if (undo != 0) {
 			bfs_log(BFS_LOG_ERR, "bucketfs: cannot take the "
 				"rename of %s to %s back from the journal: %s; "
@@ -2429,41 +2507,62 @@ static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
 				h->src, h->dst, strerror(undo));
 			h->undo_failed = true;
 		}
-		bfs_wb_forget_dir(wb, sdir);
-		bfs_wb_forget_dir(wb, ddir);
-		if (h->undo_failed) {
-			/* Not ESTALE: renamed here too, it would be twice. */
-			return EIO;
-		}
-		return ret == ENOENT ? ESTALE : ret;
+		bfs_wb_forget_dir(wb, h->sdir);
+		bfs_wb_forget_dir(wb, h->ddir);
+		/* Not ESTALE after a failed undo: renamed here too, it would
+		 * be twice. */
+		h->ret = h->undo_failed ? EIO : ret == ENOENT ? ESTALE : ret;
 	}
 	if (bfs_wb_test_handing_stop == 2) {
-		return 0;
+		return;
 	}
 	/* Last, the engine's to do: it acts on the journal alone. */
-	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_give, h);
+	ret = bfs_journal_atomically(wb->j, bfs_wb_handing_give_all, &b);
 	if (ret != 0) {
 		/* Shown and journalled: made once this process ends. */
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot hand the rename of %s "
-			"to %s to the engine: %s; it is made in S3 once this "
-			"process ends", h->src, h->dst, strerror(ret));
+			"to %s%s to the engine: %s; it is made in S3 once this "
+			"process ends", hs[0]->src, hs[0]->dst,
+			n > 1 ? " and others" : "", strerror(ret));
 	}
-	if (h->replaced.key != NULL && h->replaced.op == BFS_J_PUT &&
-	    bfs_wb_put_queued(&h->replaced)) {
-		/* A close of dst the engine had not begun: nobody uploads it. */
-		bfs_wb_stage_drop(wb, h->replaced.staging);
+	for (i = 0; i < n; i++) {
+		struct bfs_wb_handing *h = hs[i];
+
+		if (h->ret == 0 && h->replaced.key != NULL &&
+		    h->replaced.op == BFS_J_PUT &&
+		    bfs_wb_put_queued(&h->replaced)) {
+			/* A close of dst the engine had not begun: nobody
+			 * uploads it. */
+			bfs_wb_stage_drop(wb, h->replaced.staging);
+		}
 	}
-	return 0;
 }
 
-int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
-			    const char *src, const char *src_etag,
-			    const char *dst, uint64_t size, time_t mtime,
-			    pid_t engine, char **from)
+/* One hand-over's three steps: 0, or why not. */
+static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
+				  const char *sdir, const char *sname,
+				  const char *ddir, const char *dname)
 {
-	TALLOC_CTX *tmp = talloc_new(NULL);
-	struct bfs_wb_handing h = {
-		.mem = tmp, .engine = engine, .src = src,
+	h->sdir = sdir;
+	h->sname = sname;
+	h->ddir = ddir;
+	h->dname = dname;
+	h->ret = 0;
+	bfs_wb_hand_over_batch(wb, &h, 1);
+	return h->ret;
+}
+
+/* h, on mem, for a rename of file src (at src_etag) to dst. */
+static int bfs_wb_handing_file(struct bfs_wb_handing *h, TALLOC_CTX *mem,
+			       pid_t engine, const char *src,
+			       const char *src_etag, const char *dst,
+			       uint64_t size, time_t mtime)
+{
+	char *sdir, *sname, *ddir, *dname;
+	int ret;
+
+	*h = (struct bfs_wb_handing){
+		.mem = mem, .engine = engine, .src = src,
 		.src_etag = src_etag, .dst = dst,
 		.copy = {
 			.key = (char *)dst, .op = BFS_J_COPY, .pid = getpid(),
@@ -2475,15 +2574,86 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 			.index_gone = true,
 		},
 	};
-	char *sdir, *sname, *ddir, *dname;
+	ret = bfs_wb_split_pair(mem, src, dst, &sdir, &sname, &ddir, &dname);
+	if (ret == 0) {
+		h->sdir = sdir;
+		h->sname = sname;
+		h->ddir = ddir;
+		h->dname = dname;
+	}
+	return ret;
+}
+
+/*
+ * h, on mem, for a folder's marker src renamed to dst: its new marker's
+ * empty staging file made (drop it if the hand-over fails).
+ */
+static int bfs_wb_handing_marker(struct bfs_wb *wb, struct bfs_wb_handing *h,
+				 TALLOC_CTX *mem, pid_t engine,
+				 const char *src, const char *dst)
+{
+	char *sdir, *sname, *ddir, *dname, *path;
+	bool is_dir;
+	int fd = -1, ret;
+
+	*h = (struct bfs_wb_handing){
+		.mem = mem, .engine = engine, .src = src, .dst = dst,
+		.marker = true,
+		.copy = {
+			.key = (char *)dst, .op = BFS_J_PUT, .pid = getpid(),
+			.mtime = time(NULL),
+		},
+		.del = {
+			.key = (char *)src, .op = BFS_J_DELETE, .pid = getpid(),
+			.index_gone = true,
+		},
+	};
+	ret = bfs_key_entry(mem, src, &sdir, &sname, &is_dir);
+	if (ret == 0 && is_dir) {
+		ret = bfs_key_entry(mem, dst, &ddir, &dname, &is_dir);
+	}
+	if (ret == 0 && !is_dir) {
+		ret = EINVAL;
+	}
+	if (ret == 0) {
+		/* The new marker: an empty staging file, put as mkdir's is. */
+		ret = bfs_wb_stage_new(wb, mem, &fd, &h->copy.staging);
+	}
+	if (ret != 0) {
+		return ret;
+	}
+	close(fd);
+	path = bfs_stage_path(mem, wb, h->copy.staging);
+	if (path != NULL) {
+		/* Its time says when it was closed (bfs_wb_put_young). */
+		bfs_priv_enter();
+		(void)utimensat(AT_FDCWD, path, NULL, 0);
+		bfs_priv_leave();
+	}
+	h->sdir = sdir;
+	h->sname = sname;
+	h->ddir = ddir;
+	h->dname = dname;
+	return 0;
+}
+
+int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
+			    const char *src, const char *src_etag,
+			    const char *dst, uint64_t size, time_t mtime,
+			    pid_t engine, char **from)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_handing h;
 	int ret;
 
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir, &dname);
+	ret = bfs_wb_handing_file(&h, tmp, engine, src, src_etag, dst, size,
+				  mtime);
 	if (ret == 0) {
-		ret = bfs_wb_hand_over_steps(wb, &h, sdir, sname, ddir, dname);
+		ret = bfs_wb_hand_over_steps(wb, &h, h.sdir, h.sname, h.ddir,
+					     h.dname);
 	}
 	if (ret == 0 && from != NULL) {
 		*from = talloc_strdup(mem_ctx, h.copy.src);
@@ -2496,54 +2666,65 @@ int bfs_wb_marker_hand_over(struct bfs_wb *wb, const char *src,
 			    const char *dst, pid_t engine)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
-	struct bfs_wb_handing h = {
-		.mem = tmp, .engine = engine, .src = src, .dst = dst,
-		.marker = true,
-		.copy = {
-			.key = (char *)dst, .op = BFS_J_PUT, .pid = getpid(),
-			.mtime = time(NULL),
-		},
-		.del = {
-			.key = (char *)src, .op = BFS_J_DELETE, .pid = getpid(),
-			.index_gone = true,
-		},
-	};
-	char *sdir, *sname, *ddir, *dname, *path;
-	bool is_dir;
-	int fd = -1, ret;
+	struct bfs_wb_handing h;
+	int ret;
 
 	if (tmp == NULL) {
 		return ENOMEM;
 	}
-	ret = bfs_key_entry(tmp, src, &sdir, &sname, &is_dir);
-	if (ret == 0 && is_dir) {
-		ret = bfs_key_entry(tmp, dst, &ddir, &dname, &is_dir);
-	}
-	if (ret == 0 && !is_dir) {
-		ret = EINVAL;
-	}
-	if (ret == 0) {
-		/* The new marker: an empty staging file, put as mkdir's is. */
-		ret = bfs_wb_stage_new(wb, tmp, &fd, &h.copy.staging);
-	}
+	ret = bfs_wb_handing_marker(wb, &h, tmp, engine, src, dst);
 	if (ret != 0) {
 		talloc_free(tmp);
 		return ret;
 	}
-	close(fd);
-	path = bfs_stage_path(tmp, wb, h.copy.staging);
-	if (path != NULL) {
-		/* Its time says when it was closed (bfs_wb_put_young). */
-		bfs_priv_enter();
-		(void)utimensat(AT_FDCWD, path, NULL, 0);
-		bfs_priv_leave();
-	}
-	ret = bfs_wb_hand_over_steps(wb, &h, sdir, sname, ddir, dname);
+	ret = bfs_wb_hand_over_steps(wb, &h, h.sdir, h.sname, h.ddir, h.dname);
 	if (ret != 0 && !h.undo_failed) {
 		bfs_wb_stage_drop(wb, h.copy.staging);
 	}
 	talloc_free(tmp);
 	return ret;
+}
+
+void bfs_wb_hand_over_many(struct bfs_wb *wb, struct bfs_wb_move *moves,
+			   size_t n, pid_t engine)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_handing *hs = NULL, **hp = NULL;
+	size_t i;
+
+	if (tmp != NULL) {
+		hs = talloc_zero_array(tmp, struct bfs_wb_handing, n);
+		hp = talloc_array(tmp, struct bfs_wb_handing *, n);
+	}
+	if (hs == NULL || hp == NULL) {
+		for (i = 0; i < n; i++) {
+			moves[i].ret = ENOMEM;
+		}
+		talloc_free(tmp);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		struct bfs_wb_move *m = &moves[i];
+		size_t len = strlen(m->src);
+		int ret = len > 0 && m->src[len - 1] == '/' ?
+			bfs_wb_handing_marker(wb, &hs[i], tmp, engine,
+					      m->src, m->dst) :
+			bfs_wb_handing_file(&hs[i], tmp, engine, m->src,
+					    m->src_etag, m->dst, m->size,
+					    m->mtime);
+
+		hs[i].ret = ret;
+		hp[i] = &hs[i];
+	}
+	bfs_wb_hand_over_batch(wb, hp, n);
+	for (i = 0; i < n; i++) {
+		moves[i].ret = hs[i].ret;
+		if (hs[i].marker && hs[i].ret != 0 && !hs[i].undo_failed &&
+		    hs[i].copy.staging != NULL) {
+			bfs_wb_stage_drop(wb, hs[i].copy.staging);
+		}
+	}
+	talloc_free(tmp);
 }
 
 /*
