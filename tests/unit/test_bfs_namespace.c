@@ -403,6 +403,88 @@ static void test_a_folders_marker_is_handed_to_the_engine(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A folder's objects handed over together (bfs_wb_hand_over_many): the
+ * files' copies and deletes and the markers' puts and deletes are all the
+ * engine's, the index shows the new tree at once.  One refused in the
+ * middle (a change of it on its way; another not in the index) is left to
+ * the caller, and the others go on.
+ */
+static void test_a_folders_objects_are_handed_over_in_one_batch(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry d = {.name = "d", .is_dir = true, .mtime = 5},
+			 s = {.name = "s", .is_dir = true, .mtime = 5},
+			 x = {.name = "x", .size = 1, .mtime = 7, .etag = "\"X\""},
+			 y = {.name = "y", .size = 2, .mtime = 7, .etag = "\"Y\""},
+			 z = {.name = "z", .size = 3, .mtime = 7, .etag = "\"Z\""},
+			 e;
+	struct bfs_jrec busy = {
+		.key = "d/y", .op = BFS_J_PUT, .pid = getpid(),
+		.staging = "not-there", .size = 9,
+	}, rec;
+	struct bfs_wb_move mv[] = {
+		{.src = "d/x", .src_etag = "\"X\"", .dst = "f/x", .size = 1},
+		{.src = "d/y", .src_etag = "\"Y\"", .dst = "f/y", .size = 2},
+		{.src = "d/w", .src_etag = "\"W\"", .dst = "f/w", .size = 4},
+		{.src = "d/s/z", .src_etag = "\"Z\"", .dst = "f/s/z", .size = 3},
+		{.src = "d/s/", .dst = "f/s/"},
+		{.src = "d/", .dst = "f/"},
+	};
+	size_t i;
+
+	(void)state;
+	assert_true(engine > 0);
+	assert_int_equal(bfs_index_put(bc->index, "", &d), 0);
+	assert_int_equal(bfs_index_put(bc->index, "d/", &s), 0);
+	assert_int_equal(bfs_index_put(bc->index, "d/", &x), 0);
+	assert_int_equal(bfs_index_put(bc->index, "d/", &y), 0);
+	assert_int_equal(bfs_index_put(bc->index, "d/s/", &z), 0);
+	assert_int_equal(bfs_journal_put(bc->journal, &busy), 0);
+
+	bfs_wb_hand_over_many(bc->wb, mv, sizeof(mv) / sizeof(mv[0]), engine);
+	assert_int_equal(test_share_s3_requests(bc), 0);
+	assert_int_equal(mv[1].ret, ESTALE); /* its upload is on the way */
+	assert_int_equal(mv[2].ret, ESTALE); /* not in the index */
+	for (i = 0; i < sizeof(mv) / sizeof(mv[0]); i++) {
+		if (i == 1 || i == 2) {
+			continue;
+		}
+		assert_int_equal(mv[i].ret, 0);
+		assert_int_equal(bfs_journal_get(bc->journal, t, mv[i].dst,
+						 &rec), 0);
+		assert_int_equal(rec.op, mv[i].dst[strlen(mv[i].dst) - 1] == '/' ?
+				 BFS_J_PUT : BFS_J_COPY);
+		assert_int_equal(rec.pid, engine);
+		assert_int_equal(bfs_journal_get(bc->journal, t, mv[i].src,
+						 &rec), 0);
+		assert_int_equal(rec.op, BFS_J_DELETE);
+		assert_int_equal(rec.pid, engine);
+		assert_true(rec.index_gone);
+	}
+	/* The refused ones: as they were. */
+	assert_int_equal(bfs_journal_get(bc->journal, t, "d/y", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_PUT);
+	assert_int_equal(rec.pid, getpid());
+	assert_int_equal(bfs_journal_get(bc->journal, t, "f/y", &rec), ENOENT);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "f/w", &rec), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "d/", "y", &e), 0);
+	/* The new tree in the index at once, pending. */
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "f", &e), 0);
+	assert_true(e.is_dir && (e.flags & BFS_ENT_PENDING));
+	assert_int_equal(bfs_index_lookup(bc->index, t, "", "d", &e), ENOENT);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "f/", "x", &e), 0);
+	assert_int_equal(e.size, 1);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "f/s/", "z", &e), 0);
+	assert_int_equal(e.size, 3);
+	assert_int_equal(bfs_index_lookup(bc->index, t, "f/", "s", &e), 0);
+	assert_true(e.is_dir);
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
 static void test_a_hand_over_cut_by_a_crash_is_finished_by_recovery(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
@@ -635,6 +717,7 @@ int main(void)
 		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
 		cmocka_unit_test(test_a_hand_over_cut_by_a_crash_is_finished_by_recovery),
 		cmocka_unit_test(test_a_folders_marker_is_handed_to_the_engine),
+		cmocka_unit_test(test_a_folders_objects_are_handed_over_in_one_batch),
 		cmocka_unit_test(test_a_chain_rename_cut_after_its_journal_leaves_no_ghost),
 		cmocka_unit_test(test_rename_rules),
 		cmocka_unit_test(test_mkdir_and_unlink_rules),
