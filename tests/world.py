@@ -30,6 +30,7 @@ OTHER_USER = "bfstest"  # an unprivileged account, created if missing
 
 
 procs = []
+spawned = {}  # pid -> (name, log path) of what World.spawn started
 
 
 def smb_global(t, port, log_level, passdb=None, loopback=True, extra=()):
@@ -58,7 +59,19 @@ def smb_global(t, port, log_level, passdb=None, loopback=True, extra=()):
 
 
 def stop_procs():
-    """Stop every server started through World.spawn."""
+    """Stop every server started through World.spawn.  An S3 server or
+    front that died before (every later test then fails its tree connect,
+    as one CI run of 2026-12-06 did) is told of, with its log's end."""
+    for p in procs:
+        name, log = spawned.get(p.pid, ("", ""))
+        if p.poll() is not None and (name.startswith("s3rver") or name.startswith("front")):
+            try:
+                with open(log, errors="replace") as f:
+                    tail = f.read()[-2000:]
+            except OSError as e:
+                tail = str(e)
+            print(f"# {name} (pid {p.pid}) had exited with {p.returncode} before "
+                  f"the end; its log ends:\n{tail}", flush=True)
     for p in procs:
         try:
             os.killpg(p.pid, signal.SIGTERM)
@@ -182,6 +195,7 @@ class World:
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
                              start_new_session=True)
         procs.append(p)
+        spawned[p.pid] = (name, log.name)
         return p
 
     def s3tool(self, *args, check=True):
