@@ -372,46 +372,53 @@ static ssize_t bfs_rename_dir_implied(TALLOC_CTX *tmp, const char *sp,
 				      size_t n_move, char ***implied)
 {
 	char **markers = talloc_array(tmp, char *, n + n_move);
-	char **out = talloc_array(tmp, char *, 1);
-	size_t nm = 0, no = 0, i, plen = strlen(sp);
+	char **folders, **out;
+	size_t nm = 0, nf = 0, no = 0, i, plen = strlen(sp);
+	const char *p, *q;
 
-	if (markers == NULL || out == NULL) {
+	if (markers == NULL) {
 		return -1;
 	}
+	/* Every folder below sp that a key names, sp's own first. */
 	for (i = 0; i < n + n_move; i++) {
-		char *k = i < n ? keys[i] : move[i - n];
+		const char *k = i < n ? keys[i] : move[i - n];
 		size_t len = strlen(k);
 
 		if (len > 0 && k[len - 1] == '/') {
-			markers[nm++] = k;
+			markers[nm++] = (char *)k;
+		}
+		for (p = k + plen; (q = strchr(p, '/')) != NULL && q[1] != '\0';
+		     p = q + 1) {
+			nf++;
+		}
+	}
+	folders = talloc_array(tmp, char *, nf + 1);
+	if (folders == NULL) {
+		return -1;
+	}
+	nf = 0;
+	folders[nf++] = (char *)sp;
+	for (i = 0; i < n + n_move; i++) {
+		const char *k = i < n ? keys[i] : move[i - n];
+
+		for (p = k + plen; (q = strchr(p, '/')) != NULL && q[1] != '\0';
+		     p = q + 1) {
+			folders[nf] = talloc_strndup(tmp, k, q - k + 1);
+			if (folders[nf++] == NULL) {
+				return -1;
+			}
 		}
 	}
 	qsort(markers, nm, sizeof(markers[0]), bfs_key_cmp);
-	if (!bfs_key_in(markers, nm, sp)) {
-		out[no++] = (char *)sp;
+	qsort(folders, nf, sizeof(folders[0]), bfs_key_cmp);
+	out = talloc_array(tmp, char *, nf);
+	if (out == NULL) {
+		return -1;
 	}
-	for (i = 0; i < n + n_move; i++) {
-		const char *k = i < n ? keys[i] : move[i - n];
-		const char *p = k + plen, *q;
-
-		for (; (q = strchr(p, '/')) != NULL && q[1] != '\0'; p = q + 1) {
-			char *folder = talloc_strndup(tmp, k, q - k + 1);
-
-			if (folder == NULL) {
-				return -1;
-			}
-			if (bfs_key_in(markers, nm, folder)) {
-				continue;
-			}
-			/* Once each: the list of markers learns it. */
-			out = talloc_realloc(tmp, out, char *, no + 1);
-			markers = talloc_realloc(tmp, markers, char *, nm + 1);
-			if (out == NULL || markers == NULL) {
-				return -1;
-			}
-			out[no++] = folder;
-			markers[nm++] = folder;
-			qsort(markers, nm, sizeof(markers[0]), bfs_key_cmp);
+	for (i = 0; i < nf; i++) {
+		if ((i == 0 || strcmp(folders[i], folders[i - 1]) != 0) &&
+		    !bfs_key_in(markers, nm, folders[i])) {
+			out[no++] = folders[i];
 		}
 	}
 	*implied = out;
@@ -676,8 +683,11 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			.size = sizes[i], .mtime = mtimes[i],
 		};
 	}
-	/* Their new names get markers, their old ones the markers' deletes
-	 * (of nothing: S3 answers a delete of no object as done). */
+	/*
+	 * Folders S3 only implies: a marker under the new name, and a
+	 * delete of the old one (of nothing: S3 answers that as done) that
+	 * keeps the old folder out of the index meanwhile.
+	 */
 	for (i = 0; i < (size_t)n_implied; i++) {
 		objs[n_objs++] = (struct bfs_dir_obj){
 			.key = implied[i], .mtime = time(NULL),
