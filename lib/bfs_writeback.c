@@ -2538,15 +2538,9 @@ static void bfs_wb_hand_over_batch(struct bfs_wb *wb,
 	}
 }
 
-/* One hand-over's three steps: 0, or why not. */
-static int bfs_wb_hand_over_steps(struct bfs_wb *wb, struct bfs_wb_handing *h,
-				  const char *sdir, const char *sname,
-				  const char *ddir, const char *dname)
+/* One hand-over (h made by bfs_wb_handing_*): 0, or why not. */
+static int bfs_wb_hand_over_one(struct bfs_wb *wb, struct bfs_wb_handing *h)
 {
-	h->sdir = sdir;
-	h->sname = sname;
-	h->ddir = ddir;
-	h->dname = dname;
 	h->ret = 0;
 	bfs_wb_hand_over_batch(wb, &h, 1);
 	return h->ret;
@@ -2652,8 +2646,7 @@ int bfs_wb_rename_hand_over(struct bfs_wb *wb, TALLOC_CTX *mem_ctx,
 	ret = bfs_wb_handing_file(&h, tmp, engine, src, src_etag, dst, size,
 				  mtime);
 	if (ret == 0) {
-		ret = bfs_wb_hand_over_steps(wb, &h, h.sdir, h.sname, h.ddir,
-					     h.dname);
+		ret = bfs_wb_hand_over_one(wb, &h);
 	}
 	if (ret == 0 && from != NULL) {
 		*from = talloc_strdup(mem_ctx, h.copy.src);
@@ -2677,7 +2670,7 @@ int bfs_wb_marker_hand_over(struct bfs_wb *wb, const char *src,
 		talloc_free(tmp);
 		return ret;
 	}
-	ret = bfs_wb_hand_over_steps(wb, &h, h.sdir, h.sname, h.ddir, h.dname);
+	ret = bfs_wb_hand_over_one(wb, &h);
 	if (ret != 0 && !h.undo_failed) {
 		bfs_wb_stage_drop(wb, h.copy.staging);
 	}
