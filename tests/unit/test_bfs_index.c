@@ -1,5 +1,6 @@
 /* The LMDB metadata index: listings in, lookups and ordered pages out. */
 #include <errno.h>
+#include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1563,6 +1564,103 @@ static size_t dirs_record(const char *dir, const char *prefix, bool set,
 	return size;
 }
 
+/* Where this process maps dir's data file (LMDB does not say). */
+static void *map_of(const char *dir)
+{
+	char line[PATH_MAX + 128], want[PATH_MAX + 16], real[PATH_MAX];
+	FILE *f = fopen("/proc/self/maps", "r");
+	void *at = NULL;
+
+	assert_non_null(f);
+	assert_non_null(realpath(dir, real)); /* as the maps name it */
+	snprintf(want, sizeof(want), " %s/data.mdb\n", real);
+	while (at == NULL && fgets(line, sizeof(line), f) != NULL) {
+		size_t ll = strlen(line), wl = strlen(want);
+		if (ll > wl && strcmp(line + ll - wl, want) == 0) {
+			at = (void *)(uintptr_t)strtoull(line, NULL, 16);
+		}
+	}
+	fclose(f);
+	assert_non_null(at);
+	return at;
+}
+
+/*
+ * Where entry name of folder prefix lies in the data file: a record
+ * rewritten by a transaction moves to another page (LMDB copies a page
+ * on write and frees the old one only after the commit).
+ */
+static size_t entry_offset(const char *dir, const char *prefix,
+			   const char *name)
+{
+	char key[256];
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi ent;
+	int kl = snprintf(key, sizeof(key), "%s%c%s", prefix, '\0', name);
+	MDB_val k = {(size_t)kl, key}, v;
+	size_t off;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_set_mapsize(env, 64 << 20), 0);
+	assert_int_equal(mdb_env_open(env, dir, MDB_NOTLS | MDB_RDONLY, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "ent", 0, &ent), 0);
+	assert_int_equal(mdb_get(txn, ent, &k, &v), 0);
+	off = (size_t)((char *)v.mv_data - (char *)map_of(dir));
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	return off;
+}
+
+/*
+ * A relisting that finds a folder as the index has it writes none of its
+ * entries (a large folder relisted every TTL rewrote every page of it);
+ * an entry that changed in S3 is written.
+ */
+static void test_an_unchanged_relisting_rewrites_no_entry(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index_opts big = sized(1 << 20, 64 << 20, 1 << 30);
+	struct bfs_index *idx = NULL;
+	struct s3_dir *d = folder(t, 0, 200);
+	struct bfs_entry e;
+	time_t now = time(NULL);
+	size_t before, last;
+
+	(void)state;
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &big, &idx, &why),
+			 0);
+	assert_int_equal(store_dir_now(idx, d, now - 20), 0);
+	TALLOC_FREE(idx);
+	before = entry_offset(dir, "d000/", FILE0);
+	last = entry_offset(dir, "d000/", d->ents[d->n - 1].name);
+
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &big, &idx, &why),
+			 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 0, 200), now - 10), 0);
+	TALLOC_FREE(idx);
+	assert_int_equal(entry_offset(dir, "d000/", FILE0), before);
+	assert_int_equal(entry_offset(dir, "d000/", d->ents[d->n - 1].name),
+			 last);
+
+	/* The first object changed in S3: its record is written again. */
+	d = folder(t, 0, 200);
+	d->ents[0].size += 1;
+	d->ents[0].etag = talloc_strdup(d, "etag-changed");
+	assert_int_equal(bfs_index_open_opts(t, dir, "bkt", &big, &idx, &why),
+			 0);
+	assert_int_equal(store_dir_now(idx, d, now), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "d000/", FILE0, &e), 0);
+	assert_int_equal(e.size, d->ents[0].size);
+	assert_string_equal(e.etag, "etag-changed");
+	TALLOC_FREE(idx);
+	assert_int_not_equal(entry_offset(dir, "d000/", FILE0), before);
+	talloc_free(t);
+}
+
 /*
  * A listing's transaction writes what it wrote before stamps existed:
  * the folder's record stays the 8 bytes of its listing time (the listing
@@ -2053,6 +2151,7 @@ int main(void)
 		cmocka_unit_test(test_over_its_budget_the_least_recently_used_listings_go),
 		cmocka_unit_test(test_at_its_ceiling_a_large_listing_makes_room),
 		cmocka_unit_test(test_a_listing_writes_no_stamp_and_a_use_one_a_minute),
+		cmocka_unit_test(test_an_unchanged_relisting_rewrites_no_entry),
 		cmocka_unit_test(test_another_process_follows_a_grown_map),
 		cmocka_unit_test(test_readers_in_other_threads_survive_the_map_growing),
 		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
