@@ -19,6 +19,7 @@
 
 #include <cmocka.h>
 #include <lmdb.h>
+#include <openssl/evp.h>
 
 #include "test_tmpdir.h"
 
@@ -255,6 +256,32 @@ static void test_a_small_fill_stays_in_the_page_cache_a_large_one_does_not(
 	bfs_cache_return_fd(c, fd);
 	free(src);
 	talloc_free(t);
+}
+
+/*
+ * An object's cache id is the start of the SHA-256 of bucket, key, ETag
+ * and block size, NUL-separated: the same from every process and every
+ * release (a cache folder outlives upgrades), another for another ETag or
+ * block size.
+ */
+static void test_a_cache_id_is_the_digest_of_its_object(void **state)
+{
+	static const char input[] = "bkt\0dir/obj\0\"etag-1\"\0" "1048576";
+	unsigned char want[32];
+	unsigned int n = 0;
+	struct bfs_cache_id id, again, other_etag, other_size;
+
+	(void)state;
+	assert_int_equal(EVP_Digest(input, sizeof(input) - 1, want, &n,
+				    EVP_sha256(), NULL), 1);
+	bfs_cache_make_id("bkt", "dir/obj", "\"etag-1\"", 1 << 20, &id);
+	assert_memory_equal(id.b, want, sizeof(id.b));
+	bfs_cache_make_id("bkt", "dir/obj", "\"etag-1\"", 1 << 20, &again);
+	assert_memory_equal(id.b, again.b, sizeof(id.b));
+	bfs_cache_make_id("bkt", "dir/obj", "\"etag-2\"", 1 << 20, &other_etag);
+	assert_memory_not_equal(id.b, other_etag.b, sizeof(id.b));
+	bfs_cache_make_id("bkt", "dir/obj", "\"etag-1\"", 1 << 22, &other_size);
+	assert_memory_not_equal(id.b, other_size.b, sizeof(id.b));
 }
 
 static void test_fill_then_read(void **state)
@@ -788,6 +815,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_a_damaged_map_starts_the_cache_empty),
+		cmocka_unit_test(test_a_cache_id_is_the_digest_of_its_object),
 		cmocka_unit_test(test_fill_then_read),
 		cmocka_unit_test(test_descriptors_for_other_threads),
 		cmocka_unit_test(test_a_lent_descriptor_of_a_replaced_file_is_refused),
