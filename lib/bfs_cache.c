@@ -816,13 +816,44 @@ void bfs_cache_return_fd(struct bfs_cache *c, int fd)
 	}
 }
 
+/*
+ * May a read of bk leave its block where it is in the eviction order?  A
+ * protected block may while the cache is less than half full: nothing is
+ * evicted before it is full, and once it is past half every read moves
+ * its block again, so a block read often is near the young end by the
+ * time one goes.  Moving it cost a write transaction per 256 reads (and
+ * one a second), which hot small files paid on every read.  A block in
+ * probation is always moved: its second read promotes it.
+ */
+static bool bfs_cache_read_keeps_place(struct bfs_cache *c,
+				       const struct bfs_block_key *bk)
+{
+	MDB_txn *txn = bfs_cache_rtxn(c);
+	MDB_val k = {sizeof(*bk), (void *)bk}, v;
+	struct bfs_block_rec rec;
+	bool keep = false;
+
+	if (txn == NULL) {
+		return false;
+	}
+	if (mdb_get(txn, c->blocks, &k, &v) == 0 &&
+	    bfs_cache_block_decode(v.mv_data, v.mv_size, &rec) == 0 &&
+	    rec.seg == SEG_PROTECTED) {
+		keep = meta_get(c, txn, "used") < c->limit / 2;
+	}
+	mdb_txn_reset(txn);
+	return keep;
+}
+
 void bfs_cache_note_read(struct bfs_cache *c, const struct bfs_cache_id *id,
 			 uint64_t blk)
 {
 	struct bfs_block_key bk;
 
 	bfs_block_key(&bk, id, blk);
-	bfs_cache_touch(c, &bk);
+	if (!bfs_cache_read_keeps_place(c, &bk)) {
+		bfs_cache_touch(c, &bk);
+	}
 }
 
 /* ---- meta counters ----------------------------------------------------------------- */

@@ -644,6 +644,92 @@ static void set_first_record(const char *dir, const struct bfs_block_rec *rec)
 	bfs_lmdb_close(env);
 }
 
+/* The record of block blk of object id, read from the cache's map. */
+static struct bfs_block_rec block_record(const char *dir,
+					 const struct bfs_cache_id *id,
+					 uint64_t blk)
+{
+	char map[4096];
+	const char *why = NULL;
+	MDB_env *env = NULL;
+	MDB_txn *txn = NULL;
+	MDB_dbi dbi;
+	uint8_t bk[24]; /* the map's key: the id, the block big-endian */
+	struct bfs_block_rec rec;
+	MDB_val k = {sizeof(bk), bk}, v;
+	int i;
+
+	memcpy(bk, id->b, 16);
+	for (i = 0; i < 8; i++) {
+		bk[16 + i] = (uint8_t)(blk >> (56 - 8 * i));
+	}
+	snprintf(map, sizeof(map), "%s/map", dir);
+	assert_int_equal(bfs_lmdb_open(map, 8ULL << 30, 4, &env, &why), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, MDB_RDONLY, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, "blocks", 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_int_equal(bfs_cache_block_decode(v.mv_data, v.mv_size, &rec), 0);
+	mdb_txn_abort(txn);
+	bfs_lmdb_close(env);
+	return rec;
+}
+
+/*
+ * While the cache is under half full, reading a protected block again
+ * leaves its place in the eviction order (no write per read of hot data);
+ * past half, a read moves it to the young end again.  A block's second
+ * read still promotes it.
+ */
+static void test_a_hot_read_moves_its_block_only_past_half_full(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_cache *c = NULL;
+	struct bfs_cache_id hot, other;
+	struct bfs_block_rec rec;
+	uint8_t data[BS], out[BS];
+	uint32_t got;
+	uint64_t tick, i;
+
+	(void)state;
+	bfs_cache_make_id("bkt", "hot", "e", BS, &hot);
+	bfs_cache_make_id("bkt", "other", "e", BS, &other);
+	assert_int_equal(bfs_cache_open(t, dir, 16 * BS, BS, &c, &why), 0);
+	block_bytes(data, 0, 1);
+	assert_int_equal(bfs_cache_fill(c, &hot, 0, data, BS), 0);
+	assert_int_equal(bfs_cache_read(c, &hot, 0, 0, BS, out, &got), 0);
+	assert_int_equal(bfs_cache_flush(c), 0);
+	TALLOC_FREE(c);
+	rec = block_record(dir, &hot, 0);
+	assert_int_equal(rec.seg, 1); /* promoted */
+	tick = rec.tick;
+
+	/* One block of 16: read again, it stays where it was. */
+	assert_int_equal(bfs_cache_open(t, dir, 16 * BS, BS, &c, &why), 0);
+	for (i = 0; i < 3; i++) {
+		assert_int_equal(bfs_cache_read(c, &hot, 0, 0, BS, out, &got),
+				 0);
+		assert_memory_equal(out, data, BS);
+	}
+	assert_int_equal(bfs_cache_flush(c), 0);
+	TALLOC_FREE(c);
+	assert_int_equal(block_record(dir, &hot, 0).tick, tick);
+
+	/* Nine of 16: a read moves it. */
+	assert_int_equal(bfs_cache_open(t, dir, 16 * BS, BS, &c, &why), 0);
+	for (i = 0; i < 8; i++) {
+		block_bytes(data, i, 2);
+		assert_int_equal(bfs_cache_fill(c, &other, i, data, BS), 0);
+	}
+	assert_int_equal(bfs_cache_read(c, &hot, 0, 0, BS, out, &got), 0);
+	assert_int_equal(bfs_cache_flush(c), 0);
+	TALLOC_FREE(c);
+	rec = block_record(dir, &hot, 0);
+	assert_int_equal(rec.seg, 1);
+	assert_true(rec.tick > tick);
+	talloc_free(t);
+}
+
 /*
  * A block record is believed only if the cache could have written it: a
  * record claiming more bytes than a block holds would have a read copy
@@ -817,6 +903,7 @@ int main(void)
 		cmocka_unit_test(test_a_damaged_map_starts_the_cache_empty),
 		cmocka_unit_test(test_a_cache_id_is_the_digest_of_its_object),
 		cmocka_unit_test(test_fill_then_read),
+		cmocka_unit_test(test_a_hot_read_moves_its_block_only_past_half_full),
 		cmocka_unit_test(test_descriptors_for_other_threads),
 		cmocka_unit_test(test_a_lent_descriptor_of_a_replaced_file_is_refused),
 		cmocka_unit_test(test_a_block_evicted_and_filled_again_by_one_fill_is_intact),
