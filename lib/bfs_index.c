@@ -1020,39 +1020,103 @@ static void bfs_index_touch(struct bfs_index *idx, const char *dir,
  * (data.mdb under half of it) none either: then eviction is far off, and
  * a read takes no write lock (nor a page of a full disk).
  */
-int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
-			 time_t *listed_at)
+/*
+ * dir's listing record in txn: 0 with *listed_at, else MDB_NOTFOUND (or
+ * LMDB's error); *stale when its use should be noted (bfs_index_note_use).
+ */
+static int bfs_index_dir_rec(struct bfs_index *idx, MDB_txn *txn,
+			     const char *dir, time_t now, time_t *listed_at,
+			     bool *stale)
 {
-	MDB_txn *txn;
 	char buf[1100];
 	MDB_val k = {(size_t)snprintf(buf, sizeof(buf), "/%s", dir), buf}, v;
 	struct bfs_dir_rec r;
-	time_t now = time(NULL);
-	size_t map, file;
-	bool stale = false;
 	int rc;
 
+	*stale = false;
 	if (k.mv_size >= sizeof(buf)) {
 		return ENAMETOOLONG;
-	}
-	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
-	if (rc != 0) {
-		return bfs_lmdb_errno(rc);
 	}
 	rc = mdb_get(txn, idx->dirs, &k, &v);
 	if (rc == 0 && bfs_dir_rec_get(&v, &r)) {
 		*listed_at = (time_t)r.listed;
-		stale = !(r.used <= now && now - r.used < BFS_INDEX_USE_EVERY);
+		*stale = !(r.used <= now && now - r.used < BFS_INDEX_USE_EVERY);
 	} else if (rc == 0) {
 		rc = MDB_NOTFOUND;
 	}
+	return rc;
+}
+
+/* After the read transaction: note dir's use if the index is past half. */
+static void bfs_index_note_use(struct bfs_index *idx, const char *dir,
+			       time_t now)
+{
+	size_t map, file;
+
+	bfs_lmdb_sizes(idx->env, &map, &file);
+	if (file > idx->budget / 2) {
+		bfs_index_touch(idx, dir, now);
+	}
+}
+
+int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
+			 time_t *listed_at)
+{
+	MDB_txn *txn;
+	time_t now = time(NULL);
+	bool stale = false;
+	int rc;
+
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_dir_rec(idx, txn, dir, now, listed_at, &stale);
 	bfs_lmdb_txn_abort(txn);
 	if (stale) {
-		bfs_lmdb_sizes(idx->env, &map, &file);
-		if (file > idx->budget / 2) {
-			bfs_index_touch(idx, dir, now);
-		}
+		bfs_index_note_use(idx, dir, now);
 	}
+	return bfs_lmdb_errno(rc);
+}
+
+int bfs_index_lookup_listed(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+			    const char *dir, const char *name, bool *listed,
+			    time_t *listed_at, struct bfs_entry *e)
+{
+	TALLOC_CTX *tmp = talloc_new(mem_ctx);
+	MDB_val k = bfs_ent_key(tmp, dir, name), v;
+	MDB_txn *txn;
+	time_t now = time(NULL);
+	bool stale = false;
+	int rc;
+
+	*listed = false;
+	if (k.mv_data == NULL) {
+		talloc_free(tmp);
+		return ENOMEM;
+	}
+	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		talloc_free(tmp);
+		return bfs_lmdb_errno(rc);
+	}
+	rc = bfs_index_dir_rec(idx, txn, dir, now, listed_at, &stale);
+	if (rc == 0) {
+		*listed = true;
+		rc = mdb_get(txn, idx->ent, &k, &v);
+	}
+	if (rc == 0) {
+		rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
+	}
+	if (rc == 0) {
+		e->name = talloc_strdup(mem_ctx, name);
+		rc = e->name != NULL ? 0 : ENOMEM;
+	}
+	bfs_lmdb_txn_abort(txn);
+	if (stale) {
+		bfs_index_note_use(idx, dir, now);
+	}
+	talloc_free(tmp);
 	return bfs_lmdb_errno(rc);
 }
 

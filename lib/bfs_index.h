@@ -190,6 +190,16 @@ int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
 	__attribute__((warn_unused_result));
 void bfs_index_listing_release(struct bfs_index *idx, const char *dir);
 
+/*
+ * Whether and when dir was listed (*listed, *listed_at) and its child
+ * name, in one read transaction: a lookup's usual case, which smbd makes
+ * several times per open.  0 with *e; ENOENT (no such child, or no
+ * listing: then *listed is false); or an errno.
+ */
+int bfs_index_lookup_listed(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
+			    const char *dir, const char *name, bool *listed,
+			    time_t *listed_at, struct bfs_entry *e);
+
 /* One child of dir.  0, or ENOENT. */
 int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		     const char *dir, const char *name, struct bfs_entry *e);

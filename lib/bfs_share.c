@@ -531,6 +531,17 @@ static void bfs_ask_relisting(struct bfs_conn *bc, const char *prefix,
 }
 
 /*
+ * May a listing made at `listed` be served as it is (within the TTL, or
+ * S3 away for now)?
+ */
+static bool bfs_listing_fresh(const struct bfs_conn *bc, time_t listed,
+			      time_t now)
+{
+	return bc->ttl < 0 || now - listed < bc->ttl ||
+	       now < bc->s3_down_until;
+}
+
+/*
  * Make sure the index has a listing of directory rel younger than the TTL:
  * list it from S3 (every page) and store it, if not.
  */
@@ -554,8 +565,7 @@ int bfs_dir_fresh(struct bfs_conn *bc, const char *rel)
 	bfs_follow_config(bc);
 	ret = bfs_index_dir_listed(bc->index, prefix, &listed);
 	known = ret == 0;
-	if (known && (bc->ttl < 0 || now - listed < bc->ttl ||
-		      now < bc->s3_down_until)) {
+	if (known && bfs_listing_fresh(bc, listed, now)) {
 		TALLOC_FREE(frame);
 		return 0;
 	}
@@ -688,6 +698,8 @@ int bfs_lookup_entry(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	TALLOC_CTX *frame;
 	const char *base;
 	char *parent, *prefix;
+	time_t listed_at = 0;
+	bool listed = false;
 	int ret;
 
 	*e = (struct bfs_entry){
@@ -705,6 +717,18 @@ int bfs_lookup_entry(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	if (prefix == NULL) {
 		talloc_free(frame);
 		return ENOMEM;
+	}
+	/*
+	 * The usual case, a folder listed within its TTL: the listing's
+	 * time and the name in one read (bfs_dir_fresh's first test).
+	 */
+	bfs_follow_config(bc);
+	ret = bfs_index_lookup_listed(bc->index, mem_ctx, prefix, base,
+				      &listed, &listed_at, e);
+	if ((ret == 0 || ret == ENOENT) && listed &&
+	    bfs_listing_fresh(bc, listed_at, time(NULL))) {
+		talloc_free(frame);
+		return ret;
 	}
 	ret = bfs_dir_fresh(bc, parent);
 	if (ret == 0) {

@@ -1564,6 +1564,37 @@ static size_t dirs_record(const char *dir, const char *prefix, bool set,
 	return size;
 }
 
+/*
+ * A lookup's usual case in one read: the folder's listing time and the
+ * child, or which of them is missing.
+ */
+static void test_a_lookup_tells_the_listing_and_the_child_at_once(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL, *dir = tmpdir(t);
+	struct bfs_index *idx = NULL;
+	struct bfs_entry e;
+	time_t at = 0, listed = time(NULL) - 5;
+	bool known = true;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(store_dir_now(idx, folder(t, 0, 3), listed), 0);
+	assert_int_equal(bfs_index_lookup_listed(idx, t, "d000/", FILE0, &known,
+						 &at, &e), 0);
+	assert_true(known);
+	assert_int_equal(at, listed);
+	assert_string_equal(e.name, FILE0);
+	assert_int_equal(e.size, 100);
+	assert_int_equal(bfs_index_lookup_listed(idx, t, "d000/", "missing",
+						 &known, &at, &e), ENOENT);
+	assert_true(known);
+	assert_int_equal(bfs_index_lookup_listed(idx, t, "d001/", FILE0, &known,
+						 &at, &e), ENOENT);
+	assert_false(known);
+	talloc_free(t);
+}
+
 /* Where this process maps dir's data file (LMDB does not say). */
 static void *map_of(const char *dir)
 {
@@ -2152,6 +2183,7 @@ int main(void)
 		cmocka_unit_test(test_at_its_ceiling_a_large_listing_makes_room),
 		cmocka_unit_test(test_a_listing_writes_no_stamp_and_a_use_one_a_minute),
 		cmocka_unit_test(test_an_unchanged_relisting_rewrites_no_entry),
+		cmocka_unit_test(test_a_lookup_tells_the_listing_and_the_child_at_once),
 		cmocka_unit_test(test_another_process_follows_a_grown_map),
 		cmocka_unit_test(test_readers_in_other_threads_survive_the_map_growing),
 		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
