@@ -1020,6 +1020,24 @@ static void bfs_index_touch(struct bfs_index *idx, const char *dir,
  * (data.mdb under half of it) none either: then eviction is far off, and
  * a read takes no write lock (nor a page of a full disk).
  */
+/* The entry under key k (child name) in txn, decoded on mem_ctx. */
+static int bfs_index_get_entry(struct bfs_index *idx, MDB_txn *txn,
+			       TALLOC_CTX *mem_ctx, MDB_val k,
+			       const char *name, struct bfs_entry *e)
+{
+	MDB_val v;
+	int rc = mdb_get(txn, idx->ent, &k, &v);
+
+	if (rc == 0) {
+		rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
+	}
+	if (rc == 0) {
+		e->name = talloc_strdup(mem_ctx, name);
+		rc = e->name != NULL ? 0 : ENOMEM;
+	}
+	return rc;
+}
+
 /*
  * dir's listing record in txn: 0 with *listed_at, else MDB_NOTFOUND (or
  * LMDB's error); *stale when its use should be noted (bfs_index_note_use).
@@ -1084,7 +1102,7 @@ int bfs_index_lookup_listed(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 			    time_t *listed_at, struct bfs_entry *e)
 {
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
-	MDB_val k = bfs_ent_key(tmp, dir, name), v;
+	MDB_val k = bfs_ent_key(tmp, dir, name);
 	MDB_txn *txn;
 	time_t now = time(NULL);
 	bool stale = false;
@@ -1103,14 +1121,7 @@ int bfs_index_lookup_listed(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 	rc = bfs_index_dir_rec(idx, txn, dir, now, listed_at, &stale);
 	if (rc == 0) {
 		*listed = true;
-		rc = mdb_get(txn, idx->ent, &k, &v);
-	}
-	if (rc == 0) {
-		rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
-	}
-	if (rc == 0) {
-		e->name = talloc_strdup(mem_ctx, name);
-		rc = e->name != NULL ? 0 : ENOMEM;
+		rc = bfs_index_get_entry(idx, txn, mem_ctx, k, name, e);
 	}
 	bfs_lmdb_txn_abort(txn);
 	if (stale) {
@@ -1480,7 +1491,7 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 		     const char *dir, const char *name, struct bfs_entry *e)
 {
 	TALLOC_CTX *tmp = talloc_new(mem_ctx);
-	MDB_val k = bfs_ent_key(tmp, dir, name), v;
+	MDB_val k = bfs_ent_key(tmp, dir, name);
 	MDB_txn *txn;
 	int rc;
 
@@ -1490,14 +1501,7 @@ int bfs_index_lookup(struct bfs_index *idx, TALLOC_CTX *mem_ctx,
 	}
 	rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
 	if (rc == 0) {
-		rc = mdb_get(txn, idx->ent, &k, &v);
-		if (rc == 0) {
-			rc = bfs_index_decode(mem_ctx, v.mv_data, v.mv_size, e);
-			if (rc == 0) {
-				e->name = talloc_strdup(mem_ctx, name);
-				rc = e->name != NULL ? 0 : ENOMEM;
-			}
-		}
+		rc = bfs_index_get_entry(idx, txn, mem_ctx, k, name, e);
 		bfs_lmdb_txn_abort(txn);
 	}
 	talloc_free(tmp);
