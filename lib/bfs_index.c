@@ -1710,6 +1710,96 @@ int bfs_index_dir_set_listed(struct bfs_index *idx, const char *dir,
 	return rc;
 }
 
+/* ---- proofs (bfs_index.h) ---------------------------------------------- */
+
+/* "proof:" and the tag: a meta key no other record starts with. */
+#define BFS_PROOF_PREFIX "proof:"
+#define BFS_PROOF_KEY_LEN (sizeof(BFS_PROOF_PREFIX) - 1 + BFS_INDEX_PROOF_TAG)
+
+static MDB_val bfs_proof_key(uint8_t buf[BFS_PROOF_KEY_LEN],
+			     const uint8_t tag[BFS_INDEX_PROOF_TAG])
+{
+	memcpy(buf, BFS_PROOF_PREFIX, sizeof(BFS_PROOF_PREFIX) - 1);
+	memcpy(buf + sizeof(BFS_PROOF_PREFIX) - 1, tag, BFS_INDEX_PROOF_TAG);
+	return (MDB_val){BFS_PROOF_KEY_LEN, buf};
+}
+
+int bfs_index_proof_get(struct bfs_index *idx,
+			const uint8_t tag[BFS_INDEX_PROOF_TAG], int64_t *at)
+{
+	uint8_t buf[BFS_PROOF_KEY_LEN];
+	MDB_val k = bfs_proof_key(buf, tag), v;
+	MDB_txn *txn;
+	int rc = bfs_lmdb_txn_begin(idx->env, MDB_RDONLY, &txn);
+
+	if (rc != 0) {
+		return bfs_lmdb_errno(rc);
+	}
+	rc = mdb_get(txn, idx->meta, &k, &v);
+	if (rc == 0 && v.mv_size == sizeof(*at)) {
+		memcpy(at, v.mv_data, sizeof(*at));
+	} else if (rc == 0) {
+		rc = MDB_NOTFOUND; /* not ours to read: as if none */
+	}
+	bfs_lmdb_txn_abort(txn);
+	return rc == MDB_NOTFOUND ? ENOENT : bfs_lmdb_errno(rc);
+}
+
+/* Drop the proofs older than `before` (all but a handful, at most). */
+static int bfs_proof_prune(struct bfs_index *idx, MDB_txn *txn, int64_t before)
+{
+	MDB_cursor *cur;
+	MDB_val k = {sizeof(BFS_PROOF_PREFIX) - 1, (void *)BFS_PROOF_PREFIX};
+	MDB_val v;
+	int rc = mdb_cursor_open(txn, idx->meta, &cur);
+
+	if (rc != 0) {
+		return rc;
+	}
+	rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+	while (rc == 0 && k.mv_size == BFS_PROOF_KEY_LEN &&
+	       memcmp(k.mv_data, BFS_PROOF_PREFIX,
+		      sizeof(BFS_PROOF_PREFIX) - 1) == 0) {
+		int64_t at;
+
+		if (v.mv_size != sizeof(at)) {
+			rc = mdb_cursor_del(cur, 0);
+		} else {
+			memcpy(&at, v.mv_data, sizeof(at));
+			rc = at < before ? mdb_cursor_del(cur, 0) : 0;
+		}
+		if (rc == 0) {
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+		}
+	}
+	mdb_cursor_close(cur);
+	return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+int bfs_index_proof_put(struct bfs_index *idx,
+			const uint8_t tag[BFS_INDEX_PROOF_TAG], int64_t at)
+{
+	struct bfs_wtxn w = {.idx = idx};
+	uint8_t buf[BFS_PROOF_KEY_LEN];
+	MDB_val k, v;
+	int rc;
+
+	do {
+		rc = bfs_index_begin(&w);
+		if (rc != 0) {
+			break;
+		}
+		rc = bfs_proof_prune(idx, w.txn, at - BFS_INDEX_PROOF_KEEP);
+		if (rc == 0) {
+			k = bfs_proof_key(buf, tag);
+			v = (MDB_val){sizeof(at), &at};
+			rc = mdb_put(w.txn, idx->meta, &k, &v, 0);
+		}
+		rc = bfs_index_end(&w, rc);
+	} while (rc == BFS_INDEX_AGAIN);
+	return rc;
+}
+
 int bfs_index_listing_claim(struct bfs_index *idx, const char *dir,
 			    unsigned max_age)
 {

@@ -136,6 +136,23 @@ int bfs_index_dir_listed(struct bfs_index *idx, const char *dir,
 			 time_t *listed_at);
 
 /*
+ * Proofs that the bucket answered: when a tree connect's probe made with
+ * the settings and credentials whose digest is tag (bfs_probe_tag) last
+ * succeeded, so that later connects may trust it for a while instead of
+ * asking S3 again (bfs_probe_bucket).  Kept in the index's meta table;
+ * storing one drops those older than BFS_INDEX_PROOF_KEEP seconds
+ * (credentials that rotate leave one each).
+ */
+#define BFS_INDEX_PROOF_TAG 32
+#define BFS_INDEX_PROOF_KEEP 86400
+/* 0 with *at, or ENOENT if tag has none. */
+int bfs_index_proof_get(struct bfs_index *idx,
+			const uint8_t tag[BFS_INDEX_PROOF_TAG], int64_t *at);
+int bfs_index_proof_put(struct bfs_index *idx,
+			const uint8_t tag[BFS_INDEX_PROOF_TAG], int64_t at)
+	__attribute__((warn_unused_result));
+
+/*
  * The count of changes this host has made to the index's names: read it
  * before asking S3 for a listing, and give it to bfs_index_store_dir.
  */

@@ -5,8 +5,10 @@
 #include "bfs_probe.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/evp.h>
 #include <talloc.h>
 #include <tevent.h>
 
@@ -116,14 +118,93 @@ static bool bfs_follow_region(struct bfs_conn *bc, bool endpoint_derived,
 	return bc->s3 != NULL;
 }
 
+/* One field of a tag: its length first, so no two lists of fields meet. */
+static bool bfs_tag_field(EVP_MD_CTX *ctx, const char *field)
+{
+	uint64_t len = field != NULL ? strlen(field) + 1 : 0;
+
+	return EVP_DigestUpdate(ctx, &len, sizeof(len)) == 1 &&
+	       (len == 0 || EVP_DigestUpdate(ctx, field, len) == 1);
+}
+
+int bfs_probe_tag(const struct bfs_conn *bc, uint8_t tag[32])
+{
+	const struct s3_client_config *c = &bc->cfg;
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	char flags[5] = {
+		c->path_style ? 'p' : '-', c->verify_tls ? 't' : '-',
+		c->anonymous ? 'a' : '-', c->requester_pays ? 'r' : '-', '\0',
+	};
+	unsigned int len = 0;
+	bool ok;
+
+	/* Digested, never stored: the secret cannot be read back from it. */
+	ok = ctx != NULL && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+	     bfs_tag_field(ctx, "bucketfs probe 1") &&
+	     bfs_tag_field(ctx, c->endpoint) && bfs_tag_field(ctx, c->region) &&
+	     bfs_tag_field(ctx, c->bucket) && bfs_tag_field(ctx, bc->prefix) &&
+	     bfs_tag_field(ctx, flags) && bfs_tag_field(ctx, c->ca_file) &&
+	     bfs_tag_field(ctx, c->creds.access_key) &&
+	     bfs_tag_field(ctx, c->creds.secret_key) &&
+	     bfs_tag_field(ctx, c->creds.session_token) &&
+	     EVP_DigestFinal_ex(ctx, tag, &len) == 1 && len == 32;
+	EVP_MD_CTX_free(ctx);
+	return ok ? 0 : ENOMEM;
+}
+
+/*
+ * Did a probe with what bc has now succeed within the share's TTL (at
+ * most BFS_PROBE_TRUST_MAX)?  A TTL of 0 trusts nothing, as it trusts no
+ * listing; a clock that went back, no proof from the future.
+ */
+static bool bfs_probe_proven(struct bfs_conn *bc, const uint8_t tag[32])
+{
+	int64_t trust = bc->ttl < 0 || bc->ttl > BFS_PROBE_TRUST_MAX ?
+				BFS_PROBE_TRUST_MAX : bc->ttl;
+	int64_t at = 0, now = (int64_t)time(NULL);
+
+	if (trust == 0 || bfs_index_proof_get(bc->index, tag, &at) != 0 ||
+	    at > now || now - at >= trust) {
+		return false;
+	}
+	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: bucket '%s' answered a "
+		"probe with these settings %" PRId64 " s ago: not asked again",
+		bc->service, bc->cfg.bucket, now - at);
+	return true;
+}
+
+/* Remember that the probe succeeded (a failure to costs the next a look). */
+static void bfs_probe_note(struct bfs_conn *bc, const uint8_t tag[32])
+{
+	int ret = bfs_index_proof_put(bc->index, tag, (int64_t)time(NULL));
+
+	if (ret != 0) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot note the "
+			"bucket's answer in the index: %s (the next connect "
+			"asks S3 again)", bc->service, strerror(ret));
+	}
+}
+
 int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 		     bool endpoint_derived)
 {
 	struct s3_status st = {0};
+	uint8_t tag[32];
+	bool tagged = bc->index != NULL && bfs_probe_tag(bc, tag) == 0;
 	time_t listed;
 	int ret;
 
+	if (tagged && bfs_probe_proven(bc, tag)) {
+		return 0;
+	}
 	ret = bfs_probe_once(bc, &st);
+	if (ret == 0 && tagged) {
+		/*
+		 * Only a look that needed no other region: one that did
+		 * would be trusted without the region it found.
+		 */
+		bfs_probe_note(bc, tag);
+	}
 	if (ret != 0 && !region_set &&
 	    bfs_follow_region(bc, endpoint_derived, st.region)) {
 		st = (struct s3_status){0};

@@ -112,9 +112,19 @@ class Rel:
                     endpoint=f"http://127.0.0.1:{w.control_port}")
             + share("herd", "herd", "  bucketfs:metadata ttl = 3\n",
                     endpoint=f"http://127.0.0.1:{w.control_port}")
+            # The bucket's root, whose probe is a HeadBucket: one share
+            # probed at every connect (TTL 0), one trusting a probe within
+            # its TTL (the default), with credentials of its own.
+            + share("probe0", "", "  bucketfs:metadata ttl = 0\n  bucketfs:retries = 3\n",
+                    endpoint=f"http://127.0.0.1:{w.control_port}").replace(
+                        "  bucketfs:prefix = \n", "")
+            + share("proof", "", "", endpoint=f"http://127.0.0.1:{w.control_port}").replace(
+                        "  bucketfs:prefix = \n", "").replace(
+                        f"credentials file = {w.tmp}/creds", f"credentials file = {self.t}/proofcreds")
             + "".join(share(name, "hostile", f"  bucketfs:{param} = {value}\n")
                       for name, (param, value, _) in BAD_VALUES.items()))
         self.env = dict(os.environ, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
+        self.proof_creds("S3RVER")
         self.port, self.log = w.start_extra_smbd("rel", shares, self.env)
         self.conf = f"{self.t}/smb.conf"
         self.smbd = w.extra["rel"]
@@ -161,6 +171,13 @@ class Rel:
         self.smbd = self.w.spawn(["smbd", "--foreground", "--no-process-group", "-s",
                                   self.conf], f"smbd-rel-{self.starts}", env=self.env)
         wait_port(self.port)
+
+    def proof_creds(self, secret):
+        """The [proof] share's credentials file, with this secret."""
+        path = f"{self.t}/proofcreds"
+        with open(path, "w") as f:
+            f.write(f"[default]\naws_access_key_id = S3RVER\naws_secret_access_key = {secret}\n")
+        os.chmod(path, 0o600)
 
     def log_text(self):
         with open(self.log, errors="replace") as f:
@@ -453,16 +470,61 @@ def test_clients_finding_a_listing_stale_together_share_one_s3_listing(rel):
     assert lists() - before == 1, f"{lists() - before} S3 listings for 6 clients"
 
 
-def test_the_connect_probe_retries_and_falls_back_to_a_listing(rel, faulty):
+def head_buckets(rel):
+    """The HeadBucket requests the fault front has seen, with their faults."""
+    return [line for line in front_lines(rel)
+            if re.match(rf"HEAD /{re.escape(rel.bucket)}/? ", line)]
+
+
+def test_the_connect_probe_retries_and_falls_back_to_a_listing(rel):
     # The tree connect's HeadBucket: answered 503 twice, it is retried;
     # refused for good (as by a server without HeadBucket), the listing
-    # asked next proves the bucket instead.
-    for spec in ("HEAD 503 2", "HEAD 500 -1"):
+    # asked next proves the bucket instead.  [probe0] trusts no earlier
+    # probe (TTL 0): each connect asks.
+    for spec, fault, times in (("HEAD 503 2", "fault=503", 2), ("HEAD 500 -1", "fault=500", 4)):
+        before = len(head_buckets(rel))
         rel.w.fault(spec)
-        ls = rel.smbclient("faulty", "ls", check=False)
+        ls = rel.smbclient("probe0", "ls", check=False)
         rel.w.fault("")
-        assert ls.returncode == 0 and "cached.bin" in ls.stdout, \
-            f"{spec}: {ls.stdout}{ls.stderr}"
+        assert ls.returncode == 0, f"{spec}: {ls.stdout}{ls.stderr}"
+        heads = head_buckets(rel)[before:]
+        assert sum(fault in line for line in heads) == times, f"{spec}: {heads}"
+
+
+def test_a_client_connecting_again_within_the_ttl_is_not_probed_again(rel):
+    """A connect trusts the bucket's answer to an earlier probe with the
+    same settings and credentials for the share's TTL (60 s by default):
+    no S3 round trip.  A changed secret is no such proof: asked, and
+    refused; the right one again is trusted at once."""
+    rel.proof_creds("S3RVER")
+    before = len(head_buckets(rel))
+    rel.smbclient("proof", "ls")
+    assert len(head_buckets(rel)) > before, "the first connect did not probe"
+    # The share's engine, started by that connect, looks up the bucket's
+    # region once as it starts: let it, then count.
+    engine_log = f"{rel.t}/cache-proof/engine.log"
+    deadline = time.time() + 60
+    while not (os.path.exists(engine_log) and "ready" in open(engine_log).read()):
+        assert time.time() < deadline, "the share's engine never started"
+        time.sleep(0.1)
+    before = len(head_buckets(rel))
+    for _ in range(3):
+        rel.smbclient("proof", "ls")
+    heads = head_buckets(rel)[before:]
+    assert heads == [], f"3 connects made {len(heads)} HeadBuckets: {heads}"
+    before = len(head_buckets(rel))
+    try:
+        rel.proof_creds("not-the-secret")
+        p = rel.smbclient("proof", "ls", check=False)
+        assert p.returncode != 0, p.stdout
+        assert re.search(r"share proof: cannot serve bucket .*the S3 server refused the "
+                         r"credentials", rel.log_text()), rel.log_text()[-2000:]
+        assert len(head_buckets(rel)) > before, "a new secret was not asked about"
+    finally:
+        rel.proof_creds("S3RVER")
+    asked = len(head_buckets(rel))
+    rel.smbclient("proof", "ls")
+    assert len(head_buckets(rel)) == asked, "the right secret's proof was not trusted"
 
 
 def test_a_fault_that_does_not_go_away_is_a_clean_smb_error_then_heals(rel, faulty):

@@ -2152,6 +2152,49 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 	talloc_free(t);
 }
 
+/*
+ * A probe's proof is read back as stored; storing one drops those past
+ * BFS_INDEX_PROOF_KEEP (two in a row among them: a cursor that skipped
+ * the one after each delete would leave the second).
+ */
+static void test_proofs_are_kept_a_day(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index *idx = NULL;
+	uint8_t tag[4][BFS_INDEX_PROOF_TAG];
+	int64_t now = (int64_t)time(NULL), at = 0;
+	int i;
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	for (i = 0; i < 4; i++) {
+		memset(tag[i], 0xa0 + i, sizeof(tag[i])); /* in key order */
+	}
+	assert_int_equal(bfs_index_proof_get(idx, tag[0], &at), ENOENT);
+	assert_int_equal(bfs_index_proof_put(idx, tag[0],
+					     now - 2 * BFS_INDEX_PROOF_KEEP), 0);
+	assert_int_equal(bfs_index_proof_get(idx, tag[0], &at), 0);
+	assert_int_equal(at, now - 2 * BFS_INDEX_PROOF_KEEP);
+	assert_int_equal(bfs_index_proof_put(idx, tag[1],
+					     now - BFS_INDEX_PROOF_KEEP - 1), 0);
+	assert_int_equal(bfs_index_proof_put(idx, tag[2], now - 10), 0);
+	/* The one put before tag[1] went then. */
+	assert_int_equal(bfs_index_proof_get(idx, tag[0], &at), ENOENT);
+	assert_int_equal(bfs_index_proof_put(idx, tag[0],
+					     now - 2 * BFS_INDEX_PROOF_KEEP), 0);
+	assert_int_equal(bfs_index_proof_put(idx, tag[3], now), 0);
+	assert_int_equal(bfs_index_proof_get(idx, tag[0], &at), ENOENT);
+	assert_int_equal(bfs_index_proof_get(idx, tag[1], &at), ENOENT);
+	assert_int_equal(bfs_index_proof_get(idx, tag[2], &at), 0);
+	assert_int_equal(at, now - 10);
+	assert_int_equal(bfs_index_proof_get(idx, tag[3], &at), 0);
+	assert_int_equal(at, now);
+	/* The identity record beside them is untouched: it opens again. */
+	TALLOC_FREE(idx);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -2189,6 +2232,7 @@ int main(void)
 		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
 		cmocka_unit_test(test_a_full_disk_keeps_what_was_readable),
 		cmocka_unit_test(test_a_rename_pending_in_s3_shows_the_new_name),
+		cmocka_unit_test(test_proofs_are_kept_a_day),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
 }

@@ -12,7 +12,10 @@
 
 #include <cmocka.h>
 
+#include <talloc.h>
+
 #include "bfs_probe.h"
+#include "bfs_share.h"
 #include "s3_client.h"
 
 static void test_each_cause(void **state)
@@ -85,11 +88,75 @@ static void test_s3_answers(void **state)
 	}
 }
 
+/*
+ * A proof's tag changes with each thing the probe proved, credentials
+ * included, and with nothing else; fields do not run into each other.
+ */
+static void test_a_tag_changes_with_what_the_probe_proves(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = talloc_zero(t, struct bfs_conn);
+	struct s3_client_config *c = &bc->cfg;
+	uint8_t base[32], again[32], tag[32];
+	const char **fields[] = {
+		&c->endpoint, &c->region, &c->bucket, &c->ca_file,
+		&c->creds.access_key, &c->creds.secret_key,
+		&c->creds.session_token,
+	};
+	bool *flags[] = {
+		&c->path_style, &c->verify_tls, &c->anonymous,
+		&c->requester_pays,
+	};
+	size_t i;
+
+	(void)state;
+	c->endpoint = "http://127.0.0.1:9000";
+	c->region = "us-east-1";
+	c->bucket = "bkt";
+	c->verify_tls = true;
+	c->creds.access_key = "AKID";
+	c->creds.secret_key = "secret";
+	bc->prefix = talloc_strdup(bc, "");
+	assert_int_equal(bfs_probe_tag(bc, base), 0);
+	assert_int_equal(bfs_probe_tag(bc, again), 0);
+	assert_memory_equal(base, again, sizeof(base));
+	for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+		const char *was = *fields[i];
+
+		*fields[i] = was != NULL ? "other" : "";
+		assert_int_equal(bfs_probe_tag(bc, tag), 0);
+		assert_memory_not_equal(base, tag, sizeof(base));
+		*fields[i] = was;
+	}
+	for (i = 0; i < sizeof(flags) / sizeof(flags[0]); i++) {
+		*flags[i] = !*flags[i];
+		assert_int_equal(bfs_probe_tag(bc, tag), 0);
+		assert_memory_not_equal(base, tag, sizeof(base));
+		*flags[i] = !*flags[i];
+	}
+	bc->prefix = talloc_strdup(bc, "sub/");
+	assert_int_equal(bfs_probe_tag(bc, tag), 0);
+	assert_memory_not_equal(base, tag, sizeof(base));
+	/* "bkt" + "sub/" is not "bktsub/" + "". */
+	c->bucket = "bktsub/";
+	bc->prefix = talloc_strdup(bc, "");
+	assert_int_equal(bfs_probe_tag(bc, again), 0);
+	assert_memory_not_equal(tag, again, sizeof(tag));
+	c->bucket = "bkt";
+	/* Other parts of the connection are not what a probe proves. */
+	bc->ttl = 99;
+	bc->service = "elsewhere";
+	assert_int_equal(bfs_probe_tag(bc, tag), 0);
+	assert_memory_equal(base, tag, sizeof(base));
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_each_cause),
 		cmocka_unit_test(test_s3_answers),
+		cmocka_unit_test(test_a_tag_changes_with_what_the_probe_proves),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

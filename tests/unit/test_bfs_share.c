@@ -27,6 +27,7 @@
 #include "bfs_connect.h"
 #include "bfs_index.h"
 #include "bfs_log.h"
+#include "bfs_probe.h"
 #include "bfs_share.h"
 #include "bfs_volume.h"
 #include "s3_dirlist.h"
@@ -446,6 +447,85 @@ static void test_the_first_to_hear_other_nodes_relists_what_it_kept(void **state
 	talloc_free(t);
 }
 
+/*
+ * A bucket that answered a probe is not asked again by the connects that
+ * follow within the TTL: the endpoint here refuses every connection, so a
+ * connect that asks S3 fails.  A TTL of 0, an older proof, or a setting
+ * the proof was not made with ask again.
+ */
+static void test_a_proven_bucket_is_not_asked_again(void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const struct bfs_share_host host = {.home_uid = 0};
+	char *dir;
+	struct conf c = offline_conf(t, &dir);
+	struct bfs_conn *bc = share(t, &c);
+	uint8_t tag[32], other[32];
+	int64_t at = 0;
+
+	(void)state;
+	/* Never proven: asked, and S3 is not there. */
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	assert_non_null(bc->index);
+	assert_int_equal(bfs_probe_tag(bc, tag), 0);
+	assert_int_equal(bfs_index_proof_get(bc->index, tag, &at), ENOENT);
+	/* As a connect whose probe succeeded 5 s ago leaves it. */
+	assert_int_equal(bfs_index_proof_put(bc->index, tag,
+					     (int64_t)time(NULL) - 5), 0);
+	talloc_free(bc);
+
+	forget_lines();
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), 0);
+	assert_true(logged("bucketfs: share s: bucket 'bkt' answered a probe "
+			   "with these settings "));
+	assert_true(logged(" s ago: not asked again"));
+	bfs_share_close(bc);
+	talloc_free(bc);
+
+	/* TTL 0 trusts no answer of S3's, this one neither. */
+	conf_set(&c, "metadata ttl", "0");
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	talloc_free(bc);
+
+	/* A TTL of 3 s: the proof is 5 s old (at least). */
+	conf_set(&c, "metadata ttl", "3");
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	talloc_free(bc);
+
+	/* -1 trusts it, for an hour at most. */
+	conf_set(&c, "metadata ttl", "-1");
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), 0);
+	bfs_share_close(bc);
+	assert_int_equal(bfs_index_proof_put(bc->index, tag,
+					     (int64_t)time(NULL) -
+						     BFS_PROBE_TRUST_MAX), 0);
+	talloc_free(bc);
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	/* A proof from the future (the clock went back) is none. */
+	assert_int_equal(bfs_index_proof_put(bc->index, tag,
+					     (int64_t)time(NULL) + 600), 0);
+	talloc_free(bc);
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	assert_int_equal(bfs_index_proof_put(bc->index, tag,
+					     (int64_t)time(NULL)), 0);
+	talloc_free(bc);
+
+	/* Another prefix was never proven: asked. */
+	conf_set(&c, "prefix", "sub");
+	bc = share(t, &c);
+	assert_int_equal(bfs_share_open(bc, &host), ECONNREFUSED);
+	assert_int_equal(bfs_probe_tag(bc, other), 0);
+	assert_memory_not_equal(tag, other, sizeof(tag));
+	talloc_free(bc);
+	talloc_free(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -454,6 +534,7 @@ int main(void)
 		cmocka_unit_test(test_open_refuses),
 		cmocka_unit_test(test_outage),
 		cmocka_unit_test(test_the_first_to_hear_other_nodes_relists_what_it_kept),
+		cmocka_unit_test(test_a_proven_bucket_is_not_asked_again),
 	};
 
 	bfs_log_set(keep_line);
