@@ -2049,7 +2049,12 @@ int main(int argc, char **argv)
 	e->cache = ctl_cache(&e->c);
 	e->stats = ctl_stats_db(&e->c);
 	e->stats_interval = (unsigned)ctl_int(&e->c, "metrics interval");
-	e->s3 = ctl_s3(&e->c, e->ev, NULL);
+	/*
+	 * The one client made as the module makes its own (credentials,
+	 * the bucket's region looked up once); the upload threads' are its
+	 * copies.
+	 */
+	e->s3 = ctl_s3(&e->c, e->ev, &e->creds_expire);
 	e->reader = bfs_reader_new(e, e->ev, e->s3, e->cache, e->c.block_size,
 				   false);
 	if (e->reader == NULL) {
@@ -2076,11 +2081,7 @@ int main(int argc, char **argv)
 	pthread_mutex_init(&e->mu, NULL);
 	eng_cond_init(&e->cv);
 
-	/*
-	 * The upload threads, each with its own loop, S3 client and
-	 * writeback.  The first client is made as the module makes its own
-	 * (credentials, the bucket's region); the others are its copies.
-	 */
+	/* The upload threads, each with its own loop, S3 client and writeback. */
 	e->n_workers = (unsigned)ctl_int(&e->c, "upload files");
 	e->imds = ctl_string(&e->c, "imds endpoint");
 	e->workers = talloc_zero_array(e, struct eng_worker *, e->n_workers);
@@ -2095,8 +2096,7 @@ int main(int argc, char **argv)
 		}
 		w->e = e;
 		w->n = u;
-		w->s3 = u == 0 ? ctl_s3(&e->c, w->ev, &e->creds_expire) :
-			s3_client_new_like(w, w->ev, e->workers[0]->s3);
+		w->s3 = s3_client_new_like(w, w->ev, e->s3);
 		if (w->s3 == NULL) {
 			ctl_die("out of memory");
 		}
