@@ -42,6 +42,7 @@
 #include "bfs_namespace.h"
 #include "bfs_params.h"
 #include "bfs_path.h"
+#include "bfs_read_plan.h"
 #include "bfs_reader.h"
 #include "bfs_share.h"
 #include "bfs_stream.h"
@@ -1143,8 +1144,8 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	struct bfs_pread_state *state;
 	struct bfs_reader *reader;
 	struct bfs_conn *bc;
-	uint64_t ahead = 0, ahead_n = 0;
-	bool sequential, engine, claim_ahead = false;
+	struct bfs_read_plan plan;
+	enum bfs_read_way way;
 
 	req = tevent_req_create(mem_ctx, &state, struct bfs_pread_state);
 	if (req == NULL) {
@@ -1194,86 +1195,40 @@ static struct tevent_req *bfs_pread_send(struct vfs_handle_struct *handle,
 	state->fd = -1;
 	state->pool = handle->conn->sconn->pool;
 
-	/*
-	 * Sequential reading (this read starts where the last one ended, or
-	 * at the start): fetch the blocks after it before they are asked for.
-	 */
-	bfs_follow_config(bc);
-	sequential = (uint64_t)offset == fh->next_off;
-	fh->next_off = (uint64_t)offset + n;
-	if (sequential && bc->readahead > 0) {
-		uint64_t blocks = (fh->obj.size + bc->block_size - 1) /
-				  bc->block_size;
-
-		ahead = (fh->next_off + bc->block_size - 1) / bc->block_size;
-		ahead_n = ahead < blocks ? MIN(bc->readahead, blocks - ahead) :
-					   0;
-		/*
-		 * Nothing to ask when the window's far end is on disk: the
-		 * reader fills in order, so the blocks before it are too (a
-		 * gap is fetched on its read).  Hot reads of a small file
-		 * asked the engine once each for blocks past its end.
-		 */
-		if (ahead_n > 0 &&
-		    bfs_reader_all_cached(reader, &fh->obj,
-					  (ahead + ahead_n - 1) *
-					  (uint64_t)bc->block_size, 1)) {
-			ahead_n = 0;
-		}
+	bfs_read_plan(bc, fh, reader, ev == bc->engine_ev, state->off, n,
+		      &plan);
+	state->ahead = plan.ahead;
+	state->ahead_n = plan.ahead_n;
+	way = plan.way;
+	if (way == BFS_READ_CACHED && !bfs_pread_copy_start(req, state)) {
+		way = plan.fallback;
 	}
-	engine = bc->engine != NULL && ev == bc->engine_ev &&
-		 bfs_engine_pid(bc->engine) != 0 && fh->obj.etag != NULL;
-	if (engine && bfs_claim_reads_here(bc, fh, &claim_ahead)) {
-		if (claim_ahead ||
-		    bfs_reader_holds(reader, &fh->obj, offset, n)) {
-			/* This process's to fetch (lib/bfs_claim.h). */
-			engine = false;
-		}
-		/* Given back: what we began is ours to finish, the rest
-		 * the engine's, without readahead over ours in flight. */
-		ahead_n = claim_ahead ? ahead_n : 0;
-	}
-	if (engine && ahead_n > 0) {
-		fh->lend_until = MAX(fh->lend_until, ahead + ahead_n);
-	}
-	state->ahead = ahead;
-	state->ahead_n = ahead_n;
-
-	if ((!engine || !bfs_engine_lends(bc->engine) ||
-	     state->off / bc->block_size >= fh->lend_until) &&
-	    bfs_reader_all_cached(reader, &fh->obj, state->off, n) &&
-	    bfs_pread_copy_start(req, state)) {
-		/* All on disk: copied in one of smbd's worker threads. */
-	} else if (engine && bfs_claim_worth_asking(bc, fh)) {
-		/* A large object's first miss: may we fetch it ourselves? */
+	switch (way) {
+	case BFS_READ_CACHED:
+		/* Copied in one of smbd's worker threads. */
+		break;
+	case BFS_READ_CLAIM:
 		subreq = bfs_claim_send(state, ev, bc, fh);
 		if (tevent_req_nomem(subreq, req)) {
 			return tevent_req_post(req, ev);
 		}
 		tevent_req_set_callback(subreq, bfs_pread_claim_done, req);
 		return req;
-	} else if (engine) {
-		/* A miss: the engine fetches it, once for every smbd. */
+	case BFS_READ_ENGINE:
+		/* Its readahead goes with the ask. */
 		bfs_pread_ask_engine(req, state);
 		if (!tevent_req_is_in_progress(req)) {
 			return tevent_req_post(req, ev);
 		}
 		return req;
-	} else {
+	case BFS_READ_HERE:
 		bfs_pread_fetch_here(req, state);
+		break;
 	}
 	if (!tevent_req_is_in_progress(req)) {
 		return tevent_req_post(req, ev);
 	}
-	if (ahead_n > 0 && engine) {
-		struct bfs_engine_fetch ef = {
-			.key = fh->obj.key, .etag = fh->obj.etag,
-			.size = fh->obj.size, .ahead = ahead, .ahead_n = ahead_n,
-		};
-		(void)bfs_engine_prefetch(bc->engine, &ef);
-	} else if (ahead_n > 0) {
-		bfs_reader_prefetch(reader, &fh->obj, ahead, ahead_n);
-	}
+	bfs_read_plan_ahead(bc, fh, reader, &plan);
 	return req;
 }
 
