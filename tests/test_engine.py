@@ -646,7 +646,9 @@ def cold_readers(w, share, key, name, n):
 
 
 def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
-    size = 64 << 20
+    # The size: a 256 MiB object, large enough that its first
+    # reader's smbd claims it (lib/bfs_claim.h) and gives it back.
+    size = 256 << 20
     src = w.make("cold4.bin", size)
     w.s3tool("put", "rwlocal/cold4/data.bin", src)
     w.s3tool("put", "rwsync/cold4/data.bin", src)
@@ -660,7 +662,7 @@ def test_four_clients_cold_reading_one_object_pull_it_from_s3_about_once(w):
     digests = cold_readers(w, "rwsync", "rwsync/cold4/data.bin", "cold4/data.bin", 4)
     assert set(digests) == {sha256(src)}
     without = get_bytes(w, "rwsync/cold4/data.bin")
-    print(f"    # 4 clients, one cold 64 MiB object: {with_engine / size:.2f}x its size "
+    print(f"    # 4 clients, one cold {size >> 20} MiB object: {with_engine / size:.2f}x its size "
           f"from S3 through the engine, {without / size:.2f}x with each smbd fetching")
     assert with_engine <= 1.25 * size, f"{with_engine} bytes fetched for {size}"
     state = w.ctl("rwlocal", "engine").stdout
