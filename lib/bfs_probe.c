@@ -49,6 +49,18 @@ const char *bfs_probe_cause(int err)
  * is served if the listing works.  A share of a prefix lists at once:
  * credentials limited to a prefix may list it but not head the bucket.
  */
+/*
+ * A probe holds the client's whole connection (the tree connect is
+ * synchronous in smbd): a server that takes the connection and never
+ * answers must not hold it for the share's 'request timeout' times its
+ * 'retries' (2.5 minutes at the defaults; Windows drops a connection whose
+ * request waits about a minute).  Each look is given BFS_PROBE_TIMEOUT_MS
+ * and BFS_PROBE_RETRIES at most (two 503s then an answer still prove the
+ * bucket), and no HTTP answer at all is not asked again as a listing.
+ */
+#define BFS_PROBE_TIMEOUT_MS 8000
+#define BFS_PROBE_RETRIES 2
+
 /* One look at the bucket (the tree connect's probe): 0, or an errno. */
 static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 {
@@ -68,9 +80,11 @@ static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 			TALLOC_FREE(frame);
 			return ret;
 		}
-		if (s3_head_object_recv(req, frame, &info, st) == 0) {
+		ret = s3_head_object_recv(req, frame, &info, st);
+		if (ret == 0 || st->http_status == 0) {
+			/* Proved, or no answer that a listing would explain. */
 			TALLOC_FREE(frame);
-			return 0;
+			return ret;
 		}
 	}
 	/* A HEAD has no error document: a listing says why. */
@@ -84,6 +98,22 @@ static int bfs_probe_once(struct bfs_conn *bc, struct s3_status *st)
 	*st = (struct s3_status){0};
 	ret = s3_list_recv(req, frame, &l, st);
 	TALLOC_FREE(frame);
+	return ret;
+}
+
+/* bfs_probe_once under the probe's limits, bc->s3's own put back after. */
+static int bfs_probe_looks(struct bfs_conn *bc, struct s3_status *st)
+{
+	unsigned timeout = bc->cfg.request_timeout_ms;
+	int ret;
+
+	s3_client_set_limits(bc->s3,
+			     timeout != 0 && timeout < BFS_PROBE_TIMEOUT_MS ?
+				     timeout : BFS_PROBE_TIMEOUT_MS,
+			     bc->cfg.max_retries < BFS_PROBE_RETRIES ?
+				     bc->cfg.max_retries : BFS_PROBE_RETRIES);
+	ret = bfs_probe_once(bc, st);
+	s3_client_set_limits(bc->s3, timeout, bc->cfg.max_retries);
 	return ret;
 }
 
@@ -197,7 +227,7 @@ int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 	if (tagged && bfs_probe_proven(bc, tag)) {
 		return 0;
 	}
-	ret = bfs_probe_once(bc, &st);
+	ret = bfs_probe_looks(bc, &st);
 	if (ret == 0 && tagged) {
 		/*
 		 * Only a look that needed no other region: one that did
@@ -208,7 +238,7 @@ int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 	if (ret != 0 && !region_set &&
 	    bfs_follow_region(bc, endpoint_derived, st.region)) {
 		st = (struct s3_status){0};
-		ret = bfs_probe_once(bc, &st);
+		ret = bfs_probe_looks(bc, &st);
 	}
 	if (ret == 0) {
 		return 0;

@@ -385,6 +385,14 @@ int s3_client_set_credentials(struct s3_client *c,
 	return 0;
 }
 
+void s3_client_set_limits(struct s3_client *c, unsigned request_timeout_ms,
+			  unsigned max_retries)
+{
+	c->cfg.request_timeout_ms = request_timeout_ms != 0 ? request_timeout_ms
+							    : 60000;
+	c->cfg.max_retries = max_retries;
+}
+
 void s3_client_set_max_requests(struct s3_client *c, unsigned max)
 {
 	long m = max > 0 ? (long)max : 16;

@@ -176,6 +176,14 @@ int s3_client_set_credentials(struct s3_client *c,
 /* Change the limit on requests in flight (a reloaded smb.conf). */
 void s3_client_set_max_requests(struct s3_client *c, unsigned max);
 
+/*
+ * How long each request sent from now on may take (0: 60 s) and how often
+ * it is retried: a tree connect's probe sends its own under tighter ones,
+ * then puts the client's back.
+ */
+void s3_client_set_limits(struct s3_client *c, unsigned request_timeout_ms,
+			  unsigned max_retries);
+
 const struct s3_client_counters *s3_client_counters(const struct s3_client *c);
 const char *s3_client_bucket(const struct s3_client *c);
 

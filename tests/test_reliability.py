@@ -85,6 +85,12 @@ class Rel:
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs",
                         self.tinyfs], check=True)
 
+        # An S3 endpoint that takes connections and never answers (the
+        # kernel completes them; nothing accepts or reads).
+        self.silent = socket.socket()
+        self.silent.bind(("127.0.0.1", 0))
+        self.silent.listen(64)
+
         def share(name, prefix, extra="", endpoint=None):
             return (f"[{name}]\n  path = /bucketfs/{name}\n  vfs objects = bucketfs\n"
                     f"  bucketfs:endpoint = {endpoint or w.endpoint}\n"
@@ -118,6 +124,9 @@ class Rel:
             + share("probe0", "", "  bucketfs:metadata ttl = 0\n  bucketfs:retries = 3\n",
                     endpoint=f"http://127.0.0.1:{w.control_port}").replace(
                         "  bucketfs:prefix = \n", "")
+            + share("silent", "", "  bucketfs:request timeout = 60\n  bucketfs:retries = 4\n",
+                    endpoint=f"http://127.0.0.1:{self.silent.getsockname()[1]}").replace(
+                        "  bucketfs:prefix = \n", "")
             + share("proof", "", "", endpoint=f"http://127.0.0.1:{w.control_port}").replace(
                         "  bucketfs:prefix = \n", "").replace(
                         f"credentials file = {w.tmp}/creds", f"credentials file = {self.t}/proofcreds")
@@ -137,6 +146,7 @@ class Rel:
         except ProcessLookupError:
             pass
         subprocess.run(["umount", "-l", self.tinyfs], capture_output=True)
+        self.silent.close()
         # Engines this smbd started outlive it.
         subprocess.run(["pkill", "-KILL", "-f", f"bucketfsd -s {self.conf} "],
                        capture_output=True)
@@ -480,8 +490,9 @@ def test_the_connect_probe_retries_and_falls_back_to_a_listing(rel):
     # The tree connect's HeadBucket: answered 503 twice, it is retried;
     # refused for good (as by a server without HeadBucket), the listing
     # asked next proves the bucket instead.  [probe0] trusts no earlier
-    # probe (TTL 0): each connect asks.
-    for spec, fault, times in (("HEAD 503 2", "fault=503", 2), ("HEAD 500 -1", "fault=500", 4)):
+    # probe (TTL 0): each connect asks, retrying twice at most (its
+    # 'retries = 3' is for other requests).
+    for spec, fault, times in (("HEAD 503 2", "fault=503", 2), ("HEAD 500 -1", "fault=500", 3)):
         before = len(head_buckets(rel))
         rel.w.fault(spec)
         ls = rel.smbclient("probe0", "ls", check=False)
@@ -489,6 +500,25 @@ def test_the_connect_probe_retries_and_falls_back_to_a_listing(rel):
         assert ls.returncode == 0, f"{spec}: {ls.stdout}{ls.stderr}"
         heads = head_buckets(rel)[before:]
         assert sum(fault in line for line in heads) == times, f"{spec}: {heads}"
+
+
+def test_a_server_that_never_answers_fails_the_connect_in_seconds_not_minutes(rel):
+    """The tree connect holds the client's whole connection.  With
+    'request timeout = 60' and 'retries = 4' a HeadBucket that is never
+    answered would hold it five minutes; the probe gives each look 8 s and
+    retries twice, and does not ask again as a listing."""
+    refused = re.compile(r"share silent: cannot serve bucket .*the S3 endpoint is "
+                         r"unreachable \(Timeout was reached")
+    start = time.monotonic()
+    p = rel.smbclient("silent", "ls", check=False)
+    assert p.returncode != 0, p.stdout
+    # smbclient may give up first (after 40 s): smbd's refusal is the end.
+    while not refused.search(rel.log_text()):
+        assert time.monotonic() - start < 120, "smbd still probes after 120 s"
+        time.sleep(0.2)
+    took = time.monotonic() - start
+    print(f"    # a connect to an S3 server that never answers was refused in {took:.1f} s")
+    assert took < 60, f"the connect took {took:.0f} s"
 
 
 def test_a_client_connecting_again_within_the_ttl_is_not_probed_again(rel):
