@@ -505,8 +505,9 @@ def test_the_connect_probe_retries_and_falls_back_to_a_listing(rel):
 def test_a_server_that_never_answers_fails_the_connect_in_seconds_not_minutes(rel):
     """The tree connect holds the client's whole connection.  With
     'request timeout = 60' and 'retries = 4' a HeadBucket that is never
-    answered would hold it five minutes; the probe gives each look 8 s and
-    retries twice, and does not ask again as a listing."""
+    answered held it five minutes, and the listing asked after it five
+    more; the probe gives each look 8 s and retries twice, and does not
+    ask again as a listing."""
     refused = re.compile(r"share silent: cannot serve bucket .*the S3 endpoint is "
                          r"unreachable \(Timeout was reached")
     start = time.monotonic()
