@@ -53,10 +53,13 @@ const char *bfs_probe_cause(int err)
  * A probe holds the client's whole connection (the tree connect is
  * synchronous in smbd): a server that takes the connection and never
  * answers must not hold it for the share's 'request timeout' times its
- * 'retries' (2.5 minutes at the defaults; Windows drops a connection whose
- * request waits about a minute).  Each look is given BFS_PROBE_TIMEOUT_MS
- * and BFS_PROBE_RETRIES at most (two 503s then an answer still prove the
- * bucket), and no HTTP answer at all is not asked again as a listing.
+ * 'retries' + 1, twice over (the HEAD, then the listing asked after it:
+ * 5 minutes at the defaults; Windows drops a connection whose request
+ * waits about a minute).  Each look is given BFS_PROBE_TIMEOUT_MS and
+ * BFS_PROBE_RETRIES at most (two 503s then an answer still prove the
+ * bucket), and no HTTP answer at all is not asked again as a listing.  A
+ * one-key listing that takes a server longer than that counts as the
+ * server being away, as a HEAD would.
  */
 #define BFS_PROBE_TIMEOUT_MS 8000
 #define BFS_PROBE_RETRIES 2
@@ -183,18 +186,27 @@ int bfs_probe_tag(const struct bfs_conn *bc, uint8_t tag[32])
 }
 
 /*
- * Did a probe with what bc has now succeed within the share's TTL (at
- * most BFS_PROBE_TRUST_MAX)?  A TTL of 0 trusts nothing, as it trusts no
- * listing; a clock that went back, no proof from the future.
+ * Seconds a proof is trusted: the share's TTL, at most
+ * BFS_PROBE_TRUST_MAX; 0 (a TTL of 0, which trusts no listing either)
+ * trusts none.
+ */
+static int64_t bfs_probe_trust(const struct bfs_conn *bc)
+{
+	return bc->ttl < 0 || bc->ttl > BFS_PROBE_TRUST_MAX ?
+		       BFS_PROBE_TRUST_MAX : bc->ttl;
+}
+
+/*
+ * Did a probe with what bc has now succeed within the trust?  A clock
+ * that went back: no proof from the future.
  */
 static bool bfs_probe_proven(struct bfs_conn *bc, const uint8_t tag[32])
 {
-	int64_t trust = bc->ttl < 0 || bc->ttl > BFS_PROBE_TRUST_MAX ?
-				BFS_PROBE_TRUST_MAX : bc->ttl;
+	int64_t trust = bfs_probe_trust(bc);
 	int64_t at = 0, now = (int64_t)time(NULL);
 
-	if (trust == 0 || bfs_index_proof_get(bc->index, tag, &at) != 0 ||
-	    at > now || now - at >= trust) {
+	if (bfs_index_proof_get(bc->index, tag, &at) != 0 || at > now ||
+	    now - at >= trust) {
 		return false;
 	}
 	bfs_log(BFS_LOG_INFO, "bucketfs: share %s: bucket '%s' answered a "
@@ -220,7 +232,9 @@ int bfs_probe_bucket(struct bfs_conn *bc, bool region_set,
 {
 	struct s3_status st = {0};
 	uint8_t tag[32];
-	bool tagged = bc->index != NULL && bfs_probe_tag(bc, tag) == 0;
+	/* A TTL of 0 trusts no proof: none is read or written. */
+	bool tagged = bc->index != NULL && bfs_probe_trust(bc) > 0 &&
+		      bfs_probe_tag(bc, tag) == 0;
 	time_t listed;
 	int ret;
 

@@ -2160,14 +2160,14 @@ static void test_a_full_disk_keeps_what_was_readable(void **state)
 static void test_proofs_are_kept_a_day(void **state)
 {
 	TALLOC_CTX *t = talloc_new(NULL);
-	const char *why = NULL;
+	const char *dir = tmpdir(t), *why = NULL;
 	struct bfs_index *idx = NULL;
 	uint8_t tag[4][BFS_INDEX_PROOF_TAG];
 	int64_t now = (int64_t)time(NULL), at = 0;
 	int i;
 
 	(void)state;
-	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
 	for (i = 0; i < 4; i++) {
 		memset(tag[i], 0xa0 + i, sizeof(tag[i])); /* in key order */
 	}
@@ -2191,6 +2191,9 @@ static void test_proofs_are_kept_a_day(void **state)
 	assert_int_equal(bfs_index_proof_get(idx, tag[3], &at), 0);
 	assert_int_equal(at, now);
 	/* The identity record beside them is untouched: it opens again. */
+	TALLOC_FREE(idx);
+	assert_int_equal(bfs_index_open(t, dir, "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_proof_get(idx, tag[3], &at), 0);
 	TALLOC_FREE(idx);
 	talloc_free(t);
 }
