@@ -48,15 +48,13 @@ static void answered(struct tevent_req *req)
 	talloc_free(req);
 }
 
+/* An object in the root, opened for reading (test_share.h). */
 static struct bfs_fh *opened(struct bfs_conn *bc, const char *name,
 			     uint64_t size)
 {
-	struct bfs_entry e = {.name = (char *)name, .size = size, .mtime = 5,
-			      .etag = "\"E\""};
-	struct bfs_fh *fh = NULL;
+	struct bfs_fh *fh = test_share_opened(bc, name, size);
 
-	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
-	assert_int_equal(bfs_fh_open(bc, name, O_RDONLY, false, &fh), 0);
+	assert_non_null(fh);
 	return fh;
 }
 
@@ -72,23 +70,14 @@ static void test_a_claim_is_granted_then_given_back_when_asked(void **state)
 	struct claim_seen seen = {.answer = -1};
 	struct bfs_fh *big, *small, *other;
 	struct tevent_req *req;
-	const char *why = NULL;
 	bool ahead = true;
 	pid_t engine;
 	int i;
 
 	(void)state;
 	assert_non_null(bc);
-	test_engine_claim_bytes = 64ULL << 20;
-	engine = test_engine_start(bc);
-	test_engine_claim_bytes = 0;
+	engine = test_share_reading(bc, 64ULL << 20);
 	assert_true(engine > 0);
-	/* Claims fill the cache folder's cache, for the engine to find. */
-	assert_int_equal(bfs_cache_open(bc, talloc_asprintf(t, "%s/cache",
-							     bc->cache_dir),
-					1ULL << 30, bc->block_size, &bc->cache,
-					&why), 0);
-	assert_non_null(bfs_conn_async_reader(bc, bc->engine_ev));
 	bfs_engine_on_revoke(bc->engine, bfs_claim_revoked, bc);
 	bfs_engine_on_changed(bc->engine, on_changed, &seen);
 	assert_int_equal(bfs_engine_claim_bytes(bc->engine), 64ULL << 20);

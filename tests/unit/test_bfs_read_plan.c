@@ -24,15 +24,13 @@
 
 #define MiB (1ULL << 20)
 
+/* An object in the root, opened for reading (test_share.h). */
 static struct bfs_fh *opened(struct bfs_conn *bc, const char *name,
 			     uint64_t size)
 {
-	struct bfs_entry e = {.name = (char *)name, .size = size, .mtime = 5,
-			      .etag = "\"E\""};
-	struct bfs_fh *fh = NULL;
+	struct bfs_fh *fh = test_share_opened(bc, name, size);
 
-	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
-	assert_int_equal(bfs_fh_open(bc, name, O_RDONLY, false, &fh), 0);
+	assert_non_null(fh);
 	return fh;
 }
 
@@ -52,19 +50,12 @@ static void test_a_read_is_planned_from_the_cache_the_engine_or_here(
 	struct bfs_read_plan p;
 	struct bfs_reader *reader;
 	struct bfs_fh *ten, *two, *big;
-	const char *why = NULL;
 	pid_t engine;
 
 	(void)state;
 	assert_non_null(bc);
-	test_engine_claim_bytes = 64ULL << 20;
-	engine = test_engine_start(bc);
-	test_engine_claim_bytes = 0;
+	engine = test_share_reading(bc, 64ULL << 20);
 	assert_true(engine > 0);
-	assert_int_equal(bfs_cache_open(bc, talloc_asprintf(t, "%s/cache",
-							     bc->cache_dir),
-					1ULL << 30, bc->block_size, &bc->cache,
-					&why), 0);
 	reader = bfs_conn_async_reader(bc, bc->engine_ev);
 	assert_non_null(reader);
 	assert_int_equal(bc->readahead, 64); /* the default */

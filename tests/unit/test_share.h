@@ -17,6 +17,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,7 +33,9 @@
 
 #include "test_tmpdir.h"
 
+#include "bfs_cache.h"
 #include "bfs_engine.h"
+#include "bfs_file.h"
 #include "bfs_index.h"
 #include "bfs_journal.h"
 #include "bfs_proto.h"
@@ -158,6 +161,26 @@ static struct bfs_conn *test_share_new(TALLOC_CTX *t)
 	return test_share_listed(bc, "") == 0 ? bc : NULL;
 }
 
+/*
+ * An object of `size` bytes named `name` in the share's root (in the
+ * index, as a listing would have it), opened for reading; NULL if either
+ * fails.
+ */
+__attribute__((unused))
+static struct bfs_fh *test_share_opened(struct bfs_conn *bc, const char *name,
+					uint64_t size)
+{
+	struct bfs_entry e = {.name = (char *)name, .size = size, .mtime = 5,
+			      .etag = "\"E\""};
+	struct bfs_fh *fh = NULL;
+
+	if (bfs_index_put(bc->index, "", &e) != 0 ||
+	    bfs_fh_open(bc, name, O_RDONLY, false, &fh) != 0) {
+		return NULL;
+	}
+	return fh;
+}
+
 /* HTTP requests the share's S3 client sent (each one refused). */
 static uint64_t test_share_s3_requests(const struct bfs_conn *bc)
 {
@@ -271,6 +294,30 @@ static void test_engine_stop(struct bfs_conn *bc, pid_t pid)
 	TALLOC_FREE(bc->engine);
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
+}
+
+/*
+ * A share set up for reads as with an engine: the stand-in started
+ * (granting claims of claim_bytes, 0 for none), the folder's cache opened
+ * (claims fill it, for the engine to find) and the async reader made on
+ * the engine's loop.  The stand-in's pid, or -1.
+ */
+__attribute__((unused))
+static pid_t test_share_reading(struct bfs_conn *bc, uint64_t claim_bytes)
+{
+	const char *why = NULL;
+	pid_t engine;
+
+	test_engine_claim_bytes = claim_bytes;
+	engine = test_engine_start(bc);
+	test_engine_claim_bytes = 0;
+	if (engine <= 0 ||
+	    bfs_cache_open(bc, talloc_asprintf(bc, "%s/cache", bc->cache_dir),
+			   1ULL << 30, bc->block_size, &bc->cache, &why) != 0 ||
+	    bfs_conn_async_reader(bc, bc->engine_ev) == NULL) {
+		return -1;
+	}
+	return engine;
 }
 
 #endif
