@@ -113,6 +113,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def dead_port():
+    """A port nothing listens on, for as long as the socket returned is
+    open: bound but not listening, so a connect is refused, and no other
+    server of a test running beside us can take it (a port free_port()
+    handed out and closed could be bound again: a CI run's connect to
+    its "dead" endpoint got an answer)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
 def wait_port(port, what, timeout=30):
     end = time.time() + timeout
     while time.time() < end:
@@ -160,7 +171,7 @@ class World:
         os.makedirs(f"{tmp}/s3", exist_ok=True)
         self.s3_port = free_port()
         self.front_port = free_port()
-        self.dead_port = free_port()  # nothing listens here
+        self.dead_sock, self.dead_port = dead_port()  # nothing listens here
         self.fault_ports = {m: free_port() for m in ("503", "truncate", "reset")}
         argv, env = s3rver_argv(f"{tmp}/s3", self.s3_port, BUCKET, CLIENT_BUCKET,
                                 extra=("--service-endpoint", "localhost"))
