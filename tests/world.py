@@ -88,11 +88,13 @@ def stop_procs():
 def s3rver_argv(folder, port, *buckets, extra=()):
     """s3rver serving folder on 127.0.0.1:port with these buckets, and the
     environment it needs: its continuation tokens use DES, which OpenSSL 3
-    keeps in the legacy provider."""
+    keeps in the legacy provider; tests/s3server/atomic.js makes its
+    object writes atomic, as S3's are."""
     argv = [S3RVER, "-d", folder, "-a", "127.0.0.1", "-p", str(port), "--silent", *extra]
     for b in buckets:
         argv += ["--configure-bucket", b]
-    return argv, dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider")
+    return argv, dict(os.environ, NODE_OPTIONS="--openssl-legacy-provider --require "
+                      + os.path.join(TOP, "tests/s3server/atomic.js"))
 
 
 def start_s3rver(folder, port, log):
