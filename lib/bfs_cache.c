@@ -12,9 +12,10 @@
  * ("<dir>/fill.lock", flock, released by the kernel if the process dies;
  * the fill thread has its own open of it, so it excludes this process's
  * main thread too).
- * A fill writes its bytes, then commits the record; an eviction commits the
- * removal, then punches the hole.  A crash between the two steps leaves
- * bytes without a record (space, not corruption).
+ * A fill makes its room first (evicts), writes its bytes, then commits the
+ * record; an eviction commits the removal, then punches the hole.  A crash
+ * between the steps leaves bytes without a record (space, not corruption;
+ * a file no record names goes at the next opener's check).
  */
 #include "bfs_cache.h"
 
@@ -1195,6 +1196,33 @@ static int bfs_cache_write(struct bfs_cache *c, int fd,
 }
 
 /*
+ * End an eviction's transaction txn (rc: how it went): note which victims
+ * were their version's last block, commit, then punch their bytes, after
+ * the commit.  Frees victims.  An LMDB code.
+ */
+static int bfs_cache_evict_end(struct bfs_cache *c, MDB_txn *txn, int rc,
+			       struct bfs_victim *victims, size_t n_victims,
+			       bool shared)
+{
+	size_t i;
+
+	for (i = 0; rc == 0 && i < n_victims; i++) {
+		victims[i].last = !bfs_cache_has_blocks(c, txn,
+							victims[i].bk.id);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+	} else {
+		mdb_txn_abort(txn);
+	}
+	if (rc == 0) {
+		bfs_cache_punch(c, victims, n_victims, shared);
+	}
+	free(victims);
+	return rc;
+}
+
+/*
  * The cache shares its disk with the index, the journal and staged writes,
  * which must never find it full: a fill leaves a reserve free (a twentieth
  * of the disk, at least four blocks, at most 1 GiB), evicting ahead of the
@@ -1207,7 +1235,7 @@ static int bfs_cache_keep_disk_reserve(struct bfs_cache *c, uint64_t len,
 {
 	struct statvfs sv;
 	struct bfs_victim *victims = NULL;
-	size_t n_victims = 0, i;
+	size_t n_victims = 0;
 	uint64_t avail, total, reserve, deficit, used;
 	MDB_txn *txn = NULL;
 	int rc;
@@ -1243,20 +1271,109 @@ static int bfs_cache_keep_disk_reserve(struct bfs_cache *c, uint64_t len,
 	}
 	rc = bfs_cache_make_room(c, txn, 0, used - deficit, &victims,
 				 &n_victims);
-	for (i = 0; rc == 0 && i < n_victims; i++) {
-		victims[i].last = !bfs_cache_has_blocks(c, txn,
-							victims[i].bk.id);
+	return bfs_lmdb_errno(bfs_cache_evict_end(c, txn, rc, victims,
+						  n_victims, shared));
+}
+
+/* Whether block blk of the fill of id at first.. lies in it. */
+static bool bfs_fill_has(const struct bfs_cache_id *id, uint64_t first,
+			 uint64_t n_blocks, const struct bfs_block_key *bk)
+{
+	uint64_t blk = get_be64(bk->blk);
+
+	return memcmp(bk->id, id->b, sizeof(bk->id)) == 0 && blk >= first &&
+	       blk - first < n_blocks;
+}
+
+/*
+ * Room for a fill of blocks first.. (len bytes), made before its bytes are
+ * written: the victims' removal committed, then their bytes punched.
+ * Written first and evicted after, the cache held a whole fill over its
+ * limit on disk while it was written: 16 MiB in the folder of an 8 MiB
+ * cache while the fill thread wrote an 8-block fetch
+ * (test_a_dataset_three_times_the_cache_stays_within_it_and_reads_right).
+ * Blocks of the fill already present (another process filled them) need
+ * no room, unless they are evicted here, then they do.  Called with the
+ * fill lock held: nobody else adds to the cache until the fill commits.
+ */
+static int bfs_cache_room_for_fill(struct bfs_cache *c,
+				   const struct bfs_cache_id *id,
+				   uint64_t first, uint64_t len, bool shared)
+{
+	uint64_t n_blocks = (len + c->block_size - 1) / c->block_size;
+	struct bfs_victim *victims = NULL;
+	size_t n_victims = 0, seen = 0;
+	uint64_t need = 0, off;
+	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
+	if (rc != 0) {
+		return rc;
 	}
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-	} else {
-		mdb_txn_abort(txn);
+	for (off = 0; rc == 0 && off < len; off += c->block_size) {
+		struct bfs_block_key bk;
+		MDB_val k = {sizeof(bk), &bk}, v;
+
+		bfs_block_key(&bk, id, first + off / c->block_size);
+		rc = mdb_get(txn, c->blocks, &k, &v);
+		if (rc == MDB_NOTFOUND) {
+			need += len - off < c->block_size ? len - off :
+							    c->block_size;
+			rc = 0;
+		}
 	}
-	if (rc == 0) {
-		bfs_cache_punch(c, victims, n_victims, shared);
+	if (rc == 0 && meta_get(c, txn, "used") + need <= c->limit) {
+		mdb_txn_abort(txn); /* room enough: nothing to change */
+		return 0;
 	}
-	free(victims);
-	return bfs_lmdb_errno(rc);
+	while (rc == 0) {
+		uint64_t more = 0;
+
+		rc = bfs_cache_make_room(c, txn, need, c->limit, &victims,
+					 &n_victims);
+		for (; rc == 0 && seen < n_victims; seen++) {
+			if (bfs_fill_has(id, first, n_blocks,
+					 &victims[seen].bk)) {
+				more += victims[seen].len;
+			}
+		}
+		if (more == 0) {
+			break;
+		}
+		need += more; /* evicted, so absent: room for it too */
+	}
+	return bfs_cache_evict_end(c, txn, rc, victims, n_victims, shared);
+}
+
+/*
+ * After a fill's write failed (a full disk, say): punch what it wrote where
+ * no record is, so a failed fill leaves no bytes that nothing accounts for.
+ * Blocks with a record keep theirs: another process filled them with the
+ * same bytes.  Called with the fill lock held.
+ */
+static void bfs_cache_unwrite(struct bfs_cache *c, int fd,
+			      const struct bfs_cache_id *id, uint64_t first,
+			      uint64_t len)
+{
+	MDB_txn *txn = NULL;
+	uint64_t off;
+
+	if (fd < 0 || mdb_txn_begin(c->env, NULL, MDB_RDONLY, &txn) != 0) {
+		return;
+	}
+	for (off = 0; off < len; off += c->block_size) {
+		struct bfs_block_key bk;
+		MDB_val k = {sizeof(bk), &bk}, v;
+
+		bfs_block_key(&bk, id, first + off / c->block_size);
+		if (mdb_get(txn, c->blocks, &k, &v) == MDB_NOTFOUND) {
+			fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				  (off_t)((first * c->block_size) + off),
+				  c->block_size);
+		}
+	}
+	mdb_txn_abort(txn);
 }
 
 /*
@@ -1285,16 +1402,21 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 	if (flock(lock_fd, LOCK_EX) != 0) {
 		return errno;
 	}
+	fd = -1;
 	rc = bfs_cache_keep_disk_reserve(c, len, shared);
+	if (rc == 0) {
+		rc = bfs_cache_room_for_fill(c, id, first, len, shared);
+	}
 	if (rc != 0) {
-		fd = -1;
 		goto out;
 	}
+	/* Opened after the room is made: that may unlink this very file. */
 	fd = bfs_cache_open_fd(c, id->b, true, shared);
 	rc = fd < 0 ? EIO :
 		      bfs_cache_write(c, fd, id, data, len,
 				      (off_t)(first * c->block_size), shared);
 	if (rc != 0) {
+		bfs_cache_unwrite(c, fd, id, first, len);
 		goto out;
 	}
 	rc = mdb_txn_begin(c->env, NULL, 0, &txn);
@@ -1320,6 +1442,7 @@ static int bfs_cache_fill_blocks(struct bfs_cache *c, int lock_fd,
 		if (rc != MDB_NOTFOUND) {
 			break;
 		}
+		/* Made before the write (bfs_cache_room_for_fill): a guard. */
 		rc = bfs_cache_make_room(c, txn, blen, c->limit, &victims,
 					 &n_victims);
 		if (rc != 0) {

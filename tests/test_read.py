@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 import types
 
@@ -784,15 +785,47 @@ def test_ten_thousand_objects_list_once_each_with_their_size(w):
     assert sum(1 for line in open(f"{w.tmp}/front.log") if "list-type=2" in line and "prefix=many" in line) == lists
 
 
+def disk_bytes(folder):
+    """Bytes the files under folder take on disk (a file may go meanwhile)."""
+    total = 0
+    for root, _, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(root, f)).st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
 def test_a_dataset_three_times_the_cache_stays_within_it_and_reads_right(w, sources):
+    # Measured all along, not only between reads: the fill thread writes
+    # a read's blocks after the client has them.  Evicting after the write,
+    # the folder held 16 MiB for a limit of 8 during each 8-block fill (one
+    # CI run caught it in a measure between reads).
     cache_blocks = os.path.join(w.dir, "bfscache-small/cache/blocks")
-    for name in ("one.bin", "two.bin", "three.bin", "one.bin"):
-        out = os.path.join(w.tmp, "small.out")
-        w.smbclient("small", f'get "{name}" "{out}"')
-        assert sha256(out) == sha256(sources[f"bigset/{name}"]), f"{name} differs"
-        used = int(sh(["du", "-sk", "--", cache_blocks]).stdout.split()[0]) * 1024
-        assert used <= (8 << 20) + (1 << 20), f"cache holds {used} bytes, limit 8 MiB"
-    print(f"    # cache folder holds {used >> 10} KiB for a limit of 8192 KiB")
+    peak, samples, done = [0], [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], disk_bytes(cache_blocks))
+            samples[0] += 1
+            time.sleep(0.001)  # not a core of the two for itself
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for name in ("one.bin", "two.bin", "three.bin", "one.bin"):
+            out = os.path.join(w.tmp, "small.out")
+            w.smbclient("small", f'get "{name}" "{out}"')
+            assert sha256(out) == sha256(sources[f"bigset/{name}"]), f"{name} differs"
+        time.sleep(1)  # the last session's fill thread may still write
+    finally:
+        done.set()
+        sampler.join()
+    print(f"    # cache files took at most {peak[0] >> 10} KiB on disk for a limit of "
+          f"8192 KiB ({samples[0]} measures)")
+    # One block of slack: ext4 may count a block of its own per file.
+    assert peak[0] <= (8 << 20) + (1 << 20), f"cache took {peak[0]} bytes, limit 8 MiB"
 
 
 def three_readers_of_one_object(w, share, sources):
