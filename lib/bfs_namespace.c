@@ -539,6 +539,10 @@ static int bfs_rename_dir_hand_over(struct bfs_conn *bc, TALLOC_CTX *tmp,
 	return first;
 }
 
+static int bfs_copy_rename(struct bfs_conn *bc, const char *src_key,
+			   const char *dst_key, uint64_t size,
+			   struct s3_status *st);
+
 /*
  * A folder: every object under it copied and deleted, one by one, then
  * its entry moved between the parents' listings.  Its files whose uploads
@@ -720,8 +724,8 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 			}
 			continue;
 		}
-		ret = bfs_wb_rename(bc->wb, key, to, objs[i].size, &st);
-		if (ret != 0) {
+		ret = bfs_copy_rename(bc, key, to, objs[i].size, &st);
+		if (ret != 0 && ret != EBUSY) {
 			bfs_log_s3(bc, "rename (copy) of", key, &st);
 		}
 	}
@@ -784,19 +788,25 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
  * for the upload, as long as one could take without failing, then look
  * src up again (now with its ETag, *src on mem_ctx).
  */
-static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
-				 const char *src_rel, struct bfs_fh **src)
+/* How long a wait for another process's upload of size bytes may take. */
+static unsigned bfs_upload_wait_ms(const struct bfs_conn *bc, uint64_t size)
 {
-	uint64_t parts = (*src)->size / bc->upload.part_size + 1;
+	uint64_t parts = size / bc->upload.part_size + 1;
 	uint64_t rounds = (parts + bc->upload.parallel - 1) /
 			  bc->upload.parallel;
 	uint64_t timeout_ms = bc->cfg.request_timeout_ms * (rounds + 1);
+
+	return timeout_ms < UINT_MAX ? (unsigned)timeout_ms : UINT_MAX;
+}
+
+static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
+				 const char *src_rel, struct bfs_fh **src)
+{
 	struct bfs_fh *again = NULL;
 	int ret;
 
 	ret = bfs_wb_wait_upload(bc->wb, (*src)->key,
-				 timeout_ms < UINT_MAX ? (unsigned)timeout_ms :
-							 UINT_MAX);
+				 bfs_upload_wait_ms(bc, (*src)->size));
 	if (ret == 0 || ret == ENOENT) {
 		/*
 		 * Done, or no record at all: a client still writes it
@@ -937,6 +947,47 @@ static int bfs_wait_handed_copy(struct bfs_conn *bc, const char *key,
 	return EBUSY;
 }
 
+/*
+ * A rename by copy (bfs_wb_rename) of src to dst_key.  While another
+ * process uploads dst_key (the engine, an earlier close of it), the copy
+ * waits for that upload to end: the two must not race in S3.  A few
+ * rounds, in case another close of dst_key starts uploading meanwhile.
+ */
+static int bfs_copy_rename(struct bfs_conn *bc, const char *src_key,
+			   const char *dst_key, uint64_t size,
+			   struct s3_status *st)
+{
+	int ret = bfs_wb_rename(bc->wb, src_key, dst_key, size, st);
+	unsigned round;
+
+	for (round = 0; ret == EINPROGRESS && round < 3; round++) {
+		TALLOC_CTX *tmp = talloc_new(NULL);
+		struct bfs_jrec rec;
+		uint64_t dst_size = 0;
+		int wret;
+
+		if (tmp != NULL &&
+		    bfs_journal_get(bc->journal, tmp, dst_key, &rec) == 0) {
+			dst_size = rec.size;
+		}
+		talloc_free(tmp);
+		/* EIO: not running any more (ended, failed, or replaced). */
+		wret = bfs_wb_wait_upload(bc->wb, dst_key,
+					  bfs_upload_wait_ms(bc, dst_size));
+		if (wret == EBUSY) {
+			break;
+		}
+		ret = bfs_wb_rename(bc->wb, src_key, dst_key, size, st);
+	}
+	if (ret == EINPROGRESS) {
+		bfs_log(BFS_LOG_WARNING, "bucketfs: share %s: cannot rename "
+			"%s over %s: the upload of %s by another client takes "
+			"too long", bc->service, src_key, dst_key, dst_key);
+		ret = EBUSY;
+	}
+	return ret;
+}
+
 /* Where dst_rel may go: 0, or why not (before anything changes). */
 static int bfs_rename_check(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 			    const struct bfs_fh *src, const char *dst_rel)
@@ -1005,8 +1056,10 @@ int bfs_rename(struct bfs_conn *bc, struct bfs_fh *src, const char *dst_rel)
 		   (ret = bfs_wait_handed_copy(bc, dst_key, src->size)) != 0) {
 		/* logged there */
 	} else {
-		ret = bfs_wb_rename(bc->wb, src->key, dst_key, src->size, &st);
-		if (ret != 0) {
+		ret = bfs_copy_rename(bc, src->key, dst_key, src->size, &st);
+		if (ret == EBUSY) {
+			/* logged there */
+		} else if (ret != 0) {
 			bfs_log_s3(bc, "rename of", src->key, &st);
 		} else {
 			bfs_changed(bc, src->key);

@@ -2141,6 +2141,39 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 	return 0;
 }
 
+/*
+ * Journal a rename's copy (rec) in the same transaction as a look at
+ * what its destination has: never over an upload of it that another live
+ * process runs (the engine's, of an earlier close).  S3 keeps whichever
+ * of the two lands last, and that upload, finding its record gone at its
+ * end, takes its object back out (bfs_wb_undo_if_gone): the copy landed
+ * first, the upload after, and S3 was left with no file at all (the
+ * 16-client soak lost an acknowledged checkpoint so).  EINPROGRESS then,
+ * for the caller to wait for it.  An upload not started is replaced: its
+ * uploader finds the record changed and leaves it.
+ */
+static int bfs_wb_journal_copy(struct bfs_journal_txn *t, void *priv)
+{
+	const struct bfs_jrec *rec = priv;
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	int ret;
+
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
+	ret = bfs_journal_txn_read(t, tmp, rec->key, &cur);
+	if (ret == 0 && cur.op == BFS_J_PUT && cur.started &&
+	    cur.pid != rec->pid && cur.last_error == 0 &&
+	    bfs_jrec_owner_alive(&cur)) {
+		ret = EINPROGRESS;
+	} else if (ret == 0 || ret == ENOENT) {
+		ret = bfs_journal_txn_write(t, rec);
+	}
+	talloc_free(tmp);
+	return ret;
+}
+
 int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		  uint64_t size, struct s3_status *st)
 {
@@ -2154,7 +2187,7 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 
 	ret = bfs_wb_after_delete(wb, dst);
 	if (ret == 0) {
-		ret = bfs_journal_put(wb->j, &rec);
+		ret = bfs_journal_atomically(wb->j, bfs_wb_journal_copy, &rec);
 	}
 	if (ret != 0) {
 		return ret;

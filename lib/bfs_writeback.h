@@ -212,7 +212,8 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 /*
  * Rename the object src (size bytes) to dst: journal, CopyObject (a
  * multipart copy above the copy threshold), switch the index entry in one
- * transaction, DeleteObject src.
+ * transaction, DeleteObject src.  EINPROGRESS, with nothing done, while
+ * another process uploads dst (bfs_wb_wait_upload, then again).
  */
 int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		  uint64_t size, struct s3_status *st)

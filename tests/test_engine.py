@@ -546,6 +546,40 @@ def test_a_rename_whose_source_another_client_replaced_is_given_up_and_their_fil
     assert "replaced in S3 by another client" in log and "S3 no longer has it" in log, log[-2000:]
 
 
+def test_a_rename_over_a_file_whose_upload_runs_ends_with_the_renamed_file_in_s3(w):
+    # write tmp; rename over final, twice.  The first final's upload (its
+    # PUT held 4 s at the front) still runs when the second tmp, in S3
+    # by then, is renamed over it: a copy to final.  That copy raced the
+    # upload: the upload landed after it, then was taken back out as one
+    # whose record had gone, and S3 was left with no final at all (the
+    # 16-client soak lost an acknowledged checkpoint so, CI).
+    first = w.make("rvu-first.bin", 200_000)
+    second = w.make("rvu-second.bin", 3000)
+    w.fault("PUT delay:4 1 rwlocal/rvu-final.bin")
+    try:
+        w.smbclient("rwlocal", f"put {first} rvu-tmp.bin; rename rvu-tmp.bin rvu-final.bin -f")
+        end = time.monotonic() + 30  # not stuck
+        held = re.compile(r"^PUT /\S+/rwlocal/rvu-final\.bin\S* fault=delay", re.M)
+        while not held.search(front_log(w)):
+            assert time.monotonic() < end, "the engine never sent the first upload"
+            time.sleep(0.1)
+        since = time.monotonic()
+        w.smbclient("rwlocal", f"put {second} rvu-tmp.bin")
+        assert s3_has(w, "rwlocal/rvu-tmp.bin", sha256(second))
+        assert time.monotonic() - since < 4, "too slow to rename while the upload runs"
+        w.smbclient("rwlocal", "rename rvu-tmp.bin rvu-final.bin -f")
+    finally:
+        w.fault("")
+    time.sleep(max(0.0, since + 6 - time.monotonic()))  # the held PUT has landed
+    wait_engine_done(w, "rvu-")
+    keys = {k for k in w.s3_keys("rwlocal/") if "rvu-" in k}
+    assert keys == {"rwlocal/rvu-final.bin"}, keys
+    assert w.s3_sha256("rwlocal/rvu-final.bin") == sha256(second), "not the file renamed last"
+    got = f"{w.tmp}/rvu-back"
+    w.smbclient("rwlocal2", f"get rvu-final.bin {got}")
+    assert sha256(got) == sha256(second)
+
+
 def test_two_files_swapped_through_a_temporary_name_while_the_copies_wait_end_swapped(w):
     # mv a t; mv b a; mv t b, the engine's copies held: the third rename
     # cannot copy from a (the second's copy overwrites it) and waits for

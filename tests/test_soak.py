@@ -401,16 +401,19 @@ def logged_about(soak, error):
     names (its test folder goes when the run ends): the lines naming it,
     the last 40 of each log."""
     m = re.match(r"(w\d+) \S+ (w\d+/ckpt\d)", error)
-    if not m:
-        return ""
+    return logged_naming(soak, m.group(2)) if m else ""
+
+
+def logged_naming(soak, name):
+    """The last 40 lines of smbd's and of the engine's log naming name."""
     out = []
     for path in (soak.log, f"{soak.w.tmp}/soak-cache/engine.log"):
         try:
             with open(path, errors="replace") as f:
-                lines = [line.rstrip() for line in f if m.group(2) in line]
+                lines = [line.rstrip() for line in f if name in line]
         except OSError as e:
             lines = [f"({e})"]
-        out.append(f"\n--- {path}, lines naming {m.group(2)}:\n" + "\n".join(lines[-40:]))
+        out.append(f"\n--- {path}, lines naming {name}:\n" + "\n".join(lines[-40:]))
     return "".join(out)
 
 
@@ -428,8 +431,10 @@ def test_after_the_soak_s3_holds_exactly_the_acknowledged_objects_and_fsck_is_cl
     keys = {line.split("\t", 1)[1] for line in out.splitlines() if line.strip()}
     want = {f"soak/shared/{k}" for k in shared} | {f"soak/{k}" for k in acked}
     markers = {f"soak/w{i}/" for i in range(nclients)}
+    missing = sorted(want - keys)
     assert keys - markers == want, \
-        f"missing {sorted(want - keys)[:5]}, unexpected {sorted(keys - markers - want)[:5]}"
+        f"missing {missing[:5]}, unexpected {sorted(keys - markers - want)[:5]}" + \
+        (logged_naming(soak, missing[0].split("/", 1)[1]) if missing else "")
     checked = 0
     for key, (digest, size, _) in sorted(acked.items()):
         assert w.s3_sha256(f"soak/{key}") == digest, f"soak/{key}: not the last acknowledged"
