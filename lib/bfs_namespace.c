@@ -782,12 +782,6 @@ static int bfs_rename_dir(struct bfs_conn *bc, const char *src_rel,
 	return ret;
 }
 
-/*
- * src is pending in another smbd: a close there is uploading it (under
- * the old name), or a client there still has it open for writing.  Wait
- * for the upload, as long as one could take without failing, then look
- * src up again (now with its ETag, *src on mem_ctx).
- */
 /* How long a wait for another process's upload of size bytes may take. */
 static unsigned bfs_upload_wait_ms(const struct bfs_conn *bc, uint64_t size)
 {
@@ -799,6 +793,12 @@ static unsigned bfs_upload_wait_ms(const struct bfs_conn *bc, uint64_t size)
 	return timeout_ms < UINT_MAX ? (unsigned)timeout_ms : UINT_MAX;
 }
 
+/*
+ * src is pending in another smbd: a close there is uploading it (under
+ * the old name), or a client there still has it open for writing.  Wait
+ * for the upload, as long as one could take without failing, then look
+ * src up again (now with its ETag, *src on mem_ctx).
+ */
 static int bfs_wait_other_upload(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 				 const char *src_rel, struct bfs_fh **src)
 {
