@@ -1244,6 +1244,49 @@ int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
 	return 0;
 }
 
+/*
+ * key's index entry shows a pending upload while the journal has no
+ * record of key: the upload ended between a retarget's journal change and
+ * its rename in the index.  The engine took the record at once (a renamed
+ * close is not held back), uploaded it and set its ETag, and the rename
+ * then put the pending entry over that ETag, with nothing behind it.
+ * Relistings keep pending entries, so it stayed; opens found neither a
+ * staging file nor an ETag, read S3 unversioned and cached those bytes
+ * under the ETag-less name, where a later version of the same size was
+ * served from (the 16-client soak read a 1-byte checkpoint back with an
+ * older version's byte).  The entry goes, and the folder's next listing
+ * says what S3 has.  Should a close of key have journalled meanwhile, its
+ * pending entry is put back.
+ */
+static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
+
+static void bfs_wb_unpend_if_done(struct bfs_wb *wb, const char *key)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_jrec cur;
+	struct bfs_entry e;
+	char *dir, *name;
+	bool marker;
+
+	if (tmp == NULL || bfs_journal_get(wb->j, tmp, key, &cur) != ENOENT ||
+	    bfs_key_entry(tmp, key, &dir, &name, &marker) != 0 || marker ||
+	    bfs_index_lookup(wb->idx, tmp, dir, name, &e) != 0 ||
+	    !(e.flags & BFS_ENT_PENDING) || e.etag != NULL) {
+		talloc_free(tmp);
+		return;
+	}
+	bfs_log(BFS_LOG_NOTICE, "bucketfs: %s was uploaded while its rename "
+		"was noted: the index lists its folder again", key);
+	if (bfs_index_remove(wb->idx, dir, name) != 0) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the index entry of "
+			"%s, uploaded while its rename was noted: it shows as "
+			"pending", key);
+	}
+	bfs_wb_forget_dir(wb, dir);
+	bfs_wb_index_as_journalled(wb, key);
+	talloc_free(tmp);
+}
+
 int bfs_wb_retarget(struct bfs_wb *wb, const char *src, const char *dst,
 		    pid_t engine)
 {
@@ -1330,6 +1373,8 @@ int bfs_wb_retarget_from(struct bfs_wb *wb, const char *src, const char *dst,
 		/* The journal is right; the next listing fixes the index. */
 		bfs_wb_forget_dir(wb, sdir);
 		bfs_wb_forget_dir(wb, ddir);
+	} else {
+		bfs_wb_unpend_if_done(wb, dst);
 	}
 	talloc_free(tmp);
 	return 0;
