@@ -565,6 +565,22 @@ static void bfs_sha256_fetch(void)
 	bfs_sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
 }
 
+/*
+ * An id of its own: all ones but for a process-wide counter, the pid and
+ * the time, which no digest gives in practice and no other call gives.
+ */
+static void bfs_cache_unique_md(unsigned char md[32])
+{
+	static uint32_t unique;
+	uint32_t n = __atomic_add_fetch(&unique, 1, __ATOMIC_RELAXED);
+	uint32_t pid = (uint32_t)getpid(), now = (uint32_t)time(NULL);
+
+	memset(md, 0xff, 32);
+	memcpy(md + 4, &n, sizeof(n));
+	memcpy(md + 8, &pid, sizeof(pid));
+	memcpy(md + 12, &now, sizeof(now));
+}
+
 void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
 		       uint32_t block_size, struct bfs_cache_id *id)
 {
@@ -593,17 +609,18 @@ void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
 		 * no cached bytes (a miss, fetched again), never another
 		 * object's.
 		 */
-		static uint32_t unique;
-		uint32_t n = __atomic_add_fetch(&unique, 1, __ATOMIC_RELAXED);
-		uint32_t pid = (uint32_t)getpid(), now = (uint32_t)time(NULL);
-
 		bfs_log(BFS_LOG_ERR, "bucketfs: cannot hash the cache id of %s",
 			key);
-		memset(md, 0xff, sizeof(md));
-		memcpy(md + 4, &n, sizeof(n));
-		memcpy(md + 8, &pid, sizeof(pid));
-		memcpy(md + 12, &now, sizeof(now));
+		bfs_cache_unique_md(md);
 	}
+	memcpy(id->b, md, sizeof(id->b));
+}
+
+void bfs_cache_make_private_id(struct bfs_cache_id *id)
+{
+	unsigned char md[32];
+
+	bfs_cache_unique_md(md);
 	memcpy(id->b, md, sizeof(id->b));
 }
 

@@ -75,6 +75,14 @@ void bfs_cache_make_id(const char *bucket, const char *key, const char *etag,
 		       uint32_t block_size, struct bfs_cache_id *id);
 
 /*
+ * An id no other call gives (nor bfs_cache_make_id): for an object read
+ * without an ETag, whose version nobody can name.  Under the id of its
+ * name with an empty ETag, every such open found the bytes the first one
+ * cached, whichever version S3 had since.
+ */
+void bfs_cache_make_private_id(struct bfs_cache_id *id);
+
+/*
  * Copy n bytes at off within block blk into buf if the block is present:
  * 0 with *got (short at the end of the block), ENOENT if not present or
  * evicted meanwhile, or another errno.

@@ -86,6 +86,11 @@ struct bfs_fetch {
 	uint64_t len;
 	bool prefetch;
 	/*
+	 * Of an object without an ETag: its bytes are the reads' waiting for
+	 * them and go nowhere else (bfs_reader_cache_for).
+	 */
+	bool uncached;
+	/*
 	 * Waiting for fetch memory (bfs_reader_set_memory): its GET starts
 	 * once a buffer is free; key and etag are copies (owned here).
 	 */
@@ -418,13 +423,25 @@ static struct bfs_fetch *bfs_fetch_find(struct bfs_reader *r,
 	return NULL;
 }
 
+/*
+ * The cache for obj's blocks: none for an object without an ETag.  Its
+ * version has no name, so bytes cached of it would be served as whatever
+ * S3 has later (a checkpoint read back as the version before it).
+ */
+static struct bfs_cache *bfs_reader_cache_for(const struct bfs_reader *r,
+					      const struct bfs_object *obj)
+{
+	return obj->etag != NULL ? r->cache : NULL;
+}
+
 /* Should block blk be fetched: inside the object, not cached, not coming? */
 static bool bfs_block_wanted(struct bfs_reader *r, const struct bfs_object *obj,
 			     uint64_t blk)
 {
 	return blk * r->block_size < obj->size &&
 	       bfs_fetch_find(r, &obj->id, blk) == NULL &&
-	       (r->cache == NULL || !bfs_cache_present(r->cache, &obj->id, blk));
+	       (bfs_reader_cache_for(r, obj) == NULL ||
+		!bfs_cache_present(r->cache, &obj->id, blk));
 }
 
 /* How many blocks from first (wanted itself) to fetch together, <= max. */
@@ -549,6 +566,7 @@ static struct bfs_fetch *bfs_fetch_start(struct bfs_reader *r,
 	f->nblk = nblk;
 	f->len = end - start;
 	f->prefetch = prefetch;
+	f->uncached = bfs_reader_cache_for(r, obj) == NULL;
 	if (!bfs_mem_room(r)) {
 		if (prefetch) {
 			/* Readahead waits for room: the next read asks again. */
@@ -690,20 +708,20 @@ static void bfs_fetch_done(struct tevent_req *subreq)
 		if (ret == 0) {
 			f->consumed += w->n;
 		}
-		if (ret == 0 && w->lend && r->cache != NULL &&
+		if (ret == 0 && w->lend && !f->uncached &&
 		    bfs_lend(f, tevent_req_data(w->req, struct bfs_read_state),
 			     w->off, w->n)) {
 			bfs_read_part_done(w->req, 0, &st);
 			continue;
 		}
 		if (ret == 0 && w->dst == NULL && r->answer_after_fill &&
-		    r->cache != NULL) {
+		    !f->uncached) {
 			BFS_LIST_ADD(to_fill, w); /* answered after the fill */
 			continue;
 		}
 		bfs_read_part_done(w->req, ret, &st);
 	}
-	if (ret != 0 || r->cache == NULL) {
+	if (ret != 0 || f->uncached) {
 		talloc_free(f);
 		bfs_reader_run_queue(r);
 		return;
@@ -917,13 +935,13 @@ static void bfs_read_start(struct tevent_req *req, struct bfs_read_state *s,
 			pos += n;
 			continue;
 		}
-		if (f == NULL && r->cache != NULL && dst == NULL &&
-		    bfs_cache_present(r->cache, &obj->id, blk)) {
+		if (f == NULL && bfs_reader_cache_for(r, obj) != NULL &&
+		    dst == NULL && bfs_cache_present(r->cache, &obj->id, blk)) {
 			pos += n; /* only wanted in the cache: it is */
 			continue;
 		}
-		if (f == NULL && r->cache != NULL && dst != NULL &&
-		    bfs_cache_read(r->cache, &obj->id, blk, boff, n,
+		if (f == NULL && bfs_reader_cache_for(r, obj) != NULL &&
+		    dst != NULL && bfs_cache_read(r->cache, &obj->id, blk, boff, n,
 				   dst + (pos - off), &got) == 0 &&
 		    got == n) {
 			r->counters.cache_hits++;
@@ -1054,7 +1072,8 @@ struct tevent_req *bfs_read_lend_send(TALLOC_CTX *mem_ctx,
 		return NULL;
 	}
 	if (tevent_req_is_in_progress(req) &&
-	    (r->arena == NULL || r->cache == NULL || len == 0 ||
+	    (r->arena == NULL || bfs_reader_cache_for(r, obj) == NULL ||
+	     len == 0 ||
 	     len > UINT32_MAX || !bfs_read_lend_start(req, s, r, obj, off, len))) {
 		bfs_read_start(req, s, r, obj, off, len, NULL);
 	}
@@ -1137,8 +1156,8 @@ void bfs_reader_prefetch(struct bfs_reader *r, const struct bfs_object *obj,
 {
 	struct bfs_object *w = &r->window_obj;
 
-	if (r->cache == NULL) {
-		return;
+	if (bfs_reader_cache_for(r, obj) == NULL) {
+		return; /* its bytes would go nowhere */
 	}
 	bfs_reader_sweep(r);
 	if (w->key == NULL || memcmp(w->id.b, obj->id.b, sizeof(w->id.b)) != 0) {
@@ -1190,7 +1209,7 @@ bool bfs_reader_holds(struct bfs_reader *r, const struct bfs_object *obj,
 	       r->block_size;
 	for (blk = off / r->block_size; blk <= last; blk++) {
 		if (bfs_fetch_find(r, &obj->id, blk) == NULL &&
-		    (r->cache == NULL ||
+		    (bfs_reader_cache_for(r, obj) == NULL ||
 		     !bfs_cache_present(r->cache, &obj->id, blk))) {
 			return false;
 		}
@@ -1223,7 +1242,8 @@ bool bfs_reader_all_cached(struct bfs_reader *r, const struct bfs_object *obj,
 {
 	uint64_t blk;
 
-	if (r->cache == NULL || len == 0 || off + len > obj->size) {
+	if (bfs_reader_cache_for(r, obj) == NULL || len == 0 ||
+	    off + len > obj->size) {
 		return false;
 	}
 	for (blk = off / r->block_size; blk <= (off + len - 1) / r->block_size;

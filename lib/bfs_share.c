@@ -684,8 +684,17 @@ struct bfs_fh *bfs_fh_new(TALLOC_CTX *mem_ctx, struct bfs_conn *bc,
 	fh->obj = (struct bfs_object){
 		.key = fh->key, .etag = fh->etag, .size = fh->size,
 	};
-	bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag ? fh->etag : "",
-			  bc->block_size, &fh->obj.id);
+	if (fh->etag != NULL) {
+		bfs_cache_make_id(bc->cfg.bucket, fh->key, fh->etag,
+				  bc->block_size, &fh->obj.id);
+	} else {
+		/*
+		 * No ETag to ask S3 for (a file still pending here, or one a
+		 * server listed without): its reads are this open's alone,
+		 * never bytes an earlier open took of another version.
+		 */
+		bfs_cache_make_private_id(&fh->obj.id);
+	}
 	if (fh->rel == NULL || fh->key == NULL) {
 		TALLOC_FREE(fh);
 	}

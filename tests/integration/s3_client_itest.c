@@ -624,6 +624,50 @@ static void test_reader_refuses_replaced_object(void **state)
 	assert_memory_equal(buf, v2, 2 * RBS);
 }
 
+/*
+ * An object without an ETag (a file the index has as pending, say) has no
+ * version to name: each read takes what S3 has now, and nothing of it is
+ * cached, where a later read would take it for whatever S3 has then.
+ */
+static void test_reader_never_caches_an_object_without_etag(void **state)
+{
+	struct fixture *f = *state;
+	uint8_t *v1 = pattern(f->t, 2 * RBS, 3), *v2 = pattern(f->t, 2 * RBS, 4);
+	uint8_t *buf = talloc_size(f->t, 2 * RBS);
+	struct bfs_cache *cache = NULL;
+	struct bfs_reader *r = reader_with_cache(f, &cache);
+	struct bfs_object o = {.key = "reader/unversioned", .size = 2 * RBS};
+	struct tevent_req *req;
+	size_t got = 0;
+	uint64_t before;
+
+	bfs_cache_make_id("b", o.key, "", RBS, &o.id);
+	put(f, o.key, v1, 2 * RBS);
+	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
+	assert_int_equal(bfs_read_recv(req, &got, NULL), 0);
+	assert_int_equal(got, 2 * RBS);
+	assert_memory_equal(buf, v1, 2 * RBS);
+	bfs_cache_fill_drain(cache);
+	assert_false(bfs_cache_present(cache, &o.id, 0));
+	assert_false(bfs_reader_all_cached(r, &o, 0, 2 * RBS));
+	/* Readahead would only cache it: nothing is asked for. */
+	before = s3_client_counters(f->c)->requests;
+	bfs_reader_prefetch(r, &o, 0, 2);
+	assert_int_equal(s3_client_counters(f->c)->requests, before);
+
+	/* S3 has another version of the same size: the read gets it. */
+	put(f, o.key, v2, 2 * RBS);
+	before = s3_client_counters(f->c)->requests;
+	req = bfs_read_send(f->t, f->ev, r, &o, 0, 2 * RBS, buf);
+	assert_int_equal(s3_wait_for(req, f->ev), 0);
+	assert_int_equal(bfs_read_recv(req, &got, NULL), 0);
+	assert_memory_equal(buf, v2, 2 * RBS);
+	assert_int_equal(s3_client_counters(f->c)->requests, before + 1);
+	bfs_cache_fill_drain(cache);
+	assert_false(bfs_cache_present(cache, &o.id, 1));
+}
+
 /* Lend [off, off+len): wait, and check the arena holds those bytes. */
 static struct bfs_pin *lend(struct fixture *f, struct bfs_reader *r,
 			    struct bfs_arena_view *v, struct bfs_object *o,
@@ -757,6 +801,7 @@ int main(void)
 		cmocka_unit_test(test_tls_verification),
 		cmocka_unit_test(test_reader_caches_and_coalesces),
 		cmocka_unit_test(test_reader_refuses_replaced_object),
+		cmocka_unit_test(test_reader_never_caches_an_object_without_etag),
 		cmocka_unit_test(test_reader_lends_fetched_blocks_from_its_arena),
 	};
 	/*
@@ -776,6 +821,7 @@ int main(void)
 		cmocka_unit_test(test_cancel_in_flight),
 		cmocka_unit_test(test_reader_caches_and_coalesces),
 		cmocka_unit_test(test_reader_refuses_replaced_object),
+		cmocka_unit_test(test_reader_never_caches_an_object_without_etag),
 		cmocka_unit_test(test_reader_lends_fetched_blocks_from_its_arena),
 	};
 	const char *backend = getenv("S3_BACKEND");

@@ -379,6 +379,24 @@ static void test_open_of_a_journalled_upload_never_reads_s3_unversioned(void **s
 	/* Being written by another client: no record, opens. */
 	assert_int_equal(bfs_fh_open(bc, "q", O_RDONLY, false, &fh), 0);
 	assert_int_equal(fh->stage_fd, -1);
+	/*
+	 * It reads what S3 has without an ETag: under an id of this open's
+	 * own, so that no later open takes its bytes for what S3 has then.
+	 */
+	{
+		struct bfs_fh *again = NULL;
+		struct bfs_cache_id unnamed;
+
+		bfs_cache_make_id(bc->cfg.bucket, fh->key, "", bc->block_size,
+				  &unnamed);
+		assert_int_equal(bfs_fh_open(bc, "q", O_RDONLY, false, &again),
+				 0);
+		assert_memory_not_equal(fh->obj.id.b, again->obj.id.b,
+					sizeof(fh->obj.id.b));
+		assert_memory_not_equal(fh->obj.id.b, unnamed.b,
+					sizeof(unnamed.b));
+		talloc_free(again);
+	}
 	TALLOC_FREE(fh);
 	/* Closed, journalled, its staging file gone: refused. */
 	rec.pid = getpid();
