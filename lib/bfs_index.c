@@ -2087,6 +2087,37 @@ int bfs_index_settle(struct bfs_index *idx, const char *dir,
 				      &c, true);
 }
 
+struct bfs_index_unnamed {
+	uint64_t size;
+	time_t mtime;
+	const char *etag;
+};
+
+static int bfs_index_settle_unnamed_entry(struct bfs_entry *e, void *priv)
+{
+	struct bfs_index_unnamed *c = priv;
+
+	if (e->is_dir || !(e->flags & BFS_ENT_PENDING) || e->etag != NULL ||
+	    e->size != c->size || e->mtime != c->mtime) {
+		return ESTALE; /* another version's entry, or settled */
+	}
+	e->etag = (char *)c->etag;
+	e->flags &= ~BFS_ENT_PENDING;
+	return 0;
+}
+
+int bfs_index_settle_unnamed(struct bfs_index *idx, const char *dir,
+			     const char *name, uint64_t size, time_t mtime,
+			     const char *etag)
+{
+	struct bfs_index_unnamed c = {
+		.size = size, .mtime = mtime, .etag = etag,
+	};
+
+	return bfs_index_update_entry(idx, dir, name,
+				      bfs_index_settle_unnamed_entry, &c, true);
+}
+
 int bfs_index_put(struct bfs_index *idx, const char *dir, struct bfs_entry *e)
 {
 	return bfs_index_put_as(idx, dir, e, false);

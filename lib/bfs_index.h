@@ -341,6 +341,19 @@ int bfs_index_settle(struct bfs_index *idx, const char *dir,
 		     const char *name, const char *was, const char *etag)
 	__attribute__((warn_unused_result));
 
+/*
+ * An upload of size bytes dated mtime ended with etag, and dir/name shows
+ * a pending entry without an ETag of that size and time: the upload's
+ * version, whose ETag a change in between covered (a rename's move in the
+ * index).  It gets etag and is no longer pending, in one transaction.
+ * 0, ESTALE (another entry: a newer close's, settled, a folder), ENOENT,
+ * or an errno.
+ */
+int bfs_index_settle_unnamed(struct bfs_index *idx, const char *dir,
+			     const char *name, uint64_t size, time_t mtime,
+			     const char *etag)
+	__attribute__((warn_unused_result));
+
 /* Entries held and directories with a listing (for bucketfs-ctl). */
 int bfs_index_count(struct bfs_index *idx, uint64_t *entries, uint64_t *dirs);
 

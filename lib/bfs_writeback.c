@@ -839,6 +839,46 @@ static int bfs_wb_run_upload(struct bfs_wb *wb, struct bfs_jrec *rec, int fd,
 				 etag, st);
 }
 
+static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
+
+/*
+ * Our record of key is out of the journal, and the index may show key
+ * pending without an ETag all the same: a retarget's rename in the index
+ * (tmp's pending entry moved over final) that came after we set final's
+ * ETag and before we took the record out.  Its own look
+ * (bfs_wb_unpend_if_done) still saw our record, so nothing would end that
+ * entry: opens read S3 unversioned.  An entry of our upload's size and
+ * time is our version: it gets our ETag.  A close of key journalled
+ * meanwhile gets its pending entry back.  Only a retargeted upload (src):
+ * no other change of the index moves an entry over one the engine set.
+ */
+static void bfs_wb_settle_again(struct bfs_wb *wb, const struct bfs_jrec *rec,
+				const char *tag)
+{
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	char *dir, *name;
+	bool marker;
+	int ret;
+
+	if (tmp == NULL || tag == NULL || rec->src == NULL ||
+	    bfs_key_entry(tmp, rec->key, &dir, &name, &marker) != 0 ||
+	    marker) {
+		talloc_free(tmp);
+		return;
+	}
+	ret = bfs_index_settle_unnamed(wb->idx, dir, name, rec->size,
+				       rec->mtime, tag);
+	if (ret == 0) {
+		bfs_log(BFS_LOG_NOTICE, "bucketfs: %s was renamed in the index "
+			"as its upload ended: its ETag is set again", rec->key);
+		bfs_wb_index_as_journalled(wb, rec->key);
+	} else if (ret != ESTALE && ret != ENOENT) {
+		bfs_log(BFS_LOG_ERR, "bucketfs: cannot check the index entry "
+			"of %s after its upload: %s", rec->key, strerror(ret));
+	}
+	talloc_free(tmp);
+}
+
 /*
  * The end of an upload req (done) of rec: the index gets its ETag and the
  * journal loses the record, or keeps it with the error.  Frees req.
@@ -898,6 +938,9 @@ static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
 		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
 	}
 	ret = bfs_journal_update(wb->j, rec->key, rec->pid, rec->staging, NULL);
+	if (ret == 0) {
+		bfs_wb_settle_again(wb, rec, tag);
+	}
 	if (ret == ESTALE) {
 		/*
 		 * Replaced just now by a newer close (its record stays), or
@@ -1258,8 +1301,6 @@ int bfs_wb_space(struct bfs_wb *wb, pid_t owner, uint64_t limit,
  * says what S3 has.  Should a close of key have journalled meanwhile, its
  * pending entry is put back.
  */
-static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
-
 static void bfs_wb_unpend_if_done(struct bfs_wb *wb, const char *key)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
@@ -1793,8 +1834,6 @@ static void bfs_wb_delete_failed(struct bfs_wb *wb, const struct bfs_jrec *rec,
 			"of %s in the journal: %s", rec->key, strerror(jret));
 	}
 }
-
-static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
 
 /*
  * A folder's marker renamed with its folder (bfs_wb_marker_hand_over) by

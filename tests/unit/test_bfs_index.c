@@ -960,6 +960,51 @@ static void test_a_rename_pending_in_s3_shows_the_new_name(void **state)
 }
 
 /*
+ * An upload ended, and a rename in the index covered its ETag with the
+ * pending entry of the same version (tmp's, moved over final): the
+ * uploader sets its ETag again, on that entry only: not on one of another
+ * size or time (a newer close's), nor on one settled or a folder.
+ */
+static void test_an_uploads_etag_goes_on_its_own_version_pending_again(
+	void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	const char *why = NULL;
+	struct bfs_index *idx = NULL;
+	struct bfs_entry e = {.name = "ckpt", .size = 1, .mtime = 1000,
+			      .flags = BFS_ENT_PENDING};
+	struct bfs_entry d = {.name = "sub", .is_dir = true, .mtime = 1000,
+			      .flags = BFS_ENT_PENDING};
+
+	(void)state;
+	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	assert_int_equal(bfs_index_put(idx, "run/", &e), 0);
+	assert_int_equal(bfs_index_put(idx, "run/", &d), 0);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 2, 1000,
+						  "\"e1\""), ESTALE);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1001,
+						  "\"e1\""), ESTALE);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "sub", 0, 1000,
+						  "\"e1\""), ESTALE);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "none", 1, 1000,
+						  "\"e1\""), ENOENT);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
+	assert_true(e.flags & BFS_ENT_PENDING);
+	assert_null(e.etag);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1000,
+						  "\"e1\""), 0);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
+	assert_false(e.flags & BFS_ENT_PENDING);
+	assert_string_equal(e.etag, "\"e1\"");
+	/* Settled: a second word changes nothing. */
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1000,
+						  "\"e2\""), ESTALE);
+	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
+	assert_string_equal(e.etag, "\"e1\"");
+	talloc_free(t);
+}
+
+/*
  * A delete handed to the engine: S3 lists the object until the engine
  * has deleted it.  No listing brings it back meanwhile, however late it
  * was sent, nor an invalidation, nor bfs_index_learn; the delete done
@@ -2235,6 +2280,7 @@ int main(void)
 		cmocka_unit_test(test_a_waiting_remap_goes_before_new_transactions),
 		cmocka_unit_test(test_a_full_disk_keeps_what_was_readable),
 		cmocka_unit_test(test_a_rename_pending_in_s3_shows_the_new_name),
+		cmocka_unit_test(test_an_uploads_etag_goes_on_its_own_version_pending_again),
 		cmocka_unit_test(test_proofs_are_kept_a_day),
 	};
 	return cmocka_run_group_tests_name("bfs_index", tests, NULL, NULL);
