@@ -2226,6 +2226,30 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
 }
 
 /*
+ * Whether key's record is what the caller saw (op, pid, staging file):
+ * what a journal swap replaced, checked against the look before it.
+ */
+static bool bfs_jrec_same(const struct bfs_jrec *a, const struct bfs_jrec *b)
+{
+	if (a->key == NULL || b->key == NULL) {
+		return a->key == NULL && b->key == NULL;
+	}
+	return a->op == b->op && a->pid == b->pid &&
+	       strcmp(a->staging ? a->staging : "",
+		      b->staging ? b->staging : "") == 0 &&
+	       strcmp(a->src ? a->src : "", b->src ? b->src : "") == 0 &&
+	       strcmp(a->src_etag ? a->src_etag : "",
+		      b->src_etag ? b->src_etag : "") == 0;
+}
+
+/* A rename's copy, journalled (bfs_wb_journal_copy), and what it replaced. */
+struct bfs_wb_copying {
+	const struct bfs_jrec *rec;
+	TALLOC_CTX *mem;
+	struct bfs_jrec replaced; /* key NULL: none */
+};
+
+/*
  * Journal a rename's copy (rec) in the same transaction as a look at
  * what its destination has: never over an upload of it that another live
  * process runs (the engine's, of an earlier close).  S3 keeps whichever
@@ -2234,27 +2258,49 @@ int bfs_wb_rename_open(struct bfs_wb *wb, const char *src, const char *dst,
  * first, the upload after, and S3 was left with no file at all (the
  * 16-client soak lost an acknowledged checkpoint so).  EINPROGRESS then,
  * for the caller to wait for it.  An upload not started is replaced: its
- * uploader finds the record changed and leaves it.
+ * uploader finds the record changed and leaves it.  What was replaced is
+ * kept in c->replaced: should the copy fail, it is put back.
  */
 static int bfs_wb_journal_copy(struct bfs_journal_txn *t, void *priv)
 {
-	const struct bfs_jrec *rec = priv;
-	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_copying *c = priv;
+	const struct bfs_jrec *rec = c->rec;
 	struct bfs_jrec cur;
 	int ret;
 
-	if (tmp == NULL) {
-		return ENOMEM;
-	}
-	ret = bfs_journal_txn_read(t, tmp, rec->key, &cur);
+	c->replaced = (struct bfs_jrec){0};
+	ret = bfs_journal_txn_read(t, c->mem, rec->key, &cur);
 	if (ret == 0 && cur.op == BFS_J_PUT && cur.started &&
 	    cur.pid != rec->pid && cur.last_error == 0 &&
 	    bfs_jrec_owner_alive(&cur)) {
 		ret = EINPROGRESS;
 	} else if (ret == 0 || ret == ENOENT) {
+		c->replaced = ret == 0 ? cur : (struct bfs_jrec){0};
 		ret = bfs_journal_txn_write(t, rec);
 	}
-	talloc_free(tmp);
+	return ret;
+}
+
+/*
+ * The copy failed: S3 is as it was, and so is the journal, in one
+ * transaction, while the record is still our copy's: what it replaced
+ * comes back (an earlier rename's upload of the destination, not started:
+ * acknowledged bytes whose only record it is), or nothing.
+ */
+static int bfs_wb_uncopy_txn(struct bfs_journal_txn *t, void *priv)
+{
+	struct bfs_wb_copying *c = priv;
+	struct bfs_jrec cur;
+	int ret = bfs_journal_txn_read(t, c->mem, c->rec->key, &cur);
+
+	if (ret == 0 && !bfs_jrec_same(&cur, c->rec)) {
+		ret = ESTALE; /* changed since: that change stands */
+	}
+	if (ret == 0) {
+		ret = c->replaced.key != NULL ?
+			bfs_journal_txn_write(t, &c->replaced) :
+			bfs_journal_txn_remove(t, c->rec->key);
+	}
 	return ret;
 }
 
@@ -2265,28 +2311,41 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		.key = (char *)dst, .op = BFS_J_COPY, .pid = getpid(),
 		.src = (char *)src, .size = size,
 	};
-	TALLOC_CTX *tmp;
+	TALLOC_CTX *tmp = talloc_new(NULL);
+	struct bfs_wb_copying c = {.rec = &rec, .mem = tmp};
 	char *sdir, *sname, *ddir, *dname;
-	int ret;
+	int ret, jret;
 
+	if (tmp == NULL) {
+		return ENOMEM;
+	}
 	ret = bfs_wb_after_delete(wb, dst);
 	if (ret == 0) {
-		ret = bfs_journal_atomically(wb->j, bfs_wb_journal_copy, &rec);
+		ret = bfs_journal_atomically(wb->j, bfs_wb_journal_copy, &c);
 	}
 	if (ret != 0) {
+		talloc_free(tmp);
 		return ret;
 	}
 	ret = bfs_wb_copy_key(wb, src, dst, size, NULL, NULL, NULL, st);
 	if (ret != 0) {
 		/* Nothing changed; should the record stay, a recovery
 		 * copies what the client asked for. */
-		if (bfs_journal_done(wb->j, dst, rec.pid) != 0) {
-			bfs_log(BFS_LOG_ERR, "bucketfs: cannot drop the journal "
-				"record of the failed copy to %s", dst);
+		jret = bfs_journal_atomically(wb->j, bfs_wb_uncopy_txn, &c);
+		if (jret != 0 && jret != ESTALE) {
+			bfs_log(BFS_LOG_ERR, "bucketfs: cannot take the failed "
+				"copy to %s out of the journal: %s", dst,
+				strerror(jret));
 		}
+		talloc_free(tmp);
 		return ret;
 	}
-	tmp = talloc_new(NULL);
+	/* The copy is dst now: a queued upload it replaced has no use. */
+	if (c.replaced.key != NULL && c.replaced.op == BFS_J_PUT &&
+	    c.replaced.staging != NULL && !c.replaced.started &&
+	    !c.replaced.open) {
+		bfs_wb_stage_drop(wb, c.replaced.staging);
+	}
 	if (bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir,
 			      &dname) == 0) {
 		ret = bfs_index_rename(wb->idx, sdir, sname, ddir, dname);
@@ -2310,23 +2369,6 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 			"the rename to %s; a recovery copies it again", dst);
 	}
 	return ret;
-}
-
-/*
- * Whether key's record is what the caller saw (op, pid, staging file):
- * what a journal swap replaced, checked against the look before it.
- */
-static bool bfs_jrec_same(const struct bfs_jrec *a, const struct bfs_jrec *b)
-{
-	if (a->key == NULL || b->key == NULL) {
-		return a->key == NULL && b->key == NULL;
-	}
-	return a->op == b->op && a->pid == b->pid &&
-	       strcmp(a->staging ? a->staging : "",
-		      b->staging ? b->staging : "") == 0 &&
-	       strcmp(a->src ? a->src : "", b->src ? b->src : "") == 0 &&
-	       strcmp(a->src_etag ? a->src_etag : "",
-		      b->src_etag ? b->src_etag : "") == 0;
 }
 
 /*

@@ -155,6 +155,54 @@ static void test_rename_retargets_a_handed_over_upload(void **state)
 }
 
 /*
+ * write tmp; rename over final; again, the second tmp already in S3: that
+ * rename copies in S3 over final's upload, which the engine has yet to
+ * start.  The copy fails (S3 away): the client is told, and final's
+ * upload, the first rename's acknowledged bytes, is journalled as before,
+ * its staging file kept.  It was dropped with the copy's record.
+ */
+static void test_a_failed_copy_over_a_waiting_upload_puts_that_upload_back(
+	void **state)
+{
+	TALLOC_CTX *t = talloc_new(NULL);
+	struct bfs_conn *bc = share(t);
+	pid_t engine = test_engine_start(bc);
+	struct bfs_entry e = {.name = "ckpt.tmp", .size = 3, .mtime = 5,
+			      .etag = "\"t2\""};
+	struct bfs_fh *fh;
+	struct bfs_jrec rec;
+	struct stat sb;
+	char *name, *path;
+
+	(void)state;
+	assert_true(engine > 0);
+	fh = written(bc, "ckpt.tmp", "weights");
+	name = talloc_strdup(t, fh->stage_name);
+	assert_int_equal(bfs_fh_close(bc, fh), 0);
+	talloc_free(fh);
+	assert_int_equal(rename_rel(t, bc, "ckpt.tmp", "ckpt"), 0);
+	assert_int_equal(bfs_journal_get(bc->journal, t, "ckpt", &rec), 0);
+	assert_string_equal(rec.src, "ckpt.tmp");
+	assert_false(rec.started);
+
+	/* The next tmp, uploaded; its rename must copy in S3, which fails. */
+	assert_int_equal(bfs_index_put(bc->index, "", &e), 0);
+	assert_int_not_equal(rename_rel(t, bc, "ckpt.tmp", "ckpt"), 0);
+	assert_true(test_share_s3_requests(bc) > 0);
+
+	assert_int_equal(bfs_journal_get(bc->journal, t, "ckpt", &rec), 0);
+	assert_int_equal(rec.op, BFS_J_PUT);
+	assert_int_equal(rec.pid, engine);
+	assert_string_equal(rec.staging, name);
+	assert_string_equal(rec.src, "ckpt.tmp");
+	path = talloc_asprintf(t, "%s/staging/%s", bc->cache_dir, name);
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, 7);
+	test_engine_stop(bc, engine);
+	talloc_free(t);
+}
+
+/*
  * With `close = local`, a rename of a file S3 has is handed to the engine
  * without asking S3: a copy of the version renamed and a delete of the old
  * name, journalled in the engine's name; the index shows the new name,
@@ -713,6 +761,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_rename_staged_file),
 		cmocka_unit_test(test_rename_retargets_a_handed_over_upload),
+		cmocka_unit_test(test_a_failed_copy_over_a_waiting_upload_puts_that_upload_back),
 		cmocka_unit_test(test_rename_of_a_file_in_s3_is_handed_to_the_engine),
 		cmocka_unit_test(test_a_swap_through_a_temporary_name_keeps_the_copies_in_order),
 		cmocka_unit_test(test_a_hand_over_cut_by_a_crash_is_finished_by_recovery),
