@@ -580,6 +580,35 @@ def test_a_rename_over_a_file_whose_upload_runs_ends_with_the_renamed_file_in_s3
     assert sha256(got) == sha256(second)
 
 
+def test_on_one_connection_a_checkpoint_renamed_over_its_final_name_200_times_reads_back_each_version(w):
+    # One box's checkpoint loop on its one connection: write tmp, close,
+    # rename over final, read final back, 200 times, the engine uploading
+    # meanwhile.  Every read-back must be the version just written.  The
+    # engine racing the renames left final pending with neither an ETag
+    # nor a journal record: reads went to S3 without If-Match and were
+    # cached as if versioned, and a soak read a checkpoint back with an
+    # older version's byte.  The front's log says how many reads of final
+    # went to S3 without If-Match (none should: S3 may not yet have the
+    # version just written).
+    before = len(front_log(w))
+    p = subprocess.run(["/usr/bin/python3",
+                        os.path.join(TOP, "tests/integration/smbckpt.py"),
+                        str(w.smb_port), "rwlocal", USER, PASSWORD, "ocp-ckpt", "200"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    print(f"    # 200 cycles on one connection: median {r['median_s'] * 1000:.1f} ms, "
+          f"worst {r['max_s'] * 1000:.1f} ms")
+    assert not r["wrong"], f"read back another version: {r['wrong'][:5]}"
+    wait_engine_done(w, "ocp-")
+    assert w.s3_sha256("rwlocal/ocp-ckpt") == r["last_sha256"], "S3 ends without the last version"
+    keys = {k for k in w.s3_keys("rwlocal/") if "ocp-" in k}
+    assert keys == {"rwlocal/ocp-ckpt"}, keys
+    unversioned = [l for l in front_log(w)[before:].splitlines()
+                   if re.match(r"GET /\S+/rwlocal/ocp-ckpt fault=\S+ if-match=None", l)]
+    assert not unversioned, f"read from S3 without If-Match: {unversioned[:3]}"
+
+
 def test_two_files_swapped_through_a_temporary_name_while_the_copies_wait_end_swapped(w):
     # mv a t; mv b a; mv t b, the engine's copies held: the third rename
     # cannot copy from a (the second's copy overwrites it) and waits for
