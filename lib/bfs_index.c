@@ -2090,6 +2090,7 @@ int bfs_index_settle(struct bfs_index *idx, const char *dir,
 struct bfs_index_unnamed {
 	uint64_t size;
 	time_t mtime;
+	uint64_t not_ino;
 	const char *etag;
 };
 
@@ -2098,7 +2099,8 @@ static int bfs_index_settle_unnamed_entry(struct bfs_entry *e, void *priv)
 	struct bfs_index_unnamed *c = priv;
 
 	if (e->is_dir || !(e->flags & BFS_ENT_PENDING) || e->etag != NULL ||
-	    e->size != c->size || e->mtime != c->mtime) {
+	    e->size != c->size || e->mtime != c->mtime ||
+	    e->ino == c->not_ino) {
 		return ESTALE; /* another version's entry, or settled */
 	}
 	e->etag = (char *)c->etag;
@@ -2108,10 +2110,10 @@ static int bfs_index_settle_unnamed_entry(struct bfs_entry *e, void *priv)
 
 int bfs_index_settle_unnamed(struct bfs_index *idx, const char *dir,
 			     const char *name, uint64_t size, time_t mtime,
-			     const char *etag)
+			     uint64_t not_ino, const char *etag)
 {
 	struct bfs_index_unnamed c = {
-		.size = size, .mtime = mtime, .etag = etag,
+		.size = size, .mtime = mtime, .not_ino = not_ino, .etag = etag,
 	};
 
 	return bfs_index_update_entry(idx, dir, name,

@@ -343,15 +343,16 @@ int bfs_index_settle(struct bfs_index *idx, const char *dir,
 
 /*
  * An upload of size bytes dated mtime ended with etag, and dir/name shows
- * a pending entry without an ETag of that size and time: the upload's
- * version, whose ETag a change in between covered (a rename's move in the
- * index).  It gets etag and is no longer pending, in one transaction.
- * 0, ESTALE (another entry: a newer close's, settled, a folder), ENOENT,
- * or an errno.
+ * a pending entry without an ETag of that size and time, moved there by a
+ * rename (an inode number other than not_ino, the entry's the upload
+ * settled): the upload's version, whose ETag the rename covered.  It gets
+ * etag and is no longer pending, in one transaction.  0, ESTALE (another
+ * entry: not_ino's made pending again by a newer close, settled, a
+ * folder, another size or time), ENOENT, or an errno.
  */
 int bfs_index_settle_unnamed(struct bfs_index *idx, const char *dir,
 			     const char *name, uint64_t size, time_t mtime,
-			     const char *etag)
+			     uint64_t not_ino, const char *etag)
 	__attribute__((warn_unused_result));
 
 /* Entries held and directories with a listing (for bucketfs-ctl). */

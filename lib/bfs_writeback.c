@@ -431,10 +431,12 @@ static void bfs_wb_upload_started(void *private_data, const char *upload_id)
 /*
  * Set key's index entry: uploaded (etag) or pending (etag NULL).  A
  * folder's marker ("a/b/", an mkdir handed to the engine) sets the
- * folder's entry in its parent.
+ * folder's entry in its parent.  *ino (if not NULL): the entry's inode
+ * number.
  */
-static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
-			     time_t mtime, const char *etag)
+static int bfs_wb_index_file_ino(struct bfs_wb *wb, const char *key,
+				 uint64_t size, time_t mtime,
+				 const char *etag, uint64_t *ino)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	struct bfs_entry e = {0};
@@ -449,8 +451,17 @@ static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
 		e.flags = etag == NULL ? BFS_ENT_PENDING : 0;
 		ret = bfs_index_put(wb->idx, dir, &e);
 	}
+	if (ret == 0 && ino != NULL) {
+		*ino = e.ino;
+	}
 	talloc_free(tmp);
 	return ret;
+}
+
+static int bfs_wb_index_file(struct bfs_wb *wb, const char *key, uint64_t size,
+			     time_t mtime, const char *etag)
+{
+	return bfs_wb_index_file_ino(wb, key, size, mtime, etag, NULL);
 }
 
 /*
@@ -848,12 +859,15 @@ static void bfs_wb_index_as_journalled(struct bfs_wb *wb, const char *key);
  * ETag and before we took the record out.  Its own look
  * (bfs_wb_unpend_if_done) still saw our record, so nothing would end that
  * entry: opens read S3 unversioned.  An entry of our upload's size and
- * time is our version: it gets our ETag.  A close of key journalled
- * meanwhile gets its pending entry back.  Only a retargeted upload (src):
- * no other change of the index moves an entry over one the engine set.
+ * time that a rename moved over ours (another inode number than left_ino,
+ * the one we settled) is our version: it gets our ETag.  Ours made
+ * pending again in place is a newer close's (same size, same second), and
+ * stays so.  A close of key journalled meanwhile gets its pending entry
+ * back.  Only a retargeted upload (src): no other change of the index
+ * moves an entry over one the engine set.
  */
 static void bfs_wb_settle_again(struct bfs_wb *wb, const struct bfs_jrec *rec,
-				const char *tag)
+				const char *tag, uint64_t left_ino)
 {
 	TALLOC_CTX *tmp = talloc_new(NULL);
 	char *dir, *name;
@@ -867,7 +881,7 @@ static void bfs_wb_settle_again(struct bfs_wb *wb, const struct bfs_jrec *rec,
 		return;
 	}
 	ret = bfs_index_settle_unnamed(wb->idx, dir, name, rec->size,
-				       rec->mtime, tag);
+				       rec->mtime, left_ino, tag);
 	if (ret == 0) {
 		bfs_log(BFS_LOG_NOTICE, "bucketfs: %s was renamed in the index "
 			"as its upload ended: its ETag is set again", rec->key);
@@ -889,6 +903,7 @@ static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
 			     struct s3_status *st)
 {
 	char *tag = NULL;
+	uint64_t left_ino = 0; /* the inode number of the entry we settle */
 	int ret;
 
 	ret = bfs_upload_recv(req, mem_ctx, &tag, st);
@@ -929,7 +944,8 @@ static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
 		}
 		return 0;
 	}
-	if (bfs_wb_index_file(wb, rec->key, rec->size, rec->mtime, tag) != 0) {
+	if (bfs_wb_index_file_ino(wb, rec->key, rec->size, rec->mtime, tag,
+				  &left_ino) != 0) {
 		/* S3 has it; the next listing shows it right. */
 		bfs_wb_index_forget(wb, rec->key);
 	}
@@ -938,8 +954,8 @@ static int bfs_wb_upload_end(struct bfs_wb *wb, struct bfs_jrec *rec,
 		bfs_wb_delete_old_name(wb, rec->src, rec->src_etag);
 	}
 	ret = bfs_journal_update(wb->j, rec->key, rec->pid, rec->staging, NULL);
-	if (ret == 0) {
-		bfs_wb_settle_again(wb, rec, tag);
+	if (ret == 0 && left_ino != 0) {
+		bfs_wb_settle_again(wb, rec, tag, left_ino);
 	}
 	if (ret == ESTALE) {
 		/*
@@ -2247,6 +2263,12 @@ struct bfs_wb_copying {
 	const struct bfs_jrec *rec;
 	TALLOC_CTX *mem;
 	struct bfs_jrec replaced; /* key NULL: none */
+	/*
+	 * A second name, ours, of the staging file of an upload the copy
+	 * replaced before it began: no record names the file while the copy
+	 * runs, and a connect would sweep it as its dead writer's.
+	 */
+	char *kept;
 };
 
 /*
@@ -2283,23 +2305,29 @@ static int bfs_wb_journal_copy(struct bfs_journal_txn *t, void *priv)
 
 /*
  * The copy failed: S3 is as it was, and so is the journal, in one
- * transaction, while the record is still our copy's: what it replaced
- * comes back (an earlier rename's upload of the destination, not started:
- * acknowledged bytes whose only record it is), or nothing.
+ * transaction, while the record is still our copy's: an upload it
+ * replaced that had not begun comes back (an earlier rename's or close's
+ * of the destination: acknowledged bytes whose only record it was), under
+ * the second name of its staging file we keep (c->kept).  Anything else
+ * it replaced is not put back: another process's copy or delete ends
+ * without its record as it would have after ours.
  */
 static int bfs_wb_uncopy_txn(struct bfs_journal_txn *t, void *priv)
 {
 	struct bfs_wb_copying *c = priv;
-	struct bfs_jrec cur;
+	struct bfs_jrec cur, back = c->replaced;
 	int ret = bfs_journal_txn_read(t, c->mem, c->rec->key, &cur);
 
-	if (ret == 0 && !bfs_jrec_same(&cur, c->rec)) {
+	if (ret == ENOENT || (ret == 0 && !bfs_jrec_same(&cur, c->rec))) {
 		ret = ESTALE; /* changed since: that change stands */
 	}
-	if (ret == 0) {
-		ret = c->replaced.key != NULL ?
-			bfs_journal_txn_write(t, &c->replaced) :
-			bfs_journal_txn_remove(t, c->rec->key);
+	if (ret == 0 && c->replaced.key != NULL &&
+	    c->replaced.op == BFS_J_PUT && c->replaced.staging != NULL &&
+	    bfs_wb_put_queued(&c->replaced)) {
+		back.staging = c->kept != NULL ? c->kept : c->replaced.staging;
+		ret = bfs_journal_txn_write(t, &back);
+	} else if (ret == 0) {
+		ret = bfs_journal_txn_remove(t, c->rec->key);
 	}
 	return ret;
 }
@@ -2327,6 +2355,11 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 		talloc_free(tmp);
 		return ret;
 	}
+	if (c.replaced.key != NULL && c.replaced.op == BFS_J_PUT &&
+	    c.replaced.staging != NULL && bfs_wb_put_queued(&c.replaced) &&
+	    bfs_wb_stage_link(wb, tmp, c.replaced.staging, &c.kept) != 0) {
+		c.kept = NULL; /* logged; then a failed copy cannot undo */
+	}
 	ret = bfs_wb_copy_key(wb, src, dst, size, NULL, NULL, NULL, st);
 	if (ret != 0) {
 		/* Nothing changed; should the record stay, a recovery
@@ -2337,14 +2370,19 @@ int bfs_wb_rename(struct bfs_wb *wb, const char *src, const char *dst,
 				"copy to %s out of the journal: %s", dst,
 				strerror(jret));
 		}
+		if (c.kept != NULL && jret == 0) {
+			/* Its record names our second name now. */
+			bfs_wb_stage_drop(wb, c.replaced.staging);
+		} else if (c.kept != NULL) {
+			bfs_wb_stage_drop(wb, c.kept);
+		}
 		talloc_free(tmp);
 		return ret;
 	}
 	/* The copy is dst now: a queued upload it replaced has no use. */
-	if (c.replaced.key != NULL && c.replaced.op == BFS_J_PUT &&
-	    c.replaced.staging != NULL && !c.replaced.started &&
-	    !c.replaced.open) {
+	if (c.kept != NULL) {
 		bfs_wb_stage_drop(wb, c.replaced.staging);
+		bfs_wb_stage_drop(wb, c.kept);
 	}
 	if (bfs_wb_split_pair(tmp, src, dst, &sdir, &sname, &ddir,
 			      &dname) == 0) {

@@ -441,7 +441,8 @@ static void ctl_warm_more(struct ctl_warm *w)
 		struct tevent_req *req;
 		void *buf;
 
-		if (o->size == 0) {
+		if (o->size == 0 || o->etag == NULL) {
+			/* Nothing to fetch, or no version to cache it as. */
 			w->next++;
 			w->done_objs++;
 			continue;

@@ -963,7 +963,8 @@ static void test_a_rename_pending_in_s3_shows_the_new_name(void **state)
  * An upload ended, and a rename in the index covered its ETag with the
  * pending entry of the same version (tmp's, moved over final): the
  * uploader sets its ETag again, on that entry only: not on one of another
- * size or time (a newer close's), nor on one settled or a folder.
+ * size or time, nor on its own entry made pending again in place (a newer
+ * close's, in the same second), nor on one settled or a folder.
  */
 static void test_an_uploads_etag_goes_on_its_own_version_pending_again(
 	void **state)
@@ -975,30 +976,50 @@ static void test_an_uploads_etag_goes_on_its_own_version_pending_again(
 			      .flags = BFS_ENT_PENDING};
 	struct bfs_entry d = {.name = "sub", .is_dir = true, .mtime = 1000,
 			      .flags = BFS_ENT_PENDING};
+	uint64_t settled_ino;
 
 	(void)state;
 	assert_int_equal(bfs_index_open(t, tmpdir(t), "bkt", &idx, &why), 0);
+	/* final as the upload left it (its inode number), then tmp's entry
+	 * renamed over it: pending, no ETag, another inode number. */
+	e.etag = "\"e1\"";
+	e.flags = 0;
 	assert_int_equal(bfs_index_put(idx, "run/", &e), 0);
+	settled_ino = e.ino;
+	e = (struct bfs_entry){.name = "ckpt.tmp", .size = 1, .mtime = 1000,
+			       .flags = BFS_ENT_PENDING};
+	assert_int_equal(bfs_index_put(idx, "run/", &e), 0);
+	assert_int_equal(bfs_index_rename(idx, "run/", "ckpt.tmp", "run/",
+					  "ckpt"), 0);
 	assert_int_equal(bfs_index_put(idx, "run/", &d), 0);
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 2, 1000,
-						  "\"e1\""), ESTALE);
+						  settled_ino, "\"e1\""),
+			 ESTALE);
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1001,
-						  "\"e1\""), ESTALE);
+						  settled_ino, "\"e1\""),
+			 ESTALE);
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "sub", 0, 1000,
-						  "\"e1\""), ESTALE);
+						  settled_ino, "\"e1\""),
+			 ESTALE);
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "none", 1, 1000,
-						  "\"e1\""), ENOENT);
+						  settled_ino, "\"e1\""),
+			 ENOENT);
 	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
 	assert_true(e.flags & BFS_ENT_PENDING);
 	assert_null(e.etag);
+	/* The upload's own entry made pending again in place (its inode
+	 * number): a newer close's of the same size and second, kept. */
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1000,
-						  "\"e1\""), 0);
+						  e.ino, "\"e1\""), ESTALE);
+	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1000,
+						  settled_ino, "\"e1\""), 0);
 	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
 	assert_false(e.flags & BFS_ENT_PENDING);
 	assert_string_equal(e.etag, "\"e1\"");
 	/* Settled: a second word changes nothing. */
 	assert_int_equal(bfs_index_settle_unnamed(idx, "run/", "ckpt", 1, 1000,
-						  "\"e2\""), ESTALE);
+						  settled_ino, "\"e2\""),
+			 ESTALE);
 	assert_int_equal(bfs_index_lookup(idx, t, "run/", "ckpt", &e), 0);
 	assert_string_equal(e.etag, "\"e1\"");
 	talloc_free(t);
