@@ -890,6 +890,11 @@ static void bfs_read_start(struct tevent_req *req, struct bfs_read_state *s,
 {
 	uint64_t pos, end = off + len;
 
+	if (dst == NULL && bfs_reader_cache_for(r, obj) == NULL) {
+		/* Only wanted in the cache, which never holds it: no GET. */
+		tevent_req_done(req);
+		return;
+	}
 	for (pos = off; pos < end;) {
 		uint64_t blk = pos / r->block_size;
 		uint32_t boff = (uint32_t)(pos % r->block_size);

@@ -47,6 +47,19 @@ static struct bfs_fh *written(struct bfs_conn *bc, const char *rel,
 	return fh;
 }
 
+/* A new file rel with bytes s, closed (handed to the engine): its
+ * staging file's name, on t. */
+static char *closed(TALLOC_CTX *t, struct bfs_conn *bc, const char *rel,
+		    const char *s)
+{
+	struct bfs_fh *fh = written(bc, rel, s);
+	char *name = talloc_strdup(t, fh->stage_name);
+
+	assert_int_equal(bfs_fh_close(bc, fh), 0);
+	talloc_free(fh);
+	return name;
+}
+
 static int rename_rel(TALLOC_CTX *t, struct bfs_conn *bc, const char *src,
 		      const char *dst)
 {
@@ -121,17 +134,14 @@ static void test_rename_retargets_a_handed_over_upload(void **state)
 	TALLOC_CTX *t = talloc_new(NULL);
 	struct bfs_conn *bc = share(t);
 	pid_t engine = test_engine_start(bc);
-	struct bfs_fh *fh, *reader = NULL;
+	struct bfs_fh *reader = NULL;
 	struct bfs_jrec rec;
 	struct bfs_entry e;
 	char *name;
 
 	(void)state;
 	assert_true(engine > 0);
-	fh = written(bc, "ckpt.tmp", "weights");
-	name = talloc_strdup(t, fh->stage_name);
-	assert_int_equal(bfs_fh_close(bc, fh), 0);
-	talloc_free(fh);
+	name = closed(t, bc, "ckpt.tmp", "weights");
 	assert_int_equal(bfs_fh_open(bc, "ckpt.tmp", O_WRONLY, false,
 				     &reader), 0);
 	assert_int_equal(rename_rel(t, bc, "ckpt.tmp", "ckpt.pt"), 0);
@@ -169,17 +179,13 @@ static void test_a_failed_copy_over_a_waiting_upload_puts_that_upload_back(
 	pid_t engine = test_engine_start(bc);
 	struct bfs_entry e = {.name = "ckpt.tmp", .size = 3, .mtime = 5,
 			      .etag = "\"t2\""};
-	struct bfs_fh *fh;
 	struct bfs_jrec rec;
 	struct stat sb;
 	char *name, *path;
 
 	(void)state;
 	assert_true(engine > 0);
-	fh = written(bc, "ckpt.tmp", "weights");
-	name = talloc_strdup(t, fh->stage_name);
-	assert_int_equal(bfs_fh_close(bc, fh), 0);
-	talloc_free(fh);
+	name = closed(t, bc, "ckpt.tmp", "weights");
 	assert_int_equal(rename_rel(t, bc, "ckpt.tmp", "ckpt"), 0);
 	assert_int_equal(bfs_journal_get(bc->journal, t, "ckpt", &rec), 0);
 	assert_string_equal(rec.src, "ckpt.tmp");
